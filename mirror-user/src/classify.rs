@@ -1,0 +1,367 @@
+//! Filter semantics: what the kernel classifier is given, and a plain Rust
+//! reference that defines what it must answer.
+//!
+//! Semantics (AWS VPC Traffic Mirroring's, plus what a SPAN user expects):
+//! - A source's sessions are evaluated by priority (lowest first, ties in file
+//!   order). Within a session's filter the rules of the frame's direction are
+//!   evaluated by number; the first matching rule decides: `accept` mirrors the
+//!   frame for that session (and no later one), `reject` passes it to the next
+//!   session. No match in any session: not mirrored.
+//! - An omitted field matches anything. A rule whose CIDRs are IPv4 never
+//!   matches IPv6 and vice versa. A rule with no IP constraint at all (no
+//!   protocol, CIDR or port) also matches non-IP frames (ARP, LLDP, ...).
+//! - A constraint on a field the parser could not read never matches: a
+//!   truncated frame, a non-first fragment (no ports), an IPv6 extension chain
+//!   longer than the kernel's bound (no protocol, no ports). The first fragment
+//!   of a fragmented packet carries its ports and is classified with them.
+//! - `vlan` matches the outermost 802.1Q/802.1ad tag's VLAN id.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use mirror_ebpf::mirror::types::{mirror_action, mirror_rule, mirror_rule_match};
+
+use crate::config::{Action, Config, Direction, Filter, Rule};
+
+/// The kernel's rule list for one source and direction: sessions in priority
+/// order (the kernel's session index is the position in `sessions`), each
+/// session's rules of `direction` by number.
+pub fn compile(config: &Config, sessions: &[usize], direction: Direction) -> Vec<mirror_rule> {
+    let mut out = Vec::new();
+    for (idx, &s) in sessions.iter().enumerate() {
+        let filter = &config.filters[config.sessions[s].filter];
+        for rule in filter.rules.iter().filter(|r| r.direction == direction) {
+            out.push(compile_rule(rule, idx as u8));
+        }
+    }
+    out
+}
+
+/// One rule in the kernel's layout (`struct mirror_rule` in abi.h).
+pub fn compile_rule(rule: &Rule, session: u8) -> mirror_rule {
+    let mut r = mirror_rule {
+        session,
+        action: match rule.action {
+            Action::Accept => mirror_action::MIRROR_ACTION_ACCEPT.0 as u8,
+            Action::Reject => mirror_action::MIRROR_ACTION_REJECT.0 as u8,
+        },
+        ..Default::default()
+    };
+    let mut fields = 0u32;
+    if let Some(p) = rule.protocol {
+        r.proto = p;
+        fields |= mirror_rule_match::MIRROR_RM_PROTO.0;
+    }
+    let mut family = |net: &IpNet| match net {
+        IpNet::V4(_) => fields |= mirror_rule_match::MIRROR_RM_IPV4.0,
+        IpNet::V6(_) => fields |= mirror_rule_match::MIRROR_RM_IPV6.0,
+    };
+    if let Some(net) = &rule.source {
+        family(net);
+        (r.src_addr, r.src_mask) = addr_mask(net);
+    }
+    if let Some(net) = &rule.destination {
+        family(net);
+        (r.dst_addr, r.dst_mask) = addr_mask(net);
+    }
+    if rule.source.is_some() {
+        fields |= mirror_rule_match::MIRROR_RM_SRC.0;
+    }
+    if rule.destination.is_some() {
+        fields |= mirror_rule_match::MIRROR_RM_DST.0;
+    }
+    if let Some(p) = rule.source_port {
+        (r.sport_lo, r.sport_hi) = (p.lo, p.hi);
+        fields |= mirror_rule_match::MIRROR_RM_SPORT.0;
+    }
+    if let Some(p) = rule.destination_port {
+        (r.dport_lo, r.dport_hi) = (p.lo, p.hi);
+        fields |= mirror_rule_match::MIRROR_RM_DPORT.0;
+    }
+    if let Some(v) = rule.vlan {
+        r.vlan = v;
+        fields |= mirror_rule_match::MIRROR_RM_VLAN.0;
+    }
+    r.fields = fields as u16;
+    r
+}
+
+/// Address and mask, 16 bytes each, IPv4 in the first four.
+fn addr_mask(net: &IpNet) -> ([u8; 16], [u8; 16]) {
+    let mut a = [0u8; 16];
+    let mut m = [0u8; 16];
+    match net {
+        IpNet::V4(n) => {
+            a[..4].copy_from_slice(&n.network().octets());
+            m[..4].copy_from_slice(&n.netmask().octets());
+        }
+        IpNet::V6(n) => {
+            a.copy_from_slice(&n.network().octets());
+            m.copy_from_slice(&n.netmask().octets());
+        }
+    }
+    (a, m)
+}
+
+/// What the parser could read of a frame; `None` = could not be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrameView {
+    pub vlan: Option<u16>,
+    /// `Some(true)` IPv4, `Some(false)` IPv6, `None` not IP.
+    pub ipv4: Option<bool>,
+    pub addrs: Option<(IpAddr, IpAddr)>,
+    pub proto: Option<u8>,
+    pub ports: Option<(u16, u16)>,
+}
+
+const MAX_VLAN_DEPTH: usize = 2;
+const MAX_IPV6_EXT: usize = 8;
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// Parses a frame the way the kernel program does (same bounds), written
+/// independently of it.
+pub fn parse_frame(b: &[u8]) -> FrameView {
+    let mut v = FrameView::default();
+    let Some(mut ethertype) = be16(b, 12) else { return v };
+    let mut off = 14;
+    let mut tags = 0;
+    while (ethertype == 0x8100 || ethertype == 0x88a8) && tags < MAX_VLAN_DEPTH {
+        let (Some(tci), Some(next)) = (be16(b, off), be16(b, off + 2)) else { return v };
+        if tags == 0 {
+            v.vlan = Some(tci & 0x0fff);
+        }
+        ethertype = next;
+        off += 4;
+        tags += 1;
+    }
+    match ethertype {
+        0x0800 => parse_v4(b, off, &mut v),
+        0x86dd => parse_v6(b, off, &mut v),
+        _ => {}
+    }
+    v
+}
+
+fn parse_v4(b: &[u8], off: usize, v: &mut FrameView) {
+    v.ipv4 = Some(true);
+    let Some(h) = b.get(off..off + 20) else { return };
+    if h[0] >> 4 != 4 || h[0] & 0x0f < 5 {
+        return;
+    }
+    let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+    let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+    v.addrs = Some((src.into(), dst.into()));
+    v.proto = Some(h[9]);
+    let hlen = usize::from(h[0] & 0x0f) * 4;
+    if b.len() < off + hlen {
+        return;
+    }
+    let frag_off = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    if frag_off != 0 {
+        return;
+    }
+    v.ports = l4_ports(b, off + hlen, h[9]);
+}
+
+fn parse_v6(b: &[u8], off: usize, v: &mut FrameView) {
+    v.ipv4 = Some(false);
+    let Some(h) = b.get(off..off + 40) else { return };
+    if h[0] >> 4 != 6 {
+        return;
+    }
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&h[8..24]);
+    dst.copy_from_slice(&h[24..40]);
+    v.addrs = Some((Ipv6Addr::from(src).into(), Ipv6Addr::from(dst).into()));
+    let mut next = h[6];
+    let mut at = off + 40;
+    for _ in 0..MAX_IPV6_EXT {
+        match next {
+            0 | 43 | 60 | 51 => {
+                let (Some(&nh), Some(&len)) = (b.get(at), b.get(at + 1)) else { return };
+                let total = if next == 51 {
+                    (usize::from(len) + 2) * 4
+                } else {
+                    (usize::from(len) + 1) * 8
+                };
+                if b.len() < at + total {
+                    return;
+                }
+                next = nh;
+                at += total;
+            }
+            44 => {
+                let Some(f) = b.get(at..at + 8) else { return };
+                next = f[0];
+                at += 8;
+                if u16::from_be_bytes([f[2], f[3]]) & 0xfff8 != 0 {
+                    v.proto = Some(next);
+                    return;
+                }
+            }
+            proto => {
+                v.proto = Some(proto);
+                v.ports = l4_ports(b, at, proto);
+                return;
+            }
+        }
+    }
+}
+
+fn l4_ports(b: &[u8], at: usize, proto: u8) -> Option<(u16, u16)> {
+    if !matches!(proto, 6 | 17 | 132) {
+        return None;
+    }
+    Some((be16(b, at)?, be16(b, at + 2)?))
+}
+
+fn net_contains(net: &IpNet, addr: &IpAddr) -> bool {
+    net.contains(addr)
+}
+
+/// Does `rule` match the frame described by `f`?
+pub fn rule_matches(rule: &Rule, f: &FrameView) -> bool {
+    if let Some(vlan) = rule.vlan {
+        if f.vlan != Some(vlan) {
+            return false;
+        }
+    }
+    let needs_ip = rule.protocol.is_some()
+        || rule.source.is_some()
+        || rule.destination.is_some()
+        || rule.source_port.is_some()
+        || rule.destination_port.is_some();
+    if !needs_ip {
+        return true;
+    }
+    let Some(is_v4) = f.ipv4 else { return false };
+    for net in [&rule.source, &rule.destination].into_iter().flatten() {
+        if matches!(net, IpNet::V4(_)) != is_v4 {
+            return false;
+        }
+    }
+    if let Some(p) = rule.protocol {
+        if f.proto != Some(p) {
+            return false;
+        }
+    }
+    if rule.source.is_some() || rule.destination.is_some() {
+        let Some((src, dst)) = &f.addrs else { return false };
+        if rule.source.as_ref().is_some_and(|n| !net_contains(n, src))
+            || rule.destination.as_ref().is_some_and(|n| !net_contains(n, dst))
+        {
+            return false;
+        }
+    }
+    if rule.source_port.is_some() || rule.destination_port.is_some() {
+        let Some((sp, dp)) = f.ports else { return false };
+        if rule.source_port.is_some_and(|r| !r.contains(sp))
+            || rule.destination_port.is_some_and(|r| !r.contains(dp))
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// First match within one filter: `Some(action)` of the first matching rule.
+pub fn filter_decision(filter: &Filter, direction: Direction, f: &FrameView) -> Option<Action> {
+    filter
+        .rules
+        .iter()
+        .filter(|r| r.direction == direction)
+        .find(|r| rule_matches(r, f))
+        .map(|r| r.action)
+}
+
+/// The reference classifier: the position in `filters` (sessions in priority
+/// order) of the session that mirrors `frame`, or `None`.
+pub fn classify(filters: &[&Filter], direction: Direction, frame: &[u8]) -> Option<usize> {
+    let view = parse_frame(frame);
+    filters
+        .iter()
+        .position(|f| filter_decision(f, direction, &view) == Some(Action::Accept))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PortRange;
+
+    fn any_rule(number: u16, action: Action) -> Rule {
+        Rule {
+            number,
+            action,
+            direction: Direction::Ingress,
+            protocol: None,
+            source: None,
+            destination: None,
+            source_port: None,
+            destination_port: None,
+            vlan: None,
+        }
+    }
+
+    fn tcp_v4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let b = etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, 1, 1024);
+        let mut out = Vec::new();
+        b.write(&mut out, b"payload").expect("vec write");
+        out
+    }
+
+    #[test]
+    fn aws_example_rejects_https_then_accepts_everything_else() {
+        let mut reject = any_rule(100, Action::Reject);
+        reject.protocol = Some(6);
+        reject.destination_port = Some(PortRange { lo: 443, hi: 443 });
+        let filter = Filter {
+            name: "f".into(),
+            rules: vec![reject, any_rule(200, Action::Accept)],
+        };
+        let https = tcp_v4([10, 0, 0, 1], [10, 0, 0, 2], 40000, 443);
+        let ssh = tcp_v4([10, 0, 0, 1], [10, 0, 0, 2], 40000, 22);
+        assert_eq!(classify(&[&filter], Direction::Ingress, &https), None);
+        assert_eq!(classify(&[&filter], Direction::Ingress, &ssh), Some(0));
+        assert_eq!(classify(&[&filter], Direction::Egress, &ssh), None);
+    }
+
+    #[test]
+    fn rejected_frame_falls_through_to_next_session() {
+        let mut reject = any_rule(1, Action::Reject);
+        reject.protocol = Some(6);
+        let first = Filter { name: "a".into(), rules: vec![reject] };
+        let second = Filter {
+            name: "b".into(),
+            rules: vec![any_rule(1, Action::Accept)],
+        };
+        let frame = tcp_v4([1, 1, 1, 1], [2, 2, 2, 2], 1, 2);
+        assert_eq!(classify(&[&first, &second], Direction::Ingress, &frame), Some(1));
+    }
+
+    #[test]
+    fn v4_rule_never_matches_v6_and_truncated_ports_never_match() {
+        let mut v4 = any_rule(1, Action::Accept);
+        v4.source = Some("0.0.0.0/0".parse().expect("cidr"));
+        let b = etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv6([1; 16], [2; 16], 64)
+            .udp(53, 53);
+        let mut v6 = Vec::new();
+        b.write(&mut v6, b"x").expect("vec write");
+        assert!(!rule_matches(&v4, &parse_frame(&v6)));
+
+        let mut port = any_rule(1, Action::Accept);
+        port.protocol = Some(6);
+        port.destination_port = Some(PortRange { lo: 0, hi: 65535 });
+        let full = tcp_v4([1, 1, 1, 1], [2, 2, 2, 2], 1, 2);
+        assert!(rule_matches(&port, &parse_frame(&full)));
+        assert!(!rule_matches(&port, &parse_frame(&full[..14 + 20 + 3])));
+        // The catch-all still matches what is left.
+        assert!(rule_matches(&any_rule(2, Action::Accept), &parse_frame(&full[..10])));
+    }
+}

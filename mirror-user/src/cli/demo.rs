@@ -1,0 +1,278 @@
+//! `mirror demo`: the whole pipeline in a throw-away namespace lab.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use mirror_user::classify;
+use mirror_user::config::{self, Direction};
+use mirror_user::control::Client;
+use mirror_user::lab::{self, traffic, Capture, DaemonProcess, Lab};
+use mirror_user::stats::Stats;
+
+/// The embedded default: a tap on the lab's feed port, SSH left out, the rest
+/// mirrored to the sink's port. `@CONTROL@` is replaced with a private path.
+pub const DEMO_CONFIG: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "uplink"
+interface = "feed0"
+mode = "tap"
+xdp_mode = "auto"
+
+[[filter]]
+name = "no-ssh"
+[[filter.rule]]
+number = 100
+action = "reject"
+direction = "ingress"
+protocol = "tcp"
+destination_port = "22"
+[[filter.rule]]
+number = 200
+action = "accept"
+direction = "ingress"
+
+[[target]]
+name = "ids0"
+kind = "interface"
+interface = "tgt0"
+
+[[session]]
+name = "ids-feed"
+source = "uplink"
+filter = "no-ssh"
+targets = ["ids0"]
+"#;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Seconds of traffic to send.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub seconds: u64,
+    /// Frames per second offered by the generator.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub pps: u64,
+}
+
+/// A private working directory, removed on drop.
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn main(a: Args) -> Result<ExitCode> {
+    if !mirror_user::is_root() {
+        bail!("mirror demo builds network namespaces and attaches XDP: run it as root");
+    }
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, interrupted.clone()).context("installing the Ctrl-C handler")?;
+    }
+    let dir = WorkDir(std::env::temp_dir().join(format!("mirror-demo-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let control = dir.0.join("control.sock");
+    let cfg_path = dir.0.join("mirror.toml");
+    let text = DEMO_CONFIG.replace("@CONTROL@", &control.to_string_lossy());
+    std::fs::write(&cfg_path, &text)?;
+    let cfg = config::parse(&text, "embedded demo config")?;
+
+    println!("mirror demo: building the lab (namespaces gen -> src -> sink)");
+    let lab = Lab::new(1)?;
+    println!(
+        "  {} [{}] --veth--> [{}] {}   (mirror runs here, tap on {})",
+        lab.gen.name(),
+        Lab::GEN_IF,
+        Lab::FEED_IF,
+        lab.src.name(),
+        Lab::FEED_IF
+    );
+    println!(
+        "  {} [{}] --veth--> [{}] {}   (the IDS sensor's port)",
+        lab.src.name(),
+        Lab::TARGET_IF,
+        Lab::SINK_IF,
+        lab.sink.name()
+    );
+    let exe = std::env::current_exe().context("locating the mirror binary")?;
+    let mut daemon = DaemonProcess::start(
+        &lab.src,
+        &exe,
+        &cfg_path,
+        &control,
+        &dir.0.join("daemon.log"),
+        Duration::from_secs(20),
+    )?;
+    println!("  daemon up (log: {})", daemon.log.display());
+    let capture = Capture::start(&lab.sink, Lab::SINK_IF)?;
+
+    let n = (a.seconds * a.pps).min(u64::from(u32::MAX)) as u32;
+    let frames = Arc::new(traffic::mixed(n));
+    let filters: Vec<&config::Filter> = cfg
+        .sessions_of(0)
+        .iter()
+        .map(|&s| &cfg.filters[cfg.sessions[s].filter])
+        .collect();
+    let expected: Vec<u32> = frames
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| classify::classify(&filters, Direction::Ingress, f).is_some())
+        .map(|(i, _)| i as u32)
+        .collect();
+    println!(
+        "sending {n} frames at {} fps (IPv4/IPv6, TCP/UDP/ICMP, VLAN and QinQ, 64-1514 bytes); \
+         {} should be mirrored, {} (TCP to port 22) filtered",
+        a.pps,
+        expected.len(),
+        n as usize - expected.len()
+    );
+
+    // The generator runs on its own thread; counters are printed meanwhile.
+    let sender = {
+        let (ns, frames, pps) = (lab::Netns::attach(lab.gen.name()), frames.clone(), a.pps);
+        std::thread::spawn(move || lab::send_frames(&ns, Lab::GEN_IF, frames, pps))
+    };
+    let mut client = Client::connect(&control)?;
+    let start = Instant::now();
+    let mut next_print = Duration::from_secs(1);
+    while !sender.is_finished() {
+        if interrupted.load(Ordering::Relaxed) {
+            println!("interrupted: cleaning up");
+            return Ok(ExitCode::FAILURE);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if start.elapsed() >= next_print {
+            print_live(&client.stats()?, capture.count(), start.elapsed());
+            next_print += Duration::from_secs(1);
+        }
+    }
+    let sent = sender.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
+
+    // Wait (bounded) until the pipeline is idle: every copy sent or dropped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let s = client.stats()?;
+        let idle = s.targets.values().all(|t| t.queued == 0)
+            && s.sources.values().all(|src| src.received >= sent);
+        if idle || Instant::now() > deadline || interrupted.load(Ordering::Relaxed) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let received = capture.finish();
+    let status = daemon.stop(Duration::from_secs(10))?;
+    print!("{}", render_final(&stats));
+    let ok = check(&stats, sent, &expected, &received);
+    drop(lab);
+    println!("lab removed; daemon exited with {status}");
+    Ok(if ok && status.success() {
+        println!("demo: PASS");
+        ExitCode::SUCCESS
+    } else {
+        println!("demo: FAIL (daemon log was {})", daemon.log.display());
+        ExitCode::FAILURE
+    })
+}
+
+fn print_live(s: &Stats, sink: u32, t: Duration) {
+    for (name, v) in &s.sources {
+        println!(
+            "  t={:>4.1}s {name}: received {} matched {} filtered {} mirrored {}   sink got {sink}",
+            t.as_secs_f64(),
+            v.received,
+            v.matched,
+            v.filtered,
+            v.mirrored
+        );
+    }
+}
+
+fn render_final(s: &Stats) -> String {
+    let mut out = String::from("final counters:\n");
+    for (name, v) in &s.sources {
+        out.push_str(&format!(
+            "  source {name}: received={} matched={} filtered={} mirrored={} dropped={}\n",
+            v.received,
+            v.matched,
+            v.filtered,
+            v.mirrored,
+            v.dropped_total()
+        ));
+    }
+    for (name, v) in &s.targets {
+        out.push_str(&format!(
+            "  target {name}: enqueued={} sent={} dropped={} queued={}\n",
+            v.enqueued,
+            v.sent_packets,
+            v.dropped_total(),
+            v.queued
+        ));
+    }
+    out
+}
+
+/// Checks the counters reconcile and that the sink got exactly the accepted frames.
+fn check(s: &Stats, sent: u64, expected: &[u32], received: &[Vec<u8>]) -> bool {
+    let mut ok = true;
+    let mut verdict = |what: &str, good: bool| {
+        println!("  [{}] {what}", if good { " ok " } else { "FAIL" });
+        ok &= good;
+    };
+    for v in s.sources.values() {
+        verdict(&format!("source received every frame sent ({} = {sent})", v.received), v.received == sent);
+        verdict(
+            &format!("received = matched + filtered ({} = {} + {})", v.received, v.matched, v.filtered),
+            v.received == v.matched + v.filtered,
+        );
+        verdict(
+            &format!("matched = mirrored + dropped ({} = {} + {})", v.matched, v.mirrored, v.dropped_total()),
+            v.matched == v.mirrored + v.dropped_total(),
+        );
+    }
+    for v in s.targets.values() {
+        verdict(
+            &format!(
+                "target enqueued = sent + dropped ({} = {} + {})",
+                v.enqueued,
+                v.sent_packets,
+                v.dropped_total()
+            ),
+            v.enqueued == v.sent_packets + v.dropped_total() && v.queued == 0,
+        );
+    }
+    let mut got: Vec<u32> = received.iter().filter_map(|f| traffic::seq_of(f)).collect();
+    got.sort_unstable();
+    let dropped: u64 = s.targets.values().map(|t| t.dropped_total()).sum::<u64>()
+        + s.sources.values().map(|v| v.dropped_total()).sum::<u64>();
+    let strays = received.len() - got.len();
+    verdict(&format!("sink got no stray frames ({strays})"), strays == 0);
+    if dropped == 0 {
+        verdict(
+            &format!(
+                "sink got exactly the {} frames the filter accepts ({} received)",
+                expected.len(),
+                got.len()
+            ),
+            got == expected,
+        );
+    } else {
+        let all_expected = got.iter().all(|g| expected.binary_search(g).is_ok());
+        verdict(
+            &format!(
+                "sink got only accepted frames ({} of {}; {dropped} dropped and counted)",
+                got.len(),
+                expected.len()
+            ),
+            all_expected && got.len() as u64 + dropped == expected.len() as u64,
+        );
+    }
+    ok
+}

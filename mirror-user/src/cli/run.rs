@@ -1,0 +1,61 @@
+//! `mirror run -c FILE`: the daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use mirror_user::engine::Engine;
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The config file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+pub fn main(a: Args) -> Result<ExitCode> {
+    if !mirror_user::is_root() {
+        bail!("mirror run needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW)");
+    }
+    let config = mirror_user::config::load(&a.config)?;
+    let control = config.daemon.control_socket.clone();
+    // The data plane runs on its own threads; tokio serves only the control plane.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the control-plane runtime")?;
+    rt.block_on(async move {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let listener = mirror_user::control::bind(&control)?;
+        let engine = Arc::new(Engine::start(config)?);
+        let server = tokio::spawn(mirror_user::control::serve(listener, engine.clone()));
+        tracing::info!(control = %control.display(), "mirror running");
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    tracing::error!(
+                        "SIGHUP: reloading the config is not supported yet by this version; \
+                         the running config stays (restart the daemon to apply changes)"
+                    );
+                }
+            }
+        }
+        tracing::info!("stopping: detaching programs");
+        server.abort();
+        let _ = server.await;
+        let _ = std::fs::remove_file(&control);
+        match Arc::try_unwrap(engine) {
+            Ok(e) => e.shutdown(),
+            Err(_) => tracing::warn!("control connections still open; detaching on exit"),
+        }
+        tracing::info!("stopped");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,97 @@
+//! `mirror stats [--json] [--watch]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use mirror_user::control::Client;
+use mirror_user::stats::Stats;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print the counters as JSON (SPEC shape: sources, sessions, targets).
+    #[arg(long)]
+    pub json: bool,
+    /// Print again every second until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Find the control socket in this config file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+pub fn main(a: Args) -> Result<ExitCode> {
+    let path = super::control_path(a.control.as_deref(), a.config.as_deref())?;
+    let mut client = Client::connect(&path)?;
+    loop {
+        let stats = client.stats()?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+        } else {
+            print!("{}", render(&stats));
+        }
+        if !a.watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        println!();
+    }
+}
+
+fn reasons(m: &std::collections::BTreeMap<String, u64>) -> String {
+    let nonzero: Vec<String> = m.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+    if nonzero.is_empty() {
+        "0".into()
+    } else {
+        nonzero.join(" ")
+    }
+}
+
+/// The human-readable table.
+pub fn render(s: &Stats) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "{:<16} {:>12} {:>12} {:>12} {:>12}  {}\n",
+        "SOURCE", "received", "matched", "filtered", "mirrored", "dropped"
+    ));
+    for (name, v) in &s.sources {
+        out.push_str(&format!(
+            "{:<16} {:>12} {:>12} {:>12} {:>12}  {}   ({} {} xdp, {} queue(s){})\n",
+            name,
+            v.received,
+            v.matched,
+            v.filtered,
+            v.mirrored,
+            reasons(&v.dropped),
+            v.interface,
+            v.xdp_mode,
+            v.queues,
+            if v.zero_copy { ", zero-copy" } else { "" }
+        ));
+    }
+    out.push_str(&format!("{:<16} {:>12} {:>12}  {}\n", "SESSION", "matched", "mirrored", "path"));
+    for (name, v) in &s.sessions {
+        out.push_str(&format!("{:<16} {:>12} {:>12}  {}\n", name, v.matched, v.mirrored, v.path));
+    }
+    out.push_str(&format!(
+        "{:<16} {:>12} {:>12} {:>14} {:>8}  {}\n",
+        "TARGET", "enqueued", "sent", "sent_bytes", "queued", "dropped"
+    ));
+    for (name, v) in &s.targets {
+        out.push_str(&format!(
+            "{:<16} {:>12} {:>12} {:>14} {:>8}  {}{}\n",
+            name,
+            v.enqueued,
+            v.sent_packets,
+            v.sent_bytes,
+            v.queued,
+            reasons(&v.dropped),
+            if v.up { "" } else { "  (down)" }
+        ));
+    }
+    out
+}

@@ -1,0 +1,847 @@
+//! `mirror.toml`: parsing, validation, and the validated model the daemon runs.
+//!
+//! [`load`] / [`parse`] read the file with spans ([`raw`]), then check every
+//! section, collecting *all* problems, each with file:line:column, the field,
+//! and the accepted values. A [`Config`] that comes back is fully resolved:
+//! names are indices, CIDRs are parsed, ranges are ordered.
+
+pub mod raw;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+pub use raw::{SourceDirection, SourceMode, TargetKind, XdpMode, ZeroCopy};
+use raw::{RawConfig, RawPorts, RawProtocol, RawRule, RawSession, RawSource, RawTarget};
+
+/// Where the control socket lives unless `[daemon] control_socket` says otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/mirror/control.sock";
+/// UMEM frames per RX queue unless `umem_frames` says otherwise.
+pub const DEFAULT_UMEM_FRAMES: u32 = 4096;
+/// RX / fill ring descriptors unless `ring_size` says otherwise.
+pub const DEFAULT_RING_SIZE: u32 = 2048;
+/// Frames a target queues before dropping (`queue_full`) unless `queue_size` says otherwise.
+pub const DEFAULT_QUEUE_SIZE: u32 = 4096;
+/// Sessions without `priority` get this one; ties keep file order.
+pub const DEFAULT_PRIORITY: u32 = 100;
+
+/// Rule numbers, as AWS allows them.
+pub const RULE_NUMBERS: std::ops::RangeInclusive<i64> = 1..=32766;
+
+/// Accept or reject: what the first matching rule decides.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Accept,
+    Reject,
+}
+
+/// The direction a rule applies to.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// An inclusive port range; a single port is `lo == hi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.lo..=self.hi).contains(&port)
+    }
+}
+
+/// One validated filter rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub number: u16,
+    pub action: Action,
+    pub direction: Direction,
+    /// IP protocol number; `None` = any.
+    pub protocol: Option<u8>,
+    pub source: Option<IpNet>,
+    pub destination: Option<IpNet>,
+    pub source_port: Option<PortRange>,
+    pub destination_port: Option<PortRange>,
+    pub vlan: Option<u16>,
+}
+
+/// A named, ordered list of rules (sorted by number).
+#[derive(Debug, Clone)]
+pub struct Filter {
+    pub name: String,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub interface: String,
+    pub mode: SourceMode,
+    pub direction: SourceDirection,
+    pub xdp_mode: XdpMode,
+    pub zero_copy: ZeroCopy,
+    pub umem_frames: u32,
+    pub ring_size: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum TargetSpec {
+    /// AF_XDP TX out of a local interface.
+    Interface { interface: String, zero_copy: ZeroCopy },
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub spec: TargetSpec,
+    pub queue_size: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub name: String,
+    /// Index into [`Config::sources`].
+    pub source: usize,
+    /// Index into [`Config::filters`].
+    pub filter: usize,
+    /// Indices into [`Config::targets`], in the order written.
+    pub targets: Vec<usize>,
+    pub priority: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    pub control_socket: PathBuf,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub daemon: Daemon,
+    pub sources: Vec<Source>,
+    pub filters: Vec<Filter>,
+    pub targets: Vec<Target>,
+    pub sessions: Vec<Session>,
+}
+
+impl Config {
+    /// The sessions of source `source`, in evaluation order: priority, then file order.
+    pub fn sessions_of(&self, source: usize) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..self.sessions.len())
+            .filter(|&i| self.sessions[i].source == source)
+            .collect();
+        v.sort_by_key(|&i| (self.sessions[i].priority, i));
+        v
+    }
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render(file, diagnostics))]
+    Invalid {
+        file: String,
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+fn render(file: &str, diags: &[Diagnostic]) -> String {
+    let mut out = String::new();
+    for (i, d) in diags.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("{file}:{}:{}: {}", d.line, d.column, d.message));
+    }
+    out
+}
+
+impl ConfigError {
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Invalid { diagnostics, .. } => diagnostics,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+/// Reads and validates `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Validates `text`; `file` names it in error messages.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let mut v = Validator {
+        text,
+        diags: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            v.error(span, e.message().to_string());
+            return Err(v.finish(file));
+        }
+    };
+    let config = v.config(raw);
+    if v.diags.is_empty() {
+        if let Some(config) = config {
+            return Ok(config);
+        }
+    }
+    Err(v.finish(file))
+}
+
+struct Validator<'t> {
+    text: &'t str,
+    diags: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.diags.push(Diagnostic {
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    fn finish(mut self, file: &str) -> ConfigError {
+        self.diags.sort_by_key(|d| (d.line, d.column));
+        ConfigError::Invalid {
+            file: file.to_string(),
+            diagnostics: self.diags,
+        }
+    }
+
+    /// Checks that `value` lies in `range`, reporting `what` otherwise.
+    fn int_in<T: TryFrom<i64>>(
+        &mut self,
+        value: &Spanned<i64>,
+        range: std::ops::RangeInclusive<i64>,
+        what: &str,
+    ) -> Option<T> {
+        let n = *value.get_ref();
+        if !range.contains(&n) {
+            self.error(
+                value.span(),
+                format!(
+                    "{what} = {n} is out of range: accepted values are {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            return None;
+        }
+        T::try_from(n).ok()
+    }
+
+    /// Rejects a feature this version parses but cannot run yet.
+    fn unsupported(&mut self, span: Range<usize>, what: &str) {
+        self.error(
+            span,
+            format!("{what} is not supported yet by this version of mirror"),
+        );
+    }
+
+    /// Index names, reporting duplicates.
+    fn names<'a>(
+        &mut self,
+        kind: &str,
+        names: impl Iterator<Item = &'a Spanned<String>>,
+    ) -> HashMap<String, usize> {
+        let mut map = HashMap::new();
+        for (i, n) in names.enumerate() {
+            let name = n.get_ref();
+            if name.is_empty() {
+                self.error(n.span(), format!("{kind} name must not be empty"));
+            } else if map.insert(name.clone(), i).is_some() {
+                self.error(n.span(), format!("duplicate {kind} name `{name}`"));
+            }
+        }
+        map
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let daemon = self.daemon(&raw.daemon);
+        let source_names = self.names("source", raw.sources.iter().map(|s| &s.get_ref().name));
+        let filter_names = self.names("filter", raw.filters.iter().map(|f| &f.get_ref().name));
+        let target_names = self.names("target", raw.targets.iter().map(|t| &t.get_ref().name));
+        for g in &raw.target_groups {
+            self.unsupported(g.span(), "[[target_group]]");
+        }
+
+        let sources: Vec<Source> = raw.sources.iter().filter_map(|s| self.source(s)).collect();
+        let filters: Vec<Filter> = raw
+            .filters
+            .iter()
+            .map(|f| {
+                let f = f.get_ref();
+                Filter {
+                    name: f.name.get_ref().clone(),
+                    rules: self.rules(&f.rules),
+                }
+            })
+            .collect();
+        let targets: Vec<Target> = raw.targets.iter().filter_map(|t| self.target(t)).collect();
+
+        let mut sessions = Vec::new();
+        for s in &raw.sessions {
+            if let Some(s) = self.session(s, &source_names, &filter_names, &target_names) {
+                sessions.push(s);
+            }
+        }
+        self.session_names(&raw.sessions);
+
+        if raw.sessions.is_empty() {
+            self.error(0..0, "no [[session]]: nothing would be mirrored");
+        }
+        for (i, s) in raw.sources.iter().enumerate() {
+            let count = sessions.iter().filter(|x| x.source == i).count();
+            if count as u32 > mirror_ebpf::limits::MAX_SESSIONS {
+                self.error(
+                    s.span(),
+                    format!(
+                        "source `{}` has {count} sessions; at most {} are supported",
+                        s.get_ref().name.get_ref(),
+                        mirror_ebpf::limits::MAX_SESSIONS
+                    ),
+                );
+            }
+        }
+        let rules_per_source = |src: usize| -> usize {
+            sessions
+                .iter()
+                .filter(|s| s.source == src)
+                .map(|s| filters.get(s.filter).map_or(0, |f| f.rules.len()))
+                .sum()
+        };
+        for (i, s) in raw.sources.iter().enumerate() {
+            let n = rules_per_source(i);
+            if n as u32 > mirror_ebpf::limits::MAX_RULES {
+                self.error(
+                    s.span(),
+                    format!(
+                        "the sessions of source `{}` have {n} rules together; at most {} are supported",
+                        s.get_ref().name.get_ref(),
+                        mirror_ebpf::limits::MAX_RULES
+                    ),
+                );
+            }
+        }
+
+        if sources.len() != raw.sources.len()
+            || targets.len() != raw.targets.len()
+            || sessions.len() != raw.sessions.len()
+        {
+            return None;
+        }
+        Some(Config {
+            daemon: daemon?,
+            sources,
+            filters,
+            targets,
+            sessions,
+        })
+    }
+
+    fn daemon(&mut self, d: &raw::RawDaemon) -> Option<Daemon> {
+        let control_socket = d
+            .control_socket
+            .as_ref()
+            .map_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET), |p| PathBuf::from(p.get_ref()));
+        let metrics = match &d.metrics {
+            None => None,
+            Some(m) => match m.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => {
+                    self.unsupported(m.span(), "`metrics` (the Prometheus endpoint)");
+                    Some(addr)
+                }
+                Err(_) => {
+                    self.error(
+                        m.span(),
+                        format!(
+                            "metrics = \"{}\" is not an address: expected IP:PORT, e.g. \"127.0.0.1:9464\"",
+                            m.get_ref()
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(Daemon {
+            control_socket,
+            metrics,
+        })
+    }
+
+    fn source(&mut self, s: &Spanned<RawSource>) -> Option<Source> {
+        let s = s.get_ref();
+        let mut ok = true;
+        let mode = s.mode.as_ref().map_or(SourceMode::Tap, |m| *m.get_ref());
+        if let Some(m) = &s.mode {
+            if *m.get_ref() == SourceMode::Copy {
+                self.unsupported(m.span(), "mode = \"copy\"");
+                ok = false;
+            }
+        }
+        let direction = s
+            .direction
+            .as_ref()
+            .map_or(SourceDirection::Ingress, |d| *d.get_ref());
+        if let Some(d) = &s.direction {
+            if *d.get_ref() != SourceDirection::Ingress {
+                if mode == SourceMode::Tap {
+                    self.error(
+                        d.span(),
+                        "direction = \"egress\" or \"both\" needs mode = \"copy\": a tap-mode feed port only receives",
+                    );
+                } else {
+                    self.unsupported(d.span(), "direction = \"egress\" / \"both\"");
+                }
+                ok = false;
+            }
+        }
+        if !valid_ifname(s.interface.get_ref()) {
+            self.error(
+                s.interface.span(),
+                format!(
+                    "interface = \"{}\" is not a valid interface name (1 to 15 characters, no '/', ':' or spaces)",
+                    s.interface.get_ref()
+                ),
+            );
+            ok = false;
+        }
+        let umem_frames = match &s.umem_frames {
+            None => DEFAULT_UMEM_FRAMES,
+            Some(n) => self.power_of_two(n, 64, 1 << 20, "umem_frames")?,
+        };
+        let ring_size = match &s.ring_size {
+            None => DEFAULT_RING_SIZE,
+            Some(n) => self.power_of_two(n, 64, 1 << 16, "ring_size")?,
+        };
+        if ring_size > umem_frames {
+            self.error(
+                s.ring_size.as_ref().map_or(0..0, |r| r.span()),
+                format!("ring_size = {ring_size} exceeds umem_frames = {umem_frames}: the fill ring could never be filled"),
+            );
+            ok = false;
+        }
+        ok.then(|| Source {
+            name: s.name.get_ref().clone(),
+            interface: s.interface.get_ref().clone(),
+            mode,
+            direction,
+            xdp_mode: s.xdp_mode,
+            zero_copy: s.zero_copy,
+            umem_frames,
+            ring_size,
+        })
+    }
+
+    fn power_of_two(&mut self, n: &Spanned<u32>, min: u32, max: u32, what: &str) -> Option<u32> {
+        let v = *n.get_ref();
+        if !v.is_power_of_two() || v < min || v > max {
+            self.error(
+                n.span(),
+                format!("{what} = {v}: accepted values are powers of two from {min} to {max}"),
+            );
+            return None;
+        }
+        Some(v)
+    }
+
+    fn rules(&mut self, raw: &[Spanned<RawRule>]) -> Vec<Rule> {
+        let mut seen: HashMap<(Direction, i64), ()> = HashMap::new();
+        let mut rules = Vec::new();
+        for r in raw {
+            let key = (r.get_ref().direction, *r.get_ref().number.get_ref());
+            if seen.insert(key, ()).is_some() {
+                self.error(
+                    r.get_ref().number.span(),
+                    format!(
+                        "duplicate rule number {} for direction {}: numbers are unique per filter and direction",
+                        key.1, key.0
+                    ),
+                );
+                continue;
+            }
+            if let Some(rule) = self.rule(r.get_ref()) {
+                rules.push(rule);
+            }
+        }
+        rules.sort_by_key(|r| r.number);
+        rules
+    }
+
+    fn rule(&mut self, r: &RawRule) -> Option<Rule> {
+        let number: Option<u16> = self.int_in(&r.number, RULE_NUMBERS, "number");
+        let protocol = match &r.protocol {
+            None => None,
+            Some(p) => match parse_protocol(p.get_ref()) {
+                Ok(p) => p,
+                Err(msg) => {
+                    self.error(p.span(), msg);
+                    return None;
+                }
+            },
+        };
+        let source = match &r.source {
+            None => None,
+            Some(s) => Some(self.cidr(s, "source")?),
+        };
+        let destination = match &r.destination {
+            None => None,
+            Some(d) => Some(self.cidr(d, "destination")?),
+        };
+        if let (Some(s), Some(d)) = (&source, &destination) {
+            if s.addr().is_ipv4() != d.addr().is_ipv4() {
+                self.error(
+                    r.destination.as_ref().map_or(0..0, |d| d.span()),
+                    "source and destination are of different IP families: such a rule could never match",
+                );
+                return None;
+            }
+        }
+        let mut ports = [None, None];
+        for (i, (field, raw)) in [("source_port", &r.source_port), ("destination_port", &r.destination_port)]
+            .into_iter()
+            .enumerate()
+        {
+            let Some(raw) = raw else { continue };
+            if !protocol.is_some_and(|p| matches!(p, 6 | 17 | 132)) {
+                self.error(
+                    raw.span(),
+                    format!("{field} needs protocol = \"tcp\", \"udp\" or \"sctp\": other protocols have no ports"),
+                );
+                return None;
+            }
+            match parse_ports(raw.get_ref()) {
+                Ok(p) => ports[i] = Some(p),
+                Err(msg) => {
+                    self.error(raw.span(), format!("{field}: {msg}"));
+                    return None;
+                }
+            }
+        }
+        let vlan = match &r.vlan {
+            None => None,
+            Some(v) => Some(self.int_in::<u16>(v, 0..=4095, "vlan")?),
+        };
+        Some(Rule {
+            number: number?,
+            action: r.action,
+            direction: r.direction,
+            protocol,
+            source,
+            destination,
+            source_port: ports[0],
+            destination_port: ports[1],
+            vlan,
+        })
+    }
+
+    fn cidr(&mut self, s: &Spanned<String>, field: &str) -> Option<IpNet> {
+        let text = s.get_ref();
+        let parsed = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => Some(net.trunc()),
+            Err(_) => {
+                self.error(
+                    s.span(),
+                    format!("{field} = \"{text}\" is not a CIDR: expected e.g. \"10.0.0.0/8\" or \"2001:db8::/32\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn target(&mut self, t: &Spanned<RawTarget>) -> Option<Target> {
+        let t = t.get_ref();
+        let kind = *t.kind.get_ref();
+        let mut ok = true;
+        // Keys that belong to other kinds are mistakes worth naming.
+        let keys: [(&str, Option<Range<usize>>, &[TargetKind]); 14] = [
+            ("interface", t.interface.as_ref().map(|x| x.span()), &[TargetKind::Interface]),
+            ("zero_copy", t.zero_copy.as_ref().map(|x| x.span()), &[TargetKind::Interface]),
+            ("remote", t.remote.as_ref().map(|x| x.span()), &[TargetKind::Vxlan, TargetKind::Gre, TargetKind::Erspan]),
+            ("port", t.port.as_ref().map(|x| x.span()), &[TargetKind::Vxlan]),
+            ("source", t.source.as_ref().map(|x| x.span()), &[TargetKind::Vxlan, TargetKind::Gre, TargetKind::Erspan]),
+            ("mtu", t.mtu.as_ref().map(|x| x.span()), &[TargetKind::Vxlan, TargetKind::Gre, TargetKind::Erspan]),
+            ("version", t.version.as_ref().map(|x| x.span()), &[TargetKind::Erspan]),
+            ("key", t.key.as_ref().map(|x| x.span()), &[TargetKind::Gre]),
+            ("path", t.path.as_ref().map(|x| x.span()), &[TargetKind::Pcapng]),
+            ("rotate_size", t.rotate_size.as_ref().map(|x| x.span()), &[TargetKind::Pcapng]),
+            ("rotate_interval", t.rotate_interval.as_ref().map(|x| x.span()), &[TargetKind::Pcapng]),
+            ("keep", t.keep.as_ref().map(|x| x.span()), &[TargetKind::Pcapng]),
+            ("max_total_size", t.max_total_size.as_ref().map(|x| x.span()), &[TargetKind::Pcapng]),
+            ("min_free", t.min_free.as_ref().map(|x| x.span()), &[TargetKind::Pcapng]),
+        ];
+        for (key, span, kinds) in keys {
+            if let Some(span) = span {
+                if !kinds.contains(&kind) {
+                    self.error(
+                        span,
+                        format!("`{key}` does not apply to a target of kind = \"{}\"", kind.as_str()),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let queue_size = match &t.queue_size {
+            None => DEFAULT_QUEUE_SIZE,
+            Some(q) => self.int_in::<u32>(q, 16..=1 << 20, "queue_size")?,
+        };
+        let spec = match kind {
+            TargetKind::Interface => {
+                let Some(iface) = &t.interface else {
+                    self.error(
+                        t.kind.span(),
+                        format!("target `{}` of kind = \"interface\" needs `interface`", t.name.get_ref()),
+                    );
+                    return None;
+                };
+                if !valid_ifname(iface.get_ref()) {
+                    self.error(
+                        iface.span(),
+                        format!("interface = \"{}\" is not a valid interface name", iface.get_ref()),
+                    );
+                    return None;
+                }
+                TargetSpec::Interface {
+                    interface: iface.get_ref().clone(),
+                    zero_copy: t.zero_copy.as_ref().map_or(ZeroCopy::Auto, |z| *z.get_ref()),
+                }
+            }
+            other => {
+                self.unsupported(t.kind.span(), &format!("kind = \"{}\"", other.as_str()));
+                return None;
+            }
+        };
+        ok.then(|| Target {
+            name: t.name.get_ref().clone(),
+            spec,
+            queue_size,
+        })
+    }
+
+    fn session(
+        &mut self,
+        s: &Spanned<RawSession>,
+        sources: &HashMap<String, usize>,
+        filters: &HashMap<String, usize>,
+        targets: &HashMap<String, usize>,
+    ) -> Option<Session> {
+        let s = s.get_ref();
+        let mut ok = true;
+        let lookup = |v: &mut Self, map: &HashMap<String, usize>, n: &Spanned<String>, kind: &str| {
+            let found = map.get(n.get_ref()).copied();
+            if found.is_none() {
+                let mut known: Vec<&str> = map.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                v.error(
+                    n.span(),
+                    format!(
+                        "unknown {kind} `{}` (defined: {})",
+                        n.get_ref(),
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    ),
+                );
+            }
+            found
+        };
+        let source = lookup(self, sources, &s.source, "source");
+        let filter = lookup(self, filters, &s.filter, "filter");
+        let mut tgt = Vec::new();
+        if s.targets.get_ref().is_empty() {
+            self.error(s.targets.span(), "targets must name at least one target");
+            ok = false;
+        }
+        for t in s.targets.get_ref() {
+            match lookup(self, targets, t, "target") {
+                Some(i) if tgt.contains(&i) => {
+                    self.error(t.span(), format!("target `{}` is listed twice", t.get_ref()));
+                    ok = false;
+                }
+                Some(i) => tgt.push(i),
+                None => ok = false,
+            }
+        }
+        let priority = match &s.priority {
+            None => DEFAULT_PRIORITY,
+            Some(p) => self.int_in::<u32>(p, 0..=u32::MAX as i64, "priority")?,
+        };
+        if let Some(p) = &s.packet_length {
+            if *p.get_ref() != 0 {
+                self.unsupported(p.span(), "packet_length (truncation)");
+                ok = false;
+            }
+        }
+        if let Some(p) = &s.sample {
+            if *p.get_ref() != 1 {
+                self.unsupported(p.span(), "sample other than 1");
+                ok = false;
+            }
+        }
+        if let Some(p) = &s.rate_limit_pps {
+            if *p.get_ref() != 0 {
+                self.unsupported(p.span(), "rate_limit_pps");
+                ok = false;
+            }
+        }
+        if let Some(p) = &s.vni {
+            self.int_in::<u32>(p, 0..=0xff_ffff, "vni")?;
+        }
+        if let Some(p) = &s.enabled {
+            if !*p.get_ref() {
+                self.unsupported(p.span(), "enabled = false");
+                ok = false;
+            }
+        }
+        if let Some(w) = s.schedule.first() {
+            self.unsupported(w.span(), "[[session.schedule]]");
+            ok = false;
+        }
+        if !ok {
+            return None;
+        }
+        Some(Session {
+            name: s.name.get_ref().clone(),
+            source: source?,
+            filter: filter?,
+            targets: tgt,
+            priority,
+        })
+    }
+
+    fn session_names(&mut self, sessions: &[Spanned<RawSession>]) {
+        self.names("session", sessions.iter().map(|s| &s.get_ref().name));
+    }
+}
+
+/// Linux interface names: 1 to 15 bytes, no '/', ':' or whitespace.
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+}
+
+/// `"tcp"`, `6`, `"any"`: the protocol number, or `None` for any.
+pub fn parse_protocol(p: &RawProtocol) -> Result<Option<u8>, String> {
+    const NAMES: &str = "any, tcp, udp, icmp, icmpv6, sctp, or a number 0 to 255";
+    match p {
+        RawProtocol::Number(n) => u8::try_from(*n)
+            .map(Some)
+            .map_err(|_| format!("protocol = {n} is out of range: accepted values are {NAMES}")),
+        RawProtocol::Name(name) => match name.to_ascii_lowercase().as_str() {
+            "any" | "all" | "-1" => Ok(None),
+            "tcp" => Ok(Some(6)),
+            "udp" => Ok(Some(17)),
+            "icmp" => Ok(Some(1)),
+            "icmpv6" => Ok(Some(58)),
+            "sctp" => Ok(Some(132)),
+            other => other
+                .parse::<u8>()
+                .map(Some)
+                .map_err(|_| format!("protocol = \"{name}\" is unknown: accepted values are {NAMES}")),
+        },
+    }
+}
+
+/// `"443"`, `"1024-65535"`, `443`.
+pub fn parse_ports(p: &RawPorts) -> Result<PortRange, String> {
+    let port = |s: &str| -> Result<u16, String> {
+        s.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("\"{s}\" is not a port: expected 0 to 65535"))
+    };
+    match p {
+        RawPorts::Number(n) => u16::try_from(*n)
+            .map(|v| PortRange { lo: v, hi: v })
+            .map_err(|_| format!("{n} is not a port: expected 0 to 65535")),
+        RawPorts::Text(s) => {
+            let (lo, hi) = match s.split_once('-') {
+                Some((a, b)) => (port(a)?, port(b)?),
+                None => {
+                    let v = port(s)?;
+                    (v, v)
+                }
+            };
+            if lo > hi {
+                return Err(format!("range \"{s}\" is reversed: write \"{hi}-{lo}\""));
+            }
+            Ok(PortRange { lo, hi })
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte offset `pos`.
+pub fn line_col(text: &str, pos: usize) -> (usize, usize) {
+    let pos = pos.min(text.len());
+    let before = &text[..text.floor_char_boundary_compat(pos)];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+trait FloorCharBoundary {
+    fn floor_char_boundary_compat(&self, pos: usize) -> usize;
+}
+
+impl FloorCharBoundary for str {
+    fn floor_char_boundary_compat(&self, mut pos: usize) -> usize {
+        while pos > 0 && !self.is_char_boundary(pos) {
+            pos -= 1;
+        }
+        pos
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,223 @@
+//! The TOML file as written: every table and key of `mirror.toml` (see SPEC.md),
+//! with source spans kept for the checks that come after parsing.
+//!
+//! Nothing here is validated beyond types; [`super::validate`] turns it into a
+//! [`super::Config`] and reports every problem with file:line:column.
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub daemon: RawDaemon,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<Spanned<RawSource>>,
+    #[serde(default, rename = "filter")]
+    pub filters: Vec<Spanned<RawFilter>>,
+    #[serde(default, rename = "target")]
+    pub targets: Vec<Spanned<RawTarget>>,
+    #[serde(default, rename = "target_group")]
+    pub target_groups: Vec<Spanned<RawTargetGroup>>,
+    #[serde(default, rename = "session")]
+    pub sessions: Vec<Spanned<RawSession>>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    /// Default: [`super::DEFAULT_CONTROL_SOCKET`].
+    pub control_socket: Option<Spanned<String>>,
+    /// Prometheus listen address; omitted = no metrics endpoint.
+    pub metrics: Option<Spanned<String>>,
+}
+
+/// `[[source]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub name: Spanned<String>,
+    pub interface: Spanned<String>,
+    #[serde(default)]
+    pub mode: Option<Spanned<SourceMode>>,
+    #[serde(default)]
+    pub direction: Option<Spanned<SourceDirection>>,
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    #[serde(default)]
+    pub zero_copy: ZeroCopy,
+    /// UMEM frames per RX queue. Default 4096.
+    pub umem_frames: Option<Spanned<u32>>,
+    /// Descriptors in each RX and fill ring. Default 2048.
+    pub ring_size: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceMode {
+    /// A SPAN/TAP feed port: frames are consumed after mirroring.
+    #[default]
+    Tap,
+    /// A live interface: traffic passes on untouched.
+    Copy,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceDirection {
+    #[default]
+    Ingress,
+    Egress,
+    Both,
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic with a log line.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+/// AF_XDP zero-copy.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroCopy {
+    /// Zero-copy where the driver supports it, else copy mode with a log line.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// `[[filter]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilter {
+    pub name: Spanned<String>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<Spanned<RawRule>>,
+}
+
+/// `[[filter.rule]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub number: Spanned<i64>,
+    pub action: super::Action,
+    pub direction: super::Direction,
+    #[serde(default)]
+    pub protocol: Option<Spanned<RawProtocol>>,
+    pub source: Option<Spanned<String>>,
+    pub destination: Option<Spanned<String>>,
+    pub source_port: Option<Spanned<RawPorts>>,
+    pub destination_port: Option<Spanned<RawPorts>>,
+    pub vlan: Option<Spanned<i64>>,
+}
+
+/// `protocol = "tcp"` or `protocol = 6`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawProtocol {
+    Name(String),
+    Number(i64),
+}
+
+/// `source_port = "443"`, `"1024-65535"` or `443`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawPorts {
+    Text(String),
+    Number(i64),
+}
+
+/// `[[target]]`. One flat table for every kind; [`super::validate`] checks that
+/// each key applies to the target's `kind`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub name: Spanned<String>,
+    pub kind: Spanned<TargetKind>,
+    pub interface: Option<Spanned<String>>,
+    pub remote: Option<Spanned<String>>,
+    pub port: Option<Spanned<i64>>,
+    pub source: Option<Spanned<String>>,
+    pub mtu: Option<Spanned<i64>>,
+    pub version: Option<Spanned<i64>>,
+    pub key: Option<Spanned<i64>>,
+    pub path: Option<Spanned<String>>,
+    pub rotate_size: Option<Spanned<String>>,
+    pub rotate_interval: Option<Spanned<String>>,
+    pub keep: Option<Spanned<i64>>,
+    pub max_total_size: Option<Spanned<String>>,
+    pub min_free: Option<Spanned<String>>,
+    /// Frames the target's queue holds before it drops (`queue_full`). Default 4096.
+    pub queue_size: Option<Spanned<i64>>,
+    pub zero_copy: Option<Spanned<ZeroCopy>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Interface,
+    Vxlan,
+    Gre,
+    Erspan,
+    Pcapng,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Interface => "interface",
+            TargetKind::Vxlan => "vxlan",
+            TargetKind::Gre => "gre",
+            TargetKind::Erspan => "erspan",
+            TargetKind::Pcapng => "pcapng",
+        }
+    }
+}
+
+/// `[[target_group]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTargetGroup {
+    pub name: Spanned<String>,
+    pub members: Vec<Spanned<String>>,
+}
+
+/// `[[session]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSession {
+    pub name: Spanned<String>,
+    pub source: Spanned<String>,
+    pub filter: Spanned<String>,
+    pub targets: Spanned<Vec<Spanned<String>>>,
+    pub priority: Option<Spanned<i64>>,
+    pub packet_length: Option<Spanned<i64>>,
+    pub vni: Option<Spanned<i64>>,
+    pub sample: Option<Spanned<i64>>,
+    pub rate_limit_pps: Option<Spanned<i64>>,
+    pub enabled: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub schedule: Vec<Spanned<RawSchedule>>,
+}
+
+/// `[[session.schedule]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    pub days: Option<Spanned<String>>,
+    pub hours: Option<Spanned<String>>,
+    pub timezone: Option<Spanned<String>>,
+    pub sample: Option<Spanned<i64>>,
+    pub rate_limit_pps: Option<Spanned<i64>>,
+    pub enabled: Option<Spanned<bool>>,
+}

@@ -1,0 +1,565 @@
+//! A throw-away lab of network namespaces and veth pairs, for `mirror demo`
+//! and the end-to-end tests: uniquely named, deleted on drop (also when a test
+//! panics), and never touching the machine's own interfaces.
+//!
+//! ```text
+//!  ns gen            ns src (mirror runs here)            ns sink
+//!  gen0 ─────veth───── feed0  [XDP tap]   tgt0 ─────veth───── sink0
+//! ```
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `ip` with `args`; fails with its stderr.
+pub fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running `ip` (install iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A network namespace, deleted (with every interface in it) on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    owned: bool,
+}
+
+impl Netns {
+    /// Creates `mirror-<pid>-<seq>-<role>`, with IPv6 off so that no
+    /// autoconfiguration traffic mixes with a test's frames.
+    pub fn new(role: &str) -> Result<Netns> {
+        let name = format!(
+            "mirror-{}-{}-{role}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        if Path::new("/run/netns").join(&name).exists() {
+            let _ = ip(&["netns", "del", &name]);
+        }
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name, owned: true };
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A handle on an existing namespace that is not deleted on drop.
+    pub fn attach(name: &str) -> Netns {
+        Netns {
+            name: name.to_string(),
+            owned: false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n <ns> args…`
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Runs a command inside the namespace and waits for it.
+    pub fn exec(&self, args: &[&str]) -> Result<()> {
+        let out = self.command(args).stdin(Stdio::null()).output()?;
+        if !out.status.success() {
+            bail!("{} in {}: {}", args.join(" "), self.name, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
+    /// `ip netns exec <ns> args…`, not started.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+
+    /// Runs `f` on a thread that has entered the namespace. Sockets created
+    /// there stay in the namespace wherever they are used later.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+        let path = Path::new("/run/netns").join(&self.name);
+        std::thread::spawn(move || -> Result<T> {
+            let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            // Safety: `file` is a namespace fd; setns affects only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("setns");
+            }
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Creates a veth pair `a` (in `ns_a`) – `b` (in `ns_b`), both up.
+pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u32) -> Result<()> {
+    let q = queues.to_string();
+    ip(&[
+        "link", "add", a, "netns", ns_a.name(), "numrxqueues", &q, "numtxqueues", &q, "type", "veth", "peer",
+        "name", b, "netns", ns_b.name(), "numrxqueues", &q, "numtxqueues", &q,
+    ])?;
+    ns_a.ip(&["link", "set", a, "up"])?;
+    ns_b.ip(&["link", "set", b, "up"])?;
+    Ok(())
+}
+
+/// The standard lab: gen -> src (feed0) and src (tgt0) -> sink.
+pub struct Lab {
+    pub gen: Netns,
+    pub src: Netns,
+    pub sink: Netns,
+}
+
+impl Lab {
+    pub const GEN_IF: &'static str = "gen0";
+    pub const FEED_IF: &'static str = "feed0";
+    pub const TARGET_IF: &'static str = "tgt0";
+    pub const SINK_IF: &'static str = "sink0";
+
+    pub fn new(queues: u32) -> Result<Lab> {
+        let lab = Lab {
+            gen: Netns::new("gen")?,
+            src: Netns::new("src")?,
+            sink: Netns::new("sink")?,
+        };
+        veth(&lab.gen, Self::GEN_IF, &lab.src, Self::FEED_IF, queues)?;
+        veth(&lab.src, Self::TARGET_IF, &lab.sink, Self::SINK_IF, 1)?;
+        Ok(lab)
+    }
+}
+
+/// An AF_PACKET socket bound to `interface`, created in the current thread's namespace.
+pub fn packet_socket(interface: &str) -> Result<OwnedFd> {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // Safety: plain socket() call.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("AF_PACKET socket (needs root)");
+    }
+    // Safety: the fd was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let ifindex = crate::loader::ifindex(interface)?;
+    // Safety: all-zero is a valid sockaddr_ll.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // Safety: `sll` is a valid, fully sized sockaddr_ll.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("binding the AF_PACKET socket");
+    }
+    let bufsize: libc::c_int = 64 << 20;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+        // Safety: valid option value pointer and length.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&bufsize as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+    }
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // Safety: valid option value pointer and length.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    Ok(fd)
+}
+
+/// Sends `frames` out of `interface` in namespace `ns`, pacing to at most
+/// `pps` frames per second (0 = as fast as the socket takes them).
+pub fn send_frames(ns: &Netns, interface: &str, frames: Arc<Vec<Vec<u8>>>, pps: u64) -> Result<u64> {
+    let interface = interface.to_string();
+    let fd = ns.run(move || packet_socket(&interface))?;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    for (i, f) in frames.iter().enumerate() {
+        if pps > 0 {
+            let due = start + Duration::from_secs_f64(i as f64 / pps as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        loop {
+            // Safety: `f` is a valid buffer of its length.
+            let rc = unsafe { libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+            if rc >= 0 {
+                sent += 1;
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOBUFS) || e.raw_os_error() == Some(libc::EAGAIN) {
+                std::thread::yield_now();
+                continue;
+            }
+            return Err(e).context("sending a frame");
+        }
+    }
+    Ok(sent)
+}
+
+/// Frames received on an interface, collected on a background thread.
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Vec<Vec<u8>>>>,
+    count: Arc<AtomicU32>,
+}
+
+impl Capture {
+    /// Starts capturing frames *received* by `interface` in `ns`.
+    pub fn start(ns: &Netns, interface: &str) -> Result<Capture> {
+        let name = interface.to_string();
+        let fd = ns.run(move || packet_socket(&name))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU32::new(0));
+        let (s, c) = (stop.clone(), count.clone());
+        let handle = std::thread::spawn(move || {
+            let mut frames = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                // Safety: all-zero is a valid sockaddr_ll.
+                let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                // Safety: valid buffer and address out-pointers.
+                let n = unsafe {
+                    libc::recvfrom(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                        (&mut from as *mut libc::sockaddr_ll).cast(),
+                        &mut len,
+                    )
+                };
+                if n < 0 {
+                    // Timeout: stop only once asked and the socket is drained.
+                    if s.load(Ordering::Relaxed) {
+                        return frames;
+                    }
+                    continue;
+                }
+                if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                    continue;
+                }
+                frames.push(buf[..n as usize].to_vec());
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Ok(Capture {
+            stop,
+            handle: Some(handle),
+            count,
+        })
+    }
+
+    /// Frames captured so far.
+    pub fn count(&self) -> u32 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Stops (after the socket has been idle for 100 ms) and returns the frames.
+    pub fn finish(mut self) -> Vec<Vec<u8>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().and_then(|h| h.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A `mirror run` process inside a namespace: SIGTERMed and reaped on drop.
+pub struct DaemonProcess {
+    child: Option<Child>,
+    pub control: PathBuf,
+    pub log: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `exe run -c config` in `ns`, logging to `log`, and waits (at most
+    /// `timeout`) until its control socket answers.
+    pub fn start(ns: &Netns, exe: &Path, config: &Path, control: &Path, log: &Path, timeout: Duration) -> Result<Self> {
+        let logfile = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = ns
+            .command(&[&exe.to_string_lossy(), "run", "-c", &config.to_string_lossy()])
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logfile)
+            .spawn()
+            .context("starting the mirror daemon")?;
+        let mut d = DaemonProcess {
+            child: Some(child),
+            control: control.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(mut c) = crate::control::Client::connect(control) {
+                if c.stats().is_ok() {
+                    return Ok(d);
+                }
+            }
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("the daemon exited with {status}:\n{}", d.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon did not answer on {} within {timeout:?}:\n{}", control.display(), d.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` to the daemon (the `ip netns exec` wrapper execs it, so
+    /// the child's pid is the daemon's).
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.pid() {
+            // Safety: kill() on our own child.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+    }
+
+    /// SIGTERMs the daemon and waits up to `timeout` for it to exit.
+    pub fn stop(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        self.wait(timeout)
+    }
+
+    /// Waits up to `timeout` for the daemon to exit; SIGKILLs it after that.
+    pub fn wait(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else { bail!("already stopped") };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the daemon did not exit within {timeout:?}; killed it");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Test traffic: frames carrying a marker and sequence number, built with etherparse.
+pub mod traffic {
+    use etherparse::PacketBuilder;
+
+    /// Payload prefix that identifies lab frames.
+    pub const MARKER: &[u8; 8] = b"MIRRORT\0";
+
+    const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+    const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+
+    /// The shapes of the mixed workload.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Shape {
+        Tcp4,
+        Udp4,
+        Icmp4,
+        Tcp6,
+        Udp6,
+        Icmp6,
+        VlanTcp4,
+        QinQUdp6,
+    }
+
+    pub const SHAPES: [Shape; 8] = [
+        Shape::Tcp4,
+        Shape::Udp4,
+        Shape::Icmp4,
+        Shape::Tcp6,
+        Shape::Udp6,
+        Shape::Icmp6,
+        Shape::VlanTcp4,
+        Shape::QinQUdp6,
+    ];
+
+    /// Destination ports cycled through for TCP/UDP frames.
+    pub const PORTS: [u16; 4] = [22, 80, 443, 53];
+
+    fn payload(seq: u32, len: usize) -> Vec<u8> {
+        let mut p = Vec::with_capacity(len.max(12));
+        p.extend_from_slice(MARKER);
+        p.extend_from_slice(&seq.to_be_bytes());
+        while p.len() < len {
+            p.push((p.len() % 251) as u8);
+        }
+        p
+    }
+
+    /// One frame of `shape`, `seq`, total length `size` (64..=1514 bytes; the
+    /// payload is padded to reach it).
+    pub fn frame(shape: Shape, seq: u32, size: usize) -> Vec<u8> {
+        let port = PORTS[(seq as usize) % PORTS.len()];
+        let v4s = [10, 1, 0, (seq % 200) as u8 + 1];
+        let v4d = [10, 2, 0, 1];
+        let mut v6s = [0u8; 16];
+        v6s[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        v6s[15] = (seq % 200) as u8 + 1;
+        let mut v6d = v6s;
+        v6d[15] = 0xfe;
+        let b = || PacketBuilder::ethernet2(SRC_MAC, DST_MAC);
+        let (builder_len, build): (usize, Box<dyn Fn(&[u8]) -> Vec<u8>>) = match shape {
+            Shape::Tcp4 => (
+                14 + 20 + 20,
+                Box::new(move |p| w(b().ipv4(v4s, v4d, 64).tcp(40000, port, seq, 1024), p)),
+            ),
+            Shape::Udp4 => (14 + 20 + 8, Box::new(move |p| w(b().ipv4(v4s, v4d, 64).udp(40000, port), p))),
+            Shape::Icmp4 => (
+                14 + 20 + 8,
+                Box::new(move |p| w(b().ipv4(v4s, v4d, 64).icmpv4_echo_request(1, seq as u16), p)),
+            ),
+            Shape::Tcp6 => (
+                14 + 40 + 20,
+                Box::new(move |p| w(b().ipv6(v6s, v6d, 64).tcp(40000, port, seq, 1024), p)),
+            ),
+            Shape::Udp6 => (14 + 40 + 8, Box::new(move |p| w(b().ipv6(v6s, v6d, 64).udp(40000, port), p))),
+            Shape::Icmp6 => (
+                14 + 40 + 8,
+                Box::new(move |p| w(b().ipv6(v6s, v6d, 64).icmpv6_echo_request(1, seq as u16), p)),
+            ),
+            Shape::VlanTcp4 => (
+                18 + 20 + 20,
+                Box::new(move |p| {
+                    w(
+                        b()
+                            .single_vlan(etherparse::VlanId::try_new(100).expect("valid id"))
+                            .ipv4(v4s, v4d, 64)
+                            .tcp(40000, port, seq, 1024),
+                        p,
+                    )
+                }),
+            ),
+            Shape::QinQUdp6 => (
+                22 + 40 + 8,
+                Box::new(move |p| {
+                    w(
+                        b()
+                            .double_vlan(
+                                etherparse::VlanId::try_new(200).expect("valid id"),
+                                etherparse::VlanId::try_new(300).expect("valid id"),
+                            )
+                            .ipv6(v6s, v6d, 64)
+                            .udp(40000, port),
+                        p,
+                    )
+                }),
+            ),
+        };
+        build(&payload(seq, size.saturating_sub(builder_len).max(12)))
+    }
+
+    fn w<B: Writable>(b: B, payload: &[u8]) -> Vec<u8> {
+        b.write_to(payload)
+    }
+
+    /// etherparse's final builder steps share no trait; this gives them one.
+    trait Writable {
+        fn write_to(self, payload: &[u8]) -> Vec<u8>;
+    }
+
+    macro_rules! writable {
+        ($($t:ty),*) => {$(
+            impl Writable for $t {
+                fn write_to(self, payload: &[u8]) -> Vec<u8> {
+                    let mut out = Vec::with_capacity(self.size(payload.len()));
+                    self.write(&mut out, payload).expect("writing to a Vec cannot fail");
+                    out
+                }
+            }
+        )*};
+    }
+    writable!(
+        PacketBuilderStep<etherparse::TcpHeader>,
+        PacketBuilderStep<etherparse::UdpHeader>,
+        PacketBuilderStep<etherparse::Icmpv4Header>,
+        PacketBuilderStep<etherparse::Icmpv6Header>
+    );
+    use etherparse::PacketBuilderStep;
+
+    /// `n` frames cycling through every shape, sizes cycling through 64..=1514.
+    pub fn mixed(n: u32) -> Vec<Vec<u8>> {
+        const SIZES: [usize; 5] = [64, 128, 512, 1024, 1514];
+        (0..n)
+            .map(|i| frame(SHAPES[i as usize % SHAPES.len()], i, SIZES[(i as usize / SHAPES.len()) % SIZES.len()]))
+            .collect()
+    }
+
+    /// The sequence number of a lab frame, if it is one.
+    pub fn seq_of(frame: &[u8]) -> Option<u32> {
+        let at = frame.windows(MARKER.len()).position(|w| w == MARKER)? + MARKER.len();
+        Some(u32::from_be_bytes(frame.get(at..at + 4)?.try_into().ok()?))
+    }
+}

@@ -1,0 +1,69 @@
+//! Small queries about network interfaces in this thread's network namespace,
+//! by ioctl (sysfs shows the namespace it was mounted in, not ours).
+
+/// Runs `req` on an `ifreq` naming `interface`; `None` if it fails.
+fn ifreq_ioctl(interface: &str, req: libc::c_ulong, data: Option<*mut libc::c_void>) -> Option<libc::ifreq> {
+    // Safety: all-zero is a valid `ifreq`.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = interface.as_bytes();
+    if bytes.is_empty() || bytes.len() >= ifr.ifr_name.len() {
+        return None;
+    }
+    for (d, s) in ifr.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    if let Some(p) = data {
+        ifr.ifr_ifru.ifru_data = p.cast();
+    }
+    // Safety: plain socket() call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // Safety: `ifr` is a valid ifreq with a NUL-terminated name; `data`, when
+    // given, points to the buffer the request expects.
+    let rc = unsafe { libc::ioctl(fd, req, &mut ifr) };
+    // Safety: `fd` is ours.
+    unsafe { libc::close(fd) };
+    (rc == 0).then_some(ifr)
+}
+
+/// IFF_RUNNING: up, with carrier (for veth: the peer is up too).
+pub fn is_running(interface: &str) -> Option<bool> {
+    let ifr = ifreq_ioctl(interface, libc::SIOCGIFFLAGS, None)?;
+    // Safety: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+    Some(i32::from(flags) & libc::IFF_RUNNING != 0)
+}
+
+pub fn mtu(interface: &str) -> Option<u32> {
+    let ifr = ifreq_ioctl(interface, libc::SIOCGIFMTU, None)?;
+    // Safety: SIOCGIFMTU filled the mtu member of the union.
+    u32::try_from(unsafe { ifr.ifr_ifru.ifru_mtu }).ok()
+}
+
+/// RX queues of `interface` (ethtool channels: rx + combined); `None` when
+/// the driver does not report channels.
+pub fn rx_queues(interface: &str) -> Option<u32> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct EthtoolChannels {
+        cmd: u32,
+        max_rx: u32,
+        max_tx: u32,
+        max_other: u32,
+        max_combined: u32,
+        rx_count: u32,
+        tx_count: u32,
+        other_count: u32,
+        combined_count: u32,
+    }
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    let mut ch = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Default::default()
+    };
+    ifreq_ioctl(interface, libc::SIOCETHTOOL, Some((&mut ch as *mut EthtoolChannels).cast()))?;
+    let n = ch.rx_count + ch.combined_count;
+    (n > 0).then_some(n)
+}

@@ -1,0 +1,68 @@
+//! The counters `mirror stats` and the control socket report (SPEC "Counters").
+//!
+//! Invariants, at any quiescent moment (no frame in flight):
+//! - per source: `received = matched + filtered` and
+//!   `matched = mirrored + sampled_out + scheduled_out + sum(dropped)`;
+//! - per target: `enqueued = sent_packets + sum(dropped) + queued`, where
+//!   `queued` is 0 once the target is idle.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::target::TargetStats;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    pub sources: BTreeMap<String, SourceStats>,
+    pub sessions: BTreeMap<String, SessionStats>,
+    pub targets: BTreeMap<String, TargetStats>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceStats {
+    pub interface: String,
+    pub mode: String,
+    /// "native" or "generic".
+    pub xdp_mode: String,
+    pub zero_copy: bool,
+    pub queues: u32,
+    pub received: u64,
+    pub matched: u64,
+    pub filtered: u64,
+    pub sampled_out: u64,
+    pub scheduled_out: u64,
+    /// Frames handed to the sessions' targets.
+    pub mirrored: u64,
+    /// Matched frames lost before reaching a target, by reason.
+    pub dropped: BTreeMap<String, u64>,
+    /// Frames the parser could not fully read (still classified; see README).
+    pub parser: BTreeMap<String, u64>,
+}
+
+impl SourceStats {
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.values().sum()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionStats {
+    pub source: String,
+    /// Which path serves the session: "af_xdp" (userspace) today.
+    pub path: String,
+    pub targets: Vec<String>,
+    /// Frames this session's filter accepted.
+    pub matched: u64,
+    /// Of those, handed to the session's targets.
+    pub mirrored: u64,
+    pub scheduled_out: u64,
+    /// The active schedule window, if the session has a schedule.
+    pub schedule_window: Option<String>,
+}
+
+impl TargetStats {
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.values().sum()
+    }
+}

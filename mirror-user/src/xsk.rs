@@ -1,0 +1,491 @@
+//! AF_XDP sockets on top of `xdpilone`: the UMEM memory, one RX socket per
+//! source queue (fill + RX rings) and one TX socket per interface target
+//! (TX + completion rings). Ring handling is xdpilone's; this module owns the
+//! memory and the frame bookkeeping.
+
+use std::ffi::CString;
+use std::num::NonZeroU32;
+use std::ptr::NonNull;
+
+use xdpilone::xdp::XdpDesc;
+use xdpilone::{BufIdx, DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
+
+use crate::config::ZeroCopy;
+
+/// Bytes per UMEM frame: one page, the most AF_XDP accepts without multi-buffer.
+pub const FRAME_SIZE: u32 = 4096;
+
+// Bind flags (linux/if_xdp.h).
+const XDP_COPY: u16 = 1 << 1;
+const XDP_ZEROCOPY: u16 = 1 << 2;
+const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    #[error("allocating {bytes} bytes of UMEM: {source}")]
+    Mmap { bytes: usize, source: std::io::Error },
+    #[error("AF_XDP {step} on {interface} queue {queue}: {errno}{hint}")]
+    Socket {
+        step: &'static str,
+        interface: String,
+        queue: u32,
+        errno: std::io::Error,
+        hint: &'static str,
+    },
+}
+
+fn errno(e: xdpilone::Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e.get_raw())
+}
+
+/// Page-aligned anonymous memory registered as a UMEM.
+struct Area {
+    ptr: NonNull<[u8]>,
+}
+
+// Safety: the mapping is plain memory; access is coordinated by ring ownership.
+unsafe impl Send for Area {}
+
+impl Area {
+    fn new(bytes: usize) -> Result<Self, XskError> {
+        // Safety: an anonymous private mapping with no address hint.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(XskError::Mmap {
+                bytes,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let slice = std::ptr::slice_from_raw_parts_mut(p.cast::<u8>(), bytes);
+        Ok(Area {
+            ptr: NonNull::new(slice).expect("mmap never returns NULL on success"),
+        })
+    }
+
+    fn base(&self) -> *mut u8 {
+        self.ptr.as_ptr().cast()
+    }
+
+    fn len(&self) -> usize {
+        self.ptr.len()
+    }
+}
+
+impl Drop for Area {
+    fn drop(&mut self) {
+        // Safety: we own this mapping, and every ring that referenced it has
+        // been dropped before (field order in the owners below).
+        unsafe { libc::munmap(self.base().cast(), self.len()) };
+    }
+}
+
+/// Which queue an AF_XDP socket serves, for error messages.
+struct Where<'a> {
+    interface: &'a str,
+    queue: u32,
+}
+
+impl Where<'_> {
+    fn err(&self, step: &'static str, e: xdpilone::Errno, zero_copy: bool) -> XskError {
+        XskError::Socket {
+            step,
+            interface: self.interface.to_string(),
+            queue: self.queue,
+            errno: errno(e),
+            hint: if zero_copy && step == "bind" {
+                " (zero-copy needs driver support: try zero_copy = \"off\")"
+            } else {
+                ""
+            },
+        }
+    }
+}
+
+/// A UMEM with its first socket bound to one device queue.
+struct Bound {
+    device: DeviceQueue,
+    user: User,
+    umem: Umem,
+    area: Area,
+    zero_copy: bool,
+}
+
+fn bind(
+    w: &Where<'_>,
+    frames: u32,
+    ring_size: u32,
+    rx: bool,
+    zero_copy: ZeroCopy,
+) -> Result<Bound, XskError> {
+    let tries: &[bool] = match zero_copy {
+        ZeroCopy::Auto => &[true, false],
+        ZeroCopy::On => &[true],
+        ZeroCopy::Off => &[false],
+    };
+    let mut last = None;
+    for &zc in tries {
+        match bind_once(w, frames, ring_size, rx, zc) {
+            Ok(b) => return Ok(b),
+            Err(e) => {
+                if zero_copy == ZeroCopy::Auto && zc {
+                    tracing::info!(
+                        interface = w.interface,
+                        queue = w.queue,
+                        error = %e,
+                        "AF_XDP zero-copy unavailable, using copy mode"
+                    );
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.expect("at least one bind was tried"))
+}
+
+fn bind_once(w: &Where<'_>, frames: u32, ring_size: u32, rx: bool, zc: bool) -> Result<Bound, XskError> {
+    let area = Area::new(frames as usize * FRAME_SIZE as usize)?;
+    let config = UmemConfig {
+        fill_size: ring_size,
+        complete_size: ring_size,
+        frame_size: FRAME_SIZE,
+        headroom: 0,
+        flags: 0,
+    };
+    // Safety: `area` is page aligned, sized for `frames` frames, and outlives
+    // the Umem (it is dropped after it, see `Bound`'s field order).
+    let umem = unsafe { Umem::new(config, area.ptr) }.map_err(|e| w.err("UMEM registration", e, zc))?;
+    let mut info = IfInfo::invalid();
+    let name = CString::new(w.interface).map_err(|_| XskError::Socket {
+        step: "interface name",
+        interface: w.interface.to_string(),
+        queue: w.queue,
+        errno: std::io::Error::from_raw_os_error(libc::EINVAL),
+        hint: "",
+    })?;
+    info.from_name(&name).map_err(|e| w.err("interface lookup", e, zc))?;
+    info.set_queue(w.queue);
+    let sock = Socket::with_shared(&info, &umem).map_err(|e| w.err("socket", e, zc))?;
+    let device = umem.fq_cq(&sock).map_err(|e| w.err("fill/completion rings", e, zc))?;
+    let ring = NonZeroU32::new(ring_size);
+    let cfg = SocketConfig {
+        rx_size: if rx { ring } else { None },
+        tx_size: if rx { None } else { ring },
+        bind_flags: XDP_USE_NEED_WAKEUP | if zc { XDP_ZEROCOPY } else { XDP_COPY },
+    };
+    let user = umem.rx_tx(&sock, &cfg).map_err(|e| w.err("rx/tx rings", e, zc))?;
+    umem.bind(&user).map_err(|e| w.err("bind", e, zc))?;
+    Ok(Bound {
+        device,
+        user,
+        umem,
+        area,
+        zero_copy: zc,
+    })
+}
+
+/// Kernel-side drops of one socket (XDP_STATISTICS).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SocketDrops {
+    /// RX ring full.
+    pub rx_ring_full: u64,
+    /// No frame available (fill ring empty) or frame too large.
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+}
+
+// Safety (both impls below): a queue bundles a UMEM mapping with the rings
+// that reference it; xdpilone's types hold raw pointers into them and so are
+// not Send. The bundle is moved to one data-plane thread as a whole and used
+// only there; nothing else keeps a pointer into it (StatsHandle owns a dup'ed fd).
+unsafe impl Send for RxQueue {}
+// Safety: see above.
+unsafe impl Send for TxQueue {}
+
+/// The RX side of one source queue: the XDP program redirects into it.
+pub struct RxQueue {
+    rx: RingRx,
+    b: Bound,
+    /// Frame addresses not currently owned by the kernel.
+    spare: Vec<u64>,
+}
+
+/// Statistics handle that can be read from another thread.
+#[derive(Clone)]
+pub struct StatsHandle {
+    fd: std::sync::Arc<OwnedStatsFd>,
+}
+
+struct OwnedStatsFd(std::os::fd::OwnedFd);
+
+impl StatsHandle {
+    fn new(raw: libc::c_int) -> std::io::Result<Self> {
+        // Safety: dup of a valid socket fd owned by the ring.
+        let fd = unsafe { libc::dup(raw) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Safety: `fd` was just created by dup and is owned by nobody else.
+        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Ok(StatsHandle {
+            fd: std::sync::Arc::new(OwnedStatsFd(owned)),
+        })
+    }
+
+    /// Reads XDP_STATISTICS of the socket.
+    pub fn drops(&self) -> SocketDrops {
+        #[repr(C)]
+        #[derive(Default)]
+        struct XdpStatistics {
+            rx_dropped: u64,
+            rx_invalid_descs: u64,
+            tx_invalid_descs: u64,
+            rx_ring_full: u64,
+            rx_fill_ring_empty_descs: u64,
+            tx_ring_empty_descs: u64,
+        }
+        const SOL_XDP: libc::c_int = 283;
+        const XDP_STATISTICS: libc::c_int = 7;
+        let mut s = XdpStatistics::default();
+        let mut len = std::mem::size_of::<XdpStatistics>() as libc::socklen_t;
+        // Safety: `s` and `len` are valid out-pointers sized for the option.
+        let rc = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd.0),
+                SOL_XDP,
+                XDP_STATISTICS,
+                (&mut s as *mut XdpStatistics).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return SocketDrops::default();
+        }
+        SocketDrops {
+            rx_ring_full: s.rx_ring_full,
+            rx_dropped: s.rx_dropped,
+            rx_invalid_descs: s.rx_invalid_descs,
+            tx_invalid_descs: s.tx_invalid_descs,
+        }
+    }
+}
+
+impl RxQueue {
+    /// Binds an RX socket to `interface` queue `queue` and fills its fill ring.
+    pub fn open(
+        interface: &str,
+        queue: u32,
+        frames: u32,
+        ring_size: u32,
+        zero_copy: ZeroCopy,
+    ) -> Result<Self, XskError> {
+        let w = Where { interface, queue };
+        let b = bind(&w, frames, ring_size, true, zero_copy)?;
+        let rx = b.user.map_rx().map_err(|e| w.err("mapping the RX ring", e, b.zero_copy))?;
+        let spare = (0..b.umem.len_frames())
+            .filter_map(|i| b.umem.frame(BufIdx(i)).map(|f| f.offset))
+            .collect();
+        let mut q = RxQueue { rx, b, spare };
+        q.refill();
+        Ok(q)
+    }
+
+    pub fn zero_copy(&self) -> bool {
+        self.b.zero_copy
+    }
+
+    pub fn fd(&self) -> libc::c_int {
+        self.b.user.as_raw_fd()
+    }
+
+    pub fn stats_handle(&self) -> std::io::Result<StatsHandle> {
+        StatsHandle::new(self.fd())
+    }
+
+    /// Gives every spare frame the fill ring has room for to the kernel.
+    fn refill(&mut self) {
+        if self.spare.is_empty() {
+            return;
+        }
+        let n = {
+            let mut w = self.b.device.fill(self.spare.len() as u32);
+            let n = w.insert(self.spare.iter().rev().copied()) as usize;
+            w.commit();
+            n
+        };
+        let keep = self.spare.len() - n;
+        self.spare.truncate(keep);
+        if self.b.device.needs_wakeup() {
+            self.b.device.wake();
+        }
+    }
+
+    /// Waits up to `timeout_ms` for received frames.
+    pub fn wait(&self, timeout_ms: i32) {
+        let mut pfd = libc::pollfd {
+            fd: self.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // Safety: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    }
+
+    /// Hands up to `max` received frames to `f` (with the bytes in front of the
+    /// frame, where the XDP metadata lives), then returns them to the kernel.
+    /// Returns how many frames were handled.
+    pub fn receive(&mut self, max: u32, mut f: impl FnMut(&mut [u8], &[u8])) -> u32 {
+        let base = self.b.area.base();
+        let area_len = self.b.area.len();
+        let mut n = 0;
+        {
+            let mut r = self.rx.receive(max);
+            while let Some(XdpDesc { addr, len, .. }) = r.read() {
+                let start = addr as usize;
+                let end = start + len as usize;
+                let chunk = start - start % FRAME_SIZE as usize;
+                if end <= area_len {
+                    // Safety: [chunk, end) lies in our mapping, and the kernel
+                    // handed this frame to us until we put it on the fill ring.
+                    let (meta, data) = unsafe {
+                        (
+                            std::slice::from_raw_parts_mut(base.add(chunk), start - chunk),
+                            std::slice::from_raw_parts(base.add(start), len as usize),
+                        )
+                    };
+                    f(meta, data);
+                }
+                self.spare.push(chunk as u64);
+                n += 1;
+            }
+            r.release();
+        }
+        self.refill();
+        n
+    }
+}
+
+/// The TX side of an interface target: frames are copied into our own UMEM
+/// and sent out of one device queue.
+pub struct TxQueue {
+    tx: RingTx,
+    b: Bound,
+    free: Vec<u64>,
+    /// Length of the frame in flight at each frame index.
+    in_flight_len: Vec<u32>,
+    in_flight: u32,
+    wakeups: u64,
+}
+
+/// One reaped completion batch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Completed {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl TxQueue {
+    pub fn open(interface: &str, queue: u32, frames: u32, zero_copy: ZeroCopy) -> Result<Self, XskError> {
+        let w = Where { interface, queue };
+        let ring = frames.next_power_of_two().min(1 << 15);
+        let b = bind(&w, frames, ring, false, zero_copy)?;
+        let tx = b.user.map_tx().map_err(|e| w.err("mapping the TX ring", e, b.zero_copy))?;
+        let free: Vec<u64> = (0..b.umem.len_frames())
+            .filter_map(|i| b.umem.frame(BufIdx(i)).map(|f| f.offset))
+            .collect();
+        let in_flight_len = vec![0; free.len()];
+        Ok(TxQueue {
+            tx,
+            b,
+            free,
+            in_flight_len,
+            in_flight: 0,
+            wakeups: 0,
+        })
+    }
+
+    pub fn zero_copy(&self) -> bool {
+        self.b.zero_copy
+    }
+
+    pub fn stats_handle(&self) -> std::io::Result<StatsHandle> {
+        StatsHandle::new(self.b.user.as_raw_fd())
+    }
+
+    /// Frames handed to the kernel and not yet completed.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// Room for more frames right now.
+    pub fn has_room(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    /// Copies `frames` into UMEM and puts them on the TX ring; returns how
+    /// many were taken (fewer when UMEM frames run out).
+    pub fn send<'a>(&mut self, frames: impl Iterator<Item = &'a [u8]>) -> u32 {
+        let base = self.b.area.base();
+        let mut descs: Vec<XdpDesc> = Vec::new();
+        for data in frames {
+            let Some(addr) = self.free.pop() else { break };
+            let len = data.len().min(FRAME_SIZE as usize);
+            // Safety: `addr` is a free frame of our mapping: no ring holds it.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(addr as usize), len) };
+            self.in_flight_len[(addr / u64::from(FRAME_SIZE)) as usize] = len as u32;
+            descs.push(XdpDesc {
+                addr,
+                len: len as u32,
+                options: 0,
+            });
+        }
+        if descs.is_empty() {
+            return 0;
+        }
+        let n = {
+            let mut w = self.tx.transmit(descs.len() as u32);
+            let n = w.insert(descs.iter().copied());
+            w.commit();
+            n
+        };
+        // Descriptors the ring had no room for go back to the free list.
+        for d in &descs[n as usize..] {
+            self.free.push(d.addr);
+        }
+        self.in_flight += n;
+        self.kick();
+        n
+    }
+
+    /// Wakes the kernel to transmit, when it asks for it (always in copy mode).
+    pub fn kick(&mut self) {
+        if self.in_flight > 0 && self.tx.needs_wakeup() {
+            self.tx.wake();
+            self.wakeups += 1;
+        }
+    }
+
+    /// Reaps the completion ring.
+    pub fn complete(&mut self) -> Completed {
+        let mut done = Completed::default();
+        let mut r = self.b.device.complete(self.in_flight.max(1));
+        while let Some(addr) = r.read() {
+            let chunk = addr - addr % u64::from(FRAME_SIZE);
+            done.packets += 1;
+            done.bytes += u64::from(self.in_flight_len[(chunk / u64::from(FRAME_SIZE)) as usize]);
+            self.free.push(chunk);
+        }
+        r.release();
+        self.in_flight -= done.packets as u32;
+        done
+    }
+}
