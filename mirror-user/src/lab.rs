@@ -184,6 +184,17 @@ pub fn packet_socket(interface: &str) -> Result<OwnedFd> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("binding the AF_PACKET socket");
     }
+    let one: libc::c_int = 1;
+    // Safety: valid option value pointer and length.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_AUXDATA,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
     let bufsize: libc::c_int = 64 << 20;
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
         // Safety: valid option value pointer and length.
@@ -212,6 +223,64 @@ pub fn packet_socket(interface: &str) -> Result<OwnedFd> {
         )
     };
     Ok(fd)
+}
+
+/// Receives one frame; returns (length, outgoing?, VLAN tag the driver
+/// stripped as (TPID, TCI)), or `None` on timeout. As libpcap does, the tag
+/// comes from PACKET_AUXDATA.
+fn recv_with_auxdata(fd: libc::c_int, buf: &mut [u8]) -> Option<(usize, bool, Option<(u16, u16)>)> {
+    #[repr(C)]
+    struct TpacketAuxdata {
+        tp_status: u32,
+        tp_len: u32,
+        tp_snaplen: u32,
+        tp_mac: u16,
+        tp_net: u16,
+        tp_vlan_tci: u16,
+        tp_vlan_tpid: u16,
+    }
+    const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+    const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
+    // Safety: all-zero is a valid sockaddr_ll / msghdr.
+    let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    let mut cbuf = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Safety: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_ll).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // Safety: `msg` points at live buffers of the stated sizes.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return None;
+    }
+    let mut vlan = None;
+    // Safety: walking the control messages the kernel wrote into `cbuf`.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_PACKET && (*cmsg).cmsg_type == libc::PACKET_AUXDATA {
+                let aux = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<TpacketAuxdata>());
+                if aux.tp_status & TP_STATUS_VLAN_VALID != 0 {
+                    let tpid = if aux.tp_status & TP_STATUS_VLAN_TPID_VALID != 0 {
+                        aux.tp_vlan_tpid
+                    } else {
+                        0x8100
+                    };
+                    vlan = Some((tpid, aux.tp_vlan_tci));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Some((n as usize, from.sll_pkttype == libc::PACKET_OUTGOING as u8, vlan))
 }
 
 /// Sends `frames` out of `interface` in namespace `ns`, pacing to at most
@@ -265,31 +334,23 @@ impl Capture {
             let mut frames = Vec::new();
             let mut buf = vec![0u8; 65536];
             loop {
-                // Safety: all-zero is a valid sockaddr_ll.
-                let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-                // Safety: valid buffer and address out-pointers.
-                let n = unsafe {
-                    libc::recvfrom(
-                        fd.as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        0,
-                        (&mut from as *mut libc::sockaddr_ll).cast(),
-                        &mut len,
-                    )
-                };
-                if n < 0 {
+                let Some((n, outgoing, vlan)) = recv_with_auxdata(fd.as_raw_fd(), &mut buf) else {
                     // Timeout: stop only once asked and the socket is drained.
                     if s.load(Ordering::Relaxed) {
                         return frames;
                     }
                     continue;
-                }
-                if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                };
+                if outgoing {
                     continue;
                 }
-                frames.push(buf[..n as usize].to_vec());
+                let mut frame = buf[..n].to_vec();
+                if let (Some((tpid, tci)), true) = (vlan, n >= 12) {
+                    // The driver stripped the tag into skb metadata; put it back.
+                    let tag = [tpid.to_be_bytes(), tci.to_be_bytes()].concat();
+                    frame.splice(12..12, tag);
+                }
+                frames.push(frame);
                 c.fetch_add(1, Ordering::Relaxed);
             }
         });
@@ -462,7 +523,8 @@ pub mod traffic {
     /// One frame of `shape`, `seq`, total length `size` (64..=1514 bytes; the
     /// payload is padded to reach it).
     pub fn frame(shape: Shape, seq: u32, size: usize) -> Vec<u8> {
-        let port = PORTS[(seq as usize) % PORTS.len()];
+        // Every shape cycles through every port (shapes change fastest).
+        let port = PORTS[(seq as usize / SHAPES.len()) % PORTS.len()];
         let v4s = [10, 1, 0, (seq % 200) as u8 + 1];
         let v4d = [10, 2, 0, 1];
         let mut v6s = [0u8; 16];

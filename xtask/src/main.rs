@@ -1,1 +1,143 @@
-fn main(){}
+//! `cargo xtask`: the project's build, test and demo entry points.
+//!
+//! - `cargo xtask deps`  installs missing Debian packages (as root), else prints the command
+//! - `cargo xtask test`  deps, format and lint checks, build, unit tests, kernel and end-to-end tests
+//! - `cargo xtask demo`  deps, release build, then `mirror demo`
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the build and the tests need.
+const PACKAGES: &[&str] = &[
+    "clang-19",       // compiles the kernel programs (Debian 12's `clang` is 14)
+    "llvm-19",        // llvm-strip etc. for BPF objects
+    "libelf-dev",     // libbpf
+    "zlib1g-dev",     // libbpf
+    "pkg-config",     // libbpf-sys finds libelf/zlib
+    "linux-libc-dev", // uapi headers: linux/bpf.h, asm/types.h
+    "make",
+    "gcc", // libbpf-sys builds libbpf from source
+    "iproute2", // ip netns / veth for the lab
+    "procps", // sysctl inside lab namespaces
+];
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, test and demo tasks for mirror")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install missing Debian packages (as root), or print the command to run.
+    Deps,
+    /// Everything CI runs: deps, fmt, clippy, build, all tests (kernel tests need root).
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build in release mode and run `mirror demo` (needs root).
+    Demo {
+        /// Arguments for `mirror demo`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The benchmark lab (not implemented yet).
+    Bench {
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Deps => deps(),
+        Cmd::Test { no_lint, args } => test(no_lint, &args),
+        Cmd::Demo { args } => demo(&args),
+        Cmd::Bench { .. } => bail!(
+            "`cargo xtask bench` is not implemented yet: the benchmark lab is still to be built"
+        ),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn deps() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let cmd = format!("apt-get update && apt-get install -y {}", missing.join(" "));
+    if !is_root() {
+        bail!("missing Debian packages: {}\nrun as root:\n    {cmd}", missing.join(" "));
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn test(no_lint: bool, args: &[String]) -> Result<()> {
+    deps()?;
+    if !no_lint {
+        run(cargo().args(["fmt", "--all", "--check"]))?;
+        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    if !is_root() {
+        eprintln!("xtask: not root: kernel and end-to-end tests will report themselves skipped");
+    }
+    run(cargo().args(["test", "--workspace", "--all-targets"]).arg("--").args(args))
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    deps()?;
+    run(cargo().args(["build", "--release", "-p", "mirror-user", "--bin", "mirror"]))?;
+    let exe = root().join("target/release/mirror");
+    run(Command::new(exe).arg("demo").args(args))
+}

@@ -1,0 +1,89 @@
+//! Helpers shared by the kernel and end-to-end tests.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+/// Returns early (the test reports itself skipped) when not root: these tests
+/// load BPF programs and build network namespaces.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !mirror_user::is_root() {
+            eprintln!("skipped: needs root (BPF and network namespaces)");
+            return;
+        }
+    };
+}
+
+/// Ethernet frame: dst, src, ethertype, payload.
+pub fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// 802.1Q/802.1ad tags in front of `inner_type`, outermost first.
+pub fn vlan_tags(tags: &[(u16, u16)], inner_type: u16, payload: &[u8]) -> Vec<u8> {
+    let (first_tpid, _) = tags[0];
+    let mut body = Vec::new();
+    for (i, &(_, vid)) in tags.iter().enumerate() {
+        body.extend_from_slice(&vid.to_be_bytes());
+        let next = tags.get(i + 1).map_or(inner_type, |t| t.0);
+        body.extend_from_slice(&next.to_be_bytes());
+    }
+    body.extend_from_slice(payload);
+    eth(first_tpid, &body)
+}
+
+/// IPv4 header (no checksum: XDP does not verify it) + payload.
+pub fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], options: usize, frag: u16, payload: &[u8]) -> Vec<u8> {
+    let ihl = 5 + options / 4;
+    let total = (ihl * 4 + payload.len()) as u16;
+    let mut h = vec![0x40 | ihl as u8, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&[0, 1]);
+    h.extend_from_slice(&frag.to_be_bytes());
+    h.extend_from_slice(&[64, proto, 0, 0]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend(std::iter::repeat_n(1u8, options)); // NOP options
+    h.extend_from_slice(payload);
+    h
+}
+
+/// IPv6 header + payload (extension headers go in the payload).
+pub fn ipv6(next: u8, src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[next, 64]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// An 8-byte IPv6 extension header (hop-by-hop, routing or destination options).
+pub fn ext8(next: u8) -> Vec<u8> {
+    vec![next, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// An IPv6 fragment header with fragment offset `offset` (in 8-byte units).
+pub fn frag6(next: u8, offset: u16) -> Vec<u8> {
+    let mut h = vec![next, 0];
+    h.extend_from_slice(&(offset << 3).to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 7]);
+    h
+}
+
+/// TCP/UDP/SCTP: the ports and some header bytes.
+pub fn l4(sport: u16, dport: u16, len: usize) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.resize(len.max(4), 0);
+    h
+}
+
+pub const V4A: [u8; 4] = [10, 1, 0, 1];
+pub const V4B: [u8; 4] = [10, 2, 0, 1];
+pub const V6A: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+pub const V6B: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];

@@ -1,0 +1,241 @@
+//! End to end, in network namespaces: the real `mirror run` in tap mode on a
+//! two-queue veth feed port, an interface target towards a sink namespace.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mirror_user::classify;
+use mirror_user::config::{self, Direction};
+use mirror_user::control::Client;
+use mirror_user::lab::{self, traffic, Capture, DaemonProcess, Lab};
+use mirror_user::stats::Stats;
+
+const CONFIG: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+mode = "tap"
+umem_frames = 2048
+ring_size = 1024
+
+[[filter]]
+name = "ids"
+[[filter.rule]]
+number = 100
+action = "reject"
+direction = "ingress"
+protocol = "tcp"
+destination_port = "22"
+[[filter.rule]]
+number = 110
+action = "reject"
+direction = "ingress"
+protocol = "icmpv6"
+[[filter.rule]]
+number = 200
+action = "accept"
+direction = "ingress"
+
+[[target]]
+name = "ids0"
+kind = "interface"
+interface = "tgt0"
+
+[[session]]
+name = "ids-feed"
+source = "feed"
+filter = "ids"
+targets = ["ids0"]
+"#;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mirror");
+
+/// A lab, a config in a private directory, and a running daemon.
+struct Setup {
+    daemon: DaemonProcess,
+    cfg: config::Config,
+    _dir: TempDir,
+    lab: Lab,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn setup(tag: &str) -> Setup {
+    let lab = Lab::new(2).expect("lab");
+    let dir = TempDir(std::env::temp_dir().join(format!("mirror-e2e-{}-{tag}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let control = dir.0.join("control.sock");
+    let text = CONFIG.replace("@CONTROL@", &control.to_string_lossy());
+    let path = dir.0.join("mirror.toml");
+    std::fs::write(&path, &text).expect("write config");
+    let cfg = config::parse(&text, "e2e").expect("valid config");
+    let daemon = start(&lab, &path, &control, &dir.0.join("daemon.log"));
+    Setup {
+        daemon,
+        cfg,
+        _dir: dir,
+        lab,
+    }
+}
+
+fn start(lab: &Lab, config: &Path, control: &Path, log: &Path) -> DaemonProcess {
+    DaemonProcess::start(&lab.src, Path::new(BIN), config, control, log, Duration::from_secs(20))
+        .expect("daemon starts")
+}
+
+/// Polls (bounded) until `done` holds for the daemon's counters.
+fn wait_for(client: &mut Client, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = client.stats().expect("stats");
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn xdp_attached(lab: &Lab) -> bool {
+    let out = lab
+        .src
+        .command(&["ip", "-d", "link", "show", "dev", Lab::FEED_IF])
+        .output()
+        .expect("ip link show");
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+#[test]
+fn accepted_frames_reach_the_sink_byte_identical_with_exact_counts() {
+    require_root!();
+    let mut s = setup("mix");
+    assert!(xdp_attached(&s.lab), "the daemon attached XDP to the feed port");
+    let capture = Capture::start(&s.lab.sink, Lab::SINK_IF).expect("capture");
+    let frames = Arc::new(traffic::mixed(8000));
+    let sent = lab::send_frames(&s.lab.gen, Lab::GEN_IF, frames.clone(), 20_000).expect("send");
+    assert_eq!(sent, 8000);
+
+    let filters = vec![&s.cfg.filters[0]];
+    let expected: Vec<&Vec<u8>> = frames
+        .iter()
+        .filter(|f| classify::classify(&filters, Direction::Ingress, f).is_some())
+        .collect();
+    // 3/8 of frames are TCP and 1/4 of those go to port 22; 1/8 are ICMPv6.
+    assert_eq!(expected.len(), 8000 - 750 - 1000);
+
+    let mut client = Client::connect(&s.daemon.control).expect("control socket");
+    let stats = wait_for(&mut client, "every frame to be received and sent", |st| {
+        st.sources["feed"].received == sent && st.targets["ids0"].queued == 0
+    });
+    let got = capture.finish();
+
+    let src = &stats.sources["feed"];
+    assert_eq!(src.received, 8000);
+    assert_eq!(src.matched, expected.len() as u64);
+    assert_eq!(src.filtered, 1750);
+    assert_eq!(src.received, src.matched + src.filtered);
+    assert_eq!(src.dropped_total(), 0, "{:?}", src.dropped);
+    assert_eq!(src.mirrored, src.matched);
+    assert_eq!(src.queues, 2);
+    assert_eq!(src.parser["non_ip"], 0);
+
+    let sess = &stats.sessions["ids-feed"];
+    assert_eq!((sess.matched, sess.mirrored), (src.matched, src.mirrored));
+    assert_eq!(sess.path, "af_xdp");
+
+    let t = &stats.targets["ids0"];
+    assert_eq!(t.enqueued, src.mirrored);
+    assert_eq!(t.sent_packets, t.enqueued);
+    assert_eq!(t.dropped_total(), 0, "{:?}", t.dropped);
+    let bytes: u64 = expected.iter().map(|f| f.len() as u64).sum();
+    assert_eq!(t.sent_bytes, bytes);
+
+    // Byte for byte: the sink got exactly the accepted frames, nothing else.
+    let mut want: Vec<&[u8]> = expected.iter().map(|f| f.as_slice()).collect();
+    let mut have: Vec<&[u8]> = got.iter().map(Vec::as_slice).collect();
+    want.sort_unstable();
+    have.sort_unstable();
+    assert_eq!(have.len(), want.len(), "frames at the sink");
+    if have != want {
+        let missing: Vec<_> = want.iter().filter(|w| have.binary_search(w).is_err()).take(2).collect();
+        panic!("the sink's frames differ from the accepted ones; first missing: {missing:02x?}");
+    }
+
+    let status = s.daemon.stop(Duration::from_secs(10)).expect("daemon stops");
+    assert!(status.success(), "SIGTERM: exit 0, got {status}\n{}", s.daemon.log_text());
+    assert!(!xdp_attached(&s.lab), "SIGTERM detached XDP");
+}
+
+#[test]
+fn sigkill_leaves_no_xdp_program_attached_and_a_new_daemon_starts() {
+    require_root!();
+    let mut s = setup("kill");
+    assert!(xdp_attached(&s.lab));
+    s.daemon.signal(libc::SIGKILL);
+    let status = s.daemon.wait(Duration::from_secs(10)).expect("daemon dies");
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    // The link's fd died with the process: the kernel detached the program.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while xdp_attached(&s.lab) {
+        assert!(Instant::now() < deadline, "XDP still attached after SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A restarted daemon takes over cleanly (stale control socket included).
+    let dir = s._dir.0.clone();
+    let mut again = start(&s.lab, &dir.join("mirror.toml"), &dir.join("control.sock"), &dir.join("again.log"));
+    assert!(xdp_attached(&s.lab));
+    let st = again.stop(Duration::from_secs(10)).expect("stops");
+    assert!(st.success());
+}
+
+#[test]
+fn copies_for_a_down_target_are_dropped_and_counted() {
+    require_root!();
+    let s = setup("down");
+    s.lab.sink.ip(&["link", "set", Lab::SINK_IF, "down"]).expect("sink down");
+    let mut client = Client::connect(&s.daemon.control).expect("control socket");
+    wait_for(&mut client, "the target to be seen down", |st| !st.targets["ids0"].up);
+    let frames = Arc::new(traffic::mixed(500));
+    let sent = lab::send_frames(&s.lab.gen, Lab::GEN_IF, frames, 10_000).expect("send");
+    let stats = wait_for(&mut client, "every frame to be accounted", |st| {
+        st.sources["feed"].received == sent && st.targets["ids0"].enqueued == st.sources["feed"].mirrored
+    });
+    let src = &stats.sources["feed"];
+    assert_eq!(src.received, 500);
+    assert_eq!(src.matched + src.filtered, 500);
+    assert_eq!(src.mirrored, src.matched, "the source loses nothing to a dead target");
+    let t = &stats.targets["ids0"];
+    assert_eq!(t.dropped["down"], src.mirrored);
+    assert_eq!(t.enqueued, t.sent_packets + t.dropped_total());
+    assert_eq!(t.sent_packets, 0);
+}
+
+#[test]
+fn check_reports_errors_with_positions_and_run_refuses_a_bad_file() {
+    let dir = TempDir(std::env::temp_dir().join(format!("mirror-e2e-{}-check", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(&bad, CONFIG.replace("destination_port = \"22\"", "destination_port = \"22-1\"")).expect("write");
+    let out = std::process::Command::new(BIN).args(["check", "-c"]).arg(&bad).output().expect("run check");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:19:20: destination_port: range \"22-1\" is reversed"), "{err}");
+    let good = dir.0.join("good.toml");
+    std::fs::write(&good, CONFIG).expect("write");
+    let out = std::process::Command::new(BIN).args(["check", "-c"]).arg(&good).output().expect("run check");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(BIN).args(["run", "-c"]).arg(&bad).output().expect("run");
+    assert!(!out.status.success());
+}
