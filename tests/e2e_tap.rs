@@ -74,7 +74,8 @@ impl Drop for TempDir {
 
 fn setup(tag: &str) -> Setup {
     let lab = Lab::new(2).expect("lab");
-    let dir = TempDir(std::env::temp_dir().join(format!("mirror-e2e-{}-{tag}", std::process::id())));
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("mirror-e2e-{}-{tag}", std::process::id())));
     std::fs::create_dir_all(&dir.0).expect("temp dir");
     let control = dir.0.join("control.sock");
     let text = CONFIG.replace("@CONTROL@", &control.to_string_lossy());
@@ -91,8 +92,15 @@ fn setup(tag: &str) -> Setup {
 }
 
 fn start(lab: &Lab, config: &Path, control: &Path, log: &Path) -> DaemonProcess {
-    DaemonProcess::start(&lab.src, Path::new(BIN), config, control, log, Duration::from_secs(20))
-        .expect("daemon starts")
+    DaemonProcess::start(
+        &lab.src,
+        Path::new(BIN),
+        config,
+        control,
+        log,
+        Duration::from_secs(20),
+    )
+    .expect("daemon starts")
 }
 
 /// Polls (bounded) until `done` holds for the daemon's counters.
@@ -103,7 +111,10 @@ fn wait_for(client: &mut Client, what: &str, done: impl Fn(&Stats) -> bool) -> S
         if done(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:#?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -121,7 +132,10 @@ fn xdp_attached(lab: &Lab) -> bool {
 fn accepted_frames_reach_the_sink_byte_identical_with_exact_counts() {
     require_root!();
     let mut s = setup("mix");
-    assert!(xdp_attached(&s.lab), "the daemon attached XDP to the feed port");
+    assert!(
+        xdp_attached(&s.lab),
+        "the daemon attached XDP to the feed port"
+    );
     let capture = Capture::start(&s.lab.sink, Lab::SINK_IF).expect("capture");
     let frames = Arc::new(traffic::mixed(8000));
     let sent = lab::send_frames(&s.lab.gen, Lab::GEN_IF, frames.clone(), 20_000).expect("send");
@@ -169,12 +183,23 @@ fn accepted_frames_reach_the_sink_byte_identical_with_exact_counts() {
     have.sort_unstable();
     assert_eq!(have.len(), want.len(), "frames at the sink");
     if have != want {
-        let missing: Vec<_> = want.iter().filter(|w| have.binary_search(w).is_err()).take(2).collect();
+        let missing: Vec<_> = want
+            .iter()
+            .filter(|w| have.binary_search(w).is_err())
+            .take(2)
+            .collect();
         panic!("the sink's frames differ from the accepted ones; first missing: {missing:02x?}");
     }
 
-    let status = s.daemon.stop(Duration::from_secs(10)).expect("daemon stops");
-    assert!(status.success(), "SIGTERM: exit 0, got {status}\n{}", s.daemon.log_text());
+    let status = s
+        .daemon
+        .stop(Duration::from_secs(10))
+        .expect("daemon stops");
+    assert!(
+        status.success(),
+        "SIGTERM: exit 0, got {status}\n{}",
+        s.daemon.log_text()
+    );
     assert!(!xdp_attached(&s.lab), "SIGTERM detached XDP");
 }
 
@@ -185,16 +210,27 @@ fn sigkill_leaves_no_xdp_program_attached_and_a_new_daemon_starts() {
     assert!(xdp_attached(&s.lab));
     s.daemon.signal(libc::SIGKILL);
     let status = s.daemon.wait(Duration::from_secs(10)).expect("daemon dies");
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
     // The link's fd died with the process: the kernel detached the program.
     let deadline = Instant::now() + Duration::from_secs(5);
     while xdp_attached(&s.lab) {
-        assert!(Instant::now() < deadline, "XDP still attached after SIGKILL");
+        assert!(
+            Instant::now() < deadline,
+            "XDP still attached after SIGKILL"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // A restarted daemon takes over cleanly (stale control socket included).
     let dir = s._dir.0.clone();
-    let mut again = start(&s.lab, &dir.join("mirror.toml"), &dir.join("control.sock"), &dir.join("again.log"));
+    let mut again = start(
+        &s.lab,
+        &dir.join("mirror.toml"),
+        &dir.join("control.sock"),
+        &dir.join("again.log"),
+    );
     assert!(xdp_attached(&s.lab));
     let st = again.stop(Duration::from_secs(10)).expect("stops");
     assert!(st.success());
@@ -204,18 +240,27 @@ fn sigkill_leaves_no_xdp_program_attached_and_a_new_daemon_starts() {
 fn copies_for_a_down_target_are_dropped_and_counted() {
     require_root!();
     let s = setup("down");
-    s.lab.sink.ip(&["link", "set", Lab::SINK_IF, "down"]).expect("sink down");
+    s.lab
+        .sink
+        .ip(&["link", "set", Lab::SINK_IF, "down"])
+        .expect("sink down");
     let mut client = Client::connect(&s.daemon.control).expect("control socket");
-    wait_for(&mut client, "the target to be seen down", |st| !st.targets["ids0"].up);
+    wait_for(&mut client, "the target to be seen down", |st| {
+        !st.targets["ids0"].up
+    });
     let frames = Arc::new(traffic::mixed(500));
     let sent = lab::send_frames(&s.lab.gen, Lab::GEN_IF, frames, 10_000).expect("send");
     let stats = wait_for(&mut client, "every frame to be accounted", |st| {
-        st.sources["feed"].received == sent && st.targets["ids0"].enqueued == st.sources["feed"].mirrored
+        st.sources["feed"].received == sent
+            && st.targets["ids0"].enqueued == st.sources["feed"].mirrored
     });
     let src = &stats.sources["feed"];
     assert_eq!(src.received, 500);
     assert_eq!(src.matched + src.filtered, 500);
-    assert_eq!(src.mirrored, src.matched, "the source loses nothing to a dead target");
+    assert_eq!(
+        src.mirrored, src.matched,
+        "the source loses nothing to a dead target"
+    );
     let t = &stats.targets["ids0"];
     assert_eq!(t.dropped["down"], src.mirrored);
     assert_eq!(t.enqueued, t.sent_packets + t.dropped_total());
@@ -224,18 +269,42 @@ fn copies_for_a_down_target_are_dropped_and_counted() {
 
 #[test]
 fn check_reports_errors_with_positions_and_run_refuses_a_bad_file() {
-    let dir = TempDir(std::env::temp_dir().join(format!("mirror-e2e-{}-check", std::process::id())));
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("mirror-e2e-{}-check", std::process::id())));
     std::fs::create_dir_all(&dir.0).expect("temp dir");
     let bad = dir.0.join("bad.toml");
-    std::fs::write(&bad, CONFIG.replace("destination_port = \"22\"", "destination_port = \"22-1\"")).expect("write");
-    let out = std::process::Command::new(BIN).args(["check", "-c"]).arg(&bad).output().expect("run check");
+    std::fs::write(
+        &bad,
+        CONFIG.replace("destination_port = \"22\"", "destination_port = \"22-1\""),
+    )
+    .expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&bad)
+        .output()
+        .expect("run check");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:19:20: destination_port: range \"22-1\" is reversed"), "{err}");
+    assert!(
+        err.contains("bad.toml:19:20: destination_port: range \"22-1\" is reversed"),
+        "{err}"
+    );
     let good = dir.0.join("good.toml");
     std::fs::write(&good, CONFIG).expect("write");
-    let out = std::process::Command::new(BIN).args(["check", "-c"]).arg(&good).output().expect("run check");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = std::process::Command::new(BIN).args(["run", "-c"]).arg(&bad).output().expect("run");
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&good)
+        .output()
+        .expect("run check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&bad)
+        .output()
+        .expect("run");
     assert!(!out.status.success());
 }

@@ -133,9 +133,15 @@ impl Fixture {
     fn run(&self, frame: &[u8]) -> (Option<usize>, [u64; COUNTERS]) {
         let before = self.prog.counters().expect("counters");
         let sessions_before = self.session_counts();
-        let mut input = libbpf_rs::ProgramInput::default();
-        input.data_in = Some(frame);
-        let out = self.prog.xdp_tap().test_run(input).expect("BPF_PROG_TEST_RUN");
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(frame),
+            ..Default::default()
+        };
+        let out = self
+            .prog
+            .xdp_tap()
+            .test_run(input)
+            .expect("BPF_PROG_TEST_RUN");
         // No AF_XDP socket in the XSKMAP: matched frames fall back to XDP_DROP
         // (counted no_socket), filtered ones are dropped: tap mode consumes.
         assert_eq!(out.return_value, XDP_DROP, "verdict for {frame:02x?}");
@@ -152,7 +158,10 @@ impl Fixture {
             .filter(|(_, (a, b))| a > b)
             .map(|(i, _)| i)
             .collect();
-        assert!(hits.len() <= 1, "a frame is mirrored by one session at most");
+        assert!(
+            hits.len() <= 1,
+            "a frame is mirrored by one session at most"
+        );
         (hits.first().copied(), delta)
     }
 }
@@ -167,7 +176,10 @@ fn assert_accounting(d: &[u64; COUNTERS], session: Option<usize>) {
     assert_eq!(cnt(d, C::MIRROR_CNT_RECEIVED), 1);
     assert_eq!(cnt(d, C::MIRROR_CNT_MATCHED), u64::from(session.is_some()));
     assert_eq!(cnt(d, C::MIRROR_CNT_FILTERED), u64::from(session.is_none()));
-    assert_eq!(cnt(d, C::MIRROR_CNT_DROP_NO_SOCKET), u64::from(session.is_some()));
+    assert_eq!(
+        cnt(d, C::MIRROR_CNT_DROP_NO_SOCKET),
+        u64::from(session.is_some())
+    );
     assert_eq!(cnt(d, C::MIRROR_CNT_REDIRECTED), 0);
     let parse: u64 = [
         C::MIRROR_CNT_PARSE_NON_IP,
@@ -188,34 +200,207 @@ const B: Option<usize> = Some(1); // session "b" (priority 2)
 const NONE: Option<usize> = None;
 
 /// (what it shows, frame, expected session, expected parse counter)
-fn table() -> Vec<(&'static str, Vec<u8>, Option<usize>, Option<C>)> {
+type Case = (&'static str, Vec<u8>, Option<usize>, Option<C>);
+
+fn table() -> Vec<Case> {
     let tcp = |dport| l4(40000, dport, 20);
     vec![
-        ("tcp4 to 443 is rejected by a, and b has no tcp rule", eth(0x0800, &ipv4(6, V4A, V4B, 0, 0, &tcp(443))), NONE, None),
-        ("tcp4 to 10.2/16 accepted by a", eth(0x0800, &ipv4(6, V4A, V4B, 0, 0, &tcp(80))), A, None),
-        ("tcp4 elsewhere: no rule of a or b", eth(0x0800, &ipv4(6, V4B, V4A, 0, 0, &tcp(80))), NONE, None),
-        ("udp4 from port 5005 accepted by a", eth(0x0800, &ipv4(17, V4A, V4B, 0, 0, &l4(5005, 53, 8))), A, None),
-        ("udp4 from another port falls to b's udp rule", eth(0x0800, &ipv4(17, V4A, V4B, 0, 0, &l4(6000, 53, 8))), B, None),
-        ("icmp4 rejected by b", eth(0x0800, &ipv4(1, V4A, V4B, 0, 0, &[8, 0, 0, 0, 0, 1, 0, 1])), NONE, None),
-        ("sctp4 accepted by a", eth(0x0800, &ipv4(132, V4A, V4B, 0, 0, &l4(1, 2, 12))), A, None),
-        ("esp4 (proto 50) accepted by b", eth(0x0800, &ipv4(50, V4A, V4B, 0, 0, &[0; 8])), B, None),
-        ("ipv4 with 40 bytes of options: ports still read", eth(0x0800, &ipv4(17, V4A, V4B, 40, 0, &l4(5001, 1, 8))), A, None),
-        ("ipv4 first fragment (MF, offset 0) keeps its ports", eth(0x0800, &ipv4(17, V4A, V4B, 0, 0x2000, &l4(5001, 1, 8))), A, None),
-        ("ipv4 non-first fragment has no ports: b's udp rule", eth(0x0800, &ipv4(17, V4A, V4B, 0, 0x0010, &l4(5001, 1, 8))), B, Some(C::MIRROR_CNT_FRAGMENT)),
-        ("ipv4 IHL < 5 is a bad header: only non-IP-constraint rules", eth(0x0800, &{ let mut h = ipv4(17, V4A, V4B, 0, 0, &l4(5001, 1, 8)); h[0] = 0x44; h }), NONE, Some(C::MIRROR_CNT_PARSE_BAD_HEADER)),
-        ("tcp6 from 2001:db8::/32 accepted by b", eth(0x86dd, &ipv6(6, V6A, V6B, &tcp(80))), B, None),
-        ("tcp6 to 443 rejected by a, then b's source rule", eth(0x86dd, &ipv6(6, V6A, V6B, &tcp(443))), B, None),
-        ("udp6 from elsewhere: b's udp rule", eth(0x86dd, &ipv6(17, V6B, V6A, &l4(1, 2, 8))), B, None),
-        ("icmpv6 from elsewhere: nothing", eth(0x86dd, &ipv6(58, V6B, V6A, &[128, 0, 0, 0, 0, 1, 0, 1])), NONE, None),
-        ("ipv6 hop-by-hop + routing + dst opts before udp 5003", eth(0x86dd, &ipv6(0, V6B, V6A, &[ext8(43), ext8(60), ext8(17), l4(5003, 1, 8)].concat())), A, None),
-        ("ipv6 first fragment keeps ports", eth(0x86dd, &ipv6(44, V6B, V6A, &[frag6(17, 0), l4(5003, 1, 8)].concat())), A, None),
-        ("ipv6 non-first fragment: proto known, no ports", eth(0x86dd, &ipv6(44, V6B, V6A, &[frag6(17, 3), l4(5003, 1, 8)].concat())), B, Some(C::MIRROR_CNT_FRAGMENT)),
-        ("ipv6 AH then udp", eth(0x86dd, &ipv6(51, V6B, V6A, &[vec![17, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], l4(5003, 1, 8)].concat())), A, None),
-        ("ipv6 chain longer than 8 ext headers: protocol unknown", eth(0x86dd, &ipv6(0, V6B, V6A, &[(0..9).flat_map(|_| ext8(0)).collect::<Vec<u8>>(), l4(5003, 1, 8)].concat())), NONE, Some(C::MIRROR_CNT_PARSE_EXT_LIMIT)),
-        ("vlan 100 matches a's vlan rule", vlan_tags(&[(0x8100, 100)], 0x0800, &ipv4(6, V4B, V4A, 0, 0, &tcp(80))), A, None),
-        ("qinq: outer id 200 is the rule's vlan, not 100", vlan_tags(&[(0x88a8, 200), (0x8100, 100)], 0x86dd, &ipv6(17, V6B, V6A, &l4(1, 2, 8))), B, None),
-        ("three tags exceed the vlan bound", vlan_tags(&[(0x88a8, 100), (0x8100, 2), (0x8100, 3)], 0x0800, &ipv4(17, V4A, V4B, 0, 0, &l4(5001, 1, 8))), A, Some(C::MIRROR_CNT_PARSE_VLAN_LIMIT)),
-        ("arp: non-IP, no rule without IP constraints", eth(0x0806, &[0; 28]), NONE, Some(C::MIRROR_CNT_PARSE_NON_IP)),
+        (
+            "tcp4 to 443 is rejected by a, and b has no tcp rule",
+            eth(0x0800, &ipv4(6, V4A, V4B, 0, 0, &tcp(443))),
+            NONE,
+            None,
+        ),
+        (
+            "tcp4 to 10.2/16 accepted by a",
+            eth(0x0800, &ipv4(6, V4A, V4B, 0, 0, &tcp(80))),
+            A,
+            None,
+        ),
+        (
+            "tcp4 elsewhere: no rule of a or b",
+            eth(0x0800, &ipv4(6, V4B, V4A, 0, 0, &tcp(80))),
+            NONE,
+            None,
+        ),
+        (
+            "udp4 from port 5005 accepted by a",
+            eth(0x0800, &ipv4(17, V4A, V4B, 0, 0, &l4(5005, 53, 8))),
+            A,
+            None,
+        ),
+        (
+            "udp4 from another port falls to b's udp rule",
+            eth(0x0800, &ipv4(17, V4A, V4B, 0, 0, &l4(6000, 53, 8))),
+            B,
+            None,
+        ),
+        (
+            "icmp4 rejected by b",
+            eth(0x0800, &ipv4(1, V4A, V4B, 0, 0, &[8, 0, 0, 0, 0, 1, 0, 1])),
+            NONE,
+            None,
+        ),
+        (
+            "sctp4 accepted by a",
+            eth(0x0800, &ipv4(132, V4A, V4B, 0, 0, &l4(1, 2, 12))),
+            A,
+            None,
+        ),
+        (
+            "esp4 (proto 50) accepted by b",
+            eth(0x0800, &ipv4(50, V4A, V4B, 0, 0, &[0; 8])),
+            B,
+            None,
+        ),
+        (
+            "ipv4 with 40 bytes of options: ports still read",
+            eth(0x0800, &ipv4(17, V4A, V4B, 40, 0, &l4(5001, 1, 8))),
+            A,
+            None,
+        ),
+        (
+            "ipv4 first fragment (MF, offset 0) keeps its ports",
+            eth(0x0800, &ipv4(17, V4A, V4B, 0, 0x2000, &l4(5001, 1, 8))),
+            A,
+            None,
+        ),
+        (
+            "ipv4 non-first fragment has no ports: b's udp rule",
+            eth(0x0800, &ipv4(17, V4A, V4B, 0, 0x0010, &l4(5001, 1, 8))),
+            B,
+            Some(C::MIRROR_CNT_FRAGMENT),
+        ),
+        (
+            "ipv4 IHL < 5 is a bad header: only non-IP-constraint rules",
+            eth(0x0800, &{
+                let mut h = ipv4(17, V4A, V4B, 0, 0, &l4(5001, 1, 8));
+                h[0] = 0x44;
+                h
+            }),
+            NONE,
+            Some(C::MIRROR_CNT_PARSE_BAD_HEADER),
+        ),
+        (
+            "tcp6 from 2001:db8::/32 accepted by b",
+            eth(0x86dd, &ipv6(6, V6A, V6B, &tcp(80))),
+            B,
+            None,
+        ),
+        (
+            "tcp6 to 443 rejected by a, then b's source rule",
+            eth(0x86dd, &ipv6(6, V6A, V6B, &tcp(443))),
+            B,
+            None,
+        ),
+        (
+            "udp6 from elsewhere: b's udp rule",
+            eth(0x86dd, &ipv6(17, V6B, V6A, &l4(1, 2, 8))),
+            B,
+            None,
+        ),
+        (
+            "icmpv6 from elsewhere: nothing",
+            eth(0x86dd, &ipv6(58, V6B, V6A, &[128, 0, 0, 0, 0, 1, 0, 1])),
+            NONE,
+            None,
+        ),
+        (
+            "ipv6 hop-by-hop + routing + dst opts before udp 5003",
+            eth(
+                0x86dd,
+                &ipv6(
+                    0,
+                    V6B,
+                    V6A,
+                    &[ext8(43), ext8(60), ext8(17), l4(5003, 1, 8)].concat(),
+                ),
+            ),
+            A,
+            None,
+        ),
+        (
+            "ipv6 first fragment keeps ports",
+            eth(
+                0x86dd,
+                &ipv6(44, V6B, V6A, &[frag6(17, 0), l4(5003, 1, 8)].concat()),
+            ),
+            A,
+            None,
+        ),
+        (
+            "ipv6 non-first fragment: proto known, no ports",
+            eth(
+                0x86dd,
+                &ipv6(44, V6B, V6A, &[frag6(17, 3), l4(5003, 1, 8)].concat()),
+            ),
+            B,
+            Some(C::MIRROR_CNT_FRAGMENT),
+        ),
+        (
+            "ipv6 AH then udp",
+            eth(
+                0x86dd,
+                &ipv6(
+                    51,
+                    V6B,
+                    V6A,
+                    &[vec![17, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], l4(5003, 1, 8)].concat(),
+                ),
+            ),
+            A,
+            None,
+        ),
+        (
+            "ipv6 chain longer than 8 ext headers: protocol unknown",
+            eth(
+                0x86dd,
+                &ipv6(
+                    0,
+                    V6B,
+                    V6A,
+                    &[
+                        (0..9).flat_map(|_| ext8(0)).collect::<Vec<u8>>(),
+                        l4(5003, 1, 8),
+                    ]
+                    .concat(),
+                ),
+            ),
+            NONE,
+            Some(C::MIRROR_CNT_PARSE_EXT_LIMIT),
+        ),
+        (
+            "vlan 100 matches a's vlan rule",
+            vlan_tags(&[(0x8100, 100)], 0x0800, &ipv4(6, V4B, V4A, 0, 0, &tcp(80))),
+            A,
+            None,
+        ),
+        (
+            "qinq: outer id 200 is the rule's vlan, not 100",
+            vlan_tags(
+                &[(0x88a8, 200), (0x8100, 100)],
+                0x86dd,
+                &ipv6(17, V6B, V6A, &l4(1, 2, 8)),
+            ),
+            B,
+            None,
+        ),
+        (
+            "three tags exceed the vlan bound",
+            vlan_tags(
+                &[(0x88a8, 100), (0x8100, 2), (0x8100, 3)],
+                0x0800,
+                &ipv4(17, V4A, V4B, 0, 0, &l4(5001, 1, 8)),
+            ),
+            A,
+            Some(C::MIRROR_CNT_PARSE_VLAN_LIMIT),
+        ),
+        (
+            "arp: non-IP, no rule without IP constraints",
+            eth(0x0806, &[0; 28]),
+            NONE,
+            Some(C::MIRROR_CNT_PARSE_NON_IP),
+        ),
     ]
 }
 
@@ -227,7 +412,11 @@ fn every_frame_shape_gets_its_expected_verdict_and_counters() {
     for (what, frame, want, parse) in table() {
         let (got, d) = fx.run(&frame);
         assert_eq!(got, want, "{what}");
-        assert_eq!(classify::classify(&filters, Direction::Ingress, &frame), want, "reference: {what}");
+        assert_eq!(
+            classify::classify(&filters, Direction::Ingress, &frame),
+            want,
+            "reference: {what}"
+        );
         assert_accounting(&d, got);
         if let Some(p) = parse {
             assert_eq!(cnt(&d, p), 1, "{what}: parse counter {p:?}");

@@ -125,11 +125,15 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 /// independently of it.
 pub fn parse_frame(b: &[u8]) -> FrameView {
     let mut v = FrameView::default();
-    let Some(mut ethertype) = be16(b, 12) else { return v };
+    let Some(mut ethertype) = be16(b, 12) else {
+        return v;
+    };
     let mut off = 14;
     let mut tags = 0;
     while (ethertype == 0x8100 || ethertype == 0x88a8) && tags < MAX_VLAN_DEPTH {
-        let (Some(tci), Some(next)) = (be16(b, off), be16(b, off + 2)) else { return v };
+        let (Some(tci), Some(next)) = (be16(b, off), be16(b, off + 2)) else {
+            return v;
+        };
         if tags == 0 {
             v.vlan = Some(tci & 0x0fff);
         }
@@ -147,7 +151,9 @@ pub fn parse_frame(b: &[u8]) -> FrameView {
 
 fn parse_v4(b: &[u8], off: usize, v: &mut FrameView) {
     v.ipv4 = Some(true);
-    let Some(h) = b.get(off..off + 20) else { return };
+    let Some(h) = b.get(off..off + 20) else {
+        return;
+    };
     if h[0] >> 4 != 4 || h[0] & 0x0f < 5 {
         return;
     }
@@ -168,7 +174,9 @@ fn parse_v4(b: &[u8], off: usize, v: &mut FrameView) {
 
 fn parse_v6(b: &[u8], off: usize, v: &mut FrameView) {
     v.ipv4 = Some(false);
-    let Some(h) = b.get(off..off + 40) else { return };
+    let Some(h) = b.get(off..off + 40) else {
+        return;
+    };
     if h[0] >> 4 != 6 {
         return;
     }
@@ -182,7 +190,9 @@ fn parse_v6(b: &[u8], off: usize, v: &mut FrameView) {
     for _ in 0..MAX_IPV6_EXT {
         match next {
             0 | 43 | 60 | 51 => {
-                let (Some(&nh), Some(&len)) = (b.get(at), b.get(at + 1)) else { return };
+                let (Some(&nh), Some(&len)) = (b.get(at), b.get(at + 1)) else {
+                    return;
+                };
                 let total = if next == 51 {
                     (usize::from(len) + 2) * 4
                 } else {
@@ -250,15 +260,22 @@ pub fn rule_matches(rule: &Rule, f: &FrameView) -> bool {
         }
     }
     if rule.source.is_some() || rule.destination.is_some() {
-        let Some((src, dst)) = &f.addrs else { return false };
+        let Some((src, dst)) = &f.addrs else {
+            return false;
+        };
         if rule.source.as_ref().is_some_and(|n| !net_contains(n, src))
-            || rule.destination.as_ref().is_some_and(|n| !net_contains(n, dst))
+            || rule
+                .destination
+                .as_ref()
+                .is_some_and(|n| !net_contains(n, dst))
         {
             return false;
         }
     }
     if rule.source_port.is_some() || rule.destination_port.is_some() {
-        let Some((sp, dp)) = f.ports else { return false };
+        let Some((sp, dp)) = f.ports else {
+            return false;
+        };
         if rule.source_port.is_some_and(|r| !r.contains(sp))
             || rule.destination_port.is_some_and(|r| !r.contains(dp))
         {
@@ -335,13 +352,19 @@ mod tests {
     fn rejected_frame_falls_through_to_next_session() {
         let mut reject = any_rule(1, Action::Reject);
         reject.protocol = Some(6);
-        let first = Filter { name: "a".into(), rules: vec![reject] };
+        let first = Filter {
+            name: "a".into(),
+            rules: vec![reject],
+        };
         let second = Filter {
             name: "b".into(),
             rules: vec![any_rule(1, Action::Accept)],
         };
         let frame = tcp_v4([1, 1, 1, 1], [2, 2, 2, 2], 1, 2);
-        assert_eq!(classify(&[&first, &second], Direction::Ingress, &frame), Some(1));
+        assert_eq!(
+            classify(&[&first, &second], Direction::Ingress, &frame),
+            Some(1)
+        );
     }
 
     #[test]
@@ -362,6 +385,9 @@ mod tests {
         assert!(rule_matches(&port, &parse_frame(&full)));
         assert!(!rule_matches(&port, &parse_frame(&full[..14 + 20 + 3])));
         // The catch-all still matches what is left.
-        assert!(rule_matches(&any_rule(2, Action::Accept), &parse_frame(&full[..10])));
+        assert!(rule_matches(
+            &any_rule(2, Action::Accept),
+            &parse_frame(&full[..10])
+        ));
     }
 }

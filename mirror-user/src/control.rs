@@ -65,7 +65,8 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
     let listener = tokio::net::UnixListener::bind(path);
     // Safety: restores the previous mask.
     unsafe { libc::umask(old) };
-    let listener = listener.with_context(|| format!("binding the control socket {}", path.display()))?;
+    let listener =
+        listener.with_context(|| format!("binding the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
@@ -73,14 +74,17 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
 /// Serves requests until the listener is dropped.
 pub async fn serve(listener: tokio::net::UnixListener, engine: Arc<Engine>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let engine = engine.clone();
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();
             let mut lines = tokio::io::BufReader::new(rd.take(MAX_REQUEST as u64 * 16)).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let reply = handle(&line, &engine);
-                let mut text = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
+                let mut text =
+                    serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
                 text.push('\n');
                 if wr.write_all(text.as_bytes()).await.is_err() {
                     break;
@@ -97,7 +101,9 @@ fn handle(line: &str, engine: &Engine) -> Reply {
         return Reply::error("request too long");
     }
     match serde_json::from_str::<Request>(line) {
-        Err(e) => Reply::error(format!("bad request: {e}; expected e.g. {{\"cmd\":\"stats\"}}")),
+        Err(e) => Reply::error(format!(
+            "bad request: {e}; expected e.g. {{\"cmd\":\"stats\"}}"
+        )),
         Ok(Request::Stats) => match engine.stats() {
             Ok(stats) => Reply {
                 ok: true,
@@ -139,7 +145,10 @@ impl Client {
             .read_line(&mut answer)
             .with_context(|| format!("reading the reply from {}", self.path.display()))?;
         if answer.is_empty() {
-            bail!("the daemon at {} closed the connection", self.path.display());
+            bail!(
+                "the daemon at {} closed the connection",
+                self.path.display()
+            );
         }
         let reply: Reply = serde_json::from_str(&answer).context("parsing the daemon's reply")?;
         if !reply.ok {

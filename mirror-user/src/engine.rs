@@ -67,7 +67,10 @@ impl Engine {
         };
         for t in &config.targets {
             match &t.spec {
-                TargetSpec::Interface { interface, zero_copy } => {
+                TargetSpec::Interface {
+                    interface,
+                    zero_copy,
+                } => {
                     let (started, handle) =
                         interface::start(&t.name, interface, *zero_copy, t.queue_size, engine.stop_senders.clone())
                             .with_context(|| {
@@ -93,7 +96,10 @@ impl Engine {
     fn start_source(&mut self, idx: usize) -> Result<()> {
         let cfg = &self.config.sources[idx];
         if cfg.mode != SourceMode::Tap {
-            bail!("source `{}`: mode = \"copy\" is not supported yet by this version of mirror", cfg.name);
+            bail!(
+                "source `{}`: mode = \"copy\" is not supported yet by this version of mirror",
+                cfg.name
+            );
         }
         let sessions = self.config.sessions_of(idx);
         let rules = classify::compile(&self.config, &sessions, Direction::Ingress);
@@ -119,10 +125,25 @@ impl Engine {
         let mut rx = Vec::new();
         let mut sockets = Vec::new();
         for q in 0..queues {
-            let queue = RxQueue::open(&cfg.interface, q, cfg.umem_frames, cfg.ring_size, cfg.zero_copy)
-                .with_context(|| format!("source `{}`: AF_XDP socket on {} queue {q}", cfg.name, cfg.interface))?;
+            let queue = RxQueue::open(
+                &cfg.interface,
+                q,
+                cfg.umem_frames,
+                cfg.ring_size,
+                cfg.zero_copy,
+            )
+            .with_context(|| {
+                format!(
+                    "source `{}`: AF_XDP socket on {} queue {q}",
+                    cfg.name, cfg.interface
+                )
+            })?;
             program.set_socket(q, queue.fd())?;
-            sockets.push(queue.stats_handle().context("duplicating the AF_XDP socket")?);
+            sockets.push(
+                queue
+                    .stats_handle()
+                    .context("duplicating the AF_XDP socket")?,
+            );
             rx.push(queue);
         }
         let zero_copy = rx.iter().all(RxQueue::zero_copy);
@@ -130,7 +151,13 @@ impl Engine {
         // Targets of each session, by kernel session index.
         let per_session: Vec<Vec<Arc<TargetQueue>>> = sessions
             .iter()
-            .map(|&s| self.config.sessions[s].targets.iter().map(|&t| self.targets[t].clone()).collect())
+            .map(|&s| {
+                self.config.sessions[s]
+                    .targets
+                    .iter()
+                    .map(|&t| self.targets[t].clone())
+                    .collect()
+            })
             .collect();
         let mut source = Source {
             name: cfg.name.clone(),
@@ -191,7 +218,10 @@ impl Engine {
         let mut out = Stats::default();
         for src in &self.sources {
             let (counters, session_matched) = {
-                let p = src.program.lock().map_err(|_| anyhow::anyhow!("poisoned lock"))?;
+                let p = src
+                    .program
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
                 let c = p.counters()?;
                 let m: Vec<u64> = (0..src.sessions.len())
                     .map(|i| p.session_matched(i as u32).unwrap_or(0))
@@ -236,7 +266,10 @@ impl Engine {
                 SourceStats {
                     interface: src.interface.clone(),
                     mode: "tap".into(),
-                    xdp_mode: src.attach_mode.map_or("detached", AttachMode::as_str).into(),
+                    xdp_mode: src
+                        .attach_mode
+                        .map_or("detached", AttachMode::as_str)
+                        .into(),
                     zero_copy: src.zero_copy,
                     queues: src.sockets.len() as u32,
                     received: c(C::MIRROR_CNT_RECEIVED),
@@ -256,7 +289,11 @@ impl Engine {
                     SessionStats {
                         source: src.name.clone(),
                         path: "af_xdp".into(),
-                        targets: sess.targets.iter().map(|&t| self.config.targets[t].name.clone()).collect(),
+                        targets: sess
+                            .targets
+                            .iter()
+                            .map(|&t| self.config.targets[t].name.clone())
+                            .collect(),
                         matched: session_matched[k],
                         mirrored: src.session_mirrored[k].load(Ordering::Relaxed),
                         scheduled_out: 0,

@@ -27,7 +27,11 @@ pub fn ip(args: &[&str]) -> Result<()> {
         .output()
         .context("running `ip` (install iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -82,7 +86,12 @@ impl Netns {
     pub fn exec(&self, args: &[&str]) -> Result<()> {
         let out = self.command(args).stdin(Stdio::null()).output()?;
         if !out.status.success() {
-            bail!("{} in {}: {}", args.join(" "), self.name, String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "{} in {}: {}",
+                args.join(" "),
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(())
     }
@@ -96,10 +105,14 @@ impl Netns {
 
     /// Runs `f` on a thread that has entered the namespace. Sockets created
     /// there stay in the namespace wherever they are used later.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let path = Path::new("/run/netns").join(&self.name);
         std::thread::spawn(move || -> Result<T> {
-            let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
             // Safety: `file` is a namespace fd; setns affects only this thread.
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(std::io::Error::last_os_error()).context("setns");
@@ -124,8 +137,26 @@ impl Drop for Netns {
 pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u32) -> Result<()> {
     let q = queues.to_string();
     ip(&[
-        "link", "add", a, "netns", ns_a.name(), "numrxqueues", &q, "numtxqueues", &q, "type", "veth", "peer",
-        "name", b, "netns", ns_b.name(), "numrxqueues", &q, "numtxqueues", &q,
+        "link",
+        "add",
+        a,
+        "netns",
+        ns_a.name(),
+        "numrxqueues",
+        &q,
+        "numtxqueues",
+        &q,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b,
+        "netns",
+        ns_b.name(),
+        "numrxqueues",
+        &q,
+        "numtxqueues",
+        &q,
     ])?;
     ns_a.ip(&["link", "set", a, "up"])?;
     ns_b.ip(&["link", "set", b, "up"])?;
@@ -161,7 +192,13 @@ impl Lab {
 pub fn packet_socket(interface: &str) -> Result<OwnedFd> {
     let proto = (libc::ETH_P_ALL as u16).to_be();
     // Safety: plain socket() call.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto)) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
     if fd < 0 {
         return Err(std::io::Error::last_os_error()).context("AF_PACKET socket (needs root)");
     }
@@ -225,10 +262,13 @@ pub fn packet_socket(interface: &str) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// (length, outgoing?, stripped VLAN tag as (TPID, TCI)).
+type Received = (usize, bool, Option<(u16, u16)>);
+
 /// Receives one frame; returns (length, outgoing?, VLAN tag the driver
 /// stripped as (TPID, TCI)), or `None` on timeout. As libpcap does, the tag
 /// comes from PACKET_AUXDATA.
-fn recv_with_auxdata(fd: libc::c_int, buf: &mut [u8]) -> Option<(usize, bool, Option<(u16, u16)>)> {
+fn recv_with_auxdata(fd: libc::c_int, buf: &mut [u8]) -> Option<Received> {
     #[repr(C)]
     struct TpacketAuxdata {
         tp_status: u32,
@@ -280,12 +320,17 @@ fn recv_with_auxdata(fd: libc::c_int, buf: &mut [u8]) -> Option<(usize, bool, Op
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    Some((n as usize, from.sll_pkttype == libc::PACKET_OUTGOING as u8, vlan))
+    Some((n as usize, from.sll_pkttype == libc::PACKET_OUTGOING, vlan))
 }
 
 /// Sends `frames` out of `interface` in namespace `ns`, pacing to at most
 /// `pps` frames per second (0 = as fast as the socket takes them).
-pub fn send_frames(ns: &Netns, interface: &str, frames: Arc<Vec<Vec<u8>>>, pps: u64) -> Result<u64> {
+pub fn send_frames(
+    ns: &Netns,
+    interface: &str,
+    frames: Arc<Vec<Vec<u8>>>,
+    pps: u64,
+) -> Result<u64> {
     let interface = interface.to_string();
     let fd = ns.run(move || packet_socket(&interface))?;
     let start = Instant::now();
@@ -369,7 +414,10 @@ impl Capture {
     /// Stops (after the socket has been idle for 100 ms) and returns the frames.
     pub fn finish(mut self) -> Vec<Vec<u8>> {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.take().and_then(|h| h.join().ok()).unwrap_or_default()
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
     }
 }
 
@@ -392,11 +440,27 @@ pub struct DaemonProcess {
 impl DaemonProcess {
     /// Starts `exe run -c config` in `ns`, logging to `log`, and waits (at most
     /// `timeout`) until its control socket answers.
-    pub fn start(ns: &Netns, exe: &Path, config: &Path, control: &Path, log: &Path, timeout: Duration) -> Result<Self> {
-        let logfile = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    pub fn start(
+        ns: &Netns,
+        exe: &Path,
+        config: &Path,
+        control: &Path,
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let logfile =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = ns
-            .command(&[&exe.to_string_lossy(), "run", "-c", &config.to_string_lossy()])
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .command(&[
+                &exe.to_string_lossy(),
+                "run",
+                "-c",
+                &config.to_string_lossy(),
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logfile)
@@ -418,7 +482,11 @@ impl DaemonProcess {
                 bail!("the daemon exited with {status}:\n{}", d.log_text());
             }
             if Instant::now() > deadline {
-                bail!("the daemon did not answer on {} within {timeout:?}:\n{}", control.display(), d.log_text());
+                bail!(
+                    "the daemon did not answer on {} within {timeout:?}:\n{}",
+                    control.display(),
+                    d.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -449,7 +517,9 @@ impl DaemonProcess {
 
     /// Waits up to `timeout` for the daemon to exit; SIGKILLs it after that.
     pub fn wait(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        let Some(mut child) = self.child.take() else { bail!("already stopped") };
+        let Some(mut child) = self.child.take() else {
+            bail!("already stopped")
+        };
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait()? {
@@ -482,6 +552,9 @@ pub mod traffic {
 
     const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
     const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+
+    /// Builds a frame around a payload.
+    type Builder = Box<dyn Fn(&[u8]) -> Vec<u8>>;
 
     /// The shapes of the mixed workload.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -533,12 +606,15 @@ pub mod traffic {
         let mut v6d = v6s;
         v6d[15] = 0xfe;
         let b = || PacketBuilder::ethernet2(SRC_MAC, DST_MAC);
-        let (builder_len, build): (usize, Box<dyn Fn(&[u8]) -> Vec<u8>>) = match shape {
+        let (builder_len, build): (usize, Builder) = match shape {
             Shape::Tcp4 => (
                 14 + 20 + 20,
                 Box::new(move |p| w(b().ipv4(v4s, v4d, 64).tcp(40000, port, seq, 1024), p)),
             ),
-            Shape::Udp4 => (14 + 20 + 8, Box::new(move |p| w(b().ipv4(v4s, v4d, 64).udp(40000, port), p))),
+            Shape::Udp4 => (
+                14 + 20 + 8,
+                Box::new(move |p| w(b().ipv4(v4s, v4d, 64).udp(40000, port), p)),
+            ),
             Shape::Icmp4 => (
                 14 + 20 + 8,
                 Box::new(move |p| w(b().ipv4(v4s, v4d, 64).icmpv4_echo_request(1, seq as u16), p)),
@@ -547,7 +623,10 @@ pub mod traffic {
                 14 + 40 + 20,
                 Box::new(move |p| w(b().ipv6(v6s, v6d, 64).tcp(40000, port, seq, 1024), p)),
             ),
-            Shape::Udp6 => (14 + 40 + 8, Box::new(move |p| w(b().ipv6(v6s, v6d, 64).udp(40000, port), p))),
+            Shape::Udp6 => (
+                14 + 40 + 8,
+                Box::new(move |p| w(b().ipv6(v6s, v6d, 64).udp(40000, port), p)),
+            ),
             Shape::Icmp6 => (
                 14 + 40 + 8,
                 Box::new(move |p| w(b().ipv6(v6s, v6d, 64).icmpv6_echo_request(1, seq as u16), p)),
@@ -556,8 +635,7 @@ pub mod traffic {
                 18 + 20 + 20,
                 Box::new(move |p| {
                     w(
-                        b()
-                            .single_vlan(etherparse::VlanId::try_new(100).expect("valid id"))
+                        b().single_vlan(etherparse::VlanId::try_new(100).expect("valid id"))
                             .ipv4(v4s, v4d, 64)
                             .tcp(40000, port, seq, 1024),
                         p,
@@ -568,13 +646,12 @@ pub mod traffic {
                 22 + 40 + 8,
                 Box::new(move |p| {
                     w(
-                        b()
-                            .double_vlan(
-                                etherparse::VlanId::try_new(200).expect("valid id"),
-                                etherparse::VlanId::try_new(300).expect("valid id"),
-                            )
-                            .ipv6(v6s, v6d, 64)
-                            .udp(40000, port),
+                        b().double_vlan(
+                            etherparse::VlanId::try_new(200).expect("valid id"),
+                            etherparse::VlanId::try_new(300).expect("valid id"),
+                        )
+                        .ipv6(v6s, v6d, 64)
+                        .udp(40000, port),
                         p,
                     )
                 }),
@@ -615,7 +692,13 @@ pub mod traffic {
     pub fn mixed(n: u32) -> Vec<Vec<u8>> {
         const SIZES: [usize; 5] = [64, 128, 512, 1024, 1514];
         (0..n)
-            .map(|i| frame(SHAPES[i as usize % SHAPES.len()], i, SIZES[(i as usize / SHAPES.len()) % SIZES.len()]))
+            .map(|i| {
+                frame(
+                    SHAPES[i as usize % SHAPES.len()],
+                    i,
+                    SIZES[(i as usize / SHAPES.len()) % SIZES.len()],
+                )
+            })
             .collect()
     }
 

@@ -96,7 +96,10 @@ impl SourceProgram {
             skel.maps
                 .rules
                 .update(&(i as u32).to_ne_bytes(), value, MapFlags::ANY)
-                .map_err(|source| LoaderError::Map { map: "rules", source })?;
+                .map_err(|source| LoaderError::Map {
+                    map: "rules",
+                    source,
+                })?;
         }
         Ok(SourceProgram { skel, link: None })
     }
@@ -111,8 +114,15 @@ impl SourceProgram {
         self.skel
             .maps
             .xsks
-            .update(&queue.to_ne_bytes(), &(fd as u32).to_ne_bytes(), MapFlags::ANY)
-            .map_err(|source| LoaderError::Map { map: "xsks", source })
+            .update(
+                &queue.to_ne_bytes(),
+                &(fd as u32).to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .map_err(|source| LoaderError::Map {
+                map: "xsks",
+                source,
+            })
     }
 
     /// Attaches the XDP program to `interface` through a BPF link.
@@ -171,8 +181,12 @@ impl SourceProgram {
     pub fn counters(&self) -> Result<[u64; COUNTERS], LoaderError> {
         let mut out = [0u64; COUNTERS];
         for (i, slot) in out.iter_mut().enumerate() {
-            *slot = percpu_sum(&self.skel.maps.counters, i as u32)
-                .map_err(|source| LoaderError::Map { map: "counters", source })?;
+            *slot = percpu_sum(&self.skel.maps.counters, i as u32).map_err(|source| {
+                LoaderError::Map {
+                    map: "counters",
+                    source,
+                }
+            })?;
         }
         Ok(out)
     }
@@ -191,7 +205,10 @@ fn percpu_sum(map: &libbpf_rs::MapMut<'_>, key: u32) -> Result<u64, libbpf_rs::E
     Ok(values
         .unwrap_or_default()
         .iter()
-        .filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))))
+        .filter_map(|v| {
+            v.get(..8)
+                .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+        })
         .sum())
 }
 
@@ -225,7 +242,8 @@ fn link_xdp(prog_fd: RawFd, ifindex: u32, mode: AttachMode) -> std::io::Result<O
         AttachMode::Generic => libbpf_sys::XDP_FLAGS_SKB_MODE,
     };
     // Safety: `prog_fd` is a loaded program, `opts` is initialised and sized.
-    let fd = unsafe { libbpf_sys::bpf_link_create(prog_fd, ifindex as i32, libbpf_sys::BPF_XDP, &opts) };
+    let fd =
+        unsafe { libbpf_sys::bpf_link_create(prog_fd, ifindex as i32, libbpf_sys::BPF_XDP, &opts) };
     if fd < 0 {
         return Err(std::io::Error::from_raw_os_error(-fd));
     }

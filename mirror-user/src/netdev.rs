@@ -2,7 +2,11 @@
 //! by ioctl (sysfs shows the namespace it was mounted in, not ours).
 
 /// Runs `req` on an `ifreq` naming `interface`; `None` if it fails.
-fn ifreq_ioctl(interface: &str, req: libc::c_ulong, data: Option<*mut libc::c_void>) -> Option<libc::ifreq> {
+fn ifreq_ioctl(
+    interface: &str,
+    req: libc::c_ulong,
+    data: Option<*mut libc::c_void>,
+) -> Option<libc::ifreq> {
     // Safety: all-zero is a valid `ifreq`.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = interface.as_bytes();
@@ -63,7 +67,11 @@ pub fn rx_queues(interface: &str) -> Option<u32> {
         cmd: ETHTOOL_GCHANNELS,
         ..Default::default()
     };
-    ifreq_ioctl(interface, libc::SIOCETHTOOL, Some((&mut ch as *mut EthtoolChannels).cast()))?;
+    ifreq_ioctl(
+        interface,
+        libc::SIOCETHTOOL,
+        Some((&mut ch as *mut EthtoolChannels).cast()),
+    )?;
     let n = ch.rx_count + ch.combined_count;
     (n > 0).then_some(n)
 }

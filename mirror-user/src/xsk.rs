@@ -8,7 +8,9 @@ use std::num::NonZeroU32;
 use std::ptr::NonNull;
 
 use xdpilone::xdp::XdpDesc;
-use xdpilone::{BufIdx, DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
+use xdpilone::{
+    BufIdx, DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User,
+};
 
 use crate::config::ZeroCopy;
 
@@ -23,7 +25,10 @@ const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
 #[derive(Debug, thiserror::Error)]
 pub enum XskError {
     #[error("allocating {bytes} bytes of UMEM: {source}")]
-    Mmap { bytes: usize, source: std::io::Error },
+    Mmap {
+        bytes: usize,
+        source: std::io::Error,
+    },
     #[error("AF_XDP {step} on {interface} queue {queue}: {errno}{hint}")]
     Socket {
         step: &'static str,
@@ -151,7 +156,13 @@ fn bind(
     Err(last.expect("at least one bind was tried"))
 }
 
-fn bind_once(w: &Where<'_>, frames: u32, ring_size: u32, rx: bool, zc: bool) -> Result<Bound, XskError> {
+fn bind_once(
+    w: &Where<'_>,
+    frames: u32,
+    ring_size: u32,
+    rx: bool,
+    zc: bool,
+) -> Result<Bound, XskError> {
     let area = Area::new(frames as usize * FRAME_SIZE as usize)?;
     let config = UmemConfig {
         fill_size: ring_size,
@@ -162,7 +173,8 @@ fn bind_once(w: &Where<'_>, frames: u32, ring_size: u32, rx: bool, zc: bool) -> 
     };
     // Safety: `area` is page aligned, sized for `frames` frames, and outlives
     // the Umem (it is dropped after it, see `Bound`'s field order).
-    let umem = unsafe { Umem::new(config, area.ptr) }.map_err(|e| w.err("UMEM registration", e, zc))?;
+    let umem =
+        unsafe { Umem::new(config, area.ptr) }.map_err(|e| w.err("UMEM registration", e, zc))?;
     let mut info = IfInfo::invalid();
     let name = CString::new(w.interface).map_err(|_| XskError::Socket {
         step: "interface name",
@@ -171,17 +183,22 @@ fn bind_once(w: &Where<'_>, frames: u32, ring_size: u32, rx: bool, zc: bool) -> 
         errno: std::io::Error::from_raw_os_error(libc::EINVAL),
         hint: "",
     })?;
-    info.from_name(&name).map_err(|e| w.err("interface lookup", e, zc))?;
+    info.from_name(&name)
+        .map_err(|e| w.err("interface lookup", e, zc))?;
     info.set_queue(w.queue);
     let sock = Socket::with_shared(&info, &umem).map_err(|e| w.err("socket", e, zc))?;
-    let device = umem.fq_cq(&sock).map_err(|e| w.err("fill/completion rings", e, zc))?;
+    let device = umem
+        .fq_cq(&sock)
+        .map_err(|e| w.err("fill/completion rings", e, zc))?;
     let ring = NonZeroU32::new(ring_size);
     let cfg = SocketConfig {
         rx_size: if rx { ring } else { None },
         tx_size: if rx { None } else { ring },
         bind_flags: XDP_USE_NEED_WAKEUP | if zc { XDP_ZEROCOPY } else { XDP_COPY },
     };
-    let user = umem.rx_tx(&sock, &cfg).map_err(|e| w.err("rx/tx rings", e, zc))?;
+    let user = umem
+        .rx_tx(&sock, &cfg)
+        .map_err(|e| w.err("rx/tx rings", e, zc))?;
     umem.bind(&user).map_err(|e| w.err("bind", e, zc))?;
     Ok(Bound {
         device,
@@ -203,10 +220,10 @@ pub struct SocketDrops {
     pub tx_invalid_descs: u64,
 }
 
-// Safety (both impls below): a queue bundles a UMEM mapping with the rings
-// that reference it; xdpilone's types hold raw pointers into them and so are
-// not Send. The bundle is moved to one data-plane thread as a whole and used
-// only there; nothing else keeps a pointer into it (StatsHandle owns a dup'ed fd).
+// Safety: a queue bundles a UMEM mapping with the rings that reference it;
+// xdpilone's types hold raw pointers into them and so are not Send. The bundle
+// is moved to one data-plane thread as a whole and used only there; nothing
+// else keeps a pointer into it (StatsHandle owns a dup'ed fd).
 unsafe impl Send for RxQueue {}
 // Safety: see above.
 unsafe impl Send for TxQueue {}
@@ -290,7 +307,10 @@ impl RxQueue {
     ) -> Result<Self, XskError> {
         let w = Where { interface, queue };
         let b = bind(&w, frames, ring_size, true, zero_copy)?;
-        let rx = b.user.map_rx().map_err(|e| w.err("mapping the RX ring", e, b.zero_copy))?;
+        let rx = b
+            .user
+            .map_rx()
+            .map_err(|e| w.err("mapping the RX ring", e, b.zero_copy))?;
         let spare = (0..b.umem.len_frames())
             .filter_map(|i| b.umem.frame(BufIdx(i)).map(|f| f.offset))
             .collect();
@@ -394,11 +414,19 @@ pub struct Completed {
 }
 
 impl TxQueue {
-    pub fn open(interface: &str, queue: u32, frames: u32, zero_copy: ZeroCopy) -> Result<Self, XskError> {
+    pub fn open(
+        interface: &str,
+        queue: u32,
+        frames: u32,
+        zero_copy: ZeroCopy,
+    ) -> Result<Self, XskError> {
         let w = Where { interface, queue };
         let ring = frames.next_power_of_two().min(1 << 15);
         let b = bind(&w, frames, ring, false, zero_copy)?;
-        let tx = b.user.map_tx().map_err(|e| w.err("mapping the TX ring", e, b.zero_copy))?;
+        let tx = b
+            .user
+            .map_tx()
+            .map_err(|e| w.err("mapping the TX ring", e, b.zero_copy))?;
         let free: Vec<u64> = (0..b.umem.len_frames())
             .filter_map(|i| b.umem.frame(BufIdx(i)).map(|f| f.offset))
             .collect();

@@ -35,7 +35,14 @@ pub fn vlan_tags(tags: &[(u16, u16)], inner_type: u16, payload: &[u8]) -> Vec<u8
 }
 
 /// IPv4 header (no checksum: XDP does not verify it) + payload.
-pub fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], options: usize, frag: u16, payload: &[u8]) -> Vec<u8> {
+pub fn ipv4(
+    proto: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+    options: usize,
+    frag: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let ihl = 5 + options / 4;
     let total = (ihl * 4 + payload.len()) as u16;
     let mut h = vec![0x40 | ihl as u8, 0];

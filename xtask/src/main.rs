@@ -19,9 +19,9 @@ const PACKAGES: &[&str] = &[
     "pkg-config",     // libbpf-sys finds libelf/zlib
     "linux-libc-dev", // uapi headers: linux/bpf.h, asm/types.h
     "make",
-    "gcc", // libbpf-sys builds libbpf from source
+    "gcc",      // libbpf-sys builds libbpf from source
     "iproute2", // ip netns / veth for the lab
-    "procps", // sysctl inside lab namespaces
+    "procps",   // sysctl inside lab namespaces
 ];
 
 #[derive(Parser)]
@@ -98,7 +98,10 @@ fn deps() -> Result<()> {
     }
     let cmd = format!("apt-get update && apt-get install -y {}", missing.join(" "));
     if !is_root() {
-        bail!("missing Debian packages: {}\nrun as root:\n    {cmd}", missing.join(" "));
+        bail!(
+            "missing Debian packages: {}\nrun as root:\n    {cmd}",
+            missing.join(" ")
+        );
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-q"]))?;
@@ -127,12 +130,22 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
     deps()?;
     if !no_lint {
         run(cargo().args(["fmt", "--all", "--check"]))?;
-        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     if !is_root() {
         eprintln!("xtask: not root: kernel and end-to-end tests will report themselves skipped");
     }
-    run(cargo().args(["test", "--workspace", "--all-targets"]).arg("--").args(args))
+    run(cargo()
+        .args(["test", "--workspace", "--all-targets"])
+        .arg("--")
+        .args(args))
 }
 
 fn demo(args: &[String]) -> Result<()> {

@@ -75,7 +75,8 @@ pub fn main(a: Args) -> Result<ExitCode> {
     }
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, interrupted.clone()).context("installing the Ctrl-C handler")?;
+        signal_hook::flag::register(sig, interrupted.clone())
+            .context("installing the Ctrl-C handler")?;
     }
     let dir = WorkDir(std::env::temp_dir().join(format!("mirror-demo-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0)?;
@@ -154,7 +155,9 @@ pub fn main(a: Args) -> Result<ExitCode> {
             next_print += Duration::from_secs(1);
         }
     }
-    let sent = sender.join().map_err(|_| anyhow::anyhow!("generator panicked"))??;
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("generator panicked"))??;
 
     // Wait (bounded) until the pipeline is idle: every copy sent or dropped.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -227,13 +230,24 @@ fn check(s: &Stats, sent: u64, expected: &[u32], received: &[Vec<u8>]) -> bool {
         ok &= good;
     };
     for v in s.sources.values() {
-        verdict(&format!("source received every frame sent ({} = {sent})", v.received), v.received == sent);
         verdict(
-            &format!("received = matched + filtered ({} = {} + {})", v.received, v.matched, v.filtered),
+            &format!("source received every frame sent ({} = {sent})", v.received),
+            v.received == sent,
+        );
+        verdict(
+            &format!(
+                "received = matched + filtered ({} = {} + {})",
+                v.received, v.matched, v.filtered
+            ),
             v.received == v.matched + v.filtered,
         );
         verdict(
-            &format!("matched = mirrored + dropped ({} = {} + {})", v.matched, v.mirrored, v.dropped_total()),
+            &format!(
+                "matched = mirrored + dropped ({} = {} + {})",
+                v.matched,
+                v.mirrored,
+                v.dropped_total()
+            ),
             v.matched == v.mirrored + v.dropped_total(),
         );
     }

@@ -43,7 +43,11 @@ pub fn main(a: Args) -> Result<ExitCode> {
 }
 
 fn reasons(m: &std::collections::BTreeMap<String, u64>) -> String {
-    let nonzero: Vec<String> = m.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+    let nonzero: Vec<String> = m
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     if nonzero.is_empty() {
         "0".into()
     } else {
@@ -73,9 +77,15 @@ pub fn render(s: &Stats) -> String {
             if v.zero_copy { ", zero-copy" } else { "" }
         ));
     }
-    out.push_str(&format!("{:<16} {:>12} {:>12}  {}\n", "SESSION", "matched", "mirrored", "path"));
+    out.push_str(&format!(
+        "{:<16} {:>12} {:>12}  {}\n",
+        "SESSION", "matched", "mirrored", "path"
+    ));
     for (name, v) in &s.sessions {
-        out.push_str(&format!("{:<16} {:>12} {:>12}  {}\n", name, v.matched, v.mirrored, v.path));
+        out.push_str(&format!(
+            "{:<16} {:>12} {:>12}  {}\n",
+            name, v.matched, v.mirrored, v.path
+        ));
     }
     out.push_str(&format!(
         "{:<16} {:>12} {:>12} {:>14} {:>8}  {}\n",

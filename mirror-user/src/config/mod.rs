@@ -17,8 +17,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-pub use raw::{SourceDirection, SourceMode, TargetKind, XdpMode, ZeroCopy};
 use raw::{RawConfig, RawPorts, RawProtocol, RawRule, RawSession, RawSource, RawTarget};
+pub use raw::{SourceDirection, SourceMode, TargetKind, XdpMode, ZeroCopy};
 
 /// Where the control socket lives unless `[daemon] control_socket` says otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/mirror/control.sock";
@@ -100,7 +100,10 @@ pub struct Source {
 #[derive(Debug, Clone)]
 pub enum TargetSpec {
     /// AF_XDP TX out of a local interface.
-    Interface { interface: String, zero_copy: ZeroCopy },
+    Interface {
+        interface: String,
+        zero_copy: ZeroCopy,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -379,10 +382,10 @@ impl Validator<'_> {
     }
 
     fn daemon(&mut self, d: &raw::RawDaemon) -> Option<Daemon> {
-        let control_socket = d
-            .control_socket
-            .as_ref()
-            .map_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET), |p| PathBuf::from(p.get_ref()));
+        let control_socket = d.control_socket.as_ref().map_or_else(
+            || PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            |p| PathBuf::from(p.get_ref()),
+        );
         let metrics = match &d.metrics {
             None => None,
             Some(m) => match m.get_ref().parse::<SocketAddr>() {
@@ -537,9 +540,12 @@ impl Validator<'_> {
             }
         }
         let mut ports = [None, None];
-        for (i, (field, raw)) in [("source_port", &r.source_port), ("destination_port", &r.destination_port)]
-            .into_iter()
-            .enumerate()
+        for (i, (field, raw)) in [
+            ("source_port", &r.source_port),
+            ("destination_port", &r.destination_port),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let Some(raw) = raw else { continue };
             if !protocol.is_some_and(|p| matches!(p, 6 | 17 | 132)) {
@@ -596,28 +602,83 @@ impl Validator<'_> {
         let kind = *t.kind.get_ref();
         let mut ok = true;
         // Keys that belong to other kinds are mistakes worth naming.
-        let keys: [(&str, Option<Range<usize>>, &[TargetKind]); 14] = [
-            ("interface", t.interface.as_ref().map(|x| x.span()), &[TargetKind::Interface]),
-            ("zero_copy", t.zero_copy.as_ref().map(|x| x.span()), &[TargetKind::Interface]),
-            ("remote", t.remote.as_ref().map(|x| x.span()), &[TargetKind::Vxlan, TargetKind::Gre, TargetKind::Erspan]),
-            ("port", t.port.as_ref().map(|x| x.span()), &[TargetKind::Vxlan]),
-            ("source", t.source.as_ref().map(|x| x.span()), &[TargetKind::Vxlan, TargetKind::Gre, TargetKind::Erspan]),
-            ("mtu", t.mtu.as_ref().map(|x| x.span()), &[TargetKind::Vxlan, TargetKind::Gre, TargetKind::Erspan]),
-            ("version", t.version.as_ref().map(|x| x.span()), &[TargetKind::Erspan]),
+        let keys: [KindKey<'_>; 14] = [
+            (
+                "interface",
+                t.interface.as_ref().map(|x| x.span()),
+                &[TargetKind::Interface],
+            ),
+            (
+                "zero_copy",
+                t.zero_copy.as_ref().map(|x| x.span()),
+                &[TargetKind::Interface],
+            ),
+            (
+                "remote",
+                t.remote.as_ref().map(|x| x.span()),
+                &[TargetKind::Vxlan, TargetKind::Gre, TargetKind::Erspan],
+            ),
+            (
+                "port",
+                t.port.as_ref().map(|x| x.span()),
+                &[TargetKind::Vxlan],
+            ),
+            (
+                "source",
+                t.source.as_ref().map(|x| x.span()),
+                &[TargetKind::Vxlan, TargetKind::Gre, TargetKind::Erspan],
+            ),
+            (
+                "mtu",
+                t.mtu.as_ref().map(|x| x.span()),
+                &[TargetKind::Vxlan, TargetKind::Gre, TargetKind::Erspan],
+            ),
+            (
+                "version",
+                t.version.as_ref().map(|x| x.span()),
+                &[TargetKind::Erspan],
+            ),
             ("key", t.key.as_ref().map(|x| x.span()), &[TargetKind::Gre]),
-            ("path", t.path.as_ref().map(|x| x.span()), &[TargetKind::Pcapng]),
-            ("rotate_size", t.rotate_size.as_ref().map(|x| x.span()), &[TargetKind::Pcapng]),
-            ("rotate_interval", t.rotate_interval.as_ref().map(|x| x.span()), &[TargetKind::Pcapng]),
-            ("keep", t.keep.as_ref().map(|x| x.span()), &[TargetKind::Pcapng]),
-            ("max_total_size", t.max_total_size.as_ref().map(|x| x.span()), &[TargetKind::Pcapng]),
-            ("min_free", t.min_free.as_ref().map(|x| x.span()), &[TargetKind::Pcapng]),
+            (
+                "path",
+                t.path.as_ref().map(|x| x.span()),
+                &[TargetKind::Pcapng],
+            ),
+            (
+                "rotate_size",
+                t.rotate_size.as_ref().map(|x| x.span()),
+                &[TargetKind::Pcapng],
+            ),
+            (
+                "rotate_interval",
+                t.rotate_interval.as_ref().map(|x| x.span()),
+                &[TargetKind::Pcapng],
+            ),
+            (
+                "keep",
+                t.keep.as_ref().map(|x| x.span()),
+                &[TargetKind::Pcapng],
+            ),
+            (
+                "max_total_size",
+                t.max_total_size.as_ref().map(|x| x.span()),
+                &[TargetKind::Pcapng],
+            ),
+            (
+                "min_free",
+                t.min_free.as_ref().map(|x| x.span()),
+                &[TargetKind::Pcapng],
+            ),
         ];
         for (key, span, kinds) in keys {
             if let Some(span) = span {
                 if !kinds.contains(&kind) {
                     self.error(
                         span,
-                        format!("`{key}` does not apply to a target of kind = \"{}\"", kind.as_str()),
+                        format!(
+                            "`{key}` does not apply to a target of kind = \"{}\"",
+                            kind.as_str()
+                        ),
                     );
                     ok = false;
                 }
@@ -632,20 +693,29 @@ impl Validator<'_> {
                 let Some(iface) = &t.interface else {
                     self.error(
                         t.kind.span(),
-                        format!("target `{}` of kind = \"interface\" needs `interface`", t.name.get_ref()),
+                        format!(
+                            "target `{}` of kind = \"interface\" needs `interface`",
+                            t.name.get_ref()
+                        ),
                     );
                     return None;
                 };
                 if !valid_ifname(iface.get_ref()) {
                     self.error(
                         iface.span(),
-                        format!("interface = \"{}\" is not a valid interface name", iface.get_ref()),
+                        format!(
+                            "interface = \"{}\" is not a valid interface name",
+                            iface.get_ref()
+                        ),
                     );
                     return None;
                 }
                 TargetSpec::Interface {
                     interface: iface.get_ref().clone(),
-                    zero_copy: t.zero_copy.as_ref().map_or(ZeroCopy::Auto, |z| *z.get_ref()),
+                    zero_copy: t
+                        .zero_copy
+                        .as_ref()
+                        .map_or(ZeroCopy::Auto, |z| *z.get_ref()),
                 }
             }
             other => {
@@ -669,22 +739,27 @@ impl Validator<'_> {
     ) -> Option<Session> {
         let s = s.get_ref();
         let mut ok = true;
-        let lookup = |v: &mut Self, map: &HashMap<String, usize>, n: &Spanned<String>, kind: &str| {
-            let found = map.get(n.get_ref()).copied();
-            if found.is_none() {
-                let mut known: Vec<&str> = map.keys().map(String::as_str).collect();
-                known.sort_unstable();
-                v.error(
-                    n.span(),
-                    format!(
-                        "unknown {kind} `{}` (defined: {})",
-                        n.get_ref(),
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
-                    ),
-                );
-            }
-            found
-        };
+        let lookup =
+            |v: &mut Self, map: &HashMap<String, usize>, n: &Spanned<String>, kind: &str| {
+                let found = map.get(n.get_ref()).copied();
+                if found.is_none() {
+                    let mut known: Vec<&str> = map.keys().map(String::as_str).collect();
+                    known.sort_unstable();
+                    v.error(
+                        n.span(),
+                        format!(
+                            "unknown {kind} `{}` (defined: {})",
+                            n.get_ref(),
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                }
+                found
+            };
         let source = lookup(self, sources, &s.source, "source");
         let filter = lookup(self, filters, &s.filter, "filter");
         let mut tgt = Vec::new();
@@ -695,7 +770,10 @@ impl Validator<'_> {
         for t in s.targets.get_ref() {
             match lookup(self, targets, t, "target") {
                 Some(i) if tgt.contains(&i) => {
-                    self.error(t.span(), format!("target `{}` is listed twice", t.get_ref()));
+                    self.error(
+                        t.span(),
+                        format!("target `{}` is listed twice", t.get_ref()),
+                    );
                     ok = false;
                 }
                 Some(i) => tgt.push(i),
@@ -754,13 +832,18 @@ impl Validator<'_> {
     }
 }
 
+/// A target key: its name, where it is written (if it is), and the kinds it applies to.
+type KindKey<'a> = (&'a str, Option<Range<usize>>, &'a [TargetKind]);
+
 /// Linux interface names: 1 to 15 bytes, no '/', ':' or whitespace.
 pub fn valid_ifname(name: &str) -> bool {
     !name.is_empty()
         && name.len() < 16
         && name != "."
         && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
 /// `"tcp"`, `6`, `"any"`: the protocol number, or `None` for any.
@@ -777,10 +860,9 @@ pub fn parse_protocol(p: &RawProtocol) -> Result<Option<u8>, String> {
             "icmp" => Ok(Some(1)),
             "icmpv6" => Ok(Some(58)),
             "sctp" => Ok(Some(132)),
-            other => other
-                .parse::<u8>()
-                .map(Some)
-                .map_err(|_| format!("protocol = \"{name}\" is unknown: accepted values are {NAMES}")),
+            other => other.parse::<u8>().map(Some).map_err(|_| {
+                format!("protocol = \"{name}\" is unknown: accepted values are {NAMES}")
+            }),
         },
     }
 }

@@ -52,11 +52,20 @@ fn valid_config_is_resolved_and_rules_sorted_by_number() {
     assert_eq!(c.sources[0].mode, SourceMode::Tap);
     assert_eq!(c.sources[0].umem_frames, DEFAULT_UMEM_FRAMES);
     let rules = &c.filters[0].rules;
-    assert_eq!(rules.iter().map(|r| r.number).collect::<Vec<_>>(), vec![100, 200]);
+    assert_eq!(
+        rules.iter().map(|r| r.number).collect::<Vec<_>>(),
+        vec![100, 200]
+    );
     let r = &rules[0];
     assert_eq!(r.protocol, Some(6));
     assert_eq!(r.destination, Some("10.0.0.0/8".parse().expect("cidr")));
-    assert_eq!(r.source_port, Some(PortRange { lo: 1024, hi: 65535 }));
+    assert_eq!(
+        r.source_port,
+        Some(PortRange {
+            lo: 1024,
+            hi: 65535
+        })
+    );
     assert_eq!(r.destination_port, Some(PortRange { lo: 443, hi: 443 }));
     assert_eq!(r.vlan, Some(100));
     assert_eq!(c.sessions[0].targets, vec![0]);
@@ -68,20 +77,37 @@ fn unknown_key_is_reported_with_line_and_column() {
     let text = GOOD.replace("interface = \"eth1\"", "interface = \"eth1\"\nspeed = 10");
     let e = errors(&text);
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(e[0].starts_with("t.toml:8:1: unknown field `speed`"), "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:8:1: unknown field `speed`"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn every_semantic_error_is_reported_with_its_position() {
     let text = GOOD
-        .replace("destination = \"10.0.0.0/8\"", "destination = \"10.0.0.0/33\"")
+        .replace(
+            "destination = \"10.0.0.0/8\"",
+            "destination = \"10.0.0.0/33\"",
+        )
         .replace("number = 200", "number = 40000")
         .replace("targets = [\"ids0\"]", "targets = [\"nope\"]");
     let e = errors(&text);
     assert_eq!(e.len(), 3, "{e:?}");
-    assert!(e[0].starts_with("t.toml:12:10: number = 40000 is out of range: accepted values are 1 to 32766"), "{e:?}");
-    assert!(e[1].starts_with("t.toml:21:15: destination = \"10.0.0.0/33\" is not a CIDR"), "{e:?}");
-    assert!(e[2].starts_with("t.toml:35:12: unknown target `nope` (defined: ids0)"), "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "t.toml:12:10: number = 40000 is out of range: accepted values are 1 to 32766"
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("t.toml:21:15: destination = \"10.0.0.0/33\" is not a CIDR"),
+        "{e:?}"
+    );
+    assert!(
+        e[2].starts_with("t.toml:35:12: unknown target `nope` (defined: ids0)"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -89,7 +115,10 @@ fn duplicate_rule_numbers_in_one_direction_are_rejected() {
     let text = GOOD.replace("number = 200", "number = 100");
     let e = errors(&text);
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(e[0].contains("duplicate rule number 100 for direction ingress"), "{e:?}");
+    assert!(
+        e[0].contains("duplicate rule number 100 for direction ingress"),
+        "{e:?}"
+    );
     // The same number in the other direction is fine.
     let text = GOOD.replace(
         "number = 200\naction = \"accept\"\ndirection = \"ingress\"",
@@ -101,7 +130,10 @@ fn duplicate_rule_numbers_in_one_direction_are_rejected() {
 #[test]
 fn ports_need_a_protocol_with_ports_and_ranges_must_be_ordered() {
     let e = errors(&GOOD.replace("protocol = \"tcp\"", "protocol = \"icmp\""));
-    assert!(e[0].contains("source_port needs protocol = \"tcp\", \"udp\" or \"sctp\""), "{e:?}");
+    assert!(
+        e[0].contains("source_port needs protocol = \"tcp\", \"udp\" or \"sctp\""),
+        "{e:?}"
+    );
     let e = errors(&GOOD.replace("\"1024-65535\"", "\"65535-1024\""));
     assert!(e[0].contains("range \"65535-1024\" is reversed"), "{e:?}");
     let e = errors(&GOOD.replace("\"1024-65535\"", "\"70000\""));
@@ -110,7 +142,12 @@ fn ports_need_a_protocol_with_ports_and_ranges_must_be_ordered() {
 
 #[test]
 fn protocol_accepts_names_and_numbers() {
-    for (p, want) in [("\"udp\"", Some(17)), ("\"SCTP\"", Some(132)), ("47", Some(47)), ("\"any\"", None)] {
+    for (p, want) in [
+        ("\"udp\"", Some(17)),
+        ("\"SCTP\"", Some(132)),
+        ("47", Some(47)),
+        ("\"any\"", None),
+    ] {
         let text = GOOD
             .replace("protocol = \"tcp\"", &format!("protocol = {p}"))
             .replace("source_port = \"1024-65535\"\n", "")
@@ -119,7 +156,10 @@ fn protocol_accepts_names_and_numbers() {
         assert_eq!(c.filters[0].rules[0].protocol, want, "{p}");
     }
     let e = errors(&GOOD.replace("protocol = \"tcp\"", "protocol = \"tcpp\""));
-    assert!(e[0].contains("protocol = \"tcpp\" is unknown: accepted values are any, tcp"), "{e:?}");
+    assert!(
+        e[0].contains("protocol = \"tcpp\" is unknown: accepted values are any, tcp"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -131,23 +171,45 @@ fn mixed_families_in_one_rule_are_rejected() {
 #[test]
 fn unknown_names_list_what_is_defined() {
     let e = errors(&GOOD.replace("filter = \"ids\"", "filter = \"idz\""));
-    assert!(e[0].contains("unknown filter `idz` (defined: ids)"), "{e:?}");
+    assert!(
+        e[0].contains("unknown filter `idz` (defined: ids)"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn features_not_built_yet_are_refused_clearly() {
-    let e = errors(&GOOD.replace("kind = \"interface\"\ninterface = \"eth2\"", "kind = \"vxlan\"\nremote = \"192.0.2.1\""));
-    assert!(e.iter().any(|l| l.contains("kind = \"vxlan\" is not supported yet")), "{e:?}");
+    let e = errors(&GOOD.replace(
+        "kind = \"interface\"\ninterface = \"eth2\"",
+        "kind = \"vxlan\"\nremote = \"192.0.2.1\"",
+    ));
+    assert!(
+        e.iter()
+            .any(|l| l.contains("kind = \"vxlan\" is not supported yet")),
+        "{e:?}"
+    );
     let e = errors(&GOOD.replace("priority = 1", "priority = 1\nsample = 10"));
-    assert!(e[0].contains("sample other than 1 is not supported yet"), "{e:?}");
-    let e = errors(&GOOD.replace("interface = \"eth1\"", "interface = \"eth1\"\ndirection = \"egress\""));
+    assert!(
+        e[0].contains("sample other than 1 is not supported yet"),
+        "{e:?}"
+    );
+    let e = errors(&GOOD.replace(
+        "interface = \"eth1\"",
+        "interface = \"eth1\"\ndirection = \"egress\"",
+    ));
     assert!(e[0].contains("needs mode = \"copy\""), "{e:?}");
 }
 
 #[test]
 fn keys_of_another_target_kind_are_named() {
-    let e = errors(&GOOD.replace("interface = \"eth2\"", "interface = \"eth2\"\npath = \"/tmp/x.pcapng\""));
-    assert!(e[0].contains("`path` does not apply to a target of kind = \"interface\""), "{e:?}");
+    let e = errors(&GOOD.replace(
+        "interface = \"eth2\"",
+        "interface = \"eth2\"\npath = \"/tmp/x.pcapng\"",
+    ));
+    assert!(
+        e[0].contains("`path` does not apply to a target of kind = \"interface\""),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -163,7 +225,11 @@ fn sessions_of_orders_by_priority_then_file_order() {
          [[session]]\nname = \"c\"\nsource = \"uplink\"\nfilter = \"ids\"\ntargets = [\"ids0\"]\npriority = 1\n"
     );
     let c = parse(&text, "t.toml").expect("valid");
-    let order: Vec<&str> = c.sessions_of(0).iter().map(|&i| c.sessions[i].name.as_str()).collect();
+    let order: Vec<&str> = c
+        .sessions_of(0)
+        .iter()
+        .map(|&i| c.sessions[i].name.as_str())
+        .collect();
     assert_eq!(order, vec!["b", "feed", "c"]);
 }
 

@@ -39,7 +39,12 @@ pub fn start(
 ) -> Result<(InterfaceTarget, std::thread::JoinHandle<()>), XskError> {
     let frames = queue_size.next_power_of_two().clamp(64, 1 << 15);
     let tx = TxQueue::open(interface, 0, frames, zero_copy)?;
-    let queue = Arc::new(TargetQueue::new(name, "interface", queue_size as usize, max_frame(interface)));
+    let queue = Arc::new(TargetQueue::new(
+        name,
+        "interface",
+        queue_size as usize,
+        max_frame(interface),
+    ));
     if let Ok(h) = tx.stats_handle() {
         queue.set_kernel_send_errors(Box::new(move || h.drops().tx_invalid_descs));
     }
@@ -50,7 +55,10 @@ pub fn start(
         .spawn(move || run(tx, &q, &ifname, &stop))
         .expect("spawning a thread");
     Ok((
-        InterfaceTarget { queue, zero_copy: zc },
+        InterfaceTarget {
+            queue,
+            zero_copy: zc,
+        },
         handle,
     ))
 }
@@ -63,8 +71,12 @@ fn run(mut tx: TxQueue, q: &TargetQueue, interface: &str, stop: &AtomicBool) {
     loop {
         let done = tx.complete();
         if done.packets > 0 {
-            q.counters.sent_packets.fetch_add(done.packets, Ordering::Relaxed);
-            q.counters.sent_bytes.fetch_add(done.bytes, Ordering::Relaxed);
+            q.counters
+                .sent_packets
+                .fetch_add(done.packets, Ordering::Relaxed);
+            q.counters
+                .sent_bytes
+                .fetch_add(done.bytes, Ordering::Relaxed);
         }
 
         // Move what the UMEM has room for from the queue onto the TX ring.
@@ -82,8 +94,10 @@ fn run(mut tx: TxQueue, q: &TargetQueue, interface: &str, stop: &AtomicBool) {
             }
         }
         tx.kick();
-        q.in_flight
-            .store(u64::from(tx.in_flight()) + batch.len() as u64, Ordering::Relaxed);
+        q.in_flight.store(
+            u64::from(tx.in_flight()) + batch.len() as u64,
+            Ordering::Relaxed,
+        );
 
         if last_check.elapsed() >= LINK_CHECK {
             q.set_up(netdev::is_running(interface).unwrap_or(true));
@@ -105,4 +119,3 @@ fn run(mut tx: TxQueue, q: &TargetQueue, interface: &str, stop: &AtomicBool) {
         }
     }
 }
-

@@ -195,7 +195,11 @@ impl TargetQueue {
         let dropped = TargetDrop::ALL
             .iter()
             .map(|&d| {
-                let extra = if d == TargetDrop::SendError { kernel_errors } else { 0 };
+                let extra = if d == TargetDrop::SendError {
+                    kernel_errors
+                } else {
+                    0
+                };
                 (d.as_str().to_string(), c.dropped(d) + extra)
             })
             .collect();
