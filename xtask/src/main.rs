@@ -142,10 +142,50 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
     if !is_root() {
         eprintln!("xtask: not root: kernel and end-to-end tests will report themselves skipped");
     }
-    run(cargo()
-        .args(["test", "--workspace", "--all-targets"])
-        .arg("--")
-        .args(args))
+    // Library, integration tests and unit tests of the binary crate's library;
+    // `--all-targets` would also run bins and xtask, which have no tests.
+    cargo_test(
+        cargo()
+            .args(["test", "--workspace", "--lib", "--tests"])
+            .arg("--")
+            .args(args),
+    )
+}
+
+/// Runs `cargo test`, passing its output through, and closes with one total
+/// line over every test binary: `tests: N passed, M failed`.
+fn cargo_test(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("xtask: {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split([';', '.']) {
+                let mut words = part.split_whitespace();
+                match (
+                    words.next().and_then(|n| n.parse::<u64>().ok()),
+                    words.next(),
+                ) {
+                    (Some(n), Some("passed")) => passed += n,
+                    (Some(n), Some("failed")) => failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
 }
 
 fn demo(args: &[String]) -> Result<()> {
