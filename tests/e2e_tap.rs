@@ -3,14 +3,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mirror_user::classify;
 use mirror_user::config::{self, Direction};
 use mirror_user::control::Client;
-use mirror_user::lab::{self, traffic, Capture, DaemonProcess, Lab};
+use mirror_user::lab::{self, traffic, Capture, DaemonProcess, Lab, TempDir};
 use mirror_user::stats::Stats;
 
 const CONFIG: &str = r#"
@@ -64,25 +64,15 @@ struct Setup {
     lab: Lab,
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn setup(tag: &str) -> Setup {
     let lab = Lab::new(2).expect("lab");
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("mirror-e2e-{}-{tag}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
-    let control = dir.0.join("control.sock");
+    let dir = TempDir::new(&format!("e2e-{tag}")).expect("temp dir");
+    let control = dir.path().join("control.sock");
     let text = CONFIG.replace("@CONTROL@", &control.to_string_lossy());
-    let path = dir.0.join("mirror.toml");
+    let path = dir.path().join("mirror.toml");
     std::fs::write(&path, &text).expect("write config");
     let cfg = config::parse(&text, "e2e").expect("valid config");
-    let daemon = start(&lab, &path, &control, &dir.0.join("daemon.log"));
+    let daemon = start(&lab, &path, &control, &dir.path().join("daemon.log"));
     Setup {
         daemon,
         cfg,
@@ -224,7 +214,7 @@ fn sigkill_leaves_no_xdp_program_attached_and_a_new_daemon_starts() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // A restarted daemon takes over cleanly (stale control socket included).
-    let dir = s._dir.0.clone();
+    let dir = s._dir.path().to_path_buf();
     let mut again = start(
         &s.lab,
         &dir.join("mirror.toml"),
@@ -269,10 +259,8 @@ fn copies_for_a_down_target_are_dropped_and_counted() {
 
 #[test]
 fn check_reports_errors_with_positions_and_run_refuses_a_bad_file() {
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("mirror-e2e-{}-check", std::process::id())));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
-    let bad = dir.0.join("bad.toml");
+    let dir = TempDir::new("e2e-check").expect("temp dir");
+    let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
         CONFIG.replace("destination_port = \"22\"", "destination_port = \"22-1\""),
@@ -289,7 +277,7 @@ fn check_reports_errors_with_positions_and_run_refuses_a_bad_file() {
         err.contains("bad.toml:19:20: destination_port: range \"22-1\" is reversed"),
         "{err}"
     );
-    let good = dir.0.join("good.toml");
+    let good = dir.path().join("good.toml");
     std::fs::write(&good, CONFIG).expect("write");
     let out = std::process::Command::new(BIN)
         .args(["check", "-c"])

@@ -36,6 +36,29 @@ pub fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// A private directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `<tmp>/mirror-<tag>-<pid>`.
+    pub fn new(tag: &str) -> Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("mirror-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A network namespace, deleted (with every interface in it) on drop.
 #[derive(Debug)]
 pub struct Netns {

@@ -1,6 +1,5 @@
 //! `mirror demo`: the whole pipeline in a throw-away namespace lab.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -60,15 +59,6 @@ pub struct Args {
     pub pps: u64,
 }
 
-/// A private working directory, removed on drop.
-struct WorkDir(PathBuf);
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 pub fn main(a: Args) -> Result<ExitCode> {
     if !mirror_user::is_root() {
         bail!("mirror demo builds network namespaces and attaches XDP: run it as root");
@@ -78,10 +68,9 @@ pub fn main(a: Args) -> Result<ExitCode> {
         signal_hook::flag::register(sig, interrupted.clone())
             .context("installing the Ctrl-C handler")?;
     }
-    let dir = WorkDir(std::env::temp_dir().join(format!("mirror-demo-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0)?;
-    let control = dir.0.join("control.sock");
-    let cfg_path = dir.0.join("mirror.toml");
+    let dir = lab::TempDir::new("demo")?;
+    let control = dir.path().join("control.sock");
+    let cfg_path = dir.path().join("mirror.toml");
     let text = DEMO_CONFIG.replace("@CONTROL@", &control.to_string_lossy());
     std::fs::write(&cfg_path, &text)?;
     let cfg = config::parse(&text, "embedded demo config")?;
@@ -109,7 +98,7 @@ pub fn main(a: Args) -> Result<ExitCode> {
         &exe,
         &cfg_path,
         &control,
-        &dir.0.join("daemon.log"),
+        &dir.path().join("daemon.log"),
         Duration::from_secs(20),
     )?;
     println!("  daemon up (log: {})", daemon.log.display());
