@@ -138,7 +138,7 @@ fn bind(
     };
     let mut last = None;
     for &zc in tries {
-        match bind_once(w, frames, ring_size, rx, zc) {
+        match bind_retrying_busy(w, frames, ring_size, rx, zc) {
             Ok(b) => return Ok(b),
             Err(e) => {
                 if zero_copy == ZeroCopy::Auto && zc {
@@ -154,6 +154,40 @@ fn bind(
         }
     }
     Err(last.expect("at least one bind was tried"))
+}
+
+/// How long a queue still held by a previous socket is retried: after a
+/// daemon is killed the kernel releases its sockets' queues asynchronously.
+const BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn bind_retrying_busy(
+    w: &Where<'_>,
+    frames: u32,
+    ring_size: u32,
+    rx: bool,
+    zc: bool,
+) -> Result<Bound, XskError> {
+    let deadline = std::time::Instant::now() + BUSY_RETRY;
+    let mut logged = false;
+    loop {
+        match bind_once(w, frames, ring_size, rx, zc) {
+            Err(XskError::Socket { errno, .. })
+                if errno.raw_os_error() == Some(libc::EBUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                if !logged {
+                    tracing::info!(
+                        interface = w.interface,
+                        queue = w.queue,
+                        "AF_XDP queue busy (a previous socket is being released); retrying"
+                    );
+                    logged = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn bind_once(
