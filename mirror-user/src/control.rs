@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::engine::Engine;
 use crate::stats::Stats;
@@ -93,8 +93,6 @@ pub async fn serve(listener: tokio::net::UnixListener, engine: Arc<Engine>) {
         });
     }
 }
-
-use tokio::io::AsyncReadExt as _;
 
 fn handle(line: &str, engine: &Engine) -> Reply {
     if line.len() > MAX_REQUEST {

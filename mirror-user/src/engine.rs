@@ -37,7 +37,7 @@ struct Source {
     no_metadata: AtomicU64,
     /// Per kernel session index: frames handed to the session's targets.
     session_mirrored: Vec<AtomicU64>,
-    attach_mode: Option<AttachMode>,
+    attach_mode: AttachMode,
     zero_copy: bool,
 }
 
@@ -56,8 +56,9 @@ pub struct Engine {
 impl Engine {
     /// Opens every target, loads and attaches every source.
     pub fn start(config: Config) -> Result<Engine> {
+        let sources = config.sources.len();
         let mut engine = Engine {
-            config: config.clone(),
+            config,
             sources: Vec::new(),
             targets: Vec::new(),
             stop_workers: Arc::new(AtomicBool::new(false)),
@@ -65,7 +66,7 @@ impl Engine {
             workers: Vec::new(),
             senders: Vec::new(),
         };
-        for t in &config.targets {
+        for t in &engine.config.targets {
             match &t.spec {
                 TargetSpec::Interface {
                     interface,
@@ -87,7 +88,7 @@ impl Engine {
                 }
             }
         }
-        for i in 0..config.sources.len() {
+        for i in 0..sources {
             engine.start_source(i)?;
         }
         Ok(engine)
@@ -103,7 +104,7 @@ impl Engine {
         }
         let sessions = self.config.sessions_of(idx);
         let rules = classify::compile(&self.config, &sessions, Direction::Ingress);
-        let program = SourceProgram::load(&rules)
+        let mut program = SourceProgram::load(&rules)
             .with_context(|| format!("source `{}`: loading the XDP program", cfg.name))?;
         let queues = match netdev::rx_queues(&cfg.interface) {
             Some(n) => n,
@@ -159,7 +160,12 @@ impl Engine {
                     .collect()
             })
             .collect();
-        let mut source = Source {
+        // Every socket is bound and in the XSKMAP before the program is
+        // attached; frames that arrive before the workers start wait in the RX rings.
+        let mode = program
+            .attach(&cfg.interface, cfg.xdp_mode)
+            .with_context(|| format!("source `{}`", cfg.name))?;
+        let source = Arc::new(Source {
             name: cfg.name.clone(),
             interface: cfg.interface.clone(),
             program: Mutex::new(program),
@@ -167,20 +173,9 @@ impl Engine {
             sessions,
             sockets,
             no_metadata: AtomicU64::new(0),
-            attach_mode: None,
+            attach_mode: mode,
             zero_copy,
-        };
-
-        // Every socket is bound and in the XSKMAP before the program is
-        // attached; frames that arrive before the workers start wait in the RX rings.
-        let mode = source
-            .program
-            .get_mut()
-            .map_err(|_| anyhow::anyhow!("poisoned lock"))?
-            .attach(&cfg.interface, cfg.xdp_mode)
-            .with_context(|| format!("source `{}`", cfg.name))?;
-        source.attach_mode = Some(mode);
-        let source = Arc::new(source);
+        });
         for (q, queue) in rx.into_iter().enumerate() {
             let src = source.clone();
             let targets = per_session.clone();
@@ -266,10 +261,7 @@ impl Engine {
                 SourceStats {
                     interface: src.interface.clone(),
                     mode: "tap".into(),
-                    xdp_mode: src
-                        .attach_mode
-                        .map_or("detached", AttachMode::as_str)
-                        .into(),
+                    xdp_mode: src.attach_mode.as_str().into(),
                     zero_copy: src.zero_copy,
                     queues: src.sockets.len() as u32,
                     received: c(C::MIRROR_CNT_RECEIVED),

@@ -48,9 +48,6 @@ struct Area {
     ptr: NonNull<[u8]>,
 }
 
-// Safety: the mapping is plain memory; access is coordinated by ring ownership.
-unsafe impl Send for Area {}
-
 impl Area {
     fn new(bytes: usize) -> Result<Self, XskError> {
         // Safety: an anonymous private mapping with no address hint.
@@ -273,10 +270,8 @@ pub struct RxQueue {
 /// Statistics handle that can be read from another thread.
 #[derive(Clone)]
 pub struct StatsHandle {
-    fd: std::sync::Arc<OwnedStatsFd>,
+    fd: std::sync::Arc<std::os::fd::OwnedFd>,
 }
-
-struct OwnedStatsFd(std::os::fd::OwnedFd);
 
 impl StatsHandle {
     fn new(raw: libc::c_int) -> std::io::Result<Self> {
@@ -288,7 +283,7 @@ impl StatsHandle {
         // Safety: `fd` was just created by dup and is owned by nobody else.
         let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         Ok(StatsHandle {
-            fd: std::sync::Arc::new(OwnedStatsFd(owned)),
+            fd: std::sync::Arc::new(owned),
         })
     }
 
@@ -311,7 +306,7 @@ impl StatsHandle {
         // Safety: `s` and `len` are valid out-pointers sized for the option.
         let rc = unsafe {
             libc::getsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&self.fd.0),
+                std::os::fd::AsRawFd::as_raw_fd(&*self.fd),
                 SOL_XDP,
                 XDP_STATISTICS,
                 (&mut s as *mut XdpStatistics).cast(),
@@ -437,7 +432,6 @@ pub struct TxQueue {
     /// Length of the frame in flight at each frame index.
     in_flight_len: Vec<u32>,
     in_flight: u32,
-    wakeups: u64,
 }
 
 /// One reaped completion batch.
@@ -471,7 +465,6 @@ impl TxQueue {
             free,
             in_flight_len,
             in_flight: 0,
-            wakeups: 0,
         })
     }
 
@@ -532,7 +525,6 @@ impl TxQueue {
     pub fn kick(&mut self) {
         if self.in_flight > 0 && self.tx.needs_wakeup() {
             self.tx.wake();
-            self.wakeups += 1;
         }
     }
 

@@ -8,7 +8,7 @@
 pub mod interface;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::thread::Thread;
 
 use crossbeam_queue::ArrayQueue;
@@ -94,7 +94,7 @@ pub struct TargetQueue {
     max_len: usize,
     sender: OnceLock<Thread>,
     /// Extra drop reasons read from the kernel at snapshot time (send_error).
-    kernel_send_errors: Mutex<Option<Box<dyn Fn() -> u64 + Send>>>,
+    kernel_send_errors: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
 }
 
 impl TargetQueue {
@@ -116,7 +116,7 @@ impl TargetQueue {
             up: AtomicBool::new(true),
             max_len,
             sender: OnceLock::new(),
-            kernel_send_errors: Mutex::new(None),
+            kernel_send_errors: OnceLock::new(),
         }
     }
 
@@ -178,20 +178,14 @@ impl TargetQueue {
         self.up.load(Ordering::Relaxed)
     }
 
-    pub fn set_kernel_send_errors(&self, f: Box<dyn Fn() -> u64 + Send>) {
-        if let Ok(mut g) = self.kernel_send_errors.lock() {
-            *g = Some(f);
-        }
+    /// Called once by the sender: where to read kernel-side send errors.
+    pub fn set_kernel_send_errors(&self, f: Box<dyn Fn() -> u64 + Send + Sync>) {
+        let _ = self.kernel_send_errors.set(f);
     }
 
     pub fn snapshot(&self) -> TargetStats {
         let c = &self.counters;
-        let kernel_errors = self
-            .kernel_send_errors
-            .lock()
-            .ok()
-            .and_then(|g| g.as_ref().map(|f| f()))
-            .unwrap_or(0);
+        let kernel_errors = self.kernel_send_errors.get().map_or(0, |f| f());
         let dropped = TargetDrop::ALL
             .iter()
             .map(|&d| {
