@@ -244,45 +244,48 @@ pub fn packet_socket(interface: &str) -> Result<OwnedFd> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("binding the AF_PACKET socket");
     }
-    let one: libc::c_int = 1;
-    // Safety: valid option value pointer and length.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_AUXDATA,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    let bufsize: libc::c_int = 64 << 20;
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-        // Safety: valid option value pointer and length.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&bufsize as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-    }
+    // The capture relies on both: VLAN tags from auxdata, and the timeout to stop.
+    set_option(
+        &fd,
+        libc::SOL_PACKET,
+        libc::PACKET_AUXDATA,
+        &1 as &libc::c_int,
+    )
+    .context("PACKET_AUXDATA")?;
     let tv = libc::timeval {
         tv_sec: 0,
         tv_usec: 100_000,
     };
-    // Safety: valid option value pointer and length.
-    unsafe {
+    set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv).context("SO_RCVTIMEO")?;
+    // Large buffers are best effort: they only make loss under bursts less likely.
+    let bufsize: libc::c_int = 64 << 20;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+        let _ = set_option(&fd, libc::SOL_SOCKET, opt, &bufsize);
+    }
+    Ok(fd)
+}
+
+/// setsockopt with a plain value.
+fn set_option<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // Safety: `value` points to a live `T` of the length passed.
+    let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as u32,
         )
     };
-    Ok(fd)
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// (length, outgoing?, stripped VLAN tag as (TPID, TCI)).

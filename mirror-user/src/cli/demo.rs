@@ -161,7 +161,7 @@ pub fn main(a: Args) -> Result<ExitCode> {
     };
     let received = capture.finish();
     let status = daemon.stop(Duration::from_secs(10))?;
-    print!("{}", render_final(&stats));
+    print!("final counters:\n{}", super::stats::render(&stats));
     let ok = check(&stats, sent, &expected, &received);
     drop(lab);
     println!("lab removed; daemon exited with {status}");
@@ -185,30 +185,6 @@ fn print_live(s: &Stats, sink: u32, t: Duration) {
             v.mirrored
         );
     }
-}
-
-fn render_final(s: &Stats) -> String {
-    let mut out = String::from("final counters:\n");
-    for (name, v) in &s.sources {
-        out.push_str(&format!(
-            "  source {name}: received={} matched={} filtered={} mirrored={} dropped={}\n",
-            v.received,
-            v.matched,
-            v.filtered,
-            v.mirrored,
-            v.dropped_total()
-        ));
-    }
-    for (name, v) in &s.targets {
-        out.push_str(&format!(
-            "  target {name}: enqueued={} sent={} dropped={} queued={}\n",
-            v.enqueued,
-            v.sent_packets,
-            v.dropped_total(),
-            v.queued
-        ));
-    }
-    out
 }
 
 /// Checks the counters reconcile and that the sink got exactly the accepted frames.
