@@ -10,6 +10,7 @@ use mirror_ebpf::mirror::types::mirror_counter as C;
 use mirror_user::classify;
 use mirror_user::config::{self, Config, Direction, Filter};
 use mirror_user::loader::{SourceProgram, COUNTERS};
+use mirror_user::ruleset::{self, RuleSet};
 
 const XDP_DROP: u32 = 1;
 
@@ -107,8 +108,10 @@ impl Fixture {
     fn new(text: &str) -> Fixture {
         let config = config::parse(text, "rules").expect("valid rules");
         let sessions = config.sessions_of(0);
-        let rules = classify::compile(&config, &sessions, Direction::Ingress);
-        let prog = SourceProgram::load(&rules).expect("the program loads");
+        let set = RuleSet::build(&ruleset::source_filters(&config, 0), Direction::Ingress)
+            .expect("the rules compile");
+        let mut prog = SourceProgram::load().expect("the program loads");
+        prog.install(&set, None).expect("the rules install");
         Fixture {
             config,
             sessions,

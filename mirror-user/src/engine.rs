@@ -14,10 +14,10 @@ use std::thread::JoinHandle;
 use anyhow::{bail, Context, Result};
 use mirror_ebpf::mirror::types::mirror_counter as C;
 
-use crate::classify;
 use crate::config::{Config, Direction, SourceMode, TargetSpec};
 use crate::loader::{AttachMode, SourceProgram};
 use crate::netdev;
+use crate::ruleset::{self, RuleSet};
 use crate::stats::{SessionStats, SourceStats, Stats};
 use crate::target::{interface, TargetQueue};
 use crate::xsk::{RxQueue, StatsHandle};
@@ -103,9 +103,20 @@ impl Engine {
             );
         }
         let sessions = self.config.sessions_of(idx);
-        let rules = classify::compile(&self.config, &sessions, Direction::Ingress);
-        let mut program = SourceProgram::load(&rules)
+        let set = RuleSet::build(&ruleset::source_filters(&self.config, idx), Direction::Ingress)
+            .with_context(|| format!("source `{}`: compiling the rules", cfg.name))?;
+        let mut program = SourceProgram::load()
             .with_context(|| format!("source `{}`: loading the XDP program", cfg.name))?;
+        program
+            .install(&set, None)
+            .with_context(|| format!("source `{}`: installing the rules", cfg.name))?;
+        tracing::info!(
+            source = %cfg.name,
+            rules = set.rules,
+            classes = set.bitmaps.len(),
+            kib = set.memory_bytes() / 1024,
+            "rule set installed"
+        );
         let queues = match netdev::rx_queues(&cfg.interface) {
             Some(n) => n,
             None => {
@@ -192,7 +203,7 @@ impl Engine {
             xdp_mode = mode.as_str(),
             queues,
             zero_copy,
-            rules = rules.len(),
+            rules = set.rules,
             "source attached (tap mode)"
         );
         for &s in &source.sessions {

@@ -1,7 +1,7 @@
 //! `mirror`: a traffic mirror engine for Linux.
 //!
 //! The library behind the `mirror` binary: configuration ([`config`]), filter
-//! semantics ([`classify`]), the kernel programs' loader ([`loader`]), AF_XDP
+//! semantics ([`classify`]) and their kernel tables ([`ruleset`]), the kernel programs' loader ([`loader`]), AF_XDP
 //! ([`xsk`]), targets ([`target`]), the data plane ([`engine`]), counters
 //! ([`stats`]), the control socket ([`control`]), and the network-namespace
 //! lab used by `mirror demo` and the tests ([`lab`]).
@@ -13,6 +13,7 @@ pub mod engine;
 pub mod lab;
 pub mod loader;
 pub mod netdev;
+pub mod ruleset;
 pub mod stats;
 pub mod target;
 pub mod xsk;

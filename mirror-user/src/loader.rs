@@ -6,11 +6,12 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags};
-use mirror_ebpf::mirror::types::{mirror_counter, mirror_rule};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+use mirror_ebpf::mirror::types::mirror_counter;
 use mirror_ebpf::mirror::{MirrorSkel, MirrorSkelBuilder};
 
 use crate::config::XdpMode;
+use crate::ruleset::{RuleSet, BITMAP_U64S, LPM_KEY_SIZE};
 
 /// Number of per-source kernel counters (`enum mirror_counter`).
 pub const COUNTERS: usize = mirror_counter::MIRROR_CNT_MAX.0 as usize;
@@ -21,8 +22,14 @@ pub enum LoaderError {
     Open(#[source] libbpf_rs::Error),
     #[error("loading the BPF programs into the kernel (is this root, with BPF enabled?): {0}")]
     Load(#[source] libbpf_rs::Error),
-    #[error("too many rules for one source: {count} (at most {max})")]
-    TooManyRules { count: usize, max: u32 },
+    #[error("creating the rule-set map `{map}`: {source}")]
+    CreateMap {
+        map: &'static str,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("waiting for the kernel to finish with the old rule set (membarrier): {0}")]
+    GracePeriod(#[source] std::io::Error),
     #[error("BPF map `{map}`: {source}")]
     Map {
         map: &'static str,
@@ -66,42 +73,99 @@ impl AttachMode {
 pub struct SourceProgram {
     skel: MirrorSkel<'static>,
     link: Option<OwnedFd>,
+    /// The generation frames are classified with (`active_generation`).
+    generation: u32,
 }
 
+/// Direction numbers of the kernel's rule-set slots (`slot = dir * 2 + gen`).
+const INGRESS: u32 = 0;
+const EGRESS: u32 = 1;
+
 impl SourceProgram {
-    /// Loads the programs with `rules` (already in evaluation order).
-    pub fn load(rules: &[mirror_rule]) -> Result<Self, LoaderError> {
-        let max = mirror_ebpf::limits::MAX_RULES;
-        if rules.len() > max as usize {
-            return Err(LoaderError::TooManyRules {
-                count: rules.len(),
-                max,
-            });
-        }
+    /// Loads the programs. Until [`SourceProgram::install`] is called no rule
+    /// set is present and every frame is counted `no_rule_set` and filtered.
+    pub fn load() -> Result<Self, LoaderError> {
         // The skeleton borrows its object storage for as long as it lives; one
         // small allocation per loaded source, kept for the process lifetime.
         let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = MirrorSkelBuilder::default()
+        let open = MirrorSkelBuilder::default()
             .open(storage)
             .map_err(LoaderError::Open)?;
-        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
-            rodata.rule_count = rules.len() as u32;
-        }
         let skel = open.load().map_err(LoaderError::Load)?;
-        for (i, rule) in rules.iter().enumerate() {
-            // Safety: `mirror_rule` is a plain `repr(C)` struct of integers
-            // generated from abi.h, so viewing it as bytes is sound.
-            let value = unsafe { plain_bytes(rule) };
-            skel.maps
-                .rules
-                .update(&(i as u32).to_ne_bytes(), value, MapFlags::ANY)
-                .map_err(|source| LoaderError::Map {
-                    map: "rules",
-                    source,
-                })?;
+        Ok(SourceProgram {
+            skel,
+            link: None,
+            generation: 0,
+        })
+    }
+
+    /// Replaces the rule sets atomically: builds the new maps in the idle
+    /// generation, flips `active_generation` (one 4-byte map write), waits an
+    /// RCU grace period so no program still runs on the old generation, and
+    /// frees it. Every frame is classified by either the old or the new sets,
+    /// whole. On error the old sets stay in force.
+    pub fn install(&mut self, ingress: &RuleSet, egress: Option<&RuleSet>) -> Result<(), LoaderError> {
+        let idle = self.generation ^ 1;
+        // Build everything first: nothing the kernel reads changes until the flip.
+        let new_ingress = RuleSetMaps::create(ingress)?;
+        let new_egress = egress.map(RuleSetMaps::create).transpose()?;
+        for (dir, maps) in [(INGRESS, Some(&new_ingress)), (EGRESS, new_egress.as_ref())] {
+            let slot = dir * 2 + idle;
+            match maps {
+                Some(m) => self.set_slot(slot, m)?,
+                None => self.clear_slot(slot)?,
+            }
         }
-        Ok(SourceProgram { skel, link: None })
+        self.skel
+            .maps
+            .active_generation
+            .update(&0u32.to_ne_bytes(), &idle.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| LoaderError::Map {
+                map: "active_generation",
+                source,
+            })?;
+        let old = self.generation;
+        self.generation = idle;
+        rcu_grace_period().map_err(LoaderError::GracePeriod)?;
+        // No program runs on the old generation any more: release its maps
+        // (the outer slots held the last references).
+        for dir in [INGRESS, EGRESS] {
+            self.clear_slot(dir * 2 + old)?;
+        }
+        Ok(())
+    }
+
+    fn set_slot(&self, slot: u32, m: &RuleSetMaps) -> Result<(), LoaderError> {
+        let key = slot.to_ne_bytes();
+        for (outer, name, inner) in [
+            (&self.skel.maps.rule_index, "rule_index", &m.index),
+            (&self.skel.maps.rule_lpm, "rule_lpm", &m.lpm),
+            (&self.skel.maps.rule_bitmaps, "rule_bitmaps", &m.bitmaps),
+        ] {
+            let fd = inner.as_fd().as_raw_fd() as u32;
+            outer
+                .update(&key, &fd.to_ne_bytes(), MapFlags::ANY)
+                .map_err(|source| LoaderError::Map { map: name, source })?;
+        }
+        Ok(())
+    }
+
+    fn clear_slot(&self, slot: u32) -> Result<(), LoaderError> {
+        let key = slot.to_ne_bytes();
+        for (outer, name) in [
+            (&self.skel.maps.rule_index, "rule_index"),
+            (&self.skel.maps.rule_lpm, "rule_lpm"),
+            (&self.skel.maps.rule_bitmaps, "rule_bitmaps"),
+        ] {
+            match outer.delete(&key) {
+                Ok(()) => {}
+                // An empty slot: nothing to release.
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(source) => return Err(LoaderError::Map { map: name, source }),
+            }
+        }
+        Ok(())
     }
 
     /// The tap-mode XDP program (for `BPF_PROG_TEST_RUN`).
@@ -212,14 +276,88 @@ fn percpu_sum(map: &libbpf_rs::MapMut<'_>, key: u32) -> Result<u64, libbpf_rs::E
         .sum())
 }
 
-/// Views a plain-old-data value as its bytes.
-///
-/// # Safety
-/// `T` must have no padding bytes that are uninitialised and no pointers: a
-/// `repr(C)` struct of integers, as libbpf-cargo generates from abi.h.
-unsafe fn plain_bytes<T>(v: &T) -> &[u8] {
-    // Safety: the caller guarantees `T` is plain data; the slice covers exactly `v`.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+/// The three inner maps of one rule set (see abi.h), created and filled.
+struct RuleSetMaps {
+    index: MapHandle,
+    lpm: MapHandle,
+    bitmaps: MapHandle,
+}
+
+impl RuleSetMaps {
+    fn create(set: &RuleSet) -> Result<Self, LoaderError> {
+        let create = |map: &'static str, ty, key: usize, value: usize, entries: usize, flags: u32| {
+            let opts = libbpf_sys::bpf_map_create_opts {
+                sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+                map_flags: flags,
+                ..Default::default()
+            };
+            MapHandle::create(ty, Some(map), key as u32, value as u32, entries.max(1) as u32, &opts)
+                .map_err(|source| LoaderError::CreateMap { map, source })
+        };
+        let fill = |map: &'static str| move |source| LoaderError::Map { map, source };
+
+        let index = create("mirror_rule_ix", MapType::Array, 4, 4, set.index.len(), 0)?;
+        let keys: Vec<u8> = (0..set.index.len() as u32).flat_map(u32::to_ne_bytes).collect();
+        let values: Vec<u8> = set.index.iter().copied().flat_map(u32::to_ne_bytes).collect();
+        index
+            .update_batch(&keys, &values, set.index.len() as u32, MapFlags::ANY, MapFlags::ANY)
+            .map_err(fill("rule index"))?;
+
+        let lpm = create(
+            "mirror_rule_lpm",
+            MapType::LpmTrie,
+            LPM_KEY_SIZE,
+            4,
+            set.lpm.len(),
+            libbpf_sys::BPF_F_NO_PREALLOC,
+        )?;
+        for (key, class) in &set.lpm {
+            lpm.update(key, &class.to_ne_bytes(), MapFlags::ANY)
+                .map_err(fill("rule lpm"))?;
+        }
+
+        let bitmaps = create(
+            "mirror_rule_bm",
+            MapType::Array,
+            4,
+            BITMAP_U64S * 8,
+            set.bitmaps.len(),
+            libbpf_sys::BPF_F_INNER_MAP,
+        )?;
+        let keys: Vec<u8> = (0..set.bitmaps.len() as u32).flat_map(u32::to_ne_bytes).collect();
+        let values: Vec<u8> = set
+            .bitmaps
+            .iter()
+            .flat_map(|b| b.iter().flat_map(|w| w.to_ne_bytes()))
+            .collect();
+        if !set.bitmaps.is_empty() {
+            bitmaps
+                .update_batch(&keys, &values, set.bitmaps.len() as u32, MapFlags::ANY, MapFlags::ANY)
+                .map_err(fill("rule bitmaps"))?;
+        }
+        Ok(RuleSetMaps { index, lpm, bitmaps })
+    }
+}
+
+/// Returns once every CPU has passed an RCU grace period: afterwards no BPF
+/// program that started before the call is still running.
+/// `MEMBARRIER_CMD_GLOBAL` is `synchronize_rcu()` in the kernel.
+fn rcu_grace_period() -> std::io::Result<()> {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // Safety: membarrier takes two integer arguments and touches no user memory.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EINVAL) {
+        // nohz_full kernels refuse MEMBARRIER_CMD_GLOBAL. An XDP program runs
+        // for microseconds inside one NAPI poll; a tenth of a second is many
+        // orders of magnitude beyond it.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        return Ok(());
+    }
+    Err(err)
 }
 
 /// The ifindex of `name` in this thread's network namespace.

@@ -16,12 +16,15 @@
  * An enum rather than #defines so they reach the BTF, and so the Rust side.
  */
 enum mirror_limits {
-	MIRROR_MAX_RULES = 1024,   /* rules per source, all sessions together */
+	MIRROR_MAX_RULES = 16384,  /* rules per source and direction, all sessions together */
+	MIRROR_BITMAP_WORDS = 256, /* MIRROR_MAX_RULES / 64 */
+	MIRROR_SUMMARY_WORDS = 4,  /* MIRROR_BITMAP_WORDS / 64 */
 	MIRROR_MAX_SESSIONS = 64,  /* sessions per source */
 	MIRROR_MAX_QUEUES = 256,   /* RX queues per source (XSKMAP slots) */
 	MIRROR_MAX_VLAN_DEPTH = 2, /* 802.1Q / 802.1ad tags walked */
 	MIRROR_MAX_IPV6_EXT = 8,   /* IPv6 extension headers walked */
 	MIRROR_META_MAGIC = 0x4d52, /* "MR", see struct mirror_meta */
+	MIRROR_RULE_SETS = 4,      /* outer map slots: 2 directions x 2 generations */
 };
 
 /*
@@ -44,6 +47,8 @@ enum mirror_counter {
 	MIRROR_CNT_PARSE_EXT_LIMIT, /* IPv6 extension chain longer than the bound */
 	MIRROR_CNT_PARSE_VLAN_LIMIT,/* more VLAN tags than the bound */
 	MIRROR_CNT_FRAGMENT,        /* non-first IP fragment (no ports) */
+	MIRROR_CNT_NO_RULE_SET,     /* should never happen: a rule-set map was missing;
+				     * the frame was counted FILTERED */
 	MIRROR_CNT_MAX,
 };
 
@@ -57,43 +62,80 @@ enum mirror_parse_flags {
 	MIRROR_PF_PORTS = 1 << 5, /* source and destination ports read */
 };
 
-enum mirror_action {
-	MIRROR_ACTION_ACCEPT = 1,
-	MIRROR_ACTION_REJECT = 2,
-};
+/*
+ * Bit-vector classification (Lakshman & Stiliadis, SIGCOMM '98).
+ *
+ * A source's rules for one direction are numbered 0..n-1 in evaluation order
+ * (sessions by priority, each session's rules by number). For each field the
+ * kernel looks up, from the frame's value, the class of that value: the set of
+ * rules whose constraint on the field the value satisfies (an unconstrained
+ * field is satisfied by everything), as a bitmap with bit i = rule i. ANDing
+ * the six field bitmaps gives the rules that match the frame; the lowest set
+ * bit is the first match. Each bitmap carries a summary (bit w set when word w
+ * has any bit set), so the scan touches only words where every field has a
+ * candidate.
+ *
+ * Field classes come from:
+ *   - source / destination address: an LPM trie keyed by struct mirror_lpm_key
+ *     (the longest rule prefix containing the address names the class);
+ *   - everything else: slots of the rule set's index array (enum mirror_index).
+ *
+ * A rule set is the (index array, LPM trie, bitmap array) triple in one slot
+ * of the three outer maps; slot = direction * 2 + generation. Userspace builds
+ * a new set in the idle generation and flips `active_generation`, so every
+ * frame is classified by exactly one whole set.
+ */
 
-/* Which fields a rule constrains; an unset bit means "any". */
-enum mirror_rule_match {
-	MIRROR_RM_PROTO = 1 << 0,
-	MIRROR_RM_SRC = 1 << 1,
-	MIRROR_RM_DST = 1 << 2,
-	MIRROR_RM_SPORT = 1 << 3,
-	MIRROR_RM_DPORT = 1 << 4,
-	MIRROR_RM_VLAN = 1 << 5,
-	MIRROR_RM_IPV4 = 1 << 6, /* the rule's CIDRs are IPv4: never matches IPv6 */
-	MIRROR_RM_IPV6 = 1 << 7, /* the rule's CIDRs are IPv6: never matches IPv4 */
+/* Slots of a rule set's index array (u32 values). */
+enum mirror_index {
+	MIRROR_IX_SPORT = 0,                 /* 65536 ports, then "no ports" */
+	MIRROR_IX_DPORT = 65537,             /* 65536 ports, then "no ports" */
+	MIRROR_IX_L3 = 131074,               /* family (0 non-IP, 1 IPv4, 2 IPv6) * 257
+					      * + protocol (256: unknown) */
+	MIRROR_IX_VLAN = 131845,             /* 4096 VLAN ids, then "untagged" */
+	MIRROR_IX_SRC_UNKNOWN = 135942,      /* class of a frame without addresses */
+	MIRROR_IX_DST_UNKNOWN = 135943,
+	MIRROR_IX_WORDS = 135944,            /* bitmap words in use: ceil(n / 64) */
+	MIRROR_IX_RULES = 135945,            /* MIRROR_MAX_RULES rule words, see below */
+	MIRROR_IX_SLOTS = 152329,
 };
 
 /*
- * One filter rule, already placed in evaluation order by userspace: sessions by
- * priority, then each session's rules by number. Addresses are 16 bytes, IPv4
- * in the first 4, network byte order; masks likewise. Ports in host order.
+ * A rule word (index slot MIRROR_IX_RULES + i): what rule i does once it is
+ * the first match of its session.
+ *   bits 0..15   first rule of the next session (where a reject continues)
+ *   bits 16..21  session index
+ *   bit  24      accept
  */
-struct mirror_rule {
-	__u8 src_addr[16];
-	__u8 src_mask[16];
-	__u8 dst_addr[16];
-	__u8 dst_mask[16];
-	__u16 sport_lo;
-	__u16 sport_hi;
-	__u16 dport_lo;
-	__u16 dport_hi;
-	__u16 vlan;
-	__u16 fields;  /* enum mirror_rule_match: which fields are constrained */
-	__u8 proto;
-	__u8 action;   /* enum mirror_action */
-	__u8 session;  /* index into the source's sessions, < MIRROR_MAX_SESSIONS */
-	__u8 pad;
+enum mirror_rule_word {
+	MIRROR_RW_NEXT_MASK = 0xffff,
+	MIRROR_RW_SESSION_SHIFT = 16,
+	MIRROR_RW_SESSION_MASK = 0x3f,
+	MIRROR_RW_ACCEPT = 1 << 24,
+};
+
+enum mirror_lpm_field {
+	MIRROR_LPM_SRC = 0,
+	MIRROR_LPM_DST = 1,
+};
+
+/*
+ * Key of the address trie. `prefixlen` counts from `field`: 32 bits of
+ * field/family/pad, then the address bits, so a /p CIDR is 32 + p and each
+ * (field, family) pair has a /0 entry at 32.
+ */
+struct mirror_lpm_key {
+	__u32 prefixlen;
+	__u8 field;  /* enum mirror_lpm_field */
+	__u8 family; /* 1 IPv4, 2 IPv6 (the L3 family numbers above) */
+	__u8 pad[2];
+	__u8 addr[16]; /* network order; IPv4 in the first 4 bytes */
+};
+
+/* A class: the rules a field value satisfies. */
+struct mirror_bitmap {
+	__u64 summary[MIRROR_SUMMARY_WORDS]; /* bit w: word[w] != 0 */
+	__u64 word[MIRROR_BITMAP_WORDS];     /* bit i of word w: rule w * 64 + i */
 };
 
 /*

@@ -345,24 +345,27 @@ impl Validator<'_> {
                 );
             }
         }
-        let rules_per_source = |src: usize| -> usize {
+        let rules_per_source = |src: usize, dir: Direction| -> usize {
             sessions
                 .iter()
                 .filter(|s| s.source == src)
-                .map(|s| filters.get(s.filter).map_or(0, |f| f.rules.len()))
+                .filter_map(|s| filters.get(s.filter))
+                .map(|f| f.rules.iter().filter(|r| r.direction == dir).count())
                 .sum()
         };
         for (i, s) in raw.sources.iter().enumerate() {
-            let n = rules_per_source(i);
-            if n as u32 > mirror_ebpf::limits::MAX_RULES {
-                self.error(
-                    s.span(),
-                    format!(
-                        "the sessions of source `{}` have {n} rules together; at most {} are supported",
-                        s.get_ref().name.get_ref(),
-                        mirror_ebpf::limits::MAX_RULES
-                    ),
-                );
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let n = rules_per_source(i, dir);
+                if n as u32 > mirror_ebpf::limits::MAX_RULES {
+                    self.error(
+                        s.span(),
+                        format!(
+                            "the sessions of source `{}` have {n} {dir} rules together; at most {} per direction are supported",
+                            s.get_ref().name.get_ref(),
+                            mirror_ebpf::limits::MAX_RULES
+                        ),
+                    );
+                }
             }
         }
 

@@ -1,0 +1,252 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * The classifier: bit-vector classification over a source's rule set (see the
+ * comment above enum mirror_index in abi.h for the data layout).
+ *
+ * Per frame: six class lookups (two LPM tries, four array slots), six bitmap
+ * lookups, AND of the 4-word summaries, then a scan of the candidate words in
+ * rule order. The scan is a bpf_loop whose every step either skips a word in
+ * which the six bitmaps share no rule, or lands on the frame's first matching
+ * rule of the current session: an accept ends the scan, a reject moves the
+ * scan to the first rule of the next session. So it runs at most
+ * MIRROR_BITMAP_WORDS + MIRROR_MAX_SESSIONS + 1 steps, and in the common case
+ * (one summary bit survives the AND) exactly one.
+ *
+ * Rule sets are swapped whole: the program reads `active_generation` once per
+ * frame and uses only that generation's maps, and userspace waits an RCU grace
+ * period (membarrier) after a flip before it touches the old generation.
+ */
+#ifndef MIRROR_CLASSIFY_H
+#define MIRROR_CLASSIFY_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "abi.h"
+#include "parse.h"
+
+#define MIRROR_FIELDS 6
+
+/* Which generation (0 or 1) of rule sets frames are classified with. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} active_generation SEC(".maps");
+
+/* Inner-map templates; userspace creates the real ones per rule set. */
+struct index_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MIRROR_IX_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct lpm_inner {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mirror_lpm_key);
+	__type(value, __u32);
+};
+
+/* BPF_F_INNER_MAP: each rule set sizes its bitmap array to its class count. */
+struct bitmap_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(key_size, sizeof(__u32));
+	/* By size: a pointer-only use leaves the struct a BTF forward declaration. */
+	__uint(value_size, sizeof(struct mirror_bitmap));
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, MIRROR_RULE_SETS);
+	__type(key, __u32);
+	__array(values, struct index_inner);
+} rule_index SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, MIRROR_RULE_SETS);
+	__type(key, __u32);
+	__array(values, struct lpm_inner);
+} rule_lpm SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, MIRROR_RULE_SETS);
+	__type(key, __u32);
+	__array(values, struct bitmap_inner);
+} rule_bitmaps SEC(".maps");
+
+/* Bit index of the lowest set bit of x (x != 0): de Bruijn multiplication,
+ * as BPF has no count-trailing-zeros instruction. */
+static const __u8 debruijn64[64] = {
+	0,  1,  48, 2,  57, 49, 28, 3,  61, 58, 50, 42, 38, 29, 17, 4,
+	62, 55, 59, 36, 53, 51, 43, 22, 45, 39, 33, 30, 24, 18, 12, 5,
+	63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44, 32, 23, 11,
+	46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9,  13, 8,  7,  6,
+};
+
+static __always_inline __u32 lowest_bit(__u64 x)
+{
+	return debruijn64[((x & -x) * 0x03f79d71b4ca8b09ULL) >> 58];
+}
+
+struct scan {
+	struct mirror_bitmap *bm[MIRROR_FIELDS];
+	void *index;             /* the rule set's index array */
+	__u64 summary[MIRROR_SUMMARY_WORDS];
+	__u32 words;             /* bitmap words in use */
+	__u32 floor;             /* first rule still eligible */
+	__s32 session;           /* result: accepting session, or -1 */
+};
+
+/* First word >= w whose summary bit survived the AND, or MIRROR_BITMAP_WORDS. */
+static __always_inline __u32 next_candidate(const struct scan *s, __u32 w)
+{
+	__u32 k;
+
+#pragma unroll
+	for (k = 0; k < MIRROR_SUMMARY_WORDS; k++) {
+		__u64 m = s->summary[k];
+
+		if (k < w / 64)
+			continue;
+		if (k == w / 64)
+			m &= ~0ULL << (w & 63);
+		if (m)
+			return k * 64 + lowest_bit(m);
+	}
+	return MIRROR_BITMAP_WORDS;
+}
+
+static long scan_step(__u64 i, void *data)
+{
+	struct scan *s = data;
+	__u32 w = next_candidate(s, s->floor / 64);
+	__u32 key, *rw, rule;
+	__u64 x;
+
+	if (w >= s->words || w >= MIRROR_BITMAP_WORDS)
+		return 1;
+	x = s->bm[0]->word[w] & s->bm[1]->word[w] & s->bm[2]->word[w] &
+	    s->bm[3]->word[w] & s->bm[4]->word[w] & s->bm[5]->word[w];
+	if (w == s->floor / 64)
+		x &= ~0ULL << (s->floor & 63);
+	if (!x) {
+		s->floor = (w + 1) * 64;
+		return 0;
+	}
+	rule = w * 64 + lowest_bit(x);
+	key = MIRROR_IX_RULES + rule;
+	rw = bpf_map_lookup_elem(s->index, &key);
+	if (!rw)
+		return 1;
+	if (*rw & MIRROR_RW_ACCEPT) {
+		s->session = (*rw >> MIRROR_RW_SESSION_SHIFT) & MIRROR_RW_SESSION_MASK;
+		return 1;
+	}
+	/* A reject decides its session: go on with the next session's rules. */
+	if ((*rw & MIRROR_RW_NEXT_MASK) <= rule)
+		return 1; /* a malformed rule word; never loop in place */
+	s->floor = *rw & MIRROR_RW_NEXT_MASK;
+	return 0;
+}
+
+static __always_inline __u32 index_class(void *index, __u32 slot, bool *ok)
+{
+	__u32 *v = bpf_map_lookup_elem(index, &slot);
+
+	if (!v) {
+		*ok = false;
+		return 0;
+	}
+	return *v;
+}
+
+static __always_inline __u32 addr_class(void *index, void *lpm, const struct pkt *p,
+					__u8 field, __u32 unknown_slot, bool *ok)
+{
+	struct mirror_lpm_key key = { .field = field };
+	__u32 *v;
+
+	if (!(p->flags & MIRROR_PF_ADDRS))
+		return index_class(index, unknown_slot, ok);
+	if (p->flags & MIRROR_PF_IPV4) {
+		key.family = 1;
+		key.prefixlen = 32 + 32;
+	} else {
+		key.family = 2;
+		key.prefixlen = 32 + 128;
+	}
+	__builtin_memcpy(key.addr, field == MIRROR_LPM_SRC ? p->src : p->dst, 16);
+	v = bpf_map_lookup_elem(lpm, &key);
+	if (!v) {
+		*ok = false;
+		return 0;
+	}
+	return *v;
+}
+
+/*
+ * The session (index in priority order) that mirrors frame `p` in direction
+ * `dir` (0 ingress, 1 egress), or -1. A missing map counts NO_RULE_SET.
+ */
+static __always_inline __s32 classify(const struct pkt *p, __u32 dir)
+{
+	struct scan s = { .session = -1 };
+	__u32 zero = 0, slot, cls[MIRROR_FIELDS], *gen, *words, fam, proto, i;
+	void *index, *lpm, *bitmaps;
+	bool ok = true;
+
+	gen = bpf_map_lookup_elem(&active_generation, &zero);
+	if (!gen)
+		return -2;
+	slot = (dir & 1) * 2 + (*gen & 1);
+	index = bpf_map_lookup_elem(&rule_index, &slot);
+	lpm = bpf_map_lookup_elem(&rule_lpm, &slot);
+	bitmaps = bpf_map_lookup_elem(&rule_bitmaps, &slot);
+	if (!index || !lpm || !bitmaps)
+		return -2;
+
+	words = bpf_map_lookup_elem(index, &(__u32){ MIRROR_IX_WORDS });
+	if (!words)
+		return -2;
+	if (*words == 0)
+		return -1; /* an empty rule set */
+	s.words = *words;
+
+	fam = p->flags & MIRROR_PF_IPV4 ? 1 : p->flags & MIRROR_PF_IPV6 ? 2 : 0;
+	proto = p->flags & MIRROR_PF_PROTO ? p->proto : 256;
+	cls[0] = index_class(index, MIRROR_IX_L3 + fam * 257 + proto, &ok);
+	cls[1] = index_class(index, MIRROR_IX_VLAN + (p->flags & MIRROR_PF_VLAN ? p->vlan : 4096),
+			     &ok);
+	cls[2] = index_class(index, MIRROR_IX_SPORT + (p->flags & MIRROR_PF_PORTS ? p->sport : 65536),
+			     &ok);
+	cls[3] = index_class(index, MIRROR_IX_DPORT + (p->flags & MIRROR_PF_PORTS ? p->dport : 65536),
+			     &ok);
+	cls[4] = addr_class(index, lpm, p, MIRROR_LPM_SRC, MIRROR_IX_SRC_UNKNOWN, &ok);
+	cls[5] = addr_class(index, lpm, p, MIRROR_LPM_DST, MIRROR_IX_DST_UNKNOWN, &ok);
+	if (!ok)
+		return -2;
+
+#pragma unroll
+	for (i = 0; i < MIRROR_FIELDS; i++) {
+		s.bm[i] = bpf_map_lookup_elem(bitmaps, &cls[i]);
+		if (!s.bm[i])
+			return -2;
+	}
+#pragma unroll
+	for (i = 0; i < MIRROR_SUMMARY_WORDS; i++)
+		s.summary[i] = s.bm[0]->summary[i] & s.bm[1]->summary[i] & s.bm[2]->summary[i] &
+			       s.bm[3]->summary[i] & s.bm[4]->summary[i] & s.bm[5]->summary[i];
+	s.index = index;
+	bpf_loop(MIRROR_BITMAP_WORDS + MIRROR_MAX_SESSIONS + 1, scan_step, &s, 0);
+	return s.session;
+}
+
+#endif /* MIRROR_CLASSIFY_H */

@@ -1,0 +1,526 @@
+//! Compiles a source's filters into the kernel's bit-vector rule set.
+//!
+//! The kernel classifier (`mirror-ebpf/src/bpf/classify.h`) does not walk the
+//! rules. For each of six fields (L3 family + protocol, outer VLAN, source
+//! port, destination port, source address, destination address) it looks up
+//! the *class* of the frame's value: the set of rules whose constraint on that
+//! field the value satisfies, as a bitmap over the rules in evaluation order.
+//! The AND of the six bitmaps is the set of matching rules; the lowest set bit
+//! is the first match. Cost per frame: six class lookups, six bitmap lookups
+//! and a scan of the 64-rule words in which every field still has a
+//! candidate (found through a one-bit-per-word summary), so it stays nearly
+//! flat from 1 to [`MAX_RULES`] rules.
+//!
+//! Classes are computed here, once per rule set:
+//! - ports: the rules' range boundaries cut 0..=65535 into elementary
+//!   intervals, each with one bitmap (at most 2n + 1 of them);
+//! - addresses: one LPM entry per distinct rule prefix plus a /0 per family;
+//!   the bitmap of prefix q holds the rules whose prefix contains q (the
+//!   longest rule prefix containing an address has exactly the rules
+//!   containing that address);
+//! - L3 (family x protocol, 771 slots) and VLAN (4097 slots): small arrays.
+//!
+//! Identical bitmaps share one class. [`RuleSet::classify`] evaluates the
+//! tables the way the kernel does, so the tables can be checked against the
+//! reference classifier without a kernel.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use mirror_ebpf::mirror::types::{mirror_index as IX, mirror_rule_word as RW};
+
+use crate::classify::FrameView;
+use crate::config::{Action, Config, Direction, Filter, Rule};
+
+pub const MAX_RULES: usize = mirror_ebpf::limits::MAX_RULES as usize;
+pub const BITMAP_WORDS: usize = 256;
+pub const SUMMARY_WORDS: usize = BITMAP_WORDS / 64;
+/// `struct mirror_bitmap`: summary words, then rule words.
+pub const BITMAP_U64S: usize = SUMMARY_WORDS + BITMAP_WORDS;
+/// `struct mirror_lpm_key`.
+pub const LPM_KEY_SIZE: usize = 24;
+
+const _: () = assert!(BITMAP_WORDS * 64 == MAX_RULES);
+
+const LPM_SRC: u8 = 0;
+const LPM_DST: u8 = 1;
+/// L3 family numbers of abi.h: 0 non-IP, 1 IPv4, 2 IPv6.
+const FAM_V4: u8 = 1;
+const FAM_V6: u8 = 2;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RuleSetError {
+    #[error("{count} rules for one source and direction; at most {MAX_RULES} are supported")]
+    TooManyRules { count: usize },
+    #[error("{count} sessions on one source; at most 64 are supported")]
+    TooManySessions { count: usize },
+}
+
+/// One rule set in the kernel's layout, ready to be written to the maps.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    /// Rules in evaluation order.
+    pub rules: usize,
+    /// The index array (`enum mirror_index`), `MIRROR_IX_SLOTS` values.
+    pub index: Vec<u32>,
+    /// LPM entries: (key as in `struct mirror_lpm_key`, class).
+    pub lpm: Vec<([u8; LPM_KEY_SIZE], u32)>,
+    /// Class bitmaps, `BITMAP_U64S` words each (`struct mirror_bitmap`).
+    pub bitmaps: Vec<[u64; BITMAP_U64S]>,
+}
+
+/// A bitmap over the rules, without its summary.
+type Bits = Vec<u64>;
+
+/// Deduplicates bitmaps into classes.
+#[derive(Default)]
+struct Classes {
+    ids: HashMap<Bits, u32>,
+    bitmaps: Vec<[u64; BITMAP_U64S]>,
+}
+
+impl Classes {
+    fn id(&mut self, bits: &Bits) -> u32 {
+        if let Some(&id) = self.ids.get(bits) {
+            return id;
+        }
+        let id = self.bitmaps.len() as u32;
+        let mut b = [0u64; BITMAP_U64S];
+        for (w, &v) in bits.iter().enumerate() {
+            b[SUMMARY_WORDS + w] = v;
+            if v != 0 {
+                b[w / 64] |= 1 << (w % 64);
+            }
+        }
+        self.bitmaps.push(b);
+        self.ids.insert(bits.clone(), id);
+        id
+    }
+}
+
+fn set(bits: &mut Bits, i: usize) {
+    bits[i / 64] |= 1 << (i % 64);
+}
+
+fn needs_ip(r: &Rule) -> bool {
+    r.protocol.is_some()
+        || r.source.is_some()
+        || r.destination.is_some()
+        || r.source_port.is_some()
+        || r.destination_port.is_some()
+}
+
+/// The L3 family a rule's CIDRs pin it to, if any.
+fn rule_family(r: &Rule) -> Option<u8> {
+    [&r.source, &r.destination]
+        .into_iter()
+        .flatten()
+        .next()
+        .map(|n| match n {
+            IpNet::V4(_) => FAM_V4,
+            IpNet::V6(_) => FAM_V6,
+        })
+}
+
+/// The rules of `direction` of the given filters (sessions in priority
+/// order), each with its session index.
+pub fn ordered<'a>(filters: &[&'a Filter], direction: Direction) -> Vec<(&'a Rule, u8)> {
+    let mut out = Vec::new();
+    for (s, f) in filters.iter().enumerate() {
+        for r in f.rules.iter().filter(|r| r.direction == direction) {
+            out.push((r, s as u8));
+        }
+    }
+    out
+}
+
+/// The filters of `source`'s sessions in evaluation order.
+pub fn source_filters(config: &Config, source: usize) -> Vec<&Filter> {
+    config
+        .sessions_of(source)
+        .into_iter()
+        .map(|s| &config.filters[config.sessions[s].filter])
+        .collect()
+}
+
+impl RuleSet {
+    /// Builds the rule set of `filters` (sessions in priority order) for `direction`.
+    pub fn build(filters: &[&Filter], direction: Direction) -> Result<RuleSet, RuleSetError> {
+        if filters.len() > mirror_ebpf::limits::MAX_SESSIONS as usize {
+            return Err(RuleSetError::TooManySessions {
+                count: filters.len(),
+            });
+        }
+        let rules = ordered(filters, direction);
+        Self::from_ordered(&rules)
+    }
+
+    /// Builds the rule set of `rules`, already in evaluation order, each with
+    /// its session index (non-decreasing).
+    pub fn from_ordered(rules: &[(&Rule, u8)]) -> Result<RuleSet, RuleSetError> {
+        let n = rules.len();
+        if n > MAX_RULES {
+            return Err(RuleSetError::TooManyRules { count: n });
+        }
+        let words = n.div_ceil(64);
+        let empty: Bits = vec![0; BITMAP_WORDS];
+        let mut classes = Classes::default();
+        let mut index = vec![0u32; IX::MIRROR_IX_SLOTS.0 as usize];
+        let base = |constrained: &dyn Fn(&Rule) -> bool| {
+            let mut b = empty.clone();
+            for (i, (r, _)) in rules.iter().enumerate() {
+                if !constrained(r) {
+                    set(&mut b, i);
+                }
+            }
+            b
+        };
+
+        // L3: family x protocol.
+        let l3 = IX::MIRROR_IX_L3.0 as usize;
+        for fam in 0..3u8 {
+            for proto in 0..=256u16 {
+                let mut b = empty.clone();
+                for (i, (r, _)) in rules.iter().enumerate() {
+                    let ok = !needs_ip(r)
+                        || (fam != 0
+                            && rule_family(r).is_none_or(|f| f == fam)
+                            && r.protocol.is_none_or(|p| u16::from(p) == proto));
+                    if ok {
+                        set(&mut b, i);
+                    }
+                }
+                index[l3 + usize::from(fam) * 257 + usize::from(proto)] = classes.id(&b);
+            }
+        }
+
+        // VLAN: rules without a VLAN, plus those naming this one.
+        let vlan_base = base(&|r| r.vlan.is_some());
+        let vlan_any = classes.id(&vlan_base);
+        let vix = IX::MIRROR_IX_VLAN.0 as usize;
+        index[vix..=vix + 4096].fill(vlan_any);
+        let mut by_vlan: HashMap<u16, Vec<usize>> = HashMap::new();
+        for (i, (r, _)) in rules.iter().enumerate() {
+            if let Some(v) = r.vlan {
+                by_vlan.entry(v).or_default().push(i);
+            }
+        }
+        for (v, members) in by_vlan {
+            let mut b = vlan_base.clone();
+            for i in members {
+                set(&mut b, i);
+            }
+            index[vix + usize::from(v)] = classes.id(&b);
+        }
+
+        // Ports: elementary intervals.
+        for (slot, pick) in [
+            (
+                IX::MIRROR_IX_SPORT.0 as usize,
+                (|r: &Rule| r.source_port) as fn(&Rule) -> _,
+            ),
+            (IX::MIRROR_IX_DPORT.0 as usize, |r: &Rule| {
+                r.destination_port
+            }),
+        ] {
+            let unconstrained = base(&|r| pick(r).is_some());
+            index[slot + 65536] = classes.id(&unconstrained);
+            // Events: at port p, rules start (+) or end (-).
+            let mut starts: Vec<(u32, usize)> = Vec::new();
+            let mut ends: Vec<(u32, usize)> = Vec::new();
+            let mut cuts = vec![0u32, 65536];
+            for (i, (r, _)) in rules.iter().enumerate() {
+                if let Some(p) = pick(r) {
+                    starts.push((u32::from(p.lo), i));
+                    ends.push((u32::from(p.hi) + 1, i));
+                    cuts.push(u32::from(p.lo));
+                    cuts.push(u32::from(p.hi) + 1);
+                }
+            }
+            cuts.sort_unstable();
+            cuts.dedup();
+            starts.sort_unstable();
+            ends.sort_unstable();
+            let (mut si, mut ei) = (0, 0);
+            let mut cur = unconstrained;
+            for pair in cuts.windows(2) {
+                let (lo, hi) = (pair[0], pair[1]);
+                while ei < ends.len() && ends[ei].0 <= lo {
+                    let i = ends[ei].1;
+                    cur[i / 64] &= !(1 << (i % 64));
+                    ei += 1;
+                }
+                while si < starts.len() && starts[si].0 <= lo {
+                    set(&mut cur, starts[si].1);
+                    si += 1;
+                }
+                let id = classes.id(&cur);
+                index[slot + lo as usize..slot + hi as usize].fill(id);
+            }
+        }
+
+        // Addresses.
+        let mut lpm = Vec::new();
+        for (field, unknown_slot, pick) in [
+            (
+                LPM_SRC,
+                IX::MIRROR_IX_SRC_UNKNOWN.0 as usize,
+                (|r: &Rule| r.source) as fn(&Rule) -> Option<IpNet>,
+            ),
+            (LPM_DST, IX::MIRROR_IX_DST_UNKNOWN.0 as usize, |r: &Rule| {
+                r.destination
+            }),
+        ] {
+            let unconstrained = base(&|r| pick(r).is_some());
+            index[unknown_slot] = classes.id(&unconstrained);
+            let mut by_prefix: HashMap<IpNet, Vec<usize>> = HashMap::new();
+            for (i, (r, _)) in rules.iter().enumerate() {
+                if let Some(net) = pick(r) {
+                    by_prefix.entry(net.trunc()).or_default().push(i);
+                }
+            }
+            let mut prefixes: Vec<IpNet> = by_prefix.keys().copied().collect();
+            for zero in ["0.0.0.0/0", "::/0"] {
+                let z: IpNet = zero.parse().expect("a valid CIDR literal");
+                if !by_prefix.contains_key(&z) {
+                    prefixes.push(z);
+                }
+            }
+            prefixes.sort_unstable();
+            for q in prefixes {
+                let mut b = unconstrained.clone();
+                for len in 0..=q.prefix_len() {
+                    let sup = IpNet::new(q.addr(), len)
+                        .expect("a shorter prefix of a valid prefix")
+                        .trunc();
+                    for &i in by_prefix.get(&sup).into_iter().flatten() {
+                        set(&mut b, i);
+                    }
+                }
+                lpm.push((lpm_key(field, &q), classes.id(&b)));
+            }
+        }
+
+        // Rule words: what each rule does once it is its session's first match.
+        let rw = IX::MIRROR_IX_RULES.0 as usize;
+        for (i, (r, session)) in rules.iter().enumerate() {
+            let next = rules[i..]
+                .iter()
+                .position(|(_, s)| s != session)
+                .map_or(n, |k| i + k);
+            let mut w = next as u32 | (u32::from(*session) << RW::MIRROR_RW_SESSION_SHIFT.0);
+            if r.action == Action::Accept {
+                w |= RW::MIRROR_RW_ACCEPT.0;
+            }
+            index[rw + i] = w;
+        }
+        index[IX::MIRROR_IX_WORDS.0 as usize] = words as u32;
+
+        Ok(RuleSet {
+            rules: n,
+            index,
+            lpm,
+            bitmaps: classes.bitmaps,
+        })
+    }
+
+    /// Bytes of kernel memory the maps of this set hold (values only).
+    pub fn memory_bytes(&self) -> usize {
+        self.index.len() * 4 + self.lpm.len() * (LPM_KEY_SIZE + 4) + self.bitmaps.len() * 8 * BITMAP_U64S
+    }
+
+    /// Evaluates the tables the way the kernel does: the session that
+    /// mirrors a frame described by `f`, or `None`.
+    pub fn classify(&self, f: &FrameView) -> Option<usize> {
+        let fam = match f.ipv4 {
+            Some(true) => 1usize,
+            Some(false) => 2,
+            None => 0,
+        };
+        let proto = f.proto.map_or(256, usize::from);
+        let slot = |ix: IX| ix.0 as usize;
+        let mut cls = vec![
+            self.index[slot(IX::MIRROR_IX_L3) + fam * 257 + proto],
+            self.index[slot(IX::MIRROR_IX_VLAN) + f.vlan.map_or(4096, usize::from)],
+            self.index[slot(IX::MIRROR_IX_SPORT) + f.ports.map_or(65536, |p| usize::from(p.0))],
+            self.index[slot(IX::MIRROR_IX_DPORT) + f.ports.map_or(65536, |p| usize::from(p.1))],
+        ];
+        for (field, unknown, addr) in [
+            (LPM_SRC, IX::MIRROR_IX_SRC_UNKNOWN, f.addrs.map(|a| a.0)),
+            (LPM_DST, IX::MIRROR_IX_DST_UNKNOWN, f.addrs.map(|a| a.1)),
+        ] {
+            cls.push(match addr {
+                None => self.index[slot(unknown)],
+                Some(a) => self.lpm_lookup(field, a)?,
+            });
+        }
+        let words = self.index[slot(IX::MIRROR_IX_WORDS)] as usize;
+        let mut floor = 0usize;
+        while floor < words * 64 {
+            let w = floor / 64;
+            let mut x = cls
+                .iter()
+                .fold(!0u64, |acc, &c| acc & self.bitmaps[c as usize][SUMMARY_WORDS + w]);
+            x &= !0u64 << (floor % 64);
+            if x == 0 {
+                floor = (w + 1) * 64;
+                continue;
+            }
+            let rule = w * 64 + x.trailing_zeros() as usize;
+            let rw = self.index[slot(IX::MIRROR_IX_RULES) + rule];
+            if rw & RW::MIRROR_RW_ACCEPT.0 != 0 {
+                return Some(
+                    ((rw >> RW::MIRROR_RW_SESSION_SHIFT.0) & RW::MIRROR_RW_SESSION_MASK.0) as usize,
+                );
+            }
+            floor = (rw & RW::MIRROR_RW_NEXT_MASK.0) as usize;
+        }
+        None
+    }
+
+    fn lpm_lookup(&self, field: u8, addr: IpAddr) -> Option<u32> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (0..=max).rev().find_map(|len| {
+            let net = IpNet::new(addr, len).ok()?.trunc();
+            let key = lpm_key(field, &net);
+            self.lpm.iter().find(|(k, _)| *k == key).map(|&(_, c)| c)
+        })
+    }
+}
+
+/// `struct mirror_lpm_key` for `net` in `field`.
+fn lpm_key(field: u8, net: &IpNet) -> [u8; LPM_KEY_SIZE] {
+    let mut k = [0u8; LPM_KEY_SIZE];
+    let (fam, bytes): (u8, Vec<u8>) = match net {
+        IpNet::V4(n) => (FAM_V4, n.network().octets().to_vec()),
+        IpNet::V6(n) => (FAM_V6, n.network().octets().to_vec()),
+    };
+    k[..4].copy_from_slice(&(32 + u32::from(net.prefix_len())).to_ne_bytes());
+    k[4] = field;
+    k[5] = fam;
+    k[8..8 + bytes.len()].copy_from_slice(&bytes);
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{filter_decision, parse_frame};
+    use crate::config::PortRange;
+
+    fn rule(number: u16, action: Action) -> Rule {
+        Rule {
+            number,
+            action,
+            direction: Direction::Ingress,
+            protocol: None,
+            source: None,
+            destination: None,
+            source_port: None,
+            destination_port: None,
+            vlan: None,
+        }
+    }
+
+    fn view(src: &str, dst: &str, proto: u8, ports: Option<(u16, u16)>) -> FrameView {
+        let (s, d): (IpAddr, IpAddr) = (src.parse().expect("ip"), dst.parse().expect("ip"));
+        FrameView {
+            vlan: None,
+            ipv4: Some(s.is_ipv4()),
+            addrs: Some((s, d)),
+            proto: Some(proto),
+            ports,
+        }
+    }
+
+    fn reference(filters: &[&Filter], f: &FrameView) -> Option<usize> {
+        filters
+            .iter()
+            .position(|fl| filter_decision(fl, Direction::Ingress, f) == Some(Action::Accept))
+    }
+
+    #[test]
+    fn aws_example_in_tables_matches_the_reference() {
+        let mut reject = rule(100, Action::Reject);
+        reject.protocol = Some(6);
+        reject.destination_port = Some(PortRange { lo: 443, hi: 443 });
+        let f = Filter {
+            name: "f".into(),
+            rules: vec![reject, rule(200, Action::Accept)],
+        };
+        let set = RuleSet::build(&[&f], Direction::Ingress).expect("builds");
+        let https = view("10.0.0.1", "10.0.0.2", 6, Some((40000, 443)));
+        let ssh = view("10.0.0.1", "10.0.0.2", 6, Some((40000, 22)));
+        assert_eq!(set.classify(&https), None);
+        assert_eq!(set.classify(&ssh), Some(0));
+        assert_eq!(set.classify(&parse_frame(&[0u8; 20])), Some(0));
+    }
+
+    #[test]
+    fn nested_prefixes_pick_every_containing_rule() {
+        let mut wide = rule(10, Action::Reject);
+        wide.source = Some("10.0.0.0/8".parse().expect("cidr"));
+        wide.protocol = Some(17);
+        let mut narrow = rule(20, Action::Accept);
+        narrow.source = Some("10.1.0.0/16".parse().expect("cidr"));
+        let mut v6 = rule(30, Action::Accept);
+        v6.source = Some("2001:db8::/32".parse().expect("cidr"));
+        let f = Filter {
+            name: "f".into(),
+            rules: vec![wide, narrow, v6],
+        };
+        let set = RuleSet::build(&[&f], Direction::Ingress).expect("builds");
+        for (src, proto) in [
+            ("10.1.2.3", 17),
+            ("10.1.2.3", 6),
+            ("10.2.2.3", 6),
+            ("11.0.0.1", 6),
+            ("2001:db8::1", 6),
+            ("2001:db9::1", 6),
+        ] {
+            let dst = if src.contains(':') { "::1" } else { "1.1.1.1" };
+            let v = view(src, dst, proto, None);
+            assert_eq!(set.classify(&v), reference(&[&f], &v), "{src} proto {proto}");
+        }
+    }
+
+    #[test]
+    fn reject_moves_on_to_the_next_session_across_words() {
+        // Session 0: 100 non-matching rules, then a reject of everything;
+        // session 1: an accept. Session 0's reject sits in word 1.
+        let mut a: Vec<Rule> = (1..=100)
+            .map(|i| {
+                let mut r = rule(i, Action::Accept);
+                r.vlan = Some(i);
+                r
+            })
+            .collect();
+        a.push(rule(200, Action::Reject));
+        let fa = Filter {
+            name: "a".into(),
+            rules: a,
+        };
+        let fb = Filter {
+            name: "b".into(),
+            rules: vec![rule(1, Action::Accept)],
+        };
+        let set = RuleSet::build(&[&fa, &fb], Direction::Ingress).expect("builds");
+        let mut v = view("1.1.1.1", "2.2.2.2", 6, Some((1, 2)));
+        assert_eq!(set.classify(&v), Some(1));
+        v.vlan = Some(50);
+        assert_eq!(set.classify(&v), Some(0));
+    }
+
+    #[test]
+    fn too_many_rules_is_refused() {
+        let rules: Vec<Rule> = (0..=MAX_RULES).map(|i| rule(i as u16, Action::Accept)).collect();
+        let refs: Vec<(&Rule, u8)> = rules.iter().map(|r| (r, 0)).collect();
+        assert_eq!(
+            RuleSet::from_ordered(&refs).map(|_| ()),
+            Err(RuleSetError::TooManyRules {
+                count: MAX_RULES + 1
+            })
+        );
+    }
+}
