@@ -18,8 +18,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::IpNet;
 use crate::config::{Action, Direction, Filter, Rule};
+use ipnet::IpNet;
 
 /// What the parser could read of a frame; `None` = could not be read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

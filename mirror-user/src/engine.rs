@@ -103,8 +103,11 @@ impl Engine {
             );
         }
         let sessions = self.config.sessions_of(idx);
-        let set = RuleSet::build(&ruleset::source_filters(&self.config, idx), Direction::Ingress)
-            .with_context(|| format!("source `{}`: compiling the rules", cfg.name))?;
+        let set = RuleSet::build(
+            &ruleset::source_filters(&self.config, idx),
+            Direction::Ingress,
+        )
+        .with_context(|| format!("source `{}`: compiling the rules", cfg.name))?;
         let mut program = SourceProgram::load()
             .with_context(|| format!("source `{}`: loading the XDP program", cfg.name))?;
         program

@@ -105,7 +105,11 @@ impl SourceProgram {
     /// RCU grace period so no program still runs on the old generation, and
     /// frees it. Every frame is classified by either the old or the new sets,
     /// whole. On error the old sets stay in force.
-    pub fn install(&mut self, ingress: &RuleSet, egress: Option<&RuleSet>) -> Result<(), LoaderError> {
+    pub fn install(
+        &mut self,
+        ingress: &RuleSet,
+        egress: Option<&RuleSet>,
+    ) -> Result<(), LoaderError> {
         let idle = self.generation ^ 1;
         // Build everything first: nothing the kernel reads changes until the flip.
         let new_ingress = RuleSetMaps::create(ingress)?;
@@ -285,22 +289,43 @@ struct RuleSetMaps {
 
 impl RuleSetMaps {
     fn create(set: &RuleSet) -> Result<Self, LoaderError> {
-        let create = |map: &'static str, ty, key: usize, value: usize, entries: usize, flags: u32| {
-            let opts = libbpf_sys::bpf_map_create_opts {
-                sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
-                map_flags: flags,
-                ..Default::default()
-            };
-            MapHandle::create(ty, Some(map), key as u32, value as u32, entries.max(1) as u32, &opts)
+        let create =
+            |map: &'static str, ty, key: usize, value: usize, entries: usize, flags: u32| {
+                let opts = libbpf_sys::bpf_map_create_opts {
+                    sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+                    map_flags: flags,
+                    ..Default::default()
+                };
+                MapHandle::create(
+                    ty,
+                    Some(map),
+                    key as u32,
+                    value as u32,
+                    entries.max(1) as u32,
+                    &opts,
+                )
                 .map_err(|source| LoaderError::CreateMap { map, source })
-        };
+            };
         let fill = |map: &'static str| move |source| LoaderError::Map { map, source };
 
         let index = create("mirror_rule_ix", MapType::Array, 4, 4, set.index.len(), 0)?;
-        let keys: Vec<u8> = (0..set.index.len() as u32).flat_map(u32::to_ne_bytes).collect();
-        let values: Vec<u8> = set.index.iter().copied().flat_map(u32::to_ne_bytes).collect();
+        let keys: Vec<u8> = (0..set.index.len() as u32)
+            .flat_map(u32::to_ne_bytes)
+            .collect();
+        let values: Vec<u8> = set
+            .index
+            .iter()
+            .copied()
+            .flat_map(u32::to_ne_bytes)
+            .collect();
         index
-            .update_batch(&keys, &values, set.index.len() as u32, MapFlags::ANY, MapFlags::ANY)
+            .update_batch(
+                &keys,
+                &values,
+                set.index.len() as u32,
+                MapFlags::ANY,
+                MapFlags::ANY,
+            )
             .map_err(fill("rule index"))?;
 
         let lpm = create(
@@ -324,7 +349,9 @@ impl RuleSetMaps {
             set.bitmaps.len(),
             libbpf_sys::BPF_F_INNER_MAP,
         )?;
-        let keys: Vec<u8> = (0..set.bitmaps.len() as u32).flat_map(u32::to_ne_bytes).collect();
+        let keys: Vec<u8> = (0..set.bitmaps.len() as u32)
+            .flat_map(u32::to_ne_bytes)
+            .collect();
         let values: Vec<u8> = set
             .bitmaps
             .iter()
@@ -332,10 +359,20 @@ impl RuleSetMaps {
             .collect();
         if !set.bitmaps.is_empty() {
             bitmaps
-                .update_batch(&keys, &values, set.bitmaps.len() as u32, MapFlags::ANY, MapFlags::ANY)
+                .update_batch(
+                    &keys,
+                    &values,
+                    set.bitmaps.len() as u32,
+                    MapFlags::ANY,
+                    MapFlags::ANY,
+                )
                 .map_err(fill("rule bitmaps"))?;
         }
-        Ok(RuleSetMaps { index, lpm, bitmaps })
+        Ok(RuleSetMaps {
+            index,
+            lpm,
+            bitmaps,
+        })
     }
 }
 

@@ -327,7 +327,9 @@ impl RuleSet {
 
     /// Bytes of kernel memory the maps of this set hold (values only).
     pub fn memory_bytes(&self) -> usize {
-        self.index.len() * 4 + self.lpm.len() * (LPM_KEY_SIZE + 4) + self.bitmaps.len() * 8 * BITMAP_U64S
+        self.index.len() * 4
+            + self.lpm.len() * (LPM_KEY_SIZE + 4)
+            + self.bitmaps.len() * 8 * BITMAP_U64S
     }
 
     /// Evaluates the tables the way the kernel does: the session that
@@ -359,9 +361,9 @@ impl RuleSet {
         let mut floor = 0usize;
         while floor < words * 64 {
             let w = floor / 64;
-            let mut x = cls
-                .iter()
-                .fold(!0u64, |acc, &c| acc & self.bitmaps[c as usize][SUMMARY_WORDS + w]);
+            let mut x = cls.iter().fold(!0u64, |acc, &c| {
+                acc & self.bitmaps[c as usize][SUMMARY_WORDS + w]
+            });
             x &= !0u64 << (floor % 64);
             if x == 0 {
                 floor = (w + 1) * 64;
@@ -481,7 +483,11 @@ mod tests {
         ] {
             let dst = if src.contains(':') { "::1" } else { "1.1.1.1" };
             let v = view(src, dst, proto, None);
-            assert_eq!(set.classify(&v), reference(&[&f], &v), "{src} proto {proto}");
+            assert_eq!(
+                set.classify(&v),
+                reference(&[&f], &v),
+                "{src} proto {proto}"
+            );
         }
     }
 
@@ -514,7 +520,9 @@ mod tests {
 
     #[test]
     fn too_many_rules_is_refused() {
-        let rules: Vec<Rule> = (0..=MAX_RULES).map(|i| rule(i as u16, Action::Accept)).collect();
+        let rules: Vec<Rule> = (0..=MAX_RULES)
+            .map(|i| rule(i as u16, Action::Accept))
+            .collect();
         let refs: Vec<(&Rule, u8)> = rules.iter().map(|r| (r, 0)).collect();
         assert_eq!(
             RuleSet::from_ordered(&refs).map(|_| ()),

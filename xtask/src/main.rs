@@ -3,6 +3,7 @@
 //! - `cargo xtask deps`  installs missing Debian packages (as root), else prints the command
 //! - `cargo xtask test`  deps, format and lint checks, build, unit tests, kernel and end-to-end tests
 //! - `cargo xtask demo`  deps, release build, then `mirror demo`
+//! - `cargo xtask bench` deps, release build, then the benchmark lab (`benches/`)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,10 +20,14 @@ const PACKAGES: &[&str] = &[
     "pkg-config",     // libbpf-sys finds libelf/zlib
     "linux-libc-dev", // uapi headers: linux/bpf.h, asm/types.h
     "make",
-    "gcc",      // libbpf-sys builds libbpf from source
-    "iproute2", // ip netns / veth for the lab
-    "procps",   // sysctl inside lab namespaces
+    "gcc",               // libbpf-sys builds libbpf from source
+    "iproute2",          // ip netns / veth for the lab
+    "procps",            // sysctl inside lab namespaces
+    "fonts-dejavu-core", // labels of the benchmark charts
 ];
+
+/// Benchmark cases `mirror-bench` implements; the rest of the lab is issue 5.
+const BENCH_CASES: &[&str] = &["filters"];
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Build, test and demo tasks for mirror")]
@@ -50,10 +55,18 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// The benchmark lab (not implemented yet).
+    /// The benchmark lab: `cargo xtask bench [NAME…] [--rules 1,100,10000] [--reps 3]`.
+    /// Cases: filters (classification cost vs rule count). Results go to
+    /// benches/results/ as JSON, a Markdown table and a PNG chart. Needs root.
     Bench {
-        #[arg(trailing_var_arg = true)]
-        args: Vec<String>,
+        /// Cases to run; all implemented ones when omitted.
+        names: Vec<String>,
+        /// Rule counts for `filters`.
+        #[arg(long)]
+        rules: Option<String>,
+        /// Runs per measurement (median reported).
+        #[arg(long)]
+        reps: Option<u32>,
     },
 }
 
@@ -62,9 +75,7 @@ fn main() -> Result<()> {
         Cmd::Deps => deps(),
         Cmd::Test { no_lint, args } => test(no_lint, &args),
         Cmd::Demo { args } => demo(&args),
-        Cmd::Bench { .. } => bail!(
-            "`cargo xtask bench` is not implemented yet: the benchmark lab is still to be built"
-        ),
+        Cmd::Bench { names, rules, reps } => bench(&names, rules, reps),
     }
 }
 
@@ -193,4 +204,39 @@ fn demo(args: &[String]) -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "mirror-user", "--bin", "mirror"]))?;
     let exe = root().join("target/release/mirror");
     run(Command::new(exe).arg("demo").args(args))
+}
+
+fn bench(names: &[String], rules: Option<String>, reps: Option<u32>) -> Result<()> {
+    for n in names {
+        if !BENCH_CASES.contains(&n.as_str()) {
+            bail!(
+                "benchmark `{n}` is not implemented yet; available: {} (the SPAN comparison lab \
+                 with tc mirred, tcpdump and daemonlogger is still to be built)",
+                BENCH_CASES.join(", ")
+            );
+        }
+    }
+    if !is_root() {
+        bail!("the benchmarks load BPF programs and build namespaces: run `cargo xtask bench` as root");
+    }
+    deps()?;
+    run(cargo().args(["build", "--release", "-p", "mirror-bench"]))?;
+    let exe = root().join("target/release/mirror-bench");
+    let cases: Vec<&str> = if names.is_empty() {
+        BENCH_CASES.to_vec()
+    } else {
+        names.iter().map(String::as_str).collect()
+    };
+    for case in cases {
+        let mut cmd = Command::new(&exe);
+        cmd.current_dir(root()).arg(case);
+        if let Some(r) = &rules {
+            cmd.args(["--rules", r]);
+        }
+        if let Some(r) = reps {
+            cmd.args(["--reps", &r.to_string()]);
+        }
+        run(&mut cmd)?;
+    }
+    Ok(())
 }

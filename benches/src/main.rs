@@ -1,0 +1,53 @@
+//! `mirror-bench`: the benchmark lab behind `cargo xtask bench`.
+//!
+//! Cases so far:
+//! - `filters`: classification cost per frame against the rule count, through
+//!   `BPF_PROG_TEST_RUN` in repeat mode (the kernel times the program alone).
+//!
+//! Every case writes `benches/results/<timestamp>-<case>.json`, a Markdown
+//! table (`<case>-latest.md`, also printed) and a PNG chart (`<case>-latest.png`).
+
+mod chart;
+mod filters;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mirror-bench", about = "mirror's benchmark lab")]
+struct Cli {
+    /// Where results go.
+    #[arg(long, default_value = "benches/results", global = true)]
+    out: PathBuf,
+    #[command(subcommand)]
+    case: Case,
+}
+
+#[derive(Subcommand)]
+enum Case {
+    /// Classification cost (ns per frame) from 1 to 10,000 rules, through
+    /// BPF_PROG_TEST_RUN in repeat mode.
+    Filters(filters::Args),
+}
+
+fn main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    if !mirror_user::is_root() {
+        bail!("the benchmarks load BPF programs: run them as root");
+    }
+    std::fs::create_dir_all(&cli.out)?;
+    match cli.case {
+        Case::Filters(a) => filters::run(&a, &cli.out)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Seconds since the epoch, for result file names.
+pub fn timestamp() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
