@@ -1,6 +1,12 @@
 //! The control socket: a Unix stream socket (mode 0600) speaking one JSON
-//! object per line. Requests: `{"cmd":"stats"}`. Replies: `{"ok":true,...}` or
-//! `{"ok":false,"error":"..."}`. Bad requests get an error reply, never a crash.
+//! object per line. Replies: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
+//! Bad requests get an error reply, never a crash. Requests:
+//! - `{"cmd":"stats"}`
+//! - `{"cmd":"rules_list"}`
+//! - `{"cmd":"rules_add","filter":"ids","rule":"number = 5\naction = \"accept\"\n…"}`
+//!   (the rule as the keys of a `[[filter.rule]]` table, validated like the file)
+//! - `{"cmd":"rules_delete","filter":"ids","number":5,"direction":"ingress"}`
+//! - `{"cmd":"reload"}` (re-reads the daemon's config file, like SIGHUP)
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -13,25 +19,43 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
+use crate::config::{self, Direction};
 use crate::engine::Engine;
+use crate::rules::{self, FilterView};
 use crate::stats::Stats;
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Stats,
+    RulesList,
+    RulesAdd {
+        filter: String,
+        rule: String,
+    },
+    RulesDelete {
+        filter: String,
+        number: u16,
+        direction: Direction,
+    },
+    Reload,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Reply {
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stats: Option<Stats>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub filters: Option<Vec<FilterView>>,
+    /// After a rule change or reload: rules in force per source.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rules: Option<Vec<(String, usize)>>,
 }
 
 impl Reply {
@@ -39,7 +63,18 @@ impl Reply {
         Reply {
             ok: false,
             error: Some(msg.into()),
-            stats: None,
+            ..Default::default()
+        }
+    }
+
+    fn updated(result: Result<Vec<(String, usize)>>) -> Self {
+        match result {
+            Ok(rules) => Reply {
+                ok: true,
+                rules: Some(rules),
+                ..Default::default()
+            },
+            Err(e) => Reply::error(format!("{e:#}; the running rules stay in force")),
         }
     }
 }
@@ -71,18 +106,26 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// Serves requests until the listener is dropped.
-pub async fn serve(listener: tokio::net::UnixListener, engine: Arc<Engine>) {
+/// Serves requests until the listener is dropped. `config_path` is the
+/// daemon's config file, re-read by `reload`.
+pub async fn serve(listener: tokio::net::UnixListener, engine: Arc<Engine>, config_path: PathBuf) {
+    let config_path = Arc::new(config_path);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let engine = engine.clone();
+        let config_path = config_path.clone();
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();
             let mut lines = tokio::io::BufReader::new(rd.take(MAX_REQUEST as u64 * 16)).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let reply = handle(&line, &engine);
+                // Rule updates build maps and wait for an RCU grace period:
+                // off the runtime's thread.
+                let (e, p) = (engine.clone(), config_path.clone());
+                let reply = tokio::task::spawn_blocking(move || handle(&line, &e, &p))
+                    .await
+                    .unwrap_or_else(|e| Reply::error(format!("internal error: {e}")));
                 let mut text =
                     serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
                 text.push('\n');
@@ -94,7 +137,16 @@ pub async fn serve(listener: tokio::net::UnixListener, engine: Arc<Engine>) {
     }
 }
 
-fn handle(line: &str, engine: &Engine) -> Reply {
+/// Re-reads the config file and applies its filters (`reload`, SIGHUP).
+pub fn reload(engine: &Engine, config_path: &Path) -> Result<Vec<(String, usize)>> {
+    let new = config::load(config_path)?;
+    engine.update(|live| {
+        *live = new;
+        Ok(())
+    })
+}
+
+fn handle(line: &str, engine: &Engine, config_path: &Path) -> Reply {
     if line.len() > MAX_REQUEST {
         return Reply::error("request too long");
     }
@@ -105,11 +157,42 @@ fn handle(line: &str, engine: &Engine) -> Reply {
         Ok(Request::Stats) => match engine.stats() {
             Ok(stats) => Reply {
                 ok: true,
-                error: None,
                 stats: Some(stats),
+                ..Default::default()
             },
             Err(e) => Reply::error(format!("reading counters: {e:#}")),
         },
+        Ok(Request::RulesList) => match engine.live_config() {
+            Ok(c) => Reply {
+                ok: true,
+                filters: Some(rules::list(&c)),
+                ..Default::default()
+            },
+            Err(e) => Reply::error(format!("{e:#}")),
+        },
+        Ok(Request::RulesAdd { filter, rule }) => {
+            let rule = match config::parse_rule(&rule, "rule") {
+                Ok(r) => r,
+                Err(e) => return Reply::error(format!("{e}; the running rules stay in force")),
+            };
+            Reply::updated(engine.update(|c| Ok(rules::add(c, &filter, rule)?)))
+        }
+        Ok(Request::RulesDelete {
+            filter,
+            number,
+            direction,
+        }) => Reply::updated(engine.update(|c| {
+            rules::delete(c, &filter, number, direction)?;
+            Ok(())
+        })),
+        Ok(Request::Reload) => {
+            let result = reload(engine, config_path);
+            match &result {
+                Ok(_) => tracing::info!(config = %config_path.display(), "reloaded the filters"),
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "reload rejected"),
+            }
+            Reply::updated(result)
+        }
     }
 }
 

@@ -39,12 +39,20 @@ struct Source {
     session_mirrored: Vec<AtomicU64>,
     attach_mode: AttachMode,
     zero_copy: bool,
+    /// Rules in force (ingress) and how many rule sets were installed.
+    rules: AtomicU64,
+    rule_sets_installed: AtomicU64,
 }
 
 /// A running data plane. Dropping it (or [`Engine::shutdown`]) detaches every
 /// program and stops every thread.
 pub struct Engine {
+    /// The config the engine started with; sources, targets and sessions
+    /// never change while it runs.
     config: Config,
+    /// The config whose filters are in force: `config` with live rule
+    /// changes and reloaded filters. Its lock also serialises updates.
+    live: Mutex<Config>,
     sources: Vec<Arc<Source>>,
     targets: Vec<Arc<TargetQueue>>,
     stop_workers: Arc<AtomicBool>,
@@ -58,6 +66,7 @@ impl Engine {
     pub fn start(config: Config) -> Result<Engine> {
         let sources = config.sources.len();
         let mut engine = Engine {
+            live: Mutex::new(config.clone()),
             config,
             sources: Vec::new(),
             targets: Vec::new(),
@@ -188,6 +197,8 @@ impl Engine {
             sockets,
             no_metadata: AtomicU64::new(0),
             attach_mode: mode,
+            rules: AtomicU64::new(set.rules as u64),
+            rule_sets_installed: AtomicU64::new(1),
             zero_copy,
         });
         for (q, queue) in rx.into_iter().enumerate() {
@@ -286,6 +297,9 @@ impl Engine {
                     mirrored,
                     dropped,
                     parser,
+                    rules: src.rules.load(Ordering::Relaxed),
+                    rule_sets_installed: src.rule_sets_installed.load(Ordering::Relaxed),
+                    no_rule_set: c(C::MIRROR_CNT_NO_RULE_SET),
                 },
             );
             for (k, &s) in src.sessions.iter().enumerate() {
@@ -312,6 +326,70 @@ impl Engine {
             out.targets.insert(t.name.clone(), t.snapshot());
         }
         Ok(out)
+    }
+
+    /// The config in force: the started one with live rule changes.
+    pub fn live_config(&self) -> Result<Config> {
+        Ok(self
+            .live
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned lock"))?
+            .clone())
+    }
+
+    /// Changes the rules in force: `change` edits a copy of the live config;
+    /// then every source's new rule set is compiled (any error leaves the
+    /// running rules untouched) and installed atomically per source
+    /// ([`SourceProgram::install`]: each frame is classified by the old or the
+    /// new set, whole, and none is lost). Updates are serialised. Returns the
+    /// new rule count per source.
+    pub fn update<F>(&self, change: F) -> Result<Vec<(String, usize)>>
+    where
+        F: FnOnce(&mut Config) -> Result<()>,
+    {
+        let mut live = self
+            .live
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
+        let mut new = live.clone();
+        change(&mut new)?;
+        crate::rules::check_reloadable(&self.config, &new)?;
+        let mut sets = Vec::new();
+        for (i, src) in self.sources.iter().enumerate() {
+            let set = RuleSet::build(&ruleset::source_filters(&new, i), Direction::Ingress)
+                .with_context(|| format!("source `{}`: the new rules", src.name))?;
+            sets.push(set);
+        }
+        for (i, (src, set)) in self.sources.iter().zip(&sets).enumerate() {
+            let installed = src
+                .program
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned lock"))?
+                .install(set, None);
+            if let Err(e) = installed {
+                // Put the sources already switched back on the running rules.
+                for (j, s) in self.sources.iter().enumerate().take(i) {
+                    let old =
+                        RuleSet::build(&ruleset::source_filters(&live, j), Direction::Ingress)?;
+                    if let Ok(mut p) = s.program.lock() {
+                        if let Err(e) = p.install(&old, None) {
+                            tracing::error!(source = %s.name, error = %e, "restoring the previous rules failed");
+                        }
+                    }
+                }
+                return Err(e)
+                    .with_context(|| format!("source `{}`: installing the new rules", src.name));
+            }
+            src.rules.store(set.rules as u64, Ordering::Relaxed);
+            src.rule_sets_installed.fetch_add(1, Ordering::Relaxed);
+        }
+        *live = new;
+        Ok(self
+            .sources
+            .iter()
+            .zip(&sets)
+            .map(|(s, set)| (s.name.clone(), set.rules))
+            .collect())
     }
 
     /// Detaches every program, then stops the workers and lets the targets

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod lab;
 pub mod loader;
 pub mod netdev;
+pub mod rules;
 pub mod ruleset;
 pub mod stats;
 pub mod target;

@@ -38,6 +38,16 @@ pub struct SourceStats {
     pub dropped: BTreeMap<String, u64>,
     /// Frames the parser could not fully read (still classified; see README).
     pub parser: BTreeMap<String, u64>,
+    /// Ingress rules in force (all sessions together).
+    #[serde(default)]
+    pub rules: u64,
+    /// Rule sets installed since start (1 + live updates and reloads).
+    #[serde(default)]
+    pub rule_sets_installed: u64,
+    /// Should never happen: frames classified while a rule-set map was
+    /// missing (counted in `filtered`).
+    #[serde(default)]
+    pub no_rule_set: u64,
 }
 
 impl SourceStats {

@@ -2,6 +2,7 @@
 
 mod check;
 mod demo;
+mod rules;
 mod run;
 mod stats;
 
@@ -18,7 +19,9 @@ CONFIGURATION
 
 SIGNALS
     SIGINT, SIGTERM   detach every program and exit 0
-    SIGHUP            reload (not supported yet: logged, the running config stays)
+    SIGHUP            reload the config file's filters atomically (like `mirror reload`);
+                      a bad file, or one that changes more than filters, is
+                      rejected and the running rules stay
 
 FILES
     /run/mirror/control.sock   default control socket (mode 0600)
@@ -33,6 +36,10 @@ EXAMPLES
     mirror check -c /etc/mirror/mirror.toml
     mirror run -c /etc/mirror/mirror.toml
     mirror stats -c /etc/mirror/mirror.toml --watch
+    mirror rules -c /etc/mirror/mirror.toml list
+    mirror rules add --filter ids --number 150 --action reject --protocol tcp --destination-port 22
+    mirror rules delete --filter ids --number 150
+    mirror reload -c /etc/mirror/mirror.toml
     mirror demo";
 
 /// mirror: copy network traffic that matches filter rules from Linux interfaces
@@ -69,6 +76,21 @@ pub enum Command {
     /// dropped by reason. Per session: matched, mirrored, path. Per target:
     /// enqueued, sent_packets, sent_bytes, dropped by reason, queued.
     Stats(stats::Args),
+    /// List or change a running daemon's filter rules, atomically.
+    ///
+    /// `add` takes the fields of a [[filter.rule]] and is validated like the
+    /// config file; `delete` removes a rule by filter, number and direction.
+    /// The new rule set is built beside the running one and swapped in with
+    /// one write: no frame is classified by a half-updated set and none is
+    /// lost. A rejected change leaves the running rules in force. Changes are
+    /// not written to the config file: a reload or restart returns to it.
+    Rules(rules::Args),
+    /// Make the running daemon re-read its config file's filters (as SIGHUP).
+    ///
+    /// Filters, and which filter a session uses, may change; a file that
+    /// changes sources, targets or sessions otherwise is rejected (restart
+    /// for those), and so is an invalid one: the running rules stay.
+    Reload(rules::Daemon),
     /// Run the whole pipeline in a throw-away lab of network namespaces.
     ///
     /// Builds namespaces gen -> src -> sink joined by veth pairs, starts
@@ -85,6 +107,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(a) => run::main(a),
         Command::Check(a) => check::main(a),
         Command::Stats(a) => stats::main(a),
+        Command::Rules(a) => rules::main(a),
+        Command::Reload(a) => rules::reload(a),
         Command::Demo(a) => demo::main(a),
     }
 }

@@ -32,17 +32,33 @@ pub fn main(a: Args) -> Result<ExitCode> {
         let mut hup = signal(SignalKind::hangup())?;
         let listener = mirror_user::control::bind(&control)?;
         let engine = Arc::new(Engine::start(config)?);
-        let server = tokio::spawn(mirror_user::control::serve(listener, engine.clone()));
+        let server = tokio::spawn(mirror_user::control::serve(
+            listener,
+            engine.clone(),
+            a.config.clone(),
+        ));
         tracing::info!(control = %control.display(), "mirror running");
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    tracing::error!(
-                        "SIGHUP: reloading the config is not supported yet by this version; \
-                         the running config stays (restart the daemon to apply changes)"
-                    );
+                    let (e, path) = (engine.clone(), a.config.clone());
+                    let result = tokio::task::spawn_blocking(move || {
+                        mirror_user::control::reload(&e, &path)
+                    })
+                    .await;
+                    match result {
+                        Ok(Ok(rules)) => tracing::info!(
+                            config = %a.config.display(),
+                            ?rules,
+                            "SIGHUP: reloaded the filters"
+                        ),
+                        Ok(Err(e)) => tracing::error!(
+                            "SIGHUP: reload rejected, the running rules stay in force: {e:#}"
+                        ),
+                        Err(e) => tracing::error!("SIGHUP: reload failed: {e}"),
+                    }
                 }
             }
         }

@@ -35,7 +35,7 @@ pub const DEFAULT_PRIORITY: u32 = 100;
 pub const RULE_NUMBERS: std::ops::RangeInclusive<i64> = 1..=32766;
 
 /// Accept or reject: what the first matching rule decides.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Accept,
@@ -43,7 +43,9 @@ pub enum Action {
 }
 
 /// The direction a rule applies to.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Ingress,
@@ -60,6 +62,48 @@ pub struct PortRange {
 impl PortRange {
     pub fn contains(&self, port: u16) -> bool {
         (self.lo..=self.hi).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+impl Rule {
+    /// The rule as the keys of a `[[filter.rule]]` table, one line, e.g.
+    /// `number = 100, action = "reject", direction = "ingress", protocol = 6`.
+    /// [`parse_rule`] reads it back (with newlines for commas).
+    pub fn to_toml_keys(&self) -> String {
+        let mut parts = vec![
+            format!("number = {}", self.number),
+            format!("action = \"{}\"", self.action),
+            format!("direction = \"{}\"", self.direction),
+        ];
+        if let Some(p) = self.protocol {
+            parts.push(format!("protocol = {p}"));
+        }
+        if let Some(n) = &self.source {
+            parts.push(format!("source = \"{n}\""));
+        }
+        if let Some(n) = &self.destination {
+            parts.push(format!("destination = \"{n}\""));
+        }
+        if let Some(p) = &self.source_port {
+            parts.push(format!("source_port = \"{p}\""));
+        }
+        if let Some(p) = &self.destination_port {
+            parts.push(format!("destination_port = \"{p}\""));
+        }
+        if let Some(v) = self.vlan {
+            parts.push(format!("vlan = {v}"));
+        }
+        parts.join(", ")
     }
 }
 
@@ -85,7 +129,7 @@ pub struct Filter {
     pub rules: Vec<Rule>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
     pub name: String,
     pub interface: String,
@@ -97,7 +141,7 @@ pub struct Source {
     pub ring_size: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetSpec {
     /// AF_XDP TX out of a local interface.
     Interface {
@@ -106,14 +150,14 @@ pub enum TargetSpec {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub name: String,
     pub spec: TargetSpec,
     pub queue_size: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub name: String,
     /// Index into [`Config::sources`].
@@ -125,7 +169,7 @@ pub struct Session {
     pub priority: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Daemon {
     pub control_socket: PathBuf,
     pub metrics: Option<SocketAddr>,
@@ -225,6 +269,28 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         }
     }
     Err(v.finish(file))
+}
+
+/// Validates one rule written as the keys of a `[[filter.rule]]` table
+/// (`number = 100` …), as `mirror rules add` sends it; `what` names it in
+/// error messages.
+pub fn parse_rule(text: &str, what: &str) -> Result<Rule, ConfigError> {
+    let mut v = Validator {
+        text,
+        diags: Vec::new(),
+    };
+    let raw: raw::RawRule = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            v.error(span, e.message().to_string());
+            return Err(v.finish(what));
+        }
+    };
+    match v.rule(&raw) {
+        Some(rule) if v.diags.is_empty() => Ok(rule),
+        _ => Err(v.finish(what)),
+    }
 }
 
 struct Validator<'t> {
@@ -924,6 +990,15 @@ impl fmt::Display for Direction {
         f.write_str(match self {
             Direction::Ingress => "ingress",
             Direction::Egress => "egress",
+        })
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Accept => "accept",
+            Action::Reject => "reject",
         })
     }
 }
