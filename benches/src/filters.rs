@@ -174,9 +174,11 @@ fn frame(proto: u8) -> Vec<u8> {
 }
 
 fn measure(prog: &SourceProgram, data: &[u8], repeat: u32) -> Result<f64> {
-    let mut input = libbpf_rs::ProgramInput::default();
-    input.data_in = Some(data);
-    input.repeat = repeat;
+    let input = libbpf_rs::ProgramInput {
+        data_in: Some(data),
+        repeat,
+        ..Default::default()
+    };
     let out = prog
         .xdp_tap()
         .test_run(input)
@@ -188,7 +190,9 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     let mut rows = Vec::new();
     let mut prog = SourceProgram::load().context("loading the tap program")?;
     type Gen = fn(usize) -> Vec<Rule>;
-    let sets: [(&'static str, Gen, &[(&'static str, u8)]); 2] = [
+    /// Probe frames: (name, IP protocol).
+    type Probes = &'static [(&'static str, u8)];
+    let sets: [(&'static str, Gen, Probes); 2] = [
         (
             "overlap",
             overlap,

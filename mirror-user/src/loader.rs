@@ -177,6 +177,11 @@ impl SourceProgram {
         &self.skel.progs.xdp_tap
     }
 
+    /// The tap program's fd, for [`test_classify`] from another thread.
+    pub fn xdp_tap_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.skel.progs.xdp_tap.as_fd()
+    }
+
     /// Puts AF_XDP socket `fd` in the XSKMAP slot of RX queue `queue`.
     pub fn set_socket(&self, queue: u32, fd: RawFd) -> Result<(), LoaderError> {
         self.skel
@@ -278,6 +283,46 @@ fn percpu_sum(map: &libbpf_rs::MapMut<'_>, key: u32) -> Result<u64, libbpf_rs::E
                 .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
         })
         .sum())
+}
+
+/// Runs `frame` once through the tap program `prog` (BPF_PROG_TEST_RUN) and
+/// returns the session the kernel chose, read from the XDP metadata it wrote
+/// (`struct mirror_meta`), or `None` when the frame was filtered. For tests
+/// and benchmarks: the program's counters count the run.
+pub fn test_classify(
+    prog: std::os::fd::BorrowedFd<'_>,
+    frame: &[u8],
+) -> std::io::Result<Option<u16>> {
+    let mut out = vec![0u8; frame.len() + 64];
+    let mut opts = libbpf_sys::bpf_test_run_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+        data_in: frame.as_ptr().cast(),
+        data_size_in: frame.len() as u32,
+        data_out: out.as_mut_ptr().cast(),
+        data_size_out: out.len() as u32,
+        repeat: 1,
+        ..Default::default()
+    };
+    // Safety: the buffers outlive the call and their sizes are passed with them.
+    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
+    if rc < 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc));
+    }
+    // The output starts at data_meta: 4 bytes of metadata when the frame matched.
+    let len = opts.data_size_out as usize;
+    if len == frame.len() + 4 {
+        let magic = u16::from_ne_bytes([out[0], out[1]]);
+        if magic == mirror_ebpf::limits::META_MAGIC && out[4..len] == *frame {
+            return Ok(Some(u16::from_ne_bytes([out[2], out[3]])));
+        }
+    }
+    if len == frame.len() && out[..len] == *frame {
+        return Ok(None);
+    }
+    Err(std::io::Error::other(format!(
+        "unexpected test-run output: {len} bytes for a {}-byte frame",
+        frame.len()
+    )))
 }
 
 /// The three inner maps of one rule set (see abi.h), created and filled.

@@ -83,12 +83,14 @@ struct {
 } rule_bitmaps SEC(".maps");
 
 /* Bit index of the lowest set bit of x (x != 0): de Bruijn multiplication,
- * as BPF has no count-trailing-zeros instruction. */
+ * as BPF has no count-trailing-zeros instruction. The table is the inverse
+ * of i -> ((1 << i) * 0x03f79d71b4ca8b09) >> 58 (a bug here was caught by
+ * tests/filter_differential.rs: keep it generated, not typed). */
 static const __u8 debruijn64[64] = {
-	0,  1,  48, 2,  57, 49, 28, 3,  61, 58, 50, 42, 38, 29, 17, 4,
-	62, 55, 59, 36, 53, 51, 43, 22, 45, 39, 33, 30, 24, 18, 12, 5,
-	63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44, 32, 23, 11,
-	46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9,  13, 8,  7,  6,
+	0,  1,  56, 2,  57, 49, 28, 3,  61, 58, 42, 50, 38, 29, 17, 4,
+	62, 47, 59, 36, 45, 43, 51, 22, 53, 39, 33, 30, 24, 18, 12, 5,
+	63, 55, 48, 27, 60, 41, 37, 16, 46, 35, 44, 21, 52, 32, 23, 11,
+	54, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9,  13, 8,  7,  6,
 };
 
 static __always_inline __u32 lowest_bit(__u64 x)
