@@ -296,3 +296,166 @@ fn check_reports_errors_with_positions_and_run_refuses_a_bad_file() {
         .expect("run");
     assert!(!out.status.success());
 }
+
+/// Runs `mirror ARGS… --control SOCKET`; returns (success, stdout + stderr).
+fn cli(control: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .arg("--control")
+        .arg(control)
+        .output()
+        .expect("run the mirror client");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn live_rule_changes_and_reloads_under_traffic_lose_no_frame() {
+    require_root!();
+    let s = setup("rules");
+    let control = s.daemon.control.clone();
+    let mut client = Client::connect(&control).expect("control socket");
+    let capture = Capture::start(&s.lab.sink, Lab::SINK_IF).expect("capture");
+
+    // 1. Twenty rule swaps while 12000 frames flow. The rule added and
+    // deleted matches nothing in the traffic (UDP port 9), so every frame has
+    // one verdict throughout, and the sink must get exactly the accepted ones.
+    let frames = Arc::new(traffic::mixed(12_000));
+    let sent = std::thread::scope(|scope| {
+        let sender =
+            scope.spawn(|| lab::send_frames(&s.lab.gen, Lab::GEN_IF, frames.clone(), 10_000));
+        for _ in 0..10 {
+            let (ok, out) = cli(
+                &control,
+                &[
+                    "rules",
+                    "add",
+                    "--filter",
+                    "ids",
+                    "--number",
+                    "150",
+                    "--action",
+                    "reject",
+                    "--protocol",
+                    "udp",
+                    "--destination-port",
+                    "9",
+                ],
+            );
+            assert!(ok, "{out}");
+            assert!(
+                out.contains("source feed: 4 ingress rules in force"),
+                "{out}"
+            );
+            let (ok, out) = cli(
+                &control,
+                &["rules", "delete", "--filter", "ids", "--number", "150"],
+            );
+            assert!(ok, "{out}");
+            assert!(
+                out.contains("source feed: 3 ingress rules in force"),
+                "{out}"
+            );
+        }
+        sender.join().expect("sender").expect("send")
+    });
+    assert_eq!(sent, 12_000);
+    let filters = vec![&s.cfg.filters[0]];
+    let expected: Vec<&Vec<u8>> = frames
+        .iter()
+        .filter(|f| classify::classify(&filters, Direction::Ingress, f).is_some())
+        .collect();
+    let stats = wait_for(&mut client, "every frame to be received and sent", |st| {
+        st.sources["feed"].received == sent && st.targets["ids0"].queued == 0
+    });
+    let src = &stats.sources["feed"];
+    assert_eq!(src.rule_sets_installed, 21);
+    assert_eq!(src.rules, 3);
+    assert_eq!(src.no_rule_set, 0);
+    assert_eq!(src.matched, expected.len() as u64);
+    assert_eq!(src.received, src.matched + src.filtered);
+    assert_eq!(src.mirrored, src.matched, "{:?}", src.dropped);
+    assert_eq!(stats.targets["ids0"].sent_packets, src.matched);
+    assert_eq!(capture.count(), expected.len() as u32, "frames at the sink");
+
+    // 2. A bad live rule is refused with its position; the rules stay.
+    let (ok, out) = cli(
+        &control,
+        &[
+            "rules",
+            "add",
+            "--filter",
+            "ids",
+            "--number",
+            "5",
+            "--action",
+            "accept",
+            "--protocol",
+            "icmp",
+            "--destination-port",
+            "80",
+        ],
+    );
+    assert!(!ok);
+    assert!(out.contains("destination_port needs protocol"), "{out}");
+    assert!(out.contains("the running rules stay in force"), "{out}");
+    let (ok, out) = cli(
+        &control,
+        &[
+            "rules", "add", "--filter", "nope", "--number", "5", "--action", "accept",
+        ],
+    );
+    assert!(!ok && out.contains("no filter named `nope`"), "{out}");
+    let (ok, out) = cli(&control, &["rules", "list"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        out,
+        "filter ids (sessions: ids-feed)\n\
+         \x20   number = 100, action = \"reject\", direction = \"ingress\", protocol = 6, destination_port = \"22\"\n\
+         \x20   number = 110, action = \"reject\", direction = \"ingress\", protocol = 58\n\
+         \x20   number = 200, action = \"accept\", direction = \"ingress\"\n"
+    );
+
+    // 3. SIGHUP with a file that now rejects all TCP: the next frames get
+    // the new verdicts, exactly.
+    let path = s._dir.path().join("mirror.toml");
+    let text = std::fs::read_to_string(&path).expect("read config");
+    let tcp_off = text.replace("destination_port = \"22\"\n", "");
+    std::fs::write(&path, &tcp_off).expect("write config");
+    s.daemon.signal(libc::SIGHUP);
+    let before = wait_for(&mut client, "the reload", |st| {
+        st.sources["feed"].rule_sets_installed == 22
+    });
+    let more = Arc::new(traffic::mixed(800));
+    let sent2 = lab::send_frames(&s.lab.gen, Lab::GEN_IF, more.clone(), 10_000).expect("send");
+    let new_cfg = config::parse(&tcp_off, "reloaded").expect("valid");
+    let want2 = more
+        .iter()
+        .filter(|f| classify::classify(&[&new_cfg.filters[0]], Direction::Ingress, f).is_some())
+        .count() as u64;
+    // 3/8 of the frames are TCP; 1/8 ICMPv6.
+    assert_eq!(want2, 800 - 300 - 100);
+    let after = wait_for(&mut client, "the second batch", |st| {
+        st.sources["feed"].received == sent + sent2
+    });
+    assert_eq!(
+        after.sources["feed"].matched - before.sources["feed"].matched,
+        want2
+    );
+
+    // 4. A reload that changes a target, or an invalid file, is refused and
+    // the running rules stay.
+    std::fs::write(&path, tcp_off.replace("tgt0", "tgt9")).expect("write config");
+    let (ok, out) = cli(&control, &["reload"]);
+    assert!(!ok && out.contains("the targets changed too"), "{out}");
+    std::fs::write(&path, tcp_off.replace("number = 200", "number = 0")).expect("write config");
+    let (ok, out) = cli(&control, &["reload"]);
+    assert!(!ok && out.contains("mirror.toml:"), "{out}");
+    let st = client.stats().expect("stats");
+    assert_eq!(st.sources["feed"].rule_sets_installed, 22);
+    assert_eq!(st.sources["feed"].rules, 3);
+}
