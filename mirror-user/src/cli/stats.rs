@@ -64,7 +64,7 @@ pub fn render(s: &Stats) -> String {
     ));
     for (name, v) in &s.sources {
         out.push_str(&format!(
-            "{:<16} {:>12} {:>12} {:>12} {:>12}  {}   ({} {} xdp, {} queue(s){})\n",
+            "{:<16} {:>12} {:>12} {:>12} {:>12}  {}   ({} {} xdp, {} queue(s){}, {} rules, {} rule set(s) installed)\n",
             name,
             v.received,
             v.matched,
@@ -74,7 +74,9 @@ pub fn render(s: &Stats) -> String {
             v.interface,
             v.xdp_mode,
             v.queues,
-            if v.zero_copy { ", zero-copy" } else { "" }
+            if v.zero_copy { ", zero-copy" } else { "" },
+            v.rules,
+            v.rule_sets_installed
         ));
     }
     out.push_str(&format!(
