@@ -11,7 +11,7 @@ use mirror_ebpf::mirror::types::mirror_counter;
 use mirror_ebpf::mirror::{MirrorSkel, MirrorSkelBuilder};
 
 use crate::config::XdpMode;
-use crate::ruleset::{RuleSet, BITMAP_U64S, LPM_KEY_SIZE};
+use crate::ruleset::{RuleSet, BITMAP_U64S};
 
 /// Number of per-source kernel counters (`enum mirror_counter`).
 pub const COUNTERS: usize = mirror_counter::MIRROR_CNT_MAX.0 as usize;
@@ -144,7 +144,7 @@ impl SourceProgram {
         let key = slot.to_ne_bytes();
         for (outer, name, inner) in [
             (&self.skel.maps.rule_index, "rule_index", &m.index),
-            (&self.skel.maps.rule_lpm, "rule_lpm", &m.lpm),
+            (&self.skel.maps.rule_addr, "rule_addr", &m.addr),
             (&self.skel.maps.rule_bitmaps, "rule_bitmaps", &m.bitmaps),
         ] {
             let fd = inner.as_fd().as_raw_fd() as u32;
@@ -159,7 +159,7 @@ impl SourceProgram {
         let key = slot.to_ne_bytes();
         for (outer, name) in [
             (&self.skel.maps.rule_index, "rule_index"),
-            (&self.skel.maps.rule_lpm, "rule_lpm"),
+            (&self.skel.maps.rule_addr, "rule_addr"),
             (&self.skel.maps.rule_bitmaps, "rule_bitmaps"),
         ] {
             match outer.delete(&key) {
@@ -328,7 +328,7 @@ pub fn test_classify(
 /// The three inner maps of one rule set (see abi.h), created and filled.
 struct RuleSetMaps {
     index: MapHandle,
-    lpm: MapHandle,
+    addr: MapHandle,
     bitmaps: MapHandle,
 }
 
@@ -373,18 +373,30 @@ impl RuleSetMaps {
             )
             .map_err(fill("rule index"))?;
 
-        let lpm = create(
-            "mirror_rule_lpm",
-            MapType::LpmTrie,
-            LPM_KEY_SIZE,
+        let addr = create(
+            "mirror_rule_addr",
+            MapType::Array,
             4,
-            set.lpm.len(),
-            libbpf_sys::BPF_F_NO_PREALLOC,
+            1024,
+            set.addr_nodes.len(),
+            libbpf_sys::BPF_F_INNER_MAP,
         )?;
-        for (key, class) in &set.lpm {
-            lpm.update(key, &class.to_ne_bytes(), MapFlags::ANY)
-                .map_err(fill("rule lpm"))?;
-        }
+        let keys: Vec<u8> = (0..set.addr_nodes.len() as u32)
+            .flat_map(u32::to_ne_bytes)
+            .collect();
+        let values: Vec<u8> = set
+            .addr_nodes
+            .iter()
+            .flat_map(|n| n.iter().flat_map(|e| e.to_ne_bytes()))
+            .collect();
+        addr.update_batch(
+            &keys,
+            &values,
+            set.addr_nodes.len() as u32,
+            MapFlags::ANY,
+            MapFlags::ANY,
+        )
+        .map_err(fill("rule address trie"))?;
 
         let bitmaps = create(
             "mirror_rule_bm",
@@ -415,7 +427,7 @@ impl RuleSetMaps {
         }
         Ok(RuleSetMaps {
             index,
-            lpm,
+            addr,
             bitmaps,
         })
     }

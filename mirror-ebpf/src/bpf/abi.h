@@ -76,11 +76,11 @@ enum mirror_parse_flags {
  * candidate.
  *
  * Field classes come from:
- *   - source / destination address: an LPM trie keyed by struct mirror_lpm_key
- *     (the longest rule prefix containing the address names the class);
+ *   - source / destination address: a multibit trie, one byte per level
+ *     (struct mirror_addr_node);
  *   - everything else: slots of the rule set's index array (enum mirror_index).
  *
- * A rule set is the (index array, LPM trie, bitmap array) triple in one slot
+ * A rule set is the (index array, address trie, bitmap array) triple in one slot
  * of the three outer maps; slot = direction * 2 + generation. Userspace builds
  * a new set in the idle generation and flips `active_generation`, so every
  * frame is classified by exactly one whole set.
@@ -114,22 +114,23 @@ enum mirror_rule_word {
 	MIRROR_RW_ACCEPT = 1 << 24,
 };
 
-enum mirror_lpm_field {
-	MIRROR_LPM_SRC = 0,
-	MIRROR_LPM_DST = 1,
+enum mirror_addr_field {
+	MIRROR_ADDR_SRC = 0,
+	MIRROR_ADDR_DST = 1,
 };
 
 /*
- * Key of the address trie. `prefixlen` counts from `field`: 32 bits of
- * field/family/pad, then the address bits, so a /p CIDR is 32 + p and each
- * (field, family) pair has a /0 entry at 32.
+ * A node of the address trie: one entry per value of the address byte at the
+ * node's depth. An entry with MIRROR_ADDR_LEAF set holds a class (the rules
+ * whose prefix contains that whole range); otherwise the index of the child
+ * node for the next byte. Nodes 0..3 are the roots of (field * 2 + is_ipv6).
  */
-struct mirror_lpm_key {
-	__u32 prefixlen;
-	__u8 field;  /* enum mirror_lpm_field */
-	__u8 family; /* 1 IPv4, 2 IPv6 (the L3 family numbers above) */
-	__u8 pad[2];
-	__u8 addr[16]; /* network order; IPv4 in the first 4 bytes */
+enum mirror_addr_entry {
+	MIRROR_ADDR_LEAF = (int)0x80000000u,
+};
+
+struct mirror_addr_node {
+	__u32 entry[256];
 };
 
 /* A class: the rules a field value satisfies. */

@@ -3,7 +3,8 @@
  * The classifier: bit-vector classification over a source's rule set (see the
  * comment above enum mirror_index in abi.h for the data layout).
  *
- * Per frame: six class lookups (two LPM tries, four array slots), six bitmap
+ * Per frame: six class lookups (two address-trie walks of one lookup per
+ * address byte at most, four array slots), six bitmap
  * lookups, AND of the 4-word summaries, then a scan of the candidate words in
  * rule order. The scan is a bpf_loop whose every step either skips a word in
  * which the six bitmaps share no rule, or lands on the frame's first matching
@@ -43,12 +44,13 @@ struct index_inner {
 	__type(value, __u32);
 };
 
-struct lpm_inner {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+/* BPF_F_INNER_MAP: each rule set sizes its trie to its node count. */
+struct addr_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct mirror_lpm_key);
-	__type(value, __u32);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct mirror_addr_node));
 };
 
 /* BPF_F_INNER_MAP: each rule set sizes its bitmap array to its class count. */
@@ -72,8 +74,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
 	__uint(max_entries, MIRROR_RULE_SETS);
 	__type(key, __u32);
-	__array(values, struct lpm_inner);
-} rule_lpm SEC(".maps");
+	__array(values, struct addr_inner);
+} rule_addr SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
@@ -170,28 +172,31 @@ static __always_inline __u32 index_class(void *index, __u32 slot, bool *ok)
 	return *v;
 }
 
-static __always_inline __u32 addr_class(void *index, void *lpm, const struct pkt *p,
-					__u8 field, __u32 unknown_slot, bool *ok)
+/* Walks the address trie: one node per address byte until a leaf. */
+static __always_inline __u32 addr_class(void *index, void *trie, const struct pkt *p,
+					__u32 field, __u32 unknown_slot, bool *ok)
 {
-	struct mirror_lpm_key key = { .field = field };
-	__u32 *v;
+	__u8 addr[16];
+	__u32 node, depth, d;
 
 	if (!(p->flags & MIRROR_PF_ADDRS))
 		return index_class(index, unknown_slot, ok);
-	if (p->flags & MIRROR_PF_IPV4) {
-		key.family = 1;
-		key.prefixlen = 32 + 32;
-	} else {
-		key.family = 2;
-		key.prefixlen = 32 + 128;
+	__builtin_memcpy(addr, field == MIRROR_ADDR_SRC ? p->src : p->dst, 16);
+	depth = p->flags & MIRROR_PF_IPV6 ? 16 : 4;
+	node = field * 2 + (p->flags & MIRROR_PF_IPV6 ? 1 : 0);
+	for (d = 0; d < 16 && d < depth; d++) {
+		struct mirror_addr_node *n = bpf_map_lookup_elem(trie, &node);
+		__u32 e;
+
+		if (!n)
+			break;
+		e = n->entry[addr[d & 15]];
+		if (e & MIRROR_ADDR_LEAF)
+			return e & ~MIRROR_ADDR_LEAF;
+		node = e;
 	}
-	__builtin_memcpy(key.addr, field == MIRROR_LPM_SRC ? p->src : p->dst, 16);
-	v = bpf_map_lookup_elem(lpm, &key);
-	if (!v) {
-		*ok = false;
-		return 0;
-	}
-	return *v;
+	*ok = false; /* a malformed trie: never happens with a userspace-built one */
+	return 0;
 }
 
 /*
@@ -202,7 +207,7 @@ static __always_inline __s32 classify(const struct pkt *p, __u32 dir)
 {
 	struct scan s = { .session = -1 };
 	__u32 zero = 0, slot, cls[MIRROR_FIELDS], *gen, *words, fam, proto, i;
-	void *index, *lpm, *bitmaps;
+	void *index, *trie, *bitmaps;
 	bool ok = true;
 
 	gen = bpf_map_lookup_elem(&active_generation, &zero);
@@ -210,9 +215,9 @@ static __always_inline __s32 classify(const struct pkt *p, __u32 dir)
 		return -2;
 	slot = (dir & 1) * 2 + (*gen & 1);
 	index = bpf_map_lookup_elem(&rule_index, &slot);
-	lpm = bpf_map_lookup_elem(&rule_lpm, &slot);
+	trie = bpf_map_lookup_elem(&rule_addr, &slot);
 	bitmaps = bpf_map_lookup_elem(&rule_bitmaps, &slot);
-	if (!index || !lpm || !bitmaps)
+	if (!index || !trie || !bitmaps)
 		return -2;
 
 	words = bpf_map_lookup_elem(index, &(__u32){ MIRROR_IX_WORDS });
@@ -231,8 +236,8 @@ static __always_inline __s32 classify(const struct pkt *p, __u32 dir)
 			     &ok);
 	cls[3] = index_class(index, MIRROR_IX_DPORT + (p->flags & MIRROR_PF_PORTS ? p->dport : 65536),
 			     &ok);
-	cls[4] = addr_class(index, lpm, p, MIRROR_LPM_SRC, MIRROR_IX_SRC_UNKNOWN, &ok);
-	cls[5] = addr_class(index, lpm, p, MIRROR_LPM_DST, MIRROR_IX_DST_UNKNOWN, &ok);
+	cls[4] = addr_class(index, trie, p, MIRROR_ADDR_SRC, MIRROR_IX_SRC_UNKNOWN, &ok);
+	cls[5] = addr_class(index, trie, p, MIRROR_ADDR_DST, MIRROR_IX_DST_UNKNOWN, &ok);
 	if (!ok)
 		return -2;
 

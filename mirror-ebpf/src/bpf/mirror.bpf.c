@@ -48,8 +48,7 @@ enum mirror_limits abi_anchor_limits = MIRROR_MAX_RULES;
 enum mirror_parse_flags abi_anchor_parse_flags = MIRROR_PF_VLAN;
 enum mirror_index abi_anchor_index = MIRROR_IX_SLOTS;
 enum mirror_rule_word abi_anchor_rule_word = MIRROR_RW_ACCEPT;
-enum mirror_lpm_field abi_anchor_lpm_field = MIRROR_LPM_SRC;
-struct mirror_lpm_key abi_anchor_lpm_key = {};
+enum mirror_addr_field abi_anchor_addr_field = MIRROR_ADDR_SRC;
 
 static __always_inline void count(__u32 idx)
 {
