@@ -334,103 +334,69 @@ struct RuleSetMaps {
 
 impl RuleSetMaps {
     fn create(set: &RuleSet) -> Result<Self, LoaderError> {
-        let create =
-            |map: &'static str, ty, key: usize, value: usize, entries: usize, flags: u32| {
-                let opts = libbpf_sys::bpf_map_create_opts {
-                    sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
-                    map_flags: flags,
-                    ..Default::default()
-                };
-                MapHandle::create(
-                    ty,
-                    Some(map),
-                    key as u32,
-                    value as u32,
-                    entries.max(1) as u32,
-                    &opts,
-                )
-                .map_err(|source| LoaderError::CreateMap { map, source })
-            };
-        let fill = |map: &'static str| move |source| LoaderError::Map { map, source };
-
-        let index = create("mirror_rule_ix", MapType::Array, 4, 4, set.index.len(), 0)?;
-        let keys: Vec<u8> = (0..set.index.len() as u32)
-            .flat_map(u32::to_ne_bytes)
-            .collect();
-        let values: Vec<u8> = set
-            .index
-            .iter()
-            .copied()
-            .flat_map(u32::to_ne_bytes)
-            .collect();
-        index
-            .update_batch(
-                &keys,
-                &values,
-                set.index.len() as u32,
-                MapFlags::ANY,
-                MapFlags::ANY,
-            )
-            .map_err(fill("rule index"))?;
-
-        let addr = create(
-            "mirror_rule_addr",
-            MapType::Array,
-            4,
-            1024,
-            set.addr_nodes.len(),
-            libbpf_sys::BPF_F_INNER_MAP,
-        )?;
-        let keys: Vec<u8> = (0..set.addr_nodes.len() as u32)
-            .flat_map(u32::to_ne_bytes)
-            .collect();
-        let values: Vec<u8> = set
+        let index_values: Vec<u8> = set.index.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let node_values: Vec<u8> = set
             .addr_nodes
             .iter()
             .flat_map(|n| n.iter().flat_map(|e| e.to_ne_bytes()))
             .collect();
-        addr.update_batch(
-            &keys,
-            &values,
-            set.addr_nodes.len() as u32,
-            MapFlags::ANY,
-            MapFlags::ANY,
-        )
-        .map_err(fill("rule address trie"))?;
-
-        let bitmaps = create(
-            "mirror_rule_bm",
-            MapType::Array,
-            4,
-            BITMAP_U64S * 8,
-            set.bitmaps.len(),
-            libbpf_sys::BPF_F_INNER_MAP,
-        )?;
-        let keys: Vec<u8> = (0..set.bitmaps.len() as u32)
-            .flat_map(u32::to_ne_bytes)
-            .collect();
-        let values: Vec<u8> = set
+        let bitmap_values: Vec<u8> = set
             .bitmaps
             .iter()
             .flat_map(|b| b.iter().flat_map(|w| w.to_ne_bytes()))
             .collect();
-        if !set.bitmaps.is_empty() {
-            bitmaps
-                .update_batch(
-                    &keys,
-                    &values,
-                    set.bitmaps.len() as u32,
-                    MapFlags::ANY,
-                    MapFlags::ANY,
-                )
-                .map_err(fill("rule bitmaps"))?;
-        }
         Ok(RuleSetMaps {
-            index,
-            addr,
-            bitmaps,
+            // Same size in every set, as the inner template declares it: no
+            // BPF_F_INNER_MAP. The trie and bitmaps are sized per set.
+            index: filled_array("mirror_rule_ix", 4, set.index.len(), 0, &index_values)?,
+            addr: filled_array(
+                "mirror_rule_addr",
+                1024,
+                set.addr_nodes.len(),
+                libbpf_sys::BPF_F_INNER_MAP,
+                &node_values,
+            )?,
+            bitmaps: filled_array(
+                "mirror_rule_bm",
+                BITMAP_U64S * 8,
+                set.bitmaps.len(),
+                libbpf_sys::BPF_F_INNER_MAP,
+                &bitmap_values,
+            )?,
         })
     }
+}
+
+/// Creates an ARRAY map of `entries` values of `value_size` bytes (keys
+/// 0..entries) and fills it from `values` with one batch update.
+fn filled_array(
+    map: &'static str,
+    value_size: usize,
+    entries: usize,
+    flags: u32,
+    values: &[u8],
+) -> Result<MapHandle, LoaderError> {
+    let opts = libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+        map_flags: flags,
+        ..Default::default()
+    };
+    let handle = MapHandle::create(
+        MapType::Array,
+        Some(map),
+        4,
+        value_size as u32,
+        entries.max(1) as u32,
+        &opts,
+    )
+    .map_err(|source| LoaderError::CreateMap { map, source })?;
+    if entries > 0 {
+        let keys: Vec<u8> = (0..entries as u32).flat_map(u32::to_ne_bytes).collect();
+        handle
+            .update_batch(&keys, values, entries as u32, MapFlags::ANY, MapFlags::ANY)
+            .map_err(|source| LoaderError::Map { map, source })?;
+    }
+    Ok(handle)
 }
 
 /// Returns once every CPU has passed an RCU grace period: afterwards no BPF

@@ -312,7 +312,7 @@ impl RuleSet {
                     .collect();
                 let root = usize::from(field) * 2 + usize::from(v6);
                 let zero = Prefix::zero(v6);
-                build_node(&mut nodes, root, 0, &zero, &prefixes, &zero, &mut class_of);
+                build_node(&mut nodes, root, 0, &prefixes, &zero, &mut class_of);
             }
         }
 
@@ -456,8 +456,8 @@ impl Prefix {
     }
 }
 
-/// Fills trie node `idx` at `depth` (bytes already consumed), whose path is
-/// `path`. `inside`: the rule prefixes longer than `depth` bytes under this
+/// Fills trie node `idx` at `depth` (address bytes already consumed).
+/// `inside`: the rule prefixes longer than `depth` bytes under the node's
 /// path; `inherited`: the longest rule prefix containing the whole path.
 /// Each of the 256 entries is a leaf (the class of the longest rule prefix
 /// containing its range) unless a longer prefix lies inside it: then a child.
@@ -465,18 +465,23 @@ fn build_node(
     nodes: &mut Vec<[u32; 256]>,
     idx: usize,
     depth: usize,
-    path: &Prefix,
     inside: &[Prefix],
     inherited: &Prefix,
     class_of: &mut dyn FnMut(&Prefix) -> u32,
 ) {
     let end = (depth + 1) * 8;
-    // Longest rule prefix ending at this level covering each byte value.
+    // Longest rule prefix ending at this level covering each byte value, and
+    // the longer prefixes under each byte value.
     let mut best: Vec<Option<&Prefix>> = vec![None; 256];
-    let mut ending: Vec<&Prefix> = inside
-        .iter()
-        .filter(|p| usize::from(p.len) <= end)
-        .collect();
+    let mut deeper: Vec<Vec<Prefix>> = vec![Vec::new(); 256];
+    let mut ending: Vec<&Prefix> = Vec::new();
+    for p in inside {
+        if usize::from(p.len) <= end {
+            ending.push(p);
+        } else {
+            deeper[usize::from(p.bytes[depth])].push(p.clone());
+        }
+    }
     ending.sort_by_key(|p| p.len);
     for p in ending {
         let span = 1usize << (end - usize::from(p.len));
@@ -485,31 +490,15 @@ fn build_node(
             *b = Some(p);
         }
     }
-    for byte in 0..256usize {
+    for (byte, under) in deeper.iter().enumerate() {
         let here = best[byte].unwrap_or(inherited);
-        let deeper: Vec<Prefix> = inside
-            .iter()
-            .filter(|p| usize::from(p.len) > end && usize::from(p.bytes[depth]) == byte)
-            .cloned()
-            .collect();
-        nodes[idx][byte] = if deeper.is_empty() {
+        nodes[idx][byte] = if under.is_empty() {
             ADDR_LEAF | class_of(here)
         } else {
             let child = nodes.len();
             nodes.push([0; 256]);
-            let mut child_path = path.clone();
-            child_path.bytes[depth] = byte as u8;
-            child_path.len = end as u8;
             let here = here.clone();
-            build_node(
-                nodes,
-                child,
-                depth + 1,
-                &child_path,
-                &deeper,
-                &here,
-                class_of,
-            );
+            build_node(nodes, child, depth + 1, under, &here, class_of);
             child as u32
         };
     }
@@ -522,17 +511,7 @@ mod tests {
     use crate::config::PortRange;
 
     fn rule(number: u16, action: Action) -> Rule {
-        Rule {
-            number,
-            action,
-            direction: Direction::Ingress,
-            protocol: None,
-            source: None,
-            destination: None,
-            source_port: None,
-            destination_port: None,
-            vlan: None,
-        }
+        Rule::any(number, action, Direction::Ingress)
     }
 
     fn view(src: &str, dst: &str, proto: u8, ports: Option<(u16, u16)>) -> FrameView {
