@@ -384,15 +384,10 @@ targets = ["t"]
 fn swapping_rule_sets_never_exposes_a_half_updated_set() {
     require_root!();
     let rule = |number, action, protocol, dst: &str, dport: Option<u16>| Rule {
-        number,
-        action,
-        direction: Direction::Ingress,
         protocol,
-        source: None,
         destination: Some(dst.parse().expect("cidr")),
-        source_port: None,
         destination_port: dport.map(|p| PortRange { lo: p, hi: p }),
-        vlan: None,
+        ..Rule::any(number, action, Direction::Ingress)
     };
     // A: session 0 takes TCP 80 to 10.2/16; session 1 takes UDP to 10.0/8.
     // B: the other way round, and session 0 rejects TCP first.

@@ -61,17 +61,11 @@ const SPORT: u16 = 40000;
 const DPORT: u16 = 443;
 const VLAN: u16 = 100;
 
-fn blank(number: usize) -> Rule {
+/// Rule `i` (number i + 1): accept TCP, nothing else constrained yet.
+fn blank(i: usize) -> Rule {
     Rule {
-        number: number as u16 + 1,
-        action: Action::Accept,
-        direction: Direction::Ingress,
         protocol: Some(6),
-        source: None,
-        destination: None,
-        source_port: None,
-        destination_port: None,
-        vlan: None,
+        ..Rule::any(i as u16 + 1, Action::Accept, Direction::Ingress)
     }
 }
 

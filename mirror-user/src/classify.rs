@@ -227,18 +227,8 @@ mod tests {
     use super::*;
     use crate::config::PortRange;
 
-    fn any_rule(number: u16, action: Action) -> Rule {
-        Rule {
-            number,
-            action,
-            direction: Direction::Ingress,
-            protocol: None,
-            source: None,
-            destination: None,
-            source_port: None,
-            destination_port: None,
-            vlan: None,
-        }
+    fn any(number: u16, action: Action) -> Rule {
+        Rule::any(number, action, Direction::Ingress)
     }
 
     fn tcp_v4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
@@ -252,12 +242,12 @@ mod tests {
 
     #[test]
     fn aws_example_rejects_https_then_accepts_everything_else() {
-        let mut reject = any_rule(100, Action::Reject);
+        let mut reject = any(100, Action::Reject);
         reject.protocol = Some(6);
         reject.destination_port = Some(PortRange { lo: 443, hi: 443 });
         let filter = Filter {
             name: "f".into(),
-            rules: vec![reject, any_rule(200, Action::Accept)],
+            rules: vec![reject, any(200, Action::Accept)],
         };
         let https = tcp_v4([10, 0, 0, 1], [10, 0, 0, 2], 40000, 443);
         let ssh = tcp_v4([10, 0, 0, 1], [10, 0, 0, 2], 40000, 22);
@@ -268,7 +258,7 @@ mod tests {
 
     #[test]
     fn rejected_frame_falls_through_to_next_session() {
-        let mut reject = any_rule(1, Action::Reject);
+        let mut reject = any(1, Action::Reject);
         reject.protocol = Some(6);
         let first = Filter {
             name: "a".into(),
@@ -276,7 +266,7 @@ mod tests {
         };
         let second = Filter {
             name: "b".into(),
-            rules: vec![any_rule(1, Action::Accept)],
+            rules: vec![any(1, Action::Accept)],
         };
         let frame = tcp_v4([1, 1, 1, 1], [2, 2, 2, 2], 1, 2);
         assert_eq!(
@@ -287,7 +277,7 @@ mod tests {
 
     #[test]
     fn v4_rule_never_matches_v6_and_truncated_ports_never_match() {
-        let mut v4 = any_rule(1, Action::Accept);
+        let mut v4 = any(1, Action::Accept);
         v4.source = Some("0.0.0.0/0".parse().expect("cidr"));
         let b = etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
             .ipv6([1; 16], [2; 16], 64)
@@ -296,7 +286,7 @@ mod tests {
         b.write(&mut v6, b"x").expect("vec write");
         assert!(!rule_matches(&v4, &parse_frame(&v6)));
 
-        let mut port = any_rule(1, Action::Accept);
+        let mut port = any(1, Action::Accept);
         port.protocol = Some(6);
         port.destination_port = Some(PortRange { lo: 0, hi: 65535 });
         let full = tcp_v4([1, 1, 1, 1], [2, 2, 2, 2], 1, 2);
@@ -304,7 +294,7 @@ mod tests {
         assert!(!rule_matches(&port, &parse_frame(&full[..14 + 20 + 3])));
         // The catch-all still matches what is left.
         assert!(rule_matches(
-            &any_rule(2, Action::Accept),
+            &any(2, Action::Accept),
             &parse_frame(&full[..10])
         ));
     }

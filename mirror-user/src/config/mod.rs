@@ -76,6 +76,21 @@ impl fmt::Display for PortRange {
 }
 
 impl Rule {
+    /// A rule of `direction` that constrains no field: it matches every frame.
+    pub fn any(number: u16, action: Action, direction: Direction) -> Rule {
+        Rule {
+            number,
+            action,
+            direction,
+            protocol: None,
+            source: None,
+            destination: None,
+            source_port: None,
+            destination_port: None,
+            vlan: None,
+        }
+    }
+
     /// The rule as the keys of a `[[filter.rule]]` table, one line, e.g.
     /// `number = 100, action = "reject", direction = "ingress", protocol = 6`.
     /// [`parse_rule`] reads it back (with newlines for commas).
