@@ -491,3 +491,27 @@ targets = ["t"]
     assert_eq!(got, NONE);
     assert_accounting(&d, got);
 }
+
+/// Before any rule set is installed (never the case in the daemon, which
+/// installs before attaching), frames are filtered and counted `no_rule_set`.
+#[test]
+fn frames_without_a_rule_set_are_filtered_and_counted() {
+    require_root!();
+    let prog = SourceProgram::load().expect("the program loads");
+    let frame = eth(0x0800, &ipv4(6, V4A, V4B, 0, 0, &l4(1, 2, 20)));
+    let before = prog.counters().expect("counters");
+    assert_eq!(
+        mirror_user::loader::test_classify(prog.xdp_tap_fd(), &frame).expect("test run"),
+        None
+    );
+    let after = prog.counters().expect("counters");
+    let d = |c: C| after[c.0 as usize] - before[c.0 as usize];
+    assert_eq!(d(C::MIRROR_CNT_RECEIVED), 1);
+    assert_eq!(d(C::MIRROR_CNT_FILTERED), 1);
+    assert_eq!(d(C::MIRROR_CNT_MATCHED), 0);
+    assert_eq!(d(C::MIRROR_CNT_NO_RULE_SET), 1);
+    assert_eq!(
+        d(C::MIRROR_CNT_RECEIVED),
+        d(C::MIRROR_CNT_MATCHED) + d(C::MIRROR_CNT_FILTERED)
+    );
+}
