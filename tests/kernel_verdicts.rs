@@ -515,3 +515,105 @@ fn frames_without_a_rule_set_are_filtered_and_counted() {
         d(C::MIRROR_CNT_MATCHED) + d(C::MIRROR_CNT_FILTERED)
     );
 }
+
+/// Everything accepted by one session that samples 1 in `sample`.
+fn catch_all(sample: u32) -> SourceProgram {
+    let text = format!(
+        r#"
+[[source]]
+name = "s"
+interface = "x"
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+[[target]]
+name = "t"
+kind = "interface"
+interface = "y"
+[[session]]
+name = "a"
+source = "s"
+filter = "all"
+targets = ["t"]
+sample = {sample}
+"#
+    );
+    let config = config::parse(&text, "rules").expect("valid rules");
+    let set = RuleSet::build(&ruleset::source_filters(&config, 0), Direction::Ingress)
+        .expect("the rules compile");
+    let mut prog = SourceProgram::load().expect("the program loads");
+    prog.install(&set, None).expect("the rules install");
+    prog.set_sampling(0, config.sessions[0].sample)
+        .expect("sampling set");
+    prog
+}
+
+fn meta_of(prog: &SourceProgram, frame: &[u8]) -> Option<mirror_user::loader::Meta> {
+    mirror_user::loader::test_run(prog.xdp_tap_fd(), frame).expect("test run")
+}
+
+#[test]
+fn flow_hash_is_the_same_in_both_directions_and_differs_between_flows() {
+    require_root!();
+    let prog = catch_all(1);
+    let tcp = |src, dst, sport, dport| eth(0x0800, &ipv4(6, src, dst, 0, 0, &l4(sport, dport, 20)));
+    let tcp6 = |src, dst, sport, dport| eth(0x86dd, &ipv6(6, src, dst, &l4(sport, dport, 20)));
+    let hash = |f: &[u8]| meta_of(&prog, f).expect("mirrored").hash;
+    let mut seen = std::collections::HashSet::new();
+    for (a, b) in [
+        (tcp(V4A, V4B, 40000, 443), tcp(V4B, V4A, 443, 40000)),
+        (tcp(V4A, V4B, 40001, 443), tcp(V4B, V4A, 443, 40001)),
+        (tcp6(V6A, V6B, 5000, 53), tcp6(V6B, V6A, 53, 5000)),
+        (
+            vlan_tags(
+                &[(0x8100, 7)],
+                0x0800,
+                &ipv4(17, V4A, V4B, 0, 0, &l4(1, 2, 8)),
+            ),
+            vlan_tags(
+                &[(0x8100, 7)],
+                0x0800,
+                &ipv4(17, V4B, V4A, 0, 0, &l4(2, 1, 8)),
+            ),
+        ),
+    ] {
+        assert_eq!(hash(&a), hash(&b), "both directions of a flow");
+        assert!(seen.insert(hash(&a)), "two flows share a hash");
+    }
+    // The VLAN id is part of the flow.
+    let untagged = ipv4(17, V4A, V4B, 0, 0, &l4(1, 2, 8));
+    assert_ne!(
+        hash(&eth(0x0800, &untagged)),
+        hash(&vlan_tags(&[(0x8100, 7)], 0x0800, &untagged))
+    );
+    // Non-IP frames: by MAC pair, in both directions.
+    let mut arp = eth(0x0806, &[0; 28]);
+    let h1 = hash(&arp);
+    arp[..12].rotate_left(6); // swap destination and source MACs
+    assert_eq!(h1, hash(&arp));
+}
+
+#[test]
+fn sampling_mirrors_exactly_one_in_n_and_counts_the_rest() {
+    require_root!();
+    let prog = catch_all(3);
+    let frame = eth(0x0800, &ipv4(6, V4A, V4B, 0, 0, &l4(1, 2, 20)));
+    let before = prog.counters().expect("counters");
+    let mirrored = (0..10).filter(|_| meta_of(&prog, &frame).is_some()).count();
+    let after = prog.counters().expect("counters");
+    let d = |c: C| after[c.0 as usize] - before[c.0 as usize];
+    // Frames 0, 3, 6 and 9 of the session's sequence.
+    assert_eq!(mirrored, 4);
+    assert_eq!(d(C::MIRROR_CNT_MATCHED), 10);
+    assert_eq!(d(C::MIRROR_CNT_SAMPLED_OUT), 6);
+    assert_eq!(prog.session_sampled_out(0).expect("counter"), 6);
+    assert_eq!(
+        d(C::MIRROR_CNT_MATCHED),
+        d(C::MIRROR_CNT_REDIRECTED)
+            + d(C::MIRROR_CNT_DROP_NO_SOCKET)
+            + d(C::MIRROR_CNT_SAMPLED_OUT)
+    );
+}

@@ -25,4 +25,6 @@ pub mod limits {
     pub const MAX_SESSIONS: u32 = L::MIRROR_MAX_SESSIONS.0;
     pub const MAX_QUEUES: u32 = L::MIRROR_MAX_QUEUES.0;
     pub const META_MAGIC: u16 = L::MIRROR_META_MAGIC.0 as u16;
+    /// Bytes of `struct mirror_meta` in front of a redirected frame.
+    pub const META_LEN: usize = std::mem::size_of::<super::mirror::types::mirror_meta>();
 }

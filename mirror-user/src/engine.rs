@@ -1,10 +1,10 @@
 //! The running daemon's data plane: for each source a loaded XDP program and
 //! one AF_XDP RX socket and worker thread per RX queue; for each target a
-//! bounded queue and a sender thread.
+//! bounded queue and a sender thread (AF_XDP TX, tunnel socket, or pcapng writer).
 //!
 //! ```text
-//!  feed port ──XDP (classify)──▶ XSKMAP[rxq] ──▶ RX ring ──▶ worker ──▶ target queue ──▶ sender ──▶ target
-//!                  │ no match: XDP_DROP (tap mode), counted
+//!  feed port ──XDP (classify, sample)──▶ XSKMAP[rxq] ──▶ RX ring ──▶ worker ──▶ session plan ──▶ target queues ──▶ senders
+//!                  │ no match / sampled out: XDP_DROP (tap mode), counted           (truncate, rate limit, group pick)
 //! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,11 +15,13 @@ use anyhow::{bail, Context, Result};
 use mirror_ebpf::mirror::types::mirror_counter as C;
 
 use crate::config::{Config, Direction, SourceMode, TargetSpec};
-use crate::loader::{AttachMode, SourceProgram};
+use crate::loader::{read_meta, AttachMode, SourceProgram};
 use crate::netdev;
 use crate::ruleset::{self, RuleSet};
+use crate::session::SessionPlan;
 use crate::stats::{SessionStats, SourceStats, Stats};
-use crate::target::{interface, TargetQueue};
+use crate::target::group::TargetGroup;
+use crate::target::{interface, pcapng, tunnel, Frame, TargetQueue};
 use crate::xsk::{RxQueue, StatsHandle};
 
 /// Frames read from an RX ring per round.
@@ -29,14 +31,16 @@ const IDLE_POLL_MS: i32 = 100;
 
 struct Source {
     name: String,
+    /// Index in `Config::sources` (the pcapng interface id).
+    index: u16,
     interface: String,
     program: Mutex<SourceProgram>,
     /// Kernel session index -> index into `Config::sessions`.
     sessions: Vec<usize>,
+    /// Per kernel session index: what the workers do with its frames.
+    plans: Vec<SessionPlan>,
     sockets: Vec<StatsHandle>,
     no_metadata: AtomicU64,
-    /// Per kernel session index: frames handed to the session's targets.
-    session_mirrored: Vec<AtomicU64>,
     attach_mode: AttachMode,
     zero_copy: bool,
     /// Rules in force (ingress) and how many rule sets were installed.
@@ -54,7 +58,9 @@ pub struct Engine {
     /// changes and reloaded filters. Its lock also serialises updates.
     live: Mutex<Config>,
     sources: Vec<Arc<Source>>,
+    /// Started targets, by index in `Config::targets`.
     targets: Vec<Arc<TargetQueue>>,
+    groups: Vec<Arc<TargetGroup>>,
     stop_workers: Arc<AtomicBool>,
     stop_senders: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
@@ -70,19 +76,21 @@ impl Engine {
             config,
             sources: Vec::new(),
             targets: Vec::new(),
+            groups: Vec::new(),
             stop_workers: Arc::new(AtomicBool::new(false)),
             stop_senders: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
             senders: Vec::new(),
         };
         for t in &engine.config.targets {
-            match &t.spec {
+            let stop = engine.stop_senders.clone();
+            let (queue, handle) = match &t.spec {
                 TargetSpec::Interface {
                     interface,
                     zero_copy,
                 } => {
                     let (started, handle) =
-                        interface::start(&t.name, interface, *zero_copy, t.queue_size, engine.stop_senders.clone())
+                        interface::start(&t.name, interface, *zero_copy, t.queue_size, stop)
                             .with_context(|| {
                                 format!("target `{}`: opening AF_XDP TX on {interface} (does it exist and is it up?)", t.name)
                             })?;
@@ -92,10 +100,51 @@ impl Engine {
                         zero_copy = started.zero_copy,
                         "interface target ready"
                     );
-                    engine.targets.push(started.queue);
-                    engine.senders.push(handle);
+                    (started.queue, handle)
                 }
-            }
+                TargetSpec::Vxlan { tunnel: tun, .. }
+                | TargetSpec::Gre { tunnel: tun, .. }
+                | TargetSpec::Erspan { tunnel: tun, .. } => {
+                    let started = tunnel::start(&t.name, &t.spec, t.queue_size, stop)
+                        .with_context(|| {
+                            format!("target `{}`: opening the tunnel socket", t.name)
+                        })?;
+                    tracing::info!(
+                        target = %t.name,
+                        kind = t.spec.kind(),
+                        remote = %tun.remote,
+                        mtu = tun.mtu,
+                        "tunnel target ready"
+                    );
+                    started
+                }
+                TargetSpec::Pcapng(spec) => {
+                    let interfaces = engine
+                        .config
+                        .sources
+                        .iter()
+                        .map(|s| (s.name.clone(), s.interface.clone()))
+                        .collect();
+                    let started = pcapng::start(&t.name, spec, interfaces, t.queue_size, stop)
+                        .with_context(|| {
+                            format!("target `{}`: opening the capture file", t.name)
+                        })?;
+                    tracing::info!(target = %t.name, path = %spec.path.display(), "pcapng target ready");
+                    started
+                }
+            };
+            engine.targets.push(queue);
+            engine.senders.push(handle);
+        }
+        for g in &engine.config.groups {
+            let members = g
+                .members
+                .iter()
+                .map(|&t| engine.targets[t].clone())
+                .collect();
+            engine
+                .groups
+                .push(Arc::new(TargetGroup::new(&g.name, members)));
         }
         for i in 0..sources {
             engine.start_source(i)?;
@@ -172,17 +221,15 @@ impl Engine {
         }
         let zero_copy = rx.iter().all(RxQueue::zero_copy);
 
-        // Targets of each session, by kernel session index.
-        let per_session: Vec<Vec<Arc<TargetQueue>>> = sessions
+        let plans: Vec<SessionPlan> = sessions
             .iter()
-            .map(|&s| {
-                self.config.sessions[s]
-                    .targets
-                    .iter()
-                    .map(|&t| self.targets[t].clone())
-                    .collect()
-            })
+            .map(|&s| SessionPlan::new(&self.config, s, &self.targets, &self.groups))
             .collect();
+        for (k, &s) in sessions.iter().enumerate() {
+            program
+                .set_sampling(k as u32, self.config.sessions[s].sample)
+                .with_context(|| format!("source `{}`: setting the sampling", cfg.name))?;
+        }
         // Every socket is bound and in the XSKMAP before the program is
         // attached; frames that arrive before the workers start wait in the RX rings.
         let mode = program
@@ -190,9 +237,10 @@ impl Engine {
             .with_context(|| format!("source `{}`", cfg.name))?;
         let source = Arc::new(Source {
             name: cfg.name.clone(),
+            index: idx as u16,
             interface: cfg.interface.clone(),
             program: Mutex::new(program),
-            session_mirrored: sessions.iter().map(|_| AtomicU64::new(0)).collect(),
+            plans,
             sessions,
             sockets,
             no_metadata: AtomicU64::new(0),
@@ -203,11 +251,10 @@ impl Engine {
         });
         for (q, queue) in rx.into_iter().enumerate() {
             let src = source.clone();
-            let targets = per_session.clone();
             let stop = self.stop_workers.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("rx-{}-{q}", cfg.name))
-                .spawn(move || worker(queue, &src, &targets, &stop))
+                .spawn(move || worker(queue, &src, &stop))
                 .context("spawning a worker thread")?;
             self.workers.push(handle);
         }
@@ -224,6 +271,9 @@ impl Engine {
             let sess = &self.config.sessions[s];
             tracing::info!(
                 session = %sess.name,
+                sample = sess.sample,
+                rate_limit_pps = sess.rate_limit_pps,
+                packet_length = sess.packet_length,
                 path = "af_xdp",
                 "session served through AF_XDP and userspace workers \
                  (the in-kernel fast path is not available in this version)"
@@ -237,7 +287,7 @@ impl Engine {
     pub fn stats(&self) -> Result<Stats> {
         let mut out = Stats::default();
         for src in &self.sources {
-            let (counters, session_matched) = {
+            let (counters, session_matched, session_sampled_out) = {
                 let p = src
                     .program
                     .lock()
@@ -246,7 +296,10 @@ impl Engine {
                 let m: Vec<u64> = (0..src.sessions.len())
                     .map(|i| p.session_matched(i as u32).unwrap_or(0))
                     .collect();
-                (c, m)
+                let so: Vec<u64> = (0..src.sessions.len())
+                    .map(|i| p.session_sampled_out(i as u32).unwrap_or(0))
+                    .collect();
+                (c, m, so)
             };
             let c = |k: C| counters[k.0 as usize];
             let (mut ring_full, mut no_buffer) = (0, 0);
@@ -257,15 +310,22 @@ impl Engine {
             }
             let no_metadata = src.no_metadata.load(Ordering::Relaxed);
             let no_socket = c(C::MIRROR_CNT_DROP_NO_SOCKET);
+            let rate_limited: u64 = src
+                .plans
+                .iter()
+                .map(|p| p.rate_limited.load(Ordering::Relaxed))
+                .sum();
             let mirrored = c(C::MIRROR_CNT_REDIRECTED)
                 .saturating_sub(ring_full)
                 .saturating_sub(no_buffer)
-                .saturating_sub(no_metadata);
+                .saturating_sub(no_metadata)
+                .saturating_sub(rate_limited);
             let dropped = [
                 ("no_socket", no_socket),
                 ("ring_full", ring_full),
                 ("no_buffer", no_buffer),
                 ("no_metadata", no_metadata),
+                ("rate_limited", rate_limited),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
@@ -292,7 +352,7 @@ impl Engine {
                     received: c(C::MIRROR_CNT_RECEIVED),
                     matched: c(C::MIRROR_CNT_MATCHED),
                     filtered: c(C::MIRROR_CNT_FILTERED),
-                    sampled_out: 0,
+                    sampled_out: c(C::MIRROR_CNT_SAMPLED_OUT),
                     scheduled_out: 0,
                     mirrored,
                     dropped,
@@ -312,10 +372,12 @@ impl Engine {
                         targets: sess
                             .targets
                             .iter()
-                            .map(|&t| self.config.targets[t].name.clone())
+                            .map(|&d| self.config.dest_name(d).to_string())
                             .collect(),
                         matched: session_matched[k],
-                        mirrored: src.session_mirrored[k].load(Ordering::Relaxed),
+                        mirrored: src.plans[k].mirrored.load(Ordering::Relaxed),
+                        sampled_out: session_sampled_out[k],
+                        rate_limited: src.plans[k].rate_limited.load(Ordering::Relaxed),
                         scheduled_out: 0,
                         schedule_window: None,
                     },
@@ -324,6 +386,9 @@ impl Engine {
         }
         for t in &self.targets {
             out.targets.insert(t.name.clone(), t.snapshot());
+        }
+        for g in &self.groups {
+            out.groups.insert(g.name.clone(), g.snapshot());
         }
         Ok(out)
     }
@@ -424,24 +489,34 @@ impl Drop for Engine {
     }
 }
 
-fn worker(mut q: RxQueue, src: &Source, targets: &[Vec<Arc<TargetQueue>>], stop: &AtomicBool) {
-    let magic = mirror_ebpf::limits::META_MAGIC;
-    let single = targets.len() == 1;
-    let mut touched = vec![false; targets.len()];
+fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
+    let plans = &src.plans;
+    let single = plans.len() == 1;
+    let mut touched = vec![false; plans.len()];
+    let tai_offset = tai_offset_ns();
     while !stop.load(Ordering::Relaxed) {
         let n = q.receive(RX_BATCH, |meta, data| {
-            let session = match read_meta(meta, magic) {
-                Some(s) if (s as usize) < targets.len() => s as usize,
-                _ if single => 0,
+            let (session, hash, tstamp_ns) = match read_meta(meta) {
+                Some(m) if (m.session as usize) < plans.len() => (
+                    m.session as usize,
+                    m.hash,
+                    m.tstamp.wrapping_sub(tai_offset),
+                ),
+                _ if single => (0, 0, realtime_ns()),
                 _ => {
                     src.no_metadata.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
             };
-            for t in &targets[session] {
-                t.offer(data);
-            }
-            src.session_mirrored[session].fetch_add(1, Ordering::Relaxed);
+            plans[session].dispatch(Frame {
+                data,
+                orig_len: data.len() as u32,
+                hash,
+                tstamp_ns,
+                vni: 0,
+                source: src.index,
+                egress: false,
+            });
             touched[session] = true;
         });
         if n == 0 {
@@ -450,20 +525,30 @@ fn worker(mut q: RxQueue, src: &Source, targets: &[Vec<Arc<TargetQueue>>], stop:
         }
         for (s, hit) in touched.iter_mut().enumerate() {
             if std::mem::take(hit) {
-                targets[s].iter().for_each(|t| t.notify());
+                plans[s].queues.iter().for_each(|t| t.notify());
             }
         }
     }
 }
 
-/// Reads (and clears) `struct mirror_meta` from the bytes in front of a frame.
-fn read_meta(meta: &mut [u8], magic: u16) -> Option<u16> {
-    let len = meta.len();
-    let m = meta.get_mut(len.checked_sub(4)?..)?;
-    if u16::from_ne_bytes([m[0], m[1]]) != magic {
-        return None;
-    }
-    m[0] = 0;
-    m[1] = 0;
-    Some(u16::from_ne_bytes([m[2], m[3]]))
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    // Safety: timespec is plain old data; all-zero is a valid value.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // Safety: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Now, nanoseconds since the Unix epoch.
+pub fn realtime_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
+/// CLOCK_TAI minus CLOCK_REALTIME (the leap seconds, 0 when NTP never set
+/// them), to turn the kernel's `bpf_ktime_get_tai_ns()` into Unix time.
+pub fn tai_offset_ns() -> u64 {
+    let tai = clock_ns(libc::CLOCK_TAI);
+    let real = clock_ns(libc::CLOCK_REALTIME);
+    // Round to whole seconds: the offset is an integer number of them.
+    (tai.saturating_sub(real) + 500_000_000) / 1_000_000_000 * 1_000_000_000
 }

@@ -264,6 +264,39 @@ impl SourceProgram {
         Ok(out)
     }
 
+    /// Mirrors 1 in `n` frames the session at kernel index `session` accepts
+    /// (0 or 1: every frame). Takes effect with the next frame.
+    pub fn set_sampling(&mut self, session: u32, n: u32) -> Result<(), LoaderError> {
+        let slot = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .and_then(|bss| bss.session_sample.get_mut(session as usize));
+        match slot {
+            Some(v) => {
+                *v = n;
+                Ok(())
+            }
+            None => Err(LoaderError::Map {
+                map: "session_sample",
+                source: libbpf_rs::Error::from(std::io::Error::other(format!(
+                    "session index {session} out of range or .bss not mapped"
+                ))),
+            }),
+        }
+    }
+
+    /// Frames of the session at kernel index `session` skipped by its sampling.
+    pub fn session_sampled_out(&self, session: u32) -> Result<u64, LoaderError> {
+        percpu_sum(&self.skel.maps.session_sampled_out, session).map_err(|source| {
+            LoaderError::Map {
+                map: "session_sampled_out",
+                source,
+            }
+        })
+    }
+
     /// Frames accepted by the session at kernel index `session`.
     pub fn session_matched(&self, session: u32) -> Result<u64, LoaderError> {
         percpu_sum(&self.skel.maps.session_matched, session).map_err(|source| LoaderError::Map {
@@ -285,6 +318,31 @@ fn percpu_sum(map: &libbpf_rs::MapMut<'_>, key: u32) -> Result<u64, libbpf_rs::E
         .sum())
 }
 
+/// `struct mirror_meta` as the kernel wrote it in front of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub session: u16,
+    pub hash: u32,
+    /// CLOCK_TAI nanoseconds.
+    pub tstamp: u64,
+}
+
+/// Reads (and clears the magic of) `struct mirror_meta` from the bytes in front of a frame.
+pub fn read_meta(meta: &mut [u8]) -> Option<Meta> {
+    let len = meta.len();
+    let m = meta.get_mut(len.checked_sub(mirror_ebpf::limits::META_LEN)?..)?;
+    if u16::from_ne_bytes([m[0], m[1]]) != mirror_ebpf::limits::META_MAGIC {
+        return None;
+    }
+    m[0] = 0;
+    m[1] = 0;
+    Some(Meta {
+        session: u16::from_ne_bytes([m[2], m[3]]),
+        hash: u32::from_ne_bytes([m[4], m[5], m[6], m[7]]),
+        tstamp: u64::from_ne_bytes(m[8..16].try_into().ok()?),
+    })
+}
+
 /// Runs `frame` once through the tap program `prog` (BPF_PROG_TEST_RUN) and
 /// returns the session the kernel chose, read from the XDP metadata it wrote
 /// (`struct mirror_meta`), or `None` when the frame was filtered. For tests
@@ -293,6 +351,11 @@ pub fn test_classify(
     prog: std::os::fd::BorrowedFd<'_>,
     frame: &[u8],
 ) -> std::io::Result<Option<u16>> {
+    Ok(test_run(prog, frame)?.map(|m| m.session))
+}
+
+/// Like [`test_classify`], with the whole metadata (flow hash, time stamp).
+pub fn test_run(prog: std::os::fd::BorrowedFd<'_>, frame: &[u8]) -> std::io::Result<Option<Meta>> {
     let mut out = vec![0u8; frame.len() + 64];
     let mut opts = libbpf_sys::bpf_test_run_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
@@ -308,12 +371,12 @@ pub fn test_classify(
     if rc < 0 {
         return Err(std::io::Error::from_raw_os_error(-rc));
     }
-    // The output starts at data_meta: 4 bytes of metadata when the frame matched.
+    // The output starts at data_meta: `struct mirror_meta` when the frame matched.
     let len = opts.data_size_out as usize;
-    if len == frame.len() + 4 {
-        let magic = u16::from_ne_bytes([out[0], out[1]]);
-        if magic == mirror_ebpf::limits::META_MAGIC && out[4..len] == *frame {
-            return Ok(Some(u16::from_ne_bytes([out[2], out[3]])));
+    let meta_len = mirror_ebpf::limits::META_LEN;
+    if len == frame.len() + meta_len && out[meta_len..len] == *frame {
+        if let Some(m) = read_meta(&mut out[..meta_len]) {
+            return Ok(Some(m));
         }
     }
     if len == frame.len() && out[..len] == *frame {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::target::group::GroupStats;
 pub use crate::target::TargetStats;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -17,6 +18,9 @@ pub struct Stats {
     pub sources: BTreeMap<String, SourceStats>,
     pub sessions: BTreeMap<String, SessionStats>,
     pub targets: BTreeMap<String, TargetStats>,
+    /// Target groups: members, and copies moved off a member that was down.
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupStats>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -66,6 +70,12 @@ pub struct SessionStats {
     pub matched: u64,
     /// Of those, handed to the session's targets.
     pub mirrored: u64,
+    /// Skipped by the session's 1-in-`sample` sampling.
+    #[serde(default)]
+    pub sampled_out: u64,
+    /// Over the session's `rate_limit_pps` (each target counts them `rate_limited`).
+    #[serde(default)]
+    pub rate_limited: u64,
     pub scheduled_out: u64,
     /// The active schedule window, if the session has a schedule.
     pub schedule_window: Option<String>,

@@ -31,7 +31,7 @@ enum mirror_limits {
  * Per-source counters, one BPF_MAP_TYPE_PERCPU_ARRAY slot each; userspace sums
  * the CPUs. Invariants (checked by tests):
  *   RECEIVED = MATCHED + FILTERED
- *   MATCHED  = REDIRECTED + DROP_NO_SOCKET
+ *   MATCHED  = REDIRECTED + DROP_NO_SOCKET + SAMPLED_OUT
  * The PARSE_* slots are diagnostics: a frame counts in at most one of them and
  * is still classified on what could be read.
  */
@@ -49,6 +49,7 @@ enum mirror_counter {
 	MIRROR_CNT_FRAGMENT,        /* non-first IP fragment (no ports) */
 	MIRROR_CNT_NO_RULE_SET,     /* should never happen: a rule-set map was missing;
 				     * the frame was counted FILTERED */
+	MIRROR_CNT_SAMPLED_OUT,     /* matched, but skipped by its session's 1-in-N sampling */
 	MIRROR_CNT_MAX,
 };
 
@@ -143,10 +144,16 @@ struct mirror_bitmap {
  * Placed in the XDP metadata area in front of every redirected frame. Userspace
  * clears `magic` after reading, so a frame whose driver refused the metadata
  * is never mistaken for one carrying a stale session.
+ *
+ * `hash` is symmetric: both directions of a flow (addresses and ports swapped)
+ * get the same value; it feeds target groups and the VXLAN source port.
+ * `tstamp` is bpf_ktime_get_tai_ns() when the program saw the frame.
  */
 struct mirror_meta {
 	__u16 magic;
 	__u16 session;
+	__u32 hash;
+	__u64 tstamp;
 };
 
 #endif /* MIRROR_ABI_H */

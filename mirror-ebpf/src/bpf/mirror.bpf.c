@@ -14,6 +14,7 @@
 #include "abi.h"
 #include "parse.h"
 #include "classify.h"
+#include "flowhash.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -41,6 +42,23 @@ struct {
 	__type(value, __u64);
 } session_matched SEC(".maps");
 
+/* Matched frames skipped by their session's sampling, indexed by session. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MIRROR_MAX_SESSIONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} session_sampled_out SEC(".maps");
+
+/*
+ * Per-session 1-in-N sampling, set by userspace before the program is attached
+ * (0 or 1 = every frame). The sequence is one shared atomic per session rather
+ * than per CPU, so exactly ceil(matched / N) frames are mirrored whatever CPU
+ * they arrive on; it is touched only by sessions that sample.
+ */
+__u32 session_sample[MIRROR_MAX_SESSIONS];
+__u64 session_sample_seq[MIRROR_MAX_SESSIONS];
+
 /* Keep every ABI type in the object's BTF, so the skeleton generates it for Rust. */
 struct mirror_meta abi_anchor_meta = {};
 enum mirror_counter abi_anchor_counter = MIRROR_CNT_MAX;
@@ -58,16 +76,29 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
-static __always_inline void count_session(__u32 session)
+static __always_inline void count_session(void *map, __u32 session)
 {
-	__u64 *v = bpf_map_lookup_elem(&session_matched, &session);
+	__u64 *v = bpf_map_lookup_elem(map, &session);
 
 	if (v)
 		*v += 1;
 }
 
-/* Puts the session in the metadata area in front of the frame. */
-static __always_inline void write_meta(struct xdp_md *ctx, __u32 session)
+/* True when the session's 1-in-N sampling skips this frame. */
+static __always_inline bool sampled_out(__u32 session)
+{
+	__u32 n;
+
+	if (session >= MIRROR_MAX_SESSIONS)
+		return false;
+	n = session_sample[session];
+	if (n <= 1)
+		return false;
+	return __sync_fetch_and_add(&session_sample_seq[session], 1) % n != 0;
+}
+
+/* Puts the session, flow hash and time stamp in the metadata area in front of the frame. */
+static __always_inline void write_meta(struct xdp_md *ctx, __u32 session, __u32 hash)
 {
 	struct mirror_meta *meta;
 	void *data;
@@ -80,6 +111,8 @@ static __always_inline void write_meta(struct xdp_md *ctx, __u32 session)
 		return;
 	meta->magic = MIRROR_META_MAGIC;
 	meta->session = session;
+	meta->hash = hash;
+	meta->tstamp = bpf_ktime_get_tai_ns();
 }
 
 static __always_inline int try_xdp_tap(struct xdp_md *ctx)
@@ -104,9 +137,14 @@ static __always_inline int try_xdp_tap(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 	count(MIRROR_CNT_MATCHED);
-	count_session(session);
+	count_session(&session_matched, session);
+	if (sampled_out(session)) {
+		count(MIRROR_CNT_SAMPLED_OUT);
+		count_session(&session_sampled_out, session);
+		return XDP_DROP;
+	}
 
-	write_meta(ctx, session);
+	write_meta(ctx, session, flow_hash(&p, data, data_end));
 	verdict = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_DROP);
 	if (verdict == XDP_REDIRECT)
 		count(MIRROR_CNT_REDIRECTED);

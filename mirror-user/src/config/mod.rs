@@ -163,6 +163,107 @@ pub enum TargetSpec {
         interface: String,
         zero_copy: ZeroCopy,
     },
+    /// RFC 7348 VXLAN over UDP; VNI from the session.
+    Vxlan { tunnel: Tunnel, port: u16 },
+    /// GRE, protocol 0x6558 (transparent Ethernet bridging), optional key.
+    Gre { tunnel: Tunnel, key: Option<u32> },
+    /// ERSPAN type II or III over GRE; session id from the session's `vni`.
+    Erspan {
+        tunnel: Tunnel,
+        version: ErspanVersion,
+        granularity: Granularity,
+    },
+    /// Rotating pcapng files.
+    Pcapng(PcapngSpec),
+}
+
+impl TargetSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TargetSpec::Interface { .. } => "interface",
+            TargetSpec::Vxlan { .. } => "vxlan",
+            TargetSpec::Gre { .. } => "gre",
+            TargetSpec::Erspan { .. } => "erspan",
+            TargetSpec::Pcapng(_) => "pcapng",
+        }
+    }
+}
+
+/// Where a tunnel target sends and how large its packets may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunnel {
+    pub remote: IpAddr,
+    /// Local address to send from; default: what the route picks.
+    pub source: Option<IpAddr>,
+    /// Largest outer IP packet; larger copies are truncated to fit (counted `truncated`).
+    pub mtu: u32,
+}
+
+/// Default `mtu` of tunnel targets: a standard Ethernet path.
+pub const DEFAULT_TUNNEL_MTU: u32 = 1500;
+/// Default VXLAN UDP port (IANA).
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErspanVersion {
+    /// Type II (GRE protocol 0x88BE).
+    Two,
+    /// Type III (GRE protocol 0x22EB), with a time stamp.
+    Three,
+}
+
+/// Units of the ERSPAN type III time stamp (its `Gra` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Granularity {
+    /// Gra = 00: 100 microseconds.
+    #[serde(rename = "100us")]
+    Micros100,
+    /// Gra = 01: 100 nanoseconds.
+    #[serde(rename = "100ns")]
+    Nanos100,
+}
+
+/// `min_free`: bytes, or a share of the file system in thousandths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinFree {
+    Bytes(u64),
+    Permille(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcapngSpec {
+    pub path: PathBuf,
+    pub rotate_size: Option<u64>,
+    pub rotate_interval: Option<std::time::Duration>,
+    /// Files kept (the one being written included); oldest deleted first.
+    pub keep: Option<u32>,
+    /// Newest files kept within this many bytes.
+    pub max_total_size: Option<u64>,
+    pub min_free: Option<MinFree>,
+}
+
+impl PcapngSpec {
+    /// Whether files rotate (and so carry sequence numbers).
+    pub fn rotates(&self) -> bool {
+        self.rotate_size.is_some() || self.rotate_interval.is_some()
+    }
+}
+
+/// `[[target_group]]`: flow-symmetric load balancing over member targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    /// Indices into [`Config::targets`].
+    pub members: Vec<usize>,
+}
+
+/// What a session's `targets` entry names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// Index into [`Config::targets`].
+    Target(usize),
+    /// Index into [`Config::groups`].
+    Group(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,9 +280,17 @@ pub struct Session {
     pub source: usize,
     /// Index into [`Config::filters`].
     pub filter: usize,
-    /// Indices into [`Config::targets`], in the order written.
-    pub targets: Vec<usize>,
+    /// Targets and groups, in the order written.
+    pub targets: Vec<Dest>,
     pub priority: u32,
+    /// Truncate each copy to this many bytes (0: whole frame).
+    pub packet_length: u32,
+    /// VXLAN VNI / ERSPAN session id of this session's tunnel copies.
+    pub vni: u32,
+    /// Mirror 1 in `sample` matching frames.
+    pub sample: u32,
+    /// At most this many copies per second (0: unlimited); excess counted `rate_limited`.
+    pub rate_limit_pps: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,10 +306,36 @@ pub struct Config {
     pub sources: Vec<Source>,
     pub filters: Vec<Filter>,
     pub targets: Vec<Target>,
+    pub groups: Vec<Group>,
     pub sessions: Vec<Session>,
 }
 
 impl Config {
+    /// Every target a session sends to, groups expanded, each once.
+    pub fn session_targets(&self, session: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        for d in &self.sessions[session].targets {
+            let members = match *d {
+                Dest::Target(t) => vec![t],
+                Dest::Group(g) => self.groups[g].members.clone(),
+            };
+            for t in members {
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+
+    /// The name a session's `targets` entry refers to.
+    pub fn dest_name(&self, d: Dest) -> &str {
+        match d {
+            Dest::Target(t) => &self.targets[t].name,
+            Dest::Group(g) => &self.groups[g].name,
+        }
+    }
+
     /// The sessions of source `source`, in evaluation order: priority, then file order.
     pub fn sessions_of(&self, source: usize) -> Vec<usize> {
         let mut v: Vec<usize> = (0..self.sessions.len())
@@ -384,8 +519,14 @@ impl Validator<'_> {
         let source_names = self.names("source", raw.sources.iter().map(|s| &s.get_ref().name));
         let filter_names = self.names("filter", raw.filters.iter().map(|f| &f.get_ref().name));
         let target_names = self.names("target", raw.targets.iter().map(|t| &t.get_ref().name));
-        for g in &raw.target_groups {
-            self.unsupported(g.span(), "[[target_group]]");
+        let groups = self.groups(&raw.target_groups, &target_names);
+        // Sessions name targets and groups alike.
+        let mut dest_names: HashMap<String, Dest> = target_names
+            .iter()
+            .map(|(n, &i)| (n.clone(), Dest::Target(i)))
+            .collect();
+        for (i, g) in groups.iter().enumerate() {
+            dest_names.insert(g.name.clone(), Dest::Group(i));
         }
 
         let sources: Vec<Source> = raw.sources.iter().filter_map(|s| self.source(s)).collect();
@@ -404,9 +545,12 @@ impl Validator<'_> {
 
         let mut sessions = Vec::new();
         for s in &raw.sessions {
-            if let Some(s) = self.session(s, &source_names, &filter_names, &target_names) {
+            if let Some(s) = self.session(s, &source_names, &filter_names, &dest_names) {
                 sessions.push(s);
             }
+        }
+        if targets.len() == raw.targets.len() {
+            self.erspan_session_ids(&raw.sessions, &sessions, &targets, &groups);
         }
         self.session_names(&raw.sessions);
 
@@ -453,6 +597,7 @@ impl Validator<'_> {
         if sources.len() != raw.sources.len()
             || targets.len() != raw.targets.len()
             || sessions.len() != raw.sessions.len()
+            || groups.len() != raw.target_groups.len()
         {
             return None;
         }
@@ -461,8 +606,103 @@ impl Validator<'_> {
             sources,
             filters,
             targets,
+            groups,
             sessions,
         })
+    }
+
+    fn groups(
+        &mut self,
+        raw: &[Spanned<raw::RawTargetGroup>],
+        targets: &HashMap<String, usize>,
+    ) -> Vec<Group> {
+        let names = self.names("target_group", raw.iter().map(|g| &g.get_ref().name));
+        let mut out = Vec::new();
+        for g in raw {
+            let g_ref = g.get_ref();
+            let name = g_ref.name.get_ref();
+            if targets.contains_key(name) {
+                self.error(
+                    g_ref.name.span(),
+                    format!(
+                        "`{name}` names both a target and a target_group: use one name for each"
+                    ),
+                );
+                continue;
+            }
+            if !names.contains_key(name) {
+                continue;
+            }
+            if g_ref.members.is_empty() {
+                self.error(g.span(), format!("target_group `{name}` has no members"));
+                continue;
+            }
+            let mut members = Vec::new();
+            let mut ok = true;
+            for m in &g_ref.members {
+                match targets.get(m.get_ref()) {
+                    Some(&t) if members.contains(&t) => {
+                        self.error(
+                            m.span(),
+                            format!("member `{}` is listed twice", m.get_ref()),
+                        );
+                        ok = false;
+                    }
+                    Some(&t) => members.push(t),
+                    None => {
+                        let what = if names.contains_key(m.get_ref()) {
+                            "is a target_group; groups cannot contain groups"
+                        } else {
+                            "is not a defined target"
+                        };
+                        self.error(m.span(), format!("member `{}` {what}", m.get_ref()));
+                        ok = false;
+                    }
+                }
+            }
+            if ok {
+                out.push(Group {
+                    name: name.clone(),
+                    members,
+                });
+            }
+        }
+        out
+    }
+
+    /// ERSPAN carries the session id in 10 bits.
+    fn erspan_session_ids(
+        &mut self,
+        raw: &[Spanned<RawSession>],
+        sessions: &[Session],
+        targets: &[Target],
+        groups: &[Group],
+    ) {
+        for (r, s) in raw.iter().zip(sessions) {
+            let erspan = s.targets.iter().any(|d| {
+                let members = match *d {
+                    Dest::Target(t) => std::slice::from_ref(&t).to_vec(),
+                    Dest::Group(g) => groups.get(g).map_or_else(Vec::new, |g| g.members.clone()),
+                };
+                members
+                    .iter()
+                    .any(|&t| matches!(targets[t].spec, TargetSpec::Erspan { .. }))
+            });
+            if erspan && s.vni > 1023 {
+                let span = r
+                    .get_ref()
+                    .vni
+                    .as_ref()
+                    .map_or_else(|| r.span(), |v| v.span());
+                self.error(
+                    span,
+                    format!(
+                        "vni = {} is the ERSPAN session id of session `{}`, which has 10 bits: accepted values are 0 to 1023",
+                        s.vni, s.name
+                    ),
+                );
+            }
+        }
     }
 
     fn daemon(&mut self, d: &raw::RawDaemon) -> Option<Daemon> {
@@ -686,7 +926,7 @@ impl Validator<'_> {
         let kind = *t.kind.get_ref();
         let mut ok = true;
         // Keys that belong to other kinds are mistakes worth naming.
-        let keys: [KindKey<'_>; 14] = [
+        let keys: [KindKey<'_>; 15] = [
             (
                 "interface",
                 t.interface.as_ref().map(|x| x.span()),
@@ -723,6 +963,11 @@ impl Validator<'_> {
                 &[TargetKind::Erspan],
             ),
             ("key", t.key.as_ref().map(|x| x.span()), &[TargetKind::Gre]),
+            (
+                "granularity",
+                t.granularity.as_ref().map(|x| x.span()),
+                &[TargetKind::Erspan],
+            ),
             (
                 "path",
                 t.path.as_ref().map(|x| x.span()),
@@ -802,10 +1047,52 @@ impl Validator<'_> {
                         .map_or(ZeroCopy::Auto, |z| *z.get_ref()),
                 }
             }
-            other => {
-                self.unsupported(t.kind.span(), &format!("kind = \"{}\"", other.as_str()));
-                return None;
+            TargetKind::Vxlan => TargetSpec::Vxlan {
+                tunnel: self.tunnel(t)?,
+                port: match &t.port {
+                    None => DEFAULT_VXLAN_PORT,
+                    Some(p) => self.int_in::<u16>(p, 1..=65535, "port")?,
+                },
+            },
+            TargetKind::Gre => TargetSpec::Gre {
+                tunnel: self.tunnel(t)?,
+                key: match &t.key {
+                    None => None,
+                    Some(k) => Some(self.int_in::<u32>(k, 0..=u32::MAX as i64, "key")?),
+                },
+            },
+            TargetKind::Erspan => {
+                let version = match &t.version {
+                    None => ErspanVersion::Two,
+                    Some(v) => match *v.get_ref() {
+                        2 => ErspanVersion::Two,
+                        3 => ErspanVersion::Three,
+                        n => {
+                            self.error(
+                                v.span(),
+                                format!("version = {n}: accepted values are 2 (type II) and 3 (type III)"),
+                            );
+                            return None;
+                        }
+                    },
+                };
+                if let (Some(g), ErspanVersion::Two) = (&t.granularity, version) {
+                    self.error(
+                        g.span(),
+                        "`granularity` applies to ERSPAN type III only: add version = 3",
+                    );
+                    return None;
+                }
+                TargetSpec::Erspan {
+                    tunnel: self.tunnel(t)?,
+                    version,
+                    granularity: t
+                        .granularity
+                        .as_ref()
+                        .map_or(Granularity::Micros100, |g| *g.get_ref()),
+                }
             }
+            TargetKind::Pcapng => TargetSpec::Pcapng(self.pcapng(t)?),
         };
         ok.then(|| Target {
             name: t.name.get_ref().clone(),
@@ -814,81 +1101,260 @@ impl Validator<'_> {
         })
     }
 
+    fn tunnel(&mut self, t: &RawTarget) -> Option<Tunnel> {
+        let name = t.name.get_ref();
+        let kind = t.kind.get_ref().as_str();
+        let Some(remote) = &t.remote else {
+            self.error(
+                t.kind.span(),
+                format!("target `{name}` of kind = \"{kind}\" needs `remote` (the collector's IP address)"),
+            );
+            return None;
+        };
+        let ip = |v: &mut Self, x: &Spanned<String>, key: &str| -> Option<IpAddr> {
+            match x.get_ref().parse::<IpAddr>() {
+                Ok(a) if a.is_unspecified() || a.is_multicast() => {
+                    v.error(
+                        x.span(),
+                        format!("{key} = \"{a}\" must be a unicast address"),
+                    );
+                    None
+                }
+                Ok(a) => Some(a),
+                Err(_) => {
+                    v.error(
+                        x.span(),
+                        format!("{key} = \"{}\" is not an IPv4 or IPv6 address", x.get_ref()),
+                    );
+                    None
+                }
+            }
+        };
+        let remote_ip = ip(self, remote, "remote")?;
+        let source = match &t.source {
+            None => None,
+            Some(s) => {
+                let a = ip(self, s, "source")?;
+                if a.is_ipv4() != remote_ip.is_ipv4() {
+                    self.error(
+                        s.span(),
+                        "source and remote must be of the same family (both IPv4 or both IPv6)",
+                    );
+                    return None;
+                }
+                Some(a)
+            }
+        };
+        let min_mtu = if remote_ip.is_ipv4() { 576 } else { 1280 };
+        let mtu = match &t.mtu {
+            None => DEFAULT_TUNNEL_MTU,
+            Some(m) => self.int_in::<u32>(m, min_mtu..=65535, "mtu")?,
+        };
+        Some(Tunnel {
+            remote: remote_ip,
+            source,
+            mtu,
+        })
+    }
+
+    fn pcapng(&mut self, t: &RawTarget) -> Option<PcapngSpec> {
+        let Some(path) = &t.path else {
+            self.error(
+                t.kind.span(),
+                format!(
+                    "target `{}` of kind = \"pcapng\" needs `path` (the file to write)",
+                    t.name.get_ref()
+                ),
+            );
+            return None;
+        };
+        let p = PathBuf::from(path.get_ref());
+        if path.get_ref().is_empty() || p.file_name().is_none() {
+            self.error(
+                path.span(),
+                format!("path = \"{}\" does not name a file", path.get_ref()),
+            );
+            return None;
+        }
+        let size = |v: &mut Self,
+                    x: &Option<Spanned<String>>,
+                    key: &str,
+                    min: u64|
+         -> Result<Option<u64>, ()> {
+            let Some(x) = x else { return Ok(None) };
+            match parse_size(x.get_ref()) {
+                Ok(n) if n >= min => Ok(Some(n)),
+                Ok(_) => {
+                    v.error(
+                        x.span(),
+                        format!(
+                            "{key} = \"{}\" is below the minimum of {min} bytes",
+                            x.get_ref()
+                        ),
+                    );
+                    Err(())
+                }
+                Err(e) => {
+                    v.error(x.span(), format!("{key} = \"{}\": {e}", x.get_ref()));
+                    Err(())
+                }
+            }
+        };
+        let rotate_size = size(self, &t.rotate_size, "rotate_size", 4096).ok()?;
+        let max_total_size = size(self, &t.max_total_size, "max_total_size", 4096).ok()?;
+        let rotate_interval = match &t.rotate_interval {
+            None => None,
+            Some(x) => {
+                match humantime::parse_duration(x.get_ref()) {
+                    Ok(d) if d >= std::time::Duration::from_secs(1) => Some(d),
+                    Ok(_) => {
+                        self.error(x.span(), "rotate_interval must be at least 1s");
+                        return None;
+                    }
+                    Err(e) => {
+                        self.error(
+                        x.span(),
+                        format!("rotate_interval = \"{}\": {e} (write e.g. \"30s\", \"15m\", \"1h\")", x.get_ref()),
+                    );
+                        return None;
+                    }
+                }
+            }
+        };
+        let keep = match &t.keep {
+            None => None,
+            Some(k) => Some(self.int_in::<u32>(k, 1..=1_000_000, "keep")?),
+        };
+        let min_free = match &t.min_free {
+            None => None,
+            Some(x) => match parse_min_free(x.get_ref()) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    self.error(x.span(), format!("min_free = \"{}\": {e}", x.get_ref()));
+                    return None;
+                }
+            },
+        };
+        let spec = PcapngSpec {
+            path: p,
+            rotate_size,
+            rotate_interval,
+            keep,
+            max_total_size,
+            min_free,
+        };
+        if !spec.rotates() {
+            for (key, x) in [
+                ("keep", t.keep.as_ref().map(|k| k.span())),
+                (
+                    "max_total_size",
+                    t.max_total_size.as_ref().map(|k| k.span()),
+                ),
+            ] {
+                if let Some(span) = x {
+                    self.error(
+                        span,
+                        format!("`{key}` needs rotation: add rotate_size and/or rotate_interval"),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(spec)
+    }
+
     fn session(
         &mut self,
         s: &Spanned<RawSession>,
         sources: &HashMap<String, usize>,
         filters: &HashMap<String, usize>,
-        targets: &HashMap<String, usize>,
+        dests: &HashMap<String, Dest>,
     ) -> Option<Session> {
         let s = s.get_ref();
         let mut ok = true;
-        let lookup =
-            |v: &mut Self, map: &HashMap<String, usize>, n: &Spanned<String>, kind: &str| {
-                let found = map.get(n.get_ref()).copied();
-                if found.is_none() {
-                    let mut known: Vec<&str> = map.keys().map(String::as_str).collect();
-                    known.sort_unstable();
-                    v.error(
-                        n.span(),
-                        format!(
-                            "unknown {kind} `{}` (defined: {})",
-                            n.get_ref(),
-                            if known.is_empty() {
-                                "none".to_string()
-                            } else {
-                                known.join(", ")
-                            }
-                        ),
-                    );
-                }
-                found
-            };
-        let source = lookup(self, sources, &s.source, "source");
-        let filter = lookup(self, filters, &s.filter, "filter");
+        let lookup = |v: &mut Self, known: Vec<&str>, n: &Spanned<String>, kind: &str| {
+            let mut known = known;
+            known.sort_unstable();
+            v.error(
+                n.span(),
+                format!(
+                    "unknown {kind} `{}` (defined: {})",
+                    n.get_ref(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        };
+        let source = sources.get(s.source.get_ref()).copied();
+        if source.is_none() {
+            lookup(
+                self,
+                sources.keys().map(String::as_str).collect(),
+                &s.source,
+                "source",
+            );
+        }
+        let filter = filters.get(s.filter.get_ref()).copied();
+        if filter.is_none() {
+            lookup(
+                self,
+                filters.keys().map(String::as_str).collect(),
+                &s.filter,
+                "filter",
+            );
+        }
         let mut tgt = Vec::new();
         if s.targets.get_ref().is_empty() {
             self.error(s.targets.span(), "targets must name at least one target");
             ok = false;
         }
         for t in s.targets.get_ref() {
-            match lookup(self, targets, t, "target") {
-                Some(i) if tgt.contains(&i) => {
+            match dests.get(t.get_ref()).copied() {
+                Some(d) if tgt.contains(&d) => {
                     self.error(
                         t.span(),
                         format!("target `{}` is listed twice", t.get_ref()),
                     );
                     ok = false;
                 }
-                Some(i) => tgt.push(i),
-                None => ok = false,
+                Some(d) => tgt.push(d),
+                None => {
+                    lookup(
+                        self,
+                        dests.keys().map(String::as_str).collect(),
+                        t,
+                        "target or target_group",
+                    );
+                    ok = false;
+                }
             }
         }
         let priority = match &s.priority {
             None => DEFAULT_PRIORITY,
             Some(p) => self.int_in::<u32>(p, 0..=u32::MAX as i64, "priority")?,
         };
-        if let Some(p) = &s.packet_length {
-            if *p.get_ref() != 0 {
-                self.unsupported(p.span(), "packet_length (truncation)");
-                ok = false;
+        let packet_length = match &s.packet_length {
+            None => 0,
+            Some(p) if *p.get_ref() == 0 => 0,
+            Some(p) => self.int_in::<u32>(p, 14..=65535, "packet_length (0 = whole frame)")?,
+        };
+        let sample = match &s.sample {
+            None => 1,
+            Some(p) => self.int_in::<u32>(p, 1..=u32::MAX as i64, "sample")?,
+        };
+        let rate_limit_pps = match &s.rate_limit_pps {
+            None => 0,
+            Some(p) => {
+                self.int_in::<u32>(p, 0..=u32::MAX as i64, "rate_limit_pps (0 = unlimited)")?
             }
-        }
-        if let Some(p) = &s.sample {
-            if *p.get_ref() != 1 {
-                self.unsupported(p.span(), "sample other than 1");
-                ok = false;
-            }
-        }
-        if let Some(p) = &s.rate_limit_pps {
-            if *p.get_ref() != 0 {
-                self.unsupported(p.span(), "rate_limit_pps");
-                ok = false;
-            }
-        }
-        if let Some(p) = &s.vni {
-            self.int_in::<u32>(p, 0..=0xff_ffff, "vni")?;
-        }
+        };
+        let vni = match &s.vni {
+            None => 0,
+            Some(p) => self.int_in::<u32>(p, 0..=0xff_ffff, "vni")?,
+        };
         if let Some(p) = &s.enabled {
             if !*p.get_ref() {
                 self.unsupported(p.span(), "enabled = false");
@@ -908,6 +1374,10 @@ impl Validator<'_> {
             filter: filter?,
             targets: tgt,
             priority,
+            packet_length,
+            vni,
+            sample,
+            rate_limit_pps,
         })
     }
 
@@ -918,6 +1388,29 @@ impl Validator<'_> {
 
 /// A target key: its name, where it is written (if it is), and the kinds it applies to.
 type KindKey<'a> = (&'a str, Option<Range<usize>>, &'a [TargetKind]);
+
+/// `"1GiB"`, `"500 MB"`, `"65536"`: a size in bytes (binary and decimal units).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| "not a size: write e.g. \"512MiB\", \"1GiB\" or \"10GB\"".to_string())
+}
+
+/// `"5%"` or a size: free space to keep on a capture file system.
+pub fn parse_min_free(text: &str) -> Result<MinFree, String> {
+    if let Some(pct) = text.trim().strip_suffix('%') {
+        let v: f64 = pct
+            .trim()
+            .parse()
+            .map_err(|_| "not a percentage: write e.g. \"5%\"".to_string())?;
+        if !(0.0..=100.0).contains(&v) {
+            return Err("a percentage must be between 0% and 100%".into());
+        }
+        return Ok(MinFree::Permille((v * 10.0).round() as u32));
+    }
+    parse_size(text).map(MinFree::Bytes)
+}
 
 /// Linux interface names: 1 to 15 bytes, no '/', ':' or whitespace.
 pub fn valid_ifname(name: &str) -> bool {

@@ -151,6 +151,8 @@ pub struct RawTarget {
     pub mtu: Option<Spanned<i64>>,
     pub version: Option<Spanned<i64>>,
     pub key: Option<Spanned<i64>>,
+    /// ERSPAN type III time stamp units: "100us" (default) or "100ns".
+    pub granularity: Option<Spanned<super::Granularity>>,
     pub path: Option<Spanned<String>>,
     pub rotate_size: Option<Spanned<String>>,
     pub rotate_interval: Option<Spanned<String>>,

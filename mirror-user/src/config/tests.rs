@@ -68,7 +68,7 @@ fn valid_config_is_resolved_and_rules_sorted_by_number() {
     );
     assert_eq!(r.destination_port, Some(PortRange { lo: 443, hi: 443 }));
     assert_eq!(r.vlan, Some(100));
-    assert_eq!(c.sessions[0].targets, vec![0]);
+    assert_eq!(c.sessions[0].targets, vec![Dest::Target(0)]);
     assert_eq!(c.sessions[0].priority, 1);
 }
 
@@ -105,7 +105,7 @@ fn every_semantic_error_is_reported_with_its_position() {
         "{e:?}"
     );
     assert!(
-        e[2].starts_with("t.toml:35:12: unknown target `nope` (defined: ids0)"),
+        e[2].starts_with("t.toml:35:12: unknown target or target_group `nope` (defined: ids0)"),
         "{e:?}"
     );
 }
@@ -179,18 +179,9 @@ fn unknown_names_list_what_is_defined() {
 
 #[test]
 fn features_not_built_yet_are_refused_clearly() {
-    let e = errors(&GOOD.replace(
-        "kind = \"interface\"\ninterface = \"eth2\"",
-        "kind = \"vxlan\"\nremote = \"192.0.2.1\"",
-    ));
+    let e = errors(&GOOD.replace("priority = 1", "priority = 1\nenabled = false"));
     assert!(
-        e.iter()
-            .any(|l| l.contains("kind = \"vxlan\" is not supported yet")),
-        "{e:?}"
-    );
-    let e = errors(&GOOD.replace("priority = 1", "priority = 1\nsample = 10"));
-    assert!(
-        e[0].contains("sample other than 1 is not supported yet"),
+        e[0].contains("enabled = false is not supported yet"),
         "{e:?}"
     );
     let e = errors(&GOOD.replace(
@@ -198,6 +189,208 @@ fn features_not_built_yet_are_refused_clearly() {
         "interface = \"eth1\"\ndirection = \"egress\"",
     ));
     assert!(e[0].contains("needs mode = \"copy\""), "{e:?}");
+}
+
+/// GOOD's session fed to every kind of target, through a group too.
+const ALL_TARGETS: &str = r#"
+[[target]]
+name = "vx"
+kind = "vxlan"
+remote = "192.0.2.10"
+source = "192.0.2.1"
+port = 8472
+mtu = 9000
+
+[[target]]
+name = "gre6"
+kind = "gre"
+remote = "2001:db8::12"
+key = 7
+
+[[target]]
+name = "er"
+kind = "erspan"
+remote = "192.0.2.11"
+version = 3
+granularity = "100ns"
+
+[[target]]
+name = "archive"
+kind = "pcapng"
+path = "/var/lib/mirror/uplink.pcapng"
+rotate_size = "1GiB"
+rotate_interval = "1h"
+keep = 24
+max_total_size = "500GiB"
+min_free = "5%"
+
+[[target_group]]
+name = "pool"
+members = ["ids0", "vx"]
+
+[[session]]
+name = "all"
+source = "uplink"
+filter = "ids"
+targets = ["pool", "gre6", "er", "archive"]
+packet_length = 128
+vni = 42
+sample = 10
+rate_limit_pps = 5000
+"#;
+
+#[test]
+fn every_target_kind_group_and_session_option_is_resolved() {
+    let c = parse(&format!("{GOOD}{ALL_TARGETS}"), "t.toml").expect("valid");
+    let t = |n: &str| &c.targets.iter().find(|t| t.name == n).expect(n).spec;
+    assert_eq!(
+        *t("vx"),
+        TargetSpec::Vxlan {
+            tunnel: Tunnel {
+                remote: "192.0.2.10".parse().expect("ip"),
+                source: Some("192.0.2.1".parse().expect("ip")),
+                mtu: 9000
+            },
+            port: 8472
+        }
+    );
+    assert!(
+        matches!(t("gre6"), TargetSpec::Gre { key: Some(7), tunnel } if tunnel.mtu == DEFAULT_TUNNEL_MTU)
+    );
+    assert!(matches!(
+        t("er"),
+        TargetSpec::Erspan {
+            version: ErspanVersion::Three,
+            granularity: Granularity::Nanos100,
+            ..
+        }
+    ));
+    let TargetSpec::Pcapng(p) = t("archive") else {
+        panic!("pcapng")
+    };
+    assert_eq!(p.rotate_size, Some(1 << 30));
+    assert_eq!(
+        p.rotate_interval,
+        Some(std::time::Duration::from_secs(3600))
+    );
+    assert_eq!((p.keep, p.max_total_size), (Some(24), Some(500 << 30)));
+    assert_eq!(p.min_free, Some(MinFree::Permille(50)));
+    assert_eq!(c.groups[0].name, "pool");
+    assert_eq!(c.groups[0].members, vec![0, 1]);
+    let s = c
+        .sessions
+        .iter()
+        .find(|s| s.name == "all")
+        .expect("session");
+    assert_eq!(s.targets[0], Dest::Group(0));
+    assert_eq!(
+        (s.packet_length, s.vni, s.sample, s.rate_limit_pps),
+        (128, 42, 10, 5000)
+    );
+    // Groups expanded, each target once, in order.
+    let all = c
+        .sessions
+        .iter()
+        .position(|s| s.name == "all")
+        .expect("session");
+    assert_eq!(c.session_targets(all), vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn target_and_session_option_errors_name_the_field() {
+    let base = format!("{GOOD}{ALL_TARGETS}");
+    for (from, to, want) in [
+        (
+            "vni = 42",
+            "vni = 2000",
+            "vni = 2000 is the ERSPAN session id of session `all`, which has 10 bits",
+        ),
+        (
+            "version = 3\n",
+            "version = 4\n",
+            "version = 4: accepted values are 2 (type II) and 3 (type III)",
+        ),
+        (
+            "version = 3\n",
+            "",
+            "`granularity` applies to ERSPAN type III only",
+        ),
+        (
+            "source = \"192.0.2.1\"",
+            "source = \"2001:db8::1\"",
+            "source and remote must be of the same family",
+        ),
+        (
+            "remote = \"192.0.2.10\"",
+            "remote = \"collector\"",
+            "remote = \"collector\" is not an IPv4 or IPv6 address",
+        ),
+        (
+            "mtu = 9000",
+            "mtu = 100",
+            "mtu = 100 is out of range: accepted values are 576 to 65535",
+        ),
+        (
+            "rotate_size = \"1GiB\"",
+            "rotate_size = \"lots\"",
+            "rotate_size = \"lots\": not a size",
+        ),
+        (
+            "rotate_interval = \"1h\"",
+            "rotate_interval = \"soon\"",
+            "rotate_interval = \"soon\"",
+        ),
+        (
+            "min_free = \"5%\"",
+            "min_free = \"500%\"",
+            "between 0% and 100%",
+        ),
+        (
+            "members = [\"ids0\", \"vx\"]",
+            "members = [\"ids0\", \"ids0\"]",
+            "member `ids0` is listed twice",
+        ),
+        (
+            "members = [\"ids0\", \"vx\"]",
+            "members = [\"pool\"]",
+            "member `pool` is a target_group; groups cannot contain groups",
+        ),
+        (
+            "members = [\"ids0\", \"vx\"]",
+            "members = []",
+            "target_group `pool` has no members",
+        ),
+        (
+            "name = \"pool\"",
+            "name = \"vx\"",
+            "`vx` names both a target and a target_group",
+        ),
+        ("sample = 10", "sample = 0", "sample = 0 is out of range"),
+        (
+            "packet_length = 128",
+            "packet_length = 8",
+            "packet_length (0 = whole frame) = 8 is out of range",
+        ),
+        (
+            "kind = \"vxlan\"\nremote = \"192.0.2.10\"",
+            "kind = \"vxlan\"",
+            "needs `remote`",
+        ),
+        (
+            "path = \"/var/lib/mirror/uplink.pcapng\"\n",
+            "",
+            "needs `path`",
+        ),
+    ] {
+        assert!(base.contains(from), "fixture lacks {from}");
+        let e = errors(&base.replacen(from, to, 1));
+        assert!(e.iter().any(|l| l.contains(want)), "{from} -> {to}: {e:?}");
+    }
+    let e = errors(&base.replace("rotate_size = \"1GiB\"\nrotate_interval = \"1h\"\n", ""));
+    assert!(
+        e.iter().any(|l| l.contains("`keep` needs rotation")),
+        "{e:?}"
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::TargetQueue;
+use super::{Oversize, TargetQueue};
 use crate::config::ZeroCopy;
 use crate::netdev;
 use crate::xsk::{TxQueue, XskError, FRAME_SIZE};
@@ -44,6 +44,7 @@ pub fn start(
         "interface",
         queue_size as usize,
         max_frame(interface),
+        Oversize::Drop,
     ));
     if let Ok(h) = tx.stats_handle() {
         queue.set_kernel_send_errors(Box::new(move || h.drops().tx_invalid_descs));

@@ -1,0 +1,531 @@
+//! `kind = "pcapng"`: rotating capture files.
+//!
+//! One writer thread per target. Blocks are serialised by the `pcap-file`
+//! crate into a memory buffer; the buffer goes to the file in one large
+//! `write` when it reaches [`FLUSH_BYTES`] or every [`FLUSH_EVERY`], so a
+//! reader (`tcpdump -r`, Wireshark, `tail -f | …`) only ever sees whole blocks.
+//!
+//! - Each file starts with a section header and one interface description per
+//!   source (link type Ethernet, `if_tsresol` = 9: nanosecond time stamps from
+//!   the kernel); packets are enhanced packet blocks carrying the original
+//!   length when the copy was truncated and the direction in `epb_flags`.
+//! - Rotation: with `rotate_size` and/or `rotate_interval`, files are named
+//!   `STEM-NNNNNN.EXT` with a sequence number that continues after the highest
+//!   one already in the directory; a file is closed before it would pass
+//!   `rotate_size`. Then the oldest rotated files are deleted until at most
+//!   `keep` remain and their total is within `max_total_size`.
+//! - Disk full: a failed write is cut back to the last whole block
+//!   (`ftruncate`), its copies are counted `disk_full`, and writing resumes
+//!   when space returns; `min_free` stops writing (counted `disk_full`)
+//!   before the file system fills.
+
+use std::borrow::Cow;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
+use pcap_file::pcapng::blocks::interface_description::{
+    InterfaceDescriptionBlock, InterfaceDescriptionOption,
+};
+use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeaderOption};
+use pcap_file::pcapng::PcapNgWriter;
+use pcap_file::{DataLink, Endianness};
+
+use super::{Oversize, Packet, TargetDrop, TargetQueue};
+use crate::config::{MinFree, PcapngSpec};
+
+/// Buffered bytes that trigger a write.
+pub const FLUSH_BYTES: usize = 1 << 20;
+/// Longest time a copy waits in the buffer.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Largest copy kept whole (a UMEM frame cannot hold more).
+pub const SNAPLEN: usize = crate::xsk::FRAME_SIZE as usize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PcapngError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: the directory does not exist; create it first", .0.display())]
+    NoDirectory(PathBuf),
+}
+
+/// One interface description per source: (source name, interface).
+pub type Interfaces = Vec<(String, String)>;
+
+/// Starts the writer thread of a pcapng target. Fails if the first file
+/// cannot be created.
+pub fn start(
+    name: &str,
+    spec: &PcapngSpec,
+    interfaces: Interfaces,
+    queue_size: u32,
+    stop: Arc<AtomicBool>,
+) -> Result<(Arc<TargetQueue>, std::thread::JoinHandle<()>), PcapngError> {
+    let dir = parent(&spec.path);
+    if !dir.is_dir() {
+        return Err(PcapngError::NoDirectory(dir));
+    }
+    let mut files = Files::new(spec.clone(), interfaces);
+    files.open_next()?;
+    let queue = Arc::new(TargetQueue::new(
+        name,
+        "pcapng",
+        queue_size as usize,
+        SNAPLEN,
+        Oversize::Truncate,
+    ));
+    let q = queue.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("pcapng-{name}"))
+        .spawn(move || run(files, &q, &stop))
+        .map_err(|source| PcapngError::Io {
+            path: spec.path.clone(),
+            source,
+        })?;
+    Ok((queue, handle))
+}
+
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The file being written and the rotated ones before it.
+struct Files {
+    spec: PcapngSpec,
+    interfaces: Interfaces,
+    /// Sequence number of the current file (rotating targets).
+    seq: u64,
+    current: Option<Current>,
+}
+
+struct Current {
+    path: PathBuf,
+    file: File,
+    opened: Instant,
+    /// Bytes of whole blocks in the file.
+    committed: u64,
+    /// The header blocks are in the file.
+    has_header: bool,
+    /// Packets in the file.
+    packets: u64,
+}
+
+impl Files {
+    fn new(spec: PcapngSpec, interfaces: Interfaces) -> Files {
+        let seq = if spec.rotates() {
+            rotated_files(&spec.path).last().map_or(1, |(n, _)| n + 1)
+        } else {
+            0
+        };
+        Files {
+            spec,
+            interfaces,
+            seq,
+            current: None,
+        }
+    }
+
+    fn next_path(&self) -> PathBuf {
+        if self.spec.rotates() {
+            numbered(&self.spec.path, self.seq)
+        } else {
+            self.spec.path.clone()
+        }
+    }
+
+    /// Closes the current file (if any) and starts the next one.
+    fn open_next(&mut self) -> Result<(), PcapngError> {
+        if self.current.take().is_some() {
+            self.seq += 1;
+        }
+        let path = self.next_path();
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|source| PcapngError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        self.current = Some(Current {
+            path,
+            file,
+            opened: Instant::now(),
+            committed: 0,
+            has_header: false,
+            packets: 0,
+        });
+        if self.spec.rotates() {
+            self.prune();
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest rotated files beyond `keep` / `max_total_size`.
+    fn prune(&self) {
+        let mut files = rotated_files(&self.spec.path);
+        let current = self.current.as_ref().map(|c| c.path.clone());
+        files.retain(|(_, p)| Some(p) != current.as_ref());
+        // `keep` and the budget count the file being written too.
+        let keep_old = self.spec.keep.map(|k| k.saturating_sub(1) as usize);
+        let mut sizes: Vec<u64> = files
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .collect();
+        let mut total: u64 =
+            sizes.iter().sum::<u64>() + self.current.as_ref().map_or(0, |c| c.committed);
+        let mut i = 0;
+        while i < files.len() {
+            let over_keep = keep_old.is_some_and(|k| files.len() - i > k);
+            let over_budget = self.spec.max_total_size.is_some_and(|m| total > m);
+            if !over_keep && !over_budget {
+                break;
+            }
+            match std::fs::remove_file(&files[i].1) {
+                Ok(()) => tracing::debug!(file = %files[i].1.display(), "deleted old capture file"),
+                Err(e) => {
+                    tracing::warn!(file = %files[i].1.display(), error = %e, "deleting an old capture file failed")
+                }
+            }
+            total -= sizes[i];
+            sizes[i] = 0;
+            i += 1;
+        }
+    }
+}
+
+/// `dir/stem-000042.ext` for `dir/stem.ext`.
+pub fn numbered(path: &Path, seq: u64) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{seq:06}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{seq:06}"),
+    };
+    parent(path).join(name)
+}
+
+/// The rotated files of `path` that exist, oldest (lowest sequence) first.
+pub fn rotated_files(path: &Path) -> Vec<(u64, PathBuf)> {
+    let dir = parent(path);
+    let stem = path
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned());
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
+            continue;
+        };
+        let rest = match &ext {
+            Some(ext) => name.strip_suffix(&format!(".{ext}")),
+            None => Some(name),
+        };
+        let Some(num) = rest.and_then(|r| r.strip_prefix(&format!("{stem}-"))) else {
+            continue;
+        };
+        if num.len() >= 6 && num.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(n) = num.parse::<u64>() {
+                out.push((n, dir.join(name)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Serialises blocks for one file into memory.
+struct Blocks {
+    writer: PcapNgWriter<Vec<u8>>,
+    /// Bytes of header blocks at the front of the buffer (0 once written).
+    header: usize,
+    /// Packets and their data bytes in the buffer.
+    packets: u64,
+    bytes: u64,
+}
+
+impl Blocks {
+    fn new(interfaces: &Interfaces) -> Blocks {
+        let shb = SectionHeaderBlock {
+            endianness: Endianness::Little,
+            options: vec![SectionHeaderOption::UserApplication(Cow::Owned(format!(
+                "mirror {}",
+                env!("CARGO_PKG_VERSION")
+            )))],
+            ..Default::default()
+        };
+        let mut writer =
+            PcapNgWriter::with_section_header(Vec::with_capacity(FLUSH_BYTES + SNAPLEN * 2), shb)
+                .expect("writing to memory cannot fail");
+        for (source, interface) in interfaces {
+            let idb = InterfaceDescriptionBlock {
+                linktype: DataLink::ETHERNET,
+                snaplen: SNAPLEN as u32,
+                options: vec![
+                    InterfaceDescriptionOption::IfName(Cow::Owned(interface.clone())),
+                    InterfaceDescriptionOption::IfDescription(Cow::Owned(format!(
+                        "mirror source {source}"
+                    ))),
+                    InterfaceDescriptionOption::IfTsResol(9),
+                ],
+            };
+            writer
+                .write_pcapng_block(idb)
+                .expect("writing to memory cannot fail");
+        }
+        let header = writer.get_ref().len();
+        Blocks {
+            writer,
+            header,
+            packets: 0,
+            bytes: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.writer.get_ref().len()
+    }
+
+    /// Bytes the enhanced packet block of `p` takes.
+    fn epb_len(p: &Packet) -> usize {
+        // type, length, interface, time stamp (8), captured and original
+        // length: 28; data padded to 4; epb_flags (8) + end of options (4);
+        // trailing length (4).
+        28 + p.data().len().next_multiple_of(4) + 12 + 4
+    }
+
+    fn push(&mut self, p: &Packet) {
+        let flags = if p.egress { 2 } else { 1 }; // inbound / outbound
+        let epb = EnhancedPacketBlock {
+            interface_id: u32::from(p.source),
+            timestamp: Duration::from_nanos(p.tstamp_ns),
+            original_len: p.orig_len.max(p.data().len() as u32),
+            data: Cow::Borrowed(p.data()),
+            options: vec![EnhancedPacketOption::Flags(flags)],
+        };
+        // Cannot fail: memory writer, and the interface ids come from the config.
+        let _ = self.writer.write_pcapng_block(epb);
+        self.packets += 1;
+        self.bytes += p.data().len() as u64;
+    }
+
+    /// Forgets the packets, keeping unwritten header blocks.
+    fn clear_packets(&mut self) {
+        let keep = self.header;
+        self.writer.get_mut().truncate(keep);
+        self.packets = 0;
+        self.bytes = 0;
+    }
+}
+
+fn run(mut files: Files, q: &TargetQueue, stop: &AtomicBool) {
+    q.register_sender();
+    let mut blocks = Blocks::new(&files.interfaces);
+    let mut last_flush = Instant::now();
+    let mut stopping = false;
+    loop {
+        let mut took = 0;
+        while let Some(p) = q.pop_ready() {
+            took += 1;
+            if let (Some(limit), Some(cur)) = (files.spec.rotate_size, files.current.as_ref()) {
+                let next = cur.committed + blocks.len() as u64 + Blocks::epb_len(&p) as u64;
+                if next > limit && cur.packets + blocks.packets > 0 {
+                    flush(&mut files, &mut blocks, q);
+                    rotate(&mut files, &mut blocks);
+                }
+            }
+            blocks.push(&p);
+            q.recycle(p);
+            if blocks.len() >= FLUSH_BYTES {
+                flush(&mut files, &mut blocks, q);
+                last_flush = Instant::now();
+            }
+            if took >= 1024 {
+                break;
+            }
+        }
+        q.in_flight.store(blocks.packets, Ordering::Relaxed);
+        if blocks.packets > 0 && last_flush.elapsed() >= FLUSH_EVERY {
+            flush(&mut files, &mut blocks, q);
+            last_flush = Instant::now();
+        }
+        if let (Some(every), Some(cur)) = (files.spec.rotate_interval, files.current.as_ref()) {
+            if cur.opened.elapsed() >= every {
+                flush(&mut files, &mut blocks, q);
+                rotate(&mut files, &mut blocks);
+            }
+        }
+        if stopping && q.queued() == 0 {
+            flush(&mut files, &mut blocks, q);
+            if let Some(cur) = files.current.as_mut() {
+                let _ = cur.file.sync_data();
+            }
+            q.in_flight.store(0, Ordering::Relaxed);
+            return;
+        }
+        if stop.load(Ordering::Relaxed) {
+            stopping = true;
+            continue;
+        }
+        if took == 0 {
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+    }
+}
+
+fn rotate(files: &mut Files, blocks: &mut Blocks) {
+    match files.open_next() {
+        Ok(()) => *blocks = Blocks::new(&files.interfaces),
+        Err(e) => {
+            // Keep writing the old file; try again at the next rotation point.
+            tracing::warn!(error = %e, "opening the next capture file failed");
+        }
+    }
+}
+
+/// Writes the buffer to the current file: whole or not at all.
+fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue) {
+    if blocks.packets == 0 && blocks.header == 0 {
+        return;
+    }
+    let Some(cur) = files.current.as_mut() else {
+        q.counters.drop(TargetDrop::DiskFull, blocks.packets);
+        blocks.clear_packets();
+        return;
+    };
+    if let Some(min) = files.spec.min_free {
+        if below_min_free(&cur.path, min, blocks.len() as u64) {
+            q.counters.drop(TargetDrop::DiskFull, blocks.packets);
+            blocks.clear_packets();
+            return;
+        }
+    }
+    match cur.file.write_all(blocks.writer.get_ref()) {
+        Ok(()) => {
+            cur.committed += blocks.len() as u64;
+            cur.has_header = true;
+            cur.packets += blocks.packets;
+            q.counters
+                .sent_packets
+                .fetch_add(blocks.packets, Ordering::Relaxed);
+            q.counters
+                .sent_bytes
+                .fetch_add(blocks.bytes, Ordering::Relaxed);
+            blocks.writer.get_mut().clear();
+            blocks.header = 0;
+            blocks.packets = 0;
+            blocks.bytes = 0;
+        }
+        Err(e) => {
+            // Cut the file back to its last whole block, so readers never see
+            // half a block, and write after it next time.
+            if let Err(t) = cur.file.set_len(cur.committed) {
+                tracing::warn!(file = %cur.path.display(), error = %t, "truncating after a failed write");
+            }
+            let _ = std::io::Seek::seek(&mut cur.file, io::SeekFrom::Start(cur.committed));
+            if e.raw_os_error() != Some(libc::ENOSPC) && e.raw_os_error() != Some(libc::EDQUOT) {
+                tracing::warn!(file = %cur.path.display(), error = %e, "writing the capture file failed");
+            }
+            q.counters.drop(TargetDrop::DiskFull, blocks.packets);
+            blocks.clear_packets();
+        }
+    }
+}
+
+/// Whether writing `extra` bytes would leave less than `min` free.
+fn below_min_free(path: &Path, min: MinFree, extra: u64) -> bool {
+    let Ok(c) = std::ffi::CString::new(parent(path).as_os_str().as_bytes()) else {
+        return false;
+    };
+    // Safety: statvfs is plain old data; all-zero is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // Safety: `c` is a NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    let total = st.f_blocks.saturating_mul(st.f_frsize);
+    let need = match min {
+        MinFree::Bytes(b) => b,
+        MinFree::Permille(p) => total / 1000 * u64::from(p),
+    };
+    free.saturating_sub(extra) < need
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epb_length_matches_what_pcap_file_writes() {
+        let q = TargetQueue::new("t", "pcapng", 2, 256, Oversize::Truncate);
+        let mut blocks = Blocks::new(&vec![("s".into(), "eth0".into())]);
+        let before = blocks.len();
+        for len in [60usize, 61, 62, 63, 64] {
+            let data = vec![7u8; len];
+            q.offer(&super::super::Frame {
+                data: &data,
+                orig_len: len as u32,
+                hash: 0,
+                tstamp_ns: 1,
+                vni: 0,
+                source: 0,
+                egress: false,
+            });
+            let p = q.pop_ready().expect("queued");
+            let at = blocks.len();
+            blocks.push(&p);
+            assert_eq!(blocks.len() - at, Blocks::epb_len(&p), "{len}-byte frame");
+            q.recycle(p);
+        }
+        assert!(before > 0);
+    }
+
+    #[test]
+    fn rotated_names_carry_a_sequence_number() {
+        assert_eq!(
+            numbered(Path::new("/var/cap/uplink.pcapng"), 42),
+            PathBuf::from("/var/cap/uplink-000042.pcapng")
+        );
+        assert_eq!(numbered(Path::new("cap"), 1), PathBuf::from("./cap-000001"));
+    }
+
+    #[test]
+    fn rotated_files_are_found_in_sequence_order() {
+        let dir = std::env::temp_dir().join(format!("mirror-pcapng-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for name in [
+            "a-000010.pcapng",
+            "a-000002.pcapng",
+            "a.pcapng",
+            "a-x.pcapng",
+            "b-000001.pcapng",
+        ] {
+            std::fs::write(dir.join(name), b"").expect("write");
+        }
+        let found: Vec<u64> = rotated_files(&dir.join("a.pcapng"))
+            .iter()
+            .map(|f| f.0)
+            .collect();
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert_eq!(found, vec![2, 10]);
+    }
+}
