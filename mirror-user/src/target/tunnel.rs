@@ -228,10 +228,8 @@ fn open_socket(t: &Tunnel, encap: Encap) -> Result<OwnedFd, TunnelError> {
     if let Some(src) = t.source {
         let (addr, len) = sockaddr(src, 0);
         // Safety: `addr` is a valid sockaddr of `len` bytes.
-        sys(
-            "bind(source) (is the address configured on this host?)",
-            unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_storage).cast(), len) },
-        )?;
+        let rc = unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_storage).cast(), len) };
+        sys("bind(source) (is the address configured on this host?)", rc)?;
     }
     Ok(sock)
 }
