@@ -1,0 +1,429 @@
+//! End to end, in network namespaces: the real `mirror run` (tap mode) sending
+//! to every kind of target at once — an interface, a VXLAN collector that a
+//! Linux `vxlan` device decapsulates, GRE and ERSPAN II/III collectors decoded
+//! field by field, and pcapng files read back by an independent parser — plus
+//! rotation, truncation, sampling, rate limiting, target isolation and
+//! flow-symmetric groups.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mirror_user::classify;
+use mirror_user::config::{self, Direction, ErspanVersion, Granularity};
+use mirror_user::control::Client;
+use mirror_user::lab::{self, traffic, Capture, DaemonProcess, Lab, Netns, TempDir};
+use mirror_user::stats::{Stats, TargetStats};
+use mirror_user::target::encap::{self, GRE_PROTO_TEB};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mirror");
+
+/// Everything but TCP port 22 and ICMPv6, as in e2e_tap.
+const FILTER: &str = r#"
+[[filter]]
+name = "ids"
+[[filter.rule]]
+number = 100
+action = "reject"
+direction = "ingress"
+protocol = "tcp"
+destination_port = "22"
+[[filter.rule]]
+number = 110
+action = "reject"
+direction = "ingress"
+protocol = "icmpv6"
+[[filter.rule]]
+number = 200
+action = "accept"
+direction = "ingress"
+"#;
+
+/// A veth `a` (in `na`, address `ip_a`/24) – `b` (in `nb`, `ip_b`/24) with `mtu`.
+fn wire(na: &Netns, a: &str, ip_a: &str, nb: &Netns, b: &str, ip_b: &str, mtu: u32) {
+    lab::veth(na, a, nb, b, 1).expect("veth");
+    for (ns, dev, ip) in [(na, a, ip_a), (nb, b, ip_b)] {
+        ns.ip(&["link", "set", dev, "mtu", &mtu.to_string()])
+            .expect("mtu");
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", dev])
+            .expect("address");
+    }
+}
+
+/// Writes the config (with `@CONTROL@` / `@DIR@` filled in) and starts the daemon in `src`.
+fn start_daemon(src: &Netns, dir: &TempDir, text: &str) -> (DaemonProcess, config::Config) {
+    let control = dir.path().join("control.sock");
+    let text = text
+        .replace("@CONTROL@", &control.to_string_lossy())
+        .replace("@DIR@", &dir.path().to_string_lossy());
+    let path = dir.path().join("mirror.toml");
+    std::fs::write(&path, &text).expect("write config");
+    let cfg = config::parse(&text, "e2e").expect("valid config");
+    let daemon = DaemonProcess::start(
+        src,
+        Path::new(BIN),
+        &path,
+        &control,
+        &dir.path().join("daemon.log"),
+        Duration::from_secs(20),
+    )
+    .expect("daemon starts");
+    (daemon, cfg)
+}
+
+/// Polls (bounded) until `done` holds for the daemon's counters.
+fn wait_for(client: &mut Client, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = client.stats().expect("stats");
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every copy offered to a target is sent or dropped with a reason.
+fn assert_reconciles(name: &str, t: &TargetStats) {
+    assert_eq!(t.queued, 0, "{name} is idle");
+    assert_eq!(
+        t.enqueued,
+        t.sent_packets + t.dropped_total(),
+        "{name}: enqueued = sent + dropped: {t:?}"
+    );
+}
+
+/// (destination, IP protocol, IP payload) of an IPv4 frame.
+fn ipv4_payload(frame: &[u8]) -> Option<(Ipv4Addr, u8, Vec<u8>)> {
+    let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    match p.net? {
+        etherparse::NetSlice::Ipv4(ip) => Some((
+            ip.header().destination_addr(),
+            ip.payload().ip_number.0,
+            ip.payload().payload.to_vec(),
+        )),
+        _ => None,
+    }
+}
+
+fn by_seq(frames: &[Vec<u8>]) -> BTreeMap<u32, Vec<u8>> {
+    frames
+        .iter()
+        .map(|f| (traffic::seq_of(f).expect("a lab frame"), f.clone()))
+        .collect()
+}
+
+const ALL_KINDS: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+umem_frames = 2048
+ring_size = 1024
+@FILTER@
+[[target]]
+name = "ids0"
+kind = "interface"
+interface = "tgt0"
+
+[[target]]
+name = "vx"
+kind = "vxlan"
+remote = "10.99.1.2"
+mtu = 9000
+
+[[target]]
+name = "gre"
+kind = "gre"
+remote = "10.99.2.2"
+key = 7
+mtu = 1000
+
+[[target]]
+name = "er2"
+kind = "erspan"
+remote = "10.99.2.3"
+mtu = 1000
+
+[[target]]
+name = "er3"
+kind = "erspan"
+remote = "10.99.2.4"
+version = 3
+granularity = "100ns"
+
+[[target]]
+name = "cap"
+kind = "pcapng"
+path = "@DIR@/feed.pcapng"
+
+[[session]]
+name = "all"
+source = "feed"
+filter = "ids"
+targets = ["ids0", "vx", "gre", "er2", "er3", "cap"]
+vni = 42
+"#;
+
+#[test]
+fn every_target_kind_carries_every_mirrored_frame() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let vxc = Netns::new("vxc").expect("netns");
+    let grec = Netns::new("grec").expect("netns");
+    wire(
+        &lab.src,
+        "col0",
+        "10.99.1.1",
+        &vxc,
+        "col1",
+        "10.99.1.2",
+        9000,
+    );
+    wire(
+        &lab.src,
+        "gre0",
+        "10.99.2.1",
+        &grec,
+        "gre1",
+        "10.99.2.2",
+        1500,
+    );
+    for ip in ["10.99.2.3/24", "10.99.2.4/24"] {
+        grec.ip(&["addr", "add", ip, "dev", "gre1"])
+            .expect("address");
+    }
+    // The collector: a Linux VXLAN device that only takes VNI 42.
+    vxc.ip(&[
+        "link",
+        "add",
+        "vx0",
+        "mtu",
+        "9000",
+        "type",
+        "vxlan",
+        "id",
+        "42",
+        "dstport",
+        "4789",
+        "local",
+        "10.99.1.2",
+        "dev",
+        "col1",
+    ])
+    .expect("vxlan device");
+    vxc.ip(&["link", "set", "vx0", "up"]).expect("vx0 up");
+
+    let dir = TempDir::new("e2e-kinds").expect("temp dir");
+    let (daemon, cfg) = start_daemon(&lab.src, &dir, &ALL_KINDS.replace("@FILTER@", FILTER));
+    let sink = Capture::start(&lab.sink, Lab::SINK_IF).expect("capture");
+    let inner = Capture::start(&vxc, "vx0").expect("capture");
+    let outer_vx = Capture::start(&vxc, "col1").expect("capture");
+    let outer_gre = Capture::start(&grec, "gre1").expect("capture");
+
+    let frames = Arc::new(traffic::mixed(2000));
+    let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
+    let filters = vec![&cfg.filters[0]];
+    let expected: Vec<&Vec<u8>> = frames
+        .iter()
+        .filter(|f| classify::classify(&filters, Direction::Ingress, f).is_some())
+        .collect();
+    let n = expected.len() as u64;
+    assert!(n > 1400, "the filter passes most of the mix: {n}");
+
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let stats = wait_for(&mut client, "every copy sent", |st| {
+        st.sources["feed"].received == sent
+            && st
+                .targets
+                .values()
+                .all(|t| t.queued == 0 && t.sent_packets == n)
+    });
+    let src = &stats.sources["feed"];
+    assert_eq!((src.matched, src.mirrored), (n, n));
+    for (name, t) in &stats.targets {
+        assert_reconciles(name, t);
+        assert_eq!(t.dropped_total(), 0, "{name}: {:?}", t.dropped);
+    }
+    // Exactly the frames longer than 1000 - 20 (IP) - 8 (GRE with key) and
+    // 1000 - 20 - 16 (GRE with sequence + ERSPAN II) were cut.
+    let longer = |m: usize| expected.iter().filter(|f| f.len() > m).count() as u64;
+    assert_eq!(stats.targets["gre"].truncated, longer(972));
+    assert_eq!(stats.targets["er2"].truncated, longer(964));
+    assert_eq!(stats.targets["er3"].truncated, longer(1460)); // default mtu 1500
+    assert_eq!(stats.targets["vx"].truncated, 0);
+    std::thread::sleep(Duration::from_millis(200)); // the last copies cross the veths
+    let want = by_seq(&expected.iter().map(|f| f.to_vec()).collect::<Vec<_>>());
+
+    // Interface target and VXLAN collector: byte-identical frames.
+    assert_eq!(by_seq(&sink.finish()), want, "interface target");
+    assert_eq!(
+        by_seq(&inner.finish()),
+        want,
+        "frames the vxlan device decapsulated"
+    );
+    let mut vx_ports = std::collections::HashSet::new();
+    let outer: Vec<_> = outer_vx
+        .finish()
+        .iter()
+        .filter_map(|f| ipv4_payload(f))
+        .filter(|(dst, proto, _)| *dst == Ipv4Addr::new(10, 99, 1, 2) && *proto == 17)
+        .collect();
+    assert_eq!(outer.len() as u64, n);
+    for (_, _, udp) in &outer {
+        let h = encap::decode_vxlan(udp).expect("a VXLAN header");
+        assert_eq!((h.vni, h.dest_port), (42, 4789));
+        assert!(h.source_port >= 49152);
+        vx_ports.insert(h.source_port);
+    }
+    assert!(
+        vx_ports.len() > 50,
+        "the source port follows the flow: {}",
+        vx_ports.len()
+    );
+
+    // GRE and ERSPAN: decoded field by field.
+    let mut gre = Vec::new();
+    let mut er: BTreeMap<u8, Vec<(encap::Erspan, Vec<u8>)>> = BTreeMap::new();
+    for f in outer_gre.finish() {
+        let Some((dst, 47, payload)) = ipv4_payload(&f) else {
+            continue;
+        };
+        let d = encap::decode_gre(&payload).expect("a GRE header we wrote");
+        let inner = payload[d.payload..].to_vec();
+        match dst.octets()[3] {
+            2 => {
+                assert_eq!(
+                    (d.protocol, d.key, d.sequence),
+                    (GRE_PROTO_TEB, Some(7), None)
+                );
+                gre.push(inner);
+            }
+            last @ (3 | 4) => er
+                .entry(last)
+                .or_default()
+                .push((d.erspan.expect("an ERSPAN header"), inner)),
+            other => panic!("GRE to an unexpected address .{other}"),
+        }
+    }
+    let check_prefixes = |what: &str, got: &[Vec<u8>], max: usize| {
+        let got = by_seq(got);
+        assert_eq!(got.len(), want.len(), "{what}: every frame");
+        for (seq, f) in &got {
+            let full = &want[seq];
+            assert!(
+                f.as_slice() == &full[..full.len().min(max)],
+                "{what}: frame {seq} differs"
+            );
+        }
+    };
+    check_prefixes("gre", &gre, 972);
+    for (last, version, max) in [
+        (3u8, ErspanVersion::Two, 964usize),
+        (4, ErspanVersion::Three, 1460),
+    ] {
+        let copies = &er[&last];
+        check_prefixes(
+            &format!("erspan {version:?}"),
+            &copies.iter().map(|c| c.1.clone()).collect::<Vec<_>>(),
+            max,
+        );
+        for (i, (h, inner)) in copies.iter().enumerate() {
+            assert_eq!(h.version, version);
+            assert_eq!(h.sequence, i as u32, "consecutive sequence numbers");
+            assert_eq!(h.session_id, 42);
+            let seq = traffic::seq_of(inner).expect("lab frame");
+            assert_eq!(h.truncated, want[&seq].len() > max, "T bit of frame {seq}");
+            let tagged = matches!(inner[12..14], [0x81, 0x00] | [0x88, 0xa8]);
+            assert_eq!(h.encap, if tagged { 3 } else { 0 });
+            assert_eq!(
+                h.vlan,
+                if tagged {
+                    u16::from_be_bytes([inner[14], inner[15]]) & 0xfff
+                } else {
+                    0
+                }
+            );
+            if version == ErspanVersion::Three {
+                assert_eq!(h.granularity, Granularity::Nanos100);
+                assert!(!h.egress);
+                if i > 0 {
+                    assert!(
+                        h.timestamp >= copies[i - 1].0.timestamp,
+                        "time stamps in order"
+                    );
+                }
+            }
+        }
+    }
+
+    // pcapng: every frame, in time order, with its original length.
+    let records = read_pcapng(&dir.path().join("feed.pcapng"));
+    assert_eq!(records.len() as u64, n);
+    let mut last = 0;
+    for (r, f) in records.iter().zip(&expected) {
+        assert_eq!(&r.data, *f);
+        assert_eq!(r.orig_len as usize, f.len());
+        assert!(r.ts_ns >= last, "time stamps in order");
+        last = r.ts_ns;
+    }
+    let now = mirror_user::engine::realtime_ns();
+    assert!(
+        now - last < 60_000_000_000,
+        "kernel time stamps are Unix time"
+    );
+}
+
+/// One packet read back from a pcapng file.
+struct Record {
+    ts_ns: u64,
+    orig_len: u32,
+    data: Vec<u8>,
+}
+
+/// Reads `path` with `pcap-parser` (an implementation independent of the
+/// writer's `pcap-file`), checking the interface's nanosecond resolution.
+fn read_pcapng(path: &Path) -> Vec<Record> {
+    use pcap_parser::traits::PcapReaderIterator;
+    use pcap_parser::{Block, PcapBlockOwned, PcapError, PcapNGReader};
+    let file = std::fs::File::open(path).expect("open pcapng");
+    let mut reader = PcapNGReader::new(1 << 16, file).expect("a pcapng file");
+    let mut out = Vec::new();
+    let mut tsresol = None;
+    loop {
+        match reader.next() {
+            Ok((offset, block)) => {
+                match block {
+                    PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+                        assert_eq!(idb.linktype, pcap_parser::Linktype::ETHERNET);
+                        tsresol = Some(idb.if_tsresol);
+                    }
+                    PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
+                        assert_eq!(tsresol, Some(9), "nanosecond time stamps");
+                        out.push(Record {
+                            ts_ns: (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low),
+                            orig_len: epb.origlen,
+                            data: epb.data[..epb.caplen as usize].to_vec(),
+                        });
+                    }
+                    _ => {}
+                }
+                reader.consume(offset);
+            }
+            Err(PcapError::Eof) => break,
+            Err(PcapError::Incomplete(_)) => reader.refill().expect("refill"),
+            Err(e) => panic!("{}: {e:?}", path.display()),
+        }
+    }
+    out
+}
