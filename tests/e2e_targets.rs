@@ -427,3 +427,104 @@ fn read_pcapng(path: &Path) -> Vec<Record> {
     }
     out
 }
+
+const ACCEPT_ALL: &str = r#"
+[[filter]]
+name = "ids"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+"#;
+
+const ROTATING: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+@FILTER@
+[[target]]
+name = "cap"
+kind = "pcapng"
+path = "@DIR@/cap/feed.pcapng"
+rotate_size = "16KiB"
+keep = 3
+
+[[session]]
+name = "s"
+source = "feed"
+filter = "ids"
+targets = ["cap"]
+packet_length = 100
+sample = 2
+"#;
+
+#[test]
+fn pcapng_rotates_keeps_the_newest_files_and_records_original_lengths() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let dir = TempDir::new("e2e-rotate").expect("temp dir");
+    std::fs::create_dir(dir.path().join("cap")).expect("capture dir");
+    let (daemon, _) = start_daemon(&lab.src, &dir, &ROTATING.replace("@FILTER@", ACCEPT_ALL));
+    let frames = Arc::new(traffic::mixed(2000));
+    let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let stats = wait_for(&mut client, "every copy written", |st| {
+        st.sources["feed"].received == sent && st.targets["cap"].sent_packets == 1000
+    });
+    // Sampling 1 in 2, in the kernel: frames 0, 2, 4, …
+    let src = &stats.sources["feed"];
+    assert_eq!(
+        (src.matched, src.sampled_out, src.mirrored),
+        (2000, 1000, 1000)
+    );
+    assert_eq!(stats.sessions["s"].sampled_out, 1000);
+    let t = &stats.targets["cap"];
+    assert_reconciles("cap", t);
+    assert_eq!(t.dropped_total(), 0);
+    let cut: u64 = frames
+        .iter()
+        .step_by(2)
+        .map(|f| f.len().min(100) as u64)
+        .sum();
+    assert_eq!(t.sent_bytes, cut, "every copy cut to packet_length");
+
+    let files = mirror_user::target::pcapng::rotated_files(&dir.path().join("cap/feed.pcapng"));
+    assert_eq!(files.len(), 3, "keep = 3: {files:?}");
+    let records: Vec<Vec<Record>> = files.iter().map(|(_, p)| read_pcapng(p)).collect();
+    // No file passes 16 KiB, and each but the newest was closed because the
+    // next block would have.
+    for (i, (_, p)) in files.iter().enumerate() {
+        let size = std::fs::metadata(p).expect("size").len();
+        assert!(size <= 16384, "{} is {size} bytes", p.display());
+        if i < 2 {
+            assert!(
+                size > 16384 - 144,
+                "{} closed early at {size} bytes",
+                p.display()
+            );
+        }
+    }
+    let seqs: Vec<u64> = files.iter().map(|f| f.0).collect();
+    let newest = seqs[2];
+    assert_eq!(
+        seqs,
+        vec![newest - 2, newest - 1, newest],
+        "the oldest were deleted"
+    );
+    assert!(
+        newest >= 6,
+        "1000 copies of up to 144 bytes fill several 16 KiB files"
+    );
+    // The kept files hold the last copies, in order, cut to 100 bytes with
+    // their original lengths.
+    let kept: Vec<&Record> = records.iter().flatten().collect();
+    let first = 2000 - 2 * kept.len();
+    for (i, r) in kept.iter().enumerate() {
+        let f = &frames[first + 2 * i];
+        assert_eq!(r.data.as_slice(), &f[..f.len().min(100)], "copy {i}");
+        assert_eq!(r.orig_len as usize, f.len());
+    }
+}

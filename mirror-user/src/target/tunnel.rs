@@ -26,8 +26,8 @@ use crate::config::{ErspanVersion, Granularity, TargetSpec, Tunnel};
 
 /// Copies per `sendmmsg`.
 pub const BATCH: usize = 64;
-/// How long a target that lost its route stays `down` before it tries again.
-const RETRY_DOWN: Duration = Duration::from_secs(1);
+/// How often a target that lost its route checks whether it is back.
+const RETRY_DOWN: Duration = Duration::from_millis(200);
 /// How long a stopping sender keeps sending what it holds.
 const DRAIN: Duration = Duration::from_secs(1);
 /// Socket send buffer: room for a few batches of jumbo frames.
@@ -150,6 +150,7 @@ pub fn start(
                 encap,
                 sequence: 0,
                 down_since: None,
+                tunnel,
             }
             .run(&q, &stop)
         })
@@ -234,6 +235,46 @@ fn open_socket(t: &Tunnel, encap: Encap) -> Result<OwnedFd, TunnelError> {
     Ok(sock)
 }
 
+/// Whether the kernel has a route to the collector: `connect` on a UDP
+/// socket does the route lookup and sends nothing.
+fn route_exists(t: &Tunnel) -> bool {
+    let family = if t.remote.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    // Safety: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return true; // cannot tell: let the next send decide
+    }
+    // Safety: `fd` was just returned by socket(2) and is owned by nothing else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Some(src) = t.source {
+        let (addr, len) = sockaddr(src, 0);
+        // Safety: `addr` is a valid sockaddr of `len` bytes.
+        if unsafe {
+            libc::bind(
+                sock.as_raw_fd(),
+                (&addr as *const libc::sockaddr_storage).cast(),
+                len,
+            )
+        } != 0
+        {
+            return false;
+        }
+    }
+    let (addr, len) = sockaddr(t.remote, 9);
+    // Safety: `addr` is a valid sockaddr of `len` bytes.
+    unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_storage).cast(),
+            len,
+        ) == 0
+    }
+}
+
 fn setsockopt(
     fd: libc::c_int,
     level: libc::c_int,
@@ -302,6 +343,7 @@ struct Sender {
     /// ERSPAN sequence number of the next copy.
     sequence: u32,
     down_since: Option<Instant>,
+    tunnel: Tunnel,
 }
 
 impl Sender {
@@ -311,10 +353,14 @@ impl Sender {
         let mut stopping_since: Option<Instant> = None;
         loop {
             if let Some(since) = self.down_since {
-                if since.elapsed() >= RETRY_DOWN {
+                if since.elapsed() >= RETRY_DOWN && route_exists(&self.tunnel) {
+                    tracing::info!(target = %q.name, "tunnel target up: the collector has a route again");
                     self.down_since = None;
                     q.set_up(true);
                 } else {
+                    if since.elapsed() >= RETRY_DOWN {
+                        self.down_since = Some(Instant::now());
+                    }
                     // Down: what is queued would go nowhere; count it and move on.
                     for p in batch.drain(..) {
                         q.counters.drop(TargetDrop::Down, 1);
@@ -378,9 +424,14 @@ impl Sender {
             if stop.load(Ordering::Relaxed) {
                 let since = *stopping_since.get_or_insert_with(Instant::now);
                 if (q.queued() == 0 && batch.is_empty()) || since.elapsed() > DRAIN {
+                    // Copies that could not go out before shutdown.
                     for p in batch.drain(..) {
-                        q.counters.drop(TargetDrop::QueueFull, 1);
+                        q.counters.drop(TargetDrop::SendError, 1);
                         q.recycle(p.packet);
+                    }
+                    while let Some(p) = q.pop_ready() {
+                        q.counters.drop(TargetDrop::SendError, 1);
+                        q.recycle(p);
                     }
                     q.in_flight.store(0, Ordering::Relaxed);
                     return;
