@@ -114,6 +114,35 @@ fn ipv4_payload(frame: &[u8]) -> Option<(Ipv4Addr, u8, Vec<u8>)> {
     }
 }
 
+/// Asserts two captures hold the same frames, naming the first that differ
+/// rather than printing kilobytes of bytes.
+fn assert_same(what: &str, got: &BTreeMap<u32, Vec<u8>>, want: &BTreeMap<u32, Vec<u8>>) {
+    let missing: Vec<u32> = want
+        .keys()
+        .filter(|k| !got.contains_key(k))
+        .take(10)
+        .copied()
+        .collect();
+    let extra: Vec<u32> = got
+        .keys()
+        .filter(|k| !want.contains_key(k))
+        .take(10)
+        .copied()
+        .collect();
+    let differ: Vec<u32> = got
+        .iter()
+        .filter(|(k, v)| want.get(k).is_some_and(|w| w != *v))
+        .take(10)
+        .map(|(k, _)| *k)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && differ.is_empty(),
+        "{what}: {} frames, want {}; missing {missing:?}, unexpected {extra:?}, different {differ:?}",
+        got.len(),
+        want.len()
+    );
+}
+
 fn by_seq(frames: &[Vec<u8>]) -> BTreeMap<u32, Vec<u8>> {
     frames
         .iter()
@@ -472,7 +501,9 @@ fn pcapng_rotates_keeps_the_newest_files_and_records_original_lengths() {
     let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
     let mut client = Client::connect(&daemon.control).expect("control socket");
     let stats = wait_for(&mut client, "every copy written", |st| {
-        st.sources["feed"].received == sent && st.targets["cap"].sent_packets == 1000
+        st.sources["feed"].received == sent
+            && st.targets["cap"].sent_packets == 1000
+            && st.targets["cap"].queued == 0
     });
     // Sampling 1 in 2, in the kernel: frames 0, 2, 4, …
     let src = &stats.sources["feed"];
@@ -526,5 +557,257 @@ fn pcapng_rotates_keeps_the_newest_files_and_records_original_lengths() {
         let f = &frames[first + 2 * i];
         assert_eq!(r.data.as_slice(), &f[..f.len().min(100)], "copy {i}");
         assert_eq!(r.orig_len as usize, f.len());
+    }
+}
+
+const TWO_COLLECTORS: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+@FILTER@
+[[target]]
+name = "a"
+kind = "gre"
+remote = "10.99.1.2"
+mtu = 9000
+
+[[target]]
+name = "b"
+kind = "gre"
+remote = "10.99.2.2"
+mtu = 9000
+@GROUP@
+[[session]]
+name = "s"
+source = "feed"
+filter = "ids"
+targets = @TARGETS@
+"#;
+
+/// Two GRE collectors, each alone in its namespace, and the daemon.
+struct TwoCollectors {
+    lab: Lab,
+    a: Option<Netns>,
+    b: Netns,
+    daemon: DaemonProcess,
+    _dir: TempDir,
+}
+
+fn two_collectors(tag: &str, group: bool) -> TwoCollectors {
+    let lab = Lab::new(1).expect("lab");
+    let a = Netns::new("cola").expect("netns");
+    let b = Netns::new("colb").expect("netns");
+    wire(
+        &lab.src,
+        "cola0",
+        "10.99.1.1",
+        &a,
+        "cola1",
+        "10.99.1.2",
+        9000,
+    );
+    wire(
+        &lab.src,
+        "colb0",
+        "10.99.2.1",
+        &b,
+        "colb1",
+        "10.99.2.2",
+        9000,
+    );
+    let dir = TempDir::new(tag).expect("temp dir");
+    let text = TWO_COLLECTORS.replace("@FILTER@", ACCEPT_ALL);
+    let text = if group {
+        text.replace(
+            "@GROUP@",
+            "[[target_group]]\nname = \"pool\"\nmembers = [\"a\", \"b\"]\n",
+        )
+        .replace("@TARGETS@", "[\"pool\"]")
+    } else {
+        text.replace("@GROUP@", "")
+            .replace("@TARGETS@", "[\"a\", \"b\"]")
+    };
+    let (daemon, _) = start_daemon(&lab.src, &dir, &text);
+    TwoCollectors {
+        lab,
+        a: Some(a),
+        b,
+        daemon,
+        _dir: dir,
+    }
+}
+
+/// The inner frames of the GRE packets a collector received.
+fn gre_inner(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    frames
+        .iter()
+        .filter_map(|f| ipv4_payload(f))
+        .filter(|(_, proto, _)| *proto == 47)
+        .map(|(_, _, p)| {
+            let d = encap::decode_gre(&p).expect("GRE");
+            p[d.payload..].to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn a_dead_collector_loses_only_its_own_copies() {
+    require_root!();
+    let mut t = two_collectors("e2e-isolation", false);
+    let cap_b = Capture::start(&t.b, "colb1").expect("capture");
+    let frames = Arc::new(traffic::mixed(3000));
+    let (gen, frames2) = (Netns::attach(t.lab.gen.name()), frames.clone());
+    let sender = std::thread::spawn(move || {
+        lab::send_frames(&gen, Lab::GEN_IF, frames2, 6_000).expect("send")
+    });
+    let mut client = Client::connect(&t.daemon.control).expect("control socket");
+    wait_for(&mut client, "a third of the traffic", |st| {
+        st.sources["feed"].received >= 1000
+    });
+    // Collector a disappears mid-run, its veth and route with it.
+    drop(t.a.take());
+    let sent = sender.join().expect("sender");
+    let stats = wait_for(&mut client, "every copy accounted for", |st| {
+        st.sources["feed"].received == sent
+            && st
+                .targets
+                .values()
+                .all(|x| x.queued == 0 && x.enqueued == 3000)
+            && st.targets["b"].sent_packets == 3000
+    });
+    let (a, b) = (&stats.targets["a"], &stats.targets["b"]);
+    assert_reconciles("a", a);
+    assert_reconciles("b", b);
+    assert_eq!(b.dropped_total(), 0, "{:?}", b.dropped);
+    assert!(!a.up, "a is down without its route");
+    assert!(
+        a.dropped["down"] + a.dropped["send_error"] > 0,
+        "{:?}",
+        a.dropped
+    );
+    assert_eq!(
+        a.dropped_total(),
+        a.dropped["down"] + a.dropped["send_error"]
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let want = by_seq(&frames);
+    assert_same(
+        "b got every frame",
+        &by_seq(&gre_inner(&cap_b.finish())),
+        &want,
+    );
+}
+
+/// UDP frames of flow `i`, `reverse` = the answer direction.
+fn flow_frame(i: u16, reverse: bool, seq: u32) -> Vec<u8> {
+    let (mut a, mut b) = (
+        ([10, 1, (i >> 8) as u8, i as u8], 1024 + i),
+        ([10, 2, 0, 1], 53),
+    );
+    if reverse {
+        std::mem::swap(&mut a, &mut b);
+    }
+    let mut out = Vec::new();
+    let mut payload = traffic::MARKER.to_vec();
+    payload.extend_from_slice(&seq.to_be_bytes());
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(a.0, b.0, 64)
+        .udp(a.1, b.1)
+        .write(&mut out, &payload)
+        .expect("build");
+    out
+}
+
+#[test]
+fn groups_keep_both_directions_of_a_flow_on_one_member_and_skip_a_dead_one() {
+    require_root!();
+    let mut t = two_collectors("e2e-group", true);
+    let cap_a = Capture::start(t.a.as_ref().expect("a"), "cola1").expect("capture");
+    let cap_b = Capture::start(&t.b, "colb1").expect("capture");
+    let flows = 200u16;
+    let frames: Vec<Vec<u8>> = (0..flows)
+        .flat_map(|i| {
+            [
+                flow_frame(i, false, 2 * u32::from(i)),
+                flow_frame(i, true, 2 * u32::from(i) + 1),
+            ]
+        })
+        .collect();
+    let sent = lab::send_frames(&t.lab.gen, Lab::GEN_IF, Arc::new(frames), 10_000).expect("send");
+    let mut client = Client::connect(&t.daemon.control).expect("control socket");
+    wait_for(&mut client, "both members idle", |st| {
+        st.sources["feed"].received == sent
+            && st.targets["a"].sent_packets + st.targets["b"].sent_packets == sent
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let member = |frames: &[Vec<u8>]| -> Vec<u32> {
+        gre_inner(frames)
+            .iter()
+            .filter_map(|f| traffic::seq_of(f))
+            .collect()
+    };
+    let (got_a, got_b) = (member(&cap_a.finish()), member(&cap_b.finish()));
+    assert_eq!(got_a.len() + got_b.len(), 2 * flows as usize);
+    for i in 0..u32::from(flows) {
+        let (fwd, rev) = (2 * i, 2 * i + 1);
+        assert_eq!(
+            got_a.contains(&fwd),
+            got_a.contains(&rev),
+            "flow {i} split between members"
+        );
+    }
+    let on_a = got_a.len() / 2;
+    assert!(
+        (40..160).contains(&on_a),
+        "flows spread over both members: {on_a} of {flows} on a"
+    );
+
+    // Member a dies: once it is seen down, all flows go to b, counted `rehashed`.
+    drop(t.a.take());
+    // Probe with every flow: the first copy for a fails and marks it down.
+    let probe = Arc::new(
+        (0..flows)
+            .map(|i| flow_frame(i, false, 1_000_000))
+            .collect::<Vec<_>>(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = client.stats().expect("stats");
+        if !st.targets["a"].up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never went down: {st:#?}");
+        lab::send_frames(&t.lab.gen, Lab::GEN_IF, probe.clone(), 0).expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = client.stats().expect("stats");
+    let cap_b = Capture::start(&t.b, "colb1").expect("capture");
+    let again: Vec<Vec<u8>> = (0..flows)
+        .map(|i| flow_frame(i, false, 2 * u32::from(i)))
+        .collect();
+    let sent = lab::send_frames(&t.lab.gen, Lab::GEN_IF, Arc::new(again), 10_000).expect("send");
+    let st = wait_for(&mut client, "the second round", |st| {
+        st.targets["b"].sent_packets == before.targets["b"].sent_packets + sent
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        gre_inner(&cap_b.finish()).len() as u64,
+        sent,
+        "b took every flow"
+    );
+    assert_eq!(
+        st.groups["pool"].rehashed - before.groups["pool"].rehashed,
+        on_a as u64,
+        "exactly a's flows moved"
+    );
+    assert_eq!(
+        st.targets["a"].enqueued, before.targets["a"].enqueued,
+        "nothing more offered to a"
+    );
+    for (name, x) in &st.targets {
+        assert_reconciles(name, x);
     }
 }

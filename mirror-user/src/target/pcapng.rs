@@ -373,6 +373,8 @@ fn run(mut files: Files, q: &TargetQueue, stop: &AtomicBool) {
                 rotate(&mut files, &mut blocks);
             }
         }
+        // Copies in the buffer are still on their way: `queued` in stats.
+        q.in_flight.store(blocks.packets, Ordering::Relaxed);
         if stopping && q.queued() == 0 {
             flush(&mut files, &mut blocks, q);
             if let Some(cur) = files.current.as_mut() {
@@ -433,6 +435,7 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue) {
             blocks.header = 0;
             blocks.packets = 0;
             blocks.bytes = 0;
+            q.in_flight.store(0, Ordering::Relaxed);
         }
         Err(e) => {
             // Cut the file back to its last whole block, so readers never see
