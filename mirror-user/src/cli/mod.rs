@@ -47,7 +47,9 @@ EXAMPLES
 ///
 /// An XDP program classifies every frame of a source interface in the kernel
 /// against AWS-style filter rules; matching frames reach userspace through
-/// AF_XDP and are sent to the session's targets (an IDS sensor's NIC, ...).
+/// AF_XDP and are sent to the session's targets: a local interface (an IDS
+/// sensor's NIC), VXLAN / GRE / ERSPAN tunnels to remote collectors, rotating
+/// pcapng files, or flow-symmetric groups of these.
 /// Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_NET_RAW.
 #[derive(Debug, Parser)]
 #[command(name = "mirror", version, after_long_help = AFTER_HELP)]
@@ -73,8 +75,9 @@ pub enum Command {
     /// Show the running daemon's counters.
     ///
     /// Per source: received, matched, filtered, sampled_out, mirrored,
-    /// dropped by reason. Per session: matched, mirrored, path. Per target:
-    /// enqueued, sent_packets, sent_bytes, dropped by reason, queued.
+    /// dropped by reason. Per session: matched, mirrored, sampled_out,
+    /// rate_limited, path. Per target: enqueued, sent_packets, sent_bytes,
+    /// truncated, dropped by reason, queued. Per group: members up, rehashed.
     Stats(stats::Args),
     /// List or change a running daemon's filter rules, atomically.
     ///

@@ -102,7 +102,26 @@ pub fn render(s: &Stats) -> String {
             v.sent_bytes,
             v.queued,
             reasons(&v.dropped),
-            if v.up { "" } else { "  (down)" }
+            match (v.up, v.truncated) {
+                (true, 0) => String::new(),
+                (up, t) => format!(
+                    "{}{}",
+                    if t > 0 {
+                        format!("  truncated={t}")
+                    } else {
+                        String::new()
+                    },
+                    if up { "" } else { "  (down)" }
+                ),
+            }
+        ));
+    }
+    for (name, g) in &s.groups {
+        out.push_str(&format!(
+            "group {name}: {}/{} members up, {} copies rehashed off a down member\n",
+            g.members_up,
+            g.members.len(),
+            g.rehashed
         ));
     }
     out
