@@ -95,18 +95,7 @@ fn start(lab: &Lab, config: &Path, control: &Path, log: &Path) -> DaemonProcess 
 
 /// Polls (bounded) until `done` holds for the daemon's counters.
 fn wait_for(client: &mut Client, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let s = client.stats().expect("stats");
-        if done(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {s:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for_stats(client, what, Duration::from_secs(15), done)
 }
 
 fn xdp_attached(lab: &Lab) -> bool {

@@ -77,18 +77,7 @@ fn start_daemon(src: &Netns, dir: &TempDir, text: &str) -> (DaemonProcess, confi
 
 /// Polls (bounded) until `done` holds for the daemon's counters.
 fn wait_for(client: &mut Client, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = client.stats().expect("stats");
-        if done(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {s:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for_stats(client, what, Duration::from_secs(20), done)
 }
 
 /// Every copy offered to a target is sent or dropped with a reason.
@@ -291,7 +280,6 @@ fn every_target_kind_carries_every_mirrored_frame() {
     assert_eq!(stats.targets["er2"].truncated, longer(964));
     assert_eq!(stats.targets["er3"].truncated, longer(1460)); // default mtu 1500
     assert_eq!(stats.targets["vx"].truncated, 0);
-    std::thread::sleep(Duration::from_millis(200)); // the last copies cross the veths
     let want = by_seq(&expected.iter().map(|f| f.to_vec()).collect::<Vec<_>>());
 
     // Interface target and VXLAN collector: byte-identical frames.
@@ -692,7 +680,6 @@ fn a_dead_collector_loses_only_its_own_copies() {
         a.dropped_total(),
         a.dropped["down"] + a.dropped["send_error"]
     );
-    std::thread::sleep(Duration::from_millis(200));
     let want = by_seq(&frames);
     assert_same(
         "b got every frame",
@@ -742,7 +729,6 @@ fn groups_keep_both_directions_of_a_flow_on_one_member_and_skip_a_dead_one() {
         st.sources["feed"].received == sent
             && st.targets["a"].sent_packets + st.targets["b"].sent_packets == sent
     });
-    std::thread::sleep(Duration::from_millis(200));
     let member = |frames: &[Vec<u8>]| -> Vec<u32> {
         gre_inner(frames)
             .iter()
@@ -792,7 +778,6 @@ fn groups_keep_both_directions_of_a_flow_on_one_member_and_skip_a_dead_one() {
     let st = wait_for(&mut client, "the second round", |st| {
         st.targets["b"].sent_packets == before.targets["b"].sent_packets + sent
     });
-    std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         gre_inner(&cap_b.finish()).len() as u64,
         sent,

@@ -541,14 +541,10 @@ targets = ["t"]
 sample = {sample}
 "#
     );
-    let config = config::parse(&text, "rules").expect("valid rules");
-    let set = RuleSet::build(&ruleset::source_filters(&config, 0), Direction::Ingress)
-        .expect("the rules compile");
-    let mut prog = SourceProgram::load().expect("the program loads");
-    prog.install(&set, None).expect("the rules install");
-    prog.set_sampling(0, config.sessions[0].sample)
-        .expect("sampling set");
-    prog
+    let mut fx = Fixture::new(&text);
+    let n = fx.config.sessions[0].sample;
+    fx.prog.set_sampling(0, n).expect("sampling set");
+    fx.prog
 }
 
 fn meta_of(prog: &SourceProgram, frame: &[u8]) -> Option<mirror_user::loader::Meta> {

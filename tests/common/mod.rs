@@ -94,3 +94,25 @@ pub const V4A: [u8; 4] = [10, 1, 0, 1];
 pub const V4B: [u8; 4] = [10, 2, 0, 1];
 pub const V6A: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 pub const V6B: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+/// Polls the daemon's counters until `done` holds, failing after `timeout`
+/// with the last counters.
+pub fn wait_for_stats(
+    client: &mut mirror_user::control::Client,
+    what: &str,
+    timeout: std::time::Duration,
+    done: impl Fn(&mirror_user::stats::Stats) -> bool,
+) -> mirror_user::stats::Stats {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let s = client.stats().expect("stats");
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {s:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

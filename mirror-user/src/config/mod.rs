@@ -199,6 +199,23 @@ pub struct Tunnel {
     pub mtu: u32,
 }
 
+/// The targets `dests` reach, groups expanded, each once, in order.
+fn expand_dests(dests: &[Dest], groups: &[Group]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for d in dests {
+        let members = match *d {
+            Dest::Target(t) => vec![t],
+            Dest::Group(g) => groups.get(g).map_or_else(Vec::new, |g| g.members.clone()),
+        };
+        for t in members {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    out
+}
+
 /// Default `mtu` of tunnel targets: a standard Ethernet path.
 pub const DEFAULT_TUNNEL_MTU: u32 = 1500;
 /// Default VXLAN UDP port (IANA).
@@ -313,19 +330,7 @@ pub struct Config {
 impl Config {
     /// Every target a session sends to, groups expanded, each once.
     pub fn session_targets(&self, session: usize) -> Vec<usize> {
-        let mut out = Vec::new();
-        for d in &self.sessions[session].targets {
-            let members = match *d {
-                Dest::Target(t) => vec![t],
-                Dest::Group(g) => self.groups[g].members.clone(),
-            };
-            for t in members {
-                if !out.contains(&t) {
-                    out.push(t);
-                }
-            }
-        }
-        out
+        expand_dests(&self.sessions[session].targets, &self.groups)
     }
 
     /// The name a session's `targets` entry refers to.
@@ -679,15 +684,9 @@ impl Validator<'_> {
         groups: &[Group],
     ) {
         for (r, s) in raw.iter().zip(sessions) {
-            let erspan = s.targets.iter().any(|d| {
-                let members = match *d {
-                    Dest::Target(t) => std::slice::from_ref(&t).to_vec(),
-                    Dest::Group(g) => groups.get(g).map_or_else(Vec::new, |g| g.members.clone()),
-                };
-                members
-                    .iter()
-                    .any(|&t| matches!(targets[t].spec, TargetSpec::Erspan { .. }))
-            });
+            let erspan = expand_dests(&s.targets, groups)
+                .iter()
+                .any(|&t| matches!(targets[t].spec, TargetSpec::Erspan { .. }));
             if erspan && s.vni > 1023 {
                 let span = r
                     .get_ref()

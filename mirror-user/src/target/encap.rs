@@ -28,8 +28,9 @@ pub fn vxlan_source_port(hash: u32) -> u16 {
 }
 
 /// UDP header (checksum 0: IPv4 allows it; on IPv6 the kernel fills it in,
-/// see `IPV6_CHECKSUM` in tunnel.rs) and VXLAN header with the I flag and `vni`.
-pub fn vxlan(out: &mut [u8; VXLAN_LEN], dst_port: u16, hash: u32, vni: u32, payload: usize) {
+/// see `IPV6_CHECKSUM` in tunnel.rs) and VXLAN header with the I flag and
+/// `vni`, in the first [`VXLAN_LEN`] bytes of `out`. Returns the bytes written.
+pub fn vxlan(out: &mut [u8], dst_port: u16, hash: u32, vni: u32, payload: usize) -> usize {
     let udp_len = (VXLAN_LEN + payload).min(0xffff) as u16;
     out[0..2].copy_from_slice(&vxlan_source_port(hash).to_be_bytes());
     out[2..4].copy_from_slice(&dst_port.to_be_bytes());
@@ -37,6 +38,7 @@ pub fn vxlan(out: &mut [u8; VXLAN_LEN], dst_port: u16, hash: u32, vni: u32, payl
     out[6..8].copy_from_slice(&[0, 0]);
     out[8..12].copy_from_slice(&[0x08, 0, 0, 0]);
     out[12..16].copy_from_slice(&((vni & 0xff_ffff) << 8).to_be_bytes());
+    VXLAN_LEN
 }
 
 /// GRE header for transparent Ethernet bridging, with the key if any.
@@ -278,7 +280,7 @@ mod tests {
     #[test]
     fn vxlan_header_matches_rfc_7348_layout() {
         let mut h = [0u8; VXLAN_LEN];
-        vxlan(&mut h, 4789, 5, 0x12_3456, 100);
+        assert_eq!(vxlan(&mut h, 4789, 5, 0x12_3456, 100), VXLAN_LEN);
         assert_eq!(
             h,
             [

@@ -181,7 +181,7 @@ impl Files {
         files.retain(|(_, p)| Some(p) != current.as_ref());
         // `keep` and the budget count the file being written too.
         let keep_old = self.spec.keep.map(|k| k.saturating_sub(1) as usize);
-        let mut sizes: Vec<u64> = files
+        let sizes: Vec<u64> = files
             .iter()
             .map(|(_, p)| std::fs::metadata(p).map_or(0, |m| m.len()))
             .collect();
@@ -201,7 +201,6 @@ impl Files {
                 }
             }
             total -= sizes[i];
-            sizes[i] = 0;
             i += 1;
         }
     }

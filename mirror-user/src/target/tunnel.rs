@@ -227,12 +227,19 @@ fn open_socket(t: &Tunnel, encap: Encap) -> Result<OwnedFd, TunnelError> {
         )
     })?;
     if let Some(src) = t.source {
-        let (addr, len) = sockaddr(src, 0);
-        // Safety: `addr` is a valid sockaddr of `len` bytes.
-        let rc = unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_storage).cast(), len) };
-        sys("bind(source) (is the address configured on this host?)", rc)?;
+        sys(
+            "bind(source) (is the address configured on this host?)",
+            bind_to(fd, src),
+        )?;
     }
     Ok(sock)
+}
+
+/// bind(2) to `ip` (port 0); returns the call's result.
+fn bind_to(fd: libc::c_int, ip: IpAddr) -> libc::c_int {
+    let (addr, len) = sockaddr(ip, 0);
+    // Safety: `addr` is a valid sockaddr of `len` bytes.
+    unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_storage).cast(), len) }
 }
 
 /// Whether the kernel has a route to the collector: `connect` on a UDP
@@ -250,19 +257,10 @@ fn route_exists(t: &Tunnel) -> bool {
     }
     // Safety: `fd` was just returned by socket(2) and is owned by nothing else.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    if let Some(src) = t.source {
-        let (addr, len) = sockaddr(src, 0);
-        // Safety: `addr` is a valid sockaddr of `len` bytes.
-        if unsafe {
-            libc::bind(
-                sock.as_raw_fd(),
-                (&addr as *const libc::sockaddr_storage).cast(),
-                len,
-            )
-        } != 0
-        {
-            return false;
-        }
+    if t.source
+        .is_some_and(|src| bind_to(sock.as_raw_fd(), src) != 0)
+    {
+        return false;
     }
     let (addr, len) = sockaddr(t.remote, 9);
     // Safety: `addr` is a valid sockaddr of `len` bytes.
@@ -449,12 +447,13 @@ impl Sender {
     fn encapsulate(&mut self, packet: Packet) -> Pending {
         let mut header = [0u8; MAX_HEADER];
         let header_len = match self.encap {
-            Encap::Vxlan { port } => {
-                let mut h = [0u8; VXLAN_LEN];
-                encap::vxlan(&mut h, port, packet.hash, packet.vni, packet.data().len());
-                header[..VXLAN_LEN].copy_from_slice(&h);
-                VXLAN_LEN
-            }
+            Encap::Vxlan { port } => encap::vxlan(
+                &mut header,
+                port,
+                packet.hash,
+                packet.vni,
+                packet.data().len(),
+            ),
             Encap::Gre { key } => encap::gre(&mut header, key),
             Encap::Erspan {
                 version,
