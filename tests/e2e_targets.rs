@@ -7,17 +7,17 @@
 
 mod common;
 
+use common::{assert_reconciles, read_pcapng, wait_for, Record};
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mirror_user::classify;
-use mirror_user::config::{self, Direction, ErspanVersion, Granularity};
+use mirror_user::config::{Direction, ErspanVersion, Granularity};
 use mirror_user::control::Client;
 use mirror_user::lab::{self, traffic, Capture, DaemonProcess, Lab, Netns, TempDir};
-use mirror_user::stats::{Stats, TargetStats};
 use mirror_user::target::encap::{self, GRE_PROTO_TEB};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mirror");
@@ -52,42 +52,6 @@ fn wire(na: &Netns, a: &str, ip_a: &str, nb: &Netns, b: &str, ip_b: &str, mtu: u
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", dev])
             .expect("address");
     }
-}
-
-/// Writes the config (with `@CONTROL@` / `@DIR@` filled in) and starts the daemon in `src`.
-fn start_daemon(src: &Netns, dir: &TempDir, text: &str) -> (DaemonProcess, config::Config) {
-    let control = dir.path().join("control.sock");
-    let text = text
-        .replace("@CONTROL@", &control.to_string_lossy())
-        .replace("@DIR@", &dir.path().to_string_lossy());
-    let path = dir.path().join("mirror.toml");
-    std::fs::write(&path, &text).expect("write config");
-    let cfg = config::parse(&text, "e2e").expect("valid config");
-    let daemon = DaemonProcess::start(
-        src,
-        Path::new(BIN),
-        &path,
-        &control,
-        &dir.path().join("daemon.log"),
-        Duration::from_secs(20),
-    )
-    .expect("daemon starts");
-    (daemon, cfg)
-}
-
-/// Polls (bounded) until `done` holds for the daemon's counters.
-fn wait_for(client: &mut Client, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
-    common::wait_for_stats(client, what, Duration::from_secs(20), done)
-}
-
-/// Every copy offered to a target is sent or dropped with a reason.
-fn assert_reconciles(name: &str, t: &TargetStats) {
-    assert_eq!(t.queued, 0, "{name} is idle");
-    assert_eq!(
-        t.enqueued,
-        t.sent_packets + t.dropped_total(),
-        "{name}: enqueued = sent + dropped: {t:?}"
-    );
 }
 
 /// (destination, IP protocol, IP payload) of an IPv4 frame.
@@ -243,7 +207,8 @@ fn every_target_kind_carries_every_mirrored_frame() {
     vxc.ip(&["link", "set", "vx0", "up"]).expect("vx0 up");
 
     let dir = TempDir::new("e2e-kinds").expect("temp dir");
-    let (daemon, cfg) = start_daemon(&lab.src, &dir, &ALL_KINDS.replace("@FILTER@", FILTER));
+    let (daemon, cfg) =
+        common::start_daemon(BIN, &lab.src, &dir, &ALL_KINDS.replace("@FILTER@", FILTER));
     let sink = Capture::start(&lab.sink, Lab::SINK_IF).expect("capture");
     let inner = Capture::start(&vxc, "vx0").expect("capture");
     let outer_vx = Capture::start(&vxc, "col1").expect("capture");
@@ -401,50 +366,6 @@ fn every_target_kind_carries_every_mirrored_frame() {
     );
 }
 
-/// One packet read back from a pcapng file.
-struct Record {
-    ts_ns: u64,
-    orig_len: u32,
-    data: Vec<u8>,
-}
-
-/// Reads `path` with `pcap-parser` (an implementation independent of the
-/// writer's `pcap-file`), checking the interface's nanosecond resolution.
-fn read_pcapng(path: &Path) -> Vec<Record> {
-    use pcap_parser::traits::PcapReaderIterator;
-    use pcap_parser::{Block, PcapBlockOwned, PcapError, PcapNGReader};
-    let file = std::fs::File::open(path).expect("open pcapng");
-    let mut reader = PcapNGReader::new(1 << 16, file).expect("a pcapng file");
-    let mut out = Vec::new();
-    let mut tsresol = None;
-    loop {
-        match reader.next() {
-            Ok((offset, block)) => {
-                match block {
-                    PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
-                        assert_eq!(idb.linktype, pcap_parser::Linktype::ETHERNET);
-                        tsresol = Some(idb.if_tsresol);
-                    }
-                    PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
-                        assert_eq!(tsresol, Some(9), "nanosecond time stamps");
-                        out.push(Record {
-                            ts_ns: (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low),
-                            orig_len: epb.origlen,
-                            data: epb.data[..epb.caplen as usize].to_vec(),
-                        });
-                    }
-                    _ => {}
-                }
-                reader.consume(offset);
-            }
-            Err(PcapError::Eof) => break,
-            Err(PcapError::Incomplete(_)) => reader.refill().expect("refill"),
-            Err(e) => panic!("{}: {e:?}", path.display()),
-        }
-    }
-    out
-}
-
 const ACCEPT_ALL: &str = r#"
 [[filter]]
 name = "ids"
@@ -484,7 +405,12 @@ fn pcapng_rotates_keeps_the_newest_files_and_records_original_lengths() {
     let lab = Lab::new(1).expect("lab");
     let dir = TempDir::new("e2e-rotate").expect("temp dir");
     std::fs::create_dir(dir.path().join("cap")).expect("capture dir");
-    let (daemon, _) = start_daemon(&lab.src, &dir, &ROTATING.replace("@FILTER@", ACCEPT_ALL));
+    let (daemon, _) = common::start_daemon(
+        BIN,
+        &lab.src,
+        &dir,
+        &ROTATING.replace("@FILTER@", ACCEPT_ALL),
+    );
     let frames = Arc::new(traffic::mixed(2000));
     let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
     let mut client = Client::connect(&daemon.control).expect("control socket");
@@ -618,7 +544,7 @@ fn two_collectors(tag: &str, group: bool) -> TwoCollectors {
         text.replace("@GROUP@", "")
             .replace("@TARGETS@", "[\"a\", \"b\"]")
     };
-    let (daemon, _) = start_daemon(&lab.src, &dir, &text);
+    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
     TwoCollectors {
         lab,
         a: Some(a),

@@ -25,6 +25,12 @@ pub mod limits {
     pub const MAX_SESSIONS: u32 = L::MIRROR_MAX_SESSIONS.0;
     pub const MAX_QUEUES: u32 = L::MIRROR_MAX_QUEUES.0;
     pub const META_MAGIC: u16 = L::MIRROR_META_MAGIC.0 as u16;
+    /// Copy mode: frame bytes a ring-buffer record carries at most.
+    pub const COPY_MAX: u32 = L::MIRROR_COPY_MAX.0;
+    /// Copy mode: the smallest ring buffer (one page).
+    pub const RING_MIN: u32 = L::MIRROR_RING_MIN.0;
+    /// Bytes of `struct mirror_copy` in front of a copy-mode frame.
+    pub const COPY_HEADER_LEN: usize = std::mem::size_of::<super::mirror::types::mirror_copy>();
     /// Bytes of `struct mirror_meta` in front of a redirected frame.
     pub const META_LEN: usize = std::mem::size_of::<super::mirror::types::mirror_meta>();
 }

@@ -1,25 +1,33 @@
-//! The running daemon's data plane: for each source a loaded XDP program and
-//! one AF_XDP RX socket and worker thread per RX queue; for each target a
+//! The running daemon's data plane: for each source its loaded kernel
+//! programs and the threads that read what they hand over; for each target a
 //! bounded queue and a sender thread (AF_XDP TX, tunnel socket, or pcapng writer).
 //!
 //! ```text
-//!  feed port ──XDP (classify, sample)──▶ XSKMAP[rxq] ──▶ RX ring ──▶ worker ──▶ session plan ──▶ target queues ──▶ senders
-//!                  │ no match / sampled out: XDP_DROP (tap mode), counted           (truncate, rate limit, group pick)
+//! tap:  feed port ──XDP (classify, sample)──▶ XSKMAP[rxq] ──▶ RX ring ──▶ worker ─┐
+//!                     no match / sampled out: XDP_DROP, counted                 │
+//! copy: live port ──XDP / tcx (classify, sample, copy)──▶ ring buffer ──▶ reader ─┤
+//!                     every frame: XDP_PASS / TC_ACT_UNSPEC (never held)        │
+//!        ┌──────────────────────────────────────────────────────────────────────┘
+//!        └▶ session plan (truncate, rate limit, group pick) ──▶ target queues ──▶ senders
 //! ```
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use libbpf_rs::{MapHandle, RingBufferBuilder};
 use mirror_ebpf::mirror::types::mirror_counter as C;
 
-use crate::config::{Config, Direction, SourceMode, TargetSpec};
-use crate::loader::{read_meta, AttachMode, SourceProgram};
+use crate::config::{Config, Direction, IngressHook, SourceMode, TargetSpec};
+use crate::loader::{read_meta, CopyHooks, SourceProgram, COUNTERS};
 use crate::netdev;
+use crate::ringbuf::Record;
 use crate::ruleset::{self, RuleSet};
 use crate::session::SessionPlan;
-use crate::stats::{SessionStats, SourceStats, Stats};
+use crate::stats::{DirectionStats, SessionStats, SourceStats, Stats};
 use crate::target::group::TargetGroup;
 use crate::target::{interface, pcapng, tunnel, Frame, TargetQueue};
 use crate::xsk::{RxQueue, StatsHandle};
@@ -28,12 +36,15 @@ use crate::xsk::{RxQueue, StatsHandle};
 const RX_BATCH: u32 = 64;
 /// How long an idle worker sleeps in poll() before checking for shutdown.
 const IDLE_POLL_MS: i32 = 100;
+/// Copy mode: records handled between two wake-ups of the targets.
+const COPY_BATCH: u32 = 64;
 
 struct Source {
     name: String,
     /// Index in `Config::sources` (the pcapng interface id).
     index: u16,
     interface: String,
+    mode: SourceMode,
     program: Mutex<SourceProgram>,
     /// Kernel session index -> index into `Config::sessions`.
     sessions: Vec<usize>,
@@ -41,11 +52,70 @@ struct Source {
     plans: Vec<SessionPlan>,
     sockets: Vec<StatsHandle>,
     no_metadata: AtomicU64,
-    attach_mode: AttachMode,
+    /// How ingress is hooked: "native" / "generic" XDP, "tcx", or "none".
+    attach_mode: &'static str,
     zero_copy: bool,
     /// Rules in force (ingress) and how many rule sets were installed.
     rules: AtomicU64,
     rule_sets_installed: AtomicU64,
+}
+
+/// A source's loaded programs and session plans, before attaching.
+struct Prepared {
+    program: SourceProgram,
+    plans: Vec<SessionPlan>,
+    sessions: Vec<usize>,
+    rules: u64,
+}
+
+impl Prepared {
+    fn into_source(
+        self,
+        cfg: &crate::config::Source,
+        idx: usize,
+        attach_mode: &'static str,
+        sockets: Vec<StatsHandle>,
+        zero_copy: bool,
+    ) -> Source {
+        Source {
+            name: cfg.name.clone(),
+            index: idx as u16,
+            interface: cfg.interface.clone(),
+            mode: cfg.mode,
+            program: Mutex::new(self.program),
+            sessions: self.sessions,
+            plans: self.plans,
+            sockets,
+            no_metadata: AtomicU64::new(0),
+            attach_mode,
+            zero_copy,
+            rules: AtomicU64::new(self.rules),
+            rule_sets_installed: AtomicU64::new(1),
+        }
+    }
+}
+
+/// The rule sets a source's programs classify with: ingress always (empty
+/// when the source does not mirror ingress), egress for copy-mode sources
+/// that mirror egress.
+fn source_rule_sets(config: &Config, idx: usize) -> Result<(RuleSet, Option<RuleSet>)> {
+    let src = &config.sources[idx];
+    let filters = ruleset::source_filters(config, idx);
+    let ingress = if src.ingress() {
+        RuleSet::build(&filters, Direction::Ingress)?
+    } else {
+        RuleSet::build(&[], Direction::Ingress)?
+    };
+    let egress = if src.mode == SourceMode::Copy && src.egress() {
+        Some(RuleSet::build(&filters, Direction::Egress)?)
+    } else {
+        None
+    };
+    Ok((ingress, egress))
+}
+
+fn rule_count(ingress: &RuleSet, egress: &Option<RuleSet>) -> u64 {
+    (ingress.rules + egress.as_ref().map_or(0, |e| e.rules)) as u64
 }
 
 /// A running data plane. Dropping it (or [`Engine::shutdown`]) detaches every
@@ -154,30 +224,58 @@ impl Engine {
 
     fn start_source(&mut self, idx: usize) -> Result<()> {
         let cfg = &self.config.sources[idx];
-        if cfg.mode != SourceMode::Tap {
-            bail!(
-                "source `{}`: mode = \"copy\" is not supported yet by this version of mirror",
-                cfg.name
-            );
-        }
         let sessions = self.config.sessions_of(idx);
-        let set = RuleSet::build(
-            &ruleset::source_filters(&self.config, idx),
-            Direction::Ingress,
-        )
-        .with_context(|| format!("source `{}`: compiling the rules", cfg.name))?;
-        let mut program = SourceProgram::load()
-            .with_context(|| format!("source `{}`: loading the XDP program", cfg.name))?;
+        let (ingress, egress) = source_rule_sets(&self.config, idx)
+            .with_context(|| format!("source `{}`: compiling the rules", cfg.name))?;
+        let mut program = SourceProgram::load_with_ring(match cfg.mode {
+            SourceMode::Tap => mirror_ebpf::limits::RING_MIN,
+            SourceMode::Copy => cfg.ring_buffer,
+        })
+        .with_context(|| format!("source `{}`: loading the kernel programs", cfg.name))?;
         program
-            .install(&set, None)
+            .install(&ingress, egress.as_ref())
             .with_context(|| format!("source `{}`: installing the rules", cfg.name))?;
+        let rules = rule_count(&ingress, &egress);
         tracing::info!(
             source = %cfg.name,
-            rules = set.rules,
-            classes = set.bitmaps.len(),
-            kib = set.memory_bytes() / 1024,
+            rules,
+            classes = ingress.bitmaps.len() + egress.as_ref().map_or(0, |e| e.bitmaps.len()),
+            kib = (ingress.memory_bytes() + egress.as_ref().map_or(0, |e| e.memory_bytes())) / 1024,
             "rule set installed"
         );
+        let plans: Vec<SessionPlan> = sessions
+            .iter()
+            .map(|&s| SessionPlan::new(&self.config, s, &self.targets, &self.groups))
+            .collect();
+        for (k, &s) in sessions.iter().enumerate() {
+            let sess = &self.config.sessions[s];
+            program
+                .set_sampling(k as u32, sess.sample)
+                .with_context(|| format!("source `{}`: setting the sampling", cfg.name))?;
+            if cfg.mode == SourceMode::Copy {
+                // Copy mode cuts in the kernel: only packet_length bytes cross.
+                program
+                    .set_snap(k as u32, sess.packet_length)
+                    .with_context(|| format!("source `{}`: setting packet_length", cfg.name))?;
+            }
+        }
+        let prepared = Prepared {
+            program,
+            plans,
+            sessions,
+            rules,
+        };
+        match cfg.mode {
+            SourceMode::Tap => self.start_tap(idx, prepared),
+            SourceMode::Copy => self.start_copy(idx, prepared),
+        }
+    }
+
+    /// Tap mode: one AF_XDP socket and worker per RX queue, then XDP.
+    fn start_tap(&mut self, idx: usize, mut prepared: Prepared) -> Result<()> {
+        let cfg = &self.config.sources[idx];
+        let program = &mut prepared.program;
+        let mut sockets = Vec::new();
         let queues = match netdev::rx_queues(&cfg.interface) {
             Some(n) => n,
             None => {
@@ -196,7 +294,6 @@ impl Engine {
             );
         }
         let mut rx = Vec::new();
-        let mut sockets = Vec::new();
         for q in 0..queues {
             let queue = RxQueue::open(
                 &cfg.interface,
@@ -220,35 +317,12 @@ impl Engine {
             rx.push(queue);
         }
         let zero_copy = rx.iter().all(RxQueue::zero_copy);
-
-        let plans: Vec<SessionPlan> = sessions
-            .iter()
-            .map(|&s| SessionPlan::new(&self.config, s, &self.targets, &self.groups))
-            .collect();
-        for (k, &s) in sessions.iter().enumerate() {
-            program
-                .set_sampling(k as u32, self.config.sessions[s].sample)
-                .with_context(|| format!("source `{}`: setting the sampling", cfg.name))?;
-        }
         // Every socket is bound and in the XSKMAP before the program is
         // attached; frames that arrive before the workers start wait in the RX rings.
         let mode = program
             .attach(&cfg.interface, cfg.xdp_mode)
             .with_context(|| format!("source `{}`", cfg.name))?;
-        let source = Arc::new(Source {
-            name: cfg.name.clone(),
-            index: idx as u16,
-            interface: cfg.interface.clone(),
-            program: Mutex::new(program),
-            plans,
-            sessions,
-            sockets,
-            no_metadata: AtomicU64::new(0),
-            attach_mode: mode,
-            rules: AtomicU64::new(set.rules as u64),
-            rule_sets_installed: AtomicU64::new(1),
-            zero_copy,
-        });
+        let source = Arc::new(prepared.into_source(cfg, idx, mode.as_str(), sockets, zero_copy));
         for (q, queue) in rx.into_iter().enumerate() {
             let src = source.clone();
             let stop = self.stop_workers.clone();
@@ -263,10 +337,61 @@ impl Engine {
             interface = %cfg.interface,
             xdp_mode = mode.as_str(),
             queues,
-            zero_copy,
-            rules = set.rules,
-            "source attached (tap mode)"
+            zero_copy = source.zero_copy,
+            "source attached (tap mode: the feed port's frames are consumed)"
         );
+        self.log_paths(&source);
+        self.sources.push(source);
+        Ok(())
+    }
+
+    /// Copy mode: the programs, then a reader thread on the ring buffer
+    /// (records wait in the ring until it starts).
+    fn start_copy(&mut self, idx: usize, mut prepared: Prepared) -> Result<()> {
+        let cfg = &self.config.sources[idx];
+        let ring = prepared
+            .program
+            .copies()
+            .context("opening the ring buffer")?;
+        let hooks = CopyHooks {
+            ingress: cfg.ingress().then_some(cfg.ingress_hook),
+            egress: cfg.egress(),
+        };
+        let attached = prepared
+            .program
+            .attach_copy(&cfg.interface, hooks, cfg.xdp_mode)
+            .with_context(|| format!("source `{}`", cfg.name))?;
+        let attach_mode = match (attached, hooks.ingress) {
+            (Some(m), _) => m.as_str(),
+            (None, Some(IngressHook::Tc)) => "tcx",
+            _ => "none",
+        };
+        let source = Arc::new(prepared.into_source(cfg, idx, attach_mode, Vec::new(), false));
+        let (src, stop) = (source.clone(), self.stop_workers.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("copy-{}", cfg.name))
+            .spawn(move || copy_reader(&ring, &src, &stop))
+            .context("spawning the ring-buffer reader thread")?;
+        self.workers.push(handle);
+        tracing::info!(
+            source = %cfg.name,
+            interface = %cfg.interface,
+            ingress = match hooks.ingress {
+                None => "off",
+                Some(IngressHook::Xdp) => "xdp",
+                Some(IngressHook::Tc) => "tcx",
+            },
+            xdp_mode = source.attach_mode,
+            egress = if hooks.egress { "tcx" } else { "off" },
+            ring_buffer_bytes = cfg.ring_buffer,
+            "source attached (copy mode: every frame passes on untouched)"
+        );
+        self.log_paths(&source);
+        self.sources.push(source);
+        Ok(())
+    }
+
+    fn log_paths(&self, source: &Source) {
         for &s in &source.sessions {
             let sess = &self.config.sessions[s];
             tracing::info!(
@@ -275,24 +400,21 @@ impl Engine {
                 rate_limit_pps = sess.rate_limit_pps,
                 packet_length = sess.packet_length,
                 path = "af_xdp",
-                "session served through AF_XDP and userspace workers \
-                 (the in-kernel fast path is not available in this version)"
+                "session served through userspace (the in-kernel fast path is not available in this version)"
             );
         }
-        self.sources.push(source);
-        Ok(())
     }
 
     /// A consistent-enough snapshot of every counter.
     pub fn stats(&self) -> Result<Stats> {
         let mut out = Stats::default();
         for src in &self.sources {
-            let (counters, session_matched, session_sampled_out) = {
+            let (by_dir, session_matched, session_sampled_out) = {
                 let p = src
                     .program
                     .lock()
                     .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
-                let c = p.counters()?;
+                let c = p.counters_by_direction()?;
                 let m: Vec<u64> = (0..src.sessions.len())
                     .map(|i| p.session_matched(i as u32).unwrap_or(0))
                     .collect();
@@ -301,35 +423,72 @@ impl Engine {
                     .collect();
                 (c, m, so)
             };
+            let counters: [u64; COUNTERS] = std::array::from_fn(|i| by_dir[0][i] + by_dir[1][i]);
             let c = |k: C| counters[k.0 as usize];
-            let (mut ring_full, mut no_buffer) = (0, 0);
-            for s in &src.sockets {
-                let d = s.drops();
-                ring_full += d.rx_ring_full;
-                no_buffer += d.rx_dropped;
-            }
             let no_metadata = src.no_metadata.load(Ordering::Relaxed);
-            let no_socket = c(C::MIRROR_CNT_DROP_NO_SOCKET);
             let rate_limited: u64 = src
                 .plans
                 .iter()
                 .map(|p| p.rate_limited.load(Ordering::Relaxed))
                 .sum();
-            let mirrored = c(C::MIRROR_CNT_REDIRECTED)
-                .saturating_sub(ring_full)
-                .saturating_sub(no_buffer)
+            let (handed_over, kernel_drops): (u64, Vec<(&str, u64)>) = match src.mode {
+                SourceMode::Tap => {
+                    let (mut ring_full, mut no_buffer) = (0, 0);
+                    for s in &src.sockets {
+                        let d = s.drops();
+                        ring_full += d.rx_ring_full;
+                        no_buffer += d.rx_dropped;
+                    }
+                    // The kernel counts what it redirected; the socket what
+                    // it then could not queue.
+                    (
+                        c(C::MIRROR_CNT_REDIRECTED)
+                            .saturating_sub(ring_full)
+                            .saturating_sub(no_buffer),
+                        vec![
+                            ("no_socket", c(C::MIRROR_CNT_DROP_NO_SOCKET)),
+                            ("ring_full", ring_full),
+                            ("no_buffer", no_buffer),
+                        ],
+                    )
+                }
+                SourceMode::Copy => (
+                    c(C::MIRROR_CNT_COPIED),
+                    vec![
+                        ("ring_full", c(C::MIRROR_CNT_DROP_RING_FULL)),
+                        ("copy_error", c(C::MIRROR_CNT_COPY_ERROR)),
+                    ],
+                ),
+            };
+            let mirrored = handed_over
                 .saturating_sub(no_metadata)
                 .saturating_sub(rate_limited);
-            let dropped = [
-                ("no_socket", no_socket),
-                ("ring_full", ring_full),
-                ("no_buffer", no_buffer),
-                ("no_metadata", no_metadata),
-                ("rate_limited", rate_limited),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+            let dropped = kernel_drops
+                .into_iter()
+                .chain([("no_metadata", no_metadata), ("rate_limited", rate_limited)])
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            let directions = match src.mode {
+                SourceMode::Tap => Default::default(),
+                SourceMode::Copy => [("ingress", &by_dir[0]), ("egress", &by_dir[1])]
+                    .into_iter()
+                    .map(|(name, d)| {
+                        let c = |k: C| d[k.0 as usize];
+                        (
+                            name.to_string(),
+                            DirectionStats {
+                                received: c(C::MIRROR_CNT_RECEIVED),
+                                matched: c(C::MIRROR_CNT_MATCHED),
+                                filtered: c(C::MIRROR_CNT_FILTERED),
+                                sampled_out: c(C::MIRROR_CNT_SAMPLED_OUT),
+                                copied: c(C::MIRROR_CNT_COPIED),
+                                ring_full: c(C::MIRROR_CNT_DROP_RING_FULL),
+                                copy_cut: c(C::MIRROR_CNT_COPY_CUT),
+                            },
+                        )
+                    })
+                    .collect(),
+            };
             let parser = [
                 ("non_ip", C::MIRROR_CNT_PARSE_NON_IP),
                 ("truncated", C::MIRROR_CNT_PARSE_TRUNCATED),
@@ -345,8 +504,11 @@ impl Engine {
                 src.name.clone(),
                 SourceStats {
                     interface: src.interface.clone(),
-                    mode: "tap".into(),
-                    xdp_mode: src.attach_mode.as_str().into(),
+                    mode: match src.mode {
+                        SourceMode::Tap => "tap".into(),
+                        SourceMode::Copy => "copy".into(),
+                    },
+                    xdp_mode: src.attach_mode.into(),
                     zero_copy: src.zero_copy,
                     queues: src.sockets.len() as u32,
                     received: c(C::MIRROR_CNT_RECEIVED),
@@ -360,6 +522,7 @@ impl Engine {
                     rules: src.rules.load(Ordering::Relaxed),
                     rule_sets_installed: src.rule_sets_installed.load(Ordering::Relaxed),
                     no_rule_set: c(C::MIRROR_CNT_NO_RULE_SET),
+                    directions,
                 },
             );
             for (k, &s) in src.sessions.iter().enumerate() {
@@ -421,23 +584,22 @@ impl Engine {
         crate::rules::check_reloadable(&self.config, &new)?;
         let mut sets = Vec::new();
         for (i, src) in self.sources.iter().enumerate() {
-            let set = RuleSet::build(&ruleset::source_filters(&new, i), Direction::Ingress)
+            let set = source_rule_sets(&new, i)
                 .with_context(|| format!("source `{}`: the new rules", src.name))?;
             sets.push(set);
         }
-        for (i, (src, set)) in self.sources.iter().zip(&sets).enumerate() {
+        for (i, (src, (ingress, egress))) in self.sources.iter().zip(&sets).enumerate() {
             let installed = src
                 .program
                 .lock()
                 .map_err(|_| anyhow::anyhow!("poisoned lock"))?
-                .install(set, None);
+                .install(ingress, egress.as_ref());
             if let Err(e) = installed {
                 // Put the sources already switched back on the running rules.
                 for (j, s) in self.sources.iter().enumerate().take(i) {
-                    let old =
-                        RuleSet::build(&ruleset::source_filters(&live, j), Direction::Ingress)?;
+                    let (old_in, old_out) = source_rule_sets(&live, j)?;
                     if let Ok(mut p) = s.program.lock() {
-                        if let Err(e) = p.install(&old, None) {
+                        if let Err(e) = p.install(&old_in, old_out.as_ref()) {
                             tracing::error!(source = %s.name, error = %e, "restoring the previous rules failed");
                         }
                     }
@@ -445,7 +607,8 @@ impl Engine {
                 return Err(e)
                     .with_context(|| format!("source `{}`: installing the new rules", src.name));
             }
-            src.rules.store(set.rules as u64, Ordering::Relaxed);
+            src.rules
+                .store(rule_count(ingress, egress), Ordering::Relaxed);
             src.rule_sets_installed.fetch_add(1, Ordering::Relaxed);
         }
         *live = new;
@@ -453,7 +616,7 @@ impl Engine {
             .sources
             .iter()
             .zip(&sets)
-            .map(|(s, set)| (s.name.clone(), set.rules))
+            .map(|(s, (i, e))| (s.name.clone(), rule_count(i, e) as usize))
             .collect())
     }
 
@@ -529,6 +692,73 @@ fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
             }
         }
     }
+}
+
+/// Copy mode: reads the source's ring buffer and feeds every record to its
+/// session, waking the targets every [`COPY_BATCH`] records and whenever the
+/// ring is empty. Sleeps in epoll while there is nothing to read.
+fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
+    let plans = &src.plans;
+    let touched = RefCell::new(vec![false; plans.len()]);
+    let since_wake = std::cell::Cell::new(0u32);
+    let tai_offset = tai_offset_ns();
+    let wake = || {
+        for (s, hit) in touched.borrow_mut().iter_mut().enumerate() {
+            if std::mem::take(hit) {
+                plans[s].queues.iter().for_each(|t| t.notify());
+            }
+        }
+        since_wake.set(0);
+    };
+    let on_record = |bytes: &[u8]| -> i32 {
+        let rec = match Record::parse(bytes) {
+            Some(r) if (r.session as usize) < plans.len() => r,
+            _ => {
+                src.no_metadata.fetch_add(1, Ordering::Relaxed);
+                return 0;
+            }
+        };
+        plans[rec.session as usize].dispatch(Frame {
+            data: rec.data,
+            orig_len: rec.orig_len,
+            hash: rec.hash,
+            tstamp_ns: rec.tstamp_tai.wrapping_sub(tai_offset),
+            vni: 0,
+            source: src.index,
+            egress: rec.egress,
+        });
+        touched.borrow_mut()[rec.session as usize] = true;
+        since_wake.set(since_wake.get() + 1);
+        if since_wake.get() >= COPY_BATCH {
+            wake();
+        }
+        0
+    };
+    let mut builder = RingBufferBuilder::new();
+    let built = match builder.add(ring, on_record) {
+        Ok(_) => builder.build(),
+        Err(e) => Err(e),
+    };
+    let ring = match built {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(source = %src.name, error = %e, "cannot read the ring buffer; copies are lost (counted as ring_full by the kernel once it fills)");
+            return;
+        }
+    };
+    let timeout = Duration::from_millis(IDLE_POLL_MS as u64);
+    while !stop.load(Ordering::Relaxed) {
+        if let Err(e) = ring.poll(timeout) {
+            if e.kind() != libbpf_rs::ErrorKind::Interrupted {
+                tracing::warn!(source = %src.name, error = %e, "polling the ring buffer");
+                std::thread::sleep(timeout);
+            }
+        }
+        wake();
+    }
+    // The programs are detached: hand on what is still in the ring.
+    let _ = ring.consume();
+    wake();
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {

@@ -2,7 +2,7 @@
 //!
 //! The library behind the `mirror` binary: configuration ([`config`]), filter
 //! semantics ([`classify`]) and their kernel tables ([`ruleset`]), the kernel programs' loader ([`loader`]), AF_XDP
-//! ([`xsk`]), targets ([`target`]), sessions' per-frame work ([`session`]), the data plane ([`engine`]), counters
+//! ([`xsk`]), the copy-mode ring buffer ([`ringbuf`]), targets ([`target`]), sessions' per-frame work ([`session`]), the data plane ([`engine`]), counters
 //! ([`stats`]), the control socket ([`control`]), and the network-namespace
 //! lab used by `mirror demo` and the tests ([`lab`]).
 
@@ -13,6 +13,7 @@ pub mod engine;
 pub mod lab;
 pub mod loader;
 pub mod netdev;
+pub mod ringbuf;
 pub mod rules;
 pub mod ruleset;
 pub mod session;

@@ -10,7 +10,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use mirror_ebpf::mirror::types::mirror_counter;
 use mirror_ebpf::mirror::{MirrorSkel, MirrorSkelBuilder};
 
-use crate::config::XdpMode;
+use crate::config::{IngressHook, XdpMode};
 use crate::ruleset::{RuleSet, BITMAP_U64S};
 
 /// Number of per-source kernel counters (`enum mirror_counter`).
@@ -39,10 +39,26 @@ pub enum LoaderError {
     #[error("no interface named `{0}` in this network namespace")]
     NoInterface(String),
     #[error(
-        "another XDP program (id {prog_id}) is already attached to {interface}; \
-         detach it first (`ip link set dev {interface} xdp off`), see `bpftool net`"
+        "another XDP program, `{prog_name}` (id {prog_id}), is already attached to {interface}, \
+         and mirror does not chain XDP programs (no libxdp multi-program dispatcher; \
+         native and generic XDP cannot be mixed on one interface either). \
+         Options: detach it (`ip link set dev {interface} xdp off`, see `bpftool net`), \
+         or, for a copy-mode source, set ingress_hook = \"tc\" to mirror ingress at tcx, \
+         which runs next to any XDP program"
     )]
-    Busy { interface: String, prog_id: u32 },
+    Busy {
+        interface: String,
+        prog_id: u32,
+        prog_name: String,
+    },
+    #[error("attaching the {hook} program to {interface}: {source}")]
+    AttachTc {
+        interface: String,
+        hook: &'static str,
+        source: std::io::Error,
+    },
+    #[error("ring_buffer = {0} bytes: the kernel needs a power of two of at least 4096")]
+    RingSize(u32),
     #[error("attaching XDP to {interface} in {mode} mode: {source}{hint}")]
     Attach {
         interface: String,
@@ -68,11 +84,12 @@ impl AttachMode {
     }
 }
 
-/// The kernel side of one tap-mode source: loaded programs and maps, and, once
-/// attached, the XDP link.
+/// The kernel side of one source: loaded programs and maps, and, once
+/// attached, the XDP and/or tcx links.
 pub struct SourceProgram {
     skel: MirrorSkel<'static>,
-    link: Option<OwnedFd>,
+    /// Dropping a link detaches its program; so does the process dying.
+    links: Vec<OwnedFd>,
     /// The generation frames are classified with (`active_generation`).
     generation: u32,
 }
@@ -81,21 +98,47 @@ pub struct SourceProgram {
 const INGRESS: u32 = 0;
 const EGRESS: u32 = 1;
 
+/// Which copy-mode programs to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyHooks {
+    /// Ingress, through XDP (`Some(IngressHook::Xdp)`) or tcx; `None`: not mirrored.
+    pub ingress: Option<IngressHook>,
+    /// Egress, through tcx.
+    pub egress: bool,
+}
+
 impl SourceProgram {
-    /// Loads the programs. Until [`SourceProgram::install`] is called no rule
-    /// set is present and every frame is counted `no_rule_set` and filtered.
+    /// Loads the programs with the smallest copy-mode ring buffer (tap mode,
+    /// tests). Until [`SourceProgram::install`] is called no rule set is
+    /// present and every frame is counted `no_rule_set` and filtered.
     pub fn load() -> Result<Self, LoaderError> {
+        Self::load_with_ring(mirror_ebpf::limits::RING_MIN)
+    }
+
+    /// Loads the programs with a copy-mode ring buffer of `ring_bytes` (a
+    /// power of two, at least one page).
+    pub fn load_with_ring(ring_bytes: u32) -> Result<Self, LoaderError> {
+        if !ring_bytes.is_power_of_two() || ring_bytes < mirror_ebpf::limits::RING_MIN {
+            return Err(LoaderError::RingSize(ring_bytes));
+        }
         // The skeleton borrows its object storage for as long as it lives; one
         // small allocation per loaded source, kept for the process lifetime.
         let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
-        let open = MirrorSkelBuilder::default()
+        let mut open = MirrorSkelBuilder::default()
             .open(storage)
             .map_err(LoaderError::Open)?;
+        open.maps
+            .copies
+            .set_max_entries(ring_bytes)
+            .map_err(|source| LoaderError::Map {
+                map: "copies",
+                source,
+            })?;
         let skel = open.load().map_err(LoaderError::Load)?;
         Ok(SourceProgram {
             skel,
-            link: None,
+            links: Vec::new(),
             generation: 0,
         })
     }
@@ -182,6 +225,24 @@ impl SourceProgram {
         self.skel.progs.xdp_tap.as_fd()
     }
 
+    /// The copy-mode programs' fds, for `BPF_PROG_TEST_RUN`: XDP ingress,
+    /// tcx egress, tcx ingress.
+    pub fn copy_fds(&self) -> [std::os::fd::BorrowedFd<'_>; 3] {
+        [
+            self.skel.progs.xdp_copy.as_fd(),
+            self.skel.progs.tc_copy_egress.as_fd(),
+            self.skel.progs.tc_copy_ingress.as_fd(),
+        ]
+    }
+
+    /// A handle on the copy-mode ring buffer, for the consumer thread.
+    pub fn copies(&self) -> Result<MapHandle, LoaderError> {
+        MapHandle::try_from(&self.skel.maps.copies).map_err(|source| LoaderError::Map {
+            map: "copies",
+            source,
+        })
+    }
+
     /// Puts AF_XDP socket `fd` in the XSKMAP slot of RX queue `queue`.
     pub fn set_socket(&self, queue: u32, fd: RawFd) -> Result<(), LoaderError> {
         self.skel
@@ -198,10 +259,76 @@ impl SourceProgram {
             })
     }
 
-    /// Attaches the XDP program to `interface` through a BPF link.
+    /// Attaches the tap-mode XDP program to `interface` through a BPF link.
     pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<AttachMode, LoaderError> {
-        let ifindex = ifindex(interface)?;
         let prog_fd = self.skel.progs.xdp_tap.as_fd().as_raw_fd();
+        self.attach_xdp(prog_fd, interface, mode)
+    }
+
+    /// Attaches the copy-mode programs to `interface`: egress first (tcx),
+    /// then ingress (XDP or tcx). Returns the XDP mode when XDP was used. On
+    /// error nothing stays attached.
+    pub fn attach_copy(
+        &mut self,
+        interface: &str,
+        hooks: CopyHooks,
+        mode: XdpMode,
+    ) -> Result<Option<AttachMode>, LoaderError> {
+        let idx = ifindex(interface)?;
+        let result = self.attach_copy_links(interface, idx, hooks, mode);
+        if result.is_err() {
+            self.links.clear();
+        }
+        result
+    }
+
+    fn attach_copy_links(
+        &mut self,
+        interface: &str,
+        idx: u32,
+        hooks: CopyHooks,
+        mode: XdpMode,
+    ) -> Result<Option<AttachMode>, LoaderError> {
+        if hooks.egress {
+            let fd = self.skel.progs.tc_copy_egress.as_fd().as_raw_fd();
+            let link = link_create(fd, idx, libbpf_sys::BPF_TCX_EGRESS, 0).map_err(|source| {
+                LoaderError::AttachTc {
+                    interface: interface.to_string(),
+                    hook: "tcx egress",
+                    source,
+                }
+            })?;
+            self.links.push(link);
+        }
+        match hooks.ingress {
+            None => Ok(None),
+            Some(IngressHook::Tc) => {
+                let fd = self.skel.progs.tc_copy_ingress.as_fd().as_raw_fd();
+                let link =
+                    link_create(fd, idx, libbpf_sys::BPF_TCX_INGRESS, 0).map_err(|source| {
+                        LoaderError::AttachTc {
+                            interface: interface.to_string(),
+                            hook: "tcx ingress",
+                            source,
+                        }
+                    })?;
+                self.links.push(link);
+                Ok(None)
+            }
+            Some(IngressHook::Xdp) => {
+                let fd = self.skel.progs.xdp_copy.as_fd().as_raw_fd();
+                self.attach_xdp(fd, interface, mode).map(Some)
+            }
+        }
+    }
+
+    fn attach_xdp(
+        &mut self,
+        prog_fd: RawFd,
+        interface: &str,
+        mode: XdpMode,
+    ) -> Result<AttachMode, LoaderError> {
+        let ifindex = ifindex(interface)?;
         let tries: &[AttachMode] = match mode {
             XdpMode::Auto => &[AttachMode::Native, AttachMode::Generic],
             XdpMode::Native => &[AttachMode::Native],
@@ -209,15 +336,21 @@ impl SourceProgram {
         };
         let mut last = None;
         for &m in tries {
-            match link_xdp(prog_fd, ifindex, m) {
+            let flags = match m {
+                AttachMode::Native => libbpf_sys::XDP_FLAGS_DRV_MODE,
+                AttachMode::Generic => libbpf_sys::XDP_FLAGS_SKB_MODE,
+            };
+            match link_create(prog_fd, ifindex, libbpf_sys::BPF_XDP, flags) {
                 Ok(fd) => {
-                    self.link = Some(fd);
+                    self.links.push(fd);
                     return Ok(m);
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)) => {
+                    let prog_id = attached_prog_id(ifindex);
                     return Err(LoaderError::Busy {
                         interface: interface.to_string(),
-                        prog_id: attached_prog_id(ifindex),
+                        prog_id,
+                        prog_name: prog_name(prog_id),
                     });
                 }
                 Err(e) => {
@@ -245,23 +378,51 @@ impl SourceProgram {
         })
     }
 
-    /// Detaches the XDP program (also done by dropping).
+    /// Detaches every program (also done by dropping).
     pub fn detach(&mut self) {
-        self.link = None;
+        self.links.clear();
     }
 
-    /// The per-source counters, summed over CPUs, indexed by `enum mirror_counter`.
+    /// The per-source counters of both directions together, summed over
+    /// CPUs, indexed by `enum mirror_counter`.
     pub fn counters(&self) -> Result<[u64; COUNTERS], LoaderError> {
-        let mut out = [0u64; COUNTERS];
-        for (i, slot) in out.iter_mut().enumerate() {
-            *slot = percpu_sum(&self.skel.maps.counters, i as u32).map_err(|source| {
-                LoaderError::Map {
-                    map: "counters",
-                    source,
-                }
-            })?;
+        let [ingress, egress] = self.counters_by_direction()?;
+        Ok(std::array::from_fn(|i| ingress[i] + egress[i]))
+    }
+
+    /// The per-source counters, `[ingress, egress]`, summed over CPUs.
+    pub fn counters_by_direction(&self) -> Result<[[u64; COUNTERS]; 2], LoaderError> {
+        let mut out = [[0u64; COUNTERS]; 2];
+        for (dir, counters) in out.iter_mut().enumerate() {
+            for (i, slot) in counters.iter_mut().enumerate() {
+                let key = (dir * COUNTERS + i) as u32;
+                *slot = percpu_sum(&self.skel.maps.counters, key).map_err(|source| {
+                    LoaderError::Map {
+                        map: "counters",
+                        source,
+                    }
+                })?;
+            }
         }
         Ok(out)
+    }
+
+    /// Copy mode: copies of the session at kernel index `session` carry at
+    /// most `bytes` of each frame (0: the whole frame).
+    pub fn set_snap(&mut self, session: u32, bytes: u32) -> Result<(), LoaderError> {
+        let slot = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .and_then(|bss| bss.session_snap.get_mut(session as usize));
+        match slot {
+            Some(v) => {
+                *v = bytes;
+                Ok(())
+            }
+            None => Err(bss_error("session_snap", session)),
+        }
     }
 
     /// Mirrors 1 in `n` frames the session at kernel index `session` accepts
@@ -278,12 +439,7 @@ impl SourceProgram {
                 *v = n;
                 Ok(())
             }
-            None => Err(LoaderError::Map {
-                map: "session_sample",
-                source: libbpf_rs::Error::from(std::io::Error::other(format!(
-                    "session index {session} out of range or .bss not mapped"
-                ))),
-            }),
+            None => Err(bss_error("session_sample", session)),
         }
     }
 
@@ -303,6 +459,15 @@ impl SourceProgram {
             map: "session_matched",
             source,
         })
+    }
+}
+
+fn bss_error(map: &'static str, session: u32) -> LoaderError {
+    LoaderError::Map {
+        map,
+        source: libbpf_rs::Error::from(std::io::Error::other(format!(
+            "session index {session} out of range or .bss not mapped"
+        ))),
     }
 }
 
@@ -386,6 +551,32 @@ pub fn test_run(prog: std::os::fd::BorrowedFd<'_>, frame: &[u8]) -> std::io::Res
         "unexpected test-run output: {len} bytes for a {}-byte frame",
         frame.len()
     )))
+}
+
+/// Runs `frame` once through any program (BPF_PROG_TEST_RUN) and returns its
+/// return value and the frame as the program left it. For the copy-mode
+/// programs, whose records then wait in [`SourceProgram::copies`].
+pub fn test_run_raw(
+    prog: std::os::fd::BorrowedFd<'_>,
+    frame: &[u8],
+) -> std::io::Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = libbpf_sys::bpf_test_run_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+        data_in: frame.as_ptr().cast(),
+        data_size_in: frame.len() as u32,
+        data_out: out.as_mut_ptr().cast(),
+        data_size_out: out.len() as u32,
+        repeat: 1,
+        ..Default::default()
+    };
+    // Safety: the buffers outlive the call and their sizes are passed with them.
+    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
+    if rc < 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc));
+    }
+    out.truncate(opts.data_size_out as usize);
+    Ok((opts.retval, out))
 }
 
 /// The three inner maps of one rule set (see abi.h), created and filled.
@@ -494,22 +685,100 @@ pub fn ifindex(name: &str) -> Result<u32, LoaderError> {
     Ok(idx)
 }
 
-fn link_xdp(prog_fd: RawFd, ifindex: u32, mode: AttachMode) -> std::io::Result<OwnedFd> {
-    // Safety: an all-zero `bpf_link_create_opts` is its documented default.
+/// A BPF link of `prog_fd` to `ifindex` at `attach_type` (XDP with its mode
+/// flags, or tcx appended after the programs already there).
+fn link_create(
+    prog_fd: RawFd,
+    ifindex: u32,
+    attach_type: libbpf_sys::bpf_attach_type,
+    flags: u32,
+) -> std::io::Result<OwnedFd> {
+    // Safety: an all-zero `bpf_link_create_opts` is its documented default
+    // (for tcx: no relative program, any revision).
     let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
     opts.sz = std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _;
-    opts.flags = match mode {
-        AttachMode::Native => libbpf_sys::XDP_FLAGS_DRV_MODE,
-        AttachMode::Generic => libbpf_sys::XDP_FLAGS_SKB_MODE,
-    };
+    opts.flags = flags;
     // Safety: `prog_fd` is a loaded program, `opts` is initialised and sized.
-    let fd =
-        unsafe { libbpf_sys::bpf_link_create(prog_fd, ifindex as i32, libbpf_sys::BPF_XDP, &opts) };
+    let fd = unsafe { libbpf_sys::bpf_link_create(prog_fd, ifindex as i32, attach_type, &opts) };
     if fd < 0 {
         return Err(std::io::Error::from_raw_os_error(-fd));
     }
     // Safety: the kernel just returned this fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The BPF programs attached to an interface, as (id, name).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attached {
+    pub xdp: Vec<(u32, String)>,
+    pub tcx_ingress: Vec<(u32, String)>,
+    pub tcx_egress: Vec<(u32, String)>,
+}
+
+/// Which XDP and tcx programs are attached to `interface` in this thread's
+/// network namespace (what `bpftool net` shows).
+pub fn attached(interface: &str) -> Result<Attached, LoaderError> {
+    let idx = ifindex(interface)?;
+    let xdp_id = attached_prog_id(idx);
+    let named = |ids: Vec<u32>| ids.into_iter().map(|id| (id, prog_name(id))).collect();
+    Ok(Attached {
+        xdp: named(if xdp_id == 0 {
+            Vec::new()
+        } else {
+            vec![xdp_id]
+        }),
+        tcx_ingress: named(tcx_prog_ids(idx, libbpf_sys::BPF_TCX_INGRESS)),
+        tcx_egress: named(tcx_prog_ids(idx, libbpf_sys::BPF_TCX_EGRESS)),
+    })
+}
+
+fn tcx_prog_ids(ifindex: u32, attach_type: libbpf_sys::bpf_attach_type) -> Vec<u32> {
+    let mut ids = [0u32; 64];
+    let mut count = ids.len() as u32;
+    // Safety: `ids` has room for `count` ids; the other pointers may be NULL.
+    let rc = unsafe {
+        libbpf_sys::bpf_prog_query(
+            ifindex as i32,
+            attach_type,
+            0,
+            std::ptr::null_mut(),
+            ids.as_mut_ptr(),
+            &mut count,
+        )
+    };
+    if rc != 0 {
+        return Vec::new();
+    }
+    ids[..(count as usize).min(ids.len())].to_vec()
+}
+
+/// The name of loaded program `id`, or "?" when it cannot be read.
+fn prog_name(id: u32) -> String {
+    if id == 0 {
+        return "?".into();
+    }
+    // Safety: plain syscall wrapper; returns a new fd or a negative errno.
+    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
+    if fd < 0 {
+        return "?".into();
+    }
+    // Safety: the kernel just returned this fd and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Safety: bpf_prog_info is plain old data; all-zero is valid.
+    let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // Safety: `info` is a valid buffer of `len` bytes.
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if rc != 0 {
+        return "?".into();
+    }
+    let name: Vec<u8> = info
+        .name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&name).into_owned()
 }
 
 fn attached_prog_id(ifindex: u32) -> u32 {

@@ -26,8 +26,9 @@ pub struct Stats {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SourceStats {
     pub interface: String,
+    /// "tap" or "copy".
     pub mode: String,
-    /// "native" or "generic".
+    /// How ingress is hooked: "native" or "generic" XDP, "tcx", or "none".
     pub xdp_mode: String,
     pub zero_copy: bool,
     pub queues: u32,
@@ -52,6 +53,24 @@ pub struct SourceStats {
     /// missing (counted in `filtered`).
     #[serde(default)]
     pub no_rule_set: u64,
+    /// Copy mode: the kernel's counters per direction ("ingress", "egress").
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub directions: BTreeMap<String, DirectionStats>,
+}
+
+/// Copy mode: what the kernel saw in one direction.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirectionStats {
+    pub received: u64,
+    pub matched: u64,
+    pub filtered: u64,
+    pub sampled_out: u64,
+    /// Records written to the ring buffer.
+    pub copied: u64,
+    /// Matched, but the ring buffer was full (the frame still passed).
+    pub ring_full: u64,
+    /// Copies cut at the per-record maximum (GSO super-frames on egress).
+    pub copy_cut: u64,
 }
 
 impl SourceStats {

@@ -116,3 +116,108 @@ pub fn wait_for_stats(
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Polls (bounded, 20 s) until `done` holds for the daemon's counters.
+pub fn wait_for(
+    client: &mut mirror_user::control::Client,
+    what: &str,
+    done: impl Fn(&mirror_user::stats::Stats) -> bool,
+) -> mirror_user::stats::Stats {
+    wait_for_stats(client, what, std::time::Duration::from_secs(20), done)
+}
+
+/// Every copy offered to a target is sent or dropped with a reason.
+pub fn assert_reconciles(name: &str, t: &mirror_user::stats::TargetStats) {
+    assert_eq!(t.queued, 0, "{name} is idle");
+    assert_eq!(
+        t.enqueued,
+        t.sent_packets + t.dropped_total(),
+        "{name}: enqueued = sent + dropped: {t:?}"
+    );
+}
+
+/// Writes the config (with `@CONTROL@` / `@DIR@` filled in) to `dir` and
+/// starts the daemon `bin` in `ns`.
+pub fn start_daemon(
+    bin: &str,
+    ns: &mirror_user::lab::Netns,
+    dir: &mirror_user::lab::TempDir,
+    text: &str,
+) -> (mirror_user::lab::DaemonProcess, mirror_user::config::Config) {
+    let control = dir.path().join("control.sock");
+    let text = text
+        .replace("@CONTROL@", &control.to_string_lossy())
+        .replace("@DIR@", &dir.path().to_string_lossy());
+    let path = dir.path().join("mirror.toml");
+    std::fs::write(&path, &text).expect("write config");
+    let cfg = mirror_user::config::parse(&text, "e2e").expect("valid config");
+    let daemon = mirror_user::lab::DaemonProcess::start(
+        ns,
+        std::path::Path::new(bin),
+        &path,
+        &control,
+        &dir.path().join("daemon.log"),
+        std::time::Duration::from_secs(20),
+    )
+    .expect("daemon starts");
+    (daemon, cfg)
+}
+
+/// One packet read back from a pcapng file.
+pub struct Record {
+    pub ts_ns: u64,
+    pub orig_len: u32,
+    pub data: Vec<u8>,
+    /// epb_flags direction: Some(false) inbound, Some(true) outbound.
+    pub outbound: Option<bool>,
+}
+
+/// Reads `path` with `pcap-parser` (an implementation independent of the
+/// writer's `pcap-file`), checking the interface's nanosecond resolution.
+pub fn read_pcapng(path: &std::path::Path) -> Vec<Record> {
+    use pcap_parser::traits::PcapReaderIterator;
+    use pcap_parser::{Block, PcapBlockOwned, PcapError, PcapNGReader};
+    let file = std::fs::File::open(path).expect("open pcapng");
+    let mut reader = PcapNGReader::new(1 << 16, file).expect("a pcapng file");
+    let mut out = Vec::new();
+    let mut tsresol = None;
+    loop {
+        match reader.next() {
+            Ok((offset, block)) => {
+                match block {
+                    PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+                        assert_eq!(idb.linktype, pcap_parser::Linktype::ETHERNET);
+                        tsresol = Some(idb.if_tsresol);
+                    }
+                    PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
+                        assert_eq!(tsresol, Some(9), "nanosecond time stamps");
+                        // epb_flags (option 2): bits 0-1 are the direction.
+                        let outbound = epb
+                            .options
+                            .iter()
+                            .find(|o| o.code == pcap_parser::OptionCode(2))
+                            .and_then(|o| o.value.get(..4))
+                            .map(|v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]) & 3)
+                            .and_then(|d| match d {
+                                1 => Some(false),
+                                2 => Some(true),
+                                _ => None,
+                            });
+                        out.push(Record {
+                            ts_ns: (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low),
+                            orig_len: epb.origlen,
+                            data: epb.data[..epb.caplen as usize].to_vec(),
+                            outbound,
+                        });
+                    }
+                    _ => {}
+                }
+                reader.consume(offset);
+            }
+            Err(PcapError::Eof) => break,
+            Err(PcapError::Incomplete(_)) => reader.refill().expect("refill"),
+            Err(e) => panic!("{}: {e:?}", path.display()),
+        }
+    }
+    out
+}

@@ -25,15 +25,28 @@ enum mirror_limits {
 	MIRROR_MAX_IPV6_EXT = 8,   /* IPv6 extension headers walked */
 	MIRROR_META_MAGIC = 0x4d52, /* "MR", see struct mirror_meta */
 	MIRROR_RULE_SETS = 4,      /* outer map slots: 2 directions x 2 generations */
+	MIRROR_DIRECTIONS = 2,     /* enum mirror_direction */
+	MIRROR_COPY_MAX = 9216,    /* bytes of a frame a copy-mode record carries at most */
+	MIRROR_RING_MIN = 4096,    /* smallest ring buffer (one page) */
+};
+
+/* Where a frame was seen. Counters and rule sets are kept per direction. */
+enum mirror_direction {
+	MIRROR_DIR_INGRESS = 0,
+	MIRROR_DIR_EGRESS = 1,
 };
 
 /*
- * Per-source counters, one BPF_MAP_TYPE_PERCPU_ARRAY slot each; userspace sums
- * the CPUs. Invariants (checked by tests):
+ * Per-source counters, one BPF_MAP_TYPE_PERCPU_ARRAY slot each per direction
+ * (slot = direction * MIRROR_CNT_MAX + counter); userspace sums the CPUs.
+ * Invariants (checked by tests), per direction:
  *   RECEIVED = MATCHED + FILTERED
- *   MATCHED  = REDIRECTED + DROP_NO_SOCKET + SAMPLED_OUT
+ *   MATCHED  = REDIRECTED + DROP_NO_SOCKET          (tap mode)
+ *            + COPIED + DROP_RING_FULL + COPY_ERROR (copy mode)
+ *            + SAMPLED_OUT
  * The PARSE_* slots are diagnostics: a frame counts in at most one of them and
- * is still classified on what could be read.
+ * is still classified on what could be read. COPY_CUT counts copies (also in
+ * COPIED) of frames longer than MIRROR_COPY_MAX, e.g. GSO super-frames on egress.
  */
 enum mirror_counter {
 	MIRROR_CNT_RECEIVED = 0,
@@ -50,6 +63,10 @@ enum mirror_counter {
 	MIRROR_CNT_NO_RULE_SET,     /* should never happen: a rule-set map was missing;
 				     * the frame was counted FILTERED */
 	MIRROR_CNT_SAMPLED_OUT,     /* matched, but skipped by its session's 1-in-N sampling */
+	MIRROR_CNT_COPIED,          /* copy mode: a record went into the ring buffer */
+	MIRROR_CNT_DROP_RING_FULL,  /* copy mode: no room in the ring buffer (frame passed on) */
+	MIRROR_CNT_COPY_ERROR,      /* should never happen: reading the frame into the record failed */
+	MIRROR_CNT_COPY_CUT,        /* copy mode: frame longer than MIRROR_COPY_MAX, copy cut */
 	MIRROR_CNT_MAX,
 };
 
@@ -154,6 +171,30 @@ struct mirror_meta {
 	__u16 session;
 	__u32 hash;
 	__u64 tstamp;
+};
+
+/*
+ * Copy mode: one ring-buffer record per mirrored frame, the frame's first
+ * `cap_len` bytes following this header. Records come in a few fixed sizes
+ * (the ring needs a constant size per reservation), so `cap_len` may be less
+ * than the record's room.
+ */
+enum mirror_copy_flags {
+	MIRROR_COPY_F_CUT = 1 << 0, /* cap_len < orig_len because of MIRROR_COPY_MAX */
+	MIRROR_COPY_F_GSO = 1 << 1, /* a GSO super-frame: the stack will cut it into segments */
+};
+
+struct mirror_copy {
+	__u16 session;
+	__u8 direction; /* enum mirror_direction */
+	__u8 flags;     /* enum mirror_copy_flags */
+	__u32 ifindex;
+	__u32 orig_len; /* length of the whole frame */
+	__u32 cap_len;  /* bytes of it that follow */
+	__u32 hash;     /* symmetric flow hash, as in struct mirror_meta */
+	__u32 reserved;
+	__u64 tstamp;   /* bpf_ktime_get_tai_ns() */
+	__u8 data[];
 };
 
 #endif /* MIRROR_ABI_H */

@@ -7,8 +7,15 @@
  * each session's rules by number, first match decides), and either
  * redirected into the AF_XDP socket of its RX queue with the matching session
  * in the XDP metadata, or dropped: a feed port's frames have nowhere else to go. Every outcome is counted.
+ *
+ * xdp_copy (ingress) and tc_copy_egress / tc_copy_ingress (tcx) run on a live
+ * interface in copy mode: the same classification, then a copy of the frame
+ * goes into the `copies` ring buffer and the frame itself always passes on
+ * (XDP_PASS, TC_ACT_UNSPEC: the next tcx program or the default action).
+ * Ring full, parse trouble or a missing map never stop the frame: fail open.
  */
 #include <linux/bpf.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 
 #include "abi.h"
@@ -26,10 +33,10 @@ struct {
 	__type(value, __u32);
 } xsks SEC(".maps");
 
-/* Indexed by enum mirror_counter. */
+/* Indexed by direction * MIRROR_CNT_MAX + enum mirror_counter. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MIRROR_CNT_MAX);
+	__uint(max_entries, MIRROR_DIRECTIONS * MIRROR_CNT_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
@@ -51,13 +58,24 @@ struct {
 } session_sampled_out SEC(".maps");
 
 /*
+ * Copy mode: records (struct mirror_copy + frame bytes) for userspace. Sized
+ * per source by userspace before load (`ring_buffer`); one page in tap mode.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, MIRROR_RING_MIN);
+} copies SEC(".maps");
+
+/*
  * Per-session 1-in-N sampling, set by userspace before the program is attached
  * (0 or 1 = every frame). The sequence is one shared atomic per session rather
  * than per CPU, so exactly ceil(matched / N) frames are mirrored whatever CPU
- * they arrive on; it is touched only by sessions that sample.
+ * and direction they arrive on; it is touched only by sessions that sample.
  */
 __u32 session_sample[MIRROR_MAX_SESSIONS];
 __u64 session_sample_seq[MIRROR_MAX_SESSIONS];
+/* Copy mode: bytes of each frame the session copies (0 = whole frame). */
+__u32 session_snap[MIRROR_MAX_SESSIONS];
 
 /* Keep every ABI type in the object's BTF, so the skeleton generates it for Rust. */
 struct mirror_meta abi_anchor_meta = {};
@@ -67,9 +85,13 @@ enum mirror_parse_flags abi_anchor_parse_flags = MIRROR_PF_VLAN;
 enum mirror_index abi_anchor_index = MIRROR_IX_SLOTS;
 enum mirror_rule_word abi_anchor_rule_word = MIRROR_RW_ACCEPT;
 enum mirror_addr_field abi_anchor_addr_field = MIRROR_ADDR_SRC;
+enum mirror_direction abi_anchor_direction = MIRROR_DIR_INGRESS;
+enum mirror_copy_flags abi_anchor_copy_flags = MIRROR_COPY_F_CUT;
+struct mirror_copy abi_anchor_copy = {};
 
-static __always_inline void count(__u32 idx)
+static __always_inline void count(__u32 dir, __u32 counter)
 {
+	__u32 idx = dir * MIRROR_CNT_MAX + counter;
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
 
 	if (v)
@@ -115,6 +137,35 @@ static __always_inline void write_meta(struct xdp_md *ctx, __u32 session, __u32 
 	meta->tstamp = bpf_ktime_get_tai_ns();
 }
 
+/*
+ * Classifies a parsed frame and applies its session's sampling. Returns the
+ * session that mirrors it, or -1 (filtered or sampled out). Counted.
+ */
+static __always_inline __s32 select_session(struct pkt *p, __u32 dir, __u32 parse_result)
+{
+	__s32 session;
+
+	count(dir, MIRROR_CNT_RECEIVED);
+	if (parse_result)
+		count(dir, parse_result);
+
+	session = classify(p, dir);
+	if (session == -2)
+		count(dir, MIRROR_CNT_NO_RULE_SET);
+	if (session < 0) {
+		count(dir, MIRROR_CNT_FILTERED);
+		return -1;
+	}
+	count(dir, MIRROR_CNT_MATCHED);
+	count_session(&session_matched, session);
+	if (sampled_out(session)) {
+		count(dir, MIRROR_CNT_SAMPLED_OUT);
+		count_session(&session_sampled_out, session);
+		return -1;
+	}
+	return session;
+}
+
 static __always_inline int try_xdp_tap(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -124,32 +175,17 @@ static __always_inline int try_xdp_tap(struct xdp_md *ctx)
 	__s32 session;
 	long verdict;
 
-	count(MIRROR_CNT_RECEIVED);
 	why = parse_frame(data, data_end, &p);
-	if (why)
-		count(why);
-
-	session = classify(&p, 0);
-	if (session == -2)
-		count(MIRROR_CNT_NO_RULE_SET);
-	if (session < 0) {
-		count(MIRROR_CNT_FILTERED);
+	session = select_session(&p, MIRROR_DIR_INGRESS, why);
+	if (session < 0)
 		return XDP_DROP;
-	}
-	count(MIRROR_CNT_MATCHED);
-	count_session(&session_matched, session);
-	if (sampled_out(session)) {
-		count(MIRROR_CNT_SAMPLED_OUT);
-		count_session(&session_sampled_out, session);
-		return XDP_DROP;
-	}
 
 	write_meta(ctx, session, flow_hash(&p, data, data_end));
 	verdict = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_DROP);
 	if (verdict == XDP_REDIRECT)
-		count(MIRROR_CNT_REDIRECTED);
+		count(MIRROR_DIR_INGRESS, MIRROR_CNT_REDIRECTED);
 	else
-		count(MIRROR_CNT_DROP_NO_SOCKET);
+		count(MIRROR_DIR_INGRESS, MIRROR_CNT_DROP_NO_SOCKET);
 	return verdict;
 }
 
@@ -158,4 +194,150 @@ SEC("xdp")
 int xdp_tap(struct xdp_md *ctx)
 {
 	return try_xdp_tap(ctx);
+}
+
+/*
+ * Copy mode. A record's size must be a constant for bpf_ringbuf_reserve, so
+ * copies go into the smallest of a few size classes that holds them; the
+ * frame is read straight into the reserved record (one copy).
+ */
+struct copy_job {
+	void *ctx;
+	bool xdp; /* ctx is a struct xdp_md, else a struct __sk_buff */
+	struct mirror_copy hdr;
+};
+
+/* Keeps the compiler from merging or reordering range checks on `var`. */
+#define barrier_var(var) asm volatile("" : "+r"(var))
+
+/* Reserves a record with room for `room` frame bytes and fills it. */
+static __always_inline int copy_into_class(struct copy_job *job, const __u32 room)
+{
+	struct mirror_copy *rec;
+	__u64 len = job->hdr.cap_len; /* 64-bit: the checks and the call use one register */
+	long err;
+
+	rec = bpf_ringbuf_reserve(&copies, sizeof(*rec) + room, 0);
+	if (!rec)
+		return MIRROR_CNT_DROP_RING_FULL;
+	/*
+	 * copy_out picked `room` >= cap_len >= 1. Checked again, one bound per
+	 * test, behind a compiler barrier, so the verifier sees len in 1..room.
+	 */
+	barrier_var(len);
+	if (len > room)
+		goto fail;
+	barrier_var(len);
+	if (len < 1)
+		goto fail;
+	*rec = job->hdr;
+	rec->cap_len = len;
+	if (job->xdp)
+		err = bpf_xdp_load_bytes(job->ctx, 0, rec->data, len);
+	else
+		err = bpf_skb_load_bytes(job->ctx, 0, rec->data, len);
+	if (err)
+		goto fail;
+	bpf_ringbuf_submit(rec, 0);
+	return MIRROR_CNT_COPIED;
+fail:
+	bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
+	return MIRROR_CNT_COPY_ERROR;
+}
+
+static __always_inline int copy_out(struct copy_job *job)
+{
+	__u32 len = job->hdr.cap_len;
+
+	if (len <= 128)
+		return copy_into_class(job, 128);
+	if (len <= 256)
+		return copy_into_class(job, 256);
+	if (len <= 512)
+		return copy_into_class(job, 512);
+	if (len <= 1024)
+		return copy_into_class(job, 1024);
+	if (len <= 1536)
+		return copy_into_class(job, 1536);
+	if (len <= 2048)
+		return copy_into_class(job, 2048);
+	if (len <= 4096)
+		return copy_into_class(job, 4096);
+	return copy_into_class(job, MIRROR_COPY_MAX);
+}
+
+/*
+ * Classifies one frame of a live interface and, when a session accepts it,
+ * copies it into the ring buffer. Never changes the frame; the caller passes
+ * it on whatever happens here.
+ */
+static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data_end,
+				     __u32 frame_len, __u32 ifindex, __u32 dir, bool gso)
+{
+	struct copy_job job = { .ctx = ctx, .xdp = xdp };
+	struct pkt p = {};
+	__u32 why, snap, cap;
+	__s32 session;
+
+	why = parse_frame(data, data_end, &p);
+	session = select_session(&p, dir, why);
+	if (session < 0 || session >= MIRROR_MAX_SESSIONS)
+		return;
+
+	cap = frame_len;
+	snap = session_snap[session];
+	if (snap && snap < cap)
+		cap = snap;
+	if (cap > MIRROR_COPY_MAX) {
+		cap = MIRROR_COPY_MAX;
+		job.hdr.flags |= MIRROR_COPY_F_CUT;
+		count(dir, MIRROR_CNT_COPY_CUT);
+	}
+	if (gso)
+		job.hdr.flags |= MIRROR_COPY_F_GSO;
+	job.hdr.session = session;
+	job.hdr.direction = dir;
+	job.hdr.ifindex = ifindex;
+	job.hdr.orig_len = frame_len;
+	job.hdr.cap_len = cap;
+	job.hdr.hash = flow_hash(&p, data, data_end);
+	job.hdr.tstamp = bpf_ktime_get_tai_ns();
+	count(dir, copy_out(&job));
+}
+
+/* Copy mode, ingress: classify, copy, and always pass the frame on. */
+SEC("xdp")
+int xdp_copy(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	try_copy(ctx, true, data, data_end, data_end - data, ctx->ingress_ifindex,
+		 MIRROR_DIR_INGRESS, false);
+	return XDP_PASS;
+}
+
+static __always_inline int tc_copy(struct __sk_buff *skb, __u32 dir)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	/* Headers outside the linear part count as truncated: the skb is never pulled. */
+	try_copy(skb, false, data, data_end, skb->len, skb->ifindex, dir, skb->gso_segs > 1);
+	return TC_ACT_UNSPEC;
+}
+
+/* Copy mode, egress (tcx): the same, for frames leaving the interface. */
+SEC("tcx/egress")
+int tc_copy_egress(struct __sk_buff *skb)
+{
+	return tc_copy(skb, MIRROR_DIR_EGRESS);
+}
+
+/* Copy mode, ingress at tcx instead of XDP (`ingress_hook = "tc"`): runs next
+ * to any XDP program another tool attached. */
+SEC("tcx/ingress")
+int tc_copy_ingress(struct __sk_buff *skb)
+{
+	return tc_copy(skb, MIRROR_DIR_INGRESS);
 }

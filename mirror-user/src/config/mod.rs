@@ -17,8 +17,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
+pub use raw::{IngressHook, SourceDirection, SourceMode, TargetKind, XdpMode, ZeroCopy};
 use raw::{RawConfig, RawPorts, RawProtocol, RawRule, RawSession, RawSource, RawTarget};
-pub use raw::{SourceDirection, SourceMode, TargetKind, XdpMode, ZeroCopy};
 
 /// Where the control socket lives unless `[daemon] control_socket` says otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/mirror/control.sock";
@@ -26,6 +26,8 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/mirror/control.sock";
 pub const DEFAULT_UMEM_FRAMES: u32 = 4096;
 /// RX / fill ring descriptors unless `ring_size` says otherwise.
 pub const DEFAULT_RING_SIZE: u32 = 2048;
+/// Copy mode: bytes of the BPF ring buffer between the kernel and the daemon.
+pub const DEFAULT_RING_BUFFER: u32 = 16 << 20;
 /// Frames a target queues before dropping (`queue_full`) unless `queue_size` says otherwise.
 pub const DEFAULT_QUEUE_SIZE: u32 = 4096;
 /// Sessions without `priority` get this one; ties keep file order.
@@ -154,6 +156,22 @@ pub struct Source {
     pub zero_copy: ZeroCopy,
     pub umem_frames: u32,
     pub ring_size: u32,
+    /// Copy mode: bytes of the ring buffer (a power of two).
+    pub ring_buffer: u32,
+    /// Copy mode: the hook that sees ingress frames.
+    pub ingress_hook: IngressHook,
+}
+
+impl Source {
+    /// Mirrors frames arriving on the interface.
+    pub fn ingress(&self) -> bool {
+        self.direction != SourceDirection::Egress
+    }
+
+    /// Mirrors frames leaving the interface (copy mode only).
+    pub fn egress(&self) -> bool {
+        self.direction != SourceDirection::Ingress
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -738,29 +756,59 @@ impl Validator<'_> {
         let s = s.get_ref();
         let mut ok = true;
         let mode = s.mode.as_ref().map_or(SourceMode::Tap, |m| *m.get_ref());
-        if let Some(m) = &s.mode {
-            if *m.get_ref() == SourceMode::Copy {
-                self.unsupported(m.span(), "mode = \"copy\"");
-                ok = false;
-            }
-        }
         let direction = s
             .direction
             .as_ref()
             .map_or(SourceDirection::Ingress, |d| *d.get_ref());
         if let Some(d) = &s.direction {
-            if *d.get_ref() != SourceDirection::Ingress {
-                if mode == SourceMode::Tap {
-                    self.error(
-                        d.span(),
-                        "direction = \"egress\" or \"both\" needs mode = \"copy\": a tap-mode feed port only receives",
-                    );
-                } else {
-                    self.unsupported(d.span(), "direction = \"egress\" / \"both\"");
-                }
+            if *d.get_ref() != SourceDirection::Ingress && mode == SourceMode::Tap {
+                self.error(
+                    d.span(),
+                    "direction = \"egress\" or \"both\" needs mode = \"copy\": a tap-mode feed port only receives",
+                );
                 ok = false;
             }
         }
+        let copy_only = |v: &mut Self, span: Option<std::ops::Range<usize>>, key: &str| {
+            if let (Some(span), SourceMode::Tap) = (span, mode) {
+                v.error(
+                    span,
+                    format!("{key} applies to mode = \"copy\" only; this source is in tap mode"),
+                );
+                return false;
+            }
+            true
+        };
+        ok &= copy_only(
+            self,
+            s.ring_buffer.as_ref().map(|r| r.span()),
+            "ring_buffer",
+        );
+        ok &= copy_only(
+            self,
+            s.ingress_hook.as_ref().map(|r| r.span()),
+            "ingress_hook",
+        );
+        let ring_buffer = match &s.ring_buffer {
+            None => DEFAULT_RING_BUFFER,
+            Some(r) => match parse_size(r.get_ref()) {
+                Ok(n) if n.is_power_of_two() && (4096..=1 << 30).contains(&n) => n as u32,
+                Ok(_) => {
+                    self.error(
+                        r.span(),
+                        format!(
+                            "ring_buffer = \"{}\": accepted values are powers of two from 4KiB to 1GiB, e.g. \"16MiB\"",
+                            r.get_ref()
+                        ),
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    self.error(r.span(), format!("ring_buffer = \"{}\": {e}", r.get_ref()));
+                    return None;
+                }
+            },
+        };
         if !valid_ifname(s.interface.get_ref()) {
             self.error(
                 s.interface.span(),
@@ -795,6 +843,11 @@ impl Validator<'_> {
             zero_copy: s.zero_copy,
             umem_frames,
             ring_size,
+            ring_buffer,
+            ingress_hook: s
+                .ingress_hook
+                .as_ref()
+                .map_or(IngressHook::Xdp, |h| *h.get_ref()),
         })
     }
 

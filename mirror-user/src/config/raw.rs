@@ -53,6 +53,21 @@ pub struct RawSource {
     pub umem_frames: Option<Spanned<u32>>,
     /// Descriptors in each RX and fill ring. Default 2048.
     pub ring_size: Option<Spanned<u32>>,
+    /// Copy mode: the BPF ring buffer's size, e.g. "16MiB". Default 16 MiB.
+    pub ring_buffer: Option<Spanned<String>>,
+    /// Copy mode: where ingress frames are seen, "xdp" (default) or "tc".
+    pub ingress_hook: Option<Spanned<IngressHook>>,
+}
+
+/// Copy mode: the hook that sees ingress frames.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IngressHook {
+    /// XDP: earliest and cheapest; needs the interface's XDP slot.
+    #[default]
+    Xdp,
+    /// tcx ingress: runs next to another tool's XDP program.
+    Tc,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,0 +1,105 @@
+//! Copy mode: the BPF ring buffer (`copies`) through which the kernel programs
+//! hand userspace a copy of every mirrored frame of a live interface.
+//!
+//! Each record is `struct mirror_copy` (abi.h) followed by the frame's first
+//! `cap_len` bytes. [`Record::parse`] reads one without copying the frame;
+//! [`drain`] collects owned copies (tests, tools).
+
+use std::time::Duration;
+
+use libbpf_rs::{MapHandle, RingBufferBuilder};
+use mirror_ebpf::limits::COPY_HEADER_LEN;
+use mirror_ebpf::mirror::types::{mirror_copy, mirror_copy_flags, mirror_direction};
+
+/// One copy-mode record, borrowing the frame bytes from the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// Kernel session index.
+    pub session: u16,
+    /// Seen leaving the interface (tcx egress) rather than arriving.
+    pub egress: bool,
+    /// The copy was cut at the kernel's per-record maximum (`COPY_MAX`).
+    pub cut: bool,
+    /// A GSO super-frame (egress): longer than the MTU until the stack segments it.
+    pub gso: bool,
+    pub ifindex: u32,
+    /// Length of the whole frame.
+    pub orig_len: u32,
+    /// Symmetric flow hash.
+    pub hash: u32,
+    /// `bpf_ktime_get_tai_ns()` when the program saw the frame.
+    pub tstamp_tai: u64,
+    /// The frame's first bytes (the session's `packet_length`, or all of it).
+    pub data: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    /// Reads a record as the kernel wrote it; `None` when it is shorter than
+    /// its header says (never from a well-behaved kernel program).
+    pub fn parse(bytes: &'a [u8]) -> Option<Record<'a>> {
+        let head = bytes.get(..COPY_HEADER_LEN)?;
+        // Safety: `head` holds size_of::<mirror_copy>() bytes, and every bit
+        // pattern is a valid `mirror_copy` (integers only).
+        let h: mirror_copy = unsafe { std::ptr::read_unaligned(head.as_ptr().cast()) };
+        let data = bytes.get(COPY_HEADER_LEN..COPY_HEADER_LEN + h.cap_len as usize)?;
+        Some(Record {
+            session: h.session,
+            egress: u32::from(h.direction) == mirror_direction::MIRROR_DIR_EGRESS.0,
+            cut: u32::from(h.flags) & mirror_copy_flags::MIRROR_COPY_F_CUT.0 != 0,
+            gso: u32::from(h.flags) & mirror_copy_flags::MIRROR_COPY_F_GSO.0 != 0,
+            ifindex: h.ifindex,
+            orig_len: h.orig_len,
+            hash: h.hash,
+            tstamp_tai: h.tstamp,
+            data,
+        })
+    }
+
+    pub fn to_owned(&self) -> OwnedRecord {
+        OwnedRecord {
+            session: self.session,
+            egress: self.egress,
+            cut: self.cut,
+            gso: self.gso,
+            ifindex: self.ifindex,
+            orig_len: self.orig_len,
+            hash: self.hash,
+            tstamp_tai: self.tstamp_tai,
+            data: self.data.to_vec(),
+        }
+    }
+}
+
+/// [`Record`] with its own copy of the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedRecord {
+    pub session: u16,
+    pub egress: bool,
+    pub cut: bool,
+    pub gso: bool,
+    pub ifindex: u32,
+    pub orig_len: u32,
+    pub hash: u32,
+    pub tstamp_tai: u64,
+    pub data: Vec<u8>,
+}
+
+/// Takes every record now in the ring (without waiting). Records that do not
+/// parse are returned as `Err(length)`.
+pub fn drain(map: &MapHandle) -> libbpf_rs::Result<Vec<Result<OwnedRecord, usize>>> {
+    let mut out = Vec::new();
+    {
+        let mut builder = RingBufferBuilder::new();
+        builder.add(map, |bytes: &[u8]| {
+            out.push(
+                Record::parse(bytes)
+                    .map(|r| r.to_owned())
+                    .ok_or(bytes.len()),
+            );
+            0
+        })?;
+        let ring = builder.build()?;
+        ring.poll(Duration::ZERO)?;
+    }
+    Ok(out)
+}

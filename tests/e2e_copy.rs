@@ -1,0 +1,427 @@
+//! End to end, in network namespaces: copy mode on a live interface. Real TCP
+//! and UDP traffic between a client and a server crosses the mirrored
+//! interface while the real `mirror run` copies both directions to a pcapng
+//! file and an interface target; the traffic must arrive intact with nothing
+//! lost, the copies must reconcile exactly with what was sent, and the
+//! traffic must keep flowing when a target blocks, the ring fills, or the
+//! daemon is SIGKILLed and restarted.
+//!
+//! ```text
+//!  ns cli               ns srv (mirror runs here)              ns sink
+//!  c0 10.9.0.1 ──veth── s0 10.9.0.2 [copy: XDP/tcx]   tgt0 ──veth── sink0
+//! ```
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{assert_reconciles, read_pcapng, wait_for, Record};
+use mirror_user::control::Client;
+use mirror_user::lab::stream::{self, EchoServer};
+use mirror_user::lab::{self, Capture, Netns, TempDir};
+use mirror_user::loader;
+use mirror_user::stats::Stats;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mirror");
+const TCP_PORT: u16 = 5001;
+const UDP_PORT: u16 = 5002;
+
+fn server(port: u16) -> SocketAddr {
+    SocketAddr::from(([10, 9, 0, 2], port))
+}
+
+/// Two sessions, so UDP and TCP counts are separate: "udp" mirrors UDP to the
+/// server port (ingress) and its echoes (egress); "tcp" the same for TCP.
+const CONFIG: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "live"
+interface = "s0"
+mode = "copy"
+direction = "both"
+@SOURCE@
+
+[[filter]]
+name = "udp"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "ingress"
+protocol = "udp"
+destination_port = "5002"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "egress"
+protocol = "udp"
+source_port = "5002"
+
+[[filter]]
+name = "tcp"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "ingress"
+protocol = "tcp"
+destination_port = "5001"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "egress"
+protocol = "tcp"
+source_port = "5001"
+
+[[target]]
+name = "cap"
+kind = "pcapng"
+path = "@CAPTURE@"
+
+[[target]]
+name = "ids"
+kind = "interface"
+interface = "tgt0"
+
+[[session]]
+name = "udp"
+source = "live"
+filter = "udp"
+targets = ["cap", "ids"]
+priority = 1
+
+[[session]]
+name = "tcp"
+source = "live"
+filter = "tcp"
+targets = ["cap", "ids"]
+priority = 2
+"#;
+
+struct Live {
+    cli: Netns,
+    srv: Netns,
+    sink: Netns,
+    dir: TempDir,
+}
+
+impl Live {
+    fn new(tag: &str) -> Live {
+        let live = Live {
+            cli: Netns::new("cli").expect("netns"),
+            srv: Netns::new("srv").expect("netns"),
+            sink: Netns::new("sink").expect("netns"),
+            dir: TempDir::new(tag).expect("temp dir"),
+        };
+        lab::veth(&live.cli, "c0", &live.srv, "s0", 1).expect("veth");
+        lab::veth(&live.srv, "tgt0", &live.sink, "sink0", 1).expect("veth");
+        live.cli
+            .ip(&["addr", "add", "10.9.0.1/24", "dev", "c0"])
+            .expect("address");
+        live.srv
+            .ip(&["addr", "add", "10.9.0.2/24", "dev", "s0"])
+            .expect("address");
+        live
+    }
+
+    fn config(&self, source_extra: &str, capture: &str) -> String {
+        CONFIG
+            .replace("@SOURCE@", source_extra)
+            .replace("@CAPTURE@", capture)
+    }
+
+    /// What is attached to the monitored interface right now.
+    fn attached(&self) -> loader::Attached {
+        self.srv
+            .run(|| Ok(loader::attached("s0")?))
+            .expect("querying s0")
+    }
+}
+
+/// Polls until two snapshots 150 ms apart are equal and `done` holds: the
+/// traffic has settled (TCP's closing segments included) and every copy is
+/// accounted for.
+fn wait_settled(client: &mut Client, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = client.stats().expect("stats");
+        std::thread::sleep(Duration::from_millis(150));
+        let b = client.stats().expect("stats");
+        if a == b && done(&b) {
+            return b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {b:#?}"
+        );
+    }
+}
+
+/// (source port, destination port, transport payload) of a UDP/TCP over IPv4 frame.
+fn ports_payload(frame: &[u8]) -> Option<(u16, u16, Option<u32>, Vec<u8>)> {
+    let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    match p.transport? {
+        etherparse::TransportSlice::Udp(u) => Some((
+            u.source_port(),
+            u.destination_port(),
+            None,
+            u.payload().to_vec(),
+        )),
+        etherparse::TransportSlice::Tcp(t) => Some((
+            t.source_port(),
+            t.destination_port(),
+            Some(t.sequence_number()),
+            t.payload().to_vec(),
+        )),
+        _ => None,
+    }
+}
+
+/// The client's byte stream rebuilt from mirrored TCP segments (by sequence
+/// number, retransmissions collapsed).
+fn reassemble(records: &[&Record]) -> Vec<u8> {
+    let mut segs: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+    let mut isn = None;
+    for r in records {
+        let (_, _, Some(seq), payload) = ports_payload(&r.data).expect("a TCP frame") else {
+            continue;
+        };
+        if payload.is_empty() {
+            // SYN (or a bare ACK/FIN): the data starts at SYN's seq + 1.
+            isn.get_or_insert(seq);
+            continue;
+        }
+        segs.insert(seq, payload);
+    }
+    let mut out = Vec::new();
+    let Some(mut next) = isn.map(|s: u32| s.wrapping_add(1)) else {
+        return out;
+    };
+    while let Some(p) = segs.remove(&next) {
+        next = next.wrapping_add(p.len() as u32);
+        out.extend(p);
+    }
+    out
+}
+
+fn payload_data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+#[test]
+fn copy_mode_mirrors_both_directions_of_tcp_and_udp_and_leaves_them_intact() {
+    require_root!();
+    let live = Live::new("copy-both");
+    let capture = live.dir.path().join("live.pcapng");
+    let (mut daemon, _) = common::start_daemon(
+        BIN,
+        &live.srv,
+        &live.dir,
+        &live.config("", &capture.to_string_lossy()),
+    );
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let sink = Capture::start(&live.sink, "sink0").expect("capture");
+
+    const N: u32 = 1000;
+    let echo = EchoServer::start(&live.srv, server(UDP_PORT)).expect("echo server");
+    let progress = AtomicU32::new(0);
+    let exchanged = stream::udp_exchange(&live.cli, server(UDP_PORT), N, 200, &progress)
+        .expect("every datagram echoed intact, in order");
+    assert_eq!(exchanged, N);
+    assert_eq!(echo.finish(&live.cli).expect("echo server"), N);
+    let data = payload_data(2 << 20);
+    let tcp = stream::tcp_transfer(&live.cli, &live.srv, server(TCP_PORT), &data)
+        .expect("the TCP stream arrives intact");
+    assert_eq!(tcp.bytes, data.len());
+    assert_eq!(
+        tcp.retransmits, 0,
+        "no segment of the monitored stream was lost"
+    );
+
+    let st = wait_settled(&mut client, "every copy delivered", |st| {
+        let src = &st.sources["live"];
+        ["cap", "ids"].iter().all(|t| {
+            let t = &st.targets[*t];
+            t.queued == 0 && t.sent_packets + t.dropped_total() == src.mirrored
+        })
+    });
+    let src = &st.sources["live"];
+    assert_eq!(src.mode, "copy");
+    assert_eq!(src.received, src.matched + src.filtered);
+    assert_eq!(
+        src.matched,
+        src.mirrored + src.sampled_out + src.dropped_total()
+    );
+    assert_eq!(src.dropped_total(), 0, "{src:#?}");
+    let (ingress, egress) = (&src.directions["ingress"], &src.directions["egress"]);
+    for d in [ingress, egress] {
+        assert_eq!(d.received, d.matched + d.filtered);
+        assert_eq!(d.matched, d.copied);
+    }
+    // The UDP session saw exactly the generator's datagrams, both ways.
+    // (plus the one datagram that ends the echo server)
+    let udp = &st.sessions["udp"];
+    assert_eq!(udp.matched, 2 * u64::from(N) + 1);
+    assert_eq!(udp.mirrored, 2 * u64::from(N) + 1);
+    for name in ["cap", "ids"] {
+        let t = &st.targets[name];
+        assert_reconciles(name, t);
+        assert_eq!(t.dropped_total(), 0, "{name}: {t:?}");
+        assert_eq!(t.sent_packets, src.mirrored);
+    }
+
+    // The capture holds every copy with its direction.
+    let records = read_pcapng(&capture);
+    assert_eq!(records.len() as u64, src.mirrored);
+    let (mut udp_in, mut udp_out, mut tcp_in, mut tcp_out) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in &records {
+        assert_eq!(r.orig_len as usize, r.data.len(), "whole frames");
+        let (sport, dport, seq, payload) = ports_payload(&r.data).expect("UDP or TCP");
+        match (seq.is_some(), r.outbound) {
+            (false, Some(false)) => {
+                assert_eq!(dport, UDP_PORT);
+                udp_in.push(payload)
+            }
+            (false, Some(true)) => {
+                assert_eq!(sport, UDP_PORT);
+                udp_out.push(payload)
+            }
+            (true, Some(false)) => {
+                assert_eq!(dport, TCP_PORT);
+                tcp_in.push(r)
+            }
+            (true, Some(true)) => {
+                assert_eq!(sport, TCP_PORT);
+                tcp_out.push(r)
+            }
+            (_, None) => panic!("a record without a direction"),
+        }
+    }
+    let mut want: Vec<Vec<u8>> = (0..N).map(|i| stream::datagram(i, 200)).collect();
+    assert_eq!(udp_out, want, "every echo mirrored on egress, in order");
+    want.push(stream::END.to_vec());
+    assert_eq!(udp_in, want, "every datagram mirrored on ingress, in order");
+    assert_eq!(tcp_in.len() as u64 + udp_in.len() as u64, ingress.copied);
+    assert_eq!(tcp_out.len() as u64 + udp_out.len() as u64, egress.copied);
+    assert_eq!(
+        reassemble(&tcp_in),
+        data,
+        "the mirrored ingress segments rebuild the whole stream"
+    );
+    assert!(
+        !tcp_out.is_empty(),
+        "the server's ACKs are mirrored on egress"
+    );
+    // Time order, as the kernel stamped them.
+    assert!(records.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns));
+
+    // The interface target put every copy on the wire.
+    let frames = sink.finish();
+    assert_eq!(frames.len() as u64, src.mirrored);
+    daemon.stop(Duration::from_secs(10)).expect("clean exit");
+    let after = live.attached();
+    assert_eq!(after, loader::Attached::default(), "everything detached");
+}
+
+/// Runs a UDP exchange while the daemon is SIGKILLed, then restarted: no
+/// datagram is lost, nothing stays attached after the kill, and the new
+/// daemon attaches exactly once and mirrors.
+fn survives_sigkill_and_restart(hook: &str) {
+    let live = Live::new(&format!("copy-kill-{hook}"));
+    let capture = live.dir.path().join("live.pcapng");
+    let text = live.config(
+        &format!("ingress_hook = \"{hook}\""),
+        &capture.to_string_lossy(),
+    );
+    let (daemon, _) = common::start_daemon(BIN, &live.srv, &live.dir, &text);
+    let attached = live.attached();
+    let ingress_hooks = attached.xdp.len() + attached.tcx_ingress.len();
+    assert_eq!(
+        (ingress_hooks, attached.tcx_egress.len()),
+        (1, 1),
+        "{attached:?}"
+    );
+
+    // Runs until told to stop (bounded by N), across the kill and the restart.
+    const N: u32 = 1_000_000;
+    let echo = EchoServer::start(&live.srv, server(UDP_PORT)).expect("echo server");
+    let progress = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let exchange = {
+        let (cli, p, s) = (
+            Netns::attach(live.cli.name()),
+            progress.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            stream::udp_exchange_until(&cli, server(UDP_PORT), N, 100, &p, &s)
+        })
+    };
+    let mut exchange = Some(exchange);
+    let mut wait_progress = |n: u32| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while progress.load(Ordering::Relaxed) < n {
+            if exchange.as_ref().is_some_and(|h| h.is_finished()) {
+                let result = exchange.take().map(|h| h.join());
+                panic!("the exchange stopped early: {result:?}");
+            }
+            assert!(Instant::now() < deadline, "no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_progress(1000);
+    daemon.signal(libc::SIGKILL);
+    let mut daemon = daemon;
+    daemon
+        .wait(Duration::from_secs(10))
+        .expect("the daemon dies");
+    // The links died with the process: nothing of mirror is left on s0.
+    assert_eq!(
+        live.attached(),
+        loader::Attached::default(),
+        "fail-open detach"
+    );
+    let at_kill = progress.load(Ordering::Relaxed);
+    wait_progress(at_kill + 1000);
+
+    // A new daemon takes over while the traffic flows.
+    let (restarted, _) = common::start_daemon(BIN, &live.srv, &live.dir, &text);
+    let attached = live.attached();
+    let ingress_hooks = attached.xdp.len() + attached.tcx_ingress.len();
+    assert_eq!(
+        (ingress_hooks, attached.tcx_egress.len()),
+        (1, 1),
+        "no duplicate programs: {attached:?}"
+    );
+    let mut client = Client::connect(&restarted.control).expect("control socket");
+    wait_for(&mut client, "the new daemon mirroring", |st| {
+        st.sessions["udp"].mirrored >= 2000
+    });
+    stop.store(true, Ordering::Relaxed);
+    let done = exchange
+        .take()
+        .expect("exchange running")
+        .join()
+        .expect("exchange thread")
+        .expect("no datagram lost while the daemon was killed and restarted");
+    assert!(done > at_kill + 1000 && done < N, "{done}");
+    assert_eq!(echo.finish(&live.cli).expect("echo server"), done);
+    drop(restarted);
+}
+
+#[test]
+fn sigkill_mid_stream_loses_nothing_and_a_restart_takes_over_xdp() {
+    require_root!();
+    survives_sigkill_and_restart("xdp");
+}
+
+#[test]
+fn sigkill_mid_stream_loses_nothing_and_a_restart_takes_over_tc() {
+    require_root!();
+    survives_sigkill_and_restart("tc");
+}

@@ -1,0 +1,275 @@
+//! Copy-mode kernel programs through BPF_PROG_TEST_RUN: every frame passes on
+//! unchanged whatever happens (fail open), matching frames leave one
+//! ring-buffer record with the right session, direction, lengths and bytes,
+//! rules select only their own direction, and a full ring is counted.
+
+mod common;
+
+use common::*;
+use mirror_ebpf::mirror::types::mirror_counter as C;
+use mirror_user::config::{self, Direction};
+use mirror_user::loader::{test_run_raw, SourceProgram, COUNTERS};
+use mirror_user::ringbuf::{self, OwnedRecord};
+use mirror_user::ruleset::{self, RuleSet};
+
+const XDP_PASS: u32 = 2;
+/// TC_ACT_UNSPEC (-1): tcx goes on to the next program, or passes the frame.
+const TC_NEXT: u32 = u32::MAX;
+
+/// Session "web" mirrors ingress TCP to port 80 and egress TCP from port 80;
+/// session "dns" (priority 2) ingress UDP only.
+const RULES: &str = r#"
+[[source]]
+name = "s"
+interface = "live0"
+mode = "copy"
+direction = "both"
+
+[[filter]]
+name = "web"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "ingress"
+protocol = "tcp"
+destination_port = "80"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "egress"
+protocol = "tcp"
+source_port = "80"
+
+[[filter]]
+name = "dns"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "ingress"
+protocol = "udp"
+
+[[target]]
+name = "t"
+kind = "interface"
+interface = "tgt0"
+
+[[session]]
+name = "web"
+source = "s"
+filter = "web"
+targets = ["t"]
+priority = 1
+
+[[session]]
+name = "dns"
+source = "s"
+filter = "dns"
+targets = ["t"]
+priority = 2
+"#;
+
+struct Copy {
+    prog: SourceProgram,
+    ring: libbpf_rs::MapHandle,
+}
+
+impl Copy {
+    fn new(ring_bytes: u32) -> Copy {
+        let config = config::parse(RULES, "rules").expect("valid rules");
+        let filters = ruleset::source_filters(&config, 0);
+        let ingress = RuleSet::build(&filters, Direction::Ingress).expect("ingress rules");
+        let egress = RuleSet::build(&filters, Direction::Egress).expect("egress rules");
+        let mut prog = SourceProgram::load_with_ring(ring_bytes).expect("the programs load");
+        prog.install(&ingress, Some(&egress))
+            .expect("the rules install");
+        let ring = prog.copies().expect("ring buffer");
+        Copy { prog, ring }
+    }
+
+    /// Runs `frame` through XDP ingress (`egress` false) or tcx egress;
+    /// asserts the frame passed on unchanged, returns the records it left.
+    fn run(&self, frame: &[u8], egress: bool) -> Vec<OwnedRecord> {
+        let [xdp, tc_egress, _] = self.prog.copy_fds();
+        let (prog, pass) = if egress {
+            (tc_egress, TC_NEXT)
+        } else {
+            (xdp, XDP_PASS)
+        };
+        let (verdict, out) = test_run_raw(prog, frame).expect("BPF_PROG_TEST_RUN");
+        assert_eq!(verdict, pass, "the frame passes on");
+        assert_eq!(out, frame, "the frame is not changed");
+        ringbuf::drain(&self.ring)
+            .expect("reading the ring")
+            .into_iter()
+            .map(|r| r.expect("a well-formed record"))
+            .collect()
+    }
+
+    fn counters(&self) -> [[u64; COUNTERS]; 2] {
+        self.prog.counters_by_direction().expect("counters")
+    }
+}
+
+fn tcp(dport: u16, sport: u16, payload: usize) -> Vec<u8> {
+    eth(
+        0x0800,
+        &ipv4(6, V4A, V4B, 0, 0, &l4(sport, dport, 20 + payload)),
+    )
+}
+
+fn udp(payload: usize) -> Vec<u8> {
+    eth(
+        0x0800,
+        &ipv4(17, V4A, V4B, 0, 0, &l4(5353, 53, 8 + payload)),
+    )
+}
+
+fn delta(before: &[[u64; COUNTERS]; 2], after: &[[u64; COUNTERS]; 2], dir: usize, c: C) -> u64 {
+    after[dir][c.0 as usize] - before[dir][c.0 as usize]
+}
+
+#[test]
+fn ingress_copies_carry_session_direction_and_the_whole_frame() {
+    require_root!();
+    let fx = Copy::new(1 << 20);
+    let before = fx.counters();
+    // One frame per size class and at its edges.
+    for (i, size) in [0usize, 60, 74, 75, 200, 500, 1000, 1460, 2000, 3000]
+        .into_iter()
+        .enumerate()
+    {
+        let frame = tcp(80, 1000 + i as u16, size);
+        let recs = fx.run(&frame, false);
+        assert_eq!(recs.len(), 1, "one record for a {}-byte frame", frame.len());
+        let r = &recs[0];
+        assert_eq!(r.session, 0, "session web (priority 1)");
+        assert!(!r.egress && !r.cut && !r.gso);
+        assert_eq!(r.orig_len as usize, frame.len());
+        assert_eq!(r.data, frame);
+        assert_ne!(r.tstamp_tai, 0);
+    }
+    let dns = fx.run(&udp(30), false);
+    assert_eq!(dns.len(), 1);
+    assert_eq!(dns[0].session, 1, "session dns");
+    // Not matched by any ingress rule: passed, no record.
+    assert!(fx.run(&tcp(443, 1000, 10), false).is_empty());
+    // An egress-only rule (TCP from port 80) never matches ingress.
+    assert!(fx.run(&tcp(1000, 80, 10), false).is_empty());
+
+    let after = fx.counters();
+    let d = |c| delta(&before, &after, 0, c);
+    assert_eq!(d(C::MIRROR_CNT_RECEIVED), 13);
+    assert_eq!(d(C::MIRROR_CNT_MATCHED), 11);
+    assert_eq!(d(C::MIRROR_CNT_FILTERED), 2);
+    assert_eq!(d(C::MIRROR_CNT_COPIED), 11);
+    assert_eq!(d(C::MIRROR_CNT_DROP_RING_FULL), 0);
+    assert_eq!(d(C::MIRROR_CNT_COPY_ERROR), 0);
+    assert_eq!(d(C::MIRROR_CNT_REDIRECTED), 0);
+    // Nothing was counted as egress.
+    assert!((0..COUNTERS).all(|i| after[1][i] == before[1][i]));
+}
+
+#[test]
+fn egress_rules_select_only_egress_frames() {
+    require_root!();
+    let fx = Copy::new(1 << 20);
+    let before = fx.counters();
+    let reply = tcp(1000, 80, 100);
+    let recs = fx.run(&reply, true);
+    assert_eq!(recs.len(), 1);
+    assert!(recs[0].egress);
+    assert_eq!(recs[0].session, 0);
+    assert_eq!(recs[0].data, reply);
+    assert_eq!(recs[0].orig_len as usize, reply.len());
+    // Ingress-only rules (TCP to port 80, any UDP) never match egress.
+    assert!(fx.run(&tcp(80, 1000, 10), true).is_empty());
+    assert!(fx.run(&udp(10), true).is_empty());
+    let after = fx.counters();
+    let d = |c| delta(&before, &after, 1, c);
+    assert_eq!(d(C::MIRROR_CNT_RECEIVED), 3);
+    assert_eq!(d(C::MIRROR_CNT_MATCHED), 1);
+    assert_eq!(d(C::MIRROR_CNT_FILTERED), 2);
+    assert_eq!(d(C::MIRROR_CNT_COPIED), 1);
+    assert!((0..COUNTERS).all(|i| after[0][i] == before[0][i]));
+}
+
+#[test]
+fn packet_length_cuts_the_copy_and_keeps_the_original_length() {
+    require_root!();
+    let mut fx = Copy::new(1 << 20);
+    fx.prog.set_snap(0, 100).expect("snap");
+    let frame = tcp(80, 1, 1000);
+    for egress in [false, true] {
+        let f = if egress {
+            tcp(1, 80, 1000)
+        } else {
+            frame.clone()
+        };
+        let recs = fx.run(&f, egress);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].data, f[..100]);
+        assert_eq!(recs[0].orig_len as usize, f.len());
+        assert!(
+            !recs[0].cut,
+            "cut by packet_length, not by the record maximum"
+        );
+    }
+    // Shorter frames are copied whole.
+    let short = tcp(80, 2, 10);
+    assert_eq!(fx.run(&short, false)[0].data, short);
+}
+
+#[test]
+fn a_full_ring_is_counted_and_the_frames_still_pass() {
+    require_root!();
+    // One page: room for a handful of 1.5 KiB records.
+    let fx = Copy::new(mirror_ebpf::limits::RING_MIN);
+    let before = fx.counters();
+    let frame = tcp(80, 7, 1400);
+    let [xdp, _, _] = fx.prog.copy_fds();
+    for _ in 0..10 {
+        let (verdict, out) = test_run_raw(xdp, &frame).expect("test run");
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, frame);
+    }
+    let after = fx.counters();
+    let d = |c| delta(&before, &after, 0, c);
+    let copied = d(C::MIRROR_CNT_COPIED);
+    let full = d(C::MIRROR_CNT_DROP_RING_FULL);
+    assert_eq!(copied + full, 10);
+    assert_eq!(d(C::MIRROR_CNT_MATCHED), 10);
+    assert!(full > 0, "a 4 KiB ring cannot hold ten 1.5 KiB copies");
+    let recs = ringbuf::drain(&fx.ring).expect("ring");
+    assert_eq!(
+        recs.len() as u64,
+        copied,
+        "every counted copy is in the ring"
+    );
+    // Once drained, there is room again.
+    assert_eq!(fx.run(&frame, false).len(), 1);
+}
+
+#[test]
+fn without_rules_everything_passes_and_nothing_is_copied() {
+    require_root!();
+    let prog = SourceProgram::load_with_ring(1 << 16).expect("load");
+    let ring = prog.copies().expect("ring");
+    let before = prog.counters_by_direction().expect("counters");
+    let [xdp, egress, ingress_tc] = prog.copy_fds();
+    let frame = tcp(80, 1, 10);
+    for (fd, pass) in [(xdp, XDP_PASS), (egress, TC_NEXT), (ingress_tc, TC_NEXT)] {
+        let (verdict, out) = test_run_raw(fd, &frame).expect("test run");
+        assert_eq!((verdict, out.as_slice()), (pass, frame.as_slice()));
+    }
+    // Malformed: a bare Ethernet header, and a truncated IPv4 header.
+    for f in [eth(0x0800, &[]), eth(0x0800, &[0x45, 0, 0])] {
+        let (verdict, out) = test_run_raw(xdp, &f).expect("test run");
+        assert_eq!((verdict, out.as_slice()), (XDP_PASS, f.as_slice()));
+    }
+    assert!(ringbuf::drain(&ring).expect("ring").is_empty());
+    let after = prog.counters_by_direction().expect("counters");
+    let no_rules = C::MIRROR_CNT_NO_RULE_SET.0 as usize;
+    // Two ingress programs ran the first frame, plus the two malformed frames.
+    assert_eq!(after[0][no_rules] - before[0][no_rules], 4);
+    assert_eq!(after[1][no_rules] - before[1][no_rules], 1);
+}
