@@ -232,6 +232,9 @@ static __always_inline int copy_into_class(struct copy_job *job, const __u32 roo
 		goto fail;
 	*rec = job->hdr;
 	rec->cap_len = len;
+	/* Stamped once the record has its place in the ring, so records from
+	 * different CPUs are out of time order by nanoseconds at most. */
+	rec->tstamp = bpf_ktime_get_tai_ns();
 	if (job->xdp)
 		err = bpf_xdp_load_bytes(job->ctx, 0, rec->data, len);
 	else
@@ -301,7 +304,6 @@ static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data
 	job.hdr.orig_len = frame_len;
 	job.hdr.cap_len = cap;
 	job.hdr.hash = flow_hash(&p, data, data_end);
-	job.hdr.tstamp = bpf_ktime_get_tai_ns();
 	count(dir, copy_out(&job));
 }
 

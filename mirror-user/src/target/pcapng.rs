@@ -353,6 +353,8 @@ fn run(mut files: Files, q: &TargetQueue, stop: &AtomicBool) {
             }
             blocks.push(&p);
             q.recycle(p);
+            // Counted as queued until written, also while a write blocks.
+            q.in_flight.store(blocks.packets, Ordering::Relaxed);
             if blocks.len() >= FLUSH_BYTES {
                 flush(&mut files, &mut blocks, q);
                 last_flush = Instant::now();
