@@ -45,11 +45,15 @@ EXAMPLES
 /// mirror: copy network traffic that matches filter rules from Linux interfaces
 /// to the places where analysis tools read it.
 ///
-/// An XDP program classifies every frame of a source interface in the kernel
-/// against AWS-style filter rules; matching frames reach userspace through
-/// AF_XDP and are sent to the session's targets: a local interface (an IDS
-/// sensor's NIC), VXLAN / GRE / ERSPAN tunnels to remote collectors, rotating
-/// pcapng files, or flow-symmetric groups of these.
+/// Kernel programs classify every frame of a source interface against
+/// AWS-style filter rules. A tap-mode source (a SPAN/TAP feed port) hands
+/// matching frames to userspace through AF_XDP and consumes the feed; a
+/// copy-mode source (a live interface, ingress through XDP or tcx, egress
+/// through tcx) copies them into a BPF ring buffer and lets every frame pass
+/// on untouched, also when the daemon is killed. The copies go to the
+/// session's targets: a local interface (an IDS sensor's NIC), VXLAN / GRE /
+/// ERSPAN tunnels to remote collectors, rotating pcapng files, or
+/// flow-symmetric groups of these.
 /// Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_NET_RAW.
 #[derive(Debug, Parser)]
 #[command(name = "mirror", version, after_long_help = AFTER_HELP)]
@@ -75,7 +79,8 @@ pub enum Command {
     /// Show the running daemon's counters.
     ///
     /// Per source: received, matched, filtered, sampled_out, mirrored,
-    /// dropped by reason. Per session: matched, mirrored, sampled_out,
+    /// dropped by reason (copy mode also per direction: copied, ring_full,
+    /// copy_cut). Per session: matched, mirrored, sampled_out,
     /// rate_limited, path. Per target: enqueued, sent_packets, sent_bytes,
     /// truncated, dropped by reason, queued. Per group: members up, rehashed.
     Stats(stats::Args),

@@ -63,8 +63,18 @@ pub fn render(s: &Stats) -> String {
         "SOURCE", "received", "matched", "filtered", "mirrored", "dropped"
     ));
     for (name, v) in &s.sources {
+        let how = if v.mode == "copy" {
+            format!("copy mode, ingress {}", v.xdp_mode)
+        } else {
+            format!(
+                "{} xdp, {} queue(s){}",
+                v.xdp_mode,
+                v.queues,
+                if v.zero_copy { ", zero-copy" } else { "" }
+            )
+        };
         out.push_str(&format!(
-            "{:<16} {:>12} {:>12} {:>12} {:>12}  {}   ({} {} xdp, {} queue(s){}, {} rules, {} rule set(s) installed)\n",
+            "{:<16} {:>12} {:>12} {:>12} {:>12}  {}   ({} {how}, {} rules, {} rule set(s) installed)\n",
             name,
             v.received,
             v.matched,
@@ -72,12 +82,25 @@ pub fn render(s: &Stats) -> String {
             v.mirrored,
             reasons(&v.dropped),
             v.interface,
-            v.xdp_mode,
-            v.queues,
-            if v.zero_copy { ", zero-copy" } else { "" },
             v.rules,
             v.rule_sets_installed
         ));
+        for (dir, d) in &v.directions {
+            out.push_str(&format!(
+                "  {:<14} {:>12} {:>12} {:>12} {:>12}  ring_full={}{}\n",
+                dir,
+                d.received,
+                d.matched,
+                d.filtered,
+                d.copied,
+                d.ring_full,
+                if d.copy_cut > 0 {
+                    format!("  cut={}", d.copy_cut)
+                } else {
+                    String::new()
+                }
+            ));
+        }
     }
     out.push_str(&format!(
         "{:<16} {:>12} {:>12}  {}\n",

@@ -431,3 +431,75 @@ fn line_col_counts_characters() {
     assert_eq!(line_col("ab\ncd", 4), (2, 2));
     assert_eq!(line_col("é\nx", 3), (2, 1));
 }
+
+#[test]
+fn copy_mode_sources_take_direction_hook_and_ring_size() {
+    let text = GOOD.replace(
+        "interface = \"eth1\"",
+        "interface = \"eth1\"\nmode = \"copy\"\ndirection = \"both\"\ningress_hook = \"tc\"\nring_buffer = \"64KiB\"",
+    );
+    let c = parse(&text, "t.toml").expect("valid");
+    let s = &c.sources[0];
+    assert_eq!(s.mode, SourceMode::Copy);
+    assert!(s.ingress() && s.egress());
+    assert_eq!(s.ingress_hook, IngressHook::Tc);
+    assert_eq!(s.ring_buffer, 64 << 10);
+    // Defaults: ingress through XDP, a 16 MiB ring.
+    let c = parse(
+        &GOOD.replace(
+            "interface = \"eth1\"",
+            "interface = \"eth1\"\nmode = \"copy\"",
+        ),
+        "t.toml",
+    )
+    .expect("valid");
+    assert_eq!(c.sources[0].ingress_hook, IngressHook::Xdp);
+    assert_eq!(c.sources[0].ring_buffer, DEFAULT_RING_BUFFER);
+    assert!(c.sources[0].ingress() && !c.sources[0].egress());
+}
+
+#[test]
+fn copy_mode_errors_name_the_field() {
+    let copy = |extra: &str| {
+        GOOD.replace(
+            "interface = \"eth1\"",
+            &format!("interface = \"eth1\"\nmode = \"copy\"\n{extra}"),
+        )
+    };
+    for (text, want) in [
+        (
+            copy("ring_buffer = \"3000\""),
+            "ring_buffer = \"3000\": accepted values are powers of two",
+        ),
+        (
+            copy("ring_buffer = \"2GiB\""),
+            "powers of two from 4KiB to 1GiB",
+        ),
+        (
+            copy("ring_buffer = \"lots\""),
+            "ring_buffer = \"lots\": not a size",
+        ),
+        (
+            copy("ingress_hook = \"bpf\""),
+            "unknown variant `bpf`, expected `xdp` or `tc`",
+        ),
+        (
+            GOOD.replace(
+                "interface = \"eth1\"",
+                "interface = \"eth1\"\nring_buffer = \"1MiB\"",
+            ),
+            "ring_buffer applies to mode = \"copy\" only",
+        ),
+        (
+            GOOD.replace(
+                "interface = \"eth1\"",
+                "interface = \"eth1\"\ningress_hook = \"tc\"",
+            ),
+            "ingress_hook applies to mode = \"copy\" only",
+        ),
+    ] {
+        let e = errors(&text);
+        assert!(e.iter().any(|l| l.contains(want)), "want `{want}` in {e:?}");
+        assert!(e[0].starts_with("t.toml:"), "file:line:column: {e:?}");
+    }
+}
