@@ -3,11 +3,14 @@
 //! Cases so far:
 //! - `filters`: classification cost per frame against the rule count, through
 //!   `BPF_PROG_TEST_RUN` in repeat mode (the kernel times the program alone).
+//! - `copy`: the monitored traffic's own rate (UDP pps, TCP Mbit/s) with copy
+//!   mode off and on, between namespaces through the monitored interface.
 //!
 //! Every case writes `benches/results/<timestamp>-<case>.json`, a Markdown
 //! table (`<case>-latest.md`, also printed) and a PNG chart (`<case>-latest.png`).
 
 mod chart;
+mod copy;
 mod filters;
 
 use std::path::PathBuf;
@@ -31,6 +34,9 @@ enum Case {
     /// Classification cost (ns per frame) from 1 to 10,000 rules, through
     /// BPF_PROG_TEST_RUN in repeat mode.
     Filters(filters::Args),
+    /// What copy mode costs the monitored traffic: UDP pps and TCP Mbit/s
+    /// with copy mode off, on through XDP, and on through tcx.
+    Copy(copy::Args),
 }
 
 fn main() -> Result<ExitCode> {
@@ -41,6 +47,7 @@ fn main() -> Result<ExitCode> {
     std::fs::create_dir_all(&cli.out)?;
     match cli.case {
         Case::Filters(a) => filters::run(&a, &cli.out)?,
+        Case::Copy(a) => copy::run(&a, &cli.out)?,
     }
     Ok(ExitCode::SUCCESS)
 }

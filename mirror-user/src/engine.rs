@@ -38,6 +38,10 @@ const RX_BATCH: u32 = 64;
 const IDLE_POLL_MS: i32 = 100;
 /// Copy mode: records handled between two wake-ups of the targets.
 const COPY_BATCH: u32 = 64;
+/// Copy mode: the reader is woken once this much of the ring is filled
+/// (at most a quarter of it), and otherwise reads every [`COPY_POLL`].
+const COPY_WAKE_BYTES: u64 = 256 << 10;
+const COPY_POLL: Duration = Duration::from_millis(1);
 
 struct Source {
     name: String,
@@ -353,6 +357,10 @@ impl Engine {
             .program
             .copies()
             .context("opening the ring buffer")?;
+        prepared
+            .program
+            .set_wake_bytes(COPY_WAKE_BYTES.min(u64::from(cfg.ring_buffer) / 4))
+            .context("setting the ring's wake-up threshold")?;
         let hooks = CopyHooks {
             ingress: cfg.ingress().then_some(cfg.ingress_hook),
             egress: cfg.egress(),
@@ -696,7 +704,9 @@ fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
 
 /// Copy mode: reads the source's ring buffer and feeds every record to its
 /// session, waking the targets every [`COPY_BATCH`] records and whenever the
-/// ring is empty. Sleeps in epoll while there is nothing to read.
+/// ring is empty. The kernel wakes it only when the ring fills past
+/// [`COPY_WAKE_BYTES`]; otherwise it reads every [`COPY_POLL`] (batches of
+/// records per wake-up instead of one wake-up per record).
 fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
     let plans = &src.plans;
     let touched = RefCell::new(vec![false; plans.len()]);
@@ -746,12 +756,14 @@ fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
             return;
         }
     };
-    let timeout = Duration::from_millis(IDLE_POLL_MS as u64);
     while !stop.load(Ordering::Relaxed) {
-        if let Err(e) = ring.poll(timeout) {
+        // Woken early when the ring fills past the threshold; then read
+        // whatever is there, woken or not.
+        let polled = ring.poll(COPY_POLL).and_then(|()| ring.consume());
+        if let Err(e) = polled {
             if e.kind() != libbpf_rs::ErrorKind::Interrupted {
-                tracing::warn!(source = %src.name, error = %e, "polling the ring buffer");
-                std::thread::sleep(timeout);
+                tracing::warn!(source = %src.name, error = %e, "reading the ring buffer");
+                std::thread::sleep(Duration::from_millis(IDLE_POLL_MS as u64));
             }
         }
         wake();

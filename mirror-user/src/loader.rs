@@ -407,6 +407,19 @@ impl SourceProgram {
         Ok(out)
     }
 
+    /// Copy mode: the kernel wakes the ring's reader only once `bytes` wait
+    /// (0: whenever the reader had caught up); the reader must then also
+    /// poll on a timer.
+    pub fn set_wake_bytes(&mut self, bytes: u64) -> Result<(), LoaderError> {
+        match self.skel.maps.bss_data.as_deref_mut() {
+            Some(bss) => {
+                bss.copy_wake_bytes = bytes;
+                Ok(())
+            }
+            None => Err(bss_error("copy_wake_bytes", 0)),
+        }
+    }
+
     /// Copy mode: copies of the session at kernel index `session` carry at
     /// most `bytes` of each frame (0: the whole frame).
     pub fn set_snap(&mut self, session: u32, bytes: u32) -> Result<(), LoaderError> {

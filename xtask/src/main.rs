@@ -27,7 +27,7 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// Benchmark cases `mirror-bench` implements; the rest of the lab is issue 5.
-const BENCH_CASES: &[&str] = &["filters"];
+const BENCH_CASES: &[&str] = &["filters", "copy"];
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Build, test and demo tasks for mirror")]
@@ -220,7 +220,15 @@ fn bench(names: &[String], rules: Option<String>, reps: Option<u32>) -> Result<(
         bail!("the benchmarks load BPF programs and build namespaces: run `cargo xtask bench` as root");
     }
     deps()?;
-    run(cargo().args(["build", "--release", "-p", "mirror-bench"]))?;
+    // `copy` runs the real daemon, next to the bench binary.
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "mirror-bench",
+        "-p",
+        "mirror-user",
+    ]))?;
     let exe = root().join("target/release/mirror-bench");
     let cases: Vec<&str> = if names.is_empty() {
         BENCH_CASES.to_vec()
@@ -230,7 +238,7 @@ fn bench(names: &[String], rules: Option<String>, reps: Option<u32>) -> Result<(
     for case in cases {
         let mut cmd = Command::new(&exe);
         cmd.current_dir(root()).arg(case);
-        if let Some(r) = &rules {
+        if let (Some(r), "filters") = (&rules, case) {
             cmd.args(["--rules", r]);
         }
         if let Some(r) = reps {

@@ -76,6 +76,12 @@ __u32 session_sample[MIRROR_MAX_SESSIONS];
 __u64 session_sample_seq[MIRROR_MAX_SESSIONS];
 /* Copy mode: bytes of each frame the session copies (0 = whole frame). */
 __u32 session_snap[MIRROR_MAX_SESSIONS];
+/*
+ * Copy mode: wake the reader only once this many bytes wait in the ring (it
+ * also polls every millisecond); 0 = the ring's default (wake whenever the
+ * reader had caught up). Batches wake-ups under load.
+ */
+__u64 copy_wake_bytes;
 
 /* Keep every ABI type in the object's BTF, so the skeleton generates it for Rust. */
 struct mirror_meta abi_anchor_meta = {};
@@ -207,6 +213,16 @@ struct copy_job {
 	struct mirror_copy hdr;
 };
 
+static __always_inline __u64 wake_flags(void)
+{
+	__u64 threshold = copy_wake_bytes;
+
+	if (!threshold)
+		return 0;
+	return bpf_ringbuf_query(&copies, BPF_RB_AVAIL_DATA) >= threshold ? BPF_RB_FORCE_WAKEUP
+									   : BPF_RB_NO_WAKEUP;
+}
+
 /* Keeps the compiler from merging or reordering range checks on `var`. */
 #define barrier_var(var) asm volatile("" : "+r"(var))
 
@@ -241,7 +257,7 @@ static __always_inline int copy_into_class(struct copy_job *job, const __u32 roo
 		err = bpf_skb_load_bytes(job->ctx, 0, rec->data, len);
 	if (err)
 		goto fail;
-	bpf_ringbuf_submit(rec, 0);
+	bpf_ringbuf_submit(rec, wake_flags());
 	return MIRROR_CNT_COPIED;
 fail:
 	bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
