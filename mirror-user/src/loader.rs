@@ -534,23 +534,9 @@ pub fn test_classify(
 
 /// Like [`test_classify`], with the whole metadata (flow hash, time stamp).
 pub fn test_run(prog: std::os::fd::BorrowedFd<'_>, frame: &[u8]) -> std::io::Result<Option<Meta>> {
-    let mut out = vec![0u8; frame.len() + 64];
-    let mut opts = libbpf_sys::bpf_test_run_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
-        data_in: frame.as_ptr().cast(),
-        data_size_in: frame.len() as u32,
-        data_out: out.as_mut_ptr().cast(),
-        data_size_out: out.len() as u32,
-        repeat: 1,
-        ..Default::default()
-    };
-    // Safety: the buffers outlive the call and their sizes are passed with them.
-    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
-    if rc < 0 {
-        return Err(std::io::Error::from_raw_os_error(-rc));
-    }
+    let (_, mut out) = test_run_raw(prog, frame)?;
     // The output starts at data_meta: `struct mirror_meta` when the frame matched.
-    let len = opts.data_size_out as usize;
+    let len = out.len();
     let meta_len = mirror_ebpf::limits::META_LEN;
     if len == frame.len() + meta_len && out[meta_len..len] == *frame {
         if let Some(m) = read_meta(&mut out[..meta_len]) {

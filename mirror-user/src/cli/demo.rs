@@ -13,7 +13,8 @@ use mirror_user::lab::{self, traffic, Capture, DaemonProcess, Lab};
 use mirror_user::stats::Stats;
 
 /// The embedded default: a tap on the lab's feed port, SSH left out, the rest
-/// mirrored to the sink's port. `@CONTROL@` is replaced with a private path.
+/// mirrored to the sink's port, to a VXLAN collector (VNI 42) and to a pcapng
+/// file. `@CONTROL@` and `@DIR@` are replaced with private paths.
 pub const DEMO_CONFIG: &str = r#"
 [daemon]
 control_socket = "@CONTROL@"
@@ -42,11 +43,23 @@ name = "ids0"
 kind = "interface"
 interface = "tgt0"
 
+[[target]]
+name = "collector"
+kind = "vxlan"
+remote = "10.77.0.2"
+mtu = 9000
+
+[[target]]
+name = "archive"
+kind = "pcapng"
+path = "@DIR@/demo.pcapng"
+
 [[session]]
 name = "ids-feed"
 source = "uplink"
 filter = "no-ssh"
-targets = ["ids0"]
+targets = ["ids0", "collector", "archive"]
+vni = 42
 "#;
 
 #[derive(Debug, clap::Args)]
@@ -71,7 +84,9 @@ pub fn main(a: Args) -> Result<ExitCode> {
     let dir = lab::TempDir::new("demo")?;
     let control = dir.path().join("control.sock");
     let cfg_path = dir.path().join("mirror.toml");
-    let text = DEMO_CONFIG.replace("@CONTROL@", &control.to_string_lossy());
+    let text = DEMO_CONFIG
+        .replace("@CONTROL@", &control.to_string_lossy())
+        .replace("@DIR@", &dir.path().to_string_lossy());
     std::fs::write(&cfg_path, &text)?;
     let cfg = config::parse(&text, "embedded demo config")?;
 
@@ -92,6 +107,16 @@ pub fn main(a: Args) -> Result<ExitCode> {
         Lab::SINK_IF,
         lab.sink.name()
     );
+    let collector = vxlan_collector(&lab)?;
+    println!(
+        "  {} [col0 10.77.0.1] --veth--> [col1 10.77.0.2] {}   (a VXLAN collector: Linux vxlan device vx42, VNI 42)",
+        lab.src.name(),
+        collector.name()
+    );
+    println!(
+        "  and a pcapng file: {}",
+        dir.path().join("demo.pcapng").display()
+    );
     let exe = std::env::current_exe().context("locating the mirror binary")?;
     let mut daemon = DaemonProcess::start(
         &lab.src,
@@ -103,6 +128,7 @@ pub fn main(a: Args) -> Result<ExitCode> {
     )?;
     println!("  daemon up (log: {})", daemon.log.display());
     let capture = Capture::start(&lab.sink, Lab::SINK_IF)?;
+    let decapsulated = Capture::start(&collector, "vx42")?;
 
     let n = (a.seconds * a.pps).min(u64::from(u32::MAX)) as u32;
     let frames = Arc::new(traffic::mixed(n));
@@ -160,9 +186,20 @@ pub fn main(a: Args) -> Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(50));
     };
     let received = capture.finish();
+    let from_collector = decapsulated.finish();
+    // Stopping flushes the capture file.
     let status = daemon.stop(Duration::from_secs(10))?;
+    let archived = read_pcapng(&dir.path().join("demo.pcapng"))?;
     print!("final counters:\n{}", super::stats::render(&stats));
-    let ok = check(&stats, sent, &expected, &received);
+    let mut ok = check(&stats, sent, &expected, &received);
+    ok &= check_copies(
+        &stats,
+        "collector",
+        "VXLAN collector (decapsulated by Linux)",
+        &expected,
+        &from_collector,
+    );
+    ok &= check_copies(&stats, "archive", "pcapng file", &expected, &archived);
     drop(lab);
     println!("lab removed; daemon exited with {status}");
     Ok(if ok && status.success() {
@@ -172,6 +209,75 @@ pub fn main(a: Args) -> Result<ExitCode> {
         println!("demo: FAIL (daemon log was {})", daemon.log.display());
         ExitCode::FAILURE
     })
+}
+
+/// The collector namespace: a veth from src and a Linux vxlan device (VNI 42)
+/// that decapsulates what the `collector` target sends.
+fn vxlan_collector(lab: &Lab) -> Result<lab::Netns> {
+    let ns = lab::Netns::new("coll")?;
+    lab::veth(&lab.src, "col0", &ns, "col1", 1)?;
+    lab.src
+        .ip(&["addr", "add", "10.77.0.1/24", "dev", "col0"])?;
+    ns.ip(&["addr", "add", "10.77.0.2/24", "dev", "col1"])?;
+    for (n, dev) in [(&lab.src, "col0"), (&ns, "col1")] {
+        n.ip(&["link", "set", dev, "mtu", "9000"])?;
+    }
+    ns.ip(&[
+        "link",
+        "add",
+        "vx42",
+        "mtu",
+        "9000",
+        "type",
+        "vxlan",
+        "id",
+        "42",
+        "dstport",
+        "4789",
+        "local",
+        "10.77.0.2",
+        "dev",
+        "col1",
+    ])?;
+    ns.ip(&["link", "set", "vx42", "up"])?;
+    Ok(ns)
+}
+
+/// Every packet of a pcapng file, read back with pcap-file's reader.
+fn read_pcapng(path: &std::path::Path) -> Result<Vec<Vec<u8>>> {
+    use pcap_file::pcapng::{Block, PcapNgReader};
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut reader = PcapNgReader::new(file).context("reading the pcapng header")?;
+    let mut out = Vec::new();
+    while let Some(block) = reader.next_block() {
+        if let Block::EnhancedPacket(epb) = block.context("reading a pcapng block")? {
+            out.push(epb.data.to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that target `name` delivered exactly the accepted frames (or, when
+/// it dropped some, only accepted ones, the rest counted).
+fn check_copies(s: &Stats, name: &str, what: &str, expected: &[u32], got: &[Vec<u8>]) -> bool {
+    let mut seqs: Vec<u32> = got.iter().filter_map(|f| traffic::seq_of(f)).collect();
+    seqs.sort_unstable();
+    let dropped = s.targets.get(name).map_or(0, |t| t.dropped_total())
+        + s.sources.values().map(|v| v.dropped_total()).sum::<u64>();
+    let good = if dropped == 0 {
+        seqs == expected && seqs.len() == got.len()
+    } else {
+        seqs.iter().all(|g| expected.binary_search(g).is_ok())
+            && seqs.len() as u64 + dropped == expected.len() as u64
+    };
+    println!(
+        "  [{}] {what} got {} of the {} accepted frames ({dropped} dropped and counted, {} stray)",
+        if good { " ok " } else { "FAIL" },
+        seqs.len(),
+        expected.len(),
+        got.len() - seqs.len()
+    );
+    good
 }
 
 fn print_live(s: &Stats, sink: u32, t: Duration) {

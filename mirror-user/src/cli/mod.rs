@@ -101,12 +101,13 @@ pub enum Command {
     Reload(rules::Daemon),
     /// Run the whole pipeline in a throw-away lab of network namespaces.
     ///
-    /// Builds namespaces gen -> src -> sink joined by veth pairs, starts
-    /// `mirror run` on an embedded config in src (tap mode on the feed port,
-    /// an interface target towards sink), sends a mix of IPv4/IPv6,
-    /// TCP/UDP/ICMP and VLAN-tagged frames, prints live counters, checks that
-    /// the sink received exactly what the filter accepted, and cleans up (also
-    /// on Ctrl-C). Needs root.
+    /// Builds namespaces gen -> src -> sink joined by veth pairs, plus a VXLAN
+    /// collector namespace, starts `mirror run` on an embedded config in src
+    /// (tap mode on the feed port; targets: an interface towards sink, a
+    /// VXLAN tunnel whose VNI 42 a Linux vxlan device decapsulates, and a
+    /// pcapng file), sends a mix of IPv4/IPv6, TCP/UDP/ICMP and VLAN-tagged
+    /// frames, prints live counters, checks that each target delivered exactly
+    /// what the filter accepted, and cleans up (also on Ctrl-C). Needs root.
     Demo(demo::Args),
 }
 
