@@ -43,17 +43,6 @@ action = "accept"
 direction = "ingress"
 "#;
 
-/// A veth `a` (in `na`, address `ip_a`/24) – `b` (in `nb`, `ip_b`/24) with `mtu`.
-fn wire(na: &Netns, a: &str, ip_a: &str, nb: &Netns, b: &str, ip_b: &str, mtu: u32) {
-    lab::veth(na, a, nb, b, 1).expect("veth");
-    for (ns, dev, ip) in [(na, a, ip_a), (nb, b, ip_b)] {
-        ns.ip(&["link", "set", dev, "mtu", &mtu.to_string()])
-            .expect("mtu");
-        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", dev])
-            .expect("address");
-    }
-}
-
 /// (destination, IP protocol, IP payload) of an IPv4 frame.
 fn ipv4_payload(frame: &[u8]) -> Option<(Ipv4Addr, u8, Vec<u8>)> {
     let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
@@ -163,7 +152,7 @@ fn every_target_kind_carries_every_mirrored_frame() {
     let lab = Lab::new(1).expect("lab");
     let vxc = Netns::new("vxc").expect("netns");
     let grec = Netns::new("grec").expect("netns");
-    wire(
+    lab::wire(
         &lab.src,
         "col0",
         "10.99.1.1",
@@ -171,8 +160,9 @@ fn every_target_kind_carries_every_mirrored_frame() {
         "col1",
         "10.99.1.2",
         9000,
-    );
-    wire(
+    )
+    .expect("wire");
+    lab::wire(
         &lab.src,
         "gre0",
         "10.99.2.1",
@@ -180,7 +170,8 @@ fn every_target_kind_carries_every_mirrored_frame() {
         "gre1",
         "10.99.2.2",
         1500,
-    );
+    )
+    .expect("wire");
     for ip in ["10.99.2.3/24", "10.99.2.4/24"] {
         grec.ip(&["addr", "add", ip, "dev", "gre1"])
             .expect("address");
@@ -514,7 +505,7 @@ fn two_collectors(tag: &str, group: bool) -> TwoCollectors {
     let lab = Lab::new(1).expect("lab");
     let a = Netns::new("cola").expect("netns");
     let b = Netns::new("colb").expect("netns");
-    wire(
+    lab::wire(
         &lab.src,
         "cola0",
         "10.99.1.1",
@@ -522,8 +513,9 @@ fn two_collectors(tag: &str, group: bool) -> TwoCollectors {
         "cola1",
         "10.99.1.2",
         9000,
-    );
-    wire(
+    )
+    .expect("wire");
+    lab::wire(
         &lab.src,
         "colb0",
         "10.99.2.1",
@@ -531,7 +523,8 @@ fn two_collectors(tag: &str, group: bool) -> TwoCollectors {
         "colb1",
         "10.99.2.2",
         9000,
-    );
+    )
+    .expect("wire");
     let dir = TempDir::new(tag).expect("temp dir");
     let text = TWO_COLLECTORS.replace("@FILTER@", ACCEPT_ALL);
     let text = if group {

@@ -95,10 +95,8 @@ fn lab() -> Result<Lab> {
         srv: Netns::new("bsrv")?,
         _sink: Netns::new("bsink")?,
     };
-    lab::veth(&l.cli, "c0", &l.srv, "s0", 1)?;
+    lab::wire(&l.cli, "c0", "10.9.0.1", &l.srv, "s0", "10.9.0.2", 1500)?;
     lab::veth(&l.srv, "tgt0", &l._sink, "sink0", 1)?;
-    l.cli.ip(&["addr", "add", "10.9.0.1/24", "dev", "c0"])?;
-    l.srv.ip(&["addr", "add", "10.9.0.2/24", "dev", "s0"])?;
     Ok(l)
 }
 

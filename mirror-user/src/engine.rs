@@ -59,7 +59,7 @@ struct Source {
     /// How ingress is hooked: "native" / "generic" XDP, "tcx", or "none".
     attach_mode: &'static str,
     zero_copy: bool,
-    /// Rules in force (ingress) and how many rule sets were installed.
+    /// Rules in force (both directions) and how many rule sets were installed.
     rules: AtomicU64,
     rule_sets_installed: AtomicU64,
 }
@@ -660,10 +660,41 @@ impl Drop for Engine {
     }
 }
 
+/// The sessions that got frames since their targets were last woken: a
+/// reader offers a batch, then wakes each touched session's targets once.
+struct Touched {
+    hit: Vec<bool>,
+    /// Frames marked since the last wake-up.
+    pending: u32,
+}
+
+impl Touched {
+    fn new(sessions: usize) -> Touched {
+        Touched {
+            hit: vec![false; sessions],
+            pending: 0,
+        }
+    }
+
+    fn mark(&mut self, session: usize) {
+        self.hit[session] = true;
+        self.pending += 1;
+    }
+
+    fn wake(&mut self, plans: &[SessionPlan]) {
+        for (s, hit) in self.hit.iter_mut().enumerate() {
+            if std::mem::take(hit) {
+                plans[s].queues.iter().for_each(|t| t.notify());
+            }
+        }
+        self.pending = 0;
+    }
+}
+
 fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
     let plans = &src.plans;
     let single = plans.len() == 1;
-    let mut touched = vec![false; plans.len()];
+    let mut touched = Touched::new(plans.len());
     let tai_offset = tai_offset_ns();
     while !stop.load(Ordering::Relaxed) {
         let n = q.receive(RX_BATCH, |meta, data| {
@@ -688,17 +719,13 @@ fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
                 source: src.index,
                 egress: false,
             });
-            touched[session] = true;
+            touched.mark(session);
         });
         if n == 0 {
             q.wait(IDLE_POLL_MS);
             continue;
         }
-        for (s, hit) in touched.iter_mut().enumerate() {
-            if std::mem::take(hit) {
-                plans[s].queues.iter().for_each(|t| t.notify());
-            }
-        }
+        touched.wake(plans);
     }
 }
 
@@ -709,17 +736,8 @@ fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
 /// records per wake-up instead of one wake-up per record).
 fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
     let plans = &src.plans;
-    let touched = RefCell::new(vec![false; plans.len()]);
-    let since_wake = std::cell::Cell::new(0u32);
+    let touched = RefCell::new(Touched::new(plans.len()));
     let tai_offset = tai_offset_ns();
-    let wake = || {
-        for (s, hit) in touched.borrow_mut().iter_mut().enumerate() {
-            if std::mem::take(hit) {
-                plans[s].queues.iter().for_each(|t| t.notify());
-            }
-        }
-        since_wake.set(0);
-    };
     let on_record = |bytes: &[u8]| -> i32 {
         let rec = match Record::parse(bytes) {
             Some(r) if (r.session as usize) < plans.len() => r,
@@ -737,10 +755,10 @@ fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
             source: src.index,
             egress: rec.egress,
         });
-        touched.borrow_mut()[rec.session as usize] = true;
-        since_wake.set(since_wake.get() + 1);
-        if since_wake.get() >= COPY_BATCH {
-            wake();
+        let mut t = touched.borrow_mut();
+        t.mark(rec.session as usize);
+        if t.pending >= COPY_BATCH {
+            t.wake(plans);
         }
         0
     };
@@ -766,11 +784,11 @@ fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
                 std::thread::sleep(Duration::from_millis(IDLE_POLL_MS as u64));
             }
         }
-        wake();
+        touched.borrow_mut().wake(plans);
     }
     // The programs are detached: hand on what is still in the ring.
     let _ = ring.consume();
-    wake();
+    touched.borrow_mut().wake(plans);
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {

@@ -186,6 +186,25 @@ pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u32) -> Result
     Ok(())
 }
 
+/// A veth `a` (in `na`, address `ip_a`/24) – `b` (in `nb`, `ip_b`/24), both
+/// up, with `mtu`.
+pub fn wire(
+    na: &Netns,
+    a: &str,
+    ip_a: &str,
+    nb: &Netns,
+    b: &str,
+    ip_b: &str,
+    mtu: u32,
+) -> Result<()> {
+    veth(na, a, nb, b, 1)?;
+    for (ns, dev, ip) in [(na, a, ip_a), (nb, b, ip_b)] {
+        ns.ip(&["link", "set", dev, "mtu", &mtu.to_string()])?;
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", dev])?;
+    }
+    Ok(())
+}
+
 /// The standard lab: gen -> src (feed0) and src (tgt0) -> sink.
 pub struct Lab {
     pub gen: Netns,

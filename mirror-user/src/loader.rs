@@ -289,29 +289,32 @@ impl SourceProgram {
         hooks: CopyHooks,
         mode: XdpMode,
     ) -> Result<Option<AttachMode>, LoaderError> {
-        if hooks.egress {
-            let fd = self.skel.progs.tc_copy_egress.as_fd().as_raw_fd();
-            let link = link_create(fd, idx, libbpf_sys::BPF_TCX_EGRESS, 0).map_err(|source| {
+        // One tcx link, appended after the programs already there.
+        let tcx = |prog: &libbpf_rs::ProgramMut<'_>, at, hook| {
+            link_create(prog.as_fd().as_raw_fd(), idx, at, 0).map_err(|source| {
                 LoaderError::AttachTc {
                     interface: interface.to_string(),
-                    hook: "tcx egress",
+                    hook,
                     source,
                 }
-            })?;
+            })
+        };
+        if hooks.egress {
+            let link = tcx(
+                &self.skel.progs.tc_copy_egress,
+                libbpf_sys::BPF_TCX_EGRESS,
+                "tcx egress",
+            )?;
             self.links.push(link);
         }
         match hooks.ingress {
             None => Ok(None),
             Some(IngressHook::Tc) => {
-                let fd = self.skel.progs.tc_copy_ingress.as_fd().as_raw_fd();
-                let link =
-                    link_create(fd, idx, libbpf_sys::BPF_TCX_INGRESS, 0).map_err(|source| {
-                        LoaderError::AttachTc {
-                            interface: interface.to_string(),
-                            hook: "tcx ingress",
-                            source,
-                        }
-                    })?;
+                let link = tcx(
+                    &self.skel.progs.tc_copy_ingress,
+                    libbpf_sys::BPF_TCX_INGRESS,
+                    "tcx ingress",
+                )?;
                 self.links.push(link);
                 Ok(None)
             }

@@ -11,9 +11,11 @@ use libbpf_rs::{MapHandle, RingBufferBuilder};
 use mirror_ebpf::limits::COPY_HEADER_LEN;
 use mirror_ebpf::mirror::types::{mirror_copy, mirror_copy_flags, mirror_direction};
 
-/// One copy-mode record, borrowing the frame bytes from the ring.
+/// One copy-mode record: borrowing the frame bytes from the ring
+/// (`Record<&[u8]>`, what [`Record::parse`] returns) or owning a copy
+/// ([`OwnedRecord`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Record<'a> {
+pub struct Record<D> {
     /// Kernel session index.
     pub session: u16,
     /// Seen leaving the interface (tcx egress) rather than arriving.
@@ -27,16 +29,19 @@ pub struct Record<'a> {
     pub orig_len: u32,
     /// Symmetric flow hash.
     pub hash: u32,
-    /// `bpf_ktime_get_tai_ns()` when the program saw the frame.
+    /// `bpf_ktime_get_tai_ns()` when the record was written.
     pub tstamp_tai: u64,
     /// The frame's first bytes (the session's `packet_length`, or all of it).
-    pub data: &'a [u8],
+    pub data: D,
 }
 
-impl<'a> Record<'a> {
+/// [`Record`] with its own copy of the bytes.
+pub type OwnedRecord = Record<Vec<u8>>;
+
+impl<'a> Record<&'a [u8]> {
     /// Reads a record as the kernel wrote it; `None` when it is shorter than
     /// its header says (never from a well-behaved kernel program).
-    pub fn parse(bytes: &'a [u8]) -> Option<Record<'a>> {
+    pub fn parse(bytes: &'a [u8]) -> Option<Record<&'a [u8]>> {
         let head = bytes.get(..COPY_HEADER_LEN)?;
         // Safety: `head` holds size_of::<mirror_copy>() bytes, and every bit
         // pattern is a valid `mirror_copy` (integers only).
@@ -56,7 +61,14 @@ impl<'a> Record<'a> {
     }
 
     pub fn to_owned(&self) -> OwnedRecord {
-        OwnedRecord {
+        self.with_data(self.data.to_vec())
+    }
+}
+
+impl<D> Record<D> {
+    /// The same record around other bytes.
+    fn with_data<E>(&self, data: E) -> Record<E> {
+        Record {
             session: self.session,
             egress: self.egress,
             cut: self.cut,
@@ -65,23 +77,9 @@ impl<'a> Record<'a> {
             orig_len: self.orig_len,
             hash: self.hash,
             tstamp_tai: self.tstamp_tai,
-            data: self.data.to_vec(),
+            data,
         }
     }
-}
-
-/// [`Record`] with its own copy of the bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnedRecord {
-    pub session: u16,
-    pub egress: bool,
-    pub cut: bool,
-    pub gso: bool,
-    pub ifindex: u32,
-    pub orig_len: u32,
-    pub hash: u32,
-    pub tstamp_tai: u64,
-    pub data: Vec<u8>,
 }
 
 /// Takes every record now in the ring (without waiting). Records that do not
