@@ -273,3 +273,39 @@ fn without_rules_everything_passes_and_nothing_is_copied() {
     assert_eq!(after[0][no_rules] - before[0][no_rules], 4);
     assert_eq!(after[1][no_rules] - before[1][no_rules], 1);
 }
+
+#[test]
+fn copy_mode_samples_exactly_one_in_n_in_both_directions() {
+    require_root!();
+    let mut fx = Copy::new(1 << 20);
+    fx.prog.set_sampling(0, 3).expect("sampling");
+    let before = fx.counters();
+    // The session's one sequence runs across directions: 6 ingress then 4
+    // egress frames are frames 0..9, of which 0, 3, 6 and 9 are copied.
+    let copies: Vec<bool> = (0..10)
+        .map(|i| {
+            let recs = if i < 6 {
+                fx.run(&tcp(80, 1000 + i, 10), false)
+            } else {
+                fx.run(&tcp(1000 + i, 80, 10), true)
+            };
+            !recs.is_empty()
+        })
+        .collect();
+    assert_eq!(
+        copies,
+        [true, false, false, true, false, false, true, false, false, true]
+    );
+    let after = fx.counters();
+    for (dir, matched, copied) in [(0, 6, 2), (1, 4, 2)] {
+        let d = |c| delta(&before, &after, dir, c);
+        assert_eq!(d(C::MIRROR_CNT_MATCHED), matched);
+        assert_eq!(d(C::MIRROR_CNT_COPIED), copied);
+        assert_eq!(
+            d(C::MIRROR_CNT_MATCHED),
+            d(C::MIRROR_CNT_COPIED) + d(C::MIRROR_CNT_SAMPLED_OUT),
+            "matched = copied + sampled_out"
+        );
+    }
+    assert_eq!(fx.prog.session_sampled_out(0).expect("counter"), 6);
+}
