@@ -6,6 +6,7 @@
 use std::ffi::CString;
 use std::num::NonZeroU32;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use xdpilone::xdp::XdpDesc;
 use xdpilone::{
@@ -24,7 +25,7 @@ const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum XskError {
-    #[error("allocating {bytes} bytes of UMEM: {source}")]
+    #[error("allocating {bytes} bytes of packet memory: {source}")]
     Mmap {
         bytes: usize,
         source: std::io::Error,
@@ -43,20 +44,33 @@ fn errno(e: xdpilone::Errno) -> std::io::Error {
     std::io::Error::from_raw_os_error(e.get_raw())
 }
 
-/// Page-aligned anonymous memory registered as a UMEM.
-struct Area {
+/// Page-aligned anonymous memory: a UMEM, or the buffers of a target queue.
+///
+/// Whoever holds a region of it (a frame index handed out by a free list, or a
+/// descriptor the kernel gave back) is its only reader and writer; the area
+/// itself only hands out the base address.
+pub struct Area {
     ptr: NonNull<[u8]>,
 }
 
+// Safety: the area is plain memory; exclusive use of each frame is arranged
+// by the queues that own the frame indices (see above).
+unsafe impl Send for Area {}
+// Safety: as above.
+unsafe impl Sync for Area {}
+
 impl Area {
-    fn new(bytes: usize) -> Result<Self, XskError> {
+    /// Maps `bytes` of zeroed memory. `populate` faults every page in now
+    /// (UMEMs, which the kernel pins anyway); otherwise pages come on first use.
+    pub fn new(bytes: usize, populate: bool) -> Result<Self, XskError> {
+        let populate = if populate { libc::MAP_POPULATE } else { 0 };
         // Safety: an anonymous private mapping with no address hint.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | populate,
                 -1,
                 0,
             )
@@ -73,19 +87,23 @@ impl Area {
         })
     }
 
-    fn base(&self) -> *mut u8 {
+    pub fn base(&self) -> *mut u8 {
         self.ptr.as_ptr().cast()
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.ptr.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ptr.is_empty()
     }
 }
 
 impl Drop for Area {
     fn drop(&mut self) {
-        // Safety: we own this mapping, and every ring that referenced it has
-        // been dropped before (field order in the owners below).
+        // Safety: we own this mapping; every ring and queue that referenced it
+        // holds an `Arc` to it, so none is left.
         unsafe { libc::munmap(self.base().cast(), self.len()) };
     }
 }
@@ -117,13 +135,13 @@ struct Bound {
     device: DeviceQueue,
     user: User,
     umem: Umem,
-    area: Area,
+    area: Arc<Area>,
     zero_copy: bool,
 }
 
 fn bind(
     w: &Where<'_>,
-    frames: u32,
+    area: &Arc<Area>,
     ring_size: u32,
     rx: bool,
     zero_copy: ZeroCopy,
@@ -135,7 +153,7 @@ fn bind(
     };
     let mut last = None;
     for &zc in tries {
-        match bind_retrying_busy(w, frames, ring_size, rx, zc) {
+        match bind_retrying_busy(w, area, ring_size, rx, zc) {
             Ok(b) => return Ok(b),
             Err(e) => {
                 if zero_copy == ZeroCopy::Auto && zc {
@@ -159,7 +177,7 @@ const BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn bind_retrying_busy(
     w: &Where<'_>,
-    frames: u32,
+    area: &Arc<Area>,
     ring_size: u32,
     rx: bool,
     zc: bool,
@@ -167,7 +185,7 @@ fn bind_retrying_busy(
     let deadline = std::time::Instant::now() + BUSY_RETRY;
     let mut logged = false;
     loop {
-        match bind_once(w, frames, ring_size, rx, zc) {
+        match bind_once(w, area, ring_size, rx, zc) {
             Err(XskError::Socket { errno, .. })
                 if errno.raw_os_error() == Some(libc::EBUSY)
                     && std::time::Instant::now() < deadline =>
@@ -189,12 +207,11 @@ fn bind_retrying_busy(
 
 fn bind_once(
     w: &Where<'_>,
-    frames: u32,
+    area: &Arc<Area>,
     ring_size: u32,
     rx: bool,
     zc: bool,
 ) -> Result<Bound, XskError> {
-    let area = Area::new(frames as usize * FRAME_SIZE as usize)?;
     let config = UmemConfig {
         fill_size: ring_size,
         complete_size: ring_size,
@@ -202,8 +219,8 @@ fn bind_once(
         headroom: 0,
         flags: 0,
     };
-    // Safety: `area` is page aligned, sized for `frames` frames, and outlives
-    // the Umem (it is dropped after it, see `Bound`'s field order).
+    // Safety: `area` is page aligned, a whole number of frames, and outlives
+    // the Umem (`Bound` holds an Arc to it, dropped after the Umem).
     let umem =
         unsafe { Umem::new(config, area.ptr) }.map_err(|e| w.err("UMEM registration", e, zc))?;
     let mut info = IfInfo::invalid();
@@ -235,7 +252,7 @@ fn bind_once(
         device,
         user,
         umem,
-        area,
+        area: area.clone(),
         zero_copy: zc,
     })
 }
@@ -335,7 +352,8 @@ impl RxQueue {
         zero_copy: ZeroCopy,
     ) -> Result<Self, XskError> {
         let w = Where { interface, queue };
-        let b = bind(&w, frames, ring_size, true, zero_copy)?;
+        let area = Arc::new(Area::new(frames as usize * FRAME_SIZE as usize, true)?);
+        let b = bind(&w, &area, ring_size, true, zero_copy)?;
         let rx = b
             .user
             .map_rx()
@@ -423,47 +441,35 @@ impl RxQueue {
     }
 }
 
-/// The TX side of an interface target: frames are copied into our own UMEM
-/// and sent out of one device queue.
+/// The TX side of an interface target: sends frames that already sit in its
+/// UMEM (the target queue's buffers are the UMEM frames, so nothing is copied
+/// here) out of one device queue.
 pub struct TxQueue {
     tx: RingTx,
     b: Bound,
-    free: Vec<u64>,
-    /// Length of the frame in flight at each frame index.
-    in_flight_len: Vec<u32>,
     in_flight: u32,
 }
 
-/// One reaped completion batch.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Completed {
-    pub packets: u64,
-    pub bytes: u64,
-}
-
 impl TxQueue {
+    /// Binds a TX socket to `interface` queue `queue` over `area`, whose
+    /// [`FRAME_SIZE`] frames the caller fills and hands to [`TxQueue::submit`].
     pub fn open(
         interface: &str,
         queue: u32,
-        frames: u32,
+        area: &Arc<Area>,
         zero_copy: ZeroCopy,
     ) -> Result<Self, XskError> {
         let w = Where { interface, queue };
-        let ring = frames.next_power_of_two().min(1 << 15);
-        let b = bind(&w, frames, ring, false, zero_copy)?;
+        let frames = (area.len() / FRAME_SIZE as usize) as u32;
+        let ring = frames.next_power_of_two().clamp(64, 1 << 15);
+        let b = bind(&w, area, ring, false, zero_copy)?;
         let tx = b
             .user
             .map_tx()
             .map_err(|e| w.err("mapping the TX ring", e, b.zero_copy))?;
-        let free: Vec<u64> = (0..b.umem.len_frames())
-            .filter_map(|i| b.umem.frame(BufIdx(i)).map(|f| f.offset))
-            .collect();
-        let in_flight_len = vec![0; free.len()];
         Ok(TxQueue {
             tx,
             b,
-            free,
-            in_flight_len,
             in_flight: 0,
         })
     }
@@ -481,41 +487,22 @@ impl TxQueue {
         self.in_flight
     }
 
-    /// Room for more frames right now.
-    pub fn has_room(&self) -> bool {
-        !self.free.is_empty()
-    }
-
-    /// Copies `frames` into UMEM and puts them on the TX ring; returns how
-    /// many were taken (fewer when UMEM frames run out).
-    pub fn send<'a>(&mut self, frames: impl Iterator<Item = &'a [u8]>) -> u32 {
-        let base = self.b.area.base();
-        let mut descs: Vec<XdpDesc> = Vec::new();
-        for data in frames {
-            let Some(addr) = self.free.pop() else { break };
-            let len = data.len().min(FRAME_SIZE as usize);
-            // Safety: `addr` is a free frame of our mapping: no ring holds it.
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(addr as usize), len) };
-            self.in_flight_len[(addr / u64::from(FRAME_SIZE)) as usize] = len as u32;
-            descs.push(XdpDesc {
-                addr,
-                len: len as u32,
-                options: 0,
-            });
-        }
-        if descs.is_empty() {
+    /// Puts frames (UMEM offset, length) on the TX ring and wakes the kernel;
+    /// returns how many were taken, in order (fewer when the ring is full).
+    pub fn submit(&mut self, frames: impl ExactSizeIterator<Item = (u64, u32)>) -> u32 {
+        if frames.len() == 0 {
             return 0;
         }
         let n = {
-            let mut w = self.tx.transmit(descs.len() as u32);
-            let n = w.insert(descs.iter().copied());
+            let mut w = self.tx.transmit(frames.len() as u32);
+            let n = w.insert(frames.map(|(addr, len)| XdpDesc {
+                addr,
+                len,
+                options: 0,
+            }));
             w.commit();
             n
         };
-        // Descriptors the ring had no room for go back to the free list.
-        for d in &descs[n as usize..] {
-            self.free.push(d.addr);
-        }
         self.in_flight += n;
         self.kick();
         n
@@ -528,18 +515,17 @@ impl TxQueue {
         }
     }
 
-    /// Reaps the completion ring.
-    pub fn complete(&mut self) -> Completed {
-        let mut done = Completed::default();
+    /// Reaps the completion ring, handing each sent frame's UMEM offset to
+    /// `done`; returns how many completed.
+    pub fn complete(&mut self, mut done: impl FnMut(u64)) -> u32 {
+        let mut n = 0;
         let mut r = self.b.device.complete(self.in_flight.max(1));
         while let Some(addr) = r.read() {
-            let chunk = addr - addr % u64::from(FRAME_SIZE);
-            done.packets += 1;
-            done.bytes += u64::from(self.in_flight_len[(chunk / u64::from(FRAME_SIZE)) as usize]);
-            self.free.push(chunk);
+            done(addr - addr % u64::from(FRAME_SIZE));
+            n += 1;
         }
         r.release();
-        self.in_flight -= done.packets as u32;
-        done
+        self.in_flight -= n;
+        n
     }
 }

@@ -30,6 +30,8 @@ pub const DEFAULT_RING_SIZE: u32 = 2048;
 pub const DEFAULT_RING_BUFFER: u32 = 16 << 20;
 /// Frames a target queues before dropping (`queue_full`) unless `queue_size` says otherwise.
 pub const DEFAULT_QUEUE_SIZE: u32 = 4096;
+/// Largest `queue_size` of an interface target (1 GiB of UMEM).
+pub const MAX_INTERFACE_QUEUE: u32 = 1 << 18;
 /// Sessions without `priority` get this one; ties keep file order.
 pub const DEFAULT_PRIORITY: u32 = 100;
 
@@ -1065,9 +1067,22 @@ impl Validator<'_> {
                 }
             }
         }
-        let queue_size = match &t.queue_size {
-            None => DEFAULT_QUEUE_SIZE,
-            Some(q) => self.int_in::<u32>(q, 16..=1 << 20, "queue_size")?,
+        let queue_size = match (&t.queue_size, kind) {
+            (None, _) => DEFAULT_QUEUE_SIZE,
+            // Each queued copy of an interface target is one 4 KiB UMEM frame,
+            // which the kernel pins: 1 GiB at most.
+            (Some(q), TargetKind::Interface) if *q.get_ref() > i64::from(MAX_INTERFACE_QUEUE) => {
+                self.error(
+                    q.span(),
+                    format!(
+                        "queue_size = {} is too large for an interface target: its queue is \
+                         its AF_XDP UMEM, one 4 KiB frame per copy, at most {MAX_INTERFACE_QUEUE} (1 GiB)",
+                        q.get_ref()
+                    ),
+                );
+                return None;
+            }
+            (Some(q), _) => self.int_in::<u32>(q, 16..=1 << 20, "queue_size")?,
         };
         let spec = match kind {
             TargetKind::Interface => {

@@ -381,6 +381,11 @@ fn target_and_session_option_errors_name_the_field() {
             "",
             "needs `path`",
         ),
+        (
+            "interface = \"eth2\"\n",
+            "interface = \"eth2\"\nqueue_size = 300000\n",
+            "queue_size = 300000 is too large for an interface target",
+        ),
     ] {
         assert!(base.contains(from), "fixture lacks {from}");
         let e = errors(&base.replacen(from, to, 1));

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Oversize, TargetQueue};
+use super::{Oversize, Packet, TargetQueue};
 use crate::config::ZeroCopy;
 use crate::netdev;
 use crate::xsk::{TxQueue, XskError, FRAME_SIZE};
@@ -30,6 +30,8 @@ pub fn max_frame(interface: &str) -> usize {
 }
 
 /// Opens the TX socket on queue 0 of `interface` and starts the sender thread.
+/// The target's queue is the socket's UMEM: a worker copies a mirrored frame
+/// into a free UMEM frame once, and the sender puts that frame on the TX ring.
 pub fn start(
     name: &str,
     interface: &str,
@@ -37,15 +39,14 @@ pub fn start(
     queue_size: u32,
     stop: Arc<AtomicBool>,
 ) -> Result<(InterfaceTarget, std::thread::JoinHandle<()>), XskError> {
-    let frames = queue_size.next_power_of_two().clamp(64, 1 << 15);
-    let tx = TxQueue::open(interface, 0, frames, zero_copy)?;
-    let queue = Arc::new(TargetQueue::new(
+    let queue = Arc::new(TargetQueue::umem(
         name,
         "interface",
         queue_size as usize,
         max_frame(interface),
         Oversize::Drop,
-    ));
+    )?);
+    let tx = TxQueue::open(interface, 0, queue.memory(), zero_copy)?;
     if let Ok(h) = tx.stats_handle() {
         queue.set_kernel_send_errors(Box::new(move || h.drops().tx_invalid_descs));
     }
@@ -53,7 +54,7 @@ pub fn start(
     let (q, ifname) = (queue.clone(), interface.to_string());
     let handle = std::thread::Builder::new()
         .name(format!("tx-{name}"))
-        .spawn(move || run(tx, &q, &ifname, &stop))
+        .spawn(move || run(tx, &q, &ifname, &stop, queue_size as usize))
         .expect("spawning a thread");
     Ok((
         InterfaceTarget {
@@ -64,34 +65,41 @@ pub fn start(
     ))
 }
 
-fn run(mut tx: TxQueue, q: &TargetQueue, interface: &str, stop: &AtomicBool) {
+fn run(mut tx: TxQueue, q: &TargetQueue, interface: &str, stop: &AtomicBool, slots: usize) {
     q.register_sender();
     let mut batch = Vec::with_capacity(BATCH);
+    // Copies on the TX ring, by UMEM frame, until their completion comes back.
+    let mut sending: Vec<Option<Packet>> = (0..slots).map(|_| None).collect();
     let mut last_check = Instant::now() - LINK_CHECK;
     let mut stopping_since: Option<Instant> = None;
     loop {
-        let done = tx.complete();
-        if done.packets > 0 {
+        let (mut packets, mut bytes) = (0u64, 0u64);
+        tx.complete(|addr| {
+            if let Some(p) = sending[(addr / u64::from(FRAME_SIZE)) as usize].take() {
+                packets += 1;
+                bytes += p.data().len() as u64;
+                q.recycle(p);
+            }
+        });
+        if packets > 0 {
             q.counters
                 .sent_packets
-                .fetch_add(done.packets, Ordering::Relaxed);
-            q.counters
-                .sent_bytes
-                .fetch_add(done.bytes, Ordering::Relaxed);
+                .fetch_add(packets, Ordering::Relaxed);
+            q.counters.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
 
-        // Move what the UMEM has room for from the queue onto the TX ring.
-        while tx.has_room() && batch.len() < BATCH {
+        while batch.len() < BATCH {
             match q.pop_ready() {
                 Some(p) => batch.push(p),
                 None => break,
             }
         }
         if !batch.is_empty() {
-            let taken = tx.send(batch.iter().map(|p| p.data())) as usize;
+            let taken = tx.submit(batch.iter().map(|p| (q.offset(p), p.data().len() as u32)));
             // Frames the ring refused stay first in line for the next round.
-            for p in batch.drain(..taken) {
-                q.recycle(p);
+            for p in batch.drain(..taken as usize) {
+                let slot = p.slot();
+                sending[slot] = Some(p);
             }
         }
         tx.kick();

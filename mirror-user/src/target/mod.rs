@@ -11,12 +11,15 @@ pub mod interface;
 pub mod pcapng;
 pub mod tunnel;
 
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 
 use crossbeam_queue::ArrayQueue;
 use serde::{Deserialize, Serialize};
+
+use crate::xsk::{Area, XskError, FRAME_SIZE};
 
 /// Why a target dropped a copy. Every reason is reported, zero or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +79,13 @@ pub struct Frame<'a> {
     pub egress: bool,
 }
 
-/// A copy waiting in a target queue.
+/// A copy waiting in a target queue: one slot of the queue's memory, owned by
+/// whoever holds the `Packet` (a free list, the ready queue, a sender).
 pub struct Packet {
+    /// Index of the slot in the queue's memory.
+    slot: u32,
+    /// Start of the slot.
+    ptr: NonNull<u8>,
     len: usize,
     pub orig_len: u32,
     pub hash: u32,
@@ -87,12 +95,30 @@ pub struct Packet {
     pub egress: bool,
     /// The queue cut it to fit the target (`truncated`).
     pub truncated: bool,
-    buf: Box<[u8]>,
 }
+
+// Safety: a Packet is the only handle on its slot (the queues move it between
+// threads by value); the memory behind `ptr` lives as long as the queue,
+// which every thread holding packets keeps alive through an `Arc`.
+unsafe impl Send for Packet {}
 
 impl Packet {
     pub fn data(&self) -> &[u8] {
-        &self.buf[..self.len]
+        // Safety: `ptr` is this packet's slot, at least `len` bytes long,
+        // written before the packet was made ready and not aliased.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Index of its slot (for an interface target: its UMEM frame).
+    pub fn slot(&self) -> usize {
+        self.slot as usize
+    }
+
+    fn fill(&mut self, bytes: &[u8]) {
+        // Safety: as in `data`; the slot holds `max_len` >= `bytes.len()` bytes
+        // and the holder of a `&mut Packet` is its only user.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr(), bytes.len()) };
+        self.len = bytes.len();
     }
 }
 
@@ -129,14 +155,21 @@ impl TargetCounters {
 
 /// The bounded queue between the workers and a target's sender thread.
 ///
-/// Two lock-free queues of preallocated buffers: `free` and `ready`. Offering
-/// takes a free buffer (none = `queue_full`), copies, and pushes it ready; the
-/// sender returns it to `free` once the frame is in its own UMEM.
+/// `capacity` slots of one memory area, moved between two lock-free queues:
+/// `free` and `ready`. Offering takes a free slot (none = `queue_full`),
+/// copies the frame into it (the only copy the daemon makes) and pushes it
+/// ready; the sender returns it to `free` once the frame has left. For an
+/// interface target the area *is* the AF_XDP socket's UMEM, one frame per
+/// slot, so the sender puts the slot on the TX ring as it is.
 pub struct TargetQueue {
     pub name: String,
     pub kind: &'static str,
     free: ArrayQueue<Packet>,
     ready: ArrayQueue<Packet>,
+    /// The slots' memory (`capacity * stride` bytes).
+    memory: Arc<Area>,
+    /// Bytes from one slot to the next.
+    stride: usize,
     pub counters: TargetCounters,
     /// Copies the sender holds (taken from the queue, not yet completed).
     pub in_flight: AtomicU64,
@@ -150,16 +183,60 @@ pub struct TargetQueue {
 }
 
 impl TargetQueue {
+    /// A queue of `capacity` copies of up to `max_len` bytes in memory of
+    /// its own (tunnel and pcapng targets).
     pub fn new(
         name: &str,
         kind: &'static str,
         capacity: usize,
         max_len: usize,
         oversize: Oversize,
+    ) -> Result<Self, XskError> {
+        let stride = max_len.max(1).next_multiple_of(64);
+        let memory = Arc::new(Area::new(capacity * stride, false)?);
+        Ok(Self::over(
+            name, kind, capacity, max_len, oversize, memory, stride,
+        ))
+    }
+
+    /// A queue whose slots are the [`FRAME_SIZE`] frames of a UMEM, for an
+    /// AF_XDP socket to send from ([`TargetQueue::memory`]).
+    pub fn umem(
+        name: &str,
+        kind: &'static str,
+        capacity: usize,
+        max_len: usize,
+        oversize: Oversize,
+    ) -> Result<Self, XskError> {
+        let stride = FRAME_SIZE as usize;
+        let memory = Arc::new(Area::new(capacity * stride, true)?);
+        Ok(Self::over(
+            name,
+            kind,
+            capacity,
+            max_len.min(stride),
+            oversize,
+            memory,
+            stride,
+        ))
+    }
+
+    fn over(
+        name: &str,
+        kind: &'static str,
+        capacity: usize,
+        max_len: usize,
+        oversize: Oversize,
+        memory: Arc<Area>,
+        stride: usize,
     ) -> Self {
         let free = ArrayQueue::new(capacity);
-        for _ in 0..capacity {
+        for slot in 0..capacity {
+            // Safety: slot * stride + stride <= memory.len(), as sized above.
+            let ptr = unsafe { memory.base().add(slot * stride) };
             let _ = free.push(Packet {
+                slot: slot as u32,
+                ptr: NonNull::new(ptr).expect("a mapping is never at NULL"),
                 len: 0,
                 orig_len: 0,
                 hash: 0,
@@ -168,7 +245,6 @@ impl TargetQueue {
                 source: 0,
                 egress: false,
                 truncated: false,
-                buf: vec![0u8; max_len].into_boxed_slice(),
             });
         }
         TargetQueue {
@@ -176,6 +252,8 @@ impl TargetQueue {
             kind,
             free,
             ready: ArrayQueue::new(capacity),
+            memory,
+            stride,
             counters: TargetCounters::default(),
             in_flight: AtomicU64::new(0),
             up: AtomicBool::new(true),
@@ -184,6 +262,16 @@ impl TargetQueue {
             sender: OnceLock::new(),
             kernel_send_errors: OnceLock::new(),
         }
+    }
+
+    /// The memory the slots live in (for an interface target: its UMEM).
+    pub fn memory(&self) -> &Arc<Area> {
+        &self.memory
+    }
+
+    /// Where packet `p` sits in [`TargetQueue::memory`].
+    pub fn offset(&self, p: &Packet) -> u64 {
+        (p.slot() * self.stride) as u64
     }
 
     /// Offers a copy of `frame`; never blocks. Counted as enqueued, and either
@@ -206,8 +294,7 @@ impl TargetQueue {
             self.counters.drop(TargetDrop::QueueFull, 1);
             return;
         };
-        p.buf[..len].copy_from_slice(&frame.data[..len]);
-        p.len = len;
+        p.fill(&frame.data[..len]);
         p.orig_len = frame.orig_len;
         p.hash = frame.hash;
         p.tstamp_ns = frame.tstamp_ns;
@@ -312,4 +399,65 @@ pub struct TargetStats {
     pub dropped: std::collections::BTreeMap<String, u64>,
     /// Copies waiting in the target's queue or TX ring right now (0 when idle).
     pub queued: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(data: &[u8]) -> Frame<'_> {
+        Frame {
+            data,
+            orig_len: data.len() as u32,
+            hash: 7,
+            tstamp_ns: 1,
+            vni: 0,
+            source: 0,
+            egress: false,
+        }
+    }
+
+    #[test]
+    fn offers_copy_once_into_slots_and_a_full_queue_counts_each_drop() {
+        let q = TargetQueue::umem("t", "interface", 3, 1518, Oversize::Drop).expect("memory");
+        assert_eq!(q.memory().len(), 3 * FRAME_SIZE as usize);
+        for i in 0..5u8 {
+            q.offer(&frame(&[i; 60]));
+        }
+        q.offer(&frame(&[9; 1519]));
+        let c = &q.counters;
+        assert_eq!(c.enqueued.load(Ordering::Relaxed), 6);
+        assert_eq!(c.dropped(TargetDrop::QueueFull), 2);
+        assert_eq!(c.dropped(TargetDrop::TooBig), 1);
+        let mut slots = Vec::new();
+        for i in 0..3u8 {
+            let p = q.pop_ready().expect("queued");
+            assert_eq!(p.data(), &[i; 60][..]);
+            // The bytes are where a UMEM descriptor for the slot points.
+            let at = q.offset(&p) as usize;
+            assert_eq!(at % FRAME_SIZE as usize, 0);
+            // Safety: the slot is ours (we hold the packet) and 60 bytes long.
+            let umem = unsafe { std::slice::from_raw_parts(q.memory().base().add(at), 60) };
+            assert_eq!(umem, p.data());
+            slots.push(p.slot());
+            q.recycle(p);
+        }
+        slots.sort_unstable();
+        assert_eq!(slots, vec![0, 1, 2]);
+        // Recycled slots take copies again.
+        q.offer(&frame(&[5; 1518]));
+        assert_eq!(q.pop_ready().expect("queued").data().len(), 1518);
+    }
+
+    #[test]
+    fn tunnel_and_file_queues_truncate_to_their_buffers() {
+        let q = TargetQueue::new("t", "vxlan", 2, 100, Oversize::Truncate).expect("memory");
+        let big: Vec<u8> = (0..=255).collect();
+        q.offer(&frame(&big));
+        let p = q.pop_ready().expect("queued");
+        assert!(p.truncated);
+        assert_eq!(p.data(), &big[..100]);
+        assert_eq!(p.orig_len, 256);
+        assert_eq!(q.counters.truncated.load(Ordering::Relaxed), 1);
+    }
 }

@@ -56,6 +56,8 @@ pub enum PcapngError {
     },
     #[error("{}: the directory does not exist; create it first", .0.display())]
     NoDirectory(PathBuf),
+    #[error("the target's queue: {0}")]
+    Queue(#[from] crate::xsk::XskError),
 }
 
 /// One interface description per source: (source name, interface).
@@ -82,7 +84,7 @@ pub fn start(
         queue_size as usize,
         SNAPLEN,
         Oversize::Truncate,
-    ));
+    )?);
     let q = queue.clone();
     let handle = std::thread::Builder::new()
         .name(format!("pcapng-{name}"))
@@ -480,7 +482,7 @@ mod tests {
 
     #[test]
     fn epb_length_matches_what_pcap_file_writes() {
-        let q = TargetQueue::new("t", "pcapng", 2, 256, Oversize::Truncate);
+        let q = TargetQueue::new("t", "pcapng", 2, 256, Oversize::Truncate).expect("queue memory");
         let mut blocks = Blocks::new(&vec![("s".into(), "eth0".into())]);
         let before = blocks.len();
         for len in [60usize, 61, 62, 63, 64] {

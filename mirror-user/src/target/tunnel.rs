@@ -41,6 +41,8 @@ pub enum TunnelError {
         #[source]
         source: io::Error,
     },
+    #[error("the target's queue: {0}")]
+    Queue(#[from] crate::xsk::XskError),
 }
 
 fn sys(call: &'static str, rc: libc::c_int) -> Result<libc::c_int, TunnelError> {
@@ -139,7 +141,7 @@ pub fn start(
         queue_size as usize,
         max_inner(spec).unwrap_or(0),
         Oversize::Truncate,
-    ));
+    )?);
     let q = queue.clone();
     let handle = std::thread::Builder::new()
         .name(format!("tx-{name}"))
