@@ -496,7 +496,7 @@ targets = @TARGETS@
 struct TwoCollectors {
     lab: Lab,
     a: Option<Netns>,
-    b: Netns,
+    b: Option<Netns>,
     daemon: DaemonProcess,
     _dir: TempDir,
 }
@@ -541,7 +541,7 @@ fn two_collectors(tag: &str, group: bool) -> TwoCollectors {
     TwoCollectors {
         lab,
         a: Some(a),
-        b,
+        b: Some(b),
         daemon,
         _dir: dir,
     }
@@ -564,7 +564,7 @@ fn gre_inner(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
 fn a_dead_collector_loses_only_its_own_copies() {
     require_root!();
     let mut t = two_collectors("e2e-isolation", false);
-    let cap_b = Capture::start(&t.b, "colb1").expect("capture");
+    let cap_b = Capture::start(t.b.as_ref().expect("b"), "colb1").expect("capture");
     let frames = Arc::new(traffic::mixed(3000));
     let (gen, frames2) = (Netns::attach(t.lab.gen.name()), frames.clone());
     let sender = std::thread::spawn(move || {
@@ -632,7 +632,7 @@ fn groups_keep_both_directions_of_a_flow_on_one_member_and_skip_a_dead_one() {
     require_root!();
     let mut t = two_collectors("e2e-group", true);
     let cap_a = Capture::start(t.a.as_ref().expect("a"), "cola1").expect("capture");
-    let cap_b = Capture::start(&t.b, "colb1").expect("capture");
+    let cap_b = Capture::start(t.b.as_ref().expect("b"), "colb1").expect("capture");
     let flows = 200u16;
     let frames: Vec<Vec<u8>> = (0..flows)
         .flat_map(|i| {
@@ -689,7 +689,7 @@ fn groups_keep_both_directions_of_a_flow_on_one_member_and_skip_a_dead_one() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let before = client.stats().expect("stats");
-    let cap_b = Capture::start(&t.b, "colb1").expect("capture");
+    let cap_b = Capture::start(t.b.as_ref().expect("b"), "colb1").expect("capture");
     let again: Vec<Vec<u8>> = (0..flows)
         .map(|i| flow_frame(i, false, 2 * u32::from(i)))
         .collect();
@@ -714,4 +714,213 @@ fn groups_keep_both_directions_of_a_flow_on_one_member_and_skip_a_dead_one() {
     for (name, x) in &st.targets {
         assert_reconciles(name, x);
     }
+    assert_eq!(st.groups["pool"].members_up, 1);
+
+    // Member b dies too: copies go to each flow's first choice, which counts
+    // them `down`, and the group counts them `all_down`.
+    drop(t.b.take());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = client.stats().expect("stats");
+        if !st.targets["b"].up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never went down: {st:#?}");
+        lab::send_frames(&t.lab.gen, Lab::GEN_IF, probe.clone(), 0).expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = client.stats().expect("stats");
+    let sent = lab::send_frames(&t.lab.gen, Lab::GEN_IF, probe.clone(), 10_000).expect("send");
+    let received = before.sources["feed"].received + sent;
+    let st = wait_for(&mut client, "the third round", |st| {
+        st.sources["feed"].received == received
+            && st.targets["a"].enqueued + st.targets["b"].enqueued
+                == before.targets["a"].enqueued + before.targets["b"].enqueued + sent
+    });
+    let pool = &st.groups["pool"];
+    assert_eq!(pool.members_up, 0);
+    assert_eq!(pool.all_down - before.groups["pool"].all_down, sent);
+    let down = |s: &mirror_user::stats::Stats| {
+        s.targets["a"].dropped["down"] + s.targets["b"].dropped["down"]
+    };
+    assert_eq!(down(&st) - down(&before), sent, "every copy counted down");
+    assert_eq!(
+        st.targets["a"].sent_packets + st.targets["b"].sent_packets,
+        before.targets["a"].sent_packets + before.targets["b"].sent_packets,
+        "nothing sent"
+    );
+    for (name, x) in &st.targets {
+        assert_reconciles(name, x);
+    }
+}
+
+const LIMITS: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+@FILTER@
+[[target]]
+name = "cap"
+kind = "pcapng"
+path = "@CAPDIR@/feed.pcapng"
+
+[[session]]
+name = "s"
+source = "feed"
+filter = "ids"
+targets = ["cap"]
+@LIMIT@
+"#;
+
+/// A small tmpfs mounted for one test, unmounted on drop (also on panic).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: std::path::PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&at).expect("mount point");
+        let opts = format!("size={size}");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &opts, "mirror-test"])
+            .arg(&at)
+            .status()
+            .expect("mount")
+            .success();
+        assert!(ok, "mounting a tmpfs on {}", at.display());
+        Tmpfs(at)
+    }
+
+    /// Bytes free for files.
+    fn free(&self) -> u64 {
+        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).expect("path");
+        // Safety: statvfs is plain old data; all-zero is a valid value.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // Safety: a NUL-terminated path and a valid out-pointer.
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        st.f_bavail * st.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// `count` 1000-byte lab frames numbered from `first`.
+fn kilo_frames(first: u32, count: u32) -> Vec<Vec<u8>> {
+    (first..first + count)
+        .map(|i| traffic::frame(traffic::SHAPES[1], i, 1000))
+        .collect()
+}
+
+#[test]
+fn a_full_disk_drops_whole_buffers_counts_them_and_writing_resumes() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let dir = TempDir::new("e2e-diskfull").expect("temp dir");
+    let fs = Tmpfs::mount(dir.path().join("cap"), "2m");
+    // Leave about 400 KiB: room for ~350 of the 1,000 copies below.
+    let ballast = fs.0.join("ballast");
+    let leave = 400 << 10;
+    std::fs::write(&ballast, vec![0u8; (fs.free() - leave) as usize]).expect("ballast");
+    let text = LIMITS
+        .replace("@FILTER@", ACCEPT_ALL)
+        .replace("@LIMIT@", "")
+        .replace("@CAPDIR@", &fs.0.to_string_lossy());
+    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let file = fs.0.join("feed.pcapng");
+    let settled = |st: &mirror_user::stats::Stats, n: u64| {
+        st.sources["feed"].received == n
+            && st.targets["cap"].enqueued == n
+            && st.targets["cap"].queued == 0
+    };
+
+    // Round 1: 1,000 KB of copies into 400 KiB of space, paced over half a
+    // second so the writer flushes several buffers (one per 100 ms).
+    let first = kilo_frames(0, 1000);
+    let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, Arc::new(first), 2_000).expect("send");
+    let st = wait_for(&mut client, "round 1 written or dropped", |st| {
+        settled(st, sent)
+    });
+    let cap = &st.targets["cap"];
+    assert_reconciles("cap", cap);
+    let full = cap.dropped["disk_full"];
+    assert!(full > 0, "the disk filled: {cap:?}");
+    assert!(cap.sent_packets > 0, "some copies fit: {cap:?}");
+    assert_eq!(cap.dropped_total(), full, "{:?}", cap.dropped);
+    // Only whole blocks: the file parses to exactly the copies counted sent.
+    let records = read_pcapng(&file);
+    assert_eq!(records.len() as u64, cap.sent_packets);
+
+    // Space returns: the next copies are written, none dropped.
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    let second = kilo_frames(5000, 200);
+    let more = lab::send_frames(&lab.gen, Lab::GEN_IF, Arc::new(second), 2_000).expect("send");
+    let st2 = wait_for(&mut client, "round 2 written", |st| {
+        settled(st, sent + more)
+    });
+    let cap2 = &st2.targets["cap"];
+    assert_reconciles("cap", cap2);
+    assert_eq!(cap2.dropped["disk_full"], full, "no new disk_full");
+    assert_eq!(cap2.sent_packets, cap.sent_packets + more);
+    let records = read_pcapng(&file);
+    assert_eq!(records.len() as u64, cap2.sent_packets);
+    let seqs: Vec<u32> = records
+        .iter()
+        .filter_map(|r| traffic::seq_of(&r.data))
+        .collect();
+    assert_eq!(
+        seqs[seqs.len() - more as usize..],
+        (5000..5200).collect::<Vec<u32>>()[..],
+        "round 2 is in the file, in order, after round 1's survivors"
+    );
+    assert!(seqs[..seqs.len() - more as usize].iter().all(|&s| s < 1000));
+    drop(daemon);
+}
+
+#[test]
+fn a_rate_limit_passes_its_rate_and_counts_every_frame_over_it() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let dir = TempDir::new("e2e-ratelimit").expect("temp dir");
+    let text = LIMITS
+        .replace("@FILTER@", ACCEPT_ALL)
+        .replace("@LIMIT@", "rate_limit_pps = 500\n")
+        .replace("@CAPDIR@", &dir.path().to_string_lossy());
+    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    // 3,000 frames at 5,000 a second: ten times the limit for 0.6 s.
+    let frames = kilo_frames(0, 3000);
+    let started = Instant::now();
+    let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, Arc::new(frames), 5_000).expect("send");
+    let st = wait_for(&mut client, "every frame mirrored or limited", |st| {
+        st.sources["feed"].received == sent
+            && st.targets["cap"].enqueued == sent
+            && st.targets["cap"].queued == 0
+    });
+    let took = started.elapsed().as_secs_f64();
+    let (s, cap) = (&st.sessions["s"], &st.targets["cap"]);
+    assert_reconciles("cap", cap);
+    assert_eq!(s.matched, sent);
+    assert_eq!(s.mirrored + s.rate_limited, sent, "{s:?}");
+    assert_eq!(cap.dropped["rate_limited"], s.rate_limited);
+    assert_eq!(cap.sent_packets, s.mirrored);
+    assert_eq!(cap.dropped_total(), s.rate_limited, "{:?}", cap.dropped);
+    // A burst of a tenth of a second's tokens, then 500 a second.
+    let most = 50.0 + 500.0 * took + 1.0;
+    assert!(
+        (s.mirrored as f64) <= most && s.mirrored >= 250,
+        "{} mirrored in {took:.2} s (at most {most:.0})",
+        s.mirrored
+    );
+    drop(daemon);
+    let records = read_pcapng(&dir.path().join("feed.pcapng"));
+    assert_eq!(records.len() as u64, s.mirrored);
 }
