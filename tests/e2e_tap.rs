@@ -154,6 +154,18 @@ fn accepted_frames_reach_the_sink_byte_identical_with_exact_counts() {
     assert_eq!(t.dropped_total(), 0, "{:?}", t.dropped);
     let bytes: u64 = expected.iter().map(|f| f.len() as u64).sum();
     assert_eq!(t.sent_bytes, bytes);
+    // RX queue 0 shares ids0's UMEM (its frames go out uncopied); queue 1
+    // copies into ids0's queue.
+    assert!(
+        t.shared_umem > 0 && t.shared_umem <= t.sent_packets,
+        "shared {} of {}",
+        t.shared_umem,
+        t.sent_packets
+    );
+    assert!(s
+        .daemon
+        .log_text()
+        .contains("RX queue shares the interface target's UMEM"));
 
     // Byte for byte: the sink got exactly the accepted frames, nothing else.
     let mut want: Vec<&[u8]> = expected.iter().map(|f| f.as_slice()).collect();

@@ -236,6 +236,13 @@ fn every_target_kind_carries_every_mirrored_frame() {
     assert_eq!(stats.targets["er2"].truncated, longer(964));
     assert_eq!(stats.targets["er3"].truncated, longer(1460)); // default mtu 1500
     assert_eq!(stats.targets["vx"].truncated, 0);
+    // The source's one RX queue shares the interface target's UMEM: every
+    // frame went out of ids0 as received, without a copy (and after the five
+    // other targets had copied it, or their bytes would differ below).
+    assert_eq!(stats.targets["ids0"].shared_umem, n);
+    for name in ["vx", "gre", "er2", "er3", "cap"] {
+        assert_eq!(stats.targets[name].shared_umem, 0, "{name} copies");
+    }
     let want = by_seq(&expected.iter().map(|f| f.to_vec()).collect::<Vec<_>>());
 
     // Interface target and VXLAN collector: byte-identical frames.
@@ -923,4 +930,68 @@ fn a_rate_limit_passes_its_rate_and_counts_every_frame_over_it() {
     drop(daemon);
     let records = read_pcapng(&dir.path().join("feed.pcapng"));
     assert_eq!(records.len() as u64, s.mirrored);
+}
+
+const SMALL_QUEUE: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+umem_frames = 512
+ring_size = 512
+@FILTER@
+[[target]]
+name = "ids0"
+kind = "interface"
+interface = "tgt0"
+queue_size = 16
+
+[[session]]
+name = "s"
+source = "feed"
+filter = "ids"
+targets = ["ids0"]
+"#;
+
+#[test]
+fn a_target_sharing_the_sources_umem_overflows_only_its_own_queue() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let dir = TempDir::new("e2e-shared").expect("temp dir");
+    let text = SMALL_QUEUE.replace("@FILTER@", ACCEPT_ALL);
+    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let sink = Capture::start(&lab.sink, Lab::SINK_IF).expect("capture");
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    // Bursts far over a 16-copy queue, in rounds the 512-frame RX ring holds.
+    let mut sent = 0;
+    for round in 0..10u32 {
+        let frames = kilo_frames(round * 400, 400);
+        sent += lab::send_frames(&lab.gen, Lab::GEN_IF, Arc::new(frames), 0).expect("send");
+        wait_for(&mut client, "the round to be read", |st| {
+            st.sources["feed"].received == sent && st.targets["ids0"].queued == 0
+        });
+    }
+    let st = client.stats().expect("stats");
+    let (src, t) = (&st.sources["feed"], &st.targets["ids0"]);
+    // The source lost nothing: lending never takes frames from its RX queue.
+    assert_eq!(src.dropped_total(), 0, "{:?}", src.dropped);
+    assert_eq!(src.mirrored, sent);
+    assert_reconciles("ids0", t);
+    assert_eq!(t.enqueued, sent);
+    assert!(t.dropped["queue_full"] > 0, "the queue overflowed: {t:?}");
+    assert_eq!(t.dropped_total(), t.dropped["queue_full"]);
+    assert_eq!(t.shared_umem, t.sent_packets, "every copy sent uncopied");
+    let got = sink.finish();
+    assert_eq!(got.len() as u64, t.sent_packets);
+    // Each delivered frame is the one received, byte for byte.
+    let want: BTreeMap<u32, Vec<u8>> = (0..10 * 400)
+        .map(|i| (i, traffic::frame(traffic::SHAPES[1], i, 1000)))
+        .collect();
+    for f in &got {
+        let seq = traffic::seq_of(f).expect("a lab frame");
+        assert_eq!(Some(f), want.get(&seq), "frame {seq}");
+    }
+    drop(daemon);
 }

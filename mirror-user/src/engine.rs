@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapHandle, RingBufferBuilder};
 use mirror_ebpf::mirror::types::mirror_counter as C;
 
-use crate::config::{Config, Direction, IngressHook, SourceMode, TargetSpec};
+use crate::config::{Config, Direction, IngressHook, SourceMode, TargetSpec, ZeroCopy};
 use crate::loader::{read_meta, CopyHooks, SourceProgram, COUNTERS};
 use crate::netdev;
 use crate::ringbuf::Record;
@@ -29,8 +29,9 @@ use crate::ruleset::{self, RuleSet};
 use crate::session::SessionPlan;
 use crate::stats::{DirectionStats, SessionStats, SourceStats, Stats};
 use crate::target::group::TargetGroup;
+use crate::target::interface::ShareWith;
 use crate::target::{interface, pcapng, tunnel, Frame, TargetQueue};
-use crate::xsk::{RxQueue, StatsHandle};
+use crate::xsk::{RxQueue, StatsHandle, UmemHost};
 
 /// Frames read from an RX ring per round.
 const RX_BATCH: u32 = 64;
@@ -156,18 +157,30 @@ impl Engine {
             workers: Vec::new(),
             senders: Vec::new(),
         };
-        for t in &engine.config.targets {
+        let share = share_plan(&engine.config);
+        let mut hosts: Vec<Option<UmemHost>> = (0..sources).map(|_| None).collect();
+        for (ti, t) in engine.config.targets.iter().enumerate() {
             let stop = engine.stop_senders.clone();
             let (queue, handle) = match &t.spec {
                 TargetSpec::Interface {
                     interface,
                     zero_copy,
                 } => {
+                    let with = share[ti].map(|s| {
+                        let src = &engine.config.sources[s];
+                        ShareWith {
+                            frames: src.umem_frames,
+                            ring_size: src.ring_size,
+                        }
+                    });
                     let (started, handle) =
-                        interface::start(&t.name, interface, *zero_copy, t.queue_size, stop)
+                        interface::start(&t.name, interface, *zero_copy, t.queue_size, with, stop)
                             .with_context(|| {
                                 format!("target `{}`: opening AF_XDP TX on {interface} (does it exist and is it up?)", t.name)
                             })?;
+                    if let (Some(s), Some(host)) = (share[ti], started.host) {
+                        hosts[s] = Some(host);
+                    }
                     tracing::info!(
                         target = %t.name,
                         interface = %interface,
@@ -220,13 +233,13 @@ impl Engine {
                 .groups
                 .push(Arc::new(TargetGroup::new(&g.name, members)));
         }
-        for i in 0..sources {
-            engine.start_source(i)?;
+        for (i, host) in hosts.into_iter().enumerate() {
+            engine.start_source(i, host)?;
         }
         Ok(engine)
     }
 
-    fn start_source(&mut self, idx: usize) -> Result<()> {
+    fn start_source(&mut self, idx: usize, host: Option<UmemHost>) -> Result<()> {
         let cfg = &self.config.sources[idx];
         let sessions = self.config.sessions_of(idx);
         let (ingress, egress) = source_rule_sets(&self.config, idx)
@@ -270,13 +283,19 @@ impl Engine {
             rules,
         };
         match cfg.mode {
-            SourceMode::Tap => self.start_tap(idx, prepared),
+            SourceMode::Tap => self.start_tap(idx, prepared, host),
             SourceMode::Copy => self.start_copy(idx, prepared),
         }
     }
 
-    /// Tap mode: one AF_XDP socket and worker per RX queue, then XDP.
-    fn start_tap(&mut self, idx: usize, mut prepared: Prepared) -> Result<()> {
+    /// Tap mode: one AF_XDP socket and worker per RX queue, then XDP. The
+    /// first RX queue joins `host` (an interface target's UMEM) when given.
+    fn start_tap(
+        &mut self,
+        idx: usize,
+        mut prepared: Prepared,
+        mut host: Option<UmemHost>,
+    ) -> Result<()> {
         let cfg = &self.config.sources[idx];
         let program = &mut prepared.program;
         let mut sockets = Vec::new();
@@ -299,13 +318,20 @@ impl Engine {
         }
         let mut rx = Vec::new();
         for q in 0..queues {
-            let queue = RxQueue::open(
-                &cfg.interface,
-                q,
-                cfg.umem_frames,
-                cfg.ring_size,
-                cfg.zero_copy,
-            )
+            let joined = match host.take() {
+                Some(h) => join_host(cfg, q, &h),
+                None => None,
+            };
+            let queue = match joined {
+                Some(queue) => Ok(queue),
+                None => RxQueue::open(
+                    &cfg.interface,
+                    q,
+                    cfg.umem_frames,
+                    cfg.ring_size,
+                    cfg.zero_copy,
+                ),
+            }
             .with_context(|| {
                 format!(
                     "source `{}`: AF_XDP socket on {} queue {q}",
@@ -660,6 +686,68 @@ impl Drop for Engine {
     }
 }
 
+/// Which tap source (if any) shares its first RX queue's UMEM with each
+/// target: every tap source picks the first interface target its sessions
+/// reach that no other source took. A socket has one UMEM, so a target
+/// shares with one source; other sources copy into its queue as before.
+fn share_plan(config: &Config) -> Vec<Option<usize>> {
+    let mut plan = vec![None; config.targets.len()];
+    for (s, src) in config.sources.iter().enumerate() {
+        if src.mode != SourceMode::Tap {
+            continue;
+        }
+        let pick = config
+            .sessions_of(s)
+            .into_iter()
+            .flat_map(|k| config.session_targets(k))
+            .find(|&t| {
+                plan[t].is_none() && matches!(config.targets[t].spec, TargetSpec::Interface { .. })
+            });
+        if let Some(t) = pick {
+            plan[t] = Some(s);
+        }
+    }
+    plan
+}
+
+/// Binds RX queue `q` of a tap source to `host`'s UMEM, or says why not (the
+/// caller then opens a queue with a UMEM of its own).
+fn join_host(cfg: &crate::config::Source, q: u32, host: &UmemHost) -> Option<RxQueue> {
+    let wanted = match cfg.zero_copy {
+        ZeroCopy::Auto => true,
+        ZeroCopy::On => host.zero_copy(),
+        ZeroCopy::Off => !host.zero_copy(),
+    };
+    if !wanted {
+        tracing::info!(
+            source = %cfg.name,
+            target = %host.target,
+            "not sharing the target's UMEM: its zero-copy mode differs from the source's zero_copy setting"
+        );
+        return None;
+    }
+    match RxQueue::join(&cfg.interface, q, host, cfg.ring_size) {
+        Ok(queue) => {
+            tracing::info!(
+                source = %cfg.name,
+                queue = q,
+                target = %host.target,
+                "RX queue shares the interface target's UMEM: its frames go out without a copy"
+            );
+            Some(queue)
+        }
+        Err(e) => {
+            tracing::info!(
+                source = %cfg.name,
+                target = %host.target,
+                error = %e,
+                "cannot share the target's UMEM; copying into it instead"
+            );
+            None
+        }
+    }
+}
+
 /// The sessions that got frames since their targets were last woken: a
 /// reader offers a batch, then wakes each touched session's targets once.
 struct Touched {
@@ -697,7 +785,7 @@ fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
     let mut touched = Touched::new(plans.len());
     let tai_offset = tai_offset_ns();
     while !stop.load(Ordering::Relaxed) {
-        let n = q.receive(RX_BATCH, |meta, data| {
+        let n = q.receive(RX_BATCH, |meta, data, loan| {
             let (session, hash, tstamp_ns) = match read_meta(meta) {
                 Some(m) if (m.session as usize) < plans.len() => (
                     m.session as usize,
@@ -710,15 +798,18 @@ fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
                     return;
                 }
             };
-            plans[session].dispatch(Frame {
-                data,
-                orig_len: data.len() as u32,
-                hash,
-                tstamp_ns,
-                vni: 0,
-                source: src.index,
-                egress: false,
-            });
+            plans[session].dispatch(
+                Frame {
+                    data,
+                    orig_len: data.len() as u32,
+                    hash,
+                    tstamp_ns,
+                    vni: 0,
+                    source: src.index,
+                    egress: false,
+                },
+                Some(loan),
+            );
             touched.mark(session);
         });
         if n == 0 {
@@ -746,15 +837,18 @@ fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
                 return 0;
             }
         };
-        plans[rec.session as usize].dispatch(Frame {
-            data: rec.data,
-            orig_len: rec.orig_len,
-            hash: rec.hash,
-            tstamp_ns: rec.tstamp_tai.wrapping_sub(tai_offset),
-            vni: 0,
-            source: src.index,
-            egress: rec.egress,
-        });
+        plans[rec.session as usize].dispatch(
+            Frame {
+                data: rec.data,
+                orig_len: rec.orig_len,
+                hash: rec.hash,
+                tstamp_ns: rec.tstamp_tai.wrapping_sub(tai_offset),
+                vni: 0,
+                source: src.index,
+                egress: rec.egress,
+            },
+            None,
+        );
         let mut t = touched.borrow_mut();
         t.mark(rec.session as usize);
         if t.pending >= COPY_BATCH {

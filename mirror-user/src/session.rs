@@ -12,6 +12,7 @@ use std::time::Instant;
 use crate::config::{Config, Dest};
 use crate::target::group::TargetGroup;
 use crate::target::{Frame, TargetDrop, TargetQueue};
+use crate::xsk::Loan;
 
 /// One entry of a session's `targets`.
 #[derive(Clone)]
@@ -79,8 +80,11 @@ impl SessionPlan {
     }
 
     /// Offers `frame` (whole, as received) to the session's targets. Returns
-    /// false when the rate limit dropped it.
-    pub fn dispatch(&self, mut frame: Frame<'_>) -> bool {
+    /// false when the rate limit dropped it. With a `loan` (tap mode), one
+    /// interface target whose queue shares the RX queue's UMEM takes the
+    /// frame itself instead of a copy, after every other target has copied it
+    /// (once lent, the frame may be sent and reused at any moment).
+    pub fn dispatch(&self, mut frame: Frame<'_>, loan: Option<&mut Loan<'_>>) -> bool {
         if self.packet_length > 0 && frame.data.len() > self.packet_length {
             frame.data = &frame.data[..self.packet_length];
         }
@@ -96,8 +100,16 @@ impl SessionPlan {
             self.rate_limited.fetch_add(1, Ordering::Relaxed);
             return false;
         }
+        let mut borrower = None;
         for d in &self.dests {
-            d.resolve(frame.hash).offer(&frame);
+            let q = d.resolve(frame.hash);
+            match &loan {
+                Some(l) if borrower.is_none() && q.can_borrow(l) => borrower = Some(q),
+                _ => q.offer(&frame),
+            }
+        }
+        if let (Some(q), Some(l)) = (borrower, loan) {
+            q.borrow(&frame, l);
         }
         self.mirrored.fetch_add(1, Ordering::Relaxed);
         true

@@ -9,9 +9,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use xdpilone::xdp::XdpDesc;
-use xdpilone::{
-    BufIdx, DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User,
-};
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
 
 use crate::config::ZeroCopy;
 
@@ -130,22 +128,44 @@ impl Where<'_> {
     }
 }
 
-/// A UMEM with its first socket bound to one device queue.
+/// A socket bound to one device queue, with that queue's fill and
+/// completion rings, over a UMEM it registered or joined.
 struct Bound {
     device: DeviceQueue,
     user: User,
-    umem: Umem,
+    /// The UMEM, when this socket registered it and nobody took it over
+    /// ([`UmemHost`]); the kernel keeps it while any socket uses it.
+    _umem: Option<Umem>,
     area: Arc<Area>,
     zero_copy: bool,
+}
+
+/// Ring sizes of a socket: its fill/completion pair (`fill`), and its RX
+/// ring (`rx`) or TX ring (otherwise) of `ring` descriptors.
+#[derive(Clone, Copy)]
+struct Rings {
+    fill: u32,
+    ring: u32,
+    rx: bool,
+}
+
+impl Rings {
+    fn socket_config(self, bind_flags: u16) -> SocketConfig {
+        let ring = NonZeroU32::new(self.ring);
+        SocketConfig {
+            rx_size: if self.rx { ring } else { None },
+            tx_size: if self.rx { None } else { ring },
+            bind_flags,
+        }
+    }
 }
 
 fn bind(
     w: &Where<'_>,
     area: &Arc<Area>,
-    ring_size: u32,
-    rx: bool,
+    rings: Rings,
     zero_copy: ZeroCopy,
-) -> Result<Bound, XskError> {
+) -> Result<(Bound, Umem), XskError> {
     let tries: &[bool] = match zero_copy {
         ZeroCopy::Auto => &[true, false],
         ZeroCopy::On => &[true],
@@ -153,7 +173,7 @@ fn bind(
     };
     let mut last = None;
     for &zc in tries {
-        match bind_retrying_busy(w, area, ring_size, rx, zc) {
+        match retrying_busy(w, || bind_once(w, area, rings, zc)) {
             Ok(b) => return Ok(b),
             Err(e) => {
                 if zero_copy == ZeroCopy::Auto && zc {
@@ -175,17 +195,14 @@ fn bind(
 /// daemon is killed the kernel releases its sockets' queues asynchronously.
 const BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
 
-fn bind_retrying_busy(
+fn retrying_busy<T>(
     w: &Where<'_>,
-    area: &Arc<Area>,
-    ring_size: u32,
-    rx: bool,
-    zc: bool,
-) -> Result<Bound, XskError> {
+    mut once: impl FnMut() -> Result<T, XskError>,
+) -> Result<T, XskError> {
     let deadline = std::time::Instant::now() + BUSY_RETRY;
     let mut logged = false;
     loop {
-        match bind_once(w, area, ring_size, rx, zc) {
+        match once() {
             Err(XskError::Socket { errno, .. })
                 if errno.raw_os_error() == Some(libc::EBUSY)
                     && std::time::Instant::now() < deadline =>
@@ -205,24 +222,7 @@ fn bind_retrying_busy(
     }
 }
 
-fn bind_once(
-    w: &Where<'_>,
-    area: &Arc<Area>,
-    ring_size: u32,
-    rx: bool,
-    zc: bool,
-) -> Result<Bound, XskError> {
-    let config = UmemConfig {
-        fill_size: ring_size,
-        complete_size: ring_size,
-        frame_size: FRAME_SIZE,
-        headroom: 0,
-        flags: 0,
-    };
-    // Safety: `area` is page aligned, a whole number of frames, and outlives
-    // the Umem (`Bound` holds an Arc to it, dropped after the Umem).
-    let umem =
-        unsafe { Umem::new(config, area.ptr) }.map_err(|e| w.err("UMEM registration", e, zc))?;
+fn if_info(w: &Where<'_>, zc: bool) -> Result<IfInfo, XskError> {
     let mut info = IfInfo::invalid();
     let name = CString::new(w.interface).map_err(|_| XskError::Socket {
         step: "interface name",
@@ -234,27 +234,94 @@ fn bind_once(
     info.from_name(&name)
         .map_err(|e| w.err("interface lookup", e, zc))?;
     info.set_queue(w.queue);
+    Ok(info)
+}
+
+/// Registers `area` as a new UMEM and binds its first socket.
+fn bind_once(
+    w: &Where<'_>,
+    area: &Arc<Area>,
+    rings: Rings,
+    zc: bool,
+) -> Result<(Bound, Umem), XskError> {
+    let config = UmemConfig {
+        fill_size: rings.fill,
+        complete_size: rings.fill,
+        frame_size: FRAME_SIZE,
+        headroom: 0,
+        flags: 0,
+    };
+    // Safety: `area` is page aligned, a whole number of frames, and outlives
+    // the Umem (every socket over it holds an Arc to it).
+    let umem =
+        unsafe { Umem::new(config, area.ptr) }.map_err(|e| w.err("UMEM registration", e, zc))?;
+    let info = if_info(w, zc)?;
     let sock = Socket::with_shared(&info, &umem).map_err(|e| w.err("socket", e, zc))?;
     let device = umem
         .fq_cq(&sock)
         .map_err(|e| w.err("fill/completion rings", e, zc))?;
-    let ring = NonZeroU32::new(ring_size);
-    let cfg = SocketConfig {
-        rx_size: if rx { ring } else { None },
-        tx_size: if rx { None } else { ring },
-        bind_flags: XDP_USE_NEED_WAKEUP | if zc { XDP_ZEROCOPY } else { XDP_COPY },
-    };
+    let cfg = rings.socket_config(XDP_USE_NEED_WAKEUP | if zc { XDP_ZEROCOPY } else { XDP_COPY });
     let user = umem
         .rx_tx(&sock, &cfg)
         .map_err(|e| w.err("rx/tx rings", e, zc))?;
     umem.bind(&user).map_err(|e| w.err("bind", e, zc))?;
+    Ok((
+        Bound {
+            device,
+            user,
+            _umem: None,
+            area: area.clone(),
+            zero_copy: zc,
+        },
+        umem,
+    ))
+}
+
+/// Binds a socket on another device queue to `host`'s UMEM
+/// (XDP_SHARED_UMEM): its own fill/completion pair, the copy/zero-copy mode
+/// of the UMEM's first socket (the kernel takes no flags for a shared bind).
+fn join(w: &Where<'_>, host: &UmemHost, rings: Rings) -> Result<Bound, XskError> {
+    let zc = host.zero_copy;
+    let info = if_info(w, zc)?;
+    let sock = Socket::new(&info).map_err(|e| w.err("socket", e, zc))?;
+    let device = host
+        .umem
+        .fq_cq(&sock)
+        .map_err(|e| w.err("fill/completion rings", e, zc))?;
+    let user = host
+        .umem
+        .rx_tx(&sock, &rings.socket_config(0))
+        .map_err(|e| w.err("rx/tx rings", e, zc))?;
+    host.umem
+        .bind(&user)
+        .map_err(|e| w.err("shared-UMEM bind", e, zc))?;
     Ok(Bound {
         device,
         user,
-        umem,
-        area: area.clone(),
+        _umem: None,
+        area: host.area.clone(),
         zero_copy: zc,
     })
+}
+
+/// The UMEM of an interface target that a tap source's first RX queue can
+/// join, so the frames it receives can go out of the target without a copy:
+/// frames `[rx_first, rx_first + rx_frames)` of the area are the RX queue's,
+/// the ones before are the target queue's slots.
+pub struct UmemHost {
+    umem: Umem,
+    area: Arc<Area>,
+    zero_copy: bool,
+    rx_first: u32,
+    rx_frames: u32,
+    /// The target it belongs to, for logs.
+    pub target: String,
+}
+
+impl UmemHost {
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
+    }
 }
 
 /// Kernel-side drops of one socket (XDP_STATISTICS).
@@ -353,17 +420,50 @@ impl RxQueue {
     ) -> Result<Self, XskError> {
         let w = Where { interface, queue };
         let area = Arc::new(Area::new(frames as usize * FRAME_SIZE as usize, true)?);
-        let b = bind(&w, &area, ring_size, true, zero_copy)?;
+        let rings = Rings {
+            fill: ring_size,
+            ring: ring_size,
+            rx: true,
+        };
+        let (mut b, umem) = bind(&w, &area, rings, zero_copy)?;
+        b._umem = Some(umem);
+        Self::start(&w, b, 0..frames)
+    }
+
+    /// Binds an RX socket to `interface` queue `queue` over the UMEM of an
+    /// interface target ([`UmemHost`]), using the host's RX frames.
+    pub fn join(
+        interface: &str,
+        queue: u32,
+        host: &UmemHost,
+        ring_size: u32,
+    ) -> Result<Self, XskError> {
+        let w = Where { interface, queue };
+        let rings = Rings {
+            fill: ring_size,
+            ring: ring_size,
+            rx: true,
+        };
+        let b = retrying_busy(&w, || join(&w, host, rings))?;
+        Self::start(&w, b, host.rx_first..host.rx_first + host.rx_frames)
+    }
+
+    fn start(w: &Where<'_>, b: Bound, frames: std::ops::Range<u32>) -> Result<Self, XskError> {
         let rx = b
             .user
             .map_rx()
             .map_err(|e| w.err("mapping the RX ring", e, b.zero_copy))?;
-        let spare = (0..b.umem.len_frames())
-            .filter_map(|i| b.umem.frame(BufIdx(i)).map(|f| f.offset))
+        let spare = frames
+            .map(|i| u64::from(i) * u64::from(FRAME_SIZE))
             .collect();
         let mut q = RxQueue { rx, b, spare };
         q.refill();
         Ok(q)
+    }
+
+    /// The memory its frames live in.
+    pub fn area(&self) -> &Arc<Area> {
+        &self.b.area
     }
 
     pub fn zero_copy(&self) -> bool {
@@ -408,11 +508,12 @@ impl RxQueue {
     }
 
     /// Hands up to `max` received frames to `f` (with the bytes in front of the
-    /// frame, where the XDP metadata lives), then returns them to the kernel.
-    /// Returns how many frames were handled.
-    pub fn receive(&mut self, max: u32, mut f: impl FnMut(&mut [u8], &[u8])) -> u32 {
-        let base = self.b.area.base();
-        let area_len = self.b.area.len();
+    /// frame, where the XDP metadata lives, and a [`Loan`] through which the
+    /// frame can be handed on without a copy), then returns them (or the
+    /// frames swapped for them) to the kernel. Returns how many were handled.
+    pub fn receive(&mut self, max: u32, mut f: impl FnMut(&mut [u8], &[u8], &mut Loan<'_>)) -> u32 {
+        let area = &self.b.area;
+        let (base, area_len) = (area.base(), area.len());
         let mut n = 0;
         {
             let mut r = self.rx.receive(max);
@@ -420,6 +521,7 @@ impl RxQueue {
                 let start = addr as usize;
                 let end = start + len as usize;
                 let chunk = start - start % FRAME_SIZE as usize;
+                let mut loan = Loan::new(area, chunk as u64);
                 if end <= area_len {
                     // Safety: [chunk, end) lies in our mapping, and the kernel
                     // handed this frame to us until we put it on the fill ring.
@@ -429,15 +531,62 @@ impl RxQueue {
                             std::slice::from_raw_parts(base.add(start), len as usize),
                         )
                     };
-                    f(meta, data);
+                    f(meta, data, &mut loan);
                 }
-                self.spare.push(chunk as u64);
+                self.spare.push(loan.swapped.unwrap_or(chunk as u64));
                 n += 1;
             }
             r.release();
         }
         self.refill();
         n
+    }
+}
+
+/// A received frame that can be lent to one target whose queue lives in the
+/// same UMEM: the target takes the frame itself and gives the RX queue one of
+/// its free frames in exchange, so both keep their number of frames and a
+/// slow target can only ever hold its own share.
+pub struct Loan<'a> {
+    area: &'a Arc<Area>,
+    chunk: u64,
+    swapped: Option<u64>,
+}
+
+impl<'a> Loan<'a> {
+    /// A loan of the frame at `chunk` of `area` (what [`RxQueue::receive`]
+    /// hands out; public for tests of the targets).
+    pub fn new(area: &'a Arc<Area>, chunk: u64) -> Loan<'a> {
+        Loan {
+            area,
+            chunk,
+            swapped: None,
+        }
+    }
+
+    /// The memory the frame lives in.
+    pub fn area(&self) -> &Arc<Area> {
+        self.area
+    }
+
+    /// The frame's offset in the area.
+    pub fn chunk(&self) -> u64 {
+        self.chunk
+    }
+
+    /// Whether the frame was already lent.
+    pub fn taken(&self) -> bool {
+        self.swapped.is_some()
+    }
+
+    /// The frame the RX queue got in exchange, once lent.
+    pub fn swapped(&self) -> Option<u64> {
+        self.swapped
+    }
+
+    /// Takes the frame, giving the RX queue the frame at `with` instead.
+    pub fn swap(&mut self, with: u64) {
+        self.swapped = Some(with);
     }
 }
 
@@ -453,25 +602,72 @@ pub struct TxQueue {
 impl TxQueue {
     /// Binds a TX socket to `interface` queue `queue` over `area`, whose
     /// [`FRAME_SIZE`] frames the caller fills and hands to [`TxQueue::submit`].
+    /// The first `slots` frames of the area are the target's.
     pub fn open(
         interface: &str,
         queue: u32,
         area: &Arc<Area>,
+        slots: u32,
         zero_copy: ZeroCopy,
     ) -> Result<Self, XskError> {
-        let w = Where { interface, queue };
+        let (mut tx, umem) = Self::bind(interface, queue, area, slots, slots, zero_copy)?;
+        tx.b._umem = Some(umem);
+        Ok(tx)
+    }
+
+    /// As [`TxQueue::open`], and the frames after the first `slots` are for
+    /// an RX queue to [join](RxQueue::join) with `rx_ring` descriptors.
+    pub fn open_host(
+        interface: &str,
+        queue: u32,
+        area: &Arc<Area>,
+        slots: u32,
+        rx_ring: u32,
+        zero_copy: ZeroCopy,
+        target: &str,
+    ) -> Result<(Self, UmemHost), XskError> {
+        let (tx, umem) = Self::bind(interface, queue, area, slots, rx_ring, zero_copy)?;
         let frames = (area.len() / FRAME_SIZE as usize) as u32;
-        let ring = frames.next_power_of_two().clamp(64, 1 << 15);
-        let b = bind(&w, area, ring, false, zero_copy)?;
+        let host = UmemHost {
+            umem,
+            area: area.clone(),
+            zero_copy: tx.zero_copy(),
+            rx_first: slots,
+            rx_frames: frames - slots,
+            target: target.to_string(),
+        };
+        Ok((tx, host))
+    }
+
+    fn bind(
+        interface: &str,
+        queue: u32,
+        area: &Arc<Area>,
+        slots: u32,
+        rx_ring: u32,
+        zero_copy: ZeroCopy,
+    ) -> Result<(Self, Umem), XskError> {
+        let w = Where { interface, queue };
+        // In flight at most: every slot of the target.
+        let ring = slots.next_power_of_two().clamp(64, 1 << 15);
+        let rings = Rings {
+            fill: ring.max(rx_ring),
+            ring,
+            rx: false,
+        };
+        let (b, umem) = bind(&w, area, rings, zero_copy)?;
         let tx = b
             .user
             .map_tx()
             .map_err(|e| w.err("mapping the TX ring", e, b.zero_copy))?;
-        Ok(TxQueue {
-            tx,
-            b,
-            in_flight: 0,
-        })
+        Ok((
+            TxQueue {
+                tx,
+                b,
+                in_flight: 0,
+            },
+            umem,
+        ))
     }
 
     pub fn zero_copy(&self) -> bool {

@@ -82,7 +82,8 @@ pub enum Command {
     /// dropped by reason (copy mode also per direction: copied, ring_full,
     /// copy_cut). Per session: matched, mirrored, sampled_out,
     /// rate_limited, path. Per target: enqueued, sent_packets, sent_bytes,
-    /// truncated, dropped by reason, queued. Per group: members up, rehashed.
+    /// truncated, shared_umem (sent from the source's UMEM without a copy),
+    /// dropped by reason, queued. Per group: members up, rehashed, all_down.
     Stats(stats::Args),
     /// List or change a running daemon's filter rules, atomically.
     ///

@@ -125,18 +125,12 @@ pub fn render(s: &Stats) -> String {
             v.sent_bytes,
             v.queued,
             reasons(&v.dropped),
-            match (v.up, v.truncated) {
-                (true, 0) => String::new(),
-                (up, t) => format!(
-                    "{}{}",
-                    if t > 0 {
-                        format!("  truncated={t}")
-                    } else {
-                        String::new()
-                    },
-                    if up { "" } else { "  (down)" }
-                ),
-            }
+            [("truncated", v.truncated), ("shared_umem", v.shared_umem)]
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("  {k}={n}"))
+                .chain((!v.up).then(|| "  (down)".to_string()))
+                .collect::<String>()
         ));
     }
     for (name, g) in &s.groups {

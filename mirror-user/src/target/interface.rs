@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::{Oversize, Packet, TargetQueue};
 use crate::config::ZeroCopy;
 use crate::netdev;
-use crate::xsk::{TxQueue, XskError, FRAME_SIZE};
+use crate::xsk::{TxQueue, UmemHost, XskError, FRAME_SIZE};
 
 /// Frames moved from the queue to the TX ring per round.
 const BATCH: usize = 64;
@@ -20,6 +20,15 @@ const DRAIN: Duration = Duration::from_secs(1);
 pub struct InterfaceTarget {
     pub queue: Arc<TargetQueue>,
     pub zero_copy: bool,
+    /// The UMEM a tap source's first RX queue can join, when asked for.
+    pub host: Option<UmemHost>,
+}
+
+/// RX frames and ring size to reserve for a tap source joining the target's UMEM.
+#[derive(Debug, Clone, Copy)]
+pub struct ShareWith {
+    pub frames: u32,
+    pub ring_size: u32,
 }
 
 /// The largest frame `interface` carries: its MTU plus an Ethernet header and
@@ -32,21 +41,44 @@ pub fn max_frame(interface: &str) -> usize {
 /// Opens the TX socket on queue 0 of `interface` and starts the sender thread.
 /// The target's queue is the socket's UMEM: a worker copies a mirrored frame
 /// into a free UMEM frame once, and the sender puts that frame on the TX ring.
+/// With `share`, the UMEM has room for a tap source's RX queue to join it,
+/// whose frames then go out without any copy ([`TargetQueue::borrow`]).
 pub fn start(
     name: &str,
     interface: &str,
     zero_copy: ZeroCopy,
     queue_size: u32,
+    share: Option<ShareWith>,
     stop: Arc<AtomicBool>,
 ) -> Result<(InterfaceTarget, std::thread::JoinHandle<()>), XskError> {
+    let extra = share.map_or(0, |s| s.frames);
     let queue = Arc::new(TargetQueue::umem(
         name,
         "interface",
         queue_size as usize,
+        extra as usize,
         max_frame(interface),
         Oversize::Drop,
     )?);
-    let tx = TxQueue::open(interface, 0, queue.memory(), zero_copy)?;
+    let (tx, host) = match share {
+        None => (
+            TxQueue::open(interface, 0, queue.memory(), queue_size, zero_copy)?,
+            None,
+        ),
+        Some(s) => {
+            let (tx, host) = TxQueue::open_host(
+                interface,
+                0,
+                queue.memory(),
+                queue_size,
+                s.ring_size,
+                zero_copy,
+                name,
+            )?;
+            (tx, Some(host))
+        }
+    };
+    let frames = queue_size + extra;
     if let Ok(h) = tx.stats_handle() {
         queue.set_kernel_send_errors(Box::new(move || h.drops().tx_invalid_descs));
     }
@@ -54,22 +86,24 @@ pub fn start(
     let (q, ifname) = (queue.clone(), interface.to_string());
     let handle = std::thread::Builder::new()
         .name(format!("tx-{name}"))
-        .spawn(move || run(tx, &q, &ifname, &stop, queue_size as usize))
+        .spawn(move || run(tx, &q, &ifname, &stop, frames as usize))
         .expect("spawning a thread");
     Ok((
         InterfaceTarget {
             queue,
             zero_copy: zc,
+            host,
         },
         handle,
     ))
 }
 
-fn run(mut tx: TxQueue, q: &TargetQueue, interface: &str, stop: &AtomicBool, slots: usize) {
+fn run(mut tx: TxQueue, q: &TargetQueue, interface: &str, stop: &AtomicBool, frames: usize) {
     q.register_sender();
     let mut batch = Vec::with_capacity(BATCH);
-    // Copies on the TX ring, by UMEM frame, until their completion comes back.
-    let mut sending: Vec<Option<Packet>> = (0..slots).map(|_| None).collect();
+    // Copies on the TX ring, by UMEM frame, until their completion comes back
+    // (any frame of the UMEM: lent RX frames take the place of slots).
+    let mut sending: Vec<Option<Packet>> = (0..frames).map(|_| None).collect();
     let mut last_check = Instant::now() - LINK_CHECK;
     let mut stopping_since: Option<Instant> = None;
     loop {

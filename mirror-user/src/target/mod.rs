@@ -19,7 +19,7 @@ use std::thread::Thread;
 use crossbeam_queue::ArrayQueue;
 use serde::{Deserialize, Serialize};
 
-use crate::xsk::{Area, XskError, FRAME_SIZE};
+use crate::xsk::{Area, Loan, XskError, FRAME_SIZE};
 
 /// Why a target dropped a copy. Every reason is reported, zero or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +84,11 @@ pub struct Frame<'a> {
 pub struct Packet {
     /// Index of the slot in the queue's memory.
     slot: u32,
-    /// Start of the slot.
+    /// Start of the data: the slot's first byte, or for a frame lent by an
+    /// RX queue ([`Loan`]) where the kernel put it in the frame.
     ptr: NonNull<u8>,
+    /// Bytes from the start of the slot to `ptr`.
+    head: u32,
     len: usize,
     pub orig_len: u32,
     pub hash: u32,
@@ -140,6 +143,8 @@ pub struct TargetCounters {
     pub sent_bytes: AtomicU64,
     /// Copies cut to fit the target (delivered, so not a drop).
     pub truncated: AtomicU64,
+    /// Copies sent from the source's own UMEM frame, without a copy.
+    pub shared: AtomicU64,
     dropped: [AtomicU64; 6],
 }
 
@@ -199,17 +204,20 @@ impl TargetQueue {
         ))
     }
 
-    /// A queue whose slots are the [`FRAME_SIZE`] frames of a UMEM, for an
-    /// AF_XDP socket to send from ([`TargetQueue::memory`]).
+    /// A queue whose slots are the first `capacity` [`FRAME_SIZE`] frames of
+    /// a UMEM of `capacity + extra` frames, for an AF_XDP socket to send from
+    /// ([`TargetQueue::memory`]); the `extra` frames are for an RX queue to
+    /// share the UMEM.
     pub fn umem(
         name: &str,
         kind: &'static str,
         capacity: usize,
+        extra: usize,
         max_len: usize,
         oversize: Oversize,
     ) -> Result<Self, XskError> {
         let stride = FRAME_SIZE as usize;
-        let memory = Arc::new(Area::new(capacity * stride, true)?);
+        let memory = Arc::new(Area::new((capacity + extra) * stride, true)?);
         Ok(Self::over(
             name,
             kind,
@@ -237,6 +245,7 @@ impl TargetQueue {
             let _ = free.push(Packet {
                 slot: slot as u32,
                 ptr: NonNull::new(ptr).expect("a mapping is never at NULL"),
+                head: 0,
                 len: 0,
                 orig_len: 0,
                 hash: 0,
@@ -269,9 +278,69 @@ impl TargetQueue {
         &self.memory
     }
 
-    /// Where packet `p` sits in [`TargetQueue::memory`].
+    /// Where packet `p`'s data sits in [`TargetQueue::memory`].
     pub fn offset(&self, p: &Packet) -> u64 {
-        (p.slot() * self.stride) as u64
+        (p.slot() * self.stride) as u64 + u64::from(p.head)
+    }
+
+    /// Whether a frame of `loan` can go to this queue without a copy: the
+    /// queue's slots live in the same UMEM, and nobody took the frame yet.
+    pub fn can_borrow(&self, loan: &Loan<'_>) -> bool {
+        !loan.taken() && Arc::ptr_eq(&self.memory, loan.area())
+    }
+
+    /// Takes the RX frame behind `loan` (whose data is `frame.data`) as the
+    /// copy, giving the RX queue a free slot of this queue in exchange.
+    /// Counted as [`TargetQueue::offer`] counts; only when
+    /// [`TargetQueue::can_borrow`] said yes.
+    pub fn borrow(&self, frame: &Frame<'_>, loan: &mut Loan<'_>) {
+        self.counters.enqueued.fetch_add(1, Ordering::Relaxed);
+        if !self.up.load(Ordering::Relaxed) {
+            self.counters.drop(TargetDrop::Down, 1);
+            return;
+        }
+        if frame.data.len() > self.max_len {
+            // Interface queues drop what they cannot send (Oversize::Drop).
+            self.counters.drop(TargetDrop::TooBig, 1);
+            return;
+        }
+        let Some(mut p) = self.free.pop() else {
+            self.counters.drop(TargetDrop::QueueFull, 1);
+            return;
+        };
+        loan.swap(self.offset(&p));
+        let chunk = loan.chunk() as usize;
+        let head = frame.data.as_ptr() as usize - (self.memory.base() as usize + chunk);
+        debug_assert!(head + frame.data.len() <= self.stride);
+        p.slot = (chunk / self.stride) as u32;
+        p.ptr = NonNull::from(frame.data).cast();
+        p.head = head as u32;
+        p.len = frame.data.len();
+        self.stamp(&mut p, frame, false);
+        self.counters.shared.fetch_add(1, Ordering::Relaxed);
+        self.make_ready(p);
+    }
+
+    fn stamp(&self, p: &mut Packet, frame: &Frame<'_>, truncated: bool) {
+        p.orig_len = frame.orig_len;
+        p.hash = frame.hash;
+        p.tstamp_ns = frame.tstamp_ns;
+        p.vni = frame.vni;
+        p.source = frame.source;
+        p.egress = frame.egress;
+        p.truncated = truncated;
+        if truncated {
+            self.counters.truncated.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn make_ready(&self, p: Packet) {
+        if let Err(p) = self.ready.push(p) {
+            // Cannot happen: both queues share one capacity and one set of
+            // buffers. Count it rather than lose the buffer silently.
+            self.recycle(p);
+            self.counters.drop(TargetDrop::QueueFull, 1);
+        }
     }
 
     /// Offers a copy of `frame`; never blocks. Counted as enqueued, and either
@@ -295,22 +364,8 @@ impl TargetQueue {
             return;
         };
         p.fill(&frame.data[..len]);
-        p.orig_len = frame.orig_len;
-        p.hash = frame.hash;
-        p.tstamp_ns = frame.tstamp_ns;
-        p.vni = frame.vni;
-        p.source = frame.source;
-        p.egress = frame.egress;
-        p.truncated = len < frame.data.len();
-        if p.truncated {
-            self.counters.truncated.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Err(p) = self.ready.push(p) {
-            // Cannot happen: both queues share one capacity and one set of
-            // buffers. Count it rather than lose the buffer silently.
-            let _ = self.free.push(p);
-            self.counters.drop(TargetDrop::QueueFull, 1);
-        }
+        self.stamp(&mut p, frame, len < frame.data.len());
+        self.make_ready(p);
     }
 
     /// Counts a copy the session dropped before it reached the queue
@@ -336,7 +391,14 @@ impl TargetQueue {
         self.ready.pop()
     }
 
-    pub fn recycle(&self, p: Packet) {
+    /// Returns a packet's slot to the free list (for a lent frame: the RX
+    /// frame, which took the place of the slot given in exchange).
+    pub fn recycle(&self, mut p: Packet) {
+        // Safety: slot * stride lies in the memory (every slot index came
+        // from it, directly or through a loan of the same area).
+        let start = unsafe { self.memory.base().add(p.slot() * self.stride) };
+        p.ptr = NonNull::new(start).expect("a mapping is never at NULL");
+        p.head = 0;
         let _ = self.free.push(p);
     }
 
@@ -378,6 +440,7 @@ impl TargetQueue {
             sent_packets: c.sent_packets.load(Ordering::Relaxed),
             sent_bytes: c.sent_bytes.load(Ordering::Relaxed),
             truncated: c.truncated.load(Ordering::Relaxed),
+            shared_umem: c.shared.load(Ordering::Relaxed),
             dropped,
             queued: self.queued() as u64 + self.in_flight.load(Ordering::Relaxed),
         }
@@ -396,6 +459,10 @@ pub struct TargetStats {
     /// Copies cut to fit the target's MTU or buffers (delivered, not dropped).
     #[serde(default)]
     pub truncated: u64,
+    /// Copies sent straight from the source's UMEM frame (an interface target
+    /// sharing its UMEM with a tap source's RX queue): no copy was made.
+    #[serde(default)]
+    pub shared_umem: u64,
     pub dropped: std::collections::BTreeMap<String, u64>,
     /// Copies waiting in the target's queue or TX ring right now (0 when idle).
     pub queued: u64,
@@ -419,7 +486,7 @@ mod tests {
 
     #[test]
     fn offers_copy_once_into_slots_and_a_full_queue_counts_each_drop() {
-        let q = TargetQueue::umem("t", "interface", 3, 1518, Oversize::Drop).expect("memory");
+        let q = TargetQueue::umem("t", "interface", 3, 0, 1518, Oversize::Drop).expect("memory");
         assert_eq!(q.memory().len(), 3 * FRAME_SIZE as usize);
         for i in 0..5u8 {
             q.offer(&frame(&[i; 60]));
@@ -447,6 +514,64 @@ mod tests {
         // Recycled slots take copies again.
         q.offer(&frame(&[5; 1518]));
         assert_eq!(q.pop_ready().expect("queued").data().len(), 1518);
+    }
+
+    #[test]
+    fn a_lent_rx_frame_is_sent_in_place_and_swapped_for_a_free_slot() {
+        let f = FRAME_SIZE as usize;
+        // Two target slots (frames 0, 1) and four RX frames (2..6).
+        let q = TargetQueue::umem("t", "interface", 2, 4, 1518, Oversize::Drop).expect("memory");
+        let area = q.memory().clone();
+        let rx_frame = |chunk: usize, byte: u8| -> &[u8] {
+            // Safety: the test owns these RX frames; the data sits 256 bytes in.
+            unsafe {
+                let p = area.base().add(chunk * f + 256);
+                std::ptr::write_bytes(p, byte, 60);
+                std::slice::from_raw_parts(p, 60)
+            }
+        };
+
+        let data = rx_frame(3, 0xab);
+        let mut loan = Loan::new(&area, 3 * f as u64);
+        assert!(q.can_borrow(&loan));
+        q.borrow(&frame(data), &mut loan);
+        let given = loan.swapped().expect("lent") as usize;
+        assert!(
+            given == 0 || given == f,
+            "a target slot in exchange: {given}"
+        );
+        assert!(!q.can_borrow(&loan), "a frame is lent once");
+        let p = q.pop_ready().expect("queued");
+        assert_eq!(q.offset(&p), (3 * f + 256) as u64, "sent from the RX frame");
+        assert_eq!(p.data(), &[0xab; 60][..]);
+        assert_eq!(q.counters.shared.load(Ordering::Relaxed), 1);
+        // Sent: the RX frame is now one of the target's slots.
+        q.recycle(p);
+        // Two copies take both free slots (held, as a sender holds them).
+        let mut held = Vec::new();
+        for i in 0..2u8 {
+            q.offer(&frame(&[i; 60]));
+            let p = q.pop_ready().expect("queued");
+            assert_eq!(q.offset(&p) as usize % f, 0, "copies start at the slot");
+            held.push(p);
+        }
+        let mut slots: Vec<usize> = held.iter().map(Packet::slot).collect();
+        slots.sort_unstable();
+        // The slot not given away, and the RX frame that took the other's place.
+        let kept = 1 - given / f;
+        assert_eq!(slots, vec![kept, 3]);
+
+        // No free slot: the frame is not taken and returns to the RX queue.
+        let data = rx_frame(4, 1);
+        let mut loan = Loan::new(&area, 4 * f as u64);
+        q.borrow(&frame(data), &mut loan);
+        assert_eq!(loan.swapped(), None);
+        assert_eq!(q.counters.dropped(TargetDrop::QueueFull), 1);
+        assert_eq!(q.counters.enqueued.load(Ordering::Relaxed), 4);
+
+        // Another UMEM's frames are never borrowed.
+        let other = Arc::new(Area::new(f, false).expect("memory"));
+        assert!(!q.can_borrow(&Loan::new(&other, 0)));
     }
 
     #[test]
