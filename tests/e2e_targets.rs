@@ -634,6 +634,24 @@ fn flow_frame(i: u16, reverse: bool, seq: u32) -> Vec<u8> {
     out
 }
 
+/// Sends `probe` until the daemon sees `member` down (its first failed send
+/// marks it), bounded to 10 s.
+fn probe_until_down(client: &mut Client, lab: &Lab, probe: &Arc<Vec<Vec<u8>>>, member: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = client.stats().expect("stats");
+        if !st.targets[member].up {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{member} never went down: {st:#?}"
+        );
+        lab::send_frames(&lab.gen, Lab::GEN_IF, probe.clone(), 0).expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn groups_keep_both_directions_of_a_flow_on_one_member_and_skip_a_dead_one() {
     require_root!();
@@ -685,16 +703,7 @@ fn groups_keep_both_directions_of_a_flow_on_one_member_and_skip_a_dead_one() {
             .map(|i| flow_frame(i, false, 1_000_000))
             .collect::<Vec<_>>(),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = client.stats().expect("stats");
-        if !st.targets["a"].up {
-            break;
-        }
-        assert!(Instant::now() < deadline, "a never went down: {st:#?}");
-        lab::send_frames(&t.lab.gen, Lab::GEN_IF, probe.clone(), 0).expect("send");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    probe_until_down(&mut client, &t.lab, &probe, "a");
     let before = client.stats().expect("stats");
     let cap_b = Capture::start(t.b.as_ref().expect("b"), "colb1").expect("capture");
     let again: Vec<Vec<u8>> = (0..flows)
@@ -726,16 +735,7 @@ fn groups_keep_both_directions_of_a_flow_on_one_member_and_skip_a_dead_one() {
     // Member b dies too: copies go to each flow's first choice, which counts
     // them `down`, and the group counts them `all_down`.
     drop(t.b.take());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = client.stats().expect("stats");
-        if !st.targets["b"].up {
-            break;
-        }
-        assert!(Instant::now() < deadline, "b never went down: {st:#?}");
-        lab::send_frames(&t.lab.gen, Lab::GEN_IF, probe.clone(), 0).expect("send");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    probe_until_down(&mut client, &t.lab, &probe, "b");
     let before = client.stats().expect("stats");
     let sent = lab::send_frames(&t.lab.gen, Lab::GEN_IF, probe.clone(), 10_000).expect("send");
     let received = before.sources["feed"].received + sent;
