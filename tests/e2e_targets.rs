@@ -995,3 +995,28 @@ fn a_target_sharing_the_sources_umem_overflows_only_its_own_queue() {
     }
     drop(daemon);
 }
+
+#[test]
+fn share_umem_false_copies_every_frame_into_the_targets_own_umem() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let dir = TempDir::new("e2e-noshare").expect("temp dir");
+    let text = SMALL_QUEUE
+        .replace("@FILTER@", ACCEPT_ALL)
+        .replace("queue_size = 16", "queue_size = 1024")
+        .replace("ring_size = 512\n", "ring_size = 512\nshare_umem = false\n");
+    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let sink = Capture::start(&lab.sink, Lab::SINK_IF).expect("capture");
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, Arc::new(kilo_frames(0, 500)), 20_000)
+        .expect("send");
+    let st = wait_for(&mut client, "every copy sent", |st| {
+        st.targets["ids0"].sent_packets == sent && st.targets["ids0"].queued == 0
+    });
+    assert_eq!(st.targets["ids0"].shared_umem, 0);
+    assert_reconciles("ids0", &st.targets["ids0"]);
+    assert_eq!(by_seq(&sink.finish()), by_seq(&kilo_frames(0, 500)));
+    assert!(!daemon
+        .log_text()
+        .contains("RX queue shares the interface target's UMEM"));
+}

@@ -693,7 +693,7 @@ impl Drop for Engine {
 fn share_plan(config: &Config) -> Vec<Option<usize>> {
     let mut plan = vec![None; config.targets.len()];
     for (s, src) in config.sources.iter().enumerate() {
-        if src.mode != SourceMode::Tap {
+        if src.mode != SourceMode::Tap || !src.share_umem {
             continue;
         }
         let pick = config

@@ -162,6 +162,9 @@ pub struct Source {
     pub ring_buffer: u32,
     /// Copy mode: the hook that sees ingress frames.
     pub ingress_hook: IngressHook,
+    /// Tap mode: the first RX queue may share an interface target's UMEM
+    /// (frames sent on without a copy).
+    pub share_umem: bool,
 }
 
 impl Source {
@@ -829,6 +832,13 @@ impl Validator<'_> {
             None => DEFAULT_RING_SIZE,
             Some(n) => self.power_of_two(n, 64, 1 << 16, "ring_size")?,
         };
+        if let (Some(sh), SourceMode::Copy) = (&s.share_umem, mode) {
+            self.error(
+                sh.span(),
+                "share_umem applies to mode = \"tap\" only: copy-mode frames come from a ring buffer, not a UMEM",
+            );
+            ok = false;
+        }
         if ring_size > umem_frames {
             self.error(
                 s.ring_size.as_ref().map_or(0..0, |r| r.span()),
@@ -850,6 +860,7 @@ impl Validator<'_> {
                 .ingress_hook
                 .as_ref()
                 .map_or(IngressHook::Xdp, |h| *h.get_ref()),
+            share_umem: s.share_umem.as_ref().is_none_or(|b| *b.get_ref()),
         })
     }
 

@@ -57,6 +57,8 @@ pub struct RawSource {
     pub ring_buffer: Option<Spanned<String>>,
     /// Copy mode: where ingress frames are seen, "xdp" (default) or "tc".
     pub ingress_hook: Option<Spanned<IngressHook>>,
+    /// Tap mode: let the first RX queue share an interface target's UMEM. Default true.
+    pub share_umem: Option<Spanned<bool>>,
 }
 
 /// Copy mode: the hook that sees ingress frames.
