@@ -23,6 +23,7 @@ interface = "feed0"
 mode = "tap"
 umem_frames = 2048
 ring_size = 1024
+share_umem = true
 
 [[filter]]
 name = "ids"
@@ -275,7 +276,7 @@ fn check_reports_errors_with_positions_and_run_refuses_a_bad_file() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("bad.toml:19:20: destination_port: range \"22-1\" is reversed"),
+        err.contains("bad.toml:20:20: destination_port: range \"22-1\" is reversed"),
         "{err}"
     );
     let good = dir.path().join("good.toml");

@@ -101,6 +101,7 @@ name = "feed"
 interface = "feed0"
 umem_frames = 2048
 ring_size = 1024
+share_umem = true
 @FILTER@
 [[target]]
 name = "ids0"
@@ -941,6 +942,7 @@ name = "feed"
 interface = "feed0"
 umem_frames = 512
 ring_size = 512
+share_umem = true
 @FILTER@
 [[target]]
 name = "ids0"
@@ -1004,7 +1006,7 @@ fn share_umem_false_copies_every_frame_into_the_targets_own_umem() {
     let text = SMALL_QUEUE
         .replace("@FILTER@", ACCEPT_ALL)
         .replace("queue_size = 16", "queue_size = 1024")
-        .replace("ring_size = 512\n", "ring_size = 512\nshare_umem = false\n");
+        .replace("share_umem = true", "share_umem = false");
     let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
     let sink = Capture::start(&lab.sink, Lab::SINK_IF).expect("capture");
     let mut client = Client::connect(&daemon.control).expect("control socket");

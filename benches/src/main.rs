@@ -5,6 +5,8 @@
 //!   `BPF_PROG_TEST_RUN` in repeat mode (the kernel times the program alone).
 //! - `copy`: the monitored traffic's own rate (UDP pps, TCP Mbit/s) with copy
 //!   mode off and on, between namespaces through the monitored interface.
+//! - `tap`: tap mode into an interface target, the RX queue sharing the
+//!   target's UMEM or copying into it, fed by an AF_XDP TX generator.
 //!
 //! Every case writes `benches/results/<timestamp>-<case>.json`, a Markdown
 //! table (`<case>-latest.md`, also printed) and a PNG chart (`<case>-latest.png`).
@@ -12,6 +14,7 @@
 mod chart;
 mod copy;
 mod filters;
+mod tap;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +40,9 @@ enum Case {
     /// What copy mode costs the monitored traffic: UDP pps and TCP Mbit/s
     /// with copy mode off, on through XDP, and on through tcx.
     Copy(copy::Args),
+    /// Tap mode into an interface target: copies/s with the RX queue sharing
+    /// the target's UMEM and with share_umem = false.
+    Tap(tap::Args),
 }
 
 fn main() -> Result<ExitCode> {
@@ -48,6 +54,7 @@ fn main() -> Result<ExitCode> {
     match cli.case {
         Case::Filters(a) => filters::run(&a, &cli.out)?,
         Case::Copy(a) => copy::run(&a, &cli.out)?,
+        Case::Tap(a) => tap::run(&a, &cli.out)?,
     }
     Ok(ExitCode::SUCCESS)
 }

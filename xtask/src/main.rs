@@ -27,7 +27,7 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// Benchmark cases `mirror-bench` implements; the rest of the lab is issue 5.
-const BENCH_CASES: &[&str] = &["filters", "copy"];
+const BENCH_CASES: &[&str] = &["filters", "copy", "tap"];
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Build, test and demo tasks for mirror")]

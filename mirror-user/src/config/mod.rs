@@ -860,7 +860,7 @@ impl Validator<'_> {
                 .ingress_hook
                 .as_ref()
                 .map_or(IngressHook::Xdp, |h| *h.get_ref()),
-            share_umem: s.share_umem.as_ref().is_none_or(|b| *b.get_ref()),
+            share_umem: s.share_umem.as_ref().is_some_and(|b| *b.get_ref()),
         })
     }
 

@@ -57,7 +57,7 @@ pub struct RawSource {
     pub ring_buffer: Option<Spanned<String>>,
     /// Copy mode: where ingress frames are seen, "xdp" (default) or "tc".
     pub ingress_hook: Option<Spanned<IngressHook>>,
-    /// Tap mode: let the first RX queue share an interface target's UMEM. Default true.
+    /// Tap mode: let the first RX queue share an interface target's UMEM. Default false.
     pub share_umem: Option<Spanned<bool>>,
 }
 

@@ -460,13 +460,13 @@ fn copy_mode_sources_take_direction_hook_and_ring_size() {
     .expect("valid");
     assert_eq!(c.sources[0].ingress_hook, IngressHook::Xdp);
     assert_eq!(c.sources[0].ring_buffer, DEFAULT_RING_BUFFER);
-    // Tap sources share an interface target's UMEM unless told not to.
-    assert!(parse(GOOD, "t.toml").expect("valid").sources[0].share_umem);
-    let off = GOOD.replace(
+    // Tap sources share an interface target's UMEM only when told to.
+    assert!(!parse(GOOD, "t.toml").expect("valid").sources[0].share_umem);
+    let on = GOOD.replace(
         "interface = \"eth1\"",
-        "interface = \"eth1\"\nshare_umem = false",
+        "interface = \"eth1\"\nshare_umem = true",
     );
-    assert!(!parse(&off, "t.toml").expect("valid").sources[0].share_umem);
+    assert!(parse(&on, "t.toml").expect("valid").sources[0].share_umem);
     assert!(c.sources[0].ingress() && !c.sources[0].egress());
 }
 

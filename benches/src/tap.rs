@@ -1,0 +1,263 @@
+//! `tap`: tap mode feeding an interface target, with the source's RX queue
+//! sharing the target's UMEM (frames go out as received, no copy) and with
+//! `share_umem = false` (one copy per frame into the target's UMEM). An
+//! AF_XDP TX generator (mirror's own `TxQueue`, copy mode on veth) sends
+//! 60- and 1,500-byte UDP frames of 256 flows into the feed port as fast as
+//! it can; every frame is accepted and mirrored.
+//!
+//! ```text
+//!  ns gen              ns src (`mirror run`)              ns sink
+//!  gen0 ──veth──── feed0 [XDP → AF_XDP]  tgt0 [AF_XDP TX] ──veth──── sink0
+//! ```
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use mirror_user::config::ZeroCopy;
+use mirror_user::control::Client;
+use mirror_user::lab::{traffic, DaemonProcess, Lab, TempDir};
+use mirror_user::xsk::{Area, TxQueue, FRAME_SIZE};
+use serde::Serialize;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 2.0)]
+    secs: f64,
+    /// Runs of each measurement; the median is reported, with min and max.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
+const CONFIG: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+share_umem = @SHARE@
+
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+
+[[target]]
+name = "ids"
+kind = "interface"
+interface = "tgt0"
+
+[[session]]
+name = "all"
+source = "feed"
+filter = "all"
+targets = ["ids"]
+"#;
+
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    frame: usize,
+    case: &'static str,
+    /// Frames/s the generator's socket completed (handed to gen0).
+    offered_pps: f64,
+    /// Frames/s the source received (XDP saw them and the worker read them).
+    received_pps: f64,
+    /// Copies/s sent out of the target (median, min, max).
+    mirrored_pps: f64,
+    mirrored_min: f64,
+    mirrored_max: f64,
+    /// Share of the sent copies that went out without a copy.
+    shared_pct: f64,
+    /// Copies/s dropped by the target (any reason).
+    dropped_pps: f64,
+    /// Frames/s the source lost (RX ring full: the worker fell behind).
+    source_dropped_pps: f64,
+}
+
+/// Sends `size`-byte lab UDP frames out of gen0 through AF_XDP for `secs`;
+/// returns how many the kernel completed.
+fn generate(lab: &Lab, size: usize, secs: f64) -> Result<u64> {
+    lab.gen.run(move || {
+        const SLOTS: u32 = 4096;
+        const BATCH: usize = 64;
+        let area = Arc::new(Area::new(SLOTS as usize * FRAME_SIZE as usize, true)?);
+        let mut tx = TxQueue::open(Lab::GEN_IF, 0, &area, SLOTS, ZeroCopy::Off)?;
+        let mut free = Vec::with_capacity(SLOTS as usize);
+        for i in 0..SLOTS {
+            let f = traffic::frame(traffic::SHAPES[1], i % 256, size);
+            let at = u64::from(i) * u64::from(FRAME_SIZE);
+            // Safety: frame `i` of our own area, not yet given to the kernel.
+            unsafe {
+                std::ptr::copy_nonoverlapping(f.as_ptr(), area.base().add(at as usize), f.len())
+            };
+            free.push((at, f.len() as u32));
+        }
+        let len = free[0].1;
+        let mut done = 0u64;
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        while Instant::now() < end {
+            done += u64::from(tx.complete(|addr| free.push((addr, len))));
+            let n = free.len().min(BATCH);
+            let from = free.len() - n;
+            // The ring takes a prefix of the batch; the rest stay free.
+            let taken = tx.submit(free[from..].iter().copied()) as usize;
+            free.drain(from..from + taken);
+            if taken < n {
+                std::thread::yield_now();
+            }
+        }
+        let drain = Instant::now() + Duration::from_millis(200);
+        while tx.in_flight() > 0 && Instant::now() < drain {
+            done += u64::from(tx.complete(|_| {}));
+            tx.kick();
+        }
+        Ok(done)
+    })
+}
+
+/// (received by the source, sent by the target, shared, dropped by the
+/// target, dropped by the source).
+fn counters(d: &DaemonProcess) -> Result<(u64, u64, u64, u64, u64)> {
+    let s = Client::connect(&d.control)?.stats()?;
+    let t = &s.targets["ids"];
+    let src = &s.sources["feed"];
+    Ok((
+        src.received,
+        t.sent_packets,
+        t.shared_umem,
+        t.dropped_total(),
+        src.dropped_total(),
+    ))
+}
+
+fn median(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+pub fn run(a: &Args, out: &Path) -> Result<()> {
+    let exe = std::env::current_exe()?
+        .parent()
+        .context("the bench binary's directory")?
+        .join("mirror");
+    anyhow::ensure!(
+        exe.exists(),
+        "{} is missing: build it (`cargo xtask bench` does)",
+        exe.display()
+    );
+    let lab = Lab::new(1)?;
+    let dir = TempDir::new("bench-tap")?;
+    let mut rows = Vec::new();
+    for (case, share) in [
+        ("copied (share_umem = false)", false),
+        ("shared UMEM", true),
+    ] {
+        let control = dir.path().join("control.sock");
+        let text = CONFIG
+            .replace("@CONTROL@", &control.to_string_lossy())
+            .replace("@SHARE@", if share { "true" } else { "false" });
+        let cfg = dir.path().join("mirror.toml");
+        std::fs::write(&cfg, text)?;
+        let daemon = DaemonProcess::start(
+            &lab.src,
+            &exe,
+            &cfg,
+            &control,
+            &dir.path().join("daemon.log"),
+            Duration::from_secs(20),
+        )?;
+        for size in [60usize, 1500] {
+            let (mut off, mut rx, mut mir, mut sh, mut dr, mut sd) = (
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            );
+            for _ in 0..a.reps {
+                let c0 = counters(&daemon)?;
+                let offered = generate(&lab, size, a.secs)?;
+                // Let the daemon hand on what it holds before reading its counters.
+                std::thread::sleep(Duration::from_millis(300));
+                let c1 = counters(&daemon)?;
+                let per_s = |x: u64| x as f64 / a.secs;
+                off.push(per_s(offered));
+                rx.push(per_s(c1.0 - c0.0));
+                mir.push(per_s(c1.1 - c0.1));
+                sh.push(100.0 * (c1.2 - c0.2) as f64 / (c1.1 - c0.1).max(1) as f64);
+                dr.push(per_s(c1.3 - c0.3));
+                sd.push(per_s(c1.4 - c0.4));
+            }
+            let (m, mmin, mmax) = median(&mut mir);
+            let row = Row {
+                frame: size,
+                case,
+                offered_pps: median(&mut off).0,
+                received_pps: median(&mut rx).0,
+                mirrored_pps: m,
+                mirrored_min: mmin,
+                mirrored_max: mmax,
+                shared_pct: median(&mut sh).0,
+                dropped_pps: median(&mut dr).0,
+                source_dropped_pps: median(&mut sd).0,
+            };
+            eprintln!(
+                "tap {:>5}B {:>28}: offered {:.0}/s, mirrored {:.0}/s ({:.0}-{:.0})",
+                size, case, row.offered_pps, m, mmin, mmax
+            );
+            rows.push(row);
+        }
+        drop(daemon);
+    }
+    let stamp = crate::timestamp();
+    let json = out.join(format!("{stamp}-tap.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
+    let table = table(&rows, a);
+    std::fs::write(out.join("tap-latest.md"), &table)?;
+    let png = out.join("tap-latest.png");
+    let bars: Vec<(String, f64)> = rows
+        .iter()
+        .map(|r| (format!("{}B, {}", r.frame, r.case), r.mirrored_pps / 1000.0))
+        .collect();
+    crate::chart::bars(
+        &png,
+        "tap mode → interface target: copies sent per second",
+        "kpps mirrored",
+        &bars,
+    )?;
+    println!("{table}");
+    println!("results: {} , chart: {}", json.display(), png.display());
+    Ok(())
+}
+
+fn table(rows: &[Row], a: &Args) -> String {
+    let mut s = format!(
+        "Tap mode feeding an interface target (every frame mirrored), AF_XDP TX generator, \
+         median of {} runs of {:.1} s (`cargo xtask bench tap`)\n\n\
+         | frame | case | offered | received | source drops/s | mirrored (min-max) | sent uncopied | target drops/s |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|\n",
+        a.reps, a.secs
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} B | {} | {:.0} pps | {:.0} pps | {:.0} | {:.0} pps ({:.0}-{:.0}) | {:.0}% | {:.0} |\n",
+            r.frame,
+            r.case,
+            r.offered_pps,
+            r.received_pps,
+            r.source_dropped_pps,
+            r.mirrored_pps,
+            r.mirrored_min,
+            r.mirrored_max,
+            r.shared_pct,
+            r.dropped_pps,
+        ));
+    }
+    s
+}
