@@ -178,25 +178,7 @@ fn every_target_kind_carries_every_mirrored_frame() {
             .expect("address");
     }
     // The collector: a Linux VXLAN device that only takes VNI 42.
-    vxc.ip(&[
-        "link",
-        "add",
-        "vx0",
-        "mtu",
-        "9000",
-        "type",
-        "vxlan",
-        "id",
-        "42",
-        "dstport",
-        "4789",
-        "local",
-        "10.99.1.2",
-        "dev",
-        "col1",
-    ])
-    .expect("vxlan device");
-    vxc.ip(&["link", "set", "vx0", "up"]).expect("vx0 up");
+    lab::vxlan_decap(&vxc, "vx0", 42, "10.99.1.2", "col1").expect("vxlan device");
 
     let dir = TempDir::new("e2e-kinds").expect("temp dir");
     let (daemon, cfg) =

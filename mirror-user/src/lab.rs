@@ -205,6 +205,18 @@ pub fn wire(
     Ok(())
 }
 
+/// A Linux VXLAN device `name` in `ns` that decapsulates VNI `vni` arriving
+/// at `local` (UDP 4789) over `dev`, up, with a 9000-byte MTU: what a VXLAN
+/// collector runs.
+pub fn vxlan_decap(ns: &Netns, name: &str, vni: u32, local: &str, dev: &str) -> Result<()> {
+    let vni = vni.to_string();
+    ns.ip(&[
+        "link", "add", name, "mtu", "9000", "type", "vxlan", "id", &vni, "dstport", "4789",
+        "local", local, "dev", dev,
+    ])?;
+    ns.ip(&["link", "set", name, "up"])
+}
+
 /// The standard lab: gen -> src (feed0) and src (tgt0) -> sink.
 pub struct Lab {
     pub gen: Netns,

@@ -222,31 +222,16 @@ pub fn main(a: Args) -> Result<ExitCode> {
 /// that decapsulates what the `collector` target sends.
 fn vxlan_collector(lab: &Lab) -> Result<lab::Netns> {
     let ns = lab::Netns::new("coll")?;
-    lab::veth(&lab.src, "col0", &ns, "col1", 1)?;
-    lab.src
-        .ip(&["addr", "add", "10.77.0.1/24", "dev", "col0"])?;
-    ns.ip(&["addr", "add", "10.77.0.2/24", "dev", "col1"])?;
-    for (n, dev) in [(&lab.src, "col0"), (&ns, "col1")] {
-        n.ip(&["link", "set", dev, "mtu", "9000"])?;
-    }
-    ns.ip(&[
-        "link",
-        "add",
-        "vx42",
-        "mtu",
-        "9000",
-        "type",
-        "vxlan",
-        "id",
-        "42",
-        "dstport",
-        "4789",
-        "local",
-        "10.77.0.2",
-        "dev",
+    lab::wire(
+        &lab.src,
+        "col0",
+        "10.77.0.1",
+        &ns,
         "col1",
-    ])?;
-    ns.ip(&["link", "set", "vx42", "up"])?;
+        "10.77.0.2",
+        9000,
+    )?;
+    lab::vxlan_decap(&ns, "vx42", 42, "10.77.0.2", "col1")?;
     Ok(ns)
 }
 
