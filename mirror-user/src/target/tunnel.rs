@@ -122,6 +122,18 @@ fn split(spec: &TargetSpec) -> Option<(Tunnel, Encap)> {
     }
 }
 
+/// Drops every copy of `batch` and of the queue, counted `why`.
+fn discard(q: &TargetQueue, batch: &mut Vec<Pending>, why: TargetDrop) {
+    for p in batch.drain(..) {
+        q.counters.drop(why, 1);
+        q.recycle(p.packet);
+    }
+    while let Some(p) = q.pop_ready() {
+        q.counters.drop(why, 1);
+        q.recycle(p);
+    }
+}
+
 /// Opens the target's socket and starts its sender thread.
 pub fn start(
     name: &str,
@@ -362,14 +374,7 @@ impl Sender {
                         self.down_since = Some(Instant::now());
                     }
                     // Down: what is queued would go nowhere; count it and move on.
-                    for p in batch.drain(..) {
-                        q.counters.drop(TargetDrop::Down, 1);
-                        q.recycle(p.packet);
-                    }
-                    while let Some(p) = q.pop_ready() {
-                        q.counters.drop(TargetDrop::Down, 1);
-                        q.recycle(p);
-                    }
+                    discard(q, &mut batch, TargetDrop::Down);
                 }
             }
             while batch.len() < BATCH {
@@ -425,14 +430,7 @@ impl Sender {
                 let since = *stopping_since.get_or_insert_with(Instant::now);
                 if (q.queued() == 0 && batch.is_empty()) || since.elapsed() > DRAIN {
                     // Copies that could not go out before shutdown.
-                    for p in batch.drain(..) {
-                        q.counters.drop(TargetDrop::SendError, 1);
-                        q.recycle(p.packet);
-                    }
-                    while let Some(p) = q.pop_ready() {
-                        q.counters.drop(TargetDrop::SendError, 1);
-                        q.recycle(p);
-                    }
+                    discard(q, &mut batch, TargetDrop::SendError);
                     q.in_flight.store(0, Ordering::Relaxed);
                     return;
                 }
