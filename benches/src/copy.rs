@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use mirror_user::control::Client;
 use mirror_user::lab::{self, DaemonProcess, Netns, TempDir};
 use serde::Serialize;
@@ -189,21 +189,8 @@ fn mirrored(d: Option<&DaemonProcess>) -> Result<(u64, u64)> {
     ))
 }
 
-fn median(v: &mut [f64]) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
 pub fn run(a: &Args, out: &Path) -> Result<()> {
-    let exe = std::env::current_exe()?
-        .parent()
-        .context("the bench binary's directory")?
-        .join("mirror");
-    anyhow::ensure!(
-        exe.exists(),
-        "{} is missing: build it (`cargo xtask bench` does)",
-        exe.display()
-    );
+    let exe = crate::mirror_exe()?;
     let l = lab()?;
     let dir = TempDir::new("bench-copy")?;
     let mut rows = Vec::new();
@@ -214,22 +201,12 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     ] {
         let daemon = match hook {
             None => None,
-            Some(h) => {
-                let control = dir.path().join("control.sock");
-                let text = CONFIG
-                    .replace("@CONTROL@", &control.to_string_lossy())
-                    .replace("@HOOK@", h);
-                let cfg = dir.path().join("mirror.toml");
-                std::fs::write(&cfg, text)?;
-                Some(DaemonProcess::start(
-                    &l.srv,
-                    &exe,
-                    &cfg,
-                    &control,
-                    &dir.path().join("daemon.log"),
-                    Duration::from_secs(20),
-                )?)
-            }
+            Some(h) => Some(crate::start_daemon(
+                &l.srv,
+                &exe,
+                &dir,
+                &CONFIG.replace("@HOOK@", h),
+            )?),
         };
         for traffic in ["udp 60B", "tcp"] {
             let (mut del, mut offered, mut loss, mut mir, mut full) =
@@ -255,17 +232,17 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 mir.push((m1 - m0) as f64 / secs);
                 full.push((f1 - f0) as f64 / secs);
             }
-            let (d, dmin, dmax) = median(&mut del);
+            let (d, dmin, dmax) = crate::median(&mut del);
             let row = Row {
                 traffic: if traffic == "tcp" { "tcp" } else { "udp 60B" },
                 case,
-                offered_pps: median(&mut offered).0,
+                offered_pps: crate::median(&mut offered).0,
                 delivered: d,
                 delivered_min: dmin,
                 delivered_max: dmax,
-                loss_pct: median(&mut loss).0,
-                mirrored_per_s: median(&mut mir).0,
-                ring_full_per_s: median(&mut full).0,
+                loss_pct: crate::median(&mut loss).0,
+                mirrored_per_s: crate::median(&mut mir).0,
+                ring_full_per_s: crate::median(&mut full).0,
             };
             eprintln!(
                 "copy {:>8} {:>18}: {:>12.0} ({:.0}-{:.0}), mirrored {:.0}/s",
@@ -275,26 +252,19 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         }
         drop(daemon);
     }
-    let stamp = crate::timestamp();
-    let json = out.join(format!("{stamp}-copy.json"));
-    std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
-    let table = table(&rows, a);
-    std::fs::write(out.join("copy-latest.md"), &table)?;
-    let png = out.join("copy-latest.png");
     let bars: Vec<(String, f64)> = rows
         .iter()
         .filter(|r| r.traffic != "tcp")
         .map(|r| (r.case.to_string(), r.delivered / 1000.0))
         .collect();
-    crate::chart::bars(
-        &png,
-        "monitored UDP traffic (60-byte frames) with copy mode off / on",
-        "kpps delivered to the server",
-        &bars,
-    )?;
-    println!("{table}");
-    println!("results: {} , chart: {}", json.display(), png.display());
-    Ok(())
+    crate::save(out, "copy", &rows, &table(&rows, a), |png| {
+        crate::chart::bars(
+            png,
+            "monitored UDP traffic (60-byte frames) with copy mode off / on",
+            "kpps delivered to the server",
+            &bars,
+        )
+    })
 }
 
 fn table(rows: &[Row], a: &Args) -> String {

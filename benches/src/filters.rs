@@ -212,8 +212,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 for _ in 0..a.reps.max(1) {
                     runs.push(measure(&prog, &data, a.repeat)?);
                 }
-                let mut sorted = runs.clone();
-                sorted.sort_by(f64::total_cmp);
+                let (ns_median, ns_min, ns_max) = crate::median(&mut runs.clone());
                 let row = Row {
                     set: set_name,
                     frame: frame_name,
@@ -222,9 +221,9 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                     memory_kib: set.memory_bytes() / 1024,
                     build_ms,
                     install_ms,
-                    ns_median: sorted[sorted.len() / 2],
-                    ns_min: sorted[0],
-                    ns_max: sorted[sorted.len() - 1],
+                    ns_median,
+                    ns_min,
+                    ns_max,
                     runs,
                 };
                 eprintln!(
@@ -236,23 +235,15 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         }
     }
 
-    let stamp = crate::timestamp();
-    let json = out.join(format!("{stamp}-filters.json"));
-    std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
-    let table = table(&rows, a);
-    std::fs::write(out.join("filters-latest.md"), &table)?;
-    let png = out.join("filters-latest.png");
-    let series: Vec<(String, Vec<(f64, f64)>)> = series(&rows);
-    crate::chart::lines(
-        &png,
-        "mirror: classification cost vs rule count (BPF_PROG_TEST_RUN)",
-        "rules",
-        "ns per frame",
-        &series,
-    )?;
-    println!("{table}");
-    println!("results: {} , chart: {}", json.display(), png.display());
-    Ok(())
+    crate::save(out, "filters", &rows, &table(&rows, a), |png| {
+        crate::chart::lines(
+            png,
+            "mirror: classification cost vs rule count (BPF_PROG_TEST_RUN)",
+            "rules",
+            "ns per frame",
+            &series(&rows),
+        )
+    })
 }
 
 fn series(rows: &[Row]) -> Vec<(String, Vec<(f64, f64)>)> {

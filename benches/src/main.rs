@@ -16,11 +16,14 @@ mod copy;
 mod filters;
 mod tap;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use mirror_user::lab::{DaemonProcess, Netns, TempDir};
+use serde::Serialize;
 
 #[derive(Parser)]
 #[command(name = "mirror-bench", about = "mirror's benchmark lab")]
@@ -57,6 +60,62 @@ fn main() -> Result<ExitCode> {
         Case::Tap(a) => tap::run(&a, &cli.out)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `mirror` binary built next to this one (`cargo xtask bench` builds both).
+pub fn mirror_exe() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?
+        .parent()
+        .context("the bench binary's directory")?
+        .join("mirror");
+    anyhow::ensure!(
+        exe.exists(),
+        "{} is missing: build it (`cargo xtask bench` does)",
+        exe.display()
+    );
+    Ok(exe)
+}
+
+/// Starts `mirror run` in `ns` with config `text` (`@CONTROL@` filled in),
+/// keeping its config, socket and log in `dir`.
+pub fn start_daemon(ns: &Netns, exe: &Path, dir: &TempDir, text: &str) -> Result<DaemonProcess> {
+    let control = dir.path().join("control.sock");
+    let cfg = dir.path().join("mirror.toml");
+    std::fs::write(&cfg, text.replace("@CONTROL@", &control.to_string_lossy()))?;
+    DaemonProcess::start(
+        ns,
+        exe,
+        &cfg,
+        &control,
+        &dir.path().join("daemon.log"),
+        Duration::from_secs(20),
+    )
+}
+
+/// (median, min, max) of the runs.
+pub fn median(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+/// Writes a case's results: `<timestamp>-<case>.json` (the rows),
+/// `<case>-latest.md` (the table, also printed) and `<case>-latest.png`
+/// (drawn by `chart`).
+pub fn save<R: Serialize>(
+    out: &Path,
+    case: &str,
+    rows: &[R],
+    table: &str,
+    chart: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let json = out.join(format!("{}-{case}.json", timestamp()));
+    std::fs::write(&json, serde_json::to_string_pretty(rows)?)?;
+    std::fs::write(out.join(format!("{case}-latest.md")), table)?;
+    let png = out.join(format!("{case}-latest.png"));
+    chart(&png)?;
+    println!("{table}");
+    println!("results: {} , chart: {}", json.display(), png.display());
+    Ok(())
 }
 
 /// Seconds since the epoch, for result file names.

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use mirror_user::config::ZeroCopy;
 use mirror_user::control::Client;
 use mirror_user::lab::{traffic, DaemonProcess, Lab, TempDir};
@@ -135,21 +135,8 @@ fn counters(d: &DaemonProcess) -> Result<(u64, u64, u64, u64, u64)> {
     ))
 }
 
-fn median(v: &mut [f64]) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
 pub fn run(a: &Args, out: &Path) -> Result<()> {
-    let exe = std::env::current_exe()?
-        .parent()
-        .context("the bench binary's directory")?
-        .join("mirror");
-    anyhow::ensure!(
-        exe.exists(),
-        "{} is missing: build it (`cargo xtask bench` does)",
-        exe.display()
-    );
+    let exe = crate::mirror_exe()?;
     let lab = Lab::new(1)?;
     let dir = TempDir::new("bench-tap")?;
     let mut rows = Vec::new();
@@ -157,20 +144,8 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         ("copied (share_umem = false)", false),
         ("shared UMEM", true),
     ] {
-        let control = dir.path().join("control.sock");
-        let text = CONFIG
-            .replace("@CONTROL@", &control.to_string_lossy())
-            .replace("@SHARE@", if share { "true" } else { "false" });
-        let cfg = dir.path().join("mirror.toml");
-        std::fs::write(&cfg, text)?;
-        let daemon = DaemonProcess::start(
-            &lab.src,
-            &exe,
-            &cfg,
-            &control,
-            &dir.path().join("daemon.log"),
-            Duration::from_secs(20),
-        )?;
+        let text = CONFIG.replace("@SHARE@", if share { "true" } else { "false" });
+        let daemon = crate::start_daemon(&lab.src, &exe, &dir, &text)?;
         for size in [60usize, 1500] {
             let (mut off, mut rx, mut mir, mut sh, mut dr, mut sd) = (
                 Vec::new(),
@@ -194,18 +169,18 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 dr.push(per_s(c1.3 - c0.3));
                 sd.push(per_s(c1.4 - c0.4));
             }
-            let (m, mmin, mmax) = median(&mut mir);
+            let (m, mmin, mmax) = crate::median(&mut mir);
             let row = Row {
                 frame: size,
                 case,
-                offered_pps: median(&mut off).0,
-                received_pps: median(&mut rx).0,
+                offered_pps: crate::median(&mut off).0,
+                received_pps: crate::median(&mut rx).0,
                 mirrored_pps: m,
                 mirrored_min: mmin,
                 mirrored_max: mmax,
-                shared_pct: median(&mut sh).0,
-                dropped_pps: median(&mut dr).0,
-                source_dropped_pps: median(&mut sd).0,
+                shared_pct: crate::median(&mut sh).0,
+                dropped_pps: crate::median(&mut dr).0,
+                source_dropped_pps: crate::median(&mut sd).0,
             };
             eprintln!(
                 "tap {:>5}B {:>28}: offered {:.0}/s, mirrored {:.0}/s ({:.0}-{:.0})",
@@ -215,25 +190,18 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         }
         drop(daemon);
     }
-    let stamp = crate::timestamp();
-    let json = out.join(format!("{stamp}-tap.json"));
-    std::fs::write(&json, serde_json::to_string_pretty(&rows)?)?;
-    let table = table(&rows, a);
-    std::fs::write(out.join("tap-latest.md"), &table)?;
-    let png = out.join("tap-latest.png");
     let bars: Vec<(String, f64)> = rows
         .iter()
         .map(|r| (format!("{}B, {}", r.frame, r.case), r.mirrored_pps / 1000.0))
         .collect();
-    crate::chart::bars(
-        &png,
-        "tap mode → interface target: copies sent per second",
-        "kpps mirrored",
-        &bars,
-    )?;
-    println!("{table}");
-    println!("results: {} , chart: {}", json.display(), png.display());
-    Ok(())
+    crate::save(out, "tap", &rows, &table(&rows, a), |png| {
+        crate::chart::bars(
+            png,
+            "tap mode → interface target: copies sent per second",
+            "kpps mirrored",
+            &bars,
+        )
+    })
 }
 
 fn table(rows: &[Row], a: &Args) -> String {
