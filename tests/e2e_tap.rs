@@ -24,25 +24,7 @@ mode = "tap"
 umem_frames = 2048
 ring_size = 1024
 share_umem = true
-
-[[filter]]
-name = "ids"
-[[filter.rule]]
-number = 100
-action = "reject"
-direction = "ingress"
-protocol = "tcp"
-destination_port = "22"
-[[filter.rule]]
-number = 110
-action = "reject"
-direction = "ingress"
-protocol = "icmpv6"
-[[filter.rule]]
-number = 200
-action = "accept"
-direction = "ingress"
-
+@FILTER@
 [[target]]
 name = "ids0"
 kind = "interface"
@@ -57,6 +39,10 @@ targets = ["ids0"]
 
 const BIN: &str = env!("CARGO_BIN_EXE_mirror");
 
+fn config() -> String {
+    CONFIG.replace("@FILTER@", common::IDS_FILTER)
+}
+
 /// A lab, a config in a private directory, and a running daemon.
 struct Setup {
     daemon: DaemonProcess,
@@ -69,7 +55,7 @@ fn setup(tag: &str) -> Setup {
     let lab = Lab::new(2).expect("lab");
     let dir = TempDir::new(&format!("e2e-{tag}")).expect("temp dir");
     let control = dir.path().join("control.sock");
-    let text = CONFIG.replace("@CONTROL@", &control.to_string_lossy());
+    let text = config().replace("@CONTROL@", &control.to_string_lossy());
     let path = dir.path().join("mirror.toml");
     std::fs::write(&path, &text).expect("write config");
     let cfg = config::parse(&text, "e2e").expect("valid config");
@@ -265,7 +251,7 @@ fn check_reports_errors_with_positions_and_run_refuses_a_bad_file() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        CONFIG.replace("destination_port = \"22\"", "destination_port = \"22-1\""),
+        config().replace("destination_port = \"22\"", "destination_port = \"22-1\""),
     )
     .expect("write");
     let out = std::process::Command::new(BIN)
@@ -280,7 +266,7 @@ fn check_reports_errors_with_positions_and_run_refuses_a_bad_file() {
         "{err}"
     );
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, CONFIG).expect("write");
+    std::fs::write(&good, config()).expect("write");
     let out = std::process::Command::new(BIN)
         .args(["check", "-c"])
         .arg(&good)

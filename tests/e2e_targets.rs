@@ -22,26 +22,7 @@ use mirror_user::target::encap::{self, GRE_PROTO_TEB};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mirror");
 
-/// Everything but TCP port 22 and ICMPv6, as in e2e_tap.
-const FILTER: &str = r#"
-[[filter]]
-name = "ids"
-[[filter.rule]]
-number = 100
-action = "reject"
-direction = "ingress"
-protocol = "tcp"
-destination_port = "22"
-[[filter.rule]]
-number = 110
-action = "reject"
-direction = "ingress"
-protocol = "icmpv6"
-[[filter.rule]]
-number = 200
-action = "accept"
-direction = "ingress"
-"#;
+use common::IDS_FILTER as FILTER;
 
 /// (destination, IP protocol, IP payload) of an IPv4 frame.
 fn ipv4_payload(frame: &[u8]) -> Option<(Ipv4Addr, u8, Vec<u8>)> {
@@ -755,7 +736,7 @@ interface = "feed0"
 [[target]]
 name = "cap"
 kind = "pcapng"
-path = "@CAPDIR@/feed.pcapng"
+path = "@DIR@/cap/feed.pcapng"
 
 [[session]]
 name = "s"
@@ -764,6 +745,15 @@ filter = "ids"
 targets = ["cap"]
 @LIMIT@
 "#;
+
+/// Starts the daemon in `lab`'s src namespace on `text` with ACCEPT_ALL as
+/// its `@FILTER@` (and `dir` as `@DIR@`), and connects to its control socket.
+fn accept_all_daemon(lab: &Lab, dir: &TempDir, text: &str) -> (DaemonProcess, Client) {
+    let text = text.replace("@FILTER@", ACCEPT_ALL);
+    let (daemon, _) = common::start_daemon(BIN, &lab.src, dir, &text);
+    let client = Client::connect(&daemon.control).expect("control socket");
+    (daemon, client)
+}
 
 /// A small tmpfs mounted for one test, unmounted on drop (also on panic).
 struct Tmpfs(std::path::PathBuf);
@@ -819,12 +809,7 @@ fn a_full_disk_drops_whole_buffers_counts_them_and_writing_resumes() {
     let ballast = fs.0.join("ballast");
     let leave = 400 << 10;
     std::fs::write(&ballast, vec![0u8; (fs.free() - leave) as usize]).expect("ballast");
-    let text = LIMITS
-        .replace("@FILTER@", ACCEPT_ALL)
-        .replace("@LIMIT@", "")
-        .replace("@CAPDIR@", &fs.0.to_string_lossy());
-    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
-    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let (daemon, mut client) = accept_all_daemon(&lab, &dir, &LIMITS.replace("@LIMIT@", ""));
     let file = fs.0.join("feed.pcapng");
     let settled = |st: &mirror_user::stats::Stats, n: u64| {
         st.sources["feed"].received == n
@@ -880,12 +865,9 @@ fn a_rate_limit_passes_its_rate_and_counts_every_frame_over_it() {
     require_root!();
     let lab = Lab::new(1).expect("lab");
     let dir = TempDir::new("e2e-ratelimit").expect("temp dir");
-    let text = LIMITS
-        .replace("@FILTER@", ACCEPT_ALL)
-        .replace("@LIMIT@", "rate_limit_pps = 500\n")
-        .replace("@CAPDIR@", &dir.path().to_string_lossy());
-    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
-    let mut client = Client::connect(&daemon.control).expect("control socket");
+    std::fs::create_dir(dir.path().join("cap")).expect("capture directory");
+    let text = LIMITS.replace("@LIMIT@", "rate_limit_pps = 500\n");
+    let (daemon, mut client) = accept_all_daemon(&lab, &dir, &text);
     // 3,000 frames at 5,000 a second: ten times the limit for 0.6 s.
     let frames = kilo_frames(0, 3000);
     let started = Instant::now();
@@ -911,7 +893,7 @@ fn a_rate_limit_passes_its_rate_and_counts_every_frame_over_it() {
         s.mirrored
     );
     drop(daemon);
-    let records = read_pcapng(&dir.path().join("feed.pcapng"));
+    let records = read_pcapng(&dir.path().join("cap/feed.pcapng"));
     assert_eq!(records.len() as u64, s.mirrored);
 }
 
@@ -944,10 +926,8 @@ fn a_target_sharing_the_sources_umem_overflows_only_its_own_queue() {
     require_root!();
     let lab = Lab::new(1).expect("lab");
     let dir = TempDir::new("e2e-shared").expect("temp dir");
-    let text = SMALL_QUEUE.replace("@FILTER@", ACCEPT_ALL);
-    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let (daemon, mut client) = accept_all_daemon(&lab, &dir, SMALL_QUEUE);
     let sink = Capture::start(&lab.sink, Lab::SINK_IF).expect("capture");
-    let mut client = Client::connect(&daemon.control).expect("control socket");
     // Bursts far over a 16-copy queue, in rounds the 512-frame RX ring holds.
     let mut sent = 0;
     for round in 0..10u32 {
@@ -986,12 +966,10 @@ fn share_umem_false_copies_every_frame_into_the_targets_own_umem() {
     let lab = Lab::new(1).expect("lab");
     let dir = TempDir::new("e2e-noshare").expect("temp dir");
     let text = SMALL_QUEUE
-        .replace("@FILTER@", ACCEPT_ALL)
         .replace("queue_size = 16", "queue_size = 1024")
         .replace("share_umem = true", "share_umem = false");
-    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let (daemon, mut client) = accept_all_daemon(&lab, &dir, &text);
     let sink = Capture::start(&lab.sink, Lab::SINK_IF).expect("capture");
-    let mut client = Client::connect(&daemon.control).expect("control socket");
     let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, Arc::new(kilo_frames(0, 500)), 20_000)
         .expect("send");
     let st = wait_for(&mut client, "every copy sent", |st| {

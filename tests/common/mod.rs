@@ -95,6 +95,28 @@ pub const V4B: [u8; 4] = [10, 2, 0, 1];
 pub const V6A: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 pub const V6B: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 
+/// The filter of the tap and target end-to-end tests: every frame but TCP
+/// port 22 and ICMPv6.
+pub const IDS_FILTER: &str = r#"
+[[filter]]
+name = "ids"
+[[filter.rule]]
+number = 100
+action = "reject"
+direction = "ingress"
+protocol = "tcp"
+destination_port = "22"
+[[filter.rule]]
+number = 110
+action = "reject"
+direction = "ingress"
+protocol = "icmpv6"
+[[filter.rule]]
+number = 200
+action = "accept"
+direction = "ingress"
+"#;
+
 /// Polls the daemon's counters until `done` holds, failing after `timeout`
 /// with the last counters.
 pub fn wait_for_stats(
