@@ -318,11 +318,7 @@ impl Engine {
         }
         let mut rx = Vec::new();
         for q in 0..queues {
-            let joined = match host.take() {
-                Some(h) => join_host(cfg, q, &h),
-                None => None,
-            };
-            let queue = match joined {
+            let queue = match host.take().and_then(|h| join_host(cfg, q, &h)) {
                 Some(queue) => Ok(queue),
                 None => RxQueue::open(
                     &cfg.interface,

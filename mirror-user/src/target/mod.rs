@@ -294,31 +294,44 @@ impl TargetQueue {
     /// Counted as [`TargetQueue::offer`] counts; only when
     /// [`TargetQueue::can_borrow`] said yes.
     pub fn borrow(&self, frame: &Frame<'_>, loan: &mut Loan<'_>) {
-        self.counters.enqueued.fetch_add(1, Ordering::Relaxed);
-        if !self.up.load(Ordering::Relaxed) {
-            self.counters.drop(TargetDrop::Down, 1);
-            return;
-        }
-        if frame.data.len() > self.max_len {
-            // Interface queues drop what they cannot send (Oversize::Drop).
-            self.counters.drop(TargetDrop::TooBig, 1);
-            return;
-        }
-        let Some(mut p) = self.free.pop() else {
-            self.counters.drop(TargetDrop::QueueFull, 1);
+        let Some((mut p, len)) = self.admit(frame.data.len()) else {
             return;
         };
         loan.swap(self.offset(&p));
         let chunk = loan.chunk() as usize;
         let head = frame.data.as_ptr() as usize - (self.memory.base() as usize + chunk);
-        debug_assert!(head + frame.data.len() <= self.stride);
+        debug_assert!(head + len <= self.stride);
         p.slot = (chunk / self.stride) as u32;
         p.ptr = NonNull::from(frame.data).cast();
         p.head = head as u32;
-        p.len = frame.data.len();
-        self.stamp(&mut p, frame, false);
+        p.len = len;
+        self.stamp(&mut p, frame, len < frame.data.len());
         self.counters.shared.fetch_add(1, Ordering::Relaxed);
         self.make_ready(p);
+    }
+
+    /// Counts an offered copy of `len` bytes and takes a free slot for it,
+    /// with the bytes it keeps (cut to the queue's largest when it
+    /// truncates); `None` when the copy is dropped instead (counted).
+    fn admit(&self, len: usize) -> Option<(Packet, usize)> {
+        self.counters.enqueued.fetch_add(1, Ordering::Relaxed);
+        if !self.up.load(Ordering::Relaxed) {
+            self.counters.drop(TargetDrop::Down, 1);
+            return None;
+        }
+        let mut keep = len;
+        if len > self.max_len {
+            if self.oversize == Oversize::Drop {
+                self.counters.drop(TargetDrop::TooBig, 1);
+                return None;
+            }
+            keep = self.max_len;
+        }
+        let Some(p) = self.free.pop() else {
+            self.counters.drop(TargetDrop::QueueFull, 1);
+            return None;
+        };
+        Some((p, keep))
     }
 
     fn stamp(&self, p: &mut Packet, frame: &Frame<'_>, truncated: bool) {
@@ -346,21 +359,7 @@ impl TargetQueue {
     /// Offers a copy of `frame`; never blocks. Counted as enqueued, and either
     /// queued or dropped with a reason.
     pub fn offer(&self, frame: &Frame<'_>) {
-        self.counters.enqueued.fetch_add(1, Ordering::Relaxed);
-        if !self.up.load(Ordering::Relaxed) {
-            self.counters.drop(TargetDrop::Down, 1);
-            return;
-        }
-        let mut len = frame.data.len();
-        if len > self.max_len {
-            if self.oversize == Oversize::Drop {
-                self.counters.drop(TargetDrop::TooBig, 1);
-                return;
-            }
-            len = self.max_len;
-        }
-        let Some(mut p) = self.free.pop() else {
-            self.counters.drop(TargetDrop::QueueFull, 1);
+        let Some((mut p, len)) = self.admit(frame.data.len()) else {
             return;
         };
         p.fill(&frame.data[..len]);
