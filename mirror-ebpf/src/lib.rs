@@ -24,6 +24,8 @@ pub mod limits {
     pub const MAX_RULES: u32 = L::MIRROR_MAX_RULES.0;
     pub const MAX_SESSIONS: u32 = L::MIRROR_MAX_SESSIONS.0;
     pub const MAX_QUEUES: u32 = L::MIRROR_MAX_QUEUES.0;
+    /// Targets one session's in-kernel fast path broadcasts to at most.
+    pub const MAX_FAST_TARGETS: u32 = L::MIRROR_MAX_FAST_TARGETS.0;
     pub const META_MAGIC: u16 = L::MIRROR_META_MAGIC.0 as u16;
     /// Copy mode: frame bytes a ring-buffer record carries at most.
     pub const COPY_MAX: u32 = L::MIRROR_COPY_MAX.0;

@@ -21,13 +21,15 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapHandle, RingBufferBuilder};
 use mirror_ebpf::mirror::types::mirror_counter as C;
 
-use crate::config::{Config, Direction, IngressHook, SourceMode, TargetSpec, ZeroCopy};
-use crate::loader::{read_meta, CopyHooks, SourceProgram, COUNTERS};
+use crate::config::{
+    Config, Direction, IngressHook, SessionPath, SourceMode, TargetSpec, ZeroCopy,
+};
+use crate::loader::{read_meta, CopyHooks, FastStats, SourceProgram, COUNTERS};
 use crate::netdev;
 use crate::ringbuf::Record;
 use crate::ruleset::{self, RuleSet};
 use crate::session::SessionPlan;
-use crate::stats::{DirectionStats, SessionStats, SourceStats, Stats};
+use crate::stats::{DirectionStats, SessionStats, SourceStats, Stats, TargetStats};
 use crate::target::group::TargetGroup;
 use crate::target::interface::ShareWith;
 use crate::target::{interface, pcapng, tunnel, Frame, TargetQueue};
@@ -55,6 +57,8 @@ struct Source {
     sessions: Vec<usize>,
     /// Per kernel session index: what the workers do with its frames.
     plans: Vec<SessionPlan>,
+    /// Per kernel session index: the path serving it.
+    paths: Vec<PathChoice>,
     sockets: Vec<StatsHandle>,
     no_metadata: AtomicU64,
     /// How ingress is hooked: "native" / "generic" XDP, "tcx", or "none".
@@ -69,6 +73,7 @@ struct Source {
 struct Prepared {
     program: SourceProgram,
     plans: Vec<SessionPlan>,
+    paths: Vec<PathChoice>,
     sessions: Vec<usize>,
     rules: u64,
 }
@@ -90,6 +95,7 @@ impl Prepared {
             program: Mutex::new(self.program),
             sessions: self.sessions,
             plans: self.plans,
+            paths: self.paths,
             sockets,
             no_metadata: AtomicU64::new(0),
             attach_mode,
@@ -136,6 +142,10 @@ pub struct Engine {
     /// Started targets, by index in `Config::targets`.
     targets: Vec<Arc<TargetQueue>>,
     groups: Vec<Arc<TargetGroup>>,
+    /// Per session (index in `Config::sessions`): the path chosen at start.
+    paths: Vec<PathChoice>,
+    /// Per target: its device's ifindex, for interface targets.
+    target_ifindex: Vec<Option<u32>>,
     stop_workers: Arc<AtomicBool>,
     stop_senders: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
@@ -146,12 +156,23 @@ impl Engine {
     /// Opens every target, loads and attaches every source.
     pub fn start(config: Config) -> Result<Engine> {
         let sources = config.sources.len();
+        let target_ifindex = config
+            .targets
+            .iter()
+            .map(|t| match &t.spec {
+                TargetSpec::Interface { interface, .. } => crate::loader::ifindex(interface).ok(),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        let paths = plan_paths(&config, &target_ifindex)?;
         let mut engine = Engine {
             live: Mutex::new(config.clone()),
             config,
             sources: Vec::new(),
             targets: Vec::new(),
             groups: Vec::new(),
+            paths,
+            target_ifindex,
             stop_workers: Arc::new(AtomicBool::new(false)),
             stop_senders: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
@@ -264,11 +285,30 @@ impl Engine {
             .iter()
             .map(|&s| SessionPlan::new(&self.config, s, &self.targets, &self.groups))
             .collect();
+        let paths: Vec<PathChoice> = sessions.iter().map(|&s| self.paths[s].clone()).collect();
         for (k, &s) in sessions.iter().enumerate() {
             let sess = &self.config.sessions[s];
             program
                 .set_sampling(k as u32, sess.sample)
                 .with_context(|| format!("source `{}`: setting the sampling", cfg.name))?;
+            if paths[k].kernel {
+                let source_ifindex = crate::loader::ifindex(&cfg.interface)
+                    .with_context(|| format!("source `{}`", cfg.name))?;
+                let devices: Vec<u32> = self
+                    .config
+                    .session_targets(s)
+                    .into_iter()
+                    .filter_map(|t| self.target_ifindex[t])
+                    .collect();
+                program
+                    .set_fast_path(k as u32, source_ifindex, &devices)
+                    .with_context(|| {
+                        format!(
+                            "session `{}`: setting up the in-kernel fast path",
+                            sess.name
+                        )
+                    })?;
+            }
             if cfg.mode == SourceMode::Copy {
                 // Copy mode cuts in the kernel: only packet_length bytes cross.
                 program
@@ -279,6 +319,7 @@ impl Engine {
         let prepared = Prepared {
             program,
             plans,
+            paths,
             sessions,
             rules,
         };
@@ -422,37 +463,62 @@ impl Engine {
     }
 
     fn log_paths(&self, source: &Source) {
-        for &s in &source.sessions {
+        for (&s, path) in source.sessions.iter().zip(&source.paths) {
             let sess = &self.config.sessions[s];
-            tracing::info!(
-                session = %sess.name,
-                sample = sess.sample,
-                rate_limit_pps = sess.rate_limit_pps,
-                packet_length = sess.packet_length,
-                path = "af_xdp",
-                "session served through userspace (the in-kernel fast path is not available in this version)"
-            );
+            if path.kernel {
+                tracing::info!(
+                    session = %sess.name,
+                    sample = sess.sample,
+                    path = path.name(),
+                    "session served in the kernel: XDP broadcasts each mirrored frame to its targets' DEVMAP, no userspace copy"
+                );
+            } else {
+                tracing::info!(
+                    session = %sess.name,
+                    sample = sess.sample,
+                    rate_limit_pps = sess.rate_limit_pps,
+                    packet_length = sess.packet_length,
+                    path = path.name(),
+                    why = %path.reason,
+                    "session served through userspace"
+                );
+            }
         }
     }
 
     /// A consistent-enough snapshot of every counter.
     pub fn stats(&self) -> Result<Stats> {
         let mut out = Stats::default();
+        // Per target: copies the kernel path sent it (all sources together).
+        let mut fast_enqueued = vec![0u64; self.targets.len()];
         for src in &self.sources {
-            let (by_dir, session_matched, session_sampled_out) = {
+            let (by_dir, session_matched, session_sampled_out, session_kernel) = {
                 let p = src
                     .program
                     .lock()
                     .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
                 let c = p.counters_by_direction()?;
-                let m: Vec<u64> = (0..src.sessions.len())
-                    .map(|i| p.session_matched(i as u32).unwrap_or(0))
-                    .collect();
-                let so: Vec<u64> = (0..src.sessions.len())
-                    .map(|i| p.session_sampled_out(i as u32).unwrap_or(0))
-                    .collect();
-                (c, m, so)
+                let per_session = |f: &dyn Fn(u32) -> Result<u64, crate::loader::LoaderError>| {
+                    (0..src.sessions.len() as u32)
+                        .map(|i| f(i).unwrap_or(0))
+                        .collect::<Vec<u64>>()
+                };
+                (
+                    c,
+                    per_session(&|i| p.session_matched(i)),
+                    per_session(&|i| p.session_sampled_out(i)),
+                    per_session(&|i| p.session_kernel(i)),
+                )
             };
+            // Read after the sessions' counts, so a target's kernel-path
+            // `enqueued` never lags what its devices were handed.
+            for (k, &s) in src.sessions.iter().enumerate() {
+                if src.paths[k].kernel {
+                    for t in self.config.session_targets(s) {
+                        fast_enqueued[t] += session_kernel[k];
+                    }
+                }
+            }
             let counters: [u64; COUNTERS] = std::array::from_fn(|i| by_dir[0][i] + by_dir[1][i]);
             let c = |k: C| counters[k.0 as usize];
             let no_metadata = src.no_metadata.load(Ordering::Relaxed);
@@ -492,7 +558,8 @@ impl Engine {
             };
             let mirrored = handed_over
                 .saturating_sub(no_metadata)
-                .saturating_sub(rate_limited);
+                .saturating_sub(rate_limited)
+                + c(C::MIRROR_CNT_KERNEL_PATH);
             let dropped = kernel_drops
                 .into_iter()
                 .chain([("no_metadata", no_metadata), ("rate_limited", rate_limited)])
@@ -561,14 +628,14 @@ impl Engine {
                     sess.name.clone(),
                     SessionStats {
                         source: src.name.clone(),
-                        path: "af_xdp".into(),
+                        path: src.paths[k].name().into(),
                         targets: sess
                             .targets
                             .iter()
                             .map(|&d| self.config.dest_name(d).to_string())
                             .collect(),
                         matched: session_matched[k],
-                        mirrored: src.plans[k].mirrored.load(Ordering::Relaxed),
+                        mirrored: src.plans[k].mirrored.load(Ordering::Relaxed) + session_kernel[k],
                         sampled_out: session_sampled_out[k],
                         rate_limited: src.plans[k].rate_limited.load(Ordering::Relaxed),
                         scheduled_out: 0,
@@ -577,8 +644,23 @@ impl Engine {
                 );
             }
         }
-        for t in &self.targets {
-            out.targets.insert(t.name.clone(), t.snapshot());
+        for (i, t) in self.targets.iter().enumerate() {
+            let mut snap = t.snapshot();
+            if let Some(ifindex) = self.target_ifindex[i].filter(|_| fast_enqueued[i] > 0) {
+                let mut fast = FastStats::default();
+                for src in &self.sources {
+                    let f = src
+                        .program
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned lock"))?
+                        .fast_stats(ifindex)?;
+                    fast.packets += f.packets;
+                    fast.bytes += f.bytes;
+                    fast.xmit_drops += f.xmit_drops;
+                }
+                add_fast_path(&mut snap, fast_enqueued[i], fast);
+            }
+            out.targets.insert(t.name.clone(), snap);
         }
         for g in &self.groups {
             out.groups.insert(g.name.clone(), g.snapshot());
@@ -680,6 +762,113 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Adds what the in-kernel fast path did for a target to its userspace
+/// counters: `enqueued` copies the sessions broadcast to it, of which the
+/// kernel handed `fast.packets` to the device (a destination it skips, the
+/// frame being over the device's MTU or the device down, counts `too_big`),
+/// and the device refused `fast.xmit_drops` (`send_error`).
+fn add_fast_path(snap: &mut TargetStats, enqueued: u64, fast: FastStats) {
+    let sent = fast.packets.saturating_sub(fast.xmit_drops);
+    snap.enqueued += enqueued;
+    snap.sent_packets += sent;
+    snap.sent_bytes += fast.bytes;
+    snap.kernel_path += sent;
+    *snap.dropped.entry("send_error".into()).or_default() += fast.xmit_drops;
+    *snap.dropped.entry("too_big".into()).or_default() += enqueued.saturating_sub(fast.packets);
+}
+
+/// The path that serves a session, and why it is not the kernel's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathChoice {
+    /// The in-kernel fast path (DEVMAP broadcast), else AF_XDP through userspace.
+    pub kernel: bool,
+    /// Why userspace serves it (empty on the kernel path).
+    pub reason: String,
+}
+
+impl PathChoice {
+    /// As `mirror stats` and the log name it.
+    pub fn name(&self) -> &'static str {
+        if self.kernel {
+            "kernel"
+        } else {
+            "af_xdp"
+        }
+    }
+}
+
+/// Picks each session's path (`Config::sessions` order): the in-kernel fast
+/// path when the config allows it ([`Config::kernel_path_obstacle`]) and
+/// every target device accepts frames redirected from XDP
+/// (`NETDEV_XDP_ACT_NDO_XMIT`); `path = "kernel"` makes a refusal an error.
+fn plan_paths(config: &Config, target_ifindex: &[Option<u32>]) -> Result<Vec<PathChoice>> {
+    let mut out = Vec::new();
+    for (i, sess) in config.sessions.iter().enumerate() {
+        let userspace = |reason: String| PathChoice {
+            kernel: false,
+            reason,
+        };
+        let choice = match sess.path {
+            SessionPath::Userspace => userspace("path = \"userspace\"".into()),
+            SessionPath::Auto | SessionPath::Kernel => {
+                match config
+                    .kernel_path_obstacle(i)
+                    .or_else(|| devices_refusing_redirects(config, i, target_ifindex))
+                {
+                    None => PathChoice {
+                        kernel: true,
+                        reason: String::new(),
+                    },
+                    Some(why) if sess.path == SessionPath::Kernel => bail!(
+                        "session `{}`: path = \"kernel\", but the in-kernel fast path cannot serve it: {why}",
+                        sess.name
+                    ),
+                    Some(why) => userspace(why),
+                }
+            }
+        };
+        out.push(choice);
+    }
+    Ok(out)
+}
+
+/// The first of session `i`'s interface targets whose device cannot take
+/// frames redirected by XDP, as a reason, or `None`.
+fn devices_refusing_redirects(
+    config: &Config,
+    i: usize,
+    target_ifindex: &[Option<u32>],
+) -> Option<String> {
+    for t in config.session_targets(i) {
+        let TargetSpec::Interface { interface, .. } = &config.targets[t].spec else {
+            continue;
+        };
+        let Some(ifindex) = target_ifindex[t] else {
+            return Some(format!(
+                "interface {interface} (target `{}`) does not exist",
+                config.targets[t].name
+            ));
+        };
+        match crate::loader::xdp_features(ifindex) {
+            Ok(f) if f & crate::loader::XDP_ACT_NDO_XMIT != 0 => {}
+            Ok(_) => {
+                return Some(format!(
+                    "interface {interface} (target `{}`) does not accept frames redirected by XDP \
+                     (its driver lacks ndo_xdp_xmit; a veth needs an XDP program or GRO on its peer)",
+                    config.targets[t].name
+                ))
+            }
+            Err(e) => {
+                return Some(format!(
+                    "cannot query the XDP features of {interface} (target `{}`): {e}",
+                    config.targets[t].name
+                ))
+            }
+        }
+    }
+    None
 }
 
 /// Which tap source (if any) shares its first RX queue's UMEM with each

@@ -205,6 +205,17 @@ pub fn wire(
     Ok(())
 }
 
+/// Turns GRO on for `dev` in `ns`. For a veth this makes its peer accept
+/// frames redirected by XDP (`ndo_xdp_xmit`), as a NIC's driver would: what
+/// the in-kernel fast path needs of a target port.
+pub fn gro_on(ns: &Netns, dev: &str) -> Result<()> {
+    let name = dev.to_string();
+    ns.run(move || {
+        crate::netdev::set_gro(&name, true)
+            .ok_or_else(|| anyhow::anyhow!("turning GRO on for {name} (ETHTOOL_SGRO) failed"))
+    })
+}
+
 /// A Linux VXLAN device `name` in `ns` that decapsulates VNI `vni` arriving
 /// at `local` (UDP 4789) over `dev`, up, with a 9000-byte MTU: what a VXLAN
 /// collector runs.

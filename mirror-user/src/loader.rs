@@ -92,6 +92,8 @@ pub struct SourceProgram {
     links: Vec<OwnedFd>,
     /// The generation frames are classified with (`active_generation`).
     generation: u32,
+    /// The fast path's transmit-result tracepoint, once a session uses it.
+    xmit_link: Option<libbpf_rs::Link>,
 }
 
 /// Direction numbers of the kernel's rule-set slots (`slot = dir * 2 + gen`).
@@ -140,6 +142,7 @@ impl SourceProgram {
             skel,
             links: Vec::new(),
             generation: 0,
+            xmit_link: None,
         })
     }
 
@@ -384,6 +387,7 @@ impl SourceProgram {
     /// Detaches every program (also done by dropping).
     pub fn detach(&mut self) {
         self.links.clear();
+        self.xmit_link = None;
     }
 
     /// The per-source counters of both directions together, summed over
@@ -469,6 +473,116 @@ impl SourceProgram {
         })
     }
 
+    /// Puts the session at kernel index `session` on the in-kernel fast path:
+    /// a DEVMAP_HASH with one entry per target device in `ifindexes`, each
+    /// running `xdp_fast_target`, goes into its `fast_sessions` slot, and each
+    /// device gets fast-path counters. Call before attaching; from then on
+    /// the session's frames never reach userspace. Also attaches the
+    /// transmit-result tracepoint (once per source).
+    pub fn set_fast_path(
+        &mut self,
+        session: u32,
+        source_ifindex: u32,
+        ifindexes: &[u32],
+    ) -> Result<(), LoaderError> {
+        let map_err = |map| move |source| LoaderError::Map { map, source };
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        };
+        let devmap = MapHandle::create(
+            MapType::DevmapHash,
+            Some("mirror_fast"),
+            4,
+            8,
+            mirror_ebpf::limits::MAX_FAST_TARGETS,
+            &opts,
+        )
+        .map_err(|source| LoaderError::CreateMap {
+            map: "mirror_fast",
+            source,
+        })?;
+        let prog_fd = self.skel.progs.xdp_fast_target.as_fd().as_raw_fd();
+        let zero = vec![0u8; std::mem::size_of::<mirror_ebpf::mirror::types::mirror_fast_stats>()];
+        let cpus = libbpf_rs::num_possible_cpus().map_err(map_err("fast_stats"))?;
+        for (key, &ifindex) in ifindexes.iter().enumerate() {
+            // struct bpf_devmap_val: the device, then the program to run.
+            let mut val = ifindex.to_ne_bytes().to_vec();
+            val.extend_from_slice(&prog_fd.to_ne_bytes());
+            devmap
+                .update(&(key as u32).to_ne_bytes(), &val, MapFlags::ANY)
+                .map_err(map_err("mirror_fast"))?;
+            let k = ifindex.to_ne_bytes();
+            let known = self
+                .skel
+                .maps
+                .fast_stats
+                .lookup_percpu(&k, MapFlags::ANY)
+                .map_err(map_err("fast_stats"))?
+                .is_some();
+            if !known {
+                self.skel
+                    .maps
+                    .fast_stats
+                    .update_percpu(&k, &vec![zero.clone(); cpus], MapFlags::NO_EXIST)
+                    .map_err(map_err("fast_stats"))?;
+            }
+        }
+        match self.skel.maps.bss_data.as_deref_mut() {
+            Some(bss) => bss.source_ifindex = source_ifindex,
+            None => return Err(bss_error("source_ifindex", session)),
+        }
+        if self.xmit_link.is_none() {
+            let link = self
+                .skel
+                .progs
+                .fast_xmit
+                .attach()
+                .map_err(map_err("fast_xmit (tracepoint xdp:xdp_devmap_xmit)"))?;
+            self.xmit_link = Some(link);
+        }
+        let fd = devmap.as_fd().as_raw_fd() as u32;
+        self.skel
+            .maps
+            .fast_sessions
+            .update(&session.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("fast_sessions"))
+    }
+
+    /// Frames the session at kernel index `session` sent down the fast path.
+    pub fn session_kernel(&self, session: u32) -> Result<u64, LoaderError> {
+        percpu_sum(&self.skel.maps.session_kernel, session).map_err(|source| LoaderError::Map {
+            map: "session_kernel",
+            source,
+        })
+    }
+
+    /// Fast-path counters of target device `ifindex`, summed over CPUs
+    /// (zeros for a device this source never sent to).
+    pub fn fast_stats(&self, ifindex: u32) -> Result<FastStats, LoaderError> {
+        let per_cpu = self
+            .skel
+            .maps
+            .fast_stats
+            .lookup_percpu(&ifindex.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| LoaderError::Map {
+                map: "fast_stats",
+                source,
+            })?
+            .unwrap_or_default();
+        let mut out = FastStats::default();
+        for v in per_cpu {
+            let field = |i: usize| {
+                v.get(i * 8..i * 8 + 8)
+                    .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+            };
+            out.packets += field(0);
+            out.bytes += field(1);
+            out.xmit_drops += field(2);
+        }
+        Ok(out)
+    }
+
     /// Frames accepted by the session at kernel index `session`.
     pub fn session_matched(&self, session: u32) -> Result<u64, LoaderError> {
         percpu_sum(&self.skel.maps.session_matched, session).map_err(|source| LoaderError::Map {
@@ -476,6 +590,16 @@ impl SourceProgram {
             source,
         })
     }
+}
+
+/// `struct mirror_fast_stats` of one target device, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FastStats {
+    /// Frames handed to the device's XDP transmit.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Of those, refused by the device (native XDP only).
+    pub xmit_drops: u64,
 }
 
 fn bss_error(map: &'static str, session: u32) -> LoaderError {
@@ -781,6 +905,25 @@ fn prog_name(id: u32) -> String {
         .map(|&c| c as u8)
         .collect();
     String::from_utf8_lossy(&name).into_owned()
+}
+
+/// `NETDEV_XDP_ACT_NDO_XMIT` (linux/netdev.h): other devices' XDP programs
+/// can redirect frames into this one.
+pub const XDP_ACT_NDO_XMIT: u64 = 1 << 2;
+
+/// The XDP features the kernel reports for `ifindex` (`NETDEV_XDP_ACT_*`
+/// bits, from the netdev generic-netlink family; 0 on kernels before 6.3).
+pub fn xdp_features(ifindex: u32) -> std::io::Result<u64> {
+    let mut opts = libbpf_sys::bpf_xdp_query_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_xdp_query_opts>() as _,
+        ..Default::default()
+    };
+    // Safety: `opts` is a valid, sized bpf_xdp_query_opts.
+    let rc = unsafe { libbpf_sys::bpf_xdp_query(ifindex as i32, 0, &mut opts) };
+    if rc < 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc));
+    }
+    Ok(opts.feature_flags)
 }
 
 fn attached_prog_id(ifindex: u32) -> u32 {

@@ -75,3 +75,25 @@ pub fn rx_queues(interface: &str) -> Option<u32> {
     let n = ch.rx_count + ch.combined_count;
     (n > 0).then_some(n)
 }
+
+/// Turns generic receive offload of `interface` on or off (ethtool
+/// ETHTOOL_SGRO). On a veth, GRO on one end lets the other end take frames
+/// redirected by XDP. `None` if the driver refuses.
+pub fn set_gro(interface: &str, on: bool) -> Option<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    let mut v = EthtoolValue {
+        cmd: ETHTOOL_SGRO,
+        data: u32::from(on),
+    };
+    ifreq_ioctl(
+        interface,
+        libc::SIOCETHTOOL,
+        Some((&mut v as *mut EthtoolValue).cast()),
+    )
+    .map(|_| ())
+}

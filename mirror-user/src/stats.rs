@@ -82,7 +82,8 @@ impl SourceStats {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SessionStats {
     pub source: String,
-    /// Which path serves the session: "af_xdp" (userspace) today.
+    /// Which path serves the session: "kernel" (the in-kernel fast path,
+    /// a DEVMAP broadcast) or "af_xdp" (through userspace).
     pub path: String,
     pub targets: Vec<String>,
     /// Frames this session's filter accepted.

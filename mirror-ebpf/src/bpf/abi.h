@@ -28,6 +28,7 @@ enum mirror_limits {
 	MIRROR_DIRECTIONS = 2,     /* enum mirror_direction */
 	MIRROR_COPY_MAX = 9216,    /* bytes of a frame a copy-mode record carries at most */
 	MIRROR_RING_MIN = 4096,    /* smallest ring buffer (one page) */
+	MIRROR_MAX_FAST_TARGETS = 64, /* DEVMAP entries of one session's fast path */
 };
 
 /* Where a frame was seen. Counters and rule sets are kept per direction. */
@@ -42,6 +43,7 @@ enum mirror_direction {
  * Invariants (checked by tests), per direction:
  *   RECEIVED = MATCHED + FILTERED
  *   MATCHED  = REDIRECTED + DROP_NO_SOCKET          (tap mode)
+ *            + KERNEL_PATH                          (tap mode, fast path)
  *            + COPIED + DROP_RING_FULL + COPY_ERROR (copy mode)
  *            + SAMPLED_OUT
  * The PARSE_* slots are diagnostics: a frame counts in at most one of them and
@@ -67,6 +69,7 @@ enum mirror_counter {
 	MIRROR_CNT_DROP_RING_FULL,  /* copy mode: no room in the ring buffer (frame passed on) */
 	MIRROR_CNT_COPY_ERROR,      /* should never happen: reading the frame into the record failed */
 	MIRROR_CNT_COPY_CUT,        /* copy mode: frame longer than MIRROR_COPY_MAX, copy cut */
+	MIRROR_CNT_KERNEL_PATH,     /* tap mode: sent to the session's DEVMAP (in-kernel fast path) */
 	MIRROR_CNT_MAX,
 };
 
@@ -195,6 +198,26 @@ struct mirror_copy {
 	__u32 reserved;
 	__u64 tstamp;   /* bpf_ktime_get_tai_ns() */
 	__u8 data[];
+};
+
+/*
+ * In-kernel fast path (tap mode). A session whose every target the kernel can
+ * serve has a DEVMAP_HASH of those targets in slot `session` of
+ * `fast_sessions`; xdp_tap broadcasts the frame to it (BPF_F_BROADCAST: one
+ * clone per entry) instead of handing it to userspace. Each entry runs
+ * xdp_fast_target (a BPF_XDP_DEVMAP program) before the device transmits.
+ *
+ * Per target device (key: egress ifindex), summed over CPUs:
+ *   packets, bytes  the DEVMAP program saw (frames handed to the device's
+ *                   XDP transmit); a destination the kernel skips (frame
+ *                   larger than the device's MTU) never gets here;
+ *   xmit_drops      of those, what the device's ndo_xdp_xmit refused
+ *                   (tracepoint xdp:xdp_devmap_xmit, native XDP only).
+ */
+struct mirror_fast_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 xmit_drops;
 };
 
 #endif /* MIRROR_ABI_H */

@@ -33,6 +33,41 @@ struct {
 	__type(value, __u32);
 } xsks SEC(".maps");
 
+/*
+ * In-kernel fast path: slot `session` holds the DEVMAP_HASH of that session's
+ * targets (keyed by target index, each entry with xdp_fast_target as its
+ * program); an empty slot means the session goes through userspace.
+ */
+struct fast_targets {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, MIRROR_MAX_FAST_TARGETS);
+	__type(key, __u32);
+	__uint(value_size, sizeof(struct bpf_devmap_val));
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, MIRROR_MAX_SESSIONS);
+	__type(key, __u32);
+	__array(values, struct fast_targets);
+} fast_sessions SEC(".maps");
+
+/* Fast-path counters per target device (egress ifindex), filled in by userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, MIRROR_MAX_FAST_TARGETS);
+	__type(key, __u32);
+	__type(value, struct mirror_fast_stats);
+} fast_stats SEC(".maps");
+
+/* Frames each session sent down the fast path, indexed by session. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MIRROR_MAX_SESSIONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} session_kernel SEC(".maps");
+
 /* Indexed by direction * MIRROR_CNT_MAX + enum mirror_counter. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -82,6 +117,8 @@ __u32 session_snap[MIRROR_MAX_SESSIONS];
  * reader had caught up). Batches wake-ups under load.
  */
 __u64 copy_wake_bytes;
+/* The source's ifindex, for telling its fast-path transmits from others'. */
+__u32 source_ifindex;
 
 /* Keep every ABI type in the object's BTF, so the skeleton generates it for Rust. */
 struct mirror_meta abi_anchor_meta = {};
@@ -94,6 +131,7 @@ enum mirror_addr_field abi_anchor_addr_field = MIRROR_ADDR_SRC;
 enum mirror_direction abi_anchor_direction = MIRROR_DIR_INGRESS;
 enum mirror_copy_flags abi_anchor_copy_flags = MIRROR_COPY_F_CUT;
 struct mirror_copy abi_anchor_copy = {};
+struct mirror_fast_stats abi_anchor_fast_stats = {};
 
 static __always_inline void count(__u32 dir, __u32 counter)
 {
@@ -181,10 +219,20 @@ static __always_inline int try_xdp_tap(struct xdp_md *ctx)
 	__s32 session;
 	long verdict;
 
+	void *fast;
+
 	why = parse_frame(data, data_end, &p);
 	session = select_session(&p, MIRROR_DIR_INGRESS, why);
 	if (session < 0)
 		return XDP_DROP;
+
+	fast = bpf_map_lookup_elem(&fast_sessions, &session);
+	if (fast) {
+		/* One clone per target; the kernel queues them to each device. */
+		count(MIRROR_DIR_INGRESS, MIRROR_CNT_KERNEL_PATH);
+		count_session(&session_kernel, session);
+		return bpf_redirect_map(fast, 0, BPF_F_BROADCAST);
+	}
 
 	write_meta(ctx, session, flow_hash(&p, data, data_end));
 	verdict = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_DROP);
@@ -200,6 +248,52 @@ SEC("xdp")
 int xdp_tap(struct xdp_md *ctx)
 {
 	return try_xdp_tap(ctx);
+}
+
+/*
+ * Fast path: runs once per destination of a broadcast, just before the target
+ * device transmits the clone. Counts it; never changes it.
+ */
+SEC("xdp/devmap")
+int xdp_fast_target(struct xdp_md *ctx)
+{
+	__u32 ifindex = ctx->egress_ifindex;
+	struct mirror_fast_stats *s = bpf_map_lookup_elem(&fast_stats, &ifindex);
+
+	if (s) {
+		s->packets += 1;
+		s->bytes += ctx->data_end - ctx->data;
+	}
+	return XDP_PASS;
+}
+
+/* Only the field we read; CO-RE finds its offset in the running kernel's BTF. */
+struct net_device {
+	int ifindex;
+} __attribute__((preserve_access_index));
+
+/*
+ * Fast path: after each bulk transmit to a device, how many frames it
+ * refused (a veth whose peer cannot take XDP frames, a full TX ring, a device
+ * going down). Fires for every DEVMAP user on the machine; counts only this
+ * source's transmits to devices it has counters for.
+ */
+SEC("tp_btf/xdp_devmap_xmit")
+int fast_xmit(__u64 *ctx)
+{
+	const struct net_device *from = (void *)ctx[0];
+	const struct net_device *to = (void *)ctx[1];
+	int drops = (int)ctx[3];
+	struct mirror_fast_stats *s;
+	__u32 ifindex;
+
+	if (drops <= 0 || from->ifindex != source_ifindex)
+		return 0;
+	ifindex = to->ifindex;
+	s = bpf_map_lookup_elem(&fast_stats, &ifindex);
+	if (s)
+		s->xmit_drops += drops;
+	return 0;
 }
 
 /*

@@ -53,7 +53,10 @@ EXAMPLES
 /// on untouched, also when the daemon is killed. The copies go to the
 /// session's targets: a local interface (an IDS sensor's NIC), VXLAN / GRE /
 /// ERSPAN tunnels to remote collectors, rotating pcapng files, or
-/// flow-symmetric groups of these.
+/// flow-symmetric groups of these. A tap session whose targets are all
+/// interfaces that take XDP frames is served in the kernel (a DEVMAP
+/// broadcast, no userspace copy); `path` in [[session]] overrides, and the
+/// log and `mirror stats` say which path each session has.
 /// Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_NET_RAW.
 #[derive(Debug, Parser)]
 #[command(name = "mirror", version, after_long_help = AFTER_HELP)]
@@ -81,9 +84,10 @@ pub enum Command {
     /// Per source: received, matched, filtered, sampled_out, mirrored,
     /// dropped by reason (copy mode also per direction: copied, ring_full,
     /// copy_cut). Per session: matched, mirrored, sampled_out,
-    /// rate_limited, path. Per target: enqueued, sent_packets, sent_bytes,
+    /// rate_limited, path ("kernel": the in-kernel fast path, "af_xdp":
+    /// through userspace). Per target: enqueued, sent_packets, sent_bytes,
     /// truncated, shared_umem (sent from the source's UMEM without a copy),
-    /// dropped by reason, queued. Per group: members up, rehashed, all_down.
+    /// kernel_path (sent by the in-kernel fast path), dropped by reason, queued. Per group: members up, rehashed, all_down.
     Stats(stats::Args),
     /// List or change a running daemon's filter rules, atomically.
     ///

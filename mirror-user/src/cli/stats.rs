@@ -125,12 +125,16 @@ pub fn render(s: &Stats) -> String {
             v.sent_bytes,
             v.queued,
             reasons(&v.dropped),
-            [("truncated", v.truncated), ("shared_umem", v.shared_umem)]
-                .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(k, n)| format!("  {k}={n}"))
-                .chain((!v.up).then(|| "  (down)".to_string()))
-                .collect::<String>()
+            [
+                ("truncated", v.truncated),
+                ("shared_umem", v.shared_umem),
+                ("kernel_path", v.kernel_path),
+            ]
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("  {k}={n}"))
+            .chain((!v.up).then(|| "  (down)".to_string()))
+            .collect::<String>()
         ));
     }
     for (name, g) in &s.groups {

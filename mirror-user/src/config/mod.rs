@@ -17,7 +17,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-pub use raw::{IngressHook, SourceDirection, SourceMode, TargetKind, XdpMode, ZeroCopy};
+pub use raw::{
+    IngressHook, SessionPath, SourceDirection, SourceMode, TargetKind, XdpMode, ZeroCopy,
+};
 use raw::{RawConfig, RawPorts, RawProtocol, RawRule, RawSession, RawSource, RawTarget};
 
 /// Where the control socket lives unless `[daemon] control_socket` says otherwise.
@@ -331,6 +333,8 @@ pub struct Session {
     pub sample: u32,
     /// At most this many copies per second (0: unlimited); excess counted `rate_limited`.
     pub rate_limit_pps: u32,
+    /// Which path serves the session: see [`Config::kernel_path_obstacle`].
+    pub path: SessionPath,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -362,6 +366,54 @@ impl Config {
             Dest::Target(t) => &self.targets[t].name,
             Dest::Group(g) => &self.groups[g].name,
         }
+    }
+
+    /// Why the in-kernel fast path cannot serve session `session`, judging by
+    /// the config alone (the target devices' XDP support is checked at start),
+    /// or `None` when it can. The fast path broadcasts the frame, whole, to a
+    /// DEVMAP of the session's targets: every target must be a local
+    /// interface, and everything that needs userspace per frame rules it out.
+    pub fn kernel_path_obstacle(&self, session: usize) -> Option<String> {
+        let s = &self.sessions[session];
+        if self.sources[s.source].mode != SourceMode::Tap {
+            return Some(
+                "the source is in copy mode (the frame itself must pass on; only tap-mode sources have one)"
+                    .into(),
+            );
+        }
+        if s.rate_limit_pps != 0 {
+            return Some("rate_limit_pps is applied in userspace".into());
+        }
+        if s.packet_length != 0 {
+            return Some("packet_length is applied in userspace".into());
+        }
+        for d in &s.targets {
+            match *d {
+                Dest::Group(g) => {
+                    return Some(format!(
+                        "target group `{}` picks members (and skips down ones) in userspace",
+                        self.groups[g].name
+                    ))
+                }
+                Dest::Target(t) => {
+                    let t = &self.targets[t];
+                    if !matches!(t.spec, TargetSpec::Interface { .. }) {
+                        return Some(format!(
+                            "target `{}` is a {} target; only interface targets are served in the kernel",
+                            t.name,
+                            t.spec.kind()
+                        ));
+                    }
+                }
+            }
+        }
+        if s.targets.len() > mirror_ebpf::limits::MAX_FAST_TARGETS as usize {
+            return Some(format!(
+                "more than {} targets",
+                mirror_ebpf::limits::MAX_FAST_TARGETS
+            ));
+        }
+        None
     }
 
     /// The sessions of source `source`, in evaluation order: priority, then file order.
@@ -629,14 +681,16 @@ impl Validator<'_> {
         {
             return None;
         }
-        Some(Config {
+        let config = Config {
             daemon: daemon?,
             sources,
             filters,
             targets,
             groups,
             sessions,
-        })
+        };
+        self.kernel_paths(&raw.sessions, &config);
+        Some(config)
     }
 
     fn groups(
@@ -1456,7 +1510,27 @@ impl Validator<'_> {
             vni,
             sample,
             rate_limit_pps,
+            path: s.path.as_ref().map_or(SessionPath::Auto, |p| *p.get_ref()),
         })
+    }
+
+    /// `path = "kernel"` on a session the fast path cannot serve: an error at the key.
+    fn kernel_paths(&mut self, raw: &[Spanned<RawSession>], config: &Config) {
+        for (i, s) in raw.iter().enumerate() {
+            let Some(p) = &s.get_ref().path else { continue };
+            if *p.get_ref() != SessionPath::Kernel {
+                continue;
+            }
+            if let Some(why) = config.kernel_path_obstacle(i) {
+                self.error(
+                    p.span(),
+                    format!(
+                        "path = \"kernel\": the in-kernel fast path cannot serve this session: {why}; \
+                         use path = \"auto\" (falls back to userspace) or \"userspace\""
+                    ),
+                );
+            }
+        }
     }
 
     fn session_names(&mut self, sessions: &[Spanned<RawSession>]) {

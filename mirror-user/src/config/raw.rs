@@ -91,6 +91,20 @@ pub enum SourceDirection {
     Both,
 }
 
+/// Which path serves a session (`path`).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionPath {
+    /// The in-kernel fast path when every target allows it, else userspace
+    /// (the reason is logged).
+    #[default]
+    Auto,
+    /// The in-kernel fast path, or refuse to start (saying why).
+    Kernel,
+    /// Always through userspace (AF_XDP).
+    Userspace,
+}
+
 /// How the XDP program is attached.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -224,6 +238,8 @@ pub struct RawSession {
     pub vni: Option<Spanned<i64>>,
     pub sample: Option<Spanned<i64>>,
     pub rate_limit_pps: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub path: Option<Spanned<SessionPath>>,
     pub enabled: Option<Spanned<bool>>,
     #[serde(default)]
     pub schedule: Vec<Spanned<RawSchedule>>,
@@ -238,5 +254,7 @@ pub struct RawSchedule {
     pub timezone: Option<Spanned<String>>,
     pub sample: Option<Spanned<i64>>,
     pub rate_limit_pps: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub path: Option<Spanned<SessionPath>>,
     pub enabled: Option<Spanned<bool>>,
 }

@@ -519,3 +519,45 @@ fn copy_mode_errors_name_the_field() {
         assert!(e[0].starts_with("t.toml:"), "file:line:column: {e:?}");
     }
 }
+
+#[test]
+fn session_path_defaults_to_auto_and_kernel_is_refused_where_userspace_is_needed() {
+    let c = parse(GOOD, "t.toml").expect("valid");
+    assert_eq!(c.sessions[0].path, SessionPath::Auto);
+    assert_eq!(c.kernel_path_obstacle(0), None, "tap, one interface target");
+    let with = |extra: &str| GOOD.replace("priority = 1", &format!("priority = 1\n{extra}"));
+    for p in [
+        ("kernel", SessionPath::Kernel),
+        ("userspace", SessionPath::Userspace),
+    ] {
+        let c = parse(&with(&format!("path = \"{}\"", p.0)), "t.toml").expect("valid");
+        assert_eq!(c.sessions[0].path, p.1);
+    }
+    for (extra, want) in [
+        (
+            "rate_limit_pps = 10",
+            "rate_limit_pps is applied in userspace",
+        ),
+        (
+            "packet_length = 100",
+            "packet_length is applied in userspace",
+        ),
+    ] {
+        // auto: valid, and the obstacle is named for the log.
+        let c = parse(&with(extra), "t.toml").expect("valid");
+        assert!(c.kernel_path_obstacle(0).is_some_and(|w| w.contains(want)));
+        let e = errors(&with(&format!("{extra}\npath = \"kernel\"")));
+        assert!(e.iter().any(|l| l.contains(want)), "want `{want}` in {e:?}");
+        assert!(e[0].starts_with("t.toml:38:8:"), "file:line:column: {e:?}");
+    }
+    let copy = GOOD.replace(
+        "interface = \"eth1\"",
+        "interface = \"eth1\"\nmode = \"copy\"",
+    );
+    let c = parse(&copy, "t.toml").expect("valid");
+    assert!(c
+        .kernel_path_obstacle(0)
+        .is_some_and(|w| w.contains("copy mode")));
+    let e = errors(&GOOD.replace("priority = 1", "path = \"fast\""));
+    assert!(e[0].contains("unknown variant `fast`"), "{e:?}");
+}

@@ -440,6 +440,7 @@ impl TargetQueue {
             sent_bytes: c.sent_bytes.load(Ordering::Relaxed),
             truncated: c.truncated.load(Ordering::Relaxed),
             shared_umem: c.shared.load(Ordering::Relaxed),
+            kernel_path: 0,
             dropped,
             queued: self.queued() as u64 + self.in_flight.load(Ordering::Relaxed),
         }
@@ -462,6 +463,9 @@ pub struct TargetStats {
     /// sharing its UMEM with a tap source's RX queue): no copy was made.
     #[serde(default)]
     pub shared_umem: u64,
+    /// Copies the in-kernel fast path sent (included in `sent_packets`).
+    #[serde(default)]
+    pub kernel_path: u64,
     pub dropped: std::collections::BTreeMap<String, u64>,
     /// Copies waiting in the target's queue or TX ring right now (0 when idle).
     pub queued: u64,
