@@ -7,6 +7,8 @@
 //!   mode off and on, between namespaces through the monitored interface.
 //! - `tap`: tap mode into an interface target, the RX queue sharing the
 //!   target's UMEM or copying into it, fed by an AF_XDP TX generator.
+//! - `span`: mirror against the software SPANs (tc mirred, bare XDP
+//!   redirect and broadcast) and the XDP_DROP ceiling, same lab and generator.
 //!
 //! Every case writes `benches/results/<timestamp>-<case>.json`, a Markdown
 //! table (`<case>-latest.md`, also printed) and a PNG chart (`<case>-latest.png`).
@@ -14,15 +16,19 @@
 mod chart;
 mod copy;
 mod filters;
+mod span;
 mod tap;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use mirror_user::lab::{DaemonProcess, Netns, TempDir};
+use mirror_user::config::ZeroCopy;
+use mirror_user::lab::{traffic, DaemonProcess, Lab, Netns, TempDir};
+use mirror_user::xsk::{Area, TxQueue, FRAME_SIZE};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -46,6 +52,10 @@ enum Case {
     /// Tap mode into an interface target: copies/s with the RX queue sharing
     /// the target's UMEM and with share_umem = false.
     Tap(tap::Args),
+    /// mirror against the software SPANs on one lab: XDP_DROP ceiling, tc
+    /// mirred, a bare XDP redirect and broadcast, mirror's kernel and
+    /// userspace paths, to one and two target ports.
+    Span(span::Args),
 }
 
 fn main() -> Result<ExitCode> {
@@ -58,6 +68,7 @@ fn main() -> Result<ExitCode> {
         Case::Filters(a) => filters::run(&a, &cli.out)?,
         Case::Copy(a) => copy::run(&a, &cli.out)?,
         Case::Tap(a) => tap::run(&a, &cli.out)?,
+        Case::Span(a) => span::run(&a, &cli.out)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -90,6 +101,118 @@ pub fn start_daemon(ns: &Netns, exe: &Path, dir: &TempDir, text: &str) -> Result
         &dir.path().join("daemon.log"),
         Duration::from_secs(20),
     )
+}
+
+/// Sends `size`-byte lab UDP frames out of gen0 through AF_XDP for `secs`;
+/// returns how many the kernel completed.
+pub fn generate(lab: &Lab, size: usize, secs: f64) -> Result<u64> {
+    lab.gen.run(move || {
+        pin_current_thread(GEN_CPU)?;
+        const SLOTS: u32 = 4096;
+        const BATCH: usize = 64;
+        let area = Arc::new(Area::new(SLOTS as usize * FRAME_SIZE as usize, true)?);
+        let mut tx = TxQueue::open(Lab::GEN_IF, 0, &area, SLOTS, ZeroCopy::Off)?;
+        let mut free = Vec::with_capacity(SLOTS as usize);
+        for i in 0..SLOTS {
+            let f = traffic::frame(traffic::SHAPES[1], i % 256, size);
+            let at = u64::from(i) * u64::from(FRAME_SIZE);
+            // Safety: frame `i` of our own area, not yet given to the kernel.
+            unsafe {
+                std::ptr::copy_nonoverlapping(f.as_ptr(), area.base().add(at as usize), f.len())
+            };
+            free.push((at, f.len() as u32));
+        }
+        let len = free[0].1;
+        let mut done = 0u64;
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        while Instant::now() < end {
+            done += u64::from(tx.complete(|addr| free.push((addr, len))));
+            let n = free.len().min(BATCH);
+            let from = free.len() - n;
+            // The ring takes a prefix of the batch; the rest stay free.
+            let taken = tx.submit(free[from..].iter().copied()) as usize;
+            free.drain(from..from + taken);
+            if taken < n {
+                std::thread::yield_now();
+            }
+        }
+        let drain = Instant::now() + Duration::from_millis(200);
+        while tx.in_flight() > 0 && Instant::now() < drain {
+            done += u64::from(tx.complete(|_| {}));
+            tx.kick();
+        }
+        Ok(done)
+    })
+}
+
+/// The CPU the generator runs on; the feed port's NAPI thread gets the other
+/// (see [`tune_feed_port`]).
+pub const GEN_CPU: usize = 1;
+pub const NAPI_CPU: usize = 0;
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_current_thread(cpu: usize) -> Result<()> {
+    // Safety: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // Safety: `cpu` is below CPU_SETSIZE on any machine this runs on.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // Safety: a valid set for the calling thread (pid 0).
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+        bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes `dev` in `ns` behave like a NIC with an RX core of its own: GRO on
+/// (a veth then always receives through NAPI, with or without XDP) and
+/// threaded NAPI, so its receive work runs in a kernel thread instead of
+/// the sender's softirq. [`pin_napi_threads`] then puts that thread on
+/// [`NAPI_CPU`], away from the generator.
+pub fn tune_feed_port(lab: &Lab) -> Result<()> {
+    let (ns, dev) = (&lab.src, Lab::FEED_IF);
+    mirror_user::lab::gro_on(ns, dev)?;
+    // A veth hands a frame to its peer's NAPI only when it is not a TSO
+    // device (else the sender's softirq takes it, on the generator's core).
+    lab.gen.run(|| {
+        mirror_user::netdev::set_tso(Lab::GEN_IF, false)
+            .ok_or_else(|| anyhow::anyhow!("turning TSO off on {}", Lab::GEN_IF))
+    })?;
+    // `ip netns exec` mounts the namespace's own sysfs.
+    ns.exec(&[
+        "sh",
+        "-c",
+        &format!("echo 1 > /sys/class/net/{dev}/threaded"),
+    ])
+}
+
+/// Pins every NAPI kernel thread of `dev` (`napi/<dev>-<id>`) to `cpu`; the
+/// kernel re-creates them when XDP is attached or detached, so call this
+/// after each change. Returns how many were pinned.
+pub fn pin_napi_threads(dev: &str, cpu: usize) -> Result<usize> {
+    let prefix = format!("napi/{dev}-");
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if !comm.trim_end().starts_with(&prefix) {
+            continue;
+        }
+        // Safety: as in pin_current_thread, for thread `pid`.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // Safety: a valid set; `pid` is a kernel thread that may have exited (then ESRCH).
+        if unsafe { libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set) } == 0 {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// (median, min, max) of the runs.

@@ -11,14 +11,11 @@
 //! ```
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
-use mirror_user::config::ZeroCopy;
 use mirror_user::control::Client;
-use mirror_user::lab::{traffic, DaemonProcess, Lab, TempDir};
-use mirror_user::xsk::{Area, TxQueue, FRAME_SIZE};
+use mirror_user::lab::{DaemonProcess, Lab, TempDir};
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -79,47 +76,6 @@ struct Row {
     source_dropped_pps: f64,
 }
 
-/// Sends `size`-byte lab UDP frames out of gen0 through AF_XDP for `secs`;
-/// returns how many the kernel completed.
-fn generate(lab: &Lab, size: usize, secs: f64) -> Result<u64> {
-    lab.gen.run(move || {
-        const SLOTS: u32 = 4096;
-        const BATCH: usize = 64;
-        let area = Arc::new(Area::new(SLOTS as usize * FRAME_SIZE as usize, true)?);
-        let mut tx = TxQueue::open(Lab::GEN_IF, 0, &area, SLOTS, ZeroCopy::Off)?;
-        let mut free = Vec::with_capacity(SLOTS as usize);
-        for i in 0..SLOTS {
-            let f = traffic::frame(traffic::SHAPES[1], i % 256, size);
-            let at = u64::from(i) * u64::from(FRAME_SIZE);
-            // Safety: frame `i` of our own area, not yet given to the kernel.
-            unsafe {
-                std::ptr::copy_nonoverlapping(f.as_ptr(), area.base().add(at as usize), f.len())
-            };
-            free.push((at, f.len() as u32));
-        }
-        let len = free[0].1;
-        let mut done = 0u64;
-        let end = Instant::now() + Duration::from_secs_f64(secs);
-        while Instant::now() < end {
-            done += u64::from(tx.complete(|addr| free.push((addr, len))));
-            let n = free.len().min(BATCH);
-            let from = free.len() - n;
-            // The ring takes a prefix of the batch; the rest stay free.
-            let taken = tx.submit(free[from..].iter().copied()) as usize;
-            free.drain(from..from + taken);
-            if taken < n {
-                std::thread::yield_now();
-            }
-        }
-        let drain = Instant::now() + Duration::from_millis(200);
-        while tx.in_flight() > 0 && Instant::now() < drain {
-            done += u64::from(tx.complete(|_| {}));
-            tx.kick();
-        }
-        Ok(done)
-    })
-}
-
 /// (received by the source, sent by the target, shared, dropped by the
 /// target, dropped by the source).
 fn counters(d: &DaemonProcess) -> Result<(u64, u64, u64, u64, u64)> {
@@ -157,7 +113,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             );
             for _ in 0..a.reps {
                 let c0 = counters(&daemon)?;
-                let offered = generate(&lab, size, a.secs)?;
+                let offered = crate::generate(&lab, size, a.secs)?;
                 // Let the daemon hand on what it holds before reading its counters.
                 std::thread::sleep(Duration::from_millis(300));
                 let c1 = counters(&daemon)?;

@@ -24,7 +24,7 @@ use mirror_ebpf::mirror::types::mirror_counter as C;
 use crate::config::{
     Config, Direction, IngressHook, SessionPath, SourceMode, TargetSpec, ZeroCopy,
 };
-use crate::loader::{read_meta, CopyHooks, FastStats, SourceProgram, COUNTERS};
+use crate::loader::{read_meta, AttachMode, CopyHooks, FastStats, SourceProgram, COUNTERS};
 use crate::netdev;
 use crate::ringbuf::Record;
 use crate::ruleset::{self, RuleSet};
@@ -291,24 +291,6 @@ impl Engine {
             program
                 .set_sampling(k as u32, sess.sample)
                 .with_context(|| format!("source `{}`: setting the sampling", cfg.name))?;
-            if paths[k].kernel {
-                let source_ifindex = crate::loader::ifindex(&cfg.interface)
-                    .with_context(|| format!("source `{}`", cfg.name))?;
-                let devices: Vec<u32> = self
-                    .config
-                    .session_targets(s)
-                    .into_iter()
-                    .filter_map(|t| self.target_ifindex[t])
-                    .collect();
-                program
-                    .set_fast_path(k as u32, source_ifindex, &devices)
-                    .with_context(|| {
-                        format!(
-                            "session `{}`: setting up the in-kernel fast path",
-                            sess.name
-                        )
-                    })?;
-            }
             if cfg.mode == SourceMode::Copy {
                 // Copy mode cuts in the kernel: only packet_length bytes cross.
                 program
@@ -389,6 +371,35 @@ impl Engine {
         let mode = program
             .attach(&cfg.interface, cfg.xdp_mode)
             .with_context(|| format!("source `{}`", cfg.name))?;
+        // Only now is the XDP mode known, which decides how the fast path
+        // counts; frames its sessions accepted until here went through
+        // userspace (their plans serve them too) and were counted there.
+        let source_ifindex = crate::loader::ifindex(&cfg.interface)
+            .with_context(|| format!("source `{}`", cfg.name))?;
+        for (k, &s) in prepared.sessions.iter().enumerate() {
+            if !prepared.paths[k].kernel {
+                continue;
+            }
+            let devices: Vec<u32> = self
+                .config
+                .session_targets(s)
+                .into_iter()
+                .filter_map(|t| self.target_ifindex[t])
+                .collect();
+            program
+                .set_fast_path(
+                    k as u32,
+                    source_ifindex,
+                    &devices,
+                    mode == AttachMode::Generic,
+                )
+                .with_context(|| {
+                    format!(
+                        "session `{}`: setting up the in-kernel fast path",
+                        self.config.sessions[s].name
+                    )
+                })?;
+        }
         let source = Arc::new(prepared.into_source(cfg, idx, mode.as_str(), sockets, zero_copy));
         for (q, queue) in rx.into_iter().enumerate() {
             let src = source.clone();
@@ -489,8 +500,8 @@ impl Engine {
     /// A consistent-enough snapshot of every counter.
     pub fn stats(&self) -> Result<Stats> {
         let mut out = Stats::default();
-        // Per target: copies the kernel path sent it (all sources together).
-        let mut fast_enqueued = vec![0u64; self.targets.len()];
+        // Per target: what the kernel path sent it (all sources together).
+        let mut fast = vec![FastTarget::default(); self.targets.len()];
         for src in &self.sources {
             let (by_dir, session_matched, session_sampled_out, session_kernel) = {
                 let p = src
@@ -503,19 +514,27 @@ impl Engine {
                         .map(|i| f(i).unwrap_or(0))
                         .collect::<Vec<u64>>()
                 };
+                let kernel: Vec<(u64, u64)> = (0..src.sessions.len() as u32)
+                    .map(|i| p.session_kernel(i).unwrap_or_default())
+                    .collect();
                 (
                     c,
                     per_session(&|i| p.session_matched(i)),
                     per_session(&|i| p.session_sampled_out(i)),
-                    per_session(&|i| p.session_kernel(i)),
+                    kernel,
                 )
             };
             // Read after the sessions' counts, so a target's kernel-path
             // `enqueued` never lags what its devices were handed.
+            let generic = src.attach_mode == AttachMode::Generic.as_str();
             for (k, &s) in src.sessions.iter().enumerate() {
                 if src.paths[k].kernel {
                     for t in self.config.session_targets(s) {
-                        fast_enqueued[t] += session_kernel[k];
+                        fast[t].enqueued += session_kernel[k].0;
+                        fast[t].generic |= generic;
+                        if !generic {
+                            fast[t].bytes += session_kernel[k].1;
+                        }
                     }
                 }
             }
@@ -559,7 +578,7 @@ impl Engine {
             let mirrored = handed_over
                 .saturating_sub(no_metadata)
                 .saturating_sub(rate_limited)
-                + c(C::MIRROR_CNT_KERNEL_PATH);
+                + session_kernel.iter().map(|k| k.0).sum::<u64>();
             let dropped = kernel_drops
                 .into_iter()
                 .chain([("no_metadata", no_metadata), ("rate_limited", rate_limited)])
@@ -635,7 +654,8 @@ impl Engine {
                             .map(|&d| self.config.dest_name(d).to_string())
                             .collect(),
                         matched: session_matched[k],
-                        mirrored: src.plans[k].mirrored.load(Ordering::Relaxed) + session_kernel[k],
+                        mirrored: src.plans[k].mirrored.load(Ordering::Relaxed)
+                            + session_kernel[k].0,
                         sampled_out: session_sampled_out[k],
                         rate_limited: src.plans[k].rate_limited.load(Ordering::Relaxed),
                         scheduled_out: 0,
@@ -646,19 +666,19 @@ impl Engine {
         }
         for (i, t) in self.targets.iter().enumerate() {
             let mut snap = t.snapshot();
-            if let Some(ifindex) = self.target_ifindex[i].filter(|_| fast_enqueued[i] > 0) {
-                let mut fast = FastStats::default();
+            if let Some(ifindex) = self.target_ifindex[i].filter(|_| fast[i].enqueued > 0) {
+                let mut dev = FastStats::default();
                 for src in &self.sources {
                     let f = src
                         .program
                         .lock()
                         .map_err(|_| anyhow::anyhow!("poisoned lock"))?
                         .fast_stats(ifindex)?;
-                    fast.packets += f.packets;
-                    fast.bytes += f.bytes;
-                    fast.xmit_drops += f.xmit_drops;
+                    dev.packets += f.packets;
+                    dev.bytes += f.bytes;
+                    dev.xmit_drops += f.xmit_drops;
                 }
-                add_fast_path(&mut snap, fast_enqueued[i], fast);
+                add_fast_path(&mut snap, &fast[i], dev);
             }
             out.targets.insert(t.name.clone(), snap);
         }
@@ -764,19 +784,31 @@ impl Drop for Engine {
     }
 }
 
+/// What the in-kernel fast path sent one target, from its sessions' counts.
+#[derive(Debug, Clone, Copy, Default)]
+struct FastTarget {
+    /// Copies the sessions sent to it.
+    enqueued: u64,
+    /// Their bytes (sources in native XDP mode; generic mode counts per device).
+    bytes: u64,
+    generic: bool,
+}
+
 /// Adds what the in-kernel fast path did for a target to its userspace
-/// counters: `enqueued` copies the sessions broadcast to it, of which the
-/// kernel handed `fast.packets` to the device (a destination it skips, the
-/// frame being over the device's MTU or the device down, counts `too_big`),
-/// and the device refused `fast.xmit_drops` (`send_error`).
-fn add_fast_path(snap: &mut TargetStats, enqueued: u64, fast: FastStats) {
-    let sent = fast.packets.saturating_sub(fast.xmit_drops);
-    snap.enqueued += enqueued;
+/// counters: `enqueued` copies the sessions sent it, of which the kernel
+/// handed `dev.packets` to the device (a destination it skips, the frame
+/// being over the device's MTU or the device down, counts `too_big`), and
+/// the device refused `dev.xmit_drops` (`send_error`). `sent_bytes` are the
+/// bytes handed to the device (generic XDP) or, in native mode, where no
+/// program runs per destination, the bytes of every copy sent to it.
+fn add_fast_path(snap: &mut TargetStats, t: &FastTarget, dev: FastStats) {
+    let sent = dev.packets.saturating_sub(dev.xmit_drops);
+    snap.enqueued += t.enqueued;
     snap.sent_packets += sent;
-    snap.sent_bytes += fast.bytes;
+    snap.sent_bytes += if t.generic { dev.bytes } else { t.bytes };
     snap.kernel_path += sent;
-    *snap.dropped.entry("send_error".into()).or_default() += fast.xmit_drops;
-    *snap.dropped.entry("too_big".into()).or_default() += enqueued.saturating_sub(fast.packets);
+    *snap.dropped.entry("send_error".into()).or_default() += dev.xmit_drops;
+    *snap.dropped.entry("too_big".into()).or_default() += t.enqueued.saturating_sub(dev.packets);
 }
 
 /// The path that serves a session, and why it is not the kernel's.

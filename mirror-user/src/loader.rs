@@ -474,16 +474,19 @@ impl SourceProgram {
     }
 
     /// Puts the session at kernel index `session` on the in-kernel fast path:
-    /// a DEVMAP_HASH with one entry per target device in `ifindexes`, each
-    /// running `xdp_fast_target`, goes into its `fast_sessions` slot, and each
-    /// device gets fast-path counters. Call before attaching; from then on
-    /// the session's frames never reach userspace. Also attaches the
-    /// transmit-result tracepoint (once per source).
+    /// a DEVMAP_HASH with one entry per target device in `ifindexes` goes
+    /// into its `fast_sessions` slot, and each device gets fast-path
+    /// counters. `generic`: the source's XDP runs in generic mode, where the
+    /// transmit tracepoint does not fire, so each entry runs
+    /// `xdp_fast_target` to count instead. Frames the session accepted
+    /// before this went through userspace, counted there. Also attaches the
+    /// transmit tracepoint (once per source).
     pub fn set_fast_path(
         &mut self,
         session: u32,
         source_ifindex: u32,
         ifindexes: &[u32],
+        generic: bool,
     ) -> Result<(), LoaderError> {
         let map_err = |map| move |source| LoaderError::Map { map, source };
         let opts = libbpf_sys::bpf_map_create_opts {
@@ -502,7 +505,12 @@ impl SourceProgram {
             map: "mirror_fast",
             source,
         })?;
-        let prog_fd = self.skel.progs.xdp_fast_target.as_fd().as_raw_fd();
+        // Native XDP: no program per destination (fd 0 = none).
+        let prog_fd = if generic {
+            self.skel.progs.xdp_fast_target.as_fd().as_raw_fd()
+        } else {
+            0
+        };
         let zero = vec![0u8; std::mem::size_of::<mirror_ebpf::mirror::types::mirror_fast_stats>()];
         let cpus = libbpf_rs::num_possible_cpus().map_err(map_err("fast_stats"))?;
         for (key, &ifindex) in ifindexes.iter().enumerate() {
@@ -529,8 +537,11 @@ impl SourceProgram {
             }
         }
         match self.skel.maps.bss_data.as_deref_mut() {
-            Some(bss) => bss.source_ifindex = source_ifindex,
-            None => return Err(bss_error("source_ifindex", session)),
+            Some(bss) if (session as usize) < bss.session_single.len() => {
+                bss.source_ifindex = source_ifindex;
+                bss.session_single[session as usize] = u8::from(ifindexes.len() == 1);
+            }
+            _ => return Err(bss_error("session_single", session)),
         }
         if self.xmit_link.is_none() {
             let link = self
@@ -549,12 +560,21 @@ impl SourceProgram {
             .map_err(map_err("fast_sessions"))
     }
 
-    /// Frames the session at kernel index `session` sent down the fast path.
-    pub fn session_kernel(&self, session: u32) -> Result<u64, LoaderError> {
-        percpu_sum(&self.skel.maps.session_kernel, session).map_err(|source| LoaderError::Map {
-            map: "session_kernel",
-            source,
-        })
+    /// (frames, bytes) the session at kernel index `session` sent down the fast path.
+    pub fn session_kernel(&self, session: u32) -> Result<(u64, u64), LoaderError> {
+        let per_cpu = self
+            .skel
+            .maps
+            .session_kernel
+            .lookup_percpu(&session.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| LoaderError::Map {
+                map: "session_kernel",
+                source,
+            })?
+            .unwrap_or_default();
+        Ok(per_cpu
+            .iter()
+            .fold((0, 0), |(p, b), v| (p + u64_at(v, 0), b + u64_at(v, 1))))
     }
 
     /// Fast-path counters of target device `ifindex`, summed over CPUs
@@ -572,13 +592,9 @@ impl SourceProgram {
             .unwrap_or_default();
         let mut out = FastStats::default();
         for v in per_cpu {
-            let field = |i: usize| {
-                v.get(i * 8..i * 8 + 8)
-                    .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-            };
-            out.packets += field(0);
-            out.bytes += field(1);
-            out.xmit_drops += field(2);
+            out.packets += u64_at(&v, 0);
+            out.bytes += u64_at(&v, 1);
+            out.xmit_drops += u64_at(&v, 2);
         }
         Ok(out)
     }
@@ -597,9 +613,17 @@ impl SourceProgram {
 pub struct FastStats {
     /// Frames handed to the device's XDP transmit.
     pub packets: u64,
+    /// Their bytes (generic XDP only).
     pub bytes: u64,
     /// Of those, refused by the device (native XDP only).
     pub xmit_drops: u64,
+}
+
+/// The `i`th u64 of a map value (0 when it is shorter).
+fn u64_at(value: &[u8], i: usize) -> u64 {
+    value
+        .get(i * 8..i * 8 + 8)
+        .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
 }
 
 fn bss_error(map: &'static str, session: u32) -> LoaderError {

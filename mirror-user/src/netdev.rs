@@ -80,14 +80,25 @@ pub fn rx_queues(interface: &str) -> Option<u32> {
 /// ETHTOOL_SGRO). On a veth, GRO on one end lets the other end take frames
 /// redirected by XDP. `None` if the driver refuses.
 pub fn set_gro(interface: &str, on: bool) -> Option<()> {
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    ethtool_set(interface, ETHTOOL_SGRO, on)
+}
+
+/// Turns TCP segmentation offload of `interface` on or off (ETHTOOL_STSO).
+pub fn set_tso(interface: &str, on: bool) -> Option<()> {
+    const ETHTOOL_STSO: u32 = 0x1f;
+    ethtool_set(interface, ETHTOOL_STSO, on)
+}
+
+/// One ethtool "set value" command (`struct ethtool_value`).
+fn ethtool_set(interface: &str, cmd: u32, on: bool) -> Option<()> {
     #[repr(C)]
     struct EthtoolValue {
         cmd: u32,
         data: u32,
     }
-    const ETHTOOL_SGRO: u32 = 0x2c;
     let mut v = EthtoolValue {
-        cmd: ETHTOOL_SGRO,
+        cmd,
         data: u32::from(on),
     };
     ifreq_ioctl(

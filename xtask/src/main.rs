@@ -26,8 +26,9 @@ const PACKAGES: &[&str] = &[
     "fonts-dejavu-core", // labels of the benchmark charts
 ];
 
-/// Benchmark cases `mirror-bench` implements; the rest of the lab is issue 5.
-const BENCH_CASES: &[&str] = &["filters", "copy", "tap"];
+/// Benchmark cases `mirror-bench` implements; tcpdump/pcapng and
+/// daemonlogger are still to be built (issue 5).
+const BENCH_CASES: &[&str] = &["filters", "copy", "tap", "span"];
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Build, test and demo tasks for mirror")]
@@ -55,15 +56,21 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// The benchmark lab: `cargo xtask bench [NAME…] [--rules 1,100,10000] [--reps 3]`.
-    /// Cases: filters (classification cost vs rule count). Results go to
-    /// benches/results/ as JSON, a Markdown table and a PNG chart. Needs root.
+    /// The benchmark lab: `cargo xtask bench [NAME…] [--sizes 60,1500] [--rules 1,100,10000] [--reps 3]`.
+    /// Cases: filters (classification cost vs rule count), copy (what copy
+    /// mode costs the monitored traffic), tap (tap → interface target,
+    /// shared UMEM vs copied), span (mirror vs XDP_DROP ceiling, tc mirred,
+    /// bare XDP redirect/broadcast). Results go to benches/results/ as JSON,
+    /// a Markdown table and a PNG chart. Needs root.
     Bench {
         /// Cases to run; all implemented ones when omitted.
         names: Vec<String>,
         /// Rule counts for `filters`.
         #[arg(long)]
         rules: Option<String>,
+        /// Frame sizes for `span` (bytes without FCS).
+        #[arg(long)]
+        sizes: Option<String>,
         /// Runs per measurement (median reported).
         #[arg(long)]
         reps: Option<u32>,
@@ -75,7 +82,12 @@ fn main() -> Result<()> {
         Cmd::Deps => deps(),
         Cmd::Test { no_lint, args } => test(no_lint, &args),
         Cmd::Demo { args } => demo(&args),
-        Cmd::Bench { names, rules, reps } => bench(&names, rules, reps),
+        Cmd::Bench {
+            names,
+            rules,
+            sizes,
+            reps,
+        } => bench(&names, rules, sizes, reps),
     }
 }
 
@@ -206,12 +218,17 @@ fn demo(args: &[String]) -> Result<()> {
     run(Command::new(exe).arg("demo").args(args))
 }
 
-fn bench(names: &[String], rules: Option<String>, reps: Option<u32>) -> Result<()> {
+fn bench(
+    names: &[String],
+    rules: Option<String>,
+    sizes: Option<String>,
+    reps: Option<u32>,
+) -> Result<()> {
     for n in names {
         if !BENCH_CASES.contains(&n.as_str()) {
             bail!(
-                "benchmark `{n}` is not implemented yet; available: {} (the SPAN comparison lab \
-                 with tc mirred, tcpdump and daemonlogger is still to be built)",
+                "benchmark `{n}` is not implemented yet; available: {} (tcpdump vs pcapng and \
+                 daemonlogger are still to be built)",
                 BENCH_CASES.join(", ")
             );
         }
@@ -240,6 +257,9 @@ fn bench(names: &[String], rules: Option<String>, reps: Option<u32>) -> Result<(
         cmd.current_dir(root()).arg(case);
         if let (Some(r), "filters") = (&rules, case) {
             cmd.args(["--rules", r]);
+        }
+        if let (Some(s), "span") = (&sizes, case) {
+            cmd.args(["--sizes", s]);
         }
         if let Some(r) = reps {
             cmd.args(["--reps", &r.to_string()]);

@@ -43,9 +43,9 @@ enum mirror_direction {
  * Invariants (checked by tests), per direction:
  *   RECEIVED = MATCHED + FILTERED
  *   MATCHED  = REDIRECTED + DROP_NO_SOCKET          (tap mode)
- *            + KERNEL_PATH                          (tap mode, fast path)
  *            + COPIED + DROP_RING_FULL + COPY_ERROR (copy mode)
  *            + SAMPLED_OUT
+ *            + the fast path's frames (per session: `session_kernel`)
  * The PARSE_* slots are diagnostics: a frame counts in at most one of them and
  * is still classified on what could be read. COPY_CUT counts copies (also in
  * COPIED) of frames longer than MIRROR_COPY_MAX, e.g. GSO super-frames on egress.
@@ -69,7 +69,6 @@ enum mirror_counter {
 	MIRROR_CNT_DROP_RING_FULL,  /* copy mode: no room in the ring buffer (frame passed on) */
 	MIRROR_CNT_COPY_ERROR,      /* should never happen: reading the frame into the record failed */
 	MIRROR_CNT_COPY_CUT,        /* copy mode: frame longer than MIRROR_COPY_MAX, copy cut */
-	MIRROR_CNT_KERNEL_PATH,     /* tap mode: sent to the session's DEVMAP (in-kernel fast path) */
 	MIRROR_CNT_MAX,
 };
 
@@ -203,21 +202,31 @@ struct mirror_copy {
 /*
  * In-kernel fast path (tap mode). A session whose every target the kernel can
  * serve has a DEVMAP_HASH of those targets in slot `session` of
- * `fast_sessions`; xdp_tap broadcasts the frame to it (BPF_F_BROADCAST: one
- * clone per entry) instead of handing it to userspace. Each entry runs
- * xdp_fast_target (a BPF_XDP_DEVMAP program) before the device transmits.
+ * `fast_sessions`; xdp_tap redirects the frame to it (one target) or
+ * broadcasts it (BPF_F_BROADCAST: one clone per entry) instead of handing it
+ * to userspace, counting it per session (struct mirror_fast_count).
  *
  * Per target device (key: egress ifindex), summed over CPUs:
- *   packets, bytes  the DEVMAP program saw (frames handed to the device's
- *                   XDP transmit); a destination the kernel skips (frame
- *                   larger than the device's MTU) never gets here;
- *   xmit_drops      of those, what the device's ndo_xdp_xmit refused
- *                   (tracepoint xdp:xdp_devmap_xmit, native XDP only).
+ *   packets     frames handed to the device's XDP transmit; a destination
+ *               the kernel skips (frame longer than the device's MTU, device
+ *               down) never gets here;
+ *   bytes       their bytes (generic XDP only, see below);
+ *   xmit_drops  of those, what the device's ndo_xdp_xmit refused.
+ * Native XDP counts in a tp_btf program on xdp:xdp_devmap_xmit (once per
+ * bulk of up to 16 frames, nothing per frame; no bytes). Generic XDP does
+ * not fire that tracepoint, so there each DEVMAP entry runs xdp_fast_target
+ * (a BPF_XDP_DEVMAP program) that counts packets and bytes per frame, and a
+ * refusal is not seen.
  */
 struct mirror_fast_stats {
 	__u64 packets;
 	__u64 bytes;
 	__u64 xmit_drops;
+};
+
+struct mirror_fast_count {
+	__u64 packets;
+	__u64 bytes;
 };
 
 #endif /* MIRROR_ABI_H */

@@ -60,12 +60,12 @@ struct {
 	__type(value, struct mirror_fast_stats);
 } fast_stats SEC(".maps");
 
-/* Frames each session sent down the fast path, indexed by session. */
+/* Frames and bytes each session sent down the fast path, indexed by session. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, MIRROR_MAX_SESSIONS);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct mirror_fast_count);
 } session_kernel SEC(".maps");
 
 /* Indexed by direction * MIRROR_CNT_MAX + enum mirror_counter. */
@@ -119,6 +119,9 @@ __u32 session_snap[MIRROR_MAX_SESSIONS];
 __u64 copy_wake_bytes;
 /* The source's ifindex, for telling its fast-path transmits from others'. */
 __u32 source_ifindex;
+/* Fast path: 1 when the session has a single target (a plain redirect to
+ * DEVMAP key 0 instead of a broadcast, which costs more per frame). */
+__u8 session_single[MIRROR_MAX_SESSIONS];
 
 /* Keep every ABI type in the object's BTF, so the skeleton generates it for Rust. */
 struct mirror_meta abi_anchor_meta = {};
@@ -132,6 +135,7 @@ enum mirror_direction abi_anchor_direction = MIRROR_DIR_INGRESS;
 enum mirror_copy_flags abi_anchor_copy_flags = MIRROR_COPY_F_CUT;
 struct mirror_copy abi_anchor_copy = {};
 struct mirror_fast_stats abi_anchor_fast_stats = {};
+struct mirror_fast_count abi_anchor_fast_count = {};
 
 static __always_inline void count(__u32 dir, __u32 counter)
 {
@@ -228,9 +232,15 @@ static __always_inline int try_xdp_tap(struct xdp_md *ctx)
 
 	fast = bpf_map_lookup_elem(&fast_sessions, &session);
 	if (fast) {
+		struct mirror_fast_count *n = bpf_map_lookup_elem(&session_kernel, &session);
+
+		if (n) {
+			n->packets += 1;
+			n->bytes += data_end - data;
+		}
+		if (session < MIRROR_MAX_SESSIONS && session_single[session])
+			return bpf_redirect_map(fast, 0, XDP_DROP);
 		/* One clone per target; the kernel queues them to each device. */
-		count(MIRROR_DIR_INGRESS, MIRROR_CNT_KERNEL_PATH);
-		count_session(&session_kernel, session);
 		return bpf_redirect_map(fast, 0, BPF_F_BROADCAST);
 	}
 
@@ -251,8 +261,9 @@ int xdp_tap(struct xdp_md *ctx)
 }
 
 /*
- * Fast path: runs once per destination of a broadcast, just before the target
- * device transmits the clone. Counts it; never changes it.
+ * Fast path, generic XDP only: runs once per destination, just before the
+ * target device transmits the frame. Counts it; never changes it. (Native
+ * XDP counts in fast_xmit instead, which costs nothing per frame.)
  */
 SEC("xdp/devmap")
 int xdp_fast_target(struct xdp_md *ctx)
@@ -273,26 +284,29 @@ struct net_device {
 } __attribute__((preserve_access_index));
 
 /*
- * Fast path: after each bulk transmit to a device, how many frames it
- * refused (a veth whose peer cannot take XDP frames, a full TX ring, a device
- * going down). Fires for every DEVMAP user on the machine; counts only this
- * source's transmits to devices it has counters for.
+ * Fast path, native XDP: after each bulk transmit to a device (up to 16
+ * frames), how many it took and how many it refused (a veth whose peer is
+ * down, a full TX ring). Fires for every DEVMAP user on the machine; counts
+ * only this source's transmits to devices it has counters for.
  */
 SEC("tp_btf/xdp_devmap_xmit")
 int fast_xmit(__u64 *ctx)
 {
 	const struct net_device *from = (void *)ctx[0];
 	const struct net_device *to = (void *)ctx[1];
+	int sent = (int)ctx[2];
 	int drops = (int)ctx[3];
 	struct mirror_fast_stats *s;
 	__u32 ifindex;
 
-	if (drops <= 0 || from->ifindex != source_ifindex)
+	if (from->ifindex != source_ifindex || sent < 0 || drops < 0)
 		return 0;
 	ifindex = to->ifindex;
 	s = bpf_map_lookup_elem(&fast_stats, &ifindex);
-	if (s)
+	if (s) {
+		s->packets += sent + drops;
 		s->xmit_drops += drops;
+	}
 	return 0;
 }
 

@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Reference programs for the benchmark lab (`cargo xtask bench span`), not
+ * used by the daemon: what `mirror` is measured against on the same ports.
+ *
+ *   xdp_count_drop  counts and drops every frame: at the feed port, the
+ *                   ceiling (what the generator and veth carry); at a sink
+ *                   port, the meter of what arrived (and, being an XDP
+ *                   program, what lets the veth in front of it take frames
+ *                   redirected by XDP).
+ *   xdp_redirect    counts and redirects every frame to DEVMAP slot 0: the
+ *                   in-kernel ceiling for one target port.
+ *   xdp_broadcast   counts and broadcasts every frame to all ports of a
+ *                   DEVMAP_HASH: the in-kernel ceiling for fan-out.
+ *
+ * Neither classifies: they are the floor of per-frame work.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} frames SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} port SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, 8);
+	__type(key, __u32);
+	__type(value, __u32);
+} ports SEC(".maps");
+
+static __always_inline void count(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&frames, &zero);
+
+	if (n)
+		*n += 1;
+}
+
+SEC("xdp")
+int xdp_count_drop(struct xdp_md *ctx)
+{
+	count();
+	return XDP_DROP;
+}
+
+SEC("xdp")
+int xdp_redirect(struct xdp_md *ctx)
+{
+	count();
+	return bpf_redirect_map(&port, 0, XDP_DROP);
+}
+
+SEC("xdp")
+int xdp_broadcast(struct xdp_md *ctx)
+{
+	count();
+	return bpf_redirect_map(&ports, 0, BPF_F_BROADCAST);
+}
