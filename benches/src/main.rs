@@ -152,12 +152,17 @@ pub const NAPI_CPU: usize = 0;
 
 /// Pins the calling thread to `cpu`.
 pub fn pin_current_thread(cpu: usize) -> Result<()> {
+    pin(0, cpu)
+}
+
+/// Pins thread `tid` (0: the calling thread) to `cpu`.
+fn pin(tid: i32, cpu: usize) -> Result<()> {
     // Safety: cpu_set_t is plain data; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // Safety: `cpu` is below CPU_SETSIZE on any machine this runs on.
     unsafe { libc::CPU_SET(cpu, &mut set) };
-    // Safety: a valid set for the calling thread (pid 0).
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+    // Safety: a valid set; a thread that has exited gives ESRCH, not UB.
+    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) } != 0 {
         bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
     }
     Ok(())
@@ -204,11 +209,7 @@ pub fn pin_napi_threads(dev: &str, cpu: usize) -> Result<usize> {
         if !comm.trim_end().starts_with(&prefix) {
             continue;
         }
-        // Safety: as in pin_current_thread, for thread `pid`.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-        // Safety: a valid set; `pid` is a kernel thread that may have exited (then ESRCH).
-        if unsafe { libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set) } == 0 {
+        if pin(pid, cpu).is_ok() {
             n += 1;
         }
     }
