@@ -550,12 +550,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     }
     let bars: Vec<(String, f64)> = rows
         .iter()
-        .map(|r| {
-            (
-                format!("{}B, {}", r.frame, r.case),
-                r.delivered_pps / 1000.0,
-            )
-        })
+        .map(|r| (format!("{} {}B", r.id, r.frame), r.delivered_pps / 1000.0))
         .collect();
     crate::save(out, "span", &rows, &table(&rows, a), |png| {
         crate::chart::bars(
