@@ -23,12 +23,8 @@ use serde::Serialize;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Seconds each measurement runs.
-    #[arg(long, default_value_t = 2.0)]
-    secs: f64,
-    /// Runs of each measurement; the median is reported, with min and max.
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
+    #[command(flatten)]
+    runs: crate::Runs,
 }
 
 const CONFIG: &str = r#"
@@ -211,24 +207,24 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         for traffic in ["udp 60B", "tcp"] {
             let (mut del, mut offered, mut loss, mut mir, mut full) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..a.reps {
+            for _ in 0..a.runs.reps {
                 let (m0, f0) = mirrored(daemon.as_ref())?;
                 let t0 = Instant::now();
                 if traffic == "tcp" {
-                    let bytes = tcp_stream(&l, a.secs)?;
-                    del.push(bytes as f64 * 8.0 / a.secs / 1e6);
+                    let bytes = tcp_stream(&l, a.runs.secs)?;
+                    del.push(bytes as f64 * 8.0 / a.runs.secs / 1e6);
                     offered.push(0.0);
                     loss.push(0.0);
                 } else {
-                    let (sent, got) = udp_blast(&l, a.secs)?;
-                    offered.push(sent as f64 / a.secs);
-                    del.push(got as f64 / a.secs);
+                    let (sent, got) = udp_blast(&l, a.runs.secs)?;
+                    offered.push(sent as f64 / a.runs.secs);
+                    del.push(got as f64 / a.runs.secs);
                     loss.push(100.0 * (sent.saturating_sub(got)) as f64 / sent.max(1) as f64);
                 }
                 // Let the daemon hand on what it holds before reading its counters.
                 std::thread::sleep(Duration::from_millis(300));
                 let (m1, f1) = mirrored(daemon.as_ref())?;
-                let secs = t0.elapsed().as_secs_f64().max(a.secs);
+                let secs = t0.elapsed().as_secs_f64().max(a.runs.secs);
                 mir.push((m1 - m0) as f64 / secs);
                 full.push((f1 - f0) as f64 / secs);
             }
@@ -257,14 +253,15 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         .filter(|r| r.traffic != "tcp")
         .map(|r| (r.case.to_string(), r.delivered / 1000.0))
         .collect();
-    crate::save(out, "copy", &rows, &table(&rows, a), |png| {
-        crate::chart::bars(
-            png,
-            "monitored UDP traffic (60-byte frames) with copy mode off / on",
-            "kpps delivered to the server",
-            &bars,
-        )
-    })
+    crate::save_bars(
+        out,
+        "copy",
+        &rows,
+        &table(&rows, a),
+        "monitored UDP traffic (60-byte frames) with copy mode off / on",
+        "kpps delivered to the server",
+        &bars,
+    )
 }
 
 fn table(rows: &[Row], a: &Args) -> String {
@@ -273,7 +270,7 @@ fn table(rows: &[Row], a: &Args) -> String {
          median of {} runs of {:.1} s (`cargo xtask bench copy`)\n\n\
          | traffic | case | offered | delivered (min-max) | vs off | loss | mirrored/s | ring_full/s |\n\
          |---|---|---:|---:|---:|---:|---:|---:|\n",
-        a.reps, a.secs
+        a.runs.reps, a.runs.secs
     );
     for r in rows {
         let off = rows

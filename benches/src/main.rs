@@ -73,6 +73,17 @@ fn main() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How long and how often each measurement of a traffic case runs.
+#[derive(clap::Args)]
+pub struct Runs {
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 2.0)]
+    pub secs: f64,
+    /// Runs of each measurement; the median is reported, with min and max.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+}
+
 /// The `mirror` binary built next to this one (`cargo xtask bench` builds both).
 pub fn mirror_exe() -> Result<PathBuf> {
     let exe = std::env::current_exe()?
@@ -240,6 +251,21 @@ pub fn save<R: Serialize>(
     println!("{table}");
     println!("results: {} , chart: {}", json.display(), png.display());
     Ok(())
+}
+
+/// [`save`] with a bar chart of `bars` (label, value) as the PNG.
+pub fn save_bars<R: Serialize>(
+    out: &Path,
+    case: &str,
+    rows: &[R],
+    table: &str,
+    title: &str,
+    y_label: &str,
+    bars: &[(String, f64)],
+) -> Result<()> {
+    save(out, case, rows, table, |png| {
+        chart::bars(png, title, y_label, bars)
+    })
 }
 
 /// Seconds since the epoch, for result file names.

@@ -27,25 +27,20 @@
 //! in front of it take redirected frames, as a NIC would).
 
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags};
 use mirror_ebpf::bench_peers::{BenchPeersSkel, BenchPeersSkelBuilder};
 use mirror_user::lab::{self, DaemonProcess, Lab, Netns, TempDir};
 use serde::Serialize;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Seconds each measurement runs.
-    #[arg(long, default_value_t = 2.0)]
-    secs: f64,
-    /// Runs of each measurement; the median is reported, with min and max.
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
+    #[command(flatten)]
+    runs: crate::Runs,
     /// Frame sizes in bytes, without the FCS (60 is a 64-byte frame on the wire).
     #[arg(long, value_delimiter = ',', default_value = "60,1500")]
     sizes: Vec<usize>,
@@ -205,16 +200,7 @@ impl Peer {
     }
 
     fn frames(&self) -> Result<u64> {
-        let v = self
-            .skel
-            .maps
-            .frames
-            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)?
-            .unwrap_or_default();
-        Ok(v.iter()
-            .filter_map(|b| b.get(..8))
-            .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-            .sum())
+        Ok(mirror_user::loader::percpu_sum(&self.skel.maps.frames, 0)?)
     }
 
     fn fd(&self, case: Case) -> RawFd {
@@ -233,25 +219,31 @@ impl Peer {
         let ports = self.skel.maps.ports.as_fd().as_raw_fd();
         let devices: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
         ns.run(move || {
-            for (i, d) in devices.iter().enumerate() {
-                let ifindex = mirror_user::loader::ifindex(d)?;
-                for (map, key) in [(port, 0u32), (ports, i as u32)] {
-                    if map == port && i > 0 {
-                        continue;
-                    }
-                    // Safety: valid map fd, 4-byte key and value.
-                    let rc = unsafe {
-                        libbpf_sys::bpf_map_update_elem(
-                            map,
-                            (&key as *const u32).cast(),
-                            (&ifindex as *const u32).cast(),
-                            0,
-                        )
-                    };
-                    if rc != 0 {
-                        bail!("DEVMAP update for {d}: {}", std::io::Error::last_os_error());
-                    }
+            let set = |map: RawFd, key: u32, dev: &str| -> Result<()> {
+                let ifindex = mirror_user::loader::ifindex(dev)?;
+                // Safety: a valid map fd, 4-byte key and value.
+                let rc = unsafe {
+                    libbpf_sys::bpf_map_update_elem(
+                        map,
+                        (&key as *const u32).cast(),
+                        (&ifindex as *const u32).cast(),
+                        0,
+                    )
+                };
+                if rc != 0 {
+                    bail!(
+                        "DEVMAP update for {dev}: {}",
+                        std::io::Error::last_os_error()
+                    );
                 }
+                Ok(())
+            };
+            // `port` (redirect) takes the first device, `ports` (broadcast) all.
+            if let Some(first) = devices.first() {
+                set(port, 0, first)?;
+            }
+            for (i, d) in devices.iter().enumerate() {
+                set(ports, i as u32, d)?;
             }
             Ok(())
         })
@@ -264,22 +256,13 @@ fn attach(ns: &Netns, dev: &str, fd: RawFd) -> Result<OwnedFd> {
     let dev = dev.to_string();
     ns.run(move || {
         let ifindex = mirror_user::loader::ifindex(&dev)?;
-        let opts = libbpf_sys::bpf_link_create_opts {
-            sz: std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _,
-            flags: libbpf_sys::XDP_FLAGS_DRV_MODE,
-            ..Default::default()
-        };
-        // Safety: a valid program fd and options struct.
-        let link =
-            unsafe { libbpf_sys::bpf_link_create(fd, ifindex as i32, libbpf_sys::BPF_XDP, &opts) };
-        if link < 0 {
-            bail!(
-                "attaching XDP to {dev}: {}",
-                std::io::Error::from_raw_os_error(-link)
-            );
-        }
-        // Safety: a new fd that we own.
-        Ok(unsafe { OwnedFd::from_raw_fd(link) })
+        mirror_user::loader::link_create(
+            fd,
+            ifindex,
+            libbpf_sys::BPF_XDP,
+            libbpf_sys::XDP_FLAGS_DRV_MODE,
+        )
+        .with_context(|| format!("attaching XDP to {dev}"))
     })
 }
 
@@ -443,7 +426,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         }
         for &size in &a.sizes {
             let mut runs = Vec::new();
-            for _ in 0..a.reps {
+            for _ in 0..a.runs.reps {
                 let meter = |r: &Running<'_>| -> Result<u64> {
                     match (&r.peer, case) {
                         // The ceiling delivers nowhere: count what XDP saw.
@@ -452,7 +435,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                     }
                 };
                 let (d0, cpu0, m0) = (meter(&running)?, cpu_times()?, mirror_stats(&running)?);
-                let offered = crate::generate(&lab, size, a.secs)?;
+                let offered = crate::generate(&lab, size, a.runs.secs)?;
                 std::thread::sleep(Duration::from_millis(200));
                 let (d1, cpu1, m1) = (meter(&running)?, cpu_times()?, mirror_stats(&running)?);
                 let per_target = (d1 - d0) as f64 / case.targets().max(1) as f64;
@@ -466,13 +449,18 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                         e.1.iter()
                             .map(|(k, v)| {
                                 let before = b.1.get(k).copied().unwrap_or(0);
-                                (k.clone(), (v - before) as f64 / a.secs)
+                                (k.clone(), (v - before) as f64 / a.runs.secs)
                             })
                             .filter(|(_, v)| *v > 0.0)
                             .collect::<std::collections::BTreeMap<_, _>>();
-                    ((e.0 - b.0) as f64 / a.secs, drops)
+                    ((e.0 - b.0) as f64 / a.runs.secs, drops)
                 });
-                runs.push((offered as f64 / a.secs, per_target / a.secs, cpu, mirror));
+                runs.push((
+                    offered as f64 / a.runs.secs,
+                    per_target / a.runs.secs,
+                    cpu,
+                    mirror,
+                ));
             }
             let mut delivered: Vec<f64> = runs.iter().map(|r| r.1).collect();
             let (med, min, max) = crate::median(&mut delivered);
@@ -552,14 +540,15 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         .iter()
         .map(|r| (format!("{} {}B", r.id, r.frame), r.delivered_pps / 1000.0))
         .collect();
-    crate::save(out, "span", &rows, &table(&rows, a), |png| {
-        crate::chart::bars(
-            png,
-            "mirror vs software SPAN: kpps delivered per target (mirror, mirror2: kernel path; userspace: AF_XDP)",
-            "kpps delivered",
-            &bars,
-        )
-    })
+    crate::save_bars(
+        out,
+        "span",
+        &rows,
+        &table(&rows, a),
+        "mirror vs software SPAN: kpps delivered per target (mirror, mirror2: kernel path; userspace: AF_XDP)",
+        "kpps delivered",
+        &bars,
+    )
 }
 
 fn table(rows: &[Row], a: &Args) -> String {
@@ -568,7 +557,7 @@ fn table(rows: &[Row], a: &Args) -> String {
          2 cores), median of {} runs of {:.1} s (`cargo xtask bench span`)\n\n\
          | frame | case | offered | delivered per target (min-max) | loss | vs in-kernel ref | vs tc mirred | CPU % per core | ns/frame | mirror RSS | mirror: received, target drops/s |\n\
          |---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|\n",
-        a.reps, a.secs
+        a.runs.reps, a.runs.secs
     );
     let ratio = |v: Option<f64>| v.map_or("".to_string(), |x| format!("{x:.2}x"));
     for r in rows {

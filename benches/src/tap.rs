@@ -20,12 +20,8 @@ use serde::Serialize;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Seconds each measurement runs.
-    #[arg(long, default_value_t = 2.0)]
-    secs: f64,
-    /// Runs of each measurement; the median is reported, with min and max.
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
+    #[command(flatten)]
+    runs: crate::Runs,
 }
 
 const CONFIG: &str = r#"
@@ -111,13 +107,13 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 Vec::new(),
                 Vec::new(),
             );
-            for _ in 0..a.reps {
+            for _ in 0..a.runs.reps {
                 let c0 = counters(&daemon)?;
-                let offered = crate::generate(&lab, size, a.secs)?;
+                let offered = crate::generate(&lab, size, a.runs.secs)?;
                 // Let the daemon hand on what it holds before reading its counters.
                 std::thread::sleep(Duration::from_millis(300));
                 let c1 = counters(&daemon)?;
-                let per_s = |x: u64| x as f64 / a.secs;
+                let per_s = |x: u64| x as f64 / a.runs.secs;
                 off.push(per_s(offered));
                 rx.push(per_s(c1.0 - c0.0));
                 mir.push(per_s(c1.1 - c0.1));
@@ -150,14 +146,15 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         .iter()
         .map(|r| (format!("{}B, {}", r.frame, r.case), r.mirrored_pps / 1000.0))
         .collect();
-    crate::save(out, "tap", &rows, &table(&rows, a), |png| {
-        crate::chart::bars(
-            png,
-            "tap mode → interface target: copies sent per second",
-            "kpps mirrored",
-            &bars,
-        )
-    })
+    crate::save_bars(
+        out,
+        "tap",
+        &rows,
+        &table(&rows, a),
+        "tap mode → interface target: copies sent per second",
+        "kpps mirrored",
+        &bars,
+    )
 }
 
 fn table(rows: &[Row], a: &Args) -> String {
@@ -166,7 +163,7 @@ fn table(rows: &[Row], a: &Args) -> String {
          median of {} runs of {:.1} s (`cargo xtask bench tap`)\n\n\
          | frame | case | offered | received | source drops/s | mirrored (min-max) | sent uncopied | target drops/s |\n\
          |---:|---|---:|---:|---:|---:|---:|---:|\n",
-        a.reps, a.secs
+        a.runs.reps, a.runs.secs
     );
     for r in rows {
         s.push_str(&format!(

@@ -481,7 +481,7 @@ impl Engine {
                     session = %sess.name,
                     sample = sess.sample,
                     path = path.name(),
-                    "session served in the kernel: XDP broadcasts each mirrored frame to its targets' DEVMAP, no userspace copy"
+                    "session served in the kernel: XDP redirects each mirrored frame to its targets' DEVMAP (a broadcast for several), no userspace copy"
                 );
             } else {
                 tracing::info!(
@@ -814,7 +814,7 @@ fn add_fast_path(snap: &mut TargetStats, t: &FastTarget, dev: FastStats) {
 /// The path that serves a session, and why it is not the kernel's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathChoice {
-    /// The in-kernel fast path (DEVMAP broadcast), else AF_XDP through userspace.
+    /// The in-kernel fast path (DEVMAP redirect or broadcast), else AF_XDP through userspace.
     pub kernel: bool,
     /// Why userspace serves it (empty on the kernel path).
     pub reason: String,

@@ -635,15 +635,13 @@ fn bss_error(map: &'static str, session: u32) -> LoaderError {
     }
 }
 
-fn percpu_sum(map: &libbpf_rs::MapMut<'_>, key: u32) -> Result<u64, libbpf_rs::Error> {
+/// Slot `key` of a per-CPU map whose value starts with a u64, summed over CPUs.
+pub fn percpu_sum(map: &libbpf_rs::MapMut<'_>, key: u32) -> Result<u64, libbpf_rs::Error> {
     let values = map.lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)?;
     Ok(values
         .unwrap_or_default()
         .iter()
-        .filter_map(|v| {
-            v.get(..8)
-                .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-        })
+        .map(|v| u64_at(v, 0))
         .sum())
 }
 
@@ -837,7 +835,10 @@ pub fn ifindex(name: &str) -> Result<u32, LoaderError> {
 
 /// A BPF link of `prog_fd` to `ifindex` at `attach_type` (XDP with its mode
 /// flags, or tcx appended after the programs already there).
-fn link_create(
+/// Attaches program `prog_fd` to `ifindex` (of this thread's network
+/// namespace) through a BPF link: XDP with `flags` = `XDP_FLAGS_*`, or tcx.
+/// Dropping the returned fd detaches it, as does the process dying.
+pub fn link_create(
     prog_fd: RawFd,
     ifindex: u32,
     attach_type: libbpf_sys::bpf_attach_type,
