@@ -145,6 +145,11 @@ fn an_all_interface_session_is_broadcast_in_the_kernel_byte_identical_with_exact
     assert_eq!(src.matched, 8000 - 1000, "all but ICMPv6");
     assert_eq!(src.mirrored, src.matched);
     assert_eq!(src.dropped_total(), 0, "{:?}", src.dropped);
+    assert_eq!(src.received, src.matched + src.filtered);
+    assert_eq!(
+        src.matched,
+        src.mirrored + src.sampled_out + src.scheduled_out + src.dropped_total()
+    );
 
     let fast = &stats.sessions["ids-feed"];
     assert_eq!(fast.path, "kernel");
@@ -220,8 +225,12 @@ fn kernel_path_drops_are_counted_per_target_too_big_and_send_error() {
                 t.enqueued == 300 && t.enqueued == t.sent_packets + t.dropped_total()
             })
     });
-    assert_eq!(stats.sessions["ids-feed"].path, "kernel");
+    let sess = &stats.sessions["ids-feed"];
+    assert_eq!(sess.path, "kernel");
+    assert_eq!((sess.matched, sess.mirrored), (300, 300));
     let (wide, narrow) = (&stats.targets["ids0"], &stats.targets["ids1"]);
+    assert_reconciles("ids0", wide);
+    assert_reconciles("ids1", narrow);
     assert_eq!(wide.sent_packets, 300, "{:?}", wide.dropped);
     assert_eq!(narrow.sent_packets, 0);
     assert_eq!(narrow.dropped["too_big"], 300, "{:?}", narrow.dropped);
@@ -244,7 +253,10 @@ fn kernel_path_drops_are_counted_per_target_too_big_and_send_error() {
             })
     });
     let (wide, narrow) = (&stats.targets["ids0"], &stats.targets["ids1"]);
+    assert_reconciles("ids0", wide);
+    assert_reconciles("ids1", narrow);
     assert_eq!(wide.sent_packets, 300, "{:?}", wide.dropped);
+    assert_eq!(wide.kernel_path, 300);
     assert_eq!(wide.dropped["send_error"], 200, "{:?}", wide.dropped);
     assert_eq!(wide.dropped["too_big"], 0);
     // Bytes handed to the device, refused frames included (documented).
