@@ -1,10 +1,11 @@
 //! The filter engine against its definition: random rule sets (1 to 2,000
 //! rules over 1 to 4 sessions, overlapping CIDRs of both families, port
-//! ranges, VLANs, both directions) and random frames, classified three ways
+//! ranges, VLANs, both directions) and random frames, classified four ways
 //! that must agree on every frame:
 //! - the plain Rust reference (`classify::classify`, linear first match);
 //! - the compiled tables evaluated in Rust (`RuleSet::classify`);
-//! - the kernel program through BPF_PROG_TEST_RUN (root only).
+//! - the kernel program through BPF_PROG_TEST_RUN (root only), both with the
+//!   verdict cache (as the daemon runs it) and scanning every frame.
 //!
 //! Plus the atomic-swap property: while rule sets flip under a running
 //! classifier, every frame gets the verdict of one whole set.
@@ -291,6 +292,15 @@ fn program() -> SourceProgram {
     SourceProgram::load().expect("the tap program loads")
 }
 
+thread_local! {
+    /// The property test's two programs (verdict cache on, and off), loaded
+    /// once per thread (loading verifies four programs: ~1 s) and given a
+    /// new rule set per case. A new rule set comes with an empty cache, so
+    /// cases cannot see each other's verdicts.
+    static PROGRAMS: std::cell::RefCell<Option<(SourceProgram, SourceProgram)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 const FRAMES_PER_CASE: usize = 128;
 
 proptest! {
@@ -306,23 +316,34 @@ proptest! {
         let refs: Vec<&Filter> = filters.iter().collect();
         let set = RuleSet::build(&refs, Direction::Ingress).expect("within limits");
         let all: Vec<&Rule> = filters.iter().flat_map(|f| &f.rules).collect();
-        let mut prog = if mirror_user::is_root() {
-            let mut p = program();
-            p.install(&set, None).expect("the rule set installs");
-            Some(p)
-        } else {
-            None
-        };
-        let mut rng = Rng(seed | 1);
-        for _ in 0..FRAMES_PER_CASE {
-            let f = frame(&mut rng, &all);
-            let want = classify::classify(&refs, Direction::Ingress, &f);
-            prop_assert_eq!(set.classify(&parse_frame(&f)), want, "tables, frame {:02x?}", f);
-            if let Some(p) = prog.as_mut() {
-                let got = test_classify(p.xdp_tap_fd(), &f).expect("test run");
-                prop_assert_eq!(got.map(usize::from), want, "kernel, frame {:02x?}", f);
+        // The daemon's program (verdict cache on) and one that scans every
+        // frame; frames drawn from the rules repeat class tuples, so the
+        // cached program answers many from its cache.
+        PROGRAMS.with_borrow_mut(|progs| {
+            if mirror_user::is_root() {
+                let (cached, scan) = progs.get_or_insert_with(|| {
+                    (
+                        program(),
+                        SourceProgram::load_without_cache().expect("the tap program loads"),
+                    )
+                });
+                cached.install(&set, None).expect("the rule set installs");
+                scan.install(&set, None).expect("the rule set installs");
             }
-        }
+            let mut rng = Rng(seed | 1);
+            for _ in 0..FRAMES_PER_CASE {
+                let f = frame(&mut rng, &all);
+                let want = classify::classify(&refs, Direction::Ingress, &f);
+                prop_assert_eq!(set.classify(&parse_frame(&f)), want, "tables, frame {:02x?}", f);
+                if let Some((cached, scan)) = progs.as_ref() {
+                    let got = test_classify(scan.xdp_tap_fd(), &f).expect("test run");
+                    prop_assert_eq!(got.map(usize::from), want, "kernel scan, frame {:02x?}", f);
+                    let got = test_classify(cached.xdp_tap_fd(), &f).expect("test run");
+                    prop_assert_eq!(got.map(usize::from), want, "kernel cached, frame {:02x?}", f);
+                }
+            }
+            Ok(())
+        })?;
     }
 }
 

@@ -427,6 +427,74 @@ fn every_frame_shape_gets_its_expected_verdict_and_counters() {
     }
 }
 
+/// The verdict cache answers a class tuple it has seen (per CPU, per rule
+/// set) with the verdict the scan gave; `classify_scans` counts the rest.
+#[test]
+fn the_verdict_cache_scans_each_class_tuple_once_per_rule_set() {
+    require_root!();
+    pin_current_thread(0);
+    let mut fx = Fixture::new(RULES);
+    let scans = |d: &[u64; COUNTERS]| cnt(d, C::MIRROR_CNT_CLASSIFY_SCAN);
+    // TCP to 10.2.0.0/16: session a. x2 differs from x only inside the same
+    // classes (another address in the /16, another source port outside
+    // 5000-5010), so it shares x's class tuple.
+    let x = eth(
+        0x0800,
+        &ipv4(6, V4A, [10, 2, 0, 1], 0, 0, &l4(40000, 80, 20)),
+    );
+    let x2 = eth(
+        0x0800,
+        &ipv4(6, V4A, [10, 2, 0, 9], 0, 0, &l4(40001, 80, 20)),
+    );
+    // UDP to port 53: session b.
+    let y = eth(0x0800, &ipv4(17, V4A, V4B, 0, 0, &l4(40000, 53, 8)));
+    for (what, frame, want, scanned) in [
+        ("x, first", &x, A, 1),
+        ("x, again", &x, A, 0),
+        ("x2, same classes", &x2, A, 0),
+        ("y, first", &y, B, 1),
+        ("y, again", &y, B, 0),
+        ("x, after y", &x, A, 0),
+    ] {
+        let (got, d) = fx.run(frame);
+        assert_eq!(got, want, "{what}");
+        assert_eq!(scans(&d), scanned, "{what}: classify_scans");
+        assert_accounting(&d, got);
+    }
+
+    // 1,000 more runs of x in one call: all answered by the cache.
+    let before = fx.prog.counters().expect("counters");
+    let input = libbpf_rs::ProgramInput {
+        data_in: Some(&x),
+        repeat: 1000,
+        ..Default::default()
+    };
+    fx.prog
+        .xdp_tap()
+        .test_run(input)
+        .expect("BPF_PROG_TEST_RUN");
+    let after = fx.prog.counters().expect("counters");
+    let d = |c: C| after[c.0 as usize] - before[c.0 as usize];
+    assert_eq!(d(C::MIRROR_CNT_RECEIVED), 1000);
+    assert_eq!(d(C::MIRROR_CNT_MATCHED), 1000);
+    assert_eq!(d(C::MIRROR_CNT_CLASSIFY_SCAN), 0);
+
+    // A new rule set (the same rules) comes with an empty cache.
+    let set = RuleSet::build(&ruleset::source_filters(&fx.config, 0), Direction::Ingress)
+        .expect("the rules compile");
+    fx.prog.install(&set, None).expect("the rules install");
+    let (got, d) = fx.run(&x);
+    assert_eq!((got, scans(&d)), (A, 1), "x under the new rule set");
+
+    // Every frame shape: the cached verdict (second run) is the scanned one.
+    for (what, frame, want, _) in table() {
+        let (first, _) = fx.run(&frame);
+        let (second, d) = fx.run(&frame);
+        assert_eq!((first, second), (want, want), "{what}");
+        assert_eq!(scans(&d), 0, "{what}: the second run is cached");
+    }
+}
+
 #[test]
 fn frames_truncated_at_every_byte_agree_with_the_reference() {
     require_root!();

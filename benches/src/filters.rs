@@ -49,10 +49,18 @@ struct Row {
     memory_kib: usize,
     build_ms: f64,
     install_ms: f64,
+    /// With the verdict cache (the daemon's configuration): after the
+    /// first run every frame is answered from the cache.
     ns_median: f64,
     ns_min: f64,
     ns_max: f64,
     runs: Vec<f64>,
+    /// Without the cache: every frame classified by the bitmap scan (what the
+    /// first frame of each class tuple costs).
+    scan_median: f64,
+    scan_min: f64,
+    scan_max: f64,
+    scan_runs: Vec<f64>,
 }
 
 const SRC: [u8; 4] = [10, 1, 2, 3];
@@ -183,6 +191,8 @@ fn measure(prog: &SourceProgram, data: &[u8], repeat: u32) -> Result<f64> {
 pub fn run(a: &Args, out: &Path) -> Result<()> {
     let mut rows = Vec::new();
     let mut prog = SourceProgram::load().context("loading the tap program")?;
+    let mut scan_prog =
+        SourceProgram::load_without_cache().context("loading the tap program (no cache)")?;
     type Gen = fn(usize) -> Vec<Rule>;
     /// Probe frames: (name, IP protocol).
     type Probes = &'static [(&'static str, u8)];
@@ -206,13 +216,17 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             let t = std::time::Instant::now();
             prog.install(&set, None)?;
             let install_ms = t.elapsed().as_secs_f64() * 1e3;
+            scan_prog.install(&set, None)?;
             for &(frame_name, proto) in frames {
                 let data = frame(proto);
                 let mut runs = Vec::new();
+                let mut scan_runs = Vec::new();
                 for _ in 0..a.reps.max(1) {
                     runs.push(measure(&prog, &data, a.repeat)?);
+                    scan_runs.push(measure(&scan_prog, &data, a.repeat)?);
                 }
                 let (ns_median, ns_min, ns_max) = crate::median(&mut runs.clone());
+                let (scan_median, scan_min, scan_max) = crate::median(&mut scan_runs.clone());
                 let row = Row {
                     set: set_name,
                     frame: frame_name,
@@ -225,10 +239,14 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                     ns_min,
                     ns_max,
                     runs,
+                    scan_median,
+                    scan_min,
+                    scan_max,
+                    scan_runs,
                 };
                 eprintln!(
-                    "filters {set_name:>8} {frame_name:>5} {n:>6} rules: {:>7.1} ns/frame ({} classes, {} KiB)",
-                    row.ns_median, row.classes, row.memory_kib
+                    "filters {set_name:>8} {frame_name:>5} {n:>6} rules: {:>7.1} ns/frame cached, {:>7.1} scanned ({} classes, {} KiB)",
+                    row.ns_median, row.scan_median, row.classes, row.memory_kib
                 );
                 rows.push(row);
             }
@@ -249,39 +267,53 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
 fn series(rows: &[Row]) -> Vec<(String, Vec<(f64, f64)>)> {
     let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for r in rows {
-        let name = format!("{} / {}", r.set, r.frame);
-        let point = (r.rules as f64, r.ns_median);
-        match out.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, pts)) => pts.push(point),
-            None => out.push((name, vec![point])),
+        for (how, ns) in [("cached", r.ns_median), ("scan", r.scan_median)] {
+            let name = format!("{} / {} / {how}", r.set, r.frame);
+            let point = (r.rules as f64, ns);
+            match out.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, pts)) => pts.push(point),
+                None => out.push((name, vec![point])),
+            }
         }
     }
     out
 }
 
-/// Markdown: one row per (set, frame, rules), with the ratio to the same
-/// set and frame at the smallest rule count.
+/// Markdown: one row per (set, frame, rules), cached and scanned, each with
+/// the ratio to the same set at the smallest rule count (matched frames to
+/// the `last` probe there, misses to the `miss` probe).
 fn table(rows: &[Row], a: &Args) -> String {
     let mut s = format!(
-        "ns per frame, median of {} runs of {} program runs each (BPF_PROG_TEST_RUN, `cargo xtask bench filters`)\n\n\
-         | rule set | frame | rules | ns/frame (min-max) | vs fewest rules | classes | rule-set memory |\n\
-         |---|---|---:|---:|---:|---:|---:|\n",
+        "ns per frame, median of {} runs of {} program runs each (BPF_PROG_TEST_RUN, `cargo xtask bench filters`). \
+         cached: the daemon's program, the probe's class tuple in the verdict cache (every run after the first); \
+         scan: the program loaded without the cache, every frame classified by the bitmap scan. \
+         `vs fewest rules`: against the same set at the fewest rules, a matched probe against the matched (`last`) one, a miss against the miss\n\n\
+         | rule set | frame | rules | cached ns/frame (min-max) | vs fewest rules | scan ns/frame (min-max) | vs fewest rules | classes | rule-set memory |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
         a.reps, a.repeat
     );
     for r in rows {
+        // A matched frame against a matched frame at the fewest rules (at one
+        // rule the overlap set's `first` probe matches nothing: its one rule
+        // is the `last` rule), a miss against a miss.
+        let base_frame = if r.frame == "miss" { "miss" } else { "last" };
         let base = rows
             .iter()
-            .find(|b| b.set == r.set && b.frame == r.frame)
-            .map_or(r.ns_median, |b| b.ns_median);
+            .find(|b| b.set == r.set && b.frame == base_frame)
+            .unwrap_or(r);
         s.push_str(&format!(
-            "| {} | {} | {} | {:.1} ({:.1}-{:.1}) | {:.2}x | {} | {} KiB |\n",
+            "| {} | {} | {} | {:.1} ({:.1}-{:.1}) | {:.2}x | {:.1} ({:.1}-{:.1}) | {:.2}x | {} | {} KiB |\n",
             r.set,
             r.frame,
             r.rules,
             r.ns_median,
             r.ns_min,
             r.ns_max,
-            r.ns_median / base,
+            r.ns_median / base.ns_median,
+            r.scan_median,
+            r.scan_min,
+            r.scan_max,
+            r.scan_median / base.scan_median,
             r.classes,
             r.memory_kib
         ));

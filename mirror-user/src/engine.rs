@@ -638,6 +638,7 @@ impl Engine {
                     rules: src.rules.load(Ordering::Relaxed),
                     rule_sets_installed: src.rule_sets_installed.load(Ordering::Relaxed),
                     no_rule_set: c(C::MIRROR_CNT_NO_RULE_SET),
+                    classify_scans: c(C::MIRROR_CNT_CLASSIFY_SCAN),
                     directions,
                 },
             );

@@ -120,6 +120,17 @@ impl SourceProgram {
     /// Loads the programs with a copy-mode ring buffer of `ring_bytes` (a
     /// power of two, at least one page).
     pub fn load_with_ring(ring_bytes: u32) -> Result<Self, LoaderError> {
+        Self::open_and_load(ring_bytes, true)
+    }
+
+    /// Loads the programs without the verdict cache: every frame is
+    /// classified by the bitmap scan. For measuring and testing the scan
+    /// alone (`cargo xtask bench filters`' cold rows, the differential tests).
+    pub fn load_without_cache() -> Result<Self, LoaderError> {
+        Self::open_and_load(mirror_ebpf::limits::RING_MIN, false)
+    }
+
+    fn open_and_load(ring_bytes: u32, verdict_cache: bool) -> Result<Self, LoaderError> {
         if !ring_bytes.is_power_of_two() || ring_bytes < mirror_ebpf::limits::RING_MIN {
             return Err(LoaderError::RingSize(ring_bytes));
         }
@@ -137,6 +148,15 @@ impl SourceProgram {
                 map: "copies",
                 source,
             })?;
+        match open.maps.rodata_data.as_deref_mut() {
+            Some(ro) => ro.verdict_cache = verdict_cache,
+            None => {
+                return Err(LoaderError::Map {
+                    map: "verdict_cache",
+                    source: libbpf_rs::Error::from(std::io::Error::other(".rodata not mapped")),
+                })
+            }
+        }
         let skel = open.load().map_err(LoaderError::Load)?;
         Ok(SourceProgram {
             skel,
@@ -192,6 +212,7 @@ impl SourceProgram {
             (&self.skel.maps.rule_index, "rule_index", &m.index),
             (&self.skel.maps.rule_addr, "rule_addr", &m.addr),
             (&self.skel.maps.rule_bitmaps, "rule_bitmaps", &m.bitmaps),
+            (&self.skel.maps.rule_cache, "rule_cache", &m.cache),
         ] {
             let fd = inner.as_fd().as_raw_fd() as u32;
             outer
@@ -207,6 +228,7 @@ impl SourceProgram {
             (&self.skel.maps.rule_index, "rule_index"),
             (&self.skel.maps.rule_addr, "rule_addr"),
             (&self.skel.maps.rule_bitmaps, "rule_bitmaps"),
+            (&self.skel.maps.rule_cache, "rule_cache"),
         ] {
             match outer.delete(&key) {
                 Ok(()) => {}
@@ -727,11 +749,14 @@ pub fn test_run_raw(
     Ok((opts.retval, out))
 }
 
-/// The three inner maps of one rule set (see abi.h), created and filled.
+/// The four inner maps of one rule set (see abi.h), created and filled.
 struct RuleSetMaps {
     index: MapHandle,
     addr: MapHandle,
     bitmaps: MapHandle,
+    /// The verdict cache, created empty with the set (a new set never sees
+    /// an old set's verdicts).
+    cache: MapHandle,
 }
 
 impl RuleSetMaps {
@@ -765,8 +790,28 @@ impl RuleSetMaps {
                 libbpf_sys::BPF_F_INNER_MAP,
                 &bitmap_values,
             )?,
+            cache: verdict_cache()?,
         })
     }
+}
+
+/// An empty verdict cache (struct mirror_cache_entry per slot and CPU), the
+/// size the inner template declares.
+fn verdict_cache() -> Result<MapHandle, LoaderError> {
+    let map = "mirror_rule_vc";
+    let opts = libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+        ..Default::default()
+    };
+    MapHandle::create(
+        MapType::PercpuArray,
+        Some(map),
+        4,
+        std::mem::size_of::<mirror_ebpf::mirror::types::mirror_cache_entry>() as u32,
+        mirror_ebpf::mirror::types::mirror_limits::MIRROR_CACHE_SLOTS.0,
+        &opts,
+    )
+    .map_err(|source| LoaderError::CreateMap { map, source })
 }
 
 /// Creates an ARRAY map of `entries` values of `value_size` bytes (keys

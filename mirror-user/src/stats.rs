@@ -53,6 +53,10 @@ pub struct SourceStats {
     /// missing (counted in `filtered`).
     #[serde(default)]
     pub no_rule_set: u64,
+    /// Frames classified by a bitmap scan because their class tuple was not
+    /// in the verdict cache (the rest were answered by the cache).
+    #[serde(default)]
+    pub classify_scans: u64,
     /// Copy mode: the kernel's counters per direction ("ingress", "egress").
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub directions: BTreeMap<String, DirectionStats>,

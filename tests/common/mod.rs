@@ -243,3 +243,20 @@ pub fn read_pcapng(path: &std::path::Path) -> Vec<Record> {
     }
     out
 }
+
+/// Pins the calling thread to `cpu`, so per-CPU kernel state (the verdict
+/// cache) is the same between its BPF_PROG_TEST_RUN calls.
+pub fn pin_current_thread(cpu: usize) {
+    // Safety: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // Safety: `cpu` is below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // Safety: a valid set for the calling thread (tid 0).
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+}

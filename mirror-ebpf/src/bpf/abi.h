@@ -29,6 +29,7 @@ enum mirror_limits {
 	MIRROR_COPY_MAX = 9216,    /* bytes of a frame a copy-mode record carries at most */
 	MIRROR_RING_MIN = 4096,    /* smallest ring buffer (one page) */
 	MIRROR_MAX_FAST_TARGETS = 64, /* DEVMAP entries of one session's fast path */
+	MIRROR_CACHE_SLOTS = 1024, /* verdict cache entries per rule set and CPU (power of 2) */
 };
 
 /* Where a frame was seen. Counters and rule sets are kept per direction. */
@@ -69,6 +70,7 @@ enum mirror_counter {
 	MIRROR_CNT_DROP_RING_FULL,  /* copy mode: no room in the ring buffer (frame passed on) */
 	MIRROR_CNT_COPY_ERROR,      /* should never happen: reading the frame into the record failed */
 	MIRROR_CNT_COPY_CUT,        /* copy mode: frame longer than MIRROR_COPY_MAX, copy cut */
+	MIRROR_CNT_CLASSIFY_SCAN,   /* classified by a bitmap scan: not in the verdict cache */
 	MIRROR_CNT_MAX,
 };
 
@@ -100,8 +102,8 @@ enum mirror_parse_flags {
  *     (struct mirror_addr_node);
  *   - everything else: slots of the rule set's index array (enum mirror_index).
  *
- * A rule set is the (index array, address trie, bitmap array) triple in one slot
- * of the three outer maps; slot = direction * 2 + generation. Userspace builds
+ * A rule set is the (index array, address trie, bitmap array, verdict cache)
+ * in one slot of the four outer maps; slot = direction * 2 + generation. Userspace builds
  * a new set in the idle generation and flips `active_generation`, so every
  * frame is classified by exactly one whole set.
  */
@@ -157,6 +159,26 @@ struct mirror_addr_node {
 struct mirror_bitmap {
 	__u64 summary[MIRROR_SUMMARY_WORDS]; /* bit w: word[w] != 0 */
 	__u64 word[MIRROR_BITMAP_WORDS];     /* bit i of word w: rule w * 64 + i */
+};
+
+/*
+ * The verdict cache: a frame's verdict depends only on its six field classes,
+ * so each rule set has a direct-mapped, per-CPU cache (PERCPU_ARRAY of
+ * MIRROR_CACHE_SLOTS) from the class tuple to the verdict. A hit replaces the
+ * six bitmap lookups and the scan (whose cost grows with the rule count when
+ * rules overlap) by one inlined array lookup; a miss scans and fills the slot.
+ * The cache is an inner map of the rule set's slot like the others, so a new
+ * rule set starts with an empty one and no verdict outlives its rules.
+ *
+ * Per CPU, so neither locks nor atomics: the programs that share a cache (one
+ * source, one direction) never run nested on one CPU (XDP and tcx ingress run
+ * in softirq, tcx egress with bottom halves off), so an entry is written
+ * whole before anyone on that CPU reads it.
+ */
+struct mirror_cache_entry {
+	__u32 cls[6];  /* the class tuple, in classify()'s field order */
+	__s32 session; /* the verdict: accepting session, or -1 */
+	__u32 valid;   /* 1 once written */
 };
 
 /*

@@ -4,14 +4,19 @@
  * comment above enum mirror_index in abi.h for the data layout).
  *
  * Per frame: six class lookups (two address-trie walks of one lookup per
- * address byte at most, four array slots), six bitmap
- * lookups, AND of the 4-word summaries, then a scan of the candidate words in
- * rule order. The scan is a bpf_loop whose every step either skips a word in
+ * address byte at most, four array slots), then the verdict cache (struct
+ * mirror_cache_entry in abi.h): one lookup by the class tuple, and on a hit
+ * that is the verdict. On a miss: six bitmap lookups, AND of the 4-word
+ * summaries, then a scan of the candidate words in rule order. The scan is a
+ * bpf_loop whose every step either skips up to MIRROR_SCAN_BURST words in
  * which the six bitmaps share no rule, or lands on the frame's first matching
  * rule of the current session: an accept ends the scan, a reject moves the
  * scan to the first rule of the next session. So it runs at most
  * MIRROR_BITMAP_WORDS + MIRROR_MAX_SESSIONS + 1 steps, and in the common case
- * (one summary bit survives the AND) exactly one.
+ * (one summary bit survives the AND) exactly one. Rule sets built to defeat
+ * the summaries (every word a candidate, no rule surviving in any) make the
+ * scan linear in the rule count: the cache is what keeps such a set's cost
+ * flat for traffic whose class tuples repeat, which is nearly all traffic.
  *
  * Rule sets are swapped whole: the program reads `active_generation` once per
  * frame and uses only that generation's maps, and userspace waits an RCU grace
@@ -63,12 +68,27 @@ struct bitmap_inner {
 	__uint(value_size, sizeof(struct mirror_bitmap));
 };
 
+/* Same size in every set (no BPF_F_INNER_MAP): the verifier inlines its lookup. */
+struct cache_inner {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MIRROR_CACHE_SLOTS);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct mirror_cache_entry));
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
 	__uint(max_entries, MIRROR_RULE_SETS);
 	__type(key, __u32);
 	__array(values, struct index_inner);
 } rule_index SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, MIRROR_RULE_SETS);
+	__type(key, __u32);
+	__array(values, struct cache_inner);
+} rule_cache SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
@@ -128,22 +148,43 @@ static __always_inline __u32 next_candidate(const struct scan *s, __u32 w)
 	return MIRROR_BITMAP_WORDS;
 }
 
+/* Words checked in one scan step once the summaries let through a word in
+ * which no rule survives: the following words are read straight away rather
+ * than one loop step (and summary search) each. */
+#define MIRROR_SCAN_BURST 8
+
+static __always_inline __u64 common_rules(const struct scan *s, __u32 w)
+{
+	return s->bm[0]->word[w] & s->bm[1]->word[w] & s->bm[2]->word[w] &
+	       s->bm[3]->word[w] & s->bm[4]->word[w] & s->bm[5]->word[w];
+}
+
 static long scan_step(__u64 i, void *data)
 {
 	struct scan *s = data;
 	__u32 w = next_candidate(s, s->floor / 64);
-	__u32 key, *rw, rule;
+	__u32 key, *rw, rule, j;
 	__u64 x;
 
 	if (w >= s->words || w >= MIRROR_BITMAP_WORDS)
 		return 1;
-	x = s->bm[0]->word[w] & s->bm[1]->word[w] & s->bm[2]->word[w] &
-	    s->bm[3]->word[w] & s->bm[4]->word[w] & s->bm[5]->word[w];
+	x = common_rules(s, w);
 	if (w == s->floor / 64)
 		x &= ~0ULL << (s->floor & 63);
 	if (!x) {
-		s->floor = (w + 1) * 64;
-		return 0;
+#pragma unroll
+		for (j = 1; j < MIRROR_SCAN_BURST; j++) {
+			if (w + 1 >= s->words || w + 1 >= MIRROR_BITMAP_WORDS)
+				return 1;
+			w++;
+			x = common_rules(s, w);
+			if (x)
+				break;
+		}
+		if (!x) {
+			s->floor = (w + 1) * 64;
+			return 0;
+		}
 	}
 	rule = w * 64 + lowest_bit(x);
 	key = MIRROR_IX_RULES + rule;
@@ -199,16 +240,41 @@ static __always_inline __u32 addr_class(void *index, void *trie, const struct pk
 	return 0;
 }
 
+/* Set to false before load to classify every frame by a scan (to measure
+ * and test the scan alone); the verifier then drops the cache code. */
+const volatile bool verdict_cache = true;
+
+/* Slot of a class tuple in the verdict cache. */
+static __always_inline __u32 cache_slot(const __u32 cls[MIRROR_FIELDS])
+{
+	__u32 h = 0x6d697272u, i;
+
+#pragma unroll
+	for (i = 0; i < MIRROR_FIELDS; i++)
+		h = (h ^ cls[i]) * 0x9e3779b1u;
+	return (h ^ (h >> 16)) & (MIRROR_CACHE_SLOTS - 1);
+}
+
+static __always_inline bool cache_hit(const struct mirror_cache_entry *e,
+				      const __u32 cls[MIRROR_FIELDS])
+{
+	return e->valid && e->cls[0] == cls[0] && e->cls[1] == cls[1] && e->cls[2] == cls[2] &&
+	       e->cls[3] == cls[3] && e->cls[4] == cls[4] && e->cls[5] == cls[5];
+}
+
 /*
  * The session (index in priority order) that mirrors frame `p` in direction
- * `dir` (0 ingress, 1 egress), or -1. A missing map counts NO_RULE_SET.
+ * `dir` (0 ingress, 1 egress), or -1; -2 when a rule-set map is missing.
+ * `*scanned` is set when the verdict was not cached.
  */
-static __always_inline __s32 classify(const struct pkt *p, __u32 dir)
+static __always_inline __s32 classify(const struct pkt *p, __u32 dir, bool *scanned)
 {
 	struct scan s = { .session = -1 };
 	__u32 zero = 0, slot, cls[MIRROR_FIELDS], *gen, *words, fam, proto, i;
-	void *index, *trie, *bitmaps;
+	void *index, *trie, *bitmaps, *cache;
+	struct mirror_cache_entry *e;
 	bool ok = true;
+	__s32 v;
 
 	gen = bpf_map_lookup_elem(&active_generation, &zero);
 	if (!gen)
@@ -217,7 +283,8 @@ static __always_inline __s32 classify(const struct pkt *p, __u32 dir)
 	index = bpf_map_lookup_elem(&rule_index, &slot);
 	trie = bpf_map_lookup_elem(&rule_addr, &slot);
 	bitmaps = bpf_map_lookup_elem(&rule_bitmaps, &slot);
-	if (!index || !trie || !bitmaps)
+	cache = bpf_map_lookup_elem(&rule_cache, &slot);
+	if (!index || !trie || !bitmaps || !cache)
 		return -2;
 
 	words = bpf_map_lookup_elem(index, &(__u32){ MIRROR_IX_WORDS });
@@ -241,6 +308,15 @@ static __always_inline __s32 classify(const struct pkt *p, __u32 dir)
 	if (!ok)
 		return -2;
 
+	e = bpf_map_lookup_elem(cache, &(__u32){ cache_slot(cls) });
+	if (!e)
+		return -2;
+	if (verdict_cache && cache_hit(e, cls)) {
+		v = e->session;
+		goto out;
+	}
+	*scanned = true;
+
 #pragma unroll
 	for (i = 0; i < MIRROR_FIELDS; i++) {
 		s.bm[i] = bpf_map_lookup_elem(bitmaps, &cls[i]);
@@ -253,7 +329,19 @@ static __always_inline __s32 classify(const struct pkt *p, __u32 dir)
 			       s.bm[3]->summary[i] & s.bm[4]->summary[i] & s.bm[5]->summary[i];
 	s.index = index;
 	bpf_loop(MIRROR_BITMAP_WORDS + MIRROR_MAX_SESSIONS + 1, scan_step, &s, 0);
-	return s.session;
+	v = s.session;
+	if (verdict_cache) {
+		e->valid = 0;
+#pragma unroll
+		for (i = 0; i < MIRROR_FIELDS; i++)
+			e->cls[i] = cls[i];
+		e->session = v;
+		e->valid = 1;
+	}
+out:
+	/* One exit for both ways, bounded: the verifier then checks the rest of
+	 * the program once, not once per way the verdict was found. */
+	return v >= 0 && v < MIRROR_MAX_SESSIONS ? v : -1;
 }
 
 #endif /* MIRROR_CLASSIFY_H */

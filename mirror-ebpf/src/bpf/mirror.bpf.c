@@ -136,6 +136,7 @@ enum mirror_copy_flags abi_anchor_copy_flags = MIRROR_COPY_F_CUT;
 struct mirror_copy abi_anchor_copy = {};
 struct mirror_fast_stats abi_anchor_fast_stats = {};
 struct mirror_fast_count abi_anchor_fast_count = {};
+struct mirror_cache_entry abi_anchor_cache_entry = {};
 
 static __always_inline void count(__u32 dir, __u32 counter)
 {
@@ -191,13 +192,16 @@ static __always_inline void write_meta(struct xdp_md *ctx, __u32 session, __u32 
  */
 static __always_inline __s32 select_session(struct pkt *p, __u32 dir, __u32 parse_result)
 {
+	bool scanned = false;
 	__s32 session;
 
 	count(dir, MIRROR_CNT_RECEIVED);
 	if (parse_result)
 		count(dir, parse_result);
 
-	session = classify(p, dir);
+	session = classify(p, dir, &scanned);
+	if (scanned)
+		count(dir, MIRROR_CNT_CLASSIFY_SCAN);
 	if (session == -2)
 		count(dir, MIRROR_CNT_NO_RULE_SET);
 	if (session < 0) {
