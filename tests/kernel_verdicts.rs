@@ -495,6 +495,52 @@ fn the_verdict_cache_scans_each_class_tuple_once_per_rule_set() {
     }
 }
 
+/// A rule set whose verdict no frame field can change is answered without
+/// classification: every frame shape (non-IP and truncated ones too) gets
+/// the constant verdict, and nothing is scanned.
+#[test]
+fn a_filter_no_field_can_change_decides_every_frame_without_a_scan() {
+    require_root!();
+    let accept_all = "[[filter.rule]]\nnumber = 1\naction = \"accept\"\ndirection = \"ingress\"\n";
+    let reject_all = "[[filter.rule]]\nnumber = 1\naction = \"reject\"\ndirection = \"ingress\"\n";
+    let with_first = |first: &str, second: &str| {
+        RULES
+            .replacen(
+                "[[filter]]\nname = \"first\"",
+                &format!("[[filter]]\nname = \"first\"\n{first}"),
+                1,
+            )
+            .replacen(
+                "[[filter]]\nname = \"second\"",
+                &format!("[[filter]]\nname = \"second\"\n{second}"),
+                1,
+            )
+    };
+    for (what, text, want) in [
+        ("session a accepts all", with_first(accept_all, ""), A),
+        (
+            "a rejects all, b accepts all",
+            with_first(reject_all, accept_all),
+            B,
+        ),
+        ("both reject all", with_first(reject_all, reject_all), NONE),
+    ] {
+        let fx = Fixture::new(&text);
+        let filters = fx.filters();
+        for (shape, frame, _, _) in table() {
+            let (got, d) = fx.run(&frame);
+            assert_eq!(got, want, "{what}: {shape}");
+            assert_eq!(
+                classify::classify(&filters, Direction::Ingress, &frame),
+                want,
+                "reference, {what}: {shape}"
+            );
+            assert_eq!(cnt(&d, C::MIRROR_CNT_CLASSIFY_SCAN), 0, "{what}: {shape}");
+            assert_accounting(&d, got);
+        }
+    }
+}
+
 #[test]
 fn frames_truncated_at_every_byte_agree_with_the_reference() {
     require_root!();

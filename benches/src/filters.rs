@@ -217,6 +217,10 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             prog.install(&set, None)?;
             let install_ms = t.elapsed().as_secs_f64() * 1e3;
             scan_prog.install(&set, None)?;
+            if std::env::var_os("FASTX").is_some() {
+                prog.set_fast_path(0, 1, &[1], false)?;
+                scan_prog.set_fast_path(0, 1, &[1], false)?;
+            }
             for &(frame_name, proto) in frames {
                 let data = frame(proto);
                 let mut runs = Vec::new();

@@ -44,7 +44,7 @@ pub struct Args {
     /// Frame sizes in bytes, without the FCS (60 is a 64-byte frame on the wire).
     #[arg(long, value_delimiter = ',', default_value = "60,1500")]
     sizes: Vec<usize>,
-    /// Only these cases (drop, tc, redirect, mirror, userspace, broadcast,
+    /// Only these cases (drop, tc, redirect, mirror, filtered, userspace, broadcast,
     /// mirror2); default all. Ratios need their reference case in the run.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
@@ -65,6 +65,21 @@ number = 1
 action = "accept"
 direction = "ingress"
 
+# AWS's documentation example: every frame is classified (the UDP feed
+# matches rule 200, after rule 100 missed).
+[[filter]]
+name = "aws"
+[[filter.rule]]
+number = 100
+action = "reject"
+direction = "ingress"
+protocol = "tcp"
+destination_port = "443"
+[[filter.rule]]
+number = 200
+action = "accept"
+direction = "ingress"
+
 [[target]]
 name = "t0"
 kind = "interface"
@@ -78,7 +93,7 @@ interface = "tgt1"
 [[session]]
 name = "all"
 source = "feed"
-filter = "all"
+filter = "@FILTER@"
 targets = [@TARGETS@]
 path = "@PATH@"
 "#;
@@ -89,17 +104,19 @@ enum Case {
     TcMirred,
     XdpRedirect,
     MirrorKernel,
+    MirrorFiltered,
     MirrorUserspace,
     XdpBroadcast,
     MirrorKernel2,
 }
 
 impl Case {
-    const ALL: [Case; 7] = [
+    const ALL: [Case; 8] = [
         Case::XdpDrop,
         Case::TcMirred,
         Case::XdpRedirect,
         Case::MirrorKernel,
+        Case::MirrorFiltered,
         Case::MirrorUserspace,
         Case::XdpBroadcast,
         Case::MirrorKernel2,
@@ -112,6 +129,7 @@ impl Case {
             Case::TcMirred => "tc",
             Case::XdpRedirect => "redirect",
             Case::MirrorKernel => "mirror",
+            Case::MirrorFiltered => "filtered",
             Case::MirrorUserspace => "userspace",
             Case::XdpBroadcast => "broadcast",
             Case::MirrorKernel2 => "mirror2",
@@ -124,6 +142,7 @@ impl Case {
             Case::TcMirred => "tc mirred (software SPAN)",
             Case::XdpRedirect => "XDP redirect (in-kernel ceiling)",
             Case::MirrorKernel => "mirror, kernel path",
+            Case::MirrorFiltered => "mirror, kernel path, 2-rule filter",
             Case::MirrorUserspace => "mirror, userspace (AF_XDP)",
             Case::XdpBroadcast => "XDP broadcast x2 (fan-out ceiling)",
             Case::MirrorKernel2 => "mirror x2, kernel path",
@@ -142,7 +161,9 @@ impl Case {
     /// The case this one is compared with.
     fn reference(self) -> Option<Case> {
         match self {
-            Case::TcMirred | Case::MirrorKernel | Case::MirrorUserspace => Some(Case::XdpRedirect),
+            Case::TcMirred | Case::MirrorKernel | Case::MirrorFiltered | Case::MirrorUserspace => {
+                Some(Case::XdpRedirect)
+            }
             Case::MirrorKernel2 => Some(Case::XdpBroadcast),
             _ => None,
         }
@@ -380,13 +401,21 @@ fn start<'a>(case: Case, lab: &'a Lab, exe: &Path, dir: &TempDir) -> Result<Runn
                 ],
             )?;
         }
-        Case::MirrorKernel | Case::MirrorUserspace | Case::MirrorKernel2 => {
+        Case::MirrorKernel | Case::MirrorFiltered | Case::MirrorUserspace | Case::MirrorKernel2 => {
             let (targets, path) = match case {
-                Case::MirrorKernel => ("\"t0\"", "kernel"),
                 Case::MirrorUserspace => ("\"t0\"", "userspace"),
-                _ => ("\"t0\", \"t1\"", "kernel"),
+                Case::MirrorKernel2 => ("\"t0\", \"t1\"", "kernel"),
+                _ => ("\"t0\"", "kernel"),
             };
-            let text = CONFIG.replace("@TARGETS@", targets).replace("@PATH@", path);
+            let filter = if case == Case::MirrorFiltered {
+                "aws"
+            } else {
+                "all"
+            };
+            let text = CONFIG
+                .replace("@TARGETS@", targets)
+                .replace("@PATH@", path)
+                .replace("@FILTER@", filter);
             run.daemon = Some(crate::start_daemon(&lab.src, exe, dir, &text)?);
         }
     }
@@ -408,7 +437,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     for id in &a.cases {
         if !Case::ALL.iter().any(|c| c.id() == id) {
-            bail!("unknown case `{id}`: the cases are drop, tc, redirect, mirror, userspace, broadcast, mirror2");
+            bail!("unknown case `{id}`: the cases are drop, tc, redirect, mirror, filtered, userspace, broadcast, mirror2");
         }
     }
     let wanted = Case::ALL

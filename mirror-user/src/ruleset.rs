@@ -32,7 +32,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use mirror_ebpf::mirror::types::{mirror_index as IX, mirror_rule_word as RW};
+use mirror_ebpf::mirror::types::{
+    mirror_constant as CONST, mirror_index as IX, mirror_rule_word as RW,
+};
 
 use crate::classify::FrameView;
 use crate::config::{Action, Config, Direction, Filter, Rule};
@@ -106,6 +108,35 @@ impl Classes {
 
 fn set(bits: &mut Bits, i: usize) {
     bits[i / 64] |= 1 << (i % 64);
+}
+
+/// True when the rule constrains no field: it matches every frame.
+fn matches_everything(r: &Rule) -> bool {
+    r.protocol.is_none()
+        && r.source.is_none()
+        && r.destination.is_none()
+        && r.source_port.is_none()
+        && r.destination_port.is_none()
+        && r.vlan.is_none()
+}
+
+/// MIRROR_IX_CONSTANT: when the first rule of each session up to the
+/// deciding one matches every frame, the verdict is the same for all frames.
+fn constant_verdict(rules: &[(&Rule, u8)]) -> u32 {
+    let mut i = 0;
+    while let Some(&(r, session)) = rules.get(i) {
+        if !matches_everything(r) {
+            return CONST::MIRROR_CONST_NONE.0;
+        }
+        if r.action == Action::Accept {
+            return CONST::MIRROR_CONST_SESSION.0 + u32::from(session);
+        }
+        // Rejects everything: this session mirrors nothing; on to the next.
+        while rules.get(i).is_some_and(|&(_, s)| s == session) {
+            i += 1;
+        }
+    }
+    CONST::MIRROR_CONST_NOTHING.0
 }
 
 fn needs_ip(r: &Rule) -> bool {
@@ -330,6 +361,12 @@ impl RuleSet {
             index[rw + i] = w;
         }
         index[IX::MIRROR_IX_WORDS.0 as usize] = words as u32;
+        index[IX::MIRROR_IX_CONSTANT.0 as usize] = constant_verdict(rules);
+        // The roots again, where the kernel reads the first level.
+        let roots = IX::MIRROR_IX_ROOTS.0 as usize;
+        for (i, node) in nodes.iter().take(4).enumerate() {
+            index[roots + i * 256..roots + (i + 1) * 256].copy_from_slice(node);
+        }
 
         Ok(RuleSet {
             rules: n,
@@ -347,6 +384,11 @@ impl RuleSet {
     /// Evaluates the tables the way the kernel does: the session that
     /// mirrors a frame described by `f`, or `None`.
     pub fn classify(&self, f: &FrameView) -> Option<usize> {
+        match self.index[IX::MIRROR_IX_CONSTANT.0 as usize] {
+            c if c == CONST::MIRROR_CONST_NONE.0 => {}
+            c if c == CONST::MIRROR_CONST_NOTHING.0 => return None,
+            c => return Some((c - CONST::MIRROR_CONST_SESSION.0) as usize),
+        }
         let fam = match f.ipv4 {
             Some(true) => 1usize,
             Some(false) => 2,
@@ -546,6 +588,47 @@ mod tests {
         assert_eq!(set.classify(&https), None);
         assert_eq!(set.classify(&ssh), Some(0));
         assert_eq!(set.classify(&parse_frame(&[0u8; 20])), Some(0));
+    }
+
+    #[test]
+    fn a_verdict_no_field_can_change_is_constant() {
+        let mut tcp = rule(10, Action::Accept);
+        tcp.protocol = Some(6);
+        let accept_all = rule(10, Action::Accept);
+        let reject_all = rule(10, Action::Reject);
+        let session = |s: u32| CONST::MIRROR_CONST_SESSION.0 + s;
+        let (none, nothing) = (CONST::MIRROR_CONST_NONE.0, CONST::MIRROR_CONST_NOTHING.0);
+        // (what, rules in evaluation order with their session, constant,
+        // verdict for an SSH frame)
+        for (what, rules, want, ssh_verdict) in [
+            ("no rules", vec![], nothing, None),
+            ("accept all", vec![(&accept_all, 0)], session(0), Some(0)),
+            (
+                "accept all after a filtering rule",
+                vec![(&tcp, 0), (&accept_all, 0)],
+                none,
+                Some(0),
+            ),
+            (
+                "session 0 rejects all, session 1 accepts all",
+                vec![(&reject_all, 0), (&tcp, 0), (&accept_all, 1)],
+                session(1),
+                Some(1),
+            ),
+            (
+                "session 0 rejects all, session 1 filters",
+                vec![(&reject_all, 0), (&tcp, 1)],
+                none,
+                Some(1),
+            ),
+            ("reject all", vec![(&reject_all, 0)], nothing, None),
+            ("filters", vec![(&tcp, 0)], none, Some(0)),
+        ] {
+            let set = RuleSet::from_ordered(&rules).expect("builds");
+            assert_eq!(set.index[IX::MIRROR_IX_CONSTANT.0 as usize], want, "{what}");
+            let ssh = view("10.0.0.1", "10.0.0.2", 6, Some((40000, 22)));
+            assert_eq!(set.classify(&ssh), ssh_verdict, "{what}: ssh");
+        }
     }
 
     #[test]

@@ -118,8 +118,26 @@ enum mirror_index {
 	MIRROR_IX_SRC_UNKNOWN = 135942,      /* class of a frame without addresses */
 	MIRROR_IX_DST_UNKNOWN = 135943,
 	MIRROR_IX_WORDS = 135944,            /* bitmap words in use: ceil(n / 64) */
-	MIRROR_IX_RULES = 135945,            /* MIRROR_MAX_RULES rule words, see below */
-	MIRROR_IX_SLOTS = 152329,
+	MIRROR_IX_CONSTANT = 135945,         /* the verdict when no frame field can change
+					      * it (see MIRROR_CONST_*), else 0 */
+	MIRROR_IX_ROOTS = 135946,            /* the address tries' 4 root nodes (node
+					      * field * 2 + IPv6), 256 entries each: a
+					      * copy of trie nodes 0..3, read here so
+					      * the first level is an inlined lookup */
+	MIRROR_IX_RULES = 136970,            /* MIRROR_MAX_RULES rule words, see below */
+	MIRROR_IX_SLOTS = 153354,
+};
+
+/*
+ * MIRROR_IX_CONSTANT: a rule set whose first deciding rule matches every
+ * frame (no field constrained: "mirror everything", or sessions that reject
+ * everything ahead of one that accepts everything) has one verdict for all
+ * frames; the kernel then skips classification.
+ */
+enum mirror_constant {
+	MIRROR_CONST_NONE = 0,     /* classify each frame */
+	MIRROR_CONST_NOTHING = 1,  /* no frame is mirrored */
+	MIRROR_CONST_SESSION = 2,  /* + s: every frame goes to session s */
 };
 
 /*

@@ -3,7 +3,9 @@
  * The classifier: bit-vector classification over a source's rule set (see the
  * comment above enum mirror_index in abi.h for the data layout).
  *
- * Per frame: six class lookups (two address-trie walks of one lookup per
+ * A rule set whose verdict no field can change (MIRROR_IX_CONSTANT, e.g. one
+ * rule that accepts everything) is answered by one index lookup. Otherwise,
+ * per frame: six class lookups (two address-trie walks of one lookup per
  * address byte at most, four array slots), then the verdict cache (struct
  * mirror_cache_entry in abi.h): one lookup by the class tuple, and on a hit
  * that is the verdict. On a miss: six bitmap lookups, AND of the 4-word
@@ -213,21 +215,25 @@ static __always_inline __u32 index_class(void *index, __u32 slot, bool *ok)
 	return *v;
 }
 
-/* Walks the address trie: one node per address byte until a leaf. */
+/* Walks the address trie: one node per address byte until a leaf. The root
+ * is read from the index array (MIRROR_IX_ROOTS), the rest from the trie. */
 static __always_inline __u32 addr_class(void *index, void *trie, const struct pkt *p,
 					__u32 field, __u32 unknown_slot, bool *ok)
 {
 	__u8 addr[16];
-	__u32 node, depth, d;
+	__u32 node, depth, d, e;
 
 	if (!(p->flags & MIRROR_PF_ADDRS))
 		return index_class(index, unknown_slot, ok);
 	__builtin_memcpy(addr, field == MIRROR_ADDR_SRC ? p->src : p->dst, 16);
 	depth = p->flags & MIRROR_PF_IPV6 ? 16 : 4;
 	node = field * 2 + (p->flags & MIRROR_PF_IPV6 ? 1 : 0);
-	for (d = 0; d < 16 && d < depth; d++) {
+	e = index_class(index, MIRROR_IX_ROOTS + node * 256 + addr[0], ok);
+	if (e & MIRROR_ADDR_LEAF)
+		return e & ~MIRROR_ADDR_LEAF;
+	node = e;
+	for (d = 1; d < 16 && d < depth; d++) {
 		struct mirror_addr_node *n = bpf_map_lookup_elem(trie, &node);
-		__u32 e;
 
 		if (!n)
 			break;
@@ -244,15 +250,14 @@ static __always_inline __u32 addr_class(void *index, void *trie, const struct pk
  * and test the scan alone); the verifier then drops the cache code. */
 const volatile bool verdict_cache = true;
 
-/* Slot of a class tuple in the verdict cache. */
+/* Slot of a class tuple in the verdict cache: a sum of independent products
+ * (the CPU does the six multiplications in parallel), folded. */
 static __always_inline __u32 cache_slot(const __u32 cls[MIRROR_FIELDS])
 {
-	__u32 h = 0x6d697272u, i;
+	__u32 h = cls[0] * 0x9e3779b1u + cls[1] * 0x85ebca6bu + cls[2] * 0xc2b2ae35u +
+		  cls[3] * 0x27d4eb2fu + cls[4] * 0x165667b1u + cls[5] * 0xd3a2646du;
 
-#pragma unroll
-	for (i = 0; i < MIRROR_FIELDS; i++)
-		h = (h ^ cls[i]) * 0x9e3779b1u;
-	return (h ^ (h >> 16)) & (MIRROR_CACHE_SLOTS - 1);
+	return (h ^ (h >> 15) ^ (h >> 22)) & (MIRROR_CACHE_SLOTS - 1);
 }
 
 static __always_inline bool cache_hit(const struct mirror_cache_entry *e,
@@ -270,7 +275,7 @@ static __always_inline bool cache_hit(const struct mirror_cache_entry *e,
 static __always_inline __s32 classify(const struct pkt *p, __u32 dir, bool *scanned)
 {
 	struct scan s = { .session = -1 };
-	__u32 zero = 0, slot, cls[MIRROR_FIELDS], *gen, *words, fam, proto, i;
+	__u32 zero = 0, slot, cls[MIRROR_FIELDS], *gen, *words, *constant, fam, proto, i;
 	void *index, *trie, *bitmaps, *cache;
 	struct mirror_cache_entry *e;
 	bool ok = true;
@@ -281,18 +286,22 @@ static __always_inline __s32 classify(const struct pkt *p, __u32 dir, bool *scan
 		return -2;
 	slot = (dir & 1) * 2 + (*gen & 1);
 	index = bpf_map_lookup_elem(&rule_index, &slot);
+	if (!index)
+		return -2;
+	constant = bpf_map_lookup_elem(index, &(__u32){ MIRROR_IX_CONSTANT });
+	if (!constant)
+		return -2;
+	if (*constant != MIRROR_CONST_NONE) {
+		/* No field can change the verdict: no lookups, no cache. */
+		v = *constant == MIRROR_CONST_NOTHING
+			    ? -1
+			    : (*constant - MIRROR_CONST_SESSION) & (MIRROR_MAX_SESSIONS - 1);
+		goto out;
+	}
 	trie = bpf_map_lookup_elem(&rule_addr, &slot);
-	bitmaps = bpf_map_lookup_elem(&rule_bitmaps, &slot);
 	cache = bpf_map_lookup_elem(&rule_cache, &slot);
-	if (!index || !trie || !bitmaps || !cache)
+	if (!trie || !cache)
 		return -2;
-
-	words = bpf_map_lookup_elem(index, &(__u32){ MIRROR_IX_WORDS });
-	if (!words)
-		return -2;
-	if (*words == 0)
-		return -1; /* an empty rule set */
-	s.words = *words;
 
 	fam = p->flags & MIRROR_PF_IPV4 ? 1 : p->flags & MIRROR_PF_IPV6 ? 2 : 0;
 	proto = p->flags & MIRROR_PF_PROTO ? p->proto : 256;
@@ -312,11 +321,17 @@ static __always_inline __s32 classify(const struct pkt *p, __u32 dir, bool *scan
 	if (!e)
 		return -2;
 	if (verdict_cache && cache_hit(e, cls)) {
-		v = e->session;
+		v = e->session < 0 ? -1 : e->session & (MIRROR_MAX_SESSIONS - 1);
 		goto out;
 	}
 	*scanned = true;
 
+	/* Not cached: what the scan needs. */
+	bitmaps = bpf_map_lookup_elem(&rule_bitmaps, &slot);
+	words = bpf_map_lookup_elem(index, &(__u32){ MIRROR_IX_WORDS });
+	if (!bitmaps || !words)
+		return -2;
+	s.words = *words; /* 0: an empty rule set, the scan stops at once */
 #pragma unroll
 	for (i = 0; i < MIRROR_FIELDS; i++) {
 		s.bm[i] = bpf_map_lookup_elem(bitmaps, &cls[i]);
@@ -339,9 +354,10 @@ static __always_inline __s32 classify(const struct pkt *p, __u32 dir, bool *scan
 		e->valid = 1;
 	}
 out:
-	/* One exit for both ways, bounded: the verifier then checks the rest of
-	 * the program once, not once per way the verdict was found. */
-	return v >= 0 && v < MIRROR_MAX_SESSIONS ? v : -1;
+	/* Every way here leaves v in -1..MIRROR_MAX_SESSIONS-1 by construction
+	 * (masks, not range checks, which the compiler may move away from the
+	 * register the caller indexes with). */
+	return v;
 }
 
 #endif /* MIRROR_CLASSIFY_H */

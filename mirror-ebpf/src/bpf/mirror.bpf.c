@@ -129,6 +129,7 @@ enum mirror_counter abi_anchor_counter = MIRROR_CNT_MAX;
 enum mirror_limits abi_anchor_limits = MIRROR_MAX_RULES;
 enum mirror_parse_flags abi_anchor_parse_flags = MIRROR_PF_VLAN;
 enum mirror_index abi_anchor_index = MIRROR_IX_SLOTS;
+enum mirror_constant abi_anchor_constant = MIRROR_CONST_NONE;
 enum mirror_rule_word abi_anchor_rule_word = MIRROR_RW_ACCEPT;
 enum mirror_addr_field abi_anchor_addr_field = MIRROR_ADDR_SRC;
 enum mirror_direction abi_anchor_direction = MIRROR_DIR_INGRESS;
@@ -137,6 +138,9 @@ struct mirror_copy abi_anchor_copy = {};
 struct mirror_fast_stats abi_anchor_fast_stats = {};
 struct mirror_fast_count abi_anchor_fast_count = {};
 struct mirror_cache_entry abi_anchor_cache_entry = {};
+
+/* Keeps the compiler from merging or reordering range checks on `var`. */
+#define barrier_var(var) asm volatile("" : "+r"(var))
 
 static __always_inline void count(__u32 dir, __u32 counter)
 {
@@ -223,26 +227,33 @@ static __always_inline int try_xdp_tap(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct pkt p = {};
-	__u32 why;
+	__u32 why, key;
 	__s32 session;
+	__u64 s;
 	long verdict;
-
 	void *fast;
 
 	why = parse_frame(data, data_end, &p);
 	session = select_session(&p, MIRROR_DIR_INGRESS, why);
 	if (session < 0)
 		return XDP_DROP;
+	/* In range (select_session bounds it), checked where the verifier sees
+	 * it: `s` indexes session_single, `key` (on the stack) keys the maps. */
+	s = (__u32)session; /* 64-bit: the check and the index use one register */
+	barrier_var(s);
+	if (s >= MIRROR_MAX_SESSIONS)
+		return XDP_DROP;
+	key = s;
 
-	fast = bpf_map_lookup_elem(&fast_sessions, &session);
+	fast = bpf_map_lookup_elem(&fast_sessions, &key);
 	if (fast) {
-		struct mirror_fast_count *n = bpf_map_lookup_elem(&session_kernel, &session);
+		struct mirror_fast_count *n = bpf_map_lookup_elem(&session_kernel, &key);
 
 		if (n) {
 			n->packets += 1;
 			n->bytes += data_end - data;
 		}
-		if (session < MIRROR_MAX_SESSIONS && session_single[session])
+		if (session_single[s])
 			return bpf_redirect_map(fast, 0, XDP_DROP);
 		/* One clone per target; the kernel queues them to each device. */
 		return bpf_redirect_map(fast, 0, BPF_F_BROADCAST);
@@ -334,9 +345,6 @@ static __always_inline __u64 wake_flags(void)
 	return bpf_ringbuf_query(&copies, BPF_RB_AVAIL_DATA) >= threshold ? BPF_RB_FORCE_WAKEUP
 									   : BPF_RB_NO_WAKEUP;
 }
-
-/* Keeps the compiler from merging or reordering range checks on `var`. */
-#define barrier_var(var) asm volatile("" : "+r"(var))
 
 /* Reserves a record with room for `room` frame bytes and fills it. */
 static __always_inline int copy_into_class(struct copy_job *job, const __u32 room)
