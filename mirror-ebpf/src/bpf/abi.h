@@ -28,7 +28,8 @@ enum mirror_limits {
 	MIRROR_DIRECTIONS = 2,     /* enum mirror_direction */
 	MIRROR_COPY_MAX = 9216,    /* bytes of a frame a copy-mode record carries at most */
 	MIRROR_RING_MIN = 4096,    /* smallest ring buffer (one page) */
-	MIRROR_MAX_FAST_TARGETS = 64, /* DEVMAP entries of one session's fast path */
+	MIRROR_MAX_FAST_TARGETS = 8, /* DEVMAP entries of one session's fast path: a broadcast
+					 * walks every hash bucket, so this costs per frame */
 	MIRROR_CACHE_SLOTS = 1024, /* verdict cache entries per rule set and CPU (power of 2) */
 };
 

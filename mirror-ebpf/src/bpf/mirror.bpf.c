@@ -52,10 +52,11 @@ struct {
 	__array(values, struct fast_targets);
 } fast_sessions SEC(".maps");
 
-/* Fast-path counters per target device (egress ifindex), filled in by userspace. */
+/* Fast-path counters per target device (egress ifindex), entries made by
+ * userspace: room for every session's targets. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, MIRROR_MAX_FAST_TARGETS);
+	__uint(max_entries, MIRROR_MAX_SESSIONS * MIRROR_MAX_FAST_TARGETS);
 	__type(key, __u32);
 	__type(value, struct mirror_fast_stats);
 } fast_stats SEC(".maps");
