@@ -755,43 +755,6 @@ fn accept_all_daemon(lab: &Lab, dir: &TempDir, text: &str) -> (DaemonProcess, Cl
     (daemon, client)
 }
 
-/// A small tmpfs mounted for one test, unmounted on drop (also on panic).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: std::path::PathBuf, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(&at).expect("mount point");
-        let opts = format!("size={size}");
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &opts, "mirror-test"])
-            .arg(&at)
-            .status()
-            .expect("mount")
-            .success();
-        assert!(ok, "mounting a tmpfs on {}", at.display());
-        Tmpfs(at)
-    }
-
-    /// Bytes free for files.
-    fn free(&self) -> u64 {
-        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).expect("path");
-        // Safety: statvfs is plain old data; all-zero is a valid value.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // Safety: a NUL-terminated path and a valid out-pointer.
-        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
-        st.f_bavail * st.f_frsize
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// `count` 1000-byte lab frames numbered from `first`.
 fn kilo_frames(first: u32, count: u32) -> Vec<Vec<u8>> {
     (first..first + count)
@@ -804,13 +767,17 @@ fn a_full_disk_drops_whole_buffers_counts_them_and_writing_resumes() {
     require_root!();
     let lab = Lab::new(1).expect("lab");
     let dir = TempDir::new("e2e-diskfull").expect("temp dir");
-    let fs = Tmpfs::mount(dir.path().join("cap"), "2m");
+    let fs = lab::Tmpfs::mount(dir.path().join("cap"), "2m").expect("a 2 MiB tmpfs");
     // Leave about 400 KiB: room for ~350 of the 1,000 copies below.
-    let ballast = fs.0.join("ballast");
+    let ballast = fs.path().join("ballast");
     let leave = 400 << 10;
-    std::fs::write(&ballast, vec![0u8; (fs.free() - leave) as usize]).expect("ballast");
+    std::fs::write(
+        &ballast,
+        vec![0u8; (fs.free().expect("statvfs") - leave) as usize],
+    )
+    .expect("ballast");
     let (daemon, mut client) = accept_all_daemon(&lab, &dir, &LIMITS.replace("@LIMIT@", ""));
-    let file = fs.0.join("feed.pcapng");
+    let file = fs.path().join("feed.pcapng");
     let settled = |st: &mirror_user::stats::Stats, n: u64| {
         st.sources["feed"].received == n
             && st.targets["cap"].enqueued == n
