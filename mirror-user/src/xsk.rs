@@ -599,6 +599,36 @@ pub struct TxQueue {
     in_flight: u32,
 }
 
+/// `XDP_MAX_TX_SKB_BUDGET` (linux/if_xdp.h, kernel 6.17+; Debian 12's
+/// headers predate it): how many TX descriptors one `sendto` turns into skbs
+/// in copy mode (default 32, at most the TX ring's size).
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+
+/// Copy mode sends at most 32 frames per `sendto` unless told otherwise:
+/// let one wake-up send the whole ring, a syscall per batch instead of per
+/// 32 frames. Older kernels refuse the option; they keep their 32.
+fn raise_tx_budget(w: &Where<'_>, fd: libc::c_int, ring: u32) {
+    let budget: u32 = ring;
+    // Safety: a valid socket fd and a 4-byte option value that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_XDP,
+            XDP_MAX_TX_SKB_BUDGET,
+            (&budget as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            interface = w.interface,
+            queue = w.queue,
+            error = %std::io::Error::last_os_error(),
+            "XDP_MAX_TX_SKB_BUDGET not taken: copy-mode TX sends 32 frames per wake-up"
+        );
+    }
+}
+
 impl TxQueue {
     /// Binds a TX socket to `interface` queue `queue` over `area`, whose
     /// [`FRAME_SIZE`] frames the caller fills and hands to [`TxQueue::submit`].
@@ -660,6 +690,9 @@ impl TxQueue {
             .user
             .map_tx()
             .map_err(|e| w.err("mapping the TX ring", e, b.zero_copy))?;
+        if !b.zero_copy {
+            raise_tx_budget(&w, b.user.as_raw_fd(), ring);
+        }
         Ok((
             TxQueue {
                 tx,

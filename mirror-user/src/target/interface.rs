@@ -13,6 +13,10 @@ use crate::xsk::{TxQueue, UmemHost, XskError, FRAME_SIZE};
 const BATCH: usize = 64;
 /// How often the link state is read.
 const LINK_CHECK: Duration = Duration::from_millis(100);
+/// How often an idle sender looks for completions still in flight.
+const COMPLETION_POLL: Duration = Duration::from_micros(50);
+/// How long an idle sender with nothing in flight sleeps unless woken.
+const IDLE: Duration = Duration::from_millis(10);
 /// How long a stopping sender waits for its last frames to complete.
 const DRAIN: Duration = Duration::from_secs(1);
 
@@ -154,11 +158,18 @@ fn run(mut tx: TxQueue, q: &TargetQueue, interface: &str, stop: &AtomicBool, fra
                 return;
             }
         }
-        if tx.in_flight() > 0 || !batch.is_empty() {
-            // Completions come back within microseconds: spin politely.
+        if !batch.is_empty() {
+            // The TX ring is full: the kernel frees room within microseconds.
             std::thread::yield_now();
         } else if q.queued() == 0 {
-            std::thread::park_timeout(Duration::from_millis(10));
+            // Nothing to send: sleep until a worker queues more (it wakes
+            // this thread), or briefly while completions are still due
+            // (copy mode completes most of them inside the kick itself).
+            std::thread::park_timeout(if tx.in_flight() > 0 {
+                COMPLETION_POLL
+            } else {
+                IDLE
+            });
         }
     }
 }
