@@ -1,6 +1,6 @@
 //! `mirror`: a traffic mirror engine for Linux.
 //!
-//! The library behind the `mirror` binary: configuration ([`config`]), filter
+//! The library behind the `mirror` binary: configuration ([`config`], [`cpus`]), filter
 //! semantics ([`classify`]) and their kernel tables ([`ruleset`]), the kernel programs' loader ([`loader`]), AF_XDP
 //! ([`xsk`]), the copy-mode ring buffer ([`ringbuf`]), targets ([`target`]), sessions' per-frame work ([`session`]), the data plane ([`engine`]), counters
 //! ([`stats`]), the control socket ([`control`]), and the network-namespace
@@ -9,6 +9,7 @@
 pub mod classify;
 pub mod config;
 pub mod control;
+pub mod cpus;
 pub mod engine;
 pub mod lab;
 pub mod loader;

@@ -20,6 +20,16 @@ pub fn main(a: Args) -> Result<ExitCode> {
         bail!("mirror run needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW)");
     }
     let config = mirror_user::config::load(&a.config)?;
+    if let Some(cpus) = &config.daemon.cpus {
+        // Before any thread starts: every thread inherits the mask.
+        cpus.pin_current_thread().with_context(|| {
+            format!(
+                "cpus = \"{cpus}\": cannot run on these CPUs (are they online? this machine has {})",
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            )
+        })?;
+        tracing::info!(%cpus, "running on the configured CPUs");
+    }
     let control = config.daemon.control_socket.clone();
     // The data plane runs on its own threads; tokio serves only the control plane.
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -341,6 +341,9 @@ pub struct Session {
 pub struct Daemon {
     pub control_socket: PathBuf,
     pub metrics: Option<SocketAddr>,
+    /// The CPUs every thread of the daemon runs on (`cpus = "1-3"`); `None`:
+    /// any, as the scheduler decides.
+    pub cpus: Option<crate::cpus::CpuList>,
 }
 
 /// A validated configuration.
@@ -805,9 +808,20 @@ impl Validator<'_> {
                 }
             },
         };
+        let cpus = match &d.cpus {
+            None => None,
+            Some(c) => match crate::cpus::CpuList::parse(c.get_ref()) {
+                Ok(l) => Some(l),
+                Err(why) => {
+                    self.error(c.span(), format!("cpus = \"{}\": {why}", c.get_ref()));
+                    return None;
+                }
+            },
+        };
         Some(Daemon {
             control_socket,
             metrics,
+            cpus,
         })
     }
 

@@ -33,6 +33,8 @@ pub struct RawDaemon {
     pub control_socket: Option<Spanned<String>>,
     /// Prometheus listen address; omitted = no metrics endpoint.
     pub metrics: Option<Spanned<String>>,
+    /// CPU list the daemon runs on (`taskset -c` syntax); omitted = any.
+    pub cpus: Option<Spanned<String>>,
 }
 
 /// `[[source]]`.

@@ -561,3 +561,23 @@ fn session_path_defaults_to_auto_and_kernel_is_refused_where_userspace_is_needed
     let e = errors(&GOOD.replace("priority = 1", "path = \"fast\""));
     assert!(e[0].contains("unknown variant `fast`"), "{e:?}");
 }
+
+#[test]
+fn daemon_cpus_take_a_cpu_list_and_a_bad_one_is_reported_at_its_value() {
+    let c = parse(GOOD, "t.toml").expect("valid");
+    assert_eq!(c.daemon.cpus, None, "default: any CPU");
+    let text = GOOD.replace(
+        "control_socket = \"/tmp/m.sock\"",
+        "control_socket = \"/tmp/m.sock\"\ncpus = \"1,3-4\"",
+    );
+    let c = parse(&text, "t.toml").expect("valid");
+    assert_eq!(c.daemon.cpus.expect("set").cpus(), &[1, 3, 4]);
+    let text = GOOD.replace(
+        "control_socket = \"/tmp/m.sock\"",
+        "control_socket = \"/tmp/m.sock\"\ncpus = \"4-1\"",
+    );
+    assert_eq!(
+        errors(&text),
+        vec!["t.toml:4:8: cpus = \"4-1\": range \"4-1\" is reversed: write \"1-4\""]
+    );
+}

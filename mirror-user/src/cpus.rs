@@ -1,0 +1,115 @@
+//! `[daemon] cpus`: the CPUs the daemon runs on, as a Linux CPU list
+//! ("1", "2-3", "0,4-7"), like `taskset -c`. Keeping the daemon off the
+//! cores that service the monitored NIC's receive queues keeps its work from
+//! competing with the traffic it watches.
+
+use std::fmt;
+
+/// CPU numbers the kernel's affinity masks can name (`CPU_SETSIZE`).
+pub const MAX_CPUS: usize = 1024;
+
+/// A parsed CPU list: sorted, without duplicates, never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(Vec<usize>);
+
+impl CpuList {
+    /// Parses "N", "N-M" and comma-separated lists of them.
+    pub fn parse(text: &str) -> Result<CpuList, String> {
+        let mut cpus = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let num = |s: &str| -> Result<usize, String> {
+                let n: usize = s.trim().parse().map_err(|_| {
+                    format!(
+                        "`{s}` is not a CPU number: write a list like \"1\", \"2-3\" or \"0,4-7\""
+                    )
+                })?;
+                if n >= MAX_CPUS {
+                    return Err(format!(
+                        "CPU {n} is out of range: CPUs are 0 to {}",
+                        MAX_CPUS - 1
+                    ));
+                }
+                Ok(n)
+            };
+            match part.split_once('-') {
+                Some((lo, hi)) => {
+                    let (lo, hi) = (num(lo)?, num(hi)?);
+                    if lo > hi {
+                        return Err(format!("range \"{part}\" is reversed: write \"{hi}-{lo}\""));
+                    }
+                    cpus.extend(lo..=hi);
+                }
+                None => cpus.push(num(part)?),
+            }
+        }
+        cpus.sort_unstable();
+        cpus.dedup();
+        Ok(CpuList(cpus))
+    }
+
+    pub fn cpus(&self) -> &[usize] {
+        &self.0
+    }
+
+    /// Restricts the calling thread, and every thread it starts from now on,
+    /// to these CPUs. Call it before starting any thread to pin the process.
+    pub fn pin_current_thread(&self) -> std::io::Result<()> {
+        // Safety: cpu_set_t is plain data; all-zero is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &cpu in &self.0 {
+            // Safety: `cpu` < MAX_CPUS = CPU_SETSIZE, checked by `parse`.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+        // Safety: a valid set of the size passed.
+        if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for CpuList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        let mut i = 0;
+        while i < self.0.len() {
+            let mut j = i;
+            while j + 1 < self.0.len() && self.0[j + 1] == self.0[j] + 1 {
+                j += 1;
+            }
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            if j > i {
+                write!(f, "{}-{}", self.0[i], self.0[j])?;
+            } else {
+                write!(f, "{}", self.0[i])?;
+            }
+            i = j + 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_singles_ranges_and_lists_and_prints_them_back_compact() {
+        let l = CpuList::parse("4-6, 0,5,2").expect("valid");
+        assert_eq!(l.cpus(), &[0, 2, 4, 5, 6]);
+        assert_eq!(l.to_string(), "0,2,4-6");
+        assert_eq!(CpuList::parse("1").expect("valid").cpus(), &[1]);
+    }
+
+    #[test]
+    fn rejects_reversed_ranges_junk_and_cpus_beyond_the_mask() {
+        let err = |text: &str| CpuList::parse(text).expect_err(text);
+        assert!(err("3-1").contains("reversed: write \"1-3\""));
+        assert!(err("one").contains("not a CPU number"));
+        assert!(err("").contains("not a CPU number"));
+        assert!(err("1024").contains("out of range"));
+    }
+}
