@@ -11,12 +11,14 @@
  * same UMEM: the RX socket and the TX socket share one UMEM, so a frame is
  * never copied in userspace; its address goes from the RX ring to the TX
  * ring, and back to the fill ring once the kernel completes it. One thread,
- * busy polling, batches of 64, a TX kick (sendto) per batch, as libxdp's own
- * samples do in copy mode. A frame that finds the TX ring full is dropped
+ * busy polling, batches of 64, a TX kick (sendto) per loop while frames are
+ * outstanding, as libxdp's own samples do in copy mode. A frame that finds the TX ring full is dropped
  * (returned to the fill ring) and counted.
  *
- * Runs for SECONDS, or until SIGINT/SIGTERM, then prints one line:
- *   rx=N tx=N tx_full=N
+ * Says "xsk-fwd: forwarding IN -> OUT" on stderr once both sockets are
+ * bound. Runs for SECONDS, or until SIGINT/SIGTERM, then prints one line:
+ *   rx=N tx=N tx_full=N rx_dropped=N rx_ring_full=N fill_empty=N
+ * (the last three: the RX socket's XDP_STATISTICS)
  * and removes its sockets (and with them libxdp's XDP program).
  */
 #include <errno.h>
@@ -66,7 +68,7 @@ int main(int argc, char **argv)
 	struct xsk_ring_cons comp, comp_tx, rx;
 	struct xsk_socket *in = NULL, *out = NULL;
 	struct xsk_umem *umem = NULL;
-	unsigned long long n_rx = 0, n_tx = 0, n_full = 0;
+	unsigned long long n_rx = 0, n_tx = 0, n_done = 0, n_full = 0;
 	double seconds, end;
 	__u32 idx, i;
 	void *area;
@@ -121,6 +123,7 @@ int main(int argc, char **argv)
 		*xsk_ring_prod__fill_addr(&fill, idx + i) = (__u64)i * FRAME_SIZE;
 	xsk_ring_prod__submit(&fill, RING);
 
+	fprintf(stderr, "xsk-fwd: forwarding %s -> %s\n", argv[1], argv[2]);
 	end = now() + seconds;
 	for (unsigned long spin = 0; !stop; spin++) {
 		__u32 idx_rx, idx_tx, idx_c, idx_f, n, room;
@@ -128,9 +131,17 @@ int main(int argc, char **argv)
 		if ((spin & 0xffff) == 0 && now() >= end)
 			break;
 
+		/* Copy mode transmits only inside sendto, at most 32 frames a
+		 * call (the kernel's TX budget): kick while any are outstanding,
+		 * as libxdp's xdpsock l2fwd does, or frames wait on the TX ring
+		 * while the fill ring runs dry. */
+		if (n_tx > n_done)
+			sendto(xsk_socket__fd(out), NULL, 0, MSG_DONTWAIT, NULL, 0);
+
 		/* Completed transmits: their frames go back to the fill ring. */
 		n = xsk_ring_cons__peek(&comp_tx, BATCH, &idx_c);
 		if (n) {
+			n_done += n;
 			while (xsk_ring_prod__reserve(&fill, n, &idx_f) != n)
 				;
 			for (i = 0; i < n; i++)
@@ -171,11 +182,17 @@ int main(int argc, char **argv)
 		}
 		xsk_ring_cons__release(&rx, n);
 		n_tx += room;
-		/* Copy mode: the kernel transmits only when asked. */
-		sendto(xsk_socket__fd(out), NULL, 0, MSG_DONTWAIT, NULL, 0);
 	}
 
-	printf("rx=%llu tx=%llu tx_full=%llu\n", n_rx, n_tx, n_full);
+	struct xdp_statistics st = { 0 };
+	socklen_t st_len = sizeof(st);
+
+	if (getsockopt(xsk_socket__fd(in), SOL_XDP, XDP_STATISTICS, &st, &st_len))
+		memset(&st, 0, sizeof(st));
+	printf("rx=%llu tx=%llu tx_full=%llu rx_dropped=%llu rx_ring_full=%llu fill_empty=%llu\n",
+	       n_rx, n_tx, n_full, (unsigned long long)st.rx_dropped,
+	       (unsigned long long)st.rx_ring_full,
+	       (unsigned long long)st.rx_fill_ring_empty_descs);
 	fflush(stdout);
 	xsk_socket__delete(out);
 	xsk_socket__delete(in);

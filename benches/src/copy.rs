@@ -190,6 +190,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     let l = lab()?;
     let dir = TempDir::new("bench-copy")?;
     let mut rows = Vec::new();
+    let progress = crate::progress(3 * 2 * a.runs.reps as u64, "copy");
     for (case, hook) in [
         ("off", None),
         ("copy, xdp ingress", Some("xdp")),
@@ -205,6 +206,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             )?),
         };
         for traffic in ["udp 60B", "tcp"] {
+            progress.set_message(format!("{case}, {traffic}"));
             let (mut del, mut offered, mut loss, mut mir, mut full) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..a.runs.reps {
@@ -227,6 +229,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 let secs = t0.elapsed().as_secs_f64().max(a.runs.secs);
                 mir.push((m1 - m0) as f64 / secs);
                 full.push((f1 - f0) as f64 / secs);
+                progress.inc(1);
             }
             let (d, dmin, dmax) = crate::median(&mut del);
             let row = Row {
@@ -240,14 +243,18 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 mirrored_per_s: crate::median(&mut mir).0,
                 ring_full_per_s: crate::median(&mut full).0,
             };
-            eprintln!(
-                "copy {:>8} {:>18}: {:>12.0} ({:.0}-{:.0}), mirrored {:.0}/s",
-                row.traffic, row.case, d, dmin, dmax, row.mirrored_per_s
+            crate::say(
+                &progress,
+                format!(
+                    "copy {:>8} {:>18}: {:>12.0} ({:.0}-{:.0}), mirrored {:.0}/s",
+                    row.traffic, row.case, d, dmin, dmax, row.mirrored_per_s
+                ),
             );
             rows.push(row);
         }
         drop(daemon);
     }
+    progress.finish_and_clear();
     let bars: Vec<(String, f64)> = rows
         .iter()
         .filter(|r| r.traffic != "tcp")

@@ -204,8 +204,11 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         ),
         ("distinct", distinct, &[("last", 6), ("miss", 132)]),
     ];
+    let steps: usize = sets.iter().map(|s| s.2.len()).sum::<usize>() * a.rules.len();
+    let progress = crate::progress(steps as u64, "filters");
     for (set_name, gen, frames) in sets {
         for &n in &a.rules {
+            progress.set_message(format!("{set_name}, {n} rules"));
             let filter = Filter {
                 name: set_name.into(),
                 rules: gen(n),
@@ -217,10 +220,6 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             prog.install(&set, None)?;
             let install_ms = t.elapsed().as_secs_f64() * 1e3;
             scan_prog.install(&set, None)?;
-            if std::env::var_os("FASTX").is_some() {
-                prog.set_fast_path(0, 1, &[1], false)?;
-                scan_prog.set_fast_path(0, 1, &[1], false)?;
-            }
             for &(frame_name, proto) in frames {
                 let data = frame(proto);
                 let mut runs = Vec::new();
@@ -248,15 +247,17 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                     scan_max,
                     scan_runs,
                 };
-                eprintln!(
+                crate::say(&progress, format!(
                     "filters {set_name:>8} {frame_name:>5} {n:>6} rules: {:>7.1} ns/frame cached, {:>7.1} scanned ({} classes, {} KiB)",
                     row.ns_median, row.scan_median, row.classes, row.memory_kib
-                );
+                ));
                 rows.push(row);
+                progress.inc(1);
             }
         }
     }
 
+    progress.finish_and_clear();
     crate::save(out, "filters", &rows, &table(&rows, a), |png| {
         crate::chart::lines(
             png,

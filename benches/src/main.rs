@@ -5,10 +5,9 @@
 //!   `BPF_PROG_TEST_RUN` in repeat mode (the kernel times the program alone).
 //! - `copy`: the monitored traffic's own rate (UDP pps, TCP Mbit/s) with copy
 //!   mode off and on, between namespaces through the monitored interface.
-//! - `tap`: tap mode into an interface target, the RX queue sharing the
-//!   target's UMEM or copying into it, fed by an AF_XDP TX generator.
 //! - `span`: mirror against the software SPANs (tc mirred, bare XDP
-//!   redirect and broadcast) and the XDP_DROP ceiling, same lab and generator.
+//!   redirect and broadcast, daemonlogger), a C AF_XDP forwarder, tcpdump
+//!   -w, and the XDP_DROP ceiling, same lab and generator.
 //!
 //! Every case writes `benches/results/<timestamp>-<case>.json`, a Markdown
 //! table (`<case>-latest.md`, also printed) and a PNG chart (`<case>-latest.png`).
@@ -17,7 +16,6 @@ mod chart;
 mod copy;
 mod filters;
 mod span;
-mod tap;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -49,12 +47,11 @@ enum Case {
     /// What copy mode costs the monitored traffic: UDP pps and TCP Mbit/s
     /// with copy mode off, on through XDP, and on through tcx.
     Copy(copy::Args),
-    /// Tap mode into an interface target: copies/s with the RX queue sharing
-    /// the target's UMEM and with share_umem = false.
-    Tap(tap::Args),
-    /// mirror against the software SPANs on one lab: XDP_DROP ceiling, tc
-    /// mirred, a bare XDP redirect and broadcast, mirror's kernel and
-    /// userspace paths, to one and two target ports.
+    /// mirror against the software SPANs and capture tools on one lab:
+    /// XDP_DROP ceiling, tc mirred, a bare XDP redirect and broadcast, a C
+    /// AF_XDP forwarder, daemonlogger, tcpdump -w; mirror's kernel,
+    /// userspace and copy-mode paths, to one and two target ports and to a
+    /// pcapng file.
     Span(span::Args),
 }
 
@@ -67,7 +64,6 @@ fn main() -> Result<ExitCode> {
     match cli.case {
         Case::Filters(a) => filters::run(&a, &cli.out)?,
         Case::Copy(a) => copy::run(&a, &cli.out)?,
-        Case::Tap(a) => tap::run(&a, &cli.out)?,
         Case::Span(a) => span::run(&a, &cli.out)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -86,16 +82,36 @@ pub struct Runs {
 
 /// The `mirror` binary built next to this one (`cargo xtask bench` builds both).
 pub fn mirror_exe() -> Result<PathBuf> {
+    sibling_exe("mirror")
+}
+
+/// A program built next to this one: `mirror`, and the C peer `xsk-fwd`
+/// (`cargo xtask bench` builds them).
+pub fn sibling_exe(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?
         .parent()
         .context("the bench binary's directory")?
-        .join("mirror");
+        .join(name);
     anyhow::ensure!(
         exe.exists(),
         "{} is missing: build it (`cargo xtask bench` does)",
         exe.display()
     );
     Ok(exe)
+}
+
+/// A progress bar on stderr over `total` measurements (drawn only on a
+/// terminal); print through [`say`] so lines stay above it.
+pub fn progress(total: u64, case: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{case} [{{bar:30}}] {{pos}}/{{len}} runs, {{elapsed}} elapsed, ~{{eta}} left: {{msg}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
 }
 
 /// Starts `mirror run` in `ns` with config `text` (`@CONTROL@` filled in),
@@ -114,13 +130,20 @@ pub fn start_daemon(ns: &Netns, exe: &Path, dir: &TempDir, text: &str) -> Result
     )
 }
 
-/// Sends `size`-byte lab UDP frames out of gen0 through AF_XDP for `secs`;
+/// Sends `size`-byte lab UDP frames out of gen0 through AF_XDP for `secs`,
+/// as fast as the kernel takes them or, with `rate`, paced to that many
+/// frames/s (batches of up to 64 on a schedule, sleeping in between);
 /// returns how many the kernel completed.
-pub fn generate(lab: &Lab, size: usize, secs: f64) -> Result<u64> {
+pub fn generate(lab: &Lab, size: usize, secs: f64, rate: Option<f64>) -> Result<u64> {
     lab.gen.run(move || {
         pin_current_thread(GEN_CPU)?;
+        // Paced sleeps of tens of microseconds: no 50 µs default slack.
+        // Safety: prctl with an integer argument; affects this thread only.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
         const SLOTS: u32 = 4096;
         const BATCH: usize = 64;
+        // Paced: frames per burst (a veth RX ring holds 256).
+        const PACED: u64 = 32;
         let area = Arc::new(Area::new(SLOTS as usize * FRAME_SIZE as usize, true)?);
         let mut tx = TxQueue::open(Lab::GEN_IF, 0, &area, SLOTS, ZeroCopy::Off)?;
         let mut free = Vec::with_capacity(SLOTS as usize);
@@ -134,18 +157,35 @@ pub fn generate(lab: &Lab, size: usize, secs: f64) -> Result<u64> {
             free.push((at, f.len() as u32));
         }
         let len = free[0].1;
-        let mut done = 0u64;
-        let end = Instant::now() + Duration::from_secs_f64(secs);
-        while Instant::now() < end {
+        let (mut done, mut sent) = (0u64, 0u64);
+        let start = Instant::now();
+        let end = start + Duration::from_secs_f64(secs);
+        let mut now = start;
+        while now < end {
             done += u64::from(tx.complete(|addr| free.push((addr, len))));
-            let n = free.len().min(BATCH);
+            // Frames due by now (all there are, unpaced).
+            let due = rate.map_or(usize::MAX, |r| {
+                ((r * (now - start).as_secs_f64()) as u64).saturating_sub(sent) as usize
+            });
+            let n = free.len().min(BATCH).min(due);
             let from = free.len() - n;
             // The ring takes a prefix of the batch; the rest stay free.
             let taken = tx.submit(free[from..].iter().copied()) as usize;
             free.drain(from..from + taken);
-            if taken < n {
+            sent += taken as u64;
+            if let (Some(r), true) = (rate, due < BATCH) {
+                // Ahead of the schedule: sleep until PACED more are due
+                // (kicking what is in flight first).
+                tx.kick();
+                let next = (sent + PACED) as f64 / r;
+                let wait = next - (now - start).as_secs_f64();
+                if wait > 0.0 {
+                    std::thread::sleep(Duration::from_secs_f64(wait.min(0.01)));
+                }
+            } else if taken < n {
                 std::thread::yield_now();
             }
+            now = Instant::now();
         }
         let drain = Instant::now() + Duration::from_millis(200);
         while tx.in_flight() > 0 && Instant::now() < drain {
@@ -266,6 +306,12 @@ pub fn save_bars<R: Serialize>(
     save(out, case, rows, table, |png| {
         chart::bars(png, title, y_label, bars)
     })
+}
+
+/// Prints `line` on stderr above the progress bar (also when the bar is
+/// hidden, off a terminal).
+pub fn say(bar: &indicatif::ProgressBar, line: impl std::fmt::Display) {
+    bar.suspend(|| eprintln!("{line}"));
 }
 
 /// Seconds since the epoch, for result file names.

@@ -12,9 +12,25 @@
 //!    (the in-kernel ceiling for one target);
 //! 4. `mirror` (kernel path): a tap session to an interface target;
 //! 5. `mirror` (userspace path): the same with `path = "userspace"` (AF_XDP);
-//! 6. `XDP broadcast ×2`: a bare XDP program broadcasting to tgt0 and tgt1
-//!    (the in-kernel ceiling for fan-out);
-//! 7. `mirror ×2` (kernel path): a session with two interface targets.
+//! 6. `mirror` (userspace path, shared UMEM): the RX queue shares the
+//!    target's UMEM, so frames go out as received;
+//! 7. `xsk-fwd`: a minimal single-core AF_XDP forwarder in C against libxdp
+//!    (`benches/peers/xsk_fwd.c`), the peer of the userspace path;
+//! 8. `daemonlogger -i feed0 -o tgt0`: daemonlogger's soft tap (libpcap);
+//! 9. the monitored traffic alone (`pass`): feed0's frames go up its stack,
+//!    counted by a tcx program there, no mirror: the copy-mode baseline;
+//! 10. `mirror` copy mode: the same traffic passes on, counted the same way,
+//!     and its copies go through the BPF ring buffer to the target;
+//! 11. `XDP broadcast ×2`: a bare XDP program broadcasting to tgt0 and tgt1
+//!     (the in-kernel ceiling for fan-out);
+//! 12. `mirror ×2` (kernel path): a session with two interface targets;
+//! 13. `tcpdump -w` to a tmpfs file, and 14. `mirror` with a pcapng target on
+//!     the same tmpfs: capture to a file, counted as frames written.
+//!
+//! Each case runs `--reps` times at the generator's full rate, then its
+//! lossless rate is searched with the generator paced (`--search`). Every
+//! userspace consumer (the daemon, xsk-fwd, daemonlogger, tcpdump) runs on
+//! the generator's CPU, never on the feed port's RX core.
 //!
 //! ```text
 //!  ns gen                 ns src                        ns sink
@@ -34,7 +50,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use mirror_ebpf::bench_peers::{BenchPeersSkel, BenchPeersSkelBuilder};
-use mirror_user::lab::{self, DaemonProcess, Lab, Netns, TempDir};
+use mirror_user::lab::{self, DaemonProcess, Lab, Netns, Process, TempDir, Tmpfs};
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -44,19 +60,32 @@ pub struct Args {
     /// Frame sizes in bytes, without the FCS (60 is a 64-byte frame on the wire).
     #[arg(long, value_delimiter = ',', default_value = "60,1500")]
     sizes: Vec<usize>,
-    /// Only these cases (drop, tc, redirect, mirror, filtered, userspace, broadcast,
-    /// mirror2); default all. Ratios need their reference case in the run.
+    /// Only these cases (drop, tc, redirect, mirror, filtered, userspace, shared,
+    /// xskfwd, daemonlogger, pass, copy, broadcast, mirror2, tcpdump, pcapng);
+    /// default all. Ratios need their reference case in the run.
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
+    /// Paced runs that search each case's lossless rate (the highest offered
+    /// rate it carries with at most 0.1% loss), by bisection; 0: no search.
+    #[arg(long, default_value_t = 6)]
+    search: u32,
+    /// Seconds of each paced run of the search.
+    #[arg(long, default_value_t = 1.0)]
+    trial_secs: f64,
 }
+
+/// Loss a run may have and still count as lossless (0.1%).
+const LOSSLESS: f64 = 0.001;
 
 const CONFIG: &str = r#"
 [daemon]
 control_socket = "@CONTROL@"
+cpus = "@CPUS@"
 
 [[source]]
 name = "feed"
 interface = "feed0"
+@SOURCE@
 
 [[filter]]
 name = "all"
@@ -90,6 +119,13 @@ name = "t1"
 kind = "interface"
 interface = "tgt1"
 
+[[target]]
+name = "cap"
+kind = "pcapng"
+path = "@CAPTURE@/mirror.pcapng"
+rotate_size = "256MiB"
+keep = 4
+
 [[session]]
 name = "all"
 source = "feed"
@@ -106,20 +142,34 @@ enum Case {
     MirrorKernel,
     MirrorFiltered,
     MirrorUserspace,
+    MirrorShared,
+    XskFwd,
+    Daemonlogger,
+    Pass,
+    MirrorCopy,
     XdpBroadcast,
     MirrorKernel2,
+    Tcpdump,
+    MirrorPcapng,
 }
 
 impl Case {
-    const ALL: [Case; 8] = [
+    const ALL: [Case; 15] = [
         Case::XdpDrop,
         Case::TcMirred,
         Case::XdpRedirect,
         Case::MirrorKernel,
         Case::MirrorFiltered,
         Case::MirrorUserspace,
+        Case::MirrorShared,
+        Case::XskFwd,
+        Case::Daemonlogger,
+        Case::Pass,
+        Case::MirrorCopy,
         Case::XdpBroadcast,
         Case::MirrorKernel2,
+        Case::Tcpdump,
+        Case::MirrorPcapng,
     ];
 
     /// Short name for `--cases`.
@@ -131,8 +181,15 @@ impl Case {
             Case::MirrorKernel => "mirror",
             Case::MirrorFiltered => "filtered",
             Case::MirrorUserspace => "userspace",
+            Case::MirrorShared => "shared",
+            Case::XskFwd => "xskfwd",
+            Case::Daemonlogger => "daemonlogger",
+            Case::Pass => "pass",
+            Case::MirrorCopy => "copy",
             Case::XdpBroadcast => "broadcast",
             Case::MirrorKernel2 => "mirror2",
+            Case::Tcpdump => "tcpdump",
+            Case::MirrorPcapng => "pcapng",
         }
     }
 
@@ -144,27 +201,60 @@ impl Case {
             Case::MirrorKernel => "mirror, kernel path",
             Case::MirrorFiltered => "mirror, kernel path, 2-rule filter",
             Case::MirrorUserspace => "mirror, userspace (AF_XDP)",
+            Case::MirrorShared => "mirror, userspace, shared UMEM",
+            Case::XskFwd => "xsk-fwd (C, libxdp, one core)",
+            Case::Daemonlogger => "daemonlogger soft tap",
+            Case::Pass => "monitored traffic, no mirror (copy-mode baseline)",
+            Case::MirrorCopy => "mirror, copy mode (ring buffer)",
             Case::XdpBroadcast => "XDP broadcast x2 (fan-out ceiling)",
             Case::MirrorKernel2 => "mirror x2, kernel path",
+            Case::Tcpdump => "tcpdump -w (tmpfs)",
+            Case::MirrorPcapng => "mirror, pcapng target (tmpfs)",
         }
     }
 
-    /// Target ports the case sends to (0: none, the ceiling).
+    /// Target ports the case sends to (0: none, the ceiling and the copy-mode
+    /// baseline; a file counts as one).
     fn targets(self) -> usize {
         match self {
-            Case::XdpDrop => 0,
+            Case::XdpDrop | Case::Pass => 0,
             Case::XdpBroadcast | Case::MirrorKernel2 => 2,
             _ => 1,
         }
     }
 
-    /// The case this one is compared with.
+    /// Whether the case writes a file instead of sending to target ports.
+    fn captures(self) -> bool {
+        matches!(self, Case::Tcpdump | Case::MirrorPcapng)
+    }
+
+    /// Whether feed0's traffic goes on up its stack, counted there (tcx):
+    /// copy mode and its baseline. The lossless rate is then the monitored
+    /// traffic's, as copy mode promises to lose none of it.
+    fn monitored(self) -> bool {
+        matches!(self, Case::Pass | Case::MirrorCopy)
+    }
+
+    /// The case this one is compared with: the in-kernel ceilings for the
+    /// kernel path and tc, the C AF_XDP forwarder for the userspace path,
+    /// tc mirred for copy mode (both leave the original untouched), tcpdump
+    /// for the pcapng target.
     fn reference(self) -> Option<Case> {
         match self {
-            Case::TcMirred | Case::MirrorKernel | Case::MirrorFiltered | Case::MirrorUserspace => {
-                Some(Case::XdpRedirect)
-            }
+            Case::TcMirred | Case::MirrorKernel | Case::MirrorFiltered => Some(Case::XdpRedirect),
+            Case::MirrorUserspace | Case::MirrorShared => Some(Case::XskFwd),
+            Case::MirrorCopy => Some(Case::TcMirred),
             Case::MirrorKernel2 => Some(Case::XdpBroadcast),
+            Case::MirrorPcapng => Some(Case::Tcpdump),
+            _ => None,
+        }
+    }
+
+    /// The external program the case runs, when it needs one.
+    fn tool(self) -> Option<&'static str> {
+        match self {
+            Case::Daemonlogger => Some("daemonlogger"),
+            Case::Tcpdump => Some("tcpdump"),
             _ => None,
         }
     }
@@ -185,18 +275,37 @@ struct Row {
     delivered_max: f64,
     /// Offered frames that did not arrive (at every target), percent.
     loss_pct: f64,
+    /// Copy mode and its baseline: frames/s of the monitored traffic that
+    /// went on up feed0's stack (at max rate), and its loss, percent.
+    monitored_pps: Option<f64>,
+    monitored_loss_pct: Option<f64>,
+    /// The highest paced rate found that lost at most 0.1% (per target; the
+    /// monitored traffic for copy mode), and whether that was the
+    /// generator's own maximum (the case then carries all it can offer).
+    lossless_pps: Option<f64>,
+    lossless_at_max: bool,
+    /// Copy mode: its monitored rate and lossless rate over the baseline's
+    /// (`pass`, same size), i.e. what copy mode leaves of the traffic.
+    monitored_vs_pass: Option<f64>,
+    lossless_vs_pass: Option<f64>,
     /// Busy share of each core over the run, percent.
     cpu_pct: Vec<f64>,
+    /// Run time per frame of the BPF programs on feed0 (XDP and tcx
+    /// ingress: the work on the RX core), ns, from one extra full-rate run
+    /// with the kernel's BPF run-time statistics on (they add a little).
+    feed_bpf_ns: Option<f64>,
     /// CPU time per delivered frame (all cores), ns.
     ns_per_frame: f64,
     /// Resident memory of `mirror run`, KiB (mirror cases only).
     rss_kib: Option<u64>,
-    /// mirror cases: frames/s its source received, and copies/s its targets
-    /// dropped (by reason, all targets together).
+    /// mirror cases: frames/s its source received.
     mirror_received_pps: Option<f64>,
-    mirror_target_drops: Option<std::collections::BTreeMap<String, f64>>,
-    /// delivered / delivered of the reference case (XDP redirect, or XDP
-    /// broadcast for fan-out).
+    /// Drops/s the case reported: mirror's targets by reason (all targets
+    /// together), tcpdump's "dropped by kernel".
+    drops: std::collections::BTreeMap<String, f64>,
+    /// The reference case's id and delivered / its delivered (see
+    /// `Case::reference`).
+    reference: Option<&'static str>,
     vs_reference: Option<f64>,
     vs_tc_mirred: Option<f64>,
 }
@@ -339,32 +448,195 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// What a running case is: the attached programs / qdisc / daemon, undone on drop.
+/// What a running case is: the attached programs / qdisc / daemon / tool,
+/// undone on drop.
 struct Running<'a> {
+    case: Case,
     /// The case's own program at feed0 (ceiling, redirect, broadcast).
     peer: Option<Peer>,
     link: Option<OwnedFd>,
     daemon: Option<DaemonProcess>,
+    /// xsk-fwd or daemonlogger, for the whole case.
+    process: Option<Process>,
     /// The namespace whose feed0 has the case's clsact qdisc.
     tc: Option<&'a Netns>,
+    /// The namespace whose feed0 got an address for the case (daemonlogger
+    /// will not start on an interface without one).
+    address: Option<&'a Netns>,
+    /// Where capture cases write (a tmpfs), emptied after each run.
+    capture: Option<&'a Path>,
+    /// tcpdump: one process per run; frames it wrote in the runs so far.
+    tcpdump: Option<Process>,
+    written: u64,
+    /// Copy mode and its baseline: the tcx counter on feed0's ingress.
+    monitor: Option<(Peer, OwnedFd)>,
 }
+
+/// An address for feed0 that no lab frame is sent to.
+const FEED_ADDRESS: &str = "192.0.2.1/32";
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.link = None;
+        self.monitor = None;
+        self.process = None;
+        self.tcpdump = None;
         if let Some(ns) = self.tc {
             let _ = tc(ns, &["qdisc", "del", "dev", Lab::FEED_IF, "clsact"]);
+        }
+        if let Some(ns) = self.address {
+            let _ = ns.ip(&["addr", "del", FEED_ADDRESS, "dev", Lab::FEED_IF]);
+        }
+        self.daemon = None;
+        if let Some(dir) = self.capture {
+            let _ = empty(dir);
         }
     }
 }
 
-fn start<'a>(case: Case, lab: &'a Lab, exe: &Path, dir: &TempDir) -> Result<Running<'a>> {
+/// Removes every file in `dir`.
+fn empty(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        std::fs::remove_file(e?.path())?;
+    }
+    Ok(())
+}
+
+/// The CPU every userspace consumer runs on (mirror's daemon through
+/// `[daemon] cpus`, the tools through `taskset`): the generator's, never the
+/// feed port's RX core, as one keeps them off a NIC's IRQ cores; they share
+/// it with the generator alike.
+const USER_CPU: usize = crate::GEN_CPU;
+
+/// How long an external tool of the lab may run at most.
+const TOOL_LIMIT: Duration = Duration::from_secs(900);
+
+impl Running<'_> {
+    /// Frames delivered so far: what the sinks counted, what XDP saw (the
+    /// ceiling), or what was written to a file (capture cases).
+    fn delivered(&self, sinks: &[Peer; 2]) -> Result<u64> {
+        match self.case {
+            Case::XdpDrop => self
+                .peer
+                .as_ref()
+                .context("the ceiling's program")?
+                .frames(),
+            Case::Tcpdump => Ok(self.written),
+            Case::Pass => self.monitored().map(|m| m.unwrap_or(0)),
+            Case::MirrorPcapng => {
+                let d = self.daemon.as_ref().context("the daemon")?;
+                let s = mirror_user::control::Client::connect(&d.control)?.stats()?;
+                Ok(s.targets["cap"].sent_packets)
+            }
+            _ => Ok(sinks[0].frames()? + sinks[1].frames()?),
+        }
+    }
+
+    /// Frames of the monitored traffic that reached feed0's stack so far
+    /// (copy mode and its baseline).
+    fn monitored(&self) -> Result<Option<u64>> {
+        self.monitor.as_ref().map(|(p, _)| p.frames()).transpose()
+    }
+
+    /// Before a run: tcpdump starts, and is listening when this returns.
+    fn begin(&mut self, lab: &Lab, dir: &TempDir) -> Result<()> {
+        if self.case != Case::Tcpdump {
+            return Ok(());
+        }
+        let file = self
+            .capture
+            .context("the capture tmpfs")?
+            .join("tcpdump.pcap");
+        let mut p = Process::start(
+            &lab.src,
+            &[
+                "taskset",
+                "-c",
+                &USER_CPU.to_string(),
+                "tcpdump",
+                "-i",
+                Lab::FEED_IF,
+                "-n",
+                "-s",
+                "0",
+                "-B",
+                TCPDUMP_BUFFER_KIB,
+                "-Z",
+                "root",
+                "-w",
+                &file.to_string_lossy(),
+                "-C",
+                "256",
+                "-W",
+                "4",
+            ],
+            &dir.path().join("tcpdump.log"),
+            TOOL_LIMIT,
+        )?;
+        p.wait_for_log("listening on", Duration::from_secs(10))
+            .context("tcpdump")?;
+        self.tcpdump = Some(p);
+        Ok(())
+    }
+
+    /// After a run: tcpdump stops (SIGINT, as a user ends it) and what it
+    /// wrote ("N packets captured") is added up; returns its kernel drops.
+    fn end(&mut self) -> Result<Option<u64>> {
+        let Some(mut p) = self.tcpdump.take() else {
+            return Ok(None);
+        };
+        p.signal(libc::SIGINT);
+        p.wait(Duration::from_secs(30)).context("tcpdump")?;
+        let log = p.log_text();
+        let count = |what: &str| -> Result<u64> {
+            log.lines()
+                .find_map(|l| l.strip_suffix(what).and_then(|n| n.trim().parse().ok()))
+                .with_context(|| format!("no `N {what}` in tcpdump's output:\n{log}"))
+        };
+        self.written += count("packets captured")?;
+        let dropped = count("packets dropped by kernel")?;
+        empty(self.capture.context("the capture tmpfs")?)?;
+        Ok(Some(dropped))
+    }
+}
+
+/// tcpdump's capture buffer (`-B`, KiB): 16 MiB, 8x its default, as one
+/// tunes it for a busy port.
+const TCPDUMP_BUFFER_KIB: &str = "16384";
+
+fn start<'a>(
+    case: Case,
+    lab: &'a Lab,
+    exe: &Path,
+    dir: &TempDir,
+    capture: &'a Path,
+) -> Result<Running<'a>> {
     let mut run = Running {
+        case,
         peer: None,
         link: None,
         daemon: None,
+        process: None,
         tc: None,
+        address: None,
+        capture: None,
+        tcpdump: None,
+        written: 0,
+        monitor: None,
     };
+    if case.monitored() {
+        let p = Peer::load()?;
+        let fd = p.skel.progs.tc_count.as_fd().as_raw_fd();
+        let link = lab.src.run(move || {
+            let ifindex = mirror_user::loader::ifindex(Lab::FEED_IF)?;
+            mirror_user::loader::link_create(fd, ifindex, libbpf_sys::BPF_TCX_INGRESS, 0)
+                .context("attaching the tcx counter to feed0")
+        })?;
+        run.monitor = Some((p, link));
+    }
+    if case.captures() {
+        run.capture = Some(capture);
+    }
     match case {
         Case::XdpDrop | Case::XdpRedirect | Case::XdpBroadcast => {
             let p = Peer::load()?;
@@ -401,11 +673,73 @@ fn start<'a>(case: Case, lab: &'a Lab, exe: &Path, dir: &TempDir) -> Result<Runn
                 ],
             )?;
         }
-        Case::MirrorKernel | Case::MirrorFiltered | Case::MirrorUserspace | Case::MirrorKernel2 => {
-            let (targets, path) = match case {
-                Case::MirrorUserspace => ("\"t0\"", "userspace"),
-                Case::MirrorKernel2 => ("\"t0\", \"t1\"", "kernel"),
-                _ => ("\"t0\"", "kernel"),
+        Case::XskFwd => {
+            let fwd = crate::sibling_exe("xsk-fwd")?;
+            let mut p = Process::start(
+                &lab.src,
+                &[
+                    "taskset",
+                    "-c",
+                    &USER_CPU.to_string(),
+                    &fwd.to_string_lossy(),
+                    Lab::FEED_IF,
+                    Lab::TARGET_IF,
+                    &TOOL_LIMIT.as_secs().to_string(),
+                ],
+                &dir.path().join("xsk-fwd.log"),
+                TOOL_LIMIT,
+            )?;
+            p.wait_for_log("xsk-fwd: forwarding", Duration::from_secs(10))
+                .context("xsk-fwd")?;
+            run.process = Some(p);
+        }
+        Case::Daemonlogger => {
+            lab.src
+                .ip(&["addr", "add", FEED_ADDRESS, "dev", Lab::FEED_IF])?;
+            run.address = Some(&lab.src);
+            let pid_dir = dir.path().to_string_lossy();
+            let mut p = Process::start(
+                &lab.src,
+                &[
+                    "taskset",
+                    "-c",
+                    &USER_CPU.to_string(),
+                    // Line-buffered, so its start-up line reaches the log.
+                    "stdbuf",
+                    "-oL",
+                    "daemonlogger",
+                    "-i",
+                    Lab::FEED_IF,
+                    "-o",
+                    Lab::TARGET_IF,
+                    "-P",
+                    &pid_dir,
+                ],
+                &dir.path().join("daemonlogger.log"),
+                TOOL_LIMIT,
+            )?;
+            p.wait_for_log("sniffing on interface", Duration::from_secs(10))
+                .context("daemonlogger")?;
+            // It opens the interfaces after that line; a failure exits.
+            std::thread::sleep(Duration::from_millis(500));
+            p.check_running().context("daemonlogger")?;
+            run.process = Some(p);
+        }
+        Case::Tcpdump | Case::Pass => {}
+        Case::MirrorKernel
+        | Case::MirrorFiltered
+        | Case::MirrorUserspace
+        | Case::MirrorShared
+        | Case::MirrorCopy
+        | Case::MirrorKernel2
+        | Case::MirrorPcapng => {
+            let (targets, path, source) = match case {
+                Case::MirrorUserspace => ("\"t0\"", "userspace", ""),
+                Case::MirrorShared => ("\"t0\"", "userspace", "share_umem = true"),
+                Case::MirrorCopy => ("\"t0\"", "userspace", "mode = \"copy\""),
+                Case::MirrorPcapng => ("\"cap\"", "userspace", ""),
+                Case::MirrorKernel2 => ("\"t0\", \"t1\"", "kernel", ""),
+                _ => ("\"t0\"", "kernel", ""),
             };
             let filter = if case == Case::MirrorFiltered {
                 "aws"
@@ -413,21 +747,222 @@ fn start<'a>(case: Case, lab: &'a Lab, exe: &Path, dir: &TempDir) -> Result<Runn
                 "all"
             };
             let text = CONFIG
+                .replace("@SOURCE@", source)
                 .replace("@TARGETS@", targets)
                 .replace("@PATH@", path)
-                .replace("@FILTER@", filter);
+                .replace("@FILTER@", filter)
+                .replace("@CAPTURE@", &capture.to_string_lossy())
+                .replace("@CPUS@", &USER_CPU.to_string());
             run.daemon = Some(crate::start_daemon(&lab.src, exe, dir, &text)?);
         }
     }
     Ok(run)
 }
 
+/// Whether `tool` is on the PATH.
+fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// What one run of a case measured.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    /// Frames/s the generator completed.
+    offered: f64,
+    /// Frames/s delivered per target (see [`Running::delivered`]).
+    delivered: f64,
+    /// Frames/s of the monitored traffic that went on (copy mode, baseline).
+    monitored: Option<f64>,
+    cpu: Vec<f64>,
+    /// mirror: frames/s its source received.
+    received: Option<f64>,
+    /// Drops/s by reason (mirror's targets, tcpdump's kernel drops).
+    drops: std::collections::BTreeMap<String, f64>,
+}
+
+impl Sample {
+    /// The loss a lossless rate is judged by: the monitored traffic's for
+    /// copy mode and its baseline, else what was delivered per target.
+    fn loss(&self, case: Case) -> f64 {
+        let got = if case.monitored() {
+            self.monitored.unwrap_or(0.0)
+        } else {
+            self.delivered
+        };
+        if self.offered > 0.0 {
+            (1.0 - got / self.offered).max(0.0)
+        } else {
+            1.0
+        }
+    }
+}
+
+/// What every run of the lab uses: the namespaces, a scratch directory and
+/// the meters on the sink ports.
+struct Rig<'a> {
+    lab: &'a Lab,
+    dir: &'a TempDir,
+    sinks: &'a [Peer; 2],
+}
+
+/// One run of `secs`: the generator at full speed or paced to `rate`.
+fn measure(
+    running: &mut Running<'_>,
+    rig: &Rig<'_>,
+    size: usize,
+    secs: f64,
+    rate: Option<f64>,
+) -> Result<Sample> {
+    let (lab, dir, sinks) = (rig.lab, rig.dir, rig.sinks);
+    let case = running.case;
+    running.begin(lab, dir).with_context(|| case.name())?;
+    let (d0, n0, cpu0, m0) = (
+        running.delivered(sinks)?,
+        running.monitored()?,
+        cpu_times()?,
+        mirror_stats(running)?,
+    );
+    let offered = crate::generate(lab, size, secs, rate)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let tool_drops = running.end().with_context(|| case.name())?;
+    let (d1, n1, cpu1, m1) = (
+        running.delivered(sinks)?,
+        running.monitored()?,
+        cpu_times()?,
+        mirror_stats(running)?,
+    );
+    let per_sec = |n: u64| n as f64 / secs;
+    let mut drops = std::collections::BTreeMap::new();
+    let received = m0.zip(m1).map(|(b, e)| {
+        for (k, v) in &e.1 {
+            let n = v - b.1.get(k).copied().unwrap_or(0);
+            if n > 0 {
+                drops.insert(k.clone(), per_sec(n));
+            }
+        }
+        per_sec(e.0 - b.0)
+    });
+    if let Some(n) = tool_drops.filter(|&n| n > 0) {
+        drops.insert("dropped by kernel".to_string(), per_sec(n));
+    }
+    Ok(Sample {
+        offered: per_sec(offered),
+        delivered: (d1 - d0) as f64 / case.targets().max(1) as f64 / secs,
+        monitored: n0.zip(n1).map(|(b, e)| per_sec(e - b)),
+        cpu: cpu0
+            .iter()
+            .zip(&cpu1)
+            .map(|(b, e)| 100.0 * (e.0 - b.0) as f64 / (e.1 - b.1).max(1) as f64)
+            .collect(),
+        received,
+        drops,
+    })
+}
+
+/// The highest paced rate at which the case loses at most [`LOSSLESS`]:
+/// bisection between 0 and the generator's full rate, `steps` paced runs,
+/// the first just under what the full-speed run delivered. Returns the
+/// rate the case carried there (per target), and `at_max` when the
+/// full-speed run itself was lossless (no search: the generator is the limit).
+fn lossless_rate(
+    running: &mut Running<'_>,
+    rig: &Rig<'_>,
+    size: usize,
+    full: &Sample,
+    a: &Args,
+    progress: &indicatif::ProgressBar,
+) -> Result<(f64, bool)> {
+    let case = running.case;
+    if full.loss(case) <= LOSSLESS {
+        progress.inc(u64::from(a.search));
+        return Ok((full.offered * (1.0 - full.loss(case)), true));
+    }
+    let carried = |s: &Sample| s.offered * (1.0 - s.loss(case));
+    let (mut lo, mut hi) = (0.0_f64, full.offered);
+    let mut best = 0.0_f64;
+    let mut rate = (carried(full) * 0.95).max(full.offered / 64.0);
+    for _ in 0..a.search {
+        let s = measure(running, rig, size, a.trial_secs, Some(rate))?;
+        if s.loss(case) <= LOSSLESS {
+            lo = rate;
+            best = best.max(carried(&s));
+        } else {
+            hi = rate;
+        }
+        progress.inc(1);
+        rate = (lo + hi) / 2.0;
+    }
+    Ok((best, false))
+}
+
+/// (run time ns, runs) summed over the BPF programs on feed0 (XDP and tcx
+/// ingress); `None` when it has none.
+fn feed_prog_stats(lab: &Lab) -> Result<Option<(u64, u64)>> {
+    lab.src.run(|| {
+        let on = mirror_user::loader::attached(Lab::FEED_IF)?;
+        let ids: Vec<u32> = on.xdp.iter().chain(&on.tcx_ingress).map(|p| p.0).collect();
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let mut sum = (0, 0);
+        for id in ids {
+            if let Some(info) = mirror_user::loader::prog_info(id) {
+                sum.0 += info.run_time_ns;
+                sum.1 += info.run_cnt;
+            }
+        }
+        Ok(Some(sum))
+    })
+}
+
+/// One full-rate run of `secs` with the kernel's BPF run-time statistics on
+/// (`BPF_ENABLE_STATS`, off again when its fd closes): ns per run of feed0's
+/// programs.
+fn feed_bpf_ns(
+    running: &mut Running<'_>,
+    rig: &Rig<'_>,
+    size: usize,
+    secs: f64,
+) -> Result<Option<f64>> {
+    if feed_prog_stats(rig.lab)?.is_none() {
+        return Ok(None);
+    }
+    // Safety: plain syscall wrapper; returns a new fd or a negative errno.
+    let fd = unsafe { libbpf_sys::bpf_enable_stats(libbpf_sys::BPF_STATS_RUN_TIME) };
+    if fd < 0 {
+        bail!(
+            "BPF_ENABLE_STATS: {}",
+            std::io::Error::from_raw_os_error(-fd)
+        );
+    }
+    // Safety: the kernel just returned this fd and nothing else owns it.
+    let _stats = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let before = feed_prog_stats(rig.lab)?;
+    measure(running, rig, size, secs, None)?;
+    let after = feed_prog_stats(rig.lab)?;
+    Ok(before.zip(after).and_then(|(b, e)| {
+        let runs = e.1.saturating_sub(b.1);
+        (runs > 0).then(|| e.0.saturating_sub(b.0) as f64 / runs as f64)
+    }))
+}
+
 pub fn run(a: &Args, out: &Path) -> Result<()> {
     let exe = crate::mirror_exe()?;
+    for id in &a.cases {
+        if !Case::ALL.iter().any(|c| c.id() == id) {
+            let all: Vec<&str> = Case::ALL.iter().map(|c| c.id()).collect();
+            bail!("unknown case `{id}`: the cases are {}", all.join(", "));
+        }
+    }
     let lab = Lab::new(1)?;
     lab::veth(&lab.src, "tgt1", &lab.sink, "sink1", 1)?;
     crate::tune_feed_port(&lab)?;
     let dir = TempDir::new("bench-span")?;
+    // Capture cases write here (unmounted before `dir` is removed).
+    let tmpfs = Tmpfs::mount(dir.path().join("capture"), "3g")?;
     // Meters on the sink ports, for the whole run.
     let sinks = [Peer::load()?, Peer::load()?];
     let _sink_links = [
@@ -435,16 +970,37 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         attach(&lab.sink, "sink1", sinks[1].fd(Case::XdpDrop))?,
     ];
     let mut rows: Vec<Row> = Vec::new();
-    for id in &a.cases {
-        if !Case::ALL.iter().any(|c| c.id() == id) {
-            bail!("unknown case `{id}`: the cases are drop, tc, redirect, mirror, filtered, userspace, broadcast, mirror2");
-        }
-    }
-    let wanted = Case::ALL
+    let wanted: Vec<Case> = Case::ALL
         .into_iter()
-        .filter(|c| a.cases.is_empty() || a.cases.iter().any(|id| id == c.id()));
+        .filter(|c| a.cases.is_empty() || a.cases.iter().any(|id| id == c.id()))
+        .collect();
+    let rig = Rig {
+        lab: &lab,
+        dir: &dir,
+        sinks: &sinks,
+    };
+    // Full-rate runs, one with BPF statistics, the search's paced runs.
+    let per_size = a.runs.reps as u64 + 1 + u64::from(a.search);
+    let progress = crate::progress(
+        wanted.len() as u64 * a.sizes.len() as u64 * per_size,
+        "span",
+    );
     for case in wanted {
-        let running = start(case, &lab, &exe, &dir).with_context(|| case.name())?;
+        let missing = match case {
+            Case::XskFwd => crate::sibling_exe("xsk-fwd").err().map(|e| e.to_string()),
+            _ => case
+                .tool()
+                .filter(|t| !have(t))
+                .map(|t| format!("{t} is not installed (`cargo xtask bench` installs it)")),
+        };
+        if let Some(why) = missing {
+            crate::say(&progress, format!("span: skipping `{}`: {why}", case.id()));
+            progress.inc(a.sizes.len() as u64 * per_size);
+            continue;
+        }
+        progress.set_message(case.name());
+        let mut running =
+            start(case, &lab, &exe, &dir, tmpfs.path()).with_context(|| case.name())?;
         // Attaching XDP re-created the feed port's NAPI thread: pin it again.
         std::thread::sleep(Duration::from_millis(100));
         if crate::pin_napi_threads(Lab::FEED_IF, crate::NAPI_CPU)? == 0 {
@@ -456,55 +1012,52 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         for &size in &a.sizes {
             let mut runs = Vec::new();
             for _ in 0..a.runs.reps {
-                let meter = |r: &Running<'_>| -> Result<u64> {
-                    match (&r.peer, case) {
-                        // The ceiling delivers nowhere: count what XDP saw.
-                        (Some(p), Case::XdpDrop) => p.frames(),
-                        _ => Ok(sinks[0].frames()? + sinks[1].frames()?),
-                    }
-                };
-                let (d0, cpu0, m0) = (meter(&running)?, cpu_times()?, mirror_stats(&running)?);
-                let offered = crate::generate(&lab, size, a.runs.secs)?;
-                std::thread::sleep(Duration::from_millis(200));
-                let (d1, cpu1, m1) = (meter(&running)?, cpu_times()?, mirror_stats(&running)?);
-                let per_target = (d1 - d0) as f64 / case.targets().max(1) as f64;
-                let cpu: Vec<f64> = cpu0
-                    .iter()
-                    .zip(&cpu1)
-                    .map(|(b, e)| 100.0 * (e.0 - b.0) as f64 / (e.1 - b.1).max(1) as f64)
-                    .collect();
-                let mirror = m0.zip(m1).map(|(b, e)| {
-                    let drops =
-                        e.1.iter()
-                            .map(|(k, v)| {
-                                let before = b.1.get(k).copied().unwrap_or(0);
-                                (k.clone(), (v - before) as f64 / a.runs.secs)
-                            })
-                            .filter(|(_, v)| *v > 0.0)
-                            .collect::<std::collections::BTreeMap<_, _>>();
-                    ((e.0 - b.0) as f64 / a.runs.secs, drops)
-                });
-                runs.push((
-                    offered as f64 / a.runs.secs,
-                    per_target / a.runs.secs,
-                    cpu,
-                    mirror,
-                ));
+                runs.push(measure(&mut running, &rig, size, a.runs.secs, None)?);
+                progress.inc(1);
             }
-            let mut delivered: Vec<f64> = runs.iter().map(|r| r.1).collect();
+            let mut delivered: Vec<f64> = runs.iter().map(|r| r.delivered).collect();
             let (med, min, max) = crate::median(&mut delivered);
             // The run whose delivered rate is the median: its offered rate and CPU.
-            let (offered, _, cpu, mirror) = runs
+            let median_run = runs
                 .iter()
-                .find(|r| r.1 == med)
+                .find(|r| r.delivered == med)
                 .cloned()
                 .unwrap_or_default();
+            let bpf_ns = feed_bpf_ns(&mut running, &rig, size, a.trial_secs)?;
+            progress.inc(1);
+            let lossless = if a.search > 0 {
+                Some(lossless_rate(
+                    &mut running,
+                    &rig,
+                    size,
+                    &median_run,
+                    a,
+                    &progress,
+                )?)
+            } else {
+                None
+            };
+            let Sample {
+                offered,
+                cpu,
+                received,
+                drops,
+                monitored,
+                ..
+            } = median_run;
             let busy: f64 = cpu.iter().sum::<f64>() / 100.0;
             let rss = running
                 .daemon
                 .as_ref()
                 .and_then(|d| d.pid())
                 .and_then(rss_kib);
+            let loss = |got: f64| {
+                if offered > 0.0 {
+                    (100.0 * (1.0 - got / offered)).max(0.0)
+                } else {
+                    0.0
+                }
+            };
             let row = Row {
                 frame: size,
                 id: case.id(),
@@ -513,56 +1066,81 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 delivered_pps: med,
                 delivered_min: min,
                 delivered_max: max,
-                loss_pct: if offered > 0.0 {
-                    (100.0 * (1.0 - med / offered)).max(0.0)
-                } else {
-                    0.0
-                },
+                loss_pct: loss(med),
+                monitored_pps: monitored,
+                monitored_loss_pct: monitored.map(loss),
+                lossless_pps: lossless.map(|l| l.0),
+                lossless_at_max: lossless.is_some_and(|l| l.1),
                 ns_per_frame: if med > 0.0 {
                     busy * 1e9 / (med * case.targets().max(1) as f64)
                 } else {
                     0.0
                 },
                 cpu_pct: cpu,
+                feed_bpf_ns: bpf_ns,
                 rss_kib: rss,
-                mirror_received_pps: mirror.as_ref().map(|m| m.0),
-                mirror_target_drops: mirror.map(|m| m.1),
+                mirror_received_pps: received,
+                drops,
+                reference: None,
                 vs_reference: None,
                 vs_tc_mirred: None,
+                monitored_vs_pass: None,
+                lossless_vs_pass: None,
             };
-            eprintln!(
-                "span {size:>5}B {:<36}: offered {:>8.0}/s, delivered {:>8.0}/s per target ({:.0}-{:.0})",
-                case.name(),
-                row.offered_pps,
-                med,
-                min,
-                max
+            crate::say(
+                &progress,
+                format!(
+                    "span {size:>5}B {:<36}: offered {:>8.0}/s, delivered {:>8.0}/s per target ({:.0}-{:.0}){}",
+                    case.name(),
+                    row.offered_pps,
+                    med,
+                    min,
+                    max,
+                    row.lossless_pps
+                        .map_or(String::new(), |l| format!(", lossless {l:.0}/s"))
+                ),
             );
             rows.push(row);
         }
+        // A peer tool's own account of the case (xsk-fwd: rx, tx, tx_full).
+        if let Some(mut p) = running.process.take() {
+            let _ = p.stop(Duration::from_secs(10));
+            if let Some(line) = p.log_text().lines().find(|l| l.starts_with("rx=")) {
+                crate::say(&progress, format!("span {}: {line}", case.id()));
+            }
+        }
         drop(running);
     }
+    progress.finish_and_clear();
     // Ratios, per frame size, against the reference cases of the same run.
     let lookup = |rows: &[Row], size: usize, c: Case| {
         rows.iter()
-            .find(|r| r.frame == size && r.case == c.name())
+            .find(|r| r.frame == size && r.id == c.id())
             .map(|r| r.delivered_pps)
+            .filter(|&v| v > 0.0)
     };
     let snapshot = rows.clone();
     for r in &mut rows {
         let case = Case::ALL
             .into_iter()
-            .find(|c| c.name() == r.case)
+            .find(|c| c.id() == r.id)
             .unwrap_or(Case::XdpDrop);
         if let Some(refc) = case.reference() {
-            r.vs_reference = lookup(&snapshot, r.frame, refc)
-                .filter(|&v| v > 0.0)
-                .map(|v| r.delivered_pps / v);
+            r.reference = Some(refc.id());
+            r.vs_reference = lookup(&snapshot, r.frame, refc).map(|v| r.delivered_pps / v);
         }
-        if case.targets() > 0 && case != Case::TcMirred {
-            r.vs_tc_mirred = lookup(&snapshot, r.frame, Case::TcMirred)
-                .filter(|&v| v > 0.0)
-                .map(|v| r.delivered_pps / v);
+        if case.targets() > 0 && !case.captures() && case != Case::TcMirred {
+            r.vs_tc_mirred =
+                lookup(&snapshot, r.frame, Case::TcMirred).map(|v| r.delivered_pps / v);
+        }
+        if case == Case::MirrorCopy {
+            let pass = snapshot
+                .iter()
+                .find(|p| p.frame == r.frame && p.id == Case::Pass.id());
+            let over =
+                |a: Option<f64>, b: Option<f64>| a.zip(b.filter(|&v| v > 0.0)).map(|(a, b)| a / b);
+            r.monitored_vs_pass = over(r.monitored_pps, pass.and_then(|p| p.monitored_pps));
+            r.lossless_vs_pass = over(r.lossless_pps, pass.and_then(|p| p.lossless_pps));
         }
     }
     let bars: Vec<(String, f64)> = rows
@@ -574,7 +1152,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         "span",
         &rows,
         &table(&rows, a),
-        "mirror vs software SPAN: kpps delivered per target (mirror, mirror2: kernel path; userspace: AF_XDP)",
+        "mirror vs software SPAN and capture: kpps delivered per target (or written)",
         "kpps delivered",
         &bars,
     )
@@ -582,16 +1160,42 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
 
 fn table(rows: &[Row], a: &Args) -> String {
     let mut s = format!(
-        "mirror against the software SPANs, same lab and generator (AF_XDP TX on veth, \
-         2 cores), median of {} runs of {:.1} s (`cargo xtask bench span`)\n\n\
-         | frame | case | offered | delivered per target (min-max) | loss | vs in-kernel ref | vs tc mirred | CPU % per core | ns/frame | mirror RSS | mirror: received, target drops/s |\n\
-         |---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|\n",
-        a.runs.reps, a.runs.secs
+        "mirror against the software SPANs and capture tools, same lab and generator \
+         (AF_XDP TX on veth, 2 cores), median of {} runs of {:.1} s at full rate; lossless: the \
+         highest paced rate with at most 0.1% loss ({} runs of {:.1} s, bisection; ≥: the generator's \
+         own maximum) (`cargo xtask bench span`)\n\n\
+         | frame | case | offered | delivered per target (min-max) | loss | lossless | vs reference | vs tc mirred | monitored traffic passed on (vs no mirror) | CPU % per core | CPU ns/frame | BPF ns/frame at feed0 | mirror RSS | mirror received; drops/s |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|\n",
+        a.runs.reps, a.runs.secs, a.search, a.trial_secs
     );
     let ratio = |v: Option<f64>| v.map_or("".to_string(), |x| format!("{x:.2}x"));
     for r in rows {
+        let reference = match (r.vs_reference, r.reference) {
+            (Some(v), Some(id)) => format!("{} {id}", ratio(Some(v))),
+            _ => String::new(),
+        };
+        let lossless = r.lossless_pps.map_or(String::new(), |l| {
+            let at = if r.lossless_at_max { "≥ " } else { "" };
+            let vs = r
+                .lossless_vs_pass
+                .map_or(String::new(), |v| format!(" ({v:.2}x)"));
+            format!("{at}{l:.0} pps{vs}")
+        });
+        let monitored = r.monitored_pps.map_or(String::new(), |m| {
+            let vs = r
+                .monitored_vs_pass
+                .map_or(String::new(), |v| format!(", {v:.2}x"));
+            format!(
+                "{m:.0} pps ({:.1}% lost{vs})",
+                r.monitored_loss_pct.unwrap_or(0.0)
+            )
+        });
+        let received = r
+            .mirror_received_pps
+            .map_or(String::new(), |rx| format!("{rx:.0} pps"));
+        let drops: Vec<String> = r.drops.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
         s.push_str(&format!(
-            "| {} B | {} | {:.0} pps | {:.0} pps ({:.0}-{:.0}) | {:.1}% | {} | {} | {} | {:.0} | {} | {} |\n",
+            "| {} B | {} | {:.0} pps | {:.0} pps ({:.0}-{:.0}) | {:.1}% | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} |\n",
             r.frame,
             r.case,
             r.offered_pps,
@@ -599,23 +1203,23 @@ fn table(rows: &[Row], a: &Args) -> String {
             r.delivered_min,
             r.delivered_max,
             r.loss_pct,
-            ratio(r.vs_reference),
+            lossless,
+            reference,
             ratio(r.vs_tc_mirred),
+            monitored,
             r.cpu_pct
                 .iter()
                 .map(|c| format!("{c:.0}"))
                 .collect::<Vec<_>>()
                 .join(" / "),
             r.ns_per_frame,
+            r.feed_bpf_ns.map_or(String::new(), |n| format!("{n:.0}")),
             r.rss_kib.map_or("".to_string(), |k| format!("{} MiB", k / 1024)),
-            r.mirror_received_pps.map_or(String::new(), |rx| {
-                let drops = r.mirror_target_drops.as_ref().map_or(String::new(), |d| {
-                    d.iter()
-                        .map(|(k, v)| format!(", {k} {v:.0}"))
-                        .collect::<String>()
-                });
-                format!("{rx:.0} pps{drops}")
-            }),
+            [received, drops.join(", ")]
+                .into_iter()
+                .filter(|x| !x.is_empty())
+                .collect::<Vec<_>>()
+                .join("; "),
         ));
     }
     s

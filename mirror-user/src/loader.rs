@@ -948,15 +948,15 @@ fn tcx_prog_ids(ifindex: u32, attach_type: libbpf_sys::bpf_attach_type) -> Vec<u
     ids[..(count as usize).min(ids.len())].to_vec()
 }
 
-/// The name of loaded program `id`, or "?" when it cannot be read.
-fn prog_name(id: u32) -> String {
+/// The kernel's information on loaded program `id`, when it can be read.
+pub fn prog_info(id: u32) -> Option<libbpf_sys::bpf_prog_info> {
     if id == 0 {
-        return "?".into();
+        return None;
     }
     // Safety: plain syscall wrapper; returns a new fd or a negative errno.
     let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
     if fd < 0 {
-        return "?".into();
+        return None;
     }
     // Safety: the kernel just returned this fd and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -965,9 +965,14 @@ fn prog_name(id: u32) -> String {
     let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
     // Safety: `info` is a valid buffer of `len` bytes.
     let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
-    if rc != 0 {
+    (rc == 0).then_some(info)
+}
+
+/// The name of loaded program `id`, or "?" when it cannot be read.
+fn prog_name(id: u32) -> String {
+    let Some(info) = prog_info(id) else {
         return "?".into();
-    }
+    };
     let name: Vec<u8> = info
         .name
         .iter()

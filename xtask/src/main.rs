@@ -26,9 +26,16 @@ const PACKAGES: &[&str] = &[
     "fonts-dejavu-core", // labels of the benchmark charts
 ];
 
-/// Benchmark cases `mirror-bench` implements; tcpdump/pcapng and
-/// daemonlogger are still to be built (issue 5).
-const BENCH_CASES: &[&str] = &["filters", "copy", "tap", "span"];
+/// Debian packages only the benchmark lab needs: the tools `span` measures
+/// mirror against, and libxdp for the C AF_XDP forwarder peer.
+const BENCH_PACKAGES: &[&str] = &[
+    "tcpdump",      // `span` case tcpdump: tcpdump -w vs a pcapng target
+    "daemonlogger", // `span` case daemonlogger: its soft tap
+    "libxdp-dev",   // benches/peers/xsk_fwd.c (pulls in libbpf-dev)
+];
+
+/// Benchmark cases `mirror-bench` implements.
+const BENCH_CASES: &[&str] = &["filters", "copy", "span"];
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Build, test and demo tasks for mirror")]
@@ -58,10 +65,11 @@ enum Cmd {
     },
     /// The benchmark lab: `cargo xtask bench [NAME…] [--sizes 60,1500] [--rules 1,100,10000] [--reps 3]`.
     /// Cases: filters (classification cost vs rule count), copy (what copy
-    /// mode costs the monitored traffic), tap (tap → interface target,
-    /// shared UMEM vs copied), span (mirror vs XDP_DROP ceiling, tc mirred,
-    /// bare XDP redirect/broadcast). Results go to benches/results/ as JSON,
-    /// a Markdown table and a PNG chart. Needs root.
+    /// mode costs the monitored traffic, through sockets), span (mirror vs XDP_DROP ceiling, tc mirred,
+    /// bare XDP redirect/broadcast, a C AF_XDP forwarder, daemonlogger,
+    /// tcpdump -w vs a pcapng target). Installs tcpdump, daemonlogger and
+    /// libxdp-dev. Results go to benches/results/ as JSON, a Markdown table
+    /// and a PNG chart. Needs root.
     Bench {
         /// Cases to run; all implemented ones when omitted.
         names: Vec<String>,
@@ -115,7 +123,12 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn deps() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    install(PACKAGES)
+}
+
+/// Installs the missing ones of `packages` (as root), else fails with the command to run.
+fn install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -227,8 +240,7 @@ fn bench(
     for n in names {
         if !BENCH_CASES.contains(&n.as_str()) {
             bail!(
-                "benchmark `{n}` is not implemented yet; available: {} (tcpdump vs pcapng and \
-                 daemonlogger are still to be built)",
+                "there is no benchmark `{n}`; available: {}",
                 BENCH_CASES.join(", ")
             );
         }
@@ -237,6 +249,7 @@ fn bench(
         bail!("the benchmarks load BPF programs and build namespaces: run `cargo xtask bench` as root");
     }
     deps()?;
+    install(BENCH_PACKAGES)?;
     // `copy` runs the real daemon, next to the bench binary.
     run(cargo().args([
         "build",
@@ -246,6 +259,12 @@ fn bench(
         "-p",
         "mirror-user",
     ]))?;
+    // The C peer of the userspace path, next to them too.
+    run(Command::new("gcc")
+        .current_dir(root())
+        .args(["-O2", "-Wall", "-Werror", "-o", "target/release/xsk-fwd"])
+        .arg("benches/peers/xsk_fwd.c")
+        .args(["-lxdp", "-lbpf"]))?;
     let exe = root().join("target/release/mirror-bench");
     let cases: Vec<&str> = if names.is_empty() {
         BENCH_CASES.to_vec()

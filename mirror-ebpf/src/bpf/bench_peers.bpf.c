@@ -12,10 +12,14 @@
  *                   in-kernel ceiling for one target port.
  *   xdp_broadcast   counts and broadcasts every frame to all ports of a
  *                   DEVMAP_HASH: the in-kernel ceiling for fan-out.
+ *   tc_count        (tcx ingress) counts every frame that reached the stack
+ *                   and lets it go on: the monitored traffic's own rate,
+ *                   with and without mirror's copy mode in front of it.
  *
  * Neither classifies: they are the floor of per-frame work.
  */
 #include <linux/bpf.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 
 char LICENSE[] SEC("license") = "GPL";
@@ -69,4 +73,11 @@ int xdp_broadcast(struct xdp_md *ctx)
 {
 	count();
 	return bpf_redirect_map(&ports, 0, BPF_F_BROADCAST);
+}
+
+SEC("tcx/ingress")
+int tc_count(struct __sk_buff *skb)
+{
+	count();
+	return TC_ACT_UNSPEC;
 }
