@@ -930,11 +930,32 @@ fn a_target_sharing_the_sources_umem_overflows_only_its_own_queue() {
 #[test]
 fn share_umem_false_copies_every_frame_into_the_targets_own_umem() {
     require_root!();
+    copies_every_frame_into_the_targets_own_umem("share_umem = false", "e2e-noshare");
+}
+
+/// The default, "auto", shares only between zero-copy devices: a veth has
+/// no AF_XDP zero-copy, so every frame is copied, and the log says why.
+#[test]
+fn share_umem_auto_copies_on_devices_without_zero_copy_and_says_why() {
+    require_root!();
+    let log = copies_every_frame_into_the_targets_own_umem("", "e2e-autoshare");
+    assert!(
+        log.contains(
+            "not sharing the target's UMEM (share_umem = \"auto\"): AF_XDP zero-copy is not available"
+        ),
+        "{log}"
+    );
+}
+
+/// Runs 500 frames through a tap source whose `share_umem` line is
+/// `share`: each is copied into the target's UMEM (none lent), sent and
+/// delivered byte-identical. Returns the daemon's log. Needs root.
+fn copies_every_frame_into_the_targets_own_umem(share: &str, tag: &str) -> String {
     let lab = Lab::new(1).expect("lab");
-    let dir = TempDir::new("e2e-noshare").expect("temp dir");
+    let dir = TempDir::new(tag).expect("temp dir");
     let text = SMALL_QUEUE
         .replace("queue_size = 16", "queue_size = 1024")
-        .replace("share_umem = true", "share_umem = false");
+        .replace("share_umem = true", share);
     let (daemon, mut client) = accept_all_daemon(&lab, &dir, &text);
     let sink = Capture::start(&lab.sink, Lab::SINK_IF).expect("capture");
     let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, Arc::new(kilo_frames(0, 500)), 20_000)
@@ -945,7 +966,7 @@ fn share_umem_false_copies_every_frame_into_the_targets_own_umem() {
     assert_eq!(st.targets["ids0"].shared_umem, 0);
     assert_reconciles("ids0", &st.targets["ids0"]);
     assert_eq!(by_seq(&sink.finish()), by_seq(&kilo_frames(0, 500)));
-    assert!(!daemon
-        .log_text()
-        .contains("RX queue shares the interface target's UMEM"));
+    let log = daemon.log_text();
+    assert!(!log.contains("RX queue shares the interface target's UMEM"));
+    log
 }

@@ -22,7 +22,7 @@ use libbpf_rs::{MapHandle, RingBufferBuilder};
 use mirror_ebpf::mirror::types::mirror_counter as C;
 
 use crate::config::{
-    Config, Direction, IngressHook, SessionPath, SourceMode, TargetSpec, ZeroCopy,
+    Config, Direction, IngressHook, SessionPath, ShareUmem, SourceMode, TargetSpec, ZeroCopy,
 };
 use crate::loader::{read_meta, AttachMode, CopyHooks, FastStats, SourceProgram, COUNTERS};
 use crate::netdev;
@@ -905,13 +905,15 @@ fn devices_refusing_redirects(
 }
 
 /// Which tap source (if any) shares its first RX queue's UMEM with each
-/// target: every tap source picks the first interface target its sessions
-/// reach that no other source took. A socket has one UMEM, so a target
-/// shares with one source; other sources copy into its queue as before.
+/// target: every tap source that may share picks the first interface target
+/// its sessions reach that no other source took. A socket has one UMEM, so
+/// a target shares with one source; other sources copy into its queue as
+/// before. `share_umem = "auto"` shares only between devices that both do
+/// AF_XDP zero-copy (see [`ShareUmem::Auto`]), and says so when it does not.
 fn share_plan(config: &Config) -> Vec<Option<usize>> {
     let mut plan = vec![None; config.targets.len()];
     for (s, src) in config.sources.iter().enumerate() {
-        if src.mode != SourceMode::Tap || !src.share_umem {
+        if src.mode != SourceMode::Tap || src.share_umem == ShareUmem::Off {
             continue;
         }
         let pick = config
@@ -921,11 +923,43 @@ fn share_plan(config: &Config) -> Vec<Option<usize>> {
             .find(|&t| {
                 plan[t].is_none() && matches!(config.targets[t].spec, TargetSpec::Interface { .. })
             });
-        if let Some(t) = pick {
-            plan[t] = Some(s);
+        let Some(t) = pick else { continue };
+        if src.share_umem == ShareUmem::Auto {
+            let TargetSpec::Interface {
+                interface,
+                zero_copy,
+            } = &config.targets[t].spec
+            else {
+                continue;
+            };
+            let zc =
+                |setting: ZeroCopy, dev: &str| setting != ZeroCopy::Off && zero_copy_capable(dev);
+            if !zc(src.zero_copy, &src.interface) || !zc(*zero_copy, interface) {
+                tracing::info!(
+                    source = %src.name,
+                    target = %config.targets[t].name,
+                    "not sharing the target's UMEM (share_umem = \"auto\"): AF_XDP zero-copy \
+                     is not available on both devices, and in copy mode the kernel copies every \
+                     frame anyway; set share_umem = true to share regardless"
+                );
+                continue;
+            }
         }
+        plan[t] = Some(s);
     }
     plan
+}
+
+/// `NETDEV_XDP_ACT_XSK_ZEROCOPY` (linux/netdev.h): the driver binds AF_XDP
+/// sockets in zero-copy mode.
+const XDP_ACT_XSK_ZEROCOPY: u64 = 1 << 3;
+
+/// Whether `interface`'s driver reports AF_XDP zero-copy.
+fn zero_copy_capable(interface: &str) -> bool {
+    crate::loader::ifindex(interface)
+        .ok()
+        .and_then(|i| crate::loader::xdp_features(i).ok())
+        .is_some_and(|f| f & XDP_ACT_XSK_ZEROCOPY != 0)
 }
 
 /// Binds RX queue `q` of a tap source to `host`'s UMEM, or says why not (the

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 pub use raw::{
-    IngressHook, SessionPath, SourceDirection, SourceMode, TargetKind, XdpMode, ZeroCopy,
+    IngressHook, SessionPath, ShareUmem, SourceDirection, SourceMode, TargetKind, XdpMode, ZeroCopy,
 };
 use raw::{RawConfig, RawPorts, RawProtocol, RawRule, RawSession, RawSource, RawTarget};
 
@@ -164,9 +164,9 @@ pub struct Source {
     pub ring_buffer: u32,
     /// Copy mode: the hook that sees ingress frames.
     pub ingress_hook: IngressHook,
-    /// Tap mode: the first RX queue may share an interface target's UMEM
-    /// (frames sent on without a copy).
-    pub share_umem: bool,
+    /// Tap mode: whether the first RX queue shares an interface target's
+    /// UMEM (frames sent on without a copy); see [`ShareUmem`].
+    pub share_umem: ShareUmem,
 }
 
 impl Source {
@@ -928,7 +928,10 @@ impl Validator<'_> {
                 .ingress_hook
                 .as_ref()
                 .map_or(IngressHook::Xdp, |h| *h.get_ref()),
-            share_umem: s.share_umem.as_ref().is_some_and(|b| *b.get_ref()),
+            share_umem: s
+                .share_umem
+                .as_ref()
+                .map_or(ShareUmem::Auto, |b| *b.get_ref()),
         })
     }
 

@@ -59,8 +59,9 @@ pub struct RawSource {
     pub ring_buffer: Option<Spanned<String>>,
     /// Copy mode: where ingress frames are seen, "xdp" (default) or "tc".
     pub ingress_hook: Option<Spanned<IngressHook>>,
-    /// Tap mode: let the first RX queue share an interface target's UMEM. Default false.
-    pub share_umem: Option<Spanned<bool>>,
+    /// Tap mode: whether the first RX queue shares an interface target's
+    /// UMEM: true, false or "auto" (the default).
+    pub share_umem: Option<Spanned<ShareUmem>>,
 }
 
 /// Copy mode: the hook that sees ingress frames.
@@ -116,6 +117,45 @@ pub enum XdpMode {
     Auto,
     Native,
     Generic,
+}
+
+/// Tap mode: whether a source's first RX queue shares the UMEM of the first
+/// interface target its sessions reach (its frames then go out without a
+/// copy in userspace). TOML: `true`, `false` or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShareUmem {
+    /// Share where both devices do AF_XDP zero-copy (the kernel reports
+    /// `NETDEV_XDP_ACT_XSK_ZEROCOPY` for both): there the userspace copy is
+    /// the only copy. In copy mode (veth, NICs without zero-copy) the kernel
+    /// copies every frame anyway and sharing measured slower, so copy.
+    #[default]
+    Auto,
+    /// Share wherever the kernel allows it (falls back to copying, logged).
+    On,
+    /// Never share: copy into the target's own UMEM.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for ShareUmem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Choice;
+        impl serde::de::Visitor<'_> for Choice {
+            type Value = ShareUmem;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<ShareUmem, E> {
+                Ok(if on { ShareUmem::On } else { ShareUmem::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ShareUmem, E> {
+                match s {
+                    "auto" => Ok(ShareUmem::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(s), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Choice)
+    }
 }
 
 /// AF_XDP zero-copy.

@@ -460,13 +460,36 @@ fn copy_mode_sources_take_direction_hook_and_ring_size() {
     .expect("valid");
     assert_eq!(c.sources[0].ingress_hook, IngressHook::Xdp);
     assert_eq!(c.sources[0].ring_buffer, DEFAULT_RING_BUFFER);
-    // Tap sources share an interface target's UMEM only when told to.
-    assert!(!parse(GOOD, "t.toml").expect("valid").sources[0].share_umem);
-    let on = GOOD.replace(
-        "interface = \"eth1\"",
-        "interface = \"eth1\"\nshare_umem = true",
+    // Tap sources share an interface target's UMEM where zero-copy makes
+    // it pay ("auto"), or as told: true, false or "auto".
+    assert_eq!(
+        parse(GOOD, "t.toml").expect("valid").sources[0].share_umem,
+        ShareUmem::Auto
     );
-    assert!(parse(&on, "t.toml").expect("valid").sources[0].share_umem);
+    for (value, want) in [
+        ("true", ShareUmem::On),
+        ("false", ShareUmem::Off),
+        ("\"auto\"", ShareUmem::Auto),
+    ] {
+        let text = GOOD.replace(
+            "interface = \"eth1\"",
+            &format!("interface = \"eth1\"\nshare_umem = {value}"),
+        );
+        assert_eq!(
+            parse(&text, "t.toml").expect("valid").sources[0].share_umem,
+            want
+        );
+    }
+    let bad = GOOD.replace(
+        "interface = \"eth1\"",
+        "interface = \"eth1\"\nshare_umem = \"yes\"",
+    );
+    let e = errors(&bad);
+    assert!(
+        e[0].starts_with("t.toml:8:14: invalid value: string \"yes\"")
+            && e[0].contains("expected true, false or \"auto\""),
+        "{e:?}"
+    );
     assert!(c.sources[0].ingress() && !c.sources[0].egress());
 }
 
