@@ -210,6 +210,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             let (mut del, mut offered, mut loss, mut mir, mut full) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..a.runs.reps {
+                crate::check_interrupted()?;
                 let (m0, f0) = mirrored(daemon.as_ref())?;
                 let t0 = Instant::now();
                 if traffic == "tcp" {
@@ -265,6 +266,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         "copy",
         &rows,
         &table(&rows, a),
+        crate::publishes(out),
         "monitored UDP traffic (60-byte frames) with copy mode off / on",
         "kpps delivered to the server",
         &bars,

@@ -225,6 +225,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 let mut runs = Vec::new();
                 let mut scan_runs = Vec::new();
                 for _ in 0..a.reps.max(1) {
+                    crate::check_interrupted()?;
                     runs.push(measure(&prog, &data, a.repeat)?);
                     scan_runs.push(measure(&scan_prog, &data, a.repeat)?);
                 }
@@ -258,7 +259,8 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     }
 
     progress.finish_and_clear();
-    crate::save(out, "filters", &rows, &table(&rows, a), |png| {
+    // The README keeps its own summary of this table (no markers).
+    crate::save(out, "filters", &rows, &table(&rows, a), false, |png| {
         crate::chart::lines(
             png,
             "mirror: classification cost vs rule count (BPF_PROG_TEST_RUN)",

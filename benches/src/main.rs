@@ -10,7 +10,9 @@
 //!   -w, and the XDP_DROP ceiling, same lab and generator.
 //!
 //! Every case writes `benches/results/<timestamp>-<case>.json`, a Markdown
-//! table (`<case>-latest.md`, also printed) and a PNG chart (`<case>-latest.png`).
+//! table (`<case>-latest.md`, also printed, and put into README.md between
+//! `<!-- bench:<case> -->` markers where it has them) and a PNG chart
+//! (`<case>-latest.png`).
 
 mod chart;
 mod copy;
@@ -33,7 +35,7 @@ use serde::Serialize;
 #[command(name = "mirror-bench", about = "mirror's benchmark lab")]
 struct Cli {
     /// Where results go.
-    #[arg(long, default_value = "benches/results", global = true)]
+    #[arg(long, default_value = RESULTS, global = true)]
     out: PathBuf,
     #[command(subcommand)]
     case: Case,
@@ -55,18 +57,62 @@ enum Case {
     Span(span::Args),
 }
 
+/// Set by SIGINT/SIGTERM: the lab stops before its next run and cleans up
+/// (namespaces, daemons, tools, tmpfs) as it unwinds.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Fails once SIGINT or SIGTERM arrived, so the caller unwinds and every
+/// guard of the lab runs.
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+        bail!("interrupted: stopping and cleaning up the lab");
+    }
+    Ok(())
+}
+
 fn main() -> Result<ExitCode> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // Safety: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(
+                sig,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
+    }
     let cli = Cli::parse();
     if !mirror_user::is_root() {
         bail!("the benchmarks load BPF programs: run them as root");
     }
     std::fs::create_dir_all(&cli.out)?;
-    match cli.case {
-        Case::Filters(a) => filters::run(&a, &cli.out)?,
-        Case::Copy(a) => copy::run(&a, &cli.out)?,
-        Case::Span(a) => span::run(&a, &cli.out)?,
+    let done = match cli.case {
+        Case::Filters(a) => filters::run(&a, &cli.out),
+        Case::Copy(a) => copy::run(&a, &cli.out),
+        Case::Span(a) => span::run(&a, &cli.out),
+    };
+    match done {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // Whatever failed after a signal (a daemon that got it too), the
+        // lab has been taken down by now.
+        Err(_) if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) => {
+            eprintln!("mirror-bench: interrupted; the lab is cleaned up");
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => Err(e),
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// Where a whole run's results go, and the README's tables come from.
+pub const RESULTS: &str = "benches/results";
+
+/// Whether a run into `out` publishes its table into the README: only a
+/// run into [`RESULTS`] (the committed results).
+pub fn publishes(out: &Path) -> bool {
+    out == Path::new(RESULTS)
 }
 
 /// How long and how often each measurement of a traffic case runs.
@@ -135,6 +181,7 @@ pub fn start_daemon(ns: &Netns, exe: &Path, dir: &TempDir, text: &str) -> Result
 /// frames/s (batches of up to 64 on a schedule, sleeping in between);
 /// returns how many the kernel completed.
 pub fn generate(lab: &Lab, size: usize, secs: f64, rate: Option<f64>) -> Result<u64> {
+    check_interrupted()?;
     lab.gen.run(move || {
         pin_current_thread(GEN_CPU)?;
         // Paced sleeps of tens of microseconds: no 50 µs default slack.
@@ -275,12 +322,14 @@ pub fn median(v: &mut [f64]) -> (f64, f64, f64) {
 
 /// Writes a case's results: `<timestamp>-<case>.json` (the rows),
 /// `<case>-latest.md` (the table, also printed) and `<case>-latest.png`
-/// (drawn by `chart`).
+/// (drawn by `chart`); with `publish` (a whole run into benches/results),
+/// also the README's copy of the table.
 pub fn save<R: Serialize>(
     out: &Path,
     case: &str,
     rows: &[R],
     table: &str,
+    publish: bool,
     chart: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
     let json = out.join(format!("{}-{case}.json", timestamp()));
@@ -290,20 +339,50 @@ pub fn save<R: Serialize>(
     chart(&png)?;
     println!("{table}");
     println!("results: {} , chart: {}", json.display(), png.display());
+    if publish && update_readme(Path::new("README.md"), case, table)? {
+        println!("README.md: the {case} table replaced");
+    }
     Ok(())
 }
 
+/// Replaces what stands between `<!-- bench:CASE -->` and
+/// `<!-- /bench:CASE -->` in `readme` with `table`, so the README shows the
+/// latest run; returns whether it did (no README or no markers: nothing).
+pub fn update_readme(readme: &Path, case: &str, table: &str) -> Result<bool> {
+    let Ok(text) = std::fs::read_to_string(readme) else {
+        return Ok(false);
+    };
+    let (open, close) = (
+        format!("<!-- bench:{case} -->"),
+        format!("<!-- /bench:{case} -->"),
+    );
+    let (Some(a), Some(b)) = (text.find(&open), text.find(&close)) else {
+        return Ok(false);
+    };
+    if b < a {
+        bail!("{}: {close} comes before {open}", readme.display());
+    }
+    let new = format!("{}{open}\n{}\n{}", &text[..a], table.trim_end(), &text[b..]);
+    std::fs::write(readme, new).with_context(|| format!("writing {}", readme.display()))?;
+    Ok(true)
+}
+
 /// [`save`] with a bar chart of `bars` (label, value) as the PNG.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "save's arguments and the chart's"
+)]
 pub fn save_bars<R: Serialize>(
     out: &Path,
     case: &str,
     rows: &[R],
     table: &str,
+    publish: bool,
     title: &str,
     y_label: &str,
     bars: &[(String, f64)],
 ) -> Result<()> {
-    save(out, case, rows, table, |png| {
+    save(out, case, rows, table, publish, |png| {
         chart::bars(png, title, y_label, bars)
     })
 }

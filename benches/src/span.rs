@@ -273,6 +273,8 @@ struct Row {
     delivered_pps: f64,
     delivered_min: f64,
     delivered_max: f64,
+    /// Every full-rate run's delivered rate, in order.
+    delivered_runs: Vec<f64>,
     /// Offered frames that did not arrive (at every target), percent.
     loss_pct: f64,
     /// Copy mode and its baseline: frames/s of the monitored traffic that
@@ -585,6 +587,10 @@ impl Running<'_> {
         let Some(mut p) = self.tcpdump.take() else {
             return Ok(None);
         };
+        // libpcap hands tcpdump a TPACKET_V3 block when it is full or after
+        // tcpdump's 1 s buffer timeout: wait for the last one, else its
+        // frames count as received by the filter but never captured.
+        std::thread::sleep(TCPDUMP_BUFFER_TIMEOUT);
         p.signal(libc::SIGINT);
         p.wait(Duration::from_secs(30)).context("tcpdump")?;
         let log = p.log_text();
@@ -599,6 +605,10 @@ impl Running<'_> {
         Ok(Some(dropped))
     }
 }
+
+/// tcpdump's packet buffer timeout (libpcap's `to_ms`, 1000 unless
+/// `--immediate-mode`), with a margin.
+const TCPDUMP_BUFFER_TIMEOUT: Duration = Duration::from_millis(1200);
 
 /// tcpdump's capture buffer (`-B`, KiB): 16 MiB, 8x its default, as one
 /// tunes it for a busy port.
@@ -1015,8 +1025,8 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 runs.push(measure(&mut running, &rig, size, a.runs.secs, None)?);
                 progress.inc(1);
             }
-            let mut delivered: Vec<f64> = runs.iter().map(|r| r.delivered).collect();
-            let (med, min, max) = crate::median(&mut delivered);
+            let delivered_runs: Vec<f64> = runs.iter().map(|r| r.delivered).collect();
+            let (med, min, max) = crate::median(&mut delivered_runs.clone());
             // The run whose delivered rate is the median: its offered rate and CPU.
             let median_run = runs
                 .iter()
@@ -1066,6 +1076,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 delivered_pps: med,
                 delivered_min: min,
                 delivered_max: max,
+                delivered_runs,
                 loss_pct: loss(med),
                 monitored_pps: monitored,
                 monitored_loss_pct: monitored.map(loss),
@@ -1090,12 +1101,17 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             crate::say(
                 &progress,
                 format!(
-                    "span {size:>5}B {:<36}: offered {:>8.0}/s, delivered {:>8.0}/s per target ({:.0}-{:.0}){}",
+                    "span {size:>5}B {:<36}: offered {:>8.0}/s, delivered {:>8.0}/s per target ({:.0}-{:.0}; runs {}){}",
                     case.name(),
                     row.offered_pps,
                     med,
                     min,
                     max,
+                    row.delivered_runs
+                        .iter()
+                        .map(|r| format!("{:.0}k", r / 1e3))
+                        .collect::<Vec<_>>()
+                        .join(" "),
                     row.lossless_pps
                         .map_or(String::new(), |l| format!(", lossless {l:.0}/s"))
                 ),
@@ -1143,18 +1159,45 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             r.lossless_vs_pass = over(r.lossless_pps, pass.and_then(|p| p.lossless_pps));
         }
     }
-    let bars: Vec<(String, f64)> = rows
+    // One group per case (by id, in run order), one bar per frame size.
+    let mut ids: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !ids.contains(&r.id) {
+            ids.push(r.id);
+        }
+    }
+    let series: Vec<(String, Vec<f64>)> = a
+        .sizes
         .iter()
-        .map(|r| (format!("{} {}B", r.id, r.frame), r.delivered_pps / 1000.0))
+        .map(|&size| {
+            let values = ids
+                .iter()
+                .map(|id| {
+                    rows.iter()
+                        .find(|r| r.id == *id && r.frame == size)
+                        .map_or(0.0, |r| r.delivered_pps / 1000.0)
+                })
+                .collect();
+            (format!("{size} B frames"), values)
+        })
         .collect();
-    crate::save_bars(
+    let groups: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    crate::save(
         out,
         "span",
         &rows,
         &table(&rows, a),
-        "mirror vs software SPAN and capture: kpps delivered per target (or written)",
-        "kpps delivered",
-        &bars,
+        // Only a whole run stands for the lab in the README.
+        crate::publishes(out) && a.cases.is_empty(),
+        |png| {
+            crate::chart::grouped_bars(
+                png,
+                "mirror vs software SPAN and capture tools: kpps delivered per target (or written), full rate",
+                "kpps delivered",
+                &groups,
+                &series,
+            )
+        },
     )
 }
 
