@@ -959,6 +959,36 @@ fn feed_bpf_ns(
     }))
 }
 
+/// Starts `case` and pins the feed port's NAPI thread again (attaching XDP
+/// re-creates it).
+fn start_pinned<'a>(
+    case: Case,
+    rig: &Rig<'a>,
+    exe: &Path,
+    capture: &'a Path,
+) -> Result<Running<'a>> {
+    let running = start(case, rig.lab, exe, rig.dir, capture).with_context(|| case.name())?;
+    std::thread::sleep(Duration::from_millis(100));
+    if crate::pin_napi_threads(Lab::FEED_IF, crate::NAPI_CPU)? == 0 {
+        bail!(
+            "no NAPI thread for {} (threaded NAPI not on?)",
+            Lab::FEED_IF
+        );
+    }
+    Ok(running)
+}
+
+/// Stops a case; a peer tool's own account of it (xsk-fwd: rx, tx,
+/// tx_full) goes to the log.
+fn finish(mut running: Running<'_>, progress: &indicatif::ProgressBar) {
+    if let Some(mut p) = running.process.take() {
+        let _ = p.stop(Duration::from_secs(10));
+        if let Some(line) = p.log_text().lines().find(|l| l.starts_with("rx=")) {
+            crate::say(progress, format!("span {}: {line}", running.case.id()));
+        }
+    }
+}
+
 pub fn run(a: &Args, out: &Path) -> Result<()> {
     let exe = crate::mirror_exe()?;
     for id in &a.cases {
@@ -995,6 +1025,8 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         wanted.len() as u64 * a.sizes.len() as u64 * per_size,
         "span",
     );
+    // Cases whose tool is missing are skipped, with the reason.
+    let mut cases = Vec::new();
     for case in wanted {
         let missing = match case {
             Case::XskFwd => crate::sibling_exe("xsk-fwd").err().map(|e| e.to_string()),
@@ -1003,28 +1035,36 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 .filter(|t| !have(t))
                 .map(|t| format!("{t} is not installed (`cargo xtask bench` installs it)")),
         };
-        if let Some(why) = missing {
-            crate::say(&progress, format!("span: skipping `{}`: {why}", case.id()));
-            progress.inc(a.sizes.len() as u64 * per_size);
-            continue;
+        match missing {
+            Some(why) => {
+                crate::say(&progress, format!("span: skipping `{}`: {why}", case.id()));
+                progress.inc(a.sizes.len() as u64 * per_size);
+            }
+            None => cases.push(case),
         }
-        progress.set_message(case.name());
-        let mut running =
-            start(case, &lab, &exe, &dir, tmpfs.path()).with_context(|| case.name())?;
-        // Attaching XDP re-created the feed port's NAPI thread: pin it again.
-        std::thread::sleep(Duration::from_millis(100));
-        if crate::pin_napi_threads(Lab::FEED_IF, crate::NAPI_CPU)? == 0 {
-            bail!(
-                "no NAPI thread for {} (threaded NAPI not on?)",
-                Lab::FEED_IF
-            );
-        }
-        for &size in &a.sizes {
-            let mut runs = Vec::new();
-            for _ in 0..a.runs.reps {
-                runs.push(measure(&mut running, &rig, size, a.runs.secs, None)?);
+    }
+    // Full-rate runs in rounds: each round starts every case in turn and
+    // runs it once per size, so a slow spell of the machine (they last
+    // seconds here) lands on different cases in different rounds instead of
+    // on every run of one case.
+    let mut samples: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); a.sizes.len()]; cases.len()];
+    for round in 0..a.runs.reps {
+        for (c, &case) in cases.iter().enumerate() {
+            progress.set_message(format!("round {}: {}", round + 1, case.name()));
+            let mut running = start_pinned(case, &rig, &exe, tmpfs.path())?;
+            for (z, &size) in a.sizes.iter().enumerate() {
+                samples[c][z].push(measure(&mut running, &rig, size, a.runs.secs, None)?);
                 progress.inc(1);
             }
+            finish(running, &progress);
+        }
+    }
+    // Then per case: the BPF statistics run and the lossless-rate search.
+    for (c, &case) in cases.iter().enumerate() {
+        progress.set_message(format!("{}: lossless rate", case.name()));
+        let mut running = start_pinned(case, &rig, &exe, tmpfs.path())?;
+        for (z, &size) in a.sizes.iter().enumerate() {
+            let runs = &samples[c][z];
             let delivered_runs: Vec<f64> = runs.iter().map(|r| r.delivered).collect();
             let (med, min, max) = crate::median(&mut delivered_runs.clone());
             // The run whose delivered rate is the median: its offered rate and CPU.
@@ -1118,14 +1158,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             );
             rows.push(row);
         }
-        // A peer tool's own account of the case (xsk-fwd: rx, tx, tx_full).
-        if let Some(mut p) = running.process.take() {
-            let _ = p.stop(Duration::from_secs(10));
-            if let Some(line) = p.log_text().lines().find(|l| l.starts_with("rx=")) {
-                crate::say(&progress, format!("span {}: {line}", case.id()));
-            }
-        }
-        drop(running);
+        finish(running, &progress);
     }
     progress.finish_and_clear();
     // Ratios, per frame size, against the reference cases of the same run.
