@@ -8,6 +8,7 @@
 //! ```
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -499,7 +500,8 @@ impl Drop for Capture {
 }
 
 /// A process started inside a namespace, its stdout and stderr in `log`:
-/// signalled, waited for (bounded) and reaped on drop.
+/// signalled, waited for (bounded) and reaped on drop, and sent SIGTERM by
+/// the kernel if the thread that started it dies first.
 pub struct Process {
     child: Option<Child>,
     pub log: PathBuf,
@@ -527,6 +529,19 @@ impl Process {
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = ns.command(args);
         env(&mut cmd);
+        // Ends with the thread that started it, even when this process is
+        // killed and no Drop runs (`ip netns exec` execs the command, and
+        // the setting survives exec).
+        // Safety: the closure runs in the child between fork and exec and
+        // calls only prctl, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
