@@ -549,12 +549,11 @@ impl Running<'_> {
             .capture
             .context("the capture tmpfs")?
             .join("tcpdump.pcap");
-        let mut p = Process::start(
-            &lab.src,
+        let p = tool(
+            lab,
+            dir,
+            "tcpdump",
             &[
-                "taskset",
-                "-c",
-                &USER_CPU.to_string(),
                 "tcpdump",
                 "-i",
                 Lab::FEED_IF,
@@ -572,11 +571,8 @@ impl Running<'_> {
                 "-W",
                 "4",
             ],
-            &dir.path().join("tcpdump.log"),
-            TOOL_LIMIT,
+            "listening on",
         )?;
-        p.wait_for_log("listening on", Duration::from_secs(10))
-            .context("tcpdump")?;
         self.tcpdump = Some(p);
         Ok(())
     }
@@ -685,22 +681,18 @@ fn start<'a>(
         }
         Case::XskFwd => {
             let fwd = crate::sibling_exe("xsk-fwd")?;
-            let mut p = Process::start(
-                &lab.src,
+            let p = tool(
+                lab,
+                dir,
+                "xsk-fwd",
                 &[
-                    "taskset",
-                    "-c",
-                    &USER_CPU.to_string(),
                     &fwd.to_string_lossy(),
                     Lab::FEED_IF,
                     Lab::TARGET_IF,
                     &TOOL_LIMIT.as_secs().to_string(),
                 ],
-                &dir.path().join("xsk-fwd.log"),
-                TOOL_LIMIT,
+                "xsk-fwd: forwarding",
             )?;
-            p.wait_for_log("xsk-fwd: forwarding", Duration::from_secs(10))
-                .context("xsk-fwd")?;
             run.process = Some(p);
         }
         Case::Daemonlogger => {
@@ -708,12 +700,11 @@ fn start<'a>(
                 .ip(&["addr", "add", FEED_ADDRESS, "dev", Lab::FEED_IF])?;
             run.address = Some(&lab.src);
             let pid_dir = dir.path().to_string_lossy();
-            let mut p = Process::start(
-                &lab.src,
+            let mut p = tool(
+                lab,
+                dir,
+                "daemonlogger",
                 &[
-                    "taskset",
-                    "-c",
-                    &USER_CPU.to_string(),
                     // Line-buffered, so its start-up line reaches the log.
                     "stdbuf",
                     "-oL",
@@ -725,11 +716,8 @@ fn start<'a>(
                     "-P",
                     &pid_dir,
                 ],
-                &dir.path().join("daemonlogger.log"),
-                TOOL_LIMIT,
+                "sniffing on interface",
             )?;
-            p.wait_for_log("sniffing on interface", Duration::from_secs(10))
-                .context("daemonlogger")?;
             // It opens the interfaces after that line; a failure exits.
             std::thread::sleep(Duration::from_millis(500));
             p.check_running().context("daemonlogger")?;
@@ -767,6 +755,24 @@ fn start<'a>(
         }
     }
     Ok(run)
+}
+
+/// Starts an external program of the lab in the src namespace on
+/// [`USER_CPU`] (`taskset`), under [`TOOL_LIMIT`], logging to `NAME.log` in
+/// `dir`, and waits until its log shows `ready`.
+fn tool(lab: &Lab, dir: &TempDir, name: &str, args: &[&str], ready: &str) -> Result<Process> {
+    let cpu = USER_CPU.to_string();
+    let mut all = vec!["taskset", "-c", &cpu];
+    all.extend_from_slice(args);
+    let mut p = Process::start(
+        &lab.src,
+        &all,
+        &dir.path().join(format!("{name}.log")),
+        TOOL_LIMIT,
+    )?;
+    p.wait_for_log(ready, Duration::from_secs(10))
+        .with_context(|| name.to_string())?;
+    Ok(p)
 }
 
 /// Whether `tool` is on the PATH.
