@@ -1070,6 +1070,20 @@ pub mod stream {
         addr: SocketAddr,
         data: &[u8],
     ) -> Result<TcpOutcome> {
+        tcp_transfer_paced(client_ns, server_ns, addr, data, None)
+    }
+
+    /// [`tcp_transfer`] with the client's TCP paced to `bytes_per_sec`
+    /// (`SO_MAX_PACING_RATE`): no line-rate bursts, which a veth with an XDP
+    /// program (a 256-frame receive ring) drops on a starved CPU whatever
+    /// the program does.
+    pub fn tcp_transfer_paced(
+        client_ns: &Netns,
+        server_ns: &Netns,
+        addr: SocketAddr,
+        data: &[u8],
+        bytes_per_sec: Option<u32>,
+    ) -> Result<TcpOutcome> {
         let listener = server_ns.run(move || Ok(TcpListener::bind(addr)?))?;
         let server = std::thread::spawn(move || -> Result<Vec<u8>> {
             let (mut conn, _) = listener.accept()?;
@@ -1080,6 +1094,21 @@ pub mod stream {
         });
         let mut conn = client_ns.run(move || Ok(TcpStream::connect_timeout(&addr, IO_TIMEOUT)?))?;
         conn.set_write_timeout(Some(IO_TIMEOUT))?;
+        if let Some(rate) = bytes_per_sec {
+            // Safety: a valid socket and a 4-byte option value that outlives the call.
+            let rc = unsafe {
+                libc::setsockopt(
+                    conn.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_MAX_PACING_RATE,
+                    (&rate as *const u32).cast(),
+                    std::mem::size_of::<u32>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error()).context("SO_MAX_PACING_RATE");
+            }
+        }
         conn.write_all(data).context("sending")?;
         conn.shutdown(std::net::Shutdown::Write)?;
         let got = server
