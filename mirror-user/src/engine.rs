@@ -950,16 +950,12 @@ fn share_plan(config: &Config) -> Vec<Option<usize>> {
     plan
 }
 
-/// `NETDEV_XDP_ACT_XSK_ZEROCOPY` (linux/netdev.h): the driver binds AF_XDP
-/// sockets in zero-copy mode.
-const XDP_ACT_XSK_ZEROCOPY: u64 = 1 << 3;
-
 /// Whether `interface`'s driver reports AF_XDP zero-copy.
 fn zero_copy_capable(interface: &str) -> bool {
     crate::loader::ifindex(interface)
         .ok()
         .and_then(|i| crate::loader::xdp_features(i).ok())
-        .is_some_and(|f| f & XDP_ACT_XSK_ZEROCOPY != 0)
+        .is_some_and(|f| f & crate::loader::XDP_ACT_XSK_ZEROCOPY != 0)
 }
 
 /// Binds RX queue `q` of a tap source to `host`'s UMEM, or says why not (the
