@@ -111,6 +111,25 @@ struct Live {
 }
 
 impl Live {
+    /// Sends `data` from the client to the server over TCP paced to
+    /// [`PACED_TCP`]: it must arrive whole and byte-identical with no
+    /// segment retransmitted.
+    fn paced_stream_arrives_untouched(&self, data: &[u8]) {
+        let tcp = stream::tcp_transfer_paced(
+            &self.cli,
+            &self.srv,
+            server(TCP_PORT),
+            data,
+            Some(PACED_TCP),
+        )
+        .expect("the TCP stream arrives intact");
+        assert_eq!(tcp.bytes, data.len());
+        assert_eq!(
+            tcp.retransmits, 0,
+            "no segment of the monitored stream was lost"
+        );
+    }
+
     fn new(tag: &str) -> Live {
         let live = Live {
             cli: Netns::new("cli").expect("netns"),
@@ -250,19 +269,7 @@ fn copy_mode_mirrors_both_directions_of_tcp_and_udp_and_leaves_them_intact() {
     assert_eq!(exchanged, N);
     assert_eq!(echo.finish(&live.cli).expect("echo server"), N);
     let data = payload_data(2 << 20);
-    let tcp = stream::tcp_transfer_paced(
-        &live.cli,
-        &live.srv,
-        server(TCP_PORT),
-        &data,
-        Some(PACED_TCP),
-    )
-    .expect("the TCP stream arrives intact");
-    assert_eq!(tcp.bytes, data.len());
-    assert_eq!(
-        tcp.retransmits, 0,
-        "no segment of the monitored stream was lost"
-    );
+    live.paced_stream_arrives_untouched(&data);
 
     let st = wait_settled(&mut client, "every copy delivered", |st| {
         let src = &st.sources["live"];
@@ -524,15 +531,7 @@ fn a_blocked_target_loses_only_its_own_copies_and_never_the_traffic() {
         .expect("every datagram echoed while the target is blocked");
     assert_eq!(echo.finish(&live.cli).expect("echo server"), N);
     let data = payload_data(2 << 20);
-    let tcp = stream::tcp_transfer_paced(
-        &live.cli,
-        &live.srv,
-        server(TCP_PORT),
-        &data,
-        Some(PACED_TCP),
-    )
-    .expect("the TCP stream arrives intact");
-    assert_eq!(tcp.retransmits, 0, "no segment lost");
+    live.paced_stream_arrives_untouched(&data);
 
     let st = wait_settled(&mut client, "the interface target idle", |st| {
         let ids = &st.targets["ids"];
@@ -573,15 +572,7 @@ fn a_full_ring_is_counted_and_the_stream_is_untouched() {
     let (_daemon, _) = common::start_daemon(BIN, &live.srv, &live.dir, &text);
     let mut client = Client::connect(&_daemon.control).expect("control socket");
     let data = payload_data(4 << 20);
-    let tcp = stream::tcp_transfer_paced(
-        &live.cli,
-        &live.srv,
-        server(TCP_PORT),
-        &data,
-        Some(PACED_TCP),
-    )
-    .expect("the TCP stream arrives intact");
-    assert_eq!(tcp.retransmits, 0, "no segment lost");
+    live.paced_stream_arrives_untouched(&data);
     let st = wait_settled(&mut client, "every copy delivered", |st| {
         let src = &st.sources["live"];
         ["cap", "ids"].iter().all(|t| {
