@@ -255,15 +255,10 @@ pub fn pin_current_thread(cpu: usize) -> Result<()> {
 
 /// Pins thread `tid` (0: the calling thread) to `cpu`.
 fn pin(tid: i32, cpu: usize) -> Result<()> {
-    // Safety: cpu_set_t is plain data; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // Safety: `cpu` is below CPU_SETSIZE on any machine this runs on.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // Safety: a valid set; a thread that has exited gives ESRCH, not UB.
-    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) } != 0 {
-        bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
+    mirror_user::cpus::CpuList::one(cpu)
+        .with_context(|| format!("CPU {cpu} is beyond what an affinity mask names"))?
+        .pin_thread(tid)
+        .context("sched_setaffinity")
 }
 
 /// Makes `dev` in `ns` behave like a NIC with an RX core of its own: GRO on

@@ -47,6 +47,11 @@ impl CpuList {
         Ok(CpuList(cpus))
     }
 
+    /// The list of one CPU; `None` beyond [`MAX_CPUS`].
+    pub fn one(cpu: usize) -> Option<CpuList> {
+        (cpu < MAX_CPUS).then(|| CpuList(vec![cpu]))
+    }
+
     pub fn cpus(&self) -> &[usize] {
         &self.0
     }
@@ -54,14 +59,20 @@ impl CpuList {
     /// Restricts the calling thread, and every thread it starts from now on,
     /// to these CPUs. Call it before starting any thread to pin the process.
     pub fn pin_current_thread(&self) -> std::io::Result<()> {
+        self.pin_thread(0)
+    }
+
+    /// Restricts thread `tid` (0: the calling thread) to these CPUs.
+    pub fn pin_thread(&self, tid: libc::pid_t) -> std::io::Result<()> {
         // Safety: cpu_set_t is plain data; all-zero is the empty set.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         for &cpu in &self.0 {
             // Safety: `cpu` < MAX_CPUS = CPU_SETSIZE, checked by `parse`.
             unsafe { libc::CPU_SET(cpu, &mut set) };
         }
-        // Safety: a valid set of the size passed.
-        if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+        // Safety: a valid set of the size passed; a thread that has exited
+        // gives ESRCH.
+        if unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         Ok(())
