@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use common::{assert_reconciles, read_pcapng, wait_for, Record};
 use mirror_user::control::Client;
+use mirror_user::dataplane::stats::Stats;
+use mirror_user::kernel;
 use mirror_user::lab::stream::{self, EchoServer};
 use mirror_user::lab::{self, Capture, Netns, TempDir};
-use mirror_user::loader;
-use mirror_user::stats::Stats;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mirror");
 const TCP_PORT: u16 = 5001;
@@ -152,9 +152,9 @@ impl Live {
     }
 
     /// What is attached to the monitored interface right now.
-    fn attached(&self) -> loader::Attached {
+    fn attached(&self) -> kernel::Attached {
         self.srv
-            .run(|| Ok(loader::attached("s0")?))
+            .run(|| Ok(kernel::attached("s0")?))
             .expect("querying s0")
     }
 }
@@ -362,7 +362,7 @@ fn copy_mode_mirrors_both_directions_of_tcp_and_udp_and_leaves_them_intact() {
     assert_eq!(frames.len() as u64, src.mirrored);
     daemon.stop(Duration::from_secs(10)).expect("clean exit");
     let after = live.attached();
-    assert_eq!(after, loader::Attached::default(), "everything detached");
+    assert_eq!(after, kernel::Attached::default(), "everything detached");
 }
 
 /// Runs a UDP exchange while the daemon is SIGKILLed, then restarted: no
@@ -420,7 +420,7 @@ fn survives_sigkill_and_restart(hook: &str) {
     // The links died with the process: nothing of mirror is left on s0.
     assert_eq!(
         live.attached(),
-        loader::Attached::default(),
+        kernel::Attached::default(),
         "fail-open detach"
     );
     let at_kill = progress.load(Ordering::Relaxed);

@@ -11,9 +11,9 @@ use common::{assert_reconciles, read_pcapng, wait_for};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mirror_user::classify;
 use mirror_user::config::Direction;
 use mirror_user::control::Client;
+use mirror_user::filter::classify;
 use mirror_user::lab::{self, traffic, Capture, DaemonProcess, Lab, Netns, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mirror");

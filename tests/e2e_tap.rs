@@ -7,11 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mirror_user::classify;
 use mirror_user::config::{self, Direction};
 use mirror_user::control::Client;
+use mirror_user::dataplane::stats::Stats;
+use mirror_user::filter::classify;
 use mirror_user::lab::{self, traffic, Capture, DaemonProcess, Lab, TempDir};
-use mirror_user::stats::Stats;
 
 const CONFIG: &str = r#"
 [daemon]

@@ -14,9 +14,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mirror_user::classify;
 use mirror_user::config::{Direction, ErspanVersion, Granularity};
 use mirror_user::control::Client;
+use mirror_user::filter::classify;
 use mirror_user::lab::{self, traffic, Capture, DaemonProcess, Lab, Netns, TempDir};
 use mirror_user::target::encap::{self, GRE_PROTO_TEB};
 
@@ -321,7 +321,7 @@ fn every_target_kind_carries_every_mirrored_frame() {
         assert!(r.ts_ns >= last, "time stamps in order");
         last = r.ts_ns;
     }
-    let now = mirror_user::engine::realtime_ns();
+    let now = mirror_user::dataplane::engine::realtime_ns();
     assert!(
         now - last < 60_000_000_000,
         "kernel time stamps are Unix time"
@@ -711,7 +711,7 @@ fn groups_keep_both_directions_of_a_flow_on_one_member_and_skip_a_dead_one() {
     let pool = &st.groups["pool"];
     assert_eq!(pool.members_up, 0);
     assert_eq!(pool.all_down - before.groups["pool"].all_down, sent);
-    let down = |s: &mirror_user::stats::Stats| {
+    let down = |s: &mirror_user::dataplane::stats::Stats| {
         s.targets["a"].dropped["down"] + s.targets["b"].dropped["down"]
     };
     assert_eq!(down(&st) - down(&before), sent, "every copy counted down");
@@ -778,7 +778,7 @@ fn a_full_disk_drops_whole_buffers_counts_them_and_writing_resumes() {
     .expect("ballast");
     let (daemon, mut client) = accept_all_daemon(&lab, &dir, &LIMITS.replace("@LIMIT@", ""));
     let file = fs.path().join("feed.pcapng");
-    let settled = |st: &mirror_user::stats::Stats, n: u64| {
+    let settled = |st: &mirror_user::dataplane::stats::Stats, n: u64| {
         st.sources["feed"].received == n
             && st.targets["cap"].enqueued == n
             && st.targets["cap"].queued == 0

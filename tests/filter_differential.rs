@@ -22,10 +22,10 @@ use std::sync::Arc;
 
 use common::*;
 use ipnet::IpNet;
-use mirror_user::classify::{self, parse_frame};
 use mirror_user::config::{Action, Direction, Filter, PortRange, Rule};
-use mirror_user::loader::{test_classify, SourceProgram};
-use mirror_user::ruleset::RuleSet;
+use mirror_user::filter::classify::{self, parse_frame};
+use mirror_user::filter::ruleset::RuleSet;
+use mirror_user::kernel::{test_classify, SourceProgram};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, FileFailurePersistence};
 
@@ -379,7 +379,7 @@ targets = ["t"]
 "#;
     let config = mirror_user::config::parse(text, "aws").expect("valid");
     let set = RuleSet::build(
-        &mirror_user::ruleset::source_filters(&config, 0),
+        &mirror_user::filter::ruleset::source_filters(&config, 0),
         Direction::Ingress,
     )
     .expect("builds");

@@ -8,9 +8,9 @@ mod common;
 use common::*;
 use mirror_ebpf::mirror::types::mirror_counter as C;
 use mirror_user::config::{self, Direction};
-use mirror_user::loader::{test_run_raw, SourceProgram, COUNTERS};
-use mirror_user::ringbuf::{self, OwnedRecord};
-use mirror_user::ruleset::{self, RuleSet};
+use mirror_user::filter::ruleset::{self, RuleSet};
+use mirror_user::kernel::copy_ring::{self, OwnedRecord};
+use mirror_user::kernel::{test_run_raw, SourceProgram, COUNTERS};
 
 const XDP_PASS: u32 = 2;
 /// TC_ACT_UNSPEC (-1): tcx goes on to the next program, or passes the frame.
@@ -98,7 +98,7 @@ impl Copy {
         let (verdict, out) = test_run_raw(prog, frame).expect("BPF_PROG_TEST_RUN");
         assert_eq!(verdict, pass, "the frame passes on");
         assert_eq!(out, frame, "the frame is not changed");
-        ringbuf::drain(&self.ring)
+        copy_ring::drain(&self.ring)
             .expect("reading the ring")
             .into_iter()
             .map(|r| r.expect("a well-formed record"))
@@ -239,7 +239,7 @@ fn a_full_ring_is_counted_and_the_frames_still_pass() {
     assert_eq!(copied + full, 10);
     assert_eq!(d(C::MIRROR_CNT_MATCHED), 10);
     assert!(full > 0, "a 4 KiB ring cannot hold ten 1.5 KiB copies");
-    let recs = ringbuf::drain(&fx.ring).expect("ring");
+    let recs = copy_ring::drain(&fx.ring).expect("ring");
     assert_eq!(
         recs.len() as u64,
         copied,
@@ -266,7 +266,7 @@ fn without_rules_everything_passes_and_nothing_is_copied() {
         let (verdict, out) = test_run_raw(xdp, &f).expect("test run");
         assert_eq!((verdict, out.as_slice()), (XDP_PASS, f.as_slice()));
     }
-    assert!(ringbuf::drain(&ring).expect("ring").is_empty());
+    assert!(copy_ring::drain(&ring).expect("ring").is_empty());
     let after = prog.counters_by_direction().expect("counters");
     let no_rules = C::MIRROR_CNT_NO_RULE_SET.0 as usize;
     // Two ingress programs ran the first frame, plus the two malformed frames.

@@ -7,10 +7,10 @@ mod common;
 
 use common::*;
 use mirror_ebpf::mirror::types::mirror_counter as C;
-use mirror_user::classify;
 use mirror_user::config::{self, Config, Direction, Filter};
-use mirror_user::loader::{SourceProgram, COUNTERS};
-use mirror_user::ruleset::{self, RuleSet};
+use mirror_user::filter::classify;
+use mirror_user::filter::ruleset::{self, RuleSet};
+use mirror_user::kernel::{SourceProgram, COUNTERS};
 
 const XDP_DROP: u32 = 1;
 
@@ -615,7 +615,7 @@ fn frames_without_a_rule_set_are_filtered_and_counted() {
     let frame = eth(0x0800, &ipv4(6, V4A, V4B, 0, 0, &l4(1, 2, 20)));
     let before = prog.counters().expect("counters");
     assert_eq!(
-        mirror_user::loader::test_classify(prog.xdp_tap_fd(), &frame).expect("test run"),
+        mirror_user::kernel::test_classify(prog.xdp_tap_fd(), &frame).expect("test run"),
         None
     );
     let after = prog.counters().expect("counters");
@@ -661,8 +661,8 @@ sample = {sample}
     fx.prog
 }
 
-fn meta_of(prog: &SourceProgram, frame: &[u8]) -> Option<mirror_user::loader::Meta> {
-    mirror_user::loader::test_run(prog.xdp_tap_fd(), frame).expect("test run")
+fn meta_of(prog: &SourceProgram, frame: &[u8]) -> Option<mirror_user::kernel::Meta> {
+    mirror_user::kernel::test_run(prog.xdp_tap_fd(), frame).expect("test run")
 }
 
 #[test]

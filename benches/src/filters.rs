@@ -23,8 +23,8 @@ use anyhow::{Context, Result};
 use etherparse::{IpNumber, PacketBuilder, VlanId};
 use ipnet::{IpNet, Ipv4Net};
 use mirror_user::config::{Action, Direction, Filter, PortRange, Rule};
-use mirror_user::loader::SourceProgram;
-use mirror_user::ruleset::RuleSet;
+use mirror_user::filter::ruleset::RuleSet;
+use mirror_user::kernel::SourceProgram;
 use serde::Serialize;
 
 #[derive(Debug, clap::Args)]

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mirror_user::config::ZeroCopy;
+use mirror_user::kernel::xsk::{Area, TxQueue, FRAME_SIZE};
 use mirror_user::lab::{traffic, DaemonProcess, Lab, Netns, TempDir};
-use mirror_user::xsk::{Area, TxQueue, FRAME_SIZE};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -255,7 +255,7 @@ pub fn pin_current_thread(cpu: usize) -> Result<()> {
 
 /// Pins thread `tid` (0: the calling thread) to `cpu`.
 fn pin(tid: i32, cpu: usize) -> Result<()> {
-    mirror_user::cpus::CpuList::one(cpu)
+    mirror_user::config::cpus::CpuList::one(cpu)
         .with_context(|| format!("CPU {cpu} is beyond what an affinity mask names"))?
         .pin_thread(tid)
         .context("sched_setaffinity")
@@ -272,7 +272,7 @@ pub fn tune_feed_port(lab: &Lab) -> Result<()> {
     // A veth hands a frame to its peer's NAPI only when it is not a TSO
     // device (else the sender's softirq takes it, on the generator's core).
     lab.gen.run(|| {
-        mirror_user::netdev::set_tso(Lab::GEN_IF, false)
+        mirror_user::kernel::netdev::set_tso(Lab::GEN_IF, false)
             .ok_or_else(|| anyhow::anyhow!("turning TSO off on {}", Lab::GEN_IF))
     })?;
     // `ip netns exec` mounts the namespace's own sysfs.

@@ -332,7 +332,7 @@ impl Peer {
     }
 
     fn frames(&self) -> Result<u64> {
-        Ok(mirror_user::loader::percpu_sum(&self.skel.maps.frames, 0)?)
+        Ok(mirror_user::kernel::percpu_sum(&self.skel.maps.frames, 0)?)
     }
 
     fn fd(&self, case: Case) -> RawFd {
@@ -352,7 +352,7 @@ impl Peer {
         let devices: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
         ns.run(move || {
             let set = |map: RawFd, key: u32, dev: &str| -> Result<()> {
-                let ifindex = mirror_user::loader::ifindex(dev)?;
+                let ifindex = mirror_user::kernel::ifindex(dev)?;
                 // Safety: a valid map fd, 4-byte key and value.
                 let rc = unsafe {
                     libbpf_sys::bpf_map_update_elem(
@@ -387,8 +387,8 @@ impl Peer {
 fn attach(ns: &Netns, dev: &str, fd: RawFd) -> Result<OwnedFd> {
     let dev = dev.to_string();
     ns.run(move || {
-        let ifindex = mirror_user::loader::ifindex(&dev)?;
-        mirror_user::loader::link_create(
+        let ifindex = mirror_user::kernel::ifindex(&dev)?;
+        mirror_user::kernel::link_create(
             fd,
             ifindex,
             libbpf_sys::BPF_XDP,
@@ -634,8 +634,8 @@ fn start<'a>(
         let p = Peer::load()?;
         let fd = p.skel.progs.tc_count.as_fd().as_raw_fd();
         let link = lab.src.run(move || {
-            let ifindex = mirror_user::loader::ifindex(Lab::FEED_IF)?;
-            mirror_user::loader::link_create(fd, ifindex, libbpf_sys::BPF_TCX_INGRESS, 0)
+            let ifindex = mirror_user::kernel::ifindex(Lab::FEED_IF)?;
+            mirror_user::kernel::link_create(fd, ifindex, libbpf_sys::BPF_TCX_INGRESS, 0)
                 .context("attaching the tcx counter to feed0")
         })?;
         run.monitor = Some((p, link));
@@ -918,14 +918,14 @@ fn lossless_rate(
 /// ingress); `None` when it has none.
 fn feed_prog_stats(lab: &Lab) -> Result<Option<(u64, u64)>> {
     lab.src.run(|| {
-        let on = mirror_user::loader::attached(Lab::FEED_IF)?;
+        let on = mirror_user::kernel::attached(Lab::FEED_IF)?;
         let ids: Vec<u32> = on.xdp.iter().chain(&on.tcx_ingress).map(|p| p.0).collect();
         if ids.is_empty() {
             return Ok(None);
         }
         let mut sum = (0, 0);
         for id in ids {
-            if let Some(info) = mirror_user::loader::prog_info(id) {
+            if let Some(info) = mirror_user::kernel::prog_info(id) {
                 sum.0 += info.run_time_ns;
                 sum.1 += info.run_cnt;
             }

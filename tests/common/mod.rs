@@ -123,8 +123,8 @@ pub fn wait_for_stats(
     client: &mut mirror_user::control::Client,
     what: &str,
     timeout: std::time::Duration,
-    done: impl Fn(&mirror_user::stats::Stats) -> bool,
-) -> mirror_user::stats::Stats {
+    done: impl Fn(&mirror_user::dataplane::stats::Stats) -> bool,
+) -> mirror_user::dataplane::stats::Stats {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let s = client.stats().expect("stats");
@@ -143,13 +143,13 @@ pub fn wait_for_stats(
 pub fn wait_for(
     client: &mut mirror_user::control::Client,
     what: &str,
-    done: impl Fn(&mirror_user::stats::Stats) -> bool,
-) -> mirror_user::stats::Stats {
+    done: impl Fn(&mirror_user::dataplane::stats::Stats) -> bool,
+) -> mirror_user::dataplane::stats::Stats {
     wait_for_stats(client, what, std::time::Duration::from_secs(20), done)
 }
 
 /// Every copy offered to a target is sent or dropped with a reason.
-pub fn assert_reconciles(name: &str, t: &mirror_user::stats::TargetStats) {
+pub fn assert_reconciles(name: &str, t: &mirror_user::dataplane::stats::TargetStats) {
     assert_eq!(t.queued, 0, "{name} is idle");
     assert_eq!(
         t.enqueued,

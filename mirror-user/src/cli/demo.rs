@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use mirror_user::classify;
 use mirror_user::config::{self, Direction};
 use mirror_user::control::Client;
+use mirror_user::dataplane::stats::Stats;
+use mirror_user::filter::classify;
 use mirror_user::lab::{self, traffic, Capture, DaemonProcess, Lab};
-use mirror_user::stats::Stats;
 
 /// The embedded default: a tap on the lab's feed port, SSH left out, the rest
 /// mirrored to the sink's port, to a VXLAN collector (VNI 42) and to a pcapng

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use mirror_user::engine::Engine;
+use mirror_user::dataplane::engine::Engine;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Debug, clap::Args)]

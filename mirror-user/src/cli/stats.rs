@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use mirror_user::control::Client;
-use mirror_user::stats::Stats;
+use mirror_user::dataplane::stats::Stats;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

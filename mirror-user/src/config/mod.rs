@@ -5,6 +5,7 @@
 //! and the accepted values. A [`Config`] that comes back is fully resolved:
 //! names are indices, CIDRs are parsed, ranges are ordered.
 
+pub mod cpus;
 pub mod raw;
 
 use std::collections::HashMap;
@@ -343,7 +344,7 @@ pub struct Daemon {
     pub metrics: Option<SocketAddr>,
     /// The CPUs every thread of the daemon runs on (`cpus = "1-3"`); `None`:
     /// any, as the scheduler decides.
-    pub cpus: Option<crate::cpus::CpuList>,
+    pub cpus: Option<crate::config::cpus::CpuList>,
 }
 
 /// A validated configuration.
@@ -810,7 +811,7 @@ impl Validator<'_> {
         };
         let cpus = match &d.cpus {
             None => None,
-            Some(c) => match crate::cpus::CpuList::parse(c.get_ref()) {
+            Some(c) => match crate::config::cpus::CpuList::parse(c.get_ref()) {
                 Ok(l) => Some(l),
                 Err(why) => {
                     self.error(c.span(), format!("cpus = \"{}\": {why}", c.get_ref()));

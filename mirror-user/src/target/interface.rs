@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::{Oversize, Packet, TargetQueue};
 use crate::config::ZeroCopy;
-use crate::netdev;
-use crate::xsk::{TxQueue, UmemHost, XskError, FRAME_SIZE};
+use crate::kernel::netdev;
+use crate::kernel::xsk::{TxQueue, UmemHost, XskError, FRAME_SIZE};
 
 /// Frames moved from the queue to the TX ring per round.
 const BATCH: usize = 64;

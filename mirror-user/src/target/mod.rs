@@ -19,7 +19,7 @@ use std::thread::Thread;
 use crossbeam_queue::ArrayQueue;
 use serde::{Deserialize, Serialize};
 
-use crate::xsk::{Area, Loan, XskError, FRAME_SIZE};
+use crate::kernel::xsk::{Area, Loan, XskError, FRAME_SIZE};
 
 /// Why a target dropped a copy. Every reason is reported, zero or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

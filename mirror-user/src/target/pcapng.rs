@@ -44,7 +44,7 @@ pub const FLUSH_BYTES: usize = 1 << 20;
 /// Longest time a copy waits in the buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Largest copy kept whole (a UMEM frame cannot hold more).
-pub const SNAPLEN: usize = crate::xsk::FRAME_SIZE as usize;
+pub const SNAPLEN: usize = crate::kernel::xsk::FRAME_SIZE as usize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PcapngError {
@@ -57,7 +57,7 @@ pub enum PcapngError {
     #[error("{}: the directory does not exist; create it first", .0.display())]
     NoDirectory(PathBuf),
     #[error("the target's queue: {0}")]
-    Queue(#[from] crate::xsk::XskError),
+    Queue(#[from] crate::kernel::xsk::XskError),
 }
 
 /// One interface description per source: (source name, interface).

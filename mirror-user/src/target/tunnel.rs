@@ -42,7 +42,7 @@ pub enum TunnelError {
         source: io::Error,
     },
     #[error("the target's queue: {0}")]
-    Queue(#[from] crate::xsk::XskError),
+    Queue(#[from] crate::kernel::xsk::XskError),
 }
 
 fn sys(call: &'static str, rc: libc::c_int) -> Result<libc::c_int, TunnelError> {

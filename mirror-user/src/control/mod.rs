@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{self, Direction};
-use crate::engine::Engine;
-use crate::rules::{self, FilterView};
-use crate::stats::Stats;
+use crate::dataplane::engine::Engine;
+use crate::dataplane::stats::Stats;
+use crate::filter::rules::{self, FilterView};
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;

@@ -24,16 +24,16 @@ use mirror_ebpf::mirror::types::mirror_counter as C;
 use crate::config::{
     Config, Direction, IngressHook, SessionPath, ShareUmem, SourceMode, TargetSpec, ZeroCopy,
 };
-use crate::loader::{read_meta, AttachMode, CopyHooks, FastStats, SourceProgram, COUNTERS};
-use crate::netdev;
-use crate::ringbuf::Record;
-use crate::ruleset::{self, RuleSet};
-use crate::session::SessionPlan;
-use crate::stats::{DirectionStats, SessionStats, SourceStats, Stats, TargetStats};
+use crate::dataplane::session::SessionPlan;
+use crate::dataplane::stats::{DirectionStats, SessionStats, SourceStats, Stats, TargetStats};
+use crate::filter::ruleset::{self, RuleSet};
+use crate::kernel::copy_ring::Record;
+use crate::kernel::netdev;
+use crate::kernel::xsk::{RxQueue, StatsHandle, UmemHost};
+use crate::kernel::{read_meta, AttachMode, CopyHooks, FastStats, SourceProgram, COUNTERS};
 use crate::target::group::TargetGroup;
 use crate::target::interface::ShareWith;
 use crate::target::{interface, pcapng, tunnel, Frame, TargetQueue};
-use crate::xsk::{RxQueue, StatsHandle, UmemHost};
 
 /// Frames read from an RX ring per round.
 const RX_BATCH: u32 = 64;
@@ -160,7 +160,7 @@ impl Engine {
             .targets
             .iter()
             .map(|t| match &t.spec {
-                TargetSpec::Interface { interface, .. } => crate::loader::ifindex(interface).ok(),
+                TargetSpec::Interface { interface, .. } => crate::kernel::ifindex(interface).ok(),
                 _ => None,
             })
             .collect::<Vec<_>>();
@@ -325,7 +325,7 @@ impl Engine {
         let queues = match netdev::rx_queues(&cfg.interface) {
             Some(n) => n,
             None => {
-                crate::loader::ifindex(&cfg.interface)
+                crate::kernel::ifindex(&cfg.interface)
                     .with_context(|| format!("source `{}`", cfg.name))?;
                 tracing::info!(interface = %cfg.interface, "driver reports no channels; assuming 1 RX queue");
                 1
@@ -374,7 +374,7 @@ impl Engine {
         // Only now is the XDP mode known, which decides how the fast path
         // counts; frames its sessions accepted until here went through
         // userspace (their plans serve them too) and were counted there.
-        let source_ifindex = crate::loader::ifindex(&cfg.interface)
+        let source_ifindex = crate::kernel::ifindex(&cfg.interface)
             .with_context(|| format!("source `{}`", cfg.name))?;
         for (k, &s) in prepared.sessions.iter().enumerate() {
             if !prepared.paths[k].kernel {
@@ -509,7 +509,7 @@ impl Engine {
                     .lock()
                     .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
                 let c = p.counters_by_direction()?;
-                let per_session = |f: &dyn Fn(u32) -> Result<u64, crate::loader::LoaderError>| {
+                let per_session = |f: &dyn Fn(u32) -> Result<u64, crate::kernel::LoaderError>| {
                     (0..src.sessions.len() as u32)
                         .map(|i| f(i).unwrap_or(0))
                         .collect::<Vec<u64>>()
@@ -714,7 +714,7 @@ impl Engine {
             .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
         let mut new = live.clone();
         change(&mut new)?;
-        crate::rules::check_reloadable(&self.config, &new)?;
+        crate::filter::rules::check_reloadable(&self.config, &new)?;
         let mut sets = Vec::new();
         for (i, src) in self.sources.iter().enumerate() {
             let set = source_rule_sets(&new, i)
@@ -884,8 +884,8 @@ fn devices_refusing_redirects(
                 config.targets[t].name
             ));
         };
-        match crate::loader::xdp_features(ifindex) {
-            Ok(f) if f & crate::loader::XDP_ACT_NDO_XMIT != 0 => {}
+        match crate::kernel::xdp_features(ifindex) {
+            Ok(f) if f & crate::kernel::XDP_ACT_NDO_XMIT != 0 => {}
             Ok(_) => {
                 return Some(format!(
                     "interface {interface} (target `{}`) does not accept frames redirected by XDP \
@@ -952,10 +952,10 @@ fn share_plan(config: &Config) -> Vec<Option<usize>> {
 
 /// Whether `interface`'s driver reports AF_XDP zero-copy.
 fn zero_copy_capable(interface: &str) -> bool {
-    crate::loader::ifindex(interface)
+    crate::kernel::ifindex(interface)
         .ok()
-        .and_then(|i| crate::loader::xdp_features(i).ok())
-        .is_some_and(|f| f & crate::loader::XDP_ACT_XSK_ZEROCOPY != 0)
+        .and_then(|i| crate::kernel::xdp_features(i).ok())
+        .is_some_and(|f| f & crate::kernel::XDP_ACT_XSK_ZEROCOPY != 0)
 }
 
 /// Binds RX queue `q` of a tap source to `host`'s UMEM, or says why not (the

@@ -212,7 +212,7 @@ pub fn wire(
 pub fn gro_on(ns: &Netns, dev: &str) -> Result<()> {
     let name = dev.to_string();
     ns.run(move || {
-        crate::netdev::set_gro(&name, true)
+        crate::kernel::netdev::set_gro(&name, true)
             .ok_or_else(|| anyhow::anyhow!("turning GRO on for {name} (ETHTOOL_SGRO) failed"))
     })
 }
@@ -270,7 +270,7 @@ pub fn packet_socket(interface: &str) -> Result<OwnedFd> {
     }
     // Safety: the fd was just created and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let ifindex = crate::loader::ifindex(interface)?;
+    let ifindex = crate::kernel::ifindex(interface)?;
     // Safety: all-zero is a valid sockaddr_ll.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;

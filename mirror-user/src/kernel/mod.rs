@@ -1,6 +1,10 @@
 //! Loads the kernel programs for one source, fills their maps, and attaches
 //! them through BPF links, so the kernel detaches them when the process dies.
 
+pub mod copy_ring;
+pub mod netdev;
+pub mod xsk;
+
 use std::ffi::CString;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -11,7 +15,7 @@ use mirror_ebpf::mirror::types::mirror_counter;
 use mirror_ebpf::mirror::{MirrorSkel, MirrorSkelBuilder};
 
 use crate::config::{IngressHook, XdpMode};
-use crate::ruleset::{RuleSet, BITMAP_U64S};
+use crate::filter::ruleset::{RuleSet, BITMAP_U64S};
 
 /// Number of per-source kernel counters (`enum mirror_counter`).
 pub const COUNTERS: usize = mirror_counter::MIRROR_CNT_MAX.0 as usize;

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::config::{Config, Dest};
+use crate::kernel::xsk::Loan;
 use crate::target::group::TargetGroup;
 use crate::target::{Frame, TargetDrop, TargetQueue};
-use crate::xsk::Loan;
 
 /// One entry of a session's `targets`.
 #[derive(Clone)]

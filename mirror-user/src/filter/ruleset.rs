@@ -36,8 +36,8 @@ use mirror_ebpf::mirror::types::{
     mirror_constant as CONST, mirror_index as IX, mirror_rule_word as RW,
 };
 
-use crate::classify::FrameView;
 use crate::config::{Action, Config, Direction, Filter, Rule};
+use crate::filter::classify::FrameView;
 
 pub const MAX_RULES: usize = mirror_ebpf::limits::MAX_RULES as usize;
 pub const BITMAP_WORDS: usize = 256;
@@ -549,8 +549,8 @@ fn build_node(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::{filter_decision, parse_frame};
     use crate::config::PortRange;
+    use crate::filter::classify::{filter_decision, parse_frame};
 
     fn rule(number: u16, action: Action) -> Rule {
         Rule::any(number, action, Direction::Ingress)

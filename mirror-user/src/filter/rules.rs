@@ -1,6 +1,6 @@
 //! Live rule changes on a config: what `mirror rules add|delete` and a reload
 //! may change, checked before anything reaches the kernel. The engine applies
-//! the result atomically ([`crate::engine::Engine::update`]).
+//! the result atomically ([`crate::dataplane::engine::Engine::update`]).
 
 use serde::{Deserialize, Serialize};
 

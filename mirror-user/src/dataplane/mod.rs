@@ -1,0 +1,3 @@
+pub mod engine;
+pub mod session;
+pub mod stats;
