@@ -885,7 +885,7 @@ fn devices_refusing_redirects(
             ));
         };
         match crate::kernel::xdp_features(ifindex) {
-            Ok(f) if f & crate::kernel::XDP_ACT_NDO_XMIT != 0 => {}
+            Ok(f) if f & crate::kernel::query::XDP_ACT_NDO_XMIT != 0 => {}
             Ok(_) => {
                 return Some(format!(
                     "interface {interface} (target `{}`) does not accept frames redirected by XDP \
@@ -955,7 +955,7 @@ fn zero_copy_capable(interface: &str) -> bool {
     crate::kernel::ifindex(interface)
         .ok()
         .and_then(|i| crate::kernel::xdp_features(i).ok())
-        .is_some_and(|f| f & crate::kernel::XDP_ACT_XSK_ZEROCOPY != 0)
+        .is_some_and(|f| f & crate::kernel::query::XDP_ACT_XSK_ZEROCOPY != 0)
 }
 
 /// Binds RX queue `q` of a tap source to `host`'s UMEM, or says why not (the

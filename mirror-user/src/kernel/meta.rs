@@ -1,0 +1,27 @@
+//! `struct mirror_meta`: what the tap program writes in front of each frame
+//! it hands to an AF_XDP socket (session, flow hash, time stamp).
+
+/// `struct mirror_meta` as the kernel wrote it in front of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub session: u16,
+    pub hash: u32,
+    /// CLOCK_TAI nanoseconds.
+    pub tstamp: u64,
+}
+
+/// Reads (and clears the magic of) `struct mirror_meta` from the bytes in front of a frame.
+pub fn read_meta(meta: &mut [u8]) -> Option<Meta> {
+    let len = meta.len();
+    let m = meta.get_mut(len.checked_sub(mirror_ebpf::limits::META_LEN)?..)?;
+    if u16::from_ne_bytes([m[0], m[1]]) != mirror_ebpf::limits::META_MAGIC {
+        return None;
+    }
+    m[0] = 0;
+    m[1] = 0;
+    Some(Meta {
+        session: u16::from_ne_bytes([m[2], m[3]]),
+        hash: u32::from_ne_bytes([m[4], m[5], m[6], m[7]]),
+        tstamp: u64::from_ne_bytes(m[8..16].try_into().ok()?),
+    })
+}

@@ -1,0 +1,63 @@
+//! `BPF_PROG_TEST_RUN`: one frame through a loaded program, for the
+//! kernel-table tests and the benchmarks. Not used by the daemon.
+
+use std::os::fd::AsRawFd;
+
+use super::meta::{read_meta, Meta};
+
+/// Runs `frame` once through the tap program `prog` (BPF_PROG_TEST_RUN) and
+/// returns the session the kernel chose, read from the XDP metadata it wrote
+/// (`struct mirror_meta`), or `None` when the frame was filtered. For tests
+/// and benchmarks: the program's counters count the run.
+pub fn test_classify(
+    prog: std::os::fd::BorrowedFd<'_>,
+    frame: &[u8],
+) -> std::io::Result<Option<u16>> {
+    Ok(test_run(prog, frame)?.map(|m| m.session))
+}
+
+/// Like [`test_classify`], with the whole metadata (flow hash, time stamp).
+pub fn test_run(prog: std::os::fd::BorrowedFd<'_>, frame: &[u8]) -> std::io::Result<Option<Meta>> {
+    let (_, mut out) = test_run_raw(prog, frame)?;
+    // The output starts at data_meta: `struct mirror_meta` when the frame matched.
+    let len = out.len();
+    let meta_len = mirror_ebpf::limits::META_LEN;
+    if len == frame.len() + meta_len && out[meta_len..len] == *frame {
+        if let Some(m) = read_meta(&mut out[..meta_len]) {
+            return Ok(Some(m));
+        }
+    }
+    if len == frame.len() && out[..len] == *frame {
+        return Ok(None);
+    }
+    Err(std::io::Error::other(format!(
+        "unexpected test-run output: {len} bytes for a {}-byte frame",
+        frame.len()
+    )))
+}
+
+/// Runs `frame` once through any program (BPF_PROG_TEST_RUN) and returns its
+/// return value and the frame as the program left it. For the copy-mode
+/// programs, whose records then wait in [`SourceProgram::copies`].
+pub fn test_run_raw(
+    prog: std::os::fd::BorrowedFd<'_>,
+    frame: &[u8],
+) -> std::io::Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = libbpf_sys::bpf_test_run_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+        data_in: frame.as_ptr().cast(),
+        data_size_in: frame.len() as u32,
+        data_out: out.as_mut_ptr().cast(),
+        data_size_out: out.len() as u32,
+        repeat: 1,
+        ..Default::default()
+    };
+    // Safety: the buffers outlive the call and their sizes are passed with them.
+    let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
+    if rc < 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc));
+    }
+    out.truncate(opts.data_size_out as usize);
+    Ok((opts.retval, out))
+}
