@@ -321,7 +321,7 @@ fn every_target_kind_carries_every_mirrored_frame() {
         assert!(r.ts_ns >= last, "time stamps in order");
         last = r.ts_ns;
     }
-    let now = mirror_user::dataplane::engine::realtime_ns();
+    let now = mirror_user::dataplane::clock::realtime_ns();
     assert!(
         now - last < 60_000_000_000,
         "kernel time stamps are Unix time"

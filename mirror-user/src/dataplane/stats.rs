@@ -7,8 +7,16 @@
 //!   `queued` is 0 once the target is idle.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
+use anyhow::Result;
+use mirror_ebpf::mirror::types::mirror_counter as C;
 use serde::{Deserialize, Serialize};
+
+use super::source::Source;
+use super::Engine;
+use crate::config::SourceMode;
+use crate::kernel::{AttachMode, FastStats, COUNTERS};
 
 pub use crate::target::group::GroupStats;
 pub use crate::target::TargetStats;
@@ -109,4 +117,272 @@ impl TargetStats {
     pub fn dropped_total(&self) -> u64 {
         self.dropped.values().sum()
     }
+}
+
+impl Engine {
+    /// A consistent-enough snapshot of every counter.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut out = Stats::default();
+        // Per target: what the kernel path sent it (all sources together).
+        let mut fast = vec![FastTarget::default(); self.targets.len()];
+        for src in &self.sources {
+            let k = KernelCounts::read(src)?;
+            // Read after the sessions' counts, so a target's kernel-path
+            // `enqueued` never lags what its devices were handed.
+            self.add_fast_sessions(src, &k, &mut fast);
+            out.sources.insert(src.name.clone(), source_stats(src, &k));
+            for (kidx, &s) in src.sessions.iter().enumerate() {
+                let sess = &self.config.sessions[s];
+                out.sessions
+                    .insert(sess.name.clone(), self.session_stats(src, &k, kidx, s));
+            }
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            let mut snap = t.snapshot();
+            if let Some(ifindex) = self.target_ifindex[i].filter(|_| fast[i].enqueued > 0) {
+                add_fast_path(&mut snap, &fast[i], self.fast_stats(ifindex)?);
+            }
+            out.targets.insert(t.name.clone(), snap);
+        }
+        for g in &self.groups {
+            out.groups.insert(g.name.clone(), g.snapshot());
+        }
+        Ok(out)
+    }
+
+    /// Adds what `src`'s kernel-path sessions sent to each of their targets.
+    fn add_fast_sessions(&self, src: &Source, k: &KernelCounts, fast: &mut [FastTarget]) {
+        let generic = src.attach_mode == AttachMode::Generic.as_str();
+        for (kidx, &s) in src.sessions.iter().enumerate() {
+            if src.paths[kidx].kernel {
+                for t in self.config.session_targets(s) {
+                    fast[t].enqueued += k.session_kernel[kidx].0;
+                    fast[t].generic |= generic;
+                    if !generic {
+                        fast[t].bytes += k.session_kernel[kidx].1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The session at kernel index `kidx` of `src` (index `s` in the config).
+    fn session_stats(&self, src: &Source, k: &KernelCounts, kidx: usize, s: usize) -> SessionStats {
+        let sess = &self.config.sessions[s];
+        SessionStats {
+            source: src.name.clone(),
+            path: src.paths[kidx].name().into(),
+            targets: sess
+                .targets
+                .iter()
+                .map(|&d| self.config.dest_name(d).to_string())
+                .collect(),
+            matched: k.session_matched[kidx],
+            mirrored: src.plans[kidx].mirrored.load(Ordering::Relaxed) + k.session_kernel[kidx].0,
+            sampled_out: k.session_sampled_out[kidx],
+            rate_limited: src.plans[kidx].rate_limited.load(Ordering::Relaxed),
+            scheduled_out: 0,
+            schedule_window: None,
+        }
+    }
+
+    /// Fast-path counters of target device `ifindex`, over every source.
+    fn fast_stats(&self, ifindex: u32) -> Result<FastStats> {
+        let mut dev = FastStats::default();
+        for src in &self.sources {
+            let f = src
+                .program
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned lock"))?
+                .fast_stats(ifindex)?;
+            dev.packets += f.packets;
+            dev.bytes += f.bytes;
+            dev.xmit_drops += f.xmit_drops;
+        }
+        Ok(dev)
+    }
+}
+
+/// One source's kernel counters, read under its program lock.
+struct KernelCounts {
+    /// `enum mirror_counter`, `[ingress, egress]`.
+    by_dir: [[u64; COUNTERS]; 2],
+    session_matched: Vec<u64>,
+    session_sampled_out: Vec<u64>,
+    /// Per session: (frames, bytes) sent down the kernel path.
+    session_kernel: Vec<(u64, u64)>,
+}
+
+impl KernelCounts {
+    fn read(src: &Source) -> Result<KernelCounts> {
+        let p = src
+            .program
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
+        let sessions = 0..src.sessions.len() as u32;
+        let per_session = |f: &dyn Fn(u32) -> Result<u64, crate::kernel::LoaderError>| {
+            sessions
+                .clone()
+                .map(|i| f(i).unwrap_or(0))
+                .collect::<Vec<u64>>()
+        };
+        Ok(KernelCounts {
+            by_dir: p.counters_by_direction()?,
+            session_matched: per_session(&|i| p.session_matched(i)),
+            session_sampled_out: per_session(&|i| p.session_sampled_out(i)),
+            session_kernel: sessions
+                .clone()
+                .map(|i| p.session_kernel(i).unwrap_or_default())
+                .collect(),
+        })
+    }
+
+    /// Both directions together.
+    fn total(&self) -> [u64; COUNTERS] {
+        std::array::from_fn(|i| self.by_dir[0][i] + self.by_dir[1][i])
+    }
+}
+
+/// A source's counters: the kernel's, its sockets' or ring's drops, and
+/// what its threads could not hand on.
+fn source_stats(src: &Source, k: &KernelCounts) -> SourceStats {
+    let counters = k.total();
+    let c = |k: C| counters[k.0 as usize];
+    let no_metadata = src.no_metadata.load(Ordering::Relaxed);
+    let rate_limited: u64 = src
+        .plans
+        .iter()
+        .map(|p| p.rate_limited.load(Ordering::Relaxed))
+        .sum();
+    let (handed_over, kernel_drops) = handed_over(src, &counters);
+    let mirrored = handed_over
+        .saturating_sub(no_metadata)
+        .saturating_sub(rate_limited)
+        + k.session_kernel.iter().map(|k| k.0).sum::<u64>();
+    let dropped = kernel_drops
+        .into_iter()
+        .chain([("no_metadata", no_metadata), ("rate_limited", rate_limited)])
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let parser = [
+        ("non_ip", C::MIRROR_CNT_PARSE_NON_IP),
+        ("truncated", C::MIRROR_CNT_PARSE_TRUNCATED),
+        ("bad_header", C::MIRROR_CNT_PARSE_BAD_HEADER),
+        ("ipv6_ext_limit", C::MIRROR_CNT_PARSE_EXT_LIMIT),
+        ("vlan_limit", C::MIRROR_CNT_PARSE_VLAN_LIMIT),
+        ("fragment", C::MIRROR_CNT_FRAGMENT),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), c(v)))
+    .collect();
+    SourceStats {
+        interface: src.interface.clone(),
+        mode: match src.mode {
+            SourceMode::Tap => "tap".into(),
+            SourceMode::Copy => "copy".into(),
+        },
+        xdp_mode: src.attach_mode.into(),
+        zero_copy: src.zero_copy,
+        queues: src.sockets.len() as u32,
+        received: c(C::MIRROR_CNT_RECEIVED),
+        matched: c(C::MIRROR_CNT_MATCHED),
+        filtered: c(C::MIRROR_CNT_FILTERED),
+        sampled_out: c(C::MIRROR_CNT_SAMPLED_OUT),
+        scheduled_out: 0,
+        mirrored,
+        dropped,
+        parser,
+        rules: src.rules.load(Ordering::Relaxed),
+        rule_sets_installed: src.rule_sets_installed.load(Ordering::Relaxed),
+        no_rule_set: c(C::MIRROR_CNT_NO_RULE_SET),
+        classify_scans: c(C::MIRROR_CNT_CLASSIFY_SCAN),
+        directions: match src.mode {
+            SourceMode::Tap => Default::default(),
+            SourceMode::Copy => direction_stats(&k.by_dir),
+        },
+    }
+}
+
+/// What the kernel handed `src`'s threads (AF_XDP sockets, or the copy
+/// ring), and the drops on the way, by reason.
+fn handed_over(src: &Source, counters: &[u64; COUNTERS]) -> (u64, Vec<(&'static str, u64)>) {
+    let c = |k: C| counters[k.0 as usize];
+    match src.mode {
+        SourceMode::Tap => {
+            let (mut ring_full, mut no_buffer) = (0, 0);
+            for s in &src.sockets {
+                let d = s.drops();
+                ring_full += d.rx_ring_full;
+                no_buffer += d.rx_dropped;
+            }
+            // The kernel counts what it redirected; the socket what
+            // it then could not queue.
+            (
+                c(C::MIRROR_CNT_REDIRECTED)
+                    .saturating_sub(ring_full)
+                    .saturating_sub(no_buffer),
+                vec![
+                    ("no_socket", c(C::MIRROR_CNT_DROP_NO_SOCKET)),
+                    ("ring_full", ring_full),
+                    ("no_buffer", no_buffer),
+                ],
+            )
+        }
+        SourceMode::Copy => (
+            c(C::MIRROR_CNT_COPIED),
+            vec![
+                ("ring_full", c(C::MIRROR_CNT_DROP_RING_FULL)),
+                ("copy_error", c(C::MIRROR_CNT_COPY_ERROR)),
+            ],
+        ),
+    }
+}
+
+/// Copy mode: the counters of each direction.
+fn direction_stats(by_dir: &[[u64; COUNTERS]; 2]) -> BTreeMap<String, DirectionStats> {
+    [("ingress", &by_dir[0]), ("egress", &by_dir[1])]
+        .into_iter()
+        .map(|(name, d)| {
+            let c = |k: C| d[k.0 as usize];
+            (
+                name.to_string(),
+                DirectionStats {
+                    received: c(C::MIRROR_CNT_RECEIVED),
+                    matched: c(C::MIRROR_CNT_MATCHED),
+                    filtered: c(C::MIRROR_CNT_FILTERED),
+                    sampled_out: c(C::MIRROR_CNT_SAMPLED_OUT),
+                    copied: c(C::MIRROR_CNT_COPIED),
+                    ring_full: c(C::MIRROR_CNT_DROP_RING_FULL),
+                    copy_cut: c(C::MIRROR_CNT_COPY_CUT),
+                },
+            )
+        })
+        .collect()
+}
+
+/// What the in-kernel fast path sent one target, from its sessions' counts.
+#[derive(Debug, Clone, Copy, Default)]
+struct FastTarget {
+    /// Copies the sessions sent to it.
+    enqueued: u64,
+    /// Their bytes (sources in native XDP mode; generic mode counts per device).
+    bytes: u64,
+    generic: bool,
+}
+
+/// Adds what the in-kernel fast path did for a target to its userspace
+/// counters: `enqueued` copies the sessions sent it, of which the kernel
+/// handed `dev.packets` to the device (a destination it skips, the frame
+/// being over the device's MTU or the device down, counts `too_big`), and
+/// the device refused `dev.xmit_drops` (`send_error`). `sent_bytes` are the
+/// bytes handed to the device (generic XDP) or, in native mode, where no
+/// program runs per destination, the bytes of every copy sent to it.
+fn add_fast_path(snap: &mut TargetStats, t: &FastTarget, dev: FastStats) {
+    let sent = dev.packets.saturating_sub(dev.xmit_drops);
+    snap.enqueued += t.enqueued;
+    snap.sent_packets += sent;
+    snap.sent_bytes += if t.generic { dev.bytes } else { t.bytes };
+    snap.kernel_path += sent;
+    *snap.dropped.entry("send_error".into()).or_default() += dev.xmit_drops;
+    *snap.dropped.entry("too_big".into()).or_default() += t.enqueued.saturating_sub(dev.packets);
 }

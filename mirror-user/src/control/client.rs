@@ -1,0 +1,60 @@
+//! A blocking client, for the command line and tests.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::protocol::{Reply, Request};
+use crate::dataplane::stats::Stats;
+
+/// A blocking client, for `mirror stats` and tests.
+pub struct Client {
+    path: PathBuf,
+    stream: BufReader<UnixStream>,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Client> {
+        let stream = UnixStream::connect(path).with_context(|| {
+            format!(
+                "connecting to the mirror daemon at {} (is `mirror run` running? use --control or -c to point at its socket)",
+                path.display()
+            )
+        })?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(Client {
+            path: path.to_path_buf(),
+            stream: BufReader::new(stream),
+        })
+    }
+
+    pub fn request(&mut self, req: &Request) -> Result<Reply> {
+        let mut line = serde_json::to_string(req)?;
+        line.push('\n');
+        self.stream.get_mut().write_all(line.as_bytes())?;
+        let mut answer = String::new();
+        self.stream
+            .read_line(&mut answer)
+            .with_context(|| format!("reading the reply from {}", self.path.display()))?;
+        if answer.is_empty() {
+            bail!(
+                "the daemon at {} closed the connection",
+                self.path.display()
+            );
+        }
+        let reply: Reply = serde_json::from_str(&answer).context("parsing the daemon's reply")?;
+        if !reply.ok {
+            bail!("the daemon said: {}", reply.error.unwrap_or_default());
+        }
+        Ok(reply)
+    }
+
+    pub fn stats(&mut self) -> Result<Stats> {
+        self.request(&Request::Stats)?
+            .stats
+            .context("the daemon's reply had no counters")
+    }
+}

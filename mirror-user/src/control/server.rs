@@ -1,0 +1,132 @@
+//! The daemon's side: the socket (mode 0600), one task per connection, and
+//! each request run against the engine off the runtime's thread.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+use super::protocol::{Reply, Request, MAX_REQUEST};
+use crate::config;
+use crate::dataplane::Engine;
+use crate::filter::rules;
+
+/// Binds the control socket at `path` (mode 0600), refusing to take over the
+/// socket of a daemon that still answers.
+pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!(
+                "another mirror daemon answers on {}; stop it first, or set [daemon] control_socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    // Created with no permissions for group/other from the first instant.
+    // Safety: umask only changes this process's file-creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = tokio::net::UnixListener::bind(path);
+    // Safety: restores the previous mask.
+    unsafe { libc::umask(old) };
+    let listener =
+        listener.with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves requests until the listener is dropped. `config_path` is the
+/// daemon's config file, re-read by `reload`.
+pub async fn serve(listener: tokio::net::UnixListener, engine: Arc<Engine>, config_path: PathBuf) {
+    let config_path = Arc::new(config_path);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let engine = engine.clone();
+        let config_path = config_path.clone();
+        tokio::spawn(async move {
+            let (rd, mut wr) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(rd.take(MAX_REQUEST as u64 * 16)).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                // Rule updates build maps and wait for an RCU grace period:
+                // off the runtime's thread.
+                let (e, p) = (engine.clone(), config_path.clone());
+                let reply = tokio::task::spawn_blocking(move || handle(&line, &e, &p))
+                    .await
+                    .unwrap_or_else(|e| Reply::error(format!("internal error: {e}")));
+                let mut text =
+                    serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
+                text.push('\n');
+                if wr.write_all(text.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Re-reads the config file and applies its filters (`reload`, SIGHUP).
+pub fn reload(engine: &Engine, config_path: &Path) -> Result<Vec<(String, usize)>> {
+    let new = config::load(config_path)?;
+    engine.update(|live| {
+        *live = new;
+        Ok(())
+    })
+}
+
+fn handle(line: &str, engine: &Engine, config_path: &Path) -> Reply {
+    if line.len() > MAX_REQUEST {
+        return Reply::error("request too long");
+    }
+    match serde_json::from_str::<Request>(line) {
+        Err(e) => Reply::error(format!(
+            "bad request: {e}; expected e.g. {{\"cmd\":\"stats\"}}"
+        )),
+        Ok(Request::Stats) => match engine.stats() {
+            Ok(stats) => Reply {
+                ok: true,
+                stats: Some(stats),
+                ..Default::default()
+            },
+            Err(e) => Reply::error(format!("reading counters: {e:#}")),
+        },
+        Ok(Request::RulesList) => match engine.live_config() {
+            Ok(c) => Reply {
+                ok: true,
+                filters: Some(rules::list(&c)),
+                ..Default::default()
+            },
+            Err(e) => Reply::error(format!("{e:#}")),
+        },
+        Ok(Request::RulesAdd { filter, rule }) => {
+            let rule = match config::parse_rule(&rule, "rule") {
+                Ok(r) => r,
+                Err(e) => return Reply::error(format!("{e}; the running rules stay in force")),
+            };
+            Reply::updated(engine.update(|c| Ok(rules::add(c, &filter, rule)?)))
+        }
+        Ok(Request::RulesDelete {
+            filter,
+            number,
+            direction,
+        }) => Reply::updated(engine.update(|c| {
+            rules::delete(c, &filter, number, direction)?;
+            Ok(())
+        })),
+        Ok(Request::Reload) => {
+            let result = reload(engine, config_path);
+            match &result {
+                Ok(_) => tracing::info!(config = %config_path.display(), "reloaded the filters"),
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "reload rejected"),
+            }
+            Reply::updated(result)
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Which path serves each session (the in-kernel fast path, or AF_XDP /
+//! the ring buffer through userspace) and why, and which interface target
+//! shares a tap source's UMEM.
+
+use anyhow::{bail, Result};
+
+use crate::config::{Config, SessionPath, ShareUmem, SourceMode, TargetSpec, ZeroCopy};
+use crate::kernel::xsk::{RxQueue, UmemHost};
+
+/// The path that serves a session, and why it is not the kernel's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathChoice {
+    /// The in-kernel fast path (DEVMAP redirect or broadcast), else AF_XDP through userspace.
+    pub kernel: bool,
+    /// Why userspace serves it (empty on the kernel path).
+    pub reason: String,
+}
+
+impl PathChoice {
+    /// As `mirror stats` and the log name it.
+    pub fn name(&self) -> &'static str {
+        if self.kernel {
+            "kernel"
+        } else {
+            "af_xdp"
+        }
+    }
+}
+
+/// Picks each session's path (`Config::sessions` order): the in-kernel fast
+/// path when the config allows it ([`Config::kernel_path_obstacle`]) and
+/// every target device accepts frames redirected from XDP
+/// (`NETDEV_XDP_ACT_NDO_XMIT`); `path = "kernel"` makes a refusal an error.
+pub(super) fn plan_paths(
+    config: &Config,
+    target_ifindex: &[Option<u32>],
+) -> Result<Vec<PathChoice>> {
+    let mut out = Vec::new();
+    for (i, sess) in config.sessions.iter().enumerate() {
+        let userspace = |reason: String| PathChoice {
+            kernel: false,
+            reason,
+        };
+        let choice = match sess.path {
+            SessionPath::Userspace => userspace("path = \"userspace\"".into()),
+            SessionPath::Auto | SessionPath::Kernel => {
+                match config
+                    .kernel_path_obstacle(i)
+                    .or_else(|| devices_refusing_redirects(config, i, target_ifindex))
+                {
+                    None => PathChoice {
+                        kernel: true,
+                        reason: String::new(),
+                    },
+                    Some(why) if sess.path == SessionPath::Kernel => bail!(
+                        "session `{}`: path = \"kernel\", but the in-kernel fast path cannot serve it: {why}",
+                        sess.name
+                    ),
+                    Some(why) => userspace(why),
+                }
+            }
+        };
+        out.push(choice);
+    }
+    Ok(out)
+}
+
+/// The first of session `i`'s interface targets whose device cannot take
+/// frames redirected by XDP, as a reason, or `None`.
+pub(super) fn devices_refusing_redirects(
+    config: &Config,
+    i: usize,
+    target_ifindex: &[Option<u32>],
+) -> Option<String> {
+    for t in config.session_targets(i) {
+        let TargetSpec::Interface { interface, .. } = &config.targets[t].spec else {
+            continue;
+        };
+        let Some(ifindex) = target_ifindex[t] else {
+            return Some(format!(
+                "interface {interface} (target `{}`) does not exist",
+                config.targets[t].name
+            ));
+        };
+        match crate::kernel::xdp_features(ifindex) {
+            Ok(f) if f & crate::kernel::query::XDP_ACT_NDO_XMIT != 0 => {}
+            Ok(_) => {
+                return Some(format!(
+                    "interface {interface} (target `{}`) does not accept frames redirected by XDP \
+                     (its driver lacks ndo_xdp_xmit; a veth needs an XDP program or GRO on its peer)",
+                    config.targets[t].name
+                ))
+            }
+            Err(e) => {
+                return Some(format!(
+                    "cannot query the XDP features of {interface} (target `{}`): {e}",
+                    config.targets[t].name
+                ))
+            }
+        }
+    }
+    None
+}
+
+/// Which tap source (if any) shares its first RX queue's UMEM with each
+/// target: every tap source that may share picks the first interface target
+/// its sessions reach that no other source took. A socket has one UMEM, so
+/// a target shares with one source; other sources copy into its queue as
+/// before. `share_umem = "auto"` shares only between devices that both do
+/// AF_XDP zero-copy (see [`ShareUmem::Auto`]), and says so when it does not.
+pub(super) fn share_plan(config: &Config) -> Vec<Option<usize>> {
+    let mut plan = vec![None; config.targets.len()];
+    for (s, src) in config.sources.iter().enumerate() {
+        if src.mode != SourceMode::Tap || src.share_umem == ShareUmem::Off {
+            continue;
+        }
+        let pick = config
+            .sessions_of(s)
+            .into_iter()
+            .flat_map(|k| config.session_targets(k))
+            .find(|&t| {
+                plan[t].is_none() && matches!(config.targets[t].spec, TargetSpec::Interface { .. })
+            });
+        let Some(t) = pick else { continue };
+        if src.share_umem == ShareUmem::Auto {
+            let TargetSpec::Interface {
+                interface,
+                zero_copy,
+            } = &config.targets[t].spec
+            else {
+                continue;
+            };
+            let zc =
+                |setting: ZeroCopy, dev: &str| setting != ZeroCopy::Off && zero_copy_capable(dev);
+            if !zc(src.zero_copy, &src.interface) || !zc(*zero_copy, interface) {
+                tracing::info!(
+                    source = %src.name,
+                    target = %config.targets[t].name,
+                    "not sharing the target's UMEM (share_umem = \"auto\"): AF_XDP zero-copy \
+                     is not available on both devices, and in copy mode the kernel copies every \
+                     frame anyway; set share_umem = true to share regardless"
+                );
+                continue;
+            }
+        }
+        plan[t] = Some(s);
+    }
+    plan
+}
+
+/// Whether `interface`'s driver reports AF_XDP zero-copy.
+pub(super) fn zero_copy_capable(interface: &str) -> bool {
+    crate::kernel::ifindex(interface)
+        .ok()
+        .and_then(|i| crate::kernel::xdp_features(i).ok())
+        .is_some_and(|f| f & crate::kernel::query::XDP_ACT_XSK_ZEROCOPY != 0)
+}
+
+/// Binds RX queue `q` of a tap source to `host`'s UMEM, or says why not (the
+/// caller then opens a queue with a UMEM of its own).
+pub(super) fn join_host(cfg: &crate::config::Source, q: u32, host: &UmemHost) -> Option<RxQueue> {
+    let wanted = match cfg.zero_copy {
+        ZeroCopy::Auto => true,
+        ZeroCopy::On => host.zero_copy(),
+        ZeroCopy::Off => !host.zero_copy(),
+    };
+    if !wanted {
+        tracing::info!(
+            source = %cfg.name,
+            target = %host.target,
+            "not sharing the target's UMEM: its zero-copy mode differs from the source's zero_copy setting"
+        );
+        return None;
+    }
+    match RxQueue::join(&cfg.interface, q, host, cfg.ring_size) {
+        Ok(queue) => {
+            tracing::info!(
+                source = %cfg.name,
+                queue = q,
+                target = %host.target,
+                "RX queue shares the interface target's UMEM: its frames go out without a copy"
+            );
+            Some(queue)
+        }
+        Err(e) => {
+            tracing::info!(
+                source = %cfg.name,
+                target = %host.target,
+                error = %e,
+                "cannot share the target's UMEM; copying into it instead"
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! A running source: its loaded programs, its sessions' plans and paths, its
+//! sockets, and the counters its threads keep.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use anyhow::Result;
+
+use super::plan::PathChoice;
+use super::session::SessionPlan;
+use crate::config::{Config, Direction, SourceMode};
+use crate::filter::ruleset::{self, RuleSet};
+use crate::kernel::xsk::StatsHandle;
+use crate::kernel::SourceProgram;
+
+pub(super) struct Source {
+    pub(super) name: String,
+    /// Index in `Config::sources` (the pcapng interface id).
+    pub(super) index: u16,
+    pub(super) interface: String,
+    pub(super) mode: SourceMode,
+    pub(super) program: Mutex<SourceProgram>,
+    /// Kernel session index -> index into `Config::sessions`.
+    pub(super) sessions: Vec<usize>,
+    /// Per kernel session index: what the workers do with its frames.
+    pub(super) plans: Vec<SessionPlan>,
+    /// Per kernel session index: the path serving it.
+    pub(super) paths: Vec<PathChoice>,
+    pub(super) sockets: Vec<StatsHandle>,
+    pub(super) no_metadata: AtomicU64,
+    /// How ingress is hooked: "native" / "generic" XDP, "tcx", or "none".
+    pub(super) attach_mode: &'static str,
+    pub(super) zero_copy: bool,
+    /// Rules in force (both directions) and how many rule sets were installed.
+    pub(super) rules: AtomicU64,
+    pub(super) rule_sets_installed: AtomicU64,
+}
+
+/// A source's loaded programs and session plans, before attaching.
+pub(super) struct Prepared {
+    pub(super) program: SourceProgram,
+    pub(super) plans: Vec<SessionPlan>,
+    pub(super) paths: Vec<PathChoice>,
+    pub(super) sessions: Vec<usize>,
+    pub(super) rules: u64,
+}
+
+impl Prepared {
+    pub(super) fn into_source(
+        self,
+        cfg: &crate::config::Source,
+        idx: usize,
+        attach_mode: &'static str,
+        sockets: Vec<StatsHandle>,
+        zero_copy: bool,
+    ) -> Source {
+        Source {
+            name: cfg.name.clone(),
+            index: idx as u16,
+            interface: cfg.interface.clone(),
+            mode: cfg.mode,
+            program: Mutex::new(self.program),
+            sessions: self.sessions,
+            plans: self.plans,
+            paths: self.paths,
+            sockets,
+            no_metadata: AtomicU64::new(0),
+            attach_mode,
+            zero_copy,
+            rules: AtomicU64::new(self.rules),
+            rule_sets_installed: AtomicU64::new(1),
+        }
+    }
+}
+
+/// The rule sets a source's programs classify with: ingress always (empty
+/// when the source does not mirror ingress), egress for copy-mode sources
+/// that mirror egress.
+pub(super) fn source_rule_sets(config: &Config, idx: usize) -> Result<(RuleSet, Option<RuleSet>)> {
+    let src = &config.sources[idx];
+    let filters = ruleset::source_filters(config, idx);
+    let ingress = if src.ingress() {
+        RuleSet::build(&filters, Direction::Ingress)?
+    } else {
+        RuleSet::build(&[], Direction::Ingress)?
+    };
+    let egress = if src.mode == SourceMode::Copy && src.egress() {
+        Some(RuleSet::build(&filters, Direction::Egress)?)
+    } else {
+        None
+    };
+    Ok((ingress, egress))
+}
+
+pub(super) fn rule_count(ingress: &RuleSet, egress: &Option<RuleSet>) -> u64 {
+    (ingress.rules + egress.as_ref().map_or(0, |e| e.rules)) as u64
+}
