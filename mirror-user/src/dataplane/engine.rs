@@ -71,9 +71,9 @@ impl Engine {
         };
         let share = share_plan(&engine.config);
         let mut hosts: Vec<Option<UmemHost>> = (0..sources).map(|_| None).collect();
-        for ti in 0..engine.config.targets.len() {
-            let host = engine.open_target(ti, share[ti])?;
-            if let (Some(s), Some(host)) = (share[ti], host) {
+        for (ti, &shared_by) in share.iter().enumerate() {
+            let host = engine.open_target(ti, shared_by)?;
+            if let (Some(s), Some(host)) = (shared_by, host) {
                 hosts[s] = Some(host);
             }
         }
