@@ -199,180 +199,22 @@ impl RuleSet {
         if n > MAX_RULES {
             return Err(RuleSetError::TooManyRules { count: n });
         }
-        let words = n.div_ceil(64);
-        let empty: Bits = vec![0; BITMAP_WORDS];
-        let mut classes = Classes::default();
-        let mut index = vec![0u32; IX::MIRROR_IX_SLOTS.0 as usize];
-        let base = |constrained: &dyn Fn(&Rule) -> bool| {
-            let mut b = empty.clone();
-            for (i, (r, _)) in rules.iter().enumerate() {
-                if !constrained(r) {
-                    set(&mut b, i);
-                }
-            }
-            b
+        let mut b = Builder {
+            rules,
+            classes: Classes::default(),
+            index: vec![0u32; IX::MIRROR_IX_SLOTS.0 as usize],
+            nodes: vec![[0; 256]; 4],
         };
-
-        // L3: family x protocol.
-        let l3 = IX::MIRROR_IX_L3.0 as usize;
-        for fam in 0..3u8 {
-            for proto in 0..=256u16 {
-                let mut b = empty.clone();
-                for (i, (r, _)) in rules.iter().enumerate() {
-                    let ok = !needs_ip(r)
-                        || (fam != 0
-                            && rule_family(r).is_none_or(|f| f == fam)
-                            && r.protocol.is_none_or(|p| u16::from(p) == proto));
-                    if ok {
-                        set(&mut b, i);
-                    }
-                }
-                index[l3 + usize::from(fam) * 257 + usize::from(proto)] = classes.id(&b);
-            }
-        }
-
-        // VLAN: rules without a VLAN, plus those naming this one.
-        let vlan_base = base(&|r| r.vlan.is_some());
-        let vlan_any = classes.id(&vlan_base);
-        let vix = IX::MIRROR_IX_VLAN.0 as usize;
-        index[vix..=vix + 4096].fill(vlan_any);
-        let mut by_vlan: HashMap<u16, Vec<usize>> = HashMap::new();
-        for (i, (r, _)) in rules.iter().enumerate() {
-            if let Some(v) = r.vlan {
-                by_vlan.entry(v).or_default().push(i);
-            }
-        }
-        for (v, members) in by_vlan {
-            let mut b = vlan_base.clone();
-            for i in members {
-                set(&mut b, i);
-            }
-            index[vix + usize::from(v)] = classes.id(&b);
-        }
-
-        // Ports: elementary intervals.
-        for (slot, pick) in [
-            (
-                IX::MIRROR_IX_SPORT.0 as usize,
-                (|r: &Rule| r.source_port) as fn(&Rule) -> _,
-            ),
-            (IX::MIRROR_IX_DPORT.0 as usize, |r: &Rule| {
-                r.destination_port
-            }),
-        ] {
-            let unconstrained = base(&|r| pick(r).is_some());
-            index[slot + 65536] = classes.id(&unconstrained);
-            // Events: at port p, rules start (+) or end (-).
-            let mut starts: Vec<(u32, usize)> = Vec::new();
-            let mut ends: Vec<(u32, usize)> = Vec::new();
-            let mut cuts = vec![0u32, 65536];
-            for (i, (r, _)) in rules.iter().enumerate() {
-                if let Some(p) = pick(r) {
-                    starts.push((u32::from(p.lo), i));
-                    ends.push((u32::from(p.hi) + 1, i));
-                    cuts.push(u32::from(p.lo));
-                    cuts.push(u32::from(p.hi) + 1);
-                }
-            }
-            cuts.sort_unstable();
-            cuts.dedup();
-            starts.sort_unstable();
-            ends.sort_unstable();
-            let (mut si, mut ei) = (0, 0);
-            let mut cur = unconstrained;
-            for pair in cuts.windows(2) {
-                let (lo, hi) = (pair[0], pair[1]);
-                while ei < ends.len() && ends[ei].0 <= lo {
-                    let i = ends[ei].1;
-                    cur[i / 64] &= !(1 << (i % 64));
-                    ei += 1;
-                }
-                while si < starts.len() && starts[si].0 <= lo {
-                    set(&mut cur, starts[si].1);
-                    si += 1;
-                }
-                let id = classes.id(&cur);
-                index[slot + lo as usize..slot + hi as usize].fill(id);
-            }
-        }
-
-        // Addresses: a leaf-pushed multibit trie, one byte per level.
-        let mut nodes: Vec<[u32; 256]> = vec![[0; 256]; 4];
-        for (field, unknown_slot, pick) in [
-            (
-                ADDR_SRC,
-                IX::MIRROR_IX_SRC_UNKNOWN.0 as usize,
-                (|r: &Rule| r.source) as fn(&Rule) -> Option<IpNet>,
-            ),
-            (
-                ADDR_DST,
-                IX::MIRROR_IX_DST_UNKNOWN.0 as usize,
-                |r: &Rule| r.destination,
-            ),
-        ] {
-            let unconstrained = base(&|r| pick(r).is_some());
-            index[unknown_slot] = classes.id(&unconstrained);
-            let mut by_prefix: HashMap<IpNet, Vec<usize>> = HashMap::new();
-            for (i, (r, _)) in rules.iter().enumerate() {
-                if let Some(net) = pick(r) {
-                    by_prefix.entry(net.trunc()).or_default().push(i);
-                }
-            }
-            // The class of prefix q: the unconstrained rules and those whose
-            // prefix contains q.
-            let mut memo: HashMap<(Vec<u8>, u8), u32> = HashMap::new();
-            let mut class_of = |q: &Prefix| -> u32 {
-                if let Some(&c) = memo.get(&(q.bytes.clone(), q.len)) {
-                    return c;
-                }
-                let mut b = unconstrained.clone();
-                for len in 0..=q.len {
-                    for &i in by_prefix.get(&q.truncated(len).net()).into_iter().flatten() {
-                        set(&mut b, i);
-                    }
-                }
-                let c = classes.id(&b);
-                memo.insert((q.bytes.clone(), q.len), c);
-                c
-            };
-            for v6 in [false, true] {
-                let prefixes: Vec<Prefix> = by_prefix
-                    .keys()
-                    .filter(|n| n.addr().is_ipv6() == v6 && n.prefix_len() > 0)
-                    .map(Prefix::of)
-                    .collect();
-                let root = usize::from(field) * 2 + usize::from(v6);
-                let zero = Prefix::zero(v6);
-                build_node(&mut nodes, root, 0, &prefixes, &zero, &mut class_of);
-            }
-        }
-
-        // Rule words: what each rule does once it is its session's first match.
-        let rw = IX::MIRROR_IX_RULES.0 as usize;
-        for (i, (r, session)) in rules.iter().enumerate() {
-            let next = rules[i..]
-                .iter()
-                .position(|(_, s)| s != session)
-                .map_or(n, |k| i + k);
-            let mut w = next as u32 | (u32::from(*session) << RW::MIRROR_RW_SESSION_SHIFT.0);
-            if r.action == Action::Accept {
-                w |= RW::MIRROR_RW_ACCEPT.0;
-            }
-            index[rw + i] = w;
-        }
-        index[IX::MIRROR_IX_WORDS.0 as usize] = words as u32;
-        index[IX::MIRROR_IX_CONSTANT.0 as usize] = constant_verdict(rules);
-        // The roots again, where the kernel reads the first level.
-        let roots = IX::MIRROR_IX_ROOTS.0 as usize;
-        for (i, node) in nodes.iter().take(4).enumerate() {
-            index[roots + i * 256..roots + (i + 1) * 256].copy_from_slice(node);
-        }
-
+        b.l3();
+        b.vlans();
+        b.ports();
+        b.addresses();
+        b.rule_words();
         Ok(RuleSet {
             rules: n,
-            index,
-            addr_nodes: nodes,
-            bitmaps: classes.bitmaps,
+            index: b.index,
+            addr_nodes: b.nodes,
+            bitmaps: b.classes.bitmaps,
         })
     }
 
@@ -449,6 +291,196 @@ impl RuleSet {
             node = e as usize;
         }
         None
+    }
+}
+
+/// What [`RuleSet::from_ordered`] fills, one table at a time.
+struct Builder<'r> {
+    rules: &'r [(&'r Rule, u8)],
+    classes: Classes,
+    index: Vec<u32>,
+    /// The address tries' nodes (the first four are the roots).
+    nodes: Vec<[u32; 256]>,
+}
+
+impl Builder<'_> {
+    fn empty(&self) -> Bits {
+        vec![0; BITMAP_WORDS]
+    }
+
+    /// The rules `constrained` says nothing about.
+    fn base(&self, constrained: impl Fn(&Rule) -> bool) -> Bits {
+        let mut b = self.empty();
+        for (i, (r, _)) in self.rules.iter().enumerate() {
+            if !constrained(r) {
+                set(&mut b, i);
+            }
+        }
+        b
+    }
+
+    /// L3: family x protocol.
+    fn l3(&mut self) {
+        let l3 = IX::MIRROR_IX_L3.0 as usize;
+        for fam in 0..3u8 {
+            for proto in 0..=256u16 {
+                let mut b = self.empty();
+                for (i, (r, _)) in self.rules.iter().enumerate() {
+                    let ok = !needs_ip(r)
+                        || (fam != 0
+                            && rule_family(r).is_none_or(|f| f == fam)
+                            && r.protocol.is_none_or(|p| u16::from(p) == proto));
+                    if ok {
+                        set(&mut b, i);
+                    }
+                }
+                self.index[l3 + usize::from(fam) * 257 + usize::from(proto)] = self.classes.id(&b);
+            }
+        }
+    }
+
+    /// VLAN: rules without a VLAN, plus those naming this one.
+    fn vlans(&mut self) {
+        let vlan_base = self.base(|r| r.vlan.is_some());
+        let vlan_any = self.classes.id(&vlan_base);
+        let vix = IX::MIRROR_IX_VLAN.0 as usize;
+        self.index[vix..=vix + 4096].fill(vlan_any);
+        let mut by_vlan: HashMap<u16, Vec<usize>> = HashMap::new();
+        for (i, (r, _)) in self.rules.iter().enumerate() {
+            if let Some(v) = r.vlan {
+                by_vlan.entry(v).or_default().push(i);
+            }
+        }
+        for (v, members) in by_vlan {
+            let mut b = vlan_base.clone();
+            for i in members {
+                set(&mut b, i);
+            }
+            self.index[vix + usize::from(v)] = self.classes.id(&b);
+        }
+    }
+
+    /// Ports: elementary intervals.
+    fn ports(&mut self) {
+        for (slot, pick) in [
+            (
+                IX::MIRROR_IX_SPORT.0 as usize,
+                (|r: &Rule| r.source_port) as fn(&Rule) -> _,
+            ),
+            (IX::MIRROR_IX_DPORT.0 as usize, |r: &Rule| {
+                r.destination_port
+            }),
+        ] {
+            let unconstrained = self.base(|r| pick(r).is_some());
+            self.index[slot + 65536] = self.classes.id(&unconstrained);
+            // Events: at port p, rules start (+) or end (-).
+            let mut starts: Vec<(u32, usize)> = Vec::new();
+            let mut ends: Vec<(u32, usize)> = Vec::new();
+            let mut cuts = vec![0u32, 65536];
+            for (i, (r, _)) in self.rules.iter().enumerate() {
+                if let Some(p) = pick(r) {
+                    starts.push((u32::from(p.lo), i));
+                    ends.push((u32::from(p.hi) + 1, i));
+                    cuts.push(u32::from(p.lo));
+                    cuts.push(u32::from(p.hi) + 1);
+                }
+            }
+            cuts.sort_unstable();
+            cuts.dedup();
+            starts.sort_unstable();
+            ends.sort_unstable();
+            let (mut si, mut ei) = (0, 0);
+            let mut cur = unconstrained;
+            for pair in cuts.windows(2) {
+                let (lo, hi) = (pair[0], pair[1]);
+                while ei < ends.len() && ends[ei].0 <= lo {
+                    let i = ends[ei].1;
+                    cur[i / 64] &= !(1 << (i % 64));
+                    ei += 1;
+                }
+                while si < starts.len() && starts[si].0 <= lo {
+                    set(&mut cur, starts[si].1);
+                    si += 1;
+                }
+                let id = self.classes.id(&cur);
+                self.index[slot + lo as usize..slot + hi as usize].fill(id);
+            }
+        }
+    }
+
+    /// Addresses: a leaf-pushed multibit trie, one byte per level.
+    fn addresses(&mut self) {
+        for (field, unknown_slot, pick) in [
+            (
+                ADDR_SRC,
+                IX::MIRROR_IX_SRC_UNKNOWN.0 as usize,
+                (|r: &Rule| r.source) as fn(&Rule) -> Option<IpNet>,
+            ),
+            (
+                ADDR_DST,
+                IX::MIRROR_IX_DST_UNKNOWN.0 as usize,
+                |r: &Rule| r.destination,
+            ),
+        ] {
+            let unconstrained = self.base(|r| pick(r).is_some());
+            self.index[unknown_slot] = self.classes.id(&unconstrained);
+            let mut by_prefix: HashMap<IpNet, Vec<usize>> = HashMap::new();
+            for (i, (r, _)) in self.rules.iter().enumerate() {
+                if let Some(net) = pick(r) {
+                    by_prefix.entry(net.trunc()).or_default().push(i);
+                }
+            }
+            // The class of prefix q: the unconstrained rules and those whose
+            // prefix contains q.
+            let mut memo: HashMap<(Vec<u8>, u8), u32> = HashMap::new();
+            let mut class_of = |q: &Prefix| -> u32 {
+                if let Some(&c) = memo.get(&(q.bytes.clone(), q.len)) {
+                    return c;
+                }
+                let mut b = unconstrained.clone();
+                for len in 0..=q.len {
+                    for &i in by_prefix.get(&q.truncated(len).net()).into_iter().flatten() {
+                        set(&mut b, i);
+                    }
+                }
+                let c = self.classes.id(&b);
+                memo.insert((q.bytes.clone(), q.len), c);
+                c
+            };
+            for v6 in [false, true] {
+                let prefixes: Vec<Prefix> = by_prefix
+                    .keys()
+                    .filter(|n| n.addr().is_ipv6() == v6 && n.prefix_len() > 0)
+                    .map(Prefix::of)
+                    .collect();
+                let root = usize::from(field) * 2 + usize::from(v6);
+                let zero = Prefix::zero(v6);
+                build_node(&mut self.nodes, root, 0, &prefixes, &zero, &mut class_of);
+            }
+        }
+    }
+
+    /// Rule words: what each rule does once it is its session's first match; the rule-word count, the constant verdict, and the roots again, where the kernel reads the first level.
+    fn rule_words(&mut self) {
+        let rw = IX::MIRROR_IX_RULES.0 as usize;
+        for (i, (r, session)) in self.rules.iter().enumerate() {
+            let next = self.rules[i..]
+                .iter()
+                .position(|(_, s)| s != session)
+                .map_or(self.rules.len(), |k| i + k);
+            let mut w = next as u32 | (u32::from(*session) << RW::MIRROR_RW_SESSION_SHIFT.0);
+            if r.action == Action::Accept {
+                w |= RW::MIRROR_RW_ACCEPT.0;
+            }
+            self.index[rw + i] = w;
+        }
+        self.index[IX::MIRROR_IX_WORDS.0 as usize] = self.rules.len().div_ceil(64) as u32;
+        self.index[IX::MIRROR_IX_CONSTANT.0 as usize] = constant_verdict(self.rules);
+        // The roots again, where the kernel reads the first level.
+        let roots = IX::MIRROR_IX_ROOTS.0 as usize;
+        for (i, node) in self.nodes.iter().take(4).enumerate() {
+            self.index[roots + i * 256..roots + (i + 1) * 256].copy_from_slice(node);
+        }
     }
 }
 

@@ -1,0 +1,438 @@
+//! The validated model: what the daemon runs, every name resolved to an
+//! index, with the defaults the file may omit.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::raw::{
+    IngressHook, SessionPath, ShareUmem, SourceDirection, SourceMode, XdpMode, ZeroCopy,
+};
+
+/// Where the control socket lives unless `[daemon] control_socket` says otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/mirror/control.sock";
+/// UMEM frames per RX queue unless `umem_frames` says otherwise.
+pub const DEFAULT_UMEM_FRAMES: u32 = 4096;
+/// RX / fill ring descriptors unless `ring_size` says otherwise.
+pub const DEFAULT_RING_SIZE: u32 = 2048;
+/// Copy mode: bytes of the BPF ring buffer between the kernel and the daemon.
+pub const DEFAULT_RING_BUFFER: u32 = 16 << 20;
+/// Frames a target queues before dropping (`queue_full`) unless `queue_size` says otherwise.
+pub const DEFAULT_QUEUE_SIZE: u32 = 4096;
+/// Largest `queue_size` of an interface target (1 GiB of UMEM).
+pub const MAX_INTERFACE_QUEUE: u32 = 1 << 18;
+/// Sessions without `priority` get this one; ties keep file order.
+pub const DEFAULT_PRIORITY: u32 = 100;
+
+/// Rule numbers, as AWS allows them.
+pub const RULE_NUMBERS: std::ops::RangeInclusive<i64> = 1..=32766;
+
+/// Accept or reject: what the first matching rule decides.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Accept,
+    Reject,
+}
+
+/// The direction a rule applies to.
+#[derive(
+    Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// An inclusive port range; a single port is `lo == hi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.lo..=self.hi).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+impl Rule {
+    /// A rule of `direction` that constrains no field: it matches every frame.
+    pub fn any(number: u16, action: Action, direction: Direction) -> Rule {
+        Rule {
+            number,
+            action,
+            direction,
+            protocol: None,
+            source: None,
+            destination: None,
+            source_port: None,
+            destination_port: None,
+            vlan: None,
+        }
+    }
+
+    /// The rule as the keys of a `[[filter.rule]]` table, one line, e.g.
+    /// `number = 100, action = "reject", direction = "ingress", protocol = 6`.
+    /// [`parse_rule`] reads it back (with newlines for commas).
+    pub fn to_toml_keys(&self) -> String {
+        let mut parts = vec![
+            format!("number = {}", self.number),
+            format!("action = \"{}\"", self.action),
+            format!("direction = \"{}\"", self.direction),
+        ];
+        if let Some(p) = self.protocol {
+            parts.push(format!("protocol = {p}"));
+        }
+        if let Some(n) = &self.source {
+            parts.push(format!("source = \"{n}\""));
+        }
+        if let Some(n) = &self.destination {
+            parts.push(format!("destination = \"{n}\""));
+        }
+        if let Some(p) = &self.source_port {
+            parts.push(format!("source_port = \"{p}\""));
+        }
+        if let Some(p) = &self.destination_port {
+            parts.push(format!("destination_port = \"{p}\""));
+        }
+        if let Some(v) = self.vlan {
+            parts.push(format!("vlan = {v}"));
+        }
+        parts.join(", ")
+    }
+}
+
+/// One validated filter rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub number: u16,
+    pub action: Action,
+    pub direction: Direction,
+    /// IP protocol number; `None` = any.
+    pub protocol: Option<u8>,
+    pub source: Option<IpNet>,
+    pub destination: Option<IpNet>,
+    pub source_port: Option<PortRange>,
+    pub destination_port: Option<PortRange>,
+    pub vlan: Option<u16>,
+}
+
+/// A named, ordered list of rules (sorted by number).
+#[derive(Debug, Clone)]
+pub struct Filter {
+    pub name: String,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub name: String,
+    pub interface: String,
+    pub mode: SourceMode,
+    pub direction: SourceDirection,
+    pub xdp_mode: XdpMode,
+    pub zero_copy: ZeroCopy,
+    pub umem_frames: u32,
+    pub ring_size: u32,
+    /// Copy mode: bytes of the ring buffer (a power of two).
+    pub ring_buffer: u32,
+    /// Copy mode: the hook that sees ingress frames.
+    pub ingress_hook: IngressHook,
+    /// Tap mode: whether the first RX queue shares an interface target's
+    /// UMEM (frames sent on without a copy); see [`ShareUmem`].
+    pub share_umem: ShareUmem,
+}
+
+impl Source {
+    /// Mirrors frames arriving on the interface.
+    pub fn ingress(&self) -> bool {
+        self.direction != SourceDirection::Egress
+    }
+
+    /// Mirrors frames leaving the interface (copy mode only).
+    pub fn egress(&self) -> bool {
+        self.direction != SourceDirection::Ingress
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// AF_XDP TX out of a local interface.
+    Interface {
+        interface: String,
+        zero_copy: ZeroCopy,
+    },
+    /// RFC 7348 VXLAN over UDP; VNI from the session.
+    Vxlan { tunnel: Tunnel, port: u16 },
+    /// GRE, protocol 0x6558 (transparent Ethernet bridging), optional key.
+    Gre { tunnel: Tunnel, key: Option<u32> },
+    /// ERSPAN type II or III over GRE; session id from the session's `vni`.
+    Erspan {
+        tunnel: Tunnel,
+        version: ErspanVersion,
+        granularity: Granularity,
+    },
+    /// Rotating pcapng files.
+    Pcapng(PcapngSpec),
+}
+
+impl TargetSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TargetSpec::Interface { .. } => "interface",
+            TargetSpec::Vxlan { .. } => "vxlan",
+            TargetSpec::Gre { .. } => "gre",
+            TargetSpec::Erspan { .. } => "erspan",
+            TargetSpec::Pcapng(_) => "pcapng",
+        }
+    }
+}
+
+/// Where a tunnel target sends and how large its packets may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunnel {
+    pub remote: IpAddr,
+    /// Local address to send from; default: what the route picks.
+    pub source: Option<IpAddr>,
+    /// Largest outer IP packet; larger copies are truncated to fit (counted `truncated`).
+    pub mtu: u32,
+}
+
+/// The targets `dests` reach, groups expanded, each once, in order.
+pub(crate) fn expand_dests(dests: &[Dest], groups: &[Group]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for d in dests {
+        let members = match *d {
+            Dest::Target(t) => vec![t],
+            Dest::Group(g) => groups.get(g).map_or_else(Vec::new, |g| g.members.clone()),
+        };
+        for t in members {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    out
+}
+
+/// Default `mtu` of tunnel targets: a standard Ethernet path.
+pub const DEFAULT_TUNNEL_MTU: u32 = 1500;
+/// Default VXLAN UDP port (IANA).
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErspanVersion {
+    /// Type II (GRE protocol 0x88BE).
+    Two,
+    /// Type III (GRE protocol 0x22EB), with a time stamp.
+    Three,
+}
+
+/// Units of the ERSPAN type III time stamp (its `Gra` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Granularity {
+    /// Gra = 00: 100 microseconds.
+    #[serde(rename = "100us")]
+    Micros100,
+    /// Gra = 01: 100 nanoseconds.
+    #[serde(rename = "100ns")]
+    Nanos100,
+}
+
+/// `min_free`: bytes, or a share of the file system in thousandths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinFree {
+    Bytes(u64),
+    Permille(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcapngSpec {
+    pub path: PathBuf,
+    pub rotate_size: Option<u64>,
+    pub rotate_interval: Option<std::time::Duration>,
+    /// Files kept (the one being written included); oldest deleted first.
+    pub keep: Option<u32>,
+    /// Newest files kept within this many bytes.
+    pub max_total_size: Option<u64>,
+    pub min_free: Option<MinFree>,
+}
+
+impl PcapngSpec {
+    /// Whether files rotate (and so carry sequence numbers).
+    pub fn rotates(&self) -> bool {
+        self.rotate_size.is_some() || self.rotate_interval.is_some()
+    }
+}
+
+/// `[[target_group]]`: flow-symmetric load balancing over member targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    /// Indices into [`Config::targets`].
+    pub members: Vec<usize>,
+}
+
+/// What a session's `targets` entry names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// Index into [`Config::targets`].
+    Target(usize),
+    /// Index into [`Config::groups`].
+    Group(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub spec: TargetSpec,
+    pub queue_size: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub name: String,
+    /// Index into [`Config::sources`].
+    pub source: usize,
+    /// Index into [`Config::filters`].
+    pub filter: usize,
+    /// Targets and groups, in the order written.
+    pub targets: Vec<Dest>,
+    pub priority: u32,
+    /// Truncate each copy to this many bytes (0: whole frame).
+    pub packet_length: u32,
+    /// VXLAN VNI / ERSPAN session id of this session's tunnel copies.
+    pub vni: u32,
+    /// Mirror 1 in `sample` matching frames.
+    pub sample: u32,
+    /// At most this many copies per second (0: unlimited); excess counted `rate_limited`.
+    pub rate_limit_pps: u32,
+    /// Which path serves the session: see [`Config::kernel_path_obstacle`].
+    pub path: SessionPath,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Daemon {
+    pub control_socket: PathBuf,
+    pub metrics: Option<SocketAddr>,
+    /// The CPUs every thread of the daemon runs on (`cpus = "1-3"`); `None`:
+    /// any, as the scheduler decides.
+    pub cpus: Option<crate::config::cpus::CpuList>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub daemon: Daemon,
+    pub sources: Vec<Source>,
+    pub filters: Vec<Filter>,
+    pub targets: Vec<Target>,
+    pub groups: Vec<Group>,
+    pub sessions: Vec<Session>,
+}
+
+impl Config {
+    /// Every target a session sends to, groups expanded, each once.
+    pub fn session_targets(&self, session: usize) -> Vec<usize> {
+        expand_dests(&self.sessions[session].targets, &self.groups)
+    }
+
+    /// The name a session's `targets` entry refers to.
+    pub fn dest_name(&self, d: Dest) -> &str {
+        match d {
+            Dest::Target(t) => &self.targets[t].name,
+            Dest::Group(g) => &self.groups[g].name,
+        }
+    }
+
+    /// Why the in-kernel fast path cannot serve session `session`, judging by
+    /// the config alone (the target devices' XDP support is checked at start),
+    /// or `None` when it can. The fast path broadcasts the frame, whole, to a
+    /// DEVMAP of the session's targets: every target must be a local
+    /// interface, and everything that needs userspace per frame rules it out.
+    pub fn kernel_path_obstacle(&self, session: usize) -> Option<String> {
+        let s = &self.sessions[session];
+        if self.sources[s.source].mode != SourceMode::Tap {
+            return Some(
+                "the source is in copy mode (the frame itself must pass on; only tap-mode sources have one)"
+                    .into(),
+            );
+        }
+        if s.rate_limit_pps != 0 {
+            return Some("rate_limit_pps is applied in userspace".into());
+        }
+        if s.packet_length != 0 {
+            return Some("packet_length is applied in userspace".into());
+        }
+        for d in &s.targets {
+            match *d {
+                Dest::Group(g) => {
+                    return Some(format!(
+                        "target group `{}` picks members (and skips down ones) in userspace",
+                        self.groups[g].name
+                    ))
+                }
+                Dest::Target(t) => {
+                    let t = &self.targets[t];
+                    if !matches!(t.spec, TargetSpec::Interface { .. }) {
+                        return Some(format!(
+                            "target `{}` is a {} target; only interface targets are served in the kernel",
+                            t.name,
+                            t.spec.kind()
+                        ));
+                    }
+                }
+            }
+        }
+        if s.targets.len() > mirror_ebpf::limits::MAX_FAST_TARGETS as usize {
+            return Some(format!(
+                "more than {} targets",
+                mirror_ebpf::limits::MAX_FAST_TARGETS
+            ));
+        }
+        None
+    }
+
+    /// The sessions of source `source`, in evaluation order: priority, then file order.
+    pub fn sessions_of(&self, source: usize) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..self.sessions.len())
+            .filter(|&i| self.sessions[i].source == source)
+            .collect();
+        v.sort_by_key(|&i| (self.sessions[i].priority, i));
+        v
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Accept => "accept",
+            Action::Reject => "reject",
+        })
+    }
+}

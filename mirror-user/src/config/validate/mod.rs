@@ -1,0 +1,207 @@
+//! Checking a parsed file, section by section (one file each, as the SPEC
+//! lists them), collecting every problem with its position instead of
+//! stopping at the first.
+
+mod daemon;
+mod filter;
+mod session;
+mod source;
+mod target;
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use serde_spanned::Spanned;
+
+use super::model::{Config, Dest, Direction, Filter, Session, Source, Target};
+use super::raw::RawConfig;
+use super::values::line_col;
+use super::{ConfigError, Diagnostic};
+
+pub(super) struct Validator<'t> {
+    pub(super) text: &'t str,
+    pub(super) diags: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    pub(super) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.diags.push(Diagnostic {
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn finish(mut self, file: &str) -> ConfigError {
+        self.diags.sort_by_key(|d| (d.line, d.column));
+        ConfigError::Invalid {
+            file: file.to_string(),
+            diagnostics: self.diags,
+        }
+    }
+
+    /// Checks that `value` lies in `range`, reporting `what` otherwise.
+    fn int_in<T: TryFrom<i64>>(
+        &mut self,
+        value: &Spanned<i64>,
+        range: std::ops::RangeInclusive<i64>,
+        what: &str,
+    ) -> Option<T> {
+        let n = *value.get_ref();
+        if !range.contains(&n) {
+            self.error(
+                value.span(),
+                format!(
+                    "{what} = {n} is out of range: accepted values are {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            return None;
+        }
+        T::try_from(n).ok()
+    }
+
+    /// Rejects a feature this version parses but cannot run yet.
+    fn unsupported(&mut self, span: Range<usize>, what: &str) {
+        self.error(
+            span,
+            format!("{what} is not supported yet by this version of mirror"),
+        );
+    }
+
+    /// Index names, reporting duplicates.
+    fn names<'a>(
+        &mut self,
+        kind: &str,
+        names: impl Iterator<Item = &'a Spanned<String>>,
+    ) -> HashMap<String, usize> {
+        let mut map = HashMap::new();
+        for (i, n) in names.enumerate() {
+            let name = n.get_ref();
+            if name.is_empty() {
+                self.error(n.span(), format!("{kind} name must not be empty"));
+            } else if map.insert(name.clone(), i).is_some() {
+                self.error(n.span(), format!("duplicate {kind} name `{name}`"));
+            }
+        }
+        map
+    }
+
+    fn power_of_two(&mut self, n: &Spanned<u32>, min: u32, max: u32, what: &str) -> Option<u32> {
+        let v = *n.get_ref();
+        if !v.is_power_of_two() || v < min || v > max {
+            self.error(
+                n.span(),
+                format!("{what} = {v}: accepted values are powers of two from {min} to {max}"),
+            );
+            return None;
+        }
+        Some(v)
+    }
+
+    pub(super) fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let daemon = self.daemon(&raw.daemon);
+        let source_names = self.names("source", raw.sources.iter().map(|s| &s.get_ref().name));
+        let filter_names = self.names("filter", raw.filters.iter().map(|f| &f.get_ref().name));
+        let target_names = self.names("target", raw.targets.iter().map(|t| &t.get_ref().name));
+        let groups = self.groups(&raw.target_groups, &target_names);
+        // Sessions name targets and groups alike.
+        let mut dest_names: HashMap<String, Dest> = target_names
+            .iter()
+            .map(|(n, &i)| (n.clone(), Dest::Target(i)))
+            .collect();
+        for (i, g) in groups.iter().enumerate() {
+            dest_names.insert(g.name.clone(), Dest::Group(i));
+        }
+
+        let sources: Vec<Source> = raw.sources.iter().filter_map(|s| self.source(s)).collect();
+        let filters: Vec<Filter> = raw
+            .filters
+            .iter()
+            .map(|f| {
+                let f = f.get_ref();
+                Filter {
+                    name: f.name.get_ref().clone(),
+                    rules: self.rules(&f.rules),
+                }
+            })
+            .collect();
+        let targets: Vec<Target> = raw.targets.iter().filter_map(|t| self.target(t)).collect();
+
+        let mut sessions = Vec::new();
+        for s in &raw.sessions {
+            if let Some(s) = self.session(s, &source_names, &filter_names, &dest_names) {
+                sessions.push(s);
+            }
+        }
+        if targets.len() == raw.targets.len() {
+            self.erspan_session_ids(&raw.sessions, &sessions, &targets, &groups);
+        }
+        self.session_names(&raw.sessions);
+
+        if raw.sessions.is_empty() {
+            self.error(0..0, "no [[session]]: nothing would be mirrored");
+        }
+        self.source_limits(&raw, &sessions, &filters);
+
+        if sources.len() != raw.sources.len()
+            || targets.len() != raw.targets.len()
+            || sessions.len() != raw.sessions.len()
+            || groups.len() != raw.target_groups.len()
+        {
+            return None;
+        }
+        let config = Config {
+            daemon: daemon?,
+            sources,
+            filters,
+            targets,
+            groups,
+            sessions,
+        };
+        self.kernel_paths(&raw.sessions, &config);
+        Some(config)
+    }
+
+    /// Sessions and rules per source within what the kernel programs hold.
+    fn source_limits(&mut self, raw: &RawConfig, sessions: &[Session], filters: &[Filter]) {
+        for (i, s) in raw.sources.iter().enumerate() {
+            let count = sessions.iter().filter(|x| x.source == i).count();
+            if count as u32 > mirror_ebpf::limits::MAX_SESSIONS {
+                self.error(
+                    s.span(),
+                    format!(
+                        "source `{}` has {count} sessions; at most {} are supported",
+                        s.get_ref().name.get_ref(),
+                        mirror_ebpf::limits::MAX_SESSIONS
+                    ),
+                );
+            }
+        }
+        let rules_per_source = |src: usize, dir: Direction| -> usize {
+            sessions
+                .iter()
+                .filter(|s| s.source == src)
+                .filter_map(|s| filters.get(s.filter))
+                .map(|f| f.rules.iter().filter(|r| r.direction == dir).count())
+                .sum()
+        };
+        for (i, s) in raw.sources.iter().enumerate() {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let n = rules_per_source(i, dir);
+                if n as u32 > mirror_ebpf::limits::MAX_RULES {
+                    self.error(
+                        s.span(),
+                        format!(
+                            "the sessions of source `{}` have {n} {dir} rules together; at most {} per direction are supported",
+                            s.get_ref().name.get_ref(),
+                            mirror_ebpf::limits::MAX_RULES
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Validation of the session section.
+
+use std::collections::HashMap;
+
+use serde_spanned::Spanned;
+
+use super::Validator;
+use crate::config::model::{
+    expand_dests, Config, Dest, Group, Session, Target, TargetSpec, DEFAULT_PRIORITY,
+};
+use crate::config::raw::{RawSession, SessionPath};
+
+impl Validator<'_> {
+    pub(super) fn session(
+        &mut self,
+        s: &Spanned<RawSession>,
+        sources: &HashMap<String, usize>,
+        filters: &HashMap<String, usize>,
+        dests: &HashMap<String, Dest>,
+    ) -> Option<Session> {
+        let s = s.get_ref();
+        let mut ok = true;
+        let source = self.known(sources, &s.source, "source");
+        let filter = self.known(filters, &s.filter, "filter");
+        let tgt = self.session_targets(s, dests);
+        ok &= tgt.is_some();
+        let priority = match &s.priority {
+            None => DEFAULT_PRIORITY,
+            Some(p) => self.int_in::<u32>(p, 0..=u32::MAX as i64, "priority")?,
+        };
+        let packet_length = match &s.packet_length {
+            None => 0,
+            Some(p) if *p.get_ref() == 0 => 0,
+            Some(p) => self.int_in::<u32>(p, 14..=65535, "packet_length (0 = whole frame)")?,
+        };
+        let sample = match &s.sample {
+            None => 1,
+            Some(p) => self.int_in::<u32>(p, 1..=u32::MAX as i64, "sample")?,
+        };
+        let rate_limit_pps = match &s.rate_limit_pps {
+            None => 0,
+            Some(p) => {
+                self.int_in::<u32>(p, 0..=u32::MAX as i64, "rate_limit_pps (0 = unlimited)")?
+            }
+        };
+        let vni = match &s.vni {
+            None => 0,
+            Some(p) => self.int_in::<u32>(p, 0..=0xff_ffff, "vni")?,
+        };
+        if let Some(p) = &s.enabled {
+            if !*p.get_ref() {
+                self.unsupported(p.span(), "enabled = false");
+                ok = false;
+            }
+        }
+        if let Some(w) = s.schedule.first() {
+            self.unsupported(w.span(), "[[session.schedule]]");
+            ok = false;
+        }
+        if !ok {
+            return None;
+        }
+        Some(Session {
+            name: s.name.get_ref().clone(),
+            source: source?,
+            filter: filter?,
+            targets: tgt?,
+            priority,
+            packet_length,
+            vni,
+            sample,
+            rate_limit_pps,
+            path: s.path.as_ref().map_or(SessionPath::Auto, |p| *p.get_ref()),
+        })
+    }
+
+    /// The index `n` names in `names`, or an error listing what is defined.
+    fn known<T: Copy>(
+        &mut self,
+        names: &HashMap<String, T>,
+        n: &Spanned<String>,
+        kind: &str,
+    ) -> Option<T> {
+        if let Some(&found) = names.get(n.get_ref()) {
+            return Some(found);
+        }
+        let mut known: Vec<&str> = names.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        self.error(
+            n.span(),
+            format!(
+                "unknown {kind} `{}` (defined: {})",
+                n.get_ref(),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        );
+        None
+    }
+
+    /// A session's `targets`: at least one, each a target or group, none twice.
+    fn session_targets(
+        &mut self,
+        s: &RawSession,
+        dests: &HashMap<String, Dest>,
+    ) -> Option<Vec<Dest>> {
+        let mut ok = true;
+        let mut tgt = Vec::new();
+        if s.targets.get_ref().is_empty() {
+            self.error(s.targets.span(), "targets must name at least one target");
+            ok = false;
+        }
+        for t in s.targets.get_ref() {
+            match self.known(dests, t, "target or target_group") {
+                Some(d) if tgt.contains(&d) => {
+                    self.error(
+                        t.span(),
+                        format!("target `{}` is listed twice", t.get_ref()),
+                    );
+                    ok = false;
+                }
+                Some(d) => tgt.push(d),
+                None => ok = false,
+            }
+        }
+        ok.then_some(tgt)
+    }
+
+    /// ERSPAN carries the session id in 10 bits.
+    pub(super) fn erspan_session_ids(
+        &mut self,
+        raw: &[Spanned<RawSession>],
+        sessions: &[Session],
+        targets: &[Target],
+        groups: &[Group],
+    ) {
+        for (r, s) in raw.iter().zip(sessions) {
+            let erspan = expand_dests(&s.targets, groups)
+                .iter()
+                .any(|&t| matches!(targets[t].spec, TargetSpec::Erspan { .. }));
+            if erspan && s.vni > 1023 {
+                let span = r
+                    .get_ref()
+                    .vni
+                    .as_ref()
+                    .map_or_else(|| r.span(), |v| v.span());
+                self.error(
+                    span,
+                    format!(
+                        "vni = {} is the ERSPAN session id of session `{}`, which has 10 bits: accepted values are 0 to 1023",
+                        s.vni, s.name
+                    ),
+                );
+            }
+        }
+    }
+
+    /// `path = "kernel"` on a session the fast path cannot serve: an error at the key.
+    pub(super) fn kernel_paths(&mut self, raw: &[Spanned<RawSession>], config: &Config) {
+        for (i, s) in raw.iter().enumerate() {
+            let Some(p) = &s.get_ref().path else { continue };
+            if *p.get_ref() != SessionPath::Kernel {
+                continue;
+            }
+            if let Some(why) = config.kernel_path_obstacle(i) {
+                self.error(
+                    p.span(),
+                    format!(
+                        "path = \"kernel\": the in-kernel fast path cannot serve this session: {why}; \
+                         use path = \"auto\" (falls back to userspace) or \"userspace\""
+                    ),
+                );
+            }
+        }
+    }
+
+    pub(super) fn session_names(&mut self, sessions: &[Spanned<RawSession>]) {
+        self.names("session", sessions.iter().map(|s| &s.get_ref().name));
+    }
+}

@@ -1,0 +1,458 @@
+//! Validation of the target section.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use serde_spanned::Spanned;
+
+use super::Validator;
+use crate::config::model::{
+    ErspanVersion, Granularity, Group, PcapngSpec, Target, TargetSpec, Tunnel, DEFAULT_QUEUE_SIZE,
+    DEFAULT_TUNNEL_MTU, DEFAULT_VXLAN_PORT, MAX_INTERFACE_QUEUE,
+};
+use crate::config::raw::{RawTarget, RawTargetGroup, TargetKind, ZeroCopy};
+use crate::config::values::{parse_min_free, parse_size, valid_ifname};
+
+/// A target key: its name, where it is written (if it is), and the kinds it applies to.
+type KindKey<'a> = (&'a str, Option<Range<usize>>, &'a [TargetKind]);
+
+impl Validator<'_> {
+    pub(super) fn target(&mut self, t: &Spanned<RawTarget>) -> Option<Target> {
+        let t = t.get_ref();
+        let kind = *t.kind.get_ref();
+        let ok = self.keys_of_kind(t, kind);
+        let queue_size = self.queue_size(t, kind)?;
+        let spec = self.target_spec(t, kind)?;
+        ok.then(|| Target {
+            name: t.name.get_ref().clone(),
+            spec,
+            queue_size,
+        })
+    }
+
+    /// Keys that belong to other kinds are mistakes worth naming: false
+    /// when `t` has any.
+    fn keys_of_kind(&mut self, t: &RawTarget, kind: TargetKind) -> bool {
+        let mut ok = true;
+        let keys: [KindKey<'_>; 15] = [
+            (
+                "interface",
+                t.interface.as_ref().map(|x| x.span()),
+                &[TargetKind::Interface],
+            ),
+            (
+                "zero_copy",
+                t.zero_copy.as_ref().map(|x| x.span()),
+                &[TargetKind::Interface],
+            ),
+            (
+                "remote",
+                t.remote.as_ref().map(|x| x.span()),
+                &[TargetKind::Vxlan, TargetKind::Gre, TargetKind::Erspan],
+            ),
+            (
+                "port",
+                t.port.as_ref().map(|x| x.span()),
+                &[TargetKind::Vxlan],
+            ),
+            (
+                "source",
+                t.source.as_ref().map(|x| x.span()),
+                &[TargetKind::Vxlan, TargetKind::Gre, TargetKind::Erspan],
+            ),
+            (
+                "mtu",
+                t.mtu.as_ref().map(|x| x.span()),
+                &[TargetKind::Vxlan, TargetKind::Gre, TargetKind::Erspan],
+            ),
+            (
+                "version",
+                t.version.as_ref().map(|x| x.span()),
+                &[TargetKind::Erspan],
+            ),
+            ("key", t.key.as_ref().map(|x| x.span()), &[TargetKind::Gre]),
+            (
+                "granularity",
+                t.granularity.as_ref().map(|x| x.span()),
+                &[TargetKind::Erspan],
+            ),
+            (
+                "path",
+                t.path.as_ref().map(|x| x.span()),
+                &[TargetKind::Pcapng],
+            ),
+            (
+                "rotate_size",
+                t.rotate_size.as_ref().map(|x| x.span()),
+                &[TargetKind::Pcapng],
+            ),
+            (
+                "rotate_interval",
+                t.rotate_interval.as_ref().map(|x| x.span()),
+                &[TargetKind::Pcapng],
+            ),
+            (
+                "keep",
+                t.keep.as_ref().map(|x| x.span()),
+                &[TargetKind::Pcapng],
+            ),
+            (
+                "max_total_size",
+                t.max_total_size.as_ref().map(|x| x.span()),
+                &[TargetKind::Pcapng],
+            ),
+            (
+                "min_free",
+                t.min_free.as_ref().map(|x| x.span()),
+                &[TargetKind::Pcapng],
+            ),
+        ];
+        for (key, span, kinds) in keys {
+            if let Some(span) = span {
+                if !kinds.contains(&kind) {
+                    self.error(
+                        span,
+                        format!(
+                            "`{key}` does not apply to a target of kind = \"{}\"",
+                            kind.as_str()
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok
+    }
+
+    /// `queue_size`, bounded by what one target kind can hold.
+    fn queue_size(&mut self, t: &RawTarget, kind: TargetKind) -> Option<u32> {
+        Some(match (&t.queue_size, kind) {
+            (None, _) => DEFAULT_QUEUE_SIZE,
+            // Each queued copy of an interface target is one 4 KiB UMEM frame,
+            // which the kernel pins: 1 GiB at most.
+            (Some(q), TargetKind::Interface) if *q.get_ref() > i64::from(MAX_INTERFACE_QUEUE) => {
+                self.error(
+                    q.span(),
+                    format!(
+                        "queue_size = {} is too large for an interface target: its queue is \
+                         its AF_XDP UMEM, one 4 KiB frame per copy, at most {MAX_INTERFACE_QUEUE} (1 GiB)",
+                        q.get_ref()
+                    ),
+                );
+                return None;
+            }
+            (Some(q), _) => self.int_in::<u32>(q, 16..=1 << 20, "queue_size")?,
+        })
+    }
+
+    /// The kind's own keys: interface, tunnel, or pcapng.
+    fn target_spec(&mut self, t: &RawTarget, kind: TargetKind) -> Option<TargetSpec> {
+        Some(match kind {
+            TargetKind::Interface => {
+                let Some(iface) = &t.interface else {
+                    self.error(
+                        t.kind.span(),
+                        format!(
+                            "target `{}` of kind = \"interface\" needs `interface`",
+                            t.name.get_ref()
+                        ),
+                    );
+                    return None;
+                };
+                if !valid_ifname(iface.get_ref()) {
+                    self.error(
+                        iface.span(),
+                        format!(
+                            "interface = \"{}\" is not a valid interface name",
+                            iface.get_ref()
+                        ),
+                    );
+                    return None;
+                }
+                TargetSpec::Interface {
+                    interface: iface.get_ref().clone(),
+                    zero_copy: t
+                        .zero_copy
+                        .as_ref()
+                        .map_or(ZeroCopy::Auto, |z| *z.get_ref()),
+                }
+            }
+            TargetKind::Vxlan => TargetSpec::Vxlan {
+                tunnel: self.tunnel(t)?,
+                port: match &t.port {
+                    None => DEFAULT_VXLAN_PORT,
+                    Some(p) => self.int_in::<u16>(p, 1..=65535, "port")?,
+                },
+            },
+            TargetKind::Gre => TargetSpec::Gre {
+                tunnel: self.tunnel(t)?,
+                key: match &t.key {
+                    None => None,
+                    Some(k) => Some(self.int_in::<u32>(k, 0..=u32::MAX as i64, "key")?),
+                },
+            },
+            TargetKind::Erspan => {
+                let version = match &t.version {
+                    None => ErspanVersion::Two,
+                    Some(v) => match *v.get_ref() {
+                        2 => ErspanVersion::Two,
+                        3 => ErspanVersion::Three,
+                        n => {
+                            self.error(
+                                v.span(),
+                                format!("version = {n}: accepted values are 2 (type II) and 3 (type III)"),
+                            );
+                            return None;
+                        }
+                    },
+                };
+                if let (Some(g), ErspanVersion::Two) = (&t.granularity, version) {
+                    self.error(
+                        g.span(),
+                        "`granularity` applies to ERSPAN type III only: add version = 3",
+                    );
+                    return None;
+                }
+                TargetSpec::Erspan {
+                    tunnel: self.tunnel(t)?,
+                    version,
+                    granularity: t
+                        .granularity
+                        .as_ref()
+                        .map_or(Granularity::Micros100, |g| *g.get_ref()),
+                }
+            }
+            TargetKind::Pcapng => TargetSpec::Pcapng(self.pcapng(t)?),
+        })
+    }
+
+    pub(super) fn tunnel(&mut self, t: &RawTarget) -> Option<Tunnel> {
+        let name = t.name.get_ref();
+        let kind = t.kind.get_ref().as_str();
+        let Some(remote) = &t.remote else {
+            self.error(
+                t.kind.span(),
+                format!("target `{name}` of kind = \"{kind}\" needs `remote` (the collector's IP address)"),
+            );
+            return None;
+        };
+        let ip = |v: &mut Self, x: &Spanned<String>, key: &str| -> Option<IpAddr> {
+            match x.get_ref().parse::<IpAddr>() {
+                Ok(a) if a.is_unspecified() || a.is_multicast() => {
+                    v.error(
+                        x.span(),
+                        format!("{key} = \"{a}\" must be a unicast address"),
+                    );
+                    None
+                }
+                Ok(a) => Some(a),
+                Err(_) => {
+                    v.error(
+                        x.span(),
+                        format!("{key} = \"{}\" is not an IPv4 or IPv6 address", x.get_ref()),
+                    );
+                    None
+                }
+            }
+        };
+        let remote_ip = ip(self, remote, "remote")?;
+        let source = match &t.source {
+            None => None,
+            Some(s) => {
+                let a = ip(self, s, "source")?;
+                if a.is_ipv4() != remote_ip.is_ipv4() {
+                    self.error(
+                        s.span(),
+                        "source and remote must be of the same family (both IPv4 or both IPv6)",
+                    );
+                    return None;
+                }
+                Some(a)
+            }
+        };
+        let min_mtu = if remote_ip.is_ipv4() { 576 } else { 1280 };
+        let mtu = match &t.mtu {
+            None => DEFAULT_TUNNEL_MTU,
+            Some(m) => self.int_in::<u32>(m, min_mtu..=65535, "mtu")?,
+        };
+        Some(Tunnel {
+            remote: remote_ip,
+            source,
+            mtu,
+        })
+    }
+
+    pub(super) fn pcapng(&mut self, t: &RawTarget) -> Option<PcapngSpec> {
+        let Some(path) = &t.path else {
+            self.error(
+                t.kind.span(),
+                format!(
+                    "target `{}` of kind = \"pcapng\" needs `path` (the file to write)",
+                    t.name.get_ref()
+                ),
+            );
+            return None;
+        };
+        let p = PathBuf::from(path.get_ref());
+        if path.get_ref().is_empty() || p.file_name().is_none() {
+            self.error(
+                path.span(),
+                format!("path = \"{}\" does not name a file", path.get_ref()),
+            );
+            return None;
+        }
+        let size = |v: &mut Self,
+                    x: &Option<Spanned<String>>,
+                    key: &str,
+                    min: u64|
+         -> Result<Option<u64>, ()> {
+            let Some(x) = x else { return Ok(None) };
+            match parse_size(x.get_ref()) {
+                Ok(n) if n >= min => Ok(Some(n)),
+                Ok(_) => {
+                    v.error(
+                        x.span(),
+                        format!(
+                            "{key} = \"{}\" is below the minimum of {min} bytes",
+                            x.get_ref()
+                        ),
+                    );
+                    Err(())
+                }
+                Err(e) => {
+                    v.error(x.span(), format!("{key} = \"{}\": {e}", x.get_ref()));
+                    Err(())
+                }
+            }
+        };
+        let rotate_size = size(self, &t.rotate_size, "rotate_size", 4096).ok()?;
+        let max_total_size = size(self, &t.max_total_size, "max_total_size", 4096).ok()?;
+        let rotate_interval = self.rotate_interval(t.rotate_interval.as_ref())?;
+        let keep = match &t.keep {
+            None => None,
+            Some(k) => Some(self.int_in::<u32>(k, 1..=1_000_000, "keep")?),
+        };
+        let min_free = match &t.min_free {
+            None => None,
+            Some(x) => match parse_min_free(x.get_ref()) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    self.error(x.span(), format!("min_free = \"{}\": {e}", x.get_ref()));
+                    return None;
+                }
+            },
+        };
+        let spec = PcapngSpec {
+            path: p,
+            rotate_size,
+            rotate_interval,
+            keep,
+            max_total_size,
+            min_free,
+        };
+        if !spec.rotates() {
+            for (key, x) in [
+                ("keep", t.keep.as_ref().map(|k| k.span())),
+                (
+                    "max_total_size",
+                    t.max_total_size.as_ref().map(|k| k.span()),
+                ),
+            ] {
+                if let Some(span) = x {
+                    self.error(
+                        span,
+                        format!("`{key}` needs rotation: add rotate_size and/or rotate_interval"),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(spec)
+    }
+
+    pub(super) fn groups(
+        &mut self,
+        raw: &[Spanned<RawTargetGroup>],
+        targets: &HashMap<String, usize>,
+    ) -> Vec<Group> {
+        let names = self.names("target_group", raw.iter().map(|g| &g.get_ref().name));
+        let mut out = Vec::new();
+        for g in raw {
+            let g_ref = g.get_ref();
+            let name = g_ref.name.get_ref();
+            if targets.contains_key(name) {
+                self.error(
+                    g_ref.name.span(),
+                    format!(
+                        "`{name}` names both a target and a target_group: use one name for each"
+                    ),
+                );
+                continue;
+            }
+            if !names.contains_key(name) {
+                continue;
+            }
+            if g_ref.members.is_empty() {
+                self.error(g.span(), format!("target_group `{name}` has no members"));
+                continue;
+            }
+            let mut members = Vec::new();
+            let mut ok = true;
+            for m in &g_ref.members {
+                match targets.get(m.get_ref()) {
+                    Some(&t) if members.contains(&t) => {
+                        self.error(
+                            m.span(),
+                            format!("member `{}` is listed twice", m.get_ref()),
+                        );
+                        ok = false;
+                    }
+                    Some(&t) => members.push(t),
+                    None => {
+                        let what = if names.contains_key(m.get_ref()) {
+                            "is a target_group; groups cannot contain groups"
+                        } else {
+                            "is not a defined target"
+                        };
+                        self.error(m.span(), format!("member `{}` {what}", m.get_ref()));
+                        ok = false;
+                    }
+                }
+            }
+            if ok {
+                out.push(Group {
+                    name: name.clone(),
+                    members,
+                });
+            }
+        }
+        out
+    }
+    /// pcapng's `rotate_interval`: a duration of at least one second.
+    fn rotate_interval(
+        &mut self,
+        x: Option<&Spanned<String>>,
+    ) -> Option<Option<std::time::Duration>> {
+        Some(match x {
+            None => None,
+            Some(x) => {
+                match humantime::parse_duration(x.get_ref()) {
+                    Ok(d) if d >= std::time::Duration::from_secs(1) => Some(d),
+                    Ok(_) => {
+                        self.error(x.span(), "rotate_interval must be at least 1s");
+                        return None;
+                    }
+                    Err(e) => {
+                        self.error(
+                        x.span(),
+                        format!("rotate_interval = \"{}\": {e} (write e.g. \"30s\", \"15m\", \"1h\")", x.get_ref()),
+                    );
+                        return None;
+                    }
+                }
+            }
+        })
+    }
+}
