@@ -92,31 +92,8 @@ pub fn main(a: Args) -> Result<ExitCode> {
 
     println!("mirror demo: building the lab (namespaces gen -> src -> sink)");
     let lab = Lab::new(1)?;
-    println!(
-        "  {} [{}] --veth--> [{}] {}   (mirror runs here, tap on {})",
-        lab.gen.name(),
-        Lab::GEN_IF,
-        Lab::FEED_IF,
-        lab.src.name(),
-        Lab::FEED_IF
-    );
-    println!(
-        "  {} [{}] --veth--> [{}] {}   (the IDS sensor's port)",
-        lab.src.name(),
-        Lab::TARGET_IF,
-        Lab::SINK_IF,
-        lab.sink.name()
-    );
     let collector = vxlan_collector(&lab)?;
-    println!(
-        "  {} [col0 10.77.0.1] --veth--> [col1 10.77.0.2] {}   (a VXLAN collector: Linux vxlan device vx42, VNI 42)",
-        lab.src.name(),
-        collector.name()
-    );
-    println!(
-        "  and a pcapng file: {}",
-        dir.path().join("demo.pcapng").display()
-    );
+    describe_lab(&lab, &collector, dir.path());
     let exe = std::env::current_exe().context("locating the mirror binary")?;
     let mut daemon = DaemonProcess::start(
         &lab.src,
@@ -132,17 +109,7 @@ pub fn main(a: Args) -> Result<ExitCode> {
 
     let n = (a.seconds * a.pps).min(u64::from(u32::MAX)) as u32;
     let frames = Arc::new(traffic::mixed(n));
-    let filters: Vec<&config::Filter> = cfg
-        .sessions_of(0)
-        .iter()
-        .map(|&s| &cfg.filters[cfg.sessions[s].filter])
-        .collect();
-    let expected: Vec<u32> = frames
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| classify::classify(&filters, Direction::Ingress, f).is_some())
-        .map(|(i, _)| i as u32)
-        .collect();
+    let expected = expected_copies(&cfg, &frames);
     println!(
         "sending {n} frames at {} fps (IPv4/IPv6, TCP/UDP/ICMP, VLAN and QinQ, 64-1514 bytes); \
          {} should be mirrored, {} (TCP to port 22) filtered",
@@ -174,17 +141,7 @@ pub fn main(a: Args) -> Result<ExitCode> {
         .join()
         .map_err(|_| anyhow::anyhow!("generator panicked"))??;
 
-    // Wait (bounded) until the pipeline is idle: every copy sent or dropped.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let stats = loop {
-        let s = client.stats()?;
-        let idle = s.targets.values().all(|t| t.queued == 0)
-            && s.sources.values().all(|src| src.received >= sent);
-        if idle || Instant::now() > deadline || interrupted.load(Ordering::Relaxed) {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let stats = wait_until_idle(&mut client, sent, &interrupted)?;
     let received = capture.finish();
     let from_collector = decapsulated.finish();
     // Stopping flushes the capture file.
@@ -215,6 +172,60 @@ pub fn main(a: Args) -> Result<ExitCode> {
     } else {
         println!("demo: FAIL (daemon log was {})", daemon.log.display());
         ExitCode::FAILURE
+    })
+}
+
+/// Prints the lab's namespaces, links and targets.
+fn describe_lab(lab: &Lab, collector: &lab::Netns, dir: &std::path::Path) {
+    println!(
+        "  {} [{}] --veth--> [{}] {}   (mirror runs here, tap on {})",
+        lab.gen.name(),
+        Lab::GEN_IF,
+        Lab::FEED_IF,
+        lab.src.name(),
+        Lab::FEED_IF
+    );
+    println!(
+        "  {} [{}] --veth--> [{}] {}   (the IDS sensor's port)",
+        lab.src.name(),
+        Lab::TARGET_IF,
+        Lab::SINK_IF,
+        lab.sink.name()
+    );
+    println!(
+        "  {} [col0 10.77.0.1] --veth--> [col1 10.77.0.2] {}   (a VXLAN collector: Linux vxlan device vx42, VNI 42)",
+        lab.src.name(),
+        collector.name()
+    );
+    println!("  and a pcapng file: {}", dir.join("demo.pcapng").display());
+}
+
+/// The indexes of the frames the demo's filter accepts (the reference classifier).
+fn expected_copies(cfg: &config::Config, frames: &[Vec<u8>]) -> Vec<u32> {
+    let filters: Vec<&config::Filter> = cfg
+        .sessions_of(0)
+        .iter()
+        .map(|&s| &cfg.filters[cfg.sessions[s].filter])
+        .collect();
+    frames
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| classify::classify(&filters, Direction::Ingress, f).is_some())
+        .map(|(i, _)| i as u32)
+        .collect()
+}
+
+/// Waits (bounded) until the pipeline is idle: every copy sent or dropped.
+fn wait_until_idle(client: &mut Client, sent: u64, interrupted: &AtomicBool) -> Result<Stats> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    Ok(loop {
+        let s = client.stats()?;
+        let idle = s.targets.values().all(|t| t.queued == 0)
+            && s.sources.values().all(|src| src.received >= sent);
+        if idle || Instant::now() > deadline || interrupted.load(Ordering::Relaxed) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     })
 }
 

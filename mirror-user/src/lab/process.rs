@@ -1,0 +1,231 @@
+//! Processes started in a namespace, each bounded in time (`timeout`),
+//! logged to a file, and killed with their parent; the daemon among them.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::Netns;
+
+/// A process started inside a namespace, its stdout and stderr in `log`:
+/// signalled, waited for (bounded) and reaped on drop, and sent SIGTERM by
+/// the kernel if the thread that started it dies first.
+pub struct Process {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Starts `args` in `ns` with stdout and stderr to `log`, under
+    /// `timeout(1)`: it ends by itself after `limit` (SIGTERM, SIGKILL 5 s
+    /// later) even if this process dies first. `timeout` passes SIGINT,
+    /// SIGTERM and SIGHUP on to the command.
+    pub fn start(ns: &Netns, args: &[&str], log: &Path, limit: Duration) -> Result<Process> {
+        let secs = format!("{}", limit.as_secs().max(1));
+        let mut all = vec!["timeout", "--kill-after=5", &secs];
+        all.extend_from_slice(args);
+        Self::spawn(ns, &all, log, |_| {})
+    }
+
+    fn spawn(
+        ns: &Netns,
+        args: &[&str],
+        log: &Path,
+        env: impl FnOnce(&mut Command),
+    ) -> Result<Process> {
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = ns.command(args);
+        env(&mut cmd);
+        // Ends with the thread that started it, even when this process is
+        // killed and no Drop runs (`ip netns exec` execs the command, and
+        // the setting survives exec).
+        // Safety: the closure runs in the child between fork and exec and
+        // calls only prctl, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", args.join(" ")))?;
+        Ok(Process {
+            child: Some(child),
+            log: log.to_path_buf(),
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` until the log has a line containing `text`;
+    /// fails, with the log, if the process exits or the time runs out.
+    pub fn wait_for_log(&mut self, text: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_text().contains(text) {
+                return Ok(());
+            }
+            self.check_running()?;
+            if Instant::now() > deadline {
+                bail!("no `{text}` within {timeout:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Fails, with the log, if the process has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            bail!("it exited with {status}:\n{}", self.log_text());
+        }
+        Ok(())
+    }
+
+    /// The pid of the command (`ip netns exec` execs it; with a time limit,
+    /// `timeout`'s, which passes signals on).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.pid() {
+            // Safety: kill() on our own child.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+    }
+
+    /// SIGTERMs the process and waits up to `timeout` for it to exit.
+    pub fn stop(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        self.wait(timeout)
+    }
+
+    /// Waits up to `timeout` for the process to exit; SIGKILLs it after that.
+    pub fn wait(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("already stopped")
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("it did not exit within {timeout:?}; killed it");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop(Duration::from_secs(5));
+        }
+    }
+}
+
+/// A `mirror run` process inside a namespace: SIGTERMed and reaped on drop.
+pub struct DaemonProcess {
+    process: Process,
+    pub control: PathBuf,
+    pub log: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `exe run -c config` in `ns`, logging to `log`, and waits (at most
+    /// `timeout`) until its control socket answers.
+    pub fn start(
+        ns: &Netns,
+        exe: &Path,
+        config: &Path,
+        control: &Path,
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<Self> {
+        // Not under `timeout`: tests SIGKILL the daemon itself (fail-open),
+        // and its owner stops it on drop.
+        let process = Process::spawn(
+            ns,
+            &[
+                &exe.to_string_lossy(),
+                "run",
+                "-c",
+                &config.to_string_lossy(),
+            ],
+            log,
+            |cmd| {
+                cmd.env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                );
+            },
+        )
+        .context("starting the mirror daemon")?;
+        let mut d = DaemonProcess {
+            process,
+            control: control.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(mut c) = crate::control::Client::connect(control) {
+                if c.stats().is_ok() {
+                    return Ok(d);
+                }
+            }
+            d.process.check_running().context("the daemon")?;
+            if Instant::now() > deadline {
+                bail!(
+                    "the daemon did not answer on {} within {timeout:?}:\n{}",
+                    control.display(),
+                    d.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: i32) {
+        self.process.signal(signal)
+    }
+
+    /// SIGTERMs the daemon and waits up to `timeout` for it to exit.
+    pub fn stop(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        self.process.stop(timeout).context("the daemon")
+    }
+
+    /// Waits up to `timeout` for the daemon to exit; SIGKILLs it after that.
+    pub fn wait(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        self.process.wait(timeout).context("the daemon")
+    }
+}
