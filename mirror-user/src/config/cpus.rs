@@ -6,7 +6,7 @@
 use std::fmt;
 
 /// CPU numbers the kernel's affinity masks can name (`CPU_SETSIZE`).
-pub const MAX_CPUS: usize = 1024;
+pub(crate) const MAX_CPUS: usize = 1024;
 
 /// A parsed CPU list: sorted, without duplicates, never empty.
 #[derive(Debug, Clone, PartialEq, Eq)]

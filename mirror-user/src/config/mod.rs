@@ -103,7 +103,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
 /// Validates one rule written as the keys of a `[[filter.rule]]` table
 /// (`number = 100` …), as `mirror rules add` sends it; `what` names it in
 /// error messages.
-pub fn parse_rule(text: &str, what: &str) -> Result<Rule, ConfigError> {
+pub(crate) fn parse_rule(text: &str, what: &str) -> Result<Rule, ConfigError> {
     let mut v = Validator {
         text,
         diags: Vec::new(),

@@ -15,20 +15,20 @@ use super::raw::{
 /// Where the control socket lives unless `[daemon] control_socket` says otherwise.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/mirror/control.sock";
 /// UMEM frames per RX queue unless `umem_frames` says otherwise.
-pub const DEFAULT_UMEM_FRAMES: u32 = 4096;
+pub(crate) const DEFAULT_UMEM_FRAMES: u32 = 4096;
 /// RX / fill ring descriptors unless `ring_size` says otherwise.
-pub const DEFAULT_RING_SIZE: u32 = 2048;
+pub(crate) const DEFAULT_RING_SIZE: u32 = 2048;
 /// Copy mode: bytes of the BPF ring buffer between the kernel and the daemon.
-pub const DEFAULT_RING_BUFFER: u32 = 16 << 20;
+pub(crate) const DEFAULT_RING_BUFFER: u32 = 16 << 20;
 /// Frames a target queues before dropping (`queue_full`) unless `queue_size` says otherwise.
-pub const DEFAULT_QUEUE_SIZE: u32 = 4096;
+pub(crate) const DEFAULT_QUEUE_SIZE: u32 = 4096;
 /// Largest `queue_size` of an interface target (1 GiB of UMEM).
-pub const MAX_INTERFACE_QUEUE: u32 = 1 << 18;
+pub(crate) const MAX_INTERFACE_QUEUE: u32 = 1 << 18;
 /// Sessions without `priority` get this one; ties keep file order.
-pub const DEFAULT_PRIORITY: u32 = 100;
+pub(crate) const DEFAULT_PRIORITY: u32 = 100;
 
 /// Rule numbers, as AWS allows them.
-pub const RULE_NUMBERS: std::ops::RangeInclusive<i64> = 1..=32766;
+pub(crate) const RULE_NUMBERS: std::ops::RangeInclusive<i64> = 1..=32766;
 
 /// Accept or reject: what the first matching rule decides.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -90,7 +90,7 @@ impl Rule {
     /// The rule as the keys of a `[[filter.rule]]` table, one line, e.g.
     /// `number = 100, action = "reject", direction = "ingress", protocol = 6`.
     /// [`parse_rule`] reads it back (with newlines for commas).
-    pub fn to_toml_keys(&self) -> String {
+    pub(crate) fn to_toml_keys(&self) -> String {
         let mut parts = vec![
             format!("number = {}", self.number),
             format!("action = \"{}\"", self.action),
@@ -232,9 +232,9 @@ pub(crate) fn expand_dests(dests: &[Dest], groups: &[Group]) -> Vec<usize> {
 }
 
 /// Default `mtu` of tunnel targets: a standard Ethernet path.
-pub const DEFAULT_TUNNEL_MTU: u32 = 1500;
+pub(crate) const DEFAULT_TUNNEL_MTU: u32 = 1500;
 /// Default VXLAN UDP port (IANA).
-pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+pub(crate) const DEFAULT_VXLAN_PORT: u16 = 4789;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErspanVersion {
@@ -349,12 +349,12 @@ pub struct Config {
 
 impl Config {
     /// Every target a session sends to, groups expanded, each once.
-    pub fn session_targets(&self, session: usize) -> Vec<usize> {
+    pub(crate) fn session_targets(&self, session: usize) -> Vec<usize> {
         expand_dests(&self.sessions[session].targets, &self.groups)
     }
 
     /// The name a session's `targets` entry refers to.
-    pub fn dest_name(&self, d: Dest) -> &str {
+    pub(crate) fn dest_name(&self, d: Dest) -> &str {
         match d {
             Dest::Target(t) => &self.targets[t].name,
             Dest::Group(g) => &self.groups[g].name,
@@ -366,7 +366,7 @@ impl Config {
     /// or `None` when it can. The fast path broadcasts the frame, whole, to a
     /// DEVMAP of the session's targets: every target must be a local
     /// interface, and everything that needs userspace per frame rules it out.
-    pub fn kernel_path_obstacle(&self, session: usize) -> Option<String> {
+    pub(crate) fn kernel_path_obstacle(&self, session: usize) -> Option<String> {
         let s = &self.sessions[session];
         if self.sources[s.source].mode != SourceMode::Tap {
             return Some(

@@ -10,7 +10,7 @@ use serde_spanned::Spanned;
 /// The whole file.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     #[serde(default)]
     pub daemon: RawDaemon,
     #[serde(default, rename = "source")]
@@ -28,7 +28,7 @@ pub struct RawConfig {
 /// `[daemon]`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawDaemon {
+pub(crate) struct RawDaemon {
     /// Default: [`super::DEFAULT_CONTROL_SOCKET`].
     pub control_socket: Option<Spanned<String>>,
     /// Prometheus listen address; omitted = no metrics endpoint.
@@ -40,7 +40,7 @@ pub struct RawDaemon {
 /// `[[source]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSource {
+pub(crate) struct RawSource {
     pub name: Spanned<String>,
     pub interface: Spanned<String>,
     #[serde(default)]
@@ -172,7 +172,7 @@ pub enum ZeroCopy {
 /// `[[filter]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawFilter {
+pub(crate) struct RawFilter {
     pub name: Spanned<String>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<Spanned<RawRule>>,
@@ -181,7 +181,7 @@ pub struct RawFilter {
 /// `[[filter.rule]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRule {
+pub(crate) struct RawRule {
     pub number: Spanned<i64>,
     pub action: super::Action,
     pub direction: super::Direction,
@@ -214,7 +214,7 @@ pub enum RawPorts {
 /// each key applies to the target's `kind`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTarget {
+pub(crate) struct RawTarget {
     pub name: Spanned<String>,
     pub kind: Spanned<TargetKind>,
     pub interface: Option<Spanned<String>>,
@@ -248,7 +248,7 @@ pub enum TargetKind {
 }
 
 impl TargetKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TargetKind::Interface => "interface",
             TargetKind::Vxlan => "vxlan",
@@ -262,7 +262,7 @@ impl TargetKind {
 /// `[[target_group]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTargetGroup {
+pub(crate) struct RawTargetGroup {
     pub name: Spanned<String>,
     pub members: Vec<Spanned<String>>,
 }
@@ -270,7 +270,7 @@ pub struct RawTargetGroup {
 /// `[[session]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSession {
+pub(crate) struct RawSession {
     pub name: Spanned<String>,
     pub source: Spanned<String>,
     pub filter: Spanned<String>,

@@ -15,7 +15,7 @@ pub fn realtime_ns() -> u64 {
 
 /// CLOCK_TAI minus CLOCK_REALTIME (the leap seconds, 0 when NTP never set
 /// them), to turn the kernel's `bpf_ktime_get_tai_ns()` into Unix time.
-pub fn tai_offset_ns() -> u64 {
+pub(crate) fn tai_offset_ns() -> u64 {
     let tai = clock_ns(libc::CLOCK_TAI);
     let real = clock_ns(libc::CLOCK_REALTIME);
     // Round to whole seconds: the offset is an integer number of them.

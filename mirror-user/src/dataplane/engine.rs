@@ -367,7 +367,7 @@ impl Engine {
     }
 
     /// The config in force: the started one with live rule changes.
-    pub fn live_config(&self) -> Result<Config> {
+    pub(crate) fn live_config(&self) -> Result<Config> {
         Ok(self
             .live
             .lock()

@@ -9,7 +9,7 @@ use crate::kernel::xsk::{RxQueue, UmemHost};
 
 /// The path that serves a session, and why it is not the kernel's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathChoice {
+pub(crate) struct PathChoice {
     /// The in-kernel fast path (DEVMAP redirect or broadcast), else AF_XDP through userspace.
     pub kernel: bool,
     /// Why userspace serves it (empty on the kernel path).

@@ -152,7 +152,7 @@ fn net_contains(net: &IpNet, addr: &IpAddr) -> bool {
 }
 
 /// Does `rule` match the frame described by `f`?
-pub fn rule_matches(rule: &Rule, f: &FrameView) -> bool {
+pub(crate) fn rule_matches(rule: &Rule, f: &FrameView) -> bool {
     if let Some(vlan) = rule.vlan {
         if f.vlan != Some(vlan) {
             return false;
@@ -204,7 +204,11 @@ pub fn rule_matches(rule: &Rule, f: &FrameView) -> bool {
 }
 
 /// First match within one filter: `Some(action)` of the first matching rule.
-pub fn filter_decision(filter: &Filter, direction: Direction, f: &FrameView) -> Option<Action> {
+pub(crate) fn filter_decision(
+    filter: &Filter,
+    direction: Direction,
+    f: &FrameView,
+) -> Option<Action> {
     filter
         .rules
         .iter()

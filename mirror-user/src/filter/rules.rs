@@ -119,7 +119,7 @@ pub fn list(config: &Config) -> Vec<FilterView> {
 
 /// Checks that `new` differs from `running` only where a reload can apply it:
 /// the filters, and which filter each session uses.
-pub fn check_reloadable(running: &Config, new: &Config) -> Result<(), RulesError> {
+pub(crate) fn check_reloadable(running: &Config, new: &Config) -> Result<(), RulesError> {
     let mut changed = Vec::new();
     if running.daemon != new.daemon {
         changed.push("[daemon]");

@@ -39,11 +39,11 @@ use mirror_ebpf::mirror::types::{
 use crate::config::{Action, Config, Direction, Filter, Rule};
 use crate::filter::classify::FrameView;
 
-pub const MAX_RULES: usize = mirror_ebpf::limits::MAX_RULES as usize;
-pub const BITMAP_WORDS: usize = 256;
-pub const SUMMARY_WORDS: usize = BITMAP_WORDS / 64;
+pub(crate) const MAX_RULES: usize = mirror_ebpf::limits::MAX_RULES as usize;
+pub(crate) const BITMAP_WORDS: usize = 256;
+pub(crate) const SUMMARY_WORDS: usize = BITMAP_WORDS / 64;
 /// `struct mirror_bitmap`: summary words, then rule words.
-pub const BITMAP_U64S: usize = SUMMARY_WORDS + BITMAP_WORDS;
+pub(crate) const BITMAP_U64S: usize = SUMMARY_WORDS + BITMAP_WORDS;
 /// A leaf entry of the address trie (`MIRROR_ADDR_LEAF`): the rest is a class.
 const ADDR_LEAF: u32 = 1 << 31;
 
@@ -161,7 +161,7 @@ fn rule_family(r: &Rule) -> Option<u8> {
 
 /// The rules of `direction` of the given filters (sessions in priority
 /// order), each with its session index.
-pub fn ordered<'a>(filters: &[&'a Filter], direction: Direction) -> Vec<(&'a Rule, u8)> {
+pub(crate) fn ordered<'a>(filters: &[&'a Filter], direction: Direction) -> Vec<(&'a Rule, u8)> {
     let mut out = Vec::new();
     for (s, f) in filters.iter().enumerate() {
         for r in f.rules.iter().filter(|r| r.direction == direction) {
@@ -194,7 +194,7 @@ impl RuleSet {
 
     /// Builds the rule set of `rules`, already in evaluation order, each with
     /// its session index (non-decreasing).
-    pub fn from_ordered(rules: &[(&Rule, u8)]) -> Result<RuleSet, RuleSetError> {
+    pub(crate) fn from_ordered(rules: &[(&Rule, u8)]) -> Result<RuleSet, RuleSetError> {
         let n = rules.len();
         if n > MAX_RULES {
             return Err(RuleSetError::TooManyRules { count: n });

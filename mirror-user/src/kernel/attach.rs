@@ -15,7 +15,7 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AttachMode::Native => "native",
             AttachMode::Generic => "generic",
@@ -42,7 +42,7 @@ impl SourceProgram {
     /// Attaches the copy-mode programs to `interface`: egress first (tcx),
     /// then ingress (XDP or tcx). Returns the XDP mode when XDP was used. On
     /// error nothing stays attached.
-    pub fn attach_copy(
+    pub(crate) fn attach_copy(
         &mut self,
         interface: &str,
         hooks: CopyHooks,

@@ -18,7 +18,7 @@ impl SourceProgram {
     /// `xdp_fast_target` to count instead. Frames the session accepted
     /// before this went through userspace, counted there. Also attaches the
     /// transmit tracepoint (once per source).
-    pub fn set_fast_path(
+    pub(crate) fn set_fast_path(
         &mut self,
         session: u32,
         source_ifindex: u32,
@@ -98,7 +98,7 @@ impl SourceProgram {
     }
 
     /// (frames, bytes) the session at kernel index `session` sent down the fast path.
-    pub fn session_kernel(&self, session: u32) -> Result<(u64, u64), LoaderError> {
+    pub(crate) fn session_kernel(&self, session: u32) -> Result<(u64, u64), LoaderError> {
         let per_cpu = self
             .skel
             .maps
@@ -116,7 +116,7 @@ impl SourceProgram {
 
     /// Fast-path counters of target device `ifindex`, summed over CPUs
     /// (zeros for a device this source never sent to).
-    pub fn fast_stats(&self, ifindex: u32) -> Result<FastStats, LoaderError> {
+    pub(crate) fn fast_stats(&self, ifindex: u32) -> Result<FastStats, LoaderError> {
         let per_cpu = self
             .skel
             .maps

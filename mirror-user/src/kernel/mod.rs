@@ -209,7 +209,7 @@ impl SourceProgram {
     }
 
     /// Puts AF_XDP socket `fd` in the XSKMAP slot of RX queue `queue`.
-    pub fn set_socket(&self, queue: u32, fd: RawFd) -> Result<(), LoaderError> {
+    pub(crate) fn set_socket(&self, queue: u32, fd: RawFd) -> Result<(), LoaderError> {
         self.skel
             .maps
             .xsks

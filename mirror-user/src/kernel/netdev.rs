@@ -33,7 +33,7 @@ fn ifreq_ioctl(
 }
 
 /// IFF_RUNNING: up, with carrier (for veth: the peer is up too).
-pub fn is_running(interface: &str) -> Option<bool> {
+pub(crate) fn is_running(interface: &str) -> Option<bool> {
     let ifr = ifreq_ioctl(interface, libc::SIOCGIFFLAGS, None)?;
     // Safety: SIOCGIFFLAGS filled the flags member of the union.
     let flags = unsafe { ifr.ifr_ifru.ifru_flags };
@@ -48,7 +48,7 @@ pub fn mtu(interface: &str) -> Option<u32> {
 
 /// RX queues of `interface` (ethtool channels: rx + combined); `None` when
 /// the driver does not report channels.
-pub fn rx_queues(interface: &str) -> Option<u32> {
+pub(crate) fn rx_queues(interface: &str) -> Option<u32> {
     #[repr(C)]
     #[derive(Default)]
     struct EthtoolChannels {
@@ -79,7 +79,7 @@ pub fn rx_queues(interface: &str) -> Option<u32> {
 /// Turns generic receive offload of `interface` on or off (ethtool
 /// ETHTOOL_SGRO). On a veth, GRO on one end lets the other end take frames
 /// redirected by XDP. `None` if the driver refuses.
-pub fn set_gro(interface: &str, on: bool) -> Option<()> {
+pub(crate) fn set_gro(interface: &str, on: bool) -> Option<()> {
     const ETHTOOL_SGRO: u32 = 0x2c;
     ethtool_set(interface, ETHTOOL_SGRO, on)
 }

@@ -98,11 +98,11 @@ pub(super) fn prog_name(id: u32) -> String {
 
 /// `NETDEV_XDP_ACT_NDO_XMIT` (linux/netdev.h): other devices' XDP programs
 /// can redirect frames into this one.
-pub const XDP_ACT_NDO_XMIT: u64 = 1 << 2;
+pub(crate) const XDP_ACT_NDO_XMIT: u64 = 1 << 2;
 
 /// `NETDEV_XDP_ACT_XSK_ZEROCOPY` (linux/netdev.h): the driver binds AF_XDP
 /// sockets in zero-copy mode.
-pub const XDP_ACT_XSK_ZEROCOPY: u64 = 1 << 3;
+pub(crate) const XDP_ACT_XSK_ZEROCOPY: u64 = 1 << 3;
 
 /// The XDP features the kernel reports for `ifindex` (`NETDEV_XDP_ACT_*`
 /// bits, from the netdev generic-netlink family; 0 on kernels before 6.3).

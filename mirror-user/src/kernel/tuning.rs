@@ -7,7 +7,7 @@ impl SourceProgram {
     /// Copy mode: the kernel wakes the ring's reader only once `bytes` wait
     /// (0: whenever the reader had caught up); the reader must then also
     /// poll on a timer.
-    pub fn set_wake_bytes(&mut self, bytes: u64) -> Result<(), LoaderError> {
+    pub(crate) fn set_wake_bytes(&mut self, bytes: u64) -> Result<(), LoaderError> {
         match self.skel.maps.bss_data.as_deref_mut() {
             Some(bss) => {
                 bss.copy_wake_bytes = bytes;

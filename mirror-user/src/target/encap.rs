@@ -9,21 +9,21 @@ use crate::config::{ErspanVersion, Granularity};
 /// GRE protocol: transparent Ethernet bridging.
 pub const GRE_PROTO_TEB: u16 = 0x6558;
 /// GRE protocol: ERSPAN type II.
-pub const GRE_PROTO_ERSPAN2: u16 = 0x88be;
+pub(crate) const GRE_PROTO_ERSPAN2: u16 = 0x88be;
 /// GRE protocol: ERSPAN type III.
-pub const GRE_PROTO_ERSPAN3: u16 = 0x22eb;
+pub(crate) const GRE_PROTO_ERSPAN3: u16 = 0x22eb;
 
 const GRE_KEY: u16 = 0x2000;
 const GRE_SEQ: u16 = 0x1000;
 
 /// UDP + VXLAN header bytes.
-pub const VXLAN_LEN: usize = 16;
+pub(crate) const VXLAN_LEN: usize = 16;
 /// Longest header any builder writes (GRE with sequence + ERSPAN III).
-pub const MAX_HEADER: usize = 20;
+pub(crate) const MAX_HEADER: usize = 20;
 
 /// The outer UDP source port of a VXLAN copy: from the flow hash, in the
 /// dynamic range 49152..=65535, so ECMP spreads flows and keeps each on one path.
-pub fn vxlan_source_port(hash: u32) -> u16 {
+pub(crate) fn vxlan_source_port(hash: u32) -> u16 {
     49152 + (hash % 16384) as u16
 }
 
@@ -83,7 +83,7 @@ impl Erspan {
     /// The header fields for `frame`: VLAN and COS from its outer
     /// 802.1Q/802.1ad tag; `truncated`, `egress` and the time stamp
     /// ([`Erspan::at`]) are left for the caller.
-    pub fn for_frame(
+    pub(crate) fn for_frame(
         version: ErspanVersion,
         granularity: Granularity,
         sequence: u32,

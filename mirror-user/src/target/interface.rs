@@ -37,7 +37,7 @@ pub struct ShareWith {
 
 /// The largest frame `interface` carries: its MTU plus an Ethernet header and
 /// one VLAN tag (what veth and most drivers forward), at most one UMEM frame.
-pub fn max_frame(interface: &str) -> usize {
+pub(crate) fn max_frame(interface: &str) -> usize {
     let mtu = netdev::mtu(interface).unwrap_or(1500);
     (mtu as usize + 14 + 4).min(FRAME_SIZE as usize)
 }

@@ -48,7 +48,7 @@ impl TargetDrop {
         TargetDrop::DiskFull,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TargetDrop::QueueFull => "queue_full",
             TargetDrop::SendError => "send_error",
@@ -113,7 +113,7 @@ impl Packet {
     }
 
     /// Index of its slot (for an interface target: its UMEM frame).
-    pub fn slot(&self) -> usize {
+    pub(crate) fn slot(&self) -> usize {
         self.slot as usize
     }
 
@@ -208,7 +208,7 @@ impl TargetQueue {
     /// a UMEM of `capacity + extra` frames, for an AF_XDP socket to send from
     /// ([`TargetQueue::memory`]); the `extra` frames are for an RX queue to
     /// share the UMEM.
-    pub fn umem(
+    pub(crate) fn umem(
         name: &str,
         kind: &'static str,
         capacity: usize,
@@ -285,7 +285,7 @@ impl TargetQueue {
 
     /// Whether a frame of `loan` can go to this queue without a copy: the
     /// queue's slots live in the same UMEM, and nobody took the frame yet.
-    pub fn can_borrow(&self, loan: &Loan<'_>) -> bool {
+    pub(crate) fn can_borrow(&self, loan: &Loan<'_>) -> bool {
         !loan.taken() && Arc::ptr_eq(&self.memory, loan.area())
     }
 
@@ -293,7 +293,7 @@ impl TargetQueue {
     /// copy, giving the RX queue a free slot of this queue in exchange.
     /// Counted as [`TargetQueue::offer`] counts; only when
     /// [`TargetQueue::can_borrow`] said yes.
-    pub fn borrow(&self, frame: &Frame<'_>, loan: &mut Loan<'_>) {
+    pub(crate) fn borrow(&self, frame: &Frame<'_>, loan: &mut Loan<'_>) {
         let Some((mut p, len)) = self.admit(frame.data.len()) else {
             return;
         };
@@ -375,24 +375,24 @@ impl TargetQueue {
     }
 
     /// Wakes the sender thread after a batch of offers.
-    pub fn notify(&self) {
+    pub(crate) fn notify(&self) {
         if let Some(t) = self.sender.get() {
             t.unpark();
         }
     }
 
     /// Called once by the sender thread.
-    pub fn register_sender(&self) {
+    pub(crate) fn register_sender(&self) {
         let _ = self.sender.set(std::thread::current());
     }
 
-    pub fn pop_ready(&self) -> Option<Packet> {
+    pub(crate) fn pop_ready(&self) -> Option<Packet> {
         self.ready.pop()
     }
 
     /// Returns a packet's slot to the free list (for a lent frame: the RX
     /// frame, which took the place of the slot given in exchange).
-    pub fn recycle(&self, mut p: Packet) {
+    pub(crate) fn recycle(&self, mut p: Packet) {
         // Safety: slot * stride lies in the memory (every slot index came
         // from it, directly or through a loan of the same area).
         let start = unsafe { self.memory.base().add(p.slot() * self.stride) };
@@ -405,16 +405,16 @@ impl TargetQueue {
         self.ready.len()
     }
 
-    pub fn set_up(&self, up: bool) {
+    pub(crate) fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
     }
 
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 
     /// Called once by the sender: where to read kernel-side send errors.
-    pub fn set_kernel_send_errors(&self, f: Box<dyn Fn() -> u64 + Send + Sync>) {
+    pub(crate) fn set_kernel_send_errors(&self, f: Box<dyn Fn() -> u64 + Send + Sync>) {
         let _ = self.kernel_send_errors.set(f);
     }
 

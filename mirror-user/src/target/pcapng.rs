@@ -40,9 +40,9 @@ use super::{Oversize, Packet, TargetDrop, TargetQueue};
 use crate::config::{MinFree, PcapngSpec};
 
 /// Buffered bytes that trigger a write.
-pub const FLUSH_BYTES: usize = 1 << 20;
+pub(crate) const FLUSH_BYTES: usize = 1 << 20;
 /// Longest time a copy waits in the buffer.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Largest copy kept whole (a UMEM frame cannot hold more).
 pub const SNAPLEN: usize = crate::kernel::xsk::FRAME_SIZE as usize;
 
@@ -61,7 +61,7 @@ pub enum PcapngError {
 }
 
 /// One interface description per source: (source name, interface).
-pub type Interfaces = Vec<(String, String)>;
+pub(crate) type Interfaces = Vec<(String, String)>;
 
 /// Starts the writer thread of a pcapng target. Fails if the first file
 /// cannot be created.

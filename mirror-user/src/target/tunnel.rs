@@ -97,7 +97,7 @@ impl Encap {
 }
 
 /// The largest mirrored frame a tunnel with this `mtu` carries whole.
-pub fn max_inner(spec: &TargetSpec) -> Option<usize> {
+pub(crate) fn max_inner(spec: &TargetSpec) -> Option<usize> {
     let (tunnel, encap) = split(spec)?;
     let ip = if tunnel.remote.is_ipv4() { 20 } else { 40 };
     Some((tunnel.mtu as usize).saturating_sub(ip + encap.header_len()))

@@ -343,7 +343,7 @@ pub struct SocketDrops {
 
 /// Statistics handle that can be read from another thread.
 #[derive(Clone)]
-pub struct StatsHandle {
+pub(crate) struct StatsHandle {
     fd: std::sync::Arc<std::os::fd::OwnedFd>,
 }
 

@@ -91,7 +91,7 @@ impl RxQueue {
         self.b.user.as_raw_fd()
     }
 
-    pub fn stats_handle(&self) -> std::io::Result<StatsHandle> {
+    pub(crate) fn stats_handle(&self) -> std::io::Result<StatsHandle> {
         StatsHandle::new(self.fd())
     }
 

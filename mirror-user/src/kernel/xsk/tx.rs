@@ -72,7 +72,7 @@ impl TxQueue {
 
     /// As [`TxQueue::open`], and the frames after the first `slots` are for
     /// an RX queue to [join](RxQueue::join) with `rx_ring` descriptors.
-    pub fn open_host(
+    pub(crate) fn open_host(
         interface: &str,
         queue: u32,
         area: &Arc<Area>,
@@ -132,7 +132,7 @@ impl TxQueue {
         self.b.zero_copy
     }
 
-    pub fn stats_handle(&self) -> std::io::Result<StatsHandle> {
+    pub(crate) fn stats_handle(&self) -> std::io::Result<StatsHandle> {
         StatsHandle::new(self.b.user.as_raw_fd())
     }
 
