@@ -1,3 +1,5 @@
+//! The config tests: every key, default and error message, with positions.
+
 use super::*;
 
 const GOOD: &str = r#"
