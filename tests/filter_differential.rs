@@ -349,6 +349,7 @@ proptest! {
 
 /// The AWS documentation's example: reject TCP 443 at 100, accept all at 200.
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn aws_example_rejects_https_and_mirrors_the_rest_in_the_kernel() {
     require_root!();
     let text = r#"
@@ -402,6 +403,7 @@ targets = ["t"]
 /// classifies frames whose verdicts differ between A and B: each frame gets
 /// A's verdict or B's, never a third (what a half-updated set would give).
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn swapping_rule_sets_never_exposes_a_half_updated_set() {
     require_root!();
     let rule = |number, action, protocol, dst: &str, dport: Option<u16>| Rule {
