@@ -247,6 +247,7 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn copy_mode_mirrors_both_directions_of_tcp_and_udp_and_leaves_them_intact() {
     require_root!();
     let _serial = one_at_a_time();
@@ -452,6 +453,7 @@ fn survives_sigkill_and_restart(hook: &str) {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn sigkill_mid_stream_loses_nothing_and_a_restart_takes_over_xdp() {
     require_root!();
     let _serial = one_at_a_time();
@@ -459,6 +461,7 @@ fn sigkill_mid_stream_loses_nothing_and_a_restart_takes_over_xdp() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn sigkill_mid_stream_loses_nothing_and_a_restart_takes_over_tc() {
     require_root!();
     let _serial = one_at_a_time();
@@ -510,6 +513,7 @@ impl BlockedFifo {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn a_blocked_target_loses_only_its_own_copies_and_never_the_traffic() {
     require_root!();
     let _serial = one_at_a_time();
@@ -562,6 +566,7 @@ fn a_blocked_target_loses_only_its_own_copies_and_never_the_traffic() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn a_full_ring_is_counted_and_the_stream_is_untouched() {
     require_root!();
     let _serial = one_at_a_time();
@@ -599,6 +604,7 @@ fn a_full_ring_is_counted_and_the_stream_is_untouched() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn a_second_xdp_program_is_refused_by_name_and_tc_ingress_runs_beside_it() {
     require_root!();
     let _serial = one_at_a_time();
@@ -675,6 +681,7 @@ fn a_second_xdp_program_is_refused_by_name_and_tc_ingress_runs_beside_it() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn gso_super_frames_are_cut_counted_and_too_big_for_interface_targets() {
     require_root!();
     let _serial = one_at_a_time();

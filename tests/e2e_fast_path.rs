@@ -102,6 +102,7 @@ fn sorted(frames: impl IntoIterator<Item = Vec<u8>>) -> Vec<Vec<u8>> {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn an_all_interface_session_is_broadcast_in_the_kernel_byte_identical_with_exact_counts() {
     require_root!();
     let lab = lab(true);
@@ -204,6 +205,7 @@ fn an_all_interface_session_is_broadcast_in_the_kernel_byte_identical_with_exact
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn kernel_path_drops_are_counted_per_target_too_big_and_send_error() {
     require_root!();
     let lab = lab(true);
@@ -266,6 +268,7 @@ fn kernel_path_drops_are_counted_per_target_too_big_and_send_error() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn a_target_that_cannot_take_xdp_frames_keeps_the_session_in_userspace() {
     require_root!();
     // No GRO on the sink ends: the target veths refuse redirected frames.

@@ -95,6 +95,7 @@ fn xdp_attached(lab: &Lab) -> bool {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn accepted_frames_reach_the_sink_byte_identical_with_exact_counts() {
     require_root!();
     let mut s = setup("mix");
@@ -182,6 +183,7 @@ fn accepted_frames_reach_the_sink_byte_identical_with_exact_counts() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn sigkill_leaves_no_xdp_program_attached_and_a_new_daemon_starts() {
     require_root!();
     let mut s = setup("kill");
@@ -215,6 +217,7 @@ fn sigkill_leaves_no_xdp_program_attached_and_a_new_daemon_starts() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn copies_for_a_down_target_are_dropped_and_counted() {
     require_root!();
     let s = setup("down");
@@ -302,6 +305,7 @@ fn cli(control: &Path, args: &[&str]) -> (bool, String) {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn live_rule_changes_and_reloads_under_traffic_lose_no_frame() {
     require_root!();
     let s = setup("rules");

@@ -129,6 +129,7 @@ vni = 42
 "#;
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn every_target_kind_carries_every_mirrored_frame() {
     require_root!();
     let lab = Lab::new(1).expect("lab");
@@ -362,6 +363,7 @@ sample = 2
 "#;
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn pcapng_rotates_keeps_the_newest_files_and_records_original_lengths() {
     require_root!();
     let lab = Lab::new(1).expect("lab");
@@ -532,6 +534,7 @@ fn gre_inner(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn a_dead_collector_loses_only_its_own_copies() {
     require_root!();
     let mut t = two_collectors("e2e-isolation", false);
@@ -617,6 +620,7 @@ fn probe_until_down(client: &mut Client, lab: &Lab, probe: &Arc<Vec<Vec<u8>>>, m
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn groups_keep_both_directions_of_a_flow_on_one_member_and_skip_a_dead_one() {
     require_root!();
     let mut t = two_collectors("e2e-group", true);
@@ -763,6 +767,7 @@ fn kilo_frames(first: u32, count: u32) -> Vec<Vec<u8>> {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn a_full_disk_drops_whole_buffers_counts_them_and_writing_resumes() {
     require_root!();
     let lab = Lab::new(1).expect("lab");
@@ -828,6 +833,7 @@ fn a_full_disk_drops_whole_buffers_counts_them_and_writing_resumes() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn a_rate_limit_passes_its_rate_and_counts_every_frame_over_it() {
     require_root!();
     let lab = Lab::new(1).expect("lab");
@@ -889,6 +895,7 @@ targets = ["ids0"]
 "#;
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn a_target_sharing_the_sources_umem_overflows_only_its_own_queue() {
     require_root!();
     let lab = Lab::new(1).expect("lab");
@@ -928,6 +935,7 @@ fn a_target_sharing_the_sources_umem_overflows_only_its_own_queue() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn share_umem_false_copies_every_frame_into_the_targets_own_umem() {
     require_root!();
     copies_every_frame_into_the_targets_own_umem("share_umem = false", "e2e-noshare");
@@ -936,6 +944,7 @@ fn share_umem_false_copies_every_frame_into_the_targets_own_umem() {
 /// The default, "auto", shares only between zero-copy devices: a veth has
 /// no AF_XDP zero-copy, so every frame is copied, and the log says why.
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn share_umem_auto_copies_on_devices_without_zero_copy_and_says_why() {
     require_root!();
     let log = copies_every_frame_into_the_targets_own_umem("", "e2e-autoshare");

@@ -129,6 +129,7 @@ fn delta(before: &[[u64; COUNTERS]; 2], after: &[[u64; COUNTERS]; 2], dir: usize
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn ingress_copies_carry_session_direction_and_the_whole_frame() {
     require_root!();
     let fx = Copy::new(1 << 20);
@@ -170,6 +171,7 @@ fn ingress_copies_carry_session_direction_and_the_whole_frame() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn egress_rules_select_only_egress_frames() {
     require_root!();
     let fx = Copy::new(1 << 20);
@@ -194,6 +196,7 @@ fn egress_rules_select_only_egress_frames() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn packet_length_cuts_the_copy_and_keeps_the_original_length() {
     require_root!();
     let mut fx = Copy::new(1 << 20);
@@ -220,6 +223,7 @@ fn packet_length_cuts_the_copy_and_keeps_the_original_length() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn a_full_ring_is_counted_and_the_frames_still_pass() {
     require_root!();
     // One page: room for a handful of 1.5 KiB records.
@@ -250,6 +254,7 @@ fn a_full_ring_is_counted_and_the_frames_still_pass() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn without_rules_everything_passes_and_nothing_is_copied() {
     require_root!();
     let prog = SourceProgram::load_with_ring(1 << 16).expect("load");
@@ -275,6 +280,7 @@ fn without_rules_everything_passes_and_nothing_is_copied() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn copy_mode_samples_exactly_one_in_n_in_both_directions() {
     require_root!();
     let mut fx = Copy::new(1 << 20);

@@ -408,6 +408,7 @@ fn table() -> Vec<Case> {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn every_frame_shape_gets_its_expected_verdict_and_counters() {
     require_root!();
     let fx = Fixture::new(RULES);
@@ -430,6 +431,7 @@ fn every_frame_shape_gets_its_expected_verdict_and_counters() {
 /// The verdict cache answers a class tuple it has seen (per CPU, per rule
 /// set) with the verdict the scan gave; `classify_scans` counts the rest.
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn the_verdict_cache_scans_each_class_tuple_once_per_rule_set() {
     require_root!();
     pin_current_thread(0);
@@ -499,6 +501,7 @@ fn the_verdict_cache_scans_each_class_tuple_once_per_rule_set() {
 /// classification: every frame shape (non-IP and truncated ones too) gets
 /// the constant verdict, and nothing is scanned.
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn a_filter_no_field_can_change_decides_every_frame_without_a_scan() {
     require_root!();
     let accept_all = "[[filter.rule]]\nnumber = 1\naction = \"accept\"\ndirection = \"ingress\"\n";
@@ -542,6 +545,7 @@ fn a_filter_no_field_can_change_decides_every_frame_without_a_scan() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn frames_truncated_at_every_byte_agree_with_the_reference() {
     require_root!();
     let fx = Fixture::new(RULES);
@@ -567,6 +571,7 @@ fn frames_truncated_at_every_byte_agree_with_the_reference() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn a_catch_all_rule_mirrors_non_ip_and_truncated_frames() {
     require_root!();
     let fx = Fixture::new(&RULES.replace(
@@ -581,6 +586,7 @@ fn a_catch_all_rule_mirrors_non_ip_and_truncated_frames() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn no_rules_mirrors_nothing() {
     require_root!();
     let fx = Fixture::new(
@@ -609,6 +615,7 @@ targets = ["t"]
 /// Before any rule set is installed (never the case in the daemon, which
 /// installs before attaching), frames are filtered and counted `no_rule_set`.
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn frames_without_a_rule_set_are_filtered_and_counted() {
     require_root!();
     let prog = SourceProgram::load().expect("the program loads");
@@ -666,6 +673,7 @@ fn meta_of(prog: &SourceProgram, frame: &[u8]) -> Option<mirror_user::kernel::Me
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn flow_hash_is_the_same_in_both_directions_and_differs_between_flows() {
     require_root!();
     let prog = catch_all(1);
@@ -707,6 +715,7 @@ fn flow_hash_is_the_same_in_both_directions_and_differs_between_flows() {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn sampling_mirrors_exactly_one_in_n_and_counts_the_rest() {
     require_root!();
     let prog = catch_all(3);

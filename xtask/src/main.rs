@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's build, test and demo entry points.
 //!
 //! - `cargo xtask deps`  installs missing Debian packages (as root), else prints the command
-//! - `cargo xtask test`  deps, format and lint checks, build, unit tests, kernel and end-to-end tests
+//! - `cargo xtask test`  deps, format and lint checks, build, unit tests, kernel and end-to-end tests;
+//!   ends with `tests: N passed, M failed, K skipped`, and with `CI` set fails when K > 0
 //! - `cargo xtask demo`  deps, release build, then `mirror demo`
 //! - `cargo xtask bench` deps, release build, then the benchmark lab (`benches/`)
 
@@ -48,7 +49,18 @@ struct Cli {
 enum Cmd {
     /// Install missing Debian packages (as root), or print the command to run.
     Deps,
-    /// Everything CI runs: deps, fmt, clippy, build, all tests (kernel tests need root).
+    /// Everything CI runs: deps, fmt, clippy, build, all tests (kernel tests need root:
+    /// as another user they are reported skipped, and with `CI` set that fails).
+    ///
+    /// The kernel and end-to-end tests load BPF programs and build network
+    /// namespaces, so they need root: they are marked `#[ignore]`, and as root
+    /// this passes `--include-ignored` to `cargo test` so that every test runs.
+    /// As another user they do not run and are reported as skipped, never as
+    /// passed. The run ends with one line over every test binary:
+    /// `tests: N passed, M failed, K skipped`.
+    ///
+    /// With the environment variable `CI` set (to anything but empty), a run
+    /// that skipped any test fails: CI must run every test, so run it as root.
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
@@ -175,53 +187,103 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
             "warnings",
         ]))?;
     }
-    if !is_root() {
-        eprintln!("xtask: not root: kernel and end-to-end tests will report themselves skipped");
+    let root = is_root();
+    // The tests that need root are `#[ignore]`d: as root run them too, unless
+    // the caller chose which ones (libtest refuses both flags together).
+    let choose_ignored = args
+        .iter()
+        .any(|a| a == "--ignored" || a == "--include-ignored");
+    if !root {
+        eprintln!(
+            "xtask: not root: the kernel and end-to-end tests (BPF, network namespaces) \
+             will not run and are counted as skipped"
+        );
     }
     // Library, integration tests and unit tests of the binary crate's library;
     // `--all-targets` would also run bins and xtask, which have no tests.
-    cargo_test(
-        cargo()
-            .args(["test", "--workspace", "--lib", "--tests"])
-            .arg("--")
-            .args(args),
-    )
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--lib", "--tests", "--"]);
+    if root && !choose_ignored {
+        cmd.arg("--include-ignored");
+    }
+    let counts = cargo_test(cmd.args(args))?;
+    if counts.skipped > 0 && ci() {
+        let why = if root {
+            "`#[ignore]`d tests were left out"
+        } else {
+            "not root: the kernel and end-to-end tests need BPF and network namespaces"
+        };
+        bail!(
+            "CI is set and {} test(s) were skipped ({why}); CI must run every test: \
+             run `cargo xtask test` as root",
+            counts.skipped
+        );
+    }
+    Ok(())
+}
+
+/// True when the environment variable `CI` is set and not empty.
+fn ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+/// Totals over every test binary of one `cargo test` run.
+#[derive(Default)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    /// libtest's "ignored": tests that did not run.
+    skipped: u64,
+}
+
+impl Counts {
+    /// Adds the counts of one libtest summary line, e.g.
+    /// `test result: ok. 5 passed; 0 failed; 3 ignored; 0 measured; 0 filtered out; finished in 0.01s`;
+    /// other lines are left alone.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            match (
+                words.next().and_then(|n| n.parse::<u64>().ok()),
+                words.next(),
+            ) {
+                (Some(n), Some("passed")) => self.passed += n,
+                (Some(n), Some("failed")) => self.failed += n,
+                (Some(n), Some("ignored")) => self.skipped += n,
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Runs `cargo test`, passing its output through, and closes with one total
-/// line over every test binary: `tests: N passed, M failed`.
-fn cargo_test(cmd: &mut Command) -> Result<()> {
+/// line over every test binary: `tests: N passed, M failed, K skipped`.
+fn cargo_test(cmd: &mut Command) -> Result<Counts> {
     use std::io::{BufRead, BufReader};
     eprintln!("xtask: {cmd:?}");
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("running {cmd:?}"))?;
-    let (mut passed, mut failed) = (0u64, 0u64);
+    let mut counts = Counts::default();
     let stdout = child.stdout.take().context("cargo test stdout")?;
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            for part in rest.split([';', '.']) {
-                let mut words = part.split_whitespace();
-                match (
-                    words.next().and_then(|n| n.parse::<u64>().ok()),
-                    words.next(),
-                ) {
-                    (Some(n), Some("passed")) => passed += n,
-                    (Some(n), Some("failed")) => failed += n,
-                    _ => {}
-                }
-            }
-        }
+        counts.add_line(&line);
     }
     let status = child.wait()?;
-    println!("tests: {passed} passed, {failed} failed");
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        counts.passed, counts.failed, counts.skipped
+    );
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
-    Ok(())
+    Ok(counts)
 }
 
 fn demo(args: &[String]) -> Result<()> {
