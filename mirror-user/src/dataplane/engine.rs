@@ -39,6 +39,9 @@ pub struct Engine {
     pub(super) target_ifindex: Vec<Option<u32>>,
     pub(super) stop_workers: Arc<AtomicBool>,
     pub(super) stop_senders: Arc<AtomicBool>,
+    /// Set once the whole start-up succeeded: until then no target touches
+    /// a file (pcapng opens, rotates and deletes nothing).
+    pub(super) started: Arc<AtomicBool>,
     pub(super) workers: Vec<JoinHandle<()>>,
     pub(super) senders: Vec<JoinHandle<()>>,
 }
@@ -66,6 +69,7 @@ impl Engine {
             target_ifindex,
             stop_workers: Arc::new(AtomicBool::new(false)),
             stop_senders: Arc::new(AtomicBool::new(false)),
+            started: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
             senders: Vec::new(),
         };
@@ -90,6 +94,7 @@ impl Engine {
         for (i, host) in hosts.into_iter().enumerate() {
             engine.start_source(i, host)?;
         }
+        engine.started.store(true, Ordering::Release);
         Ok(engine)
     }
 
@@ -147,8 +152,15 @@ impl Engine {
                     .iter()
                     .map(|s| (s.name.clone(), s.interface.clone()))
                     .collect();
-                let started = pcapng::start(&t.name, spec, interfaces, t.queue_size, stop)
-                    .with_context(|| format!("target `{}`: opening the capture file", t.name))?;
+                let started = pcapng::start(
+                    &t.name,
+                    spec,
+                    interfaces,
+                    t.queue_size,
+                    self.started.clone(),
+                    stop,
+                )
+                .with_context(|| format!("target `{}`: opening the capture file", t.name))?;
                 tracing::info!(target = %t.name, path = %spec.path.display(), "pcapng target ready");
                 started
             }

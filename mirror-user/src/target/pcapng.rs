@@ -63,21 +63,28 @@ pub enum PcapngError {
 /// One interface description per source: (source name, interface).
 pub(crate) type Interfaces = Vec<(String, String)>;
 
-/// Starts the writer thread of a pcapng target. Fails if the first file
-/// cannot be created.
+/// Starts the writer thread of a pcapng target. Fails if its directory does
+/// not exist or cannot take a new file. The thread touches no file (opens,
+/// rotates or deletes nothing) until `started` is set, which the engine does
+/// once the whole start-up has succeeded: a start that fails later (a typo in a
+/// source interface) leaves the capture directory as it was.
 pub fn start(
     name: &str,
     spec: &PcapngSpec,
     interfaces: Interfaces,
     queue_size: u32,
+    started: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Result<(Arc<TargetQueue>, std::thread::JoinHandle<()>), PcapngError> {
     let dir = parent(&spec.path);
     if !dir.is_dir() {
         return Err(PcapngError::NoDirectory(dir));
     }
-    let mut files = Files::new(spec.clone(), interfaces);
-    files.open_next()?;
+    can_create_in(&dir).map_err(|source| PcapngError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let files = Files::new(spec.clone(), interfaces);
     let queue = Arc::new(TargetQueue::new(
         name,
         "pcapng",
@@ -88,12 +95,60 @@ pub fn start(
     let q = queue.clone();
     let handle = std::thread::Builder::new()
         .name(format!("pcapng-{name}"))
-        .spawn(move || run(files, &q, &stop))
+        .spawn(move || {
+            if wait_for_start(&started, &stop) {
+                run(files, &q, &stop);
+            }
+        })
         .map_err(|source| PcapngError::Io {
             path: spec.path.clone(),
             source,
         })?;
     Ok((queue, handle))
+}
+
+/// Waits until the engine has started (true) or is stopping without having
+/// started (false: nothing may be written, rotated or deleted).
+fn wait_for_start(started: &AtomicBool, stop: &AtomicBool) -> bool {
+    loop {
+        if started.load(Ordering::Acquire) {
+            return true;
+        }
+        if stop.load(Ordering::Acquire) {
+            return false;
+        }
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+}
+
+/// Whether a new file can be created in `dir`, checked without leaving one:
+/// an unnamed `O_TMPFILE` (gone when closed), else `access(W_OK)` where the
+/// file system has no `O_TMPFILE`.
+fn can_create_in(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+    {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            // Safety: `c` is a NUL-terminated path.
+            if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn parent(path: &Path) -> PathBuf {
@@ -177,10 +232,23 @@ impl Files {
     }
 
     /// Deletes the oldest rotated files beyond `keep` / `max_total_size`.
+    /// Files that hold no packet (the header of a run that crashed before its
+    /// first packet) are removed first and never count: they cannot push a
+    /// capture with data out.
     fn prune(&self) {
         let mut files = rotated_files(&self.spec.path);
         let current = self.current.as_ref().map(|c| c.path.clone());
         files.retain(|(_, p)| Some(p) != current.as_ref());
+        files.retain(|(_, p)| {
+            if holds_packets(p) {
+                return true;
+            }
+            match std::fs::remove_file(p) {
+                Ok(()) => tracing::info!(file = %p.display(), "removed a capture file that holds no packet (left by an earlier run)"),
+                Err(e) => tracing::warn!(file = %p.display(), error = %e, "removing an empty capture file failed"),
+            }
+            false
+        });
         // `keep` and the budget count the file being written too.
         let keep_old = self.spec.keep.map(|k| k.saturating_sub(1) as usize);
         let sizes: Vec<u64> = files
@@ -251,6 +319,50 @@ pub fn rotated_files(path: &Path) -> Vec<(u64, PathBuf)> {
     }
     out.sort();
     out
+}
+
+/// Whether the capture file at `path` holds a packet block. Files of 64 KiB
+/// or more are taken to (no header is that long), as are files this reader
+/// does not understand: only a file that is surely empty counts as empty.
+fn holds_packets(path: &Path) -> bool {
+    const ENHANCED: u32 = 6;
+    const SIMPLE: u32 = 3;
+    const OBSOLETE: u32 = 2;
+    const SECTION: u32 = 0x0a0d_0d0a;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return true;
+    };
+    if meta.len() >= 64 << 10 {
+        return true;
+    }
+    let Ok(b) = std::fs::read(path) else {
+        return true;
+    };
+    let word = |i: usize, big_endian: bool| -> u32 {
+        let w: [u8; 4] = b[i..i + 4].try_into().unwrap_or([0; 4]);
+        if big_endian {
+            u32::from_be_bytes(w)
+        } else {
+            u32::from_le_bytes(w)
+        }
+    };
+    let mut at = 0;
+    let mut big_endian = false;
+    while at + 12 <= b.len() {
+        if word(at, false) == SECTION {
+            // The byte-order magic after the length says how to read the rest.
+            big_endian = b[at + 8..at + 12] == [0x1a, 0x2b, 0x3c, 0x4d];
+        }
+        if matches!(word(at, big_endian), ENHANCED | SIMPLE | OBSOLETE) {
+            return true;
+        }
+        let len = word(at + 4, big_endian) as usize;
+        if len < 12 || len % 4 != 0 {
+            return true;
+        }
+        at += len;
+    }
+    at != b.len()
 }
 
 /// Serialises blocks for one file into memory.
@@ -339,6 +451,10 @@ impl Blocks {
 
 fn run(mut files: Files, q: &TargetQueue, stop: &AtomicBool) {
     q.register_sender();
+    if let Err(e) = files.open_next() {
+        // Copies are counted disk_full until a file can be opened.
+        tracing::error!(error = %e, "opening the capture file failed");
+    }
     let mut blocks = Blocks::new(&files.interfaces);
     let mut last_flush = Instant::now();
     let mut stopping = false;
@@ -410,6 +526,11 @@ fn rotate(files: &mut Files, blocks: &mut Blocks) {
 fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue) {
     if blocks.packets == 0 && blocks.header == 0 {
         return;
+    }
+    if files.current.is_none() {
+        if let Err(e) = files.open_next() {
+            tracing::warn!(error = %e, "opening the capture file failed");
+        }
     }
     let Some(cur) = files.current.as_mut() else {
         q.counters.drop(TargetDrop::DiskFull, blocks.packets);
@@ -533,5 +654,81 @@ mod tests {
             .collect();
         std::fs::remove_dir_all(&dir).expect("cleanup");
         assert_eq!(found, vec![2, 10]);
+    }
+
+    /// The bytes of a file as the writer leaves it: header blocks, then the
+    /// packets (none for a run that stopped before its first one).
+    fn capture_bytes(packets: usize) -> Vec<u8> {
+        let q = TargetQueue::new("t", "pcapng", 4, 256, Oversize::Truncate).expect("queue memory");
+        let mut blocks = Blocks::new(&vec![("s".into(), "eth0".into())]);
+        for _ in 0..packets {
+            let data = [9u8; 60];
+            q.offer(&super::super::Frame {
+                data: &data,
+                orig_len: 60,
+                hash: 0,
+                tstamp_ns: 1,
+                vni: 0,
+                source: 0,
+                egress: false,
+            });
+            let p = q.pop_ready().expect("queued");
+            blocks.push(&p);
+            q.recycle(p);
+        }
+        blocks.writer.get_ref().clone()
+    }
+
+    #[test]
+    fn a_header_only_file_holds_no_packet_and_anything_else_is_kept() {
+        let dir = std::env::temp_dir().join(format!("mirror-holds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let cases: [(&str, Vec<u8>, bool); 5] = [
+            ("header only", capture_bytes(0), false),
+            ("one packet", capture_bytes(1), true),
+            ("empty file", Vec::new(), false),
+            (
+                "not pcapng",
+                b"hello, this is not a capture file".to_vec(),
+                true,
+            ),
+            ("cut inside a block", capture_bytes(0)[..20].to_vec(), true),
+        ];
+        let mut got = Vec::new();
+        for (i, (what, bytes, _)) in cases.iter().enumerate() {
+            let p = dir.join(format!("f{i}"));
+            std::fs::write(&p, bytes).expect("write");
+            got.push((*what, holds_packets(&p)));
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        let want: Vec<(&str, bool)> = cases.iter().map(|(w, _, h)| (*w, *h)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn empty_leftovers_are_removed_and_never_count_against_keep() {
+        let dir = std::env::temp_dir().join(format!("mirror-keep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("cap.pcapng");
+        // Two real captures, then three header-only files of crashed runs.
+        std::fs::write(numbered(&path, 1), capture_bytes(3)).expect("write");
+        std::fs::write(numbered(&path, 2), capture_bytes(2)).expect("write");
+        for seq in 3..=5 {
+            std::fs::write(numbered(&path, seq), capture_bytes(0)).expect("write");
+        }
+        let spec = PcapngSpec {
+            path: path.clone(),
+            rotate_size: Some(1 << 20),
+            rotate_interval: None,
+            keep: Some(3),
+            max_total_size: None,
+            min_free: None,
+        };
+        let mut files = Files::new(spec, vec![("s".into(), "eth0".into())]);
+        files.open_next().expect("open");
+        let left: Vec<u64> = rotated_files(&path).iter().map(|f| f.0).collect();
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        // keep = 3: the new file (6) and both real captures; no empty file.
+        assert_eq!(left, vec![1, 2, 6]);
     }
 }
