@@ -133,6 +133,12 @@ pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, not in a file or journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr a closed pipe: `mirror
+        // run | tee` after tee died) is dropped; the default would report it
+        // with eprintln!, which panics on that same closed pipe.
+        .log_internal_errors(false)
         .init();
 }
 

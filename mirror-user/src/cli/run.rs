@@ -41,6 +41,8 @@ pub fn main(a: Args) -> Result<ExitCode> {
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         let listener = mirror_user::control::bind(&control)?;
+        // Removed however this block ends: a failed start leaves no socket.
+        let _socket = mirror_user::control::SocketFile::new(&control);
         let engine = Arc::new(Engine::start(config)?);
         let server = tokio::spawn(mirror_user::control::serve(
             listener,
@@ -75,7 +77,6 @@ pub fn main(a: Args) -> Result<ExitCode> {
         tracing::info!("stopping: detaching programs");
         server.abort();
         let _ = server.await;
-        let _ = std::fs::remove_file(&control);
         match Arc::try_unwrap(engine) {
             Ok(e) => e.shutdown(),
             Err(_) => tracing::warn!("control connections still open; detaching on exit"),

@@ -18,11 +18,23 @@ pub struct Client {
 
 impl Client {
     pub fn connect(path: &Path) -> Result<Client> {
-        let stream = UnixStream::connect(path).with_context(|| {
-            format!(
-                "connecting to the mirror daemon at {} (is `mirror run` running? use --control or -c to point at its socket)",
+        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                anyhow::anyhow!(
+                    "no mirror daemon is running at {} ({}); start one with `mirror run -c FILE`, \
+                 or point at its socket with --control or -c",
+                    path.display(),
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        "no socket there"
+                    } else {
+                        "the socket is there but nothing listens: a daemon that died"
+                    }
+                )
+            }
+            _ => anyhow::Error::new(e).context(format!(
+                "connecting to the mirror daemon at {}",
                 path.display()
-            )
+            )),
         })?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         Ok(Client {

@@ -18,4 +18,4 @@ mod server;
 
 pub use client::Client;
 pub use protocol::{Reply, Request};
-pub use server::{bind, reload, serve};
+pub use server::{bind, reload, serve, SocketFile};

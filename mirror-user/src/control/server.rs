@@ -41,6 +41,34 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
+/// The control socket's file, removed when this is dropped (the daemon
+/// stopping, or its start failing), if it is still the one [`bind`] made.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    inode: Option<u64>,
+}
+
+impl SocketFile {
+    pub fn new(path: &Path) -> SocketFile {
+        use std::os::unix::fs::MetadataExt;
+        SocketFile {
+            path: path.to_path_buf(),
+            inode: std::fs::metadata(path).ok().map(|m| m.ino()),
+        }
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        // Another daemon may have replaced a socket it found dead: leave its.
+        if std::fs::metadata(&self.path).ok().map(|m| m.ino()) == self.inode {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Serves requests until the listener is dropped. `config_path` is the
 /// daemon's config file, re-read by `reload`.
 pub async fn serve(listener: tokio::net::UnixListener, engine: Arc<Engine>, config_path: PathBuf) {

@@ -1,0 +1,344 @@
+//! End to end: a start that fails touches nothing (no capture file opened,
+//! rotated or deleted, no socket left, nothing attached), and printing never
+//! panics when the reader of stdout or stderr has gone.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mirror_user::control::Client;
+use mirror_user::lab::{self, traffic, Lab, TempDir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mirror");
+
+const CONFIG: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "@SOURCE@"
+mode = "tap"
+
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 100
+action = "accept"
+direction = "ingress"
+
+[[target]]
+name = "archive"
+kind = "pcapng"
+path = "@CAPTURES@/cap.pcapng"
+rotate_size = "1MiB"
+keep = 5
+
+[[session]]
+name = "archive-all"
+source = "feed"
+filter = "all"
+targets = ["archive"]
+"#;
+
+/// The config for a source interface and control socket, capturing into `captures`.
+fn config(source: &str, control: &Path, captures: &Path) -> String {
+    CONFIG
+        .replace("@SOURCE@", source)
+        .replace("@CONTROL@", &control.to_string_lossy())
+        .replace("@CAPTURES@", &captures.to_string_lossy())
+}
+
+/// Every file in `dir`: its length and a hash of its bytes (short enough
+/// to print when two snapshots differ).
+fn snapshot(dir: &Path) -> BTreeMap<String, (usize, u64)> {
+    use std::hash::{Hash, Hasher};
+    std::fs::read_dir(dir)
+        .expect("read the capture directory")
+        .map(|e| {
+            let e = e.expect("directory entry");
+            let bytes = std::fs::read(e.path()).expect("read a capture file");
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                (bytes.len(), h.finish()),
+            )
+        })
+        .collect()
+}
+
+/// `mirror run -c CONFIG` in `ns`, bounded: (exit status, stderr).
+fn run_once(ns: &lab::Netns, config: &Path) -> (std::process::ExitStatus, String) {
+    let out = ns
+        .command(&[
+            "timeout",
+            "-s",
+            "KILL",
+            "30",
+            BIN,
+            "run",
+            "-c",
+            &config.to_string_lossy(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mirror");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn failed_starts_touch_no_capture_file_and_leave_no_socket() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let dir = TempDir::new("e2e-startup").expect("temp dir");
+    let captures = dir.path().join("captures");
+    std::fs::create_dir(&captures).expect("capture dir");
+    let control = dir.path().join("control.sock");
+
+    // A real capture: 125 packets through a daemon that started.
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, config(Lab::FEED_IF, &control, &captures)).expect("write");
+    let text = std::fs::read_to_string(&good).expect("read");
+    let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let frames: Vec<Vec<u8>> = (0..125)
+        .map(|i| traffic::frame(traffic::SHAPES[1], i, 200))
+        .collect();
+    let mut client = Client::connect(&control).expect("control socket");
+    lab::send_frames(&lab.gen, Lab::GEN_IF, Arc::new(frames), 10_000).expect("send");
+    common::wait_for(&mut client, "125 packets archived", |s| {
+        s.targets["archive"].sent_packets == 125
+    });
+    drop(client);
+    let status = daemon.stop(Duration::from_secs(10)).expect("stop");
+    assert!(status.success(), "{status}");
+    let before = snapshot(&captures);
+    assert_eq!(before.len(), 1, "one capture file: {:?}", before.keys());
+    let packets: usize = before
+        .keys()
+        .map(|f| common::read_pcapng(&captures.join(f)).len())
+        .sum();
+    assert_eq!(packets, 125);
+    assert!(
+        !control.exists(),
+        "a daemon that stopped removes its socket"
+    );
+
+    // Six starts that fail late (the typo is found after the targets are
+    // opened), with keep = 5: the real capture stays, byte for byte.
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, config("feed9", &control, &captures)).expect("write");
+    for attempt in 1..=6 {
+        let (status, stderr) = run_once(&lab.src, &typo);
+        assert_eq!(status.code(), Some(1), "attempt {attempt}: {stderr}");
+        assert!(
+            stderr.contains("no interface named `feed9`"),
+            "attempt {attempt}: {stderr}"
+        );
+        assert_eq!(
+            snapshot(&captures),
+            before,
+            "attempt {attempt}: no capture file created, rotated or deleted"
+        );
+        assert!(
+            !control.exists(),
+            "attempt {attempt}: no control socket left"
+        );
+    }
+    let attached = lab
+        .src
+        .run(|| Ok(mirror_user::kernel::attached(Lab::FEED_IF)?))
+        .expect("query feed0");
+    assert_eq!(
+        attached,
+        mirror_user::kernel::Attached::default(),
+        "nothing attached"
+    );
+
+    // A client finds no daemon, and says so.
+    let out = Command::new(BIN)
+        .args(["stats", "--control"])
+        .arg(&control)
+        .output()
+        .expect("mirror stats");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no mirror daemon is running") && err.contains("no socket there"),
+        "{err}"
+    );
+
+    // A start refused because another daemon holds the port's queue: its failure
+    // leaves the first daemon's files as they are.
+    let other = dir.path().join("other.sock");
+    let busy = dir.path().join("busy.toml");
+    std::fs::write(&busy, config(Lab::FEED_IF, &other, &captures)).expect("write");
+    let (mut first, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    // Its writer opens the next file once its start-up is complete.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while snapshot(&captures).len() < 2 {
+        assert!(Instant::now() < deadline, "the first daemon opened no file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let during = snapshot(&captures);
+    let (status, stderr) = run_once(&lab.src, &busy);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    // The other daemon's AF_XDP socket holds the queue.
+    assert!(
+        stderr.contains("AF_XDP socket on feed0 queue 0") && stderr.contains("busy"),
+        "{stderr}"
+    );
+    assert_eq!(
+        snapshot(&captures),
+        during,
+        "the busy start touched no file"
+    );
+    assert!(!other.exists(), "the busy start left no socket");
+    assert!(
+        Client::connect(&control)
+            .and_then(|mut c| c.stats())
+            .is_ok(),
+        "the first daemon still answers"
+    );
+    first.stop(Duration::from_secs(10)).expect("stop");
+    // The real capture is still there after all of it.
+    let after = snapshot(&captures);
+    for (name, file) in &before {
+        assert_eq!(after.get(name), Some(file), "{name} kept");
+    }
+}
+
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn closed_pipes_end_clients_quietly_and_never_stop_the_daemon() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let dir = TempDir::new("e2e-pipes").expect("temp dir");
+    let captures = dir.path().join("captures");
+    std::fs::create_dir(&captures).expect("capture dir");
+    let control = dir.path().join("control.sock");
+    let cfg = dir.path().join("mirror.toml");
+    std::fs::write(&cfg, config(Lab::FEED_IF, &control, &captures)).expect("write");
+
+    // The daemon's stderr is a pipe whose reader is gone before it logs.
+    let mut daemon = Child(
+        lab.src
+            .command(&[BIN, "run", "-c", &cfg.to_string_lossy()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn_with_parent()
+            .expect("start the daemon"),
+    );
+    let daemon = &mut daemon.0;
+    drop(daemon.stderr.take());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut client = loop {
+        if let Ok(mut c) = Client::connect(&control) {
+            if c.stats().is_ok() {
+                break c;
+            }
+        }
+        assert!(
+            daemon.try_wait().expect("poll the daemon").is_none(),
+            "the daemon exited while its log reader was gone"
+        );
+        assert!(Instant::now() < deadline, "the daemon did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let frames: Vec<Vec<u8>> = (0..50)
+        .map(|i| traffic::frame(traffic::SHAPES[0], i, 100))
+        .collect();
+    lab::send_frames(&lab.gen, Lab::GEN_IF, Arc::new(frames), 10_000).expect("send");
+    common::wait_for(&mut client, "50 packets archived", |s| {
+        s.targets["archive"].sent_packets == 50
+    });
+    drop(client);
+
+    // `mirror stats --watch | head -2`: the client ends when its reader does.
+    let mut watch = Child(
+        Command::new(BIN)
+            .args(["stats", "--watch", "--control"])
+            .arg(&control)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn_with_parent()
+            .expect("mirror stats --watch"),
+    );
+    let watch = &mut watch.0;
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    for _ in 0..2 {
+        lines.next().expect("a line").expect("read");
+    }
+    drop(lines);
+    let status = wait_bounded(watch, Duration::from_secs(20));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut watch.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status}: {stderr}");
+
+    // The daemon still runs, logs into the closed pipe on the way out, and
+    // exits 0.
+    assert!(daemon.try_wait().expect("poll").is_none(), "daemon alive");
+    // Safety: kill(2) on our own child's pid.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let status = wait_bounded(daemon, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+/// Waits for `child` at most `limit`, then kills it and fails.
+fn wait_bounded(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a process did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process killed when the test ends, also when it fails.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+trait SpawnWithParent {
+    /// Spawns a process that gets SIGKILL when the test's thread dies.
+    fn spawn_with_parent(&mut self) -> std::io::Result<std::process::Child>;
+}
+
+impl SpawnWithParent for Command {
+    fn spawn_with_parent(&mut self) -> std::io::Result<std::process::Child> {
+        use std::os::unix::process::CommandExt;
+        // Safety: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            self.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            })
+        };
+        self.spawn()
+    }
+}
