@@ -154,9 +154,32 @@ pub fn wait_for(
     wait_for_stats(client, what, std::time::Duration::from_secs(20), done)
 }
 
-/// Every copy offered to a target is sent or dropped with a reason.
+/// Every frame a source received is accounted for, each term counted where
+/// it happened: filtered, or matched and then mirrored, sampled out,
+/// scheduled out or dropped with a reason; nothing left in flight.
+pub fn assert_source_reconciles(name: &str, s: &mirror_user::dataplane::stats::SourceStats) {
+    assert_eq!(s.queued, 0, "{name} is idle: {s:?}");
+    assert_eq!(
+        s.received,
+        s.matched + s.filtered,
+        "{name}: received = matched + filtered: {s:?}"
+    );
+    assert_eq!(
+        s.matched,
+        s.mirrored + s.sampled_out + s.scheduled_out + s.dropped_total(),
+        "{name}: matched = mirrored + sampled_out + scheduled_out + dropped: {s:?}"
+    );
+}
+
+/// Every copy offered to a target is sent or dropped with a reason, and the
+/// kernel path lost none for a reason it cannot name.
 pub fn assert_reconciles(name: &str, t: &mirror_user::dataplane::stats::TargetStats) {
     assert_eq!(t.queued, 0, "{name} is idle");
+    assert_eq!(
+        t.dropped.get("unknown").copied().unwrap_or(0),
+        0,
+        "{name}: no copy lost for an unknown reason: {t:?}"
+    );
     assert_eq!(
         t.enqueued,
         t.sent_packets + t.dropped_total(),

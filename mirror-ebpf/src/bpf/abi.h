@@ -252,7 +252,11 @@ struct mirror_copy {
  *               the kernel skips (frame longer than the device's MTU, device
  *               down) never gets here;
  *   bytes       their bytes (generic XDP only, see below);
- *   xmit_drops  of those, what the device's ndo_xdp_xmit refused.
+ *   xmit_drops  of those, what the device's ndo_xdp_xmit refused;
+ *   too_big     frames xdp_tap did not hand it because they are longer than
+ *               the device takes (its MTU + Ethernet header + one VLAN tag,
+ *               what the kernel's xdp_ok_fwd_dev allows), counted before the
+ *               redirect: the kernel would skip them without a trace.
  * Native XDP counts in a tp_btf program on xdp:xdp_devmap_xmit (once per
  * bulk of up to 16 frames, nothing per frame; no bytes). Generic XDP does
  * not fire that tracepoint, so there each DEVMAP entry runs xdp_fast_target
@@ -263,6 +267,13 @@ struct mirror_fast_stats {
 	__u64 packets;
 	__u64 bytes;
 	__u64 xmit_drops;
+	__u64 too_big;
+};
+
+/* One destination of a session's fast path, as xdp_tap checks it. */
+struct mirror_fast_dest {
+	__u32 ifindex;
+	__u32 max_len; /* longest frame the device takes */
 };
 
 struct mirror_fast_count {

@@ -123,6 +123,13 @@ __u32 source_ifindex;
 /* Fast path: 1 when the session has a single target (a plain redirect to
  * DEVMAP key 0 instead of a broadcast, which costs more per frame). */
 __u8 session_single[MIRROR_MAX_SESSIONS];
+/* Fast path: the session's destinations, and the longest frame all of them
+ * take: a frame longer than that is checked against each, and counted
+ * too_big where the kernel would skip it (one comparison per frame
+ * otherwise). */
+struct mirror_fast_dest fast_dests[MIRROR_MAX_SESSIONS][MIRROR_MAX_FAST_TARGETS];
+__u32 fast_ndests[MIRROR_MAX_SESSIONS];
+__u32 fast_max_len[MIRROR_MAX_SESSIONS];
 
 /* Keep every ABI type in the object's BTF, so the skeleton generates it for Rust. */
 struct mirror_meta abi_anchor_meta = {};
@@ -138,6 +145,7 @@ enum mirror_copy_flags abi_anchor_copy_flags = MIRROR_COPY_F_CUT;
 struct mirror_copy abi_anchor_copy = {};
 struct mirror_fast_stats abi_anchor_fast_stats = {};
 struct mirror_fast_count abi_anchor_fast_count = {};
+struct mirror_fast_dest abi_anchor_fast_dest = {};
 struct mirror_cache_entry abi_anchor_cache_entry = {};
 
 /* Keeps the compiler from merging or reordering range checks on `var`. */
@@ -223,6 +231,32 @@ static __always_inline __s32 select_session(struct pkt *p, __u32 dir, __u32 pars
 	return session;
 }
 
+/*
+ * Counts `too_big` for each of session `s`'s destinations that cannot take a
+ * frame of `len` bytes (the kernel skips them). Returns how many.
+ */
+static __always_inline __u32 count_too_big(__u64 s, __u32 len)
+{
+	__u32 n = fast_ndests[s & (MIRROR_MAX_SESSIONS - 1)];
+	__u32 skipped = 0;
+
+	for (__u32 i = 0; i < MIRROR_MAX_FAST_TARGETS; i++) {
+		struct mirror_fast_dest *d;
+		struct mirror_fast_stats *st;
+
+		if (i >= n)
+			break;
+		d = &fast_dests[s & (MIRROR_MAX_SESSIONS - 1)][i];
+		if (len <= d->max_len)
+			continue;
+		skipped++;
+		st = bpf_map_lookup_elem(&fast_stats, &d->ifindex);
+		if (st)
+			st->too_big += 1;
+	}
+	return skipped;
+}
+
 static __always_inline int try_xdp_tap(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -249,11 +283,14 @@ static __always_inline int try_xdp_tap(struct xdp_md *ctx)
 	fast = bpf_map_lookup_elem(&fast_sessions, &key);
 	if (fast) {
 		struct mirror_fast_count *n = bpf_map_lookup_elem(&session_kernel, &key);
+		__u32 len = data_end - data;
 
 		if (n) {
 			n->packets += 1;
-			n->bytes += data_end - data;
+			n->bytes += len;
 		}
+		if (len > fast_max_len[s] && count_too_big(s, len) && session_single[s])
+			return XDP_DROP; /* its one target cannot take it */
 		if (session_single[s])
 			return bpf_redirect_map(fast, 0, XDP_DROP);
 		/* One clone per target; the kernel queues them to each device. */

@@ -221,7 +221,9 @@ fn wait_until_idle(client: &mut Client, sent: u64, interrupted: &AtomicBool) -> 
     Ok(loop {
         let s = client.stats()?;
         let idle = s.targets.values().all(|t| t.queued == 0)
-            && s.sources.values().all(|src| src.received >= sent);
+            && s.sources
+                .values()
+                .all(|src| src.received >= sent && src.queued == 0);
         if idle || Instant::now() > deadline || interrupted.load(Ordering::Relaxed) {
             break s;
         }

@@ -15,7 +15,7 @@ use super::worker::{copy_reader, worker, COPY_WAKE_BYTES};
 use crate::config::{Config, IngressHook, SourceMode, TargetSpec};
 use crate::kernel::netdev;
 use crate::kernel::xsk::{RxQueue, StatsHandle, UmemHost};
-use crate::kernel::{AttachMode, CopyHooks, SourceProgram};
+use crate::kernel::{AttachMode, CopyHooks, FastDest, SourceProgram};
 use crate::target::group::TargetGroup;
 use crate::target::interface::ShareWith;
 use crate::target::{interface, pcapng, tunnel, TargetQueue};
@@ -280,11 +280,18 @@ impl Engine {
             if !prepared.paths[k].kernel {
                 continue;
             }
-            let devices: Vec<u32> = self
+            let devices: Vec<FastDest> = self
                 .config
                 .session_targets(s)
                 .into_iter()
-                .filter_map(|t| self.target_ifindex[t])
+                .filter_map(|t| {
+                    let ifindex = self.target_ifindex[t]?;
+                    let mtu = match &self.config.targets[t].spec {
+                        TargetSpec::Interface { interface, .. } => netdev::mtu(interface),
+                        _ => None,
+                    };
+                    Some(FastDest::new(ifindex, mtu))
+                })
                 .collect();
             prepared
                 .program

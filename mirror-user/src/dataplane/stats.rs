@@ -2,7 +2,13 @@
 //!
 //! Invariants, at any quiescent moment (no frame in flight):
 //! - per source: `received = matched + filtered` and
-//!   `matched = mirrored + sampled_out + scheduled_out + sum(dropped)`;
+//!   `matched = mirrored + sampled_out + scheduled_out + sum(dropped) + queued`,
+//!   where `queued` is 0 once the source is idle;
+//!
+//! and every term is counted where it happens, never derived from the
+//! others, so a frame lost on the way breaks an equation. The one derived
+//! counter is a kernel-path target's `dropped.unknown` (copies the kernel
+//! dropped where mirror cannot see why), which tests assert is 0.
 //! - per target: `enqueued = sent_packets + sum(dropped) + queued`, where
 //!   `queued` is 0 once the target is idle.
 
@@ -47,6 +53,10 @@ pub struct SourceStats {
     pub scheduled_out: u64,
     /// Frames handed to the sessions' targets.
     pub mirrored: u64,
+    /// Frames the kernel handed over (AF_XDP RX rings, the copy ring) that
+    /// no thread has read yet: 0 once the source is idle.
+    #[serde(default)]
+    pub queued: u64,
     /// Matched frames lost before reaching a target, by reason.
     pub dropped: BTreeMap<String, u64>,
     /// Frames the parser could not fully read (still classified; see README).
@@ -198,6 +208,7 @@ impl Engine {
             dev.packets += f.packets;
             dev.bytes += f.bytes;
             dev.xmit_drops += f.xmit_drops;
+            dev.too_big += f.too_big;
         }
         Ok(dev)
     }
@@ -255,10 +266,17 @@ fn source_stats(src: &Source, k: &KernelCounts) -> SourceStats {
         .map(|p| p.rate_limited.load(Ordering::Relaxed))
         .sum();
     let (handed_over, kernel_drops) = handed_over(src, &counters);
-    let mirrored = handed_over
-        .saturating_sub(no_metadata)
-        .saturating_sub(rate_limited)
-        + k.session_kernel.iter().map(|k| k.0).sum::<u64>();
+    // Each counted where it happens: the kernel path's frames by xdp_tap,
+    // the rest by the sessions' plans as they hand a frame to its targets.
+    let offered: u64 = src
+        .plans
+        .iter()
+        .map(|p| p.mirrored.load(Ordering::Relaxed))
+        .sum();
+    let mirrored = offered + k.session_kernel.iter().map(|k| k.0).sum::<u64>();
+    // Handed over by the kernel, not yet read by a thread (0 once idle; a
+    // frame lost on the way would stay here).
+    let queued = handed_over.saturating_sub(offered + rate_limited + no_metadata);
     let dropped = kernel_drops
         .into_iter()
         .chain([("no_metadata", no_metadata), ("rate_limited", rate_limited)])
@@ -290,6 +308,7 @@ fn source_stats(src: &Source, k: &KernelCounts) -> SourceStats {
         sampled_out: c(C::MIRROR_CNT_SAMPLED_OUT),
         scheduled_out: 0,
         mirrored,
+        queued,
         dropped,
         parser,
         rules: src.rules.load(Ordering::Relaxed),
@@ -371,12 +390,16 @@ struct FastTarget {
 }
 
 /// Adds what the in-kernel fast path did for a target to its userspace
-/// counters: `enqueued` copies the sessions sent it, of which the kernel
-/// handed `dev.packets` to the device (a destination it skips, the frame
-/// being over the device's MTU or the device down, counts `too_big`), and
-/// the device refused `dev.xmit_drops` (`send_error`). `sent_bytes` are the
-/// bytes handed to the device (generic XDP) or, in native mode, where no
-/// program runs per destination, the bytes of every copy sent to it.
+/// counters, each counted where it happened: `enqueued` copies the sessions
+/// sent it (`xdp_tap`), `too_big` those longer than the device takes (also
+/// `xdp_tap`, before the redirect), `dev.packets` those the kernel handed the
+/// device (the xmit tracepoint, or the per-destination program in generic
+/// XDP), of which it refused `dev.xmit_drops` (`send_error`). What is left
+/// over, a copy the kernel dropped for a reason mirror cannot see (the
+/// device down, out of memory), is `unknown`, which tests assert is 0.
+/// `sent_bytes` are the bytes handed to the device (generic XDP) or, in
+/// native mode, where no program runs per destination, the bytes of every
+/// copy sent to it.
 fn add_fast_path(snap: &mut TargetStats, t: &FastTarget, dev: FastStats) {
     let sent = dev.packets.saturating_sub(dev.xmit_drops);
     snap.enqueued += t.enqueued;
@@ -384,5 +407,9 @@ fn add_fast_path(snap: &mut TargetStats, t: &FastTarget, dev: FastStats) {
     snap.sent_bytes += if t.generic { dev.bytes } else { t.bytes };
     snap.kernel_path += sent;
     *snap.dropped.entry("send_error".into()).or_default() += dev.xmit_drops;
-    *snap.dropped.entry("too_big".into()).or_default() += t.enqueued.saturating_sub(dev.packets);
+    *snap.dropped.entry("too_big".into()).or_default() += dev.too_big;
+    *snap.dropped.entry("unknown".into()).or_default() += t
+        .enqueued
+        .saturating_sub(dev.packets)
+        .saturating_sub(dev.too_big);
 }

@@ -11,9 +11,10 @@ use super::{bss_error, LoaderError, SourceProgram};
 
 impl SourceProgram {
     /// Puts the session at kernel index `session` on the in-kernel fast path:
-    /// a DEVMAP_HASH with one entry per target device in `ifindexes` goes
-    /// into its `fast_sessions` slot, and each device gets fast-path
-    /// counters. `generic`: the source's XDP runs in generic mode, where the
+    /// a DEVMAP_HASH with one entry per target device in `dests` (ifindex,
+    /// longest frame it takes) goes into its `fast_sessions` slot, and each
+    /// device gets fast-path counters; `xdp_tap` counts a frame longer than a
+    /// device takes as that device's `too_big`. `generic`: the source's XDP runs in generic mode, where the
     /// transmit tracepoint does not fire, so each entry runs
     /// `xdp_fast_target` to count instead. Frames the session accepted
     /// before this went through userspace, counted there. Also attaches the
@@ -22,7 +23,7 @@ impl SourceProgram {
         &mut self,
         session: u32,
         source_ifindex: u32,
-        ifindexes: &[u32],
+        dests: &[FastDest],
         generic: bool,
     ) -> Result<(), LoaderError> {
         let map_err = |map| move |source| LoaderError::Map { map, source };
@@ -50,7 +51,7 @@ impl SourceProgram {
         };
         let zero = vec![0u8; std::mem::size_of::<mirror_ebpf::mirror::types::mirror_fast_stats>()];
         let cpus = libbpf_rs::num_possible_cpus().map_err(map_err("fast_stats"))?;
-        for (key, &ifindex) in ifindexes.iter().enumerate() {
+        for (key, &FastDest { ifindex, .. }) in dests.iter().enumerate() {
             // struct bpf_devmap_val: the device, then the program to run.
             let mut val = ifindex.to_ne_bytes().to_vec();
             val.extend_from_slice(&prog_fd.to_ne_bytes());
@@ -73,10 +74,17 @@ impl SourceProgram {
                     .map_err(map_err("fast_stats"))?;
             }
         }
+        let s = session as usize;
         match self.skel.maps.bss_data.as_deref_mut() {
-            Some(bss) if (session as usize) < bss.session_single.len() => {
+            Some(bss) if s < bss.session_single.len() && dests.len() <= bss.fast_dests[s].len() => {
                 bss.source_ifindex = source_ifindex;
-                bss.session_single[session as usize] = u8::from(ifindexes.len() == 1);
+                bss.session_single[s] = u8::from(dests.len() == 1);
+                for (slot, d) in bss.fast_dests[s].iter_mut().zip(dests) {
+                    slot.ifindex = d.ifindex;
+                    slot.max_len = d.max_len;
+                }
+                bss.fast_ndests[s] = dests.len() as u32;
+                bss.fast_max_len[s] = dests.iter().map(|d| d.max_len).min().unwrap_or(u32::MAX);
             }
             _ => return Err(bss_error("session_single", session)),
         }
@@ -132,6 +140,7 @@ impl SourceProgram {
             out.packets += u64_at(&v, 0);
             out.bytes += u64_at(&v, 1);
             out.xmit_drops += u64_at(&v, 2);
+            out.too_big += u64_at(&v, 3);
         }
         Ok(out)
     }
@@ -146,4 +155,25 @@ pub struct FastStats {
     pub bytes: u64,
     /// Of those, refused by the device (native XDP only).
     pub xmit_drops: u64,
+    /// Frames not handed to it: longer than it takes (counted by `xdp_tap`).
+    pub too_big: u64,
+}
+
+/// One target device of a fast-path session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastDest {
+    pub ifindex: u32,
+    /// The longest frame the device takes: its MTU, the Ethernet header and
+    /// one VLAN tag (the kernel's `xdp_ok_fwd_dev`).
+    pub max_len: u32,
+}
+
+impl FastDest {
+    /// `ifindex` with an MTU of `mtu` (`None`: unknown, nothing is too big).
+    pub fn new(ifindex: u32, mtu: Option<u32>) -> FastDest {
+        FastDest {
+            ifindex,
+            max_len: mtu.map_or(u32::MAX, |m| m.saturating_add(14 + 4)),
+        }
+    }
 }

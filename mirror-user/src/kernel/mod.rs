@@ -43,7 +43,7 @@ use mirror_ebpf::mirror::{MirrorSkel, MirrorSkelBuilder};
 
 pub use attach::{link_create, AttachMode, CopyHooks};
 pub use counters::{percpu_sum, COUNTERS};
-pub use fast_path::FastStats;
+pub use fast_path::{FastDest, FastStats};
 pub use meta::{read_meta, Meta};
 pub use query::{attached, ifindex, prog_info, xdp_features, Attached};
 pub use test_run::{test_classify, test_run, test_run_raw};
