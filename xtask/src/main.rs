@@ -5,12 +5,15 @@
 //!   ends with `tests: N passed, M failed, K skipped`, and with `CI` set fails when K > 0
 //! - `cargo xtask demo`  deps, release build, then `mirror demo`
 //! - `cargo xtask bench` deps, release build, then the benchmark lab (`benches/`)
+//! - `cargo xtask mutants` mutation testing (cargo-mutants by group, and C mutants)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+
+mod mutants;
 
 /// Debian packages the build and the tests need.
 const PACKAGES: &[&str] = &[
@@ -75,6 +78,26 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Mutation testing: cargo-mutants over the userspace crate by group
+    /// (config, filter, target, session), each judged by the tests that
+    /// run in seconds and cover it, then hand-made mutations of the kernel
+    /// programs that the kernel-table tests must catch (as root). Installs
+    /// cargo-mutants when missing. Writes benches/results/mutants.md and, for a
+    /// whole run, the README's table. Takes hours on 2 cores: not part of
+    /// `test`.
+    Mutants {
+        /// Groups to run; every group and the C mutants when omitted.
+        groups: Vec<String>,
+        /// Only the C mutants.
+        #[arg(long, conflicts_with = "rust_only")]
+        c_only: bool,
+        /// Only the Rust groups.
+        #[arg(long)]
+        rust_only: bool,
+        /// Mutants built and tested at once (each needs its own build).
+        #[arg(long, default_value_t = 1)]
+        jobs: u32,
+    },
     /// The benchmark lab: `cargo xtask bench [NAME…] [--sizes 60,1500] [--rules 1,100,10000] [--reps 3]`.
     /// Cases: filters (classification cost vs rule count), copy (what copy
     /// mode costs the monitored traffic, through sockets), span (mirror vs XDP_DROP ceiling, tc mirred,
@@ -99,6 +122,12 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::Mutants {
+            groups,
+            c_only,
+            rust_only,
+            jobs,
+        } => mutants::main(&root(), &groups, c_only, rust_only, jobs),
         Cmd::Deps => deps(),
         Cmd::Test { no_lint, args } => test(no_lint, &args),
         Cmd::Demo { args } => demo(&args),
@@ -348,4 +377,17 @@ fn bench(
         run(&mut cmd)?;
     }
     Ok(())
+}
+
+/// Replaces what stands between `<!-- NAME -->` and `<!-- /NAME -->` in
+/// `path` with `body`; fails when the markers are missing.
+fn replace_between_markers(path: &Path, name: &str, body: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (open, close) = (format!("<!-- {name} -->\n"), format!("<!-- /{name} -->"));
+    let (Some(a), Some(b)) = (text.find(&open), text.find(&close)) else {
+        bail!("{} has no {open} … {close} markers", path.display());
+    };
+    let new = format!("{}{open}{body}{}", &text[..a], &text[b..]);
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
 }

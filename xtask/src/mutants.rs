@@ -1,0 +1,329 @@
+//! `cargo xtask mutants`: mutation testing, kept as a habit.
+//!
+//! Rust: `cargo-mutants` over the userspace crate, one group of modules at a
+//! time, each with the tests that run in seconds and cover it (unit tests,
+//! the table half of the differential test). Results per group go to
+//! `mutants.out/GROUP/` and a summary table to `benches/results/mutants.md`
+//! (copied into the README between markers when every group ran).
+//!
+//! C: hand-made mutations of the kernel programs (a wrong counter, an
+//! off-by-one bound, a wrong direction, an asymmetric hash), each applied in
+//! place, built, and run against the kernel-table tests, which must fail.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// A group of modules and the tests that judge their mutants.
+struct Group {
+    name: &'static str,
+    /// `cargo mutants --file` globs, from the workspace root.
+    files: &'static [&'static str],
+    /// Arguments for `cargo test` (after `cargo mutants … --`).
+    test_args: &'static [&'static str],
+}
+
+const GROUPS: &[Group] = &[
+    Group {
+        name: "config",
+        files: &["mirror-user/src/config/**/*.rs"],
+        test_args: &["--lib"],
+    },
+    Group {
+        name: "filter",
+        files: &["mirror-user/src/filter/**/*.rs"],
+        test_args: &["--lib", "--test", "filter_differential"],
+    },
+    Group {
+        name: "target",
+        files: &["mirror-user/src/target/**/*.rs"],
+        test_args: &["--lib"],
+    },
+    Group {
+        name: "session",
+        files: &["mirror-user/src/dataplane/session.rs"],
+        test_args: &["--lib"],
+    },
+];
+
+/// One hand-made mutation of the kernel programs.
+struct CMutant {
+    what: &'static str,
+    file: &'static str,
+    from: &'static str,
+    to: &'static str,
+}
+
+const C_MUTANTS: &[CMutant] = &[
+    CMutant {
+        what: "wrong counter: filtered frames counted as matched",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "\t\tcount(dir, MIRROR_CNT_FILTERED);\n\t\treturn -1;",
+        to: "\t\tcount(dir, MIRROR_CNT_MATCHED);\n\t\treturn -1;",
+    },
+    CMutant {
+        what: "off-by-one: one VLAN tag more accepted than the bound",
+        file: "mirror-ebpf/src/bpf/parse.h",
+        from: "for (i = 0; i < MIRROR_MAX_VLAN_DEPTH; i++) {",
+        to: "for (i = 0; i <= MIRROR_MAX_VLAN_DEPTH; i++) {",
+    },
+    CMutant {
+        what: "off-by-one: one IPv6 extension header fewer than the bound",
+        file: "mirror-ebpf/src/bpf/parse.h",
+        from: "for (i = 0; i < MIRROR_MAX_IPV6_EXT; i++) {",
+        to: "for (i = 0; i < MIRROR_MAX_IPV6_EXT - 1; i++) {",
+    },
+    CMutant {
+        what: "wrong direction: tcx egress copies marked ingress",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "return tc_copy(skb, MIRROR_DIR_EGRESS);",
+        to: "return tc_copy(skb, MIRROR_DIR_INGRESS);",
+    },
+    CMutant {
+        what: "asymmetric flow hash: the reverse direction hashes elsewhere",
+        file: "mirror-ebpf/src/bpf/flowhash.h",
+        from: "both = endpoint_hash(p->src, sport) + endpoint_hash(p->dst, dport);",
+        to: "both = endpoint_hash(p->src, sport) + 2 * endpoint_hash(p->dst, dport);",
+    },
+    CMutant {
+        what: "sampling off by one: 1 in N becomes 0 in N",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "% n != 0;",
+        to: "% n != n;",
+    },
+    CMutant {
+        what: "copy cut flag never set",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "job.hdr.flags |= MIRROR_COPY_F_CUT;",
+        to: "job.hdr.flags |= 0;",
+    },
+];
+
+/// The kernel-table tests the C mutants run against.
+const C_TESTS: &[&str] = &["--test", "kernel_verdicts", "--test", "kernel_copy"];
+
+/// Outcome counts of one group, from cargo-mutants' `outcomes.json`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Score {
+    caught: u64,
+    missed: u64,
+    timeout: u64,
+    unviable: u64,
+}
+
+impl Score {
+    /// Caught of the viable mutants, in percent.
+    fn percent(&self) -> f64 {
+        let viable = self.caught + self.missed + self.timeout;
+        if viable == 0 {
+            return 100.0;
+        }
+        100.0 * self.caught as f64 / viable as f64
+    }
+}
+
+pub fn main(root: &Path, names: &[String], c_only: bool, rust_only: bool, jobs: u32) -> Result<()> {
+    for n in names {
+        if !GROUPS.iter().any(|g| g.name == n) {
+            bail!(
+                "no mutant group `{n}`; groups: {}",
+                GROUPS.iter().map(|g| g.name).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let mut lines = Vec::new();
+    if !c_only {
+        ensure_cargo_mutants()?;
+        let groups: Vec<&Group> = GROUPS
+            .iter()
+            .filter(|g| names.is_empty() || names.iter().any(|n| n == g.name))
+            .collect();
+        lines.push(
+            "| group | files | caught | missed | timeout | unviable | caught of viable |".into(),
+        );
+        lines.push("|---|---|---:|---:|---:|---:|---:|".into());
+        for g in &groups {
+            let s = rust_group(root, g, jobs)?;
+            println!(
+                "mutants {}: {} caught, {} missed, {} timeout, {} unviable ({:.1}%)",
+                g.name,
+                s.caught,
+                s.missed,
+                s.timeout,
+                s.unviable,
+                s.percent()
+            );
+            lines.push(format!(
+                "| {} | `{}` | {} | {} | {} | {} | {:.1}% |",
+                g.name,
+                g.files.join("`, `"),
+                s.caught,
+                s.missed,
+                s.timeout,
+                s.unviable,
+                s.percent()
+            ));
+        }
+    }
+    if !rust_only && names.is_empty() {
+        if !crate::is_root() {
+            bail!("the C mutants run the kernel-table tests, which load BPF: run as root");
+        }
+        lines.push(String::new());
+        lines.push("| C mutation (kernel-table tests must fail) | caught |".into());
+        lines.push("|---|---|".into());
+        let mut missed = 0;
+        for m in C_MUTANTS {
+            let caught = c_mutant(root, m)?;
+            println!(
+                "C mutant `{}`: {}",
+                m.what,
+                if caught { "caught" } else { "MISSED" }
+            );
+            missed += u32::from(!caught);
+            lines.push(format!(
+                "| {} (`{}`) | {} |",
+                m.what,
+                m.file.rsplit('/').next().unwrap_or(m.file),
+                if caught { "yes" } else { "**no**" }
+            ));
+        }
+        if missed > 0 {
+            eprintln!("xtask: {missed} C mutant(s) missed by the kernel-table tests");
+        }
+    }
+    let table = lines.join("\n") + "\n";
+    let out = root.join("benches/results/mutants.md");
+    std::fs::write(&out, &table).with_context(|| format!("writing {}", out.display()))?;
+    println!("{table}");
+    if names.is_empty() && !c_only && !rust_only {
+        crate::replace_between_markers(&root.join("README.md"), "mutants", &table)?;
+    }
+    Ok(())
+}
+
+fn ensure_cargo_mutants() -> Result<()> {
+    let found = Command::new("cargo")
+        .args(["mutants", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-mutants (once)");
+    crate::run(Command::new("cargo").args(["install", "--locked", "cargo-mutants"]))
+}
+
+/// Runs cargo-mutants over one group; returns its outcome counts.
+fn rust_group(root: &Path, g: &Group, jobs: u32) -> Result<Score> {
+    let out_dir = root.join("mutants.out").join(g.name);
+    std::fs::create_dir_all(&out_dir)?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root).args([
+        "mutants",
+        "--package",
+        "mirror-user",
+        "--no-shuffle",
+        "--jobs",
+        &jobs.to_string(),
+        "--output",
+    ]);
+    cmd.arg(&out_dir);
+    for f in g.files {
+        cmd.args(["--file", f]);
+    }
+    cmd.arg("--").args(g.test_args);
+    eprintln!("xtask: {cmd:?}");
+    // Exit 2 means mutants were missed, 3 timeouts: the counts say so.
+    let status = cmd.status().context("running cargo mutants")?;
+    if !matches!(status.code(), Some(0 | 2 | 3)) {
+        bail!("cargo mutants failed for {}: {status}", g.name);
+    }
+    read_outcomes(&out_dir.join("mutants.out/outcomes.json"))
+}
+
+fn read_outcomes(path: &Path) -> Result<Score> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    Ok(Score {
+        caught: n("caught"),
+        missed: n("missed"),
+        timeout: n("timeout"),
+        unviable: n("unviable"),
+    })
+}
+
+/// Puts a file back as it was, also when the run fails or panics.
+struct Restore {
+    path: PathBuf,
+    text: String,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(&self.path, &self.text) {
+            eprintln!(
+                "xtask: RESTORE FAILED for {}: {e}; run `git checkout -- {}`",
+                self.path.display(),
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// Applies one C mutation, runs the kernel-table tests; true when they fail.
+fn c_mutant(root: &Path, m: &CMutant) -> Result<bool> {
+    let path = root.join(m.file);
+    let clean = Command::new("git")
+        .current_dir(root)
+        .args(["diff", "--quiet", "--", m.file])
+        .status()?
+        .success();
+    if !clean {
+        bail!(
+            "{} has uncommitted changes: commit or stash them first (mutants edit it in place)",
+            m.file
+        );
+    }
+    let text = std::fs::read_to_string(&path)?;
+    if text.matches(m.from).count() != 1 {
+        bail!(
+            "C mutant `{}`: `{}` is not in {} exactly once: update the mutant",
+            m.what,
+            m.from,
+            m.file
+        );
+    }
+    let _restore = Restore {
+        path: path.clone(),
+        text: text.clone(),
+    };
+    std::fs::write(&path, text.replacen(m.from, m.to, 1))?;
+    let built = Command::new("cargo")
+        .current_dir(root)
+        .args(["test", "-p", "mirror-user", "--no-run"])
+        .args(C_TESTS)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("building the kernel-table tests")?;
+    if !built.success() {
+        bail!(
+            "C mutant `{}` does not build: a mutant must compile to count; fix the mutant",
+            m.what
+        );
+    }
+    let status = Command::new("cargo")
+        .current_dir(root)
+        .args(["test", "-p", "mirror-user"])
+        .args(C_TESTS)
+        .args(["--", "--include-ignored"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("running the kernel-table tests")?;
+    Ok(!status.success())
+}
