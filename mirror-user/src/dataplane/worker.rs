@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use libbpf_rs::{MapHandle, RingBufferBuilder};
 
-use super::clock::{realtime_ns, tai_offset_ns};
+use super::clock::{realtime_ns, tai_offset_ns, tai_to_unix};
 use super::session::SessionPlan;
 use super::source::Source;
 use crate::kernel::copy_ring::Record;
@@ -70,7 +70,7 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
                 Some(m) if (m.session as usize) < plans.len() => (
                     m.session as usize,
                     m.hash,
-                    m.tstamp.wrapping_sub(tai_offset),
+                    tai_to_unix(m.tstamp, tai_offset),
                 ),
                 _ if single => (0, 0, realtime_ns()),
                 _ => {
@@ -100,6 +100,30 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
     }
 }
 
+/// Copy mode: the session of a ring-buffer record and the frame it hands on
+/// (Unix time stamp, direction, original length); `None` when the record
+/// names a session the source does not have (counted `no_metadata`).
+pub(super) fn record_frame<'a>(
+    rec: &Record<&'a [u8]>,
+    sessions: usize,
+    tai_offset: u64,
+    source: u16,
+) -> Option<(usize, Frame<'a>)> {
+    let session = rec.session as usize;
+    (session < sessions).then_some((
+        session,
+        Frame {
+            data: rec.data,
+            orig_len: rec.orig_len,
+            hash: rec.hash,
+            tstamp_ns: tai_to_unix(rec.tstamp_tai, tai_offset),
+            vni: 0,
+            source,
+            egress: rec.egress,
+        },
+    ))
+}
+
 /// Copy mode: reads the source's ring buffer and feeds every record to its
 /// session, waking the targets every [`COPY_BATCH`] records and whenever the
 /// ring is empty. The kernel wakes it only when the ring fills past
@@ -110,27 +134,15 @@ pub(super) fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
     let touched = RefCell::new(Touched::new(plans.len()));
     let tai_offset = tai_offset_ns();
     let on_record = |bytes: &[u8]| -> i32 {
-        let rec = match Record::parse(bytes) {
-            Some(r) if (r.session as usize) < plans.len() => r,
-            _ => {
-                src.no_metadata.fetch_add(1, Ordering::Relaxed);
-                return 0;
-            }
+        let Some((session, frame)) =
+            Record::parse(bytes).and_then(|r| record_frame(&r, plans.len(), tai_offset, src.index))
+        else {
+            src.no_metadata.fetch_add(1, Ordering::Relaxed);
+            return 0;
         };
-        plans[rec.session as usize].dispatch(
-            Frame {
-                data: rec.data,
-                orig_len: rec.orig_len,
-                hash: rec.hash,
-                tstamp_ns: rec.tstamp_tai.wrapping_sub(tai_offset),
-                vni: 0,
-                source: src.index,
-                egress: rec.egress,
-            },
-            None,
-        );
+        plans[session].dispatch(frame, None);
         let mut t = touched.borrow_mut();
-        t.mark(rec.session as usize);
+        t.mark(session);
         if t.pending >= COPY_BATCH {
             t.wake(plans);
         }
@@ -163,4 +175,34 @@ pub(super) fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
     // The programs are detached: hand on what is still in the ring.
     let _ = ring.consume();
     touched.borrow_mut().wake(plans);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+    const NOW: u64 = 1_735_689_600 * S;
+
+    #[test]
+    fn a_copy_record_goes_to_its_session_with_unix_time_and_its_direction() {
+        let rec = Record {
+            session: 1,
+            egress: true,
+            cut: false,
+            gso: false,
+            ifindex: 3,
+            orig_len: 1500,
+            hash: 7,
+            tstamp_tai: NOW + 37 * S,
+            data: &[1u8, 2, 3][..],
+        };
+        let (session, f) = record_frame(&rec, 2, 37 * S, 4).expect("placed");
+        assert_eq!(session, 1);
+        assert_eq!(
+            (f.data, f.orig_len, f.hash, f.tstamp_ns, f.source, f.egress),
+            (&[1u8, 2, 3][..], 1500, 7, NOW, 4, true)
+        );
+        assert!(record_frame(&rec, 1, 37 * S, 4).is_none(), "no session 1");
+    }
 }
