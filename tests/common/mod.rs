@@ -260,3 +260,94 @@ pub fn pin_current_thread(cpu: usize) {
         std::io::Error::last_os_error()
     );
 }
+
+/// (destination, IP protocol, IP payload) of an IPv4 frame.
+pub fn ipv4_payload(frame: &[u8]) -> Option<(std::net::Ipv4Addr, u8, Vec<u8>)> {
+    let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    match p.net? {
+        etherparse::NetSlice::Ipv4(ip) => Some((
+            ip.header().destination_addr(),
+            ip.payload().ip_number.0,
+            ip.payload().payload.to_vec(),
+        )),
+        _ => None,
+    }
+}
+
+/// The kernel's symmetric flow hash of each frame: what `xdp_tap` writes in
+/// its metadata, read back through BPF_PROG_TEST_RUN on a program whose one
+/// session mirrors everything. Needs root.
+pub fn kernel_flow_hashes<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> Vec<u32> {
+    use mirror_user::filter::ruleset::{self, RuleSet};
+    let config = mirror_user::config::parse(
+        r#"
+[[source]]
+name = "s"
+interface = "x"
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+[[target]]
+name = "t"
+kind = "interface"
+interface = "y"
+[[session]]
+name = "a"
+source = "s"
+filter = "all"
+targets = ["t"]
+"#,
+        "hash",
+    )
+    .expect("valid config");
+    let set = RuleSet::build(
+        &ruleset::source_filters(&config, 0),
+        mirror_user::config::Direction::Ingress,
+    )
+    .expect("the rule compiles");
+    let mut prog = mirror_user::kernel::SourceProgram::load().expect("the program loads");
+    prog.install(&set, None).expect("the rule installs");
+    frames
+        .into_iter()
+        .map(|f| {
+            mirror_user::kernel::test_run(prog.xdp_tap_fd(), f)
+                .expect("BPF_PROG_TEST_RUN")
+                .expect("mirrored, with metadata")
+                .hash
+        })
+        .collect()
+}
+
+/// A frame's flow as the kernel's flow hash sees it, the same for both
+/// directions: the outer VLAN id, the IP protocol, and the two endpoints
+/// (address, port; port 0 without ports) in order.
+pub type FlowKey = (Option<u16>, u8, [(std::net::IpAddr, u16); 2]);
+
+pub fn flow_key(frame: &[u8]) -> Option<FlowKey> {
+    let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    let vlan = p.vlan_ids().first().map(|v| v.value());
+    let (src, dst, proto) = match p.net.as_ref()? {
+        etherparse::NetSlice::Ipv4(ip) => (
+            std::net::IpAddr::V4(ip.header().source_addr()),
+            std::net::IpAddr::V4(ip.header().destination_addr()),
+            ip.payload().ip_number.0,
+        ),
+        etherparse::NetSlice::Ipv6(ip) => (
+            std::net::IpAddr::V6(ip.header().source_addr()),
+            std::net::IpAddr::V6(ip.header().destination_addr()),
+            ip.payload().ip_number.0,
+        ),
+        _ => return None,
+    };
+    let (sport, dport) = match &p.transport {
+        Some(etherparse::TransportSlice::Udp(u)) => (u.source_port(), u.destination_port()),
+        Some(etherparse::TransportSlice::Tcp(t)) => (t.source_port(), t.destination_port()),
+        _ => (0, 0),
+    };
+    let mut ends = [(src, sport), (dst, dport)];
+    ends.sort();
+    Some((vlan, proto, ends))
+}
