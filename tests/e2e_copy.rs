@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_reconciles, read_pcapng, wait_for, Record};
+use common::{assert_reconciles, read_pcapng, wait_for, Record, Window};
 use mirror_user::control::Client;
 use mirror_user::dataplane::stats::Stats;
 use mirror_user::kernel;
@@ -264,6 +264,7 @@ fn copy_mode_mirrors_both_directions_of_tcp_and_udp_and_leaves_them_intact() {
     const N: u32 = 1000;
     let echo = EchoServer::start(&live.srv, server(UDP_PORT)).expect("echo server");
     let progress = AtomicU32::new(0);
+    let mut window = Window::open();
     let exchanged = stream::udp_exchange(&live.cli, server(UDP_PORT), N, 200, &progress)
         .expect("every datagram echoed intact, in order");
     assert_eq!(exchanged, N);
@@ -278,6 +279,7 @@ fn copy_mode_mirrors_both_directions_of_tcp_and_udp_and_leaves_them_intact() {
             t.queued == 0 && t.sent_packets + t.dropped_total() == src.mirrored
         })
     });
+    window.close();
     let src = &st.sources["live"];
     assert_eq!(src.mode, "copy");
     assert_eq!(src.received, src.matched + src.filtered);
@@ -310,6 +312,9 @@ fn copy_mode_mirrors_both_directions_of_tcp_and_udp_and_leaves_them_intact() {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in &records {
         assert_eq!(r.orig_len as usize, r.data.len(), "whole frames");
+        // The kernel's stamp, in Unix time: between the first datagram and
+        // the last copy.
+        window.assert_holds("a copy-mode pcapng record", r.ts_ns);
         let (sport, dport, seq, payload) = ports_payload(&r.data).expect("UDP or TCP");
         match (seq.is_some(), r.outbound) {
             (false, Some(false)) => {

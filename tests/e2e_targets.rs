@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{assert_reconciles, ipv4_payload, read_pcapng, wait_for, Record};
+use common::{assert_reconciles, ipv4_payload, read_pcapng, wait_for, Record, Window};
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -157,6 +157,7 @@ fn every_target_kind_carries_every_mirrored_frame() {
     let outer_gre = Capture::start(&grec, "gre1").expect("capture");
 
     let frames = Arc::new(traffic::mixed(2000));
+    let mut window = Window::open();
     let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
     let filters = vec![&cfg.filters[0]];
     let expected: Vec<&Vec<u8>> = frames
@@ -174,6 +175,8 @@ fn every_target_kind_carries_every_mirrored_frame() {
                 .values()
                 .all(|t| t.queued == 0 && t.sent_packets == n)
     });
+    // Every copy is out: the kernel stamped each frame before this.
+    window.close();
     let src = &stats.sources["feed"];
     assert_eq!((src.matched, src.mirrored), (n, n));
     for (name, t) in &stats.targets {
@@ -283,32 +286,39 @@ fn every_target_kind_carries_every_mirrored_frame() {
             );
             if version == ErspanVersion::Three {
                 assert_eq!(h.granularity, Granularity::Nanos100);
-                assert!(!h.egress);
-                if i > 0 {
-                    assert!(
-                        h.timestamp >= copies[i - 1].0.timestamp,
-                        "time stamps in order"
-                    );
-                }
+                assert!(!h.egress, "frame {seq} was seen on ingress");
             }
         }
     }
 
-    // pcapng: every frame, in time order, with its original length.
+    // pcapng: every frame, in time order, with its original length and the
+    // kernel's time stamp in Unix time: after the send began, before the
+    // last copy was out.
     let records = read_pcapng(&dir.path().join("feed.pcapng"));
     assert_eq!(records.len() as u64, n);
     let mut last = 0;
+    let mut stamped = BTreeMap::new();
     for (r, f) in records.iter().zip(&expected) {
         assert_eq!(&r.data, *f);
         assert_eq!(r.orig_len as usize, f.len());
         assert!(r.ts_ns >= last, "time stamps in order");
         last = r.ts_ns;
+        let seq = traffic::seq_of(&r.data).expect("lab frame");
+        window.assert_holds(&format!("pcapng record of frame {seq}"), r.ts_ns);
+        stamped.insert(seq, r.ts_ns);
     }
-    let now = mirror_user::dataplane::clock::realtime_ns();
-    assert!(
-        now - last < 60_000_000_000,
-        "kernel time stamps are Unix time"
-    );
+    // ERSPAN III: each copy carries the same kernel time stamp, in units of
+    // 100 ns (the low 32 bits), in the same window.
+    for (h, inner) in &er[&4] {
+        let seq = traffic::seq_of(inner).expect("lab frame");
+        let what = format!("ERSPAN III copy of frame {seq}");
+        window.assert_holds_erspan(&what, h.timestamp, 100);
+        assert_eq!(
+            h.timestamp,
+            (stamped[&seq] / 100) as u32,
+            "{what}: the frame's kernel time stamp"
+        );
+    }
 }
 
 /// Asserts the outer UDP source port of each VXLAN packet (`udp`: from its
@@ -392,6 +402,7 @@ fn pcapng_rotates_keeps_the_newest_files_and_records_original_lengths() {
         &ROTATING.replace("@FILTER@", ACCEPT_ALL),
     );
     let frames = Arc::new(traffic::mixed(2000));
+    let mut window = Window::open();
     let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
     let mut client = Client::connect(&daemon.control).expect("control socket");
     let stats = wait_for(&mut client, "every copy written", |st| {
@@ -399,6 +410,7 @@ fn pcapng_rotates_keeps_the_newest_files_and_records_original_lengths() {
             && st.targets["cap"].sent_packets == 1000
             && st.targets["cap"].queued == 0
     });
+    window.close();
     // Sampling 1 in 2, in the kernel: frames 0, 2, 4, …
     let src = &stats.sources["feed"];
     assert_eq!(
@@ -451,6 +463,7 @@ fn pcapng_rotates_keeps_the_newest_files_and_records_original_lengths() {
         let f = &frames[first + 2 * i];
         assert_eq!(r.data.as_slice(), &f[..f.len().min(100)], "copy {i}");
         assert_eq!(r.orig_len as usize, f.len());
+        window.assert_holds(&format!("kept copy {i}"), r.ts_ns);
     }
 }
 

@@ -274,6 +274,56 @@ pub fn ipv4_payload(frame: &[u8]) -> Option<(std::net::Ipv4Addr, u8, Vec<u8>)> {
     }
 }
 
+/// The time a test reads just before it sends and just after the last copy
+/// is out, Unix nanoseconds: every time stamp of those frames lies between.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+impl Window {
+    /// Opens the window: call right before the first frame is sent.
+    pub fn open() -> Window {
+        let now = mirror_user::dataplane::clock::realtime_ns();
+        Window {
+            start_ns: now,
+            end_ns: now,
+        }
+    }
+
+    /// Closes it: call once every copy has been counted sent.
+    pub fn close(&mut self) {
+        self.end_ns = mirror_user::dataplane::clock::realtime_ns();
+    }
+
+    /// `ts_ns` (a pcapng stamp) lies in the window.
+    pub fn assert_holds(&self, what: &str, ts_ns: u64) {
+        assert!(
+            (self.start_ns..=self.end_ns).contains(&ts_ns),
+            "{what}: time stamp {ts_ns} ns is not between the send ({}) and the last copy ({}): \
+             {:+.3} s from the send",
+            self.start_ns,
+            self.end_ns,
+            (ts_ns as f64 - self.start_ns as f64) / 1e9
+        );
+    }
+
+    /// An ERSPAN III time stamp (the low 32 bits of the time in `unit_ns`
+    /// units) lies in the window, taken in the same units.
+    pub fn assert_holds_erspan(&self, what: &str, stamp: u32, unit_ns: u64) {
+        let (from, to) = (self.start_ns / unit_ns, self.end_ns / unit_ns);
+        let after_start = stamp.wrapping_sub(from as u32);
+        assert!(
+            u64::from(after_start) <= to - from,
+            "{what}: ERSPAN time stamp {stamp} is not between {} and {} (units of {unit_ns} ns, \
+             low 32 bits)",
+            from as u32,
+            to as u32
+        );
+    }
+}
+
 /// The kernel's symmetric flow hash of each frame: what `xdp_tap` writes in
 /// its metadata, read back through BPF_PROG_TEST_RUN on a program whose one
 /// session mirrors everything. Needs root.
