@@ -14,17 +14,19 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_reconciles, read_pcapng, wait_for, Record};
+use common::{assert_reconciles, ipv4_payload, read_pcapng, wait_for, Record, Window};
+use mirror_user::config::{ErspanVersion, Granularity};
 use mirror_user::control::Client;
 use mirror_user::dataplane::stats::Stats;
 use mirror_user::kernel;
 use mirror_user::lab::stream::{self, EchoServer};
 use mirror_user::lab::{self, Capture, Netns, TempDir};
+use mirror_user::target::encap;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mirror");
 const TCP_PORT: u16 = 5001;
@@ -265,6 +267,7 @@ fn copy_mode_mirrors_both_directions_of_tcp_and_udp_and_leaves_them_intact() {
     const N: u32 = 1000;
     let echo = EchoServer::start(&live.srv, server(UDP_PORT)).expect("echo server");
     let progress = AtomicU32::new(0);
+    let mut window = Window::open();
     let exchanged = stream::udp_exchange(&live.cli, server(UDP_PORT), N, 200, &progress)
         .expect("every datagram echoed intact, in order");
     assert_eq!(exchanged, N);
@@ -279,6 +282,7 @@ fn copy_mode_mirrors_both_directions_of_tcp_and_udp_and_leaves_them_intact() {
             t.queued == 0 && t.sent_packets + t.dropped_total() == src.mirrored
         })
     });
+    window.close();
     let src = &st.sources["live"];
     assert_eq!(src.mode, "copy");
     assert_eq!(src.received, src.matched + src.filtered);
@@ -311,6 +315,9 @@ fn copy_mode_mirrors_both_directions_of_tcp_and_udp_and_leaves_them_intact() {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in &records {
         assert_eq!(r.orig_len as usize, r.data.len(), "whole frames");
+        // The kernel's stamp, in Unix time: between the first datagram and
+        // the last copy.
+        window.assert_holds("a copy-mode pcapng record", r.ts_ns);
         let (sport, dport, seq, payload) = ports_payload(&r.data).expect("UDP or TCP");
         match (seq.is_some(), r.outbound) {
             (false, Some(false)) => {
@@ -364,6 +371,148 @@ fn copy_mode_mirrors_both_directions_of_tcp_and_udp_and_leaves_them_intact() {
     daemon.stop(Duration::from_secs(10)).expect("clean exit");
     let after = live.attached();
     assert_eq!(after, kernel::Attached::default(), "everything detached");
+}
+
+/// Copy mode to an ERSPAN III collector (and a pcapng file): both
+/// directions of a UDP exchange.
+const ERSPAN_III: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "live"
+interface = "s0"
+mode = "copy"
+direction = "both"
+
+[[filter]]
+name = "udp"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "ingress"
+protocol = "udp"
+destination_port = "5002"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "egress"
+protocol = "udp"
+source_port = "5002"
+
+[[target]]
+name = "er3"
+kind = "erspan"
+remote = "10.9.3.2"
+version = 3               # granularity: the default, 100 us
+
+[[target]]
+name = "cap"
+kind = "pcapng"
+path = "@DIR@/live.pcapng"
+
+[[session]]
+name = "udp"
+source = "live"
+filter = "udp"
+targets = ["er3", "cap"]
+vni = 5
+"#;
+
+/// ERSPAN III says which way each copy went: the D bit is egress exactly
+/// for the echoes leaving the server (tcx egress) and ingress for the
+/// datagrams arriving (XDP), and each time stamp is the kernel's, in 100 us
+/// units, between the first datagram and the last copy (and equal to the
+/// pcapng record's of the same frame).
+#[test]
+fn copy_mode_erspan_iii_copies_carry_their_direction_and_time() {
+    require_root!();
+    let _serial = one_at_a_time();
+    let live = Live::new("copy-erspan");
+    let col = Netns::new("erc").expect("netns");
+    lab::wire(&live.srv, "er0", "10.9.3.1", &col, "er1", "10.9.3.2", 1500).expect("veth");
+    let (mut daemon, _) = common::start_daemon(BIN, &live.srv, &live.dir, ERSPAN_III);
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let capture = Capture::start(&col, "er1").expect("capture");
+
+    const N: u32 = 500;
+    let echo = EchoServer::start(&live.srv, server(UDP_PORT)).expect("echo server");
+    let progress = AtomicU32::new(0);
+    let mut window = Window::open();
+    stream::udp_exchange(&live.cli, server(UDP_PORT), N, 200, &progress)
+        .expect("every datagram echoed intact");
+    assert_eq!(echo.finish(&live.cli).expect("echo server"), N);
+    let copies = 2 * u64::from(N) + 1; // and the datagram that ends the echo server
+    let st = wait_settled(&mut client, "every copy sent", |st| {
+        ["er3", "cap"]
+            .iter()
+            .all(|t| st.targets[*t].sent_packets == copies && st.targets[*t].queued == 0)
+    });
+    window.close();
+    assert_eq!(st.sessions["udp"].mirrored, copies);
+    for name in ["er3", "cap"] {
+        assert_reconciles(name, &st.targets[name]);
+        assert_eq!(st.targets[name].dropped_total(), 0, "{name}");
+    }
+    daemon.stop(Duration::from_secs(10)).expect("clean exit");
+
+    // The pcapng records, by (datagram, leaving the server): each in the
+    // window, with its direction.
+    let records = read_pcapng(&live.dir.path().join("live.pcapng"));
+    assert_eq!(records.len() as u64, copies);
+    let mut stamped: BTreeMap<(Vec<u8>, bool), u64> = BTreeMap::new();
+    for r in &records {
+        let (sport, _, _, payload) = ports_payload(&r.data).expect("UDP");
+        let leaving = sport == UDP_PORT;
+        window.assert_holds("a pcapng record", r.ts_ns);
+        assert_eq!(r.outbound, Some(leaving), "pcapng direction");
+        let again = stamped.insert((payload, leaving), r.ts_ns);
+        assert!(again.is_none(), "one copy per datagram and direction");
+    }
+
+    // The ERSPAN III copies, in the order sent.
+    let mut count: BTreeMap<bool, u32> = BTreeMap::new();
+    let mut sequence = 0;
+    for f in capture.finish() {
+        let Some((dst, 47, gre)) = ipv4_payload(&f) else {
+            continue;
+        };
+        assert_eq!(dst, Ipv4Addr::new(10, 9, 3, 2));
+        let d = encap::decode_gre(&gre).expect("a GRE header we wrote");
+        let h = d.erspan.expect("an ERSPAN header");
+        assert_eq!(
+            (h.version, h.session_id, h.granularity),
+            (ErspanVersion::Three, 5, Granularity::Micros100)
+        );
+        assert_eq!(h.sequence, sequence, "consecutive sequence numbers");
+        sequence += 1;
+        let (sport, dport, _, payload) = ports_payload(&gre[d.payload..]).expect("UDP");
+        // An echo leaves the server from the port; a datagram arrives at it.
+        let leaving = sport == UDP_PORT;
+        assert_eq!(leaving, dport != UDP_PORT);
+        let what = format!(
+            "ERSPAN III copy {} of a datagram {}",
+            h.sequence,
+            if leaving {
+                "leaving (egress)"
+            } else {
+                "arriving (ingress)"
+            }
+        );
+        assert_eq!(h.egress, leaving, "{what}: the D bit");
+        window.assert_holds_erspan(&what, h.timestamp, 100_000);
+        assert_eq!(
+            h.timestamp,
+            (stamped[&(payload, leaving)] / 100_000) as u32,
+            "{what}: the frame's kernel time stamp"
+        );
+        *count.entry(leaving).or_default() += 1;
+    }
+    assert_eq!(
+        (count.get(&false), count.get(&true)),
+        (Some(&(N + 1)), Some(&N)),
+        "every datagram arriving and every echo leaving"
+    );
 }
 
 /// Runs a UDP exchange while the daemon is SIGKILLed, then restarted: no

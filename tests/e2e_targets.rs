@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{assert_reconciles, read_pcapng, wait_for, Record};
+use common::{assert_reconciles, ipv4_payload, read_pcapng, wait_for, Record, Window};
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -23,19 +23,6 @@ use mirror_user::target::encap::{self, GRE_PROTO_TEB};
 const BIN: &str = env!("CARGO_BIN_EXE_mirror");
 
 use common::IDS_FILTER as FILTER;
-
-/// (destination, IP protocol, IP payload) of an IPv4 frame.
-fn ipv4_payload(frame: &[u8]) -> Option<(Ipv4Addr, u8, Vec<u8>)> {
-    let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
-    match p.net? {
-        etherparse::NetSlice::Ipv4(ip) => Some((
-            ip.header().destination_addr(),
-            ip.payload().ip_number.0,
-            ip.payload().payload.to_vec(),
-        )),
-        _ => None,
-    }
-}
 
 /// Asserts two captures hold the same frames, naming the first that differ
 /// rather than printing kilobytes of bytes.
@@ -171,6 +158,7 @@ fn every_target_kind_carries_every_mirrored_frame() {
     let outer_gre = Capture::start(&grec, "gre1").expect("capture");
 
     let frames = Arc::new(traffic::mixed(2000));
+    let mut window = Window::open();
     let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
     let filters = vec![&cfg.filters[0]];
     let expected: Vec<&Vec<u8>> = frames
@@ -188,6 +176,8 @@ fn every_target_kind_carries_every_mirrored_frame() {
                 .values()
                 .all(|t| t.queued == 0 && t.sent_packets == n)
     });
+    // Every copy is out: the kernel stamped each frame before this.
+    window.close();
     let src = &stats.sources["feed"];
     assert_eq!((src.matched, src.mirrored), (n, n));
     for (name, t) in &stats.targets {
@@ -217,25 +207,21 @@ fn every_target_kind_carries_every_mirrored_frame() {
         want,
         "frames the vxlan device decapsulated"
     );
-    let mut vx_ports = std::collections::HashSet::new();
-    let outer: Vec<_> = outer_vx
+    let outer: Vec<Vec<u8>> = outer_vx
         .finish()
         .iter()
         .filter_map(|f| ipv4_payload(f))
         .filter(|(dst, proto, _)| *dst == Ipv4Addr::new(10, 99, 1, 2) && *proto == 17)
+        .map(|(_, _, udp)| udp)
         .collect();
     assert_eq!(outer.len() as u64, n);
-    for (_, _, udp) in &outer {
+    for udp in &outer {
         let h = encap::decode_vxlan(udp).expect("a VXLAN header");
         assert_eq!((h.vni, h.dest_port), (42, 4789));
-        assert!(h.source_port >= 49152);
-        vx_ports.insert(h.source_port);
     }
-    assert!(
-        vx_ports.len() > 50,
-        "the source port follows the flow: {}",
-        vx_ports.len()
-    );
+    // Frame i of the mix has sequence number i.
+    let hashes = common::kernel_flow_hashes(frames.iter().map(|f| f.as_slice()));
+    assert_vxlan_source_ports(&outer, |seq| hashes[seq as usize]);
 
     // GRE and ERSPAN: decoded field by field.
     let mut gre = Vec::new();
@@ -301,31 +287,73 @@ fn every_target_kind_carries_every_mirrored_frame() {
             );
             if version == ErspanVersion::Three {
                 assert_eq!(h.granularity, Granularity::Nanos100);
-                assert!(!h.egress);
-                if i > 0 {
-                    assert!(
-                        h.timestamp >= copies[i - 1].0.timestamp,
-                        "time stamps in order"
-                    );
-                }
+                assert!(!h.egress, "frame {seq} was seen on ingress");
             }
         }
     }
 
-    // pcapng: every frame, in time order, with its original length.
+    // pcapng: every frame, in time order, with its original length and the
+    // kernel's time stamp in Unix time: after the send began, before the
+    // last copy was out.
     let records = read_pcapng(&dir.path().join("feed.pcapng"));
     assert_eq!(records.len() as u64, n);
     let mut last = 0;
+    let mut stamped = BTreeMap::new();
     for (r, f) in records.iter().zip(&expected) {
         assert_eq!(&r.data, *f);
         assert_eq!(r.orig_len as usize, f.len());
         assert!(r.ts_ns >= last, "time stamps in order");
         last = r.ts_ns;
+        let seq = traffic::seq_of(&r.data).expect("lab frame");
+        window.assert_holds(&format!("pcapng record of frame {seq}"), r.ts_ns);
+        stamped.insert(seq, r.ts_ns);
     }
-    let now = mirror_user::dataplane::clock::realtime_ns();
+    // ERSPAN III: each copy carries the same kernel time stamp, in units of
+    // 100 ns (the low 32 bits), in the same window.
+    for (h, inner) in &er[&4] {
+        let seq = traffic::seq_of(inner).expect("lab frame");
+        let what = format!("ERSPAN III copy of frame {seq}");
+        window.assert_holds_erspan(&what, h.timestamp, 100);
+        assert_eq!(
+            h.timestamp,
+            (stamped[&seq] / 100) as u32,
+            "{what}: the frame's kernel time stamp"
+        );
+    }
+}
+
+/// Asserts the outer UDP source port of each VXLAN packet (`udp`: from its
+/// UDP header on) is `vxlan_source_port` of the kernel's flow hash of the
+/// frame inside (`hash_of` its sequence number), so one port per flow, and
+/// that the flows do not all share one port.
+fn assert_vxlan_source_ports(outer: &[Vec<u8>], hash_of: impl Fn(u32) -> u32) {
+    let mut by_flow: BTreeMap<common::FlowKey, std::collections::BTreeSet<u16>> = BTreeMap::new();
+    for udp in outer {
+        let h = encap::decode_vxlan(udp).expect("a VXLAN header");
+        let inner = &udp[encap::VXLAN_LEN..];
+        let seq = traffic::seq_of(inner).expect("a lab frame");
+        assert_eq!(
+            h.source_port,
+            encap::vxlan_source_port(hash_of(seq)),
+            "frame {seq}: the port of its flow hash"
+        );
+        by_flow
+            .entry(common::flow_key(inner).expect("an IP frame"))
+            .or_default()
+            .insert(h.source_port);
+    }
+    for (flow, ports) in &by_flow {
+        assert_eq!(
+            ports.len(),
+            1,
+            "one source port per flow: {flow:?} {ports:?}"
+        );
+    }
+    let ports: std::collections::BTreeSet<u16> = by_flow.values().flatten().copied().collect();
     assert!(
-        now - last < 60_000_000_000,
-        "kernel time stamps are Unix time"
+        by_flow.len() < 2 || ports.len() > 1,
+        "{} flows all on port {ports:?}",
+        by_flow.len()
     );
 }
 
@@ -376,6 +404,7 @@ fn pcapng_rotates_keeps_the_newest_files_and_records_original_lengths() {
         &ROTATING.replace("@FILTER@", ACCEPT_ALL),
     );
     let frames = Arc::new(traffic::mixed(2000));
+    let mut window = Window::open();
     let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
     let mut client = Client::connect(&daemon.control).expect("control socket");
     let stats = wait_for(&mut client, "every copy written", |st| {
@@ -383,6 +412,7 @@ fn pcapng_rotates_keeps_the_newest_files_and_records_original_lengths() {
             && st.targets["cap"].sent_packets == 1000
             && st.targets["cap"].queued == 0
     });
+    window.close();
     // Sampling 1 in 2, in the kernel: frames 0, 2, 4, …
     let src = &stats.sources["feed"];
     assert_eq!(
@@ -435,6 +465,7 @@ fn pcapng_rotates_keeps_the_newest_files_and_records_original_lengths() {
         let f = &frames[first + 2 * i];
         assert_eq!(r.data.as_slice(), &f[..f.len().min(100)], "copy {i}");
         assert_eq!(r.orig_len as usize, f.len());
+        window.assert_holds(&format!("kept copy {i}"), r.ts_ns);
     }
 }
 
@@ -583,6 +614,11 @@ fn a_dead_collector_loses_only_its_own_copies() {
 
 /// UDP frames of flow `i`, `reverse` = the answer direction.
 fn flow_frame(i: u16, reverse: bool, seq: u32) -> Vec<u8> {
+    flow_frame_padded(i, reverse, seq, 0)
+}
+
+/// [`flow_frame`] with `pad` more bytes of payload.
+fn flow_frame_padded(i: u16, reverse: bool, seq: u32, pad: usize) -> Vec<u8> {
     let (mut a, mut b) = (
         ([10, 1, (i >> 8) as u8, i as u8], 1024 + i),
         ([10, 2, 0, 1], 53),
@@ -593,12 +629,121 @@ fn flow_frame(i: u16, reverse: bool, seq: u32) -> Vec<u8> {
     let mut out = Vec::new();
     let mut payload = traffic::MARKER.to_vec();
     payload.extend_from_slice(&seq.to_be_bytes());
+    payload.resize(payload.len() + pad, 0xa5);
     etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
         .ipv4(a.0, b.0, 64)
         .udp(a.1, b.1)
         .write(&mut out, &payload)
         .expect("build");
     out
+}
+
+const VXLAN_ONLY: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+@FILTER@
+[[target]]
+name = "vx"
+kind = "vxlan"
+remote = "10.99.1.2"
+mtu = 9000
+
+[[session]]
+name = "s"
+source = "feed"
+filter = "ids"
+targets = ["vx"]
+"#;
+
+/// VXLAN's outer UDP source port (ECMP entropy) comes from the kernel's
+/// symmetric flow hash: one port per flow, whatever the frame's length, the
+/// same for both directions, `vxlan_source_port` of the flow's hash, and
+/// different flows spread over many ports.
+#[test]
+fn vxlan_gives_each_flow_one_source_port_in_both_directions_from_its_hash() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let col = Netns::new("vxc").expect("netns");
+    lab::wire(
+        &lab.src,
+        "col0",
+        "10.99.1.1",
+        &col,
+        "col1",
+        "10.99.1.2",
+        9000,
+    )
+    .expect("wire");
+    let dir = TempDir::new("e2e-vxports").expect("temp dir");
+    let (daemon, mut client) = accept_all_daemon(&lab, &dir, VXLAN_ONLY);
+    let capture = Capture::start(&col, "col1").expect("capture");
+    // 100 flows, three rounds of one frame each way, every frame of a flow
+    // of another length. Frame `seq` is flow `flow_of[seq]`, reverse or not.
+    let flows = 100u16;
+    let (mut frames, mut flow_of) = (Vec::new(), Vec::new());
+    for round in 0..3usize {
+        for i in 0..flows {
+            for reverse in [false, true] {
+                let seq = frames.len() as u32;
+                let pad = 100 * round + 2 * usize::from(i) + usize::from(reverse);
+                frames.push(flow_frame_padded(i, reverse, seq, pad));
+                flow_of.push((i, reverse));
+            }
+        }
+    }
+    let hashes = common::kernel_flow_hashes(frames.iter().map(|f| f.as_slice()));
+    let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, Arc::new(frames), 10_000).expect("send");
+    wait_for(&mut client, "every copy sent", |st| {
+        st.sources["feed"].received == sent
+            && st.targets["vx"].sent_packets == sent
+            && st.targets["vx"].queued == 0
+    });
+    let outer: Vec<Vec<u8>> = capture
+        .finish()
+        .iter()
+        .filter_map(|f| ipv4_payload(f))
+        .filter(|(dst, proto, _)| *dst == Ipv4Addr::new(10, 99, 1, 2) && *proto == 17)
+        .map(|(_, _, udp)| udp)
+        .collect();
+    assert_eq!(outer.len() as u64, sent, "every copy captured");
+    assert_vxlan_source_ports(&outer, |seq| hashes[seq as usize]);
+
+    // Per flow and direction, the ports seen.
+    let mut ports: BTreeMap<(u16, bool), std::collections::BTreeSet<u16>> = BTreeMap::new();
+    for udp in &outer {
+        let h = encap::decode_vxlan(udp).expect("a VXLAN header");
+        let seq = traffic::seq_of(&udp[encap::VXLAN_LEN..]).expect("a lab frame");
+        ports
+            .entry(flow_of[seq as usize])
+            .or_default()
+            .insert(h.source_port);
+    }
+    assert_eq!(
+        ports.len(),
+        2 * usize::from(flows),
+        "both directions of every flow"
+    );
+    let mut distinct: std::collections::BTreeSet<u16> = std::collections::BTreeSet::new();
+    for i in 0..flows {
+        let (fwd, rev) = (&ports[&(i, false)], &ports[&(i, true)]);
+        assert_eq!(
+            fwd.len(),
+            1,
+            "flow {i}: one port for its 3 forward frames: {fwd:?}"
+        );
+        assert_eq!(fwd, rev, "flow {i}: the same port both ways");
+        distinct.extend(fwd);
+    }
+    assert!(
+        distinct.len() > usize::from(flows) * 9 / 10,
+        "{flows} flows on only {} ports",
+        distinct.len()
+    );
+    drop(daemon);
 }
 
 /// Sends `probe` until the daemon sees `member` down (its first failed send

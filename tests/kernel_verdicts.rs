@@ -184,18 +184,31 @@ fn assert_accounting(d: &[u64; COUNTERS], session: Option<usize>) {
         u64::from(session.is_some())
     );
     assert_eq!(cnt(d, C::MIRROR_CNT_REDIRECTED), 0);
-    let parse: u64 = [
-        C::MIRROR_CNT_PARSE_NON_IP,
-        C::MIRROR_CNT_PARSE_TRUNCATED,
-        C::MIRROR_CNT_PARSE_BAD_HEADER,
-        C::MIRROR_CNT_PARSE_EXT_LIMIT,
-        C::MIRROR_CNT_PARSE_VLAN_LIMIT,
-        C::MIRROR_CNT_FRAGMENT,
-    ]
-    .iter()
-    .map(|&c| cnt(d, c))
-    .sum();
+    let parse: u64 = PARSER.iter().map(|&(c, _)| cnt(d, c)).sum();
     assert!(parse <= 1, "at most one parse counter per frame");
+}
+
+/// The `parser` counters of `mirror stats`, by their names there.
+const PARSER: [(C, &str); 6] = [
+    (C::MIRROR_CNT_PARSE_NON_IP, "non_ip"),
+    (C::MIRROR_CNT_PARSE_TRUNCATED, "truncated"),
+    (C::MIRROR_CNT_PARSE_BAD_HEADER, "bad_header"),
+    (C::MIRROR_CNT_PARSE_EXT_LIMIT, "ipv6_ext_limit"),
+    (C::MIRROR_CNT_PARSE_VLAN_LIMIT, "vlan_limit"),
+    (C::MIRROR_CNT_FRAGMENT, "fragment"),
+];
+
+/// Every parser counter moved by exactly what `want` says: one for the
+/// expected counter, zero for every other (and for all of them when the
+/// frame parsed whole).
+fn assert_parser(what: &str, d: &[u64; COUNTERS], want: Option<C>) {
+    for (c, name) in PARSER {
+        assert_eq!(
+            cnt(d, c),
+            u64::from(want == Some(c)),
+            "{what}: parser counter {name}"
+        );
+    }
 }
 
 const A: Option<usize> = Some(0); // session "a" (priority 1)
@@ -399,6 +412,24 @@ fn table() -> Vec<Case> {
             Some(C::MIRROR_CNT_PARSE_VLAN_LIMIT),
         ),
         (
+            "ipv4 header cut short: no address, protocol or ports to match",
+            eth(0x0800, &ipv4(6, V4A, V4B, 0, 0, &tcp(80))[..12]),
+            NONE,
+            Some(C::MIRROR_CNT_PARSE_TRUNCATED),
+        ),
+        (
+            "tcp4 header cut after 2 bytes: no ports, a's address rule still holds",
+            eth(0x0800, &ipv4(6, V4A, V4B, 0, 0, &[0x9c, 0x40])),
+            A,
+            Some(C::MIRROR_CNT_PARSE_TRUNCATED),
+        ),
+        (
+            "ipv6 extension header cut short: b's source rule still holds",
+            eth(0x86dd, &ipv6(0, V6A, V6B, &ext8(17)[..4])),
+            B,
+            Some(C::MIRROR_CNT_PARSE_TRUNCATED),
+        ),
+        (
             "arp: non-IP, no rule without IP constraints",
             eth(0x0806, &[0; 28]),
             NONE,
@@ -422,9 +453,7 @@ fn every_frame_shape_gets_its_expected_verdict_and_counters() {
             "reference: {what}"
         );
         assert_accounting(&d, got);
-        if let Some(p) = parse {
-            assert_eq!(cnt(&d, p), 1, "{what}: parse counter {p:?}");
-        }
+        assert_parser(what, &d, parse);
     }
 }
 
@@ -530,9 +559,10 @@ fn a_filter_no_field_can_change_decides_every_frame_without_a_scan() {
     ] {
         let fx = Fixture::new(&text);
         let filters = fx.filters();
-        for (shape, frame, _, _) in table() {
+        for (shape, frame, _, parse) in table() {
             let (got, d) = fx.run(&frame);
             assert_eq!(got, want, "{what}: {shape}");
+            assert_parser(&format!("{what}: {shape}"), &d, parse);
             assert_eq!(
                 classify::classify(&filters, Direction::Ingress, &frame),
                 want,

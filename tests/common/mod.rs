@@ -289,3 +289,144 @@ pub fn pin_current_thread(cpu: usize) {
         std::io::Error::last_os_error()
     );
 }
+
+/// (destination, IP protocol, IP payload) of an IPv4 frame.
+pub fn ipv4_payload(frame: &[u8]) -> Option<(std::net::Ipv4Addr, u8, Vec<u8>)> {
+    let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    match p.net? {
+        etherparse::NetSlice::Ipv4(ip) => Some((
+            ip.header().destination_addr(),
+            ip.payload().ip_number.0,
+            ip.payload().payload.to_vec(),
+        )),
+        _ => None,
+    }
+}
+
+/// The time a test reads just before it sends and just after the last copy
+/// is out, Unix nanoseconds: every time stamp of those frames lies between.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+impl Window {
+    /// Opens the window: call right before the first frame is sent.
+    pub fn open() -> Window {
+        let now = mirror_user::dataplane::clock::realtime_ns();
+        Window {
+            start_ns: now,
+            end_ns: now,
+        }
+    }
+
+    /// Closes it: call once every copy has been counted sent.
+    pub fn close(&mut self) {
+        self.end_ns = mirror_user::dataplane::clock::realtime_ns();
+    }
+
+    /// `ts_ns` (a pcapng stamp) lies in the window.
+    pub fn assert_holds(&self, what: &str, ts_ns: u64) {
+        assert!(
+            (self.start_ns..=self.end_ns).contains(&ts_ns),
+            "{what}: time stamp {ts_ns} ns is not between the send ({}) and the last copy ({}): \
+             {:+.3} s from the send",
+            self.start_ns,
+            self.end_ns,
+            (ts_ns as f64 - self.start_ns as f64) / 1e9
+        );
+    }
+
+    /// An ERSPAN III time stamp (the low 32 bits of the time in `unit_ns`
+    /// units) lies in the window, taken in the same units.
+    pub fn assert_holds_erspan(&self, what: &str, stamp: u32, unit_ns: u64) {
+        let (from, to) = (self.start_ns / unit_ns, self.end_ns / unit_ns);
+        let after_start = stamp.wrapping_sub(from as u32);
+        assert!(
+            u64::from(after_start) <= to - from,
+            "{what}: ERSPAN time stamp {stamp} is not between {} and {} (units of {unit_ns} ns, \
+             low 32 bits)",
+            from as u32,
+            to as u32
+        );
+    }
+}
+
+/// The kernel's symmetric flow hash of each frame: what `xdp_tap` writes in
+/// its metadata, read back through BPF_PROG_TEST_RUN on a program whose one
+/// session mirrors everything. Needs root.
+pub fn kernel_flow_hashes<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> Vec<u32> {
+    use mirror_user::filter::ruleset::{self, RuleSet};
+    let config = mirror_user::config::parse(
+        r#"
+[[source]]
+name = "s"
+interface = "x"
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+[[target]]
+name = "t"
+kind = "interface"
+interface = "y"
+[[session]]
+name = "a"
+source = "s"
+filter = "all"
+targets = ["t"]
+"#,
+        "hash",
+    )
+    .expect("valid config");
+    let set = RuleSet::build(
+        &ruleset::source_filters(&config, 0),
+        mirror_user::config::Direction::Ingress,
+    )
+    .expect("the rule compiles");
+    let mut prog = mirror_user::kernel::SourceProgram::load().expect("the program loads");
+    prog.install(&set, None).expect("the rule installs");
+    frames
+        .into_iter()
+        .map(|f| {
+            mirror_user::kernel::test_run(prog.xdp_tap_fd(), f)
+                .expect("BPF_PROG_TEST_RUN")
+                .expect("mirrored, with metadata")
+                .hash
+        })
+        .collect()
+}
+
+/// A frame's flow as the kernel's flow hash sees it, the same for both
+/// directions: the outer VLAN id, the IP protocol, and the two endpoints
+/// (address, port; port 0 without ports) in order.
+pub type FlowKey = (Option<u16>, u8, [(std::net::IpAddr, u16); 2]);
+
+pub fn flow_key(frame: &[u8]) -> Option<FlowKey> {
+    let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    let vlan = p.vlan_ids().first().map(|v| v.value());
+    let (src, dst, proto) = match p.net.as_ref()? {
+        etherparse::NetSlice::Ipv4(ip) => (
+            std::net::IpAddr::V4(ip.header().source_addr()),
+            std::net::IpAddr::V4(ip.header().destination_addr()),
+            ip.payload().ip_number.0,
+        ),
+        etherparse::NetSlice::Ipv6(ip) => (
+            std::net::IpAddr::V6(ip.header().source_addr()),
+            std::net::IpAddr::V6(ip.header().destination_addr()),
+            ip.payload().ip_number.0,
+        ),
+        _ => return None,
+    };
+    let (sport, dport) = match &p.transport {
+        Some(etherparse::TransportSlice::Udp(u)) => (u.source_port(), u.destination_port()),
+        Some(etherparse::TransportSlice::Tcp(t)) => (t.source_port(), t.destination_port()),
+        _ => (0, 0),
+    };
+    let mut ends = [(src, sport), (dst, dport)];
+    ends.sort();
+    Some((vlan, proto, ends))
+}

@@ -188,7 +188,9 @@ static __always_inline void write_meta(struct xdp_md *ctx, __u32 session, __u32 
 	void *data;
 
 	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(*meta)))
-		return; /* userspace sees no magic and falls back to the only session */
+		/* No metadata area (native XDP on drivers such as sfc or TI cpsw):
+		 * userspace sees no magic; see place_frame in dataplane/worker.rs. */
+		return;
 	meta = (void *)(long)ctx->data_meta;
 	data = (void *)(long)ctx->data;
 	if ((void *)(meta + 1) > data)

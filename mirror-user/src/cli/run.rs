@@ -16,10 +16,12 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<ExitCode> {
+    // The file first: its errors (at line:column, as `mirror check` gives
+    // them) are worth reporting whoever runs it.
+    let config = mirror_user::config::load(&a.config)?;
     if !mirror_user::is_root() {
         bail!("mirror run needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW)");
     }
-    let config = mirror_user::config::load(&a.config)?;
     if let Some(cpus) = &config.daemon.cpus {
         // Before any thread starts: every thread inherits the mask.
         cpus.pin_current_thread().with_context(|| {

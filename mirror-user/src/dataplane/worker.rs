@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use libbpf_rs::{MapHandle, RingBufferBuilder};
 
-use super::clock::{realtime_ns, tai_offset_ns};
+use super::clock::{realtime_ns, tai_offset_ns, tai_to_unix};
 use super::session::SessionPlan;
 use super::source::Source;
 use crate::kernel::copy_ring::Record;
-use crate::kernel::read_meta;
 use crate::kernel::xsk::RxQueue;
+use crate::kernel::{read_meta, Meta};
 use crate::target::Frame;
 
 /// Frames read from an RX ring per round.
@@ -59,24 +59,60 @@ impl Touched {
     }
 }
 
+/// Where a tap-mode frame goes: (session, flow hash, Unix time stamp), read
+/// from the metadata `xdp_tap` wrote in front of it, or `None` when the
+/// frame cannot be placed (counted `no_metadata`).
+///
+/// A frame without metadata is not always a bug: `bpf_xdp_adjust_meta`
+/// fails on NIC drivers whose native XDP has no metadata area (sfc, TI
+/// cpsw, MediaTek's mtk_eth_soc, ... call `xdp_prepare_buff(..., false)`);
+/// the program then redirects the frame without it. A source with one
+/// session still knows its session, so such frames are mirrored, with flow
+/// hash 0 (groups send them all to one member, VXLAN uses one source port)
+/// and the time `now` gives (when userspace reads them). With several
+/// sessions the session is unknown and the frame is counted. Metadata that
+/// names a session the source does not have can only come from a bug, and
+/// is counted whatever the number of sessions.
+pub(super) fn place_frame(
+    meta: Option<Meta>,
+    sessions: usize,
+    tai_offset: u64,
+    now: impl FnOnce() -> u64,
+) -> Option<(usize, u32, u64)> {
+    match meta {
+        Some(m) if (m.session as usize) < sessions => Some((
+            m.session as usize,
+            m.hash,
+            tai_to_unix(m.tstamp, tai_offset),
+        )),
+        Some(_) => None,
+        None if sessions == 1 => Some((0, 0, now())),
+        None => None,
+    }
+}
+
 pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
     let plans = &src.plans;
-    let single = plans.len() == 1;
     let mut touched = Touched::new(plans.len());
     let tai_offset = tai_offset_ns();
+    let mut said_no_metadata = false;
     while !stop.load(Ordering::Relaxed) {
         let n = q.receive(RX_BATCH, |meta, data, loan| {
-            let (session, hash, tstamp_ns) = match read_meta(meta) {
-                Some(m) if (m.session as usize) < plans.len() => (
-                    m.session as usize,
-                    m.hash,
-                    m.tstamp.wrapping_sub(tai_offset),
-                ),
-                _ if single => (0, 0, realtime_ns()),
-                _ => {
-                    src.no_metadata.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
+            let meta = read_meta(meta);
+            if meta.is_none() && plans.len() == 1 && !std::mem::replace(&mut said_no_metadata, true)
+            {
+                tracing::warn!(
+                    source = %src.name,
+                    "frames arrive without XDP metadata (this driver's native XDP has none): \
+                     mirrored to the source's one session with flow hash 0 and time-stamped \
+                     when read; xdp_mode = \"generic\" has metadata"
+                );
+            }
+            let Some((session, hash, tstamp_ns)) =
+                place_frame(meta, plans.len(), tai_offset, realtime_ns)
+            else {
+                src.no_metadata.fetch_add(1, Ordering::Relaxed);
+                return;
             };
             plans[session].dispatch(
                 Frame {
@@ -100,6 +136,30 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
     }
 }
 
+/// Copy mode: the session of a ring-buffer record and the frame it hands on
+/// (Unix time stamp, direction, original length); `None` when the record
+/// names a session the source does not have (counted `no_metadata`).
+pub(super) fn record_frame<'a>(
+    rec: &Record<&'a [u8]>,
+    sessions: usize,
+    tai_offset: u64,
+    source: u16,
+) -> Option<(usize, Frame<'a>)> {
+    let session = rec.session as usize;
+    (session < sessions).then_some((
+        session,
+        Frame {
+            data: rec.data,
+            orig_len: rec.orig_len,
+            hash: rec.hash,
+            tstamp_ns: tai_to_unix(rec.tstamp_tai, tai_offset),
+            vni: 0,
+            source,
+            egress: rec.egress,
+        },
+    ))
+}
+
 /// Copy mode: reads the source's ring buffer and feeds every record to its
 /// session, waking the targets every [`COPY_BATCH`] records and whenever the
 /// ring is empty. The kernel wakes it only when the ring fills past
@@ -110,27 +170,15 @@ pub(super) fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
     let touched = RefCell::new(Touched::new(plans.len()));
     let tai_offset = tai_offset_ns();
     let on_record = |bytes: &[u8]| -> i32 {
-        let rec = match Record::parse(bytes) {
-            Some(r) if (r.session as usize) < plans.len() => r,
-            _ => {
-                src.no_metadata.fetch_add(1, Ordering::Relaxed);
-                return 0;
-            }
+        let Some((session, frame)) =
+            Record::parse(bytes).and_then(|r| record_frame(&r, plans.len(), tai_offset, src.index))
+        else {
+            src.no_metadata.fetch_add(1, Ordering::Relaxed);
+            return 0;
         };
-        plans[rec.session as usize].dispatch(
-            Frame {
-                data: rec.data,
-                orig_len: rec.orig_len,
-                hash: rec.hash,
-                tstamp_ns: rec.tstamp_tai.wrapping_sub(tai_offset),
-                vni: 0,
-                source: src.index,
-                egress: rec.egress,
-            },
-            None,
-        );
+        plans[session].dispatch(frame, None);
         let mut t = touched.borrow_mut();
-        t.mark(rec.session as usize);
+        t.mark(session);
         if t.pending >= COPY_BATCH {
             t.wake(plans);
         }
@@ -163,4 +211,73 @@ pub(super) fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
     // The programs are detached: hand on what is still in the ring.
     let _ = ring.consume();
     touched.borrow_mut().wake(plans);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+    const NOW: u64 = 1_735_689_600 * S;
+
+    fn meta(session: u16) -> Option<Meta> {
+        Some(Meta {
+            session,
+            hash: 0xdead_beef,
+            tstamp: NOW + 37 * S,
+        })
+    }
+
+    #[test]
+    fn a_frame_with_metadata_goes_to_its_session_with_its_hash_and_unix_time() {
+        for sessions in [1, 3] {
+            let got = place_frame(meta(0), sessions, 37 * S, || panic!("not read"));
+            assert_eq!(got, Some((0, 0xdead_beef, NOW)), "{sessions} sessions");
+        }
+        assert_eq!(
+            place_frame(meta(2), 3, 37 * S, || 0),
+            Some((2, 0xdead_beef, NOW))
+        );
+    }
+
+    /// Native XDP on a driver without a metadata area: one session still
+    /// mirrors (not counted), several cannot tell the session (counted).
+    #[test]
+    fn a_frame_without_metadata_goes_to_the_only_session_else_is_counted() {
+        assert_eq!(
+            place_frame(None, 1, 37 * S, || NOW + 5),
+            Some((0, 0, NOW + 5))
+        );
+        assert_eq!(place_frame(None, 2, 37 * S, || NOW), None);
+    }
+
+    #[test]
+    fn a_copy_record_goes_to_its_session_with_unix_time_and_its_direction() {
+        let rec = Record {
+            session: 1,
+            egress: true,
+            cut: false,
+            gso: false,
+            ifindex: 3,
+            orig_len: 1500,
+            hash: 7,
+            tstamp_tai: NOW + 37 * S,
+            data: &[1u8, 2, 3][..],
+        };
+        let (session, f) = record_frame(&rec, 2, 37 * S, 4).expect("placed");
+        assert_eq!(session, 1);
+        assert_eq!(
+            (f.data, f.orig_len, f.hash, f.tstamp_ns, f.source, f.egress),
+            (&[1u8, 2, 3][..], 1500, 7, NOW, 4, true)
+        );
+        assert!(record_frame(&rec, 1, 37 * S, 4).is_none(), "no session 1");
+    }
+
+    /// The kernel and the daemon disagree on the sessions: a bug, counted
+    /// even when the source has one session.
+    #[test]
+    fn metadata_naming_an_unknown_session_is_counted() {
+        assert_eq!(place_frame(meta(1), 1, 0, || NOW), None);
+        assert_eq!(place_frame(meta(3), 3, 0, || NOW), None);
+    }
 }

@@ -17,13 +17,13 @@ const GRE_KEY: u16 = 0x2000;
 const GRE_SEQ: u16 = 0x1000;
 
 /// UDP + VXLAN header bytes.
-pub(crate) const VXLAN_LEN: usize = 16;
+pub const VXLAN_LEN: usize = 16;
 /// Longest header any builder writes (GRE with sequence + ERSPAN III).
 pub(crate) const MAX_HEADER: usize = 20;
 
 /// The outer UDP source port of a VXLAN copy: from the flow hash, in the
 /// dynamic range 49152..=65535, so ECMP spreads flows and keeps each on one path.
-pub(crate) fn vxlan_source_port(hash: u32) -> u16 {
+pub fn vxlan_source_port(hash: u32) -> u16 {
     49152 + (hash % 16384) as u16
 }
 
