@@ -1,7 +1,8 @@
 //! End to end, in network namespaces: the real `mirror run` (tap mode) writing
 //! a pcapng target on a small tmpfs, checked by reading the directory itself
 //! (file names, sizes, and every packet read back by an independent parser):
-//! `rotate_interval` and `min_free`.
+//! `rotate_interval`, `max_total_size` (sampled while a stream ten times the
+//! budget is written) and `min_free`.
 
 mod common;
 
@@ -125,6 +126,19 @@ fn listing(dir: &Path) -> Option<Vec<(String, u64)>> {
     Some(out)
 }
 
+/// The directory at one instant: two listings in a row that agree. Files
+/// only grow (or go), so every size held from the first `stat` to the
+/// second, and the sum is a total the directory really had.
+fn consistent_listing(dir: &Path) -> Option<Vec<(String, u64)>> {
+    let a = listing(dir)?;
+    let b = listing(dir)?;
+    (a == b).then_some(a)
+}
+
+fn total(files: &[(String, u64)]) -> u64 {
+    files.iter().map(|f| f.1).sum()
+}
+
 /// Calls `sample` every millisecond on a thread until [`Sampler::finish`]
 /// (bounded: 60 s).
 struct Sampler {
@@ -215,6 +229,90 @@ fn rotate_interval_starts_a_new_file_each_interval_while_traffic_flows() {
     // In order across the files, none lost, none twice.
     let all: Vec<u32> = records.iter().flat_map(|r| seqs(r)).collect();
     assert_eq!(all, (0..3500).collect::<Vec<u32>>());
+}
+
+/// The budget and file size of issue 19.
+const BUDGET: u64 = 1 << 20;
+const ROTATE: u64 = 256 << 10;
+
+#[test]
+fn max_total_size_holds_at_every_moment_and_keeps_the_newest_frames() {
+    require_root!();
+    let mut s = Setup::new(
+        "e2e-pcap-budget",
+        "32m",
+        r#"rotate_size = "256KiB"
+max_total_size = "1MiB""#,
+    );
+    let dir = s.fs.path().to_path_buf();
+    // (consistent samples, the largest total seen, and that listing)
+    type Seen = (u64, u64, Vec<(String, u64)>);
+    let largest: Arc<std::sync::Mutex<Seen>> = Arc::default();
+    let sampler = {
+        let (dir, largest) = (dir.clone(), largest.clone());
+        Sampler::start(move || {
+            if let Some(l) = consistent_listing(&dir) {
+                let mut seen = largest.lock().expect("lock");
+                seen.0 += 1;
+                if total(&l) > seen.1 {
+                    seen.1 = total(&l);
+                    seen.2 = l;
+                }
+            }
+        })
+    };
+    // Ten times the budget: 10,500 copies of 1,000 bytes (1,044 on disk).
+    let n = 10_500u32;
+    let sent = s.send(n, 1000, 5000);
+    let st = s.settled(sent);
+    sampler.finish();
+    let (samples, most, at_most): Seen = largest.lock().expect("lock").clone();
+
+    let t = &st.targets["cap"];
+    assert_reconciles("cap", t);
+    assert_eq!(t.dropped_total(), 0, "{:?}", t.dropped);
+    assert_eq!(t.sent_packets, sent);
+    let written = t.sent_packets * 1044;
+    assert!(written > 10 * BUDGET, "{written} bytes written");
+
+    let now = consistent_listing(&dir).expect("a quiet directory");
+    eprintln!(
+        "budget {BUDGET}: {samples} samples, largest total {most} ({} files); now {} bytes in {} files: {now:?}",
+        at_most.len(),
+        total(&now),
+        now.len()
+    );
+    assert!(samples >= 100, "the directory was sampled {samples} times");
+    assert!(
+        most <= BUDGET,
+        "the files totalled {most} bytes, over the {BUDGET}-byte budget: {at_most:?}"
+    );
+    assert!(total(&now) <= BUDGET, "now {} bytes: {now:?}", total(&now));
+    // Oldest files go only as needed: what is left is within one file of the budget.
+    assert!(
+        total(&now) > BUDGET - ROTATE,
+        "only {} bytes kept: {now:?}",
+        total(&now)
+    );
+    let files = rotated_files(&s.capture());
+    assert_eq!(files.len(), now.len(), "only the target's files: {now:?}");
+    for (_, p) in &files {
+        let size = std::fs::metadata(p).expect("size").len();
+        assert!(size <= ROTATE, "{} is {size} bytes", p.display());
+    }
+    // The newest frames are on disk: the files hold the last copies,
+    // consecutive up to the last one sent.
+    let kept: Vec<u32> = files
+        .iter()
+        .flat_map(|(_, p)| seqs(&read_pcapng(p)))
+        .collect();
+    let first = n - kept.len() as u32;
+    assert_eq!(
+        kept,
+        (first..n).collect::<Vec<u32>>(),
+        "the newest copies, in order"
+    );
+    drop(s);
 }
 
 #[test]
