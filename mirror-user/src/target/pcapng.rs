@@ -597,9 +597,17 @@ mod tests {
     /// 4,096 bytes cannot fit the budget even alone.
     #[test]
     fn the_budget_holds_after_every_write_and_a_copy_too_big_for_it_is_counted() {
-        let dir = std::env::temp_dir().join(format!("mirror-pcapng-budget-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("b.pcapng");
+        /// Removed on drop, also when an assertion fails.
+        struct Dir(PathBuf);
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir =
+            Dir(std::env::temp_dir().join(format!("mirror-pcapng-budget-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).expect("temp dir");
+        let path = dir.0.join("b.pcapng");
         let spec = PcapngSpec {
             path: path.clone(),
             rotate_size: Some(1 << 20),
@@ -658,7 +666,6 @@ mod tests {
         writer.join().expect("writer");
         let files = rotated_files(&path);
         let kept = total();
-        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(
             q.counters.dropped(TargetDrop::TooBig),
             1,
