@@ -13,13 +13,20 @@
 //!   `STEM-NNNNNN.EXT` with a sequence number that continues after the highest
 //!   one already in the directory; a file is closed before it would pass
 //!   `rotate_size`. Then the oldest rotated files are deleted until at most
-//!   `keep` remain and their total is within `max_total_size`.
+//!   `keep` remain.
+//! - `max_total_size` counts every file of the target, the one being written
+//!   included, at every moment: before each write the oldest files are deleted
+//!   until the write fits (the file being written never is), and a file is
+//!   closed before a block would take it alone past the budget. A copy whose
+//!   block cannot fit the budget even in a file of its own is dropped, counted
+//!   `too_big`.
 //! - Disk full: a failed write is cut back to the last whole block
 //!   (`ftruncate`), its copies are counted `disk_full`, and writing resumes
 //!   when space returns; `min_free` stops writing (counted `disk_full`)
 //!   before the file system fills.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -165,6 +172,9 @@ struct Files {
     /// Sequence number of the current file (rotating targets).
     seq: u64,
     current: Option<Current>,
+    /// The target's closed files (rotating targets), oldest first, with
+    /// their sizes: those found at start and those closed since.
+    old: VecDeque<(PathBuf, u64)>,
 }
 
 struct Current {
@@ -181,16 +191,38 @@ struct Current {
 
 impl Files {
     fn new(spec: PcapngSpec, interfaces: Interfaces) -> Files {
+        let found = if spec.rotates() {
+            rotated_files(&spec.path)
+        } else {
+            Vec::new()
+        };
         let seq = if spec.rotates() {
-            rotated_files(&spec.path).last().map_or(1, |(n, _)| n + 1)
+            found.last().map_or(1, |(n, _)| n + 1)
         } else {
             0
         };
+        let old = found
+            .into_iter()
+            .map(|(_, p)| {
+                let len = std::fs::metadata(&p).map_or(0, |m| m.len());
+                (p, len)
+            })
+            .collect();
         Files {
             spec,
             interfaces,
             seq,
             current: None,
+            old,
+        }
+    }
+
+    /// The most bytes one file may hold: it is closed before a block would
+    /// take it past `rotate_size` or, alone, past `max_total_size`.
+    fn file_limit(&self) -> Option<u64> {
+        match (self.spec.rotate_size, self.spec.max_total_size) {
+            (Some(r), Some(m)) => Some(r.min(m)),
+            (r, m) => r.or(m),
         }
     }
 
@@ -204,8 +236,11 @@ impl Files {
 
     /// Closes the current file (if any) and starts the next one.
     fn open_next(&mut self) -> Result<(), PcapngError> {
-        if self.current.take().is_some() {
+        if let Some(closed) = self.current.take() {
             self.seq += 1;
+            if self.spec.rotates() {
+                self.old.push_back((closed.path, closed.committed));
+            }
         }
         let path = self.next_path();
         let file = OpenOptions::new()
@@ -231,48 +266,73 @@ impl Files {
         Ok(())
     }
 
-    /// Deletes the oldest rotated files beyond `keep` / `max_total_size`.
-    /// Files that hold no packet (the header of a run that crashed before its
-    /// first packet) are removed first and never count: they cannot push a
+    /// Deletes the oldest closed files beyond `keep` (which counts the file
+    /// being written) and `max_total_size`. Files that hold no packet (the
+    /// header of a run that died before its first packet, or of an idle
+    /// interval) are removed first and never count: they cannot push a
     /// capture with data out.
-    fn prune(&self) {
-        let mut files = rotated_files(&self.spec.path);
-        let current = self.current.as_ref().map(|c| c.path.clone());
-        files.retain(|(_, p)| Some(p) != current.as_ref());
-        files.retain(|(_, p)| {
+    fn prune(&mut self) {
+        self.old.retain(|(p, _)| {
             if holds_packets(p) {
                 return true;
             }
             match std::fs::remove_file(p) {
-                Ok(()) => tracing::info!(file = %p.display(), "removed a capture file that holds no packet (left by an earlier run)"),
-                Err(e) => tracing::warn!(file = %p.display(), error = %e, "removing an empty capture file failed"),
+                Ok(()) => tracing::info!(file = %p.display(), "removed a capture file that holds no packet"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), error = %e, "removing an empty capture file failed");
+                    return true;
+                }
             }
             false
         });
-        // `keep` and the budget count the file being written too.
-        let keep_old = self.spec.keep.map(|k| k.saturating_sub(1) as usize);
-        let sizes: Vec<u64> = files
-            .iter()
-            .map(|(_, p)| std::fs::metadata(p).map_or(0, |m| m.len()))
-            .collect();
-        let mut total: u64 =
-            sizes.iter().sum::<u64>() + self.current.as_ref().map_or(0, |c| c.committed);
-        let mut i = 0;
-        while i < files.len() {
-            let over_keep = keep_old.is_some_and(|k| files.len() - i > k);
-            let over_budget = self.spec.max_total_size.is_some_and(|m| total > m);
-            if !over_keep && !over_budget {
-                break;
-            }
-            match std::fs::remove_file(&files[i].1) {
-                Ok(()) => tracing::debug!(file = %files[i].1.display(), "deleted old capture file"),
-                Err(e) => {
-                    tracing::warn!(file = %files[i].1.display(), error = %e, "deleting an old capture file failed")
+        if let Some(keep) = self.spec.keep {
+            while self.old.len() + 1 > keep as usize {
+                if !self.delete_oldest() {
+                    break;
                 }
             }
-            total -= sizes[i];
-            i += 1;
         }
+        let current = self.current.as_ref().map_or(0, |c| c.committed);
+        self.make_room(current);
+    }
+
+    /// Deletes the oldest closed files until they and a file of `current`
+    /// bytes (the one being written, after its next write) fit
+    /// `max_total_size`. Never deletes the file being written. Returns
+    /// whether they fit.
+    fn make_room(&mut self, current: u64) -> bool {
+        let Some(max) = self.spec.max_total_size else {
+            return true;
+        };
+        loop {
+            let total = current + self.old.iter().map(|(_, len)| len).sum::<u64>();
+            if total <= max {
+                return true;
+            }
+            if !self.delete_oldest() {
+                return false;
+            }
+        }
+    }
+
+    /// Deletes the oldest closed file; false if there is none or it could
+    /// not be deleted (it stays counted).
+    fn delete_oldest(&mut self) -> bool {
+        let Some((path, _)) = self.old.front() else {
+            return false;
+        };
+        match std::fs::remove_file(path) {
+            Ok(()) => tracing::debug!(file = %path.display(), "deleted old capture file"),
+            // Someone else deleted it: it no longer counts.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "deleting an old capture file failed");
+                return false;
+            }
+        }
+        self.old.pop_front();
+        true
     }
 }
 
@@ -462,12 +522,17 @@ fn run(mut files: Files, q: &TargetQueue, stop: &AtomicBool) {
         let mut took = 0;
         while let Some(p) = q.pop_ready() {
             took += 1;
-            if let (Some(limit), Some(cur)) = (files.spec.rotate_size, files.current.as_ref()) {
+            if let (Some(limit), Some(cur)) = (files.file_limit(), files.current.as_ref()) {
                 let next = cur.committed + blocks.len() as u64 + Blocks::epb_len(&p) as u64;
                 if next > limit && cur.packets + blocks.packets > 0 {
                     flush(&mut files, &mut blocks, q);
                     rotate(&mut files, &mut blocks);
                 }
+            }
+            if let Some(why) = over_budget(&files, &blocks, &p) {
+                q.counters.drop(why, 1);
+                q.recycle(p);
+                continue;
             }
             blocks.push(&p);
             q.recycle(p);
@@ -512,6 +577,22 @@ fn run(mut files: Files, q: &TargetQueue, stop: &AtomicBool) {
     }
 }
 
+/// Why the block of `p` cannot be written within `max_total_size`, if so:
+/// `too_big` when it does not fit even in a file of its own, `disk_full`
+/// when the file being written is too full and no new one could be opened.
+fn over_budget(files: &Files, blocks: &Blocks, p: &Packet) -> Option<TargetDrop> {
+    let max = files.spec.max_total_size?;
+    let cur = files.current.as_ref()?;
+    let next = cur.committed + blocks.len() as u64 + Blocks::epb_len(p) as u64;
+    if next <= max {
+        None
+    } else if cur.packets + blocks.packets == 0 {
+        Some(TargetDrop::TooBig)
+    } else {
+        Some(TargetDrop::DiskFull)
+    }
+}
+
 fn rotate(files: &mut Files, blocks: &mut Blocks) {
     match files.open_next() {
         Ok(()) => *blocks = Blocks::new(&files.interfaces),
@@ -530,6 +611,15 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue) {
     if files.current.is_none() {
         if let Err(e) = files.open_next() {
             tracing::warn!(error = %e, "opening the capture file failed");
+        }
+    }
+    // The budget counts the file being written after this write: make room
+    // first, so the target's files never total more, even for a moment.
+    if let Some(committed) = files.current.as_ref().map(|c| c.committed) {
+        if !files.make_room(committed + blocks.len() as u64) {
+            q.counters.drop(TargetDrop::DiskFull, blocks.packets);
+            blocks.clear_packets();
+            return;
         }
     }
     let Some(cur) = files.current.as_mut() else {
@@ -624,6 +714,95 @@ mod tests {
             q.recycle(p);
         }
         assert!(before > 0);
+    }
+
+    /// The writer on its own (no namespaces, any user): with
+    /// `max_total_size` at its smallest, 4 KiB, three 1,000-byte copies
+    /// fill a file, so every few copies the oldest file must go; a copy of
+    /// 4,096 bytes cannot fit the budget even alone.
+    #[test]
+    fn the_budget_holds_after_every_write_and_a_copy_too_big_for_it_is_counted() {
+        /// Removed on drop, also when an assertion fails.
+        struct Dir(PathBuf);
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir =
+            Dir(std::env::temp_dir().join(format!("mirror-pcapng-budget-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).expect("temp dir");
+        let path = dir.0.join("b.pcapng");
+        let spec = PcapngSpec {
+            path: path.clone(),
+            rotate_size: Some(1 << 20),
+            rotate_interval: None,
+            keep: None,
+            max_total_size: Some(4096),
+            min_free: None,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (q, writer) = start(
+            "b",
+            &spec,
+            vec![("s".into(), "eth0".into())],
+            64,
+            Arc::new(AtomicBool::new(true)),
+            stop.clone(),
+        )
+        .expect("the first file");
+        let offer = |seq: u8, len: usize| {
+            let data = vec![seq; len];
+            q.offer(&super::super::Frame {
+                data: &data,
+                orig_len: len as u32,
+                hash: 0,
+                tstamp_ns: u64::from(seq),
+                vni: 0,
+                source: 0,
+                egress: false,
+            });
+        };
+        let total = || -> u64 {
+            rotated_files(&path)
+                .iter()
+                .map(|(_, p)| std::fs::metadata(p).map_or(0, |m| m.len()))
+                .sum()
+        };
+        let wait_written = |n: u64| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while q.counters.sent_packets.load(Ordering::Relaxed)
+                + q.counters.dropped(TargetDrop::TooBig)
+                < n
+            {
+                assert!(Instant::now() < deadline, "the writer is stuck");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        for seq in 1..=10u8 {
+            offer(seq, 1000);
+            wait_written(u64::from(seq));
+            assert!(total() <= 4096, "{} bytes after copy {seq}", total());
+        }
+        offer(11, 4096);
+        offer(12, 1000);
+        wait_written(12);
+        stop.store(true, Ordering::Relaxed);
+        writer.thread().unpark();
+        writer.join().expect("writer");
+        let files = rotated_files(&path);
+        let kept = total();
+        assert_eq!(
+            q.counters.dropped(TargetDrop::TooBig),
+            1,
+            "the 4,096-byte copy"
+        );
+        assert_eq!(q.counters.sent_packets.load(Ordering::Relaxed), 11);
+        assert!(kept <= 4096, "{kept} bytes in {files:?}");
+        // Three copies per file: files 1-3 held copies 1-9, file 4 copy 10,
+        // file 5 copy 12; only the newest fit the budget together.
+        let numbers: Vec<u64> = files.iter().map(|f| f.0).collect();
+        assert_eq!(numbers, [4, 5], "{files:?}");
     }
 
     #[test]
