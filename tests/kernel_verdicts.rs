@@ -669,29 +669,7 @@ fn frames_without_a_rule_set_are_filtered_and_counted() {
 
 /// Everything accepted by one session that samples 1 in `sample`.
 fn catch_all(sample: u32) -> SourceProgram {
-    let text = format!(
-        r#"
-[[source]]
-name = "s"
-interface = "x"
-[[filter]]
-name = "all"
-[[filter.rule]]
-number = 1
-action = "accept"
-direction = "ingress"
-[[target]]
-name = "t"
-kind = "interface"
-interface = "y"
-[[session]]
-name = "a"
-source = "s"
-filter = "all"
-targets = ["t"]
-sample = {sample}
-"#
-    );
+    let text = common::catch_all_config(sample);
     let mut fx = Fixture::new(&text);
     let n = fx.config.sessions[0].sample;
     fx.prog.set_sampling(0, n).expect("sampling set");

@@ -353,12 +353,10 @@ impl Window {
     }
 }
 
-/// The kernel's symmetric flow hash of each frame: what `xdp_tap` writes in
-/// its metadata, read back through BPF_PROG_TEST_RUN on a program whose one
-/// session mirrors everything. Needs root.
-pub fn kernel_flow_hashes<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> Vec<u32> {
-    use mirror_user::filter::ruleset::{self, RuleSet};
-    let config = mirror_user::config::parse(
+/// A config whose one session (on source `s`, to interface target `t`)
+/// accepts every ingress frame and mirrors 1 in `sample` of them.
+pub fn catch_all_config(sample: u32) -> String {
+    format!(
         r#"
 [[source]]
 name = "s"
@@ -378,10 +376,17 @@ name = "a"
 source = "s"
 filter = "all"
 targets = ["t"]
-"#,
-        "hash",
+sample = {sample}
+"#
     )
-    .expect("valid config");
+}
+
+/// The kernel's symmetric flow hash of each frame: what `xdp_tap` writes in
+/// its metadata, read back through BPF_PROG_TEST_RUN on a program whose one
+/// session mirrors everything. Needs root.
+pub fn kernel_flow_hashes<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> Vec<u32> {
+    use mirror_user::filter::ruleset::{self, RuleSet};
+    let config = mirror_user::config::parse(&catch_all_config(1), "hash").expect("valid config");
     let set = RuleSet::build(
         &ruleset::source_filters(&config, 0),
         mirror_user::config::Direction::Ingress,
