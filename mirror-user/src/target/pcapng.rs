@@ -272,20 +272,8 @@ impl Files {
     /// interval) are removed first and never count: they cannot push a
     /// capture with data out.
     fn prune(&mut self) {
-        self.old.retain(|(p, _)| {
-            if holds_packets(p) {
-                return true;
-            }
-            match std::fs::remove_file(p) {
-                Ok(()) => tracing::info!(file = %p.display(), "removed a capture file that holds no packet"),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(file = %p.display(), error = %e, "removing an empty capture file failed");
-                    return true;
-                }
-            }
-            false
-        });
+        self.old
+            .retain(|(p, _)| holds_packets(p) || !remove(p, "a capture file that holds no packet"));
         if let Some(keep) = self.spec.keep {
             while self.old.len() + 1 > keep as usize {
                 if !self.delete_oldest() {
@@ -322,17 +310,27 @@ impl Files {
         let Some((path, _)) = self.old.front() else {
             return false;
         };
-        match std::fs::remove_file(path) {
-            Ok(()) => tracing::debug!(file = %path.display(), "deleted old capture file"),
-            // Someone else deleted it: it no longer counts.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "deleting an old capture file failed");
-                return false;
-            }
+        if !remove(path, "an old capture file") {
+            return false;
         }
         self.old.pop_front();
         true
+    }
+}
+
+/// Deletes `path` (`what` names it in the log); true when it is gone,
+/// also when someone else deleted it first.
+fn remove(path: &Path, what: &str) -> bool {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            tracing::debug!(file = %path.display(), "deleted {what}");
+            true
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "deleting {what} failed");
+            false
+        }
     }
 }
 
