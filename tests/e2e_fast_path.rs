@@ -3,7 +3,7 @@
 //! DEVMAP broadcast in the kernel (one clone per target, no userspace copy);
 //! other sessions of the same source still go through AF_XDP. Counted per
 //! session and per target exactly like the userspace path, in native and in
-//! generic XDP.
+//! generic XDP; `path = "userspace"` keeps a session off it.
 
 mod common;
 
@@ -444,6 +444,35 @@ fn generic_xdp_serves_the_kernel_path_and_counts_each_destination_exactly() {
         daemon.log_text().contains("xdp_mode=\"generic\""),
         "{}",
         daemon.log_text()
+    );
+}
+
+/// `path = "userspace"` on a session the kernel path could serve (two
+/// interface targets that take XDP frames): it goes through AF_XDP, the
+/// log says so and why, and every copy arrives byte-identical.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn path_userspace_keeps_a_session_the_kernel_could_serve_on_af_xdp() {
+    require_root!();
+    let lab = lab(true);
+    let dir = TempDir::new("e2e-fast-user").expect("temp dir");
+    let text = config("path = \"userspace\"");
+    let (mut daemon, mut client) = start(&lab, &dir, &text);
+    let run = run_ids_mix(&lab, &mut client, &text);
+    assert_eq!(run.stats.sessions["ids-feed"].path, "af_xdp");
+    assert_eq!(run.stats.sources["feed"].dropped_total(), 0);
+    assert_ids_targets_got_every_frame(run, false);
+    daemon.stop(Duration::from_secs(10)).expect("stops");
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("session=ids-feed"))
+        .unwrap_or_else(|| panic!("no log line for the session:\n{log}"));
+    assert!(
+        line.contains("session served through userspace")
+            && line.contains("path=\"af_xdp\"")
+            && line.contains("why=path = \"userspace\""),
+        "the log names the path and the reason: {line}"
     );
 }
 
