@@ -1,11 +1,13 @@
 //! End to end, in network namespaces: the running daemon as its operator
-//! meets it. `[daemon] cpus` holds every thread of the process.
+//! meets it. `[daemon] cpus` holds every thread of the process; the control
+//! socket is mode 0600 and root's.
 
 mod common;
 
 use common::{assert_reconciles, wait_for};
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::sync::Arc;
 
 use mirror_user::control::Client;
@@ -147,4 +149,19 @@ fn daemon_cpus_holds_every_thread_of_the_running_daemon() {
         "{}",
         daemon.log_text()
     );
+}
+
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn the_control_socket_is_mode_0600_and_roots() {
+    require_root!();
+    let (_lab, _dir, daemon) = start("e2e-sockmode", "");
+    let meta = std::fs::symlink_metadata(&daemon.control).expect("stat the control socket");
+    assert!(meta.file_type().is_socket(), "{meta:?}");
+    assert_eq!(
+        format!("{:o}", meta.mode() & 0o7777),
+        "600",
+        "only its owner may talk to the daemon"
+    );
+    assert_eq!((meta.uid(), meta.gid()), (0, 0), "owned by root");
 }
