@@ -1,17 +1,23 @@
 //! End to end, in network namespaces: the running daemon as its operator
 //! meets it. `[daemon] cpus` holds every thread of the process; the control
-//! socket is mode 0600 and root's.
+//! socket is mode 0600 and root's; `mirror stats --json` has the SPEC's shape
+//! (sources, sessions, targets, groups; a drop counter an object of reasons)
+//! and the same numbers as the control socket's own `stats` answer.
 
 mod common;
 
 use common::{assert_reconciles, wait_for};
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::Duration;
 
 use mirror_user::control::Client;
 use mirror_user::lab::{self, traffic, DaemonProcess, Lab, TempDir};
+use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mirror");
 
@@ -164,4 +170,147 @@ fn the_control_socket_is_mode_0600_and_roots() {
         "only its owner may talk to the daemon"
     );
     assert_eq!((meta.uid(), meta.gid()), (0, 0), "owned by root");
+}
+
+/// The object at `v[key]`, failing with what was there instead.
+fn object<'a>(v: &'a Value, key: &str) -> &'a serde_json::Map<String, Value> {
+    v[key]
+        .as_object()
+        .unwrap_or_else(|| panic!("`{key}` is not an object: {v}"))
+}
+
+/// `v[key]` as a counter.
+fn count(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{key}` is not a count: {v}"))
+}
+
+/// Asserts `v["dropped"]` is an object of exactly the `reasons`, each a
+/// count, and returns their sum.
+fn dropped(what: &str, v: &Value, reasons: &[&str]) -> u64 {
+    let d = object(v, "dropped");
+    let keys: Vec<&str> = d.keys().map(String::as_str).collect();
+    let mut want = reasons.to_vec();
+    want.sort_unstable();
+    assert_eq!(keys, want, "{what}: the drop reasons");
+    d.values()
+        .map(|n| {
+            n.as_u64()
+                .unwrap_or_else(|| panic!("{what}: a drop count: {n}"))
+        })
+        .sum()
+}
+
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn stats_json_has_the_documented_shape_and_the_sockets_numbers() {
+    require_root!();
+    let (lab, _dir, daemon) = start("e2e-statsjson", "");
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    traffic_then_quiet(&lab, &mut client);
+
+    let out = std::process::Command::new(BIN)
+        .args(["stats", "--json", "--control"])
+        .arg(&daemon.control)
+        .output()
+        .expect("mirror stats --json");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stats --json is not one JSON document ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+
+    // The control socket's own answer, by hand: one JSON line each way.
+    let mut sock = UnixStream::connect(&daemon.control).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    sock.write_all(b"{\"cmd\":\"stats\"}\n").expect("request");
+    let mut line = String::new();
+    BufReader::new(&sock)
+        .read_line(&mut line)
+        .expect("the reply");
+    let reply: Value = serde_json::from_str(&line).expect("the reply is JSON");
+    assert_eq!(reply["ok"], Value::Bool(true), "{reply}");
+    assert_eq!(
+        cli, reply["stats"],
+        "stats --json prints what the socket answers"
+    );
+
+    // The documented shape, with the numbers of the traffic.
+    let top: Vec<&str> = cli
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(top, ["groups", "sessions", "sources", "targets"]);
+    let src = &object(&cli, "sources")["feed"];
+    let src_dropped = dropped(
+        "source",
+        src,
+        &[
+            "no_buffer",
+            "no_metadata",
+            "no_socket",
+            "rate_limited",
+            "ring_full",
+        ],
+    );
+    assert_eq!(src_dropped, 0);
+    assert_eq!(
+        ["received", "matched", "filtered", "sampled_out", "mirrored"].map(|k| count(src, k)),
+        [300, 300, 0, 0, 300]
+    );
+    assert_eq!(src["xdp_mode"], "native");
+    let sess = &object(&cli, "sessions")["all"];
+    assert_eq!(
+        (count(sess, "matched"), count(sess, "mirrored")),
+        (300, 300)
+    );
+    assert_eq!(sess["path"], "af_xdp");
+    assert_eq!(sess["targets"], serde_json::json!(["ids0", "pool"]));
+    let targets = object(&cli, "targets");
+    let target_reasons = [
+        "disk_full",
+        "down",
+        "queue_full",
+        "rate_limited",
+        "send_error",
+        "too_big",
+    ];
+    for (name, t) in targets {
+        let d = dropped(name, t, &target_reasons);
+        assert_eq!(
+            count(t, "enqueued"),
+            count(t, "sent_packets") + d + count(t, "queued"),
+            "{name}: {t}"
+        );
+    }
+    let ids = &targets["ids0"];
+    assert_eq!(
+        (count(ids, "sent_packets"), count(ids, "sent_bytes")),
+        (300, 300 * 200)
+    );
+    // The group: the GRE member has no route, so after its first failed
+    // send (send_error) it is down and its flows go to the file.
+    let (gre, cap) = (&targets["nowhere"], &targets["cap"]);
+    assert_eq!(gre["up"], false);
+    assert_eq!(count(gre, "sent_packets"), 0);
+    assert_eq!(count(&gre["dropped"], "send_error"), 1, "{gre}");
+    let pool = &object(&cli, "groups")["pool"];
+    assert_eq!(pool["members"], serde_json::json!(["nowhere", "cap"]));
+    assert_eq!(count(pool, "members_up"), 1);
+    assert_eq!(
+        count(gre, "enqueued") + count(cap, "enqueued"),
+        300,
+        "each frame went to one member"
+    );
+    assert_eq!(count(cap, "sent_packets"), count(cap, "enqueued"), "{cap}");
 }
