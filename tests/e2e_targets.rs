@@ -870,6 +870,232 @@ fn groups_keep_both_directions_of_a_flow_on_one_member_and_skip_a_dead_one() {
     }
 }
 
+/// Deletes (`present` false) or puts back the src namespace's route to
+/// collector `member` ("a" or "b" of [`two_collectors`]): without it every
+/// copy for the member fails to send (ENETUNREACH), as when its network
+/// goes away, and the member's link stays up.
+fn route_to(lab: &Lab, member: &str, present: bool) {
+    let (net, dev, src) = match member {
+        "a" => ("10.99.1.0/24", "cola0", "10.99.1.1"),
+        _ => ("10.99.2.0/24", "colb0", "10.99.2.1"),
+    };
+    let mut args = vec![
+        "route",
+        if present { "add" } else { "del" },
+        net,
+        "dev",
+        dev,
+    ];
+    if present {
+        args.extend(["proto", "kernel", "scope", "link", "src", src]);
+    }
+    lab.src.ip(&args).expect("route");
+}
+
+/// Waits (bounded, 20 s) until `member` is up again and returns the counters.
+fn wait_until_up(client: &mut Client, member: &str) -> mirror_user::dataplane::stats::Stats {
+    wait_for(client, &format!("{member} up again"), |st| {
+        st.targets[member].up
+    })
+}
+
+/// `count` 200-byte UDP lab frames of one flow, numbered from `first`.
+fn small_frames(first: u32, count: u32) -> Arc<Vec<Vec<u8>>> {
+    Arc::new(
+        (first..first + count)
+            .map(|i| traffic::frame(traffic::Shape::Udp4, i, 200))
+            .collect(),
+    )
+}
+
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_tunnel_target_whose_route_returns_resumes_sending_and_reconciles() {
+    require_root!();
+    let t = two_collectors("e2e-resume", false);
+    let mut client = Client::connect(&t.daemon.control).expect("control socket");
+    let a = t.a.as_ref().expect("a");
+    let settled = |st: &mirror_user::dataplane::stats::Stats, n: u64| {
+        st.sources["feed"].received == n
+            && st.targets.values().all(|x| {
+                x.queued == 0 && x.enqueued == n && x.enqueued == x.sent_packets + x.dropped_total()
+            })
+    };
+
+    // 1. Both collectors take everything.
+    let cap = Capture::start(a, "cola1").expect("capture");
+    let mut sent =
+        lab::send_frames(&t.lab.gen, Lab::GEN_IF, small_frames(0, 100), 10_000).expect("send");
+    let st = wait_for(&mut client, "round 1 sent", |st| {
+        settled(st, sent) && st.targets["a"].sent_packets == sent
+    });
+    assert_eq!(st.targets["b"].sent_packets, sent);
+    assert_same(
+        "a before",
+        &by_seq(&gre_inner(&cap.finish())),
+        &by_seq(&small_frames(0, 100)),
+    );
+
+    // 2. a's route goes: its first failed copy is a send_error and marks
+    // it down; every later copy is counted down, none is sent; b loses none.
+    route_to(&t.lab, "a", false);
+    let probe = small_frames(1_000_000, 1);
+    probe_until_down(&mut client, &t.lab, &probe, "a");
+    let before = client.stats().expect("stats");
+    sent = before.sources["feed"].received;
+    sent +=
+        lab::send_frames(&t.lab.gen, Lab::GEN_IF, small_frames(100, 300), 10_000).expect("send");
+    let st = wait_for(&mut client, "round 2 accounted for", |st| settled(st, sent));
+    let (x, y) = (&st.targets["a"], &before.targets["a"]);
+    assert!(!x.up);
+    assert_eq!(x.sent_packets, 100, "nothing sent without a route");
+    assert_eq!(
+        x.dropped["send_error"], 1,
+        "the copy that found the route gone: {:?}",
+        x.dropped
+    );
+    assert_eq!(
+        x.dropped["down"] - y.dropped["down"],
+        300,
+        "{:?}",
+        x.dropped
+    );
+    assert_eq!(
+        x.dropped_total(),
+        x.dropped["send_error"] + x.dropped["down"]
+    );
+    assert_eq!(st.targets["b"].sent_packets, sent, "b loses nothing");
+
+    // 3. The route returns: a is up again within its 200 ms check and sends
+    // every new copy, byte-identical; all of it reconciles.
+    route_to(&t.lab, "a", true);
+    let before = wait_until_up(&mut client, "a");
+    let cap = Capture::start(a, "cola1").expect("capture");
+    sent +=
+        lab::send_frames(&t.lab.gen, Lab::GEN_IF, small_frames(400, 300), 10_000).expect("send");
+    let st = wait_for(&mut client, "round 3 sent", |st| {
+        settled(st, sent) && st.targets["a"].sent_packets == before.targets["a"].sent_packets + 300
+    });
+    let x = &st.targets["a"];
+    assert!(x.up);
+    assert_eq!(x.dropped, before.targets["a"].dropped, "no new drop");
+    assert_eq!(x.sent_packets, 400);
+    assert_eq!(
+        x.enqueued,
+        x.sent_packets + x.dropped["send_error"] + x.dropped["down"]
+    );
+    assert_eq!(st.targets["b"].sent_packets, sent);
+    for (name, x) in &st.targets {
+        assert_reconciles(name, x);
+    }
+    assert_same(
+        "a after",
+        &by_seq(&gre_inner(&cap.finish())),
+        &by_seq(&small_frames(400, 300)),
+    );
+    assert!(
+        t.daemon
+            .log_text()
+            .contains("tunnel target up: the collector has a route again"),
+        "{}",
+        t.daemon.log_text()
+    );
+}
+
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_group_member_that_returns_gets_its_flows_back() {
+    require_root!();
+    let t = two_collectors("e2e-failback", true);
+    let mut client = Client::connect(&t.daemon.control).expect("control socket");
+    let (a, b) = (t.a.as_ref().expect("a"), t.b.as_ref().expect("b"));
+    let flows = 200u16;
+    // One frame of each flow, numbered round * 1000 + flow.
+    let round = |r: u32| -> Arc<Vec<Vec<u8>>> {
+        Arc::new(
+            (0..flows)
+                .map(|i| flow_frame(i, false, r * 1000 + u32::from(i)))
+                .collect(),
+        )
+    };
+    // Sends a round and returns the flows each member got, once all is sent.
+    let run = |r: u32, client: &mut Client| -> (Vec<u32>, Vec<u32>) {
+        let (cap_a, cap_b) = (
+            Capture::start(a, "cola1").expect("capture"),
+            Capture::start(b, "colb1").expect("capture"),
+        );
+        let before = client.stats().expect("stats");
+        let sent = lab::send_frames(&t.lab.gen, Lab::GEN_IF, round(r), 10_000).expect("send");
+        let total = |st: &mirror_user::dataplane::stats::Stats| {
+            st.targets["a"].sent_packets + st.targets["b"].sent_packets
+        };
+        wait_for(client, &format!("round {r}"), |st| {
+            total(st) == total(&before) + sent && st.targets.values().all(|x| x.queued == 0)
+        });
+        let flows_of = |frames: Vec<Vec<u8>>| -> Vec<u32> {
+            let mut v: Vec<u32> = gre_inner(&frames)
+                .iter()
+                .filter_map(|f| traffic::seq_of(f))
+                .map(|s| s - r * 1000)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        (flows_of(cap_a.finish()), flows_of(cap_b.finish()))
+    };
+
+    let (on_a, on_b) = run(1, &mut client);
+    assert_eq!(on_a.len() + on_b.len(), usize::from(flows));
+    assert!(
+        (40..160).contains(&on_a.len()),
+        "{} of {flows} flows on a",
+        on_a.len()
+    );
+
+    // a goes down: its flows, and only those, move to b.
+    route_to(&t.lab, "a", false);
+    let probe = Arc::new(
+        (0..flows)
+            .map(|i| flow_frame(i, false, 1_000_000))
+            .collect::<Vec<_>>(),
+    );
+    probe_until_down(&mut client, &t.lab, &probe, "a");
+    let before = client.stats().expect("stats");
+    let (none, all) = run(2, &mut client);
+    let st = client.stats().expect("stats");
+    assert!(none.is_empty(), "nothing reached a: {none:?}");
+    assert_eq!(all.len(), usize::from(flows), "b took every flow");
+    assert_eq!(
+        st.groups["pool"].rehashed - before.groups["pool"].rehashed,
+        on_a.len() as u64,
+        "exactly a's flows moved"
+    );
+    assert_eq!(
+        st.targets["a"].enqueued, before.targets["a"].enqueued,
+        "nothing offered to a"
+    );
+
+    // a returns: each flow goes back where it was, and nothing is rehashed.
+    route_to(&t.lab, "a", true);
+    wait_until_up(&mut client, "a");
+    let before = client.stats().expect("stats");
+    assert_eq!(before.groups["pool"].members_up, 2);
+    let (back_a, back_b) = run(3, &mut client);
+    assert_eq!(
+        (back_a, back_b),
+        (on_a, on_b),
+        "every flow on its first member again"
+    );
+    let st = client.stats().expect("stats");
+    assert_eq!(
+        st.groups["pool"].rehashed, before.groups["pool"].rehashed,
+        "no flow moved"
+    );
+    for (name, x) in &st.targets {
+        assert_reconciles(name, x);
+    }
+}
+
 const LIMITS: &str = r#"
 [daemon]
 control_socket = "@CONTROL@"
