@@ -1,9 +1,11 @@
 //! End to end, in network namespaces: the real `mirror run` (tap mode) sending
 //! to every kind of target at once — an interface, a VXLAN collector that a
 //! Linux `vxlan` device decapsulates, GRE and ERSPAN II/III collectors decoded
-//! field by field, and pcapng files read back by an independent parser — plus
-//! tunnels to IPv6 collectors, rotation, truncation, sampling, rate limiting,
-//! target isolation and flow-symmetric groups.
+//! field by field (by the project's decoder, and by scapy from a pcap, with
+//! a copy-mode session for the ERSPAN III direction bit), and pcapng files
+//! read back by an independent parser — plus tunnels to IPv6 collectors,
+//! rotation, truncation, sampling, rate limiting, target isolation,
+//! targets that resume and flow-symmetric groups that fail back.
 
 mod common;
 
@@ -467,6 +469,306 @@ fn tunnels_to_ipv6_collectors_deliver_every_copy_byte_identical() {
         .map(|(k, f)| (*k, f[..f.len().min(max)].to_vec()))
         .collect();
     assert_same("GRE over IPv6", &by_seq(&inner_gre), &cut);
+    drop(daemon);
+}
+
+/// A tap session to GRE and both ERSPAN types, and a copy-mode session
+/// (both directions of a UDP exchange) to ERSPAN III with its own id: the
+/// values a parser must find in the headers.
+const DECODED: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+
+[[source]]
+name = "live"
+interface = "s0"
+mode = "copy"
+direction = "both"
+
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+
+[[filter]]
+name = "udp"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "ingress"
+protocol = "udp"
+destination_port = "5002"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "egress"
+protocol = "udp"
+source_port = "5002"
+
+[[target]]
+name = "gre"
+kind = "gre"
+remote = "10.99.2.2"
+key = 7
+mtu = 1000
+
+[[target]]
+name = "er2"
+kind = "erspan"
+remote = "10.99.2.3"
+mtu = 1000
+
+[[target]]
+name = "er3"
+kind = "erspan"
+remote = "10.99.2.4"
+version = 3
+granularity = "100ns"
+mtu = 1000
+
+[[session]]
+name = "tap"
+source = "feed"
+filter = "all"
+targets = ["gre", "er2", "er3"]
+vni = 42
+
+[[session]]
+name = "live"
+source = "live"
+filter = "udp"
+targets = ["er3"]
+vni = 43
+"#;
+
+/// Writes `frames` to a classic pcap file (Ethernet).
+fn write_pcap(path: &std::path::Path, frames: &[Vec<u8>]) {
+    use pcap_file::pcap::{PcapPacket, PcapWriter};
+    let file = std::fs::File::create(path).expect("create the pcap");
+    let mut w = PcapWriter::new(file).expect("pcap header");
+    for f in frames {
+        w.write_packet(&PcapPacket::new(Duration::ZERO, f.len() as u32, f))
+            .expect("write a packet");
+    }
+}
+
+/// scapy's reading of every GRE packet in `pcap` (tests/scapy_gre.py), one
+/// JSON object each.
+fn scapy_decode(pcap: &std::path::Path) -> Vec<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scapy_gre.py");
+    let out = std::process::Command::new("timeout")
+        .args(["120", "/usr/bin/python3", script])
+        .arg(pcap)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "scapy could not decode the capture (Debian's python3-scapy is needed: \
+         `cargo xtask deps` installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// `v[key]` as a number.
+fn num(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{key}` is not a number in {v}"))
+}
+
+/// What ERSPAN must say about a frame's outer VLAN tag: (vlan, cos, 3 if
+/// tagged else 0).
+fn vlan_fields(frame: &[u8]) -> (u64, u64, u64) {
+    match frame[12..16] {
+        [0x81, 0x00, a, b] | [0x88, 0xa8, a, b] => {
+            let tci = u16::from_be_bytes([a, b]);
+            (u64::from(tci & 0xfff), u64::from(tci >> 13), 3)
+        }
+        _ => (0, 0, 0),
+    }
+}
+
+/// GRE and ERSPAN II/III as the collectors receive them, decoded by scapy
+/// (a parser the project did not write) from a pcap of the capture: every
+/// header field is what the config and the mirrored frame say, and the
+/// encapsulated frame is the mirrored one, cut to fit `mtu`.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn gre_and_erspan_headers_read_by_scapy_match_the_config() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let grec = Netns::new("grec").expect("netns");
+    let cli = Netns::new("cli").expect("netns");
+    lab::wire(
+        &lab.src,
+        "gre0",
+        "10.99.2.1",
+        &grec,
+        "gre1",
+        "10.99.2.2",
+        1500,
+    )
+    .expect("wire");
+    for ip in ["10.99.2.3/24", "10.99.2.4/24"] {
+        grec.ip(&["addr", "add", ip, "dev", "gre1"])
+            .expect("address");
+    }
+    lab::wire(&cli, "c0", "10.9.0.1", &lab.src, "s0", "10.9.0.2", 1500).expect("wire");
+    let server_addr = std::net::SocketAddr::from(([10, 9, 0, 2], 5002));
+    let dir = TempDir::new("e2e-scapy").expect("temp dir");
+    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, DECODED);
+    // After the daemon: the server ends after 5 s without a datagram.
+    let server = lab::stream::EchoServer::start(&lab.src, server_addr).expect("echo server");
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let cap = Capture::start(&grec, "gre1").expect("capture");
+
+    let frames = Arc::new(traffic::mixed(400));
+    let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
+    let progress = std::sync::atomic::AtomicU32::new(0);
+    let echoed =
+        lab::stream::udp_exchange(&cli, server_addr, 50, 100, &progress).expect("UDP exchange");
+    assert_eq!(echoed, 50);
+    server.finish(&cli).expect("echo server");
+    let st = wait_for(&mut client, "every copy sent", |st| {
+        st.sources["feed"].received == sent
+            && [("gre", 400), ("er2", 400), ("er3", 501)]
+                .iter()
+                .all(|(t, n)| st.targets[*t].sent_packets == *n && st.targets[*t].queued == 0)
+    });
+    for (name, t) in &st.targets {
+        assert_reconciles(name, t);
+        assert_eq!(t.dropped_total(), 0, "{name}: {:?}", t.dropped);
+    }
+    let gre_frames: Vec<Vec<u8>> = cap
+        .finish()
+        .into_iter()
+        .filter(|f| matches!(ipv4_payload(f), Some((_, 47, _))))
+        .collect();
+    // The live session: 50 requests, 50 echoes, and the datagram that ends
+    // the echo server.
+    assert_eq!(gre_frames.len(), 1301);
+    let pcap = dir.path().join("collector.pcap");
+    write_pcap(&pcap, &gre_frames);
+    let decoded = scapy_decode(&pcap);
+    assert_eq!(decoded.len(), 1301, "scapy read every GRE packet");
+
+    let want = by_seq(&frames);
+    let mut sequences: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut directions = [0u32; 2];
+    for d in &decoded {
+        let (dst, gre, e) = (d["dst"].as_str().expect("dst"), &d["gre"], &d["erspan"]);
+        let inner = (0..d["inner"].as_str().expect("inner").len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&d["inner"].as_str().expect("hex")[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .expect("hex");
+        assert_eq!(
+            ["chksum_present", "routing_present", "version"].map(|k| num(gre, k)),
+            [0, 0, 0],
+            "{d}"
+        );
+        // The longest frame each target carries whole: mtu - IPv4 - its headers.
+        let (proto, key, max) = match dst {
+            "10.99.2.2" => (0x6558, Some(7), 1000 - 20 - 8),
+            "10.99.2.3" => (0x88be, None, 1000 - 20 - 8 - 8),
+            "10.99.2.4" => (0x22eb, None, 1000 - 20 - 8 - 12),
+            other => panic!("GRE to {other}"),
+        };
+        assert_eq!(num(gre, "proto"), proto, "{d}");
+        assert_eq!(gre["key"].as_u64(), key, "{d}");
+        let seq = traffic::seq_of(&inner);
+        let orig_len = match seq {
+            Some(s) => {
+                let full = &want[&s];
+                assert_eq!(inner, full[..full.len().min(max)], "frame {s} in {d}");
+                full.len()
+            }
+            None => inner.len(),
+        };
+        if dst == "10.99.2.2" {
+            assert_eq!(
+                (num(gre, "seqnum_present"), &e),
+                (0, &&serde_json::Value::Null)
+            );
+            assert!(seq.is_some(), "only the tap session goes to gre");
+            continue;
+        }
+        // ERSPAN: GRE with a per-target sequence number, no key.
+        assert_eq!(
+            (num(gre, "seqnum_present"), num(gre, "key_present")),
+            (1, 0)
+        );
+        sequences
+            .entry(dst.into())
+            .or_default()
+            .push(num(gre, "sequence"));
+        let (vlan, cos, en) = vlan_fields(&inner);
+        assert_eq!(
+            [num(e, "vlan"), num(e, "cos"), num(e, "t")],
+            [vlan, cos, u64::from(orig_len > max)],
+            "VLAN, COS and T bit of {d}"
+        );
+        if dst == "10.99.2.3" {
+            assert_eq!(
+                ["ver", "session_id", "en", "index", "reserved"].map(|k| num(e, k)),
+                [1, 42, en, 0, 0],
+                "ERSPAN II {d}"
+            );
+            continue;
+        }
+        // ERSPAN III: the session's id, 100 ns granularity, a time stamp, an
+        // Ethernet frame, and the direction the copy was seen in.
+        let (session, egress) = match seq {
+            Some(_) => (42, false),
+            None => {
+                // The live session: the UDP exchange, requests in, echoes out.
+                let udp = etherparse::SlicedPacket::from_ethernet(&inner).expect("a frame");
+                let Some(etherparse::TransportSlice::Udp(u)) = udp.transport else {
+                    panic!("the live session mirrors UDP: {d}");
+                };
+                assert!(u.destination_port() == 5002 || u.source_port() == 5002);
+                (43, u.source_port() == 5002)
+            }
+        };
+        directions[usize::from(egress)] += u32::from(session == 43);
+        assert_eq!(
+            [
+                "ver",
+                "session_id",
+                "bso",
+                "gra",
+                "p",
+                "ft",
+                "hw",
+                "o",
+                "sgt_other",
+                "d"
+            ]
+            .map(|k| num(e, k)),
+            [2, session, en, 1, 1, 0, 0, 0, 0, u64::from(egress)],
+            "ERSPAN III {d}"
+        );
+        assert_ne!(num(e, "timestamp"), 0, "a time stamp: {d}");
+    }
+    assert_eq!(directions, [51, 50], "51 datagrams in, 50 echoes out");
+    for (dst, seqs) in &sequences {
+        let n = if dst == "10.99.2.4" { 501 } else { 400 };
+        assert_eq!(
+            *seqs,
+            (0..n).collect::<Vec<u64>>(),
+            "{dst}: one sequence number each, in order"
+        );
+    }
     drop(daemon);
 }
 
