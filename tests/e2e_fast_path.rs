@@ -2,7 +2,8 @@
 //! whose targets are all interfaces that take XDP frames is served by a
 //! DEVMAP broadcast in the kernel (one clone per target, no userspace copy);
 //! other sessions of the same source still go through AF_XDP. Counted per
-//! session and per target exactly like the userspace path.
+//! session and per target exactly like the userspace path, in native and in
+//! generic XDP; `path = "userspace"` keeps a session off it.
 
 mod common;
 
@@ -322,6 +323,173 @@ fn a_target_that_cannot_take_xdp_frames_keeps_the_session_in_userspace() {
     assert!(
         err.contains("path = \"kernel\"") && err.contains("tgt0"),
         "the error names the path and the device: {err}"
+    );
+}
+
+/// What [`run_ids_mix`] saw.
+struct IdsRun {
+    stats: mirror_user::dataplane::stats::Stats,
+    /// The frames each sink received.
+    got: [Vec<Vec<u8>>; 2],
+    /// The frames the IDS filter accepts, in order.
+    expected: Vec<Vec<u8>>,
+}
+
+/// Sends a mix of 2,000 frames through the IDS session (two interface
+/// targets) of `text` and waits until every copy is accounted for.
+fn run_ids_mix(lab: &Lab, client: &mut Client, text: &str) -> IdsRun {
+    let caps = [
+        Capture::start(&lab.sink, Lab::SINK_IF).expect("capture sink0"),
+        Capture::start(&lab.sink, "sink1").expect("capture sink1"),
+    ];
+    let frames = Arc::new(traffic::mixed(2000));
+    let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 20_000).expect("send");
+    let cfg = mirror_user::config::parse(text, "e2e").expect("valid config");
+    let ids = vec![&cfg.filters[0]];
+    let expected: Vec<Vec<u8>> = frames
+        .iter()
+        .filter(|f| classify::classify(&ids, Direction::Ingress, f).is_some())
+        .cloned()
+        .collect();
+    assert_eq!(expected.len(), 2000 - 189 - 250, "all but SSH and ICMPv6");
+    let n = expected.len() as u64;
+    // SSH: the second session's, into the pcapng file through AF_XDP.
+    let ssh = 189;
+    let stats = wait_for(client, "every copy accounted for", |st| {
+        st.sources["feed"].received == sent
+            && [("ids0", n), ("ids1", n), ("cap", ssh)]
+                .iter()
+                .all(|(t, want)| {
+                    let t = &st.targets[*t];
+                    t.queued == 0
+                        && t.enqueued == *want
+                        && t.enqueued == t.sent_packets + t.dropped_total()
+                })
+    });
+    assert_eq!(
+        stats.targets["cap"].sent_packets, ssh,
+        "SSH goes through AF_XDP to the file"
+    );
+    assert_eq!(stats.sessions["ssh-archive"].path, "af_xdp");
+    let [a, b] = caps;
+    IdsRun {
+        stats,
+        got: [a.finish(), b.finish()],
+        expected,
+    }
+}
+
+/// Both targets of the IDS session got every accepted frame: counted
+/// exactly (`kernel` copies by the fast path, else none), and delivered
+/// byte for byte.
+fn assert_ids_targets_got_every_frame(run: IdsRun, kernel: bool) {
+    let IdsRun {
+        stats,
+        got,
+        expected,
+    } = run;
+    let n = expected.len() as u64;
+    let sess = &stats.sessions["ids-feed"];
+    assert_eq!((sess.matched, sess.mirrored), (n, n), "{sess:?}");
+    let bytes: u64 = expected.iter().map(|f| f.len() as u64).sum();
+    for name in ["ids0", "ids1"] {
+        let t = &stats.targets[name];
+        assert_reconciles(name, t);
+        assert_eq!(
+            (t.enqueued, t.sent_packets, t.dropped_total()),
+            (n, n, 0),
+            "{name}: {t:?}"
+        );
+        assert_eq!(
+            t.kernel_path,
+            if kernel { n } else { 0 },
+            "{name}: copies sent by the kernel path"
+        );
+        assert_eq!(t.sent_bytes, bytes, "{name}: bytes");
+    }
+    let want = sorted(expected);
+    for (i, g) in got.into_iter().enumerate() {
+        let have = sorted(g);
+        assert_eq!(have.len(), want.len(), "frames at sink{i}");
+        assert!(
+            have == want,
+            "sink{i}'s frames differ from the accepted ones"
+        );
+    }
+}
+
+/// `xdp_mode = "generic"`: the program runs in the stack (skb mode), the
+/// kernel path still serves the all-interface session, and since generic
+/// XDP does not fire the devmap transmit tracepoint, each DEVMAP entry's
+/// `xdp_fast_target` counts what it hands each device, bytes included.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn generic_xdp_serves_the_kernel_path_and_counts_each_destination_exactly() {
+    require_root!();
+    let lab = lab(true);
+    let dir = TempDir::new("e2e-fast-generic").expect("temp dir");
+    let text = config("").replace(
+        "ring_size = 1024\n",
+        "ring_size = 1024\nxdp_mode = \"generic\"\n",
+    );
+    let (mut daemon, mut client) = start(&lab, &dir, &text);
+    let run = run_ids_mix(&lab, &mut client, &text);
+    assert_eq!(run.stats.sources["feed"].xdp_mode, "generic");
+    assert_eq!(run.stats.sessions["ids-feed"].path, "kernel");
+    assert_ids_targets_got_every_frame(run, true);
+
+    // `mirror stats` says so, and the program is attached in skb mode.
+    let out = std::process::Command::new(BIN)
+        .args(["stats", "--control"])
+        .arg(&daemon.control)
+        .output()
+        .expect("mirror stats");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("(feed0 generic xdp, 2 queue(s)"),
+        "mirror stats shows the XDP mode:\n{text}"
+    );
+    let link = lab
+        .src
+        .command(&["ip", "-d", "link", "show", "dev", Lab::FEED_IF])
+        .output()
+        .expect("ip link show");
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains("xdpgeneric"), "attached in skb mode: {link}");
+    daemon.stop(Duration::from_secs(10)).expect("stops");
+    assert!(
+        daemon.log_text().contains("xdp_mode=\"generic\""),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+/// `path = "userspace"` on a session the kernel path could serve (two
+/// interface targets that take XDP frames): it goes through AF_XDP, the
+/// log says so and why, and every copy arrives byte-identical.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn path_userspace_keeps_a_session_the_kernel_could_serve_on_af_xdp() {
+    require_root!();
+    let lab = lab(true);
+    let dir = TempDir::new("e2e-fast-user").expect("temp dir");
+    let text = config("path = \"userspace\"");
+    let (mut daemon, mut client) = start(&lab, &dir, &text);
+    let run = run_ids_mix(&lab, &mut client, &text);
+    assert_eq!(run.stats.sessions["ids-feed"].path, "af_xdp");
+    assert_eq!(run.stats.sources["feed"].dropped_total(), 0);
+    assert_ids_targets_got_every_frame(run, false);
+    daemon.stop(Duration::from_secs(10)).expect("stops");
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("session=ids-feed"))
+        .unwrap_or_else(|| panic!("no log line for the session:\n{log}"));
+    assert!(
+        line.contains("session served through userspace")
+            && line.contains("path=\"af_xdp\"")
+            && line.contains("why=path = \"userspace\""),
+        "the log names the path and the reason: {line}"
     );
 }
 

@@ -1,6 +1,8 @@
 //! End to end: a start that fails touches nothing (no capture file opened,
-//! rotated or deleted, no socket left, nothing attached), and printing never
-//! panics when the reader of stdout or stderr has gone.
+//! rotated or deleted, no socket left, nothing attached) and says why (a
+//! typo in an interface, a busy queue, `zero_copy = "on"` on a device
+//! without AF_XDP zero-copy), and printing never panics when the reader of
+//! stdout or stderr has gone.
 
 mod common;
 
@@ -341,4 +343,53 @@ impl SpawnWithParent for Command {
         };
         self.spawn()
     }
+}
+
+/// `zero_copy = "on"` where the device has no AF_XDP zero-copy (a veth) is
+/// refused at start, on a source and on an interface target, naming the
+/// device and what to set instead; the failed start leaves no socket and
+/// nothing attached.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn zero_copy_on_where_the_device_has_none_is_refused_at_start_with_the_reason() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let dir = TempDir::new("e2e-zerocopy").expect("temp dir");
+    let captures = dir.path().join("captures");
+    std::fs::create_dir(&captures).expect("capture dir");
+    let control = dir.path().join("control.sock");
+    let base = config(Lab::FEED_IF, &control, &captures);
+    let on_source = base.replace("mode = \"tap\"\n", "mode = \"tap\"\nzero_copy = \"on\"\n");
+    let on_target = base.replace("targets = [\"archive\"]", "targets = [\"archive\", \"ids0\"]")
+        + "\n[[target]]\nname = \"ids0\"\nkind = \"interface\"\ninterface = \"tgt0\"\nzero_copy = \"on\"\n";
+    for (what, text, device) in [
+        ("source", on_source, Lab::FEED_IF),
+        ("target", on_target, Lab::TARGET_IF),
+    ] {
+        let file = dir.path().join(format!("zc-{what}.toml"));
+        std::fs::write(&file, &text).expect("write");
+        let (status, stderr) = run_once(&lab.src, &file);
+        assert_eq!(status.code(), Some(1), "{what}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "AF_XDP bind on {device} queue 0: Operation not supported (os error 95) \
+                 (zero-copy needs driver support: try zero_copy = \"off\")"
+            )),
+            "{what}: the error names the device, the refusal and the way out: {stderr}"
+        );
+        assert!(!control.exists(), "{what}: no control socket left");
+        assert!(
+            snapshot(&captures).is_empty(),
+            "{what}: no capture file opened"
+        );
+    }
+    let attached = lab
+        .src
+        .run(|| Ok(mirror_user::kernel::attached(Lab::FEED_IF)?))
+        .expect("query feed0");
+    assert_eq!(
+        attached,
+        mirror_user::kernel::Attached::default(),
+        "nothing attached"
+    );
 }

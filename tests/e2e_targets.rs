@@ -1,16 +1,18 @@
 //! End to end, in network namespaces: the real `mirror run` (tap mode) sending
 //! to every kind of target at once — an interface, a VXLAN collector that a
 //! Linux `vxlan` device decapsulates, GRE and ERSPAN II/III collectors decoded
-//! field by field, and pcapng files read back by an independent parser — plus
-//! rotation, truncation, sampling, rate limiting, target isolation and
-//! flow-symmetric groups.
+//! field by field (by the project's decoder, and by scapy from a pcap, with
+//! a copy-mode session for the ERSPAN III direction bit), and pcapng files
+//! read back by an independent parser — plus tunnels to IPv6 collectors,
+//! rotation, truncation, sampling, rate limiting, target isolation,
+//! targets that resume and flow-symmetric groups that fail back.
 
 mod common;
 
 use common::{assert_reconciles, ipv4_payload, read_pcapng, wait_for, Record, Window};
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,20 @@ use mirror_user::target::encap::{self, GRE_PROTO_TEB};
 const BIN: &str = env!("CARGO_BIN_EXE_mirror");
 
 use common::IDS_FILTER as FILTER;
+
+/// (source, destination, next header, IP payload) of an IPv6 frame.
+fn ipv6_payload(frame: &[u8]) -> Option<(Ipv6Addr, Ipv6Addr, u8, Vec<u8>)> {
+    let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    match p.net? {
+        etherparse::NetSlice::Ipv6(ip) => Some((
+            ip.header().source_addr(),
+            ip.header().destination_addr(),
+            ip.payload().ip_number.0,
+            ip.payload().payload.to_vec(),
+        )),
+        _ => None,
+    }
+}
 
 /// Asserts two captures hold the same frames, naming the first that differ
 /// rather than printing kilobytes of bytes.
@@ -355,6 +371,433 @@ fn assert_vxlan_source_ports(outer: &[Vec<u8>], hash_of: impl Fn(u32) -> u32) {
         "{} flows all on port {ports:?}",
         by_flow.len()
     );
+}
+
+const IPV6_REMOTES: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+@FILTER@
+[[target]]
+name = "vx"
+kind = "vxlan"
+remote = "fd00:99:1::2"
+mtu = 9000
+
+[[target]]
+name = "gre"
+kind = "gre"
+remote = "fd00:99:2::2"
+key = 7
+mtu = 1280   # the least IPv6 allows
+
+[[session]]
+name = "s"
+source = "feed"
+filter = "ids"
+targets = ["vx", "gre"]
+vni = 42
+"#;
+
+/// VXLAN and GRE to collectors with IPv6 addresses, over IPv6-only links:
+/// a Linux `vxlan` device decapsulates every copy byte-identical (this
+/// kernel has no GRE devices: GRE is read back from the capture), and GRE
+/// copies are cut to fit the IPv6 overhead exactly.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn tunnels_to_ipv6_collectors_deliver_every_copy_byte_identical() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let vxc = Netns::new("vxc6").expect("netns");
+    let grec = Netns::new("grec6").expect("netns");
+    let (src_vx, col_vx) = ("fd00:99:1::1", "fd00:99:1::2");
+    let (src_gre, col_gre) = ("fd00:99:2::1", "fd00:99:2::2");
+    lab::wire6(&lab.src, "col0", src_vx, &vxc, "col1", col_vx, 9000).expect("wire");
+    lab::wire6(&lab.src, "gre0", src_gre, &grec, "gre1", col_gre, 9000).expect("wire");
+    lab::vxlan_decap(&vxc, "vx0", 42, col_vx, "col1").expect("vxlan device");
+
+    let dir = TempDir::new("e2e-ipv6").expect("temp dir");
+    let (daemon, mut client) = accept_all_daemon(&lab, &dir, IPV6_REMOTES);
+    let inner_vx = Capture::start(&vxc, "vx0").expect("capture");
+    let outer_vx = Capture::start(&vxc, "col1").expect("capture");
+    let outer_gre = Capture::start(&grec, "gre1").expect("capture");
+
+    let frames = Arc::new(traffic::mixed(1000));
+    let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
+    let st = wait_for(&mut client, "every copy sent", |st| {
+        st.sources["feed"].received == sent
+            && st
+                .targets
+                .values()
+                .all(|t| t.queued == 0 && t.sent_packets == 1000)
+    });
+    // 1280 - 40 (IPv6) - 8 (GRE with key): the longest frame sent whole.
+    let max = 1232;
+    let longer = frames.iter().filter(|f| f.len() > max).count() as u64;
+    assert_eq!(longer, 200, "the 1514-byte fifth of the mix");
+    for (name, t) in &st.targets {
+        assert_reconciles(name, t);
+        assert_eq!(t.dropped_total(), 0, "{name}: {:?}", t.dropped);
+    }
+    let bytes = |cut: usize| frames.iter().map(|f| f.len().min(cut) as u64).sum::<u64>();
+    let (vx, gre) = (&st.targets["vx"], &st.targets["gre"]);
+    assert_eq!((vx.truncated, vx.sent_bytes), (0, bytes(usize::MAX)));
+    assert_eq!((gre.truncated, gre.sent_bytes), (longer, bytes(max)));
+
+    let want = by_seq(&frames);
+    assert_same(
+        "VXLAN over IPv6, decapsulated by Linux",
+        &by_seq(&inner_vx.finish()),
+        &want,
+    );
+
+    // The outer packets: IPv6 from the link's own address (the route's
+    // choice) to the collector, VXLAN with the VNI and a UDP checksum
+    // (mandatory on IPv6: Linux drops the packet without one), GRE with
+    // the key and the frame cut to fit.
+    let outer = |frames: Vec<Vec<u8>>, from: &str, to: &str, next: u8| -> Vec<Vec<u8>> {
+        let (from, to): (Ipv6Addr, Ipv6Addr) = (from.parse().expect("ip"), to.parse().expect("ip"));
+        frames
+            .iter()
+            .filter_map(|f| ipv6_payload(f))
+            .filter(|(_, dst, nh, _)| *dst == to && *nh == next)
+            .map(|(src, _, _, payload)| {
+                assert_eq!(src, from, "the source address");
+                payload
+            })
+            .collect()
+    };
+    let udp = outer(outer_vx.finish(), src_vx, col_vx, 17);
+    assert_eq!(udp.len(), 1000, "VXLAN packets at the collector");
+    for u in &udp {
+        let h = encap::decode_vxlan(u).expect("a VXLAN header");
+        assert_eq!((h.vni, h.dest_port), (42, 4789));
+        assert_ne!(
+            u16::from_be_bytes([u[6], u[7]]),
+            0,
+            "the UDP checksum is set"
+        );
+    }
+    let packets = outer(outer_gre.finish(), src_gre, col_gre, 47);
+    assert_eq!(packets.len(), 1000, "GRE packets at the collector");
+    let mut inner_gre = Vec::new();
+    for g in &packets {
+        let d = encap::decode_gre(g).expect("GRE");
+        assert_eq!(
+            (d.protocol, d.key, d.sequence),
+            (GRE_PROTO_TEB, Some(7), None)
+        );
+        inner_gre.push(g[d.payload..].to_vec());
+    }
+    let cut: BTreeMap<u32, Vec<u8>> = want
+        .iter()
+        .map(|(k, f)| (*k, f[..f.len().min(max)].to_vec()))
+        .collect();
+    assert_same("GRE over IPv6", &by_seq(&inner_gre), &cut);
+    drop(daemon);
+}
+
+/// A tap session to GRE and both ERSPAN types, and a copy-mode session
+/// (both directions of a UDP exchange) to ERSPAN III with its own id: the
+/// values a parser must find in the headers.
+const DECODED: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+
+[[source]]
+name = "live"
+interface = "s0"
+mode = "copy"
+direction = "both"
+
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+
+[[filter]]
+name = "udp"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "ingress"
+protocol = "udp"
+destination_port = "5002"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "egress"
+protocol = "udp"
+source_port = "5002"
+
+[[target]]
+name = "gre"
+kind = "gre"
+remote = "10.99.2.2"
+key = 7
+mtu = 1000
+
+[[target]]
+name = "er2"
+kind = "erspan"
+remote = "10.99.2.3"
+mtu = 1000
+
+[[target]]
+name = "er3"
+kind = "erspan"
+remote = "10.99.2.4"
+version = 3
+granularity = "100ns"
+mtu = 1000
+
+[[session]]
+name = "tap"
+source = "feed"
+filter = "all"
+targets = ["gre", "er2", "er3"]
+vni = 42
+
+[[session]]
+name = "live"
+source = "live"
+filter = "udp"
+targets = ["er3"]
+vni = 43
+"#;
+
+/// Writes `frames` to a classic pcap file (Ethernet).
+fn write_pcap(path: &std::path::Path, frames: &[Vec<u8>]) {
+    use pcap_file::pcap::{PcapPacket, PcapWriter};
+    let file = std::fs::File::create(path).expect("create the pcap");
+    let mut w = PcapWriter::new(file).expect("pcap header");
+    for f in frames {
+        w.write_packet(&PcapPacket::new(Duration::ZERO, f.len() as u32, f))
+            .expect("write a packet");
+    }
+}
+
+/// scapy's reading of every GRE packet in `pcap` (tests/scapy_gre.py), one
+/// JSON object each.
+fn scapy_decode(pcap: &std::path::Path) -> Vec<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scapy_gre.py");
+    let out = std::process::Command::new("timeout")
+        .args(["120", "/usr/bin/python3", script])
+        .arg(pcap)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "scapy could not decode the capture (Debian's python3-scapy is needed: \
+         `cargo xtask deps` installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// `v[key]` as a number.
+fn num(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{key}` is not a number in {v}"))
+}
+
+/// What ERSPAN must say about a frame's outer VLAN tag: (vlan, cos, 3 if
+/// tagged else 0).
+fn vlan_fields(frame: &[u8]) -> (u64, u64, u64) {
+    match frame[12..16] {
+        [0x81, 0x00, a, b] | [0x88, 0xa8, a, b] => {
+            let tci = u16::from_be_bytes([a, b]);
+            (u64::from(tci & 0xfff), u64::from(tci >> 13), 3)
+        }
+        _ => (0, 0, 0),
+    }
+}
+
+/// GRE and ERSPAN II/III as the collectors receive them, decoded by scapy
+/// (a parser the project did not write) from a pcap of the capture: every
+/// header field is what the config and the mirrored frame say, and the
+/// encapsulated frame is the mirrored one, cut to fit `mtu`.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn gre_and_erspan_headers_read_by_scapy_match_the_config() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let grec = Netns::new("grec").expect("netns");
+    let cli = Netns::new("cli").expect("netns");
+    lab::wire(
+        &lab.src,
+        "gre0",
+        "10.99.2.1",
+        &grec,
+        "gre1",
+        "10.99.2.2",
+        1500,
+    )
+    .expect("wire");
+    for ip in ["10.99.2.3/24", "10.99.2.4/24"] {
+        grec.ip(&["addr", "add", ip, "dev", "gre1"])
+            .expect("address");
+    }
+    lab::wire(&cli, "c0", "10.9.0.1", &lab.src, "s0", "10.9.0.2", 1500).expect("wire");
+    let server_addr = std::net::SocketAddr::from(([10, 9, 0, 2], 5002));
+    let dir = TempDir::new("e2e-scapy").expect("temp dir");
+    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, DECODED);
+    // After the daemon: the server ends after 5 s without a datagram.
+    let server = lab::stream::EchoServer::start(&lab.src, server_addr).expect("echo server");
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let cap = Capture::start(&grec, "gre1").expect("capture");
+
+    let frames = Arc::new(traffic::mixed(400));
+    let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
+    let progress = std::sync::atomic::AtomicU32::new(0);
+    let echoed =
+        lab::stream::udp_exchange(&cli, server_addr, 50, 100, &progress).expect("UDP exchange");
+    assert_eq!(echoed, 50);
+    server.finish(&cli).expect("echo server");
+    let st = wait_for(&mut client, "every copy sent", |st| {
+        st.sources["feed"].received == sent
+            && [("gre", 400), ("er2", 400), ("er3", 501)]
+                .iter()
+                .all(|(t, n)| st.targets[*t].sent_packets == *n && st.targets[*t].queued == 0)
+    });
+    for (name, t) in &st.targets {
+        assert_reconciles(name, t);
+        assert_eq!(t.dropped_total(), 0, "{name}: {:?}", t.dropped);
+    }
+    let gre_frames: Vec<Vec<u8>> = cap
+        .finish()
+        .into_iter()
+        .filter(|f| matches!(ipv4_payload(f), Some((_, 47, _))))
+        .collect();
+    // The live session: 50 requests, 50 echoes, and the datagram that ends
+    // the echo server.
+    assert_eq!(gre_frames.len(), 1301);
+    let pcap = dir.path().join("collector.pcap");
+    write_pcap(&pcap, &gre_frames);
+    let decoded = scapy_decode(&pcap);
+    assert_eq!(decoded.len(), 1301, "scapy read every GRE packet");
+
+    let want = by_seq(&frames);
+    let mut sequences: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut directions = [0u32; 2];
+    for d in &decoded {
+        let (dst, gre, e) = (d["dst"].as_str().expect("dst"), &d["gre"], &d["erspan"]);
+        let inner = (0..d["inner"].as_str().expect("inner").len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&d["inner"].as_str().expect("hex")[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .expect("hex");
+        assert_eq!(
+            ["chksum_present", "routing_present", "version"].map(|k| num(gre, k)),
+            [0, 0, 0],
+            "{d}"
+        );
+        // The longest frame each target carries whole: mtu - IPv4 - its headers.
+        let (proto, key, max) = match dst {
+            "10.99.2.2" => (0x6558, Some(7), 1000 - 20 - 8),
+            "10.99.2.3" => (0x88be, None, 1000 - 20 - 8 - 8),
+            "10.99.2.4" => (0x22eb, None, 1000 - 20 - 8 - 12),
+            other => panic!("GRE to {other}"),
+        };
+        assert_eq!(num(gre, "proto"), proto, "{d}");
+        assert_eq!(gre["key"].as_u64(), key, "{d}");
+        let seq = traffic::seq_of(&inner);
+        let orig_len = match seq {
+            Some(s) => {
+                let full = &want[&s];
+                assert_eq!(inner, full[..full.len().min(max)], "frame {s} in {d}");
+                full.len()
+            }
+            None => inner.len(),
+        };
+        if dst == "10.99.2.2" {
+            assert_eq!(
+                (num(gre, "seqnum_present"), &e),
+                (0, &&serde_json::Value::Null)
+            );
+            assert!(seq.is_some(), "only the tap session goes to gre");
+            continue;
+        }
+        // ERSPAN: GRE with a per-target sequence number, no key.
+        assert_eq!(
+            (num(gre, "seqnum_present"), num(gre, "key_present")),
+            (1, 0)
+        );
+        sequences
+            .entry(dst.into())
+            .or_default()
+            .push(num(gre, "sequence"));
+        let (vlan, cos, en) = vlan_fields(&inner);
+        assert_eq!(
+            [num(e, "vlan"), num(e, "cos"), num(e, "t")],
+            [vlan, cos, u64::from(orig_len > max)],
+            "VLAN, COS and T bit of {d}"
+        );
+        if dst == "10.99.2.3" {
+            assert_eq!(
+                ["ver", "session_id", "en", "index", "reserved"].map(|k| num(e, k)),
+                [1, 42, en, 0, 0],
+                "ERSPAN II {d}"
+            );
+            continue;
+        }
+        // ERSPAN III: the session's id, 100 ns granularity, a time stamp, an
+        // Ethernet frame, and the direction the copy was seen in.
+        let (session, egress) = match seq {
+            Some(_) => (42, false),
+            None => {
+                // The live session: the UDP exchange, requests in, echoes out.
+                let udp = etherparse::SlicedPacket::from_ethernet(&inner).expect("a frame");
+                let Some(etherparse::TransportSlice::Udp(u)) = udp.transport else {
+                    panic!("the live session mirrors UDP: {d}");
+                };
+                assert!(u.destination_port() == 5002 || u.source_port() == 5002);
+                (43, u.source_port() == 5002)
+            }
+        };
+        directions[usize::from(egress)] += u32::from(session == 43);
+        assert_eq!(
+            [
+                "ver",
+                "session_id",
+                "bso",
+                "gra",
+                "p",
+                "ft",
+                "hw",
+                "o",
+                "sgt_other",
+                "d"
+            ]
+            .map(|k| num(e, k)),
+            [2, session, en, 1, 1, 0, 0, 0, 0, u64::from(egress)],
+            "ERSPAN III {d}"
+        );
+        assert_ne!(num(e, "timestamp"), 0, "a time stamp: {d}");
+    }
+    assert_eq!(directions, [51, 50], "51 datagrams in, 50 echoes out");
+    for (dst, seqs) in &sequences {
+        let n = if dst == "10.99.2.4" { 501 } else { 400 };
+        assert_eq!(
+            *seqs,
+            (0..n).collect::<Vec<u64>>(),
+            "{dst}: one sequence number each, in order"
+        );
+    }
+    drop(daemon);
 }
 
 const ACCEPT_ALL: &str = r#"
@@ -868,6 +1311,232 @@ fn groups_keep_both_directions_of_a_flow_on_one_member_and_skip_a_dead_one() {
         st.targets["a"].sent_packets + st.targets["b"].sent_packets,
         before.targets["a"].sent_packets + before.targets["b"].sent_packets,
         "nothing sent"
+    );
+    for (name, x) in &st.targets {
+        assert_reconciles(name, x);
+    }
+}
+
+/// Deletes (`present` false) or puts back the src namespace's route to
+/// collector `member` ("a" or "b" of [`two_collectors`]): without it every
+/// copy for the member fails to send (ENETUNREACH), as when its network
+/// goes away, and the member's link stays up.
+fn route_to(lab: &Lab, member: &str, present: bool) {
+    let (net, dev, src) = match member {
+        "a" => ("10.99.1.0/24", "cola0", "10.99.1.1"),
+        _ => ("10.99.2.0/24", "colb0", "10.99.2.1"),
+    };
+    let mut args = vec![
+        "route",
+        if present { "add" } else { "del" },
+        net,
+        "dev",
+        dev,
+    ];
+    if present {
+        args.extend(["proto", "kernel", "scope", "link", "src", src]);
+    }
+    lab.src.ip(&args).expect("route");
+}
+
+/// Waits (bounded, 20 s) until `member` is up again and returns the counters.
+fn wait_until_up(client: &mut Client, member: &str) -> mirror_user::dataplane::stats::Stats {
+    wait_for(client, &format!("{member} up again"), |st| {
+        st.targets[member].up
+    })
+}
+
+/// `count` 200-byte UDP lab frames of one flow, numbered from `first`.
+fn small_frames(first: u32, count: u32) -> Arc<Vec<Vec<u8>>> {
+    Arc::new(
+        (first..first + count)
+            .map(|i| traffic::frame(traffic::Shape::Udp4, i, 200))
+            .collect(),
+    )
+}
+
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_tunnel_target_whose_route_returns_resumes_sending_and_reconciles() {
+    require_root!();
+    let t = two_collectors("e2e-resume", false);
+    let mut client = Client::connect(&t.daemon.control).expect("control socket");
+    let a = t.a.as_ref().expect("a");
+    let settled = |st: &mirror_user::dataplane::stats::Stats, n: u64| {
+        st.sources["feed"].received == n
+            && st.targets.values().all(|x| {
+                x.queued == 0 && x.enqueued == n && x.enqueued == x.sent_packets + x.dropped_total()
+            })
+    };
+
+    // 1. Both collectors take everything.
+    let cap = Capture::start(a, "cola1").expect("capture");
+    let mut sent =
+        lab::send_frames(&t.lab.gen, Lab::GEN_IF, small_frames(0, 100), 10_000).expect("send");
+    let st = wait_for(&mut client, "round 1 sent", |st| {
+        settled(st, sent) && st.targets["a"].sent_packets == sent
+    });
+    assert_eq!(st.targets["b"].sent_packets, sent);
+    assert_same(
+        "a before",
+        &by_seq(&gre_inner(&cap.finish())),
+        &by_seq(&small_frames(0, 100)),
+    );
+
+    // 2. a's route goes: its first failed copy is a send_error and marks
+    // it down; every later copy is counted down, none is sent; b loses none.
+    route_to(&t.lab, "a", false);
+    let probe = small_frames(1_000_000, 1);
+    probe_until_down(&mut client, &t.lab, &probe, "a");
+    let before = client.stats().expect("stats");
+    sent = before.sources["feed"].received;
+    sent +=
+        lab::send_frames(&t.lab.gen, Lab::GEN_IF, small_frames(100, 300), 10_000).expect("send");
+    let st = wait_for(&mut client, "round 2 accounted for", |st| settled(st, sent));
+    let (x, y) = (&st.targets["a"], &before.targets["a"]);
+    assert!(!x.up);
+    assert_eq!(x.sent_packets, 100, "nothing sent without a route");
+    assert_eq!(
+        x.dropped["send_error"], 1,
+        "the copy that found the route gone: {:?}",
+        x.dropped
+    );
+    assert_eq!(
+        x.dropped["down"] - y.dropped["down"],
+        300,
+        "{:?}",
+        x.dropped
+    );
+    assert_eq!(
+        x.dropped_total(),
+        x.dropped["send_error"] + x.dropped["down"]
+    );
+    assert_eq!(st.targets["b"].sent_packets, sent, "b loses nothing");
+
+    // 3. The route returns: a is up again within its 200 ms check and sends
+    // every new copy, byte-identical; all of it reconciles.
+    route_to(&t.lab, "a", true);
+    let before = wait_until_up(&mut client, "a");
+    let cap = Capture::start(a, "cola1").expect("capture");
+    sent +=
+        lab::send_frames(&t.lab.gen, Lab::GEN_IF, small_frames(400, 300), 10_000).expect("send");
+    let st = wait_for(&mut client, "round 3 sent", |st| {
+        settled(st, sent) && st.targets["a"].sent_packets == before.targets["a"].sent_packets + 300
+    });
+    let x = &st.targets["a"];
+    assert!(x.up);
+    assert_eq!(x.dropped, before.targets["a"].dropped, "no new drop");
+    assert_eq!(x.sent_packets, 400);
+    assert_eq!(
+        x.enqueued,
+        x.sent_packets + x.dropped["send_error"] + x.dropped["down"]
+    );
+    assert_eq!(st.targets["b"].sent_packets, sent);
+    for (name, x) in &st.targets {
+        assert_reconciles(name, x);
+    }
+    assert_same(
+        "a after",
+        &by_seq(&gre_inner(&cap.finish())),
+        &by_seq(&small_frames(400, 300)),
+    );
+    assert!(
+        t.daemon
+            .log_text()
+            .contains("tunnel target up: the collector has a route again"),
+        "{}",
+        t.daemon.log_text()
+    );
+}
+
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_group_member_that_returns_gets_its_flows_back() {
+    require_root!();
+    let t = two_collectors("e2e-failback", true);
+    let mut client = Client::connect(&t.daemon.control).expect("control socket");
+    let (a, b) = (t.a.as_ref().expect("a"), t.b.as_ref().expect("b"));
+    let flows = 200u16;
+    // One frame of each flow, numbered round * 1000 + flow.
+    let round = |r: u32| -> Arc<Vec<Vec<u8>>> {
+        Arc::new(
+            (0..flows)
+                .map(|i| flow_frame(i, false, r * 1000 + u32::from(i)))
+                .collect(),
+        )
+    };
+    // Sends a round and returns the flows each member got, once all is sent.
+    let run = |r: u32, client: &mut Client| -> (Vec<u32>, Vec<u32>) {
+        let (cap_a, cap_b) = (
+            Capture::start(a, "cola1").expect("capture"),
+            Capture::start(b, "colb1").expect("capture"),
+        );
+        let before = client.stats().expect("stats");
+        let sent = lab::send_frames(&t.lab.gen, Lab::GEN_IF, round(r), 10_000).expect("send");
+        let total = |st: &mirror_user::dataplane::stats::Stats| {
+            st.targets["a"].sent_packets + st.targets["b"].sent_packets
+        };
+        wait_for(client, &format!("round {r}"), |st| {
+            total(st) == total(&before) + sent && st.targets.values().all(|x| x.queued == 0)
+        });
+        let flows_of = |frames: Vec<Vec<u8>>| -> Vec<u32> {
+            let mut v: Vec<u32> = gre_inner(&frames)
+                .iter()
+                .filter_map(|f| traffic::seq_of(f))
+                .map(|s| s - r * 1000)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        (flows_of(cap_a.finish()), flows_of(cap_b.finish()))
+    };
+
+    let (on_a, on_b) = run(1, &mut client);
+    assert_eq!(on_a.len() + on_b.len(), usize::from(flows));
+    assert!(
+        (40..160).contains(&on_a.len()),
+        "{} of {flows} flows on a",
+        on_a.len()
+    );
+
+    // a goes down: its flows, and only those, move to b.
+    route_to(&t.lab, "a", false);
+    let probe = Arc::new(
+        (0..flows)
+            .map(|i| flow_frame(i, false, 1_000_000))
+            .collect::<Vec<_>>(),
+    );
+    probe_until_down(&mut client, &t.lab, &probe, "a");
+    let before = client.stats().expect("stats");
+    let (none, all) = run(2, &mut client);
+    let st = client.stats().expect("stats");
+    assert!(none.is_empty(), "nothing reached a: {none:?}");
+    assert_eq!(all.len(), usize::from(flows), "b took every flow");
+    assert_eq!(
+        st.groups["pool"].rehashed - before.groups["pool"].rehashed,
+        on_a.len() as u64,
+        "exactly a's flows moved"
+    );
+    assert_eq!(
+        st.targets["a"].enqueued, before.targets["a"].enqueued,
+        "nothing offered to a"
+    );
+
+    // a returns: each flow goes back where it was, and nothing is rehashed.
+    route_to(&t.lab, "a", true);
+    wait_until_up(&mut client, "a");
+    let before = client.stats().expect("stats");
+    assert_eq!(before.groups["pool"].members_up, 2);
+    let (back_a, back_b) = run(3, &mut client);
+    assert_eq!(
+        (back_a, back_b),
+        (on_a, on_b),
+        "every flow on its first member again"
+    );
+    let st = client.stats().expect("stats");
+    assert_eq!(
+        st.groups["pool"].rehashed, before.groups["pool"].rehashed,
+        "no flow moved"
     );
     for (name, x) in &st.targets {
         assert_reconciles(name, x);

@@ -28,6 +28,10 @@ const PACKAGES: &[&str] = &[
     "iproute2",          // ip netns / veth for the lab
     "procps",            // sysctl inside lab namespaces
     "fonts-dejavu-core", // labels of the benchmark charts
+    // A GRE/ERSPAN II/III decoder the project did not write (scapy, for
+    // Debian's /usr/bin/python3; much lighter than tshark): e2e_targets
+    // checks the tunnel headers with it. Pulls in only python3 and netbase.
+    "python3-scapy",
 ];
 
 /// Debian packages only the benchmark lab needs: the tools `span` measures

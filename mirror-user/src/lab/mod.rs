@@ -25,6 +25,6 @@ pub mod tmpfs;
 pub mod traffic;
 
 pub use capture::{packet_socket, send_frames, Capture};
-pub use netns::{gro_on, ip, veth, vxlan_decap, wire, Lab, Netns, TempDir};
+pub use netns::{gro_on, ip, veth, vxlan_decap, wire, wire6, Lab, Netns, TempDir};
 pub use process::{DaemonProcess, Process};
 pub use tmpfs::Tmpfs;

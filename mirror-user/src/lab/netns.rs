@@ -195,6 +195,38 @@ pub fn wire(
     Ok(())
 }
 
+/// [`wire`] over IPv6: `a` (in `na`, address `ip_a`/64) – `b` (in `nb`,
+/// `ip_b`/64), both up, with `mtu`. Lab namespaces start with IPv6 off (no
+/// autoconfiguration traffic): it is turned on for these two devices only,
+/// without duplicate address detection, so the addresses work at once.
+pub fn wire6(
+    na: &Netns,
+    a: &str,
+    ip_a: &str,
+    nb: &Netns,
+    b: &str,
+    ip_b: &str,
+    mtu: u32,
+) -> Result<()> {
+    veth(na, a, nb, b, 1)?;
+    for (ns, dev, ip) in [(na, a, ip_a), (nb, b, ip_b)] {
+        ns.ip(&["link", "set", dev, "mtu", &mtu.to_string()])?;
+        for setting in ["accept_dad=0", "accept_ra=0", "disable_ipv6=0"] {
+            ns.exec(&["sysctl", "-qw", &format!("net.ipv6.conf.{dev}.{setting}")])?;
+        }
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ])?;
+    }
+    Ok(())
+}
+
 /// Turns GRO on for `dev` in `ns`. For a veth this makes its peer accept
 /// frames redirected by XDP (`ndo_xdp_xmit`), as a NIC's driver would: what
 /// the in-kernel fast path needs of a target port.
@@ -207,8 +239,8 @@ pub fn gro_on(ns: &Netns, dev: &str) -> Result<()> {
 }
 
 /// A Linux VXLAN device `name` in `ns` that decapsulates VNI `vni` arriving
-/// at `local` (UDP 4789) over `dev`, up, with a 9000-byte MTU: what a VXLAN
-/// collector runs.
+/// at `local` (UDP 4789; IPv4 or IPv6) over `dev`, up, with a 9000-byte MTU:
+/// what a VXLAN collector runs.
 pub fn vxlan_decap(ns: &Netns, name: &str, vni: u32, local: &str, dev: &str) -> Result<()> {
     let vni = vni.to_string();
     ns.ip(&[
