@@ -368,6 +368,25 @@ fn table() -> Vec<Case> {
             None,
         ),
         (
+            "ipv6 chain of exactly 8 ext headers before udp 5003: parsed",
+            eth(
+                0x86dd,
+                &ipv6(
+                    0,
+                    V6B,
+                    V6A,
+                    &[
+                        (0..7).flat_map(|_| ext8(0)).collect::<Vec<u8>>(),
+                        ext8(17),
+                        l4(5003, 1, 8),
+                    ]
+                    .concat(),
+                ),
+            ),
+            A,
+            None,
+        ),
+        (
             "ipv6 chain longer than 8 ext headers: protocol unknown",
             eth(
                 0x86dd,

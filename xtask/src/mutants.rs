@@ -71,8 +71,8 @@ const C_MUTANTS: &[CMutant] = &[
     CMutant {
         what: "off-by-one: one IPv6 extension header fewer than the bound",
         file: "mirror-ebpf/src/bpf/parse.h",
-        from: "for (i = 0; i < MIRROR_MAX_IPV6_EXT; i++) {",
-        to: "for (i = 0; i < MIRROR_MAX_IPV6_EXT - 1; i++) {",
+        from: "for (i = 0; i < MIRROR_MAX_IPV6_EXT + 1; i++) {",
+        to: "for (i = 0; i < MIRROR_MAX_IPV6_EXT; i++) {",
     },
     CMutant {
         what: "wrong direction: tcx egress copies marked ingress",

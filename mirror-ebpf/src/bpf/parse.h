@@ -140,7 +140,8 @@ static __always_inline __u32 parse_ipv6(struct cursor *c, struct pkt *p)
 	p->flags |= MIRROR_PF_ADDRS;
 	next = ip6->nexthdr;
 
-	for (i = 0; i < MIRROR_MAX_IPV6_EXT; i++) {
+	/* Up to MIRROR_MAX_IPV6_EXT headers, and one more step to find what follows. */
+	for (i = 0; i < MIRROR_MAX_IPV6_EXT + 1; i++) {
 		struct ipv6_ext *ext;
 		struct ipv6_frag *frag;
 

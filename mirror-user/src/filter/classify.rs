@@ -105,7 +105,8 @@ fn parse_v6(b: &[u8], off: usize, v: &mut FrameView) {
     v.addrs = Some((Ipv6Addr::from(src).into(), Ipv6Addr::from(dst).into()));
     let mut next = h[6];
     let mut at = off + 40;
-    for _ in 0..MAX_IPV6_EXT {
+    // Up to MAX_IPV6_EXT headers, and one more step to find what follows.
+    for _ in 0..=MAX_IPV6_EXT {
         match next {
             0 | 43 | 60 | 51 => {
                 let (Some(&nh), Some(&len)) = (b.get(at), b.get(at + 1)) else {
