@@ -93,10 +93,10 @@ const C_MUTANTS: &[CMutant] = &[
         to: "% n != n;",
     },
     CMutant {
-        what: "copy cut flag never set",
+        what: "off-by-one: packet_length copies one byte more",
         file: "mirror-ebpf/src/bpf/mirror.bpf.c",
-        from: "job.hdr.flags |= MIRROR_COPY_F_CUT;",
-        to: "job.hdr.flags |= 0;",
+        from: "\t\tcap = snap;\n",
+        to: "\t\tcap = snap + 1;\n",
     },
 ];
 

@@ -155,7 +155,159 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::xsk::FRAME_SIZE;
+    use crate::target::Oversize;
     use std::time::Duration;
+
+    /// Session `s` of a config with targets `a` and `b` (interface) and `g`
+    /// (a group of both); `keys` are the session's own options.
+    fn plan(targets: &str, keys: &str, queues: &[Arc<TargetQueue>]) -> SessionPlan {
+        let text = format!(
+            r#"
+[[source]]
+name = "s"
+interface = "x"
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+[[target]]
+name = "a"
+kind = "interface"
+interface = "y"
+[[target]]
+name = "b"
+kind = "interface"
+interface = "z"
+[[target_group]]
+name = "g"
+members = ["a", "b"]
+[[session]]
+name = "t"
+source = "s"
+filter = "all"
+targets = [{targets}]
+{keys}
+"#
+        );
+        let config = crate::config::parse(&text, "test").expect("valid config");
+        let groups = vec![Arc::new(TargetGroup::new("g", queues.to_vec()))];
+        SessionPlan::new(&config, 0, queues, &groups)
+    }
+
+    fn queues() -> Vec<Arc<TargetQueue>> {
+        ["a", "b"]
+            .iter()
+            .map(|n| {
+                Arc::new(TargetQueue::new(n, "interface", 8, 1518, Oversize::Drop).expect("memory"))
+            })
+            .collect()
+    }
+
+    fn frame(data: &[u8], hash: u32) -> Frame<'_> {
+        Frame {
+            data,
+            orig_len: data.len() as u32,
+            hash,
+            tstamp_ns: 7,
+            vni: 0,
+            source: 0,
+            egress: false,
+        }
+    }
+
+    /// The bytes of every copy waiting in `q`.
+    fn drain(q: &TargetQueue) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(p) = q.pop_ready() {
+            out.push(p.data().to_vec());
+            q.recycle(p);
+        }
+        out
+    }
+
+    #[test]
+    fn every_target_gets_one_copy_cut_to_packet_length_with_the_session_vni() {
+        let q = queues();
+        let p = plan(r#""a", "b""#, "packet_length = 60\nvni = 9", &q);
+        let long: Vec<u8> = (0..100).collect();
+        let exact: Vec<u8> = (0..60).collect();
+        let short: Vec<u8> = (0..59).collect();
+        for f in [&long, &exact, &short] {
+            assert!(p.dispatch(frame(f, 1), None));
+        }
+        for t in &q {
+            assert_eq!(
+                drain(t),
+                vec![long[..60].to_vec(), exact.clone(), short.clone()]
+            );
+        }
+        assert_eq!(p.mirrored.load(Ordering::Relaxed), 3);
+        assert_eq!(p.rate_limited.load(Ordering::Relaxed), 0);
+        assert_eq!(p.vni, 9);
+    }
+
+    #[test]
+    fn a_group_sends_each_frame_to_one_member_by_its_hash() {
+        let q = queues();
+        let p = plan(r#""g""#, "", &q);
+        let data = [5u8; 60];
+        for hash in 0..64 {
+            assert!(p.dispatch(frame(&data, hash), None));
+            let got: Vec<usize> = q.iter().map(|t| drain(t).len()).collect();
+            assert_eq!(got.iter().sum::<usize>(), 1, "hash {hash}: one copy");
+            // Both members up: the member rendezvous hashing ranks first.
+            let pick = crate::target::group::rank(hash, 2, |_| true);
+            assert_eq!(got[pick], 1, "hash {hash}: the member the group picks");
+        }
+    }
+
+    #[test]
+    fn frames_over_the_rate_limit_are_rejected_at_every_target_and_counted() {
+        let q = queues();
+        let p = plan(r#""a", "b""#, "rate_limit_pps = 10", &q);
+        let data = [1u8; 60];
+        // The bucket holds a tenth of a second: one frame at 10 pps.
+        let passed = (0..5).filter(|_| p.dispatch(frame(&data, 0), None)).count();
+        assert_eq!(passed, 1);
+        assert_eq!(p.mirrored.load(Ordering::Relaxed), 1);
+        assert_eq!(p.rate_limited.load(Ordering::Relaxed), 4);
+        for t in &q {
+            assert_eq!(drain(t).len(), 1);
+            let s = t.snapshot();
+            assert_eq!(s.enqueued, 5);
+            assert_eq!(s.dropped["rate_limited"], 4);
+        }
+    }
+
+    #[test]
+    fn a_lent_frame_goes_to_the_one_target_sharing_its_umem_the_rest_copy() {
+        let f = FRAME_SIZE as usize;
+        // `a` shares the RX UMEM (two slots, two RX frames); `b` copies.
+        let a = Arc::new(
+            TargetQueue::umem("a", "interface", 2, 2, 1518, Oversize::Drop).expect("memory"),
+        );
+        let b =
+            Arc::new(TargetQueue::new("b", "interface", 8, 1518, Oversize::Drop).expect("memory"));
+        let q = vec![a.clone(), b.clone()];
+        let p = plan(r#""a", "b""#, "", &q);
+        let area = a.memory().clone();
+        // Safety: the test owns RX frame 2 of the area; the data sits 256 bytes in.
+        let data = unsafe {
+            let ptr = area.base().add(2 * f + 256);
+            std::ptr::write_bytes(ptr, 0xcd, 60);
+            std::slice::from_raw_parts(ptr, 60)
+        };
+        let mut loan = Loan::new(&area, 2 * f as u64);
+        assert!(p.dispatch(frame(data, 0), Some(&mut loan)));
+        assert!(loan.taken(), "the sharing target took the frame itself");
+        assert_eq!(a.counters.shared.load(Ordering::Relaxed), 1);
+        assert_eq!(b.counters.shared.load(Ordering::Relaxed), 0);
+        assert_eq!(drain(&a), vec![vec![0xcd; 60]]);
+        assert_eq!(drain(&b), vec![vec![0xcd; 60]], "the other target copied");
+    }
 
     #[test]
     fn token_bucket_passes_the_rate_and_a_short_burst() {
