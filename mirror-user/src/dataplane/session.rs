@@ -284,29 +284,40 @@ targets = [{targets}]
 
     #[test]
     fn a_lent_frame_goes_to_the_one_target_sharing_its_umem_the_rest_copy() {
-        let f = FRAME_SIZE as usize;
-        // `a` shares the RX UMEM (two slots, two RX frames); `b` copies.
-        let a = Arc::new(
-            TargetQueue::umem("a", "interface", 2, 2, 1518, Oversize::Drop).expect("memory"),
-        );
-        let b =
-            Arc::new(TargetQueue::new("b", "interface", 8, 1518, Oversize::Drop).expect("memory"));
-        let q = vec![a.clone(), b.clone()];
-        let p = plan(r#""a", "b""#, "", &q);
-        let area = a.memory().clone();
-        // Safety: the test owns RX frame 2 of the area; the data sits 256 bytes in.
-        let data = unsafe {
-            let ptr = area.base().add(2 * f + 256);
-            std::ptr::write_bytes(ptr, 0xcd, 60);
-            std::slice::from_raw_parts(ptr, 60)
-        };
-        let mut loan = Loan::new(&area, 2 * f as u64);
-        assert!(p.dispatch(frame(data, 0), Some(&mut loan)));
-        assert!(loan.taken(), "the sharing target took the frame itself");
-        assert_eq!(a.counters.shared.load(Ordering::Relaxed), 1);
-        assert_eq!(b.counters.shared.load(Ordering::Relaxed), 0);
-        assert_eq!(drain(&a), vec![vec![0xcd; 60]]);
-        assert_eq!(drain(&b), vec![vec![0xcd; 60]], "the other target copied");
+        // The sharing target first and last in the session's list.
+        for order in [r#""a", "b""#, r#""b", "a""#] {
+            let f = FRAME_SIZE as usize;
+            // `a` shares the RX UMEM (two slots, two RX frames); `b` copies.
+            let a = Arc::new(
+                TargetQueue::umem("a", "interface", 2, 2, 1518, Oversize::Drop).expect("memory"),
+            );
+            let b = Arc::new(
+                TargetQueue::new("b", "interface", 8, 1518, Oversize::Drop).expect("memory"),
+            );
+            let q = vec![a.clone(), b.clone()];
+            let p = plan(order, "", &q);
+            let area = a.memory().clone();
+            // Safety: the test owns RX frame 2 of the area; the data sits 256 bytes in.
+            let data = unsafe {
+                let ptr = area.base().add(2 * f + 256);
+                std::ptr::write_bytes(ptr, 0xcd, 60);
+                std::slice::from_raw_parts(ptr, 60)
+            };
+            let mut loan = Loan::new(&area, 2 * f as u64);
+            assert!(p.dispatch(frame(data, 0), Some(&mut loan)));
+            assert!(
+                loan.taken(),
+                "{order}: the sharing target took the frame itself"
+            );
+            assert_eq!(a.counters.shared.load(Ordering::Relaxed), 1, "{order}");
+            assert_eq!(b.counters.shared.load(Ordering::Relaxed), 0, "{order}");
+            assert_eq!(drain(&a), vec![vec![0xcd; 60]], "{order}");
+            assert_eq!(
+                drain(&b),
+                vec![vec![0xcd; 60]],
+                "{order}: the other target copied"
+            );
+        }
     }
 
     #[test]
