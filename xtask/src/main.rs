@@ -101,6 +101,10 @@ enum Cmd {
         /// Mutants built and tested at once (each needs its own build).
         #[arg(long, default_value_t = 1)]
         jobs: u32,
+        /// Only shard K of N of each group's mutants (`K/N`, K from 0), to
+        /// spread a group over several sessions; results per shard.
+        #[arg(long, value_name = "K/N")]
+        shard: Option<String>,
     },
     /// The benchmark lab: `cargo xtask bench [NAME…] [--sizes 60,1500] [--rules 1,100,10000] [--reps 3]`.
     /// Cases: filters (classification cost vs rule count), copy (what copy
@@ -131,7 +135,8 @@ fn main() -> Result<()> {
             c_only,
             rust_only,
             jobs,
-        } => mutants::main(&root(), &groups, c_only, rust_only, jobs),
+            shard,
+        } => mutants::main(&root(), &groups, c_only, rust_only, jobs, shard.as_deref()),
         Cmd::Deps => deps(),
         Cmd::Test { no_lint, args } => test(no_lint, &args),
         Cmd::Demo { args } => demo(&args),

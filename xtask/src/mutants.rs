@@ -123,7 +123,14 @@ impl Score {
     }
 }
 
-pub fn main(root: &Path, names: &[String], c_only: bool, rust_only: bool, jobs: u32) -> Result<()> {
+pub fn main(
+    root: &Path,
+    names: &[String],
+    c_only: bool,
+    rust_only: bool,
+    jobs: u32,
+    shard: Option<&str>,
+) -> Result<()> {
     for n in names {
         if !GROUPS.iter().any(|g| g.name == n) {
             bail!(
@@ -144,7 +151,7 @@ pub fn main(root: &Path, names: &[String], c_only: bool, rust_only: bool, jobs: 
         );
         lines.push("|---|---|---:|---:|---:|---:|---:|".into());
         for g in &groups {
-            let s = rust_group(root, g, jobs)?;
+            let s = rust_group(root, g, jobs, shard)?;
             println!(
                 "mutants {}: {} caught, {} missed, {} timeout, {} unviable ({:.1}%)",
                 g.name,
@@ -197,7 +204,7 @@ pub fn main(root: &Path, names: &[String], c_only: bool, rust_only: bool, jobs: 
     let out = root.join("benches/results/mutants.md");
     std::fs::write(&out, &table).with_context(|| format!("writing {}", out.display()))?;
     println!("{table}");
-    if names.is_empty() && !c_only && !rust_only {
+    if names.is_empty() && !c_only && !rust_only && shard.is_none() {
         crate::replace_between_markers(&root.join("README.md"), "mutants", &table)?;
     }
     Ok(())
@@ -216,8 +223,14 @@ fn ensure_cargo_mutants() -> Result<()> {
 }
 
 /// Runs cargo-mutants over one group; returns its outcome counts.
-fn rust_group(root: &Path, g: &Group, jobs: u32) -> Result<Score> {
-    let out_dir = root.join("mutants.out").join(g.name);
+fn rust_group(root: &Path, g: &Group, jobs: u32, shard: Option<&str>) -> Result<Score> {
+    let out_dir = match shard {
+        Some(k) => {
+            root.join("mutants.out")
+                .join(format!("{}-shard-{}", g.name, k.replace('/', "-of-")))
+        }
+        None => root.join("mutants.out").join(g.name),
+    };
     std::fs::create_dir_all(&out_dir)?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root).args([
@@ -230,6 +243,9 @@ fn rust_group(root: &Path, g: &Group, jobs: u32) -> Result<Score> {
         "--output",
     ]);
     cmd.arg(&out_dir);
+    if let Some(k) = shard {
+        cmd.args(["--shard", k]);
+    }
     for f in g.files {
         cmd.args(["--file", f]);
     }
