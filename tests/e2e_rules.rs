@@ -221,7 +221,7 @@ fn rules_added_and_deleted_live_change_what_is_mirrored_exactly() {
             let out = cli(&control, rule_changes[k]);
             assert!(
                 out.contains(&format!(
-                    "source feed: {} ingress rules in force",
+                    "source feed: {} rules in force (both directions)",
                     rules_after[k]
                 )),
                 "{name}: {out}"

@@ -353,7 +353,7 @@ fn live_rule_changes_and_reloads_under_traffic_lose_no_frame() {
             );
             assert!(ok, "{out}");
             assert!(
-                out.contains("source feed: 4 ingress rules in force"),
+                out.contains("source feed: 4 rules in force (both directions)"),
                 "{out}"
             );
             let (ok, out) = cli(
@@ -362,7 +362,7 @@ fn live_rule_changes_and_reloads_under_traffic_lose_no_frame() {
             );
             assert!(ok, "{out}");
             assert!(
-                out.contains("source feed: 3 ingress rules in force"),
+                out.contains("source feed: 3 rules in force (both directions)"),
                 "{out}"
             );
         }

@@ -128,7 +128,7 @@ impl AddArgs {
 
 fn print_rules(reply: &Reply) {
     for (source, n) in reply.rules.iter().flatten() {
-        println!("source {source}: {n} ingress rules in force");
+        println!("source {source}: {n} rules in force (both directions)");
     }
 }
 

@@ -61,7 +61,7 @@ pub struct SourceStats {
     pub dropped: BTreeMap<String, u64>,
     /// Frames the parser could not fully read (still classified; see README).
     pub parser: BTreeMap<String, u64>,
-    /// Ingress rules in force (all sessions together).
+    /// Rules in force, both directions, all sessions together.
     #[serde(default)]
     pub rules: u64,
     /// Rule sets installed since start (1 + live updates and reloads).
