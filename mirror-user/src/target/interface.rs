@@ -104,6 +104,10 @@ pub fn start(
 
 fn run(mut tx: TxQueue, q: &TargetQueue, interface: &str, stop: &AtomicBool, frames: usize) {
     q.register_sender();
+    // The device the socket is bound to; deleted (or replaced by another of
+    // the same name), the kernel unbinds the socket for good.
+    let bound_to = crate::kernel::ifindex(interface).ok();
+    let mut gone = false;
     let mut batch = Vec::with_capacity(BATCH);
     // Copies on the TX ring, by UMEM frame, until their completion comes back
     // (any frame of the UMEM: lent RX frames take the place of slots).
@@ -111,6 +115,29 @@ fn run(mut tx: TxQueue, q: &TargetQueue, interface: &str, stop: &AtomicBool, fra
     let mut last_check = Instant::now() - LINK_CHECK;
     let mut stopping_since: Option<Instant> = None;
     loop {
+        if gone {
+            // The socket is unbound: nothing on its rings will be sent or
+            // completed, and the kernel no longer reads those UMEM frames.
+            // Every copy held here is lost: count it and free its slot.
+            let held = batch
+                .drain(..)
+                .chain(sending.iter_mut().filter_map(Option::take))
+                .chain(std::iter::from_fn(|| q.pop_ready()));
+            let mut lost = 0;
+            for p in held {
+                q.recycle(p);
+                lost += 1;
+            }
+            if lost > 0 {
+                q.counters.drop(super::TargetDrop::Down, lost);
+            }
+            q.in_flight.store(0, Ordering::Relaxed);
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::park_timeout(IDLE);
+            continue;
+        }
         let (mut packets, mut bytes) = (0u64, 0u64);
         tx.complete(|addr| {
             if let Some(p) = sending[(addr / u64::from(FRAME_SIZE)) as usize].take() {
@@ -147,7 +174,17 @@ fn run(mut tx: TxQueue, q: &TargetQueue, interface: &str, stop: &AtomicBool, fra
         );
 
         if last_check.elapsed() >= LINK_CHECK {
-            q.set_up(netdev::is_running(interface).unwrap_or(true));
+            let now = crate::kernel::ifindex(interface).ok();
+            if !gone && now != bound_to {
+                gone = true;
+                tracing::error!(
+                    target = %q.name,
+                    interface,
+                    "the target's interface was deleted (or replaced): its copies are dropped \
+                     and counted `down` from now on; restart mirror to send to a new one"
+                );
+            }
+            q.set_up(!gone && netdev::is_running(interface).unwrap_or(false));
             last_check = Instant::now();
         }
 
