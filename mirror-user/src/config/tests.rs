@@ -43,7 +43,17 @@ priority = 1
 fn errors(text: &str) -> Vec<String> {
     match parse(text, "t.toml") {
         Ok(_) => panic!("expected errors"),
-        Err(e) => e.to_string().lines().map(str::to_string).collect(),
+        Err(e) => {
+            let lines: Vec<String> = e.to_string().lines().map(str::to_string).collect();
+            // The structured diagnostics (what `mirror check` counts) say the same.
+            let from_diags: Vec<String> = e
+                .diagnostics()
+                .iter()
+                .map(|d| format!("t.toml:{}:{}: {}", d.line, d.column, d.message))
+                .collect();
+            assert_eq!(from_diags, lines, "diagnostics() and the message agree");
+            lines
+        }
     }
 }
 
