@@ -123,4 +123,50 @@ mod tests {
         assert!(err("").contains("not a CPU number"));
         assert!(err("1024").contains("out of range"));
     }
+
+    #[test]
+    fn the_highest_cpu_of_the_mask_is_accepted_and_one_beyond_is_not() {
+        let top = MAX_CPUS - 1;
+        assert_eq!(
+            CpuList::parse(&top.to_string()).expect("valid").cpus(),
+            &[top]
+        );
+        assert_eq!(
+            CpuList::one(top).map(|l| l.cpus().to_vec()),
+            Some(vec![top])
+        );
+        assert_eq!(CpuList::one(0).map(|l| l.cpus().to_vec()), Some(vec![0]));
+        assert!(CpuList::one(MAX_CPUS).is_none());
+    }
+
+    /// The calling thread's affinity, as a sorted list.
+    fn affinity() -> Vec<usize> {
+        // Safety: cpu_set_t is plain data; all-zero is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // Safety: a valid set of the size passed, for the calling thread.
+        let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+        assert_eq!(rc, 0, "sched_getaffinity");
+        // Safety: `cpu` < CPU_SETSIZE.
+        (0..MAX_CPUS)
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect()
+    }
+
+    #[test]
+    fn pinning_restricts_the_thread_and_the_threads_it_starts() {
+        // On a thread of its own, so the test runner's threads keep their CPUs.
+        std::thread::spawn(|| {
+            let first = *affinity().first().expect("some CPU");
+            let one = CpuList::one(first).expect("in range");
+            one.pin_current_thread().expect("pin");
+            assert_eq!(affinity(), vec![first]);
+            let child = std::thread::spawn(affinity).join().expect("child");
+            assert_eq!(child, vec![first], "inherited by new threads");
+            // A CPU this machine lacks is refused, not ignored.
+            let absent = CpuList::one(MAX_CPUS - 1).expect("in range");
+            assert!(absent.pin_current_thread().is_err());
+        })
+        .join()
+        .expect("pinning thread");
+    }
 }

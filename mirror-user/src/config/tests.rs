@@ -616,3 +616,86 @@ fn daemon_cpus_take_a_cpu_list_and_a_bad_one_is_reported_at_its_value() {
         vec!["t.toml:4:8: cpus = \"4-1\": range \"4-1\" is reversed: write \"1-4\""]
     );
 }
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let c = parse(GOOD, "t.toml").expect("valid");
+    let s = &c.sources[0];
+    assert_eq!((s.umem_frames, s.ring_size), (4096, 2048));
+    assert_eq!(s.ring_buffer, 16 << 20, "16 MiB");
+    assert!(s.ingress() && !s.egress(), "a tap source mirrors ingress");
+    assert_eq!(c.targets[0].queue_size, 4096);
+    let copy = GOOD.replace(
+        "interface = \"eth1\"",
+        "interface = \"eth1\"\nmode = \"copy\"\ndirection = \"egress\"",
+    );
+    let c = parse(&copy, "t.toml").expect("valid");
+    assert!(!c.sources[0].ingress() && c.sources[0].egress());
+    // The largest interface queue is 1 GiB of 4 KiB frames, no more.
+    let q = |n: u32| {
+        GOOD.replace(
+            "interface = \"eth2\"",
+            &format!("interface = \"eth2\"\nqueue_size = {n}"),
+        )
+    };
+    assert_eq!(
+        parse(&q(1 << 18), "t.toml").expect("valid").targets[0].queue_size,
+        1 << 18
+    );
+    assert!(errors(&q((1 << 18) + 1))[0].contains("too large for an interface target"));
+}
+
+#[test]
+fn kinds_and_destination_names_read_back() {
+    let c = parse(&format!("{GOOD}{ALL_TARGETS}"), "t.toml").expect("valid");
+    let kinds: Vec<&str> = c.targets.iter().map(|t| t.spec.kind()).collect();
+    for k in ["interface", "vxlan", "gre", "erspan", "pcapng"] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+    for (i, t) in c.targets.iter().enumerate() {
+        assert_eq!(c.dest_name(Dest::Target(i)), t.name);
+    }
+    for (i, g) in c.groups.iter().enumerate() {
+        assert_eq!(c.dest_name(Dest::Group(i)), g.name);
+    }
+}
+
+#[test]
+fn the_kernel_path_takes_at_most_its_devmap_of_targets() {
+    let max = mirror_ebpf::limits::MAX_FAST_TARGETS as usize;
+    let config = |n: usize| {
+        let mut t =
+            String::from("[[source]]\nname = \"s\"\ninterface = \"x\"\n[[filter]]\nname = \"f\"\n");
+        for i in 0..n {
+            t += &format!(
+                "[[target]]\nname = \"t{i}\"\nkind = \"interface\"\ninterface = \"y{i}\"\n"
+            );
+        }
+        let names: Vec<String> = (0..n).map(|i| format!("\"t{i}\"")).collect();
+        t += &format!(
+            "[[session]]\nname = \"a\"\nsource = \"s\"\nfilter = \"f\"\ntargets = [{}]\n",
+            names.join(", ")
+        );
+        parse(&t, "t.toml").expect("valid")
+    };
+    assert_eq!(
+        config(max).kernel_path_obstacle(0),
+        None,
+        "{max} targets fit"
+    );
+    assert!(config(max + 1)
+        .kernel_path_obstacle(0)
+        .is_some_and(|w| w.contains(&format!("more than {max} targets"))));
+}
+
+#[test]
+fn a_live_rule_with_an_error_is_refused_whole() {
+    // Each value parses on its own; together they are an error.
+    let e = parse_rule(
+        "number = 5\naction = \"accept\"\ndirection = \"ingress\"\nprotocol = \"icmp\"\nvlan = 5000",
+        "rule",
+    )
+    .expect_err("vlan out of range");
+    assert_eq!(e.diagnostics().len(), 1, "{e}");
+    assert!(e.to_string().contains("vlan = 5000 is out of range"), "{e}");
+}
