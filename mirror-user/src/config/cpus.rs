@@ -113,6 +113,7 @@ mod tests {
         assert_eq!(l.cpus(), &[0, 2, 4, 5, 6]);
         assert_eq!(l.to_string(), "0,2,4-6");
         assert_eq!(CpuList::parse("1").expect("valid").cpus(), &[1]);
+        assert_eq!(CpuList::parse("3-3").expect("a range of one").cpus(), &[3]);
     }
 
     #[test]
