@@ -699,3 +699,124 @@ fn a_live_rule_with_an_error_is_refused_whole() {
     assert_eq!(e.diagnostics().len(), 1, "{e}");
     assert!(e.to_string().contains("vlan = 5000 is out of range"), "{e}");
 }
+
+#[test]
+fn umem_frames_and_ring_size_take_powers_of_two_in_their_range() {
+    let with = |key: &str, v: u32| {
+        GOOD.replace(
+            "interface = \"eth1\"",
+            &format!("interface = \"eth1\"\n{key} = {v}\nring_size = 64"),
+        )
+    };
+    for ok in [64, 4096, 1 << 20] {
+        let c = parse(&with("umem_frames", ok), "t.toml").expect("valid");
+        assert_eq!(c.sources[0].umem_frames, ok);
+    }
+    for bad in [32, 100, 1 << 21] {
+        let e = errors(&with("umem_frames", bad));
+        assert!(
+            e.iter().any(|l| l.contains(&format!(
+                "umem_frames = {bad}: accepted values are powers of two from 64 to 1048576"
+            ))),
+            "{bad}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn interface_names_follow_linux_rules() {
+    let with =
+        |name: &str| GOOD.replace("interface = \"eth1\"", &format!("interface = \"{name}\""));
+    for ok in ["a", "eth1", "fifteen-chars-x"] {
+        assert_eq!(
+            parse(&with(ok), "t.toml").expect(ok).sources[0].interface,
+            ok
+        );
+    }
+    for bad in ["", "sixteen-chars-xx", "a/b", "a:b", "a b", ".", ".."] {
+        let e = errors(&with(bad));
+        assert!(
+            e.iter()
+                .any(|l| l.contains("is not a valid interface name")),
+            "{bad:?}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn sessions_and_rules_per_source_stop_at_the_kernel_limits() {
+    let sessions = |n: u32| {
+        let mut t = GOOD.to_string();
+        for i in 1..n {
+            t += &format!(
+                "[[session]]\nname = \"s{i}\"\nsource = \"uplink\"\nfilter = \"ids\"\ntargets = [\"ids0\"]\n"
+            );
+        }
+        t
+    };
+    let max = mirror_ebpf::limits::MAX_SESSIONS;
+    assert_eq!(
+        parse(&sessions(max), "t.toml")
+            .expect("at the limit")
+            .sessions
+            .len() as u32,
+        max
+    );
+    let e = errors(&sessions(max + 1));
+    assert!(
+        e.iter()
+            .any(|l| l.contains(&format!("has {} sessions; at most {max}", max + 1))),
+        "{e:?}"
+    );
+
+    let rules = |n: u32| {
+        let mut t = String::from(
+            "[[source]]\nname = \"s\"\ninterface = \"x\"\n[[target]]\nname = \"t\"\nkind = \"interface\"\ninterface = \"y\"\n[[filter]]\nname = \"f\"\n",
+        );
+        for i in 1..=n {
+            t += &format!(
+                "[[filter.rule]]\nnumber = {i}\naction = \"accept\"\ndirection = \"ingress\"\n"
+            );
+        }
+        t + "[[session]]\nname = \"a\"\nsource = \"s\"\nfilter = \"f\"\ntargets = [\"t\"]\n"
+    };
+    // Two sessions share the filter: the rules count once per session.
+    let max = mirror_ebpf::limits::MAX_RULES;
+    let half = rules(max / 2)
+        + "[[session]]\nname = \"b\"\nsource = \"s\"\nfilter = \"f\"\ntargets = [\"t\"]\n";
+    assert!(
+        parse(&half, "t.toml").is_ok(),
+        "exactly {max} ingress rules"
+    );
+    let over = rules(max / 2 + 1)
+        + "[[session]]\nname = \"b\"\nsource = \"s\"\nfilter = \"f\"\ntargets = [\"t\"]\n";
+    let e = errors(&over);
+    assert!(
+        e.iter().any(|l| l.contains(&format!(
+            "have {} ingress rules together; at most {max}",
+            max + 2
+        ))),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_session_on_a_rejected_source_is_reported_not_resolved() {
+    // The source fails validation, its session asks for the kernel path:
+    // errors for both, and no half-built config is looked at.
+    let text = GOOD
+        .replace("interface = \"eth1\"", "interface = \"a/b\"")
+        .replace("priority = 1", "priority = 1\npath = \"kernel\"");
+    let e = errors(&text);
+    assert!(
+        e.iter()
+            .any(|l| l.contains("is not a valid interface name")),
+        "{e:?}"
+    );
+    let t = GOOD.replace(
+        "kind = \"interface\"\ninterface = \"eth2\"",
+        "kind = \"vxlan\"",
+    );
+    let e = errors(&t.replace("priority = 1", "priority = 1\npath = \"kernel\""));
+    assert!(e.iter().any(|l| l.contains("needs `remote`")), "{e:?}");
+}
