@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +57,29 @@ fn config(source: &str, control: &Path, captures: &Path) -> String {
         .replace("@CAPTURES@", &captures.to_string_lossy())
 }
 
+/// A lab, a private directory with an empty `captures/` in it, and where
+/// the daemon's control socket goes.
+struct Setup {
+    lab: Lab,
+    dir: TempDir,
+    captures: PathBuf,
+    control: PathBuf,
+}
+
+fn setup(tag: &str) -> Setup {
+    let lab = Lab::new(1).expect("lab");
+    let dir = TempDir::new(tag).expect("temp dir");
+    let captures = dir.path().join("captures");
+    std::fs::create_dir(&captures).expect("capture dir");
+    let control = dir.path().join("control.sock");
+    Setup {
+        lab,
+        dir,
+        captures,
+        control,
+    }
+}
+
 /// Every file in `dir`: its length and a hash of its bytes (short enough
 /// to print when two snapshots differ).
 fn snapshot(dir: &Path) -> BTreeMap<String, (usize, u64)> {
@@ -102,11 +125,12 @@ fn run_once(ns: &lab::Netns, config: &Path) -> (std::process::ExitStatus, String
 #[ignore = "needs root: BPF and network namespaces"]
 fn failed_starts_touch_no_capture_file_and_leave_no_socket() {
     require_root!();
-    let lab = Lab::new(1).expect("lab");
-    let dir = TempDir::new("e2e-startup").expect("temp dir");
-    let captures = dir.path().join("captures");
-    std::fs::create_dir(&captures).expect("capture dir");
-    let control = dir.path().join("control.sock");
+    let Setup {
+        lab,
+        dir,
+        captures,
+        control,
+    } = setup("e2e-startup");
 
     // A real capture: 125 packets through a daemon that started.
     let good = dir.path().join("good.toml");
@@ -224,11 +248,12 @@ fn failed_starts_touch_no_capture_file_and_leave_no_socket() {
 #[ignore = "needs root: BPF and network namespaces"]
 fn closed_pipes_end_clients_quietly_and_never_stop_the_daemon() {
     require_root!();
-    let lab = Lab::new(1).expect("lab");
-    let dir = TempDir::new("e2e-pipes").expect("temp dir");
-    let captures = dir.path().join("captures");
-    std::fs::create_dir(&captures).expect("capture dir");
-    let control = dir.path().join("control.sock");
+    let Setup {
+        lab,
+        dir,
+        captures,
+        control,
+    } = setup("e2e-pipes");
     let cfg = dir.path().join("mirror.toml");
     std::fs::write(&cfg, config(Lab::FEED_IF, &control, &captures)).expect("write");
 
