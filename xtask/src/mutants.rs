@@ -20,7 +20,7 @@ struct Group {
     name: &'static str,
     /// `cargo mutants --file` globs, from the workspace root.
     files: &'static [&'static str],
-    /// Arguments for `cargo test` (after `cargo mutants … --`).
+    /// Test target selection for both `cargo build` and `cargo test`.
     test_args: &'static [&'static str],
 }
 
@@ -249,7 +249,12 @@ fn rust_group(root: &Path, g: &Group, jobs: u32, shard: Option<&str>) -> Result<
     for f in g.files {
         cmd.args(["--file", f]);
     }
-    cmd.arg("--").args(g.test_args);
+    // As cargo args (not after `--`) so that the build phase, too, builds only
+    // the selected test targets: without it every mutant also relinks each
+    // end-to-end test binary, which doubled the time per mutant.
+    for a in g.test_args {
+        cmd.arg(format!("--cargo-arg={a}"));
+    }
     eprintln!("xtask: {cmd:?}");
     // Exit 2 means mutants were missed, 3 timeouts: the counts say so.
     let status = cmd.status().context("running cargo mutants")?;
