@@ -197,7 +197,7 @@ fn an_all_interface_session_is_broadcast_in_the_kernel_byte_identical_with_exact
     let log = daemon.log_text();
     assert!(
         log.contains("session served in the kernel")
-            && log.contains("only interface targets are served in the kernel"),
+            && log.contains("is a pcapng target, written by userspace"),
         "the log names each session's path, and why userspace:\n{log}"
     );
 }

@@ -281,4 +281,56 @@ struct mirror_fast_count {
 	__u64 bytes;
 };
 
+/*
+ * In-kernel tunnels (tap mode). A VXLAN, GRE or ERSPAN target of a
+ * kernel-path session is a DEVMAP entry whose device is the route's egress
+ * device toward the collector and whose program is xdp_tunnel_K, K being the
+ * entry's key (the target's place in the session). xdp_tap puts the session,
+ * flow hash and time stamp in the frame's XDP metadata (struct mirror_meta);
+ * the program reads them, cuts the copy to `max_inner`, pushes the outer
+ * headers userspace prepared in slot session * MIRROR_MAX_FAST_TARGETS + K of
+ * `tunnels` and fills in what changes per copy: IP length, ID and checksum,
+ * the VXLAN source port (from the flow hash), the ERSPAN sequence number,
+ * VLAN/COS/T bits and time stamp. The device then sends it.
+ */
+enum mirror_tunnel_kind {
+	MIRROR_TUN_NONE = 0, /* slot unused: a copy sent here is counted `errors` */
+	MIRROR_TUN_VXLAN = 1,
+	MIRROR_TUN_GRE = 2,
+	MIRROR_TUN_ERSPAN2 = 3,
+	MIRROR_TUN_ERSPAN3 = 4,
+};
+
+enum mirror_tunnel_flags {
+	MIRROR_TUN_F_IPV6 = 1 << 0,     /* the outer header is IPv6 (else IPv4) */
+	MIRROR_TUN_F_DOWN = 1 << 1,     /* no route or neighbour to the collector:
+					 * copies are dropped, counted `down` */
+	MIRROR_TUN_F_NANOS100 = 1 << 2, /* ERSPAN III granularity 100 ns (else 100 us) */
+};
+
+enum mirror_tunnel_limits {
+	MIRROR_TUN_HDR_MAX = 80, /* Ethernet + IPv6 + GRE with sequence + ERSPAN III = 74 */
+};
+
+struct mirror_tunnel {
+	__u8 kind;        /* enum mirror_tunnel_kind */
+	__u8 flags;       /* enum mirror_tunnel_flags */
+	__u16 hdr_len;    /* bytes of hdr: Ethernet + IP + tunnel header */
+	__u16 max_inner;  /* longest copy carried whole; longer ones are cut to it */
+	__u16 reserved;
+	__u32 ip_csum;    /* IPv4: one's-complement sum of the IP header's 16-bit
+			   * words as stored, with total length, ID and checksum 0 */
+	__u64 tai_offset; /* ERSPAN III: CLOCK_TAI - CLOCK_REALTIME, ns */
+	__u8 hdr[MIRROR_TUN_HDR_MAX]; /* the outer headers with every fixed field set */
+};
+
+/* Per tunnel slot, summed over CPUs. */
+struct mirror_tunnel_stats {
+	__u64 packets;   /* encapsulated and handed to the device */
+	__u64 bytes;     /* their mirrored bytes (the copy, without the outer headers) */
+	__u64 truncated; /* of the packets, cut to max_inner */
+	__u64 down;      /* dropped: MIRROR_TUN_F_DOWN */
+	__u64 errors;    /* dropped: no metadata, no headroom, empty slot (never expected) */
+};
+
 #endif /* MIRROR_ABI_H */

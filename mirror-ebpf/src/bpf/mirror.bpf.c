@@ -22,6 +22,7 @@
 #include "parse.h"
 #include "classify.h"
 #include "flowhash.h"
+#include "tunnel.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -68,6 +69,35 @@ struct {
 	__type(key, __u32);
 	__type(value, struct mirror_fast_count);
 } session_kernel SEC(".maps");
+
+/*
+ * In-kernel tunnels: the outer headers of each tunnel target of a kernel-path
+ * session, slot session * MIRROR_MAX_FAST_TARGETS + K (K: the target's DEVMAP
+ * key), written by userspace (again whenever the next hop changes).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MIRROR_MAX_SESSIONS * MIRROR_MAX_FAST_TARGETS);
+	__type(key, __u32);
+	__type(value, struct mirror_tunnel);
+} tunnels SEC(".maps");
+
+/* Per tunnel slot: what its program did with the copies it was given. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MIRROR_MAX_SESSIONS * MIRROR_MAX_FAST_TARGETS);
+	__type(key, __u32);
+	__type(value, struct mirror_tunnel_stats);
+} tunnel_stats SEC(".maps");
+
+/* Per tunnel slot: the next ERSPAN sequence number, shared by all CPUs so
+ * numbers are unique and increasing per target. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MIRROR_MAX_SESSIONS * MIRROR_MAX_FAST_TARGETS);
+	__type(key, __u32);
+	__type(value, __u64);
+} tunnel_seq SEC(".maps");
 
 /* Indexed by direction * MIRROR_CNT_MAX + enum mirror_counter. */
 struct {
@@ -123,6 +153,12 @@ __u32 source_ifindex;
 /* Fast path: 1 when the session has a single target (a plain redirect to
  * DEVMAP key 0 instead of a broadcast, which costs more per frame). */
 __u8 session_single[MIRROR_MAX_SESSIONS];
+/* Fast path: 1 when a session has tunnel targets: xdp_tap then writes the
+ * metadata (session, flow hash, time stamp) their DEVMAP programs read. */
+__u8 session_tunnels[MIRROR_MAX_SESSIONS];
+/* Copies a tunnel program got without metadata (a driver without an XDP
+ * metadata area): dropped, as no session can be told. Never expected. */
+__u64 tunnel_no_meta;
 /* Fast path: the session's destinations, and the longest frame all of them
  * take: a frame longer than that is checked against each, and counted
  * too_big where the kernel would skip it (one comparison per frame
@@ -147,6 +183,11 @@ struct mirror_fast_stats abi_anchor_fast_stats = {};
 struct mirror_fast_count abi_anchor_fast_count = {};
 struct mirror_fast_dest abi_anchor_fast_dest = {};
 struct mirror_cache_entry abi_anchor_cache_entry = {};
+struct mirror_tunnel abi_anchor_tunnel = {};
+struct mirror_tunnel_stats abi_anchor_tunnel_stats = {};
+enum mirror_tunnel_kind abi_anchor_tunnel_kind = MIRROR_TUN_NONE;
+enum mirror_tunnel_flags abi_anchor_tunnel_flags = MIRROR_TUN_F_IPV6;
+enum mirror_tunnel_limits abi_anchor_tunnel_limits = MIRROR_TUN_HDR_MAX;
 
 /* Keeps the compiler from merging or reordering range checks on `var`. */
 #define barrier_var(var) asm volatile("" : "+r"(var))
@@ -293,6 +334,8 @@ static __always_inline int try_xdp_tap(struct xdp_md *ctx)
 		}
 		if (len > fast_max_len[s] && count_too_big(s, len) && session_single[s])
 			return XDP_DROP; /* its one target cannot take it */
+		if (session_tunnels[s])
+			write_meta(ctx, session, flow_hash(&p, data, data_end));
 		if (session_single[s])
 			return bpf_redirect_map(fast, 0, XDP_DROP);
 		/* One clone per target; the kernel queues them to each device. */
@@ -332,6 +375,92 @@ int xdp_fast_target(struct xdp_md *ctx)
 	}
 	return XDP_PASS;
 }
+
+/*
+ * In-kernel tunnels: the DEVMAP program of a session's tunnel target K (see
+ * struct mirror_tunnel). Runs once per copy, on the CPU that redirected it,
+ * just before the egress device transmits. Every copy it is given ends in
+ * exactly one of its counters.
+ */
+static __always_inline int tunnel_xmit(struct xdp_md *ctx, const __u32 k)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct mirror_meta *meta = (void *)(long)ctx->data_meta;
+	struct mirror_tunnel_stats *st;
+	struct mirror_tunnel *t;
+	struct tun_copy c = {};
+	__u32 slot, len;
+	__u64 *seq;
+
+	if ((void *)(meta + 1) > data || meta->magic != MIRROR_META_MAGIC) {
+		__sync_fetch_and_add(&tunnel_no_meta, 1);
+		return XDP_DROP;
+	}
+	slot = (meta->session & (MIRROR_MAX_SESSIONS - 1)) * MIRROR_MAX_FAST_TARGETS + k;
+	c.hash = meta->hash;
+	c.tstamp = meta->tstamp;
+	t = bpf_map_lookup_elem(&tunnels, &slot);
+	st = bpf_map_lookup_elem(&tunnel_stats, &slot);
+	if (!t || !st)
+		return XDP_DROP; /* cannot happen: slot < max_entries */
+	if (t->flags & MIRROR_TUN_F_DOWN) {
+		st->down += 1;
+		return XDP_DROP;
+	}
+	if (t->kind == MIRROR_TUN_NONE)
+		goto error;
+	if (data + ETH_HLEN + 4 <= data_end) {
+		__u8 *b = data;
+		__u16 proto = (__u16)b[12] << 8 | b[13];
+
+		if (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
+			c.tagged = true;
+			c.tci = (__u16)b[14] << 8 | b[15];
+		}
+	}
+	len = data_end - data;
+	if (len > t->max_inner) {
+		if (bpf_xdp_adjust_tail(ctx, (int)t->max_inner - (int)len))
+			goto error;
+		len = t->max_inner;
+		c.cut = true;
+	}
+	c.len = len;
+	if (t->kind == MIRROR_TUN_ERSPAN2 || t->kind == MIRROR_TUN_ERSPAN3) {
+		seq = bpf_map_lookup_elem(&tunnel_seq, &slot);
+		if (!seq)
+			goto error;
+		c.sequence = (__u32)__sync_fetch_and_add(seq, 1);
+	}
+	if (!encapsulate(ctx, t, &c))
+		goto error;
+	st->packets += 1;
+	st->bytes += len;
+	if (c.cut)
+		st->truncated += 1;
+	return XDP_PASS;
+error:
+	st->errors += 1;
+	return XDP_DROP;
+}
+
+/* One program per DEVMAP key: the entry's program is how a copy learns which
+ * of its session's targets it is for (two tunnels may share a device). */
+#define TUNNEL_PROG(K)                              \
+	SEC("xdp/devmap")                           \
+	int xdp_tunnel_##K(struct xdp_md *ctx)      \
+	{                                           \
+		return tunnel_xmit(ctx, K);         \
+	}
+TUNNEL_PROG(0)
+TUNNEL_PROG(1)
+TUNNEL_PROG(2)
+TUNNEL_PROG(3)
+TUNNEL_PROG(4)
+TUNNEL_PROG(5)
+TUNNEL_PROG(6)
+TUNNEL_PROG(7)
 
 /* Only the field we read; CO-RE finds its offset in the running kernel's BTF. */
 struct net_device {

@@ -390,12 +390,24 @@ impl Config {
                 }
                 Dest::Target(t) => {
                     let t = &self.targets[t];
-                    if !matches!(t.spec, TargetSpec::Interface { .. }) {
-                        return Some(format!(
-                            "target `{}` is a {} target; only interface targets are served in the kernel",
-                            t.name,
-                            t.spec.kind()
-                        ));
+                    match &t.spec {
+                        TargetSpec::Interface { .. }
+                        | TargetSpec::Gre { .. }
+                        | TargetSpec::Erspan { .. } => {}
+                        TargetSpec::Vxlan { tunnel, .. } if tunnel.remote.is_ipv4() => {}
+                        TargetSpec::Vxlan { .. } => {
+                            return Some(format!(
+                                "target `{}` is VXLAN over IPv6, whose mandatory UDP checksum \
+                                 covers the whole copy: the kernel path does not compute it",
+                                t.name
+                            ))
+                        }
+                        TargetSpec::Pcapng(_) => {
+                            return Some(format!(
+                                "target `{}` is a pcapng target, written by userspace",
+                                t.name
+                            ))
+                        }
                     }
                 }
             }

@@ -8,17 +8,28 @@ use std::thread::JoinHandle;
 
 use anyhow::{bail, Context, Result};
 
-use super::plan::{join_host, plan_paths, share_plan, PathChoice};
+use super::plan::{join_host, plan_paths, resolve_hops, share_plan, Hops, PathChoice};
 use super::session::SessionPlan;
 use super::source::{rule_count, source_rule_sets, Prepared, Source};
 use super::worker::{copy_reader, worker, COPY_WAKE_BYTES};
 use crate::config::{Config, IngressHook, SourceMode, TargetSpec};
+use crate::kernel::fast_path::max_len;
 use crate::kernel::netdev;
 use crate::kernel::xsk::{RxQueue, StatsHandle, UmemHost};
 use crate::kernel::{AttachMode, CopyHooks, FastDest, SourceProgram};
 use crate::target::group::TargetGroup;
 use crate::target::interface::ShareWith;
-use crate::target::{interface, pcapng, tunnel, TargetQueue};
+use crate::target::{interface, kernel_tunnel, pcapng, tunnel, TargetQueue};
+
+/// A kernel tunnel set up by `set_fast_paths`, before its source exists.
+struct PendingTunnel {
+    session: u32,
+    key: u32,
+    target: usize,
+    hop: crate::kernel::route::NextHop,
+    headers: crate::kernel::TunnelHeaders,
+    tai_offset: u64,
+}
 
 /// A running data plane. Dropping it (or [`Engine::shutdown`]) detaches every
 /// program and stops every thread.
@@ -37,6 +48,11 @@ pub struct Engine {
     pub(super) paths: Vec<PathChoice>,
     /// Per target: its device's ifindex, for interface targets.
     pub(super) target_ifindex: Vec<Option<u32>>,
+    /// Per target: a tunnel's next hop as resolved at start (see `plan`).
+    pub(super) target_hops: Hops,
+    /// Tunnel targets of kernel-path sessions, until the keeper thread
+    /// takes them (`tunnels::keep`).
+    kernel_tunnels: Vec<super::tunnels::KernelTunnel>,
     pub(super) stop_workers: Arc<AtomicBool>,
     pub(super) stop_senders: Arc<AtomicBool>,
     /// Set once the whole start-up succeeded: until then no target touches
@@ -58,7 +74,8 @@ impl Engine {
                 _ => None,
             })
             .collect::<Vec<_>>();
-        let paths = plan_paths(&config, &target_ifindex)?;
+        let target_hops = resolve_hops(&config);
+        let paths = plan_paths(&config, &target_ifindex, &target_hops)?;
         let mut engine = Engine {
             live: Mutex::new(config.clone()),
             config,
@@ -67,6 +84,8 @@ impl Engine {
             groups: Vec::new(),
             paths,
             target_ifindex,
+            target_hops,
+            kernel_tunnels: Vec::new(),
             stop_workers: Arc::new(AtomicBool::new(false)),
             stop_senders: Arc::new(AtomicBool::new(false)),
             started: Arc::new(AtomicBool::new(false)),
@@ -93,6 +112,15 @@ impl Engine {
         }
         for (i, host) in hosts.into_iter().enumerate() {
             engine.start_source(i, host)?;
+        }
+        let tunnels = std::mem::take(&mut engine.kernel_tunnels);
+        if !tunnels.is_empty() {
+            let stop = engine.stop_senders.clone();
+            let handle = std::thread::Builder::new()
+                .name("kernel-tunnels".into())
+                .spawn(move || super::tunnels::keep(tunnels, &stop))
+                .context("spawning the kernel tunnels' next-hop thread")?;
+            engine.senders.push(handle);
         }
         engine.started.store(true, Ordering::Release);
         Ok(engine)
@@ -229,7 +257,8 @@ impl Engine {
         mut prepared: Prepared,
         host: Option<UmemHost>,
     ) -> Result<()> {
-        let cfg = &self.config.sources[idx];
+        // A copy: setting the fast paths may change `self.paths`.
+        let cfg = &self.config.sources[idx].clone();
         let (rx, sockets) = open_rx_queues(cfg, &prepared.program, host)?;
         let queues = rx.len();
         let program = &mut prepared.program;
@@ -239,8 +268,23 @@ impl Engine {
         let mode = program
             .attach(&cfg.interface, cfg.xdp_mode)
             .with_context(|| format!("source `{}`", cfg.name))?;
-        self.set_fast_paths(&mut prepared, cfg, mode)?;
+        let tunnels = self.set_fast_paths(&mut prepared, cfg, mode)?;
         let source = Arc::new(prepared.into_source(cfg, idx, mode.as_str(), sockets, zero_copy));
+        for p in tunnels {
+            let t = &self.config.targets[p.target];
+            self.kernel_tunnels.push(super::tunnels::KernelTunnel {
+                source: source.clone(),
+                session: p.session,
+                key: p.key,
+                target: t.name.clone(),
+                spec: t.spec.clone(),
+                vni: self.config.sessions[source.sessions[p.session as usize]].vni,
+                tai_offset: p.tai_offset,
+                hop: p.hop.dmac.map(|_| p.hop),
+                device: p.hop.ifindex,
+                headers: p.headers,
+            });
+        }
         for (q, queue) in rx.into_iter().enumerate() {
             let src = source.clone();
             let stop = self.stop_workers.clone();
@@ -264,35 +308,77 @@ impl Engine {
     }
 
     /// Puts the sessions planned for the kernel path on it, once the XDP
-    /// mode is known.
+    /// mode is known. A session with tunnel targets goes back to userspace
+    /// when the source ended up in generic XDP (its DEVMAP programs would
+    /// not see the metadata), or fails when it asked for `path = "kernel"`.
     fn set_fast_paths(
-        &self,
+        &mut self,
         prepared: &mut Prepared,
         cfg: &crate::config::Source,
         mode: AttachMode,
-    ) -> Result<()> {
+    ) -> Result<Vec<PendingTunnel>> {
         // Only now is the XDP mode known, which decides how the fast path
         // counts; frames its sessions accepted until here went through
         // userspace (their plans serve them too) and were counted there.
         let source_ifindex = crate::kernel::ifindex(&cfg.interface)
             .with_context(|| format!("source `{}`", cfg.name))?;
+        let tai_offset = super::clock::tai_offset_ns();
+        let mut pending = Vec::new();
         for (k, &s) in prepared.sessions.iter().enumerate() {
             if !prepared.paths[k].kernel {
                 continue;
             }
-            let devices: Vec<FastDest> = self
-                .config
-                .session_targets(s)
-                .into_iter()
-                .filter_map(|t| {
-                    let ifindex = self.target_ifindex[t]?;
-                    let mtu = match &self.config.targets[t].spec {
-                        TargetSpec::Interface { interface, .. } => netdev::mtu(interface),
-                        _ => None,
-                    };
-                    Some(FastDest::new(ifindex, mtu))
-                })
-                .collect();
+            let sess = &self.config.sessions[s];
+            let targets = self.config.session_targets(s);
+            let tunnels = targets.iter().any(|&t| self.target_hops[t].is_some());
+            if tunnels && mode == AttachMode::Generic {
+                let why = "its tunnel targets need native XDP on the source, which attached in \
+                           generic mode (DEVMAP programs do not see the metadata there)";
+                if sess.path == crate::config::SessionPath::Kernel {
+                    bail!("session `{}`: path = \"kernel\", but {why}", sess.name);
+                }
+                prepared.paths[k] = PathChoice {
+                    kernel: false,
+                    reason: why.into(),
+                };
+                self.paths[s] = prepared.paths[k].clone();
+                continue;
+            }
+            let mut devices = Vec::new();
+            for (key, &t) in targets.iter().enumerate() {
+                let spec = &self.config.targets[t].spec;
+                if let Some(Ok(hop)) = &self.target_hops[t] {
+                    let headers = kernel_tunnel::headers(spec, sess.vni, hop, tai_offset)
+                        .with_context(|| {
+                            format!(
+                                "target `{}`: no kernel tunnel headers",
+                                self.config.targets[t].name
+                            )
+                        })?;
+                    devices.push(FastDest {
+                        ifindex: hop.ifindex,
+                        max_len: max_len(Some(hop.mtu)),
+                        tunnel: Some(headers),
+                    });
+                    pending.push(PendingTunnel {
+                        session: k as u32,
+                        key: key as u32,
+                        target: t,
+                        hop: *hop,
+                        headers,
+                        tai_offset,
+                    });
+                    continue;
+                }
+                let Some(ifindex) = self.target_ifindex[t] else {
+                    continue;
+                };
+                let mtu = match spec {
+                    TargetSpec::Interface { interface, .. } => netdev::mtu(interface),
+                    _ => None,
+                };
+                devices.push(FastDest::new(ifindex, mtu));
+            }
             prepared
                 .program
                 .set_fast_path(
@@ -304,11 +390,11 @@ impl Engine {
                 .with_context(|| {
                     format!(
                         "session `{}`: setting up the in-kernel fast path",
-                        self.config.sessions[s].name
+                        sess.name
                     )
                 })?;
         }
-        Ok(())
+        Ok(pending)
     }
 
     /// Copy mode: the programs, then a reader thread on the ring buffer

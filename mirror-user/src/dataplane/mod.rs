@@ -20,6 +20,8 @@
 //! - [`plan`]: which path serves each session, and which target shares a
 //!   source's UMEM;
 //! - [`engine`]: start, live rule updates, shutdown;
+//! - [`tunnels`]: the kernel path's tunnel headers kept in step with the
+//!   route and neighbour tables;
 //! - [`stats`]: the counters snapshot `mirror stats` reports, assembled from
 //!   the kernel's and the threads' counters.
 //!
@@ -32,6 +34,7 @@ pub mod plan;
 pub mod session;
 mod source;
 pub mod stats;
+mod tunnels;
 mod worker;
 
 pub use engine::Engine;

@@ -2,10 +2,47 @@
 //! the ring buffer through userspace) and why, and which interface target
 //! shares a tap source's UMEM.
 
+use std::time::Duration;
+
 use anyhow::{bail, Result};
 
 use crate::config::{Config, SessionPath, ShareUmem, SourceMode, TargetSpec, ZeroCopy};
+use crate::kernel::route::{self, NextHop};
 use crate::kernel::xsk::{RxQueue, UmemHost};
+
+/// How long start-up waits for the neighbour table to learn a collector's
+/// (or its gateway's) MAC before the kernel path starts with the tunnel down.
+const RESOLVE_WAIT: Duration = Duration::from_secs(2);
+
+/// Per target: for a tunnel the kernel path may serve, its next hop as
+/// resolved at start-up, or why it could not be.
+pub(crate) type Hops = Vec<Option<Result<NextHop, String>>>;
+
+/// Resolves the next hop of every tunnel target that a session may put on
+/// the kernel path (tap source, no config obstacle, `path` not userspace).
+pub(super) fn resolve_hops(config: &Config) -> Hops {
+    let mut hops: Hops = vec![None; config.targets.len()];
+    for (i, sess) in config.sessions.iter().enumerate() {
+        if sess.path == SessionPath::Userspace || config.kernel_path_obstacle(i).is_some() {
+            continue;
+        }
+        for t in config.session_targets(i) {
+            let tunnel = match &config.targets[t].spec {
+                TargetSpec::Vxlan { tunnel, .. }
+                | TargetSpec::Gre { tunnel, .. }
+                | TargetSpec::Erspan { tunnel, .. } => tunnel,
+                _ => continue,
+            };
+            if hops[t].is_none() {
+                hops[t] = Some(
+                    route::resolve(tunnel.remote, tunnel.source, RESOLVE_WAIT)
+                        .map_err(|e| e.to_string()),
+                );
+            }
+        }
+    }
+    hops
+}
 
 /// The path that serves a session, and why it is not the kernel's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +71,7 @@ impl PathChoice {
 pub(super) fn plan_paths(
     config: &Config,
     target_ifindex: &[Option<u32>],
+    hops: &Hops,
 ) -> Result<Vec<PathChoice>> {
     let mut out = Vec::new();
     for (i, sess) in config.sessions.iter().enumerate() {
@@ -47,6 +85,7 @@ pub(super) fn plan_paths(
                 match config
                     .kernel_path_obstacle(i)
                     .or_else(|| devices_refusing_redirects(config, i, target_ifindex))
+                    .or_else(|| tunnels_not_for_the_kernel(config, i, target_ifindex, hops))
                 {
                     None => PathChoice {
                         kernel: true,
@@ -97,6 +136,85 @@ pub(super) fn devices_refusing_redirects(
                     config.targets[t].name
                 ))
             }
+        }
+    }
+    None
+}
+
+/// The device each target's copies leave through: an interface target's
+/// own, a tunnel's egress device (when resolved).
+fn egress_device(t: usize, target_ifindex: &[Option<u32>], hops: &Hops) -> Option<u32> {
+    match &hops[t] {
+        Some(Ok(hop)) => Some(hop.ifindex),
+        _ => target_ifindex[t],
+    }
+}
+
+/// Why one of session `i`'s tunnel targets cannot go on the kernel path, or
+/// `None`: its route (resolved at start), its egress device (must take
+/// frames from XDP, as large as the tunnel's `mtu` and the source's frames),
+/// and a device of its own among the source's targets (the kernel counts
+/// transmits per device).
+pub(super) fn tunnels_not_for_the_kernel(
+    config: &Config,
+    i: usize,
+    target_ifindex: &[Option<u32>],
+    hops: &Hops,
+) -> Option<String> {
+    let sess = &config.sessions[i];
+    let source = &config.sources[sess.source];
+    for t in config.session_targets(i) {
+        let name = &config.targets[t].name;
+        let tunnel = match &config.targets[t].spec {
+            TargetSpec::Vxlan { tunnel, .. }
+            | TargetSpec::Gre { tunnel, .. }
+            | TargetSpec::Erspan { tunnel, .. } => tunnel,
+            _ => continue,
+        };
+        let hop = match &hops[t] {
+            Some(Ok(hop)) => hop,
+            Some(Err(e)) => return Some(format!("target `{name}`: {e}")),
+            None => return Some(format!("target `{name}`: its route was not looked up")),
+        };
+        let dev = crate::kernel::netdev::name(hop.ifindex)
+            .unwrap_or_else(|| format!("ifindex {}", hop.ifindex));
+        match crate::kernel::xdp_features(hop.ifindex) {
+            Ok(f) if f & crate::kernel::query::XDP_ACT_NDO_XMIT != 0 => {}
+            _ => {
+                return Some(format!(
+                    "target `{name}`: its egress device {dev} does not accept frames redirected \
+                     by XDP (no ndo_xdp_xmit; a veth needs an XDP program or GRO on its peer)"
+                ))
+            }
+        }
+        if tunnel.mtu > hop.mtu {
+            return Some(format!(
+                "target `{name}`: mtu = {} is above its egress device {dev}'s MTU {}, and only \
+                 the IP stack fragments",
+                tunnel.mtu, hop.mtu
+            ));
+        }
+        if let Some(src_mtu) = crate::kernel::netdev::mtu(&source.interface) {
+            if src_mtu > hop.mtu {
+                return Some(format!(
+                    "target `{name}`: frames from {} (MTU {src_mtu}) may be longer than its \
+                     egress device {dev} takes (MTU {}); the kernel would skip them before the \
+                     tunnel cuts them, the userspace path cuts them",
+                    source.interface, hop.mtu
+                ));
+            }
+        }
+        let shared = config
+            .sessions_of(sess.source)
+            .into_iter()
+            .flat_map(|k| config.session_targets(k))
+            .find(|&o| o != t && egress_device(o, target_ifindex, hops) == Some(hop.ifindex));
+        if let Some(o) = shared {
+            return Some(format!(
+                "target `{name}` leaves through {dev}, as target `{}` does: the kernel path \
+                 counts transmits per device, so each target of a source needs its own",
+                config.targets[o].name
+            ));
         }
     }
     None

@@ -1,6 +1,7 @@
-//! The in-kernel fast path: a DEVMAP_HASH per session (its target devices),
-//! the transmit tracepoint that counts what each device took, and the reading
-//! of those counters.
+//! The in-kernel fast path: a DEVMAP_HASH per session (its target devices,
+//! and for tunnel targets the egress device with the DEVMAP program that
+//! encapsulates), the transmit tracepoint that counts what each device took,
+//! and the reading of those counters.
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -8,6 +9,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use super::counters::u64_at;
 use super::{bss_error, LoaderError, SourceProgram};
+use mirror_ebpf::mirror::types::{mirror_tunnel, mirror_tunnel_flags};
 
 impl SourceProgram {
     /// Puts the session at kernel index `session` on the in-kernel fast path:
@@ -43,20 +45,42 @@ impl SourceProgram {
             map: "mirror_fast",
             source,
         })?;
-        // Native XDP: no program per destination (fd 0 = none).
-        let prog_fd = if generic {
+        // Native XDP: no program per interface destination (fd 0 = none).
+        let count_fd = if generic {
             self.skel.progs.xdp_fast_target.as_fd().as_raw_fd()
         } else {
             0
         };
+        if generic && dests.iter().any(|d| d.tunnel.is_some()) {
+            return Err(LoaderError::Map {
+                map: "mirror_fast",
+                source: libbpf_rs::Error::from(std::io::Error::other(
+                    "tunnel targets need native XDP on the source (generic XDP does not pass \
+                     the metadata on to DEVMAP programs)",
+                )),
+            });
+        }
         let zero = vec![0u8; std::mem::size_of::<mirror_ebpf::mirror::types::mirror_fast_stats>()];
         let cpus = libbpf_rs::num_possible_cpus().map_err(map_err("fast_stats"))?;
-        for (key, &FastDest { ifindex, .. }) in dests.iter().enumerate() {
-            // struct bpf_devmap_val: the device, then the program to run.
-            let mut val = ifindex.to_ne_bytes().to_vec();
-            val.extend_from_slice(&prog_fd.to_ne_bytes());
+        for (key, d) in dests.iter().enumerate() {
+            let ifindex = d.ifindex;
+            let prog_fd = match &d.tunnel {
+                Some(t) => {
+                    self.set_tunnel(session, key as u32, t)?;
+                    self.tunnel_devices
+                        .retain(|(k, _)| *k != (session, key as u32));
+                    self.tunnel_devices
+                        .push(((session, key as u32), vec![ifindex]));
+                    self.tunnel_prog_fd(key as u32)?
+                }
+                None => count_fd,
+            };
             devmap
-                .update(&(key as u32).to_ne_bytes(), &val, MapFlags::ANY)
+                .update(
+                    &(key as u32).to_ne_bytes(),
+                    &devmap_val(ifindex, prog_fd),
+                    MapFlags::ANY,
+                )
                 .map_err(map_err("mirror_fast"))?;
             let k = ifindex.to_ne_bytes();
             let known = self
@@ -85,6 +109,7 @@ impl SourceProgram {
                 }
                 bss.fast_ndests[s] = dests.len() as u32;
                 bss.fast_max_len[s] = dests.iter().map(|d| d.max_len).min().unwrap_or(u32::MAX);
+                bss.session_tunnels[s] = u8::from(dests.iter().any(|d| d.tunnel.is_some()));
             }
             _ => return Err(bss_error("session_single", session)),
         }
@@ -102,7 +127,169 @@ impl SourceProgram {
             .maps
             .fast_sessions
             .update(&session.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_err("fast_sessions"))
+            .map_err(map_err("fast_sessions"))?;
+        self.fast_devmaps.retain(|(s, _)| *s != session);
+        self.fast_devmaps.push((session, devmap));
+        Ok(())
+    }
+
+    /// The DEVMAP program of tunnel target `key` of a session.
+    fn tunnel_prog_fd(&self, key: u32) -> Result<i32, LoaderError> {
+        let p = &self.skel.progs;
+        let prog = match key {
+            0 => &p.xdp_tunnel_0,
+            1 => &p.xdp_tunnel_1,
+            2 => &p.xdp_tunnel_2,
+            3 => &p.xdp_tunnel_3,
+            4 => &p.xdp_tunnel_4,
+            5 => &p.xdp_tunnel_5,
+            6 => &p.xdp_tunnel_6,
+            7 => &p.xdp_tunnel_7,
+            _ => return Err(bss_error("xdp_tunnel_K", key)),
+        };
+        Ok(prog.as_fd().as_raw_fd())
+    }
+
+    /// Writes (or rewrites, when the next hop changed) the outer headers of
+    /// tunnel target `key` of the session at kernel index `session`. The
+    /// kernel reads the slot per copy: a copy in flight during the write may
+    /// go out with part of the old next hop's headers, never with a wrong
+    /// length or checksum (those are computed per copy).
+    pub(crate) fn set_tunnel(
+        &self,
+        session: u32,
+        key: u32,
+        headers: &TunnelHeaders,
+    ) -> Result<(), LoaderError> {
+        let slot = tunnel_slot(session, key);
+        // Safety: mirror_tunnel is plain old data (repr(C), integers and bytes).
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&headers.0 as *const mirror_tunnel).cast::<u8>(),
+                std::mem::size_of::<mirror_tunnel>(),
+            )
+        };
+        self.skel
+            .maps
+            .tunnels
+            .update(&slot.to_ne_bytes(), bytes, MapFlags::ANY)
+            .map_err(|source| LoaderError::Map {
+                map: "tunnels",
+                source,
+            })
+    }
+
+    /// Moves destination `key` of the session's DEVMAP to device `ifindex`
+    /// (a tunnel whose route now leaves elsewhere), with `max_len` for the
+    /// too-big check.
+    pub(crate) fn move_tunnel(
+        &mut self,
+        session: u32,
+        key: u32,
+        ifindex: u32,
+        max_len: u32,
+    ) -> Result<(), LoaderError> {
+        let map_err = |map| move |source| LoaderError::Map { map, source };
+        let prog_fd = self.tunnel_prog_fd(key)?;
+        let Some((_, devmap)) = self.fast_devmaps.iter().find(|(s, _)| *s == session) else {
+            return Err(bss_error("mirror_fast", session));
+        };
+        devmap
+            .update(
+                &key.to_ne_bytes(),
+                &devmap_val(ifindex, prog_fd),
+                MapFlags::ANY,
+            )
+            .map_err(map_err("mirror_fast"))?;
+        let k = ifindex.to_ne_bytes();
+        if self
+            .skel
+            .maps
+            .fast_stats
+            .lookup_percpu(&k, MapFlags::ANY)
+            .map_err(map_err("fast_stats"))?
+            .is_none()
+        {
+            let cpus = libbpf_rs::num_possible_cpus().map_err(map_err("fast_stats"))?;
+            let zero =
+                vec![0u8; std::mem::size_of::<mirror_ebpf::mirror::types::mirror_fast_stats>()];
+            self.skel
+                .maps
+                .fast_stats
+                .update_percpu(&k, &vec![zero; cpus], MapFlags::NO_EXIST)
+                .map_err(map_err("fast_stats"))?;
+        }
+        match self
+            .tunnel_devices
+            .iter_mut()
+            .find(|(k, _)| *k == (session, key))
+        {
+            Some((_, devs)) if !devs.contains(&ifindex) => devs.push(ifindex),
+            Some(_) => {}
+            None => self.tunnel_devices.push(((session, key), vec![ifindex])),
+        }
+        let (s, i) = (session as usize, key as usize);
+        match self.skel.maps.bss_data.as_deref_mut() {
+            Some(bss) if s < bss.fast_dests.len() && i < bss.fast_dests[s].len() => {
+                bss.fast_dests[s][i].ifindex = ifindex;
+                bss.fast_dests[s][i].max_len = max_len;
+                let n = bss.fast_ndests[s] as usize;
+                bss.fast_max_len[s] = bss.fast_dests[s][..n]
+                    .iter()
+                    .map(|d| d.max_len)
+                    .min()
+                    .unwrap_or(u32::MAX);
+                Ok(())
+            }
+            _ => Err(bss_error("fast_dests", session)),
+        }
+    }
+
+    /// What tunnel target `key` of the session at kernel index `session` did
+    /// with its copies, summed over CPUs.
+    pub(crate) fn tunnel_stats(&self, session: u32, key: u32) -> Result<TunnelStats, LoaderError> {
+        let per_cpu = self
+            .skel
+            .maps
+            .tunnel_stats
+            .lookup_percpu(&tunnel_slot(session, key).to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| LoaderError::Map {
+                map: "tunnel_stats",
+                source,
+            })?
+            .unwrap_or_default();
+        let mut out = TunnelStats::default();
+        for v in per_cpu {
+            out.packets += u64_at(&v, 0);
+            out.bytes += u64_at(&v, 1);
+            out.truncated += u64_at(&v, 2);
+            out.down += u64_at(&v, 3);
+            out.errors += u64_at(&v, 4);
+        }
+        Ok(out)
+    }
+
+    /// The transmit counters of every egress device kernel tunnel `key` of
+    /// the session has sent through, summed.
+    pub(crate) fn tunnel_device_stats(
+        &self,
+        session: u32,
+        key: u32,
+    ) -> Result<FastStats, LoaderError> {
+        let mut out = FastStats::default();
+        let devices = self
+            .tunnel_devices
+            .iter()
+            .find(|(k, _)| *k == (session, key))
+            .map_or(&[][..], |(_, d)| d.as_slice());
+        for &ifindex in devices {
+            let f = self.fast_stats(ifindex)?;
+            out.packets += f.packets;
+            out.bytes += f.bytes;
+            out.xmit_drops += f.xmit_drops;
+            out.too_big += f.too_big;
+        }
+        Ok(out)
     }
 
     /// (frames, bytes) the session at kernel index `session` sent down the fast path.
@@ -160,12 +347,16 @@ pub struct FastStats {
 }
 
 /// One target device of a fast-path session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct FastDest {
     pub ifindex: u32,
     /// The longest frame the device takes: its MTU, the Ethernet header and
-    /// one VLAN tag (the kernel's `xdp_ok_fwd_dev`).
+    /// one VLAN tag (the kernel's `xdp_ok_fwd_dev`). The kernel checks a
+    /// tunnel's copy against it before the tunnel program cuts it.
     pub max_len: u32,
+    /// A tunnel target: `ifindex` is its egress device, and these are the
+    /// outer headers its DEVMAP program pushes.
+    pub tunnel: Option<TunnelHeaders>,
 }
 
 impl FastDest {
@@ -173,7 +364,60 @@ impl FastDest {
     pub fn new(ifindex: u32, mtu: Option<u32>) -> FastDest {
         FastDest {
             ifindex,
-            max_len: mtu.map_or(u32::MAX, |m| m.saturating_add(14 + 4)),
+            max_len: max_len(mtu),
+            tunnel: None,
         }
     }
+}
+
+/// The longest frame a device of MTU `mtu` takes from XDP.
+pub fn max_len(mtu: Option<u32>) -> u32 {
+    mtu.map_or(u32::MAX, |m| m.saturating_add(14 + 4))
+}
+
+fn devmap_val(ifindex: u32, prog_fd: i32) -> Vec<u8> {
+    // struct bpf_devmap_val: the device, then the program to run (0: none).
+    let mut val = ifindex.to_ne_bytes().to_vec();
+    val.extend_from_slice(&prog_fd.to_ne_bytes());
+    val
+}
+
+fn tunnel_slot(session: u32, key: u32) -> u32 {
+    session * mirror_ebpf::limits::MAX_FAST_TARGETS + key
+}
+
+/// `struct mirror_tunnel`: a tunnel target's outer headers, as its DEVMAP
+/// program pushes them (built by `target::kernel_tunnel`).
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelHeaders(pub mirror_tunnel);
+
+impl TunnelHeaders {
+    /// Marks the collector unreachable (copies counted `down`), or reachable.
+    pub fn set_down(&mut self, down: bool) {
+        let bit = mirror_tunnel_flags::MIRROR_TUN_F_DOWN.0 as u8;
+        if down {
+            self.0.flags |= bit;
+        } else {
+            self.0.flags &= !bit;
+        }
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.0.flags & mirror_tunnel_flags::MIRROR_TUN_F_DOWN.0 as u8 != 0
+    }
+}
+
+/// `struct mirror_tunnel_stats` of one tunnel slot, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunnelStats {
+    /// Encapsulated and handed to the egress device.
+    pub packets: u64,
+    /// Their mirrored bytes (without the outer headers).
+    pub bytes: u64,
+    /// Of the packets, cut to the tunnel's `mtu`.
+    pub truncated: u64,
+    /// Dropped: no route or next hop to the collector.
+    pub down: u64,
+    /// Dropped: encapsulation failed (never expected).
+    pub errors: u64,
 }

@@ -29,6 +29,7 @@ pub mod fast_path;
 pub mod meta;
 pub mod netdev;
 pub mod query;
+pub mod route;
 pub mod rule_maps;
 pub mod test_run;
 pub mod tuning;
@@ -43,7 +44,7 @@ use mirror_ebpf::mirror::{MirrorSkel, MirrorSkelBuilder};
 
 pub use attach::{link_create, AttachMode, CopyHooks};
 pub use counters::{percpu_sum, COUNTERS};
-pub use fast_path::{FastDest, FastStats};
+pub use fast_path::{FastDest, FastStats, TunnelHeaders, TunnelStats};
 pub use meta::{read_meta, Meta};
 pub use query::{attached, ifindex, prog_info, xdp_features, Attached};
 pub use test_run::{test_classify, test_run, test_run_raw};
@@ -121,6 +122,12 @@ pub struct SourceProgram {
     generation: u32,
     /// The fast path's transmit-result tracepoint, once a session uses it.
     xmit_link: Option<libbpf_rs::Link>,
+    /// Each kernel-path session's DEVMAP (by kernel session index), kept to
+    /// move a tunnel target to another egress device when its route does.
+    fast_devmaps: Vec<(u32, libbpf_rs::MapHandle)>,
+    /// Per kernel tunnel (session, key): every egress device it has sent
+    /// through, whose transmit counters are its.
+    tunnel_devices: Vec<((u32, u32), Vec<u32>)>,
 }
 
 impl SourceProgram {
@@ -177,6 +184,8 @@ impl SourceProgram {
             links: Vec::new(),
             generation: 0,
             xmit_link: None,
+            fast_devmaps: Vec::new(),
+            tunnel_devices: Vec::new(),
         })
     }
 

@@ -108,3 +108,16 @@ fn ethtool_set(interface: &str, cmd: u32, on: bool) -> Option<()> {
     )
     .map(|_| ())
 }
+
+/// The name of interface `ifindex` in this namespace (if_indextoname).
+pub(crate) fn name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // Safety: `buf` has the IF_NAMESIZE bytes if_indextoname writes at most.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // Safety: on success `buf` holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}

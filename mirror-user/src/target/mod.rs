@@ -8,6 +8,7 @@
 pub mod encap;
 pub mod group;
 pub mod interface;
+pub mod kernel_tunnel;
 pub mod pcapng;
 pub mod tunnel;
 

@@ -1,0 +1,174 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * Tunnel encapsulation in the kernel path's DEVMAP programs (see struct
+ * mirror_tunnel in abi.h): the outer headers come whole from userspace; here
+ * only what changes per copy is written. The bytes match what the userspace
+ * sender puts on the wire (target/encap.rs) for the same copy, except the
+ * IPv4 ID and IPv6 flow label, which the kernel's IP stack picks there.
+ */
+#ifndef MIRROR_TUNNEL_H
+#define MIRROR_TUNNEL_H
+
+#include <linux/types.h>
+#include <linux/if_ether.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "abi.h"
+
+#define TUN_ETH 14
+#define TUN_IP4 20
+#define TUN_IP6 40
+
+/* What the program knows about the copy before it pushes the headers. */
+struct tun_copy {
+	__u32 hash;     /* symmetric flow hash (xdp_tap) */
+	__u64 tstamp;   /* CLOCK_TAI when xdp_tap saw the frame */
+	__u32 len;      /* bytes of the copy, after any cut */
+	__u32 sequence; /* ERSPAN sequence number */
+	__u16 tci;      /* the frame's outer VLAN tag (ERSPAN), if tagged */
+	bool tagged;
+	bool cut;       /* cut to max_inner (ERSPAN's T bit) */
+};
+
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+/* Copies the template, `n` bytes (a constant), in 16-bit words: the packet
+ * is 2-byte aligned (headroom and every header length are even). */
+static __always_inline void copy_hdr(void *dst, const struct mirror_tunnel *t, const __u32 n)
+{
+	__u16 *d = dst;
+	const __u16 *s = (const void *)t->hdr;
+
+#pragma unroll
+	for (__u32 i = 0; i < n / 2; i++)
+		d[i] = s[i];
+}
+
+/* The IP header's per-copy fields; `l4` is the tunnel header's offset. */
+static __always_inline void fill_ip(void *data, const struct mirror_tunnel *t,
+				    const struct tun_copy *c, const __u32 hl, const bool v6)
+{
+	if (v6) {
+		__u32 *w0 = data + TUN_ETH;
+		__u16 *plen = data + TUN_ETH + 4;
+
+		/* Version 6, traffic class 0, the flow label from the flow hash
+		 * (ECMP keeps a flow on one path, as for the VXLAN source port). */
+		*w0 = bpf_htonl(0x60000000u | (c->hash & 0xfffff));
+		*plen = bpf_htons(hl - TUN_ETH - TUN_IP6 + c->len);
+	} else {
+		__u16 *ip = data + TUN_ETH;
+		__u16 tot = bpf_htons(hl - TUN_ETH + c->len);
+		__u16 id = (__u16)bpf_get_prandom_u32();
+
+		ip[1] = tot;
+		ip[2] = id;
+		ip[5] = csum_fold(t->ip_csum + tot + id);
+	}
+}
+
+/*
+ * The tunnel header's per-copy fields, at offset `l4` of `hl` header bytes.
+ * Both are constants: a kind whose header would not fit `hl` is left out of
+ * that copy of the code (the slot's kind and hdr_len always agree).
+ */
+static __always_inline void fill_tunnel(void *data, const struct mirror_tunnel *t,
+					const struct tun_copy *c, const __u32 l4, const __u32 hl)
+{
+	if (l4 + 16 > hl)
+		return; /* plain GRE */
+	if (t->kind == MIRROR_TUN_VXLAN) {
+		__u16 *udp = data + l4;
+
+		udp[0] = bpf_htons(49152 + (c->hash & 0x3fff)); /* = hash % 16384 */
+		udp[2] = bpf_htons(16 + c->len);
+		return;
+	}
+	if (t->kind == MIRROR_TUN_ERSPAN2 || t->kind == MIRROR_TUN_ERSPAN3) {
+		__u32 *gre_seq = data + l4 + 4;
+		__u32 *w0 = data + l4 + 8;
+		__u32 bits = 0;
+
+		*gre_seq = bpf_htonl(c->sequence);
+		if (c->tagged)
+			/* VLAN, COS, En = 3: the tag is kept in the frame. */
+			bits = (__u32)(c->tci & 0xfff) << 16 | (__u32)(c->tci >> 13) << 13 | 3 << 11;
+		if (c->cut)
+			bits |= 1 << 10;
+		*w0 |= bpf_htonl(bits);
+		if (t->kind == MIRROR_TUN_ERSPAN3 && l4 + 20 <= hl) {
+			__u32 *ts = data + l4 + 12;
+			__u64 unix_ns = c->tstamp - t->tai_offset;
+			__u64 units = t->flags & MIRROR_TUN_F_NANOS100 ? unix_ns / 100 : unix_ns / 100000;
+
+			*ts = bpf_htonl((__u32)units);
+		}
+	}
+	/* GRE: nothing changes per copy. */
+}
+
+/*
+ * Pushes `hl` bytes (a constant, so every access below is checked at a fixed
+ * offset) of outer headers in front of the copy and fills them in. Returns
+ * false when the headroom was missing.
+ */
+static __always_inline bool push_headers(struct xdp_md *ctx, const struct mirror_tunnel *t,
+					 const struct tun_copy *c, const __u32 hl, const bool v6)
+{
+	void *data, *data_end;
+
+	if (bpf_xdp_adjust_head(ctx, -(int)hl))
+		return false;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (data + hl > data_end)
+		return false;
+	copy_hdr(data, t, hl);
+	fill_ip(data, t, c, hl, v6);
+	fill_tunnel(data, t, c, TUN_ETH + (v6 ? TUN_IP6 : TUN_IP4), hl);
+	return true;
+}
+
+/*
+ * The header lengths that exist (Ethernet + IP + tunnel header), each its own
+ * constant-offset copy of push_headers. VXLAN over IPv6 is not among them:
+ * its UDP checksum is mandatory and covers the whole copy (userspace path).
+ */
+static __always_inline bool encapsulate(struct xdp_md *ctx, const struct mirror_tunnel *t,
+					const struct tun_copy *c)
+{
+	bool v6 = t->flags & MIRROR_TUN_F_IPV6;
+
+	if (!v6) {
+		switch (t->hdr_len) {
+		case TUN_ETH + TUN_IP4 + 4: /* GRE */
+			return push_headers(ctx, t, c, TUN_ETH + TUN_IP4 + 4, false);
+		case TUN_ETH + TUN_IP4 + 8: /* GRE with key */
+			return push_headers(ctx, t, c, TUN_ETH + TUN_IP4 + 8, false);
+		case TUN_ETH + TUN_IP4 + 16: /* VXLAN (UDP + VXLAN), ERSPAN II */
+			return push_headers(ctx, t, c, TUN_ETH + TUN_IP4 + 16, false);
+		case TUN_ETH + TUN_IP4 + 20: /* ERSPAN III */
+			return push_headers(ctx, t, c, TUN_ETH + TUN_IP4 + 20, false);
+		}
+		return false;
+	}
+	switch (t->hdr_len) {
+	case TUN_ETH + TUN_IP6 + 4:
+		return push_headers(ctx, t, c, TUN_ETH + TUN_IP6 + 4, true);
+	case TUN_ETH + TUN_IP6 + 8:
+		return push_headers(ctx, t, c, TUN_ETH + TUN_IP6 + 8, true);
+	case TUN_ETH + TUN_IP6 + 16:
+		return push_headers(ctx, t, c, TUN_ETH + TUN_IP6 + 16, true);
+	case TUN_ETH + TUN_IP6 + 20:
+		return push_headers(ctx, t, c, TUN_ETH + TUN_IP6 + 20, true);
+	}
+	return false;
+}
+
+#endif /* MIRROR_TUNNEL_H */

@@ -1,0 +1,119 @@
+//! Tunnel targets on the kernel path: their outer headers follow the route
+//! and the neighbour table. One thread looks up each one's next hop every
+//! [`CHECK`] and rewrites its headers when something changed: a new
+//! gateway or collector MAC, a route through another device (the DEVMAP
+//! entry moves with it), a route that is gone (the tunnel goes down: copies
+//! are dropped in the kernel, counted `down`, until it comes back). Each
+//! change is logged.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::source::Source;
+use crate::config::TargetSpec;
+use crate::kernel::fast_path::max_len;
+use crate::kernel::route::{self, NextHop};
+use crate::kernel::TunnelHeaders;
+use crate::target::kernel_tunnel;
+
+/// How often each kernel tunnel's next hop is looked up again.
+pub(super) const CHECK: Duration = Duration::from_millis(100);
+
+/// One tunnel target of one kernel-path session.
+pub(super) struct KernelTunnel {
+    pub source: Arc<Source>,
+    /// The session's kernel index in its source.
+    pub session: u32,
+    /// The target's DEVMAP key in the session.
+    pub key: u32,
+    pub target: String,
+    pub spec: TargetSpec,
+    pub vni: u32,
+    pub tai_offset: u64,
+    /// What its headers were built from; `None` while down.
+    pub hop: Option<NextHop>,
+    /// The device its DEVMAP entry sends to.
+    pub device: u32,
+    pub headers: TunnelHeaders,
+}
+
+impl KernelTunnel {
+    /// Looks the next hop up again and rewrites what changed.
+    fn check(&mut self) {
+        let (remote, source) = match &self.spec {
+            TargetSpec::Vxlan { tunnel, .. }
+            | TargetSpec::Gre { tunnel, .. }
+            | TargetSpec::Erspan { tunnel, .. } => (tunnel.remote, tunnel.source),
+            _ => return,
+        };
+        let found = route::next_hop(remote, source);
+        let hop = match &found {
+            Ok(h) if h.dmac.is_some() => Some(*h),
+            _ => None,
+        };
+        if hop == self.hop {
+            return;
+        }
+        let Ok(mut program) = self.source.program.lock() else {
+            return;
+        };
+        let built =
+            hop.and_then(|h| kernel_tunnel::headers(&self.spec, self.vni, &h, self.tai_offset));
+        let result = match (hop, built) {
+            (Some(h), Some(headers)) => {
+                let moved = h.ifindex != self.device;
+                let r = if moved {
+                    program.move_tunnel(self.session, self.key, h.ifindex, max_len(Some(h.mtu)))
+                } else {
+                    Ok(())
+                };
+                r.and_then(|()| program.set_tunnel(self.session, self.key, &headers))
+                    .map(|()| {
+                        tracing::info!(
+                            target = %self.target,
+                            remote = %remote,
+                            next_hop = %h.neighbour,
+                            device = h.ifindex,
+                            moved,
+                            "kernel tunnel: next hop (re)resolved, headers rewritten"
+                        );
+                        self.headers = headers;
+                        self.device = h.ifindex;
+                    })
+            }
+            _ => {
+                let mut down = self.headers;
+                down.set_down(true);
+                program.set_tunnel(self.session, self.key, &down).map(|()| {
+                    tracing::warn!(
+                        target = %self.target,
+                        remote = %remote,
+                        why = %match &found {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "the next hop's MAC is not known (no ARP/ND answer)".into(),
+                        },
+                        "kernel tunnel down: copies are dropped, counted `down`, until it is back"
+                    );
+                    self.headers = down;
+                })
+            }
+        };
+        match result {
+            Ok(()) => self.hop = hop,
+            Err(e) => {
+                tracing::warn!(target = %self.target, error = %e, "kernel tunnel: updating its headers")
+            }
+        }
+    }
+}
+
+/// Keeps `tunnels` current until `stop`.
+pub(super) fn keep(mut tunnels: Vec<KernelTunnel>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        for t in &mut tunnels {
+            t.check();
+        }
+        std::thread::park_timeout(CHECK);
+    }
+}

@@ -1,0 +1,419 @@
+//! End to end, in network namespaces: VXLAN, GRE and ERSPAN II/III targets
+//! on the kernel path (tap mode), where each copy is encapsulated by its
+//! target's DEVMAP program and never reaches userspace. The same frames then
+//! go through the same session on the userspace path: both put the same
+//! tunnel headers and frames on the wire. A collector whose route goes is
+//! counted `down` in the kernel until the route is back.
+
+mod common;
+
+use common::{assert_reconciles, ipv4_payload, wait_for, Window};
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mirror_user::config::{Direction, ErspanVersion, Granularity};
+use mirror_user::control::Client;
+use mirror_user::dataplane::stats::Stats;
+use mirror_user::filter::classify;
+use mirror_user::lab::{self, traffic, Capture, Lab, Netns, TempDir};
+use mirror_user::target::encap::{self, GRE_PROTO_TEB};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mirror");
+
+use common::IDS_FILTER as FILTER;
+
+/// Four collectors, each behind a link of its own (the kernel path counts
+/// transmits per device).
+const TUNNELS: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+@FILTER@
+[[target]]
+name = "vx"
+kind = "vxlan"
+remote = "10.99.1.2"
+mtu = 9000
+
+[[target]]
+name = "gre"
+kind = "gre"
+remote = "10.99.2.2"
+key = 7
+mtu = 1000
+
+[[target]]
+name = "er2"
+kind = "erspan"
+remote = "10.99.3.2"
+mtu = 1000
+
+[[target]]
+name = "er3"
+kind = "erspan"
+remote = "10.99.4.2"
+version = 3
+granularity = "100ns"
+
+[[session]]
+name = "all"
+source = "feed"
+filter = "ids"
+targets = ["vx", "gre", "er2", "er3"]
+vni = 42
+path = "@PATH@"
+"#;
+
+/// (target, link in the source namespace, link at the collector, subnet)
+const LINKS: [(&str, &str, &str, u8); 4] = [
+    ("vx", "col0", "col1", 1),
+    ("gre", "gr0", "gr1", 2),
+    ("er2", "e20", "e21", 3),
+    ("er3", "e30", "e31", 4),
+];
+
+/// The collectors' namespace, wired to the lab's source namespace. The
+/// collector ends of the links have GRO on, so their veth peers take frames
+/// redirected by XDP (as a NIC would).
+fn collectors(lab: &Lab) -> Netns {
+    let col = Netns::new("col").expect("netns");
+    for (_, a, b, net) in LINKS {
+        let mtu = if net == 1 { 9000 } else { 1500 };
+        lab::wire(
+            &lab.src,
+            a,
+            &format!("10.99.{net}.1"),
+            &col,
+            b,
+            &format!("10.99.{net}.2"),
+            mtu,
+        )
+        .expect("wire");
+        lab::gro_on(&col, b).expect("gro");
+    }
+    lab::vxlan_decap(&col, "vx0", 42, "10.99.1.2", "col1").expect("vxlan device");
+    col
+}
+
+/// What one run put on the wire.
+struct Run {
+    stats: Stats,
+    /// Per target: each outer packet's IP payload (tunnel header + frame).
+    outer: BTreeMap<&'static str, Vec<Vec<u8>>>,
+    /// What the Linux vxlan device decapsulated.
+    decapsulated: Vec<Vec<u8>>,
+    window: Window,
+    log: String,
+}
+
+/// Starts the daemon with `path`, sends `frames`, waits until every copy of
+/// the `n` accepted ones is sent (or counted), and stops it.
+fn run(lab: &Lab, col: &Netns, path: &str, frames: &Arc<Vec<Vec<u8>>>, n: u64) -> Run {
+    let dir = TempDir::new("e2e-ktun").expect("temp dir");
+    let text = TUNNELS.replace("@FILTER@", FILTER).replace("@PATH@", path);
+    let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let caps: Vec<(&'static str, Capture)> = LINKS
+        .iter()
+        .map(|&(t, _, b, _)| (t, Capture::start(col, b).expect("capture")))
+        .collect();
+    let inner = Capture::start(col, "vx0").expect("capture");
+    let mut window = Window::open();
+    let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let stats = wait_for(&mut client, "every copy sent", |st| {
+        st.sources["feed"].received == sent
+            && st
+                .targets
+                .values()
+                .all(|t| t.queued == 0 && t.sent_packets + t.dropped_total() >= n)
+    });
+    window.close();
+    let mut outer = BTreeMap::new();
+    for (t, cap) in caps {
+        let net = LINKS.iter().find(|l| l.0 == t).expect("link").3;
+        let dst = Ipv4Addr::new(10, 99, net, 2);
+        let packets = cap
+            .finish()
+            .iter()
+            .filter_map(|f| ipv4_payload(f))
+            .filter(|(d, proto, _)| *d == dst && (*proto == 17 || *proto == 47))
+            .map(|(_, _, p)| p)
+            .collect();
+        outer.insert(t, packets);
+    }
+    let decapsulated = inner.finish();
+    assert!(daemon
+        .stop(Duration::from_secs(10))
+        .expect("daemon stops")
+        .success());
+    Run {
+        stats,
+        outer,
+        decapsulated,
+        window,
+        log: daemon.log_text(),
+    }
+}
+
+fn by_seq(frames: &[Vec<u8>]) -> BTreeMap<u32, Vec<u8>> {
+    frames
+        .iter()
+        .map(|f| (traffic::seq_of(f).expect("lab frame"), f.clone()))
+        .collect()
+}
+
+/// The ERSPAN III time stamp (the second word of the ERSPAN header, after 8
+/// bytes of GRE with a sequence number) of an outer payload, zeroed: it is
+/// the capture time, which differs between two runs.
+fn without_time_stamp(payload: &[u8]) -> Vec<u8> {
+    let mut p = payload.to_vec();
+    p[12..16].fill(0);
+    p
+}
+
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn kernel_tunnels_put_the_userspace_paths_bytes_on_the_wire_and_count_every_copy() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let col = collectors(&lab);
+    let frames = Arc::new(traffic::mixed(2000));
+    let cfg = mirror_user::config::parse(
+        &TUNNELS
+            .replace("@FILTER@", FILTER)
+            .replace("@CONTROL@", "/x")
+            .replace("@PATH@", "auto"),
+        "t",
+    )
+    .expect("valid");
+    let filters = vec![&cfg.filters[0]];
+    let expected: Vec<Vec<u8>> = frames
+        .iter()
+        .filter(|f| classify::classify(&filters, Direction::Ingress, f).is_some())
+        .cloned()
+        .collect();
+    let n = expected.len() as u64;
+    assert!(n > 1400, "the filter passes most of the mix: {n}");
+    let want = by_seq(&expected);
+
+    let kernel = run(&lab, &col, "kernel", &frames, n);
+    assert_eq!(
+        kernel.stats.sessions["all"].path, "kernel",
+        "{}",
+        kernel.log
+    );
+    assert!(
+        kernel.log.contains("session served in the kernel"),
+        "{}",
+        kernel.log
+    );
+    let longer = |m: usize| expected.iter().filter(|f| f.len() > m).count() as u64;
+    for (name, cut_at) in [
+        ("vx", 9000 - 36),
+        ("gre", 1000 - 28),
+        ("er2", 1000 - 36),
+        ("er3", 1500 - 40),
+    ] {
+        let t = &kernel.stats.targets[name];
+        assert_reconciles(name, t);
+        assert_eq!(t.dropped_total(), 0, "{name}: {:?}", t.dropped);
+        assert_eq!(
+            (t.enqueued, t.sent_packets, t.kernel_path),
+            (n, n, n),
+            "{name}: every copy sent in the kernel"
+        );
+        assert_eq!(
+            t.truncated,
+            longer(cut_at),
+            "{name}: copies cut to the tunnel's mtu"
+        );
+        assert_eq!(
+            kernel.outer[name].len() as u64,
+            n,
+            "{name}: packets at the collector"
+        );
+    }
+    let src = &kernel.stats.sources["feed"];
+    assert_eq!((src.matched, src.mirrored), (n, n));
+    common::assert_source_reconciles("feed", src);
+
+    // The Linux vxlan device decapsulated every copy, byte for byte.
+    assert_eq!(
+        by_seq(&kernel.decapsulated),
+        want,
+        "frames the vxlan device decapsulated"
+    );
+    // One UDP source port per flow, from the kernel's flow hash.
+    let hashes = common::kernel_flow_hashes(frames.iter().map(|f| f.as_slice()));
+    for udp in &kernel.outer["vx"] {
+        let h = encap::decode_vxlan(udp).expect("a VXLAN header");
+        assert_eq!((h.vni, h.dest_port), (42, 4789));
+        let seq = traffic::seq_of(&udp[16..]).expect("lab frame");
+        assert_eq!(
+            h.source_port,
+            encap::vxlan_source_port(hashes[seq as usize]),
+            "frame {seq}"
+        );
+    }
+    // GRE and ERSPAN, decoded field by field.
+    for (name, version, max) in [
+        ("gre", None, 972usize),
+        ("er2", Some(ErspanVersion::Two), 964),
+        ("er3", Some(ErspanVersion::Three), 1460),
+    ] {
+        for (i, p) in kernel.outer[name].iter().enumerate() {
+            let d = encap::decode_gre(p).expect("a GRE header");
+            let inner = &p[d.payload..];
+            let seq = traffic::seq_of(inner).expect("lab frame");
+            let full = &want[&seq];
+            assert!(
+                inner == &full[..full.len().min(max)],
+                "{name}: frame {seq} differs"
+            );
+            match version {
+                None => assert_eq!(
+                    (d.protocol, d.key, d.sequence),
+                    (GRE_PROTO_TEB, Some(7), None)
+                ),
+                Some(v) => {
+                    let h = d.erspan.expect("an ERSPAN header");
+                    assert_eq!(h.version, v);
+                    assert_eq!(h.sequence, i as u32, "{name}: consecutive sequence numbers");
+                    assert_eq!(h.session_id, 42);
+                    assert_eq!(
+                        h.truncated,
+                        full.len() > max,
+                        "{name}: T bit of frame {seq}"
+                    );
+                    let tagged = matches!(full[12..14], [0x81, 0x00] | [0x88, 0xa8]);
+                    assert_eq!(h.encap, if tagged { 3 } else { 0 });
+                    let vlan = if tagged {
+                        u16::from_be_bytes([full[14], full[15]]) & 0xfff
+                    } else {
+                        0
+                    };
+                    assert_eq!(h.vlan, vlan, "{name}: frame {seq}");
+                    if v == ErspanVersion::Three {
+                        assert_eq!(h.granularity, Granularity::Nanos100);
+                        assert!(!h.egress);
+                        kernel.window.assert_holds_erspan(
+                            &format!("ERSPAN III copy of frame {seq}"),
+                            h.timestamp,
+                            100,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // The same frames through the userspace path: the same bytes after the
+    // outer IP header (ERSPAN III's capture-time stamp aside).
+    let user = run(&lab, &col, "userspace", &frames, n);
+    assert_eq!(user.stats.sessions["all"].path, "af_xdp");
+    for (name, _, _, _) in LINKS {
+        let t = &user.stats.targets[name];
+        assert_eq!((t.sent_packets, t.kernel_path), (n, 0), "{name}");
+        let strip = |v: &[Vec<u8>]| -> Vec<Vec<u8>> {
+            v.iter()
+                .map(|p| {
+                    if name == "er3" {
+                        without_time_stamp(p)
+                    } else {
+                        p.clone()
+                    }
+                })
+                .collect()
+        };
+        let (k, u) = (strip(&kernel.outer[name]), strip(&user.outer[name]));
+        assert_eq!(k.len(), u.len(), "{name}");
+        for (i, (a, b)) in k.iter().zip(&u).enumerate() {
+            assert!(
+                a == b,
+                "{name}: packet {i} differs between the paths:\n{a:02x?}\n{b:02x?}"
+            );
+        }
+    }
+}
+
+/// A collector whose route is deleted: the kernel path drops its copies,
+/// counted `down` (the other targets carry on), and sends again once the
+/// route is back; every copy is accounted for.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_kernel_tunnel_whose_route_goes_counts_down_and_resumes() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let col = collectors(&lab);
+    let dir = TempDir::new("e2e-ktun-route").expect("temp dir");
+    let accept_all = "\n[[filter]]\nname = \"ids\"\n[[filter.rule]]\nnumber = 1\naction = \"accept\"\ndirection = \"ingress\"\n";
+    let text = TUNNELS
+        .replace("@FILTER@", accept_all)
+        .replace("@PATH@", "kernel");
+    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let batch = |first: u32| -> Arc<Vec<Vec<u8>>> {
+        Arc::new(
+            (first..first + 200)
+                .map(|i| traffic::frame(traffic::SHAPES[0], i, 200))
+                .collect(),
+        )
+    };
+    let send = |frames: Arc<Vec<Vec<u8>>>| {
+        lab::send_frames(&lab.gen, Lab::GEN_IF, frames, 10_000).expect("send")
+    };
+    let settled = |client: &mut Client, total: u64| -> Stats {
+        wait_for(client, "every copy counted", |st| {
+            st.targets
+                .values()
+                .all(|t| t.sent_packets + t.dropped_total() == total)
+        })
+    };
+    assert_eq!(send(batch(0)), 200);
+    let st = settled(&mut client, 200);
+    assert_eq!(st.targets["gre"].sent_packets, 200);
+
+    lab.src
+        .ip(&["route", "del", "10.99.2.0/24", "dev", "gr0"])
+        .expect("route del");
+    // The next-hop thread looks every 100 ms: give it a few rounds.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(send(batch(200)), 200);
+    let st = settled(&mut client, 400);
+    let gre = &st.targets["gre"];
+    assert_reconciles("gre", gre);
+    assert_eq!(gre.sent_packets, 200, "{:?}", gre.dropped);
+    assert_eq!(gre.dropped.get("down"), Some(&200), "{:?}", gre.dropped);
+    for name in ["vx", "er2", "er3"] {
+        assert_eq!(st.targets[name].sent_packets, 400, "{name} carries on");
+    }
+
+    lab.src
+        .ip(&["route", "add", "10.99.2.0/24", "dev", "gr0"])
+        .expect("route add");
+    std::thread::sleep(Duration::from_millis(500));
+    let got = Capture::start(&col, "gr1").expect("capture");
+    assert_eq!(send(batch(400)), 200);
+    let st = settled(&mut client, 600);
+    let gre = &st.targets["gre"];
+    assert_reconciles("gre", gre);
+    assert_eq!((gre.sent_packets, gre.kernel_path), (400, 400));
+    assert_eq!(gre.dropped.get("down"), Some(&200));
+    assert_eq!(gre.dropped.get("unknown"), Some(&0));
+    let back = got
+        .finish()
+        .iter()
+        .filter_map(|f| ipv4_payload(f))
+        .filter(|(d, proto, _)| *d == Ipv4Addr::new(10, 99, 2, 2) && *proto == 47)
+        .count();
+    assert_eq!(back, 200, "the collector gets the copies again");
+    let log = daemon.log_text();
+    assert!(log.contains("kernel tunnel down"), "{log}");
+    assert!(log.contains("headers rewritten"), "{log}");
+}
