@@ -29,17 +29,18 @@
 //! 15. `tc mirred` to a VXLAN device (`tcvxlan`): the same `u32` match-all on
 //!     feed0, `mirred egress mirror dev vx0`, a Linux `vxlan` device (VNI 42)
 //!     over tgt0 to 10.77.0.2: the kernel's own remote mirror, the peer of
-//! 16. `mirror` to a remote collector: a tap session (`path = "auto"`, VNI /
-//!     session id 42) with one `vxlan`, `gre` or `erspan` (type II) target,
-//!     remote 10.77.0.2 over tgt0, on whatever path mirror picks (the table
-//!     names it, from `mirror stats`).
+//!     the next three;
+//! 16. `mirror` to a `vxlan` target, 17. to a `gre` target and 18. to an
+//!     `erspan` (type II) target, remote 10.77.0.2 over tgt0: a tap session
+//!     (`path = "auto"`, VNI / session id 42) on whatever path mirror picks
+//!     (the table names it, from `mirror stats`).
 //!
 //! The remote cases give tgt0 10.77.0.1/24 and sink0 10.77.0.2/24, a
 //! permanent neighbour entry on tgt0 for 10.77.0.2 (sink0's MAC: no ARP
 //! during runs) and a 1600-byte MTU on both (a 1,500-byte frame plus its
 //! tunnel headers fits, unfragmented and untruncated); sink0's counter then
-//! counts the outer packets reaching the collector. The lab is set up so only
-//! when one of these cases runs.
+//! counts the outer packets reaching the collector. The lab is set up this
+//! way only when one of these cases runs.
 //!
 //! Each case runs `--reps` times at the generator's full rate, then its
 //! lossless rate is searched with the generator paced (`--search`). Every
