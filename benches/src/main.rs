@@ -7,7 +7,8 @@
 //!   mode off and on, between namespaces through the monitored interface.
 //! - `span`: mirror against the software SPANs (tc mirred, bare XDP
 //!   redirect and broadcast, daemonlogger), a C AF_XDP forwarder, tcpdump
-//!   -w, and the XDP_DROP ceiling, same lab and generator.
+//!   -w, and the XDP_DROP ceiling, same lab and generator; its VXLAN, GRE
+//!   and ERSPAN targets against tc mirred to a Linux VXLAN device.
 //!
 //! Every case writes `benches/results/<timestamp>-<case>.json`, a Markdown
 //! table (`<case>-latest.md`, also printed, and put into README.md between
@@ -53,7 +54,8 @@ enum Case {
     /// XDP_DROP ceiling, tc mirred, a bare XDP redirect and broadcast, a C
     /// AF_XDP forwarder, daemonlogger, tcpdump -w; mirror's kernel,
     /// userspace and copy-mode paths, to one and two target ports and to a
-    /// pcapng file.
+    /// pcapng file; remote mirroring: tc mirred to a Linux VXLAN device
+    /// against mirror's vxlan, gre and erspan targets.
     Span(span::Args),
 }
 

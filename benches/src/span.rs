@@ -25,7 +25,22 @@
 //!     (the in-kernel ceiling for fan-out);
 //! 12. `mirror ×2` (kernel path): a session with two interface targets;
 //! 13. `tcpdump -w` to a tmpfs file, and 14. `mirror` with a pcapng target on
-//!     the same tmpfs: capture to a file, counted as frames written.
+//!     the same tmpfs: capture to a file, counted as frames written;
+//! 15. `tc mirred` to a VXLAN device (`tcvxlan`): the same `u32` match-all on
+//!     feed0, `mirred egress mirror dev vx0`, a Linux `vxlan` device (VNI 42)
+//!     over tgt0 to 10.77.0.2: the kernel's own remote mirror, the peer of
+//!     the next three;
+//! 16. `mirror` to a `vxlan` target, 17. to a `gre` target and 18. to an
+//!     `erspan` (type II) target, remote 10.77.0.2 over tgt0: a tap session
+//!     (`path = "auto"`, VNI / session id 42) on whatever path mirror picks
+//!     (the table names it, from `mirror stats`).
+//!
+//! The remote cases give tgt0 10.77.0.1/24 and sink0 10.77.0.2/24, a
+//! permanent neighbour entry on tgt0 for 10.77.0.2 (sink0's MAC: no ARP
+//! during runs) and a 1600-byte MTU on both (a 1,500-byte frame plus its
+//! tunnel headers fits, unfragmented and untruncated); sink0's counter then
+//! counts the outer packets reaching the collector. The lab is set up this
+//! way only when one of these cases runs.
 //!
 //! Each case runs `--reps` times at the generator's full rate, then its
 //! lossless rate is searched with the generator paced (`--search`). Every
@@ -36,6 +51,9 @@
 //!  ns gen                 ns src                        ns sink
 //!  gen0 ──veth── feed0 [case under test] tgt0 ──veth── sink0 [XDP count + drop]
 //!                                        tgt1 ──veth── sink1 [XDP count + drop]
+//!
+//!  remote cases: feed0 [tc mirred -> vx0 | mirror] tunnel to 10.77.0.2
+//!                10.77.0.1/24 tgt0 ──veth── sink0 10.77.0.2/24 [XDP count + drop]
 //! ```
 //!
 //! The generator is the AF_XDP TX generator of every tap case; what arrived
@@ -61,8 +79,10 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "60,1500")]
     sizes: Vec<usize>,
     /// Only these cases (drop, tc, redirect, mirror, filtered, userspace, shared,
-    /// xskfwd, daemonlogger, pass, copy, broadcast, mirror2, tcpdump, pcapng);
-    /// default all. Ratios need their reference case in the run.
+    /// xskfwd, daemonlogger, pass, copy, broadcast, mirror2, tcpdump, pcapng,
+    /// and to a remote collector: tcvxlan, vxlan, gre, erspan); default all.
+    /// Ratios need their reference case in the run (the remote cases: tcvxlan
+    /// and mirror).
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
     /// Paced runs that search each case's lossless rate (the highest offered
@@ -125,14 +145,27 @@ kind = "pcapng"
 path = "@CAPTURE@/mirror.pcapng"
 rotate_size = "256MiB"
 keep = 4
-
+@TUNNEL@
 [[session]]
 name = "all"
 source = "feed"
 filter = "@FILTER@"
 targets = [@TARGETS@]
 path = "@PATH@"
+@SESSION@
 "#;
+
+/// The remote cases' tunnel: tgt0's and sink0's addresses (the collector's
+/// is the tunnels' `remote`), the VNI / ERSPAN session id, and the MTU of
+/// both ports and of the tunnel targets (a 1,500-byte frame plus the largest
+/// header here, VXLAN's 50 bytes, fits).
+const TUNNEL_LOCAL: &str = "10.77.0.1";
+const TUNNEL_REMOTE: &str = "10.77.0.2";
+const TUNNEL_PREFIX: &str = "24";
+const TUNNEL_VNI: &str = "42";
+const TUNNEL_MTU: &str = "1600";
+/// The kernel VXLAN device of `tcvxlan`.
+const VXLAN_DEV: &str = "vx0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Case {
@@ -151,10 +184,14 @@ enum Case {
     MirrorKernel2,
     Tcpdump,
     MirrorPcapng,
+    TcVxlan,
+    MirrorVxlan,
+    MirrorGre,
+    MirrorErspan,
 }
 
 impl Case {
-    const ALL: [Case; 15] = [
+    const ALL: [Case; 19] = [
         Case::XdpDrop,
         Case::TcMirred,
         Case::XdpRedirect,
@@ -170,6 +207,10 @@ impl Case {
         Case::MirrorKernel2,
         Case::Tcpdump,
         Case::MirrorPcapng,
+        Case::TcVxlan,
+        Case::MirrorVxlan,
+        Case::MirrorGre,
+        Case::MirrorErspan,
     ];
 
     /// Short name for `--cases`.
@@ -190,6 +231,10 @@ impl Case {
             Case::MirrorKernel2 => "mirror2",
             Case::Tcpdump => "tcpdump",
             Case::MirrorPcapng => "pcapng",
+            Case::TcVxlan => "tcvxlan",
+            Case::MirrorVxlan => "vxlan",
+            Case::MirrorGre => "gre",
+            Case::MirrorErspan => "erspan",
         }
     }
 
@@ -210,6 +255,40 @@ impl Case {
             Case::MirrorKernel2 => "mirror x2, kernel path",
             Case::Tcpdump => "tcpdump -w (tmpfs)",
             Case::MirrorPcapng => "mirror, pcapng target (tmpfs)",
+            Case::TcVxlan => "tc mirred to a VXLAN device (remote SPAN)",
+            Case::MirrorVxlan => "mirror, VXLAN target",
+            Case::MirrorGre => "mirror, GRE target",
+            Case::MirrorErspan => "mirror, ERSPAN II target",
+        }
+    }
+
+    /// The remote cases: a tunnel to 10.77.0.2 over tgt0 (see
+    /// [`tunnel_lab`]).
+    fn remote(self) -> bool {
+        matches!(self, Case::TcVxlan) || self.tunnel().is_some()
+    }
+
+    /// mirror's tunnel target of the case (its `[[target]]` keys after
+    /// `kind`), for the mirror remote cases.
+    fn tunnel(self) -> Option<&'static str> {
+        match self {
+            Case::MirrorVxlan => Some("kind = \"vxlan\""),
+            Case::MirrorGre => Some("kind = \"gre\""),
+            Case::MirrorErspan => Some("kind = \"erspan\"\nversion = 2"),
+            _ => None,
+        }
+    }
+
+    /// The `tc mirred` case this one's "vs tc mirred" ratio is taken
+    /// against: the VXLAN device for the remote cases (`tcvxlan`, the
+    /// kernel's remote mirror), plain `tc mirred` for every other case with
+    /// target ports.
+    fn tc_peer(self) -> Option<Case> {
+        match self {
+            Case::TcMirred => None,
+            c if c.tunnel().is_some() => Some(Case::TcVxlan),
+            c if c.targets() > 0 && !c.captures() => Some(Case::TcMirred),
+            _ => None,
         }
     }
 
@@ -238,7 +317,8 @@ impl Case {
     /// The case this one is compared with: the in-kernel ceilings for the
     /// kernel path and tc, the C AF_XDP forwarder for the userspace path,
     /// tc mirred for copy mode (both leave the original untouched), tcpdump
-    /// for the pcapng target.
+    /// for the pcapng target, and mirror's kernel path to an interface
+    /// target for its tunnel targets (what a tunnel costs mirror).
     fn reference(self) -> Option<Case> {
         match self {
             Case::TcMirred | Case::MirrorKernel | Case::MirrorFiltered => Some(Case::XdpRedirect),
@@ -246,6 +326,7 @@ impl Case {
             Case::MirrorCopy => Some(Case::TcMirred),
             Case::MirrorKernel2 => Some(Case::XdpBroadcast),
             Case::MirrorPcapng => Some(Case::Tcpdump),
+            Case::MirrorVxlan | Case::MirrorGre | Case::MirrorErspan => Some(Case::MirrorKernel),
             _ => None,
         }
     }
@@ -265,7 +346,12 @@ struct Row {
     frame: usize,
     /// Short name (`--cases`), for the chart.
     id: &'static str,
-    case: &'static str,
+    /// The case's name; for the remote mirror cases with the path mirror
+    /// picked.
+    case: String,
+    /// mirror cases: the session's path as `mirror stats` names it
+    /// (`kernel` or `af_xdp`).
+    session_path: Option<String>,
     /// Frames/s the generator's socket completed (handed to gen0).
     offered_pps: f64,
     /// Frames/s that arrived at each target's sink (at feed0 for the
@@ -309,6 +395,9 @@ struct Row {
     /// `Case::reference`).
     reference: Option<&'static str>,
     vs_reference: Option<f64>,
+    /// The `tc mirred` case's id (see `Case::tc_peer`) and delivered / its
+    /// delivered.
+    tc_mirred: Option<&'static str>,
     vs_tc_mirred: Option<f64>,
 }
 
@@ -380,6 +469,52 @@ impl Peer {
             Ok(())
         })
     }
+}
+
+/// Makes tgt0 -> sink0 an IP link to the remote cases' collector:
+/// [`TUNNEL_LOCAL`] on tgt0, [`TUNNEL_REMOTE`] on sink0, [`TUNNEL_MTU`] on
+/// both, and a permanent neighbour entry on tgt0 for the collector with
+/// sink0's MAC, so no ARP is sent or awaited during a run (sink0's XDP
+/// program drops whatever arrives, ARP requests included).
+fn tunnel_lab(lab: &Lab) -> Result<()> {
+    for (ns, dev, addr) in [
+        (&lab.src, Lab::TARGET_IF, TUNNEL_LOCAL),
+        (&lab.sink, Lab::SINK_IF, TUNNEL_REMOTE),
+    ] {
+        ns.ip(&["link", "set", dev, "mtu", TUNNEL_MTU])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{addr}/{TUNNEL_PREFIX}"),
+            "dev",
+            dev,
+        ])?;
+    }
+    // `ip netns exec` mounts the namespace's own sysfs.
+    let out = lab
+        .sink
+        .command(&["cat", &format!("/sys/class/net/{}/address", Lab::SINK_IF)])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let mac = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || mac.len() != 17 {
+        bail!(
+            "reading {}'s MAC: {}",
+            Lab::SINK_IF,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    lab.src.ip(&[
+        "neigh",
+        "replace",
+        TUNNEL_REMOTE,
+        "lladdr",
+        &mac,
+        "dev",
+        Lab::TARGET_IF,
+        "nud",
+        "permanent",
+    ])
 }
 
 /// Attaches program `fd` to `dev` in `ns` (native XDP) through a link;
@@ -462,6 +597,10 @@ struct Running<'a> {
     process: Option<Process>,
     /// The namespace whose feed0 has the case's clsact qdisc.
     tc: Option<&'a Netns>,
+    /// The namespace holding `tcvxlan`'s VXLAN device.
+    vxlan: Option<&'a Netns>,
+    /// mirror cases: the session's path as `mirror stats` names it.
+    path: Option<String>,
     /// The namespace whose feed0 got an address for the case (daemonlogger
     /// will not start on an interface without one).
     address: Option<&'a Netns>,
@@ -485,6 +624,9 @@ impl Drop for Running<'_> {
         self.tcpdump = None;
         if let Some(ns) = self.tc {
             let _ = tc(ns, &["qdisc", "del", "dev", Lab::FEED_IF, "clsact"]);
+        }
+        if let Some(ns) = self.vxlan {
+            let _ = ns.ip(&["link", "del", VXLAN_DEV]);
         }
         if let Some(ns) = self.address {
             let _ = ns.ip(&["addr", "del", FEED_ADDRESS, "dev", Lab::FEED_IF]);
@@ -624,6 +766,8 @@ fn start<'a>(
         daemon: None,
         process: None,
         tc: None,
+        vxlan: None,
+        path: None,
         address: None,
         capture: None,
         tcpdump: None,
@@ -650,7 +794,31 @@ fn start<'a>(
             run.link = Some(attach(&lab.src, Lab::FEED_IF, p.fd(case))?);
             run.peer = Some(p);
         }
-        Case::TcMirred => {
+        Case::TcMirred | Case::TcVxlan => {
+            let dev = if case == Case::TcVxlan {
+                lab.src.ip(&[
+                    "link",
+                    "add",
+                    VXLAN_DEV,
+                    "type",
+                    "vxlan",
+                    "id",
+                    TUNNEL_VNI,
+                    "remote",
+                    TUNNEL_REMOTE,
+                    "local",
+                    TUNNEL_LOCAL,
+                    "dstport",
+                    "4789",
+                    "dev",
+                    Lab::TARGET_IF,
+                ])?;
+                run.vxlan = Some(&lab.src);
+                lab.src.ip(&["link", "set", VXLAN_DEV, "up"])?;
+                VXLAN_DEV
+            } else {
+                Lab::TARGET_IF
+            };
             tc(&lab.src, &["qdisc", "add", "dev", Lab::FEED_IF, "clsact"])?;
             run.tc = Some(&lab.src);
             tc(
@@ -675,7 +843,7 @@ fn start<'a>(
                     "egress",
                     "mirror",
                     "dev",
-                    Lab::TARGET_IF,
+                    dev,
                 ],
             )?;
         }
@@ -730,8 +898,12 @@ fn start<'a>(
         | Case::MirrorShared
         | Case::MirrorCopy
         | Case::MirrorKernel2
-        | Case::MirrorPcapng => {
+        | Case::MirrorPcapng
+        | Case::MirrorVxlan
+        | Case::MirrorGre
+        | Case::MirrorErspan => {
             let (targets, path, source) = match case {
+                _ if case.tunnel().is_some() => ("\"remote\"", "auto", ""),
                 Case::MirrorUserspace => ("\"t0\"", "userspace", ""),
                 Case::MirrorShared => ("\"t0\"", "userspace", "share_umem = true"),
                 Case::MirrorCopy => ("\"t0\"", "userspace", "mode = \"copy\""),
@@ -751,7 +923,24 @@ fn start<'a>(
                 .replace("@FILTER@", filter)
                 .replace("@CAPTURE@", &capture.to_string_lossy())
                 .replace("@CPUS@", &USER_CPU.to_string());
-            run.daemon = Some(crate::start_daemon(&lab.src, exe, dir, &text)?);
+            // The remote cases' target (remote 10.77.0.2) and their VNI /
+            // ERSPAN session id; nothing for the others.
+            let (tunnel, session) = match case.tunnel() {
+                Some(kind) => (
+                    format!(
+                        "\n[[target]]\nname = \"remote\"\n{kind}\nremote = \"{TUNNEL_REMOTE}\"\nmtu = {TUNNEL_MTU}\n"
+                    ),
+                    format!("vni = {TUNNEL_VNI}"),
+                ),
+                None => (String::new(), String::new()),
+            };
+            let text = text
+                .replace("@TUNNEL@", &tunnel)
+                .replace("@SESSION@", &session);
+            let daemon = crate::start_daemon(&lab.src, exe, dir, &text)?;
+            let stats = mirror_user::control::Client::connect(&daemon.control)?.stats()?;
+            run.path = stats.sessions.get("all").map(|s| s.path.clone());
+            run.daemon = Some(daemon);
         }
     }
     Ok(run)
@@ -1006,6 +1195,15 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     let lab = Lab::new(1)?;
     lab::veth(&lab.src, "tgt1", &lab.sink, "sink1", 1)?;
     crate::tune_feed_port(&lab)?;
+    let wanted: Vec<Case> = Case::ALL
+        .into_iter()
+        .filter(|c| a.cases.is_empty() || a.cases.iter().any(|id| id == c.id()))
+        .collect();
+    // Addresses, neighbour and MTU only when a remote case runs: the other
+    // cases keep the lab they always had.
+    if wanted.iter().any(|c| c.remote()) {
+        tunnel_lab(&lab)?;
+    }
     let dir = TempDir::new("bench-span")?;
     // Capture cases write here (unmounted before `dir` is removed).
     let tmpfs = Tmpfs::mount(dir.path().join("capture"), "3g")?;
@@ -1016,10 +1214,6 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         attach(&lab.sink, "sink1", sinks[1].fd(Case::XdpDrop))?,
     ];
     let mut rows: Vec<Row> = Vec::new();
-    let wanted: Vec<Case> = Case::ALL
-        .into_iter()
-        .filter(|c| a.cases.is_empty() || a.cases.iter().any(|id| id == c.id()))
-        .collect();
     let rig = Rig {
         lab: &lab,
         dir: &dir,
@@ -1114,10 +1308,16 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                     0.0
                 }
             };
+            // The remote mirror cases name the path mirror picked for them.
+            let label = match (&running.path, case.tunnel()) {
+                (Some(path), Some(_)) => format!("{} (path: {path})", case.name()),
+                _ => case.name().to_string(),
+            };
             let row = Row {
                 frame: size,
                 id: case.id(),
-                case: case.name(),
+                case: label,
+                session_path: running.path.clone(),
                 offered_pps: offered,
                 delivered_pps: med,
                 delivered_min: min,
@@ -1140,6 +1340,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 drops,
                 reference: None,
                 vs_reference: None,
+                tc_mirred: None,
                 vs_tc_mirred: None,
                 monitored_vs_pass: None,
                 lossless_vs_pass: None,
@@ -1148,7 +1349,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 &progress,
                 format!(
                     "span {size:>5}B {:<36}: offered {:>8.0}/s, delivered {:>8.0}/s per target ({:.0}-{:.0}; runs {}){}",
-                    case.name(),
+                    row.case,
                     row.offered_pps,
                     med,
                     min,
@@ -1184,9 +1385,9 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             r.reference = Some(refc.id());
             r.vs_reference = lookup(&snapshot, r.frame, refc).map(|v| r.delivered_pps / v);
         }
-        if case.targets() > 0 && !case.captures() && case != Case::TcMirred {
-            r.vs_tc_mirred =
-                lookup(&snapshot, r.frame, Case::TcMirred).map(|v| r.delivered_pps / v);
+        if let Some(tcc) = case.tc_peer() {
+            r.tc_mirred = Some(tcc.id());
+            r.vs_tc_mirred = lookup(&snapshot, r.frame, tcc).map(|v| r.delivered_pps / v);
         }
         if case == Case::MirrorCopy {
             let pass = snapshot
@@ -1256,6 +1457,14 @@ fn table(rows: &[Row], a: &Args) -> String {
             (Some(v), Some(id)) => format!("{} {id}", ratio(Some(v))),
             _ => String::new(),
         };
+        // Against plain tc mirred a bare ratio; against the remote peer
+        // (`tcvxlan`) named, as the reference column does.
+        let vs_tc = match (r.vs_tc_mirred, r.tc_mirred) {
+            (Some(v), Some(id)) if id != Case::TcMirred.id() => {
+                format!("{} {id}", ratio(Some(v)))
+            }
+            (v, _) => ratio(v),
+        };
         let lossless = r.lossless_pps.map_or(String::new(), |l| {
             let at = if r.lossless_at_max { "≥ " } else { "" };
             let vs = r
@@ -1287,7 +1496,7 @@ fn table(rows: &[Row], a: &Args) -> String {
             r.loss_pct,
             lossless,
             reference,
-            ratio(r.vs_tc_mirred),
+            vs_tc,
             monitored,
             r.cpu_pct
                 .iter()

@@ -110,7 +110,8 @@ enum Cmd {
     /// Cases: filters (classification cost vs rule count), copy (what copy
     /// mode costs the monitored traffic, through sockets), span (mirror vs XDP_DROP ceiling, tc mirred,
     /// bare XDP redirect/broadcast, a C AF_XDP forwarder, daemonlogger,
-    /// tcpdump -w vs a pcapng target). Installs tcpdump, daemonlogger and
+    /// tcpdump -w vs a pcapng target, tc mirred to a VXLAN device vs the
+    /// vxlan/gre/erspan targets). Installs tcpdump, daemonlogger and
     /// libxdp-dev. Results go to benches/results/ as JSON, a Markdown table
     /// and a PNG chart. Needs root.
     Bench {
