@@ -527,3 +527,270 @@ fn check_refuses_path_kernel_where_userspace_is_needed() {
         "check names the position and the reason: {err}"
     );
 }
+
+/// Frame `seq` of flow `i` (UDP 10.1.x.y:1024+i <-> 10.2.0.1:53), forward or
+/// reverse, `size` bytes long.
+fn flow_frame(i: u16, reverse: bool, seq: u32, size: usize) -> Vec<u8> {
+    let (mut a, mut b) = (
+        ([10, 1, (i >> 8) as u8, i as u8], 1024 + i),
+        ([10, 2, 0, 1], 53),
+    );
+    if reverse {
+        std::mem::swap(&mut a, &mut b);
+    }
+    let mut payload = traffic::MARKER.to_vec();
+    payload.extend_from_slice(&seq.to_be_bytes());
+    payload.resize(size - 42, 0xa5);
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(a.0, b.0, 64)
+        .udp(a.1, b.1)
+        .write(&mut out, &payload)
+        .expect("build");
+    out
+}
+
+/// ids0 (tgt0) and a group of ids1 (tgt1) and ids2 (tgt2), every frame cut
+/// to 100 bytes.
+const GROUP_CUT: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+
+[[target]]
+name = "ids0"
+kind = "interface"
+interface = "tgt0"
+
+[[target]]
+name = "ids1"
+kind = "interface"
+interface = "tgt1"
+
+[[target]]
+name = "ids2"
+kind = "interface"
+interface = "tgt2"
+
+[[target_group]]
+name = "pool"
+members = ["ids1", "ids2"]
+
+[[session]]
+name = "feed"
+source = "feed"
+filter = "all"
+targets = ["ids0", "pool"]
+packet_length = 100
+path = "@PATH@"
+"#;
+
+/// Which member (1 or 2) each flow's frames reached, both directions, after
+/// sending `frames`: asserts every frame reached exactly one member and both
+/// halves of a flow the same one.
+fn member_of_flows(
+    lab: &Lab,
+    frames: &Arc<Vec<Vec<u8>>>,
+    client: &mut Client,
+    total: u64,
+) -> (
+    std::collections::BTreeMap<u16, u8>,
+    mirror_user::dataplane::stats::Stats,
+) {
+    let caps: Vec<Capture> = ["sink1", "sink2"]
+        .iter()
+        .map(|d| Capture::start(&lab.sink, d).expect("capture"))
+        .collect();
+    let ids0 = Capture::start(&lab.sink, Lab::SINK_IF).expect("capture");
+    lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
+    let stats = wait_for(client, "every copy counted", |st| {
+        st.targets["ids0"].sent_packets == total
+            && st.targets["ids1"].enqueued + st.targets["ids2"].enqueued == total
+            && ["ids1", "ids2"].iter().all(|t| {
+                let t = &st.targets[*t];
+                t.sent_packets + t.dropped_total() == t.enqueued
+            })
+    });
+    // ids0: every frame, cut to 100 bytes.
+    let got = ids0.finish();
+    let mut want: Vec<Vec<u8>> = frames.iter().map(|f| f[..100].to_vec()).collect();
+    let mut have = got.clone();
+    want.sort_unstable();
+    have.sort_unstable();
+    assert!(have == want, "ids0 got every frame cut to packet_length");
+    let mut member = std::collections::BTreeMap::new();
+    let mut seen = 0;
+    for (m, cap) in caps.into_iter().enumerate() {
+        for f in cap.finish() {
+            assert_eq!(f.len(), 100, "cut to packet_length");
+            seen += 1;
+            let sport = u16::from_be_bytes([f[34], f[35]]);
+            let dport = u16::from_be_bytes([f[36], f[37]]);
+            let flow = if sport == 53 { dport } else { sport } - 1024;
+            let prev = member.insert(flow, m as u8 + 1);
+            assert!(
+                prev.is_none() || prev == Some(m as u8 + 1),
+                "flow {flow} reached both members"
+            );
+        }
+    }
+    assert_eq!(seen, total, "every copy reached one member");
+    (member, stats)
+}
+
+/// packet_length and a target group on the kernel path: every copy cut, both
+/// halves of each flow on one member, the same member the userspace path
+/// picks; a member that goes down loses its flows to the other (counted
+/// `rehashed`), and with both down the copies are counted `down` / `all_down`
+/// while the plain target still gets them all.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn groups_and_cuts_run_in_the_kernel_and_pick_the_userspace_paths_member() {
+    require_root!();
+    let lab = lab(true);
+    lab::veth(&lab.src, "tgt2", &lab.sink, "sink2", 1).expect("third target port");
+    lab::gro_on(&lab.sink, "sink2").expect("GRO on");
+    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..400u32)
+            .map(|seq| flow_frame((seq % 50) as u16, seq % 2 == 1, seq, 300))
+            .collect(),
+    );
+    let n = frames.len() as u64;
+    let mut picks = Vec::new();
+    for path in ["userspace", "kernel"] {
+        let dir = TempDir::new("e2e-fast-group").expect("temp dir");
+        let (mut daemon, mut client) = start(&lab, &dir, &GROUP_CUT.replace("@PATH@", path));
+        let (member, stats) = member_of_flows(&lab, &frames, &mut client, n);
+        let sess = &stats.sessions["feed"];
+        assert_eq!(
+            sess.path,
+            if path == "kernel" { "kernel" } else { "af_xdp" }
+        );
+        assert_eq!((sess.matched, sess.mirrored), (n, n));
+        for t in ["ids0", "ids1", "ids2"] {
+            assert_reconciles(t, &stats.targets[t]);
+            assert_eq!(stats.targets[t].dropped_total(), 0, "{t}");
+        }
+        assert_eq!(stats.targets["ids0"].sent_bytes, n * 100, "bytes as cut");
+        let g = &stats.groups["pool"];
+        assert_eq!((g.rehashed, g.all_down), (0, 0));
+        assert!(member.values().any(|&m| m == 1) && member.values().any(|&m| m == 2));
+        picks.push(member);
+        if path == "kernel" {
+            assert_eq!(
+                stats.targets["ids1"].kernel_path,
+                stats.targets["ids1"].sent_packets
+            );
+            // ids2 goes down: its flows move to ids1, counted.
+            lab.src.ip(&["link", "set", "tgt2", "down"]).expect("down");
+            wait_for(&mut client, "ids2 down", |st| {
+                st.groups["pool"].members_up == 1
+            });
+            std::thread::sleep(Duration::from_millis(300)); // the kernel learns it within 100 ms
+            let before = stats;
+            let moved = frames
+                .iter()
+                .enumerate()
+                .filter(|(seq, _)| picks[1][&((*seq as u16) % 50)] == 2)
+                .count() as u64;
+            lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
+            let st = wait_for(&mut client, "moved copies counted", |st| {
+                st.targets["ids0"].sent_packets == 2 * n
+                    && st.targets["ids1"].sent_packets == before.targets["ids1"].sent_packets + n
+            });
+            assert_eq!(st.groups["pool"].rehashed, moved, "each moved copy counted");
+            assert_eq!(st.targets["ids2"].enqueued, before.targets["ids2"].enqueued);
+            // Both down: nothing for the group, every copy still to ids0.
+            lab.src.ip(&["link", "set", "tgt1", "down"]).expect("down");
+            wait_for(&mut client, "both down", |st| {
+                st.groups["pool"].members_up == 0
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
+            let st = wait_for(&mut client, "all-down copies counted", |st| {
+                st.targets["ids0"].sent_packets == 3 * n
+            });
+            assert_eq!(st.groups["pool"].all_down, n);
+            let down: u64 = ["ids1", "ids2"]
+                .iter()
+                .map(|t| st.targets[*t].dropped.get("down").copied().unwrap_or(0))
+                .sum();
+            assert_eq!(down, n, "each counted down at its flow's first choice");
+            for t in ["ids0", "ids1", "ids2"] {
+                assert_reconciles(t, &st.targets[t]);
+            }
+            common::assert_source_reconciles("feed", &st.sources["feed"]);
+        }
+        assert!(daemon
+            .stop(Duration::from_secs(10))
+            .expect("stops")
+            .success());
+    }
+    assert_eq!(
+        picks[0], picks[1],
+        "the kernel picks the member userspace picks"
+    );
+}
+
+/// rate_limit_pps on the kernel path: a token bucket in the kernel passes
+/// its burst and rate, and every frame over it is counted `rate_limited` at
+/// the session, the source and the target.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_rate_limit_runs_in_the_kernel_and_counts_every_frame_over_it() {
+    require_root!();
+    let lab = lab(true);
+    lab::veth(&lab.src, "tgt2", &lab.sink, "sink2", 1).expect("third target port");
+    let dir = TempDir::new("e2e-fast-rate").expect("temp dir");
+    let text = GROUP_CUT
+        .replace("targets = [\"ids0\", \"pool\"]", "targets = [\"ids0\"]")
+        .replace("packet_length = 100", "rate_limit_pps = 1000")
+        .replace("@PATH@", "kernel");
+    let (mut daemon, mut client) = start(&lab, &dir, &text);
+    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..3000u32)
+            .map(|seq| flow_frame(1, false, seq, 100))
+            .collect(),
+    );
+    let t0 = std::time::Instant::now();
+    lab::send_frames(&lab.gen, Lab::GEN_IF, frames, 10_000).expect("send");
+    let secs = t0.elapsed().as_secs_f64();
+    let st = wait_for(&mut client, "every frame counted", |st| {
+        let t = &st.targets["ids0"];
+        st.sources["feed"].received == 3000 && t.sent_packets + t.dropped_total() == 3000
+    });
+    let sess = &st.sessions["feed"];
+    assert_eq!(sess.path, "kernel");
+    let t = &st.targets["ids0"];
+    assert_reconciles("ids0", t);
+    let limited = t.dropped.get("rate_limited").copied().unwrap_or(0);
+    assert_eq!(t.sent_packets + limited, 3000);
+    assert_eq!(sess.rate_limited, limited);
+    assert_eq!(sess.mirrored, t.sent_packets);
+    assert_eq!(
+        st.sources["feed"].dropped.get("rate_limited"),
+        Some(&limited)
+    );
+    common::assert_source_reconciles("feed", &st.sources["feed"]);
+    // The burst (a tenth of a second: 100) and 1000 a second while sending.
+    let most = 100.0 + 1000.0 * secs + 2.0;
+    assert!(
+        (t.sent_packets as f64) <= most && t.sent_packets >= 100,
+        "{} sent in {secs:.3} s at 1000/s with a burst of 100",
+        t.sent_packets
+    );
+    assert!(daemon
+        .stop(Duration::from_secs(10))
+        .expect("stops")
+        .success());
+}

@@ -31,6 +31,8 @@ enum mirror_limits {
 	MIRROR_MAX_FAST_TARGETS = 8, /* DEVMAP entries of one session's fast path: a broadcast
 					 * walks every hash bucket, so this costs per frame */
 	MIRROR_CACHE_SLOTS = 1024, /* verdict cache entries per rule set and CPU (power of 2) */
+	MIRROR_FAST_VARIANTS = 16, /* DEVMAPs per kernel-path session: one per target-group
+				    * member picked, one for "every member down" */
 };
 
 /* Where a frame was seen. Counters and rule sets are kept per direction. */
@@ -279,6 +281,48 @@ struct mirror_fast_dest {
 struct mirror_fast_count {
 	__u64 packets;
 	__u64 bytes;
+};
+
+/*
+ * A kernel-path session's settings, written by userspace before its DEVMAPs
+ * go into `fast_sessions` (members_up also later, as members come and go).
+ *
+ * A session reaches its targets through one of up to MIRROR_FAST_VARIANTS
+ * DEVMAPs (slot session * MIRROR_FAST_VARIANTS + variant of fast_sessions),
+ * keyed by the target's place in the session (groups expanded): without a
+ * target group there is one, variant 0, holding every target. With one
+ * group of n members, variant i holds the session's other targets and
+ * member i, variant n the other targets alone (every member down). The
+ * member is picked as userspace's groups pick it (rendezvous hashing on the
+ * flow hash over the members that are up), so both halves of a flow reach
+ * the same member and only a down member's flows move.
+ */
+struct mirror_fast_session {
+	__u32 rate_pps;   /* rate_limit_pps, 0 = none: a token bucket per session,
+			   * a tenth of a second's worth deep */
+	__u8 tunnels;     /* 1: xdp_tap writes the metadata its tunnel programs read */
+	__u8 group_n;     /* members of its target group, 0: none */
+	__u8 members_up;  /* bit i: member i is up */
+	__u8 active;      /* 1: the session is on the kernel path (set last) */
+	__u8 group_keys[MIRROR_MAX_FAST_TARGETS];   /* DEVMAP key of member i */
+	__u8 variant_keys[MIRROR_FAST_VARIANTS];   /* bit k: key k is in the variant */
+	__u8 variant_single[MIRROR_FAST_VARIANTS]; /* 1 + its key when the variant has
+						    * one destination (a plain redirect,
+						    * cheaper than a broadcast), else 0 */
+};
+
+/* Per kernel-path group member (slot session * MIRROR_MAX_FAST_TARGETS + key). */
+struct mirror_pick_count {
+	__u64 packets;      /* copies sent to it */
+	__u64 bytes;
+	__u64 down;         /* picked while every member was down: not sent */
+	__u64 rate_limited; /* picked, then over the session's rate limit */
+};
+
+/* Per kernel-path session with a target group. */
+struct mirror_group_count {
+	__u64 rehashed; /* first choice down: another member took the flow */
+	__u64 all_down; /* every member down */
 };
 
 /*

@@ -48,10 +48,54 @@ struct fast_targets {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, MIRROR_MAX_SESSIONS);
+	__uint(max_entries, MIRROR_MAX_SESSIONS * MIRROR_FAST_VARIANTS);
 	__type(key, __u32);
 	__array(values, struct fast_targets);
 } fast_sessions SEC(".maps");
+
+/* Kernel path: what each group member was picked for (struct mirror_pick_count). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MIRROR_MAX_SESSIONS * MIRROR_MAX_FAST_TARGETS);
+	__type(key, __u32);
+	__type(value, struct mirror_pick_count);
+} fast_picks SEC(".maps");
+
+/* Kernel path: per session, its group's rehashed / all-down copies. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MIRROR_MAX_SESSIONS);
+	__type(key, __u32);
+	__type(value, struct mirror_group_count);
+} fast_groups SEC(".maps");
+
+/* Kernel path: per session, frames over its rate_limit_pps (not sent). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MIRROR_MAX_SESSIONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} session_rate_limited SEC(".maps");
+
+/*
+ * Kernel path: each rate-limited session's token bucket, shared by all CPUs
+ * (so the limit holds for the session as a whole). Tokens in units of
+ * 1e-9 token: `rate` per nanosecond elapsed, at most a tenth of a second's
+ * worth (at least one token), like the userspace path's. An empty
+ * `last_ns` is a full bucket.
+ */
+struct rate_bucket {
+	struct bpf_spin_lock lock;
+	__u64 tokens;
+	__u64 last_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MIRROR_MAX_SESSIONS);
+	__type(key, __u32);
+	__type(value, struct rate_bucket);
+} rate_buckets SEC(".maps");
 
 /* Fast-path counters per target device (egress ifindex), entries made by
  * userspace: room for every session's targets. */
@@ -150,12 +194,8 @@ __u32 session_snap[MIRROR_MAX_SESSIONS];
 __u64 copy_wake_bytes;
 /* The source's ifindex, for telling its fast-path transmits from others'. */
 __u32 source_ifindex;
-/* Fast path: 1 when the session has a single target (a plain redirect to
- * DEVMAP key 0 instead of a broadcast, which costs more per frame). */
-__u8 session_single[MIRROR_MAX_SESSIONS];
-/* Fast path: 1 when a session has tunnel targets: xdp_tap then writes the
- * metadata (session, flow hash, time stamp) their DEVMAP programs read. */
-__u8 session_tunnels[MIRROR_MAX_SESSIONS];
+/* Fast path: each session's settings (see struct mirror_fast_session). */
+struct mirror_fast_session fast_session[MIRROR_MAX_SESSIONS];
 /* Copies a tunnel program got without metadata (a driver without an XDP
  * metadata area): dropped, as no session can be told. Never expected. */
 __u64 tunnel_no_meta;
@@ -184,6 +224,8 @@ struct mirror_fast_count abi_anchor_fast_count = {};
 struct mirror_fast_dest abi_anchor_fast_dest = {};
 struct mirror_cache_entry abi_anchor_cache_entry = {};
 struct mirror_tunnel abi_anchor_tunnel = {};
+struct mirror_pick_count abi_anchor_pick_count = {};
+struct mirror_group_count abi_anchor_group_count = {};
 struct mirror_tunnel_stats abi_anchor_tunnel_stats = {};
 enum mirror_tunnel_kind abi_anchor_tunnel_kind = MIRROR_TUN_NONE;
 enum mirror_tunnel_flags abi_anchor_tunnel_flags = MIRROR_TUN_F_IPV6;
@@ -275,10 +317,11 @@ static __always_inline __s32 select_session(struct pkt *p, __u32 dir, __u32 pars
 }
 
 /*
- * Counts `too_big` for each of session `s`'s destinations that cannot take a
- * frame of `len` bytes (the kernel skips them). Returns how many.
+ * Counts `too_big` for each destination of session `s` in `keys` (bit k:
+ * DEVMAP key k) that cannot take a frame of `len` bytes (the kernel skips
+ * them). Returns how many.
  */
-static __always_inline __u32 count_too_big(__u64 s, __u32 len)
+static __always_inline __u32 count_too_big(__u64 s, __u32 len, __u32 keys)
 {
 	__u32 n = fast_ndests[s & (MIRROR_MAX_SESSIONS - 1)];
 	__u32 skipped = 0;
@@ -289,6 +332,8 @@ static __always_inline __u32 count_too_big(__u64 s, __u32 len)
 
 		if (i >= n)
 			break;
+		if (!(keys & (1u << i)))
+			continue;
 		d = &fast_dests[s & (MIRROR_MAX_SESSIONS - 1)][i];
 		if (len <= d->max_len)
 			continue;
@@ -300,47 +345,189 @@ static __always_inline __u32 count_too_big(__u64 s, __u32 len)
 	return skipped;
 }
 
+/* True when the session's token bucket had a token for this frame. */
+static __always_inline bool take_token(__u32 session, __u64 rate)
+{
+	const __u64 unit = 1000000000ull; /* one token */
+	struct rate_bucket *b = bpf_map_lookup_elem(&rate_buckets, &session);
+	__u64 now = bpf_ktime_get_ns(), burst = rate * (unit / 10), elapsed;
+	bool ok;
+
+	if (!b)
+		return true;
+	if (burst < unit)
+		burst = unit;
+	bpf_spin_lock(&b->lock);
+	if (!b->last_ns) {
+		b->tokens = burst;
+	} else {
+		elapsed = now > b->last_ns ? now - b->last_ns : 0;
+		if (elapsed > unit)
+			elapsed = unit; /* the bucket is full after 0.1 s anyway */
+		b->tokens += elapsed * rate;
+		if (b->tokens > burst)
+			b->tokens = burst;
+	}
+	b->last_ns = now;
+	ok = b->tokens >= unit;
+	if (ok)
+		b->tokens -= unit;
+	bpf_spin_unlock(&b->lock);
+	return ok;
+}
+
+/* A group member's weight for a flow: splitmix64's finaliser over both, as
+ * target/group.rs scores it. */
+static __always_inline __u64 member_score(__u32 hash, __u32 member)
+{
+	__u64 z = ((__u64)hash << 32 | member) + 0x9e3779b97f4a7c15ull;
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/*
+ * The group member of session `f` a flow goes to: the highest-scoring member
+ * (ties: the later one, as Rust's max_by_key), or, when it is down, the
+ * highest-scoring member that is up (counted `rehashed`); every member down:
+ * `*all_down`, and the first choice is returned (counted there as `down`).
+ */
+static __always_inline __u32 pick_member(const struct mirror_fast_session *f, __u32 session,
+					 __u32 hash, bool *all_down)
+{
+	__u32 n = f->group_n, up = f->members_up, first = 0, best = 0;
+	__u64 first_score = 0, best_score = 0, sc;
+	struct mirror_group_count *g;
+	bool any = false;
+
+	for (__u32 i = 0; i < MIRROR_MAX_FAST_TARGETS; i++) {
+		if (i >= n)
+			break;
+		sc = member_score(hash, i);
+		if (i == 0 || sc >= first_score) {
+			first_score = sc;
+			first = i;
+		}
+		if (up & (1u << i) && (!any || sc >= best_score)) {
+			best_score = sc;
+			best = i;
+			any = true;
+		}
+	}
+	*all_down = !any;
+	if (any && best == first)
+		return first;
+	g = bpf_map_lookup_elem(&fast_groups, &session);
+	if (g) {
+		if (any)
+			g->rehashed += 1;
+		else
+			g->all_down += 1;
+	}
+	return any ? best : first;
+}
+
+static __always_inline void count_pick(__u32 session, __u32 key, __u32 len, int what)
+{
+	__u32 slot = session * MIRROR_MAX_FAST_TARGETS + (key & (MIRROR_MAX_FAST_TARGETS - 1));
+	struct mirror_pick_count *c = bpf_map_lookup_elem(&fast_picks, &slot);
+
+	if (!c)
+		return;
+	if (what == 0) {
+		c->packets += 1;
+		c->bytes += len;
+	} else if (what == 1) {
+		c->down += 1;
+	} else {
+		c->rate_limited += 1;
+	}
+}
+
+/*
+ * The kernel path of session `s` (see struct mirror_fast_session): pick the
+ * group member, apply the rate limit, cut to packet_length, count, and
+ * redirect to the variant's DEVMAP (broadcast for several destinations).
+ */
+static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct mirror_fast_session *f = &fast_session[s & (MIRROR_MAX_SESSIONS - 1)];
+	__u32 key = s, len = data_end - data, variant = 0, member = 0, hash = 0, snap, single, keys;
+	struct mirror_fast_count *n;
+	bool all_down = false;
+	void *fast;
+
+	if (f->tunnels || f->group_n)
+		hash = flow_hash(p, data, data_end);
+	if (f->group_n) {
+		variant = pick_member(f, key, hash, &all_down);
+		member = f->group_keys[variant & (MIRROR_MAX_FAST_TARGETS - 1)];
+		if (all_down)
+			variant = f->group_n;
+	}
+	if (f->rate_pps && !take_token(key, f->rate_pps)) {
+		__u64 *rl = bpf_map_lookup_elem(&session_rate_limited, &key);
+
+		if (rl)
+			*rl += 1;
+		if (f->group_n)
+			count_pick(key, member, 0, 2);
+		return XDP_DROP;
+	}
+	snap = session_snap[s & (MIRROR_MAX_SESSIONS - 1)];
+	if (snap && len > snap) {
+		if (!bpf_xdp_adjust_tail(ctx, (int)snap - (int)len))
+			len = snap;
+	}
+	n = bpf_map_lookup_elem(&session_kernel, &key);
+	if (n) {
+		n->packets += 1;
+		n->bytes += len;
+	}
+	if (f->group_n)
+		count_pick(key, member, len, all_down ? 1 : 0);
+	variant &= MIRROR_FAST_VARIANTS - 1;
+	keys = f->variant_keys[variant];
+	single = f->variant_single[variant];
+	if (len > fast_max_len[s & (MIRROR_MAX_SESSIONS - 1)] && count_too_big(s, len, keys) && single)
+		return XDP_DROP; /* its one destination cannot take it */
+	if (f->tunnels)
+		write_meta(ctx, key, hash);
+	key = key * MIRROR_FAST_VARIANTS + variant;
+	fast = bpf_map_lookup_elem(&fast_sessions, &key);
+	if (!fast)
+		return XDP_DROP; /* no destination left (every member down, nothing else) */
+	if (single)
+		return bpf_redirect_map(fast, single - 1, XDP_DROP);
+	/* One clone per destination; the kernel queues them to each device. */
+	return bpf_redirect_map(fast, 0, BPF_F_BROADCAST);
+}
+
 static __always_inline int try_xdp_tap(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct pkt p = {};
-	__u32 why, key;
+	__u32 why;
 	__s32 session;
 	__u64 s;
 	long verdict;
-	void *fast;
 
 	why = parse_frame(data, data_end, &p);
 	session = select_session(&p, MIRROR_DIR_INGRESS, why);
 	if (session < 0)
 		return XDP_DROP;
 	/* In range (select_session bounds it), checked where the verifier sees
-	 * it: `s` indexes session_single, `key` (on the stack) keys the maps. */
+	 * it: `s` indexes the per-session arrays. */
 	s = (__u32)session; /* 64-bit: the check and the index use one register */
 	barrier_var(s);
 	if (s >= MIRROR_MAX_SESSIONS)
 		return XDP_DROP;
-	key = s;
-
-	fast = bpf_map_lookup_elem(&fast_sessions, &key);
-	if (fast) {
-		struct mirror_fast_count *n = bpf_map_lookup_elem(&session_kernel, &key);
-		__u32 len = data_end - data;
-
-		if (n) {
-			n->packets += 1;
-			n->bytes += len;
-		}
-		if (len > fast_max_len[s] && count_too_big(s, len) && session_single[s])
-			return XDP_DROP; /* its one target cannot take it */
-		if (session_tunnels[s])
-			write_meta(ctx, session, flow_hash(&p, data, data_end));
-		if (session_single[s])
-			return bpf_redirect_map(fast, 0, XDP_DROP);
-		/* One clone per target; the kernel queues them to each device. */
-		return bpf_redirect_map(fast, 0, BPF_F_BROADCAST);
-	}
+	if (fast_session[s].active)
+		return fast_path(ctx, &p, s);
 
 	write_meta(ctx, session, flow_hash(&p, data, data_end));
 	verdict = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_DROP);

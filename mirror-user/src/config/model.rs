@@ -374,47 +374,60 @@ impl Config {
                     .into(),
             );
         }
-        if s.rate_limit_pps != 0 {
-            return Some("rate_limit_pps is applied in userspace".into());
-        }
-        if s.packet_length != 0 {
-            return Some("packet_length is applied in userspace".into());
+        let mut groups = s.targets.iter().filter_map(|d| match *d {
+            Dest::Group(g) => Some(g),
+            Dest::Target(_) => None,
+        });
+        if let (Some(a), Some(b)) = (groups.next(), groups.next()) {
+            return Some(format!(
+                "it has two target groups (`{}`, `{}`); the kernel path picks a member of one",
+                self.groups[a].name, self.groups[b].name
+            ));
         }
         for d in &s.targets {
-            match *d {
-                Dest::Group(g) => {
-                    return Some(format!(
-                        "target group `{}` picks members (and skips down ones) in userspace",
-                        self.groups[g].name
-                    ))
-                }
-                Dest::Target(t) => {
-                    let t = &self.targets[t];
-                    match &t.spec {
-                        TargetSpec::Interface { .. }
-                        | TargetSpec::Gre { .. }
-                        | TargetSpec::Erspan { .. } => {}
-                        TargetSpec::Vxlan { tunnel, .. } if tunnel.remote.is_ipv4() => {}
-                        TargetSpec::Vxlan { .. } => {
-                            return Some(format!(
-                                "target `{}` is VXLAN over IPv6, whose mandatory UDP checksum \
-                                 covers the whole copy: the kernel path does not compute it",
-                                t.name
-                            ))
-                        }
-                        TargetSpec::Pcapng(_) => {
-                            return Some(format!(
-                                "target `{}` is a pcapng target, written by userspace",
-                                t.name
-                            ))
-                        }
+            let members: Vec<usize> = match *d {
+                Dest::Group(g) => self.groups[g].members.clone(),
+                Dest::Target(t) => vec![t],
+            };
+            for t in members {
+                let t = &self.targets[t];
+                match &t.spec {
+                    TargetSpec::Interface { .. }
+                    | TargetSpec::Gre { .. }
+                    | TargetSpec::Erspan { .. } => {}
+                    TargetSpec::Vxlan { tunnel, .. } if tunnel.remote.is_ipv4() => {}
+                    TargetSpec::Vxlan { .. } => {
+                        return Some(format!(
+                            "target `{}` is VXLAN over IPv6, whose mandatory UDP checksum \
+                             covers the whole copy: the kernel path does not compute it",
+                            t.name
+                        ))
+                    }
+                    TargetSpec::Pcapng(_) => {
+                        return Some(format!(
+                            "target `{}` is a pcapng target, written by userspace",
+                            t.name
+                        ))
                     }
                 }
             }
+            if let Dest::Group(g) = *d {
+                let direct = s.targets.iter().find_map(|o| match *o {
+                    Dest::Target(t) if self.groups[g].members.contains(&t) => Some(t),
+                    _ => None,
+                });
+                if let Some(t) = direct {
+                    return Some(format!(
+                        "target `{}` is both a target of the session and a member of its group `{}`",
+                        self.targets[t].name, self.groups[g].name
+                    ));
+                }
+            }
         }
-        if s.targets.len() > mirror_ebpf::limits::MAX_FAST_TARGETS as usize {
+        let expanded = self.session_targets(session).len();
+        if expanded > mirror_ebpf::limits::MAX_FAST_TARGETS as usize {
             return Some(format!(
-                "more than {} targets",
+                "it reaches {expanded} targets (groups expanded), more than the kernel path's {}",
                 mirror_ebpf::limits::MAX_FAST_TARGETS
             ));
         }

@@ -568,22 +568,38 @@ fn session_path_defaults_to_auto_and_kernel_is_refused_where_userspace_is_needed
         let c = parse(&with(&format!("path = \"{}\"", p.0)), "t.toml").expect("valid");
         assert_eq!(c.sessions[0].path, p.1);
     }
-    for (extra, want) in [
+    // Rate limit, cut and sampling all run in the kernel too.
+    for extra in ["rate_limit_pps = 10", "packet_length = 100", "sample = 3"] {
+        let c = parse(&with(extra), "t.toml").expect("valid");
+        assert_eq!(c.kernel_path_obstacle(0), None, "{extra}");
+    }
+    let cap = GOOD.replace(
+        "[[session]]",
+        "[[target]]\nname = \"cap\"\nkind = \"pcapng\"\npath = \"/tmp/x.pcapng\"\n\n[[session]]",
+    );
+    for (text, want) in [
         (
-            "rate_limit_pps = 10",
-            "rate_limit_pps is applied in userspace",
+            cap.replace("targets = [\"ids0\"]", "targets = [\"ids0\", \"cap\"]"),
+            "target `cap` is a pcapng target, written by userspace",
         ),
         (
-            "packet_length = 100",
-            "packet_length is applied in userspace",
+            GOOD.replace(
+                "[[session]]",
+                "[[target]]\nname = \"v6\"\nkind = \"vxlan\"\nremote = \"fd00::2\"\n\n[[session]]",
+            )
+            .replace("targets = [\"ids0\"]", "targets = [\"v6\"]"),
+            "target `v6` is VXLAN over IPv6",
         ),
     ] {
         // auto: valid, and the obstacle is named for the log.
-        let c = parse(&with(extra), "t.toml").expect("valid");
-        assert!(c.kernel_path_obstacle(0).is_some_and(|w| w.contains(want)));
-        let e = errors(&with(&format!("{extra}\npath = \"kernel\"")));
+        let c = parse(&text, "t.toml").expect("valid");
+        assert!(
+            c.kernel_path_obstacle(0).is_some_and(|w| w.contains(want)),
+            "{:?}",
+            c.kernel_path_obstacle(0)
+        );
+        let e = errors(&text.replace("priority = 1", "priority = 1\npath = \"kernel\""));
         assert!(e.iter().any(|l| l.contains(want)), "want `{want}` in {e:?}");
-        assert!(e[0].starts_with("t.toml:38:8:"), "file:line:column: {e:?}");
     }
     let copy = GOOD.replace(
         "interface = \"eth1\"",
@@ -685,7 +701,42 @@ fn the_kernel_path_takes_at_most_its_devmap_of_targets() {
     );
     assert!(config(max + 1)
         .kernel_path_obstacle(0)
-        .is_some_and(|w| w.contains(&format!("more than {max} targets"))));
+        .is_some_and(|w| w.contains(&format!(
+            "reaches {} targets (groups expanded), more than the kernel path's {max}",
+            max + 1
+        ))));
+}
+
+#[test]
+fn the_kernel_path_picks_in_one_group_and_a_target_may_not_also_be_a_member() {
+    let targets = "[[target]]\nname = \"a\"\nkind = \"interface\"\ninterface = \"ya\"\n\n\
+                   [[target]]\nname = \"b\"\nkind = \"gre\"\nremote = \"10.0.0.2\"\n\n\
+                   [[target_group]]\nname = \"g\"\nmembers = [\"ids0\", \"b\"]\n\n\
+                   [[target_group]]\nname = \"h\"\nmembers = [\"a\"]\n\n[[session]]";
+    let with = |dests: &str| {
+        GOOD.replace("[[session]]", targets)
+            .replace("targets = [\"ids0\"]", &format!("targets = [{dests}]"))
+    };
+    let c = parse(&with("\"a\", \"g\""), "t.toml").expect("valid");
+    assert_eq!(
+        c.kernel_path_obstacle(0),
+        None,
+        "a target and a group of two"
+    );
+    for (dests, want) in [
+        ("\"g\", \"h\"", "two target groups (`g`, `h`)"),
+        (
+            "\"b\", \"g\"",
+            "target `b` is both a target of the session and a member of its group `g`",
+        ),
+    ] {
+        let c = parse(&with(dests), "t.toml").expect("valid");
+        assert!(
+            c.kernel_path_obstacle(0).is_some_and(|w| w.contains(want)),
+            "{dests}: {:?}",
+            c.kernel_path_obstacle(0)
+        );
+    }
 }
 
 #[test]

@@ -16,7 +16,7 @@ use crate::config::{Config, IngressHook, SourceMode, TargetSpec};
 use crate::kernel::fast_path::max_len;
 use crate::kernel::netdev;
 use crate::kernel::xsk::{RxQueue, StatsHandle, UmemHost};
-use crate::kernel::{AttachMode, CopyHooks, FastDest, SourceProgram};
+use crate::kernel::{AttachMode, CopyHooks, FastDest, FastSession, SourceProgram};
 use crate::target::group::TargetGroup;
 use crate::target::interface::ShareWith;
 use crate::target::{interface, kernel_tunnel, pcapng, tunnel, TargetQueue};
@@ -53,6 +53,8 @@ pub struct Engine {
     /// Tunnel targets of kernel-path sessions, until the keeper thread
     /// takes them (`tunnels::keep`).
     kernel_tunnels: Vec<super::tunnels::KernelTunnel>,
+    /// Target groups of kernel-path sessions, likewise.
+    kernel_groups: Vec<super::tunnels::KernelGroup>,
     pub(super) stop_workers: Arc<AtomicBool>,
     pub(super) stop_senders: Arc<AtomicBool>,
     /// Set once the whole start-up succeeded: until then no target touches
@@ -86,6 +88,7 @@ impl Engine {
             target_ifindex,
             target_hops,
             kernel_tunnels: Vec::new(),
+            kernel_groups: Vec::new(),
             stop_workers: Arc::new(AtomicBool::new(false)),
             stop_senders: Arc::new(AtomicBool::new(false)),
             started: Arc::new(AtomicBool::new(false)),
@@ -114,12 +117,13 @@ impl Engine {
             engine.start_source(i, host)?;
         }
         let tunnels = std::mem::take(&mut engine.kernel_tunnels);
-        if !tunnels.is_empty() {
+        let groups = std::mem::take(&mut engine.kernel_groups);
+        if !tunnels.is_empty() || !groups.is_empty() {
             let stop = engine.stop_senders.clone();
             let handle = std::thread::Builder::new()
-                .name("kernel-tunnels".into())
-                .spawn(move || super::tunnels::keep(tunnels, &stop))
-                .context("spawning the kernel tunnels' next-hop thread")?;
+                .name("kernel-path".into())
+                .spawn(move || super::tunnels::keep(tunnels, groups, &stop))
+                .context("spawning the kernel path's next-hop and group thread")?;
             engine.senders.push(handle);
         }
         engine.started.store(true, Ordering::Release);
@@ -270,6 +274,26 @@ impl Engine {
             .with_context(|| format!("source `{}`", cfg.name))?;
         let tunnels = self.set_fast_paths(&mut prepared, cfg, mode)?;
         let source = Arc::new(prepared.into_source(cfg, idx, mode.as_str(), sockets, zero_copy));
+        for (kidx, &s) in source.sessions.iter().enumerate() {
+            if !source.paths[kidx].kernel {
+                continue;
+            }
+            let group = self.config.sessions[s]
+                .targets
+                .iter()
+                .find_map(|d| match *d {
+                    crate::config::Dest::Group(g) => Some(&self.config.groups[g]),
+                    crate::config::Dest::Target(_) => None,
+                });
+            if let Some(g) = group {
+                self.kernel_groups.push(super::tunnels::KernelGroup {
+                    source: source.clone(),
+                    session: kidx as u32,
+                    members: g.members.iter().map(|&m| self.targets[m].clone()).collect(),
+                    up: ((1u16 << g.members.len()) - 1) as u8,
+                });
+            }
+        }
         for p in tunnels {
             let t = &self.config.targets[p.target];
             self.kernel_tunnels.push(super::tunnels::KernelTunnel {
@@ -277,6 +301,7 @@ impl Engine {
                 session: p.session,
                 key: p.key,
                 target: t.name.clone(),
+                queue: self.targets[p.target].clone(),
                 spec: t.spec.clone(),
                 vni: self.config.sessions[source.sessions[p.session as usize]].vni,
                 tai_offset: p.tai_offset,
@@ -371,7 +396,10 @@ impl Engine {
                     continue;
                 }
                 let Some(ifindex) = self.target_ifindex[t] else {
-                    continue;
+                    bail!(
+                        "target `{}`: its interface is gone",
+                        self.config.targets[t].name
+                    );
                 };
                 let mtu = match spec {
                     TargetSpec::Interface { interface, .. } => netdev::mtu(interface),
@@ -379,14 +407,30 @@ impl Engine {
                 };
                 devices.push(FastDest::new(ifindex, mtu));
             }
+            let group = sess
+                .targets
+                .iter()
+                .find_map(|d| match *d {
+                    crate::config::Dest::Group(g) => Some(&self.config.groups[g].members),
+                    crate::config::Dest::Target(_) => None,
+                })
+                .map(|members| {
+                    members
+                        .iter()
+                        .filter_map(|m| targets.iter().position(|t| t == m))
+                        .map(|k| k as u32)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let fast = FastSession {
+                dests: devices,
+                group,
+                rate_pps: sess.rate_limit_pps,
+                snap: sess.packet_length,
+            };
             prepared
                 .program
-                .set_fast_path(
-                    k as u32,
-                    source_ifindex,
-                    &devices,
-                    mode == AttachMode::Generic,
-                )
+                .set_fast_path(k as u32, source_ifindex, &fast, mode == AttachMode::Generic)
                 .with_context(|| {
                     format!(
                         "session `{}`: setting up the in-kernel fast path",

@@ -156,8 +156,12 @@ impl Engine {
             }
             out.targets.insert(t.name.clone(), snap);
         }
-        for g in &self.groups {
-            out.groups.insert(g.name.clone(), g.snapshot());
+        for (gi, g) in self.groups.iter().enumerate() {
+            let mut snap = g.snapshot();
+            let (rehashed, all_down) = self.kernel_group_counts(gi)?;
+            snap.rehashed += rehashed;
+            snap.all_down += all_down;
+            out.groups.insert(g.name.clone(), snap);
         }
         Ok(out)
     }
@@ -180,11 +184,33 @@ impl Engine {
             if !src.paths[kidx].kernel {
                 continue;
             }
+            let members: &[usize] = self.config.sessions[s]
+                .targets
+                .iter()
+                .find_map(|d| match *d {
+                    crate::config::Dest::Group(g) => Some(&self.config.groups[g].members[..]),
+                    crate::config::Dest::Target(_) => None,
+                })
+                .unwrap_or(&[]);
             for (key, t) in self.config.session_targets(s).into_iter().enumerate() {
-                fast[t].enqueued += k.session_kernel[kidx].0;
-                fast[t].generic |= generic;
-                if !generic {
-                    fast[t].bytes += k.session_kernel[kidx].1;
+                let f = &mut fast[t];
+                f.generic |= generic;
+                if members.contains(&t) {
+                    // A group member: what the kernel picked it for.
+                    let c = program.pick_count(kidx as u32, key as u32)?;
+                    f.enqueued += c.packets + c.down + c.rate_limited;
+                    f.down += c.down;
+                    f.rate_limited += c.rate_limited;
+                    if !generic {
+                        f.bytes += c.bytes;
+                    }
+                } else {
+                    let rl = k.session_rate_limited[kidx];
+                    f.enqueued += k.session_kernel[kidx].0 + rl;
+                    f.rate_limited += rl;
+                    if !generic {
+                        f.bytes += k.session_kernel[kidx].1;
+                    }
                 }
                 if matches!(self.target_hops[t], Some(Ok(_))) {
                     let slot = program.tunnel_stats(kidx as u32, key as u32)?;
@@ -219,10 +245,34 @@ impl Engine {
             matched: k.session_matched[kidx],
             mirrored: src.plans[kidx].mirrored.load(Ordering::Relaxed) + k.session_kernel[kidx].0,
             sampled_out: k.session_sampled_out[kidx],
-            rate_limited: src.plans[kidx].rate_limited.load(Ordering::Relaxed),
+            rate_limited: src.plans[kidx].rate_limited.load(Ordering::Relaxed)
+                + k.session_rate_limited[kidx],
             scheduled_out: 0,
             schedule_window: None,
         }
+    }
+
+    /// What the kernel path's member picks of group `gi` counted, over
+    /// every kernel-path session using it: (rehashed, all_down).
+    fn kernel_group_counts(&self, gi: usize) -> Result<(u64, u64)> {
+        let mut out = (0, 0);
+        for src in &self.sources {
+            for (kidx, &s) in src.sessions.iter().enumerate() {
+                let uses = self.config.sessions[s]
+                    .targets
+                    .contains(&crate::config::Dest::Group(gi));
+                if src.paths[kidx].kernel && uses {
+                    let (r, a) = src
+                        .program
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned lock"))?
+                        .group_count(kidx as u32)?;
+                    out.0 += r;
+                    out.1 += a;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Fast-path counters of target device `ifindex`, over every source.
@@ -251,6 +301,8 @@ struct KernelCounts {
     session_sampled_out: Vec<u64>,
     /// Per session: (frames, bytes) sent down the kernel path.
     session_kernel: Vec<(u64, u64)>,
+    /// Per session: frames over its rate limit on the kernel path.
+    session_rate_limited: Vec<u64>,
 }
 
 impl KernelCounts {
@@ -274,6 +326,7 @@ impl KernelCounts {
                 .clone()
                 .map(|i| p.session_kernel(i).unwrap_or_default())
                 .collect(),
+            session_rate_limited: per_session(&|i| p.kernel_rate_limited(i)),
         })
     }
 
@@ -289,11 +342,12 @@ fn source_stats(src: &Source, k: &KernelCounts) -> SourceStats {
     let counters = k.total();
     let c = |k: C| counters[k.0 as usize];
     let no_metadata = src.no_metadata.load(Ordering::Relaxed);
-    let rate_limited: u64 = src
+    let user_rate_limited: u64 = src
         .plans
         .iter()
         .map(|p| p.rate_limited.load(Ordering::Relaxed))
         .sum();
+    let rate_limited = user_rate_limited + k.session_rate_limited.iter().sum::<u64>();
     let (handed_over, kernel_drops) = handed_over(src, &counters);
     // Each counted where it happens: the kernel path's frames by xdp_tap,
     // the rest by the sessions' plans as they hand a frame to its targets.
@@ -305,7 +359,7 @@ fn source_stats(src: &Source, k: &KernelCounts) -> SourceStats {
     let mirrored = offered + k.session_kernel.iter().map(|k| k.0).sum::<u64>();
     // Handed over by the kernel, not yet read by a thread (0 once idle; a
     // frame lost on the way would stay here).
-    let queued = handed_over.saturating_sub(offered + rate_limited + no_metadata);
+    let queued = handed_over.saturating_sub(offered + user_rate_limited + no_metadata);
     let dropped = kernel_drops
         .into_iter()
         .chain([("no_metadata", no_metadata), ("rate_limited", rate_limited)])
@@ -421,6 +475,10 @@ struct FastTarget {
     tunnel: bool,
     slot: TunnelStats,
     dev: FastStats,
+    /// Of `enqueued`: not sent, as its group had no member up (it was the
+    /// flow's first choice), or over the session's rate limit.
+    down: u64,
+    rate_limited: u64,
 }
 
 /// Adds what the in-kernel fast path did for a target to its userspace
@@ -442,8 +500,11 @@ fn add_fast_path(snap: &mut TargetStats, t: &FastTarget, dev: FastStats) {
     snap.kernel_path += sent;
     *snap.dropped.entry("send_error".into()).or_default() += dev.xmit_drops;
     *snap.dropped.entry("too_big".into()).or_default() += dev.too_big;
+    *snap.dropped.entry("down".into()).or_default() += t.down;
+    *snap.dropped.entry("rate_limited".into()).or_default() += t.rate_limited;
     *snap.dropped.entry("unknown".into()).or_default() += t
         .enqueued
+        .saturating_sub(t.down + t.rate_limited)
         .saturating_sub(dev.packets)
         .saturating_sub(dev.too_big);
 }
@@ -467,10 +528,12 @@ fn add_fast_tunnel(snap: &mut TargetStats, t: &FastTarget) {
     snap.kernel_path += sent;
     snap.truncated += t.slot.truncated;
     *snap.dropped.entry("send_error".into()).or_default() += refused + t.slot.errors;
-    *snap.dropped.entry("down".into()).or_default() += t.slot.down;
+    *snap.dropped.entry("down".into()).or_default() += t.slot.down + t.down;
+    *snap.dropped.entry("rate_limited".into()).or_default() += t.rate_limited;
     *snap.dropped.entry("too_big".into()).or_default() += t.dev.too_big;
     *snap.dropped.entry("unknown".into()).or_default() += t
         .enqueued
+        .saturating_sub(t.down + t.rate_limited)
         .saturating_sub(t.dev.packets)
         .saturating_sub(t.dev.too_big);
 }

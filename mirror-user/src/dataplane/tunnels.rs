@@ -1,10 +1,14 @@
-//! Tunnel targets on the kernel path: their outer headers follow the route
-//! and the neighbour table. One thread looks up each one's next hop every
-//! [`CHECK`] and rewrites its headers when something changed: a new
-//! gateway or collector MAC, a route through another device (the DEVMAP
-//! entry moves with it), a route that is gone (the tunnel goes down: copies
-//! are dropped in the kernel, counted `down`, until it comes back). Each
-//! change is logged.
+//! What the kernel path needs kept current while it runs, by one thread
+//! every [`CHECK`]:
+//!
+//! - tunnel targets: their outer headers follow the route and the neighbour
+//!   table. Each one's next hop is looked up again and its headers rewritten
+//!   when something changed: a new gateway or collector MAC, a route through
+//!   another device (the DEVMAP entry moves with it), a route that is gone
+//!   (the tunnel goes down: copies are dropped in the kernel, counted
+//!   `down`, until it comes back). Each change is logged.
+//! - target groups: which members are up (interface targets: their device
+//!   running; tunnels: their route), for the kernel's member pick.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use crate::kernel::fast_path::max_len;
 use crate::kernel::route::{self, NextHop};
 use crate::kernel::TunnelHeaders;
 use crate::target::kernel_tunnel;
+use crate::target::TargetQueue;
 
 /// How often each kernel tunnel's next hop is looked up again.
 pub(super) const CHECK: Duration = Duration::from_millis(100);
@@ -28,6 +33,8 @@ pub(super) struct KernelTunnel {
     /// The target's DEVMAP key in the session.
     pub key: u32,
     pub target: String,
+    /// Its queue: its up state is what groups go by.
+    pub queue: Arc<TargetQueue>,
     pub spec: TargetSpec,
     pub vni: u32,
     pub tai_offset: u64,
@@ -100,7 +107,10 @@ impl KernelTunnel {
             }
         };
         match result {
-            Ok(()) => self.hop = hop,
+            Ok(()) => {
+                self.hop = hop;
+                self.queue.set_up(hop.is_some());
+            }
             Err(e) => {
                 tracing::warn!(target = %self.target, error = %e, "kernel tunnel: updating its headers")
             }
@@ -108,11 +118,50 @@ impl KernelTunnel {
     }
 }
 
-/// Keeps `tunnels` current until `stop`.
-pub(super) fn keep(mut tunnels: Vec<KernelTunnel>, stop: &AtomicBool) {
+/// The target group of one kernel-path session.
+pub(super) struct KernelGroup {
+    pub source: Arc<Source>,
+    /// The session's kernel index in its source.
+    pub session: u32,
+    /// Its members, in the group's order.
+    pub members: Vec<Arc<TargetQueue>>,
+    /// What the kernel was last told (bit i: member i up).
+    pub up: u8,
+}
+
+impl KernelGroup {
+    fn check(&mut self) {
+        let up = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.is_up())
+            .fold(0u8, |b, (i, _)| b | 1 << i);
+        if up == self.up {
+            return;
+        }
+        let Ok(mut program) = self.source.program.lock() else {
+            return;
+        };
+        match program.set_members_up(self.session, up) {
+            Ok(()) => self.up = up,
+            Err(e) => tracing::warn!(error = %e, "kernel group: updating its members' state"),
+        }
+    }
+}
+
+/// Keeps `tunnels` and `groups` current until `stop`.
+pub(super) fn keep(
+    mut tunnels: Vec<KernelTunnel>,
+    mut groups: Vec<KernelGroup>,
+    stop: &AtomicBool,
+) {
     while !stop.load(Ordering::Relaxed) {
         for t in &mut tunnels {
             t.check();
+        }
+        for g in &mut groups {
+            g.check();
         }
         std::thread::park_timeout(CHECK);
     }

@@ -12,39 +12,26 @@ use super::{bss_error, LoaderError, SourceProgram};
 use mirror_ebpf::mirror::types::{mirror_tunnel, mirror_tunnel_flags};
 
 impl SourceProgram {
-    /// Puts the session at kernel index `session` on the in-kernel fast path:
-    /// a DEVMAP_HASH with one entry per target device in `dests` (ifindex,
-    /// longest frame it takes) goes into its `fast_sessions` slot, and each
-    /// device gets fast-path counters; `xdp_tap` counts a frame longer than a
-    /// device takes as that device's `too_big`. `generic`: the source's XDP runs in generic mode, where the
-    /// transmit tracepoint does not fire, so each entry runs
-    /// `xdp_fast_target` to count instead. Frames the session accepted
-    /// before this went through userspace, counted there. Also attaches the
+    /// Puts the session at kernel index `session` on the in-kernel fast path
+    /// (see `struct mirror_fast_session` in abi.h): one DEVMAP_HASH per
+    /// variant, keyed by each destination's place in `fast.dests` (the
+    /// session's targets, groups expanded), into its `fast_sessions` slots;
+    /// the session's settings; each device's fast-path counters (`xdp_tap`
+    /// counts a frame longer than a device takes as that device's
+    /// `too_big`). `generic`: the source's XDP runs in generic mode, where
+    /// the transmit tracepoint does not fire, so each interface entry runs
+    /// `xdp_fast_target` to count instead. Frames the session accepted before
+    /// this went through userspace, counted there. Also attaches the
     /// transmit tracepoint (once per source).
     pub(crate) fn set_fast_path(
         &mut self,
         session: u32,
         source_ifindex: u32,
-        dests: &[FastDest],
+        fast: &FastSession,
         generic: bool,
     ) -> Result<(), LoaderError> {
         let map_err = |map| move |source| LoaderError::Map { map, source };
-        let opts = libbpf_sys::bpf_map_create_opts {
-            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
-            ..Default::default()
-        };
-        let devmap = MapHandle::create(
-            MapType::DevmapHash,
-            Some("mirror_fast"),
-            4,
-            8,
-            mirror_ebpf::limits::MAX_FAST_TARGETS,
-            &opts,
-        )
-        .map_err(|source| LoaderError::CreateMap {
-            map: "mirror_fast",
-            source,
-        })?;
+        let dests = &fast.dests;
         // Native XDP: no program per interface destination (fd 0 = none).
         let count_fd = if generic {
             self.skel.progs.xdp_fast_target.as_fd().as_raw_fd()
@@ -62,27 +49,21 @@ impl SourceProgram {
         }
         let zero = vec![0u8; std::mem::size_of::<mirror_ebpf::mirror::types::mirror_fast_stats>()];
         let cpus = libbpf_rs::num_possible_cpus().map_err(map_err("fast_stats"))?;
+        let mut vals = Vec::with_capacity(dests.len());
         for (key, d) in dests.iter().enumerate() {
-            let ifindex = d.ifindex;
             let prog_fd = match &d.tunnel {
                 Some(t) => {
                     self.set_tunnel(session, key as u32, t)?;
                     self.tunnel_devices
                         .retain(|(k, _)| *k != (session, key as u32));
                     self.tunnel_devices
-                        .push(((session, key as u32), vec![ifindex]));
+                        .push(((session, key as u32), vec![d.ifindex]));
                     self.tunnel_prog_fd(key as u32)?
                 }
                 None => count_fd,
             };
-            devmap
-                .update(
-                    &(key as u32).to_ne_bytes(),
-                    &devmap_val(ifindex, prog_fd),
-                    MapFlags::ANY,
-                )
-                .map_err(map_err("mirror_fast"))?;
-            let k = ifindex.to_ne_bytes();
+            vals.push(devmap_val(d.ifindex, prog_fd));
+            let k = d.ifindex.to_ne_bytes();
             let known = self
                 .skel
                 .maps
@@ -98,20 +79,54 @@ impl SourceProgram {
                     .map_err(map_err("fast_stats"))?;
             }
         }
+        let variants = fast.variants();
+        let mut handles = Vec::new();
+        for (v, &keys) in variants.iter().enumerate() {
+            if keys == 0 {
+                continue; // every member down and nothing else: the frame is dropped, counted
+            }
+            let devmap = create_devmap()?;
+            for (key, val) in vals.iter().enumerate() {
+                if keys & (1 << key) != 0 {
+                    devmap
+                        .update(&(key as u32).to_ne_bytes(), val, MapFlags::ANY)
+                        .map_err(map_err("mirror_fast"))?;
+                }
+            }
+            handles.push((v as u32, keys, devmap));
+        }
         let s = session as usize;
+        let fits = dests.len() <= mirror_ebpf::limits::MAX_FAST_TARGETS as usize
+            && variants.len() <= FAST_VARIANTS;
         match self.skel.maps.bss_data.as_deref_mut() {
-            Some(bss) if s < bss.session_single.len() && dests.len() <= bss.fast_dests[s].len() => {
+            Some(bss) if s < bss.fast_session.len() && fits => {
                 bss.source_ifindex = source_ifindex;
-                bss.session_single[s] = u8::from(dests.len() == 1);
-                for (slot, d) in bss.fast_dests[s].iter_mut().zip(dests) {
+                for (slot, d) in bss.fast_dests[s].iter_mut().zip(dests.iter()) {
                     slot.ifindex = d.ifindex;
                     slot.max_len = d.max_len;
                 }
                 bss.fast_ndests[s] = dests.len() as u32;
                 bss.fast_max_len[s] = dests.iter().map(|d| d.max_len).min().unwrap_or(u32::MAX);
-                bss.session_tunnels[s] = u8::from(dests.iter().any(|d| d.tunnel.is_some()));
+                bss.session_snap[s] = fast.snap;
+                let f = &mut bss.fast_session[s];
+                f.active = 0;
+                f.rate_pps = fast.rate_pps;
+                f.tunnels = u8::from(dests.iter().any(|d| d.tunnel.is_some()));
+                f.group_n = fast.group.len() as u8;
+                f.members_up = ((1u16 << fast.group.len()) - 1) as u8;
+                for (i, &k) in fast.group.iter().enumerate() {
+                    f.group_keys[i] = k as u8;
+                }
+                for (v, &keys) in variants.iter().enumerate() {
+                    f.variant_keys[v] = keys;
+                    f.variant_single[v] = if keys.count_ones() == 1 {
+                        keys.trailing_zeros() as u8 + 1
+                    } else {
+                        0
+                    };
+                }
             }
-            _ => return Err(bss_error("session_single", session)),
+            _ => return Err(bss_error("fast_session", session)),
         }
         if self.xmit_link.is_none() {
             let link = self
@@ -122,15 +137,98 @@ impl SourceProgram {
                 .map_err(map_err("fast_xmit (tracepoint xdp:xdp_devmap_xmit)"))?;
             self.xmit_link = Some(link);
         }
-        let fd = devmap.as_fd().as_raw_fd() as u32;
-        self.skel
+        for (v, _, devmap) in &handles {
+            let fd = devmap.as_fd().as_raw_fd() as u32;
+            let slot = session * FAST_VARIANTS as u32 + v;
+            self.skel
+                .maps
+                .fast_sessions
+                .update(&slot.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+                .map_err(map_err("fast_sessions"))?;
+        }
+        self.fast_devmaps.retain(|(s, ..)| *s != session);
+        for (v, keys, devmap) in handles {
+            self.fast_devmaps.push((session, v, keys, devmap));
+        }
+        // Last: from the next frame on, xdp_tap takes the kernel path.
+        match self.skel.maps.bss_data.as_deref_mut() {
+            Some(bss) => {
+                bss.fast_session[s].active = 1;
+                Ok(())
+            }
+            None => Err(bss_error("fast_session", session)),
+        }
+    }
+
+    /// Which members of the session's target group are up (bit i: member i).
+    pub(crate) fn set_members_up(&mut self, session: u32, up: u8) -> Result<(), LoaderError> {
+        match self
+            .skel
             .maps
-            .fast_sessions
-            .update(&session.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_err("fast_sessions"))?;
-        self.fast_devmaps.retain(|(s, _)| *s != session);
-        self.fast_devmaps.push((session, devmap));
-        Ok(())
+            .bss_data
+            .as_deref_mut()
+            .and_then(|b| b.fast_session.get_mut(session as usize))
+        {
+            Some(f) => {
+                f.members_up = up;
+                Ok(())
+            }
+            None => Err(bss_error("fast_session", session)),
+        }
+    }
+
+    /// What group member `key` of the session was picked for, summed over CPUs.
+    pub(crate) fn pick_count(&self, session: u32, key: u32) -> Result<PickCount, LoaderError> {
+        let v = self.percpu_sum(
+            &self.skel.maps.fast_picks,
+            "fast_picks",
+            tunnel_slot(session, key),
+            4,
+        )?;
+        Ok(PickCount {
+            packets: v[0],
+            bytes: v[1],
+            down: v[2],
+            rate_limited: v[3],
+        })
+    }
+
+    /// The session's group: (rehashed, all_down) copies, summed over CPUs.
+    pub(crate) fn group_count(&self, session: u32) -> Result<(u64, u64), LoaderError> {
+        let v = self.percpu_sum(&self.skel.maps.fast_groups, "fast_groups", session, 2)?;
+        Ok((v[0], v[1]))
+    }
+
+    /// Frames of the session over its rate limit on the kernel path.
+    pub(crate) fn kernel_rate_limited(&self, session: u32) -> Result<u64, LoaderError> {
+        let v = self.percpu_sum(
+            &self.skel.maps.session_rate_limited,
+            "session_rate_limited",
+            session,
+            1,
+        )?;
+        Ok(v[0])
+    }
+
+    /// `words` u64 counters at `key` of a per-CPU map, summed over CPUs.
+    fn percpu_sum<M: MapCore>(
+        &self,
+        map: &M,
+        name: &'static str,
+        key: u32,
+        words: usize,
+    ) -> Result<Vec<u64>, LoaderError> {
+        let per_cpu = map
+            .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| LoaderError::Map { map: name, source })?
+            .unwrap_or_default();
+        let mut out = vec![0u64; words];
+        for v in per_cpu {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o += u64_at(&v, i);
+            }
+        }
+        Ok(out)
     }
 
     /// The DEVMAP program of tunnel target `key` of a session.
@@ -191,16 +289,19 @@ impl SourceProgram {
     ) -> Result<(), LoaderError> {
         let map_err = |map| move |source| LoaderError::Map { map, source };
         let prog_fd = self.tunnel_prog_fd(key)?;
-        let Some((_, devmap)) = self.fast_devmaps.iter().find(|(s, _)| *s == session) else {
-            return Err(bss_error("mirror_fast", session));
-        };
-        devmap
-            .update(
-                &key.to_ne_bytes(),
-                &devmap_val(ifindex, prog_fd),
-                MapFlags::ANY,
-            )
-            .map_err(map_err("mirror_fast"))?;
+        for (_, _, _, devmap) in self
+            .fast_devmaps
+            .iter()
+            .filter(|(s, _, keys, _)| *s == session && keys & (1 << key) != 0)
+        {
+            devmap
+                .update(
+                    &key.to_ne_bytes(),
+                    &devmap_val(ifindex, prog_fd),
+                    MapFlags::ANY,
+                )
+                .map_err(map_err("mirror_fast"))?;
+        }
         let k = ifindex.to_ne_bytes();
         if self
             .skel
@@ -331,6 +432,72 @@ impl SourceProgram {
         }
         Ok(out)
     }
+}
+
+/// DEVMAPs per kernel-path session (`MIRROR_FAST_VARIANTS`).
+pub const FAST_VARIANTS: usize =
+    mirror_ebpf::mirror::types::mirror_limits::MIRROR_FAST_VARIANTS.0 as usize;
+
+fn create_devmap() -> Result<MapHandle, LoaderError> {
+    let opts = libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+        ..Default::default()
+    };
+    MapHandle::create(
+        MapType::DevmapHash,
+        Some("mirror_fast"),
+        4,
+        8,
+        mirror_ebpf::limits::MAX_FAST_TARGETS,
+        &opts,
+    )
+    .map_err(|source| LoaderError::CreateMap {
+        map: "mirror_fast",
+        source,
+    })
+}
+
+/// A session on the kernel path, as `set_fast_path` installs it.
+#[derive(Debug, Clone, Default)]
+pub struct FastSession {
+    /// Its targets, groups expanded (`Config::session_targets` order): the
+    /// DEVMAP key of each is its place here.
+    pub dests: Vec<FastDest>,
+    /// The keys of its target group's members, in the group's member order
+    /// (empty: no group).
+    pub group: Vec<u32>,
+    /// `rate_limit_pps` (0: none).
+    pub rate_pps: u32,
+    /// `packet_length` (0: whole frames).
+    pub snap: u32,
+}
+
+impl FastSession {
+    /// The DEVMAP keys of each variant, as bit sets: every destination
+    /// without a group; with one, variant i = the non-members and member i,
+    /// the last = the non-members alone.
+    pub fn variants(&self) -> Vec<u8> {
+        let all: u8 = ((1u16 << self.dests.len()) - 1) as u8;
+        if self.group.is_empty() {
+            return vec![all];
+        }
+        let members: u8 = self.group.iter().fold(0, |m, &k| m | 1 << k);
+        let fixed = all & !members;
+        self.group
+            .iter()
+            .map(|&k| fixed | 1 << k)
+            .chain(std::iter::once(fixed))
+            .collect()
+    }
+}
+
+/// `struct mirror_pick_count` of one group member, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PickCount {
+    pub packets: u64,
+    pub bytes: u64,
+    pub down: u64,
+    pub rate_limited: u64,
 }
 
 /// `struct mirror_fast_stats` of one target device, summed over CPUs.

@@ -44,7 +44,7 @@ use mirror_ebpf::mirror::{MirrorSkel, MirrorSkelBuilder};
 
 pub use attach::{link_create, AttachMode, CopyHooks};
 pub use counters::{percpu_sum, COUNTERS};
-pub use fast_path::{FastDest, FastStats, TunnelHeaders, TunnelStats};
+pub use fast_path::{FastDest, FastSession, FastStats, PickCount, TunnelHeaders, TunnelStats};
 pub use meta::{read_meta, Meta};
 pub use query::{attached, ifindex, prog_info, xdp_features, Attached};
 pub use test_run::{test_classify, test_run, test_run_raw};
@@ -124,7 +124,8 @@ pub struct SourceProgram {
     xmit_link: Option<libbpf_rs::Link>,
     /// Each kernel-path session's DEVMAP (by kernel session index), kept to
     /// move a tunnel target to another egress device when its route does.
-    fast_devmaps: Vec<(u32, libbpf_rs::MapHandle)>,
+    /// (session, variant, its keys, the DEVMAP).
+    fast_devmaps: Vec<(u32, u32, u8, libbpf_rs::MapHandle)>,
     /// Per kernel tunnel (session, key): every egress device it has sent
     /// through, whose transmit counters are its.
     tunnel_devices: Vec<((u32, u32), Vec<u32>)>,
