@@ -300,7 +300,8 @@ struct mirror_fast_count {
 struct mirror_fast_session {
 	__u32 rate_pps;   /* rate_limit_pps, 0 = none: a token bucket per session,
 			   * a tenth of a second's worth deep */
-	__u8 tunnels;     /* 1: xdp_tap writes the metadata its tunnel programs read */
+	__u8 tunnels;     /* 1: xdp_tap writes the metadata its tunnel programs read;
+			   * 2: with the time stamp (an ERSPAN III target) */
 	__u8 group_n;     /* members of its target group, 0: none */
 	__u8 members_up;  /* bit i: member i is up */
 	__u8 active;      /* 1: the session is on the kernel path (set last) */

@@ -264,8 +264,10 @@ static __always_inline bool sampled_out(__u32 session)
 	return __sync_fetch_and_add(&session_sample_seq[session], 1) % n != 0;
 }
 
-/* Puts the session, flow hash and time stamp in the metadata area in front of the frame. */
-static __always_inline void write_meta(struct xdp_md *ctx, __u32 session, __u32 hash)
+/* Puts the session, flow hash and (when `stamp`: it costs a clock read) the
+ * time stamp in the metadata area in front of the frame. */
+static __always_inline void write_meta_at(struct xdp_md *ctx, __u32 session, __u32 hash,
+					  bool stamp)
 {
 	struct mirror_meta *meta;
 	void *data;
@@ -281,7 +283,12 @@ static __always_inline void write_meta(struct xdp_md *ctx, __u32 session, __u32 
 	meta->magic = MIRROR_META_MAGIC;
 	meta->session = session;
 	meta->hash = hash;
-	meta->tstamp = bpf_ktime_get_tai_ns();
+	meta->tstamp = stamp ? bpf_ktime_get_tai_ns() : 0;
+}
+
+static __always_inline void write_meta(struct xdp_md *ctx, __u32 session, __u32 hash)
+{
+	write_meta_at(ctx, session, hash, true);
 }
 
 /*
@@ -495,7 +502,7 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s)
 	if (len > fast_max_len[s & (MIRROR_MAX_SESSIONS - 1)] && count_too_big(s, len, keys) && single)
 		return XDP_DROP; /* its one destination cannot take it */
 	if (f->tunnels)
-		write_meta(ctx, key, hash);
+		write_meta_at(ctx, key, hash, f->tunnels > 1);
 	key = key * MIRROR_FAST_VARIANTS + variant;
 	fast = bpf_map_lookup_elem(&fast_sessions, &key);
 	if (!fast)
@@ -614,6 +621,7 @@ static __always_inline int tunnel_xmit(struct xdp_md *ctx, const __u32 k)
 		c.cut = true;
 	}
 	c.len = len;
+	c.count = st->packets;
 	if (t->kind == MIRROR_TUN_ERSPAN2 || t->kind == MIRROR_TUN_ERSPAN3) {
 		seq = bpf_map_lookup_elem(&tunnel_seq, &slot);
 		if (!seq)

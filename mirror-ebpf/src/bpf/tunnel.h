@@ -26,6 +26,7 @@ struct tun_copy {
 	__u64 tstamp;   /* CLOCK_TAI when xdp_tap saw the frame */
 	__u32 len;      /* bytes of the copy, after any cut */
 	__u32 sequence; /* ERSPAN sequence number */
+	__u64 count;    /* copies this slot encapsulated on this CPU before: the IPv4 ID */
 	__u16 tci;      /* the frame's outer VLAN tag (ERSPAN), if tagged */
 	bool tagged;
 	bool cut;       /* cut to max_inner (ERSPAN's T bit) */
@@ -38,16 +39,25 @@ static __always_inline __u16 csum_fold(__u32 sum)
 	return (__u16)~sum;
 }
 
-/* Copies the template, `n` bytes (a constant), in 16-bit words: the packet
- * is 2-byte aligned (headroom and every header length are even). */
+/*
+ * Copies the template, `n` bytes (a constant): 8 bytes at a time, then the
+ * 16-bit words left (every header length is even). The packet is only
+ * 2-byte aligned there; the x86 and arm64 JITs store unaligned words as they
+ * are (the verifier checks alignment only under BPF_F_STRICT_ALIGNMENT).
+ */
 static __always_inline void copy_hdr(void *dst, const struct mirror_tunnel *t, const __u32 n)
 {
-	__u16 *d = dst;
-	const __u16 *s = (const void *)t->hdr;
+	__u64 *d8 = dst;
+	const __u64 *s8 = (const void *)t->hdr;
+	__u16 *d2 = dst + n / 8 * 8;
+	const __u16 *s2 = (const void *)t->hdr + n / 8 * 8;
 
 #pragma unroll
-	for (__u32 i = 0; i < n / 2; i++)
-		d[i] = s[i];
+	for (__u32 i = 0; i < n / 8; i++)
+		d8[i] = s8[i];
+#pragma unroll
+	for (__u32 i = 0; i < n % 8 / 2; i++)
+		d2[i] = s2[i];
 }
 
 /* The IP header's per-copy fields; `l4` is the tunnel header's offset. */
@@ -65,7 +75,9 @@ static __always_inline void fill_ip(void *data, const struct mirror_tunnel *t,
 	} else {
 		__u16 *ip = data + TUN_ETH;
 		__u16 tot = bpf_htons(hl - TUN_ETH + c->len);
-		__u16 id = (__u16)bpf_get_prandom_u32();
+		/* Unique per CPU for the next 2048 copies, across CPUs for the
+		 * first 32: the ID matters only if something fragments them. */
+		__u16 id = bpf_htons((__u16)(c->count << 5 | (bpf_get_smp_processor_id() & 31)));
 
 		ip[1] = tot;
 		ip[2] = id;

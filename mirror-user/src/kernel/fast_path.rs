@@ -111,7 +111,18 @@ impl SourceProgram {
                 let f = &mut bss.fast_session[s];
                 f.active = 0;
                 f.rate_pps = fast.rate_pps;
-                f.tunnels = u8::from(dests.iter().any(|d| d.tunnel.is_some()));
+                let erspan3 =
+                    mirror_ebpf::mirror::types::mirror_tunnel_kind::MIRROR_TUN_ERSPAN3.0 as u8;
+                f.tunnels = match dests
+                    .iter()
+                    .filter_map(|d| d.tunnel.as_ref())
+                    .map(|t| t.0.kind)
+                    .max_by_key(|&k| k == erspan3)
+                {
+                    None => 0,
+                    Some(k) if k == erspan3 => 2,
+                    Some(_) => 1,
+                };
                 f.group_n = fast.group.len() as u8;
                 f.members_up = ((1u16 << fast.group.len()) - 1) as u8;
                 for (i, &k) in fast.group.iter().enumerate() {
