@@ -417,3 +417,166 @@ fn a_kernel_tunnel_whose_route_goes_counts_down_and_resumes() {
     assert!(log.contains("kernel tunnel down"), "{log}");
     assert!(log.contains("headers rewritten"), "{log}");
 }
+
+/// GRE and ERSPAN III to IPv6 collectors, each behind an IPv6 link of its own.
+const IPV6: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+
+[[target]]
+name = "gre6"
+kind = "gre"
+remote = "fd00:98:1::2"
+key = 7
+mtu = 1280   # the least IPv6 allows
+
+[[target]]
+name = "er6"
+kind = "erspan"
+remote = "fd00:98:2::2"
+version = 3
+
+[[session]]
+name = "s"
+source = "feed"
+filter = "all"
+targets = ["gre6", "er6"]
+vni = 9
+path = "@PATH@"
+"#;
+
+/// (source, next header, hop limit, payload) of the IPv6 packets to `to`.
+fn ipv6_to(
+    frames: &[Vec<u8>],
+    to: std::net::Ipv6Addr,
+) -> Vec<(std::net::Ipv6Addr, u8, u8, Vec<u8>)> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let p = etherparse::SlicedPacket::from_ethernet(f).ok()?;
+            match p.net? {
+                etherparse::NetSlice::Ipv6(ip) if ip.header().destination_addr() == to => Some((
+                    ip.header().source_addr(),
+                    ip.payload().ip_number.0,
+                    ip.header().hop_limit(),
+                    ip.payload().payload.to_vec(),
+                )),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The kernel path's IPv6 outer headers: from the link's address, hop limit
+/// 64, a payload length etherparse accepts, and after them the bytes the
+/// userspace path sends (ERSPAN III's capture time aside).
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn kernel_tunnels_over_ipv6_send_the_userspace_paths_bytes() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let col = Netns::new("col6").expect("netns");
+    for (a, b, net) in [("g60", "g61", 1), ("e60", "e61", 2)] {
+        lab::wire6(
+            &lab.src,
+            a,
+            &format!("fd00:98:{net}::1"),
+            &col,
+            b,
+            &format!("fd00:98:{net}::2"),
+            1500,
+        )
+        .expect("wire");
+        lab::gro_on(&col, b).expect("gro");
+    }
+    let frames = Arc::new(traffic::mixed(1000));
+    let mut runs = Vec::new();
+    for path in ["kernel", "userspace"] {
+        let dir = TempDir::new("e2e-ktun6").expect("temp dir");
+        let (mut daemon, _) =
+            common::start_daemon(BIN, &lab.src, &dir, &IPV6.replace("@PATH@", path));
+        let caps = [
+            Capture::start(&col, "g61").expect("capture"),
+            Capture::start(&col, "e61").expect("capture"),
+        ];
+        let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
+        let mut client = Client::connect(&daemon.control).expect("control socket");
+        let st = wait_for(&mut client, "every copy sent", |st| {
+            st.sources["feed"].received == sent
+                && st
+                    .targets
+                    .values()
+                    .all(|t| t.queued == 0 && t.sent_packets == 1000)
+        });
+        assert_eq!(
+            st.sessions["s"].path,
+            if path == "kernel" { "kernel" } else { "af_xdp" }
+        );
+        for (name, t) in &st.targets {
+            assert_reconciles(name, t);
+            assert_eq!(t.dropped_total(), 0, "{name}: {:?}", t.dropped);
+        }
+        // 1280 - 40 (IPv6) - 8 (GRE with key), 1500 - 40 - 20 (ERSPAN III).
+        let longer = |m: usize| frames.iter().filter(|f| f.len() > m).count() as u64;
+        assert_eq!(st.targets["gre6"].truncated, longer(1232));
+        assert_eq!(st.targets["er6"].truncated, longer(1440));
+        let payloads: Vec<_> = [1u16, 2]
+            .iter()
+            .map(|net| {
+                let to: std::net::Ipv6Addr = format!("fd00:98:{net}::2").parse().expect("ip");
+                let from: std::net::Ipv6Addr = format!("fd00:98:{net}::1").parse().expect("ip");
+                (to, from, 47u8)
+            })
+            .collect();
+        let [g, e] = caps;
+        let got: Vec<Vec<Vec<u8>>> = [g.finish(), e.finish()]
+            .iter()
+            .zip(&payloads)
+            .map(|(frames, (to, from, next))| {
+                ipv6_to(frames, *to)
+                    .into_iter()
+                    .filter(|(_, nh, _, _)| nh == next) // not the neighbour discovery
+                    .map(|(src, _, hops, payload)| {
+                        assert_eq!((src, hops), (*from, 64), "{path}: outer IPv6");
+                        payload
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(got[0].len(), 1000, "{path}: GRE packets");
+        assert_eq!(got[1].len(), 1000, "{path}: ERSPAN packets");
+        runs.push(got);
+        assert!(daemon
+            .stop(Duration::from_secs(10))
+            .expect("stops")
+            .success());
+    }
+    for (i, name) in ["gre6", "er6"].iter().enumerate() {
+        let strip = |v: &[Vec<u8>]| -> Vec<Vec<u8>> {
+            v.iter()
+                .map(|p| {
+                    if i == 1 {
+                        without_time_stamp(p)
+                    } else {
+                        p.clone()
+                    }
+                })
+                .collect()
+        };
+        let (k, u) = (strip(&runs[0][i]), strip(&runs[1][i]));
+        for (n, (a, b)) in k.iter().zip(&u).enumerate() {
+            assert!(a == b, "{name}: packet {n} differs between the paths");
+        }
+    }
+}
