@@ -356,7 +356,7 @@ fn a_kernel_tunnel_whose_route_goes_counts_down_and_resumes() {
     let text = TUNNELS
         .replace("@FILTER@", accept_all)
         .replace("@PATH@", "kernel");
-    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
     let mut client = Client::connect(&daemon.control).expect("control socket");
     let batch = |first: u32| -> Arc<Vec<Vec<u8>>> {
         Arc::new(
@@ -416,6 +416,27 @@ fn a_kernel_tunnel_whose_route_goes_counts_down_and_resumes() {
     let log = daemon.log_text();
     assert!(log.contains("kernel tunnel down"), "{log}");
     assert!(log.contains("headers rewritten"), "{log}");
+
+    // SIGKILL: the XDP link dies with the process, and with it the DEVMAPs
+    // and their tunnel programs; nothing stays attached to the feed port.
+    daemon.signal(libc::SIGKILL);
+    daemon.wait(Duration::from_secs(10)).expect("daemon dies");
+    let attached = || {
+        let out = lab
+            .src
+            .command(&["ip", "-d", "link", "show", "dev", Lab::FEED_IF])
+            .output()
+            .expect("ip link show");
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while attached() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "XDP still attached after SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// GRE and ERSPAN III to IPv6 collectors, each behind an IPv6 link of its own.
