@@ -303,4 +303,207 @@ mod tests {
             &parse_frame(&full[..10])
         ));
     }
+
+    /// Ethernet (+ VLAN tags) + IPv4 with `ihl` words, flags/fragment
+    /// `frag`, UDP 1111 -> 2222.
+    fn udp_v4(tags: usize, ihl: u8, frag: u16) -> Vec<u8> {
+        let mut f = vec![4u8; 6];
+        f.extend_from_slice(&[2; 6]);
+        for i in 0..tags {
+            f.extend_from_slice(&[0x81, 0x00, 0x00, 10 + i as u8]);
+        }
+        f.extend_from_slice(&[0x08, 0x00]);
+        let hlen = usize::from(ihl) * 4;
+        let mut ip = vec![0u8; hlen.max(20)];
+        ip[0] = 0x40 | ihl;
+        ip[6..8].copy_from_slice(&frag.to_be_bytes());
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&[0x04, 0x57, 0x08, 0xae, 0, 8, 0, 0]);
+        f
+    }
+
+    /// What the parser must read of the first `len` bytes of a frame whose
+    /// IPv4 header starts at `ip`, is `hlen` bytes long and carries ports
+    /// when `ports` (not a later fragment).
+    fn expected_v4(
+        len: usize,
+        ip: usize,
+        hlen: usize,
+        vlan: Option<u16>,
+        ports: bool,
+    ) -> FrameView {
+        let mut v = FrameView::default();
+        // The first tag counts once it is whole (TCI and the next type).
+        if len >= 18 {
+            v.vlan = vlan;
+        }
+        if len < ip {
+            return v;
+        }
+        v.ipv4 = Some(true);
+        if len < ip + 20 {
+            return v;
+        }
+        v.addrs = Some((
+            Ipv4Addr::new(10, 0, 0, 1).into(),
+            Ipv4Addr::new(10, 0, 0, 2).into(),
+        ));
+        v.proto = Some(17);
+        if ports && len >= ip + hlen + 4 {
+            v.ports = Some((1111, 2222));
+        }
+        v
+    }
+
+    #[test]
+    fn ipv4_frames_cut_at_every_byte_read_exactly_what_is_there() {
+        for (tags, ihl, frag, ports) in [
+            (0, 5, 0, true),
+            (0, 6, 0, true),       // an option: the ports are 4 bytes further
+            (0, 15, 0, true),      // the longest header
+            (1, 5, 0x2000, true),  // MF set, offset 0: the first fragment has ports
+            (2, 5, 0x4000, true),  // DF
+            (0, 5, 0x0001, false), // a later fragment: no ports
+            (1, 5, 0x1fff, false),
+        ] {
+            let full = udp_v4(tags, ihl, frag);
+            let ip = 14 + 4 * tags;
+            let vlan = (tags > 0).then_some(10);
+            for len in 0..=full.len() {
+                let want = expected_v4(len, ip, usize::from(ihl) * 4, vlan, ports);
+                assert_eq!(
+                    parse_frame(&full[..len]),
+                    want,
+                    "{tags} tags, ihl {ihl}, frag {frag:#x}, cut at {len}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_third_vlan_tag_and_bad_ipv4_headers_stop_the_parser() {
+        // Two tags are walked; behind a third, the "ethertype" is 0x8100: not IP.
+        let f = udp_v4(3, 5, 0);
+        let v = parse_frame(&f);
+        assert_eq!((v.vlan, v.ipv4), (Some(10), None));
+        for (byte0, what) in [(0x44u8, "ihl 4"), (0x65, "version 6 in an IPv4 frame")] {
+            let mut f = udp_v4(0, 5, 0);
+            f[14] = byte0;
+            let v = parse_frame(&f);
+            assert_eq!(
+                (v.ipv4, v.addrs, v.proto, v.ports),
+                (Some(true), None, None, None),
+                "{what}"
+            );
+        }
+        let mut f = udp_v4(0, 5, 0);
+        f[14] = 0x45;
+        f[23] = 1; // ICMP: no ports
+        assert_eq!(parse_frame(&f).ports, None);
+        for proto in [6u8, 17, 132] {
+            f[23] = proto;
+            assert_eq!(
+                parse_frame(&f).ports,
+                Some((1111, 2222)),
+                "protocol {proto}"
+            );
+        }
+    }
+
+    /// Ethernet + IPv6 + the extension headers `ext` (each: type, length
+    /// byte, bytes) + UDP.
+    fn udp_v6(ext: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let mut f = vec![4u8; 6];
+        f.extend_from_slice(&[2; 6]);
+        f.extend_from_slice(&[0x86, 0xdd]);
+        let mut ip = vec![0u8; 40];
+        ip[0] = 0x60;
+        ip[6] = ext.first().map_or(17, |e| e.0);
+        ip[8..24].copy_from_slice(&[1; 16]);
+        ip[24..40].copy_from_slice(&[2; 16]);
+        f.extend_from_slice(&ip);
+        for (i, (_, body)) in ext.iter().enumerate() {
+            let mut h = body.clone();
+            h[0] = ext.get(i + 1).map_or(17, |e| e.0);
+            f.extend_from_slice(&h);
+        }
+        f.extend_from_slice(&[0x04, 0x57, 0x08, 0xae, 0, 8, 0, 0]);
+        f
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_walked_by_their_own_lengths_and_bounds() {
+        let hop = |len: u8| {
+            (0u8, {
+                let mut h = vec![0u8; (usize::from(len) + 1) * 8];
+                h[1] = len;
+                h
+            })
+        };
+        let ah = (51u8, {
+            let mut h = vec![0u8; 12];
+            h[1] = 1;
+            h
+        }); // (1 + 2) * 4 bytes
+        let frag = |off: u16| {
+            (44u8, {
+                let mut h = vec![0u8; 8];
+                h[2..4].copy_from_slice(&off.to_be_bytes());
+                h
+            })
+        };
+        let addrs = Some((
+            Ipv6Addr::from([1; 16]).into(),
+            Ipv6Addr::from([2; 16]).into(),
+        ));
+        for (ext, ports) in [
+            (vec![], true),
+            (vec![hop(0)], true),
+            (vec![hop(2), ah.clone()], true),
+            (
+                vec![
+                    ah.clone(),
+                    (60, {
+                        let mut h = vec![0u8; 8];
+                        h[1] = 0;
+                        h
+                    }),
+                ],
+                true,
+            ),
+            (vec![frag(0)], true),       // the first fragment
+            (vec![frag(8 << 3)], false), // a later one: protocol, no ports
+        ] {
+            let f = udp_v6(&ext);
+            let v = parse_frame(&f);
+            assert_eq!(v.addrs, addrs);
+            assert_eq!(v.proto, Some(17), "{} headers", ext.len());
+            assert_eq!(v.ports.is_some(), ports, "{} headers", ext.len());
+            // Cut inside the last header or the ports: no ports.
+            let cut = parse_frame(&f[..f.len() - 5]);
+            assert_eq!(cut.ports, None);
+            // Cut anywhere in the chain: never more than was there.
+            for len in 54..f.len() {
+                let v = parse_frame(&f[..len]);
+                assert_eq!(v.addrs, addrs);
+                assert!(
+                    v.ports.is_none() || len >= f.len() - 4,
+                    "ports from {len} bytes"
+                );
+            }
+        }
+        // Eight extension headers are walked; a ninth is past the bound.
+        let eight: Vec<_> = (0..8).map(|_| hop(0)).collect();
+        assert_eq!(parse_frame(&udp_v6(&eight)).ports, Some((1111, 2222)));
+        let nine: Vec<_> = (0..9).map(|_| hop(0)).collect();
+        let v = parse_frame(&udp_v6(&nine));
+        assert_eq!((v.proto, v.ports), (None, None));
+        // Version 4 in an IPv6 frame: nothing read.
+        let mut bad = udp_v6(&[]);
+        bad[14] = 0x40;
+        assert_eq!(parse_frame(&bad).addrs, None);
+    }
 }
