@@ -79,10 +79,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Validates `text`; `file` names it in error messages.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-    let mut v = Validator {
-        text,
-        diags: Vec::new(),
-    };
+    let mut v = Validator::new(text);
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -104,10 +101,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
 /// (`number = 100` …), as `mirror rules add` sends it; `what` names it in
 /// error messages.
 pub(crate) fn parse_rule(text: &str, what: &str) -> Result<Rule, ConfigError> {
-    let mut v = Validator {
-        text,
-        diags: Vec::new(),
-    };
+    let mut v = Validator::new(text);
     let raw: raw::RawRule = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {

@@ -90,7 +90,7 @@ fn unknown_key_is_reported_with_line_and_column() {
     let e = errors(&text);
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(
-        e[0].starts_with("t.toml:8:1: unknown field `speed`"),
+        e[0].starts_with("t.toml:8:1: source[0].speed: unknown field `speed`"),
         "{e:?}"
     );
 }
@@ -108,16 +108,20 @@ fn every_semantic_error_is_reported_with_its_position() {
     assert_eq!(e.len(), 3, "{e:?}");
     assert!(
         e[0].starts_with(
-            "t.toml:12:10: number = 40000 is out of range: accepted values are 1 to 32766"
+            "t.toml:12:10: filter[0].rule[0].number = 40000 is out of range: accepted values are 1 to 32766"
         ),
         "{e:?}"
     );
     assert!(
-        e[1].starts_with("t.toml:21:15: destination = \"10.0.0.0/33\" is not a CIDR"),
+        e[1].starts_with(
+            "t.toml:21:15: filter[0].rule[1].destination = \"10.0.0.0/33\" is not a CIDR"
+        ),
         "{e:?}"
     );
     assert!(
-        e[2].starts_with("t.toml:35:12: unknown target or target_group `nope` (defined: ids0)"),
+        e[2].starts_with(
+            "t.toml:35:12: session[0].targets[0]: unknown target or target_group `nope` (defined: ids0)"
+        ),
         "{e:?}"
     );
 }
@@ -498,7 +502,7 @@ fn copy_mode_sources_take_direction_hook_and_ring_size() {
     );
     let e = errors(&bad);
     assert!(
-        e[0].starts_with("t.toml:8:14: invalid value: string \"yes\"")
+        e[0].starts_with("t.toml:8:14: source[0].share_umem: invalid value: string \"yes\"")
             && e[0].contains("expected true, false or \"auto\""),
         "{e:?}"
     );
@@ -629,7 +633,7 @@ fn daemon_cpus_take_a_cpu_list_and_a_bad_one_is_reported_at_its_value() {
     );
     assert_eq!(
         errors(&text),
-        vec!["t.toml:4:8: cpus = \"4-1\": range \"4-1\" is reversed: write \"1-4\""]
+        vec!["t.toml:4:8: daemon.cpus = \"4-1\": range \"4-1\" is reversed: write \"1-4\""]
     );
 }
 
@@ -870,4 +874,50 @@ fn a_session_on_a_rejected_source_is_reported_not_resolved() {
     );
     let e = errors(&t.replace("priority = 1", "priority = 1\npath = \"kernel\""));
     assert!(e.iter().any(|l| l.contains("needs `remote`")), "{e:?}");
+}
+
+#[test]
+fn every_error_names_its_key_path() {
+    let two = GOOD.replace(
+        "[[filter]]",
+        "[[source]]\nname = \"b\"\ninterface = \"eth2\"\nmode = \"mirror\"\n\n[[filter]]",
+    );
+    for (text, want) in [
+        (
+            two,
+            "t.toml:12:8: source[1].mode: unknown variant `mirror`, expected `tap` or `copy`",
+        ),
+        (
+            GOOD.replace("vlan = 100", "vlan = 100\nlabel = 1"),
+            "source_port",
+        ),
+        (
+            GOOD.replace(
+                "interface = \"eth2\"",
+                "interface = \"eth2\"\nqueue_size = 3",
+            ),
+            "target[0].queue_size = 3",
+        ),
+        (
+            GOOD.replace("name = \"uplink\"\n", ""),
+            "source[0]: missing field `name`",
+        ),
+    ] {
+        let e = errors(&text);
+        if want == "source_port" {
+            assert!(
+                e[0].contains("filter[0].rule[1].label: unknown field `label`"),
+                "{e:?}"
+            );
+            continue;
+        }
+        assert!(e.iter().any(|l| l.contains(want)), "want `{want}` in {e:?}");
+    }
+    // An error about the whole file names no key.
+    let e = errors(
+        &GOOD
+            .replace("[[session]]", "[[nosession]]")
+            .replace("name = \"feed\"", ""),
+    );
+    assert!(e.iter().all(|l| !l.contains(": daemon")), "{e:?}");
 }

@@ -21,15 +21,42 @@ use super::{ConfigError, Diagnostic};
 pub(super) struct Validator<'t> {
     pub(super) text: &'t str,
     pub(super) diags: Vec<Diagnostic>,
+    /// Every key of the document with its path (`source[0].mode`) and the
+    /// bytes it spans (key through value), to name the key of an error.
+    paths: Vec<(Range<usize>, String)>,
 }
 
-impl Validator<'_> {
+impl<'t> Validator<'t> {
+    pub(super) fn new(text: &'t str) -> Validator<'t> {
+        Validator {
+            text,
+            diags: Vec::new(),
+            paths: key_paths(text),
+        }
+    }
+
+    /// Records an error at `span`, named by the innermost key around it.
     pub(super) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, column) = line_col(self.text, span.start);
+        // An error about the whole file (an empty span at its start) has no key.
+        let key = (span.end > span.start).then_some(()).and_then(|()| {
+            // Innermost: the shortest span; on a tie the deeper key (pushed
+            // later): `source[0]` rather than `source`.
+            self.paths
+                .iter()
+                .rev()
+                .filter(|(r, _)| r.start <= span.start && span.start < r.end.max(r.start + 1))
+                .min_by_key(|(r, _)| r.end - r.start)
+                .map(|(_, p)| p.clone())
+        });
+        let message = message.into();
         self.diags.push(Diagnostic {
             line,
             column,
-            message: message.into(),
+            message: match key {
+                Some(k) => name_key(&k, message),
+                None => message,
+            },
         });
     }
 
@@ -204,4 +231,70 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// `message` about the key at `path`: a message that starts with the key's
+/// own name (`cpus = "4-1": …`) gets the whole path in its place
+/// (`daemon.cpus = "4-1": …`), any other is prefixed with it
+/// (`source[1].mode: unknown variant …`).
+fn name_key(path: &str, message: String) -> String {
+    let leaf = path.rsplit('.').next().unwrap_or(path);
+    match message.strip_prefix(leaf) {
+        Some(rest) if rest.starts_with(' ') => format!("{path}{rest}"),
+        _ => format!("{path}: {message}"),
+    }
+}
+
+/// The key paths of `text` (`daemon.cpus`, `source[1].mode`,
+/// `filter[0].rule[2].vlan`) and the byte range each spans; empty when the
+/// text is not TOML (the parser's own error then has no key to name).
+fn key_paths(text: &str) -> Vec<(Range<usize>, String)> {
+    use toml::de::{DeTable, DeValue};
+
+    fn table(t: &DeTable<'_>, prefix: &str, out: &mut Vec<(Range<usize>, String)>) {
+        for (k, v) in t {
+            let path = if prefix.is_empty() {
+                k.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", k.get_ref())
+            };
+            let (ks, vs) = (k.span(), v.span());
+            if !matches!(v.get_ref(), DeValue::Table(_) | DeValue::Array(_)) {
+                out.push((ks.start.min(vs.start)..ks.end.max(vs.end), path.clone()));
+            }
+            value(v, &path, out);
+        }
+    }
+
+    fn value(
+        v: &serde_spanned::Spanned<DeValue<'_>>,
+        path: &str,
+        out: &mut Vec<(Range<usize>, String)>,
+    ) {
+        match v.get_ref() {
+            DeValue::Table(t) => {
+                out.push((v.span(), path.to_string()));
+                table(t, path, out);
+            }
+            DeValue::Array(a) => {
+                out.push((v.span(), path.to_string()));
+                // An array of tables' element starts at its `[[header]]`,
+                // which lies between the previous element and its body.
+                let mut from = v.span().start;
+                for (i, e) in a.iter().enumerate() {
+                    let p = format!("{path}[{i}]");
+                    out.push((from.min(e.span().start)..e.span().end, p.clone()));
+                    from = e.span().end;
+                    value(e, &p, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let mut out = Vec::new();
+    if let Ok(doc) = DeTable::parse(text) {
+        table(doc.get_ref(), "", &mut out);
+    }
+    out
 }
