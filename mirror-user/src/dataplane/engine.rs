@@ -53,6 +53,9 @@ pub struct Engine {
     /// Tunnel targets of kernel-path sessions, until the keeper thread
     /// takes them (`tunnels::keep`).
     kernel_tunnels: Vec<super::tunnels::KernelTunnel>,
+    /// Destinations of kernel-path copy sessions, until the thread that
+    /// watches their devices takes them (`clones::watch`).
+    clone_watch: Vec<super::clones::Watched>,
     pub(super) stop_workers: Arc<AtomicBool>,
     pub(super) stop_senders: Arc<AtomicBool>,
     /// Set once the whole start-up succeeded: until then no target touches
@@ -86,6 +89,7 @@ impl Engine {
             target_ifindex,
             target_hops,
             kernel_tunnels: Vec::new(),
+            clone_watch: Vec::new(),
             stop_workers: Arc::new(AtomicBool::new(false)),
             stop_senders: Arc::new(AtomicBool::new(false)),
             started: Arc::new(AtomicBool::new(false)),
@@ -121,6 +125,15 @@ impl Engine {
                 .spawn(move || super::tunnels::keep(tunnels, &stop))
                 .context("spawning the kernel tunnels' next-hop thread")?;
             engine.senders.push(handle);
+        }
+        let watched = std::mem::take(&mut engine.clone_watch);
+        if !watched.is_empty() {
+            let stop = engine.stop_workers.clone();
+            let handle = std::thread::Builder::new()
+                .name("clone-links".into())
+                .spawn(move || super::clones::watch(watched, &stop))
+                .context("spawning the kernel-path targets' link thread")?;
+            engine.workers.push(handle);
         }
         engine.started.store(true, Ordering::Release);
         Ok(engine)
@@ -203,9 +216,12 @@ impl Engine {
         let sessions = self.config.sessions_of(idx);
         let (ingress, egress) = source_rule_sets(&self.config, idx)
             .with_context(|| format!("source `{}`: compiling the rules", cfg.name))?;
+        // A copy source whose sessions all clone in the kernel writes no
+        // ring record: it gets the smallest ring.
+        let ring_used = sessions.iter().any(|&s| !self.paths[s].kernel);
         let mut program = SourceProgram::load_with_ring(match cfg.mode {
-            SourceMode::Tap => mirror_ebpf::limits::RING_MIN,
-            SourceMode::Copy => cfg.ring_buffer,
+            SourceMode::Copy if ring_used => cfg.ring_buffer,
+            _ => mirror_ebpf::limits::RING_MIN,
         })
         .with_context(|| format!("source `{}`: loading the kernel programs", cfg.name))?;
         program
@@ -398,7 +414,8 @@ impl Engine {
     }
 
     /// Copy mode: the programs, then a reader thread on the ring buffer
-    /// (records wait in the ring until it starts).
+    /// (records wait in the ring until it starts). Kernel-path sessions get
+    /// their clone destinations before anything is attached.
     fn start_copy(&mut self, idx: usize, mut prepared: Prepared) -> Result<()> {
         let cfg = &self.config.sources[idx];
         let ring = prepared
@@ -409,10 +426,65 @@ impl Engine {
             .program
             .set_wake_bytes(COPY_WAKE_BYTES.min(u64::from(cfg.ring_buffer) / 4))
             .context("setting the ring's wake-up threshold")?;
+        let mut watched = Vec::new();
+        for (k, &s) in prepared.sessions.iter().enumerate() {
+            if !prepared.paths[k].kernel {
+                continue;
+            }
+            let sess = &self.config.sessions[s];
+            let dests = super::clones::destinations(&self.config, s, &self.target_ifindex)
+                .with_context(|| format!("session `{}`: a target has no device", sess.name))?;
+            let devices: Vec<_> = dests.iter().map(|d| d.2).collect();
+            prepared
+                .program
+                .set_clone_path(k as u32, &devices)
+                .with_context(|| format!("session `{}`: setting up the kernel path", sess.name))?;
+            for (key, (t, interface, d)) in dests.into_iter().enumerate() {
+                let down = !super::clones::Watched::device_up(&interface, d.ifindex);
+                if down {
+                    prepared
+                        .program
+                        .set_clone_down(k as u32, key as u32, true)
+                        .with_context(|| format!("session `{}`", sess.name))?;
+                }
+                watched.push((
+                    k as u32,
+                    key as u32,
+                    self.config.targets[t].name.clone(),
+                    interface,
+                    d.ifindex,
+                    down,
+                ));
+            }
+        }
+        let ingress_hook = super::clones::ingress_hook(cfg, &prepared.paths);
         let hooks = CopyHooks {
-            ingress: cfg.ingress().then_some(cfg.ingress_hook),
+            ingress: cfg.ingress().then_some(ingress_hook),
             egress: cfg.egress(),
         };
+        if cfg.ingress() && cfg.ingress_hook == IngressHook::Auto {
+            let cloning: Vec<&str> = prepared
+                .sessions
+                .iter()
+                .zip(&prepared.paths)
+                .filter(|(_, p)| p.kernel)
+                .map(|(&s, _)| self.config.sessions[s].name.as_str())
+                .collect();
+            if ingress_hook == IngressHook::Tc {
+                tracing::info!(
+                    source = %cfg.name,
+                    sessions = %cloning.join(", "),
+                    "ingress_hook = \"auto\": ingress at tcx, because these sessions clone frames in \
+                     the kernel, which XDP cannot do and let the frame pass"
+                );
+            } else {
+                tracing::info!(
+                    source = %cfg.name,
+                    "ingress_hook = \"auto\": ingress through XDP, as no session of the source is on \
+                     the kernel path"
+                );
+            }
+        }
         let attached = prepared
             .program
             .attach_copy(&cfg.interface, hooks, cfg.xdp_mode)
@@ -422,24 +494,38 @@ impl Engine {
             (None, Some(IngressHook::Tc)) => "tcx",
             _ => "none",
         };
+        let ring_used = prepared.paths.iter().any(|p| !p.kernel);
         let source = Arc::new(prepared.into_source(cfg, idx, attach_mode, Vec::new(), false));
-        let (src, stop) = (source.clone(), self.stop_workers.clone());
-        let handle = std::thread::Builder::new()
-            .name(format!("copy-{}", cfg.name))
-            .spawn(move || copy_reader(&ring, &src, &stop))
-            .context("spawning the ring-buffer reader thread")?;
-        self.workers.push(handle);
+        for (session, key, target, interface, ifindex, down) in watched {
+            self.clone_watch.push(super::clones::Watched {
+                source: source.clone(),
+                session,
+                key,
+                target,
+                interface,
+                ifindex,
+                down,
+            });
+        }
+        if ring_used {
+            let (src, stop) = (source.clone(), self.stop_workers.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("copy-{}", cfg.name))
+                .spawn(move || copy_reader(&ring, &src, &stop))
+                .context("spawning the ring-buffer reader thread")?;
+            self.workers.push(handle);
+        }
         tracing::info!(
             source = %cfg.name,
             interface = %cfg.interface,
             ingress = match hooks.ingress {
                 None => "off",
-                Some(IngressHook::Xdp) => "xdp",
                 Some(IngressHook::Tc) => "tcx",
+                Some(_) => "xdp",
             },
             xdp_mode = source.attach_mode,
             egress = if hooks.egress { "tcx" } else { "off" },
-            ring_buffer_bytes = cfg.ring_buffer,
+            ring_buffer_bytes = if ring_used { cfg.ring_buffer } else { 0 },
             "source attached (copy mode: every frame passes on untouched)"
         );
         self.log_paths(&source);
@@ -450,7 +536,16 @@ impl Engine {
     fn log_paths(&self, source: &Source) {
         for (&s, path) in source.sessions.iter().zip(&source.paths) {
             let sess = &self.config.sessions[s];
-            if path.kernel {
+            if path.kernel && source.mode == SourceMode::Copy {
+                tracing::info!(
+                    session = %sess.name,
+                    sample = sess.sample,
+                    path = path.name_in(source.mode),
+                    "session served in the kernel: tcx clones each mirrored frame to each target \
+                     device (bpf_clone_redirect) and passes the frame on; no ring buffer, no \
+                     userspace copy"
+                );
+            } else if path.kernel {
                 tracing::info!(
                     session = %sess.name,
                     sample = sess.sample,
@@ -463,7 +558,7 @@ impl Engine {
                     sample = sess.sample,
                     rate_limit_pps = sess.rate_limit_pps,
                     packet_length = sess.packet_length,
-                    path = path.name(),
+                    path = path.name_in(source.mode),
                     why = %path.reason,
                     "session served through userspace"
                 );
