@@ -378,8 +378,17 @@ fn kernel_path_clones_to_each_destination_and_counts_every_outcome() {
             .expect("BPF_PROG_TEST_RUN");
         assert_eq!((verdict, out), (TC_NEXT, true), "passed on unchanged");
     };
-    let small: Vec<Vec<u8>> = (0..3).map(|i| tcp(1000 + i, 80, 100)).collect();
-    let big: Vec<Vec<u8>> = (0..2).map(|i| tcp(2000 + i, 80, 1000)).collect();
+    // a1 takes frames of up to 618 bytes (MTU 600 + Ethernet + a VLAN
+    // tag's room, what the kernel lets through): the last small frame is
+    // exactly that, the first big one a byte more.
+    let mut small: Vec<Vec<u8>> = (0..3).map(|i| tcp(1000 + i, 80, 100)).collect();
+    small.push(tcp(1003, 80, 618 - 54));
+    let big: Vec<Vec<u8>> = [619 - 54, 1000]
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| tcp(2000 + i as u16, 80, p))
+        .collect();
+    assert_eq!((small[3].len(), big[0].len()), (618, 619));
     for f in small.iter().chain(&big) {
         run(&egress, f.clone());
     }
@@ -395,18 +404,18 @@ fn kernel_path_clones_to_each_destination_and_counts_every_outcome() {
         "no ring record on the kernel path"
     );
     let after = fx.counters();
-    for (dir, matched) in [(0, 1), (1, 6)] {
+    for (dir, matched) in [(0, 1), (1, 7)] {
         let d = |c| delta(&before, &after, dir, c);
         assert_eq!(d(C::MIRROR_CNT_MATCHED), matched, "direction {dir}");
         assert_eq!(d(C::MIRROR_CNT_COPIED), 0);
     }
-    assert_eq!(fx.prog.clone_dir().expect("clone_dir"), [1, 6]);
+    assert_eq!(fx.prog.clone_dir().expect("clone_dir"), [1, 7]);
     let len = |fs: &[&Vec<u8>]| fs.iter().map(|f| f.len() as u64).sum::<u64>();
     let to_b0: Vec<&Vec<u8>> = small.iter().chain(&big).chain([&late]).collect();
     assert_eq!(
         fx.prog.clone_stats(0, 0).expect("stats"),
         CloneStats {
-            packets: 6,
+            packets: 7,
             bytes: len(&to_b0),
             ..Default::default()
         },
@@ -415,13 +424,14 @@ fn kernel_path_clones_to_each_destination_and_counts_every_outcome() {
     assert_eq!(
         fx.prog.clone_stats(0, 1).expect("stats"),
         CloneStats {
-            packets: 3,
+            packets: 4,
             bytes: len(&small.iter().collect::<Vec<_>>()),
             too_big: 2,
             down: 1,
             errors: 0,
         },
-        "a1: the small frames; the big ones are over its MTU; then down"
+        "a1: the frames it takes; the ones over its MTU, by one byte or more, are \
+         too_big; then down"
     );
     assert_eq!(
         fx.prog.clone_stats(1, 0).expect("stats"),
