@@ -14,9 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::{bail, Context, Result};
+
 use super::plan::PathChoice;
-use super::source::Source;
-use crate::config::{Config, IngressHook};
+use super::source::{Prepared, Source};
+use crate::config::{Config, IngressHook, TargetSpec};
 use crate::kernel::fast_path::max_len;
 use crate::kernel::{netdev, CloneDest};
 
@@ -35,38 +37,42 @@ pub(super) fn ingress_hook(cfg: &crate::config::Source, paths: &[PathChoice]) ->
     }
 }
 
-/// The destinations of copy-mode session `s` (config index) on the kernel
-/// path: its targets' devices, in order, with the longest frame each takes.
-/// `None` when a target has no device (the plan does not put such a session
-/// on the kernel path).
-pub(super) fn destinations(
+/// Logs where `ingress_hook = "auto"` hooked source `idx`'s ingress, and why.
+pub(super) fn log_ingress_hook(
     config: &Config,
-    s: usize,
-    target_ifindex: &[Option<u32>],
-) -> Option<Vec<(usize, String, CloneDest)>> {
-    config
-        .session_targets(s)
-        .into_iter()
-        .map(|t| {
-            let crate::config::TargetSpec::Interface { interface, .. } = &config.targets[t].spec
-            else {
-                return None;
-            };
-            Some((
-                t,
-                interface.clone(),
-                CloneDest {
-                    ifindex: target_ifindex[t]?,
-                    max_len: max_len(netdev::mtu(interface)),
-                },
-            ))
-        })
-        .collect()
+    idx: usize,
+    prepared: &Prepared,
+    hook: IngressHook,
+) {
+    let cfg = &config.sources[idx];
+    if !cfg.ingress() || cfg.ingress_hook != IngressHook::Auto {
+        return;
+    }
+    if hook == IngressHook::Tc {
+        let cloning: Vec<&str> = prepared
+            .sessions
+            .iter()
+            .zip(&prepared.paths)
+            .filter(|(_, p)| p.kernel)
+            .map(|(&s, _)| config.sessions[s].name.as_str())
+            .collect();
+        tracing::info!(
+            source = %cfg.name,
+            sessions = %cloning.join(", "),
+            "ingress_hook = \"auto\": ingress at tcx, because these sessions clone frames in \
+             the kernel, which XDP cannot do and let the frame pass"
+        );
+    } else {
+        tracing::info!(
+            source = %cfg.name,
+            "ingress_hook = \"auto\": ingress through XDP, as no session of the source is on \
+             the kernel path"
+        );
+    }
 }
 
 /// One destination of one kernel-path copy session.
-pub(super) struct Watched {
-    pub source: Arc<Source>,
+pub(super) struct CloneDevice {
     /// The session's kernel index in its source.
     pub session: u32,
     /// The destination's place in the session.
@@ -79,42 +85,104 @@ pub(super) struct Watched {
     pub down: bool,
 }
 
-impl Watched {
-    /// Whether the device is up with carrier, and still the one cloned to
-    /// (what the userspace path's sender checks too).
-    pub(super) fn device_up(interface: &str, ifindex: u32) -> bool {
-        crate::kernel::ifindex(interface).ok() == Some(ifindex)
-            && netdev::is_running(interface).unwrap_or(false)
+/// Gives each of a copy source's kernel-path sessions its destinations (its
+/// targets' devices, in order, with the longest frame each takes), each
+/// marked down when its device is; before the programs attach. Returns the
+/// destinations, for [`watch`].
+pub(super) fn set_up(
+    config: &Config,
+    prepared: &mut Prepared,
+    target_ifindex: &[Option<u32>],
+) -> Result<Vec<CloneDevice>> {
+    let mut out = Vec::new();
+    for (k, &s) in prepared.sessions.iter().enumerate() {
+        if !prepared.paths[k].kernel {
+            continue;
+        }
+        let name = &config.sessions[s].name;
+        let mut dests = Vec::new();
+        for (key, t) in config.session_targets(s).into_iter().enumerate() {
+            let (TargetSpec::Interface { interface, .. }, Some(ifindex)) =
+                (&config.targets[t].spec, target_ifindex[t])
+            else {
+                // The plan puts only sessions whose targets all have a device here.
+                bail!(
+                    "session `{name}`: target `{}` has no device",
+                    config.targets[t].name
+                );
+            };
+            dests.push(CloneDest {
+                ifindex,
+                max_len: max_len(netdev::mtu(interface)),
+            });
+            out.push(CloneDevice {
+                session: k as u32,
+                key: key as u32,
+                target: config.targets[t].name.clone(),
+                interface: interface.clone(),
+                ifindex,
+                down: !device_up(interface, ifindex),
+            });
+        }
+        prepared
+            .program
+            .set_clone_path(k as u32, &dests)
+            .with_context(|| format!("session `{name}`: setting up the kernel path"))?;
     }
+    for d in &out {
+        if d.down {
+            prepared
+                .program
+                .set_clone_down(d.session, d.key, true)
+                .with_context(|| format!("target `{}`", d.target))?;
+        }
+    }
+    Ok(out)
+}
 
+/// Whether `interface` is up with carrier, and still the device `ifindex`
+/// (what the userspace path's sender checks too).
+fn device_up(interface: &str, ifindex: u32) -> bool {
+    crate::kernel::ifindex(interface).ok() == Some(ifindex)
+        && netdev::is_running(interface).unwrap_or(false)
+}
+
+/// A destination, with the source whose programs clone to it.
+pub(super) struct Watched {
+    pub source: Arc<Source>,
+    pub device: CloneDevice,
+}
+
+impl Watched {
     /// Reads the device's state and, when it changed, tells the programs.
     fn check(&mut self) {
-        let down = !Self::device_up(&self.interface, self.ifindex);
-        if down == self.down {
+        let d = &mut self.device;
+        let down = !device_up(&d.interface, d.ifindex);
+        if down == d.down {
             return;
         }
         let Ok(mut program) = self.source.program.lock() else {
             return;
         };
-        match program.set_clone_down(self.session, self.key, down) {
+        match program.set_clone_down(d.session, d.key, down) {
             Ok(()) => {
-                self.down = down;
+                d.down = down;
                 if down {
                     tracing::warn!(
-                        target = %self.target,
-                        interface = %self.interface,
+                        target = %d.target,
+                        interface = %d.interface,
                         "kernel-path target down (or gone): its clones are counted `down` until it is up"
                     );
                 } else {
                     tracing::info!(
-                        target = %self.target,
-                        interface = %self.interface,
+                        target = %d.target,
+                        interface = %d.interface,
                         "kernel-path target up again: cloning to it"
                     );
                 }
             }
             Err(e) => {
-                tracing::error!(target = %self.target, error = %e, "marking a kernel-path target")
+                tracing::error!(target = %d.target, error = %e, "marking a kernel-path target")
             }
         }
     }

@@ -426,65 +426,13 @@ impl Engine {
             .program
             .set_wake_bytes(COPY_WAKE_BYTES.min(u64::from(cfg.ring_buffer) / 4))
             .context("setting the ring's wake-up threshold")?;
-        let mut watched = Vec::new();
-        for (k, &s) in prepared.sessions.iter().enumerate() {
-            if !prepared.paths[k].kernel {
-                continue;
-            }
-            let sess = &self.config.sessions[s];
-            let dests = super::clones::destinations(&self.config, s, &self.target_ifindex)
-                .with_context(|| format!("session `{}`: a target has no device", sess.name))?;
-            let devices: Vec<_> = dests.iter().map(|d| d.2).collect();
-            prepared
-                .program
-                .set_clone_path(k as u32, &devices)
-                .with_context(|| format!("session `{}`: setting up the kernel path", sess.name))?;
-            for (key, (t, interface, d)) in dests.into_iter().enumerate() {
-                let down = !super::clones::Watched::device_up(&interface, d.ifindex);
-                if down {
-                    prepared
-                        .program
-                        .set_clone_down(k as u32, key as u32, true)
-                        .with_context(|| format!("session `{}`", sess.name))?;
-                }
-                watched.push((
-                    k as u32,
-                    key as u32,
-                    self.config.targets[t].name.clone(),
-                    interface,
-                    d.ifindex,
-                    down,
-                ));
-            }
-        }
+        let devices = super::clones::set_up(&self.config, &mut prepared, &self.target_ifindex)?;
         let ingress_hook = super::clones::ingress_hook(cfg, &prepared.paths);
         let hooks = CopyHooks {
             ingress: cfg.ingress().then_some(ingress_hook),
             egress: cfg.egress(),
         };
-        if cfg.ingress() && cfg.ingress_hook == IngressHook::Auto {
-            let cloning: Vec<&str> = prepared
-                .sessions
-                .iter()
-                .zip(&prepared.paths)
-                .filter(|(_, p)| p.kernel)
-                .map(|(&s, _)| self.config.sessions[s].name.as_str())
-                .collect();
-            if ingress_hook == IngressHook::Tc {
-                tracing::info!(
-                    source = %cfg.name,
-                    sessions = %cloning.join(", "),
-                    "ingress_hook = \"auto\": ingress at tcx, because these sessions clone frames in \
-                     the kernel, which XDP cannot do and let the frame pass"
-                );
-            } else {
-                tracing::info!(
-                    source = %cfg.name,
-                    "ingress_hook = \"auto\": ingress through XDP, as no session of the source is on \
-                     the kernel path"
-                );
-            }
-        }
+        super::clones::log_ingress_hook(&self.config, idx, &prepared, ingress_hook);
         let attached = prepared
             .program
             .attach_copy(&cfg.interface, hooks, cfg.xdp_mode)
@@ -496,17 +444,11 @@ impl Engine {
         };
         let ring_used = prepared.paths.iter().any(|p| !p.kernel);
         let source = Arc::new(prepared.into_source(cfg, idx, attach_mode, Vec::new(), false));
-        for (session, key, target, interface, ifindex, down) in watched {
-            self.clone_watch.push(super::clones::Watched {
+        self.clone_watch
+            .extend(devices.into_iter().map(|device| super::clones::Watched {
                 source: source.clone(),
-                session,
-                key,
-                target,
-                interface,
-                ifindex,
-                down,
-            });
-        }
+                device,
+            }));
         if ring_used {
             let (src, stop) = (source.clone(), self.stop_workers.clone());
             let handle = std::thread::Builder::new()
