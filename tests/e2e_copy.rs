@@ -19,7 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_reconciles, ipv4_payload, read_pcapng, wait_for, Record, Window};
+use common::{
+    assert_reconciles, assert_source_reconciles, ipv4_payload, read_pcapng, wait_for, Record,
+    Window,
+};
 use mirror_user::config::{ErspanVersion, Granularity};
 use mirror_user::control::Client;
 use mirror_user::dataplane::stats::Stats;
@@ -299,6 +302,11 @@ fn copy_mode_mirrors_both_directions_of_tcp_and_udp_and_leaves_them_intact() {
     // The UDP session saw exactly the generator's datagrams, both ways.
     // (plus the one datagram that ends the echo server)
     let udp = &st.sessions["udp"];
+    assert_eq!(udp.path, "ring_buffer", "a pcapng target needs userspace");
+    assert_eq!(
+        src.xdp_mode, "native",
+        "ingress_hook = \"auto\" keeps XDP then"
+    );
     assert_eq!(udp.matched, 2 * u64::from(N) + 1);
     assert_eq!(udp.mirrored, 2 * u64::from(N) + 1);
     for name in ["cap", "ids"] {
@@ -894,4 +902,562 @@ fn gso_super_frames_are_cut_counted_and_too_big_for_interface_targets() {
     assert_reconciles("ids", ids);
     assert_reconciles("cap", &st.targets["cap"]);
     assert_eq!(st.targets["cap"].sent_packets, src.mirrored);
+}
+
+// ------------------------------------------------ copy mode's kernel path
+
+/// A routed copy-mode lab: a generator, a router whose port toward it is
+/// the monitored interface, a sink behind the router's second port, and two
+/// collectors behind the router's target ports.
+///
+/// ```text
+///  ns gen             ns rtr (mirror runs here, ip_forward=1)        ns sink
+///  g0 10.31.1.1 ──veth── m0 10.31.1.2 [copy]   o0 10.31.2.2 ──veth── k0 10.31.2.1
+///                        tgt0 ──veth── col0 (ns col)
+///                        tgt1 ──veth── col1 (ns col)
+/// ```
+///
+/// Frames are built by hand, with permanent neighbours everywhere, so the
+/// only frames that cross m0 are the test's own.
+struct Routed {
+    gen: Netns,
+    rtr: Netns,
+    sink: Netns,
+    col: Netns,
+    dir: TempDir,
+}
+
+const GEN_MAC: [u8; 6] = [0x02, 0, 0, 0x31, 0, 1];
+const MON_MAC: [u8; 6] = [0x02, 0, 0, 0x31, 0, 2];
+const OUT_MAC: [u8; 6] = [0x02, 0, 0, 0x32, 0, 2];
+const SINK_MAC: [u8; 6] = [0x02, 0, 0, 0x32, 0, 1];
+const GEN_IP: [u8; 4] = [10, 31, 1, 1];
+const SINK_IP: [u8; 4] = [10, 31, 2, 1];
+/// UDP port of the frames the generator sends to the sink (ingress on m0).
+const TO_SINK: u16 = 7000;
+/// UDP port of the frames the sink sends to the generator (egress on m0).
+const TO_GEN: u16 = 7001;
+
+fn mac(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
+
+impl Routed {
+    fn new(tag: &str) -> Routed {
+        let r = Routed {
+            gen: Netns::new("gen").expect("netns"),
+            rtr: Netns::new("rtr").expect("netns"),
+            sink: Netns::new("sink").expect("netns"),
+            col: Netns::new("col").expect("netns"),
+            dir: TempDir::new(tag).expect("temp dir"),
+        };
+        lab::wire(&r.gen, "g0", "10.31.1.1", &r.rtr, "m0", "10.31.1.2", 1500).expect("veth");
+        lab::wire(&r.rtr, "o0", "10.31.2.2", &r.sink, "k0", "10.31.2.1", 1500).expect("veth");
+        lab::veth(&r.rtr, "tgt0", &r.col, "col0", 1).expect("veth");
+        lab::veth(&r.rtr, "tgt1", &r.col, "col1", 1).expect("veth");
+        for (ns, dev, m) in [
+            (&r.gen, "g0", GEN_MAC),
+            (&r.rtr, "m0", MON_MAC),
+            (&r.rtr, "o0", OUT_MAC),
+            (&r.sink, "k0", SINK_MAC),
+        ] {
+            ns.ip(&["link", "set", dev, "address", &mac(m)])
+                .expect("set MAC");
+        }
+        r.gen
+            .ip(&["route", "add", "10.31.2.0/24", "via", "10.31.1.2"])
+            .expect("route");
+        r.sink
+            .ip(&["route", "add", "10.31.1.0/24", "via", "10.31.2.2"])
+            .expect("route");
+        for (ns, ip, m, dev) in [
+            (&r.rtr, "10.31.1.1", GEN_MAC, "m0"),
+            (&r.rtr, "10.31.2.1", SINK_MAC, "o0"),
+            (&r.gen, "10.31.1.2", MON_MAC, "g0"),
+            (&r.sink, "10.31.2.2", OUT_MAC, "k0"),
+        ] {
+            ns.ip(&[
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                &mac(m),
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])
+            .expect("permanent neighbour");
+        }
+        r.rtr
+            .exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            .expect("ip_forward");
+        r
+    }
+
+    /// What is attached to the monitored interface right now.
+    fn attached(&self) -> kernel::Attached {
+        self.rtr
+            .run(|| Ok(kernel::attached("m0")?))
+            .expect("querying m0")
+    }
+}
+
+/// Frame `seq` of a direction: UDP from the generator to the sink (`to_sink`,
+/// addressed to the router's m0) or back (addressed to its o0), carrying the
+/// lab marker and sequence number, `size` bytes in all.
+fn routed_frame(to_sink: bool, seq: u32, size: usize) -> Vec<u8> {
+    let (smac, dmac, sip, dip, dport) = if to_sink {
+        (GEN_MAC, MON_MAC, GEN_IP, SINK_IP, TO_SINK)
+    } else {
+        (SINK_MAC, OUT_MAC, SINK_IP, GEN_IP, TO_GEN)
+    };
+    let mut payload = lab::traffic::MARKER.to_vec();
+    payload.extend_from_slice(&seq.to_be_bytes());
+    payload.resize(size - 14 - 20 - 8, (seq % 251) as u8);
+    let b = etherparse::PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(sip, dip, 64)
+        .udp(40000, dport);
+    let mut out = Vec::with_capacity(size);
+    b.write(&mut out, &payload).expect("write a frame");
+    out
+}
+
+/// Frame sizes cycled through: small to full-size.
+const ROUTED_SIZES: [usize; 5] = [64, 200, 577, 1000, 1514];
+
+/// Receives UDP datagrams on `addr` in `ns` until `n` arrived (or 10 s of
+/// silence); returns their payloads in arrival order.
+fn udp_sink(ns: &Netns, addr: SocketAddr, n: usize) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    let sock = ns
+        .run(move || Ok(std::net::UdpSocket::bind(addr)?))
+        .expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // Large enough for every datagram of a test even if it is read late.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    let size: libc::c_int = 8 << 20;
+    // Safety: a valid socket and an int option that outlives the call.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    std::thread::spawn(move || {
+        let (mut got, mut buf) = (Vec::new(), vec![0u8; 2048]);
+        while got.len() < n {
+            match sock.recv(&mut buf) {
+                Ok(k) => got.push(buf[..k].to_vec()),
+                Err(_) => break,
+            }
+        }
+        got
+    })
+}
+
+const ROUTED: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "mon"
+interface = "m0"
+mode = "copy"
+direction = "both"
+@SOURCE@
+
+[[filter]]
+name = "udp"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "ingress"
+protocol = "udp"
+destination_port = "7000"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "egress"
+protocol = "udp"
+destination_port = "7001"
+
+[[target]]
+name = "ids0"
+kind = "interface"
+interface = "tgt0"
+
+[[target]]
+name = "ids1"
+kind = "interface"
+interface = "tgt1"
+
+[[session]]
+name = "clone"
+source = "mon"
+filter = "udp"
+targets = ["ids0", "ids1"]
+@SESSION@
+"#;
+
+/// The monitored port's IPv4 header and UDP datagram as forwarded: the same
+/// bytes as sent but for the TTL (one less) and the header checksum.
+fn forwarded_unchanged(sent: &[u8], forwarded: &[u8]) -> bool {
+    if sent.len() != forwarded.len() || forwarded[14 + 8] != sent[14 + 8] - 1 {
+        return false;
+    }
+    let strip = |f: &[u8]| {
+        let mut ip = f[14..].to_vec();
+        ip[8] = 0;
+        ip[10..12].copy_from_slice(&[0, 0]);
+        ip
+    };
+    strip(sent) == strip(forwarded)
+}
+
+/// A copy-mode session whose targets are all interfaces is served in the
+/// kernel: tcx clones every frame it mirrors, in both directions, to both
+/// target ports, byte for byte, while every production frame is routed on
+/// unchanged; nothing crosses the ring buffer, every counter reconciles
+/// exactly, ingress is hooked at tcx by `ingress_hook = "auto"`, and a
+/// SIGKILLed daemon leaves no program on the interface and the traffic
+/// flowing.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn copy_sessions_to_interfaces_clone_in_the_kernel_both_ways_and_fail_open() {
+    require_root!();
+    let _serial = one_at_a_time();
+    let r = Routed::new("copy-clone");
+    let text = ROUTED
+        .replace("@SOURCE@", "")
+        .replace("@SESSION@", "path = \"kernel\"");
+    let (mut daemon, _) = common::start_daemon(BIN, &r.rtr, &r.dir, &text);
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let attached = r.attached();
+    assert_eq!(
+        (
+            attached.xdp.len(),
+            attached.tcx_ingress.len(),
+            attached.tcx_egress.len()
+        ),
+        (0, 1, 1),
+        "ingress_hook = \"auto\" hooks ingress at tcx for a cloning session: {attached:?}"
+    );
+
+    const N: u32 = 1000;
+    let to_sink: Vec<Vec<u8>> = (0..N)
+        .map(|i| routed_frame(true, i, ROUTED_SIZES[i as usize % ROUTED_SIZES.len()]))
+        .collect();
+    let to_gen: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            routed_frame(
+                false,
+                i,
+                ROUTED_SIZES[(i as usize + 2) % ROUTED_SIZES.len()],
+            )
+        })
+        .collect();
+    let sink_rx = udp_sink(&r.sink, SocketAddr::from((SINK_IP, TO_SINK)), N as usize);
+    let gen_rx = udp_sink(&r.gen, SocketAddr::from((GEN_IP, TO_GEN)), N as usize);
+    let caps: Vec<Capture> = ["col0", "col1"]
+        .iter()
+        .map(|d| Capture::start(&r.col, d).expect("capture"))
+        .collect();
+    let at_sink = Capture::start(&r.sink, "k0").expect("capture k0");
+    let at_gen = Capture::start(&r.gen, "g0").expect("capture g0");
+    // Paced: the veths' per-CPU backlog, not mirror, would drop a burst.
+    let sent = lab::send_frames(&r.gen, "g0", Arc::new(to_sink.clone()), 5_000).expect("send");
+    assert_eq!(sent, u64::from(N));
+    let sent = lab::send_frames(&r.sink, "k0", Arc::new(to_gen.clone()), 5_000).expect("send");
+    assert_eq!(sent, u64::from(N));
+
+    let st = wait_settled(&mut client, "every frame cloned to both targets", |st| {
+        ["ids0", "ids1"]
+            .iter()
+            .all(|t| st.targets[*t].sent_packets == 2 * u64::from(N))
+    });
+    // Production: every frame routed on, its datagram unchanged.
+    let datagram = |f: &[u8]| f[14 + 20 + 8..].to_vec();
+    let got = sink_rx.join().expect("sink reader");
+    assert_eq!(
+        got,
+        to_sink.iter().map(|f| datagram(f)).collect::<Vec<_>>(),
+        "the sink got every datagram, in order, unchanged"
+    );
+    let got = gen_rx.join().expect("generator reader");
+    assert_eq!(
+        got,
+        to_gen.iter().map(|f| datagram(f)).collect::<Vec<_>>(),
+        "the generator got every datagram back, in order, unchanged"
+    );
+    let forwarded_in = at_sink.finish();
+    let forwarded_out = at_gen.finish();
+    assert_eq!(forwarded_in.len(), N as usize, "frames at k0");
+    assert_eq!(forwarded_out.len(), N as usize, "frames at g0");
+    for (sent, fwd) in to_sink.iter().zip(&forwarded_in) {
+        assert!(forwarded_unchanged(sent, fwd), "routed on unchanged");
+    }
+    for (sent, fwd) in to_gen.iter().zip(&forwarded_out) {
+        assert!(forwarded_unchanged(sent, fwd), "routed back unchanged");
+    }
+
+    // The copies: at each target's far end, exactly the frames as m0 saw
+    // them (arriving as sent; leaving as routed out), each once.
+    let mut want: Vec<Vec<u8>> = to_sink.iter().chain(&forwarded_out).cloned().collect();
+    want.sort();
+    for (name, cap) in ["col0", "col1"].iter().zip(caps) {
+        let mut have = cap.finish();
+        have.sort();
+        assert_eq!(have.len(), want.len(), "copies at {name}");
+        assert!(have == want, "{name}: every copy byte-identical, each once");
+    }
+
+    let src = &st.sources["mon"];
+    assert_source_reconciles("mon", src);
+    assert_eq!(src.xdp_mode, "tcx");
+    assert_eq!(src.matched, 2 * u64::from(N));
+    assert_eq!(src.mirrored, 2 * u64::from(N));
+    assert_eq!(src.dropped_total(), 0, "{src:#?}");
+    for (dir, d) in &src.directions {
+        assert_eq!(d.received, d.matched + d.filtered, "{dir}");
+        assert_eq!(
+            (d.matched, d.cloned, d.copied, d.ring_full),
+            (u64::from(N), u64::from(N), 0, 0),
+            "{dir}: every match cloned, none through the ring"
+        );
+    }
+    let sess = &st.sessions["clone"];
+    assert_eq!(sess.path, "kernel");
+    assert_eq!(
+        (sess.matched, sess.mirrored),
+        (2 * u64::from(N), 2 * u64::from(N))
+    );
+    let bytes: u64 = to_sink.iter().chain(&to_gen).map(|f| f.len() as u64).sum();
+    for name in ["ids0", "ids1"] {
+        let t = &st.targets[name];
+        assert_reconciles(name, t);
+        assert_eq!(t.enqueued, 2 * u64::from(N), "{name}");
+        assert_eq!(t.dropped_total(), 0, "{name}: {t:?}");
+        assert_eq!(t.kernel_path, t.sent_packets, "{name}: all in the kernel");
+        assert_eq!(t.sent_bytes, bytes, "{name}");
+    }
+    let log = daemon.log_text();
+    assert!(
+        log.contains("ingress_hook = \"auto\": ingress at tcx")
+            && log.contains("session served in the kernel: tcx clones"),
+        "the log says where ingress is hooked and why, and the path:\n{log}"
+    );
+
+    // One target's far end goes down: its device would discard clones
+    // while the kernel reports them sent, so they are counted `down` and
+    // not made; the other target is not held back.
+    r.col
+        .ip(&["link", "set", "col1", "down"])
+        .expect("col1 down");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon
+        .log_text()
+        .contains("kernel-path target down (or gone)")
+    {
+        assert!(Instant::now() < deadline, "no down: {}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let more: Vec<Vec<u8>> = (N..N + 100).map(|i| routed_frame(true, i, 300)).collect();
+    let sink_rx = udp_sink(&r.sink, SocketAddr::from((SINK_IP, TO_SINK)), 100);
+    lab::send_frames(&r.gen, "g0", Arc::new(more), 5_000).expect("send");
+    assert_eq!(sink_rx.join().expect("sink reader").len(), 100);
+    let st = wait_settled(&mut client, "100 more clones accounted", |st| {
+        st.targets["ids0"].sent_packets == 2 * u64::from(N) + 100
+            && st.targets["ids1"].dropped.get("down") == Some(&100)
+    });
+    for name in ["ids0", "ids1"] {
+        assert_reconciles(name, &st.targets[name]);
+        assert_eq!(st.targets[name].enqueued, 2 * u64::from(N) + 100);
+    }
+    assert_eq!(st.targets["ids1"].sent_packets, 2 * u64::from(N));
+    assert_eq!(st.targets["ids1"].dropped_total(), 100);
+    assert_source_reconciles("mon", &st.sources["mon"]);
+
+    // SIGKILL: the links die with the daemon; nothing stays on m0, and the
+    // traffic flows on, no longer cloned.
+    daemon.signal(libc::SIGKILL);
+    daemon
+        .wait(Duration::from_secs(10))
+        .expect("the daemon dies");
+    assert_eq!(
+        r.attached(),
+        kernel::Attached::default(),
+        "fail-open detach"
+    );
+    let caps: Vec<Capture> = ["col0", "col1"]
+        .iter()
+        .map(|d| Capture::start(&r.col, d).expect("capture"))
+        .collect();
+    let after: Vec<Vec<u8>> = (N + 100..N + 200)
+        .map(|i| routed_frame(true, i, 200))
+        .collect();
+    let sink_rx = udp_sink(&r.sink, SocketAddr::from((SINK_IP, TO_SINK)), 100);
+    lab::send_frames(&r.gen, "g0", Arc::new(after), 5_000).expect("send");
+    assert_eq!(sink_rx.join().expect("sink reader").len(), 100);
+    for cap in caps {
+        assert!(cap.finish().is_empty(), "no clone without the daemon");
+    }
+}
+
+/// Copy-mode config of the client/server lab with one kernel-path session
+/// for the TCP stream, both ways, to the interface target alone.
+const TCP_CLONE: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "live"
+interface = "s0"
+mode = "copy"
+direction = "both"
+
+[[filter]]
+name = "tcp"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "ingress"
+protocol = "tcp"
+destination_port = "5001"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "egress"
+protocol = "tcp"
+source_port = "5001"
+
+[[target]]
+name = "ids"
+kind = "interface"
+interface = "tgt0"
+
+[[session]]
+name = "tcp"
+source = "live"
+filter = "tcp"
+targets = ["ids"]
+path = "kernel"
+"#;
+
+/// (IPv4 total length, TCP payload) of a TCP over IPv4 frame.
+fn tcp_frame(frame: &[u8]) -> Option<(usize, u32, Vec<u8>)> {
+    let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    let total = match p.net.as_ref()? {
+        etherparse::NetSlice::Ipv4(ip) => ip.header().total_len() as usize,
+        _ => return None,
+    };
+    match p.transport? {
+        etherparse::TransportSlice::Tcp(t) => {
+            Some((total, t.sequence_number(), t.payload().to_vec()))
+        }
+        _ => None,
+    }
+}
+
+/// The kernel path clones GSO super-frames whole: with TSO and GSO on the
+/// monitored veth's link, a TCP stream's client-to-server super-frames
+/// (tcx ingress) reach the target's far end as they were, never cut, and
+/// their payload is every byte of the stream exactly once; the stream
+/// itself arrives intact with no retransmission.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn gso_super_frames_are_cloned_whole_and_the_target_gets_every_byte() {
+    require_root!();
+    let _serial = one_at_a_time();
+    let live = Live::new("copy-clone-gso");
+    for (ns, dev) in [(&live.cli, "c0"), (&live.srv, "s0")] {
+        let dev = dev.to_string();
+        ns.run(move || {
+            mirror_user::kernel::netdev::set_tso(&dev, true)
+                .ok_or_else(|| anyhow::anyhow!("TSO on {dev}"))
+        })
+        .expect("TSO on");
+    }
+    let (mut daemon, _) = common::start_daemon(BIN, &live.srv, &live.dir, TCP_CLONE);
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let seen = Capture::start(&live.srv, "s0").expect("capture s0");
+    let copies = Capture::start(&live.sink, "sink0").expect("capture sink0");
+    let data = payload_data(8 << 20);
+    live.paced_stream_arrives_untouched(&data);
+    let st = wait_settled(&mut client, "every clone counted", |st| {
+        let t = &st.targets["ids"];
+        t.enqueued > 0 && t.enqueued == t.sent_packets + t.dropped_total()
+    });
+    daemon.stop(Duration::from_secs(10)).expect("clean exit");
+
+    let src = &st.sources["live"];
+    assert_source_reconciles("live", src);
+    assert_eq!(src.dropped_total(), 0, "{src:#?}");
+    let (i, e) = (&src.directions["ingress"], &src.directions["egress"]);
+    assert_eq!(
+        (i.copied, e.copied, i.copy_cut),
+        (0, 0, 0),
+        "no ring record"
+    );
+    assert_eq!(i.cloned, i.matched);
+    assert_eq!(e.cloned, e.matched);
+    assert_eq!(st.sessions["tcp"].path, "kernel");
+    let ids = &st.targets["ids"];
+    assert_reconciles("ids", ids);
+    assert_eq!(ids.dropped_total(), 0, "{ids:?}");
+    assert_eq!(ids.sent_packets, i.cloned + e.cloned);
+
+    // What s0 received of the stream, and what reached the target's far end.
+    let to_server = |f: &Vec<u8>| ports_payload(f).is_some_and(|p| p.1 == TCP_PORT);
+    let mut seen: Vec<Vec<u8>> = seen.finish().into_iter().filter(to_server).collect();
+    let copies = copies.finish();
+    let mut cloned_in: Vec<Vec<u8>> = copies.iter().filter(|f| to_server(f)).cloned().collect();
+    assert_eq!(
+        cloned_in.len() as u64,
+        i.cloned,
+        "every ingress clone arrived"
+    );
+    assert_eq!(copies.len() as u64, ids.sent_packets, "every clone arrived");
+    let super_frames = cloned_in.iter().filter(|f| f.len() > 1514).count();
+    assert!(
+        super_frames > 0,
+        "GSO super-frames crossed s0 and were cloned: {} frames",
+        cloned_in.len()
+    );
+    let mut payload_bytes = 0;
+    for f in &cloned_in {
+        let (total, _, payload) = tcp_frame(f).expect("TCP over IPv4");
+        assert_eq!(total + 14, f.len(), "a clone is the whole frame, never cut");
+        payload_bytes += payload.len();
+    }
+    assert_eq!(
+        payload_bytes,
+        data.len(),
+        "the target got every byte of the stream exactly once"
+    );
+    let records: Vec<Record> = cloned_in
+        .iter()
+        .map(|f| Record {
+            ts_ns: 0,
+            orig_len: f.len() as u32,
+            data: f.clone(),
+            outbound: Some(false),
+        })
+        .collect();
+    assert_eq!(
+        reassemble(&records.iter().collect::<Vec<_>>()),
+        data,
+        "the cloned segments rebuild the stream"
+    );
+    seen.sort();
+    cloned_in.sort();
+    assert!(
+        seen == cloned_in,
+        "each clone is byte-identical to a frame s0 received ({} seen, {} cloned)",
+        seen.len(),
+        cloned_in.len()
+    );
 }

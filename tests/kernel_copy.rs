@@ -315,3 +315,133 @@ fn copy_mode_samples_exactly_one_in_n_in_both_directions() {
     }
     assert_eq!(fx.prog.session_sampled_out(0).expect("counter"), 6);
 }
+
+/// Copy mode's kernel path through BPF_PROG_TEST_RUN, in a namespace with
+/// two veth pairs (a0-b0, and a1-b1 with MTU 600): a kernel-path session's
+/// frames pass on unchanged and leave no ring record; each is cloned, byte
+/// for byte, to each destination that takes it; and every frame given to a
+/// destination ends in exactly one of its counters: sent (packets, bytes),
+/// too_big (longer than its device takes), down (marked down), errors (no
+/// such device).
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn kernel_path_clones_to_each_destination_and_counts_every_outcome() {
+    require_root!();
+    use mirror_user::kernel::{fast_path::max_len, CloneDest, CloneStats};
+    use mirror_user::lab::{self, Capture, Netns};
+    use std::os::fd::AsFd;
+
+    let ns = Netns::new("clone").expect("netns");
+    lab::veth(&ns, "a0", &ns, "b0", 1).expect("veth");
+    lab::veth(&ns, "a1", &ns, "b1", 1).expect("veth");
+    ns.ip(&["link", "set", "a1", "mtu", "600"]).expect("mtu");
+    let ifindex = |dev: &'static str| {
+        ns.run(move || Ok(mirror_user::kernel::ifindex(dev)?))
+            .expect("ifindex")
+    };
+    let mut fx = Copy::new(1 << 20);
+    // Session web (0): egress TCP from port 80, to both ports; session
+    // dns (1): ingress UDP, to a device that does not exist.
+    let dests = [
+        CloneDest {
+            ifindex: ifindex("a0"),
+            max_len: max_len(Some(1500)),
+        },
+        CloneDest {
+            ifindex: ifindex("a1"),
+            max_len: max_len(Some(600)),
+        },
+    ];
+    fx.prog.set_clone_path(0, &dests).expect("clone path");
+    fx.prog
+        .set_clone_path(
+            1,
+            &[CloneDest {
+                ifindex: 999_999,
+                max_len: u32::MAX,
+            }],
+        )
+        .expect("clone path");
+    let caps = ["b0", "b1"].map(|d| Capture::start(&ns, d).expect("capture"));
+    let before = fx.counters();
+    // Runs `frame` through a tcx program inside the namespace (where the
+    // destinations' ifindexes are); the frame must pass on unchanged.
+    let [_, egress, ingress] = fx
+        .prog
+        .copy_fds()
+        .map(|fd| fd.try_clone_to_owned().expect("dup"));
+    let run = |prog: &std::os::fd::OwnedFd, frame: Vec<u8>| {
+        let fd = prog.try_clone().expect("dup");
+        let (verdict, out) = ns
+            .run(move || Ok(test_run_raw(fd.as_fd(), &frame).map(|r| (r, frame))?))
+            .map(|((v, out), frame)| (v, out == frame))
+            .expect("BPF_PROG_TEST_RUN");
+        assert_eq!((verdict, out), (TC_NEXT, true), "passed on unchanged");
+    };
+    // a1 takes frames of up to 618 bytes (MTU 600 + Ethernet + a VLAN
+    // tag's room, what the kernel lets through): the last small frame is
+    // exactly that, the first big one a byte more.
+    let mut small: Vec<Vec<u8>> = (0..3).map(|i| tcp(1000 + i, 80, 100)).collect();
+    small.push(tcp(1003, 80, 618 - 54));
+    let big: Vec<Vec<u8>> = [619 - 54, 1000]
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| tcp(2000 + i as u16, 80, p))
+        .collect();
+    assert_eq!((small[3].len(), big[0].len()), (618, 619));
+    for f in small.iter().chain(&big) {
+        run(&egress, f.clone());
+    }
+    fx.prog.set_clone_down(0, 1, true).expect("down");
+    let late = tcp(3000, 80, 100);
+    run(&egress, late.clone());
+    run(&ingress, udp(50));
+    // Not matched: neither cloned nor copied.
+    run(&egress, tcp(1000, 443, 10));
+
+    assert!(
+        copy_ring::drain(&fx.ring).expect("ring").is_empty(),
+        "no ring record on the kernel path"
+    );
+    let after = fx.counters();
+    for (dir, matched) in [(0, 1), (1, 7)] {
+        let d = |c| delta(&before, &after, dir, c);
+        assert_eq!(d(C::MIRROR_CNT_MATCHED), matched, "direction {dir}");
+        assert_eq!(d(C::MIRROR_CNT_COPIED), 0);
+    }
+    assert_eq!(fx.prog.clone_dir().expect("clone_dir"), [1, 7]);
+    let len = |fs: &[&Vec<u8>]| fs.iter().map(|f| f.len() as u64).sum::<u64>();
+    let to_b0: Vec<&Vec<u8>> = small.iter().chain(&big).chain([&late]).collect();
+    assert_eq!(
+        fx.prog.clone_stats(0, 0).expect("stats"),
+        CloneStats {
+            packets: 7,
+            bytes: len(&to_b0),
+            ..Default::default()
+        },
+        "a0 takes every frame"
+    );
+    assert_eq!(
+        fx.prog.clone_stats(0, 1).expect("stats"),
+        CloneStats {
+            packets: 4,
+            bytes: len(&small.iter().collect::<Vec<_>>()),
+            too_big: 2,
+            down: 1,
+            errors: 0,
+        },
+        "a1: the frames it takes; the ones over its MTU, by one byte or more, are \
+         too_big; then down"
+    );
+    assert_eq!(
+        fx.prog.clone_stats(1, 0).expect("stats"),
+        CloneStats {
+            errors: 1,
+            ..Default::default()
+        },
+        "no such device"
+    );
+    let [b0, b1] = caps.map(Capture::finish);
+    assert_eq!(b0, to_b0.into_iter().cloned().collect::<Vec<_>>(), "b0");
+    assert_eq!(b1, small, "b1");
+}

@@ -1,8 +1,10 @@
 //! `copy`: what copy mode costs the monitored traffic. Real UDP and TCP
 //! traffic runs between two namespaces through the monitored interface with
-//! copy mode off, then on (ingress through XDP, and through tcx), mirroring
-//! every frame of both directions to an interface target; the table shows
-//! the monitored traffic's own rate in each case, and what was mirrored.
+//! copy mode off, then on through the ring buffer and userspace (ingress
+//! through XDP, and through tcx), then on through the kernel path (tcx
+//! clones, no ring), mirroring every frame of both directions to an
+//! interface target; the table shows the monitored traffic's own rate in
+//! each case, and what was mirrored.
 //!
 //! ```text
 //!  ns cli                 ns srv (`mirror run` here when on)        ns sink
@@ -59,6 +61,7 @@ name = "all"
 source = "live"
 filter = "all"
 targets = ["ids"]
+path = "@PATH@"
 "#;
 
 #[derive(Debug, Clone, Serialize)]
@@ -190,19 +193,23 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     let l = lab()?;
     let dir = TempDir::new("bench-copy")?;
     let mut rows = Vec::new();
-    let progress = crate::progress(3 * 2 * a.runs.reps as u64, "copy");
-    for (case, hook) in [
+    // The ring-buffer cases pin `path = "userspace"`: with only an
+    // interface target the session would otherwise be cloned in the kernel.
+    let cases = [
         ("off", None),
-        ("copy, xdp ingress", Some("xdp")),
-        ("copy, tcx ingress", Some("tc")),
-    ] {
-        let daemon = match hook {
+        ("copy, xdp ingress", Some(("xdp", "userspace"))),
+        ("copy, tcx ingress", Some(("tc", "userspace"))),
+        ("copy, tcx clone", Some(("auto", "kernel"))),
+    ];
+    let progress = crate::progress(cases.len() as u64 * 2 * a.runs.reps as u64, "copy");
+    for (case, setup) in cases {
+        let daemon = match setup {
             None => None,
-            Some(h) => Some(crate::start_daemon(
+            Some((hook, path)) => Some(crate::start_daemon(
                 &l.srv,
                 &exe,
                 &dir,
-                &CONFIG.replace("@HOOK@", h),
+                &CONFIG.replace("@HOOK@", hook).replace("@PATH@", path),
             )?),
         };
         for traffic in ["udp 60B", "tcp"] {

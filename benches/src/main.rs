@@ -48,7 +48,8 @@ enum Case {
     /// BPF_PROG_TEST_RUN in repeat mode.
     Filters(filters::Args),
     /// What copy mode costs the monitored traffic: UDP pps and TCP Mbit/s
-    /// with copy mode off, on through XDP, and on through tcx.
+    /// with copy mode off, on through the ring buffer (ingress at XDP, at
+    /// tcx), and on through the kernel path (tcx clones).
     Copy(copy::Args),
     /// mirror against the software SPANs and capture tools on one lab:
     /// XDP_DROP ceiling, tc mirred, a bare XDP redirect and broadcast, a C

@@ -98,6 +98,18 @@ const C_MUTANTS: &[CMutant] = &[
         from: "\t\tcap = snap;\n",
         to: "\t\tcap = snap + 1;\n",
     },
+    CMutant {
+        what: "off-by-one: copy mode's kernel path refuses a frame its target takes exactly",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "if (!gso && len > t->max_len) {",
+        to: "if (!gso && len >= t->max_len) {",
+    },
+    CMutant {
+        what: "wrong counter: a down kernel-path target's frames counted sent",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "\t\t\tst->down += 1;\n\t\t\tcontinue;",
+        to: "\t\t\tst->packets += 1;\n\t\t\tcontinue;",
+    },
 ];
 
 /// The kernel-table tests the C mutants run against.

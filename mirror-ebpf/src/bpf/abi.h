@@ -378,4 +378,40 @@ struct mirror_tunnel_stats {
 	__u64 errors;    /* dropped: no metadata, no headroom, empty slot (never expected) */
 };
 
+/*
+ * Copy mode's kernel path (tcx only). A copy-mode session whose targets are
+ * all local interfaces has them in `clone_dests[session]` (set by userspace
+ * before the tcx programs attach); tc_copy_ingress / tc_copy_egress then
+ * clone each frame the session mirrors to each of them with
+ * bpf_clone_redirect (the target device's egress, the skb clone tc mirred
+ * sends) instead of writing a ring-buffer record, and pass the frame itself
+ * on untouched. XDP cannot clone a frame and let it pass, so such a source's
+ * ingress is hooked at tcx. A GSO super-frame is cloned whole: the target
+ * device (or the stack for it) segments it on transmit.
+ *
+ * Counted where it happens: the session's frames in `session_kernel` and
+ * the direction's in `clone_dir`, before the clones; then each destination
+ * ends every frame in exactly one of its `struct mirror_clone_stats`
+ * counters (slot session * MIRROR_MAX_FAST_TARGETS + destination).
+ */
+struct mirror_clone_dest {
+	__u32 ifindex;
+	__u32 max_len; /* longest frame the device takes (MTU + Ethernet + one VLAN tag);
+			* a longer one that is not GSO is counted too_big, not cloned */
+	__u32 down;    /* 1 while userspace sees the device down or gone: counted
+			* `down`, not cloned (the kernel would report a clone its
+			* down device discards as sent) */
+	__u32 reserved;
+};
+
+/* Per destination slot, summed over CPUs. */
+struct mirror_clone_stats {
+	__u64 packets; /* clones the device took (bpf_clone_redirect returned 0) */
+	__u64 bytes;   /* their bytes */
+	__u64 too_big; /* not cloned: longer than the device takes, and not GSO */
+	__u64 down;    /* not cloned: `down` set; or the kernel said -ENETDOWN */
+	__u64 errors;  /* bpf_clone_redirect failed otherwise: no such device, no
+			* memory, the device's queue dropped it (-ENOBUFS) */
+};
+
 #endif /* MIRROR_ABI_H */

@@ -770,9 +770,97 @@ static __always_inline int copy_out(struct copy_job *job)
 }
 
 /*
+ * Copy mode's kernel path (see struct mirror_clone_dest): per session, the
+ * target devices its frames are cloned to, set by userspace before the tcx
+ * programs attach (`down` also while they run); 0 destinations: the session
+ * goes through the ring buffer.
+ */
+struct mirror_clone_dest clone_dests[MIRROR_MAX_SESSIONS][MIRROR_MAX_FAST_TARGETS];
+__u32 clone_ndests[MIRROR_MAX_SESSIONS];
+
+/* Per destination slot (session * MIRROR_MAX_FAST_TARGETS + destination):
+ * what became of the frames cloned to it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MIRROR_MAX_SESSIONS * MIRROR_MAX_FAST_TARGETS);
+	__type(key, __u32);
+	__type(value, struct mirror_clone_stats);
+} clone_stats SEC(".maps");
+
+/* Frames each direction sent down copy mode's kernel path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MIRROR_DIRECTIONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} clone_dir SEC(".maps");
+
+struct mirror_clone_dest abi_anchor_clone_dest = {};
+struct mirror_clone_stats abi_anchor_clone_stats = {};
+
+/* ENETDOWN (uapi asm-generic/errno.h), which the BPF target's headers lack. */
+#define MIRROR_ENETDOWN 100
+
+/*
+ * Copy mode's kernel path: one clone of the frame to each of the session's
+ * target devices, out of their egress (bpf_clone_redirect, as tc mirred
+ * sends); no ring record, no userspace. The frame itself is never changed
+ * and passes on (the helper only gives it a private copy of its headers
+ * after cloning, as skbs written by tc programs must have). Counted where it
+ * happens: the session and direction once, then each destination's outcome.
+ */
+static __always_inline void clone_out(struct __sk_buff *skb, __u32 session, __u32 dir, bool gso)
+{
+	__u32 s = session & (MIRROR_MAX_SESSIONS - 1);
+	__u32 n = clone_ndests[s];
+	__u32 len = skb->len;
+	struct mirror_fast_count *k = bpf_map_lookup_elem(&session_kernel, &s);
+	__u64 *d = bpf_map_lookup_elem(&clone_dir, &dir);
+
+	if (k) {
+		k->packets += 1;
+		k->bytes += len;
+	}
+	if (d)
+		*d += 1;
+	for (__u32 i = 0; i < MIRROR_MAX_FAST_TARGETS; i++) {
+		struct mirror_clone_dest *t;
+		struct mirror_clone_stats *st;
+		__u32 slot;
+		long err;
+
+		if (i >= n)
+			break;
+		t = &clone_dests[s][i];
+		slot = s * MIRROR_MAX_FAST_TARGETS + i;
+		st = bpf_map_lookup_elem(&clone_stats, &slot);
+		if (!st)
+			continue; /* cannot happen: slot < max_entries (it would show as unknown) */
+		if (t->down) {
+			st->down += 1;
+			continue;
+		}
+		if (!gso && len > t->max_len) {
+			st->too_big += 1;
+			continue;
+		}
+		err = bpf_clone_redirect(skb, t->ifindex, 0);
+		if (err == 0) {
+			st->packets += 1;
+			st->bytes += len;
+		} else if (err == -MIRROR_ENETDOWN) {
+			st->down += 1;
+		} else {
+			st->errors += 1;
+		}
+	}
+}
+
+/*
  * Classifies one frame of a live interface and, when a session accepts it,
- * copies it into the ring buffer. Never changes the frame; the caller passes
- * it on whatever happens here.
+ * copies it into the ring buffer, or at tcx for a kernel-path session clones
+ * it to the session's targets. Never changes the frame; the caller passes it
+ * on whatever happens here.
  */
 static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data_end,
 				     __u32 frame_len, __u32 ifindex, __u32 dir, bool gso)
@@ -786,6 +874,12 @@ static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data
 	session = select_session(&p, dir, why);
 	if (session < 0 || session >= MIRROR_MAX_SESSIONS)
 		return;
+	if (!xdp && clone_ndests[session]) {
+		/* The kernel path: clones, no record (the packet pointers are
+		 * stale after a clone; nothing below them is used). */
+		clone_out(ctx, session, dir, gso);
+		return;
+	}
 
 	cap = frame_len;
 	snap = session_snap[session];
@@ -836,8 +930,9 @@ int tc_copy_egress(struct __sk_buff *skb)
 	return tc_copy(skb, MIRROR_DIR_EGRESS);
 }
 
-/* Copy mode, ingress at tcx instead of XDP (`ingress_hook = "tc"`): runs next
- * to any XDP program another tool attached. */
+/* Copy mode, ingress at tcx instead of XDP (`ingress_hook = "tc"`, or "auto"
+ * when a session clones in the kernel, which XDP cannot): runs next to any
+ * XDP program another tool attached. */
 SEC("tcx/ingress")
 int tc_copy_ingress(struct __sk_buff *skb)
 {

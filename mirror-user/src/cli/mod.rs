@@ -16,6 +16,9 @@ const AFTER_HELP: &str = "\
 CONFIGURATION
     mirror.toml has [daemon], [[source]], [[filter]] with [[filter.rule]],
     [[target]] and [[session]] tables; see README.md for every key.
+    Copy mode's ingress_hook = \"auto\" (default) hooks ingress at tcx when a
+    session of the source clones in the kernel (all its targets interfaces),
+    else at XDP; \"xdp\" keeps XDP and sends such sessions through userspace.
 
 SIGNALS
     SIGINT, SIGTERM   detach every program and exit 0
@@ -55,8 +58,11 @@ EXAMPLES
 /// ERSPAN tunnels to remote collectors, rotating pcapng files, or
 /// flow-symmetric groups of these. A tap session whose targets are all
 /// interfaces that take XDP frames is served in the kernel (a DEVMAP
-/// broadcast, no userspace copy); `path` in [[session]] overrides, and the
-/// log and `mirror stats` say which path each session has.
+/// broadcast, no userspace copy); so is a copy session whose targets are all
+/// interfaces (tcx clones each frame to them, bpf_clone_redirect, and passes
+/// it on; ingress_hook = "auto", the default, then hooks ingress at tcx,
+/// since XDP cannot clone). `path` in [[session]] overrides, and the log and
+/// `mirror stats` say which path each session has, and why.
 /// Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_NET_RAW.
 #[derive(Debug, Parser)]
 #[command(name = "mirror", version, after_long_help = AFTER_HELP)]
@@ -82,10 +88,11 @@ pub enum Command {
     /// Show the running daemon's counters.
     ///
     /// Per source: received, matched, filtered, sampled_out, mirrored,
-    /// dropped by reason (copy mode also per direction: copied, ring_full,
-    /// copy_cut). Per session: matched, mirrored, sampled_out,
-    /// rate_limited, path ("kernel": the in-kernel fast path, "af_xdp":
-    /// through userspace). Per target: enqueued, sent_packets, sent_bytes,
+    /// dropped by reason (copy mode also per direction: copied, cloned,
+    /// ring_full, copy_cut). Per session: matched, mirrored, sampled_out,
+    /// rate_limited, path ("kernel": in the kernel, a DEVMAP broadcast in
+    /// tap mode, tcx clones in copy mode; "af_xdp" / "ring_buffer": through
+    /// userspace, tap / copy mode). Per target: enqueued, sent_packets, sent_bytes,
     /// truncated, shared_umem (sent from the source's UMEM without a copy),
     /// kernel_path (sent by the in-kernel fast path), dropped by reason, queued. Per group: members up, rehashed, all_down.
     Stats(stats::Args),

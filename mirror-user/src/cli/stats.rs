@@ -87,15 +87,20 @@ pub fn render(s: &Stats) -> String {
         ));
         for (dir, d) in &v.directions {
             out.push_str(&format!(
-                "  {:<14} {:>12} {:>12} {:>12} {:>12}  ring_full={}{}\n",
+                "  {:<14} {:>12} {:>12} {:>12} {:>12}  ring_full={}{}{}\n",
                 dir,
                 d.received,
                 d.matched,
                 d.filtered,
-                d.copied,
+                d.copied + d.cloned,
                 d.ring_full,
                 if d.copy_cut > 0 {
                     format!("  cut={}", d.copy_cut)
+                } else {
+                    String::new()
+                },
+                if d.cloned > 0 {
+                    format!("  cloned={}", d.cloned)
                 } else {
                     String::new()
                 }

@@ -152,7 +152,8 @@ pub struct Source {
     pub ring_size: u32,
     /// Copy mode: bytes of the ring buffer (a power of two).
     pub ring_buffer: u32,
-    /// Copy mode: the hook that sees ingress frames.
+    /// Copy mode: the hook that sees ingress frames (`Auto`: decided at
+    /// start, tcx when a session clones in the kernel).
     pub ingress_hook: IngressHook,
     /// Tap mode: whether the first RX queue shares an interface target's
     /// UMEM (frames sent on without a copy); see [`ShareUmem`].
@@ -366,13 +367,12 @@ impl Config {
     /// or `None` when it can. The fast path broadcasts the frame, whole, to a
     /// DEVMAP of the session's targets: every target must be a local
     /// interface, and everything that needs userspace per frame rules it out.
+    /// A copy-mode session's kernel path clones at tcx instead: see
+    /// [`Config::clone_path_obstacle`].
     pub(crate) fn kernel_path_obstacle(&self, session: usize) -> Option<String> {
         let s = &self.sessions[session];
-        if self.sources[s.source].mode != SourceMode::Tap {
-            return Some(
-                "the source is in copy mode (the frame itself must pass on; only tap-mode sources have one)"
-                    .into(),
-            );
+        if self.sources[s.source].mode == SourceMode::Copy {
+            return self.clone_path_obstacle(session);
         }
         let mut groups = s.targets.iter().filter_map(|d| match *d {
             Dest::Group(g) => Some(g),
@@ -430,6 +430,82 @@ impl Config {
                 "it reaches {expanded} targets (groups expanded), more than the kernel path's {}",
                 mirror_ebpf::limits::MAX_FAST_TARGETS
             ));
+        }
+        None
+    }
+
+    /// Why copy mode's kernel path cannot serve copy-mode session `session`,
+    /// judging by the config alone (the target devices are looked up at
+    /// start), or `None` when it can. That path clones each mirrored frame,
+    /// whole, at tcx to the egress of each target device
+    /// (`bpf_clone_redirect`) and lets the frame pass on: every target must
+    /// be a local interface, nothing may need userspace per frame, and the
+    /// source's ingress must be hooked at tcx (XDP can pass a frame or
+    /// redirect it, not both).
+    pub(crate) fn clone_path_obstacle(&self, session: usize) -> Option<String> {
+        let s = &self.sessions[session];
+        let src = &self.sources[s.source];
+        if s.rate_limit_pps != 0 {
+            return Some("rate_limit_pps is applied in userspace".into());
+        }
+        if s.packet_length != 0 {
+            return Some(
+                "packet_length is applied in userspace (the kernel path clones whole frames)"
+                    .into(),
+            );
+        }
+        for d in &s.targets {
+            let t = match *d {
+                Dest::Group(g) => {
+                    return Some(format!(
+                        "target group `{}` picks members (and skips down ones) in userspace",
+                        self.groups[g].name
+                    ))
+                }
+                Dest::Target(t) => &self.targets[t],
+            };
+            match &t.spec {
+                TargetSpec::Interface { interface, .. } => {
+                    let looping = self.sources.iter().find(|o| {
+                        o.mode == SourceMode::Copy && o.egress() && &o.interface == interface
+                    });
+                    if let Some(o) = looping {
+                        return Some(format!(
+                            "target `{}` is {interface}, whose egress copy-mode source `{}` \
+                             mirrors: its clones would be classified there again (a loop); \
+                             userspace sends them past tcx",
+                            t.name, o.name
+                        ));
+                    }
+                }
+                TargetSpec::Vxlan { .. } | TargetSpec::Gre { .. } | TargetSpec::Erspan { .. } => {
+                    return Some(format!(
+                        "target `{}` is a {} tunnel: copy mode's kernel path clones to local \
+                         interfaces only",
+                        t.name,
+                        t.spec.kind()
+                    ))
+                }
+                TargetSpec::Pcapng(_) => {
+                    return Some(format!(
+                        "target `{}` is a pcapng target, written by userspace",
+                        t.name
+                    ))
+                }
+            }
+        }
+        if s.targets.len() > mirror_ebpf::limits::MAX_FAST_TARGETS as usize {
+            return Some(format!(
+                "more than {} targets",
+                mirror_ebpf::limits::MAX_FAST_TARGETS
+            ));
+        }
+        if src.ingress() && src.ingress_hook == IngressHook::Xdp {
+            return Some(
+                "ingress_hook = \"xdp\": XDP cannot clone a frame and let it pass on; the \
+                 kernel path needs ingress at tcx (ingress_hook = \"auto\" or \"tc\")"
+                    .into(),
+            );
         }
         None
     }

@@ -57,7 +57,7 @@ pub(crate) struct RawSource {
     pub ring_size: Option<Spanned<u32>>,
     /// Copy mode: the BPF ring buffer's size, e.g. "16MiB". Default 16 MiB.
     pub ring_buffer: Option<Spanned<String>>,
-    /// Copy mode: where ingress frames are seen, "xdp" (default) or "tc".
+    /// Copy mode: where ingress frames are seen: "auto" (default), "xdp" or "tc".
     pub ingress_hook: Option<Spanned<IngressHook>>,
     /// Tap mode: whether the first RX queue shares an interface target's
     /// UMEM: true, false or "auto" (the default).
@@ -68,10 +68,17 @@ pub(crate) struct RawSource {
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum IngressHook {
-    /// XDP: earliest and cheapest; needs the interface's XDP slot.
+    /// tcx when a session of the source is on the kernel path (it clones
+    /// frames, which XDP cannot do and let the frame pass), else XDP.
+    /// Decided at start and logged.
     #[default]
+    Auto,
+    /// XDP: earliest, and cheapest for the ring-buffer path; needs the
+    /// interface's XDP slot. Sessions of the source then go through
+    /// userspace (the reason is logged).
     Xdp,
-    /// tcx ingress: runs next to another tool's XDP program.
+    /// tcx ingress: runs next to another tool's XDP program; sessions may
+    /// clone in the kernel.
     Tc,
 }
 

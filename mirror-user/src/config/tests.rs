@@ -465,7 +465,8 @@ fn copy_mode_sources_take_direction_hook_and_ring_size() {
     assert!(s.ingress() && s.egress());
     assert_eq!(s.ingress_hook, IngressHook::Tc);
     assert_eq!(s.ring_buffer, 64 << 10);
-    // Defaults: ingress through XDP, a 16 MiB ring.
+    // Defaults: ingress decided at start ("auto": tcx for a session that
+    // clones in the kernel, else XDP), a 16 MiB ring.
     let c = parse(
         &GOOD.replace(
             "interface = \"eth1\"",
@@ -474,7 +475,7 @@ fn copy_mode_sources_take_direction_hook_and_ring_size() {
         "t.toml",
     )
     .expect("valid");
-    assert_eq!(c.sources[0].ingress_hook, IngressHook::Xdp);
+    assert_eq!(c.sources[0].ingress_hook, IngressHook::Auto);
     assert_eq!(c.sources[0].ring_buffer, DEFAULT_RING_BUFFER);
     // Tap sources share an interface target's UMEM where zero-copy makes
     // it pay ("auto"), or as told: true, false or "auto".
@@ -532,7 +533,7 @@ fn copy_mode_errors_name_the_field() {
         ),
         (
             copy("ingress_hook = \"bpf\""),
-            "unknown variant `bpf`, expected `xdp` or `tc`",
+            "unknown variant `bpf`, expected one of `auto`, `xdp`, `tc`",
         ),
         (
             GOOD.replace(
@@ -605,16 +606,105 @@ fn session_path_defaults_to_auto_and_kernel_is_refused_where_userspace_is_needed
         let e = errors(&text.replace("priority = 1", "priority = 1\npath = \"kernel\""));
         assert!(e.iter().any(|l| l.contains(want)), "want `{want}` in {e:?}");
     }
+    // A copy-mode session to interface targets has a kernel path too
+    // (tcx clones): see `copy_sessions_clone_in_the_kernel_unless_…`.
     let copy = GOOD.replace(
         "interface = \"eth1\"",
         "interface = \"eth1\"\nmode = \"copy\"",
     );
     let c = parse(&copy, "t.toml").expect("valid");
-    assert!(c
-        .kernel_path_obstacle(0)
-        .is_some_and(|w| w.contains("copy mode")));
+    assert_eq!(c.kernel_path_obstacle(0), None);
     let e = errors(&GOOD.replace("priority = 1", "path = \"fast\""));
     assert!(e[0].contains("unknown variant `fast`"), "{e:?}");
+}
+
+#[test]
+fn copy_sessions_clone_in_the_kernel_unless_userspace_or_xdp_is_needed() {
+    // GOOD's source in copy mode, both directions, with `source` keys; its
+    // session sends to `targets` with `session` keys (ALL_TARGETS defines
+    // the other kinds: vx, gre6, er, archive and the group pool).
+    let copy = |source: &str, targets: &str, session: &str| {
+        format!("{GOOD}{ALL_TARGETS}")
+            .replace(
+                "interface = \"eth1\"",
+                &format!("interface = \"eth1\"\nmode = \"copy\"\ndirection = \"both\"\n{source}"),
+            )
+            .replace(
+                "targets = [\"ids0\"]\npriority = 1",
+                &format!("targets = [{targets}]\npriority = 1\n{session}"),
+            )
+    };
+    let ids = "\"ids0\"";
+    for hook in ["", "ingress_hook = \"auto\"", "ingress_hook = \"tc\""] {
+        let c = parse(&copy(hook, ids, ""), "t.toml").expect("valid");
+        assert_eq!(c.kernel_path_obstacle(0), None, "{hook:?}");
+        parse(&copy(hook, ids, "path = \"kernel\""), "t.toml").expect("kernel path");
+    }
+    // Egress only: the ingress hook does not matter.
+    let egress = copy("ingress_hook = \"xdp\"", ids, "")
+        .replace("direction = \"both\"", "direction = \"egress\"");
+    let c = parse(&egress, "t.toml").expect("valid");
+    assert_eq!(c.kernel_path_obstacle(0), None);
+    for (source, targets, session, want) in [
+        (
+            "ingress_hook = \"xdp\"",
+            ids,
+            "",
+            "ingress_hook = \"xdp\": XDP cannot clone a frame and let it pass on",
+        ),
+        (
+            "",
+            ids,
+            "packet_length = 100",
+            "packet_length is applied in userspace",
+        ),
+        (
+            "",
+            ids,
+            "rate_limit_pps = 10",
+            "rate_limit_pps is applied in userspace",
+        ),
+        (
+            "",
+            "\"ids0\", \"archive\"",
+            "",
+            "target `archive` is a pcapng target, written by userspace",
+        ),
+        (
+            "",
+            "\"vx\"",
+            "",
+            "target `vx` is a vxlan tunnel: copy mode's kernel path clones to local interfaces only",
+        ),
+        (
+            "",
+            "\"pool\"",
+            "",
+            "target group `pool` picks members",
+        ),
+    ] {
+        // auto: valid, and the reason is named for the log...
+        let c = parse(&copy(source, targets, session), "t.toml").expect("valid");
+        let why = c.kernel_path_obstacle(0);
+        assert!(why.as_ref().is_some_and(|w| w.contains(want)), "want `{want}`: {why:?}");
+        // ...and `path = "kernel"` is an error at the key that names it.
+        let e = errors(&copy(source, targets, &format!("{session}\npath = \"kernel\"")));
+        assert!(
+            e.iter()
+                .any(|l| l.contains(want) && l.contains("path = \"kernel\": the in-kernel")),
+            "want `{want}` in {e:?}"
+        );
+    }
+    // A target port that copy mode mirrors on egress would see the clones
+    // again (a loop): such a session goes through userspace.
+    let looped = copy("", ids, "").replace("interface = \"eth2\"", "interface = \"eth1\"");
+    let c = parse(&looped, "t.toml").expect("valid");
+    let why = c.kernel_path_obstacle(0);
+    assert!(
+        why.as_ref()
+            .is_some_and(|w| w.contains("is eth1, whose egress copy-mode source `uplink` mirrors")),
+        "{why:?}"
+    );
 }
 
 #[test]

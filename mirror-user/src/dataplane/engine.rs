@@ -55,6 +55,9 @@ pub struct Engine {
     kernel_tunnels: Vec<super::tunnels::KernelTunnel>,
     /// Target groups of kernel-path sessions, likewise.
     kernel_groups: Vec<super::tunnels::KernelGroup>,
+    /// Destinations of kernel-path copy sessions, until the thread that
+    /// watches their devices takes them (`clones::watch`).
+    clone_watch: Vec<super::clones::Watched>,
     pub(super) stop_workers: Arc<AtomicBool>,
     pub(super) stop_senders: Arc<AtomicBool>,
     /// Set once the whole start-up succeeded: until then no target touches
@@ -89,6 +92,7 @@ impl Engine {
             target_hops,
             kernel_tunnels: Vec::new(),
             kernel_groups: Vec::new(),
+            clone_watch: Vec::new(),
             stop_workers: Arc::new(AtomicBool::new(false)),
             stop_senders: Arc::new(AtomicBool::new(false)),
             started: Arc::new(AtomicBool::new(false)),
@@ -125,6 +129,15 @@ impl Engine {
                 .spawn(move || super::tunnels::keep(tunnels, groups, &stop))
                 .context("spawning the kernel path's next-hop and group thread")?;
             engine.senders.push(handle);
+        }
+        let watched = std::mem::take(&mut engine.clone_watch);
+        if !watched.is_empty() {
+            let stop = engine.stop_workers.clone();
+            let handle = std::thread::Builder::new()
+                .name("clone-links".into())
+                .spawn(move || super::clones::watch(watched, &stop))
+                .context("spawning the kernel-path targets' link thread")?;
+            engine.workers.push(handle);
         }
         engine.started.store(true, Ordering::Release);
         Ok(engine)
@@ -207,9 +220,12 @@ impl Engine {
         let sessions = self.config.sessions_of(idx);
         let (ingress, egress) = source_rule_sets(&self.config, idx)
             .with_context(|| format!("source `{}`: compiling the rules", cfg.name))?;
+        // A copy source whose sessions all clone in the kernel writes no
+        // ring record: it gets the smallest ring.
+        let ring_used = sessions.iter().any(|&s| !self.paths[s].kernel);
         let mut program = SourceProgram::load_with_ring(match cfg.mode {
-            SourceMode::Tap => mirror_ebpf::limits::RING_MIN,
-            SourceMode::Copy => cfg.ring_buffer,
+            SourceMode::Copy if ring_used => cfg.ring_buffer,
+            _ => mirror_ebpf::limits::RING_MIN,
         })
         .with_context(|| format!("source `{}`: loading the kernel programs", cfg.name))?;
         program
@@ -442,7 +458,8 @@ impl Engine {
     }
 
     /// Copy mode: the programs, then a reader thread on the ring buffer
-    /// (records wait in the ring until it starts).
+    /// (records wait in the ring until it starts). Kernel-path sessions get
+    /// their clone destinations before anything is attached.
     fn start_copy(&mut self, idx: usize, mut prepared: Prepared) -> Result<()> {
         let cfg = &self.config.sources[idx];
         let ring = prepared
@@ -453,10 +470,13 @@ impl Engine {
             .program
             .set_wake_bytes(COPY_WAKE_BYTES.min(u64::from(cfg.ring_buffer) / 4))
             .context("setting the ring's wake-up threshold")?;
+        let devices = super::clones::set_up(&self.config, &mut prepared, &self.target_ifindex)?;
+        let ingress_hook = super::clones::ingress_hook(cfg, &prepared.paths);
         let hooks = CopyHooks {
-            ingress: cfg.ingress().then_some(cfg.ingress_hook),
+            ingress: cfg.ingress().then_some(ingress_hook),
             egress: cfg.egress(),
         };
+        super::clones::log_ingress_hook(&self.config, idx, &prepared, ingress_hook);
         let attached = prepared
             .program
             .attach_copy(&cfg.interface, hooks, cfg.xdp_mode)
@@ -466,24 +486,32 @@ impl Engine {
             (None, Some(IngressHook::Tc)) => "tcx",
             _ => "none",
         };
+        let ring_used = prepared.paths.iter().any(|p| !p.kernel);
         let source = Arc::new(prepared.into_source(cfg, idx, attach_mode, Vec::new(), false));
-        let (src, stop) = (source.clone(), self.stop_workers.clone());
-        let handle = std::thread::Builder::new()
-            .name(format!("copy-{}", cfg.name))
-            .spawn(move || copy_reader(&ring, &src, &stop))
-            .context("spawning the ring-buffer reader thread")?;
-        self.workers.push(handle);
+        self.clone_watch
+            .extend(devices.into_iter().map(|device| super::clones::Watched {
+                source: source.clone(),
+                device,
+            }));
+        if ring_used {
+            let (src, stop) = (source.clone(), self.stop_workers.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("copy-{}", cfg.name))
+                .spawn(move || copy_reader(&ring, &src, &stop))
+                .context("spawning the ring-buffer reader thread")?;
+            self.workers.push(handle);
+        }
         tracing::info!(
             source = %cfg.name,
             interface = %cfg.interface,
             ingress = match hooks.ingress {
                 None => "off",
-                Some(IngressHook::Xdp) => "xdp",
                 Some(IngressHook::Tc) => "tcx",
+                Some(_) => "xdp",
             },
             xdp_mode = source.attach_mode,
             egress = if hooks.egress { "tcx" } else { "off" },
-            ring_buffer_bytes = cfg.ring_buffer,
+            ring_buffer_bytes = if ring_used { cfg.ring_buffer } else { 0 },
             "source attached (copy mode: every frame passes on untouched)"
         );
         self.log_paths(&source);
@@ -494,7 +522,16 @@ impl Engine {
     fn log_paths(&self, source: &Source) {
         for (&s, path) in source.sessions.iter().zip(&source.paths) {
             let sess = &self.config.sessions[s];
-            if path.kernel {
+            if path.kernel && source.mode == SourceMode::Copy {
+                tracing::info!(
+                    session = %sess.name,
+                    sample = sess.sample,
+                    path = path.name_in(source.mode),
+                    "session served in the kernel: tcx clones each mirrored frame to each target \
+                     device (bpf_clone_redirect) and passes the frame on; no ring buffer, no \
+                     userspace copy"
+                );
+            } else if path.kernel {
                 tracing::info!(
                     session = %sess.name,
                     sample = sess.sample,
@@ -507,7 +544,7 @@ impl Engine {
                     sample = sess.sample,
                     rate_limit_pps = sess.rate_limit_pps,
                     packet_length = sess.packet_length,
-                    path = path.name(),
+                    path = path.name_in(source.mode),
                     why = %path.reason,
                     "session served through userspace"
                 );

@@ -10,6 +10,7 @@
 //!        ┌──────────────────────────────────────────────────────────────────────┘
 //!        └▶ session plan (truncate, rate limit, group pick) ──▶ target queues ──▶ senders
 //! kernel path: XDP ──▶ the session's DEVMAP (redirect / broadcast) ──▶ target devices
+//! copy kernel path: tcx ──▶ one clone per target (bpf_clone_redirect) ──▶ target devices
 //! ```
 //!
 //! - [`source`]: a running source (its programs, sessions, sockets);
@@ -22,6 +23,8 @@
 //! - [`engine`]: start, live rule updates, shutdown;
 //! - [`tunnels`]: the kernel path's tunnel headers kept in step with the
 //!   route and neighbour tables;
+//! - [`clones`]: copy mode's kernel path (tcx clones): its ingress hook,
+//!   destinations, and their devices' state;
 //! - [`stats`]: the counters snapshot `mirror stats` reports, assembled from
 //!   the kernel's and the threads' counters.
 //!
@@ -29,6 +32,7 @@
 //! and the command line use it, never the other way round.
 
 pub mod clock;
+mod clones;
 pub mod engine;
 pub mod plan;
 pub mod session;

@@ -62,12 +62,22 @@ impl PathChoice {
             "af_xdp"
         }
     }
+
+    /// As `mirror stats` and the log name it for a source in `mode`: a
+    /// copy-mode source's userspace path is its ring buffer.
+    pub fn name_in(&self, mode: SourceMode) -> &'static str {
+        match (self.kernel, mode) {
+            (false, SourceMode::Copy) => "ring_buffer",
+            _ => self.name(),
+        }
+    }
 }
 
 /// Picks each session's path (`Config::sessions` order): the in-kernel fast
 /// path when the config allows it ([`Config::kernel_path_obstacle`]) and
 /// every target device accepts frames redirected from XDP
-/// (`NETDEV_XDP_ACT_NDO_XMIT`); `path = "kernel"` makes a refusal an error.
+/// (`NETDEV_XDP_ACT_NDO_XMIT`), or for a copy-mode session (tcx clones)
+/// every target device exists; `path = "kernel"` makes a refusal an error.
 pub(super) fn plan_paths(
     config: &Config,
     target_ifindex: &[Option<u32>],
@@ -82,11 +92,15 @@ pub(super) fn plan_paths(
         let choice = match sess.path {
             SessionPath::Userspace => userspace("path = \"userspace\"".into()),
             SessionPath::Auto | SessionPath::Kernel => {
-                match config
-                    .kernel_path_obstacle(i)
-                    .or_else(|| devices_refusing_redirects(config, i, target_ifindex))
-                    .or_else(|| tunnels_not_for_the_kernel(config, i, target_ifindex, hops))
-                {
+                let copy = config.sources[sess.source].mode == SourceMode::Copy;
+                match config.kernel_path_obstacle(i).or_else(|| {
+                    if copy {
+                        clone_targets_missing(config, i, target_ifindex)
+                    } else {
+                        devices_refusing_redirects(config, i, target_ifindex)
+                            .or_else(|| tunnels_not_for_the_kernel(config, i, target_ifindex, hops))
+                    }
+                }) {
                     None => PathChoice {
                         kernel: true,
                         reason: String::new(),
@@ -102,6 +116,26 @@ pub(super) fn plan_paths(
         out.push(choice);
     }
     Ok(out)
+}
+
+/// Copy mode: the first of session `i`'s interface targets whose device does
+/// not exist (the kernel path clones to it by ifindex), as a reason, or `None`.
+pub(super) fn clone_targets_missing(
+    config: &Config,
+    i: usize,
+    target_ifindex: &[Option<u32>],
+) -> Option<String> {
+    config.session_targets(i).into_iter().find_map(|t| {
+        let TargetSpec::Interface { interface, .. } = &config.targets[t].spec else {
+            return None;
+        };
+        target_ifindex[t].is_none().then(|| {
+            format!(
+                "interface {interface} (target `{}`) does not exist",
+                config.targets[t].name
+            )
+        })
+    })
 }
 
 /// The first of session `i`'s interface targets whose device cannot take

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::source::Source;
 use super::Engine;
 use crate::config::SourceMode;
-use crate::kernel::{AttachMode, FastStats, TunnelStats, COUNTERS};
+use crate::kernel::{AttachMode, CloneStats, FastStats, TunnelStats, COUNTERS};
 
 pub use crate::target::group::GroupStats;
 pub use crate::target::TargetStats;
@@ -93,6 +93,10 @@ pub struct DirectionStats {
     pub ring_full: u64,
     /// Copies cut at the per-record maximum (GSO super-frames on egress).
     pub copy_cut: u64,
+    /// Frames sent down the kernel path (cloned at tcx to their session's
+    /// targets, no ring record).
+    #[serde(default)]
+    pub cloned: u64,
 }
 
 impl SourceStats {
@@ -104,8 +108,10 @@ impl SourceStats {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SessionStats {
     pub source: String,
-    /// Which path serves the session: "kernel" (the in-kernel fast path,
-    /// a DEVMAP broadcast) or "af_xdp" (through userspace).
+    /// Which path serves the session: "kernel" (the in-kernel fast path:
+    /// a DEVMAP broadcast in tap mode, tcx clones in copy mode), "af_xdp"
+    /// (through userspace, tap mode) or "ring_buffer" (through userspace,
+    /// copy mode).
     pub path: String,
     pub targets: Vec<String>,
     /// Frames this session's filter accepted.
@@ -135,11 +141,24 @@ impl Engine {
         let mut out = Stats::default();
         // Per target: what the kernel path sent it (all sources together).
         let mut fast = vec![FastTarget::default(); self.targets.len()];
+        // Per target: what copy mode's kernel path cloned to it.
+        let mut clones = vec![CloneTarget::default(); self.targets.len()];
         for src in &self.sources {
+            // Copy mode's kernel path counts a frame for its session before
+            // its destinations: read them first, so no outcome is read
+            // without the frame it belongs to.
+            let outcomes = match src.mode {
+                SourceMode::Copy => self.clone_outcomes(src)?,
+                SourceMode::Tap => Vec::new(),
+            };
             let k = KernelCounts::read(src)?;
-            // Read after the sessions' counts, so a target's kernel-path
-            // `enqueued` never lags what its devices were handed.
-            self.add_fast_sessions(src, &k, &mut fast)?;
+            if src.mode == SourceMode::Copy {
+                add_clone_sessions(&k, outcomes, &mut clones);
+            } else {
+                // Read after the sessions' counts, so a target's kernel-path
+                // `enqueued` never lags what its devices were handed.
+                self.add_fast_sessions(src, &k, &mut fast)?;
+            }
             out.sources.insert(src.name.clone(), source_stats(src, &k));
             for (kidx, &s) in src.sessions.iter().enumerate() {
                 let sess = &self.config.sessions[s];
@@ -153,6 +172,9 @@ impl Engine {
                 add_fast_tunnel(&mut snap, &fast[i]);
             } else if let Some(ifindex) = self.target_ifindex[i].filter(|_| fast[i].enqueued > 0) {
                 add_fast_path(&mut snap, &fast[i], self.fast_stats(ifindex)?);
+            }
+            if clones[i].sessions > 0 {
+                add_clone_path(&mut snap, &clones[i]);
             }
             out.targets.insert(t.name.clone(), snap);
         }
@@ -231,12 +253,31 @@ impl Engine {
         Ok(())
     }
 
+    /// What became of the frames each destination of `src`'s kernel-path
+    /// copy sessions was given: (kernel session index, target, outcomes).
+    fn clone_outcomes(&self, src: &Source) -> Result<Vec<(usize, usize, CloneStats)>> {
+        let program = src
+            .program
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
+        let mut out = Vec::new();
+        for (kidx, &s) in src.sessions.iter().enumerate() {
+            if !src.paths[kidx].kernel {
+                continue;
+            }
+            for (key, t) in self.config.session_targets(s).into_iter().enumerate() {
+                out.push((kidx, t, program.clone_stats(kidx as u32, key as u32)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// The session at kernel index `kidx` of `src` (index `s` in the config).
     fn session_stats(&self, src: &Source, k: &KernelCounts, kidx: usize, s: usize) -> SessionStats {
         let sess = &self.config.sessions[s];
         SessionStats {
             source: src.name.clone(),
-            path: src.paths[kidx].name().into(),
+            path: src.paths[kidx].name_in(src.mode).into(),
             targets: sess
                 .targets
                 .iter()
@@ -303,6 +344,8 @@ struct KernelCounts {
     session_kernel: Vec<(u64, u64)>,
     /// Per session: frames over its rate limit on the kernel path.
     session_rate_limited: Vec<u64>,
+    /// Copy mode: frames each direction sent down the kernel path.
+    clone_dir: [u64; 2],
 }
 
 impl KernelCounts {
@@ -327,6 +370,10 @@ impl KernelCounts {
                 .map(|i| p.session_kernel(i).unwrap_or_default())
                 .collect(),
             session_rate_limited: per_session(&|i| p.kernel_rate_limited(i)),
+            clone_dir: match src.mode {
+                SourceMode::Copy => p.clone_dir()?,
+                SourceMode::Tap => [0; 2],
+            },
         })
     }
 
@@ -400,7 +447,7 @@ fn source_stats(src: &Source, k: &KernelCounts) -> SourceStats {
         classify_scans: c(C::MIRROR_CNT_CLASSIFY_SCAN),
         directions: match src.mode {
             SourceMode::Tap => Default::default(),
-            SourceMode::Copy => direction_stats(&k.by_dir),
+            SourceMode::Copy => direction_stats(&k.by_dir, &k.clone_dir),
         },
     }
 }
@@ -441,10 +488,14 @@ fn handed_over(src: &Source, counters: &[u64; COUNTERS]) -> (u64, Vec<(&'static 
 }
 
 /// Copy mode: the counters of each direction.
-fn direction_stats(by_dir: &[[u64; COUNTERS]; 2]) -> BTreeMap<String, DirectionStats> {
+fn direction_stats(
+    by_dir: &[[u64; COUNTERS]; 2],
+    cloned: &[u64; 2],
+) -> BTreeMap<String, DirectionStats> {
     [("ingress", &by_dir[0]), ("egress", &by_dir[1])]
         .into_iter()
-        .map(|(name, d)| {
+        .zip(cloned)
+        .map(|((name, d), &cloned)| {
             let c = |k: C| d[k.0 as usize];
             (
                 name.to_string(),
@@ -456,6 +507,7 @@ fn direction_stats(by_dir: &[[u64; COUNTERS]; 2]) -> BTreeMap<String, DirectionS
                     copied: c(C::MIRROR_CNT_COPIED),
                     ring_full: c(C::MIRROR_CNT_DROP_RING_FULL),
                     copy_cut: c(C::MIRROR_CNT_COPY_CUT),
+                    cloned,
                 },
             )
         })
@@ -536,4 +588,52 @@ fn add_fast_tunnel(snap: &mut TargetStats, t: &FastTarget) {
         .saturating_sub(t.down + t.rate_limited)
         .saturating_sub(t.dev.packets)
         .saturating_sub(t.dev.too_big);
+}
+
+/// Adds what a source's kernel-path copy sessions cloned to each target
+/// (`outcomes` from `Engine::clone_outcomes`): every frame of a session is
+/// offered to each of its targets.
+fn add_clone_sessions(
+    k: &KernelCounts,
+    outcomes: Vec<(usize, usize, CloneStats)>,
+    clones: &mut [CloneTarget],
+) {
+    for (kidx, t, o) in outcomes {
+        let c = &mut clones[t];
+        c.sessions += 1;
+        c.enqueued += k.session_kernel[kidx].0;
+        c.outcomes.add(&o);
+    }
+}
+
+/// What copy mode's kernel path did for one target, over every session and
+/// source that clones to it.
+#[derive(Debug, Clone, Copy, Default)]
+struct CloneTarget {
+    /// Kernel-path sessions that clone to it.
+    sessions: u32,
+    /// Frames those sessions sent down the kernel path, each offered to it.
+    enqueued: u64,
+    /// What became of them at this destination.
+    outcomes: CloneStats,
+}
+
+/// Adds what copy mode's kernel path did for a target, each counted where it
+/// happened: `enqueued` by the tcx program as its session sent a frame down
+/// the kernel path, then per destination, by the same program run, a clone
+/// the device took (`sent_packets`, `kernel_path`, `sent_bytes`), a frame
+/// longer than the device takes (`too_big`), one not cloned because the
+/// device is down or gone (`down`), or a clone the kernel refused
+/// (`send_error`). Nothing is derived but `unknown`, the frames no outcome
+/// was counted for, which tests assert is 0.
+fn add_clone_path(snap: &mut TargetStats, t: &CloneTarget) {
+    let o = &t.outcomes;
+    snap.enqueued += t.enqueued;
+    snap.sent_packets += o.packets;
+    snap.sent_bytes += o.bytes;
+    snap.kernel_path += o.packets;
+    *snap.dropped.entry("too_big".into()).or_default() += o.too_big;
+    *snap.dropped.entry("down".into()).or_default() += o.down;
+    *snap.dropped.entry("send_error".into()).or_default() += o.errors;
+    *snap.dropped.entry("unknown".into()).or_default() += t.enqueued.saturating_sub(o.outcomes());
 }

@@ -26,7 +26,8 @@ impl AttachMode {
 /// Which copy-mode programs to attach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CopyHooks {
-    /// Ingress, through XDP (`Some(IngressHook::Xdp)`) or tcx; `None`: not mirrored.
+    /// Ingress, through XDP (`Some(IngressHook::Xdp)`) or tcx (`Tc`); `None`:
+    /// not mirrored.
     pub ingress: Option<IngressHook>,
     /// Egress, through tcx.
     pub egress: bool,
@@ -92,7 +93,9 @@ impl SourceProgram {
                 self.links.push(link);
                 Ok(None)
             }
-            Some(IngressHook::Xdp) => {
+            // `auto` is decided by the caller (dataplane's `clones::ingress_hook`);
+            // undecided, it is what it is without a kernel-path session: XDP.
+            Some(IngressHook::Xdp | IngressHook::Auto) => {
                 let fd = self.skel.progs.xdp_copy.as_fd().as_raw_fd();
                 self.attach_xdp(fd, interface, mode).map(Some)
             }

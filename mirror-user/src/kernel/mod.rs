@@ -12,6 +12,7 @@
 //! - [`rule_maps`]: compiled rule sets as map-in-map tables, swapped atomically;
 //! - [`tuning`]: the per-session settings the programs read from `.bss`;
 //! - [`fast_path`]: the in-kernel path's DEVMAPs and their counters;
+//! - [`clone_path`]: copy mode's kernel path (tcx clones) and its counters;
 //! - [`counters`]: the per-source and per-session counters;
 //! - [`query`]: interfaces, attached programs and device XDP features;
 //! - [`meta`] / [`copy_ring`]: what the programs hand over with each frame
@@ -23,6 +24,7 @@
 //! [`RuleSet`](crate::filter::ruleset::RuleSet)), nothing above.
 
 pub mod attach;
+pub mod clone_path;
 pub mod copy_ring;
 pub mod counters;
 pub mod fast_path;
@@ -43,6 +45,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use mirror_ebpf::mirror::{MirrorSkel, MirrorSkelBuilder};
 
 pub use attach::{link_create, AttachMode, CopyHooks};
+pub use clone_path::{CloneDest, CloneStats};
 pub use counters::{percpu_sum, COUNTERS};
 pub use fast_path::{FastDest, FastSession, FastStats, PickCount, TunnelHeaders, TunnelStats};
 pub use meta::{read_meta, Meta};

@@ -91,7 +91,7 @@ impl Validator<'_> {
             ingress_hook: s
                 .ingress_hook
                 .as_ref()
-                .map_or(IngressHook::Xdp, |h| *h.get_ref()),
+                .map_or(IngressHook::Auto, |h| *h.get_ref()),
             share_umem: s
                 .share_umem
                 .as_ref()
