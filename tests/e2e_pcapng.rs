@@ -167,6 +167,7 @@ impl Sampler {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn rotate_interval_starts_a_new_file_each_interval_while_traffic_flows() {
     require_root!();
     let started = Instant::now();
@@ -236,6 +237,7 @@ const BUDGET: u64 = 1 << 20;
 const ROTATE: u64 = 256 << 10;
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn max_total_size_holds_at_every_moment_and_keeps_the_newest_frames() {
     require_root!();
     let mut s = Setup::new(
@@ -316,6 +318,7 @@ max_total_size = "1MiB""#,
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn min_free_stops_writing_before_the_disk_fills_and_counts_disk_full() {
     require_root!();
     const MIN_FREE: u64 = 1 << 20;

@@ -129,6 +129,7 @@ struct TapPhase {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn rules_added_and_deleted_live_change_what_is_mirrored_exactly() {
     require_root!();
     let lab = Lab::new(2).expect("lab");
@@ -384,6 +385,7 @@ struct CopyPhase {
 }
 
 #[test]
+#[ignore = "needs root: BPF and network namespaces"]
 fn deleting_an_egress_rule_leaves_the_ingress_rule_of_the_same_number() {
     require_root!();
     // No addresses and IPv6 off: only the test's frames cross the veth.

@@ -226,6 +226,7 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
             "warnings",
         ]))?;
     }
+    unmarked_root_tests(&root().join("tests"))?;
     let root = is_root();
     // The tests that need root are `#[ignore]`d: as root run them too, unless
     // the caller chose which ones (libtest refuses both flags together).
@@ -256,6 +257,43 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
             "CI is set and {} test(s) were skipped ({why}); CI must run every test: \
              run `cargo xtask test` as root",
             counts.skipped
+        );
+    }
+    Ok(())
+}
+
+/// Fails naming every test in `dir` that needs root (`require_root!`) but is
+/// not `#[ignore]`d: run unprivileged it would fail instead of counting as
+/// skipped, and the skipped count would lie.
+fn unmarked_root_tests(dir: &Path) -> Result<()> {
+    let mut bad = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        for chunk in text.split("#[test]").skip(1) {
+            // The attributes and signature, then the first lines of the body.
+            let Some(fn_at) = chunk.find("fn ") else {
+                continue;
+            };
+            let (attrs, rest) = chunk.split_at(fn_at);
+            let name: String = rest[3..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let head: String = rest.lines().take(4).collect::<Vec<_>>().join("\n");
+            if head.contains("require_root!") && !attrs.contains("#[ignore") {
+                bad.push(format!("{}: {name}", path.display()));
+            }
+        }
+    }
+    if !bad.is_empty() {
+        bail!(
+            "these tests need root (`require_root!`) but are not `#[ignore = \"needs root: …\"]`, \
+             so an unprivileged run would fail them instead of counting them skipped:\n  {}",
+            bad.join("\n  ")
         );
     }
     Ok(())
