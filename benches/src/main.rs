@@ -8,7 +8,9 @@
 //! - `span`: mirror against the software SPANs (tc mirred, bare XDP
 //!   redirect and broadcast, daemonlogger), a C AF_XDP forwarder, tcpdump
 //!   -w, and the XDP_DROP ceiling, same lab and generator; its VXLAN, GRE
-//!   and ERSPAN targets against tc mirred to a Linux VXLAN device.
+//!   and ERSPAN targets against tc mirred to a Linux VXLAN device; its
+//!   kernel path with `packet_length`, `rate_limit_pps` and a target group
+//!   against the plain kernel path.
 //!
 //! Every case writes `benches/results/<timestamp>-<case>.json`, a Markdown
 //! table (`<case>-latest.md`, also printed, and put into README.md between
@@ -55,7 +57,8 @@ enum Case {
     /// XDP_DROP ceiling, tc mirred, a bare XDP redirect and broadcast, a C
     /// AF_XDP forwarder, daemonlogger, tcpdump -w; mirror's kernel,
     /// userspace and copy-mode paths, to one and two target ports and to a
-    /// pcapng file; remote mirroring: tc mirred to a Linux VXLAN device
+    /// pcapng file; the kernel path with a cut, a rate limit and a target
+    /// group; remote mirroring: tc mirred to a Linux VXLAN device
     /// against mirror's vxlan, gre and erspan targets.
     Span(span::Args),
 }

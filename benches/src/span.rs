@@ -33,7 +33,16 @@
 //! 16. `mirror` to a `vxlan` target, 17. to a `gre` target and 18. to an
 //!     `erspan` (type II) target, remote 10.77.0.2 over tgt0: a tap session
 //!     (`path = "auto"`, VNI / session id 42) on whatever path mirror picks
-//!     (the table names it, from `mirror stats`).
+//!     (the table names it, from `mirror stats`);
+//! 19. `cut`, 20. `ratelimit`, 21. `group`: the kernel-path session of 4.
+//!     (`path = "kernel"`, to t0) with one session option each, against 4.:
+//!     `packet_length = 64` (every longer copy cut by `bpf_xdp_adjust_tail`;
+//!     the 60-byte frames are shorter and go whole), `rate_limit_pps =
+//!     100000000` (far above what the generator offers: every frame takes a
+//!     token from the session's bucket and none is limited, so this is the
+//!     limiter's cost, not limiting), and a `[[target_group]]` of t0 and t1
+//!     as its only target (each frame to one member, picked by its flow's
+//!     hash: delivered is the sum over both sinks, with the split).
 //!
 //! The remote cases give tgt0 10.77.0.1/24 and sink0 10.77.0.2/24, a
 //! permanent neighbour entry on tgt0 for 10.77.0.2 (sink0's MAC: no ARP
@@ -56,7 +65,9 @@
 //!                10.77.0.1/24 tgt0 ──veth── sink0 10.77.0.2/24 [XDP count + drop]
 //! ```
 //!
-//! The generator is the AF_XDP TX generator of every tap case; what arrived
+//! The generator is the AF_XDP TX generator of every tap case (256 UDP
+//! flows over 200 source addresses and 4 destination ports, built once into
+//! its UMEM, so `group` has flows to split at no cost to it); what arrived
 //! is counted by an XDP program on each sink port (which also lets the veth
 //! in front of it take redirected frames, as a NIC would).
 
@@ -78,11 +89,11 @@ pub struct Args {
     /// Frame sizes in bytes, without the FCS (60 is a 64-byte frame on the wire).
     #[arg(long, value_delimiter = ',', default_value = "60,1500")]
     sizes: Vec<usize>,
-    /// Only these cases (drop, tc, redirect, mirror, filtered, userspace, shared,
-    /// xskfwd, daemonlogger, pass, copy, broadcast, mirror2, tcpdump, pcapng,
-    /// and to a remote collector: tcvxlan, vxlan, gre, erspan); default all.
-    /// Ratios need their reference case in the run (the remote cases: tcvxlan
-    /// and mirror).
+    /// Only these cases (drop, tc, redirect, mirror, filtered, cut, ratelimit,
+    /// group, userspace, shared, xskfwd, daemonlogger, pass, copy, broadcast,
+    /// mirror2, tcpdump, pcapng, and to a remote collector: tcvxlan, vxlan,
+    /// gre, erspan); default all. Ratios need their reference case in the run
+    /// (the remote cases: tcvxlan and mirror; cut, ratelimit, group: mirror).
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
     /// Paced runs that search each case's lossless rate (the highest offered
@@ -145,7 +156,7 @@ kind = "pcapng"
 path = "@CAPTURE@/mirror.pcapng"
 rotate_size = "256MiB"
 keep = 4
-@TUNNEL@
+@EXTRA@
 [[session]]
 name = "all"
 source = "feed"
@@ -167,6 +178,15 @@ const TUNNEL_MTU: &str = "1600";
 /// The kernel VXLAN device of `tcvxlan`.
 const VXLAN_DEV: &str = "vx0";
 
+/// `cut`'s `packet_length`: every copy of a longer frame is cut to this
+/// (the 60-byte frames are shorter, so there only the length is checked).
+const CUT_LENGTH: u32 = 64;
+/// `ratelimit`'s `rate_limit_pps`: far above what the generator can offer
+/// (~2 Mpps here), so the bucket never runs dry: every frame takes a token
+/// under the session's spin lock and none is limited. It measures what the
+/// limiter costs, not limiting.
+const RATE_LIMIT_PPS: u32 = 100_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Case {
     XdpDrop,
@@ -174,6 +194,9 @@ enum Case {
     XdpRedirect,
     MirrorKernel,
     MirrorFiltered,
+    MirrorCut,
+    MirrorRateLimit,
+    MirrorGroup,
     MirrorUserspace,
     MirrorShared,
     XskFwd,
@@ -191,12 +214,15 @@ enum Case {
 }
 
 impl Case {
-    const ALL: [Case; 19] = [
+    const ALL: [Case; 22] = [
         Case::XdpDrop,
         Case::TcMirred,
         Case::XdpRedirect,
         Case::MirrorKernel,
         Case::MirrorFiltered,
+        Case::MirrorCut,
+        Case::MirrorRateLimit,
+        Case::MirrorGroup,
         Case::MirrorUserspace,
         Case::MirrorShared,
         Case::XskFwd,
@@ -221,6 +247,9 @@ impl Case {
             Case::XdpRedirect => "redirect",
             Case::MirrorKernel => "mirror",
             Case::MirrorFiltered => "filtered",
+            Case::MirrorCut => "cut",
+            Case::MirrorRateLimit => "ratelimit",
+            Case::MirrorGroup => "group",
             Case::MirrorUserspace => "userspace",
             Case::MirrorShared => "shared",
             Case::XskFwd => "xskfwd",
@@ -245,6 +274,9 @@ impl Case {
             Case::XdpRedirect => "XDP redirect (in-kernel ceiling)",
             Case::MirrorKernel => "mirror, kernel path",
             Case::MirrorFiltered => "mirror, kernel path, 2-rule filter",
+            Case::MirrorCut => "mirror, kernel path, packet_length = 64",
+            Case::MirrorRateLimit => "mirror, kernel path, rate_limit_pps = 100M (never reached)",
+            Case::MirrorGroup => "mirror, kernel path, group of t0 + t1 (sum of both)",
             Case::MirrorUserspace => "mirror, userspace (AF_XDP)",
             Case::MirrorShared => "mirror, userspace, shared UMEM",
             Case::XskFwd => "xsk-fwd (C, libxdp, one core)",
@@ -292,14 +324,23 @@ impl Case {
         }
     }
 
-    /// Target ports the case sends to (0: none, the ceiling and the copy-mode
-    /// baseline; a file counts as one).
+    /// Target ports each frame is sent to (0: none, the ceiling and the
+    /// copy-mode baseline; a file counts as one). What the sinks count is
+    /// divided by this: delivered per target. A group counts as one: each
+    /// frame reaches one member, so its delivered rate is the sum over both
+    /// members' sinks (the split is reported next to it).
     fn targets(self) -> usize {
         match self {
             Case::XdpDrop | Case::Pass => 0,
             Case::XdpBroadcast | Case::MirrorKernel2 => 2,
             _ => 1,
         }
+    }
+
+    /// Whether the case's one target is a group of both ports (t0, t1):
+    /// each frame goes to one member, picked by its flow.
+    fn group(self) -> bool {
+        matches!(self, Case::MirrorGroup)
     }
 
     /// Whether the case writes a file instead of sending to target ports.
@@ -318,7 +359,9 @@ impl Case {
     /// kernel path and tc, the C AF_XDP forwarder for the userspace path,
     /// tc mirred for copy mode (both leave the original untouched), tcpdump
     /// for the pcapng target, and mirror's kernel path to an interface
-    /// target for its tunnel targets (what a tunnel costs mirror).
+    /// target for its tunnel targets (what a tunnel costs mirror) and for
+    /// its session options on that path (what a cut, a rate limit or a
+    /// group costs it).
     fn reference(self) -> Option<Case> {
         match self {
             Case::TcMirred | Case::MirrorKernel | Case::MirrorFiltered => Some(Case::XdpRedirect),
@@ -326,7 +369,12 @@ impl Case {
             Case::MirrorCopy => Some(Case::TcMirred),
             Case::MirrorKernel2 => Some(Case::XdpBroadcast),
             Case::MirrorPcapng => Some(Case::Tcpdump),
-            Case::MirrorVxlan | Case::MirrorGre | Case::MirrorErspan => Some(Case::MirrorKernel),
+            Case::MirrorVxlan
+            | Case::MirrorGre
+            | Case::MirrorErspan
+            | Case::MirrorCut
+            | Case::MirrorRateLimit
+            | Case::MirrorGroup => Some(Case::MirrorKernel),
             _ => None,
         }
     }
@@ -361,6 +409,10 @@ struct Row {
     delivered_max: f64,
     /// Every full-rate run's delivered rate, in order.
     delivered_runs: Vec<f64>,
+    /// `group`: frames/s at each member's sink (t0's sink0, t1's sink1) in
+    /// the median run; `delivered_pps` is their sum (each frame reaches one
+    /// member).
+    delivered_split_pps: Option<[f64; 2]>,
     /// Offered frames that did not arrive (at every target), percent.
     loss_pct: f64,
     /// Copy mode and its baseline: frames/s of the monitored traffic that
@@ -388,6 +440,9 @@ struct Row {
     rss_kib: Option<u64>,
     /// mirror cases: frames/s its source received.
     mirror_received_pps: Option<f64>,
+    /// mirror cases: mean bytes per copy its targets sent (median run);
+    /// below the frame size when copies were cut (`cut`).
+    copy_bytes: Option<f64>,
     /// Drops/s the case reported: mirror's targets by reason (all targets
     /// together), tcpdump's "dropped by kernel".
     drops: std::collections::BTreeMap<String, f64>,
@@ -560,19 +615,34 @@ fn cpu_times() -> Result<Vec<(u64, u64)>> {
         .collect())
 }
 
-/// A mirror case's (source received, target drops by reason) so far.
-type MirrorCounts = (u64, std::collections::BTreeMap<String, u64>);
+/// A mirror case's counters so far.
+struct MirrorCounts {
+    /// Frames its source received.
+    received: u64,
+    /// Its targets' drops by reason (all targets together).
+    drops: std::collections::BTreeMap<String, u64>,
+    /// Copies its targets sent, and their bytes (all targets together).
+    sent_packets: u64,
+    sent_bytes: u64,
+}
 
 fn mirror_stats(r: &Running<'_>) -> Result<Option<MirrorCounts>> {
     let Some(d) = &r.daemon else { return Ok(None) };
     let s = mirror_user::control::Client::connect(&d.control)?.stats()?;
-    let mut drops = std::collections::BTreeMap::new();
+    let mut c = MirrorCounts {
+        received: s.sources["feed"].received,
+        drops: std::collections::BTreeMap::new(),
+        sent_packets: 0,
+        sent_bytes: 0,
+    };
     for t in s.targets.values() {
         for (k, v) in &t.dropped {
-            *drops.entry(k.clone()).or_default() += v;
+            *c.drops.entry(k.clone()).or_default() += v;
         }
+        c.sent_packets += t.sent_packets;
+        c.sent_bytes += t.sent_bytes;
     }
-    Ok(Some((s.sources["feed"].received, drops)))
+    Ok(Some(c))
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -894,6 +964,9 @@ fn start<'a>(
         Case::Tcpdump | Case::Pass => {}
         Case::MirrorKernel
         | Case::MirrorFiltered
+        | Case::MirrorCut
+        | Case::MirrorRateLimit
+        | Case::MirrorGroup
         | Case::MirrorUserspace
         | Case::MirrorShared
         | Case::MirrorCopy
@@ -909,6 +982,8 @@ fn start<'a>(
                 Case::MirrorCopy => ("\"t0\"", "userspace", "mode = \"copy\""),
                 Case::MirrorPcapng => ("\"cap\"", "userspace", ""),
                 Case::MirrorKernel2 => ("\"t0\", \"t1\"", "kernel", ""),
+                // The group of t0 and t1 (below) as the only target.
+                Case::MirrorGroup => ("\"pool\"", "kernel", ""),
                 _ => ("\"t0\"", "kernel", ""),
             };
             let filter = if case == Case::MirrorFiltered {
@@ -923,19 +998,29 @@ fn start<'a>(
                 .replace("@FILTER@", filter)
                 .replace("@CAPTURE@", &capture.to_string_lossy())
                 .replace("@CPUS@", &USER_CPU.to_string());
-            // The remote cases' target (remote 10.77.0.2) and their VNI /
-            // ERSPAN session id; nothing for the others.
-            let (tunnel, session) = match case.tunnel() {
-                Some(kind) => (
+            // More targets and session options: the remote cases' target
+            // (remote 10.77.0.2) and their VNI / ERSPAN session id, the
+            // group of t0 and t1, the cut and the rate limit; nothing for
+            // the others.
+            let (extra, session) = match (case.tunnel(), case) {
+                (Some(kind), _) => (
                     format!(
                         "\n[[target]]\nname = \"remote\"\n{kind}\nremote = \"{TUNNEL_REMOTE}\"\nmtu = {TUNNEL_MTU}\n"
                     ),
                     format!("vni = {TUNNEL_VNI}"),
                 ),
-                None => (String::new(), String::new()),
+                (None, Case::MirrorGroup) => (
+                    "\n[[target_group]]\nname = \"pool\"\nmembers = [\"t0\", \"t1\"]\n".to_string(),
+                    String::new(),
+                ),
+                (None, Case::MirrorCut) => (String::new(), format!("packet_length = {CUT_LENGTH}")),
+                (None, Case::MirrorRateLimit) => {
+                    (String::new(), format!("rate_limit_pps = {RATE_LIMIT_PPS}"))
+                }
+                _ => (String::new(), String::new()),
             };
             let text = text
-                .replace("@TUNNEL@", &tunnel)
+                .replace("@EXTRA@", &extra)
                 .replace("@SESSION@", &session);
             let daemon = crate::start_daemon(&lab.src, exe, dir, &text)?;
             let stats = mirror_user::control::Client::connect(&daemon.control)?.stats()?;
@@ -984,6 +1069,10 @@ struct Sample {
     cpu: Vec<f64>,
     /// mirror: frames/s its source received.
     received: Option<f64>,
+    /// mirror: mean bytes per copy its targets sent.
+    copy_bytes: Option<f64>,
+    /// Frames/s counted at sink0 and sink1 (what `delivered` adds up).
+    per_sink: [f64; 2],
     /// Drops/s by reason (mirror's targets, tcpdump's kernel drops).
     drops: std::collections::BTreeMap<String, f64>,
 }
@@ -1024,31 +1113,38 @@ fn measure(
     let (lab, dir, sinks) = (rig.lab, rig.dir, rig.sinks);
     let case = running.case;
     running.begin(lab, dir).with_context(|| case.name())?;
-    let (d0, n0, cpu0, m0) = (
+    let (d0, n0, cpu0, m0, s0) = (
         running.delivered(sinks)?,
         running.monitored()?,
         cpu_times()?,
         mirror_stats(running)?,
+        [sinks[0].frames()?, sinks[1].frames()?],
     );
     let offered = crate::generate(lab, size, secs, rate)?;
     std::thread::sleep(Duration::from_millis(200));
     let tool_drops = running.end().with_context(|| case.name())?;
-    let (d1, n1, cpu1, m1) = (
+    let (d1, n1, cpu1, m1, s1) = (
         running.delivered(sinks)?,
         running.monitored()?,
         cpu_times()?,
         mirror_stats(running)?,
+        [sinks[0].frames()?, sinks[1].frames()?],
     );
     let per_sec = |n: u64| n as f64 / secs;
     let mut drops = std::collections::BTreeMap::new();
+    let mut copy_bytes = None;
     let received = m0.zip(m1).map(|(b, e)| {
-        for (k, v) in &e.1 {
-            let n = v - b.1.get(k).copied().unwrap_or(0);
+        for (k, v) in &e.drops {
+            let n = v - b.drops.get(k).copied().unwrap_or(0);
             if n > 0 {
                 drops.insert(k.clone(), per_sec(n));
             }
         }
-        per_sec(e.0 - b.0)
+        let sent = e.sent_packets - b.sent_packets;
+        if sent > 0 {
+            copy_bytes = Some((e.sent_bytes - b.sent_bytes) as f64 / sent as f64);
+        }
+        per_sec(e.received - b.received)
     });
     if let Some(n) = tool_drops.filter(|&n| n > 0) {
         drops.insert("dropped by kernel".to_string(), per_sec(n));
@@ -1063,6 +1159,8 @@ fn measure(
             .map(|(b, e)| 100.0 * (e.0 - b.0) as f64 / (e.1 - b.1).max(1) as f64)
             .collect(),
         received,
+        copy_bytes,
+        per_sink: [per_sec(s1[0] - s0[0]), per_sec(s1[1] - s0[1])],
         drops,
     })
 }
@@ -1291,6 +1389,8 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 offered,
                 cpu,
                 received,
+                copy_bytes,
+                per_sink,
                 drops,
                 monitored,
                 ..
@@ -1323,6 +1423,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 delivered_min: min,
                 delivered_max: max,
                 delivered_runs,
+                delivered_split_pps: case.group().then_some(per_sink),
                 loss_pct: loss(med),
                 monitored_pps: monitored,
                 monitored_loss_pct: monitored.map(loss),
@@ -1337,6 +1438,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 feed_bpf_ns: bpf_ns,
                 rss_kib: rss,
                 mirror_received_pps: received,
+                copy_bytes,
                 drops,
                 reference: None,
                 vs_reference: None,
@@ -1348,7 +1450,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             crate::say(
                 &progress,
                 format!(
-                    "span {size:>5}B {:<36}: offered {:>8.0}/s, delivered {:>8.0}/s per target ({:.0}-{:.0}; runs {}){}",
+                    "span {size:>5}B {:<36}: offered {:>8.0}/s, delivered {:>8.0}/s per target ({:.0}-{:.0}; runs {}){}{}{}",
                     row.case,
                     row.offered_pps,
                     med,
@@ -1360,7 +1462,12 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                         .collect::<Vec<_>>()
                         .join(" "),
                     row.lossless_pps
-                        .map_or(String::new(), |l| format!(", lossless {l:.0}/s"))
+                        .map_or(String::new(), |l| format!(", lossless {l:.0}/s")),
+                    row.delivered_split_pps
+                        .map_or(String::new(), |[a, b]| format!(", sink0 {a:.0}/s + sink1 {b:.0}/s")),
+                    row.session_path
+                        .as_ref()
+                        .map_or(String::new(), |p| format!(", path {p}")),
                 ),
             );
             rows.push(row);
@@ -1484,9 +1591,24 @@ fn table(rows: &[Row], a: &Args) -> String {
         let received = r
             .mirror_received_pps
             .map_or(String::new(), |rx| format!("{rx:.0} pps"));
+        // Copies cut below the frame (`cut`): their mean length, so the
+        // row shows the cut happened.
+        let cut = r
+            .copy_bytes
+            .filter(|&b| b < r.frame as f64)
+            .map_or(String::new(), |b| format!("copies {b:.0} B"));
         let drops: Vec<String> = r.drops.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+        // A group's frames each reach one member: the sum, and how it split.
+        let split = r.delivered_split_pps.map_or(String::new(), |[a, b]| {
+            let all = (a + b).max(1.0);
+            format!(
+                ", sum of sink0 {:.0}% + sink1 {:.0}%",
+                100.0 * a / all,
+                100.0 * b / all
+            )
+        });
         s.push_str(&format!(
-            "| {} B | {} | {:.0} pps | {:.0} pps ({:.0}-{:.0}) | {:.1}% | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} |\n",
+            "| {} B | {} | {:.0} pps | {:.0} pps ({:.0}-{:.0}{split}) | {:.1}% | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} |\n",
             r.frame,
             r.case,
             r.offered_pps,
@@ -1506,12 +1628,20 @@ fn table(rows: &[Row], a: &Args) -> String {
             r.ns_per_frame,
             r.feed_bpf_ns.map_or(String::new(), |n| format!("{n:.0}")),
             r.rss_kib.map_or("".to_string(), |k| format!("{} MiB", k / 1024)),
-            [received, drops.join(", ")]
+            [received, cut, drops.join(", ")]
                 .into_iter()
                 .filter(|x| !x.is_empty())
                 .collect::<Vec<_>>()
                 .join("; "),
         ));
+    }
+    if rows.iter().any(|r| r.delivered_split_pps.is_some()) {
+        s.push_str(
+            "\nThe group row's \"delivered\" is the sum over both members' sinks: each frame \
+             goes to one member (picked by its flow's hash among the generator's 256 flows), \
+             so it is the frames copied out per second, as for one target; the split is the \
+             median run's.\n",
+        );
     }
     s
 }

@@ -111,7 +111,8 @@ enum Cmd {
     /// mode costs the monitored traffic, through sockets), span (mirror vs XDP_DROP ceiling, tc mirred,
     /// bare XDP redirect/broadcast, a C AF_XDP forwarder, daemonlogger,
     /// tcpdump -w vs a pcapng target, tc mirred to a VXLAN device vs the
-    /// vxlan/gre/erspan targets). Installs tcpdump, daemonlogger and
+    /// vxlan/gre/erspan targets, the kernel path with a cut, a rate limit
+    /// and a target group vs without). Installs tcpdump, daemonlogger and
     /// libxdp-dev. Results go to benches/results/ as JSON, a Markdown table
     /// and a PNG chart. Needs root.
     Bench {
