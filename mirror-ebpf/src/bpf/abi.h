@@ -320,6 +320,14 @@ struct mirror_pick_count {
 	__u64 rate_limited; /* picked, then over the session's rate limit */
 };
 
+/* A kernel-path session's rate limiter (see rate_buckets in mirror.bpf.c):
+ * userspace sets interval and tolerance, the kernel keeps tat. */
+struct mirror_rate {
+	__u64 tat;       /* CLOCK_MONOTONIC ns the next frame is due; 0: never limited yet */
+	__u64 interval;  /* 1 s / rate_limit_pps, ns */
+	__u64 tolerance; /* how far ahead of tat a frame may come, ns: the burst */
+};
+
 /* Per kernel-path session with a target group. */
 struct mirror_group_count {
 	__u64 rehashed; /* first choice down: another member took the flow */

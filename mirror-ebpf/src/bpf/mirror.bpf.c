@@ -78,23 +78,19 @@ struct {
 } session_rate_limited SEC(".maps");
 
 /*
- * Kernel path: each rate-limited session's token bucket, shared by all CPUs
- * (so the limit holds for the session as a whole). Tokens in units of
- * 1e-9 token: `rate` per nanosecond elapsed, at most a tenth of a second's
- * worth (at least one token), like the userspace path's. An empty
- * `last_ns` is a full bucket.
+ * Kernel path: each rate-limited session's limiter, shared by all CPUs (so
+ * the limit holds for the session as a whole): GCRA, the token bucket's
+ * equivalent with one word of state, the theoretical arrival time `tat` of
+ * the next frame, advanced by `interval` (1 s / rate) per frame passed; a
+ * frame passes when it is no more than `tolerance` ((burst - 1) intervals,
+ * burst = a tenth of a second's worth, at least 1) ahead of it. Updated by
+ * compare-and-swap: no lock, no interrupts turned off.
  */
-struct rate_bucket {
-	struct bpf_spin_lock lock;
-	__u64 tokens;
-	__u64 last_ns;
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MIRROR_MAX_SESSIONS);
 	__type(key, __u32);
-	__type(value, struct rate_bucket);
+	__type(value, struct mirror_rate);
 } rate_buckets SEC(".maps");
 
 /* Fast-path counters per target device (egress ifindex), entries made by
@@ -226,6 +222,7 @@ struct mirror_cache_entry abi_anchor_cache_entry = {};
 struct mirror_tunnel abi_anchor_tunnel = {};
 struct mirror_pick_count abi_anchor_pick_count = {};
 struct mirror_group_count abi_anchor_group_count = {};
+struct mirror_rate abi_anchor_rate = {};
 struct mirror_tunnel_stats abi_anchor_tunnel_stats = {};
 enum mirror_tunnel_kind abi_anchor_tunnel_kind = MIRROR_TUN_NONE;
 enum mirror_tunnel_flags abi_anchor_tunnel_flags = MIRROR_TUN_F_IPV6;
@@ -352,35 +349,24 @@ static __always_inline __u32 count_too_big(__u64 s, __u32 len, __u32 keys)
 	return skipped;
 }
 
-/* True when the session's token bucket had a token for this frame. */
-static __always_inline bool take_token(__u32 session, __u64 rate)
+/* True when the session's limiter lets this frame pass (see rate_buckets). */
+static __always_inline bool take_token(__u32 session)
 {
-	const __u64 unit = 1000000000ull; /* one token */
-	struct rate_bucket *b = bpf_map_lookup_elem(&rate_buckets, &session);
-	__u64 now = bpf_ktime_get_ns(), burst = rate * (unit / 10), elapsed;
-	bool ok;
+	struct mirror_rate *b = bpf_map_lookup_elem(&rate_buckets, &session);
+	__u64 now, old, tat;
 
-	if (!b)
+	if (!b || !b->interval)
 		return true;
-	if (burst < unit)
-		burst = unit;
-	bpf_spin_lock(&b->lock);
-	if (!b->last_ns) {
-		b->tokens = burst;
-	} else {
-		elapsed = now > b->last_ns ? now - b->last_ns : 0;
-		if (elapsed > unit)
-			elapsed = unit; /* the bucket is full after 0.1 s anyway */
-		b->tokens += elapsed * rate;
-		if (b->tokens > burst)
-			b->tokens = burst;
+	now = bpf_ktime_get_ns();
+	for (int i = 0; i < 8; i++) {
+		old = b->tat;
+		tat = old > now ? old : now;
+		if (tat - now > b->tolerance)
+			return false;
+		if (__sync_val_compare_and_swap(&b->tat, old, tat + b->interval) == old)
+			return true;
 	}
-	b->last_ns = now;
-	ok = b->tokens >= unit;
-	if (ok)
-		b->tokens -= unit;
-	bpf_spin_unlock(&b->lock);
-	return ok;
+	return false; /* eight CPUs raced for it: counted as over the limit */
 }
 
 /* A group member's weight for a flow: splitmix64's finaliser over both, as
@@ -475,7 +461,7 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s)
 		if (all_down)
 			variant = f->group_n;
 	}
-	if (f->rate_pps && !take_token(key, f->rate_pps)) {
+	if (f->rate_pps && !take_token(key)) {
 		__u64 *rl = bpf_map_lookup_elem(&session_rate_limited, &key);
 
 		if (rl)

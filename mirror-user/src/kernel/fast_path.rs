@@ -79,6 +79,18 @@ impl SourceProgram {
                     .map_err(map_err("fast_stats"))?;
             }
         }
+        if fast.rate_pps > 0 {
+            let (interval, tolerance) = rate_limiter(fast.rate_pps);
+            let mut val = Vec::with_capacity(24);
+            for w in [0u64, interval, tolerance] {
+                val.extend_from_slice(&w.to_ne_bytes());
+            }
+            self.skel
+                .maps
+                .rate_buckets
+                .update(&session.to_ne_bytes(), &val, MapFlags::ANY)
+                .map_err(map_err("rate_buckets"))?;
+        }
         let variants = fast.variants();
         let mut handles = Vec::new();
         for (v, &keys) in variants.iter().enumerate() {
@@ -445,6 +457,18 @@ impl SourceProgram {
     }
 }
 
+/// The kernel limiter's (interval, tolerance) in ns for `rate` frames a
+/// second: the userspace token bucket's behaviour (full at first, a tenth of
+/// a second's worth deep, at least one frame) as GCRA: a frame passes when
+/// it comes no more than `tolerance` before it is due, and each passed frame
+/// makes the next one due `interval` later.
+pub fn rate_limiter(rate: u32) -> (u64, u64) {
+    let interval = (1e9 / f64::from(rate.max(1))).round() as u64;
+    let burst = (f64::from(rate) / 10.0).max(1.0);
+    let tolerance = ((burst - 1.0) * 1e9 / f64::from(rate.max(1))).round() as u64;
+    (interval.max(1), tolerance)
+}
+
 /// DEVMAPs per kernel-path session (`MIRROR_FAST_VARIANTS`).
 pub const FAST_VARIANTS: usize =
     mirror_ebpf::mirror::types::mirror_limits::MIRROR_FAST_VARIANTS.0 as usize;
@@ -598,4 +622,47 @@ pub struct TunnelStats {
     pub down: u64,
     /// Dropped: encapsulation failed (never expected).
     pub errors: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_limiter_passes_the_userspace_buckets_burst_then_its_rate() {
+        // 1000/s: a frame every 1 ms, 100 at once (a tenth of a second).
+        assert_eq!(rate_limiter(1000), (1_000_000, 99_000_000));
+        // Below 10/s the burst is one frame: no tolerance.
+        assert_eq!(rate_limiter(5), (200_000_000, 0));
+        // 15/s: a bucket 1.5 frames deep.
+        assert_eq!(rate_limiter(15), (66_666_667, 33_333_333));
+        // Simulated: frames every 10 µs for 1 s pass 100 at once, then 1/ms.
+        let (interval, tolerance) = rate_limiter(1000);
+        let (mut tat, mut passed) = (0u64, 0u64);
+        for i in 0..100_000u64 {
+            let now = 1_000_000_000 + i * 10_000;
+            let t = tat.max(now);
+            if t - now <= tolerance {
+                tat = t + interval;
+                passed += 1;
+            }
+        }
+        assert_eq!(passed, 100 + 999);
+    }
+
+    #[test]
+    fn variants_hold_the_plain_targets_and_one_member_each() {
+        let dest = FastDest::new(1, None);
+        let plain = FastSession {
+            dests: vec![dest; 3],
+            ..Default::default()
+        };
+        assert_eq!(plain.variants(), vec![0b111]);
+        let grouped = FastSession {
+            dests: vec![dest; 4],
+            group: vec![1, 3],
+            ..Default::default()
+        };
+        assert_eq!(grouped.variants(), vec![0b0111, 0b1101, 0b0101]);
+    }
 }
