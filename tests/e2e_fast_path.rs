@@ -794,3 +794,142 @@ fn a_rate_limit_runs_in_the_kernel_and_counts_every_frame_over_it() {
         .expect("stops")
         .success());
 }
+
+/// Interface targets `@TARGETS@` of one kernel-path session.
+const PLAIN: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+
+[[target]]
+name = "ids0"
+kind = "interface"
+interface = "tgt0"
+
+[[target]]
+name = "ids1"
+kind = "interface"
+interface = "tgt1"
+
+[[session]]
+name = "feed"
+source = "feed"
+filter = "all"
+targets = [@TARGETS@]
+path = "kernel"
+"#;
+
+/// A kernel-path target whose port is deleted: every copy after that is
+/// counted `down` (with one target, at once, from the redirect's result;
+/// with several, once mirror has seen it, within 100 ms), the other target
+/// carries on, and when the port is created again under its name mirror
+/// sends to the new device; nothing is ever `unknown`.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_deleted_kernel_path_target_counts_down_and_a_recreated_one_is_picked_up() {
+    require_root!();
+    let lab = lab(true);
+    let batch = |first: u32| -> Arc<Vec<Vec<u8>>> {
+        Arc::new(
+            (first..first + 200)
+                .map(|seq| flow_frame((seq % 20) as u16, false, seq, 200))
+                .collect(),
+        )
+    };
+    let send = |first| lab::send_frames(&lab.gen, Lab::GEN_IF, batch(first), 10_000).expect("send");
+    let settled = |client: &mut Client, total: u64| {
+        wait_for(client, "every copy counted", |st| {
+            st.sources["feed"].matched == total
+                && st
+                    .targets
+                    .values()
+                    .filter(|t| t.enqueued > 0)
+                    .all(|t| t.sent_packets + t.dropped_total() == total)
+        })
+    };
+    let recreate = || {
+        lab::veth(&lab.src, "tgt1", &lab.sink, "sink1", 1).expect("the port again");
+        lab::gro_on(&lab.sink, "sink1").expect("GRO on");
+    };
+
+    // One target: its entry is gone with the device, and the redirect says so.
+    let dir = TempDir::new("e2e-fast-del1").expect("temp dir");
+    let (mut daemon, mut client) = start(&lab, &dir, &PLAIN.replace("@TARGETS@", "\"ids1\""));
+    assert_eq!(send(0), 200);
+    settled(&mut client, 200);
+    lab.src
+        .ip(&["link", "del", "tgt1"])
+        .expect("delete the port");
+    assert_eq!(send(200), 200);
+    let st = settled(&mut client, 400);
+    let t = &st.targets["ids1"];
+    assert_reconciles("ids1", t);
+    assert_eq!(
+        (t.sent_packets, t.dropped.get("down").copied()),
+        (200, Some(200))
+    );
+    assert!(daemon
+        .stop(Duration::from_secs(10))
+        .expect("stops")
+        .success());
+    recreate();
+
+    // Two targets: a broadcast; mirror takes the gone one out within 100 ms.
+    let dir = TempDir::new("e2e-fast-del2").expect("temp dir");
+    let (mut daemon, mut client) = start(
+        &lab,
+        &dir,
+        &PLAIN.replace("@TARGETS@", "\"ids0\", \"ids1\""),
+    );
+    assert_eq!(send(0), 200);
+    settled(&mut client, 200);
+    lab.src
+        .ip(&["link", "del", "tgt1"])
+        .expect("delete the port");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(send(200), 200);
+    let st = settled(&mut client, 400);
+    assert_eq!(
+        st.targets["ids0"].sent_packets, 400,
+        "the other target carries on"
+    );
+    let t = &st.targets["ids1"];
+    assert_reconciles("ids1", t);
+    assert_eq!(
+        (t.sent_packets, t.dropped.get("down").copied()),
+        (200, Some(200))
+    );
+
+    // The port again, under its name: sent to again.
+    recreate();
+    std::thread::sleep(Duration::from_millis(400));
+    let sink1 = Capture::start(&lab.sink, "sink1").expect("capture");
+    assert_eq!(send(400), 200);
+    let st = settled(&mut client, 600);
+    for name in ["ids0", "ids1"] {
+        assert_reconciles(name, &st.targets[name]);
+    }
+    let t = &st.targets["ids1"];
+    assert_eq!((t.sent_packets, t.kernel_path), (400, 400));
+    assert_eq!(t.dropped.get("down").copied(), Some(200));
+    assert_eq!(sink1.finish().len(), 200, "the new port gets the copies");
+    let log = daemon.log_text();
+    assert!(
+        log.contains("down or gone") && log.contains("back as a new device"),
+        "{log}"
+    );
+    assert!(daemon
+        .stop(Duration::from_secs(10))
+        .expect("stops")
+        .success());
+}

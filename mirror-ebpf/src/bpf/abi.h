@@ -305,6 +305,9 @@ struct mirror_fast_session {
 	__u8 group_n;     /* members of its target group, 0: none */
 	__u8 members_up;  /* bit i: member i is up */
 	__u8 active;      /* 1: the session is on the kernel path (set last) */
+	__u8 dests_down;  /* bit k: interface destination k is down or gone (its
+			   * DEVMAP entry removed): its copies are counted `down` */
+	__u8 reserved[3];
 	__u8 group_keys[MIRROR_MAX_FAST_TARGETS];   /* DEVMAP key of member i */
 	__u8 variant_keys[MIRROR_FAST_VARIANTS];   /* bit k: key k is in the variant */
 	__u8 variant_single[MIRROR_FAST_VARIANTS]; /* 1 + its key when the variant has
@@ -312,11 +315,13 @@ struct mirror_fast_session {
 						    * cheaper than a broadcast), else 0 */
 };
 
-/* Per kernel-path group member (slot session * MIRROR_MAX_FAST_TARGETS + key). */
+/* Per kernel-path destination (slot session * MIRROR_MAX_FAST_TARGETS + key):
+ * a group member's picks, any destination's `down`. */
 struct mirror_pick_count {
-	__u64 packets;      /* copies sent to it */
+	__u64 packets;      /* group member: copies sent to it */
 	__u64 bytes;
-	__u64 down;         /* picked while every member was down: not sent */
+	__u64 down;         /* not sent: a member picked while every member was down,
+			     * or a destination whose device is down or gone */
 	__u64 rate_limited; /* picked, then over the session's rate limit */
 };
 

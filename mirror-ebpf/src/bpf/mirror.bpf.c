@@ -448,7 +448,8 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct mirror_fast_session *f = &fast_session[s & (MIRROR_MAX_SESSIONS - 1)];
-	__u32 key = s, len = data_end - data, variant = 0, member = 0, hash = 0, snap, single, keys;
+	__u32 key = s, session = s, len = data_end - data, variant = 0, member = 0, hash = 0;
+	__u32 snap, single, keys, down;
 	struct mirror_fast_count *n;
 	bool all_down = false;
 	void *fast;
@@ -485,16 +486,33 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s)
 	variant &= MIRROR_FAST_VARIANTS - 1;
 	keys = f->variant_keys[variant];
 	single = f->variant_single[variant];
+	down = keys & f->dests_down;
+	if (down) {
+		/* Devices userspace saw go down or away: their entries are out of
+		 * the DEVMAPs; count what they would have got. */
+		for (__u32 i = 0; i < MIRROR_MAX_FAST_TARGETS; i++)
+			if (down & (1u << i))
+				count_pick(session, i, 0, 1);
+		keys &= ~down;
+		if (!keys)
+			return XDP_DROP;
+	}
 	if (len > fast_max_len[s & (MIRROR_MAX_SESSIONS - 1)] && count_too_big(s, len, keys) && single)
 		return XDP_DROP; /* its one destination cannot take it */
 	if (f->tunnels)
-		write_meta_at(ctx, key, hash, f->tunnels > 1);
-	key = key * MIRROR_FAST_VARIANTS + variant;
+		write_meta_at(ctx, session, hash, f->tunnels > 1);
+	key = session * MIRROR_FAST_VARIANTS + variant;
 	fast = bpf_map_lookup_elem(&fast_sessions, &key);
 	if (!fast)
 		return XDP_DROP; /* no destination left (every member down, nothing else) */
-	if (single)
-		return bpf_redirect_map(fast, single - 1, XDP_DROP);
+	if (single) {
+		long verdict = bpf_redirect_map(fast, single - 1, XDP_DROP);
+
+		/* No entry: its device was deleted, before userspace noticed. */
+		if (verdict != XDP_REDIRECT)
+			count_pick(session, single - 1, 0, 1);
+		return verdict;
+	}
 	/* One clone per destination; the kernel queues them to each device. */
 	return bpf_redirect_map(fast, 0, BPF_F_BROADCAST);
 }

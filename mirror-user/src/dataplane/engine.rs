@@ -55,6 +55,11 @@ pub struct Engine {
     kernel_tunnels: Vec<super::tunnels::KernelTunnel>,
     /// Target groups of kernel-path sessions, likewise.
     kernel_groups: Vec<super::tunnels::KernelGroup>,
+    /// Interface targets of kernel-path sessions, likewise.
+    kernel_dests: Vec<super::tunnels::KernelDest>,
+    /// Per target: every device an interface target has sent through on the
+    /// kernel path (more than one when its port was created again).
+    pub(super) target_devices: Arc<Mutex<Vec<Vec<u32>>>>,
     /// Destinations of kernel-path copy sessions, until the thread that
     /// watches their devices takes them (`clones::watch`).
     clone_watch: Vec<super::clones::Watched>,
@@ -81,6 +86,12 @@ impl Engine {
             .collect::<Vec<_>>();
         let target_hops = resolve_hops(&config);
         let paths = plan_paths(&config, &target_ifindex, &target_hops)?;
+        let target_devices: Arc<Mutex<Vec<Vec<u32>>>> = Arc::new(Mutex::new(
+            target_ifindex
+                .iter()
+                .map(|i| i.iter().copied().collect::<Vec<u32>>())
+                .collect(),
+        ));
         let mut engine = Engine {
             live: Mutex::new(config.clone()),
             config,
@@ -92,6 +103,8 @@ impl Engine {
             target_hops,
             kernel_tunnels: Vec::new(),
             kernel_groups: Vec::new(),
+            kernel_dests: Vec::new(),
+            target_devices,
             clone_watch: Vec::new(),
             stop_workers: Arc::new(AtomicBool::new(false)),
             stop_senders: Arc::new(AtomicBool::new(false)),
@@ -122,11 +135,12 @@ impl Engine {
         }
         let tunnels = std::mem::take(&mut engine.kernel_tunnels);
         let groups = std::mem::take(&mut engine.kernel_groups);
-        if !tunnels.is_empty() || !groups.is_empty() {
+        let dests = std::mem::take(&mut engine.kernel_dests);
+        if !tunnels.is_empty() || !groups.is_empty() || !dests.is_empty() {
             let stop = engine.stop_senders.clone();
             let handle = std::thread::Builder::new()
                 .name("kernel-path".into())
-                .spawn(move || super::tunnels::keep(tunnels, groups, &stop))
+                .spawn(move || super::tunnels::keep(tunnels, groups, dests, &stop))
                 .context("spawning the kernel path's next-hop and group thread")?;
             engine.senders.push(handle);
         }
@@ -301,6 +315,26 @@ impl Engine {
                     crate::config::Dest::Group(g) => Some(&self.config.groups[g]),
                     crate::config::Dest::Target(_) => None,
                 });
+            let members: &[usize] = group.map_or(&[], |g| &g.members[..]);
+            for (key, t) in self.config.session_targets(s).into_iter().enumerate() {
+                let TargetSpec::Interface { interface, .. } = &self.config.targets[t].spec else {
+                    continue;
+                };
+                let Some(ifindex) = self.target_ifindex[t].filter(|_| !members.contains(&t)) else {
+                    continue;
+                };
+                self.kernel_dests.push(super::tunnels::KernelDest {
+                    source: source.clone(),
+                    session: kidx as u32,
+                    key: key as u32,
+                    target: self.config.targets[t].name.clone(),
+                    interface: interface.clone(),
+                    ifindex,
+                    up: true,
+                    devices: self.target_devices.clone(),
+                    index: t,
+                });
+            }
             if let Some(g) = group {
                 self.kernel_groups.push(super::tunnels::KernelGroup {
                     source: source.clone(),

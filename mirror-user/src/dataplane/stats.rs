@@ -170,8 +170,25 @@ impl Engine {
             let mut snap = t.snapshot();
             if fast[i].tunnel {
                 add_fast_tunnel(&mut snap, &fast[i]);
-            } else if let Some(ifindex) = self.target_ifindex[i].filter(|_| fast[i].enqueued > 0) {
-                add_fast_path(&mut snap, &fast[i], self.fast_stats(ifindex)?);
+            } else if fast[i].enqueued > 0 {
+                // Every device the target had (its port may have been
+                // created again under its name).
+                let devices = self
+                    .target_devices
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned lock"))?
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut dev = FastStats::default();
+                for ifindex in devices {
+                    let f = self.fast_stats(ifindex)?;
+                    dev.packets += f.packets;
+                    dev.bytes += f.bytes;
+                    dev.xmit_drops += f.xmit_drops;
+                    dev.too_big += f.too_big;
+                }
+                add_fast_path(&mut snap, &fast[i], dev);
             }
             if clones[i].sessions > 0 {
                 add_clone_path(&mut snap, &clones[i]);
@@ -230,6 +247,8 @@ impl Engine {
                     let rl = k.session_rate_limited[kidx];
                     f.enqueued += k.session_kernel[kidx].0 + rl;
                     f.rate_limited += rl;
+                    // Copies while its device was down or gone.
+                    f.down += program.pick_count(kidx as u32, key as u32)?.down;
                     if !generic {
                         f.bytes += k.session_kernel[kidx].1;
                     }

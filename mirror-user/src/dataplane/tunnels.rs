@@ -8,7 +8,11 @@
 //!   (the tunnel goes down: copies are dropped in the kernel, counted
 //!   `down`, until it comes back). Each change is logged.
 //! - target groups: which members are up (interface targets: their device
-//!   running; tunnels: their route), for the kernel's member pick.
+//!   running; tunnels: their route), for the kernel's member pick;
+//! - interface targets: a device that goes down or away leaves the session's
+//!   DEVMAPs (its copies are counted `down` by `xdp_tap` from then on); when
+//!   it is up again, or created again under its name (a new ifindex), it is
+//!   put back and sent to. Logged both ways.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -150,10 +154,83 @@ impl KernelGroup {
     }
 }
 
-/// Keeps `tunnels` and `groups` current until `stop`.
+/// An interface target of one kernel-path session (not a group member:
+/// those are picked by [`KernelGroup`]).
+pub(super) struct KernelDest {
+    pub source: Arc<Source>,
+    /// The session's kernel index in its source.
+    pub session: u32,
+    /// The target's DEVMAP key in the session.
+    pub key: u32,
+    pub target: String,
+    pub interface: String,
+    /// The device its entry sends to (the last one seen up).
+    pub ifindex: u32,
+    pub up: bool,
+    /// Every device each target has had, by index in `Config::targets`: the
+    /// stats sum their transmit counters.
+    pub devices: Arc<std::sync::Mutex<Vec<Vec<u32>>>>,
+    /// This target's index in `Config::targets`.
+    pub index: usize,
+}
+
+impl KernelDest {
+    fn check(&mut self) {
+        let now = crate::kernel::ifindex(&self.interface)
+            .ok()
+            .filter(|_| crate::kernel::netdev::is_running(&self.interface) == Some(true));
+        let changed = match now {
+            Some(i) => !self.up || i != self.ifindex,
+            None => self.up,
+        };
+        if !changed {
+            return;
+        }
+        let Ok(mut program) = self.source.program.lock() else {
+            return;
+        };
+        let device = now.map(|i| (i, max_len(crate::kernel::netdev::mtu(&self.interface))));
+        if let Err(e) = program.set_dest(self.session, self.key, device) {
+            tracing::warn!(target = %self.target, error = %e, "kernel path: updating a destination");
+            return;
+        }
+        match now {
+            Some(i) if i != self.ifindex => {
+                tracing::info!(
+                    target = %self.target,
+                    interface = %self.interface,
+                    ifindex = i,
+                    "kernel path: the target's interface is back as a new device; sending to it again"
+                );
+                if let Ok(mut d) = self.devices.lock() {
+                    if let Some(list) = d.get_mut(self.index) {
+                        if !list.contains(&i) {
+                            list.push(i);
+                        }
+                    }
+                }
+                self.ifindex = i;
+            }
+            Some(_) => tracing::info!(
+                target = %self.target,
+                interface = %self.interface,
+                "kernel path: the target's interface is up again; sending to it"
+            ),
+            None => tracing::warn!(
+                target = %self.target,
+                interface = %self.interface,
+                "kernel path: the target's interface is down or gone; its copies are counted `down`"
+            ),
+        }
+        self.up = now.is_some();
+    }
+}
+
+/// Keeps `tunnels`, `groups` and `dests` current until `stop`.
 pub(super) fn keep(
     mut tunnels: Vec<KernelTunnel>,
     mut groups: Vec<KernelGroup>,
+    mut dests: Vec<KernelDest>,
     stop: &AtomicBool,
 ) {
     while !stop.load(Ordering::Relaxed) {
@@ -162,6 +239,9 @@ pub(super) fn keep(
         }
         for g in &mut groups {
             g.check();
+        }
+        for d in &mut dests {
+            d.check();
         }
         std::thread::park_timeout(CHECK);
     }

@@ -32,6 +32,7 @@ impl SourceProgram {
     ) -> Result<(), LoaderError> {
         let map_err = |map| move |source| LoaderError::Map { map, source };
         let dests = &fast.dests;
+        self.fast_generic = generic;
         // Native XDP: no program per interface destination (fd 0 = none).
         let count_fd = if generic {
             self.skel.progs.xdp_fast_target.as_fd().as_raw_fd()
@@ -180,6 +181,88 @@ impl SourceProgram {
                 Ok(())
             }
             None => Err(bss_error("fast_session", session)),
+        }
+    }
+
+    /// Interface destination `key` of the session: `None` when its device is
+    /// down or gone (its entry leaves every DEVMAP of the session, and
+    /// `xdp_tap` counts its copies `down`), else the device (ifindex and the
+    /// longest frame it takes) to send to, again or anew (a port deleted and
+    /// created again has a new ifindex).
+    pub(crate) fn set_dest(
+        &mut self,
+        session: u32,
+        key: u32,
+        device: Option<(u32, u32)>,
+    ) -> Result<(), LoaderError> {
+        let map_err = |map| move |source| LoaderError::Map { map, source };
+        let (s, k) = (session as usize, key as usize);
+        let bit = 1u8 << key;
+        if device.is_none() {
+            match self.skel.maps.bss_data.as_deref_mut() {
+                Some(bss) if s < bss.fast_session.len() => bss.fast_session[s].dests_down |= bit,
+                _ => return Err(bss_error("fast_session", session)),
+            }
+        }
+        let val = device.map(|(ifindex, _)| {
+            let fd = if self.fast_generic {
+                self.skel.progs.xdp_fast_target.as_fd().as_raw_fd()
+            } else {
+                0
+            };
+            devmap_val(ifindex, fd)
+        });
+        for (_, _, _, devmap) in self
+            .fast_devmaps
+            .iter()
+            .filter(|(sess, _, keys, _)| *sess == session && keys & bit != 0)
+        {
+            match &val {
+                Some(v) => devmap
+                    .update(&key.to_ne_bytes(), v, MapFlags::ANY)
+                    .map_err(map_err("mirror_fast"))?,
+                // Already gone when the kernel removed a deleted device's entry.
+                None => drop(devmap.delete(&key.to_ne_bytes())),
+            }
+        }
+        let Some((ifindex, max_len)) = device else {
+            return Ok(());
+        };
+        let known = self
+            .skel
+            .maps
+            .fast_stats
+            .lookup_percpu(&ifindex.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_err("fast_stats"))?
+            .is_some();
+        if !known {
+            let cpus = libbpf_rs::num_possible_cpus().map_err(map_err("fast_stats"))?;
+            let zero =
+                vec![0u8; std::mem::size_of::<mirror_ebpf::mirror::types::mirror_fast_stats>()];
+            self.skel
+                .maps
+                .fast_stats
+                .update_percpu(
+                    &ifindex.to_ne_bytes(),
+                    &vec![zero; cpus],
+                    MapFlags::NO_EXIST,
+                )
+                .map_err(map_err("fast_stats"))?;
+        }
+        match self.skel.maps.bss_data.as_deref_mut() {
+            Some(bss) if s < bss.fast_session.len() && k < bss.fast_dests[s].len() => {
+                bss.fast_dests[s][k].ifindex = ifindex;
+                bss.fast_dests[s][k].max_len = max_len;
+                let n = bss.fast_ndests[s] as usize;
+                bss.fast_max_len[s] = bss.fast_dests[s][..n]
+                    .iter()
+                    .map(|d| d.max_len)
+                    .min()
+                    .unwrap_or(u32::MAX);
+                bss.fast_session[s].dests_down &= !bit;
+                Ok(())
+            }
+            _ => Err(bss_error("fast_session", session)),
         }
     }
 

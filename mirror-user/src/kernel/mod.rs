@@ -132,6 +132,9 @@ pub struct SourceProgram {
     /// Per kernel tunnel (session, key): every egress device it has sent
     /// through, whose transmit counters are its.
     tunnel_devices: Vec<((u32, u32), Vec<u32>)>,
+    /// The fast path runs in generic XDP (interface entries then run
+    /// `xdp_fast_target` to count).
+    fast_generic: bool,
 }
 
 impl SourceProgram {
@@ -190,6 +193,7 @@ impl SourceProgram {
             xmit_link: None,
             fast_devmaps: Vec::new(),
             tunnel_devices: Vec::new(),
+            fast_generic: false,
         })
     }
 
