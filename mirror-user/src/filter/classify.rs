@@ -506,4 +506,163 @@ mod tests {
         bad[14] = 0x40;
         assert_eq!(parse_frame(&bad).addrs, None);
     }
+
+    #[test]
+    fn each_rule_field_decides_on_its_own_and_only_when_set() {
+        let v4 = parse_frame(&tcp_v4([10, 0, 0, 1], [192, 168, 0, 2], 40000, 443));
+        let mut tagged_frame = udp_v4(1, 5, 0);
+        tagged_frame[15] = 7; // VLAN 7
+        let tagged = parse_frame(&tagged_frame);
+        let mut arp_frame = vec![0xff; 14];
+        arp_frame[12..14].copy_from_slice(&[0x08, 0x06]);
+        let arp = parse_frame(&arp_frame);
+        let rule = |f: &dyn Fn(&mut Rule)| {
+            let mut r = any(1, Action::Accept);
+            f(&mut r);
+            r
+        };
+        // Nothing set: everything matches, non-IP too.
+        for f in [&v4, &tagged, &arp] {
+            assert!(rule_matches(&rule(&|_| {}), f));
+        }
+        // VLAN: only the tagged frame with that id.
+        assert!(rule_matches(&rule(&|r| r.vlan = Some(7)), &tagged));
+        assert!(!rule_matches(&rule(&|r| r.vlan = Some(8)), &tagged));
+        assert!(!rule_matches(&rule(&|r| r.vlan = Some(7)), &v4));
+        // Any IP field: never a non-IP frame.
+        let ip_rules: Vec<Rule> = vec![
+            rule(&|r| r.protocol = Some(6)),
+            rule(&|r| r.source = Some("0.0.0.0/0".parse().expect("cidr"))),
+            rule(&|r| r.destination = Some("0.0.0.0/0".parse().expect("cidr"))),
+            rule(&|r| {
+                r.protocol = Some(6);
+                r.source_port = Some(PortRange { lo: 0, hi: 65535 });
+            }),
+            rule(&|r| {
+                r.protocol = Some(6);
+                r.destination_port = Some(PortRange { lo: 0, hi: 65535 });
+            }),
+        ];
+        for r in &ip_rules {
+            assert!(rule_matches(r, &v4), "{r:?}");
+            assert!(!rule_matches(r, &arp), "{r:?} on ARP");
+        }
+        // Each field: in and out.
+        assert!(!rule_matches(&rule(&|r| r.protocol = Some(17)), &v4));
+        let net = |s: &str| -> Option<IpNet> { Some(s.parse().expect("cidr")) };
+        assert!(rule_matches(&rule(&|r| r.source = net("10.0.0.0/8")), &v4));
+        assert!(!rule_matches(
+            &rule(&|r| r.source = net("192.168.0.0/16")),
+            &v4
+        ));
+        assert!(rule_matches(
+            &rule(&|r| r.destination = net("192.168.0.0/16")),
+            &v4
+        ));
+        assert!(!rule_matches(
+            &rule(&|r| r.destination = net("10.0.0.0/8")),
+            &v4
+        ));
+        // An IPv6 CIDR never matches IPv4, on either side.
+        assert!(!rule_matches(&rule(&|r| r.source = net("::/0")), &v4));
+        assert!(!rule_matches(&rule(&|r| r.destination = net("::/0")), &v4));
+        let port = |lo, hi| Some(PortRange { lo, hi });
+        assert!(rule_matches(
+            &rule(&|r| r.source_port = port(40000, 40000)),
+            &v4
+        ));
+        assert!(!rule_matches(
+            &rule(&|r| r.source_port = port(1, 39999)),
+            &v4
+        ));
+        assert!(rule_matches(
+            &rule(&|r| r.destination_port = port(443, 443)),
+            &v4
+        ));
+        assert!(!rule_matches(
+            &rule(&|r| r.destination_port = port(444, 500)),
+            &v4
+        ));
+        // Both ends of a range are in it.
+        assert!(rule_matches(
+            &rule(&|r| r.destination_port = port(400, 443)),
+            &v4
+        ));
+        assert!(rule_matches(
+            &rule(&|r| r.destination_port = port(443, 500)),
+            &v4
+        ));
+        // All set fields must hold: one miss is a miss.
+        let all = rule(&|r| {
+            r.protocol = Some(6);
+            r.source = net("10.0.0.0/8");
+            r.destination = net("192.168.0.0/16");
+            r.source_port = port(40000, 40000);
+            r.destination_port = port(443, 443);
+        });
+        assert!(rule_matches(&all, &v4));
+        for broken in [
+            rule(&|r| {
+                *r = all.clone();
+                r.source_port = port(1, 1);
+            }),
+            rule(&|r| {
+                *r = all.clone();
+                r.destination_port = port(1, 1);
+            }),
+            rule(&|r| {
+                *r = all.clone();
+                r.source = net("11.0.0.0/8");
+            }),
+            rule(&|r| {
+                *r = all.clone();
+                r.destination = net("11.0.0.0/8");
+            }),
+        ] {
+            assert!(!rule_matches(&broken, &v4), "{broken:?}");
+        }
+        // A frame without addresses or ports (cut short) never matches a
+        // rule that needs them.
+        let short = parse_frame(&tcp_v4([10, 0, 0, 1], [192, 168, 0, 2], 1, 2)[..30]);
+        assert!(!rule_matches(
+            &rule(&|r| r.source = net("0.0.0.0/0")),
+            &short
+        ));
+        assert!(!rule_matches(
+            &rule(&|r| r.destination_port = port(0, 65535)),
+            &short
+        ));
+    }
+
+    #[test]
+    fn the_first_rule_of_the_direction_decides() {
+        let mut r1 = any(1, Action::Reject);
+        r1.protocol = Some(6);
+        let r2 = any(2, Action::Accept);
+        let mut egress = any(0, Action::Accept);
+        egress.direction = Direction::Egress;
+        let f = Filter {
+            name: "f".into(),
+            rules: vec![egress, r1, r2],
+        };
+        let tcp = parse_frame(&tcp_v4([1, 1, 1, 1], [2, 2, 2, 2], 1, 2));
+        let udp = parse_frame(&udp_v4(0, 5, 0));
+        assert_eq!(
+            filter_decision(&f, Direction::Ingress, &tcp),
+            Some(Action::Reject)
+        );
+        assert_eq!(
+            filter_decision(&f, Direction::Ingress, &udp),
+            Some(Action::Accept)
+        );
+        assert_eq!(
+            filter_decision(&f, Direction::Egress, &tcp),
+            Some(Action::Accept)
+        );
+        let empty = Filter {
+            name: "e".into(),
+            rules: vec![],
+        };
+        assert_eq!(filter_decision(&empty, Direction::Ingress, &tcp), None);
+    }
 }
