@@ -253,7 +253,9 @@ fn kernel_path_drops_are_counted_per_target_too_big_and_send_error() {
     );
 
     // The sink end of tgt0 goes down: its device refuses every frame, and
-    // counts it; the other target's counters do not move.
+    // counts it (`send_error`), until mirror sees the port is not running
+    // (within 100 ms) and counts the rest `down`; the other target's
+    // counters do not move.
     lab.sink
         .ip(&["link", "set", Lab::SINK_IF, "down"])
         .expect("sink0 down");
@@ -273,7 +275,12 @@ fn kernel_path_drops_are_counted_per_target_too_big_and_send_error() {
     assert_reconciles("ids1", narrow);
     assert_eq!(wide.sent_packets, 300, "{:?}", wide.dropped);
     assert_eq!(wide.kernel_path, 300);
-    assert_eq!(wide.dropped["send_error"], 200, "{:?}", wide.dropped);
+    assert_eq!(
+        wide.dropped["send_error"] + wide.dropped["down"],
+        200,
+        "{:?}",
+        wide.dropped
+    );
     assert_eq!(wide.dropped["too_big"], 0);
     // Bytes handed to the device, refused frames included (documented).
     assert_eq!(wide.sent_bytes, big_bytes + 200 * 200);
@@ -283,6 +290,31 @@ fn kernel_path_drops_are_counted_per_target_too_big_and_send_error() {
         "small frames fit the narrow port"
     );
     assert_eq!(narrow.dropped["too_big"], 200);
+
+    // The narrow port's MTU is lowered under the running daemon: once mirror
+    // has seen it (within 100 ms), frames over the new bound are counted
+    // `too_big` exactly (1000 + 18 takes 1,018 bytes; now 900 + 18).
+    lab.src
+        .ip(&["link", "set", "tgt1", "mtu", "900"])
+        .expect("mtu");
+    std::thread::sleep(Duration::from_millis(400));
+    let sizes = [918, 919, 1018];
+    let more: Vec<Vec<u8>> = (500..800)
+        .map(|i| traffic::frame(traffic::Shape::Udp4, i, sizes[(i as usize - 500) / 100]))
+        .collect();
+    lab::send_frames(&lab.gen, Lab::GEN_IF, Arc::new(more), 10_000).expect("send");
+    let stats = wait_for(&mut client, "300 more copies accounted", |st| {
+        let t = &st.targets["ids1"];
+        t.enqueued == 800 && t.enqueued == t.sent_packets + t.dropped_total()
+    });
+    let narrow = &stats.targets["ids1"];
+    assert_reconciles("ids1", narrow);
+    assert_eq!(
+        narrow.sent_packets,
+        300 + 100,
+        "only the 918-byte frames fit"
+    );
+    assert_eq!(narrow.dropped["too_big"], 200 + 200);
 }
 
 #[test]

@@ -330,6 +330,7 @@ impl Engine {
                     target: self.config.targets[t].name.clone(),
                     interface: interface.clone(),
                     ifindex,
+                    mtu: netdev::mtu(interface),
                     up: true,
                     devices: self.target_devices.clone(),
                     index: t,

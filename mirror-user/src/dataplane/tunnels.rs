@@ -164,8 +164,10 @@ pub(super) struct KernelDest {
     pub key: u32,
     pub target: String,
     pub interface: String,
-    /// The device its entry sends to (the last one seen up).
+    /// The device its entry sends to (the last one seen up), and its MTU
+    /// as `xdp_tap` checks frames against it.
     pub ifindex: u32,
+    pub mtu: Option<u32>,
     pub up: bool,
     /// Every device each target has had, by index in `Config::targets`: the
     /// stats sum their transmit counters.
@@ -179,8 +181,9 @@ impl KernelDest {
         let now = crate::kernel::ifindex(&self.interface)
             .ok()
             .filter(|_| crate::kernel::netdev::is_running(&self.interface) == Some(true));
+        let mtu = crate::kernel::netdev::mtu(&self.interface);
         let changed = match now {
-            Some(i) => !self.up || i != self.ifindex,
+            Some(i) => !self.up || i != self.ifindex || mtu != self.mtu,
             None => self.up,
         };
         if !changed {
@@ -189,7 +192,7 @@ impl KernelDest {
         let Ok(mut program) = self.source.program.lock() else {
             return;
         };
-        let device = now.map(|i| (i, max_len(crate::kernel::netdev::mtu(&self.interface))));
+        let device = now.map(|i| (i, max_len(mtu)));
         if let Err(e) = program.set_dest(self.session, self.key, device) {
             tracing::warn!(target = %self.target, error = %e, "kernel path: updating a destination");
             return;
@@ -211,6 +214,12 @@ impl KernelDest {
                 }
                 self.ifindex = i;
             }
+            Some(_) if self.up => tracing::info!(
+                target = %self.target,
+                interface = %self.interface,
+                mtu = mtu.unwrap_or(0),
+                "kernel path: the target's MTU changed; longer copies are counted `too_big`"
+            ),
             Some(_) => tracing::info!(
                 target = %self.target,
                 interface = %self.interface,
@@ -223,6 +232,7 @@ impl KernelDest {
             ),
         }
         self.up = now.is_some();
+        self.mtu = mtu;
     }
 }
 
