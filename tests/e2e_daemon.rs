@@ -314,3 +314,58 @@ fn stats_json_has_the_documented_shape_and_the_sockets_numbers() {
     );
     assert_eq!(count(cap, "sent_packets"), count(cap, "enqueued"), "{cap}");
 }
+
+/// Every malformed control request gets one JSON error reply saying what is
+/// wrong, and the connection stays usable (a request too long to tell from
+/// the next one is answered, then the connection is closed).
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn each_malformed_control_request_gets_an_error_reply() {
+    require_root!();
+    let (_lab, _dir, daemon) = start("e2e-badreq", "");
+    let sock = UnixStream::connect(&daemon.control).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut reader = BufReader::new(sock.try_clone().expect("clone"));
+    let mut ask = |request: &[u8]| -> Value {
+        (&sock).write_all(request).expect("request");
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("a reply");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    for (request, want) in [
+        (&b"\xff\xfe{\"cmd\":\"stats\"}\n"[..], "not UTF-8"),
+        (&b"hello\n"[..], "bad request"),
+        (
+            &b"{\"cmd\":\"frobnicate\"}\n"[..],
+            "unknown variant `frobnicate`",
+        ),
+        (
+            &b"{\"cmd\":\"rules_add\",\"filter\":7}\n"[..],
+            "bad request",
+        ),
+        (&b"[1,2,3]\n"[..], "bad request"),
+    ] {
+        let reply = ask(request);
+        assert_eq!(reply["ok"], Value::Bool(false), "{reply}");
+        let error = reply["error"].as_str().unwrap_or_default();
+        assert!(error.contains(want), "want `{want}` in {reply}");
+        // The same connection still answers a good request.
+        let ok = ask(b"{\"cmd\":\"stats\"}\n");
+        assert_eq!(ok["ok"], Value::Bool(true), "{ok}");
+    }
+    // More than 64 KiB without a newline: answered, then closed.
+    let mut long = vec![b'x'; 70 * 1024];
+    long.push(b'\n');
+    let reply = ask(&long);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("request too long"),
+        "{reply}"
+    );
+    let mut rest = String::new();
+    let n = reader.read_line(&mut rest).unwrap_or(0);
+    assert_eq!(n, 0, "closed after the too-long request: {rest}");
+}

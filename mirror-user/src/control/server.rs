@@ -81,23 +81,62 @@ pub async fn serve(listener: tokio::net::UnixListener, engine: Arc<Engine>, conf
         let config_path = config_path.clone();
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();
-            let mut lines = tokio::io::BufReader::new(rd.take(MAX_REQUEST as u64 * 16)).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                // Rule updates build maps and wait for an RCU grace period:
-                // off the runtime's thread.
-                let (e, p) = (engine.clone(), config_path.clone());
-                let reply = tokio::task::spawn_blocking(move || handle(&line, &e, &p))
+            let mut reader = tokio::io::BufReader::new(rd);
+            loop {
+                // One request per line, read as bytes (at most MAX_REQUEST
+                // and its newline), so that every malformed one gets a reply.
+                let mut buf = Vec::new();
+                match (&mut reader)
+                    .take(MAX_REQUEST as u64 + 1)
+                    .read_until(b'\n', &mut buf)
                     .await
-                    .unwrap_or_else(|e| Reply::error(format!("internal error: {e}")));
-                let mut text =
-                    serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
-                text.push('\n');
-                if wr.write_all(text.as_bytes()).await.is_err() {
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let ended = buf.last() == Some(&b'\n');
+                if ended {
+                    buf.pop();
+                } else if buf.len() > MAX_REQUEST {
+                    // The rest of the line cannot be told from the next
+                    // request: say why, then close.
+                    let reply = Reply::error(format!(
+                        "request too long: more than {MAX_REQUEST} bytes without a newline; \
+                         closing the connection"
+                    ));
+                    let _ = write_reply(&mut wr, &reply).await;
+                    break;
+                }
+                let reply = match String::from_utf8(buf) {
+                    Err(_) => Reply::error(
+                        "bad request: not UTF-8 text; expected one JSON object per line, \
+                         e.g. {\"cmd\":\"stats\"}",
+                    ),
+                    Ok(line) => {
+                        // Rule updates build maps and wait for an RCU grace
+                        // period: off the runtime's thread.
+                        let (e, p) = (engine.clone(), config_path.clone());
+                        tokio::task::spawn_blocking(move || handle(&line, &e, &p))
+                            .await
+                            .unwrap_or_else(|e| Reply::error(format!("internal error: {e}")))
+                    }
+                };
+                if write_reply(&mut wr, &reply).await.is_err() || !ended {
                     break;
                 }
             }
         });
     }
+}
+
+/// Writes `reply` as one JSON line.
+async fn write_reply(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    reply: &Reply,
+) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(reply).unwrap_or_else(|_| "{\"ok\":false}".into());
+    text.push('\n');
+    wr.write_all(text.as_bytes()).await
 }
 
 /// Re-reads the config file and applies its filters (`reload`, SIGHUP).
