@@ -1011,3 +1011,93 @@ fn every_error_names_its_key_path() {
     );
     assert!(e.iter().all(|l| !l.contains(": daemon")), "{e:?}");
 }
+
+#[test]
+fn session_and_target_edges_the_mutants_found_unguarded() {
+    let pcap = |keys: &str| {
+        GOOD.replace(
+            "[[session]]",
+            &format!("[[target]]\nname = \"cap\"\nkind = \"pcapng\"\n{keys}\n\n[[session]]"),
+        )
+    };
+    let erspan =
+        |vni: u32| {
+            GOOD.replace(
+            "[[session]]",
+            "[[target]]\nname = \"er\"\nkind = \"erspan\"\nremote = \"10.0.0.9\"\n\n[[session]]",
+        )
+        .replace("targets = [\"ids0\"]", &format!("targets = [\"er\"]\nvni = {vni}"))
+        };
+    // ERSPAN's session id has 10 bits: 1023 is the last.
+    assert!(parse(&erspan(1023), "t.toml").is_ok());
+    let e = errors(&erspan(1024));
+    assert!(e[0].contains("session[0].vni"), "{e:?}");
+    for (text, want) in [
+        (
+            GOOD.replace("targets = [\"ids0\"]", "targets = [\"ids0\", \"ids0\"]"),
+            "target `ids0` is listed twice",
+        ),
+        (
+            GOOD.replace("targets = [\"ids0\"]", "targets = [\"ids0\", \"nope\"]"),
+            "unknown target or target_group `nope`",
+        ),
+        (
+            format!("{GOOD}\n[[session]]\nname = \"feed\"\nsource = \"uplink\"\nfilter = \"ids\"\ntargets = [\"ids0\"]\n"),
+            "session[1].name: duplicate session name `feed`",
+        ),
+        (
+            GOOD.replace("interface = \"eth2\"", "interface = \"eth2\"\n\n[[target]]\nname = \"v\"\nkind = \"vxlan\"\nremote = \"0.0.0.0\""),
+            "remote = \"0.0.0.0\" must be a unicast address",
+        ),
+        (
+            GOOD.replace("interface = \"eth2\"", "interface = \"eth2\"\n\n[[target]]\nname = \"v\"\nkind = \"vxlan\"\nremote = \"239.1.1.1\""),
+            "remote = \"239.1.1.1\" must be a unicast address",
+        ),
+        (pcap("path = \"\""), "does not name a file"),
+        (pcap("path = \"/\""), "does not name a file"),
+        (
+            pcap("path = \"/tmp/x.pcapng\"\nrotate_size = \"4095\""),
+            "rotate_size = \"4095\" is below the minimum of 4096 bytes",
+        ),
+        (
+            pcap("path = \"/tmp/x.pcapng\"\nrotate_interval = \"999ms\""),
+            "rotate_interval must be at least 1s",
+        ),
+    ] {
+        let e = errors(&text);
+        assert!(e.iter().any(|l| l.contains(want)), "want `{want}` in {e:?}");
+    }
+    // The bounds themselves are fine.
+    for keys in [
+        "path = \"/tmp/x.pcapng\"\nrotate_size = \"4096\"",
+        "path = \"/tmp/x.pcapng\"\nrotate_interval = \"1s\"",
+    ] {
+        let text = pcap(keys).replace("targets = [\"ids0\"]", "targets = [\"ids0\", \"cap\"]");
+        assert!(parse(&text, "t.toml").is_ok(), "{keys}");
+    }
+    // packet_length = 0 is "whole frames", anything else from 14.
+    let with = |v: &str| {
+        GOOD.replace(
+            "priority = 1",
+            &format!("priority = 1\npacket_length = {v}"),
+        )
+    };
+    assert_eq!(
+        parse(&with("0"), "t.toml").expect("valid").sessions[0].packet_length,
+        0
+    );
+    assert!(errors(&with("13"))[0].contains("packet_length"));
+    assert_eq!(
+        parse(&with("14"), "t.toml").expect("valid").sessions[0].packet_length,
+        14
+    );
+}
+
+#[test]
+fn positions_count_characters_not_bytes() {
+    // A multi-byte character counts once, and a position inside one does
+    // not split it.
+    assert_eq!(crate::config::values::line_col("aé\nb", 2), (1, 2));
+    assert_eq!(crate::config::values::line_col("aé\nb", 3), (1, 3));
+    assert_eq!(crate::config::values::line_col("aé\nb", 5), (2, 2));
+}
