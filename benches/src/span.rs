@@ -2067,7 +2067,9 @@ fn table(rows: &[Row], a: &Args) -> String {
              column's copies lost are frames that reached feed0's stack without a copy at the \
              copy sink, per second, and what counted them: mirror's drop counters, or for tc \
              mirred the kernel's (the mirred action's, the devices' tx_dropped / tx_errors); \
-             \"not counted\" when none did.\n",
+             \"not counted\" when none did. Their BPF ns/frame at feed0 includes, on mirror's \
+             kernel path, the clone's transmit (`bpf_clone_redirect` sends it to tgt0 inside \
+             the program), which tc mirred does outside any BPF program: compare CPU ns/frame.\n",
         );
     }
     s
