@@ -10,7 +10,9 @@
 //!   -w, and the XDP_DROP ceiling, same lab and generator; its VXLAN, GRE
 //!   and ERSPAN targets against tc mirred to a Linux VXLAN device; its
 //!   kernel path with `packet_length`, `rate_limit_pps` and a target group
-//!   against the plain kernel path.
+//!   against the plain kernel path; copy mode (to an interface and a VXLAN
+//!   target) against tc mirred while the monitored namespace routes the
+//!   traffic it mirrors.
 //!
 //! Every case writes `benches/results/<timestamp>-<case>.json`, a Markdown
 //! table (`<case>-latest.md`, also printed, and put into README.md between
@@ -59,7 +61,9 @@ enum Case {
     /// userspace and copy-mode paths, to one and two target ports and to a
     /// pcapng file; the kernel path with a cut, a rate limit and a target
     /// group; remote mirroring: tc mirred to a Linux VXLAN device
-    /// against mirror's vxlan, gre and erspan targets.
+    /// against mirror's vxlan, gre and erspan targets; copy mode against tc
+    /// mirred (to an interface, to VXLAN) while the monitored namespace
+    /// routes the traffic.
     Span(span::Args),
 }
 

@@ -1,7 +1,8 @@
 //! `span`: `mirror` against the software SPANs on one lab, one generator,
 //! one run. Every case mirrors every frame of the feed port to the target
 //! port(s) and consumes the feed (a SPAN/TAP port's frames have nowhere
-//! else to go):
+//! else to go), except copy mode's (9., 10. and the routed 22. to 26.),
+//! whose monitored traffic goes on:
 //!
 //! 1. `XDP_DROP at feed0`: the ceiling, what the generator and veth carry;
 //! 2. `tc mirred`: clsact ingress on feed0, `u32` match-all, `mirred egress
@@ -42,7 +43,24 @@
 //!     token from the session's bucket and none is limited, so this is the
 //!     limiter's cost, not limiting), and a `[[target_group]]` of t0 and t1
 //!     as its only target (each frame to one member, picked by its flow's
-//!     hash: delivered is the sum over both sinks, with the split).
+//!     hash: delivered is the sum over both sinks, with the split);
+//! 22. to 26., the routed cases: copy mode where the monitored namespace
+//!     routes production traffic. feed0 takes the generator's frames as its
+//!     own (their destination MAC) and ns src forwards them (IP forwarding)
+//!     out of out0 to a next hop on sink2, whose XDP counter counts
+//!     production forwarded; each frame's copy goes to the copy sink
+//!     (sink0), and a tcx counter on feed0 counts the frames that reached
+//!     the stack, each of which should be copied. `routed`: no mirror (the
+//!     baseline); `routed-tc`: `tc mirred` as in 2.; `routed-tcvx`: `tc
+//!     mirred` to the VXLAN device as in 15.; `routed-copy`: mirror copy
+//!     mode, ingress only, to t0 (`path = "auto"`: the kernel path, tcx
+//!     clones); `routed-copyvx`: the same to a VXLAN target (remote
+//!     10.77.0.2, VNI 42), on whatever path mirror picks (the table names
+//!     the path and the ingress hook, from `mirror stats`). Production
+//!     forwarded is compared with `routed` and `routed-tc`, copies with
+//!     `routed-tc`; copies lost are the frames fed minus the copies
+//!     delivered, shown with what counted them (mirror's drop counters, or
+//!     for tc the mirred action's and the devices' counters).
 //!
 //! The remote cases give tgt0 10.77.0.1/24 and sink0 10.77.0.2/24, a
 //! permanent neighbour entry on tgt0 for 10.77.0.2 (sink0's MAC: no ARP
@@ -50,6 +68,15 @@
 //! tunnel headers fits, unfragmented and untruncated); sink0's counter then
 //! counts the outer packets reaching the collector. The lab is set up this
 //! way only when one of these cases runs.
+//!
+//! The routed cases add out0 10.88.0.1/24 -- sink2 10.88.0.2/24, a route to
+//! the generator's destination (10.2.0.0/24) via 10.88.0.2 with a permanent
+//! neighbour entry (no ARP during runs), IP forwarding on in ns src and
+//! reverse-path filtering off (the generator's sources have no route back),
+//! again only when one of them runs. Only a routed case gives feed0 the
+//! generator's destination MAC (its own is put back after it): every other
+//! case's frames still reach feed0's stack addressed to another host and
+//! are dropped there, so nothing is forwarded.
 //!
 //! Each case runs `--reps` times at the generator's full rate, then its
 //! lossless rate is searched with the generator paced (`--search`). Every
@@ -63,6 +90,10 @@
 //!
 //!  remote cases: feed0 [tc mirred -> vx0 | mirror] tunnel to 10.77.0.2
 //!                10.77.0.1/24 tgt0 ──veth── sink0 10.77.0.2/24 [XDP count + drop]
+//!
+//!  routed cases: feed0 [tcx count; case under test] -> IP forwarding
+//!                10.88.0.1/24 out0 ──veth── sink2 10.88.0.2/24 [XDP count + drop]
+//!                copies: tgt0 (or vx0 / the VXLAN target over it) ── sink0
 //! ```
 //!
 //! The generator is the AF_XDP TX generator of every tap case (256 UDP
@@ -79,7 +110,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use mirror_ebpf::bench_peers::{BenchPeersSkel, BenchPeersSkelBuilder};
-use mirror_user::lab::{self, DaemonProcess, Lab, Netns, Process, TempDir, Tmpfs};
+use mirror_user::lab::{self, traffic, DaemonProcess, Lab, Netns, Process, TempDir, Tmpfs};
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -92,8 +123,11 @@ pub struct Args {
     /// Only these cases (drop, tc, redirect, mirror, filtered, cut, ratelimit,
     /// group, userspace, shared, xskfwd, daemonlogger, pass, copy, broadcast,
     /// mirror2, tcpdump, pcapng, and to a remote collector: tcvxlan, vxlan,
-    /// gre, erspan); default all. Ratios need their reference case in the run
-    /// (the remote cases: tcvxlan and mirror; cut, ratelimit, group: mirror).
+    /// gre, erspan; copy mode while ns src routes the traffic: routed,
+    /// routed-tc, routed-tcvx, routed-copy, routed-copyvx); default all.
+    /// Ratios need their reference case in the run (the remote cases:
+    /// tcvxlan and mirror; cut, ratelimit, group: mirror; the routed ones:
+    /// routed and routed-tc, routed-copyvx also routed-tcvx).
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
     /// Paced runs that search each case's lossless rate (the highest offered
@@ -178,6 +212,21 @@ const TUNNEL_MTU: &str = "1600";
 /// The kernel VXLAN device of `tcvxlan`.
 const VXLAN_DEV: &str = "vx0";
 
+/// The routed cases' production path: the src namespace forwards the
+/// generator's frames (to 10.2.0.1) from feed0 out of [`ROUTE_IF`], to the
+/// next hop [`ROUTE_NEXT_HOP`] on [`ROUTE_SINK_IF`] in the sink namespace,
+/// whose XDP counter counts what was forwarded.
+const ROUTE_IF: &str = "out0";
+const ROUTE_SINK_IF: &str = "sink2";
+const ROUTE_LOCAL: &str = "10.88.0.1";
+const ROUTE_NEXT_HOP: &str = "10.88.0.2";
+const ROUTE_PREFIX: &str = "24";
+/// The generator's destination network (its frames go to 10.2.0.1).
+const ROUTED_NET: &str = "10.2.0.0/24";
+/// The routed copy-mode cases' source: mirror the live interface's
+/// ingress, as a router's uplink is mirrored.
+const COPY_INGRESS: &str = "mode = \"copy\"\ndirection = \"ingress\"";
+
 /// `cut`'s `packet_length`: every copy of a longer frame is cut to this
 /// (the 60-byte frames are shorter, so there only the length is checked).
 const CUT_LENGTH: u32 = 64;
@@ -211,10 +260,15 @@ enum Case {
     MirrorVxlan,
     MirrorGre,
     MirrorErspan,
+    Routed,
+    RoutedTc,
+    RoutedTcVxlan,
+    RoutedCopy,
+    RoutedCopyVxlan,
 }
 
 impl Case {
-    const ALL: [Case; 22] = [
+    const ALL: [Case; 27] = [
         Case::XdpDrop,
         Case::TcMirred,
         Case::XdpRedirect,
@@ -237,6 +291,11 @@ impl Case {
         Case::MirrorVxlan,
         Case::MirrorGre,
         Case::MirrorErspan,
+        Case::Routed,
+        Case::RoutedTc,
+        Case::RoutedTcVxlan,
+        Case::RoutedCopy,
+        Case::RoutedCopyVxlan,
     ];
 
     /// Short name for `--cases`.
@@ -264,6 +323,11 @@ impl Case {
             Case::MirrorVxlan => "vxlan",
             Case::MirrorGre => "gre",
             Case::MirrorErspan => "erspan",
+            Case::Routed => "routed",
+            Case::RoutedTc => "routed-tc",
+            Case::RoutedTcVxlan => "routed-tcvx",
+            Case::RoutedCopy => "routed-copy",
+            Case::RoutedCopyVxlan => "routed-copyvx",
         }
     }
 
@@ -291,13 +355,45 @@ impl Case {
             Case::MirrorVxlan => "mirror, VXLAN target",
             Case::MirrorGre => "mirror, GRE target",
             Case::MirrorErspan => "mirror, ERSPAN II target",
+            Case::Routed => "routed: feed0 -> out0 forwarded, no mirror (routed baseline)",
+            Case::RoutedTc => "routed + tc mirred",
+            Case::RoutedTcVxlan => "routed + tc mirred to a VXLAN device",
+            Case::RoutedCopy => "routed + mirror copy mode",
+            Case::RoutedCopyVxlan => "routed + mirror copy mode, VXLAN target",
         }
     }
 
     /// The remote cases: a tunnel to 10.77.0.2 over tgt0 (see
     /// [`tunnel_lab`]).
     fn remote(self) -> bool {
-        matches!(self, Case::TcVxlan) || self.tunnel().is_some()
+        matches!(self, Case::TcVxlan | Case::RoutedTcVxlan) || self.tunnel().is_some()
+    }
+
+    /// The routed cases: the src namespace forwards the generator's frames
+    /// from feed0 to out0 (see [`routed_lab`]) while they are mirrored.
+    fn routed(self) -> bool {
+        matches!(
+            self,
+            Case::Routed
+                | Case::RoutedTc
+                | Case::RoutedTcVxlan
+                | Case::RoutedCopy
+                | Case::RoutedCopyVxlan
+        )
+    }
+
+    /// The `tc mirred` cases: a clsact qdisc on feed0 mirroring every frame
+    /// to tgt0, or to the VXLAN device over it.
+    fn tc_mirred(self) -> bool {
+        matches!(
+            self,
+            Case::TcMirred | Case::TcVxlan | Case::RoutedTc | Case::RoutedTcVxlan
+        )
+    }
+
+    /// Whether the case's `tc mirred` goes to the VXLAN device.
+    fn tc_vxlan(self) -> bool {
+        matches!(self, Case::TcVxlan | Case::RoutedTcVxlan)
     }
 
     /// mirror's tunnel target of the case (its `[[target]]` keys after
@@ -307,6 +403,7 @@ impl Case {
             Case::MirrorVxlan => Some("kind = \"vxlan\""),
             Case::MirrorGre => Some("kind = \"gre\""),
             Case::MirrorErspan => Some("kind = \"erspan\"\nversion = 2"),
+            Case::RoutedCopyVxlan => Some("kind = \"vxlan\""),
             _ => None,
         }
     }
@@ -314,10 +411,13 @@ impl Case {
     /// The `tc mirred` case this one's "vs tc mirred" ratio is taken
     /// against: the VXLAN device for the remote cases (`tcvxlan`, the
     /// kernel's remote mirror), plain `tc mirred` for every other case with
-    /// target ports.
+    /// target ports; for the routed cases, `routed-tc` (the copies of the
+    /// same routed traffic).
     fn tc_peer(self) -> Option<Case> {
         match self {
-            Case::TcMirred => None,
+            Case::TcMirred | Case::Routed | Case::RoutedTc => None,
+            // The routed cases' copies against the routed `tc mirred`.
+            c if c.routed() => Some(Case::RoutedTc),
             c if c.tunnel().is_some() => Some(Case::TcVxlan),
             c if c.targets() > 0 && !c.captures() => Some(Case::TcMirred),
             _ => None,
@@ -331,7 +431,7 @@ impl Case {
     /// members' sinks (the split is reported next to it).
     fn targets(self) -> usize {
         match self {
-            Case::XdpDrop | Case::Pass => 0,
+            Case::XdpDrop | Case::Pass | Case::Routed => 0,
             Case::XdpBroadcast | Case::MirrorKernel2 => 2,
             _ => 1,
         }
@@ -349,10 +449,13 @@ impl Case {
     }
 
     /// Whether feed0's traffic goes on up its stack, counted there (tcx):
-    /// copy mode and its baseline. The lossless rate is then the monitored
-    /// traffic's, as copy mode promises to lose none of it.
+    /// copy mode and its baseline, and the routed cases (whose traffic
+    /// passed on is what out0's sink counted; the tcx counter then gives
+    /// the frames that reached feed0's stack, each of which should be
+    /// copied). The lossless rate is then the monitored traffic's, as copy
+    /// mode promises to lose none of it.
     fn monitored(self) -> bool {
-        matches!(self, Case::Pass | Case::MirrorCopy)
+        matches!(self, Case::Pass | Case::MirrorCopy) || self.routed()
     }
 
     /// The case this one is compared with: the in-kernel ceilings for the
@@ -361,12 +464,14 @@ impl Case {
     /// for the pcapng target, and mirror's kernel path to an interface
     /// target for its tunnel targets (what a tunnel costs mirror) and for
     /// its session options on that path (what a cut, a rate limit or a
-    /// group costs it).
+    /// group costs it); routed copy mode to a VXLAN target against routed
+    /// `tc mirred` to the VXLAN device.
     fn reference(self) -> Option<Case> {
         match self {
             Case::TcMirred | Case::MirrorKernel | Case::MirrorFiltered => Some(Case::XdpRedirect),
             Case::MirrorUserspace | Case::MirrorShared => Some(Case::XskFwd),
             Case::MirrorCopy => Some(Case::TcMirred),
+            Case::RoutedCopyVxlan => Some(Case::RoutedTcVxlan),
             Case::MirrorKernel2 => Some(Case::XdpBroadcast),
             Case::MirrorPcapng => Some(Case::Tcpdump),
             Case::MirrorVxlan
@@ -398,8 +503,11 @@ struct Row {
     /// picked.
     case: String,
     /// mirror cases: the session's path as `mirror stats` names it
-    /// (`kernel` or `af_xdp`).
+    /// (`kernel`, `af_xdp` or `ring_buffer`).
     session_path: Option<String>,
+    /// mirror cases: how its source hooks ingress (`mirror stats`'s
+    /// `xdp_mode`: `native`, `generic` or `tcx`).
+    ingress_hook: Option<String>,
     /// Frames/s the generator's socket completed (handed to gen0).
     offered_pps: f64,
     /// Frames/s that arrived at each target's sink (at feed0 for the
@@ -425,16 +533,29 @@ struct Row {
     lossless_pps: Option<f64>,
     lossless_at_max: bool,
     /// Copy mode: its monitored rate and lossless rate over the baseline's
-    /// (`pass`, same size), i.e. what copy mode leaves of the traffic.
+    /// (`pass`, same size), i.e. what copy mode leaves of the traffic; the
+    /// routed cases: over `routed`'s.
     monitored_vs_pass: Option<f64>,
     lossless_vs_pass: Option<f64>,
+    /// The routed mirror cases: production forwarded over `routed-tc`'s.
+    monitored_vs_tc: Option<f64>,
+    /// The routed cases: frames/s that reached feed0's stack (its tcx
+    /// counter), each of which should have been copied (median run).
+    fed_pps: Option<f64>,
+    /// The routed cases with a target: copies/s lost, i.e. frames that
+    /// reached feed0's stack and whose copy did not reach the copy sink.
+    copies_lost_pps: Option<f64>,
+    /// The routed cases: CPU ns per production frame forwarded, per core
+    /// (`ns_per_frame` is then their sum).
+    ns_per_frame_per_core: Option<Vec<f64>>,
     /// Busy share of each core over the run, percent.
     cpu_pct: Vec<f64>,
     /// Run time per frame of the BPF programs on feed0 (XDP and tcx
     /// ingress: the work on the RX core), ns, from one extra full-rate run
     /// with the kernel's BPF run-time statistics on (they add a little).
     feed_bpf_ns: Option<f64>,
-    /// CPU time per delivered frame (all cores), ns.
+    /// CPU time per delivered frame (all cores), ns; the routed cases: per
+    /// production frame forwarded.
     ns_per_frame: f64,
     /// Resident memory of `mirror run`, KiB (mirror cases only).
     rss_kib: Option<u64>,
@@ -444,7 +565,9 @@ struct Row {
     /// below the frame size when copies were cut (`cut`).
     copy_bytes: Option<f64>,
     /// Drops/s the case reported: mirror's targets by reason (all targets
-    /// together), tcpdump's "dropped by kernel".
+    /// together; the routed cases: its source's too), tcpdump's "dropped by
+    /// kernel", the routed `tc mirred` cases' kernel counters (the mirred
+    /// action's, the devices' on the copies' way).
     drops: std::collections::BTreeMap<String, f64>,
     /// The reference case's id and delivered / its delivered (see
     /// `Case::reference`).
@@ -545,20 +668,7 @@ fn tunnel_lab(lab: &Lab) -> Result<()> {
             dev,
         ])?;
     }
-    // `ip netns exec` mounts the namespace's own sysfs.
-    let out = lab
-        .sink
-        .command(&["cat", &format!("/sys/class/net/{}/address", Lab::SINK_IF)])
-        .stdin(std::process::Stdio::null())
-        .output()?;
-    let mac = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !out.status.success() || mac.len() != 17 {
-        bail!(
-            "reading {}'s MAC: {}",
-            Lab::SINK_IF,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    let mac = mac(&lab.sink, Lab::SINK_IF)?;
     lab.src.ip(&[
         "neigh",
         "replace",
@@ -570,6 +680,72 @@ fn tunnel_lab(lab: &Lab) -> Result<()> {
         "nud",
         "permanent",
     ])
+}
+
+/// The MAC of `dev` in `ns`.
+fn mac(ns: &Netns, dev: &str) -> Result<String> {
+    // `ip netns exec` mounts the namespace's own sysfs.
+    let out = ns
+        .command(&["cat", &format!("/sys/class/net/{dev}/address")])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let mac = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || mac.len() != 17 {
+        bail!(
+            "reading {dev}'s MAC: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(mac)
+}
+
+/// The routed cases' production path (the lab is set up this way only when
+/// one of them runs): out0 in ns src -- sink2 in ns sink, [`ROUTE_LOCAL`]
+/// and [`ROUTE_NEXT_HOP`] on them, a route to [`ROUTED_NET`] via the next
+/// hop with a permanent neighbour entry (sink2's MAC: no ARP during runs),
+/// IP forwarding on in ns src and reverse-path filtering off (the
+/// generator's source addresses have no route back). Nothing is forwarded
+/// until a routed case gives feed0 the generator's destination MAC: the
+/// other cases' frames still reach feed0's stack addressed to another host,
+/// and are dropped there as before.
+fn routed_lab(lab: &Lab) -> Result<()> {
+    lab::veth(&lab.src, ROUTE_IF, &lab.sink, ROUTE_SINK_IF, 1)?;
+    for (ns, dev, addr) in [
+        (&lab.src, ROUTE_IF, ROUTE_LOCAL),
+        (&lab.sink, ROUTE_SINK_IF, ROUTE_NEXT_HOP),
+    ] {
+        ns.ip(&["addr", "add", &format!("{addr}/{ROUTE_PREFIX}"), "dev", dev])?;
+    }
+    let mac = mac(&lab.sink, ROUTE_SINK_IF)?;
+    lab.src.ip(&[
+        "neigh",
+        "replace",
+        ROUTE_NEXT_HOP,
+        "lladdr",
+        &mac,
+        "dev",
+        ROUTE_IF,
+        "nud",
+        "permanent",
+    ])?;
+    lab.src.ip(&[
+        "route",
+        "add",
+        ROUTED_NET,
+        "via",
+        ROUTE_NEXT_HOP,
+        "dev",
+        ROUTE_IF,
+    ])?;
+    for setting in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+        &format!("net.ipv4.conf.{}.rp_filter=0", Lab::FEED_IF),
+    ] {
+        lab.src.exec(&["sysctl", "-qw", setting])?;
+    }
+    Ok(())
 }
 
 /// Attaches program `fd` to `dev` in `ns` (native XDP) through a link;
@@ -621,6 +797,8 @@ struct MirrorCounts {
     received: u64,
     /// Its targets' drops by reason (all targets together).
     drops: std::collections::BTreeMap<String, u64>,
+    /// Its source's drops by reason (copy mode: `ring_full`, ...).
+    source_drops: std::collections::BTreeMap<String, u64>,
     /// Copies its targets sent, and their bytes (all targets together).
     sent_packets: u64,
     sent_bytes: u64,
@@ -632,6 +810,7 @@ fn mirror_stats(r: &Running<'_>) -> Result<Option<MirrorCounts>> {
     let mut c = MirrorCounts {
         received: s.sources["feed"].received,
         drops: std::collections::BTreeMap::new(),
+        source_drops: s.sources["feed"].dropped.clone(),
         sent_packets: 0,
         sent_bytes: 0,
     };
@@ -643,6 +822,87 @@ fn mirror_stats(r: &Running<'_>) -> Result<Option<MirrorCounts>> {
         c.sent_bytes += t.sent_bytes;
     }
     Ok(Some(c))
+}
+
+/// The routed `tc mirred` cases: what the kernel counts of the copies it
+/// lost so far: the mirred action's `overlimits` (a copy its device's
+/// transmit refused) and `drops`, and `tx_dropped` / `tx_errors` of the
+/// devices on the copies' way (tgt0, and the VXLAN device); `None` for the
+/// other cases.
+fn tc_kernel_counts(
+    lab: &Lab,
+    case: Case,
+) -> Result<Option<std::collections::BTreeMap<String, u64>>> {
+    if !(case.routed() && case.tc_mirred()) {
+        return Ok(None);
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    let out = lab
+        .src
+        .command(&[
+            "tc",
+            "-s",
+            "-j",
+            "filter",
+            "show",
+            "dev",
+            Lab::FEED_IF,
+            "ingress",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "tc filter show: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let filters: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("tc filter show's JSON")?;
+    let actions = filters
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.pointer("/options/actions")?.as_array())
+        .flatten()
+        .filter(|a| a["kind"] == "mirred");
+    for a in actions {
+        for what in ["overlimits", "drops"] {
+            *counts.entry(format!("mirred {what}")).or_default() +=
+                a["stats"][what].as_u64().unwrap_or(0);
+        }
+    }
+    let mut devices = vec![(Lab::TARGET_IF, "tx_dropped")];
+    if case.tc_vxlan() {
+        devices.extend([(VXLAN_DEV, "tx_dropped"), (VXLAN_DEV, "tx_errors")]);
+    }
+    let files: Vec<String> = devices
+        .iter()
+        .map(|(dev, what)| format!("/sys/class/net/{dev}/statistics/{what}"))
+        .collect();
+    let mut args = vec!["cat"];
+    args.extend(files.iter().map(String::as_str));
+    // `ip netns exec` mounts the namespace's own sysfs.
+    let out = lab
+        .src
+        .command(&args)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let values: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    if !out.status.success() || values.len() != devices.len() {
+        bail!(
+            "reading {}: {}",
+            files.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    for ((dev, what), v) in devices.iter().zip(values) {
+        counts.insert(format!("{dev} {what}"), v);
+    }
+    Ok(Some(counts))
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -671,6 +931,9 @@ struct Running<'a> {
     vxlan: Option<&'a Netns>,
     /// mirror cases: the session's path as `mirror stats` names it.
     path: Option<String>,
+    /// mirror cases: how the source hooks ingress (`mirror stats`'s
+    /// `xdp_mode`).
+    hook: Option<String>,
     /// The namespace whose feed0 got an address for the case (daemonlogger
     /// will not start on an interface without one).
     address: Option<&'a Netns>,
@@ -681,6 +944,11 @@ struct Running<'a> {
     written: u64,
     /// Copy mode and its baseline: the tcx counter on feed0's ingress.
     monitor: Option<(Peer, OwnedFd)>,
+    /// The routed cases: the counter on out0's sink (production forwarded).
+    forward: Option<&'a Peer>,
+    /// The routed cases: feed0's own MAC, put back on drop (the case gives
+    /// feed0 the MAC the generator's frames are sent to).
+    feed_mac: Option<(&'a Netns, String)>,
 }
 
 /// An address for feed0 that no lab frame is sent to.
@@ -702,6 +970,9 @@ impl Drop for Running<'_> {
             let _ = ns.ip(&["addr", "del", FEED_ADDRESS, "dev", Lab::FEED_IF]);
         }
         self.daemon = None;
+        if let Some((ns, mac)) = self.feed_mac.take() {
+            let _ = ns.ip(&["link", "set", Lab::FEED_IF, "address", &mac]);
+        }
         if let Some(dir) = self.capture {
             let _ = empty(dir);
         }
@@ -736,7 +1007,7 @@ impl Running<'_> {
                 .context("the ceiling's program")?
                 .frames(),
             Case::Tcpdump => Ok(self.written),
-            Case::Pass => self.monitored().map(|m| m.unwrap_or(0)),
+            Case::Pass | Case::Routed => self.monitored().map(|m| m.unwrap_or(0)),
             Case::MirrorPcapng => {
                 let d = self.daemon.as_ref().context("the daemon")?;
                 let s = mirror_user::control::Client::connect(&d.control)?.stats()?;
@@ -746,9 +1017,19 @@ impl Running<'_> {
         }
     }
 
-    /// Frames of the monitored traffic that reached feed0's stack so far
-    /// (copy mode and its baseline).
+    /// Frames of the monitored traffic that passed on so far: that reached
+    /// feed0's stack (copy mode and its baseline), that were forwarded to
+    /// out0's sink (the routed cases).
     fn monitored(&self) -> Result<Option<u64>> {
+        if let Some(f) = self.forward {
+            return f.frames().map(Some);
+        }
+        self.fed()
+    }
+
+    /// Frames that reached feed0's stack so far (its tcx counter): copy
+    /// mode, its baseline and the routed cases.
+    fn fed(&self) -> Result<Option<u64>> {
         self.monitor.as_ref().map(|(p, _)| p.frames()).transpose()
     }
 
@@ -825,6 +1106,7 @@ const TCPDUMP_BUFFER_KIB: &str = "16384";
 fn start<'a>(
     case: Case,
     lab: &'a Lab,
+    forward: Option<&'a Peer>,
     exe: &Path,
     dir: &TempDir,
     capture: &'a Path,
@@ -838,12 +1120,28 @@ fn start<'a>(
         tc: None,
         vxlan: None,
         path: None,
+        hook: None,
         address: None,
         capture: None,
         tcpdump: None,
         written: 0,
         monitor: None,
+        forward: None,
+        feed_mac: None,
     };
+    if case.routed() {
+        // feed0 takes the generator's frames as its own (their destination
+        // MAC), so its stack forwards them to out0; put back on drop.
+        run.forward = Some(forward.context("the routed lab (out0's sink)")?);
+        let own = mac(&lab.src, Lab::FEED_IF)?;
+        let to = traffic::frame(traffic::SHAPES[1], 0, 60)[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        lab.src.ip(&["link", "set", Lab::FEED_IF, "address", &to])?;
+        run.feed_mac = Some((&lab.src, own));
+    }
     if case.monitored() {
         let p = Peer::load()?;
         let fd = p.skel.progs.tc_count.as_fd().as_raw_fd();
@@ -864,8 +1162,8 @@ fn start<'a>(
             run.link = Some(attach(&lab.src, Lab::FEED_IF, p.fd(case))?);
             run.peer = Some(p);
         }
-        Case::TcMirred | Case::TcVxlan => {
-            let dev = if case == Case::TcVxlan {
+        Case::TcMirred | Case::TcVxlan | Case::RoutedTc | Case::RoutedTcVxlan => {
+            let dev = if case.tc_vxlan() {
                 lab.src.ip(&[
                     "link",
                     "add",
@@ -961,7 +1259,7 @@ fn start<'a>(
             p.check_running().context("daemonlogger")?;
             run.process = Some(p);
         }
-        Case::Tcpdump | Case::Pass => {}
+        Case::Tcpdump | Case::Pass | Case::Routed => {}
         Case::MirrorKernel
         | Case::MirrorFiltered
         | Case::MirrorCut
@@ -974,8 +1272,13 @@ fn start<'a>(
         | Case::MirrorPcapng
         | Case::MirrorVxlan
         | Case::MirrorGre
-        | Case::MirrorErspan => {
+        | Case::MirrorErspan
+        | Case::RoutedCopy
+        | Case::RoutedCopyVxlan => {
             let (targets, path, source) = match case {
+                // Copy mode as a user sets it up: the path mirror picks.
+                Case::RoutedCopy => ("\"t0\"", "auto", COPY_INGRESS),
+                Case::RoutedCopyVxlan => ("\"remote\"", "auto", COPY_INGRESS),
                 _ if case.tunnel().is_some() => ("\"remote\"", "auto", ""),
                 Case::MirrorUserspace => ("\"t0\"", "userspace", ""),
                 Case::MirrorShared => ("\"t0\"", "userspace", "share_umem = true"),
@@ -1025,6 +1328,7 @@ fn start<'a>(
             let daemon = crate::start_daemon(&lab.src, exe, dir, &text)?;
             let stats = mirror_user::control::Client::connect(&daemon.control)?.stats()?;
             run.path = stats.sessions.get("all").map(|s| s.path.clone());
+            run.hook = stats.sources.get("feed").map(|s| s.xdp_mode.clone());
             run.daemon = Some(daemon);
         }
     }
@@ -1064,8 +1368,11 @@ struct Sample {
     offered: f64,
     /// Frames/s delivered per target (see [`Running::delivered`]).
     delivered: f64,
-    /// Frames/s of the monitored traffic that went on (copy mode, baseline).
+    /// Frames/s of the monitored traffic that went on (copy mode, baseline;
+    /// the routed cases: forwarded to out0's sink).
     monitored: Option<f64>,
+    /// The routed cases: frames/s that reached feed0's stack.
+    fed: Option<f64>,
     cpu: Vec<f64>,
     /// mirror: frames/s its source received.
     received: Option<f64>,
@@ -1073,7 +1380,8 @@ struct Sample {
     copy_bytes: Option<f64>,
     /// Frames/s counted at sink0 and sink1 (what `delivered` adds up).
     per_sink: [f64; 2],
-    /// Drops/s by reason (mirror's targets, tcpdump's kernel drops).
+    /// Drops/s by reason (mirror's targets, and its source in the routed
+    /// cases; tcpdump's kernel drops; the routed tc cases' kernel counters).
     drops: std::collections::BTreeMap<String, f64>,
 }
 
@@ -1100,6 +1408,8 @@ struct Rig<'a> {
     lab: &'a Lab,
     dir: &'a TempDir,
     sinks: &'a [Peer; 2],
+    /// The routed cases: the counter on out0's sink (sink2).
+    forward: Option<&'a Peer>,
 }
 
 /// One run of `secs`: the generator at full speed or paced to `rate`.
@@ -1113,32 +1423,49 @@ fn measure(
     let (lab, dir, sinks) = (rig.lab, rig.dir, rig.sinks);
     let case = running.case;
     running.begin(lab, dir).with_context(|| case.name())?;
-    let (d0, n0, cpu0, m0, s0) = (
+    let (d0, n0, f0, cpu0, m0, s0, k0) = (
         running.delivered(sinks)?,
         running.monitored()?,
+        running.fed()?,
         cpu_times()?,
         mirror_stats(running)?,
         [sinks[0].frames()?, sinks[1].frames()?],
+        tc_kernel_counts(lab, case)?,
     );
     let offered = crate::generate(lab, size, secs, rate)?;
     std::thread::sleep(Duration::from_millis(200));
     let tool_drops = running.end().with_context(|| case.name())?;
-    let (d1, n1, cpu1, m1, s1) = (
+    let (d1, n1, f1, cpu1, m1, s1, k1) = (
         running.delivered(sinks)?,
         running.monitored()?,
+        running.fed()?,
         cpu_times()?,
         mirror_stats(running)?,
         [sinks[0].frames()?, sinks[1].frames()?],
+        tc_kernel_counts(lab, case)?,
     );
     let per_sec = |n: u64| n as f64 / secs;
     let mut drops = std::collections::BTreeMap::new();
+    // Counters that grew in the run, per second.
+    let mut add_drops = |b: &std::collections::BTreeMap<String, u64>,
+                         e: &std::collections::BTreeMap<String, u64>| {
+        for (k, v) in e {
+            let n = v.saturating_sub(b.get(k).copied().unwrap_or(0));
+            if n > 0 {
+                *drops.entry(k.clone()).or_default() += per_sec(n);
+            }
+        }
+    };
+    if let Some((b, e)) = k0.zip(k1) {
+        add_drops(&b, &e);
+    }
     let mut copy_bytes = None;
     let received = m0.zip(m1).map(|(b, e)| {
-        for (k, v) in &e.drops {
-            let n = v - b.drops.get(k).copied().unwrap_or(0);
-            if n > 0 {
-                drops.insert(k.clone(), per_sec(n));
-            }
+        add_drops(&b.drops, &e.drops);
+        // The routed cases count what copy mode's source lost too
+        // (`ring_full`, ...); the other cases keep their targets' alone.
+        if case.routed() {
+            add_drops(&b.source_drops, &e.source_drops);
         }
         let sent = e.sent_packets - b.sent_packets;
         if sent > 0 {
@@ -1153,6 +1480,7 @@ fn measure(
         offered: per_sec(offered),
         delivered: (d1 - d0) as f64 / case.targets().max(1) as f64 / secs,
         monitored: n0.zip(n1).map(|(b, e)| per_sec(e - b)),
+        fed: f0.zip(f1).map(|(b, e)| per_sec(e - b)),
         cpu: cpu0
             .iter()
             .zip(&cpu1)
@@ -1260,7 +1588,8 @@ fn start_pinned<'a>(
     exe: &Path,
     capture: &'a Path,
 ) -> Result<Running<'a>> {
-    let running = start(case, rig.lab, exe, rig.dir, capture).with_context(|| case.name())?;
+    let running =
+        start(case, rig.lab, rig.forward, exe, rig.dir, capture).with_context(|| case.name())?;
     std::thread::sleep(Duration::from_millis(100));
     if crate::pin_napi_threads(Lab::FEED_IF, crate::NAPI_CPU)? == 0 {
         bail!(
@@ -1302,6 +1631,15 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     if wanted.iter().any(|c| c.remote()) {
         tunnel_lab(&lab)?;
     }
+    // The routed cases' second port and its meter, only when one runs.
+    let forward = if wanted.iter().any(|c| c.routed()) {
+        routed_lab(&lab)?;
+        let p = Peer::load()?;
+        let link = attach(&lab.sink, ROUTE_SINK_IF, p.fd(Case::XdpDrop))?;
+        Some((p, link))
+    } else {
+        None
+    };
     let dir = TempDir::new("bench-span")?;
     // Capture cases write here (unmounted before `dir` is removed).
     let tmpfs = Tmpfs::mount(dir.path().join("capture"), "3g")?;
@@ -1316,6 +1654,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         lab: &lab,
         dir: &dir,
         sinks: &sinks,
+        forward: forward.as_ref().map(|(p, _)| p),
     };
     // Full-rate runs, one with BPF statistics, the search's paced runs.
     let per_size = a.runs.reps as u64 + 1 + u64::from(a.search);
@@ -1393,6 +1732,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 per_sink,
                 drops,
                 monitored,
+                fed,
                 ..
             } = median_run;
             let busy: f64 = cpu.iter().sum::<f64>() / 100.0;
@@ -1408,16 +1748,32 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                     0.0
                 }
             };
-            // The remote mirror cases name the path mirror picked for them.
+            // The remote mirror cases name the path mirror picked for them,
+            // the routed ones also how ingress is hooked.
             let label = match (&running.path, case.tunnel()) {
+                (Some(path), _) if case.routed() => format!(
+                    "{} (path: {path}, ingress: {})",
+                    case.name(),
+                    match running.hook.as_deref() {
+                        Some("native") => "XDP",
+                        Some("generic") => "generic XDP",
+                        Some(h) => h,
+                        None => "?",
+                    }
+                ),
                 (Some(path), Some(_)) => format!("{} (path: {path})", case.name()),
                 _ => case.name().to_string(),
             };
+            // The routed cases: CPU per production frame forwarded, per core.
+            let forwarded = monitored.filter(|&m| case.routed() && m > 0.0);
+            let per_core =
+                forwarded.map(|f| cpu.iter().map(|c| c / 100.0 * 1e9 / f).collect::<Vec<_>>());
             let row = Row {
                 frame: size,
                 id: case.id(),
                 case: label,
                 session_path: running.path.clone(),
+                ingress_hook: running.hook.clone(),
                 offered_pps: offered,
                 delivered_pps: med,
                 delivered_min: min,
@@ -1429,11 +1785,16 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 monitored_loss_pct: monitored.map(loss),
                 lossless_pps: lossless.map(|l| l.0),
                 lossless_at_max: lossless.is_some_and(|l| l.1),
-                ns_per_frame: if med > 0.0 {
-                    busy * 1e9 / (med * case.targets().max(1) as f64)
-                } else {
-                    0.0
+                ns_per_frame: match (&per_core, med > 0.0) {
+                    (Some(p), _) => p.iter().sum(),
+                    (None, true) => busy * 1e9 / (med * case.targets().max(1) as f64),
+                    (None, false) => 0.0,
                 },
+                ns_per_frame_per_core: per_core,
+                fed_pps: fed.filter(|_| case.routed()),
+                copies_lost_pps: fed
+                    .filter(|_| case.routed() && case.targets() > 0)
+                    .map(|f| (f - med).max(0.0)),
                 cpu_pct: cpu,
                 feed_bpf_ns: bpf_ns,
                 rss_kib: rss,
@@ -1446,6 +1807,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 vs_tc_mirred: None,
                 monitored_vs_pass: None,
                 lossless_vs_pass: None,
+                monitored_vs_tc: None,
             };
             crate::say(
                 &progress,
@@ -1496,14 +1858,25 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             r.tc_mirred = Some(tcc.id());
             r.vs_tc_mirred = lookup(&snapshot, r.frame, tcc).map(|v| r.delivered_pps / v);
         }
-        if case == Case::MirrorCopy {
-            let pass = snapshot
-                .iter()
-                .find(|p| p.frame == r.frame && p.id == Case::Pass.id());
-            let over =
-                |a: Option<f64>, b: Option<f64>| a.zip(b.filter(|&v| v > 0.0)).map(|(a, b)| a / b);
-            r.monitored_vs_pass = over(r.monitored_pps, pass.and_then(|p| p.monitored_pps));
-            r.lossless_vs_pass = over(r.lossless_pps, pass.and_then(|p| p.lossless_pps));
+        let over =
+            |a: Option<f64>, b: Option<f64>| a.zip(b.filter(|&v| v > 0.0)).map(|(a, b)| a / b);
+        let frame = r.frame;
+        let row_of = |c: Case| snapshot.iter().find(|p| p.frame == frame && p.id == c.id());
+        // What copy mode (the routed cases: a mirror) leaves of the traffic
+        // it monitors, against the same traffic with no mirror.
+        let baseline = match case {
+            Case::MirrorCopy => Some(Case::Pass),
+            Case::Routed => None,
+            c if c.routed() => Some(Case::Routed),
+            _ => None,
+        };
+        if let Some(base) = baseline.map(row_of) {
+            r.monitored_vs_pass = over(r.monitored_pps, base.and_then(|p| p.monitored_pps));
+            r.lossless_vs_pass = over(r.lossless_pps, base.and_then(|p| p.lossless_pps));
+        }
+        if case.routed() && !matches!(case, Case::Routed | Case::RoutedTc) {
+            let tc = row_of(Case::RoutedTc);
+            r.monitored_vs_tc = over(r.monitored_pps, tc.and_then(|p| p.monitored_pps));
         }
     }
     // One group per case (by id, in run order), one bar per frame size.
@@ -1583,11 +1956,29 @@ fn table(rows: &[Row], a: &Args) -> String {
             let vs = r
                 .monitored_vs_pass
                 .map_or(String::new(), |v| format!(", {v:.2}x"));
+            // The routed mirror cases: also against routed tc mirred's.
+            let vs_tc = r.monitored_vs_tc.map_or(String::new(), |v| {
+                format!(", {v:.2}x {}", Case::RoutedTc.id())
+            });
             format!(
-                "{m:.0} pps ({:.1}% lost{vs})",
+                "{m:.0} pps ({:.1}% lost{vs}{vs_tc})",
                 r.monitored_loss_pct.unwrap_or(0.0)
             )
         });
+        // The routed cases: per production frame forwarded, with each
+        // core's share.
+        let ns_per_frame = match &r.ns_per_frame_per_core {
+            Some(cores) => format!(
+                "{:.0} ({})",
+                r.ns_per_frame,
+                cores
+                    .iter()
+                    .map(|c| format!("{c:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ),
+            None => format!("{:.0}", r.ns_per_frame),
+        };
         let received = r
             .mirror_received_pps
             .map_or(String::new(), |rx| format!("{rx:.0} pps"));
@@ -1598,6 +1989,28 @@ fn table(rows: &[Row], a: &Args) -> String {
             .filter(|&b| b < r.frame as f64)
             .map_or(String::new(), |b| format!("copies {b:.0} B"));
         let drops: Vec<String> = r.drops.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+        // The routed cases: copies lost, and what counted them (mirror's
+        // counters, the kernel's for tc mirred).
+        let drops = match r.copies_lost_pps {
+            Some(lost) => {
+                let who = if r.session_path.is_some() {
+                    "mirror"
+                } else {
+                    "kernel"
+                };
+                let counted = if drops.is_empty() {
+                    if lost > 0.0 {
+                        ", not counted".to_string()
+                    } else {
+                        String::new()
+                    }
+                } else {
+                    format!(", counted ({who}): {}", drops.join(", "))
+                };
+                vec![format!("copies lost {lost:.0}{counted}")]
+            }
+            None => drops,
+        };
         // A group's frames each reach one member: the sum, and how it split.
         let split = r.delivered_split_pps.map_or(String::new(), |[a, b]| {
             let all = (a + b).max(1.0);
@@ -1608,7 +2021,7 @@ fn table(rows: &[Row], a: &Args) -> String {
             )
         });
         s.push_str(&format!(
-            "| {} B | {} | {:.0} pps | {:.0} pps ({:.0}-{:.0}{split}) | {:.1}% | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} |\n",
+            "| {} B | {} | {:.0} pps | {:.0} pps ({:.0}-{:.0}{split}) | {:.1}% | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.frame,
             r.case,
             r.offered_pps,
@@ -1625,7 +2038,7 @@ fn table(rows: &[Row], a: &Args) -> String {
                 .map(|c| format!("{c:.0}"))
                 .collect::<Vec<_>>()
                 .join(" / "),
-            r.ns_per_frame,
+            ns_per_frame,
             r.feed_bpf_ns.map_or(String::new(), |n| format!("{n:.0}")),
             r.rss_kib.map_or("".to_string(), |k| format!("{} MiB", k / 1024)),
             [received, cut, drops.join(", ")]
@@ -1641,6 +2054,22 @@ fn table(rows: &[Row], a: &Args) -> String {
              goes to one member (picked by its flow's hash among the generator's 256 flows), \
              so it is the frames copied out per second, as for one target; the split is the \
              median run's.\n",
+        );
+    }
+    if rows.iter().any(|r| r.ns_per_frame_per_core.is_some()) {
+        s.push_str(
+            "\nThe routed rows: feed0's namespace forwards the generator's frames to out0 \
+             (IP forwarding) while they are mirrored. \"delivered\" is the copies reaching the \
+             copy sink (routed: the frames forwarded); \"monitored traffic passed on\" is \
+             production forwarded to out0's sink, against `routed` and against `routed-tc`; \
+             \"vs tc mirred\" is the copies against `routed-tc`'s; CPU ns/frame is per \
+             production frame forwarded, all cores (each core's in parentheses); the last \
+             column's copies lost are frames that reached feed0's stack without a copy at the \
+             copy sink, per second, and what counted them: mirror's drop counters, or for tc \
+             mirred the kernel's (the mirred action's, the devices' tx_dropped / tx_errors); \
+             \"not counted\" when none did. Their BPF ns/frame at feed0 includes, on mirror's \
+             kernel path, the clone's transmit (`bpf_clone_redirect` sends it to tgt0 inside \
+             the program), which tc mirred does outside any BPF program: compare CPU ns/frame.\n",
         );
     }
     s

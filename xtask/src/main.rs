@@ -112,7 +112,8 @@ enum Cmd {
     /// bare XDP redirect/broadcast, a C AF_XDP forwarder, daemonlogger,
     /// tcpdump -w vs a pcapng target, tc mirred to a VXLAN device vs the
     /// vxlan/gre/erspan targets, the kernel path with a cut, a rate limit
-    /// and a target group vs without). Installs tcpdump, daemonlogger and
+    /// and a target group vs without, copy mode vs tc mirred while the
+    /// monitored namespace routes the traffic). Installs tcpdump, daemonlogger and
     /// libxdp-dev. Results go to benches/results/ as JSON, a Markdown table
     /// and a PNG chart. Needs root.
     Bench {
