@@ -231,9 +231,9 @@ const COPY_INGRESS: &str = "mode = \"copy\"\ndirection = \"ingress\"";
 /// (the 60-byte frames are shorter, so there only the length is checked).
 const CUT_LENGTH: u32 = 64;
 /// `ratelimit`'s `rate_limit_pps`: far above what the generator can offer
-/// (~2 Mpps here), so the bucket never runs dry: every frame takes a token
-/// under the session's spin lock and none is limited. It measures what the
-/// limiter costs, not limiting.
+/// (~2 Mpps here), so the limiter never says no: every frame passes it (a
+/// clock read and a compare-and-swap) and none is limited. It measures what
+/// the limiter costs, not limiting.
 const RATE_LIMIT_PPS: u32 = 100_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
