@@ -485,7 +485,9 @@ mod tests {
             // Cut inside the last header or the ports: no ports.
             let cut = parse_frame(&f[..f.len() - 5]);
             assert_eq!(cut.ports, None);
-            // Cut anywhere in the chain: never more than was there.
+            // Cut anywhere in the chain: never more than was there; cut
+            // inside an extension header, not even the protocol.
+            let chain_end = f.len() - 8;
             for len in 54..f.len() {
                 let v = parse_frame(&f[..len]);
                 assert_eq!(v.addrs, addrs);
@@ -493,6 +495,9 @@ mod tests {
                     v.ports.is_none() || len >= f.len() - 4,
                     "ports from {len} bytes"
                 );
+                if len < chain_end {
+                    assert_eq!(v.proto, None, "{} headers cut at {len}", ext.len());
+                }
             }
         }
         // Eight extension headers are walked; a ninth is past the bound.

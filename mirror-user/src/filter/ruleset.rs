@@ -735,4 +735,216 @@ mod tests {
             })
         );
     }
+
+    /// xorshift64: a fixed, dependency-free stream of test values.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+            from[(self.next() % from.len() as u64) as usize]
+        }
+
+        fn maybe<T: Copy>(&mut self, from: &[T]) -> Option<T> {
+            (self.next() % 3 != 0).then(|| self.pick(from))
+        }
+    }
+
+    const V4: [&str; 6] = [
+        "10.0.0.1",
+        "10.0.1.7",
+        "10.9.0.1",
+        "192.168.1.1",
+        "192.168.1.200",
+        "8.8.8.8",
+    ];
+    const V6: [&str; 4] = ["2001:db8::1", "2001:db8:1::7", "fd00::1", "fe80::9"];
+    const NETS: [&str; 10] = [
+        "10.0.0.0/8",
+        "10.0.0.0/24",
+        "10.0.1.7/32",
+        "192.168.1.0/25",
+        "0.0.0.0/0",
+        "2001:db8::/32",
+        "2001:db8:1::/48",
+        "::/0",
+        "fd00::1/128",
+        "192.168.0.0/16",
+    ];
+    const PORTS: [u16; 6] = [22, 53, 80, 443, 1024, 65535];
+
+    fn random_rule(r: &mut Rng, number: u16) -> Rule {
+        let mut rule = Rule::any(
+            number,
+            if r.next() % 3 == 0 {
+                Action::Reject
+            } else {
+                Action::Accept
+            },
+            Direction::Ingress,
+        );
+        rule.vlan = if r.next() % 5 == 0 {
+            Some(r.pick(&[1u16, 7, 100]))
+        } else {
+            None
+        };
+        rule.protocol = r.maybe(&[6u8, 17, 1]).filter(|_| r.next() % 2 == 0);
+        let net =
+            |r: &mut Rng| -> Option<IpNet> { r.maybe(&NETS).map(|n| n.parse().expect("cidr")) };
+        rule.source = net(r).filter(|_| r.next() % 2 == 0);
+        rule.destination = net(r).filter(|_| r.next() % 2 == 0);
+        // Two CIDRs of different families never match anything: keep one family.
+        if let (Some(a), Some(b)) = (&rule.source, &rule.destination) {
+            if matches!(a, IpNet::V4(_)) != matches!(b, IpNet::V4(_)) {
+                rule.destination = None;
+            }
+        }
+        if matches!(rule.protocol, Some(6 | 17)) {
+            let range = |r: &mut Rng| {
+                let (a, b) = (r.pick(&PORTS), r.pick(&PORTS));
+                PortRange {
+                    lo: a.min(b),
+                    hi: a.max(b),
+                }
+            };
+            rule.source_port = (r.next() % 3 == 0).then(|| range(r));
+            rule.destination_port = (r.next() % 2 == 0).then(|| range(r));
+        }
+        rule
+    }
+
+    fn random_view(r: &mut Rng) -> FrameView {
+        let vlan = if r.next() % 4 == 0 {
+            Some(r.pick(&[1u16, 7, 100, 4095]))
+        } else {
+            None
+        };
+        match r.next() % 5 {
+            0 => FrameView {
+                vlan,
+                ..Default::default()
+            },
+            n => {
+                let v4 = n <= 2;
+                let addr = |r: &mut Rng| -> IpAddr {
+                    if v4 { r.pick(&V4) } else { r.pick(&V6) }
+                        .parse()
+                        .expect("ip")
+                };
+                let proto = r.maybe(&[6u8, 17, 1, 132]);
+                let ports = match proto {
+                    Some(6 | 17 | 132) if r.next() % 4 != 0 => {
+                        Some((r.pick(&PORTS), r.pick(&PORTS)))
+                    }
+                    _ => None,
+                };
+                let addrs = (r.next() % 8 != 0).then(|| (addr(r), addr(r)));
+                FrameView {
+                    vlan,
+                    ipv4: Some(v4),
+                    addrs,
+                    proto: if addrs.is_some() { proto } else { None },
+                    ports: if addrs.is_some() { ports } else { None },
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_filters_in_tables_agree_with_the_reference_on_random_frames() {
+        let mut r = Rng(0x6d69_7272_6f72_2121);
+        for round in 0..12 {
+            // Up to 3 sessions, 1..150 rules: across bitmap words.
+            let filters: Vec<Filter> = (0..1 + r.next() % 3)
+                .map(|i| Filter {
+                    name: format!("f{i}"),
+                    rules: (0..1 + r.next() % 150)
+                        .map(|n| random_rule(&mut r, n as u16 + 1))
+                        .collect(),
+                })
+                .collect();
+            let refs: Vec<&Filter> = filters.iter().collect();
+            let rs = RuleSet::build(&refs, Direction::Ingress).expect("builds");
+            for _ in 0..400 {
+                let f = random_view(&mut r);
+                assert_eq!(
+                    rs.classify(&f),
+                    reference(&refs, &f),
+                    "round {round}: {f:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn memory_is_the_index_the_trie_nodes_and_the_classes() {
+        let mut r1 = rule(1, Action::Accept);
+        r1.source = Some("10.1.2.0/24".parse().expect("cidr"));
+        let f = Filter {
+            name: "f".into(),
+            rules: vec![r1],
+        };
+        let rs = RuleSet::build(&[&f], Direction::Ingress).expect("builds");
+        // u32 index slots, 256-entry u32 trie nodes, 4 + 256 u64 per class.
+        assert_eq!(
+            rs.memory_bytes(),
+            153_354 * 4 + rs.addr_nodes.len() * 256 * 4 + rs.bitmaps.len() * 260 * 8
+        );
+        assert!(rs.addr_nodes.len() > 4, "a /24 needs nodes below the roots");
+        assert!(rs.bitmaps.len() >= 2, "rule 1 and nothing");
+    }
+
+    #[test]
+    fn a_sources_filters_come_in_session_priority_order() {
+        let text = r#"
+[[source]]
+name = "a"
+interface = "x"
+[[source]]
+name = "b"
+interface = "y"
+[[filter]]
+name = "f1"
+[[filter]]
+name = "f2"
+[[filter]]
+name = "f3"
+[[target]]
+name = "t"
+kind = "interface"
+interface = "z"
+[[session]]
+name = "late"
+source = "a"
+filter = "f1"
+targets = ["t"]
+priority = 20
+[[session]]
+name = "early"
+source = "a"
+filter = "f2"
+targets = ["t"]
+priority = 10
+[[session]]
+name = "other"
+source = "b"
+filter = "f3"
+targets = ["t"]
+"#;
+        let c = crate::config::parse(text, "t.toml").expect("valid");
+        let names = |s| {
+            source_filters(&c, s)
+                .iter()
+                .map(|f| f.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(0), ["f2", "f1"]);
+        assert_eq!(names(1), ["f3"]);
+    }
 }
