@@ -1004,4 +1004,82 @@ mod tests {
             .collect()
         );
     }
+
+    /// The metric names (`mirror_…`, `process_…`) in a PromQL expression.
+    fn metric_names(expr: &str) -> Vec<&str> {
+        expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|t| t.starts_with("mirror_") || t.starts_with("process_"))
+            .collect()
+    }
+
+    /// The labels of each `by (…)` of a PromQL expression.
+    fn by_labels(expr: &str) -> Vec<&str> {
+        expr.match_indices("by (")
+            .flat_map(|(i, m)| {
+                let rest = &expr[i + m.len()..];
+                rest[..rest.find(')').expect("a closed by (…)")]
+                    .split(',')
+                    .map(str::trim)
+            })
+            .collect()
+    }
+
+    /// contrib/grafana/mirror.json is built on exactly the names (and
+    /// labels) the endpoint writes: every metric of every panel's query is
+    /// one, and every label it sums by is one of that metric's (or the
+    /// scrape's own `instance`).
+    #[test]
+    fn the_grafana_dashboard_queries_only_metrics_and_labels_the_endpoint_writes() {
+        let text = encode(&snapshot(), Some(&ProcessStats::default())).expect("encodes");
+        let got = samples(&text);
+        let dashboard: serde_json::Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../contrib/grafana/mirror.json"
+        )))
+        .expect("the dashboard is JSON");
+        let mut exprs = Vec::new();
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for t in panel["targets"].as_array().expect("targets") {
+                exprs.push(t["expr"].as_str().expect("an expr").to_string());
+            }
+        }
+        for v in dashboard["templating"]["list"]
+            .as_array()
+            .expect("variables")
+        {
+            if let Some(q) = v["definition"].as_str() {
+                exprs.push(q.to_string());
+            }
+        }
+        assert!(exprs.len() >= 6, "{exprs:?}");
+        let mut used = std::collections::BTreeSet::new();
+        for expr in &exprs {
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "{expr}: no metric");
+            for name in &names {
+                used.insert(*name);
+                assert!(
+                    got.iter().any(|g| g.0 == *name),
+                    "{expr}: {name} is not a metric of the endpoint"
+                );
+            }
+            for label in by_labels(expr) {
+                assert!(
+                    label == "instance"
+                        || got
+                            .iter()
+                            .any(|g| names.contains(&g.0.as_str()) && g.1.contains_key(label)),
+                    "{expr}: no label {label} on {names:?}"
+                );
+            }
+        }
+        for name in [
+            "mirror_session_mirrored_total",
+            "mirror_target_dropped_total",
+            "mirror_session_info",
+            "process_resident_memory_bytes",
+        ] {
+            assert!(used.contains(name), "the dashboard shows {name}");
+        }
+    }
 }
