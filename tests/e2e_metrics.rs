@@ -367,7 +367,7 @@ fn metrics_read_by_prometheus_equal_stats_json_at_a_quiet_moment() {
     require_root!();
     let lab = lab();
     let dir = TempDir::new("e2e-metrics").expect("temp dir");
-    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, CONFIG);
+    let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, CONFIG);
     let mut client = Client::connect(&daemon.control).expect("control socket");
     assert!(
         daemon
@@ -535,6 +535,20 @@ fn metrics_read_by_prometheus_equal_stats_json_at_a_quiet_moment() {
             "{path}: {answer}"
         );
     }
+
+    // A scraper's connection left open does not hold up an orderly stop.
+    let _idle = lab
+        .src
+        .run(|| Ok(TcpStream::connect(METRICS)?))
+        .expect("connect");
+    drop(client);
+    let status = daemon.stop(Duration::from_secs(20)).expect("stops");
+    assert!(status.success(), "{status:?}: {}", daemon.log_text());
+    let log = daemon.log_text();
+    assert!(
+        log.contains("stopped") && !log.contains("still open"),
+        "shut down in order (targets drained), not left to exit: {log}"
+    );
 }
 
 #[test]

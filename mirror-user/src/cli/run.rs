@@ -68,7 +68,7 @@ pub fn main(a: Args) -> Result<ExitCode> {
             tracing::info!(metrics = %format!("http://{addr}/metrics"), "serving Prometheus metrics");
             tokio::spawn(mirror_user::metrics::serve(
                 listener,
-                mirror_user::metrics::scrape(engine.clone()),
+                mirror_user::metrics::scrape(&engine),
                 mirror_user::metrics::Limits::default(),
             ))
         });
@@ -101,10 +101,8 @@ pub fn main(a: Args) -> Result<ExitCode> {
         server.abort();
         let _ = server.await;
         if let Some(m) = metrics_server {
+            // Its connections hold the engine only weakly: none keeps it.
             m.abort();
-            // Its connections' tasks hold the engine until they end (bounded
-            // by the endpoint's timeout): as for the control socket, the
-            // programs are then detached at exit.
             let _ = m.await;
         }
         match Arc::try_unwrap(engine) {

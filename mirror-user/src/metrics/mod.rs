@@ -21,9 +21,13 @@ pub use process::{parse_stat, ProcessStats};
 use crate::dataplane::Engine;
 
 /// What a scrape of the running daemon answers: the engine's counters at
-/// this moment, and the process's.
-pub fn scrape(engine: Arc<Engine>) -> Scrape {
+/// this moment, and the process's. It holds the engine weakly, so that a
+/// connection still open at SIGTERM never keeps the engine from its orderly
+/// shutdown (a scrape then is a 500).
+pub fn scrape(engine: &Arc<Engine>) -> Scrape {
+    let engine = Arc::downgrade(engine);
     Arc::new(move || {
+        let engine = engine.upgrade().ok_or("the daemon is stopping")?;
         let stats = engine
             .stats()
             .map_err(|e| format!("reading counters: {e:#}"))?;
