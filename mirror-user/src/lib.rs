@@ -2,7 +2,9 @@
 //!
 //! The library behind the `mirror` binary. Imports run one way:
 //! [`config`] < [`filter`] < [`kernel`] < [`target`] < [`dataplane`] < [`control`] < `cli`,
-//! with [`lab`] (the test and demo lab) beside the command line.
+//! with [`metrics`] (the Prometheus endpoint) beside [`control`], both served
+//! by the daemon's tokio runtime and reading the engine's counters the same
+//! way, and [`lab`] (the test and demo lab) beside the command line.
 
 pub mod config;
 pub mod control;
@@ -10,6 +12,7 @@ pub mod dataplane;
 pub mod filter;
 pub mod kernel;
 pub mod lab;
+pub mod metrics;
 pub mod target;
 
 /// True when running as root (euid 0).

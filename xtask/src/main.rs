@@ -32,6 +32,9 @@ const PACKAGES: &[&str] = &[
     // Debian's /usr/bin/python3; much lighter than tshark): e2e_targets
     // checks the tunnel headers with it. Pulls in only python3 and netbase.
     "python3-scapy",
+    // The Prometheus project's text-format parser (its Python client, for the
+    // same python3): e2e_metrics reads the daemon's /metrics with it.
+    "python3-prometheus-client",
 ];
 
 /// Debian packages only the benchmark lab needs: the tools `span` measures

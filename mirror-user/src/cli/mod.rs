@@ -20,6 +20,13 @@ CONFIGURATION
     session of the source clones in the kernel (all its targets interfaces),
     else at XDP; \"xdp\" keeps XDP and sends such sessions through userspace.
 
+METRICS
+    [daemon] metrics = \"127.0.0.1:9464\" serves every counter of `mirror stats
+    --json` (mirror_source_*, mirror_session_*, mirror_target_*, mirror_group_*,
+    drops by reason=) and process_* figures in the Prometheus text format at
+    GET http://127.0.0.1:9464/metrics; omitted, no endpoint. Only the configured
+    address is bound: keep it on 127.0.0.1 unless others must scrape it.
+
 SIGNALS
     SIGINT, SIGTERM   detach every program and exit 0
     SIGHUP            reload the config file's filters atomically (like `mirror reload`);
@@ -76,7 +83,8 @@ pub enum Command {
     /// Run the daemon in the foreground until SIGINT/SIGTERM.
     ///
     /// Loads and attaches the kernel programs of every source, opens every
-    /// target, serves counters on the control socket, and logs to stderr.
+    /// target, serves counters on the control socket (and to Prometheus at
+    /// GET /metrics when [daemon] metrics is set), and logs to stderr.
     /// Programs are attached through BPF links: if the daemon dies, the kernel
     /// detaches them.
     Run(run::Args),
@@ -95,6 +103,8 @@ pub enum Command {
     /// userspace, tap / copy mode). Per target: enqueued, sent_packets, sent_bytes,
     /// truncated, shared_umem (sent from the source's UMEM without a copy),
     /// kernel_path (sent by the in-kernel fast path), dropped by reason, queued. Per group: members up, rehashed, all_down.
+    /// The same counters, named mirror_<section>_<key>, are served to
+    /// Prometheus when [daemon] metrics is set.
     Stats(stats::Args),
     /// List or change a running daemon's filter rules, atomically.
     ///

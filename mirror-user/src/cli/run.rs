@@ -33,6 +33,7 @@ pub fn main(a: Args) -> Result<ExitCode> {
         tracing::info!(%cpus, "running on the configured CPUs");
     }
     let control = config.daemon.control_socket.clone();
+    let metrics = config.daemon.metrics;
     // The data plane runs on its own threads; tokio serves only the control plane.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -45,12 +46,32 @@ pub fn main(a: Args) -> Result<ExitCode> {
         let listener = mirror_user::control::bind(&control)?;
         // Removed however this block ends: a failed start leaves no socket.
         let _socket = mirror_user::control::SocketFile::new(&control);
+        // Before anything is attached: a taken port fails the start cleanly.
+        let metrics_listener = match metrics {
+            Some(addr) => Some(mirror_user::metrics::bind(addr).await?),
+            None => None,
+        };
         let engine = Arc::new(Engine::start(config)?);
         let server = tokio::spawn(mirror_user::control::serve(
             listener,
             engine.clone(),
             a.config.clone(),
         ));
+        let metrics_server = metrics_listener.map(|listener| {
+            let addr = listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+            if metrics.is_some_and(|a| !a.ip().is_loopback()) {
+                tracing::warn!(
+                    metrics = %addr,
+                    "the metrics endpoint listens beyond this host: anyone who reaches it reads the counters"
+                );
+            }
+            tracing::info!(metrics = %format!("http://{addr}/metrics"), "serving Prometheus metrics");
+            tokio::spawn(mirror_user::metrics::serve(
+                listener,
+                mirror_user::metrics::scrape(&engine),
+                mirror_user::metrics::Limits::default(),
+            ))
+        });
         tracing::info!(control = %control.display(), "mirror running");
         loop {
             tokio::select! {
@@ -79,6 +100,11 @@ pub fn main(a: Args) -> Result<ExitCode> {
         tracing::info!("stopping: detaching programs");
         server.abort();
         let _ = server.await;
+        if let Some(m) = metrics_server {
+            // Its connections hold the engine only weakly: none keeps it.
+            m.abort();
+            let _ = m.await;
+        }
         match Arc::try_unwrap(engine) {
             Ok(e) => e.shutdown(),
             Err(_) => tracing::warn!("control connections still open; detaching on exit"),

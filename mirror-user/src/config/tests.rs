@@ -1101,3 +1101,57 @@ fn positions_count_characters_not_bytes() {
     assert_eq!(crate::config::values::line_col("aé\nb", 3), (1, 3));
     assert_eq!(crate::config::values::line_col("aé\nb", 5), (2, 2));
 }
+
+#[test]
+fn daemon_metrics_is_off_by_default_and_takes_an_ip_and_port() {
+    let c = parse(GOOD, "t.toml").expect("valid");
+    assert_eq!(c.daemon.metrics, None, "default: no metrics endpoint");
+    let with = |value: &str| {
+        GOOD.replace(
+            "control_socket = \"/tmp/m.sock\"",
+            &format!("control_socket = \"/tmp/m.sock\"\nmetrics = \"{value}\""),
+        )
+    };
+    let c = parse(&with("127.0.0.1:9464"), "t.toml").expect("valid");
+    assert_eq!(
+        c.daemon.metrics,
+        Some("127.0.0.1:9464".parse().expect("addr"))
+    );
+    let c = parse(&with("[::1]:9100"), "t.toml").expect("valid");
+    assert_eq!(c.daemon.metrics, Some("[::1]:9100".parse().expect("addr")));
+}
+
+#[test]
+fn a_bad_metrics_address_is_reported_at_its_value() {
+    let with = |value: &str| {
+        GOOD.replace(
+            "control_socket = \"/tmp/m.sock\"",
+            &format!("control_socket = \"/tmp/m.sock\"\nmetrics = \"{value}\""),
+        )
+    };
+    for bad in ["localhost:9464", "127.0.0.1", "9464", "127.0.0.1:99999", ""] {
+        let e = errors(&with(bad));
+        assert_eq!(
+            e,
+            vec![format!(
+                "t.toml:4:11: daemon.metrics = \"{bad}\" is not an address: expected IP:PORT \
+                 (no host names), e.g. \"127.0.0.1:9464\" or \"[::1]:9464\""
+            )],
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        errors(&with("0.0.0.0:0")),
+        vec![
+            "t.toml:4:11: daemon.metrics = \"0.0.0.0:0\": port 0 would listen on a port the \
+             kernel picks, which no Prometheus could be told: give a port, e.g. \"0.0.0.0:9464\""
+        ]
+    );
+    assert!(errors(&with("[::1]:0"))[0].contains("e.g. \"[::1]:9464\""));
+    // Not a string at all: the type error, at the value too.
+    let e = errors(&GOOD.replace(
+        "control_socket = \"/tmp/m.sock\"",
+        "control_socket = \"/tmp/m.sock\"\nmetrics = 9464",
+    ));
+    assert!(e[0].starts_with("t.toml:4:11: "), "{e:?}");
+}

@@ -16,15 +16,28 @@ impl Validator<'_> {
         let metrics = match &d.metrics {
             None => None,
             Some(m) => match m.get_ref().parse::<SocketAddr>() {
-                Ok(addr) => {
-                    self.unsupported(m.span(), "`metrics` (the Prometheus endpoint)");
-                    Some(addr)
+                Ok(addr) if addr.port() == 0 => {
+                    self.error(
+                        m.span(),
+                        format!(
+                            "metrics = \"{}\": port 0 would listen on a port the kernel picks, \
+                             which no Prometheus could be told: give a port, e.g. \"{}:9464\"",
+                            m.get_ref(),
+                            match addr {
+                                SocketAddr::V4(a) => a.ip().to_string(),
+                                SocketAddr::V6(a) => format!("[{}]", a.ip()),
+                            }
+                        ),
+                    );
+                    return None;
                 }
+                Ok(addr) => Some(addr),
                 Err(_) => {
                     self.error(
                         m.span(),
                         format!(
-                            "metrics = \"{}\" is not an address: expected IP:PORT, e.g. \"127.0.0.1:9464\"",
+                            "metrics = \"{}\" is not an address: expected IP:PORT (no host \
+                             names), e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"",
                             m.get_ref()
                         ),
                     );
