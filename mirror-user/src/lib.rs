@@ -5,7 +5,8 @@
 //! with [`lab`] (the test and demo lab) beside the command line.
 //!
 //! [`cli`] is here rather than in the binary so that its clap definition can
-//! be read by more than `main` (the man pages and shell completions).
+//! be read by more than `main`: the man pages and shell completions of
+//! [`cli::dist`] are generated from it.
 
 // The command line names the library `mirror_user::…`, as it did when it lived
 // in the binary crate.

@@ -1,9 +1,13 @@
 //! `cargo xtask`: the project's build, test and demo entry points.
 //!
-//! - `cargo xtask deps`  installs missing Debian packages (as root), else prints the command
+//! - `cargo xtask deps`  installs missing Debian packages (as root), else prints the command;
+//!   and kubernetes-validate (PyPI) into a venv under `target/tools/`
 //! - `cargo xtask test`  deps, format and lint checks, build, unit tests, kernel and end-to-end tests;
 //!   ends with `tests: N passed, M failed, K skipped`, and with `CI` set fails when K > 0
+//!   (tests that need a container engine, on a machine without one, excepted: counted skipped)
 //! - `cargo xtask demo`  deps, release build, then `mirror demo`
+//! - `cargo xtask dist`  release build, then `dist/`: the binary, man pages, completions,
+//!   the systemd unit and the example configs
 //! - `cargo xtask bench` deps, release build, then the benchmark lab (`benches/`)
 //! - `cargo xtask mutants` mutation testing (cargo-mutants by group, and C mutants)
 
@@ -82,6 +86,11 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build in release mode and write `dist/`: the binary, man pages
+    /// (`man/man1/mirror.1` and one per subcommand), bash/zsh/fish
+    /// completions, the systemd unit and the example configs. Replaces
+    /// `dist/`.
+    Dist,
     /// Mutation testing: cargo-mutants over the userspace crate by group
     /// (config, filter, target, session), each judged by the tests that
     /// run in seconds and cover it, then hand-made mutations of the kernel
@@ -142,6 +151,7 @@ fn main() -> Result<()> {
         Cmd::Deps => deps(),
         Cmd::Test { no_lint, args } => test(no_lint, &args),
         Cmd::Demo { args } => demo(&args),
+        Cmd::Dist => dist(),
         Cmd::Bench {
             names,
             rules,
@@ -369,6 +379,41 @@ fn demo(args: &[String]) -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "mirror-user", "--bin", "mirror"]))?;
     let exe = root().join("target/release/mirror");
     run(Command::new(exe).arg("demo").args(args))
+}
+
+/// Where cargo puts build output: `CARGO_TARGET_DIR`, else `target/`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|d| if d.is_absolute() { d } else { root().join(d) })
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn dist() -> Result<()> {
+    deps()?;
+    // The binary, and the program that writes the rest from its clap
+    // definition (mirror-user/examples/dist.rs: not part of the binary).
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "mirror-user",
+        "--bin",
+        "mirror",
+        "--example",
+        "dist",
+    ]))?;
+    let out = root().join("dist");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    let release = target_dir().join("release");
+    run(Command::new(release.join("examples/dist"))
+        .arg(&out)
+        .arg(release.join("mirror"))
+        .arg(root().join("contrib")))?;
+    eprintln!("xtask: wrote {}", out.display());
+    Ok(())
 }
 
 fn bench(
