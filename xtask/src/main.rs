@@ -36,7 +36,16 @@ const PACKAGES: &[&str] = &[
     // Debian's /usr/bin/python3; much lighter than tshark): e2e_targets
     // checks the tunnel headers with it. Pulls in only python3 and netbase.
     "python3-scapy",
+    "systemd",      // systemd-analyze: tests/packaging.rs verifies contrib/mirror.service
+    "man-db",       // man: the unit's Documentation= pages, and `man mirror`, are checked
+    "util-linux",   // setpriv, prlimit: e2e_service runs the daemon with the unit's capabilities
+    "python3-venv", // the venv kubernetes-validate (PyPI) is installed into
 ];
+
+/// kubernetes-validate, from PyPI: tests/packaging.rs validates
+/// contrib/kubernetes/ with it. Pinned: its version is the newest
+/// Kubernetes schema it knows.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 /// Debian packages only the benchmark lab needs: the tools `span` measures
 /// mirror against, and libxdp for the C AF_XDP forwarder peer.
@@ -72,6 +81,9 @@ enum Cmd {
     ///
     /// With the environment variable `CI` set (to anything but empty), a run
     /// that skipped any test fails: CI must run every test, so run it as root.
+    /// One exception: a test that needs a container engine (`#[ignore =
+    /// "needs a container engine…"]`), on a machine where `docker info`
+    /// fails, is left out, named, and counted skipped without failing CI.
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
@@ -185,7 +197,32 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn deps() -> Result<()> {
-    install(PACKAGES)
+    install(PACKAGES)?;
+    python_tools()
+}
+
+/// The venv of the Python tools the tests use, under the workspace's target
+/// directory (`cargo clean` removes it; the next `deps` makes it again).
+fn venv() -> PathBuf {
+    root().join("target/tools/venv")
+}
+
+/// Installs kubernetes-validate from PyPI into [`venv`], unless there.
+fn python_tools() -> Result<()> {
+    let venv = venv();
+    if venv.join("bin/kubernetes-validate").exists() {
+        return Ok(());
+    }
+    // Debian's Python (python3-venv), not whichever `python3` is first on PATH.
+    run(Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        KUBERNETES_VALIDATE,
+    ]))
 }
 
 /// Installs the missing ones of `packages` (as root), else fails with the command to run.
@@ -237,7 +274,8 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
             "warnings",
         ]))?;
     }
-    unmarked_root_tests(&root().join("tests"))?;
+    let tests = marked_tests(&root().join("tests"))?;
+    unmarked_root_tests(&tests)?;
     let root = is_root();
     // The tests that need root are `#[ignore]`d: as root run them too, unless
     // the caller chose which ones (libtest refuses both flags together).
@@ -254,30 +292,69 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
     // `--all-targets` would also run bins and xtask, which have no tests.
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--lib", "--tests", "--"]);
+    // Tests that need a container engine are `#[ignore]`d too. As root they
+    // would run with the rest, and fail where no engine answers: then they
+    // are left out by name and counted skipped here instead (libtest would
+    // call them "filtered out", which no total counts).
+    let mut no_engine = Vec::new();
     if root && !choose_ignored {
         cmd.arg("--include-ignored");
+        let engine_tests: Vec<&str> = tests
+            .iter()
+            .filter(|t| t.needs_engine)
+            .map(|t| t.name.as_str())
+            .collect();
+        if !engine_tests.is_empty() && !container_engine() {
+            for name in engine_tests {
+                cmd.args(["--skip", name]);
+                no_engine.push(name.to_string());
+            }
+        }
     }
-    let counts = cargo_test(cmd.args(args))?;
-    if counts.skipped > 0 && ci() {
+    let counts = cargo_test(cmd.args(args), &no_engine)?;
+    // CI must run every test it can: a test skipped for want of root fails
+    // it; one skipped for want of a container engine does not, as no engine
+    // runs on this project's CI machines (README, "Skipped tests").
+    let must_run = counts.skipped - no_engine.len() as u64;
+    if must_run > 0 && ci() {
         let why = if root {
             "`#[ignore]`d tests were left out"
         } else {
             "not root: the kernel and end-to-end tests need BPF and network namespaces"
         };
         bail!(
-            "CI is set and {} test(s) were skipped ({why}); CI must run every test: \
+            "CI is set and {must_run} test(s) were skipped ({why}); CI must run every test: \
              run `cargo xtask test` as root",
-            counts.skipped
         );
     }
     Ok(())
 }
 
-/// Fails naming every test in `dir` that needs root (`require_root!`) but is
-/// not `#[ignore]`d: run unprivileged it would fail instead of counting as
-/// skipped, and the skipped count would lie.
-fn unmarked_root_tests(dir: &Path) -> Result<()> {
-    let mut bad = Vec::new();
+/// True when a container engine answers (`docker info` succeeds).
+fn container_engine() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A `#[test]` in `tests/*.rs`, as far as `cargo xtask test` needs to know it.
+struct MarkedTest {
+    file: PathBuf,
+    name: String,
+    /// `#[ignore …]`d.
+    ignored: bool,
+    /// Its body starts with `require_root!`.
+    needs_root: bool,
+    /// `#[ignore = "needs a container engine…"]`.
+    needs_engine: bool,
+}
+
+/// Every `#[test]` of the `.rs` files in `dir`, with its markings.
+fn marked_tests(dir: &Path) -> Result<Vec<MarkedTest>> {
+    let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         if path.extension().is_none_or(|e| e != "rs") {
@@ -295,11 +372,27 @@ fn unmarked_root_tests(dir: &Path) -> Result<()> {
                 .take_while(|c| c.is_alphanumeric() || *c == '_')
                 .collect();
             let head: String = rest.lines().take(4).collect::<Vec<_>>().join("\n");
-            if head.contains("require_root!") && !attrs.contains("#[ignore") {
-                bad.push(format!("{}: {name}", path.display()));
-            }
+            out.push(MarkedTest {
+                file: path.clone(),
+                name,
+                ignored: attrs.contains("#[ignore"),
+                needs_root: head.contains("require_root!"),
+                needs_engine: attrs.contains("#[ignore = \"needs a container engine"),
+            });
         }
     }
+    Ok(out)
+}
+
+/// Fails naming every test that needs root (`require_root!`) but is not
+/// `#[ignore]`d: run unprivileged it would fail instead of counting as
+/// skipped, and the skipped count would lie.
+fn unmarked_root_tests(tests: &[MarkedTest]) -> Result<()> {
+    let bad: Vec<String> = tests
+        .iter()
+        .filter(|t| t.needs_root && !t.ignored)
+        .map(|t| format!("{}: {}", t.file.display(), t.name))
+        .collect();
     if !bad.is_empty() {
         bail!(
             "these tests need root (`require_root!`) but are not `#[ignore = \"needs root: …\"]`, \
@@ -349,7 +442,9 @@ impl Counts {
 
 /// Runs `cargo test`, passing its output through, and closes with one total
 /// line over every test binary: `tests: N passed, M failed, K skipped`.
-fn cargo_test(cmd: &mut Command) -> Result<Counts> {
+/// `left_out` are tests kept from running with `--skip` (for want of a
+/// container engine): they are named and counted skipped.
+fn cargo_test(cmd: &mut Command, left_out: &[String]) -> Result<Counts> {
     use std::io::{BufRead, BufReader};
     eprintln!("xtask: {cmd:?}");
     let mut child = cmd
@@ -364,6 +459,10 @@ fn cargo_test(cmd: &mut Command) -> Result<Counts> {
         counts.add_line(&line);
     }
     let status = child.wait()?;
+    for name in left_out {
+        println!("skipped (needs a container engine; `docker info` failed here): {name}");
+    }
+    counts.skipped += left_out.len() as u64;
     println!(
         "tests: {} passed, {} failed, {} skipped",
         counts.passed, counts.failed, counts.skipped
