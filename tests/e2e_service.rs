@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use common::{assert_reconciles, wait_for};
 use mirror_user::control::{Client, Request};
+use mirror_user::kernel;
 use mirror_user::lab::{self, traffic, Lab, Netns, Process, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mirror");
@@ -296,9 +297,25 @@ fn under_the_units_capabilities_it_mirrors_every_way_and_notifies_systemd() {
     let (notify, daemon) = (&run.notify, &mut run.daemon);
     let control = dir.path().join("control.sock");
 
-    // READY=1 comes first, and only when the control socket answers.
+    // READY=1 comes first, and only once mirroring has begun: at that moment
+    // both sources' programs are attached and the control socket answers.
     let ready = next_notification(notify, daemon, "READY=1 at start");
     assert!(has(&ready, "READY", "1"), "first notification: {ready:?}");
+    let (feed, live) = lab
+        .lab
+        .src
+        .run(|| Ok((kernel::attached("feed0")?, kernel::attached("cp0")?)))
+        .expect("attached programs");
+    assert_eq!(
+        feed.xdp.len(),
+        1,
+        "feed0's XDP program at READY=1: {feed:?}"
+    );
+    assert_eq!(
+        live.tcx_egress.len(),
+        1,
+        "cp0's tcx program at READY=1: {live:?}"
+    );
     let mut client = Client::connect(&control).expect("control socket up at READY=1");
     let st = client.stats().expect("stats at READY=1");
     assert!(
