@@ -1,10 +1,9 @@
 //! The `mirror` binary: see `mirror --help`.
 
-mod cli;
-
 use std::io::Write;
 
 use clap::Parser;
+use mirror_user::cli;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();

@@ -1,9 +1,13 @@
 //! `cargo xtask`: the project's build, test and demo entry points.
 //!
-//! - `cargo xtask deps`  installs missing Debian packages (as root), else prints the command
+//! - `cargo xtask deps`  installs missing Debian packages (as root), else prints the command;
+//!   and kubernetes-validate (PyPI) into a venv under `target/tools/`
 //! - `cargo xtask test`  deps, format and lint checks, build, unit tests, kernel and end-to-end tests;
 //!   ends with `tests: N passed, M failed, K skipped`, and with `CI` set fails when K > 0
+//!   (tests that need a container engine, on a machine without one, excepted: counted skipped)
 //! - `cargo xtask demo`  deps, release build, then `mirror demo`
+//! - `cargo xtask dist`  release build, then `dist/`: the binary, man pages, completions,
+//!   the systemd unit and the example configs
 //! - `cargo xtask bench` deps, release build, then the benchmark lab (`benches/`)
 //! - `cargo xtask mutants` mutation testing (cargo-mutants by group, and C mutants)
 
@@ -35,7 +39,16 @@ const PACKAGES: &[&str] = &[
     // The Prometheus project's text-format parser (its Python client, for the
     // same python3): e2e_metrics reads the daemon's /metrics with it.
     "python3-prometheus-client",
+    "systemd",      // systemd-analyze: tests/packaging.rs verifies contrib/mirror.service
+    "man-db",       // man: the unit's Documentation= pages, and `man mirror`, are checked
+    "util-linux",   // setpriv, prlimit: e2e_service runs the daemon with the unit's capabilities
+    "python3-venv", // the venv kubernetes-validate (PyPI) is installed into
 ];
+
+/// kubernetes-validate, from PyPI: tests/packaging.rs validates
+/// contrib/kubernetes/ with it. Pinned: its version is the newest
+/// Kubernetes schema it knows.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 /// Debian packages only the benchmark lab needs: the tools `span` measures
 /// mirror against, and libxdp for the C AF_XDP forwarder peer.
@@ -71,6 +84,9 @@ enum Cmd {
     ///
     /// With the environment variable `CI` set (to anything but empty), a run
     /// that skipped any test fails: CI must run every test, so run it as root.
+    /// One exception: a test that needs a container engine (`#[ignore =
+    /// "needs a container engine…"]`), on a machine where `docker info`
+    /// fails, is left out, named, and counted skipped without failing CI.
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
@@ -85,6 +101,11 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build in release mode and write `dist/`: the binary, man pages
+    /// (`man/man1/mirror.1` and one per subcommand), bash/zsh/fish
+    /// completions, the systemd unit and the example configs. Replaces
+    /// `dist/`.
+    Dist,
     /// Mutation testing: cargo-mutants over the userspace crate by group
     /// (config, filter, target, session), each judged by the tests that
     /// run in seconds and cover it, then hand-made mutations of the kernel
@@ -146,6 +167,7 @@ fn main() -> Result<()> {
         Cmd::Deps => deps(),
         Cmd::Test { no_lint, args } => test(no_lint, &args),
         Cmd::Demo { args } => demo(&args),
+        Cmd::Dist => dist(),
         Cmd::Bench {
             names,
             rules,
@@ -179,7 +201,32 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn deps() -> Result<()> {
-    install(PACKAGES)
+    install(PACKAGES)?;
+    python_tools()
+}
+
+/// The venv of the Python tools the tests use, under the workspace's target
+/// directory (`cargo clean` removes it; the next `deps` makes it again).
+fn venv() -> PathBuf {
+    root().join("target/tools/venv")
+}
+
+/// Installs kubernetes-validate from PyPI into [`venv`], unless there.
+fn python_tools() -> Result<()> {
+    let venv = venv();
+    if venv.join("bin/kubernetes-validate").exists() {
+        return Ok(());
+    }
+    // Debian's Python (python3-venv), not whichever `python3` is first on PATH.
+    run(Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        KUBERNETES_VALIDATE,
+    ]))
 }
 
 /// Installs the missing ones of `packages` (as root), else fails with the command to run.
@@ -231,7 +278,8 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
             "warnings",
         ]))?;
     }
-    unmarked_root_tests(&root().join("tests"))?;
+    let tests = marked_tests(&root().join("tests"))?;
+    unmarked_root_tests(&tests)?;
     let root = is_root();
     // The tests that need root are `#[ignore]`d: as root run them too, unless
     // the caller chose which ones (libtest refuses both flags together).
@@ -248,30 +296,69 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
     // `--all-targets` would also run bins and xtask, which have no tests.
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--lib", "--tests", "--"]);
+    // Tests that need a container engine are `#[ignore]`d too. As root they
+    // would run with the rest, and fail where no engine answers: then they
+    // are left out by name and counted skipped here instead (libtest would
+    // call them "filtered out", which no total counts).
+    let mut no_engine = Vec::new();
     if root && !choose_ignored {
         cmd.arg("--include-ignored");
+        let engine_tests: Vec<&str> = tests
+            .iter()
+            .filter(|t| t.needs_engine)
+            .map(|t| t.name.as_str())
+            .collect();
+        if !engine_tests.is_empty() && !container_engine() {
+            for name in engine_tests {
+                cmd.args(["--skip", name]);
+                no_engine.push(name.to_string());
+            }
+        }
     }
-    let counts = cargo_test(cmd.args(args))?;
-    if counts.skipped > 0 && ci() {
+    let counts = cargo_test(cmd.args(args), &no_engine)?;
+    // CI must run every test it can: a test skipped for want of root fails
+    // it; one skipped for want of a container engine does not, as no engine
+    // runs on this project's CI machines (README, "Skipped tests").
+    let must_run = counts.skipped - no_engine.len() as u64;
+    if must_run > 0 && ci() {
         let why = if root {
             "`#[ignore]`d tests were left out"
         } else {
             "not root: the kernel and end-to-end tests need BPF and network namespaces"
         };
         bail!(
-            "CI is set and {} test(s) were skipped ({why}); CI must run every test: \
+            "CI is set and {must_run} test(s) were skipped ({why}); CI must run every test: \
              run `cargo xtask test` as root",
-            counts.skipped
         );
     }
     Ok(())
 }
 
-/// Fails naming every test in `dir` that needs root (`require_root!`) but is
-/// not `#[ignore]`d: run unprivileged it would fail instead of counting as
-/// skipped, and the skipped count would lie.
-fn unmarked_root_tests(dir: &Path) -> Result<()> {
-    let mut bad = Vec::new();
+/// True when a container engine answers (`docker info` succeeds).
+fn container_engine() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A `#[test]` in `tests/*.rs`, as far as `cargo xtask test` needs to know it.
+struct MarkedTest {
+    file: PathBuf,
+    name: String,
+    /// `#[ignore …]`d.
+    ignored: bool,
+    /// Its body starts with `require_root!`.
+    needs_root: bool,
+    /// `#[ignore = "needs a container engine…"]`.
+    needs_engine: bool,
+}
+
+/// Every `#[test]` of the `.rs` files in `dir`, with its markings.
+fn marked_tests(dir: &Path) -> Result<Vec<MarkedTest>> {
+    let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         if path.extension().is_none_or(|e| e != "rs") {
@@ -289,11 +376,27 @@ fn unmarked_root_tests(dir: &Path) -> Result<()> {
                 .take_while(|c| c.is_alphanumeric() || *c == '_')
                 .collect();
             let head: String = rest.lines().take(4).collect::<Vec<_>>().join("\n");
-            if head.contains("require_root!") && !attrs.contains("#[ignore") {
-                bad.push(format!("{}: {name}", path.display()));
-            }
+            out.push(MarkedTest {
+                file: path.clone(),
+                name,
+                ignored: attrs.contains("#[ignore"),
+                needs_root: head.contains("require_root!"),
+                needs_engine: attrs.contains("#[ignore = \"needs a container engine"),
+            });
         }
     }
+    Ok(out)
+}
+
+/// Fails naming every test that needs root (`require_root!`) but is not
+/// `#[ignore]`d: run unprivileged it would fail instead of counting as
+/// skipped, and the skipped count would lie.
+fn unmarked_root_tests(tests: &[MarkedTest]) -> Result<()> {
+    let bad: Vec<String> = tests
+        .iter()
+        .filter(|t| t.needs_root && !t.ignored)
+        .map(|t| format!("{}: {}", t.file.display(), t.name))
+        .collect();
     if !bad.is_empty() {
         bail!(
             "these tests need root (`require_root!`) but are not `#[ignore = \"needs root: …\"]`, \
@@ -343,7 +446,9 @@ impl Counts {
 
 /// Runs `cargo test`, passing its output through, and closes with one total
 /// line over every test binary: `tests: N passed, M failed, K skipped`.
-fn cargo_test(cmd: &mut Command) -> Result<Counts> {
+/// `left_out` are tests kept from running with `--skip` (for want of a
+/// container engine): they are named and counted skipped.
+fn cargo_test(cmd: &mut Command, left_out: &[String]) -> Result<Counts> {
     use std::io::{BufRead, BufReader};
     eprintln!("xtask: {cmd:?}");
     let mut child = cmd
@@ -358,6 +463,10 @@ fn cargo_test(cmd: &mut Command) -> Result<Counts> {
         counts.add_line(&line);
     }
     let status = child.wait()?;
+    for name in left_out {
+        println!("skipped (needs a container engine; `docker info` failed here): {name}");
+    }
+    counts.skipped += left_out.len() as u64;
     println!(
         "tests: {} passed, {} failed, {} skipped",
         counts.passed, counts.failed, counts.skipped
@@ -373,6 +482,41 @@ fn demo(args: &[String]) -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "mirror-user", "--bin", "mirror"]))?;
     let exe = root().join("target/release/mirror");
     run(Command::new(exe).arg("demo").args(args))
+}
+
+/// Where cargo puts build output: `CARGO_TARGET_DIR`, else `target/`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|d| if d.is_absolute() { d } else { root().join(d) })
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn dist() -> Result<()> {
+    deps()?;
+    // The binary, and the program that writes the rest from its clap
+    // definition (mirror-user/examples/dist.rs: not part of the binary).
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "mirror-user",
+        "--bin",
+        "mirror",
+        "--example",
+        "dist",
+    ]))?;
+    let out = root().join("dist");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    let release = target_dir().join("release");
+    run(Command::new(release.join("examples/dist"))
+        .arg(&out)
+        .arg(release.join("mirror"))
+        .arg(root().join("contrib")))?;
+    eprintln!("xtask: wrote {}", out.display());
+    Ok(())
 }
 
 fn bench(

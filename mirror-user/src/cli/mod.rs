@@ -2,6 +2,7 @@
 
 mod check;
 mod demo;
+pub mod dist;
 mod rules;
 mod run;
 mod stats;

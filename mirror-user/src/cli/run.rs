@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use mirror_user::control::notify;
 use mirror_user::dataplane::engine::Engine;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -73,30 +74,49 @@ pub fn main(a: Args) -> Result<ExitCode> {
             ))
         });
         tracing::info!(control = %control.display(), "mirror running");
+        // Programs attached, targets open, the control socket accepting:
+        // systemd (Type=notify) may now report the unit started.
+        let running = format!("mirroring; control socket {}", control.display());
+        notify::ready(&running);
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
+                    notify::reloading();
                     let (e, path) = (engine.clone(), a.config.clone());
                     let result = tokio::task::spawn_blocking(move || {
                         mirror_user::control::reload(&e, &path)
                     })
                     .await;
+                    // Whatever the outcome, the daemon mirrors on: ready again,
+                    // with the outcome in `systemctl status`.
                     match result {
-                        Ok(Ok(rules)) => tracing::info!(
-                            config = %a.config.display(),
-                            ?rules,
-                            "SIGHUP: reloaded the filters"
-                        ),
-                        Ok(Err(e)) => tracing::error!(
-                            "SIGHUP: reload rejected, the running rules stay in force: {e:#}"
-                        ),
-                        Err(e) => tracing::error!("SIGHUP: reload failed: {e}"),
+                        Ok(Ok(rules)) => {
+                            tracing::info!(
+                                config = %a.config.display(),
+                                ?rules,
+                                "SIGHUP: reloaded the filters"
+                            );
+                            notify::ready(&running);
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(
+                                "SIGHUP: reload rejected, the running rules stay in force: {e:#}"
+                            );
+                            notify::ready(&format!(
+                                "mirroring; last reload rejected, the running rules stay: {e:#}"
+                            ));
+                        }
+                        Err(e) => {
+                            tracing::error!("SIGHUP: reload failed: {e}");
+                            notify::ready(&format!("mirroring; last reload failed: {e}"));
+                        }
                     }
                 }
             }
         }
+        notify::stopping();
         tracing::info!("stopping: detaching programs");
         server.abort();
         let _ = server.await;

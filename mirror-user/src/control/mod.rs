@@ -9,10 +9,12 @@
 //! - `{"cmd":"reload"}` (re-reads the daemon's config file, like SIGHUP)
 //!
 //! [`protocol`]: the requests and replies; [`server`]: the daemon's side;
-//! [`client`]: the command line's. It may use everything below it (config,
-//! filter, dataplane); only `cli` uses it.
+//! [`client`]: the command line's; [`notify`]: the daemon's word to systemd.
+//! It may use everything below it (config, filter, dataplane); only `cli`
+//! uses it.
 
 mod client;
+pub mod notify;
 mod protocol;
 mod server;
 
