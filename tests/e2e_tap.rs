@@ -267,7 +267,9 @@ fn check_reports_errors_with_positions_and_run_refuses_a_bad_file() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("bad.toml:20:20: destination_port: range \"22-1\" is reversed"),
+        err.contains(
+            "bad.toml:20:20: filter[0].rule[0].destination_port: range \"22-1\" is reversed"
+        ),
         "{err}"
     );
     let good = dir.path().join("good.toml");
@@ -294,7 +296,7 @@ fn check_reports_errors_with_positions_and_run_refuses_a_bad_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(
-            "bad.toml:20:20: destination_port: range \"22-1\" is reversed: write \"1-22\""
+            "bad.toml:20:20: filter[0].rule[0].destination_port: range \"22-1\" is reversed: write \"1-22\""
         ),
         "{err}"
     );

@@ -234,13 +234,13 @@ impl<'t> Validator<'t> {
 }
 
 /// `message` about the key at `path`: a message that starts with the key's
-/// own name (`cpus = "4-1": …`) gets the whole path in its place
-/// (`daemon.cpus = "4-1": …`), any other is prefixed with it
-/// (`source[1].mode: unknown variant …`).
+/// own name (`cpus = "4-1": …`, `destination_port: range …`) gets the whole
+/// path in its place (`daemon.cpus = "4-1": …`), any other is prefixed with
+/// it (`source[1].mode: unknown variant …`).
 fn name_key(path: &str, message: String) -> String {
     let leaf = path.rsplit('.').next().unwrap_or(path);
     match message.strip_prefix(leaf) {
-        Some(rest) if rest.starts_with(' ') => format!("{path}{rest}"),
+        Some(rest) if rest.starts_with(' ') || rest.starts_with(':') => format!("{path}{rest}"),
         _ => format!("{path}: {message}"),
     }
 }
