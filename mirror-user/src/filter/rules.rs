@@ -267,4 +267,27 @@ targets = ["t"]
             })
         );
     }
+
+    #[test]
+    fn delete_takes_the_rule_of_the_direction_asked_for() {
+        let mut c = parse(CONFIG, "t.toml").expect("valid");
+        let egress = parse_rule(
+            "number = 200\naction = \"reject\"\ndirection = \"egress\"",
+            "rule",
+        )
+        .expect("a rule");
+        add(&mut c, "f", egress).expect("added");
+        let gone = delete(&mut c, "f", 200, Direction::Egress).expect("deleted");
+        assert_eq!((gone.number, gone.direction), (200, Direction::Egress));
+        let left: Vec<(u16, Direction)> = c.filters[0]
+            .rules
+            .iter()
+            .map(|r| (r.number, r.direction))
+            .collect();
+        assert_eq!(left, [(100, Direction::Ingress), (200, Direction::Ingress)]);
+        assert!(
+            delete(&mut c, "f", 200, Direction::Egress).is_err(),
+            "only one was there"
+        );
+    }
 }

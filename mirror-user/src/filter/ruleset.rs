@@ -736,6 +736,56 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_most_rules_and_sessions_build_and_one_more_does_not() {
+        let rules: Vec<Rule> = (0..MAX_RULES)
+            .map(|i| {
+                let mut r = rule(i as u16, Action::Reject);
+                r.protocol = Some(6);
+                r
+            })
+            .collect();
+        let refs: Vec<(&Rule, u8)> = rules.iter().map(|r| (r, 0)).collect();
+        let rs = RuleSet::from_ordered(&refs).expect("MAX_RULES rules build");
+        // Every word is scanned for a UDP frame no rule takes.
+        let udp = view("10.0.0.1", "10.0.0.2", 17, Some((1, 2)));
+        assert_eq!(rs.classify(&udp), None);
+        let sessions = mirror_ebpf::limits::MAX_SESSIONS as usize;
+        let filters: Vec<Filter> = (0..=sessions)
+            .map(|i| Filter {
+                name: format!("f{i}"),
+                rules: vec![rule(1, Action::Accept)],
+            })
+            .collect();
+        let refs: Vec<&Filter> = filters.iter().collect();
+        assert!(RuleSet::build(&refs[..sessions], Direction::Ingress).is_ok());
+        assert_eq!(
+            RuleSet::build(&refs, Direction::Ingress).map(|_| ()),
+            Err(RuleSetError::TooManySessions {
+                count: sessions + 1
+            })
+        );
+    }
+
+    #[test]
+    fn each_class_summary_bit_says_whether_its_word_has_a_rule() {
+        let mut r = Rng(7);
+        let filters: Vec<Filter> = (0..2)
+            .map(|i| Filter {
+                name: format!("f{i}"),
+                rules: (0..300).map(|n| random_rule(&mut r, n + 1)).collect(),
+            })
+            .collect();
+        let refs: Vec<&Filter> = filters.iter().collect();
+        let rs = RuleSet::build(&refs, Direction::Ingress).expect("builds");
+        for (c, b) in rs.bitmaps.iter().enumerate() {
+            for w in 0..BITMAP_WORDS {
+                let summary = b[w / 64] >> (w % 64) & 1 == 1;
+                assert_eq!(summary, b[SUMMARY_WORDS + w] != 0, "class {c}, word {w}");
+            }
+        }
+    }
+
     /// xorshift64: a fixed, dependency-free stream of test values.
     struct Rng(u64);
 
@@ -838,10 +888,17 @@ mod tests {
                         .expect("ip")
                 };
                 let proto = r.maybe(&[6u8, 17, 1, 132]);
-                let ports = match proto {
-                    Some(6 | 17 | 132) if r.next() % 4 != 0 => {
-                        Some((r.pick(&PORTS), r.pick(&PORTS)))
+                // The rules' port bounds and their neighbours.
+                let near = |r: &mut Rng| {
+                    let p = r.pick(&PORTS);
+                    match r.next() % 3 {
+                        0 => p.saturating_sub(1),
+                        1 => p,
+                        _ => p.saturating_add(1),
                     }
+                };
+                let ports = match proto {
+                    Some(6 | 17 | 132) if r.next() % 4 != 0 => Some((near(r), near(r))),
                     _ => None,
                 };
                 let addrs = (r.next() % 8 != 0).then(|| (addr(r), addr(r)));
