@@ -399,6 +399,9 @@ mod tests {
         let mut out = [0u8; MAX_HEADER];
         e.write(&mut out);
         assert_eq!(out[18..20], [0x80, 0x02]);
+        let d = decode_gre(&out).expect("decodes");
+        assert_eq!(d.erspan.map(|e| e.granularity), Some(Granularity::Nanos100));
+        assert_eq!(d.erspan, Some(e));
     }
 
     #[test]

@@ -112,4 +112,42 @@ mod tests {
         }
         assert_eq!(moved, count[2]);
     }
+
+    #[test]
+    fn a_members_score_is_splitmix64_of_hash_and_member() {
+        // The values the kernel's member_score (mirror.bpf.c) must give too.
+        assert_eq!(score(0, 0), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(score(1, 2), 0xb370_3ad8_9450_7022);
+        assert_eq!(score(0xdead_beef, 7), 0x51b6_15e6_5e65_0fe3);
+        assert_eq!(score(0xffff_ffff, 3), 0x8b8d_73f5_e526_b997);
+    }
+
+    #[test]
+    fn a_down_first_choice_is_rehashed_and_all_down_is_counted_at_the_first() {
+        use crate::target::Oversize;
+        let members: Vec<Arc<TargetQueue>> = ["a", "b", "c"]
+            .iter()
+            .map(|n| {
+                Arc::new(TargetQueue::new(n, "interface", 8, 1518, Oversize::Drop).expect("memory"))
+            })
+            .collect();
+        let g = TargetGroup::new("g", members.clone());
+        let hash = 0x1234_5678;
+        let first = rank(hash, 3, |_| true);
+        assert_eq!(g.pick(hash).name, members[first].name);
+        members[first].set_up(false);
+        let second = g.pick(hash);
+        assert_ne!(second.name, members[first].name);
+        assert_eq!(second.name, members[rank(hash, 3, |i| i != first)].name);
+        for m in &members {
+            m.set_up(false);
+        }
+        assert_eq!(
+            g.pick(hash).name,
+            members[first].name,
+            "all down: the first choice"
+        );
+        let s = g.snapshot();
+        assert_eq!((s.rehashed, s.all_down, s.members_up), (1, 1, 0));
+    }
 }
