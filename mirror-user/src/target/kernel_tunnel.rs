@@ -235,4 +235,54 @@ mod tests {
         };
         assert!(headers(&v6, 0, &hop(), 0).is_none());
     }
+
+    #[test]
+    fn gre_over_ipv6_headers_carry_the_addresses_and_leave_length_and_label_per_copy() {
+        let spec = TargetSpec::Gre {
+            tunnel: Tunnel {
+                remote: "fd00::2".parse().expect("an address"),
+                source: None,
+                mtu: 1280,
+            },
+            key: Some(7),
+        };
+        let hop = NextHop {
+            source: "fd00::1".parse().expect("an address"),
+            neighbour: "fd00::2".parse().expect("an address"),
+            ..hop()
+        };
+        let h = headers(&spec, 0, &hop, 0).expect("a kernel tunnel").0;
+        assert_ne!(h.flags & mirror_tunnel_flags::MIRROR_TUN_F_IPV6.0 as u8, 0);
+        assert_eq!(h.hdr_len, 14 + 40 + 8);
+        assert_eq!(h.max_inner, 1280 - 40 - 8);
+        assert_eq!(&h.hdr[12..14], &[0x86, 0xdd]);
+        assert_eq!(h.hdr[14], 0x60);
+        assert_eq!(&h.hdr[18..20], &[0, 0], "payload length: per copy");
+        assert_eq!(
+            (h.hdr[20], h.hdr[21]),
+            (47, 64),
+            "next header GRE, hop limit 64"
+        );
+        assert_eq!(
+            h.hdr[22..38],
+            "fd00::1"
+                .parse::<std::net::Ipv6Addr>()
+                .expect("ip")
+                .octets()
+        );
+        assert_eq!(
+            h.hdr[38..54],
+            "fd00::2"
+                .parse::<std::net::Ipv6Addr>()
+                .expect("ip")
+                .octets()
+        );
+        assert_eq!(&h.hdr[54..62], &[0x20, 0x00, 0x65, 0x58, 0, 0, 0, 7]);
+        // Families that do not agree build nothing.
+        let mixed = NextHop {
+            source: "10.0.0.1".parse().expect("an address"),
+            ..hop
+        };
+        assert!(headers(&spec, 0, &mixed, 0).is_none());
+    }
 }

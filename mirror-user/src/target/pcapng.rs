@@ -908,4 +908,61 @@ mod tests {
         // keep = 3: the new file (6) and both real captures; no empty file.
         assert_eq!(left, vec![1, 2, 6]);
     }
+
+    #[test]
+    fn keep_counts_the_file_being_written_and_deletes_the_oldest_first() {
+        let dir = std::env::temp_dir().join(format!("mirror-keep2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("cap.pcapng");
+        for seq in 1..=4 {
+            std::fs::write(numbered(&path, seq), capture_bytes(1)).expect("write");
+        }
+        let spec = |keep| PcapngSpec {
+            path: path.clone(),
+            rotate_size: Some(1 << 20),
+            rotate_interval: None,
+            keep: Some(keep),
+            max_total_size: None,
+            min_free: None,
+        };
+        // keep = 4: the new file (5) and the three newest; 1 goes.
+        let mut files = Files::new(spec(4), vec![("s".into(), "eth0".into())]);
+        files.open_next().expect("open");
+        let left: Vec<u64> = rotated_files(&path).iter().map(|f| f.0).collect();
+        assert_eq!(left, vec![2, 3, 4, 5]);
+        drop(files);
+        // File 5 gets a packet; keep = 5: four there and the new one (6)
+        // make five, which keep allows: none goes.
+        std::fs::write(numbered(&path, 5), capture_bytes(1)).expect("write");
+        let mut files = Files::new(spec(5), vec![("s".into(), "eth0".into())]);
+        files.open_next().expect("open");
+        let left: Vec<u64> = rotated_files(&path).iter().map(|f| f.0).collect();
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert_eq!(left, vec![2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_capture_directory_is_checked_without_leaving_a_file() {
+        let dir = std::env::temp_dir().join(format!("mirror-create-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        assert!(can_create_in(&dir).is_ok());
+        assert_eq!(
+            std::fs::read_dir(&dir).expect("read").count(),
+            0,
+            "nothing left"
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert!(
+            can_create_in(&dir).is_err(),
+            "a directory that is not there"
+        );
+    }
+
+    #[test]
+    fn the_writer_waits_for_the_start_and_gives_up_on_a_stop() {
+        let (started, stop) = (AtomicBool::new(true), AtomicBool::new(false));
+        assert!(wait_for_start(&started, &stop));
+        let (started, stop) = (AtomicBool::new(false), AtomicBool::new(true));
+        assert!(!wait_for_start(&started, &stop));
+    }
 }
