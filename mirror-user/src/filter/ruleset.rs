@@ -768,6 +768,34 @@ mod tests {
     }
 
     #[test]
+    fn a_port_range_ends_where_it_says() {
+        let mut r1 = rule(1, Action::Accept);
+        r1.protocol = Some(17);
+        r1.destination_port = Some(PortRange { lo: 53, hi: 80 });
+        let mut r2 = rule(2, Action::Accept);
+        r2.protocol = Some(17);
+        r2.destination_port = Some(PortRange { lo: 443, hi: 443 });
+        let f = Filter {
+            name: "f".into(),
+            rules: vec![r1, r2],
+        };
+        let rs = RuleSet::build(&[&f], Direction::Ingress).expect("builds");
+        for (port, want) in [
+            (52, None),
+            (53, Some(0)),
+            (80, Some(0)),
+            (81, None),
+            (442, None),
+            (443, Some(0)),
+            (444, None),
+        ] {
+            let v = view("10.0.0.1", "10.0.0.2", 17, Some((1000, port)));
+            assert_eq!(rs.classify(&v), want, "port {port}");
+            assert_eq!(rs.classify(&v), reference(&[&f], &v), "port {port}");
+        }
+    }
+
+    #[test]
     fn each_class_summary_bit_says_whether_its_word_has_a_rule() {
         let mut r = Rng(7);
         let filters: Vec<Filter> = (0..2)
