@@ -194,6 +194,16 @@ pub enum TargetSpec {
 }
 
 impl TargetSpec {
+    /// Where a VXLAN, GRE or ERSPAN target sends; `None` for other kinds.
+    pub fn tunnel(&self) -> Option<&Tunnel> {
+        match self {
+            TargetSpec::Vxlan { tunnel, .. }
+            | TargetSpec::Gre { tunnel, .. }
+            | TargetSpec::Erspan { tunnel, .. } => Some(tunnel),
+            TargetSpec::Interface { .. } | TargetSpec::Pcapng(_) => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             TargetSpec::Interface { .. } => "interface",

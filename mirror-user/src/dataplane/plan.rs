@@ -27,11 +27,8 @@ pub(super) fn resolve_hops(config: &Config) -> Hops {
             continue;
         }
         for t in config.session_targets(i) {
-            let tunnel = match &config.targets[t].spec {
-                TargetSpec::Vxlan { tunnel, .. }
-                | TargetSpec::Gre { tunnel, .. }
-                | TargetSpec::Erspan { tunnel, .. } => tunnel,
-                _ => continue,
+            let Some(tunnel) = config.targets[t].spec.tunnel() else {
+                continue;
             };
             if hops[t].is_none() {
                 hops[t] = Some(
@@ -199,11 +196,8 @@ pub(super) fn tunnels_not_for_the_kernel(
     let source = &config.sources[sess.source];
     for t in config.session_targets(i) {
         let name = &config.targets[t].name;
-        let tunnel = match &config.targets[t].spec {
-            TargetSpec::Vxlan { tunnel, .. }
-            | TargetSpec::Gre { tunnel, .. }
-            | TargetSpec::Erspan { tunnel, .. } => tunnel,
-            _ => continue,
+        let Some(tunnel) = config.targets[t].spec.tunnel() else {
+            continue;
         };
         let hop = match &hops[t] {
             Some(Ok(hop)) => hop,

@@ -182,11 +182,7 @@ impl Engine {
                     .unwrap_or_default();
                 let mut dev = FastStats::default();
                 for ifindex in devices {
-                    let f = self.fast_stats(ifindex)?;
-                    dev.packets += f.packets;
-                    dev.bytes += f.bytes;
-                    dev.xmit_drops += f.xmit_drops;
-                    dev.too_big += f.too_big;
+                    dev += self.fast_stats(ifindex)?;
                 }
                 add_fast_path(&mut snap, &fast[i], dev);
             }
@@ -263,9 +259,7 @@ impl Engine {
                     f.slot.truncated += slot.truncated;
                     f.slot.down += slot.down;
                     f.slot.errors += slot.errors;
-                    f.dev.packets += dev.packets;
-                    f.dev.xmit_drops += dev.xmit_drops;
-                    f.dev.too_big += dev.too_big;
+                    f.dev += dev;
                 }
             }
         }
@@ -339,15 +333,11 @@ impl Engine {
     fn fast_stats(&self, ifindex: u32) -> Result<FastStats> {
         let mut dev = FastStats::default();
         for src in &self.sources {
-            let f = src
+            dev += src
                 .program
                 .lock()
                 .map_err(|_| anyhow::anyhow!("poisoned lock"))?
                 .fast_stats(ifindex)?;
-            dev.packets += f.packets;
-            dev.bytes += f.bytes;
-            dev.xmit_drops += f.xmit_drops;
-            dev.too_big += f.too_big;
         }
         Ok(dev)
     }

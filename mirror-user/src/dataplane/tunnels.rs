@@ -52,11 +52,8 @@ pub(super) struct KernelTunnel {
 impl KernelTunnel {
     /// Looks the next hop up again and rewrites what changed.
     fn check(&mut self) {
-        let (remote, source) = match &self.spec {
-            TargetSpec::Vxlan { tunnel, .. }
-            | TargetSpec::Gre { tunnel, .. }
-            | TargetSpec::Erspan { tunnel, .. } => (tunnel.remote, tunnel.source),
-            _ => return,
+        let Some(&crate::config::Tunnel { remote, source, .. }) = self.spec.tunnel() else {
+            return;
         };
         let found = route::next_hop(remote, source);
         let hop = match &found {

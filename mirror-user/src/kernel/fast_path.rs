@@ -48,8 +48,6 @@ impl SourceProgram {
                 )),
             });
         }
-        let zero = vec![0u8; std::mem::size_of::<mirror_ebpf::mirror::types::mirror_fast_stats>()];
-        let cpus = libbpf_rs::num_possible_cpus().map_err(map_err("fast_stats"))?;
         let mut vals = Vec::with_capacity(dests.len());
         for (key, d) in dests.iter().enumerate() {
             let prog_fd = match &d.tunnel {
@@ -64,21 +62,7 @@ impl SourceProgram {
                 None => count_fd,
             };
             vals.push(devmap_val(d.ifindex, prog_fd));
-            let k = d.ifindex.to_ne_bytes();
-            let known = self
-                .skel
-                .maps
-                .fast_stats
-                .lookup_percpu(&k, MapFlags::ANY)
-                .map_err(map_err("fast_stats"))?
-                .is_some();
-            if !known {
-                self.skel
-                    .maps
-                    .fast_stats
-                    .update_percpu(&k, &vec![zero.clone(); cpus], MapFlags::NO_EXIST)
-                    .map_err(map_err("fast_stats"))?;
-            }
+            self.ensure_fast_stats(d.ifindex)?;
         }
         if fast.rate_pps > 0 {
             let (interval, tolerance) = rate_limiter(fast.rate_pps);
@@ -196,7 +180,7 @@ impl SourceProgram {
         device: Option<(u32, u32)>,
     ) -> Result<(), LoaderError> {
         let map_err = |map| move |source| LoaderError::Map { map, source };
-        let (s, k) = (session as usize, key as usize);
+        let s = session as usize;
         let bit = 1u8 << key;
         if device.is_none() {
             match self.skel.maps.bss_data.as_deref_mut() {
@@ -228,37 +212,10 @@ impl SourceProgram {
         let Some((ifindex, max_len)) = device else {
             return Ok(());
         };
-        let known = self
-            .skel
-            .maps
-            .fast_stats
-            .lookup_percpu(&ifindex.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_err("fast_stats"))?
-            .is_some();
-        if !known {
-            let cpus = libbpf_rs::num_possible_cpus().map_err(map_err("fast_stats"))?;
-            let zero =
-                vec![0u8; std::mem::size_of::<mirror_ebpf::mirror::types::mirror_fast_stats>()];
-            self.skel
-                .maps
-                .fast_stats
-                .update_percpu(
-                    &ifindex.to_ne_bytes(),
-                    &vec![zero; cpus],
-                    MapFlags::NO_EXIST,
-                )
-                .map_err(map_err("fast_stats"))?;
-        }
+        self.ensure_fast_stats(ifindex)?;
+        self.point_dest(session, key, ifindex, max_len)?;
         match self.skel.maps.bss_data.as_deref_mut() {
-            Some(bss) if s < bss.fast_session.len() && k < bss.fast_dests[s].len() => {
-                bss.fast_dests[s][k].ifindex = ifindex;
-                bss.fast_dests[s][k].max_len = max_len;
-                let n = bss.fast_ndests[s] as usize;
-                bss.fast_max_len[s] = bss.fast_dests[s][..n]
-                    .iter()
-                    .map(|d| d.max_len)
-                    .min()
-                    .unwrap_or(u32::MAX);
+            Some(bss) if s < bss.fast_session.len() => {
                 bss.fast_session[s].dests_down &= !bit;
                 Ok(())
             }
@@ -408,24 +365,7 @@ impl SourceProgram {
                 )
                 .map_err(map_err("mirror_fast"))?;
         }
-        let k = ifindex.to_ne_bytes();
-        if self
-            .skel
-            .maps
-            .fast_stats
-            .lookup_percpu(&k, MapFlags::ANY)
-            .map_err(map_err("fast_stats"))?
-            .is_none()
-        {
-            let cpus = libbpf_rs::num_possible_cpus().map_err(map_err("fast_stats"))?;
-            let zero =
-                vec![0u8; std::mem::size_of::<mirror_ebpf::mirror::types::mirror_fast_stats>()];
-            self.skel
-                .maps
-                .fast_stats
-                .update_percpu(&k, &vec![zero; cpus], MapFlags::NO_EXIST)
-                .map_err(map_err("fast_stats"))?;
-        }
+        self.ensure_fast_stats(ifindex)?;
         match self
             .tunnel_devices
             .iter_mut()
@@ -435,6 +375,41 @@ impl SourceProgram {
             Some(_) => {}
             None => self.tunnel_devices.push(((session, key), vec![ifindex])),
         }
+        self.point_dest(session, key, ifindex, max_len)
+    }
+
+    /// Gives device `ifindex` fast-path counters (zeros) unless it has them.
+    fn ensure_fast_stats(&self, ifindex: u32) -> Result<(), LoaderError> {
+        let map_err = |source| LoaderError::Map {
+            map: "fast_stats",
+            source,
+        };
+        let k = ifindex.to_ne_bytes();
+        let maps = &self.skel.maps;
+        if maps
+            .fast_stats
+            .lookup_percpu(&k, MapFlags::ANY)
+            .map_err(map_err)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let cpus = libbpf_rs::num_possible_cpus().map_err(map_err)?;
+        let zero = vec![0u8; std::mem::size_of::<mirror_ebpf::mirror::types::mirror_fast_stats>()];
+        maps.fast_stats
+            .update_percpu(&k, &vec![zero; cpus], MapFlags::NO_EXIST)
+            .map_err(map_err)
+    }
+
+    /// Points destination `key` of the session's too-big check (`.bss`
+    /// `fast_dests`) at device `ifindex` taking frames of up to `max_len`.
+    fn point_dest(
+        &mut self,
+        session: u32,
+        key: u32,
+        ifindex: u32,
+        max_len: u32,
+    ) -> Result<(), LoaderError> {
         let (s, i) = (session as usize, key as usize);
         match self.skel.maps.bss_data.as_deref_mut() {
             Some(bss) if s < bss.fast_dests.len() && i < bss.fast_dests[s].len() => {
@@ -490,11 +465,7 @@ impl SourceProgram {
             .find(|(k, _)| *k == (session, key))
             .map_or(&[][..], |(_, d)| d.as_slice());
         for &ifindex in devices {
-            let f = self.fast_stats(ifindex)?;
-            out.packets += f.packets;
-            out.bytes += f.bytes;
-            out.xmit_drops += f.xmit_drops;
-            out.too_big += f.too_big;
+            out += self.fast_stats(ifindex)?;
         }
         Ok(out)
     }
@@ -629,6 +600,15 @@ pub struct FastStats {
     pub xmit_drops: u64,
     /// Frames not handed to it: longer than it takes (counted by `xdp_tap`).
     pub too_big: u64,
+}
+
+impl std::ops::AddAssign for FastStats {
+    fn add_assign(&mut self, o: FastStats) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.xmit_drops += o.xmit_drops;
+        self.too_big += o.too_big;
+    }
 }
 
 /// One target device of a fast-path session.

@@ -74,7 +74,7 @@ pub fn headers(
     let hdr = &mut t.hdr;
     hdr[0..6].copy_from_slice(&hop.dmac.unwrap_or([0; 6]));
     hdr[6..12].copy_from_slice(&hop.smac);
-    let ip_len = match (hop.source, remote(spec)?) {
+    let ip_len = match (hop.source, spec.tunnel()?.remote) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
             hdr[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
             let ip = &mut hdr[14..34];
@@ -110,15 +110,6 @@ pub fn headers(
     let mut h = TunnelHeaders(t);
     h.set_down(hop.dmac.is_none());
     Some(h)
-}
-
-fn remote(spec: &TargetSpec) -> Option<IpAddr> {
-    match spec {
-        TargetSpec::Vxlan { tunnel, .. }
-        | TargetSpec::Gre { tunnel, .. }
-        | TargetSpec::Erspan { tunnel, .. } => Some(tunnel.remote),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
