@@ -280,6 +280,12 @@ fn rust_group(root: &Path, g: &Group, jobs: u32, shard: Option<&str>) -> Result<
     for a in g.test_args {
         cmd.arg(format!("--cargo-arg={a}"));
     }
+    // Unit tests that need root (the tunnel sender's raw sockets on
+    // loopback) are `#[ignore]`d like the end-to-end ones: as root they judge
+    // mutants too.
+    if crate::is_root() {
+        cmd.args(["--", "--", "--include-ignored"]);
+    }
     eprintln!("xtask: {cmd:?}");
     // Exit 2 means mutants were missed, 3 timeouts: the counts say so.
     let status = cmd.status().context("running cargo mutants")?;
