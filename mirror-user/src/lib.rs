@@ -19,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod filter;
+pub mod fuzz;
 pub mod kernel;
 pub mod lab;
 pub mod metrics;

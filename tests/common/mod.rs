@@ -1,6 +1,8 @@
 //! Helpers shared by the kernel and end-to-end tests.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod fuzzgen;
+
 /// First line of every test that loads BPF programs or builds network
 /// namespaces. Such tests are marked
 /// `#[ignore = "needs root: BPF and network namespaces"]`, so a plain

@@ -130,6 +130,20 @@ enum Cmd {
         #[arg(long, value_name = "K/N")]
         shard: Option<String>,
     },
+    /// libFuzzer over each input family (`fuzz/`: config, rule, control,
+    /// frame, tunnel; the properties are `mirror_user::fuzz`'s). Needs a
+    /// nightly toolchain and cargo-fuzz, which this project does not
+    /// install (its machines have only stable): without them it fails and
+    /// says so. The same properties run on stable, with fixed seeds, in
+    /// `cargo xtask test` (tests/fuzz_inputs.rs, and the kernel parser in
+    /// tests/fuzz_kernel.rs).
+    Fuzz {
+        /// Targets to run; all when omitted.
+        targets: Vec<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
     /// The benchmark lab: `cargo xtask bench [NAME…] [--sizes 60,1500] [--rules 1,100,10000] [--reps 3]`.
     /// Cases: filters (classification cost vs rule count), copy (what copy
     /// mode costs the monitored traffic, through sockets), span (mirror vs XDP_DROP ceiling, tc mirred,
@@ -168,6 +182,7 @@ fn main() -> Result<()> {
         Cmd::Test { no_lint, args } => test(no_lint, &args),
         Cmd::Demo { args } => demo(&args),
         Cmd::Dist => dist(),
+        Cmd::Fuzz { targets, seconds } => fuzz(&targets, seconds),
         Cmd::Bench {
             names,
             rules,
@@ -175,6 +190,44 @@ fn main() -> Result<()> {
             reps,
         } => bench(&names, rules, sizes, reps),
     }
+}
+
+/// The libFuzzer targets of `fuzz/Cargo.toml`.
+const FUZZ_TARGETS: &[&str] = &["config", "rule", "control", "frame", "tunnel"];
+
+fn fuzz(targets: &[String], seconds: u32) -> Result<()> {
+    for t in targets {
+        if !FUZZ_TARGETS.contains(&t.as_str()) {
+            bail!("no fuzz target `{t}`; the targets are {}", FUZZ_TARGETS.join(", "));
+        }
+    }
+    let works = |args: &[&str]| {
+        Command::new("cargo")
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !works(&["+nightly", "--version"]) || !works(&["+nightly", "fuzz", "--version"]) {
+        bail!(
+            "cargo fuzz needs a nightly toolchain and cargo-fuzz, and this machine lacks them \
+             (rustup toolchain install nightly && cargo +nightly install cargo-fuzz). \
+             The same properties run on stable with fixed seeds: \
+             cargo test -p mirror-user --test fuzz_inputs (and, as root, \
+             --test fuzz_kernel -- --include-ignored)"
+        );
+    }
+    let chosen: Vec<&str> = if targets.is_empty() {
+        FUZZ_TARGETS.to_vec()
+    } else {
+        targets.iter().map(String::as_str).collect()
+    };
+    for t in chosen {
+        run(Command::new("cargo")
+            .current_dir(root().join("fuzz"))
+            .args(["+nightly", "fuzz", "run", t, "--"])
+            .arg(format!("-max_total_time={seconds}")))?;
+    }
+    Ok(())
 }
 
 fn root() -> PathBuf {

@@ -100,7 +100,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
 /// Validates one rule written as the keys of a `[[filter.rule]]` table
 /// (`number = 100` …), as `mirror rules add` sends it; `what` names it in
 /// error messages.
-pub(crate) fn parse_rule(text: &str, what: &str) -> Result<Rule, ConfigError> {
+pub fn parse_rule(text: &str, what: &str) -> Result<Rule, ConfigError> {
     let mut v = Validator::new(text);
     let raw: raw::RawRule = match toml::from_str(text) {
         Ok(raw) => raw,

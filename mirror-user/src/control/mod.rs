@@ -15,7 +15,7 @@
 
 mod client;
 pub mod notify;
-mod protocol;
+pub mod protocol;
 mod server;
 
 pub use client::Client;

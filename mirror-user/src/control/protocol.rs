@@ -9,7 +9,7 @@ use crate::filter::rules::FilterView;
 /// Longest request line accepted.
 pub(super) const MAX_REQUEST: usize = 64 * 1024;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Stats,
@@ -24,6 +24,25 @@ pub enum Request {
         direction: Direction,
     },
     Reload,
+}
+
+impl Request {
+    /// One request line (without its newline) as the daemon reads it, or
+    /// why it is not one (for the error reply).
+    pub fn decode(line: &[u8]) -> Result<Request, String> {
+        if line.len() > MAX_REQUEST {
+            return Err(format!("request too long: more than {MAX_REQUEST} bytes"));
+        }
+        let Ok(text) = std::str::from_utf8(line) else {
+            return Err(
+                "bad request: not UTF-8 text; expected one JSON object per line, \
+                        e.g. {\"cmd\":\"stats\"}"
+                    .into(),
+            );
+        };
+        serde_json::from_str(text)
+            .map_err(|e| format!("bad request: {e}; expected e.g. {{\"cmd\":\"stats\"}}"))
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -107,16 +107,13 @@ pub async fn serve(listener: tokio::net::UnixListener, engine: Arc<Engine>, conf
                     let _ = write_reply(&mut wr, &reply).await;
                     break;
                 }
-                let reply = match String::from_utf8(buf) {
-                    Err(_) => Reply::error(
-                        "bad request: not UTF-8 text; expected one JSON object per line, \
-                         e.g. {\"cmd\":\"stats\"}",
-                    ),
-                    Ok(line) => {
+                let reply = match Request::decode(&buf) {
+                    Err(why) => Reply::error(why),
+                    Ok(req) => {
                         // Rule updates build maps and wait for an RCU grace
                         // period: off the runtime's thread.
                         let (e, p) = (engine.clone(), config_path.clone());
-                        tokio::task::spawn_blocking(move || handle(&line, &e, &p))
+                        tokio::task::spawn_blocking(move || handle(req, &e, &p))
                             .await
                             .unwrap_or_else(|e| Reply::error(format!("internal error: {e}")))
                     }
@@ -148,15 +145,9 @@ pub fn reload(engine: &Engine, config_path: &Path) -> Result<Vec<(String, usize)
     })
 }
 
-fn handle(line: &str, engine: &Engine, config_path: &Path) -> Reply {
-    if line.len() > MAX_REQUEST {
-        return Reply::error("request too long");
-    }
-    match serde_json::from_str::<Request>(line) {
-        Err(e) => Reply::error(format!(
-            "bad request: {e}; expected e.g. {{\"cmd\":\"stats\"}}"
-        )),
-        Ok(Request::Stats) => match engine.stats() {
+fn handle(req: Request, engine: &Engine, config_path: &Path) -> Reply {
+    match req {
+        Request::Stats => match engine.stats() {
             Ok(stats) => Reply {
                 ok: true,
                 stats: Some(stats),
@@ -164,7 +155,7 @@ fn handle(line: &str, engine: &Engine, config_path: &Path) -> Reply {
             },
             Err(e) => Reply::error(format!("reading counters: {e:#}")),
         },
-        Ok(Request::RulesList) => match engine.live_config() {
+        Request::RulesList => match engine.live_config() {
             Ok(c) => Reply {
                 ok: true,
                 filters: Some(rules::list(&c)),
@@ -172,22 +163,22 @@ fn handle(line: &str, engine: &Engine, config_path: &Path) -> Reply {
             },
             Err(e) => Reply::error(format!("{e:#}")),
         },
-        Ok(Request::RulesAdd { filter, rule }) => {
+        Request::RulesAdd { filter, rule } => {
             let rule = match config::parse_rule(&rule, "rule") {
                 Ok(r) => r,
                 Err(e) => return Reply::error(format!("{e}; the running rules stay in force")),
             };
             Reply::updated(engine.update(|c| Ok(rules::add(c, &filter, rule)?)))
         }
-        Ok(Request::RulesDelete {
+        Request::RulesDelete {
             filter,
             number,
             direction,
-        }) => Reply::updated(engine.update(|c| {
+        } => Reply::updated(engine.update(|c| {
             rules::delete(c, &filter, number, direction)?;
             Ok(())
         })),
-        Ok(Request::Reload) => {
+        Request::Reload => {
             let result = reload(engine, config_path);
             match &result {
                 Ok(_) => tracing::info!(config = %config_path.display(), "reloaded the filters"),
