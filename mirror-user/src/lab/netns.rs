@@ -173,7 +173,31 @@ pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u32) -> Result
     ])?;
     ns_a.ip(&["link", "set", a, "up"])?;
     ns_b.ip(&["link", "set", b, "up"])?;
-    Ok(())
+    wait_oper_up(ns_a, a)?;
+    wait_oper_up(ns_b, b)
+}
+
+/// Waits (at most 3 s) until `dev` in `ns` is operationally up. The kernel
+/// sets a link's operstate (and IFF_RUNNING, which the daemon reads to tell
+/// a target is there) from its link-watch work, which may lag the carrier
+/// by up to a second: a test that sent at once could see its first copies
+/// counted `down`.
+pub fn wait_oper_up(ns: &Netns, dev: &str) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let out = ns.command(&["ip", "-o", "link", "show", "dev", dev]).output()?;
+        if String::from_utf8_lossy(&out.stdout).contains(" state UP ") {
+            return Ok(());
+        }
+        if start.elapsed() > std::time::Duration::from_secs(3) {
+            anyhow::bail!(
+                "{dev} in {} is not operationally up after 3 s: {}",
+                ns.name(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// A veth `a` (in `na`, address `ip_a`/24) – `b` (in `nb`, `ip_b`/24), both
