@@ -1243,6 +1243,16 @@ mod tests {
             let t = tunnel(ip, 1500);
             let sock = open_socket(&t, encap).expect("socket");
             let fd = sock.as_raw_fd();
+            // Never blocks the sender; not inherited by children.
+            // Safety: fcntl on an fd we own.
+            let (fl, fdfl) = unsafe {
+                (
+                    libc::fcntl(fd, libc::F_GETFL),
+                    libc::fcntl(fd, libc::F_GETFD),
+                )
+            };
+            assert!(fl & libc::O_NONBLOCK != 0, "blocking socket");
+            assert!(fdfl & libc::FD_CLOEXEC != 0, "inherited by children");
             // The kernel doubles the value it was given.
             assert_eq!(
                 getsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF),
@@ -1287,6 +1297,54 @@ mod tests {
                 Some(libc::EAGAIN)
             );
         }
+    }
+
+    /// The real socket and route check in a namespace of the test's own:
+    /// no route to the collector → the copy that met it is a send error,
+    /// the rest `down`, the target down while the route check (`connect`)
+    /// finds none; a route added → up within two checks, sending again.
+    #[test]
+    #[ignore = "needs root: raw sockets (CAP_NET_RAW)"]
+    fn a_collector_without_a_route_is_down_until_the_route_is_added() {
+        assert!(crate::is_root(), "needs root: raw sockets and namespaces");
+        let ns = crate::lab::Netns::new("tunroute").expect("namespace");
+        let stop = Arc::new(AtomicBool::new(false));
+        let spec = TargetSpec::Gre {
+            tunnel: tunnel(Ipv4Addr::new(192, 0, 2, 1).into(), 1500),
+            key: None,
+        };
+        let (q, h) = {
+            let stop = stop.clone();
+            ns.run(move || Ok(start("g", &spec, 64, stop)?))
+                .expect("started in the namespace")
+        };
+        for i in 0..5u8 {
+            offer(&q, i, 60);
+        }
+        wait("down", || !q.is_up());
+        wait("held copies counted", || {
+            q.counters.dropped(TargetDrop::Down) == 4
+        });
+        // Still no route at the next checks.
+        std::thread::sleep(RETRY_DOWN * 2);
+        assert!(!q.is_up());
+        for i in 0..3u8 {
+            offer(&q, i, 60);
+        }
+        ns.ip(&["route", "add", "192.0.2.0/24", "dev", "lo"])
+            .expect("route");
+        wait("up", || q.is_up());
+        for i in 0..5u8 {
+            offer(&q, i, 60);
+        }
+        wait("5 sent", || sent(&q) == 5);
+        stop.store(true, Ordering::Relaxed);
+        q.notify();
+        h.join().expect("sender");
+        assert_eq!(
+            drops(&q),
+            vec![(TargetDrop::SendError, 1), (TargetDrop::Down, 7)]
+        );
     }
 
     #[test]
