@@ -198,7 +198,10 @@ const FUZZ_TARGETS: &[&str] = &["config", "rule", "control", "frame", "tunnel"];
 fn fuzz(targets: &[String], seconds: u32) -> Result<()> {
     for t in targets {
         if !FUZZ_TARGETS.contains(&t.as_str()) {
-            bail!("no fuzz target `{t}`; the targets are {}", FUZZ_TARGETS.join(", "));
+            bail!(
+                "no fuzz target `{t}`; the targets are {}",
+                FUZZ_TARGETS.join(", ")
+            );
         }
     }
     let works = |args: &[&str]| {

@@ -185,7 +185,9 @@ pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str, queues: u32) -> Result
 pub fn wait_oper_up(ns: &Netns, dev: &str) -> Result<()> {
     let start = std::time::Instant::now();
     loop {
-        let out = ns.command(&["ip", "-o", "link", "show", "dev", dev]).output()?;
+        let out = ns
+            .command(&["ip", "-o", "link", "show", "dev", dev])
+            .output()?;
         if String::from_utf8_lossy(&out.stdout).contains(" state UP ") {
             return Ok(());
         }
