@@ -210,7 +210,7 @@ pub fn start_daemon(
         &path,
         &control,
         &dir.path().join("daemon.log"),
-        std::time::Duration::from_secs(20),
+        std::time::Duration::from_secs(60),
     )
     .expect("daemon starts");
     (daemon, cfg)

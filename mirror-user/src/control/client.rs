@@ -14,7 +14,11 @@ use crate::dataplane::stats::Stats;
 pub struct Client {
     path: PathBuf,
     stream: BufReader<UnixStream>,
+    timeout: Duration,
 }
+
+/// How long a request waits for its reply unless set otherwise.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Client {
     pub fn connect(path: &Path) -> Result<Client> {
@@ -36,11 +40,19 @@ impl Client {
                 path.display()
             )),
         })?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
         Ok(Client {
             path: path.to_path_buf(),
             stream: BufReader::new(stream),
+            timeout: REPLY_TIMEOUT,
         })
+    }
+
+    /// How long [`Client::request`] waits for the reply.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
+        self.stream.get_ref().set_read_timeout(Some(timeout))?;
+        self.timeout = timeout;
+        Ok(())
     }
 
     pub fn request(&mut self, req: &Request) -> Result<Reply> {
@@ -48,9 +60,20 @@ impl Client {
         line.push('\n');
         self.stream.get_mut().write_all(line.as_bytes())?;
         let mut answer = String::new();
-        self.stream
-            .read_line(&mut answer)
-            .with_context(|| format!("reading the reply from {}", self.path.display()))?;
+        if let Err(e) = self.stream.read_line(&mut answer) {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                bail!(
+                    "the daemon at {} did not answer within {:?} (busy installing rule sets?)",
+                    self.path.display(),
+                    self.timeout
+                );
+            }
+            return Err(e)
+                .with_context(|| format!("reading the reply from {}", self.path.display()));
+        }
         if answer.is_empty() {
             bail!(
                 "the daemon at {} closed the connection",

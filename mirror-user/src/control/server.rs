@@ -139,7 +139,7 @@ async fn write_reply(
 /// Re-reads the config file and applies its filters (`reload`, SIGHUP).
 pub fn reload(engine: &Engine, config_path: &Path) -> Result<Vec<(String, usize)>> {
     let new = config::load(config_path)?;
-    engine.update(|live| {
+    engine.update(move |live| {
         *live = new;
         Ok(())
     })
@@ -168,13 +168,13 @@ fn handle(req: Request, engine: &Engine, config_path: &Path) -> Reply {
                 Ok(r) => r,
                 Err(e) => return Reply::error(format!("{e}; the running rules stay in force")),
             };
-            Reply::updated(engine.update(|c| Ok(rules::add(c, &filter, rule)?)))
+            Reply::updated(engine.update(move |c| Ok(rules::add(c, &filter, rule)?)))
         }
         Request::RulesDelete {
             filter,
             number,
             direction,
-        } => Reply::updated(engine.update(|c| {
+        } => Reply::updated(engine.update(move |c| {
             rules::delete(c, &filter, number, direction)?;
             Ok(())
         })),
