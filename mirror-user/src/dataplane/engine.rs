@@ -31,10 +31,19 @@ struct PendingTunnel {
     tai_offset: u64,
 }
 
+/// A source's ingress and (copy mode) egress rule sets.
+type SourceSets = (
+    crate::filter::ruleset::RuleSet,
+    Option<crate::filter::ruleset::RuleSet>,
+);
+
+/// An edit of the live config (a rule added or deleted, a reloaded file).
+type RuleChange = Box<dyn FnOnce(&mut Config) -> Result<()> + Send>;
+
 /// A rule change waiting in [`Engine::update`]'s group, and where its
 /// outcome goes.
 struct PendingChange {
-    change: Box<dyn FnOnce(&mut Config) -> Result<()> + Send>,
+    change: RuleChange,
     reply: std::sync::mpsc::Sender<Result<Vec<(String, usize)>>>,
 }
 
@@ -677,15 +686,7 @@ impl Engine {
     }
 
     /// Each source's rule sets for `new`, if it may be applied live.
-    fn rule_sets(
-        &self,
-        new: &Config,
-    ) -> Result<
-        Vec<(
-            crate::filter::ruleset::RuleSet,
-            Option<crate::filter::ruleset::RuleSet>,
-        )>,
-    > {
+    fn rule_sets(&self, new: &Config) -> Result<Vec<SourceSets>> {
         crate::filter::rules::check_reloadable(&self.config, new)?;
         self.sources
             .iter()
@@ -699,14 +700,7 @@ impl Engine {
 
     /// Installs `sets` (one per source); on an error puts the sources
     /// already switched back on `live`'s rules.
-    fn install_sets(
-        &self,
-        live: &Config,
-        sets: &[(
-            crate::filter::ruleset::RuleSet,
-            Option<crate::filter::ruleset::RuleSet>,
-        )],
-    ) -> Result<Vec<(String, usize)>> {
+    fn install_sets(&self, live: &Config, sets: &[SourceSets]) -> Result<Vec<(String, usize)>> {
         for (i, (src, (ingress, egress))) in self.sources.iter().zip(sets).enumerate() {
             let installed = src
                 .program
