@@ -472,7 +472,7 @@ impl<W: Wire> Sender<W> {
             if blocked {
                 // The socket buffer is full: the kernel drains it within microseconds.
                 std::thread::sleep(Duration::from_micros(50));
-            } else if batch.is_empty() && q.queued() == 0 {
+            } else if idle(batch.len(), q.queued()) {
                 std::thread::park_timeout(Duration::from_millis(10));
             }
         }
@@ -513,6 +513,12 @@ impl<W: Wire> Sender<W> {
             header_len,
         }
     }
+}
+
+/// Whether a sender holding `held` copies with `queued` more waiting has
+/// nothing to do, and may sleep until woken (an offer unparks it) or 10 ms.
+fn idle(held: usize, queued: usize) -> bool {
+    held == 0 && queued == 0
 }
 
 /// One `sendmmsg` of `batch` to `dest` on `fd`; returns how many went out.
@@ -1099,6 +1105,14 @@ mod tests {
                 q.recycle(p.packet);
             }
         }
+    }
+
+    #[test]
+    fn the_sender_sleeps_only_when_it_holds_nothing_and_nothing_waits() {
+        assert!(idle(0, 0));
+        assert!(!idle(1, 0), "copies held for a retry");
+        assert!(!idle(0, 1), "copies waiting in the queue");
+        assert!(!idle(64, 100));
     }
 
     #[test]
