@@ -22,6 +22,7 @@
 mod chart;
 mod copy;
 mod filters;
+mod soak;
 mod span;
 
 use std::path::{Path, PathBuf};
@@ -65,6 +66,12 @@ enum Case {
     /// mirred (to an interface, to VXLAN) while the monitored namespace
     /// routes the traffic.
     Span(span::Args),
+    /// The daemon for a long while under everything at once: two sources
+    /// (tap to the kernel path with a flapping target, copy mode to
+    /// rotating pcapng files), traffic, live rule updates, SIGHUPs; samples
+    /// RSS, fds, BPF maps and threads over time and fails on growth after
+    /// the warm-up or on counters that do not reconcile.
+    Soak(soak::Args),
 }
 
 /// Set by SIGINT/SIGTERM: the lab stops before its next run and cleans up
@@ -103,6 +110,7 @@ fn main() -> Result<ExitCode> {
         Case::Filters(a) => filters::run(&a, &cli.out),
         Case::Copy(a) => copy::run(&a, &cli.out),
         Case::Span(a) => span::run(&a, &cli.out),
+        Case::Soak(a) => soak::run(&a, &cli.out),
     };
     match done {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -182,7 +190,8 @@ pub fn start_daemon(ns: &Netns, exe: &Path, dir: &TempDir, text: &str) -> Result
         &cfg,
         &control,
         &dir.path().join("daemon.log"),
-        Duration::from_secs(20),
+        // Loading verifies several programs: seconds on a busy machine.
+        Duration::from_secs(60),
     )
 }
 

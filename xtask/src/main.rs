@@ -73,7 +73,8 @@ enum Cmd {
     /// Install missing Debian packages (as root), or print the command to run.
     Deps,
     /// Everything CI runs: deps, fmt, clippy, build, all tests (kernel tests need root:
-    /// as another user they are reported skipped, and with `CI` set that fails).
+    /// as another user they are reported skipped, and with `CI` set that fails),
+    /// then a one-minute soak (`cargo xtask soak`; as root, when no test filter is given).
     ///
     /// The kernel and end-to-end tests load BPF programs and build network
     /// namespaces, so they need root: they are marked `#[ignore]`, and as root
@@ -130,6 +131,17 @@ enum Cmd {
         #[arg(long, value_name = "K/N")]
         shard: Option<String>,
     },
+    /// The daemon for a while under everything at once (`mirror-bench soak`:
+    /// two sources, traffic, live rule updates, SIGHUPs, a flapping
+    /// target): RSS, fds, BPF maps and threads sampled over time, written
+    /// as a table and a chart (benches/results/soak-latest.md, .png); fails
+    /// on growth after the warm-up or counters that do not reconcile.
+    /// `cargo xtask test` ends with a one-minute soak. Needs root.
+    Soak {
+        /// Minutes to run.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// libFuzzer over each input family (`fuzz/`: config, rule, control,
     /// frame, tunnel; the properties are `mirror_user::fuzz`'s). Needs a
     /// nightly toolchain and cargo-fuzz, which this project does not
@@ -183,6 +195,10 @@ fn main() -> Result<()> {
         Cmd::Demo { args } => demo(&args),
         Cmd::Dist => dist(),
         Cmd::Fuzz { targets, seconds } => fuzz(&targets, seconds),
+        Cmd::Soak { minutes } => {
+            deps()?;
+            soak(minutes, &root().join("benches/results"))
+        }
         Cmd::Bench {
             names,
             rules,
@@ -387,7 +403,29 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
              run `cargo xtask test` as root",
         );
     }
+    // A short soak closes the run (as root; a filter of tests skips it).
+    if root && args.is_empty() {
+        soak(SOAK_CI_MINUTES, &self::root().join("target/soak"))?;
+    } else if ci() {
+        bail!("CI is set and the soak did not run: run `cargo xtask test` as root, without a test filter");
+    }
     Ok(())
+}
+
+/// Minutes of soak that close `cargo xtask test`.
+const SOAK_CI_MINUTES: f64 = 1.0;
+
+/// Builds the daemon and the bench lab and runs `mirror-bench soak`.
+fn soak(minutes: f64, out: &Path) -> Result<()> {
+    if !is_root() {
+        bail!("the soak loads BPF programs and builds namespaces: run it as root");
+    }
+    run(cargo().args(["build", "-p", "mirror-bench", "-p", "mirror-user"]))?;
+    run(Command::new(root().join("target/debug/mirror-bench"))
+        .current_dir(root())
+        .arg("--out")
+        .arg(out)
+        .args(["soak", "--minutes", &minutes.to_string()]))
 }
 
 /// True when a container engine answers (`docker info` succeeds).
