@@ -108,13 +108,18 @@ pub fn render(s: &Stats) -> String {
         }
     }
     out.push_str(&format!(
-        "{:<16} {:>12} {:>12}  {}\n",
-        "SESSION", "matched", "mirrored", "path"
+        "{:<16} {:>12} {:>12} {:>12} {:>13}  {}\n",
+        "SESSION", "matched", "mirrored", "sampled_out", "scheduled_out", "path"
     ));
     for (name, v) in &s.sessions {
+        let window = match (&v.schedule_window, &v.schedule_next_edge) {
+            (Some(w), Some(edge)) => format!("   schedule: {w}, next edge {edge}"),
+            (Some(w), None) => format!("   schedule: {w}"),
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "{:<16} {:>12} {:>12}  {}\n",
-            name, v.matched, v.mirrored, v.path
+            "{:<16} {:>12} {:>12} {:>12} {:>13}  {}{window}\n",
+            name, v.matched, v.mirrored, v.sampled_out, v.scheduled_out, v.path
         ));
     }
     out.push_str(&format!(

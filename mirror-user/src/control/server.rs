@@ -187,6 +187,13 @@ fn handle(line: &str, engine: &Engine, config_path: &Path) -> Reply {
             rules::delete(c, &filter, number, direction)?;
             Ok(())
         })),
+        Ok(Request::SetTime { time }) => match engine.set_time(&time) {
+            Ok(()) => Reply {
+                ok: true,
+                ..Default::default()
+            },
+            Err(e) => Reply::error(format!("{e:#}")),
+        },
         Ok(Request::Reload) => {
             let result = reload(engine, config_path);
             match &result {
