@@ -367,7 +367,10 @@ impl Session {
             flow_cutoff_bytes: 0,
             flow_cutoff_packets: 0,
         };
-        let Some(o) = window.and_then(|w| self.schedule.get(w)).map(|w| w.overrides) else {
+        let Some(o) = window
+            .and_then(|w| self.schedule.get(w))
+            .map(|w| w.overrides)
+        else {
             return base;
         };
         Policy {

@@ -335,7 +335,9 @@ mod tests {
         assert_eq!(parse_days("fri-mon"), Ok(0b111_0001));
         assert_eq!(parse_days("mon,wed-thu"), Ok(0b000_1101));
         assert_eq!(parse_days("wed"), Ok(0b000_0100));
-        assert!(parse_days("mon-fry").unwrap_err().contains("`fry` is not a day"));
+        assert!(parse_days("mon-fry")
+            .unwrap_err()
+            .contains("`fry` is not a day"));
         assert!(parse_days("mon,").unwrap_err().contains("empty item"));
         assert!(parse_days("").is_err());
     }

@@ -1209,7 +1209,12 @@ flow_cutoff_bytes = 0
     );
     let base = s.policy(None);
     assert_eq!(
-        (base.enabled, base.sample, base.rate_limit_pps, base.packet_length),
+        (
+            base.enabled,
+            base.sample,
+            base.rate_limit_pps,
+            base.packet_length
+        ),
         (true, 4, 1000, 0)
     );
     let p = s.policy(Some(0));
@@ -1238,7 +1243,11 @@ timezone = "UTC"
 "#,
     );
     let e = errors(&text);
-    let line = text.lines().position(|l| l == "hours = \"17:00-20:00\"").expect("line") + 1;
+    let line = text
+        .lines()
+        .position(|l| l == "hours = \"17:00-20:00\"")
+        .expect("line")
+        + 1;
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(
         e[0].starts_with(&format!("t.toml:{line}:9: session[0].schedule[1].hours")),
@@ -1267,7 +1276,10 @@ hours = "05:00-09:00"
 timezone = "UTC"
 "#,
     ));
-    assert!(e[0].contains("overlaps window 1") && e[0].contains("on mon at 05:00"), "{e:?}");
+    assert!(
+        e[0].contains("overlaps window 1") && e[0].contains("on mon at 05:00"),
+        "{e:?}"
+    );
     // Adjacent windows are fine.
     parse(
         &scheduled(
@@ -1308,15 +1320,24 @@ packet_length = 10
         "{e:?}"
     );
     assert!(e[0].contains("`fry` is not a day"), "{e:?}");
-    assert!(e[1].contains("schedule[0].hours = \"8-18\": `8` is not a time"), "{e:?}");
+    assert!(
+        e[1].contains("schedule[0].hours = \"8-18\": `8` is not a time"),
+        "{e:?}"
+    );
     let tz = line("timezone =");
     assert!(
         e[2].starts_with(&format!("t.toml:{tz}:12: session[0].schedule[0].timezone")),
         "{e:?}"
     );
     assert!(e[2].contains("unknown time zone `Mars/Olympus`"), "{e:?}");
-    assert!(e[3].contains("schedule[0].sample = 0 is out of range"), "{e:?}");
-    assert!(e[4].contains("schedule[0].packet_length (0 = whole frame) = 10 is out of range"), "{e:?}");
+    assert!(
+        e[3].contains("schedule[0].sample = 0 is out of range"),
+        "{e:?}"
+    );
+    assert!(
+        e[4].contains("schedule[0].packet_length (0 = whole frame) = 10 is out of range"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -1397,5 +1418,7 @@ targets = ["ids0"]
         "t.toml",
     )
     .expect("valid");
-    assert!(c.clone_path_obstacle(0).is_some_and(|w| w.contains("rate_limit_pps")));
+    assert!(c
+        .clone_path_obstacle(0)
+        .is_some_and(|w| w.contains("rate_limit_pps")));
 }

@@ -319,7 +319,10 @@ targets = [{targets}]
         assert!(p.dispatch(frame(&data, 0), None, Some(1)));
         assert!(!p.dispatch(frame(&data, 0), None, None), "over 10 pps");
         let got = drain(&q[0]);
-        assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [60, 60, 60, 20]);
+        assert_eq!(
+            got.iter().map(Vec::len).collect::<Vec<_>>(),
+            [60, 60, 60, 20]
+        );
         assert_eq!(p.rate_limited.load(Ordering::Relaxed), 1);
     }
 
@@ -344,7 +347,9 @@ targets = [{targets}]
         let p = plan(r#""a", "b""#, "rate_limit_pps = 10", &q);
         let data = [1u8; 60];
         // The bucket holds a tenth of a second: one frame at 10 pps.
-        let passed = (0..5).filter(|_| p.dispatch(frame(&data, 0), None, None)).count();
+        let passed = (0..5)
+            .filter(|_| p.dispatch(frame(&data, 0), None, None))
+            .count();
         assert_eq!(passed, 1);
         assert_eq!(p.mirrored.load(Ordering::Relaxed), 1);
         assert_eq!(p.rate_limited.load(Ordering::Relaxed), 4);

@@ -53,7 +53,11 @@ impl SourceProgram {
             .filter(|bss| (session as usize) < bss.policy_slot.len())
             .ok_or_else(|| bss_error("session_policy", session))?;
         let s = session as usize;
-        let slot = if first { 0 } else { (bss.policy_slot[s] & 1) ^ 1 };
+        let slot = if first {
+            0
+        } else {
+            (bss.policy_slot[s] & 1) ^ 1
+        };
         let (interval, tolerance) = if policy.rate_limit_pps > 0 {
             super::fast_path::rate_limiter(policy.rate_limit_pps)
         } else {

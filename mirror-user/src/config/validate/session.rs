@@ -86,7 +86,11 @@ impl Validator<'_> {
             };
             if let Some(first) = windows.first().map(|f: &Window| f.zone.name().to_string()) {
                 if w.zone.name() != first {
-                    let span = rw.get_ref().timezone.as_ref().map_or(rw.span(), |z| z.span());
+                    let span = rw
+                        .get_ref()
+                        .timezone
+                        .as_ref()
+                        .map_or(rw.span(), |z| z.span());
                     self.error(
                         span,
                         format!(
@@ -185,7 +189,11 @@ impl Validator<'_> {
             ok &= overrides.packet_length.is_some();
         }
         for (key, value, slot) in [
-            ("flow_cutoff_bytes (0 = off)", &w.flow_cutoff_bytes, &mut overrides.flow_cutoff_bytes),
+            (
+                "flow_cutoff_bytes (0 = off)",
+                &w.flow_cutoff_bytes,
+                &mut overrides.flow_cutoff_bytes,
+            ),
             (
                 "flow_cutoff_packets (0 = off)",
                 &w.flow_cutoff_packets,
