@@ -112,7 +112,9 @@ mod tests {
             parse_time("2026-12-07T07:59:59Z").expect("utc")
         );
         assert!(parse_time("2026-12-07 07:59").is_err());
-        assert!(parse_time("tomorrow").unwrap_err().contains("RFC 3339"));
+        assert!(parse_time("tomorrow")
+            .expect_err("refused")
+            .contains("RFC 3339"));
     }
 
     #[test]

@@ -706,7 +706,6 @@ mod tests {
         let grouped = FastSession {
             dests: vec![dest; 4],
             group: vec![1, 3],
-            ..Default::default()
         };
         assert_eq!(grouped.variants(), vec![0b0111, 0b1101, 0b0101]);
     }
