@@ -83,8 +83,10 @@ struct {
  * equivalent with one word of state, the theoretical arrival time `tat` of
  * the next frame, advanced by `interval` (1 s / rate) per frame passed; a
  * frame passes when it is no more than `tolerance` ((burst - 1) intervals,
- * burst = a tenth of a second's worth, at least 1) ahead of it. Updated by
- * compare-and-swap: no lock, no interrupts turned off.
+ * burst = a tenth of a second's worth, at least 1) ahead of it. Interval and
+ * tolerance are the session's policy's (struct mirror_policy), so a schedule
+ * window changes the rate, not the state. Updated by compare-and-swap: no
+ * lock, no interrupts turned off.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
