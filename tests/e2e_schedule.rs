@@ -409,3 +409,34 @@ fn set_time_is_refused_on_the_real_clock_and_without_an_rfc_3339_time() {
     let st = client.stats().expect("stats");
     assert_eq!(st.sessions["s"].schedule_window, None);
 }
+
+/// A fake clock that is not an RFC 3339 time stops the start with the
+/// reason, before anything attaches.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_bad_mirror_fake_now_stops_the_start_with_the_format() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let dir = TempDir::new("sched-badclock").expect("temp dir");
+    let control = dir.path().join("control.sock");
+    let path = dir.path().join("mirror.toml");
+    std::fs::write(
+        &path,
+        config("", "", "").replace("@CONTROL@", &control.to_string_lossy()),
+    )
+    .expect("write config");
+    let started = DaemonProcess::start_with_env(
+        &lab.src,
+        std::path::Path::new(BIN),
+        &path,
+        &control,
+        &dir.path().join("daemon.log"),
+        std::time::Duration::from_secs(20),
+        &[("MIRROR_FAKE_NOW", "next monday")],
+    );
+    let e = format!("{:#}", started.err().expect("refused"));
+    assert!(
+        e.contains("MIRROR_FAKE_NOW: `next monday` is not an RFC 3339 time"),
+        "{e}"
+    );
+}

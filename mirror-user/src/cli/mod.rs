@@ -87,7 +87,10 @@ pub enum Command {
     /// target, serves counters on the control socket (and to Prometheus at
     /// GET /metrics when [daemon] metrics is set), and logs to stderr.
     /// Programs are attached through BPF links: if the daemon dies, the kernel
-    /// detaches them.
+    /// detaches them. Sessions with [[session.schedule]] windows switch
+    /// settings at each window edge (logged). For tests, MIRROR_FAKE_NOW=<RFC
+    /// 3339 time> starts the schedule's clock standing at that time; the
+    /// control request {"cmd":"set_time","time":"…"} then moves it.
     Run(run::Args),
     /// Validate a config file and exit; attaches nothing.
     ///
