@@ -21,10 +21,11 @@ RUN cargo build --release --locked -p mirror-user --bin mirror \
 
 # --- Runtime: Debian 12 slim, the binary and the one library it links -------
 # mirror links libelf (libbpf's) and zlib dynamically; zlib is in the slim
-# image, libelf1 is added. Nothing else: no shell tools beyond the base.
+# image, libelf1 is added; tzdata for session schedules in IANA zones
+# (/usr/share/zoneinfo). Nothing else: no shell tools beyond the base.
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libelf1 \
+ && apt-get install -y --no-install-recommends libelf1 tzdata \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/mirror /usr/bin/mirror
 # Root with the capabilities of contrib/mirror.service, given by the runtime

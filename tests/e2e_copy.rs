@@ -291,7 +291,7 @@ fn copy_mode_mirrors_both_directions_of_tcp_and_udp_and_leaves_them_intact() {
     assert_eq!(src.received, src.matched + src.filtered);
     assert_eq!(
         src.matched,
-        src.mirrored + src.sampled_out + src.dropped_total()
+        src.mirrored + src.sampled_out + src.scheduled_out + src.dropped_total()
     );
     assert_eq!(src.dropped_total(), 0, "{src:#?}");
     let (ingress, egress) = (&src.directions["ingress"], &src.directions["egress"]);

@@ -250,7 +250,8 @@ fn rules_added_and_deleted_live_change_what_is_mirrored_exactly() {
             let src = &st.sources["feed"];
             let t = &st.targets["ids0"];
             src.received == total_sent
-                && src.matched == src.mirrored + src.sampled_out + src.dropped_total()
+                && src.matched
+                    == src.mirrored + src.sampled_out + src.scheduled_out + src.dropped_total()
                 && t.enqueued == src.mirrored
                 && t.queued == 0
         });
@@ -486,7 +487,8 @@ fn deleting_an_egress_rule_leaves_the_ingress_rule_of_the_same_number() {
             let src = &st.sources["live"];
             let t = &st.targets["cap"];
             src.received == total
-                && src.matched == src.mirrored + src.sampled_out + src.dropped_total()
+                && src.matched
+                    == src.mirrored + src.sampled_out + src.scheduled_out + src.dropped_total()
                 && t.enqueued == src.mirrored
                 && t.queued == 0
         });

@@ -220,6 +220,15 @@ fn packet_length_cuts_the_copy_and_keeps_the_original_length() {
     // Shorter frames are copied whole.
     let short = tcp(80, 2, 10);
     assert_eq!(fx.run(&short, false)[0].data, short);
+    // The cut is the policy's: set_snap wrote the idle slot and flipped to
+    // it (slot 1), and each record says which slot it saw, for userspace's
+    // half (the rate limit). Flipping back to the whole frame takes the next
+    // frame, in slot 0.
+    assert_eq!(fx.prog.policy_slot(0).expect("slot"), 1);
+    assert_eq!(fx.run(&frame, false)[0].slot, 1);
+    fx.prog.set_snap(0, 0).expect("snap");
+    let rec = &fx.run(&frame, false)[0];
+    assert_eq!((rec.slot, rec.data.len()), (0, frame.len()));
 }
 
 #[test]
@@ -309,8 +318,8 @@ fn copy_mode_samples_exactly_one_in_n_in_both_directions() {
         assert_eq!(d(C::MIRROR_CNT_COPIED), copied);
         assert_eq!(
             d(C::MIRROR_CNT_MATCHED),
-            d(C::MIRROR_CNT_COPIED) + d(C::MIRROR_CNT_SAMPLED_OUT),
-            "matched = copied + sampled_out"
+            d(C::MIRROR_CNT_COPIED) + d(C::MIRROR_CNT_SAMPLED_OUT) + d(C::MIRROR_CNT_SCHEDULED_OUT),
+            "matched = copied + sampled_out + scheduled_out"
         );
     }
     assert_eq!(fx.prog.session_sampled_out(0).expect("counter"), 6);

@@ -761,5 +761,55 @@ fn sampling_mirrors_exactly_one_in_n_and_counts_the_rest() {
         d(C::MIRROR_CNT_REDIRECTED)
             + d(C::MIRROR_CNT_DROP_NO_SOCKET)
             + d(C::MIRROR_CNT_SAMPLED_OUT)
+            + d(C::MIRROR_CNT_SCHEDULED_OUT)
+    );
+}
+
+/// A session's policy switches whole, with one word: the frame after the
+/// flip sees the new slot (its metadata says which, for userspace's half); a
+/// disabled policy mirrors nothing and counts every matched frame
+/// `scheduled_out`, per direction and per session; flipping back re-enables
+/// it with the new slot's sampling.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_policy_flip_takes_effect_with_the_next_frame_and_disabled_counts_scheduled_out() {
+    require_root!();
+    let mut prog = catch_all(1);
+    let frame = eth(0x0800, &ipv4(6, V4A, V4B, 0, 0, &l4(1, 2, 20)));
+    // catch_all's set_sampling already flipped once: slot 1 is in force.
+    let first = prog.policy_slot(0).expect("slot");
+    assert_eq!(meta_of(&prog, &frame).expect("mirrored").slot, first as u8);
+    let policy = |enabled, sample| mirror_user::config::Policy {
+        enabled,
+        sample,
+        rate_limit_pps: 0,
+        packet_length: 0,
+        flow_cutoff_bytes: 0,
+        flow_cutoff_packets: 0,
+    };
+    let before = prog.counters().expect("counters");
+    let off = prog.set_policy(0, &policy(false, 1), false).expect("flip");
+    assert_eq!(off, first ^ 1, "the idle slot");
+    assert_eq!(prog.policy_slot(0).expect("slot"), off);
+    assert!((0..5).all(|_| meta_of(&prog, &frame).is_none()), "disabled");
+    let on = prog
+        .set_policy(0, &policy(true, 2), false)
+        .expect("flip back");
+    assert_eq!(on, first);
+    let metas: Vec<_> = (0..4).filter_map(|_| meta_of(&prog, &frame)).collect();
+    assert_eq!(metas.len(), 2, "1 in 2");
+    assert!(metas.iter().all(|m| m.slot == on as u8));
+    let after = prog.counters().expect("counters");
+    let d = |c: C| after[c.0 as usize] - before[c.0 as usize];
+    assert_eq!(d(C::MIRROR_CNT_MATCHED), 9);
+    assert_eq!(d(C::MIRROR_CNT_SCHEDULED_OUT), 5);
+    assert_eq!(d(C::MIRROR_CNT_SAMPLED_OUT), 2);
+    assert_eq!(prog.session_scheduled_out(0).expect("counter"), 5);
+    assert_eq!(
+        d(C::MIRROR_CNT_MATCHED),
+        d(C::MIRROR_CNT_REDIRECTED)
+            + d(C::MIRROR_CNT_DROP_NO_SOCKET)
+            + d(C::MIRROR_CNT_SAMPLED_OUT)
+            + d(C::MIRROR_CNT_SCHEDULED_OUT)
     );
 }

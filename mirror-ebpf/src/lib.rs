@@ -47,6 +47,10 @@ pub mod limits {
     pub const RING_MIN: u32 = L::MIRROR_RING_MIN.0;
     /// Bytes of `struct mirror_copy` in front of a copy-mode frame.
     pub const COPY_HEADER_LEN: usize = std::mem::size_of::<super::mirror::types::mirror_copy>();
+    /// In `struct mirror_meta`'s session: the frame saw policy slot 1.
+    pub const META_SLOT: u16 = super::mirror::types::mirror_policy_bits::MIRROR_META_SLOT.0 as u16;
+    /// Policy slots per session (`struct mirror_policy`).
+    pub const POLICY_SLOTS: u32 = super::mirror::types::mirror_policy_bits::MIRROR_POLICY_SLOTS.0;
     /// Bytes of `struct mirror_meta` in front of a redirected frame.
     pub const META_LEN: usize = std::mem::size_of::<super::mirror::types::mirror_meta>();
 }

@@ -197,6 +197,17 @@ pub fn start_daemon(
     dir: &mirror_user::lab::TempDir,
     text: &str,
 ) -> (mirror_user::lab::DaemonProcess, mirror_user::config::Config) {
+    start_daemon_with_env(bin, ns, dir, text, &[])
+}
+
+/// [`start_daemon`] with extra environment variables for the daemon.
+pub fn start_daemon_with_env(
+    bin: &str,
+    ns: &mirror_user::lab::Netns,
+    dir: &mirror_user::lab::TempDir,
+    text: &str,
+    env: &[(&str, &str)],
+) -> (mirror_user::lab::DaemonProcess, mirror_user::config::Config) {
     let control = dir.path().join("control.sock");
     let text = text
         .replace("@CONTROL@", &control.to_string_lossy())
@@ -204,13 +215,14 @@ pub fn start_daemon(
     let path = dir.path().join("mirror.toml");
     std::fs::write(&path, &text).expect("write config");
     let cfg = mirror_user::config::parse(&text, "e2e").expect("valid config");
-    let daemon = mirror_user::lab::DaemonProcess::start(
+    let daemon = mirror_user::lab::DaemonProcess::start_with_env(
         ns,
         std::path::Path::new(bin),
         &path,
         &control,
         &dir.path().join("daemon.log"),
         std::time::Duration::from_secs(60),
+        env,
     )
     .expect("daemon starts");
     (daemon, cfg)

@@ -43,6 +43,7 @@ const PACKAGES: &[&str] = &[
     "man-db",       // man: the unit's Documentation= pages, and `man mirror`, are checked
     "util-linux",   // setpriv, prlimit: e2e_service runs the daemon with the unit's capabilities
     "python3-venv", // the venv kubernetes-validate (PyPI) is installed into
+    "tzdata",       // /usr/share/zoneinfo: the zones of session schedules (and their tests)
 ];
 
 /// kubernetes-validate, from PyPI: tests/packaging.rs validates

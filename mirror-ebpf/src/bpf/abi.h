@@ -48,7 +48,7 @@ enum mirror_direction {
  *   RECEIVED = MATCHED + FILTERED
  *   MATCHED  = REDIRECTED + DROP_NO_SOCKET          (tap mode)
  *            + COPIED + DROP_RING_FULL + COPY_ERROR (copy mode)
- *            + SAMPLED_OUT
+ *            + SAMPLED_OUT + SCHEDULED_OUT
  *            + the fast path's frames (per session: `session_kernel`)
  * The PARSE_* slots are diagnostics: a frame counts in at most one of them and
  * is still classified on what could be read. COPY_CUT counts copies (also in
@@ -74,6 +74,8 @@ enum mirror_counter {
 	MIRROR_CNT_COPY_ERROR,      /* should never happen: reading the frame into the record failed */
 	MIRROR_CNT_COPY_CUT,        /* copy mode: frame longer than MIRROR_COPY_MAX, copy cut */
 	MIRROR_CNT_CLASSIFY_SCAN,   /* classified by a bitmap scan: not in the verdict cache */
+	MIRROR_CNT_SCHEDULED_OUT,   /* matched, but its session is disabled (enabled = false,
+				     * or by its schedule's active window) */
 	MIRROR_CNT_MAX,
 };
 
@@ -213,9 +215,37 @@ struct mirror_cache_entry {
  */
 struct mirror_meta {
 	__u16 magic;
-	__u16 session;
+	__u16 session; /* | MIRROR_META_SLOT when the frame saw policy slot 1 */
 	__u32 hash;
 	__u64 tstamp;
+};
+
+/*
+ * A session's policy: everything a schedule window can change, read by every
+ * path through one word. Each session has two slots (session * 2 + slot of
+ * `session_policy`) and `policy_slot[session]` says which is in force:
+ * userspace writes the idle slot whole, then flips the word with one store,
+ * so a frame sees the old settings or the new ones, never a mix. Frames that
+ * go on to userspace carry the slot they saw (MIRROR_META_SLOT, struct
+ * mirror_copy's `slot`), and userspace applies its half of the same slot
+ * (rate limit and cut on the AF_XDP path). All zero is a session mirroring
+ * every frame whole, unlimited.
+ */
+struct mirror_policy {
+	__u32 disabled;       /* 1: mirrors nothing; counted SCHEDULED_OUT */
+	__u32 sample;         /* mirror 1 in N (0 or 1: every frame) */
+	__u32 packet_length;  /* cut copies to N bytes (0: whole frame): the kernel
+			       * path and copy mode's records */
+	__u32 rate_pps;       /* rate_limit_pps (0: none) */
+	__u64 rate_interval;  /* the kernel path's limiter: 1 s / rate_pps, ns (0: none) */
+	__u64 rate_tolerance; /* and its burst, ns (see rate_buckets) */
+	__u64 cutoff_bytes;   /* flow cutoff, 0: off (carried; not acted on yet) */
+	__u64 cutoff_packets;
+};
+
+enum mirror_policy_bits {
+	MIRROR_POLICY_SLOTS = 2,
+	MIRROR_META_SLOT = 0x8000, /* in mirror_meta.session: the frame saw slot 1 */
 };
 
 /*
@@ -237,7 +267,7 @@ struct mirror_copy {
 	__u32 orig_len; /* length of the whole frame */
 	__u32 cap_len;  /* bytes of it that follow */
 	__u32 hash;     /* symmetric flow hash, as in struct mirror_meta */
-	__u32 reserved;
+	__u32 slot;     /* the policy slot the frame saw (struct mirror_policy) */
 	__u64 tstamp;   /* bpf_ktime_get_tai_ns() */
 	__u8 data[];
 };
@@ -298,8 +328,6 @@ struct mirror_fast_count {
  * the same member and only a down member's flows move.
  */
 struct mirror_fast_session {
-	__u32 rate_pps;   /* rate_limit_pps, 0 = none: a token bucket per session,
-			   * a tenth of a second's worth deep */
 	__u8 tunnels;     /* 1: xdp_tap writes the metadata its tunnel programs read;
 			   * 2: with the time stamp (an ERSPAN III target) */
 	__u8 group_n;     /* members of its target group, 0: none */
@@ -325,12 +353,10 @@ struct mirror_pick_count {
 	__u64 rate_limited; /* picked, then over the session's rate limit */
 };
 
-/* A kernel-path session's rate limiter (see rate_buckets in mirror.bpf.c):
- * userspace sets interval and tolerance, the kernel keeps tat. */
+/* A kernel-path session's rate limiter state (see rate_buckets in
+ * mirror.bpf.c); its interval and tolerance are in the session's policy. */
 struct mirror_rate {
-	__u64 tat;       /* CLOCK_MONOTONIC ns the next frame is due; 0: never limited yet */
-	__u64 interval;  /* 1 s / rate_limit_pps, ns */
-	__u64 tolerance; /* how far ahead of tat a frame may come, ns: the burst */
+	__u64 tat; /* CLOCK_MONOTONIC ns the next frame is due; 0: never limited yet */
 };
 
 /* Per kernel-path session with a target group. */

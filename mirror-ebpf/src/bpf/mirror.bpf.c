@@ -83,8 +83,10 @@ struct {
  * equivalent with one word of state, the theoretical arrival time `tat` of
  * the next frame, advanced by `interval` (1 s / rate) per frame passed; a
  * frame passes when it is no more than `tolerance` ((burst - 1) intervals,
- * burst = a tenth of a second's worth, at least 1) ahead of it. Updated by
- * compare-and-swap: no lock, no interrupts turned off.
+ * burst = a tenth of a second's worth, at least 1) ahead of it. Interval and
+ * tolerance are the session's policy's (struct mirror_policy), so a schedule
+ * window changes the rate, not the state. Updated by compare-and-swap: no
+ * lock, no interrupts turned off.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -155,6 +157,15 @@ struct {
 	__type(value, __u64);
 } session_matched SEC(".maps");
 
+/* Matched frames left out because the session is disabled (enabled = false
+ * or its schedule's active window), indexed by session. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MIRROR_MAX_SESSIONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} session_scheduled_out SEC(".maps");
+
 /* Matched frames skipped by their session's sampling, indexed by session. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -173,15 +184,19 @@ struct {
 } copies SEC(".maps");
 
 /*
- * Per-session 1-in-N sampling, set by userspace before the program is attached
- * (0 or 1 = every frame). The sequence is one shared atomic per session rather
- * than per CPU, so exactly ceil(matched / N) frames are mirrored whatever CPU
- * and direction they arrive on; it is touched only by sessions that sample.
+ * Each session's two policy slots and the word that picks one (see struct
+ * mirror_policy), written by userspace: whole before the programs attach,
+ * then at each schedule edge (the idle slot, then the word).
  */
-__u32 session_sample[MIRROR_MAX_SESSIONS];
+struct mirror_policy session_policy[MIRROR_MAX_SESSIONS * MIRROR_POLICY_SLOTS];
+__u32 policy_slot[MIRROR_MAX_SESSIONS];
+/*
+ * Per-session 1-in-N sampling (the policy's `sample`): the sequence is one
+ * shared atomic per session rather than per CPU, so exactly ceil(matched / N)
+ * frames are mirrored whatever CPU and direction they arrive on; it is
+ * touched only by sessions that sample.
+ */
 __u64 session_sample_seq[MIRROR_MAX_SESSIONS];
-/* Copy mode: bytes of each frame the session copies (0 = whole frame). */
-__u32 session_snap[MIRROR_MAX_SESSIONS];
 /*
  * Copy mode: wake the reader only once this many bytes wait in the ring (it
  * also polls every millisecond); 0 = the ring's default (wake whenever the
@@ -223,6 +238,8 @@ struct mirror_tunnel abi_anchor_tunnel = {};
 struct mirror_pick_count abi_anchor_pick_count = {};
 struct mirror_group_count abi_anchor_group_count = {};
 struct mirror_rate abi_anchor_rate = {};
+struct mirror_policy abi_anchor_policy = {};
+enum mirror_policy_bits abi_anchor_policy_bits = MIRROR_POLICY_SLOTS;
 struct mirror_tunnel_stats abi_anchor_tunnel_stats = {};
 enum mirror_tunnel_kind abi_anchor_tunnel_kind = MIRROR_TUN_NONE;
 enum mirror_tunnel_flags abi_anchor_tunnel_flags = MIRROR_TUN_F_IPV6;
@@ -248,17 +265,25 @@ static __always_inline void count_session(void *map, __u32 session)
 		*v += 1;
 }
 
-/* True when the session's 1-in-N sampling skips this frame. */
-static __always_inline bool sampled_out(__u32 session)
+/* True when 1-in-`n` sampling skips this frame of the session. */
+static __always_inline bool sampled_out(__u32 session, __u32 n)
 {
-	__u32 n;
-
 	if (session >= MIRROR_MAX_SESSIONS)
 		return false;
-	n = session_sample[session];
 	if (n <= 1)
 		return false;
 	return __sync_fetch_and_add(&session_sample_seq[session], 1) % n != 0;
+}
+
+/* The policy in force for a frame of `session`: one read of its slot word,
+ * so everything after sees one whole slot. */
+static __always_inline const struct mirror_policy *policy_of(__u32 session, __u32 *slot)
+{
+	__u32 s = session & (MIRROR_MAX_SESSIONS - 1);
+	__u32 i = *(volatile __u32 *)&policy_slot[s] & (MIRROR_POLICY_SLOTS - 1);
+
+	*slot = i;
+	return &session_policy[s * MIRROR_POLICY_SLOTS + i];
 }
 
 /* Puts the session, flow hash and (when `stamp`: it costs a clock read) the
@@ -289,10 +314,13 @@ static __always_inline void write_meta(struct xdp_md *ctx, __u32 session, __u32 
 }
 
 /*
- * Classifies a parsed frame and applies its session's sampling. Returns the
- * session that mirrors it, or -1 (filtered or sampled out). Counted.
+ * Classifies a parsed frame and applies its session's policy (disabled,
+ * sampling). Returns the session that mirrors it, with the policy it saw in
+ * `*pol` and that policy's slot in `*slot`, or -1 (filtered, scheduled out or
+ * sampled out). Counted.
  */
-static __always_inline __s32 select_session(struct pkt *p, __u32 dir, __u32 parse_result)
+static __always_inline __s32 select_session(struct pkt *p, __u32 dir, __u32 parse_result,
+					    const struct mirror_policy **pol, __u32 *slot)
 {
 	bool scanned = false;
 	__s32 session;
@@ -312,7 +340,13 @@ static __always_inline __s32 select_session(struct pkt *p, __u32 dir, __u32 pars
 	}
 	count(dir, MIRROR_CNT_MATCHED);
 	count_session(&session_matched, session);
-	if (sampled_out(session)) {
+	*pol = policy_of(session, slot);
+	if ((*pol)->disabled) {
+		count(dir, MIRROR_CNT_SCHEDULED_OUT);
+		count_session(&session_scheduled_out, session);
+		return -1;
+	}
+	if (sampled_out(session, (*pol)->sample)) {
 		count(dir, MIRROR_CNT_SAMPLED_OUT);
 		count_session(&session_sampled_out, session);
 		return -1;
@@ -349,21 +383,22 @@ static __always_inline __u32 count_too_big(__u64 s, __u32 len, __u32 keys)
 	return skipped;
 }
 
-/* True when the session's limiter lets this frame pass (see rate_buckets). */
-static __always_inline bool take_token(__u32 session)
+/* True when the session's limiter lets this frame pass (see rate_buckets),
+ * at the policy's rate. */
+static __always_inline bool take_token(__u32 session, const struct mirror_policy *pol)
 {
 	struct mirror_rate *b = bpf_map_lookup_elem(&rate_buckets, &session);
-	__u64 now, old, tat;
+	__u64 now, old, tat, interval = pol->rate_interval, tolerance = pol->rate_tolerance;
 
-	if (!b || !b->interval)
+	if (!b || !interval)
 		return true;
 	now = bpf_ktime_get_ns();
 	for (int i = 0; i < 8; i++) {
 		old = b->tat;
 		tat = old > now ? old : now;
-		if (tat - now > b->tolerance)
+		if (tat - now > tolerance)
 			return false;
-		if (__sync_val_compare_and_swap(&b->tat, old, tat + b->interval) == old)
+		if (__sync_val_compare_and_swap(&b->tat, old, tat + interval) == old)
 			return true;
 	}
 	return false; /* eight CPUs raced for it: counted as over the limit */
@@ -443,7 +478,8 @@ static __always_inline void count_pick(__u32 session, __u32 key, __u32 len, int 
  * group member, apply the rate limit, cut to packet_length, count, and
  * redirect to the variant's DEVMAP (broadcast for several destinations).
  */
-static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s)
+static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s,
+				     const struct mirror_policy *pol)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -462,7 +498,7 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s)
 		if (all_down)
 			variant = f->group_n;
 	}
-	if (f->rate_pps && !take_token(key)) {
+	if (pol->rate_interval && !take_token(key, pol)) {
 		__u64 *rl = bpf_map_lookup_elem(&session_rate_limited, &key);
 
 		if (rl)
@@ -471,7 +507,7 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s)
 			count_pick(key, member, 0, 2);
 		return XDP_DROP;
 	}
-	snap = session_snap[s & (MIRROR_MAX_SESSIONS - 1)];
+	snap = pol->packet_length;
 	if (snap && len > snap) {
 		if (!bpf_xdp_adjust_tail(ctx, (int)snap - (int)len))
 			len = snap;
@@ -521,26 +557,27 @@ static __always_inline int try_xdp_tap(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	const struct mirror_policy *pol = 0;
 	struct pkt p = {};
-	__u32 why;
+	__u32 why, slot = 0;
 	__s32 session;
 	__u64 s;
 	long verdict;
 
 	why = parse_frame(data, data_end, &p);
-	session = select_session(&p, MIRROR_DIR_INGRESS, why);
+	session = select_session(&p, MIRROR_DIR_INGRESS, why, &pol, &slot);
 	if (session < 0)
 		return XDP_DROP;
 	/* In range (select_session bounds it), checked where the verifier sees
 	 * it: `s` indexes the per-session arrays. */
 	s = (__u32)session; /* 64-bit: the check and the index use one register */
 	barrier_var(s);
-	if (s >= MIRROR_MAX_SESSIONS)
+	if (s >= MIRROR_MAX_SESSIONS || !pol)
 		return XDP_DROP;
 	if (fast_session[s].active)
-		return fast_path(ctx, &p, s);
+		return fast_path(ctx, &p, s, pol);
 
-	write_meta(ctx, session, flow_hash(&p, data, data_end));
+	write_meta(ctx, session | (slot ? MIRROR_META_SLOT : 0), flow_hash(&p, data, data_end));
 	verdict = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_DROP);
 	if (verdict == XDP_REDIRECT)
 		count(MIRROR_DIR_INGRESS, MIRROR_CNT_REDIRECTED);
@@ -870,13 +907,14 @@ static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data
 				     __u32 frame_len, __u32 ifindex, __u32 dir, bool gso)
 {
 	struct copy_job job = { .ctx = ctx, .xdp = xdp };
+	const struct mirror_policy *pol = 0;
 	struct pkt p = {};
-	__u32 why, snap, cap;
+	__u32 why, snap, cap, slot = 0;
 	__s32 session;
 
 	why = parse_frame(data, data_end, &p);
-	session = select_session(&p, dir, why);
-	if (session < 0 || session >= MIRROR_MAX_SESSIONS)
+	session = select_session(&p, dir, why, &pol, &slot);
+	if (session < 0 || session >= MIRROR_MAX_SESSIONS || !pol)
 		return;
 	if (!xdp && clone_ndests[session]) {
 		/* The kernel path: clones, no record (the packet pointers are
@@ -886,7 +924,7 @@ static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data
 	}
 
 	cap = frame_len;
-	snap = session_snap[session];
+	snap = pol->packet_length;
 	if (snap && snap < cap)
 		cap = snap;
 	if (cap > MIRROR_COPY_MAX) {
@@ -897,6 +935,7 @@ static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data
 	if (gso)
 		job.hdr.flags |= MIRROR_COPY_F_GSO;
 	job.hdr.session = session;
+	job.hdr.slot = slot;
 	job.hdr.direction = dir;
 	job.hdr.ifindex = ifindex;
 	job.hdr.orig_len = frame_len;

@@ -87,7 +87,10 @@ pub enum Command {
     /// target, serves counters on the control socket (and to Prometheus at
     /// GET /metrics when [daemon] metrics is set), and logs to stderr.
     /// Programs are attached through BPF links: if the daemon dies, the kernel
-    /// detaches them.
+    /// detaches them. Sessions with [[session.schedule]] windows switch
+    /// settings at each window edge (logged). For tests, MIRROR_FAKE_NOW=<RFC
+    /// 3339 time> starts the schedule's clock standing at that time; the
+    /// control request {"cmd":"set_time","time":"…"} then moves it.
     Run(run::Args),
     /// Validate a config file and exit; attaches nothing.
     ///
@@ -96,10 +99,13 @@ pub enum Command {
     Check(check::Args),
     /// Show the running daemon's counters.
     ///
-    /// Per source: received, matched, filtered, sampled_out, mirrored,
-    /// dropped by reason (copy mode also per direction: copied, cloned,
-    /// ring_full, copy_cut). Per session: matched, mirrored, sampled_out,
-    /// rate_limited, path ("kernel": in the kernel, a DEVMAP broadcast in
+    /// Per source: received, matched, filtered, sampled_out, scheduled_out,
+    /// mirrored, dropped by reason (copy mode also per direction: copied,
+    /// cloned, ring_full, copy_cut). Per session: matched, mirrored,
+    /// sampled_out, scheduled_out (left out while the session was disabled:
+    /// enabled = false or its schedule), rate_limited, a scheduled session's
+    /// active window ("window N (days hours zone)" or "none") and next edge,
+    /// path ("kernel": in the kernel, a DEVMAP broadcast in
     /// tap mode, tcx clones in copy mode; "af_xdp" / "ring_buffer": through
     /// userspace, tap / copy mode). Per target: enqueued, sent_packets, sent_bytes,
     /// truncated, shared_umem (sent from the source's UMEM without a copy),

@@ -108,13 +108,18 @@ pub fn render(s: &Stats) -> String {
         }
     }
     out.push_str(&format!(
-        "{:<16} {:>12} {:>12}  {}\n",
-        "SESSION", "matched", "mirrored", "path"
+        "{:<16} {:>12} {:>12} {:>12} {:>13}  {}\n",
+        "SESSION", "matched", "mirrored", "sampled_out", "scheduled_out", "path"
     ));
     for (name, v) in &s.sessions {
+        let window = match (&v.schedule_window, &v.schedule_next_edge) {
+            (Some(w), Some(edge)) => format!("   schedule: {w}, next edge {edge}"),
+            (Some(w), None) => format!("   schedule: {w}"),
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "{:<16} {:>12} {:>12}  {}\n",
-            name, v.matched, v.mirrored, v.path
+            "{:<16} {:>12} {:>12} {:>12} {:>13}  {}{window}\n",
+            name, v.matched, v.mirrored, v.sampled_out, v.scheduled_out, v.path
         ));
     }
     out.push_str(&format!(
@@ -151,4 +156,54 @@ pub fn render(s: &Stats) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::stats::SessionStats;
+
+    #[test]
+    fn the_table_shows_scheduled_out_and_a_scheduled_sessions_window_and_next_edge() {
+        let mut s = Stats::default();
+        s.sessions.insert(
+            "night".into(),
+            SessionStats {
+                path: "af_xdp".into(),
+                matched: 40,
+                mirrored: 10,
+                sampled_out: 30,
+                scheduled_out: 7,
+                schedule_window: Some("window 1 (mon-fri 08:00-18:00 UTC)".into()),
+                schedule_next_edge: Some("2026-12-07T18:00:00Z".into()),
+                ..Default::default()
+            },
+        );
+        s.sessions.insert(
+            "plain".into(),
+            SessionStats {
+                path: "kernel".into(),
+                ..Default::default()
+            },
+        );
+        let text = render(&s);
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} line in:\n{text}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(
+            line("SESSION"),
+            "SESSION matched mirrored sampled_out scheduled_out path"
+        );
+        assert_eq!(
+            line("night"),
+            "night 40 10 30 7 af_xdp schedule: window 1 (mon-fri 08:00-18:00 UTC), next edge \
+             2026-12-07T18:00:00Z"
+        );
+        assert_eq!(line("plain"), "plain 0 0 0 0 kernel");
+    }
 }

@@ -7,11 +7,13 @@
 //! comes back ([`model`]) is fully resolved: names are indices, CIDRs are
 //! parsed, ranges are ordered. [`values`] parses the value syntaxes shared by
 //! the sections (sizes, ports, protocols, interface names); [`cpus`] the
-//! `[daemon] cpus` list. This module depends on nothing else in the crate.
+//! `[daemon] cpus` list; [`schedule`] the `[[session.schedule]]` windows and
+//! their maths. This module depends on nothing else in the crate.
 
 pub mod cpus;
 pub mod model;
 pub mod raw;
+pub mod schedule;
 mod validate;
 pub mod values;
 

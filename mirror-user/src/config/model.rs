@@ -336,6 +336,59 @@ pub struct Session {
     pub rate_limit_pps: u32,
     /// Which path serves the session: see [`Config::kernel_path_obstacle`].
     pub path: SessionPath,
+    /// `enabled = false`: the session mirrors nothing (counted `scheduled_out`)
+    /// outside the windows that enable it.
+    pub enabled: bool,
+    /// `[[session.schedule]]` windows, in file order; none overlap.
+    pub schedule: Vec<crate::config::schedule::Window>,
+}
+
+/// What a session does with the frames it accepts at one moment: its own
+/// settings, or a schedule window's overrides of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub enabled: bool,
+    pub sample: u32,
+    pub rate_limit_pps: u32,
+    pub packet_length: u32,
+    /// Carried for the flow cutoff (0: off); window keys only so far.
+    pub flow_cutoff_bytes: u64,
+    pub flow_cutoff_packets: u64,
+}
+
+impl Session {
+    /// The settings in force in window `window` (`None`: outside every window).
+    pub fn policy(&self, window: Option<usize>) -> Policy {
+        let base = Policy {
+            enabled: self.enabled,
+            sample: self.sample,
+            rate_limit_pps: self.rate_limit_pps,
+            packet_length: self.packet_length,
+            flow_cutoff_bytes: 0,
+            flow_cutoff_packets: 0,
+        };
+        let Some(o) = window
+            .and_then(|w| self.schedule.get(w))
+            .map(|w| w.overrides)
+        else {
+            return base;
+        };
+        Policy {
+            enabled: o.enabled.unwrap_or(base.enabled),
+            sample: o.sample.unwrap_or(base.sample),
+            rate_limit_pps: o.rate_limit_pps.unwrap_or(base.rate_limit_pps),
+            packet_length: o.packet_length.unwrap_or(base.packet_length),
+            flow_cutoff_bytes: o.flow_cutoff_bytes.unwrap_or(base.flow_cutoff_bytes),
+            flow_cutoff_packets: o.flow_cutoff_packets.unwrap_or(base.flow_cutoff_packets),
+        }
+    }
+
+    /// Every policy the session can be in: its own, then each window's.
+    pub fn policies(&self) -> impl Iterator<Item = Policy> + '_ {
+        std::iter::once(None)
+            .chain((0..self.schedule.len()).map(Some))
+            .map(|w| self.policy(w))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -455,10 +508,10 @@ impl Config {
     pub(crate) fn clone_path_obstacle(&self, session: usize) -> Option<String> {
         let s = &self.sessions[session];
         let src = &self.sources[s.source];
-        if s.rate_limit_pps != 0 {
+        if s.policies().any(|p| p.rate_limit_pps != 0) {
             return Some("rate_limit_pps is applied in userspace".into());
         }
-        if s.packet_length != 0 {
+        if s.policies().any(|p| p.packet_length != 0) {
             return Some(
                 "packet_length is applied in userspace (the kernel path clones whole frames)"
                     .into(),

@@ -303,7 +303,8 @@ pub struct RawSchedule {
     pub timezone: Option<Spanned<String>>,
     pub sample: Option<Spanned<i64>>,
     pub rate_limit_pps: Option<Spanned<i64>>,
-    #[serde(default)]
-    pub path: Option<Spanned<SessionPath>>,
+    pub packet_length: Option<Spanned<i64>>,
     pub enabled: Option<Spanned<bool>>,
+    pub flow_cutoff_bytes: Option<Spanned<i64>>,
+    pub flow_cutoff_packets: Option<Spanned<i64>>,
 }

@@ -194,12 +194,7 @@ fn unknown_names_list_what_is_defined() {
 }
 
 #[test]
-fn features_not_built_yet_are_refused_clearly() {
-    let e = errors(&GOOD.replace("priority = 1", "priority = 1\nenabled = false"));
-    assert!(
-        e[0].contains("enabled = false is not supported yet"),
-        "{e:?}"
-    );
+fn egress_on_a_tap_source_is_refused_clearly() {
     let e = errors(&GOOD.replace(
         "interface = \"eth1\"",
         "interface = \"eth1\"\ndirection = \"egress\"",
@@ -1154,4 +1149,276 @@ fn a_bad_metrics_address_is_reported_at_its_value() {
         "control_socket = \"/tmp/m.sock\"\nmetrics = 9464",
     ));
     assert!(e[0].starts_with("t.toml:4:11: "), "{e:?}");
+}
+
+/// GOOD's session with `extra` after its keys (schedule windows and such).
+fn scheduled(extra: &str) -> String {
+    format!("{GOOD}{extra}")
+}
+
+#[test]
+fn a_disabled_session_parses_with_enabled_false_in_its_policy() {
+    let c = parse(
+        &GOOD.replace("priority = 1", "priority = 1\nenabled = false"),
+        "t.toml",
+    )
+    .expect("valid");
+    let s = &c.sessions[0];
+    assert!(!s.enabled);
+    assert!(!s.policy(None).enabled);
+    assert!(s.schedule.is_empty());
+}
+
+#[test]
+fn schedule_windows_parse_with_their_overrides_and_defaults() {
+    let c = parse(
+        &scheduled(
+            r#"
+sample = 4
+rate_limit_pps = 1000
+[[session.schedule]]
+days = "mon-fri"
+hours = "08:00-18:00"
+timezone = "Europe/Berlin"
+sample = 1
+packet_length = 128
+[[session.schedule]]
+days = "mon-fri"
+hours = "18:00-08:00"
+timezone = "Europe/Berlin"
+enabled = false
+[[session.schedule]]
+days = "sat,sun"
+hours = "08:00-24:00"
+timezone = "Europe/Berlin"
+rate_limit_pps = 0
+flow_cutoff_bytes = 0
+"#,
+        ),
+        "t.toml",
+    )
+    .expect("valid");
+    let s = &c.sessions[0];
+    assert_eq!(s.schedule.len(), 3);
+    let w = &s.schedule[0];
+    assert_eq!((w.days, w.start, w.end), (0b1_1111, 480, 1080));
+    assert_eq!(w.zone.name(), "Europe/Berlin");
+    assert_eq!(
+        crate::config::schedule::describe(&s.schedule[2]),
+        "sat,sun 08:00-24:00 Europe/Berlin"
+    );
+    let base = s.policy(None);
+    assert_eq!(
+        (
+            base.enabled,
+            base.sample,
+            base.rate_limit_pps,
+            base.packet_length
+        ),
+        (true, 4, 1000, 0)
+    );
+    let p = s.policy(Some(0));
+    assert_eq!(
+        (p.enabled, p.sample, p.rate_limit_pps, p.packet_length),
+        (true, 1, 1000, 128),
+        "a window overrides what it names, the rest is the session's"
+    );
+    assert!(!s.policy(Some(1)).enabled);
+    assert_eq!(s.policy(Some(1)).sample, 4);
+    assert_eq!(s.policy(Some(2)).rate_limit_pps, 0);
+}
+
+#[test]
+fn overlapping_windows_are_errors_at_the_later_windows_hours() {
+    let text = scheduled(
+        r#"
+[[session.schedule]]
+days = "mon-fri"
+hours = "08:00-18:00"
+timezone = "UTC"
+[[session.schedule]]
+days = "fri"
+hours = "17:00-20:00"
+timezone = "UTC"
+"#,
+    );
+    let e = errors(&text);
+    let line = text
+        .lines()
+        .position(|l| l == "hours = \"17:00-20:00\"")
+        .expect("line")
+        + 1;
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(&format!("t.toml:{line}:9: session[0].schedule[1].hours")),
+        "{e:?}"
+    );
+    assert!(
+        e[0].contains(
+            "window 2 (fri 17:00-20:00 UTC) overlaps window 1 (mon-fri 08:00-18:00 UTC) on fri at 17:00"
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_night_window_overlapping_the_next_mornings_window_is_an_error() {
+    // Sunday 22:00-06:00 runs into Monday, where 05:00-09:00 starts.
+    let e = errors(&scheduled(
+        r#"
+[[session.schedule]]
+days = "sun"
+hours = "22:00-06:00"
+timezone = "UTC"
+[[session.schedule]]
+days = "mon"
+hours = "05:00-09:00"
+timezone = "UTC"
+"#,
+    ));
+    assert!(
+        e[0].contains("overlaps window 1") && e[0].contains("on mon at 05:00"),
+        "{e:?}"
+    );
+    // Adjacent windows are fine.
+    parse(
+        &scheduled(
+            r#"
+[[session.schedule]]
+days = "sun"
+hours = "22:00-06:00"
+timezone = "UTC"
+[[session.schedule]]
+days = "mon"
+hours = "06:00-09:00"
+timezone = "UTC"
+"#,
+        ),
+        "t.toml",
+    )
+    .expect("adjacent windows are valid");
+}
+
+#[test]
+fn bad_days_hours_zones_and_values_in_windows_are_errors_at_their_keys() {
+    let text = scheduled(
+        r#"
+[[session.schedule]]
+days = "mon-fry"
+hours = "8-18"
+timezone = "Mars/Olympus"
+sample = 0
+packet_length = 10
+"#,
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 5, "{e:?}");
+    let line = |key: &str| text.lines().position(|l| l.starts_with(key)).expect("key") + 1;
+    let days = line("days =");
+    assert!(
+        e[0].starts_with(&format!("t.toml:{days}:8: session[0].schedule[0].days")),
+        "{e:?}"
+    );
+    assert!(e[0].contains("`fry` is not a day"), "{e:?}");
+    assert!(
+        e[1].contains("schedule[0].hours = \"8-18\": `8` is not a time"),
+        "{e:?}"
+    );
+    let tz = line("timezone =");
+    assert!(
+        e[2].starts_with(&format!("t.toml:{tz}:12: session[0].schedule[0].timezone")),
+        "{e:?}"
+    );
+    assert!(e[2].contains("unknown time zone `Mars/Olympus`"), "{e:?}");
+    assert!(
+        e[3].contains("schedule[0].sample = 0 is out of range"),
+        "{e:?}"
+    );
+    assert!(
+        e[4].contains("schedule[0].packet_length (0 = whole frame) = 10 is out of range"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn windows_of_one_session_in_two_zones_are_an_error() {
+    let e = errors(&scheduled(
+        r#"
+[[session.schedule]]
+hours = "08:00-12:00"
+timezone = "UTC"
+[[session.schedule]]
+hours = "13:00-18:00"
+timezone = "America/New_York"
+"#,
+    ));
+    assert!(
+        e[0].contains("window 2 is in America/New_York but window 1 is in UTC"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn unknown_keys_in_a_window_are_errors() {
+    let e = errors(&scheduled(
+        r#"
+[[session.schedule]]
+hours = "08:00-12:00"
+path = "kernel"
+"#,
+    ));
+    assert!(e[0].contains("unknown field `path`"), "{e:?}");
+}
+
+#[test]
+fn a_flow_cutoff_in_a_window_is_refused_until_the_cutoff_is_built() {
+    let e = errors(&scheduled(
+        r#"
+[[session.schedule]]
+hours = "08:00-12:00"
+flow_cutoff_packets = 10
+"#,
+    ));
+    assert!(
+        e[0].contains("schedule[0].flow_cutoff_packets: flow cutoff is not supported yet"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_window_with_rate_or_length_keeps_a_copy_session_off_the_clone_path() {
+    let text = r#"
+[daemon]
+control_socket = "/tmp/m.sock"
+[[source]]
+name = "live"
+interface = "eth1"
+mode = "copy"
+ingress_hook = "tc"
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+[[target]]
+name = "ids0"
+kind = "interface"
+interface = "eth2"
+[[session]]
+name = "s"
+source = "live"
+filter = "all"
+targets = ["ids0"]
+"#;
+    let c = parse(text, "t.toml").expect("valid");
+    assert_eq!(c.clone_path_obstacle(0), None);
+    let c = parse(
+        &format!("{text}[[session.schedule]]\nhours = \"08:00-18:00\"\nrate_limit_pps = 5\n"),
+        "t.toml",
+    )
+    .expect("valid");
+    assert!(c
+        .clone_path_obstacle(0)
+        .is_some_and(|w| w.contains("rate_limit_pps")));
 }

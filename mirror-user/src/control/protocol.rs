@@ -24,6 +24,11 @@ pub enum Request {
         direction: Direction,
     },
     Reload,
+    /// Test clock: moves the fake clock to `time` (RFC 3339) and switches
+    /// the schedules; refused unless the daemon started with MIRROR_FAKE_NOW.
+    SetTime {
+        time: String,
+    },
 }
 
 impl Request {

@@ -178,6 +178,13 @@ fn handle(req: Request, engine: &Engine, config_path: &Path) -> Reply {
             rules::delete(c, &filter, number, direction)?;
             Ok(())
         })),
+        Request::SetTime { time } => match engine.set_time(&time) {
+            Ok(()) => Reply {
+                ok: true,
+                ..Default::default()
+            },
+            Err(e) => Reply::error(format!("{e:#}")),
+        },
         Request::Reload => {
             let result = reload(engine, config_path);
             match &result {

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use anyhow::{bail, Context, Result};
 
 use super::plan::{join_host, plan_paths, resolve_hops, share_plan, Hops, PathChoice};
+use super::schedule::{Entry, Scheduler};
 use super::session::SessionPlan;
 use super::source::{rule_count, source_rule_sets, Prepared, Source};
 use super::worker::{copy_reader, worker, COPY_WAKE_BYTES};
@@ -88,11 +89,18 @@ pub struct Engine {
     pub(super) started: Arc<AtomicBool>,
     pub(super) workers: Vec<JoinHandle<()>>,
     pub(super) senders: Vec<JoinHandle<()>>,
+    /// Per session: the schedule position its policy was set for at start.
+    started_at: Vec<Option<crate::config::schedule::Position>>,
+    /// Switches scheduled sessions at their window edges.
+    pub(super) scheduler: Arc<Scheduler>,
 }
 
 impl Engine {
     /// Opens every target, loads and attaches every source.
     pub fn start(config: Config) -> Result<Engine> {
+        if let Some(t) = super::clock::init_from_env().map_err(anyhow::Error::msg)? {
+            tracing::warn!(now = %t, "running on a fake clock ({}): the schedule goes by it, and the control request set_time moves it", super::clock::FAKE_NOW_ENV);
+        }
         let sources = config.sources.len();
         let target_ifindex = config
             .targets
@@ -130,7 +138,10 @@ impl Engine {
             started: Arc::new(AtomicBool::new(false)),
             workers: Vec::new(),
             senders: Vec::new(),
+            started_at: Vec::new(),
+            scheduler: Arc::new(Scheduler::new(&[], Vec::new(), Vec::new())),
         };
+        engine.started_at = vec![None; engine.config.sessions.len()];
         let share = share_plan(&engine.config);
         let mut hosts: Vec<Option<UmemHost>> = (0..sources).map(|_| None).collect();
         for (ti, &shared_by) in share.iter().enumerate() {
@@ -172,8 +183,49 @@ impl Engine {
                 .context("spawning the kernel-path targets' link thread")?;
             engine.workers.push(handle);
         }
+        engine.start_scheduler()?;
         engine.started.store(true, Ordering::Release);
         Ok(engine)
+    }
+
+    /// The scheduler thread, when a session has a schedule: each session is
+    /// in the policy its source was started with, the thread takes it on.
+    fn start_scheduler(&mut self) -> Result<()> {
+        let mut entries = Vec::new();
+        let mut started = Vec::new();
+        for src in &self.sources {
+            for (kidx, &s) in src.sessions.iter().enumerate() {
+                if let Some(p) = self.started_at[s] {
+                    entries.push(Entry {
+                        session: s,
+                        source: src.clone(),
+                        kidx: kidx as u32,
+                    });
+                    started.push(p);
+                }
+            }
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let scheduler = Arc::new(Scheduler::new(&self.config.sessions, entries, started));
+        self.scheduler = scheduler.clone();
+        let handle = std::thread::Builder::new()
+            .name("schedule".into())
+            .spawn(move || scheduler.run())
+            .context("spawning the schedule thread")?;
+        self.workers.push(handle);
+        Ok(())
+    }
+
+    /// Test clock: moves the fake clock to `time` (RFC 3339) and switches
+    /// every scheduled session whose window that changes, before returning.
+    /// Refused unless the daemon started with `MIRROR_FAKE_NOW`.
+    pub fn set_time(&self, time: &str) -> Result<()> {
+        let t = super::clock::parse_time(time).map_err(anyhow::Error::msg)?;
+        self.scheduler.set_time(t).map_err(anyhow::Error::msg)?;
+        tracing::info!(now = %t, "fake clock set");
+        Ok(())
     }
 
     /// Opens target `ti` and starts its sender. `share`: the tap source that
@@ -277,17 +329,37 @@ impl Engine {
             .map(|&s| SessionPlan::new(&self.config, s, &self.targets, &self.groups))
             .collect();
         let paths: Vec<PathChoice> = sessions.iter().map(|&s| self.paths[s].clone()).collect();
+        let now = super::clock::now();
         for (k, &s) in sessions.iter().enumerate() {
             let sess = &self.config.sessions[s];
+            // The policy in force now (a window's, or the session's own),
+            // in slot 0 of the kernel and of the plan, before anything attaches.
+            let window = if sess.schedule.is_empty() {
+                None
+            } else {
+                let pos = crate::config::schedule::position(&sess.schedule, now);
+                self.started_at[s] = Some(pos);
+                tracing::info!(
+                    session = %sess.name,
+                    "session {}: {} active until {}",
+                    sess.name,
+                    match pos.active {
+                        Some(i) => format!(
+                            "window {} ({})",
+                            i + 1,
+                            crate::config::schedule::describe(&sess.schedule[i])
+                        ),
+                        None => "no window (the session's own settings)".into(),
+                    },
+                    pos.next_edge.map_or_else(|| "further notice".into(), |t| t.to_string())
+                );
+                pos.active
+            };
+            let policy = sess.policy(window);
+            plans[k].set_slot(0, &policy);
             program
-                .set_sampling(k as u32, sess.sample)
-                .with_context(|| format!("source `{}`: setting the sampling", cfg.name))?;
-            if cfg.mode == SourceMode::Copy {
-                // Copy mode cuts in the kernel: only packet_length bytes cross.
-                program
-                    .set_snap(k as u32, sess.packet_length)
-                    .with_context(|| format!("source `{}`: setting packet_length", cfg.name))?;
-            }
+                .set_policy(k as u32, &policy, true)
+                .with_context(|| format!("source `{}`: setting the session policies", cfg.name))?;
         }
         let prepared = Prepared {
             program,
@@ -495,8 +567,6 @@ impl Engine {
             let fast = FastSession {
                 dests: devices,
                 group,
-                rate_pps: sess.rate_limit_pps,
-                snap: sess.packet_length,
             };
             prepared
                 .program
@@ -738,6 +808,7 @@ impl Engine {
     }
 
     fn stop(&mut self) {
+        self.scheduler.stop();
         for s in &self.sources {
             if let Ok(mut p) = s.program.lock() {
                 p.detach();

@@ -35,6 +35,7 @@ pub mod clock;
 mod clones;
 pub mod engine;
 pub mod plan;
+pub mod schedule;
 pub mod session;
 mod source;
 pub mod stats;

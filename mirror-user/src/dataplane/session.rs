@@ -5,11 +5,11 @@
 //! Sampling (`sample`) happens earlier, in the kernel, so sampled-out frames
 //! never cross into userspace.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::config::{Config, Dest};
+use crate::config::{Config, Dest, Policy};
 use crate::kernel::xsk::Loan;
 use crate::target::group::TargetGroup;
 use crate::target::{Frame, TargetDrop, TargetQueue};
@@ -36,9 +36,12 @@ pub struct SessionPlan {
     dests: Vec<DestQueue>,
     /// Every queue the session can reach (groups expanded), to wake after a batch.
     pub queues: Vec<Arc<TargetQueue>>,
-    packet_length: usize,
     pub vni: u32,
-    limiter: Option<Mutex<TokenBucket>>,
+    /// The userspace half of each policy slot (`struct mirror_policy`):
+    /// a frame is cut and rate-limited by the slot the kernel saw for it.
+    slots: [SlotPolicy; 2],
+    /// The slot in force, for frames that carry none (no XDP metadata).
+    current: AtomicU8,
     /// Frames handed to the targets.
     pub mirrored: AtomicU64,
     /// Frames over the rate limit.
@@ -55,7 +58,7 @@ impl SessionPlan {
         groups: &[Arc<TargetGroup>],
     ) -> SessionPlan {
         let sess = &config.sessions[s];
-        SessionPlan {
+        let plan = SessionPlan {
             name: sess.name.clone(),
             dests: sess
                 .targets
@@ -70,13 +73,15 @@ impl SessionPlan {
                 .into_iter()
                 .map(|t| targets[t].clone())
                 .collect(),
-            packet_length: sess.packet_length as usize,
             vni: sess.vni,
-            limiter: (sess.rate_limit_pps > 0)
-                .then(|| Mutex::new(TokenBucket::new(sess.rate_limit_pps))),
+            slots: [SlotPolicy::default(), SlotPolicy::default()],
+            current: AtomicU8::new(0),
             mirrored: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
-        }
+        };
+        // The session's own settings until the schedule says otherwise.
+        plan.set_slot(0, &sess.policy(None));
+        plan
     }
 
     /// Offers `frame` (whole, as received) to the session's targets. Returns
@@ -84,15 +89,26 @@ impl SessionPlan {
     /// interface target whose queue shares the RX queue's UMEM takes the
     /// frame itself instead of a copy, after every other target has copied it
     /// (once lent, the frame may be sent and reused at any moment).
-    pub fn dispatch(&self, mut frame: Frame<'_>, loan: Option<&mut Loan<'_>>) -> bool {
-        if self.packet_length > 0 && frame.data.len() > self.packet_length {
-            frame.data = &frame.data[..self.packet_length];
+    ///
+    /// `slot`: the policy slot the kernel saw for the frame (`None`: the
+    /// one in force now).
+    pub fn dispatch(
+        &self,
+        mut frame: Frame<'_>,
+        loan: Option<&mut Loan<'_>>,
+        slot: Option<u8>,
+    ) -> bool {
+        let slot = slot.unwrap_or_else(|| self.current.load(Ordering::Acquire));
+        let policy = &self.slots[usize::from(slot & 1)];
+        let packet_length = policy.packet_length.load(Ordering::Acquire);
+        if packet_length > 0 && frame.data.len() > packet_length {
+            frame.data = &frame.data[..packet_length];
         }
         frame.vni = self.vni;
-        let allowed = match &self.limiter {
-            None => true,
-            Some(l) => l.lock().map_or(true, |mut b| b.take(Instant::now())),
-        };
+        let allowed = !policy.limited.load(Ordering::Acquire)
+            || policy.limiter.lock().map_or(true, |mut b| {
+                b.as_mut().is_none_or(|b| b.take(Instant::now()))
+            });
         if !allowed {
             for d in &self.dests {
                 d.resolve(frame.hash).reject(TargetDrop::RateLimited);
@@ -113,6 +129,35 @@ impl SessionPlan {
         }
         self.mirrored.fetch_add(1, Ordering::Relaxed);
         true
+    }
+}
+
+/// What one policy slot asks of userspace: cut copies to `packet_length`
+/// (0: whole), and a rate limit (`limited`: a bucket is set).
+#[derive(Default)]
+struct SlotPolicy {
+    packet_length: AtomicUsize,
+    limited: AtomicBool,
+    limiter: Mutex<Option<TokenBucket>>,
+}
+
+impl SessionPlan {
+    /// Writes `policy`'s userspace half into slot `slot`, before the kernel
+    /// flips to that slot (frames tagged with it may follow at once).
+    pub fn set_slot(&self, slot: u32, policy: &Policy) {
+        let p = &self.slots[(slot & 1) as usize];
+        p.packet_length
+            .store(policy.packet_length as usize, Ordering::Release);
+        if let Ok(mut l) = p.limiter.lock() {
+            *l = (policy.rate_limit_pps > 0).then(|| TokenBucket::new(policy.rate_limit_pps));
+        }
+        p.limited
+            .store(policy.rate_limit_pps > 0, Ordering::Release);
+    }
+
+    /// Records that the kernel now uses slot `slot`.
+    pub fn set_current(&self, slot: u32) {
+        self.current.store((slot & 1) as u8, Ordering::Release);
     }
 }
 
@@ -236,7 +281,7 @@ targets = [{targets}]
         let exact: Vec<u8> = (0..60).collect();
         let short: Vec<u8> = (0..59).collect();
         for f in [&long, &exact, &short] {
-            assert!(p.dispatch(frame(f, 1), None));
+            assert!(p.dispatch(frame(f, 1), None, None));
         }
         for t in &q {
             assert_eq!(
@@ -249,13 +294,45 @@ targets = [{targets}]
         assert_eq!(p.vni, 9);
     }
 
+    /// A frame is cut and limited by the policy slot the kernel tagged it
+    /// with, whichever slot is in force when userspace reads it.
+    #[test]
+    fn each_frame_follows_the_policy_slot_it_was_tagged_with() {
+        let q = queues();
+        let p = plan(r#""a""#, "packet_length = 60", &q);
+        let wide = Policy {
+            enabled: true,
+            sample: 1,
+            rate_limit_pps: 10,
+            packet_length: 20,
+            flow_cutoff_bytes: 0,
+            flow_cutoff_packets: 0,
+        };
+        p.set_slot(1, &wide);
+        p.set_current(1);
+        let data: Vec<u8> = (0..100).collect();
+        // Tagged slot 0 (seen before the flip): the session's own 60 bytes, no limit.
+        for _ in 0..3 {
+            assert!(p.dispatch(frame(&data, 0), None, Some(0)));
+        }
+        // Tagged slot 1, and untagged (the slot in force): 20 bytes, 10 pps.
+        assert!(p.dispatch(frame(&data, 0), None, Some(1)));
+        assert!(!p.dispatch(frame(&data, 0), None, None), "over 10 pps");
+        let got = drain(&q[0]);
+        assert_eq!(
+            got.iter().map(Vec::len).collect::<Vec<_>>(),
+            [60, 60, 60, 20]
+        );
+        assert_eq!(p.rate_limited.load(Ordering::Relaxed), 1);
+    }
+
     #[test]
     fn a_group_sends_each_frame_to_one_member_by_its_hash() {
         let q = queues();
         let p = plan(r#""g""#, "", &q);
         let data = [5u8; 60];
         for hash in 0..64 {
-            assert!(p.dispatch(frame(&data, hash), None));
+            assert!(p.dispatch(frame(&data, hash), None, None));
             let got: Vec<usize> = q.iter().map(|t| drain(t).len()).collect();
             assert_eq!(got.iter().sum::<usize>(), 1, "hash {hash}: one copy");
             // Both members up: the member rendezvous hashing ranks first.
@@ -270,7 +347,9 @@ targets = [{targets}]
         let p = plan(r#""a", "b""#, "rate_limit_pps = 10", &q);
         let data = [1u8; 60];
         // The bucket holds a tenth of a second: one frame at 10 pps.
-        let passed = (0..5).filter(|_| p.dispatch(frame(&data, 0), None)).count();
+        let passed = (0..5)
+            .filter(|_| p.dispatch(frame(&data, 0), None, None))
+            .count();
         assert_eq!(passed, 1);
         assert_eq!(p.mirrored.load(Ordering::Relaxed), 1);
         assert_eq!(p.rate_limited.load(Ordering::Relaxed), 4);
@@ -304,7 +383,7 @@ targets = [{targets}]
                 std::slice::from_raw_parts(ptr, 60)
             };
             let mut loan = Loan::new(&area, 2 * f as u64);
-            assert!(p.dispatch(frame(data, 0), Some(&mut loan)));
+            assert!(p.dispatch(frame(data, 0), Some(&mut loan), None));
             assert!(
                 loan.taken(),
                 "{order}: the sharing target took the frame itself"

@@ -87,6 +87,9 @@ pub struct DirectionStats {
     pub matched: u64,
     pub filtered: u64,
     pub sampled_out: u64,
+    /// Matched while their session was disabled (its schedule, `enabled`).
+    #[serde(default)]
+    pub scheduled_out: u64,
     /// Records written to the ring buffer.
     pub copied: u64,
     /// Matched, but the ring buffer was full (the frame still passed).
@@ -124,9 +127,17 @@ pub struct SessionStats {
     /// Over the session's `rate_limit_pps` (each target counts them `rate_limited`).
     #[serde(default)]
     pub rate_limited: u64,
+    /// Matched while the session was disabled (`enabled = false`, or by its
+    /// schedule's active window): not mirrored.
+    #[serde(default)]
     pub scheduled_out: u64,
-    /// The active schedule window, if the session has a schedule.
+    /// A scheduled session's active window, `window 2 (mon-fri 08:00-18:00
+    /// Europe/Berlin)`, or `none` outside every window; absent without a schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_window: Option<String>,
+    /// When the next window edge comes (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_next_edge: Option<String>,
 }
 
 impl TargetStats {
@@ -288,6 +299,7 @@ impl Engine {
     /// The session at kernel index `kidx` of `src` (index `s` in the config).
     fn session_stats(&self, src: &Source, k: &KernelCounts, kidx: usize, s: usize) -> SessionStats {
         let sess = &self.config.sessions[s];
+        let shown = self.scheduler.shown(s);
         SessionStats {
             source: src.name.clone(),
             path: src.paths[kidx].name_in(src.mode).into(),
@@ -301,8 +313,9 @@ impl Engine {
             sampled_out: k.session_sampled_out[kidx],
             rate_limited: src.plans[kidx].rate_limited.load(Ordering::Relaxed)
                 + k.session_rate_limited[kidx],
-            scheduled_out: 0,
-            schedule_window: None,
+            scheduled_out: k.session_scheduled_out[kidx],
+            schedule_window: shown.as_ref().map(|w| w.window.clone()),
+            schedule_next_edge: shown.and_then(|w| w.next_edge).map(|t| t.to_string()),
         }
     }
 
@@ -349,6 +362,7 @@ struct KernelCounts {
     by_dir: [[u64; COUNTERS]; 2],
     session_matched: Vec<u64>,
     session_sampled_out: Vec<u64>,
+    session_scheduled_out: Vec<u64>,
     /// Per session: (frames, bytes) sent down the kernel path.
     session_kernel: Vec<(u64, u64)>,
     /// Per session: frames over its rate limit on the kernel path.
@@ -374,6 +388,7 @@ impl KernelCounts {
             by_dir: p.counters_by_direction()?,
             session_matched: per_session(&|i| p.session_matched(i)),
             session_sampled_out: per_session(&|i| p.session_sampled_out(i)),
+            session_scheduled_out: per_session(&|i| p.session_scheduled_out(i)),
             session_kernel: sessions
                 .clone()
                 .map(|i| p.session_kernel(i).unwrap_or_default())
@@ -445,7 +460,7 @@ fn source_stats(src: &Source, k: &KernelCounts) -> SourceStats {
         matched: c(C::MIRROR_CNT_MATCHED),
         filtered: c(C::MIRROR_CNT_FILTERED),
         sampled_out: c(C::MIRROR_CNT_SAMPLED_OUT),
-        scheduled_out: 0,
+        scheduled_out: c(C::MIRROR_CNT_SCHEDULED_OUT),
         mirrored,
         queued,
         dropped,
@@ -513,6 +528,7 @@ fn direction_stats(
                     matched: c(C::MIRROR_CNT_MATCHED),
                     filtered: c(C::MIRROR_CNT_FILTERED),
                     sampled_out: c(C::MIRROR_CNT_SAMPLED_OUT),
+                    scheduled_out: c(C::MIRROR_CNT_SCHEDULED_OUT),
                     copied: c(C::MIRROR_CNT_COPIED),
                     ring_full: c(C::MIRROR_CNT_DROP_RING_FULL),
                     copy_cut: c(C::MIRROR_CNT_COPY_CUT),

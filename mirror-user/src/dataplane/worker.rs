@@ -99,6 +99,7 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         let n = q.receive(RX_BATCH, |meta, data, loan| {
             let meta = read_meta(meta);
+            let slot = meta.map(|m| m.slot);
             if meta.is_none() && plans.len() == 1 && !std::mem::replace(&mut said_no_metadata, true)
             {
                 tracing::warn!(
@@ -125,6 +126,7 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
                     egress: false,
                 },
                 Some(loan),
+                slot,
             );
             touched.mark(session);
         });
@@ -170,13 +172,14 @@ pub(super) fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
     let touched = RefCell::new(Touched::new(plans.len()));
     let tai_offset = tai_offset_ns();
     let on_record = |bytes: &[u8]| -> i32 {
+        let rec = Record::parse(bytes);
         let Some((session, frame)) =
-            Record::parse(bytes).and_then(|r| record_frame(&r, plans.len(), tai_offset, src.index))
+            rec.and_then(|r| record_frame(&r, plans.len(), tai_offset, src.index))
         else {
             src.no_metadata.fetch_add(1, Ordering::Relaxed);
             return 0;
         };
-        plans[session].dispatch(frame, None);
+        plans[session].dispatch(frame, None, rec.map(|r| r.slot));
         let mut t = touched.borrow_mut();
         t.mark(session);
         if t.pending >= COPY_BATCH {
@@ -223,6 +226,7 @@ mod tests {
     fn meta(session: u16) -> Option<Meta> {
         Some(Meta {
             session,
+            slot: 0,
             hash: 0xdead_beef,
             tstamp: NOW + 37 * S,
         })
@@ -254,6 +258,7 @@ mod tests {
     #[test]
     fn a_copy_record_goes_to_its_session_with_unix_time_and_its_direction() {
         let rec = Record {
+            slot: 1,
             session: 1,
             egress: true,
             cut: false,

@@ -18,6 +18,8 @@ use mirror_ebpf::mirror::types::{mirror_copy, mirror_copy_flags, mirror_directio
 pub struct Record<D> {
     /// Kernel session index.
     pub session: u16,
+    /// The policy slot the frame saw (`struct mirror_policy`).
+    pub slot: u8,
     /// Seen leaving the interface (tcx egress) rather than arriving.
     pub egress: bool,
     /// The copy was cut at the kernel's per-record maximum (`COPY_MAX`).
@@ -49,6 +51,7 @@ impl<'a> Record<&'a [u8]> {
         let data = bytes.get(COPY_HEADER_LEN..COPY_HEADER_LEN + h.cap_len as usize)?;
         Some(Record {
             session: h.session,
+            slot: (h.slot & 1) as u8,
             egress: u32::from(h.direction) == mirror_direction::MIRROR_DIR_EGRESS.0,
             cut: u32::from(h.flags) & mirror_copy_flags::MIRROR_COPY_F_CUT.0 != 0,
             gso: u32::from(h.flags) & mirror_copy_flags::MIRROR_COPY_F_GSO.0 != 0,
@@ -70,6 +73,7 @@ impl<D> Record<D> {
     fn with_data<E>(&self, data: E) -> Record<E> {
         Record {
             session: self.session,
+            slot: self.slot,
             egress: self.egress,
             cut: self.cut,
             gso: self.gso,

@@ -44,6 +44,17 @@ impl SourceProgram {
         })
     }
 
+    /// Frames of the session at kernel index `session` left out while it was
+    /// disabled (`enabled = false` or its schedule).
+    pub fn session_scheduled_out(&self, session: u32) -> Result<u64, LoaderError> {
+        percpu_sum(&self.skel.maps.session_scheduled_out, session).map_err(|source| {
+            LoaderError::Map {
+                map: "session_scheduled_out",
+                source,
+            }
+        })
+    }
+
     /// Frames accepted by the session at kernel index `session`.
     pub fn session_matched(&self, session: u32) -> Result<u64, LoaderError> {
         percpu_sum(&self.skel.maps.session_matched, session).map_err(|source| LoaderError::Map {

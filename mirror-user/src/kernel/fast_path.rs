@@ -64,18 +64,6 @@ impl SourceProgram {
             vals.push(devmap_val(d.ifindex, prog_fd));
             self.ensure_fast_stats(d.ifindex)?;
         }
-        if fast.rate_pps > 0 {
-            let (interval, tolerance) = rate_limiter(fast.rate_pps);
-            let mut val = Vec::with_capacity(24);
-            for w in [0u64, interval, tolerance] {
-                val.extend_from_slice(&w.to_ne_bytes());
-            }
-            self.skel
-                .maps
-                .rate_buckets
-                .update(&session.to_ne_bytes(), &val, MapFlags::ANY)
-                .map_err(map_err("rate_buckets"))?;
-        }
         let variants = fast.variants();
         let mut handles = Vec::new();
         for (v, &keys) in variants.iter().enumerate() {
@@ -104,10 +92,8 @@ impl SourceProgram {
                 }
                 bss.fast_ndests[s] = dests.len() as u32;
                 bss.fast_max_len[s] = dests.iter().map(|d| d.max_len).min().unwrap_or(u32::MAX);
-                bss.session_snap[s] = fast.snap;
                 let f = &mut bss.fast_session[s];
                 f.active = 0;
-                f.rate_pps = fast.rate_pps;
                 let erspan3 =
                     mirror_ebpf::mirror::types::mirror_tunnel_kind::MIRROR_TUN_ERSPAN3.0 as u8;
                 f.tunnels = match dests
@@ -555,10 +541,6 @@ pub struct FastSession {
     /// The keys of its target group's members, in the group's member order
     /// (empty: no group).
     pub group: Vec<u32>,
-    /// `rate_limit_pps` (0: none).
-    pub rate_pps: u32,
-    /// `packet_length` (0: whole frames).
-    pub snap: u32,
 }
 
 impl FastSession {
@@ -724,7 +706,6 @@ mod tests {
         let grouped = FastSession {
             dests: vec![dest; 4],
             group: vec![1, 3],
-            ..Default::default()
         };
         assert_eq!(grouped.variants(), vec![0b0111, 0b1101, 0b0101]);
     }

@@ -5,6 +5,8 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
     pub session: u16,
+    /// The policy slot the frame saw (`struct mirror_policy`).
+    pub slot: u8,
     pub hash: u32,
     /// CLOCK_TAI nanoseconds.
     pub tstamp: u64,
@@ -19,8 +21,11 @@ pub fn read_meta(meta: &mut [u8]) -> Option<Meta> {
     }
     m[0] = 0;
     m[1] = 0;
+    let session = u16::from_ne_bytes([m[2], m[3]]);
+    let slot_bit = mirror_ebpf::limits::META_SLOT;
     Some(Meta {
-        session: u16::from_ne_bytes([m[2], m[3]]),
+        session: session & !slot_bit,
+        slot: u8::from(session & slot_bit != 0),
         hash: u32::from_ne_bytes([m[4], m[5], m[6], m[7]]),
         tstamp: u64::from_ne_bytes(m[8..16].try_into().ok()?),
     })

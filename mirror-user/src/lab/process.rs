@@ -163,6 +163,20 @@ impl DaemonProcess {
         log: &Path,
         timeout: Duration,
     ) -> Result<Self> {
+        Self::start_with_env(ns, exe, config, control, log, timeout, &[])
+    }
+
+    /// [`DaemonProcess::start`] with extra environment variables (e.g.
+    /// `MIRROR_FAKE_NOW`, the schedule's test clock).
+    pub fn start_with_env(
+        ns: &Netns,
+        exe: &Path,
+        config: &Path,
+        control: &Path,
+        log: &Path,
+        timeout: Duration,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         // Not under `timeout`: tests SIGKILL the daemon itself (fail-open),
         // and its owner stops it on drop.
         let process = Process::spawn(
@@ -179,6 +193,9 @@ impl DaemonProcess {
                     "RUST_LOG",
                     std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
                 );
+                for (k, v) in env {
+                    cmd.env(k, v);
+                }
             },
         )
         .context("starting the mirror daemon")?;

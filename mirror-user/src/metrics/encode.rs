@@ -188,7 +188,7 @@ fn sources(out: &mut Section, stats: &Stats) {
             ),
             (
                 "mirror_source_scheduled_out",
-                "Matched frames a session's schedule turned off.",
+                "Matched frames left out while their session was disabled (its schedule, enabled = false).",
                 s.scheduled_out,
             ),
             (
@@ -272,6 +272,12 @@ fn sources(out: &mut Section, stats: &Stats) {
                     d.sampled_out,
                 ),
                 (
+                    "mirror_source_direction_scheduled_out",
+                    "Copy mode: matched frames of this direction left out while their \
+                     session was disabled.",
+                    d.scheduled_out,
+                ),
+                (
                     "mirror_source_direction_copied",
                     "Copy mode: records of this direction written to the ring buffer.",
                     d.copied,
@@ -321,10 +327,16 @@ fn sessions(out: &mut Section, stats: &Stats) {
             );
         }
         if let Some(window) = &s.schedule_window {
+            let mut labels = l2("session", name, "window", window);
+            labels.push((
+                "next_edge",
+                s.schedule_next_edge.clone().unwrap_or_default(),
+            ));
             out.info(
                 "mirror_session_schedule",
-                "The session's active schedule window (while one is active).",
-                l2("session", name, "window", window),
+                "A scheduled session's active window (\"none\" outside every window) and \
+                 when its next edge comes (RFC 3339).",
+                labels,
             );
         }
         for (key, help, v) in [
@@ -351,7 +363,7 @@ fn sessions(out: &mut Section, stats: &Stats) {
             ),
             (
                 "mirror_session_scheduled_out",
-                "Frames the session's schedule turned off.",
+                "Frames left out while the session was disabled (its schedule, enabled = false).",
                 s.scheduled_out,
             ),
         ] {
@@ -605,6 +617,7 @@ mod tests {
             matched: n + 1,
             filtered: n + 2,
             sampled_out: n + 3,
+            scheduled_out: n + 8,
             copied: n + 4,
             ring_full: n + 5,
             copy_cut: n + 6,
@@ -634,7 +647,8 @@ mod tests {
                 sampled_out: 3,
                 rate_limited: 2,
                 scheduled_out: 4,
-                schedule_window: Some("mon-fri 08:00-18:00".into()),
+                schedule_window: Some("window 1 (mon-fri 08:00-18:00 UTC)".into()),
+                schedule_next_edge: Some("2026-12-07T18:00:00Z".into()),
             },
         );
         s.sessions.insert(
@@ -814,7 +828,8 @@ mod tests {
             info("mirror_session_schedule_info"),
             [labels(&[
                 ("session", "ids"),
-                ("window", "mon-fri 08:00-18:00")
+                ("window", "window 1 (mon-fri 08:00-18:00 UTC)"),
+                ("next_edge", "2026-12-07T18:00:00Z")
             ])],
             "only the session with a window has one"
         );

@@ -1,0 +1,208 @@
+//! The scheduler: a control-plane thread that puts each scheduled session's
+//! policy in force at every window edge (see `config::schedule` for the
+//! maths, `struct mirror_policy` in abi.h for the switch).
+//!
+//! It computes the next edge of every session and sleeps until the earliest
+//! (at most [`MAX_SLEEP`], so a wall-clock step is noticed), then switches
+//! the sessions whose window changed: the userspace half of the idle policy
+//! slot, then the kernel's idle slot, then one store flips the session to it.
+//! On the fake clock it sleeps until `set_time` moves the clock, which
+//! switches at once, before the request is answered.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use super::clock;
+use super::source::Source;
+use crate::config::schedule::{describe, position, Position};
+use crate::config::Session;
+
+/// Longest sleep between evaluations on the real clock.
+pub const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// Frames tagged with a slot may still wait in a ring when the session flips
+/// away from it: a slot is written again no sooner than this after the flip.
+const SLOT_SETTLE: Duration = Duration::from_millis(20);
+
+/// A scheduled session, as the thread switches it.
+pub(super) struct Entry {
+    /// Index in `Config::sessions`.
+    pub(super) session: usize,
+    pub(super) source: Arc<Source>,
+    /// Kernel session index in its source.
+    pub(super) kidx: u32,
+}
+
+/// Where one scheduled session is.
+#[derive(Debug, Clone, Copy)]
+struct Applied {
+    position: Position,
+    flipped: Option<Instant>,
+}
+
+pub struct Scheduler {
+    sessions: Vec<Session>,
+    entries: Vec<Entry>,
+    state: Mutex<Vec<Applied>>,
+    wake: Condvar,
+    stop: AtomicBool,
+}
+
+/// What `mirror stats` shows of a scheduled session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    /// `window 2 (mon-fri 08:00-18:00 Europe/Berlin)`, or `none`.
+    pub window: String,
+    pub next_edge: Option<Timestamp>,
+}
+
+/// The window text of a position, as logs and stats say it.
+fn window_text(s: &Session, p: &Position) -> String {
+    match p.active {
+        Some(i) => format!("window {} ({})", i + 1, describe(&s.schedule[i])),
+        None => "none".into(),
+    }
+}
+
+impl Scheduler {
+    /// `entries`: the scheduled sessions, each already in the policy of
+    /// `started[i]` (set before its source attached).
+    pub(super) fn new(sessions: &[Session], entries: Vec<Entry>, started: Vec<Position>) -> Self {
+        Scheduler {
+            sessions: sessions.to_vec(),
+            state: Mutex::new(
+                started
+                    .into_iter()
+                    .map(|position| Applied {
+                        position,
+                        flipped: None,
+                    })
+                    .collect(),
+            ),
+            entries,
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// What stats show for session `session` (config index), if scheduled.
+    pub fn shown(&self, session: usize) -> Option<Shown> {
+        let i = self.entries.iter().position(|e| e.session == session)?;
+        let state = self.state.lock().ok()?;
+        let p = state.get(i)?.position;
+        Some(Shown {
+            window: window_text(&self.sessions[session], &p),
+            next_edge: p.next_edge,
+        })
+    }
+
+    /// Re-evaluates every scheduled session at [`clock::now`] and switches
+    /// those whose window changed. Returns the earliest next edge.
+    pub fn tick(&self) -> Option<Timestamp> {
+        let Ok(mut state) = self.state.lock() else {
+            return None;
+        };
+        let now = clock::now();
+        let mut next: Option<Timestamp> = None;
+        for (e, applied) in self.entries.iter().zip(state.iter_mut()) {
+            let sess = &self.sessions[e.session];
+            let pos = position(&sess.schedule, now);
+            if pos.active != applied.position.active {
+                if let Some(at) = applied.flipped {
+                    let since = at.elapsed();
+                    if since < SLOT_SETTLE {
+                        std::thread::sleep(SLOT_SETTLE - since);
+                    }
+                }
+                match switch(e, sess, &pos) {
+                    Ok(()) => applied.flipped = Some(Instant::now()),
+                    Err(err) => {
+                        tracing::error!(session = %sess.name, error = %format!("{err:#}"), "switching the schedule window failed; the previous settings stay");
+                        continue;
+                    }
+                }
+            }
+            applied.position = pos;
+            if let Some(t) = pos.next_edge {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        next
+    }
+
+    /// The thread's loop: tick, sleep until the next edge (or `set_time`,
+    /// or [`Scheduler::stop`]).
+    pub fn run(&self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let next = self.tick();
+            let wait = match next {
+                Some(t) if !clock::is_fake() => {
+                    let ns = t.duration_since(clock::now()).as_nanos().max(0);
+                    Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)).min(MAX_SLEEP)
+                }
+                _ => MAX_SLEEP,
+            };
+            let Ok(state) = self.state.lock() else {
+                return;
+            };
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let _ = self.wake.wait_timeout(state, wait);
+        }
+    }
+
+    /// Moves the fake clock to `t` and switches at once.
+    pub fn set_time(&self, t: Timestamp) -> Result<(), String> {
+        clock::set_fake_now(t)?;
+        self.tick();
+        self.wake.notify_all();
+        Ok(())
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Taken so the thread is either waiting (and woken) or sees the flag.
+        let _held = self.state.lock();
+        self.wake.notify_all();
+    }
+}
+
+/// Puts the policy of `pos` in force for the session of `e`: userspace's
+/// half of the idle slot, the kernel's idle slot, then the flip.
+fn switch(e: &Entry, sess: &Session, pos: &Position) -> anyhow::Result<()> {
+    let policy = sess.policy(pos.active);
+    let mut program = e
+        .source
+        .program
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
+    let idle = program.policy_slot(e.kidx)? ^ 1;
+    let plan = &e.source.plans[e.kidx as usize];
+    plan.set_slot(idle, &policy);
+    let slot = program.set_policy(e.kidx, &policy, false)?;
+    plan.set_current(slot);
+    let until = pos
+        .next_edge
+        .map_or_else(|| "further notice".to_string(), |t| t.to_string());
+    tracing::info!(
+        enabled = policy.enabled,
+        sample = policy.sample,
+        rate_limit_pps = policy.rate_limit_pps,
+        packet_length = policy.packet_length,
+        "session {}: {} active until {until}",
+        sess.name,
+        match pos.active {
+            Some(_) => window_text(sess, pos),
+            None => "no window (the session's own settings)".into(),
+        }
+    );
+    Ok(())
+}
