@@ -481,8 +481,9 @@ impl Config {
                         self.groups[g].name
                     ))
                 }
-                Dest::Target(t) => &self.targets[t],
+                Dest::Target(t) => (t, &self.targets[t]),
             };
+            let (t_idx, t) = t;
             match &t.spec {
                 TargetSpec::Interface { interface, .. } => {
                     let looping = self.sources.iter().find(|o| {
@@ -497,7 +498,19 @@ impl Config {
                         ));
                     }
                 }
-                TargetSpec::Gre { .. } | TargetSpec::Erspan { .. } => {}
+                TargetSpec::Gre { .. } => {}
+                TargetSpec::Erspan { .. } => {
+                    let other = (0..self.sessions.len())
+                        .find(|&o| o != session && self.session_targets(o).contains(&t_idx));
+                    if let Some(o) = other {
+                        return Some(format!(
+                            "ERSPAN target `{}` is also a target of session `{}`: its sequence \
+                             numbers are one series per target, which only userspace keeps \
+                             across sessions",
+                            t.name, self.sessions[o].name
+                        ));
+                    }
+                }
                 TargetSpec::Vxlan { tunnel, .. } if tunnel.remote.is_ipv4() => {}
                 TargetSpec::Vxlan { .. } => {
                     return Some(format!(

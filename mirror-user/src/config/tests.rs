@@ -640,15 +640,25 @@ fn copy_sessions_clone_in_the_kernel_unless_userspace_or_xdp_is_needed() {
         assert_eq!(c.kernel_path_obstacle(0), None, "{hook:?}");
         parse(&copy(hook, ids, "path = \"kernel\""), "t.toml").expect("kernel path");
     }
-    // VXLAN (IPv4), GRE and ERSPAN targets are encapsulated by the source's
-    // relay, which also cuts to packet_length; beside interface targets too.
+    // VXLAN (IPv4) and GRE targets (and ERSPAN ones, see below) are
+    // encapsulated by the source's relay, which also cuts to packet_length;
+    // beside interface targets too.
     for (targets, session) in [
-        ("\"vx\", \"gre6\", \"er\"", "packet_length = 100"),
-        ("\"ids0\", \"vx\", \"er\"", ""),
+        ("\"vx\", \"gre6\"", "packet_length = 100"),
+        ("\"ids0\", \"vx\"", ""),
     ] {
         let c = parse(&copy("", targets, session), "t.toml").expect("valid");
         assert_eq!(c.kernel_path_obstacle(0), None, "{targets} {session}");
     }
+    // An ERSPAN target another session sends to too: its sequence numbers
+    // are one series, kept in userspace (ALL_TARGETS' session "all" has er).
+    let c = parse(&copy("", "\"er\"", ""), "t.toml").expect("valid");
+    let why = c.kernel_path_obstacle(0);
+    assert!(
+        why.as_ref()
+            .is_some_and(|w| w.contains("ERSPAN target `er` is also a target of session `all`")),
+        "{why:?}"
+    );
     let v6 = copy("", "\"v6\"", "").replace(
         "[[target_group]]",
         "[[target]]\nname = \"v6\"\nkind = \"vxlan\"\nremote = \"2001:db8::10\"\n\n[[target_group]]",

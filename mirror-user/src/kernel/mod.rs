@@ -52,7 +52,7 @@ pub use counters::{percpu_sum, COUNTERS};
 pub use fast_path::{FastDest, FastSession, FastStats, PickCount, TunnelHeaders, TunnelStats};
 pub use meta::{read_meta, Meta};
 pub use query::{attached, ifindex, prog_info, xdp_features, Attached};
-pub use test_run::{test_classify, test_run, test_run_raw};
+pub use test_run::{test_classify, test_run, test_run_raw, test_run_skb, SkbRun};
 
 /// What loading, filling or attaching the programs can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +228,11 @@ impl SourceProgram {
             self.skel.progs.tc_copy_egress.as_fd(),
             self.skel.progs.tc_copy_ingress.as_fd(),
         ]
+    }
+
+    /// Copy mode's relay program (`tc_relay`), for `BPF_PROG_TEST_RUN`.
+    pub fn relay_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.skel.progs.tc_relay.as_fd()
     }
 
     /// A handle on the copy-mode ring buffer, for the consumer thread.
