@@ -457,7 +457,8 @@ fn kernel_path_clones_to_each_destination_and_counts_every_outcome() {
 /// hash the mark and priority carry, cuts the copy to the tunnel's mtu,
 /// pushes the slot's headers (the VXLAN source port from the flow hash,
 /// ERSPAN III's D bit from the direction), sends it to the slot's device and
-/// counts each outcome exactly; a frame without the mark is dropped, counted.
+/// counts each outcome exactly; a frame without the mark is dropped, counted;
+/// a GSO super-frame is refused for a tunnel, counted `too_big`.
 #[test]
 #[ignore = "needs root: BPF and network namespaces"]
 fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
@@ -489,11 +490,12 @@ fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
     };
     prog.set_clone_path(0, &[tunnel(999_999), tunnel(ifindex("a1"))])
         .expect("clone path");
-    let run = |fd: std::os::fd::BorrowedFd<'_>, frame: Vec<u8>, mark: u32, priority: u32| {
+    let run_gso = |fd: std::os::fd::BorrowedFd<'_>, frame: Vec<u8>, mark, priority, gso| {
         let fd = fd.try_clone_to_owned().expect("dup");
-        ns.run(move || Ok(test_run_skb(fd.as_fd(), &frame, mark, priority)?))
+        ns.run(move || Ok(test_run_skb(fd.as_fd(), &frame, mark, priority, gso)?))
             .expect("BPF_PROG_TEST_RUN")
     };
+    let run = |fd, frame, mark, priority| run_gso(fd, frame, mark, priority, 0);
     let frame = tcp(1000, 80, 100);
     let [_, egress, _] = prog.copy_fds();
     let b1 = Capture::start(&ns, "b1").expect("capture b1");
@@ -507,15 +509,18 @@ fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
         },
         "the frame passes on with its own mark and priority"
     );
-    assert_eq!(b1.finish().len(), 1, "the plain veth got the clone");
+    // A GSO super-frame is refused for a tunnel, counted, never cut.
+    assert_eq!(run_gso(egress, frame.clone(), 0, 0, 2).verdict, TC_NEXT);
+    assert_eq!(b1.finish().len(), 1, "the plain veth got the one clone");
     for key in [0, 1] {
         assert_eq!(
             prog.clone_stats(0, key).expect("stats"),
             CloneStats {
                 errors: 1,
+                too_big: 1,
                 ..Default::default()
             },
-            "destination {key}: no relay took it"
+            "destination {key}: no relay took the frame; the super-frame too_big"
         );
     }
 
@@ -534,7 +539,7 @@ fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
         mtu: 1500,
     };
     let vxlan = TargetSpec::Vxlan {
-        tunnel: t.clone(),
+        tunnel: t,
         port: 4789,
     };
     let erspan = TargetSpec::Erspan {

@@ -109,7 +109,8 @@ impl SourceStats {
 pub struct SessionStats {
     pub source: String,
     /// Which path serves the session: "kernel" (the in-kernel fast path:
-    /// a DEVMAP broadcast in tap mode, tcx clones in copy mode), "af_xdp"
+    /// a DEVMAP broadcast in tap mode, tcx clones in copy mode, tunnels
+    /// through the source's relay), "af_xdp"
     /// (through userspace, tap mode) or "ring_buffer" (through userspace,
     /// copy mode).
     pub path: String,

@@ -73,24 +73,30 @@ pub struct SkbRun {
 }
 
 /// Runs `frame` once through tc program `prog` (BPF_PROG_TEST_RUN) with the
-/// skb's `mark` and `priority` set; returns what the program left (copy
-/// mode's relay reads both, and the frame must leave with its own).
+/// skb's `mark` and `priority` set, and `gso_segs` (more than 1: a GSO
+/// super-frame); returns what the program left (copy mode's relay reads
+/// mark and priority, and the frame must leave with its own).
 pub fn test_run_skb(
     prog: std::os::fd::BorrowedFd<'_>,
     frame: &[u8],
     mark: u32,
     priority: u32,
+    gso_segs: u32,
 ) -> std::io::Result<SkbRun> {
     let mut out = vec![0u8; frame.len() + 256];
-    // `struct __sk_buff` (uapi bpf.h), which libbpf-sys does not export: the
-    // kernel takes a prefix of it in (u32 words: len, pkt_type, mark,
-    // queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto,
-    // priority), and writes it whole out (room for it to grow).
+    // `struct __sk_buff` (uapi bpf.h), which libbpf-sys does not export, as
+    // u32 words: len, pkt_type, mark (2), queue_mapping, protocol,
+    // vlan_present, vlan_tci, vlan_proto, priority (8), ..., then after
+    // data_meta (35) the 8-byte flow_keys pointer (36-37), tstamp (38-39),
+    // wire_len (40), gso_segs (41). The kernel takes a prefix of it in and
+    // writes it whole out (room for it to grow).
     const MARK: usize = 2;
     const PRIORITY: usize = 8;
-    let mut ctx_in = [0u32; PRIORITY + 1];
+    const GSO_SEGS: usize = 41;
+    let mut ctx_in = [0u32; GSO_SEGS + 1];
     ctx_in[MARK] = mark;
     ctx_in[PRIORITY] = priority;
+    ctx_in[GSO_SEGS] = gso_segs;
     let mut ctx_out = [0u32; 128];
     let mut opts = libbpf_sys::bpf_test_run_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _,
