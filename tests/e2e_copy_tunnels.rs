@@ -185,6 +185,15 @@ fn udp_sink(ns: &Netns, addr: SocketAddr, n: usize) -> std::thread::JoinHandle<V
     })
 }
 
+/// `frame` with an 802.1Q tag (`tci`) after its MAC addresses.
+fn tagged(frame: &[u8], tci: u16) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    out.extend_from_slice(&[0x81, 0x00]);
+    out.extend_from_slice(&tci.to_be_bytes());
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
 /// The IPv4 header and datagram as routed: the same bytes as sent but for
 /// the TTL (one less) and the header checksum.
 fn forwarded_unchanged(sent: &[u8], forwarded: &[u8]) -> bool {
@@ -318,9 +327,11 @@ fn outer_packets(frames: &[Vec<u8>], dst: Ipv4Addr) -> Vec<(&'static str, Vec<u8
 /// collector encapsulated as the tap-mode tunnel programs do it (the Linux
 /// vxlan device decapsulates each copy byte for byte; GRE and ERSPAN II/III
 /// decoded field by field, ERSPAN III with its direction and time), cut to
-/// each tunnel's mtu and counted `truncated`; every production frame is
-/// routed on unchanged; every counter reconciles exactly; and a SIGKILLed
-/// daemon leaves no program on m0 and no relay device.
+/// each tunnel's mtu and counted `truncated`; VLAN-tagged frames (whose tag
+/// the kernel holds outside the frame at tcx) reach the collectors with
+/// their tag; every production frame is routed on unchanged; every counter
+/// reconciles exactly; and a SIGKILLed daemon leaves no program on m0 and no
+/// relay device.
 #[test]
 #[ignore = "needs root: BPF and network namespaces"]
 fn copy_mode_tunnels_encapsulate_in_the_kernel_and_reconcile() {
@@ -349,12 +360,24 @@ fn copy_mode_tunnels_encapsulate_in_the_kernel_and_reconcile() {
     );
 
     const N: u32 = 500;
-    let n = 2 * u64::from(N);
+    // And 20 VLAN-tagged frames in (VLAN 100, priority 5): mirrored, not
+    // routed (m0 has no VLAN device).
+    const T: u32 = 20;
+    const TCI: u16 = 5 << 13 | 100;
+    let n = 2 * u64::from(N) + u64::from(T);
     let to_sink: Vec<Vec<u8>> = (0..N)
         .map(|i| routed_frame(true, i, SIZES[i as usize % SIZES.len()]))
         .collect();
     let to_gen: Vec<Vec<u8>> = (0..N)
         .map(|i| routed_frame(false, i, SIZES[(i as usize + 2) % SIZES.len()]))
+        .collect();
+    let vlan: Vec<Vec<u8>> = (0..T)
+        .map(|i| {
+            tagged(
+                &routed_frame(true, 10_000 + i, [200, 1000][i as usize % 2]),
+                TCI,
+            )
+        })
         .collect();
     let sink_rx = udp_sink(&r.sink, SocketAddr::from((SINK_IP, TO_SINK)), N as usize);
     let gen_rx = udp_sink(&r.gen, SocketAddr::from((GEN_IP, TO_GEN)), N as usize);
@@ -366,6 +389,8 @@ fn copy_mode_tunnels_encapsulate_in_the_kernel_and_reconcile() {
     let mut window = Window::open();
     let sent = lab::send_frames(&r.gen, "g0", Arc::new(to_sink.clone()), 5_000).expect("send");
     assert_eq!(sent, u64::from(N));
+    let sent = lab::send_frames(&r.gen, "g0", Arc::new(vlan.clone()), 5_000).expect("send");
+    assert_eq!(sent, u64::from(T));
     let sent = lab::send_frames(&r.sink, "k0", Arc::new(to_gen.clone()), 5_000).expect("send");
     assert_eq!(sent, u64::from(N));
     let st = wait_settled(&mut client, "every copy accounted", |st| {
@@ -389,7 +414,11 @@ fn copy_mode_tunnels_encapsulate_in_the_kernel_and_reconcile() {
         "the generator got every datagram back, in order, unchanged"
     );
     let forwarded_in = at_sink.finish();
-    let forwarded_out = at_gen.finish();
+    let forwarded_out: Vec<Vec<u8>> = at_gen
+        .finish()
+        .into_iter()
+        .filter(|f| f[12..14] == [0x08, 0x00])
+        .collect();
     assert_eq!(forwarded_in.len(), N as usize, "frames at k0");
     assert_eq!(forwarded_out.len(), N as usize, "frames at g0");
     let bytes = |v: &[Vec<u8>]| v.iter().map(|f| f.len() as u64).sum::<u64>();
@@ -404,6 +433,7 @@ fn copy_mode_tunnels_encapsulate_in_the_kernel_and_reconcile() {
     // What m0 saw: arriving as sent, leaving as routed out.
     let seen: Vec<(bool, Vec<u8>)> = to_sink
         .iter()
+        .chain(&vlan)
         .map(|f| (false, f.clone()))
         .chain(forwarded_out.iter().map(|f| (true, f.clone())))
         .collect();
@@ -424,7 +454,15 @@ fn copy_mode_tunnels_encapsulate_in_the_kernel_and_reconcile() {
             .map(|(_, p)| p.clone())
             .collect()
     };
-    let hashes = common::kernel_flow_hashes(want.iter().map(|f| f.as_slice()));
+    // The flow hash of what tcx sees: a tagged frame without its tag.
+    let untagged: Vec<Vec<u8>> = want
+        .iter()
+        .map(|f| match f[12..14] {
+            [0x81, 0x00] => [&f[..12], &f[16..]].concat(),
+            _ => f.clone(),
+        })
+        .collect();
+    let hashes = common::kernel_flow_hashes(untagged.iter().map(|f| f.as_slice()));
     for udp in of("vx") {
         let h = encap::decode_vxlan(&udp).expect("a VXLAN header");
         assert_eq!((h.vni, h.dest_port), (42, 4789));
@@ -464,7 +502,12 @@ fn copy_mode_tunnels_encapsulate_in_the_kernel_and_reconcile() {
                     let h = d.erspan.expect("an ERSPAN header");
                     assert_eq!(h.session_id, 42);
                     assert_eq!(h.truncated, full.len() > max, "{kind}: T bit");
-                    assert_eq!((h.encap, h.vlan), (0, 0), "{kind}: untagged");
+                    let is_tagged = full[12..14] == [0x81, 0x00];
+                    assert_eq!(
+                        (h.encap, h.vlan, h.cos),
+                        if is_tagged { (3, 100, 5) } else { (0, 0, 0) },
+                        "{kind}: VLAN, COS and En/BSO"
+                    );
                     assert!(seqs.insert(h.sequence), "{kind}: sequence numbers unique");
                     if kind == "er3" {
                         assert_eq!(h.granularity, Granularity::Nanos100);
@@ -489,9 +532,10 @@ fn copy_mode_tunnels_encapsulate_in_the_kernel_and_reconcile() {
     assert_source_reconciles("mon", src);
     assert_eq!((src.matched, src.mirrored), (n, n));
     for (dir, d) in &src.directions {
+        let m = u64::from(N) + if dir == "ingress" { u64::from(T) } else { 0 };
         assert_eq!(
             (d.matched, d.cloned, d.copied),
-            (u64::from(N), u64::from(N), 0),
+            (m, m, 0),
             "{dir}: every match cloned in the kernel, none through the ring"
         );
     }
@@ -550,7 +594,8 @@ fn copy_mode_tunnels_encapsulate_in_the_kernel_and_reconcile() {
 
 /// The GRE collector's route is deleted: its copies are dropped in the
 /// relay, counted `down` (the other collectors carry on); once the route is
-/// back they are sent again. Every copy is accounted for.
+/// back they are sent again. Every copy is accounted for, and a clean stop
+/// leaves neither program nor relay.
 #[test]
 #[ignore = "needs root: BPF and network namespaces"]
 fn a_copy_mode_tunnel_whose_route_goes_counts_down_and_resumes() {
@@ -613,8 +658,12 @@ fn a_copy_mode_tunnel_whose_route_goes_counts_down_and_resumes() {
         .count();
     assert_eq!(back, 200, "the collector gets the copies again");
     assert_source_reconciles("mon", &st.sources["mon"]);
+    let relay = r.relay();
+    assert!(r.has_device(&relay));
     assert!(daemon
         .stop(Duration::from_secs(10))
         .expect("daemon stops")
         .success());
+    assert!(!r.has_device(&relay), "a clean stop deletes the relay too");
+    assert_eq!(r.attached("m0"), kernel::Attached::default());
 }
