@@ -70,13 +70,21 @@ impl Relay {
                 std::io::Error::last_os_error(),
             ));
         }
-        // No IPv6 on it: nothing but clones is ever sent through it. A
-        // kernel without IPv6 has nothing to turn off.
+        // No IPv6 on it, so it sends nothing of its own (router
+        // solicitations, MLD). A kernel without IPv6 has nothing to turn
+        // off; where /proc/sys is read-only (systemd's
+        // ProtectKernelTunables=yes) IPv6 stays on, and tc_relay drops
+        // those few frames (counted `relay_foreign`): never mirrored.
         let v6 = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
-        if let Err(e) = std::fs::write(&v6, "1") {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(err("turning IPv6 off", e));
-            }
+        match std::fs::write(&v6, "1") {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::info!(
+                relay = %name,
+                error = %e,
+                "cannot turn IPv6 off on the relay (/proc/sys read-only?): its own IPv6 \
+                 frames are dropped by its program, never mirrored"
+            ),
         }
         super::netdev::set_up(&name).map_err(|e| err("bringing it up", e))?;
         let ifindex = super::ifindex(&name)?;
