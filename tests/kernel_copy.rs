@@ -454,7 +454,8 @@ fn kernel_path_clones_to_each_destination_and_counts_every_outcome() {
 /// a tunnel destination's clone to the relay and the frame itself keeps its
 /// own mark and priority (a clone nobody's relay program took is an error,
 /// not a copy sent); the relay program reads the slot, direction and flow
-/// hash the mark and priority carry, cuts the copy to the tunnel's mtu,
+/// hash the mark and priority carry, cuts the copy to the tunnel's mtu (and
+/// the session's packet_length),
 /// pushes the slot's headers (the VXLAN source port from the flow hash,
 /// ERSPAN III's D bit from the direction), sends it to the slot's device and
 /// counts each outcome exactly; a frame without the mark is dropped, counted;
@@ -497,7 +498,8 @@ fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
     };
     let run = |fd, frame, mark, priority| run_gso(fd, frame, mark, priority, 0);
     let frame = tcp(1000, 80, 100);
-    let [_, egress, _] = prog.copy_fds();
+    let egress = prog.copy_fds()[1].try_clone_to_owned().expect("dup");
+    let egress = egress.as_fd();
     let b1 = Capture::start(&ns, "b1").expect("capture b1");
     assert_eq!(
         run(egress, frame.clone(), 0xabc, 5),
@@ -553,7 +555,8 @@ fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
     prog.set_tunnel(0, 1, &er).expect("slot 1");
     let mark = |egress: u32, key: u32| MAGIC << 16 | egress << 9 | key;
     let b0 = Capture::start(&ns, "b0").expect("capture b0");
-    let relay = prog.relay_fd();
+    let relay = prog.relay_fd().try_clone_to_owned().expect("dup");
+    let relay = relay.as_fd();
     let long = tcp(1000, 80, 1514 - 54);
     let mut sent = Vec::new();
     for (f, m) in [
@@ -590,6 +593,19 @@ fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
             ..Default::default()
         }
     );
+    // The session's packet_length cuts too, and is not the tunnel's cut
+    // (no `truncated`, no T bit).
+    prog.set_snap(0, 100).expect("packet_length");
+    let b0 = Capture::start(&ns, "b0").expect("capture b0");
+    assert_eq!(run(relay, long.clone(), mark(0, 1), 0).verdict, TC_SHOT);
+    let got = b0.finish();
+    let d = encap::decode_gre(&got[0][34..]).expect("GRE");
+    assert_eq!(&got[0][34 + d.payload..], &long[..100]);
+    assert!(
+        !d.erspan.expect("ERSPAN").truncated,
+        "no T bit for packet_length"
+    );
+    prog.set_snap(0, 0).expect("packet_length");
     // Down, and a frame without the mark.
     let mut down = er;
     down.set_down(true);
@@ -599,8 +615,8 @@ fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
     assert_eq!(
         prog.tunnel_stats(0, 1).expect("stats"),
         TunnelStats {
-            packets: 1,
-            bytes: frame.len() as u64,
+            packets: 2,
+            bytes: frame.len() as u64 + 100,
             down: 1,
             ..Default::default()
         }

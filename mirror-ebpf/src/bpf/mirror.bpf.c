@@ -1059,15 +1059,18 @@ static __always_inline void try_relay(struct __sk_buff *skb)
 			}
 		}
 	}
+	/* The session's packet_length first, as userspace cuts; then the
+	 * tunnel's mtu: only that cut is `truncated` (ERSPAN's T bit). */
 	len = skb->len;
 	snap = session_snap[session];
-	cap = t->max_inner;
-	if (snap && snap < cap)
-		cap = snap;
+	cap = snap && snap < len ? snap : len;
+	if (cap > t->max_inner) {
+		cap = t->max_inner;
+		c.cut = true;
+	}
 	if (len > cap) {
 		if (bpf_skb_change_tail(skb, cap, 0))
 			goto error;
-		c.cut = len > t->max_inner;
 		len = cap;
 	}
 	c.len = len;
