@@ -355,10 +355,12 @@ fn kernel_path_clones_to_each_destination_and_counts_every_outcome() {
         CloneDest {
             ifindex: ifindex("a0"),
             max_len: max_len(Some(1500)),
+            tunnel: false,
         },
         CloneDest {
             ifindex: ifindex("a1"),
             max_len: max_len(Some(600)),
+            tunnel: false,
         },
     ];
     fx.prog.set_clone_path(0, &dests).expect("clone path");
@@ -368,6 +370,7 @@ fn kernel_path_clones_to_each_destination_and_counts_every_outcome() {
             &[CloneDest {
                 ifindex: 999_999,
                 max_len: u32::MAX,
+                tunnel: false,
             }],
         )
         .expect("clone path");
@@ -453,4 +456,184 @@ fn kernel_path_clones_to_each_destination_and_counts_every_outcome() {
     let [b0, b1] = caps.map(Capture::finish);
     assert_eq!(b0, to_b0.into_iter().cloned().collect::<Vec<_>>(), "b0");
     assert_eq!(b1, small, "b1");
+}
+
+/// Copy mode's kernel tunnels, through BPF_PROG_TEST_RUN in a namespace with
+/// a veth pair (a0-b0) toward the collector: the source's tcx program sends
+/// a tunnel destination's clone to the relay and the frame itself keeps its
+/// own mark and priority (a clone nobody's relay program took is an error,
+/// not a copy sent); the relay program reads the slot, direction and flow
+/// hash the mark and priority carry, cuts the copy to the tunnel's mtu (and
+/// the session's packet_length),
+/// pushes the slot's headers (the VXLAN source port from the flow hash,
+/// ERSPAN III's D bit from the direction), sends it to the slot's device and
+/// counts each outcome exactly; a frame without the mark is dropped, counted;
+/// a GSO super-frame is refused for a tunnel, counted `too_big`.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
+    require_root!();
+    use mirror_user::config::{ErspanVersion, Granularity, TargetSpec, Tunnel};
+    use mirror_user::kernel::route::NextHop;
+    use mirror_user::kernel::{test_run_skb, CloneDest, CloneStats, SkbRun, TunnelStats};
+    use mirror_user::lab::{self, Capture, Netns};
+    use mirror_user::target::{encap, kernel_tunnel};
+    use std::os::fd::AsFd;
+
+    const TC_SHOT: u32 = 2;
+    const MAGIC: u32 = 0x4d54;
+    let ns = Netns::new("relay").expect("netns");
+    lab::veth(&ns, "a0", &ns, "b0", 1).expect("veth");
+    lab::veth(&ns, "a1", &ns, "b1", 1).expect("veth");
+    let ifindex = |dev: &'static str| {
+        ns.run(move || Ok(mirror_user::kernel::ifindex(dev)?))
+            .expect("ifindex")
+    };
+    let fx = Copy::new(1 << 20);
+    let mut prog = fx.prog;
+    // Session web (0): destination 0 a relay that does not exist, 1 a plain
+    // veth, where no relay program takes the clone.
+    let tunnel = |ifindex| CloneDest {
+        ifindex,
+        max_len: u32::MAX,
+        tunnel: true,
+    };
+    prog.set_clone_path(0, &[tunnel(999_999), tunnel(ifindex("a1"))])
+        .expect("clone path");
+    let run_gso = |fd: std::os::fd::BorrowedFd<'_>, frame: Vec<u8>, mark, priority, gso| {
+        let fd = fd.try_clone_to_owned().expect("dup");
+        ns.run(move || Ok(test_run_skb(fd.as_fd(), &frame, mark, priority, gso)?))
+            .expect("BPF_PROG_TEST_RUN")
+    };
+    let run = |fd, frame, mark, priority| run_gso(fd, frame, mark, priority, 0);
+    let frame = tcp(1000, 80, 100);
+    let egress = prog.copy_fds()[1].try_clone_to_owned().expect("dup");
+    let egress = egress.as_fd();
+    let b1 = Capture::start(&ns, "b1").expect("capture b1");
+    assert_eq!(
+        run(egress, frame.clone(), 0xabc, 5),
+        SkbRun {
+            verdict: TC_NEXT,
+            frame: frame.clone(),
+            mark: 0xabc,
+            priority: 5
+        },
+        "the frame passes on with its own mark and priority"
+    );
+    // A GSO super-frame is refused for a tunnel, counted, never cut.
+    assert_eq!(run_gso(egress, frame.clone(), 0, 0, 2).verdict, TC_NEXT);
+    assert_eq!(b1.finish().len(), 1, "the plain veth got the one clone");
+    for key in [0, 1] {
+        assert_eq!(
+            prog.clone_stats(0, key).expect("stats"),
+            CloneStats {
+                errors: 1,
+                too_big: 1,
+                ..Default::default()
+            },
+            "destination {key}: no relay took the frame; the super-frame too_big"
+        );
+    }
+
+    // The relay: slot (0, 0) VXLAN, (0, 1) ERSPAN III, both out of a0.
+    let hop = NextHop {
+        ifindex: ifindex("a0"),
+        mtu: 1500,
+        smac: [2, 0, 0, 0, 0, 1],
+        dmac: Some([2, 0, 0, 0, 0, 2]),
+        source: "10.0.0.1".parse().expect("ip"),
+        neighbour: "10.0.0.2".parse().expect("ip"),
+    };
+    let t = Tunnel {
+        remote: "10.0.0.2".parse().expect("ip"),
+        source: None,
+        mtu: 1500,
+    };
+    let vxlan = TargetSpec::Vxlan {
+        tunnel: t,
+        port: 4789,
+    };
+    let erspan = TargetSpec::Erspan {
+        tunnel: t,
+        version: ErspanVersion::Three,
+        granularity: Granularity::Nanos100,
+    };
+    let vx = kernel_tunnel::headers(&vxlan, 42, &hop, 0).expect("headers");
+    let er = kernel_tunnel::headers(&erspan, 42, &hop, 0).expect("headers");
+    prog.set_tunnel(0, 0, &vx).expect("slot 0");
+    prog.set_tunnel(0, 1, &er).expect("slot 1");
+    let mark = |egress: u32, key: u32| MAGIC << 16 | egress << 9 | key;
+    let b0 = Capture::start(&ns, "b0").expect("capture b0");
+    let relay = prog.relay_fd().try_clone_to_owned().expect("dup");
+    let relay = relay.as_fd();
+    let long = tcp(1000, 80, 1514 - 54);
+    let mut sent = Vec::new();
+    for (f, m) in [
+        (frame.clone(), mark(0, 0)),
+        (long.clone(), mark(0, 0)),
+        (frame.clone(), mark(1, 1)),
+    ] {
+        let r = run(relay, f, m, 0x1234);
+        assert_eq!(r.verdict, TC_SHOT, "never passed on to the TAP");
+        sent.push(r.frame);
+    }
+    let got = b0.finish();
+    assert_eq!(got, sent, "a0 sent what the program built");
+    // VXLAN: the flow hash's source port, the frame whole, then cut to 1464.
+    for (p, inner) in got[..2].iter().zip([&frame[..], &long[..1464]]) {
+        let h = encap::decode_vxlan(&p[34..]).expect("VXLAN");
+        assert_eq!(
+            (h.source_port, h.vni, usize::from(h.udp_len)),
+            (encap::vxlan_source_port(0x1234), 42, 16 + inner.len())
+        );
+        assert_eq!(&p[50..], inner);
+    }
+    let d = encap::decode_gre(&got[2][34..]).expect("GRE");
+    let e = d.erspan.expect("ERSPAN");
+    assert_eq!((e.session_id, e.egress, e.sequence), (42, true, 0));
+    assert_eq!(&got[2][34 + d.payload..], &frame[..]);
+    let bytes = (frame.len() + 1464) as u64;
+    assert_eq!(
+        prog.tunnel_stats(0, 0).expect("stats"),
+        TunnelStats {
+            packets: 2,
+            bytes,
+            truncated: 1,
+            ..Default::default()
+        }
+    );
+    // The session's packet_length cuts too, and is not the tunnel's cut
+    // (no `truncated`, no T bit).
+    prog.set_snap(0, 100).expect("packet_length");
+    let b0 = Capture::start(&ns, "b0").expect("capture b0");
+    // The mark carries the policy slot the frame was classified under.
+    let slot = prog.policy_slot(0).expect("policy slot");
+    assert_eq!(
+        run(relay, long.clone(), mark(0, 1) | slot << 10, 0).verdict,
+        TC_SHOT
+    );
+    let got = b0.finish();
+    let d = encap::decode_gre(&got[0][34..]).expect("GRE");
+    assert_eq!(&got[0][34 + d.payload..], &long[..100]);
+    assert!(
+        !d.erspan.expect("ERSPAN").truncated,
+        "no T bit for packet_length"
+    );
+    prog.set_snap(0, 0).expect("packet_length");
+    // Down, and a frame without the mark.
+    let mut down = er;
+    down.set_down(true);
+    prog.set_tunnel(0, 1, &down).expect("slot 1");
+    assert_eq!(run(relay, frame.clone(), mark(0, 1), 0).verdict, TC_SHOT);
+    assert_eq!(run(relay, frame.clone(), 0, 0).verdict, TC_SHOT);
+    assert_eq!(
+        prog.tunnel_stats(0, 1).expect("stats"),
+        TunnelStats {
+            packets: 2,
+            bytes: frame.len() as u64 + 100,
+            down: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(prog.relay_foreign(), 1, "the unmarked frame");
 }

@@ -404,6 +404,8 @@ struct mirror_tunnel {
 	__u16 reserved;
 	__u32 ip_csum;    /* IPv4: one's-complement sum of the IP header's 16-bit
 			   * words as stored, with total length, ID and checksum 0 */
+	__u32 ifindex;    /* the egress device toward the next hop (copy mode's
+			   * relay sends there; tap mode's DEVMAP entry holds it) */
 	__u64 tai_offset; /* ERSPAN III: CLOCK_TAI - CLOCK_REALTIME, ns */
 	__u8 hdr[MIRROR_TUN_HDR_MAX]; /* the outer headers with every fixed field set */
 };
@@ -440,14 +442,38 @@ struct mirror_clone_dest {
 	__u32 down;    /* 1 while userspace sees the device down or gone: counted
 			* `down`, not cloned (the kernel would report a clone its
 			* down device discards as sent) */
-	__u32 reserved;
+	__u32 tunnel;  /* 1: a tunnel target; `ifindex` is the source's relay
+			* device (see below) */
 };
 
-/* Per destination slot, summed over CPUs. */
+/*
+ * Copy mode's kernel tunnels. A tunnel destination's clone goes to the
+ * source's relay, a TAP device the daemon holds open (deleted by the kernel
+ * when the daemon dies), with skb->mark = MIRROR_RELAY_MAGIC << 16 |
+ * policy slot << 10 | direction << 9 | session << 3 | destination and
+ * skb->priority = the symmetric flow hash
+ * (both restored on the frame itself right after the clone: it leaves as it
+ * came). tc_relay, at the relay's tcx egress, takes every clone before the
+ * TAP driver: it reads the tunnel slot (struct mirror_tunnel, the same as tap
+ * mode's), cuts the copy to packet_length / max_inner, pushes and fills the
+ * outer headers as the XDP tunnel programs do, and clones it to the egress
+ * device toward the collector (`ifindex` of the slot); the copy itself is
+ * then dropped, never queued to the TAP. Its outcome is counted in the
+ * slot's struct mirror_tunnel_stats; a frame without the mark (IPv6 noise of
+ * the device, never expected) in `relay_foreign`.
+ */
+enum mirror_relay {
+	MIRROR_RELAY_MAGIC = 0x4d54, /* "MT" */
+};
+
+/* Per destination slot, summed over CPUs. A tunnel destination's `packets`
+ * and `bytes` are the clones handed to the relay, whose tunnel_stats slot
+ * then counts what became of each. */
 struct mirror_clone_stats {
 	__u64 packets; /* clones the device took (bpf_clone_redirect returned 0) */
 	__u64 bytes;   /* their bytes */
-	__u64 too_big; /* not cloned: longer than the device takes, and not GSO */
+	__u64 too_big; /* not cloned: longer than the device takes, and not GSO;
+			* to a tunnel: a GSO super-frame (never cut silently) */
 	__u64 down;    /* not cloned: `down` set; or the kernel said -ENETDOWN */
 	__u64 errors;  /* bpf_clone_redirect failed otherwise: no such device, no
 			* memory, the device's queue dropped it (-ENOBUFS) */

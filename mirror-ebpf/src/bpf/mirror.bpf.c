@@ -669,7 +669,7 @@ static __always_inline int tunnel_xmit(struct xdp_md *ctx, const __u32 k)
 			goto error;
 		c.sequence = (__u32)__sync_fetch_and_add(seq, 1);
 	}
-	if (!encapsulate(ctx, t, &c))
+	if (!encapsulate(ctx, true, t, &c))
 		goto error;
 	st->packets += 1;
 	st->bytes += len;
@@ -818,6 +818,12 @@ static __always_inline int copy_out(struct copy_job *job)
  */
 struct mirror_clone_dest clone_dests[MIRROR_MAX_SESSIONS][MIRROR_MAX_FAST_TARGETS];
 __u32 clone_ndests[MIRROR_MAX_SESSIONS];
+/* 1: one of the session's destinations is a tunnel (its clones carry the
+ * flow hash to the relay). */
+__u32 clone_tunnels[MIRROR_MAX_SESSIONS];
+/* Frames tc_relay saw without the relay mark (dropped): never expected, the
+ * relay has no address and no IPv6. */
+__u64 relay_foreign;
 
 /* Per destination slot (session * MIRROR_MAX_FAST_TARGETS + destination):
  * what became of the frames cloned to it. */
@@ -838,9 +844,40 @@ struct {
 
 struct mirror_clone_dest abi_anchor_clone_dest = {};
 struct mirror_clone_stats abi_anchor_clone_stats = {};
+enum mirror_relay abi_anchor_relay = MIRROR_RELAY_MAGIC;
 
 /* ENETDOWN (uapi asm-generic/errno.h), which the BPF target's headers lack. */
 #define MIRROR_ENETDOWN 100
+
+/* What tc_relay makes the egress of a clone it took (NET_XMIT_DROP: it never
+ * lets one through to the TAP). */
+#define MIRROR_NET_XMIT_DROP 1
+
+/*
+ * Copy mode's kernel tunnels (see enum mirror_relay): one clone of the frame
+ * to the relay `relay`, marked with its slot (session `s`, destination `i`)
+ * and carrying the flow hash; the frame's own mark and priority are put back
+ * at once. tc_relay runs within the call and counts the clone's outcome in
+ * the tunnel slot, then drops it: the kernel reports that as NET_XMIT_DROP,
+ * here 0 (handed to the relay); anything else is the relay's own failure.
+ */
+static __always_inline long relay_out(struct __sk_buff *skb, __u32 relay, __u32 s, __u32 i,
+				      __u32 dir, __u32 hash, __u32 pslot)
+{
+	__u32 mark = skb->mark, priority = skb->priority;
+	long err;
+
+	skb->mark = (__u32)MIRROR_RELAY_MAGIC << 16 | (pslot & 1) << 10 | (dir & 1) << 9 | s << 3 |
+		    i;
+	skb->priority = hash;
+	err = bpf_clone_redirect(skb, relay, 0);
+	skb->mark = mark;
+	skb->priority = priority;
+	if (err == MIRROR_NET_XMIT_DROP)
+		return 0;
+	/* 0: the TAP queued it, so tc_relay did not run (detached?): an error. */
+	return err ? err : -1;
+}
 
 /*
  * Copy mode's kernel path: one clone of the frame to each of the session's
@@ -850,7 +887,8 @@ struct mirror_clone_stats abi_anchor_clone_stats = {};
  * after cloning, as skbs written by tc programs must have). Counted where it
  * happens: the session and direction once, then each destination's outcome.
  */
-static __always_inline void clone_out(struct __sk_buff *skb, __u32 session, __u32 dir, bool gso)
+static __always_inline void clone_out(struct __sk_buff *skb, __u32 session, __u32 dir, bool gso,
+				      __u32 hash, __u32 pslot)
 {
 	__u32 s = session & (MIRROR_MAX_SESSIONS - 1);
 	__u32 n = clone_ndests[s];
@@ -881,11 +919,21 @@ static __always_inline void clone_out(struct __sk_buff *skb, __u32 session, __u3
 			st->down += 1;
 			continue;
 		}
-		if (!gso && len > t->max_len) {
-			st->too_big += 1;
-			continue;
+		if (t->tunnel) {
+			/* A GSO super-frame is refused, counted: the relay would
+			 * have to cut it, and its segments need the stack. */
+			if (gso) {
+				st->too_big += 1;
+				continue;
+			}
+			err = relay_out(skb, t->ifindex, s, i, dir, hash, pslot);
+		} else {
+			if (!gso && len > t->max_len) {
+				st->too_big += 1;
+				continue;
+			}
+			err = bpf_clone_redirect(skb, t->ifindex, 0);
 		}
-		err = bpf_clone_redirect(skb, t->ifindex, 0);
 		if (err == 0) {
 			st->packets += 1;
 			st->bytes += len;
@@ -919,7 +967,8 @@ static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data
 	if (!xdp && clone_ndests[session]) {
 		/* The kernel path: clones, no record (the packet pointers are
 		 * stale after a clone; nothing below them is used). */
-		clone_out(ctx, session, dir, gso);
+		clone_out(ctx, session, dir, gso,
+			  clone_tunnels[session] ? flow_hash(&p, data, data_end) : 0, slot);
 		return;
 	}
 
@@ -980,4 +1029,124 @@ SEC("tcx/ingress")
 int tc_copy_ingress(struct __sk_buff *skb)
 {
 	return tc_copy(skb, MIRROR_DIR_INGRESS);
+}
+
+/*
+ * Copy mode's kernel tunnels: the relay's egress (see enum mirror_relay).
+ * Every clone a source sent here ends in exactly one counter of its tunnel
+ * slot; nothing is ever passed on to the TAP driver.
+ */
+static __always_inline void try_relay(struct __sk_buff *skb)
+{
+	__u32 mark = skb->mark, session, slot, len, snap, cap;
+	struct mirror_tunnel_stats *st;
+	struct mirror_tunnel *t;
+	struct tun_copy c = {};
+	void *data, *data_end;
+	__u64 *seq;
+	long err;
+
+	if (mark >> 16 != MIRROR_RELAY_MAGIC) {
+		__sync_fetch_and_add(&relay_foreign, 1);
+		return;
+	}
+	session = mark >> 3 & (MIRROR_MAX_SESSIONS - 1);
+	slot = session * MIRROR_MAX_FAST_TARGETS + (mark & (MIRROR_MAX_FAST_TARGETS - 1));
+	c.hash = skb->priority;
+	c.egress = mark >> 9 & 1;
+	t = bpf_map_lookup_elem(&tunnels, &slot);
+	st = bpf_map_lookup_elem(&tunnel_stats, &slot);
+	if (!t || !st)
+		return; /* cannot happen: slot < max_entries (it would show as unknown) */
+	if (t->flags & MIRROR_TUN_F_DOWN) {
+		st->down += 1;
+		return;
+	}
+	if (t->kind == MIRROR_TUN_NONE)
+		goto error;
+	if (skb->vlan_present) {
+		/* The outer tag is out of the data (VLAN acceleration): put it
+		 * back in, as the kernel's own tunnels do, so the collector gets
+		 * the frame as it was on the wire. */
+		__u16 tci = skb->vlan_tci;
+		__u16 proto = skb->vlan_proto; /* network order */
+		__u32 *w;
+
+		if (bpf_skb_vlan_pop(skb) || skb->vlan_present || bpf_skb_change_head(skb, 4, 0))
+			goto error; /* a second accelerated tag (QinQ) */
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		if (data + ETH_HLEN + 4 > data_end)
+			goto error;
+		w = data;
+		w[0] = w[1];
+		w[1] = w[2];
+		w[2] = w[3];
+		*(__u16 *)(data + 12) = proto;
+		*(__u16 *)(data + 14) = bpf_htons(tci);
+		c.tagged = true;
+		c.tci = tci;
+	} else {
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		if (data + ETH_HLEN + 4 <= data_end) {
+			__u8 *b = data;
+			__u16 proto = (__u16)b[12] << 8 | b[13];
+
+			if (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
+				c.tagged = true;
+				c.tci = (__u16)b[14] << 8 | b[15];
+			}
+		}
+	}
+	/* The session's packet_length first, as userspace cuts; then the
+	 * tunnel's mtu: only that cut is `truncated` (ERSPAN's T bit). */
+	len = skb->len;
+	/* The policy slot the frame was classified under (bit 10 of the mark). */
+	snap = session_policy[session * MIRROR_POLICY_SLOTS + (mark >> 10 & 1)].packet_length;
+	cap = snap && snap < len ? snap : len;
+	if (cap > t->max_inner) {
+		cap = t->max_inner;
+		c.cut = true;
+	}
+	if (len > cap) {
+		if (bpf_skb_change_tail(skb, cap, 0))
+			goto error;
+		len = cap;
+	}
+	c.len = len;
+	c.count = st->packets;
+	c.tstamp = bpf_ktime_get_tai_ns();
+	if (t->kind == MIRROR_TUN_ERSPAN2 || t->kind == MIRROR_TUN_ERSPAN3) {
+		seq = bpf_map_lookup_elem(&tunnel_seq, &slot);
+		if (!seq)
+			goto error;
+		c.sequence = (__u32)__sync_fetch_and_add(seq, 1);
+	}
+	if (!encapsulate(skb, false, t, &c))
+		goto error;
+	/* Leaves clean: nothing on the egress device reads our slot. */
+	skb->mark = 0;
+	skb->priority = 0;
+	err = bpf_clone_redirect(skb, t->ifindex, 0);
+	if (err == 0) {
+		st->packets += 1;
+		st->bytes += len;
+		if (c.cut)
+			st->truncated += 1;
+	} else if (err == -MIRROR_ENETDOWN) {
+		st->down += 1;
+	} else {
+		st->errors += 1;
+	}
+	return;
+error:
+	st->errors += 1;
+}
+
+SEC("tcx/egress")
+int tc_relay(struct __sk_buff *skb)
+{
+	try_relay(skb);
+	return TC_ACT_SHOT;
 }

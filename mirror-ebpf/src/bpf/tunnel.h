@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * Tunnel encapsulation in the kernel path's DEVMAP programs (see struct
- * mirror_tunnel in abi.h): the outer headers come whole from userspace; here
+ * Tunnel encapsulation in the kernel path's DEVMAP programs (tap mode) and
+ * copy mode's relay program (see struct mirror_tunnel in abi.h): the outer headers come whole from userspace; here
  * only what changes per copy is written. The bytes match what the userspace
  * sender puts on the wire (target/encap.rs) for the same copy, except the
  * IPv4 ID and IPv6 flow label, which the kernel's IP stack picks there.
@@ -30,6 +30,7 @@ struct tun_copy {
 	__u16 tci;      /* the frame's outer VLAN tag (ERSPAN), if tagged */
 	bool tagged;
 	bool cut;       /* cut to max_inner (ERSPAN's T bit) */
+	bool egress;    /* seen on egress (copy mode; ERSPAN III's D bit) */
 };
 
 static __always_inline __u16 csum_fold(__u32 sum)
@@ -120,6 +121,8 @@ static __always_inline void fill_tunnel(void *data, const struct mirror_tunnel *
 			__u64 units = t->flags & MIRROR_TUN_F_NANOS100 ? unix_ns / 100 : unix_ns / 100000;
 
 			*ts = bpf_htonl((__u32)units);
+			if (c->egress)
+				*(__u8 *)(data + l4 + 19) |= 0x08; /* D, in the word after */
 		}
 	}
 	/* GRE: nothing changes per copy. */
@@ -127,18 +130,33 @@ static __always_inline void fill_tunnel(void *data, const struct mirror_tunnel *
 
 /*
  * Pushes `hl` bytes (a constant, so every access below is checked at a fixed
- * offset) of outer headers in front of the copy and fills them in. Returns
- * false when the headroom was missing.
+ * offset) of outer headers in front of the copy and fills them in: `ctx` is
+ * a struct xdp_md (`xdp`, a tap-mode DEVMAP program) or a struct __sk_buff
+ * (copy mode's relay); only the push differs. Returns false when the
+ * headroom was missing.
  */
-static __always_inline bool push_headers(struct xdp_md *ctx, const struct mirror_tunnel *t,
+static __always_inline bool push_headers(void *ctx, const bool xdp, const struct mirror_tunnel *t,
 					 const struct tun_copy *c, const __u32 hl, const bool v6)
 {
 	void *data, *data_end;
 
-	if (bpf_xdp_adjust_head(ctx, -(int)hl))
-		return false;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
+	if (xdp) {
+		struct xdp_md *x = ctx;
+
+		if (bpf_xdp_adjust_head(x, -(int)hl))
+			return false;
+		data = (void *)(long)x->data;
+		data_end = (void *)(long)x->data_end;
+	} else {
+		struct __sk_buff *skb = ctx;
+
+		/* Room in front (copying the head if it is shared or short),
+		 * zeroed; the MAC header moves to the new front. */
+		if (bpf_skb_change_head(skb, hl, 0))
+			return false;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
 	if (data + hl > data_end)
 		return false;
 	copy_hdr(data, t, hl);
@@ -152,7 +170,7 @@ static __always_inline bool push_headers(struct xdp_md *ctx, const struct mirror
  * constant-offset copy of push_headers. VXLAN over IPv6 is not among them:
  * its UDP checksum is mandatory and covers the whole copy (userspace path).
  */
-static __always_inline bool encapsulate(struct xdp_md *ctx, const struct mirror_tunnel *t,
+static __always_inline bool encapsulate(void *ctx, const bool xdp, const struct mirror_tunnel *t,
 					const struct tun_copy *c)
 {
 	bool v6 = t->flags & MIRROR_TUN_F_IPV6;
@@ -160,25 +178,25 @@ static __always_inline bool encapsulate(struct xdp_md *ctx, const struct mirror_
 	if (!v6) {
 		switch (t->hdr_len) {
 		case TUN_ETH + TUN_IP4 + 4: /* GRE */
-			return push_headers(ctx, t, c, TUN_ETH + TUN_IP4 + 4, false);
+			return push_headers(ctx, xdp, t, c, TUN_ETH + TUN_IP4 + 4, false);
 		case TUN_ETH + TUN_IP4 + 8: /* GRE with key */
-			return push_headers(ctx, t, c, TUN_ETH + TUN_IP4 + 8, false);
+			return push_headers(ctx, xdp, t, c, TUN_ETH + TUN_IP4 + 8, false);
 		case TUN_ETH + TUN_IP4 + 16: /* VXLAN (UDP + VXLAN), ERSPAN II */
-			return push_headers(ctx, t, c, TUN_ETH + TUN_IP4 + 16, false);
+			return push_headers(ctx, xdp, t, c, TUN_ETH + TUN_IP4 + 16, false);
 		case TUN_ETH + TUN_IP4 + 20: /* ERSPAN III */
-			return push_headers(ctx, t, c, TUN_ETH + TUN_IP4 + 20, false);
+			return push_headers(ctx, xdp, t, c, TUN_ETH + TUN_IP4 + 20, false);
 		}
 		return false;
 	}
 	switch (t->hdr_len) {
 	case TUN_ETH + TUN_IP6 + 4:
-		return push_headers(ctx, t, c, TUN_ETH + TUN_IP6 + 4, true);
+		return push_headers(ctx, xdp, t, c, TUN_ETH + TUN_IP6 + 4, true);
 	case TUN_ETH + TUN_IP6 + 8:
-		return push_headers(ctx, t, c, TUN_ETH + TUN_IP6 + 8, true);
+		return push_headers(ctx, xdp, t, c, TUN_ETH + TUN_IP6 + 8, true);
 	case TUN_ETH + TUN_IP6 + 16:
-		return push_headers(ctx, t, c, TUN_ETH + TUN_IP6 + 16, true);
+		return push_headers(ctx, xdp, t, c, TUN_ETH + TUN_IP6 + 16, true);
 	case TUN_ETH + TUN_IP6 + 20:
-		return push_headers(ctx, t, c, TUN_ETH + TUN_IP6 + 20, true);
+		return push_headers(ctx, xdp, t, c, TUN_ETH + TUN_IP6 + 20, true);
 	}
 	return false;
 }

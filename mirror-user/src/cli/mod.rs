@@ -67,9 +67,11 @@ EXAMPLES
 /// flow-symmetric groups of these. A tap session whose targets are all
 /// interfaces that take XDP frames is served in the kernel (a DEVMAP
 /// broadcast, no userspace copy); so is a copy session whose targets are all
-/// interfaces (tcx clones each frame to them, bpf_clone_redirect, and passes
-/// it on; ingress_hook = "auto", the default, then hooks ingress at tcx,
-/// since XDP cannot clone). `path` in [[session]] overrides, and the log and
+/// interfaces or VXLAN (IPv4) / GRE / ERSPAN tunnels (tcx clones each frame
+/// to them, bpf_clone_redirect, tunnels through a relay TAP device
+/// `mirror-r<ifindex>` that encapsulates them, and passes it on;
+/// ingress_hook = "auto", the default, then hooks ingress at tcx, since XDP
+/// cannot clone). `path` in [[session]] overrides, and the log and
 /// `mirror stats` say which path each session has, and why.
 /// Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_NET_RAW.
 #[derive(Debug, Parser)]

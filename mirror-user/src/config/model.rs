@@ -498,24 +498,33 @@ impl Config {
     }
 
     /// Why copy mode's kernel path cannot serve copy-mode session `session`,
-    /// judging by the config alone (the target devices are looked up at
-    /// start), or `None` when it can. That path clones each mirrored frame,
-    /// whole, at tcx to the egress of each target device
-    /// (`bpf_clone_redirect`) and lets the frame pass on: every target must
-    /// be a local interface, nothing may need userspace per frame, and the
-    /// source's ingress must be hooked at tcx (XDP can pass a frame or
-    /// redirect it, not both).
+    /// judging by the config alone (the target devices and the tunnels'
+    /// routes are looked up at start), or `None` when it can. That path
+    /// clones each mirrored frame at tcx to the egress of each target device
+    /// (`bpf_clone_redirect`), or for a VXLAN (over IPv4), GRE or ERSPAN
+    /// target to the source's relay device, whose program encapsulates it,
+    /// and lets the frame pass on: every target must be a local interface or
+    /// such a tunnel, nothing may need userspace per frame, and the source's
+    /// ingress must be hooked at tcx (XDP can pass a frame or redirect it,
+    /// not both). Interface targets get whole frames, so `packet_length`
+    /// (which the relay applies to tunnels) rules them out.
     pub(crate) fn clone_path_obstacle(&self, session: usize) -> Option<String> {
         let s = &self.sessions[session];
         let src = &self.sources[s.source];
         if s.policies().any(|p| p.rate_limit_pps != 0) {
             return Some("rate_limit_pps is applied in userspace".into());
         }
-        if s.policies().any(|p| p.packet_length != 0) {
-            return Some(
-                "packet_length is applied in userspace (the kernel path clones whole frames)"
-                    .into(),
-            );
+        let interface = s.targets.iter().find_map(|d| match *d {
+            Dest::Target(t) if matches!(self.targets[t].spec, TargetSpec::Interface { .. }) => {
+                Some(&self.targets[t].name)
+            }
+            _ => None,
+        });
+        if let (true, Some(name)) = (s.policies().any(|p| p.packet_length != 0), interface) {
+            return Some(format!(
+                "packet_length is applied in userspace for interface targets (target `{name}`: \
+                 the kernel path clones whole frames to them)"
+            ));
         }
         for d in &s.targets {
             let t = match *d {
@@ -525,8 +534,9 @@ impl Config {
                         self.groups[g].name
                     ))
                 }
-                Dest::Target(t) => &self.targets[t],
+                Dest::Target(t) => (t, &self.targets[t]),
             };
+            let (t_idx, t) = t;
             match &t.spec {
                 TargetSpec::Interface { interface, .. } => {
                     let looping = self.sources.iter().find(|o| {
@@ -541,12 +551,25 @@ impl Config {
                         ));
                     }
                 }
-                TargetSpec::Vxlan { .. } | TargetSpec::Gre { .. } | TargetSpec::Erspan { .. } => {
+                TargetSpec::Gre { .. } => {}
+                TargetSpec::Erspan { .. } => {
+                    let other = (0..self.sessions.len())
+                        .find(|&o| o != session && self.session_targets(o).contains(&t_idx));
+                    if let Some(o) = other {
+                        return Some(format!(
+                            "ERSPAN target `{}` is also a target of session `{}`: its sequence \
+                             numbers are one series per target, which only userspace keeps \
+                             across sessions",
+                            t.name, self.sessions[o].name
+                        ));
+                    }
+                }
+                TargetSpec::Vxlan { tunnel, .. } if tunnel.remote.is_ipv4() => {}
+                TargetSpec::Vxlan { .. } => {
                     return Some(format!(
-                        "target `{}` is a {} tunnel: copy mode's kernel path clones to local \
-                         interfaces only",
-                        t.name,
-                        t.spec.kind()
+                        "target `{}` is VXLAN over IPv6, whose mandatory UDP checksum covers the \
+                         whole copy: the kernel path does not compute it",
+                        t.name
                     ))
                 }
                 TargetSpec::Pcapng(_) => {

@@ -635,6 +635,36 @@ fn copy_sessions_clone_in_the_kernel_unless_userspace_or_xdp_is_needed() {
         assert_eq!(c.kernel_path_obstacle(0), None, "{hook:?}");
         parse(&copy(hook, ids, "path = \"kernel\""), "t.toml").expect("kernel path");
     }
+    // VXLAN (IPv4) and GRE targets (and ERSPAN ones, see below) are
+    // encapsulated by the source's relay, which also cuts to packet_length;
+    // beside interface targets too.
+    for (targets, session) in [
+        ("\"vx\", \"gre6\"", "packet_length = 100"),
+        ("\"ids0\", \"vx\"", ""),
+    ] {
+        let c = parse(&copy("", targets, session), "t.toml").expect("valid");
+        assert_eq!(c.kernel_path_obstacle(0), None, "{targets} {session}");
+    }
+    // An ERSPAN target another session sends to too: its sequence numbers
+    // are one series, kept in userspace (ALL_TARGETS' session "all" has er).
+    let c = parse(&copy("", "\"er\"", ""), "t.toml").expect("valid");
+    let why = c.kernel_path_obstacle(0);
+    assert!(
+        why.as_ref()
+            .is_some_and(|w| w.contains("ERSPAN target `er` is also a target of session `all`")),
+        "{why:?}"
+    );
+    let v6 = copy("", "\"v6\"", "").replace(
+        "[[target_group]]",
+        "[[target]]\nname = \"v6\"\nkind = \"vxlan\"\nremote = \"2001:db8::10\"\n\n[[target_group]]",
+    );
+    let c = parse(&v6, "t.toml").expect("valid");
+    let why = c.kernel_path_obstacle(0);
+    assert!(
+        why.as_ref()
+            .is_some_and(|w| w.contains("target `v6` is VXLAN over IPv6")),
+        "{why:?}"
+    );
     // Egress only: the ingress hook does not matter.
     let egress = copy("ingress_hook = \"xdp\"", ids, "")
         .replace("direction = \"both\"", "direction = \"egress\"");
@@ -651,7 +681,7 @@ fn copy_sessions_clone_in_the_kernel_unless_userspace_or_xdp_is_needed() {
             "",
             ids,
             "packet_length = 100",
-            "packet_length is applied in userspace",
+            "packet_length is applied in userspace for interface targets (target `ids0`",
         ),
         (
             "",
@@ -665,25 +695,21 @@ fn copy_sessions_clone_in_the_kernel_unless_userspace_or_xdp_is_needed() {
             "",
             "target `archive` is a pcapng target, written by userspace",
         ),
-        (
-            "",
-            "\"vx\"",
-            "",
-            "target `vx` is a vxlan tunnel: copy mode's kernel path clones to local interfaces only",
-        ),
-        (
-            "",
-            "\"pool\"",
-            "",
-            "target group `pool` picks members",
-        ),
+        ("", "\"pool\"", "", "target group `pool` picks members"),
     ] {
         // auto: valid, and the reason is named for the log...
         let c = parse(&copy(source, targets, session), "t.toml").expect("valid");
         let why = c.kernel_path_obstacle(0);
-        assert!(why.as_ref().is_some_and(|w| w.contains(want)), "want `{want}`: {why:?}");
+        assert!(
+            why.as_ref().is_some_and(|w| w.contains(want)),
+            "want `{want}`: {why:?}"
+        );
         // ...and `path = "kernel"` is an error at the key that names it.
-        let e = errors(&copy(source, targets, &format!("{session}\npath = \"kernel\"")));
+        let e = errors(&copy(
+            source,
+            targets,
+            &format!("{session}\npath = \"kernel\""),
+        ));
         assert!(
             e.iter()
                 .any(|l| l.contains(want) && l.contains("path = \"kernel\": the in-kernel")),

@@ -1,7 +1,10 @@
 //! Copy mode's kernel path: a copy-mode session whose targets are all local
-//! interfaces is served by its tcx programs, which clone each frame it
-//! mirrors to each target device (`bpf_clone_redirect`) and let the frame
-//! pass on; nothing goes through the ring buffer or userspace.
+//! interfaces or kernel-capable tunnels (VXLAN over IPv4, GRE, ERSPAN) is
+//! served by its tcx programs, which clone each frame it mirrors to each
+//! target device (`bpf_clone_redirect`), or for a tunnel to the source's
+//! relay device whose program encapsulates it and sends it toward the
+//! collector (`kernel::relay`), and let the frame pass on; nothing goes
+//! through the ring buffer or userspace.
 //!
 //! Here: where such a source hooks ingress (`ingress_hook = "auto"`), the
 //! destinations its programs get, and one thread that keeps each
@@ -16,11 +19,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::plan::PathChoice;
+use super::engine::PendingTunnel;
+use super::plan::{Hops, PathChoice};
 use super::source::{Prepared, Source};
 use crate::config::{Config, IngressHook, TargetSpec};
 use crate::kernel::fast_path::max_len;
 use crate::kernel::{netdev, CloneDest};
+use crate::target::kernel_tunnel;
 
 /// How often each destination device's state is read.
 pub(super) const CHECK: Duration = Duration::from_millis(100);
@@ -87,23 +92,84 @@ pub(super) struct CloneDevice {
 
 /// Gives each of a copy source's kernel-path sessions its destinations (its
 /// targets' devices, in order, with the longest frame each takes), each
-/// marked down when its device is; before the programs attach. Returns the
-/// destinations, for [`watch`].
+/// marked down when its device is; a tunnel target the source's relay (made
+/// here, with its program, when a session has one) and its outer headers
+/// in the session's tunnel slot. Before the source's programs attach.
+/// Returns the destinations, for [`watch`], and the tunnels, for the keeper
+/// thread (`tunnels::keep`).
 pub(super) fn set_up(
     config: &Config,
     prepared: &mut Prepared,
+    source_ifindex: u32,
     target_ifindex: &[Option<u32>],
-) -> Result<Vec<CloneDevice>> {
+    hops: &Hops,
+) -> Result<(Vec<CloneDevice>, Vec<PendingTunnel>)> {
     let mut out = Vec::new();
+    let mut tunnels = Vec::new();
+    let tai_offset = super::clock::tai_offset_ns();
+    let mut relay = None;
     for (k, &s) in prepared.sessions.iter().enumerate() {
         if !prepared.paths[k].kernel {
             continue;
         }
-        let name = &config.sessions[s].name;
+        let sess = &config.sessions[s];
+        let name = &sess.name;
         let mut dests = Vec::new();
         for (key, t) in config.session_targets(s).into_iter().enumerate() {
+            let spec = &config.targets[t].spec;
+            if spec.tunnel().is_some() {
+                // The plan puts only tunnels with a route here.
+                let Some(Ok(hop)) = &hops[t] else {
+                    bail!(
+                        "session `{name}`: target `{}` has no route",
+                        config.targets[t].name
+                    );
+                };
+                let headers = kernel_tunnel::headers(spec, sess.vni, hop, tai_offset)
+                    .with_context(|| {
+                        format!(
+                            "target `{}`: no kernel tunnel headers",
+                            config.targets[t].name
+                        )
+                    })?;
+                let relay_ifindex = match relay {
+                    Some(i) => i,
+                    None => {
+                        let i = prepared
+                            .program
+                            .attach_relay(source_ifindex)
+                            .context("copy mode's kernel tunnels need the relay device")?;
+                        tracing::info!(
+                            relay = %crate::kernel::relay::relay_name(source_ifindex),
+                            ifindex = i,
+                            "relay device created (a TAP held by the daemon, deleted with it): \
+                             its tcx egress encapsulates the tunnel targets' clones"
+                        );
+                        relay = Some(i);
+                        i
+                    }
+                };
+                prepared
+                    .program
+                    .set_tunnel(k as u32, key as u32, &headers)
+                    .with_context(|| format!("target `{}`", config.targets[t].name))?;
+                dests.push(CloneDest {
+                    ifindex: relay_ifindex,
+                    max_len: u32::MAX,
+                    tunnel: true,
+                });
+                tunnels.push(PendingTunnel {
+                    session: k as u32,
+                    key: key as u32,
+                    target: t,
+                    hop: *hop,
+                    headers,
+                    tai_offset,
+                });
+                continue;
+            }
             let (TargetSpec::Interface { interface, .. }, Some(ifindex)) =
-                (&config.targets[t].spec, target_ifindex[t])
+                (spec, target_ifindex[t])
             else {
                 // The plan puts only sessions whose targets all have a device here.
                 bail!(
@@ -114,6 +180,7 @@ pub(super) fn set_up(
             dests.push(CloneDest {
                 ifindex,
                 max_len: max_len(netdev::mtu(interface)),
+                tunnel: false,
             });
             out.push(CloneDevice {
                 session: k as u32,
@@ -137,7 +204,7 @@ pub(super) fn set_up(
                 .with_context(|| format!("target `{}`", d.target))?;
         }
     }
-    Ok(out)
+    Ok((out, tunnels))
 }
 
 /// Whether `interface` is up with carrier, and still the device `ifindex`

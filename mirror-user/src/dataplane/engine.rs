@@ -22,14 +22,15 @@ use crate::target::group::TargetGroup;
 use crate::target::interface::ShareWith;
 use crate::target::{interface, kernel_tunnel, pcapng, tunnel, TargetQueue};
 
-/// A kernel tunnel set up by `set_fast_paths`, before its source exists.
-struct PendingTunnel {
-    session: u32,
-    key: u32,
-    target: usize,
-    hop: crate::kernel::route::NextHop,
-    headers: crate::kernel::TunnelHeaders,
-    tai_offset: u64,
+/// A kernel tunnel set up by `set_fast_paths` (tap mode) or `clones::set_up`
+/// (copy mode), before its source exists.
+pub(super) struct PendingTunnel {
+    pub session: u32,
+    pub key: u32,
+    pub target: usize,
+    pub hop: crate::kernel::route::NextHop,
+    pub headers: crate::kernel::TunnelHeaders,
+    pub tai_offset: u64,
 }
 
 /// A source's ingress and (copy mode) egress rule sets.
@@ -436,22 +437,7 @@ impl Engine {
                 });
             }
         }
-        for p in tunnels {
-            let t = &self.config.targets[p.target];
-            self.kernel_tunnels.push(super::tunnels::KernelTunnel {
-                source: source.clone(),
-                session: p.session,
-                key: p.key,
-                target: t.name.clone(),
-                queue: self.targets[p.target].clone(),
-                spec: t.spec.clone(),
-                vni: self.config.sessions[source.sessions[p.session as usize]].vni,
-                tai_offset: p.tai_offset,
-                hop: p.hop.dmac.map(|_| p.hop),
-                device: p.hop.ifindex,
-                headers: p.headers,
-            });
-        }
+        self.keep_tunnels(&source, tunnels, true);
         for (q, queue) in rx.into_iter().enumerate() {
             let src = source.clone();
             let stop = self.stop_workers.clone();
@@ -472,6 +458,28 @@ impl Engine {
         self.log_paths(&source);
         self.sources.push(source);
         Ok(())
+    }
+
+    /// Hands `source`'s kernel tunnels to the keeper thread (`devmap`: tap
+    /// mode's, whose DEVMAP entry moves with the route).
+    fn keep_tunnels(&mut self, source: &Arc<Source>, tunnels: Vec<PendingTunnel>, devmap: bool) {
+        for p in tunnels {
+            let t = &self.config.targets[p.target];
+            self.kernel_tunnels.push(super::tunnels::KernelTunnel {
+                source: source.clone(),
+                session: p.session,
+                key: p.key,
+                target: t.name.clone(),
+                queue: self.targets[p.target].clone(),
+                spec: t.spec.clone(),
+                vni: self.config.sessions[source.sessions[p.session as usize]].vni,
+                tai_offset: p.tai_offset,
+                hop: p.hop.dmac.map(|_| p.hop),
+                device: p.hop.ifindex,
+                devmap,
+                headers: p.headers,
+            });
+        }
     }
 
     /// Puts the sessions planned for the kernel path on it, once the XDP
@@ -585,7 +593,8 @@ impl Engine {
     /// (records wait in the ring until it starts). Kernel-path sessions get
     /// their clone destinations before anything is attached.
     fn start_copy(&mut self, idx: usize, mut prepared: Prepared) -> Result<()> {
-        let cfg = &self.config.sources[idx];
+        // A copy: handing the tunnels to the keeper needs `self`.
+        let cfg = &self.config.sources[idx].clone();
         let ring = prepared
             .program
             .copies()
@@ -594,7 +603,16 @@ impl Engine {
             .program
             .set_wake_bytes(COPY_WAKE_BYTES.min(u64::from(cfg.ring_buffer) / 4))
             .context("setting the ring's wake-up threshold")?;
-        let devices = super::clones::set_up(&self.config, &mut prepared, &self.target_ifindex)?;
+        let source_ifindex = crate::kernel::ifindex(&cfg.interface)
+            .with_context(|| format!("source `{}`", cfg.name))?;
+        let (devices, tunnels) = super::clones::set_up(
+            &self.config,
+            &mut prepared,
+            source_ifindex,
+            &self.target_ifindex,
+            &self.target_hops,
+        )
+        .with_context(|| format!("source `{}`", cfg.name))?;
         let ingress_hook = super::clones::ingress_hook(cfg, &prepared.paths);
         let hooks = CopyHooks {
             ingress: cfg.ingress().then_some(ingress_hook),
@@ -617,6 +635,7 @@ impl Engine {
                 source: source.clone(),
                 device,
             }));
+        self.keep_tunnels(&source, tunnels, false);
         if ring_used {
             let (src, stop) = (source.clone(), self.stop_workers.clone());
             let handle = std::thread::Builder::new()
@@ -651,9 +670,10 @@ impl Engine {
                     session = %sess.name,
                     sample = sess.sample,
                     path = path.name_in(source.mode),
+                    relay = source.relay.as_deref().unwrap_or("none"),
                     "session served in the kernel: tcx clones each mirrored frame to each target \
-                     device (bpf_clone_redirect) and passes the frame on; no ring buffer, no \
-                     userspace copy"
+                     device (bpf_clone_redirect), tunnel targets through the relay device that \
+                     encapsulates them, and passes the frame on; no ring buffer, no userspace copy"
                 );
             } else if path.kernel {
                 tracing::info!(

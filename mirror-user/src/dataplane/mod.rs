@@ -11,6 +11,7 @@
 //!        └▶ session plan (truncate, rate limit, group pick) ──▶ target queues ──▶ senders
 //! kernel path: XDP ──▶ the session's DEVMAP (redirect / broadcast) ──▶ target devices
 //! copy kernel path: tcx ──▶ one clone per target (bpf_clone_redirect) ──▶ target devices
+//!                       └──▶ tunnels: relay TAP ──tc_relay (encapsulate)──▶ egress device
 //! ```
 //!
 //! - [`source`]: a running source (its programs, sessions, sockets);
@@ -24,7 +25,7 @@
 //! - [`tunnels`]: the kernel path's tunnel headers kept in step with the
 //!   route and neighbour tables;
 //! - [`clones`]: copy mode's kernel path (tcx clones): its ingress hook,
-//!   destinations, and their devices' state;
+//!   destinations (tunnels through the source's relay), and their devices' state;
 //! - [`stats`]: the counters snapshot `mirror stats` reports, assembled from
 //!   the kernel's and the threads' counters.
 //!

@@ -74,7 +74,9 @@ impl PathChoice {
 /// path when the config allows it ([`Config::kernel_path_obstacle`]) and
 /// every target device accepts frames redirected from XDP
 /// (`NETDEV_XDP_ACT_NDO_XMIT`), or for a copy-mode session (tcx clones)
-/// every target device exists; `path = "kernel"` makes a refusal an error.
+/// every target device exists and every tunnel has a route
+/// ([`copy_tunnels_not_for_the_kernel`]); `path = "kernel"` makes a
+/// refusal an error.
 pub(super) fn plan_paths(
     config: &Config,
     target_ifindex: &[Option<u32>],
@@ -93,6 +95,7 @@ pub(super) fn plan_paths(
                 match config.kernel_path_obstacle(i).or_else(|| {
                     if copy {
                         clone_targets_missing(config, i, target_ifindex)
+                            .or_else(|| copy_tunnels_not_for_the_kernel(config, i, hops))
                     } else {
                         devices_refusing_redirects(config, i, target_ifindex)
                             .or_else(|| tunnels_not_for_the_kernel(config, i, target_ifindex, hops))
@@ -133,6 +136,58 @@ pub(super) fn clone_targets_missing(
             )
         })
     })
+}
+
+/// Copy mode: why one of session `i`'s tunnel targets cannot be
+/// encapsulated by the source's relay, or `None`: its route (resolved at
+/// start), its `mtu` (the relay cuts copies to it; only the IP stack
+/// fragments), its egress device (not one that a copy-mode source mirrors
+/// on egress: the encapsulated copy would be classified there again), and
+/// the TAP device the relay is.
+pub(super) fn copy_tunnels_not_for_the_kernel(
+    config: &Config,
+    i: usize,
+    hops: &Hops,
+) -> Option<String> {
+    for t in config.session_targets(i) {
+        let name = &config.targets[t].name;
+        let Some(tunnel) = config.targets[t].spec.tunnel() else {
+            continue;
+        };
+        let hop = match &hops[t] {
+            Some(Ok(hop)) => hop,
+            Some(Err(e)) => return Some(format!("target `{name}`: {e}")),
+            None => return Some(format!("target `{name}`: its route was not looked up")),
+        };
+        let dev = crate::kernel::netdev::name(hop.ifindex)
+            .unwrap_or_else(|| format!("ifindex {}", hop.ifindex));
+        if tunnel.mtu > hop.mtu {
+            return Some(format!(
+                "target `{name}`: mtu = {} is above its egress device {dev}'s MTU {}, and only \
+                 the IP stack fragments",
+                tunnel.mtu, hop.mtu
+            ));
+        }
+        let looping = config
+            .sources
+            .iter()
+            .find(|o| o.mode == SourceMode::Copy && o.egress() && o.interface == dev);
+        if let Some(o) = looping {
+            return Some(format!(
+                "target `{name}` leaves through {dev}, whose egress copy-mode source `{}` \
+                 mirrors: its encapsulated copies would be classified there again (a loop); \
+                 userspace sends them past tcx",
+                o.name
+            ));
+        }
+        if !std::path::Path::new("/dev/net/tun").exists() {
+            return Some(format!(
+                "target `{name}`: the relay device that encapsulates copy mode's tunnels is a \
+                 TAP, and /dev/net/tun does not exist (no tun module?)"
+            ));
+        }
+    }
+    None
 }
 
 /// The first of session `i`'s interface targets whose device cannot take

@@ -34,6 +34,8 @@ pub(super) struct Source {
     /// Rules in force (both directions) and how many rule sets were installed.
     pub(super) rules: AtomicU64,
     pub(super) rule_sets_installed: AtomicU64,
+    /// Copy mode's relay device (kernel tunnels), by name, when it has one.
+    pub(super) relay: Option<String>,
 }
 
 /// A source's loaded programs and session plans, before attaching.
@@ -54,7 +56,9 @@ impl Prepared {
         sockets: Vec<StatsHandle>,
         zero_copy: bool,
     ) -> Source {
+        let relay = self.program.relay().map(|r| r.name.clone());
         Source {
+            relay,
             name: cfg.name.clone(),
             index: idx as u16,
             interface: cfg.interface.clone(),

@@ -112,7 +112,8 @@ impl SourceStats {
 pub struct SessionStats {
     pub source: String,
     /// Which path serves the session: "kernel" (the in-kernel fast path:
-    /// a DEVMAP broadcast in tap mode, tcx clones in copy mode), "af_xdp"
+    /// a DEVMAP broadcast in tap mode, tcx clones in copy mode, tunnels
+    /// through the source's relay), "af_xdp"
     /// (through userspace, tap mode) or "ring_buffer" (through userspace,
     /// copy mode).
     pub path: String,
@@ -278,8 +279,9 @@ impl Engine {
     }
 
     /// What became of the frames each destination of `src`'s kernel-path
-    /// copy sessions was given: (kernel session index, target, outcomes).
-    fn clone_outcomes(&self, src: &Source) -> Result<Vec<(usize, usize, CloneStats)>> {
+    /// copy sessions was given: (kernel session index, target, outcomes,
+    /// and for a tunnel what its relay slot did with the clones it got).
+    fn clone_outcomes(&self, src: &Source) -> Result<Vec<CloneOutcome>> {
         let program = src
             .program
             .lock()
@@ -290,7 +292,14 @@ impl Engine {
                 continue;
             }
             for (key, t) in self.config.session_targets(s).into_iter().enumerate() {
-                out.push((kidx, t, program.clone_stats(kidx as u32, key as u32)?));
+                // The clone stage first: no relay outcome is read without
+                // the clone it belongs to.
+                let clone = program.clone_stats(kidx as u32, key as u32)?;
+                let relay = match self.config.targets[t].spec.tunnel() {
+                    Some(_) => Some(program.tunnel_stats(kidx as u32, key as u32)?),
+                    None => None,
+                };
+                out.push((kidx, t, clone, relay));
             }
         }
         Ok(out)
@@ -618,18 +627,26 @@ fn add_fast_tunnel(snap: &mut TargetStats, t: &FastTarget) {
 /// Adds what a source's kernel-path copy sessions cloned to each target
 /// (`outcomes` from `Engine::clone_outcomes`): every frame of a session is
 /// offered to each of its targets.
-fn add_clone_sessions(
-    k: &KernelCounts,
-    outcomes: Vec<(usize, usize, CloneStats)>,
-    clones: &mut [CloneTarget],
-) {
-    for (kidx, t, o) in outcomes {
+fn add_clone_sessions(k: &KernelCounts, outcomes: Vec<CloneOutcome>, clones: &mut [CloneTarget]) {
+    for (kidx, t, o, relay) in outcomes {
         let c = &mut clones[t];
         c.sessions += 1;
         c.enqueued += k.session_kernel[kidx].0;
         c.outcomes.add(&o);
+        if let Some(r) = relay {
+            c.tunnel = true;
+            c.relay.packets += r.packets;
+            c.relay.bytes += r.bytes;
+            c.relay.truncated += r.truncated;
+            c.relay.down += r.down;
+            c.relay.errors += r.errors;
+        }
     }
 }
+
+/// One destination of a kernel-path copy session: (kernel session index,
+/// target, its clone outcomes, its relay slot's outcomes when a tunnel).
+type CloneOutcome = (usize, usize, CloneStats, Option<TunnelStats>);
 
 /// What copy mode's kernel path did for one target, over every session and
 /// source that clones to it.
@@ -641,6 +658,10 @@ struct CloneTarget {
     enqueued: u64,
     /// What became of them at this destination.
     outcomes: CloneStats,
+    /// A tunnel target: `outcomes.packets` went to the relay, and this is
+    /// what its program did with them.
+    tunnel: bool,
+    relay: TunnelStats,
 }
 
 /// Adds what copy mode's kernel path did for a target, each counted where it
@@ -653,6 +674,9 @@ struct CloneTarget {
 /// was counted for, which tests assert is 0.
 fn add_clone_path(snap: &mut TargetStats, t: &CloneTarget) {
     let o = &t.outcomes;
+    if t.tunnel {
+        return add_clone_tunnel(snap, t);
+    }
     snap.enqueued += t.enqueued;
     snap.sent_packets += o.packets;
     snap.sent_bytes += o.bytes;
@@ -661,4 +685,30 @@ fn add_clone_path(snap: &mut TargetStats, t: &CloneTarget) {
     *snap.dropped.entry("down".into()).or_default() += o.down;
     *snap.dropped.entry("send_error".into()).or_default() += o.errors;
     *snap.dropped.entry("unknown".into()).or_default() += t.enqueued.saturating_sub(o.outcomes());
+}
+
+/// Adds what copy mode's kernel path did for a tunnel target, each counted
+/// where it happened: `enqueued` by the source's tcx program (its sessions'
+/// frames), then at the clone stage, by the same run, a GSO super-frame
+/// refused (`too_big`) or a clone the relay device did not take (`down`,
+/// `send_error`); then, by the relay's program within the clone, each clone
+/// it took: encapsulated and taken by the egress device (`sent_packets`,
+/// with its mirrored bytes, of which `truncated` were cut to the tunnel's
+/// `mtu`), dropped with the tunnel down or the egress device down (`down`),
+/// or failed (`send_error`: no headroom, or the egress device refused it).
+/// What is left over is `unknown`, asserted 0.
+fn add_clone_tunnel(snap: &mut TargetStats, t: &CloneTarget) {
+    let (o, r) = (&t.outcomes, &t.relay);
+    snap.enqueued += t.enqueued;
+    snap.sent_packets += r.packets;
+    snap.sent_bytes += r.bytes;
+    snap.kernel_path += r.packets;
+    snap.truncated += r.truncated;
+    *snap.dropped.entry("too_big".into()).or_default() += o.too_big;
+    *snap.dropped.entry("down".into()).or_default() += o.down + r.down;
+    *snap.dropped.entry("send_error".into()).or_default() += o.errors + r.errors;
+    *snap.dropped.entry("unknown".into()).or_default() += t
+        .enqueued
+        .saturating_sub(o.too_big + o.down + o.errors)
+        .saturating_sub(r.packets + r.down + r.errors);
 }

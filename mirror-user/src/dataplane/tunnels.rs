@@ -1,8 +1,8 @@
 //! What the kernel path needs kept current while it runs, by one thread
 //! every [`CHECK`]:
 //!
-//! - tunnel targets: their outer headers follow the route and the neighbour
-//!   table. Each one's next hop is looked up again and its headers rewritten
+//! - tunnel targets (tap mode's DEVMAP programs and copy mode's relay alike):
+//!   their outer headers follow the route and the neighbour table. Each one's next hop is looked up again and its headers rewritten
 //!   when something changed: a new gateway or collector MAC, a route through
 //!   another device (the DEVMAP entry moves with it), a route that is gone
 //!   (the tunnel goes down: copies are dropped in the kernel, counted
@@ -44,8 +44,12 @@ pub(super) struct KernelTunnel {
     pub tai_offset: u64,
     /// What its headers were built from; `None` while down.
     pub hop: Option<NextHop>,
-    /// The device its DEVMAP entry sends to.
+    /// The device its copies leave through (tap mode: its DEVMAP entry's;
+    /// copy mode: the relay's `ifindex` in its headers).
     pub device: u32,
+    /// Tap mode: its DEVMAP entry moves with the route. Copy mode: the
+    /// headers alone name the device.
+    pub devmap: bool,
     pub headers: TunnelHeaders,
 }
 
@@ -71,7 +75,7 @@ impl KernelTunnel {
         let result = match (hop, built) {
             (Some(h), Some(headers)) => {
                 let moved = h.ifindex != self.device;
-                let r = if moved {
+                let r = if moved && self.devmap {
                     program.move_tunnel(self.session, self.key, h.ifindex, max_len(Some(h.mtu)))
                 } else {
                     Ok(())

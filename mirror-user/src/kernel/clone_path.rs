@@ -14,16 +14,22 @@ pub struct CloneDest {
     /// The longest frame the device takes ([`super::fast_path::max_len`]);
     /// a longer frame that is not a GSO super-frame is counted `too_big`.
     pub max_len: u32,
+    /// A tunnel target: `ifindex` is the source's relay (see
+    /// [`super::relay`]), which encapsulates the clone with the headers of
+    /// the session's tunnel slot `key`.
+    pub tunnel: bool,
 }
 
 /// `struct mirror_clone_stats` of one destination slot, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CloneStats {
-    /// Clones the device took.
+    /// Clones the device took (a tunnel's: handed to the relay, whose
+    /// tunnel slot counts the rest).
     pub packets: u64,
     /// Their bytes.
     pub bytes: u64,
-    /// Not cloned: longer than the device takes (and not GSO).
+    /// Not cloned: longer than the device takes (and not GSO); to a
+    /// tunnel, a GSO super-frame.
     pub too_big: u64,
     /// Not cloned: the device was down or gone.
     pub down: u64,
@@ -60,7 +66,9 @@ impl SourceProgram {
                     slot.ifindex = d.ifindex;
                     slot.max_len = d.max_len;
                     slot.down = 0;
+                    slot.tunnel = u32::from(d.tunnel);
                 }
+                bss.clone_tunnels[s] = u32::from(dests.iter().any(|d| d.tunnel));
                 bss.clone_ndests[s] = dests.len() as u32;
                 Ok(())
             }

@@ -302,7 +302,7 @@ impl SourceProgram {
     /// kernel reads the slot per copy: a copy in flight during the write may
     /// go out with part of the old next hop's headers, never with a wrong
     /// length or checksum (those are computed per copy).
-    pub(crate) fn set_tunnel(
+    pub fn set_tunnel(
         &self,
         session: u32,
         key: u32,
@@ -415,7 +415,7 @@ impl SourceProgram {
 
     /// What tunnel target `key` of the session at kernel index `session` did
     /// with its copies, summed over CPUs.
-    pub(crate) fn tunnel_stats(&self, session: u32, key: u32) -> Result<TunnelStats, LoaderError> {
+    pub fn tunnel_stats(&self, session: u32, key: u32) -> Result<TunnelStats, LoaderError> {
         let per_cpu = self
             .skel
             .maps

@@ -13,6 +13,7 @@
 //! - [`tuning`]: the per-session settings the programs read from `.bss`;
 //! - [`fast_path`]: the in-kernel path's DEVMAPs and their counters;
 //! - [`clone_path`]: copy mode's kernel path (tcx clones) and its counters;
+//! - [`relay`]: copy mode's kernel tunnels: the relay TAP device and its program;
 //! - [`counters`]: the per-source and per-session counters;
 //! - [`query`]: interfaces, attached programs and device XDP features;
 //! - [`meta`] / [`copy_ring`]: what the programs hand over with each frame
@@ -31,6 +32,7 @@ pub mod fast_path;
 pub mod meta;
 pub mod netdev;
 pub mod query;
+pub mod relay;
 pub mod route;
 pub mod rule_maps;
 pub mod test_run;
@@ -50,7 +52,7 @@ pub use counters::{percpu_sum, COUNTERS};
 pub use fast_path::{FastDest, FastSession, FastStats, PickCount, TunnelHeaders, TunnelStats};
 pub use meta::{read_meta, Meta};
 pub use query::{attached, ifindex, prog_info, xdp_features, Attached};
-pub use test_run::{test_classify, test_run, test_run_raw};
+pub use test_run::{test_classify, test_run, test_run_raw, test_run_skb, SkbRun};
 
 /// What loading, filling or attaching the programs can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,13 @@ pub enum LoaderError {
         hook: &'static str,
         source: std::io::Error,
     },
+    #[error("relay device {name} (copy mode's kernel tunnels): {step}: {source}")]
+    Relay {
+        name: String,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("ring_buffer = {0} bytes: the kernel needs a power of two of at least 4096")]
     RingSize(u32),
     #[error("attaching XDP to {interface} in {mode} mode: {source}{hint}")]
@@ -135,6 +144,9 @@ pub struct SourceProgram {
     /// The fast path runs in generic XDP (interface entries then run
     /// `xdp_fast_target` to count).
     fast_generic: bool,
+    /// Copy mode's relay device, when a session has kernel tunnels; after
+    /// `links`, so its program is detached before the device goes.
+    relay: Option<relay::Relay>,
 }
 
 impl SourceProgram {
@@ -194,6 +206,7 @@ impl SourceProgram {
             fast_devmaps: Vec::new(),
             tunnel_devices: Vec::new(),
             fast_generic: false,
+            relay: None,
         })
     }
 
@@ -215,6 +228,11 @@ impl SourceProgram {
             self.skel.progs.tc_copy_egress.as_fd(),
             self.skel.progs.tc_copy_ingress.as_fd(),
         ]
+    }
+
+    /// Copy mode's relay program (`tc_relay`), for `BPF_PROG_TEST_RUN`.
+    pub fn relay_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.skel.progs.tc_relay.as_fd()
     }
 
     /// A handle on the copy-mode ring buffer, for the consumer thread.
@@ -245,5 +263,6 @@ impl SourceProgram {
     pub fn detach(&mut self) {
         self.links.clear();
         self.xmit_link = None;
+        self.relay = None;
     }
 }

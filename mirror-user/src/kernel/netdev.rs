@@ -40,6 +40,31 @@ pub(crate) fn is_running(interface: &str) -> Option<bool> {
     Some(i32::from(flags) & libc::IFF_RUNNING != 0)
 }
 
+/// Sets IFF_UP on `interface`.
+pub(crate) fn set_up(interface: &str) -> std::io::Result<()> {
+    let ifr = ifreq_ioctl(interface, libc::SIOCGIFFLAGS, None)
+        .ok_or_else(|| std::io::Error::other(format!("no interface {interface}")))?;
+    // Safety: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = unsafe { ifr.ifr_ifru.ifru_flags } | libc::IFF_UP as libc::c_short;
+    let mut set = ifr;
+    set.ifr_ifru.ifru_flags = flags;
+    // Safety: plain socket() call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // Safety: `set` is a valid ifreq with a NUL-terminated name and its flags.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut set) };
+    let e = std::io::Error::last_os_error();
+    // Safety: `fd` is ours.
+    unsafe { libc::close(fd) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
 pub fn mtu(interface: &str) -> Option<u32> {
     let ifr = ifreq_ioctl(interface, libc::SIOCGIFMTU, None)?;
     // Safety: SIOCGIFMTU filled the mtu member of the union.

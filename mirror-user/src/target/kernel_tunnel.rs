@@ -37,6 +37,7 @@ pub fn headers(
     }
     let mut t = mirror_tunnel {
         max_inner: max_inner(spec)?.min(usize::from(u16::MAX)) as u16,
+        ifindex: hop.ifindex,
         tai_offset: tai_offset_ns,
         ..Default::default()
     };
@@ -146,6 +147,10 @@ mod tests {
         let h = headers(&spec, 42, &hop(), 0).expect("a kernel tunnel").0;
         assert_eq!(h.hdr_len, 14 + 20 + 16);
         assert_eq!(h.max_inner, 1500 - 20 - 16);
+        assert_eq!(
+            h.ifindex, 7,
+            "copy mode's relay sends to the next hop's device"
+        );
         assert_eq!(&h.hdr[0..12], &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
         assert_eq!(&h.hdr[12..14], &[0x08, 0x00]);
         assert_eq!(h.hdr[14 + 9], 17);
