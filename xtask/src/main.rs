@@ -73,7 +73,7 @@ struct Cli {
 enum Cmd {
     /// Install missing Debian packages (as root), or print the command to run.
     Deps,
-    /// Everything CI runs: deps, fmt, clippy, build, all tests (kernel tests need root:
+    /// Everything CI runs: deps, fmt, clippy, cargo deny, build, all tests (kernel tests need root:
     /// as another user they are reported skipped, and with `CI` set that fails),
     /// then a one-minute soak (`cargo xtask soak`; as root, when no test filter is given).
     ///
@@ -143,6 +143,10 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
     },
+    /// `cargo deny` over the dependency tree (deny.toml): licences, duplicate
+    /// crates, sources, RustSec advisories (see the README's Supply chain).
+    /// Installs cargo-deny when missing. Part of `cargo xtask test`.
+    Deny,
     /// libFuzzer over each input family (`fuzz/`: config, rule, control,
     /// frame, tunnel; the properties are `mirror_user::fuzz`'s). Needs a
     /// nightly toolchain and cargo-fuzz, which this project does not
@@ -196,6 +200,7 @@ fn main() -> Result<()> {
         Cmd::Demo { args } => demo(&args),
         Cmd::Dist => dist(),
         Cmd::Fuzz { targets, seconds } => fuzz(&targets, seconds),
+        Cmd::Deny => deny(),
         Cmd::Soak { minutes } => {
             deps()?;
             soak(minutes, &root().join("benches/results"))
@@ -351,6 +356,7 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
             "warnings",
         ]))?;
     }
+    deny()?;
     let tests = marked_tests(&root().join("tests"))?;
     unmarked_root_tests(&tests)?;
     let root = is_root();
@@ -410,6 +416,64 @@ fn test(no_lint: bool, args: &[String]) -> Result<()> {
     } else if ci() {
         bail!("CI is set and the soak did not run: run `cargo xtask test` as root, without a test filter");
     }
+    Ok(())
+}
+
+/// `cargo deny` (deny.toml): licences, duplicate crates and sources must
+/// pass; then the RustSec advisories, from the database on github.com, or,
+/// where that cannot be fetched (these machines resolve no github.com), from
+/// a copy already on disk (`~/.cargo/advisory-dbs`, its date printed), or
+/// else a loud line that they were not checked.
+fn deny() -> Result<()> {
+    let found = Command::new("cargo")
+        .args(["deny", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("xtask: installing cargo-deny (once)");
+        run(Command::new("cargo").args(["install", "--locked", "cargo-deny"]))?;
+    }
+    run(cargo().args(["deny", "check", "bans", "licenses", "sources"]))?;
+    let out = cargo()
+        .args(["deny", "check", "advisories"])
+        .output()
+        .context("running cargo deny")?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let fetch_failed = text.contains("failed to fetch advisory database");
+    if !out.status.success() && !fetch_failed {
+        eprint!("{text}");
+        bail!("cargo deny: a dependency has a RustSec advisory (above)");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let local = std::fs::read_dir(home.join(".cargo/advisory-dbs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join(".git").exists());
+    let Some(db) = local else {
+        eprintln!(
+            "xtask: advisories NOT CHECKED: the RustSec database (github.com/RustSec/advisory-db) \
+             cannot be fetched from this machine and no copy is in ~/.cargo/advisory-dbs"
+        );
+        return Ok(());
+    };
+    if fetch_failed {
+        run(cargo().args(["deny", "--offline", "check", "advisories"]))?;
+    }
+    let date = Command::new("git")
+        .arg("-C")
+        .arg(&db)
+        .args(["log", "-1", "--format=%cs"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "xtask: advisories ok against the RustSec database as of {date} ({})",
+        db.display()
+    );
     Ok(())
 }
 
