@@ -123,6 +123,24 @@ const C_MUTANTS: &[CMutant] = &[
         from: "\t\t\tst->down += 1;\n\t\t\tcontinue;",
         to: "\t\t\tst->packets += 1;\n\t\t\tcontinue;",
     },
+    CMutant {
+        what: "wrong counter: a disabled session's frames counted sampled_out",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "\t\tcount(dir, MIRROR_CNT_SCHEDULED_OUT);",
+        to: "\t\tcount(dir, MIRROR_CNT_SAMPLED_OUT);",
+    },
+    CMutant {
+        what: "stale policy: frames read the slot the daemon just left",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "__u32 i = *(volatile __u32 *)&policy_slot[s] & (MIRROR_POLICY_SLOTS - 1);",
+        to: "__u32 i = (*(volatile __u32 *)&policy_slot[s] ^ 1) & (MIRROR_POLICY_SLOTS - 1);",
+    },
+    CMutant {
+        what: "the relay cuts by policy slot 0 whatever slot the frame was classified under",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "MIRROR_POLICY_SLOTS + (mark >> 10 & 1)].packet_length;",
+        to: "MIRROR_POLICY_SLOTS + 0].packet_length;",
+    },
 ];
 
 /// The kernel-table tests the C mutants run against.
