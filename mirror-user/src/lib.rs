@@ -22,6 +22,7 @@ pub mod filter;
 pub mod kernel;
 pub mod lab;
 pub mod metrics;
+pub mod privileges;
 pub mod target;
 
 /// True when running as root (euid 0).

@@ -140,7 +140,10 @@ impl Engine {
             let stop = engine.stop_senders.clone();
             let handle = std::thread::Builder::new()
                 .name("kernel-path".into())
-                .spawn(move || super::tunnels::keep(tunnels, groups, dests, &stop))
+                .spawn(move || {
+                    crate::privileges::thread_started();
+                    super::tunnels::keep(tunnels, groups, dests, &stop)
+                })
                 .context("spawning the kernel path's next-hop and group thread")?;
             engine.senders.push(handle);
         }
@@ -149,7 +152,10 @@ impl Engine {
             let stop = engine.stop_workers.clone();
             let handle = std::thread::Builder::new()
                 .name("clone-links".into())
-                .spawn(move || super::clones::watch(watched, &stop))
+                .spawn(move || {
+                    crate::privileges::thread_started();
+                    super::clones::watch(watched, &stop)
+                })
                 .context("spawning the kernel-path targets' link thread")?;
             engine.workers.push(handle);
         }
@@ -366,7 +372,10 @@ impl Engine {
             let stop = self.stop_workers.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("rx-{}-{q}", cfg.name))
-                .spawn(move || worker(queue, &src, &stop))
+                .spawn(move || {
+                    crate::privileges::thread_started();
+                    worker(queue, &src, &stop)
+                })
                 .context("spawning a worker thread")?;
             self.workers.push(handle);
         }
@@ -532,7 +541,10 @@ impl Engine {
             let (src, stop) = (source.clone(), self.stop_workers.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("copy-{}", cfg.name))
-                .spawn(move || copy_reader(&ring, &src, &stop))
+                .spawn(move || {
+                    crate::privileges::thread_started();
+                    copy_reader(&ring, &src, &stop)
+                })
                 .context("spawning the ring-buffer reader thread")?;
             self.workers.push(handle);
         }

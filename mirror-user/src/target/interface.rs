@@ -90,7 +90,10 @@ pub fn start(
     let (q, ifname) = (queue.clone(), interface.to_string());
     let handle = std::thread::Builder::new()
         .name(format!("tx-{name}"))
-        .spawn(move || run(tx, &q, &ifname, &stop, frames as usize))
+        .spawn(move || {
+            crate::privileges::thread_started();
+            run(tx, &q, &ifname, &stop, frames as usize)
+        })
         .expect("spawning a thread");
     Ok((
         InterfaceTarget {

@@ -103,6 +103,7 @@ pub fn start(
     let handle = std::thread::Builder::new()
         .name(format!("pcapng-{name}"))
         .spawn(move || {
+            crate::privileges::thread_started();
             if wait_for_start(&started, &stop) {
                 run(files, &q, &stop);
             }

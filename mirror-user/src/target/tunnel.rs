@@ -158,6 +158,7 @@ pub fn start(
     let handle = std::thread::Builder::new()
         .name(format!("tx-{name}"))
         .spawn(move || {
+            crate::privileges::thread_started();
             Sender {
                 sock,
                 dest,
