@@ -442,7 +442,7 @@ fn the_daemonset_runs_the_configmap_with_the_units_capabilities() {
     assert_eq!(added, unit_capabilities());
     assert_eq!(sc["privileged"], false);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
-    assert_eq!(sc["runAsUser"], 0, "mirror run checks for euid 0");
+    assert_eq!(sc["runAsUser"], 0, "mirror runs as root, as the unit does");
 
     // The reload sidecar: the same config and control socket, no capability.
     let reload = containers

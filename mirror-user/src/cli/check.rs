@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use mirror_user::config::{Config, IngressHook, SourceMode, TargetSpec};
+use mirror_user::kernel::holders;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -15,6 +17,21 @@ pub struct Args {
 pub fn main(a: Args) -> Result<ExitCode> {
     match mirror_user::config::load(&a.config) {
         Ok(c) => {
+            let found = host(&c);
+            for w in &found.warnings {
+                eprintln!("{}: warning: {w}", a.config.display());
+            }
+            for e in &found.errors {
+                eprintln!("{}: {e}", a.config.display());
+            }
+            if !found.errors.is_empty() {
+                eprintln!(
+                    "the file is valid, but `mirror run` would fail here: {} problem{}",
+                    found.errors.len(),
+                    if found.errors.len() == 1 { "" } else { "s" }
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             println!(
                 "{}: ok ({} sources, {} filters, {} rules, {} targets, {} sessions)",
                 a.config.display(),
@@ -34,5 +51,160 @@ pub fn main(a: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// What `mirror check` finds beyond the file, in this host's network
+/// namespace, without attaching or opening anything.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Each would make `mirror run` fail.
+    pub errors: Vec<String>,
+    /// Each is legal but probably not what was meant.
+    pub warnings: Vec<String>,
+}
+
+/// Checks `config` against this host: every interface exists, every pcapng
+/// directory exists and takes a new file, no other XDP program or AF_XDP
+/// socket holds what a source or interface target needs; warns about
+/// targets no session uses and directions no rule can match.
+pub fn host(config: &Config) -> Findings {
+    let mut f = Findings::default();
+    let mut used = config.clone();
+    for t in used.prune_unused_targets() {
+        f.warnings.push(format!(
+            "{t} is used by no session: `mirror run` does not open it"
+        ));
+    }
+    f.warnings.extend(config.silent_directions());
+    let ifindex = |name: &str| mirror_user::kernel::ifindex(name).ok();
+    for s in &used.sources {
+        let Some(idx) = ifindex(&s.interface) else {
+            f.errors.push(format!(
+                "source `{}`: interface {} does not exist in this network namespace",
+                s.name, s.interface
+            ));
+            continue;
+        };
+        let xdp = s.mode == SourceMode::Tap || (s.ingress() && s.ingress_hook != IngressHook::Tc);
+        if xdp {
+            if let Some(other) = holders::xdp_holder(idx) {
+                let msg = format!(
+                    "source `{}`: {} already has {other}; mirror attaches its own XDP program there",
+                    s.name, s.interface
+                );
+                if s.mode == SourceMode::Tap || s.ingress_hook == IngressHook::Xdp {
+                    f.errors.push(msg);
+                } else {
+                    f.warnings.push(format!(
+                        "{msg} (ingress_hook = \"auto\": fails unless the source's sessions clone at tcx)"
+                    ));
+                }
+            }
+        }
+        if s.mode == SourceMode::Tap {
+            for other in holders::xsk_holders(idx, None, false) {
+                f.errors.push(format!(
+                    "source `{}`: {} already has {other}; mirror binds an AF_XDP socket to every RX queue",
+                    s.name, s.interface
+                ));
+            }
+        }
+    }
+    for t in &used.targets {
+        match &t.spec {
+            TargetSpec::Interface { interface, .. } => match ifindex(interface) {
+                None => f.errors.push(format!(
+                    "target `{}`: interface {interface} does not exist in this network namespace",
+                    t.name
+                )),
+                Some(idx) => {
+                    for other in holders::xsk_holders(idx, Some(0), false) {
+                        f.errors.push(format!(
+                            "target `{}`: {interface} already has {other}; mirror sends through an AF_XDP socket on queue 0",
+                            t.name
+                        ));
+                    }
+                }
+            },
+            TargetSpec::Pcapng(spec) => {
+                if let Err(e) = mirror_user::target::pcapng::check_directory(&spec.path) {
+                    f.errors.push(format!("target `{}`: {e}", t.name));
+                }
+            }
+            _ => {}
+        }
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[[source]]
+name = "s"
+interface = "lo"
+mode = "copy"
+direction = "both"
+[[filter]]
+name = "f"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+[[target]]
+name = "p"
+kind = "pcapng"
+path = "@DIR@/x.pcapng"
+[[target]]
+name = "spare"
+kind = "pcapng"
+path = "/nonexistent-mirror-dir/y.pcapng"
+[[session]]
+name = "x"
+source = "s"
+filter = "f"
+targets = ["p"]
+"#;
+
+    fn config(dir: &str) -> Config {
+        mirror_user::config::parse(&CONFIG.replace("@DIR@", dir), "t.toml").expect("valid")
+    }
+
+    #[test]
+    fn unused_targets_and_unmatched_directions_are_warned_about_not_checked() {
+        let dir = std::env::temp_dir();
+        let f = host(&config(&dir.to_string_lossy()));
+        assert_eq!(f.errors, Vec::<String>::new());
+        assert_eq!(f.warnings.len(), 2, "{:?}", f.warnings);
+        assert_eq!(
+            f.warnings[0],
+            "target `spare` is used by no session: `mirror run` does not open it"
+        );
+        assert!(
+            f.warnings[1].starts_with(
+                "source `s` mirrors egress frames (direction = \"both\") but no filter of its sessions (`f`) has an egress rule"
+            ),
+            "{}",
+            f.warnings[1]
+        );
+    }
+
+    #[test]
+    fn a_missing_interface_and_a_missing_capture_directory_are_errors() {
+        let text = CONFIG
+            .replace("interface = \"lo\"", "interface = \"nosuch-mirror0\"")
+            .replace("@DIR@", "/nonexistent-mirror-dir");
+        let c = mirror_user::config::parse(&text, "t.toml").expect("valid");
+        let f = host(&c);
+        assert_eq!(
+            f.errors,
+            [
+                "source `s`: interface nosuch-mirror0 does not exist in this network namespace",
+                "target `p`: /nonexistent-mirror-dir: the directory does not exist; create it first"
+            ]
+        );
     }
 }

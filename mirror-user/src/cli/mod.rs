@@ -39,6 +39,8 @@ FILES
 
 ENVIRONMENT
     RUST_LOG   log filter, e.g. RUST_LOG=debug (default: info); logs go to stderr
+    MIRROR_SKIP_CAPABILITY_CHECK   set: `mirror run` starts without a capability
+               it checks for and fails where the kernel refuses (for tests)
 
 EXIT STATUS
     0 success; 1 error (bad config, attach failure, daemon unreachable, failed demo check)
@@ -71,7 +73,9 @@ EXAMPLES
 /// it on; ingress_hook = "auto", the default, then hooks ingress at tcx,
 /// since XDP cannot clone). `path` in [[session]] overrides, and the log and
 /// `mirror stats` say which path each session has, and why.
-/// Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_NET_RAW.
+/// Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON (+ CAP_NET_RAW and
+/// CAP_IPC_LOCK for AF_XDP and tunnel sockets); `mirror run` names any that
+/// are missing, and once started keeps only CAP_BPF.
 #[derive(Debug, Parser)]
 #[command(name = "mirror", version, after_long_help = AFTER_HELP)]
 pub struct Cli {

@@ -25,7 +25,13 @@ pub struct Args {
 pub fn main(a: Args) -> Result<ExitCode> {
     // The file first: its errors (at line:column, as `mirror check` gives
     // them) are worth reporting whoever runs it.
-    let config = mirror_user::config::load(&a.config)?;
+    let mut config = mirror_user::config::load(&a.config)?;
+    for t in config.prune_unused_targets() {
+        tracing::warn!("{t} is used by no session: not opened");
+    }
+    for w in config.silent_directions() {
+        tracing::warn!("{w}");
+    }
     // Capabilities, not euid 0: root has them all, a service user may be
     // given exactly these (AmbientCapabilities=).
     let start_caps = privileges::needed_to_start(&config, privileges::memlock_unlimited());

@@ -141,7 +141,9 @@ async fn write_reply(
 
 /// Re-reads the config file and applies its filters (`reload`, SIGHUP).
 pub fn reload(engine: &Engine, config_path: &Path) -> Result<Vec<(String, usize)>> {
-    let new = config::load(config_path)?;
+    let mut new = config::load(config_path)?;
+    // As at start: the running engine has only the targets sessions use.
+    new.prune_unused_targets();
     engine.update(|live| {
         *live = new;
         Ok(())

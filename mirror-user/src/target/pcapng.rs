@@ -83,14 +83,7 @@ pub fn start(
     started: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Result<(Arc<TargetQueue>, std::thread::JoinHandle<()>), PcapngError> {
-    let dir = parent(&spec.path);
-    if !dir.is_dir() {
-        return Err(PcapngError::NoDirectory(dir));
-    }
-    can_create_in(&dir).map_err(|source| PcapngError::Io {
-        path: dir.clone(),
-        source,
-    })?;
+    check_directory(&spec.path)?;
     let files = Files::new(spec.clone(), interfaces);
     let queue = Arc::new(TargetQueue::new(
         name,
@@ -113,6 +106,16 @@ pub fn start(
             source,
         })?;
     Ok((queue, handle))
+}
+
+/// Whether a pcapng target at `path` can start: its directory exists and
+/// takes a new file (`mirror check` asks this without starting anything).
+pub fn check_directory(path: &Path) -> Result<(), PcapngError> {
+    let dir = parent(path);
+    if !dir.is_dir() {
+        return Err(PcapngError::NoDirectory(dir));
+    }
+    can_create_in(&dir).map_err(|source| PcapngError::Io { path: dir, source })
 }
 
 /// Waits until the engine has started (true) or is stopping without having
