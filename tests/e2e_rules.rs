@@ -449,12 +449,12 @@ fn deleting_an_egress_rule_leaves_the_ingress_rule_of_the_same_number() {
     let listed = [
         "",
         "filter f (sessions: s)\n\
-         \x20   number = 10, action = \"accept\", direction = \"ingress\", protocol = 17\n",
+         \x20   number = 10, action = \"accept\", direction = \"ingress\", protocol = \"udp\"\n",
         "filter f (sessions: s)\n\
-         \x20   number = 10, action = \"accept\", direction = \"ingress\", protocol = 17\n\
-         \x20   number = 10, action = \"accept\", direction = \"egress\", protocol = 17\n",
+         \x20   number = 10, action = \"accept\", direction = \"ingress\", protocol = \"udp\"\n\
+         \x20   number = 10, action = \"accept\", direction = \"egress\", protocol = \"udp\"\n",
         "filter f (sessions: s)\n\
-         \x20   number = 10, action = \"accept\", direction = \"egress\", protocol = 17\n",
+         \x20   number = 10, action = \"accept\", direction = \"egress\", protocol = \"udp\"\n",
     ];
 
     let mut before = client.stats().expect("stats");

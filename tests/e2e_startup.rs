@@ -199,6 +199,11 @@ fn failed_starts_touch_no_capture_file_and_leave_no_socket() {
         !log.contains("Operation not supported") && !log.contains("zero_copy = \"off\""),
         "{log}"
     );
+    // Its stderr is a file: no colour codes in it.
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a log file: {log:?}"
+    );
     let status = daemon.stop(Duration::from_secs(10)).expect("stop");
     assert!(status.success(), "{status}");
     let before = snapshot(&captures);

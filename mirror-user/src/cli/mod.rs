@@ -93,10 +93,16 @@ pub enum Command {
     /// Programs are attached through BPF links: if the daemon dies, the kernel
     /// detaches them.
     Run(run::Args),
-    /// Validate a config file and exit; attaches nothing.
+    /// Validate a config file, and this host for it; attaches nothing.
     ///
     /// Reports every error with file:line:column, the field, and the accepted
-    /// values. Exit status 0 when the file is valid.
+    /// values. Then, unless --file-only, what `mirror run` would fail on here,
+    /// found without attaching anything: interfaces missing from this network
+    /// namespace, pcapng directories missing or not writable, another XDP
+    /// program or AF_XDP socket on a source's or interface target's port
+    /// (naming the process that holds it). Warns about targets no session
+    /// uses (`run` does not open them) and about a source direction no rule
+    /// of its sessions accepts. Exit status 0 when both are fine.
     Check(check::Args),
     /// Show the running daemon's counters.
     ///

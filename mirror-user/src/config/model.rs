@@ -97,7 +97,10 @@ impl Rule {
             format!("direction = \"{}\"", self.direction),
         ];
         if let Some(p) = self.protocol {
-            parts.push(format!("protocol = {p}"));
+            match protocol_name(p) {
+                Some(name) => parts.push(format!("protocol = \"{name}\"")),
+                None => parts.push(format!("protocol = {p}")),
+            }
         }
         if let Some(n) = &self.source {
             parts.push(format!("source = \"{n}\""));
@@ -115,6 +118,19 @@ impl Rule {
             parts.push(format!("vlan = {v}"));
         }
         parts.join(", ")
+    }
+}
+
+/// The name `protocol` takes for IP protocol `p` (as the config accepts it),
+/// if it has one.
+pub fn protocol_name(p: u8) -> Option<&'static str> {
+    match p {
+        6 => Some("tcp"),
+        17 => Some("udp"),
+        1 => Some("icmp"),
+        58 => Some("icmpv6"),
+        132 => Some("sctp"),
+        _ => None,
     }
 }
 

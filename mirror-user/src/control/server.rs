@@ -177,18 +177,54 @@ fn handle(line: &str, engine: &Engine, config_path: &Path) -> Reply {
         Ok(Request::RulesAdd { filter, rule }) => {
             let rule = match config::parse_rule(&rule, "rule") {
                 Ok(r) => r,
-                Err(e) => return Reply::error(format!("{e}; the running rules stay in force")),
+                Err(e) => {
+                    tracing::warn!(filter, error = %e, "rules add rejected: the running rules stay");
+                    return Reply::error(format!("{e}; the running rules stay in force"));
+                }
             };
-            Reply::updated(engine.update(|c| Ok(rules::add(c, &filter, rule)?)))
+            let keys = rule.to_toml_keys();
+            let result = engine.update(|c| Ok(rules::add(c, &filter, rule)?));
+            match &result {
+                Ok(_) => tracing::info!(
+                    filter,
+                    rule = %keys,
+                    "rules add: rule added live (the config file is unchanged)"
+                ),
+                Err(e) => tracing::warn!(
+                    filter,
+                    rule = %keys,
+                    error = %format!("{e:#}"),
+                    "rules add rejected: the running rules stay"
+                ),
+            }
+            Reply::updated(result)
         }
         Ok(Request::RulesDelete {
             filter,
             number,
             direction,
-        }) => Reply::updated(engine.update(|c| {
-            rules::delete(c, &filter, number, direction)?;
-            Ok(())
-        })),
+        }) => {
+            let result = engine.update(|c| {
+                rules::delete(c, &filter, number, direction)?;
+                Ok(())
+            });
+            match &result {
+                Ok(_) => tracing::info!(
+                    filter,
+                    number,
+                    %direction,
+                    "rules delete: rule deleted live (the config file is unchanged)"
+                ),
+                Err(e) => tracing::warn!(
+                    filter,
+                    number,
+                    %direction,
+                    error = %format!("{e:#}"),
+                    "rules delete rejected: the running rules stay"
+                ),
+            }
+            Reply::updated(result)
+        }
         Ok(Request::Reload) => {
             let result = reload(engine, config_path);
             match &result {
