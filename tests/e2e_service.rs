@@ -618,6 +618,33 @@ fn root_keeps_only_the_run_capabilities_and_reloads_with_them() {
     let all = filters.iter().find(|f| f.name == "all").expect("all");
     assert_eq!(all.rules.len(), 3, "{all:?}");
     drop(client);
+
+    // `stats --watch` on a terminal (script(1) gives it one): redrawn in
+    // place (cursor home, no scrolling), with the time and, from the second
+    // print on, rates per second; into a pipe: appended, no escapes.
+    let watch = format!(
+        "timeout -s INT 3.5 {BIN} stats --watch --control {}",
+        control.display()
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qfec", &watch, "/dev/null"])
+        .output()
+        .expect("script");
+    let tty = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.matches("\x1b[H").count() >= 2, "{tty:?}");
+    assert!(tty.contains("mirror stats at "), "{tty:?}");
+    assert!(
+        tty.contains("RATES (per second, over the last 1."),
+        "{tty:?}"
+    );
+    let piped = std::process::Command::new("timeout")
+        .args(["-s", "INT", "2.5", BIN, "stats", "--watch", "--control"])
+        .arg(&control)
+        .output()
+        .expect("stats --watch");
+    let piped = String::from_utf8_lossy(&piped.stdout);
+    assert!(piped.matches("mirror stats at ").count() >= 2, "{piped}");
+    assert!(!piped.contains('\u{1b}'), "{piped:?}");
     signal(pid, libc::SIGTERM);
     let status = daemon.wait(Duration::from_secs(20)).expect("exits");
     assert!(status.success(), "{status}\n{}", daemon.log_text());

@@ -139,6 +139,29 @@ pub fn drop_to(keep: &[Capability]) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` without `CAP_DAC_OVERRIDE` and `CAP_DAC_READ_SEARCH` in this
+/// thread's effective set, as `mirror run` opens files (it drops them before
+/// any target opens), then raises back what was there: `mirror check` asks
+/// "can run write here" with run's rights, not root's.
+pub fn as_run_opens_files<T>(f: impl FnOnce() -> T) -> T {
+    let dac = [
+        Capability::CAP_DAC_OVERRIDE,
+        Capability::CAP_DAC_READ_SEARCH,
+    ];
+    let had: Vec<Capability> = dac
+        .into_iter()
+        .filter(|c| caps::has_cap(None, CapSet::Effective, *c).unwrap_or(false))
+        .collect();
+    for c in &had {
+        let _ = caps::drop(None, CapSet::Effective, *c);
+    }
+    let out = f();
+    for c in &had {
+        let _ = caps::raise(None, CapSet::Effective, *c);
+    }
+    out
+}
+
 /// What the engine's threads keep, once `mirror run` has said so.
 static THREADS_KEEP: OnceLock<Vec<Capability>> = OnceLock::new();
 

@@ -136,7 +136,10 @@ pub fn host(config: &Config) -> Findings {
                 }
             },
             TargetSpec::Pcapng(spec) => {
-                if let Err(e) = mirror_user::target::pcapng::check_directory(&spec.path) {
+                let writable = mirror_user::privileges::as_run_opens_files(|| {
+                    mirror_user::target::pcapng::check_directory(&spec.path)
+                });
+                if let Err(e) = writable {
                     f.errors.push(format!("target `{}`: {e}", t.name));
                 }
             }
@@ -198,6 +201,35 @@ targets = ["p"]
             "{}",
             f.warnings[1]
         );
+    }
+
+    /// Root can write anywhere with CAP_DAC_OVERRIDE, which `mirror run`
+    /// drops before opening files: check answers for run, not for root.
+    #[test]
+    #[ignore = "needs root: BPF and network namespaces"]
+    fn a_directory_only_dac_override_could_write_is_an_error() {
+        assert!(mirror_user::is_root(), "run as root");
+        let dir = mirror_user::lab::TempDir::new("check-dac").expect("temp dir");
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        let c = std::ffi::CString::new(theirs.to_string_lossy().as_bytes()).expect("path");
+        // Safety: `c` is a NUL-terminated path.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0, "chown");
+        let config = config(&theirs.to_string_lossy());
+        let f = host(&config);
+        assert_eq!(f.errors.len(), 1, "{:?}", f.errors);
+        assert!(
+            f.errors[0].starts_with("target `p`: ") && f.errors[0].contains("Permission denied"),
+            "{:?}",
+            f.errors
+        );
+        // And root's own directory is fine.
+        let f = host(&config_in(dir.path()));
+        assert_eq!(f.errors, Vec::<String>::new());
+    }
+
+    fn config_in(dir: &std::path::Path) -> Config {
+        config(&dir.to_string_lossy())
     }
 
     #[test]

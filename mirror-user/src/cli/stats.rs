@@ -73,8 +73,9 @@ fn clock(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs()) as libc::time_t;
-    // Safety: localtime_r fills `tm` from `secs`; both live for the call.
+    // Safety: an all-zero `tm` is a valid value of this plain C struct.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // Safety: localtime_r fills `tm` from `secs`; both live for the call.
     let local = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
     if local {
         format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
