@@ -4,10 +4,12 @@
 //! Three steps:
 //! 1. before anything: [`missing`] the capabilities this config's start
 //!    needs ([`needed_to_start`]); `mirror run` refuses to start without them;
-//! 2. once the listeners are bound, before any target or program: keep only
-//!    those ([`drop_to`]), so that every file (pcapng captures, their
-//!    directory checks) is opened with the rights rotation will have later:
-//!    no `CAP_DAC_OVERRIDE`;
+//! 2. once the listeners are bound, before any target or program: drop
+//!    `CAP_DAC_OVERRIDE` and `CAP_DAC_READ_SEARCH` ([`drop_file_overrides`]),
+//!    so that every file (pcapng captures, their directory checks) is opened
+//!    with the rights rotation will have later (what else root has stays
+//!    until step 3: `CAP_SYS_ADMIN` names another tool's XDP program in an
+//!    error);
 //! 3. once every program is attached and every target open: keep only
 //!    [`RUN`], in the main thread and in every thread the engine started
 //!    ([`thread_started`]).
@@ -139,16 +141,28 @@ pub fn drop_to(keep: &[Capability]) -> Result<()> {
     Ok(())
 }
 
+/// The capabilities that get past file permissions.
+const FILE_OVERRIDES: [Capability; 2] = [
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_DAC_READ_SEARCH,
+];
+
+/// Drops [`FILE_OVERRIDES`] from this thread's effective and permitted sets
+/// (`mirror run`, before any target opens a file).
+pub fn drop_file_overrides() -> Result<()> {
+    for c in FILE_OVERRIDES {
+        caps::drop(None, CapSet::Effective, c).with_context(|| format!("dropping {c}"))?;
+        caps::drop(None, CapSet::Permitted, c).with_context(|| format!("dropping {c}"))?;
+    }
+    Ok(())
+}
+
 /// Runs `f` without `CAP_DAC_OVERRIDE` and `CAP_DAC_READ_SEARCH` in this
 /// thread's effective set, as `mirror run` opens files (it drops them before
 /// any target opens), then raises back what was there: `mirror check` asks
 /// "can run write here" with run's rights, not root's.
 pub fn as_run_opens_files<T>(f: impl FnOnce() -> T) -> T {
-    let dac = [
-        Capability::CAP_DAC_OVERRIDE,
-        Capability::CAP_DAC_READ_SEARCH,
-    ];
-    let had: Vec<Capability> = dac
+    let had: Vec<Capability> = FILE_OVERRIDES
         .into_iter()
         .filter(|c| caps::has_cap(None, CapSet::Effective, *c).unwrap_or(false))
         .collect();
@@ -170,16 +184,56 @@ pub fn threads_keep(keep: &[Capability]) {
     let _ = THREADS_KEEP.set(keep.to_vec());
 }
 
-/// Called first by every thread the engine starts: drops this thread's
+/// Engine threads spawned whose [`thread_started`] has not run yet.
+static PENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Spawns an engine thread that first calls [`thread_started`]; counted
+/// until it has, so that [`wait_for_threads`] knows when every thread holds
+/// only what it keeps.
+pub fn spawn<F, T>(
+    builder: std::thread::Builder,
+    f: F,
+) -> std::io::Result<std::thread::JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    PENDING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let spawned = builder.spawn(move || {
+        thread_started();
+        f()
+    });
+    if spawned.is_err() {
+        PENDING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    spawned
+}
+
+/// Waits (at most `limit`) until every thread from [`spawn`] has dropped
+/// its capabilities: a thread not yet scheduled still holds its parent's.
+/// False when some had not by then.
+pub fn wait_for_threads(limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while PENDING.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    true
+}
+
+/// Called first by every thread the engine starts ([`spawn`]): drops this thread's
 /// capabilities to the set of [`threads_keep`] (capabilities are per thread:
 /// a thread started before the main thread drops would keep them all).
 /// Without [`threads_keep`] (tests, the library) it changes nothing.
-pub fn thread_started() {
+fn thread_started() {
     if let Some(keep) = THREADS_KEEP.get() {
         if let Err(e) = drop_to(keep) {
             tracing::error!("dropping this thread's capabilities: {e:#}");
         }
     }
+    PENDING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// A capability set as names, for the log.

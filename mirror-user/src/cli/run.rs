@@ -74,16 +74,17 @@ pub fn main(a: Args) -> Result<ExitCode> {
             Some(addr) => Some(mirror_user::metrics::bind(addr).await?),
             None => None,
         };
-        // From here on the daemon holds what starting needs and nothing more
-        // (root: no CAP_DAC_OVERRIDE, so pcapng directories are checked and
-        // files opened with the rights rotation has later); once everything
-        // is attached, only what the rest of the run needs.
-        let mut start_keep = start_caps.clone();
-        start_keep.push(caps::Capability::CAP_SETPCAP);
-        privileges::drop_to(&start_keep).context("dropping capabilities before the start")?;
+        // From here on no way past file permissions (root: CAP_DAC_OVERRIDE),
+        // so pcapng directories are checked and files opened with the rights
+        // rotation has later; once everything is attached, only what the
+        // rest of the run needs.
+        privileges::drop_file_overrides().context("dropping CAP_DAC_OVERRIDE before the start")?;
         privileges::threads_keep(&privileges::RUN);
         let engine = Arc::new(Engine::start(config)?);
         privileges::drop_to(&privileges::RUN).context("dropping capabilities after the start")?;
+        if !privileges::wait_for_threads(std::time::Duration::from_secs(10)) {
+            tracing::warn!("some engine threads had not dropped their capabilities after 10 s");
+        }
         tracing::info!(
             kept = %privileges::names(&privileges::RUN),
             "dropped every capability but the ones reloads and live rule changes need"

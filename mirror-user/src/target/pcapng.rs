@@ -93,18 +93,18 @@ pub fn start(
         Oversize::Truncate,
     )?);
     let q = queue.clone();
-    let handle = std::thread::Builder::new()
-        .name(format!("pcapng-{name}"))
-        .spawn(move || {
-            crate::privileges::thread_started();
+    let handle = crate::privileges::spawn(
+        std::thread::Builder::new().name(format!("pcapng-{name}")),
+        move || {
             if wait_for_start(&started, &stop) {
                 run(files, &q, &stop);
             }
-        })
-        .map_err(|source| PcapngError::Io {
-            path: spec.path.clone(),
-            source,
-        })?;
+        },
+    )
+    .map_err(|source| PcapngError::Io {
+        path: spec.path.clone(),
+        source,
+    })?;
     Ok((queue, handle))
 }
 

@@ -155,10 +155,9 @@ pub fn start(
         Oversize::Truncate,
     )?);
     let q = queue.clone();
-    let handle = std::thread::Builder::new()
-        .name(format!("tx-{name}"))
-        .spawn(move || {
-            crate::privileges::thread_started();
+    let handle = crate::privileges::spawn(
+        std::thread::Builder::new().name(format!("tx-{name}")),
+        move || {
             Sender {
                 sock,
                 dest,
@@ -168,11 +167,12 @@ pub fn start(
                 tunnel,
             }
             .run(&q, &stop)
-        })
-        .map_err(|source| TunnelError::Syscall {
-            call: "spawning the sender thread",
-            source,
-        })?;
+        },
+    )
+    .map_err(|source| TunnelError::Syscall {
+        call: "spawning the sender thread",
+        source,
+    })?;
     Ok((queue, handle))
 }
 
