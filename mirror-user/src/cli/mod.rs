@@ -91,7 +91,9 @@ pub enum Command {
     /// target, serves counters on the control socket (and to Prometheus at
     /// GET /metrics when [daemon] metrics is set), and logs to stderr.
     /// Programs are attached through BPF links: if the daemon dies, the kernel
-    /// detaches them.
+    /// detaches them. Refuses to start without the capabilities the config
+    /// needs, naming each; does not open targets no session uses; once
+    /// started keeps only CAP_BPF (reloads and live rule changes need it).
     Run(run::Args),
     /// Validate a config file, and this host for it; attaches nothing.
     ///
