@@ -394,7 +394,36 @@ fn deleting_an_egress_rule_leaves_the_ingress_rule_of_the_same_number() {
     let srv = Netns::new("srv").expect("netns");
     lab::veth(&cli_ns, "c0", &srv, "s0", 1).expect("veth");
     let dir = TempDir::new("e2e-rules-copy").expect("temp dir");
+    // The same source with only its ingress rule mirrors no egress frame:
+    // the start-up log says so first thing (this start then fails: no s9).
+    let only_ingress = COPY
+        .replace(
+            "[[filter.rule]]\nnumber = 10\naction = \"accept\"\ndirection = \"egress\"\nprotocol = \"udp\"\n",
+            "",
+        )
+        .replace("interface = \"s0\"", "interface = \"s9\"")
+        .replace("@CONTROL@", &dir.path().join("other.sock").to_string_lossy())
+        .replace("@DIR@", &dir.path().to_string_lossy());
+    let file = dir.path().join("only-ingress.toml");
+    std::fs::write(&file, &only_ingress).expect("write");
+    let out = srv
+        .command(&["timeout", "60", BIN, "run", "-c", &file.to_string_lossy()])
+        .output()
+        .expect("mirror run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "WARN mirror_user::cli::run: source `live` mirrors egress frames (direction = \"both\") \
+             but no filter of its sessions (`f`) has an egress rule that accepts: no egress frame is mirrored"
+        ),
+        "{err}"
+    );
     let (daemon, _) = common::start_daemon(BIN, &srv, &dir, COPY);
+    assert!(
+        !daemon.log_text().contains("mirrors egress frames"),
+        "{}",
+        daemon.log_text()
+    );
     let control = daemon.control.clone();
     let mut client = Client::connect(&control).expect("control socket");
     let capture = dir.path().join("live.pcapng");
@@ -450,12 +479,12 @@ fn deleting_an_egress_rule_leaves_the_ingress_rule_of_the_same_number() {
     let listed = [
         "",
         "filter f (sessions: s)\n\
-         \x20   number = 10, action = \"accept\", direction = \"ingress\", protocol = 17\n",
+         \x20   number = 10, action = \"accept\", direction = \"ingress\", protocol = \"udp\"\n",
         "filter f (sessions: s)\n\
-         \x20   number = 10, action = \"accept\", direction = \"ingress\", protocol = 17\n\
-         \x20   number = 10, action = \"accept\", direction = \"egress\", protocol = 17\n",
+         \x20   number = 10, action = \"accept\", direction = \"ingress\", protocol = \"udp\"\n\
+         \x20   number = 10, action = \"accept\", direction = \"egress\", protocol = \"udp\"\n",
         "filter f (sessions: s)\n\
-         \x20   number = 10, action = \"accept\", direction = \"egress\", protocol = 17\n",
+         \x20   number = 10, action = \"accept\", direction = \"egress\", protocol = \"udp\"\n",
     ];
 
     let mut before = client.stats().expect("stats");

@@ -161,13 +161,52 @@ fn daemon_pid(timeout_pid: u32) -> u32 {
         .expect("timeout has a child")
 }
 
-fn status_hex(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let v = status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"));
-    u64::from_str_radix(v.trim(), 16).expect("hex")
+/// The capabilities the daemon keeps once it runs (`privileges::RUN`).
+fn run_mask() -> u64 {
+    mirror_user::privileges::RUN
+        .iter()
+        .fold(0, |m, c| m | c.bitmask())
+}
+
+/// Every thread of `pid` has `effective` as its effective and permitted
+/// sets, `bounding` as its bounding set, and nothing inheritable or ambient.
+fn assert_capabilities(pid: u32, effective: u64, bounding: u64) {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    let mut n = 0;
+    for t in tasks {
+        let tid: u32 = t
+            .expect("task")
+            .file_name()
+            .to_string_lossy()
+            .parse()
+            .expect("tid");
+        let status = format!("/proc/{pid}/task/{tid}/status");
+        let text = std::fs::read_to_string(&status).expect("task status");
+        let get = |key: &str| {
+            let v = text
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {status}"));
+            u64::from_str_radix(v.trim(), 16).expect("hex")
+        };
+        let name = text.lines().next().unwrap_or("").to_string();
+        for (key, want) in [
+            ("CapEff:", effective),
+            ("CapPrm:", effective),
+            ("CapBnd:", bounding),
+            ("CapInh:", 0),
+            ("CapAmb:", 0),
+        ] {
+            assert_eq!(
+                get(key),
+                want,
+                "{key} of thread {tid} ({name}) of pid {pid}: {:#x}",
+                get(key)
+            );
+        }
+        n += 1;
+    }
+    assert!(n > 3, "the daemon's threads: {n}");
 }
 
 /// Sends `sig` to the daemon itself: `timeout(1)`, its parent, would pass a
@@ -231,6 +270,12 @@ impl Run {
     /// `RLIMIT_MEMLOCK` 8 MiB (the kernel's default since 5.16, and
     /// systemd's); `NOTIFY_SOCKET` set, here to a socket of the test's.
     fn start(lab: &ServiceLab, dir: &TempDir, caps: &[String]) -> Run {
+        Run::start_with(lab, dir, Some(caps), &[])
+    }
+
+    /// As [`Run::start`]; `caps: None` leaves root all its capabilities;
+    /// `env`: more `KEY=value`s for the daemon.
+    fn start_with(lab: &ServiceLab, dir: &TempDir, caps: Option<&[String]>, env: &[&str]) -> Run {
         let text = CONFIG.replace("@DIR@", &dir.path().to_string_lossy());
         let config = dir.path().join("mirror.toml");
         std::fs::write(&config, &text).expect("config");
@@ -241,7 +286,7 @@ impl Run {
             .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
         let bounding = std::iter::once("-all".to_string())
-            .chain(caps.iter().map(|c| {
+            .chain(caps.unwrap_or_default().iter().map(|c| {
                 format!(
                     "+{}",
                     c.strip_prefix("CAP_").expect("CAP_ name").to_lowercase()
@@ -252,23 +297,16 @@ impl Run {
         let notify_env = format!("NOTIFY_SOCKET={}", notify_path.display());
         let bounding_arg = format!("--bounding-set={bounding}");
         let config_arg = config.to_string_lossy().into_owned();
+        let mut args = vec!["env", &notify_env, "RUST_LOG=info"];
+        args.extend_from_slice(env);
+        args.extend(["prlimit", "--memlock=8388608:8388608"]);
+        if caps.is_some() {
+            args.extend(["setpriv", "--inh-caps=-all", &bounding_arg, "--"]);
+        }
+        args.extend([BIN, "run", "-c", &config_arg]);
         let daemon = Process::start(
             &lab.lab.src,
-            &[
-                "env",
-                &notify_env,
-                "RUST_LOG=info",
-                "prlimit",
-                "--memlock=8388608:8388608",
-                "setpriv",
-                "--inh-caps=-all",
-                &bounding_arg,
-                "--",
-                BIN,
-                "run",
-                "-c",
-                &config_arg,
-            ],
+            &args,
             &dir.path().join("daemon.log"),
             Duration::from_secs(120),
         )
@@ -329,15 +367,10 @@ fn under_the_units_capabilities_it_mirrors_every_way_and_notifies_systemd() {
     let pid = daemon_pid(daemon.pid().expect("pid"));
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm");
     assert_eq!(comm.trim(), "mirror", "pid {pid} is the daemon");
-    let want = mask(&caps);
-    for key in ["CapEff:", "CapPrm:", "CapBnd:"] {
-        assert_eq!(
-            status_hex(pid, key),
-            want,
-            "{key} of the daemon is the unit's CapabilityBoundingSet {caps:?}"
-        );
-    }
-    assert_eq!(status_hex(pid, "CapInh:"), 0);
+    // Started with the unit's capabilities, every thread keeps only what the
+    // rest of the run needs; the bounding set stays the unit's (shrinking it
+    // needs CAP_SETPCAP, which the unit does not give).
+    assert_capabilities(pid, run_mask(), mask(&caps));
     assert_eq!(
         st.sessions["dns"].path, "kernel",
         "{:?}",
@@ -406,6 +439,17 @@ fn under_the_units_capabilities_it_mirrors_every_way_and_notifies_systemd() {
         dns.rules[0].contains("destination_port = \"80\""),
         "the new filter is in force: {dns:?}"
     );
+    // A live rule change builds new maps too: it works with what is kept.
+    let added = std::process::Command::new(BIN)
+        .args(["rules", "--control"])
+        .arg(&control)
+        .args([
+            "add", "--filter", "dns", "--number", "20", "--action", "accept",
+        ])
+        .args(["--protocol", "udp", "--destination-port", "5353"])
+        .output()
+        .expect("mirror rules add");
+    assert!(added.status.success(), "{added:?}\n{}", daemon.log_text());
 
     // A file that changes a source is rejected: still RELOADING=1 then
     // READY=1 (the daemon mirrors on), and STATUS says it was rejected.
@@ -471,7 +515,25 @@ fn each_capability_of_the_unit_is_needed() {
     for (cap, says) in WITHOUT {
         let dir = TempDir::new("e2e-service-cap").expect("temp dir");
         let fewer: Vec<String> = caps.iter().filter(|c| *c != cap).cloned().collect();
+        // Refused up front, naming the one missing and what it is for...
         let mut run = Run::start(&lab, &dir, &fewer);
+        let status = run.daemon.wait(Duration::from_secs(60)).expect("exits");
+        let log = run.daemon.log_text();
+        assert_eq!(status.code(), Some(1), "without {cap}: {status}\n{log}");
+        assert!(
+            log.contains("mirror run needs 1 capability it does not have")
+                && log.contains(&format!("\n  {cap}: ")),
+            "without {cap}: expected the refusal in\n{log}"
+        );
+        // ...and needed indeed: told to start anyway, it fails where the
+        // kernel refuses.
+        let dir = TempDir::new("e2e-service-cap").expect("temp dir");
+        let mut run = Run::start_with(
+            &lab,
+            &dir,
+            Some(&fewer),
+            &["MIRROR_SKIP_CAPABILITY_CHECK=1"],
+        );
         let status = run.daemon.wait(Duration::from_secs(60)).expect("exits");
         let log = run.daemon.log_text();
         assert_eq!(status.code(), Some(1), "without {cap}: {status}\n{log}");
@@ -488,4 +550,137 @@ fn each_capability_of_the_unit_is_needed() {
             "without {cap}: no READY=1 for a start that failed"
         );
     }
+}
+
+/// Root with every capability: once mirroring, every thread holds only what
+/// the rest of the run needs (effective, permitted and bounding), and a
+/// reload (SIGHUP) and a live rule change still work with it.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn root_keeps_only_the_run_capabilities_and_reloads_with_them() {
+    require_root!();
+    let lab = lab();
+    let dir = TempDir::new("e2e-service-root").expect("temp dir");
+    let mut run = Run::start_with(&lab, &dir, None, &[]);
+    let (config, text) = (run.config.clone(), run.text.clone());
+    let (notify, daemon) = (&run.notify, &mut run.daemon);
+    let ready = next_notification(notify, daemon, "READY=1 at start");
+    assert!(
+        has(&ready, "READY", "1"),
+        "{ready:?}\n{}",
+        daemon.log_text()
+    );
+    let pid = daemon_pid(daemon.pid().expect("pid"));
+    assert_capabilities(pid, run_mask(), run_mask());
+    assert!(
+        daemon.log_text().contains(
+            "dropped every capability but the ones reloads and live rule changes need kept=CAP_BPF"
+        ),
+        "{}",
+        daemon.log_text()
+    );
+
+    std::fs::write(
+        &config,
+        text.replace("destination_port = \"53\"", "destination_port = \"80\""),
+    )
+    .expect("config");
+    signal(pid, libc::SIGHUP);
+    let _reloading = next_notification(notify, daemon, "RELOADING=1");
+    let again = next_notification(notify, daemon, "READY=1 after a reload");
+    assert!(
+        has(&again, "READY", "1")
+            && fields(&again)
+                .iter()
+                .any(|&(k, v)| k == "STATUS" && !v.contains("reload")),
+        "{again:?}\n{}",
+        daemon.log_text()
+    );
+    let control = dir.path().join("control.sock");
+    let added = std::process::Command::new(BIN)
+        .args(["rules", "--control"])
+        .arg(&control)
+        .args([
+            "add", "--filter", "all", "--number", "5", "--action", "reject",
+        ])
+        .args(["--protocol", "icmp"])
+        .output()
+        .expect("mirror rules add");
+    assert!(added.status.success(), "{added:?}\n{}", daemon.log_text());
+    let mut client = Client::connect(&control).expect("control");
+    let filters = client
+        .request(&Request::RulesList)
+        .expect("rules list")
+        .filters
+        .expect("filters");
+    let dns = filters.iter().find(|f| f.name == "dns").expect("dns");
+    assert!(dns.rules[0].contains("\"80\""), "{dns:?}");
+    let all = filters.iter().find(|f| f.name == "all").expect("all");
+    assert_eq!(all.rules.len(), 3, "{all:?}");
+    drop(client);
+
+    // `stats --watch` on a terminal (script(1) gives it one): redrawn in
+    // place (cursor home, no scrolling), with the time and, from the second
+    // print on, rates per second; into a pipe: appended, no escapes.
+    let watch = format!(
+        "timeout -s INT 3.5 {BIN} stats --watch --control {}",
+        control.display()
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qfec", &watch, "/dev/null"])
+        .output()
+        .expect("script");
+    let tty = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.matches("\x1b[H").count() >= 2, "{tty:?}");
+    assert!(tty.contains("mirror stats at "), "{tty:?}");
+    assert!(
+        tty.contains("RATES (per second, over the last 1."),
+        "{tty:?}"
+    );
+    let piped = std::process::Command::new("timeout")
+        .args(["-s", "INT", "2.5", BIN, "stats", "--watch", "--control"])
+        .arg(&control)
+        .output()
+        .expect("stats --watch");
+    let piped = String::from_utf8_lossy(&piped.stdout);
+    assert!(piped.matches("mirror stats at ").count() >= 2, "{piped}");
+    assert!(!piped.contains('\u{1b}'), "{piped:?}");
+    signal(pid, libc::SIGTERM);
+    let status = daemon.wait(Duration::from_secs(20)).expect("exits");
+    assert!(status.success(), "{status}\n{}", daemon.log_text());
+}
+
+/// Not root and no capabilities: refused before anything is touched, with
+/// every missing capability named with what it is for.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_non_root_run_is_refused_naming_the_missing_capabilities() {
+    require_root!();
+    let dir = TempDir::new("e2e-service-nobody").expect("temp dir");
+    let text = CONFIG.replace("@DIR@", &dir.path().to_string_lossy());
+    let config = dir.path().join("mirror.toml");
+    std::fs::write(&config, &text).expect("config");
+    use std::os::unix::fs::PermissionsExt;
+    for p in [dir.path(), config.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let out = std::process::Command::new("timeout")
+        .args(["30", "prlimit", "--memlock=8388608:8388608", "setpriv"])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(BIN)
+        .arg("run")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .expect("mirror run as nobody");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("mirror run needs 5 capabilities it does not have"),
+        "{err}"
+    );
+    for cap in unit_capabilities() {
+        assert!(err.contains(&format!("\n  {cap}: ")), "{cap} in {err}");
+    }
+    assert!(!dir.path().join("control.sock").exists());
 }

@@ -99,6 +99,27 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (usize, u64)> {
         .collect()
 }
 
+/// `mirror check -c CONFIG` in `ns`: (success, stdout, stderr).
+fn check(ns: &lab::Netns, config: &Path) -> (bool, String, String) {
+    let out = ns
+        .command(&[
+            "timeout",
+            "30",
+            BIN,
+            "check",
+            "-c",
+            &config.to_string_lossy(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("mirror check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `mirror run -c CONFIG` in `ns`, bounded: (exit status, stderr).
 fn run_once(ns: &lab::Netns, config: &Path) -> (std::process::ExitStatus, String) {
     let out = ns
@@ -133,10 +154,28 @@ fn failed_starts_touch_no_capture_file_and_leave_no_socket() {
     } = setup("e2e-startup");
 
     // A real capture: 125 packets through a daemon that started.
+    // With a target no session uses, in a directory that does not exist:
+    // `check` warns and `run` does not open it.
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, config(Lab::FEED_IF, &control, &captures)).expect("write");
+    let spare = "\n[[target]]\nname = \"spare\"\nkind = \"pcapng\"\npath = \"/nonexistent-mirror/x.pcapng\"\n";
+    std::fs::write(&good, config(Lab::FEED_IF, &control, &captures) + spare).expect("write");
     let text = std::fs::read_to_string(&good).expect("read");
+    let (ok, out, err) = check(&lab.src, &good);
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains(
+            "warning: target `spare` is used by no session: `mirror run` does not open it"
+        ),
+        "{err}"
+    );
     let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    assert!(
+        daemon
+            .log_text()
+            .contains("target `spare` is used by no session: not opened"),
+        "{}",
+        daemon.log_text()
+    );
     let frames: Vec<Vec<u8>> = (0..125)
         .map(|i| traffic::frame(traffic::SHAPES[1], i, 200))
         .collect();
@@ -145,7 +184,26 @@ fn failed_starts_touch_no_capture_file_and_leave_no_socket() {
     common::wait_for(&mut client, "125 packets archived", |s| {
         s.targets["archive"].sent_packets == 125
     });
+    let st = client.stats().expect("stats");
+    assert!(!st.targets.contains_key("spare"), "{:?}", st.targets.keys());
     drop(client);
+    // An expected zero-copy fallback (a veth has none) is one calm line.
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("the driver has no AF_XDP zero-copy: using copy mode")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        !log.contains("Operation not supported") && !log.contains("zero_copy = \"off\""),
+        "{log}"
+    );
+    // Its stderr is a file: no colour codes in it.
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a log file: {log:?}"
+    );
     let status = daemon.stop(Duration::from_secs(10)).expect("stop");
     assert!(status.success(), "{status}");
     let before = snapshot(&captures);
@@ -164,6 +222,12 @@ fn failed_starts_touch_no_capture_file_and_leave_no_socket() {
     // opened), with keep = 5: the real capture stays, byte for byte.
     let typo = dir.path().join("typo.toml");
     std::fs::write(&typo, config("feed9", &control, &captures)).expect("write");
+    let (ok, _, err) = check(&lab.src, &typo);
+    assert!(
+        !ok && err
+            .contains("source `feed`: interface feed9 does not exist in this network namespace"),
+        "check finds the typo `run` would fail on: {err}"
+    );
     for attempt in 1..=6 {
         let (status, stderr) = run_once(&lab.src, &typo);
         assert_eq!(status.code(), Some(1), "attempt {attempt}: {stderr}");
@@ -217,13 +281,29 @@ fn failed_starts_touch_no_capture_file_and_leave_no_socket() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let during = snapshot(&captures);
+    let holder = format!("held by pid {} (mirror)", first.pid().expect("pid"));
+    let (ok, _, err) = check(&lab.src, &busy);
+    assert!(
+        !ok && err.contains("source `feed`: feed0 already has XDP program id")
+            && err.contains(&holder),
+        "check names the daemon holding the port: {err}"
+    );
+    let started = Instant::now();
     let (status, stderr) = run_once(&lab.src, &busy);
     assert_eq!(status.code(), Some(1), "{stderr}");
-    // The other daemon's AF_XDP socket holds the queue.
+    // The other daemon's AF_XDP socket holds the queue: said at once, naming
+    // it, and not blamed on zero-copy.
     assert!(
-        stderr.contains("AF_XDP socket on feed0 queue 0") && stderr.contains("busy"),
+        stderr.contains("AF_XDP socket on feed0 queue 0")
+            && stderr.contains("the queue is taken by another AF_XDP socket")
+            && stderr.contains(&holder),
         "{stderr}"
     );
+    assert!(
+        !stderr.contains("zero_copy") && !stderr.contains("retrying"),
+        "{stderr}"
+    );
+    eprintln!("busy start refused after {:?}", started.elapsed());
     assert_eq!(
         snapshot(&captures),
         during,

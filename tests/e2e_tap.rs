@@ -275,7 +275,7 @@ fn check_reports_errors_with_positions_and_run_refuses_a_bad_file() {
     let good = dir.path().join("good.toml");
     std::fs::write(&good, config()).expect("write");
     let out = std::process::Command::new(BIN)
-        .args(["check", "-c"])
+        .args(["check", "--file-only", "-c"])
         .arg(&good)
         .output()
         .expect("run check");
@@ -410,6 +410,11 @@ fn live_rule_changes_and_reloads_under_traffic_lose_no_frame() {
     assert!(!ok);
     assert!(out.contains("destination_port needs protocol"), "{out}");
     assert!(out.contains("the running rules stay in force"), "{out}");
+    // Located at the flag the user typed, not in the text sent for it.
+    assert!(
+        out.contains("--destination-port \"80\": ") && !out.contains("rule:"),
+        "{out}"
+    );
     let (ok, out) = cli(
         &control,
         &[
@@ -422,9 +427,41 @@ fn live_rule_changes_and_reloads_under_traffic_lose_no_frame() {
     assert_eq!(
         out,
         "filter ids (sessions: ids-feed)\n\
-         \x20   number = 100, action = \"reject\", direction = \"ingress\", protocol = 6, destination_port = \"22\"\n\
-         \x20   number = 110, action = \"reject\", direction = \"ingress\", protocol = 58\n\
+         \x20   number = 100, action = \"reject\", direction = \"ingress\", protocol = \"tcp\", destination_port = \"22\"\n\
+         \x20   number = 110, action = \"reject\", direction = \"ingress\", protocol = \"icmpv6\"\n\
          \x20   number = 200, action = \"accept\", direction = \"ingress\"\n"
+    );
+    let (ok, out) = cli(&control, &["rules", "list", "--json"]);
+    assert!(ok, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        json,
+        serde_json::json!([{
+            "name": "ids",
+            "sessions": ["ids-feed"],
+            "rules": [
+                {"number": 100, "action": "reject", "direction": "ingress",
+                 "protocol": "tcp", "destination_port": "22"},
+                {"number": 110, "action": "reject", "direction": "ingress", "protocol": "icmpv6"},
+                {"number": 200, "action": "accept", "direction": "ingress"},
+            ]
+        }])
+    );
+    // Every change, and every refusal, has its line in the daemon's log.
+    let log = s.daemon.log_text();
+    assert!(
+        log.contains("rules add rejected: the running rules stay filter=\"ids\""),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("rules add: rule added live (the config file is unchanged) filter=\"ids\" rule=number = 150, action = \"reject\", direction = \"ingress\", protocol = \"udp\", destination_port = \"9\"").count(),
+        10,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("rules delete: rule deleted live (the config file is unchanged) filter=\"ids\" number=150 direction=ingress").count(),
+        10,
+        "{log}"
     );
 
     // 3. SIGHUP with a file that now rejects all TCP: the next frames get

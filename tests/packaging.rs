@@ -218,7 +218,9 @@ fn every_example_passes_mirror_check_and_shows_what_it_says() {
             "{name} opens with comments explaining it"
         );
         let out = output(
-            Command::new(BIN).arg("check").arg("-c").arg(&path),
+            Command::new(BIN)
+                .args(["check", "--file-only", "-c"])
+                .arg(&path),
             "the mirror binary",
         );
         assert!(
@@ -442,7 +444,7 @@ fn the_daemonset_runs_the_configmap_with_the_units_capabilities() {
     assert_eq!(added, unit_capabilities());
     assert_eq!(sc["privileged"], false);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
-    assert_eq!(sc["runAsUser"], 0, "mirror run checks for euid 0");
+    assert_eq!(sc["runAsUser"], 0, "mirror runs as root, as the unit does");
 
     // The reload sidecar: the same config and control socket, no capability.
     let reload = containers
@@ -533,10 +535,52 @@ fn container_engine_builds_the_image_which_runs_mirror_check_on_every_example() 
             &volume,
             &tag,
             "check",
+            "--file-only",
             "-c",
             &format!("/etc/mirror/{name}"),
         ]);
         assert!(check.status.success(), "{name}: {}", text_of(&check));
     }
     let _ = docker(&["rmi", "-f", &tag]);
+}
+
+/// Every TOML block of the README is a whole config that passes `mirror
+/// check --file-only` as written, or says on its first line that it is a
+/// fragment (and where it belongs).
+#[test]
+fn every_readme_config_block_is_whole_and_valid_or_marked_a_fragment() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let dir = std::env::temp_dir().join(format!("mirror-readme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut blocks = 0;
+    let mut whole = 0;
+    let mut rest = readme.as_str();
+    while let Some(start) = rest.find("```toml\n") {
+        let body = &rest[start + 8..];
+        let end = body.find("```").expect("a closed block");
+        let block = &body[..end];
+        rest = &body[end + 3..];
+        blocks += 1;
+        let line = readme[..readme.len() - rest.len()].lines().count();
+        if block.starts_with("# Fragment: ") {
+            continue;
+        }
+        whole += 1;
+        let path = dir.join(format!("block{blocks}.toml"));
+        std::fs::write(&path, block).expect("write");
+        let out = output(
+            Command::new(BIN)
+                .args(["check", "--file-only", "-c"])
+                .arg(&path),
+            "the mirror binary",
+        );
+        assert!(
+            out.status.success(),
+            "README block ending at line {line} is neither a whole valid config nor \
+             marked `# Fragment: `: {}",
+            text_of(&out)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(blocks >= 4 && whole >= 2, "{blocks} blocks, {whole} whole");
 }

@@ -23,6 +23,7 @@ pub mod fuzz;
 pub mod kernel;
 pub mod lab;
 pub mod metrics;
+pub mod privileges;
 pub mod target;
 
 /// True when running as root (euid 0).

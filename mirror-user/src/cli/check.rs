@@ -4,17 +4,42 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use mirror_user::config::{Config, IngressHook, SourceMode, TargetSpec};
+use mirror_user::kernel::holders;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The config file to validate.
     #[arg(short, long, value_name = "FILE")]
     pub config: PathBuf,
+    /// Check the file alone, not against this host (for a config written
+    /// for another machine: CI, an image build, a fleet's ConfigMap).
+    #[arg(long)]
+    pub file_only: bool,
 }
 
 pub fn main(a: Args) -> Result<ExitCode> {
     match mirror_user::config::load(&a.config) {
         Ok(c) => {
+            let found = if a.file_only {
+                Findings::default()
+            } else {
+                host(&c)
+            };
+            for w in &found.warnings {
+                eprintln!("{}: warning: {w}", a.config.display());
+            }
+            for e in &found.errors {
+                eprintln!("{}: {e}", a.config.display());
+            }
+            if !found.errors.is_empty() {
+                eprintln!(
+                    "the file is valid, but `mirror run` would fail here: {} problem{}",
+                    found.errors.len(),
+                    if found.errors.len() == 1 { "" } else { "s" }
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             println!(
                 "{}: ok ({} sources, {} filters, {} rules, {} targets, {} sessions)",
                 a.config.display(),
@@ -34,5 +59,192 @@ pub fn main(a: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// What `mirror check` finds beyond the file, in this host's network
+/// namespace, without attaching or opening anything.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Each would make `mirror run` fail.
+    pub errors: Vec<String>,
+    /// Each is legal but probably not what was meant.
+    pub warnings: Vec<String>,
+}
+
+/// Checks `config` against this host: every interface exists, every pcapng
+/// directory exists and takes a new file, no other XDP program or AF_XDP
+/// socket holds what a source or interface target needs; warns about
+/// targets no session uses and directions no rule can match.
+pub fn host(config: &Config) -> Findings {
+    let mut f = Findings::default();
+    let mut used = config.clone();
+    for t in used.prune_unused_targets() {
+        f.warnings.push(format!(
+            "{t} is used by no session: `mirror run` does not open it"
+        ));
+    }
+    f.warnings.extend(config.silent_directions());
+    let ifindex = |name: &str| mirror_user::kernel::ifindex(name).ok();
+    for s in &used.sources {
+        let Some(idx) = ifindex(&s.interface) else {
+            f.errors.push(format!(
+                "source `{}`: interface {} does not exist in this network namespace",
+                s.name, s.interface
+            ));
+            continue;
+        };
+        let xdp = s.mode == SourceMode::Tap || (s.ingress() && s.ingress_hook != IngressHook::Tc);
+        if xdp {
+            if let Some(other) = holders::xdp_holder(idx) {
+                let msg = format!(
+                    "source `{}`: {} already has {other}; mirror attaches its own XDP program there",
+                    s.name, s.interface
+                );
+                if s.mode == SourceMode::Tap || s.ingress_hook == IngressHook::Xdp {
+                    f.errors.push(msg);
+                } else {
+                    f.warnings.push(format!(
+                        "{msg} (ingress_hook = \"auto\": fails unless the source's sessions clone at tcx)"
+                    ));
+                }
+            }
+        }
+        if s.mode == SourceMode::Tap {
+            for other in holders::xsk_holders(idx, None, false) {
+                f.errors.push(format!(
+                    "source `{}`: {} already has {other}; mirror binds an AF_XDP socket to every RX queue",
+                    s.name, s.interface
+                ));
+            }
+        }
+    }
+    for t in &used.targets {
+        match &t.spec {
+            TargetSpec::Interface { interface, .. } => match ifindex(interface) {
+                None => f.errors.push(format!(
+                    "target `{}`: interface {interface} does not exist in this network namespace",
+                    t.name
+                )),
+                Some(idx) => {
+                    for other in holders::xsk_holders(idx, Some(0), false) {
+                        f.errors.push(format!(
+                            "target `{}`: {interface} already has {other}; mirror sends through an AF_XDP socket on queue 0",
+                            t.name
+                        ));
+                    }
+                }
+            },
+            TargetSpec::Pcapng(spec) => {
+                let writable = mirror_user::privileges::as_run_opens_files(|| {
+                    mirror_user::target::pcapng::check_directory(&spec.path)
+                });
+                if let Err(e) = writable {
+                    f.errors.push(format!("target `{}`: {e}", t.name));
+                }
+            }
+            _ => {}
+        }
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[[source]]
+name = "s"
+interface = "lo"
+mode = "copy"
+direction = "both"
+[[filter]]
+name = "f"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+[[target]]
+name = "p"
+kind = "pcapng"
+path = "@DIR@/x.pcapng"
+[[target]]
+name = "spare"
+kind = "pcapng"
+path = "/nonexistent-mirror-dir/y.pcapng"
+[[session]]
+name = "x"
+source = "s"
+filter = "f"
+targets = ["p"]
+"#;
+
+    fn config(dir: &str) -> Config {
+        mirror_user::config::parse(&CONFIG.replace("@DIR@", dir), "t.toml").expect("valid")
+    }
+
+    #[test]
+    fn unused_targets_and_unmatched_directions_are_warned_about_not_checked() {
+        let dir = std::env::temp_dir();
+        let f = host(&config(&dir.to_string_lossy()));
+        assert_eq!(f.errors, Vec::<String>::new());
+        assert_eq!(f.warnings.len(), 2, "{:?}", f.warnings);
+        assert_eq!(
+            f.warnings[0],
+            "target `spare` is used by no session: `mirror run` does not open it"
+        );
+        assert!(
+            f.warnings[1].starts_with(
+                "source `s` mirrors egress frames (direction = \"both\") but no filter of its sessions (`f`) has an egress rule"
+            ),
+            "{}",
+            f.warnings[1]
+        );
+    }
+
+    /// Root can write anywhere with CAP_DAC_OVERRIDE, which `mirror run`
+    /// drops before opening files: check answers for run, not for root.
+    #[test]
+    #[ignore = "needs root: BPF and network namespaces"]
+    fn a_directory_only_dac_override_could_write_is_an_error() {
+        assert!(mirror_user::is_root(), "run as root");
+        let dir = mirror_user::lab::TempDir::new("check-dac").expect("temp dir");
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        let c = std::ffi::CString::new(theirs.to_string_lossy().as_bytes()).expect("path");
+        // Safety: `c` is a NUL-terminated path.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0, "chown");
+        let config = config(&theirs.to_string_lossy());
+        let f = host(&config);
+        assert_eq!(f.errors.len(), 1, "{:?}", f.errors);
+        assert!(
+            f.errors[0].starts_with("target `p`: ") && f.errors[0].contains("Permission denied"),
+            "{:?}",
+            f.errors
+        );
+        // And root's own directory is fine.
+        let f = host(&config_in(dir.path()));
+        assert_eq!(f.errors, Vec::<String>::new());
+    }
+
+    fn config_in(dir: &std::path::Path) -> Config {
+        config(&dir.to_string_lossy())
+    }
+
+    #[test]
+    fn a_missing_interface_and_a_missing_capture_directory_are_errors() {
+        let text = CONFIG
+            .replace("interface = \"lo\"", "interface = \"nosuch-mirror0\"")
+            .replace("@DIR@", "/nonexistent-mirror-dir");
+        let c = mirror_user::config::parse(&text, "t.toml").expect("valid");
+        let f = host(&c);
+        assert_eq!(
+            f.errors,
+            [
+                "source `s`: interface nosuch-mirror0 does not exist in this network namespace",
+                "target `p`: /nonexistent-mirror-dir: the directory does not exist; create it first"
+            ]
+        );
     }
 }

@@ -39,6 +39,8 @@ FILES
 
 ENVIRONMENT
     RUST_LOG   log filter, e.g. RUST_LOG=debug (default: info); logs go to stderr
+    MIRROR_SKIP_CAPABILITY_CHECK   set: `mirror run` starts without a capability
+               it checks for and fails where the kernel refuses (for tests)
 
 EXIT STATUS
     0 success; 1 error (bad config, attach failure, daemon unreachable, failed demo check)
@@ -73,7 +75,9 @@ EXAMPLES
 /// ingress_hook = "auto", the default, then hooks ingress at tcx, since XDP
 /// cannot clone). `path` in [[session]] overrides, and the log and
 /// `mirror stats` say which path each session has, and why.
-/// Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_NET_RAW.
+/// Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON (+ CAP_NET_RAW and
+/// CAP_IPC_LOCK for AF_XDP and tunnel sockets); `mirror run` names any that
+/// are missing, and once started keeps only CAP_BPF.
 #[derive(Debug, Parser)]
 #[command(name = "mirror", version, after_long_help = AFTER_HELP)]
 pub struct Cli {
@@ -89,15 +93,24 @@ pub enum Command {
     /// target, serves counters on the control socket (and to Prometheus at
     /// GET /metrics when [daemon] metrics is set), and logs to stderr.
     /// Programs are attached through BPF links: if the daemon dies, the kernel
-    /// detaches them. Sessions with [[session.schedule]] windows switch
-    /// settings at each window edge (logged). For tests, MIRROR_FAKE_NOW=<RFC
-    /// 3339 time> starts the schedule's clock standing at that time; the
-    /// control request {"cmd":"set_time","time":"…"} then moves it.
+    /// detaches them. Refuses to start without the capabilities the config
+    /// needs, naming each; does not open targets no session uses; once
+    /// started keeps only CAP_BPF (reloads and live rule changes need it).
+    /// Sessions with [[session.schedule]] windows switch settings at each
+    /// window edge (logged). For tests, MIRROR_FAKE_NOW=<RFC 3339 time> starts
+    /// the schedule's clock standing at that time; the control request
+    /// {"cmd":"set_time","time":"…"} then moves it.
     Run(run::Args),
-    /// Validate a config file and exit; attaches nothing.
+    /// Validate a config file, and this host for it; attaches nothing.
     ///
     /// Reports every error with file:line:column, the field, and the accepted
-    /// values. Exit status 0 when the file is valid.
+    /// values. Then, unless --file-only, what `mirror run` would fail on here,
+    /// found without attaching anything: interfaces missing from this network
+    /// namespace, pcapng directories missing or not writable, another XDP
+    /// program or AF_XDP socket on a source's or interface target's port
+    /// (naming the process that holds it). Warns about targets no session
+    /// uses (`run` does not open them) and about a source direction no rule
+    /// of its sessions accepts. Exit status 0 when both are fine.
     Check(check::Args),
     /// Show the running daemon's counters.
     ///

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use mirror_user::config::{Action, Direction};
 use mirror_user::control::{Client, Reply, Request};
+use mirror_user::filter::rules::RuleView;
 
 /// How to reach the daemon (shared by `rules` and `reload`).
 #[derive(Debug, clap::Args)]
@@ -139,7 +140,30 @@ pub fn main(a: Args) -> Result<ExitCode> {
             let reply = client.request(&Request::RulesList)?;
             let filters = reply.filters.unwrap_or_default();
             if json {
-                println!("{}", serde_json::to_string_pretty(&filters)?);
+                let objects = filters
+                    .iter()
+                    .map(|f| {
+                        let rules = f
+                            .rules
+                            .iter()
+                            .map(|r| {
+                                // The daemon sends each rule as its TOML keys.
+                                let rule = mirror_user::config::parse_rule(
+                                    &r.replace(", ", "\n"),
+                                    "listed rule",
+                                )
+                                .map_err(|e| anyhow::anyhow!("the daemon listed `{r}`: {e}"))?;
+                                Ok(RuleView::from(&rule))
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        Ok(serde_json::json!({
+                            "name": f.name,
+                            "sessions": f.sessions,
+                            "rules": rules,
+                        }))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                println!("{}", serde_json::to_string_pretty(&objects)?);
             } else {
                 for f in filters {
                     println!("filter {} (sessions: {})", f.name, f.sessions.join(", "));
@@ -151,10 +175,12 @@ pub fn main(a: Args) -> Result<ExitCode> {
         }
         Op::Add(add) => {
             let rule = add.to_toml()?;
-            let reply = client.request(&Request::RulesAdd {
-                filter: add.filter.clone(),
-                rule,
-            })?;
+            let reply = client
+                .request(&Request::RulesAdd {
+                    filter: add.filter.clone(),
+                    rule: rule.clone(),
+                })
+                .map_err(|e| anyhow::anyhow!("{}", at_flags(&format!("{e:#}"), &rule)))?;
             print_rules(&reply);
         }
         Op::Delete {
@@ -173,9 +199,61 @@ pub fn main(a: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Points a validator message about the rule text `mirror rules add` sent
+/// (`rule:LINE:COLUMN: …`) at the flag that line came from
+/// (`--destination-port "22-1": …`): the user typed flags, not that text.
+fn at_flags(message: &str, sent: &str) -> String {
+    let lines: Vec<&str> = sent.lines().collect();
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(at) = rest.find("rule:") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 5..];
+        let mut parts = after.splitn(3, ':');
+        let (line, col, tail) = (parts.next(), parts.next(), parts.next());
+        let flag = match (line.and_then(|l| l.parse::<usize>().ok()), col, tail) {
+            (Some(n), Some(c), Some(tail)) if c.chars().all(|c| c.is_ascii_digit()) => lines
+                .get(n.wrapping_sub(1))
+                .and_then(|l| l.split_once(" = "))
+                .map(|(k, v)| (format!("--{} {v}", k.trim().replace('_', "-")), tail)),
+            _ => None,
+        };
+        match flag {
+            Some((flag, tail)) => {
+                out.push_str(&flag);
+                out.push(':');
+                rest = tail;
+            }
+            None => {
+                out.push_str("rule:");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `mirror reload`.
 pub fn reload(d: Daemon) -> Result<ExitCode> {
     let reply = d.client()?.request(&Request::Reload)?;
     print_rules(&reply);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_error_points_at_the_flag_not_at_the_generated_text() {
+        let sent = "action = \"accept\"\ndestination_port = \"22-1\"\ndirection = \"ingress\"\nnumber = 5\nprotocol = \"tcp\"\n";
+        let msg = "rule:2:20: destination_port: range \"22-1\" is reversed: write \"1-22\"; the running rules stay in force";
+        assert_eq!(
+            at_flags(msg, sent),
+            "--destination-port \"22-1\": destination_port: range \"22-1\" is reversed: write \"1-22\"; the running rules stay in force"
+        );
+        // Nothing to point at: unchanged.
+        assert_eq!(at_flags("no filter named `x`", sent), "no filter named `x`");
+    }
 }

@@ -7,7 +7,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use mirror_user::control::notify;
 use mirror_user::dataplane::engine::Engine;
+use mirror_user::privileges;
 use tokio::signal::unix::{signal, SignalKind};
+
+/// Set (to anything): `mirror run` starts even without the capabilities it
+/// checks for, and fails where the kernel refuses. For measuring what each
+/// capability is needed for (`tests/e2e_service.rs`); not for production.
+pub const SKIP_CAPABILITY_CHECK: &str = "MIRROR_SKIP_CAPABILITY_CHECK";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -19,9 +25,25 @@ pub struct Args {
 pub fn main(a: Args) -> Result<ExitCode> {
     // The file first: its errors (at line:column, as `mirror check` gives
     // them) are worth reporting whoever runs it.
-    let config = mirror_user::config::load(&a.config)?;
-    if !mirror_user::is_root() {
-        bail!("mirror run needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW)");
+    let mut config = mirror_user::config::load(&a.config)?;
+    for t in config.prune_unused_targets() {
+        tracing::warn!("{t} is used by no session: not opened");
+    }
+    for w in config.silent_directions() {
+        tracing::warn!("{w}");
+    }
+    // Capabilities, not euid 0: root has them all, a service user may be
+    // given exactly these (AmbientCapabilities=).
+    let start_caps = privileges::needed_to_start(&config, privileges::memlock_unlimited());
+    let missing = privileges::missing(&start_caps)?;
+    if !missing.is_empty() {
+        if std::env::var_os(SKIP_CAPABILITY_CHECK).is_none() {
+            bail!("{}", privileges::refusal(&missing));
+        }
+        tracing::warn!(
+            missing = %privileges::names(&missing),
+            "{SKIP_CAPABILITY_CHECK} is set: starting without these capabilities"
+        );
     }
     if let Some(cpus) = &config.daemon.cpus {
         // Before any thread starts: every thread inherits the mask.
@@ -52,7 +74,21 @@ pub fn main(a: Args) -> Result<ExitCode> {
             Some(addr) => Some(mirror_user::metrics::bind(addr).await?),
             None => None,
         };
+        // From here on no way past file permissions (root: CAP_DAC_OVERRIDE),
+        // so pcapng directories are checked and files opened with the rights
+        // rotation has later; once everything is attached, only what the
+        // rest of the run needs.
+        privileges::drop_file_overrides().context("dropping CAP_DAC_OVERRIDE before the start")?;
+        privileges::threads_keep(&privileges::RUN);
         let engine = Arc::new(Engine::start(config)?);
+        privileges::drop_to(&privileges::RUN).context("dropping capabilities after the start")?;
+        if !privileges::wait_for_threads(std::time::Duration::from_secs(10)) {
+            tracing::warn!("some engine threads had not dropped their capabilities after 10 s");
+        }
+        tracing::info!(
+            kept = %privileges::names(&privileges::RUN),
+            "dropped every capability but the ones reloads and live rule changes need"
+        );
         let server = tokio::spawn(mirror_user::control::serve(
             listener,
             engine.clone(),

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use mirror_user::control::Client;
@@ -13,7 +13,9 @@ pub struct Args {
     /// Print the counters as JSON (SPEC shape: sources, sessions, targets).
     #[arg(long)]
     pub json: bool,
-    /// Print again every second until interrupted.
+    /// Print again every second until interrupted, with the time and rates
+    /// per second since the last print; on a terminal the table is redrawn
+    /// in place, else appended (a file, a pipe).
     #[arg(long)]
     pub watch: bool,
     /// The daemon's control socket.
@@ -27,19 +29,96 @@ pub struct Args {
 pub fn main(a: Args) -> Result<ExitCode> {
     let path = super::control_path(a.control.as_deref(), a.config.as_deref())?;
     let mut client = Client::connect(&path)?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut prev: Option<(Stats, Instant)> = None;
     loop {
         let stats = client.stats()?;
+        let now = Instant::now();
         if a.json {
             println!("{}", serde_json::to_string_pretty(&stats)?);
+        } else if a.watch {
+            let mut text = format!(
+                "mirror stats at {} (every 1 s; Ctrl-C to stop)\n",
+                clock(SystemTime::now())
+            );
+            text.push_str(&render(&stats));
+            text.push_str(&rates(
+                prev.as_ref()
+                    .map(|(p, at)| (p, now.duration_since(*at).as_secs_f64())),
+                &stats,
+            ));
+            if tty {
+                // Home, the table, then clear what a longer last one left.
+                print!("\x1b[H{}\x1b[J", text.replace('\n', "\x1b[K\n"));
+            } else {
+                print!("{text}");
+            }
+            std::io::Write::flush(&mut std::io::stdout())?;
         } else {
             print!("{}", render(&stats));
         }
         if !a.watch {
             return Ok(ExitCode::SUCCESS);
         }
+        prev = Some((stats, now));
         std::thread::sleep(Duration::from_secs(1));
-        println!();
+        if !tty || a.json {
+            println!();
+        }
     }
+}
+
+/// The local time of day, `HH:MM:SS` (UTC when the zone is unknown).
+fn clock(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as libc::time_t;
+    // Safety: an all-zero `tm` is a valid value of this plain C struct.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // Safety: localtime_r fills `tm` from `secs`; both live for the call.
+    let local = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
+    if local {
+        format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    } else {
+        let s = secs as u64 % 86_400;
+        format!("{:02}:{:02}:{:02} UTC", s / 3600, s / 60 % 60, s % 60)
+    }
+}
+
+/// Per second since `prev` (taken `secs` seconds before `cur`): what each
+/// source received and mirrored, each session mirrored, each target sent.
+/// The first print has nothing to compare with and says so.
+pub fn rates(prev: Option<(&Stats, f64)>, cur: &Stats) -> String {
+    let Some((prev, secs)) = prev.filter(|(_, secs)| *secs > 0.0) else {
+        return "RATES (per second): from the next print on\n".into();
+    };
+    let per =
+        |now: u64, before: Option<u64>| now.saturating_sub(before.unwrap_or(now)) as f64 / secs;
+    let mut out = format!("RATES (per second, over the last {secs:.1} s)\n");
+    for (name, v) in &cur.sources {
+        let p = prev.sources.get(name);
+        out.push_str(&format!(
+            "  source  {name:<16} received {:>12.0}/s  mirrored {:>12.0}/s\n",
+            per(v.received, p.map(|p| p.received)),
+            per(v.mirrored, p.map(|p| p.mirrored)),
+        ));
+    }
+    for (name, v) in &cur.sessions {
+        let p = prev.sessions.get(name);
+        out.push_str(&format!(
+            "  session {name:<16} mirrored {:>12.0}/s\n",
+            per(v.mirrored, p.map(|p| p.mirrored)),
+        ));
+    }
+    for (name, v) in &cur.targets {
+        let p = prev.targets.get(name);
+        out.push_str(&format!(
+            "  target  {name:<16} sent     {:>12.0}/s  {:>12.1} Mbit/s\n",
+            per(v.sent_packets, p.map(|p| p.sent_packets)),
+            per(v.sent_bytes, p.map(|p| p.sent_bytes)) * 8.0 / 1e6,
+        ));
+    }
+    out
 }
 
 fn reasons(m: &std::collections::BTreeMap<String, u64>) -> String {
@@ -205,5 +284,46 @@ mod tests {
              2026-12-07T18:00:00Z"
         );
         assert_eq!(line("plain"), "plain 0 0 0 0 kernel");
+    }
+
+    #[test]
+    fn rates_are_per_second_since_the_last_print() {
+        let mut a = Stats::default();
+        a.sources.entry("feed".into()).or_default().received = 1000;
+        a.sources.get_mut("feed").expect("feed").mirrored = 400;
+        a.sessions.entry("s".into()).or_default().mirrored = 400;
+        let t: mirror_user::target::TargetStats = serde_json::from_value(serde_json::json!({
+            "kind": "interface", "up": true, "enqueued": 400, "sent_packets": 400,
+            "sent_bytes": 40_000, "dropped": {}, "queued": 0
+        }))
+        .expect("target stats");
+        a.targets.insert("ids0".into(), t);
+        let mut b = a.clone();
+        b.sources.get_mut("feed").expect("feed").received = 3000;
+        b.sources.get_mut("feed").expect("feed").mirrored = 1400;
+        b.sessions.get_mut("s").expect("s").mirrored = 1400;
+        let t = b.targets.get_mut("ids0").expect("ids0");
+        t.sent_packets = 1400;
+        t.sent_bytes = 290_000;
+        assert_eq!(
+            rates(Some((&a, 2.0)), &b),
+            "RATES (per second, over the last 2.0 s)\n\
+             \x20 source  feed             received         1000/s  mirrored          500/s\n\
+             \x20 session s                mirrored          500/s\n\
+             \x20 target  ids0             sent              500/s           1.0 Mbit/s\n"
+        );
+        assert_eq!(
+            rates(None, &b),
+            "RATES (per second): from the next print on\n"
+        );
+    }
+
+    #[test]
+    fn the_clock_reads_hours_minutes_seconds() {
+        let c = clock(SystemTime::UNIX_EPOCH + Duration::from_secs(3 * 3600 + 25 * 60 + 7));
+        let hms = &c[..8];
+        assert_eq!(hms.len(), 8, "{c}");
+        // Zones differ by whole minutes: the seconds are the seconds.
+        assert!(hms.ends_with(":07") && hms.as_bytes()[2] == b':', "{c}");
     }
 }

@@ -82,21 +82,124 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Validates `text`; `file` names it in error messages.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let mut v = Validator::new(text);
-    let raw: RawConfig = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            v.error(span, e.message().to_string());
-            return Err(v.finish(file));
+    // The deserializer stops at its first error (an unknown variant, an
+    // unknown key, a wrong type): record it, repair that line (an unknown
+    // variant becomes the first accepted one, any other bad `key = value` a
+    // comment) and read on, so that one `mirror check` reports every error,
+    // not one per run. Lines keep their numbers; what the validator then
+    // finds on a repaired line is left out (it would be about the repair).
+    let mut doc = text.to_string();
+    let mut repaired: Vec<usize> = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
+    let mut raw = None;
+    for _ in 0..MAX_READ_ERRORS {
+        match toml::from_str::<RawConfig>(&doc) {
+            Ok(r) => {
+                raw = Some(r);
+                break;
+            }
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                let message = e.message().to_string();
+                // A key taken out makes its table miss it: not a new error.
+                if removed
+                    .iter()
+                    .any(|k| message == format!("missing field `{k}`"))
+                {
+                    break;
+                }
+                let (line, column) = line_col(&doc, span.start);
+                let at = offset_of(text, line, column);
+                let len = span.end.saturating_sub(span.start);
+                v.error(
+                    at..at + len.max(usize::from(span.end > span.start)),
+                    message.clone(),
+                );
+                if span.end <= span.start || repaired.contains(&line) {
+                    break;
+                }
+                match repair(&mut doc, span.start, &message) {
+                    Some(key) => {
+                        repaired.push(line);
+                        removed.extend(key);
+                    }
+                    None => break,
+                }
+            }
         }
+    }
+    let Some(raw) = raw else {
+        return Err(v.finish(file));
     };
-    let config = v.config(raw);
-    if v.diags.is_empty() {
+    let mut after = Validator::new(&doc);
+    let config = after.config(raw);
+    v.diags.extend(
+        after
+            .diags
+            .into_iter()
+            .filter(|d| !repaired.contains(&d.line)),
+    );
+    if v.diags.is_empty() && repaired.is_empty() {
         if let Some(config) = config {
             return Ok(config);
         }
     }
     Err(v.finish(file))
+}
+
+/// At most this many deserializer errors are read past in one file.
+const MAX_READ_ERRORS: usize = 64;
+
+/// The byte offset of 1-based `line` and `column` in `text` (the column
+/// clamped to the line).
+fn offset_of(text: &str, line: usize, column: usize) -> usize {
+    let start: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let len = text[start.min(text.len())..]
+        .find('\n')
+        .unwrap_or(text.len() - start.min(text.len()));
+    start + column.saturating_sub(1).min(len)
+}
+
+/// Repairs the one-line `key = value` holding byte `at` after `message`: an
+/// unknown variant becomes the first variant the message names (`Some(None)`),
+/// anything else a comment (`Some(Some(key))`: the table now misses `key`).
+/// `None` when that line is not a one-line `key = value` (a table header, a
+/// value over several lines).
+fn repair(doc: &mut String, at: usize, message: &str) -> Option<Option<String>> {
+    let start = doc[..at.min(doc.len())].rfind('\n').map_or(0, |i| i + 1);
+    let end = doc[start..].find('\n').map_or(doc.len(), |i| start + i);
+    let line = &doc[start..end];
+    let indent = line.len() - line.trim_start().len();
+    let body = line.trim_start();
+    let (key, value) = body.split_once('=')?;
+    let key = key.trim().to_string();
+    let value = value.trim();
+    let one_line = !value.is_empty()
+        && !value.starts_with("\"\"\"")
+        && !value.starts_with("\'\'\'")
+        && (!value.starts_with('[') || value.contains(']'))
+        && (!value.starts_with('{') || value.contains('}'));
+    if body.starts_with(['[', '#']) || key.is_empty() || !one_line || !body.is_char_boundary(1) {
+        return None;
+    }
+    let variant = message
+        .strip_prefix("unknown variant `")
+        .and_then(|m| m.split_once("expected "))
+        .and_then(|(_, rest)| rest.split('`').nth(1));
+    match variant {
+        Some(first) if value.starts_with('"') => {
+            doc.replace_range(start..end, &format!("{key} = \"{first}\""));
+            Some(None)
+        }
+        _ => {
+            doc.replace_range(start + indent..start + indent + 1, "#");
+            Some(Some(key))
+        }
+    }
 }
 
 /// Validates one rule written as the keys of a `[[filter.rule]]` table

@@ -97,7 +97,10 @@ impl Rule {
             format!("direction = \"{}\"", self.direction),
         ];
         if let Some(p) = self.protocol {
-            parts.push(format!("protocol = {p}"));
+            match protocol_name(p) {
+                Some(name) => parts.push(format!("protocol = \"{name}\"")),
+                None => parts.push(format!("protocol = {p}")),
+            }
         }
         if let Some(n) = &self.source {
             parts.push(format!("source = \"{n}\""));
@@ -115,6 +118,19 @@ impl Rule {
             parts.push(format!("vlan = {v}"));
         }
         parts.join(", ")
+    }
+}
+
+/// The name `protocol` takes for IP protocol `p` (as the config accepts it),
+/// if it has one.
+pub fn protocol_name(p: u8) -> Option<&'static str> {
+    match p {
+        6 => Some("tcp"),
+        17 => Some("udp"),
+        1 => Some("icmp"),
+        58 => Some("icmpv6"),
+        132 => Some("sctp"),
+        _ => None,
     }
 }
 
@@ -412,6 +428,119 @@ pub struct Config {
 }
 
 impl Config {
+    /// Removes the targets (and target groups) no session sends to, which
+    /// `mirror run` then neither opens nor counts; returns their names, for
+    /// the warning `mirror check` and the start-up log give.
+    pub fn prune_unused_targets(&mut self) -> Vec<String> {
+        let used_groups: Vec<bool> = (0..self.groups.len())
+            .map(|g| {
+                self.sessions
+                    .iter()
+                    .any(|s| s.targets.contains(&Dest::Group(g)))
+            })
+            .collect();
+        let used: Vec<bool> = (0..self.targets.len())
+            .map(|t| (0..self.sessions.len()).any(|s| self.session_targets(s).contains(&t)))
+            .collect();
+        let mut unused: Vec<String> = Vec::new();
+        for (g, u) in self.groups.iter().zip(&used_groups) {
+            if !u {
+                unused.push(format!("target group `{}`", g.name));
+            }
+        }
+        for (t, u) in self.targets.iter().zip(&used) {
+            if !u {
+                unused.push(format!("target `{}`", t.name));
+            }
+        }
+        if unused.is_empty() {
+            return unused;
+        }
+        let renumber = |keep: &[bool]| {
+            let mut next = 0;
+            keep.iter()
+                .map(|&k| {
+                    let i = next;
+                    next += usize::from(k);
+                    k.then_some(i)
+                })
+                .collect::<Vec<Option<usize>>>()
+        };
+        let (tmap, gmap) = (renumber(&used), renumber(&used_groups));
+        let mut i = 0;
+        self.targets.retain(|_| {
+            i += 1;
+            used[i - 1]
+        });
+        let mut i = 0;
+        self.groups.retain(|_| {
+            i += 1;
+            used_groups[i - 1]
+        });
+        for g in &mut self.groups {
+            for m in &mut g.members {
+                *m = tmap[*m].expect("a used group's members are used");
+            }
+        }
+        for s in &mut self.sessions {
+            for d in &mut s.targets {
+                *d = match *d {
+                    Dest::Target(t) => Dest::Target(tmap[t].expect("used")),
+                    Dest::Group(g) => Dest::Group(gmap[g].expect("used")),
+                };
+            }
+        }
+        unused
+    }
+
+    /// Directions a source mirrors that no rule of its sessions' filters
+    /// can match (`direction = "both"` with only ingress rules mirrors no
+    /// egress frame): one sentence each, for `mirror check` and the start-up
+    /// log.
+    pub fn silent_directions(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, src) in self.sources.iter().enumerate() {
+            let filters: Vec<&Filter> = self
+                .sessions
+                .iter()
+                .filter(|s| s.source == i)
+                .map(|s| &self.filters[s.filter])
+                .collect();
+            if filters.is_empty() {
+                continue;
+            }
+            for (mirrored, dir, name) in [
+                (src.ingress(), Direction::Ingress, "ingress"),
+                (src.egress(), Direction::Egress, "egress"),
+            ] {
+                let matched = filters.iter().any(|f| {
+                    f.rules
+                        .iter()
+                        .any(|r| r.direction == dir && r.action == Action::Accept)
+                });
+                if mirrored && !matched {
+                    let names = filters
+                        .iter()
+                        .map(|f| format!("`{}`", f.name))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    out.push(format!(
+                        "source `{}` mirrors {name} frames (direction = \"{}\") but no filter of its \
+                         sessions ({names}) has an {name} rule that accepts: no {name} frame is mirrored; \
+                         add `direction = \"{name}\"` rules, or narrow the source's direction",
+                        src.name,
+                        match src.direction {
+                            SourceDirection::Ingress => "ingress",
+                            SourceDirection::Egress => "egress",
+                            SourceDirection::Both => "both",
+                        }
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Every target a session sends to, groups expanded, each once.
     pub(crate) fn session_targets(&self, session: usize) -> Vec<usize> {
         expand_dests(&self.sessions[session].targets, &self.groups)

@@ -1448,3 +1448,30 @@ targets = ["ids0"]
         .clone_path_obstacle(0)
         .is_some_and(|w| w.contains("rate_limit_pps")));
 }
+
+#[test]
+fn an_unknown_variant_does_not_hide_the_errors_after_it() {
+    // Three errors the deserializer meets one at a time, and one the
+    // validator finds after: all four in one report, in file order.
+    let text = GOOD
+        .replace(
+            "interface = \"eth1\"",
+            "interface = \"eth1\"\nmode = \"span\"",
+        )
+        .replace("action = \"reject\"", "action = \"drop\"")
+        .replace("vlan = 100", "vlan = 100\nlabel = 1")
+        .replace("destination_port = 443", "destination_port = \"443-1\"");
+    let e = errors(&text);
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert!(
+        e[0].contains("source[0].mode: unknown variant `span`, expected `tap` or `copy`"),
+        "{e:?}"
+    );
+    assert!(e[1].contains("unknown variant `drop`"), "{e:?}");
+    assert!(e[2].contains("destination_port"), "{e:?}");
+    assert!(e[3].contains("unknown field `label`"), "{e:?}");
+    // An unknown kind: reported once, not again as a missing `kind`.
+    let e = errors(&GOOD.replace("kind = \"interface\"", "kind = \"span\""));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].contains("unknown variant `span`"), "{e:?}");
+}

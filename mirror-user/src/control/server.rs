@@ -138,7 +138,9 @@ async fn write_reply(
 
 /// Re-reads the config file and applies its filters (`reload`, SIGHUP).
 pub fn reload(engine: &Engine, config_path: &Path) -> Result<Vec<(String, usize)>> {
-    let new = config::load(config_path)?;
+    let mut new = config::load(config_path)?;
+    // As at start: the running engine has only the targets sessions use.
+    new.prune_unused_targets();
     engine.update(move |live| {
         *live = new;
         Ok(())
@@ -166,18 +168,56 @@ fn handle(req: Request, engine: &Engine, config_path: &Path) -> Reply {
         Request::RulesAdd { filter, rule } => {
             let rule = match config::parse_rule(&rule, "rule") {
                 Ok(r) => r,
-                Err(e) => return Reply::error(format!("{e}; the running rules stay in force")),
+                Err(e) => {
+                    tracing::warn!(filter, error = %e, "rules add rejected: the running rules stay");
+                    return Reply::error(format!("{e}; the running rules stay in force"));
+                }
             };
-            Reply::updated(engine.update(move |c| Ok(rules::add(c, &filter, rule)?)))
+            let keys = rule.to_toml_keys();
+            let f = filter.clone();
+            let result = engine.update(move |c| Ok(rules::add(c, &f, rule)?));
+            match &result {
+                Ok(_) => tracing::info!(
+                    filter,
+                    rule = %keys,
+                    "rules add: rule added live (the config file is unchanged)"
+                ),
+                Err(e) => tracing::warn!(
+                    filter,
+                    rule = %keys,
+                    error = %format!("{e:#}"),
+                    "rules add rejected: the running rules stay"
+                ),
+            }
+            Reply::updated(result)
         }
         Request::RulesDelete {
             filter,
             number,
             direction,
-        } => Reply::updated(engine.update(move |c| {
-            rules::delete(c, &filter, number, direction)?;
-            Ok(())
-        })),
+        } => {
+            let f = filter.clone();
+            let result = engine.update(move |c| {
+                rules::delete(c, &f, number, direction)?;
+                Ok(())
+            });
+            match &result {
+                Ok(_) => tracing::info!(
+                    filter,
+                    number,
+                    %direction,
+                    "rules delete: rule deleted live (the config file is unchanged)"
+                ),
+                Err(e) => tracing::warn!(
+                    filter,
+                    number,
+                    %direction,
+                    error = %format!("{e:#}"),
+                    "rules delete rejected: the running rules stay"
+                ),
+            }
+            Reply::updated(result)
+        }
         Request::SetTime { time } => match engine.set_time(&time) {
             Ok(()) => Reply {
                 ok: true,

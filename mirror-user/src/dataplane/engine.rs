@@ -169,19 +169,21 @@ impl Engine {
         let dests = std::mem::take(&mut engine.kernel_dests);
         if !tunnels.is_empty() || !groups.is_empty() || !dests.is_empty() {
             let stop = engine.stop_senders.clone();
-            let handle = std::thread::Builder::new()
-                .name("kernel-path".into())
-                .spawn(move || super::tunnels::keep(tunnels, groups, dests, &stop))
-                .context("spawning the kernel path's next-hop and group thread")?;
+            let handle = crate::privileges::spawn(
+                std::thread::Builder::new().name("kernel-path".into()),
+                move || super::tunnels::keep(tunnels, groups, dests, &stop),
+            )
+            .context("spawning the kernel path's next-hop and group thread")?;
             engine.senders.push(handle);
         }
         let watched = std::mem::take(&mut engine.clone_watch);
         if !watched.is_empty() {
             let stop = engine.stop_workers.clone();
-            let handle = std::thread::Builder::new()
-                .name("clone-links".into())
-                .spawn(move || super::clones::watch(watched, &stop))
-                .context("spawning the kernel-path targets' link thread")?;
+            let handle = crate::privileges::spawn(
+                std::thread::Builder::new().name("clone-links".into()),
+                move || super::clones::watch(watched, &stop),
+            )
+            .context("spawning the kernel-path targets' link thread")?;
             engine.workers.push(handle);
         }
         engine.start_scheduler()?;
@@ -211,10 +213,11 @@ impl Engine {
         }
         let scheduler = Arc::new(Scheduler::new(&self.config.sessions, entries, started));
         self.scheduler = scheduler.clone();
-        let handle = std::thread::Builder::new()
-            .name("schedule".into())
-            .spawn(move || scheduler.run())
-            .context("spawning the schedule thread")?;
+        let handle = crate::privileges::spawn(
+            std::thread::Builder::new().name("schedule".into()),
+            move || scheduler.run(),
+        )
+        .context("spawning the schedule thread")?;
         self.workers.push(handle);
         Ok(())
     }
@@ -441,10 +444,11 @@ impl Engine {
         for (q, queue) in rx.into_iter().enumerate() {
             let src = source.clone();
             let stop = self.stop_workers.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("rx-{}-{q}", cfg.name))
-                .spawn(move || worker(queue, &src, &stop))
-                .context("spawning a worker thread")?;
+            let handle = crate::privileges::spawn(
+                std::thread::Builder::new().name(format!("rx-{}-{q}", cfg.name)),
+                move || worker(queue, &src, &stop),
+            )
+            .context("spawning a worker thread")?;
             self.workers.push(handle);
         }
         tracing::info!(
@@ -638,10 +642,11 @@ impl Engine {
         self.keep_tunnels(&source, tunnels, false);
         if ring_used {
             let (src, stop) = (source.clone(), self.stop_workers.clone());
-            let handle = std::thread::Builder::new()
-                .name(format!("copy-{}", cfg.name))
-                .spawn(move || copy_reader(&ring, &src, &stop))
-                .context("spawning the ring-buffer reader thread")?;
+            let handle = crate::privileges::spawn(
+                std::thread::Builder::new().name(format!("copy-{}", cfg.name)),
+                move || copy_reader(&ring, &src, &stop),
+            )
+            .context("spawning the ring-buffer reader thread")?;
             self.workers.push(handle);
         }
         tracing::info!(

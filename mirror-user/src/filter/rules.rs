@@ -32,6 +32,46 @@ pub enum RulesError {
     NotReloadable { what: String },
 }
 
+/// A rule as `mirror rules list --json` shows it: its fields by name,
+/// omitted ones (any) left out; the protocol by name where it has one.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RuleView {
+    pub number: u16,
+    pub action: String,
+    pub direction: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_port: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_port: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+}
+
+impl From<&Rule> for RuleView {
+    fn from(r: &Rule) -> RuleView {
+        RuleView {
+            number: r.number,
+            action: r.action.to_string(),
+            direction: r.direction.to_string(),
+            protocol: r.protocol.map(|p| match crate::config::protocol_name(p) {
+                Some(name) => name.into(),
+                None => p.into(),
+            }),
+            source: r.source.map(|n| n.to_string()),
+            destination: r.destination.map(|n| n.to_string()),
+            source_port: r.source_port.map(|p| p.to_string()),
+            destination_port: r.destination_port.map(|p| p.to_string()),
+            vlan: r.vlan,
+        }
+    }
+}
+
 /// A filter as `mirror rules list` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FilterView {
@@ -195,12 +235,26 @@ targets = ["t"]
         assert_eq!(view[0].sessions, ["a"]);
         assert_eq!(
             view[0].rules[1],
-            "number = 150, action = \"accept\", direction = \"ingress\", protocol = 17, \
+            "number = 150, action = \"accept\", direction = \"ingress\", protocol = \"udp\", \
              source = \"10.0.0.0/8\", destination_port = \"53\""
         );
         // What list shows parses back to the same rule.
         let back = parse_rule(&view[0].rules[1].replace(", ", "\n"), "listed").expect("parses");
         assert_eq!(back, r);
+        // As JSON: an object with the fields by name.
+        assert_eq!(
+            serde_json::to_value(RuleView::from(&back)).expect("json"),
+            serde_json::json!({
+                "number": 150, "action": "accept", "direction": "ingress",
+                "protocol": "udp", "source": "10.0.0.0/8", "destination_port": "53"
+            })
+        );
+        let mut odd = back.clone();
+        odd.protocol = Some(47);
+        assert_eq!(
+            serde_json::to_value(RuleView::from(&odd)).expect("json")["protocol"],
+            47
+        );
     }
 
     #[test]

@@ -131,6 +131,7 @@ impl SourceProgram {
                         interface: interface.to_string(),
                         prog_id,
                         prog_name: prog_name(prog_id),
+                        holders: super::holders::prog_holders(prog_id),
                     });
                 }
                 Err(e) => {

@@ -29,6 +29,7 @@ pub mod clone_path;
 pub mod copy_ring;
 pub mod counters;
 pub mod fast_path;
+pub mod holders;
 pub mod meta;
 pub mod netdev;
 pub mod query;
@@ -78,7 +79,7 @@ pub enum LoaderError {
     #[error("no interface named `{0}` in this network namespace")]
     NoInterface(String),
     #[error(
-        "another XDP program, `{prog_name}` (id {prog_id}), is already attached to {interface}, \
+        "another XDP program, `{prog_name}` (id {prog_id}, {holders}), is already attached to {interface}, \
          and mirror does not chain XDP programs (no libxdp multi-program dispatcher; \
          native and generic XDP cannot be mixed on one interface either). \
          Options: detach it (`ip link set dev {interface} xdp off`, see `bpftool net`), \
@@ -89,6 +90,8 @@ pub enum LoaderError {
         interface: String,
         prog_id: u32,
         prog_name: String,
+        /// Which processes hold it ([`holders::prog_holders`]).
+        holders: String,
     },
     #[error("attaching the {hook} program to {interface}: {source}")]
     AttachTc {

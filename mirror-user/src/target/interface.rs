@@ -88,10 +88,11 @@ pub fn start(
     }
     let zc = tx.zero_copy();
     let (q, ifname) = (queue.clone(), interface.to_string());
-    let handle = std::thread::Builder::new()
-        .name(format!("tx-{name}"))
-        .spawn(move || run(tx, &q, &ifname, &stop, frames as usize))
-        .expect("spawning a thread");
+    let handle = crate::privileges::spawn(
+        std::thread::Builder::new().name(format!("tx-{name}")),
+        move || run(tx, &q, &ifname, &stop, frames as usize),
+    )
+    .expect("spawning a thread");
     Ok((
         InterfaceTarget {
             queue,

@@ -83,14 +83,7 @@ pub fn start(
     started: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Result<(Arc<TargetQueue>, std::thread::JoinHandle<()>), PcapngError> {
-    let dir = parent(&spec.path);
-    if !dir.is_dir() {
-        return Err(PcapngError::NoDirectory(dir));
-    }
-    can_create_in(&dir).map_err(|source| PcapngError::Io {
-        path: dir.clone(),
-        source,
-    })?;
+    check_directory(&spec.path)?;
     let files = Files::new(spec.clone(), interfaces);
     let queue = Arc::new(TargetQueue::new(
         name,
@@ -100,18 +93,29 @@ pub fn start(
         Oversize::Truncate,
     )?);
     let q = queue.clone();
-    let handle = std::thread::Builder::new()
-        .name(format!("pcapng-{name}"))
-        .spawn(move || {
+    let handle = crate::privileges::spawn(
+        std::thread::Builder::new().name(format!("pcapng-{name}")),
+        move || {
             if wait_for_start(&started, &stop) {
                 run(files, &q, &stop);
             }
-        })
-        .map_err(|source| PcapngError::Io {
-            path: spec.path.clone(),
-            source,
-        })?;
+        },
+    )
+    .map_err(|source| PcapngError::Io {
+        path: spec.path.clone(),
+        source,
+    })?;
     Ok((queue, handle))
+}
+
+/// Whether a pcapng target at `path` can start: its directory exists and
+/// takes a new file (`mirror check` asks this without starting anything).
+pub fn check_directory(path: &Path) -> Result<(), PcapngError> {
+    let dir = parent(path);
+    if !dir.is_dir() {
+        return Err(PcapngError::NoDirectory(dir));
+    }
+    can_create_in(&dir).map_err(|source| PcapngError::Io { path: dir, source })
 }
 
 /// Waits until the engine has started (true) or is stopping without having

@@ -156,13 +156,14 @@ pub fn start(
     )?);
     let q = queue.clone();
     let wire = Socket { sock, dest, tunnel };
-    let handle = std::thread::Builder::new()
-        .name(format!("tx-{name}"))
-        .spawn(move || Sender::new(wire, encap).run(&q, &stop))
-        .map_err(|source| TunnelError::Syscall {
-            call: "spawning the sender thread",
-            source,
-        })?;
+    let handle = crate::privileges::spawn(
+        std::thread::Builder::new().name(format!("tx-{name}")),
+        move || Sender::new(wire, encap).run(&q, &stop),
+    )
+    .map_err(|source| TunnelError::Syscall {
+        call: "spawning the sender thread",
+        source,
+    })?;
     Ok((queue, handle))
 }
 

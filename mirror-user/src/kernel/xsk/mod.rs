@@ -34,6 +34,16 @@ pub enum XskError {
         bytes: usize,
         source: std::io::Error,
     },
+    #[error(
+        "AF_XDP bind on {interface} queue {queue}: the queue is taken by another AF_XDP socket: \
+         {holders}; stop that process, or mirror another interface"
+    )]
+    Busy {
+        interface: String,
+        queue: u32,
+        /// Who holds it, as [`crate::kernel::holders`] finds it.
+        holders: String,
+    },
     #[error("AF_XDP {step} on {interface} queue {queue}: {errno}{hint}")]
     Socket {
         step: &'static str,
@@ -120,12 +130,16 @@ struct Where<'a> {
 
 impl Where<'_> {
     fn err(&self, step: &'static str, e: xdpilone::Errno, zero_copy: bool) -> XskError {
+        let raw = e.get_raw();
         XskError::Socket {
             step,
             interface: self.interface.to_string(),
             queue: self.queue,
             errno: errno(e),
-            hint: if zero_copy && step == "bind" {
+            hint: if zero_copy
+                && step == "bind"
+                && matches!(raw, libc::EOPNOTSUPP | libc::EINVAL | libc::EPROTONOSUPPORT)
+            {
                 " (zero-copy needs driver support: try zero_copy = \"off\")"
             } else {
                 ""
@@ -181,14 +195,34 @@ fn bind(
     for &zc in tries {
         match retrying_busy(w, || bind_once(w, area, rings, zc)) {
             Ok(b) => return Ok(b),
+            // Taken: copy mode would find it taken too.
+            Err(e @ XskError::Busy { .. }) => return Err(e),
             Err(e) => {
                 if zero_copy == ZeroCopy::Auto && zc {
-                    tracing::info!(
-                        interface = w.interface,
-                        queue = w.queue,
-                        error = %e,
-                        "AF_XDP zero-copy unavailable, using copy mode"
+                    let unsupported = matches!(
+                        &e,
+                        XskError::Socket { errno, .. } if errno.raw_os_error() == Some(libc::EOPNOTSUPP)
                     );
+                    if unsupported && w.queue == 0 {
+                        // The expected case on most drivers: one calm line.
+                        tracing::info!(
+                            interface = w.interface,
+                            "the driver has no AF_XDP zero-copy: using copy mode"
+                        );
+                    } else if unsupported {
+                        tracing::debug!(
+                            interface = w.interface,
+                            queue = w.queue,
+                            "no AF_XDP zero-copy"
+                        );
+                    } else {
+                        tracing::warn!(
+                            interface = w.interface,
+                            queue = w.queue,
+                            error = %e,
+                            "AF_XDP zero-copy failed, using copy mode"
+                        );
+                    }
                 }
                 last = Some(e);
             }
@@ -207,12 +241,26 @@ fn retrying_busy<T>(
 ) -> Result<T, XskError> {
     let deadline = std::time::Instant::now() + BUSY_RETRY;
     let mut logged = false;
+    let busy = |holders: String| XskError::Busy {
+        interface: w.interface.to_string(),
+        queue: w.queue,
+        holders,
+    };
     loop {
         match once() {
-            Err(XskError::Socket { errno, .. })
-                if errno.raw_os_error() == Some(libc::EBUSY)
-                    && std::time::Instant::now() < deadline =>
-            {
+            Err(XskError::Socket { errno, .. }) if errno.raw_os_error() == Some(libc::EBUSY) => {
+                // Another process's socket: no use waiting for it.
+                let ifindex = crate::kernel::ifindex(w.interface).unwrap_or(0);
+                let holders = crate::kernel::holders::xsk_holders(ifindex, Some(w.queue), true);
+                if !holders.is_empty() {
+                    return Err(busy(holders.join("; ")));
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(busy(format!(
+                        "no process found holding it after {} s (try `ss --xdp -p` and `bpftool net` as root)",
+                        BUSY_RETRY.as_secs()
+                    )));
+                }
                 if !logged {
                     tracing::info!(
                         interface = w.interface,
