@@ -96,10 +96,11 @@ pub enum Command {
     Check(check::Args),
     /// Show the running daemon's counters.
     ///
-    /// Per source: received, matched, filtered, sampled_out, mirrored,
-    /// dropped by reason (copy mode also per direction: copied, cloned,
-    /// ring_full, copy_cut). Per session: matched, mirrored, sampled_out,
-    /// rate_limited, path ("kernel": in the kernel, a DEVMAP broadcast in
+    /// Per source: received, matched, filtered, sampled_out, cutoff (past a
+    /// flow's flow_cutoff_*), mirrored (of which cutoff_cut: cut at a flow's
+    /// cutoff), dropped by reason (copy mode also per direction: copied,
+    /// cloned, ring_full, copy_cut). Per session: matched, mirrored,
+    /// sampled_out, cutoff, cutoff_cut, rate_limited, path ("kernel": in the kernel, a DEVMAP broadcast in
     /// tap mode, tcx clones in copy mode; "af_xdp" / "ring_buffer": through
     /// userspace, tap / copy mode). Per target: enqueued, sent_packets, sent_bytes,
     /// truncated, shared_umem (sent from the source's UMEM without a copy),

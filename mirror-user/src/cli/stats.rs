@@ -112,8 +112,19 @@ pub fn render(s: &Stats) -> String {
         "SESSION", "matched", "mirrored", "path"
     ));
     for (name, v) in &s.sessions {
+        // What the session did not mirror, or mirrored cut, when any.
+        let extra: String = [
+            ("sampled_out", v.sampled_out),
+            ("cutoff", v.cutoff),
+            ("cutoff_cut", v.cutoff_cut),
+            ("cutoff_whole", v.cutoff_whole),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("  {k}={n}"))
+        .collect();
         out.push_str(&format!(
-            "{:<16} {:>12} {:>12}  {}\n",
+            "{:<16} {:>12} {:>12}  {}{extra}\n",
             name, v.matched, v.mirrored, v.path
         ));
     }
