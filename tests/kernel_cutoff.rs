@@ -339,3 +339,126 @@ fn an_idle_flow_starts_over() {
     // Seen again at once: still cut off.
     assert!(!kept(&tcp(9000, 53, false, 80)));
 }
+
+/// A small deterministic generator for the traffic mix.
+struct Lcg(u64);
+
+impl Lcg {
+    /// Uniform in 0..1.
+    fn unit(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Log-uniform between `lo` and `hi`: as many flows of 1-10 KiB as of
+    /// 10-100 KiB (a heavy tail).
+    fn log_uniform(&mut self, lo: f64, hi: f64) -> u64 {
+        (lo * (hi / lo).powf(self.unit())) as u64
+    }
+}
+
+/// One TCP connection's frames, (from the client, length): handshake, a
+/// request of `request` bytes, a response of `response` bytes in full-size
+/// (1,514-byte) frames with an ACK per two, and the close.
+fn connection(request: usize, response: u64) -> Vec<(bool, usize)> {
+    let mut f = vec![(true, 74), (false, 74), (true, 66), (true, 66 + request)];
+    let mut left = response;
+    let mut n = 0;
+    while left > 0 {
+        let seg = left.min(1448);
+        f.push((false, 66 + seg as usize));
+        left -= seg;
+        n += 1;
+        if n % 2 == 0 {
+            f.push((true, 66));
+        }
+    }
+    f.extend([(true, 66), (false, 66), (false, 66), (true, 66)]);
+    f
+}
+
+/// The README's mix: 2,000 short connections (requests of 200-1,400 bytes,
+/// responses log-uniform from 500 B to 64 KiB: page loads, API calls) and 20
+/// bulk transfers (responses log-uniform from 1 to 16 MiB: downloads,
+/// backups), every frame through `xdp_tap` (BPF_PROG_TEST_RUN) with each
+/// cutoff. Prints the share of frames and bytes each cutoff keeps (run with
+/// `--nocapture`) and checks the kernel kept what the model says.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn what_the_cutoff_saves_on_a_mix_of_many_short_flows_and_a_few_bulk_ones() {
+    require_root!();
+    let mut rng = Lcg(2026);
+    let mix: Vec<Vec<(bool, usize)>> = (0..2020)
+        .map(|i| {
+            let request = 200 + (rng.unit() * 1200.0) as usize;
+            let response = if i % 101 == 100 {
+                rng.log_uniform(1048576.0, 16.0 * 1048576.0)
+            } else {
+                rng.log_uniform(500.0, 65536.0)
+            };
+            connection(request, response)
+        })
+        .collect();
+    let total_frames: u64 = mix.iter().map(|f| f.len() as u64).sum();
+    let total_bytes: u64 = mix.iter().flatten().map(|f| f.1 as u64).sum();
+    let bulk_bytes: u64 = mix
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 101 == 100)
+        .flat_map(|(_, f)| f)
+        .map(|f| f.1 as u64)
+        .sum();
+    println!(
+        "mix: {} flows ({} bulk), {total_frames} frames, {total_bytes} bytes ({:.1}% in the bulk flows)",
+        mix.len(),
+        mix.len() / 101,
+        100.0 * bulk_bytes as f64 / total_bytes as f64
+    );
+    let mut prog = program(0, 0, Duration::from_secs(60));
+    for (run, (bytes, packets)) in [(4096u64, 0u64), (16384, 0), (65536, 0), (0, 32)]
+        .into_iter()
+        .enumerate()
+    {
+        prog.set_cutoff(0, bytes, packets, Duration::from_secs(60))
+            .expect("cutoff");
+        let before = counters(&prog);
+        let mut model = Model::default();
+        let (mut frames, mut kept, mut whole) = (0u64, 0u64, 0u64);
+        for (i, flow) in mix.iter().enumerate() {
+            // Each run's flows are new ones (other ports).
+            let port = 10_000 + (run * mix.len() + i) as u16;
+            let before = kept;
+            for &(forward, len) in flow {
+                let f = tcp(port, 443, forward, len);
+                let (_, out) = test_run_raw(prog.xdp_tap_fd(), &f).expect("test run");
+                let want = model.keep(u64::from(port), len as u64, bytes, packets);
+                let got = if out == f {
+                    0
+                } else {
+                    (out.len() - META_LEN) as u64
+                };
+                assert_eq!(got, want, "flow {i}");
+                frames += u64::from(got > 0);
+                kept += got;
+            }
+            whole += u64::from(kept - before == flow.iter().map(|f| f.1 as u64).sum::<u64>());
+        }
+        let after = counters(&prog);
+        let d = |which| c(&after, 0, which) - c(&before, 0, which);
+        assert_eq!(d(C::MIRROR_CNT_MATCHED), total_frames);
+        assert_eq!(d(C::MIRROR_CNT_DROP_NO_SOCKET), frames);
+        assert_eq!(d(C::MIRROR_CNT_CUTOFF), total_frames - frames);
+        println!(
+            "flow_cutoff_bytes = {bytes}, flow_cutoff_packets = {packets}: {frames} frames \
+             ({:.1}%), {kept} bytes ({:.1}%) mirrored; {:.1}% of the bytes saved; \
+             {whole} flows ({:.1}%) mirrored whole",
+            100.0 * frames as f64 / total_frames as f64,
+            100.0 * kept as f64 / total_bytes as f64,
+            100.0 - 100.0 * kept as f64 / total_bytes as f64,
+            100.0 * whole as f64 / mix.len() as f64
+        );
+    }
+}
