@@ -80,7 +80,8 @@ enum mirror_counter {
 	MIRROR_CNT_CUTOFF,          /* matched, but past its flow's cutoff: not mirrored */
 	MIRROR_CNT_CUTOFF_CUT,      /* mirrored, cut where it crossed its flow's byte cutoff */
 	MIRROR_CNT_CUTOFF_WHOLE,    /* crossed it where the copy cannot be cut (copy mode's
-				     * tcx clones): mirrored whole */
+				     * tcx clones; bpf_xdp_adjust_tail refusing, never
+				     * expected): mirrored whole */
 	MIRROR_CNT_FLOW_UNTRACKED,  /* should never happen: no flow entry could be made;
 				     * the frame was mirrored as if under its cutoff */
 	MIRROR_CNT_MAX,

@@ -37,7 +37,8 @@ impl SourceProgram {
 
     /// The per-flow cutoff of the session at kernel index `session`: only
     /// the first `bytes` bytes and `packets` frames of each flow (0: no
-    /// limit; both 0: off), a flow idle for `idle` starting over. The flow
+    /// limit; both 0: off), a flow idle for `idle` starting over (zero:
+    /// never; the config's minimum is 1ms). The flow
     /// table must have room ([`SourceProgram::load_with_flows`]).
     pub fn set_cutoff(
         &mut self,
