@@ -358,7 +358,16 @@ fn send_batch(
     });
 }
 
+/// One daemon at a time: four loading their programs at once on a loaded
+/// two-core machine can miss the daemon's start timeout (the verifier).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn run(mode: Mode, target: Target) {
+    let _serial = one_at_a_time();
     let tag = format!("e2e-cutoff-{mode:?}-{target:?}").to_lowercase();
     let s = Setup::new(mode, &tag);
     let capture = s.dir.path().join("cut.pcapng");

@@ -345,35 +345,34 @@ static __always_inline void flow_key(struct mirror_flow_key *k, const struct pkt
 }
 
 /*
- * The per-flow cutoff of a frame of `len` bytes that session `session`
- * mirrors: how many of its bytes to mirror (`len`: all; less: cut where it
- * crosses flow_cutoff_bytes) or 0 (past the cutoff, counted). Each frame
- * takes its place in the flow with one atomic add, so CPUs agree on which
- * frames are the first N. A boundary frame with less than an Ethernet
+ * The per-flow cutoff of a frame of `len` bytes of flow `k` that session
+ * `session` mirrors: how many of its bytes to mirror (`len`: all; less: cut
+ * where it crosses flow_cutoff_bytes) or 0 (past the cutoff, counted). Each
+ * frame takes its place in the flow with one atomic add, so CPUs agree on
+ * which frames are the first N. A boundary frame with less than an Ethernet
  * header left to keep is past the cutoff (XDP cannot cut a frame shorter).
  * A flow idle for longer than idle_ns starts over; a frame of it racing the
  * restart on another CPU may count in the old run.
+ *
+ * A global function: the verifier checks it once, not once per path of
+ * every program that reaches it (xdp_tap's count is close to the limit).
  */
-static __always_inline __u32 flow_cutoff(const struct pkt *p, void *data, void *data_end,
-					 __u32 session, __u32 dir, __u32 len)
+__noinline __u32 flow_cutoff(struct mirror_flow_key *k, __u32 session, __u32 dir, __u32 len)
 {
 	const struct mirror_cutoff *lim = cutoff_limits(session);
-	struct mirror_flow_key k;
 	struct mirror_flow *e;
 	__u64 now, last, prev;
 
-	if (!lim->bytes && !lim->packets)
+	if (!k)
 		return len;
-	__builtin_memset(&k, 0, sizeof(k));
-	flow_key(&k, p, data, data_end, session);
 	now = bpf_ktime_get_ns();
-	e = bpf_map_lookup_elem(&flows, &k);
+	e = bpf_map_lookup_elem(&flows, k);
 	if (!e) {
 		struct mirror_flow fresh = { .last_seen = now };
 
 		/* Another CPU may have made it meanwhile: then theirs counts. */
-		bpf_map_update_elem(&flows, &k, &fresh, BPF_NOEXIST);
-		e = bpf_map_lookup_elem(&flows, &k);
+		bpf_map_update_elem(&flows, k, &fresh, BPF_NOEXIST);
+		e = bpf_map_lookup_elem(&flows, k);
 		if (!e) {
 			count(dir, MIRROR_CNT_FLOW_UNTRACKED);
 			return len;
@@ -487,9 +486,15 @@ static __always_inline __s32 select_session(struct pkt *p, __u32 dir, __u32 pars
 		count_session(&session_sampled_out, session);
 		return -1;
 	}
-	*keep = flow_cutoff(p, data, data_end, session, dir, len);
-	if (!*keep)
-		return -1;
+	if (cutoff_limits(session)->bytes || cutoff_limits(session)->packets) {
+		struct mirror_flow_key k;
+
+		__builtin_memset(&k, 0, sizeof(k));
+		flow_key(&k, p, data, data_end, session);
+		*keep = flow_cutoff(&k, session, dir, len);
+		if (!*keep)
+			return -1;
+	}
 	return session;
 }
 
