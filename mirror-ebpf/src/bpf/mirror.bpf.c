@@ -304,9 +304,16 @@ static __always_inline bool endpoint_less(const __u32 a[4], __u16 ap, const __u3
 	return ap < bp;
 }
 
-/* The flow `p` belongs to, the same for both directions (struct mirror_flow_key). */
-static __always_inline void flow_key(struct mirror_flow_key *k, const struct pkt *p, void *data,
-				     void *data_end, __u32 session)
+/* A frame's first bytes, destination then source MAC: the flow of a frame
+ * without IP addresses. */
+struct mac_pair {
+	__u8 b[2 * ETH_ALEN];
+};
+
+/* The flow of the frame `p` and `macs` describe, in session `session`, the
+ * same for both directions (struct mirror_flow_key). */
+static __always_inline void flow_key(struct mirror_flow_key *k, const struct pkt *p,
+				     const struct mac_pair *macs, __u32 session)
 {
 	__u32 a[4] = {}, b[4] = {};
 	__u16 ap = 0, bp = 0;
@@ -321,12 +328,8 @@ static __always_inline void flow_key(struct mirror_flow_key *k, const struct pkt
 		k->proto = p->proto;
 		k->family = (p->flags & MIRROR_PF_IPV6) ? 6 : 4;
 	} else {
-		struct ethhdr *eth = data;
-
-		if ((void *)(eth + 1) <= data_end) {
-			__builtin_memcpy(a, eth->h_source, ETH_ALEN);
-			__builtin_memcpy(b, eth->h_dest, ETH_ALEN);
-		}
+		__builtin_memcpy(a, macs->b + ETH_ALEN, ETH_ALEN);
+		__builtin_memcpy(b, macs->b, ETH_ALEN);
 	}
 	if (endpoint_less(b, bp, a, ap)) {
 		__builtin_memcpy(k->lo, b, sizeof(b));
@@ -345,8 +348,8 @@ static __always_inline void flow_key(struct mirror_flow_key *k, const struct pkt
 }
 
 /*
- * The per-flow cutoff of a frame of `len` bytes of flow `k` that session
- * `session` mirrors: how many of its bytes to mirror (`len`: all; less: cut
+ * The per-flow cutoff of a frame of `len` bytes (parsed into `p`, its MACs
+ * in `macs`) that session `session` mirrors: how many of its bytes to mirror (`len`: all; less: cut
  * where it crosses flow_cutoff_bytes) or 0 (past the cutoff, counted). Each
  * frame takes its place in the flow with one atomic add, so CPUs agree on
  * which frames are the first N. A boundary frame with less than an Ethernet
@@ -357,22 +360,26 @@ static __always_inline void flow_key(struct mirror_flow_key *k, const struct pkt
  * A global function: the verifier checks it once, not once per path of
  * every program that reaches it (xdp_tap's count is close to the limit).
  */
-__noinline __u32 flow_cutoff(struct mirror_flow_key *k, __u32 session, __u32 dir, __u32 len)
+__noinline __u32 flow_cutoff(const struct pkt *p, const struct mac_pair *macs, __u32 session,
+			     __u32 dir, __u32 len)
 {
 	const struct mirror_cutoff *lim = cutoff_limits(session);
+	struct mirror_flow_key k;
 	struct mirror_flow *e;
 	__u64 now, last, prev;
 
-	if (!k)
-		return len;
+	if (!p || !macs)
+		return len; /* cannot happen: the callers pass their stack */
+	__builtin_memset(&k, 0, sizeof(k));
+	flow_key(&k, p, macs, session);
 	now = bpf_ktime_get_ns();
-	e = bpf_map_lookup_elem(&flows, k);
+	e = bpf_map_lookup_elem(&flows, &k);
 	if (!e) {
 		struct mirror_flow fresh = { .last_seen = now };
 
 		/* Another CPU may have made it meanwhile: then theirs counts. */
-		bpf_map_update_elem(&flows, k, &fresh, BPF_NOEXIST);
-		e = bpf_map_lookup_elem(&flows, k);
+		bpf_map_update_elem(&flows, &k, &fresh, BPF_NOEXIST);
+		e = bpf_map_lookup_elem(&flows, &k);
 		if (!e) {
 			count(dir, MIRROR_CNT_FLOW_UNTRACKED);
 			return len;
@@ -487,11 +494,11 @@ static __always_inline __s32 select_session(struct pkt *p, __u32 dir, __u32 pars
 		return -1;
 	}
 	if (cutoff_limits(session)->bytes || cutoff_limits(session)->packets) {
-		struct mirror_flow_key k;
+		struct mac_pair macs = {};
 
-		__builtin_memset(&k, 0, sizeof(k));
-		flow_key(&k, p, data, data_end, session);
-		*keep = flow_cutoff(&k, session, dir, len);
+		if (data + sizeof(macs) <= data_end)
+			__builtin_memcpy(macs.b, data, sizeof(macs));
+		*keep = flow_cutoff(p, &macs, session, dir, len);
 		if (!*keep)
 			return -1;
 	}
