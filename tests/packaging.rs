@@ -242,6 +242,7 @@ fn every_example_passes_mirror_check_and_shows_what_it_says() {
                 assert!(rules
                     .iter()
                     .any(|r| r.action == config::Action::Reject && r.destination_port.is_some()));
+                assert_eq!(c.sessions[0].flow_cutoff_bytes, 1 << 20);
             }
             "cloud-collector.toml" => {
                 assert_eq!(c.sources[0].mode, SourceMode::Copy);

@@ -45,6 +45,8 @@ pub mod limits {
     pub const COPY_MAX: u32 = L::MIRROR_COPY_MAX.0;
     /// Copy mode: the smallest ring buffer (one page).
     pub const RING_MIN: u32 = L::MIRROR_RING_MIN.0;
+    /// Flows a source with a per-flow cutoff tracks (LRU).
+    pub const FLOWS: u32 = L::MIRROR_FLOWS.0;
     /// Bytes of `struct mirror_copy` in front of a copy-mode frame.
     pub const COPY_HEADER_LEN: usize = std::mem::size_of::<super::mirror::types::mirror_copy>();
     /// In `struct mirror_meta`'s session: the frame saw policy slot 1.

@@ -158,7 +158,8 @@ pub fn wait_for(
 
 /// Every frame a source received is accounted for, each term counted where
 /// it happened: filtered, or matched and then mirrored, sampled out,
-/// scheduled out or dropped with a reason; nothing left in flight.
+/// scheduled out, past its flow's cutoff or dropped with a reason; nothing
+/// left in flight.
 pub fn assert_source_reconciles(name: &str, s: &mirror_user::dataplane::stats::SourceStats) {
     assert_eq!(s.queued, 0, "{name} is idle: {s:?}");
     assert_eq!(
@@ -168,8 +169,12 @@ pub fn assert_source_reconciles(name: &str, s: &mirror_user::dataplane::stats::S
     );
     assert_eq!(
         s.matched,
-        s.mirrored + s.sampled_out + s.scheduled_out + s.dropped_total(),
-        "{name}: matched = mirrored + sampled_out + scheduled_out + dropped: {s:?}"
+        s.mirrored + s.sampled_out + s.scheduled_out + s.cutoff + s.dropped_total(),
+        "{name}: matched = mirrored + sampled_out + scheduled_out + cutoff + dropped: {s:?}"
+    );
+    assert_eq!(
+        s.flow_untracked, 0,
+        "{name}: every cutoff frame had a flow entry: {s:?}"
     );
 }
 

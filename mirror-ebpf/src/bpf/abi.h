@@ -33,6 +33,7 @@ enum mirror_limits {
 	MIRROR_CACHE_SLOTS = 1024, /* verdict cache entries per rule set and CPU (power of 2) */
 	MIRROR_FAST_VARIANTS = 16, /* DEVMAPs per kernel-path session: one per target-group
 				    * member picked, one for "every member down" */
+	MIRROR_FLOWS = 65536,      /* flows a source tracks for flow_cutoff_* (LRU) */
 };
 
 /* Where a frame was seen. Counters and rule sets are kept per direction. */
@@ -48,11 +49,13 @@ enum mirror_direction {
  *   RECEIVED = MATCHED + FILTERED
  *   MATCHED  = REDIRECTED + DROP_NO_SOCKET          (tap mode)
  *            + COPIED + DROP_RING_FULL + COPY_ERROR (copy mode)
- *            + SAMPLED_OUT + SCHEDULED_OUT
+ *            + SAMPLED_OUT + SCHEDULED_OUT + CUTOFF
  *            + the fast path's frames (per session: `session_kernel`)
  * The PARSE_* slots are diagnostics: a frame counts in at most one of them and
  * is still classified on what could be read. COPY_CUT counts copies (also in
  * COPIED) of frames longer than MIRROR_COPY_MAX, e.g. GSO super-frames on egress.
+ * CUTOFF_CUT and CUTOFF_WHOLE count mirrored frames (also in the terms above)
+ * that crossed their flow's flow_cutoff_bytes (see struct mirror_flow).
  */
 enum mirror_counter {
 	MIRROR_CNT_RECEIVED = 0,
@@ -76,6 +79,13 @@ enum mirror_counter {
 	MIRROR_CNT_CLASSIFY_SCAN,   /* classified by a bitmap scan: not in the verdict cache */
 	MIRROR_CNT_SCHEDULED_OUT,   /* matched, but its session is disabled (enabled = false,
 				     * or by its schedule's active window) */
+	MIRROR_CNT_CUTOFF,          /* matched, but past its flow's cutoff: not mirrored */
+	MIRROR_CNT_CUTOFF_CUT,      /* mirrored, cut where it crossed its flow's byte cutoff */
+	MIRROR_CNT_CUTOFF_WHOLE,    /* crossed it where the copy cannot be cut (copy mode's
+				     * tcx clones; bpf_xdp_adjust_tail refusing, never
+				     * expected): mirrored whole */
+	MIRROR_CNT_FLOW_UNTRACKED,  /* should never happen: no flow entry could be made;
+				     * the frame was mirrored as if under its cutoff */
 	MIRROR_CNT_MAX,
 };
 
@@ -477,6 +487,52 @@ struct mirror_clone_stats {
 	__u64 down;    /* not cloned: `down` set; or the kernel said -ENETDOWN */
 	__u64 errors;  /* bpf_clone_redirect failed otherwise: no such device, no
 			* memory, the device's queue dropped it (-ENOBUFS) */
+};
+
+/*
+ * Per-flow cutoff (session keys flow_cutoff_bytes / flow_cutoff_packets):
+ * a session mirrors only the first `bytes` bytes and `packets` frames of
+ * each flow, both directions together, counted over the frames its sampling
+ * keeps. Set per session by userspace (0 = no limit; both 0: off); a flow
+ * not seen for `idle_ns` starts over.
+ */
+struct mirror_cutoff {
+	__u64 bytes;
+	__u64 packets;
+	__u64 idle_ns;
+};
+
+/*
+ * A flow, as the cutoff tracks it (LRU hash `flows`, per source): both
+ * directions meet because the endpoints are stored in order, the lower
+ * (address, port) first. IP frames: addresses, ports (TCP/UDP/SCTP; else 0,
+ * also for non-first fragments), protocol. Frames without IP addresses
+ * (ARP, LLDP, a truncated IP header): the MAC pair, family 0.
+ */
+struct mirror_flow_key {
+	__u32 lo[4];    /* the lower endpoint's address (IPv4: lo[0]; MAC: 6 bytes) */
+	__u32 hi[4];
+	__u16 lo_port;
+	__u16 hi_port;
+	__u16 vlan;     /* outer VLAN id | 0x8000, or 0: untagged */
+	__u8 proto;
+	__u8 family;    /* 0: MAC pair, 4: IPv4, 6: IPv6 */
+	__u32 session;  /* kernel session index: each session counts its own */
+};
+
+/* What a flow has sent since it (re)started, updated with atomics so that
+ * every CPU agrees on each frame's place in the flow. */
+struct mirror_flow {
+	__u64 bytes;     /* frame bytes seen (the frame crossing the cutoff whole) */
+	__u64 packets;   /* frames seen */
+	__u64 last_seen; /* bpf_ktime_get_ns() of its latest frame */
+};
+
+/* Per session, summed over CPUs: see MIRROR_CNT_CUTOFF*. */
+struct mirror_cutoff_count {
+	__u64 cutoff;
+	__u64 cut;
+	__u64 whole;
 };
 
 #endif /* MIRROR_ABI_H */

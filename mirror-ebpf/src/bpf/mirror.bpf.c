@@ -175,6 +175,27 @@ struct {
 } session_sampled_out SEC(".maps");
 
 /*
+ * Per-flow cutoff: what each flow of a session with flow_cutoff_* sent
+ * (struct mirror_flow). LRU: when full, the least recently seen flow is
+ * forgotten (and starts over if it comes back). Sized by userspace before
+ * load (one entry when no session of the source has a cutoff).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MIRROR_FLOWS);
+	__type(key, struct mirror_flow_key);
+	__type(value, struct mirror_flow);
+} flows SEC(".maps");
+
+/* Per session: frames past their flow's cutoff, and boundary frames. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MIRROR_MAX_SESSIONS);
+	__type(key, __u32);
+	__type(value, struct mirror_cutoff_count);
+} session_cutoff_count SEC(".maps");
+
+/*
  * Copy mode: records (struct mirror_copy + frame bytes) for userspace. Sized
  * per source by userspace before load (`ring_buffer`); one page in tap mode.
  */
@@ -197,6 +218,10 @@ __u32 policy_slot[MIRROR_MAX_SESSIONS];
  * touched only by sessions that sample.
  */
 __u64 session_sample_seq[MIRROR_MAX_SESSIONS];
+/* Per-flow cutoff of each session, set by userspace before the program is
+ * attached; read only through cutoff_limits(). (Schedule windows do not
+ * change it yet: a window with a cutoff is refused by the config.) */
+struct mirror_cutoff session_cutoff[MIRROR_MAX_SESSIONS];
 /*
  * Copy mode: wake the reader only once this many bytes wait in the ring (it
  * also polls every millisecond); 0 = the ring's default (wake whenever the
@@ -244,6 +269,10 @@ struct mirror_tunnel_stats abi_anchor_tunnel_stats = {};
 enum mirror_tunnel_kind abi_anchor_tunnel_kind = MIRROR_TUN_NONE;
 enum mirror_tunnel_flags abi_anchor_tunnel_flags = MIRROR_TUN_F_IPV6;
 enum mirror_tunnel_limits abi_anchor_tunnel_limits = MIRROR_TUN_HDR_MAX;
+struct mirror_cutoff abi_anchor_cutoff = {};
+struct mirror_flow_key abi_anchor_flow_key = {};
+struct mirror_flow abi_anchor_flow = {};
+struct mirror_cutoff_count abi_anchor_cutoff_count = {};
 
 /* Keeps the compiler from merging or reordering range checks on `var`. */
 #define barrier_var(var) asm volatile("" : "+r"(var))
@@ -286,6 +315,150 @@ static __always_inline const struct mirror_policy *policy_of(__u32 session, __u3
 	return &session_policy[s * MIRROR_POLICY_SLOTS + i];
 }
 
+/* The per-flow cutoff of session `session` (the one place it is read). */
+static __always_inline const struct mirror_cutoff *cutoff_limits(__u32 session)
+{
+	return &session_cutoff[session & (MIRROR_MAX_SESSIONS - 1)];
+}
+
+/* True when endpoint (a, ap) sorts before (b, bp). */
+static __always_inline bool endpoint_less(const __u32 a[4], __u16 ap, const __u32 b[4], __u16 bp)
+{
+	for (int i = 0; i < 4; i++)
+		if (a[i] != b[i])
+			return a[i] < b[i];
+	return ap < bp;
+}
+
+/* A frame's first bytes, destination then source MAC: the flow of a frame
+ * without IP addresses. */
+struct mac_pair {
+	__u8 b[2 * ETH_ALEN];
+};
+
+/* The flow of the frame `p` and `macs` describe, in session `session`, the
+ * same for both directions (struct mirror_flow_key). */
+static __always_inline void flow_key(struct mirror_flow_key *k, const struct pkt *p,
+				     const struct mac_pair *macs, __u32 session)
+{
+	__u32 a[4] = {}, b[4] = {};
+	__u16 ap = 0, bp = 0;
+
+	if (p->flags & MIRROR_PF_ADDRS) {
+		__builtin_memcpy(a, p->src, sizeof(a));
+		__builtin_memcpy(b, p->dst, sizeof(b));
+		if (p->flags & MIRROR_PF_PORTS) {
+			ap = p->sport;
+			bp = p->dport;
+		}
+		k->proto = p->proto;
+		k->family = (p->flags & MIRROR_PF_IPV6) ? 6 : 4;
+	} else {
+		__builtin_memcpy(a, macs->b + ETH_ALEN, ETH_ALEN);
+		__builtin_memcpy(b, macs->b, ETH_ALEN);
+	}
+	if (endpoint_less(b, bp, a, ap)) {
+		__builtin_memcpy(k->lo, b, sizeof(b));
+		__builtin_memcpy(k->hi, a, sizeof(a));
+		k->lo_port = bp;
+		k->hi_port = ap;
+	} else {
+		__builtin_memcpy(k->lo, a, sizeof(a));
+		__builtin_memcpy(k->hi, b, sizeof(b));
+		k->lo_port = ap;
+		k->hi_port = bp;
+	}
+	if (p->flags & MIRROR_PF_VLAN)
+		k->vlan = 0x8000 | p->vlan;
+	k->session = session;
+}
+
+/*
+ * The per-flow cutoff of a frame of `len` bytes (parsed into `p`, its MACs
+ * in `macs`) that session `session` mirrors: how many of its bytes to mirror (`len`: all; less: cut
+ * where it crosses flow_cutoff_bytes) or 0 (past the cutoff, counted). Each
+ * frame takes its place in the flow with one atomic add, so CPUs agree on
+ * which frames are the first N. A boundary frame with less than an Ethernet
+ * header left to keep is past the cutoff (XDP cannot cut a frame shorter).
+ * A flow idle for longer than idle_ns starts over; a frame of it racing the
+ * restart on another CPU may count in the old run.
+ *
+ * A global function: the verifier checks it once, not once per path of
+ * every program that reaches it (xdp_tap's count is close to the limit).
+ */
+__noinline __u32 flow_cutoff(const struct pkt *p, const struct mac_pair *macs, __u32 session,
+			     __u32 dir, __u32 len)
+{
+	const struct mirror_cutoff *lim = cutoff_limits(session);
+	struct mirror_flow_key k;
+	struct mirror_flow *e;
+	__u64 now, last, prev;
+
+	if (!p || !macs)
+		return len; /* cannot happen: the callers pass their stack */
+	__builtin_memset(&k, 0, sizeof(k));
+	flow_key(&k, p, macs, session);
+	now = bpf_ktime_get_ns();
+	e = bpf_map_lookup_elem(&flows, &k);
+	if (!e) {
+		struct mirror_flow fresh = { .last_seen = now };
+
+		/* Another CPU may have made it meanwhile: then theirs counts. */
+		bpf_map_update_elem(&flows, &k, &fresh, BPF_NOEXIST);
+		e = bpf_map_lookup_elem(&flows, &k);
+		if (!e) {
+			count(dir, MIRROR_CNT_FLOW_UNTRACKED);
+			return len;
+		}
+	}
+	last = e->last_seen;
+	if (lim->idle_ns && now > last && now - last > lim->idle_ns) {
+		/* Idle: the CPU that moves last_seen on starts the flow over. */
+		if (__sync_val_compare_and_swap(&e->last_seen, last, now) == last) {
+			e->bytes = 0;
+			e->packets = 0;
+		}
+	} else if (now > last) {
+		e->last_seen = now;
+	}
+	if (lim->packets) {
+		prev = __sync_fetch_and_add(&e->packets, 1);
+		if (prev >= lim->packets)
+			goto past;
+	}
+	if (!lim->bytes)
+		return len;
+	prev = __sync_fetch_and_add(&e->bytes, len);
+	if (prev + len <= lim->bytes)
+		return len;
+	if (prev + ETH_HLEN <= lim->bytes)
+		return lim->bytes - prev;
+past:
+	{
+		struct mirror_cutoff_count *c = bpf_map_lookup_elem(&session_cutoff_count, &session);
+
+		if (c)
+			c->cutoff += 1;
+	}
+	count(dir, MIRROR_CNT_CUTOFF);
+	return 0;
+}
+
+/* Counts a mirrored frame that crossed its flow's byte cutoff: `cut` to
+ * it, or (a path that cannot cut) whole. */
+static __always_inline void count_boundary(__u32 session, __u32 dir, bool cut)
+{
+	struct mirror_cutoff_count *c = bpf_map_lookup_elem(&session_cutoff_count, &session);
+
+	if (c) {
+		if (cut)
+			c->cut += 1;
+		else
+			c->whole += 1;
+	}
+	count(dir, cut ? MIRROR_CNT_CUTOFF_CUT : MIRROR_CNT_CUTOFF_WHOLE);
+}
+
 /* Puts the session, flow hash and (when `stamp`: it costs a clock read) the
  * time stamp in the metadata area in front of the frame. */
 static __always_inline void write_meta_at(struct xdp_md *ctx, __u32 session, __u32 hash,
@@ -314,13 +487,17 @@ static __always_inline void write_meta(struct xdp_md *ctx, __u32 session, __u32 
 }
 
 /*
- * Classifies a parsed frame and applies its session's policy (disabled,
- * sampling). Returns the session that mirrors it, with the policy it saw in
- * `*pol` and that policy's slot in `*slot`, or -1 (filtered, scheduled out or
- * sampled out). Counted.
+ * Classifies a parsed frame (`len` bytes at `data`) and applies its
+ * session's policy (disabled, sampling) and per-flow cutoff. Returns the
+ * session that mirrors it, with the policy it saw in `*pol` and that
+ * policy's slot in `*slot`, or -1 (filtered, scheduled out, sampled out or
+ * past its flow's cutoff), and in `*keep` how many bytes of it to mirror
+ * (less than `len`: the caller cuts it and counts that with
+ * count_boundary). Counted.
  */
 static __always_inline __s32 select_session(struct pkt *p, __u32 dir, __u32 parse_result,
-					    const struct mirror_policy **pol, __u32 *slot)
+					    const struct mirror_policy **pol, __u32 *slot,
+					    void *data, void *data_end, __u32 len, __u32 *keep)
 {
 	bool scanned = false;
 	__s32 session;
@@ -350,6 +527,15 @@ static __always_inline __s32 select_session(struct pkt *p, __u32 dir, __u32 pars
 		count(dir, MIRROR_CNT_SAMPLED_OUT);
 		count_session(&session_sampled_out, session);
 		return -1;
+	}
+	if (cutoff_limits(session)->bytes || cutoff_limits(session)->packets) {
+		struct mac_pair macs = {};
+
+		if (data + sizeof(macs) <= data_end)
+			__builtin_memcpy(macs.b, data, sizeof(macs));
+		*keep = flow_cutoff(p, &macs, session, dir, len);
+		if (!*keep)
+			return -1;
 	}
 	return session;
 }
@@ -558,16 +744,26 @@ static __always_inline int try_xdp_tap(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	const struct mirror_policy *pol = 0;
+	__u32 why, slot = 0, len = data_end - data, keep = len;
 	struct pkt p = {};
-	__u32 why, slot = 0;
 	__s32 session;
 	__u64 s;
 	long verdict;
 
 	why = parse_frame(data, data_end, &p);
-	session = select_session(&p, MIRROR_DIR_INGRESS, why, &pol, &slot);
+	session = select_session(&p, MIRROR_DIR_INGRESS, why, &pol, &slot, data, data_end, len,
+				 &keep);
 	if (session < 0)
 		return XDP_DROP;
+	if (keep < len) {
+		/* Cut where the frame crosses its flow's cutoff, as packet_length
+		 * cuts; the packet pointers are stale after this. */
+		bool cut = !bpf_xdp_adjust_tail(ctx, (int)keep - (int)len);
+
+		count_boundary(session, MIRROR_DIR_INGRESS, cut);
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+	}
 	/* In range (select_session bounds it), checked where the verifier sees
 	 * it: `s` indexes the per-session arrays. */
 	s = (__u32)session; /* 64-bit: the check and the index use one register */
@@ -956,23 +1152,30 @@ static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data
 {
 	struct copy_job job = { .ctx = ctx, .xdp = xdp };
 	const struct mirror_policy *pol = 0;
+	__u32 why, snap, cap, slot = 0, keep = frame_len;
 	struct pkt p = {};
-	__u32 why, snap, cap, slot = 0;
 	__s32 session;
 
 	why = parse_frame(data, data_end, &p);
-	session = select_session(&p, dir, why, &pol, &slot);
+	session = select_session(&p, dir, why, &pol, &slot, data, data_end, frame_len, &keep);
 	if (session < 0 || session >= MIRROR_MAX_SESSIONS || !pol)
 		return;
 	if (!xdp && clone_ndests[session]) {
 		/* The kernel path: clones, no record (the packet pointers are
-		 * stale after a clone; nothing below them is used). */
+		 * stale after a clone; nothing below them is used). A clone
+		 * cannot be cut: a frame crossing its flow's cutoff goes whole. */
+		if (keep < frame_len)
+			count_boundary(session, dir, false);
 		clone_out(ctx, session, dir, gso,
 			  clone_tunnels[session] ? flow_hash(&p, data, data_end) : 0, slot);
 		return;
 	}
 
 	cap = frame_len;
+	if (keep < cap) {
+		cap = keep;
+		count_boundary(session, dir, true);
+	}
 	snap = pol->packet_length;
 	if (snap && snap < cap)
 		cap = snap;

@@ -115,12 +115,13 @@ pub enum Command {
     /// Show the running daemon's counters.
     ///
     /// Per source: received, matched, filtered, sampled_out, scheduled_out,
-    /// mirrored, dropped by reason (copy mode also per direction: copied,
-    /// cloned, ring_full, copy_cut). Per session: matched, mirrored,
-    /// sampled_out, scheduled_out (left out while the session was disabled:
-    /// enabled = false or its schedule), rate_limited, a scheduled session's
-    /// active window ("window N (days hours zone)" or "none") and next edge,
-    /// path ("kernel": in the kernel, a DEVMAP broadcast in
+    /// cutoff (past a flow's flow_cutoff_*), mirrored (of which cutoff_cut:
+    /// cut at a flow's cutoff), dropped by reason (copy mode also per
+    /// direction: copied, cloned, ring_full, copy_cut). Per session: matched,
+    /// mirrored, sampled_out, scheduled_out (left out while the session was
+    /// disabled: enabled = false or its schedule), cutoff, cutoff_cut,
+    /// rate_limited, a scheduled session's active window ("window N (days
+    /// hours zone)" or "none") and next edge, path ("kernel": in the kernel, a DEVMAP broadcast in
     /// tap mode, tcx clones in copy mode; "af_xdp" / "ring_buffer": through
     /// userspace, tap / copy mode). Per target: enqueued, sent_packets, sent_bytes,
     /// truncated, shared_umem (sent from the source's UMEM without a copy),

@@ -196,8 +196,18 @@ pub fn render(s: &Stats) -> String {
             (Some(w), None) => format!("   schedule: {w}"),
             _ => String::new(),
         };
+        // What the per-flow cutoff left out or cut, when any.
+        let extra: String = [
+            ("cutoff", v.cutoff),
+            ("cutoff_cut", v.cutoff_cut),
+            ("cutoff_whole", v.cutoff_whole),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("  {k}={n}"))
+        .collect();
         out.push_str(&format!(
-            "{:<16} {:>12} {:>12} {:>12} {:>13}  {}{window}\n",
+            "{:<16} {:>12} {:>12} {:>12} {:>13}  {}{extra}{window}\n",
             name, v.matched, v.mirrored, v.sampled_out, v.scheduled_out, v.path
         ));
     }

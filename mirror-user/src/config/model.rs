@@ -26,6 +26,10 @@ pub(crate) const DEFAULT_QUEUE_SIZE: u32 = 4096;
 pub(crate) const MAX_INTERFACE_QUEUE: u32 = 1 << 18;
 /// Sessions without `priority` get this one; ties keep file order.
 pub(crate) const DEFAULT_PRIORITY: u32 = 100;
+/// Sessions with a per-flow cutoff and no `flow_cutoff_idle`: a flow not
+/// seen for a minute starts over (a new connection reusing its ports, or a
+/// long-quiet one, is mirrored again from its first bytes).
+pub const DEFAULT_FLOW_CUTOFF_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Rule numbers, as AWS allows them.
 pub(crate) const RULE_NUMBERS: std::ops::RangeInclusive<i64> = 1..=32766;
@@ -350,6 +354,15 @@ pub struct Session {
     pub sample: u32,
     /// At most this many copies per second (0: unlimited); excess counted `rate_limited`.
     pub rate_limit_pps: u32,
+    /// Per-flow cutoff: mirror only the first this many bytes of each flow,
+    /// both directions together (0: no byte limit).
+    pub flow_cutoff_bytes: u64,
+    /// Per-flow cutoff: mirror only the first this many frames of each flow
+    /// (0: no frame limit).
+    pub flow_cutoff_packets: u64,
+    /// A flow not seen for this long starts over (`flow_cutoff_idle`,
+    /// default [`DEFAULT_FLOW_CUTOFF_IDLE`]).
+    pub flow_cutoff_idle: std::time::Duration,
     /// Which path serves the session: see [`Config::kernel_path_obstacle`].
     pub path: SessionPath,
     /// `enabled = false`: the session mirrors nothing (counted `scheduled_out`)

@@ -287,6 +287,9 @@ pub(crate) struct RawSession {
     pub vni: Option<Spanned<i64>>,
     pub sample: Option<Spanned<i64>>,
     pub rate_limit_pps: Option<Spanned<i64>>,
+    pub flow_cutoff_bytes: Option<Spanned<i64>>,
+    pub flow_cutoff_packets: Option<Spanned<i64>>,
+    pub flow_cutoff_idle: Option<Spanned<String>>,
     #[serde(default)]
     pub path: Option<Spanned<SessionPath>>,
     pub enabled: Option<Spanned<bool>>,

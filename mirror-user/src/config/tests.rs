@@ -1475,3 +1475,75 @@ fn an_unknown_variant_does_not_hide_the_errors_after_it() {
     assert_eq!(e.len(), 1, "{e:#?}");
     assert!(e[0].contains("unknown variant `span`"), "{e:?}");
 }
+
+#[test]
+fn flow_cutoff_keys_parse_with_a_one_minute_idle_by_default() {
+    let with = |keys: &str| GOOD.replace("priority = 1", &format!("priority = 1\n{keys}"));
+    let s = &parse(GOOD, "t.toml").expect("valid").sessions[0];
+    assert_eq!((s.flow_cutoff_bytes, s.flow_cutoff_packets), (0, 0), "off");
+    let s = &parse(&with("flow_cutoff_bytes = 4096"), "t.toml")
+        .expect("valid")
+        .sessions[0];
+    assert_eq!((s.flow_cutoff_bytes, s.flow_cutoff_packets), (4096, 0));
+    assert_eq!(s.flow_cutoff_idle, DEFAULT_FLOW_CUTOFF_IDLE);
+    assert_eq!(DEFAULT_FLOW_CUTOFF_IDLE, std::time::Duration::from_secs(60));
+    let s = &parse(
+        &with("flow_cutoff_packets = 10\nflow_cutoff_bytes = 0\nflow_cutoff_idle = \"250ms\""),
+        "t.toml",
+    )
+    .expect("valid")
+    .sessions[0];
+    assert_eq!((s.flow_cutoff_bytes, s.flow_cutoff_packets), (0, 10));
+    assert_eq!(s.flow_cutoff_idle, std::time::Duration::from_millis(250));
+    // The bounds themselves are fine: an Ethernet header's worth, and 1ms.
+    let s = &parse(
+        &with("flow_cutoff_bytes = 14\nflow_cutoff_idle = \"1ms\""),
+        "t.toml",
+    )
+    .expect("valid")
+    .sessions[0];
+    assert_eq!(s.flow_cutoff_bytes, 14);
+    assert_eq!(s.flow_cutoff_idle, std::time::Duration::from_millis(1));
+}
+
+#[test]
+fn flow_cutoff_errors_name_the_key_and_the_accepted_values() {
+    let with = |keys: &str| GOOD.replace("priority = 1", &format!("priority = 1\n{keys}"));
+    for (keys, want) in [
+        (
+            "flow_cutoff_bytes = 13",
+            "session[0].flow_cutoff_bytes (0 = off) = 13 is out of range: \
+             accepted values are 14 to 9223372036854775807",
+        ),
+        (
+            "flow_cutoff_bytes = -1",
+            "session[0].flow_cutoff_bytes (0 = off) = -1 is out of range",
+        ),
+        (
+            "flow_cutoff_packets = -5",
+            "session[0].flow_cutoff_packets (0 = off) = -5 is out of range: \
+             accepted values are 0 to",
+        ),
+        (
+            "flow_cutoff_packets = 3\nflow_cutoff_idle = \"soon\"",
+            "session[0].flow_cutoff_idle = \"soon\": ",
+        ),
+        (
+            "flow_cutoff_packets = 3\nflow_cutoff_idle = \"999us\"",
+            "session[0].flow_cutoff_idle must be at least 1ms",
+        ),
+        (
+            "flow_cutoff_idle = \"10s\"",
+            "session[0].flow_cutoff_idle has no effect without \
+             flow_cutoff_bytes or flow_cutoff_packets",
+        ),
+        ("flow_cutoff_bytes = \"1KiB\"", "flow_cutoff_bytes"),
+        ("flow_cutoff = 10", "unknown field `flow_cutoff`"),
+    ] {
+        let e = errors(&with(keys));
+        assert!(
+            e.iter().any(|l| l.contains(want)),
+            "{keys}: want `{want}` in {e:?}"
+        );
+    }
+}

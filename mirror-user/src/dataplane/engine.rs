@@ -312,10 +312,22 @@ impl Engine {
         // A copy source whose sessions all clone in the kernel writes no
         // ring record: it gets the smallest ring.
         let ring_used = sessions.iter().any(|&s| !self.paths[s].kernel);
-        let mut program = SourceProgram::load_with_ring(match cfg.mode {
-            SourceMode::Copy if ring_used => cfg.ring_buffer,
-            _ => mirror_ebpf::limits::RING_MIN,
-        })
+        // The flow table is sized only when a session has a per-flow cutoff.
+        let cutoff = sessions.iter().any(|&s| {
+            let sess = &self.config.sessions[s];
+            sess.flow_cutoff_bytes != 0 || sess.flow_cutoff_packets != 0
+        });
+        let mut program = SourceProgram::load_with_flows(
+            match cfg.mode {
+                SourceMode::Copy if ring_used => cfg.ring_buffer,
+                _ => mirror_ebpf::limits::RING_MIN,
+            },
+            if cutoff {
+                mirror_ebpf::limits::FLOWS
+            } else {
+                1
+            },
+        )
         .with_context(|| format!("source `{}`: loading the kernel programs", cfg.name))?;
         program
             .install(&ingress, egress.as_ref())
@@ -364,6 +376,14 @@ impl Engine {
             program
                 .set_policy(k as u32, &policy, true)
                 .with_context(|| format!("source `{}`: setting the session policies", cfg.name))?;
+            program
+                .set_cutoff(
+                    k as u32,
+                    sess.flow_cutoff_bytes,
+                    sess.flow_cutoff_packets,
+                    sess.flow_cutoff_idle,
+                )
+                .with_context(|| format!("source `{}`: setting the flow cutoff", cfg.name))?;
         }
         let prepared = Prepared {
             program,

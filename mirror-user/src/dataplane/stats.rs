@@ -2,7 +2,7 @@
 //!
 //! Invariants, at any quiescent moment (no frame in flight):
 //! - per source: `received = matched + filtered` and
-//!   `matched = mirrored + sampled_out + scheduled_out + sum(dropped) + queued`,
+//!   `matched = mirrored + sampled_out + scheduled_out + cutoff + sum(dropped) + queued`,
 //!   where `queued` is 0 once the source is idle;
 //!
 //! and every term is counted where it happens, never derived from the
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::source::Source;
 use super::Engine;
 use crate::config::SourceMode;
-use crate::kernel::{AttachMode, CloneStats, FastStats, TunnelStats, COUNTERS};
+use crate::kernel::{AttachMode, CloneStats, CutoffCounts, FastStats, TunnelStats, COUNTERS};
 
 pub use crate::target::group::GroupStats;
 pub use crate::target::TargetStats;
@@ -51,6 +51,17 @@ pub struct SourceStats {
     pub filtered: u64,
     pub sampled_out: u64,
     pub scheduled_out: u64,
+    /// Frames past their flow's cutoff (`flow_cutoff_*`): not mirrored.
+    #[serde(default)]
+    pub cutoff: u64,
+    /// Of `mirrored`: frames cut where they crossed their flow's
+    /// `flow_cutoff_bytes`.
+    #[serde(default)]
+    pub cutoff_cut: u64,
+    /// Of `mirrored`: frames that crossed it on a path that cannot cut a
+    /// copy (copy mode's kernel path clones whole frames), mirrored whole.
+    #[serde(default)]
+    pub cutoff_whole: u64,
     /// Frames handed to the sessions' targets.
     pub mirrored: u64,
     /// Frames the kernel handed over (AF_XDP RX rings, the copy ring) that
@@ -75,6 +86,10 @@ pub struct SourceStats {
     /// in the verdict cache (the rest were answered by the cache).
     #[serde(default)]
     pub classify_scans: u64,
+    /// Should never happen: frames of a session with a per-flow cutoff for
+    /// which no flow entry could be made (mirrored as if under the cutoff).
+    #[serde(default)]
+    pub flow_untracked: u64,
     /// Copy mode: the kernel's counters per direction ("ingress", "egress").
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub directions: BTreeMap<String, DirectionStats>,
@@ -90,6 +105,15 @@ pub struct DirectionStats {
     /// Matched while their session was disabled (its schedule, `enabled`).
     #[serde(default)]
     pub scheduled_out: u64,
+    /// Past their flow's cutoff: not copied.
+    #[serde(default)]
+    pub cutoff: u64,
+    /// Copied, cut where they crossed their flow's byte cutoff.
+    #[serde(default)]
+    pub cutoff_cut: u64,
+    /// Cloned whole across it (the kernel path cannot cut a clone).
+    #[serde(default)]
+    pub cutoff_whole: u64,
     /// Records written to the ring buffer.
     pub copied: u64,
     /// Matched, but the ring buffer was full (the frame still passed).
@@ -132,6 +156,16 @@ pub struct SessionStats {
     /// schedule's active window): not mirrored.
     #[serde(default)]
     pub scheduled_out: u64,
+    /// Past their flow's cutoff (`flow_cutoff_*`): not mirrored.
+    #[serde(default)]
+    pub cutoff: u64,
+    /// Of `mirrored`: cut where they crossed their flow's `flow_cutoff_bytes`.
+    #[serde(default)]
+    pub cutoff_cut: u64,
+    /// Of `mirrored`: crossed it on copy mode's kernel path, which cannot
+    /// cut a clone: mirrored whole.
+    #[serde(default)]
+    pub cutoff_whole: u64,
     /// A scheduled session's active window, `window 2 (mon-fri 08:00-18:00
     /// Europe/Berlin)`, or `none` outside every window; absent without a schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,6 +357,9 @@ impl Engine {
             rate_limited: src.plans[kidx].rate_limited.load(Ordering::Relaxed)
                 + k.session_rate_limited[kidx],
             scheduled_out: k.session_scheduled_out[kidx],
+            cutoff: k.session_cutoff[kidx].cutoff,
+            cutoff_cut: k.session_cutoff[kidx].cut,
+            cutoff_whole: k.session_cutoff[kidx].whole,
             schedule_window: shown.as_ref().map(|w| w.window.clone()),
             schedule_next_edge: shown.and_then(|w| w.next_edge).map(|t| t.to_string()),
         }
@@ -372,6 +409,8 @@ struct KernelCounts {
     session_matched: Vec<u64>,
     session_sampled_out: Vec<u64>,
     session_scheduled_out: Vec<u64>,
+    /// Per session: the per-flow cutoff's counts.
+    session_cutoff: Vec<CutoffCounts>,
     /// Per session: (frames, bytes) sent down the kernel path.
     session_kernel: Vec<(u64, u64)>,
     /// Per session: frames over its rate limit on the kernel path.
@@ -398,6 +437,10 @@ impl KernelCounts {
             session_matched: per_session(&|i| p.session_matched(i)),
             session_sampled_out: per_session(&|i| p.session_sampled_out(i)),
             session_scheduled_out: per_session(&|i| p.session_scheduled_out(i)),
+            session_cutoff: sessions
+                .clone()
+                .map(|i| p.session_cutoff(i).unwrap_or_default())
+                .collect(),
             session_kernel: sessions
                 .clone()
                 .map(|i| p.session_kernel(i).unwrap_or_default())
@@ -470,6 +513,9 @@ fn source_stats(src: &Source, k: &KernelCounts) -> SourceStats {
         filtered: c(C::MIRROR_CNT_FILTERED),
         sampled_out: c(C::MIRROR_CNT_SAMPLED_OUT),
         scheduled_out: c(C::MIRROR_CNT_SCHEDULED_OUT),
+        cutoff: c(C::MIRROR_CNT_CUTOFF),
+        cutoff_cut: c(C::MIRROR_CNT_CUTOFF_CUT),
+        cutoff_whole: c(C::MIRROR_CNT_CUTOFF_WHOLE),
         mirrored,
         queued,
         dropped,
@@ -478,6 +524,7 @@ fn source_stats(src: &Source, k: &KernelCounts) -> SourceStats {
         rule_sets_installed: src.rule_sets_installed.load(Ordering::Relaxed),
         no_rule_set: c(C::MIRROR_CNT_NO_RULE_SET),
         classify_scans: c(C::MIRROR_CNT_CLASSIFY_SCAN),
+        flow_untracked: c(C::MIRROR_CNT_FLOW_UNTRACKED),
         directions: match src.mode {
             SourceMode::Tap => Default::default(),
             SourceMode::Copy => direction_stats(&k.by_dir, &k.clone_dir),
@@ -538,6 +585,9 @@ fn direction_stats(
                     filtered: c(C::MIRROR_CNT_FILTERED),
                     sampled_out: c(C::MIRROR_CNT_SAMPLED_OUT),
                     scheduled_out: c(C::MIRROR_CNT_SCHEDULED_OUT),
+                    cutoff: c(C::MIRROR_CNT_CUTOFF),
+                    cutoff_cut: c(C::MIRROR_CNT_CUTOFF_CUT),
+                    cutoff_whole: c(C::MIRROR_CNT_CUTOFF_WHOLE),
                     copied: c(C::MIRROR_CNT_COPIED),
                     ring_full: c(C::MIRROR_CNT_DROP_RING_FULL),
                     copy_cut: c(C::MIRROR_CNT_COPY_CUT),

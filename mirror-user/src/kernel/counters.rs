@@ -55,6 +55,30 @@ impl SourceProgram {
         })
     }
 
+    /// The per-flow cutoff's counts of the session at kernel index
+    /// `session`: frames past their flow's cutoff (not mirrored), mirrored
+    /// frames cut where they crossed it, and ones mirrored whole across it
+    /// (copy mode's kernel path cannot cut a clone).
+    pub fn session_cutoff(&self, session: u32) -> Result<CutoffCounts, LoaderError> {
+        let per_cpu = self
+            .skel
+            .maps
+            .session_cutoff_count
+            .lookup_percpu(&session.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| LoaderError::Map {
+                map: "session_cutoff_count",
+                source,
+            })?
+            .unwrap_or_default();
+        Ok(per_cpu
+            .iter()
+            .fold(CutoffCounts::default(), |c, v| CutoffCounts {
+                cutoff: c.cutoff + u64_at(v, 0),
+                cut: c.cut + u64_at(v, 1),
+                whole: c.whole + u64_at(v, 2),
+            }))
+    }
+
     /// Frames accepted by the session at kernel index `session`.
     pub fn session_matched(&self, session: u32) -> Result<u64, LoaderError> {
         percpu_sum(&self.skel.maps.session_matched, session).map_err(|source| LoaderError::Map {
@@ -62,6 +86,17 @@ impl SourceProgram {
             source,
         })
     }
+}
+
+/// A session's per-flow cutoff counts (`struct mirror_cutoff_count`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CutoffCounts {
+    /// Frames past their flow's cutoff: not mirrored.
+    pub cutoff: u64,
+    /// Mirrored, cut where they crossed the flow's byte cutoff.
+    pub cut: u64,
+    /// Mirrored whole across it (a path that cannot cut).
+    pub whole: u64,
 }
 
 /// The `i`th u64 of a map value (0 when it is shorter).

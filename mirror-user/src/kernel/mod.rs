@@ -49,7 +49,7 @@ use mirror_ebpf::mirror::{MirrorSkel, MirrorSkelBuilder};
 
 pub use attach::{link_create, AttachMode, CopyHooks};
 pub use clone_path::{CloneDest, CloneStats};
-pub use counters::{percpu_sum, COUNTERS};
+pub use counters::{percpu_sum, CutoffCounts, COUNTERS};
 pub use fast_path::{FastDest, FastSession, FastStats, PickCount, TunnelHeaders, TunnelStats};
 pub use meta::{read_meta, Meta};
 pub use query::{attached, ifindex, prog_info, xdp_features, Attached};
@@ -163,17 +163,28 @@ impl SourceProgram {
     /// Loads the programs with a copy-mode ring buffer of `ring_bytes` (a
     /// power of two, at least one page).
     pub fn load_with_ring(ring_bytes: u32) -> Result<Self, LoaderError> {
-        Self::open_and_load(ring_bytes, true)
+        Self::open_and_load(ring_bytes, true, 1)
+    }
+
+    /// Loads the programs with a copy-mode ring buffer of `ring_bytes` and
+    /// room to track `flows` flows for the sessions' per-flow cutoff (at
+    /// least 1; [`mirror_ebpf::limits::FLOWS`] when a session has one).
+    pub fn load_with_flows(ring_bytes: u32, flows: u32) -> Result<Self, LoaderError> {
+        Self::open_and_load(ring_bytes, true, flows.max(1))
     }
 
     /// Loads the programs without the verdict cache: every frame is
     /// classified by the bitmap scan. For measuring and testing the scan
     /// alone (`cargo xtask bench filters`' cold rows, the differential tests).
     pub fn load_without_cache() -> Result<Self, LoaderError> {
-        Self::open_and_load(mirror_ebpf::limits::RING_MIN, false)
+        Self::open_and_load(mirror_ebpf::limits::RING_MIN, false, 1)
     }
 
-    fn open_and_load(ring_bytes: u32, verdict_cache: bool) -> Result<Self, LoaderError> {
+    fn open_and_load(
+        ring_bytes: u32,
+        verdict_cache: bool,
+        flows: u32,
+    ) -> Result<Self, LoaderError> {
         if !ring_bytes.is_power_of_two() || ring_bytes < mirror_ebpf::limits::RING_MIN {
             return Err(LoaderError::RingSize(ring_bytes));
         }
@@ -189,6 +200,15 @@ impl SourceProgram {
             .set_max_entries(ring_bytes)
             .map_err(|source| LoaderError::Map {
                 map: "copies",
+                source,
+            })?;
+        // The flow table costs memory (LRU hashes are preallocated): only
+        // sources with a per-flow cutoff get more than one entry.
+        open.maps
+            .flows
+            .set_max_entries(flows)
+            .map_err(|source| LoaderError::Map {
+                map: "flows",
                 source,
             })?;
         match open.maps.rodata_data.as_deref_mut() {

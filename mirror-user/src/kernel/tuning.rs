@@ -122,6 +122,35 @@ impl SourceProgram {
         self.change_policy(session, |p| p.packet_length = bytes)
     }
 
+    /// The per-flow cutoff of the session at kernel index `session`: only
+    /// the first `bytes` bytes and `packets` frames of each flow (0: no
+    /// limit; both 0: off), a flow idle for `idle` starting over (zero:
+    /// never; the config's minimum is 1ms). The flow
+    /// table must have room ([`SourceProgram::load_with_flows`]).
+    pub fn set_cutoff(
+        &mut self,
+        session: u32,
+        bytes: u64,
+        packets: u64,
+        idle: std::time::Duration,
+    ) -> Result<(), LoaderError> {
+        let slot = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .and_then(|bss| bss.session_cutoff.get_mut(session as usize));
+        match slot {
+            Some(v) => {
+                v.bytes = bytes;
+                v.packets = packets;
+                v.idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+                Ok(())
+            }
+            None => Err(bss_error("session_cutoff", session)),
+        }
+    }
+
     /// Mirrors 1 in `n` frames the session at kernel index `session` accepts
     /// (0 or 1: every frame). Takes effect with the next frame.
     pub fn set_sampling(&mut self, session: u32, n: u32) -> Result<(), LoaderError> {

@@ -192,6 +192,22 @@ fn sources(out: &mut Section, stats: &Stats) {
                 s.scheduled_out,
             ),
             (
+                "mirror_source_cutoff",
+                "Matched frames past their flow's flow_cutoff_bytes/packets (not mirrored).",
+                s.cutoff,
+            ),
+            (
+                "mirror_source_cutoff_cut",
+                "Mirrored frames cut where they crossed their flow's flow_cutoff_bytes.",
+                s.cutoff_cut,
+            ),
+            (
+                "mirror_source_cutoff_whole",
+                "Mirrored frames that crossed their flow's flow_cutoff_bytes where the \
+                 copy cannot be cut (copy mode's kernel path): mirrored whole.",
+                s.cutoff_whole,
+            ),
+            (
                 "mirror_source_mirrored",
                 "Frames handed to their session's targets.",
                 s.mirrored,
@@ -248,6 +264,13 @@ fn sources(out: &mut Section, stats: &Stats) {
             l(),
             s.classify_scans,
         );
+        out.counter(
+            "mirror_source_flow_untracked",
+            "Frames of a session with a per-flow cutoff for which no flow entry could be \
+             made (mirrored as if under the cutoff; should never happen).",
+            l(),
+            s.flow_untracked,
+        );
         for (dir, d) in &s.directions {
             let l = || l2("source", name, "direction", dir);
             for (key, help, v) in [
@@ -276,6 +299,22 @@ fn sources(out: &mut Section, stats: &Stats) {
                     "Copy mode: matched frames of this direction left out while their \
                      session was disabled.",
                     d.scheduled_out,
+                ),
+                (
+                    "mirror_source_direction_cutoff",
+                    "Copy mode: matched frames of this direction past their flow's cutoff.",
+                    d.cutoff,
+                ),
+                (
+                    "mirror_source_direction_cutoff_cut",
+                    "Copy mode: copies of this direction cut at their flow's byte cutoff.",
+                    d.cutoff_cut,
+                ),
+                (
+                    "mirror_source_direction_cutoff_whole",
+                    "Copy mode: frames of this direction cloned whole across their \
+                     flow's byte cutoff (a clone cannot be cut).",
+                    d.cutoff_whole,
                 ),
                 (
                     "mirror_source_direction_copied",
@@ -365,6 +404,22 @@ fn sessions(out: &mut Section, stats: &Stats) {
                 "mirror_session_scheduled_out",
                 "Frames left out while the session was disabled (its schedule, enabled = false).",
                 s.scheduled_out,
+            ),
+            (
+                "mirror_session_cutoff",
+                "Frames past their flow's flow_cutoff_bytes/packets (not mirrored).",
+                s.cutoff,
+            ),
+            (
+                "mirror_session_cutoff_cut",
+                "Mirrored frames cut where they crossed their flow's flow_cutoff_bytes.",
+                s.cutoff_cut,
+            ),
+            (
+                "mirror_session_cutoff_whole",
+                "Mirrored frames that crossed their flow's flow_cutoff_bytes on copy \
+                 mode's kernel path, which cannot cut a clone: mirrored whole.",
+                s.cutoff_whole,
             ),
         ] {
             out.counter(key, help, l(), v);
@@ -601,6 +656,9 @@ mod tests {
                 filtered: 107,
                 sampled_out: 3,
                 scheduled_out: 4,
+                cutoff: 8,
+                cutoff_cut: 9,
+                cutoff_whole: 10,
                 mirrored: 890,
                 queued: 1,
                 dropped: reasons(&[("ring_full", 2), ("no_socket", 0)]),
@@ -609,6 +667,7 @@ mod tests {
                 rule_sets_installed: 3,
                 no_rule_set: 0,
                 classify_scans: 77,
+                flow_untracked: 11,
                 directions: BTreeMap::new(),
             },
         );
@@ -618,6 +677,9 @@ mod tests {
             filtered: n + 2,
             sampled_out: n + 3,
             scheduled_out: n + 8,
+            cutoff: n + 9,
+            cutoff_cut: n + 10,
+            cutoff_whole: n + 11,
             copied: n + 4,
             ring_full: n + 5,
             copy_cut: n + 6,
@@ -647,6 +709,9 @@ mod tests {
                 sampled_out: 3,
                 rate_limited: 2,
                 scheduled_out: 4,
+                cutoff: 5,
+                cutoff_cut: 6,
+                cutoff_whole: 7,
                 schedule_window: Some("window 1 (mon-fri 08:00-18:00 UTC)".into()),
                 schedule_next_edge: Some("2026-12-07T18:00:00Z".into()),
             },

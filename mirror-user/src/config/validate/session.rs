@@ -6,7 +6,8 @@ use serde_spanned::Spanned;
 
 use super::Validator;
 use crate::config::model::{
-    expand_dests, Config, Dest, Group, Session, Target, TargetSpec, DEFAULT_PRIORITY,
+    expand_dests, Config, Dest, Group, Session, Target, TargetSpec, DEFAULT_FLOW_CUTOFF_IDLE,
+    DEFAULT_PRIORITY,
 };
 use crate::config::raw::{RawSchedule, RawSession, SessionPath};
 use crate::config::schedule::{
@@ -46,6 +47,7 @@ impl Validator<'_> {
                 self.int_in::<u32>(p, 0..=u32::MAX as i64, "rate_limit_pps (0 = unlimited)")?
             }
         };
+        let (flow_cutoff_bytes, flow_cutoff_packets, flow_cutoff_idle) = self.flow_cutoff(s)?;
         let vni = match &s.vni {
             None => 0,
             Some(p) => self.int_in::<u32>(p, 0..=0xff_ffff, "vni")?,
@@ -66,6 +68,9 @@ impl Validator<'_> {
             vni,
             sample,
             rate_limit_pps,
+            flow_cutoff_bytes,
+            flow_cutoff_packets,
+            flow_cutoff_idle,
             path: s.path.as_ref().map_or(SessionPath::Auto, |p| *p.get_ref()),
             enabled,
             schedule: schedule?,
@@ -219,6 +224,49 @@ impl Validator<'_> {
             zone,
             overrides,
         })
+    }
+
+    /// `flow_cutoff_bytes` (0 or at least an Ethernet header: a cut copy
+    /// keeps one), `flow_cutoff_packets` and `flow_cutoff_idle` (at least
+    /// 1ms, and only with a cutoff).
+    fn flow_cutoff(&mut self, s: &RawSession) -> Option<(u64, u64, std::time::Duration)> {
+        let bytes = match &s.flow_cutoff_bytes {
+            None => 0,
+            Some(p) if *p.get_ref() == 0 => 0,
+            Some(p) => self.int_in::<u64>(p, 14..=i64::MAX, "flow_cutoff_bytes (0 = off)")?,
+        };
+        let packets = match &s.flow_cutoff_packets {
+            None => 0,
+            Some(p) => self.int_in::<u64>(p, 0..=i64::MAX, "flow_cutoff_packets (0 = off)")?,
+        };
+        let idle = match &s.flow_cutoff_idle {
+            None => DEFAULT_FLOW_CUTOFF_IDLE,
+            Some(x) => match humantime::parse_duration(x.get_ref()) {
+                Ok(d) if d < std::time::Duration::from_millis(1) => {
+                    self.error(x.span(), "flow_cutoff_idle must be at least 1ms");
+                    return None;
+                }
+                Ok(_) if bytes == 0 && packets == 0 => {
+                    self.error(
+                        x.span(),
+                        "flow_cutoff_idle has no effect without flow_cutoff_bytes or flow_cutoff_packets",
+                    );
+                    return None;
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    self.error(
+                        x.span(),
+                        format!(
+                            "flow_cutoff_idle = \"{}\": {e} (write e.g. \"500ms\", \"60s\", \"5m\")",
+                            x.get_ref()
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        Some((bytes, packets, idle))
     }
 
     /// The index `n` names in `names`, or an error listing what is defined.
