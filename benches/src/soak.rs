@@ -336,7 +336,11 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     for (name, src) in &s.sources {
         if src.received != src.matched + src.filtered
             || src.matched
-                != src.mirrored + src.sampled_out + src.scheduled_out + src.dropped_total()
+                != src.mirrored
+                    + src.sampled_out
+                    + src.scheduled_out
+                    + src.cutoff
+                    + src.dropped_total()
             || src.filtered != 0
         {
             problems.push(format!("source {name} does not reconcile: {src:?}"));
