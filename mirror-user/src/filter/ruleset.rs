@@ -605,6 +605,77 @@ mod tests {
             .position(|fl| filter_decision(fl, Direction::Ingress, f) == Some(Action::Accept))
     }
 
+    /// Each family's address trie holds only that family's prefixes (and
+    /// no /0, which its root's class already covers): a set with both has
+    /// the nodes of each alone, the four roots counted once.
+    #[test]
+    fn each_familys_trie_holds_only_its_own_prefixes() {
+        // Each rule a source CIDR, or a destination one after "to ".
+        let with = |nets: &[&str]| {
+            let rules = nets
+                .iter()
+                .enumerate()
+                .map(|(i, net)| {
+                    let mut r = rule(i as u16 + 1, Action::Accept);
+                    match net.strip_prefix("to ") {
+                        Some(d) => r.destination = Some(d.parse().expect("cidr")),
+                        None => r.source = Some(net.parse().expect("cidr")),
+                    }
+                    r
+                })
+                .collect();
+            let f = Filter {
+                name: "f".into(),
+                rules,
+            };
+            RuleSet::build(&[&f], Direction::Ingress)
+                .expect("builds")
+                .addr_nodes
+                .len()
+        };
+        let v4 = ["10.0.0.0/8", "10.1.0.0/16", "0.0.0.0/0", "to 10.1.2.0/24"];
+        let v6 = ["2001:db8::/32", "fd00::/8", "::/0", "to 2001:db8::/32"];
+        let both: Vec<&str> = v4.iter().chain(&v6).copied().collect();
+        assert_eq!(with(&both), with(&v4) + with(&v6) - 4);
+        // A /0 alone adds no node; a prefix takes one node per byte below
+        // its root's, in its own family's trie only (the 256-way trie).
+        assert_eq!(with(&["0.0.0.0/0", "::/0"]), 4);
+        assert_eq!(with(&["2001:db8::/32"]), 4 + 3);
+        assert_eq!(with(&["10.1.2.0/24"]), 4 + 2);
+        // An IPv6 prefix's first bytes are no IPv4 prefix: 2001:db8::/32
+        // is not 32.1.13.184/32, fd00::/8 is not 253.0.0.0/8.
+        let mut a = rule(1, Action::Accept);
+        a.source = Some("2001:db8::/32".parse().expect("cidr"));
+        let mut b = rule(2, Action::Accept);
+        b.source = Some("fd00::/8".parse().expect("cidr"));
+        let f = Filter {
+            name: "f".into(),
+            rules: vec![a, b],
+        };
+        let set = RuleSet::build(&[&f], Direction::Ingress).expect("builds");
+        for src in ["32.1.13.184", "253.1.2.3"] {
+            assert_eq!(
+                set.classify(&view(src, "10.0.0.1", 17, None)),
+                None,
+                "{src}"
+            );
+        }
+        assert_eq!(set.classify(&view("fd00::1", "::1", 17, None)), Some(0));
+        // Nor the other way: 10.1.0.0/16 is not a01::/16.
+        let mut c = rule(1, Action::Accept);
+        c.source = Some("10.1.0.0/16".parse().expect("cidr"));
+        let f = Filter {
+            name: "f".into(),
+            rules: vec![c],
+        };
+        let set = RuleSet::build(&[&f], Direction::Ingress).expect("builds");
+        assert_eq!(set.classify(&view("a01::1", "::1", 17, None)), None);
+        assert_eq!(
+            set.classify(&view("10.1.2.3", "10.0.0.1", 17, None)),
+            Some(0)
+        );
+    }
+
     #[test]
     fn aws_example_in_tables_matches_the_reference() {
         let mut reject = rule(100, Action::Reject);
