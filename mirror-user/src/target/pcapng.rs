@@ -347,17 +347,20 @@ impl Files {
 /// are [`Reaper::pending`].
 #[derive(Default)]
 struct Reaper {
-    thread: Option<(mpsc::Sender<(File, u64)>, std::thread::JoinHandle<()>)>,
+    thread: Option<(mpsc::Sender<Deleted>, std::thread::JoinHandle<()>)>,
     /// Bytes of deleted files not closed yet.
     pending: Arc<(Mutex<u64>, Condvar)>,
 }
+
+/// A deleted file, still open, and its size.
+type Deleted = (File, u64);
 
 impl Reaper {
     /// Hands `file` (deleted, `len` bytes) to the thread to close.
     fn close(&mut self, file: File, len: u64) {
         *lock(&self.pending.0) += len;
         if self.thread.is_none() {
-            let (tx, rx) = mpsc::channel::<(File, u64)>();
+            let (tx, rx) = mpsc::channel::<Deleted>();
             let pending = self.pending.clone();
             let spawned = std::thread::Builder::new()
                 .name("pcapng-reaper".into())
@@ -866,6 +869,11 @@ fn below_min_free(path: &Path, min: MinFree, extra: u64) -> bool {
     }
     let free = st.f_bavail.saturating_mul(st.f_frsize);
     let total = st.f_blocks.saturating_mul(st.f_frsize);
+    short_of_space(free, total, min, extra)
+}
+
+/// Whether `free` of `total` bytes, less `extra`, is below `min`.
+fn short_of_space(free: u64, total: u64, min: MinFree, extra: u64) -> bool {
     let need = match min {
         MinFree::Bytes(b) => b,
         MinFree::Permille(p) => total / 1000 * u64::from(p),
@@ -1279,5 +1287,638 @@ mod tests {
         assert!(wait_for_start(&started, &stop));
         let (started, stop) = (AtomicBool::new(false), AtomicBool::new(true));
         assert!(!wait_for_start(&started, &stop));
+    }
+
+    // ---- The writer, driven copy by copy with a clock of the test's own ----
+
+    /// A capture directory of its own, removed on drop (also on a panic).
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(what: &str) -> Dir {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let d = std::env::temp_dir()
+                .join(format!("mirror-pcapw-{what}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).expect("temp dir");
+            Dir(d)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn spec(path: &Path) -> PcapngSpec {
+        PcapngSpec {
+            path: path.to_path_buf(),
+            rotate_size: None,
+            rotate_interval: None,
+            keep: None,
+            max_total_size: None,
+            min_free: None,
+        }
+    }
+
+    fn one_source() -> Interfaces {
+        vec![("s".into(), "eth0".into())]
+    }
+
+    /// Bytes of the header blocks of every file.
+    fn head_len() -> u64 {
+        header_blocks(&one_source()).len() as u64
+    }
+
+    /// Packet block sizes of 60- and 1,500-byte copies.
+    const EPB60: u64 = 104;
+    const EPB1500: u64 = 1544;
+
+    fn queue() -> TargetQueue {
+        TargetQueue::new("t", "pcapng", 4096, SNAPLEN, Oversize::Truncate).expect("queue memory")
+    }
+
+    /// Hands the writer a copy of `len` bytes, each `seq`, at `now`.
+    fn feed(w: &mut Writer<'_>, q: &TargetQueue, len: usize, seq: u8, now: Instant) {
+        let p = packet(q, len, seq, |_| {});
+        w.take(p, now);
+    }
+
+    fn size(path: &Path) -> u64 {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+
+    /// The first byte of every packet in the file (the copies' `seq`);
+    /// panics on anything but whole, valid blocks.
+    fn seqs(path: &Path) -> Vec<u8> {
+        let bytes = std::fs::read(path).expect("read the capture");
+        let mut reader = PcapNgReader::new(&bytes[..]).expect("a pcapng header");
+        let mut out = Vec::new();
+        while let Some(block) = reader.next_block() {
+            if let Block::EnhancedPacket(epb) = block.expect("a whole block") {
+                out.push(epb.data[0]);
+            }
+        }
+        out
+    }
+
+    /// Rotated files of `path`: (number, size).
+    fn listing(path: &Path) -> Vec<(u64, u64)> {
+        rotated_files(path)
+            .into_iter()
+            .map(|(n, p)| (n, size(&p)))
+            .collect()
+    }
+
+    fn sent(q: &TargetQueue) -> (u64, u64) {
+        (
+            q.counters.sent_packets.load(Ordering::Relaxed),
+            q.counters.sent_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    #[test]
+    fn a_copy_waits_in_the_buffer_for_flush_every_counted_as_queued() {
+        let dir = Dir::new("every");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
+        assert_eq!(size(&path), 0, "opened, nothing written");
+        feed(&mut w, &q, 60, 1, t0);
+        assert_eq!(
+            q.in_flight.load(Ordering::Relaxed),
+            1,
+            "buffered counts as queued"
+        );
+        w.tick(t0);
+        w.tick(t0 + FLUSH_EVERY - Duration::from_nanos(1));
+        assert_eq!(
+            (size(&path), sent(&q)),
+            (0, (0, 0)),
+            "younger than FLUSH_EVERY"
+        );
+        assert_eq!(q.in_flight.load(Ordering::Relaxed), 1);
+        w.tick(t0 + FLUSH_EVERY);
+        assert_eq!(size(&path), head_len() + EPB60);
+        assert_eq!(sent(&q), (1, 60));
+        assert_eq!(q.in_flight.load(Ordering::Relaxed), 0);
+        // The next copy waits FLUSH_EVERY from that write.
+        let t1 = t0 + FLUSH_EVERY;
+        feed(&mut w, &q, 60, 2, t1 + Duration::from_millis(1));
+        w.tick(t1 + FLUSH_EVERY - Duration::from_nanos(1));
+        assert_eq!(size(&path), head_len() + EPB60);
+        w.tick(t1 + FLUSH_EVERY);
+        assert_eq!(size(&path), head_len() + 2 * EPB60);
+        assert_eq!(seqs(&path), [1, 2]);
+        assert_eq!(sent(&q), (2, 120));
+        // Idle: nothing to write, nothing written; a copy after a quiet
+        // spell goes out at the next look.
+        w.tick(t1 + FLUSH_EVERY * 5);
+        assert_eq!(size(&path), head_len() + 2 * EPB60);
+        feed(&mut w, &q, 60, 3, t1 + FLUSH_EVERY * 5);
+        w.tick(t1 + FLUSH_EVERY * 5);
+        assert_eq!(seqs(&path), [1, 2, 3]);
+    }
+
+    /// Not even the header goes out before the first copy.
+    #[test]
+    fn an_idle_writer_writes_nothing() {
+        let dir = Dir::new("idle");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
+        w.tick(t0 + FLUSH_EVERY * 3);
+        assert_eq!(size(&path), 0);
+    }
+
+    #[test]
+    fn the_buffer_is_written_when_it_reaches_flush_bytes() {
+        let dir = Dir::new("bytes");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
+        // The copy that takes the buffer to FLUSH_BYTES or past.
+        let n = (FLUSH_BYTES as u64 - head_len()).div_ceil(EPB1500);
+        let t1 = t0 + FLUSH_EVERY / 2;
+        for i in 1..n {
+            feed(&mut w, &q, 1500, i as u8, t1);
+        }
+        assert_eq!(
+            size(&path),
+            0,
+            "{} bytes buffered",
+            head_len() + (n - 1) * EPB1500
+        );
+        assert_eq!(q.in_flight.load(Ordering::Relaxed), n - 1);
+        feed(&mut w, &q, 1500, n as u8, t1);
+        assert_eq!(size(&path), head_len() + n * EPB1500);
+        assert_eq!(sent(&q), (n, n * 1500));
+        assert_eq!(q.in_flight.load(Ordering::Relaxed), 0);
+        // That write restarted the FLUSH_EVERY clock.
+        feed(&mut w, &q, 60, 0, t1);
+        w.tick(t0 + FLUSH_EVERY);
+        assert_eq!(
+            size(&path),
+            head_len() + n * EPB1500,
+            "written at t1, not t0"
+        );
+        w.tick(t1 + FLUSH_EVERY);
+        assert_eq!(size(&path), head_len() + n * EPB1500 + EPB60);
+    }
+
+    #[test]
+    fn rotate_size_is_reached_exactly_and_never_passed() {
+        let dir = Dir::new("rsize");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut s = spec(&path);
+        s.rotate_size = Some(head_len() + 3 * EPB60);
+        let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        for seq in 1..=4 {
+            feed(&mut w, &q, 60, seq, t0);
+        }
+        // The fourth copy closed the first file, written whole.
+        assert_eq!(
+            listing(&path),
+            [(1, head_len() + 3 * EPB60), (2, 0)],
+            "rotated before the fourth copy"
+        );
+        for seq in 5..=7 {
+            feed(&mut w, &q, 60, seq, t0);
+        }
+        w.finish(t0);
+        assert_eq!(
+            listing(&path),
+            [
+                (1, head_len() + 3 * EPB60),
+                (2, head_len() + 3 * EPB60),
+                (3, head_len() + EPB60)
+            ]
+        );
+        assert_eq!(seqs(&numbered(&path, 1)), [1, 2, 3]);
+        assert_eq!(seqs(&numbered(&path, 2)), [4, 5, 6]);
+        assert_eq!(seqs(&numbered(&path, 3)), [7]);
+        assert_eq!(sent(&q), (7, 420));
+    }
+
+    #[test]
+    fn a_copy_larger_than_rotate_size_gets_a_file_of_its_own() {
+        let dir = Dir::new("rsmall");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut s = spec(&path);
+        s.rotate_size = Some(100);
+        let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        for seq in 1..=3 {
+            feed(&mut w, &q, 60, seq, t0);
+        }
+        w.finish(t0);
+        let one = head_len() + EPB60;
+        assert_eq!(listing(&path), [(1, one), (2, one), (3, one)]);
+        assert_eq!(seqs(&numbered(&path, 3)), [3]);
+    }
+
+    #[test]
+    fn rotate_interval_starts_the_next_file_on_time_and_idle_files_go() {
+        let dir = Dir::new("rint");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let min = Duration::from_secs(60);
+        let mut s = spec(&path);
+        s.rotate_interval = Some(min);
+        let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        feed(&mut w, &q, 60, 1, t0);
+        w.tick(t0 + min - Duration::from_nanos(1));
+        assert_eq!(
+            listing(&path),
+            [(1, head_len() + EPB60)],
+            "written, not rotated"
+        );
+        w.tick(t0 + min);
+        assert_eq!(listing(&path), [(1, head_len() + EPB60), (2, 0)]);
+        // The second file's minute runs from its opening.
+        let t1 = t0 + min;
+        feed(&mut w, &q, 60, 2, t1 + Duration::from_secs(1));
+        w.tick(t1 + min - Duration::from_nanos(1));
+        assert_eq!(
+            listing(&path),
+            [(1, head_len() + EPB60), (2, head_len() + EPB60)]
+        );
+        w.tick(t1 + min);
+        // A minute without a copy: the third file holds only its header and
+        // goes when the fourth opens.
+        w.tick(t1 + 2 * min);
+        w.finish(t1 + 2 * min);
+        assert_eq!(
+            listing(&path),
+            [
+                (1, head_len() + EPB60),
+                (2, head_len() + EPB60),
+                (4, head_len())
+            ]
+        );
+        assert_eq!(seqs(&numbered(&path, 2)), [2]);
+        assert_eq!(sent(&q), (2, 120));
+    }
+
+    #[test]
+    fn keep_holds_after_every_copy() {
+        let dir = Dir::new("keep");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut s = spec(&path);
+        s.rotate_size = Some(100);
+        s.keep = Some(2);
+        let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        for seq in 1..=6 {
+            feed(&mut w, &q, 60, seq, t0);
+            let files = listing(&path);
+            assert!(files.len() <= 2, "after copy {seq}: {files:?}");
+        }
+        w.finish(t0);
+        let one = head_len() + EPB60;
+        assert_eq!(listing(&path), [(5, one), (6, one)]);
+        assert_eq!(seqs(&numbered(&path, 5)), [5]);
+        assert_eq!(sent(&q).0, 6);
+    }
+
+    /// max_total_size with 1,500-byte copies and files of three: the
+    /// target's files, the one being written included, never total more
+    /// than the budget after any copy, and the newest are kept.
+    #[test]
+    fn max_total_size_holds_after_every_copy() {
+        let dir = Dir::new("budget");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let file = head_len() + 3 * EPB1500;
+        let mut s = spec(&path);
+        s.rotate_size = Some(file);
+        s.max_total_size = Some(2 * file + EPB1500);
+        let max = 2 * file + EPB1500;
+        let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        for seq in 1..=20u8 {
+            feed(&mut w, &q, 1500, seq, t0);
+            // Write at once, as if FLUSH_EVERY had passed.
+            w.tick(t0 + FLUSH_EVERY * u32::from(seq));
+            let total: u64 = listing(&path).iter().map(|f| f.1).sum();
+            assert!(total <= max, "after copy {seq}: {:?}", listing(&path));
+            assert_eq!(w.files.reaper.pending(), 0, "deleted files' space is back");
+        }
+        w.finish(t0 + FLUSH_EVERY * 30);
+        // Copies 1-18 filled files 1-6, copies 19-20 are in file 7: the
+        // budget keeps file 6 and 7 (3 + 2 blocks) but not 5.
+        assert_eq!(listing(&path), [(6, file), (7, head_len() + 2 * EPB1500)]);
+        assert_eq!(seqs(&numbered(&path, 7)), [19, 20]);
+        assert_eq!(sent(&q).0, 20);
+        assert_eq!(q.counters.dropped(TargetDrop::TooBig), 0);
+    }
+
+    /// A deleted file's space counts until the reaper has closed it:
+    /// `make_room` waits for it only when that is what stands in the way.
+    #[test]
+    fn the_budget_waits_for_deleted_files_only_when_it_must() {
+        let dir = Dir::new("reap");
+        let mut s = spec(&dir.0.join("c.pcapng"));
+        s.max_total_size = Some(1000);
+        let mut files = Files::new(s, one_source());
+        let pending = files.reaper.pending.clone();
+        let release_after = |ms: u64| {
+            let pending = pending.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                *lock(&pending.0) = 0;
+                pending.1.notify_all();
+            })
+        };
+        // 100 written + 900 on their way back = 1,000: it fits, no wait.
+        *lock(&pending.0) = 900;
+        let later = release_after(50);
+        assert!(files.make_room(100));
+        assert_eq!(files.reaper.pending(), 900, "returned without waiting");
+        later.join().expect("release");
+        // 101 + 900: waits until the space is back.
+        *lock(&pending.0) = 900;
+        let later = release_after(20);
+        assert!(files.make_room(101));
+        assert_eq!(files.reaper.pending(), 0, "waited for the reaper");
+        later.join().expect("release");
+        // Over the budget on its own: false, nothing to delete.
+        assert!(!files.make_room(1001));
+    }
+
+    /// A deleted file goes from the directory at once and its descriptor
+    /// is closed by the reaper; its bytes are pending until then.
+    #[test]
+    fn deleted_files_are_closed_by_the_reaper() {
+        let dir = Dir::new("reaper");
+        let path = dir.0.join("c.pcapng");
+        for seq in 1..=3 {
+            std::fs::write(numbered(&path, seq), capture_bytes(2)).expect("write");
+        }
+        let one = capture_bytes(2).len() as u64;
+        let mut s = spec(&path);
+        s.rotate_size = Some(1 << 20);
+        s.max_total_size = Some(2 * one);
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let worker = std::thread::spawn(move || {
+            let mut files = Files::new(s, one_source());
+            // Three files of `one` and a new empty one: 1 must go, and the
+            // budget waits for its space (2 * one + pending one > max).
+            files.open_next(Instant::now()).expect("open");
+            let after_open = files.reaper.pending();
+            assert!(files.make_room(0));
+            d.store(true, Ordering::Release);
+            (after_open, files.reaper.pending())
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !worker.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the writer waits for a space that never comes back"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (after_open, after) = worker.join().expect("files");
+        assert!(done.load(Ordering::Acquire));
+        assert_eq!((after_open, after), (0, 0));
+        assert_eq!(
+            rotated_files(&path).iter().map(|f| f.0).collect::<Vec<_>>(),
+            [2, 3, 4]
+        );
+        // A reaper closes what it is given and counts it back.
+        let mut r = Reaper::default();
+        let f = File::open(numbered(&path, 2)).expect("open");
+        r.close(f, 123);
+        r.wait();
+        assert_eq!(r.pending(), 0);
+        let f = File::open(numbered(&path, 3)).expect("open");
+        r.close(f, 7);
+        drop(r);
+    }
+
+    #[test]
+    fn min_free_is_the_space_left_after_the_write() {
+        let (free, total) = (20_000, 1_000_500);
+        assert!(!short_of_space(free, total, MinFree::Bytes(15_000), 5_000));
+        assert!(short_of_space(free, total, MinFree::Bytes(15_000), 5_001));
+        assert!(!short_of_space(free, total, MinFree::Bytes(20_000), 0));
+        assert!(short_of_space(free, total, MinFree::Bytes(20_001), 0));
+        // 10 permille of 1,000,500 bytes: 10,000 (whole thousandths).
+        assert!(!short_of_space(free, total, MinFree::Permille(10), 10_000));
+        assert!(short_of_space(free, total, MinFree::Permille(10), 10_001));
+        assert!(!short_of_space(free, total, MinFree::Permille(0), u64::MAX));
+        // The real file system: nobody has u64::MAX bytes free; everybody 0.
+        let dir = Dir::new("statvfs");
+        let p = dir.0.join("c.pcapng");
+        assert!(below_min_free(&p, MinFree::Bytes(u64::MAX), 0));
+        assert!(!below_min_free(&p, MinFree::Bytes(0), 0));
+        assert!(below_min_free(&p, MinFree::Permille(1000), 1));
+        // A file system that cannot be asked does not stop the writing.
+        let gone = dir.0.join("no-such-dir").join("c.pcapng");
+        assert!(!below_min_free(&gone, MinFree::Bytes(u64::MAX), 0));
+    }
+
+    #[test]
+    fn below_min_free_the_copies_are_counted_disk_full_and_nothing_is_written() {
+        let dir = Dir::new("minfree");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut s = spec(&path);
+        s.min_free = Some(MinFree::Bytes(u64::MAX));
+        let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        for seq in 1..=3 {
+            feed(&mut w, &q, 60, seq, t0);
+        }
+        w.tick(t0 + FLUSH_EVERY);
+        assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 3);
+        assert_eq!(
+            q.in_flight.load(Ordering::Relaxed),
+            0,
+            "nothing left queued"
+        );
+        feed(&mut w, &q, 60, 4, t0 + FLUSH_EVERY);
+        w.finish(t0 + FLUSH_EVERY);
+        assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 4);
+        assert_eq!(q.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!((size(&path), sent(&q)), (0, (0, 0)));
+        // With room, the header and the copy go out.
+        w.files.spec.min_free = Some(MinFree::Bytes(0));
+        feed(&mut w, &q, 60, 5, t0 + FLUSH_EVERY);
+        w.finish(t0 + FLUSH_EVERY);
+        assert_eq!(seqs(&path), [5]);
+        assert_eq!(sent(&q), (1, 60));
+    }
+
+    #[test]
+    fn without_a_file_copies_are_counted_disk_full_until_one_opens() {
+        let dir = Dir::new("nofile");
+        let sub = dir.0.join("later");
+        let path = sub.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
+        feed(&mut w, &q, 60, 1, t0);
+        feed(&mut w, &q, 60, 2, t0);
+        w.tick(t0 + FLUSH_EVERY);
+        assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 2);
+        assert_eq!(q.in_flight.load(Ordering::Relaxed), 0);
+        std::fs::create_dir(&sub).expect("mkdir");
+        feed(&mut w, &q, 60, 3, t0 + FLUSH_EVERY);
+        w.tick(t0 + 2 * FLUSH_EVERY);
+        assert_eq!(seqs(&path), [3]);
+        assert_eq!(size(&path), head_len() + EPB60);
+        assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 2);
+        assert_eq!(sent(&q), (1, 60));
+    }
+
+    /// The thread's loop: nothing is written before the clock says so, a
+    /// stop drains the queue (more than one batch) and writes it all.
+    #[test]
+    fn the_writer_thread_follows_its_clock_and_drains_the_queue_on_stop() {
+        let dir = Dir::new("thread");
+        let path = dir.0.join("c.pcapng");
+        let q = Arc::new(queue());
+        let stop = Arc::new(AtomicBool::new(false));
+        let offset = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let t0 = Instant::now();
+        let files = Files::new(spec(&path), one_source());
+        let (q2, stop2, off2) = (q.clone(), stop.clone(), offset.clone());
+        let writer = std::thread::spawn(move || {
+            let clock = move || t0 + Duration::from_nanos(off2.load(Ordering::Relaxed));
+            run(files, &q2, &stop2, &clock);
+        });
+        let wait = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !done() {
+                assert!(Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        // An empty queue does not end the loop.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!writer.is_finished());
+        q.offer(&Frame {
+            data: &[1u8; 60],
+            orig_len: 60,
+            hash: 0,
+            tstamp_ns: 1,
+            vni: 0,
+            source: 0,
+            egress: false,
+        });
+        q.notify();
+        wait("the copy is taken", &|| q.queued() == 0);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(size(&path), 0, "the clock has not moved");
+        offset.store(FLUSH_EVERY.as_nanos() as u64, Ordering::Relaxed);
+        wait("written once FLUSH_EVERY passed", &|| size(&path) > 0);
+        // 3,000 copies (three batches), then the stop: all written.
+        for i in 0..3000u32 {
+            q.offer(&Frame {
+                data: &[(i % 251) as u8; 60],
+                orig_len: 60,
+                hash: 0,
+                tstamp_ns: 1,
+                vni: 0,
+                source: 0,
+                egress: false,
+            });
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.thread().unpark();
+        wait("the writer returns", &|| writer.is_finished());
+        writer.join().expect("writer");
+        let got = seqs(&path);
+        assert_eq!(got.len(), 3001);
+        assert!(got[1..]
+            .iter()
+            .enumerate()
+            .all(|(i, s)| *s == (i % 251) as u8));
+        assert_eq!(sent(&q).0, 3001);
+        assert_eq!((q.queued(), q.in_flight.load(Ordering::Relaxed)), (0, 0));
+    }
+
+    /// Set in the child process of the disk full test: its capture directory.
+    const FSIZE_CHILD: &str = "MIRROR_PCAPNG_FSIZE_CHILD_DIR";
+
+    /// A full disk, as `RLIMIT_FSIZE` makes one (in a child process, the
+    /// limit being per process): the write that fails is cut back to the
+    /// last whole block, its copies are counted `disk_full` one by one, and
+    /// writing resumes after the last whole block once there is room.
+    #[test]
+    fn a_full_disk_cuts_the_file_back_to_its_last_whole_block() {
+        if let Some(dir) = std::env::var_os(FSIZE_CHILD) {
+            return disk_full_child(Path::new(&dir));
+        }
+        let dir = Dir::new("fsize");
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "target::pcapng::tests::a_full_disk_cuts_the_file_back_to_its_last_whole_block",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(FSIZE_CHILD, &dir.0)
+            .output()
+            .expect("run the child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("disk full child: done"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn disk_full_child(dir: &Path) {
+        let path = dir.join("c.pcapng");
+        let whole = head_len() + 2 * EPB1500;
+        let limit = |bytes: u64| {
+            let lim = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // Safety: a valid rlimit; SIG_IGN for SIGXFSZ makes the write fail with EFBIG instead of killing.
+            unsafe {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+            }
+        };
+        // Room for the header, two blocks and 700 bytes of a third.
+        limit(whole + 700);
+        let q = queue();
+        let t0 = Instant::now();
+        let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
+        feed(&mut w, &q, 1500, 1, t0);
+        feed(&mut w, &q, 1500, 2, t0);
+        w.tick(t0 + FLUSH_EVERY);
+        assert_eq!((size(&path), sent(&q)), (whole, (2, 3000)));
+        for seq in 3..=5 {
+            feed(&mut w, &q, 1500, seq, t0 + FLUSH_EVERY);
+        }
+        w.tick(t0 + 2 * FLUSH_EVERY);
+        assert_eq!(size(&path), whole, "cut back to the last whole block");
+        assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 3);
+        assert_eq!(sent(&q), (2, 3000));
+        assert_eq!(q.in_flight.load(Ordering::Relaxed), 0);
+        // Room again: the next copy goes right after the last whole block.
+        limit(libc::RLIM_INFINITY);
+        feed(&mut w, &q, 1500, 6, t0 + 2 * FLUSH_EVERY);
+        w.finish(t0 + 2 * FLUSH_EVERY);
+        assert_eq!(size(&path), whole + EPB1500);
+        assert_eq!(seqs(&path), [1, 2, 6]);
+        assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 3);
+        println!("disk full child: done");
     }
 }
