@@ -364,14 +364,7 @@ impl Reaper {
             let pending = self.pending.clone();
             let spawned = std::thread::Builder::new()
                 .name("pcapng-reaper".into())
-                .spawn(move || {
-                    for (file, len) in rx {
-                        drop(file);
-                        let mut p = lock(&pending.0);
-                        *p -= len;
-                        pending.1.notify_all();
-                    }
-                });
+                .spawn(move || reap(rx, &pending));
             match spawned {
                 Ok(handle) => self.thread = Some((tx, handle)),
                 Err(e) => {
@@ -409,6 +402,16 @@ impl Drop for Reaper {
             drop(tx);
             let _ = handle.join();
         }
+    }
+}
+
+/// The reaper thread: closes each file it is given, then counts its bytes
+/// back.
+fn reap(rx: mpsc::Receiver<Deleted>, pending: &(Mutex<u64>, Condvar)) {
+    for (file, len) in rx {
+        drop(file);
+        *lock(&pending.0) -= len;
+        pending.1.notify_all();
     }
 }
 
@@ -1705,6 +1708,113 @@ mod tests {
         let f = File::open(numbered(&path, 3)).expect("open");
         r.close(f, 7);
         drop(r);
+    }
+
+    /// Waits for `f` on a thread of its own, failing after 5 s rather
+    /// than hanging.
+    fn within_5s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let t = std::thread::spawn(f);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !t.is_finished() {
+            assert!(Instant::now() < deadline, "{what}: still waiting after 5 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        t.join().expect(what)
+    }
+
+    #[test]
+    fn a_deleted_file_is_pending_until_the_reaper_has_closed_it() {
+        let dir = Dir::new("pending");
+        let open = |name: &str| {
+            let p = dir.0.join(name);
+            std::fs::write(&p, b"x").expect("write");
+            File::open(&p).expect("open")
+        };
+        // A reaper thread held at a gate until the test has looked.
+        let (tx, rx) = mpsc::channel::<Deleted>();
+        let pending: Arc<(Mutex<u64>, Condvar)> = Arc::default();
+        let gate = Arc::new(std::sync::Barrier::new(2));
+        let (p2, g2) = (pending.clone(), gate.clone());
+        let handle = std::thread::spawn(move || {
+            g2.wait();
+            reap(rx, &p2);
+        });
+        let mut r = Reaper {
+            thread: Some((tx, handle)),
+            pending,
+        };
+        r.close(open("a"), 123);
+        r.close(open("b"), 7);
+        assert_eq!(r.pending(), 130);
+        gate.wait();
+        let left = within_5s("the reaper", move || {
+            r.wait();
+            r.pending()
+        });
+        assert_eq!(left, 0);
+        // A reaper whose thread is gone closes here and counts nothing.
+        let (tx, rx) = mpsc::channel::<Deleted>();
+        drop(rx);
+        let mut r = Reaper {
+            thread: Some((tx, std::thread::spawn(|| {}))),
+            pending: Arc::default(),
+        };
+        r.close(open("c"), 50);
+        assert_eq!(r.pending(), 0);
+    }
+
+    /// Old files are deleted oldest first until the budget holds, and a
+    /// total of exactly `max_total_size` holds.
+    #[test]
+    fn make_room_deletes_the_oldest_until_exactly_the_budget() {
+        let dir = Dir::new("room");
+        let mut s = spec(&dir.0.join("c.pcapng"));
+        s.max_total_size = Some(1000);
+        let mut files = Files::new(s, one_source());
+        // Files someone else already deleted: gone, nothing to hold.
+        files.old = [("a", 400), ("b", 500)]
+            .into_iter()
+            .map(|(n, len)| (dir.0.join(n), len))
+            .collect();
+        assert!(files.make_room(100));
+        assert_eq!(files.old.len(), 2, "400 + 500 + 100 fit 1,000");
+        assert!(files.make_room(101));
+        assert_eq!(files.old, [(dir.0.join("b"), 500)]);
+        assert!(files.make_room(500));
+        assert_eq!(files.old.len(), 1);
+        assert!(!files.make_room(1001));
+        assert!(files.old.is_empty());
+        assert!(files.make_room(0));
+        // No budget: nothing is deleted.
+        files.spec.max_total_size = None;
+        files.old.push_back((dir.0.join("c"), u64::MAX / 2));
+        assert!(files.make_room(u64::MAX / 2));
+        assert_eq!(files.old.len(), 1);
+    }
+
+    /// A file may take the whole budget, to the byte.
+    #[test]
+    fn a_file_may_reach_max_total_size_exactly() {
+        let dir = Dir::new("exact");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut s = spec(&path);
+        s.rotate_size = Some(1 << 20);
+        s.max_total_size = Some(head_len() + 2 * EPB60);
+        let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        feed(&mut w, &q, 60, 1, t0);
+        feed(&mut w, &q, 60, 2, t0);
+        w.tick(t0 + FLUSH_EVERY);
+        assert_eq!(listing(&path), [(1, head_len() + 2 * EPB60)]);
+        // The third goes to a new file, and the first makes room for it.
+        feed(&mut w, &q, 60, 3, t0 + FLUSH_EVERY);
+        w.finish(t0 + FLUSH_EVERY);
+        assert_eq!(listing(&path), [(2, head_len() + EPB60)]);
+        assert_eq!(seqs(&numbered(&path, 2)), [3]);
+        assert_eq!(sent(&q).0, 3);
+        assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 0);
+        assert_eq!(q.counters.dropped(TargetDrop::TooBig), 0);
     }
 
     #[test]
