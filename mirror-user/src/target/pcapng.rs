@@ -1284,6 +1284,38 @@ mod tests {
         );
     }
 
+    /// A lower `keep` than the files already there: all the oldest beyond
+    /// it go at once.
+    #[test]
+    fn keep_deletes_as_many_old_files_as_it_takes() {
+        let dir = Dir::new("keepmany");
+        let path = dir.0.join("cap.pcapng");
+        for seq in 1..=4 {
+            std::fs::write(numbered(&path, seq), capture_bytes(1)).expect("write");
+        }
+        let mut s = spec(&path);
+        s.rotate_size = Some(1 << 20);
+        s.keep = Some(2);
+        let mut files = Files::new(s, one_source());
+        files.open_next(Instant::now()).expect("open");
+        let left: Vec<u64> = rotated_files(&path).iter().map(|f| f.0).collect();
+        assert_eq!(left, [4, 5]);
+        assert_eq!(files.old.len(), 1);
+    }
+
+    /// A file system without `O_TMPFILE` (procfs) is asked with
+    /// `access(2)` instead: the answer is what `access` says.
+    #[test]
+    fn without_o_tmpfile_the_directory_check_asks_access() {
+        let proc_dir = Path::new("/proc");
+        let c = std::ffi::CString::new("/proc").expect("path");
+        // Safety: a NUL-terminated path.
+        let ok = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0;
+        assert_eq!(can_create_in(proc_dir).is_ok(), ok);
+        let missing = Path::new("/proc/no-such-directory");
+        assert!(can_create_in(missing).is_err());
+    }
+
     #[test]
     fn the_writer_waits_for_the_start_and_gives_up_on_a_stop() {
         let (started, stop) = (AtomicBool::new(true), AtomicBool::new(false));
