@@ -1147,6 +1147,7 @@ mod tests {
             "a-000002.pcapng",
             "a.pcapng",
             "a-x.pcapng",
+            "a-12.pcapng",
             "b-000001.pcapng",
         ] {
             std::fs::write(dir.join(name), b"").expect("write");
@@ -1282,6 +1283,108 @@ mod tests {
             can_create_in(&dir).is_err(),
             "a directory that is not there"
         );
+    }
+
+    /// Files in the other byte order (a capture appended to by another
+    /// tool), alone and after one of ours: only packet blocks count.
+    #[test]
+    fn big_endian_sections_are_read_in_their_own_byte_order() {
+        let big = |packets: usize| {
+            let shb = SectionHeaderBlock {
+                endianness: Endianness::Big,
+                ..Default::default()
+            };
+            let mut w = PcapNgWriter::with_section_header(Vec::new(), shb).expect("memory");
+            w.write_pcapng_block(InterfaceDescriptionBlock {
+                linktype: DataLink::ETHERNET,
+                snaplen: 0,
+                options: vec![],
+            })
+            .expect("memory");
+            for _ in 0..packets {
+                w.write_pcapng_block(EnhancedPacketBlock {
+                    interface_id: 0,
+                    timestamp: Duration::from_nanos(1),
+                    original_len: 60,
+                    data: Cow::Owned(vec![1; 60]),
+                    options: vec![],
+                })
+                .expect("memory");
+            }
+            w.into_inner()
+        };
+        let dir = Dir::new("bigend");
+        let cases: [(&str, Vec<u8>, bool); 4] = [
+            ("big-endian header only", big(0), false),
+            ("big-endian with a packet", big(1), true),
+            (
+                "ours, then big-endian header only",
+                [capture_bytes(0), big(0)].concat(),
+                false,
+            ),
+            (
+                "ours, then big-endian with a packet",
+                [capture_bytes(0), big(1)].concat(),
+                true,
+            ),
+        ];
+        for (i, (what, bytes, want)) in cases.iter().enumerate() {
+            let p = dir.0.join(format!("f{i}"));
+            std::fs::write(&p, bytes).expect("write");
+            assert_eq!(holds_packets(&p), *want, "{what}");
+        }
+    }
+
+    /// Block lengths: 12 (the least a block takes) is a block; less, or not
+    /// a multiple of 4, is a file this reader does not understand.
+    #[test]
+    fn block_lengths_are_checked_at_their_bounds() {
+        let block =
+            |words: &[u32]| -> Vec<u8> { words.iter().flat_map(|w| w.to_le_bytes()).collect() };
+        let unknown = 0x0bad;
+        let dir = Dir::new("lengths");
+        let cases: [(&str, Vec<u8>, bool); 3] = [
+            (
+                "a 12-byte block of another type",
+                [capture_bytes(0), block(&[unknown, 12, 12])].concat(),
+                false,
+            ),
+            (
+                "a block of 8 bytes, then a good one",
+                [
+                    capture_bytes(0),
+                    block(&[unknown, 8]),
+                    block(&[unknown, 12, 12]),
+                ]
+                .concat(),
+                true,
+            ),
+            (
+                "a block of 14 bytes",
+                [capture_bytes(0), block(&[unknown, 14, 0]), vec![0, 0]].concat(),
+                true,
+            ),
+        ];
+        for (i, (what, bytes, want)) in cases.iter().enumerate() {
+            let p = dir.0.join(format!("f{i}"));
+            std::fs::write(&p, bytes).expect("write");
+            assert_eq!(holds_packets(&p), *want, "{what}");
+        }
+    }
+
+    /// A file that cannot be deleted (here a directory by its name) stays
+    /// counted against the budget.
+    #[test]
+    fn an_old_file_that_cannot_be_deleted_stays_counted() {
+        let dir = Dir::new("undeletable");
+        let stuck = dir.0.join("c-000001.pcapng");
+        std::fs::create_dir(&stuck).expect("mkdir");
+        let mut s = spec(&dir.0.join("c.pcapng"));
+        s.max_total_size = Some(300);
+        let mut files = Files::new(s, one_source());
+        files.old = [(stuck.clone(), 400)].into_iter().collect();
+        assert!(!files.make_room(0));
+        assert_eq!(files.old, [(stuck, 400)]);
     }
 
     /// A lower `keep` than the files already there: all the oldest beyond
@@ -1762,13 +1865,14 @@ mod tests {
             std::fs::write(&p, b"x").expect("write");
             File::open(&p).expect("open")
         };
-        // A reaper thread held at a gate until the test has looked.
+        // A reaper thread held at a gate until the test has looked (at most
+        // 5 s, so that a failed assertion, whose unwinding joins it, ends).
         let (tx, rx) = mpsc::channel::<Deleted>();
         let pending: Arc<(Mutex<u64>, Condvar)> = Arc::default();
-        let gate = Arc::new(std::sync::Barrier::new(2));
-        let (p2, g2) = (pending.clone(), gate.clone());
+        let (gate, gate_rx) = mpsc::channel::<()>();
+        let p2 = pending.clone();
         let handle = std::thread::spawn(move || {
-            g2.wait();
+            let _ = gate_rx.recv_timeout(Duration::from_secs(5));
             reap(rx, &p2);
         });
         let mut r = Reaper {
@@ -1778,7 +1882,7 @@ mod tests {
         r.close(open("a"), 123);
         r.close(open("b"), 7);
         assert_eq!(r.pending(), 130);
-        gate.wait();
+        gate.send(()).expect("the reaper waits at the gate");
         let left = within_5s("the reaper", move || {
             r.wait();
             r.pending()
