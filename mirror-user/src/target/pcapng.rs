@@ -1372,6 +1372,25 @@ mod tests {
         }
     }
 
+    /// A copy whose block fits the budget but not with the header blocks
+    /// in front of it is too big: a file of its own would pass the budget.
+    #[test]
+    fn the_header_counts_when_a_copy_is_measured_against_the_budget() {
+        let dir = Dir::new("toobig");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut s = spec(&path);
+        s.rotate_size = Some(1 << 20);
+        s.max_total_size = Some(head_len() + EPB60 - 1);
+        let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        feed(&mut w, &q, 60, 1, t0);
+        w.finish(t0);
+        assert_eq!(q.counters.dropped(TargetDrop::TooBig), 1);
+        assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 0);
+        assert_eq!(sent(&q).0, 0);
+    }
+
     /// A file that cannot be deleted (here a directory by its name) stays
     /// counted against the budget.
     #[test]
