@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use common::{assert_reconciles, assert_source_reconciles, wait_for};
 use mirror_user::control::Client;
+use mirror_user::lab::process::{held_fds as fds, status_field};
 use mirror_user::lab::{self, traffic, Lab, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mirror");
@@ -90,33 +91,8 @@ fn a_deleted_target_interface_counts_every_copy_down() {
     );
 }
 
-/// Open file descriptors of process `pid` by kind: (all, BPF maps, BPF
-/// programs, BPF links).
-fn fds(pid: u32) -> (usize, usize, usize, usize) {
-    let (mut all, mut maps, mut progs, mut links) = (0, 0, 0, 0);
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return (0, 0, 0, 0);
-    };
-    for e in dir.flatten() {
-        all += 1;
-        let target = std::fs::read_link(e.path()).unwrap_or_default();
-        match target.to_string_lossy().as_ref() {
-            "anon_inode:bpf-map" => maps += 1,
-            "anon_inode:bpf-prog" => progs += 1,
-            "anon_inode:bpf_link" => links += 1,
-            _ => {}
-        }
-    }
-    (all, maps, progs, links)
-}
-
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    status_field(pid, "VmRSS")
 }
 
 /// The churn the issue names: live rule updates (~100 a second) and a

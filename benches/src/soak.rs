@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use mirror_user::control::{Client, Request};
 use mirror_user::dataplane::stats::Stats;
+use mirror_user::lab::process::{held_fds as fds, status_field as status};
 use mirror_user::lab::{self, traffic, Lab, Netns, TempDir};
 use serde::Serialize;
 
@@ -101,37 +102,6 @@ struct Sample {
     live_received: u64,
     archive_sent: u64,
     flapping_down: u64,
-}
-
-/// Open fds of `pid`: (all, BPF maps, programs, links).
-fn fds(pid: u32) -> (usize, usize, usize, usize) {
-    let (mut all, mut maps, mut progs, mut links) = (0, 0, 0, 0);
-    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-        for e in dir.flatten() {
-            all += 1;
-            match std::fs::read_link(e.path())
-                .unwrap_or_default()
-                .to_string_lossy()
-                .as_ref()
-            {
-                "anon_inode:bpf-map" => maps += 1,
-                "anon_inode:bpf-prog" => progs += 1,
-                "anon_inode:bpf_link" => links += 1,
-                _ => {}
-            }
-        }
-    }
-    (all, maps, progs, links)
-}
-
-/// A `/proc/PID/status` field's number (`VmRSS` in KiB, `Threads`).
-fn status(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn sample(pid: u32, t: Duration, s: &Stats) -> Sample {

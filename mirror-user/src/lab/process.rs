@@ -246,3 +246,36 @@ impl DaemonProcess {
         self.process.wait(timeout).context("the daemon")
     }
 }
+
+/// Open file descriptors of process `pid`, by kind: (all, BPF maps, BPF
+/// programs, BPF links). For the leak checks of the churn test and the soak.
+pub fn held_fds(pid: u32) -> (usize, usize, usize, usize) {
+    let (mut all, mut maps, mut progs, mut links) = (0, 0, 0, 0);
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in dir.flatten() {
+            all += 1;
+            match std::fs::read_link(e.path())
+                .unwrap_or_default()
+                .to_string_lossy()
+                .as_ref()
+            {
+                "anon_inode:bpf-map" => maps += 1,
+                "anon_inode:bpf-prog" => progs += 1,
+                "anon_inode:bpf_link" => links += 1,
+                _ => {}
+            }
+        }
+    }
+    (all, maps, progs, links)
+}
+
+/// A number field of `/proc/PID/status` (`VmRSS` in KiB, `Threads`), 0 when
+/// it cannot be read.
+pub fn status_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
