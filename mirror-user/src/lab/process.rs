@@ -279,3 +279,64 @@ pub fn status_field(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// Whether a series of RSS samples (KiB, oldest first, taken after a
+/// warm-up) shows a leak: the peak of the second half above the peak of the
+/// first half by more than `slack_kib`. A leak grows with time; what the
+/// allocator keeps after a burst (glibc's per-thread arenas fill in the first
+/// seconds of churn, by an amount that differs from machine to machine)
+/// reaches a plateau and does not count. `None` when there is nothing to say
+/// (fewer than 4 samples, or no growth); otherwise the finding, for a test's
+/// failure message.
+pub fn rss_leak(samples_kib: &[u64], slack_kib: u64) -> Option<String> {
+    if samples_kib.len() < 4 {
+        return None;
+    }
+    let (first, second) = samples_kib.split_at(samples_kib.len() / 2);
+    let (p1, p2) = (
+        first.iter().copied().max().unwrap_or(0),
+        second.iter().copied().max().unwrap_or(0),
+    );
+    (p2 > p1 + slack_kib).then(|| {
+        format!(
+            "RSS still growing: peak {p1} KiB over the first {} samples, {p2} KiB over the last {} \
+             (more than {slack_kib} KiB of growth)",
+            first.len(),
+            second.len()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_steady_leak_is_found_and_a_plateau_is_not() {
+        // 300 KiB a sample for 40 samples: 6 MiB between the halves' peaks.
+        let leak: Vec<u64> = (0..40).map(|i| 60_000 + 300 * i).collect();
+        let msg = rss_leak(&leak, 4096).expect("a leak");
+        assert!(
+            msg.contains("peak 65700 KiB over the first 20 samples"),
+            "{msg}"
+        );
+        assert!(msg.contains("71700 KiB over the last 20"), "{msg}");
+        // Jumps early (arenas filling), then flat with noise.
+        let plateau: Vec<u64> = (0..40)
+            .map(|i| {
+                if i < 5 {
+                    60_000 + 3000 * i
+                } else {
+                    76_000 + (i % 3) * 900
+                }
+            })
+            .collect();
+        assert_eq!(rss_leak(&plateau, 4096), None);
+        // Exactly the slack is allowed; one KiB more is not.
+        assert_eq!(rss_leak(&[100, 100, 100, 4196], 4096), None);
+        assert!(rss_leak(&[100, 100, 100, 4197], 4096).is_some());
+        // Shrinking is fine; too few samples say nothing.
+        assert_eq!(rss_leak(&[9000, 9000, 100, 100], 0), None);
+        assert_eq!(rss_leak(&[1, 1, 90_000], 0), None);
+    }
+}
