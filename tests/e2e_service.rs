@@ -574,7 +574,7 @@ fn root_keeps_only_the_run_capabilities_and_reloads_with_them() {
     assert_capabilities(pid, run_mask(), run_mask());
     assert!(
         daemon.log_text().contains(
-            "dropped every capability but the ones reloads and live rule changes need kept=CAP_BPF"
+            "dropped every capability but the ones reloads and live rule changes need kept=CAP_BPF CAP_NET_ADMIN CAP_NET_RAW CAP_PERFMON CAP_IPC_LOCK"
         ),
         "{}",
         daemon.log_text()

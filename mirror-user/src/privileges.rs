@@ -15,16 +15,17 @@
 //!    ([`thread_started`]).
 //!
 //! What the rest of the run needs, measured by `tests/e2e_service.rs`: a
-//! reload (SIGHUP, `mirror reload`) and a live `rules add/delete` build the new
-//! rule set in new BPF maps (`BPF_MAP_CREATE`: `CAP_BPF`); everything else
-//! works on file descriptors opened at start: map updates and reads (counters,
-//! a kernel-path target's interface created again, a tunnel's next hop moved,
-//! group members going down) need no capability on Linux 6.5 and later (on
-//! earlier kernels every `bpf(2)` command needs `CAP_BPF`, kept anyway); the
-//! AF_XDP and raw sockets are open (a userspace interface target whose
-//! interface is created again is not reopened: restart); closing the BPF links
-//! detaches the programs; pcapng rotation creates files as the owner of the
-//! directory it checked at start; the metrics and control sockets are bound.
+//! live `rules add/delete` and a filter reload build the new rule set in new
+//! BPF maps (`BPF_MAP_CREATE`: `CAP_BPF`); a reload that adds or changes a
+//! source or target starts it as the start did: programs loaded (`CAP_BPF`,
+//! `CAP_PERFMON` for the verifier) and attached (`CAP_NET_ADMIN`), AF_XDP and
+//! raw sockets opened (`CAP_NET_RAW`), UMEMs pinned (`CAP_IPC_LOCK`).
+//! Everything else works on file descriptors opened at start: map updates
+//! and reads (counters, a kernel-path target's interface created again, a
+//! tunnel's next hop moved, group members going down) need no capability on
+//! Linux 6.5 and later; closing the BPF links detaches the programs; pcapng
+//! rotation creates files as the owner of the directory it checked at start;
+//! the metrics and control sockets are bound.
 
 use std::sync::OnceLock;
 
@@ -53,9 +54,19 @@ pub fn why(c: Capability) -> &'static str {
     }
 }
 
-/// The capabilities kept once mirroring has begun: a reload and a live rule
-/// change create the new rule set's maps.
-pub const RUN: [Capability; 1] = [Capability::CAP_BPF];
+/// The capabilities kept once mirroring has begun: a live rule change
+/// creates the new rule set's maps (`CAP_BPF`), and a reload may start any
+/// kind of source or target (see `Engine::reload`): load and attach
+/// programs, open AF_XDP and raw sockets, pin UMEMs. Dropped for good: what
+/// only the start needs (`CAP_SYS_ADMIN`, naming another tool's XDP program;
+/// `CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH`) and everything else root has.
+pub const RUN: [Capability; 5] = [
+    Capability::CAP_BPF,
+    Capability::CAP_NET_ADMIN,
+    Capability::CAP_NET_RAW,
+    Capability::CAP_PERFMON,
+    Capability::CAP_IPC_LOCK,
+];
 
 /// The capabilities starting `config` needs, in the unit's order.
 pub fn needed_to_start(config: &Config, memlock_unlimited: bool) -> Vec<Capability> {

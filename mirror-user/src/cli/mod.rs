@@ -30,9 +30,12 @@ METRICS
 
 SIGNALS
     SIGINT, SIGTERM   detach every program and exit 0
-    SIGHUP            reload the config file's filters atomically (like `mirror reload`);
-                      a bad file, or one that changes more than filters, is
-                      rejected and the running rules stay
+    SIGHUP            reload the config file (like `mirror reload`): changed
+                      filters are installed atomically; sources, targets,
+                      groups and sessions are applied as a diff (untouched
+                      ones run on, changed ones restart alone, removed ones
+                      stop, new ones start); a bad file is rejected and the
+                      running config stays
 
 FILES
     /run/mirror/control.sock   default control socket (mode 0600)
@@ -138,11 +141,16 @@ pub enum Command {
     /// lost. A rejected change leaves the running rules in force. Changes are
     /// not written to the config file: a reload or restart returns to it.
     Rules(rules::Args),
-    /// Make the running daemon re-read its config file's filters (as SIGHUP).
+    /// Make the running daemon re-read and apply its config file (as SIGHUP).
     ///
-    /// Filters, and which filter a session uses, may change; a file that
-    /// changes sources, targets or sessions otherwise is rejected (restart
-    /// for those), and so is an invalid one: the running rules stay.
+    /// Changed filters are installed atomically, nothing restarts. Other
+    /// changes apply as a diff by name: sources, targets and groups whose
+    /// definition (and, for a source, whose sessions) did not change run on
+    /// without losing a frame or a counter; changed ones stop and start again
+    /// alone (their counters carry on); removed ones stop; new ones start.
+    /// An invalid file, one whose new parts cannot start here (a missing
+    /// interface or directory) or a changed [daemon] section is rejected and
+    /// the running config stays. Prints what started, stopped and restarted.
     Reload(rules::Daemon),
     /// Run the whole pipeline in a throw-away lab of network namespaces.
     ///

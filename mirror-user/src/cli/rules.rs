@@ -237,6 +237,9 @@ fn at_flags(message: &str, sent: &str) -> String {
 /// `mirror reload`.
 pub fn reload(d: Daemon) -> Result<ExitCode> {
     let reply = d.client()?.request(&Request::Reload)?;
+    if let Some(changes) = &reply.changes {
+        println!("reloaded: {changes}");
+    }
     print_rules(&reply);
     Ok(ExitCode::SUCCESS)
 }

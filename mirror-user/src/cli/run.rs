@@ -128,20 +128,21 @@ pub fn main(a: Args) -> Result<ExitCode> {
                     // Whatever the outcome, the daemon mirrors on: ready again,
                     // with the outcome in `systemctl status`.
                     match result {
-                        Ok(Ok(rules)) => {
+                        Ok(Ok(applied)) => {
                             tracing::info!(
                                 config = %a.config.display(),
-                                ?rules,
-                                "SIGHUP: reloaded the filters"
+                                rules = ?applied.rules,
+                                changes = %applied.summary(),
+                                "SIGHUP: reloaded"
                             );
                             notify::ready(&running);
                         }
                         Ok(Err(e)) => {
                             tracing::error!(
-                                "SIGHUP: reload rejected, the running rules stay in force: {e:#}"
+                                "SIGHUP: reload rejected, the running config stays in force: {e:#}"
                             );
                             notify::ready(&format!(
-                                "mirroring; last reload rejected, the running rules stay: {e:#}"
+                                "mirroring; last reload rejected, the running config stays: {e:#}"
                             ));
                         }
                         Err(e) => {

@@ -62,6 +62,9 @@ pub struct Reply {
     /// After a rule change or reload: rules in force per source.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub rules: Option<Vec<(String, usize)>>,
+    /// After a reload: what it started, stopped and restarted.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub changes: Option<String>,
 }
 
 impl Reply {

@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use super::protocol::{Reply, Request, MAX_REQUEST};
 use crate::config;
+use crate::dataplane::engine::Applied;
 use crate::dataplane::Engine;
 use crate::filter::rules;
 
@@ -136,15 +137,13 @@ async fn write_reply(
     wr.write_all(text.as_bytes()).await
 }
 
-/// Re-reads the config file and applies its filters (`reload`, SIGHUP).
-pub fn reload(engine: &Engine, config_path: &Path) -> Result<Vec<(String, usize)>> {
+/// Re-reads the config file and applies it (`reload`, SIGHUP): see
+/// [`Engine::reload`].
+pub fn reload(engine: &Engine, config_path: &Path) -> Result<Applied> {
     let mut new = config::load(config_path)?;
     // As at start: the running engine has only the targets sessions use.
     new.prune_unused_targets();
-    engine.update(move |live| {
-        *live = new;
-        Ok(())
-    })
+    engine.reload(new)
 }
 
 fn handle(req: Request, engine: &Engine, config_path: &Path) -> Reply {
@@ -227,11 +226,19 @@ fn handle(req: Request, engine: &Engine, config_path: &Path) -> Reply {
         },
         Request::Reload => {
             let result = reload(engine, config_path);
-            match &result {
-                Ok(_) => tracing::info!(config = %config_path.display(), "reloaded the filters"),
-                Err(e) => tracing::error!(error = %format!("{e:#}"), "reload rejected"),
+            match result {
+                Ok(applied) => {
+                    tracing::info!(config = %config_path.display(), changes = %applied.summary(), "reloaded");
+                    Reply {
+                        changes: Some(applied.summary()),
+                        ..Reply::updated(Ok(applied.rules))
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "reload rejected");
+                    Reply::updated(Err(e))
+                }
             }
-            Reply::updated(result)
         }
     }
 }

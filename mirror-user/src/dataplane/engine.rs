@@ -1,18 +1,24 @@
-//! Starting and stopping the data plane, and swapping its rules live: every
-//! target opened, every source's programs loaded, filled and attached, the
-//! threads started; [`Engine::update`] installs new rule sets atomically.
+//! Starting, changing and stopping the data plane: every target opened,
+//! every source's programs loaded, filled and attached, the threads
+//! started; [`Engine::update`] installs new rule sets atomically and
+//! [`Engine::reload`] applies any other change of the file as a diff (see
+//! `reload`): what it keeps runs on untouched, the rest stops or starts.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use anyhow::{bail, Context, Result};
 
 use super::plan::{join_host, plan_paths, resolve_hops, share_plan, Hops, PathChoice};
+use super::reload::{self, Keep};
 use super::schedule::{Entry, Scheduler};
 use super::session::SessionPlan;
 use super::source::{rule_count, source_rule_sets, Prepared, Source};
+use super::stats::Stats;
 use super::worker::{copy_reader, worker, COPY_WAKE_BYTES};
+use crate::config::schedule::Position;
 use crate::config::{Config, IngressHook, SourceMode, TargetSpec};
 use crate::kernel::fast_path::max_len;
 use crate::kernel::netdev;
@@ -52,48 +58,126 @@ struct PendingChange {
 /// A running data plane. Dropping it (or [`Engine::shutdown`]) detaches every
 /// program and stops every thread.
 pub struct Engine {
-    /// The config the engine started with; sources, targets and sessions
-    /// never change while it runs.
-    pub(super) config: Config,
-    /// The config whose filters are in force: `config` with live rule
-    /// changes and reloaded filters. Its lock also serialises updates.
-    pub(super) live: Mutex<Config>,
+    /// The config whose filters are in force: the running one with live
+    /// rule changes. Its lock also serialises updates and reloads.
+    live: Mutex<Config>,
     /// Rule changes waiting for the next install (see [`Engine::update`]).
     pending: Mutex<Vec<PendingChange>>,
+    /// What runs. Read by counters and rule installs, written by a reload.
+    plane: RwLock<Plane>,
+}
+
+/// Threads that stop together: a source's workers and the kernel-path
+/// threads that watch its devices, or a target's sender.
+#[derive(Default)]
+struct Threads {
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Threads {
+    fn spawn<F>(&mut self, name: String, f: F) -> Result<()>
+    where
+        F: FnOnce(&AtomicBool) + Send + 'static,
+    {
+        let stop = self.stop.clone();
+        let handle =
+            crate::privileges::spawn(std::thread::Builder::new().name(name.clone()), move || {
+                f(&stop)
+            })
+            .with_context(|| format!("spawning the thread {name}"))?;
+        self.handles.push(handle);
+        Ok(())
+    }
+
+    /// Sets the flag and waits for every thread.
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Everything running, indexed like `config`.
+pub(super) struct Plane {
+    /// The sources, targets, groups and sessions running (filters as
+    /// started or last reloaded; live rule changes are in `Engine::live`).
+    pub(super) config: Config,
     pub(super) sources: Vec<Arc<Source>>,
-    /// Started targets, by index in `Config::targets`.
+    /// Per source name: its threads.
+    source_threads: HashMap<String, Threads>,
+    /// Started targets, by index in `config.targets`.
     pub(super) targets: Vec<Arc<TargetQueue>>,
+    /// Per target name: its sender.
+    target_threads: HashMap<String, Threads>,
     pub(super) groups: Vec<Arc<TargetGroup>>,
-    /// Per session (index in `Config::sessions`): the path chosen at start.
+    /// Per session (index in `config.sessions`): the path chosen at its start.
     pub(super) paths: Vec<PathChoice>,
     /// Per target: its device's ifindex, for interface targets.
     pub(super) target_ifindex: Vec<Option<u32>>,
-    /// Per target: a tunnel's next hop as resolved at start (see `plan`).
+    /// Per target: a tunnel's next hop as resolved at its start (see `plan`).
     pub(super) target_hops: Hops,
-    /// Tunnel targets of kernel-path sessions, until the keeper thread
-    /// takes them (`tunnels::keep`).
-    kernel_tunnels: Vec<super::tunnels::KernelTunnel>,
-    /// Target groups of kernel-path sessions, likewise.
-    kernel_groups: Vec<super::tunnels::KernelGroup>,
-    /// Interface targets of kernel-path sessions, likewise.
-    kernel_dests: Vec<super::tunnels::KernelDest>,
-    /// Per target: every device an interface target has sent through on the
-    /// kernel path (more than one when its port was created again).
-    pub(super) target_devices: Arc<Mutex<Vec<Vec<u32>>>>,
-    /// Destinations of kernel-path copy sessions, until the thread that
-    /// watches their devices takes them (`clones::watch`).
-    clone_watch: Vec<super::clones::Watched>,
-    pub(super) stop_workers: Arc<AtomicBool>,
-    pub(super) stop_senders: Arc<AtomicBool>,
-    /// Set once the whole start-up succeeded: until then no target touches
-    /// a file (pcapng opens, rotates and deletes nothing).
-    pub(super) started: Arc<AtomicBool>,
-    pub(super) workers: Vec<JoinHandle<()>>,
-    pub(super) senders: Vec<JoinHandle<()>>,
-    /// Per session: the schedule position its policy was set for at start.
-    started_at: Vec<Option<crate::config::schedule::Position>>,
+    /// Per target name: every device an interface target has sent through
+    /// on the kernel path (more than one when its port was created again).
+    pub(super) target_devices: Arc<Mutex<HashMap<String, Vec<u32>>>>,
     /// Switches scheduled sessions at their window edges.
     pub(super) scheduler: Arc<Scheduler>,
+    scheduler_thread: Threads,
+    /// Counters of what a reload stopped and started again under the same
+    /// name (sources, sessions, targets, groups), added to the running
+    /// ones' so no counter goes back.
+    pub(super) retired: Stats,
+}
+
+/// What a source's start leaves for the threads that keep its kernel path.
+#[derive(Default)]
+struct KernelKeep {
+    tunnels: Vec<super::tunnels::KernelTunnel>,
+    groups: Vec<super::tunnels::KernelGroup>,
+    dests: Vec<super::tunnels::KernelDest>,
+    clones: Vec<super::clones::Watched>,
+}
+
+/// A started source, before the plane takes it.
+struct Started {
+    source: Arc<Source>,
+    threads: Threads,
+    /// Its scheduled sessions (config index) and the window each is in.
+    positions: Vec<(usize, Position)>,
+}
+
+/// What a reload did, for its reply and log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Rules in force per source, as `mirror rules` reports them.
+    pub rules: Vec<(String, usize)>,
+    /// Sources, targets and groups started, stopped and restarted, by name
+    /// (`source feed`, `target ids0`, ...).
+    pub started: Vec<String>,
+    pub stopped: Vec<String>,
+    pub restarted: Vec<String>,
+}
+
+impl Applied {
+    /// One line: `started target vx2, session...; stopped ...; kept the rest`.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for (what, list) in [
+            ("started", &self.started),
+            ("stopped", &self.stopped),
+            ("restarted", &self.restarted),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{what} {}", list.join(", ")));
+            }
+        }
+        if parts.is_empty() {
+            "filters only; everything else kept running".into()
+        } else {
+            format!("{}; everything else kept running", parts.join("; "))
+        }
+    }
 }
 
 impl Engine {
@@ -102,124 +186,22 @@ impl Engine {
         if let Some(t) = super::clock::init_from_env().map_err(anyhow::Error::msg)? {
             tracing::warn!(now = %t, "running on a fake clock ({}): the schedule goes by it, and the control request set_time moves it", super::clock::FAKE_NOW_ENV);
         }
-        let sources = config.sources.len();
-        let target_ifindex = config
-            .targets
-            .iter()
-            .map(|t| match &t.spec {
-                TargetSpec::Interface { interface, .. } => crate::kernel::ifindex(interface).ok(),
-                _ => None,
-            })
-            .collect::<Vec<_>>();
-        let target_hops = resolve_hops(&config);
-        let paths = plan_paths(&config, &target_ifindex, &target_hops)?;
-        let target_devices: Arc<Mutex<Vec<Vec<u32>>>> = Arc::new(Mutex::new(
-            target_ifindex
-                .iter()
-                .map(|i| i.iter().copied().collect::<Vec<u32>>())
-                .collect(),
-        ));
-        let mut engine = Engine {
-            live: Mutex::new(config.clone()),
+        let mut plane = Plane::empty(&config);
+        // On an error the plane stops whatever it had started (its drop).
+        plane.start_phase(&config, &config)?;
+        Ok(Engine {
+            live: Mutex::new(config),
             pending: Mutex::new(Vec::new()),
-            config,
-            sources: Vec::new(),
-            targets: Vec::new(),
-            groups: Vec::new(),
-            paths,
-            target_ifindex,
-            target_hops,
-            kernel_tunnels: Vec::new(),
-            kernel_groups: Vec::new(),
-            kernel_dests: Vec::new(),
-            target_devices,
-            clone_watch: Vec::new(),
-            stop_workers: Arc::new(AtomicBool::new(false)),
-            stop_senders: Arc::new(AtomicBool::new(false)),
-            started: Arc::new(AtomicBool::new(false)),
-            workers: Vec::new(),
-            senders: Vec::new(),
-            started_at: Vec::new(),
-            scheduler: Arc::new(Scheduler::new(&[], Vec::new(), Vec::new())),
-        };
-        engine.started_at = vec![None; engine.config.sessions.len()];
-        let share = share_plan(&engine.config);
-        let mut hosts: Vec<Option<UmemHost>> = (0..sources).map(|_| None).collect();
-        for (ti, &shared_by) in share.iter().enumerate() {
-            let host = engine.open_target(ti, shared_by)?;
-            if let (Some(s), Some(host)) = (shared_by, host) {
-                hosts[s] = Some(host);
-            }
-        }
-        for g in &engine.config.groups {
-            let members = g
-                .members
-                .iter()
-                .map(|&t| engine.targets[t].clone())
-                .collect();
-            engine
-                .groups
-                .push(Arc::new(TargetGroup::new(&g.name, members)));
-        }
-        for (i, host) in hosts.into_iter().enumerate() {
-            engine.start_source(i, host)?;
-        }
-        let tunnels = std::mem::take(&mut engine.kernel_tunnels);
-        let groups = std::mem::take(&mut engine.kernel_groups);
-        let dests = std::mem::take(&mut engine.kernel_dests);
-        if !tunnels.is_empty() || !groups.is_empty() || !dests.is_empty() {
-            let stop = engine.stop_senders.clone();
-            let handle = crate::privileges::spawn(
-                std::thread::Builder::new().name("kernel-path".into()),
-                move || super::tunnels::keep(tunnels, groups, dests, &stop),
-            )
-            .context("spawning the kernel path's next-hop and group thread")?;
-            engine.senders.push(handle);
-        }
-        let watched = std::mem::take(&mut engine.clone_watch);
-        if !watched.is_empty() {
-            let stop = engine.stop_workers.clone();
-            let handle = crate::privileges::spawn(
-                std::thread::Builder::new().name("clone-links".into()),
-                move || super::clones::watch(watched, &stop),
-            )
-            .context("spawning the kernel-path targets' link thread")?;
-            engine.workers.push(handle);
-        }
-        engine.start_scheduler()?;
-        engine.started.store(true, Ordering::Release);
-        Ok(engine)
+            plane: RwLock::new(plane),
+        })
     }
 
-    /// The scheduler thread, when a session has a schedule: each session is
-    /// in the policy its source was started with, the thread takes it on.
-    fn start_scheduler(&mut self) -> Result<()> {
-        let mut entries = Vec::new();
-        let mut started = Vec::new();
-        for src in &self.sources {
-            for (kidx, &s) in src.sessions.iter().enumerate() {
-                if let Some(p) = self.started_at[s] {
-                    entries.push(Entry {
-                        session: s,
-                        source: src.clone(),
-                        kidx: kidx as u32,
-                    });
-                    started.push(p);
-                }
-            }
-        }
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let scheduler = Arc::new(Scheduler::new(&self.config.sessions, entries, started));
-        self.scheduler = scheduler.clone();
-        let handle = crate::privileges::spawn(
-            std::thread::Builder::new().name("schedule".into()),
-            move || scheduler.run(),
-        )
-        .context("spawning the schedule thread")?;
-        self.workers.push(handle);
-        Ok(())
+    /// Counters of everything running (see `stats`).
+    pub fn stats(&self) -> Result<Stats> {
+        self.plane
+            .read()
+            .map_err(|_| anyhow::anyhow!("poisoned lock"))?
+            .stats()
     }
 
     /// Test clock: moves the fake clock to `time` (RFC 3339) and switches
@@ -227,84 +209,711 @@ impl Engine {
     /// Refused unless the daemon started with `MIRROR_FAKE_NOW`.
     pub fn set_time(&self, time: &str) -> Result<()> {
         let t = super::clock::parse_time(time).map_err(anyhow::Error::msg)?;
-        self.scheduler.set_time(t).map_err(anyhow::Error::msg)?;
+        let scheduler = self
+            .plane
+            .read()
+            .map_err(|_| anyhow::anyhow!("poisoned lock"))?
+            .scheduler
+            .clone();
+        scheduler.set_time(t).map_err(anyhow::Error::msg)?;
         tracing::info!(now = %t, "fake clock set");
         Ok(())
     }
 
-    /// Opens target `ti` and starts its sender. `share`: the tap source that
-    /// will share its UMEM (interface targets), whose RX queue then joins the
-    /// returned host.
-    fn open_target(&mut self, ti: usize, share: Option<usize>) -> Result<Option<UmemHost>> {
-        let t = &self.config.targets[ti];
-        let stop = self.stop_senders.clone();
-        let mut host = None;
-        let (queue, handle) = match &t.spec {
-            TargetSpec::Interface {
-                interface,
-                zero_copy,
-            } => {
-                let with = share.map(|s| {
-                    let src = &self.config.sources[s];
-                    ShareWith {
-                        frames: src.umem_frames,
-                        ring_size: src.ring_size,
-                    }
-                });
-                let (started, handle) =
-                    interface::start(&t.name, interface, *zero_copy, t.queue_size, with, stop)
-                        .with_context(|| {
-                            format!("target `{}`: opening AF_XDP TX on {interface} (does it exist and is it up?)", t.name)
-                        })?;
-                host = started.host;
-                tracing::info!(
-                    target = %t.name,
-                    interface = %interface,
-                    zero_copy = started.zero_copy,
-                    "interface target ready"
-                );
-                (started.queue, handle)
-            }
-            TargetSpec::Vxlan { tunnel: tun, .. }
-            | TargetSpec::Gre { tunnel: tun, .. }
-            | TargetSpec::Erspan { tunnel: tun, .. } => {
-                let started = tunnel::start(&t.name, &t.spec, t.queue_size, stop)
-                    .with_context(|| format!("target `{}`: opening the tunnel socket", t.name))?;
-                tracing::info!(
-                    target = %t.name,
-                    kind = t.spec.kind(),
-                    remote = %tun.remote,
-                    mtu = tun.mtu,
-                    "tunnel target ready"
-                );
-                started
-            }
-            TargetSpec::Pcapng(spec) => {
-                let interfaces = self
-                    .config
-                    .sources
-                    .iter()
-                    .map(|s| (s.name.clone(), s.interface.clone()))
-                    .collect();
-                let started = pcapng::start(
-                    &t.name,
-                    spec,
-                    interfaces,
-                    t.queue_size,
-                    self.started.clone(),
-                    stop,
-                )
-                .with_context(|| format!("target `{}`: opening the capture file", t.name))?;
-                tracing::info!(target = %t.name, path = %spec.path.display(), "pcapng target ready");
-                started
-            }
-        };
-        self.targets.push(queue);
-        self.senders.push(handle);
-        Ok(host)
+    /// The config in force: the running one with live rule changes.
+    pub(crate) fn live_config(&self) -> Result<Config> {
+        Ok(self
+            .live
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned lock"))?
+            .clone())
     }
 
-    fn start_source(&mut self, idx: usize, host: Option<UmemHost>) -> Result<()> {
+    /// Applies `new` (a reloaded file) to the running data plane. When only
+    /// filters changed, that is a rule update ([`Engine::update`]): nothing
+    /// restarts. Otherwise a diff, by name (see `reload`): the sources,
+    /// targets and groups it keeps run on, losing no frame and no counter
+    /// (their rules are installed live); those it drops stop (their
+    /// counters with them); changed ones stop and start again alone (their
+    /// counters carry on); new ones start. Live rule changes since the last
+    /// reload give way to the file, as with a filter reload.
+    ///
+    /// Before anything stops, what the new parts need from this host is
+    /// checked (interfaces, pcapng directories, free queues), so most
+    /// errors refuse the file with nothing changed. If a start still fails,
+    /// what this reload started is stopped, the stopped parts are started
+    /// again as they were, and the error is returned.
+    pub fn reload(&self, new: Config) -> Result<Applied> {
+        fn poisoned<T>(_: T) -> anyhow::Error {
+            anyhow::anyhow!("poisoned lock")
+        }
+        let mut live = self.live.lock().map_err(poisoned)?;
+        let running = self.plane.read().map_err(poisoned)?.config.clone();
+        if running.daemon != new.daemon {
+            bail!(
+                "the [daemon] section changed (control socket, metrics address, cpus): that needs \
+                 a restart of mirror; the running config stays"
+            );
+        }
+        // The file's filters, compiled for every new source first: a rule
+        // error refuses the file before anything stops.
+        for i in 0..new.sources.len() {
+            source_rule_sets(&new, i)
+                .with_context(|| format!("source `{}`: the new rules", new.sources[i].name))?;
+        }
+        let keep = reload::keep(&running, &new);
+        let structural = keep.sources.len() != running.sources.len()
+            || keep.sources.len() != new.sources.len()
+            || keep.targets.len() != running.targets.len()
+            || keep.targets.len() != new.targets.len()
+            || keep.groups.len() != running.groups.len()
+            || keep.groups.len() != new.groups.len()
+            || running.sessions.len() != new.sessions.len();
+        if !structural {
+            drop(live);
+            let rules = self.update(move |l| {
+                *l = new;
+                Ok(())
+            })?;
+            return Ok(Applied {
+                rules,
+                ..Default::default()
+            });
+        }
+        preflight(&new, &keep)?;
+        let mut plane = self.plane.write().map_err(poisoned)?;
+        let applied = plane.apply(&running, &live, &new, &keep)?;
+        *live = new;
+        let rules = plane
+            .sources
+            .iter()
+            .map(|s| (s.name.clone(), s.rules.load(Ordering::Relaxed) as usize))
+            .collect();
+        Ok(Applied { rules, ..applied })
+    }
+
+    /// Changes the rules in force: `change` edits a copy of the live config;
+    /// then every source's new rule set is compiled (any error refuses this
+    /// change and leaves the running rules untouched) and installed
+    /// atomically per source ([`SourceProgram::install`]: each frame is
+    /// classified by the old or the new set, whole, and none is lost).
+    /// Returns the new rule count per source.
+    ///
+    /// Changes commit in groups: an install waits several RCU grace periods
+    /// (tens of milliseconds under load), so changes that arrive while one
+    /// runs wait for it, then the first of them applies all of them in
+    /// arrival order (each checked on its own: a refused one drops out
+    /// alone) and installs once. Each caller gets its own change's outcome;
+    /// frames never see a set between two changes of one group. Without
+    /// this, a SIGHUP every 50 ms left live rule updates ~2 a second.
+    pub fn update<F>(&self, change: F) -> Result<Vec<(String, usize)>>
+    where
+        F: FnOnce(&mut Config) -> Result<()> + Send + 'static,
+    {
+        fn poisoned<T>(_: T) -> anyhow::Error {
+            anyhow::anyhow!("poisoned lock")
+        }
+        let (reply, outcome) = std::sync::mpsc::channel();
+        self.pending.lock().map_err(poisoned)?.push(PendingChange {
+            change: Box::new(change),
+            reply,
+        });
+        let mut live = self.live.lock().map_err(poisoned)?;
+        // The installer before us may have taken ours in its group.
+        if let Ok(done) = outcome.try_recv() {
+            return done;
+        }
+        let plane = self.plane.read().map_err(poisoned)?;
+        let group = std::mem::take(&mut *self.pending.lock().map_err(poisoned)?);
+        let mut new = live.clone();
+        let mut sets = None;
+        let mut accepted = Vec::new();
+        for p in group {
+            let mut next = new.clone();
+            match (p.change)(&mut next).and_then(|()| plane.rule_sets(&next)) {
+                Ok(built) => {
+                    new = next;
+                    sets = Some(built);
+                    accepted.push(p.reply);
+                }
+                Err(e) => {
+                    let _ = p.reply.send(Err(e));
+                }
+            }
+        }
+        if let Some(sets) = sets {
+            match plane.install_sets(&live, &sets) {
+                Ok(counts) => {
+                    *live = new;
+                    for r in accepted {
+                        let _ = r.send(Ok(counts.clone()));
+                    }
+                }
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    for r in accepted {
+                        let _ = r.send(Err(anyhow::anyhow!("{why}")));
+                    }
+                }
+            }
+        }
+        drop(plane);
+        drop(live);
+        outcome
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the rule update was lost"))?
+    }
+
+    /// Detaches every program, then stops the workers and lets the targets
+    /// send what they hold (bounded), then stops them.
+    pub fn shutdown(self) {
+        drop(self);
+    }
+}
+
+/// Checks what the parts of `new` that `keep` does not keep need from this
+/// host, as `mirror check` does: their interfaces exist, pcapng directories
+/// are writable. Errors name each problem; nothing has stopped yet.
+fn preflight(new: &Config, keep: &Keep) -> Result<()> {
+    let mut problems = Vec::new();
+    for s in &new.sources {
+        if !keep.sources.contains(&s.name) && crate::kernel::ifindex(&s.interface).is_err() {
+            problems.push(format!(
+                "source `{}`: interface {} does not exist in this network namespace",
+                s.name, s.interface
+            ));
+        }
+    }
+    for t in &new.targets {
+        if keep.targets.contains(&t.name) {
+            continue;
+        }
+        match &t.spec {
+            TargetSpec::Interface { interface, .. }
+                if crate::kernel::ifindex(interface).is_err() =>
+            {
+                problems.push(format!(
+                    "target `{}`: interface {interface} does not exist in this network namespace",
+                    t.name
+                ));
+            }
+            TargetSpec::Pcapng(spec) => {
+                if let Err(e) = pcapng::check_directory(&spec.path) {
+                    problems.push(format!("target `{}`: {e}", t.name));
+                }
+            }
+            _ => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "the new config cannot start here, nothing was changed:\n  {}",
+            problems.join("\n  ")
+        )
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Ok(mut plane) = self.plane.write() {
+            plane.stop_all();
+        }
+    }
+}
+
+impl Plane {
+    /// Nothing running yet, for `config`'s daemon settings.
+    fn empty(config: &Config) -> Plane {
+        Plane {
+            config: Config {
+                sources: Vec::new(),
+                targets: Vec::new(),
+                groups: Vec::new(),
+                sessions: Vec::new(),
+                ..config.clone()
+            },
+            sources: Vec::new(),
+            source_threads: HashMap::new(),
+            targets: Vec::new(),
+            target_threads: HashMap::new(),
+            groups: Vec::new(),
+            paths: Vec::new(),
+            target_ifindex: Vec::new(),
+            target_hops: Vec::new(),
+            target_devices: Arc::new(Mutex::new(HashMap::new())),
+            scheduler: Arc::new(Scheduler::new(&[], Vec::new(), Vec::new())),
+            scheduler_thread: Threads::default(),
+            retired: Stats::default(),
+        }
+    }
+
+    /// A reload from `running` (what runs now, with the rules of `live`) to
+    /// `new`, keeping `keep`.
+    fn apply(
+        &mut self,
+        running: &Config,
+        live: &Config,
+        new: &Config,
+        keep: &Keep,
+    ) -> Result<Applied> {
+        let mut applied = Applied::default();
+        let kinds = |c: &Config| -> Vec<String> {
+            c.sources
+                .iter()
+                .map(|s| format!("source {}", s.name))
+                .chain(c.targets.iter().map(|t| format!("target {}", t.name)))
+                .chain(c.groups.iter().map(|g| format!("target group {}", g.name)))
+                .collect()
+        };
+        let kept: Vec<String> = keep
+            .sources
+            .iter()
+            .map(|s| format!("source {s}"))
+            .chain(keep.targets.iter().map(|t| format!("target {t}")))
+            .chain(keep.groups.iter().map(|g| format!("target group {g}")))
+            .collect();
+        let (before, after) = (kinds(running), kinds(new));
+        for name in &before {
+            if kept.contains(name) {
+                continue;
+            }
+            if after.contains(name) {
+                applied.restarted.push(name.clone());
+            } else {
+                applied.stopped.push(name.clone());
+            }
+        }
+        applied.started = after
+            .iter()
+            .filter(|n| !before.contains(n))
+            .cloned()
+            .collect();
+        self.stop_phase(keep, new)?;
+        if let Err(e) = self.start_phase(new, new) {
+            tracing::error!(error = %format!("{e:#}"), "reload: starting the new config failed; starting the previous one again");
+            let back = self.start_phase(running, live);
+            if let Err(e2) = back {
+                tracing::error!(error = %format!("{e2:#}"), "reload: the previous config did not start again either; what runs is what both kept");
+                return Err(e.context(format!(
+                    "starting the new config failed, and so did starting the previous one again \
+                     ({e2:#}): only what both share runs now"
+                )));
+            }
+            return Err(e.context("starting the new config failed; the previous config runs again"));
+        }
+        Ok(applied)
+    }
+
+    /// Stops every source, target and group `keep` does not name (sources
+    /// first, each detached and drained), keeps the counters of those that
+    /// `next` has again under the same name, and leaves the plane indexed
+    /// like the running config without them.
+    fn stop_phase(&mut self, keep: &Keep, next: &Config) -> Result<()> {
+        self.stop_scheduler();
+        let in_next = |kind: &str, name: &str| match kind {
+            "source" => next.sources.iter().any(|s| s.name == name),
+            "session" => next.sessions.iter().any(|s| s.name == name),
+            "target" => next.targets.iter().any(|t| t.name == name),
+            _ => next.groups.iter().any(|g| g.name == name),
+        };
+        let stopping: Vec<Arc<Source>> = self
+            .sources
+            .iter()
+            .filter(|s| !keep.sources.contains(&s.name))
+            .cloned()
+            .collect();
+        for src in &stopping {
+            if let Ok(mut p) = src.program.lock() {
+                p.detach();
+            }
+            if let Some(mut t) = self.source_threads.remove(&src.name) {
+                t.stop();
+            }
+        }
+        // Final counts of what stopped, while the plane still indexes it.
+        let mut part = self.kernel_stats(&stopping)?;
+        for t in &self.targets {
+            if keep.targets.contains(&t.name) {
+                continue;
+            }
+            if let Some(mut th) = self.target_threads.remove(&t.name) {
+                th.stop.store(true, Ordering::Relaxed);
+                t.notify();
+                th.stop();
+            }
+            let mut snap = t.snapshot();
+            if let Some(k) = part.targets.get(&t.name) {
+                super::stats::absorb(&mut snap, k);
+            }
+            part.targets.insert(t.name.clone(), snap);
+        }
+        for g in &self.groups {
+            if keep.groups.contains(&g.name) {
+                continue;
+            }
+            let mut snap = g.snapshot();
+            if let Some(k) = part.groups.get(&g.name) {
+                super::stats::absorb(&mut snap, k);
+            }
+            part.groups.insert(g.name.clone(), snap);
+        }
+        // Carried on under the same name; forgotten when gone.
+        part.sources.retain(|n, _| in_next("source", n));
+        part.sessions.retain(|n, _| in_next("session", n));
+        part.targets
+            .retain(|n, _| in_next("target", n) && !keep.targets.contains(n));
+        part.groups
+            .retain(|n, _| in_next("group", n) && !keep.groups.contains(n));
+        super::stats::absorb_all(&mut self.retired, &part, true);
+        self.retired.sources.retain(|n, _| in_next("source", n));
+        self.retired.sessions.retain(|n, _| in_next("session", n));
+        self.retired.targets.retain(|n, _| in_next("target", n));
+        self.retired.groups.retain(|n, _| in_next("group", n));
+        if let Ok(mut d) = self.target_devices.lock() {
+            d.retain(|n, _| keep.targets.contains(n));
+        }
+        drop(stopping);
+        // Indexed like the running config without what stopped.
+        let mid = reload::subset(&self.config, keep);
+        let by_name = |v: &[Arc<Source>], n: &str| v.iter().find(|s| s.name == n).cloned();
+        let old = std::mem::replace(&mut self.config, mid);
+        let target_pos = |n: &str| old.targets.iter().position(|t| t.name == n);
+        self.sources = self
+            .config
+            .sources
+            .iter()
+            .filter_map(|s| by_name(&self.sources, &s.name))
+            .collect();
+        let pick = |t: &crate::config::Target| target_pos(&t.name).unwrap_or(0);
+        self.targets = self
+            .config
+            .targets
+            .iter()
+            .map(|t| self.targets[pick(t)].clone())
+            .collect();
+        self.target_ifindex = self
+            .config
+            .targets
+            .iter()
+            .map(|t| self.target_ifindex[pick(t)])
+            .collect();
+        self.target_hops = self
+            .config
+            .targets
+            .iter()
+            .map(|t| self.target_hops[pick(t)].clone())
+            .collect();
+        self.groups = self
+            .config
+            .groups
+            .iter()
+            .filter_map(|g| self.groups.iter().find(|x| x.name == g.name).cloned())
+            .collect();
+        self.paths = self
+            .config
+            .sessions
+            .iter()
+            .map(|s| {
+                let o = old
+                    .sessions
+                    .iter()
+                    .position(|x| x.name == s.name)
+                    .unwrap_or(0);
+                self.paths[o].clone()
+            })
+            .collect();
+        for (i, src) in self.sources.iter().enumerate() {
+            src.set_sessions(self.config.sessions_of(i));
+        }
+        Ok(())
+    }
+
+    /// Starts whatever of `new` is not running, and indexes the plane like
+    /// `new`. Everything running must be in `new` with the same definition
+    /// (as `stop_phase` leaves it). On an error, stops what it started and
+    /// leaves the plane as it was. Sources already running get the rules of
+    /// `rules` (`new` with other filters, e.g. live rule changes).
+    fn start_phase(&mut self, new: &Config, rules: &Config) -> Result<()> {
+        let before = self.index_snapshot();
+        let go = Arc::new(AtomicBool::new(false));
+        let mut started_targets = Vec::new();
+        let mut started_sources = Vec::new();
+        let result = self.start_new(new, rules, &go, &mut started_targets, &mut started_sources);
+        match result {
+            Ok(positions) => {
+                go.store(true, Ordering::Release);
+                self.start_scheduler(positions)?;
+                Ok(())
+            }
+            Err(e) => {
+                for name in started_sources {
+                    if let Some(src) = self.sources.iter().find(|s| s.name == name) {
+                        if let Ok(mut p) = src.program.lock() {
+                            p.detach();
+                        }
+                    }
+                    if let Some(mut t) = self.source_threads.remove(&name) {
+                        t.stop();
+                    }
+                }
+                for name in started_targets {
+                    if let Some(mut t) = self.target_threads.remove(&name) {
+                        t.stop.store(true, Ordering::Relaxed);
+                        if let Some(q) = self.targets.iter().find(|q| q.name == name) {
+                            q.notify();
+                        }
+                        t.stop();
+                    }
+                }
+                self.restore(before);
+                let _ = self.start_scheduler(Vec::new());
+                Err(e)
+            }
+        }
+    }
+
+    /// The plane's indexing, to put back when a start fails.
+    fn index_snapshot(&self) -> IndexSnapshot {
+        IndexSnapshot {
+            config: self.config.clone(),
+            sources: self
+                .sources
+                .iter()
+                .map(|s| (s.clone(), s.sessions()))
+                .collect(),
+            targets: self.targets.clone(),
+            groups: self.groups.clone(),
+            paths: self.paths.clone(),
+            target_ifindex: self.target_ifindex.clone(),
+            target_hops: self.target_hops.clone(),
+        }
+    }
+
+    fn restore(&mut self, s: IndexSnapshot) {
+        self.config = s.config;
+        self.sources = s
+            .sources
+            .into_iter()
+            .map(|(src, sessions)| {
+                src.set_sessions(sessions);
+                src
+            })
+            .collect();
+        self.targets = s.targets;
+        self.groups = s.groups;
+        self.paths = s.paths;
+        self.target_ifindex = s.target_ifindex;
+        self.target_hops = s.target_hops;
+    }
+
+    /// `start_phase`'s work: returns the scheduled sessions' windows.
+    fn start_new(
+        &mut self,
+        new: &Config,
+        rules: &Config,
+        go: &Arc<AtomicBool>,
+        started_targets: &mut Vec<String>,
+        started_sources: &mut Vec<String>,
+    ) -> Result<Vec<(usize, Position)>> {
+        let running_target = |name: &str| self.config.targets.iter().position(|t| t.name == name);
+        let running_source = |name: &str| self.sources.iter().find(|s| s.name == name).cloned();
+        let target_ifindex: Vec<Option<u32>> = new
+            .targets
+            .iter()
+            .map(|t| match running_target(&t.name) {
+                Some(o) => self.target_ifindex[o],
+                None => match &t.spec {
+                    TargetSpec::Interface { interface, .. } => {
+                        crate::kernel::ifindex(interface).ok()
+                    }
+                    _ => None,
+                },
+            })
+            .collect();
+        let fresh = resolve_hops(new, &|t| running_target(&new.targets[t].name).is_none());
+        let target_hops: Hops = new
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match running_target(&t.name) {
+                Some(o) => self.target_hops[o].clone(),
+                None => fresh[i].clone(),
+            })
+            .collect();
+        // Paths: planned for the new sessions; a running source's sessions
+        // keep theirs.
+        let mut paths = plan_paths(new, &target_ifindex, &target_hops)?;
+        for (i, s) in new.sources.iter().enumerate() {
+            if let Some(src) = running_source(&s.name) {
+                for (kidx, k) in new.sessions_of(i).into_iter().enumerate() {
+                    paths[k] = src.paths[kidx].clone();
+                }
+            }
+        }
+        // Targets, then groups.
+        let share = share_plan(new);
+        let mut hosts: Vec<Option<UmemHost>> = (0..new.sources.len()).map(|_| None).collect();
+        let mut targets = Vec::new();
+        for (ti, t) in new.targets.iter().enumerate() {
+            if let Some(o) = running_target(&t.name) {
+                targets.push(self.targets[o].clone());
+                continue;
+            }
+            // Only a source that starts now can join a new target's UMEM.
+            let shared_by = share[ti].filter(|&s| running_source(&new.sources[s].name).is_none());
+            let (queue, threads, host) = open_target(new, ti, shared_by, go)?;
+            started_targets.push(t.name.clone());
+            self.target_threads.insert(t.name.clone(), threads);
+            if let (Some(s), Some(host)) = (shared_by, host) {
+                hosts[s] = Some(host);
+            }
+            targets.push(queue);
+        }
+        let groups = new
+            .groups
+            .iter()
+            .map(|g| {
+                self.groups
+                    .iter()
+                    .find(|x| x.name == g.name)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(TargetGroup::new(
+                            &g.name,
+                            g.members.iter().map(|&m| targets[m].clone()).collect(),
+                        ))
+                    })
+            })
+            .collect();
+        if let Ok(mut d) = self.target_devices.lock() {
+            for (t, i) in new.targets.iter().zip(&target_ifindex) {
+                if let Some(i) = i {
+                    d.entry(t.name.clone()).or_insert_with(|| vec![*i]);
+                }
+            }
+        }
+        let running: Vec<Arc<Source>> = self.sources.clone();
+        // From here the plane is indexed like `new`.
+        self.config = new.clone();
+        self.targets = targets;
+        self.groups = groups;
+        self.paths = paths;
+        self.target_ifindex = target_ifindex;
+        self.target_hops = target_hops;
+        let mut sources = Vec::new();
+        let mut positions = Vec::new();
+        for (i, s) in new.sources.iter().enumerate() {
+            if let Some(src) = running.iter().find(|x| x.name == s.name) {
+                src.set_sessions(new.sessions_of(i));
+                sources.push(src.clone());
+                continue;
+            }
+            let started = self.start_source(i, hosts[i].take())?;
+            started_sources.push(s.name.clone());
+            self.source_threads.insert(s.name.clone(), started.threads);
+            positions.extend(started.positions);
+            sources.push(started.source.clone());
+            // Seen by the rollback and the stats as soon as it runs.
+            self.sources.push(started.source);
+        }
+        self.sources = sources;
+        // Running sources get the rules of `rules` (the file's, or on a
+        // rollback the live ones): installed atomically, as a rule update.
+        for (i, src) in self.sources.iter().enumerate() {
+            if !running.iter().any(|r| Arc::ptr_eq(r, src)) {
+                continue;
+            }
+            let (ingress, egress) = source_rule_sets(rules, i)
+                .with_context(|| format!("source `{}`: compiling the rules", src.name))?;
+            src.program
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned lock"))?
+                .install(&ingress, egress.as_ref())
+                .with_context(|| format!("source `{}`: installing the rules", src.name))?;
+            src.rules
+                .store(rule_count(&ingress, &egress), Ordering::Relaxed);
+            src.rule_sets_installed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(positions)
+    }
+
+    /// Stops the scheduler thread (its positions stay readable).
+    fn stop_scheduler(&mut self) {
+        self.scheduler.stop();
+        self.scheduler_thread.stop();
+    }
+
+    /// A scheduler for every scheduled session running: those kept through
+    /// a reload where the previous scheduler left them, those just started
+    /// in the window `positions` says.
+    fn start_scheduler(&mut self, positions: Vec<(usize, Position)>) -> Result<()> {
+        self.stop_scheduler();
+        let previous = self.scheduler.positions();
+        let mut entries = Vec::new();
+        let mut started = Vec::new();
+        for src in &self.sources {
+            for (kidx, s) in src.sessions().into_iter().enumerate() {
+                let sess = &self.config.sessions[s];
+                if sess.schedule.is_empty() {
+                    continue;
+                }
+                let pos = positions
+                    .iter()
+                    .find(|(k, _)| *k == s)
+                    .map(|(_, p)| *p)
+                    .or_else(|| {
+                        previous
+                            .iter()
+                            .find(|(n, _)| *n == sess.name)
+                            .map(|(_, p)| *p)
+                    });
+                let Some(pos) = pos else { continue };
+                entries.push(Entry {
+                    session: s,
+                    source: src.clone(),
+                    kidx: kidx as u32,
+                });
+                started.push(pos);
+            }
+        }
+        self.scheduler = Arc::new(Scheduler::new(&self.config.sessions, entries, started));
+        self.scheduler_thread = Threads::default();
+        if self.scheduler.is_empty() {
+            return Ok(());
+        }
+        let scheduler = self.scheduler.clone();
+        self.scheduler_thread
+            .spawn("schedule".into(), move |_| scheduler.run())
+    }
+
+    /// Detaches every program, then stops the workers and lets the targets
+    /// send what they hold (bounded), then stops them.
+    fn stop_all(&mut self) {
+        self.stop_scheduler();
+        for s in &self.sources {
+            if let Ok(mut p) = s.program.lock() {
+                p.detach();
+            }
+        }
+        for (_, mut t) in self.source_threads.drain() {
+            t.stop();
+        }
+        for t in self.target_threads.values() {
+            t.stop.store(true, Ordering::Relaxed);
+        }
+        for t in &self.targets {
+            t.notify();
+        }
+        for (_, mut t) in self.target_threads.drain() {
+            t.stop();
+        }
+    }
+
+    /// Loads source `idx`'s programs, fills them and attaches them; starts
+    /// its threads.
+    fn start_source(&mut self, idx: usize, host: Option<UmemHost>) -> Result<Started> {
         let cfg = &self.config.sources[idx];
         let sessions = self.config.sessions_of(idx);
         let (ingress, egress) = source_rule_sets(&self.config, idx)
@@ -346,6 +955,7 @@ impl Engine {
             .collect();
         let paths: Vec<PathChoice> = sessions.iter().map(|&s| self.paths[s].clone()).collect();
         let now = super::clock::now();
+        let mut positions = Vec::new();
         for (k, &s) in sessions.iter().enumerate() {
             let sess = &self.config.sessions[s];
             // The policy in force now (a window's, or the session's own),
@@ -354,7 +964,7 @@ impl Engine {
                 None
             } else {
                 let pos = crate::config::schedule::position(&sess.schedule, now);
-                self.started_at[s] = Some(pos);
+                positions.push((s, pos));
                 tracing::info!(
                     session = %sess.name,
                     "session {}: {} active until {}",
@@ -392,10 +1002,55 @@ impl Engine {
             sessions,
             rules,
         };
-        match cfg.mode {
-            SourceMode::Tap => self.start_tap(idx, prepared, host),
-            SourceMode::Copy => self.start_copy(idx, prepared),
+        let mut threads = Threads::default();
+        let mut keep = KernelKeep::default();
+        let source = match cfg.mode {
+            SourceMode::Tap => self.start_tap(idx, prepared, host, &mut threads, &mut keep),
+            SourceMode::Copy => self.start_copy(idx, prepared, &mut threads, &mut keep),
+        };
+        let source = match source {
+            Ok(s) => s,
+            Err(e) => {
+                threads.stop();
+                return Err(e);
+            }
+        };
+        let name = &self.config.sources[idx].name;
+        let KernelKeep {
+            tunnels,
+            groups,
+            dests,
+            clones,
+        } = keep;
+        let spawned = (|| -> Result<()> {
+            if !tunnels.is_empty() || !groups.is_empty() || !dests.is_empty() {
+                threads
+                    .spawn(format!("kpath-{name}"), move |stop| {
+                        super::tunnels::keep(tunnels, groups, dests, stop)
+                    })
+                    .context("spawning the kernel path's next-hop and group thread")?;
+            }
+            if !clones.is_empty() {
+                threads
+                    .spawn(format!("clones-{name}"), move |stop| {
+                        super::clones::watch(clones, stop)
+                    })
+                    .context("spawning the kernel-path targets' link thread")?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = spawned {
+            if let Ok(mut p) = source.program.lock() {
+                p.detach();
+            }
+            threads.stop();
+            return Err(e);
         }
+        Ok(Started {
+            source,
+            threads,
+            positions,
+        })
     }
 
     /// Tap mode: one AF_XDP socket and worker per RX queue, then XDP. The
@@ -405,7 +1060,9 @@ impl Engine {
         idx: usize,
         mut prepared: Prepared,
         host: Option<UmemHost>,
-    ) -> Result<()> {
+        threads: &mut Threads,
+        keep: &mut KernelKeep,
+    ) -> Result<Arc<Source>> {
         // A copy: setting the fast paths may change `self.paths`.
         let cfg = &self.config.sources[idx].clone();
         let (rx, sockets) = open_rx_queues(cfg, &prepared.program, host)?;
@@ -419,7 +1076,7 @@ impl Engine {
             .with_context(|| format!("source `{}`", cfg.name))?;
         let tunnels = self.set_fast_paths(&mut prepared, cfg, mode)?;
         let source = Arc::new(prepared.into_source(cfg, idx, mode.as_str(), sockets, zero_copy));
-        for (kidx, &s) in source.sessions.iter().enumerate() {
+        for (kidx, s) in source.sessions().into_iter().enumerate() {
             if !source.paths[kidx].kernel {
                 continue;
             }
@@ -438,7 +1095,7 @@ impl Engine {
                 let Some(ifindex) = self.target_ifindex[t].filter(|_| !members.contains(&t)) else {
                     continue;
                 };
-                self.kernel_dests.push(super::tunnels::KernelDest {
+                keep.dests.push(super::tunnels::KernelDest {
                     source: source.clone(),
                     session: kidx as u32,
                     key: key as u32,
@@ -448,11 +1105,10 @@ impl Engine {
                     mtu: netdev::mtu(interface),
                     up: true,
                     devices: self.target_devices.clone(),
-                    index: t,
                 });
             }
             if let Some(g) = group {
-                self.kernel_groups.push(super::tunnels::KernelGroup {
+                keep.groups.push(super::tunnels::KernelGroup {
                     source: source.clone(),
                     session: kidx as u32,
                     members: g.members.iter().map(|&m| self.targets[m].clone()).collect(),
@@ -460,16 +1116,14 @@ impl Engine {
                 });
             }
         }
-        self.keep_tunnels(&source, tunnels, true);
+        self.keep_tunnels(&source, tunnels, true, keep);
         for (q, queue) in rx.into_iter().enumerate() {
             let src = source.clone();
-            let stop = self.stop_workers.clone();
-            let handle = crate::privileges::spawn(
-                std::thread::Builder::new().name(format!("rx-{}-{q}", cfg.name)),
-                move || worker(queue, &src, &stop),
-            )
-            .context("spawning a worker thread")?;
-            self.workers.push(handle);
+            threads
+                .spawn(format!("rx-{}-{q}", cfg.name), move |stop| {
+                    worker(queue, &src, stop)
+                })
+                .context("spawning a worker thread")?;
         }
         tracing::info!(
             source = %cfg.name,
@@ -480,23 +1134,29 @@ impl Engine {
             "source attached (tap mode: the feed port's frames are consumed)"
         );
         self.log_paths(&source);
-        self.sources.push(source);
-        Ok(())
+        Ok(source)
     }
 
-    /// Hands `source`'s kernel tunnels to the keeper thread (`devmap`: tap
+    /// Hands `source`'s kernel tunnels to its keeper thread (`devmap`: tap
     /// mode's, whose DEVMAP entry moves with the route).
-    fn keep_tunnels(&mut self, source: &Arc<Source>, tunnels: Vec<PendingTunnel>, devmap: bool) {
+    fn keep_tunnels(
+        &self,
+        source: &Arc<Source>,
+        tunnels: Vec<PendingTunnel>,
+        devmap: bool,
+        keep: &mut KernelKeep,
+    ) {
+        let sessions = source.sessions();
         for p in tunnels {
             let t = &self.config.targets[p.target];
-            self.kernel_tunnels.push(super::tunnels::KernelTunnel {
+            keep.tunnels.push(super::tunnels::KernelTunnel {
                 source: source.clone(),
                 session: p.session,
                 key: p.key,
                 target: t.name.clone(),
                 queue: self.targets[p.target].clone(),
                 spec: t.spec.clone(),
-                vni: self.config.sessions[source.sessions[p.session as usize]].vni,
+                vni: self.config.sessions[sessions[p.session as usize]].vni,
                 tai_offset: p.tai_offset,
                 hop: p.hop.dmac.map(|_| p.hop),
                 device: p.hop.ifindex,
@@ -616,8 +1276,13 @@ impl Engine {
     /// Copy mode: the programs, then a reader thread on the ring buffer
     /// (records wait in the ring until it starts). Kernel-path sessions get
     /// their clone destinations before anything is attached.
-    fn start_copy(&mut self, idx: usize, mut prepared: Prepared) -> Result<()> {
-        // A copy: handing the tunnels to the keeper needs `self`.
+    fn start_copy(
+        &mut self,
+        idx: usize,
+        mut prepared: Prepared,
+        threads: &mut Threads,
+        keep: &mut KernelKeep,
+    ) -> Result<Arc<Source>> {
         let cfg = &self.config.sources[idx].clone();
         let ring = prepared
             .program
@@ -654,20 +1319,19 @@ impl Engine {
         };
         let ring_used = prepared.paths.iter().any(|p| !p.kernel);
         let source = Arc::new(prepared.into_source(cfg, idx, attach_mode, Vec::new(), false));
-        self.clone_watch
+        keep.clones
             .extend(devices.into_iter().map(|device| super::clones::Watched {
                 source: source.clone(),
                 device,
             }));
-        self.keep_tunnels(&source, tunnels, false);
+        self.keep_tunnels(&source, tunnels, false, keep);
         if ring_used {
-            let (src, stop) = (source.clone(), self.stop_workers.clone());
-            let handle = crate::privileges::spawn(
-                std::thread::Builder::new().name(format!("copy-{}", cfg.name)),
-                move || copy_reader(&ring, &src, &stop),
-            )
-            .context("spawning the ring-buffer reader thread")?;
-            self.workers.push(handle);
+            let src = source.clone();
+            threads
+                .spawn(format!("copy-{}", cfg.name), move |stop| {
+                    copy_reader(&ring, &src, stop)
+                })
+                .context("spawning the ring-buffer reader thread")?;
         }
         tracing::info!(
             source = %cfg.name,
@@ -683,12 +1347,11 @@ impl Engine {
             "source attached (copy mode: every frame passes on untouched)"
         );
         self.log_paths(&source);
-        self.sources.push(source);
-        Ok(())
+        Ok(source)
     }
 
     fn log_paths(&self, source: &Source) {
-        for (&s, path) in source.sessions.iter().zip(&source.paths) {
+        for (s, path) in source.sessions().into_iter().zip(&source.paths) {
             let sess = &self.config.sessions[s];
             if path.kernel && source.mode == SourceMode::Copy {
                 tracing::info!(
@@ -719,85 +1382,6 @@ impl Engine {
                 );
             }
         }
-    }
-
-    /// The config in force: the started one with live rule changes.
-    pub(crate) fn live_config(&self) -> Result<Config> {
-        Ok(self
-            .live
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned lock"))?
-            .clone())
-    }
-
-    /// Changes the rules in force: `change` edits a copy of the live config;
-    /// then every source's new rule set is compiled (any error refuses this
-    /// change and leaves the running rules untouched) and installed
-    /// atomically per source ([`SourceProgram::install`]: each frame is
-    /// classified by the old or the new set, whole, and none is lost).
-    /// Returns the new rule count per source.
-    ///
-    /// Changes commit in groups: an install waits several RCU grace periods
-    /// (tens of milliseconds under load), so changes that arrive while one
-    /// runs wait for it, then the first of them applies all of them in
-    /// arrival order (each checked on its own: a refused one drops out
-    /// alone) and installs once. Each caller gets its own change's outcome;
-    /// frames never see a set between two changes of one group. Without
-    /// this, a SIGHUP every 50 ms left live rule updates ~2 a second.
-    pub fn update<F>(&self, change: F) -> Result<Vec<(String, usize)>>
-    where
-        F: FnOnce(&mut Config) -> Result<()> + Send + 'static,
-    {
-        fn poisoned<T>(_: T) -> anyhow::Error {
-            anyhow::anyhow!("poisoned lock")
-        }
-        let (reply, outcome) = std::sync::mpsc::channel();
-        self.pending.lock().map_err(poisoned)?.push(PendingChange {
-            change: Box::new(change),
-            reply,
-        });
-        let mut live = self.live.lock().map_err(poisoned)?;
-        // The installer before us may have taken ours in its group.
-        if let Ok(done) = outcome.try_recv() {
-            return done;
-        }
-        let group = std::mem::take(&mut *self.pending.lock().map_err(poisoned)?);
-        let mut new = live.clone();
-        let mut sets = None;
-        let mut accepted = Vec::new();
-        for p in group {
-            let mut next = new.clone();
-            match (p.change)(&mut next).and_then(|()| self.rule_sets(&next)) {
-                Ok(built) => {
-                    new = next;
-                    sets = Some(built);
-                    accepted.push(p.reply);
-                }
-                Err(e) => {
-                    let _ = p.reply.send(Err(e));
-                }
-            }
-        }
-        if let Some(sets) = sets {
-            match self.install_sets(&live, &sets) {
-                Ok(counts) => {
-                    *live = new;
-                    for r in accepted {
-                        let _ = r.send(Ok(counts.clone()));
-                    }
-                }
-                Err(e) => {
-                    let why = format!("{e:#}");
-                    for r in accepted {
-                        let _ = r.send(Err(anyhow::anyhow!("{why}")));
-                    }
-                }
-            }
-        }
-        drop(live);
-        outcome
-            .recv()
-            .map_err(|_| anyhow::anyhow!("the rule update was lost"))?
     }
 
     /// Each source's rule sets for `new`, if it may be applied live.
@@ -845,32 +1429,96 @@ impl Engine {
             .map(|(s, (i, e))| (s.name.clone(), rule_count(i, e) as usize))
             .collect())
     }
+}
 
-    /// Detaches every program, then stops the workers and lets the targets
-    /// send what they hold (bounded), then stops them.
-    pub fn shutdown(mut self) {
-        self.stop();
-    }
+/// The plane's indexing before a start, to put back if it fails.
+struct IndexSnapshot {
+    config: Config,
+    sources: Vec<(Arc<Source>, Vec<usize>)>,
+    targets: Vec<Arc<TargetQueue>>,
+    groups: Vec<Arc<TargetGroup>>,
+    paths: Vec<PathChoice>,
+    target_ifindex: Vec<Option<u32>>,
+    target_hops: Hops,
+}
 
-    fn stop(&mut self) {
-        self.scheduler.stop();
-        for s in &self.sources {
-            if let Ok(mut p) = s.program.lock() {
-                p.detach();
-            }
+/// Opens target `ti` of `config` and starts its sender. `share`: the tap
+/// source that will share its UMEM (interface targets), whose RX queue then
+/// joins the returned host. `go`: set once the whole start succeeded (a
+/// pcapng target touches no file before).
+fn open_target(
+    config: &Config,
+    ti: usize,
+    share: Option<usize>,
+    go: &Arc<AtomicBool>,
+) -> Result<(Arc<TargetQueue>, Threads, Option<UmemHost>)> {
+    let t = &config.targets[ti];
+    let mut threads = Threads::default();
+    let stop = threads.stop.clone();
+    let mut host = None;
+    let (queue, handle) = match &t.spec {
+        TargetSpec::Interface {
+            interface,
+            zero_copy,
+        } => {
+            let with = share.map(|s| {
+                let src = &config.sources[s];
+                ShareWith {
+                    frames: src.umem_frames,
+                    ring_size: src.ring_size,
+                }
+            });
+            let (started, handle) = interface::start(
+                &t.name,
+                interface,
+                *zero_copy,
+                t.queue_size,
+                with,
+                stop,
+            )
+            .with_context(|| {
+                format!(
+                    "target `{}`: opening AF_XDP TX on {interface} (does it exist and is it up?)",
+                    t.name
+                )
+            })?;
+            host = started.host;
+            tracing::info!(
+                target = %t.name,
+                interface = %interface,
+                zero_copy = started.zero_copy,
+                "interface target ready"
+            );
+            (started.queue, handle)
         }
-        self.stop_workers.store(true, Ordering::Relaxed);
-        for h in self.workers.drain(..) {
-            let _ = h.join();
+        TargetSpec::Vxlan { tunnel: tun, .. }
+        | TargetSpec::Gre { tunnel: tun, .. }
+        | TargetSpec::Erspan { tunnel: tun, .. } => {
+            let started = tunnel::start(&t.name, &t.spec, t.queue_size, stop)
+                .with_context(|| format!("target `{}`: opening the tunnel socket", t.name))?;
+            tracing::info!(
+                target = %t.name,
+                kind = t.spec.kind(),
+                remote = %tun.remote,
+                mtu = tun.mtu,
+                "tunnel target ready"
+            );
+            started
         }
-        self.stop_senders.store(true, Ordering::Relaxed);
-        for t in &self.targets {
-            t.notify();
+        TargetSpec::Pcapng(spec) => {
+            let interfaces = config
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), s.interface.clone()))
+                .collect();
+            let started = pcapng::start(&t.name, spec, interfaces, t.queue_size, go.clone(), stop)
+                .with_context(|| format!("target `{}`: opening the capture file", t.name))?;
+            tracing::info!(target = %t.name, path = %spec.path.display(), "pcapng target ready");
+            started
         }
-        for h in self.senders.drain(..) {
-            let _ = h.join();
-        }
-    }
+    };
+    threads.handles.push(handle);
+    Ok((queue, threads, host))
 }
 
 /// One AF_XDP socket per RX queue of a tap source's interface, each in the
@@ -926,10 +1574,4 @@ fn open_rx_queues(
         rx.push(queue);
     }
     Ok((rx, sockets))
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }

@@ -36,6 +36,7 @@ pub mod clock;
 mod clones;
 pub mod engine;
 pub mod plan;
+mod reload;
 pub mod schedule;
 pub mod session;
 mod source;

@@ -18,9 +18,10 @@ const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 /// resolved at start-up, or why it could not be.
 pub(crate) type Hops = Vec<Option<Result<NextHop, String>>>;
 
-/// Resolves the next hop of every tunnel target that a session may put on
-/// the kernel path (tap source, no config obstacle, `path` not userspace).
-pub(super) fn resolve_hops(config: &Config) -> Hops {
+/// Resolves the next hop of every tunnel target (of those `wanted`) that a
+/// session may put on the kernel path (tap source, no config obstacle,
+/// `path` not userspace).
+pub(super) fn resolve_hops(config: &Config, wanted: &dyn Fn(usize) -> bool) -> Hops {
     let mut hops: Hops = vec![None; config.targets.len()];
     for (i, sess) in config.sessions.iter().enumerate() {
         if sess.path == SessionPath::Userspace || config.kernel_path_obstacle(i).is_some() {
@@ -30,6 +31,9 @@ pub(super) fn resolve_hops(config: &Config) -> Hops {
             let Some(tunnel) = config.targets[t].spec.tunnel() else {
                 continue;
             };
+            if !wanted(t) {
+                continue;
+            }
             if hops[t].is_none() {
                 hops[t] = Some(
                     route::resolve(tunnel.remote, tunnel.source, RESOLVE_WAIT)
@@ -311,18 +315,9 @@ pub(super) fn tunnels_not_for_the_kernel(
 /// AF_XDP zero-copy (see [`ShareUmem::Auto`]), and says so when it does not.
 pub(super) fn share_plan(config: &Config) -> Vec<Option<usize>> {
     let mut plan = vec![None; config.targets.len()];
-    for (s, src) in config.sources.iter().enumerate() {
-        if src.mode != SourceMode::Tap || src.share_umem == ShareUmem::Off {
-            continue;
-        }
-        let pick = config
-            .sessions_of(s)
-            .into_iter()
-            .flat_map(|k| config.session_targets(k))
-            .find(|&t| {
-                plan[t].is_none() && matches!(config.targets[t].spec, TargetSpec::Interface { .. })
-            });
-        let Some(t) = pick else { continue };
+    for (t, s) in share_picks(config).into_iter().enumerate() {
+        let Some(s) = s else { continue };
+        let src = &config.sources[s];
         if src.share_umem == ShareUmem::Auto {
             let TargetSpec::Interface {
                 interface,
@@ -345,6 +340,30 @@ pub(super) fn share_plan(config: &Config) -> Vec<Option<usize>> {
             }
         }
         plan[t] = Some(s);
+    }
+    plan
+}
+
+/// The sharing [`share_plan`] may pick from the config alone (before the
+/// devices' zero-copy support is asked): per target, the tap source whose
+/// first RX queue could share its UMEM. A reload keeps such a pair running
+/// or restarts both.
+pub(crate) fn share_picks(config: &Config) -> Vec<Option<usize>> {
+    let mut plan = vec![None; config.targets.len()];
+    for (s, src) in config.sources.iter().enumerate() {
+        if src.mode != SourceMode::Tap || src.share_umem == ShareUmem::Off {
+            continue;
+        }
+        let pick = config
+            .sessions_of(s)
+            .into_iter()
+            .flat_map(|k| config.session_targets(k))
+            .find(|&t| {
+                plan[t].is_none() && matches!(config.targets[t].spec, TargetSpec::Interface { .. })
+            });
+        if let Some(t) = pick {
+            plan[t] = Some(s);
+        }
     }
     plan
 }

@@ -92,6 +92,19 @@ impl Scheduler {
         self.entries.is_empty()
     }
 
+    /// Where each scheduled session is, by name: a reload hands the
+    /// sessions it keeps to the next scheduler as they are.
+    pub(super) fn positions(&self) -> Vec<(String, Position)> {
+        let Ok(state) = self.state.lock() else {
+            return Vec::new();
+        };
+        self.entries
+            .iter()
+            .zip(state.iter())
+            .map(|(e, a)| (self.sessions[e.session].name.clone(), a.position))
+            .collect()
+    }
+
     /// What stats show for session `session` (config index), if scheduled.
     pub fn shown(&self, session: usize) -> Option<Shown> {
         let i = self.entries.iter().position(|e| e.session == session)?;

@@ -20,8 +20,9 @@ pub(super) struct Source {
     pub(super) interface: String,
     pub(super) mode: SourceMode,
     pub(super) program: Mutex<SourceProgram>,
-    /// Kernel session index -> index into `Config::sessions`.
-    pub(super) sessions: Vec<usize>,
+    /// Kernel session index -> index into `Config::sessions` of the config
+    /// running now (a reload that keeps the source renumbers them).
+    sessions: Mutex<Vec<usize>>,
     /// Per kernel session index: what the workers do with its frames.
     pub(super) plans: Vec<SessionPlan>,
     /// Per kernel session index: the path serving it.
@@ -64,7 +65,7 @@ impl Prepared {
             interface: cfg.interface.clone(),
             mode: cfg.mode,
             program: Mutex::new(self.program),
-            sessions: self.sessions,
+            sessions: Mutex::new(self.sessions),
             plans: self.plans,
             paths: self.paths,
             sockets,
@@ -73,6 +74,20 @@ impl Prepared {
             zero_copy,
             rules: AtomicU64::new(self.rules),
             rule_sets_installed: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Source {
+    /// Kernel session index -> index into `Config::sessions`.
+    pub(super) fn sessions(&self) -> Vec<usize> {
+        self.sessions.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// After a reload renumbered the config's sessions.
+    pub(super) fn set_sessions(&self, sessions: Vec<usize>) {
+        if let Ok(mut s) = self.sessions.lock() {
+            *s = sessions;
         }
     }
 }

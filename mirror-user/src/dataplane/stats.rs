@@ -19,8 +19,10 @@ use anyhow::Result;
 use mirror_ebpf::mirror::types::mirror_counter as C;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use super::engine::Plane;
 use super::source::Source;
-use super::Engine;
 use crate::config::SourceMode;
 use crate::kernel::{AttachMode, CloneStats, CutoffCounts, FastStats, TunnelStats, COUNTERS};
 
@@ -181,15 +183,42 @@ impl TargetStats {
     }
 }
 
-impl Engine {
-    /// A consistent-enough snapshot of every counter.
-    pub fn stats(&self) -> Result<Stats> {
+impl Plane {
+    /// A consistent-enough snapshot of every counter: the running sources',
+    /// sessions', targets' and groups', plus what a reload stopped and
+    /// started again under the same name (`retired`).
+    pub(super) fn stats(&self) -> Result<Stats> {
+        let mut out = self.kernel_stats(&self.sources)?;
+        let parts = std::mem::take(&mut out.targets);
+        for t in &self.targets {
+            let mut snap = t.snapshot();
+            if let Some(p) = parts.get(&t.name) {
+                absorb(&mut snap, p);
+            }
+            out.targets.insert(t.name.clone(), snap);
+        }
+        let parts = std::mem::take(&mut out.groups);
+        for g in &self.groups {
+            let mut snap = g.snapshot();
+            if let Some(p) = parts.get(&g.name) {
+                absorb(&mut snap, p);
+            }
+            out.groups.insert(g.name.clone(), snap);
+        }
+        absorb_all(&mut out, &self.retired, false);
+        Ok(out)
+    }
+
+    /// The counters of `sources` and their sessions, and what they did for
+    /// each target and group on the kernel paths (only those parts: a
+    /// target's own queue and sender counters are its snapshot's).
+    pub(super) fn kernel_stats(&self, sources: &[Arc<Source>]) -> Result<Stats> {
         let mut out = Stats::default();
-        // Per target: what the kernel path sent it (all sources together).
+        // Per target: what the kernel path sent it.
         let mut fast = vec![FastTarget::default(); self.targets.len()];
         // Per target: what copy mode's kernel path cloned to it.
         let mut clones = vec![CloneTarget::default(); self.targets.len()];
-        for src in &self.sources {
+        for src in sources {
             // Copy mode's kernel path counts a frame for its session before
             // its destinations: read them first, so no outcome is read
             // without the frame it belongs to.
@@ -206,16 +235,18 @@ impl Engine {
                 self.add_fast_sessions(src, &k, &mut fast)?;
             }
             out.sources.insert(src.name.clone(), source_stats(src, &k));
-            for (kidx, &s) in src.sessions.iter().enumerate() {
+            for (kidx, s) in src.sessions().into_iter().enumerate() {
                 let sess = &self.config.sessions[s];
                 out.sessions
                     .insert(sess.name.clone(), self.session_stats(src, &k, kidx, s));
             }
         }
         for (i, t) in self.targets.iter().enumerate() {
-            let mut snap = t.snapshot();
+            let mut part = TargetStats::default();
+            let mut any = false;
             if fast[i].tunnel {
-                add_fast_tunnel(&mut snap, &fast[i]);
+                add_fast_tunnel(&mut part, &fast[i]);
+                any = true;
             } else if fast[i].enqueued > 0 {
                 // Every device the target had (its port may have been
                 // created again under its name).
@@ -223,26 +254,34 @@ impl Engine {
                     .target_devices
                     .lock()
                     .map_err(|_| anyhow::anyhow!("poisoned lock"))?
-                    .get(i)
+                    .get(&t.name)
                     .cloned()
                     .unwrap_or_default();
                 let mut dev = FastStats::default();
                 for ifindex in devices {
-                    dev += self.fast_stats(ifindex)?;
+                    dev += fast_stats(sources, ifindex)?;
                 }
-                add_fast_path(&mut snap, &fast[i], dev);
+                add_fast_path(&mut part, &fast[i], dev);
+                any = true;
             }
             if clones[i].sessions > 0 {
-                add_clone_path(&mut snap, &clones[i]);
+                add_clone_path(&mut part, &clones[i]);
+                any = true;
             }
-            out.targets.insert(t.name.clone(), snap);
+            if any {
+                out.targets.insert(t.name.clone(), part);
+            }
         }
         for (gi, g) in self.groups.iter().enumerate() {
-            let mut snap = g.snapshot();
-            let (rehashed, all_down) = self.kernel_group_counts(gi)?;
-            snap.rehashed += rehashed;
-            snap.all_down += all_down;
-            out.groups.insert(g.name.clone(), snap);
+            let (rehashed, all_down) = self.kernel_group_counts(sources, gi)?;
+            out.groups.insert(
+                g.name.clone(),
+                GroupStats {
+                    rehashed,
+                    all_down,
+                    ..Default::default()
+                },
+            );
         }
         Ok(out)
     }
@@ -261,7 +300,7 @@ impl Engine {
             .program
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
-        for (kidx, &s) in src.sessions.iter().enumerate() {
+        for (kidx, s) in src.sessions().into_iter().enumerate() {
             if !src.paths[kidx].kernel {
                 continue;
             }
@@ -321,7 +360,7 @@ impl Engine {
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
         let mut out = Vec::new();
-        for (kidx, &s) in src.sessions.iter().enumerate() {
+        for (kidx, s) in src.sessions().into_iter().enumerate() {
             if !src.paths[kidx].kernel {
                 continue;
             }
@@ -366,11 +405,11 @@ impl Engine {
     }
 
     /// What the kernel path's member picks of group `gi` counted, over
-    /// every kernel-path session using it: (rehashed, all_down).
-    fn kernel_group_counts(&self, gi: usize) -> Result<(u64, u64)> {
+    /// every kernel-path session of `sources` using it: (rehashed, all_down).
+    fn kernel_group_counts(&self, sources: &[Arc<Source>], gi: usize) -> Result<(u64, u64)> {
         let mut out = (0, 0);
-        for src in &self.sources {
-            for (kidx, &s) in src.sessions.iter().enumerate() {
+        for src in sources {
+            for (kidx, s) in src.sessions().into_iter().enumerate() {
                 let uses = self.config.sessions[s]
                     .targets
                     .contains(&crate::config::Dest::Group(gi));
@@ -387,19 +426,83 @@ impl Engine {
         }
         Ok(out)
     }
+}
 
-    /// Fast-path counters of target device `ifindex`, over every source.
-    fn fast_stats(&self, ifindex: u32) -> Result<FastStats> {
-        let mut dev = FastStats::default();
-        for src in &self.sources {
-            dev += src
-                .program
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned lock"))?
-                .fast_stats(ifindex)?;
-        }
-        Ok(dev)
+/// Fast-path counters of target device `ifindex`, over `sources`.
+fn fast_stats(sources: &[Arc<Source>], ifindex: u32) -> Result<FastStats> {
+    let mut dev = FastStats::default();
+    for src in sources {
+        dev += src
+            .program
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned lock"))?
+            .fast_stats(ifindex)?;
     }
+    Ok(dev)
+}
+
+/// Counters that say how things are now, not how many: never summed.
+const GAUGES: [&str; 4] = ["queued", "queues", "rules", "members_up"];
+
+/// Adds `part`'s counters to `live`'s (numbers, in maps too: drop reasons),
+/// keeping `live`'s settings, states and [`GAUGES`].
+pub(super) fn absorb<T: Serialize + serde::de::DeserializeOwned>(live: &mut T, part: &T) {
+    fn add(live: &mut serde_json::Value, part: &serde_json::Value) {
+        use serde_json::Value;
+        match (live, part) {
+            (Value::Object(l), Value::Object(p)) => {
+                for (k, pv) in p {
+                    if GAUGES.contains(&k.as_str()) {
+                        continue;
+                    }
+                    match l.get_mut(k) {
+                        Some(lv) => add(lv, pv),
+                        None if pv.is_number() || pv.is_object() => {
+                            l.insert(k.clone(), pv.clone());
+                        }
+                        None => {}
+                    }
+                }
+            }
+            (Value::Number(l), Value::Number(p)) => {
+                if let (Some(a), Some(b)) = (l.as_u64(), p.as_u64()) {
+                    *l = (a + b).into();
+                }
+            }
+            _ => {}
+        }
+    }
+    let (Ok(mut l), Ok(p)) = (serde_json::to_value(&*live), serde_json::to_value(part)) else {
+        return;
+    };
+    add(&mut l, &p);
+    if let Ok(v) = serde_json::from_value(l) {
+        *live = v;
+    }
+}
+
+/// [`absorb`] for every source, session, target and group `part` has that
+/// `live` has too; with `insert`, those it lacks are added as they are.
+pub(super) fn absorb_all(live: &mut Stats, part: &Stats, insert: bool) {
+    fn each<T: Serialize + serde::de::DeserializeOwned + Clone>(
+        live: &mut BTreeMap<String, T>,
+        part: &BTreeMap<String, T>,
+        insert: bool,
+    ) {
+        for (name, p) in part {
+            match live.get_mut(name) {
+                Some(l) => absorb(l, p),
+                None if insert => {
+                    live.insert(name.clone(), p.clone());
+                }
+                None => {}
+            }
+        }
+    }
+    each(&mut live.sources, &part.sources, insert);
+    each(&mut live.sessions, &part.sessions, insert);
+    each(&mut live.targets, &part.targets, insert);
+    each(&mut live.groups, &part.groups, insert);
 }
 
 /// One source's kernel counters, read under its program lock.
@@ -425,7 +528,7 @@ impl KernelCounts {
             .program
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
-        let sessions = 0..src.sessions.len() as u32;
+        let sessions = 0..src.sessions().len() as u32;
         let per_session = |f: &dyn Fn(u32) -> Result<u64, crate::kernel::LoaderError>| {
             sessions
                 .clone()

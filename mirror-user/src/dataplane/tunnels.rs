@@ -170,11 +170,9 @@ pub(super) struct KernelDest {
     pub ifindex: u32,
     pub mtu: Option<u32>,
     pub up: bool,
-    /// Every device each target has had, by index in `Config::targets`: the
-    /// stats sum their transmit counters.
-    pub devices: Arc<std::sync::Mutex<Vec<Vec<u32>>>>,
-    /// This target's index in `Config::targets`.
-    pub index: usize,
+    /// Every device each target has had, by target name: the stats sum
+    /// their transmit counters.
+    pub devices: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u32>>>>,
 }
 
 impl KernelDest {
@@ -207,10 +205,9 @@ impl KernelDest {
                     "kernel path: the target's interface is back as a new device; sending to it again"
                 );
                 if let Ok(mut d) = self.devices.lock() {
-                    if let Some(list) = d.get_mut(self.index) {
-                        if !list.contains(&i) {
-                            list.push(i);
-                        }
+                    let list = d.entry(self.target.clone()).or_default();
+                    if !list.contains(&i) {
+                        list.push(i);
                     }
                 }
                 self.ifindex = i;

@@ -96,7 +96,16 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
     let mut touched = Touched::new(plans.len());
     let tai_offset = tai_offset_ns();
     let mut said_no_metadata = false;
-    while !stop.load(Ordering::Relaxed) {
+    // Once stopped (the program is detached first), what is left in the RX
+    // ring is still handed on: at most this many more batches.
+    let mut drain = DRAIN_BATCHES;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            if drain == 0 {
+                break;
+            }
+            drain -= 1;
+        }
         let n = q.receive(RX_BATCH, |meta, data, loan| {
             let meta = read_meta(meta);
             let slot = meta.map(|m| m.slot);
@@ -131,12 +140,19 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
             touched.mark(session);
         });
         if n == 0 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
             q.wait(IDLE_POLL_MS);
             continue;
         }
         touched.wake(plans);
     }
 }
+
+/// Batches a stopping worker still reads from its RX ring (more than a ring
+/// holds: [`RX_BATCH`] times this).
+const DRAIN_BATCHES: u32 = 1024;
 
 /// Copy mode: the session of a ring-buffer record and the frame it hands on
 /// (Unix time stamp, direction, original length); `None` when the record

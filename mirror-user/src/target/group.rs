@@ -78,7 +78,7 @@ fn score(hash: u32, member: u32) -> u64 {
 }
 
 /// `mirror stats` view of a group.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GroupStats {
     pub members: Vec<String>,
     pub members_up: u32,

@@ -449,7 +449,7 @@ impl TargetQueue {
 }
 
 /// `mirror stats` view of a target.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TargetStats {
     pub kind: String,
     pub up: bool,
