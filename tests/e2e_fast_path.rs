@@ -965,3 +965,52 @@ fn a_deleted_kernel_path_target_counts_down_and_a_recreated_one_is_picked_up() {
         .expect("stops")
         .success());
 }
+
+/// Interface numbers repeat across network namespaces (each lab's feed0 and
+/// tgt0 have the same ifindex in theirs), and the devmap transmit tracepoint
+/// fires for every namespace: two daemons in two labs built alike, traffic
+/// through one, then the other. Each counts its own transmits exactly,
+/// never the other's.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn another_namespaces_kernel_path_transmits_are_not_counted() {
+    require_root!();
+    let (a, b) = (lab(true), lab(true));
+    let ifindex = |lab: &Lab, dev: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", lab.src.name(), "-o", "link", "show", dev])
+            .output()
+            .expect("ip link");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split(':').next().unwrap_or("").trim().to_string()
+    };
+    assert_eq!(
+        (ifindex(&a, "feed0"), ifindex(&a, "tgt0")),
+        (ifindex(&b, "feed0"), ifindex(&b, "tgt0")),
+        "the labs' devices share their numbers"
+    );
+    let (dir_a, dir_b) = (
+        TempDir::new("e2e-fast-ns-a").expect("temp dir"),
+        TempDir::new("e2e-fast-ns-b").expect("temp dir"),
+    );
+    let text = config("");
+    let (_da, mut ca) = start(&a, &dir_a, &text);
+    let (_db, mut cb) = start(&b, &dir_b, &text);
+    let n = 2000 - 189 - 250;
+    for (lab, client, name) in [(&a, &mut ca, "lab a"), (&b, &mut cb, "lab b")] {
+        let frames = Arc::new(traffic::mixed(2000));
+        let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames, 20_000).expect("send");
+        assert_eq!(sent, 2000);
+        let st = wait_for(client, name, |st| {
+            st.sources["feed"].received == 2000
+                && ["ids0", "ids1"].iter().all(|t| {
+                    let t = &st.targets[*t];
+                    t.enqueued == n && t.enqueued == t.sent_packets + t.dropped_total()
+                })
+        });
+        for t in ["ids0", "ids1"] {
+            assert_eq!(st.targets[t].sent_packets, n, "{name}: {:?}", st.targets[t]);
+            assert_eq!(st.targets[t].dropped_total(), 0, "{name}: {:?}", st.targets[t]);
+        }
+    }
+}

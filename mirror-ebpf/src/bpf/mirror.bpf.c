@@ -228,8 +228,11 @@ struct mirror_cutoff session_cutoff[MIRROR_MAX_SESSIONS];
  * reader had caught up). Batches wake-ups under load.
  */
 __u64 copy_wake_bytes;
-/* The source's ifindex, for telling its fast-path transmits from others'. */
+/* The source's ifindex and its network namespace (the inode number of
+ * /proc/self/ns/net), for telling its fast-path transmits from others':
+ * ifindexes repeat across namespaces. */
 __u32 source_ifindex;
+__u32 source_netns;
 /* Fast path: each session's settings (see struct mirror_fast_session). */
 struct mirror_fast_session fast_session[MIRROR_MAX_SESSIONS];
 /* Copies a tunnel program got without metadata (a driver without an XDP
@@ -894,16 +897,31 @@ TUNNEL_PROG(5)
 TUNNEL_PROG(6)
 TUNNEL_PROG(7)
 
-/* Only the field we read; CO-RE finds its offset in the running kernel's BTF. */
+/* Only the fields we read; CO-RE finds their offsets in the running
+ * kernel's BTF. */
+struct ns_common {
+	unsigned int inum;
+} __attribute__((preserve_access_index));
+
+struct net {
+	struct ns_common ns;
+} __attribute__((preserve_access_index));
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
 struct net_device {
 	int ifindex;
+	possible_net_t nd_net;
 } __attribute__((preserve_access_index));
 
 /*
  * Fast path, native XDP: after each bulk transmit to a device (up to 16
  * frames), how many it took and how many it refused (a veth whose peer is
- * down, a full TX ring). Fires for every DEVMAP user on the machine; counts
- * only this source's transmits to devices it has counters for.
+ * down, a full TX ring). Fires for every DEVMAP user on the machine, in
+ * every network namespace; counts only this source's transmits (its device,
+ * in its namespace) to devices it has counters for.
  */
 SEC("tp_btf/xdp_devmap_xmit")
 int fast_xmit(__u64 *ctx)
@@ -916,6 +934,8 @@ int fast_xmit(__u64 *ctx)
 	__u32 ifindex;
 
 	if (from->ifindex != source_ifindex || sent < 0 || drops < 0)
+		return 0;
+	if (from->nd_net.net->ns.inum != source_netns)
 		return 0;
 	ifindex = to->ifindex;
 	s = bpf_map_lookup_elem(&fast_stats, &ifindex);

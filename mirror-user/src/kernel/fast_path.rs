@@ -86,6 +86,7 @@ impl SourceProgram {
         match self.skel.maps.bss_data.as_deref_mut() {
             Some(bss) if s < bss.fast_session.len() && fits => {
                 bss.source_ifindex = source_ifindex;
+                bss.source_netns = own_netns();
                 for (slot, d) in bss.fast_dests[s].iter_mut().zip(dests.iter()) {
                     slot.ifindex = d.ifindex;
                     slot.max_len = d.max_len;
@@ -709,4 +710,14 @@ mod tests {
         };
         assert_eq!(grouped.variants(), vec![0b0111, 0b1101, 0b0101]);
     }
+}
+
+/// The inode number of this process's network namespace, as the kernel's
+/// `net->ns.inum` says it (0 if it cannot be read: then no transmit is
+/// counted by the tracepoint, and the stats show them `unknown`).
+fn own_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net")
+        .map(|m| m.ino() as u32)
+        .unwrap_or(0)
 }
