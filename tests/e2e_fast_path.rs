@@ -1010,7 +1010,12 @@ fn another_namespaces_kernel_path_transmits_are_not_counted() {
         });
         for t in ["ids0", "ids1"] {
             assert_eq!(st.targets[t].sent_packets, n, "{name}: {:?}", st.targets[t]);
-            assert_eq!(st.targets[t].dropped_total(), 0, "{name}: {:?}", st.targets[t]);
+            assert_eq!(
+                st.targets[t].dropped_total(),
+                0,
+                "{name}: {:?}",
+                st.targets[t]
+            );
         }
     }
 }

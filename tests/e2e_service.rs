@@ -451,8 +451,9 @@ fn under_the_units_capabilities_it_mirrors_every_way_and_notifies_systemd() {
         .expect("mirror rules add");
     assert!(added.status.success(), "{added:?}\n{}", daemon.log_text());
 
-    // A file that changes a source is rejected: still RELOADING=1 then
-    // READY=1 (the daemon mirrors on), and STATUS says it was rejected.
+    // A file whose changed source's interface does not exist is rejected:
+    // still RELOADING=1 then READY=1 (the daemon mirrors on), and STATUS
+    // says it was rejected.
     std::fs::write(&config, changed.replace("\"cp0\"", "\"cp9\"")).expect("config");
     signal(pid, libc::SIGHUP);
     let reloading = next_notification(notify, daemon, "RELOADING=1 (rejected)");
@@ -619,6 +620,45 @@ fn root_keeps_only_the_run_capabilities_and_reloads_with_them() {
     assert_eq!(all.rules.len(), 3, "{all:?}");
     drop(client);
 
+    // A reload that restarts the copy-mode source and its pcapng target (a
+    // new file): with the capabilities kept, the programs load and attach
+    // and the file opens again (its counters carry on).
+    let cap2_before = Client::connect(&control)
+        .expect("control")
+        .stats()
+        .expect("stats")
+        .targets["cap2"]
+        .sent_packets;
+    let current = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, current.replace("live.pcapng", "live2.pcapng")).expect("config");
+    signal(pid, libc::SIGHUP);
+    let _reloading = next_notification(notify, daemon, "RELOADING=1 (restarting)");
+    let again = next_notification(notify, daemon, "READY=1 after a restarting reload");
+    assert!(
+        has(&again, "READY", "1")
+            && fields(&again)
+                .iter()
+                .any(|&(k, v)| k == "STATUS" && !v.contains("reload")),
+        "{again:?}\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        daemon
+            .log_text()
+            .contains("restarted source live, target cap2; everything else kept running"),
+        "{}",
+        daemon.log_text()
+    );
+    let live: Vec<Vec<u8>> = (0..20)
+        .map(|i| traffic::frame(traffic::Shape::Tcp4, i, 300))
+        .collect();
+    lab::send_frames(&lab.col, "cp1", Arc::new(live), 10_000).expect("send");
+    let mut client = Client::connect(&control).expect("control");
+    wait_for(&mut client, "20 more copies to cap2", |st| {
+        st.targets["cap2"].sent_packets == cap2_before + 20 && st.targets["cap2"].queued == 0
+    });
+    drop(client);
+
     // `stats --watch` on a terminal (script(1) gives it one): redrawn in
     // place (cursor home, no scrolling), with the time and, from the second
     // print on, rates per second; into a pipe: appended, no escapes.
@@ -648,6 +688,11 @@ fn root_keeps_only_the_run_capabilities_and_reloads_with_them() {
     signal(pid, libc::SIGTERM);
     let status = daemon.wait(Duration::from_secs(20)).expect("exits");
     assert!(status.success(), "{status}\n{}", daemon.log_text());
+    // The restarted target wrote its copies to the new file.
+    assert_eq!(
+        common::read_pcapng(&dir.path().join("live2.pcapng")).len(),
+        20
+    );
 }
 
 /// Not root and no capabilities: refused before anything is touched, with

@@ -89,6 +89,9 @@ pub fn main(a: Args) -> Result<ExitCode> {
             kept = %privileges::names(&privileges::RUN),
             "dropped every capability but the ones reloads and live rule changes need"
         );
+        // A source whose interface is deleted and created again is attached
+        // to the new device.
+        let watcher = Engine::watch_sources(&engine)?;
         let server = tokio::spawn(mirror_user::control::serve(
             listener,
             engine.clone(),
@@ -162,6 +165,8 @@ pub fn main(a: Args) -> Result<ExitCode> {
             m.abort();
             let _ = m.await;
         }
+        engine.close();
+        let _ = watcher.join();
         match Arc::try_unwrap(engine) {
             Ok(e) => e.shutdown(),
             Err(_) => tracing::warn!("control connections still open; detaching on exit"),

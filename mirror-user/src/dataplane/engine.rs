@@ -65,6 +65,8 @@ pub struct Engine {
     pending: Mutex<Vec<PendingChange>>,
     /// What runs. Read by counters and rule installs, written by a reload.
     plane: RwLock<Plane>,
+    /// Set when the daemon stops: the sources' watcher ends.
+    closing: AtomicBool,
 }
 
 /// Threads that stop together: a source's workers and the kernel-path
@@ -193,6 +195,7 @@ impl Engine {
             live: Mutex::new(config),
             pending: Mutex::new(Vec::new()),
             plane: RwLock::new(plane),
+            closing: AtomicBool::new(false),
         })
     }
 
@@ -290,6 +293,89 @@ impl Engine {
             .map(|s| (s.name.clone(), s.rules.load(Ordering::Relaxed) as usize))
             .collect();
         Ok(Applied { rules, ..applied })
+    }
+
+    /// Looks at every source's interface: one that is gone is said once (its
+    /// frames cannot be seen, so none is counted); one that is back as a new
+    /// device (deleted and created again under its name) is started again on
+    /// it, alone, its counters carried on. What [`Engine::watch_sources`]
+    /// runs twice a second.
+    pub fn check_sources(&self) -> Result<()> {
+        let mut back = Vec::new();
+        {
+            let plane = self
+                .plane
+                .read()
+                .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
+            for src in &plane.sources {
+                match crate::kernel::ifindex(&src.interface).ok() {
+                    None => {
+                        if !src.gone.swap(true, Ordering::Relaxed) {
+                            tracing::error!(
+                                source = %src.name,
+                                interface = %src.interface,
+                                "the source's interface is gone: nothing arrives to mirror; \
+                                 mirror attaches to it again when it is back"
+                            );
+                        }
+                    }
+                    Some(i) if i != src.ifindex => back.push((src.name.clone(), i)),
+                    Some(_) => {}
+                }
+            }
+        }
+        if back.is_empty() {
+            return Ok(());
+        }
+        for (name, ifindex) in &back {
+            tracing::warn!(source = %name, ifindex, "the source's interface is back as a new device: attaching to it again");
+        }
+        let names: Vec<String> = back.into_iter().map(|(n, _)| n).collect();
+        let live = self
+            .live
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
+        let mut plane = self
+            .plane
+            .write()
+            .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
+        let running = plane.config.clone();
+        // The same config, filters as in force: only these restart.
+        let keep = reload::keep_but(&running, &live, &names);
+        let applied = plane.apply(&running, &live, &live, &keep);
+        match &applied {
+            Ok(a) => {
+                tracing::info!(changes = %a.summary(), "re-attached to the re-created interface")
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "attaching to the re-created interface failed")
+            }
+        }
+        applied.map(|_| ())
+    }
+
+    /// A thread that runs [`Engine::check_sources`] every 500 ms for as long
+    /// as the engine lives (it holds it only weakly).
+    pub fn watch_sources(engine: &Arc<Engine>) -> Result<JoinHandle<()>> {
+        let weak = Arc::downgrade(engine);
+        crate::privileges::spawn(
+            std::thread::Builder::new().name("sources".into()),
+            move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let Some(engine) = weak.upgrade() else { return };
+                if engine.closing.load(Ordering::Relaxed) {
+                    return;
+                }
+                let _ = engine.check_sources();
+            },
+        )
+        .context("spawning the thread that watches the sources' interfaces")
+    }
+
+    /// Tells [`Engine::watch_sources`]'s thread to end (before the engine is
+    /// unwrapped for shutdown).
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
     }
 
     /// Changes the rules in force: `change` edits a copy of the live config;
@@ -1468,20 +1554,14 @@ fn open_target(
                     ring_size: src.ring_size,
                 }
             });
-            let (started, handle) = interface::start(
-                &t.name,
-                interface,
-                *zero_copy,
-                t.queue_size,
-                with,
-                stop,
-            )
-            .with_context(|| {
-                format!(
+            let (started, handle) =
+                interface::start(&t.name, interface, *zero_copy, t.queue_size, with, stop)
+                    .with_context(|| {
+                        format!(
                     "target `{}`: opening AF_XDP TX on {interface} (does it exist and is it up?)",
                     t.name
                 )
-            })?;
+                    })?;
             host = started.host;
             tracing::info!(
                 target = %t.name,

@@ -70,6 +70,12 @@ fn has_pcapng(c: &Config) -> bool {
 
 /// What of `old` (running) a reload to `new` keeps running.
 pub(crate) fn keep(old: &Config, new: &Config) -> Keep {
+    keep_but(old, new, &[])
+}
+
+/// [`keep`], restarting the sources named in `restart` whatever else (and
+/// what is coupled to them).
+pub(crate) fn keep_but(old: &Config, new: &Config, restart: &[String]) -> Keep {
     let same_sources = interfaces(old) == interfaces(new);
     let pcapng = has_pcapng(old) || has_pcapng(new);
     let old_target = |name: &str| old.targets.iter().position(|t| t.name == name);
@@ -89,11 +95,12 @@ pub(crate) fn keep(old: &Config, new: &Config) -> Keep {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            old_source(&s.name).is_some_and(|o| {
-                old.sources[o] == *s
-                    && (!pcapng || o == i)
-                    && sessions_named(old, o) == sessions_named(new, i)
-            })
+            !restart.contains(&s.name)
+                && old_source(&s.name).is_some_and(|o| {
+                    old.sources[o] == *s
+                        && (!pcapng || o == i)
+                        && sessions_named(old, o) == sessions_named(new, i)
+                })
         })
         .collect();
     let share_old = super::plan::share_picks(old);

@@ -37,6 +37,10 @@ pub(super) struct Source {
     pub(super) rule_sets_installed: AtomicU64,
     /// Copy mode's relay device (kernel tunnels), by name, when it has one.
     pub(super) relay: Option<String>,
+    /// The device its programs attached to (0: unknown), and whether the
+    /// daemon saw it gone (see `Engine::check_sources`).
+    pub(super) ifindex: u32,
+    pub(super) gone: std::sync::atomic::AtomicBool,
 }
 
 /// A source's loaded programs and session plans, before attaching.
@@ -60,6 +64,8 @@ impl Prepared {
         let relay = self.program.relay().map(|r| r.name.clone());
         Source {
             relay,
+            ifindex: crate::kernel::ifindex(&cfg.interface).unwrap_or(0),
+            gone: std::sync::atomic::AtomicBool::new(false),
             name: cfg.name.clone(),
             index: idx as u16,
             interface: cfg.interface.clone(),

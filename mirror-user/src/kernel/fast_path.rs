@@ -670,6 +670,16 @@ pub struct TunnelStats {
     pub errors: u64,
 }
 
+/// The inode number of this process's network namespace, as the kernel's
+/// `net->ns.inum` says it (0 if it cannot be read: then no transmit is
+/// counted by the tracepoint, and the stats show them `unknown`).
+fn own_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net")
+        .map(|m| m.ino() as u32)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,14 +720,4 @@ mod tests {
         };
         assert_eq!(grouped.variants(), vec![0b0111, 0b1101, 0b0101]);
     }
-}
-
-/// The inode number of this process's network namespace, as the kernel's
-/// `net->ns.inum` says it (0 if it cannot be read: then no transmit is
-/// counted by the tracepoint, and the stats show them `unknown`).
-fn own_netns() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/net")
-        .map(|m| m.ino() as u32)
-        .unwrap_or(0)
 }

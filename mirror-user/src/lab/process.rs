@@ -232,6 +232,12 @@ impl DaemonProcess {
     }
 
     /// Sends `signal` to the daemon.
+    /// Waits until the daemon's log contains `text` (an error when it
+    /// exits or `timeout` passes first).
+    pub fn wait_for_log(&mut self, text: &str, timeout: Duration) -> Result<()> {
+        self.process.wait_for_log(text, timeout)
+    }
+
     pub fn signal(&self, signal: i32) {
         self.process.signal(signal)
     }
