@@ -440,3 +440,65 @@ fn a_bad_mirror_fake_now_stops_the_start_with_the_format() {
         "{e}"
     );
 }
+
+/// Five flows of four UDP frames each, flow `f` from 10.1.0.`first + f`
+/// (its own port too): every frame of a flow is the same 5-tuple.
+fn flows(first: u8) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for k in 0..4u8 {
+        for f in first..first + 5 {
+            let mut v = Vec::new();
+            etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4([10, 1, 0, f], [10, 2, 0, 1], 64)
+                .udp(40_000, 1000 + u16::from(f))
+                .write(&mut v, &[k; 100])
+                .expect("frame");
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// A window may change the per-flow cutoff: inside 08:00-18:00 UTC only the
+/// first 2 frames of each flow are mirrored (the rest counted `cutoff`),
+/// outside every frame, switched exactly at the edges.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_window_changes_the_flow_cutoff_exactly_at_its_edges() {
+    require_root!();
+    let text = config(
+        "",
+        "path = \"userspace\"",
+        "[[session.schedule]]\ndays = \"mon-fri\"\nhours = \"08:00-18:00\"\ntimezone = \"UTC\"\nflow_cutoff_packets = 2\n",
+    );
+    let mut run = start("e2e-sched-cutoff", &text, "2026-12-07T07:59:00Z", false);
+    let mut sent = 0u64;
+    let mut last = run.client.stats().expect("stats");
+    // (clock, first flow, mirrored, cut off) per batch of 20 frames.
+    for (at, first, mirrored, cutoff) in [
+        ("2026-12-07T07:59:30Z", 10, 20, 0),
+        ("2026-12-07T08:00:00Z", 20, 10, 10),
+        ("2026-12-07T17:59:59Z", 30, 10, 10),
+        ("2026-12-07T18:00:00Z", 20, 20, 0),
+    ] {
+        set_time(&mut run.client, at);
+        let n = lab::send_frames(&run._lab.gen, Lab::GEN_IF, Arc::new(flows(first)), 10_000)
+            .expect("send");
+        assert_eq!(n, 20);
+        sent += n;
+        let st = wait_for(&mut run.client, "the batch accounted", |st| {
+            let (src, t) = (&st.sources["feed"], &st.targets["ids0"]);
+            src.received == sent && src.queued == 0 && t.queued == 0
+        });
+        let (now, before) = (&st.sessions["s"], &last.sessions["s"]);
+        assert_eq!(
+            (now.mirrored - before.mirrored, now.cutoff - before.cutoff),
+            (mirrored, cutoff),
+            "at {at}: {now:?}"
+        );
+        assert_source_reconciles("feed", &st.sources["feed"]);
+        assert_reconciles("ids0", &st.targets["ids0"]);
+        last = st;
+    }
+    assert_eq!(last.targets["ids0"].sent_packets, 60);
+}

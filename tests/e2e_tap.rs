@@ -491,11 +491,18 @@ fn live_rule_changes_and_reloads_under_traffic_lose_no_frame() {
         want2
     );
 
-    // 4. A reload that changes a target, or an invalid file, is refused and
-    // the running rules stay.
+    // 4. A reload whose changed target cannot start here, or an invalid
+    // file, is refused and the running config stays.
     std::fs::write(&path, tcp_off.replace("tgt0", "tgt9")).expect("write config");
     let (ok, out) = cli(&control, &["reload"]);
-    assert!(!ok && out.contains("the targets changed too"), "{out}");
+    assert!(
+        !ok && out.contains(
+            "the new config cannot start here, nothing was changed:\n  target `ids0`: \
+             interface tgt9 does not exist in this network namespace; the running config \
+             stays in force"
+        ),
+        "{out}"
+    );
     std::fs::write(&path, tcp_off.replace("number = 200", "number = 0")).expect("write config");
     let (ok, out) = cli(&control, &["reload"]);
     assert!(!ok && out.contains("mirror.toml:"), "{out}");

@@ -249,8 +249,9 @@ struct mirror_policy {
 	__u32 rate_pps;       /* rate_limit_pps (0: none) */
 	__u64 rate_interval;  /* the kernel path's limiter: 1 s / rate_pps, ns (0: none) */
 	__u64 rate_tolerance; /* and its burst, ns (see rate_buckets) */
-	__u64 cutoff_bytes;   /* flow cutoff, 0: off (carried; not acted on yet) */
-	__u64 cutoff_packets;
+	__u64 cutoff_bytes;   /* per-flow cutoff: the first N bytes of each flow
+			       * (0: no byte limit) */
+	__u64 cutoff_packets; /* and the first N frames (0: no frame limit) */
 };
 
 enum mirror_policy_bits {
@@ -490,15 +491,15 @@ struct mirror_clone_stats {
 };
 
 /*
- * Per-flow cutoff (session keys flow_cutoff_bytes / flow_cutoff_packets):
- * a session mirrors only the first `bytes` bytes and `packets` frames of
- * each flow, both directions together, counted over the frames its sampling
- * keeps. Set per session by userspace (0 = no limit; both 0: off); a flow
- * not seen for `idle_ns` starts over.
+ * Per-flow cutoff (session keys flow_cutoff_bytes / flow_cutoff_packets,
+ * also in schedule windows): a session mirrors only the first
+ * `cutoff_bytes` bytes and `cutoff_packets` frames of each flow, both
+ * directions together, counted over the frames its sampling keeps. The
+ * limits are the policy's (struct mirror_policy: the slot the frame saw);
+ * per session here only the idle timeout: a flow not seen for `idle_ns`
+ * starts over.
  */
 struct mirror_cutoff {
-	__u64 bytes;
-	__u64 packets;
 	__u64 idle_ns;
 };
 

@@ -218,9 +218,8 @@ __u32 policy_slot[MIRROR_MAX_SESSIONS];
  * touched only by sessions that sample.
  */
 __u64 session_sample_seq[MIRROR_MAX_SESSIONS];
-/* Per-flow cutoff of each session, set by userspace before the program is
- * attached; read only through cutoff_limits(). (Schedule windows do not
- * change it yet: a window with a cutoff is refused by the config.) */
+/* Per-flow cutoff's idle timeout of each session, set by userspace before
+ * the program is attached (the limits are in the policy). */
 struct mirror_cutoff session_cutoff[MIRROR_MAX_SESSIONS];
 /*
  * Copy mode: wake the reader only once this many bytes wait in the ring (it
@@ -318,10 +317,11 @@ static __always_inline const struct mirror_policy *policy_of(__u32 session, __u3
 	return &session_policy[s * MIRROR_POLICY_SLOTS + i];
 }
 
-/* The per-flow cutoff of session `session` (the one place it is read). */
-static __always_inline const struct mirror_cutoff *cutoff_limits(__u32 session)
+/* The per-flow cutoff's idle timeout of session `session` (its limits are
+ * the policy's: a schedule window may change them). */
+static __always_inline __u64 cutoff_idle_ns(__u32 session)
 {
-	return &session_cutoff[session & (MIRROR_MAX_SESSIONS - 1)];
+	return session_cutoff[session & (MIRROR_MAX_SESSIONS - 1)].idle_ns;
 }
 
 /* True when endpoint (a, ap) sorts before (b, bp). */
@@ -390,9 +390,16 @@ static __always_inline void flow_key(struct mirror_flow_key *k, const struct pkt
  * every program that reaches it (xdp_tap's count is close to the limit).
  */
 __noinline __u32 flow_cutoff(const struct pkt *p, const struct mac_pair *macs, __u32 session,
-			     __u32 dir, __u32 len)
+			     __u32 dir_slot, __u32 len)
 {
-	const struct mirror_cutoff *lim = cutoff_limits(session);
+	/* Five arguments at most: the direction (bit 0) and the policy slot the
+	 * frame saw (above it) share one, so the limits are that slot's. */
+	__u32 dir = dir_slot & 1;
+	const struct mirror_policy *pol =
+		&session_policy[(session & (MIRROR_MAX_SESSIONS - 1)) * MIRROR_POLICY_SLOTS +
+				((dir_slot >> 1) & (MIRROR_POLICY_SLOTS - 1))];
+	__u64 max_bytes = pol->cutoff_bytes, max_packets = pol->cutoff_packets;
+	__u64 idle_ns = cutoff_idle_ns(session);
 	struct mirror_flow_key k;
 	struct mirror_flow *e;
 	__u64 now, last, prev;
@@ -415,7 +422,7 @@ __noinline __u32 flow_cutoff(const struct pkt *p, const struct mac_pair *macs, _
 		}
 	}
 	last = e->last_seen;
-	if (lim->idle_ns && now > last && now - last > lim->idle_ns) {
+	if (idle_ns && now > last && now - last > idle_ns) {
 		/* Idle: the CPU that moves last_seen on starts the flow over. */
 		if (__sync_val_compare_and_swap(&e->last_seen, last, now) == last) {
 			e->bytes = 0;
@@ -424,18 +431,18 @@ __noinline __u32 flow_cutoff(const struct pkt *p, const struct mac_pair *macs, _
 	} else if (now > last) {
 		e->last_seen = now;
 	}
-	if (lim->packets) {
+	if (max_packets) {
 		prev = __sync_fetch_and_add(&e->packets, 1);
-		if (prev >= lim->packets)
+		if (prev >= max_packets)
 			goto past;
 	}
-	if (!lim->bytes)
+	if (!max_bytes)
 		return len;
 	prev = __sync_fetch_and_add(&e->bytes, len);
-	if (prev + len <= lim->bytes)
+	if (prev + len <= max_bytes)
 		return len;
-	if (prev + ETH_HLEN <= lim->bytes)
-		return lim->bytes - prev;
+	if (prev + ETH_HLEN <= max_bytes)
+		return max_bytes - prev;
 past:
 	{
 		struct mirror_cutoff_count *c = bpf_map_lookup_elem(&session_cutoff_count, &session);
@@ -531,12 +538,12 @@ static __always_inline __s32 select_session(struct pkt *p, __u32 dir, __u32 pars
 		count_session(&session_sampled_out, session);
 		return -1;
 	}
-	if (cutoff_limits(session)->bytes || cutoff_limits(session)->packets) {
+	if ((*pol)->cutoff_bytes || (*pol)->cutoff_packets) {
 		struct mac_pair macs = {};
 
 		if (data + sizeof(macs) <= data_end)
 			__builtin_memcpy(macs.b, data, sizeof(macs));
-		*keep = flow_cutoff(p, &macs, session, dir, len);
+		*keep = flow_cutoff(p, &macs, session, dir | (*slot << 1), len);
 		if (!*keep)
 			return -1;
 	}

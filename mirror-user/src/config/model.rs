@@ -380,7 +380,7 @@ pub struct Policy {
     pub sample: u32,
     pub rate_limit_pps: u32,
     pub packet_length: u32,
-    /// Carried for the flow cutoff (0: off); window keys only so far.
+    /// The per-flow cutoff (0: no limit; both 0: off).
     pub flow_cutoff_bytes: u64,
     pub flow_cutoff_packets: u64,
 }
@@ -393,8 +393,8 @@ impl Session {
             sample: self.sample,
             rate_limit_pps: self.rate_limit_pps,
             packet_length: self.packet_length,
-            flow_cutoff_bytes: 0,
-            flow_cutoff_packets: 0,
+            flow_cutoff_bytes: self.flow_cutoff_bytes,
+            flow_cutoff_packets: self.flow_cutoff_packets,
         };
         let Some(o) = window
             .and_then(|w| self.schedule.get(w))

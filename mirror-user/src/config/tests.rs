@@ -1397,16 +1397,44 @@ path = "kernel"
 }
 
 #[test]
-fn a_flow_cutoff_in_a_window_is_refused_until_the_cutoff_is_built() {
+fn a_flow_cutoff_in_a_window_overrides_the_sessions_own() {
+    let c = parse(
+        &scheduled(
+            r#"
+[[session.schedule]]
+hours = "08:00-12:00"
+flow_cutoff_packets = 10
+[[session.schedule]]
+hours = "12:00-13:00"
+flow_cutoff_bytes = 65536
+flow_cutoff_packets = 0
+"#,
+        )
+        .replace("priority = 1", "priority = 1\nflow_cutoff_packets = 3"),
+        "t.toml",
+    )
+    .expect("valid");
+    let s = &c.sessions[0];
+    let limits = |w: Option<usize>| {
+        let p = s.policy(w);
+        (p.flow_cutoff_bytes, p.flow_cutoff_packets)
+    };
+    assert_eq!(limits(None), (0, 3), "the session's own");
+    assert_eq!(limits(Some(0)), (0, 10));
+    assert_eq!(limits(Some(1)), (65536, 0), "0 turns a limit off");
+    // As on the session: a byte cutoff keeps at least an Ethernet header.
     let e = errors(&scheduled(
         r#"
 [[session.schedule]]
 hours = "08:00-12:00"
-flow_cutoff_packets = 10
+flow_cutoff_bytes = 13
 "#,
     ));
     assert!(
-        e[0].contains("schedule[0].flow_cutoff_packets: flow cutoff is not supported yet"),
+        e[0].ends_with(
+            "session[0].schedule[0].flow_cutoff_bytes (0 = off) = 13 is out of range: accepted \
+             values are 14 to 9223372036854775807"
+        ),
         "{e:?}"
     );
 }

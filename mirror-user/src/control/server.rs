@@ -236,7 +236,7 @@ fn handle(req: Request, engine: &Engine, config_path: &Path) -> Reply {
                 }
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "reload rejected");
-                    Reply::updated(Err(e))
+                    Reply::error(format!("{e:#}; the running config stays in force"))
                 }
             }
         }

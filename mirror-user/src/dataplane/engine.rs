@@ -265,13 +265,17 @@ impl Engine {
                 .with_context(|| format!("source `{}`: the new rules", new.sources[i].name))?;
         }
         let keep = reload::keep(&running, &new);
+        // Filters only: everything kept, in the same places, and no session
+        // setting changed (`check_reloadable` compares what the rule sets
+        // index by; `keep` every setting, by name).
         let structural = keep.sources.len() != running.sources.len()
             || keep.sources.len() != new.sources.len()
             || keep.targets.len() != running.targets.len()
             || keep.targets.len() != new.targets.len()
             || keep.groups.len() != running.groups.len()
             || keep.groups.len() != new.groups.len()
-            || running.sessions.len() != new.sessions.len();
+            || running.sessions.len() != new.sessions.len()
+            || crate::filter::rules::check_reloadable(&running, &new).is_err();
         if !structural {
             drop(live);
             let rules = self.update(move |l| {
@@ -1009,8 +1013,9 @@ impl Plane {
         let ring_used = sessions.iter().any(|&s| !self.paths[s].kernel);
         // The flow table is sized only when a session has a per-flow cutoff.
         let cutoff = sessions.iter().any(|&s| {
-            let sess = &self.config.sessions[s];
-            sess.flow_cutoff_bytes != 0 || sess.flow_cutoff_packets != 0
+            self.config.sessions[s]
+                .policies()
+                .any(|p| p.flow_cutoff_bytes != 0 || p.flow_cutoff_packets != 0)
         });
         let mut program = SourceProgram::load_with_flows(
             match cfg.mode {
@@ -1073,12 +1078,7 @@ impl Plane {
                 .set_policy(k as u32, &policy, true)
                 .with_context(|| format!("source `{}`: setting the session policies", cfg.name))?;
             program
-                .set_cutoff(
-                    k as u32,
-                    sess.flow_cutoff_bytes,
-                    sess.flow_cutoff_packets,
-                    sess.flow_cutoff_idle,
-                )
+                .set_cutoff_idle(k as u32, sess.flow_cutoff_idle)
                 .with_context(|| format!("source `{}`: setting the flow cutoff", cfg.name))?;
         }
         let prepared = Prepared {

@@ -5,9 +5,9 @@
 //! new one starts ([`super::engine::Engine::reload`]).
 //!
 //! A source is kept when its own settings, its sessions (every key, and the
-//! names of their filter and destinations) and every destination it sends
-//! to are kept; its filters' rules may change (they are installed live, as
-//! `mirror rules` does). A target is kept when its definition is unchanged,
+//! names of their destinations) and every destination it sends to are kept;
+//! its rules may change, and which filter a session uses (they are installed
+//! live, as `mirror rules` does). A target is kept when its definition is unchanged,
 //! and a group when its members are the same kept targets. What is coupled
 //! goes together: a tap source and the interface target that may share its
 //! UMEM (one is kept only with the other); a pcapng target, whose files
@@ -28,15 +28,15 @@ pub(crate) struct Keep {
 }
 
 /// A session with its indices replaced by names, for comparing across
-/// configs.
+/// configs. Its filter is not compared: a kept source's rules are installed
+/// live, whichever filter its sessions use.
 #[derive(Debug, PartialEq)]
 struct Named<'a> {
     session: Session,
-    filter: &'a str,
     dests: Vec<&'a str>,
 }
 
-fn named<'a>(c: &'a Config, s: usize) -> Named<'a> {
+fn named(c: &Config, s: usize) -> Named<'_> {
     let sess = &c.sessions[s];
     Named {
         session: Session {
@@ -45,7 +45,6 @@ fn named<'a>(c: &'a Config, s: usize) -> Named<'a> {
             targets: Vec::new(),
             ..sess.clone()
         },
-        filter: &c.filters[sess.filter].name,
         dests: sess.targets.iter().map(|&d| c.dest_name(d)).collect(),
     }
 }

@@ -124,14 +124,30 @@ impl SourceProgram {
 
     /// The per-flow cutoff of the session at kernel index `session`: only
     /// the first `bytes` bytes and `packets` frames of each flow (0: no
-    /// limit; both 0: off), a flow idle for `idle` starting over (zero:
-    /// never; the config's minimum is 1ms). The flow
-    /// table must have room ([`SourceProgram::load_with_flows`]).
+    /// limit; both 0: off), through the policy in force (as
+    /// [`SourceProgram::set_policy`]: a schedule window's policy may carry
+    /// others), a flow idle for `idle` starting over (zero: never; the
+    /// config's minimum is 1ms). The flow table must have room
+    /// ([`SourceProgram::load_with_flows`]).
     pub fn set_cutoff(
         &mut self,
         session: u32,
         bytes: u64,
         packets: u64,
+        idle: std::time::Duration,
+    ) -> Result<(), LoaderError> {
+        self.set_cutoff_idle(session, idle)?;
+        self.change_policy(session, |p| {
+            p.flow_cutoff_bytes = bytes;
+            p.flow_cutoff_packets = packets;
+        })
+    }
+
+    /// The per-flow cutoff's idle timeout of the session at kernel index
+    /// `session` (its limits are in its policies).
+    pub fn set_cutoff_idle(
+        &mut self,
+        session: u32,
         idle: std::time::Duration,
     ) -> Result<(), LoaderError> {
         let slot = self
@@ -142,8 +158,6 @@ impl SourceProgram {
             .and_then(|bss| bss.session_cutoff.get_mut(session as usize));
         match slot {
             Some(v) => {
-                v.bytes = bytes;
-                v.packets = packets;
                 v.idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
                 Ok(())
             }

@@ -90,13 +90,6 @@ impl<'t> Validator<'t> {
         T::try_from(n).ok()
     }
 
-    /// Rejects a feature this version parses but cannot run yet.
-    fn unsupported(&mut self, span: Range<usize>, what: &str) {
-        self.error(
-            span,
-            format!("{what} is not supported yet by this version of mirror"),
-        );
-    }
 
     /// Index names, reporting duplicates.
     fn names<'a>(

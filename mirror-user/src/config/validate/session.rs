@@ -206,15 +206,15 @@ impl Validator<'_> {
             ),
         ] {
             if let Some(p) = value {
-                *slot = self.int_in::<u64>(p, 0..=i64::MAX, key);
+                // As the session's own keys: a byte cutoff keeps at least an
+                // Ethernet header of the frame it cuts.
+                let min = if key.starts_with("flow_cutoff_bytes") && *p.get_ref() != 0 {
+                    14
+                } else {
+                    0
+                };
+                *slot = self.int_in::<u64>(p, min..=i64::MAX, key);
                 ok &= slot.is_some();
-                // The flow cutoff itself is not in this version: the window
-                // carries the limit to the kernel's policy, which does not act
-                // on it yet. Refused rather than silently ignored.
-                if slot.is_some_and(|v| v != 0) {
-                    self.unsupported(p.span(), "flow cutoff");
-                    ok = false;
-                }
             }
         }
         ok.then_some(Window {
