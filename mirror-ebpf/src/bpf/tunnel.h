@@ -31,6 +31,11 @@ struct tun_copy {
 	bool tagged;
 	bool cut;       /* cut to max_inner (ERSPAN's T bit) */
 	bool egress;    /* seen on egress (copy mode; ERSPAN III's D bit) */
+	/* Copy mode, a copy whose L4 checksum the egress device is still to
+	 * fill in (CHECKSUM_PARTIAL): where its sum starts in the copy (0: not
+	 * such a copy) and the checksum field's place after that. */
+	__u32 csum_start;
+	__u16 csum_offset;
 };
 
 static __always_inline __u16 csum_fold(__u32 sum)
@@ -66,13 +71,30 @@ struct {
 
 /*
  * The one's-complement sum (32 bits, not folded) of the 16-bit words as
- * stored of `len` bytes of the packet from its start: `ctx` is a struct
- * xdp_md (`xdp`) or a struct __sk_buff. False when a read fails.
+ * stored of copy `c` as it will leave: `ctx` is a struct xdp_md (`xdp`) or a
+ * struct __sk_buff. False when a read fails.
+ *
+ * A copy whose inner L4 checksum the egress device fills in (CHECKSUM_PARTIAL,
+ * copy mode: locally sent or from a veth) is summed as the kernel's own
+ * tunnels do it (lco_csum): the bytes before the checksummed part, then the
+ * complement of the field's current value (the pseudo-header sum), which is
+ * what the checksummed part sums to once the device has filled it in.
  */
-static __always_inline bool payload_sum(void *ctx, const bool xdp, const __u32 len, __u32 *sum)
+static __always_inline bool payload_sum(void *ctx, const bool xdp, const struct tun_copy *c,
+					__u32 *sum)
 {
-	__u32 zero = 0, s = 0;
+	__u32 zero = 0, s = 0, len = c->len;
 	struct csum_buf *buf = bpf_map_lookup_elem(&csum_scratch, &zero);
+
+	/* A cut before the field: the bytes as they are (nothing to fill in). */
+	if (!xdp && c->csum_start && c->csum_start + c->csum_offset + 2 <= c->len) {
+		__u16 field;
+
+		if (bpf_skb_load_bytes(ctx, c->csum_start + c->csum_offset, &field, 2))
+			return false;
+		s = (__u16)~field;
+		len = c->csum_start;
+	}
 
 	if (!buf || len > CSUM_CHUNK * CSUM_CHUNKS)
 		return false;
@@ -230,7 +252,7 @@ static __always_inline bool push_headers(void *ctx, const bool xdp, const struct
 
 	/* Before the push: the copy starts at offset 0. */
 	if (v6 && hl == TUN_ETH + TUN_IP6 + 16 && t->kind == MIRROR_TUN_VXLAN &&
-	    !payload_sum(ctx, xdp, c->len, &payload))
+	    !payload_sum(ctx, xdp, c, &payload))
 		return false;
 	if (xdp) {
 		struct xdp_md *x = ctx;
