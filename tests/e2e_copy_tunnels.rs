@@ -728,7 +728,16 @@ fn copy_mode_ipv6_vxlan_is_encapsulated_in_the_kernel_with_a_checksum_linux_acce
         "fd00:31:5::1".parse().expect("ip"),
         "fd00:31:5::2".parse().expect("ip"),
     );
-    lab::wire6(&r.rtr, "c6", "fd00:31:5::1", &r.col, "z0", "fd00:31:5::2", 1500).expect("veth");
+    lab::wire6(
+        &r.rtr,
+        "c6",
+        "fd00:31:5::1",
+        &r.col,
+        "z0",
+        "fd00:31:5::2",
+        1500,
+    )
+    .expect("veth");
     lab::vxlan_decap(&r.col, "vx6", 43, "fd00:31:5::2", "z0").expect("vxlan device");
     const SIZES6: [usize; 5] = [64, 65, 1400, 1401, 1514];
     // 1500 - 40 (IPv6) - 16 (UDP + VXLAN): the longest copy sent whole.
@@ -783,7 +792,10 @@ fn copy_mode_ipv6_vxlan_is_encapsulated_in_the_kernel_with_a_checksum_linux_acce
         let mut decap = inner.finish();
         decap.sort();
         assert_eq!(decap.len(), want.len(), "{snap}: frames vx6 decapsulated");
-        assert!(decap == want, "{snap}: every copy byte-identical, each once");
+        assert!(
+            decap == want,
+            "{snap}: every copy byte-identical, each once"
+        );
         let udp: Vec<Vec<u8>> = outer
             .finish()
             .iter()
@@ -857,7 +869,16 @@ fn copy_mode_ipv6_vxlan_checksum_accounts_for_the_inner_checksum_the_device_comp
         "fd00:31:5::1".parse().expect("ip"),
         "fd00:31:5::2".parse().expect("ip"),
     );
-    lab::wire6(&r.rtr, "c6", "fd00:31:5::1", &r.col, "z0", "fd00:31:5::2", 1500).expect("veth");
+    lab::wire6(
+        &r.rtr,
+        "c6",
+        "fd00:31:5::1",
+        &r.col,
+        "z0",
+        "fd00:31:5::2",
+        1500,
+    )
+    .expect("veth");
     lab::vxlan_decap(&r.col, "vx6", 43, "fd00:31:5::2", "z0").expect("vxlan device");
     r.rtr
         .run(|| {
@@ -865,8 +886,7 @@ fn copy_mode_ipv6_vxlan_checksum_accounts_for_the_inner_checksum_the_device_comp
                 .ok_or_else(|| anyhow::anyhow!("ETHTOOL_STXCSUM on c6 failed"))
         })
         .expect("transmit checksum offload off");
-    let (mut daemon, _) =
-        common::start_daemon(BIN, &r.rtr, &r.dir, &VXLAN6.replace("@SNAP@", "0"));
+    let (mut daemon, _) = common::start_daemon(BIN, &r.rtr, &r.dir, &VXLAN6.replace("@SNAP@", "0"));
     let mut client = Client::connect(&daemon.control).expect("control socket");
     const K: usize = 100;
     let sink_rx = udp_sink(&r.sink, SocketAddr::from((SINK_IP, TO_SINK)), K);
@@ -919,7 +939,10 @@ fn copy_mode_ipv6_vxlan_checksum_accounts_for_the_inner_checksum_the_device_comp
         .collect();
     assert_eq!(udp.len(), K, "packets at the collector");
     for u in &udp {
-        assert!(udp6_checksum_ok(from, to, u), "outer UDP checksum of {u:02x?}");
+        assert!(
+            udp6_checksum_ok(from, to, u),
+            "outer UDP checksum of {u:02x?}"
+        );
     }
     assert_eq!(
         udp6_checksum_errors(&r.col),

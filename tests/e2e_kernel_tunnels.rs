@@ -679,7 +679,10 @@ fn run6(lab: &Lab, col: &Netns, path: &str, snap: usize, frames: &Arc<Vec<Vec<u8
             "{path}: the UDP checksum of {payload:02x?}"
         );
         let seq = traffic::seq_of(&payload[16..]).expect("a lab frame");
-        assert!(udp.insert(seq, payload).is_none(), "{path}: frame {seq} once");
+        assert!(
+            udp.insert(seq, payload).is_none(),
+            "{path}: frame {seq} once"
+        );
     }
     let decapsulated = by_seq(&inner.finish());
     assert_eq!(
@@ -763,11 +766,19 @@ fn ipv6_vxlan_in_the_kernel_carries_a_checksum_linux_accepts_and_the_userspace_p
         assert_eq!(t.kernel_path, kernel, "{path} {snap}");
         let (limit, truncated) = if snap == 0 { (MAX, longer) } else { (snap, 0) };
         assert_eq!(t.truncated, truncated, "{path} {snap}: cut to the mtu");
-        assert_eq!(t.sent_bytes, bytes(limit), "{path} {snap}: the copies' bytes");
+        assert_eq!(
+            t.sent_bytes,
+            bytes(limit),
+            "{path} {snap}: the copies' bytes"
+        );
         let src = &run.stats.sources["feed"];
         assert_eq!((src.matched, src.mirrored), (n, n));
         common::assert_source_reconciles("feed", src);
-        assert_eq!(run.udp.len() as u64, n, "{path} {snap}: packets at the collector");
+        assert_eq!(
+            run.udp.len() as u64,
+            n,
+            "{path} {snap}: packets at the collector"
+        );
         assert!(
             run.decapsulated == cut(limit),
             "{path} {snap}: the vxlan device decapsulated every copy byte-identical"

@@ -86,7 +86,7 @@ static __always_inline bool payload_sum(void *ctx, const bool xdp, const struct 
 	__u32 zero = 0, s = 0, len = c->len;
 	struct csum_buf *buf = bpf_map_lookup_elem(&csum_scratch, &zero);
 
-	/* A cut before the field: the bytes as they are (nothing to fill in). */
+	/* Cut before the field (packet_length): the bytes as they are. */
 	if (!xdp && c->csum_start && c->csum_start + c->csum_offset + 2 <= c->len) {
 		__u16 field;
 

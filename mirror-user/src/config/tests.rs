@@ -655,7 +655,11 @@ fn copy_sessions_clone_in_the_kernel_unless_userspace_or_xdp_is_needed() {
         "[[target]]\nname = \"v6\"\nkind = \"vxlan\"\nremote = \"2001:db8::10\"\n\n[[target_group]]",
     );
     let c = parse(&v6, "t.toml").expect("valid");
-    assert_eq!(c.kernel_path_obstacle(0), None, "IPv6 VXLAN: the relay computes its checksum");
+    assert_eq!(
+        c.kernel_path_obstacle(0),
+        None,
+        "IPv6 VXLAN: the relay computes its checksum"
+    );
     // Egress only: the ingress hook does not matter.
     let egress = copy("ingress_hook = \"xdp\"", ids, "")
         .replace("direction = \"both\"", "direction = \"egress\"");

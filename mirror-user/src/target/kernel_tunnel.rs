@@ -280,7 +280,11 @@ mod tests {
         assert_ne!(h.flags & mirror_tunnel_flags::MIRROR_TUN_F_IPV6.0 as u8, 0);
         assert_eq!(h.hdr_len, 14 + 40 + 16);
         assert_eq!(h.max_inner, 1500 - 40 - 16);
-        assert_eq!((h.hdr[20], h.hdr[21]), (17, 64), "next header UDP, hop limit 64");
+        assert_eq!(
+            (h.hdr[20], h.hdr[21]),
+            (17, 64),
+            "next header UDP, hop limit 64"
+        );
         let udp = &h.hdr[54..70];
         assert_eq!(&udp[2..4], &4789u16.to_be_bytes());
         assert_eq!(&udp[8..16], &[0x08, 0, 0, 0, 0xab, 0xcd, 0xef, 0]);
