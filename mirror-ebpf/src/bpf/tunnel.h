@@ -86,7 +86,9 @@ static __always_inline bool payload_sum(void *ctx, const bool xdp, const struct 
 	__u32 zero = 0, s = 0, len = c->len;
 	struct csum_buf *buf = bpf_map_lookup_elem(&csum_scratch, &zero);
 
-	/* Cut before the field (packet_length): the bytes as they are. */
+	if (!buf)
+		return false;
+	/* A copy that packet_length cut before the field counts as it is. */
 	if (!xdp && c->csum_start && c->csum_start + c->csum_offset + 2 <= c->len) {
 		__u16 field;
 
@@ -95,8 +97,7 @@ static __always_inline bool payload_sum(void *ctx, const bool xdp, const struct 
 		s = (__u16)~field;
 		len = c->csum_start;
 	}
-
-	if (!buf || len > CSUM_CHUNK * CSUM_CHUNKS)
+	if (len > CSUM_CHUNK * CSUM_CHUNKS)
 		return false;
 	for (__u32 i = 0; i < CSUM_CHUNKS; i++) {
 		__u32 done = i * CSUM_CHUNK, n;
