@@ -15,11 +15,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_reconciles, assert_source_reconciles, ipv4_payload, wait_for, Window};
+use common::{
+    assert_reconciles, assert_source_reconciles, ipv4_payload, udp6_checksum_errors,
+    udp6_checksum_ok, wait_for, Window,
+};
 use mirror_user::config::{ErspanVersion, Granularity};
 use mirror_user::control::Client;
 use mirror_user::dataplane::stats::Stats;
@@ -666,4 +669,308 @@ fn a_copy_mode_tunnel_whose_route_goes_counts_down_and_resumes() {
         .success());
     assert!(!r.has_device(&relay), "a clean stop deletes the relay too");
     assert_eq!(r.attached("m0"), kernel::Attached::default());
+}
+
+/// One VXLAN collector over IPv6 (link c6 - z0), whole copies or
+/// `packet_length` ones; `path` auto.
+const VXLAN6: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "mon"
+interface = "m0"
+mode = "copy"
+direction = "both"
+
+[[filter]]
+name = "udp"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "ingress"
+protocol = "udp"
+destination_port = "7000"
+[[filter.rule]]
+number = 10
+action = "accept"
+direction = "egress"
+protocol = "udp"
+destination_port = "7001"
+
+[[target]]
+name = "vx6"
+kind = "vxlan"
+remote = "fd00:31:5::2"
+
+[[session]]
+name = "tun6"
+source = "mon"
+filter = "udp"
+targets = ["vx6"]
+vni = 43
+packet_length = @SNAP@
+"#;
+
+/// Copy mode's relay computes VXLAN over IPv6's mandatory UDP checksum over
+/// the whole copy: with `path = "auto"` the session is served in the kernel,
+/// and a Linux vxlan device with default settings (it verifies the checksum
+/// and takes no zero one) decapsulates every copy of both directions
+/// byte-identical, at 64 bytes, ~1400 bytes, odd lengths, cut to the
+/// tunnel's mtu, and cut to an odd `packet_length`; every counter exact.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn copy_mode_ipv6_vxlan_is_encapsulated_in_the_kernel_with_a_checksum_linux_accepts() {
+    require_root!();
+    let _serial = one_at_a_time();
+    let r = Routed::new("copy-vx6");
+    let (from, to): (Ipv6Addr, Ipv6Addr) = (
+        "fd00:31:5::1".parse().expect("ip"),
+        "fd00:31:5::2".parse().expect("ip"),
+    );
+    lab::wire6(
+        &r.rtr,
+        "c6",
+        "fd00:31:5::1",
+        &r.col,
+        "z0",
+        "fd00:31:5::2",
+        1500,
+    )
+    .expect("veth");
+    lab::vxlan_decap(&r.col, "vx6", 43, "fd00:31:5::2", "z0").expect("vxlan device");
+    const SIZES6: [usize; 5] = [64, 65, 1400, 1401, 1514];
+    // 1500 - 40 (IPv6) - 16 (UDP + VXLAN): the longest copy sent whole.
+    const MAX: usize = 1444;
+    const N: u32 = 200;
+    let n = 2 * u64::from(N);
+    for snap in [0usize, 99] {
+        let (mut daemon, _) = common::start_daemon(
+            BIN,
+            &r.rtr,
+            &r.dir,
+            &VXLAN6.replace("@SNAP@", &snap.to_string()),
+        );
+        let mut client = Client::connect(&daemon.control).expect("control socket");
+        let first = if snap == 0 { 0 } else { N };
+        let to_sink: Vec<Vec<u8>> = (first..first + N)
+            .map(|i| routed_frame(true, i, SIZES6[i as usize % SIZES6.len()]))
+            .collect();
+        let to_gen: Vec<Vec<u8>> = (first..first + N)
+            .map(|i| routed_frame(false, i, SIZES6[(i as usize + 2) % SIZES6.len()]))
+            .collect();
+        let sink_rx = udp_sink(&r.sink, SocketAddr::from((SINK_IP, TO_SINK)), N as usize);
+        let gen_rx = udp_sink(&r.gen, SocketAddr::from((GEN_IP, TO_GEN)), N as usize);
+        let outer = Capture::start(&r.col, "z0").expect("capture z0");
+        let inner = Capture::start(&r.col, "vx6").expect("capture vx6");
+        let at_gen = Capture::start(&r.gen, "g0").expect("capture g0");
+        let errors_before = udp6_checksum_errors(&r.col);
+        for (ns, dev, frames) in [(&r.gen, "g0", &to_sink), (&r.sink, "k0", &to_gen)] {
+            let sent = lab::send_frames(ns, dev, Arc::new(frames.clone()), 5_000).expect("send");
+            assert_eq!(sent, u64::from(N));
+        }
+        let st = wait_settled(&mut client, "every copy accounted", |st| {
+            let t = &st.targets["vx6"];
+            t.sent_packets + t.dropped_total() == n
+        });
+        assert_eq!(sink_rx.join().expect("sink reader").len(), N as usize);
+        assert_eq!(gen_rx.join().expect("generator reader").len(), N as usize);
+        // m0 saw: to_sink as sent, to_gen as routed out (at g0).
+        let forwarded_out: Vec<Vec<u8>> = at_gen
+            .finish()
+            .into_iter()
+            .filter(|f| f[12..14] == [0x08, 0x00])
+            .collect();
+        assert_eq!(forwarded_out.len(), N as usize, "frames at g0");
+        let limit = if snap == 0 { MAX } else { snap };
+        let seen: Vec<&Vec<u8>> = to_sink.iter().chain(&forwarded_out).collect();
+        let mut want: Vec<Vec<u8>> = seen
+            .iter()
+            .map(|f| f[..f.len().min(limit)].to_vec())
+            .collect();
+        want.sort();
+        let mut decap = inner.finish();
+        decap.sort();
+        assert_eq!(decap.len(), want.len(), "{snap}: frames vx6 decapsulated");
+        assert!(
+            decap == want,
+            "{snap}: every copy byte-identical, each once"
+        );
+        let udp: Vec<Vec<u8>> = outer
+            .finish()
+            .iter()
+            .filter_map(|f| {
+                let p = etherparse::SlicedPacket::from_ethernet(f).ok()?;
+                match p.net? {
+                    etherparse::NetSlice::Ipv6(ip)
+                        if ip.header().destination_addr() == to
+                            && ip.payload().ip_number.0 == 17 =>
+                    {
+                        assert_eq!(ip.header().source_addr(), from, "outer source");
+                        assert_eq!(ip.header().hop_limit(), 64);
+                        Some(ip.payload().payload.to_vec())
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        assert_eq!(udp.len() as u64, n, "{snap}: packets at the collector");
+        for u in &udp {
+            assert!(udp6_checksum_ok(from, to, u), "{snap}: UDP checksum");
+            let h = encap::decode_vxlan(u).expect("a VXLAN header");
+            assert_eq!((h.vni, h.dest_port), (43, 4789));
+            assert_eq!(usize::from(h.udp_len), u.len(), "UDP length");
+        }
+        assert_eq!(
+            udp6_checksum_errors(&r.col),
+            errors_before,
+            "{snap}: the collector's stack found no bad UDP checksum"
+        );
+
+        let src = &st.sources["mon"];
+        assert_source_reconciles("mon", src);
+        assert_eq!((src.matched, src.mirrored), (n, n));
+        for (dir, d) in &src.directions {
+            let m = u64::from(N);
+            assert_eq!((d.matched, d.cloned, d.copied), (m, m, 0), "{dir}");
+        }
+        assert_eq!(st.sessions["tun6"].path, "kernel", "path = auto");
+        let t = &st.targets["vx6"];
+        assert_reconciles("vx6", t);
+        assert_eq!(t.dropped_total(), 0, "{snap}: {:?}", t.dropped);
+        assert_eq!((t.enqueued, t.sent_packets, t.kernel_path), (n, n, n));
+        let longer = seen.iter().filter(|f| f.len() > MAX).count() as u64;
+        let truncated = if snap == 0 { longer } else { 0 };
+        assert_eq!(t.truncated, truncated, "{snap}: cut to the tunnel's mtu");
+        let bytes: u64 = seen.iter().map(|f| f.len().min(limit) as u64).sum();
+        assert_eq!(t.sent_bytes, bytes, "{snap}: the copies' bytes");
+        assert!(daemon
+            .stop(Duration::from_secs(10))
+            .expect("daemon stops")
+            .success());
+    }
+}
+
+/// Datagrams from a socket in `gen` leave through a veth with their UDP
+/// checksum still to be filled in (CHECKSUM_PARTIAL: the stack leaves it to
+/// the device), and m0 clones them so. The relay's egress toward the
+/// collector completes that checksum in software (transmit checksum offload
+/// off, as a NIC completes it in hardware) after the relay summed the copy:
+/// the outer UDP checksum accounts for it, so the collector's stack (which
+/// verifies: the checksum is complete by then) drops none, and the copy
+/// arrives with a correct inner checksum.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn copy_mode_ipv6_vxlan_checksum_accounts_for_the_inner_checksum_the_device_completes() {
+    require_root!();
+    let _serial = one_at_a_time();
+    let r = Routed::new("copy-vx6-partial");
+    let (from, to): (Ipv6Addr, Ipv6Addr) = (
+        "fd00:31:5::1".parse().expect("ip"),
+        "fd00:31:5::2".parse().expect("ip"),
+    );
+    lab::wire6(
+        &r.rtr,
+        "c6",
+        "fd00:31:5::1",
+        &r.col,
+        "z0",
+        "fd00:31:5::2",
+        1500,
+    )
+    .expect("veth");
+    lab::vxlan_decap(&r.col, "vx6", 43, "fd00:31:5::2", "z0").expect("vxlan device");
+    r.rtr
+        .run(|| {
+            kernel::netdev::set_tx_csum("c6", false)
+                .ok_or_else(|| anyhow::anyhow!("ETHTOOL_STXCSUM on c6 failed"))
+        })
+        .expect("transmit checksum offload off");
+    let (mut daemon, _) = common::start_daemon(BIN, &r.rtr, &r.dir, &VXLAN6.replace("@SNAP@", "0"));
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    const K: usize = 100;
+    let sink_rx = udp_sink(&r.sink, SocketAddr::from((SINK_IP, TO_SINK)), K);
+    let outer = Capture::start(&r.col, "z0").expect("capture z0");
+    let inner = Capture::start(&r.col, "vx6").expect("capture vx6");
+    let errors_before = udp6_checksum_errors(&r.col);
+    let payloads: Vec<Vec<u8>> = (0..K)
+        .map(|i| {
+            let mut p = lab::traffic::MARKER.to_vec();
+            p.extend_from_slice(&(i as u32).to_be_bytes());
+            p.resize([20, 21, 1000, 1001][i % 4], (i % 251) as u8);
+            p
+        })
+        .collect();
+    let to_send = payloads.clone();
+    r.gen
+        .run(move || {
+            let sock = std::net::UdpSocket::bind(SocketAddr::from((GEN_IP, 0)))?;
+            for p in &to_send {
+                sock.send_to(p, SocketAddr::from((SINK_IP, TO_SINK)))?;
+            }
+            Ok(())
+        })
+        .expect("send from a socket");
+    let st = wait_settled(&mut client, "every copy accounted", |st| {
+        let t = &st.targets["vx6"];
+        t.sent_packets + t.dropped_total() == K as u64
+    });
+    assert_eq!(sink_rx.join().expect("sink reader"), payloads, "production");
+    let t = &st.targets["vx6"];
+    assert_reconciles("vx6", t);
+    assert_eq!(t.dropped_total(), 0, "{:?}", t.dropped);
+    assert_eq!((t.sent_packets, t.kernel_path), (K as u64, K as u64));
+    assert_eq!(st.sessions["tun6"].path, "kernel");
+
+    let udp: Vec<Vec<u8>> = outer
+        .finish()
+        .iter()
+        .filter_map(|f| {
+            let p = etherparse::SlicedPacket::from_ethernet(f).ok()?;
+            match p.net? {
+                etherparse::NetSlice::Ipv6(ip)
+                    if ip.header().destination_addr() == to && ip.payload().ip_number.0 == 17 =>
+                {
+                    Some(ip.payload().payload.to_vec())
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    assert_eq!(udp.len(), K, "packets at the collector");
+    for u in &udp {
+        assert!(
+            udp6_checksum_ok(from, to, u),
+            "outer UDP checksum of {u:02x?}"
+        );
+    }
+    assert_eq!(
+        udp6_checksum_errors(&r.col),
+        errors_before,
+        "the collector's stack found no bad UDP checksum"
+    );
+    // The copies, decapsulated: each datagram once, its checksum complete.
+    let mut got = Vec::new();
+    for f in inner.finish() {
+        let p = etherparse::SlicedPacket::from_ethernet(&f).expect("a frame");
+        let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Udp(u))) =
+            (p.net.clone(), p.transport.clone())
+        else {
+            panic!("not UDP over IPv4: {f:02x?}");
+        };
+        let want = u
+            .to_header()
+            .calc_checksum_ipv4(&ip.header().to_header(), u.payload())
+            .expect("fits");
+        assert_eq!(u.checksum(), want, "inner UDP checksum completed");
+        got.push(u.payload().to_vec());
+    }
+    got.sort();
+    let mut want = payloads.clone();
+    want.sort();
+    assert!(got == want, "every datagram decapsulated once");
+    assert!(daemon
+        .stop(Duration::from_secs(10))
+        .expect("daemon stops")
+        .success());
 }

@@ -309,6 +309,36 @@ pub fn pin_current_thread(cpu: usize) {
     );
 }
 
+/// Whether a UDP datagram over IPv6 from `src` to `dst` carries the
+/// checksum etherparse computes for it (never 0: mandatory on IPv6).
+pub fn udp6_checksum_ok(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, udp: &[u8]) -> bool {
+    let stored = u16::from_be_bytes([udp[6], udp[7]]);
+    let header = etherparse::UdpHeader {
+        source_port: u16::from_be_bytes([udp[0], udp[1]]),
+        destination_port: u16::from_be_bytes([udp[2], udp[3]]),
+        length: u16::from_be_bytes([udp[4], udp[5]]),
+        checksum: 0,
+    };
+    let want = header
+        .calc_checksum_ipv6_raw(src.octets(), dst.octets(), &udp[8..])
+        .expect("fits");
+    stored != 0 && stored == want
+}
+
+/// `Udp6InCsumErrors` of `ns`: UDP over IPv6 its stack dropped for a bad
+/// checksum (a Linux vxlan device's packets included).
+pub fn udp6_checksum_errors(ns: &mirror_user::lab::Netns) -> u64 {
+    let out = ns
+        .command(&["cat", "/proc/net/snmp6"])
+        .output()
+        .expect("reading /proc/net/snmp6");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Udp6InCsumErrors"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Udp6InCsumErrors")
+}
+
 /// (destination, IP protocol, IP payload) of an IPv4 frame.
 pub fn ipv4_payload(frame: &[u8]) -> Option<(std::net::Ipv4Addr, u8, Vec<u8>)> {
     let p = etherparse::SlicedPacket::from_ethernet(frame).ok()?;

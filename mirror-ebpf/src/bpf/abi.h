@@ -385,7 +385,8 @@ struct mirror_group_count {
  * the program reads them, cuts the copy to `max_inner`, pushes the outer
  * headers userspace prepared in slot session * MIRROR_MAX_FAST_TARGETS + K of
  * `tunnels` and fills in what changes per copy: IP length, ID and checksum,
- * the VXLAN source port (from the flow hash), the ERSPAN sequence number,
+ * the VXLAN source port (from the flow hash) and, over IPv6, its UDP checksum
+ * (over the whole copy, see payload_sum in tunnel.h), the ERSPAN sequence number,
  * VLAN/COS/T bits and time stamp. The device then sends it.
  */
 enum mirror_tunnel_kind {
@@ -419,6 +420,11 @@ struct mirror_tunnel {
 			   * relay sends there; tap mode's DEVMAP entry holds it) */
 	__u64 tai_offset; /* ERSPAN III: CLOCK_TAI - CLOCK_REALTIME, ns */
 	__u8 hdr[MIRROR_TUN_HDR_MAX]; /* the outer headers with every fixed field set */
+	__u32 udp_csum;   /* VXLAN over IPv6: one's-complement sum of the UDP checksum's
+			   * fixed 16-bit words as stored: the pseudo-header's addresses
+			   * and next header, the destination port, the VXLAN header
+			   * (source port, lengths and the copy are added per copy) */
+	__u32 reserved2;
 };
 
 /* Per tunnel slot, summed over CPUs. */

@@ -17,6 +17,7 @@
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 
 #include "abi.h"
 #include "parse.h"
@@ -1261,6 +1262,43 @@ int tc_copy_ingress(struct __sk_buff *skb)
 	return tc_copy(skb, MIRROR_DIR_INGRESS);
 }
 
+/* The fields of the kernel's skb the relay reads (bpf_cast_to_kern_ctx);
+ * CO-RE finds them in the running kernel's BTF. */
+struct sk_buff {
+	__u8 ip_summed : 2;
+	__u16 csum_start; /* from head */
+	__u16 csum_offset;
+	unsigned char *head;
+	unsigned char *data;
+} __attribute__((preserve_access_index));
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+enum {
+	MIRROR_CHECKSUM_PARTIAL = 3, /* CHECKSUM_PARTIAL in include/linux/skbuff.h */
+};
+
+/*
+ * VXLAN over IPv6 in the relay: a clone whose L4 checksum is left to the
+ * device (CHECKSUM_PARTIAL) keeps it so through the encapsulation (the field
+ * is filled on the way out, in software or by the NIC), so its UDP checksum
+ * must count the field as it will be (see payload_sum). Where that
+ * checksum starts in the copy, if the copy is such a clone.
+ */
+static __always_inline void partial_checksum(struct __sk_buff *skb, struct tun_copy *c)
+{
+	struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
+	__u64 at;
+
+	if (BPF_CORE_READ_BITFIELD(k, ip_summed) != MIRROR_CHECKSUM_PARTIAL)
+		return;
+	at = k->data - k->head;
+	if (k->csum_start <= at)
+		return; /* not inside the copy: cannot happen */
+	c->csum_start = k->csum_start - (__u32)at;
+	c->csum_offset = k->csum_offset;
+}
+
 /*
  * Copy mode's kernel tunnels: the relay's egress (see enum mirror_relay).
  * Every clone a source sent here ends in exactly one counter of its tunnel
@@ -1353,6 +1391,8 @@ static __always_inline void try_relay(struct __sk_buff *skb)
 			goto error;
 		c.sequence = (__u32)__sync_fetch_and_add(seq, 1);
 	}
+	if (t->kind == MIRROR_TUN_VXLAN && t->flags & MIRROR_TUN_F_IPV6)
+		partial_checksum(skb, &c);
 	if (!encapsulate(skb, false, t, &c))
 		goto error;
 	/* Leaves clean: nothing on the egress device reads our slot. */

@@ -31,6 +31,11 @@ struct tun_copy {
 	bool tagged;
 	bool cut;       /* cut to max_inner (ERSPAN's T bit) */
 	bool egress;    /* seen on egress (copy mode; ERSPAN III's D bit) */
+	/* Copy mode, a copy whose L4 checksum the egress device is still to
+	 * fill in (CHECKSUM_PARTIAL): where its sum starts in the copy (0: not
+	 * such a copy) and the checksum field's place after that. */
+	__u32 csum_start;
+	__u16 csum_offset;
 };
 
 static __always_inline __u16 csum_fold(__u32 sum)
@@ -38,6 +43,100 @@ static __always_inline __u16 csum_fold(__u32 sum)
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	return (__u16)~sum;
+}
+
+/*
+ * VXLAN over IPv6: the UDP checksum is mandatory (RFC 8200; a collector takes
+ * a zero one only with udp6zerocsumrx) and covers the whole copy. The copy is
+ * read in chunks into a per-CPU buffer (bpf_xdp_load_bytes /
+ * bpf_skb_load_bytes: the same code for both program types, and an skb's
+ * paged part too) and summed there by bpf_csum_diff, which takes at most 512
+ * bytes, a multiple of 4: the last chunk is padded with zeros, which the
+ * Internet checksum ignores. 128 chunks cover 64 KiB, more than any
+ * max_inner (a tunnel's mtu is at most 65535).
+ */
+#define CSUM_CHUNK 512
+#define CSUM_CHUNKS 128
+
+struct csum_buf {
+	__u8 b[CSUM_CHUNK + 4]; /* + the last chunk's zero padding */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct csum_buf);
+} csum_scratch SEC(".maps");
+
+/*
+ * The one's-complement sum (32 bits, not folded) of the 16-bit words as
+ * stored of copy `c` as it will leave: `ctx` is a struct xdp_md (`xdp`) or a
+ * struct __sk_buff. False when a read fails.
+ *
+ * A copy whose inner L4 checksum the egress device fills in (CHECKSUM_PARTIAL,
+ * copy mode: locally sent or from a veth) is summed as the kernel's own
+ * tunnels do it (lco_csum): the bytes before the checksummed part, then the
+ * complement of the field's current value (the pseudo-header sum), which is
+ * what the checksummed part sums to once the device has filled it in.
+ */
+static __always_inline bool payload_sum(void *ctx, const bool xdp, const struct tun_copy *c,
+					__u32 *sum)
+{
+	__u32 zero = 0, s = 0, len = c->len;
+	struct csum_buf *buf = bpf_map_lookup_elem(&csum_scratch, &zero);
+
+	if (!buf)
+		return false;
+	/* A copy that packet_length cut before the field counts as it is. */
+	if (!xdp && c->csum_start && c->csum_start + c->csum_offset + 2 <= c->len) {
+		__u16 field;
+
+		if (bpf_skb_load_bytes(ctx, c->csum_start + c->csum_offset, &field, 2))
+			return false;
+		s = (__u16)~field;
+		len = c->csum_start;
+	}
+	if (len > CSUM_CHUNK * CSUM_CHUNKS)
+		return false;
+	for (__u32 i = 0; i < CSUM_CHUNKS; i++) {
+		__u32 done = i * CSUM_CHUNK, n;
+		long r;
+
+		if (done >= len)
+			break;
+		n = len - done;
+		/* Hidden from clang, which would drop the check below as
+		 * redundant (done < len); the verifier needs it. */
+		asm volatile("" : "+r"(n));
+		if (n < 1)
+			return false;
+		if (n > CSUM_CHUNK)
+			n = CSUM_CHUNK;
+		if (xdp)
+			r = bpf_xdp_load_bytes(ctx, done, buf->b, n);
+		else
+			r = bpf_skb_load_bytes(ctx, done, buf->b, n);
+		if (r)
+			return false;
+		buf->b[n] = 0;
+		buf->b[n + 1] = 0;
+		buf->b[n + 2] = 0;
+		r = bpf_csum_diff(NULL, 0, (void *)buf->b, (n + 3) & ~3u, s);
+		if (r < 0)
+			return false;
+		s = (__u32)r;
+	}
+	*sum = s;
+	return true;
+}
+
+/* Folds a sum of 32-bit partial sums to 16 bits, complemented. */
+static __always_inline __u16 csum_fold64(__u64 sum)
+{
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	return csum_fold((__u32)(sum & 0xffff) + (__u32)(sum >> 16));
 }
 
 /*
@@ -90,9 +189,11 @@ static __always_inline void fill_ip(void *data, const struct mirror_tunnel *t,
  * The tunnel header's per-copy fields, at offset `l4` of `hl` header bytes.
  * Both are constants: a kind whose header would not fit `hl` is left out of
  * that copy of the code (the slot's kind and hdr_len always agree).
+ * `payload` is the copy's sum (payload_sum) for VXLAN over IPv6.
  */
 static __always_inline void fill_tunnel(void *data, const struct mirror_tunnel *t,
-					const struct tun_copy *c, const __u32 l4, const __u32 hl)
+					const struct tun_copy *c, const __u32 l4, const __u32 hl,
+					const __u32 payload)
 {
 	if (l4 + 16 > hl)
 		return; /* plain GRE */
@@ -101,6 +202,15 @@ static __always_inline void fill_tunnel(void *data, const struct mirror_tunnel *
 
 		udp[0] = bpf_htons(49152 + (c->hash & 0x3fff)); /* = hash % 16384 */
 		udp[2] = bpf_htons(16 + c->len);
+		if (l4 == TUN_ETH + TUN_IP6) {
+			/* The UDP length twice (in the pseudo-header and the
+			 * header), the source port, the fixed words, the copy. A
+			 * sum of 0 is sent as 0xffff (0 means none). */
+			__u16 sum = csum_fold64((__u64)t->udp_csum + payload + udp[0] +
+						2 * (__u32)udp[2]);
+
+			udp[3] = sum ? sum : 0xffff;
+		}
 		return;
 	}
 	if (t->kind == MIRROR_TUN_ERSPAN2 || t->kind == MIRROR_TUN_ERSPAN3) {
@@ -133,13 +243,18 @@ static __always_inline void fill_tunnel(void *data, const struct mirror_tunnel *
  * offset) of outer headers in front of the copy and fills them in: `ctx` is
  * a struct xdp_md (`xdp`, a tap-mode DEVMAP program) or a struct __sk_buff
  * (copy mode's relay); only the push differs. Returns false when the
- * headroom was missing.
+ * headroom was missing (or the copy could not be read for its checksum).
  */
 static __always_inline bool push_headers(void *ctx, const bool xdp, const struct mirror_tunnel *t,
 					 const struct tun_copy *c, const __u32 hl, const bool v6)
 {
 	void *data, *data_end;
+	__u32 payload = 0;
 
+	/* Before the push: the copy starts at offset 0. */
+	if (v6 && hl == TUN_ETH + TUN_IP6 + 16 && t->kind == MIRROR_TUN_VXLAN &&
+	    !payload_sum(ctx, xdp, c, &payload))
+		return false;
 	if (xdp) {
 		struct xdp_md *x = ctx;
 
@@ -161,14 +276,13 @@ static __always_inline bool push_headers(void *ctx, const bool xdp, const struct
 		return false;
 	copy_hdr(data, t, hl);
 	fill_ip(data, t, c, hl, v6);
-	fill_tunnel(data, t, c, TUN_ETH + (v6 ? TUN_IP6 : TUN_IP4), hl);
+	fill_tunnel(data, t, c, TUN_ETH + (v6 ? TUN_IP6 : TUN_IP4), hl, payload);
 	return true;
 }
 
 /*
  * The header lengths that exist (Ethernet + IP + tunnel header), each its own
- * constant-offset copy of push_headers. VXLAN over IPv6 is not among them:
- * its UDP checksum is mandatory and covers the whole copy (userspace path).
+ * constant-offset copy of push_headers.
  */
 static __always_inline bool encapsulate(void *ctx, const bool xdp, const struct mirror_tunnel *t,
 					const struct tun_copy *c)

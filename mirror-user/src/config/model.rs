@@ -598,16 +598,9 @@ impl Config {
                 let t = &self.targets[t];
                 match &t.spec {
                     TargetSpec::Interface { .. }
+                    | TargetSpec::Vxlan { .. }
                     | TargetSpec::Gre { .. }
                     | TargetSpec::Erspan { .. } => {}
-                    TargetSpec::Vxlan { tunnel, .. } if tunnel.remote.is_ipv4() => {}
-                    TargetSpec::Vxlan { .. } => {
-                        return Some(format!(
-                            "target `{}` is VXLAN over IPv6, whose mandatory UDP checksum \
-                             covers the whole copy: the kernel path does not compute it",
-                            t.name
-                        ))
-                    }
                     TargetSpec::Pcapng(_) => {
                         return Some(format!(
                             "target `{}` is a pcapng target, written by userspace",
@@ -643,7 +636,7 @@ impl Config {
     /// judging by the config alone (the target devices and the tunnels'
     /// routes are looked up at start), or `None` when it can. That path
     /// clones each mirrored frame at tcx to the egress of each target device
-    /// (`bpf_clone_redirect`), or for a VXLAN (over IPv4), GRE or ERSPAN
+    /// (`bpf_clone_redirect`), or for a VXLAN, GRE or ERSPAN
     /// target to the source's relay device, whose program encapsulates it,
     /// and lets the frame pass on: every target must be a local interface or
     /// such a tunnel, nothing may need userspace per frame, and the source's
@@ -693,7 +686,7 @@ impl Config {
                         ));
                     }
                 }
-                TargetSpec::Gre { .. } => {}
+                TargetSpec::Vxlan { .. } | TargetSpec::Gre { .. } => {}
                 TargetSpec::Erspan { .. } => {
                     let other = (0..self.sessions.len())
                         .find(|&o| o != session && self.session_targets(o).contains(&t_idx));
@@ -705,14 +698,6 @@ impl Config {
                             t.name, self.sessions[o].name
                         ));
                     }
-                }
-                TargetSpec::Vxlan { tunnel, .. } if tunnel.remote.is_ipv4() => {}
-                TargetSpec::Vxlan { .. } => {
-                    return Some(format!(
-                        "target `{}` is VXLAN over IPv6, whose mandatory UDP checksum covers the \
-                         whole copy: the kernel path does not compute it",
-                        t.name
-                    ))
                 }
                 TargetSpec::Pcapng(_) => {
                     return Some(format!(

@@ -1,5 +1,5 @@
 //! Copy mode's kernel path: a copy-mode session whose targets are all local
-//! interfaces or kernel-capable tunnels (VXLAN over IPv4, GRE, ERSPAN) is
+//! interfaces or kernel-capable tunnels (VXLAN, GRE, ERSPAN) is
 //! served by its tcx programs, which clone each frame it mirrors to each
 //! target device (`bpf_clone_redirect`), or for a tunnel to the source's
 //! relay device whose program encapsulates it and sends it toward the

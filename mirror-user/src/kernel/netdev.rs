@@ -115,6 +115,14 @@ pub fn set_tso(interface: &str, on: bool) -> Option<()> {
     ethtool_set(interface, ETHTOOL_STSO, on)
 }
 
+/// Turns transmit checksum offload of `interface` on or off
+/// (ETHTOOL_STXCSUM): off, the stack completes a partial checksum in
+/// software before the device sends.
+pub fn set_tx_csum(interface: &str, on: bool) -> Option<()> {
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    ethtool_set(interface, ETHTOOL_STXCSUM, on)
+}
+
 /// One ethtool "set value" command (`struct ethtool_value`).
 fn ethtool_set(interface: &str, cmd: u32, on: bool) -> Option<()> {
     #[repr(C)]

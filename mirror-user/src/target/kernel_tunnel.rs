@@ -30,11 +30,6 @@ pub fn headers(
     hop: &NextHop,
     tai_offset_ns: u64,
 ) -> Option<TunnelHeaders> {
-    if let TargetSpec::Vxlan { tunnel, .. } = spec {
-        if tunnel.remote.is_ipv6() {
-            return None; // its UDP checksum covers the whole copy
-        }
-    }
     let mut t = mirror_tunnel {
         max_inner: max_inner(spec)?.min(usize::from(u16::MAX)) as u16,
         ifindex: hop.ifindex,
@@ -108,9 +103,28 @@ pub fn headers(
     let at = 14 + ip_len;
     hdr[at..at + tun_len].copy_from_slice(&tun[..tun_len]);
     t.hdr_len = (at + tun_len) as u16;
+    if ip_len == 40 && proto == 17 {
+        t.udp_csum = udp6_seed(&hdr[22..54], &hdr[at..at + tun_len]);
+    }
     let mut h = TunnelHeaders(t);
     h.set_down(hop.dmac.is_none());
     Some(h)
+}
+
+/// VXLAN over IPv6: the one's-complement sum, as the program adds it (16-bit
+/// words as stored), of what the UDP checksum covers and is the same for
+/// every copy: the pseudo-header's source and destination `addresses` and
+/// next header (17), and the UDP + VXLAN header `udp` without its per-copy
+/// words (source port, length, checksum). The program adds the UDP length
+/// twice (pseudo-header and header), the source port and the copy's bytes.
+fn udp6_seed(addresses: &[u8], udp: &[u8]) -> u32 {
+    let words = |b: &[u8]| -> u32 {
+        b.chunks(2)
+            .map(|w| u32::from(u16::from_ne_bytes([w[0], w[1]])))
+            .sum()
+    };
+    // The pseudo-header's next-header field is 32 bits: 0, 0, 0, 17.
+    words(addresses) + words(&[0, 0, 0, 17]) + words(&udp[2..4]) + words(&udp[8..])
 }
 
 #[cfg(test)]
@@ -211,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unresolved_next_hop_starts_down_and_ipv6_vxlan_stays_in_userspace() {
+    fn an_unresolved_next_hop_starts_down() {
         let mut h = hop();
         h.dmac = None;
         let gre = TargetSpec::Gre {
@@ -221,15 +235,107 @@ mod tests {
         let t = headers(&gre, 0, &h, 0).expect("a kernel tunnel");
         assert!(t.is_down());
         assert_eq!(t.0.hdr_len, 14 + 20 + 8);
-        let v6 = TargetSpec::Vxlan {
+    }
+
+    fn hop6() -> NextHop {
+        NextHop {
+            source: "fd00:98:1::1".parse().expect("an address"),
+            neighbour: "fd00:98:1::2".parse().expect("an address"),
+            ..hop()
+        }
+    }
+
+    /// What the program does per copy (tunnel.h): the copy's 16-bit words
+    /// as stored, zero-padded, added to the seed with the source port and
+    /// the UDP length twice, folded; a sum of 0 goes out as 0xffff.
+    /// Returns the checksum field as stored.
+    fn kernel_checksum(seed: u32, source_port: u16, copy: &[u8]) -> [u8; 2] {
+        let word = |v: u16| u64::from(u16::from_ne_bytes(v.to_be_bytes()));
+        let payload: u64 = copy
+            .chunks(2)
+            .map(|w| u64::from(u16::from_ne_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+            .sum();
+        let len = 16 + copy.len() as u16;
+        let mut sum = u64::from(seed) + payload + word(source_port) + 2 * word(len);
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let folded = !(sum as u16);
+        if folded == 0 { 0xffffu16 } else { folded }.to_ne_bytes()
+    }
+
+    #[test]
+    fn ipv6_vxlan_checksum_seed_completes_to_the_udp_checksum_etherparse_computes() {
+        let spec = TargetSpec::Vxlan {
             tunnel: Tunnel {
-                remote: "fd00::2".parse().expect("an address"),
+                remote: "fd00:98:1::2".parse().expect("an address"),
                 source: None,
                 mtu: 1500,
             },
             port: 4789,
         };
-        assert!(headers(&v6, 0, &hop(), 0).is_none());
+        let h = headers(&spec, 0xabcdef, &hop6(), 0)
+            .expect("IPv6 VXLAN is a kernel tunnel")
+            .0;
+        assert_ne!(h.flags & mirror_tunnel_flags::MIRROR_TUN_F_IPV6.0 as u8, 0);
+        assert_eq!(h.hdr_len, 14 + 40 + 16);
+        assert_eq!(h.max_inner, 1500 - 40 - 16);
+        assert_eq!(
+            (h.hdr[20], h.hdr[21]),
+            (17, 64),
+            "next header UDP, hop limit 64"
+        );
+        let udp = &h.hdr[54..70];
+        assert_eq!(&udp[2..4], &4789u16.to_be_bytes());
+        assert_eq!(&udp[8..16], &[0x08, 0, 0, 0, 0xab, 0xcd, 0xef, 0]);
+        let addr = |a: &str| a.parse::<std::net::Ipv6Addr>().expect("ip").octets();
+        let (src, dst) = (addr("fd00:98:1::1"), addr("fd00:98:1::2"));
+        // Copies of every length class the program's chunks meet: odd and
+        // even, shorter and longer than a 512-byte chunk, the longest.
+        let mut x = 0x1234_5678u32;
+        for (i, len) in [14usize, 15, 64, 511, 512, 513, 1025, 1400, 1443, 1444]
+            .into_iter()
+            .enumerate()
+        {
+            let copy: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (x >> 24) as u8
+                })
+                .collect();
+            let sport = encap::vxlan_source_port(i as u32 * 7919);
+            let got = kernel_checksum(h.udp_csum, sport, &copy);
+            let mut payload = udp[8..16].to_vec();
+            payload.extend_from_slice(&copy);
+            let want = etherparse::UdpHeader {
+                source_port: sport,
+                destination_port: 4789,
+                length: (8 + payload.len()) as u16,
+                checksum: 0,
+            }
+            .calc_checksum_ipv6_raw(src, dst, &payload)
+            .expect("fits");
+            assert_eq!(u16::from_be_bytes(got), want, "a {len}-byte copy");
+        }
+        // A copy whose sum is 0 (its last word cancels the rest): sent as
+        // 0xffff, as etherparse (and Linux) compute it.
+        let mut copy = vec![0x5au8; 100];
+        copy[98..100].fill(0);
+        let sport = encap::vxlan_source_port(1);
+        let fill = kernel_checksum(h.udp_csum, sport, &copy);
+        copy[98..100].copy_from_slice(&fill);
+        assert_eq!(kernel_checksum(h.udp_csum, sport, &copy), [0xff, 0xff]);
+        let mut payload = udp[8..16].to_vec();
+        payload.extend_from_slice(&copy);
+        let want = etherparse::UdpHeader {
+            source_port: sport,
+            destination_port: 4789,
+            length: (8 + payload.len()) as u16,
+            checksum: 0,
+        }
+        .calc_checksum_ipv6_raw(src, dst, &payload)
+        .expect("fits");
+        assert_eq!(want, 0xffff);
     }
 
     #[test]
