@@ -20,9 +20,12 @@
 //! works on file descriptors opened at start: map updates and reads (counters,
 //! a kernel-path target's interface created again, a tunnel's next hop moved,
 //! group members going down) need no capability on Linux 6.5 and later (on
-//! earlier kernels every `bpf(2)` command needs `CAP_BPF`, kept anyway); the
-//! AF_XDP and raw sockets are open (a userspace interface target whose
-//! interface is created again is not reopened: restart); closing the BPF links
+//! earlier kernels every `bpf(2)` command needs `CAP_BPF`, kept anyway); a
+//! kernel tunnel's next hop whose MAC is not known is resolved by an empty
+//! UDP datagram (`route::probe`: the netlink request needs `CAP_NET_ADMIN`);
+//! the AF_XDP and raw sockets are open (a userspace interface target whose
+//! interface is created again binds to it the one spare socket it made at
+//! start, `xsk::Spare`; a second time needs a restart); closing the BPF links
 //! detaches the programs; pcapng rotation creates files as the owner of the
 //! directory it checked at start; the metrics and control sockets are bound.
 
