@@ -88,6 +88,8 @@ pub(super) struct CloneDevice {
     /// (deleted and re-created) is not it.
     pub ifindex: u32,
     pub down: bool,
+    /// The device's MTU as the programs check frames against it.
+    pub mtu: Option<u32>,
 }
 
 /// Gives each of a copy source's kernel-path sessions its destinations (its
@@ -177,9 +179,10 @@ pub(super) fn set_up(
                     config.targets[t].name
                 );
             };
+            let mtu = netdev::mtu(interface);
             dests.push(CloneDest {
                 ifindex,
-                max_len: max_len(netdev::mtu(interface)),
+                max_len: max_len(mtu),
                 tunnel: false,
             });
             out.push(CloneDevice {
@@ -189,6 +192,7 @@ pub(super) fn set_up(
                 interface: interface.clone(),
                 ifindex,
                 down: !device_up(interface, ifindex),
+                mtu,
             });
         }
         prepared
@@ -221,16 +225,41 @@ pub(super) struct Watched {
 }
 
 impl Watched {
-    /// Reads the device's state and, when it changed, tells the programs.
+    /// Reads the device's state and MTU and, when they changed, tells the
+    /// programs.
     fn check(&mut self) {
         let d = &mut self.device;
         let down = !device_up(&d.interface, d.ifindex);
-        if down == d.down {
+        let mtu = if down {
+            d.mtu
+        } else {
+            netdev::mtu(&d.interface)
+        };
+        if down == d.down && mtu == d.mtu {
             return;
         }
         let Ok(mut program) = self.source.program.lock() else {
             return;
         };
+        if mtu != d.mtu {
+            match program.set_clone_max_len(d.session, d.key, max_len(mtu)) {
+                Ok(()) => {
+                    d.mtu = mtu;
+                    tracing::info!(
+                        target = %d.target,
+                        interface = %d.interface,
+                        mtu = mtu.unwrap_or(0),
+                        "kernel-path target's MTU changed: longer clones are counted `too_big`"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(target = %d.target, error = %e, "setting a kernel-path target's MTU")
+                }
+            }
+        }
+        if down == d.down {
+            return;
+        }
         match program.set_clone_down(d.session, d.key, down) {
             Ok(()) => {
                 d.down = down;
