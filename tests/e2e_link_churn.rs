@@ -429,6 +429,41 @@ fn a_kernel_tunnels_egress_device_set_down_and_up_counts_down_and_resumes() {
         .filter(|(d, proto, _)| *d == std::net::Ipv4Addr::new(10, 99, 2, 2) && *proto == 47)
         .count();
     assert_eq!(gre, 100, "the collector gets the copies again");
+
+    // The neighbour entry goes stale (nothing in the stack talks to the
+    // collector: the copies leave by XDP): re-confirming it must not take
+    // the tunnel down (the netlink request for that needs CAP_NET_ADMIN,
+    // which mirror run no longer has).
+    let out = lab
+        .src
+        .command(&["ip", "neigh", "show", "10.99.2.2", "dev", "gr0"])
+        .output()
+        .expect("ip neigh");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mac = text
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no neighbour entry: {text:?}"))
+        .to_string();
+    lab.src
+        .ip(&[
+            "neigh", "change", "10.99.2.2", "dev", "gr0", "lladdr", &mac, "nud", "stale",
+        ])
+        .expect("stale");
+    // The next-hop thread looks every 100 ms: give it a few rounds.
+    std::thread::sleep(Duration::from_millis(500));
+    send(&lab, frames(300, 100, 200));
+    let s = settled(&mut client, 400);
+    let t = &s.targets["ids0"];
+    assert_reconciles("ids0", t);
+    assert_eq!((t.sent_packets, t.dropped["down"]), (300, 100), "{t:?}");
+    assert_eq!(
+        daemon.log_text().matches("kernel tunnel down").count(),
+        1,
+        "{}",
+        daemon.log_text()
+    );
 }
 
 /// The source port set down and up: its programs stay attached (XDP for a
