@@ -536,3 +536,46 @@ fn a_copy_mode_source_set_down_and_up_keeps_mirroring_on_both_paths() {
         true,
     );
 }
+
+/// Copy mode's kernel clones: a target port deleted is `down` (exactly,
+/// once the watcher has seen it), and created again under its name it is
+/// cloned to again (the new device).
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_copy_mode_clone_target_created_again_under_its_name_is_picked_up() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let dir = TempDir::new("e2e-lc-clone-re").expect("temp dir");
+    let text = COPY.replace("@PATH@", "kernel");
+    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    send(&lab, frames(0, 100, 200));
+    let s = settled(&mut client, 100);
+    assert_eq!(s.targets["ids0"].sent_packets, 100, "{s:?}");
+    assert_eq!(s.sessions["ids-feed"].path, "kernel");
+
+    lab.src.ip(&["link", "del", "tgt0"]).expect("delete tgt0");
+    wait_log(&daemon, "kernel-path target down (or gone)", 1);
+    send(&lab, frames(100, 100, 200));
+    let s = settled(&mut client, 200);
+    let t = &s.targets["ids0"];
+    assert_reconciles("ids0", t);
+    assert_eq!((t.sent_packets, t.dropped["down"]), (100, 100), "{t:?}");
+
+    lab::veth(&lab.src, "tgt0", &lab.sink, "sink0", 1).expect("tgt0 again");
+    wait_log(&daemon, "kernel-path target up again", 1);
+    let sink = Capture::start(&lab.sink, Lab::SINK_IF).expect("capture");
+    send(&lab, frames(200, 100, 200));
+    let s = settled(&mut client, 300);
+    let (src, t) = (&s.sources["feed"], &s.targets["ids0"]);
+    assert_source_reconciles("feed", src);
+    assert_reconciles("ids0", t);
+    assert_eq!((t.sent_packets, t.dropped["down"]), (200, 100), "{t:?}");
+    assert_eq!(t.dropped_total(), 100, "{t:?}");
+    let got = sink.finish();
+    let want = frames(200, 100, 200);
+    let got = lab_frames(&got);
+    assert_eq!(got.len(), 100, "the new device gets the clones");
+    assert!(got.iter().all(|f| want.contains(f)), "byte for byte");
+    assert!(daemon.log_text().contains("picked up again"));
+}

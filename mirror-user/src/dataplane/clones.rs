@@ -8,7 +8,8 @@
 //!
 //! Here: where such a source hooks ingress (`ingress_hook = "auto"`), the
 //! destinations its programs get, and one thread that keeps each
-//! destination's `down` flag in step with its device (a clone sent to a
+//! destination's `down` flag, MTU and device (one created again under the
+//! name) in step with its interface (a clone sent to a
 //! device that is down is discarded by the device's queue while the kernel
 //! reports it taken, so mirror must not send it: it counts it `down`, as the
 //! userspace path does).
@@ -85,7 +86,7 @@ pub(super) struct CloneDevice {
     pub target: String,
     pub interface: String,
     /// The device the programs clone to; another device of the same name
-    /// (deleted and re-created) is not it.
+    /// (deleted and re-created) takes its place once it runs.
     pub ifindex: u32,
     pub down: bool,
     /// The device's MTU as the programs check frames against it.
@@ -229,18 +230,39 @@ impl Watched {
     /// programs.
     fn check(&mut self) {
         let d = &mut self.device;
-        let down = !device_up(&d.interface, d.ifindex);
+        // Deleted and created again under its name: a new device, running.
+        let recreated = crate::kernel::ifindex(&d.interface)
+            .ok()
+            .filter(|&i| i != d.ifindex && netdev::is_running(&d.interface).unwrap_or(false));
+        let down = recreated.is_none() && !device_up(&d.interface, d.ifindex);
         let mtu = if down {
             d.mtu
         } else {
             netdev::mtu(&d.interface)
         };
-        if down == d.down && mtu == d.mtu {
+        if recreated.is_none() && down == d.down && mtu == d.mtu {
             return;
         }
         let Ok(mut program) = self.source.program.lock() else {
             return;
         };
+        if let Some(ifindex) = recreated {
+            match program.set_clone_ifindex(d.session, d.key, ifindex) {
+                Ok(()) => {
+                    d.ifindex = ifindex;
+                    tracing::info!(
+                        target = %d.target,
+                        interface = %d.interface,
+                        ifindex,
+                        "kernel-path target's interface created again (a new device): picked up again"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(target = %d.target, error = %e, "pointing a kernel-path target at its new device");
+                    return;
+                }
+            }
+        }
         if mtu != d.mtu {
             match program.set_clone_max_len(d.session, d.key, max_len(mtu)) {
                 Ok(()) => {
