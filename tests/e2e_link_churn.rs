@@ -448,7 +448,15 @@ fn a_kernel_tunnels_egress_device_set_down_and_up_counts_down_and_resumes() {
         .to_string();
     lab.src
         .ip(&[
-            "neigh", "change", "10.99.2.2", "dev", "gr0", "lladdr", &mac, "nud", "stale",
+            "neigh",
+            "change",
+            "10.99.2.2",
+            "dev",
+            "gr0",
+            "lladdr",
+            &mac,
+            "nud",
+            "stale",
         ])
         .expect("stale");
     // The next-hop thread looks every 100 ms: give it a few rounds.

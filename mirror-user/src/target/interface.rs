@@ -251,7 +251,7 @@ impl Reopen {
             }
             Err((e, back)) => {
                 self.tried = Some((ifindex, tries + 1));
-                self.spare = back.or_else(|| old.spare(interface, 0).ok());
+                self.spare = back.map(|b| *b).or_else(|| old.spare(interface, 0).ok());
                 if tries + 1 >= REOPEN_TRIES {
                     tracing::error!(
                         target,

@@ -176,13 +176,13 @@ impl TxQueue {
         interface: &str,
         queue: u32,
         zero_copy: bool,
-    ) -> Result<Self, (XskError, Option<Spare>)> {
+    ) -> Result<Self, (XskError, Option<Box<Spare>>)> {
         let w = Where { interface, queue };
         let sock = match if_info(&w, zero_copy).and_then(|info| {
             Socket::with_shared(&info, &spare.umem).map_err(|e| w.err("socket", e, zero_copy))
         }) {
             Ok(sock) => sock,
-            Err(e) => return Err((e, Some(spare))),
+            Err(e) => return Err((e, Some(Box::new(spare)))),
         };
         let Spare { umem, area, rings } = spare;
         let mut b = bind_first(&w, &umem, &sock, &area, rings, zero_copy).map_err(|e| (e, None))?;
