@@ -163,7 +163,7 @@ struct Reopen {
     /// The socket to bind: one at a time ([`Spare`]).
     spare: Option<Spare>,
     zero_copy: ZeroCopy,
-    /// The first socket hosted a tap source's RX queue.
+    /// The first socket's UMEM was offered to a tap source's RX queue.
     shared_with_rx: bool,
     errors: Arc<KernelErrors>,
     /// The device last tried, and how many times.
@@ -221,9 +221,9 @@ impl Reopen {
                         ifindex,
                         zero_copy,
                         "the target's interface was created again: picked up again, on a socket \
-                         with a UMEM of its own (re-binding the one shared with the tap source's \
-                         RX queue is not possible: that socket's device is gone); the RX queue's \
-                         frames still go out without a copy (the same memory)"
+                         with a UMEM of its own (the one it offered a tap source's RX queue \
+                         cannot be bound again: its first socket's device is gone); frames that \
+                         RX queue lends still go out without a copy (the same memory)"
                     );
                 } else {
                     tracing::info!(
