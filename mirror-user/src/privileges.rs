@@ -23,7 +23,11 @@
 //! Everything else works on file descriptors opened at start: map updates
 //! and reads (counters, a kernel-path target's interface created again, a
 //! tunnel's next hop moved, group members going down) need no capability on
-//! Linux 6.5 and later; closing the BPF links detaches the programs; pcapng
+//! Linux 6.5 and later; a kernel tunnel's next hop whose MAC is not known is
+//! resolved by netlink, else by an empty UDP datagram (`route::probe`); a
+//! userspace interface target whose interface is created again binds to it
+//! the spare socket it holds (`xsk::Spare`); closing the BPF links detaches
+//! the programs; pcapng
 //! rotation creates files as the owner of the directory it checked at start;
 //! the metrics and control sockets are bound.
 

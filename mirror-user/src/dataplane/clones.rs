@@ -8,7 +8,8 @@
 //!
 //! Here: where such a source hooks ingress (`ingress_hook = "auto"`), the
 //! destinations its programs get, and one thread that keeps each
-//! destination's `down` flag in step with its device (a clone sent to a
+//! destination's `down` flag, MTU and device (one created again under the
+//! name) in step with its interface (a clone sent to a
 //! device that is down is discarded by the device's queue while the kernel
 //! reports it taken, so mirror must not send it: it counts it `down`, as the
 //! userspace path does).
@@ -85,9 +86,11 @@ pub(super) struct CloneDevice {
     pub target: String,
     pub interface: String,
     /// The device the programs clone to; another device of the same name
-    /// (deleted and re-created) is not it.
+    /// (deleted and re-created) takes its place once it runs.
     pub ifindex: u32,
     pub down: bool,
+    /// The device's MTU as the programs check frames against it.
+    pub mtu: Option<u32>,
 }
 
 /// Gives each of a copy source's kernel-path sessions its destinations (its
@@ -177,9 +180,10 @@ pub(super) fn set_up(
                     config.targets[t].name
                 );
             };
+            let mtu = netdev::mtu(interface);
             dests.push(CloneDest {
                 ifindex,
-                max_len: max_len(netdev::mtu(interface)),
+                max_len: max_len(mtu),
                 tunnel: false,
             });
             out.push(CloneDevice {
@@ -189,6 +193,7 @@ pub(super) fn set_up(
                 interface: interface.clone(),
                 ifindex,
                 down: !device_up(interface, ifindex),
+                mtu,
             });
         }
         prepared
@@ -221,16 +226,62 @@ pub(super) struct Watched {
 }
 
 impl Watched {
-    /// Reads the device's state and, when it changed, tells the programs.
+    /// Reads the device's state and MTU and, when they changed, tells the
+    /// programs.
     fn check(&mut self) {
         let d = &mut self.device;
-        let down = !device_up(&d.interface, d.ifindex);
-        if down == d.down {
+        // Deleted and created again under its name: a new device, running.
+        let recreated = crate::kernel::ifindex(&d.interface)
+            .ok()
+            .filter(|&i| i != d.ifindex && netdev::is_running(&d.interface).unwrap_or(false));
+        let down = recreated.is_none() && !device_up(&d.interface, d.ifindex);
+        let mtu = if down {
+            d.mtu
+        } else {
+            netdev::mtu(&d.interface)
+        };
+        if recreated.is_none() && down == d.down && mtu == d.mtu {
             return;
         }
         let Ok(mut program) = self.source.program.lock() else {
             return;
         };
+        if let Some(ifindex) = recreated {
+            match program.set_clone_ifindex(d.session, d.key, ifindex) {
+                Ok(()) => {
+                    d.ifindex = ifindex;
+                    tracing::info!(
+                        target = %d.target,
+                        interface = %d.interface,
+                        ifindex,
+                        "kernel-path target's interface created again (a new device): picked up again"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(target = %d.target, error = %e, "pointing a kernel-path target at its new device");
+                    return;
+                }
+            }
+        }
+        if mtu != d.mtu {
+            match program.set_clone_max_len(d.session, d.key, max_len(mtu)) {
+                Ok(()) => {
+                    d.mtu = mtu;
+                    tracing::info!(
+                        target = %d.target,
+                        interface = %d.interface,
+                        mtu = mtu.unwrap_or(0),
+                        "kernel-path target's MTU changed: longer clones are counted `too_big`"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(target = %d.target, error = %e, "setting a kernel-path target's MTU")
+                }
+            }
+        }
+        if down == d.down {
+            return;
+        }
         match program.set_clone_down(d.session, d.key, down) {
             Ok(()) => {
                 d.down = down;

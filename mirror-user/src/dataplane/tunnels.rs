@@ -60,8 +60,15 @@ impl KernelTunnel {
             return;
         };
         let found = route::next_hop(remote, source);
+        // A route through a device that is not running (no carrier) is no
+        // way out either: the kernel would drop the copies uncounted.
+        let running = |h: &NextHop| {
+            crate::kernel::netdev::name(h.ifindex)
+                .and_then(|n| crate::kernel::netdev::is_running(&n))
+                .unwrap_or(false)
+        };
         let hop = match &found {
-            Ok(h) if h.dmac.is_some() => Some(*h),
+            Ok(h) if h.dmac.is_some() && running(h) => Some(*h),
             _ => None,
         };
         if hop == self.hop {
@@ -75,8 +82,13 @@ impl KernelTunnel {
         let result = match (hop, built) {
             (Some(h), Some(headers)) => {
                 let moved = h.ifindex != self.device;
-                let r = if moved && self.devmap {
-                    program.move_tunnel(self.session, self.key, h.ifindex, max_len(Some(h.mtu)))
+                // Back from down (its DEVMAP entry was taken out), or moved.
+                let r = if (moved || self.hop.is_none()) && self.devmap {
+                    program.set_tunnel_dest(
+                        self.session,
+                        self.key,
+                        Some((h.ifindex, max_len(Some(h.mtu)))),
+                    )
                 } else {
                     Ok(())
                 };
@@ -97,7 +109,13 @@ impl KernelTunnel {
             _ => {
                 let mut down = self.headers;
                 down.set_down(true);
-                program.set_tunnel(self.session, self.key, &down).map(|()| {
+                let r = if self.devmap {
+                    // Counted `down` by xdp_tap, its egress device up or not.
+                    program.set_tunnel_dest(self.session, self.key, None)
+                } else {
+                    Ok(())
+                };
+                r.and_then(|()| program.set_tunnel(self.session, self.key, &down)).map(|()| {
                     tracing::warn!(
                         target = %self.target,
                         remote = %remote,

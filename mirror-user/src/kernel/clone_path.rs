@@ -101,6 +101,55 @@ impl SourceProgram {
         }
     }
 
+    /// Points destination `key` of a kernel-path copy session at device
+    /// `ifindex` (its interface deleted and created again under its name).
+    pub fn set_clone_ifindex(
+        &mut self,
+        session: u32,
+        key: u32,
+        ifindex: u32,
+    ) -> Result<(), LoaderError> {
+        let slot = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .and_then(|bss| bss.clone_dests.get_mut(session as usize))
+            .and_then(|dests| dests.get_mut(key as usize));
+        match slot {
+            Some(d) => {
+                d.ifindex = ifindex;
+                Ok(())
+            }
+            None => Err(bss_error("clone_dests", session)),
+        }
+    }
+
+    /// Sets the longest frame destination `key` of a kernel-path copy
+    /// session takes (its device's MTU changed): longer ones that are not
+    /// GSO are counted `too_big` from the next frame on.
+    pub fn set_clone_max_len(
+        &mut self,
+        session: u32,
+        key: u32,
+        max_len: u32,
+    ) -> Result<(), LoaderError> {
+        let slot = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .and_then(|bss| bss.clone_dests.get_mut(session as usize))
+            .and_then(|dests| dests.get_mut(key as usize));
+        match slot {
+            Some(d) => {
+                d.max_len = max_len;
+                Ok(())
+            }
+            None => Err(bss_error("clone_dests", session)),
+        }
+    }
+
     /// What became of the frames destination `key` of the session at kernel
     /// index `session` was given, summed over CPUs.
     pub fn clone_stats(&self, session: u32, key: u32) -> Result<CloneStats, LoaderError> {

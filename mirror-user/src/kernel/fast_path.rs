@@ -365,6 +365,30 @@ impl SourceProgram {
         self.point_dest(session, key, ifindex, max_len)
     }
 
+    /// Tunnel destination `key` of the session down (`None`: as
+    /// [`Self::set_dest`] takes an interface's out, so that `xdp_tap` counts
+    /// its copies `down`; the kernel would drop a copy redirected to an
+    /// egress device that is down before the tunnel program counts it), or
+    /// up again through device `ifindex` ([`Self::move_tunnel`]).
+    pub(crate) fn set_tunnel_dest(
+        &mut self,
+        session: u32,
+        key: u32,
+        device: Option<(u32, u32)>,
+    ) -> Result<(), LoaderError> {
+        let Some((ifindex, max_len)) = device else {
+            return self.set_dest(session, key, None);
+        };
+        self.move_tunnel(session, key, ifindex, max_len)?;
+        match self.skel.maps.bss_data.as_deref_mut() {
+            Some(bss) if (session as usize) < bss.fast_session.len() => {
+                bss.fast_session[session as usize].dests_down &= !(1u8 << key);
+                Ok(())
+            }
+            _ => Err(bss_error("fast_session", session)),
+        }
+    }
+
     /// Gives device `ifindex` fast-path counters (zeros) unless it has them.
     fn ensure_fast_stats(&self, ifindex: u32) -> Result<(), LoaderError> {
         let map_err = |source| LoaderError::Map {

@@ -266,7 +266,9 @@ fn neighbour_address(addr: IpAddr) -> NeighbourAddress {
 
 /// Asks the kernel to resolve (or re-confirm) `addr` on `ifindex`, as a
 /// packet to it would (`NTF_USE`): it sends the ARP request or neighbour
-/// solicitation itself.
+/// solicitation itself. That request needs `CAP_NET_ADMIN`, which `mirror
+/// run` drops once started: then an empty UDP datagram to `addr`'s discard
+/// port (9) makes the stack resolve it, as any packet to it would.
 pub fn probe(ifindex: u32, addr: IpAddr) -> Result<(), RouteError> {
     let mut msg = NeighbourMessage::default();
     msg.header.family = family(addr);
@@ -274,15 +276,30 @@ pub fn probe(ifindex: u32, addr: IpAddr) -> Result<(), RouteError> {
     msg.header.flags = NeighbourFlags::Use;
     msg.attributes
         .push(NeighbourAttribute::Destination(neighbour_address(addr)));
-    request(
+    let asked = request(
         RouteNetlinkMessage::NewNeighbour(msg),
         NLM_F_CREATE | NLM_F_ACK,
-    )
-    .map(drop)
-    .map_err(|source| RouteError::Netlink {
+    );
+    let asked = match asked {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => nudge(addr),
+        other => other.map(drop),
+    };
+    asked.map_err(|source| RouteError::Netlink {
         what: "asking the kernel to resolve the next hop",
         source,
     })
+}
+
+/// Sends an empty UDP datagram to `addr` port 9 (discard): the stack
+/// resolves the neighbour it goes through (no capability needed).
+fn nudge(addr: IpAddr) -> io::Result<()> {
+    let any: std::net::SocketAddr = match addr {
+        IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    std::net::UdpSocket::bind(any)?
+        .send_to(&[], (addr, 9))
+        .map(drop)
 }
 
 /// One rtnetlink request; the answers until the kernel's ACK, error or the

@@ -13,7 +13,7 @@ pub mod pcapng;
 pub mod tunnel;
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 
@@ -180,8 +180,11 @@ pub struct TargetQueue {
     /// Copies the sender holds (taken from the queue, not yet completed).
     pub in_flight: AtomicU64,
     up: AtomicBool,
-    /// Largest frame the target carries.
-    max_len: usize,
+    /// Largest frame the target carries (an interface target's follows its
+    /// MTU: [`TargetQueue::set_max_len`]).
+    max_len: AtomicUsize,
+    /// What `max_len` may be at most: the slots' size.
+    slot_len: usize,
     oversize: Oversize,
     sender: OnceLock<Thread>,
     /// Extra drop reasons read from the kernel at snapshot time (send_error).
@@ -219,7 +222,7 @@ impl TargetQueue {
     ) -> Result<Self, XskError> {
         let stride = FRAME_SIZE as usize;
         let memory = Arc::new(Area::new((capacity + extra) * stride, true)?);
-        Ok(Self::over(
+        let mut q = Self::over(
             name,
             kind,
             capacity,
@@ -227,7 +230,10 @@ impl TargetQueue {
             oversize,
             memory,
             stride,
-        ))
+        );
+        // A UMEM frame takes any frame a device's MTU may later allow.
+        q.slot_len = stride;
+        Ok(q)
     }
 
     fn over(
@@ -267,7 +273,8 @@ impl TargetQueue {
             counters: TargetCounters::default(),
             in_flight: AtomicU64::new(0),
             up: AtomicBool::new(true),
-            max_len,
+            max_len: AtomicUsize::new(max_len),
+            slot_len: max_len,
             oversize,
             sender: OnceLock::new(),
             kernel_send_errors: OnceLock::new(),
@@ -321,12 +328,13 @@ impl TargetQueue {
             return None;
         }
         let mut keep = len;
-        if len > self.max_len {
+        let max_len = self.max_len();
+        if len > max_len {
             if self.oversize == Oversize::Drop {
                 self.counters.drop(TargetDrop::TooBig, 1);
                 return None;
             }
-            keep = self.max_len;
+            keep = max_len;
         }
         let Some(p) = self.free.pop() else {
             self.counters.drop(TargetDrop::QueueFull, 1);
@@ -404,6 +412,19 @@ impl TargetQueue {
 
     pub fn queued(&self) -> usize {
         self.ready.len()
+    }
+
+    /// The largest copy the target takes now.
+    pub(crate) fn max_len(&self) -> usize {
+        self.max_len.load(Ordering::Relaxed)
+    }
+
+    /// A new bound for copies (an interface target's MTU changed), at most
+    /// the slots' size: longer copies offered from now on are dropped
+    /// (`too_big`) or cut, as the queue does.
+    pub(crate) fn set_max_len(&self, max_len: usize) {
+        self.max_len
+            .store(max_len.min(self.slot_len), Ordering::Relaxed);
     }
 
     pub(crate) fn set_up(&self, up: bool) {

@@ -8,7 +8,7 @@ mod rx;
 mod tx;
 
 pub use rx::{Loan, RxQueue};
-pub use tx::TxQueue;
+pub use tx::{Spare, TxQueue};
 
 use std::ffi::CString;
 use std::num::NonZeroU32;
@@ -298,6 +298,16 @@ fn bind_once(
     rings: Rings,
     zc: bool,
 ) -> Result<(Bound, Umem), XskError> {
+    let umem = register(w, area, rings, zc)?;
+    let info = if_info(w, zc)?;
+    let sock = Socket::with_shared(&info, &umem).map_err(|e| w.err("socket", e, zc))?;
+    let b = bind_first(w, &umem, &sock, area, rings, zc)?;
+    Ok((b, umem))
+}
+
+/// Registers `area` as a new UMEM, on a new AF_XDP socket (`CAP_NET_RAW`)
+/// that is not bound yet ([`bind_first`] binds it).
+fn register(w: &Where<'_>, area: &Arc<Area>, rings: Rings, zc: bool) -> Result<Umem, XskError> {
     let config = UmemConfig {
         fill_size: rings.fill,
         complete_size: rings.fill,
@@ -307,28 +317,35 @@ fn bind_once(
     };
     // Safety: `area` is page aligned, a whole number of frames, and outlives
     // the Umem (every socket over it holds an Arc to it).
-    let umem =
-        unsafe { Umem::new(config, area.ptr) }.map_err(|e| w.err("UMEM registration", e, zc))?;
-    let info = if_info(w, zc)?;
-    let sock = Socket::with_shared(&info, &umem).map_err(|e| w.err("socket", e, zc))?;
+    unsafe { Umem::new(config, area.ptr) }.map_err(|e| w.err("UMEM registration", e, zc))
+}
+
+/// Gives `umem`'s own socket `sock` its rings and binds it to the queue
+/// `sock` names. A socket gets its rings once: whatever fails here, it cannot
+/// be bound again.
+fn bind_first(
+    w: &Where<'_>,
+    umem: &Umem,
+    sock: &Socket,
+    area: &Arc<Area>,
+    rings: Rings,
+    zc: bool,
+) -> Result<Bound, XskError> {
     let device = umem
-        .fq_cq(&sock)
+        .fq_cq(sock)
         .map_err(|e| w.err("fill/completion rings", e, zc))?;
     let cfg = rings.socket_config(XDP_USE_NEED_WAKEUP | if zc { XDP_ZEROCOPY } else { XDP_COPY });
     let user = umem
-        .rx_tx(&sock, &cfg)
+        .rx_tx(sock, &cfg)
         .map_err(|e| w.err("rx/tx rings", e, zc))?;
     umem.bind(&user).map_err(|e| w.err("bind", e, zc))?;
-    Ok((
-        Bound {
-            device,
-            user,
-            _umem: None,
-            area: area.clone(),
-            zero_copy: zc,
-        },
-        umem,
-    ))
+    Ok(Bound {
+        device,
+        user,
+        _umem: None,
+        area: area.clone(),
+        zero_copy: zc,
+    })
 }
 
 /// Binds a socket on another device queue to `host`'s UMEM

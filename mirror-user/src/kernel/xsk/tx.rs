@@ -4,9 +4,12 @@
 use std::sync::Arc;
 
 use xdpilone::xdp::XdpDesc;
-use xdpilone::{RingTx, Umem};
+use xdpilone::{RingTx, Socket, Umem};
 
-use super::{bind, Area, Bound, Rings, StatsHandle, UmemHost, Where, XskError, FRAME_SIZE};
+use super::{
+    bind, bind_first, if_info, register, Area, Bound, Rings, StatsHandle, UmemHost, Where,
+    XskError, FRAME_SIZE,
+};
 use crate::config::ZeroCopy;
 
 // Safety: a TX queue, like an RX queue, bundles a UMEM mapping with the rings that reference it;
@@ -22,6 +25,24 @@ pub struct TxQueue {
     tx: RingTx,
     b: Bound,
     in_flight: u32,
+    /// Its rings' sizes, for a [`Spare`] made like it.
+    rings: Rings,
+}
+
+// Safety: as for TxQueue: a UMEM registration (a socket fd and the area it
+// maps) moved to the sender thread as a whole and used only there.
+unsafe impl Send for Spare {}
+
+/// A UMEM registration over an interface target's memory, on an AF_XDP
+/// socket not bound yet: what the target's sender binds to the interface
+/// once it is created again ([`TxQueue::reopen`]). A socket that its
+/// device's deletion unbound cannot be bound again, and creating a socket
+/// takes `CAP_NET_RAW`, which `mirror run` holds only while it starts: so
+/// the spare is made at start ([`TxQueue::spare`]).
+pub struct Spare {
+    umem: Umem,
+    area: Arc<Area>,
+    rings: Rings,
 }
 
 /// `XDP_MAX_TX_SKB_BUDGET` (linux/if_xdp.h, kernel 6.17+; Debian 12's
@@ -123,9 +144,62 @@ impl TxQueue {
                 tx,
                 b,
                 in_flight: 0,
+                rings,
             },
             umem,
         ))
+    }
+
+    /// A [`Spare`] over this queue's memory (all of it: frames an RX queue
+    /// lends keep their offsets) with this queue's ring sizes. Needs
+    /// `CAP_NET_RAW`, and `CAP_IPC_LOCK` unless `RLIMIT_MEMLOCK` has room
+    /// (the pages are those pinned already; the kernel counts them again).
+    pub(crate) fn spare(&self, interface: &str, queue: u32) -> Result<Spare, XskError> {
+        let w = Where { interface, queue };
+        let umem = register(&w, &self.b.area, self.rings, self.b.zero_copy)?;
+        Ok(Spare {
+            umem,
+            area: self.b.area.clone(),
+            rings: self.rings,
+        })
+    }
+
+    /// Binds `spare` to `interface` queue `queue` as it is now (a device
+    /// created again under the name), in zero-copy mode or not: a TX queue
+    /// over the same memory as the one it replaces. Its own UMEM registration:
+    /// a tap source's RX queue that shared the old socket's stays on that
+    /// one (same memory, same offsets: its lent frames still go out without
+    /// a copy). On failure the spare comes back when it was not used yet
+    /// (the interface could not be looked up), else it is spent.
+    pub(crate) fn reopen(
+        spare: Spare,
+        interface: &str,
+        queue: u32,
+        zero_copy: bool,
+    ) -> Result<Self, (XskError, Option<Box<Spare>>)> {
+        let w = Where { interface, queue };
+        let sock = match if_info(&w, zero_copy).and_then(|info| {
+            Socket::with_shared(&info, &spare.umem).map_err(|e| w.err("socket", e, zero_copy))
+        }) {
+            Ok(sock) => sock,
+            Err(e) => return Err((e, Some(Box::new(spare)))),
+        };
+        let Spare { umem, area, rings } = spare;
+        let mut b = bind_first(&w, &umem, &sock, &area, rings, zero_copy).map_err(|e| (e, None))?;
+        let tx = b
+            .user
+            .map_tx()
+            .map_err(|e| (w.err("mapping the TX ring", e, zero_copy), None))?;
+        if !zero_copy {
+            raise_tx_budget(&w, b.user.as_raw_fd(), rings.ring);
+        }
+        b._umem = Some(umem);
+        Ok(TxQueue {
+            tx,
+            b,
+            in_flight: 0,
+            rings,
+        })
     }
 
     pub fn zero_copy(&self) -> bool {
