@@ -94,7 +94,7 @@ pub fn start(
     errors.replace(tx.stats_handle().ok());
     let read = errors.clone();
     queue.set_kernel_send_errors(Box::new(move || read.read()));
-    // Made now, while sockets may be created: see `Spare`.
+    // Made ahead, and again after each pick-up: see `Spare`.
     let spare = match tx.spare(interface, 0) {
         Ok(spare) => Some(spare),
         Err(e) => {

@@ -90,7 +90,6 @@ impl<'t> Validator<'t> {
         T::try_from(n).ok()
     }
 
-
     /// Index names, reporting duplicates.
     fn names<'a>(
         &mut self,

@@ -36,9 +36,9 @@ unsafe impl Send for Spare {}
 /// A UMEM registration over an interface target's memory, on an AF_XDP
 /// socket not bound yet: what the target's sender binds to the interface
 /// once it is created again ([`TxQueue::reopen`]). A socket that its
-/// device's deletion unbound cannot be bound again, and creating a socket
-/// takes `CAP_NET_RAW`, which `mirror run` holds only while it starts: so
-/// the spare is made at start ([`TxQueue::spare`]).
+/// device's deletion unbound cannot be bound again, so the spare is made
+/// ahead ([`TxQueue::spare`]: at start, and after each pick-up), with
+/// `CAP_NET_RAW`, which `mirror run` keeps.
 pub struct Spare {
     umem: Umem,
     area: Arc<Area>,
