@@ -135,6 +135,9 @@ pub struct SourceProgram {
     links: Vec<OwnedFd>,
     /// The generation frames are classified with (`active_generation`).
     generation: u32,
+    /// The inner maps in each rule-set slot, `[direction][generation]`: an
+    /// install rewrites the idle generation's in place when they have room.
+    rule_maps: [[Option<rule_maps::RuleSetMaps>; 2]; 2],
     /// The fast path's transmit-result tracepoint, once a session uses it.
     xmit_link: Option<libbpf_rs::Link>,
     /// Each kernel-path session's DEVMAP (by kernel session index), kept to
@@ -225,6 +228,7 @@ impl SourceProgram {
             skel,
             links: Vec::new(),
             generation: 0,
+            rule_maps: Default::default(),
             xmit_link: None,
             fast_devmaps: Vec::new(),
             tunnel_devices: Vec::new(),

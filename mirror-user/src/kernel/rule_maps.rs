@@ -14,25 +14,51 @@ const INGRESS: u32 = 0;
 const EGRESS: u32 = 1;
 
 impl SourceProgram {
-    /// Replaces the rule sets atomically: builds the new maps in the idle
-    /// generation, flips `active_generation` (one 4-byte map write), and
-    /// waits an RCU grace period so no program still runs on the old
-    /// generation, whose slots the next install reuses. Every frame is classified by either the old or the new sets,
-    /// whole. On error the old sets stay in force.
+    /// Replaces the rule sets atomically: writes the new sets into the idle
+    /// generation's slots, flips `active_generation` (one 4-byte map write),
+    /// and waits an RCU grace period so no program still runs on the old
+    /// generation, whose slots the next install reuses. Every frame is
+    /// classified by either the old or the new sets, whole. On error the
+    /// old sets stay in force.
+    ///
+    /// The idle generation's inner maps are rewritten in place when they
+    /// have room for the new set (nothing reads them: the previous install
+    /// waited out every program that could); only a set that outgrew them
+    /// gets new maps, put in the outer slots. Each outer-map write waits a
+    /// grace period of its own (the kernel makes sure no program still sees
+    /// the old inner map), so in place an install costs one grace period
+    /// instead of five.
     pub fn install(
         &mut self,
         ingress: &RuleSet,
         egress: Option<&RuleSet>,
     ) -> Result<(), LoaderError> {
         let idle = self.generation ^ 1;
-        // Build everything first: nothing the kernel reads changes until the flip.
-        let new_ingress = RuleSetMaps::create(ingress)?;
-        let new_egress = egress.map(RuleSetMaps::create).transpose()?;
-        for (dir, maps) in [(INGRESS, Some(&new_ingress)), (EGRESS, new_egress.as_ref())] {
+        // Nothing the kernel reads changes until the flip.
+        for (dir, set) in [(INGRESS, Some(ingress)), (EGRESS, egress)] {
             let slot = dir * 2 + idle;
-            match maps {
-                Some(m) => self.set_slot(slot, m)?,
-                None => self.clear_slot(slot)?,
+            let held = &mut self.rule_maps[dir as usize][idle as usize];
+            match set {
+                Some(set) if held.as_ref().is_some_and(|m| m.fits(set)) => {
+                    let rewritten = held.as_ref().map(|m| m.rewrite(set));
+                    if let Some(Err(e)) = rewritten {
+                        // Half written: never reused, replaced next time.
+                        *held = None;
+                        return Err(e);
+                    }
+                }
+                Some(set) => {
+                    let maps = RuleSetMaps::create(set)?;
+                    // Until the outer slot holds them, the slot's old maps
+                    // (if any) are what the kernel has there.
+                    self.rule_maps[dir as usize][idle as usize] = None;
+                    self.set_slot(slot, &maps)?;
+                    self.rule_maps[dir as usize][idle as usize] = Some(maps);
+                }
+                None => {
+                    self.clear_slot(slot)?;
+                    self.rule_maps[dir as usize][idle as usize] = None;
+                }
             }
         }
         self.skel
@@ -45,11 +71,7 @@ impl SourceProgram {
             })?;
         self.generation = idle;
         // The next install writes the slots just left: wait until no program
-        // still runs on them. Their maps stay until then (the next install's
-        // writes replace them, and the kernel frees a replaced inner map
-        // once no program holds it): deleting them here would cost four
-        // more grace periods (each outer-map write waits one), which made
-        // an install take ~9 of them.
+        // still runs on them.
         rcu_grace_period().map_err(LoaderError::GracePeriod)
     }
 
@@ -89,17 +111,98 @@ impl SourceProgram {
 }
 
 /// The four inner maps of one rule set (see abi.h), created and filled.
-struct RuleSetMaps {
+pub(super) struct RuleSetMaps {
     index: MapHandle,
     addr: MapHandle,
     bitmaps: MapHandle,
-    /// The verdict cache, created empty with the set (a new set never sees
+    /// The verdict cache, empty for each set written (a new set never sees
     /// an old set's verdicts).
     cache: MapHandle,
+    /// Entries the trie and bitmap maps were made with.
+    addr_room: usize,
+    bitmap_room: usize,
+}
+
+/// Entries a trie or bitmap map is made with for `n`: some room to spare,
+/// so the next sets of a running source (a rule more or less) fit in place.
+fn room(n: usize) -> usize {
+    n + n / 4 + 8
 }
 
 impl RuleSetMaps {
     fn create(set: &RuleSet) -> Result<Self, LoaderError> {
+        let (addr_room, bitmap_room) = (room(set.addr_nodes.len()), room(set.bitmaps.len()));
+        let maps = RuleSetMaps {
+            // Same size in every set, as the inner template declares it: no
+            // BPF_F_INNER_MAP. The trie and bitmaps are sized per set.
+            index: array("mirror_rule_ix", 4, set.index.len(), 0)?,
+            addr: array(
+                "mirror_rule_addr",
+                1024,
+                addr_room,
+                libbpf_sys::BPF_F_INNER_MAP,
+            )?,
+            bitmaps: array(
+                "mirror_rule_bm",
+                BITMAP_U64S * 8,
+                bitmap_room,
+                libbpf_sys::BPF_F_INNER_MAP,
+            )?,
+            cache: verdict_cache()?,
+            addr_room,
+            bitmap_room,
+        };
+        maps.fill(set)?;
+        Ok(maps)
+    }
+
+    /// Whether `set` can be written into these maps.
+    fn fits(&self, set: &RuleSet) -> bool {
+        set.addr_nodes.len() <= self.addr_room && set.bitmaps.len() <= self.bitmap_room
+    }
+
+    /// Writes `set` over what these maps hold (entries past the new set's
+    /// stay, unreachable: the index and trie point only inside it) and
+    /// empties the verdict cache.
+    fn rewrite(&self, set: &RuleSet) -> Result<(), LoaderError> {
+        self.fill(set)?;
+        let cpus = libbpf_rs::num_possible_cpus().map_err(|source| LoaderError::Map {
+            map: "mirror_rule_vc",
+            source,
+        })?;
+        let slots = mirror_ebpf::mirror::types::mirror_limits::MIRROR_CACHE_SLOTS.0 as usize;
+        let per_cpu = std::mem::size_of::<mirror_ebpf::mirror::types::mirror_cache_entry>()
+            .next_multiple_of(8);
+        let zeros = vec![0u8; slots * cpus * per_cpu];
+        let keys: Vec<u32> = (0..slots as u32).collect();
+        // A per-CPU batch: each key's value is every CPU's copy, which
+        // libbpf-rs's update_batch does not size for.
+        let opts = libbpf_sys::bpf_map_batch_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+            ..Default::default()
+        };
+        let mut count = slots as u32;
+        // Safety: `keys` holds `count` u32 keys and `zeros` `count` values of
+        // the map's per-CPU size; the kernel only reads them.
+        let rc = unsafe {
+            libbpf_sys::bpf_map_update_batch(
+                self.cache.as_fd().as_raw_fd(),
+                keys.as_ptr().cast(),
+                zeros.as_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        if rc < 0 {
+            return Err(LoaderError::Map {
+                map: "mirror_rule_vc",
+                source: libbpf_rs::Error::from_raw_os_error(-rc),
+            });
+        }
+        Ok(())
+    }
+
+    fn fill(&self, set: &RuleSet) -> Result<(), LoaderError> {
         let index_values: Vec<u8> = set.index.iter().flat_map(|v| v.to_ne_bytes()).collect();
         let node_values: Vec<u8> = set
             .addr_nodes
@@ -111,26 +214,24 @@ impl RuleSetMaps {
             .iter()
             .flat_map(|b| b.iter().flat_map(|w| w.to_ne_bytes()))
             .collect();
-        Ok(RuleSetMaps {
-            // Same size in every set, as the inner template declares it: no
-            // BPF_F_INNER_MAP. The trie and bitmaps are sized per set.
-            index: filled_array("mirror_rule_ix", 4, set.index.len(), 0, &index_values)?,
-            addr: filled_array(
-                "mirror_rule_addr",
-                1024,
-                set.addr_nodes.len(),
-                libbpf_sys::BPF_F_INNER_MAP,
-                &node_values,
-            )?,
-            bitmaps: filled_array(
-                "mirror_rule_bm",
-                BITMAP_U64S * 8,
-                set.bitmaps.len(),
-                libbpf_sys::BPF_F_INNER_MAP,
-                &bitmap_values,
-            )?,
-            cache: verdict_cache()?,
-        })
+        fill(
+            &self.index,
+            "mirror_rule_ix",
+            &index_values,
+            set.index.len(),
+        )?;
+        fill(
+            &self.addr,
+            "mirror_rule_addr",
+            &node_values,
+            set.addr_nodes.len(),
+        )?;
+        fill(
+            &self.bitmaps,
+            "mirror_rule_bm",
+            &bitmap_values,
+            set.bitmaps.len(),
+        )
     }
 }
 
@@ -154,20 +255,19 @@ fn verdict_cache() -> Result<MapHandle, LoaderError> {
 }
 
 /// Creates an ARRAY map of `entries` values of `value_size` bytes (keys
-/// 0..entries) and fills it from `values` with one batch update.
-fn filled_array(
+/// 0..entries), zeroed.
+fn array(
     map: &'static str,
     value_size: usize,
     entries: usize,
     flags: u32,
-    values: &[u8],
 ) -> Result<MapHandle, LoaderError> {
     let opts = libbpf_sys::bpf_map_create_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
         map_flags: flags,
         ..Default::default()
     };
-    let handle = MapHandle::create(
+    MapHandle::create(
         MapType::Array,
         Some(map),
         4,
@@ -175,14 +275,24 @@ fn filled_array(
         entries.max(1) as u32,
         &opts,
     )
-    .map_err(|source| LoaderError::CreateMap { map, source })?;
-    if entries > 0 {
-        let keys: Vec<u8> = (0..entries as u32).flat_map(u32::to_ne_bytes).collect();
-        handle
-            .update_batch(&keys, values, entries as u32, MapFlags::ANY, MapFlags::ANY)
-            .map_err(|source| LoaderError::Map { map, source })?;
+    .map_err(|source| LoaderError::CreateMap { map, source })
+}
+
+/// Writes `values` (`entries` of them) to keys 0..entries of `handle` with
+/// one batch update.
+fn fill(
+    handle: &MapHandle,
+    map: &'static str,
+    values: &[u8],
+    entries: usize,
+) -> Result<(), LoaderError> {
+    if entries == 0 {
+        return Ok(());
     }
-    Ok(handle)
+    let keys: Vec<u8> = (0..entries as u32).flat_map(u32::to_ne_bytes).collect();
+    handle
+        .update_batch(&keys, values, entries as u32, MapFlags::ANY, MapFlags::ANY)
+        .map_err(|source| LoaderError::Map { map, source })
 }
 
 /// Returns once every CPU has passed an RCU grace period: afterwards no BPF
