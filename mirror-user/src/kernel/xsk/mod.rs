@@ -249,17 +249,29 @@ fn retrying_busy<T>(
     loop {
         match once() {
             Err(XskError::Socket { errno, .. }) if errno.raw_os_error() == Some(libc::EBUSY) => {
-                // Another process's socket: no use waiting for it.
+                // Another process's socket: no use waiting for it. Only
+                // when that is certain (the kernel's socket diagnostics, or
+                // a process that also holds the interface's XDP program):
+                // without them any process with an AF_XDP socket would do,
+                // another namespace's too, while this queue may be a socket
+                // of ours the kernel is still releasing (a reload restarted
+                // its target or source).
                 let ifindex = crate::kernel::ifindex(w.interface).unwrap_or(0);
-                let holders = crate::kernel::holders::xsk_holders(ifindex, Some(w.queue), true);
+                let holders = crate::kernel::holders::xsk_holders(ifindex, Some(w.queue), false);
                 if !holders.is_empty() {
                     return Err(busy(holders.join("; ")));
                 }
                 if std::time::Instant::now() >= deadline {
-                    return Err(busy(format!(
-                        "no process found holding it after {} s (try `ss --xdp -p` and `bpftool net` as root)",
-                        BUSY_RETRY.as_secs()
-                    )));
+                    let maybe = crate::kernel::holders::xsk_holders(ifindex, Some(w.queue), true);
+                    return Err(busy(if maybe.is_empty() {
+                        format!(
+                            "no process found holding it after {} s (try `ss --xdp -p` and \
+                             `bpftool net` as root)",
+                            BUSY_RETRY.as_secs()
+                        )
+                    } else {
+                        format!("still taken after {} s; {}", BUSY_RETRY.as_secs(), maybe.join("; "))
+                    }));
                 }
                 if !logged {
                     tracing::info!(
