@@ -289,7 +289,18 @@ impl Engine {
         }
         preflight(&new, &keep)?;
         let mut plane = self.plane.write().map_err(poisoned)?;
-        let applied = plane.apply(&running, &live, &new, &keep)?;
+        let applied = match plane.apply(&running, &live, &new, &keep) {
+            Ok(a) => a,
+            Err(e) => {
+                // What runs (the previous config, or what both shared when
+                // it could not start again either), with the rules in force.
+                *live = Config {
+                    filters: live.filters.clone(),
+                    ..plane.config.clone()
+                };
+                return Err(e);
+            }
+        };
         *live = new;
         let rules = plane
             .sources
@@ -335,7 +346,7 @@ impl Engine {
             tracing::warn!(source = %name, ifindex, "the source's interface is back as a new device: attaching to it again");
         }
         let names: Vec<String> = back.into_iter().map(|(n, _)| n).collect();
-        let live = self
+        let mut live = self
             .live
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
@@ -347,6 +358,14 @@ impl Engine {
         // The same config, filters as in force: only these restart.
         let keep = reload::keep_but(&running, &live, &names);
         let applied = plane.apply(&running, &live, &live, &keep);
+        if applied.is_err() {
+            // As in `reload`: the config in force is what runs.
+            let filters = live.filters.clone();
+            *live = Config {
+                filters,
+                ..plane.config.clone()
+            };
+        }
         match &applied {
             Ok(a) => {
                 tracing::info!(changes = %a.summary(), "re-attached to the re-created interface")
