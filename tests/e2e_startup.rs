@@ -1,8 +1,9 @@
 //! End to end: a start that fails touches nothing (no capture file opened,
 //! rotated or deleted, no socket left, nothing attached) and says why (a
 //! typo in an interface, a busy queue, `zero_copy = "on"` on a device
-//! without AF_XDP zero-copy), and printing never panics when the reader of
-//! stdout or stderr has gone.
+//! without AF_XDP zero-copy, a missing pcapng directory, an attach the
+//! kernel refuses), and printing never panics when the reader of stdout or
+//! stderr has gone.
 
 mod common;
 
@@ -497,4 +498,68 @@ fn zero_copy_on_where_the_device_has_none_is_refused_at_start_with_the_reason() 
         mirror_user::kernel::Attached::default(),
         "nothing attached"
     );
+}
+
+/// The other ways a start fails: a pcapng directory that does not exist,
+/// and an attach the kernel refuses (native XDP on loopback, which has
+/// only generic). Each exits 1 saying why, and leaves nothing: no control
+/// socket, no XDP program on the interface, the capture directory as it was.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_missing_directory_and_a_refused_attach_fail_the_start_leaving_nothing() {
+    require_root!();
+    let Setup {
+        lab,
+        dir,
+        captures,
+        control,
+    } = setup("e2e-startup-more");
+    std::fs::write(captures.join("old.pcapng"), b"an earlier capture").expect("write");
+    let before = snapshot(&captures);
+    let xdp_on = |dev: &str| {
+        let out = lab
+            .src
+            .command(&["ip", "link", "show", "dev", dev])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout).contains("xdp")
+    };
+
+    // A pcapng directory that is not there.
+    let missing = dir.path().join("missing.toml");
+    std::fs::write(
+        &missing,
+        config(Lab::FEED_IF, &control, &captures)
+            .replace(&*captures.to_string_lossy(), "/nonexistent-mirror-dir"),
+    )
+    .expect("write");
+    let (status, stderr) = run_once(&lab.src, &missing);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("target `archive`") && stderr.contains("/nonexistent-mirror-dir"),
+        "{stderr}"
+    );
+    assert!(!control.exists(), "no socket left");
+    assert!(!xdp_on(Lab::FEED_IF), "nothing attached to feed0");
+    assert_eq!(snapshot(&captures), before);
+
+    // Native XDP where the driver has none: the kernel refuses the attach.
+    let refused = dir.path().join("refused.toml");
+    std::fs::write(
+        &refused,
+        config("lo", &control, &captures).replace(
+            "mode = \"tap\"",
+            "mode = \"copy\"\nxdp_mode = \"native\"\ningress_hook = \"xdp\"",
+        ),
+    )
+    .expect("write");
+    let (status, stderr) = run_once(&lab.src, &refused);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("attaching XDP to lo in native mode"),
+        "{stderr}"
+    );
+    assert!(!control.exists(), "no socket left");
+    assert!(!xdp_on("lo"), "nothing attached to lo");
+    assert_eq!(snapshot(&captures), before, "no capture file opened");
 }

@@ -270,7 +270,11 @@ fn retrying_busy<T>(
                             BUSY_RETRY.as_secs()
                         )
                     } else {
-                        format!("still taken after {} s; {}", BUSY_RETRY.as_secs(), maybe.join("; "))
+                        format!(
+                            "still taken after {} s; {}",
+                            BUSY_RETRY.as_secs(),
+                            maybe.join("; ")
+                        )
                     }));
                 }
                 if !logged {
