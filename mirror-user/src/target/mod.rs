@@ -406,6 +406,11 @@ impl TargetQueue {
         self.ready.len()
     }
 
+    /// Copies the queue holds at most (its slots).
+    pub(crate) fn capacity(&self) -> usize {
+        self.free.capacity()
+    }
+
     pub(crate) fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
     }
