@@ -694,7 +694,8 @@ impl Blocks {
     /// Writes every block to `out` in order, in `writev` calls that each end
     /// on a block boundary, resuming after partial writes.
     fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
-        let mut iov: Vec<io::IoSlice<'_>> = Vec::with_capacity(IOV_MAX.min(2 * self.held.len() + 1));
+        let mut iov: Vec<io::IoSlice<'_>> =
+            Vec::with_capacity(IOV_MAX.min(2 * self.held.len() + 1));
         // Where in `buf` the next call starts, and its first held copy.
         let mut from = 0;
         let mut next = 0;
@@ -1129,7 +1130,11 @@ mod tests {
             n += 1;
         }
         assert_eq!((ours.packets, ours.header), (n, head.len()));
-        assert_eq!(ours.held(), 2, "the 1,500 and 4,096-byte copies stay in their slots");
+        assert_eq!(
+            ours.held(),
+            2,
+            "the 1,500 and 4,096-byte copies stay in their slots"
+        );
         let written = ours.bytes_written();
         ours.clear(&q);
         assert_eq!(q.capacity(), 4);
@@ -2387,16 +2392,32 @@ mod tests {
 
         let mut whole = Gather::new(usize::MAX);
         blocks.write_to(&mut whole).expect("written");
-        assert!(whole.out == want, "differs from byte {:?}", first_difference(&whole.out, &want));
-        assert_eq!(whole.ends.len(), held.div_ceil((IOV_MAX - 1) / 2), "{:?}", whole.ends);
+        assert!(
+            whole.out == want,
+            "differs from byte {:?}",
+            first_difference(&whole.out, &want)
+        );
+        assert_eq!(
+            whole.ends.len(),
+            held.div_ceil((IOV_MAX - 1) / 2),
+            "{:?}",
+            whole.ends
+        );
         let bounds = block_ends(&whole.out);
         for end in &whole.ends {
-            assert!(bounds.contains(end), "a writev ended inside a block at {end}");
+            assert!(
+                bounds.contains(end),
+                "a writev ended inside a block at {end}"
+            );
         }
         for most in [7, 27, 28, 29, 1499, 1500, 1544, 100_000] {
             let mut part = Gather::new(most);
             blocks.write_to(&mut part).expect("written");
-            assert!(part.out == want, "{most} bytes a call: differs from byte {:?}", first_difference(&part.out, &want));
+            assert!(
+                part.out == want,
+                "{most} bytes a call: differs from byte {:?}",
+                first_difference(&part.out, &want)
+            );
         }
         // A write that fails part-way says so; the caller cuts the file back.
         let mut full = Gather::new(4096);
@@ -2428,8 +2449,8 @@ mod tests {
     fn a_quarter_of_the_queue_held_in_slots_is_written_at_once() {
         let dir = Dir::new("held");
         let path = dir.0.join("c.pcapng");
-        let q = TargetQueue::new("t", "pcapng", 64, SNAPLEN, Oversize::Truncate)
-            .expect("queue memory");
+        let q =
+            TargetQueue::new("t", "pcapng", 64, SNAPLEN, Oversize::Truncate).expect("queue memory");
         let t0 = Instant::now();
         let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
         for seq in 1..=15u8 {
