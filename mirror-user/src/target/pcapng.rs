@@ -2,10 +2,12 @@
 //!
 //! One writer thread per target. Blocks are laid out in a memory buffer (the
 //! header blocks by the `pcap-file` crate, once per target; packet blocks by
-//! hand, byte for byte as the crate writes them); the buffer goes to the file
-//! in one large `write` when it reaches [`FLUSH_BYTES`] or every
-//! [`FLUSH_EVERY`], so a reader (`tcpdump -r`, Wireshark, `tail -f | …`) only
-//! ever sees whole blocks.
+//! hand, byte for byte as the crate writes them), except the data of copies
+//! of [`IN_PLACE_MIN`] bytes or more, which stays in its queue slot; the
+//! buffer and those slots go to the file in large `writev` calls, each ending
+//! on a block boundary, when they reach [`FLUSH_BYTES`] (or a quarter of the
+//! queue is held) or every [`FLUSH_EVERY`], so a reader (`tcpdump -r`,
+//! Wireshark, `tail -f | …`) only ever sees whole blocks.
 //!
 //! - Each file starts with a section header and one interface description per
 //!   source (link type Ethernet, `if_tsresol` = 9: nanosecond time stamps from
