@@ -94,7 +94,7 @@ pub fn start(
     let queue = Arc::new(TargetQueue::new(
         name,
         "pcapng",
-        queue_size as usize,
+        queue_size as usize + held_slots(queue_size as usize),
         SNAPLEN,
         Oversize::Truncate,
     )?);
@@ -112,6 +112,14 @@ pub fn start(
         source,
     })?;
     Ok((queue, handle))
+}
+
+/// Slots a pcapng queue has beyond its `queue_size`: the most copies the
+/// writer keeps in their slots until a write ([`IN_PLACE_MIN`]), a quarter of
+/// `queue_size`, so that `queue_size` copies still fit in the queue while it
+/// writes, as when every copy was copied out of its slot at once.
+fn held_slots(queue_size: usize) -> usize {
+    (queue_size / 4).max(1)
 }
 
 /// Whether a pcapng target at `path` can start: its directory exists and
@@ -818,8 +826,8 @@ struct Writer<'q> {
     q: &'q TargetQueue,
     last_flush: Instant,
     /// The most copies the buffer holds in their slots before it is
-    /// written: a quarter of the queue, so that the rest takes the copies
-    /// that arrive during the write.
+    /// written: the queue's slots beyond its `queue_size` ([`held_slots`]),
+    /// so that `queue_size` copies still fit in it during the write.
     max_held: usize,
 }
 
@@ -835,7 +843,8 @@ impl<'q> Writer<'q> {
             blocks,
             q,
             last_flush: now,
-            max_held: (q.capacity() / 4).max(1),
+            // The queue has `queue_size + held_slots(queue_size)` slots.
+            max_held: (q.capacity() / 5).max(1),
         }
     }
 
@@ -2444,15 +2453,44 @@ mod tests {
         assert_eq!(q.queued(), 2048, "every slot is back");
     }
 
-    /// Copies held in their slots are written once they fill a quarter of
-    /// the queue, before `FLUSH_BYTES`: the rest of the queue takes what
-    /// arrives during the write.
+    /// Copies held in their slots are written once they fill the slots the
+    /// queue has beyond its `queue_size` (a quarter of it), before
+    /// `FLUSH_BYTES`: `queue_size` copies still fit while it writes.
     #[test]
     fn a_quarter_of_the_queue_held_in_slots_is_written_at_once() {
+        for (size, held) in [
+            (1, 1),
+            (3, 1),
+            (4, 1),
+            (7, 1),
+            (64, 16),
+            (4096, 1024),
+            (4099, 1024),
+        ] {
+            let q = TargetQueue::new(
+                "t",
+                "pcapng",
+                size + held_slots(size),
+                64,
+                Oversize::Truncate,
+            )
+            .expect("queue memory");
+            let dir = Dir::new(&format!("held-{size}"));
+            let w = Writer::new(
+                Files::new(spec(&dir.0.join("c.pcapng")), one_source()),
+                &q,
+                Instant::now(),
+            );
+            assert_eq!(
+                (held_slots(size), w.max_held),
+                (held, held),
+                "queue_size {size}"
+            );
+        }
         let dir = Dir::new("held");
         let path = dir.0.join("c.pcapng");
-        let q =
-            TargetQueue::new("t", "pcapng", 64, SNAPLEN, Oversize::Truncate).expect("queue memory");
+        let q = TargetQueue::new("t", "pcapng", 64 + 16, SNAPLEN, Oversize::Truncate)
+            .expect("queue memory");
         let t0 = Instant::now();
         let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
         for seq in 1..=15u8 {
@@ -2468,8 +2506,8 @@ mod tests {
         let mut want: Vec<u8> = (1..=15).collect();
         want.extend([100, 16]);
         assert_eq!(seqs(&path), want);
-        // Every slot is free again: the queue takes 64 copies.
-        for i in 0..64 {
+        // Every slot is free again: the queue takes 80 copies.
+        for i in 0..80 {
             q.offer(&Frame {
                 data: &[i; 60],
                 orig_len: 60,
