@@ -5,9 +5,9 @@
 //! hand, byte for byte as the crate writes them), except the data of copies
 //! of [`IN_PLACE_MIN`] bytes or more, which stays in its queue slot; the
 //! buffer and those slots go to the file in large `writev` calls, each ending
-//! on a block boundary, when they reach [`FLUSH_BYTES`] (or a quarter of the
-//! queue is held) or every [`FLUSH_EVERY`], so a reader (`tcpdump -r`,
-//! Wireshark, `tail -f | …`) only ever sees whole blocks.
+//! on a block boundary, when they reach [`FLUSH_BYTES`] (or `queue_size / 4`
+//! slots are held, [`held_slots`]) or every [`FLUSH_EVERY`], so a reader
+//! (`tcpdump -r`, Wireshark, `tail -f | …`) only ever sees whole blocks.
 //!
 //! - Each file starts with a section header and one interface description per
 //!   source (link type Ethernet, `if_tsresol` = 9: nanosecond time stamps from
