@@ -427,6 +427,11 @@ impl TargetQueue {
             .store(max_len.min(self.slot_len), Ordering::Relaxed);
     }
 
+    /// Copies the queue holds at most (its slots).
+    pub(crate) fn capacity(&self) -> usize {
+        self.free.capacity()
+    }
+
     pub(crate) fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
     }

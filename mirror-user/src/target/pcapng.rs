@@ -2,10 +2,12 @@
 //!
 //! One writer thread per target. Blocks are laid out in a memory buffer (the
 //! header blocks by the `pcap-file` crate, once per target; packet blocks by
-//! hand, byte for byte as the crate writes them); the buffer goes to the file
-//! in one large `write` when it reaches [`FLUSH_BYTES`] or every
-//! [`FLUSH_EVERY`], so a reader (`tcpdump -r`, Wireshark, `tail -f | …`) only
-//! ever sees whole blocks.
+//! hand, byte for byte as the crate writes them), except the data of copies
+//! of [`IN_PLACE_MIN`] bytes or more, which stays in its queue slot; the
+//! buffer and those slots go to the file in large `writev` calls, each ending
+//! on a block boundary, when they reach [`FLUSH_BYTES`] (or `queue_size / 4`
+//! slots are held, [`held_slots`]) or every [`FLUSH_EVERY`], so a reader
+//! (`tcpdump -r`, Wireshark, `tail -f | …`) only ever sees whole blocks.
 //!
 //! - Each file starts with a section header and one interface description per
 //!   source (link type Ethernet, `if_tsresol` = 9: nanosecond time stamps from
@@ -92,7 +94,7 @@ pub fn start(
     let queue = Arc::new(TargetQueue::new(
         name,
         "pcapng",
-        queue_size as usize,
+        queue_size as usize + held_slots(queue_size as usize),
         SNAPLEN,
         Oversize::Truncate,
     )?);
@@ -110,6 +112,14 @@ pub fn start(
         source,
     })?;
     Ok((queue, handle))
+}
+
+/// Slots a pcapng queue has beyond its `queue_size`: the most copies the
+/// writer keeps in their slots until a write ([`IN_PLACE_MIN`]), a quarter of
+/// `queue_size`, so that `queue_size` copies still fit in the queue while it
+/// writes, as when every copy was copied out of its slot at once.
+fn held_slots(queue_size: usize) -> usize {
+    (queue_size / 4).max(1)
 }
 
 /// Whether a pcapng target at `path` can start: its directory exists and
@@ -565,7 +575,22 @@ const EPB_TYPE: u32 = 6;
 /// `epb_flags` option: code 2, 4 bytes.
 const EPB_FLAGS: u16 = 2;
 
-/// The blocks of one file waiting to be written, in one buffer.
+/// A copy of this many bytes or more is written from its queue slot (one
+/// `writev` entry) rather than copied into the buffer first: at 1,500 B
+/// that copy was a third of the writer's own CPU; below this size an
+/// iovec entry costs the kernel more than the copy saves.
+pub(crate) const IN_PLACE_MIN: usize = 512;
+/// Entries of one `writev` (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// The blocks of one file waiting to be written.
+///
+/// Everything but the data of large copies is laid out in one buffer:
+/// header blocks, whole enhanced packet blocks of small copies, and the
+/// head and tail of each large copy's block, whose data stays in its queue
+/// slot ([`IN_PLACE_MIN`]) until the write, which gathers them in order
+/// with `writev`. The file gets `buf[..at0]`, data 0, `buf[at0..at1]`,
+/// data 1, ..., the rest of `buf`.
 ///
 /// Enhanced packet blocks are laid out here rather than by `pcap-file`
 /// (whose per-block serialisation — each block written twice, once to
@@ -574,6 +599,11 @@ const EPB_FLAGS: u16 = 2;
 /// crate's own, which the tests check.
 struct Blocks {
     buf: Vec<u8>,
+    /// Copies whose data is written from their slot, with where in `buf`
+    /// it goes (right after its block's 28-byte head), in order.
+    held: Vec<(usize, Packet)>,
+    /// Bytes of held data.
+    held_bytes: usize,
     /// Bytes of header blocks at the front of the buffer (0 once written).
     header: usize,
     /// Packets and their data bytes in the buffer.
@@ -581,12 +611,17 @@ struct Blocks {
     bytes: u64,
 }
 
+/// Bytes of an enhanced packet block before its data.
+const EPB_HEAD: usize = 28;
+
 impl Blocks {
     fn new(head: &[u8]) -> Blocks {
         let mut buf = Vec::with_capacity(FLUSH_BYTES + 2 * Self::MAX_EPB + head.len());
         buf.extend_from_slice(head);
         Blocks {
             buf,
+            held: Vec::new(),
+            held_bytes: 0,
             header: head.len(),
             packets: 0,
             bytes: 0,
@@ -597,7 +632,8 @@ impl Blocks {
     const MAX_EPB: usize = 44 + SNAPLEN;
 
     /// Starts the buffer of a new file (the old one's is empty or lost).
-    fn restart(&mut self, head: &[u8]) {
+    fn restart(&mut self, head: &[u8], q: &TargetQueue) {
+        self.release(q);
         self.buf.clear();
         self.buf.extend_from_slice(head);
         self.header = head.len();
@@ -605,8 +641,14 @@ impl Blocks {
         self.bytes = 0;
     }
 
+    /// Bytes waiting: what the file grows by when they are written.
     fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.held_bytes
+    }
+
+    /// Copies whose slots the buffer holds.
+    fn held(&self) -> usize {
+        self.held.len()
     }
 
     /// Bytes the enhanced packet block of `p` takes.
@@ -614,17 +656,20 @@ impl Blocks {
         // type, length, interface, time stamp (8), captured and original
         // length: 28; data padded to 4; epb_flags (8) + end of options (4);
         // trailing length (4).
-        28 + p.data().len().next_multiple_of(4) + 12 + 4
+        EPB_HEAD + p.data().len().next_multiple_of(4) + 12 + 4
     }
 
-    fn push(&mut self, p: &Packet) {
+    /// Adds the block of `p`: copied whole into the buffer, or (a copy of
+    /// [`IN_PLACE_MIN`] bytes or more) kept with its slot until the write.
+    /// A copy not kept is the caller's to recycle: returned.
+    fn push(&mut self, p: Packet) -> Option<Packet> {
         let data = p.data();
-        let len = Self::epb_len(p) as u32;
+        let len = Self::epb_len(&p) as u32;
         let pad = data.len().next_multiple_of(4) - data.len();
         let flags: u32 = if p.egress { 2 } else { 1 }; // inbound / outbound
         let word =
             |b: &mut [u8], at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-        let mut head = [0u8; 28];
+        let mut head = [0u8; EPB_HEAD];
         word(&mut head, 0, EPB_TYPE);
         word(&mut head, 4, len);
         word(&mut head, 8, u32::from(p.source));
@@ -639,26 +684,107 @@ impl Blocks {
         word(&mut tail, pad + 4, flags);
         word(&mut tail, pad + 12, len);
         self.buf.extend_from_slice(&head);
-        self.buf.extend_from_slice(data);
-        self.buf.extend_from_slice(&tail[..pad + 16]);
         self.packets += 1;
         self.bytes += data.len() as u64;
+        let keep = data.len() >= IN_PLACE_MIN;
+        if !keep {
+            self.buf.extend_from_slice(data);
+        }
+        self.buf.extend_from_slice(&tail[..pad + 16]);
+        if keep {
+            self.held_bytes += data.len();
+            let at = self.buf.len() - (pad + 16);
+            self.held.push((at, p));
+            None
+        } else {
+            Some(p)
+        }
+    }
+
+    /// Writes every block to `out` in order, in `writev` calls that each end
+    /// on a block boundary, resuming after partial writes.
+    fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
+        let mut iov: Vec<io::IoSlice<'_>> =
+            Vec::with_capacity(IOV_MAX.min(2 * self.held.len() + 1));
+        // Where in `buf` the next call starts, and its first held copy.
+        let mut from = 0;
+        let mut next = 0;
+        loop {
+            iov.clear();
+            let mut at = from;
+            // Each held copy takes two entries: its data, then the buffer
+            // up to the next one's data (or the end).
+            let last = self.held.len().min(next + (IOV_MAX - 1) / 2);
+            for (cut, p) in &self.held[next..last] {
+                iov.push(io::IoSlice::new(&self.buf[at..*cut]));
+                iov.push(io::IoSlice::new(p.data()));
+                at = *cut;
+            }
+            // Up to the head of the next call's first copy: a block boundary.
+            let end = self
+                .held
+                .get(last)
+                .map_or(self.buf.len(), |(cut, _)| cut - EPB_HEAD);
+            iov.push(io::IoSlice::new(&self.buf[at..end]));
+            write_all_vectored(out, &mut iov)?;
+            if last == self.held.len() {
+                return Ok(());
+            }
+            from = end;
+            next = last;
+        }
+    }
+
+    /// Returns the held copies' slots to the queue.
+    fn release(&mut self, q: &TargetQueue) {
+        for (_, p) in self.held.drain(..) {
+            q.recycle(p);
+        }
+        self.held_bytes = 0;
     }
 
     /// Forgets the packets, keeping unwritten header blocks.
-    fn clear_packets(&mut self) {
+    fn clear_packets(&mut self, q: &TargetQueue) {
+        self.release(q);
         self.buf.truncate(self.header);
         self.packets = 0;
         self.bytes = 0;
     }
 
     /// Forgets everything, after a write of it all.
-    fn clear(&mut self) {
+    fn clear(&mut self, q: &TargetQueue) {
+        self.release(q);
         self.buf.clear();
         self.header = 0;
         self.packets = 0;
         self.bytes = 0;
     }
+}
+
+#[cfg(test)]
+impl Blocks {
+    /// What a write of the buffer puts in the file.
+    fn bytes_written(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out).expect("writing to memory");
+        out
+    }
+}
+
+/// `Write::write_all` for a gather list (`write_all_vectored` is not
+/// stable): `writev` until every byte is written, after partial writes
+/// and interrupted calls too.
+fn write_all_vectored(out: &mut impl Write, mut bufs: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+    io::IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match out.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Copies taken from the queue between two looks at the clock and the stop flag.
@@ -699,6 +825,10 @@ struct Writer<'q> {
     blocks: Blocks,
     q: &'q TargetQueue,
     last_flush: Instant,
+    /// The most copies the buffer holds in their slots before it is
+    /// written: the queue's slots beyond its `queue_size` ([`held_slots`]),
+    /// so that `queue_size` copies still fit in it during the write.
+    max_held: usize,
 }
 
 impl<'q> Writer<'q> {
@@ -713,6 +843,8 @@ impl<'q> Writer<'q> {
             blocks,
             q,
             last_flush: now,
+            // The queue has `queue_size + held_slots(queue_size)` slots.
+            max_held: (q.capacity() / 5).max(1),
         }
     }
 
@@ -731,11 +863,12 @@ impl<'q> Writer<'q> {
             q.recycle(p);
             return;
         }
-        self.blocks.push(&p);
-        q.recycle(p);
+        if let Some(p) = self.blocks.push(p) {
+            q.recycle(p);
+        }
         // Counted as queued until written, also while a write blocks.
         q.in_flight.store(self.blocks.packets, Ordering::Relaxed);
-        if self.blocks.len() >= FLUSH_BYTES {
+        if self.blocks.len() >= FLUSH_BYTES || self.blocks.held() >= self.max_held {
             self.flush(now);
             self.last_flush = now;
         }
@@ -773,7 +906,7 @@ impl<'q> Writer<'q> {
 
     fn rotate(&mut self, now: Instant) {
         match self.files.open_next(now) {
-            Ok(()) => self.blocks.restart(&self.files.head),
+            Ok(()) => self.blocks.restart(&self.files.head, self.q),
             Err(e) => {
                 // Keep writing the old file; try again at the next rotation point.
                 tracing::warn!(error = %e, "opening the next capture file failed");
@@ -817,23 +950,23 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
     if let Some(committed) = files.current.as_ref().map(|c| c.committed) {
         if !files.make_room(committed + blocks.len() as u64) {
             q.counters.drop(TargetDrop::DiskFull, blocks.packets);
-            blocks.clear_packets();
+            blocks.clear_packets(q);
             return;
         }
     }
     let Some(cur) = files.current.as_mut() else {
         q.counters.drop(TargetDrop::DiskFull, blocks.packets);
-        blocks.clear_packets();
+        blocks.clear_packets(q);
         return;
     };
     if let Some(min) = files.spec.min_free {
         if below_min_free(&cur.path, min, blocks.len() as u64) {
             q.counters.drop(TargetDrop::DiskFull, blocks.packets);
-            blocks.clear_packets();
+            blocks.clear_packets(q);
             return;
         }
     }
-    match cur.file.write_all(&blocks.buf) {
+    match blocks.write_to(&mut cur.file) {
         Ok(()) => {
             cur.committed += blocks.len() as u64;
             cur.has_header = true;
@@ -844,7 +977,7 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
             q.counters
                 .sent_bytes
                 .fetch_add(blocks.bytes, Ordering::Relaxed);
-            blocks.clear();
+            blocks.clear(q);
             q.in_flight.store(0, Ordering::Relaxed);
         }
         Err(e) => {
@@ -858,7 +991,7 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
                 tracing::warn!(file = %cur.path.display(), error = %e, "writing the capture file failed");
             }
             q.counters.drop(TargetDrop::DiskFull, blocks.packets);
-            blocks.clear_packets();
+            blocks.clear_packets(q);
         }
     }
 }
@@ -974,13 +1107,6 @@ mod tests {
                 f.source = source;
                 f.egress = egress;
             });
-            let at = ours.len();
-            ours.push(&p);
-            assert_eq!(
-                ours.len() - at,
-                Blocks::epb_len(&p),
-                "{len}-byte copy: length"
-            );
             let shb = SectionHeaderBlock {
                 endianness: Endianness::Little,
                 ..Default::default()
@@ -1004,12 +1130,38 @@ mod tests {
             })
             .expect("memory");
             want.extend_from_slice(&w.get_ref()[skip..]);
-            assert_eq!(ours.buf, want, "{len}-byte copy: bytes");
-            q.recycle(p);
+            let at = ours.len();
+            let epb = Blocks::epb_len(&p);
+            if let Some(p) = ours.push(p) {
+                assert!(len < IN_PLACE_MIN, "{len}-byte copy: copied");
+                q.recycle(p);
+            }
+            assert_eq!(ours.len() - at, epb, "{len}-byte copy: length");
+            assert_eq!(ours.bytes_written(), want, "{len}-byte copy: bytes");
             n += 1;
         }
         assert_eq!((ours.packets, ours.header), (n, head.len()));
-        let mut reader = PcapNgReader::new(&ours.buf[..]).expect("header");
+        assert_eq!(
+            ours.held(),
+            2,
+            "the 1,500 and 4,096-byte copies stay in their slots"
+        );
+        let written = ours.bytes_written();
+        ours.clear(&q);
+        assert_eq!(q.capacity(), 4);
+        for _ in 0..4 {
+            q.offer(&Frame {
+                data: &[0; 60],
+                orig_len: 60,
+                hash: 0,
+                tstamp_ns: 0,
+                vni: 0,
+                source: 0,
+                egress: false,
+            });
+        }
+        assert_eq!(q.queued(), 4, "every held slot is back");
+        let mut reader = PcapNgReader::new(&written[..]).expect("header");
         let mut lens = Vec::new();
         while let Some(block) = reader.next_block() {
             if let Block::EnhancedPacket(epb) = block.expect("a whole block") {
@@ -1037,9 +1189,9 @@ mod tests {
             });
             let p = q.pop_ready().expect("queued");
             let at = blocks.len();
-            blocks.push(&p);
-            assert_eq!(blocks.len() - at, Blocks::epb_len(&p), "{len}-byte frame");
-            q.recycle(p);
+            let epb = Blocks::epb_len(&p);
+            q.recycle(blocks.push(p).expect("a small copy is copied"));
+            assert_eq!(blocks.len() - at, epb, "{len}-byte frame");
         }
         assert!(before > 0);
     }
@@ -1181,10 +1333,9 @@ mod tests {
                 egress: false,
             });
             let p = q.pop_ready().expect("queued");
-            blocks.push(&p);
-            q.recycle(p);
+            q.recycle(blocks.push(p).expect("a small copy is copied"));
         }
-        blocks.buf.clone()
+        blocks.bytes_written()
     }
 
     #[test]
@@ -2121,6 +2272,254 @@ mod tests {
 
     /// Set in the child process of the disk full test: its capture directory.
     const FSIZE_CHILD: &str = "MIRROR_PCAPNG_FSIZE_CHILD_DIR";
+
+    /// Takes every `writev` as it comes, at most `most` bytes of it (a
+    /// partial write beyond), and notes where each call ended.
+    struct Gather {
+        out: Vec<u8>,
+        most: usize,
+        ends: Vec<usize>,
+        /// Fails the call that would take `out` past this many bytes.
+        fail_at: Option<usize>,
+    }
+
+    impl Gather {
+        fn new(most: usize) -> Gather {
+            Gather {
+                out: Vec::new(),
+                most,
+                ends: Vec::new(),
+                fail_at: None,
+            }
+        }
+    }
+
+    impl Write for Gather {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[io::IoSlice::new(buf)])
+        }
+
+        fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+            assert!(bufs.len() <= IOV_MAX, "{} entries", bufs.len());
+            let mut n = 0;
+            for b in bufs {
+                if n == self.most {
+                    break;
+                }
+                let take = b.len().min(self.most - n);
+                if self.fail_at.is_some_and(|f| self.out.len() + take > f) {
+                    return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+                }
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            self.ends.push(self.out.len());
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The first byte at which `a` and `b` differ (rather than printing them).
+    fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+        (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i))
+    }
+
+    /// Where each block of a capture ends (panics on anything but whole,
+    /// valid blocks).
+    fn block_ends(bytes: &[u8]) -> Vec<usize> {
+        let mut ends = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+            at += len as usize;
+            assert!(at <= bytes.len(), "a block past the end");
+            ends.push(at);
+        }
+        ends
+    }
+
+    /// Large copies are gathered from their slots, 511 to a `writev`
+    /// (1,023 entries), small ones copied between them; each call ends on
+    /// a block boundary, the bytes are those of the copies in order
+    /// whatever size of partial writes the file takes, and every slot
+    /// goes back to the queue.
+    #[test]
+    fn gathered_writes_end_on_block_boundaries_and_resume_after_partial_writes() {
+        let q = TargetQueue::new("t", "pcapng", 2048, SNAPLEN, Oversize::Truncate)
+            .expect("queue memory");
+        let head = header_blocks(&one_source());
+        // 1,200 copies: mostly 1,500 bytes, every seventh 60, a few at the
+        // threshold and just below it; data says which copy it is.
+        let len_of = |i: usize| match i % 7 {
+            0 => 60,
+            3 if i % 2 == 0 => IN_PLACE_MIN,
+            3 => IN_PLACE_MIN - 1,
+            _ => 1500,
+        };
+        let fill = |blocks: &mut Blocks| {
+            for i in 0..1200usize {
+                let p = packet(&q, len_of(i), (i % 251) as u8, |f| {
+                    f.tstamp_ns = i as u64;
+                    f.egress = i % 2 == 1;
+                });
+                if let Some(p) = blocks.push(p) {
+                    q.recycle(p);
+                }
+            }
+        };
+        let mut blocks = Blocks::new(&head);
+        fill(&mut blocks);
+        let held = (0..1200).filter(|&i| len_of(i) >= IN_PLACE_MIN).count();
+        assert_eq!(blocks.held(), held);
+        // Reference: every block laid out by pcap-file.
+        let shb = SectionHeaderBlock {
+            endianness: Endianness::Little,
+            ..Default::default()
+        };
+        let mut want = PcapNgWriter::with_section_header(Vec::new(), shb).expect("memory");
+        want.write_pcapng_block(InterfaceDescriptionBlock {
+            linktype: DataLink::ETHERNET,
+            snaplen: 0,
+            options: vec![],
+        })
+        .expect("memory");
+        let skip = want.get_ref().len();
+        for i in 0..1200usize {
+            let data = vec![(i % 251) as u8; len_of(i)];
+            want.write_pcapng_block(EnhancedPacketBlock {
+                interface_id: 0,
+                timestamp: Duration::from_nanos(i as u64),
+                original_len: data.len() as u32,
+                data: Cow::Borrowed(&data),
+                options: vec![EnhancedPacketOption::Flags(if i % 2 == 1 { 2 } else { 1 })],
+            })
+            .expect("memory");
+        }
+        let want = [&head[..], &want.get_ref()[skip..]].concat();
+        assert_eq!(blocks.len(), want.len());
+
+        let mut whole = Gather::new(usize::MAX);
+        blocks.write_to(&mut whole).expect("written");
+        assert!(
+            whole.out == want,
+            "differs from byte {:?}",
+            first_difference(&whole.out, &want)
+        );
+        assert_eq!(
+            whole.ends.len(),
+            held.div_ceil((IOV_MAX - 1) / 2),
+            "{:?}",
+            whole.ends
+        );
+        let bounds = block_ends(&whole.out);
+        for end in &whole.ends {
+            assert!(
+                bounds.contains(end),
+                "a writev ended inside a block at {end}"
+            );
+        }
+        for most in [7, 27, 28, 29, 1499, 1500, 1544, 100_000] {
+            let mut part = Gather::new(most);
+            blocks.write_to(&mut part).expect("written");
+            assert!(
+                part.out == want,
+                "{most} bytes a call: differs from byte {:?}",
+                first_difference(&part.out, &want)
+            );
+        }
+        // A write that fails part-way says so; the caller cuts the file back.
+        let mut full = Gather::new(4096);
+        full.fail_at = Some(want.len() / 2);
+        let e = blocks.write_to(&mut full).expect_err("no space");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert!(full.out.len() <= want.len() / 2);
+
+        blocks.clear(&q);
+        assert_eq!((blocks.held(), blocks.len()), (0, 0));
+        for i in 0..2048u32 {
+            q.offer(&Frame {
+                data: &[0; 60],
+                orig_len: 60,
+                hash: 0,
+                tstamp_ns: u64::from(i),
+                vni: 0,
+                source: 0,
+                egress: false,
+            });
+        }
+        assert_eq!(q.queued(), 2048, "every slot is back");
+    }
+
+    /// Copies held in their slots are written once they fill the slots the
+    /// queue has beyond its `queue_size` (a quarter of it), before
+    /// `FLUSH_BYTES`: `queue_size` copies still fit while it writes.
+    #[test]
+    fn a_quarter_of_the_queue_held_in_slots_is_written_at_once() {
+        for (size, held) in [
+            (1, 1),
+            (3, 1),
+            (4, 1),
+            (7, 1),
+            (64, 16),
+            (4096, 1024),
+            (4099, 1024),
+        ] {
+            let q = TargetQueue::new(
+                "t",
+                "pcapng",
+                size + held_slots(size),
+                64,
+                Oversize::Truncate,
+            )
+            .expect("queue memory");
+            let dir = Dir::new(&format!("held-{size}"));
+            let w = Writer::new(
+                Files::new(spec(&dir.0.join("c.pcapng")), one_source()),
+                &q,
+                Instant::now(),
+            );
+            assert_eq!(
+                (held_slots(size), w.max_held),
+                (held, held),
+                "queue_size {size}"
+            );
+        }
+        let dir = Dir::new("held");
+        let path = dir.0.join("c.pcapng");
+        let q = TargetQueue::new("t", "pcapng", 64 + 16, SNAPLEN, Oversize::Truncate)
+            .expect("queue memory");
+        let t0 = Instant::now();
+        let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
+        for seq in 1..=15u8 {
+            feed(&mut w, &q, 1500, seq, t0);
+        }
+        // Small copies are copied out: they hold no slot.
+        feed(&mut w, &q, 60, 100, t0);
+        assert_eq!((size(&path), w.blocks.held()), (0, 15));
+        feed(&mut w, &q, 1500, 16, t0);
+        assert_eq!(size(&path), head_len() + 16 * EPB1500 + EPB60);
+        assert_eq!(sent(&q), (17, 16 * 1500 + 60));
+        assert_eq!(w.blocks.held(), 0);
+        let mut want: Vec<u8> = (1..=15).collect();
+        want.extend([100, 16]);
+        assert_eq!(seqs(&path), want);
+        // Every slot is free again: the queue takes 80 copies.
+        for i in 0..80 {
+            q.offer(&Frame {
+                data: &[i; 60],
+                orig_len: 60,
+                hash: 0,
+                tstamp_ns: 1,
+                vni: 0,
+                source: 0,
+                egress: false,
+            });
+        }
+        assert_eq!(q.counters.dropped(TargetDrop::QueueFull), 0);
+    }
 
     /// A full disk, as `RLIMIT_FSIZE` makes one (in a child process, the
     /// limit being per process): the write that fails is cut back to the
