@@ -21,7 +21,11 @@
 //!   copy per target queue); the target queues and senders are `target/`;
 //! - [`plan`]: which path serves each session, and which target shares a
 //!   source's UMEM;
-//! - [`engine`]: start, live rule updates, shutdown;
+//! - [`engine`]: start, live rule updates, reloads, shutdown: an `Engine`
+//!   around the running `Plane` (sources, targets and groups, each with its
+//!   own threads, so one can stop or start alone);
+//! - `reload`: what a reload keeps running (by name), and the config of
+//!   what runs between its stopping and starting;
 //! - [`tunnels`]: the kernel path's tunnel headers kept in step with the
 //!   route and neighbour tables;
 //! - [`clones`]: copy mode's kernel path (tcx clones): its ingress hook,
