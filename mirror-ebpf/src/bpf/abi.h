@@ -268,6 +268,9 @@ enum mirror_policy_bits {
 enum mirror_copy_flags {
 	MIRROR_COPY_F_CUT = 1 << 0, /* cap_len < orig_len because of MIRROR_COPY_MAX */
 	MIRROR_COPY_F_GSO = 1 << 1, /* a GSO super-frame: the stack will cut it into segments */
+	MIRROR_COPY_F_VLAN = 1 << 2, /* the frame's outer tag is in `slot`, not in the data
+				      * (tc: the kernel took it out, VLAN acceleration) */
+	MIRROR_COPY_F_QINQ = 1 << 3, /* and its TPID is 0x88a8 (802.1ad), not 0x8100 */
 };
 
 struct mirror_copy {
@@ -278,7 +281,12 @@ struct mirror_copy {
 	__u32 orig_len; /* length of the whole frame */
 	__u32 cap_len;  /* bytes of it that follow */
 	__u32 hash;     /* symmetric flow hash, as in struct mirror_meta */
-	__u32 slot;     /* the policy slot the frame saw (struct mirror_policy) */
+	__u32 slot;     /* bit 0: the policy slot the frame saw (struct mirror_policy);
+			 * with MIRROR_COPY_F_VLAN, bits 16-31: the TCI of the outer tag
+			 * (TPID 0x8100, or 0x88a8 with MIRROR_COPY_F_QINQ), which
+			 * userspace puts back after the MAC addresses (orig_len and
+			 * cap_len count the data without it). In `slot`: the header's
+			 * size weighs on the copy programs' stack. */
 	__u64 tstamp;   /* bpf_ktime_get_tai_ns() */
 	__u8 data[];
 };

@@ -219,6 +219,13 @@ __u32 policy_slot[MIRROR_MAX_SESSIONS];
  * touched only by sessions that sample.
  */
 __u64 session_sample_seq[MIRROR_MAX_SESSIONS];
+/* Where flow_cutoff builds a new flow's entry (per CPU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct mirror_flow);
+	__uint(max_entries, 1);
+} flow_scratch SEC(".maps");
 /* Per-flow cutoff's idle timeout of each session, set by userspace before
  * the program is attached (the limits are in the policy). */
 struct mirror_cutoff session_cutoff[MIRROR_MAX_SESSIONS];
@@ -412,10 +419,17 @@ __noinline __u32 flow_cutoff(const struct pkt *p, const struct mac_pair *macs, _
 	now = bpf_ktime_get_ns();
 	e = bpf_map_lookup_elem(&flows, &k);
 	if (!e) {
-		struct mirror_flow fresh = { .last_seen = now };
+		/* This CPU's scratch entry, not the stack: this function's stack
+		 * adds to every caller's, which is near the limit. */
+		struct mirror_flow *fresh = bpf_map_lookup_elem(&flow_scratch, &(__u32){ 0 });
 
+		if (!fresh)
+			return len; /* cannot happen: a one-entry array */
+		fresh->bytes = 0;
+		fresh->packets = 0;
+		fresh->last_seen = now;
 		/* Another CPU may have made it meanwhile: then theirs counts. */
-		bpf_map_update_elem(&flows, &k, &fresh, BPF_NOEXIST);
+		bpf_map_update_elem(&flows, &k, fresh, BPF_NOEXIST);
 		e = bpf_map_lookup_elem(&flows, &k);
 		if (!e) {
 			count(dir, MIRROR_CNT_FLOW_UNTRACKED);
@@ -1176,7 +1190,8 @@ static __always_inline void clone_out(struct __sk_buff *skb, __u32 session, __u3
  * on whatever happens here.
  */
 static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data_end,
-				     __u32 frame_len, __u32 ifindex, __u32 dir, bool gso)
+				     __u32 frame_len, __u32 ifindex, __u32 dir, bool gso,
+				     __u32 accel_vlan)
 {
 	struct copy_job job = { .ctx = ctx, .xdp = xdp };
 	const struct mirror_policy *pol = 0;
@@ -1185,6 +1200,15 @@ static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data
 	__s32 session;
 
 	why = parse_frame(data, data_end, &p);
+	if (accel_vlan) {
+		/* The outer tag, which the kernel took out of the data (tc):
+		 * rules and flows see it as they would in the data. */
+		p.flags |= MIRROR_PF_VLAN;
+		p.vlan = accel_vlan & 0xfff;
+		job.hdr.flags |= MIRROR_COPY_F_VLAN;
+		if ((accel_vlan >> 16) == ETH_P_8021AD)
+			job.hdr.flags |= MIRROR_COPY_F_QINQ;
+	}
 	session = select_session(&p, dir, why, &pol, &slot, data, data_end, frame_len, &keep);
 	if (session < 0 || session >= MIRROR_MAX_SESSIONS || !pol)
 		return;
@@ -1215,7 +1239,7 @@ static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data
 	if (gso)
 		job.hdr.flags |= MIRROR_COPY_F_GSO;
 	job.hdr.session = session;
-	job.hdr.slot = slot;
+	job.hdr.slot = slot | (accel_vlan << 16);
 	job.hdr.direction = dir;
 	job.hdr.ifindex = ifindex;
 	job.hdr.orig_len = frame_len;
@@ -1232,7 +1256,7 @@ int xdp_copy(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 
 	try_copy(ctx, true, data, data_end, data_end - data, ctx->ingress_ifindex,
-		 MIRROR_DIR_INGRESS, false);
+		 MIRROR_DIR_INGRESS, false, 0);
 	return XDP_PASS;
 }
 
@@ -1241,8 +1265,13 @@ static __always_inline int tc_copy(struct __sk_buff *skb, __u32 dir)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 
+	/* An outer tag out of the data (VLAN acceleration: always at tc
+	 * ingress, at egress when the device offloads it): TPID << 16 | TCI. */
+	__u32 accel = skb->vlan_present ? (__u32)bpf_ntohs(skb->vlan_proto) << 16 | skb->vlan_tci
+					: 0;
+
 	/* Headers outside the linear part count as truncated: the skb is never pulled. */
-	try_copy(skb, false, data, data_end, skb->len, skb->ifindex, dir, skb->gso_segs > 1);
+	try_copy(skb, false, data, data_end, skb->len, skb->ifindex, dir, skb->gso_segs > 1, accel);
 	return TC_ACT_UNSPEC;
 }
 

@@ -154,6 +154,17 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
 /// holds: [`RX_BATCH`] times this).
 const DRAIN_BATCHES: u32 = 1024;
 
+/// `data` with the VLAN tag `tag` (TPID, TCI) put back after its MAC
+/// addresses, into `out`: the frame as it was on the wire. A copy cut
+/// shorter than the addresses gets the tag after what it has.
+pub(super) fn retag(out: &mut Vec<u8>, data: &[u8], tag: [u8; 4]) {
+    let at = data.len().min(12);
+    out.clear();
+    out.extend_from_slice(&data[..at]);
+    out.extend_from_slice(&tag);
+    out.extend_from_slice(&data[at..]);
+}
+
 /// Copy mode: the session of a ring-buffer record and the frame it hands on
 /// (Unix time stamp, direction, original length); `None` when the record
 /// names a session the source does not have (counted `no_metadata`).
@@ -187,14 +198,22 @@ pub(super) fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
     let plans = &src.plans;
     let touched = RefCell::new(Touched::new(plans.len()));
     let tai_offset = tai_offset_ns();
+    // A frame whose tag the kernel took out of the data, with it put back.
+    let retagged = RefCell::new(Vec::with_capacity(64 * 1024));
     let on_record = |bytes: &[u8]| -> i32 {
         let rec = Record::parse(bytes);
-        let Some((session, frame)) =
+        let Some((session, mut frame)) =
             rec.and_then(|r| record_frame(&r, plans.len(), tai_offset, src.index))
         else {
             src.no_metadata.fetch_add(1, Ordering::Relaxed);
             return 0;
         };
+        let mut buf = retagged.borrow_mut();
+        if let Some(tag) = rec.and_then(|r| r.vlan_header()) {
+            retag(&mut buf, frame.data, tag);
+            frame.data = &buf;
+            frame.orig_len += 4;
+        }
         plans[session].dispatch(frame, None, rec.map(|r| r.slot));
         let mut t = touched.borrow_mut();
         t.mark(session);
@@ -283,6 +302,7 @@ mod tests {
             orig_len: 1500,
             hash: 7,
             tstamp_tai: NOW + 37 * S,
+            vlan: None,
             data: &[1u8, 2, 3][..],
         };
         let (session, f) = record_frame(&rec, 2, 37 * S, 4).expect("placed");
@@ -292,6 +312,38 @@ mod tests {
             (&[1u8, 2, 3][..], 1500, 7, NOW, 4, true)
         );
         assert!(record_frame(&rec, 1, 37 * S, 4).is_none(), "no session 1");
+    }
+
+    /// A tag the kernel took out of the data goes back after the MACs.
+    #[test]
+    fn a_tag_out_of_the_data_goes_back_after_the_mac_addresses() {
+        let frame: Vec<u8> = (0..20).collect();
+        let mut out = Vec::new();
+        retag(&mut out, &frame, [0x81, 0x00, 0x20, 0x64]);
+        let mut want: Vec<u8> = (0..12).collect();
+        want.extend([0x81, 0x00, 0x20, 0x64]);
+        want.extend(12..20);
+        assert_eq!(out, want);
+        // Reused: nothing of the previous frame stays.
+        retag(&mut out, &frame[..10], [0x88, 0xa8, 0, 5]);
+        let mut short: Vec<u8> = (0..10).collect();
+        short.extend([0x88, 0xa8, 0, 5]);
+        assert_eq!(out, short);
+        // The record carries it as TPID << 16 | TCI.
+        let rec = Record {
+            slot: 0,
+            session: 0,
+            egress: false,
+            cut: false,
+            gso: false,
+            ifindex: 3,
+            orig_len: 20,
+            hash: 0,
+            tstamp_tai: 0,
+            vlan: Some(0x8100_2064),
+            data: &frame[..],
+        };
+        assert_eq!(rec.vlan_header(), Some([0x81, 0x00, 0x20, 0x64]));
     }
 
     /// The kernel and the daemon disagree on the sessions: a bug, counted

@@ -33,6 +33,10 @@ pub struct Record<D> {
     pub hash: u32,
     /// `bpf_ktime_get_tai_ns()` when the record was written.
     pub tstamp_tai: u64,
+    /// The frame's outer VLAN tag when the kernel took it out of the data
+    /// (tc, VLAN acceleration): TPID << 16 | TCI. `data` and `orig_len`
+    /// are without it; [`Record::vlan_header`] gives its four bytes.
+    pub vlan: Option<u32>,
     /// The frame's first bytes (the session's `packet_length`, or all of it).
     pub data: D,
 }
@@ -59,6 +63,15 @@ impl<'a> Record<&'a [u8]> {
             orig_len: h.orig_len,
             hash: h.hash,
             tstamp_tai: h.tstamp,
+            vlan: (u32::from(h.flags) & mirror_copy_flags::MIRROR_COPY_F_VLAN.0 != 0).then(|| {
+                let tpid: u32 = if u32::from(h.flags) & mirror_copy_flags::MIRROR_COPY_F_QINQ.0 != 0
+                {
+                    0x88a8
+                } else {
+                    0x8100
+                };
+                tpid << 16 | h.slot >> 16
+            }),
             data,
         })
     }
@@ -81,8 +94,15 @@ impl<D> Record<D> {
             orig_len: self.orig_len,
             hash: self.hash,
             tstamp_tai: self.tstamp_tai,
+            vlan: self.vlan,
             data,
         }
+    }
+
+    /// The outer VLAN tag's four bytes as on the wire (TPID, TCI), when
+    /// the kernel took it out of the data.
+    pub fn vlan_header(&self) -> Option<[u8; 4]> {
+        self.vlan.map(|v| v.to_be_bytes())
     }
 }
 
