@@ -23,6 +23,7 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<ExitCode> {
+    limit_malloc_arenas();
     // The file first: its errors (at line:column, as `mirror check` gives
     // them) are worth reporting whoever runs it.
     let mut config = mirror_user::config::load(&a.config)?;
@@ -175,4 +176,19 @@ pub fn main(a: Args) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// glibc gives each thread that allocates its own arena (up to 8 per core),
+/// and each keeps what it freed: with some 30 threads the daemon's RSS grew
+/// by a different 6 to 16 MiB from machine to machine after the first
+/// reloads, then stayed. The data plane does not allocate per frame, so two
+/// arenas cost nothing measurable (rule updates per second unchanged) and
+/// keep the RSS some 15 MiB lower and flat. Set before any thread starts;
+/// `MALLOC_ARENA_MAX` in the environment still wins.
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // Safety: mallopt changes an allocator parameter; no other thread
+        // runs yet.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    }
 }

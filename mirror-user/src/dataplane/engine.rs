@@ -258,12 +258,6 @@ impl Engine {
                  a restart of mirror; the running config stays"
             );
         }
-        // The file's filters, compiled for every new source first: a rule
-        // error refuses the file before anything stops.
-        for i in 0..new.sources.len() {
-            source_rule_sets(&new, i)
-                .with_context(|| format!("source `{}`: the new rules", new.sources[i].name))?;
-        }
         let keep = reload::keep(&running, &new);
         // Filters only: everything kept, in the same places, and no session
         // setting changed (`check_reloadable` compares what the rule sets
@@ -286,6 +280,13 @@ impl Engine {
                 rules,
                 ..Default::default()
             });
+        }
+        // The file's filters, compiled for every source first: a rule error
+        // refuses the file before anything stops. (A filter-only reload is
+        // compiled by `update`.)
+        for i in 0..new.sources.len() {
+            source_rule_sets(&new, i)
+                .with_context(|| format!("source `{}`: the new rules", new.sources[i].name))?;
         }
         preflight(&new, &keep)?;
         let mut plane = self.plane.write().map_err(poisoned)?;

@@ -40,7 +40,7 @@ impl SourceProgram {
             let held = &mut self.rule_maps[dir as usize][idle as usize];
             match set {
                 Some(set) if held.as_ref().is_some_and(|m| m.fits(set)) => {
-                    let rewritten = held.as_ref().map(|m| m.rewrite(set));
+                    let rewritten = held.as_mut().map(|m| m.rewrite(set));
                     if let Some(Err(e)) = rewritten {
                         // Half written: never reused, replaced next time.
                         *held = None;
@@ -121,6 +121,10 @@ pub(super) struct RuleSetMaps {
     /// Entries the trie and bitmap maps were made with.
     addr_room: usize,
     bitmap_room: usize,
+    /// What the index map holds: a rewrite writes only what differs (the
+    /// index has an entry per port, some 140,000; a rule change alters a
+    /// few).
+    index_now: Vec<u32>,
 }
 
 /// Entries a trie or bitmap map is made with for `n`: some room to spare,
@@ -132,7 +136,7 @@ fn room(n: usize) -> usize {
 impl RuleSetMaps {
     fn create(set: &RuleSet) -> Result<Self, LoaderError> {
         let (addr_room, bitmap_room) = (room(set.addr_nodes.len()), room(set.bitmaps.len()));
-        let maps = RuleSetMaps {
+        let mut maps = RuleSetMaps {
             // Same size in every set, as the inner template declares it: no
             // BPF_F_INNER_MAP. The trie and bitmaps are sized per set.
             index: array("mirror_rule_ix", 4, set.index.len(), 0)?,
@@ -151,6 +155,8 @@ impl RuleSetMaps {
             cache: verdict_cache()?,
             addr_room,
             bitmap_room,
+            // A new array map is all zero.
+            index_now: vec![0; set.index.len()],
         };
         maps.fill(set)?;
         Ok(maps)
@@ -164,7 +170,7 @@ impl RuleSetMaps {
     /// Writes `set` over what these maps hold (entries past the new set's
     /// stay, unreachable: the index and trie point only inside it) and
     /// empties the verdict cache.
-    fn rewrite(&self, set: &RuleSet) -> Result<(), LoaderError> {
+    fn rewrite(&mut self, set: &RuleSet) -> Result<(), LoaderError> {
         self.fill(set)?;
         let cpus = libbpf_rs::num_possible_cpus().map_err(|source| LoaderError::Map {
             map: "mirror_rule_vc",
@@ -202,8 +208,14 @@ impl RuleSetMaps {
         Ok(())
     }
 
-    fn fill(&self, set: &RuleSet) -> Result<(), LoaderError> {
-        let index_values: Vec<u8> = set.index.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    fn fill(&mut self, set: &RuleSet) -> Result<(), LoaderError> {
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for (i, &v) in set.index.iter().enumerate() {
+            if self.index_now.get(i) != Some(&v) {
+                keys.extend((i as u32).to_ne_bytes());
+                values.extend(v.to_ne_bytes());
+            }
+        }
         let node_values: Vec<u8> = set
             .addr_nodes
             .iter()
@@ -214,12 +226,24 @@ impl RuleSetMaps {
             .iter()
             .flat_map(|b| b.iter().flat_map(|w| w.to_ne_bytes()))
             .collect();
-        fill(
-            &self.index,
-            "mirror_rule_ix",
-            &index_values,
-            set.index.len(),
-        )?;
+        if !keys.is_empty() {
+            // Whatever happens, the map's contents are not known any more
+            // unless the write succeeds.
+            self.index_now.clear();
+            self.index
+                .update_batch(
+                    &keys,
+                    &values,
+                    (keys.len() / 4) as u32,
+                    MapFlags::ANY,
+                    MapFlags::ANY,
+                )
+                .map_err(|source| LoaderError::Map {
+                    map: "mirror_rule_ix",
+                    source,
+                })?;
+            self.index_now.clone_from(&set.index);
+        }
         fill(
             &self.addr,
             "mirror_rule_addr",
