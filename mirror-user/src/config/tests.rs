@@ -1753,3 +1753,45 @@ fn reading_on_after_an_error_stops_where_a_line_cannot_be_repaired() {
         ]
     );
 }
+
+#[test]
+fn a_window_with_a_bad_value_is_left_out_of_the_overlap_check() {
+    // Window 1's value is reported; window 2, which overlaps its hours, is
+    // not reported again as overlapping a window that was refused.
+    for (key, want) in [
+        ("sample = 0", "schedule[0].sample = 0 is out of range"),
+        (
+            "rate_limit_pps = -1",
+            "schedule[0].rate_limit_pps (0 = unlimited) = -1 is out of range",
+        ),
+        (
+            "packet_length = 13",
+            "schedule[0].packet_length (0 = whole frame) = 13 is out of range",
+        ),
+        (
+            "flow_cutoff_bytes = -1",
+            "schedule[0].flow_cutoff_bytes (0 = off) = -1 is out of range",
+        ),
+        (
+            "flow_cutoff_packets = -1",
+            "schedule[0].flow_cutoff_packets (0 = off) = -1 is out of range",
+        ),
+    ] {
+        let e = errors(&scheduled(&format!(
+            "\n[[session.schedule]]\nhours = \"08:00-18:00\"\ntimezone = \"UTC\"\n{key}\n\
+             [[session.schedule]]\nhours = \"09:00-10:00\"\ntimezone = \"UTC\"\n"
+        )));
+        assert_eq!(e.len(), 1, "{key}: {e:#?}");
+        assert!(e[0].contains(want), "{key}: {e:?}");
+    }
+    // The same two windows with a good value: the overlap is the error.
+    let e = errors(&scheduled(
+        "\n[[session.schedule]]\nhours = \"08:00-18:00\"\ntimezone = \"UTC\"\nsample = 2\n\
+         [[session.schedule]]\nhours = \"09:00-10:00\"\ntimezone = \"UTC\"\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("window 2 (every day 09:00-10:00 UTC) overlaps window 1"),
+        "{e:?}"
+    );
+}
