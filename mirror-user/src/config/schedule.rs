@@ -579,6 +579,51 @@ mod tests {
     }
 
     #[test]
+    fn hours_take_minute_59_and_hour_23_at_both_ends() {
+        assert_eq!(parse_hours("00:59-23:59"), Ok((59, 1439)));
+        assert_eq!(parse_hours("23:59-00:59"), Ok((1439, 59)));
+    }
+
+    /// Berlin springs forward on 2026-03-29: 02:00-03:00 does not exist, so
+    /// a window of exactly that hour is empty that day (both edges are 03:00
+    /// CEST, 01:00 UTC): no instance, no edge, the next one a week later.
+    #[test]
+    fn a_window_inside_the_spring_forward_gap_is_empty_that_day() {
+        let w = [window("sun", "02:00-03:00", "Europe/Berlin")];
+        // 02:00 CEST on 2026-04-05 is 00:00 UTC.
+        assert_eq!(
+            at(&w, "2026-03-29T00:30:00Z"),
+            (None, Some("2026-04-05T00:00:00Z".into()))
+        );
+        assert_eq!(
+            at(&w, "2026-03-29T01:00:00Z"),
+            (None, Some("2026-04-05T00:00:00Z".into()))
+        );
+        // The week before, the same hour is a plain CET hour.
+        assert_eq!(
+            at(&w, "2026-03-22T01:00:00Z"),
+            (Some(0), Some("2026-03-22T02:00:00Z".into()))
+        );
+    }
+
+    #[test]
+    fn a_position_reads_as_its_window_and_next_edge() {
+        let w = [window("mon-fri", "08:00-18:00", "UTC")];
+        assert_eq!(
+            position(&w, ts("2026-12-07T09:00:00Z")).to_string(),
+            "window 1 until 2026-12-07T18:00:00Z"
+        );
+        assert_eq!(
+            position(&w, ts("2026-12-07T19:00:00Z")).to_string(),
+            "no window until 2026-12-08T08:00:00Z"
+        );
+        assert_eq!(
+            position(&[], ts("2026-12-07T19:00:00Z")).to_string(),
+            "no window"
+        );
+    }
+
+    #[test]
     fn weekly_minutes_of_a_window_crossing_sunday_midnight_wrap_to_monday() {
         let w = window("sun", "23:00-01:00", "UTC");
         let m: Vec<usize> = w.weekly_minutes().collect();

@@ -1570,3 +1570,251 @@ fn flow_cutoff_errors_name_the_key_and_the_accepted_values() {
         );
     }
 }
+
+#[test]
+fn unused_targets_and_groups_are_pruned_and_the_rest_renumbered() {
+    let text = GOOD.replace(
+        "[[session]]",
+        "[[target]]\nname = \"a\"\nkind = \"interface\"\ninterface = \"ya\"\n\n\
+         [[target]]\nname = \"b\"\nkind = \"gre\"\nremote = \"10.0.0.2\"\n\n\
+         [[target]]\nname = \"c\"\nkind = \"interface\"\ninterface = \"yc\"\n\n\
+         [[target]]\nname = \"d\"\nkind = \"interface\"\ninterface = \"yd\"\n\n\
+         [[target]]\nname = \"e\"\nkind = \"interface\"\ninterface = \"ye\"\n\n\
+         [[target_group]]\nname = \"h\"\nmembers = [\"a\"]\n\n\
+         [[target_group]]\nname = \"g\"\nmembers = [\"b\", \"c\"]\n\n\
+         [[session]]\nname = \"two\"\nsource = \"uplink\"\nfilter = \"ids\"\n\
+         targets = [\"g\", \"e\"]\npriority = 2\n\n[[session]]",
+    );
+    let mut c = parse(&text, "t.toml").expect("valid");
+    let names = |c: &Config| -> Vec<String> { c.targets.iter().map(|t| t.name.clone()).collect() };
+    assert_eq!(names(&c), ["ids0", "a", "b", "c", "d", "e"]);
+    assert_eq!(
+        c.prune_unused_targets(),
+        ["target group `h`", "target `a`", "target `d`"]
+    );
+    assert_eq!(names(&c), ["ids0", "b", "c", "e"]);
+    assert_eq!(c.groups.len(), 1);
+    assert_eq!(
+        (c.groups[0].name.as_str(), &c.groups[0].members[..]),
+        ("g", &[1, 2][..])
+    );
+    let two = c.sessions.iter().find(|s| s.name == "two").expect("two");
+    assert_eq!(two.targets, [Dest::Group(0), Dest::Target(3)]);
+    let feed = c.sessions.iter().find(|s| s.name == "feed").expect("feed");
+    assert_eq!(feed.targets, [Dest::Target(0)]);
+    // Nothing unused: nothing pruned, nothing moved.
+    let mut c = parse(GOOD, "t.toml").expect("valid");
+    assert!(c.prune_unused_targets().is_empty());
+    assert_eq!(names(&c), ["ids0"]);
+}
+
+#[test]
+fn a_mirrored_direction_no_accepting_rule_matches_is_named() {
+    // GOOD: ingress mirrored, and rule 200 accepts ingress.
+    assert!(parse(GOOD, "t.toml")
+        .expect("valid")
+        .silent_directions()
+        .is_empty());
+    // Both directions, ingress rules only: egress is silent.
+    let both = GOOD.replace(
+        "interface = \"eth1\"",
+        "interface = \"eth1\"\nmode = \"copy\"\ndirection = \"both\"",
+    );
+    assert_eq!(
+        parse(&both, "t.toml").expect("valid").silent_directions(),
+        [
+            "source `uplink` mirrors egress frames (direction = \"both\") but no filter of its \
+          sessions (`ids`) has an egress rule that accepts: no egress frame is mirrored; add \
+          `direction = \"egress\"` rules, or narrow the source's direction"
+        ]
+    );
+    // Only a rejecting ingress rule: ingress is silent too.
+    let reject_only = GOOD.replace("action = \"accept\"", "action = \"reject\"");
+    let w = parse(&reject_only, "t.toml")
+        .expect("valid")
+        .silent_directions();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("source `uplink` mirrors ingress frames (direction = \"ingress\")"),
+        "{w:?}"
+    );
+    // A source no session reads says nothing; the other source's filter
+    // does not speak for it.
+    let two_sources = GOOD.replace(
+        "[[filter]]",
+        "[[source]]\nname = \"idle\"\ninterface = \"eth3\"\n\n[[filter]]",
+    );
+    assert!(parse(&two_sources, "t.toml")
+        .expect("valid")
+        .silent_directions()
+        .is_empty());
+    let second = two_sources
+        .replace("action = \"accept\"", "action = \"reject\"")
+        .replace("source = \"uplink\"", "source = \"idle\"");
+    let w = parse(&second, "t.toml").expect("valid").silent_directions();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("source `idle` mirrors ingress"), "{w:?}");
+}
+
+#[test]
+fn a_rule_prints_as_toml_keys_with_protocol_names_and_reads_back() {
+    let rule = |keys: &str| parse_rule(keys, "rule").expect("valid");
+    let full = rule(
+        "number = 100\naction = \"reject\"\ndirection = \"ingress\"\nprotocol = \"tcp\"\n\
+         source = \"10.0.0.0/8\"\ndestination = \"192.0.2.1/32\"\nsource_port = \"1024-65535\"\n\
+         destination_port = 443\nvlan = 7",
+    );
+    assert_eq!(
+        full.to_toml_keys(),
+        "number = 100, action = \"reject\", direction = \"ingress\", protocol = \"tcp\", \
+         source = \"10.0.0.0/8\", destination = \"192.0.2.1/32\", source_port = \"1024-65535\", \
+         destination_port = \"443\", vlan = 7"
+    );
+    assert_eq!(rule(&full.to_toml_keys().replace(", ", "\n")), full);
+    for (p, name) in [
+        (6, "\"tcp\""),
+        (17, "\"udp\""),
+        (1, "\"icmp\""),
+        (58, "\"icmpv6\""),
+        (132, "\"sctp\""),
+        (47, "47"),
+    ] {
+        let r = rule(&format!(
+            "number = 1\naction = \"accept\"\ndirection = \"egress\"\nprotocol = {p}"
+        ));
+        assert_eq!(
+            r.to_toml_keys(),
+            format!("number = 1, action = \"accept\", direction = \"egress\", protocol = {name}")
+        );
+    }
+    assert_eq!(
+        rule("number = 2\naction = \"accept\"\ndirection = \"ingress\"").to_toml_keys(),
+        "number = 2, action = \"accept\", direction = \"ingress\""
+    );
+}
+
+#[test]
+fn reading_on_after_an_error_stops_where_a_line_cannot_be_repaired() {
+    let after_rule =
+        |extra: &str| GOOD.replace("vlan = 100", &format!("vlan = 100\n{extra}\nnote = 1"));
+    let label = "unknown field `label`, expected one of `number`";
+    let note = "t.toml:26:1: filter[0].rule[1].note: unknown field `note`";
+    // A one-line value is commented out and the reading goes on: `note`
+    // is found too.
+    for value in ["1", "[1]", "{ a = 1 }"] {
+        let e = errors(&after_rule(&format!("label = {value}")));
+        assert_eq!(e.len(), 2, "{value}: {e:#?}");
+        assert!(
+            e[0].starts_with("t.toml:25:1: ") && e[0].contains(label),
+            "{e:?}"
+        );
+        assert!(e[1].starts_with(note), "{value}: {e:?}");
+    }
+    // Indented: the `#` goes where the key starts, and the columns stay.
+    let e = errors(&after_rule("  label = 1"));
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].starts_with("t.toml:25:3: filter[0].rule[1].label: "),
+        "{e:?}"
+    );
+    assert!(e[1].starts_with(note), "{e:?}");
+    // A value over several lines is not cut in half: the reading stops.
+    for value in ["\"\"\"a\nb\"\"\"", "'''a\nb'''", "[\n1]", "{\na = 1}"] {
+        let e = errors(&after_rule(&format!("label = {value}")));
+        assert_eq!(e.len(), 1, "{value}: {e:#?}");
+        assert!(
+            e[0].starts_with("t.toml:25:1: ") && e[0].contains(label),
+            "{e:?}"
+        );
+    }
+    // Neither is a table header (even with `=` in its comment), nor a line
+    // that starts with a character of several bytes.
+    let e = errors(
+        &GOOD
+            .replace("[[target]]", "[bogus] # a = b\n[[target]]")
+            .replace("priority = 1", "priority = 1\nnote = 1"),
+    );
+    assert_eq!(
+        e,
+        [
+            "t.toml:26:2: bogus: unknown field `bogus`, expected one of `daemon`, `source`, \
+          `filter`, `target`, `target_group`, `session`"
+        ]
+    );
+    let e = errors(&after_rule("é = 1"));
+    assert_eq!(
+        e,
+        ["t.toml:25:1: invalid unquoted key, expected letters, numbers, `-`, `_`"]
+    );
+    // An unknown variant in a string becomes the first variant and the
+    // reading goes on; in any other value the line is commented out (a
+    // GRE target's `remote` is then not judged as an interface target's).
+    let e = errors(
+        &GOOD
+            .replace("kind = \"interface\"", "kind = \"span\"")
+            .replace("priority = 1", "priority = 1\nnote = 1"),
+    );
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].contains("target[0].kind: unknown variant `span`"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].contains("session[0].note: unknown field `note`"),
+        "{e:?}"
+    );
+    let e = errors(
+        &GOOD
+            .replace("kind = \"interface\"", "kind = { span = 1 }")
+            .replace("interface = \"eth2\"", "remote = \"10.0.0.2\""),
+    );
+    assert_eq!(
+        e,
+        [
+            "t.toml:28:10: target[0].kind.span: unknown variant `span`, expected one of \
+          `interface`, `vxlan`, `gre`, `erspan`, `pcapng`"
+        ]
+    );
+}
+
+#[test]
+fn a_window_with_a_bad_value_is_left_out_of_the_overlap_check() {
+    // Window 1's value is reported; window 2, which overlaps its hours, is
+    // not reported again as overlapping a window that was refused.
+    for (key, want) in [
+        ("sample = 0", "schedule[0].sample = 0 is out of range"),
+        (
+            "rate_limit_pps = -1",
+            "schedule[0].rate_limit_pps (0 = unlimited) = -1 is out of range",
+        ),
+        (
+            "packet_length = 13",
+            "schedule[0].packet_length (0 = whole frame) = 13 is out of range",
+        ),
+        (
+            "flow_cutoff_bytes = -1",
+            "schedule[0].flow_cutoff_bytes (0 = off) = -1 is out of range",
+        ),
+        (
+            "flow_cutoff_packets = -1",
+            "schedule[0].flow_cutoff_packets (0 = off) = -1 is out of range",
+        ),
+    ] {
+        let e = errors(&scheduled(&format!(
+            "\n[[session.schedule]]\nhours = \"08:00-18:00\"\ntimezone = \"UTC\"\n{key}\n\
+             [[session.schedule]]\nhours = \"09:00-10:00\"\ntimezone = \"UTC\"\n"
+        )));
+        assert_eq!(e.len(), 1, "{key}: {e:#?}");
+        assert!(e[0].contains(want), "{key}: {e:?}");
+    }
+    // The same two windows with a good value: the overlap is the error.
+    let e = errors(&scheduled(
+        "\n[[session.schedule]]\nhours = \"08:00-18:00\"\ntimezone = \"UTC\"\nsample = 2\n\
+         [[session.schedule]]\nhours = \"09:00-10:00\"\ntimezone = \"UTC\"\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("window 2 (every day 09:00-10:00 UTC) overlaps window 1"),
+        "{e:?}"
+    );
+}
