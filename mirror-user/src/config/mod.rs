@@ -91,6 +91,11 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let mut doc = text.to_string();
     let mut repaired: Vec<usize> = Vec::new();
     let mut removed: Vec<String> = Vec::new();
+    // Unknown variants read on as the first accepted one: (the table's key
+    // path, that variant). What the validator then says in that table about
+    // the stand-in (`remote` does not apply to kind = "interface") is not
+    // the user's error.
+    let mut stand_ins: Vec<(String, String)> = Vec::new();
     let mut raw = None;
     for _ in 0..MAX_READ_ERRORS {
         match toml::from_str::<RawConfig>(&doc) {
@@ -121,6 +126,17 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
                 match repair(&mut doc, span.start, &message) {
                     Some(key) => {
                         repaired.push(line);
+                        if key.is_none() {
+                            let variant = message
+                                .split_once("expected ")
+                                .and_then(|(_, rest)| rest.split('`').nth(1));
+                            let table = v
+                                .key_path_at(at)
+                                .and_then(|p| p.rsplit_once('.').map(|(t, _)| t.to_string()));
+                            if let (Some(t), Some(var)) = (table, variant) {
+                                stand_ins.push((t, format!("\"{var}\"")));
+                            }
+                        }
                         removed.extend(key);
                     }
                     None => break,
@@ -133,12 +149,15 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     };
     let mut after = Validator::new(&doc);
     let config = after.config(raw);
-    v.diags.extend(
-        after
-            .diags
-            .into_iter()
-            .filter(|d| !repaired.contains(&d.line)),
-    );
+    v.diags.extend(after.diags.into_iter().filter(|d| {
+        !repaired.contains(&d.line)
+            && !stand_ins.iter().any(|(table, variant)| {
+                d.message
+                    .strip_prefix(table.as_str())
+                    .is_some_and(|rest| rest.starts_with(['.', ':', ' ']))
+                    && d.message.contains(variant.as_str())
+            })
+    }));
     if v.diags.is_empty() && repaired.is_empty() {
         if let Some(config) = config {
             return Ok(config);

@@ -1026,6 +1026,40 @@ fn every_error_names_its_key_path() {
             .replace("name = \"feed\"", ""),
     );
     assert!(e.iter().all(|l| !l.contains(": daemon")), "{e:?}");
+    // A key whose value is an array or an inline table is named too.
+    for value in ["[1]", "{ a = 1 }"] {
+        let e = errors(&GOOD.replace("vlan = 100", &format!("vlan = 100\nlabel = {value}")));
+        assert!(
+            e[0].contains("filter[0].rule[1].label: unknown field `label`"),
+            "{value}: {e:?}"
+        );
+    }
+}
+
+/// An unknown variant reads on as the first accepted one; what the
+/// validator would say about that stand-in in the same table (`remote` does
+/// not apply to an interface target) is not reported, the table's other
+/// errors are.
+#[test]
+fn an_unknown_variant_brings_no_error_about_its_stand_in() {
+    let text = GOOD.replace(
+        "[[session]]",
+        "[[target]]\nname = \"g\"\nkind = \"span\"\nremote = \"10.0.0.9\"\nqueue_size = 3\n\n[[session]]",
+    );
+    let e = errors(&text);
+    assert!(
+        e.iter().any(|l| l.contains("target[1].kind: unknown variant `span`")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter().all(|l| !l.contains("does not apply")),
+        "no error about the stand-in: {e:#?}"
+    );
+    assert!(
+        e.iter().any(|l| l.contains("target[1].queue_size = 3")),
+        "the table's own errors stay: {e:#?}"
+    );
+    assert_eq!(e.len(), 2, "{e:#?}");
 }
 
 #[test]

@@ -35,20 +35,25 @@ impl<'t> Validator<'t> {
         }
     }
 
+    /// The innermost key path around byte `at` (`target[0].kind`).
+    pub(super) fn key_path_at(&self, at: usize) -> Option<String> {
+        // Innermost: the shortest span; on a tie the deeper key (pushed
+        // later): `source[0]` rather than `source`.
+        self.paths
+            .iter()
+            .rev()
+            .filter(|(r, _)| r.start <= at && at < r.end.max(r.start + 1))
+            .min_by_key(|(r, _)| r.end - r.start)
+            .map(|(_, p)| p.clone())
+    }
+
     /// Records an error at `span`, named by the innermost key around it.
     pub(super) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, column) = line_col(self.text, span.start);
         // An error about the whole file (an empty span at its start) has no key.
-        let key = (span.end > span.start).then_some(()).and_then(|()| {
-            // Innermost: the shortest span; on a tie the deeper key (pushed
-            // later): `source[0]` rather than `source`.
-            self.paths
-                .iter()
-                .rev()
-                .filter(|(r, _)| r.start <= span.start && span.start < r.end.max(r.start + 1))
-                .min_by_key(|(r, _)| r.end - r.start)
-                .map(|(_, p)| p.clone())
-        });
+        let key = (span.end > span.start)
+            .then_some(())
+            .and_then(|()| self.key_path_at(span.start));
         let message = message.into();
         self.diags.push(Diagnostic {
             line,
@@ -250,10 +255,11 @@ fn key_paths(text: &str) -> Vec<(Range<usize>, String)> {
             } else {
                 format!("{prefix}.{}", k.get_ref())
             };
+            // The key with its value (an error may point at either); for a
+            // table or an array the value's own span is pushed too, and the
+            // shortest span around an error names it.
             let (ks, vs) = (k.span(), v.span());
-            if !matches!(v.get_ref(), DeValue::Table(_) | DeValue::Array(_)) {
-                out.push((ks.start.min(vs.start)..ks.end.max(vs.end), path.clone()));
-            }
+            out.push((ks.start.min(vs.start)..ks.end.max(vs.end), path.clone()));
             value(v, &path, out);
         }
     }
