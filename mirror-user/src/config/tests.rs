@@ -1048,7 +1048,8 @@ fn an_unknown_variant_brings_no_error_about_its_stand_in() {
     );
     let e = errors(&text);
     assert!(
-        e.iter().any(|l| l.contains("target[1].kind: unknown variant `span`")),
+        e.iter()
+            .any(|l| l.contains("target[1].kind: unknown variant `span`")),
         "{e:#?}"
     );
     assert!(
