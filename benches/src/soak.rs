@@ -160,6 +160,19 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     let daemon = crate::start_daemon(&lab.src, &exe, &dir, &text)?;
     let control = daemon.control.clone();
     let pid = daemon.pid().context("the daemon's pid")?;
+    // One rule update first: it fills each source's second rule-set
+    // generation, whose maps are then kept to be rewritten in place; then,
+    // quiet, what the daemon holds at rest.
+    Client::connect(&control)
+        .and_then(|mut c| {
+            c.request(&Request::RulesAdd {
+                filter: "all".into(),
+                rule:
+                    "number = 49\naction = \"accept\"\ndirection = \"ingress\"\nprotocol = \"udp\""
+                        .into(),
+            })
+        })
+        .context("the warm-up rule update")?;
     let at_rest = fds(pid);
     let length = Duration::from_secs_f64(a.minutes * 60.0);
     let stop = Arc::new(AtomicBool::new(false));
