@@ -76,6 +76,22 @@ impl SourceProgram {
         }
     }
 
+    /// Destination `key` of kernel-path copy session `session`, as the
+    /// kernel reads it (the one place the setters below find it).
+    fn clone_dest(
+        &mut self,
+        session: u32,
+        key: u32,
+    ) -> Result<&mut mirror_ebpf::mirror::types::mirror_clone_dest, LoaderError> {
+        self.skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .and_then(|bss| bss.clone_dests.get_mut(session as usize))
+            .and_then(|dests| dests.get_mut(key as usize))
+            .ok_or_else(|| bss_error("clone_dests", session))
+    }
+
     /// Marks destination `key` of a kernel-path copy session down (its
     /// frames are counted `down`, not cloned) or up. Takes effect with the
     /// next frame.
@@ -85,20 +101,9 @@ impl SourceProgram {
         key: u32,
         down: bool,
     ) -> Result<(), LoaderError> {
-        let slot = self
-            .skel
-            .maps
-            .bss_data
-            .as_deref_mut()
-            .and_then(|bss| bss.clone_dests.get_mut(session as usize))
-            .and_then(|dests| dests.get_mut(key as usize));
-        match slot {
-            Some(d) => {
-                d.down = u32::from(down);
-                Ok(())
-            }
-            None => Err(bss_error("clone_dests", session)),
-        }
+        let d = self.clone_dest(session, key)?;
+        d.down = u32::from(down);
+        Ok(())
     }
 
     /// Points destination `key` of a kernel-path copy session at device
@@ -109,20 +114,9 @@ impl SourceProgram {
         key: u32,
         ifindex: u32,
     ) -> Result<(), LoaderError> {
-        let slot = self
-            .skel
-            .maps
-            .bss_data
-            .as_deref_mut()
-            .and_then(|bss| bss.clone_dests.get_mut(session as usize))
-            .and_then(|dests| dests.get_mut(key as usize));
-        match slot {
-            Some(d) => {
-                d.ifindex = ifindex;
-                Ok(())
-            }
-            None => Err(bss_error("clone_dests", session)),
-        }
+        let d = self.clone_dest(session, key)?;
+        d.ifindex = ifindex;
+        Ok(())
     }
 
     /// Sets the longest frame destination `key` of a kernel-path copy
@@ -134,20 +128,9 @@ impl SourceProgram {
         key: u32,
         max_len: u32,
     ) -> Result<(), LoaderError> {
-        let slot = self
-            .skel
-            .maps
-            .bss_data
-            .as_deref_mut()
-            .and_then(|bss| bss.clone_dests.get_mut(session as usize))
-            .and_then(|dests| dests.get_mut(key as usize));
-        match slot {
-            Some(d) => {
-                d.max_len = max_len;
-                Ok(())
-            }
-            None => Err(bss_error("clone_dests", session)),
-        }
+        let d = self.clone_dest(session, key)?;
+        d.max_len = max_len;
+        Ok(())
     }
 
     /// What became of the frames destination `key` of the session at kernel
