@@ -383,3 +383,64 @@ fn statvfs_free(path: &Path) -> Option<u64> {
     }
     Some(st.f_bavail * st.f_frsize)
 }
+
+/// A tap source's RX queue registers the pcapng target's queue memory as its
+/// UMEM (`share_umem = "auto"`, the default, in any AF_XDP mode): every frame
+/// is written to the file from where the kernel put it, counted
+/// `shared_umem`, and the file holds each frame byte for byte, as it does
+/// when the worker copies (`share_umem = false`). Frames of 512 bytes and
+/// more are written from their slots, shorter ones through the buffer: the
+/// mix has both.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_tap_source_shares_its_rx_memory_with_a_pcapng_target_and_every_frame_is_written_whole() {
+    require_root!();
+    let frames = Arc::new(traffic::mixed(3000));
+    for share in [true, false] {
+        let lab = Lab::new(1).expect("lab");
+        let dir = TempDir::new("e2e-pcap-share").expect("temp dir");
+        let fs = Tmpfs::mount(dir.path().join("cap"), "64m").expect("tmpfs");
+        let mut text = CONFIG
+            .replace("@CAP@", &fs.path().to_string_lossy())
+            .replace("@OPTIONS@", "");
+        if !share {
+            text = text.replace(
+                "interface = \"feed0\"",
+                "interface = \"feed0\"\nshare_umem = false",
+            );
+        }
+        let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+        let mut client = Client::connect(&daemon.control).expect("control socket");
+        let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 20_000).expect("send");
+        assert_eq!(sent, frames.len() as u64);
+        let st = wait_for(&mut client, "every copy written", |st| {
+            let t = &st.targets["cap"];
+            st.sources["feed"].received == sent && t.queued == 0 && t.sent_packets == sent
+        });
+        let t = &st.targets["cap"];
+        assert_reconciles("cap", t);
+        assert_eq!(t.dropped_total(), 0, "{:?}", t.dropped);
+        assert_eq!(
+            t.shared_umem,
+            if share { sent } else { 0 },
+            "share_umem = {share}"
+        );
+        let log = daemon.log_text();
+        assert_eq!(
+            log.contains("RX queue shares the pcapng target's memory"),
+            share,
+            "{log}"
+        );
+        let status = daemon.stop(Duration::from_secs(10)).expect("daemon stops");
+        assert!(status.success(), "{}", daemon.log_text());
+        let records = read_pcapng(&fs.path().join("feed.pcapng"));
+        assert_eq!(records.len(), frames.len(), "share_umem = {share}");
+        for (i, (r, f)) in records.iter().zip(frames.iter()).enumerate() {
+            assert_eq!(
+                (&r.data, r.orig_len),
+                (f, f.len() as u32),
+                "frame {i}, share_umem = {share}"
+            );
+        }
+    }
+}

@@ -22,7 +22,7 @@ use crate::config::schedule::Position;
 use crate::config::{Config, IngressHook, SourceMode, TargetSpec};
 use crate::kernel::fast_path::max_len;
 use crate::kernel::netdev;
-use crate::kernel::xsk::{RxQueue, StatsHandle, UmemHost};
+use crate::kernel::xsk::{RxHost, RxQueue, StatsHandle};
 use crate::kernel::{AttachMode, CopyHooks, FastDest, FastSession, SourceProgram};
 use crate::target::group::TargetGroup;
 use crate::target::interface::ShareWith;
@@ -864,7 +864,7 @@ impl Plane {
         }
         // Targets, then groups.
         let share = share_plan(new);
-        let mut hosts: Vec<Option<UmemHost>> = (0..new.sources.len()).map(|_| None).collect();
+        let mut hosts: Vec<Option<RxHost>> = (0..new.sources.len()).map(|_| None).collect();
         let mut targets = Vec::new();
         for (ti, t) in new.targets.iter().enumerate() {
             if let Some(o) = running_target(&t.name) {
@@ -1023,7 +1023,7 @@ impl Plane {
 
     /// Loads source `idx`'s programs, fills them and attaches them; starts
     /// its threads.
-    fn start_source(&mut self, idx: usize, host: Option<UmemHost>) -> Result<Started> {
+    fn start_source(&mut self, idx: usize, host: Option<RxHost>) -> Result<Started> {
         let cfg = &self.config.sources[idx];
         let sessions = self.config.sessions_of(idx);
         let (ingress, egress) = source_rule_sets(&self.config, idx)
@@ -1165,7 +1165,7 @@ impl Plane {
         &mut self,
         idx: usize,
         mut prepared: Prepared,
-        host: Option<UmemHost>,
+        host: Option<RxHost>,
         threads: &mut Threads,
         keep: &mut KernelKeep,
     ) -> Result<Arc<Source>> {
@@ -1557,7 +1557,7 @@ fn open_target(
     ti: usize,
     share: Option<usize>,
     go: &Arc<AtomicBool>,
-) -> Result<(Arc<TargetQueue>, Threads, Option<UmemHost>)> {
+) -> Result<(Arc<TargetQueue>, Threads, Option<RxHost>)> {
     let t = &config.targets[ti];
     let mut threads = Threads::default();
     let stop = threads.stop.clone();
@@ -1582,7 +1582,7 @@ fn open_target(
                     t.name
                 )
                     })?;
-            host = started.host;
+            host = started.host.map(RxHost::Umem);
             tracing::info!(
                 target = %t.name,
                 interface = %interface,
@@ -1611,10 +1611,23 @@ fn open_target(
                 .iter()
                 .map(|s| (s.name.clone(), s.interface.clone()))
                 .collect();
-            let started = pcapng::start(&t.name, spec, interfaces, t.queue_size, go.clone(), stop)
-                .with_context(|| format!("target `{}`: opening the capture file", t.name))?;
+            let with = share.map(|s| ShareWith {
+                frames: config.sources[s].umem_frames,
+                ring_size: config.sources[s].ring_size,
+            });
+            let started = pcapng::start(
+                &t.name,
+                spec,
+                interfaces,
+                t.queue_size,
+                with,
+                go.clone(),
+                stop,
+            )
+            .with_context(|| format!("target `{}`: opening the capture file", t.name))?;
             tracing::info!(target = %t.name, path = %spec.path.display(), "pcapng target ready");
-            started
+            host = started.host.map(RxHost::Memory);
+            (started.queue, started.handle)
         }
     };
     threads.handles.push(handle);
@@ -1627,7 +1640,7 @@ fn open_target(
 fn open_rx_queues(
     cfg: &crate::config::Source,
     program: &SourceProgram,
-    mut host: Option<UmemHost>,
+    mut host: Option<RxHost>,
 ) -> Result<(Vec<RxQueue>, Vec<StatsHandle>)> {
     let mut sockets = Vec::new();
     let queues = match netdev::rx_queues(&cfg.interface) {

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 
 use crate::config::{Config, SessionPath, ShareUmem, SourceMode, TargetSpec, ZeroCopy};
 use crate::kernel::route::{self, NextHop};
-use crate::kernel::xsk::{RxQueue, UmemHost};
+use crate::kernel::xsk::{RxHost, RxQueue};
 
 /// How long start-up waits for the neighbour table to learn a collector's
 /// (or its gateway's) MAC before the kernel path starts with the tunnel down.
@@ -308,40 +308,92 @@ pub(super) fn tunnels_not_for_the_kernel(
 }
 
 /// Which tap source (if any) shares its first RX queue's UMEM with each
-/// target: every tap source that may share picks the first interface target
-/// its sessions reach that no other source took. A socket has one UMEM, so
-/// a target shares with one source; other sources copy into its queue as
-/// before. `share_umem = "auto"` shares only between devices that both do
-/// AF_XDP zero-copy (see [`ShareUmem::Auto`]), and says so when it does not.
+/// target. A tap source that may share picks the first interface target its
+/// sessions reach that no other source took, or else the first such pcapng
+/// target. A socket has one UMEM, so a target shares with one source; other
+/// sources copy into its queue as before. With an interface target,
+/// `share_umem = "auto"` shares only between devices that both do AF_XDP
+/// zero-copy (see [`ShareUmem::Auto`]), says so when it does not, and falls
+/// back to a pcapng target the source also reaches. A pcapng target is
+/// shared in any mode: the RX queue registers the target's queue memory as
+/// its UMEM, and the writer writes each frame from where the kernel put it,
+/// which saves the only copy userspace makes.
 pub(super) fn share_plan(config: &Config) -> Vec<Option<usize>> {
     let mut plan = vec![None; config.targets.len()];
-    for (t, s) in share_picks(config).into_iter().enumerate() {
-        let Some(s) = s else { continue };
+    for (s, pick) in share_candidates(config).into_iter().enumerate() {
         let src = &config.sources[s];
-        if src.share_umem == ShareUmem::Auto {
+        if let Some(t) = pick.interface {
             let TargetSpec::Interface {
                 interface,
                 zero_copy,
             } = &config.targets[t].spec
             else {
-                continue;
+                unreachable!("an interface pick is an interface target");
             };
             let zc =
                 |setting: ZeroCopy, dev: &str| setting != ZeroCopy::Off && zero_copy_capable(dev);
-            if !zc(src.zero_copy, &src.interface) || !zc(*zero_copy, interface) {
-                tracing::info!(
-                    source = %src.name,
-                    target = %config.targets[t].name,
-                    "not sharing the target's UMEM (share_umem = \"auto\"): AF_XDP zero-copy \
-                     is not available on both devices, and in copy mode the kernel copies every \
-                     frame anyway; set share_umem = true to share regardless"
-                );
+            if src.share_umem != ShareUmem::Auto
+                || (zc(src.zero_copy, &src.interface) && zc(*zero_copy, interface))
+            {
+                plan[t] = Some(s);
                 continue;
             }
+            tracing::info!(
+                source = %src.name,
+                target = %config.targets[t].name,
+                "not sharing the target's UMEM (share_umem = \"auto\"): AF_XDP zero-copy \
+                 is not available on both devices, and in copy mode the kernel copies every \
+                 frame anyway; set share_umem = true to share regardless"
+            );
         }
-        plan[t] = Some(s);
+        if let Some(t) = pick.pcapng {
+            plan[t] = Some(s);
+        }
     }
     plan
+}
+
+/// What one tap source may share its first RX queue with: the first
+/// interface target and the first pcapng target its sessions reach that no
+/// source before it took.
+#[derive(Default, Clone, Copy)]
+struct SharePick {
+    interface: Option<usize>,
+    pcapng: Option<usize>,
+}
+
+fn share_candidates(config: &Config) -> Vec<SharePick> {
+    let mut taken = vec![false; config.targets.len()];
+    let mut picks = vec![SharePick::default(); config.sources.len()];
+    for (s, src) in config.sources.iter().enumerate() {
+        if src.mode != SourceMode::Tap || src.share_umem == ShareUmem::Off {
+            continue;
+        }
+        let reached: Vec<usize> = config
+            .sessions_of(s)
+            .into_iter()
+            .flat_map(|k| config.session_targets(k))
+            .collect();
+        let first = |pcapng: bool| {
+            reached.iter().copied().find(|&t| {
+                !taken[t]
+                    && match config.targets[t].spec {
+                        TargetSpec::Interface { .. } => !pcapng,
+                        TargetSpec::Pcapng(_) => pcapng,
+                        _ => false,
+                    }
+            })
+        };
+        let pick = SharePick {
+            interface: first(false),
+            pcapng: first(true),
+        };
+        for t in [pick.interface, pick.pcapng].into_iter().flatten() {
+            taken[t] = true;
+        }
+        picks[s] = pick;
+    }
+    picks
 }
 
 /// The sharing [`share_plan`] may pick from the config alone (before the
@@ -350,18 +402,8 @@ pub(super) fn share_plan(config: &Config) -> Vec<Option<usize>> {
 /// or restarts both.
 pub(crate) fn share_picks(config: &Config) -> Vec<Option<usize>> {
     let mut plan = vec![None; config.targets.len()];
-    for (s, src) in config.sources.iter().enumerate() {
-        if src.mode != SourceMode::Tap || src.share_umem == ShareUmem::Off {
-            continue;
-        }
-        let pick = config
-            .sessions_of(s)
-            .into_iter()
-            .flat_map(|k| config.session_targets(k))
-            .find(|&t| {
-                plan[t].is_none() && matches!(config.targets[t].spec, TargetSpec::Interface { .. })
-            });
-        if let Some(t) = pick {
+    for (s, pick) in share_candidates(config).into_iter().enumerate() {
+        for t in [pick.interface, pick.pcapng].into_iter().flatten() {
             plan[t] = Some(s);
         }
     }
@@ -378,7 +420,33 @@ pub(super) fn zero_copy_capable(interface: &str) -> bool {
 
 /// Binds RX queue `q` of a tap source to `host`'s UMEM, or says why not (the
 /// caller then opens a queue with a UMEM of its own).
-pub(super) fn join_host(cfg: &crate::config::Source, q: u32, host: &UmemHost) -> Option<RxQueue> {
+pub(super) fn join_host(cfg: &crate::config::Source, q: u32, host: &RxHost) -> Option<RxQueue> {
+    let host = match host {
+        RxHost::Umem(h) => h,
+        RxHost::Memory(m) => {
+            return match RxQueue::open_over(&cfg.interface, q, m, cfg.ring_size, cfg.zero_copy) {
+                Ok(queue) => {
+                    tracing::info!(
+                        source = %cfg.name,
+                        queue = q,
+                        target = %m.target,
+                        "RX queue shares the pcapng target's memory: its frames are written to \
+                         the file without a copy"
+                    );
+                    Some(queue)
+                }
+                Err(e) => {
+                    tracing::info!(
+                        source = %cfg.name,
+                        target = %m.target,
+                        error = %e,
+                        "cannot share the pcapng target's memory; copying into it instead"
+                    );
+                    None
+                }
+            };
+        }
+    };
     let wanted = match cfg.zero_copy {
         ZeroCopy::Auto => true,
         ZeroCopy::On => host.zero_copy(),
@@ -411,5 +479,121 @@ pub(super) fn join_host(cfg: &crate::config::Source, q: u32, host: &UmemHost) ->
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    /// Two tap sources and a copy source; `@A@` / `@B@` are extra keys of
+    /// the tap sources. Devices named here do not exist: none does AF_XDP
+    /// zero-copy.
+    const TEXT: &str = r#"
+[[source]]
+name = "a"
+interface = "nope-a"
+@A@
+[[source]]
+name = "b"
+interface = "nope-b"
+@B@
+[[source]]
+name = "live"
+interface = "nope-c"
+mode = "copy"
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 100
+action = "accept"
+direction = "ingress"
+[[target]]
+name = "vx"
+kind = "vxlan"
+remote = "192.0.2.9"
+[[target]]
+name = "ids"
+kind = "interface"
+interface = "nope-t"
+[[target]]
+name = "cap"
+kind = "pcapng"
+path = "/tmp/x.pcapng"
+[[target]]
+name = "cap2"
+kind = "pcapng"
+path = "/tmp/y.pcapng"
+[[session]]
+name = "sa"
+source = "a"
+filter = "all"
+targets = ["vx", "cap", "ids", "cap2"]
+[[session]]
+name = "sb"
+source = "b"
+filter = "all"
+targets = ["cap", "cap2"]
+[[session]]
+name = "sc"
+source = "live"
+filter = "all"
+targets = ["cap", "cap2"]
+"#;
+
+    fn cfg(a: &str, b: &str) -> Config {
+        let text = TEXT.replace("@A@", a).replace("@B@", b);
+        parse(&text, "t.toml").unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    /// Per target (vx, ids, cap, cap2): the source index sharing it.
+    fn names(c: &Config, plan: &[Option<usize>]) -> Vec<Option<String>> {
+        plan.iter()
+            .map(|s| s.map(|s| c.sources[s].name.clone()))
+            .collect()
+    }
+
+    fn some(v: &[Option<&str>]) -> Vec<Option<String>> {
+        v.iter().map(|s| s.map(str::to_string)).collect()
+    }
+
+    #[test]
+    fn a_pcapng_target_shares_when_the_interface_target_may_not() {
+        // Auto: the interface target needs zero-copy on both devices (none
+        // here), so source a shares its first pcapng target instead; b
+        // takes the next one; the copy source never shares.
+        let c = cfg("", "");
+        assert_eq!(
+            names(&c, &share_plan(&c)),
+            some(&[None, None, Some("a"), Some("b")])
+        );
+        // What a reload couples: both of a's candidates.
+        assert_eq!(
+            names(&c, &share_picks(&c)),
+            some(&[None, Some("a"), Some("a"), Some("b")])
+        );
+    }
+
+    #[test]
+    fn share_umem_true_prefers_the_interface_target() {
+        let c = cfg("share_umem = true", "share_umem = true");
+        assert_eq!(
+            names(&c, &share_plan(&c)),
+            some(&[None, Some("a"), None, Some("b")])
+        );
+    }
+
+    #[test]
+    fn share_umem_false_never_shares() {
+        let c = cfg("share_umem = false", "");
+        // b takes the first pcapng target a did not take: cap.
+        assert_eq!(
+            names(&c, &share_plan(&c)),
+            some(&[None, None, Some("b"), None])
+        );
+        let c = cfg("share_umem = false", "share_umem = false");
+        assert_eq!(share_plan(&c), vec![None; 4]);
+        assert_eq!(share_picks(&c), vec![None; 4]);
     }
 }

@@ -49,8 +49,10 @@ use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeade
 use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::{DataLink, Endianness};
 
+use super::interface::ShareWith;
 use super::{Oversize, Packet, TargetDrop, TargetQueue};
 use crate::config::{MinFree, PcapngSpec};
+use crate::kernel::xsk::MemoryHost;
 
 /// Buffered bytes that trigger a write.
 pub(crate) const FLUSH_BYTES: usize = 1 << 20;
@@ -81,23 +83,35 @@ pub(crate) type Interfaces = Vec<(String, String)>;
 /// rotates or deletes nothing) until `started` is set, which the engine does
 /// once the whole start-up has succeeded: a start that fails later (a typo in a
 /// source interface) leaves the capture directory as it was.
+///
+/// `share`: a tap source's first RX queue will share the queue's memory (its
+/// UMEM is then the queue's slots and `share.frames` more), returned as the
+/// [`MemoryHost`] it registers: the frames it receives are written to the
+/// file from where the kernel put them.
 pub fn start(
     name: &str,
     spec: &PcapngSpec,
     interfaces: Interfaces,
     queue_size: u32,
+    share: Option<ShareWith>,
     started: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-) -> Result<(Arc<TargetQueue>, std::thread::JoinHandle<()>), PcapngError> {
+) -> Result<Started, PcapngError> {
     check_directory(&spec.path)?;
     let files = Files::new(spec.clone(), interfaces);
-    let queue = Arc::new(TargetQueue::new(
-        name,
-        "pcapng",
-        queue_size as usize + held_slots(queue_size as usize),
-        SNAPLEN,
-        Oversize::Truncate,
-    )?);
+    let slots = queue_size as usize + held_slots(queue_size as usize);
+    let queue = Arc::new(match share {
+        None => TargetQueue::new(name, "pcapng", slots, SNAPLEN, Oversize::Truncate)?,
+        Some(s) => TargetQueue::umem(
+            name,
+            "pcapng",
+            slots,
+            s.frames as usize,
+            SNAPLEN,
+            Oversize::Truncate,
+        )?,
+    });
+    let host = share.map(|_| MemoryHost::new(queue.memory(), slots as u32, name));
     let q = queue.clone();
     let handle = crate::privileges::spawn(
         std::thread::Builder::new().name(format!("pcapng-{name}")),
@@ -111,7 +125,19 @@ pub fn start(
         path: spec.path.clone(),
         source,
     })?;
-    Ok((queue, handle))
+    Ok(Started {
+        queue,
+        handle,
+        host,
+    })
+}
+
+/// A started pcapng target: its queue, its writer thread, and the memory a
+/// tap source's RX queue registers when it shares it.
+pub struct Started {
+    pub queue: Arc<TargetQueue>,
+    pub handle: std::thread::JoinHandle<()>,
+    pub host: Option<MemoryHost>,
 }
 
 /// Slots a pcapng queue has beyond its `queue_size`: the most copies the
@@ -1222,15 +1248,21 @@ mod tests {
             min_free: None,
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let (q, writer) = start(
+        let Started {
+            queue: q,
+            handle: writer,
+            host,
+        } = start(
             "b",
             &spec,
             vec![("s".into(), "eth0".into())],
             64,
+            None,
             Arc::new(AtomicBool::new(true)),
             stop.clone(),
         )
         .expect("the first file");
+        assert!(host.is_none(), "nothing to share");
         let offer = |seq: u8, len: usize| {
             let data = vec![seq; len];
             q.offer(&super::super::Frame {
@@ -1283,6 +1315,46 @@ mod tests {
         // file 5 copy 12; only the newest fit the budget together.
         let numbers: Vec<u64> = files.iter().map(|f| f.0).collect();
         assert_eq!(numbers, [4, 5], "{files:?}");
+    }
+
+    /// Shared with a tap source's RX queue: the queue's slots (`queue_size`
+    /// and a quarter) come first in one UMEM, then the RX queue's frames.
+    #[test]
+    fn a_shared_queue_is_a_umem_of_its_slots_then_the_rx_frames() {
+        let dir = std::env::temp_dir();
+        let spec = PcapngSpec {
+            path: dir.join(format!("mirror-share-{}.pcapng", std::process::id())),
+            rotate_size: None,
+            rotate_interval: None,
+            keep: None,
+            max_total_size: None,
+            min_free: None,
+        };
+        let stop = Arc::new(AtomicBool::new(true));
+        let Started {
+            queue,
+            handle,
+            host,
+        } = start(
+            "c",
+            &spec,
+            vec![("s".into(), "eth0".into())],
+            64,
+            Some(ShareWith {
+                frames: 100,
+                ring_size: 64,
+            }),
+            Arc::new(AtomicBool::new(false)),
+            stop,
+        )
+        .expect("started");
+        handle.join().expect("the writer gives up on the stop");
+        let host = host.expect("a host for the RX queue");
+        assert_eq!(queue.capacity(), 80);
+        assert_eq!(queue.memory().len(), 180 * SNAPLEN);
+        assert_eq!(host.frames(), 80..180);
+        assert_eq!(host.target, "c");
+        assert!(!spec.path.exists(), "no file before the start");
     }
 
     #[test]

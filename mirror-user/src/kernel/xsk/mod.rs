@@ -411,6 +411,57 @@ impl UmemHost {
     }
 }
 
+/// Memory a tap source's first RX queue registers as its own UMEM: a pcapng
+/// target's queue, whose frames `[rx_first, rx_first + rx_frames)` are the
+/// RX queue's and the ones before it the queue's slots. A received frame is
+/// then written to the file from where the kernel put it, with no copy in
+/// userspace (the target takes the RX frame and gives one of its free slots
+/// in exchange, [`Loan`]).
+pub struct MemoryHost {
+    area: Arc<Area>,
+    rx_first: u32,
+    rx_frames: u32,
+    /// The target it belongs to, for logs.
+    pub target: String,
+}
+
+impl MemoryHost {
+    /// The frames of `area` from `rx_first` on, for an RX queue.
+    pub(crate) fn new(area: &Arc<Area>, rx_first: u32, target: &str) -> MemoryHost {
+        let frames = (area.len() / FRAME_SIZE as usize) as u32;
+        MemoryHost {
+            area: area.clone(),
+            rx_first,
+            rx_frames: frames.saturating_sub(rx_first),
+            target: target.to_string(),
+        }
+    }
+
+    /// The RX queue's frames, by index in the area.
+    pub(crate) fn frames(&self) -> std::ops::Range<u32> {
+        self.rx_first..self.rx_first + self.rx_frames
+    }
+}
+
+/// What a tap source's first RX queue may share with a target, so that the
+/// frames it receives reach the target without a copy in userspace.
+pub enum RxHost {
+    /// An interface target's UMEM, joined (`XDP_SHARED_UMEM`).
+    Umem(UmemHost),
+    /// A pcapng target's queue memory, registered as the RX queue's UMEM.
+    Memory(MemoryHost),
+}
+
+impl RxHost {
+    /// The target it belongs to, for logs.
+    pub fn target(&self) -> &str {
+        match self {
+            RxHost::Umem(h) => &h.target,
+            RxHost::Memory(h) => &h.target,
+        }
+    }
+}
+
 /// Kernel-side drops of one socket (XDP_STATISTICS).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SocketDrops {

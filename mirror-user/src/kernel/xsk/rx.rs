@@ -7,8 +7,8 @@ use xdpilone::xdp::XdpDesc;
 use xdpilone::RingRx;
 
 use super::{
-    bind, join, retrying_busy, Area, Bound, Rings, StatsHandle, UmemHost, Where, XskError,
-    FRAME_SIZE,
+    bind, join, retrying_busy, Area, Bound, MemoryHost, Rings, StatsHandle, UmemHost, Where,
+    XskError, FRAME_SIZE,
 };
 use crate::config::ZeroCopy;
 
@@ -35,16 +35,49 @@ impl RxQueue {
         ring_size: u32,
         zero_copy: ZeroCopy,
     ) -> Result<Self, XskError> {
-        let w = Where { interface, queue };
         let area = Arc::new(Area::new(frames as usize * FRAME_SIZE as usize, true)?);
+        Self::open_in(interface, queue, &area, 0..frames, ring_size, zero_copy)
+    }
+
+    /// Binds an RX socket to `interface` queue `queue` over the memory of a
+    /// pcapng target ([`MemoryHost`]), registered as this socket's UMEM,
+    /// using the host's RX frames.
+    pub fn open_over(
+        interface: &str,
+        queue: u32,
+        host: &MemoryHost,
+        ring_size: u32,
+        zero_copy: ZeroCopy,
+    ) -> Result<Self, XskError> {
+        Self::open_in(
+            interface,
+            queue,
+            &host.area,
+            host.frames(),
+            ring_size,
+            zero_copy,
+        )
+    }
+
+    /// Registers `area` as a UMEM, binds an RX socket over it and gives the
+    /// kernel `frames` of it.
+    fn open_in(
+        interface: &str,
+        queue: u32,
+        area: &Arc<Area>,
+        frames: std::ops::Range<u32>,
+        ring_size: u32,
+        zero_copy: ZeroCopy,
+    ) -> Result<Self, XskError> {
+        let w = Where { interface, queue };
         let rings = Rings {
             fill: ring_size,
             ring: ring_size,
             rx: true,
         };
-        let (mut b, umem) = bind(&w, &area, rings, zero_copy)?;
+        let (mut b, umem) = bind(&w, area, rings, zero_copy)?;
         b._umem = Some(umem);
-        Self::start(&w, b, 0..frames)
+        Self::start(&w, b, frames)
     }
 
     /// Binds an RX socket to `interface` queue `queue` over the UMEM of an
