@@ -937,11 +937,13 @@ struct Running<'a> {
     /// The namespace whose feed0 got an address for the case (daemonlogger
     /// will not start on an interface without one).
     address: Option<&'a Netns>,
-    /// Where capture cases write (a tmpfs), emptied after each run.
+    /// Where capture cases write (a tmpfs), emptied after the case.
     capture: Option<&'a Path>,
-    /// tcpdump: one process per run; frames it wrote in the runs so far.
+    /// tcpdump: one process through the case's runs; frames it wrote in
+    /// the runs so far, and its counts after the last run.
     tcpdump: Option<Process>,
     written: u64,
+    tcpdump_counts: TcpdumpCounts,
     /// Copy mode and its baseline: the tcx counter on feed0's ingress.
     monitor: Option<(Peer, OwnedFd)>,
     /// The routed cases: the counter on out0's sink (production forwarded).
@@ -1033,9 +1035,13 @@ impl Running<'_> {
         self.monitor.as_ref().map(|(p, _)| p.frames()).transpose()
     }
 
-    /// Before a run: tcpdump starts, and is listening when this returns.
+    /// Before a run: tcpdump is listening when this returns. It starts
+    /// before the case's first run and then runs through all of them, as a
+    /// user runs it and as the daemon runs through its case: a tcpdump
+    /// started for each 2-second run would be measured mostly before its
+    /// first `-W` wrap, when it starts truncating its oldest file.
     fn begin(&mut self, lab: &Lab, dir: &TempDir) -> Result<()> {
-        if self.case != Case::Tcpdump {
+        if self.case != Case::Tcpdump || self.tcpdump.is_some() {
             return Ok(());
         }
         let file = self
@@ -1067,32 +1073,84 @@ impl Running<'_> {
             "listening on",
         )?;
         self.tcpdump = Some(p);
+        self.tcpdump_counts = TcpdumpCounts::default();
         Ok(())
     }
 
-    /// After a run: tcpdump stops (SIGINT, as a user ends it) and what it
-    /// wrote ("N packets captured") is added up; returns its kernel drops.
+    /// After a run: what tcpdump wrote in it (its "N packets captured",
+    /// asked for with SIGUSR1, minus the count after the run before) is
+    /// added up; returns its kernel drops in the run.
     fn end(&mut self) -> Result<Option<u64>> {
-        let Some(mut p) = self.tcpdump.take() else {
+        let Some(p) = self.tcpdump.as_mut() else {
             return Ok(None);
         };
         // libpcap hands tcpdump a TPACKET_V3 block when it is full or after
         // tcpdump's 1 s buffer timeout: wait for the last one, else its
-        // frames count as received by the filter but never captured.
+        // frames would count in the next run.
         std::thread::sleep(TCPDUMP_BUFFER_TIMEOUT);
-        p.signal(libc::SIGINT);
-        p.wait(Duration::from_secs(30)).context("tcpdump")?;
-        let log = p.log_text();
-        let count = |what: &str| -> Result<u64> {
-            log.lines()
-                .find_map(|l| l.strip_suffix(what).and_then(|n| n.trim().parse().ok()))
-                .with_context(|| format!("no `N {what}` in tcpdump's output:\n{log}"))
-        };
-        self.written += count("packets captured")?;
-        let dropped = count("packets dropped by kernel")?;
-        empty(self.capture.context("the capture tmpfs")?)?;
-        Ok(Some(dropped))
+        let now = tcpdump_counts(p).context("tcpdump")?;
+        let before = std::mem::replace(&mut self.tcpdump_counts, now);
+        self.written += now.captured - before.captured;
+        Ok(Some(now.dropped - before.dropped))
     }
+}
+
+/// What tcpdump says it captured and lost so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct TcpdumpCounts {
+    captured: u64,
+    dropped: u64,
+}
+
+/// Asks tcpdump for its counts (SIGUSR1: it prints `tcpdump: N packets
+/// captured, N packets received by filter, N packets dropped by kernel`) and
+/// reads the new line from its log, within 5 s.
+fn tcpdump_counts(p: &mut Process) -> Result<TcpdumpCounts> {
+    let lines = |log: &str| log.lines().filter(|l| l.contains(" captured, ")).count();
+    let seen = lines(&p.log_text());
+    // `timeout` (the process started) would end on SIGUSR1 itself: signal
+    // its child, tcpdump (`taskset` execs it).
+    let pid = p.pid().context("no pid")?;
+    let child: i32 = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?
+        .split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
+        .context("tcpdump is not running under its timeout")?;
+    // Safety: kill() on our child's own child.
+    unsafe { libc::kill(child, libc::SIGUSR1) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = p.log_text();
+        if lines(&log) > seen {
+            let line = log
+                .lines()
+                .rfind(|l| l.contains(" captured, "))
+                .context("the counts line")?;
+            return parse_tcpdump_counts(line)
+                .with_context(|| format!("tcpdump's counts in `{line}`"));
+        }
+        p.check_running()?;
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "tcpdump printed no counts after SIGUSR1:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `tcpdump: 12 packets captured, 14 packets received by filter, 0 packets
+/// dropped by kernel` (one packet: `packet`).
+fn parse_tcpdump_counts(line: &str) -> Option<TcpdumpCounts> {
+    let count = |what: &str| -> Option<u64> {
+        let part = line.split(", ").find(|p| p.ends_with(what))?;
+        let words: Vec<&str> = part.split_whitespace().collect();
+        let at = words.iter().position(|w| w.starts_with("packet"))?;
+        words.get(at.checked_sub(1)?)?.parse().ok()
+    };
+    Some(TcpdumpCounts {
+        captured: count("captured")?,
+        dropped: count("by kernel")?,
+    })
 }
 
 /// tcpdump's packet buffer timeout (libpcap's `to_ms`, 1000 unless
@@ -1125,6 +1183,7 @@ fn start<'a>(
         capture: None,
         tcpdump: None,
         written: 0,
+        tcpdump_counts: TcpdumpCounts::default(),
         monitor: None,
         forward: None,
         feed_mac: None,
@@ -1434,12 +1493,14 @@ fn measure(
     );
     let offered = crate::generate(lab, size, secs, rate)?;
     std::thread::sleep(Duration::from_millis(200));
+    // The CPU of the run, for every case alike: before tcpdump's counts are
+    // asked for after a wait of its own.
+    let cpu1 = cpu_times()?;
     let tool_drops = running.end().with_context(|| case.name())?;
-    let (d1, n1, f1, cpu1, m1, s1, k1) = (
+    let (d1, n1, f1, m1, s1, k1) = (
         running.delivered(sinks)?,
         running.monitored()?,
         running.fed()?,
-        cpu_times()?,
         mirror_stats(running)?,
         [sinks[0].frames()?, sinks[1].frames()?],
         tc_kernel_counts(lab, case)?,
@@ -2073,4 +2134,32 @@ fn table(rows: &[Row], a: &Args) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcpdump_counts_are_read_from_its_sigusr1_line() {
+        let line = "tcpdump: 1234 packets captured, 1240 packets received by filter, \
+                    6 packets dropped by kernel";
+        assert_eq!(
+            parse_tcpdump_counts(line),
+            Some(TcpdumpCounts {
+                captured: 1234,
+                dropped: 6
+            })
+        );
+        let one =
+            "tcpdump: 1 packet captured, 1 packet received by filter, 0 packets dropped by kernel";
+        assert_eq!(
+            parse_tcpdump_counts(one),
+            Some(TcpdumpCounts {
+                captured: 1,
+                dropped: 0
+            })
+        );
+        assert_eq!(parse_tcpdump_counts("tcpdump: listening on feed0"), None);
+    }
 }
