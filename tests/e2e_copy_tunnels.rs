@@ -969,3 +969,83 @@ fn copy_mode_ipv6_vxlan_checksum_accounts_for_the_inner_checksum_the_device_comp
         .expect("daemon stops")
         .success());
 }
+
+/// A copy the device finishes the checksum of (CHECKSUM_PARTIAL) cut by
+/// `packet_length` before its checksum field: the clone still asks for the
+/// checksum, which the egress device (transmit checksum offload off: the
+/// kernel does it in software) cannot write into bytes the copy no longer
+/// has. Every copy still reaches the collector, cut to `packet_length`, and
+/// none is counted lost.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_partial_checksum_copy_cut_before_its_checksum_field_still_reaches_the_collector() {
+    require_root!();
+    let _serial = one_at_a_time();
+    let r = Routed::new("copy-vx6-cut");
+    lab::wire6(
+        &r.rtr,
+        "c6",
+        "fd00:31:5::1",
+        &r.col,
+        "z0",
+        "fd00:31:5::2",
+        1500,
+    )
+    .expect("veth");
+    lab::vxlan_decap(&r.col, "vx6", 43, "fd00:31:5::2", "z0").expect("vxlan device");
+    r.rtr
+        .run(|| {
+            kernel::netdev::set_tx_csum("c6", false)
+                .ok_or_else(|| anyhow::anyhow!("ETHTOOL_STXCSUM on c6 failed"))
+        })
+        .expect("transmit checksum offload off");
+    // Ethernet 14 + IPv4 20 + UDP ports and length 6: the checksum is at
+    // 40-41; cut at 40, and at 41 (half of it).
+    for snap in [40usize, 41] {
+        let (mut daemon, _) =
+            common::start_daemon(BIN, &r.rtr, &r.dir, &VXLAN6.replace("@SNAP@", &snap.to_string()));
+        let mut client = Client::connect(&daemon.control).expect("control socket");
+        const K: usize = 50;
+        let sink_rx = udp_sink(&r.sink, SocketAddr::from((SINK_IP, TO_SINK)), K);
+        let inner = Capture::start(&r.col, "vx6").expect("capture vx6");
+        let payloads: Vec<Vec<u8>> = (0..K)
+            .map(|i| {
+                let mut p = lab::traffic::MARKER.to_vec();
+                p.extend_from_slice(&(i as u32).to_be_bytes());
+                p.resize(100 + i, i as u8);
+                p
+            })
+            .collect();
+        let to_send = payloads.clone();
+        r.gen
+            .run(move || {
+                let sock = std::net::UdpSocket::bind(SocketAddr::from((GEN_IP, 0)))?;
+                for p in &to_send {
+                    sock.send_to(p, SocketAddr::from((SINK_IP, TO_SINK)))?;
+                }
+                Ok(())
+            })
+            .expect("send from a socket");
+        let st = wait_settled(&mut client, "every copy accounted", |st| {
+            let t = &st.targets["vx6"];
+            t.sent_packets + t.dropped_total() == K as u64
+        });
+        assert_eq!(sink_rx.join().expect("sink reader"), payloads, "production");
+        let t = &st.targets["vx6"];
+        assert_reconciles("vx6", t);
+        assert_eq!(t.dropped_total(), 0, "packet_length {snap}: {:?}", t.dropped);
+        assert_eq!((t.sent_packets, t.kernel_path), (K as u64, K as u64));
+        let got = inner.finish();
+        assert_eq!(got.len(), K, "copies at the collector, packet_length {snap}");
+        for f in &got {
+            assert_eq!(f.len(), snap, "cut to packet_length: {f:02x?}");
+            // IPv4, UDP, to the sink's port.
+            assert_eq!((f[12], f[13], f[23]), (0x08, 0x00, 17));
+            assert_eq!(u16::from_be_bytes([f[36], f[37]]), TO_SINK);
+        }
+        assert!(daemon
+            .stop(Duration::from_secs(10))
+            .expect("daemon stops")
+            .success());
+    }
+}

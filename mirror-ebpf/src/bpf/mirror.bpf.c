@@ -1297,6 +1297,8 @@ struct sk_buff {
 	__u8 ip_summed : 2;
 	__u16 csum_start; /* from head */
 	__u16 csum_offset;
+	__u16 mac_header; /* from head */
+	__u16 network_header;
 	unsigned char *head;
 	unsigned char *data;
 } __attribute__((preserve_access_index));
@@ -1326,6 +1328,88 @@ static __always_inline void partial_checksum(struct __sk_buff *skb, struct tun_c
 		return; /* not inside the copy: cannot happen */
 	c->csum_start = k->csum_start - (__u32)at;
 	c->csum_offset = k->csum_offset;
+}
+
+/* The farthest into a copy a device-finished checksum may start for
+ * drop_partial_checksum (bytes moved in chunks of RELAY_CHUNK). */
+#define RELAY_PULL_MAX 256
+#define RELAY_CHUNK 32
+
+/* Moves `n` (at most RELAY_PULL_MAX) bytes of the packet from `from` to `to`
+ * (ranges apart). */
+static __always_inline bool skb_move(struct __sk_buff *skb, __u32 from, __u32 to, __u32 n)
+{
+	__u8 buf[RELAY_CHUNK];
+	int i;
+
+	for (i = 0; i < RELAY_PULL_MAX / RELAY_CHUNK; i++) {
+		/* 64-bit: no zero-extension between the bounds check and the
+		 * helper call, so the verifier sees the bounds on the register
+		 * the helpers get. */
+		__u64 at = (__u64)i * RELAY_CHUNK, k;
+
+		if (at >= n)
+			break;
+		k = (__u64)n - at;
+		if (k > RELAY_CHUNK)
+			k = RELAY_CHUNK;
+		barrier_var(k);
+		if (k < 1 || k > RELAY_CHUNK)
+			break;
+		if (bpf_skb_load_bytes(skb, from + (__u32)at, buf, k) ||
+		    bpf_skb_store_bytes(skb, to + (__u32)at, buf, k, 0))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * A clone whose L4 checksum the device is to finish (CHECKSUM_PARTIAL) cut
+ * to `cap` bytes, short of that checksum's field: the kernel cuts such a
+ * clone no shorter than the end of the field (bpf_skb_change_tail's
+ * minimum), and a copy without the field must stop asking for it. Taking
+ * bytes out of the packet past where the checksum starts makes the kernel
+ * drop the request (CHECKSUM_NONE: skb_postpull_rcsum); they are kept at the
+ * tail meanwhile and put back. Leaves the first `cap` bytes as they were
+ * and at least `cap` bytes in all (the caller cuts the rest); false when
+ * that cannot be done (counted by the caller).
+ */
+static __always_inline bool drop_partial_checksum(struct __sk_buff *skb, __u32 cap)
+{
+	struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
+	__u32 at, start, end, off, pull, keep, stash;
+
+	if (BPF_CORE_READ_BITFIELD(k, ip_summed) != MIRROR_CHECKSUM_PARTIAL)
+		return true;
+	at = k->data - k->head;
+	if (k->csum_start < at || k->network_header < k->mac_header)
+		return false;
+	start = k->csum_start - at;
+	end = start + k->csum_offset + 2;
+	if (cap >= end)
+		return true; /* the field stays: the device fills it in the cut copy */
+	/* bpf_skb_adjust_room takes bytes out from the end of the MAC header:
+	 * `pull` of them puts the data's start past the checksum's. Only the
+	 * first `end` bytes are needed (the kernel cuts no shorter); the ones
+	 * after the MAC header (`keep`) wait at the tail (`stash`), out of the
+	 * way of the pull. */
+	off = k->network_header - k->mac_header;
+	pull = start + 1;
+	if (off >= start || pull > RELAY_PULL_MAX || end - off > RELAY_PULL_MAX)
+		return false;
+	keep = end - off;
+	stash = end > off + pull ? end : off + pull;
+	if (skb->len > end && bpf_skb_change_tail(skb, end, 0))
+		return false;
+	if (bpf_skb_change_tail(skb, stash + keep, 0) || !skb_move(skb, off, stash, keep))
+		return false;
+	if (bpf_skb_adjust_room(skb, -(__s32)pull, BPF_ADJ_ROOM_MAC, 0))
+		return false;
+	/* CHECKSUM_NONE now. Room again, and the bytes back where they were. */
+	if (bpf_skb_adjust_room(skb, (__s32)pull, BPF_ADJ_ROOM_MAC, 0) ||
+	    !skb_move(skb, stash, off, keep))
+		return false;
+	return true;
 }
 
 /*
@@ -1407,7 +1491,7 @@ static __always_inline void try_relay(struct __sk_buff *skb)
 		c.cut = true;
 	}
 	if (len > cap) {
-		if (bpf_skb_change_tail(skb, cap, 0))
+		if (!drop_partial_checksum(skb, cap) || bpf_skb_change_tail(skb, cap, 0))
 			goto error;
 		len = cap;
 	}
