@@ -1002,8 +1002,12 @@ fn a_partial_checksum_copy_cut_before_its_checksum_field_still_reaches_the_colle
     // Ethernet 14 + IPv4 20 + UDP ports and length 6: the checksum is at
     // 40-41; cut at 40, and at 41 (half of it).
     for snap in [40usize, 41] {
-        let (mut daemon, _) =
-            common::start_daemon(BIN, &r.rtr, &r.dir, &VXLAN6.replace("@SNAP@", &snap.to_string()));
+        let (mut daemon, _) = common::start_daemon(
+            BIN,
+            &r.rtr,
+            &r.dir,
+            &VXLAN6.replace("@SNAP@", &snap.to_string()),
+        );
         let mut client = Client::connect(&daemon.control).expect("control socket");
         const K: usize = 50;
         let sink_rx = udp_sink(&r.sink, SocketAddr::from((SINK_IP, TO_SINK)), K);
@@ -1033,10 +1037,19 @@ fn a_partial_checksum_copy_cut_before_its_checksum_field_still_reaches_the_colle
         assert_eq!(sink_rx.join().expect("sink reader"), payloads, "production");
         let t = &st.targets["vx6"];
         assert_reconciles("vx6", t);
-        assert_eq!(t.dropped_total(), 0, "packet_length {snap}: {:?}", t.dropped);
+        assert_eq!(
+            t.dropped_total(),
+            0,
+            "packet_length {snap}: {:?}",
+            t.dropped
+        );
         assert_eq!((t.sent_packets, t.kernel_path), (K as u64, K as u64));
         let got = inner.finish();
-        assert_eq!(got.len(), K, "copies at the collector, packet_length {snap}");
+        assert_eq!(
+            got.len(),
+            K,
+            "copies at the collector, packet_length {snap}"
+        );
         for f in &got {
             assert_eq!(f.len(), snap, "cut to packet_length: {f:02x?}");
             // IPv4, UDP, to the sink's port.

@@ -347,7 +347,23 @@ pub(super) fn share_plan(config: &Config) -> Vec<Option<usize>> {
             );
         }
         if let Some(t) = pick.pcapng {
-            plan[t] = Some(s);
+            // The shared area is pinned whole (a UMEM): no more than an
+            // interface target's largest, 1 GiB.
+            let q = config.targets[t].queue_size;
+            let frames = u64::from(q)
+                + crate::target::pcapng::held_slots(q as usize) as u64
+                + u64::from(src.umem_frames);
+            if frames <= u64::from(crate::config::MAX_INTERFACE_QUEUE) {
+                plan[t] = Some(s);
+            } else {
+                tracing::info!(
+                    source = %src.name,
+                    target = %config.targets[t].name,
+                    "not sharing the pcapng target's memory: its queue_size and the source's \
+                     umem_frames need {} MiB pinned, over 1 GiB; copying into it instead",
+                    frames * 4 / 1024
+                );
+            }
         }
     }
     plan
@@ -581,6 +597,36 @@ targets = ["cap", "cap2"]
         assert_eq!(
             names(&c, &share_plan(&c)),
             some(&[None, Some("a"), None, Some("b")])
+        );
+    }
+
+    /// The shared area is pinned whole: a pcapng queue that would take more
+    /// than 1 GiB with the RX frames is copied into instead.
+    #[test]
+    fn a_pcapng_queue_too_large_to_pin_is_not_shared() {
+        let big = TEXT.replace(
+            "path = \"/tmp/x.pcapng\"",
+            "path = \"/tmp/x.pcapng\"\nqueue_size = 210000",
+        );
+        let c = parse(&big.replace("@A@", "").replace("@B@", ""), "t.toml").expect("valid");
+        // 210,000 + 52,500 + 4,096 frames: over 262,144.
+        assert_eq!(
+            names(&c, &share_plan(&c)),
+            some(&[None, None, None, Some("b")])
+        );
+        let fits = TEXT.replace(
+            "path = \"/tmp/x.pcapng\"",
+            "path = \"/tmp/x.pcapng\"\nqueue_size = 206438",
+        );
+        let c = parse(
+            &fits.replace("@A@", "umem_frames = 2048").replace("@B@", ""),
+            "t.toml",
+        )
+        .expect("valid");
+        // 206,438 + 51,609 + 2,048 = 260,095: fits.
+        assert_eq!(
+            names(&c, &share_plan(&c)),
+            some(&[None, None, Some("a"), Some("b")])
         );
     }
 

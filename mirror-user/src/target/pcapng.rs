@@ -144,7 +144,7 @@ pub struct Started {
 /// writer keeps in their slots until a write ([`IN_PLACE_MIN`]), a quarter of
 /// `queue_size`, so that `queue_size` copies still fit in the queue while it
 /// writes, as when every copy was copied out of its slot at once.
-fn held_slots(queue_size: usize) -> usize {
+pub(crate) fn held_slots(queue_size: usize) -> usize {
     (queue_size / 4).max(1)
 }
 
