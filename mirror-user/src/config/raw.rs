@@ -128,13 +128,17 @@ pub enum XdpMode {
 
 /// Tap mode: whether a source's first RX queue shares the UMEM of the first
 /// interface target its sessions reach (its frames then go out without a
-/// copy in userspace). TOML: `true`, `false` or `"auto"`.
+/// copy in userspace), or else the memory of the first pcapng target (its
+/// frames are then written from where the kernel put them). TOML: `true`,
+/// `false` or `"auto"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ShareUmem {
-    /// Share where both devices do AF_XDP zero-copy (the kernel reports
-    /// `NETDEV_XDP_ACT_XSK_ZEROCOPY` for both): there the userspace copy is
-    /// the only copy. In copy mode (veth, NICs without zero-copy) the kernel
-    /// copies every frame anyway and sharing measured slower, so copy.
+    /// With an interface target, share where both devices do AF_XDP
+    /// zero-copy (the kernel reports `NETDEV_XDP_ACT_XSK_ZEROCOPY` for
+    /// both): there the userspace copy is the only copy. In copy mode (veth,
+    /// NICs without zero-copy) the kernel copies every frame anyway and
+    /// sharing measured slower, so copy. A pcapng target is shared in any
+    /// mode (up to 1 GiB pinned).
     #[default]
     Auto,
     /// Share wherever the kernel allows it (falls back to copying, logged).
