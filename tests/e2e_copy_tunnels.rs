@@ -666,6 +666,44 @@ fn a_copy_mode_tunnel_whose_route_goes_counts_down_and_resumes() {
     assert_eq!(r.attached("m0"), kernel::Attached::default());
 }
 
+/// The IPv6 VXLAN collector of `VXLAN6` (link c6 - z0, device vx6), with
+/// c6's transmit checksum offload off: the kernel completes every checksum
+/// a clone left to the device in software before it leaves.
+fn collector_checksumming_in_software(r: &Routed) {
+    lab::wire6(
+        &r.rtr,
+        "c6",
+        "fd00:31:5::1",
+        &r.col,
+        "z0",
+        "fd00:31:5::2",
+        1500,
+    )
+    .expect("veth");
+    lab::vxlan_decap(&r.col, "vx6", 43, "fd00:31:5::2", "z0").expect("vxlan device");
+    r.rtr
+        .run(|| {
+            kernel::netdev::set_tx_csum("c6", false)
+                .ok_or_else(|| anyhow::anyhow!("ETHTOOL_STXCSUM on c6 failed"))
+        })
+        .expect("transmit checksum offload off");
+}
+
+/// Sends each payload from a UDP socket in ns gen to the sink (checksums
+/// left to the device: the clones are CHECKSUM_PARTIAL).
+fn send_from_socket(r: &Routed, payloads: &[Vec<u8>]) {
+    let to_send = payloads.to_vec();
+    r.gen
+        .run(move || {
+            let sock = std::net::UdpSocket::bind(SocketAddr::from((GEN_IP, 0)))?;
+            for p in &to_send {
+                sock.send_to(p, SocketAddr::from((SINK_IP, TO_SINK)))?;
+            }
+            Ok(())
+        })
+        .expect("send from a socket");
+}
+
 /// One VXLAN collector over IPv6 (link c6 - z0), whole copies or
 /// `packet_length` ones; `path` auto.
 const VXLAN6: &str = r#"
@@ -864,23 +902,7 @@ fn copy_mode_ipv6_vxlan_checksum_accounts_for_the_inner_checksum_the_device_comp
         "fd00:31:5::1".parse().expect("ip"),
         "fd00:31:5::2".parse().expect("ip"),
     );
-    lab::wire6(
-        &r.rtr,
-        "c6",
-        "fd00:31:5::1",
-        &r.col,
-        "z0",
-        "fd00:31:5::2",
-        1500,
-    )
-    .expect("veth");
-    lab::vxlan_decap(&r.col, "vx6", 43, "fd00:31:5::2", "z0").expect("vxlan device");
-    r.rtr
-        .run(|| {
-            kernel::netdev::set_tx_csum("c6", false)
-                .ok_or_else(|| anyhow::anyhow!("ETHTOOL_STXCSUM on c6 failed"))
-        })
-        .expect("transmit checksum offload off");
+    collector_checksumming_in_software(&r);
     let (mut daemon, _) = common::start_daemon(BIN, &r.rtr, &r.dir, &VXLAN6.replace("@SNAP@", "0"));
     let mut client = Client::connect(&daemon.control).expect("control socket");
     const K: usize = 100;
@@ -896,16 +918,7 @@ fn copy_mode_ipv6_vxlan_checksum_accounts_for_the_inner_checksum_the_device_comp
             p
         })
         .collect();
-    let to_send = payloads.clone();
-    r.gen
-        .run(move || {
-            let sock = std::net::UdpSocket::bind(SocketAddr::from((GEN_IP, 0)))?;
-            for p in &to_send {
-                sock.send_to(p, SocketAddr::from((SINK_IP, TO_SINK)))?;
-            }
-            Ok(())
-        })
-        .expect("send from a socket");
+    send_from_socket(&r, &payloads);
     let st = wait_settled(&mut client, "every copy accounted", |st| {
         let t = &st.targets["vx6"];
         t.sent_packets + t.dropped_total() == K as u64
@@ -982,23 +995,7 @@ fn a_partial_checksum_copy_cut_before_its_checksum_field_still_reaches_the_colle
     require_root!();
     let _serial = one_at_a_time();
     let r = Routed::new("copy-vx6-cut");
-    lab::wire6(
-        &r.rtr,
-        "c6",
-        "fd00:31:5::1",
-        &r.col,
-        "z0",
-        "fd00:31:5::2",
-        1500,
-    )
-    .expect("veth");
-    lab::vxlan_decap(&r.col, "vx6", 43, "fd00:31:5::2", "z0").expect("vxlan device");
-    r.rtr
-        .run(|| {
-            kernel::netdev::set_tx_csum("c6", false)
-                .ok_or_else(|| anyhow::anyhow!("ETHTOOL_STXCSUM on c6 failed"))
-        })
-        .expect("transmit checksum offload off");
+    collector_checksumming_in_software(&r);
     // Ethernet 14 + IPv4 20 + UDP ports and length 6: the checksum is at
     // 40-41; cut at 40, and at 41 (half of it).
     for snap in [40usize, 41] {
@@ -1020,16 +1017,7 @@ fn a_partial_checksum_copy_cut_before_its_checksum_field_still_reaches_the_colle
                 p
             })
             .collect();
-        let to_send = payloads.clone();
-        r.gen
-            .run(move || {
-                let sock = std::net::UdpSocket::bind(SocketAddr::from((GEN_IP, 0)))?;
-                for p in &to_send {
-                    sock.send_to(p, SocketAddr::from((SINK_IP, TO_SINK)))?;
-                }
-                Ok(())
-            })
-            .expect("send from a socket");
+        send_from_socket(&r, &payloads);
         let st = wait_settled(&mut client, "every copy accounted", |st| {
             let t = &st.targets["vx6"];
             t.sent_packets + t.dropped_total() == K as u64
