@@ -127,7 +127,7 @@ pub enum Command {
     /// hours zone)" or "none") and next edge, path ("kernel": in the kernel, a DEVMAP broadcast in
     /// tap mode, tcx clones in copy mode; "af_xdp" / "ring_buffer": through
     /// userspace, tap / copy mode). Per target: enqueued, sent_packets, sent_bytes,
-    /// truncated, shared_umem (sent from the source's UMEM without a copy),
+    /// truncated, shared_umem (taken from the source's RX frame without a copy, then sent, written or dropped as any copy),
     /// kernel_path (sent by the in-kernel fast path), dropped by reason, queued. Per group: members up, rehashed, all_down.
     /// The same counters, named mirror_<section>_<key>, are served to
     /// Prometheus when [daemon] metrics is set.

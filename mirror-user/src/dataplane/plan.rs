@@ -309,35 +309,44 @@ pub(super) fn tunnels_not_for_the_kernel(
 
 /// Which tap source (if any) shares its first RX queue's UMEM with each
 /// target. A tap source that may share picks the first interface target its
-/// sessions reach that no other source took, or else the first such pcapng
-/// target. A socket has one UMEM, so a target shares with one source; other
-/// sources copy into its queue as before. With an interface target,
-/// `share_umem = "auto"` shares only between devices that both do AF_XDP
-/// zero-copy (see [`ShareUmem::Auto`]), says so when it does not, and falls
-/// back to a pcapng target the source also reaches. A pcapng target is
-/// shared in any mode: the RX queue registers the target's queue memory as
-/// its UMEM, and the writer writes each frame from where the kernel put it,
-/// which saves the only copy userspace makes.
+/// sessions reach that no other source took; a socket has one UMEM, so a
+/// target shares with one source, and other sources copy into its queue as
+/// before. `share_umem = "auto"` shares an interface target only between
+/// devices that both do AF_XDP zero-copy (see [`ShareUmem::Auto`]), and says
+/// so when it does not. A tap source that reaches no interface target shares
+/// the first pcapng target that only its own sessions reach, in any mode:
+/// the RX queue registers the target's queue memory as its UMEM and the
+/// writer writes each frame from where the kernel put it, which saves the
+/// only copy userspace makes (see [`share_candidates`] for the bounds).
 pub(super) fn share_plan(config: &Config) -> Vec<Option<usize>> {
     let mut plan = vec![None; config.targets.len()];
     for (s, pick) in share_candidates(config).into_iter().enumerate() {
         let src = &config.sources[s];
-        if let Some(t) = pick.interface {
-            let TargetSpec::Interface {
-                interface,
-                zero_copy,
-            } = &config.targets[t].spec
-            else {
-                unreachable!("an interface pick is an interface target");
-            };
-            let zc =
-                |setting: ZeroCopy, dev: &str| setting != ZeroCopy::Off && zero_copy_capable(dev);
-            if src.share_umem != ShareUmem::Auto
-                || (zc(src.zero_copy, &src.interface) && zc(*zero_copy, interface))
-            {
-                plan[t] = Some(s);
-                continue;
-            }
+        if let Some(t) = pick.pcapng_too_big {
+            tracing::info!(
+                source = %src.name,
+                target = %config.targets[t].name,
+                "not sharing the pcapng target's memory: with the source's umem_frames its \
+                 queue_size needs more than 1 GiB pinned; copying into it instead"
+            );
+        }
+        if let Some(t) = pick.pcapng {
+            plan[t] = Some(s);
+        }
+        let Some(t) = pick.interface else { continue };
+        let TargetSpec::Interface {
+            interface,
+            zero_copy,
+        } = &config.targets[t].spec
+        else {
+            unreachable!("an interface pick is an interface target");
+        };
+        let zc = |setting: ZeroCopy, dev: &str| setting != ZeroCopy::Off && zero_copy_capable(dev);
+        if src.share_umem != ShareUmem::Auto
+            || (zc(src.zero_copy, &src.interface) && zc(*zero_copy, interface))
+        {
+            plan[t] = Some(s);
+        } else {
             tracing::info!(
                 source = %src.name,
                 target = %config.targets[t].name,
@@ -346,41 +355,38 @@ pub(super) fn share_plan(config: &Config) -> Vec<Option<usize>> {
                  frame anyway; set share_umem = true to share regardless"
             );
         }
-        if let Some(t) = pick.pcapng {
-            // The shared area is pinned whole (a UMEM): no more than an
-            // interface target's largest, 1 GiB.
-            let q = config.targets[t].queue_size;
-            let frames = u64::from(q)
-                + crate::target::pcapng::held_slots(q as usize) as u64
-                + u64::from(src.umem_frames);
-            if frames <= u64::from(crate::config::MAX_INTERFACE_QUEUE) {
-                plan[t] = Some(s);
-            } else {
-                tracing::info!(
-                    source = %src.name,
-                    target = %config.targets[t].name,
-                    "not sharing the pcapng target's memory: its queue_size and the source's \
-                     umem_frames need {} MiB pinned, over 1 GiB; copying into it instead",
-                    frames * 4 / 1024
-                );
-            }
-        }
     }
     plan
 }
 
-/// What one tap source may share its first RX queue with: the first
-/// interface target and the first pcapng target its sessions reach that no
-/// source before it took.
+/// What one tap source may share its first RX queue with, from the config
+/// alone: the first interface target its sessions reach that no source
+/// before it took, or else the first pcapng target that only its own
+/// sessions reach. A shared pcapng target restarts with its source (a
+/// reload that restarts the source, its interface created again), so one
+/// that other sources write to is not shared: they would restart with it.
+/// And the shared area is pinned whole, as a UMEM is: a pcapng queue that
+/// would take more than 1 GiB with the RX frames is not shared either
+/// (`pcapng_too_big`, for the log).
 #[derive(Default, Clone, Copy)]
 struct SharePick {
     interface: Option<usize>,
     pcapng: Option<usize>,
+    pcapng_too_big: Option<usize>,
 }
 
 fn share_candidates(config: &Config) -> Vec<SharePick> {
     let mut taken = vec![false; config.targets.len()];
     let mut picks = vec![SharePick::default(); config.sources.len()];
+    // Per target, the sources whose sessions reach it.
+    let mut feeders = vec![Vec::new(); config.targets.len()];
+    for (k, sess) in config.sessions.iter().enumerate() {
+        for t in config.session_targets(k) {
+            if !feeders[t].contains(&sess.source) {
+                feeders[t].push(sess.source);
+            }
+        }
+    }
     for (s, src) in config.sources.iter().enumerate() {
         if src.mode != SourceMode::Tap || src.share_umem == ShareUmem::Off {
             continue;
@@ -390,20 +396,28 @@ fn share_candidates(config: &Config) -> Vec<SharePick> {
             .into_iter()
             .flat_map(|k| config.session_targets(k))
             .collect();
-        let first = |pcapng: bool| {
-            reached.iter().copied().find(|&t| {
-                !taken[t]
-                    && match config.targets[t].spec {
-                        TargetSpec::Interface { .. } => !pcapng,
-                        TargetSpec::Pcapng(_) => pcapng,
-                        _ => false,
-                    }
-            })
+        let mut pick = SharePick {
+            interface: reached.iter().copied().find(|&t| {
+                !taken[t] && matches!(config.targets[t].spec, TargetSpec::Interface { .. })
+            }),
+            ..SharePick::default()
         };
-        let pick = SharePick {
-            interface: first(false),
-            pcapng: first(true),
-        };
+        if pick.interface.is_none() {
+            let own = reached.iter().copied().find(|&t| {
+                matches!(config.targets[t].spec, TargetSpec::Pcapng(_)) && feeders[t] == [s]
+            });
+            if let Some(t) = own {
+                let q = config.targets[t].queue_size;
+                let frames = u64::from(q)
+                    + crate::target::pcapng::held_slots(q as usize) as u64
+                    + u64::from(src.umem_frames);
+                if frames <= u64::from(crate::config::MAX_INTERFACE_QUEUE) {
+                    pick.pcapng = Some(t);
+                } else {
+                    pick.pcapng_too_big = Some(t);
+                }
+            }
+        }
         for t in [pick.interface, pick.pcapng].into_iter().flatten() {
             taken[t] = true;
         }
@@ -503,9 +517,9 @@ mod tests {
     use super::*;
     use crate::config::parse;
 
-    /// Two tap sources and a copy source; `@A@` / `@B@` are extra keys of
-    /// the tap sources. Devices named here do not exist: none does AF_XDP
-    /// zero-copy.
+    /// Three tap sources and a copy source; `@A@`, `@B@`, `@C@` are extra
+    /// keys of the tap sources, `@Q@` of pcapng target own_b. Devices named
+    /// here do not exist: none does AF_XDP zero-copy.
     const TEXT: &str = r#"
 [[source]]
 name = "a"
@@ -516,8 +530,12 @@ name = "b"
 interface = "nope-b"
 @B@
 [[source]]
-name = "live"
+name = "c"
 interface = "nope-c"
+@C@
+[[source]]
+name = "live"
+interface = "nope-l"
 mode = "copy"
 [[filter]]
 name = "all"
@@ -534,36 +552,50 @@ name = "ids"
 kind = "interface"
 interface = "nope-t"
 [[target]]
-name = "cap"
+name = "own_a"
 kind = "pcapng"
-path = "/tmp/x.pcapng"
+path = "/tmp/a.pcapng"
 [[target]]
-name = "cap2"
+name = "own_b"
 kind = "pcapng"
-path = "/tmp/y.pcapng"
+path = "/tmp/b.pcapng"
+@Q@
+[[target]]
+name = "both"
+kind = "pcapng"
+path = "/tmp/both.pcapng"
 [[session]]
 name = "sa"
 source = "a"
 filter = "all"
-targets = ["vx", "cap", "ids", "cap2"]
+targets = ["vx", "ids", "own_a"]
 [[session]]
 name = "sb"
 source = "b"
 filter = "all"
-targets = ["cap", "cap2"]
+targets = ["vx", "own_b"]
 [[session]]
 name = "sc"
+source = "c"
+filter = "all"
+targets = ["both"]
+[[session]]
+name = "sl"
 source = "live"
 filter = "all"
-targets = ["cap", "cap2"]
+targets = ["both"]
 "#;
 
-    fn cfg(a: &str, b: &str) -> Config {
-        let text = TEXT.replace("@A@", a).replace("@B@", b);
+    fn cfg(a: &str, b: &str, q: &str) -> Config {
+        let text = TEXT
+            .replace("@A@", a)
+            .replace("@B@", b)
+            .replace("@C@", "")
+            .replace("@Q@", q);
         parse(&text, "t.toml").unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
 
-    /// Per target (vx, ids, cap, cap2): the source index sharing it.
+    /// Per target (vx, ids, own_a, own_b, both): the source sharing it.
     fn names(c: &Config, plan: &[Option<usize>]) -> Vec<Option<String>> {
         plan.iter()
             .map(|s| s.map(|s| c.sources[s].name.clone()))
@@ -575,28 +607,28 @@ targets = ["cap", "cap2"]
     }
 
     #[test]
-    fn a_pcapng_target_shares_when_the_interface_target_may_not() {
-        // Auto: the interface target needs zero-copy on both devices (none
-        // here), so source a shares its first pcapng target instead; b
-        // takes the next one; the copy source never shares.
-        let c = cfg("", "");
+    fn a_pcapng_target_only_its_source_reaches_is_shared() {
+        // a reaches an interface target (not shared on "auto" without
+        // zero-copy) and so shares no pcapng target either; b shares its own
+        // pcapng target; c's is also the copy source's: not shared.
+        let c = cfg("", "", "");
         assert_eq!(
             names(&c, &share_plan(&c)),
-            some(&[None, None, Some("a"), Some("b")])
+            some(&[None, None, None, Some("b"), None])
         );
-        // What a reload couples: both of a's candidates.
+        // What a reload couples: a with ids, b with own_b.
         assert_eq!(
             names(&c, &share_picks(&c)),
-            some(&[None, Some("a"), Some("a"), Some("b")])
+            some(&[None, Some("a"), None, Some("b"), None])
         );
     }
 
     #[test]
-    fn share_umem_true_prefers_the_interface_target() {
-        let c = cfg("share_umem = true", "share_umem = true");
+    fn share_umem_true_shares_the_interface_target() {
+        let c = cfg("share_umem = true", "share_umem = true", "");
         assert_eq!(
             names(&c, &share_plan(&c)),
-            some(&[None, Some("a"), None, Some("b")])
+            some(&[None, Some("a"), None, Some("b"), None])
         );
     }
 
@@ -604,42 +636,22 @@ targets = ["cap", "cap2"]
     /// than 1 GiB with the RX frames is copied into instead.
     #[test]
     fn a_pcapng_queue_too_large_to_pin_is_not_shared() {
-        let big = TEXT.replace(
-            "path = \"/tmp/x.pcapng\"",
-            "path = \"/tmp/x.pcapng\"\nqueue_size = 210000",
-        );
-        let c = parse(&big.replace("@A@", "").replace("@B@", ""), "t.toml").expect("valid");
         // 210,000 + 52,500 + 4,096 frames: over 262,144.
-        assert_eq!(
-            names(&c, &share_plan(&c)),
-            some(&[None, None, None, Some("b")])
-        );
-        let fits = TEXT.replace(
-            "path = \"/tmp/x.pcapng\"",
-            "path = \"/tmp/x.pcapng\"\nqueue_size = 206438",
-        );
-        let c = parse(
-            &fits.replace("@A@", "umem_frames = 2048").replace("@B@", ""),
-            "t.toml",
-        )
-        .expect("valid");
+        let c = cfg("", "", "queue_size = 210000");
+        assert_eq!(share_plan(&c), vec![None; 5]);
+        assert_eq!(share_picks(&c), vec![None, Some(0), None, None, None]);
         // 206,438 + 51,609 + 2,048 = 260,095: fits.
+        let c = cfg("", "umem_frames = 2048", "queue_size = 206438");
         assert_eq!(
             names(&c, &share_plan(&c)),
-            some(&[None, None, Some("a"), Some("b")])
+            some(&[None, None, None, Some("b"), None])
         );
     }
 
     #[test]
     fn share_umem_false_never_shares() {
-        let c = cfg("share_umem = false", "");
-        // b takes the first pcapng target a did not take: cap.
-        assert_eq!(
-            names(&c, &share_plan(&c)),
-            some(&[None, None, Some("b"), None])
-        );
-        let c = cfg("share_umem = false", "share_umem = false");
-        assert_eq!(share_plan(&c), vec![None; 4]);
-        assert_eq!(share_picks(&c), vec![None; 4]);
+        let c = cfg("share_umem = false", "share_umem = false", "");
+        assert_eq!(share_plan(&c), vec![None; 5]);
+        assert_eq!(share_picks(&c), vec![None; 5]);
     }
 }

@@ -464,7 +464,7 @@ fn targets(out: &mut Section, stats: &Stats) {
             ),
             (
                 "mirror_target_shared_umem",
-                "Copies sent straight from the source's UMEM frame, with no copy made.",
+                "Copies taken straight from the source's RX frame, with no copy made (then sent, written or dropped).",
                 t.shared_umem,
             ),
             (

@@ -144,7 +144,8 @@ pub struct TargetCounters {
     pub sent_bytes: AtomicU64,
     /// Copies cut to fit the target (delivered, so not a drop).
     pub truncated: AtomicU64,
-    /// Copies sent from the source's own UMEM frame, without a copy.
+    /// Copies taken from the source's RX frame without a copy (sent or written
+    /// from it, or dropped afterwards like any copy).
     pub shared: AtomicU64,
     dropped: [AtomicU64; 6],
 }
@@ -486,8 +487,9 @@ pub struct TargetStats {
     /// Copies cut to fit the target's MTU or buffers (delivered, not dropped).
     #[serde(default)]
     pub truncated: u64,
-    /// Copies sent straight from the source's UMEM frame (an interface target
-    /// sharing its UMEM with a tap source's RX queue): no copy was made.
+    /// Copies taken straight from the source's RX frame (an interface or
+    /// pcapng target sharing its memory with a tap source's RX queue): no
+    /// copy was made; then sent or written, or dropped like any copy.
     #[serde(default)]
     pub shared_umem: u64,
     /// Copies the in-kernel fast path sent (included in `sent_packets`).
