@@ -51,11 +51,16 @@ fn run(dir: &std::path::Path, size: usize, frames: usize, rotate: bool) -> (f64,
     };
     let started = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let (q, writer) = pcapng::start(
+    let pcapng::Started {
+        queue: q,
+        handle: writer,
+        ..
+    } = pcapng::start(
         "bench",
         &spec,
         vec![("s".into(), "eth0".into())],
         frames as u32,
+        None,
         started.clone(),
         stop.clone(),
     )
