@@ -1853,3 +1853,32 @@ fn a_window_with_a_bad_value_is_left_out_of_the_overlap_check() {
         "{e:?}"
     );
 }
+
+/// The deserializer's errors name their key like the validator's: one a
+/// single byte wide (`cpus = 5`), and one whose message merely begins with
+/// the key's name (`unknow = 1`: `daemon.unknow: unknown field …`, not the
+/// path run into the message, `daemon.unknown field …`). An error about the
+/// whole file names no key, also when the file's first byte is in a table.
+#[test]
+fn errors_name_their_key_whatever_their_width_and_wording() {
+    for (text, want) in [
+        (
+            "[daemon]\ncpus = 5\n",
+            "t.toml:2:8: daemon.cpus: invalid type: integer `5`, expected a string",
+        ),
+        (
+            "[daemon]\nunknow = 1\n",
+            "t.toml:2:1: daemon.unknow: unknown field `unknow`",
+        ),
+        (
+            "[daemon]\ncontrol_socket = \"/tmp/m.sock\"\n",
+            "t.toml:1:1: no [[session]]: nothing would be mirrored",
+        ),
+    ] {
+        let e = errors(text);
+        assert!(
+            e.iter().any(|l| l.starts_with(want)),
+            "want `{want}` in {e:#?}"
+        );
+    }
+}
