@@ -200,8 +200,7 @@ fn repair(doc: &mut String, at: usize, message: &str) -> Option<Option<String>> 
     let one_line = !value.is_empty()
         && !value.starts_with("\"\"\"")
         && !value.starts_with("\'\'\'")
-        && (!value.starts_with('[') || value.contains(']'))
-        && (!value.starts_with('{') || value.contains('}'));
+        && closes_on_its_line(value);
     if body.starts_with(['[', '#']) || key.is_empty() || !one_line || !body.is_char_boundary(1) {
         return None;
     }
@@ -219,6 +218,37 @@ fn repair(doc: &mut String, at: usize, message: &str) -> Option<Option<String>> 
             Some(Some(key))
         }
     }
+}
+
+/// Whether every `[` and `{` of a value opened on its line closes there
+/// (brackets inside strings and after a comment do not count): an array or
+/// inline table over several lines does not.
+fn closes_on_its_line(value: &str) -> bool {
+    let mut depth = 0u32;
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => loop {
+                match chars.next() {
+                    Some('\\') => {
+                        chars.next();
+                    }
+                    Some('"') | None => break,
+                    Some(_) => {}
+                }
+            },
+            '\'' => {
+                if !chars.by_ref().any(|c| c == '\'') {
+                    break;
+                }
+            }
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth = depth.saturating_sub(1),
+            '#' => break,
+            _ => {}
+        }
+    }
+    depth == 0
 }
 
 /// Validates one rule written as the keys of a `[[filter.rule]]` table

@@ -1882,3 +1882,32 @@ fn errors_name_their_key_whatever_their_width_and_wording() {
         );
     }
 }
+
+/// Reading on past an error comments out the erring line only when its
+/// value ends there: an array over several lines whose first line holds a
+/// `]` is not taken for a one-line value (its next line then got a false
+/// `key with no value` error).
+#[test]
+fn an_array_over_several_lines_is_not_cut_at_a_bracket_of_its_first_line() {
+    let text = "[daemon]\ncpus = [[1],\n  2]\n";
+    let e = errors(text);
+    assert!(
+        e.iter().any(|l| l.starts_with("t.toml:2:8: daemon.cpus")),
+        "{e:#?}"
+    );
+    assert!(
+        !e.iter().any(|l| l.contains("key with no value")),
+        "no false error on the next line: {e:#?}"
+    );
+    for (value, closes) in [
+        ("[[1],", false),
+        ("[[1], 2]", true),
+        ("[\"]\",", false),
+        ("[\"a]\", 'b]']", true),
+        ("{ a = [1] ", false),
+        ("\"x\" # [", true),
+        ("[1] # ]", true),
+    ] {
+        assert_eq!(super::closes_on_its_line(value), closes, "{value}");
+    }
+}
