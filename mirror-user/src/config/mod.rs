@@ -237,11 +237,7 @@ fn closes_on_its_line(value: &str) -> bool {
                     Some(_) => {}
                 }
             },
-            '\'' => {
-                if !chars.by_ref().any(|c| c == '\'') {
-                    break;
-                }
-            }
+            '\'' if !chars.by_ref().any(|c| c == '\'') => break,
             '[' | '{' => depth += 1,
             ']' | '}' => depth = depth.saturating_sub(1),
             '#' => break,
