@@ -784,13 +784,18 @@ fn a_second_xdp_program_is_refused_by_name_and_tc_ingress_runs_beside_it() {
             .replace("targets = [\"cap\", \"ids\"]", "targets = [\"cap\"]")
     };
     let dir_b = TempDir::new("copy-coexist-b").expect("temp dir");
-    let text = second_text("", &dir_b);
+    // Its own control socket, the one waited for below: with the
+    // placeholder left in, it would take a relative `@CONTROL@` in the
+    // test's directory, which another daemon may hold (it once failed with
+    // "another mirror daemon answers on @CONTROL@" before its XDP attach).
+    let control_b = dir_b.path().join("control.sock");
+    let text = second_text("", &dir_b).replace("@CONTROL@", &control_b.to_string_lossy());
     std::fs::write(dir_b.path().join("mirror.toml"), &text).expect("config");
     let refused = lab::DaemonProcess::start(
         &live.srv,
         std::path::Path::new(BIN),
         &dir_b.path().join("mirror.toml"),
-        &dir_b.path().join("control.sock"),
+        &control_b,
         &dir_b.path().join("daemon.log"),
         Duration::from_secs(20),
     );
