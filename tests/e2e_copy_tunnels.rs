@@ -666,10 +666,8 @@ fn a_copy_mode_tunnel_whose_route_goes_counts_down_and_resumes() {
     assert_eq!(r.attached("m0"), kernel::Attached::default());
 }
 
-/// The IPv6 VXLAN collector of `VXLAN6` (link c6 - z0, device vx6), with
-/// c6's transmit checksum offload off: the kernel completes every checksum
-/// a clone left to the device in software before it leaves.
-fn collector_checksumming_in_software(r: &Routed) {
+/// The IPv6 VXLAN collector of `VXLAN6`: link c6 - z0, device vx6 (VNI 43).
+fn vxlan6_collector(r: &Routed) {
     lab::wire6(
         &r.rtr,
         "c6",
@@ -681,6 +679,13 @@ fn collector_checksumming_in_software(r: &Routed) {
     )
     .expect("veth");
     lab::vxlan_decap(&r.col, "vx6", 43, "fd00:31:5::2", "z0").expect("vxlan device");
+}
+
+/// [`vxlan6_collector`] with c6's transmit checksum offload off: the kernel
+/// completes every checksum a clone left to the device in software before
+/// it leaves.
+fn collector_checksumming_in_software(r: &Routed) {
+    vxlan6_collector(r);
     r.rtr
         .run(|| {
             kernel::netdev::set_tx_csum("c6", false)
@@ -761,17 +766,7 @@ fn copy_mode_ipv6_vxlan_is_encapsulated_in_the_kernel_with_a_checksum_linux_acce
         "fd00:31:5::1".parse().expect("ip"),
         "fd00:31:5::2".parse().expect("ip"),
     );
-    lab::wire6(
-        &r.rtr,
-        "c6",
-        "fd00:31:5::1",
-        &r.col,
-        "z0",
-        "fd00:31:5::2",
-        1500,
-    )
-    .expect("veth");
-    lab::vxlan_decap(&r.col, "vx6", 43, "fd00:31:5::2", "z0").expect("vxlan device");
+    vxlan6_collector(&r);
     const SIZES6: [usize; 5] = [64, 65, 1400, 1401, 1514];
     // 1500 - 40 (IPv6) - 16 (UDP + VXLAN): the longest copy sent whole.
     const MAX: usize = 1444;
