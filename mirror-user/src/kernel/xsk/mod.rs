@@ -452,16 +452,6 @@ pub enum RxHost {
     Memory(MemoryHost),
 }
 
-impl RxHost {
-    /// The target it belongs to, for logs.
-    pub fn target(&self) -> &str {
-        match self {
-            RxHost::Umem(h) => &h.target,
-            RxHost::Memory(h) => &h.target,
-        }
-    }
-}
-
 /// Kernel-side drops of one socket (XDP_STATISTICS).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SocketDrops {
