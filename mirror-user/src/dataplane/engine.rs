@@ -1611,16 +1611,12 @@ fn open_target(
                 .iter()
                 .map(|s| (s.name.clone(), s.interface.clone()))
                 .collect();
-            let with = share.map(|s| ShareWith {
-                frames: config.sources[s].umem_frames,
-                ring_size: config.sources[s].ring_size,
-            });
             let started = pcapng::start(
                 &t.name,
                 spec,
                 interfaces,
                 t.queue_size,
-                with,
+                share.map(|s| config.sources[s].umem_frames),
                 go.clone(),
                 stop,
             )

@@ -408,9 +408,8 @@ fn share_candidates(config: &Config) -> Vec<SharePick> {
             });
             if let Some(t) = own {
                 let q = config.targets[t].queue_size;
-                let frames = u64::from(q)
-                    + crate::target::pcapng::held_slots(q as usize) as u64
-                    + u64::from(src.umem_frames);
+                let frames =
+                    crate::target::pcapng::queue_slots(q) as u64 + u64::from(src.umem_frames);
                 if frames <= u64::from(crate::config::MAX_INTERFACE_QUEUE) {
                     pick.pcapng = Some(t);
                 } else {

@@ -49,7 +49,6 @@ use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeade
 use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::{DataLink, Endianness};
 
-use super::interface::ShareWith;
 use super::{Oversize, Packet, TargetDrop, TargetQueue};
 use crate::config::{MinFree, PcapngSpec};
 use crate::kernel::xsk::MemoryHost;
@@ -84,8 +83,8 @@ pub(crate) type Interfaces = Vec<(String, String)>;
 /// once the whole start-up has succeeded: a start that fails later (a typo in a
 /// source interface) leaves the capture directory as it was.
 ///
-/// `share`: a tap source's first RX queue will share the queue's memory (its
-/// UMEM is then the queue's slots and `share.frames` more), returned as the
+/// `rx_frames`: a tap source's first RX queue will share the queue's memory
+/// (its UMEM is then the queue's slots and `rx_frames` more), returned as the
 /// [`MemoryHost`] it registers: the frames it receives are written to the
 /// file from where the kernel put them.
 pub fn start(
@@ -93,25 +92,25 @@ pub fn start(
     spec: &PcapngSpec,
     interfaces: Interfaces,
     queue_size: u32,
-    share: Option<ShareWith>,
+    rx_frames: Option<u32>,
     started: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Result<Started, PcapngError> {
     check_directory(&spec.path)?;
     let files = Files::new(spec.clone(), interfaces);
-    let slots = queue_size as usize + held_slots(queue_size as usize);
-    let queue = Arc::new(match share {
+    let slots = queue_slots(queue_size);
+    let queue = Arc::new(match rx_frames {
         None => TargetQueue::new(name, "pcapng", slots, SNAPLEN, Oversize::Truncate)?,
-        Some(s) => TargetQueue::umem(
+        Some(rx) => TargetQueue::umem(
             name,
             "pcapng",
             slots,
-            s.frames as usize,
+            rx as usize,
             SNAPLEN,
             Oversize::Truncate,
         )?,
     });
-    let host = share.map(|_| MemoryHost::new(queue.memory(), slots as u32, name));
+    let host = rx_frames.map(|_| MemoryHost::new(queue.memory(), slots as u32, name));
     let q = queue.clone();
     let handle = crate::privileges::spawn(
         std::thread::Builder::new().name(format!("pcapng-{name}")),
@@ -144,8 +143,14 @@ pub struct Started {
 /// writer keeps in their slots until a write ([`IN_PLACE_MIN`]), a quarter of
 /// `queue_size`, so that `queue_size` copies still fit in the queue while it
 /// writes, as when every copy was copied out of its slot at once.
-pub(crate) fn held_slots(queue_size: usize) -> usize {
+fn held_slots(queue_size: usize) -> usize {
     (queue_size / 4).max(1)
+}
+
+/// Slots of a pcapng queue of `queue_size`: its `queue_size` and the held
+/// ones ([`held_slots`]).
+pub(crate) fn queue_slots(queue_size: u32) -> usize {
+    queue_size as usize + held_slots(queue_size as usize)
 }
 
 /// Whether a pcapng target at `path` can start: its directory exists and
@@ -1340,10 +1345,7 @@ mod tests {
             &spec,
             vec![("s".into(), "eth0".into())],
             64,
-            Some(ShareWith {
-                frames: 100,
-                ring_size: 64,
-            }),
+            Some(100),
             Arc::new(AtomicBool::new(false)),
             stop,
         )
