@@ -262,6 +262,122 @@ pub fn generate(lab: &Lab, size: usize, secs: f64, rate: Option<f64>) -> Result<
     })
 }
 
+/// Where the feed port's frames come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Feed {
+    /// AF_XDP TX on gen0 (copy mode): each frame reaches feed0 as an skb
+    /// with a small kmalloc'ed head, which veth copies into a page-pool page
+    /// before an XDP program at feed0 may run (`skb_pp_cow_data`), a copy
+    /// no NIC makes.
+    Skb,
+    /// The kernel's XDP traffic generator (`BPF_PROG_TEST_RUN` with live
+    /// frames): an XDP program redirects page-pool frames into gen0, and
+    /// feed0 receives them as `xdp_frame`s, as a NIC's driver holds a frame
+    /// in the page it DMA'd into: XDP runs on it in place, the stack gets
+    /// an skb built around it. No backpressure: a full RX ring drops.
+    Xdp,
+}
+
+/// Sends `size`-byte lab UDP frames into feed0 for `secs` from `feed`, at
+/// full speed or paced to `rate` frames/s; returns how many were sent.
+pub fn generate_from(
+    feed: Feed,
+    lab: &Lab,
+    size: usize,
+    secs: f64,
+    rate: Option<f64>,
+) -> Result<u64> {
+    match feed {
+        Feed::Skb => generate(lab, size, secs, rate),
+        Feed::Xdp => generate_live(lab, size, secs, rate),
+    }
+}
+
+/// [`Feed::Xdp`]: `BPF_PROG_TEST_RUN` of the bench peers' `xdp_gen` with
+/// `BPF_F_TEST_XDP_LIVE_FRAMES`, its DEVMAP slot on gen0. Each repetition
+/// runs the program on a frame of the kernel's own page pool, which sends it
+/// (batches of 64) or, paced, drops it when it is not yet due; the program
+/// counts what it sent. The 256 flows take turns, one call each. A call
+/// ends with the kernel waiting ~20 ms (an RCU grace period as its page
+/// pool goes), so calls are long (~100 ms) and sized to end with the run.
+/// The thread is `SCHED_IDLE`: the consumers that share its core get all
+/// the CPU they ask for, as a NIC's traffic costs the host nothing before
+/// it arrives; it sends with what is left.
+fn generate_live(lab: &Lab, size: usize, secs: f64, rate: Option<f64>) -> Result<u64> {
+    use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+    use libbpf_rs::MapCore;
+    check_interrupted()?;
+    lab.gen.run(move || {
+        pin_current_thread(GEN_CPU)?;
+        let param = libc::sched_param { sched_priority: 0 };
+        // Safety: sets this thread's own policy from a valid sched_param.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("SCHED_IDLE for the generator");
+        }
+        let mut storage = std::mem::MaybeUninit::uninit();
+        let skel = mirror_ebpf::bench_peers::BenchPeersSkelBuilder::default()
+            .open(&mut storage)
+            .context("opening the bench peer programs")?
+            .load()
+            .context("loading the bench peer programs")?;
+        // The DEVMAP resolves the index in this (gen's) namespace.
+        let gen0 = mirror_user::kernel::query::ifindex(Lab::GEN_IF)
+            .with_context(|| format!("{} in ns gen", Lab::GEN_IF))?;
+        let any = libbpf_rs::MapFlags::ANY;
+        skel.maps
+            .port
+            .update(&0u32.to_ne_bytes(), &gen0.to_ne_bytes(), any)
+            .context("putting gen0 in the generator's DEVMAP")?;
+        // struct gen_pace: interval_ns, next_ns, sent.
+        let interval = rate.map_or(0, |r| (1e9 / r.max(1.0)) as u64);
+        let mut pace = [0u8; 24];
+        pace[..8].copy_from_slice(&interval.to_ne_bytes());
+        skel.maps
+            .pace
+            .update(&0u32.to_ne_bytes(), &pace, any)
+            .context("setting the generator's pace")?;
+        let frames: Vec<Vec<u8>> = (0..256)
+            .map(|i| traffic::frame(traffic::SHAPES[1], i, size))
+            .collect();
+        // Repetitions per call: the first is a guess, the next are sized
+        // from the last call's time per repetition.
+        const CALL: Duration = Duration::from_millis(100);
+        let (mut reps, mut call) = (1u32 << 16, 0usize);
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        loop {
+            let t0 = Instant::now();
+            let input = libbpf_rs::ProgramInput {
+                data_in: Some(&frames[call % frames.len()]),
+                flags: libbpf_sys::BPF_F_TEST_XDP_LIVE_FRAMES,
+                repeat: reps,
+                ..Default::default()
+            };
+            call += 1;
+            skel.progs
+                .xdp_gen
+                .test_run(input)
+                .context("BPF_PROG_TEST_RUN with live frames")?;
+            let now = Instant::now();
+            let per_rep = (now - t0).as_secs_f64() / f64::from(reps);
+            let left = end.saturating_duration_since(now).min(CALL);
+            // A call costs its repetitions and a grace period.
+            let fit = (left.as_secs_f64() - 0.02) / per_rep;
+            if fit < 1.0 {
+                break;
+            }
+            reps = fit.min(f64::from(u32::MAX)) as u32;
+        }
+        let out = skel
+            .maps
+            .pace
+            .lookup(&0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+            .context("reading what the generator sent")?
+            .context("the generator's pace entry")?;
+        let sent: [u8; 8] = out[16..24].try_into().context("gen_pace.sent")?;
+        Ok(u64::from_ne_bytes(sent))
+    })
+}
+
 /// The CPU the generator runs on; the feed port's NAPI thread gets the other
 /// (see [`tune_feed_port`]).
 pub const GEN_CPU: usize = 1;

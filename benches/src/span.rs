@@ -137,6 +137,12 @@ pub struct Args {
     /// Seconds of each paced run of the search.
     #[arg(long, default_value_t = 1.0)]
     trial_secs: f64,
+    /// Where feed0's frames come from: `skb` (AF_XDP TX on gen0; veth
+    /// copies each into a page before XDP at feed0 may run) or `xdp` (the
+    /// kernel's XDP traffic generator: page-pool frames, as a NIC's RX ring
+    /// holds them; no backpressure).
+    #[arg(long, value_enum, default_value_t = crate::Feed::Skb)]
+    feed: crate::Feed,
 }
 
 /// Loss a run may have and still count as lossless (0.1%).
@@ -1469,6 +1475,7 @@ struct Rig<'a> {
     sinks: &'a [Peer; 2],
     /// The routed cases: the counter on out0's sink (sink2).
     forward: Option<&'a Peer>,
+    feed: crate::Feed,
 }
 
 /// One run of `secs`: the generator at full speed or paced to `rate`.
@@ -1491,7 +1498,7 @@ fn measure(
         [sinks[0].frames()?, sinks[1].frames()?],
         tc_kernel_counts(lab, case)?,
     );
-    let offered = crate::generate(lab, size, secs, rate)?;
+    let offered = crate::generate_from(rig.feed, lab, size, secs, rate)?;
     std::thread::sleep(Duration::from_millis(200));
     // The CPU of the run, for every case alike: before tcpdump's counts are
     // asked for after a wait of its own.
@@ -1716,6 +1723,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         dir: &dir,
         sinks: &sinks,
         forward: forward.as_ref().map(|(p, _)| p),
+        feed: a.feed,
     };
     // Full-rate runs, one with BPF statistics, the search's paced runs.
     let per_size = a.runs.reps as u64 + 1 + u64::from(a.search);
@@ -1985,12 +1993,19 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
 fn table(rows: &[Row], a: &Args) -> String {
     let mut s = format!(
         "mirror against the software SPANs and capture tools, same lab and generator \
-         (AF_XDP TX on veth, 2 cores), median of {} runs of {:.1} s at full rate; lossless: the \
+         ({}, 2 cores), median of {} runs of {:.1} s at full rate; lossless: the \
          highest paced rate with at most 0.1% loss ({} runs of {:.1} s, bisection; ≥: the generator's \
          own maximum) (`cargo xtask bench span`)\n\n\
          | frame | case | offered | delivered per target (min-max) | loss | lossless | vs reference | vs tc mirred | monitored traffic passed on (vs no mirror) | CPU % per core | CPU ns/frame | BPF ns/frame at feed0 | mirror RSS | mirror received; drops/s |\n\
          |---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|\n",
-        a.runs.reps, a.runs.secs, a.search, a.trial_secs
+        match a.feed {
+            crate::Feed::Skb => "AF_XDP TX on veth",
+            crate::Feed::Xdp => "the kernel's XDP traffic generator into veth, `--feed xdp`",
+        },
+        a.runs.reps,
+        a.runs.secs,
+        a.search,
+        a.trial_secs
     );
     let ratio = |v: Option<f64>| v.map_or("".to_string(), |x| format!("{x:.2}x"));
     for r in rows {

@@ -15,6 +15,11 @@
  *   tc_count        (tcx ingress) counts every frame that reached the stack
  *                   and lets it go on: the monitored traffic's own rate,
  *                   with and without mirror's copy mode in front of it.
+ *   xdp_gen         the generator of `--feed xdp`, run by BPF_PROG_TEST_RUN
+ *                   with live frames: redirects each frame to DEVMAP slot 0
+ *                   (gen0), paced by `pace` when its interval is set (a frame
+ *                   not yet due is dropped, not sent), and counts what it
+ *                   sent.
  *
  * Neither classifies: they are the floor of per-frame work.
  */
@@ -44,6 +49,25 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } ports SEC(".maps");
+
+/* xdp_gen's schedule: one frame every interval_ns (0: as fast as it runs),
+ * the next due at next_ns; sent counts the frames redirected. */
+struct gen_pace {
+	__u64 interval_ns;
+	__u64 next_ns;
+	__u64 sent;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gen_pace);
+} pace SEC(".maps");
+
+/* Frames a late schedule may send back to back to catch up: a veth RX ring
+ * holds 256. */
+#define GEN_BURST 64
 
 static __always_inline void count(void)
 {
@@ -80,4 +104,25 @@ int tc_count(struct __sk_buff *skb)
 {
 	count();
 	return TC_ACT_UNSPEC;
+}
+
+SEC("xdp")
+int xdp_gen(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct gen_pace *p = bpf_map_lookup_elem(&pace, &zero);
+
+	if (!p)
+		return XDP_ABORTED;
+	if (p->interval_ns) {
+		__u64 now = bpf_ktime_get_ns();
+		__u64 floor = now - GEN_BURST * p->interval_ns;
+
+		if (now < p->next_ns)
+			return XDP_DROP;
+		p->next_ns = (p->next_ns > floor ? p->next_ns : floor) +
+			     p->interval_ns;
+	}
+	p->sent++;
+	return bpf_redirect_map(&port, 0, XDP_DROP);
 }
