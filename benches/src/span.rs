@@ -1670,12 +1670,37 @@ fn start_pinned<'a>(
 
 /// Stops a case; a peer tool's own account of it (xsk-fwd: rx, tx,
 /// tx_full) goes to the log.
-fn finish(mut running: Running<'_>, progress: &indicatif::ProgressBar) {
+///
+/// A peer tool may leave its XDP program on feed0 (xsk-fwd's libxdp
+/// attaches `xsk_def_prog` through netlink, and it stays when the sockets
+/// go): it is detached once the case's own attachments are gone, so the
+/// next case finds feed0 bare, as it expects.
+fn finish(lab: &Lab, mut running: Running<'_>, progress: &indicatif::ProgressBar) {
+    let case = running.case;
     if let Some(mut p) = running.process.take() {
         let _ = p.stop(Duration::from_secs(10));
         if let Some(line) = p.log_text().lines().find(|l| l.starts_with("rx=")) {
-            crate::say(progress, format!("span {}: {line}", running.case.id()));
+            crate::say(progress, format!("span {}: {line}", case.id()));
         }
+    }
+    drop(running);
+    let left = lab
+        .src
+        .run(|| Ok(mirror_user::kernel::attached(Lab::FEED_IF)?.xdp));
+    if let Some(xdp) = left.ok().filter(|x| !x.is_empty()) {
+        let off = lab
+            .src
+            .exec(&["ip", "link", "set", "dev", Lab::FEED_IF, "xdp", "off"]);
+        crate::say(
+            progress,
+            format!(
+                "span {}: XDP left on {} after the case ({xdp:?}): detached{}",
+                case.id(),
+                Lab::FEED_IF,
+                off.err()
+                    .map_or(String::new(), |e| format!(" failed: {e:#}"))
+            ),
+        );
     }
 }
 
@@ -1762,7 +1787,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 samples[c][z].push(measure(&mut running, &rig, size, a.runs.secs, None)?);
                 progress.inc(1);
             }
-            finish(running, &progress);
+            finish(&lab, running, &progress);
         }
     }
     // Then per case: the BPF statistics run and the lossless-rate search.
@@ -1903,7 +1928,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             );
             rows.push(row);
         }
-        finish(running, &progress);
+        finish(&lab, running, &progress);
     }
     progress.finish_and_clear();
     // Ratios, per frame size, against the reference cases of the same run.
