@@ -128,7 +128,9 @@ pub fn grouped_bars(
         .fold(1.0, f64::max)
         * 1.15;
     let n = groups.len().max(1);
-    let root = BitMapBackend::new(path, (1200, 600)).into_drawing_area();
+    // Room for each group's label (the span table's ids run to 13 characters).
+    let w = (n as u32 * 90).max(1200);
+    let root = BitMapBackend::new(path, (w, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
