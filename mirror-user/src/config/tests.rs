@@ -1907,6 +1907,11 @@ fn an_array_over_several_lines_is_not_cut_at_a_bracket_of_its_first_line() {
         ("{ a = [1] ", false),
         ("\"x\" # [", true),
         ("[1] # ]", true),
+        // A literal string's brackets do not count either, up to its
+        // closing quote (not its first character).
+        ("['a [']", true),
+        ("'[' # x", true),
+        ("['a [', 1", false),
     ] {
         assert_eq!(super::closes_on_its_line(value), closes, "{value}");
     }

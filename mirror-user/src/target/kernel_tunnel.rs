@@ -195,6 +195,9 @@ mod tests {
         assert_eq!(parsed.header_checksum, parsed.calc_header_checksum());
         assert!(!parsed.dont_fragment);
         assert_eq!(parsed.time_to_live, 64);
+        // The UDP checksum's seed is VXLAN over IPv6's alone: over IPv4
+        // the checksum is 0 (none), and the slot's field stays 0.
+        assert_eq!(h.udp_csum, 0, "no UDP checksum seed over IPv4");
     }
 
     #[test]
@@ -380,6 +383,7 @@ mod tests {
                 .octets()
         );
         assert_eq!(&h.hdr[54..62], &[0x20, 0x00, 0x65, 0x58, 0, 0, 0, 7]);
+        assert_eq!(h.udp_csum, 0, "GRE has no UDP checksum to seed");
         // Families that do not agree build nothing.
         let mixed = NextHop {
             source: "10.0.0.1".parse().expect("an address"),

@@ -2415,6 +2415,43 @@ mod tests {
         ends
     }
 
+    /// A `writev` interrupted by a signal before it wrote anything
+    /// (`EINTR`) is made again, not taken for a failed write: every byte
+    /// arrives once, in order, across the partial writes between.
+    #[test]
+    fn an_interrupted_write_is_made_again() {
+        struct Interrupted {
+            out: Vec<u8>,
+            calls: usize,
+        }
+        impl Write for Interrupted {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.write_vectored(&[io::IoSlice::new(buf)])
+            }
+            // Every other call is interrupted; the others write 2 bytes.
+            fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+                self.calls += 1;
+                if self.calls % 2 == 1 {
+                    return Err(io::ErrorKind::Interrupted.into());
+                }
+                let b = &bufs[0][..bufs[0].len().min(2)];
+                self.out.extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut w = Interrupted {
+            out: Vec::new(),
+            calls: 0,
+        };
+        let mut iov = [io::IoSlice::new(b"abc"), io::IoSlice::new(b"defg")];
+        write_all_vectored(&mut w, &mut iov).expect("written whole");
+        assert_eq!(w.out, b"abcdefg");
+        assert_eq!(w.calls, 8, "4 writes, each after an interrupted call");
+    }
+
     /// Large copies are gathered from their slots, 511 to a `writev`
     /// (1,023 entries), small ones copied between them; each call ends on
     /// a block boundary, the bytes are those of the copies in order
