@@ -709,6 +709,36 @@ fn send_from_socket(r: &Routed, payloads: &[Vec<u8>]) {
         .expect("send from a socket");
 }
 
+/// Datagram `i` of a socket test: the lab marker and `i`, then `fill` up
+/// to `len` bytes.
+fn marked_datagram(i: usize, len: usize, fill: u8) -> Vec<u8> {
+    let mut p = lab::traffic::MARKER.to_vec();
+    p.extend_from_slice(&(i as u32).to_be_bytes());
+    p.resize(len, fill);
+    p
+}
+
+/// Sends `payloads` from a socket (see [`send_from_socket`]) while the
+/// daemon behind `client` mirrors them to its `vx6` target, and waits until
+/// it has accounted for every copy. Production must reach the sink
+/// unchanged, and every copy must be sent on the kernel path, none dropped
+/// (`what` names the case in a failure). Returns the settled stats.
+fn send_and_settle(r: &Routed, client: &mut Client, payloads: &[Vec<u8>], what: &str) -> Stats {
+    let k = payloads.len();
+    let sink_rx = udp_sink(&r.sink, SocketAddr::from((SINK_IP, TO_SINK)), k);
+    send_from_socket(r, payloads);
+    let st = wait_settled(client, "every copy accounted", |st| {
+        let t = &st.targets["vx6"];
+        t.sent_packets + t.dropped_total() == k as u64
+    });
+    assert_eq!(sink_rx.join().expect("sink reader"), payloads, "production");
+    let t = &st.targets["vx6"];
+    assert_reconciles("vx6", t);
+    assert_eq!(t.dropped_total(), 0, "{what}: {:?}", t.dropped);
+    assert_eq!((t.sent_packets, t.kernel_path), (k as u64, k as u64));
+    st
+}
+
 /// One VXLAN collector over IPv6 (link c6 - z0), whole copies or
 /// `packet_length` ones; `path` auto.
 const VXLAN6: &str = r#"
@@ -901,28 +931,13 @@ fn copy_mode_ipv6_vxlan_checksum_accounts_for_the_inner_checksum_the_device_comp
     let (mut daemon, _) = common::start_daemon(BIN, &r.rtr, &r.dir, &VXLAN6.replace("@SNAP@", "0"));
     let mut client = Client::connect(&daemon.control).expect("control socket");
     const K: usize = 100;
-    let sink_rx = udp_sink(&r.sink, SocketAddr::from((SINK_IP, TO_SINK)), K);
     let outer = Capture::start(&r.col, "z0").expect("capture z0");
     let inner = Capture::start(&r.col, "vx6").expect("capture vx6");
     let errors_before = udp6_checksum_errors(&r.col);
     let payloads: Vec<Vec<u8>> = (0..K)
-        .map(|i| {
-            let mut p = lab::traffic::MARKER.to_vec();
-            p.extend_from_slice(&(i as u32).to_be_bytes());
-            p.resize([20, 21, 1000, 1001][i % 4], (i % 251) as u8);
-            p
-        })
+        .map(|i| marked_datagram(i, [20, 21, 1000, 1001][i % 4], (i % 251) as u8))
         .collect();
-    send_from_socket(&r, &payloads);
-    let st = wait_settled(&mut client, "every copy accounted", |st| {
-        let t = &st.targets["vx6"];
-        t.sent_packets + t.dropped_total() == K as u64
-    });
-    assert_eq!(sink_rx.join().expect("sink reader"), payloads, "production");
-    let t = &st.targets["vx6"];
-    assert_reconciles("vx6", t);
-    assert_eq!(t.dropped_total(), 0, "{:?}", t.dropped);
-    assert_eq!((t.sent_packets, t.kernel_path), (K as u64, K as u64));
+    let st = send_and_settle(&r, &mut client, &payloads, "whole copies");
     assert_eq!(st.sessions["tun6"].path, "kernel");
 
     let udp: Vec<Vec<u8>> = outer
@@ -1002,31 +1017,11 @@ fn a_partial_checksum_copy_cut_before_its_checksum_field_still_reaches_the_colle
         );
         let mut client = Client::connect(&daemon.control).expect("control socket");
         const K: usize = 50;
-        let sink_rx = udp_sink(&r.sink, SocketAddr::from((SINK_IP, TO_SINK)), K);
         let inner = Capture::start(&r.col, "vx6").expect("capture vx6");
         let payloads: Vec<Vec<u8>> = (0..K)
-            .map(|i| {
-                let mut p = lab::traffic::MARKER.to_vec();
-                p.extend_from_slice(&(i as u32).to_be_bytes());
-                p.resize(100 + i, i as u8);
-                p
-            })
+            .map(|i| marked_datagram(i, 100 + i, i as u8))
             .collect();
-        send_from_socket(&r, &payloads);
-        let st = wait_settled(&mut client, "every copy accounted", |st| {
-            let t = &st.targets["vx6"];
-            t.sent_packets + t.dropped_total() == K as u64
-        });
-        assert_eq!(sink_rx.join().expect("sink reader"), payloads, "production");
-        let t = &st.targets["vx6"];
-        assert_reconciles("vx6", t);
-        assert_eq!(
-            t.dropped_total(),
-            0,
-            "packet_length {snap}: {:?}",
-            t.dropped
-        );
-        assert_eq!((t.sent_packets, t.kernel_path), (K as u64, K as u64));
+        send_and_settle(&r, &mut client, &payloads, &format!("packet_length {snap}"));
         let got = inner.finish();
         assert_eq!(
             got.len(),
