@@ -1019,3 +1019,261 @@ fn another_namespaces_kernel_path_transmits_are_not_counted() {
         }
     }
 }
+
+/// Plain interface targets, group members and the VXLAN target of [`wide`].
+const WIDE_PLAIN: usize = 13;
+const WIDE_MEMBERS: usize = 18;
+
+/// A session of 32 targets, the kernel path's most (groups expanded): 13
+/// interfaces p0..p12 (keys 0-12; p11's port takes 256-byte frames), a group
+/// of 18 members g0..g17 (keys 13-30) and a VXLAN collector (key 31).
+fn wide(path: &str) -> String {
+    let mut t = String::from(
+        r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "feed"
+interface = "feed0"
+
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+"#,
+    );
+    for i in 0..WIDE_PLAIN {
+        t += &format!(
+            "\n[[target]]\nname = \"p{i}\"\nkind = \"interface\"\ninterface = \"tgt{i}\"\n"
+        );
+    }
+    for i in 0..WIDE_MEMBERS {
+        t += &format!(
+            "\n[[target]]\nname = \"g{i}\"\nkind = \"interface\"\ninterface = \"gm{i}\"\n"
+        );
+    }
+    t += "\n[[target]]\nname = \"vx\"\nkind = \"vxlan\"\nremote = \"10.99.1.2\"\n";
+    let members: Vec<String> = (0..WIDE_MEMBERS).map(|i| format!("\"g{i}\"")).collect();
+    t += &format!(
+        "\n[[target_group]]\nname = \"pool\"\nmembers = [{}]\n",
+        members.join(", ")
+    );
+    let mut targets: Vec<String> = (0..WIDE_PLAIN).map(|i| format!("\"p{i}\"")).collect();
+    targets.push("\"pool\"".into());
+    targets.push("\"vx\"".into());
+    t += &format!(
+        "\n[[session]]\nname = \"wide\"\nsource = \"feed\"\nfilter = \"all\"\ntargets = [{}]\nvni = 42\npath = \"{path}\"\n",
+        targets.join(", ")
+    );
+    t
+}
+
+/// One pass of [`wide`]'s traffic: what each port and the VXLAN device got.
+struct WideRun {
+    stats: mirror_user::dataplane::stats::Stats,
+    plain: Vec<Vec<Vec<u8>>>,
+    /// Flow -> the member (index) that got its frames, both directions.
+    member: std::collections::BTreeMap<u16, usize>,
+    decapsulated: Vec<Vec<u8>>,
+}
+
+/// Sends `frames` and waits until the `total` copies so far of each plain
+/// target and of the group are counted; asserts each frame reached exactly
+/// one member, both halves of a flow the same one.
+fn wide_pass(lab: &Lab, client: &mut Client, frames: &Arc<Vec<Vec<u8>>>, total: u64) -> WideRun {
+    let plain: Vec<Capture> = (0..WIDE_PLAIN)
+        .map(|i| Capture::start(&lab.sink, &format!("sink{i}")).expect("capture"))
+        .collect();
+    let members: Vec<Capture> = (0..WIDE_MEMBERS)
+        .map(|i| Capture::start(&lab.sink, &format!("gs{i}")).expect("capture"))
+        .collect();
+    let vx = Capture::start(&lab.sink, "vx0").expect("capture");
+    lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
+    let stats = wait_for(client, "every copy counted", |st| {
+        let done = |t: &mirror_user::dataplane::stats::TargetStats| {
+            t.queued == 0 && t.sent_packets + t.dropped_total() == t.enqueued
+        };
+        let group: u64 = (0..WIDE_MEMBERS)
+            .map(|i| st.targets[&format!("g{i}")].enqueued)
+            .sum();
+        st.sources["feed"].matched == total
+            && group == total
+            && st.targets.values().all(done)
+            && (0..WIDE_PLAIN).all(|i| st.targets[&format!("p{i}")].enqueued == total)
+            && st.targets["vx"].enqueued == total
+    });
+    let mut member = std::collections::BTreeMap::new();
+    let mut seen = 0;
+    for (m, cap) in members.into_iter().enumerate() {
+        for f in cap.finish() {
+            seen += 1;
+            let sport = u16::from_be_bytes([f[34], f[35]]);
+            let dport = u16::from_be_bytes([f[36], f[37]]);
+            let flow = if sport == 53 { dport } else { sport } - 1024;
+            let prev = member.insert(flow, m);
+            assert!(
+                prev.is_none() || prev == Some(m),
+                "flow {flow} reached two members"
+            );
+        }
+    }
+    assert_eq!(seen, frames.len(), "every frame reached one member");
+    WideRun {
+        stats,
+        plain: plain.into_iter().map(Capture::finish).collect(),
+        member,
+        decapsulated: vx.finish(),
+    }
+}
+
+/// More than 8 targets on the kernel path: 32 (groups expanded), each
+/// interface target getting every frame byte for byte through one
+/// broadcast, a group of 18 picking the member userspace picks for both
+/// halves of each flow, a VXLAN target on the last key that the Linux vxlan
+/// device decapsulates, and each destination's drops counted at its own key
+/// (too big at key 11; down at key 10, a member at key 13 or more rehashed).
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_session_of_thirty_two_targets_runs_in_the_kernel_with_every_copy_counted() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    for i in 1..WIDE_PLAIN {
+        lab::veth(
+            &lab.src,
+            &format!("tgt{i}"),
+            &lab.sink,
+            &format!("sink{i}"),
+            1,
+        )
+        .expect("port");
+    }
+    for i in 0..WIDE_MEMBERS {
+        lab::veth(&lab.src, &format!("gm{i}"), &lab.sink, &format!("gs{i}"), 1).expect("port");
+    }
+    lab::wire(
+        &lab.src,
+        "col0",
+        "10.99.1.1",
+        &lab.sink,
+        "col1",
+        "10.99.1.2",
+        1500,
+    )
+    .expect("wire");
+    lab::vxlan_decap(&lab.sink, "vx0", 42, "10.99.1.2", "col1").expect("vxlan device");
+    let sinks = (0..WIDE_PLAIN)
+        .map(|i| format!("sink{i}"))
+        .chain((0..WIDE_MEMBERS).map(|i| format!("gs{i}")))
+        .chain(std::iter::once("col1".to_string()));
+    for dev in sinks {
+        lab::gro_on(&lab.sink, &dev).expect("GRO on");
+    }
+    // p11's port takes frames of 256 + 18 bytes: every 300-byte copy is too big.
+    lab.src
+        .ip(&["link", "set", "tgt11", "mtu", "256"])
+        .expect("mtu");
+    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..400u32)
+            .map(|seq| flow_frame((seq % 50) as u16, seq % 2 == 1, seq, 300))
+            .collect(),
+    );
+    let n = frames.len() as u64;
+    let want = sorted(frames.iter().cloned());
+
+    let mut picks = Vec::new();
+    for path in ["userspace", "kernel"] {
+        let dir = TempDir::new("e2e-fast-wide").expect("temp dir");
+        let (mut daemon, mut client) = start(&lab, &dir, &wide(path));
+        let run = wide_pass(&lab, &mut client, &frames, n);
+        let st = &run.stats;
+        assert_eq!(
+            st.sessions["wide"].path,
+            if path == "kernel" { "kernel" } else { "af_xdp" },
+            "{}",
+            daemon.log_text()
+        );
+        assert_eq!(
+            (st.sessions["wide"].matched, st.sessions["wide"].mirrored),
+            (n, n)
+        );
+        for (i, got) in run.plain.into_iter().enumerate() {
+            let t = &st.targets[&format!("p{i}")];
+            assert_reconciles(&format!("p{i}"), t);
+            if i == 11 {
+                assert_eq!(t.sent_packets, 0, "p11: {:?}", t.dropped);
+                assert_eq!(t.dropped.get("too_big").copied(), Some(n), "p11");
+                continue;
+            }
+            assert_eq!((t.sent_packets, t.dropped_total()), (n, 0), "p{i}");
+            assert!(sorted(got) == want, "p{i} got every frame, byte for byte");
+            if path == "kernel" {
+                assert_eq!(t.kernel_path, n, "p{i}");
+            }
+        }
+        assert_eq!(sorted(run.decapsulated), want, "the vxlan device's frames");
+        assert_eq!(st.targets["vx"].sent_packets, n);
+        assert!(
+            run.member
+                .values()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                > 8,
+            "flows spread over the members: {:?}",
+            run.member
+        );
+        picks.push(run.member.clone());
+        if path == "kernel" {
+            // The member with the most flows goes down (its key is 13 + its
+            // index), and so does p10: its flows move, counted `rehashed`,
+            // and p10's copies are counted `down`.
+            let mut load = [0usize; WIDE_MEMBERS];
+            for &m in run.member.values() {
+                load[m] += 1;
+            }
+            let gone = (0..WIDE_MEMBERS).max_by_key(|&m| load[m]).expect("members");
+            lab.src
+                .ip(&["link", "set", &format!("gm{gone}"), "down"])
+                .expect("down");
+            lab.src.ip(&["link", "set", "tgt10", "down"]).expect("down");
+            wait_for(&mut client, "a member down", |st| {
+                st.groups["pool"].members_up == WIDE_MEMBERS as u32 - 1
+            });
+            std::thread::sleep(Duration::from_millis(400)); // the kernel learns it within 100 ms
+            let moved = frames
+                .iter()
+                .enumerate()
+                .filter(|(seq, _)| run.member[&((*seq as u16) % 50)] == gone)
+                .count() as u64;
+            let again = wide_pass(&lab, &mut client, &frames, 2 * n);
+            let st = &again.stats;
+            assert_eq!(st.groups["pool"].rehashed, moved, "each moved copy counted");
+            assert!(!again.member.values().any(|&m| m == gone));
+            let p10 = &st.targets["p10"];
+            assert_reconciles("p10", p10);
+            assert_eq!(
+                (p10.sent_packets, p10.dropped.get("down").copied()),
+                (n, Some(n)),
+                "p10: down"
+            );
+            for (name, t) in &st.targets {
+                assert_reconciles(name, t);
+            }
+            common::assert_source_reconciles("feed", &st.sources["feed"]);
+            lab.src
+                .ip(&["link", "set", &format!("gm{gone}"), "up"])
+                .expect("up");
+            lab.src.ip(&["link", "set", "tgt10", "up"]).expect("up");
+        }
+        assert!(daemon
+            .stop(Duration::from_secs(10))
+            .expect("stops")
+            .success());
+    }
+    assert_eq!(
+        picks[0], picks[1],
+        "the kernel picks the member userspace picks"
+    );
+}

@@ -350,7 +350,8 @@ fn kernel_path_clones_to_each_destination_and_counts_every_outcome() {
     };
     let mut fx = Copy::new(1 << 20);
     // Session web (0): egress TCP from port 80, to both ports; session
-    // dns (1): ingress UDP, to a device that does not exist.
+    // dns (1): ingress UDP, to the most destinations a session has: devices
+    // that do not exist, and a0 last.
     let dests = [
         CloneDest {
             ifindex: ifindex("a0"),
@@ -364,16 +365,17 @@ fn kernel_path_clones_to_each_destination_and_counts_every_outcome() {
         },
     ];
     fx.prog.set_clone_path(0, &dests).expect("clone path");
-    fx.prog
-        .set_clone_path(
-            1,
-            &[CloneDest {
-                ifindex: 999_999,
-                max_len: u32::MAX,
-                tunnel: false,
-            }],
-        )
-        .expect("clone path");
+    let most = mirror_ebpf::limits::MAX_FAST_TARGETS;
+    let mut wide = vec![
+        CloneDest {
+            ifindex: 999_999,
+            max_len: u32::MAX,
+            tunnel: false,
+        };
+        most as usize - 1
+    ];
+    wide.push(dests[0]);
+    fx.prog.set_clone_path(1, &wide).expect("clone path");
     let caps = ["b0", "b1"].map(|d| Capture::start(&ns, d).expect("capture"));
     let before = fx.counters();
     // Runs `frame` through a tcx program inside the namespace (where the
@@ -407,7 +409,8 @@ fn kernel_path_clones_to_each_destination_and_counts_every_outcome() {
     fx.prog.set_clone_down(0, 1, true).expect("down");
     let late = tcp(3000, 80, 100);
     run(&egress, late.clone());
-    run(&ingress, udp(50));
+    let dns = udp(50);
+    run(&ingress, dns.clone());
     // Not matched: neither cloned nor copied.
     run(&egress, tcp(1000, 443, 10));
 
@@ -445,16 +448,29 @@ fn kernel_path_clones_to_each_destination_and_counts_every_outcome() {
         "a1: the frames it takes; the ones over its MTU, by one byte or more, are \
          too_big; then down"
     );
+    for key in 0..most - 1 {
+        assert_eq!(
+            fx.prog.clone_stats(1, key).expect("stats"),
+            CloneStats {
+                errors: 1,
+                ..Default::default()
+            },
+            "no such device (destination {key})"
+        );
+    }
     assert_eq!(
-        fx.prog.clone_stats(1, 0).expect("stats"),
+        fx.prog.clone_stats(1, most - 1).expect("stats"),
         CloneStats {
-            errors: 1,
+            packets: 1,
+            bytes: dns.len() as u64,
             ..Default::default()
         },
-        "no such device"
+        "the last destination, a0"
     );
     let [b0, b1] = caps.map(Capture::finish);
-    assert_eq!(b0, to_b0.into_iter().cloned().collect::<Vec<_>>(), "b0");
+    let mut want_b0: Vec<Vec<u8>> = to_b0.into_iter().cloned().collect();
+    want_b0.push(dns);
+    assert_eq!(b0, want_b0, "b0");
     assert_eq!(b1, small, "b1");
 }
 
@@ -481,7 +497,11 @@ fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
     use std::os::fd::AsFd;
 
     const TC_SHOT: u32 = 2;
-    const MAGIC: u32 = 0x4d54;
+    use mirror_ebpf::mirror::types::mirror_relay as relay_mark;
+    const MAGIC: u32 = relay_mark::MIRROR_RELAY_MAGIC.0;
+    const MAGIC_SHIFT: u32 = relay_mark::MIRROR_RELAY_MAGIC_SHIFT.0;
+    const DIR_SHIFT: u32 = relay_mark::MIRROR_RELAY_DIR_SHIFT.0;
+    const PSLOT_SHIFT: u32 = relay_mark::MIRROR_RELAY_PSLOT_SHIFT.0;
     let ns = Netns::new("relay").expect("netns");
     lab::veth(&ns, "a0", &ns, "b0", 1).expect("veth");
     lab::veth(&ns, "a1", &ns, "b1", 1).expect("veth");
@@ -562,7 +582,8 @@ fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
     let er = kernel_tunnel::headers(&erspan, 42, &hop, 0).expect("headers");
     prog.set_tunnel(0, 0, &vx).expect("slot 0");
     prog.set_tunnel(0, 1, &er).expect("slot 1");
-    let mark = |egress: u32, key: u32| MAGIC << 16 | egress << 9 | key;
+    // Session 0: the session bits stay 0.
+    let mark = |egress: u32, key: u32| MAGIC << MAGIC_SHIFT | egress << DIR_SHIFT | key;
     let b0 = Capture::start(&ns, "b0").expect("capture b0");
     let relay = prog.relay_fd().try_clone_to_owned().expect("dup");
     let relay = relay.as_fd();
@@ -609,7 +630,7 @@ fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
     // The mark carries the policy slot the frame was classified under.
     let slot = prog.policy_slot(0).expect("policy slot");
     assert_eq!(
-        run(relay, long.clone(), mark(0, 1) | slot << 10, 0).verdict,
+        run(relay, long.clone(), mark(0, 1) | slot << PSLOT_SHIFT, 0).verdict,
         TC_SHOT
     );
     let got = b0.finish();
@@ -636,4 +657,33 @@ fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
         }
     );
     assert_eq!(prog.relay_foreign(), 1, "the unmarked frame");
+    // The mark's session and destination fields hold the largest of each:
+    // session 63's destination 31 is its own slot.
+    const SESSION_SHIFT: u32 = relay_mark::MIRROR_RELAY_SESSION_SHIFT.0;
+    let (last_s, last_k) = (
+        mirror_ebpf::limits::MAX_SESSIONS - 1,
+        mirror_ebpf::limits::MAX_FAST_TARGETS - 1,
+    );
+    prog.set_tunnel(last_s, last_k, &vx).expect("last slot");
+    let b0 = Capture::start(&ns, "b0").expect("capture b0");
+    let m = MAGIC << MAGIC_SHIFT | last_s << SESSION_SHIFT | last_k;
+    assert_eq!(run(relay, frame.clone(), m, 0x1234).verdict, TC_SHOT);
+    let got = b0.finish();
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0][50..], &frame[..]);
+    assert_eq!(
+        prog.tunnel_stats(last_s, last_k).expect("stats"),
+        TunnelStats {
+            packets: 1,
+            bytes: frame.len() as u64,
+            ..Default::default()
+        }
+    );
+    for (s, k) in [(0, 0), (0, 1)] {
+        assert_eq!(
+            prog.tunnel_stats(s, k).expect("stats").packets,
+            2,
+            "{s}/{k}"
+        );
+    }
 }

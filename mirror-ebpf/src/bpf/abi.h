@@ -28,11 +28,14 @@ enum mirror_limits {
 	MIRROR_DIRECTIONS = 2,     /* enum mirror_direction */
 	MIRROR_COPY_MAX = 9216,    /* bytes of a frame a copy-mode record carries at most */
 	MIRROR_RING_MIN = 4096,    /* smallest ring buffer (one page) */
-	MIRROR_MAX_FAST_TARGETS = 8, /* DEVMAP entries of one session's fast path: a broadcast
-					 * walks every hash bucket, so this costs per frame */
+	MIRROR_MAX_FAST_TARGETS = 32, /* targets (groups expanded) of one kernel-path session:
+					  * the bits of a u32 key mask. A broadcast walks every
+					  * bucket of its DEVMAP_HASH, so userspace sizes each of a
+					  * session's DEVMAPs to the destinations it holds */
 	MIRROR_CACHE_SLOTS = 1024, /* verdict cache entries per rule set and CPU (power of 2) */
-	MIRROR_FAST_VARIANTS = 16, /* DEVMAPs per kernel-path session: one per target-group
-				    * member picked, one for "every member down" */
+	MIRROR_FAST_VARIANTS = 64, /* DEVMAPs per kernel-path session: one per target-group
+				    * member picked (up to MIRROR_MAX_FAST_TARGETS), one for
+				    * "every member down"; a power of 2 */
 	MIRROR_FLOWS = 65536,      /* flows a source tracks for flow_cutoff_* (LRU) */
 };
 
@@ -257,6 +260,9 @@ struct mirror_policy {
 enum mirror_policy_bits {
 	MIRROR_POLICY_SLOTS = 2,
 	MIRROR_META_SLOT = 0x8000, /* in mirror_meta.session: the frame saw slot 1 */
+	MIRROR_META_KEY_SHIFT = 8, /* in mirror_meta.session on the kernel path, bits 8-12:
+				    * the destination key a tunnel's DEVMAP program
+				    * (xdp_tunnel_K) puts there for xdp_tunnel */
 };
 
 /*
@@ -350,13 +356,13 @@ struct mirror_fast_session {
 	__u8 tunnels;     /* 1: xdp_tap writes the metadata its tunnel programs read;
 			   * 2: with the time stamp (an ERSPAN III target) */
 	__u8 group_n;     /* members of its target group, 0: none */
-	__u8 members_up;  /* bit i: member i is up */
 	__u8 active;      /* 1: the session is on the kernel path (set last) */
-	__u8 dests_down;  /* bit k: interface destination k is down or gone (its
+	__u8 reserved;
+	__u32 members_up; /* bit i: member i is up */
+	__u32 dests_down; /* bit k: interface destination k is down or gone (its
 			   * DEVMAP entry removed): its copies are counted `down` */
-	__u8 reserved[3];
 	__u8 group_keys[MIRROR_MAX_FAST_TARGETS];   /* DEVMAP key of member i */
-	__u8 variant_keys[MIRROR_FAST_VARIANTS];   /* bit k: key k is in the variant */
+	__u32 variant_keys[MIRROR_FAST_VARIANTS];  /* bit k: key k is in the variant */
 	__u8 variant_single[MIRROR_FAST_VARIANTS]; /* 1 + its key when the variant has
 						    * one destination (a plain redirect,
 						    * cheaper than a broadcast), else 0 */
@@ -475,7 +481,8 @@ struct mirror_clone_dest {
  * Copy mode's kernel tunnels. A tunnel destination's clone goes to the
  * source's relay, a TAP device the daemon holds open (deleted by the kernel
  * when the daemon dies), with skb->mark = MIRROR_RELAY_MAGIC << 16 |
- * policy slot << 10 | direction << 9 | session << 3 | destination and
+ * policy slot << 12 | direction << 11 | session << 5 | destination (the
+ * MIRROR_RELAY_* shifts below) and
  * skb->priority = the symmetric flow hash
  * (both restored on the frame itself right after the clone: it leaves as it
  * came). tc_relay, at the relay's tcx egress, takes every clone before the
@@ -489,6 +496,10 @@ struct mirror_clone_dest {
  */
 enum mirror_relay {
 	MIRROR_RELAY_MAGIC = 0x4d54, /* "MT" */
+	MIRROR_RELAY_SESSION_SHIFT = 5,  /* the destination below: log2(MIRROR_MAX_FAST_TARGETS) */
+	MIRROR_RELAY_DIR_SHIFT = 11,     /* the session below: log2(MIRROR_MAX_SESSIONS) more */
+	MIRROR_RELAY_PSLOT_SHIFT = 12,
+	MIRROR_RELAY_MAGIC_SHIFT = 16,
 };
 
 /* Per destination slot, summed over CPUs. A tunnel destination's `packets`

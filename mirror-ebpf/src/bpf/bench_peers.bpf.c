@@ -43,9 +43,11 @@ struct {
 	__type(value, __u32);
 } port SEC(".maps");
 
+/* Sized to the two ports broadcast to: a broadcast walks every hash bucket,
+ * and mirror sizes each session's DEVMAP to its destinations too. */
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
-	__uint(max_entries, 8);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u32);
 } ports SEC(".maps");

@@ -36,9 +36,13 @@ struct {
 } xsks SEC(".maps");
 
 /*
- * In-kernel fast path: slot `session` holds the DEVMAP_HASH of that session's
- * targets (keyed by target index, each entry with xdp_fast_target as its
- * program); an empty slot means the session goes through userspace.
+ * In-kernel fast path: slot session * MIRROR_FAST_VARIANTS + variant holds a
+ * DEVMAP_HASH of that session's destinations (keyed by destination index;
+ * see struct mirror_fast_session); an empty slot means the session goes
+ * through userspace. This is the template: userspace sizes each inner map to
+ * the destinations it holds (the kernel checks an inner DEVMAP's type, key,
+ * value and flags against it, not its size), as a broadcast walks every
+ * bucket.
  */
 struct fast_targets {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
@@ -568,9 +572,11 @@ static __always_inline __s32 select_session(struct pkt *p, __u32 dir, __u32 pars
 /*
  * Counts `too_big` for each destination of session `s` in `keys` (bit k:
  * DEVMAP key k) that cannot take a frame of `len` bytes (the kernel skips
- * them). Returns how many.
+ * them). Returns how many. A global function, as are the other loops over a
+ * session's destinations below: checked once, not once per path into them
+ * (up to MIRROR_MAX_FAST_TARGETS turns each would pass xdp_tap's limit).
  */
-static __always_inline __u32 count_too_big(__u64 s, __u32 len, __u32 keys)
+__noinline __u32 count_too_big(__u32 s, __u32 len, __u32 keys)
 {
 	__u32 n = fast_ndests[s & (MIRROR_MAX_SESSIONS - 1)];
 	__u32 skipped = 0;
@@ -627,44 +633,61 @@ static __always_inline __u64 member_score(__u32 hash, __u32 member)
 }
 
 /*
- * The group member of session `f` a flow goes to: the highest-scoring member
- * (ties: the later one, as Rust's max_by_key), or, when it is down, the
- * highest-scoring member that is up (counted `rehashed`); every member down:
- * `*all_down`, and the first choice is returned (counted there as `down`).
+ * The group member of session `session` (struct mirror_fast_session) a
+ * flow goes to: the highest-scoring member (ties: the later one, as Rust's
+ * max_by_key), or, when it is down, the highest-scoring member that is up
+ * (counted `rehashed`); every member down: the first choice (counted there
+ * as `down`) with MIRROR_PICK_ALL_DOWN set. A global function (see
+ * count_too_big).
  */
-static __always_inline __u32 pick_member(const struct mirror_fast_session *f, __u32 session,
-					 __u32 hash, bool *all_down)
-{
-	__u32 n = f->group_n, up = f->members_up, first = 0, best = 0;
-	__u64 first_score = 0, best_score = 0, sc;
-	struct mirror_group_count *g;
-	bool any = false;
+#define MIRROR_PICK_ALL_DOWN 0x100
 
-	for (__u32 i = 0; i < MIRROR_MAX_FAST_TARGETS; i++) {
-		if (i >= n)
-			break;
-		sc = member_score(hash, i);
-		if (i == 0 || sc >= first_score) {
-			first_score = sc;
-			first = i;
-		}
-		if (up & (1u << i) && (!any || sc >= best_score)) {
-			best_score = sc;
-			best = i;
-			any = true;
-		}
+/* pick_member's running state, one bpf_loop step per member. */
+struct pick {
+	__u64 first_score, best_score;
+	__u32 hash, up, first, best, any;
+};
+
+static long pick_step(__u64 i, void *data)
+{
+	struct pick *p = data;
+	__u64 sc = member_score(p->hash, (__u32)i);
+
+	if (i == 0 || sc >= p->first_score) {
+		p->first_score = sc;
+		p->first = (__u32)i;
 	}
-	*all_down = !any;
-	if (any && best == first)
-		return first;
+	if (p->up & (1u << (i & 31)) && (!p->any || sc >= p->best_score)) {
+		p->best_score = sc;
+		p->best = (__u32)i;
+		p->any = 1;
+	}
+	return 0;
+}
+
+__noinline __u32 pick_member(__u32 session, __u32 hash)
+{
+	const struct mirror_fast_session *f = &fast_session[session & (MIRROR_MAX_SESSIONS - 1)];
+	struct pick p = { .hash = hash, .up = f->members_up };
+	__u32 n = f->group_n;
+	struct mirror_group_count *g;
+
+	/* A bpf_loop, not a loop the verifier walks once per turn: with
+	 * MIRROR_MAX_FAST_TARGETS members, the scores' branches would pass its
+	 * limit. */
+	bpf_loop(n < MIRROR_MAX_FAST_TARGETS ? n : MIRROR_MAX_FAST_TARGETS, pick_step, &p, 0);
+	if (p.any && p.best == p.first)
+		return p.first & (MIRROR_MAX_FAST_TARGETS - 1);
 	g = bpf_map_lookup_elem(&fast_groups, &session);
 	if (g) {
-		if (any)
+		if (p.any)
 			g->rehashed += 1;
 		else
 			g->all_down += 1;
 	}
-	return any ? best : first;
+	if (p.any)
+		return p.best & (MIRROR_MAX_FAST_TARGETS - 1);
+	return (p.first & (MIRROR_MAX_FAST_TARGETS - 1)) | MIRROR_PICK_ALL_DOWN;
 }
 
 static __always_inline void count_pick(__u32 session, __u32 key, __u32 len, int what)
@@ -682,6 +705,16 @@ static __always_inline void count_pick(__u32 session, __u32 key, __u32 len, int 
 	} else {
 		c->rate_limited += 1;
 	}
+}
+
+/* Counts `down` for each destination of the session in `down` (bit k:
+ * DEVMAP key k). A global function (see count_too_big). */
+__noinline int count_down(__u32 session, __u32 down)
+{
+	for (__u32 i = 0; i < MIRROR_MAX_FAST_TARGETS; i++)
+		if (down & (1u << i))
+			count_pick(session, i, 0, 1);
+	return 0;
 }
 
 /*
@@ -704,8 +737,10 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s,
 	if (f->tunnels || f->group_n)
 		hash = flow_hash(p, data, data_end);
 	if (f->group_n) {
-		variant = pick_member(f, key, hash, &all_down);
-		member = f->group_keys[variant & (MIRROR_MAX_FAST_TARGETS - 1)];
+		variant = pick_member(key, hash);
+		all_down = variant & MIRROR_PICK_ALL_DOWN;
+		variant &= MIRROR_MAX_FAST_TARGETS - 1;
+		member = f->group_keys[variant];
 		if (all_down)
 			variant = f->group_n;
 	}
@@ -737,9 +772,7 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s,
 	if (down) {
 		/* Devices userspace saw go down or away: their entries are out of
 		 * the DEVMAPs; count what they would have got. */
-		for (__u32 i = 0; i < MIRROR_MAX_FAST_TARGETS; i++)
-			if (down & (1u << i))
-				count_pick(session, i, 0, 1);
+		count_down(session, down);
 		keys &= ~down;
 		if (!keys)
 			return XDP_DROP;
@@ -833,12 +866,14 @@ int xdp_fast_target(struct xdp_md *ctx)
 }
 
 /*
- * In-kernel tunnels: the DEVMAP program of a session's tunnel target K (see
- * struct mirror_tunnel). Runs once per copy, on the CPU that redirected it,
- * just before the egress device transmits. Every copy it is given ends in
- * exactly one of its counters.
+ * In-kernel tunnels: what a session's tunnel target K does with a copy (see
+ * struct mirror_tunnel), K being in the copy's metadata (put there by
+ * xdp_tunnel_K, below, which tail-calls this). Runs once per copy, on the
+ * CPU that redirected it, just before the egress device transmits. Every
+ * copy it is given ends in exactly one of its counters.
  */
-static __always_inline int tunnel_xmit(struct xdp_md *ctx, const __u32 k)
+SEC("xdp/devmap")
+int xdp_tunnel(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -853,7 +888,8 @@ static __always_inline int tunnel_xmit(struct xdp_md *ctx, const __u32 k)
 		__sync_fetch_and_add(&tunnel_no_meta, 1);
 		return XDP_DROP;
 	}
-	slot = (meta->session & (MIRROR_MAX_SESSIONS - 1)) * MIRROR_MAX_FAST_TARGETS + k;
+	slot = (meta->session & (MIRROR_MAX_SESSIONS - 1)) * MIRROR_MAX_FAST_TARGETS +
+	       (meta->session >> MIRROR_META_KEY_SHIFT & (MIRROR_MAX_FAST_TARGETS - 1));
 	c.hash = meta->hash;
 	c.tstamp = meta->tstamp;
 	t = bpf_map_lookup_elem(&tunnels, &slot);
@@ -902,13 +938,54 @@ error:
 	return XDP_DROP;
 }
 
-/* One program per DEVMAP key: the entry's program is how a copy learns which
- * of its session's targets it is for (two tunnels may share a device). */
+/* xdp_tunnel, the one program that encapsulates, for the stubs' tail call. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__uint(key_size, sizeof(__u32)); /* no BTF key: a PROG_ARRAY takes none */
+	__array(values, int(void *));
+} tunnel_tail SEC(".maps") = {
+	.values = { [0] = (void *)&xdp_tunnel },
+};
+
+/*
+ * One program per DEVMAP key K: the entry's program is how a copy learns
+ * which of its session's targets it is for (two tunnels may share a
+ * device). Each is a stub that writes K into the copy's metadata (every
+ * destination of a broadcast gets a copy of its own) and tail-calls
+ * xdp_tunnel, so the verifier checks the encapsulation once, not once per
+ * key (32 times over, most of a second at every start).
+ */
+static __always_inline int tunnel_stub(struct xdp_md *ctx, const __u32 k)
+{
+	struct mirror_meta *meta = (void *)(long)ctx->data_meta;
+	struct mirror_tunnel_stats *st;
+	__u32 slot;
+
+	if ((void *)(meta + 1) > (void *)(long)ctx->data || meta->magic != MIRROR_META_MAGIC) {
+		__sync_fetch_and_add(&tunnel_no_meta, 1);
+		return XDP_DROP;
+	}
+	meta->session = (meta->session & (MIRROR_MAX_SESSIONS - 1)) | k << MIRROR_META_KEY_SHIFT;
+	bpf_tail_call(ctx, &tunnel_tail, 0);
+	/* Not taken (never expected: the slot is filled at load): an error. */
+	slot = (meta->session & (MIRROR_MAX_SESSIONS - 1)) * MIRROR_MAX_FAST_TARGETS + k;
+	st = bpf_map_lookup_elem(&tunnel_stats, &slot);
+	if (st)
+		st->errors += 1;
+	return XDP_DROP;
+}
+
+/* The key fits between the session and MIRROR_META_SLOT. */
+_Static_assert(MIRROR_MAX_SESSIONS <= 1 << MIRROR_META_KEY_SHIFT, "metadata: session");
+_Static_assert(MIRROR_MAX_FAST_TARGETS << MIRROR_META_KEY_SHIFT <= MIRROR_META_SLOT,
+	       "metadata: key");
+
 #define TUNNEL_PROG(K)                              \
 	SEC("xdp/devmap")                           \
 	int xdp_tunnel_##K(struct xdp_md *ctx)      \
 	{                                           \
-		return tunnel_xmit(ctx, K);         \
+		return tunnel_stub(ctx, K);         \
 	}
 TUNNEL_PROG(0)
 TUNNEL_PROG(1)
@@ -918,6 +995,30 @@ TUNNEL_PROG(4)
 TUNNEL_PROG(5)
 TUNNEL_PROG(6)
 TUNNEL_PROG(7)
+TUNNEL_PROG(8)
+TUNNEL_PROG(9)
+TUNNEL_PROG(10)
+TUNNEL_PROG(11)
+TUNNEL_PROG(12)
+TUNNEL_PROG(13)
+TUNNEL_PROG(14)
+TUNNEL_PROG(15)
+TUNNEL_PROG(16)
+TUNNEL_PROG(17)
+TUNNEL_PROG(18)
+TUNNEL_PROG(19)
+TUNNEL_PROG(20)
+TUNNEL_PROG(21)
+TUNNEL_PROG(22)
+TUNNEL_PROG(23)
+TUNNEL_PROG(24)
+TUNNEL_PROG(25)
+TUNNEL_PROG(26)
+TUNNEL_PROG(27)
+TUNNEL_PROG(28)
+TUNNEL_PROG(29)
+TUNNEL_PROG(30)
+TUNNEL_PROG(31)
 
 /* Only the fields we read; CO-RE finds their offsets in the running
  * kernel's BTF. */
@@ -1084,6 +1185,14 @@ struct mirror_clone_dest abi_anchor_clone_dest = {};
 struct mirror_clone_stats abi_anchor_clone_stats = {};
 enum mirror_relay abi_anchor_relay = MIRROR_RELAY_MAGIC;
 
+/* The relay mark's fields (enum mirror_relay) hold every destination and session. */
+_Static_assert(1 << MIRROR_RELAY_SESSION_SHIFT == MIRROR_MAX_FAST_TARGETS, "relay mark: destination");
+_Static_assert(1 << (MIRROR_RELAY_DIR_SHIFT - MIRROR_RELAY_SESSION_SHIFT) == MIRROR_MAX_SESSIONS,
+	       "relay mark: session");
+/* Key masks are u32 (struct mirror_fast_session); a group's variants fit. */
+_Static_assert(MIRROR_MAX_FAST_TARGETS <= 32, "fast path: key masks");
+_Static_assert(MIRROR_FAST_VARIANTS > MIRROR_MAX_FAST_TARGETS, "fast path: variants");
+
 /* ENETDOWN (uapi asm-generic/errno.h), which the BPF target's headers lack. */
 #define MIRROR_ENETDOWN 100
 
@@ -1105,8 +1214,9 @@ static __always_inline long relay_out(struct __sk_buff *skb, __u32 relay, __u32 
 	__u32 mark = skb->mark, priority = skb->priority;
 	long err;
 
-	skb->mark = (__u32)MIRROR_RELAY_MAGIC << 16 | (pslot & 1) << 10 | (dir & 1) << 9 | s << 3 |
-		    i;
+	skb->mark = (__u32)MIRROR_RELAY_MAGIC << MIRROR_RELAY_MAGIC_SHIFT |
+		    (pslot & 1) << MIRROR_RELAY_PSLOT_SHIFT | (dir & 1) << MIRROR_RELAY_DIR_SHIFT |
+		    s << MIRROR_RELAY_SESSION_SHIFT | i;
 	skb->priority = hash;
 	err = bpf_clone_redirect(skb, relay, 0);
 	skb->mark = mark;
@@ -1427,14 +1537,14 @@ static __always_inline void try_relay(struct __sk_buff *skb)
 	__u64 *seq;
 	long err;
 
-	if (mark >> 16 != MIRROR_RELAY_MAGIC) {
+	if (mark >> MIRROR_RELAY_MAGIC_SHIFT != MIRROR_RELAY_MAGIC) {
 		__sync_fetch_and_add(&relay_foreign, 1);
 		return;
 	}
-	session = mark >> 3 & (MIRROR_MAX_SESSIONS - 1);
+	session = mark >> MIRROR_RELAY_SESSION_SHIFT & (MIRROR_MAX_SESSIONS - 1);
 	slot = session * MIRROR_MAX_FAST_TARGETS + (mark & (MIRROR_MAX_FAST_TARGETS - 1));
 	c.hash = skb->priority;
-	c.egress = mark >> 9 & 1;
+	c.egress = mark >> MIRROR_RELAY_DIR_SHIFT & 1;
 	t = bpf_map_lookup_elem(&tunnels, &slot);
 	st = bpf_map_lookup_elem(&tunnel_stats, &slot);
 	if (!t || !st)
@@ -1484,7 +1594,7 @@ static __always_inline void try_relay(struct __sk_buff *skb)
 	 * tunnel's mtu: only that cut is `truncated` (ERSPAN's T bit). */
 	len = skb->len;
 	/* The policy slot the frame was classified under (bit 10 of the mark). */
-	snap = session_policy[session * MIRROR_POLICY_SLOTS + (mark >> 10 & 1)].packet_length;
+	snap = session_policy[session * MIRROR_POLICY_SLOTS + (mark >> MIRROR_RELAY_PSLOT_SHIFT & 1)].packet_length;
 	cap = snap && snap < len ? snap : len;
 	if (cap > t->max_inner) {
 		cap = t->max_inner;

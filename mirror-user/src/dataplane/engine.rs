@@ -1218,7 +1218,7 @@ impl Plane {
                     source: source.clone(),
                     session: kidx as u32,
                     members: g.members.iter().map(|&m| self.targets[m].clone()).collect(),
-                    up: ((1u16 << g.members.len()) - 1) as u8,
+                    up: crate::kernel::fast_path::low_bits(g.members.len()),
                 });
             }
         }

@@ -149,7 +149,7 @@ pub(super) struct KernelGroup {
     /// Its members, in the group's order.
     pub members: Vec<Arc<TargetQueue>>,
     /// What the kernel was last told (bit i: member i up).
-    pub up: u8,
+    pub up: u32,
 }
 
 impl KernelGroup {
@@ -159,7 +159,7 @@ impl KernelGroup {
             .iter()
             .enumerate()
             .filter(|(_, m)| m.is_up())
-            .fold(0u8, |b, (i, _)| b | 1 << i);
+            .fold(0u32, |b, (i, _)| b | 1 << i);
         if up == self.up {
             return;
         }

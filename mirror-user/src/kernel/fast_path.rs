@@ -70,7 +70,7 @@ impl SourceProgram {
             if keys == 0 {
                 continue; // every member down and nothing else: the frame is dropped, counted
             }
-            let devmap = create_devmap()?;
+            let devmap = create_devmap(keys.count_ones())?;
             for (key, val) in vals.iter().enumerate() {
                 if keys & (1 << key) != 0 {
                     devmap
@@ -108,7 +108,7 @@ impl SourceProgram {
                     Some(_) => 1,
                 };
                 f.group_n = fast.group.len() as u8;
-                f.members_up = ((1u16 << fast.group.len()) - 1) as u8;
+                f.members_up = low_bits(fast.group.len());
                 for (i, &k) in fast.group.iter().enumerate() {
                     f.group_keys[i] = k as u8;
                 }
@@ -168,7 +168,7 @@ impl SourceProgram {
     ) -> Result<(), LoaderError> {
         let map_err = |map| move |source| LoaderError::Map { map, source };
         let s = session as usize;
-        let bit = 1u8 << key;
+        let bit = 1u32 << key;
         if device.is_none() {
             match self.skel.maps.bss_data.as_deref_mut() {
                 Some(bss) if s < bss.fast_session.len() => bss.fast_session[s].dests_down |= bit,
@@ -211,7 +211,7 @@ impl SourceProgram {
     }
 
     /// Which members of the session's target group are up (bit i: member i).
-    pub(crate) fn set_members_up(&mut self, session: u32, up: u8) -> Result<(), LoaderError> {
+    pub(crate) fn set_members_up(&mut self, session: u32, up: u32) -> Result<(), LoaderError> {
         match self
             .skel
             .maps
@@ -281,21 +281,23 @@ impl SourceProgram {
         Ok(out)
     }
 
-    /// The DEVMAP program of tunnel target `key` of a session.
+    /// The DEVMAP program of tunnel target `key` of a session: `xdp_tunnel_K`,
+    /// one per key (`TUNNEL_PROG` in mirror.bpf.c), K = `key`.
     fn tunnel_prog_fd(&self, key: u32) -> Result<i32, LoaderError> {
-        let p = &self.skel.progs;
-        let prog = match key {
-            0 => &p.xdp_tunnel_0,
-            1 => &p.xdp_tunnel_1,
-            2 => &p.xdp_tunnel_2,
-            3 => &p.xdp_tunnel_3,
-            4 => &p.xdp_tunnel_4,
-            5 => &p.xdp_tunnel_5,
-            6 => &p.xdp_tunnel_6,
-            7 => &p.xdp_tunnel_7,
-            _ => return Err(bss_error("xdp_tunnel_K", key)),
-        };
-        Ok(prog.as_fd().as_raw_fd())
+        use libbpf_rs::skel::Skel;
+        let name = format!("xdp_tunnel_{key}");
+        self.skel
+            .object()
+            .progs()
+            .find(|p| p.name() == std::ffi::OsStr::new(&name))
+            .map(|p| p.as_fd().as_raw_fd())
+            .ok_or_else(|| LoaderError::Map {
+                map: "xdp_tunnel_K",
+                source: libbpf_rs::Error::from(std::io::Error::other(format!(
+                    "no program {name}: a session has at most {} kernel-path targets",
+                    mirror_ebpf::limits::MAX_FAST_TARGETS
+                ))),
+            })
     }
 
     /// Writes (or rewrites, when the next hop changed) the outer headers of
@@ -382,7 +384,7 @@ impl SourceProgram {
         self.move_tunnel(session, key, ifindex, max_len)?;
         match self.skel.maps.bss_data.as_deref_mut() {
             Some(bss) if (session as usize) < bss.fast_session.len() => {
-                bss.fast_session[session as usize].dests_down &= !(1u8 << key);
+                bss.fast_session[session as usize].dests_down &= !(1u32 << key);
                 Ok(())
             }
             _ => Err(bss_error("fast_session", session)),
@@ -538,7 +540,12 @@ pub fn rate_limiter(rate: u32) -> (u64, u64) {
 pub const FAST_VARIANTS: usize =
     mirror_ebpf::mirror::types::mirror_limits::MIRROR_FAST_VARIANTS.0 as usize;
 
-fn create_devmap() -> Result<MapHandle, LoaderError> {
+/// A DEVMAP_HASH for `entries` destinations: sized to them, not to the
+/// most a session may have, since a broadcast walks every hash bucket (the
+/// kernel rounds the size up to a power of 2) and so pays per frame for
+/// each. `fast_sessions` takes it: the kernel compares an inner DEVMAP's
+/// type, key and value sizes and flags with the template's, not its size.
+fn create_devmap(entries: u32) -> Result<MapHandle, LoaderError> {
     let opts = libbpf_sys::bpf_map_create_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
         ..Default::default()
@@ -548,7 +555,7 @@ fn create_devmap() -> Result<MapHandle, LoaderError> {
         Some("mirror_fast"),
         4,
         8,
-        mirror_ebpf::limits::MAX_FAST_TARGETS,
+        entries.clamp(1, mirror_ebpf::limits::MAX_FAST_TARGETS),
         &opts,
     )
     .map_err(|source| LoaderError::CreateMap {
@@ -572,12 +579,12 @@ impl FastSession {
     /// The DEVMAP keys of each variant, as bit sets: every destination
     /// without a group; with one, variant i = the non-members and member i,
     /// the last = the non-members alone.
-    pub fn variants(&self) -> Vec<u8> {
-        let all: u8 = ((1u16 << self.dests.len()) - 1) as u8;
+    pub fn variants(&self) -> Vec<u32> {
+        let all = low_bits(self.dests.len());
         if self.group.is_empty() {
             return vec![all];
         }
-        let members: u8 = self.group.iter().fold(0, |m, &k| m | 1 << k);
+        let members: u32 = self.group.iter().fold(0, |m, &k| m | 1 << k);
         let fixed = all & !members;
         self.group
             .iter()
@@ -652,6 +659,11 @@ fn devmap_val(ifindex: u32, prog_fd: i32) -> Vec<u8> {
     let mut val = ifindex.to_ne_bytes().to_vec();
     val.extend_from_slice(&prog_fd.to_ne_bytes());
     val
+}
+
+/// A key mask with the `n` lowest keys (bits) set, `n` at most 32.
+pub fn low_bits(n: usize) -> u32 {
+    ((1u64 << n.min(32)) - 1) as u32
 }
 
 fn tunnel_slot(session: u32, key: u32) -> u32 {

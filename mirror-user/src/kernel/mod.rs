@@ -143,7 +143,7 @@ pub struct SourceProgram {
     /// Each kernel-path session's DEVMAP (by kernel session index), kept to
     /// move a tunnel target to another egress device when its route does.
     /// (session, variant, its keys, the DEVMAP).
-    fast_devmaps: Vec<(u32, u32, u8, libbpf_rs::MapHandle)>,
+    fast_devmaps: Vec<(u32, u32, u32, libbpf_rs::MapHandle)>,
     /// Per kernel tunnel (session, key): every egress device it has sent
     /// through, whose transmit counters are its.
     tunnel_devices: Vec<((u32, u32), Vec<u32>)>,
