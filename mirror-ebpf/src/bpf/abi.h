@@ -228,7 +228,9 @@ struct mirror_cache_entry {
  */
 struct mirror_meta {
 	__u16 magic;
-	__u16 session; /* | MIRROR_META_SLOT when the frame saw policy slot 1 */
+	__u16 session; /* | MIRROR_META_SLOT when the frame saw policy slot 1; on the
+			* kernel path, a tunnel stub's key in bits 8-12
+			* (MIRROR_META_KEY_SHIFT) */
 	__u32 hash;
 	__u64 tstamp;
 };
@@ -299,8 +301,9 @@ struct mirror_copy {
 
 /*
  * In-kernel fast path (tap mode). A session whose every target the kernel can
- * serve has a DEVMAP_HASH of those targets in slot `session` of
- * `fast_sessions`; xdp_tap redirects the frame to it (one target) or
+ * serve has DEVMAP_HASHes of those targets in slots session *
+ * MIRROR_FAST_VARIANTS + variant of `fast_sessions` (struct
+ * mirror_fast_session); xdp_tap redirects the frame to it (one target) or
  * broadcasts it (BPF_F_BROADCAST: one clone per entry) instead of handing it
  * to userspace, counting it per session (struct mirror_fast_count).
  *
@@ -396,7 +399,7 @@ struct mirror_group_count {
  * device toward the collector and whose program is xdp_tunnel_K, K being the
  * entry's key (the target's place in the session). xdp_tap puts the session,
  * flow hash and time stamp in the frame's XDP metadata (struct mirror_meta);
- * the program reads them, cuts the copy to `max_inner`, pushes the outer
+ * xdp_tunnel_K adds K there and tail-calls xdp_tunnel, which reads them, cuts the copy to `max_inner`, pushes the outer
  * headers userspace prepared in slot session * MIRROR_MAX_FAST_TARGETS + K of
  * `tunnels` and fills in what changes per copy: IP length, ID and checksum,
  * the VXLAN source port (from the flow hash) and, over IPv6, its UDP checksum

@@ -966,10 +966,12 @@ static __always_inline int tunnel_stub(struct xdp_md *ctx, const __u32 k)
 		__sync_fetch_and_add(&tunnel_no_meta, 1);
 		return XDP_DROP;
 	}
+	/* Before the call: a tail call invalidates packet pointers (meta). */
+	slot = (meta->session & (MIRROR_MAX_SESSIONS - 1)) * MIRROR_MAX_FAST_TARGETS + k;
 	meta->session = (meta->session & (MIRROR_MAX_SESSIONS - 1)) | k << MIRROR_META_KEY_SHIFT;
 	bpf_tail_call(ctx, &tunnel_tail, 0);
-	/* Not taken (never expected: the slot is filled at load): an error. */
-	slot = (meta->session & (MIRROR_MAX_SESSIONS - 1)) * MIRROR_MAX_FAST_TARGETS + k;
+	/* Not taken: the slot is filled at load and emptied only once the
+	 * daemon drops the object, after its links (an error, never expected). */
 	st = bpf_map_lookup_elem(&tunnel_stats, &slot);
 	if (st)
 		st->errors += 1;
@@ -1593,7 +1595,7 @@ static __always_inline void try_relay(struct __sk_buff *skb)
 	/* The session's packet_length first, as userspace cuts; then the
 	 * tunnel's mtu: only that cut is `truncated` (ERSPAN's T bit). */
 	len = skb->len;
-	/* The policy slot the frame was classified under (bit 10 of the mark). */
+	/* The policy slot the frame was classified under (MIRROR_RELAY_PSLOT_SHIFT). */
 	snap = session_policy[session * MIRROR_POLICY_SLOTS + (mark >> MIRROR_RELAY_PSLOT_SHIFT & 1)].packet_length;
 	cap = snap && snap < len ? snap : len;
 	if (cap > t->max_inner) {

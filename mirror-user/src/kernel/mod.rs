@@ -130,8 +130,9 @@ fn bss_error(map: &'static str, session: u32) -> LoaderError {
 /// The kernel side of one source: loaded programs and maps, and, once
 /// attached, the XDP and/or tcx links.
 pub struct SourceProgram {
-    skel: MirrorSkel<'static>,
     /// Dropping a link detaches its program; so does the process dying.
+    /// First, before the object below: nothing runs on a half-dropped one
+    /// (its PROG_ARRAY emptied, say).
     links: Vec<OwnedFd>,
     /// The generation frames are classified with (`active_generation`).
     generation: u32,
@@ -153,6 +154,8 @@ pub struct SourceProgram {
     /// Copy mode's relay device, when a session has kernel tunnels; after
     /// `links`, so its program is detached before the device goes.
     relay: Option<relay::Relay>,
+    /// The loaded object, dropped last (fields drop in this order).
+    skel: MirrorSkel<'static>,
 }
 
 impl SourceProgram {
