@@ -469,41 +469,53 @@ impl Config {
         if unused.is_empty() {
             return unused;
         }
-        let renumber = |keep: &[bool]| {
+        let sources = vec![true; self.sources.len()];
+        self.retain_parts(&sources, &used, &used_groups);
+        unused
+    }
+
+    /// Keeps the sources, targets and groups whose flag is set (one flag
+    /// per entry of each list) and renumbers what refers to them: a group
+    /// loses the members that go, and a session goes with its source or
+    /// any of its targets. Filters stay as they are.
+    pub(crate) fn retain_parts(&mut self, sources: &[bool], targets: &[bool], groups: &[bool]) {
+        fn renumber(kept: &[bool]) -> Vec<Option<usize>> {
             let mut next = 0;
-            keep.iter()
+            kept.iter()
                 .map(|&k| {
                     let i = next;
                     next += usize::from(k);
                     k.then_some(i)
                 })
-                .collect::<Vec<Option<usize>>>()
-        };
-        let (tmap, gmap) = (renumber(&used), renumber(&used_groups));
-        let mut i = 0;
-        self.targets.retain(|_| {
-            i += 1;
-            used[i - 1]
-        });
-        let mut i = 0;
-        self.groups.retain(|_| {
-            i += 1;
-            used_groups[i - 1]
-        });
+                .collect()
+        }
+        fn retain<T>(list: &mut Vec<T>, kept: &[bool]) {
+            let mut flags = kept.iter();
+            list.retain(|_| flags.next().copied().unwrap_or(false));
+        }
+        let (src_new, tgt_new, grp_new) = (renumber(sources), renumber(targets), renumber(groups));
+        retain(&mut self.sources, sources);
+        retain(&mut self.targets, targets);
+        retain(&mut self.groups, groups);
         for g in &mut self.groups {
-            for m in &mut g.members {
-                *m = tmap[*m].expect("a used group's members are used");
-            }
+            g.members = g.members.iter().filter_map(|&m| tgt_new[m]).collect();
         }
-        for s in &mut self.sessions {
-            for d in &mut s.targets {
-                *d = match *d {
-                    Dest::Target(t) => Dest::Target(tmap[t].expect("used")),
-                    Dest::Group(g) => Dest::Group(gmap[g].expect("used")),
-                };
-            }
-        }
-        unused
+        let sessions = std::mem::take(&mut self.sessions);
+        self.sessions = sessions
+            .into_iter()
+            .filter_map(|mut s| {
+                s.source = src_new[s.source]?;
+                s.targets = s
+                    .targets
+                    .iter()
+                    .map(|&d| match d {
+                        Dest::Target(t) => tgt_new[t].map(Dest::Target),
+                        Dest::Group(g) => grp_new[g].map(Dest::Group),
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some(s)
+            })
+            .collect();
     }
 
     /// Directions a source mirrors that no rule of its sessions' filters

@@ -173,80 +173,15 @@ pub(crate) fn keep_but(old: &Config, new: &Config, restart: &[String]) -> Keep {
 /// reload's stopping and its starting. Every session kept must send only to
 /// kept targets and groups, which [`keep`] ensures.
 pub(crate) fn subset(config: &Config, keep: &Keep) -> Config {
-    let renumber = |kept: &[bool]| -> Vec<Option<usize>> {
-        let mut next = 0;
-        kept.iter()
-            .map(|&k| {
-                k.then(|| {
-                    next += 1;
-                    next - 1
-                })
-            })
-            .collect()
-    };
-    let src_kept: Vec<bool> = config
-        .sources
-        .iter()
-        .map(|s| keep.sources.contains(&s.name))
-        .collect();
-    let tgt_kept: Vec<bool> = config
-        .targets
-        .iter()
-        .map(|t| keep.targets.contains(&t.name))
-        .collect();
-    let grp_kept: Vec<bool> = config
-        .groups
-        .iter()
-        .map(|g| keep.groups.contains(&g.name))
-        .collect();
-    let (src_new, tgt_new, grp_new) = (
-        renumber(&src_kept),
-        renumber(&tgt_kept),
-        renumber(&grp_kept),
-    );
+    fn flags<'a>(names: impl Iterator<Item = &'a String>, kept: &BTreeSet<String>) -> Vec<bool> {
+        names.map(|n| kept.contains(n)).collect()
+    }
     let mut out = config.clone();
-    out.sources = config
-        .sources
-        .iter()
-        .zip(&src_kept)
-        .filter(|(_, &k)| k)
-        .map(|(s, _)| s.clone())
-        .collect();
-    out.targets = config
-        .targets
-        .iter()
-        .zip(&tgt_kept)
-        .filter(|(_, &k)| k)
-        .map(|(t, _)| t.clone())
-        .collect();
-    out.groups = config
-        .groups
-        .iter()
-        .zip(&grp_kept)
-        .filter(|(_, &k)| k)
-        .map(|(g, _)| {
-            let mut g = g.clone();
-            g.members = g.members.iter().filter_map(|&m| tgt_new[m]).collect();
-            g
-        })
-        .collect();
-    out.sessions = config
-        .sessions
-        .iter()
-        .filter_map(|s| {
-            let mut s = s.clone();
-            s.source = src_new[s.source]?;
-            s.targets = s
-                .targets
-                .iter()
-                .map(|&d| match d {
-                    Dest::Target(t) => tgt_new[t].map(Dest::Target),
-                    Dest::Group(g) => grp_new[g].map(Dest::Group),
-                })
-                .collect::<Option<Vec<_>>>()?;
-            Some(s)
-        })
-        .collect();
+    out.retain_parts(
+        &flags(config.sources.iter().map(|s| &s.name), &keep.sources),
+        &flags(config.targets.iter().map(|t| &t.name), &keep.targets),
+        &flags(config.groups.iter().map(|g| &g.name), &keep.groups),
+    );
     out
 }
 
