@@ -582,6 +582,14 @@ fn flow_frame(i: u16, reverse: bool, seq: u32, size: usize) -> Vec<u8> {
     out
 }
 
+/// The flow (`i` of [`flow_frame`]) a frame of either direction belongs to.
+fn flow_of(f: &[u8]) -> u16 {
+    let sport = u16::from_be_bytes([f[34], f[35]]);
+    let dport = u16::from_be_bytes([f[36], f[37]]);
+    let client = if sport == 53 { dport } else { sport };
+    client - 1024
+}
+
 /// ids0 (tgt0) and a group of ids1 (tgt1) and ids2 (tgt2), every frame cut
 /// to 100 bytes.
 const GROUP_CUT: &str = r#"
@@ -666,9 +674,7 @@ fn member_of_flows(
         for f in cap.finish() {
             assert_eq!(f.len(), 100, "cut to packet_length");
             seen += 1;
-            let sport = u16::from_be_bytes([f[34], f[35]]);
-            let dport = u16::from_be_bytes([f[36], f[37]]);
-            let flow = if sport == 53 { dport } else { sport } - 1024;
+            let flow = flow_of(&f);
             let prev = member.insert(flow, m as u8 + 1);
             assert!(
                 prev.is_none() || prev == Some(m as u8 + 1),
@@ -1110,9 +1116,7 @@ fn wide_pass(lab: &Lab, client: &mut Client, frames: &Arc<Vec<Vec<u8>>>, total: 
     for (m, cap) in members.into_iter().enumerate() {
         for f in cap.finish() {
             seen += 1;
-            let sport = u16::from_be_bytes([f[34], f[35]]);
-            let dport = u16::from_be_bytes([f[36], f[37]]);
-            let flow = if sport == 53 { dport } else { sport } - 1024;
+            let flow = flow_of(&f);
             let prev = member.insert(flow, m);
             assert!(
                 prev.is_none() || prev == Some(m),
