@@ -813,3 +813,243 @@ fn a_policy_flip_takes_effect_with_the_next_frame_and_disabled_counts_scheduled_
             + d(C::MIRROR_CNT_SCHEDULED_OUT)
     );
 }
+
+/// UDP frame of flow `i` (10.1.x.y:1024+i -> 10.2.0.1:53), `size` bytes.
+fn flow(i: u16, size: usize) -> Vec<u8> {
+    let src = [10, 1, (i >> 8) as u8, i as u8];
+    eth(
+        0x0800,
+        &ipv4(17, src, V4B, 0, 0, &l4(1024 + i, 53, size - 34)),
+    )
+}
+
+/// The kernel path of the tap program, through BPF_PROG_TEST_RUN in a
+/// namespace of 32 devices d0..d31 (veth pairs), one per DEVMAP key: a session of
+/// the most destinations it may have, a group of 31 members (keys 0-30) and
+/// one plain target (key 31, whose device takes 100-byte frames at most).
+/// Each flow goes to the member the userspace path picks among those up,
+/// whatever its place in the group (counted `rehashed` when its first choice
+/// is down); with every member down, to the plain target alone (counted
+/// `down` at the first choice, and `all_down`), which cannot take it; and
+/// each destination's `too_big` and `down` are counted at its own key, the
+/// last one included.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_thirty_two_target_kernel_path_picks_and_counts_at_every_key() {
+    require_root!();
+    use mirror_user::kernel::{fast_path::low_bits, FastDest, FastSession, PickCount};
+    use mirror_user::target::group::rank;
+    const XDP_REDIRECT: u32 = 4;
+    const SIZE: usize = 200;
+    let most = mirror_ebpf::limits::MAX_FAST_TARGETS;
+    let members = most - 1;
+    let ns = mirror_user::lab::Netns::new("fast32").expect("netns");
+    for k in (0..most).step_by(2) {
+        let (a, b) = (format!("d{k}"), format!("d{}", k + 1));
+        mirror_user::lab::veth(&ns, &a, &ns, &b, 1).expect("veth");
+    }
+    let _inside = Inside::enter(&ns);
+    let ifindex: Vec<u32> = (0..most)
+        .map(|k| mirror_user::kernel::ifindex(&format!("d{k}")).expect("ifindex"))
+        .collect();
+    let mut prog = catch_all(1);
+    let mut dests: Vec<FastDest> = ifindex.iter().map(|&i| FastDest::new(i, None)).collect();
+    dests[members as usize].max_len = 100;
+    let fast = FastSession {
+        dests,
+        group: (0..members).collect(),
+    };
+    prog.set_fast_path(0, ifindex[0], &fast, false)
+        .expect("kernel path");
+    let frames: Vec<Vec<u8>> = (0..64).map(|i| flow(i, SIZE)).collect();
+    let hashes = kernel_flow_hashes(frames.iter().map(Vec::as_slice));
+    let first: Vec<usize> = hashes
+        .iter()
+        .map(|&h| rank(h, members as usize, |_| true))
+        .collect();
+    assert!(
+        first.iter().any(|&m| m >= 16),
+        "some flow's first choice is member 16 or later"
+    );
+    let picks = |prog: &SourceProgram| -> Vec<PickCount> {
+        (0..most)
+            .map(|k| prog.pick_count(0, k).expect("pick count"))
+            .collect()
+    };
+    let too_big = |prog: &SourceProgram| prog.fast_stats(ifindex[31]).expect("stats").too_big;
+    // Sends every frame; asserts each verdict; returns each key's pick
+    // counts, (rehashed, all_down) and the last device's too_big, as deltas.
+    let pass = |prog: &SourceProgram, verdict: u32| {
+        let (p0, g0, t0) = (
+            picks(prog),
+            prog.group_count(0).expect("group"),
+            too_big(prog),
+        );
+        for f in &frames {
+            let (v, _) = mirror_user::kernel::test_run_raw(prog.xdp_tap_fd(), f).expect("run");
+            assert_eq!(v, verdict);
+        }
+        let (p1, g1, t1) = (
+            picks(prog),
+            prog.group_count(0).expect("group"),
+            too_big(prog),
+        );
+        let d: Vec<PickCount> = p0
+            .iter()
+            .zip(&p1)
+            .map(|(a, b)| PickCount {
+                packets: b.packets - a.packets,
+                bytes: b.bytes - a.bytes,
+                down: b.down - a.down,
+                rate_limited: b.rate_limited - a.rate_limited,
+            })
+            .collect();
+        (d, (g1.0 - g0.0, g1.1 - g0.1), t1 - t0)
+    };
+    // What each key should count: `to` its packets (SIZE bytes each), `down`.
+    let want = |to: &[usize], down: &[usize]| -> Vec<PickCount> {
+        (0..most as usize)
+            .map(|k| {
+                let n = to.iter().filter(|&&m| m == k).count() as u64;
+                PickCount {
+                    packets: n,
+                    bytes: n * SIZE as u64,
+                    down: down.iter().filter(|&&m| m == k).count() as u64,
+                    rate_limited: 0,
+                }
+            })
+            .collect()
+    };
+    let n = frames.len() as u64;
+
+    // Every member up: the first choice, with the plain target (a broadcast
+    // of two), which is too small for every frame.
+    let (d, g, t) = pass(&prog, XDP_REDIRECT);
+    assert_eq!(d, want(&first, &[]), "all up");
+    assert_eq!((g, t), ((0, 0), n), "all up: no rehash; too_big at key 31");
+
+    // Members 0-7 up only: flows whose first choice is later are rehashed.
+    prog.set_members_up(0, 0xff).expect("members");
+    let low: Vec<usize> = hashes
+        .iter()
+        .map(|&h| rank(h, members as usize, |i| i < 8))
+        .collect();
+    let moved = first.iter().filter(|&&m| m >= 8).count() as u64;
+    assert!(moved > 0);
+    let (d, g, t) = pass(&prog, XDP_REDIRECT);
+    assert_eq!(d, want(&low, &[]), "members 0-7 up");
+    assert_eq!((g, t), ((moved, 0), n), "members 0-7 up");
+
+    // Every member down: the plain target alone, which cannot take the frame.
+    prog.set_members_up(0, 0).expect("members");
+    let (d, g, t) = pass(&prog, XDP_DROP);
+    assert_eq!(
+        d,
+        want(&[], &first),
+        "all down: counted at the first choice"
+    );
+    assert_eq!((g, t), ((0, n), n), "all down");
+
+    // Every member up, the plain target's device gone: counted down at key 31.
+    prog.set_members_up(0, low_bits(members as usize))
+        .expect("members");
+    prog.set_dest(0, members, None).expect("down");
+    let (d, g, t) = pass(&prog, XDP_REDIRECT);
+    let last = vec![members as usize; frames.len()];
+    assert_eq!(d, want(&first, &last), "key 31 down");
+    assert_eq!((g, t), ((0, 0), 0), "key 31 down: not too big");
+}
+
+/// The kernel path's tunnel targets, frames sent for real
+/// (BPF_F_TEST_XDP_LIVE_FRAMES) in a namespace: a session of 32 VXLAN
+/// targets, each with its own VNI and its own veth (a0..a31; the kernel runs
+/// one DEVMAP program per device and flush, the first copy's). One frame is
+/// broadcast to all of them, and each copy is encapsulated by its own key's
+/// slot (the DEVMAP program of key K, xdp_tunnel_K, tells xdp_tunnel which
+/// through the metadata): each slot counts exactly one copy, and the wire
+/// carries each VNI once, out of its own device.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn each_kernel_tunnel_key_encapsulates_by_its_own_slot() {
+    require_root!();
+    use mirror_user::config::{TargetSpec, Tunnel};
+    use mirror_user::kernel::route::NextHop;
+    use mirror_user::kernel::{FastDest, FastSession, TunnelStats};
+    use mirror_user::lab::{self, Capture, Netns};
+    use mirror_user::target::{encap, kernel_tunnel};
+    let most = mirror_ebpf::limits::MAX_FAST_TARGETS;
+    let ns = Netns::new("tun32").expect("netns");
+    for k in 0..most {
+        let (a, b) = (format!("a{k}"), format!("b{k}"));
+        lab::veth(&ns, &a, &ns, &b, 1).expect("veth");
+        // bK takes XDP frames (ndo_xdp_xmit) from aK.
+        lab::gro_on(&ns, &b).expect("gro");
+    }
+    let _inside = Inside::enter(&ns);
+    let a: Vec<u32> = (0..most)
+        .map(|k| mirror_user::kernel::ifindex(&format!("a{k}")).expect("ifindex"))
+        .collect();
+    let hop = |k: u32| NextHop {
+        ifindex: a[k as usize],
+        mtu: 1500,
+        smac: [2, 0, 0, 0, 0, 1],
+        dmac: Some([2, 0, 0, 0, 0, 2]),
+        source: "10.0.0.1".parse().expect("ip"),
+        neighbour: "10.0.0.2".parse().expect("ip"),
+    };
+    let vxlan = TargetSpec::Vxlan {
+        tunnel: Tunnel {
+            remote: "10.0.0.2".parse().expect("ip"),
+            source: None,
+            mtu: 1500,
+        },
+        port: 4789,
+    };
+    let dests: Vec<FastDest> = (0..most)
+        .map(|k| FastDest {
+            tunnel: kernel_tunnel::headers(&vxlan, 100 + k, &hop(k), 0),
+            ..FastDest::new(a[k as usize], Some(1500))
+        })
+        .collect();
+    assert!(dests.iter().all(|d| d.tunnel.is_some()));
+    let mut prog = catch_all(1);
+    let fast = FastSession {
+        dests,
+        group: Vec::new(),
+    };
+    prog.set_fast_path(0, a[0], &fast, false)
+        .expect("kernel path");
+    let caps: Vec<Capture> = (0..most)
+        .map(|k| Capture::start(&ns, &format!("b{k}")).expect("capture"))
+        .collect();
+    let frame = flow(7, 200);
+    let input = libbpf_rs::ProgramInput {
+        data_in: Some(&frame),
+        flags: libbpf_sys::BPF_F_TEST_XDP_LIVE_FRAMES,
+        repeat: 1,
+        ..Default::default()
+    };
+    prog.xdp_tap()
+        .test_run(input)
+        .expect("BPF_PROG_TEST_RUN with live frames");
+    for k in 0..most {
+        assert_eq!(
+            prog.tunnel_stats(0, k).expect("stats"),
+            TunnelStats {
+                packets: 1,
+                bytes: frame.len() as u64,
+                ..Default::default()
+            },
+            "key {k}"
+        );
+    }
+    for (k, cap) in (0..most).zip(caps) {
+        let vnis: Vec<u32> = cap
+            .finish()
+            .iter()
+            .filter_map(|p| encap::decode_vxlan(p.get(34..)?))
+            .map(|h| h.vni)
+            .collect();
+        assert_eq!(vnis, [100 + k], "b{k}");
+    }
+}

@@ -484,3 +484,34 @@ pub fn flow_key(frame: &[u8]) -> Option<FlowKey> {
     ends.sort();
     Some((vlan, proto, ends))
 }
+
+/// This thread inside a network namespace until dropped (then back where it
+/// was): for kernel tests whose map updates and devices must see the
+/// namespace's interfaces (a DEVMAP entry is resolved in the caller's).
+pub struct Inside {
+    home: std::fs::File,
+}
+
+impl Inside {
+    pub fn enter(ns: &mirror_user::lab::Netns) -> Inside {
+        use std::os::fd::AsRawFd;
+        let home = std::fs::File::open("/proc/thread-self/ns/net").expect("this thread's netns");
+        let there = std::fs::File::open(std::path::Path::new("/run/netns").join(ns.name()))
+            .expect("the namespace");
+        // Safety: a namespace fd; setns affects only this thread.
+        let rc = unsafe { libc::setns(there.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        Inside { home }
+    }
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // Safety: as in `enter`, back to this thread's own namespace.
+        let rc = unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            eprintln!("setns back: {}", std::io::Error::last_os_error());
+        }
+    }
+}

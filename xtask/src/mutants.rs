@@ -138,8 +138,50 @@ const C_MUTANTS: &[CMutant] = &[
     CMutant {
         what: "the relay cuts by policy slot 0 whatever slot the frame was classified under",
         file: "mirror-ebpf/src/bpf/mirror.bpf.c",
-        from: "MIRROR_POLICY_SLOTS + (mark >> 10 & 1)].packet_length;",
+        from: "MIRROR_POLICY_SLOTS + (mark >> MIRROR_RELAY_PSLOT_SHIFT & 1)].packet_length;",
         to: "MIRROR_POLICY_SLOTS + 0].packet_length;",
+    },
+    CMutant {
+        what: "tunnel stubs lose their key: every copy goes out by the session's tunnel 0",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "meta->session = (meta->session & (MIRROR_MAX_SESSIONS - 1)) | k << MIRROR_META_KEY_SHIFT;",
+        to: "meta->session = meta->session & (MIRROR_MAX_SESSIONS - 1);",
+    },
+    CMutant {
+        what: "xdp_tunnel reads the key with the old 8-target mask: keys 8-31 take another slot",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "meta->session >> MIRROR_META_KEY_SHIFT & (MIRROR_MAX_FAST_TARGETS - 1)",
+        to: "meta->session >> MIRROR_META_KEY_SHIFT & 7",
+    },
+    CMutant {
+        what: "pick_member reads member i's up bit at i % 8: members 8-31 seem up when down",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "p->up & (1u << (i & 31))",
+        to: "p->up & (1u << (i & 7))",
+    },
+    CMutant {
+        what: "off-by-one: every member down takes the last member's variant, not the non-members'",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "if (all_down)\n\t\t\tvariant = f->group_n;",
+        to: "if (all_down)\n\t\t\tvariant = f->group_n - 1;",
+    },
+    CMutant {
+        what: "off-by-one: count_down never counts the last key (31)",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "for (__u32 i = 0; i < MIRROR_MAX_FAST_TARGETS; i++)\n\t\tif (down & (1u << i))",
+        to: "for (__u32 i = 0; i < MIRROR_MAX_FAST_TARGETS - 1; i++)\n\t\tif (down & (1u << i))",
+    },
+    CMutant {
+        what: "off-by-one: count_too_big never checks a session's last destination",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "if (i >= n)\n\t\t\tbreak;\n\t\tif (!(keys & (1u << i)))",
+        to: "if (i + 1 >= n)\n\t\t\tbreak;\n\t\tif (!(keys & (1u << i)))",
+    },
+    CMutant {
+        what: "the relay reads the destination with the old 8-target mask",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "slot = session * MIRROR_MAX_FAST_TARGETS + (mark & (MIRROR_MAX_FAST_TARGETS - 1));",
+        to: "slot = session * MIRROR_MAX_FAST_TARGETS + (mark & 7);",
     },
 ];
 

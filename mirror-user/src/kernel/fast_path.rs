@@ -23,7 +23,7 @@ impl SourceProgram {
     /// `xdp_fast_target` to count instead. Frames the session accepted before
     /// this went through userspace, counted there. Also attaches the
     /// transmit tracepoint (once per source).
-    pub(crate) fn set_fast_path(
+    pub fn set_fast_path(
         &mut self,
         session: u32,
         source_ifindex: u32,
@@ -160,7 +160,7 @@ impl SourceProgram {
     /// `xdp_tap` counts its copies `down`), else the device (ifindex and the
     /// longest frame it takes) to send to, again or anew (a port deleted and
     /// created again has a new ifindex).
-    pub(crate) fn set_dest(
+    pub fn set_dest(
         &mut self,
         session: u32,
         key: u32,
@@ -211,7 +211,7 @@ impl SourceProgram {
     }
 
     /// Which members of the session's target group are up (bit i: member i).
-    pub(crate) fn set_members_up(&mut self, session: u32, up: u32) -> Result<(), LoaderError> {
+    pub fn set_members_up(&mut self, session: u32, up: u32) -> Result<(), LoaderError> {
         match self
             .skel
             .maps
@@ -228,7 +228,7 @@ impl SourceProgram {
     }
 
     /// What group member `key` of the session was picked for, summed over CPUs.
-    pub(crate) fn pick_count(&self, session: u32, key: u32) -> Result<PickCount, LoaderError> {
+    pub fn pick_count(&self, session: u32, key: u32) -> Result<PickCount, LoaderError> {
         let v = self.percpu_sum(
             &self.skel.maps.fast_picks,
             "fast_picks",
@@ -244,7 +244,7 @@ impl SourceProgram {
     }
 
     /// The session's group: (rehashed, all_down) copies, summed over CPUs.
-    pub(crate) fn group_count(&self, session: u32) -> Result<(u64, u64), LoaderError> {
+    pub fn group_count(&self, session: u32) -> Result<(u64, u64), LoaderError> {
         let v = self.percpu_sum(&self.skel.maps.fast_groups, "fast_groups", session, 2)?;
         Ok((v[0], v[1]))
     }
@@ -502,7 +502,7 @@ impl SourceProgram {
 
     /// Fast-path counters of target device `ifindex`, summed over CPUs
     /// (zeros for a device this source never sent to).
-    pub(crate) fn fast_stats(&self, ifindex: u32) -> Result<FastStats, LoaderError> {
+    pub fn fast_stats(&self, ifindex: u32) -> Result<FastStats, LoaderError> {
         let per_cpu = self
             .skel
             .maps

@@ -62,7 +62,7 @@ impl TargetGroup {
 
 /// The highest-scoring member among those `eligible` says yes to.
 /// `n` is at least 1 and some member is eligible.
-pub(crate) fn rank(hash: u32, n: usize, eligible: impl Fn(usize) -> bool) -> usize {
+pub fn rank(hash: u32, n: usize, eligible: impl Fn(usize) -> bool) -> usize {
     (0..n)
         .filter(|&i| eligible(i))
         .max_by_key(|&i| score(hash, i as u32))
