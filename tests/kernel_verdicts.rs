@@ -965,9 +965,9 @@ fn a_thirty_two_target_kernel_path_picks_and_counts_at_every_key() {
 /// targets, each with its own VNI and its own veth (a0..a31; the kernel runs
 /// one DEVMAP program per device and flush, the first copy's). One frame is
 /// broadcast to all of them, and each copy is encapsulated by its own key's
-/// slot (the DEVMAP program of key K, xdp_tunnel_K, tells xdp_tunnel which
-/// through the metadata): each slot counts exactly one copy, and the wire
-/// carries each VNI once, out of its own device.
+/// slot (xdp_tunnel finds the key from the copy's egress device): each slot
+/// counts exactly one copy, and the wire carries each VNI once, out of its
+/// own device.
 #[test]
 #[ignore = "needs root: BPF and network namespaces"]
 fn each_kernel_tunnel_key_encapsulates_by_its_own_slot() {

@@ -142,16 +142,16 @@ const C_MUTANTS: &[CMutant] = &[
         to: "MIRROR_POLICY_SLOTS + 0].packet_length;",
     },
     CMutant {
-        what: "tunnel stubs lose their key: every copy goes out by the session's tunnel 0",
+        what: "xdp_tunnel takes every copy for its session's tunnel 0, whatever its device",
         file: "mirror-ebpf/src/bpf/mirror.bpf.c",
-        from: "meta->session = (meta->session & (MIRROR_MAX_SESSIONS - 1)) | k << MIRROR_META_KEY_SHIFT;",
-        to: "meta->session = meta->session & (MIRROR_MAX_SESSIONS - 1);",
+        from: "if (fast_dests[s & (MIRROR_MAX_SESSIONS - 1)][k].ifindex == ifindex)",
+        to: "if (fast_dests[s & (MIRROR_MAX_SESSIONS - 1)][k].ifindex != 0)",
     },
     CMutant {
-        what: "xdp_tunnel reads the key with the old 8-target mask: keys 8-31 take another slot",
+        what: "off-by-one: xdp_tunnel never finds a session's last destination",
         file: "mirror-ebpf/src/bpf/mirror.bpf.c",
-        from: "meta->session >> MIRROR_META_KEY_SHIFT & (MIRROR_MAX_FAST_TARGETS - 1)",
-        to: "meta->session >> MIRROR_META_KEY_SHIFT & 7",
+        from: "\t\tif (k >= n)\n\t\t\tbreak;",
+        to: "\t\tif (k + 1 >= n)\n\t\t\tbreak;",
     },
     CMutant {
         what: "pick_member reads member i's up bit at i % 8: members 8-31 seem up when down",

@@ -228,9 +228,7 @@ struct mirror_cache_entry {
  */
 struct mirror_meta {
 	__u16 magic;
-	__u16 session; /* | MIRROR_META_SLOT when the frame saw policy slot 1; on the
-			* kernel path, a tunnel stub's key in bits 8-12
-			* (MIRROR_META_KEY_SHIFT) */
+	__u16 session; /* | MIRROR_META_SLOT when the frame saw policy slot 1 */
 	__u32 hash;
 	__u64 tstamp;
 };
@@ -262,9 +260,6 @@ struct mirror_policy {
 enum mirror_policy_bits {
 	MIRROR_POLICY_SLOTS = 2,
 	MIRROR_META_SLOT = 0x8000, /* in mirror_meta.session: the frame saw slot 1 */
-	MIRROR_META_KEY_SHIFT = 8, /* in mirror_meta.session on the kernel path, bits 8-12:
-				    * the destination key a tunnel's DEVMAP program
-				    * (xdp_tunnel_K) puts there for xdp_tunnel */
 };
 
 /*
@@ -396,10 +391,11 @@ struct mirror_group_count {
 /*
  * In-kernel tunnels (tap mode). A VXLAN, GRE or ERSPAN target of a
  * kernel-path session is a DEVMAP entry whose device is the route's egress
- * device toward the collector and whose program is xdp_tunnel_K, K being the
- * entry's key (the target's place in the session). xdp_tap puts the session,
- * flow hash and time stamp in the frame's XDP metadata (struct mirror_meta);
- * xdp_tunnel_K adds K there and tail-calls xdp_tunnel, which reads them, cuts the copy to `max_inner`, pushes the outer
+ * device toward the collector and whose program is xdp_tunnel. xdp_tap puts
+ * the session, flow hash and time stamp in the frame's XDP metadata (struct
+ * mirror_meta); xdp_tunnel reads them, finds the target's key K (its place in
+ * the session) from the copy's egress device, which no other target of the
+ * source uses, cuts the copy to `max_inner`, pushes the outer
  * headers userspace prepared in slot session * MIRROR_MAX_FAST_TARGETS + K of
  * `tunnels` and fills in what changes per copy: IP length, ID and checksum,
  * the VXLAN source port (from the flow hash) and, over IPv6, its UDP checksum

@@ -249,6 +249,9 @@ struct mirror_fast_session fast_session[MIRROR_MAX_SESSIONS];
 /* Copies a tunnel program got without metadata (a driver without an XDP
  * metadata area): dropped, as no session can be told. Never expected. */
 __u64 tunnel_no_meta;
+/* Copies xdp_tunnel got on a device none of their session's destinations
+ * has (see there): dropped. */
+__u64 tunnel_no_dest;
 /* Fast path: the session's destinations, and the longest frame all of them
  * take: a frame longer than that is checked against each, and counted
  * too_big where the kernel would skip it (one comparison per frame
@@ -866,11 +869,36 @@ int xdp_fast_target(struct xdp_md *ctx)
 }
 
 /*
- * In-kernel tunnels: what a session's tunnel target K does with a copy (see
- * struct mirror_tunnel), K being in the copy's metadata (put there by
- * xdp_tunnel_K, below, which tail-calls this). Runs once per copy, on the
+ * The key of session s's destination on device `ifindex`, or
+ * MIRROR_MAX_FAST_TARGETS when it has none there. Userspace gives each
+ * tunnel of a source an egress device no other target of the source uses
+ * (plan.rs, tunnels_not_for_the_kernel), so the device tells the tunnel.
+ */
+static __always_inline __u32 dest_key(__u32 s, __u32 ifindex)
+{
+	__u32 n = fast_ndests[s & (MIRROR_MAX_SESSIONS - 1)];
+
+	for (__u32 k = 0; k < MIRROR_MAX_FAST_TARGETS; k++) {
+		if (k >= n)
+			break;
+		if (fast_dests[s & (MIRROR_MAX_SESSIONS - 1)][k].ifindex == ifindex)
+			return k;
+	}
+	return MIRROR_MAX_FAST_TARGETS;
+}
+
+/*
+ * In-kernel tunnels: what a session's tunnel target does with a copy (see
+ * struct mirror_tunnel). Every tunnel entry of every DEVMAP runs this one
+ * program, and it finds the target from the copy's session (metadata) and
+ * egress device, never from which entry's program runs: the kernel queues a
+ * device's redirected frames per CPU and runs the program of the first frame
+ * queued over the whole batch (bq_enqueue in kernel/bpf/devmap.c), so copies
+ * of two sessions, or of two keys, share a run. Runs once per copy, on the
  * CPU that redirected it, just before the egress device transmits. Every
- * copy it is given ends in exactly one of its counters.
+ * copy it is given ends in exactly one of its counters, but for one whose
+ * device no destination of its session has (a route moving, between the
+ * DEVMAP's update and fast_dests'), counted in tunnel_no_dest.
  */
 SEC("xdp/devmap")
 int xdp_tunnel(struct xdp_md *ctx)
@@ -881,15 +909,20 @@ int xdp_tunnel(struct xdp_md *ctx)
 	struct mirror_tunnel_stats *st;
 	struct mirror_tunnel *t;
 	struct tun_copy c = {};
-	__u32 slot, len;
+	__u32 session, key, slot, len;
 	__u64 *seq;
 
 	if ((void *)(meta + 1) > data || meta->magic != MIRROR_META_MAGIC) {
 		__sync_fetch_and_add(&tunnel_no_meta, 1);
 		return XDP_DROP;
 	}
-	slot = (meta->session & (MIRROR_MAX_SESSIONS - 1)) * MIRROR_MAX_FAST_TARGETS +
-	       (meta->session >> MIRROR_META_KEY_SHIFT & (MIRROR_MAX_FAST_TARGETS - 1));
+	session = meta->session & (MIRROR_MAX_SESSIONS - 1);
+	key = dest_key(session, ctx->egress_ifindex);
+	if (key >= MIRROR_MAX_FAST_TARGETS) {
+		__sync_fetch_and_add(&tunnel_no_dest, 1);
+		return XDP_DROP;
+	}
+	slot = session * MIRROR_MAX_FAST_TARGETS + key;
 	c.hash = meta->hash;
 	c.tstamp = meta->tstamp;
 	t = bpf_map_lookup_elem(&tunnels, &slot);
@@ -937,90 +970,6 @@ error:
 	st->errors += 1;
 	return XDP_DROP;
 }
-
-/* xdp_tunnel, the one program that encapsulates, for the stubs' tail call. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
-	__uint(key_size, sizeof(__u32)); /* no BTF key: a PROG_ARRAY takes none */
-	__array(values, int(void *));
-} tunnel_tail SEC(".maps") = {
-	.values = { [0] = (void *)&xdp_tunnel },
-};
-
-/*
- * One program per DEVMAP key K: the entry's program is how a copy learns
- * which of its session's targets it is for (two tunnels may share a
- * device). Each is a stub that writes K into the copy's metadata (every
- * destination of a broadcast gets a copy of its own) and tail-calls
- * xdp_tunnel, so the verifier checks the encapsulation once, not once per
- * key (32 times over, most of a second at every start).
- */
-static __always_inline int tunnel_stub(struct xdp_md *ctx, const __u32 k)
-{
-	struct mirror_meta *meta = (void *)(long)ctx->data_meta;
-	struct mirror_tunnel_stats *st;
-	__u32 slot;
-
-	if ((void *)(meta + 1) > (void *)(long)ctx->data || meta->magic != MIRROR_META_MAGIC) {
-		__sync_fetch_and_add(&tunnel_no_meta, 1);
-		return XDP_DROP;
-	}
-	/* Before the call: a tail call invalidates packet pointers (meta). */
-	slot = (meta->session & (MIRROR_MAX_SESSIONS - 1)) * MIRROR_MAX_FAST_TARGETS + k;
-	meta->session = (meta->session & (MIRROR_MAX_SESSIONS - 1)) | k << MIRROR_META_KEY_SHIFT;
-	bpf_tail_call(ctx, &tunnel_tail, 0);
-	/* Not taken: the slot is filled at load and emptied only once the
-	 * daemon drops the object, after its links (an error, never expected). */
-	st = bpf_map_lookup_elem(&tunnel_stats, &slot);
-	if (st)
-		st->errors += 1;
-	return XDP_DROP;
-}
-
-/* The key fits between the session and MIRROR_META_SLOT. */
-_Static_assert(MIRROR_MAX_SESSIONS <= 1 << MIRROR_META_KEY_SHIFT, "metadata: session");
-_Static_assert(MIRROR_MAX_FAST_TARGETS << MIRROR_META_KEY_SHIFT <= MIRROR_META_SLOT,
-	       "metadata: key");
-
-#define TUNNEL_PROG(K)                              \
-	SEC("xdp/devmap")                           \
-	int xdp_tunnel_##K(struct xdp_md *ctx)      \
-	{                                           \
-		return tunnel_stub(ctx, K);         \
-	}
-TUNNEL_PROG(0)
-TUNNEL_PROG(1)
-TUNNEL_PROG(2)
-TUNNEL_PROG(3)
-TUNNEL_PROG(4)
-TUNNEL_PROG(5)
-TUNNEL_PROG(6)
-TUNNEL_PROG(7)
-TUNNEL_PROG(8)
-TUNNEL_PROG(9)
-TUNNEL_PROG(10)
-TUNNEL_PROG(11)
-TUNNEL_PROG(12)
-TUNNEL_PROG(13)
-TUNNEL_PROG(14)
-TUNNEL_PROG(15)
-TUNNEL_PROG(16)
-TUNNEL_PROG(17)
-TUNNEL_PROG(18)
-TUNNEL_PROG(19)
-TUNNEL_PROG(20)
-TUNNEL_PROG(21)
-TUNNEL_PROG(22)
-TUNNEL_PROG(23)
-TUNNEL_PROG(24)
-TUNNEL_PROG(25)
-TUNNEL_PROG(26)
-TUNNEL_PROG(27)
-TUNNEL_PROG(28)
-TUNNEL_PROG(29)
-TUNNEL_PROG(30)
-TUNNEL_PROG(31)
 
 /* Only the fields we read; CO-RE finds their offsets in the running
  * kernel's BTF. */

@@ -57,7 +57,7 @@ impl SourceProgram {
                         .retain(|(k, _)| *k != (session, key as u32));
                     self.tunnel_devices
                         .push(((session, key as u32), vec![d.ifindex]));
-                    self.tunnel_prog_fd(key as u32)?
+                    self.tunnel_prog_fd()
                 }
                 None => count_fd,
             };
@@ -281,23 +281,11 @@ impl SourceProgram {
         Ok(out)
     }
 
-    /// The DEVMAP program of tunnel target `key` of a session: `xdp_tunnel_K`,
-    /// one per key (`TUNNEL_PROG` in mirror.bpf.c), K = `key`.
-    fn tunnel_prog_fd(&self, key: u32) -> Result<i32, LoaderError> {
-        use libbpf_rs::skel::Skel;
-        let name = format!("xdp_tunnel_{key}");
-        self.skel
-            .object()
-            .progs()
-            .find(|p| p.name() == std::ffi::OsStr::new(&name))
-            .map(|p| p.as_fd().as_raw_fd())
-            .ok_or_else(|| LoaderError::Map {
-                map: "xdp_tunnel_K",
-                source: libbpf_rs::Error::from(std::io::Error::other(format!(
-                    "no program {name}: a session has at most {} kernel-path targets",
-                    mirror_ebpf::limits::MAX_FAST_TARGETS
-                ))),
-            })
+    /// The DEVMAP program of every tunnel entry: `xdp_tunnel`, which finds
+    /// the target from the copy's session and egress device (the kernel runs
+    /// one entry's program over a device's whole transmit batch).
+    fn tunnel_prog_fd(&self) -> i32 {
+        self.skel.progs.xdp_tunnel.as_fd().as_raw_fd()
     }
 
     /// Writes (or rewrites, when the next hop changed) the outer headers of
@@ -340,7 +328,7 @@ impl SourceProgram {
         max_len: u32,
     ) -> Result<(), LoaderError> {
         let map_err = |map| move |source| LoaderError::Map { map, source };
-        let prog_fd = self.tunnel_prog_fd(key)?;
+        let prog_fd = self.tunnel_prog_fd();
         for (_, _, _, devmap) in self
             .fast_devmaps
             .iter()
