@@ -687,3 +687,95 @@ fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
         );
     }
 }
+
+/// Copy mode's kernel tunnels end to end in the kernel: the source's tcx
+/// program marks each tunnel destination's clone with its session and key
+/// and sends it to the relay (a TAP whose tcx egress runs `tc_relay`, as
+/// the daemon sets it up), which encapsulates it by that slot. Session dns
+/// (1, not 0: the session's bits count) has three tunnels on the relay,
+/// each with its own VNI, out of a0: b0 gets one copy per VNI, and each
+/// slot and each destination counts exactly one.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn the_source_marks_each_tunnel_clone_with_its_own_slot_for_the_relay() {
+    require_root!();
+    use mirror_user::config::{TargetSpec, Tunnel};
+    use mirror_user::kernel::route::NextHop;
+    use mirror_user::kernel::{CloneDest, CloneStats, TunnelStats};
+    use mirror_user::lab::{self, Capture, Netns};
+    use mirror_user::target::{encap, kernel_tunnel};
+    use std::os::fd::AsFd;
+
+    let ns = Netns::new("relaymark").expect("netns");
+    lab::veth(&ns, "a0", &ns, "b0", 1).expect("veth");
+    let mut fx = Copy::new(1 << 20);
+    let _inside = Inside::enter(&ns);
+    let a0 = mirror_user::kernel::ifindex("a0").expect("ifindex");
+    let relay = fx.prog.attach_relay(a0).expect("relay");
+    let hop = NextHop {
+        ifindex: a0,
+        mtu: 1500,
+        smac: [2, 0, 0, 0, 0, 1],
+        dmac: Some([2, 0, 0, 0, 0, 2]),
+        source: "10.0.0.1".parse().expect("ip"),
+        neighbour: "10.0.0.2".parse().expect("ip"),
+    };
+    let vxlan = TargetSpec::Vxlan {
+        tunnel: Tunnel {
+            remote: "10.0.0.2".parse().expect("ip"),
+            source: None,
+            mtu: 1500,
+        },
+        port: 4789,
+    };
+    const KEYS: u32 = 3;
+    for k in 0..KEYS {
+        let h = kernel_tunnel::headers(&vxlan, 40 + k, &hop, 0).expect("headers");
+        fx.prog.set_tunnel(1, k, &h).expect("slot");
+    }
+    let dest = CloneDest {
+        ifindex: relay,
+        max_len: u32::MAX,
+        tunnel: true,
+    };
+    fx.prog
+        .set_clone_path(1, &[dest; KEYS as usize])
+        .expect("clone path");
+    let b0 = Capture::start(&ns, "b0").expect("capture");
+    let frame = udp(50);
+    let [_, _, ingress] = fx.prog.copy_fds();
+    let (verdict, out) = test_run_raw(ingress.as_fd(), &frame).expect("BPF_PROG_TEST_RUN");
+    assert_eq!((verdict, &out), (TC_NEXT, &frame), "passed on unchanged");
+    let got = b0.finish();
+    let mut vnis: Vec<u32> = got
+        .iter()
+        .map(|p| {
+            assert_eq!(&p[50..], &frame[..], "the frame whole after the headers");
+            encap::decode_vxlan(&p[34..]).expect("VXLAN").vni
+        })
+        .collect();
+    vnis.sort_unstable();
+    assert_eq!(vnis, [40, 41, 42], "one copy per slot, each by its own");
+    for k in 0..KEYS {
+        let one = frame.len() as u64;
+        assert_eq!(
+            fx.prog.clone_stats(1, k).expect("stats"),
+            CloneStats {
+                packets: 1,
+                bytes: one,
+                ..Default::default()
+            },
+            "destination {k}"
+        );
+        assert_eq!(
+            fx.prog.tunnel_stats(1, k).expect("stats"),
+            TunnelStats {
+                packets: 1,
+                bytes: one,
+                ..Default::default()
+            },
+            "slot 1/{k}"
+        );
+    }
+    assert_eq!(fx.prog.relay_foreign(), 0);
+}

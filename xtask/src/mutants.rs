@@ -178,6 +178,12 @@ const C_MUTANTS: &[CMutant] = &[
         to: "if (i + 1 >= n)\n\t\t\tbreak;\n\t\tif (!(keys & (1u << i)))",
     },
     CMutant {
+        what: "the source marks relay clones with the old 3-bit destination field",
+        file: "mirror-ebpf/src/bpf/mirror.bpf.c",
+        from: "s << MIRROR_RELAY_SESSION_SHIFT | i;",
+        to: "s << 3 | i;",
+    },
+    CMutant {
         what: "the relay reads the destination with the old 8-target mask",
         file: "mirror-ebpf/src/bpf/mirror.bpf.c",
         from: "slot = session * MIRROR_MAX_FAST_TARGETS + (mark & (MIRROR_MAX_FAST_TARGETS - 1));",
