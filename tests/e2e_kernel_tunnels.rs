@@ -349,7 +349,7 @@ fn kernel_tunnels_put_the_userspace_paths_bytes_on_the_wire_and_count_every_copy
 /// route is back; every copy is accounted for.
 #[test]
 #[ignore = "needs root: BPF and network namespaces"]
-fn a_kernel_tunnel_whose_route_goes_counts_down_and_resumes() {
+fn a_kernel_tunnel_whose_route_goes_or_moves_onto_another_targets_device_counts_down_and_resumes() {
     require_root!();
     let lab = Lab::new(1).expect("lab");
     let col = collectors(&lab);
@@ -381,13 +381,28 @@ fn a_kernel_tunnel_whose_route_goes_counts_down_and_resumes() {
     let st = settled(&mut client, 200);
     assert_eq!(st.targets["gre"].sent_packets, 200);
 
+    // The GRE collector's route moves onto vx's link (col0; col1 answers
+    // ARP for 10.99.2.2 too). The kernel runs one DEVMAP program over a
+    // device's whole transmit batch, so gre and vx copies must not share a
+    // device: gre stays down, its copies counted, none out of col0.
     lab.src
         .ip(&["route", "del", "10.99.2.0/24", "dev", "gr0"])
         .expect("route del");
+    lab.src
+        .ip(&["route", "add", "10.99.2.0/24", "dev", "col0"])
+        .expect("route add");
     // The next-hop thread looks every 100 ms: give it a few rounds.
     std::thread::sleep(Duration::from_millis(500));
+    let on_col1 = Capture::start(&col, "col1").expect("capture");
     assert_eq!(send(batch(200)), 200);
     let st = settled(&mut client, 400);
+    let stray = on_col1
+        .finish()
+        .iter()
+        .filter_map(|f| ipv4_payload(f))
+        .filter(|(d, _, _)| *d != Ipv4Addr::new(10, 99, 1, 2))
+        .count();
+    assert_eq!(stray, 0, "only vx's copies leave through col0");
     let gre = &st.targets["gre"];
     assert_reconciles("gre", gre);
     assert_eq!(gre.sent_packets, 200, "{:?}", gre.dropped);
@@ -396,6 +411,9 @@ fn a_kernel_tunnel_whose_route_goes_counts_down_and_resumes() {
         assert_eq!(st.targets[name].sent_packets, 400, "{name} carries on");
     }
 
+    lab.src
+        .ip(&["route", "del", "10.99.2.0/24", "dev", "col0"])
+        .expect("route del");
     lab.src
         .ip(&["route", "add", "10.99.2.0/24", "dev", "gr0"])
         .expect("route add");
@@ -417,6 +435,7 @@ fn a_kernel_tunnel_whose_route_goes_counts_down_and_resumes() {
     assert_eq!(back, 200, "the collector gets the copies again");
     let log = daemon.log_text();
     assert!(log.contains("kernel tunnel down"), "{log}");
+    assert!(log.contains("target `vx` of the same source"), "{log}");
     assert!(log.contains("headers rewritten"), "{log}");
 
     // SIGKILL: the XDP link dies with the process, and with it the DEVMAPs

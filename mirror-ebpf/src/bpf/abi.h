@@ -323,11 +323,14 @@ struct mirror_fast_stats {
 	__u64 bytes;
 	__u64 xmit_drops;
 	__u64 too_big;
+	__u64 no_key; /* tunnel copies xdp_tunnel found no destination for on this
+		       * device (a route moving): dropped, in xmit_drops too */
 };
 
 /* One destination of a session's fast path, as xdp_tap checks it. */
 struct mirror_fast_dest {
-	__u32 ifindex;
+	__u32 ifindex; /* for a tunnel its egress device, which also tells xdp_tunnel
+			* which of the session's tunnels a copy is for */
 	__u32 max_len; /* longest frame the device takes */
 };
 
@@ -357,8 +360,9 @@ struct mirror_fast_session {
 	__u8 active;      /* 1: the session is on the kernel path (set last) */
 	__u8 reserved;
 	__u32 members_up; /* bit i: member i is up */
-	__u32 dests_down; /* bit k: interface destination k is down or gone (its
-			   * DEVMAP entry removed): its copies are counted `down` */
+	__u32 dests_down; /* bit k: destination k (interface or tunnel) is down or
+			   * gone (its DEVMAP entry removed): its copies are
+			   * counted `down` */
 	__u8 group_keys[MIRROR_MAX_FAST_TARGETS];   /* DEVMAP key of member i */
 	__u32 variant_keys[MIRROR_FAST_VARIANTS];  /* bit k: key k is in the variant */
 	__u8 variant_single[MIRROR_FAST_VARIANTS]; /* 1 + its key when the variant has

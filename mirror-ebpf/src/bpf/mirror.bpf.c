@@ -249,9 +249,6 @@ struct mirror_fast_session fast_session[MIRROR_MAX_SESSIONS];
 /* Copies a tunnel program got without metadata (a driver without an XDP
  * metadata area): dropped, as no session can be told. Never expected. */
 __u64 tunnel_no_meta;
-/* Copies xdp_tunnel got on a device none of their session's destinations
- * has (see there): dropped. */
-__u64 tunnel_no_dest;
 /* Fast path: the session's destinations, and the longest frame all of them
  * take: a frame longer than that is checked against each, and counted
  * too_big where the kernel would skip it (one comparison per frame
@@ -872,15 +869,21 @@ int xdp_fast_target(struct xdp_md *ctx)
  * The key of session s's destination on device `ifindex`, or
  * MIRROR_MAX_FAST_TARGETS when it has none there. Userspace gives each
  * tunnel of a source an egress device no other target of the source uses
- * (plan.rs, tunnels_not_for_the_kernel), so the device tells the tunnel.
+ * (at start, plan.rs's tunnels_not_for_the_kernel; while running, a route
+ * that moves onto such a device keeps the tunnel down, tunnels.rs), so the
+ * device tells the tunnel. A key that is down is out of the DEVMAPs and is
+ * skipped: its device may be another's by now.
  */
 static __always_inline __u32 dest_key(__u32 s, __u32 ifindex)
 {
 	__u32 n = fast_ndests[s & (MIRROR_MAX_SESSIONS - 1)];
+	__u32 down = fast_session[s & (MIRROR_MAX_SESSIONS - 1)].dests_down;
 
 	for (__u32 k = 0; k < MIRROR_MAX_FAST_TARGETS; k++) {
 		if (k >= n)
 			break;
+		if (down & (1u << k))
+			continue; /* out of the DEVMAPs: its device is not its own now */
 		if (fast_dests[s & (MIRROR_MAX_SESSIONS - 1)][k].ifindex == ifindex)
 			return k;
 	}
@@ -898,7 +901,7 @@ static __always_inline __u32 dest_key(__u32 s, __u32 ifindex)
  * CPU that redirected it, just before the egress device transmits. Every
  * copy it is given ends in exactly one of its counters, but for one whose
  * device no destination of its session has (a route moving, between the
- * DEVMAP's update and fast_dests'), counted in tunnel_no_dest.
+ * DEVMAP's update and fast_dests'), counted in the device's no_key.
  */
 SEC("xdp/devmap")
 int xdp_tunnel(struct xdp_md *ctx)
@@ -909,7 +912,7 @@ int xdp_tunnel(struct xdp_md *ctx)
 	struct mirror_tunnel_stats *st;
 	struct mirror_tunnel *t;
 	struct tun_copy c = {};
-	__u32 session, key, slot, len;
+	__u32 session, ifindex, key, slot, len;
 	__u64 *seq;
 
 	if ((void *)(meta + 1) > data || meta->magic != MIRROR_META_MAGIC) {
@@ -917,9 +920,13 @@ int xdp_tunnel(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 	session = meta->session & (MIRROR_MAX_SESSIONS - 1);
-	key = dest_key(session, ctx->egress_ifindex);
+	ifindex = ctx->egress_ifindex;
+	key = dest_key(session, ifindex);
 	if (key >= MIRROR_MAX_FAST_TARGETS) {
-		__sync_fetch_and_add(&tunnel_no_dest, 1);
+		struct mirror_fast_stats *fs = bpf_map_lookup_elem(&fast_stats, &ifindex);
+
+		if (fs)
+			fs->no_key += 1;
 		return XDP_DROP;
 	}
 	slot = session * MIRROR_MAX_FAST_TARGETS + key;

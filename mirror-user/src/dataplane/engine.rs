@@ -1218,6 +1218,14 @@ impl Plane {
                     source: source.clone(),
                     session: kidx as u32,
                     members: g.members.iter().map(|&m| self.targets[m].clone()).collect(),
+                    devices: g
+                        .members
+                        .iter()
+                        .filter_map(|&m| {
+                            let name = &self.config.targets[m].name;
+                            self.target_ifindex[m].map(|i| (i, name.clone()))
+                        })
+                        .collect(),
                     up: crate::kernel::fast_path::low_bits(g.members.len()),
                 });
             }

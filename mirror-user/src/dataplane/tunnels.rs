@@ -54,8 +54,12 @@ pub(super) struct KernelTunnel {
 }
 
 impl KernelTunnel {
-    /// Looks the next hop up again and rewrites what changed.
-    fn check(&mut self) {
+    /// Looks the next hop up again and rewrites what changed. `taken`: the
+    /// devices other targets of its source send through (tap mode), which
+    /// its copies must not share: the kernel runs one DEVMAP program over a
+    /// device's whole transmit batch and `xdp_tunnel` tells targets apart by
+    /// their device, so a route onto one of them keeps the tunnel down.
+    fn check(&mut self, taken: &[(u32, String)]) {
         let Some(&crate::config::Tunnel { remote, source, .. }) = self.spec.tunnel() else {
             return;
         };
@@ -67,8 +71,13 @@ impl KernelTunnel {
                 .and_then(|n| crate::kernel::netdev::is_running(&n))
                 .unwrap_or(false)
         };
+        let shared = |h: &NextHop| {
+            taken
+                .iter()
+                .find(|(i, name)| self.devmap && *i == h.ifindex && *name != self.target)
+        };
         let hop = match &found {
-            Ok(h) if h.dmac.is_some() && running(h) => Some(*h),
+            Ok(h) if h.dmac.is_some() && running(h) && shared(h).is_none() => Some(*h),
             _ => None,
         };
         if hop == self.hop {
@@ -121,7 +130,18 @@ impl KernelTunnel {
                         remote = %remote,
                         why = %match &found {
                             Err(e) => e.to_string(),
-                            Ok(_) => "the next hop's MAC is not known (no ARP/ND answer)".into(),
+                            Ok(h) => match shared(h) {
+                                Some((_, other)) => format!(
+                                    "its route leaves through device {}, which target `{other}` \
+                                     of the same source sends through: the kernel path needs a \
+                                     device of its own for each tunnel",
+                                    h.ifindex
+                                ),
+                                None if h.dmac.is_none() => {
+                                    "the next hop's MAC is not known (no ARP/ND answer)".into()
+                                }
+                                None => format!("its egress device {} is not running", h.ifindex),
+                            },
                         },
                         "kernel tunnel down: copies are dropped, counted `down`, until it is back"
                     );
@@ -148,6 +168,9 @@ pub(super) struct KernelGroup {
     pub session: u32,
     /// Its members, in the group's order.
     pub members: Vec<Arc<TargetQueue>>,
+    /// Its interface members' devices, by target name (what a tunnel of the
+    /// source must not move onto).
+    pub devices: Vec<(u32, String)>,
     /// What the kernel was last told (bit i: member i up).
     pub up: u32,
 }
@@ -260,8 +283,27 @@ pub(super) fn keep(
     stop: &AtomicBool,
 ) {
     while !stop.load(Ordering::Relaxed) {
-        for t in &mut tunnels {
-            t.check();
+        for i in 0..tunnels.len() {
+            let source = &tunnels[i].source;
+            let same = |s: &Arc<Source>| Arc::ptr_eq(s, source);
+            let taken: Vec<(u32, String)> = dests
+                .iter()
+                .filter(|d| same(&d.source))
+                .map(|d| (d.ifindex, d.target.clone()))
+                .chain(
+                    groups
+                        .iter()
+                        .filter(|g| same(&g.source))
+                        .flat_map(|g| g.devices.iter().cloned()),
+                )
+                .chain(
+                    tunnels
+                        .iter()
+                        .filter(|o| same(&o.source) && o.hop.is_some())
+                        .map(|o| (o.device, o.target.clone())),
+                )
+                .collect();
+            tunnels[i].check(&taken);
         }
         for g in &mut groups {
             g.check();

@@ -317,16 +317,45 @@ impl SourceProgram {
             })
     }
 
-    /// Moves destination `key` of the session's DEVMAP to device `ifindex`
-    /// (a tunnel whose route now leaves elsewhere), with `max_len` for the
-    /// too-big check.
-    pub(crate) fn move_tunnel(
+    /// Tunnel destination `key` of the session down (`None`: as
+    /// [`Self::set_dest`] takes an interface's out, so that `xdp_tap` counts
+    /// its copies `down`; the kernel would drop a copy redirected to an
+    /// egress device that is down before the tunnel program counts it), or
+    /// up, or moved, through device `ifindex` with `max_len` for the too-big
+    /// check (a tunnel whose route now leaves elsewhere).
+    ///
+    /// In that order: the device's counters, then what `xdp_tunnel` finds
+    /// the key by (`fast_dests`), then the down bit, and last the DEVMAP
+    /// entries, so that no copy reaches the device before it is counted and
+    /// known. Coming back, no copy reaches the key before its entry does;
+    /// moving while up, a copy already queued to the old device finds no key
+    /// there and is counted in that device's `no_key`.
+    pub(crate) fn set_tunnel_dest(
         &mut self,
         session: u32,
         key: u32,
-        ifindex: u32,
-        max_len: u32,
+        device: Option<(u32, u32)>,
     ) -> Result<(), LoaderError> {
+        let Some((ifindex, max_len)) = device else {
+            return self.set_dest(session, key, None);
+        };
+        self.ensure_fast_stats(ifindex)?;
+        match self
+            .tunnel_devices
+            .iter_mut()
+            .find(|(k, _)| *k == (session, key))
+        {
+            Some((_, devs)) if !devs.contains(&ifindex) => devs.push(ifindex),
+            Some(_) => {}
+            None => self.tunnel_devices.push(((session, key), vec![ifindex])),
+        }
+        self.point_dest(session, key, ifindex, max_len)?;
+        match self.skel.maps.bss_data.as_deref_mut() {
+            Some(bss) if (session as usize) < bss.fast_session.len() => {
+                bss.fast_session[session as usize].dests_down &= !(1u32 << key);
+            }
+            _ => return Err(bss_error("fast_session", session)),
+        }
         let map_err = |map| move |source| LoaderError::Map { map, source };
         let prog_fd = self.tunnel_prog_fd();
         for (_, _, _, devmap) in self
@@ -342,41 +371,7 @@ impl SourceProgram {
                 )
                 .map_err(map_err("mirror_fast"))?;
         }
-        self.ensure_fast_stats(ifindex)?;
-        match self
-            .tunnel_devices
-            .iter_mut()
-            .find(|(k, _)| *k == (session, key))
-        {
-            Some((_, devs)) if !devs.contains(&ifindex) => devs.push(ifindex),
-            Some(_) => {}
-            None => self.tunnel_devices.push(((session, key), vec![ifindex])),
-        }
-        self.point_dest(session, key, ifindex, max_len)
-    }
-
-    /// Tunnel destination `key` of the session down (`None`: as
-    /// [`Self::set_dest`] takes an interface's out, so that `xdp_tap` counts
-    /// its copies `down`; the kernel would drop a copy redirected to an
-    /// egress device that is down before the tunnel program counts it), or
-    /// up again through device `ifindex` ([`Self::move_tunnel`]).
-    pub(crate) fn set_tunnel_dest(
-        &mut self,
-        session: u32,
-        key: u32,
-        device: Option<(u32, u32)>,
-    ) -> Result<(), LoaderError> {
-        let Some((ifindex, max_len)) = device else {
-            return self.set_dest(session, key, None);
-        };
-        self.move_tunnel(session, key, ifindex, max_len)?;
-        match self.skel.maps.bss_data.as_deref_mut() {
-            Some(bss) if (session as usize) < bss.fast_session.len() => {
-                bss.fast_session[session as usize].dests_down &= !(1u32 << key);
-                Ok(())
-            }
-            _ => Err(bss_error("fast_session", session)),
-        }
+        Ok(())
     }
 
     /// Gives device `ifindex` fast-path counters (zeros) unless it has them.
@@ -507,6 +502,7 @@ impl SourceProgram {
             out.bytes += u64_at(&v, 1);
             out.xmit_drops += u64_at(&v, 2);
             out.too_big += u64_at(&v, 3);
+            out.no_key += u64_at(&v, 4);
         }
         Ok(out)
     }
@@ -602,6 +598,9 @@ pub struct FastStats {
     pub xmit_drops: u64,
     /// Frames not handed to it: longer than it takes (counted by `xdp_tap`).
     pub too_big: u64,
+    /// Tunnel copies `xdp_tunnel` dropped on it because no destination of
+    /// their session was on it any more (a route moving); in `xmit_drops` too.
+    pub no_key: u64,
 }
 
 impl std::ops::AddAssign for FastStats {
@@ -610,6 +609,7 @@ impl std::ops::AddAssign for FastStats {
         self.bytes += o.bytes;
         self.xmit_drops += o.xmit_drops;
         self.too_big += o.too_big;
+        self.no_key += o.no_key;
     }
 }
 

@@ -132,7 +132,7 @@ fn bss_error(map: &'static str, session: u32) -> LoaderError {
 pub struct SourceProgram {
     /// Dropping a link detaches its program; so does the process dying.
     /// First, before the object below: nothing runs on a half-dropped one
-    /// (its PROG_ARRAY emptied, say).
+    /// (its maps gone under a program still attached, say).
     links: Vec<OwnedFd>,
     /// The generation frames are classified with (`active_generation`).
     generation: u32,
