@@ -166,44 +166,70 @@ impl SourceProgram {
         key: u32,
         device: Option<(u32, u32)>,
     ) -> Result<(), LoaderError> {
-        let map_err = |map| move |source| LoaderError::Map { map, source };
-        let s = session as usize;
+        let fd = if self.fast_generic {
+            self.skel.progs.xdp_fast_target.as_fd().as_raw_fd()
+        } else {
+            0
+        };
+        self.put_dest(session, key, device, fd)
+    }
+
+    /// Destination `key` of the session out of its DEVMAPs (`None`: its
+    /// copies counted `down` by `xdp_tap` from then on), or into them through
+    /// device `ifindex` with `max_len` for the too-big check, its entry
+    /// running program `prog_fd` (0: none).
+    ///
+    /// Putting it in, in this order: the device's counters, then what
+    /// `xdp_tap` and `xdp_tunnel` know it by (`fast_dests`), then the down
+    /// bit, and last the DEVMAP entries, so that no copy reaches the device
+    /// before it is counted and known, and none is both counted `down` and
+    /// sent. A tunnel moving while up: a copy already queued to its old
+    /// device finds no key there and is counted in that device's `no_key`.
+    fn put_dest(
+        &mut self,
+        session: u32,
+        key: u32,
+        device: Option<(u32, u32)>,
+        prog_fd: i32,
+    ) -> Result<(), LoaderError> {
         let bit = 1u32 << key;
-        if device.is_none() {
-            match self.skel.maps.bss_data.as_deref_mut() {
-                Some(bss) if s < bss.fast_session.len() => bss.fast_session[s].dests_down |= bit,
-                _ => return Err(bss_error("fast_session", session)),
+        let Some((ifindex, max_len)) = device else {
+            self.set_down(session, bit, true)?;
+            for (_, _, _, devmap) in self
+                .fast_devmaps
+                .iter()
+                .filter(|(sess, _, keys, _)| *sess == session && keys & bit != 0)
+            {
+                // Already gone when the kernel removed a deleted device's entry.
+                drop(devmap.delete(&key.to_ne_bytes()));
             }
-        }
-        let val = device.map(|(ifindex, _)| {
-            let fd = if self.fast_generic {
-                self.skel.progs.xdp_fast_target.as_fd().as_raw_fd()
-            } else {
-                0
-            };
-            devmap_val(ifindex, fd)
-        });
+            return Ok(());
+        };
+        self.ensure_fast_stats(ifindex)?;
+        self.point_dest(session, key, ifindex, max_len)?;
+        self.set_down(session, bit, false)?;
+        let val = devmap_val(ifindex, prog_fd);
         for (_, _, _, devmap) in self
             .fast_devmaps
             .iter()
             .filter(|(sess, _, keys, _)| *sess == session && keys & bit != 0)
         {
-            match &val {
-                Some(v) => devmap
-                    .update(&key.to_ne_bytes(), v, MapFlags::ANY)
-                    .map_err(map_err("mirror_fast"))?,
-                // Already gone when the kernel removed a deleted device's entry.
-                None => drop(devmap.delete(&key.to_ne_bytes())),
-            }
+            devmap
+                .update(&key.to_ne_bytes(), &val, MapFlags::ANY)
+                .map_err(|source| LoaderError::Map {
+                    map: "mirror_fast",
+                    source,
+                })?;
         }
-        let Some((ifindex, max_len)) = device else {
-            return Ok(());
-        };
-        self.ensure_fast_stats(ifindex)?;
-        self.point_dest(session, key, ifindex, max_len)?;
+        Ok(())
+    }
+
+    /// Sets (`down`) or clears the session's `dests_down` bits `bits`.
+    fn set_down(&mut self, session: u32, bits: u32, down: bool) -> Result<(), LoaderError> {
         match self.skel.maps.bss_data.as_deref_mut() {
-            Some(bss) if s < bss.fast_session.len() => {
-                bss.fast_session[s].dests_down &= !bit;
+            Some(bss) if (session as usize) < bss.fast_session.len() => {
+                let d = &mut bss.fast_session[session as usize].dests_down;
+                *d = if down { *d | bits } else { *d & !bits };
                 Ok(())
             }
             _ => Err(bss_error("fast_session", session)),
@@ -322,56 +348,27 @@ impl SourceProgram {
     /// its copies `down`; the kernel would drop a copy redirected to an
     /// egress device that is down before the tunnel program counts it), or
     /// up, or moved, through device `ifindex` with `max_len` for the too-big
-    /// check (a tunnel whose route now leaves elsewhere).
-    ///
-    /// In that order: the device's counters, then what `xdp_tunnel` finds
-    /// the key by (`fast_dests`), then the down bit, and last the DEVMAP
-    /// entries, so that no copy reaches the device before it is counted and
-    /// known. Coming back, no copy reaches the key before its entry does;
-    /// moving while up, a copy already queued to the old device finds no key
-    /// there and is counted in that device's `no_key`.
+    /// check (a tunnel whose route now leaves elsewhere), in the order
+    /// [`Self::put_dest`] says.
     pub(crate) fn set_tunnel_dest(
         &mut self,
         session: u32,
         key: u32,
         device: Option<(u32, u32)>,
     ) -> Result<(), LoaderError> {
-        let Some((ifindex, max_len)) = device else {
-            return self.set_dest(session, key, None);
-        };
-        self.ensure_fast_stats(ifindex)?;
-        match self
-            .tunnel_devices
-            .iter_mut()
-            .find(|(k, _)| *k == (session, key))
-        {
-            Some((_, devs)) if !devs.contains(&ifindex) => devs.push(ifindex),
-            Some(_) => {}
-            None => self.tunnel_devices.push(((session, key), vec![ifindex])),
-        }
-        self.point_dest(session, key, ifindex, max_len)?;
-        match self.skel.maps.bss_data.as_deref_mut() {
-            Some(bss) if (session as usize) < bss.fast_session.len() => {
-                bss.fast_session[session as usize].dests_down &= !(1u32 << key);
+        if let Some((ifindex, _)) = device {
+            match self
+                .tunnel_devices
+                .iter_mut()
+                .find(|(k, _)| *k == (session, key))
+            {
+                Some((_, devs)) if !devs.contains(&ifindex) => devs.push(ifindex),
+                Some(_) => {}
+                None => self.tunnel_devices.push(((session, key), vec![ifindex])),
             }
-            _ => return Err(bss_error("fast_session", session)),
         }
-        let map_err = |map| move |source| LoaderError::Map { map, source };
-        let prog_fd = self.tunnel_prog_fd();
-        for (_, _, _, devmap) in self
-            .fast_devmaps
-            .iter()
-            .filter(|(s, _, keys, _)| *s == session && keys & (1 << key) != 0)
-        {
-            devmap
-                .update(
-                    &key.to_ne_bytes(),
-                    &devmap_val(ifindex, prog_fd),
-                    MapFlags::ANY,
-                )
-                .map_err(map_err("mirror_fast"))?;
-        }
-        Ok(())
+        let fd = self.tunnel_prog_fd();
+        self.put_dest(session, key, device, fd)
     }
 
     /// Gives device `ifindex` fast-path counters (zeros) unless it has them.
