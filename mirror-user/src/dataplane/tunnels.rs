@@ -59,7 +59,7 @@ impl KernelTunnel {
     /// its copies must not share: the kernel runs one DEVMAP program over a
     /// device's whole transmit batch and `xdp_tunnel` tells targets apart by
     /// their device, so a route onto one of them keeps the tunnel down.
-    fn check(&mut self, taken: &[(u32, String)]) {
+    fn check(&mut self, taken: &[(u32, &str)]) {
         let Some(&crate::config::Tunnel { remote, source, .. }) = self.spec.tunnel() else {
             return;
         };
@@ -74,7 +74,7 @@ impl KernelTunnel {
         let shared = |h: &NextHop| {
             taken
                 .iter()
-                .find(|(i, name)| self.devmap && *i == h.ifindex && *name != self.target)
+                .find(|(i, name)| self.devmap && *i == h.ifindex && *name != self.target.as_str())
         };
         let hop = match &found {
             Ok(h) if h.dmac.is_some() && running(h) && shared(h).is_none() => Some(*h),
@@ -284,26 +284,30 @@ pub(super) fn keep(
 ) {
     while !stop.load(Ordering::Relaxed) {
         for i in 0..tunnels.len() {
-            let source = &tunnels[i].source;
-            let same = |s: &Arc<Source>| Arc::ptr_eq(s, source);
-            let taken: Vec<(u32, String)> = dests
+            let (before, rest) = tunnels.split_at_mut(i);
+            let Some((t, after)) = rest.split_first_mut() else {
+                break;
+            };
+            let same = |s: &Arc<Source>| Arc::ptr_eq(s, &t.source);
+            let taken: Vec<(u32, &str)> = dests
                 .iter()
                 .filter(|d| same(&d.source))
-                .map(|d| (d.ifindex, d.target.clone()))
+                .map(|d| (d.ifindex, d.target.as_str()))
                 .chain(
                     groups
                         .iter()
                         .filter(|g| same(&g.source))
-                        .flat_map(|g| g.devices.iter().cloned()),
+                        .flat_map(|g| g.devices.iter().map(|(i, n)| (*i, n.as_str()))),
                 )
                 .chain(
-                    tunnels
+                    before
                         .iter()
+                        .chain(after.iter())
                         .filter(|o| same(&o.source) && o.hop.is_some())
-                        .map(|o| (o.device, o.target.clone())),
+                        .map(|o| (o.device, o.target.as_str())),
                 )
                 .collect();
-            tunnels[i].check(&taken);
+            t.check(&taken);
         }
         for g in &mut groups {
             g.check();
