@@ -889,23 +889,8 @@ fn a_tunnel_in_two_sessions_encapsulates_each_sessions_copies_in_shared_batches(
     require_root!();
     let lab = Lab::new(1).expect("lab");
     let col = collectors(&lab);
-    // feed0 as a NIC receives: through NAPI in a kernel thread of its own,
-    // which takes frames from its ring in batches (else the sender's
-    // softirq takes each frame alone, one batch per frame).
-    lab::gro_on(&lab.src, Lab::FEED_IF).expect("gro");
-    lab.gen
-        .run(|| {
-            mirror_user::kernel::netdev::set_tso(Lab::GEN_IF, false)
-                .ok_or_else(|| anyhow::anyhow!("turning TSO off"))
-        })
-        .expect("tso off");
-    lab.src
-        .exec(&[
-            "sh",
-            "-c",
-            &format!("echo 1 > /sys/class/net/{}/threaded", Lab::FEED_IF),
-        ])
-        .expect("threaded NAPI");
+    // feed0 receives in batches, as a NIC's RX core does.
+    lab.tune_feed_port().expect("feed0 as a NIC");
     let dir = TempDir::new("e2e-ktun-shared").expect("temp dir");
     let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, SHARED);
     let mut client = Client::connect(&daemon.control).expect("control socket");

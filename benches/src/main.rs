@@ -379,7 +379,7 @@ fn generate_live(lab: &Lab, size: usize, secs: f64, rate: Option<f64>) -> Result
 }
 
 /// The CPU the generator runs on; the feed port's NAPI thread gets the other
-/// (see [`tune_feed_port`]).
+/// (see `Lab::tune_feed_port`, then [`pin_napi_threads`]).
 pub const GEN_CPU: usize = 1;
 pub const NAPI_CPU: usize = 0;
 
@@ -394,28 +394,6 @@ fn pin(tid: i32, cpu: usize) -> Result<()> {
         .with_context(|| format!("CPU {cpu} is beyond what an affinity mask names"))?
         .pin_thread(tid)
         .context("sched_setaffinity")
-}
-
-/// Makes `dev` in `ns` behave like a NIC with an RX core of its own: GRO on
-/// (a veth then always receives through NAPI, with or without XDP) and
-/// threaded NAPI, so its receive work runs in a kernel thread instead of
-/// the sender's softirq. [`pin_napi_threads`] then puts that thread on
-/// [`NAPI_CPU`], away from the generator.
-pub fn tune_feed_port(lab: &Lab) -> Result<()> {
-    let (ns, dev) = (&lab.src, Lab::FEED_IF);
-    mirror_user::lab::gro_on(ns, dev)?;
-    // A veth hands a frame to its peer's NAPI only when it is not a TSO
-    // device (else the sender's softirq takes it, on the generator's core).
-    lab.gen.run(|| {
-        mirror_user::kernel::netdev::set_tso(Lab::GEN_IF, false)
-            .ok_or_else(|| anyhow::anyhow!("turning TSO off on {}", Lab::GEN_IF))
-    })?;
-    // `ip netns exec` mounts the namespace's own sysfs.
-    ns.exec(&[
-        "sh",
-        "-c",
-        &format!("echo 1 > /sys/class/net/{dev}/threaded"),
-    ])
 }
 
 /// Pins every NAPI kernel thread of `dev` (`napi/<dev>-<id>`) to `cpu`; the

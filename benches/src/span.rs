@@ -1714,7 +1714,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     }
     let lab = Lab::new(1)?;
     lab::veth(&lab.src, "tgt1", &lab.sink, "sink1", 1)?;
-    crate::tune_feed_port(&lab)?;
+    lab.tune_feed_port()?;
     let wanted: Vec<Case> = Case::ALL
         .into_iter()
         .filter(|c| a.cases.is_empty() || a.cases.iter().any(|id| id == c.id()))

@@ -299,4 +299,25 @@ impl Lab {
         veth(&lab.src, Self::TARGET_IF, &lab.sink, Self::SINK_IF, 1)?;
         Ok(lab)
     }
+
+    /// Makes the feed port behave like a NIC with an RX core of its own: GRO
+    /// on (a veth then always receives through NAPI, with or without XDP)
+    /// and threaded NAPI, so its receive work runs in a kernel thread that
+    /// takes frames from its ring in batches, instead of the sender's
+    /// softirq taking each frame alone.
+    pub fn tune_feed_port(&self) -> Result<()> {
+        gro_on(&self.src, Self::FEED_IF)?;
+        // A veth hands a frame to its peer's NAPI only when it is not a TSO
+        // device (else the sender's softirq takes it, on the sender's core).
+        self.gen.run(|| {
+            crate::kernel::netdev::set_tso(Self::GEN_IF, false)
+                .ok_or_else(|| anyhow::anyhow!("turning TSO off on {}", Self::GEN_IF))
+        })?;
+        // `ip netns exec` mounts the namespace's own sysfs.
+        self.src.exec(&[
+            "sh",
+            "-c",
+            &format!("echo 1 > /sys/class/net/{}/threaded", Self::FEED_IF),
+        ])
+    }
 }
