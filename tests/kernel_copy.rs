@@ -489,8 +489,7 @@ fn kernel_path_clones_to_each_destination_and_counts_every_outcome() {
 #[ignore = "needs root: BPF and network namespaces"]
 fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
     require_root!();
-    use mirror_user::config::{ErspanVersion, Granularity, TargetSpec, Tunnel};
-    use mirror_user::kernel::route::NextHop;
+    use mirror_user::config::{ErspanVersion, Granularity, TargetSpec};
     use mirror_user::kernel::{test_run_skb, CloneDest, CloneStats, SkbRun, TunnelStats};
     use mirror_user::lab::{self, Capture, Netns};
     use mirror_user::target::{encap, kernel_tunnel};
@@ -556,19 +555,8 @@ fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
     }
 
     // The relay: slot (0, 0) VXLAN, (0, 1) ERSPAN III, both out of a0.
-    let hop = NextHop {
-        ifindex: ifindex("a0"),
-        mtu: 1500,
-        smac: [2, 0, 0, 0, 0, 1],
-        dmac: Some([2, 0, 0, 0, 0, 2]),
-        source: "10.0.0.1".parse().expect("ip"),
-        neighbour: "10.0.0.2".parse().expect("ip"),
-    };
-    let t = Tunnel {
-        remote: "10.0.0.2".parse().expect("ip"),
-        source: None,
-        mtu: 1500,
-    };
+    let hop = lab_hop(ifindex("a0"));
+    let t = lab_tunnel();
     let vxlan = TargetSpec::Vxlan {
         tunnel: t,
         port: 4789,
@@ -699,8 +687,7 @@ fn the_relay_encapsulates_by_the_mark_and_the_frame_keeps_its_own() {
 #[ignore = "needs root: BPF and network namespaces"]
 fn the_source_marks_each_tunnel_clone_with_its_own_slot_for_the_relay() {
     require_root!();
-    use mirror_user::config::{TargetSpec, Tunnel};
-    use mirror_user::kernel::route::NextHop;
+    use mirror_user::config::TargetSpec;
     use mirror_user::kernel::{CloneDest, CloneStats, TunnelStats};
     use mirror_user::lab::{self, Capture, Netns};
     use mirror_user::target::{encap, kernel_tunnel};
@@ -712,20 +699,9 @@ fn the_source_marks_each_tunnel_clone_with_its_own_slot_for_the_relay() {
     let _inside = Inside::enter(&ns);
     let a0 = mirror_user::kernel::ifindex("a0").expect("ifindex");
     let relay = fx.prog.attach_relay(a0).expect("relay");
-    let hop = NextHop {
-        ifindex: a0,
-        mtu: 1500,
-        smac: [2, 0, 0, 0, 0, 1],
-        dmac: Some([2, 0, 0, 0, 0, 2]),
-        source: "10.0.0.1".parse().expect("ip"),
-        neighbour: "10.0.0.2".parse().expect("ip"),
-    };
+    let hop = lab_hop(a0);
     let vxlan = TargetSpec::Vxlan {
-        tunnel: Tunnel {
-            remote: "10.0.0.2".parse().expect("ip"),
-            source: None,
-            mtu: 1500,
-        },
+        tunnel: lab_tunnel(),
         port: 4789,
     };
     const KEYS: u32 = 3;

@@ -972,8 +972,7 @@ fn a_thirty_two_target_kernel_path_picks_and_counts_at_every_key() {
 #[ignore = "needs root: BPF and network namespaces"]
 fn each_kernel_tunnel_key_encapsulates_by_its_own_slot() {
     require_root!();
-    use mirror_user::config::{TargetSpec, Tunnel};
-    use mirror_user::kernel::route::NextHop;
+    use mirror_user::config::TargetSpec;
     use mirror_user::kernel::{FastDest, FastSession, TunnelStats};
     use mirror_user::lab::{self, Capture, Netns};
     use mirror_user::target::{encap, kernel_tunnel};
@@ -989,20 +988,9 @@ fn each_kernel_tunnel_key_encapsulates_by_its_own_slot() {
     let a: Vec<u32> = (0..most)
         .map(|k| mirror_user::kernel::ifindex(&format!("a{k}")).expect("ifindex"))
         .collect();
-    let hop = |k: u32| NextHop {
-        ifindex: a[k as usize],
-        mtu: 1500,
-        smac: [2, 0, 0, 0, 0, 1],
-        dmac: Some([2, 0, 0, 0, 0, 2]),
-        source: "10.0.0.1".parse().expect("ip"),
-        neighbour: "10.0.0.2".parse().expect("ip"),
-    };
+    let hop = |k: u32| lab_hop(a[k as usize]);
     let vxlan = TargetSpec::Vxlan {
-        tunnel: Tunnel {
-            remote: "10.0.0.2".parse().expect("ip"),
-            source: None,
-            mtu: 1500,
-        },
+        tunnel: lab_tunnel(),
         port: 4789,
     };
     let dests: Vec<FastDest> = (0..most)

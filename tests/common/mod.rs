@@ -515,3 +515,26 @@ impl Drop for Inside {
         }
     }
 }
+
+/// The collector the kernel-table tests build tunnels to: 10.0.0.2, reached
+/// from 10.0.0.1 over MTU 1500.
+pub fn lab_tunnel() -> mirror_user::config::Tunnel {
+    mirror_user::config::Tunnel {
+        remote: "10.0.0.2".parse().expect("ip"),
+        source: None,
+        mtu: 1500,
+    }
+}
+
+/// The next hop to [`lab_tunnel`]'s collector out of device `ifindex`
+/// (MACs 02:00:00:00:00:01 to :02), as the daemon would resolve it.
+pub fn lab_hop(ifindex: u32) -> mirror_user::kernel::route::NextHop {
+    mirror_user::kernel::route::NextHop {
+        ifindex,
+        mtu: 1500,
+        smac: [2, 0, 0, 0, 0, 1],
+        dmac: Some([2, 0, 0, 0, 0, 2]),
+        source: "10.0.0.1".parse().expect("ip"),
+        neighbour: "10.0.0.2".parse().expect("ip"),
+    }
+}
