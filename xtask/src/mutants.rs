@@ -144,8 +144,8 @@ const C_MUTANTS: &[CMutant] = &[
     CMutant {
         what: "xdp_tunnel takes every copy for its session's tunnel 0, whatever its device",
         file: "mirror-ebpf/src/bpf/mirror.bpf.c",
-        from: "if (fast_dests[s & (MIRROR_MAX_SESSIONS - 1)][k].ifindex == ifindex)",
-        to: "if (fast_dests[s & (MIRROR_MAX_SESSIONS - 1)][k].ifindex != 0)",
+        from: "if (d[k].ifindex == ifindex)",
+        to: "if (d[k].ifindex != 0)",
     },
     CMutant {
         what: "off-by-one: xdp_tunnel never finds a session's last destination",

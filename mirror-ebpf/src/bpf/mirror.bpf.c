@@ -876,6 +876,7 @@ int xdp_fast_target(struct xdp_md *ctx)
  */
 static __always_inline __u32 dest_key(__u32 s, __u32 ifindex)
 {
+	const struct mirror_fast_dest *d = fast_dests[s & (MIRROR_MAX_SESSIONS - 1)];
 	__u32 n = fast_ndests[s & (MIRROR_MAX_SESSIONS - 1)];
 	__u32 down = fast_session[s & (MIRROR_MAX_SESSIONS - 1)].dests_down;
 
@@ -884,7 +885,7 @@ static __always_inline __u32 dest_key(__u32 s, __u32 ifindex)
 			break;
 		if (down & (1u << k))
 			continue; /* out of the DEVMAPs: its device is not its own now */
-		if (fast_dests[s & (MIRROR_MAX_SESSIONS - 1)][k].ifindex == ifindex)
+		if (d[k].ifindex == ifindex)
 			return k;
 	}
 	return MIRROR_MAX_FAST_TARGETS;
