@@ -3,7 +3,8 @@
 //! target's DEVMAP program and never reaches userspace. The same frames then
 //! go through the same session on the userspace path: both put the same
 //! tunnel headers and frames on the wire. A collector whose route goes is
-//! counted `down` in the kernel until the route is back.
+//! counted `down` in the kernel until the route is back, and a reload plans
+//! a running tunnel with its route of the moment.
 
 mod common;
 
@@ -965,4 +966,105 @@ fn a_tunnel_in_two_sessions_encapsulates_each_sessions_copies_in_shared_batches(
         .stop(Duration::from_secs(10))
         .expect("daemon stops")
         .success());
+}
+
+/// A reload that restarts a source plans its tunnels with their routes of
+/// the moment, not of the tunnels' start. gre's route moves from gr0 to a
+/// new link (gb0) while the daemon runs, and the reload gives the session an
+/// interface target on gr0. Planned with gre's start-time hop, gr0 would
+/// carry both and the kernel path (`path = "kernel"`) be refused; with
+/// today's, gre leaves through gb0 and the interface target through gr0.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_reload_plans_a_running_tunnel_with_its_route_of_the_moment() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let col = collectors(&lab);
+    lab::wire(&lab.src, "gb0", "10.99.5.1", &col, "gb1", "10.99.5.2", 1500).expect("wire");
+    lab::gro_on(&col, "gb1").expect("gro");
+    let dir = TempDir::new("e2e-ktun-reload").expect("temp dir");
+    let accept_all = "\n[[filter]]\nname = \"ids\"\n[[filter.rule]]\nnumber = 1\naction = \"accept\"\ndirection = \"ingress\"\n";
+    let text = TUNNELS
+        .replace("@FILTER@", accept_all)
+        .replace("@PATH@", "kernel");
+    let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+
+    // gb1 answers ARP for 10.99.2.2 too (an address of its namespace).
+    lab.src
+        .ip(&["route", "del", "10.99.2.0/24", "dev", "gr0"])
+        .expect("route del");
+    lab.src
+        .ip(&["route", "add", "10.99.2.0/24", "dev", "gb0"])
+        .expect("route add");
+    daemon
+        .wait_for_log("headers rewritten", Duration::from_secs(5))
+        .expect("gre's keeper follows its route");
+
+    let config = dir.path().join("mirror.toml");
+    let running = std::fs::read_to_string(&config).expect("config");
+    let with_raw = running.replace(
+        r#"targets = ["vx", "gre", "er2", "er3"]"#,
+        r#"targets = ["vx", "gre", "er2", "er3", "raw"]"#,
+    ) + "\n[[target]]\nname = \"raw\"\nkind = \"interface\"\ninterface = \"gr0\"\n";
+    std::fs::write(&config, with_raw).expect("new config");
+    let out = std::process::Command::new(BIN)
+        .args(["reload", "--control"])
+        .arg(&daemon.control)
+        .output()
+        .expect("mirror reload");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}\n{}", daemon.log_text());
+    assert!(stdout.contains("restarted source feed"), "{stdout}");
+
+    let on_gr1 = Capture::start(&col, "gr1").expect("capture");
+    let on_gb1 = Capture::start(&col, "gb1").expect("capture");
+    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..200)
+            .map(|i| traffic::frame(traffic::SHAPES[0], i, 200))
+            .collect(),
+    );
+    assert_eq!(
+        lab::send_frames(&lab.gen, Lab::GEN_IF, frames, 10_000).expect("send"),
+        200
+    );
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let st = wait_for(&mut client, "every copy counted", |st| {
+        st.targets
+            .values()
+            .all(|t| t.sent_packets + t.dropped_total() == 200)
+    });
+    assert_eq!(st.sessions["all"].path, "kernel");
+    for name in ["vx", "gre", "er2", "er3", "raw"] {
+        let t = &st.targets[name];
+        assert_reconciles(name, t);
+        assert_eq!(
+            (t.sent_packets, t.kernel_path),
+            (200, 200),
+            "{name}: {:?}",
+            t.dropped
+        );
+    }
+    let gre_to = |frames: Vec<Vec<u8>>| {
+        frames
+            .iter()
+            .filter_map(|f| ipv4_payload(f))
+            .filter(|(d, proto, _)| *d == Ipv4Addr::new(10, 99, 2, 2) && *proto == 47)
+            .count()
+    };
+    let (gr1, gb1) = (on_gr1.finish(), on_gb1.finish());
+    assert_eq!(
+        gre_to(gb1),
+        200,
+        "gre's copies leave through its route of the moment"
+    );
+    assert_eq!(gre_to(gr1.clone()), 0, "none through its old device");
+    let raw = gr1
+        .iter()
+        .filter_map(|f| ipv4_payload(f))
+        .filter(|(_, proto, _)| *proto == 6)
+        .count();
+    assert_eq!(
+        raw, 200,
+        "the interface target's copies (TCP) leave through gr0"
+    );
 }

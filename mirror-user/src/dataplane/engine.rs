@@ -11,7 +11,9 @@ use std::thread::JoinHandle;
 
 use anyhow::{bail, Context, Result};
 
-use super::plan::{join_host, plan_paths, resolve_hops, share_plan, Hops, PathChoice};
+use super::plan::{
+    join_host, plan_paths, resolve_hops, share_plan, Hops, PathChoice, RESOLVE_WAIT,
+};
 use super::reload::{self, Keep};
 use super::schedule::{Entry, Scheduler};
 use super::session::SessionPlan;
@@ -842,16 +844,18 @@ impl Plane {
                 },
             })
             .collect();
-        let fresh = resolve_hops(new, &|t| running_target(&new.targets[t].name).is_none());
-        let target_hops: Hops = new
-            .targets
-            .iter()
-            .enumerate()
-            .map(|(i, t)| match running_target(&t.name) {
-                Some(o) => self.target_hops[o].clone(),
-                None => fresh[i].clone(),
-            })
-            .collect();
+        // Every tunnel's next hop as it is now, a running target's too: a
+        // source that starts now plans with today's routes (a tunnel whose
+        // route moved since its start onto another target's device must not
+        // pass the planner's device check on the old one). A running
+        // target's is looked up without waiting, as its keeper does.
+        let target_hops = resolve_hops(new, &|t| {
+            if running_target(&new.targets[t].name).is_some() {
+                std::time::Duration::ZERO
+            } else {
+                RESOLVE_WAIT
+            }
+        });
         // Paths: planned for the new sessions; a running source's sessions
         // keep theirs.
         let mut paths = plan_paths(new, &target_ifindex, &target_hops)?;

@@ -12,16 +12,16 @@ use crate::kernel::xsk::{RxHost, RxQueue};
 
 /// How long start-up waits for the neighbour table to learn a collector's
 /// (or its gateway's) MAC before the kernel path starts with the tunnel down.
-const RESOLVE_WAIT: Duration = Duration::from_secs(2);
+pub(super) const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 
 /// Per target: for a tunnel the kernel path may serve, its next hop as
-/// resolved at start-up, or why it could not be.
+/// resolved at the last start or reload, or why it could not be.
 pub(crate) type Hops = Vec<Option<Result<NextHop, String>>>;
 
-/// Resolves the next hop of every tunnel target (of those `wanted`) that a
-/// session may put on the kernel path (tap source, no config obstacle,
-/// `path` not userspace).
-pub(super) fn resolve_hops(config: &Config, wanted: &dyn Fn(usize) -> bool) -> Hops {
+/// Resolves the next hop of every tunnel target that a session may put on
+/// the kernel path (tap source, no config obstacle, `path` not userspace),
+/// waiting up to `wait(target)` for its neighbour's MAC.
+pub(super) fn resolve_hops(config: &Config, wait: &dyn Fn(usize) -> Duration) -> Hops {
     let mut hops: Hops = vec![None; config.targets.len()];
     for (i, sess) in config.sessions.iter().enumerate() {
         if sess.path == SessionPath::Userspace || config.kernel_path_obstacle(i).is_some() {
@@ -31,12 +31,9 @@ pub(super) fn resolve_hops(config: &Config, wanted: &dyn Fn(usize) -> bool) -> H
             let Some(tunnel) = config.targets[t].spec.tunnel() else {
                 continue;
             };
-            if !wanted(t) {
-                continue;
-            }
             if hops[t].is_none() {
                 hops[t] = Some(
-                    route::resolve(tunnel.remote, tunnel.source, RESOLVE_WAIT)
+                    route::resolve(tunnel.remote, tunnel.source, wait(t))
                         .map_err(|e| e.to_string()),
                 );
             }
