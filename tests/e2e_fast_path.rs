@@ -471,11 +471,7 @@ fn generic_xdp_serves_the_kernel_path_and_counts_each_destination_exactly() {
     assert_ids_targets_got_every_frame(run, true);
 
     // `mirror stats` says so, and the program is attached in skb mode.
-    let out = std::process::Command::new(BIN)
-        .args(["stats", "--control"])
-        .arg(&daemon.control)
-        .output()
-        .expect("mirror stats");
+    let out = common::ctl(BIN, &["stats"], &daemon.control);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("(feed0 generic xdp, 2 queue(s)"),

@@ -141,11 +141,7 @@ fn a_reload_adds_and_removes_sessions_and_targets_under_traffic_and_the_untouche
     let config = dir.path().join("mirror.toml");
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, after(&text)).expect("new config");
-    let out = std::process::Command::new(BIN)
-        .args(["reload", "--control"])
-        .arg(&daemon.control)
-        .output()
-        .expect("mirror reload");
+    let out = common::ctl(BIN, &["reload"], &daemon.control);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}\n{}", daemon.log_text());
     assert!(
@@ -246,11 +242,7 @@ fn a_reload_whose_new_target_cannot_start_changes_nothing() {
         "[[target]]\nname = \"ids1\"\nkind = \"interface\"\ninterface = \"tgt1\"\n\n[[session]]\nname = \"c\"",
     );
     std::fs::write(&config, new).expect("new config");
-    let out = std::process::Command::new(BIN)
-        .args(["reload", "--control"])
-        .arg(&daemon.control)
-        .output()
-        .expect("mirror reload");
+    let out = common::ctl(BIN, &["reload"], &daemon.control);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{out:?}");
     assert!(
@@ -415,11 +407,7 @@ fn a_reload_whose_start_fails_is_rolled_back() {
          ingress_hook = \"xdp\"\n\n[[session]]\nname = \"l\"\nsource = \"lo\"\nfilter = \"all\"\n\
          targets = [\"ids0\"]\n";
     std::fs::write(&config, bad).expect("new config");
-    let out = std::process::Command::new(BIN)
-        .args(["reload", "--control"])
-        .arg(&daemon.control)
-        .output()
-        .expect("mirror reload");
+    let out = common::ctl(BIN, &["reload"], &daemon.control);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{out:?}");
     assert!(
@@ -447,10 +435,6 @@ fn a_reload_whose_start_fails_is_rolled_back() {
     assert_eq!(feed.rule_sets_installed, 2);
     // And a later, good reload still works.
     std::fs::write(&config, after(&text)).expect("good config");
-    let out = std::process::Command::new(BIN)
-        .args(["reload", "--control"])
-        .arg(&daemon.control)
-        .output()
-        .expect("mirror reload");
+    let out = common::ctl(BIN, &["reload"], &daemon.control);
     assert!(out.status.success(), "{out:?}\n{}", daemon.log_text());
 }

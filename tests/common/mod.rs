@@ -205,6 +205,17 @@ pub fn start_daemon(
     start_daemon_with_env(bin, ns, dir, text, &[])
 }
 
+/// Runs the CLI against a running daemon, `mirror ARGS --control CONTROL`,
+/// and returns what it did (status, stdout, stderr).
+pub fn ctl(bin: &str, args: &[&str], control: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(bin)
+        .args(args)
+        .arg("--control")
+        .arg(control)
+        .output()
+        .unwrap_or_else(|e| panic!("mirror {}: {e}", args.join(" ")))
+}
+
 /// [`start_daemon`] with extra environment variables for the daemon.
 pub fn start_daemon_with_env(
     bin: &str,

@@ -856,16 +856,18 @@ impl Plane {
                 RESOLVE_WAIT
             }
         });
-        // Paths: planned for the new sessions; a running source's sessions
-        // keep theirs.
-        let mut paths = plan_paths(new, &target_ifindex, &target_hops)?;
+        // Paths: a running source's sessions keep theirs, unchecked (today's
+        // hops may fail a check their running set-up passed: a route gone
+        // for a moment is its keeper's business); the others are planned.
+        let mut kept: Vec<Option<PathChoice>> = vec![None; new.sessions.len()];
         for (i, s) in new.sources.iter().enumerate() {
             if let Some(src) = running_source(&s.name) {
                 for (kidx, k) in new.sessions_of(i).into_iter().enumerate() {
-                    paths[k] = src.paths[kidx].clone();
+                    kept[k] = Some(src.paths[kidx].clone());
                 }
             }
         }
+        let paths = plan_paths(new, &target_ifindex, &target_hops, &kept)?;
         // Targets, then groups.
         let share = share_plan(new);
         let mut hosts: Vec<Option<RxHost>> = (0..new.sources.len()).map(|_| None).collect();

@@ -77,14 +77,20 @@ impl PathChoice {
 /// (`NETDEV_XDP_ACT_NDO_XMIT`), or for a copy-mode session (tcx clones)
 /// every target device exists and every tunnel has a route
 /// ([`copy_tunnels_not_for_the_kernel`]); `path = "kernel"` makes a
-/// refusal an error.
+/// refusal an error. A session with a path in `kept` (a running source's)
+/// keeps it, unchecked.
 pub(super) fn plan_paths(
     config: &Config,
     target_ifindex: &[Option<u32>],
     hops: &Hops,
+    kept: &[Option<PathChoice>],
 ) -> Result<Vec<PathChoice>> {
     let mut out = Vec::new();
     for (i, sess) in config.sessions.iter().enumerate() {
+        if let Some(p) = kept.get(i).cloned().flatten() {
+            out.push(p);
+            continue;
+        }
         let userspace = |reason: String| PathChoice {
             kernel: false,
             reason,

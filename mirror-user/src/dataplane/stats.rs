@@ -334,7 +334,10 @@ impl Plane {
                         f.bytes += k.session_kernel[kidx].1;
                     }
                 }
-                if matches!(self.target_hops[t], Some(Ok(_))) {
+                // A tunnel on the kernel path had a route when it was set up
+                // (the planner requires one); its hop of the last reload may
+                // be gone since, its DEVMAP entry and counters are not.
+                if self.config.targets[t].spec.tunnel().is_some() {
                     let slot = program.tunnel_stats(kidx as u32, key as u32)?;
                     let dev = program.tunnel_device_stats(kidx as u32, key as u32)?;
                     let f = &mut fast[t];
