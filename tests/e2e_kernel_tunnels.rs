@@ -386,14 +386,20 @@ fn a_kernel_tunnel_whose_route_goes_or_moves_onto_another_targets_device_counts_
     // ARP for 10.99.2.2 too). The kernel runs one DEVMAP program over a
     // device's whole transmit batch, so gre and vx copies must not share a
     // device: gre stays down, its copies counted, none out of col0.
+    // The route goes first (the keeper, every 100 ms, says why it is down),
+    // then comes back onto col0 (it says the new reason, still down).
     lab.src
         .ip(&["route", "del", "10.99.2.0/24", "dev", "gr0"])
         .expect("route del");
+    daemon
+        .wait_for_log("no route to 10.99.2.2", Duration::from_secs(5))
+        .expect("gre down: no route");
     lab.src
         .ip(&["route", "add", "10.99.2.0/24", "dev", "col0"])
         .expect("route add");
-    // The next-hop thread looks every 100 ms: give it a few rounds.
-    std::thread::sleep(Duration::from_millis(500));
+    daemon
+        .wait_for_log("target `vx` of the same source", Duration::from_secs(5))
+        .expect("gre still down: vx's device");
     let on_col1 = Capture::start(&col, "col1").expect("capture");
     assert_eq!(send(batch(200)), 200);
     let st = settled(&mut client, 400);

@@ -1282,6 +1282,7 @@ impl Plane {
                 device: p.hop.ifindex,
                 devmap,
                 headers: p.headers,
+                why_down: None,
             });
         }
     }

@@ -51,6 +51,8 @@ pub(super) struct KernelTunnel {
     /// headers alone name the device.
     pub devmap: bool,
     pub headers: TunnelHeaders,
+    /// Why it is down, as last logged (`None` while up).
+    pub why_down: Option<String>,
 }
 
 impl KernelTunnel {
@@ -80,7 +82,33 @@ impl KernelTunnel {
             Ok(h) if h.dmac.is_some() && running(h) && shared(h).is_none() => Some(*h),
             _ => None,
         };
+        let why = hop.is_none().then(|| match &found {
+            Err(e) => e.to_string(),
+            Ok(h) => match shared(h) {
+                Some((_, other)) => format!(
+                    "its route leaves through device {}, which target `{other}` of the same \
+                     source sends through: the kernel path needs a device of its own for each \
+                     tunnel",
+                    h.ifindex
+                ),
+                None if h.dmac.is_none() => {
+                    "the next hop's MAC is not known (no ARP/ND answer)".into()
+                }
+                None => format!("its egress device {} is not running", h.ifindex),
+            },
+        });
         if hop == self.hop {
+            // Still down, for another reason (a route gone, then back onto
+            // another target's device): said, as nothing else changes.
+            if why.is_some() && why != self.why_down {
+                tracing::warn!(
+                    target = %self.target,
+                    remote = %remote,
+                    why = %why.as_deref().unwrap_or_default(),
+                    "kernel tunnel still down: copies are dropped, counted `down`, until it is back"
+                );
+                self.why_down = why;
+            }
             return;
         }
         let Ok(mut program) = self.source.program.lock() else {
@@ -128,21 +156,7 @@ impl KernelTunnel {
                     tracing::warn!(
                         target = %self.target,
                         remote = %remote,
-                        why = %match &found {
-                            Err(e) => e.to_string(),
-                            Ok(h) => match shared(h) {
-                                Some((_, other)) => format!(
-                                    "its route leaves through device {}, which target `{other}` \
-                                     of the same source sends through: the kernel path needs a \
-                                     device of its own for each tunnel",
-                                    h.ifindex
-                                ),
-                                None if h.dmac.is_none() => {
-                                    "the next hop's MAC is not known (no ARP/ND answer)".into()
-                                }
-                                None => format!("its egress device {} is not running", h.ifindex),
-                            },
-                        },
+                        why = %why.as_deref().unwrap_or_default(),
                         "kernel tunnel down: copies are dropped, counted `down`, until it is back"
                     );
                     self.headers = down;
@@ -152,6 +166,7 @@ impl KernelTunnel {
         match result {
             Ok(()) => {
                 self.hop = hop;
+                self.why_down = why;
                 self.queue.set_up(hop.is_some());
             }
             Err(e) => {
