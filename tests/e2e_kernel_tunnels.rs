@@ -21,7 +21,7 @@ use mirror_user::config::{Direction, ErspanVersion, Granularity};
 use mirror_user::control::Client;
 use mirror_user::dataplane::stats::Stats;
 use mirror_user::filter::classify;
-use mirror_user::lab::{self, traffic, Capture, Lab, Netns, TempDir};
+use mirror_user::lab::{self, traffic, Capture, DaemonProcess, Lab, Netns, TempDir};
 use mirror_user::target::encap::{self, GRE_PROTO_TEB};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mirror");
@@ -345,6 +345,60 @@ fn kernel_tunnels_put_the_userspace_paths_bytes_on_the_wire_and_count_every_copy
     }
 }
 
+/// The route and reload tests' daemon: the four tunnels on the kernel path
+/// (`path = "kernel"`), every frame accepted.
+fn start_accepting_all(lab: &Lab, dir: &TempDir) -> DaemonProcess {
+    let accept_all = "\n[[filter]]\nname = \"ids\"\n[[filter.rule]]\nnumber = 1\naction = \"accept\"\ndirection = \"ingress\"\n";
+    let text = TUNNELS
+        .replace("@FILTER@", accept_all)
+        .replace("@PATH@", "kernel");
+    common::start_daemon(BIN, &lab.src, dir, &text).0
+}
+
+/// Sends 200 TCP frames, numbered from `first`, into feed0; returns how
+/// many were sent.
+fn send_200(lab: &Lab, first: u32) -> u64 {
+    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
+        (first..first + 200)
+            .map(|i| traffic::frame(traffic::SHAPES[0], i, 200))
+            .collect(),
+    );
+    lab::send_frames(&lab.gen, Lab::GEN_IF, frames, 10_000).expect("send")
+}
+
+/// The stats once every target has counted `total` copies, sent or dropped.
+fn settled(client: &mut Client, total: u64) -> Stats {
+    wait_for(client, "every copy counted", |st| {
+        st.targets
+            .values()
+            .all(|t| t.sent_packets + t.dropped_total() == total)
+    })
+}
+
+/// How many of `frames` are GRE packets to gre's collector (10.99.2.2).
+fn gre_packets(frames: &[Vec<u8>]) -> usize {
+    frames
+        .iter()
+        .filter_map(|f| ipv4_payload(f))
+        .filter(|(d, proto, _)| *d == Ipv4Addr::new(10, 99, 2, 2) && *proto == 47)
+        .count()
+}
+
+/// Rewrites the daemon's config with `edit` and reloads it: the reload must
+/// succeed; returns what `mirror reload` printed.
+fn reload_with(
+    daemon: &mut DaemonProcess,
+    dir: &TempDir,
+    edit: impl FnOnce(String) -> String,
+) -> String {
+    let config = dir.path().join("mirror.toml");
+    let running = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, edit(running)).expect("new config");
+    let out = common::ctl(BIN, &["reload"], &daemon.control);
+    assert!(out.status.success(), "{out:?}\n{}", daemon.log_text());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A collector whose route is deleted: the kernel path drops its copies,
 /// counted `down` (the other targets carry on), and sends again once the
 /// route is back; every copy is accounted for.
@@ -355,30 +409,9 @@ fn a_kernel_tunnel_whose_route_goes_or_moves_onto_another_targets_device_counts_
     let lab = Lab::new(1).expect("lab");
     let col = collectors(&lab);
     let dir = TempDir::new("e2e-ktun-route").expect("temp dir");
-    let accept_all = "\n[[filter]]\nname = \"ids\"\n[[filter.rule]]\nnumber = 1\naction = \"accept\"\ndirection = \"ingress\"\n";
-    let text = TUNNELS
-        .replace("@FILTER@", accept_all)
-        .replace("@PATH@", "kernel");
-    let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let mut daemon = start_accepting_all(&lab, &dir);
     let mut client = Client::connect(&daemon.control).expect("control socket");
-    let batch = |first: u32| -> Arc<Vec<Vec<u8>>> {
-        Arc::new(
-            (first..first + 200)
-                .map(|i| traffic::frame(traffic::SHAPES[0], i, 200))
-                .collect(),
-        )
-    };
-    let send = |frames: Arc<Vec<Vec<u8>>>| {
-        lab::send_frames(&lab.gen, Lab::GEN_IF, frames, 10_000).expect("send")
-    };
-    let settled = |client: &mut Client, total: u64| -> Stats {
-        wait_for(client, "every copy counted", |st| {
-            st.targets
-                .values()
-                .all(|t| t.sent_packets + t.dropped_total() == total)
-        })
-    };
-    assert_eq!(send(batch(0)), 200);
+    assert_eq!(send_200(&lab, 0), 200);
     let st = settled(&mut client, 200);
     assert_eq!(st.targets["gre"].sent_packets, 200);
 
@@ -401,7 +434,7 @@ fn a_kernel_tunnel_whose_route_goes_or_moves_onto_another_targets_device_counts_
         .wait_for_log("target `vx` of the same source", Duration::from_secs(5))
         .expect("gre still down: vx's device");
     let on_col1 = Capture::start(&col, "col1").expect("capture");
-    assert_eq!(send(batch(200)), 200);
+    assert_eq!(send_200(&lab, 200), 200);
     let st = settled(&mut client, 400);
     let stray = on_col1
         .finish()
@@ -424,22 +457,22 @@ fn a_kernel_tunnel_whose_route_goes_or_moves_onto_another_targets_device_counts_
     lab.src
         .ip(&["route", "add", "10.99.2.0/24", "dev", "gr0"])
         .expect("route add");
-    std::thread::sleep(Duration::from_millis(500));
+    daemon
+        .wait_for_log("headers rewritten", Duration::from_secs(5))
+        .expect("gre's keeper sees its route back");
     let got = Capture::start(&col, "gr1").expect("capture");
-    assert_eq!(send(batch(400)), 200);
+    assert_eq!(send_200(&lab, 400), 200);
     let st = settled(&mut client, 600);
     let gre = &st.targets["gre"];
     assert_reconciles("gre", gre);
     assert_eq!((gre.sent_packets, gre.kernel_path), (400, 400));
     assert_eq!(gre.dropped.get("down"), Some(&200));
     assert_eq!(gre.dropped.get("unknown"), Some(&0));
-    let back = got
-        .finish()
-        .iter()
-        .filter_map(|f| ipv4_payload(f))
-        .filter(|(d, proto, _)| *d == Ipv4Addr::new(10, 99, 2, 2) && *proto == 47)
-        .count();
-    assert_eq!(back, 200, "the collector gets the copies again");
+    assert_eq!(
+        gre_packets(&got.finish()),
+        200,
+        "the collector gets the copies again"
+    );
     let log = daemon.log_text();
     assert!(log.contains("kernel tunnel down"), "{log}");
     assert!(log.contains("target `vx` of the same source"), "{log}");
@@ -989,11 +1022,7 @@ fn a_reload_plans_a_running_tunnel_with_its_route_of_the_moment() {
     lab::wire(&lab.src, "gb0", "10.99.5.1", &col, "gb1", "10.99.5.2", 1500).expect("wire");
     lab::gro_on(&col, "gb1").expect("gro");
     let dir = TempDir::new("e2e-ktun-reload").expect("temp dir");
-    let accept_all = "\n[[filter]]\nname = \"ids\"\n[[filter.rule]]\nnumber = 1\naction = \"accept\"\ndirection = \"ingress\"\n";
-    let text = TUNNELS
-        .replace("@FILTER@", accept_all)
-        .replace("@PATH@", "kernel");
-    let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let mut daemon = start_accepting_all(&lab, &dir);
 
     // gb1 answers ARP for 10.99.2.2 too (an address of its namespace).
     lab.src
@@ -1006,35 +1035,19 @@ fn a_reload_plans_a_running_tunnel_with_its_route_of_the_moment() {
         .wait_for_log("headers rewritten", Duration::from_secs(5))
         .expect("gre's keeper follows its route");
 
-    let config = dir.path().join("mirror.toml");
-    let running = std::fs::read_to_string(&config).expect("config");
-    let with_raw = running.replace(
-        r#"targets = ["vx", "gre", "er2", "er3"]"#,
-        r#"targets = ["vx", "gre", "er2", "er3", "raw"]"#,
-    ) + "\n[[target]]\nname = \"raw\"\nkind = \"interface\"\ninterface = \"gr0\"\n";
-    std::fs::write(&config, with_raw).expect("new config");
-    let out = common::ctl(BIN, &["reload"], &daemon.control);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}\n{}", daemon.log_text());
+    let stdout = reload_with(&mut daemon, &dir, |running| {
+        running.replace(
+            r#"targets = ["vx", "gre", "er2", "er3"]"#,
+            r#"targets = ["vx", "gre", "er2", "er3", "raw"]"#,
+        ) + "\n[[target]]\nname = \"raw\"\nkind = \"interface\"\ninterface = \"gr0\"\n"
+    });
     assert!(stdout.contains("restarted source feed"), "{stdout}");
 
     let on_gr1 = Capture::start(&col, "gr1").expect("capture");
     let on_gb1 = Capture::start(&col, "gb1").expect("capture");
-    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
-        (0..200)
-            .map(|i| traffic::frame(traffic::SHAPES[0], i, 200))
-            .collect(),
-    );
-    assert_eq!(
-        lab::send_frames(&lab.gen, Lab::GEN_IF, frames, 10_000).expect("send"),
-        200
-    );
+    assert_eq!(send_200(&lab, 0), 200);
     let mut client = Client::connect(&daemon.control).expect("control socket");
-    let st = wait_for(&mut client, "every copy counted", |st| {
-        st.targets
-            .values()
-            .all(|t| t.sent_packets + t.dropped_total() == 200)
-    });
+    let st = settled(&mut client, 200);
     assert_eq!(st.sessions["all"].path, "kernel");
     for name in ["vx", "gre", "er2", "er3", "raw"] {
         let t = &st.targets[name];
@@ -1046,20 +1059,13 @@ fn a_reload_plans_a_running_tunnel_with_its_route_of_the_moment() {
             t.dropped
         );
     }
-    let gre_to = |frames: Vec<Vec<u8>>| {
-        frames
-            .iter()
-            .filter_map(|f| ipv4_payload(f))
-            .filter(|(d, proto, _)| *d == Ipv4Addr::new(10, 99, 2, 2) && *proto == 47)
-            .count()
-    };
     let (gr1, gb1) = (on_gr1.finish(), on_gb1.finish());
     assert_eq!(
-        gre_to(gb1),
+        gre_packets(&gb1),
         200,
         "gre's copies leave through its route of the moment"
     );
-    assert_eq!(gre_to(gr1.clone()), 0, "none through its old device");
+    assert_eq!(gre_packets(&gr1), 0, "none through its old device");
     let raw = gr1
         .iter()
         .filter_map(|f| ipv4_payload(f))
@@ -1082,11 +1088,7 @@ fn a_reload_keeps_a_kernel_tunnel_whose_route_is_gone_and_counts_it() {
     let lab = Lab::new(1).expect("lab");
     let col = collectors(&lab);
     let dir = TempDir::new("e2e-ktun-gone").expect("temp dir");
-    let accept_all = "\n[[filter]]\nname = \"ids\"\n[[filter.rule]]\nnumber = 1\naction = \"accept\"\ndirection = \"ingress\"\n";
-    let text = TUNNELS
-        .replace("@FILTER@", accept_all)
-        .replace("@PATH@", "kernel");
-    let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let mut daemon = start_accepting_all(&lab, &dir);
     lab.src
         .ip(&["route", "del", "10.99.2.0/24", "dev", "gr0"])
         .expect("route del");
@@ -1106,35 +1108,16 @@ fn a_reload_keeps_a_kernel_tunnel_whose_route_is_gone_and_counts_it() {
         1500,
     )
     .expect("wire");
-    let config = dir.path().join("mirror.toml");
-    let running = std::fs::read_to_string(&config).expect("config");
-    let more = running
-        + "\n[[source]]\nname = \"feed1\"\ninterface = \"fd1\"\n\n[[session]]\nname = \"b\"\n\
-           source = \"feed1\"\nfilter = \"ids\"\ntargets = [\"vx\"]\nvni = 43\n";
-    std::fs::write(&config, more).expect("new config");
-    let out = common::ctl(BIN, &["reload"], &daemon.control);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}\n{}", daemon.log_text());
+    let stdout = reload_with(&mut daemon, &dir, |running| {
+        running
+            + "\n[[source]]\nname = \"feed1\"\ninterface = \"fd1\"\n\n[[session]]\nname = \"b\"\n\
+               source = \"feed1\"\nfilter = \"ids\"\ntargets = [\"vx\"]\nvni = 43\n"
+    });
     assert!(stdout.contains("started source feed1"), "{stdout}");
     assert!(!stdout.contains("restarted"), "{stdout}");
 
     let mut client = Client::connect(&daemon.control).expect("control socket");
-    let send = |first: u32| {
-        let frames: Arc<Vec<Vec<u8>>> = Arc::new(
-            (first..first + 200)
-                .map(|i| traffic::frame(traffic::SHAPES[0], i, 200))
-                .collect(),
-        );
-        lab::send_frames(&lab.gen, Lab::GEN_IF, frames, 10_000).expect("send")
-    };
-    let settled = |client: &mut Client, total: u64| -> Stats {
-        wait_for(client, "every copy counted", |st| {
-            st.targets
-                .values()
-                .all(|t| t.sent_packets + t.dropped_total() == total)
-        })
-    };
-    assert_eq!(send(0), 200);
+    assert_eq!(send_200(&lab, 0), 200);
     let st = settled(&mut client, 200);
     assert_eq!(st.sessions["all"].path, "kernel");
     let gre = &st.targets["gre"];
@@ -1153,7 +1136,7 @@ fn a_reload_keeps_a_kernel_tunnel_whose_route_is_gone_and_counts_it() {
     daemon
         .wait_for_log("headers rewritten", Duration::from_secs(5))
         .expect("gre's keeper sees its route back");
-    assert_eq!(send(200), 200);
+    assert_eq!(send_200(&lab, 200), 200);
     let st = settled(&mut client, 400);
     let gre = &st.targets["gre"];
     assert_reconciles("gre", gre);
@@ -1162,11 +1145,9 @@ fn a_reload_keeps_a_kernel_tunnel_whose_route_is_gone_and_counts_it() {
     for name in ["vx", "er2", "er3"] {
         assert_eq!(st.targets[name].sent_packets, 400, "{name} carries on");
     }
-    let back = got
-        .finish()
-        .iter()
-        .filter_map(|f| ipv4_payload(f))
-        .filter(|(d, proto, _)| *d == Ipv4Addr::new(10, 99, 2, 2) && *proto == 47)
-        .count();
-    assert_eq!(back, 200, "the collector gets the copies again");
+    assert_eq!(
+        gre_packets(&got.finish()),
+        200,
+        "the collector gets the copies again"
+    );
 }
