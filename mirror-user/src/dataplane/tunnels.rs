@@ -98,9 +98,17 @@ impl KernelTunnel {
             },
         });
         if hop == self.hop {
-            // Down still, maybe for another reason (a route gone, then back
-            // onto another target's device): nothing to rewrite, but said.
-            self.say_why(remote, why);
+            // Still down, for another reason (a route gone, then back onto
+            // another target's device): said, as nothing else changes.
+            if why.is_some() && why != self.why_down {
+                tracing::warn!(
+                    target = %self.target,
+                    remote = %remote,
+                    why = %why.as_deref().unwrap_or_default(),
+                    "kernel tunnel still down: copies are dropped, counted `down`, until it is back"
+                );
+                self.why_down = why;
+            }
             return;
         }
         let Ok(mut program) = self.source.program.lock() else {
@@ -108,11 +116,6 @@ impl KernelTunnel {
         };
         let built =
             hop.and_then(|h| kernel_tunnel::headers(&self.spec, self.vni, &h, self.tai_offset));
-        // A next hop its headers cannot be built for keeps it down too.
-        let why = match (&why, &built) {
-            (None, None) => Some("no tunnel headers can be built for its next hop".to_string()),
-            _ => why,
-        };
         let result = match (hop, built) {
             (Some(h), Some(headers)) => {
                 let moved = h.ifindex != self.device;
@@ -149,37 +152,27 @@ impl KernelTunnel {
                 } else {
                     Ok(())
                 };
-                r.and_then(|()| program.set_tunnel(self.session, self.key, &down))
-                    .map(|()| self.headers = down)
+                r.and_then(|()| program.set_tunnel(self.session, self.key, &down)).map(|()| {
+                    tracing::warn!(
+                        target = %self.target,
+                        remote = %remote,
+                        why = %why.as_deref().unwrap_or_default(),
+                        "kernel tunnel down: copies are dropped, counted `down`, until it is back"
+                    );
+                    self.headers = down;
+                })
             }
         };
-        drop(program);
         match result {
             Ok(()) => {
                 self.hop = hop;
+                self.why_down = why;
                 self.queue.set_up(hop.is_some());
-                self.say_why(remote, why);
             }
             Err(e) => {
                 tracing::warn!(target = %self.target, error = %e, "kernel tunnel: updating its headers")
             }
         }
-    }
-}
-
-impl KernelTunnel {
-    /// Logs why the tunnel is down when that is news: it just went down, or
-    /// is down for another reason than last said. `None`: it is up.
-    fn say_why(&mut self, remote: std::net::IpAddr, why: Option<String>) {
-        if why.is_some() && why != self.why_down {
-            tracing::warn!(
-                target = %self.target,
-                remote = %remote,
-                why = %why.as_deref().unwrap_or_default(),
-                "kernel tunnel down: copies are dropped, counted `down`, until it is back"
-            );
-        }
-        self.why_down = why;
     }
 }
 
