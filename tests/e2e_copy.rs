@@ -117,9 +117,13 @@ struct Live {
 
 impl Live {
     /// Sends `data` from the client to the server over TCP paced to
-    /// [`PACED_TCP`]: it must arrive whole and byte-identical with no
-    /// segment retransmitted.
+    /// [`PACED_TCP`]: it must arrive whole and byte-identical, and every
+    /// segment retransmitted must be one the server already had (D-SACK:
+    /// a timer that fired early on a starved CPU) or one a full veth
+    /// receive ring dropped, which the kernel counts on the sending veth
+    /// ([`Live::ring_drops`]) and mirror cannot cause: it only passes frames.
     fn paced_stream_arrives_untouched(&self, data: &[u8]) {
+        let drops_before = self.ring_drops();
         let tcp = stream::tcp_transfer_paced(
             &self.cli,
             &self.srv,
@@ -128,11 +132,27 @@ impl Live {
             Some(PACED_TCP),
         )
         .expect("the TCP stream arrives intact");
+        let ring_drops = self.ring_drops() - drops_before;
         assert_eq!(tcp.bytes, data.len());
-        assert_eq!(
-            tcp.retransmits, 0,
-            "no segment of the monitored stream was lost"
+        assert!(
+            u64::from(tcp.lost()) <= ring_drops,
+            "the monitored stream lost segments no full veth ring dropped: {tcp:?}, \
+             {ring_drops} frames dropped by the rings"
         );
+    }
+
+    /// Frames the kernel dropped between client and server because the
+    /// receiving end's ring was full (`tx_dropped` of c0 and s0).
+    fn ring_drops(&self) -> u64 {
+        let c0 = self
+            .cli
+            .device_counter("c0", "tx_dropped")
+            .expect("c0's tx_dropped");
+        let s0 = self
+            .srv
+            .device_counter("s0", "tx_dropped")
+            .expect("s0's tx_dropped");
+        c0 + s0
     }
 
     fn new(tag: &str) -> Live {
@@ -235,14 +255,15 @@ fn payload_data(len: usize) -> Vec<u8> {
 }
 
 /// Several tests here assert that a TCP stream through the monitored
-/// interface needs no retransmission. Run on two cores alongside the other
-/// tests' streams and daemons, the veths' receive rings sometimes overflow
-/// from CPU starvation alone (the kernel drops, not mirror: it only ever
-/// passes frames), so the tests of this file run one at a time, and those
-/// streams are paced.
+/// interface loses no segment. Run on two cores alongside the other tests'
+/// streams and daemons, the veths' receive rings sometimes overflow from
+/// CPU starvation alone (the kernel drops, not mirror: it only ever passes
+/// frames), so the tests of this file run one at a time, those streams are
+/// paced, and what the rings drop is counted apart
+/// ([`Live::paced_stream_arrives_untouched`]).
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// The streams that must see no retransmission are paced to 200 Mbit/s:
+/// The streams that must lose nothing are paced to 200 Mbit/s:
 /// TCP's line-rate bursts overflow a veth's 256-frame XDP ring whenever its
 /// NAPI waits for a CPU, program or not (see `tcp_transfer_paced`).
 const PACED_TCP: u32 = 25_000_000;

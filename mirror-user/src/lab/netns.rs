@@ -109,6 +109,26 @@ impl Netns {
         Ok(())
     }
 
+    /// Counter `what` of device `dev` in the namespace
+    /// (`/sys/class/net/<dev>/statistics/<what>`: `tx_dropped`, …).
+    pub fn device_counter(&self, dev: &str, what: &str) -> Result<u64> {
+        let file = format!("/sys/class/net/{dev}/statistics/{what}");
+        // `ip netns exec` mounts the namespace's own sysfs.
+        let out = self
+            .command(&["cat", &file])
+            .stdin(Stdio::null())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        match (out.status.success(), text.trim().parse()) {
+            (true, Ok(v)) => Ok(v),
+            _ => bail!(
+                "reading {file} in {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        }
+    }
+
     /// `ip netns exec <ns> args…`, not started.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ip");

@@ -124,8 +124,20 @@ pub struct TcpOutcome {
     /// Bytes the server read, all equal to what was sent.
     pub bytes: usize,
     /// Segments the sender retransmitted (`tcpi_total_retrans`): 0 when
-    /// the network lost nothing.
+    /// the network lost nothing and no timer fired early.
     pub retransmits: u32,
+    /// Of those, the ones the receiver reported it already had (D-SACK,
+    /// `tcpi_dsack_dups`): nothing was lost, the sender only gave up
+    /// waiting too soon (a tail-loss probe or an RTO on a starved CPU).
+    pub spurious: u32,
+}
+
+impl TcpOutcome {
+    /// Retransmissions of segments the receiver did not already have:
+    /// segments the network lost.
+    pub fn lost(&self) -> u32 {
+        self.retransmits.saturating_sub(self.spurious)
+    }
 }
 
 /// Sends `data` from `client_ns` to a server in `server_ns` at `addr` and
@@ -181,7 +193,7 @@ pub fn tcp_transfer_paced(
         .join()
         .map_err(|_| anyhow::anyhow!("TCP server panicked"))?
         .context("receiving")?;
-    let retransmits = tcp_retransmits(&conn);
+    let (retransmits, spurious) = tcp_retransmits(&conn);
     if got != data {
         bail!(
             "the server read {} bytes that differ from the {} sent",
@@ -192,10 +204,13 @@ pub fn tcp_transfer_paced(
     Ok(TcpOutcome {
         bytes: got.len(),
         retransmits,
+        spurious,
     })
 }
 
-fn tcp_retransmits(conn: &TcpStream) -> u32 {
+/// (`tcpi_total_retrans`, `tcpi_dsack_dups`) of a connection
+/// (`u32::MAX` retransmissions when the kernel refuses `TCP_INFO`).
+fn tcp_retransmits(conn: &TcpStream) -> (u32, u32) {
     // Safety: tcp_info is plain old data; all-zero is valid.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -210,7 +225,25 @@ fn tcp_retransmits(conn: &TcpStream) -> u32 {
         )
     };
     if rc != 0 {
-        return u32::MAX;
+        return (u32::MAX, 0);
     }
-    info.tcpi_total_retrans
+    (info.tcpi_total_retrans, info.tcpi_dsack_dups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_is_what_the_receiver_did_not_already_have() {
+        let o = |retransmits, spurious| TcpOutcome {
+            bytes: 0,
+            retransmits,
+            spurious,
+        };
+        assert_eq!(o(0, 0).lost(), 0);
+        assert_eq!(o(1, 1).lost(), 0);
+        assert_eq!(o(3, 1).lost(), 2);
+        assert_eq!(o(u32::MAX, 0).lost(), u32::MAX);
+    }
 }
