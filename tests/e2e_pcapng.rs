@@ -314,6 +314,15 @@ max_total_size = "1MiB""#,
         (first..n).collect::<Vec<u32>>(),
         "the newest copies, in order"
     );
+    // What aged out is counted: the target numbered its files from 1 in an
+    // empty directory, each begins with the same header blocks, and every
+    // copy is in a kept file or a deleted one.
+    let created = files.last().expect("files").0;
+    let (_, newest) = files.last().expect("files");
+    let header = std::fs::metadata(newest).expect("size").len()
+        - seqs(&read_pcapng(newest)).len() as u64 * 1044;
+    assert_eq!(t.deleted_files, created - files.len() as u64);
+    assert_eq!(t.deleted_bytes, written + created * header - total(&now));
     drop(s);
 }
 

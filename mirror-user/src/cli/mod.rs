@@ -128,7 +128,9 @@ pub enum Command {
     /// tap mode, tcx clones in copy mode; "af_xdp" / "ring_buffer": through
     /// userspace, tap / copy mode). Per target: enqueued, sent_packets, sent_bytes,
     /// truncated, shared_umem (taken from the source's RX frame without a copy, then sent, written or dropped as any copy),
-    /// kernel_path (sent by the in-kernel fast path), dropped by reason, queued. Per group: members up, rehashed, all_down.
+    /// kernel_path (sent by the in-kernel fast path), deleted_files and deleted_bytes
+    /// (pcapng: files deleted, oldest first, to hold keep and max_total_size), dropped
+    /// by reason, queued. Per group: members up, rehashed, all_down.
     /// The same counters, named mirror_<section>_<key>, are served to
     /// Prometheus when [daemon] metrics is set.
     Stats(stats::Args),

@@ -228,6 +228,8 @@ pub fn render(s: &Stats) -> String {
                 ("truncated", v.truncated),
                 ("shared_umem", v.shared_umem),
                 ("kernel_path", v.kernel_path),
+                ("deleted_files", v.deleted_files),
+                ("deleted_bytes", v.deleted_bytes),
             ]
             .iter()
             .filter(|(_, n)| *n > 0)

@@ -472,6 +472,16 @@ fn targets(out: &mut Section, stats: &Stats) {
                 "Copies the in-kernel path sent (included in sent_packets).",
                 t.kernel_path,
             ),
+            (
+                "mirror_target_deleted_files",
+                "pcapng: capture files deleted (oldest first) to hold keep and max_total_size.",
+                t.deleted_files,
+            ),
+            (
+                "mirror_target_deleted_bytes",
+                "pcapng: bytes of the capture files deleted to hold keep and max_total_size.",
+                t.deleted_bytes,
+            ),
         ] {
             out.counter(key, help, l(), v);
         }
@@ -634,6 +644,8 @@ mod tests {
             truncated: n + 2,
             shared_umem: n + 3,
             kernel_path: n + 4,
+            deleted_files: n + 6,
+            deleted_bytes: 1000 * n + 7,
             dropped: reasons(&[("queue_full", n + 5), ("down", 0), ("send_error", 1)]),
             queued: 0,
         }

@@ -147,6 +147,10 @@ pub struct TargetCounters {
     /// Copies taken from the source's RX frame without a copy (sent or written
     /// from it, or dropped afterwards like any copy).
     pub shared: AtomicU64,
+    /// pcapng: files deleted to hold `keep` and `max_total_size`, and
+    /// their bytes.
+    pub deleted_files: AtomicU64,
+    pub deleted_bytes: AtomicU64,
     dropped: [AtomicU64; 6],
 }
 
@@ -469,6 +473,8 @@ impl TargetQueue {
             truncated: c.truncated.load(Ordering::Relaxed),
             shared_umem: c.shared.load(Ordering::Relaxed),
             kernel_path: 0,
+            deleted_files: c.deleted_files.load(Ordering::Relaxed),
+            deleted_bytes: c.deleted_bytes.load(Ordering::Relaxed),
             dropped,
             queued: self.queued() as u64 + self.in_flight.load(Ordering::Relaxed),
         }
@@ -495,6 +501,12 @@ pub struct TargetStats {
     /// Copies the in-kernel fast path sent (included in `sent_packets`).
     #[serde(default)]
     pub kernel_path: u64,
+    /// pcapng: capture files deleted to hold `keep` and `max_total_size`
+    /// (the oldest first), and their bytes: what aged out of the record.
+    #[serde(default)]
+    pub deleted_files: u64,
+    #[serde(default)]
+    pub deleted_bytes: u64,
     pub dropped: std::collections::BTreeMap<String, u64>,
     /// Copies waiting in the target's queue or TX ring right now (0 when idle).
     pub queued: u64,

@@ -227,6 +227,9 @@ struct Files {
     head: Vec<u8>,
     /// Closes deleted files, handing their space back off the writer thread.
     reaper: Reaper,
+    /// Files deleted to hold `keep` and `max_total_size` so far, and their
+    /// bytes (published as the target's `deleted_files`, `deleted_bytes`).
+    deleted: (u64, u64),
 }
 
 struct Current {
@@ -268,6 +271,7 @@ impl Files {
             old,
             head,
             reaper: Reaper::default(),
+            deleted: (0, 0),
         }
     }
 
@@ -330,7 +334,7 @@ impl Files {
             .retain(|(p, _)| holds_packets(p) || !remove(p, "a capture file that holds no packet"));
         if let Some(keep) = self.spec.keep {
             while self.old.len() + 1 > keep as usize {
-                if !self.delete_oldest() {
+                if !self.delete_oldest("keep") {
                     break;
                 }
             }
@@ -353,7 +357,7 @@ impl Files {
             if total <= max {
                 break;
             }
-            if !self.delete_oldest() {
+            if !self.delete_oldest("max_total_size") {
                 return false;
             }
         }
@@ -364,9 +368,10 @@ impl Files {
         true
     }
 
-    /// Deletes the oldest closed file; false if there is none or it could
-    /// not be deleted (it stays counted).
-    fn delete_oldest(&mut self) -> bool {
+    /// Deletes the oldest closed file to hold `why` (`keep`,
+    /// `max_total_size`), logged and counted; false if there is none or it
+    /// could not be deleted (it stays counted in the budget).
+    fn delete_oldest(&mut self, why: &str) -> bool {
         let Some((path, len)) = self.old.front() else {
             return false;
         };
@@ -376,7 +381,11 @@ impl Files {
         if !remove(path, "an old capture file") {
             return false;
         }
+        // A file someone else deleted first is gone, but not counted.
         if let Ok(file) = held {
+            tracing::info!(file = %path.display(), bytes = *len, "deleted the oldest capture file to hold {why}");
+            self.deleted.0 += 1;
+            self.deleted.1 += *len;
             self.reaper.close(file, *len);
         }
         self.old.pop_front();
@@ -924,6 +933,16 @@ impl<'q> Writer<'q> {
         self.q
             .in_flight
             .store(self.blocks.packets, Ordering::Relaxed);
+        self.publish_deleted();
+    }
+
+    /// The files deleted so far, into the target's counters.
+    fn publish_deleted(&self) {
+        let c = &self.q.counters;
+        c.deleted_files
+            .store(self.files.deleted.0, Ordering::Relaxed);
+        c.deleted_bytes
+            .store(self.files.deleted.1, Ordering::Relaxed);
     }
 
     /// At the stop, the queue drained: writes what is left.
@@ -933,6 +952,7 @@ impl<'q> Writer<'q> {
             let _ = cur.file.sync_data();
         }
         self.q.in_flight.store(0, Ordering::Relaxed);
+        self.publish_deleted();
     }
 
     fn rotate(&mut self, now: Instant) {
@@ -1481,11 +1501,12 @@ mod tests {
             max_total_size: None,
             min_free: None,
         };
-        // keep = 4: the new file (5) and the three newest; 1 goes.
+        // keep = 4: the new file (5) and the three newest; 1 goes, counted.
         let mut files = Files::new(spec(4), vec![("s".into(), "eth0".into())]);
         files.open_next(Instant::now()).expect("open");
         let left: Vec<u64> = rotated_files(&path).iter().map(|f| f.0).collect();
         assert_eq!(left, vec![2, 3, 4, 5]);
+        assert_eq!(files.deleted, (1, capture_bytes(1).len() as u64));
         drop(files);
         // File 5 gets a packet; keep = 5: four there and the new one (6)
         // make five, which keep allows: none goes.
@@ -1495,6 +1516,7 @@ mod tests {
         let left: Vec<u64> = rotated_files(&path).iter().map(|f| f.0).collect();
         std::fs::remove_dir_all(&dir).expect("cleanup");
         assert_eq!(left, vec![2, 3, 4, 5, 6]);
+        assert_eq!(files.deleted, (0, 0));
     }
 
     #[test]
@@ -2169,6 +2191,7 @@ mod tests {
         assert!(!files.make_room(1001));
         assert!(files.old.is_empty());
         assert!(files.make_room(0));
+        assert_eq!(files.deleted, (0, 0), "only what the target deleted counts");
         // No budget: nothing is deleted.
         files.spec.max_total_size = None;
         files.old.push_back((dir.0.join("c"), u64::MAX / 2));
