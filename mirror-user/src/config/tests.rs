@@ -1916,3 +1916,40 @@ fn an_array_over_several_lines_is_not_cut_at_a_bracket_of_its_first_line() {
         assert_eq!(super::closes_on_its_line(value), closes, "{value}");
     }
 }
+
+/// A budget must hold at least two files of `rotate_size`: with one, each
+/// rotation would delete the whole record kept so far.
+#[test]
+fn rotate_size_over_half_of_max_total_size_is_refused_at_its_key() {
+    let with = |rotate: &str, budget: &str| {
+        format!("{GOOD}{ALL_TARGETS}")
+            .replace(
+                "rotate_size = \"1GiB\"",
+                &format!("rotate_size = \"{rotate}\""),
+            )
+            .replace(
+                "max_total_size = \"500GiB\"",
+                &format!("max_total_size = \"{budget}\""),
+            )
+    };
+    let text = with("4MiB", "1MiB");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("rotate_size"))
+        .expect("fixture has rotate_size")
+        + 1;
+    let e = errors(&text);
+    assert!(
+        e[0].starts_with(&format!("t.toml:{line}:")),
+        "at rotate_size's line {line}: {e:?}"
+    );
+    assert!(
+        e[0].contains("rotate_size = \"4MiB\" is more than half of max_total_size = \"1MiB\"")
+            && e[0].contains("at most half of the budget (524288 bytes"),
+        "{e:?}"
+    );
+    assert!(errors(&with("513KiB", "1MiB"))[0].contains("more than half"));
+    // Half of the budget, or less, is fine.
+    parse(&with("512KiB", "1MiB"), "t.toml").expect("half the budget");
+    parse(&with("256KiB", "1MiB"), "t.toml").expect("a quarter");
+}

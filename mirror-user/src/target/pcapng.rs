@@ -276,11 +276,15 @@ impl Files {
     }
 
     /// The most bytes one file may hold: it is closed before a block would
-    /// take it past `rotate_size` or, alone, past `max_total_size`.
+    /// take it past `rotate_size` or, alone, past `max_total_size`; under a
+    /// budget without `rotate_size`, past a quarter of the budget, so that
+    /// deleting the oldest file never takes more than a quarter of the
+    /// record (`mirror check` refuses a `rotate_size` over half of it).
     fn file_limit(&self) -> Option<u64> {
         match (self.spec.rotate_size, self.spec.max_total_size) {
             (Some(r), Some(m)) => Some(r.min(m)),
-            (r, m) => r.or(m),
+            (None, Some(m)) => Some((m / 4).max(1)),
+            (r, None) => r,
         }
     }
 
@@ -2222,6 +2226,30 @@ mod tests {
         assert_eq!(sent(&q).0, 3);
         assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 0);
         assert_eq!(q.counters.dropped(TargetDrop::TooBig), 0);
+    }
+
+    /// Under a budget without rotate_size, a file holds a quarter of it
+    /// at most: deleting the oldest never takes more than that.
+    #[test]
+    fn without_rotate_size_a_file_takes_a_quarter_of_the_budget() {
+        let dir = Dir::new("quarter");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut s = spec(&path);
+        s.rotate_interval = Some(Duration::from_secs(3600));
+        s.max_total_size = Some(4 * (head_len() + 2 * EPB60));
+        let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        for seq in 1..=5 {
+            feed(&mut w, &q, 60, seq, t0);
+        }
+        w.finish(t0);
+        let quarter = head_len() + 2 * EPB60;
+        assert_eq!(
+            listing(&path),
+            [(1, quarter), (2, quarter), (3, head_len() + EPB60)]
+        );
+        assert_eq!(sent(&q).0, 5);
     }
 
     #[test]

@@ -344,6 +344,26 @@ impl Validator<'_> {
                 }
             },
         };
+        if let (Some(r), Some(m), Some(x)) = (rotate_size, max_total_size, &t.rotate_size) {
+            if r > m / 2 {
+                self.error(
+                    x.span(),
+                    format!(
+                        "rotate_size = \"{}\" is more than half of max_total_size = \"{}\": \
+                         the budget would hold less than two files, and each rotation would \
+                         delete the record kept so far; make rotate_size at most half of the \
+                         budget ({} bytes; a quarter or less keeps at least three quarters of \
+                         it on disk)",
+                        x.get_ref(),
+                        t.max_total_size
+                            .as_ref()
+                            .map_or("", |m| m.get_ref().as_str()),
+                        m / 2
+                    ),
+                );
+                return None;
+            }
+        }
         let spec = PcapngSpec {
             path: p,
             rotate_size,
