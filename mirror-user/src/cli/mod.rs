@@ -44,6 +44,9 @@ ENVIRONMENT
     RUST_LOG   log filter, e.g. RUST_LOG=debug (default: info); logs go to stderr
     MIRROR_SKIP_CAPABILITY_CHECK   set: `mirror run` starts without a capability
                it checks for and fails where the kernel refuses (for tests)
+    MIRROR_FAKE_NOW   an RFC 3339 time: `mirror run` starts its schedule clock
+               standing at that time; the control request (one JSON line on the
+               control socket) {\"cmd\":\"set_time\",\"time\":\"…\"} moves it (for tests)
 
 EXIT STATUS
     0 success; 1 error (bad config, attach failure, daemon unreachable, failed demo check)
@@ -80,7 +83,8 @@ EXAMPLES
 /// `mirror stats` say which path each session has, and why.
 /// Needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON (+ CAP_NET_RAW and
 /// CAP_IPC_LOCK for AF_XDP and tunnel sockets); `mirror run` names any that
-/// are missing, and once started keeps only CAP_BPF.
+/// are missing, and once started keeps those five (a reload may start
+/// anything) and drops the rest of root's.
 #[derive(Debug, Parser)]
 #[command(name = "mirror", version, after_long_help = AFTER_HELP)]
 pub struct Cli {
@@ -98,7 +102,9 @@ pub enum Command {
     /// Programs are attached through BPF links: if the daemon dies, the kernel
     /// detaches them. Refuses to start without the capabilities the config
     /// needs, naming each; does not open targets no session uses; once
-    /// started keeps only CAP_BPF (reloads and live rule changes need it).
+    /// started keeps CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW, CAP_PERFMON and
+    /// CAP_IPC_LOCK (a reload may start any source or target) and drops the
+    /// rest of root's.
     /// Sessions with [[session.schedule]] windows switch settings at each
     /// window edge (logged). For tests, MIRROR_FAKE_NOW=<RFC 3339 time> starts
     /// the schedule's clock standing at that time; the control request

@@ -10,7 +10,8 @@ use mirror_user::dataplane::stats::Stats;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Print the counters as JSON (SPEC shape: sources, sessions, targets).
+    /// Print the counters as JSON: {"sources": {…}, "sessions": {…},
+    /// "targets": {…}, "groups": {…}}, each by name.
     #[arg(long)]
     pub json: bool,
     /// Print again every second until interrupted, with the time and rates

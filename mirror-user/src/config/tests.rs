@@ -1463,7 +1463,7 @@ flow_cutoff_bytes = 13
     assert!(
         e[0].ends_with(
             "session[0].schedule[0].flow_cutoff_bytes (0 = off) = 13 is out of range: accepted \
-             values are 14 to 9223372036854775807"
+             values are 0 or 14 to 9223372036854775807"
         ),
         "{e:?}"
     );
@@ -1571,7 +1571,7 @@ fn flow_cutoff_errors_name_the_key_and_the_accepted_values() {
         (
             "flow_cutoff_bytes = 13",
             "session[0].flow_cutoff_bytes (0 = off) = 13 is out of range: \
-             accepted values are 14 to 9223372036854775807",
+             accepted values are 0 or 14 to 9223372036854775807",
         ),
         (
             "flow_cutoff_bytes = -1",

@@ -1474,10 +1474,13 @@ impl Plane {
     fn log_paths(&self, source: &Source) {
         for (s, path) in source.sessions().into_iter().zip(&source.paths) {
             let sess = &self.config.sessions[s];
+            // A scheduled session's settings are its window's: the schedule
+            // logs the ones in force (`session …: … active until …`).
+            let own = |v: u32| sess.schedule.is_empty().then_some(v);
             if path.kernel && source.mode == SourceMode::Copy {
                 tracing::info!(
                     session = %sess.name,
-                    sample = sess.sample,
+                    sample = own(sess.sample),
                     path = path.name_in(source.mode),
                     relay = source.relay.as_deref().unwrap_or("none"),
                     "session served in the kernel: tcx clones each mirrored frame to each target \
@@ -1487,16 +1490,16 @@ impl Plane {
             } else if path.kernel {
                 tracing::info!(
                     session = %sess.name,
-                    sample = sess.sample,
+                    sample = own(sess.sample),
                     path = path.name(),
                     "session served in the kernel: XDP redirects each mirrored frame to its targets' DEVMAP (a broadcast for several), no userspace copy"
                 );
             } else {
                 tracing::info!(
                     session = %sess.name,
-                    sample = sess.sample,
-                    rate_limit_pps = sess.rate_limit_pps,
-                    packet_length = sess.packet_length,
+                    sample = own(sess.sample),
+                    rate_limit_pps = own(sess.rate_limit_pps),
+                    packet_length = own(sess.packet_length),
                     path = path.name_in(source.mode),
                     why = %path.reason,
                     "session served through userspace"

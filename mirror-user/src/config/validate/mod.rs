@@ -82,10 +82,17 @@ impl<'t> Validator<'t> {
     ) -> Option<T> {
         let n = *value.get_ref();
         if !range.contains(&n) {
+            // A key whose 0 means something else ("packet_length (0 = whole
+            // frame)") is checked against its range only when not 0.
+            let zero = if what.contains("(0 = ") && *range.start() > 0 {
+                "0 or "
+            } else {
+                ""
+            };
             self.error(
                 value.span(),
                 format!(
-                    "{what} = {n} is out of range: accepted values are {} to {}",
+                    "{what} = {n} is out of range: accepted values are {zero}{} to {}",
                     range.start(),
                     range.end()
                 ),
