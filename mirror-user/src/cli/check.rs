@@ -203,6 +203,31 @@ targets = ["p"]
         );
     }
 
+    /// A tap source sees ingress only: its filter's egress rules are
+    /// named as never applying (a new-user trial read "4 rules" in check
+    /// and `rules=2` in the daemon's log, with no word why).
+    #[test]
+    fn egress_rules_of_a_tap_sources_filter_are_warned_about() {
+        let dir = std::env::temp_dir();
+        let text = CONFIG
+            .replace("@DIR@", &dir.to_string_lossy())
+            .replace("mode = \"copy\"\ndirection = \"both\"\n", "")
+            .replace(
+                "[[target]]\nname = \"p\"",
+                "[[filter.rule]]\nnumber = 2\naction = \"accept\"\ndirection = \"egress\"\n\
+                 [[filter.rule]]\nnumber = 3\naction = \"reject\"\ndirection = \"egress\"\n\
+                 [[target]]\nname = \"p\"",
+            );
+        let f = host(&mirror_user::config::parse(&text, "t.toml").expect("valid"));
+        assert_eq!(
+            f.warnings[1..],
+            [
+                "source `s` does not mirror egress frames (a tap source mirrors ingress only), \
+              so the 2 egress rule(s) of filter `f` never apply to it"
+            ]
+        );
+    }
+
     /// Root can write anywhere with CAP_DAC_OVERRIDE, which `mirror run`
     /// drops before opening files: check answers for run, not for root.
     #[test]

@@ -520,19 +520,43 @@ impl Config {
 
     /// Directions a source mirrors that no rule of its sessions' filters
     /// can match (`direction = "both"` with only ingress rules mirrors no
-    /// egress frame): one sentence each, for `mirror check` and the start-up
-    /// log.
+    /// egress frame), and rules of its sessions' filters for a direction it
+    /// does not mirror (egress rules on a tap source): one sentence each,
+    /// for `mirror check` and the start-up log.
     pub fn silent_directions(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (i, src) in self.sources.iter().enumerate() {
-            let filters: Vec<&Filter> = self
+            let mut filters: Vec<&Filter> = self
                 .sessions
                 .iter()
                 .filter(|s| s.source == i)
                 .map(|s| &self.filters[s.filter])
                 .collect();
+            filters.sort_by_key(|f| &f.name);
+            filters.dedup_by_key(|f| &f.name);
             if filters.is_empty() {
                 continue;
+            }
+            for f in &filters {
+                for (mirrored, dir, name) in [
+                    (src.ingress(), Direction::Ingress, "ingress"),
+                    (src.egress(), Direction::Egress, "egress"),
+                ] {
+                    let n = f.rules.iter().filter(|r| r.direction == dir).count();
+                    if !mirrored && n > 0 {
+                        out.push(format!(
+                            "source `{}` does not mirror {name} frames ({}), so the {n} {name} \
+                             rule(s) of filter `{}` never apply to it",
+                            src.name,
+                            match (src.mode, src.direction) {
+                                (SourceMode::Tap, _) => "a tap source mirrors ingress only",
+                                (_, SourceDirection::Ingress) => "direction = \"ingress\"",
+                                _ => "direction = \"egress\"",
+                            },
+                            f.name
+                        ));
+                    }
+                }
             }
             for (mirrored, dir, name) in [
                 (src.ingress(), Direction::Ingress, "ingress"),
