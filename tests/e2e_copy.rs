@@ -118,10 +118,13 @@ struct Live {
 impl Live {
     /// Sends `data` from the client to the server over TCP paced to
     /// [`PACED_TCP`]: it must arrive whole and byte-identical, and every
-    /// segment retransmitted must be one the server already had (D-SACK:
-    /// a timer that fired early on a starved CPU) or one a full veth
-    /// receive ring dropped, which the kernel counts on the sending veth
-    /// ([`Live::ring_drops`]) and mirror cannot cause: it only passes frames.
+    /// segment retransmitted must be one the server already had (D-SACK: a
+    /// timer that fired early on a starved CPU) or, a handful at most, one
+    /// c0's veth dropped because s0's receive ring was full
+    /// ([`Live::ring_drops`]): a burst from a starved CPU. A program slow
+    /// enough to overflow the ring at this pace would drop far more, and the
+    /// server never gets a segment twice unless it was sent twice (mirror
+    /// never duplicates a frame).
     fn paced_stream_arrives_untouched(&self, data: &[u8]) {
         let drops_before = self.ring_drops();
         let tcp = stream::tcp_transfer_paced(
@@ -135,24 +138,22 @@ impl Live {
         let ring_drops = self.ring_drops() - drops_before;
         assert_eq!(tcp.bytes, data.len());
         assert!(
-            u64::from(tcp.lost()) <= ring_drops,
-            "the monitored stream lost segments no full veth ring dropped: {tcp:?}, \
-             {ring_drops} frames dropped by the rings"
+            tcp.spurious <= tcp.retransmits,
+            "the server got segments twice that were sent once: {tcp:?}"
+        );
+        assert!(
+            u64::from(tcp.lost()) <= ring_drops.min(STARVED_RING_DROPS),
+            "the monitored stream lost segments: {tcp:?}, {ring_drops} frames dropped \
+             by c0 for a full ring (at most {STARVED_RING_DROPS} excused)"
         );
     }
 
-    /// Frames the kernel dropped between client and server because the
-    /// receiving end's ring was full (`tx_dropped` of c0 and s0).
+    /// Frames c0 dropped because s0's receive ring was full (c0's
+    /// `tx_dropped`): the client's data direction.
     fn ring_drops(&self) -> u64 {
-        let c0 = self
-            .cli
+        self.cli
             .device_counter("c0", "tx_dropped")
-            .expect("c0's tx_dropped");
-        let s0 = self
-            .srv
-            .device_counter("s0", "tx_dropped")
-            .expect("s0's tx_dropped");
-        c0 + s0
+            .expect("c0's tx_dropped")
     }
 
     fn new(tag: &str) -> Live {
@@ -262,6 +263,10 @@ fn payload_data(len: usize) -> Vec<u8> {
 /// paced, and what the rings drop is counted apart
 /// ([`Live::paced_stream_arrives_untouched`]).
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Segments a paced stream may lose to a full veth ring on a starved CPU
+/// ([`Live::paced_stream_arrives_untouched`]).
+const STARVED_RING_DROPS: u64 = 4;
 
 /// The streams that must lose nothing are paced to 200 Mbit/s:
 /// TCP's line-rate bursts overflow a veth's 256-frame XDP ring whenever its

@@ -1949,6 +1949,14 @@ fn rotate_size_over_half_of_max_total_size_is_refused_at_its_key() {
         "{e:?}"
     );
     assert!(errors(&with("513KiB", "1MiB"))[0].contains("more than half"));
+    // A budget too small for two files of the smallest rotate_size says so.
+    let e = errors(&with("4KiB", "6KiB"));
+    assert!(
+        e[0].contains(
+            "max_total_size = \"6KiB\" holds less than two files of the smallest rotate_size"
+        ),
+        "{e:?}"
+    );
     // Half of the budget, or less, is fine.
     parse(&with("512KiB", "1MiB"), "t.toml").expect("half the budget");
     parse(&with("256KiB", "1MiB"), "t.toml").expect("a quarter");

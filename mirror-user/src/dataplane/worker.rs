@@ -44,8 +44,8 @@ const WORKER_TIMER_SLACK_NS: libc::c_ulong = 5_000;
 /// asking to be woken, so the next read takes a batch; it goes back to
 /// poll() only when nothing came meanwhile. Each wait is short enough that
 /// at the rate of the last round the ring fills to a quarter at most, never
-/// more than [`NAP_MAX`], and at most twice the last one: after an idle
-/// spell (rate unknown) it starts at [`NAP_FIRST`].
+/// more than [`NAP_MAX`], and at most twice the last one or [`NAP_FIRST`],
+/// whichever is more: after an idle spell (rate unknown) it starts there.
 #[derive(Debug)]
 pub(super) struct Nap {
     /// When the round began: the last wait's start.

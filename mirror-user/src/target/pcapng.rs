@@ -382,14 +382,20 @@ impl Files {
         // Held open while its name goes, so that the space comes back when
         // the reaper closes it, not in this thread's unlink.
         let held = File::open(path);
-        if !remove(path, "an old capture file") {
-            return false;
+        match unlink(path) {
+            Unlinked::Failed(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "deleting an old capture file failed");
+                return false;
+            }
+            // Someone else deleted it first: gone, but not counted.
+            Unlinked::Gone => {}
+            Unlinked::Deleted => {
+                tracing::info!(file = %path.display(), bytes = *len, "deleted the oldest capture file to hold {why}");
+                self.deleted.0 += 1;
+                self.deleted.1 += *len;
+            }
         }
-        // A file someone else deleted first is gone, but not counted.
         if let Ok(file) = held {
-            tracing::info!(file = %path.display(), bytes = *len, "deleted the oldest capture file to hold {why}");
-            self.deleted.0 += 1;
-            self.deleted.1 += *len;
             self.reaper.close(file, *len);
         }
         self.old.pop_front();
@@ -477,16 +483,32 @@ fn lock(m: &Mutex<u64>) -> std::sync::MutexGuard<'_, u64> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What became of an unlink.
+enum Unlinked {
+    Deleted,
+    /// It was not there (someone else deleted it first).
+    Gone,
+    Failed(io::Error),
+}
+
+fn unlink(path: &Path) -> Unlinked {
+    match std::fs::remove_file(path) {
+        Ok(()) => Unlinked::Deleted,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Unlinked::Gone,
+        Err(e) => Unlinked::Failed(e),
+    }
+}
+
 /// Deletes `path` (`what` names it in the log); true when it is gone,
 /// also when someone else deleted it first.
 fn remove(path: &Path, what: &str) -> bool {
-    match std::fs::remove_file(path) {
-        Ok(()) => {
+    match unlink(path) {
+        Unlinked::Deleted => {
             tracing::debug!(file = %path.display(), "deleted {what}");
             true
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
-        Err(e) => {
+        Unlinked::Gone => true,
+        Unlinked::Failed(e) => {
             tracing::warn!(file = %path.display(), error = %e, "deleting {what} failed");
             false
         }

@@ -345,6 +345,20 @@ impl Validator<'_> {
             },
         };
         if let (Some(r), Some(m), Some(x)) = (rotate_size, max_total_size, &t.rotate_size) {
+            if m / 2 < 4096 {
+                let at = t.max_total_size.as_ref().map_or(x.span(), |m| m.span());
+                self.error(
+                    at,
+                    format!(
+                        "max_total_size = \"{}\" holds less than two files of the smallest \
+                         rotate_size (4096 bytes): make it at least 8192 bytes",
+                        t.max_total_size
+                            .as_ref()
+                            .map_or("", |m| m.get_ref().as_str()),
+                    ),
+                );
+                return None;
+            }
             if r > m / 2 {
                 self.error(
                     x.span(),
