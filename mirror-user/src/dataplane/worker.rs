@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libbpf_rs::{MapHandle, RingBufferBuilder};
 
@@ -27,76 +27,6 @@ pub(super) const COPY_BATCH: u32 = 64;
 /// (at most a quarter of it), and otherwise reads every [`COPY_POLL`].
 pub(super) const COPY_WAKE_BYTES: u64 = 256 << 10;
 pub(super) const COPY_POLL: Duration = Duration::from_millis(1);
-
-/// The longest a worker that emptied its RX ring waits before reading it
-/// again ([`Nap`]).
-pub(super) const NAP_MAX: Duration = Duration::from_micros(200);
-/// The first wait after the ring was found empty: the rate is unknown then.
-const NAP_FIRST: Duration = Duration::from_micros(10);
-/// Timer slack of a worker thread, so that its short waits are as asked
-/// (a thread's default is 50 µs).
-const WORKER_TIMER_SLACK_NS: libc::c_ulong = 5_000;
-
-/// Interrupt moderation for an RX worker. Woken by the kernel (poll), a
-/// worker would take a few frames per wake-up at moderate rates: each costs
-/// the feed's NAPI a cross-core wake-up and the worker a context switch.
-/// Instead, a worker that has just emptied its ring waits a little, without
-/// asking to be woken, so the next read takes a batch; it goes back to
-/// poll() only when nothing came meanwhile. Each wait is short enough that
-/// at the rate of the last round the ring fills to a quarter at most, never
-/// more than [`NAP_MAX`], and at most twice the last one or [`NAP_FIRST`],
-/// whichever is more: after an idle spell (rate unknown) it starts there.
-#[derive(Debug)]
-pub(super) struct Nap {
-    /// When the round began: the last wait's start.
-    since: Instant,
-    /// Frames read since then.
-    frames: u64,
-    last: Duration,
-}
-
-impl Nap {
-    pub(super) fn new(now: Instant) -> Nap {
-        Nap {
-            since: now,
-            frames: 0,
-            last: Duration::ZERO,
-        }
-    }
-
-    pub(super) fn read(&mut self, frames: u32) {
-        self.frames += u64::from(frames);
-    }
-
-    /// The ring is empty at `now`: how long to wait before reading it again,
-    /// for a ring of `ring` entries.
-    pub(super) fn emptied(&mut self, now: Instant, ring: u32) -> Duration {
-        let quarter = f64::from(ring / 4);
-        let by_rate = match self.frames {
-            0 => NAP_MAX,
-            n => (now - self.since).mul_f64(quarter / n as f64),
-        };
-        let nap = by_rate.min(NAP_MAX).min((self.last * 2).max(NAP_FIRST));
-        self.last = nap;
-        self.since = now;
-        self.frames = 0;
-        nap
-    }
-
-    /// Nothing came during a wait: the worker blocks in poll(), and the
-    /// rate after it is unknown.
-    pub(super) fn idle(&mut self, now: Instant) {
-        self.last = Duration::ZERO;
-        self.since = now;
-        self.frames = 0;
-    }
-}
-
-/// Sets the calling thread's timer slack (`PR_SET_TIMERSLACK`).
-fn set_timer_slack(ns: libc::c_ulong) {
-    // Safety: PR_SET_TIMERSLACK takes one integer and affects this thread only.
-    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns, 0, 0, 0) };
-}
 
 /// The sessions that got frames since their targets were last woken: a
 /// reader offers a batch, then wakes each touched session's targets once.
@@ -169,11 +99,6 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
     // Once stopped (the program is detached first), what is left in the RX
     // ring is still handed on: at most this many more batches.
     let mut drain = DRAIN_BATCHES;
-    set_timer_slack(WORKER_TIMER_SLACK_NS);
-    let mut nap = Nap::new(Instant::now());
-    // Whether the last read followed a wait: a read that finds nothing
-    // then sends the worker to poll().
-    let mut napped = false;
     loop {
         if stop.load(Ordering::Relaxed) {
             if drain == 0 {
@@ -218,18 +143,9 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            if !napped {
-                std::thread::sleep(nap.emptied(Instant::now(), q.ring_size()));
-                napped = true;
-                continue;
-            }
             q.wait(IDLE_POLL_MS);
-            nap.idle(Instant::now());
-            napped = false;
             continue;
         }
-        napped = false;
-        nap.read(n);
         touched.wake(plans);
     }
 }
@@ -338,51 +254,6 @@ pub(super) fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const US: Duration = Duration::from_micros(1);
-
-    /// After an idle spell the waits start short and double while the
-    /// rate allows, up to NAP_MAX.
-    #[test]
-    fn naps_start_short_and_double_up_to_the_most() {
-        let t0 = Instant::now();
-        let mut nap = Nap::new(t0);
-        nap.idle(t0);
-        let mut now = t0;
-        let mut got = Vec::new();
-        for _ in 0..7 {
-            // 10 frames a round: a slow rate, far from filling the ring.
-            now += Duration::from_millis(1);
-            nap.read(10);
-            got.push(nap.emptied(now, 2048));
-        }
-        assert_eq!(got, [10, 20, 40, 80, 160, 200, 200].map(|n| n * US));
-    }
-
-    /// At a high rate the wait is what fills a quarter of the ring.
-    #[test]
-    fn a_nap_fills_at_most_a_quarter_of_the_ring_at_the_last_rate() {
-        let t0 = Instant::now();
-        let mut nap = Nap::new(t0);
-        let mut now = t0;
-        for _ in 0..6 {
-            now += Duration::from_millis(1);
-            nap.read(20);
-            nap.emptied(now, 2048);
-        }
-        // 10 Mpps: 512 frames in 51.2 µs.
-        now += Duration::from_millis(1);
-        nap.read(10_000);
-        assert_eq!(nap.emptied(now, 2048), Duration::from_nanos(51_200));
-        // A smaller ring, a shorter wait: 2 Mpps, 128 frames in 64 µs.
-        now += Duration::from_millis(1);
-        nap.read(2_000);
-        assert_eq!(nap.emptied(now, 512), 64 * US);
-        // Idle again: the next wait starts short whatever came before.
-        nap.idle(now);
-        now += Duration::from_millis(1);
-        assert_eq!(nap.emptied(now, 2048), NAP_FIRST);
-    }
 
     const S: u64 = 1_000_000_000;
     const NOW: u64 = 1_735_689_600 * S;
