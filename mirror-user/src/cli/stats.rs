@@ -153,8 +153,19 @@ pub fn render(s: &Stats) -> String {
                 if v.zero_copy { ", zero-copy" } else { "" }
             )
         };
+        // What the sessions' policies left out of `matched`, when any:
+        // matched = mirrored + these + dropped.
+        let left_out: String = [
+            ("sampled_out", v.sampled_out),
+            ("scheduled_out", v.scheduled_out),
+            ("cutoff", v.cutoff),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("  {k}={n}"))
+        .collect();
         out.push_str(&format!(
-            "{:<16} {:>12} {:>12} {:>12} {:>12}  {}   ({} {how}, {} rules, {} rule set(s) installed)\n",
+            "{:<16} {:>12} {:>12} {:>12} {:>12}  {}{left_out}   ({} {how}, {} rules, {} rule set(s) installed)\n",
             name,
             v.received,
             v.matched,
@@ -297,6 +308,40 @@ mod tests {
              2026-12-07T18:00:00Z"
         );
         assert_eq!(line("plain"), "plain 0 0 0 0 kernel");
+    }
+
+    /// The source row shows what the policies left out of `matched`, so
+    /// its equation can be read off the table too.
+    #[test]
+    fn the_source_row_shows_what_the_policies_left_out() {
+        let mut s = Stats::default();
+        let src = s.sources.entry("feed".into()).or_default();
+        src.interface = "eth1".into();
+        src.mode = "tap".into();
+        src.xdp_mode = "native".into();
+        src.queues = 1;
+        (src.received, src.matched, src.filtered) = (2100, 2000, 100);
+        (src.mirrored, src.sampled_out, src.cutoff) = (1021, 900, 79);
+        let text = render(&s);
+        let row: Vec<&str> = text
+            .lines()
+            .find(|l| l.starts_with("feed"))
+            .expect("a feed row")
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            row[..8],
+            [
+                "feed",
+                "2100",
+                "2000",
+                "100",
+                "1021",
+                "0",
+                "sampled_out=900",
+                "cutoff=79"
+            ]
+        );
     }
 
     #[test]
