@@ -80,19 +80,37 @@ impl<'t> Validator<'t> {
         range: std::ops::RangeInclusive<i64>,
         what: &str,
     ) -> Option<T> {
+        self.int_checked(value, range, what, "")
+    }
+
+    /// [`Validator::int_in`] for a key whose 0 means something else (`what`
+    /// says what: "packet_length (0 = whole frame)"): 0, or a value in
+    /// `range`.
+    fn int_off_or_in<T: TryFrom<i64>>(
+        &mut self,
+        value: &Spanned<i64>,
+        range: std::ops::RangeInclusive<i64>,
+        what: &str,
+    ) -> Option<T> {
+        if *value.get_ref() == 0 {
+            return T::try_from(0).ok();
+        }
+        self.int_checked(value, range, what, "0 or ")
+    }
+
+    fn int_checked<T: TryFrom<i64>>(
+        &mut self,
+        value: &Spanned<i64>,
+        range: std::ops::RangeInclusive<i64>,
+        what: &str,
+        also: &str,
+    ) -> Option<T> {
         let n = *value.get_ref();
         if !range.contains(&n) {
-            // A key whose 0 means something else ("packet_length (0 = whole
-            // frame)") is checked against its range only when not 0.
-            let zero = if what.contains("(0 = ") && *range.start() > 0 {
-                "0 or "
-            } else {
-                ""
-            };
             self.error(
                 value.span(),
                 format!(
-                    "{what} = {n} is out of range: accepted values are {zero}{} to {}",
+                    "{what} = {n} is out of range: accepted values are {also}{} to {}",
                     range.start(),
                     range.end()
                 ),

@@ -34,8 +34,9 @@ impl Validator<'_> {
         };
         let packet_length = match &s.packet_length {
             None => 0,
-            Some(p) if *p.get_ref() == 0 => 0,
-            Some(p) => self.int_in::<u32>(p, 14..=65535, "packet_length (0 = whole frame)")?,
+            Some(p) => {
+                self.int_off_or_in::<u32>(p, 14..=65535, "packet_length (0 = whole frame)")?
+            }
         };
         let sample = match &s.sample {
             None => 1,
@@ -186,36 +187,21 @@ impl Validator<'_> {
             ok &= overrides.rate_limit_pps.is_some();
         }
         if let Some(p) = &w.packet_length {
-            overrides.packet_length = if *p.get_ref() == 0 {
-                Some(0)
-            } else {
-                self.int_in::<u32>(p, 14..=65535, "packet_length (0 = whole frame)")
-            };
+            overrides.packet_length =
+                self.int_off_or_in::<u32>(p, 14..=65535, "packet_length (0 = whole frame)");
             ok &= overrides.packet_length.is_some();
         }
-        for (key, value, slot) in [
-            (
-                "flow_cutoff_bytes (0 = off)",
-                &w.flow_cutoff_bytes,
-                &mut overrides.flow_cutoff_bytes,
-            ),
-            (
-                "flow_cutoff_packets (0 = off)",
-                &w.flow_cutoff_packets,
-                &mut overrides.flow_cutoff_packets,
-            ),
-        ] {
-            if let Some(p) = value {
-                // As the session's own keys: a byte cutoff keeps at least an
-                // Ethernet header of the frame it cuts.
-                let min = if key.starts_with("flow_cutoff_bytes") && *p.get_ref() != 0 {
-                    14
-                } else {
-                    0
-                };
-                *slot = self.int_in::<u64>(p, min..=i64::MAX, key);
-                ok &= slot.is_some();
-            }
+        // As the session's own keys: a byte cutoff keeps at least an
+        // Ethernet header of the frame it cuts.
+        if let Some(p) = &w.flow_cutoff_bytes {
+            overrides.flow_cutoff_bytes =
+                self.int_off_or_in::<u64>(p, 14..=i64::MAX, "flow_cutoff_bytes (0 = off)");
+            ok &= overrides.flow_cutoff_bytes.is_some();
+        }
+        if let Some(p) = &w.flow_cutoff_packets {
+            overrides.flow_cutoff_packets =
+                self.int_in::<u64>(p, 0..=i64::MAX, "flow_cutoff_packets (0 = off)");
+            ok &= overrides.flow_cutoff_packets.is_some();
         }
         ok.then_some(Window {
             days,
@@ -232,8 +218,9 @@ impl Validator<'_> {
     fn flow_cutoff(&mut self, s: &RawSession) -> Option<(u64, u64, std::time::Duration)> {
         let bytes = match &s.flow_cutoff_bytes {
             None => 0,
-            Some(p) if *p.get_ref() == 0 => 0,
-            Some(p) => self.int_in::<u64>(p, 14..=i64::MAX, "flow_cutoff_bytes (0 = off)")?,
+            Some(p) => {
+                self.int_off_or_in::<u64>(p, 14..=i64::MAX, "flow_cutoff_bytes (0 = off)")?
+            }
         };
         let packets = match &s.flow_cutoff_packets {
             None => 0,
