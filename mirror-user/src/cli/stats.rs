@@ -135,6 +135,15 @@ fn reasons(m: &std::collections::BTreeMap<String, u64>) -> String {
     }
 }
 
+/// `  key=n` for each count that is not 0, for the end of a table row.
+fn nonzero(counts: &[(&str, u64)]) -> String {
+    counts
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("  {k}={n}"))
+        .collect()
+}
+
 /// The human-readable table.
 pub fn render(s: &Stats) -> String {
     let mut out = String::new();
@@ -155,15 +164,11 @@ pub fn render(s: &Stats) -> String {
         };
         // What the sessions' policies left out of `matched`, when any:
         // matched = mirrored + these + dropped.
-        let left_out: String = [
+        let left_out = nonzero(&[
             ("sampled_out", v.sampled_out),
             ("scheduled_out", v.scheduled_out),
             ("cutoff", v.cutoff),
-        ]
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(k, n)| format!("  {k}={n}"))
-        .collect();
+        ]);
         out.push_str(&format!(
             "{:<16} {:>12} {:>12} {:>12} {:>12}  {}{left_out}   ({} {how}, {} rules, {} rule set(s) installed)\n",
             name,
@@ -209,15 +214,11 @@ pub fn render(s: &Stats) -> String {
             _ => String::new(),
         };
         // What the per-flow cutoff left out or cut, when any.
-        let extra: String = [
+        let extra = nonzero(&[
             ("cutoff", v.cutoff),
             ("cutoff_cut", v.cutoff_cut),
             ("cutoff_whole", v.cutoff_whole),
-        ]
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(k, n)| format!("  {k}={n}"))
-        .collect();
+        ]);
         out.push_str(&format!(
             "{:<16} {:>12} {:>12} {:>12} {:>13}  {}{extra}{window}\n",
             name, v.matched, v.mirrored, v.sampled_out, v.scheduled_out, v.path
@@ -229,25 +230,21 @@ pub fn render(s: &Stats) -> String {
     ));
     for (name, v) in &s.targets {
         out.push_str(&format!(
-            "{:<16} {:>12} {:>12} {:>14} {:>8}  {}{}\n",
+            "{:<16} {:>12} {:>12} {:>14} {:>8}  {}{}{}\n",
             name,
             v.enqueued,
             v.sent_packets,
             v.sent_bytes,
             v.queued,
             reasons(&v.dropped),
-            [
+            nonzero(&[
                 ("truncated", v.truncated),
                 ("shared_umem", v.shared_umem),
                 ("kernel_path", v.kernel_path),
                 ("deleted_files", v.deleted_files),
                 ("deleted_bytes", v.deleted_bytes),
-            ]
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(k, n)| format!("  {k}={n}"))
-            .chain((!v.up).then(|| "  (down)".to_string()))
-            .collect::<String>()
+            ]),
+            if v.up { "" } else { "  (down)" }
         ));
     }
     for (name, g) in &s.groups {
