@@ -537,37 +537,35 @@ impl Config {
             if filters.is_empty() {
                 continue;
             }
-            for f in &filters {
-                for (mirrored, dir, name) in [
-                    (src.ingress(), Direction::Ingress, "ingress"),
-                    (src.egress(), Direction::Egress, "egress"),
-                ] {
-                    let n = f.rules.iter().filter(|r| r.direction == dir).count();
-                    if !mirrored && n > 0 {
-                        out.push(format!(
-                            "source `{}` does not mirror {name} frames ({}), so the {n} {name} \
-                             rule(s) of filter `{}` never apply to it",
-                            src.name,
-                            match (src.mode, src.direction) {
-                                (SourceMode::Tap, _) => "a tap source mirrors ingress only",
-                                (_, SourceDirection::Ingress) => "direction = \"ingress\"",
-                                _ => "direction = \"egress\"",
-                            },
-                            f.name
-                        ));
-                    }
-                }
-            }
             for (mirrored, dir, name) in [
                 (src.ingress(), Direction::Ingress, "ingress"),
                 (src.egress(), Direction::Egress, "egress"),
             ] {
+                if !mirrored {
+                    for f in &filters {
+                        let n = f.rules.iter().filter(|r| r.direction == dir).count();
+                        if n > 0 {
+                            out.push(format!(
+                                "source `{}` does not mirror {name} frames ({}), so the {n} \
+                                 {name} rule(s) of filter `{}` never apply to it",
+                                src.name,
+                                match (src.mode, src.direction) {
+                                    (SourceMode::Tap, _) => "a tap source mirrors ingress only",
+                                    (_, SourceDirection::Ingress) => "direction = \"ingress\"",
+                                    _ => "direction = \"egress\"",
+                                },
+                                f.name
+                            ));
+                        }
+                    }
+                    continue;
+                }
                 let matched = filters.iter().any(|f| {
                     f.rules
                         .iter()
                         .any(|r| r.direction == dir && r.action == Action::Accept)
                 });
-                if mirrored && !matched {
+                if !matched {
                     let names = filters
                         .iter()
                         .map(|f| format!("`{}`", f.name))
