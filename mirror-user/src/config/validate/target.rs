@@ -344,17 +344,19 @@ impl Validator<'_> {
                 }
             },
         };
-        if let (Some(r), Some(m), Some(x)) = (rotate_size, max_total_size, &t.rotate_size) {
+        if let (Some(r), Some(m), Some(x), Some(budget)) = (
+            rotate_size,
+            max_total_size,
+            &t.rotate_size,
+            &t.max_total_size,
+        ) {
             if m / 2 < 4096 {
-                let at = t.max_total_size.as_ref().map_or(x.span(), |m| m.span());
                 self.error(
-                    at,
+                    budget.span(),
                     format!(
                         "max_total_size = \"{}\" holds less than two files of the smallest \
                          rotate_size (4096 bytes): make it at least 8192 bytes",
-                        t.max_total_size
-                            .as_ref()
-                            .map_or("", |m| m.get_ref().as_str()),
+                        budget.get_ref(),
                     ),
                 );
                 return None;
@@ -369,9 +371,7 @@ impl Validator<'_> {
                          budget ({} bytes; a quarter or less keeps at least three quarters of \
                          it on disk)",
                         x.get_ref(),
-                        t.max_total_size
-                            .as_ref()
-                            .map_or("", |m| m.get_ref().as_str()),
+                        budget.get_ref(),
                         m / 2
                     ),
                 );
