@@ -334,8 +334,9 @@ impl Files {
     /// interval) are removed first and never count: they cannot push a
     /// capture with data out.
     fn prune(&mut self) {
-        self.old
-            .retain(|(p, _)| holds_packets(p) || !remove(p, "a capture file that holds no packet"));
+        self.old.retain(|(p, _)| {
+            holds_packets(p) || remove(p, "a capture file that holds no packet") == Unlinked::Failed
+        });
         if let Some(keep) = self.spec.keep {
             while self.old.len() + 1 > keep as usize {
                 if !self.delete_oldest("keep") {
@@ -382,11 +383,8 @@ impl Files {
         // Held open while its name goes, so that the space comes back when
         // the reaper closes it, not in this thread's unlink.
         let held = File::open(path);
-        match unlink(path) {
-            Unlinked::Failed(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "deleting an old capture file failed");
-                return false;
-            }
+        match remove(path, "an old capture file") {
+            Unlinked::Failed => return false,
             // Someone else deleted it first: gone, but not counted.
             Unlinked::Gone => {}
             Unlinked::Deleted => {
@@ -483,34 +481,27 @@ fn lock(m: &Mutex<u64>) -> std::sync::MutexGuard<'_, u64> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What became of an unlink.
+/// What became of a capture file [`remove`] was asked to delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Unlinked {
     Deleted,
     /// It was not there (someone else deleted it first).
     Gone,
-    Failed(io::Error),
+    /// It is still there (logged).
+    Failed,
 }
 
-fn unlink(path: &Path) -> Unlinked {
+/// Deletes `path` (`what` names it in the log).
+fn remove(path: &Path, what: &str) -> Unlinked {
     match std::fs::remove_file(path) {
-        Ok(()) => Unlinked::Deleted,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Unlinked::Gone,
-        Err(e) => Unlinked::Failed(e),
-    }
-}
-
-/// Deletes `path` (`what` names it in the log); true when it is gone,
-/// also when someone else deleted it first.
-fn remove(path: &Path, what: &str) -> bool {
-    match unlink(path) {
-        Unlinked::Deleted => {
+        Ok(()) => {
             tracing::debug!(file = %path.display(), "deleted {what}");
-            true
+            Unlinked::Deleted
         }
-        Unlinked::Gone => true,
-        Unlinked::Failed(e) => {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Unlinked::Gone,
+        Err(e) => {
             tracing::warn!(file = %path.display(), error = %e, "deleting {what} failed");
-            false
+            Unlinked::Failed
         }
     }
 }
