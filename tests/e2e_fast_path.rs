@@ -1277,3 +1277,78 @@ fn a_session_of_thirty_two_targets_runs_in_the_kernel_with_every_copy_counted() 
         "the kernel picks the member userspace picks"
     );
 }
+
+/// A broadcast target flapping under a stream: sink0 set down and up again
+/// and again while frames flow as fast as the generator sends them. Each
+/// copy ends in exactly one of tgt0's counters, whatever moment of a
+/// transition it met: sent, `send_error` (refused before mirror saw the
+/// port down) or `down` (after); never two, never none. (The daemon once
+/// took a destination out of the broadcast DEVMAP after setting its down
+/// bit, so a frame between the two was counted `down` and sent too, and
+/// on the way back one between them was neither.) ids1 never flaps and
+/// gets every copy.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_broadcast_target_flapping_under_a_stream_counts_each_copy_once() {
+    require_root!();
+    let lab = lab(true);
+    let dir = TempDir::new("e2e-fast-flap").expect("temp dir");
+    let (daemon, mut client) = start(&lab, &dir, &config("path = \"kernel\""));
+    const FRAMES: u32 = 300_000;
+    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..FRAMES)
+            .map(|i| traffic::frame(traffic::Shape::Udp4, i, 100))
+            .collect(),
+    );
+    let mut flaps = 0;
+    let sent = std::thread::scope(|scope| {
+        let sender =
+            scope.spawn(|| lab::send_frames(&lab.gen, Lab::GEN_IF, frames, 100_000).expect("send"));
+        // Bounded: 12 flaps at most, each waiting for mirror to see the
+        // port down and up (so both transitions meet the stream).
+        while !sender.is_finished() && flaps < 12 {
+            lab.sink
+                .ip(&["link", "set", Lab::SINK_IF, "down"])
+                .expect("sink0 down");
+            flaps += 1;
+            wait_log(&daemon, "the target's interface is down or gone", flaps);
+            lab.sink
+                .ip(&["link", "set", Lab::SINK_IF, "up"])
+                .expect("sink0 up");
+            wait_log(&daemon, "the target's interface is up again", flaps);
+        }
+        sender.join().expect("sender")
+    });
+    assert_eq!(sent, u64::from(FRAMES));
+    assert!(flaps >= 3, "the stream outlasted only {flaps} flaps");
+    let stats = wait_for(&mut client, "every copy reached a counter", |st| {
+        st.sources["feed"].received == sent
+            && ["ids0", "ids1"].iter().all(|n| {
+                let t = &st.targets[*n];
+                t.enqueued == sent && t.queued == 0
+            })
+    });
+    let (flapped, steady) = (&stats.targets["ids0"], &stats.targets["ids1"]);
+    assert_reconciles("ids0", flapped);
+    assert_reconciles("ids1", steady);
+    assert_eq!(steady.sent_packets, sent, "{:?}", steady.dropped);
+    assert!(flapped.dropped["down"] > 0, "{flapped:?}");
+    assert_eq!(
+        flapped.sent_packets + flapped.dropped["send_error"] + flapped.dropped["down"],
+        sent,
+        "{flapped:?}"
+    );
+}
+
+/// Waits (at most 20 s) until the daemon's log holds `text` at least `n` times.
+fn wait_log(daemon: &DaemonProcess, text: &str, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while daemon.log_text().matches(text).count() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {n}x {text:?} in the log:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

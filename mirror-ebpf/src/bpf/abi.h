@@ -36,6 +36,8 @@ enum mirror_limits {
 	MIRROR_FAST_VARIANTS = 64, /* DEVMAPs per kernel-path session: one per target-group
 				    * member picked (up to MIRROR_MAX_FAST_TARGETS), one for
 				    * "every member down"; a power of 2 */
+	MIRROR_DEST_VERSIONS = 2,  /* versions of a kernel-path session's destinations, see
+				    * struct mirror_fast_session */
 	MIRROR_FLOWS = 65536,      /* flows a source tracks for flow_cutoff_* (LRU) */
 };
 
@@ -228,7 +230,8 @@ struct mirror_cache_entry {
  */
 struct mirror_meta {
 	__u16 magic;
-	__u16 session; /* | MIRROR_META_SLOT when the frame saw policy slot 1 */
+	__u16 session; /* | MIRROR_META_SLOT when the frame saw policy slot 1,
+			* | MIRROR_META_VERSION (kernel path) */
 	__u32 hash;
 	__u64 tstamp;
 };
@@ -260,6 +263,9 @@ struct mirror_policy {
 enum mirror_policy_bits {
 	MIRROR_POLICY_SLOTS = 2,
 	MIRROR_META_SLOT = 0x8000, /* in mirror_meta.session: the frame saw slot 1 */
+	MIRROR_META_VERSION = 0x4000, /* and a kernel-path copy went out with version 1
+				       * of its session's destinations, which its
+				       * tunnel program looks its key up in */
 };
 
 /*
@@ -352,17 +358,29 @@ struct mirror_fast_count {
  * member is picked as userspace's groups pick it (rendezvous hashing on the
  * flow hash over the members that are up), so both halves of a flow reach
  * the same member and only a down member's flows move.
+ *
+ * A destination going down or up changes two things, its `dests_down` bit
+ * and its DEVMAP entries, and a broadcast sends to whatever entries the
+ * DEVMAP holds: a frame between the two would be counted `down` and sent,
+ * or neither. So both come in two versions (slot (session *
+ * MIRROR_FAST_VARIANTS + variant) * MIRROR_DEST_VERSIONS + version of
+ * fast_sessions), `version` says which is in force, and xdp_tap reads it
+ * once per frame: userspace changes the idle version, flips `version` with
+ * one store, waits an RCU grace period (no program still runs on the old
+ * one) and changes the old version the same way.
  */
 struct mirror_fast_session {
 	__u8 tunnels;     /* 1: xdp_tap writes the metadata its tunnel programs read;
 			   * 2: with the time stamp (an ERSPAN III target) */
 	__u8 group_n;     /* members of its target group, 0: none */
 	__u8 active;      /* 1: the session is on the kernel path (set last) */
-	__u8 reserved;
+	__u8 version;     /* which of the two versions of dests_down and of the
+			   * DEVMAPs is in force (see below) */
 	__u32 members_up; /* bit i: member i is up */
-	__u32 dests_down; /* bit k: destination k (interface or tunnel) is down or
-			   * gone (its DEVMAP entry removed): its copies are
-			   * counted `down` */
+	__u32 dests_down[MIRROR_DEST_VERSIONS]; /* per version, bit k: destination k
+						 * (interface or tunnel) is down or gone
+						 * (out of that version's DEVMAPs): its
+						 * copies are counted `down` */
 	__u8 group_keys[MIRROR_MAX_FAST_TARGETS];   /* DEVMAP key of member i */
 	__u32 variant_keys[MIRROR_FAST_VARIANTS];  /* bit k: key k is in the variant */
 	__u8 variant_single[MIRROR_FAST_VARIANTS]; /* 1 + its key when the variant has

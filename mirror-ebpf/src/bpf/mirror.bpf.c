@@ -36,10 +36,11 @@ struct {
 } xsks SEC(".maps");
 
 /*
- * In-kernel fast path: slot session * MIRROR_FAST_VARIANTS + variant holds a
- * DEVMAP_HASH of that session's destinations (keyed by destination index;
- * see struct mirror_fast_session); an empty slot means the session goes
- * through userspace. This is the template: userspace sizes each inner map to
+ * In-kernel fast path: slot (session * MIRROR_FAST_VARIANTS + variant) *
+ * MIRROR_DEST_VERSIONS + version holds a DEVMAP_HASH of that session's
+ * destinations (keyed by destination index; see struct
+ * mirror_fast_session); an empty slot means the session goes through
+ * userspace. This is the template: userspace sizes each inner map to
  * the destinations it holds (the kernel checks an inner DEVMAP's type, key,
  * value and flags against it, not its size), as a broadcast walks every
  * bucket.
@@ -53,7 +54,7 @@ struct fast_targets {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, MIRROR_MAX_SESSIONS * MIRROR_FAST_VARIANTS);
+	__uint(max_entries, MIRROR_MAX_SESSIONS * MIRROR_FAST_VARIANTS * MIRROR_DEST_VERSIONS);
 	__type(key, __u32);
 	__array(values, struct fast_targets);
 } fast_sessions SEC(".maps");
@@ -729,7 +730,7 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s,
 	void *data_end = (void *)(long)ctx->data_end;
 	struct mirror_fast_session *f = &fast_session[s & (MIRROR_MAX_SESSIONS - 1)];
 	__u32 key = s, session = s, len = data_end - data, variant = 0, member = 0, hash = 0;
-	__u32 snap, single, keys, down;
+	__u32 snap, single, keys, down, version;
 	struct mirror_fast_count *n;
 	bool all_down = false;
 	void *fast;
@@ -768,7 +769,9 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s,
 	variant &= MIRROR_FAST_VARIANTS - 1;
 	keys = f->variant_keys[variant];
 	single = f->variant_single[variant];
-	down = keys & f->dests_down;
+	/* One read: the down bits and the DEVMAP below are of one version. */
+	version = *(volatile __u8 *)&f->version & (MIRROR_DEST_VERSIONS - 1);
+	down = keys & f->dests_down[version];
 	if (down) {
 		/* Devices userspace saw go down or away: their entries are out of
 		 * the DEVMAPs; count what they would have got. */
@@ -780,8 +783,9 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s,
 	if (len > fast_max_len[s & (MIRROR_MAX_SESSIONS - 1)] && count_too_big(s, len, keys) && single)
 		return XDP_DROP; /* its one destination cannot take it */
 	if (f->tunnels)
-		write_meta_at(ctx, session, hash, f->tunnels > 1);
-	key = session * MIRROR_FAST_VARIANTS + variant;
+		write_meta_at(ctx, session | (version ? MIRROR_META_VERSION : 0), hash,
+			      f->tunnels > 1);
+	key = (session * MIRROR_FAST_VARIANTS + variant) * MIRROR_DEST_VERSIONS + version;
 	fast = bpf_map_lookup_elem(&fast_sessions, &key);
 	if (!fast)
 		return XDP_DROP; /* no destination left (every member down, nothing else) */
@@ -871,14 +875,16 @@ int xdp_fast_target(struct xdp_md *ctx)
  * tunnel of a source an egress device no other target of the source uses
  * (at start, plan.rs's tunnels_not_for_the_kernel; while running, a route
  * that moves onto such a device keeps the tunnel down, tunnels.rs), so the
- * device tells the tunnel. A key that is down is out of the DEVMAPs and is
- * skipped: its device may be another's by now.
+ * device tells the tunnel. A key that is down in the version of the
+ * session's destinations the copy went out with is out of its DEVMAPs and
+ * is skipped: its device may be another's by now.
  */
-static __always_inline __u32 dest_key(__u32 s, __u32 ifindex)
+static __always_inline __u32 dest_key(__u32 s, __u32 version, __u32 ifindex)
 {
 	const struct mirror_fast_dest *d = fast_dests[s & (MIRROR_MAX_SESSIONS - 1)];
 	__u32 n = fast_ndests[s & (MIRROR_MAX_SESSIONS - 1)];
-	__u32 down = fast_session[s & (MIRROR_MAX_SESSIONS - 1)].dests_down;
+	__u32 down = fast_session[s & (MIRROR_MAX_SESSIONS - 1)]
+			     .dests_down[version & (MIRROR_DEST_VERSIONS - 1)];
 
 	for (__u32 k = 0; k < MIRROR_MAX_FAST_TARGETS; k++) {
 		if (k >= n)
@@ -922,7 +928,7 @@ int xdp_tunnel(struct xdp_md *ctx)
 	}
 	session = meta->session & (MIRROR_MAX_SESSIONS - 1);
 	ifindex = ctx->egress_ifindex;
-	key = dest_key(session, ifindex);
+	key = dest_key(session, !!(meta->session & MIRROR_META_VERSION), ifindex);
 	if (key >= MIRROR_MAX_FAST_TARGETS) {
 		struct mirror_fast_stats *fs = bpf_map_lookup_elem(&fast_stats, &ifindex);
 
@@ -1151,6 +1157,8 @@ _Static_assert(1 << (MIRROR_RELAY_DIR_SHIFT - MIRROR_RELAY_SESSION_SHIFT) == MIR
 /* Key masks are u32 (struct mirror_fast_session); a group's variants fit. */
 _Static_assert(MIRROR_MAX_FAST_TARGETS <= 32, "fast path: key masks");
 _Static_assert(MIRROR_FAST_VARIANTS > MIRROR_MAX_FAST_TARGETS, "fast path: variants");
+_Static_assert((int)MIRROR_MAX_SESSIONS <= (int)MIRROR_META_VERSION, "meta: session bits");
+_Static_assert(MIRROR_DEST_VERSIONS == 2, "fast path: a version is one bit");
 
 /* ENETDOWN (uapi asm-generic/errno.h), which the BPF target's headers lack. */
 #define MIRROR_ENETDOWN 100

@@ -4,6 +4,7 @@
 //! and the reading of those counters.
 
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
@@ -70,15 +71,22 @@ impl SourceProgram {
             if keys == 0 {
                 continue; // every member down and nothing else: the frame is dropped, counted
             }
-            let devmap = create_devmap(keys.count_ones())?;
-            for (key, val) in vals.iter().enumerate() {
-                if keys & (1 << key) != 0 {
-                    devmap
-                        .update(&(key as u32).to_ne_bytes(), val, MapFlags::ANY)
-                        .map_err(map_err("mirror_fast"))?;
+            for version in 0..DEST_VERSIONS {
+                let map = create_devmap(keys.count_ones())?;
+                for (key, val) in vals.iter().enumerate() {
+                    if keys & (1 << key) != 0 {
+                        map.update(&(key as u32).to_ne_bytes(), val, MapFlags::ANY)
+                            .map_err(map_err("mirror_fast"))?;
+                    }
                 }
+                handles.push(FastDevmap {
+                    session,
+                    variant: v as u32,
+                    version,
+                    keys,
+                    map,
+                });
             }
-            handles.push((v as u32, keys, devmap));
         }
         let s = session as usize;
         let fits = dests.len() <= mirror_ebpf::limits::MAX_FAST_TARGETS as usize
@@ -95,6 +103,8 @@ impl SourceProgram {
                 bss.fast_max_len[s] = dests.iter().map(|d| d.max_len).min().unwrap_or(u32::MAX);
                 let f = &mut bss.fast_session[s];
                 f.active = 0;
+                f.version = 0;
+                f.dests_down = [0; DEST_VERSIONS as usize];
                 let erspan3 =
                     mirror_ebpf::mirror::types::mirror_tunnel_kind::MIRROR_TUN_ERSPAN3.0 as u8;
                 f.tunnels = match dests
@@ -132,19 +142,16 @@ impl SourceProgram {
                 .map_err(map_err("fast_xmit (tracepoint xdp:xdp_devmap_xmit)"))?;
             self.xmit_link = Some(link);
         }
-        for (v, _, devmap) in &handles {
-            let fd = devmap.as_fd().as_raw_fd() as u32;
-            let slot = session * FAST_VARIANTS as u32 + v;
+        for d in &handles {
+            let fd = d.map.as_fd().as_raw_fd() as u32;
             self.skel
                 .maps
                 .fast_sessions
-                .update(&slot.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+                .update(&d.slot().to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
                 .map_err(map_err("fast_sessions"))?;
         }
-        self.fast_devmaps.retain(|(s, ..)| *s != session);
-        for (v, keys, devmap) in handles {
-            self.fast_devmaps.push((session, v, keys, devmap));
-        }
+        self.fast_devmaps.retain(|d| d.session != session);
+        self.fast_devmaps.extend(handles);
         // Last: from the next frame on, xdp_tap takes the kernel path.
         match self.skel.maps.bss_data.as_deref_mut() {
             Some(bss) => {
@@ -179,12 +186,17 @@ impl SourceProgram {
     /// device `ifindex` with `max_len` for the too-big check, its entry
     /// running program `prog_fd` (0: none).
     ///
-    /// Putting it in, in this order: the device's counters, then what
-    /// `xdp_tap` and `xdp_tunnel` know it by (`fast_dests`), then the down
-    /// bit, and last the DEVMAP entries, so that no copy reaches the device
-    /// before it is counted and known, and none is both counted `down` and
-    /// sent. A tunnel moving while up: a copy already queued to its old
-    /// device finds no key there and is counted in that device's `no_key`.
+    /// The device's counters and what `xdp_tap` and `xdp_tunnel` know it by
+    /// (`fast_dests`) come first, so that no copy reaches the device before
+    /// it is counted and known. Then the down bit and the DEVMAP entries
+    /// change together: in the idle version of the session's destinations,
+    /// which one store puts in force, and after an RCU grace period (no
+    /// `xdp_tap` still runs on the old version, nor any copy it sent) in the
+    /// old one too. So every copy meets the bit and the entries of one
+    /// version: it is counted `down` or sent (and then counted by the
+    /// device), never both, never neither, broadcast or not. A tunnel moving
+    /// while up: a copy already queued to its old device finds no key there
+    /// and is counted in that device's `no_key`.
     fn put_dest(
         &mut self,
         session: u32,
@@ -192,48 +204,88 @@ impl SourceProgram {
         device: Option<(u32, u32)>,
         prog_fd: i32,
     ) -> Result<(), LoaderError> {
-        let bit = 1u32 << key;
-        let Some((ifindex, max_len)) = device else {
-            self.set_down(session, bit, true)?;
-            for (_, _, _, devmap) in self
-                .fast_devmaps
-                .iter()
-                .filter(|(sess, _, keys, _)| *sess == session && keys & bit != 0)
-            {
-                // Already gone when the kernel removed a deleted device's entry.
-                drop(devmap.delete(&key.to_ne_bytes()));
+        let entry = match device {
+            Some((ifindex, max_len)) => {
+                self.ensure_fast_stats(ifindex)?;
+                self.point_dest(session, key, ifindex, max_len)?;
+                Some(devmap_val(ifindex, prog_fd))
             }
-            return Ok(());
+            None => None,
         };
-        self.ensure_fast_stats(ifindex)?;
-        self.point_dest(session, key, ifindex, max_len)?;
-        self.set_down(session, bit, false)?;
-        let val = devmap_val(ifindex, prog_fd);
-        for (_, _, _, devmap) in self
-            .fast_devmaps
-            .iter()
-            .filter(|(sess, _, keys, _)| *sess == session && keys & bit != 0)
-        {
-            devmap
-                .update(&key.to_ne_bytes(), &val, MapFlags::ANY)
-                .map_err(|source| LoaderError::Map {
-                    map: "mirror_fast",
-                    source,
-                })?;
-        }
-        Ok(())
+        let old = self.dest_version(session)?;
+        let new = old ^ 1;
+        self.change_dest(session, key, new, entry.as_deref())?;
+        self.set_dest_version(session, new)?;
+        super::rule_maps::rcu_grace_period().map_err(LoaderError::GracePeriod)?;
+        self.change_dest(session, key, old, entry.as_deref())
     }
 
-    /// Sets (`down`) or clears the session's `dests_down` bits `bits`.
-    fn set_down(&mut self, session: u32, bits: u32, down: bool) -> Result<(), LoaderError> {
+    /// In version `version` of the session's destinations: takes key `key`
+    /// out of the DEVMAPs that hold it and sets its down bit (`entry`
+    /// `None`), or puts `entry` there and clears the bit.
+    fn change_dest(
+        &mut self,
+        session: u32,
+        key: u32,
+        version: u32,
+        entry: Option<&[u8]>,
+    ) -> Result<(), LoaderError> {
+        let bit = 1u32 << key;
+        for d in self
+            .fast_devmaps
+            .iter()
+            .filter(|d| d.session == session && d.version == version && d.keys & bit != 0)
+        {
+            match entry {
+                Some(val) => d
+                    .map
+                    .update(&key.to_ne_bytes(), val, MapFlags::ANY)
+                    .map_err(|source| LoaderError::Map {
+                        map: "mirror_fast",
+                        source,
+                    })?,
+                // Already gone when the kernel removed a deleted device's entry.
+                None => drop(d.map.delete(&key.to_ne_bytes())),
+            }
+        }
         match self.skel.maps.bss_data.as_deref_mut() {
             Some(bss) if (session as usize) < bss.fast_session.len() => {
-                let d = &mut bss.fast_session[session as usize].dests_down;
-                *d = if down { *d | bits } else { *d & !bits };
+                let d = &mut bss.fast_session[session as usize].dests_down[version as usize & 1];
+                *d = if entry.is_none() { *d | bit } else { *d & !bit };
                 Ok(())
             }
             _ => Err(bss_error("fast_session", session)),
         }
+    }
+
+    /// The version of the session's destinations in force.
+    fn dest_version(&self, session: u32) -> Result<u32, LoaderError> {
+        self.skel
+            .maps
+            .bss_data
+            .as_deref()
+            .and_then(|bss| bss.fast_session.get(session as usize))
+            .map(|f| u32::from(f.version & 1))
+            .ok_or_else(|| bss_error("fast_session", session))
+    }
+
+    /// Puts version `version` of the session's destinations in force, with
+    /// one store.
+    fn set_dest_version(&mut self, session: u32, version: u32) -> Result<(), LoaderError> {
+        let f = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .and_then(|bss| bss.fast_session.get_mut(session as usize))
+            .ok_or_else(|| bss_error("fast_session", session))?;
+        let byte: *mut u8 = &mut f.version;
+        // Safety: `byte` points into the mapped .bss, live as long as `f`;
+        // the kernel only reads it. The release store orders the version's
+        // down bits before it, as the kernel's reader needs: it reads the
+        // version once, then its bits.
+        unsafe { AtomicU8::from_ptr(byte) }.store(version as u8, Ordering::Release);
+        Ok(())
     }
 
     /// Which members of the session's target group are up (bit i: member i).
@@ -516,6 +568,28 @@ pub fn rate_limiter(rate: u32) -> (u64, u64) {
     let tolerance = ((burst - 1.0) * 1e9 / f64::from(rate.max(1))).round() as u64;
     (interval.max(1), tolerance)
 }
+
+/// One DEVMAP of a kernel-path session: the destinations of one variant
+/// (see [`FastSession::variants`]), in one version (see
+/// `struct mirror_fast_session`).
+pub struct FastDevmap {
+    session: u32,
+    variant: u32,
+    version: u32,
+    /// The keys it holds when all are up (bit k: key k).
+    keys: u32,
+    map: MapHandle,
+}
+
+impl FastDevmap {
+    /// Its slot in `fast_sessions`.
+    fn slot(&self) -> u32 {
+        (self.session * FAST_VARIANTS as u32 + self.variant) * DEST_VERSIONS + self.version
+    }
+}
+
+/// Versions of a kernel-path session's destinations (`MIRROR_DEST_VERSIONS`).
+const DEST_VERSIONS: u32 = mirror_ebpf::mirror::types::mirror_limits::MIRROR_DEST_VERSIONS.0;
 
 /// DEVMAPs per kernel-path session (`MIRROR_FAST_VARIANTS`).
 pub const FAST_VARIANTS: usize =

@@ -141,10 +141,10 @@ pub struct SourceProgram {
     rule_maps: [[Option<rule_maps::RuleSetMaps>; 2]; 2],
     /// The fast path's transmit-result tracepoint, once a session uses it.
     xmit_link: Option<libbpf_rs::Link>,
-    /// Each kernel-path session's DEVMAP (by kernel session index), kept to
-    /// move a tunnel target to another egress device when its route does.
-    /// (session, variant, its keys, the DEVMAP).
-    fast_devmaps: Vec<(u32, u32, u32, libbpf_rs::MapHandle)>,
+    /// Each kernel-path session's DEVMAPs (both versions of each variant),
+    /// kept to take a destination out and put it back, or move a tunnel
+    /// target to another egress device when its route does.
+    fast_devmaps: Vec<fast_path::FastDevmap>,
     /// Per kernel tunnel (session, key): every egress device it has sent
     /// through, whose transmit counters are its.
     tunnel_devices: Vec<((u32, u32), Vec<u32>)>,
