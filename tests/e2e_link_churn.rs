@@ -486,6 +486,60 @@ fn a_kernel_tunnels_egress_device_set_down_and_up_counts_down_and_resumes() {
     );
 }
 
+/// A kernel tunnel's egress device set down and up again under a stream
+/// (50 kpps): the kernel drops a redirect to a device that is down without
+/// a trace, until mirror sees the route gone and counts the copies `down`
+/// itself; what the kernel dropped before is counted `down` then. Every
+/// copy in exactly one counter, none `unknown`.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_kernel_tunnels_egress_device_set_down_under_a_stream_counts_every_copy() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let col = Netns::new("col").expect("netns");
+    lab::wire(&lab.src, "gr0", "10.99.2.1", &col, "gr1", "10.99.2.2", 1500).expect("wire");
+    lab::gro_on(&col, "gr1").expect("GRO on");
+    let dir = TempDir::new("e2e-lc-ktun-stream").expect("temp dir");
+    let text = tap("", "kernel").replace(
+        "kind = \"interface\"\ninterface = \"tgt0\"",
+        "kind = \"gre\"\nremote = \"10.99.2.2\"\nkey = 7",
+    );
+    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let rewritten = "headers rewritten";
+    let before = daemon.log_text().matches(rewritten).count();
+    const FRAMES: u32 = 150_000;
+    let stream = frames(0, FRAMES, 200);
+    let mut flaps = 0;
+    let sent = std::thread::scope(|scope| {
+        let sender =
+            scope.spawn(|| lab::send_frames(&lab.gen, Lab::GEN_IF, stream, 50_000).expect("send"));
+        // Bounded: 6 flaps at most, each waiting for mirror to see the
+        // tunnel go and come back.
+        while !sender.is_finished() && flaps < 6 {
+            lab.src.ip(&["link", "set", "gr0", "down"]).expect("down");
+            flaps += 1;
+            wait_log(&daemon, "kernel tunnel down", flaps);
+            lab.src.ip(&["link", "set", "gr0", "up"]).expect("up");
+            lab::netns::wait_oper_up(&lab.src, "gr0").expect("gr0 running");
+            wait_log(&daemon, rewritten, before + flaps);
+        }
+        sender.join().expect("sender")
+    });
+    assert_eq!(sent, u64::from(FRAMES));
+    assert!(flaps >= 2, "the stream outlasted only {flaps} flaps");
+    let s = settled(&mut client, sent);
+    let (src, t) = (&s.sources["feed"], &s.targets["ids0"]);
+    assert_source_reconciles("feed", src);
+    assert_reconciles("ids0", t);
+    assert!(t.dropped["down"] > 0, "{t:?}");
+    assert_eq!(
+        t.sent_packets + t.dropped["down"] + t.dropped["send_error"],
+        sent,
+        "{t:?}"
+    );
+}
+
 /// The source port set down and up: its programs stay attached (XDP for a
 /// tap source, tcx for a copy-mode one), and frames after up are mirrored
 /// and counted as before.

@@ -1165,6 +1165,31 @@ impl Plane {
         })
     }
 
+    /// Every destination of `source`'s kernel-path sessions that is target
+    /// `t`, directly or as a member of the session's group.
+    fn fast_dests_of(&self, source: &Source, t: usize) -> Vec<super::stats::FastDestRef> {
+        let mut out = Vec::new();
+        for (kidx, s) in source.sessions().into_iter().enumerate() {
+            if !source.paths[kidx].kernel {
+                continue;
+            }
+            let member = self.config.sessions[s].targets.iter().any(|d| match *d {
+                crate::config::Dest::Group(g) => self.config.groups[g].members.contains(&t),
+                crate::config::Dest::Target(_) => false,
+            });
+            for (key, t2) in self.config.session_targets(s).into_iter().enumerate() {
+                if t2 == t {
+                    out.push(super::stats::FastDestRef {
+                        session: kidx,
+                        key: key as u32,
+                        member,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// Tap mode: one AF_XDP socket and worker per RX queue, then XDP. The
     /// first RX queue joins `host` (an interface target's UMEM) when given.
     fn start_tap(
@@ -1207,6 +1232,7 @@ impl Plane {
                 let Some(ifindex) = self.target_ifindex[t].filter(|_| !members.contains(&t)) else {
                     continue;
                 };
+                let dests = self.fast_dests_of(&source, t);
                 keep.dests.push(super::tunnels::KernelDest {
                     source: source.clone(),
                     session: kidx as u32,
@@ -1217,6 +1243,7 @@ impl Plane {
                     mtu: netdev::mtu(interface),
                     up: true,
                     devices: self.target_devices.clone(),
+                    dests,
                 });
             }
             if let Some(g) = group {
@@ -1283,6 +1310,7 @@ impl Plane {
                 devmap,
                 headers: p.headers,
                 why_down: None,
+                dests: self.fast_dests_of(source, p.target),
             });
         }
     }

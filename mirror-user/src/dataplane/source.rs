@@ -41,6 +41,10 @@ pub(super) struct Source {
     /// daemon saw it gone (see `Engine::check_sources`).
     pub(super) ifindex: u32,
     pub(super) gone: std::sync::atomic::AtomicBool,
+    /// Per interface target on the kernel path (by name): the copies the
+    /// kernel skipped without a trace while a device of it was down, before
+    /// the daemon saw it (see `stats::fast_skipped`), counted `down`.
+    fast_skipped: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// A source's loaded programs and session plans, before attaching.
@@ -80,6 +84,7 @@ impl Prepared {
             zero_copy,
             rules: AtomicU64::new(self.rules),
             rule_sets_installed: AtomicU64::new(1),
+            fast_skipped: Mutex::new(std::collections::HashMap::new()),
         }
     }
 }
@@ -88,6 +93,24 @@ impl Source {
     /// Kernel session index -> index into `Config::sessions`.
     pub(super) fn sessions(&self) -> Vec<usize> {
         self.sessions.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// What `stats::fast_skipped` found for kernel-path target `target`.
+    pub(super) fn fast_skipped(&self, target: &str) -> u64 {
+        self.fast_skipped
+            .lock()
+            .ok()
+            .and_then(|m| m.get(target).copied())
+            .unwrap_or(0)
+    }
+
+    /// Records `n` copies of `target` the kernel skipped (the most seen:
+    /// the count only grows).
+    pub(super) fn set_fast_skipped(&self, target: &str, n: u64) {
+        if let Ok(mut m) = self.fast_skipped.lock() {
+            let e = m.entry(target.to_string()).or_default();
+            *e = (*e).max(n);
+        }
     }
 
     /// After a reload renumbered the config's sessions.

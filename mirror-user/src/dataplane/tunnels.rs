@@ -12,7 +12,9 @@
 //! - interface targets: a device that goes down or away leaves the session's
 //!   DEVMAPs (its copies are counted `down` by `xdp_tap` from then on); when
 //!   it is up again, or created again under its name (a new ifindex), it is
-//!   put back and sent to. Logged both ways.
+//!   put back and sent to. Logged both ways. Taken out, a target's copies
+//!   the kernel skipped without a trace while its device was down before
+//!   this thread saw it are counted `down` too (`stats::fast_skipped`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use super::source::Source;
 use crate::config::TargetSpec;
 use crate::kernel::fast_path::max_len;
 use crate::kernel::route::{self, NextHop};
-use crate::kernel::TunnelHeaders;
+use crate::kernel::{FastStats, SourceProgram, TunnelHeaders};
 use crate::target::kernel_tunnel;
 use crate::target::TargetQueue;
 
@@ -53,6 +55,9 @@ pub(super) struct KernelTunnel {
     pub headers: TunnelHeaders,
     /// Why it is down, as last logged (`None` while up).
     pub why_down: Option<String>,
+    /// Every destination of the source's kernel-path sessions that is this
+    /// target (this one among them).
+    pub dests: Vec<super::stats::FastDestRef>,
 }
 
 impl KernelTunnel {
@@ -165,9 +170,20 @@ impl KernelTunnel {
         };
         match result {
             Ok(()) => {
+                let gone = self.hop.is_some() && hop.is_none();
                 self.hop = hop;
                 self.why_down = why;
                 self.queue.set_up(hop.is_some());
+                if gone && self.devmap {
+                    drop(program);
+                    let dests = &self.dests;
+                    count_skipped(&self.source, &self.target, dests, |p| {
+                        dests.iter().try_fold(FastStats::default(), |mut n, d| {
+                            n += p.tunnel_device_stats(d.session as u32, d.key)?;
+                            Ok(n)
+                        })
+                    });
+                }
             }
             Err(e) => {
                 tracing::warn!(target = %self.target, error = %e, "kernel tunnel: updating its headers")
@@ -229,6 +245,9 @@ pub(super) struct KernelDest {
     /// Every device each target has had, by target name: the stats sum
     /// their transmit counters.
     pub devices: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u32>>>>,
+    /// Every destination of the source's kernel-path sessions that is this
+    /// target (this one among them).
+    pub dests: Vec<super::stats::FastDestRef>,
 }
 
 impl KernelDest {
@@ -287,6 +306,53 @@ impl KernelDest {
         }
         self.up = now.is_some();
         self.mtu = mtu;
+        if now.is_none() {
+            drop(program);
+            let devices = self
+                .devices
+                .lock()
+                .ok()
+                .and_then(|d| d.get(&self.target).cloned())
+                .unwrap_or_else(|| vec![self.ifindex]);
+            count_skipped(&self.source, &self.target, &self.dests, |p| {
+                devices.iter().try_fold(FastStats::default(), |mut n, &i| {
+                    n += p.fast_stats(i)?;
+                    Ok(n)
+                })
+            });
+        }
+    }
+}
+
+/// A kernel-path target just taken out of its source's DEVMAPs: the copies
+/// the kernel skipped while its device was down before the daemon saw it
+/// are `down` too (see `stats::fast_skipped`; `devices` reads its devices'
+/// counts).
+fn count_skipped(
+    source: &Source,
+    target: &str,
+    dests: &[super::stats::FastDestRef],
+    devices: impl Fn(&SourceProgram) -> Result<FastStats, crate::kernel::LoaderError>,
+) {
+    match super::stats::fast_skipped(source, dests, devices) {
+        Ok(Some(0)) => {}
+        Ok(Some(n)) => {
+            tracing::info!(
+                target = %target,
+                copies = n,
+                "kernel path: copies the kernel skipped while the target's device was down, before mirror saw it, are counted `down`"
+            );
+            source.set_fast_skipped(target, n);
+        }
+        Ok(None) => tracing::warn!(
+            target = %target,
+            "kernel path: copies the kernel skipped while the target's device was down, before mirror saw it, could not be told apart (a stream too dense to read between, or a group member); they stay `unknown`"
+        ),
+        Err(e) => tracing::warn!(
+            target = %target,
+            error = %e,
+            "kernel path: reading what the kernel skipped while the target's device was down"
+        ),
     }
 }
 

@@ -53,6 +53,7 @@ pub use counters::{percpu_sum, CutoffCounts, COUNTERS};
 pub use fast_path::{FastDest, FastSession, FastStats, PickCount, TunnelHeaders, TunnelStats};
 pub use meta::{read_meta, Meta};
 pub use query::{attached, ifindex, prog_info, xdp_features, Attached};
+pub use rule_maps::rcu_grace_period;
 pub use test_run::{test_classify, test_run, test_run_raw, test_run_skb, SkbRun};
 
 /// What loading, filling or attaching the programs can fail with.

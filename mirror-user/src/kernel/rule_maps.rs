@@ -322,7 +322,7 @@ fn fill(
 /// Returns once every CPU has passed an RCU grace period: afterwards no BPF
 /// program that started before the call is still running.
 /// `MEMBARRIER_CMD_GLOBAL` is `synchronize_rcu()` in the kernel.
-pub(super) fn rcu_grace_period() -> std::io::Result<()> {
+pub fn rcu_grace_period() -> std::io::Result<()> {
     const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
     // Safety: membarrier takes two integer arguments and touches no user memory.
     let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0) };
