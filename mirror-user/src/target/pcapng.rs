@@ -11,7 +11,9 @@
 //!
 //! - Each file starts with a section header and one interface description per
 //!   source (link type Ethernet, `if_tsresol` = 9: nanosecond time stamps from
-//!   the kernel); packets are enhanced packet blocks carrying the original
+//!   the kernel), written when the file opens (also below `min_free`: a few
+//!   hundred bytes), so that even a file no copy reached yet is one readers
+//!   take; packets are enhanced packet blocks carrying the original
 //!   length when the copy was truncated and the direction in `epb_flags`.
 //! - Rotation: with `rotate_size` and/or `rotate_interval`, files are named
 //!   `STEM-NNNNNN.EXT` with a sequence number that continues after the highest
@@ -895,13 +897,24 @@ impl<'q> Writer<'q> {
             tracing::error!(error = %e, "opening the capture file failed");
         }
         let blocks = Blocks::new(&files.head);
-        Writer {
+        let mut w = Writer {
             files,
             blocks,
             q,
             last_flush: now,
             // The queue has `queue_size + held_slots(queue_size)` slots.
             max_held: (q.capacity() / 5).max(1),
+        };
+        w.write_header(now);
+        w
+    }
+
+    /// Writes the header blocks of a file just opened, so that it is a
+    /// capture file readers take (with no packet yet) from the start, not
+    /// an empty one until the first copy comes.
+    fn write_header(&mut self, now: Instant) {
+        if self.files.current.is_some() {
+            self.flush(now);
         }
     }
 
@@ -974,7 +987,10 @@ impl<'q> Writer<'q> {
 
     fn rotate(&mut self, now: Instant) {
         match self.files.open_next(now) {
-            Ok(()) => self.blocks.restart(&self.files.head, self.q),
+            Ok(()) => {
+                self.blocks.restart(&self.files.head, self.q);
+                self.write_header(now);
+            }
             Err(e) => {
                 // Keep writing the old file; try again at the next rotation point.
                 tracing::warn!(error = %e, "opening the next capture file failed");
@@ -1027,7 +1043,9 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
         blocks.clear_packets(q);
         return;
     };
-    if let Some(min) = files.spec.min_free {
+    // Header blocks alone are written below `min_free` too: a few hundred
+    // bytes that make the file one readers take.
+    if let Some(min) = files.spec.min_free.filter(|_| blocks.packets > 0) {
         if below_min_free(&cur.path, min, blocks.len() as u64) {
             q.counters.drop(TargetDrop::DiskFull, blocks.packets);
             blocks.clear_packets(q);
@@ -1811,7 +1829,7 @@ mod tests {
         let q = queue();
         let t0 = Instant::now();
         let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
-        assert_eq!(size(&path), 0, "opened, nothing written");
+        assert_eq!(size(&path), head_len(), "opened: the header alone");
         feed(&mut w, &q, 60, 1, t0);
         assert_eq!(
             q.in_flight.load(Ordering::Relaxed),
@@ -1822,7 +1840,7 @@ mod tests {
         w.tick(t0 + FLUSH_EVERY - Duration::from_nanos(1));
         assert_eq!(
             (size(&path), sent(&q)),
-            (0, (0, 0)),
+            (head_len(), (0, 0)),
             "younger than FLUSH_EVERY"
         );
         assert_eq!(q.in_flight.load(Ordering::Relaxed), 1);
@@ -1848,16 +1866,20 @@ mod tests {
         assert_eq!(seqs(&path), [1, 2, 3]);
     }
 
-    /// Not even the header goes out before the first copy.
+    /// Before the first copy the file holds the header blocks, nothing
+    /// more: a capture file with no packet, which readers take (an empty
+    /// file they refuse).
     #[test]
-    fn an_idle_writer_writes_nothing() {
+    fn an_idle_writer_writes_the_header_alone() {
         let dir = Dir::new("idle");
         let path = dir.0.join("c.pcapng");
         let q = queue();
         let t0 = Instant::now();
         let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
         w.tick(t0 + FLUSH_EVERY * 3);
-        assert_eq!(size(&path), 0);
+        assert_eq!(size(&path), head_len());
+        assert_eq!(std::fs::read(&path).expect("read"), w.files.head);
+        assert!(seqs(&path).is_empty());
     }
 
     #[test]
@@ -1867,17 +1889,18 @@ mod tests {
         let q = queue();
         let t0 = Instant::now();
         let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
-        // The copy that takes the buffer to FLUSH_BYTES or past.
-        let n = (FLUSH_BYTES as u64 - head_len()).div_ceil(EPB1500);
+        // The copy that takes the buffer to FLUSH_BYTES or past (the header
+        // went out when the file opened).
+        let n = (FLUSH_BYTES as u64).div_ceil(EPB1500);
         let t1 = t0 + FLUSH_EVERY / 2;
         for i in 1..n {
             feed(&mut w, &q, 1500, i as u8, t1);
         }
         assert_eq!(
             size(&path),
-            0,
+            head_len(),
             "{} bytes buffered",
-            head_len() + (n - 1) * EPB1500
+            (n - 1) * EPB1500
         );
         assert_eq!(q.in_flight.load(Ordering::Relaxed), n - 1);
         feed(&mut w, &q, 1500, n as u8, t1);
@@ -1911,7 +1934,7 @@ mod tests {
         // The fourth copy closed the first file, written whole.
         assert_eq!(
             listing(&path),
-            [(1, head_len() + 3 * EPB60), (2, 0)],
+            [(1, head_len() + 3 * EPB60), (2, head_len())],
             "rotated before the fourth copy"
         );
         for seq in 5..=7 {
@@ -1968,7 +1991,10 @@ mod tests {
             "written, not rotated"
         );
         w.tick(t0 + min);
-        assert_eq!(listing(&path), [(1, head_len() + EPB60), (2, 0)]);
+        assert_eq!(
+            listing(&path),
+            [(1, head_len() + EPB60), (2, head_len())]
+        );
         // The second file's minute runs from its opening.
         let t1 = t0 + min;
         feed(&mut w, &q, 60, 2, t1 + Duration::from_secs(1));
@@ -2310,8 +2336,8 @@ mod tests {
         w.finish(t0 + FLUSH_EVERY);
         assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 4);
         assert_eq!(q.in_flight.load(Ordering::Relaxed), 0);
-        assert_eq!((size(&path), sent(&q)), (0, (0, 0)));
-        // With room, the header and the copy go out.
+        assert_eq!((size(&path), sent(&q)), (head_len(), (0, 0)), "the header alone");
+        // With room, the copy goes out.
         w.files.spec.min_free = Some(MinFree::Bytes(0));
         feed(&mut w, &q, 60, 5, t0 + FLUSH_EVERY);
         w.finish(t0 + FLUSH_EVERY);
@@ -2379,9 +2405,9 @@ mod tests {
         q.notify();
         wait("the copy is taken", &|| q.queued() == 0);
         std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(size(&path), 0, "the clock has not moved");
+        assert_eq!(size(&path), head_len(), "the clock has not moved");
         offset.store(FLUSH_EVERY.as_nanos() as u64, Ordering::Relaxed);
-        wait("written once FLUSH_EVERY passed", &|| size(&path) > 0);
+        wait("written once FLUSH_EVERY passed", &|| size(&path) > head_len());
         // 3,000 copies (three batches), then the stop: all written.
         for i in 0..3000u32 {
             q.offer(&Frame {
@@ -2673,7 +2699,7 @@ mod tests {
         }
         // Small copies are copied out: they hold no slot.
         feed(&mut w, &q, 60, 100, t0);
-        assert_eq!((size(&path), w.blocks.held()), (0, 15));
+        assert_eq!((size(&path), w.blocks.held()), (head_len(), 15));
         feed(&mut w, &q, 1500, 16, t0);
         assert_eq!(size(&path), head_len() + 16 * EPB1500 + EPB60);
         assert_eq!(sent(&q), (17, 16 * 1500 + 60));
