@@ -84,7 +84,7 @@ pub fn host(config: &Config) -> Findings {
             "{t} is used by no session: `mirror run` does not open it"
         ));
     }
-    f.warnings.extend(config.silent_directions());
+    f.warnings.extend(config.warnings());
     let ifindex = |name: &str| mirror_user::kernel::ifindex(name).ok();
     for s in &used.sources {
         let Some(idx) = ifindex(&s.interface) else {

@@ -30,7 +30,7 @@ pub fn main(a: Args) -> Result<ExitCode> {
     for t in config.prune_unused_targets() {
         tracing::warn!("{t} is used by no session: not opened");
     }
-    for w in config.silent_directions() {
+    for w in config.warnings() {
         tracing::warn!("{w}");
     }
     // Capabilities, not euid 0: root has them all, a service user may be

@@ -518,6 +518,28 @@ impl Config {
             .collect();
     }
 
+    /// What `mirror check` and the start-up log warn of: the sentences of
+    /// [`Config::silent_directions`] and of schedule windows that override
+    /// nothing (inside one the session's own values apply, as outside every
+    /// window: most likely a key left out).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = self.silent_directions();
+        for s in &self.sessions {
+            for (i, w) in s.schedule.iter().enumerate() {
+                if w.overrides == crate::config::schedule::Overrides::default() {
+                    out.push(format!(
+                        "session `{}`: schedule window {} ({}) sets none of enabled, sample,                          rate_limit_pps, packet_length, flow_cutoff_bytes,                          flow_cutoff_packets: inside it the session's own values apply, as \
+                         outside every window",
+                        s.name,
+                        i + 1,
+                        crate::config::schedule::describe(w)
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Directions a source mirrors that no rule of its sessions' filters
     /// can match (`direction = "both"` with only ingress rules mirrors no
     /// egress frame), and rules of its sessions' filters for a direction it

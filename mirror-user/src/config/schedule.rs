@@ -170,20 +170,34 @@ pub fn parse_days(text: &str) -> Result<u8, String> {
                 "days = \"{text}\": an empty item; write days as \"mon-fri\" or \"sat,sun\""
             ));
         }
+        let mut these = 0u8;
         match item.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (day(a)?, day(b)?);
                 let mut d = a;
                 loop {
-                    bits |= 1 << d;
+                    these |= 1 << d;
                     if d == b {
                         break;
                     }
                     d = (d + 1) % 7;
                 }
             }
-            None => bits |= 1 << day(item)?,
+            None => these |= 1 << day(item)?,
         }
+        let again = bits & these;
+        if again != 0 {
+            let names: Vec<&str> = (0..7)
+                .filter(|d| again & (1 << d) != 0)
+                .map(|d| DAY_NAMES[d])
+                .collect();
+            return Err(format!(
+                "days = \"{text}\": `{}` names {} again; list each day once",
+                item.trim(),
+                names.join(", ")
+            ));
+        }
+        bits |= these;
     }
     Ok(bits)
 }
@@ -342,6 +356,12 @@ mod tests {
             .expect_err("refused")
             .contains("empty item"));
         assert!(parse_days("").is_err());
+        // A day twice is a slip (which day was meant?), refused by name.
+        let e = parse_days("mon,mon").expect_err("refused");
+        assert!(e.contains("`mon` names mon again"), "{e}");
+        let e = parse_days("mon-fri,wed-sat").expect_err("refused");
+        assert!(e.contains("`wed-sat` names wed, thu, fri again"), "{e}");
+        assert_eq!(parse_days("fri-sun,mon"), Ok(0b111_0001));
     }
 
     #[test]

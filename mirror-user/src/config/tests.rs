@@ -1692,6 +1692,26 @@ fn a_mirrored_direction_no_accepting_rule_matches_is_named() {
 }
 
 #[test]
+fn a_schedule_window_that_overrides_nothing_is_named() {
+    let text = |keys: &str| {
+        scheduled(&format!(
+            "\n[[session.schedule]]\ndays = \"mon-fri\"\nhours = \"08:00-18:00\"\n\
+             timezone = \"UTC\"\n{keys}\n"
+        ))
+    };
+    let w = parse(&text(""), "t.toml").expect("valid").warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("schedule window 1 (mon-fri 08:00-18:00 UTC) sets none of enabled"),
+        "{w:?}"
+    );
+    for keys in ["sample = 1", "enabled = true", "flow_cutoff_packets = 0"] {
+        let w = parse(&text(keys), "t.toml").expect("valid").warnings();
+        assert!(w.is_empty(), "{keys}: {w:?}");
+    }
+}
+
+#[test]
 fn a_rule_prints_as_toml_keys_with_protocol_names_and_reads_back() {
     let rule = |keys: &str| parse_rule(keys, "rule").expect("valid");
     let full = rule(

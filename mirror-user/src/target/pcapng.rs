@@ -1991,10 +1991,7 @@ mod tests {
             "written, not rotated"
         );
         w.tick(t0 + min);
-        assert_eq!(
-            listing(&path),
-            [(1, head_len() + EPB60), (2, head_len())]
-        );
+        assert_eq!(listing(&path), [(1, head_len() + EPB60), (2, head_len())]);
         // The second file's minute runs from its opening.
         let t1 = t0 + min;
         feed(&mut w, &q, 60, 2, t1 + Duration::from_secs(1));
@@ -2336,7 +2333,11 @@ mod tests {
         w.finish(t0 + FLUSH_EVERY);
         assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 4);
         assert_eq!(q.in_flight.load(Ordering::Relaxed), 0);
-        assert_eq!((size(&path), sent(&q)), (head_len(), (0, 0)), "the header alone");
+        assert_eq!(
+            (size(&path), sent(&q)),
+            (head_len(), (0, 0)),
+            "the header alone"
+        );
         // With room, the copy goes out.
         w.files.spec.min_free = Some(MinFree::Bytes(0));
         feed(&mut w, &q, 60, 5, t0 + FLUSH_EVERY);
@@ -2407,7 +2408,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(size(&path), head_len(), "the clock has not moved");
         offset.store(FLUSH_EVERY.as_nanos() as u64, Ordering::Relaxed);
-        wait("written once FLUSH_EVERY passed", &|| size(&path) > head_len());
+        wait("written once FLUSH_EVERY passed", &|| {
+            size(&path) > head_len()
+        });
         // 3,000 copies (three batches), then the stop: all written.
         for i in 0..3000u32 {
             q.offer(&Frame {
