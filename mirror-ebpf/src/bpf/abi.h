@@ -302,9 +302,8 @@ struct mirror_copy {
 
 /*
  * In-kernel fast path (tap mode). A session whose every target the kernel can
- * serve has DEVMAP_HASHes of those targets in slots session *
- * MIRROR_FAST_VARIANTS + variant of `fast_sessions` (struct
- * mirror_fast_session); xdp_tap redirects the frame to it (one target) or
+ * serve has DEVMAP_HASHes of those targets in slots of `fast_sessions`
+ * (struct mirror_fast_session); xdp_tap redirects the frame to it (one target) or
  * broadcasts it (BPF_F_BROADCAST: one clone per entry) instead of handing it
  * to userspace, counting it per session (struct mirror_fast_count).
  *
@@ -350,8 +349,7 @@ struct mirror_fast_count {
  * go into `fast_sessions` (members_up also later, as members come and go).
  *
  * A session reaches its targets through one of up to MIRROR_FAST_VARIANTS
- * DEVMAPs (slot session * MIRROR_FAST_VARIANTS + variant of fast_sessions),
- * keyed by the target's place in the session (groups expanded): without a
+ * DEVMAPs (each in two versions, below), keyed by the target's place in the session (groups expanded): without a
  * target group there is one, variant 0, holding every target. With one
  * group of n members, variant i holds the session's other targets and
  * member i, variant n the other targets alone (every member down). The

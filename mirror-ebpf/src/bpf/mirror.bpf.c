@@ -759,11 +759,6 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s,
 		if (!bpf_xdp_adjust_tail(ctx, (int)snap - (int)len))
 			len = snap;
 	}
-	n = bpf_map_lookup_elem(&session_kernel, &key);
-	if (n) {
-		n->packets += 1;
-		n->bytes += len;
-	}
 	if (f->group_n)
 		count_pick(key, member, len, all_down ? 1 : 0);
 	variant &= MIRROR_FAST_VARIANTS - 1;
@@ -777,9 +772,17 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s,
 		 * the DEVMAPs; count what they would have got. */
 		count_down(session, down);
 		keys &= ~down;
-		if (!keys)
-			return XDP_DROP;
 	}
+	/* The session's frame after its destinations' `down`: a reader of both
+	 * (fast_skipped in userspace) never sees a frame whose `down` is still
+	 * to come. */
+	n = bpf_map_lookup_elem(&session_kernel, &session);
+	if (n) {
+		n->packets += 1;
+		n->bytes += len;
+	}
+	if (!keys)
+		return XDP_DROP;
 	if (len > fast_max_len[s & (MIRROR_MAX_SESSIONS - 1)] && count_too_big(s, len, keys) && single)
 		return XDP_DROP; /* its one destination cannot take it */
 	if (f->tunnels)

@@ -266,6 +266,21 @@ impl KernelDest {
         let Ok(mut program) = self.source.program.lock() else {
             return;
         };
+        if self.up && now.is_some_and(|i| i != self.ifindex) {
+            // The device went away and another came under its name between
+            // two looks: out first, so what the kernel skipped for the old
+            // one is counted, then in with the new one.
+            if let Err(e) = program.set_dest(self.session, self.key, None) {
+                tracing::warn!(target = %self.target, error = %e, "kernel path: updating a destination");
+                return;
+            }
+            drop(program);
+            self.count_out();
+            program = match self.source.program.lock() {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+        }
         let device = now.map(|i| (i, max_len(mtu)));
         if let Err(e) = program.set_dest(self.session, self.key, device) {
             tracing::warn!(target = %self.target, error = %e, "kernel path: updating a destination");
@@ -308,19 +323,24 @@ impl KernelDest {
         self.mtu = mtu;
         if now.is_none() {
             drop(program);
-            let devices = self
-                .devices
-                .lock()
-                .ok()
-                .and_then(|d| d.get(&self.target).cloned())
-                .unwrap_or_else(|| vec![self.ifindex]);
-            count_skipped(&self.source, &self.target, &self.dests, |p| {
-                devices.iter().try_fold(FastStats::default(), |mut n, &i| {
-                    n += p.fast_stats(i)?;
-                    Ok(n)
-                })
-            });
+            self.count_out();
         }
+    }
+
+    /// Just taken out of the DEVMAPs: see [`count_skipped`].
+    fn count_out(&self) {
+        let devices = self
+            .devices
+            .lock()
+            .ok()
+            .and_then(|d| d.get(&self.target).cloned())
+            .unwrap_or_else(|| vec![self.ifindex]);
+        count_skipped(&self.source, &self.target, &self.dests, |p| {
+            devices.iter().try_fold(FastStats::default(), |mut n, &i| {
+                n += p.fast_stats(i)?;
+                Ok(n)
+            })
+        });
     }
 }
 
@@ -334,19 +354,27 @@ fn count_skipped(
     dests: &[super::stats::FastDestRef],
     devices: impl Fn(&SourceProgram) -> Result<FastStats, crate::kernel::LoaderError>,
 ) {
+    use super::stats::Skipped;
     match super::stats::fast_skipped(source, dests, devices) {
-        Ok(Some(0)) => {}
-        Ok(Some(n)) => {
-            tracing::info!(
-                target = %target,
-                copies = n,
-                "kernel path: copies the kernel skipped while the target's device was down, before mirror saw it, are counted `down`"
-            );
-            source.set_fast_skipped(target, n);
+        Ok(Skipped::Unexplained(n)) => {
+            let before = source.fast_skipped(target);
+            if n > before {
+                tracing::info!(
+                    target = %target,
+                    copies = n - before,
+                    "kernel path: copies the kernel skipped while the target's device was down, before mirror saw it, are counted `down`"
+                );
+                source.set_fast_skipped(target, n);
+            }
         }
-        Ok(None) => tracing::warn!(
+        Ok(Skipped::NotAllOut) => {}
+        Ok(Skipped::Member) => tracing::debug!(
             target = %target,
-            "kernel path: copies the kernel skipped while the target's device was down, before mirror saw it, could not be told apart (a stream too dense to read between, or a group member); they stay `unknown`"
+            "kernel path: a group member's copies the kernel skipped while its device was down are not told apart; any stay `unknown`"
+        ),
+        Ok(Skipped::TooDense) => tracing::warn!(
+            target = %target,
+            "kernel path: copies the kernel skipped while the target's device was down, before mirror saw it, could not be told apart (no moment between two copies to read the counts in); any stay `unknown`"
         ),
         Err(e) => tracing::warn!(
             target = %target,

@@ -152,6 +152,13 @@ impl SourceProgram {
         }
         self.fast_devmaps.retain(|d| d.session != session);
         self.fast_devmaps.extend(handles);
+        self.fast_dests.retain(|d| d.session != session);
+        let entries: Vec<Option<Vec<u8>>> = vals.into_iter().map(Some).collect();
+        self.fast_dests.push(DestState {
+            session,
+            wanted: entries.clone(),
+            held: [entries.clone(), entries],
+        });
         // Last: from the next frame on, xdp_tap takes the kernel path.
         match self.skel.maps.bss_data.as_deref_mut() {
             Some(bss) => {
@@ -189,14 +196,17 @@ impl SourceProgram {
     /// The device's counters and what `xdp_tap` and `xdp_tunnel` know it by
     /// (`fast_dests`) come first, so that no copy reaches the device before
     /// it is counted and known. Then the down bit and the DEVMAP entries
-    /// change together: in the idle version of the session's destinations,
-    /// which one store puts in force, and after an RCU grace period (no
-    /// `xdp_tap` still runs on the old version, nor any copy it sent) in the
-    /// old one too. So every copy meets the bit and the entries of one
-    /// version: it is counted `down` or sent (and then counted by the
-    /// device), never both, never neither, broadcast or not. A tunnel moving
-    /// while up: a copy already queued to its old device finds no key there
-    /// and is counted in that device's `no_key`.
+    /// change together: the idle version of the session's destinations is
+    /// made what every destination should be, one store puts it in force,
+    /// and after an RCU grace period (no `xdp_tap` still runs on the old
+    /// version, nor any copy it sent) the old one is made the same. So every
+    /// copy meets the bit and the entries of one version: it is counted
+    /// `down` or sent (and then counted by the device), never both, never
+    /// neither, broadcast or not. A step that fails leaves the version
+    /// behind as it is; the next call (the keeper tries again while what it
+    /// sees differs from what it set) brings it in line first. A tunnel
+    /// moving while up: a copy already queued to its old device finds no
+    /// key there and is counted in that device's `no_key`.
     fn put_dest(
         &mut self,
         session: u32,
@@ -212,12 +222,38 @@ impl SourceProgram {
             }
             None => None,
         };
+        let state = self
+            .fast_dests
+            .iter_mut()
+            .find(|d| d.session == session)
+            .ok_or_else(|| bss_error("fast_session", session))?;
+        match state.wanted.get_mut(key as usize) {
+            Some(w) => *w = entry,
+            None => return Err(bss_error("fast_dests", session)),
+        }
         let old = self.dest_version(session)?;
         let new = old ^ 1;
-        self.change_dest(session, key, new, entry.as_deref())?;
+        self.sync_version(session, new)?;
         self.set_dest_version(session, new)?;
         super::rule_maps::rcu_grace_period().map_err(LoaderError::GracePeriod)?;
-        self.change_dest(session, key, old, entry.as_deref())
+        self.sync_version(session, old)
+    }
+
+    /// Makes version `version` of the session's destinations hold what each
+    /// should (`DestState::wanted`), key by key.
+    fn sync_version(&mut self, session: u32, version: u32) -> Result<(), LoaderError> {
+        let v = version as usize & 1;
+        let Some(i) = self.fast_dests.iter().position(|d| d.session == session) else {
+            return Err(bss_error("fast_session", session));
+        };
+        for key in 0..self.fast_dests[i].wanted.len() {
+            let want = self.fast_dests[i].wanted[key].clone();
+            if self.fast_dests[i].held[v][key] != want {
+                self.change_dest(session, key as u32, version, want.as_deref())?;
+                self.fast_dests[i].held[v][key] = want;
+            }
+        }
+        Ok(())
     }
 
     /// In version `version` of the session's destinations: takes key `key`
@@ -256,6 +292,19 @@ impl SourceProgram {
             }
             _ => Err(bss_error("fast_session", session)),
         }
+    }
+
+    /// Whether destination `key` of the session is out (down or gone) in
+    /// the version of its destinations in force.
+    pub fn dest_is_down(&self, session: u32, key: u32) -> Result<bool, LoaderError> {
+        let version = self.dest_version(session)? as usize;
+        self.skel
+            .maps
+            .bss_data
+            .as_deref()
+            .and_then(|bss| bss.fast_session.get(session as usize))
+            .map(|f| key < 32 && f.dests_down[version] & (1 << key) != 0)
+            .ok_or_else(|| bss_error("fast_session", session))
     }
 
     /// The version of the session's destinations in force.
@@ -586,6 +635,15 @@ impl FastDevmap {
     fn slot(&self) -> u32 {
         (self.session * FAST_VARIANTS as u32 + self.variant) * DEST_VERSIONS + self.version
     }
+}
+
+/// What each destination of a kernel-path session should be, and what each
+/// version of its DEVMAPs and down bits holds (`None`: out, down; else the
+/// DEVMAP entry's value).
+pub struct DestState {
+    session: u32,
+    wanted: Vec<Option<Vec<u8>>>,
+    held: [Vec<Option<Vec<u8>>>; 2],
 }
 
 /// Versions of a kernel-path session's destinations (`MIRROR_DEST_VERSIONS`).

@@ -146,6 +146,9 @@ pub struct SourceProgram {
     /// kept to take a destination out and put it back, or move a tunnel
     /// target to another egress device when its route does.
     fast_devmaps: Vec<fast_path::FastDevmap>,
+    /// Per kernel-path session: what each destination should be and what
+    /// each version of its DEVMAPs and down bits holds.
+    fast_dests: Vec<fast_path::DestState>,
     /// Per kernel tunnel (session, key): every egress device it has sent
     /// through, whose transmit counters are its.
     tunnel_devices: Vec<((u32, u32), Vec<u32>)>,
@@ -235,6 +238,7 @@ impl SourceProgram {
             rule_maps: Default::default(),
             xmit_link: None,
             fast_devmaps: Vec::new(),
+            fast_dests: Vec::new(),
             tunnel_devices: Vec::new(),
             fast_generic: false,
             relay: None,
