@@ -379,6 +379,96 @@ fn a_source_interface_deleted_and_created_again_is_attached_again() {
     );
 }
 
+/// A tap source restarted (its interface deleted and created again, then
+/// by a reload that changes it) whose session runs on the kernel path: what
+/// the old programs sent its interface target stays in the target's
+/// counters (200 after 100 and 100, then 300).
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_restarted_sources_kernel_path_counts_carry_on_in_the_kept_target() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    lab::gro_on(&lab.sink, Lab::SINK_IF).expect("GRO on");
+    lab::veth(&lab.gen, "cp1", &lab.src, "cp0", 1).expect("cp0");
+    let dir = TempDir::new("e2e-reload-kpath").expect("temp dir");
+    let (mut daemon, _) = common::start_daemon(
+        BIN,
+        &lab.src,
+        &dir,
+        &TWO_SOURCES.replace(
+            "targets = [\"ids0\"]",
+            "targets = [\"ids0\"]\npath = \"kernel\"",
+        ),
+    );
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let send = |first: u32| {
+        let sent = lab::send_frames(&lab.gen, Lab::GEN_IF, mix(first, 100), 10_000).expect("send");
+        assert_eq!(sent, 100);
+    };
+    send(0);
+    let s = wait_for(&mut client, "100 copies", |s| {
+        s.targets["ids0"].sent_packets == 100
+    });
+    assert_eq!(s.sessions["a"].path, "kernel");
+    lab.src.ip(&["link", "del", "feed0"]).expect("delete feed0");
+    daemon
+        .wait_for_log(
+            "the source's interface is gone",
+            std::time::Duration::from_secs(10),
+        )
+        .expect("said gone");
+    lab::veth(&lab.gen, Lab::GEN_IF, &lab.src, Lab::FEED_IF, 1).expect("feed0 again");
+    daemon
+        .wait_for_log(
+            "re-attached to the re-created interface",
+            std::time::Duration::from_secs(30),
+        )
+        .expect("re-attached");
+    send(100);
+    let s = wait_for(&mut client, "200 copies", |s| {
+        s.sources["feed"].received == 200 && s.targets["ids0"].enqueued >= 200
+    });
+    let t = &s.targets["ids0"];
+    assert_reconciles("ids0", t);
+    assert_eq!(
+        (t.enqueued, t.sent_packets, t.kernel_path),
+        (200, 200, 200),
+        "{t:?}"
+    );
+    assert_eq!(s.sessions["a"].mirrored, 200);
+
+    // A reload that changes the source restarts it, its session and the
+    // target its kernel path sends to; their counts carry on.
+    let config = dir.path().join("mirror.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let changed = text.replacen(
+        "interface = \"feed0\"",
+        "interface = \"feed0\"\nring_size = 1024",
+        1,
+    );
+    assert_ne!(changed, text);
+    std::fs::write(&config, changed).expect("new config");
+    let out = common::ctl(BIN, &["reload"], &daemon.control);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}\n{}", daemon.log_text());
+    assert!(
+        stdout.contains("restarted source feed, target ids0"),
+        "{stdout}"
+    );
+    send(200);
+    let s = wait_for(&mut client, "300 copies", |s| {
+        s.sources["feed"].received == 300 && s.targets["ids0"].enqueued >= 300
+    });
+    let t = &s.targets["ids0"];
+    assert_reconciles("ids0", t);
+    assert_eq!(
+        (t.enqueued, t.sent_packets, t.kernel_path),
+        (300, 300, 300),
+        "{t:?}"
+    );
+    assert_eq!(s.sessions["a"].mirrored, 300);
+}
+
 /// A reload whose new source passes the host checks but which the kernel
 /// refuses to attach (native XDP on loopback): what the reload had stopped
 /// (`feed2`, whose session changed) starts again as it was, the untouched
