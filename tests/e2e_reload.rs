@@ -303,6 +303,25 @@ filter = "all"
 targets = ["cap"]
 "#;
 
+/// Deletes the tap source's port feed0 (with its peer) and creates it
+/// again, waiting until the daemon has said it gone and attached again.
+fn recreate_feed(lab: &Lab, daemon: &mut mirror_user::lab::DaemonProcess) {
+    lab.src.ip(&["link", "del", "feed0"]).expect("delete feed0");
+    daemon
+        .wait_for_log(
+            "the source's interface is gone",
+            std::time::Duration::from_secs(10),
+        )
+        .expect("said gone");
+    lab::veth(&lab.gen, Lab::GEN_IF, &lab.src, Lab::FEED_IF, 1).expect("feed0 again");
+    daemon
+        .wait_for_log(
+            "re-attached to the re-created interface",
+            std::time::Duration::from_secs(30),
+        )
+        .expect("re-attached");
+}
+
 /// A source's interface deleted, then created again under its name (tap
 /// and copy mode): said once when gone, attached to the new device when
 /// back (logged), its counters carried on; the other source runs on.
@@ -326,20 +345,7 @@ fn a_source_interface_deleted_and_created_again_is_attached_again() {
     });
 
     // Tap: the feed port goes (with its peer), then comes back.
-    lab.src.ip(&["link", "del", "feed0"]).expect("delete feed0");
-    daemon
-        .wait_for_log(
-            "the source's interface is gone",
-            std::time::Duration::from_secs(10),
-        )
-        .expect("said gone");
-    lab::veth(&lab.gen, Lab::GEN_IF, &lab.src, Lab::FEED_IF, 1).expect("feed0 again");
-    daemon
-        .wait_for_log(
-            "re-attached to the re-created interface",
-            std::time::Duration::from_secs(30),
-        )
-        .expect("re-attached");
+    recreate_feed(&lab, &mut daemon);
     send(Lab::GEN_IF, 100);
     send("cp1", 100);
     let s = wait_for(&mut client, "200 copies each", |s| {
@@ -410,20 +416,7 @@ fn a_restarted_sources_kernel_path_counts_carry_on_in_the_kept_target() {
         s.targets["ids0"].sent_packets == 100
     });
     assert_eq!(s.sessions["a"].path, "kernel");
-    lab.src.ip(&["link", "del", "feed0"]).expect("delete feed0");
-    daemon
-        .wait_for_log(
-            "the source's interface is gone",
-            std::time::Duration::from_secs(10),
-        )
-        .expect("said gone");
-    lab::veth(&lab.gen, Lab::GEN_IF, &lab.src, Lab::FEED_IF, 1).expect("feed0 again");
-    daemon
-        .wait_for_log(
-            "re-attached to the re-created interface",
-            std::time::Duration::from_secs(30),
-        )
-        .expect("re-attached");
+    recreate_feed(&lab, &mut daemon);
     send(100);
     let s = wait_for(&mut client, "200 copies", |s| {
         s.sources["feed"].received == 200 && s.targets["ids0"].enqueued >= 200
