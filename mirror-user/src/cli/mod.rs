@@ -118,8 +118,10 @@ pub enum Command {
     /// namespace, pcapng directories missing or not writable, another XDP
     /// program or AF_XDP socket on a source's or interface target's port
     /// (naming the process that holds it). Warns about targets no session
-    /// uses (`run` does not open them) and about a source direction no rule
-    /// of its sessions accepts. Exit status 0 when both are fine.
+    /// uses (`run` does not open them), about a source direction no rule
+    /// of its sessions accepts (or rules for a direction it does not
+    /// mirror), and about schedule windows that override nothing. Exit
+    /// status 0 when both are fine.
     Check(check::Args),
     /// Show the running daemon's counters.
     ///
