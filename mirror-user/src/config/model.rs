@@ -615,6 +615,18 @@ impl Config {
         expand_dests(&self.sessions[session].targets, &self.groups)
     }
 
+    /// The first target group among a session's `targets` (the kernel path
+    /// takes sessions with at most one), if any.
+    pub(crate) fn session_group(&self, session: usize) -> Option<&Group> {
+        self.sessions[session]
+            .targets
+            .iter()
+            .find_map(|d| match *d {
+                Dest::Group(g) => Some(&self.groups[g]),
+                Dest::Target(_) => None,
+            })
+    }
+
     /// The name a session's `targets` entry refers to.
     pub(crate) fn dest_name(&self, d: Dest) -> &str {
         match d {

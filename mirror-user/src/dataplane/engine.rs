@@ -1173,10 +1173,10 @@ impl Plane {
             if !source.paths[kidx].kernel {
                 continue;
             }
-            let member = self.config.sessions[s].targets.iter().any(|d| match *d {
-                crate::config::Dest::Group(g) => self.config.groups[g].members.contains(&t),
-                crate::config::Dest::Target(_) => false,
-            });
+            let member = self
+                .config
+                .session_group(s)
+                .is_some_and(|g| g.members.contains(&t));
             for (key, t2) in self.config.session_targets(s).into_iter().enumerate() {
                 if t2 == t {
                     out.push(super::stats::FastDestRef {
@@ -1217,13 +1217,7 @@ impl Plane {
             if !source.paths[kidx].kernel {
                 continue;
             }
-            let group = self.config.sessions[s]
-                .targets
-                .iter()
-                .find_map(|d| match *d {
-                    crate::config::Dest::Group(g) => Some(&self.config.groups[g]),
-                    crate::config::Dest::Target(_) => None,
-                });
+            let group = self.config.session_group(s);
             let members: &[usize] = group.map_or(&[], |g| &g.members[..]);
             for (key, t) in self.config.session_targets(s).into_iter().enumerate() {
                 let TargetSpec::Interface { interface, .. } = &self.config.targets[t].spec else {
@@ -1390,15 +1384,11 @@ impl Plane {
                 };
                 devices.push(FastDest::new(ifindex, mtu));
             }
-            let group = sess
-                .targets
-                .iter()
-                .find_map(|d| match *d {
-                    crate::config::Dest::Group(g) => Some(&self.config.groups[g].members),
-                    crate::config::Dest::Target(_) => None,
-                })
-                .map(|members| {
-                    members
+            let group = self
+                .config
+                .session_group(s)
+                .map(|g| {
+                    g.members
                         .iter()
                         .filter_map(|m| targets.iter().position(|t| t == m))
                         .map(|k| k as u32)

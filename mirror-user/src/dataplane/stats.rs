@@ -309,14 +309,7 @@ impl Plane {
             if !src.paths[kidx].kernel {
                 continue;
             }
-            let members: &[usize] = self.config.sessions[s]
-                .targets
-                .iter()
-                .find_map(|d| match *d {
-                    crate::config::Dest::Group(g) => Some(&self.config.groups[g].members[..]),
-                    crate::config::Dest::Target(_) => None,
-                })
-                .unwrap_or(&[]);
+            let members: &[usize] = self.config.session_group(s).map_or(&[], |g| &g.members[..]);
             for (key, t) in self.config.session_targets(s).into_iter().enumerate() {
                 let f = &mut fast[t];
                 f.generic |= generic;
@@ -842,12 +835,13 @@ pub(super) fn fast_skipped(
             down += program.pick_count(d.session as u32, d.key)?.down;
         }
         if frames(&program)? == before {
-            return Ok(Skipped::Unexplained(
-                before
-                    .saturating_sub(down)
-                    .saturating_sub(dev.packets)
-                    .saturating_sub(dev.too_big),
-            ));
+            // As the stats count it, rate-limited frames aside (in neither).
+            let sent = FastTarget {
+                enqueued: before,
+                down,
+                ..FastTarget::default()
+            };
+            return Ok(Skipped::Unexplained(sent.unexplained(&dev)));
         }
     }
     Ok(Skipped::TooDense)

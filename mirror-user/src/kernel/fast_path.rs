@@ -297,13 +297,15 @@ impl SourceProgram {
     /// Whether destination `key` of the session is out (down or gone) in
     /// the version of its destinations in force.
     pub fn dest_is_down(&self, session: u32, key: u32) -> Result<bool, LoaderError> {
-        let version = self.dest_version(session)? as usize;
         self.skel
             .maps
             .bss_data
             .as_deref()
             .and_then(|bss| bss.fast_session.get(session as usize))
-            .map(|f| key < 32 && f.dests_down[version] & (1 << key) != 0)
+            .map(|f| {
+                let down = f.dests_down[usize::from(f.version & 1)];
+                key < mirror_ebpf::limits::MAX_FAST_TARGETS && down & (1 << key) != 0
+            })
             .ok_or_else(|| bss_error("fast_session", session))
     }
 
