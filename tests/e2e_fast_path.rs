@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{assert_reconciles, read_pcapng, wait_for};
+use common::{assert_reconciles, read_pcapng, wait_for, wait_log};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -1426,17 +1426,4 @@ fn flap_with(
         "{flapped:?}"
     );
     stats
-}
-
-/// Waits (at most 20 s) until the daemon's log holds `text` at least `n` times.
-fn wait_log(daemon: &DaemonProcess, text: &str, n: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while daemon.log_text().matches(text).count() < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {n}x {text:?} in the log:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

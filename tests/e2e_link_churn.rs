@@ -10,9 +10,9 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{assert_reconciles, assert_source_reconciles, ipv4_payload, wait_for};
+use common::{assert_reconciles, assert_source_reconciles, ipv4_payload, wait_for, wait_log};
 use mirror_user::control::Client;
 use mirror_user::dataplane::stats::Stats;
 use mirror_user::lab::{self, traffic, Capture, DaemonProcess, Lab, Netns, TempDir};
@@ -110,19 +110,6 @@ fn settled(client: &mut Client, total: u64) -> Stats {
             && t.queued == 0
             && t.enqueued == t.sent_packets + t.dropped_total()
     })
-}
-
-/// Waits (at most 20 s) until the daemon's log holds `text` at least `n` times.
-fn wait_log(daemon: &DaemonProcess, text: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while daemon.log_text().matches(text).count() < n {
-        assert!(
-            Instant::now() < deadline,
-            "no {n}x {text:?} in the log:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The lab frames among `got` (the sink may see nothing else, but a

@@ -549,3 +549,16 @@ pub fn lab_hop(ifindex: u32) -> mirror_user::kernel::route::NextHop {
         neighbour: "10.0.0.2".parse().expect("ip"),
     }
 }
+
+/// Waits (at most 20 s) until the daemon's log holds `text` at least `n` times.
+pub fn wait_log(daemon: &mirror_user::lab::DaemonProcess, text: &str, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while daemon.log_text().matches(text).count() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {n}x {text:?} in the log:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
