@@ -1427,3 +1427,57 @@ fn flap_with(
     );
     stats
 }
+
+/// A target-group member's port set down (administratively) and up under a
+/// stream on the kernel path. Until mirror sees the port down the kernel
+/// picks the member for its flows and skips the device without a trace;
+/// then its flows move to the other member. Each member's copies end in
+/// exactly one counter, none `unknown`, and the plain target gets them all.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_group_member_set_down_under_a_stream_counts_each_copy_once() {
+    require_root!();
+    let lab = lab(true);
+    lab::veth(&lab.src, "tgt2", &lab.sink, "sink2", 1).expect("third target port");
+    lab::gro_on(&lab.sink, "sink2").expect("GRO on");
+    let dir = TempDir::new("e2e-fast-member-flap").expect("temp dir");
+    let (daemon, mut client) = start(&lab, &dir, &GROUP_CUT.replace("@PATH@", "kernel"));
+    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..FRAMES)
+            .map(|seq| flow_frame((seq % 50) as u16, seq % 2 == 1, seq, 100))
+            .collect(),
+    );
+    let mut flaps = 0;
+    let sent = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 100_000).expect("send")
+        });
+        while !sender.is_finished() && flaps < 12 {
+            lab.src.ip(&["link", "set", "tgt2", "down"]).expect("down");
+            flaps += 1;
+            wait_log(&daemon, "a group member is down or gone", flaps);
+            lab.src.ip(&["link", "set", "tgt2", "up"]).expect("up");
+            wait_log(&daemon, "a group member is up again", flaps);
+        }
+        sender.join().expect("sender")
+    });
+    assert_eq!(sent, u64::from(FRAMES));
+    assert!(flaps >= 3, "the stream outlasted only {flaps} flaps");
+    let st = wait_for(&mut client, "every copy reached a counter", |st| {
+        st.sources["feed"].received == sent
+            && st.targets["ids0"].sent_packets == sent
+            && st.targets["ids1"].enqueued + st.targets["ids2"].enqueued == sent
+    });
+    assert_eq!(st.sessions["feed"].path, "kernel");
+    for t in ["ids0", "ids1", "ids2"] {
+        assert_reconciles(t, &st.targets[t]);
+    }
+    let (ids1, ids2) = (&st.targets["ids1"], &st.targets["ids2"]);
+    assert_eq!(ids1.dropped_total(), 0, "{ids1:?}");
+    assert!(ids2.dropped["down"] > 0, "{ids2:?}");
+    assert_eq!(
+        ids2.dropped.get("send_error").copied().unwrap_or(0),
+        0,
+        "{ids2:?}"
+    );
+}

@@ -1254,6 +1254,12 @@ impl Plane {
                         })
                         .collect(),
                     up: crate::kernel::fast_path::low_bits(g.members.len()),
+                    target_devices: self.target_devices.clone(),
+                    dests: g
+                        .members
+                        .iter()
+                        .map(|&m| self.fast_dests_of(&source, m))
+                        .collect(),
                 });
             }
         }

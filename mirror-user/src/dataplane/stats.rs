@@ -768,11 +768,9 @@ pub(super) enum Skipped {
     /// What no counter explains of the target's copies from this source.
     Unexplained(u64),
     /// Another destination of the target (in another session) is still in
-    /// the DEVMAPs: the count waits for the last one out.
+    /// the DEVMAPs, or a group member still picked: the count waits for the
+    /// last one out.
     NotAllOut,
-    /// A group member: its picks go on while it is down, so the count
-    /// cannot be read still.
-    Member,
     /// Every try met a copy between the reads.
     TooDense,
 }
@@ -781,7 +779,7 @@ pub(super) enum Skipped {
 /// destinations `dests` in `src`'s sessions; `devices` reads its devices'
 /// counts) that no counter explains, read when the daemon has seen the
 /// target's device down or gone and taken every destination of it out of
-/// the DEVMAPs.
+/// the DEVMAPs (a group member: out of the members the kernel picks).
 ///
 /// A broadcast skips a device that is down (or whose entry the kernel
 /// removed with it) and a redirect to one fails, and nothing counts either;
@@ -796,23 +794,27 @@ pub(super) enum Skipped {
 /// (in that order, mirror.bpf.c), and the two are read one after the other,
 /// the frames again after: equal, no copy came between, and a copy caught
 /// between its two counts only makes the result lower. So it is never more
-/// than the copies unexplained. Tried up to 1,000 times (a few
-/// milliseconds).
+/// than the copies unexplained. A member that is out is picked no more, but
+/// when every member is down a flow's first choice still counts its copies
+/// `down`: one count per copy, read in the same sum. Tried up to 1,000
+/// times (a few milliseconds).
 pub(super) fn fast_skipped(
     src: &Source,
     dests: &[FastDestRef],
     devices: impl Fn(&SourceProgram) -> Result<FastStats, crate::kernel::LoaderError>,
 ) -> Result<Skipped> {
-    if dests.iter().any(|d| d.member) {
-        return Ok(Skipped::Member);
-    }
     {
         let program = src
             .program
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
         for d in dests {
-            if !program.dest_is_down(d.session as u32, d.key)? {
+            let out = if d.member {
+                !program.member_is_up(d.session as u32, d.key)?
+            } else {
+                program.dest_is_down(d.session as u32, d.key)?
+            };
+            if !out {
                 return Ok(Skipped::NotAllOut);
             }
         }
@@ -823,10 +825,18 @@ pub(super) fn fast_skipped(
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
     let dev = devices(&program)?;
+    // A destination's copies: its session's frames, or what a group member
+    // was picked for (sent on, or `down` when every member was down: one
+    // count each, so a copy between the reads changes the sum).
     let frames = |p: &SourceProgram| -> Result<u64> {
-        dests
-            .iter()
-            .try_fold(0u64, |n, d| Ok(n + p.session_kernel(d.session as u32)?.0))
+        dests.iter().try_fold(0u64, |n, d| {
+            Ok(n + if d.member {
+                let c = p.pick_count(d.session as u32, d.key)?;
+                c.packets + c.down
+            } else {
+                p.session_kernel(d.session as u32)?.0
+            })
+        })
     };
     for _ in 0..1000 {
         let before = frames(&program)?;

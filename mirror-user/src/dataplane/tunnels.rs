@@ -204,6 +204,12 @@ pub(super) struct KernelGroup {
     pub devices: Vec<(u32, String)>,
     /// What the kernel was last told (bit i: member i up).
     pub up: u32,
+    /// Every device each target has had, by target name (as
+    /// [`KernelDest::devices`]).
+    pub target_devices: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u32>>>>,
+    /// Per member: every destination of the source's kernel-path sessions
+    /// that is that target.
+    pub dests: Vec<Vec<super::stats::FastDestRef>>,
 }
 
 impl KernelGroup {
@@ -220,10 +226,54 @@ impl KernelGroup {
         let Ok(mut program) = self.source.program.lock() else {
             return;
         };
-        match program.set_members_up(self.session, up) {
-            Ok(()) => self.up = up,
-            Err(e) => tracing::warn!(error = %e, "kernel group: updating its members' state"),
+        if let Err(e) = program.set_members_up(self.session, up) {
+            tracing::warn!(error = %e, "kernel group: updating its members' state");
+            return;
         }
+        drop(program);
+        let (out, back) = (self.up & !up, up & !self.up);
+        self.up = up;
+        for (i, m) in self.members.iter().enumerate() {
+            if back & (1 << i) != 0 {
+                tracing::info!(
+                    target = %m.name,
+                    "kernel path: a group member is up again; its flows come back to it"
+                );
+            }
+            if out & (1 << i) != 0 {
+                tracing::warn!(
+                    target = %m.name,
+                    members_up = up.count_ones(),
+                    "kernel path: a group member is down or gone; its flows go to the members up (none up: counted `down`)"
+                );
+                self.count_out(i, &m.name);
+            }
+        }
+    }
+
+    /// Interface member `i` (`name`), just taken out of the picks: see
+    /// [`count_skipped`]. (A tunnel member's copies are its tunnel's.)
+    fn count_out(&self, i: usize, name: &str) {
+        let known = self
+            .devices
+            .iter()
+            .find(|(_, n)| n == name)
+            .map(|&(i, _)| i);
+        let Some(first) = known else {
+            return;
+        };
+        let devices = self
+            .target_devices
+            .lock()
+            .ok()
+            .and_then(|d| d.get(name).cloned())
+            .unwrap_or_else(|| vec![first]);
+        count_skipped(&self.source, name, &self.dests[i], |p| {
+            devices.iter().try_fold(FastStats::default(), |mut n, &i| {
+                n += p.fast_stats(i)?;
+                Ok(n)
+            })
+        });
     }
 }
 
@@ -368,10 +418,6 @@ fn count_skipped(
             }
         }
         Ok(Skipped::NotAllOut) => {}
-        Ok(Skipped::Member) => tracing::debug!(
-            target = %target,
-            "kernel path: a group member's copies the kernel skipped while its device was down are not told apart; any stay `unknown`"
-        ),
         Ok(Skipped::TooDense) => tracing::warn!(
             target = %target,
             "kernel path: copies the kernel skipped while the target's device was down, before mirror saw it, could not be told apart (no moment between two copies to read the counts in); any stay `unknown`"

@@ -309,6 +309,24 @@ impl SourceProgram {
             .ok_or_else(|| bss_error("fast_session", session))
     }
 
+    /// Whether the session's group member whose DEVMAP key is `key` is up
+    /// as the kernel picks members (false for a key that is no member).
+    pub fn member_is_up(&self, session: u32, key: u32) -> Result<bool, LoaderError> {
+        self.skel
+            .maps
+            .bss_data
+            .as_deref()
+            .and_then(|bss| bss.fast_session.get(session as usize))
+            .map(|f| {
+                let n = usize::from(f.group_n).min(f.group_keys.len());
+                f.group_keys[..n]
+                    .iter()
+                    .position(|&k| u32::from(k) == key)
+                    .is_some_and(|i| f.members_up & (1 << i) != 0)
+            })
+            .ok_or_else(|| bss_error("fast_session", session))
+    }
+
     /// The version of the session's destinations in force.
     fn dest_version(&self, session: u32) -> Result<u32, LoaderError> {
         self.skel
