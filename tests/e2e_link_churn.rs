@@ -527,6 +527,78 @@ fn a_kernel_tunnels_egress_device_set_down_under_a_stream_counts_every_copy() {
     );
 }
 
+/// The same with the tunnel a member of a target group (two GRE
+/// collectors, the session's only target): until mirror sees the route
+/// gone, the kernel picks the member for its flows and drops the copies
+/// without a trace; then it counts them `down` while the group takes the
+/// member out and its flows go to the other. Each copy still in exactly one
+/// counter of one member, none `unknown`.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_kernel_tunnel_group_members_egress_device_set_down_under_a_stream_counts_every_copy() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let a = Netns::new("cola").expect("netns");
+    let b = Netns::new("colb").expect("netns");
+    lab::wire(&lab.src, "ga0", "10.99.1.1", &a, "ga1", "10.99.1.2", 1500).expect("wire");
+    lab::wire(&lab.src, "gb0", "10.99.2.1", &b, "gb1", "10.99.2.2", 1500).expect("wire");
+    lab::gro_on(&a, "ga1").expect("GRO on");
+    lab::gro_on(&b, "gb1").expect("GRO on");
+    let dir = TempDir::new("e2e-lc-kgroup-stream").expect("temp dir");
+    let text = tap("", "kernel")
+        .replace(
+            "name = \"ids0\"\nkind = \"interface\"\ninterface = \"tgt0\"",
+            "name = \"a\"\nkind = \"gre\"\nremote = \"10.99.1.2\"\n\n\
+             [[target]]\nname = \"b\"\nkind = \"gre\"\nremote = \"10.99.2.2\"\n\n\
+             [[target_group]]\nname = \"pool\"\nmembers = [\"a\", \"b\"]",
+        )
+        .replace("targets = [\"ids0\"]", "targets = [\"pool\"]");
+    assert!(text.contains("[[target_group]]"), "{text}");
+    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let rewritten = "headers rewritten";
+    let before = daemon.log_text().matches(rewritten).count();
+    const FRAMES: u32 = 150_000;
+    let stream = frames(0, FRAMES, 200);
+    let mut flaps = 0;
+    let sent = std::thread::scope(|scope| {
+        let sender =
+            scope.spawn(|| lab::send_frames(&lab.gen, Lab::GEN_IF, stream, 50_000).expect("send"));
+        while !sender.is_finished() && flaps < 6 {
+            lab.src.ip(&["link", "set", "ga0", "down"]).expect("down");
+            flaps += 1;
+            wait_log(&daemon, "kernel tunnel down", flaps);
+            lab.src.ip(&["link", "set", "ga0", "up"]).expect("up");
+            lab::netns::wait_oper_up(&lab.src, "ga0").expect("ga0 running");
+            wait_log(&daemon, rewritten, before + flaps);
+        }
+        sender.join().expect("sender")
+    });
+    assert_eq!(sent, u64::from(FRAMES));
+    assert!(flaps >= 2, "the stream outlasted only {flaps} flaps");
+    let s = wait_for(&mut client, "every copy accounted", |s| {
+        let src = &s.sources["feed"];
+        let (a, b) = (&s.targets["a"], &s.targets["b"]);
+        src.received == sent
+            && a.enqueued + b.enqueued == sent
+            && [a, b]
+                .iter()
+                .all(|t| t.enqueued == t.sent_packets + t.dropped_total())
+    });
+    assert_eq!(s.sessions["ids-feed"].path, "kernel");
+    assert_source_reconciles("feed", &s.sources["feed"]);
+    let (ta, tb) = (&s.targets["a"], &s.targets["b"]);
+    assert_reconciles("a", ta);
+    assert_reconciles("b", tb);
+    assert!(ta.dropped["down"] > 0, "{ta:?}");
+    assert_eq!(tb.dropped_total(), 0, "{tb:?}");
+    assert_eq!(
+        ta.sent_packets + ta.dropped["down"] + ta.dropped["send_error"],
+        ta.enqueued,
+        "{ta:?}"
+    );
+}
+
 /// The source port set down and up: its programs stay attached (XDP for a
 /// tap source, tcx for a copy-mode one), and frames after up are mirrored
 /// and counted as before.

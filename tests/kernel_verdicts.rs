@@ -958,6 +958,18 @@ fn a_thirty_two_target_kernel_path_picks_and_counts_at_every_key() {
     let last = vec![members as usize; frames.len()];
     assert_eq!(d, want(&first, &last), "key 31 down");
     assert_eq!((g, t), ((0, 0), 0), "key 31 down: not too big");
+
+    // Every member's destination out of the DEVMAPs too (a tunnel member
+    // whose route went, before its group takes it out of the picks): each
+    // copy counted once at its pick, `down`, not also as picked.
+    for k in 0..members {
+        prog.set_dest(0, k, None).expect("down");
+    }
+    let (d, g, t) = pass(&prog, XDP_DROP);
+    let mut downs = first.clone();
+    downs.extend(&last);
+    assert_eq!(d, want(&[], &downs), "members out of the DEVMAPs");
+    assert_eq!((g, t), ((0, 0), 0), "members out of the DEVMAPs");
 }
 
 /// The kernel path's tunnel targets, frames sent for real

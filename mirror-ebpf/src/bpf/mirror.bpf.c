@@ -759,20 +759,26 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s,
 		if (!bpf_xdp_adjust_tail(ctx, (int)snap - (int)len))
 			len = snap;
 	}
-	if (f->group_n)
-		count_pick(key, member, len, all_down ? 1 : 0);
 	variant &= MIRROR_FAST_VARIANTS - 1;
 	keys = f->variant_keys[variant];
 	single = f->variant_single[variant];
 	/* One read: the down bits and the DEVMAP below are of one version. */
 	version = *(volatile __u8 *)&f->version & (MIRROR_DEST_VERSIONS - 1);
 	down = keys & f->dests_down[version];
-	if (down) {
+	keys &= ~down;
+	if (f->group_n) {
+		/* The member picked counts the copy once: `down` when every member
+		 * is down, or when it is itself out of the DEVMAPs (a tunnel whose
+		 * route went, before the group takes it out of the picks). */
+		__u32 mbit = all_down ? 0 : 1u << (member & (MIRROR_MAX_FAST_TARGETS - 1));
+
+		count_pick(key, member, len, all_down || (down & mbit) ? 1 : 0);
+		down &= ~mbit;
+	}
+	if (down)
 		/* Devices userspace saw go down or away: their entries are out of
 		 * the DEVMAPs; count what they would have got. */
 		count_down(session, down);
-		keys &= ~down;
-	}
 	/* The session's frame after its destinations' `down`: a reader of both
 	 * (fast_skipped in userspace) never sees a frame whose `down` is still
 	 * to come. */

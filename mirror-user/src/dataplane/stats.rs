@@ -809,11 +809,10 @@ pub(super) fn fast_skipped(
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
         for d in dests {
-            let out = if d.member {
-                !program.member_is_up(d.session as u32, d.key)?
-            } else {
-                program.dest_is_down(d.session as u32, d.key)?
-            };
+            // A member is out once the group no longer picks it, or (a
+            // tunnel whose route went) once it is out of the DEVMAPs.
+            let out = program.dest_is_down(d.session as u32, d.key)?
+                || d.member && !program.member_is_up(d.session as u32, d.key)?;
             if !out {
                 return Ok(Skipped::NotAllOut);
             }
