@@ -1481,3 +1481,76 @@ fn a_group_member_set_down_under_a_stream_counts_each_copy_once() {
         "{ids2:?}"
     );
 }
+
+/// A group member's port deleted and created again under its name, on the
+/// kernel path: while it is gone its flows go to the other member (and
+/// nothing is `unknown`); once it is back, the new device gets its flows
+/// again, every copy counted once.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_deleted_group_member_is_picked_again_on_its_new_device() {
+    require_root!();
+    let lab = lab(true);
+    lab::veth(&lab.src, "tgt2", &lab.sink, "sink2", 1).expect("third target port");
+    lab::gro_on(&lab.sink, "sink2").expect("GRO on");
+    let dir = TempDir::new("e2e-fast-member-del").expect("temp dir");
+    let (daemon, mut client) = start(&lab, &dir, &GROUP_CUT.replace("@PATH@", "kernel"));
+    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..400u32)
+            .map(|seq| flow_frame((seq % 50) as u16, seq % 2 == 1, seq, 300))
+            .collect(),
+    );
+    let n = frames.len() as u64;
+    let (member, _) = member_of_flows(&lab, &frames, &mut client, n);
+    let on2 = frames
+        .iter()
+        .enumerate()
+        .filter(|(seq, _)| member[&((*seq as u16) % 50)] == 2)
+        .count() as u64;
+    assert!(on2 > 0 && on2 < n, "both members get flows: {on2} of {n}");
+
+    // Gone: every flow to ids1, nothing lost or unknown.
+    lab.src
+        .ip(&["link", "del", "tgt2"])
+        .expect("delete the port");
+    wait_log(&daemon, "a group member is down or gone", 1);
+    lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
+    let st = wait_for(&mut client, "the copies while ids2 is gone", |st| {
+        st.targets["ids0"].sent_packets == 2 * n
+            && st.targets["ids1"].enqueued + st.targets["ids2"].enqueued == 2 * n
+    });
+    for t in ["ids0", "ids1", "ids2"] {
+        assert_reconciles(t, &st.targets[t]);
+    }
+    assert_eq!(st.targets["ids1"].sent_packets, (n - on2) + n);
+    assert_eq!(st.targets["ids2"].enqueued, on2);
+
+    // Back under its name: its flows return to it, on the new device.
+    lab::veth(&lab.src, "tgt2", &lab.sink, "sink2", 1).expect("the port again");
+    lab::gro_on(&lab.sink, "sink2").expect("GRO on");
+    wait_log(&daemon, "a group member is up again", 1);
+    let sink2 = Capture::start(&lab.sink, "sink2").expect("capture");
+    lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 10_000).expect("send");
+    let st = wait_for(&mut client, "the copies after ids2 is back", |st| {
+        st.targets["ids0"].sent_packets == 3 * n
+            && st.targets["ids1"].enqueued + st.targets["ids2"].enqueued == 3 * n
+            && ["ids1", "ids2"].iter().all(|t| {
+                let t = &st.targets[*t];
+                t.sent_packets + t.dropped_total() == t.enqueued
+            })
+    });
+    for t in ["ids0", "ids1", "ids2"] {
+        assert_reconciles(t, &st.targets[t]);
+    }
+    let t = &st.targets["ids2"];
+    assert_eq!(
+        (t.enqueued, t.sent_packets, t.dropped_total()),
+        (2 * on2, 2 * on2, 0),
+        "{t:?}"
+    );
+    assert_eq!(
+        sink2.finish().len() as u64,
+        on2,
+        "the new port gets its flows"
+    );
+}

@@ -1223,7 +1223,7 @@ impl Plane {
                 let TargetSpec::Interface { interface, .. } = &self.config.targets[t].spec else {
                     continue;
                 };
-                let Some(ifindex) = self.target_ifindex[t].filter(|_| !members.contains(&t)) else {
+                let Some(ifindex) = self.target_ifindex[t] else {
                     continue;
                 };
                 let dests = self.fast_dests_of(&source, t);
@@ -1238,6 +1238,7 @@ impl Plane {
                     up: true,
                     devices: self.target_devices.clone(),
                     dests,
+                    member: members.contains(&t),
                 });
             }
             if let Some(g) = group {
@@ -1254,12 +1255,6 @@ impl Plane {
                         })
                         .collect(),
                     up: crate::kernel::fast_path::low_bits(g.members.len()),
-                    target_devices: self.target_devices.clone(),
-                    dests: g
-                        .members
-                        .iter()
-                        .map(|&m| self.fast_dests_of(&source, m))
-                        .collect(),
                 });
             }
         }

@@ -204,12 +204,6 @@ pub(super) struct KernelGroup {
     pub devices: Vec<(u32, String)>,
     /// What the kernel was last told (bit i: member i up).
     pub up: u32,
-    /// Every device each target has had, by target name (as
-    /// [`KernelDest::devices`]).
-    pub target_devices: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u32>>>>,
-    /// Per member: every destination of the source's kernel-path sessions
-    /// that is that target.
-    pub dests: Vec<Vec<super::stats::FastDestRef>>,
 }
 
 impl KernelGroup {
@@ -241,44 +235,22 @@ impl KernelGroup {
                 );
             }
             if out & (1 << i) != 0 {
+                // What the kernel skipped for it is counted by the keeper
+                // of its device (KernelDest) or its tunnel (KernelTunnel).
                 tracing::warn!(
                     target = %m.name,
                     members_up = up.count_ones(),
                     "kernel path: a group member is down or gone; its flows go to the members up (none up: counted `down`)"
                 );
-                self.count_out(i, &m.name);
             }
         }
     }
-
-    /// Interface member `i` (`name`), just taken out of the picks: see
-    /// [`count_skipped`]. (A tunnel member's copies are its tunnel's.)
-    fn count_out(&self, i: usize, name: &str) {
-        let known = self
-            .devices
-            .iter()
-            .find(|(_, n)| n == name)
-            .map(|&(i, _)| i);
-        let Some(first) = known else {
-            return;
-        };
-        let devices = self
-            .target_devices
-            .lock()
-            .ok()
-            .and_then(|d| d.get(name).cloned())
-            .unwrap_or_else(|| vec![first]);
-        count_skipped(&self.source, name, &self.dests[i], |p| {
-            devices.iter().try_fold(FastStats::default(), |mut n, &i| {
-                n += p.fast_stats(i)?;
-                Ok(n)
-            })
-        });
-    }
 }
 
-/// An interface target of one kernel-path session (not a group member:
-/// those are picked by [`KernelGroup`]).
+/// An interface target of one kernel-path session: its DEVMAP entry
+/// follows its device (out while it is down or gone, onto a new device
+/// created under its name). A group member too: whether the kernel picks
+/// it for a flow is [`KernelGroup`]'s.
 pub(super) struct KernelDest {
     pub source: Arc<Source>,
     /// The session's kernel index in its source.
@@ -298,6 +270,9 @@ pub(super) struct KernelDest {
     /// Every destination of the source's kernel-path sessions that is this
     /// target (this one among them).
     pub dests: Vec<super::stats::FastDestRef>,
+    /// A member of the session's target group (its flows go elsewhere while
+    /// it is out, rather than being counted `down`).
+    pub member: bool,
 }
 
 impl KernelDest {
@@ -358,10 +333,20 @@ impl KernelDest {
                 mtu = mtu.unwrap_or(0),
                 "kernel path: the target's MTU changed; longer copies are counted `too_big`"
             ),
+            Some(_) if self.member => tracing::info!(
+                target = %self.target,
+                interface = %self.interface,
+                "kernel path: the group member's interface is up again; back in its DEVMAPs"
+            ),
             Some(_) => tracing::info!(
                 target = %self.target,
                 interface = %self.interface,
                 "kernel path: the target's interface is up again; sending to it"
+            ),
+            None if self.member => tracing::info!(
+                target = %self.target,
+                interface = %self.interface,
+                "kernel path: the group member's interface is down or gone; out of its DEVMAPs"
             ),
             None => tracing::warn!(
                 target = %self.target,
