@@ -1372,6 +1372,34 @@ fn flap_under_a_stream(
 /// Copies in the flapping stream.
 const FRAMES: u32 = 300_000;
 
+/// Sends `frames` (all [`FRAMES`] of them) at 100 kpps while setting `dev`
+/// in its namespace down and up, at most 12 times, each time waiting for
+/// the daemon to log `logs` (down, up); returns the frames sent.
+fn stream_while_flapping(
+    lab: &Lab,
+    daemon: &DaemonProcess,
+    (ns, dev): (&Netns, &str),
+    frames: Arc<Vec<Vec<u8>>>,
+    (down, up): (&str, &str),
+) -> u64 {
+    let mut flaps = 0;
+    let sent = std::thread::scope(|scope| {
+        let sender =
+            scope.spawn(|| lab::send_frames(&lab.gen, Lab::GEN_IF, frames, 100_000).expect("send"));
+        while !sender.is_finished() && flaps < 12 {
+            ns.ip(&["link", "set", dev, "down"]).expect("down");
+            flaps += 1;
+            wait_log(daemon, down, flaps);
+            ns.ip(&["link", "set", dev, "up"]).expect("up");
+            wait_log(daemon, up, flaps);
+        }
+        sender.join().expect("sender")
+    });
+    assert_eq!(sent, u64::from(FRAMES));
+    assert!(flaps >= 3, "the stream outlasted only {flaps} flaps");
+    sent
+}
+
 /// [`flap_under_a_stream`] on config `text`, the frames cycling through
 /// `shapes`: checks ids0 and ids1 reconcile, ids0 counted every copy once
 /// (sent, `send_error` or `down`, some `down`), and returns the counters.
@@ -1390,21 +1418,16 @@ fn flap_with(
             .map(|i| traffic::frame(shapes[i as usize % shapes.len()], i, 100))
             .collect(),
     );
-    let mut flaps = 0;
-    let sent = std::thread::scope(|scope| {
-        let sender =
-            scope.spawn(|| lab::send_frames(&lab.gen, Lab::GEN_IF, frames, 100_000).expect("send"));
-        while !sender.is_finished() && flaps < 12 {
-            ns.ip(&["link", "set", dev, "down"]).expect("down");
-            flaps += 1;
-            wait_log(&daemon, "the target's interface is down or gone", flaps);
-            ns.ip(&["link", "set", dev, "up"]).expect("up");
-            wait_log(&daemon, "the target's interface is up again", flaps);
-        }
-        sender.join().expect("sender")
-    });
-    assert_eq!(sent, u64::from(FRAMES));
-    assert!(flaps >= 3, "the stream outlasted only {flaps} flaps");
+    let sent = stream_while_flapping(
+        lab,
+        &daemon,
+        (ns, dev),
+        frames,
+        (
+            "the target's interface is down or gone",
+            "the target's interface is up again",
+        ),
+    );
     let ids1 = sent / shapes.len() as u64
         * shapes
             .iter()
@@ -1447,22 +1470,16 @@ fn a_group_member_set_down_under_a_stream_counts_each_copy_once() {
             .map(|seq| flow_frame((seq % 50) as u16, seq % 2 == 1, seq, 100))
             .collect(),
     );
-    let mut flaps = 0;
-    let sent = std::thread::scope(|scope| {
-        let sender = scope.spawn(|| {
-            lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 100_000).expect("send")
-        });
-        while !sender.is_finished() && flaps < 12 {
-            lab.src.ip(&["link", "set", "tgt2", "down"]).expect("down");
-            flaps += 1;
-            wait_log(&daemon, "a group member is down or gone", flaps);
-            lab.src.ip(&["link", "set", "tgt2", "up"]).expect("up");
-            wait_log(&daemon, "a group member is up again", flaps);
-        }
-        sender.join().expect("sender")
-    });
-    assert_eq!(sent, u64::from(FRAMES));
-    assert!(flaps >= 3, "the stream outlasted only {flaps} flaps");
+    let sent = stream_while_flapping(
+        &lab,
+        &daemon,
+        (&lab.src, "tgt2"),
+        frames,
+        (
+            "a group member is down or gone",
+            "a group member is up again",
+        ),
+    );
     let st = wait_for(&mut client, "every copy reached a counter", |st| {
         st.sources["feed"].received == sent
             && st.targets["ids0"].sent_packets == sent

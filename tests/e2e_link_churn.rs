@@ -493,28 +493,7 @@ fn a_kernel_tunnels_egress_device_set_down_under_a_stream_counts_every_copy() {
     );
     let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
     let mut client = Client::connect(&daemon.control).expect("control socket");
-    let rewritten = "headers rewritten";
-    let before = daemon.log_text().matches(rewritten).count();
-    const FRAMES: u32 = 150_000;
-    let stream = frames(0, FRAMES, 200);
-    let mut flaps = 0;
-    let sent = std::thread::scope(|scope| {
-        let sender =
-            scope.spawn(|| lab::send_frames(&lab.gen, Lab::GEN_IF, stream, 50_000).expect("send"));
-        // Bounded: 6 flaps at most, each waiting for mirror to see the
-        // tunnel go and come back.
-        while !sender.is_finished() && flaps < 6 {
-            lab.src.ip(&["link", "set", "gr0", "down"]).expect("down");
-            flaps += 1;
-            wait_log(&daemon, "kernel tunnel down", flaps);
-            lab.src.ip(&["link", "set", "gr0", "up"]).expect("up");
-            lab::netns::wait_oper_up(&lab.src, "gr0").expect("gr0 running");
-            wait_log(&daemon, rewritten, before + flaps);
-        }
-        sender.join().expect("sender")
-    });
-    assert_eq!(sent, u64::from(FRAMES));
-    assert!(flaps >= 2, "the stream outlasted only {flaps} flaps");
+    let sent = flap_tunnel_under_a_stream(&lab, &daemon, "gr0");
     let s = settled(&mut client, sent);
     let (src, t) = (&s.sources["feed"], &s.targets["ids0"]);
     assert_source_reconciles("feed", src);
@@ -556,26 +535,7 @@ fn a_kernel_tunnel_group_members_egress_device_set_down_under_a_stream_counts_ev
     assert!(text.contains("[[target_group]]"), "{text}");
     let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &text);
     let mut client = Client::connect(&daemon.control).expect("control socket");
-    let rewritten = "headers rewritten";
-    let before = daemon.log_text().matches(rewritten).count();
-    const FRAMES: u32 = 150_000;
-    let stream = frames(0, FRAMES, 200);
-    let mut flaps = 0;
-    let sent = std::thread::scope(|scope| {
-        let sender =
-            scope.spawn(|| lab::send_frames(&lab.gen, Lab::GEN_IF, stream, 50_000).expect("send"));
-        while !sender.is_finished() && flaps < 6 {
-            lab.src.ip(&["link", "set", "ga0", "down"]).expect("down");
-            flaps += 1;
-            wait_log(&daemon, "kernel tunnel down", flaps);
-            lab.src.ip(&["link", "set", "ga0", "up"]).expect("up");
-            lab::netns::wait_oper_up(&lab.src, "ga0").expect("ga0 running");
-            wait_log(&daemon, rewritten, before + flaps);
-        }
-        sender.join().expect("sender")
-    });
-    assert_eq!(sent, u64::from(FRAMES));
-    assert!(flaps >= 2, "the stream outlasted only {flaps} flaps");
+    let sent = flap_tunnel_under_a_stream(&lab, &daemon, "ga0");
     let s = wait_for(&mut client, "every copy accounted", |s| {
         let src = &s.sources["feed"];
         let (a, b) = (&s.targets["a"], &s.targets["b"]);
@@ -597,6 +557,33 @@ fn a_kernel_tunnel_group_members_egress_device_set_down_under_a_stream_counts_ev
         ta.enqueued,
         "{ta:?}"
     );
+}
+
+/// Sends 150,000 frames at 50 kpps while setting the kernel tunnel's egress
+/// device `dev` down and up (at most 6 times, each time waiting for mirror
+/// to see the tunnel go and come back); returns the frames sent.
+fn flap_tunnel_under_a_stream(lab: &Lab, daemon: &DaemonProcess, dev: &str) -> u64 {
+    const FRAMES: u32 = 150_000;
+    let rewritten = "headers rewritten";
+    let before = daemon.log_text().matches(rewritten).count();
+    let stream = frames(0, FRAMES, 200);
+    let mut flaps = 0;
+    let sent = std::thread::scope(|scope| {
+        let sender =
+            scope.spawn(|| lab::send_frames(&lab.gen, Lab::GEN_IF, stream, 50_000).expect("send"));
+        while !sender.is_finished() && flaps < 6 {
+            lab.src.ip(&["link", "set", dev, "down"]).expect("down");
+            flaps += 1;
+            wait_log(daemon, "kernel tunnel down", flaps);
+            lab.src.ip(&["link", "set", dev, "up"]).expect("up");
+            lab::netns::wait_oper_up(&lab.src, dev).expect("device running");
+            wait_log(daemon, rewritten, before + flaps);
+        }
+        sender.join().expect("sender")
+    });
+    assert_eq!(sent, u64::from(FRAMES));
+    assert!(flaps >= 2, "the stream outlasted only {flaps} flaps");
+    sent
 }
 
 /// The source port set down and up: its programs stay attached (XDP for a
