@@ -294,48 +294,43 @@ impl SourceProgram {
         }
     }
 
-    /// Whether destination `key` of the session is out (down or gone) in
-    /// the version of its destinations in force.
-    pub fn dest_is_down(&self, session: u32, key: u32) -> Result<bool, LoaderError> {
+    /// The session's `struct mirror_fast_session` in the mapped .bss.
+    fn fast_session(
+        &self,
+        session: u32,
+    ) -> Result<&mirror_ebpf::mirror::types::mirror_fast_session, LoaderError> {
         self.skel
             .maps
             .bss_data
             .as_deref()
             .and_then(|bss| bss.fast_session.get(session as usize))
-            .map(|f| {
-                let down = f.dests_down[usize::from(f.version & 1)];
-                key < mirror_ebpf::limits::MAX_FAST_TARGETS && down & (1 << key) != 0
-            })
             .ok_or_else(|| bss_error("fast_session", session))
+    }
+
+    /// Whether destination `key` of the session is out (down or gone) in
+    /// the version of its destinations in force.
+    pub fn dest_is_down(&self, session: u32, key: u32) -> Result<bool, LoaderError> {
+        self.fast_session(session).map(|f| {
+            let down = f.dests_down[usize::from(f.version & 1)];
+            key < mirror_ebpf::limits::MAX_FAST_TARGETS && down & (1 << key) != 0
+        })
     }
 
     /// Whether the session's group member whose DEVMAP key is `key` is up
     /// as the kernel picks members (false for a key that is no member).
     pub fn member_is_up(&self, session: u32, key: u32) -> Result<bool, LoaderError> {
-        self.skel
-            .maps
-            .bss_data
-            .as_deref()
-            .and_then(|bss| bss.fast_session.get(session as usize))
-            .map(|f| {
-                let n = usize::from(f.group_n).min(f.group_keys.len());
-                f.group_keys[..n]
-                    .iter()
-                    .position(|&k| u32::from(k) == key)
-                    .is_some_and(|i| f.members_up & (1 << i) != 0)
-            })
-            .ok_or_else(|| bss_error("fast_session", session))
+        self.fast_session(session).map(|f| {
+            let n = usize::from(f.group_n).min(f.group_keys.len());
+            f.group_keys[..n]
+                .iter()
+                .position(|&k| u32::from(k) == key)
+                .is_some_and(|i| f.members_up & (1 << i) != 0)
+        })
     }
 
     /// The version of the session's destinations in force.
     fn dest_version(&self, session: u32) -> Result<u32, LoaderError> {
-        self.skel
-            .maps
-            .bss_data
-            .as_deref()
-            .and_then(|bss| bss.fast_session.get(session as usize))
-            .map(|f| u32::from(f.version & 1))
-            .ok_or_else(|| bss_error("fast_session", session))
+        self.fast_session(session).map(|f| u32::from(f.version & 1))
     }
 
     /// Puts version `version` of the session's destinations in force, with
