@@ -1571,3 +1571,54 @@ fn a_deleted_group_member_is_picked_again_on_its_new_device() {
         "the new port gets its flows"
     );
 }
+
+/// A group member's port deleted under a stream when the group is the
+/// session's only target (so each member is alone in its DEVMAP and the
+/// kernel redirects to it rather than broadcasting): until mirror sees it
+/// gone the redirect fails, as the kernel took the entry with the device.
+/// Each copy is counted once, at one member (it was counted picked and
+/// `down`, and the reading of what was skipped then took the extra for
+/// skipped copies: 2,192 and 2,256 too many in two runs).
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_group_members_port_deleted_under_a_stream_counts_each_copy_once() {
+    require_root!();
+    let lab = lab(true);
+    lab::veth(&lab.src, "tgt2", &lab.sink, "sink2", 1).expect("third target port");
+    lab::gro_on(&lab.sink, "sink2").expect("GRO on");
+    let dir = TempDir::new("e2e-fast-member-del-stream").expect("temp dir");
+    let text = GROUP_CUT
+        .replace("targets = [\"ids0\", \"pool\"]", "targets = [\"pool\"]")
+        .replace("@PATH@", "kernel");
+    let (daemon, mut client) = start(&lab, &dir, &text);
+    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..100_000u32)
+            .map(|seq| flow_frame((seq % 50) as u16, seq % 2 == 1, seq, 100))
+            .collect(),
+    );
+    let sent = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            lab::send_frames(&lab.gen, Lab::GEN_IF, frames.clone(), 50_000).expect("send")
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        lab.src
+            .ip(&["link", "del", "tgt2"])
+            .expect("delete the port");
+        wait_log(&daemon, "a group member is down or gone", 1);
+        sender.join().expect("sender")
+    });
+    assert_eq!(sent, frames.len() as u64);
+    let st = wait_for(&mut client, "every copy reached a counter", |st| {
+        st.sources["feed"].received == sent
+            && ["ids1", "ids2"].iter().all(|t| {
+                let t = &st.targets[*t];
+                t.enqueued == t.sent_packets + t.dropped_total()
+            })
+    });
+    let (ids1, ids2) = (&st.targets["ids1"], &st.targets["ids2"]);
+    assert_reconciles("ids1", ids1);
+    assert_reconciles("ids2", ids2);
+    assert_eq!(ids1.enqueued + ids2.enqueued, sent, "{ids1:?} {ids2:?}");
+    assert!(ids2.dropped["down"] > 0, "{ids2:?}");
+    assert_eq!(ids1.dropped_total(), 0, "{ids1:?}");
+}

@@ -732,7 +732,7 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s,
 	__u32 key = s, session = s, len = data_end - data, variant = 0, member = 0, hash = 0;
 	__u32 snap, single, keys, down, version;
 	struct mirror_fast_count *n;
-	bool all_down = false;
+	bool all_down = false, pick_after = false;
 	void *fast;
 
 	if (f->tunnels || f->group_n)
@@ -769,10 +769,15 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s,
 	if (f->group_n) {
 		/* The member picked counts the copy once: `down` when every member
 		 * is down, or when it is itself out of the DEVMAPs (a tunnel whose
-		 * route went, before the group takes it out of the picks). */
+		 * route went, before the group takes it out of the picks). A
+		 * member alone in its variant is counted after its redirect, which
+		 * fails when its device was deleted (the kernel took the entry). */
 		__u32 mbit = all_down ? 0 : 1u << (member & (MIRROR_MAX_FAST_TARGETS - 1));
+		int what = all_down || (down & mbit) ? 1 : 0;
 
-		count_pick(key, member, len, all_down || (down & mbit) ? 1 : 0);
+		pick_after = !what && single == member + 1;
+		if (!pick_after)
+			count_pick(key, member, len, what);
 		down &= ~mbit;
 	}
 	if (down)
@@ -789,21 +794,29 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s,
 	}
 	if (!keys)
 		return XDP_DROP;
-	if (len > fast_max_len[s & (MIRROR_MAX_SESSIONS - 1)] && count_too_big(s, len, keys) && single)
+	if (len > fast_max_len[s & (MIRROR_MAX_SESSIONS - 1)] && count_too_big(s, len, keys) && single) {
+		if (pick_after)
+			count_pick(session, member, len, 0); /* picked; its device's too_big */
 		return XDP_DROP; /* its one destination cannot take it */
+	}
 	if (f->tunnels)
 		write_meta_at(ctx, session | (version ? MIRROR_META_VERSION : 0), hash,
 			      f->tunnels > 1);
 	key = (session * MIRROR_FAST_VARIANTS + variant) * MIRROR_DEST_VERSIONS + version;
 	fast = bpf_map_lookup_elem(&fast_sessions, &key);
-	if (!fast)
+	if (!fast) {
+		if (pick_after)
+			count_pick(session, member, 0, 1);
 		return XDP_DROP; /* no destination left (every member down, nothing else) */
+	}
 	if (single) {
 		long verdict = bpf_redirect_map(fast, single - 1, XDP_DROP);
 
 		/* No entry: its device was deleted, before userspace noticed. */
 		if (verdict != XDP_REDIRECT)
 			count_pick(session, single - 1, 0, 1);
+		else if (pick_after)
+			count_pick(session, member, len, 0);
 		return verdict;
 	}
 	/* One clone per destination; the kernel queues them to each device. */
