@@ -768,8 +768,7 @@ pub(super) enum Skipped {
     /// What no counter explains of the target's copies from this source.
     Unexplained(u64),
     /// Another destination of the target (in another session) is still in
-    /// the DEVMAPs, or a group member still picked: the count waits for the
-    /// last one out.
+    /// the DEVMAPs: the count waits for the last one out.
     NotAllOut,
     /// Every try met a copy between the reads.
     TooDense,
@@ -779,7 +778,8 @@ pub(super) enum Skipped {
 /// destinations `dests` in `src`'s sessions; `devices` reads its devices'
 /// counts) that no counter explains, read when the daemon has seen the
 /// target's device down or gone and taken every destination of it out of
-/// the DEVMAPs (a group member: out of the members the kernel picks).
+/// the DEVMAPs (a group member's entry too: its device's keeper takes it
+/// out like any other).
 ///
 /// A broadcast skips a device that is down (or whose entry the kernel
 /// removed with it) and a redirect to one fails, and nothing counts either;
@@ -794,9 +794,10 @@ pub(super) enum Skipped {
 /// (in that order, mirror.bpf.c), and the two are read one after the other,
 /// the frames again after: equal, no copy came between, and a copy caught
 /// between its two counts only makes the result lower. So it is never more
-/// than the copies unexplained. A member that is out is picked no more, but
-/// when every member is down a flow's first choice still counts its copies
-/// `down`: one count per copy, read in the same sum. Tried up to 1,000
+/// than the copies unexplained. A group member's copies are what it was
+/// picked for: sent on, or `down` (out of the DEVMAPs but still picked
+/// until its group learns it, or its flows' first choice when every member
+/// is down), one count per copy, read in the same sum. Tried up to 1,000
 /// times (a few milliseconds).
 pub(super) fn fast_skipped(
     src: &Source,
@@ -809,11 +810,7 @@ pub(super) fn fast_skipped(
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
         for d in dests {
-            // A member is out once the group no longer picks it, or (a
-            // tunnel whose route went) once it is out of the DEVMAPs.
-            let out = program.dest_is_down(d.session as u32, d.key)?
-                || d.member && !program.member_is_up(d.session as u32, d.key)?;
-            if !out {
+            if !program.dest_is_down(d.session as u32, d.key)? {
                 return Ok(Skipped::NotAllOut);
             }
         }
@@ -825,8 +822,8 @@ pub(super) fn fast_skipped(
         .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
     let dev = devices(&program)?;
     // A destination's copies: its session's frames, or what a group member
-    // was picked for (sent on, or `down` when every member was down: one
-    // count each, so a copy between the reads changes the sum).
+    // was picked for (one count each, so a copy between the reads changes
+    // the sum).
     let frames = |p: &SourceProgram| -> Result<u64> {
         dests.iter().try_fold(0u64, |n, d| {
             Ok(n + if d.member {

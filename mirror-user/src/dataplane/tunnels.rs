@@ -7,14 +7,16 @@
 //!   another device (the DEVMAP entry moves with it), a route that is gone
 //!   (the tunnel goes down: copies are dropped in the kernel, counted
 //!   `down`, until it comes back). Each change is logged.
-//! - target groups: which members are up (interface targets: their device
-//!   running; tunnels: their route), for the kernel's member pick;
-//! - interface targets: a device that goes down or away leaves the session's
-//!   DEVMAPs (its copies are counted `down` by `xdp_tap` from then on); when
-//!   it is up again, or created again under its name (a new ifindex), it is
-//!   put back and sent to. Logged both ways. Taken out, a target's copies
-//!   the kernel skipped without a trace while its device was down before
-//!   this thread saw it are counted `down` too (`stats::fast_skipped`).
+//! - target groups: which members are up (each member target's own state:
+//!   an interface target's sender, a tunnel's route), for the kernel's
+//!   member pick;
+//! - interface targets, group members among them: a device that goes down
+//!   or away leaves the session's DEVMAPs (its copies are counted `down` by
+//!   `xdp_tap` from then on); when it is up again, or created again under
+//!   its name (a new ifindex), it is put back and sent to. Logged both ways.
+//!   Taken out, a target's copies the kernel skipped without a trace while
+//!   its device was down before this thread saw it are counted `down` too
+//!   (`stats::fast_skipped`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -316,18 +316,6 @@ impl SourceProgram {
         })
     }
 
-    /// Whether the session's group member whose DEVMAP key is `key` is up
-    /// as the kernel picks members (false for a key that is no member).
-    pub fn member_is_up(&self, session: u32, key: u32) -> Result<bool, LoaderError> {
-        self.fast_session(session).map(|f| {
-            let n = usize::from(f.group_n).min(f.group_keys.len());
-            f.group_keys[..n]
-                .iter()
-                .position(|&k| u32::from(k) == key)
-                .is_some_and(|i| f.members_up & (1 << i) != 0)
-        })
-    }
-
     /// The version of the session's destinations in force.
     fn dest_version(&self, session: u32) -> Result<u32, LoaderError> {
         self.fast_session(session).map(|f| u32::from(f.version & 1))
