@@ -1382,22 +1382,13 @@ fn stream_while_flapping(
     frames: Arc<Vec<Vec<u8>>>,
     (down, up): (&str, &str),
 ) -> u64 {
-    let mut flaps = 0;
-    let sent = std::thread::scope(|scope| {
-        let sender =
-            scope.spawn(|| lab::send_frames(&lab.gen, Lab::GEN_IF, frames, 100_000).expect("send"));
-        while !sender.is_finished() && flaps < 12 {
-            ns.ip(&["link", "set", dev, "down"]).expect("down");
-            flaps += 1;
-            wait_log(daemon, down, flaps);
-            ns.ip(&["link", "set", dev, "up"]).expect("up");
-            wait_log(daemon, up, flaps);
-        }
-        sender.join().expect("sender")
-    });
-    assert_eq!(sent, u64::from(FRAMES));
-    assert!(flaps >= 3, "the stream outlasted only {flaps} flaps");
-    sent
+    assert_eq!(frames.len(), FRAMES as usize);
+    common::flap_during_a_stream(lab, frames, 100_000, (3, 12), |n| {
+        ns.ip(&["link", "set", dev, "down"]).expect("down");
+        wait_log(daemon, down, n);
+        ns.ip(&["link", "set", dev, "up"]).expect("up");
+        wait_log(daemon, up, n);
+    })
 }
 
 /// [`flap_under_a_stream`] on config `text`, the frames cycling through

@@ -620,24 +620,13 @@ fn flap_tunnel_under_a_stream(lab: &Lab, daemon: &DaemonProcess, dev: &str) -> u
     const FRAMES: u32 = 150_000;
     let rewritten = "headers rewritten";
     let before = daemon.log_text().matches(rewritten).count();
-    let stream = frames(0, FRAMES, 200);
-    let mut flaps = 0;
-    let sent = std::thread::scope(|scope| {
-        let sender =
-            scope.spawn(|| lab::send_frames(&lab.gen, Lab::GEN_IF, stream, 50_000).expect("send"));
-        while !sender.is_finished() && flaps < 6 {
-            lab.src.ip(&["link", "set", dev, "down"]).expect("down");
-            flaps += 1;
-            wait_log(daemon, "kernel tunnel down", flaps);
-            lab.src.ip(&["link", "set", dev, "up"]).expect("up");
-            lab::netns::wait_oper_up(&lab.src, dev).expect("device running");
-            wait_log(daemon, rewritten, before + flaps);
-        }
-        sender.join().expect("sender")
-    });
-    assert_eq!(sent, u64::from(FRAMES));
-    assert!(flaps >= 2, "the stream outlasted only {flaps} flaps");
-    sent
+    common::flap_during_a_stream(lab, frames(0, FRAMES, 200), 50_000, (2, 6), |n| {
+        lab.src.ip(&["link", "set", dev, "down"]).expect("down");
+        wait_log(daemon, "kernel tunnel down", n);
+        lab.src.ip(&["link", "set", dev, "up"]).expect("up");
+        lab::netns::wait_oper_up(&lab.src, dev).expect("device running");
+        wait_log(daemon, rewritten, before + n);
+    })
 }
 
 /// The source port set down and up: its programs stay attached (XDP for a

@@ -562,3 +562,32 @@ pub fn wait_log(daemon: &mirror_user::lab::DaemonProcess, text: &str, n: usize) 
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Sends every frame of `frames` from the lab's generator at `pps` while
+/// calling `flap(n)` for flap n = 1, 2, … (it sets a device down and up
+/// and waits for the daemon to see both), at most `most` times and only
+/// while the stream lasts; asserts every frame was sent and the stream
+/// outlasted at least `fewest` flaps. Returns the frames sent.
+pub fn flap_during_a_stream(
+    lab: &mirror_user::lab::Lab,
+    frames: std::sync::Arc<Vec<Vec<u8>>>,
+    pps: u64,
+    (fewest, most): (usize, usize),
+    mut flap: impl FnMut(usize),
+) -> u64 {
+    use mirror_user::lab::{self, Lab};
+    let n = frames.len() as u64;
+    let mut flaps = 0;
+    let sent = std::thread::scope(|scope| {
+        let sender =
+            scope.spawn(|| lab::send_frames(&lab.gen, Lab::GEN_IF, frames, pps).expect("send"));
+        while !sender.is_finished() && flaps < most {
+            flaps += 1;
+            flap(flaps);
+        }
+        sender.join().expect("sender")
+    });
+    assert_eq!(sent, n);
+    assert!(flaps >= fewest, "the stream outlasted only {flaps} flaps");
+    sent
+}
