@@ -198,9 +198,10 @@ fn rotate_interval_starts_a_new_file_each_interval_while_traffic_flows() {
         files.len(),
         "only numbered files in the directory: {names:?}"
     );
-    // A file is closed once it is an interval old, never sooner: at most one
-    // file per whole second the daemon lived, plus the first.
-    let most = 1 + lifetime.as_secs() as usize;
+    // A file is closed at each whole second of the wall clock, never
+    // between: at most one file per second the daemon lived, plus the first
+    // (which ends at the first whole second) and the last.
+    let most = 2 + lifetime.as_secs() as usize;
     assert!(
         files.len() <= most,
         "{} files in {lifetime:?}: {names:?}",
@@ -223,9 +224,20 @@ fn rotate_interval_starts_a_new_file_each_interval_while_traffic_flows() {
     // No file holds much more than an interval of traffic (the writer closes
     // it at the first check past the interval; copies still queued at that
     // moment land in the next file).
+    // And its copies were stamped within one second of the wall clock, from
+    // one whole second to the next, give or take the moments a copy takes
+    // from the kernel to the writer (200 ms here, under a loaded CI).
+    const SEC: u64 = 1_000_000_000;
+    let slack = 200_000_000;
     for (i, r) in with_packets.iter().enumerate() {
-        let span = Duration::from_nanos(r[r.len() - 1].ts_ns - r[0].ts_ns);
+        let (first, last) = (r[0].ts_ns, r[r.len() - 1].ts_ns);
+        let span = Duration::from_nanos(last - first);
         assert!(span < Duration::from_secs(2), "file {i} spans {span:?}");
+        let second = r[r.len() / 2].ts_ns / SEC * SEC;
+        assert!(
+            first + slack >= second && last < second + SEC + slack,
+            "file {i}: copies stamped {first}..{last} ns, not within the second from {second}"
+        );
     }
     // In order across the files, none lost, none twice.
     let all: Vec<u32> = records.iter().flat_map(|r| seqs(r)).collect();

@@ -18,7 +18,9 @@
 //! - Rotation: with `rotate_size` and/or `rotate_interval`, files are named
 //!   `STEM-NNNNNN.EXT` with a sequence number that continues after the highest
 //!   one already in the directory; a file is closed before it would pass
-//!   `rotate_size`. Then the oldest rotated files are deleted until at most
+//!   `rotate_size`, and at each multiple of `rotate_interval` since the Unix
+//!   epoch (wall clock, UTC: `1h` files start on the hour, `1d` at 00:00
+//!   UTC; the first file ends at the first such edge). Then the oldest rotated files are deleted until at most
 //!   `keep` remain. A deleted file's space is handed back by another thread
 //!   (freeing a 256 MiB file takes tmpfs 60-280 ms, long enough for a full
 //!   queue at line rate); until then its bytes still count against
@@ -232,12 +234,35 @@ struct Files {
     /// Files deleted to hold `keep` and `max_total_size` so far, and their
     /// bytes (published as the target's `deleted_files`, `deleted_bytes`).
     deleted: (u64, u64),
+    /// The wall clock at a monotonic instant, nanoseconds since the Unix
+    /// epoch: where `rotate_interval`'s edges fall. The system's clock read
+    /// when asked; tests pin it to their instants.
+    wall: WallClock,
+}
+
+/// Unix time (ns) at a monotonic instant.
+type WallClock = Box<dyn Fn(Instant) -> u64 + Send>;
+
+/// The system's wall clock, read when asked (the instant is the caller's
+/// "now", a moment ago).
+fn system_wall(_: Instant) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// From `wall_ns` (Unix time) to the next multiple of `every` after it: a
+/// file opened on an edge runs a whole interval.
+fn until_edge(wall_ns: u64, every: Duration) -> Duration {
+    let every = (every.as_nanos() as u64).max(1);
+    Duration::from_nanos(every - wall_ns % every)
 }
 
 struct Current {
     path: PathBuf,
     file: File,
-    opened: Instant,
+    /// When `rotate_interval`'s next edge comes: the file closes then.
+    rotate_at: Option<Instant>,
     /// Bytes of whole blocks in the file.
     committed: u64,
     /// The header blocks are in the file.
@@ -274,6 +299,7 @@ impl Files {
             head,
             reaper: Reaper::default(),
             deleted: (0, 0),
+            wall: Box::new(system_wall),
         }
     }
 
@@ -316,10 +342,14 @@ impl Files {
                 path: path.clone(),
                 source,
             })?;
+        let rotate_at = self
+            .spec
+            .rotate_interval
+            .map(|every| now + until_edge((self.wall)(now), every));
         self.current = Some(Current {
             path,
             file,
-            opened: now,
+            rotate_at,
             committed: 0,
             has_header: false,
             packets: 0,
@@ -945,16 +975,14 @@ impl<'q> Writer<'q> {
     }
 
     /// Between batches, at `now`: writes a buffer older than
-    /// [`FLUSH_EVERY`] and starts the next file after `rotate_interval`.
+    /// [`FLUSH_EVERY`] and starts the next file at `rotate_interval`'s edge.
     fn tick(&mut self, now: Instant) {
         if self.blocks.packets > 0 && now.duration_since(self.last_flush) >= FLUSH_EVERY {
             self.flush(now);
             self.last_flush = now;
         }
-        if let (Some(every), Some(cur)) =
-            (self.files.spec.rotate_interval, self.files.current.as_ref())
-        {
-            if now.duration_since(cur.opened) >= every {
+        if let Some(at) = self.files.current.as_ref().and_then(|c| c.rotate_at) {
+            if now >= at {
                 self.flush(now);
                 self.rotate(now);
             }
@@ -1973,8 +2001,35 @@ mod tests {
         assert_eq!(seqs(&numbered(&path, 3)), [3]);
     }
 
+    /// A writer whose wall clock reads `wall_ns` (Unix time) at `t0`.
+    fn writer_at<'q>(s: PcapngSpec, q: &'q TargetQueue, t0: Instant, wall_ns: u64) -> Writer<'q> {
+        let mut files = Files::new(s, one_source());
+        files.wall = Box::new(move |i| wall_ns + i.duration_since(t0).as_nanos() as u64);
+        Writer::new(files, q, t0)
+    }
+
+    /// 2026-12-03 17:00:00 UTC, an hour's edge (and a minute's).
+    const ON_THE_HOUR: u64 = 1_796_317_200 * 1_000_000_000;
+
     #[test]
-    fn rotate_interval_starts_the_next_file_on_time_and_idle_files_go() {
+    fn until_edge_is_the_next_multiple_of_the_interval_since_the_epoch() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(until_edge(ON_THE_HOUR, hour), hour, "on an edge: a whole interval");
+        assert_eq!(until_edge(ON_THE_HOUR + 1, hour), hour - Duration::from_nanos(1));
+        assert_eq!(until_edge(ON_THE_HOUR - 1, hour), Duration::from_nanos(1));
+        let ten = Duration::from_secs(600);
+        let at = ON_THE_HOUR + 25 * 60 * 1_000_000_000; // 17:25
+        assert_eq!(until_edge(at, ten), Duration::from_secs(5 * 60), "17:30 next");
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            until_edge(ON_THE_HOUR, day),
+            Duration::from_secs(7 * 3600),
+            "00:00 UTC next"
+        );
+    }
+
+    #[test]
+    fn rotate_interval_cuts_files_at_the_wall_clocks_edges_and_idle_files_go() {
         let dir = Dir::new("rint");
         let path = dir.0.join("c.pcapng");
         let q = queue();
@@ -1982,18 +2037,20 @@ mod tests {
         let min = Duration::from_secs(60);
         let mut s = spec(&path);
         s.rotate_interval = Some(min);
-        let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        // Started 20 s past a minute: the first file ends at the minute.
+        let mut w = writer_at(s, &q, t0, ON_THE_HOUR + 20_000_000_000);
+        let edge = t0 + Duration::from_secs(40);
         feed(&mut w, &q, 60, 1, t0);
-        w.tick(t0 + min - Duration::from_nanos(1));
+        w.tick(edge - Duration::from_nanos(1));
         assert_eq!(
             listing(&path),
             [(1, head_len() + EPB60)],
             "written, not rotated"
         );
-        w.tick(t0 + min);
+        w.tick(edge);
         assert_eq!(listing(&path), [(1, head_len() + EPB60), (2, head_len())]);
-        // The second file's minute runs from its opening.
-        let t1 = t0 + min;
+        // The second file runs from edge to edge: a whole minute.
+        let t1 = edge;
         feed(&mut w, &q, 60, 2, t1 + Duration::from_secs(1));
         w.tick(t1 + min - Duration::from_nanos(1));
         assert_eq!(
@@ -2015,6 +2072,45 @@ mod tests {
         );
         assert_eq!(seqs(&numbered(&path, 2)), [2]);
         assert_eq!(sent(&q), (2, 120));
+    }
+
+    /// A file opened between two edges (cut by `rotate_size`, or by a
+    /// writer that saw an edge late) still ends at the next edge: files
+    /// never span one.
+    #[test]
+    fn a_file_started_between_edges_ends_at_the_next_edge() {
+        let dir = Dir::new("redge");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let min = Duration::from_secs(60);
+        let sec = Duration::from_secs(1);
+        let mut s = spec(&path);
+        s.rotate_interval = Some(min);
+        s.rotate_size = Some(head_len() + 2 * EPB60);
+        // Opened on an edge: the first file runs the whole minute.
+        let mut w = writer_at(s, &q, t0, ON_THE_HOUR);
+        for seq in 1..=3 {
+            feed(&mut w, &q, 60, seq, t0 + 10 * sec);
+        }
+        w.tick(t0 + min - Duration::from_nanos(1));
+        let two = head_len() + 2 * EPB60;
+        let one = head_len() + EPB60;
+        assert_eq!(listing(&path), [(1, two), (2, one)], "cut by size at 10 s");
+        w.tick(t0 + min);
+        assert_eq!(
+            listing(&path),
+            [(1, two), (2, one), (3, head_len())],
+            "file 2 ends at the edge, 50 s after it opened"
+        );
+        // Looked 30 s past the next edge: one new file, ending at the edge after.
+        w.tick(t0 + 150 * sec);
+        w.tick(t0 + 180 * sec - Duration::from_nanos(1));
+        assert_eq!(listing(&path), [(1, two), (2, one), (4, head_len())]);
+        w.tick(t0 + 180 * sec);
+        w.finish(t0 + 180 * sec);
+        assert_eq!(listing(&path), [(1, two), (2, one), (5, head_len())]);
+        assert_eq!(sent(&q).0, 3);
     }
 
     #[test]
