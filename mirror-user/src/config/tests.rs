@@ -1874,6 +1874,38 @@ fn a_window_with_a_bad_value_is_left_out_of_the_overlap_check() {
     );
 }
 
+/// Errors name windows by their place in the file, also after a window
+/// that was refused (which takes no place among the checked ones).
+#[test]
+fn schedule_errors_number_windows_as_the_file_does_after_a_refused_one() {
+    let w = |hours: &str, extra: &str| {
+        format!("\n[[session.schedule]]\nhours = \"{hours}\"\ntimezone = \"UTC\"\n{extra}")
+    };
+    let e = errors(&scheduled(&format!(
+        "{}{}{}",
+        w("08:00-18:00", "sample = 0\n"),
+        w("09:00-10:00", ""),
+        w("09:30-11:00", "")
+    )));
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[1].contains(
+            "window 3 (every day 09:30-11:00 UTC) overlaps window 2 (every day 09:00-10:00 UTC)"
+        ),
+        "{e:?}"
+    );
+    let e = errors(&scheduled(&format!(
+        "{}{}\n[[session.schedule]]\nhours = \"12:00-13:00\"\ntimezone = \"Europe/Berlin\"\n",
+        w("08:00-18:00", "sample = 0\n"),
+        w("09:00-10:00", ""),
+    )));
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[1].contains("window 3 is in Europe/Berlin but window 2 is in UTC"),
+        "{e:?}"
+    );
+}
+
 /// The deserializer's errors name their key like the validator's: one a
 /// single byte wide (`cpus = 5`), and one whose message merely begins with
 /// the key's name (`unknow = 1`: `daemon.unknow: unknown field …`, not the

@@ -82,8 +82,11 @@ impl Validator<'_> {
     /// zone, none overlapping another on the wall clock.
     fn schedule(&mut self, raw: &[Spanned<RawSchedule>]) -> Option<Vec<Window>> {
         let mut windows = Vec::new();
+        // Each accepted window's number in the file (from 1): errors name
+        // windows as the file has them, also after a refused one.
+        let mut numbers: Vec<usize> = Vec::new();
         let mut ok = true;
-        // Weekly minute -> the window that covers it.
+        // Weekly minute -> the accepted window (index in `windows`) that covers it.
         let mut owner = vec![usize::MAX; 7 * DAY_MINUTES as usize];
         for (i, rw) in raw.iter().enumerate() {
             let Some(w) = self.window(rw.get_ref()) else {
@@ -100,10 +103,11 @@ impl Validator<'_> {
                     self.error(
                         span,
                         format!(
-                            "timezone: window {} is in {} but window 1 is in {first}; the windows \
+                            "timezone: window {} is in {} but window {} is in {first}; the windows \
                              of a session share one time zone",
                             i + 1,
-                            w.zone.name()
+                            w.zone.name(),
+                            numbers[0]
                         ),
                     );
                     ok = false;
@@ -120,7 +124,7 @@ impl Validator<'_> {
                         "window {} ({}) overlaps window {} ({}) on {} at {:02}:{:02}; windows must not overlap",
                         i + 1,
                         describe(&w),
-                        other + 1,
+                        numbers[other],
                         describe(&windows[other]),
                         DAY_NAMES[m / DAY_MINUTES as usize],
                         m % DAY_MINUTES as usize / 60,
@@ -134,6 +138,7 @@ impl Validator<'_> {
                 owner[m] = windows.len();
             }
             windows.push(w);
+            numbers.push(i + 1);
         }
         ok.then_some(windows)
     }
