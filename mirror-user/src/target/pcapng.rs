@@ -2014,12 +2014,23 @@ mod tests {
     #[test]
     fn until_edge_is_the_next_multiple_of_the_interval_since_the_epoch() {
         let hour = Duration::from_secs(3600);
-        assert_eq!(until_edge(ON_THE_HOUR, hour), hour, "on an edge: a whole interval");
-        assert_eq!(until_edge(ON_THE_HOUR + 1, hour), hour - Duration::from_nanos(1));
+        assert_eq!(
+            until_edge(ON_THE_HOUR, hour),
+            hour,
+            "on an edge: a whole interval"
+        );
+        assert_eq!(
+            until_edge(ON_THE_HOUR + 1, hour),
+            hour - Duration::from_nanos(1)
+        );
         assert_eq!(until_edge(ON_THE_HOUR - 1, hour), Duration::from_nanos(1));
         let ten = Duration::from_secs(600);
         let at = ON_THE_HOUR + 25 * 60 * 1_000_000_000; // 17:25
-        assert_eq!(until_edge(at, ten), Duration::from_secs(5 * 60), "17:30 next");
+        assert_eq!(
+            until_edge(at, ten),
+            Duration::from_secs(5 * 60),
+            "17:30 next"
+        );
         let day = Duration::from_secs(86_400);
         assert_eq!(
             until_edge(ON_THE_HOUR, day),
