@@ -1121,9 +1121,19 @@ fn below_min_free(path: &Path, min: MinFree, extra: u64) -> bool {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return false;
     }
-    let free = st.f_bavail.saturating_mul(st.f_frsize);
-    let total = st.f_blocks.saturating_mul(st.f_frsize);
+    let (free, total) = space(&st);
     short_of_space(free, total, min, extra)
+}
+
+/// Bytes free to the daemon and bytes in all, from `statvfs`: free is
+/// what `df` shows as available (`f_bavail`), not counting the blocks the
+/// file system keeps for root (`f_bfree` does), which the daemon, running
+/// as root, could fill too: `min_free` leaves room for everyone.
+fn space(st: &libc::statvfs) -> (u64, u64) {
+    (
+        st.f_bavail.saturating_mul(st.f_frsize),
+        st.f_blocks.saturating_mul(st.f_frsize),
+    )
 }
 
 /// Whether `free` of `total` bytes, less `extra`, is below `min`.
@@ -2393,6 +2403,17 @@ mod tests {
             [(1, quarter), (2, quarter), (3, head_len() + EPB60)]
         );
         assert_eq!(sent(&q).0, 5);
+    }
+
+    #[test]
+    fn free_space_is_what_df_shows_available_not_roots_reserve() {
+        // Safety: statvfs is plain old data; all-zero is a valid value.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        st.f_frsize = 4096;
+        st.f_blocks = 1000;
+        st.f_bfree = 100;
+        st.f_bavail = 50;
+        assert_eq!(space(&st), (50 * 4096, 1000 * 4096));
     }
 
     #[test]
