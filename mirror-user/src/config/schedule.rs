@@ -534,6 +534,39 @@ mod tests {
         );
     }
 
+    /// A weekly window whose only instance in a week falls in the spring
+    /// gap (Berlin, Sunday 2026-03-29, 02:00-03:00 does not happen) is
+    /// empty that week: from the Saturday before, the next edge is a week
+    /// and a day ahead, the Sunday after.
+    #[test]
+    fn the_next_edge_skips_a_week_whose_instance_dst_empties() {
+        let w = [window("sun", "02:00-03:00", "Europe/Berlin")];
+        assert_eq!(
+            at(&w, "2026-03-28T12:00:00Z"),
+            (None, Some("2026-04-05T00:00:00Z".into()))
+        );
+    }
+
+    /// Two windows apart on the wall clock can meet in real time in the
+    /// spring gap: 01:00-02:30 ends at 03:30 CEST (02:30 does not happen),
+    /// after 03:00-04:00 began. The first window holds until its end, then
+    /// the second runs to its own.
+    #[test]
+    fn windows_the_spring_gap_makes_meet_hand_over_at_the_first_ones_end() {
+        let w = [
+            window("sun", "01:00-02:30", "Europe/Berlin"),
+            window("sun", "03:00-04:00", "Europe/Berlin"),
+        ];
+        assert_eq!(
+            at(&w, "2026-03-29T01:15:00Z"),
+            (Some(0), Some("2026-03-29T01:30:00Z".into()))
+        );
+        assert_eq!(
+            at(&w, "2026-03-29T01:30:00Z"),
+            (Some(1), Some("2026-03-29T02:00:00Z".into()))
+        );
+    }
+
     /// Berlin falls back on 2026-10-25: 03:00 CEST becomes 02:00 CET, at
     /// 01:00 UTC; 02:00-03:00 happens twice.
     #[test]
