@@ -143,9 +143,7 @@ impl Scheduler {
                 }
             }
             applied.position = pos;
-            if let Some(t) = pos.next_edge {
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
+            next = sooner(next, pos.next_edge);
         }
         next
     }
@@ -155,12 +153,10 @@ impl Scheduler {
     pub fn run(&self) {
         while !self.stop.load(Ordering::Relaxed) {
             let next = self.tick();
-            let wait = match next {
-                Some(t) if !clock::is_fake() => {
-                    let ns = t.duration_since(clock::now()).as_nanos().max(0);
-                    Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)).min(MAX_SLEEP)
-                }
-                _ => MAX_SLEEP,
+            let wait = if clock::is_fake() {
+                MAX_SLEEP
+            } else {
+                sleep_until(next, clock::now())
             };
             let Ok(state) = self.state.lock() else {
                 return;
@@ -186,6 +182,25 @@ impl Scheduler {
         let _held = self.state.lock();
         self.wake.notify_all();
     }
+}
+
+/// The earlier of two next edges (`None`: no edge).
+fn sooner(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// How long the real clock's thread sleeps at `now` before the edge
+/// `next`: until it (at once when past), at most [`MAX_SLEEP`] so a step
+/// of the wall clock is noticed.
+fn sleep_until(next: Option<Timestamp>, now: Timestamp) -> Duration {
+    let Some(t) = next else {
+        return MAX_SLEEP;
+    };
+    let ns = t.duration_since(now).as_nanos().max(0);
+    Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)).min(MAX_SLEEP)
 }
 
 /// Puts the policy of `pos` in force for the session of `e`: userspace's
@@ -218,4 +233,39 @@ fn switch(e: &Entry, sess: &Session, pos: &Position) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    #[test]
+    fn the_thread_waits_for_the_earliest_edge_of_all_sessions() {
+        let (a, b) = (ts("2026-12-07T08:00:00Z"), ts("2026-12-07T18:00:00Z"));
+        let edges = [Some(b), None, Some(a), None];
+        assert_eq!(edges.into_iter().fold(None, sooner), Some(a));
+        assert_eq!(sooner(None, None), None);
+        assert_eq!(sooner(Some(b), None), Some(b));
+        assert_eq!(sooner(None, Some(a)), Some(a));
+    }
+
+    #[test]
+    fn it_sleeps_until_the_edge_and_at_most_a_minute() {
+        let now = ts("2026-12-07T07:59:30Z");
+        let edge = Some(ts("2026-12-07T08:00:00Z"));
+        assert_eq!(sleep_until(edge, now), Duration::from_secs(30));
+        assert_eq!(
+            sleep_until(Some(ts("2026-12-07T09:00:00Z")), now),
+            MAX_SLEEP
+        );
+        assert_eq!(
+            sleep_until(edge, ts("2026-12-07T08:00:01Z")),
+            Duration::ZERO
+        );
+        assert_eq!(sleep_until(None, now), MAX_SLEEP);
+    }
 }
