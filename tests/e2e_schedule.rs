@@ -502,3 +502,75 @@ fn a_window_changes_the_flow_cutoff_exactly_at_its_edges() {
     }
     assert_eq!(last.targets["ids0"].sent_packets, 60);
 }
+
+/// A reload that changes a scheduled tap session restarts its source, and
+/// the restarted source binds its queue again: the stopped scheduler let go
+/// of the old source (it held it, and with it the AF_XDP socket, so every
+/// such reload failed after the bind's 3-s retry, with the source detached
+/// all that time). Twice, so a scheduler built by a reload lets go too; the
+/// window still switches afterwards.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_reload_that_changes_a_scheduled_tap_session_restarts_its_source() {
+    require_root!();
+    let windows = r#"
+[[session.schedule]]
+hours = "08:00-18:00"
+timezone = "UTC"
+sample = 2
+"#;
+    let text = config("", "path = \"userspace\"\nsample = 1", windows);
+    let mut run = start("e2e-sched-reload", &text, "2026-12-07T07:59:00Z", false);
+    let file = run._dir.path().join("mirror.toml");
+    let send = |run: &mut Run, first: u32, want: u64, what: &str| {
+        let before = run.client.stats().expect("stats");
+        let frames: Vec<Vec<u8>> = (0..BATCH)
+            .map(|n| traffic::frame(traffic::Shape::Udp4, first + n, FRAME_LEN))
+            .collect();
+        lab::send_frames(&run._lab.gen, Lab::GEN_IF, Arc::new(frames), 10_000).expect("send");
+        let b = before.sessions["s"].mirrored;
+        let after = wait_for(&mut run.client, what, |st: &Stats| {
+            let s = &st.sources["feed"];
+            s.received == before.sources["feed"].received + u64::from(BATCH) && s.queued == 0
+        });
+        assert_eq!(after.sessions["s"].mirrored - b, want, "{what}: {after:#?}");
+        assert_source_reconciles("feed", &after.sources["feed"]);
+    };
+    send(
+        &mut run,
+        0,
+        u64::from(BATCH),
+        "before any reload (sample 1)",
+    );
+    for (round, sample) in [(1u32, 4u32), (2, 8)] {
+        let old = std::fs::read_to_string(&file).expect("config");
+        let new = old.replace(
+            &format!("sample = {}\n", if round == 1 { 1 } else { 4 }),
+            &format!("sample = {sample}\n"),
+        );
+        assert_ne!(old, new, "round {round}: the session's sample changes");
+        std::fs::write(&file, new).expect("new config");
+        let out = common::ctl(BIN, &["reload"], &run.daemon.control);
+        assert!(
+            out.status.success(),
+            "round {round}: {out:?}\n{}",
+            run.daemon.log_text()
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("restarted source feed"), "{stdout}");
+        send(
+            &mut run,
+            round * 1000,
+            u64::from(BATCH / sample),
+            &format!("after reload {round} (sample {sample})"),
+        );
+    }
+    // The window still switches, and its own sample holds.
+    set_time(&mut run.client, "2026-12-07T08:00:00Z");
+    send(
+        &mut run,
+        9000,
+        u64::from(BATCH / 2),
+        "in the window (sample 2)",
+    );
+}

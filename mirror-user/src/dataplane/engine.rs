@@ -636,6 +636,12 @@ impl Plane {
             .filter(|s| !keep.sources.contains(&s.name))
             .cloned()
             .collect();
+        // The stopped scheduler keeps the kept sessions' positions for the
+        // next one, and lets go of the stopping sources (it held them, and
+        // with them their AF_XDP sockets, which the restarted source could
+        // then not bind).
+        let gone = |s: &Source| !keep.sources.contains(&s.name);
+        self.scheduler = Arc::new(self.scheduler.without_sources(&gone));
         for src in &stopping {
             if let Ok(mut p) = src.program.lock() {
                 p.detach();

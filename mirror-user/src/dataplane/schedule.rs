@@ -92,6 +92,29 @@ impl Scheduler {
         self.entries.is_empty()
     }
 
+    /// This scheduler without the sessions of the sources `gone` picks, its
+    /// thread not started: what a reload keeps readable while those sources
+    /// stop. Nothing may hold a stopping source: its AF_XDP sockets close
+    /// with it, and the source that replaces it binds the same queues.
+    pub(super) fn without_sources(&self, gone: &dyn Fn(&Source) -> bool) -> Scheduler {
+        let state = self.state.lock().map(|s| s.clone()).unwrap_or_default();
+        let (entries, started): (Vec<Entry>, Vec<Position>) = self
+            .entries
+            .iter()
+            .zip(state)
+            .filter(|(e, _)| !gone(&e.source))
+            .map(|(e, a)| {
+                let entry = Entry {
+                    session: e.session,
+                    source: e.source.clone(),
+                    kidx: e.kidx,
+                };
+                (entry, a.position)
+            })
+            .unzip();
+        Scheduler::new(&self.sessions, entries, started)
+    }
+
     /// Where each scheduled session is, by name: a reload hands the
     /// sessions it keeps to the next scheduler as they are.
     pub(super) fn positions(&self) -> Vec<(String, Position)> {
