@@ -1874,6 +1874,67 @@ fn a_window_with_a_bad_value_is_left_out_of_the_overlap_check() {
     );
 }
 
+/// Two pcapng targets may not write one file (they overwrite each other's
+/// copies, each counting them written), nor may one write a file named like
+/// a rotating one's files (its rotation deletes it); the same stem with
+/// another extension, or another directory, is fine.
+#[test]
+fn two_pcapng_targets_may_not_write_one_file_or_into_ones_rotation() {
+    let two = |a: &str, b: &str| {
+        GOOD.replace(
+            "[[session]]",
+            &format!(
+                "[[target]]\nname = \"a\"\nkind = \"pcapng\"\n{a}\n\n\
+                 [[target]]\nname = \"b\"\nkind = \"pcapng\"\n{b}\n\n[[session]]"
+            ),
+        )
+    };
+    for (a, b, want) in [
+        (
+            "path = \"/tmp/d.pcapng\"",
+            "path = \"/tmp/d.pcapng\"",
+            "target[2].path: target `b` writes the same file as target `a`",
+        ),
+        (
+            "path = \"/tmp/d.pcapng\"\nrotate_size = \"1MiB\"",
+            "path = \"/tmp/./d.pcapng\"\nrotate_interval = \"1h\"",
+            "target[2].path: target `b` writes the same file as target `a`",
+        ),
+        (
+            "path = \"/tmp/d.pcapng\"\nrotate_size = \"1MiB\"",
+            "path = \"/tmp/d-000001.pcapng\"",
+            "target[2].path: target `b` writes a file named like the rotated files of target `a`",
+        ),
+        (
+            "path = \"/tmp/d-0000042.pcapng\"",
+            "path = \"/tmp/d.pcapng\"\nrotate_size = \"1MiB\"",
+            "target[1].path: target `a` writes a file named like the rotated files of target `b`",
+        ),
+    ] {
+        let e = errors(&two(a, b));
+        assert_eq!(e.len(), 1, "{a} / {b}: {e:#?}");
+        assert!(e[0].contains(want), "{a} / {b}: {e:?}");
+    }
+    for (a, b) in [
+        ("path = \"/tmp/d.pcapng\"", "path = \"/tmp/e.pcapng\""),
+        ("path = \"/tmp/d.pcapng\"", "path = \"/var/tmp/d.pcapng\""),
+        (
+            "path = \"/tmp/d.pcapng\"\nrotate_size = \"1MiB\"",
+            "path = \"/tmp/d.pcap\"\nrotate_size = \"1MiB\"",
+        ),
+        (
+            "path = \"/tmp/d.pcapng\"\nrotate_size = \"1MiB\"",
+            "path = \"/tmp/d-1.pcapng\"\nrotate_size = \"1MiB\"",
+        ),
+    ] {
+        assert!(
+            parse(&two(a, b), "t.toml").is_ok(),
+            "{a} / {b}: {:?}",
+            errors(&two(a, b))
+        );
+    }
+}
+
 /// Errors name windows by their place in the file, also after a window
 /// that was refused (which takes no place among the checked ones).
 #[test]

@@ -553,34 +553,38 @@ pub fn numbered(path: &Path, seq: u64) -> PathBuf {
 /// The rotated files of `path` that exist, oldest (lowest sequence) first.
 pub fn rotated_files(path: &Path) -> Vec<(u64, PathBuf)> {
     let dir = parent(path);
-    let stem = path
-        .file_stem()
-        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-    let ext = path.extension().map(|e| e.to_string_lossy().into_owned());
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return out;
     };
     for e in entries.flatten() {
         let name = e.file_name();
-        let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
-            continue;
-        };
-        let rest = match &ext {
-            Some(ext) => name.strip_suffix(&format!(".{ext}")),
-            None => Some(name),
-        };
-        let Some(num) = rest.and_then(|r| r.strip_prefix(&format!("{stem}-"))) else {
-            continue;
-        };
-        if num.len() >= 6 && num.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(n) = num.parse::<u64>() {
-                out.push((n, dir.join(name)));
-            }
+        if let Some(n) = rotated_number(path, Path::new(&name)) {
+            out.push((n, dir.join(name)));
         }
     }
     out.sort();
     out
+}
+
+/// The sequence number of `name` (a file name) if it is one of the rotated
+/// names of `path`, `STEM-NNNNNN.EXT` (six digits or more).
+pub fn rotated_number(path: &Path, name: &Path) -> Option<u64> {
+    let stem = path
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned());
+    let name = std::str::from_utf8(name.as_os_str().as_bytes()).ok()?;
+    let rest = match &ext {
+        Some(ext) => name.strip_suffix(&format!(".{ext}")),
+        None => Some(name),
+    };
+    let num = rest?.strip_prefix(&format!("{stem}-"))?;
+    if num.len() >= 6 && num.bytes().all(|b| b.is_ascii_digit()) {
+        num.parse::<u64>().ok()
+    } else {
+        None
+    }
 }
 
 /// Whether the capture file at `path` holds a packet block. Files of 64 KiB

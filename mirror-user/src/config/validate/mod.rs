@@ -187,6 +187,7 @@ impl<'t> Validator<'t> {
         }
         if targets.len() == raw.targets.len() {
             self.erspan_session_ids(&raw.sessions, &sessions, &targets, &groups);
+            self.pcapng_paths(&raw.targets, &targets);
         }
         self.session_names(&raw.sessions);
 

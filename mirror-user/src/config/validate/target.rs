@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_spanned::Spanned;
 
@@ -14,6 +14,7 @@ use crate::config::model::{
 };
 use crate::config::raw::{RawTarget, RawTargetGroup, TargetKind, ZeroCopy};
 use crate::config::values::{parse_min_free, parse_size, valid_ifname};
+use crate::target::pcapng::rotated_number;
 
 /// A target key: its name, where it is written (if it is), and the kinds it applies to.
 type KindKey<'a> = (&'a str, Option<Range<usize>>, &'a [TargetKind]);
@@ -406,6 +407,66 @@ impl Validator<'_> {
         Some(spec)
     }
 
+    /// No two pcapng targets write one file, nor a file the other's
+    /// rotation deletes: two writers of one file overwrite each other's
+    /// copies (each counting them written), and a rotating target deletes
+    /// the oldest files named like its own (`STEM-NNNNNN.EXT`). `targets`
+    /// are `raw`'s, in order.
+    pub(super) fn pcapng_paths(&mut self, raw: &[Spanned<RawTarget>], targets: &[Target]) {
+        let files: Vec<(usize, &PcapngSpec)> = targets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match &t.spec {
+                TargetSpec::Pcapng(p) => Some((i, p)),
+                _ => None,
+            })
+            .collect();
+        let name = |i: usize| raw[i].get_ref().name.get_ref().clone();
+        for (k, &(j, b)) in files.iter().enumerate() {
+            let (b_dir, b_name) = place(&b.path);
+            for &(i, a) in &files[..k] {
+                let (a_dir, a_name) = place(&a.path);
+                if a_dir != b_dir {
+                    continue;
+                }
+                let named_like = |rot: &PcapngSpec, file: &std::ffi::OsStr| {
+                    rot.rotates() && rotated_number(&rot.path, Path::new(file)).is_some()
+                };
+                let (at, why) = if a_name == b_name {
+                    let why = format!(
+                        "target `{}` writes the same file as target `{}`: two writers of one \
+                         file overwrite each other's copies; give each target its own path",
+                        name(j),
+                        name(i)
+                    );
+                    (j, why)
+                } else if named_like(a, &b_name) || named_like(b, &a_name) {
+                    let (rot, other) = if named_like(a, &b_name) {
+                        (i, j)
+                    } else {
+                        (j, i)
+                    };
+                    let why = format!(
+                        "target `{}` writes a file named like the rotated files of target `{}` \
+                         (STEM-NNNNNN.EXT), which `{}`'s rotation deletes; give it another name",
+                        name(other),
+                        name(rot),
+                        name(rot)
+                    );
+                    (other, why)
+                } else {
+                    continue;
+                };
+                let span = raw[at]
+                    .get_ref()
+                    .path
+                    .as_ref()
+                    .map_or(raw[at].span(), |p| p.span());
+                self.error(span, why);
+            }
+        }
+    }
+
     pub(super) fn groups(
         &mut self,
         raw: &[Spanned<RawTargetGroup>],
@@ -489,4 +550,17 @@ impl Validator<'_> {
             }
         })
     }
+}
+
+/// Where a capture file is, to compare two: its directory made absolute
+/// (with symbolic links resolved when it exists), and its name.
+fn place(p: &Path) -> (PathBuf, std::ffi::OsString) {
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let dir = std::fs::canonicalize(&dir)
+        .or_else(|_| std::path::absolute(&dir))
+        .unwrap_or(dir);
+    (dir, p.file_name().unwrap_or_default().to_os_string())
 }
