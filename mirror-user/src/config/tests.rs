@@ -354,7 +354,12 @@ fn target_and_session_option_errors_name_the_field() {
         (
             "min_free = \"5%\"",
             "min_free = \"500%\"",
-            "between 0% and 100%",
+            "at least 0% and below 100%",
+        ),
+        (
+            "min_free = \"5%\"",
+            "min_free = \"100%\"",
+            "100% would leave no room to write anything",
         ),
         (
             "members = [\"ids0\", \"vx\"]",

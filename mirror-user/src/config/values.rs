@@ -19,8 +19,12 @@ pub fn parse_min_free(text: &str) -> Result<MinFree, String> {
             .trim()
             .parse()
             .map_err(|_| "not a percentage: write e.g. \"5%\"".to_string())?;
-        if !(0.0..=100.0).contains(&v) {
-            return Err("a percentage must be between 0% and 100%".into());
+        if !(0.0..100.0).contains(&v) {
+            return Err(
+                "a percentage must be at least 0% and below 100% (100% would leave no room \
+                 to write anything)"
+                    .into(),
+            );
         }
         return Ok(MinFree::Permille((v * 10.0).round() as u32));
     }

@@ -234,6 +234,9 @@ struct Files {
     /// Files deleted to hold `keep` and `max_total_size` so far, and their
     /// bytes (published as the target's `deleted_files`, `deleted_bytes`).
     deleted: (u64, u64),
+    /// Writing is held back (`min_free`, a full disk): logged once when it
+    /// starts, and again when a write goes through.
+    held_back: bool,
     /// The wall clock at a monotonic instant, nanoseconds since the Unix
     /// epoch: where `rotate_interval`'s edges fall. The system's clock read
     /// when asked; tests pin it to their instants.
@@ -299,6 +302,7 @@ impl Files {
             head,
             reaper: Reaper::default(),
             deleted: (0, 0),
+            held_back: false,
             wall: Box::new(system_wall),
         }
     }
@@ -959,7 +963,16 @@ impl<'q> Writer<'q> {
             let next = cur.committed + self.blocks.len() as u64 + Blocks::epb_len(&p) as u64;
             if next > limit && cur.packets + self.blocks.packets > 0 {
                 self.flush(now);
-                self.rotate(now);
+                // A flush that could not write (`min_free`, a full disk)
+                // dropped the buffer and left the file as it was, with room:
+                // starting another would only leave a header-only file
+                // behind, and a gap in the numbers.
+                let full = self.files.current.as_ref().is_some_and(|c| {
+                    c.packets > 0 && c.committed + Blocks::epb_len(&p) as u64 > limit
+                });
+                if full {
+                    self.rotate(now);
+                }
             }
         }
         if let Some(why) = over_budget(&self.files, &self.blocks, &p) {
@@ -1079,6 +1092,13 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
     // bytes that make the file one readers take.
     if let Some(min) = files.spec.min_free.filter(|_| blocks.packets > 0) {
         if below_min_free(&cur.path, min, blocks.len() as u64) {
+            if !std::mem::replace(&mut files.held_back, true) {
+                tracing::warn!(
+                    file = %cur.path.display(),
+                    "writing held back: the write would leave less free than min_free; copies \
+                     are counted disk_full until there is room"
+                );
+            }
             q.counters.drop(TargetDrop::DiskFull, blocks.packets);
             blocks.clear_packets(q);
             return;
@@ -1095,6 +1115,9 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
             q.counters
                 .sent_bytes
                 .fetch_add(blocks.bytes, Ordering::Relaxed);
+            if blocks.packets > 0 && std::mem::replace(&mut files.held_back, false) {
+                tracing::info!(file = %cur.path.display(), "writing again: there is room");
+            }
             blocks.clear(q);
             q.in_flight.store(0, Ordering::Relaxed);
         }
@@ -1107,6 +1130,13 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
             let _ = std::io::Seek::seek(&mut cur.file, io::SeekFrom::Start(cur.committed));
             if e.raw_os_error() != Some(libc::ENOSPC) && e.raw_os_error() != Some(libc::EDQUOT) {
                 tracing::warn!(file = %cur.path.display(), error = %e, "writing the capture file failed");
+            } else if !std::mem::replace(&mut files.held_back, true) {
+                tracing::warn!(
+                    file = %cur.path.display(),
+                    error = %e,
+                    "writing held back: the disk is full; copies are counted disk_full until \
+                     there is room"
+                );
             }
             q.counters.drop(TargetDrop::DiskFull, blocks.packets);
             blocks.clear_packets(q);
@@ -2476,6 +2506,35 @@ mod tests {
         w.finish(t0 + FLUSH_EVERY);
         assert_eq!(seqs(&path), [5]);
         assert_eq!(sent(&q), (1, 60));
+    }
+
+    /// Copies held back by `min_free` start no new file: the file is not
+    /// full, and a new one would only leave a header-only file and a gap
+    /// in the numbers behind (it did, file after file, while writing was
+    /// held back).
+    #[test]
+    fn below_min_free_the_file_is_not_rotated() {
+        let dir = Dir::new("minfree-rot");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut s = spec(&path);
+        s.rotate_size = Some(head_len() + 2 * EPB60);
+        let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        feed(&mut w, &q, 60, 1, t0);
+        w.tick(t0 + FLUSH_EVERY);
+        w.files.spec.min_free = Some(MinFree::Bytes(u64::MAX));
+        for seq in 2..=11 {
+            feed(&mut w, &q, 60, seq, t0 + FLUSH_EVERY);
+        }
+        w.tick(t0 + 2 * FLUSH_EVERY);
+        assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 10);
+        w.files.spec.min_free = None;
+        feed(&mut w, &q, 60, 12, t0 + 2 * FLUSH_EVERY);
+        w.finish(t0 + 2 * FLUSH_EVERY);
+        assert_eq!(listing(&path), [(1, head_len() + 2 * EPB60)]);
+        assert_eq!(seqs(&numbered(&path, 1)), [1, 12]);
+        assert_eq!(sent(&q), (2, 120));
     }
 
     #[test]
