@@ -1598,7 +1598,8 @@ fn flow_cutoff_errors_name_the_key_and_the_accepted_values() {
         (
             "flow_cutoff_idle = \"10s\"",
             "session[0].flow_cutoff_idle has no effect without \
-             flow_cutoff_bytes or flow_cutoff_packets",
+             flow_cutoff_bytes or flow_cutoff_packets (on the session or in a \
+             [[session.schedule]] window)",
         ),
         ("flow_cutoff_bytes = \"1KiB\"", "flow_cutoff_bytes"),
         ("flow_cutoff = 10", "unknown field `flow_cutoff`"),
@@ -1609,6 +1610,30 @@ fn flow_cutoff_errors_name_the_key_and_the_accepted_values() {
             "{keys}: want `{want}` in {e:?}"
         );
     }
+}
+
+/// The idle time is the session's also when only a window turns a cutoff
+/// on; a window that sets the cutoff to 0 (off) does not count.
+#[test]
+fn flow_cutoff_idle_goes_with_a_cutoff_only_a_window_turns_on() {
+    let text = |cut: &str| {
+        format!(
+            "{}\n[[session.schedule]]\nhours = \"08:00-18:00\"\ntimezone = \"UTC\"\n{cut}\n",
+            GOOD.replace("priority = 1", "priority = 1\nflow_cutoff_idle = \"1s\"")
+        )
+    };
+    for cut in ["flow_cutoff_bytes = 100", "flow_cutoff_packets = 3"] {
+        let c = parse(&text(cut), "t.toml").unwrap_or_else(|e| panic!("{cut}: {e}"));
+        let s = &c.sessions[0];
+        assert_eq!(s.flow_cutoff_idle, std::time::Duration::from_secs(1));
+        assert_eq!((s.flow_cutoff_bytes, s.flow_cutoff_packets), (0, 0));
+    }
+    let e = errors(&text("flow_cutoff_bytes = 0"));
+    assert!(
+        e.iter()
+            .any(|l| l.contains("flow_cutoff_idle has no effect")),
+        "{e:?}"
+    );
 }
 
 #[test]

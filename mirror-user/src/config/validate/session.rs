@@ -219,7 +219,7 @@ impl Validator<'_> {
 
     /// `flow_cutoff_bytes` (0 or at least an Ethernet header: a cut copy
     /// keeps one), `flow_cutoff_packets` and `flow_cutoff_idle` (at least
-    /// 1ms, and only with a cutoff).
+    /// 1ms, and only with a cutoff: the session's or a window's).
     fn flow_cutoff(&mut self, s: &RawSession) -> Option<(u64, u64, std::time::Duration)> {
         let bytes = match &s.flow_cutoff_bytes {
             None => 0,
@@ -231,6 +231,12 @@ impl Validator<'_> {
             None => 0,
             Some(p) => self.int_in::<u64>(p, 0..=i64::MAX, "flow_cutoff_packets (0 = off)")?,
         };
+        // A window may turn a cutoff on; the idle time is the session's.
+        let on = |v: &Option<Spanned<i64>>| v.as_ref().is_some_and(|v| *v.get_ref() != 0);
+        let window_cuts = s.schedule.iter().any(|w| {
+            let w = w.get_ref();
+            on(&w.flow_cutoff_bytes) || on(&w.flow_cutoff_packets)
+        });
         let idle = match &s.flow_cutoff_idle {
             None => DEFAULT_FLOW_CUTOFF_IDLE,
             Some(x) => match humantime::parse_duration(x.get_ref()) {
@@ -238,10 +244,11 @@ impl Validator<'_> {
                     self.error(x.span(), "flow_cutoff_idle must be at least 1ms");
                     return None;
                 }
-                Ok(_) if bytes == 0 && packets == 0 => {
+                Ok(_) if bytes == 0 && packets == 0 && !window_cuts => {
                     self.error(
                         x.span(),
-                        "flow_cutoff_idle has no effect without flow_cutoff_bytes or flow_cutoff_packets",
+                        "flow_cutoff_idle has no effect without flow_cutoff_bytes or \
+                         flow_cutoff_packets (on the session or in a [[session.schedule]] window)",
                     );
                     return None;
                 }
