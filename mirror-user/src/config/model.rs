@@ -528,8 +528,9 @@ impl Config {
             for (i, w) in s.schedule.iter().enumerate() {
                 if w.overrides == crate::config::schedule::Overrides::default() {
                     out.push(format!(
-                        "session `{}`: schedule window {} ({}) sets none of enabled, sample,                          rate_limit_pps, packet_length, flow_cutoff_bytes,                          flow_cutoff_packets: inside it the session's own values apply, as \
-                         outside every window",
+                        "session `{}`: schedule window {} ({}) sets none of enabled, sample, \
+                         rate_limit_pps, packet_length, flow_cutoff_bytes, flow_cutoff_packets: \
+                         inside it the session's own values apply, as outside every window",
                         s.name,
                         i + 1,
                         crate::config::schedule::describe(w)

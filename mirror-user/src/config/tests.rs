@@ -1732,9 +1732,13 @@ fn a_schedule_window_that_overrides_nothing_is_named() {
     let w = parse(&text(""), "t.toml").expect("valid").warnings();
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(
-        w[0].contains("schedule window 1 (mon-fri 08:00-18:00 UTC) sets none of enabled"),
+        w[0].contains(
+            "schedule window 1 (mon-fri 08:00-18:00 UTC) sets none of enabled, sample, \
+             rate_limit_pps, packet_length, flow_cutoff_bytes, flow_cutoff_packets: inside it"
+        ),
         "{w:?}"
     );
+    assert!(!w[0].contains("  "), "no run of spaces in the text: {w:?}");
     for keys in ["sample = 1", "enabled = true", "flow_cutoff_packets = 0"] {
         let w = parse(&text(keys), "t.toml").expect("valid").warnings();
         assert!(w.is_empty(), "{keys}: {w:?}");
