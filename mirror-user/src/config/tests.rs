@@ -1119,6 +1119,10 @@ fn session_and_target_edges_the_mutants_found_unguarded() {
             pcap("path = \"/tmp/x.pcapng\"\nrotate_interval = \"999ms\""),
             "rotate_interval must be at least 1s",
         ),
+        (
+            pcap("path = \"/tmp/x.pcapng\"\nrotate_size = \"1MiB\"\nkeep = 1"),
+            "keep = 1 keeps only the file being written",
+        ),
     ] {
         let e = errors(&text);
         assert!(e.iter().any(|l| l.contains(want)), "want `{want}` in {e:?}");
@@ -1127,6 +1131,7 @@ fn session_and_target_edges_the_mutants_found_unguarded() {
     for keys in [
         "path = \"/tmp/x.pcapng\"\nrotate_size = \"4096\"",
         "path = \"/tmp/x.pcapng\"\nrotate_interval = \"1s\"",
+        "path = \"/tmp/x.pcapng\"\nrotate_interval = \"1s\"\nkeep = 2",
     ] {
         let text = pcap(keys).replace("targets = [\"ids0\"]", "targets = [\"ids0\", \"cap\"]");
         assert!(parse(&text, "t.toml").is_ok(), "{keys}");

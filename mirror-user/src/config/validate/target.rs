@@ -333,7 +333,19 @@ impl Validator<'_> {
         let rotate_interval = self.rotate_interval(t.rotate_interval.as_ref())?;
         let keep = match &t.keep {
             None => None,
-            Some(k) => Some(self.int_in::<u32>(k, 1..=1_000_000, "keep")?),
+            Some(k) => {
+                let n = self.int_in::<u32>(k, 1..=1_000_000, "keep")?;
+                if n == 1 {
+                    // As for a budget of less than two files.
+                    self.error(
+                        k.span(),
+                        "keep = 1 keeps only the file being written: each rotation would delete \
+                         the whole record kept so far; keep at least 2",
+                    );
+                    return None;
+                }
+                Some(n)
+            }
         };
         let min_free = match &t.min_free {
             None => None,
