@@ -498,9 +498,9 @@ fn run(mode: Mode, target: Target) {
         assert_eq!(bytes, want_bytes, "flow {i}: mirrored bytes");
         for (n, (c, w)) in have.iter().zip(&want).enumerate() {
             assert_eq!(c.0, w.frame[..w.keep as usize], "flow {i}, copy {n}");
-            // Copy mode's ring records keep the original length; tap mode
-            // cuts the frame itself.
-            let orig = if mode == Mode::Copy && target == Target::Pcapng {
+            // pcapng records the original length: copy mode's ring records
+            // keep it, tap mode's metadata carries it past the frame's cut.
+            let orig = if target == Target::Pcapng {
                 w.frame.len() as u32
             } else {
                 w.keep as u32

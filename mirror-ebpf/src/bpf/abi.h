@@ -234,6 +234,9 @@ struct mirror_meta {
 			* | MIRROR_META_VERSION (kernel path) */
 	__u32 hash;
 	__u64 tstamp;
+	__u32 orig_len; /* the frame's length before the kernel cut it (its flow's
+			 * cutoff), else 0; pcapng records it as the original length */
+	__u32 pad;
 };
 
 /*

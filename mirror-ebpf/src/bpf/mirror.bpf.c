@@ -489,10 +489,11 @@ static __always_inline void count_boundary(__u32 session, __u32 dir, bool cut)
 	count(dir, cut ? MIRROR_CNT_CUTOFF_CUT : MIRROR_CNT_CUTOFF_WHOLE);
 }
 
-/* Puts the session, flow hash and (when `stamp`: it costs a clock read) the
- * time stamp in the metadata area in front of the frame. */
+/* Puts the session, flow hash, (when `stamp`: it costs a clock read) the
+ * time stamp and the length before a cut (`orig_len`, 0: not cut) in the
+ * metadata area in front of the frame. */
 static __always_inline void write_meta_at(struct xdp_md *ctx, __u32 session, __u32 hash,
-					  bool stamp)
+					  bool stamp, __u32 orig_len)
 {
 	struct mirror_meta *meta;
 	void *data;
@@ -509,11 +510,8 @@ static __always_inline void write_meta_at(struct xdp_md *ctx, __u32 session, __u
 	meta->session = session;
 	meta->hash = hash;
 	meta->tstamp = stamp ? bpf_ktime_get_tai_ns() : 0;
-}
-
-static __always_inline void write_meta(struct xdp_md *ctx, __u32 session, __u32 hash)
-{
-	write_meta_at(ctx, session, hash, true);
+	meta->orig_len = orig_len;
+	meta->pad = 0;
 }
 
 /*
@@ -801,7 +799,7 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct pkt *p, __u64 s,
 	}
 	if (f->tunnels)
 		write_meta_at(ctx, session | (version ? MIRROR_META_VERSION : 0), hash,
-			      f->tunnels > 1);
+			      f->tunnels > 1, 0);
 	key = (session * MIRROR_FAST_VARIANTS + variant) * MIRROR_DEST_VERSIONS + version;
 	fast = bpf_map_lookup_elem(&fast_sessions, &key);
 	if (!fast) {
@@ -857,7 +855,8 @@ static __always_inline int try_xdp_tap(struct xdp_md *ctx)
 	if (fast_session[s].active)
 		return fast_path(ctx, &p, s, pol);
 
-	write_meta(ctx, session | (slot ? MIRROR_META_SLOT : 0), flow_hash(&p, data, data_end));
+	write_meta_at(ctx, session | (slot ? MIRROR_META_SLOT : 0), flow_hash(&p, data, data_end),
+		      true, keep < len ? len : 0);
 	verdict = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_DROP);
 	if (verdict == XDP_REDIRECT)
 		count(MIRROR_DIR_INGRESS, MIRROR_CNT_REDIRECTED);

@@ -109,6 +109,9 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
         let n = q.receive(RX_BATCH, |meta, data, loan| {
             let meta = read_meta(meta);
             let slot = meta.map(|m| m.slot);
+            // A frame its flow's cutoff cut in the kernel keeps its length
+            // before the cut, as a copy `packet_length` cuts here does.
+            let orig_len = meta.map_or(0, |m| m.orig_len).max(data.len() as u32);
             if meta.is_none() && plans.len() == 1 && !std::mem::replace(&mut said_no_metadata, true)
             {
                 tracing::warn!(
@@ -127,7 +130,7 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
             plans[session].dispatch(
                 Frame {
                     data,
-                    orig_len: data.len() as u32,
+                    orig_len,
                     hash,
                     tstamp_ns,
                     vni: 0,
@@ -264,6 +267,7 @@ mod tests {
             slot: 0,
             hash: 0xdead_beef,
             tstamp: NOW + 37 * S,
+            orig_len: 0,
         })
     }
 

@@ -10,6 +10,9 @@ pub struct Meta {
     pub hash: u32,
     /// CLOCK_TAI nanoseconds.
     pub tstamp: u64,
+    /// The frame's length before the kernel cut it (its flow's cutoff);
+    /// 0 when it was not cut.
+    pub orig_len: u32,
 }
 
 /// Reads (and clears the magic of) `struct mirror_meta` from the bytes in front of a frame.
@@ -28,5 +31,6 @@ pub fn read_meta(meta: &mut [u8]) -> Option<Meta> {
         slot: u8::from(session & slot_bit != 0),
         hash: u32::from_ne_bytes([m[4], m[5], m[6], m[7]]),
         tstamp: u64::from_ne_bytes(m[8..16].try_into().ok()?),
+        orig_len: u32::from_ne_bytes(m[16..20].try_into().ok()?),
     })
 }
