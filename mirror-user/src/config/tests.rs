@@ -1617,6 +1617,42 @@ fn flow_cutoff_errors_name_the_key_and_the_accepted_values() {
     }
 }
 
+/// One run of `check` reports every bad key of a pcapng target and of a
+/// session, not the first of each.
+#[test]
+fn every_bad_key_of_a_pcapng_target_and_a_session_is_reported() {
+    let text = GOOD
+        .replace(
+            "[[session]]",
+            "[[target]]\nname = \"cap\"\nkind = \"pcapng\"\npath = \"/tmp/x.pcapng\"\n\
+             rotate_size = \"1\"\nmax_total_size = \"1\"\nkeep = 0\nmin_free = \"150%\"\n\
+             rotate_interval = \"soon\"\n\n[[session]]",
+        )
+        .replace(
+            "priority = 1",
+            "priority = 1\nsample = 0\npacket_length = 5\nflow_cutoff_bytes = 3\n\
+             flow_cutoff_idle = \"never\"\nvni = -1",
+        );
+    let e = errors(&text);
+    for want in [
+        "rotate_size = \"1\" is below the minimum",
+        "max_total_size = \"1\" is below the minimum",
+        "keep = 0 is out of range",
+        "min_free = \"150%\"",
+        "rotate_interval = \"soon\"",
+        "sample = 0 is out of range",
+        "packet_length (0 = whole frame) = 5 is out of range",
+        "flow_cutoff_bytes (0 = off) = 3 is out of range",
+        "flow_cutoff_idle = \"never\"",
+        "vni = -1 is out of range",
+    ] {
+        assert!(
+            e.iter().any(|l| l.contains(want)),
+            "want `{want}` in {e:#?}"
+        );
+    }
+}
+
 /// The idle time is the session's also when only a window turns a cutoff
 /// on; a window that sets the cutoff to 0 (off) does not count.
 #[test]

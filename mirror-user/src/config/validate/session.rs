@@ -28,34 +28,43 @@ impl Validator<'_> {
         let filter = self.known(filters, &s.filter, "filter");
         let tgt = self.session_targets(s, dests);
         ok &= tgt.is_some();
+        // Every key is checked, so that one run of `check` reports every
+        // error of the session, then a bad one refuses it.
         let priority = match &s.priority {
-            None => DEFAULT_PRIORITY,
-            Some(p) => self.int_in::<u32>(p, 0..=u32::MAX as i64, "priority")?,
+            None => Some(DEFAULT_PRIORITY),
+            Some(p) => self.int_in::<u32>(p, 0..=u32::MAX as i64, "priority"),
         };
         let packet_length = match &s.packet_length {
-            None => 0,
-            Some(p) => {
-                self.int_off_or_in::<u32>(p, 14..=65535, "packet_length (0 = whole frame)")?
-            }
+            None => Some(0),
+            Some(p) => self.int_off_or_in::<u32>(p, 14..=65535, "packet_length (0 = whole frame)"),
         };
         let sample = match &s.sample {
-            None => 1,
-            Some(p) => self.int_in::<u32>(p, 1..=u32::MAX as i64, "sample")?,
+            None => Some(1),
+            Some(p) => self.int_in::<u32>(p, 1..=u32::MAX as i64, "sample"),
         };
         let rate_limit_pps = match &s.rate_limit_pps {
-            None => 0,
-            Some(p) => {
-                self.int_in::<u32>(p, 0..=u32::MAX as i64, "rate_limit_pps (0 = unlimited)")?
-            }
+            None => Some(0),
+            Some(p) => self.int_in::<u32>(p, 0..=u32::MAX as i64, "rate_limit_pps (0 = unlimited)"),
         };
-        let (flow_cutoff_bytes, flow_cutoff_packets, flow_cutoff_idle) = self.flow_cutoff(s)?;
+        let cutoff = self.flow_cutoff(s);
         let vni = match &s.vni {
-            None => 0,
-            Some(p) => self.int_in::<u32>(p, 0..=0xff_ffff, "vni")?,
+            None => Some(0),
+            Some(p) => self.int_in::<u32>(p, 0..=0xff_ffff, "vni"),
         };
         let enabled = s.enabled.as_ref().is_none_or(|p| *p.get_ref());
         let schedule = self.schedule(&s.schedule);
         ok &= schedule.is_some();
+        let (
+            Some(priority),
+            Some(packet_length),
+            Some(sample),
+            Some(rate_limit_pps),
+            Some((flow_cutoff_bytes, flow_cutoff_packets, flow_cutoff_idle)),
+            Some(vni),
+        ) = (priority, packet_length, sample, rate_limit_pps, cutoff, vni)
+        else {
+            return None;
+        };
         if !ok {
             return None;
         }
@@ -222,15 +231,15 @@ impl Validator<'_> {
     /// 1ms, and only with a cutoff: the session's or a window's).
     fn flow_cutoff(&mut self, s: &RawSession) -> Option<(u64, u64, std::time::Duration)> {
         let bytes = match &s.flow_cutoff_bytes {
-            None => 0,
-            Some(p) => {
-                self.int_off_or_in::<u64>(p, 14..=i64::MAX, "flow_cutoff_bytes (0 = off)")?
-            }
+            None => Some(0),
+            Some(p) => self.int_off_or_in::<u64>(p, 14..=i64::MAX, "flow_cutoff_bytes (0 = off)"),
         };
         let packets = match &s.flow_cutoff_packets {
-            None => 0,
-            Some(p) => self.int_in::<u64>(p, 0..=i64::MAX, "flow_cutoff_packets (0 = off)")?,
+            None => Some(0),
+            Some(p) => self.int_in::<u64>(p, 0..=i64::MAX, "flow_cutoff_packets (0 = off)"),
         };
+        // (A refused limit counts as set: one error about it is enough.)
+        let session_cuts = bytes != Some(0) || packets != Some(0);
         // A window may turn a cutoff on; the idle time is the session's.
         let on = |v: &Option<Spanned<i64>>| v.as_ref().is_some_and(|v| *v.get_ref() != 0);
         let window_cuts = s.schedule.iter().any(|w| {
@@ -244,7 +253,7 @@ impl Validator<'_> {
                     self.error(x.span(), "flow_cutoff_idle must be at least 1ms");
                     return None;
                 }
-                Ok(_) if bytes == 0 && packets == 0 && !window_cuts => {
+                Ok(_) if !session_cuts && !window_cuts => {
                     self.error(
                         x.span(),
                         "flow_cutoff_idle has no effect without flow_cutoff_bytes or \
@@ -265,7 +274,7 @@ impl Validator<'_> {
                 }
             },
         };
-        Some((bytes, packets, idle))
+        Some((bytes?, packets?, idle))
     }
 
     /// The index `n` names in `names`, or an error listing what is defined.

@@ -328,34 +328,41 @@ impl Validator<'_> {
                 }
             }
         };
-        let rotate_size = size(self, &t.rotate_size, "rotate_size", 4096).ok()?;
-        let max_total_size = size(self, &t.max_total_size, "max_total_size", 4096).ok()?;
-        let rotate_interval = self.rotate_interval(t.rotate_interval.as_ref())?;
+        // Every key is checked (one run of `check` reports every error),
+        // then a bad one refuses the target.
+        let rotate_size = size(self, &t.rotate_size, "rotate_size", 4096);
+        let max_total_size = size(self, &t.max_total_size, "max_total_size", 4096);
+        let rotate_interval = self.rotate_interval(t.rotate_interval.as_ref());
         let keep = match &t.keep {
-            None => None,
-            Some(k) => {
-                let n = self.int_in::<u32>(k, 1..=1_000_000, "keep")?;
-                if n == 1 {
+            None => Ok(None),
+            Some(k) => match self.int_in::<u32>(k, 1..=1_000_000, "keep") {
+                Some(1) => {
                     // As for a budget of less than two files.
                     self.error(
                         k.span(),
                         "keep = 1 keeps only the file being written: each rotation would delete \
                          the whole record kept so far; keep at least 2",
                     );
-                    return None;
+                    Err(())
                 }
-                Some(n)
-            }
+                Some(n) => Ok(Some(n)),
+                None => Err(()),
+            },
         };
         let min_free = match &t.min_free {
-            None => None,
+            None => Ok(None),
             Some(x) => match parse_min_free(x.get_ref()) {
-                Ok(m) => Some(m),
+                Ok(m) => Ok(Some(m)),
                 Err(e) => {
                     self.error(x.span(), format!("min_free = \"{}\": {e}", x.get_ref()));
-                    return None;
+                    Err(())
                 }
             },
+        };
+        let (Ok(rotate_size), Ok(max_total_size), Some(rotate_interval), Ok(keep), Ok(min_free)) =
+            (rotate_size, max_total_size, rotate_interval, keep, min_free)
+        else {
+            return None;
         };
         if let (Some(r), Some(m), Some(x), Some(budget)) = (
             rotate_size,
