@@ -20,8 +20,8 @@
 //!   one already in the directory; a file is closed before it would pass
 //!   `rotate_size`, and at each multiple of `rotate_interval` since the Unix
 //!   epoch (wall clock, UTC: `1h` files start on the hour, `1d` at 00:00
-//!   UTC; the first file ends at the first such edge). Then the oldest rotated files are deleted until at most
-//!   `keep` remain. A deleted file's space is handed back by another thread
+//!   UTC; the first file ends at the first such edge). Then the oldest
+//!   rotated files are deleted until at most `keep` remain. A deleted file's space is handed back by another thread
 //!   (freeing a 256 MiB file takes tmpfs 60-280 ms, long enough for a full
 //!   queue at line rate); until then its bytes still count against
 //!   `max_total_size`.
