@@ -404,14 +404,14 @@ fn min_free_stops_writing_before_the_disk_fills_and_counts_disk_full() {
     let got = seqs(&records);
     assert!(got.windows(2).all(|w| w[0] < w[1]), "in order");
     assert!(got.iter().all(|&x| x < n));
-    // The log says writing is held back, once.
+    // The log says writing is held back (again after each time it said
+    // writing went on; not at each flap at the edge of min_free).
     let log = s.daemon.log_text();
-    assert_eq!(
-        log.matches("writing held back: the write would leave less free than min_free")
-            .count(),
-        1,
-        "{log}"
-    );
+    let held = log
+        .matches("writing held back: the write would leave less free than min_free")
+        .count();
+    let again = log.matches("writing again").count();
+    assert!(held >= 1 && held <= again + 1, "{held} / {again}: {log}");
     drop(s);
 }
 

@@ -234,9 +234,8 @@ struct Files {
     /// Files deleted to hold `keep` and `max_total_size` so far, and their
     /// bytes (published as the target's `deleted_files`, `deleted_bytes`).
     deleted: (u64, u64),
-    /// Writing is held back (`min_free`, a full disk): logged once when it
-    /// starts, and again when a write goes through.
-    held_back: bool,
+    /// Whether writing is held back (`min_free`, a full disk), for the log.
+    hold: Hold,
     /// The wall clock at a monotonic instant, nanoseconds since the Unix
     /// epoch: where `rotate_interval`'s edges fall. The system's clock read
     /// when asked; tests pin it to their instants.
@@ -302,7 +301,7 @@ impl Files {
             head,
             reaper: Reaper::default(),
             deleted: (0, 0),
-            held_back: false,
+            hold: Hold::default(),
             wall: Box::new(system_wall),
         }
     }
@@ -1092,7 +1091,7 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
     // bytes that make the file one readers take.
     if let Some(min) = files.spec.min_free.filter(|_| blocks.packets > 0) {
         if below_min_free(&cur.path, min, blocks.len() as u64) {
-            if !std::mem::replace(&mut files.held_back, true) {
+            if files.hold.begin() {
                 tracing::warn!(
                     file = %cur.path.display(),
                     "writing held back: the write would leave less free than min_free; copies \
@@ -1115,8 +1114,11 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
             q.counters
                 .sent_bytes
                 .fetch_add(blocks.bytes, Ordering::Relaxed);
-            if blocks.packets > 0 && std::mem::replace(&mut files.held_back, false) {
-                tracing::info!(file = %cur.path.display(), "writing again: there is room");
+            if blocks.packets > 0 && files.hold.wrote(now) {
+                tracing::info!(
+                    file = %cur.path.display(),
+                    "writing again: every write has gone through for a second"
+                );
             }
             blocks.clear(q);
             q.in_flight.store(0, Ordering::Relaxed);
@@ -1130,7 +1132,7 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
             let _ = std::io::Seek::seek(&mut cur.file, io::SeekFrom::Start(cur.committed));
             if e.raw_os_error() != Some(libc::ENOSPC) && e.raw_os_error() != Some(libc::EDQUOT) {
                 tracing::warn!(file = %cur.path.display(), error = %e, "writing the capture file failed");
-            } else if !std::mem::replace(&mut files.held_back, true) {
+            } else if files.hold.begin() {
                 tracing::warn!(
                     file = %cur.path.display(),
                     error = %e,
@@ -1140,6 +1142,46 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
             }
             q.counters.drop(TargetDrop::DiskFull, blocks.packets);
             blocks.clear_packets(q);
+        }
+    }
+}
+
+/// Writing held back (`min_free`, a full disk) and going on again, as the
+/// log says it: once when writing is first held back, once when it has gone
+/// on again for [`Hold::RESUMED`]. At the edge of `min_free` a small write
+/// fits where a large one did not, and writing flaps every 100 ms; the log
+/// does not.
+#[derive(Default)]
+struct Hold {
+    held: bool,
+    /// The log says writing is held back.
+    said: bool,
+    /// When writing went on again after the last hold.
+    resumed: Option<Instant>,
+}
+
+impl Hold {
+    const RESUMED: Duration = Duration::from_secs(1);
+
+    /// Writing is held back: whether to say so.
+    fn begin(&mut self) -> bool {
+        self.held = true;
+        self.resumed = None;
+        !std::mem::replace(&mut self.said, true)
+    }
+
+    /// A write went through at `now`: whether to say writing goes on again.
+    fn wrote(&mut self, now: Instant) -> bool {
+        if std::mem::take(&mut self.held) {
+            self.resumed = Some(now);
+        }
+        match self.resumed {
+            Some(t) if self.said && now.duration_since(t) >= Self::RESUMED => {
+                self.said = false;
+                self.resumed = None;
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -2437,6 +2479,22 @@ mod tests {
             [(1, quarter), (2, quarter), (3, head_len() + EPB60)]
         );
         assert_eq!(sent(&q).0, 5);
+    }
+
+    #[test]
+    fn the_log_says_held_back_once_and_again_after_a_second_of_writes() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut h = Hold::default();
+        assert!(!h.wrote(t0), "never held: nothing to say");
+        assert!(h.begin(), "held back: said");
+        assert!(!h.wrote(t0), "going on: not yet");
+        assert!(!h.begin(), "held back again 100 ms later: said already");
+        assert!(!h.wrote(t0 + ms(200)));
+        assert!(!h.wrote(t0 + ms(1199)));
+        assert!(h.wrote(t0 + ms(1200)), "a second of writes: said");
+        assert!(!h.wrote(t0 + ms(2000)), "said once");
+        assert!(h.begin(), "a new hold is said");
     }
 
     #[test]
