@@ -101,6 +101,12 @@ pub fn start(
     stop: Arc<AtomicBool>,
 ) -> Result<Started, PcapngError> {
     check_directory(&spec.path)?;
+    if !spec.rotates() {
+        check_goes_on(&spec.path).map_err(|source| PcapngError::Io {
+            path: spec.path.clone(),
+            source,
+        })?;
+    }
     let files = Files::new(spec.clone(), interfaces);
     let slots = queue_slots(queue_size);
     let queue = Arc::new(match rx_frames {
@@ -336,15 +342,26 @@ impl Files {
             }
         }
         let path = self.next_path();
-        let file = OpenOptions::new()
+        let rotates = self.spec.rotates();
+        let io_err = |source| PcapngError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .write(true)
-            .truncate(true)
+            .truncate(rotates)
             .open(&path)
-            .map_err(|source| PcapngError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(io_err)?;
+        // The file of a target that does not rotate is never written over:
+        // a start, or a reload that restarts the target, goes on after its
+        // last whole block with a section of its own.
+        let committed = if rotates {
+            0
+        } else {
+            go_on_after_whole_blocks(&mut file, &path).map_err(io_err)?
+        };
         let rotate_at = self
             .spec
             .rotate_interval
@@ -353,7 +370,7 @@ impl Files {
             path,
             file,
             rotate_at,
-            committed: 0,
+            committed,
             has_header: false,
             packets: 0,
         });
@@ -588,6 +605,88 @@ pub fn rotated_number(path: &Path, name: &Path) -> Option<u64> {
     } else {
         None
     }
+}
+
+/// Whether the file at `path`, if it is there and not empty, is a capture
+/// a target that does not rotate can go on writing (at the start, so that
+/// one that is not fails it, named, rather than each write).
+fn check_goes_on(path: &Path) -> io::Result<()> {
+    match File::open(path) {
+        Ok(mut f) if f.metadata()?.len() > 0 => starts_a_capture(&mut f),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads the first 12 bytes of `file`: a section header block as this
+/// writer writes them (little-endian), or an error that says why it is
+/// left alone.
+fn starts_a_capture(file: &mut File) -> io::Result<()> {
+    use std::io::Read;
+    const SHB: u32 = 0x0A0D_0D0A;
+    const BYTE_ORDER: u32 = 0x1A2B_3C4D;
+    let mut head = [0u8; 12];
+    let read = file.read_exact(&mut head).is_ok();
+    let word = |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+    if read && word(0) == SHB && word(8) == BYTE_ORDER {
+        return Ok(());
+    }
+    Err(io::Error::other(
+        "the file is there and is not a little-endian pcapng capture that mirror can go on \
+         writing; move it away or name another path (mirror never writes over a file)",
+    ))
+}
+
+/// Positions an existing capture file (`path`, open to read and write)
+/// after its last whole block, cutting a half-written one after it (a
+/// daemon killed in a write), and returns that length: where a new section
+/// goes. An empty file: 0. A file that does not start with a section header
+/// block as this writer writes them (little-endian) is left alone: an error.
+fn go_on_after_whole_blocks(file: &mut File, path: &Path) -> io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let word = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let size = file.metadata()?.len();
+    if size == 0 {
+        return Ok(0);
+    }
+    file.seek(SeekFrom::Start(0))?;
+    starts_a_capture(file)?;
+    // Whole to the end when its last block's two lengths agree (a file
+    // closed properly); else walk the blocks from the start.
+    let mut tail = [0u8; 8];
+    let mut end = 0;
+    file.seek(SeekFrom::End(-4))?;
+    file.read_exact(&mut tail[..4])?;
+    let last = u64::from(word(&tail, 0));
+    if last >= 12 && last % 4 == 0 && last <= size {
+        file.seek(SeekFrom::Start(size - last))?;
+        file.read_exact(&mut tail)?;
+        if u64::from(word(&tail, 4)) == last {
+            end = size;
+        }
+    }
+    if end == 0 {
+        file.seek(SeekFrom::Start(0))?;
+        let mut r = io::BufReader::with_capacity(1 << 16, &*file);
+        let mut block = [0u8; 8];
+        while end + 8 <= size && r.read_exact(&mut block).is_ok() {
+            let len = u64::from(word(&block, 4));
+            if len < 12 || len % 4 != 0 || end + len > size {
+                break;
+            }
+            end += len;
+            r.seek_relative(len as i64 - 8)?;
+        }
+        tracing::warn!(
+            file = %path.display(),
+            cut = size - end,
+            "the capture file ends in half a block (a write cut short): cut back to its last whole block"
+        );
+        file.set_len(end)?;
+    }
+    file.seek(SeekFrom::Start(end))?;
+    Ok(end)
 }
 
 /// Whether the capture file at `path` holds a packet block. Files of 64 KiB
@@ -2479,6 +2578,48 @@ mod tests {
             [(1, quarter), (2, quarter), (3, head_len() + EPB60)]
         );
         assert_eq!(sent(&q).0, 5);
+    }
+
+    /// A target that does not rotate never writes over its file: a restart
+    /// (or a reload that restarts it) goes on after the last whole block
+    /// with a new section, cutting half a block a killed write left; a file
+    /// that is not such a capture is left alone and named. (A reload wiped
+    /// 3,000 copies this way in a new-user trial.)
+    #[test]
+    fn a_file_that_does_not_rotate_is_gone_on_with_never_written_over() {
+        let dir = Dir::new("goon");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let run = |seqs: std::ops::RangeInclusive<u8>| {
+            let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
+            for seq in seqs {
+                feed(&mut w, &q, 60, seq, t0);
+            }
+            w.finish(t0);
+        };
+        run(1..=2);
+        let first = size(&path);
+        assert_eq!(first, head_len() + 2 * EPB60);
+        run(3..=4);
+        assert_eq!(size(&path), 2 * (head_len() + 2 * EPB60), "two sections");
+        assert_eq!(seqs(&path), [1, 2, 3, 4]);
+        // Half a block at the end (a write cut short): cut, then gone on.
+        let mut bytes = std::fs::read(&path).expect("read");
+        let whole = bytes.len();
+        bytes.extend_from_slice(&[6, 0, 0, 0, 80, 0, 0, 0, 1, 2]);
+        std::fs::write(&path, &bytes).expect("write");
+        run(5..=5);
+        assert_eq!(size(&path), whole as u64 + head_len() + EPB60);
+        assert_eq!(seqs(&path), [1, 2, 3, 4, 5]);
+        // Not a capture: left alone, and the start says why.
+        let other = dir.0.join("notes.pcapng");
+        std::fs::write(&other, b"not a capture").expect("write");
+        let e = check_goes_on(&other).expect_err("refused");
+        assert!(e.to_string().contains("never writes over a file"), "{e}");
+        assert_eq!(std::fs::read(&other).expect("read"), b"not a capture");
+        assert!(check_goes_on(&path).is_ok());
+        assert!(check_goes_on(&dir.0.join("none.pcapng")).is_ok());
     }
 
     #[test]
