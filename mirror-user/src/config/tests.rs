@@ -362,6 +362,16 @@ fn target_and_session_option_errors_name_the_field() {
             "100% would leave no room to write anything",
         ),
         (
+            "min_free = \"5%\"",
+            "min_free = \"99.95%\"",
+            "99.95% rounds to 100%",
+        ),
+        (
+            "min_free = \"5%\"",
+            "min_free = \"0.04%\"",
+            "0.04% rounds to 0%, which is off",
+        ),
+        (
             "members = [\"ids0\", \"vx\"]",
             "members = [\"ids0\", \"ids0\"]",
             "member `ids0` is listed twice",

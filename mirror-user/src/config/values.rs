@@ -26,7 +26,22 @@ pub fn parse_min_free(text: &str) -> Result<MinFree, String> {
                     .into(),
             );
         }
-        return Ok(MinFree::Permille((v * 10.0).round() as u32));
+        // Kept in tenths of a percent: a value that rounds to 100% or to
+        // 0% (off) is not what was written.
+        let permille = (v * 10.0).round() as u32;
+        if permille >= 1000 {
+            return Err(format!(
+                "{v}% rounds to 100% (percentages count in tenths), which would leave no room \
+                 to write anything"
+            ));
+        }
+        if permille == 0 && v > 0.0 {
+            return Err(format!(
+                "{v}% rounds to 0%, which is off (percentages count in tenths): write at least \
+                 0.1%, or a size"
+            ));
+        }
+        return Ok(MinFree::Permille(permille));
     }
     parse_size(text).map(MinFree::Bytes)
 }
