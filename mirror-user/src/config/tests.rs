@@ -1121,6 +1121,7 @@ fn session_and_target_edges_the_mutants_found_unguarded() {
         ),
         (pcap("path = \"\""), "does not name a file"),
         (pcap("path = \"/\""), "does not name a file"),
+        (pcap("path = \"/tmp/x.pcapng/\""), "does not name a file"),
         (
             pcap("path = \"/tmp/x.pcapng\"\nrotate_size = \"4095\""),
             "rotate_size = \"4095\" is below the minimum of 4096 bytes",
@@ -1991,6 +1992,11 @@ fn two_pcapng_targets_may_not_write_one_file_or_into_ones_rotation() {
             "target[2].path: target `b` writes a file named like the rotated files of target `a`",
         ),
         (
+            "path = \"/tmp/no-such-dir/x/../d.pcapng\"",
+            "path = \"/tmp/no-such-dir/d.pcapng\"",
+            "target[2].path: target `b` writes the same file as target `a`",
+        ),
+        (
             "path = \"/tmp/d-0000042.pcapng\"",
             "path = \"/tmp/d.pcapng\"\nrotate_size = \"1MiB\"",
             "target[1].path: target `a` writes a file named like the rotated files of target `b`",
@@ -2010,6 +2016,11 @@ fn two_pcapng_targets_may_not_write_one_file_or_into_ones_rotation() {
         (
             "path = \"/tmp/d.pcapng\"\nrotate_size = \"1MiB\"",
             "path = \"/tmp/d-1.pcapng\"\nrotate_size = \"1MiB\"",
+        ),
+        // b rotates: it writes d-000001-NNNNNN.pcapng, never a's names.
+        (
+            "path = \"/tmp/d.pcapng\"\nrotate_size = \"1MiB\"",
+            "path = \"/tmp/d-000001.pcapng\"\nrotate_size = \"1MiB\"",
         ),
     ] {
         assert!(

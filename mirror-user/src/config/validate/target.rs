@@ -297,7 +297,8 @@ impl Validator<'_> {
             return None;
         };
         let p = PathBuf::from(path.get_ref());
-        if path.get_ref().is_empty() || p.file_name().is_none() {
+        // (`Path` takes "d.pcapng/" for the file d.pcapng; opening it fails.)
+        if path.get_ref().is_empty() || p.file_name().is_none() || path.get_ref().ends_with('/') {
             self.error(
                 path.span(),
                 format!("path = \"{}\" does not name a file", path.get_ref()),
@@ -448,8 +449,13 @@ impl Validator<'_> {
                 if a_dir != b_dir {
                     continue;
                 }
-                let named_like = |rot: &PcapngSpec, file: &std::ffi::OsStr| {
-                    rot.rotates() && rotated_number(&rot.path, Path::new(file)).is_some()
+                // `writer`'s own path is a file it writes when it does not
+                // rotate (a rotating one writes only numbered names, which
+                // never match another stem's).
+                let named_like = |rot: &PcapngSpec, writer: &PcapngSpec, file: &std::ffi::OsStr| {
+                    rot.rotates()
+                        && !writer.rotates()
+                        && rotated_number(&rot.path, Path::new(file)).is_some()
                 };
                 let (at, why) = if a_name == b_name {
                     let why = format!(
@@ -459,8 +465,8 @@ impl Validator<'_> {
                         name(i)
                     );
                     (j, why)
-                } else if named_like(a, &b_name) || named_like(b, &a_name) {
-                    let (rot, other) = if named_like(a, &b_name) {
+                } else if named_like(a, b, &b_name) || named_like(b, a, &a_name) {
+                    let (rot, other) = if named_like(a, b, &b_name) {
                         (i, j)
                     } else {
                         (j, i)
@@ -578,8 +584,38 @@ fn place(p: &Path) -> (PathBuf, std::ffi::OsString) {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let dir = std::fs::canonicalize(&dir)
-        .or_else(|_| std::path::absolute(&dir))
-        .unwrap_or(dir);
-    (dir, p.file_name().unwrap_or_default().to_os_string())
+    (
+        resolved(&dir),
+        p.file_name().unwrap_or_default().to_os_string(),
+    )
+}
+
+/// `dir` made absolute with `.` and `..` taken lexically, then its deepest
+/// existing ancestor with symbolic links resolved (the rest is not there
+/// yet).
+fn resolved(dir: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut lexical = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::CurDir => {}
+            c => lexical.push(c),
+        }
+    }
+    let mut base = lexical;
+    let mut rest = Vec::new();
+    while std::fs::canonicalize(&base).is_err() {
+        let Some(name) = base.file_name().map(|n| n.to_os_string()) else {
+            break;
+        };
+        rest.push(name);
+        base.pop();
+    }
+    let mut out = std::fs::canonicalize(&base).unwrap_or(base);
+    out.extend(rest.iter().rev());
+    out
 }
