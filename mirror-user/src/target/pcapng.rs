@@ -242,6 +242,8 @@ struct Files {
     deleted: (u64, u64),
     /// Whether writing is held back (`min_free`, a full disk), for the log.
     hold: Hold,
+    /// The last edge of `rotate_interval` a file was closed at (Unix ns).
+    reached_edge: u64,
     /// The wall clock at a monotonic instant, nanoseconds since the Unix
     /// epoch: where `rotate_interval`'s edges fall. The system's clock read
     /// when asked; tests pin it to their instants.
@@ -251,13 +253,20 @@ struct Files {
 /// Unix time (ns) at a monotonic instant.
 type WallClock = Box<dyn Fn(Instant) -> u64 + Send>;
 
-/// The system's wall clock, read when asked (the instant is the caller's
-/// "now", a moment ago).
-fn system_wall(_: Instant) -> u64 {
+/// The system's wall clock at `at` (the caller's "now", a moment ago: an
+/// edge reckoned from it falls on the edge, not that moment early).
+fn system_wall(at: Instant) -> u64 {
+    let since = Instant::now().saturating_duration_since(at);
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+        .map_or(0, |d| d.saturating_sub(since).as_nanos() as u64)
 }
+
+/// How long after an edge of `rotate_interval` the writer closes a file no
+/// copy stamped after the edge has closed yet: copies stamped before it may
+/// still be on their way to the writer. (A copy stamped at or after the
+/// edge starts the next file itself.)
+const EDGE_GRACE: Duration = FLUSH_EVERY;
 
 /// From `wall_ns` (Unix time) to the next multiple of `every` after it: a
 /// file opened on an edge runs a whole interval.
@@ -269,8 +278,9 @@ fn until_edge(wall_ns: u64, every: Duration) -> Duration {
 struct Current {
     path: PathBuf,
     file: File,
-    /// When `rotate_interval`'s next edge comes: the file closes then.
-    rotate_at: Option<Instant>,
+    /// `rotate_interval`'s next edge: Unix time (ns), and the instant a
+    /// [`EDGE_GRACE`] after it.
+    edge: Option<(u64, Instant)>,
     /// Bytes of whole blocks in the file.
     committed: u64,
     /// The header blocks are in the file.
@@ -308,6 +318,7 @@ impl Files {
             reaper: Reaper::default(),
             deleted: (0, 0),
             hold: Hold::default(),
+            reached_edge: 0,
             wall: Box::new(system_wall),
         }
     }
@@ -362,14 +373,11 @@ impl Files {
         } else {
             go_on_after_whole_blocks(&mut file, &path).map_err(io_err)?
         };
-        let rotate_at = self
-            .spec
-            .rotate_interval
-            .map(|every| now + until_edge((self.wall)(now), every));
+        let edge = self.next_edge(now);
         self.current = Some(Current {
             path,
             file,
-            rotate_at,
+            edge,
             committed,
             has_header: false,
             packets: 0,
@@ -378,6 +386,19 @@ impl Files {
             self.prune();
         }
         Ok(())
+    }
+
+    /// `rotate_interval`'s first edge after `now`: Unix time (ns), and the
+    /// instant [`EDGE_GRACE`] after it.
+    /// Never an edge already reached: a copy stamped a moment ahead of the
+    /// wall clock must not find the next file with the same edge.
+    fn next_edge(&self, now: Instant) -> Option<(u64, Instant)> {
+        let every = self.spec.rotate_interval?;
+        let wall = (self.wall)(now);
+        let from = wall.max(self.reached_edge);
+        let edge = from + until_edge(from, every).as_nanos() as u64;
+        let until = Duration::from_nanos(edge.saturating_sub(wall));
+        Some((edge, now + until + EDGE_GRACE))
     }
 
     /// Deletes the oldest closed files beyond `keep` (which counts the file
@@ -1057,6 +1078,13 @@ impl<'q> Writer<'q> {
     /// One copy from the queue, at `now`.
     fn take(&mut self, p: Packet, now: Instant) {
         let q = self.q;
+        // A copy stamped at or after the file's edge starts the next file:
+        // files split where the copies' own time stamps cross the edge.
+        if let Some((edge, _)) = self.files.current.as_ref().and_then(|c| c.edge) {
+            if p.tstamp_ns >= edge {
+                self.at_edge(now);
+            }
+        }
         if let (Some(limit), Some(cur)) = (self.files.file_limit(), self.files.current.as_ref()) {
             let next = cur.committed + self.blocks.len() as u64 + Blocks::epb_len(&p) as u64;
             if next > limit && cur.packets + self.blocks.packets > 0 {
@@ -1096,10 +1124,9 @@ impl<'q> Writer<'q> {
             self.flush(now);
             self.last_flush = now;
         }
-        if let Some(at) = self.files.current.as_ref().and_then(|c| c.rotate_at) {
+        if let Some((_, at)) = self.files.current.as_ref().and_then(|c| c.edge) {
             if now >= at {
-                self.flush(now);
-                self.rotate(now);
+                self.at_edge(now);
             }
         }
         // Copies in the buffer are still on their way: `queued` in stats.
@@ -1126,6 +1153,26 @@ impl<'q> Writer<'q> {
         }
         self.q.in_flight.store(0, Ordering::Relaxed);
         self.publish_deleted();
+    }
+
+    /// At `rotate_interval`'s edge: the file closes and the next begins,
+    /// unless it holds no copy (idle, or writing held back): then it stays
+    /// open for the next interval, which leaves no header-only file and no
+    /// gap in the numbers.
+    fn at_edge(&mut self, now: Instant) {
+        if let Some((edge, _)) = self.files.current.as_ref().and_then(|c| c.edge) {
+            self.files.reached_edge = self.files.reached_edge.max(edge);
+        }
+        self.flush(now);
+        self.last_flush = now;
+        if self.files.current.as_ref().is_some_and(|c| c.packets > 0) {
+            self.rotate(now);
+        } else {
+            let edge = self.files.next_edge(now);
+            if let Some(cur) = self.files.current.as_mut() {
+                cur.edge = edge;
+            }
+        }
     }
 
     fn rotate(&mut self, now: Instant) {
@@ -2225,54 +2272,85 @@ mod tests {
     }
 
     #[test]
-    fn rotate_interval_cuts_files_at_the_wall_clocks_edges_and_idle_files_go() {
+    fn rotate_interval_cuts_files_at_the_wall_clocks_edges_and_idle_files_stay_open() {
         let dir = Dir::new("rint");
         let path = dir.0.join("c.pcapng");
         let q = queue();
         let t0 = Instant::now();
         let min = Duration::from_secs(60);
+        let ns = Duration::from_nanos(1);
         let mut s = spec(&path);
         s.rotate_interval = Some(min);
-        // Started 20 s past a minute: the first file ends at the minute.
+        // Started 20 s past a minute: the first file ends at the minute
+        // (closed EDGE_GRACE later, when no copy stamped past it came).
         let mut w = writer_at(s, &q, t0, ON_THE_HOUR + 20_000_000_000);
         let edge = t0 + Duration::from_secs(40);
         feed(&mut w, &q, 60, 1, t0);
-        w.tick(edge - Duration::from_nanos(1));
+        w.tick(edge + EDGE_GRACE - ns);
         assert_eq!(
             listing(&path),
             [(1, head_len() + EPB60)],
             "written, not rotated"
         );
-        w.tick(edge);
+        w.tick(edge + EDGE_GRACE);
         assert_eq!(listing(&path), [(1, head_len() + EPB60), (2, head_len())]);
         // The second file runs from edge to edge: a whole minute.
         let t1 = edge;
         feed(&mut w, &q, 60, 2, t1 + Duration::from_secs(1));
-        w.tick(t1 + min - Duration::from_nanos(1));
+        w.tick(t1 + min + EDGE_GRACE - ns);
         assert_eq!(
             listing(&path),
             [(1, head_len() + EPB60), (2, head_len() + EPB60)]
         );
-        w.tick(t1 + min);
-        // A minute without a copy: the third file holds only its header and
-        // goes when the fourth opens.
-        w.tick(t1 + 2 * min);
-        w.finish(t1 + 2 * min);
+        w.tick(t1 + min + EDGE_GRACE);
+        // A minute without a copy: the third file holds none at its edge and
+        // stays open for the next (no header-only file, no gap).
+        w.tick(t1 + 2 * min + EDGE_GRACE);
+        w.finish(t1 + 2 * min + EDGE_GRACE);
         assert_eq!(
             listing(&path),
             [
                 (1, head_len() + EPB60),
                 (2, head_len() + EPB60),
-                (4, head_len())
+                (3, head_len())
             ]
         );
         assert_eq!(seqs(&numbered(&path, 2)), [2]);
         assert_eq!(sent(&q), (2, 120));
     }
 
-    /// A file opened between two edges (cut by `rotate_size`, or by a
-    /// writer that saw an edge late) still ends at the next edge: files
-    /// never span one.
+    /// Files split where the copies' own time stamps cross the edge: a copy
+    /// stamped at the edge starts the next file even before the writer's
+    /// clock says so, one stamped a moment before stays in the file.
+    #[test]
+    fn a_copy_stamped_at_the_edge_starts_the_next_file() {
+        let dir = Dir::new("rstamp");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut s = spec(&path);
+        s.rotate_interval = Some(Duration::from_secs(60));
+        let mut w = writer_at(s, &q, t0, ON_THE_HOUR);
+        let edge_ns = ON_THE_HOUR + 60_000_000_000;
+        let stamped = |w: &mut Writer<'_>, seq: u8, ts: u64| {
+            let p = packet(&q, 60, seq, |f| f.tstamp_ns = ts);
+            w.take(p, t0 + Duration::from_secs(59));
+        };
+        stamped(&mut w, 1, edge_ns - 1);
+        stamped(&mut w, 2, edge_ns);
+        // Ahead of the wall clock (59 s): the new file's edge is the next one.
+        stamped(&mut w, 3, edge_ns + 1);
+        w.finish(t0 + Duration::from_secs(59));
+        assert_eq!(
+            listing(&path),
+            [(1, head_len() + EPB60), (2, head_len() + 2 * EPB60)]
+        );
+        assert_eq!(seqs(&numbered(&path, 2)), [2, 3]);
+    }
+
+    /// A file opened between two edges (cut by `rotate_size`, or after an
+    /// edge the writer saw late) still ends at the next edge: files never
+    /// span one.
     #[test]
     fn a_file_started_between_edges_ends_at_the_next_edge() {
         let dir = Dir::new("redge");
@@ -2281,6 +2359,7 @@ mod tests {
         let t0 = Instant::now();
         let min = Duration::from_secs(60);
         let sec = Duration::from_secs(1);
+        let ns = Duration::from_nanos(1);
         let mut s = spec(&path);
         s.rotate_interval = Some(min);
         s.rotate_size = Some(head_len() + 2 * EPB60);
@@ -2289,24 +2368,29 @@ mod tests {
         for seq in 1..=3 {
             feed(&mut w, &q, 60, seq, t0 + 10 * sec);
         }
-        w.tick(t0 + min - Duration::from_nanos(1));
+        w.tick(t0 + min + EDGE_GRACE - ns);
         let two = head_len() + 2 * EPB60;
         let one = head_len() + EPB60;
         assert_eq!(listing(&path), [(1, two), (2, one)], "cut by size at 10 s");
-        w.tick(t0 + min);
+        w.tick(t0 + min + EDGE_GRACE);
         assert_eq!(
             listing(&path),
             [(1, two), (2, one), (3, head_len())],
             "file 2 ends at the edge, 50 s after it opened"
         );
-        // Looked 30 s past the next edge: one new file, ending at the edge after.
+        // Looked 30 s past the next edge: file 3 holds nothing and stays;
+        // its edge is the one after (180 s).
         w.tick(t0 + 150 * sec);
-        w.tick(t0 + 180 * sec - Duration::from_nanos(1));
-        assert_eq!(listing(&path), [(1, two), (2, one), (4, head_len())]);
-        w.tick(t0 + 180 * sec);
-        w.finish(t0 + 180 * sec);
-        assert_eq!(listing(&path), [(1, two), (2, one), (5, head_len())]);
-        assert_eq!(sent(&q).0, 3);
+        feed(&mut w, &q, 60, 4, t0 + 160 * sec);
+        w.tick(t0 + 180 * sec + EDGE_GRACE - ns);
+        assert_eq!(listing(&path), [(1, two), (2, one), (3, one)]);
+        w.tick(t0 + 180 * sec + EDGE_GRACE);
+        w.finish(t0 + 180 * sec + EDGE_GRACE);
+        assert_eq!(
+            listing(&path),
+            [(1, two), (2, one), (3, one), (4, head_len())]
+        );
+        assert_eq!(sent(&q).0, 4);
     }
 
     #[test]
