@@ -244,6 +244,8 @@ struct Files {
     hold: Hold,
     /// The last edge of `rotate_interval` a file was closed at (Unix ns).
     reached_edge: u64,
+    /// Closed files known to hold packets (the rest of `old` is read once).
+    with_packets: std::collections::HashSet<PathBuf>,
     /// The wall clock at a monotonic instant, nanoseconds since the Unix
     /// epoch: where `rotate_interval`'s edges fall. The system's clock read
     /// when asked; tests pin it to their instants.
@@ -319,6 +321,7 @@ impl Files {
             deleted: (0, 0),
             hold: Hold::default(),
             reached_edge: 0,
+            with_packets: std::collections::HashSet::new(),
             wall: Box::new(system_wall),
         }
     }
@@ -349,6 +352,9 @@ impl Files {
         if let Some(closed) = self.current.take() {
             self.seq += 1;
             if self.spec.rotates() {
+                if closed.packets > 0 {
+                    self.with_packets.insert(closed.path.clone());
+                }
                 self.old.push_back((closed.path, closed.committed));
             }
         }
@@ -407,8 +413,19 @@ impl Files {
     /// interval) are removed first and never count: they cannot push a
     /// capture with data out.
     fn prune(&mut self) {
+        // Each file is read for this once at most: those known to hold
+        // packets are not read again at every rotation (with thousands of
+        // small files that took the writer long enough to drop copies).
+        let known = &mut self.with_packets;
         self.old.retain(|(p, _)| {
-            holds_packets(p) || remove(p, "a capture file that holds no packet") == Unlinked::Failed
+            if known.contains(p) {
+                return true;
+            }
+            if holds_packets(p) {
+                known.insert(p.clone());
+                return true;
+            }
+            remove(p, "a capture file that holds no packet") == Unlinked::Failed
         });
         if let Some(keep) = self.spec.keep {
             while self.old.len() + 1 > keep as usize {
@@ -469,7 +486,9 @@ impl Files {
         if let Ok(file) = held {
             self.reaper.close(file, *len);
         }
-        self.old.pop_front();
+        if let Some((path, _)) = self.old.pop_front() {
+            self.with_packets.remove(&path);
+        }
         true
     }
 }
@@ -1969,6 +1988,30 @@ mod tests {
         let left: Vec<u64> = rotated_files(&path).iter().map(|f| f.0).collect();
         assert_eq!(left, [4, 5]);
         assert_eq!(files.old.len(), 1);
+    }
+
+    /// A closed file is read (does it hold packets?) once, not at every
+    /// rotation: rewritten header-only behind the writer's back after that
+    /// first look, it still counts as the capture it was.
+    #[test]
+    fn old_files_are_read_for_packets_once() {
+        let dir = Dir::new("readonce");
+        let path = dir.0.join("cap.pcapng");
+        for seq in 1..=3 {
+            std::fs::write(numbered(&path, seq), capture_bytes(1)).expect("write");
+        }
+        let mut s = spec(&path);
+        s.rotate_size = Some(1 << 20);
+        let mut files = Files::new(s, one_source());
+        files.open_next(Instant::now()).expect("open");
+        std::fs::write(numbered(&path, 2), capture_bytes(0)).expect("rewrite");
+        files.open_next(Instant::now()).expect("open");
+        let left: Vec<u64> = rotated_files(&path).iter().map(|f| f.0).collect();
+        assert_eq!(
+            left,
+            [1, 2, 3, 5],
+            "file 4 (no packet) went, file 2 was not read again"
+        );
     }
 
     /// A file system without `O_TMPFILE` (procfs) is asked with
