@@ -364,20 +364,22 @@ impl Files {
             path: path.clone(),
             source,
         };
+        // The file of a target that does not rotate is never written over:
+        // a start, or a reload that restarts the target, goes on after its
+        // last whole block with a section of its own. (A FIFO or a device
+        // is only written to: see check_goes_on.)
+        let keeps = !rotates && std::fs::metadata(&path).map_or(true, |m| m.is_file());
         let mut file = OpenOptions::new()
             .create(true)
-            .read(true)
+            .read(keeps)
             .write(true)
             .truncate(rotates)
             .open(&path)
             .map_err(io_err)?;
-        // The file of a target that does not rotate is never written over:
-        // a start, or a reload that restarts the target, goes on after its
-        // last whole block with a section of its own.
-        let committed = if rotates {
-            0
-        } else {
+        let committed = if keeps {
             go_on_after_whole_blocks(&mut file, &path).map_err(io_err)?
+        } else {
+            0
         };
         let edge = self.next_edge(now);
         self.current = Some(Current {
@@ -651,8 +653,11 @@ pub fn rotated_number(path: &Path, name: &Path) -> Option<u64> {
 /// a target that does not rotate can go on writing (at the start, so that
 /// one that is not fails it, named, rather than each write).
 fn check_goes_on(path: &Path) -> io::Result<()> {
-    match File::open(path) {
-        Ok(mut f) if f.metadata()?.len() > 0 => starts_a_capture(&mut f),
+    // Only a regular file holds a capture to keep: a FIFO or a device
+    // (a reader on the other end, /dev/null) is only written to, and
+    // opening a FIFO to read would wait for a writer.
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && m.len() > 0 => starts_a_capture(&mut File::open(path)?),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
