@@ -422,6 +422,11 @@ fn target_and_session_option_errors_name_the_field() {
         e.iter().any(|l| l.contains("`keep` needs rotation")),
         "{e:?}"
     );
+    assert!(
+        e.iter()
+            .any(|l| l.contains("`max_total_size` needs rotation")),
+        "both keys are named: {e:?}"
+    );
 }
 
 #[test]
@@ -1657,6 +1662,17 @@ fn every_bad_key_of_a_pcapng_target_and_a_session_is_reported() {
         "flow_cutoff_idle = \"never\"",
         "vni = -1 is out of range",
     ] {
+        assert!(
+            e.iter().any(|l| l.contains(want)),
+            "want `{want}` in {e:#?}"
+        );
+    }
+    // A bad path does not hide the target's other keys.
+    let e = errors(&GOOD.replace(
+        "[[session]]",
+        "[[target]]\nname = \"cap\"\nkind = \"pcapng\"\npath = \"\"\nmin_free = \"150%\"\n\n[[session]]",
+    ));
+    for want in ["does not name a file", "min_free = \"150%\""] {
         assert!(
             e.iter().any(|l| l.contains(want)),
             "want `{want}` in {e:#?}"

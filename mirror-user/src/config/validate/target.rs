@@ -286,25 +286,32 @@ impl Validator<'_> {
     }
 
     pub(super) fn pcapng(&mut self, t: &RawTarget) -> Option<PcapngSpec> {
-        let Some(path) = &t.path else {
-            self.error(
-                t.kind.span(),
-                format!(
-                    "target `{}` of kind = \"pcapng\" needs `path` (the file to write)",
-                    t.name.get_ref()
-                ),
-            );
-            return None;
+        // A bad path refuses the target after the other keys are checked.
+        let p = match &t.path {
+            None => {
+                self.error(
+                    t.kind.span(),
+                    format!(
+                        "target `{}` of kind = \"pcapng\" needs `path` (the file to write)",
+                        t.name.get_ref()
+                    ),
+                );
+                None
+            }
+            // (`Path` takes "d.pcapng/" for the file d.pcapng; opening it fails.)
+            Some(path)
+                if path.get_ref().is_empty()
+                    || PathBuf::from(path.get_ref()).file_name().is_none()
+                    || path.get_ref().ends_with('/') =>
+            {
+                self.error(
+                    path.span(),
+                    format!("path = \"{}\" does not name a file", path.get_ref()),
+                );
+                None
+            }
+            Some(path) => Some(PathBuf::from(path.get_ref())),
         };
-        let p = PathBuf::from(path.get_ref());
-        // (`Path` takes "d.pcapng/" for the file d.pcapng; opening it fails.)
-        if path.get_ref().is_empty() || p.file_name().is_none() || path.get_ref().ends_with('/') {
-            self.error(
-                path.span(),
-                format!("path = \"{}\" does not name a file", path.get_ref()),
-            );
-            return None;
-        }
         let size = |v: &mut Self,
                     x: &Option<Spanned<String>>,
                     key: &str,
@@ -360,8 +367,21 @@ impl Validator<'_> {
                 }
             },
         };
-        let (Ok(rotate_size), Ok(max_total_size), Some(rotate_interval), Ok(keep), Ok(min_free)) =
-            (rotate_size, max_total_size, rotate_interval, keep, min_free)
+        let (
+            Some(p),
+            Ok(rotate_size),
+            Ok(max_total_size),
+            Some(rotate_interval),
+            Ok(keep),
+            Ok(min_free),
+        ) = (
+            p,
+            rotate_size,
+            max_total_size,
+            rotate_interval,
+            keep,
+            min_free,
+        )
         else {
             return None;
         };
@@ -407,6 +427,7 @@ impl Validator<'_> {
             max_total_size,
             min_free,
         };
+        let mut ok = true;
         if !spec.rotates() {
             for (key, x) in [
                 ("keep", t.keep.as_ref().map(|k| k.span())),
@@ -420,11 +441,11 @@ impl Validator<'_> {
                         span,
                         format!("`{key}` needs rotation: add rotate_size and/or rotate_interval"),
                     );
-                    return None;
+                    ok = false;
                 }
             }
         }
-        Some(spec)
+        ok.then_some(spec)
     }
 
     /// No two pcapng targets write one file, nor a file the other's
