@@ -21,10 +21,10 @@
 //!   `rotate_size`, and at each multiple of `rotate_interval` since the Unix
 //!   epoch (wall clock, UTC: `1h` files start on the hour, `1d` at 00:00
 //!   UTC; the first file ends at the first such edge). Then the oldest
-//!   rotated files are deleted until at most `keep` remain. A deleted file's space is handed back by another thread
-//!   (freeing a 256 MiB file takes tmpfs 60-280 ms, long enough for a full
-//!   queue at line rate); until then its bytes still count against
-//!   `max_total_size`.
+//!   rotated files are deleted until at most `keep` remain. A deleted
+//!   file's space is handed back by another thread (freeing a 256 MiB file
+//!   takes tmpfs 60-280 ms, long enough for a full queue at line rate);
+//!   until then its bytes still count against `max_total_size`.
 //! - `max_total_size` counts every file of the target, the one being written
 //!   included, at every moment: before each write the oldest files are deleted
 //!   until the write fits (the file being written never is), and a file is
@@ -217,7 +217,8 @@ fn can_create_in(dir: &Path) -> io::Result<()> {
     }
 }
 
-fn parent(path: &Path) -> PathBuf {
+/// The directory of `path` (`.` for a bare file name).
+pub(crate) fn parent(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -669,12 +670,9 @@ fn check_goes_on(path: &Path) -> io::Result<()> {
 /// left alone.
 fn starts_a_capture(file: &mut File) -> io::Result<()> {
     use std::io::Read;
-    const SHB: u32 = 0x0A0D_0D0A;
-    const BYTE_ORDER: u32 = 0x1A2B_3C4D;
     let mut head = [0u8; 12];
     let read = file.read_exact(&mut head).is_ok();
-    let word = |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
-    if read && word(0) == SHB && word(8) == BYTE_ORDER {
+    if read && le32(&head, 0) == SHB_TYPE && le32(&head, 8) == BYTE_ORDER_MAGIC {
         return Ok(());
     }
     Err(io::Error::other(
@@ -690,7 +688,6 @@ fn starts_a_capture(file: &mut File) -> io::Result<()> {
 /// block as this writer writes them (little-endian) is left alone: an error.
 fn go_on_after_whole_blocks(file: &mut File, path: &Path) -> io::Result<u64> {
     use std::io::{Read, Seek, SeekFrom};
-    let word = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     let size = file.metadata()?.len();
     if size == 0 {
         return Ok(0);
@@ -703,11 +700,11 @@ fn go_on_after_whole_blocks(file: &mut File, path: &Path) -> io::Result<u64> {
     let mut end = 0;
     file.seek(SeekFrom::End(-4))?;
     file.read_exact(&mut tail[..4])?;
-    let last = u64::from(word(&tail, 0));
+    let last = u64::from(le32(&tail, 0));
     if last >= 12 && last % 4 == 0 && last <= size {
         file.seek(SeekFrom::Start(size - last))?;
         file.read_exact(&mut tail)?;
-        if u64::from(word(&tail, 4)) == last {
+        if u64::from(le32(&tail, 4)) == last {
             end = size;
         }
     }
@@ -716,7 +713,7 @@ fn go_on_after_whole_blocks(file: &mut File, path: &Path) -> io::Result<u64> {
         let mut r = io::BufReader::with_capacity(1 << 16, &*file);
         let mut block = [0u8; 8];
         while end + 8 <= size && r.read_exact(&mut block).is_ok() {
-            let len = u64::from(word(&block, 4));
+            let len = u64::from(le32(&block, 4));
             if len < 12 || len % 4 != 0 || end + len > size {
                 break;
             }
@@ -738,10 +735,8 @@ fn go_on_after_whole_blocks(file: &mut File, path: &Path) -> io::Result<u64> {
 /// or more are taken to (no header is that long), as are files this reader
 /// does not understand: only a file that is surely empty counts as empty.
 fn holds_packets(path: &Path) -> bool {
-    const ENHANCED: u32 = 6;
     const SIMPLE: u32 = 3;
     const OBSOLETE: u32 = 2;
-    const SECTION: u32 = 0x0a0d_0d0a;
     let Ok(meta) = std::fs::metadata(path) else {
         return true;
     };
@@ -762,11 +757,11 @@ fn holds_packets(path: &Path) -> bool {
     let mut at = 0;
     let mut big_endian = false;
     while at + 12 <= b.len() {
-        if word(at, false) == SECTION {
+        if word(at, false) == SHB_TYPE {
             // The byte-order magic after the length says how to read the rest.
             big_endian = b[at + 8..at + 12] == [0x1a, 0x2b, 0x3c, 0x4d];
         }
-        if matches!(word(at, big_endian), ENHANCED | SIMPLE | OBSOLETE) {
+        if matches!(word(at, big_endian), EPB_TYPE | SIMPLE | OBSOLETE) {
             return true;
         }
         let len = word(at + 4, big_endian) as usize;
@@ -812,6 +807,15 @@ fn header_blocks(interfaces: &Interfaces) -> Vec<u8> {
 
 /// Block type of an enhanced packet block.
 const EPB_TYPE: u32 = 6;
+/// Block type of a section header block (the same in either byte order).
+const SHB_TYPE: u32 = 0x0A0D_0D0A;
+/// A section header's byte-order magic, as read in the byte order it set.
+const BYTE_ORDER_MAGIC: u32 = 0x1A2B_3C4D;
+
+/// The little-endian word at `at` of `b` (this writer's byte order).
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
 /// `epb_flags` option: code 2, 4 bytes.
 const EPB_FLAGS: u16 = 2;
 

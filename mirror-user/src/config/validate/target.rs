@@ -14,7 +14,7 @@ use crate::config::model::{
 };
 use crate::config::raw::{RawTarget, RawTargetGroup, TargetKind, ZeroCopy};
 use crate::config::values::{parse_min_free, parse_size, valid_ifname};
-use crate::target::pcapng::rotated_number;
+use crate::target::pcapng::{parent, rotated_number};
 
 /// A target key: its name, where it is written (if it is), and the kinds it applies to.
 type KindKey<'a> = (&'a str, Option<Range<usize>>, &'a [TargetKind]);
@@ -454,19 +454,20 @@ impl Validator<'_> {
     /// the oldest files named like its own (`STEM-NNNNNN.EXT`). `targets`
     /// are `raw`'s, in order.
     pub(super) fn pcapng_paths(&mut self, raw: &[Spanned<RawTarget>], targets: &[Target]) {
-        let files: Vec<(usize, &PcapngSpec)> = targets
+        // Each with its place (directory resolved once, file name).
+        let files: Vec<_> = targets
             .iter()
             .enumerate()
             .filter_map(|(i, t)| match &t.spec {
-                TargetSpec::Pcapng(p) => Some((i, p)),
+                TargetSpec::Pcapng(p) => Some((i, p, place(&p.path))),
                 _ => None,
             })
             .collect();
         let name = |i: usize| raw[i].get_ref().name.get_ref().clone();
-        for (k, &(j, b)) in files.iter().enumerate() {
-            let (b_dir, b_name) = place(&b.path);
-            for &(i, a) in &files[..k] {
-                let (a_dir, a_name) = place(&a.path);
+        for (k, (j, b, (b_dir, b_name))) in files.iter().enumerate() {
+            let (j, b) = (*j, *b);
+            for (i, a, (a_dir, a_name)) in &files[..k] {
+                let (i, a) = (*i, *a);
                 if a_dir != b_dir {
                     continue;
                 }
@@ -486,8 +487,8 @@ impl Validator<'_> {
                         name(i)
                     );
                     (j, why)
-                } else if named_like(a, b, &b_name) || named_like(b, a, &a_name) {
-                    let (rot, other) = if named_like(a, b, &b_name) {
+                } else if named_like(a, b, b_name) || named_like(b, a, a_name) {
+                    let (rot, other) = if named_like(a, b, b_name) {
                         (i, j)
                     } else {
                         (j, i)
@@ -601,12 +602,8 @@ impl Validator<'_> {
 /// Where a capture file is, to compare two: its directory made absolute
 /// (with symbolic links resolved when it exists), and its name.
 fn place(p: &Path) -> (PathBuf, std::ffi::OsString) {
-    let dir = match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     (
-        resolved(&dir),
+        resolved(&parent(p)),
         p.file_name().unwrap_or_default().to_os_string(),
     )
 }
