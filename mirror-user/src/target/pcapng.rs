@@ -2758,6 +2758,45 @@ mod tests {
         assert!(check_goes_on(&dir.0.join("none.pcapng")).is_ok());
     }
 
+    /// A cut tail is cut away whatever its first bytes say: half a large
+    /// block (longer than the new section written over it), a block header
+    /// of 8 bytes (less than a block takes) or of a length not a multiple
+    /// of 4. What follows the last whole block is the new section alone.
+    #[test]
+    fn a_cut_tail_is_cut_away_whatever_its_length_says() {
+        let block =
+            |words: &[u32]| -> Vec<u8> { words.iter().flat_map(|w| w.to_le_bytes()).collect() };
+        let unknown = 0x0bad;
+        let mut half_a_block = block(&[EPB_TYPE, EPB1500 as u32]);
+        half_a_block.resize(1000, 7);
+        let cases: [(&str, Vec<u8>); 3] = [
+            ("half a 1,544-byte block", half_a_block),
+            ("a block of 8 bytes", block(&[unknown, 8])),
+            (
+                "a block of 14 bytes",
+                [block(&[unknown, 14, 0]), vec![0, 0]].concat(),
+            ),
+        ];
+        let q = queue();
+        let t0 = Instant::now();
+        for (i, (what, tail)) in cases.iter().enumerate() {
+            let dir = Dir::new(&format!("cut{i}"));
+            let path = dir.0.join("c.pcapng");
+            let run = |seq: u8| {
+                let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
+                feed(&mut w, &q, 60, seq, t0);
+                w.finish(t0);
+            };
+            run(1);
+            let mut bytes = std::fs::read(&path).expect("read");
+            bytes.extend_from_slice(tail);
+            std::fs::write(&path, &bytes).expect("write");
+            run(2);
+            assert_eq!(size(&path), 2 * (head_len() + EPB60), "{what}");
+            assert_eq!(seqs(&path), [1, 2], "{what}");
+        }
+    }
+
     #[test]
     fn the_log_says_held_back_once_and_again_after_a_second_of_writes() {
         let t0 = Instant::now();
