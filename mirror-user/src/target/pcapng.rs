@@ -2797,6 +2797,23 @@ mod tests {
         }
     }
 
+    /// An empty file at the path (created, then the daemon killed before
+    /// its header) is a capture to go on with from its start.
+    #[test]
+    fn an_empty_file_is_gone_on_with_from_its_start() {
+        let dir = Dir::new("goon-empty");
+        let path = dir.0.join("c.pcapng");
+        std::fs::write(&path, b"").expect("touch");
+        check_goes_on(&path).expect("an empty file is gone on with");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
+        feed(&mut w, &q, 60, 1, t0);
+        w.finish(t0);
+        assert_eq!(size(&path), head_len() + EPB60);
+        assert_eq!(seqs(&path), [1]);
+    }
+
     #[test]
     fn the_log_says_held_back_once_and_again_after_a_second_of_writes() {
         let t0 = Instant::now();
