@@ -2814,6 +2814,41 @@ mod tests {
         assert_eq!(seqs(&path), [1]);
     }
 
+    /// A big-endian capture (another tool's) is not one this writer goes
+    /// on with: its lengths read little-endian would cut it to nothing. It
+    /// is left alone, at the start and when the file is opened.
+    #[test]
+    fn a_big_endian_capture_is_left_alone() {
+        let shb = SectionHeaderBlock {
+            endianness: Endianness::Big,
+            ..Default::default()
+        };
+        let mut bw = PcapNgWriter::with_section_header(Vec::new(), shb).expect("memory");
+        bw.write_pcapng_block(InterfaceDescriptionBlock {
+            linktype: DataLink::ETHERNET,
+            snaplen: 0,
+            options: vec![],
+        })
+        .expect("memory");
+        bw.write_pcapng_block(EnhancedPacketBlock {
+            interface_id: 0,
+            timestamp: Duration::from_nanos(1),
+            original_len: 60,
+            data: Cow::Owned(vec![1; 60]),
+            options: vec![],
+        })
+        .expect("memory");
+        let big = bw.into_inner();
+        let dir = Dir::new("goon-big");
+        let path = dir.0.join("c.pcapng");
+        std::fs::write(&path, &big).expect("write");
+        let e = check_goes_on(&path).expect_err("refused");
+        assert!(e.to_string().contains("never writes over a file"), "{e}");
+        let mut files = Files::new(spec(&path), one_source());
+        assert!(files.open_next(Instant::now()).is_err());
+        assert_eq!(std::fs::read(&path).expect("read"), big, "left alone");
+    }
+
     #[test]
     fn the_log_says_held_back_once_and_again_after_a_second_of_writes() {
         let t0 = Instant::now();
