@@ -2849,6 +2849,37 @@ mod tests {
         assert_eq!(std::fs::read(&path).expect("read"), big, "left alone");
     }
 
+    /// A FIFO is only written to, as before a target went on with its
+    /// file: opened write-only (waiting for a reader), so that a reader
+    /// that goes away fails the next write, counted `disk_full`, rather
+    /// than the writer filling a pipe it holds the read end of itself.
+    #[test]
+    fn a_fifo_is_only_written_to() {
+        use std::io::Read;
+        let dir = Dir::new("fifo");
+        let path = dir.0.join("c.pcapng");
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+        // Safety: `c` is a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        // A reader that takes the header and goes away.
+        let p = path.clone();
+        let reader = std::thread::spawn(move || {
+            let mut f = File::open(&p).expect("open the read end");
+            let mut head = vec![0u8; head_len() as usize];
+            f.read_exact(&mut head).expect("the header");
+            head
+        });
+        let q = queue();
+        let t0 = Instant::now();
+        let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
+        let head = reader.join().expect("reader");
+        assert_eq!(head, header_blocks(&one_source()));
+        feed(&mut w, &q, 60, 1, t0);
+        w.finish(t0);
+        assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 1, "nobody reads");
+        assert_eq!(sent(&q), (0, 0));
+    }
+
     #[test]
     fn the_log_says_held_back_once_and_again_after_a_second_of_writes() {
         let t0 = Instant::now();
