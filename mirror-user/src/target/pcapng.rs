@@ -1946,6 +1946,19 @@ mod tests {
         }
     }
 
+    /// A file that ends in a piece shorter than a block header (a write
+    /// cut short) is one this reader does not understand: kept.
+    #[test]
+    fn a_file_ending_in_less_than_a_block_header_is_kept() {
+        let dir = Dir::new("shortend");
+        let p = dir.0.join("f");
+        for cut in [4, 8] {
+            let piece = [EPB_TYPE.to_le_bytes(), (EPB60 as u32).to_le_bytes()].concat();
+            std::fs::write(&p, [capture_bytes(0), piece[..cut].to_vec()].concat()).expect("write");
+            assert!(holds_packets(&p), "{cut} bytes after the header");
+        }
+    }
+
     /// A copy whose block fits the budget but not with the header blocks
     /// in front of it is too big: a file of its own would pass the budget.
     #[test]
