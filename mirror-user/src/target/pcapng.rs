@@ -2336,6 +2336,29 @@ mod tests {
         );
     }
 
+    /// The system's wall clock is read at the instant asked for, not at
+    /// the call: an instant 10 s ago reads 10 s ago (a stale "now" must
+    /// not put an edge late, or past the one that was next then).
+    #[test]
+    fn the_system_wall_clock_is_read_at_the_instant_asked() {
+        let unix = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+        };
+        let ago = Duration::from_secs(10);
+        // Read in this order, a slow machine only widens the window.
+        let before = unix();
+        let at = Instant::now().checked_sub(ago).expect("up 10 s");
+        let got = Duration::from_nanos(system_wall(at));
+        let after = unix();
+        let slack = Duration::from_millis(100);
+        assert!(
+            got + ago + slack >= before && got + ago <= after + slack,
+            "{got:?} read at {before:?}..{after:?}"
+        );
+    }
+
     #[test]
     fn rotate_interval_cuts_files_at_the_wall_clocks_edges_and_idle_files_stay_open() {
         let dir = Dir::new("rint");
