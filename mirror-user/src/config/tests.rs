@@ -2047,6 +2047,49 @@ fn two_pcapng_targets_may_not_write_one_file_or_into_ones_rotation() {
     }
 }
 
+/// A directory reached through a symbolic link is the directory it links
+/// to: two targets writing one file by two names of its directory are
+/// refused, also for a directory not made yet under the link.
+#[test]
+fn two_pcapng_targets_writing_one_file_through_a_symlink_are_refused() {
+    let dir = std::env::temp_dir().join(format!("mirror-cfg-link-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("real")).expect("temp dir");
+    std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).expect("symlink");
+    let two = |a: &str, b: &str| {
+        GOOD.replace(
+            "[[session]]",
+            &format!(
+                "[[target]]\nname = \"a\"\nkind = \"pcapng\"\npath = \"{}\"\n\n\
+                 [[target]]\nname = \"b\"\nkind = \"pcapng\"\npath = \"{}\"\n\n[[session]]",
+                dir.join(a).display(),
+                dir.join(b).display()
+            ),
+        )
+    };
+    let got: Vec<_> = [
+        ("real/d.pcapng", "link/d.pcapng"),
+        ("real/sub/d.pcapng", "link/sub/d.pcapng"),
+    ]
+    .into_iter()
+    .map(|(a, b)| {
+        (
+            a,
+            b,
+            parse(&two(a, b), "t.toml").err().map(|e| e.to_string()),
+        )
+    })
+    .collect();
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    for (a, b, e) in got {
+        let e = e.unwrap_or_else(|| panic!("{a} / {b}: accepted"));
+        assert!(
+            e.contains("target `b` writes the same file as target `a`"),
+            "{a} / {b}: {e}"
+        );
+    }
+}
+
 /// Errors name windows by their place in the file, also after a window
 /// that was refused (which takes no place among the checked ones).
 #[test]
