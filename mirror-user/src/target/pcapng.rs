@@ -2436,6 +2436,35 @@ mod tests {
         assert_eq!(seqs(&numbered(&path, 2)), [2, 3]);
     }
 
+    /// A file opened at an edge the copies reached ahead of the writer's
+    /// clock ends at its own edge by the wall clock, a whole interval after
+    /// the one reached, not an interval after the moment it opened.
+    #[test]
+    fn a_file_opened_ahead_of_the_wall_clock_ends_at_its_edge() {
+        let dir = Dir::new("rahead");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let (sec, ns) = (Duration::from_secs(1), Duration::from_nanos(1));
+        let mut s = spec(&path);
+        s.rotate_interval = Some(60 * sec);
+        let mut w = writer_at(s, &q, t0, ON_THE_HOUR);
+        let stamped = |w: &mut Writer<'_>, seq: u8, ts: u64| {
+            let p = packet(&q, 60, seq, |f| f.tstamp_ns = ts);
+            w.take(p, t0 + 59 * sec);
+        };
+        stamped(&mut w, 1, ON_THE_HOUR + 1);
+        // Stamped at the 60 s edge while the wall clock reads 59 s: file 2
+        // opens, and ends at 120 s.
+        stamped(&mut w, 2, ON_THE_HOUR + 60_000_000_000);
+        let one = head_len() + EPB60;
+        w.tick(t0 + 120 * sec + EDGE_GRACE - ns);
+        assert_eq!(listing(&path), [(1, one), (2, one)]);
+        w.tick(t0 + 120 * sec + EDGE_GRACE);
+        w.finish(t0 + 120 * sec + EDGE_GRACE);
+        assert_eq!(listing(&path), [(1, one), (2, one), (3, head_len())]);
+    }
+
     /// A file opened between two edges (cut by `rotate_size`, or after an
     /// edge the writer saw late) still ends at the next edge: files never
     /// span one.
