@@ -3059,6 +3059,30 @@ mod tests {
         assert_eq!(sent(&q), (2, 120));
     }
 
+    /// Held back (`min_free`) in a file with no packet yet, a copy too
+    /// big to join it still starts no new file: the one there is left
+    /// empty behind, and its number a gap.
+    #[test]
+    fn below_min_free_a_file_without_packets_is_not_rotated_either() {
+        let dir = Dir::new("minfree-rot0");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut s = spec(&path);
+        s.rotate_size = Some(head_len() + 2 * EPB60);
+        s.min_free = Some(MinFree::Bytes(u64::MAX));
+        let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        feed(&mut w, &q, 60, 1, t0);
+        feed(&mut w, &q, 1500, 2, t0);
+        w.tick(t0 + FLUSH_EVERY);
+        assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 2);
+        w.files.spec.min_free = None;
+        feed(&mut w, &q, 60, 3, t0 + FLUSH_EVERY);
+        w.finish(t0 + FLUSH_EVERY);
+        assert_eq!(listing(&path), [(1, head_len() + EPB60)]);
+        assert_eq!(seqs(&numbered(&path, 1)), [3]);
+    }
+
     #[test]
     fn without_a_file_copies_are_counted_disk_full_until_one_opens() {
         let dir = Dir::new("nofile");
