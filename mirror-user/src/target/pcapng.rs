@@ -431,6 +431,9 @@ impl Files {
             remove(p, "a capture file that holds no packet") == Unlinked::Failed
         });
         if let Some(keep) = self.spec.keep {
+            if self.old.len() + 1 > keep as usize {
+                self.forget_gone();
+            }
             while self.old.len() + 1 > keep as usize {
                 if !self.delete_oldest("keep") {
                     break;
@@ -450,6 +453,9 @@ impl Files {
         let Some(max) = self.spec.max_total_size else {
             return true;
         };
+        if current + self.old.iter().map(|(_, len)| len).sum::<u64>() > max {
+            self.forget_gone();
+        }
         loop {
             let total = current + self.old.iter().map(|(_, len)| len).sum::<u64>();
             if total <= max {
@@ -464,6 +470,29 @@ impl Files {
             self.reaper.wait();
         }
         true
+    }
+
+    /// Before a file is deleted to hold `keep` or `max_total_size`: forgets
+    /// the closed files someone else moved away or deleted, and takes the
+    /// others' sizes as they are now. Counted as they were, files moved out
+    /// (kept as evidence, say) would have the writer delete real captures
+    /// early: gone files counting against `keep`, their bytes against the
+    /// budget. One `stat` per closed file, only when a deletion is due.
+    fn forget_gone(&mut self) {
+        let known = &mut self.with_packets;
+        self.old.retain_mut(|(path, len)| match std::fs::symlink_metadata(&*path) {
+            Ok(m) => {
+                *len = m.len();
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::info!(file = %path.display(), "an old capture file is gone (moved or deleted by someone else): no longer counted");
+                known.remove(&*path);
+                false
+            }
+            // Cannot tell: counted as before.
+            Err(_) => true,
+        });
     }
 
     /// Deletes the oldest closed file to hold `why` (`keep`,
@@ -1840,6 +1869,64 @@ mod tests {
         std::fs::remove_dir_all(&dir).expect("cleanup");
         assert_eq!(left, vec![2, 3, 4, 5, 6]);
         assert_eq!(files.deleted, (0, 0));
+    }
+
+    /// Files someone moved out of the directory (kept as evidence) no
+    /// longer count against `keep` or `max_total_size`: counted, they had
+    /// the writer delete a real capture early.
+    #[test]
+    fn files_moved_away_no_longer_count_against_keep_or_the_budget() {
+        let dir = std::env::temp_dir().join(format!("mirror-moved-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("cap.pcapng");
+        let one = capture_bytes(1).len() as u64;
+        let spec = |keep, max_total_size| PcapngSpec {
+            path: path.clone(),
+            rotate_size: Some(1 << 20),
+            rotate_interval: None,
+            keep,
+            max_total_size,
+            min_free: None,
+        };
+        let left = || -> Vec<u64> { rotated_files(&path).iter().map(|f| f.0).collect() };
+        // keep = 4: files 1-3 and the one being written (4).
+        for seq in 1..=3 {
+            std::fs::write(numbered(&path, seq), capture_bytes(1)).expect("write");
+        }
+        let mut files = Files::new(spec(Some(4), None), one_source());
+        files.open_next(Instant::now()).expect("open 4");
+        std::fs::write(numbered(&path, 4), capture_bytes(1)).expect("write");
+        files.current.as_mut().expect("current").packets = 1;
+        for seq in [2, 3] {
+            std::fs::rename(numbered(&path, seq), dir.join(format!("evidence-{seq}")))
+                .expect("move");
+        }
+        // 5 opens: 1, 4 and 5 are three files, under keep; 1 stays.
+        files.open_next(Instant::now()).expect("open 5");
+        assert_eq!(left(), vec![1, 4, 5]);
+        assert_eq!(files.deleted, (0, 0));
+        drop(files);
+        for f in std::fs::read_dir(&dir).expect("dir") {
+            std::fs::remove_file(f.expect("entry").path()).expect("empty");
+        }
+        // A budget of three files: 1 and 2 closed, 3 being written.
+        for seq in 1..=2 {
+            std::fs::write(numbered(&path, seq), capture_bytes(1)).expect("write");
+        }
+        let mut files = Files::new(spec(None, Some(3 * one)), one_source());
+        files.open_next(Instant::now()).expect("open 3");
+        std::fs::rename(numbered(&path, 2), dir.join("evidence-2")).expect("move");
+        // File 3 about to hold two files' bytes: 1 and 3 fit, 1 stays.
+        assert!(files.make_room(2 * one));
+        assert_eq!(left(), vec![1, 3]);
+        assert_eq!(files.deleted, (0, 0));
+        // And what is still there counts: 3 grows by one more, 1 goes.
+        assert!(files.make_room(3 * one));
+        assert_eq!(left(), vec![3]);
+        assert_eq!(files.deleted, (1, one));
+        drop(files);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]
