@@ -304,6 +304,11 @@ impl Files {
         } else {
             0
         };
+        // The newest is the one a run killed in a write left: cut back to
+        // its last whole block, as a file that does not rotate is.
+        if let Some((_, newest)) = found.last() {
+            cut_half_a_block(newest);
+        }
         let old = found
             .into_iter()
             .map(|(_, p)| {
@@ -676,6 +681,24 @@ pub fn rotated_number(path: &Path, name: &Path) -> Option<u64> {
         num.parse::<u64>().ok()
     } else {
         None
+    }
+}
+
+/// Cuts the capture file at `path` back to its last whole block when it
+/// ends in half of one (a daemon killed in a write; logged). A file that is
+/// not a regular file, is empty, or is not a capture as this writer writes
+/// them is left alone.
+fn cut_half_a_block(path: &Path) {
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0) {
+        return;
+    }
+    let cut = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .and_then(|mut f| go_on_after_whole_blocks(&mut f, path));
+    if let Err(e) = cut {
+        tracing::debug!(file = %path.display(), error = %e, "not checked for half a block");
     }
 }
 
@@ -2947,6 +2970,53 @@ mod tests {
             assert_eq!(size(&path), 2 * (head_len() + EPB60), "{what}");
             assert_eq!(seqs(&path), [1, 2], "{what}");
         }
+    }
+
+    /// A rotating target's newest file, which a run killed in a write left
+    /// ending in half a block, is cut back to its last whole block at the
+    /// next start (readers then take it whole); older files and files that
+    /// are not captures are left as they are.
+    #[test]
+    fn the_newest_rotated_file_is_cut_back_to_whole_blocks_at_the_start() {
+        let dir = Dir::new("torn");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let rotating = || PcapngSpec {
+            rotate_size: Some(1 << 20),
+            ..spec(&path)
+        };
+        let run = |seqs: std::ops::RangeInclusive<u8>| {
+            let mut w = Writer::new(Files::new(rotating(), one_source()), &q, t0);
+            for seq in seqs {
+                feed(&mut w, &q, 60, seq, t0);
+            }
+            w.finish(t0);
+        };
+        run(1..=2);
+        let torn = |seq: u64, tail: &[u8]| {
+            let f = numbered(&path, seq);
+            let mut bytes = std::fs::read(&f).expect("read");
+            bytes.extend_from_slice(tail);
+            std::fs::write(&f, &bytes).expect("write");
+        };
+        let whole = head_len() + 2 * EPB60;
+        torn(1, &[6, 0, 0, 0, 80, 0, 0, 0, 1, 2]);
+        run(3..=3);
+        assert_eq!(size(&numbered(&path, 1)), whole, "cut back");
+        assert_eq!(seqs(&numbered(&path, 1)), [1, 2]);
+        assert_eq!(seqs(&numbered(&path, 2)), [3]);
+        // Only the newest is read: an older torn file (from before this
+        // check) stays as it is, as does a newest file that is no capture.
+        torn(1, &[6, 0, 0, 0]);
+        std::fs::write(numbered(&path, 3), b"not a capture at all").expect("write");
+        run(4..=4);
+        assert_eq!(size(&numbered(&path, 1)), whole + 4);
+        assert_eq!(
+            std::fs::read(numbered(&path, 3)).expect("read"),
+            b"not a capture at all"
+        );
+        assert_eq!(seqs(&numbered(&path, 4)), [4]);
     }
 
     /// An empty file at the path (created, then the daemon killed before
