@@ -345,6 +345,7 @@ impl Files {
         }
     }
 
+    /// The path of the next file to open (`seq` is the number it takes).
     fn next_path(&self) -> PathBuf {
         if self.spec.rotates() {
             numbered(&self.spec.path, self.seq)
@@ -353,17 +354,10 @@ impl Files {
         }
     }
 
-    /// Closes the current file (if any) and starts the next one, at `now`.
+    /// Starts the next file at `now`, then closes the current one (if
+    /// any): when the next cannot be opened, the current stays open, to be
+    /// written on past its limit rather than lose copies.
     fn open_next(&mut self, now: Instant) -> Result<(), PcapngError> {
-        if let Some(closed) = self.current.take() {
-            self.seq += 1;
-            if self.spec.rotates() {
-                if closed.packets > 0 {
-                    self.with_packets.insert(closed.path.clone());
-                }
-                self.old.push_back((closed.path, closed.committed));
-            }
-        }
         let path = self.next_path();
         let rotates = self.spec.rotates();
         let io_err = |source| PcapngError::Io {
@@ -387,6 +381,15 @@ impl Files {
         } else {
             0
         };
+        if let Some(closed) = self.current.take() {
+            if rotates {
+                if closed.packets > 0 {
+                    self.with_packets.insert(closed.path.clone());
+                }
+                self.old.push_back((closed.path, closed.committed));
+            }
+        }
+        self.seq += 1;
         let edge = self.next_edge(now);
         self.current = Some(Current {
             path,
@@ -487,7 +490,9 @@ impl Files {
         let known = &mut self.with_packets;
         self.old.retain_mut(|(path, len)| match std::fs::symlink_metadata(&*path) {
             Ok(m) => {
-                *len = m.len();
+                if m.is_file() {
+                    *len = m.len();
+                }
                 true
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -1125,6 +1130,8 @@ struct Writer<'q> {
     /// written: the queue's slots beyond its `queue_size` ([`held_slots`]),
     /// so that `queue_size` copies still fit in it during the write.
     max_held: usize,
+    /// After the next file could not be opened: not tried again before.
+    retry_open: Option<Instant>,
 }
 
 impl<'q> Writer<'q> {
@@ -1141,6 +1148,7 @@ impl<'q> Writer<'q> {
             last_flush: now,
             // The queue has `queue_size + held_slots(queue_size)` slots.
             max_held: (q.capacity() / 5).max(1),
+            retry_open: None,
         };
         w.write_header(now);
         w
@@ -1247,23 +1255,34 @@ impl<'q> Writer<'q> {
         self.last_flush = now;
         if self.files.current.as_ref().is_some_and(|c| c.packets > 0) {
             self.rotate(now);
-        } else {
-            let edge = self.files.next_edge(now);
-            if let Some(cur) = self.files.current.as_mut() {
-                cur.edge = edge;
+        }
+        // Still the file of the edge reached (idle, or the next could not
+        // be opened): it runs on to the next edge.
+        let reached = self.files.reached_edge;
+        let next = self.files.next_edge(now);
+        if let Some(cur) = self.files.current.as_mut() {
+            if cur.edge.is_some_and(|(edge, _)| edge <= reached) {
+                cur.edge = next;
             }
         }
     }
 
+    /// Starts the next file. When it cannot be opened (logged) the current
+    /// one stays open and is written on, past its limit, rather than lose
+    /// copies; the next is tried again at a rotation point a second later.
     fn rotate(&mut self, now: Instant) {
+        if self.retry_open.is_some_and(|at| now < at) {
+            return;
+        }
         match self.files.open_next(now) {
             Ok(()) => {
+                self.retry_open = None;
                 self.blocks.restart(&self.files.head, self.q);
                 self.write_header(now);
             }
             Err(e) => {
-                // Keep writing the old file; try again at the next rotation point.
-                tracing::warn!(error = %e, "opening the next capture file failed");
+                self.retry_open = Some(now + RETRY_OPEN);
+                tracing::warn!(error = %e, "opening the next capture file failed; writing on in the current one");
             }
         }
     }
@@ -1272,6 +1291,9 @@ impl<'q> Writer<'q> {
         flush(&mut self.files, &mut self.blocks, self.q, now);
     }
 }
+
+/// How long after a failed opening of the next file the writer tries again.
+const RETRY_OPEN: Duration = Duration::from_secs(1);
 
 /// Why the block of `p` cannot be written within `max_total_size`, if so:
 /// `too_big` when it does not fit even in a file of its own, `disk_full`
@@ -2820,26 +2842,61 @@ mod tests {
         let mut s = spec(&dir.0.join("c.pcapng"));
         s.max_total_size = Some(1000);
         let mut files = Files::new(s, one_source());
-        // Files someone else already deleted: gone, nothing to hold.
         files.old = [("a", 400), ("b", 500)]
             .into_iter()
-            .map(|(n, len)| (dir.0.join(n), len))
+            .map(|(n, len)| {
+                let p = dir.0.join(n);
+                File::create(&p).and_then(|f| f.set_len(len)).expect("file");
+                (p, len)
+            })
             .collect();
         assert!(files.make_room(100));
         assert_eq!(files.old.len(), 2, "400 + 500 + 100 fit 1,000");
         assert!(files.make_room(101));
         assert_eq!(files.old, [(dir.0.join("b"), 500)]);
+        assert_eq!(files.deleted, (1, 400));
         assert!(files.make_room(500));
         assert_eq!(files.old.len(), 1);
         assert!(!files.make_room(1001));
         assert!(files.old.is_empty());
         assert!(files.make_room(0));
-        assert_eq!(files.deleted, (0, 0), "only what the target deleted counts");
+        assert_eq!(files.deleted, (2, 900));
         // No budget: nothing is deleted.
         files.spec.max_total_size = None;
         files.old.push_back((dir.0.join("c"), u64::MAX / 2));
         assert!(files.make_room(u64::MAX / 2));
         assert_eq!(files.old.len(), 1);
+    }
+
+    /// When the next file cannot be opened (here a directory has its
+    /// name), the current one is written on past `rotate_size` rather than
+    /// lose copies; the next is tried again a second later, and then taken.
+    #[test]
+    fn a_next_file_that_cannot_be_opened_leaves_the_current_one_written_on() {
+        let dir = Dir::new("noopen");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut s = spec(&path);
+        s.rotate_size = Some(head_len() + EPB60);
+        let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        std::fs::create_dir(numbered(&path, 2)).expect("mkdir");
+        for seq in 1..=3 {
+            feed(&mut w, &q, 60, seq, t0);
+        }
+        w.flush(t0);
+        assert_eq!(seqs(&numbered(&path, 1)), [1, 2, 3]);
+        assert_eq!(sent(&q).0, 3);
+        assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 0);
+        // Not tried again within the second; then the way is clear.
+        std::fs::remove_dir(numbered(&path, 2)).expect("rmdir");
+        feed(&mut w, &q, 60, 4, t0 + Duration::from_millis(900));
+        assert!(!numbered(&path, 2).exists(), "tried again too soon");
+        feed(&mut w, &q, 60, 5, t0 + RETRY_OPEN);
+        w.finish(t0 + RETRY_OPEN);
+        assert_eq!(seqs(&numbered(&path, 1)), [1, 2, 3, 4]);
+        assert_eq!(seqs(&numbered(&path, 2)), [5]);
+        assert_eq!(sent(&q).0, 5);
     }
 
     /// A file may take the whole budget, to the byte.
