@@ -185,6 +185,10 @@ pub struct TargetQueue {
     /// Copies the sender holds (taken from the queue, not yet completed).
     pub in_flight: AtomicU64,
     up: AtomicBool,
+    /// The target takes copies but cannot deliver them now (a pcapng
+    /// target whose writing is held back): down in its stats, while copies
+    /// are still offered to it.
+    held: AtomicBool,
     /// Largest frame the target carries (an interface target's follows its
     /// MTU: [`TargetQueue::set_max_len`]).
     max_len: AtomicUsize,
@@ -278,6 +282,7 @@ impl TargetQueue {
             counters: TargetCounters::default(),
             in_flight: AtomicU64::new(0),
             up: AtomicBool::new(true),
+            held: AtomicBool::new(false),
             max_len: AtomicUsize::new(max_len),
             slot_len: max_len,
             oversize,
@@ -445,6 +450,12 @@ impl TargetQueue {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// See `held`: the copies it takes meanwhile are counted where they
+    /// end (a pcapng target: `disk_full`).
+    pub(crate) fn set_held(&self, held: bool) {
+        self.held.store(held, Ordering::Relaxed);
+    }
+
     /// Called once by the sender: where to read kernel-side send errors.
     pub(crate) fn set_kernel_send_errors(&self, f: Box<dyn Fn() -> u64 + Send + Sync>) {
         let _ = self.kernel_send_errors.set(f);
@@ -466,7 +477,7 @@ impl TargetQueue {
             .collect();
         TargetStats {
             kind: self.kind.to_string(),
-            up: self.is_up(),
+            up: self.is_up() && !self.held.load(Ordering::Relaxed),
             enqueued: c.enqueued.load(Ordering::Relaxed),
             sent_packets: c.sent_packets.load(Ordering::Relaxed),
             sent_bytes: c.sent_bytes.load(Ordering::Relaxed),

@@ -1331,6 +1331,12 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
         }
     }
     let Some(cur) = files.current.as_mut() else {
+        if blocks.packets > 0 && files.hold.held_back(q) {
+            tracing::warn!(
+                "writing held back: no capture file could be opened; copies are counted \
+                 disk_full until one is"
+            );
+        }
         q.counters.drop(TargetDrop::DiskFull, blocks.packets);
         blocks.clear_packets(q);
         return;
@@ -1339,7 +1345,7 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
     // bytes that make the file one readers take.
     if let Some(min) = files.spec.min_free.filter(|_| blocks.packets > 0) {
         if below_min_free(&cur.path, min, blocks.len() as u64) {
-            if files.hold.begin() {
+            if files.hold.held_back(q) {
                 tracing::warn!(
                     file = %cur.path.display(),
                     "writing held back: the write would leave less free than min_free; copies \
@@ -1363,6 +1369,7 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
                 .sent_bytes
                 .fetch_add(blocks.bytes, Ordering::Relaxed);
             if blocks.packets > 0 && files.hold.wrote(now) {
+                q.set_held(false);
                 tracing::info!(
                     file = %cur.path.display(),
                     "writing again: every write has gone through for a second"
@@ -1380,7 +1387,7 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
             let _ = std::io::Seek::seek(&mut cur.file, io::SeekFrom::Start(cur.committed));
             if e.raw_os_error() != Some(libc::ENOSPC) && e.raw_os_error() != Some(libc::EDQUOT) {
                 tracing::warn!(file = %cur.path.display(), error = %e, "writing the capture file failed");
-            } else if files.hold.begin() {
+            } else if files.hold.held_back(q) {
                 tracing::warn!(
                     file = %cur.path.display(),
                     error = %e,
@@ -1410,6 +1417,17 @@ struct Hold {
 
 impl Hold {
     const RESUMED: Duration = Duration::from_secs(1);
+
+    /// Writing is held back (`min_free`, a full disk, no file open): the
+    /// target is down in `mirror stats` and metrics until writing has gone
+    /// on again for [`Hold::RESUMED`], as the log says. Whether to say so.
+    fn held_back(&mut self, q: &TargetQueue) -> bool {
+        let say = self.begin();
+        if say {
+            q.set_held(true);
+        }
+        say
+    }
 
     /// Writing is held back: whether to say so.
     fn begin(&mut self) -> bool {
@@ -3217,11 +3235,13 @@ mod tests {
         let mut s = spec(&path);
         s.min_free = Some(MinFree::Bytes(u64::MAX));
         let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        assert!(q.snapshot().up, "the header blocks went out");
         for seq in 1..=3 {
             feed(&mut w, &q, 60, seq, t0);
         }
         w.tick(t0 + FLUSH_EVERY);
         assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 3);
+        assert!(!q.snapshot().up, "held back: down in stats and metrics");
         assert_eq!(
             q.in_flight.load(Ordering::Relaxed),
             0,
@@ -3242,6 +3262,13 @@ mod tests {
         w.finish(t0 + FLUSH_EVERY);
         assert_eq!(seqs(&path), [5]);
         assert_eq!(sent(&q), (1, 60));
+        // Up again once writes have gone through for a second, as the log
+        // says writing goes on again.
+        assert!(!q.snapshot().up);
+        let later = t0 + FLUSH_EVERY + Hold::RESUMED;
+        feed(&mut w, &q, 60, 6, later);
+        w.finish(later);
+        assert!(q.snapshot().up, "writing again");
     }
 
     /// Copies held back by `min_free` start no new file: the file is not
