@@ -1633,6 +1633,37 @@ fn flow_cutoff_errors_name_the_key_and_the_accepted_values() {
     }
 }
 
+/// A bad `keep` does not hide a `rotate_size` over half the budget, nor a
+/// budget too small for two files.
+#[test]
+fn a_bad_keep_does_not_hide_the_budget_against_the_file_size() {
+    for (sizes, want) in [
+        (
+            "rotate_size = \"1MiB\"\nmax_total_size = \"1MiB\"",
+            "rotate_size = \"1MiB\" is more than half of max_total_size",
+        ),
+        (
+            "rotate_size = \"4KiB\"\nmax_total_size = \"4KiB\"",
+            "max_total_size = \"4KiB\" holds less than two files",
+        ),
+    ] {
+        let text = GOOD.replace(
+            "[[session]]",
+            &format!(
+                "[[target]]\nname = \"cap\"\nkind = \"pcapng\"\npath = \"/tmp/x.pcapng\"\n\
+                 {sizes}\nkeep = 1\n\n[[session]]"
+            ),
+        );
+        let e = errors(&text);
+        for want in [want, "keep = 1 keeps only the file being written"] {
+            assert!(
+                e.iter().any(|l| l.contains(want)),
+                "want `{want}` in {e:#?}"
+            );
+        }
+    }
+}
+
 /// One run of `check` reports every bad key of a pcapng target and of a
 /// session, not the first of each.
 #[test]
@@ -1653,7 +1684,7 @@ fn every_bad_key_of_a_pcapng_target_and_a_session_is_reported() {
     for want in [
         "rotate_size = \"1\" is below the minimum",
         "max_total_size = \"1\" is below the minimum",
-        "keep = 0 is out of range",
+        "keep = 0 is out of range: accepted values are 2 to 1000000",
         "min_free = \"150%\"",
         "rotate_interval = \"soon\"",
         "sample = 0 is out of range",

@@ -343,19 +343,19 @@ impl Validator<'_> {
         let rotate_interval = self.rotate_interval(t.rotate_interval.as_ref());
         let keep = match &t.keep {
             None => Ok(None),
-            Some(k) => match self.int_in::<u32>(k, 1..=1_000_000, "keep") {
-                Some(1) => {
-                    // As for a budget of less than two files.
-                    self.error(
-                        k.span(),
-                        "keep = 1 keeps only the file being written: each rotation would delete \
-                         the whole record kept so far; keep at least 2",
-                    );
-                    Err(())
-                }
-                Some(n) => Ok(Some(n)),
-                None => Err(()),
-            },
+            Some(k) if *k.get_ref() == 1 => {
+                // As for a budget of less than two files.
+                self.error(
+                    k.span(),
+                    "keep = 1 keeps only the file being written: each rotation would delete \
+                     the whole record kept so far; accepted values are 2 to 1000000",
+                );
+                Err(())
+            }
+            Some(k) => self
+                .int_in::<u32>(k, 2..=1_000_000, "keep")
+                .map(Some)
+                .ok_or(()),
         };
         let min_free = match &t.min_free {
             None => Ok(None),
@@ -367,6 +367,43 @@ impl Validator<'_> {
                 }
             },
         };
+        // The budget against the file size, whatever else is wrong (a bad
+        // `keep` does not hide it).
+        let mut budget_ok = true;
+        if let (Ok(Some(r)), Ok(Some(m)), Some(x), Some(budget)) = (
+            &rotate_size,
+            &max_total_size,
+            &t.rotate_size,
+            &t.max_total_size,
+        ) {
+            let (r, m) = (*r, *m);
+            if m / 2 < 4096 {
+                self.error(
+                    budget.span(),
+                    format!(
+                        "max_total_size = \"{}\" holds less than two files of the smallest \
+                         rotate_size (4096 bytes): make it at least 8192 bytes",
+                        budget.get_ref(),
+                    ),
+                );
+                budget_ok = false;
+            } else if r > m / 2 {
+                self.error(
+                    x.span(),
+                    format!(
+                        "rotate_size = \"{}\" is more than half of max_total_size = \"{}\": \
+                         the budget would hold less than two files, and each rotation would \
+                         delete the record kept so far; make rotate_size at most half of the \
+                         budget ({} bytes; a quarter or less keeps at least three quarters of \
+                         it on disk)",
+                        x.get_ref(),
+                        budget.get_ref(),
+                        m / 2
+                    ),
+                );
+                budget_ok = false;
+            }
+        }
         let (
             Some(p),
             Ok(rotate_size),
@@ -385,39 +422,8 @@ impl Validator<'_> {
         else {
             return None;
         };
-        if let (Some(r), Some(m), Some(x), Some(budget)) = (
-            rotate_size,
-            max_total_size,
-            &t.rotate_size,
-            &t.max_total_size,
-        ) {
-            if m / 2 < 4096 {
-                self.error(
-                    budget.span(),
-                    format!(
-                        "max_total_size = \"{}\" holds less than two files of the smallest \
-                         rotate_size (4096 bytes): make it at least 8192 bytes",
-                        budget.get_ref(),
-                    ),
-                );
-                return None;
-            }
-            if r > m / 2 {
-                self.error(
-                    x.span(),
-                    format!(
-                        "rotate_size = \"{}\" is more than half of max_total_size = \"{}\": \
-                         the budget would hold less than two files, and each rotation would \
-                         delete the record kept so far; make rotate_size at most half of the \
-                         budget ({} bytes; a quarter or less keeps at least three quarters of \
-                         it on disk)",
-                        x.get_ref(),
-                        budget.get_ref(),
-                        m / 2
-                    ),
-                );
-                return None;
-            }
+        if !budget_ok {
+            return None;
         }
         let spec = PcapngSpec {
             path: p,
