@@ -400,8 +400,16 @@ fn pin(tid: i32, cpu: usize) -> Result<()> {
 /// kernel re-creates them when XDP is attached or detached, so call this
 /// after each change. Returns how many were pinned.
 pub fn pin_napi_threads(dev: &str, cpu: usize) -> Result<usize> {
+    Ok(napi_threads(dev)?
+        .into_iter()
+        .filter(|&pid| pin(pid, cpu).is_ok())
+        .count())
+}
+
+/// The NAPI kernel threads of `dev` (`napi/<dev>-<id>`, threaded NAPI).
+pub fn napi_threads(dev: &str) -> Result<Vec<i32>> {
     let prefix = format!("napi/{dev}-");
-    let mut n = 0;
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
         let entry = entry?;
         let Some(pid) = entry
@@ -412,14 +420,36 @@ pub fn pin_napi_threads(dev: &str, cpu: usize) -> Result<usize> {
             continue;
         };
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if !comm.trim_end().starts_with(&prefix) {
-            continue;
-        }
-        if pin(pid, cpu).is_ok() {
-            n += 1;
+        if comm.trim_end().starts_with(&prefix) {
+            found.push(pid);
         }
     }
-    Ok(n)
+    Ok(found)
+}
+
+/// CPU time so far, ns, of every thread of process `pid` and of every
+/// process below it (`/proc/<pid>/task/<tid>/schedstat`'s first field: the
+/// scheduler's own account, to the nanosecond, where `stat`'s ticks are 10
+/// ms). A thread or process gone meanwhile counts 0.
+pub fn tree_cpu_ns(pid: i32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let mut ns = 0;
+    for task in tasks.flatten() {
+        let path = task.path();
+        ns += std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let children = std::fs::read_to_string(path.join("children")).unwrap_or_default();
+        ns += children
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .map(tree_cpu_ns)
+            .sum::<u64>();
+    }
+    ns
 }
 
 /// (median, min, max) of the runs.
@@ -506,4 +536,47 @@ pub fn timestamp() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child that spins is counted with its parent, to the scheduler's
+    /// own account.
+    #[test]
+    fn a_process_trees_cpu_time_counts_its_children() {
+        /// Killed and reaped however the test ends.
+        struct Spinner(std::process::Child);
+        impl Drop for Spinner {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let me = std::process::id() as i32;
+        let before = tree_cpu_ns(me);
+        // A bounded spin (a few seconds at most), its own process: killed
+        // directly (a `timeout` in front would die and leave it spinning).
+        let _spinner = Spinner(
+            std::process::Command::new("sh")
+                .args(["-c", "i=0; while [ $i -lt 5000000 ]; do i=$((i+1)); done"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("sh"),
+        );
+        let start = Instant::now();
+        // The child has spun a while (on a busy machine it may wait its turn).
+        let spun = loop {
+            let now = tree_cpu_ns(me);
+            if now - before >= 100_000_000 || start.elapsed() > Duration::from_secs(4) {
+                break now - before;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(spun >= 100_000_000, "counted {spun} ns");
+        assert_eq!(tree_cpu_ns(i32::MAX), 0, "no such process");
+    }
 }

@@ -26,7 +26,10 @@
 //!     (the in-kernel ceiling for fan-out);
 //! 12. `mirror ×2` (kernel path): a session with two interface targets;
 //! 13. `tcpdump -w` to a tmpfs file, and 14. `mirror` with a pcapng target on
-//!     the same tmpfs: capture to a file, counted as frames written;
+//!     the same tmpfs: capture to a file, counted as frames written (and
+//!     `pcapng-copy`: the same target from a copy-mode source hooked at
+//!     tcx, where tcpdump's packet socket sees the frames: the ring
+//!     buffer path a live interface's capture takes);
 //! 15. `tc mirred` to a VXLAN device (`tcvxlan`): the same `u32` match-all on
 //!     feed0, `mirred egress mirror dev vx0`, a Linux `vxlan` device (VNI 42)
 //!     over tgt0 to 10.77.0.2: the kernel's own remote mirror, the peer of
@@ -122,7 +125,7 @@ pub struct Args {
     sizes: Vec<usize>,
     /// Only these cases (drop, tc, redirect, mirror, filtered, cut, ratelimit,
     /// group, userspace, shared, xskfwd, daemonlogger, pass, copy, broadcast,
-    /// mirror2, tcpdump, pcapng, and to a remote collector: tcvxlan, vxlan,
+    /// mirror2, tcpdump, pcapng, pcapng-copy, and to a remote collector: tcvxlan, vxlan,
     /// gre, erspan; copy mode while ns src routes the traffic: routed,
     /// routed-tc, routed-tcvx, routed-copy, routed-copyvx); default all.
     /// Ratios need their reference case in the run (the remote cases:
@@ -233,6 +236,9 @@ const ROUTED_NET: &str = "10.2.0.0/24";
 /// ingress, as a router's uplink is mirrored.
 const COPY_INGRESS: &str = "mode = \"copy\"\ndirection = \"ingress\"";
 
+/// `pcapng-copy`'s source: copy mode, ingress, hooked at tcx.
+const COPY_TC: &str = "mode = \"copy\"\ndirection = \"ingress\"\ningress_hook = \"tc\"";
+
 /// `cut`'s `packet_length`: every copy of a longer frame is cut to this
 /// (the 60-byte frames are shorter, so there only the length is checked).
 const CUT_LENGTH: u32 = 64;
@@ -262,6 +268,7 @@ enum Case {
     MirrorKernel2,
     Tcpdump,
     MirrorPcapng,
+    MirrorPcapngCopy,
     TcVxlan,
     MirrorVxlan,
     MirrorGre,
@@ -274,7 +281,7 @@ enum Case {
 }
 
 impl Case {
-    const ALL: [Case; 27] = [
+    const ALL: [Case; 28] = [
         Case::XdpDrop,
         Case::TcMirred,
         Case::XdpRedirect,
@@ -293,6 +300,7 @@ impl Case {
         Case::MirrorKernel2,
         Case::Tcpdump,
         Case::MirrorPcapng,
+        Case::MirrorPcapngCopy,
         Case::TcVxlan,
         Case::MirrorVxlan,
         Case::MirrorGre,
@@ -325,6 +333,7 @@ impl Case {
             Case::MirrorKernel2 => "mirror2",
             Case::Tcpdump => "tcpdump",
             Case::MirrorPcapng => "pcapng",
+            Case::MirrorPcapngCopy => "pcapng-copy",
             Case::TcVxlan => "tcvxlan",
             Case::MirrorVxlan => "vxlan",
             Case::MirrorGre => "gre",
@@ -357,6 +366,7 @@ impl Case {
             Case::MirrorKernel2 => "mirror x2, kernel path",
             Case::Tcpdump => "tcpdump -w (tmpfs)",
             Case::MirrorPcapng => "mirror, pcapng target (tmpfs)",
+            Case::MirrorPcapngCopy => "mirror copy mode (tcx), pcapng target (tmpfs)",
             Case::TcVxlan => "tc mirred to a VXLAN device (remote SPAN)",
             Case::MirrorVxlan => "mirror, VXLAN target",
             Case::MirrorGre => "mirror, GRE target",
@@ -451,7 +461,10 @@ impl Case {
 
     /// Whether the case writes a file instead of sending to target ports.
     fn captures(self) -> bool {
-        matches!(self, Case::Tcpdump | Case::MirrorPcapng)
+        matches!(
+            self,
+            Case::Tcpdump | Case::MirrorPcapng | Case::MirrorPcapngCopy
+        )
     }
 
     /// Whether feed0's traffic goes on up its stack, counted there (tcx):
@@ -479,7 +492,7 @@ impl Case {
             Case::MirrorCopy => Some(Case::TcMirred),
             Case::RoutedCopyVxlan => Some(Case::RoutedTcVxlan),
             Case::MirrorKernel2 => Some(Case::XdpBroadcast),
-            Case::MirrorPcapng => Some(Case::Tcpdump),
+            Case::MirrorPcapng | Case::MirrorPcapngCopy => Some(Case::Tcpdump),
             Case::MirrorVxlan
             | Case::MirrorGre
             | Case::MirrorErspan
@@ -554,6 +567,13 @@ struct Row {
     /// The routed cases: CPU ns per production frame forwarded, per core
     /// (`ns_per_frame` is then their sum).
     ns_per_frame_per_core: Option<Vec<f64>>,
+    /// Of `ns_per_frame`: the userspace consumer's process (the daemon,
+    /// tcpdump, the peer tool; its threads and children), and feed0's NAPI
+    /// threads (the kernel's receive on the RX core, the case's programs
+    /// there included). The rest is the generator's core outside the
+    /// consumer (sending, the sinks, softirqs).
+    consumer_ns_per_frame: Option<f64>,
+    napi_ns_per_frame: Option<f64>,
     /// Busy share of each core over the run, percent.
     cpu_pct: Vec<f64>,
     /// Run time per frame of the BPF programs on feed0 (XDP and tcx
@@ -1005,6 +1025,18 @@ const USER_CPU: usize = crate::GEN_CPU;
 const TOOL_LIMIT: Duration = Duration::from_secs(900);
 
 impl Running<'_> {
+    /// The userspace process that consumes the case's frames, if any: the
+    /// daemon, tcpdump or the peer tool (each under its `timeout`, which
+    /// [`crate::tree_cpu_ns`] counts with it).
+    fn consumer_pid(&self) -> Option<i32> {
+        self.daemon
+            .as_ref()
+            .and_then(|d| d.pid())
+            .or_else(|| self.tcpdump.as_ref().and_then(|p| p.pid()))
+            .or_else(|| self.process.as_ref().and_then(|p| p.pid()))
+            .map(|p| p as i32)
+    }
+
     /// Frames delivered so far: what the sinks counted, what XDP saw (the
     /// ceiling), or what was written to a file (capture cases).
     fn delivered(&self, sinks: &[Peer; 2]) -> Result<u64> {
@@ -1016,7 +1048,7 @@ impl Running<'_> {
                 .frames(),
             Case::Tcpdump => Ok(self.written),
             Case::Pass | Case::Routed => self.monitored().map(|m| m.unwrap_or(0)),
-            Case::MirrorPcapng => {
+            Case::MirrorPcapng | Case::MirrorPcapngCopy => {
                 let d = self.daemon.as_ref().context("the daemon")?;
                 let s = mirror_user::control::Client::connect(&d.control)?.stats()?;
                 Ok(s.targets["cap"].sent_packets)
@@ -1335,6 +1367,7 @@ fn start<'a>(
         | Case::MirrorCopy
         | Case::MirrorKernel2
         | Case::MirrorPcapng
+        | Case::MirrorPcapngCopy
         | Case::MirrorVxlan
         | Case::MirrorGre
         | Case::MirrorErspan
@@ -1349,6 +1382,9 @@ fn start<'a>(
                 Case::MirrorShared => ("\"t0\"", "userspace", "share_umem = true"),
                 Case::MirrorCopy => ("\"t0\"", "userspace", "mode = \"copy\""),
                 Case::MirrorPcapng => ("\"cap\"", "userspace", ""),
+                // A live interface's traffic to a file, hooked where
+                // tcpdump's packet socket sees it (the skb, no XDP copy).
+                Case::MirrorPcapngCopy => ("\"cap\"", "userspace", COPY_TC),
                 Case::MirrorKernel2 => ("\"t0\", \"t1\"", "kernel", ""),
                 // The group of t0 and t1 (below) as the only target.
                 Case::MirrorGroup => ("\"pool\"", "kernel", ""),
@@ -1439,6 +1475,12 @@ struct Sample {
     /// The routed cases: frames/s that reached feed0's stack.
     fed: Option<f64>,
     cpu: Vec<f64>,
+    /// CPU ns over the run of the userspace consumer (the daemon, the tool
+    /// with its children) and of feed0's NAPI threads, where there is one.
+    consumer_ns: Option<u64>,
+    napi_ns: u64,
+    /// Seconds between the two CPU readings.
+    window_s: f64,
     /// mirror: frames/s its source received.
     received: Option<f64>,
     /// mirror: mean bytes per copy its targets sent.
@@ -1489,11 +1531,16 @@ fn measure(
     let (lab, dir, sinks) = (rig.lab, rig.dir, rig.sinks);
     let case = running.case;
     running.begin(lab, dir).with_context(|| case.name())?;
-    let (d0, n0, f0, cpu0, m0, s0, k0) = (
+    let napi = crate::napi_threads(Lab::FEED_IF)?;
+    let napi_ns = || napi.iter().map(|&t| crate::tree_cpu_ns(t)).sum::<u64>();
+    let consumer = running.consumer_pid();
+    let (d0, n0, f0, cpu0, c0, (r0, t0), m0, s0, k0) = (
         running.delivered(sinks)?,
         running.monitored()?,
         running.fed()?,
         cpu_times()?,
+        consumer.map(crate::tree_cpu_ns),
+        (napi_ns(), std::time::Instant::now()),
         mirror_stats(running)?,
         [sinks[0].frames()?, sinks[1].frames()?],
         tc_kernel_counts(lab, case)?,
@@ -1503,6 +1550,11 @@ fn measure(
     // The CPU of the run, for every case alike: before tcpdump's counts are
     // asked for after a wait of its own.
     let cpu1 = cpu_times()?;
+    let (c1, r1, window_s) = (
+        consumer.map(crate::tree_cpu_ns),
+        napi_ns(),
+        t0.elapsed().as_secs_f64(),
+    );
     let tool_drops = running.end().with_context(|| case.name())?;
     let (d1, n1, f1, m1, s1, k1) = (
         running.delivered(sinks)?,
@@ -1554,6 +1606,9 @@ fn measure(
             .zip(&cpu1)
             .map(|(b, e)| 100.0 * (e.0 - b.0) as f64 / (e.1 - b.1).max(1) as f64)
             .collect(),
+        consumer_ns: c0.zip(c1).map(|(b, e)| e.saturating_sub(b)),
+        napi_ns: r1.saturating_sub(r0),
+        window_s,
         received,
         copy_bytes,
         per_sink: [per_sec(s1[0] - s0[0]), per_sec(s1[1] - s0[1])],
@@ -1821,6 +1876,9 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             let Sample {
                 offered,
                 cpu,
+                consumer_ns,
+                napi_ns,
+                window_s,
                 received,
                 copy_bytes,
                 per_sink,
@@ -1862,6 +1920,10 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             let forwarded = monitored.filter(|&m| case.routed() && m > 0.0);
             let per_core =
                 forwarded.map(|f| cpu.iter().map(|c| c / 100.0 * 1e9 / f).collect::<Vec<_>>());
+            // Frames/s the CPU is shared over, as `ns_per_frame` counts them.
+            let frames = forwarded.unwrap_or(med * case.targets().max(1) as f64);
+            let per_frame =
+                |ns: u64| (frames > 0.0 && window_s > 0.0).then(|| ns as f64 / window_s / frames);
             let row = Row {
                 frame: size,
                 id: case.id(),
@@ -1885,6 +1947,8 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                     (None, false) => 0.0,
                 },
                 ns_per_frame_per_core: per_core,
+                consumer_ns_per_frame: consumer_ns.and_then(per_frame),
+                napi_ns_per_frame: per_frame(napi_ns),
                 fed_pps: fed.filter(|_| case.routed()),
                 copies_lost_pps: fed
                     .filter(|_| case.routed() && case.targets() > 0)
@@ -2021,8 +2085,8 @@ fn table(rows: &[Row], a: &Args) -> String {
          ({}, 2 cores), median of {} runs of {:.1} s at full rate; lossless: the \
          highest paced rate with at most 0.1% loss ({} runs of {:.1} s, bisection; ≥: the generator's \
          own maximum) (`cargo xtask bench span`)\n\n\
-         | frame | case | offered | delivered per target (min-max) | loss | lossless | vs reference | vs tc mirred | monitored traffic passed on (vs no mirror) | CPU % per core | CPU ns/frame | BPF ns/frame at feed0 | mirror RSS | mirror received; drops/s |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|\n",
+         | frame | case | offered | delivered per target (min-max) | loss | lossless | vs reference | vs tc mirred | monitored traffic passed on (vs no mirror) | CPU % per core | CPU ns/frame | of which: feed0's NAPI / consumer process | BPF ns/frame at feed0 | mirror RSS | mirror received; drops/s |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|\n",
         match a.feed {
             crate::Feed::Skb => "AF_XDP TX on veth",
             crate::Feed::Xdp => "the kernel's XDP traffic generator into veth, `--feed xdp`",
@@ -2080,6 +2144,12 @@ fn table(rows: &[Row], a: &Args) -> String {
             ),
             None => format!("{:.0}", r.ns_per_frame),
         };
+        // Where it went: the RX core's NAPI threads and the consumer's process.
+        let ns = |n: Option<f64>| n.map_or("-".to_string(), |n| format!("{n:.0}"));
+        let of_which = match (r.napi_ns_per_frame, r.consumer_ns_per_frame) {
+            (None, None) => String::new(),
+            (napi, consumer) => format!("{} / {}", ns(napi), ns(consumer)),
+        };
         let received = r
             .mirror_received_pps
             .map_or(String::new(), |rx| format!("{rx:.0} pps"));
@@ -2122,7 +2192,7 @@ fn table(rows: &[Row], a: &Args) -> String {
             )
         });
         s.push_str(&format!(
-            "| {} B | {} | {:.0} pps | {:.0} pps ({:.0}-{:.0}{split}) | {:.1}% | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} B | {} | {:.0} pps | {:.0} pps ({:.0}-{:.0}{split}) | {:.1}% | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.frame,
             r.case,
             r.offered_pps,
@@ -2140,6 +2210,7 @@ fn table(rows: &[Row], a: &Args) -> String {
                 .collect::<Vec<_>>()
                 .join(" / "),
             ns_per_frame,
+            of_which,
             r.feed_bpf_ns.map_or(String::new(), |n| format!("{n:.0}")),
             r.rss_kib.map_or("".to_string(), |k| format!("{} MiB", k / 1024)),
             [received, cut, drops.join(", ")]
