@@ -304,11 +304,6 @@ impl Files {
         } else {
             0
         };
-        // The newest is the one a run killed in a write left: cut back to
-        // its last whole block, as a file that does not rotate is.
-        if let Some((_, newest)) = found.last() {
-            cut_half_a_block(newest);
-        }
         let old = found
             .into_iter()
             .map(|(_, p)| {
@@ -478,6 +473,21 @@ impl Files {
             self.reaper.wait();
         }
         true
+    }
+
+    /// At the writer's start (every source attached: a start that fails
+    /// touches no file): the newest closed file, the one a run killed in a
+    /// write left, is cut back to its last whole block, as the file of a
+    /// target that does not rotate is.
+    fn cut_newest(&mut self) {
+        if let Some((path, len)) = self.old.back_mut() {
+            cut_half_a_block(path);
+            if let Ok(m) = std::fs::metadata(&*path) {
+                if m.is_file() {
+                    *len = m.len();
+                }
+            }
+        }
     }
 
     /// Before a file is deleted to hold `keep` or `max_total_size`: forgets
@@ -1136,6 +1146,7 @@ struct Writer<'q> {
 
 impl<'q> Writer<'q> {
     fn new(mut files: Files, q: &'q TargetQueue, now: Instant) -> Writer<'q> {
+        files.cut_newest();
         if let Err(e) = files.open_next(now) {
             // Copies are counted disk_full until a file can be opened.
             tracing::error!(error = %e, "opening the capture file failed");
