@@ -1034,8 +1034,8 @@ const TOOL_LIMIT: Duration = Duration::from_secs(900);
 
 impl Running<'_> {
     /// The userspace process that consumes the case's frames, if any: the
-    /// daemon, tcpdump or the peer tool (each under its `timeout`, which
-    /// [`crate::tree_cpu_ns`] counts with it).
+    /// daemon, tcpdump or the peer tool (the tools under their `timeout`,
+    /// which [`crate::tree_cpu_ns`] counts with them).
     fn consumer_pid(&self) -> Option<i32> {
         self.daemon
             .as_ref()

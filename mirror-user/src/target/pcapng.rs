@@ -228,7 +228,7 @@ pub(crate) fn parent(path: &Path) -> PathBuf {
 /// The file being written and the rotated ones before it.
 struct Files {
     spec: PcapngSpec,
-    /// Sequence number of the current file (rotating targets).
+    /// Sequence number the next file takes (rotating targets).
     seq: u64,
     current: Option<Current>,
     /// The target's closed files (rotating targets), oldest first, with
@@ -1187,16 +1187,28 @@ impl<'q> Writer<'q> {
         if let (Some(limit), Some(cur)) = (self.files.file_limit(), self.files.current.as_ref()) {
             let next = cur.committed + self.blocks.len() as u64 + Blocks::epb_len(&p) as u64;
             if next > limit && cur.packets + self.blocks.packets > 0 {
-                self.flush(now);
-                // A flush that could not write (`min_free`, a full disk)
-                // dropped the buffer and left the file as it was, with room:
-                // starting another would only leave a header-only file
-                // behind, and a gap in the numbers.
-                let full = self.files.current.as_ref().is_some_and(|c| {
-                    c.packets > 0 && c.committed + Blocks::epb_len(&p) as u64 > limit
-                });
-                if full {
-                    self.rotate(now);
+                if self.retry_open.is_none() {
+                    self.flush(now);
+                    // A flush that could not write (`min_free`, a full disk)
+                    // dropped the buffer and left the file as it was, with
+                    // room: starting another would only leave a header-only
+                    // file behind, and a gap in the numbers.
+                    let full = self.files.current.as_ref().is_some_and(|c| {
+                        c.packets > 0 && c.committed + Blocks::epb_len(&p) as u64 > limit
+                    });
+                    if full {
+                        self.rotate(now);
+                    }
+                }
+                // The next file could not be opened: the file is written on
+                // past its limit until it can (tick tries again), except
+                // under a budget, where a file grown toward it would have
+                // every older capture deleted, then go whole itself.
+                if self.retry_open.is_some() && self.files.spec.max_total_size.is_some() {
+                    self.files.hold.held_back(q);
+                    q.counters.drop(TargetDrop::DiskFull, 1);
+                    q.recycle(p);
+                    return;
                 }
             }
         }
@@ -1227,6 +1239,18 @@ impl<'q> Writer<'q> {
             if now >= at {
                 self.at_edge(now);
             }
+        }
+        // A rotation that could not open the next file, due again.
+        if self.retry_open.is_some_and(|at| now >= at) {
+            self.flush(now);
+            self.last_flush = now;
+            self.rotate(now);
+        }
+        // Writing held back and gone on again, then idle: up once it has
+        // been a while, as the log says.
+        if self.files.hold.settled(now) {
+            self.q.set_held(false);
+            tracing::info!("writing again: every write has gone through for a second");
         }
         // Copies in the buffer are still on their way: `queued` in stats.
         self.q
@@ -1280,7 +1304,9 @@ impl<'q> Writer<'q> {
 
     /// Starts the next file. When it cannot be opened (logged) the current
     /// one stays open and is written on, past its limit, rather than lose
-    /// copies; the next is tried again at a rotation point a second later.
+    /// copies (under `max_total_size`, only to its limit: the copies past
+    /// it are counted `disk_full`); [`Writer::tick`] tries again a second
+    /// later ([`RETRY_OPEN`]), until it opens.
     fn rotate(&mut self, now: Instant) {
         if self.retry_open.is_some_and(|at| now < at) {
             return;
@@ -1292,8 +1318,14 @@ impl<'q> Writer<'q> {
                 self.write_header(now);
             }
             Err(e) => {
+                if self.retry_open.is_none() {
+                    if self.files.spec.max_total_size.is_some() {
+                        tracing::warn!(error = %e, "opening the next capture file failed; copies past the current one's limit are counted disk_full until it opens (tried again every second)");
+                    } else {
+                        tracing::warn!(error = %e, "opening the next capture file failed; writing on in the current one, past its limit, until it opens (tried again every second)");
+                    }
+                }
                 self.retry_open = Some(now + RETRY_OPEN);
-                tracing::warn!(error = %e, "opening the next capture file failed; writing on in the current one");
             }
         }
     }
@@ -1336,6 +1368,10 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
     // first, so the target's files never total more, even for a moment.
     if let Some(committed) = files.current.as_ref().map(|c| c.committed) {
         if !files.make_room(committed + blocks.len() as u64) {
+            // An old file that cannot be deleted (logged) stands in the way.
+            if blocks.packets > 0 {
+                files.hold.held_back(q);
+            }
             q.counters.drop(TargetDrop::DiskFull, blocks.packets);
             blocks.clear_packets(q);
             return;
@@ -1396,9 +1432,10 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
                 tracing::warn!(file = %cur.path.display(), error = %t, "truncating after a failed write");
             }
             let _ = std::io::Seek::seek(&mut cur.file, io::SeekFrom::Start(cur.committed));
+            let say = files.hold.held_back(q);
             if e.raw_os_error() != Some(libc::ENOSPC) && e.raw_os_error() != Some(libc::EDQUOT) {
                 tracing::warn!(file = %cur.path.display(), error = %e, "writing the capture file failed");
-            } else if files.hold.held_back(q) {
+            } else if say {
                 tracing::warn!(
                     file = %cur.path.display(),
                     error = %e,
@@ -1451,6 +1488,16 @@ impl Hold {
     fn wrote(&mut self, now: Instant) -> bool {
         if std::mem::take(&mut self.held) {
             self.resumed = Some(now);
+        }
+        self.settled(now)
+    }
+
+    /// At `now`, writing said held back has gone on (no hold since) for
+    /// [`Hold::RESUMED`], with writes or idle: whether to say it goes on
+    /// again.
+    fn settled(&mut self, now: Instant) -> bool {
+        if self.held {
+            return false;
         }
         match self.resumed {
             Some(t) if self.said && now.duration_since(t) >= Self::RESUMED => {
@@ -2917,15 +2964,87 @@ mod tests {
         assert_eq!(seqs(&numbered(&path, 1)), [1, 2, 3]);
         assert_eq!(sent(&q).0, 3);
         assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 0);
-        // Not tried again within the second; then the way is clear.
+        assert!(q.snapshot().up, "writing goes on");
+        // Not tried again within the second (nor at every copy); then the
+        // way is clear, and the clock tries again.
         std::fs::remove_dir(numbered(&path, 2)).expect("rmdir");
-        feed(&mut w, &q, 60, 4, t0 + Duration::from_millis(900));
+        let soon = t0 + Duration::from_millis(900);
+        feed(&mut w, &q, 60, 4, soon);
+        w.tick(soon);
         assert!(!numbered(&path, 2).exists(), "tried again too soon");
+        w.tick(t0 + RETRY_OPEN);
         feed(&mut w, &q, 60, 5, t0 + RETRY_OPEN);
         w.finish(t0 + RETRY_OPEN);
         assert_eq!(seqs(&numbered(&path, 1)), [1, 2, 3, 4]);
         assert_eq!(seqs(&numbered(&path, 2)), [5]);
         assert_eq!(sent(&q).0, 5);
+    }
+
+    /// Under `max_total_size` a file is not written on past its limit while
+    /// the next cannot be opened (grown toward the budget it would have
+    /// every older capture deleted, then go whole itself): the copies past
+    /// it are counted `disk_full` and the target is down until the next
+    /// opens.
+    #[test]
+    fn under_a_budget_a_next_file_that_cannot_be_opened_holds_writing_back() {
+        let dir = Dir::new("noopen-budget");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut s = spec(&path);
+        s.rotate_size = Some(head_len() + EPB60);
+        s.max_total_size = Some(8 * (head_len() + EPB60));
+        let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        std::fs::create_dir(numbered(&path, 2)).expect("mkdir");
+        for seq in 1..=3 {
+            feed(&mut w, &q, 60, seq, t0);
+        }
+        w.tick(t0 + FLUSH_EVERY);
+        assert_eq!(seqs(&numbered(&path, 1)), [1]);
+        assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 2);
+        assert!(!q.snapshot().up, "held back");
+        std::fs::remove_dir(numbered(&path, 2)).expect("rmdir");
+        w.tick(t0 + RETRY_OPEN);
+        feed(&mut w, &q, 60, 4, t0 + RETRY_OPEN);
+        w.finish(t0 + RETRY_OPEN);
+        assert_eq!(seqs(&numbered(&path, 2)), [4]);
+        assert_eq!(sent(&q).0, 2);
+        // Up again a second after writes went through, idle meanwhile.
+        w.tick(t0 + RETRY_OPEN + Hold::RESUMED);
+        assert!(q.snapshot().up, "writing again");
+    }
+
+    /// A `rotate_interval` edge whose next file cannot be opened is tried
+    /// again a second later, not at the next edge (a day later for "1d").
+    #[test]
+    fn an_edge_whose_next_file_cannot_be_opened_is_tried_again_a_second_later() {
+        let dir = Dir::new("noopen-edge");
+        let path = dir.0.join("c.pcapng");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut s = spec(&path);
+        s.rotate_interval = Some(Duration::from_secs(86_400));
+        let mut files = Files::new(s, one_source());
+        // The wall clock a second before midnight UTC at t0.
+        const DAY: u64 = 86_400 * 1_000_000_000;
+        let wall0 = 20_000 * DAY - 1_000_000_000;
+        files.wall = Box::new(move |at| wall0 + at.saturating_duration_since(t0).as_nanos() as u64);
+        let mut w = Writer::new(files, &q, t0);
+        std::fs::create_dir(numbered(&path, 2)).expect("mkdir");
+        w.take(packet(&q, 60, 1, |f| f.tstamp_ns = wall0), t0);
+        let edge = t0 + Duration::from_secs(1) + EDGE_GRACE;
+        w.tick(edge);
+        assert!(!numbered(&path, 2).is_file(), "cannot be opened yet");
+        std::fs::remove_dir(numbered(&path, 2)).expect("rmdir");
+        w.tick(edge + RETRY_OPEN);
+        assert!(numbered(&path, 2).is_file(), "tried again a second later");
+        w.take(
+            packet(&q, 60, 2, |f| f.tstamp_ns = wall0 + 2_000_000_000),
+            edge + RETRY_OPEN,
+        );
+        w.finish(edge + RETRY_OPEN);
+        assert_eq!(seqs(&numbered(&path, 1)), [1]);
+        assert_eq!(seqs(&numbered(&path, 2)), [2]);
     }
 
     /// A file may take the whole budget, to the byte.
