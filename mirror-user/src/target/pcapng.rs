@@ -1369,8 +1369,11 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
     if let Some(committed) = files.current.as_ref().map(|c| c.committed) {
         if !files.make_room(committed + blocks.len() as u64) {
             // An old file that cannot be deleted (logged) stands in the way.
-            if blocks.packets > 0 {
-                files.hold.held_back(q);
+            if blocks.packets > 0 && files.hold.held_back(q) {
+                tracing::warn!(
+                    "writing held back: an old capture file that cannot be deleted keeps the \
+                     target over max_total_size; copies are counted disk_full until there is room"
+                );
             }
             q.counters.drop(TargetDrop::DiskFull, blocks.packets);
             blocks.clear_packets(q);
