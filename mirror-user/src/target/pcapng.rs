@@ -340,6 +340,34 @@ impl Files {
         }
     }
 
+    /// Creates the next rotated file, a new one (`O_EXCL`: never an existing
+    /// file, nor through a symbolic link): a name someone else took in the
+    /// meantime (a file, a link) is skipped, logged, and left alone.
+    fn create_next(&mut self) -> Result<(PathBuf, File), PcapngError> {
+        const TRIES: u32 = 1000;
+        for _ in 0..TRIES {
+            let path = self.next_path();
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => return Ok((path, file)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "the next capture file's name is taken by a file this run did not \
+                         write: left alone, and the number after it taken"
+                    );
+                    self.seq += 1;
+                }
+                Err(source) => return Err(PcapngError::Io { path, source }),
+            }
+        }
+        Err(PcapngError::Io {
+            path: self.next_path(),
+            source: io::Error::other(format!(
+                "{TRIES} names in a row are taken by files this run did not write"
+            )),
+        })
+    }
+
     /// The path of the next file to open (`seq` is the number it takes).
     fn next_path(&self) -> PathBuf {
         if self.spec.rotates() {
@@ -353,26 +381,34 @@ impl Files {
     /// any): when the next cannot be opened, the current stays open, to be
     /// written on past its limit rather than lose copies.
     fn open_next(&mut self, now: Instant) -> Result<(), PcapngError> {
-        let path = self.next_path();
         let rotates = self.spec.rotates();
-        let io_err = |source| PcapngError::Io {
-            path: path.clone(),
-            source,
+        let (path, mut file) = if rotates {
+            self.create_next()?
+        } else {
+            let path = self.next_path();
+            // The file of a target that does not rotate is never written
+            // over: a start, or a reload that restarts the target, goes on
+            // after its last whole block with a section of its own. (A FIFO
+            // or a device is only written to: see check_goes_on.)
+            let keeps = std::fs::metadata(&path).map_or(true, |m| m.is_file());
+            let file = OpenOptions::new()
+                .create(true)
+                .read(keeps)
+                .write(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|source| PcapngError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            (path, file)
         };
-        // The file of a target that does not rotate is never written over:
-        // a start, or a reload that restarts the target, goes on after its
-        // last whole block with a section of its own. (A FIFO or a device
-        // is only written to: see check_goes_on.)
-        let keeps = !rotates && std::fs::metadata(&path).map_or(true, |m| m.is_file());
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(keeps)
-            .write(true)
-            .truncate(rotates)
-            .open(&path)
-            .map_err(io_err)?;
+        let keeps = !rotates && file.metadata().is_ok_and(|m| m.is_file());
         let committed = if keeps {
-            go_on_after_whole_blocks(&mut file, &path).map_err(io_err)?
+            go_on_after_whole_blocks(&mut file, &path).map_err(|source| PcapngError::Io {
+                path: path.clone(),
+                source,
+            })?
         } else {
             0
         };
@@ -1313,7 +1349,11 @@ impl<'q> Writer<'q> {
         }
         match self.files.open_next(now) {
             Ok(()) => {
-                self.retry_open = None;
+                // Opened after failing: writing goes on again (up once a
+                // second has passed, traffic or not).
+                if self.retry_open.take().is_some() && self.files.hold.wrote(now) {
+                    self.q.set_held(false);
+                }
                 self.blocks.restart(&self.files.head, self.q);
                 self.write_header(now);
             }
@@ -2947,8 +2987,53 @@ mod tests {
         assert_eq!(files.old.len(), 1);
     }
 
-    /// When the next file cannot be opened (here a directory has its
-    /// name), the current one is written on past `rotate_size` rather than
+    /// Moves a capture directory away: no file can be opened in it while
+    /// the files open in it are written on. Returns where it went.
+    fn block(dir: &Path) -> PathBuf {
+        let away = dir.with_extension("away");
+        std::fs::rename(dir, &away).expect("move the directory away");
+        away
+    }
+
+    fn unblock(away: &Path, dir: &Path) {
+        std::fs::rename(away, dir).expect("move the directory back");
+    }
+
+    /// A name the next rotated file would take, taken by a file this run
+    /// did not write (a person's file, a symbolic link to a file elsewhere),
+    /// is skipped and left alone: never truncated, never written through.
+    #[test]
+    fn a_taken_next_name_is_skipped_and_left_alone() {
+        let dir = Dir::new("taken");
+        let path = dir.0.join("c.pcapng");
+        let victim = dir.0.join("victim.txt");
+        std::fs::write(&victim, b"precious").expect("write");
+        let q = queue();
+        let t0 = Instant::now();
+        let mut s = spec(&path);
+        s.rotate_size = Some(head_len() + EPB60);
+        let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
+        std::fs::write(numbered(&path, 2), b"a person's notes").expect("write");
+        std::os::unix::fs::symlink(&victim, numbered(&path, 3)).expect("symlink");
+        for seq in 1..=2 {
+            feed(&mut w, &q, 60, seq, t0);
+        }
+        w.finish(t0);
+        assert_eq!(seqs(&numbered(&path, 1)), [1]);
+        assert_eq!(seqs(&numbered(&path, 4)), [2]);
+        assert_eq!(
+            std::fs::read(numbered(&path, 2)).expect("read"),
+            b"a person's notes"
+        );
+        assert_eq!(std::fs::read(&victim).expect("read"), b"precious");
+        assert!(std::fs::symlink_metadata(numbered(&path, 3))
+            .expect("the link")
+            .is_symlink());
+        assert_eq!(sent(&q).0, 2);
+    }
+
+    /// When the next file cannot be opened (here its directory is moved
+    /// away for a while), the current one is written on past `rotate_size` rather than
     /// lose copies; the next is tried again a second later, and then taken.
     #[test]
     fn a_next_file_that_cannot_be_opened_leaves_the_current_one_written_on() {
@@ -2959,18 +3044,18 @@ mod tests {
         let mut s = spec(&path);
         s.rotate_size = Some(head_len() + EPB60);
         let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
-        std::fs::create_dir(numbered(&path, 2)).expect("mkdir");
+        let away = block(&dir.0);
         for seq in 1..=3 {
             feed(&mut w, &q, 60, seq, t0);
         }
         w.flush(t0);
-        assert_eq!(seqs(&numbered(&path, 1)), [1, 2, 3]);
+        assert_eq!(seqs(&numbered(&away.join("c.pcapng"), 1)), [1, 2, 3]);
         assert_eq!(sent(&q).0, 3);
         assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 0);
         assert!(q.snapshot().up, "writing goes on");
         // Not tried again within the second (nor at every copy); then the
         // way is clear, and the clock tries again.
-        std::fs::remove_dir(numbered(&path, 2)).expect("rmdir");
+        unblock(&away, &dir.0);
         let soon = t0 + Duration::from_millis(900);
         feed(&mut w, &q, 60, 4, soon);
         w.tick(soon);
@@ -2998,23 +3083,24 @@ mod tests {
         s.rotate_size = Some(head_len() + EPB60);
         s.max_total_size = Some(8 * (head_len() + EPB60));
         let mut w = Writer::new(Files::new(s, one_source()), &q, t0);
-        std::fs::create_dir(numbered(&path, 2)).expect("mkdir");
+        let away = block(&dir.0);
         for seq in 1..=3 {
             feed(&mut w, &q, 60, seq, t0);
         }
         w.tick(t0 + FLUSH_EVERY);
-        assert_eq!(seqs(&numbered(&path, 1)), [1]);
+        assert_eq!(seqs(&numbered(&away.join("c.pcapng"), 1)), [1]);
         assert_eq!(q.counters.dropped(TargetDrop::DiskFull), 2);
         assert!(!q.snapshot().up, "held back");
-        std::fs::remove_dir(numbered(&path, 2)).expect("rmdir");
+        unblock(&away, &dir.0);
         w.tick(t0 + RETRY_OPEN);
-        feed(&mut w, &q, 60, 4, t0 + RETRY_OPEN);
-        w.finish(t0 + RETRY_OPEN);
-        assert_eq!(seqs(&numbered(&path, 2)), [4]);
-        assert_eq!(sent(&q).0, 2);
-        // Up again a second after writes went through, idle meanwhile.
+        assert!(!q.snapshot().up, "not a second yet");
+        // Up a second after the next file opened, with no copy since.
         w.tick(t0 + RETRY_OPEN + Hold::RESUMED);
         assert!(q.snapshot().up, "writing again");
+        feed(&mut w, &q, 60, 4, t0 + RETRY_OPEN + Hold::RESUMED);
+        w.finish(t0 + RETRY_OPEN + Hold::RESUMED);
+        assert_eq!(seqs(&numbered(&path, 2)), [4]);
+        assert_eq!(sent(&q).0, 2);
     }
 
     /// A `rotate_interval` edge whose next file cannot be opened is tried
@@ -3033,12 +3119,12 @@ mod tests {
         let wall0 = 20_000 * DAY - 1_000_000_000;
         files.wall = Box::new(move |at| wall0 + at.saturating_duration_since(t0).as_nanos() as u64);
         let mut w = Writer::new(files, &q, t0);
-        std::fs::create_dir(numbered(&path, 2)).expect("mkdir");
+        let away = block(&dir.0);
         w.take(packet(&q, 60, 1, |f| f.tstamp_ns = wall0), t0);
         let edge = t0 + Duration::from_secs(1) + EDGE_GRACE;
         w.tick(edge);
         assert!(!numbered(&path, 2).is_file(), "cannot be opened yet");
-        std::fs::remove_dir(numbered(&path, 2)).expect("rmdir");
+        unblock(&away, &dir.0);
         w.tick(edge + RETRY_OPEN);
         assert!(numbered(&path, 2).is_file(), "tried again a second later");
         w.take(
