@@ -382,8 +382,9 @@ impl Files {
     /// written on past its limit rather than lose copies.
     fn open_next(&mut self, now: Instant) -> Result<(), PcapngError> {
         let rotates = self.spec.rotates();
-        let (path, mut file) = if rotates {
-            self.create_next()?
+        let (path, mut file, keeps) = if rotates {
+            let (path, file) = self.create_next()?;
+            (path, file, false)
         } else {
             let path = self.next_path();
             // The file of a target that does not rotate is never written
@@ -401,9 +402,8 @@ impl Files {
                     path: path.clone(),
                     source,
                 })?;
-            (path, file)
+            (path, file, keeps)
         };
-        let keeps = !rotates && file.metadata().is_ok_and(|m| m.is_file());
         let committed = if keeps {
             go_on_after_whole_blocks(&mut file, &path).map_err(|source| PcapngError::Io {
                 path: path.clone(),
@@ -3033,8 +3033,9 @@ mod tests {
     }
 
     /// When the next file cannot be opened (here its directory is moved
-    /// away for a while), the current one is written on past `rotate_size` rather than
-    /// lose copies; the next is tried again a second later, and then taken.
+    /// away for a while), the current one is written on past `rotate_size`
+    /// rather than lose copies; the next is tried again a second later, and
+    /// then taken.
     #[test]
     fn a_next_file_that_cannot_be_opened_leaves_the_current_one_written_on() {
         let dir = Dir::new("noopen");
