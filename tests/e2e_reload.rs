@@ -462,6 +462,96 @@ fn a_restarted_sources_kernel_path_counts_carry_on_in_the_kept_target() {
     assert_eq!(s.sessions["a"].mirrored, 300);
 }
 
+/// A copy source on the kernel path (tcx clones to ids0), restarted by a
+/// reload that changes only its session: the target keeps running, and
+/// what the old programs cloned to it stays in its counters (100, then 200).
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_kept_target_keeps_what_a_restarted_sources_kernel_path_sent_it() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    lab::gro_on(&lab.sink, Lab::SINK_IF).expect("GRO on");
+    lab::veth(&lab.gen, "cp1", &lab.src, "cp0", 1).expect("cp0");
+    let dir = TempDir::new("e2e-reload-kept").expect("temp dir");
+    let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, COPY_KERNEL);
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let send = |first: u32| {
+        let sent = lab::send_frames(&lab.gen, "cp1", mix(first, 100), 10_000).expect("send");
+        assert_eq!(sent, 100);
+    };
+    send(0);
+    let s = wait_for(&mut client, "100 copies", |s| {
+        s.targets["ids0"].sent_packets == 100
+    });
+    assert_eq!(s.sessions["a"].path, "kernel");
+
+    let config = dir.path().join("mirror.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let changed = text.replacen(
+        "path = \"kernel\"",
+        "path = \"kernel\"\nflow_cutoff_bytes = 1000000",
+        1,
+    );
+    assert_ne!(changed, text);
+    std::fs::write(&config, changed).expect("new config");
+    let out = common::ctl(BIN, &["reload"], &daemon.control);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}\n{}", daemon.log_text());
+    assert!(
+        stdout.contains("restarted source live; everything else kept running"),
+        "{stdout}"
+    );
+    let t = &client.stats().expect("stats").targets["ids0"];
+    assert_eq!(
+        (t.enqueued, t.sent_packets, t.kernel_path),
+        (100, 100, 100),
+        "right after the reload: {t:?}"
+    );
+    send(100);
+    let s = wait_for(&mut client, "200 copies", |s| {
+        s.sources["live"].received == 200 && s.targets["ids0"].sent_packets >= 200
+    });
+    let t = &s.targets["ids0"];
+    assert_reconciles("ids0", t);
+    assert_eq!(
+        (t.enqueued, t.sent_packets, t.kernel_path),
+        (200, 200, 200),
+        "{t:?}"
+    );
+    assert_eq!(s.sessions["a"].mirrored, 200);
+}
+
+/// One copy-mode source whose session clones to an interface target in
+/// the kernel.
+const COPY_KERNEL: &str = r#"
+[daemon]
+control_socket = "@CONTROL@"
+
+[[source]]
+name = "live"
+interface = "cp0"
+mode = "copy"
+
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 100
+action = "accept"
+direction = "ingress"
+
+[[target]]
+name = "ids0"
+kind = "interface"
+interface = "tgt0"
+
+[[session]]
+name = "a"
+source = "live"
+filter = "all"
+targets = ["ids0"]
+path = "kernel"
+"#;
+
 /// A reload whose new source passes the host checks but which the kernel
 /// refuses to attach (native XDP on loopback): what the reload had stopped
 /// (`feed2`, whose session changed) starts again as it was, the untouched

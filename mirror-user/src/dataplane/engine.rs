@@ -677,13 +677,13 @@ impl Plane {
             }
             part.groups.insert(g.name.clone(), snap);
         }
-        // Carried on under the same name; forgotten when gone.
+        // Carried on under the same name; forgotten when gone. A kept target
+        // or group is in `part` only with what the stopping sources' kernel
+        // paths did for it (their maps go with them): kept too.
         part.sources.retain(|n, _| in_next("source", n));
         part.sessions.retain(|n, _| in_next("session", n));
-        part.targets
-            .retain(|n, _| in_next("target", n) && !keep.targets.contains(n));
-        part.groups
-            .retain(|n, _| in_next("group", n) && !keep.groups.contains(n));
+        part.targets.retain(|n, _| in_next("target", n));
+        part.groups.retain(|n, _| in_next("group", n));
         super::stats::absorb_all(&mut self.retired, &part, true);
         self.retired.sources.retain(|n, _| in_next("source", n));
         self.retired.sessions.retain(|n, _| in_next("session", n));
