@@ -79,7 +79,7 @@ fn tcp(a: u16, b: u16, forward: bool, len: usize) -> Vec<u8> {
 }
 
 /// The cutoff as the kernel documents it: per flow, the running totals of
-/// frames and bytes; what each frame keeps (its length, less at the byte
+/// frames and bytes (both counted while either limit is on); what each frame keeps (its length, less at the byte
 /// cutoff, 0 past either cutoff or with less than an Ethernet header left).
 #[derive(Default)]
 struct Model {
@@ -90,11 +90,11 @@ impl Model {
     fn keep(&mut self, flow: u64, len: u64, bytes: u64, packets: u64) -> u64 {
         let (n, b) = self.flows.entry(flow).or_default();
         *n += 1;
+        let prev = *b;
+        *b += len;
         if packets > 0 && *n > packets {
             return 0;
         }
-        let prev = *b;
-        *b += len;
         if bytes == 0 || prev + len <= bytes {
             len
         } else if prev + ETH_HLEN <= bytes {
@@ -318,6 +318,37 @@ fn the_packet_cutoff_keeps_the_first_n_frames_and_whichever_limit_comes_first_wi
             whole: 0
         }
     );
+}
+
+/// The limits change under a flow (a schedule window's edge): both totals
+/// were counted whichever limit was on, so the flow goes on from its whole
+/// count, not from 0.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_flow_keeps_both_totals_when_its_limits_change() {
+    require_root!();
+    let mut prog = program(0, 3, Duration::from_secs(60));
+    // The bytes a frame is mirrored with (0: not mirrored, as it came).
+    let kept = |prog: &SourceProgram, f: &[u8]| {
+        let (_, out) = test_run_raw(prog.xdp_tap_fd(), f).expect("test run");
+        if out == f {
+            0
+        } else {
+            out.len() - META_LEN
+        }
+    };
+    let f = tcp(7100, 443, true, 400);
+    // Two frames under the packet limit: 800 bytes.
+    assert_eq!([kept(&prog, &f), kept(&prog, &f)], [400, 400]);
+    // A window of 1,000 bytes and no packet limit: 200 bytes are left.
+    prog.set_cutoff(0, 1000, 0, Duration::from_secs(60))
+        .expect("window");
+    let got = [kept(&prog, &f), kept(&prog, &f)];
+    assert_eq!(got, [200, 0], "the third frame cut at 1,000 bytes");
+    // Back to three frames: the flow has sent four.
+    prog.set_cutoff(0, 0, 3, Duration::from_secs(60))
+        .expect("after the window");
+    assert_eq!(kept(&prog, &f), 0);
 }
 
 /// A flow not seen for longer than the idle timeout starts over; one seen

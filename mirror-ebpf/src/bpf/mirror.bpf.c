@@ -415,7 +415,7 @@ __noinline __u32 flow_cutoff(const struct pkt *p, const struct mac_pair *macs, _
 	__u64 idle_ns = cutoff_idle_ns(session);
 	struct mirror_flow_key k;
 	struct mirror_flow *e;
-	__u64 now, last, prev;
+	__u64 now, last, prev, packets;
 
 	if (!p || !macs)
 		return len; /* cannot happen: the callers pass their stack */
@@ -451,15 +451,13 @@ __noinline __u32 flow_cutoff(const struct pkt *p, const struct mac_pair *macs, _
 	} else if (now > last) {
 		e->last_seen = now;
 	}
-	if (max_packets) {
-		prev = __sync_fetch_and_add(&e->packets, 1);
-		if (prev >= max_packets)
-			goto past;
-	}
-	if (!max_bytes)
-		return len;
+	/* Both totals count whichever limit is on, so a window that switches
+	 * from one kind of limit to the other finds the flow's whole count. */
+	packets = __sync_fetch_and_add(&e->packets, 1);
 	prev = __sync_fetch_and_add(&e->bytes, len);
-	if (prev + len <= max_bytes)
+	if (max_packets && packets >= max_packets)
+		goto past;
+	if (!max_bytes || prev + len <= max_bytes)
 		return len;
 	if (prev + ETH_HLEN <= max_bytes)
 		return max_bytes - prev;
