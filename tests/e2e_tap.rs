@@ -250,6 +250,54 @@ fn copies_for_a_down_target_are_dropped_and_counted() {
     assert_eq!(t.sent_packets, 0);
 }
 
+/// `check --file-only` skips this host, not the warnings the file alone
+/// shows: a target no session uses, rules for a direction the source does
+/// not mirror, a schedule window that overrides nothing (a trial saw only
+/// `ok` with the flag, and the window's warning without it). The unused
+/// target's missing directory is this host's business, and not reported.
+#[test]
+fn check_file_only_gives_the_warnings_of_the_file_alone() {
+    let dir = TempDir::new("e2e-check-warn").expect("temp dir");
+    let path = dir.path().join("warn.toml");
+    let egress = "[[filter.rule]]\nnumber = 300\naction = \"accept\"\ndirection = \"egress\"\n";
+    let spare = "[[target]]\nname = \"spare\"\nkind = \"pcapng\"\n\
+                 path = \"/nonexistent-mirror-dir/y.pcapng\"\n\n[[session]]";
+    let text = CONFIG
+        .replace("@FILTER@", &format!("{}{egress}", common::IDS_FILTER))
+        .replace("[[session]]", spare)
+        + "[[session.schedule]]\ndays = \"sat,sun\"\ntimezone = \"UTC\"\n";
+    std::fs::write(&path, text).expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--file-only", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run check");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("warn.toml: ok ("), "{stdout}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.split_once(": warning: ").map(|(_, w)| w))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "target `spare` is used by no session: `mirror run` does not open it",
+            "source `feed` does not mirror egress frames (a tap source mirrors ingress only), \
+             so the 1 egress rule(s) of filter `ids` never apply to it",
+            "session `ids-feed`: schedule window 1 (sat,sun 00:00-24:00 UTC) sets none of \
+             enabled, sample, rate_limit_pps, packet_length, flow_cutoff_bytes, \
+             flow_cutoff_packets: inside it the session's own values apply, as outside every \
+             window",
+        ],
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 3, "nothing of this host: {stderr}");
+}
+
 #[test]
 fn check_reports_errors_with_positions_and_run_refuses_a_bad_file() {
     let dir = TempDir::new("e2e-check").expect("temp dir");

@@ -13,7 +13,8 @@ pub struct Args {
     #[arg(short, long, value_name = "FILE")]
     pub config: PathBuf,
     /// Check the file alone, not against this host (for a config written
-    /// for another machine: CI, an image build, a fleet's ConfigMap).
+    /// for another machine: CI, an image build, a fleet's ConfigMap); the
+    /// warnings the file alone shows are still given.
     #[arg(long)]
     pub file_only: bool,
 }
@@ -21,11 +22,7 @@ pub struct Args {
 pub fn main(a: Args) -> Result<ExitCode> {
     match mirror_user::config::load(&a.config) {
         Ok(c) => {
-            let found = if a.file_only {
-                Findings::default()
-            } else {
-                host(&c)
-            };
+            let found = if a.file_only { file(&c) } else { host(&c) };
             for w in &found.warnings {
                 eprintln!("{}: warning: {w}", a.config.display());
             }
@@ -72,19 +69,30 @@ pub struct Findings {
     pub warnings: Vec<String>,
 }
 
-/// Checks `config` against this host: every interface exists, every pcapng
-/// directory exists and takes a new file, no other XDP program or AF_XDP
-/// socket holds what a source or interface target needs; warns about
-/// targets no session uses and directions no rule can match.
-pub fn host(config: &Config) -> Findings {
+/// What the file alone shows, wherever it is checked (`--file-only`
+/// included): warnings about targets no session uses, directions no rule
+/// can match and schedule windows that override nothing. None needs this
+/// host, and a valid file has no errors.
+pub fn file(config: &Config) -> Findings {
     let mut f = Findings::default();
-    let mut used = config.clone();
-    for t in used.prune_unused_targets() {
+    for t in config.clone().prune_unused_targets() {
         f.warnings.push(format!(
             "{t} is used by no session: `mirror run` does not open it"
         ));
     }
     f.warnings.extend(config.warnings());
+    f
+}
+
+/// [`file`], then `config` against this host: every interface exists, every
+/// pcapng directory exists and takes a new file, no other XDP program or
+/// AF_XDP socket holds what a source or interface target needs (another XDP
+/// program where `ingress_hook = "auto"` may still clone at tcx is a
+/// warning).
+pub fn host(config: &Config) -> Findings {
+    let mut f = file(config);
+    let mut used = config.clone();
+    used.prune_unused_targets();
     let ifindex = |name: &str| mirror_user::kernel::ifindex(name).ok();
     for s in &used.sources {
         let Some(idx) = ifindex(&s.interface) else {

@@ -117,10 +117,10 @@ pub enum Command {
     /// found without attaching anything: interfaces missing from this network
     /// namespace, pcapng directories missing or not writable, another XDP
     /// program or AF_XDP socket on a source's or interface target's port
-    /// (naming the process that holds it). Warns about targets no session
-    /// uses (`run` does not open them), about a source direction no rule
-    /// of its sessions accepts (or rules for a direction it does not
-    /// mirror), and about schedule windows that override nothing. Exit
+    /// (naming the process that holds it). Warns, with --file-only too, about
+    /// targets no session uses (`run` does not open them), about a source
+    /// direction no rule of its sessions accepts (or rules for a direction it
+    /// does not mirror), and about schedule windows that override nothing. Exit
     /// status 0 when both are fine.
     Check(check::Args),
     /// Show the running daemon's counters.
