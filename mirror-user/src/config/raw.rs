@@ -169,6 +169,44 @@ impl<'de> Deserialize<'de> for ShareUmem {
     }
 }
 
+/// A byte count: `65536`, or a size as `rotate_size` takes it (`"64KiB"`,
+/// `"1.5 MB"`, `"65536"`); checked by [`super::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawSize {
+    Number(i64),
+    Text(String),
+}
+
+impl RawSize {
+    /// Whether the value is 0 (off, for a key where 0 is off); one that is
+    /// not a size is not.
+    pub fn is_zero(&self) -> bool {
+        match self {
+            RawSize::Number(n) => *n == 0,
+            RawSize::Text(t) => super::values::parse_size(t) == Ok(0),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Size;
+        impl serde::de::Visitor<'_> for Size {
+            type Value = RawSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of bytes or a size such as \"64KiB\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RawSize, E> {
+                Ok(RawSize::Number(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Text(s.to_string()))
+            }
+        }
+        d.deserialize_any(Size)
+    }
+}
+
 /// AF_XDP zero-copy.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -291,7 +329,7 @@ pub(crate) struct RawSession {
     pub vni: Option<Spanned<i64>>,
     pub sample: Option<Spanned<i64>>,
     pub rate_limit_pps: Option<Spanned<i64>>,
-    pub flow_cutoff_bytes: Option<Spanned<i64>>,
+    pub flow_cutoff_bytes: Option<Spanned<RawSize>>,
     pub flow_cutoff_packets: Option<Spanned<i64>>,
     pub flow_cutoff_idle: Option<Spanned<String>>,
     #[serde(default)]
@@ -312,6 +350,6 @@ pub struct RawSchedule {
     pub rate_limit_pps: Option<Spanned<i64>>,
     pub packet_length: Option<Spanned<i64>>,
     pub enabled: Option<Spanned<bool>>,
-    pub flow_cutoff_bytes: Option<Spanned<i64>>,
+    pub flow_cutoff_bytes: Option<Spanned<RawSize>>,
     pub flow_cutoff_packets: Option<Spanned<i64>>,
 }

@@ -1622,7 +1622,15 @@ fn flow_cutoff_errors_name_the_key_and_the_accepted_values() {
              flow_cutoff_bytes or flow_cutoff_packets (on the session or in a \
              [[session.schedule]] window)",
         ),
-        ("flow_cutoff_bytes = \"1KiB\"", "flow_cutoff_bytes"),
+        (
+            "flow_cutoff_bytes = \"lots\"",
+            "session[0].flow_cutoff_bytes (0 = off) = \"lots\": not a size",
+        ),
+        (
+            "flow_cutoff_bytes = true",
+            "session[0].flow_cutoff_bytes: invalid type: boolean `true`, expected a number of \
+             bytes or a size such as \"64KiB\"",
+        ),
         ("flow_cutoff = 10", "unknown field `flow_cutoff`"),
     ] {
         let e = errors(&with(keys));
@@ -1631,6 +1639,80 @@ fn flow_cutoff_errors_name_the_key_and_the_accepted_values() {
             "{keys}: want `{want}` in {e:?}"
         );
     }
+}
+
+/// `flow_cutoff_bytes` takes a size as `rotate_size` and `max_total_size`
+/// do, on the session and in a window (a trial's `"64KiB"` was refused as
+/// not an i64); a plain number still works, and a bad or too small size is
+/// refused at its line and column with the accepted values.
+#[test]
+fn flow_cutoff_bytes_takes_a_size_as_the_other_size_keys_do() {
+    let text = scheduled(
+        r#"
+[[session.schedule]]
+hours = "08:00-12:00"
+flow_cutoff_bytes = "1.5 KiB"
+[[session.schedule]]
+hours = "12:00-13:00"
+flow_cutoff_bytes = "0"
+[[session.schedule]]
+hours = "13:00-14:00"
+flow_cutoff_bytes = 100
+"#,
+    )
+    .replace(
+        "priority = 1",
+        "priority = 1\nflow_cutoff_bytes = \"64KiB\"",
+    );
+    let c = parse(&text, "t.toml").expect("valid");
+    let s = &c.sessions[0];
+    assert_eq!(s.flow_cutoff_bytes, 65536);
+    let bytes = |w| s.policy(w).flow_cutoff_bytes;
+    assert_eq!(
+        [bytes(None), bytes(Some(0)), bytes(Some(1)), bytes(Some(2))],
+        [65536, 1536, 0, 100]
+    );
+    for (size, want) in [
+        ("\"65536\"", 65536),
+        ("\"10 MB\"", 10_000_000),
+        ("\"14\"", 14),
+    ] {
+        let text = GOOD.replace(
+            "priority = 1",
+            &format!("priority = 1\nflow_cutoff_bytes = {size}"),
+        );
+        let c = parse(&text, "t.toml").unwrap_or_else(|e| panic!("{size}: {e}"));
+        assert_eq!(c.sessions[0].flow_cutoff_bytes, want, "{size}");
+    }
+    // A size alone turns on a window's cutoff, so the idle time has an effect.
+    let text = scheduled(
+        "\n[[session.schedule]]\nhours = \"08:00-12:00\"\nflow_cutoff_bytes = \"4KiB\"\n",
+    )
+    .replace("priority = 1", "priority = 1\nflow_cutoff_idle = \"5s\"");
+    assert!(parse(&text, "t.toml").is_ok());
+    // Errors at the value, as the other size keys report theirs.
+    let text =
+        scheduled("\n[[session.schedule]]\nhours = \"08:00-12:00\"\nflow_cutoff_bytes = \"13B\"\n")
+            .replace(
+                "priority = 1",
+                "priority = 1\nflow_cutoff_bytes = \"64 KiBs\"",
+            );
+    let line = |key: &str| text.lines().position(|l| l.starts_with(key)).expect("key") + 1;
+    assert_eq!(
+        errors(&text),
+        [
+            format!(
+                "t.toml:{}:21: session[0].flow_cutoff_bytes (0 = off) = \"64 KiBs\": not a \
+                 size: write e.g. \"512MiB\", \"1GiB\" or \"10GB\"",
+                line("flow_cutoff_bytes = \"64")
+            ),
+            format!(
+                "t.toml:{}:21: session[0].schedule[0].flow_cutoff_bytes (0 = off) = \"13B\" (13 \
+                 bytes) is out of range: accepted values are 0 or 14 to 9223372036854775807 bytes",
+                line("flow_cutoff_bytes = \"13B")
+            ),
+        ]
+    );
 }
 
 /// A bad `keep` does not hide a `rotate_size` over half the budget, nor a

@@ -14,8 +14,8 @@ use std::ops::Range;
 use serde_spanned::Spanned;
 
 use super::model::{Config, Dest, Direction, Filter, Session, Source, Target};
-use super::raw::RawConfig;
-use super::values::line_col;
+use super::raw::{RawConfig, RawSize};
+use super::values::{line_col, parse_size};
 use super::{ConfigError, Diagnostic};
 
 pub(super) struct Validator<'t> {
@@ -96,6 +96,38 @@ impl<'t> Validator<'t> {
             return T::try_from(0).ok();
         }
         self.int_checked(value, range, what, "0 or ")
+    }
+
+    /// A byte count whose 0 is off (`what` says so: "flow_cutoff_bytes
+    /// (0 = off)"): 0, or `min` to `i64::MAX` bytes, written as a number or
+    /// as a size (`"64KiB"`, as `rotate_size`).
+    fn size_off_or_from(&mut self, value: &Spanned<RawSize>, min: u64, what: &str) -> Option<u64> {
+        let text = match value.get_ref() {
+            RawSize::Number(n) => {
+                let n = Spanned::new(value.span(), *n);
+                return self.int_off_or_in::<u64>(&n, min as i64..=i64::MAX, what);
+            }
+            RawSize::Text(t) => t,
+        };
+        match parse_size(text) {
+            Ok(0) => Some(0),
+            Ok(n) if (min..=i64::MAX as u64).contains(&n) => Some(n),
+            Ok(n) => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "{what} = \"{text}\" ({n} bytes) is out of range: accepted values are 0 \
+                         or {min} to {} bytes",
+                        i64::MAX
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                self.error(value.span(), format!("{what} = \"{text}\": {e}"));
+                None
+            }
+        }
     }
 
     fn int_checked<T: TryFrom<i64>>(

@@ -209,7 +209,7 @@ impl Validator<'_> {
         // Ethernet header of the frame it cuts.
         if let Some(p) = &w.flow_cutoff_bytes {
             overrides.flow_cutoff_bytes =
-                self.int_off_or_in::<u64>(p, 14..=i64::MAX, "flow_cutoff_bytes (0 = off)");
+                self.size_off_or_from(p, 14, "flow_cutoff_bytes (0 = off)");
             ok &= overrides.flow_cutoff_bytes.is_some();
         }
         if let Some(p) = &w.flow_cutoff_packets {
@@ -232,7 +232,7 @@ impl Validator<'_> {
     fn flow_cutoff(&mut self, s: &RawSession) -> Option<(u64, u64, std::time::Duration)> {
         let bytes = match &s.flow_cutoff_bytes {
             None => Some(0),
-            Some(p) => self.int_off_or_in::<u64>(p, 14..=i64::MAX, "flow_cutoff_bytes (0 = off)"),
+            Some(p) => self.size_off_or_from(p, 14, "flow_cutoff_bytes (0 = off)"),
         };
         let packets = match &s.flow_cutoff_packets {
             None => Some(0),
@@ -241,10 +241,14 @@ impl Validator<'_> {
         // (A refused limit counts as set: one error about it is enough.)
         let session_cuts = bytes != Some(0) || packets != Some(0);
         // A window may turn a cutoff on; the idle time is the session's.
-        let on = |v: &Option<Spanned<i64>>| v.as_ref().is_some_and(|v| *v.get_ref() != 0);
         let window_cuts = s.schedule.iter().any(|w| {
             let w = w.get_ref();
-            on(&w.flow_cutoff_bytes) || on(&w.flow_cutoff_packets)
+            w.flow_cutoff_bytes
+                .as_ref()
+                .is_some_and(|v| !v.get_ref().is_zero())
+                || w.flow_cutoff_packets
+                    .as_ref()
+                    .is_some_and(|v| *v.get_ref() != 0)
         });
         let idle = match &s.flow_cutoff_idle {
             None => DEFAULT_FLOW_CUTOFF_IDLE,
