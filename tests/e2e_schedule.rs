@@ -284,6 +284,74 @@ packet_length = 100
     run_steps(&mut run, &steps, "af_xdp");
 }
 
+/// A window of whole days (`days = "sat,sun"`, hours omitted) is one span
+/// from Saturday 00:00 to Monday 00:00: stats show Monday as the next edge
+/// all weekend (a trial saw Sunday 00:00, the end of Saturday's instance,
+/// in stats, metrics and the log), nothing switches or is logged at Sunday
+/// midnight, and the real edges still switch.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_weekend_of_whole_days_is_one_span_with_no_edge_at_sunday_midnight() {
+    require_root!();
+    let windows = r#"
+[[session.schedule]]
+days = "sat,sun"
+timezone = "UTC"
+packet_length = 100
+"#;
+    let mut run = start(
+        "sched-weekend",
+        &config("", "path = \"userspace\"", windows),
+        "2026-12-11T23:59:59Z",
+        false,
+    );
+    let w1 = "window 1 (sat,sun 00:00-24:00 UTC)";
+    let step = |at, window, next_edge, copy_len| Step {
+        at,
+        window,
+        next_edge,
+        mirrored: BATCH.into(),
+        sampled_out: 0,
+        scheduled_out: 0,
+        rate_limited: 0,
+        copy_len,
+    };
+    let monday = "2026-12-14T00:00:00Z";
+    let steps = [
+        step(
+            "2026-12-11T23:59:59Z",
+            "none",
+            "2026-12-12T00:00:00Z",
+            FRAME_LEN,
+        ),
+        step("2026-12-12T00:00:00Z", w1, monday, 100),
+        step("2026-12-12T23:59:59Z", w1, monday, 100),
+        step("2026-12-13T00:00:00Z", w1, monday, 100),
+        step("2026-12-13T23:59:59Z", w1, monday, 100),
+        step(monday, "none", "2026-12-19T00:00:00Z", FRAME_LEN),
+    ];
+    run_steps(&mut run, &steps, "af_xdp");
+    let log = run.daemon.log_text();
+    let switches: Vec<&str> = log
+        .lines()
+        .filter_map(|l| {
+            let from = l.find("session s: ")?;
+            let until = l[from..].find(" active until ")? + from + " active until ".len();
+            let end = l[until..].find(' ').map_or(l.len(), |e| until + e);
+            Some(&l[from..end])
+        })
+        .collect();
+    assert_eq!(
+        switches,
+        [
+            "session s: no window (the session's own settings) active until 2026-12-12T00:00:00Z",
+            "session s: window 1 (sat,sun 00:00-24:00 UTC) active until 2026-12-14T00:00:00Z",
+            "session s: no window (the session's own settings) active until 2026-12-19T00:00:00Z",
+        ],
+        "one switch per real edge: {log}"
+    );
+}
+
 /// A Europe/Berlin schedule on tap mode's kernel path, on a session that is
 /// `enabled = false` outside its window: nothing before 09:00 Berlin time
 /// (08:00 UTC in December), then every frame cut to 96 bytes in the kernel

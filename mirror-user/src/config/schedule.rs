@@ -269,7 +269,11 @@ pub fn describe(w: &Window) -> String {
 pub struct Position {
     /// Index of the active window; `None`: outside every window.
     pub active: Option<usize>,
-    /// The next instant a window starts or ends (`None`: no windows).
+    /// The next instant the active window (or none) changes: a window's
+    /// start or end where another window, or none, takes over. An end that
+    /// meets the next instance of the same window (`days = "sat,sun"` at
+    /// Sunday 00:00) is no edge. `None`: it never changes (no windows, or
+    /// one that covers the whole week).
     pub next_edge: Option<Timestamp>,
 }
 
@@ -286,34 +290,55 @@ impl fmt::Display for Position {
     }
 }
 
+/// Days after today whose instances [`position`] looks at; it looks for
+/// the next edge a day less ahead, where every instance that may contain an
+/// instant is known. The longest a window (or none) stays active without
+/// covering the whole week is about a week and a day (six whole days and a
+/// night window running into the seventh; the gap before a window whose
+/// only instance of the week a DST change empties): twice that leaves room.
+const HORIZON_DAYS: i64 = 16;
+
 /// Where `now` falls in `windows`: the first window with an instance that
-/// contains it, and the earliest edge of any instance after it.
+/// contains it, and the first instant after it where that changes.
 pub fn position(windows: &[Window], now: Timestamp) -> Position {
-    let mut active = None;
-    let mut next_edge: Option<Timestamp> = None;
+    // Every instance from yesterday's (it may cross midnight into today; a
+    // DST change at midnight can put tomorrow's start before `now`) to the
+    // horizon, each window in its own zone's days.
+    let mut instances: Vec<(usize, Timestamp, Timestamp)> = Vec::new();
     for (i, w) in windows.iter().enumerate() {
         let tz = w.zone.tz();
         let today = now.to_zoned(tz.clone()).date();
-        // Yesterday's instance may cross midnight into today; a DST change
-        // at midnight can put tomorrow's start before `now`; a week and a
-        // day ahead holds the next edge of any window that has days.
-        for off in -1i64..=8 {
+        for off in -1i64..=HORIZON_DAYS {
             let Ok(date) = today.checked_add(off.days()) else {
                 continue;
             };
-            let Some((start, end)) = w.instance(&tz, date) else {
-                continue;
-            };
-            if active.is_none() && start <= now && now < end {
-                active = Some(i);
-            }
-            for edge in [start, end] {
-                if edge > now && next_edge.is_none_or(|n| edge < n) {
-                    next_edge = Some(edge);
-                }
+            if let Some((start, end)) = w.instance(&tz, date) {
+                instances.push((i, start, end));
             }
         }
     }
+    let active_at = |t: Timestamp| {
+        instances
+            .iter()
+            .filter(|&&(_, start, end)| start <= t && t < end)
+            .map(|&(i, _, _)| i)
+            .min()
+    };
+    let active = active_at(now);
+    // The active window changes only where an instance starts or ends, and
+    // stays as it is up to the next such instant: the first one after `now`
+    // with another window (or none) active is the next edge.
+    let horizon = now
+        .checked_add((24 * (HORIZON_DAYS - 1)).hours())
+        .unwrap_or(Timestamp::MAX);
+    let mut edges: Vec<Timestamp> = instances
+        .iter()
+        .flat_map(|&(_, start, end)| [start, end])
+        .filter(|&t| now < t && t <= horizon)
+        .collect();
+    edges.sort_unstable();
+    edges.dedup();
+    let next_edge = edges.into_iter().find(|&t| active_at(t) != active);
     Position { active, next_edge }
 }
 
@@ -474,13 +499,15 @@ mod tests {
             window("mon-fri", "00:00-24:00", "UTC"),
             window("sat,sun", "00:00-24:00", "UTC"),
         ];
+        // The weekdays are one span, and the weekend another: Saturday's
+        // end meets Sunday's start of the same window, no edge.
         assert_eq!(
             at(&w, "2026-12-11T23:59:59Z"),
             (Some(0), Some("2026-12-12T00:00:00Z".into()))
         );
         assert_eq!(
             at(&w, "2026-12-12T00:00:00Z"),
-            (Some(1), Some("2026-12-13T00:00:00Z".into()))
+            (Some(1), Some("2026-12-14T00:00:00Z".into()))
         );
         assert_eq!(
             at(&w, "2026-12-13T23:59:59Z"),
@@ -488,7 +515,96 @@ mod tests {
         );
         assert_eq!(
             at(&w, "2026-12-14T00:00:00Z"),
-            (Some(0), Some("2026-12-15T00:00:00Z".into()))
+            (Some(0), Some("2026-12-19T00:00:00Z".into()))
+        );
+    }
+
+    /// A trial's `days = "sat,sun"` with hours omitted showed, at Saturday
+    /// 00:00, a next edge on Sunday 00:00 (the end of Saturday's instance)
+    /// in stats, metrics and the log, though the window runs until Monday.
+    #[test]
+    fn whole_consecutive_days_of_one_window_are_one_span() {
+        let w = [window("sat,sun", "00:00-24:00", "UTC")];
+        assert_eq!(
+            at(&w, "2026-12-11T12:00:00Z"),
+            (None, Some("2026-12-12T00:00:00Z".into()))
+        );
+        for now in [
+            "2026-12-12T00:00:00Z",
+            "2026-12-12T23:59:59Z",
+            "2026-12-13T00:00:00Z",
+        ] {
+            assert_eq!(
+                at(&w, now),
+                (Some(0), Some("2026-12-14T00:00:00Z".into())),
+                "{now}"
+            );
+        }
+        assert_eq!(
+            at(&w, "2026-12-14T00:00:00Z"),
+            (None, Some("2026-12-19T00:00:00Z".into()))
+        );
+        // A range over the week's end, in a zone: Friday to Monday.
+        let w = [window("fri-mon", "00:00-24:00", "Europe/Berlin")];
+        assert_eq!(
+            at(&w, "2026-12-11T00:00:00Z"),
+            (Some(0), Some("2026-12-14T23:00:00Z".into()))
+        );
+        // Six days of one window and a night window from the seventh into
+        // the first: one span each, handing over at their real edges.
+        let w = [
+            window("mon-sat", "00:00-24:00", "UTC"),
+            window("sun", "12:00-00:00", "UTC"),
+        ];
+        assert_eq!(
+            at(&w, "2026-12-07T00:00:00Z"),
+            (Some(0), Some("2026-12-13T00:00:00Z".into()))
+        );
+        assert_eq!(
+            at(&w, "2026-12-13T00:00:00Z"),
+            (None, Some("2026-12-13T12:00:00Z".into()))
+        );
+        assert_eq!(
+            at(&w, "2026-12-13T12:00:00Z"),
+            (Some(1), Some("2026-12-14T00:00:00Z".into()))
+        );
+        // A window of every whole day never changes: no edge.
+        assert_eq!(
+            at(
+                &[window("mon-sun", "00:00-24:00", "UTC")],
+                "2026-12-07T09:00:00Z"
+            ),
+            (Some(0), None)
+        );
+    }
+
+    /// A night window `03:00-02:00` leaves a gap 02:00-03:00 every night but
+    /// Berlin's spring-forward one (2026-03-29), which skips that hour: the
+    /// Saturday's instance ends at 03:00 CEST (01:00 UTC), where Sunday's
+    /// starts, so the two are one span, to Monday 02:00 CEST.
+    #[test]
+    fn instances_the_spring_gap_joins_are_one_span() {
+        let w = [window("mon-sun", "03:00-02:00", "Europe/Berlin")];
+        // The week before, a plain CET night: the gap is an hour.
+        assert_eq!(
+            at(&w, "2026-03-21T12:00:00Z"),
+            (Some(0), Some("2026-03-22T01:00:00Z".into()))
+        );
+        assert_eq!(
+            at(&w, "2026-03-22T01:00:00Z"),
+            (None, Some("2026-03-22T02:00:00Z".into()))
+        );
+        assert_eq!(
+            at(&w, "2026-03-28T12:00:00Z"),
+            (Some(0), Some("2026-03-30T00:00:00Z".into()))
+        );
+        assert_eq!(
+            at(&w, "2026-03-29T01:00:00Z"),
+            (Some(0), Some("2026-03-30T00:00:00Z".into()))
+        );
+        assert_eq!(
+            at(&w, "2026-03-30T00:00:00Z"),
+            (None, Some("2026-03-30T01:00:00Z".into()))
         );
     }
 
