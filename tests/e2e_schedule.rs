@@ -569,6 +569,25 @@ fn a_window_changes_the_flow_cutoff_exactly_at_its_edges() {
         last = st;
     }
     assert_eq!(last.targets["ids0"].sent_packets, 60);
+    // The log line of each switch names the limits it puts in force, as it
+    // names sample and packet_length (a trial found them missing).
+    let log = run.daemon.log_text();
+    for (switch, limits) in [
+        (
+            "session s: window 1 (mon-fri 08:00-18:00 UTC) active until 2026-12-07T18:00:00Z",
+            "flow_cutoff_bytes=0 flow_cutoff_packets=2",
+        ),
+        (
+            "session s: no window (the session's own settings) active until 2026-12-08T08:00:00Z",
+            "flow_cutoff_bytes=0 flow_cutoff_packets=0",
+        ),
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(switch))
+            .unwrap_or_else(|| panic!("no `{switch}` in {log}"));
+        assert!(line.contains(limits), "{line}");
+    }
 }
 
 /// A reload that changes a scheduled tap session restarts its source, and

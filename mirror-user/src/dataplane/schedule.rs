@@ -248,6 +248,8 @@ fn switch(e: &Entry, sess: &Session, pos: &Position) -> anyhow::Result<()> {
         sample = policy.sample,
         rate_limit_pps = policy.rate_limit_pps,
         packet_length = policy.packet_length,
+        flow_cutoff_bytes = policy.flow_cutoff_bytes,
+        flow_cutoff_packets = policy.flow_cutoff_packets,
         "session {}: {} active until {until}",
         sess.name,
         match pos.active {
