@@ -473,7 +473,7 @@ fn a_kept_target_keeps_what_a_restarted_sources_kernel_path_sent_it() {
     lab::gro_on(&lab.sink, Lab::SINK_IF).expect("GRO on");
     lab::veth(&lab.gen, "cp1", &lab.src, "cp0", 1).expect("cp0");
     let dir = TempDir::new("e2e-reload-kept").expect("temp dir");
-    let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, COPY_KERNEL);
+    let (daemon, _) = common::start_daemon(BIN, &lab.src, &dir, COPY_KERNEL);
     let mut client = Client::connect(&daemon.control).expect("control socket");
     let send = |first: u32| {
         let sent = lab::send_frames(&lab.gen, "cp1", mix(first, 100), 10_000).expect("send");
