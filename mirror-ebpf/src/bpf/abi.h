@@ -297,8 +297,12 @@ struct mirror_copy {
 			 * with MIRROR_COPY_F_VLAN, bits 16-31: the TCI of the outer tag
 			 * (TPID 0x8100, or 0x88a8 with MIRROR_COPY_F_QINQ), which
 			 * userspace puts back after the MAC addresses (orig_len and
-			 * cap_len count the data without it). In `slot`: the header's
-			 * size weighs on the copy programs' stack. */
+			 * cap_len count the data without it), and bits 1-2: 0, or,
+			 * when the flow cutoff cut the frame inside that tag (14 or
+			 * 15 bytes of the frame as on the wire), how many of the tag's
+			 * bytes the copy keeps (2 or 3; cap_len is then 12: the MAC
+			 * addresses). In `slot`: the header's size weighs on the copy
+			 * programs' stack. */
 	__u64 tstamp;   /* bpf_ktime_get_tai_ns() */
 	__u8 data[];
 };

@@ -1291,7 +1291,11 @@ static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data
 {
 	struct copy_job job = { .ctx = ctx, .xdp = xdp };
 	const struct mirror_policy *pol = 0;
-	__u32 why, snap, cap, slot = 0, keep = frame_len;
+	/* The frame as it was on the wire: with the outer tag the kernel took
+	 * out of the data (tc), which every copy carries, so the cutoff counts
+	 * it and `keep` is in these bytes. */
+	__u32 wire_len = frame_len + (accel_vlan ? sizeof(struct vlan_tag) : 0);
+	__u32 why, snap, cap, slot = 0, keep = wire_len, tag_kept = 0;
 	struct pkt p = {};
 	__s32 session;
 
@@ -1305,14 +1309,14 @@ static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data
 		if ((accel_vlan >> 16) == ETH_P_8021AD)
 			job.hdr.flags |= MIRROR_COPY_F_QINQ;
 	}
-	session = select_session(&p, dir, why, &pol, &slot, data, data_end, frame_len, &keep);
+	session = select_session(&p, dir, why, &pol, &slot, data, data_end, wire_len, &keep);
 	if (session < 0 || session >= MIRROR_MAX_SESSIONS || !pol)
 		return;
 	if (!xdp && clone_ndests[session]) {
 		/* The kernel path: clones, no record (the packet pointers are
 		 * stale after a clone; nothing below them is used). A clone
 		 * cannot be cut: a frame crossing its flow's cutoff goes whole. */
-		if (keep < frame_len)
+		if (keep < wire_len)
 			count_boundary(session, dir, false);
 		clone_out(ctx, session, dir, gso,
 			  clone_tunnels[session] ? flow_hash(&p, data, data_end) : 0, slot);
@@ -1320,8 +1324,18 @@ static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data
 	}
 
 	cap = frame_len;
-	if (keep < cap) {
+	if (keep < wire_len) {
+		/* Cut at the flow's last byte of the frame as on the wire. The
+		 * record holds the data, the tag goes back after the MACs: */
 		cap = keep;
+		if (accel_vlan && keep >= 2 * ETH_ALEN + sizeof(struct vlan_tag)) {
+			cap = keep - sizeof(struct vlan_tag);
+		} else if (accel_vlan) {
+			/* a cut inside the tag (14 or 15 bytes): the MACs, and
+			 * that many of the tag's bytes (struct mirror_copy). */
+			cap = 2 * ETH_ALEN;
+			tag_kept = keep - 2 * ETH_ALEN;
+		}
 		count_boundary(session, dir, true);
 	}
 	snap = pol->packet_length;
@@ -1335,7 +1349,7 @@ static __always_inline void try_copy(void *ctx, bool xdp, void *data, void *data
 	if (gso)
 		job.hdr.flags |= MIRROR_COPY_F_GSO;
 	job.hdr.session = session;
-	job.hdr.slot = slot | (accel_vlan << 16);
+	job.hdr.slot = slot | (tag_kept << 1) | (accel_vlan << 16);
 	job.hdr.direction = dir;
 	job.hdr.ifindex = ifindex;
 	job.hdr.orig_len = frame_len;

@@ -157,14 +157,15 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
 /// holds: [`RX_BATCH`] times this).
 const DRAIN_BATCHES: u32 = 1024;
 
-/// `data` with the VLAN tag `tag` (TPID, TCI) put back after its MAC
-/// addresses, into `out`: the frame as it was on the wire. A copy cut
-/// shorter than the addresses gets the tag after what it has.
-pub(super) fn retag(out: &mut Vec<u8>, data: &[u8], tag: [u8; 4]) {
+/// `data` with the VLAN tag `tag` (TPID, TCI; fewer bytes of it for a copy
+/// cut inside the tag) put back after its MAC addresses, into `out`: the
+/// frame as it was on the wire. A copy cut shorter than the addresses gets
+/// the tag after what it has.
+pub(super) fn retag(out: &mut Vec<u8>, data: &[u8], tag: &[u8]) {
     let at = data.len().min(12);
     out.clear();
     out.extend_from_slice(&data[..at]);
-    out.extend_from_slice(&tag);
+    out.extend_from_slice(tag);
     out.extend_from_slice(&data[at..]);
 }
 
@@ -212,8 +213,8 @@ pub(super) fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
             return 0;
         };
         let mut buf = retagged.borrow_mut();
-        if let Some(tag) = rec.and_then(|r| r.vlan_header()) {
-            retag(&mut buf, frame.data, tag);
+        if let Some((tag, kept)) = rec.and_then(|r| Some((r.vlan_header()?, r.vlan_len()))) {
+            retag(&mut buf, frame.data, &tag[..kept]);
             frame.data = &buf;
             frame.orig_len += 4;
         }
@@ -307,6 +308,7 @@ mod tests {
             hash: 7,
             tstamp_tai: NOW + 37 * S,
             vlan: None,
+            vlan_kept: 0,
             data: &[1u8, 2, 3][..],
         };
         let (session, f) = record_frame(&rec, 2, 37 * S, 4).expect("placed");
@@ -323,13 +325,13 @@ mod tests {
     fn a_tag_out_of_the_data_goes_back_after_the_mac_addresses() {
         let frame: Vec<u8> = (0..20).collect();
         let mut out = Vec::new();
-        retag(&mut out, &frame, [0x81, 0x00, 0x20, 0x64]);
+        retag(&mut out, &frame, &[0x81, 0x00, 0x20, 0x64]);
         let mut want: Vec<u8> = (0..12).collect();
         want.extend([0x81, 0x00, 0x20, 0x64]);
         want.extend(12..20);
         assert_eq!(out, want);
         // Reused: nothing of the previous frame stays.
-        retag(&mut out, &frame[..10], [0x88, 0xa8, 0, 5]);
+        retag(&mut out, &frame[..10], &[0x88, 0xa8, 0, 5]);
         let mut short: Vec<u8> = (0..10).collect();
         short.extend([0x88, 0xa8, 0, 5]);
         assert_eq!(out, short);
@@ -345,9 +347,40 @@ mod tests {
             hash: 0,
             tstamp_tai: 0,
             vlan: Some(0x8100_2064),
+            vlan_kept: 0,
             data: &frame[..],
         };
         assert_eq!(rec.vlan_header(), Some([0x81, 0x00, 0x20, 0x64]));
+        assert_eq!(rec.vlan_len(), 4);
+    }
+
+    /// A copy the flow cutoff cut inside the tag (14 or 15 bytes of the
+    /// frame as on the wire) is the MACs and the tag's first bytes.
+    #[test]
+    fn a_copy_cut_inside_the_tag_keeps_only_the_tags_first_bytes() {
+        let frame: Vec<u8> = (0..12).collect();
+        for kept in [2u8, 3] {
+            let rec = Record {
+                slot: 0,
+                session: 0,
+                egress: false,
+                cut: false,
+                gso: false,
+                ifindex: 3,
+                orig_len: 56,
+                hash: 0,
+                tstamp_tai: 0,
+                vlan: Some(0x8100_0064),
+                vlan_kept: kept,
+                data: &frame[..],
+            };
+            let tag = rec.vlan_header().expect("tagged");
+            let mut out = Vec::new();
+            retag(&mut out, rec.data, &tag[..rec.vlan_len()]);
+            let mut want: Vec<u8> = (0..12).collect();
+            want.extend(&[0x81, 0x00, 0x00][..usize::from(kept)]);
+            assert_eq!(out, want, "{kept} bytes of the tag");
+        }
     }
 
     /// The kernel and the daemon disagree on the sessions: a bug, counted

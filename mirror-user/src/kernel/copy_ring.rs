@@ -37,6 +37,10 @@ pub struct Record<D> {
     /// (tc, VLAN acceleration): TPID << 16 | TCI. `data` and `orig_len`
     /// are without it; [`Record::vlan_header`] gives its four bytes.
     pub vlan: Option<u32>,
+    /// With `vlan`, a copy the flow cutoff cut inside that tag (14 or 15
+    /// bytes of the frame as on the wire): how many of the tag's bytes it
+    /// keeps (2 or 3; `data` is then the MAC addresses). 0: all four.
+    pub vlan_kept: u8,
     /// The frame's first bytes (the session's `packet_length`, or all of it).
     pub data: D,
 }
@@ -72,6 +76,7 @@ impl<'a> Record<&'a [u8]> {
                 };
                 tpid << 16 | h.slot >> 16
             }),
+            vlan_kept: ((h.slot >> 1) & 3) as u8,
             data,
         })
     }
@@ -95,6 +100,7 @@ impl<D> Record<D> {
             hash: self.hash,
             tstamp_tai: self.tstamp_tai,
             vlan: self.vlan,
+            vlan_kept: self.vlan_kept,
             data,
         }
     }
@@ -103,6 +109,15 @@ impl<D> Record<D> {
     /// the kernel took it out of the data.
     pub fn vlan_header(&self) -> Option<[u8; 4]> {
         self.vlan.map(|v| v.to_be_bytes())
+    }
+
+    /// How many bytes of [`Record::vlan_header`] the copy keeps: 4, or
+    /// fewer when the flow cutoff cut the frame inside the tag.
+    pub fn vlan_len(&self) -> usize {
+        match self.vlan_kept {
+            0 => 4,
+            n => usize::from(n.min(4)),
+        }
     }
 }
 
