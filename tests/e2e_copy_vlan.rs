@@ -119,8 +119,8 @@ const CUTOFF: u64 = 1000;
 
 /// The cutoff tests' source: copy mode at tcx (`ingress_hook` "tc" for the
 /// pcapng target's ring buffer; "auto" hooks tcx for the interface target's
-/// clones), one session with `flow_cutoff_bytes`.
-fn cutoff_config(target: &str) -> String {
+/// clones), one session with `flow_cutoff_bytes = cutoff` (0: off).
+fn cutoff_config(target: &str, cutoff: u64) -> String {
     let hook = if target.contains("pcapng") {
         "ingress_hook = \"tc\""
     } else {
@@ -154,7 +154,7 @@ name = "tagged"
 source = "live"
 filter = "vlan100"
 targets = ["t"]
-flow_cutoff_bytes = {CUTOFF}
+flow_cutoff_bytes = {cutoff}
 "#
     )
 }
@@ -289,7 +289,7 @@ fn the_cutoff_at_tcx_counts_the_accelerated_tag_and_cuts_the_record_at_the_wire_
     let lab = Lab::new(1).expect("lab");
     let dir = TempDir::new("e2e-copy-vlan-cutoff").expect("temp dir");
     let target = "kind = \"pcapng\"\npath = \"@DIR@/cut.pcapng\"";
-    let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &cutoff_config(target));
+    let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &cutoff_config(target, CUTOFF));
     let mut client = Client::connect(&daemon.control).expect("control socket");
 
     let flows = cutoff_flows(true);
@@ -343,7 +343,7 @@ fn the_cutoff_of_kernel_clones_counts_the_accelerated_tag() {
     let lab = Lab::new(1).expect("lab");
     let dir = TempDir::new("e2e-copy-vlan-clone-cutoff").expect("temp dir");
     let target = "kind = \"interface\"\ninterface = \"tgt0\"";
-    let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &cutoff_config(target));
+    let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &cutoff_config(target, CUTOFF));
     let mut client = Client::connect(&daemon.control).expect("control socket");
     let sink = Capture::start(&lab.sink, Lab::SINK_IF).expect("capture");
 
@@ -372,9 +372,11 @@ fn the_cutoff_of_kernel_clones_counts_the_accelerated_tag() {
         (22, 4, sent - 22),
         "{src:#?}"
     );
+    // The bytes of the clones as sent: tag included.
+    let kept_bytes: u64 = flows.values().flatten().map(|f| f.1).sum();
     assert_eq!(
-        (t.sent_packets, t.kernel_path),
-        (sent - 22, sent - 22),
+        (t.sent_packets, t.kernel_path, t.sent_bytes),
+        (sent - 22, sent - 22, kept_bytes),
         "{t:#?}"
     );
 
@@ -390,4 +392,46 @@ fn the_cutoff_of_kernel_clones_counts_the_accelerated_tag() {
         })
         .collect();
     assert_copies(&flows, copies, false);
+}
+
+/// Copy mode's kernel path: a clone of a tagged frame carries the tag the
+/// kernel holds outside the data, so `sent_bytes` (the bytes of the copies
+/// as sent) counts it: the bytes the target's far end receives.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn kernel_clones_of_tagged_frames_count_the_tag_in_sent_bytes() {
+    require_root!();
+    let lab = Lab::new(1).expect("lab");
+    let dir = TempDir::new("e2e-copy-vlan-clone-bytes").expect("temp dir");
+    let target = "kind = \"interface\"\ninterface = \"tgt0\"";
+    let (mut daemon, _) = common::start_daemon(BIN, &lab.src, &dir, &cutoff_config(target, 0));
+    let mut client = Client::connect(&daemon.control).expect("control socket");
+    let sink = Capture::start(&lab.sink, Lab::SINK_IF).expect("capture");
+
+    let frames: Vec<Vec<u8>> = (0..20u8)
+        .map(|k| tagged_udp(5, k, 60 + 37 * usize::from(k)))
+        .collect();
+    let wire_bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
+    lab::send_frames(&lab.gen, Lab::GEN_IF, Arc::new(frames.clone()), 10_000).expect("send");
+    // The clones and their counts are made in the run that matched the frame.
+    let st = wait_for(&mut client, "every frame in", |s| {
+        s.sources["live"].matched == 20
+    });
+    let t = &st.targets["t"];
+    assert_reconciles("t", t);
+    assert_eq!(st.sessions["tagged"].path, "kernel");
+    assert_eq!(
+        (t.sent_packets, t.kernel_path, t.sent_bytes),
+        (20, 20, wire_bytes),
+        "{t:#?}"
+    );
+
+    let status = daemon.stop(Duration::from_secs(10)).expect("stop");
+    assert!(status.success(), "{}", daemon.log_text());
+    let got: Vec<Vec<u8>> = sink
+        .finish()
+        .into_iter()
+        .filter(|f| flow_of(f).is_some())
+        .collect();
+    assert_eq!(got, frames, "each clone is the frame as sent, tag included");
 }

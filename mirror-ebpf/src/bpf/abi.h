@@ -533,7 +533,8 @@ enum mirror_relay {
  * then counts what became of each. */
 struct mirror_clone_stats {
 	__u64 packets; /* clones the device took (bpf_clone_redirect returned 0) */
-	__u64 bytes;   /* their bytes */
+	__u64 bytes;   /* their bytes, with an outer VLAN tag the kernel holds
+			* outside the data (tc): the clone carries it */
 	__u64 too_big; /* not cloned: longer than the device takes, and not GSO;
 			* to a tunnel: a GSO super-frame (never cut silently) */
 	__u64 down;    /* not cloned: `down` set; or the kernel said -ENETDOWN */

@@ -1226,13 +1226,19 @@ static __always_inline void clone_out(struct __sk_buff *skb, __u32 session, __u3
 {
 	__u32 s = session & (MIRROR_MAX_SESSIONS - 1);
 	__u32 n = clone_ndests[s];
+	/* What too_big compares with the device's limit, as the kernel does
+	 * (is_skb_forwardable): skb->len, without an outer tag the kernel
+	 * holds outside the data (VLAN acceleration). */
 	__u32 len = skb->len;
+	/* The bytes of a clone as sent: with that tag, which the clone keeps
+	 * and the device sends (or the relay puts back in). */
+	__u32 bytes = len + (skb->vlan_present ? sizeof(struct vlan_tag) : 0);
 	struct mirror_fast_count *k = bpf_map_lookup_elem(&session_kernel, &s);
 	__u64 *d = bpf_map_lookup_elem(&clone_dir, &dir);
 
 	if (k) {
 		k->packets += 1;
-		k->bytes += len;
+		k->bytes += bytes;
 	}
 	if (d)
 		*d += 1;
@@ -1270,7 +1276,7 @@ static __always_inline void clone_out(struct __sk_buff *skb, __u32 session, __u3
 		}
 		if (err == 0) {
 			st->packets += 1;
-			st->bytes += len;
+			st->bytes += bytes;
 		} else if (err == -MIRROR_ENETDOWN) {
 			st->down += 1;
 		} else {
