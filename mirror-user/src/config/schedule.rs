@@ -809,4 +809,23 @@ mod tests {
         assert_eq!(m[0], 6 * 1440 + 23 * 60);
         assert_eq!(*m.last().expect("minutes"), 59);
     }
+
+    /// The days are the zone's, not UTC's: in Honolulu (UTC-10) a Monday
+    /// window from 18:00 to Tuesday 16:00 is still active on Tuesday at
+    /// 15:00, when it is already Wednesday in UTC (two UTC dates after the
+    /// window's own day).
+    #[test]
+    fn a_window_is_found_by_its_zones_date_when_utcs_is_a_day_ahead() {
+        let w = [window("mon", "18:00-16:00", "Pacific/Honolulu")];
+        // Tuesday 15:00 HST = Wednesday 01:00 UTC.
+        assert_eq!(
+            at(&w, "2026-12-09T01:00:00Z"),
+            (Some(0), Some("2026-12-09T02:00:00Z".into()))
+        );
+        // Its end, Tuesday 16:00 HST; next, Monday 18:00 HST.
+        assert_eq!(
+            at(&w, "2026-12-09T02:00:00Z"),
+            (None, Some("2026-12-15T04:00:00Z".into()))
+        );
+    }
 }
