@@ -2342,3 +2342,73 @@ fn rotate_size_over_half_of_max_total_size_is_refused_at_its_key() {
     parse(&with("512KiB", "1MiB"), "t.toml").expect("half the budget");
     parse(&with("256KiB", "1MiB"), "t.toml").expect("a quarter");
 }
+
+/// A window's policy is the session's own settings with only the keys the
+/// window names replaced: each key falls back to the same key of the
+/// session (never another one, never a default), `enabled = false`
+/// included.
+#[test]
+fn a_window_takes_every_key_it_does_not_name_from_the_same_key_of_the_session() {
+    let c = parse(
+        &scheduled(
+            r#"
+[[session.schedule]]
+hours = "08:00-12:00"
+enabled = true
+[[session.schedule]]
+hours = "12:00-13:00"
+flow_cutoff_bytes = 100
+[[session.schedule]]
+hours = "13:00-14:00"
+flow_cutoff_packets = 2
+[[session.schedule]]
+hours = "14:00-15:00"
+sample = 2
+"#,
+        )
+        .replace(
+            "priority = 1",
+            "priority = 1\nenabled = false\nsample = 4\nrate_limit_pps = 1000\n\
+             packet_length = 200\nflow_cutoff_bytes = 5000\nflow_cutoff_packets = 7",
+        ),
+        "t.toml",
+    )
+    .expect("valid");
+    let s = &c.sessions[0];
+    let own = Policy {
+        enabled: false,
+        sample: 4,
+        rate_limit_pps: 1000,
+        packet_length: 200,
+        flow_cutoff_bytes: 5000,
+        flow_cutoff_packets: 7,
+    };
+    assert_eq!(s.policy(None), own);
+    assert_eq!(
+        s.policy(Some(0)),
+        Policy {
+            enabled: true,
+            ..own
+        }
+    );
+    assert_eq!(
+        s.policy(Some(1)),
+        Policy {
+            flow_cutoff_bytes: 100,
+            ..own
+        }
+    );
+    assert_eq!(
+        s.policy(Some(2)),
+        Policy {
+            flow_cutoff_packets: 2,
+            ..own
+        }
+    );
+    assert_eq!(
+        s.policy(Some(3)),
+        Policy { sample: 2, ..own },
+        "a window that does not name `enabled` leaves a disabled session disabled"
+    );
+    assert_eq!(s.policy(Some(4)), own, "no such window: the session's own");
+}
