@@ -1097,4 +1097,44 @@ mod tests {
         let d = |k: &str| snap.dropped.get(k).copied().unwrap_or(0);
         assert_eq!((d("down"), d("unknown")), (27, 3));
     }
+
+    /// Copy mode's per-direction counts: each field is its own kernel
+    /// counter of its own direction (every counter a different value here,
+    /// so a field read from another counter or direction shows).
+    #[test]
+    fn each_directions_counts_come_from_its_own_counters() {
+        let mut by_dir = [[0u64; COUNTERS]; 2];
+        for (d, counters) in by_dir.iter_mut().enumerate() {
+            for (i, v) in counters.iter_mut().enumerate() {
+                *v = (d as u64 + 1) * 1000 + i as u64;
+            }
+        }
+        let c = |d: usize, k: C| (d as u64 + 1) * 1000 + k.0 as u64;
+        let got = direction_stats(&by_dir, &[7, 9]);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            ["egress", "ingress"],
+            "one entry per direction"
+        );
+        for (d, name, cloned) in [(0, "ingress", 7), (1, "egress", 9)] {
+            assert_eq!(
+                got[name],
+                DirectionStats {
+                    received: c(d, C::MIRROR_CNT_RECEIVED),
+                    matched: c(d, C::MIRROR_CNT_MATCHED),
+                    filtered: c(d, C::MIRROR_CNT_FILTERED),
+                    sampled_out: c(d, C::MIRROR_CNT_SAMPLED_OUT),
+                    scheduled_out: c(d, C::MIRROR_CNT_SCHEDULED_OUT),
+                    cutoff: c(d, C::MIRROR_CNT_CUTOFF),
+                    cutoff_cut: c(d, C::MIRROR_CNT_CUTOFF_CUT),
+                    cutoff_whole: c(d, C::MIRROR_CNT_CUTOFF_WHOLE),
+                    copied: c(d, C::MIRROR_CNT_COPIED),
+                    ring_full: c(d, C::MIRROR_CNT_DROP_RING_FULL),
+                    copy_cut: c(d, C::MIRROR_CNT_COPY_CUT),
+                    cloned,
+                },
+                "{name}"
+            );
+        }
+    }
 }
