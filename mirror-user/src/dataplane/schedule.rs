@@ -263,6 +263,10 @@ fn switch(e: &Entry, sess: &Session, pos: &Position) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::session::SessionPlan;
+    use crate::dataplane::source::Prepared;
+    use crate::kernel::SourceProgram;
+    use crate::target::{Frame, Oversize, TargetQueue};
 
     fn ts(s: &str) -> Timestamp {
         s.parse().expect("timestamp")
@@ -292,5 +296,100 @@ mod tests {
             Duration::ZERO
         );
         assert_eq!(sleep_until(None, now), MAX_SLEEP);
+    }
+
+    /// A switch writes the new policy's userspace half into the plan's idle
+    /// slot and makes it the plan's slot in force, the one the kernel
+    /// flipped to: frames tagged with the new slot and frames that carry no
+    /// slot (no XDP metadata) alike are cut by the window's packet_length,
+    /// and after the switch back by the session's own (none).
+    #[test]
+    #[ignore = "needs root: BPF and network namespaces"]
+    fn a_switch_makes_the_kernels_new_slot_the_plans_slot_in_force() {
+        assert!(crate::is_root(), "needs root (BPF)");
+        let text = r#"
+[[source]]
+name = "s"
+interface = "lo"
+[[filter]]
+name = "all"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+[[target]]
+name = "t"
+kind = "interface"
+interface = "y"
+[[session]]
+name = "a"
+source = "s"
+filter = "all"
+targets = ["t"]
+[[session.schedule]]
+hours = "08:00-18:00"
+timezone = "UTC"
+packet_length = 100
+"#;
+        let config = crate::config::parse(text, "test").expect("valid config");
+        let sess = &config.sessions[0];
+        let queue =
+            Arc::new(TargetQueue::new("t", "interface", 8, 1518, Oversize::Drop).expect("memory"));
+        let plan = SessionPlan::new(&config, 0, std::slice::from_ref(&queue), &[]);
+        let mut program = SourceProgram::load().expect("the programs load");
+        program
+            .set_policy(0, &sess.policy(None), true)
+            .expect("the session's own policy");
+        let prepared = Prepared {
+            program,
+            plans: vec![plan],
+            paths: Vec::new(),
+            sessions: vec![0],
+            rules: 0,
+        };
+        let source =
+            Arc::new(prepared.into_source(&config.sources[0], 0, "none", Vec::new(), false));
+        let entry = Entry {
+            session: 0,
+            source: source.clone(),
+            kidx: 0,
+        };
+        let data = vec![7u8; 300];
+        // Offers one frame tagged `slot` (None: untagged) and returns the
+        // length of its copy.
+        let copy_len = |slot: Option<u8>| {
+            let frame = Frame {
+                data: &data,
+                orig_len: 300,
+                hash: 0,
+                tstamp_ns: 0,
+                vni: 0,
+                source: 0,
+                egress: false,
+            };
+            assert!(source.plans[0].dispatch(frame, None, slot));
+            let p = queue.pop_ready().expect("a copy");
+            let n = p.data().len();
+            queue.recycle(p);
+            n
+        };
+        assert_eq!(copy_len(None), 300, "the session's own policy");
+        for (at, window, slot, len) in [
+            ("2026-12-07T12:00:00Z", Some(0), 1, 100),
+            ("2026-12-07T19:00:00Z", None, 0, 300),
+        ] {
+            let pos = position(&sess.schedule, ts(at));
+            assert_eq!(pos.active, window, "{at}");
+            switch(&entry, sess, &pos).expect("switch");
+            let kernel = source
+                .program
+                .lock()
+                .expect("lock")
+                .policy_slot(0)
+                .expect("slot");
+            assert_eq!(kernel, slot, "{at}: the kernel flipped to the idle slot");
+            assert_eq!(copy_len(Some(slot as u8)), len, "{at}: tagged");
+            assert_eq!(copy_len(None), len, "{at}: untagged");
+        }
     }
 }
