@@ -14,7 +14,7 @@ use mirror_ebpf::mirror::types::mirror_counter as C;
 use mirror_user::config;
 use mirror_user::filter::ruleset::{self, RuleSet};
 use mirror_user::kernel::copy_ring;
-use mirror_user::kernel::{test_run_raw, CutoffCounts, SourceProgram, COUNTERS};
+use mirror_user::kernel::{test_run, test_run_raw, CutoffCounts, SourceProgram, COUNTERS};
 
 const XDP_PASS: u32 = 2;
 /// TC_ACT_UNSPEC (-1): tcx goes on to the next program, or passes the frame.
@@ -491,5 +491,154 @@ fn what_the_cutoff_saves_on_a_mix_of_many_short_flows_and_a_few_bulk_ones() {
             100.0 - 100.0 * kept as f64 / total_bytes as f64,
             100.0 * whole as f64 / mix.len() as f64
         );
+    }
+}
+
+/// Two sessions of one source: `a` takes what 10.1.0.1 (V4A) sends, `b`
+/// what 10.2.0.1 (V4B) sends, so the two directions of one flow go to two
+/// sessions.
+const TWO_SESSIONS: &str = r#"
+[[source]]
+name = "s"
+interface = "x"
+mode = "copy"
+direction = "both"
+[[filter]]
+name = "from_a"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+source = "10.1.0.1/32"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "egress"
+source = "10.1.0.1/32"
+[[filter]]
+name = "from_b"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "ingress"
+source = "10.2.0.1/32"
+[[filter.rule]]
+number = 1
+action = "accept"
+direction = "egress"
+source = "10.2.0.1/32"
+[[target]]
+name = "t"
+kind = "interface"
+interface = "y"
+[[session]]
+name = "a"
+source = "s"
+filter = "from_a"
+targets = ["t"]
+priority = 1
+[[session]]
+name = "b"
+source = "s"
+filter = "from_b"
+targets = ["t"]
+priority = 2
+"#;
+
+/// A flow's frames tracked per session: the client's frames (session `a`)
+/// and the server's (session `b`) of one TCP connection are two flows, each
+/// with its own flow_cutoff_packets.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn each_session_counts_its_own_flows() {
+    require_root!();
+    let config = config::parse(TWO_SESSIONS, "cutoff").expect("valid config");
+    let filters = ruleset::source_filters(&config, 0);
+    let ingress = RuleSet::build(&filters, config::Direction::Ingress).expect("ingress");
+    let egress = RuleSet::build(&filters, config::Direction::Egress).expect("egress");
+    let mut prog =
+        SourceProgram::load_with_flows(1 << 20, mirror_ebpf::limits::FLOWS).expect("loads");
+    prog.install(&ingress, Some(&egress)).expect("installs");
+    for session in [0, 1] {
+        prog.set_cutoff(session, 0, 2, Duration::from_secs(60))
+            .expect("cutoff");
+    }
+    let session = |f: &[u8]| {
+        test_run(prog.xdp_tap_fd(), f)
+            .expect("test run")
+            .map(|m| m.session)
+    };
+    let (from_a, from_b) = (tcp(4000, 80, true, 100), tcp(4000, 80, false, 100));
+    assert_eq!([session(&from_a), session(&from_a)], [Some(0), Some(0)]);
+    assert_eq!(
+        [session(&from_b), session(&from_b)],
+        [Some(1), Some(1)],
+        "session b's first two frames of the flow, whatever session a saw"
+    );
+    assert_eq!([session(&from_a), session(&from_b)], [None, None]);
+    assert_eq!(
+        (0..2)
+            .map(|s| prog.session_cutoff(s).expect("counts").cutoff)
+            .collect::<Vec<_>>(),
+        [1, 1]
+    );
+}
+
+/// What makes two frames one flow: the protocol and the outer VLAN id
+/// count too, so TCP and UDP between the same ports, and the same 5-tuple
+/// tagged and untagged, are separate flows, each with its own
+/// flow_cutoff_packets.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn the_protocol_and_the_vlan_id_tell_flows_apart() {
+    require_root!();
+    let prog = program(0, 2, Duration::from_secs(60));
+    let kept = |f: &[u8]| {
+        let (_, out) = test_run_raw(prog.xdp_tap_fd(), f).expect("test run");
+        out != f
+    };
+    let tcp_frame = tcp(6000, 80, true, 100);
+    let udp_frame = eth(0x0800, &ipv4(17, V4A, V4B, 0, 0, &l4(6000, 80, 66)));
+    let tagged = vlan_tags(&[(0x8100, 7)], 0x0800, &tcp_frame[14..]);
+    let other_vlan = vlan_tags(&[(0x8100, 8)], 0x0800, &tcp_frame[14..]);
+    for (what, f) in [
+        ("TCP", &tcp_frame),
+        ("UDP, same addresses and ports", &udp_frame),
+        ("TCP in VLAN 7", &tagged),
+        ("TCP in VLAN 8", &other_vlan),
+    ] {
+        assert_eq!(
+            [kept(f), kept(f), kept(f)],
+            [true, true, false],
+            "{what}: a flow of its own, its first two frames mirrored"
+        );
+    }
+}
+
+/// A flow seen again and again, each time sooner than the idle timeout, is
+/// never idle, however long it lasts in all: it stays cut off.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_flow_seen_within_the_idle_timeout_stays_cut_off_however_long_it_lasts() {
+    require_root!();
+    let idle = Duration::from_millis(500);
+    let prog = program(0, 2, idle);
+    let kept = |f: &[u8]| {
+        let (_, out) = test_run_raw(prog.xdp_tap_fd(), f).expect("test run");
+        out != f
+    };
+    let f = tcp(9100, 53, true, 80);
+    assert_eq!([kept(&f), kept(&f), kept(&f)], [true, true, false]);
+    // Five times the timeout in all, a frame every tenth of it.
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    while start.elapsed() < 5 * idle {
+        std::thread::sleep(idle / 10);
+        assert!(
+            !kept(&f),
+            "frame {n}, {:?} in: still cut off",
+            start.elapsed()
+        );
+        n += 1;
     }
 }
