@@ -755,3 +755,55 @@ fn the_source_marks_each_tunnel_clone_with_its_own_slot_for_the_relay() {
     }
     assert_eq!(fx.prog.relay_foreign(), 0);
 }
+
+/// A disabled policy (`enabled = false`, or a schedule window's) leaves out
+/// the session's frames in both directions, at XDP, tcx ingress and tcx
+/// egress alike: no record, each counted `scheduled_out` in its own
+/// direction and for the session. The other session copies as before.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_disabled_session_copies_nothing_in_either_direction_and_counts_it_scheduled_out() {
+    require_root!();
+    let mut fx = Copy::new(1 << 20);
+    let off = config::Policy {
+        enabled: false,
+        sample: 1,
+        rate_limit_pps: 0,
+        packet_length: 0,
+        flow_cutoff_bytes: 0,
+        flow_cutoff_packets: 0,
+    };
+    fx.prog.set_policy(0, &off, false).expect("session web off");
+    let before = fx.counters();
+    assert!(fx.run(&tcp(80, 1000, 10), false).is_empty(), "XDP ingress");
+    let [_, _, tc_ingress] = fx.prog.copy_fds();
+    let f = tcp(80, 1001, 10);
+    let (verdict, out) = test_run_raw(tc_ingress, &f).expect("BPF_PROG_TEST_RUN");
+    assert_eq!((verdict, out.as_slice()), (TC_NEXT, f.as_slice()));
+    assert!(
+        copy_ring::drain(&fx.ring).expect("ring").is_empty(),
+        "tcx ingress"
+    );
+    for i in 0..3 {
+        assert!(
+            fx.run(&tcp(1000 + i, 80, 10), true).is_empty(),
+            "tcx egress"
+        );
+    }
+    assert_eq!(fx.run(&udp(10), false).len(), 1, "session dns copies");
+    let after = fx.counters();
+    for (dir, scheduled_out, copied) in [(0, 2, 1), (1, 3, 0)] {
+        let d = |c| delta(&before, &after, dir, c);
+        assert_eq!(
+            (d(C::MIRROR_CNT_SCHEDULED_OUT), d(C::MIRROR_CNT_COPIED)),
+            (scheduled_out, copied),
+            "direction {dir}: (scheduled_out, copied)"
+        );
+        assert_eq!(
+            d(C::MIRROR_CNT_MATCHED),
+            d(C::MIRROR_CNT_COPIED) + d(C::MIRROR_CNT_SCHEDULED_OUT)
+        );
+    }
+    assert_eq!(fx.prog.session_scheduled_out(0).expect("counter"), 5);
+    assert_eq!(fx.prog.session_scheduled_out(1).expect("counter"), 0);
+}
