@@ -661,3 +661,131 @@ sample = 2
         "in the window (sample 2)",
     );
 }
+
+/// A daemon started inside a window starts in that window's policy, in the
+/// kernel (its sampling) and in userspace (its cut) alike, not in the
+/// session's own settings until the next edge: started on Monday at 12:00
+/// in 08:00-18:00 UTC (1 in 2, cut to 100 bytes); at 18:00 back to the
+/// session's own (every frame, whole).
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_daemon_started_inside_a_window_mirrors_by_its_policy_from_the_start() {
+    require_root!();
+    let windows = r#"
+[[session.schedule]]
+days = "mon-fri"
+hours = "08:00-18:00"
+timezone = "UTC"
+sample = 2
+packet_length = 100
+"#;
+    let mut run = start(
+        "sched-inside",
+        &config("", "path = \"userspace\"", windows),
+        "2026-12-07T12:00:00Z",
+        false,
+    );
+    let own = || Step {
+        at: "2026-12-07T18:00:00Z",
+        window: "none",
+        next_edge: "2026-12-08T08:00:00Z",
+        mirrored: BATCH.into(),
+        sampled_out: 0,
+        scheduled_out: 0,
+        rate_limited: 0,
+        copy_len: FRAME_LEN,
+    };
+    let steps = [
+        // The clock where the daemon started it: no edge crossed.
+        Step {
+            at: "2026-12-07T12:00:00Z",
+            window: "window 1 (mon-fri 08:00-18:00 UTC)",
+            next_edge: "2026-12-07T18:00:00Z",
+            mirrored: 20,
+            sampled_out: 20,
+            copy_len: 100,
+            ..own()
+        },
+        own(),
+    ];
+    run_steps(&mut run, &steps, "af_xdp");
+}
+
+/// A reload that leaves a scheduled session's source running (it starts
+/// another source, with a session and a target of its own) keeps the
+/// session on its schedule: the next edge still switches it, and stats
+/// still show its window.
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_reload_that_keeps_a_scheduled_sessions_source_keeps_its_schedule() {
+    require_root!();
+    let windows = r#"
+[[session.schedule]]
+days = "mon-fri"
+hours = "08:00-18:00"
+timezone = "UTC"
+enabled = false
+"#;
+    let mut run = start(
+        "sched-keep",
+        &config("", "path = \"userspace\"", windows),
+        "2026-12-07T07:59:00Z",
+        false,
+    );
+    let src = &run._lab.src;
+    src.ip(&[
+        "link", "add", "more0", "type", "veth", "peer", "name", "more1",
+    ])
+    .expect("veth more0");
+    for dev in ["more0", "more1"] {
+        src.ip(&["link", "set", dev, "up"]).expect("up");
+    }
+    let file = run._dir.path().join("mirror.toml");
+    let mut text = std::fs::read_to_string(&file).expect("config");
+    text.push_str(&format!(
+        r#"
+[[source]]
+name = "more"
+interface = "more0"
+[[target]]
+name = "more_cap"
+kind = "pcapng"
+path = "{}"
+[[session]]
+name = "more_s"
+source = "more"
+filter = "all"
+targets = ["more_cap"]
+"#,
+        run._dir.path().join("more.pcapng").display()
+    ));
+    std::fs::write(&file, text).expect("new config");
+    let out = common::ctl(BIN, &["reload"], &run.daemon.control);
+    assert!(out.status.success(), "{out:?}\n{}", run.daemon.log_text());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("started source more") && !stdout.contains("restarted source feed"),
+        "{stdout}"
+    );
+    let on = |at, next_edge| Step {
+        at,
+        window: "none",
+        next_edge,
+        mirrored: BATCH.into(),
+        sampled_out: 0,
+        scheduled_out: 0,
+        rate_limited: 0,
+        copy_len: FRAME_LEN,
+    };
+    let steps = [
+        on("2026-12-07T07:59:30Z", "2026-12-07T08:00:00Z"),
+        Step {
+            window: "window 1 (mon-fri 08:00-18:00 UTC)",
+            mirrored: 0,
+            scheduled_out: BATCH.into(),
+            ..on("2026-12-07T08:00:00Z", "2026-12-07T18:00:00Z")
+        },
+        on("2026-12-07T18:00:00Z", "2026-12-08T08:00:00Z"),
+    ];
+    run_steps(&mut run, &steps, "af_xdp");
+}
