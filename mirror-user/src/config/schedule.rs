@@ -26,8 +26,8 @@ pub const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun
 /// Where a window's wall clock is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Zone {
-    /// The host's local time zone (`TZ`, else /etc/localtime), read when the
-    /// daemon starts.
+    /// The host's local time zone (`TZ`, else /etc/localtime), asked of the
+    /// system (`jiff`) whenever a window is worked out, not fixed at start.
     Local,
     /// `timezone = "UTC"` or an IANA name, with the zone as loaded.
     Named(String, TimeZone),
