@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libbpf_rs::{MapHandle, RingBufferBuilder};
 
@@ -27,6 +27,70 @@ pub(super) const COPY_BATCH: u32 = 64;
 /// (at most a quarter of it), and otherwise reads every [`COPY_POLL`].
 pub(super) const COPY_WAKE_BYTES: u64 = 256 << 10;
 pub(super) const COPY_POLL: Duration = Duration::from_millis(1);
+
+/// Tap mode: the longest a worker naps once its RX ring is empty (see
+/// [`RxPace`]): a burst from quiet must bring more than a ring in this
+/// time (4 Mpps into the default 2,048 entries) to overflow it during a
+/// nap, more than a worker reads per queue anyway.
+pub(super) const NAP_MAX: Duration = Duration::from_micros(500);
+/// Tap mode: a nap shorter than this is not taken: the worker waits for the
+/// kernel's wake-up instead.
+pub(super) const NAP_MIN: Duration = Duration::from_micros(50);
+
+/// How a tap-mode worker waits once its RX ring is empty.
+///
+/// Waiting in `poll()` wakes the worker at the kernel's next flush of the
+/// ring (a NAPI poll, a few dozen frames at most), and it wakes its targets'
+/// threads in turn: at a million frames a second that is tens of thousands
+/// of wake-ups a second each, more CPU per frame than the frames' own work
+/// (`tcpdump` wakes once per filled block of its packet ring). So once the
+/// rate seen since the last empty ring says frames keep coming, the worker
+/// naps instead, for as long as a quarter of its RX ring takes to fill at
+/// that rate (at most [`NAP_MAX`]), and reads them in one go: NIC
+/// interrupt coalescing, done where the frames are read. Quiet traffic (too
+/// few frames for a worthwhile nap) is waited for in `poll()` as before, so
+/// an idle source costs nothing and a lone frame is not held back. Time
+/// stamps are the kernel's (XDP metadata), so a nap moves no copy in time;
+/// it only delays it, by at most [`NAP_MAX`].
+pub(super) struct RxPace {
+    /// A quarter of the RX ring: what a nap lets the kernel put there.
+    quarter: u32,
+    /// When the ring was last found empty, and frames read since.
+    since: Instant,
+    frames: u64,
+}
+
+impl RxPace {
+    pub(super) fn new(ring_size: u32, now: Instant) -> RxPace {
+        RxPace {
+            quarter: ring_size / 4,
+            since: now,
+            frames: 0,
+        }
+    }
+
+    /// `n` frames were read.
+    pub(super) fn got(&mut self, n: u32) {
+        self.frames += u64::from(n);
+    }
+
+    /// The ring is empty at `now`: how long to nap before reading it again,
+    /// or `None` to wait for the kernel's wake-up.
+    pub(super) fn idle(&mut self, now: Instant) -> Option<Duration> {
+        let elapsed = now.saturating_duration_since(self.since);
+        let frames = std::mem::take(&mut self.frames);
+        self.since = now;
+        if frames == 0 || self.quarter == 0 {
+            return None;
+        }
+        // The time a quarter of the ring takes to fill at the rate seen.
+        let fill = elapsed.mul_f64(f64::from(self.quarter) / frames as f64);
+        let nap = fill.min(NAP_MAX);
+        // Worth it only when the nap gathers at least a batch of frames.
+        let gathered = frames as f64 * nap.as_secs_f64() / elapsed.as_secs_f64().max(1e-9);
+        (nap >= NAP_MIN && gathered >= f64::from(RX_BATCH)).then_some(nap)
+    }
+}
 
 /// The sessions that got frames since their targets were last woken: a
 /// reader offers a batch, then wakes each touched session's targets once.
@@ -99,6 +163,7 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
     // Once stopped (the program is detached first), what is left in the RX
     // ring is still handed on: at most this many more batches.
     let mut drain = DRAIN_BATCHES;
+    let mut pace = RxPace::new(q.ring_size(), Instant::now());
     loop {
         if stop.load(Ordering::Relaxed) {
             if drain == 0 {
@@ -146,9 +211,13 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            q.wait(IDLE_POLL_MS);
+            match pace.idle(Instant::now()) {
+                Some(nap) => std::thread::sleep(nap),
+                None => q.wait(IDLE_POLL_MS),
+            }
             continue;
         }
+        pace.got(n);
         touched.wake(plans);
     }
 }
@@ -270,6 +339,57 @@ mod tests {
             tstamp: NOW + 37 * S,
             orig_len: 0,
         })
+    }
+
+    /// What `RxPace` says after `frames` were read over `us` microseconds.
+    fn nap_after(ring: u32, frames: u32, us: u64) -> Option<Duration> {
+        let t0 = Instant::now();
+        let mut p = RxPace::new(ring, t0);
+        p.got(frames);
+        p.idle(t0 + Duration::from_micros(us))
+    }
+
+    #[test]
+    fn a_busy_ring_is_read_once_a_quarter_of_it_has_filled_at_the_rate_seen() {
+        // 2 Mpps into a 2,048-entry ring: 512 frames take 256 us.
+        assert_eq!(nap_after(2048, 1280, 640), Some(Duration::from_micros(256)));
+        // 400 kpps: 1.28 ms, capped.
+        assert_eq!(nap_after(2048, 400, 1000), Some(NAP_MAX));
+    }
+
+    #[test]
+    fn quiet_traffic_is_waited_for_in_poll() {
+        // 100 kpps: a 500 us nap would gather 50 frames, less than a batch.
+        assert_eq!(nap_after(2048, 100, 1000), None);
+        assert_eq!(nap_after(2048, 128, 1000), Some(NAP_MAX));
+        // One frame after a long wait.
+        assert_eq!(nap_after(2048, 1, 100_000), None);
+        assert_eq!(nap_after(2048, 0, 1000), None);
+    }
+
+    #[test]
+    fn a_ring_too_small_for_a_worthwhile_nap_is_waited_for_in_poll() {
+        // 10 Mpps into 64 entries: 16 frames are 1.6 us, under NAP_MIN.
+        assert_eq!(nap_after(64, 1000, 100), None);
+        assert_eq!(nap_after(0, 1000, 100), None);
+    }
+
+    #[test]
+    fn each_empty_ring_starts_a_new_count() {
+        let t0 = Instant::now();
+        let mut p = RxPace::new(2048, t0);
+        p.got(640);
+        let t1 = t0 + Duration::from_micros(640);
+        assert!(p.idle(t1).is_some());
+        // Nothing came during the nap: back to poll.
+        assert_eq!(p.idle(t1 + Duration::from_micros(512)), None);
+        // The rate is counted from the last empty ring, the nap included:
+        // 200 frames in 1 ms is 200 kpps (a nap), 100 in 1 ms is not.
+        p.got(200);
+        let t2 = t1 + Duration::from_micros(1512);
+        assert_eq!(p.idle(t2), Some(NAP_MAX));
+        p.got(100);
+        assert_eq!(p.idle(t2 + Duration::from_millis(1)), None);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct RxQueue {
     /// The descriptors of the batch being handled, read off the RX ring
     /// before any frame is touched (see [`RxQueue::receive`]).
     batch: Vec<XdpDesc>,
+    /// Entries of the RX ring (and of the fill ring).
+    ring_size: u32,
 }
 
 impl RxQueue {
@@ -80,7 +82,7 @@ impl RxQueue {
         };
         let (mut b, umem) = bind(&w, area, rings, zero_copy)?;
         b._umem = Some(umem);
-        Self::start(&w, b, frames)
+        Self::start(&w, b, frames, ring_size)
     }
 
     /// Binds an RX socket to `interface` queue `queue` over the UMEM of an
@@ -98,10 +100,20 @@ impl RxQueue {
             rx: true,
         };
         let b = retrying_busy(&w, || join(&w, host, rings))?;
-        Self::start(&w, b, host.rx_first..host.rx_first + host.rx_frames)
+        Self::start(
+            &w,
+            b,
+            host.rx_first..host.rx_first + host.rx_frames,
+            ring_size,
+        )
     }
 
-    fn start(w: &Where<'_>, b: Bound, frames: std::ops::Range<u32>) -> Result<Self, XskError> {
+    fn start(
+        w: &Where<'_>,
+        b: Bound,
+        frames: std::ops::Range<u32>,
+        ring_size: u32,
+    ) -> Result<Self, XskError> {
         let rx = b
             .user
             .map_rx()
@@ -114,6 +126,7 @@ impl RxQueue {
             b,
             spare,
             batch: Vec::new(),
+            ring_size,
         };
         q.refill();
         Ok(q)
@@ -122,6 +135,12 @@ impl RxQueue {
     /// The memory its frames live in.
     pub fn area(&self) -> &Arc<Area> {
         &self.b.area
+    }
+
+    /// Entries of its RX ring: frames the kernel can hand over before they
+    /// are read.
+    pub fn ring_size(&self) -> u32 {
+        self.ring_size
     }
 
     pub fn zero_copy(&self) -> bool {
