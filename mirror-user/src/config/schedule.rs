@@ -321,6 +321,19 @@ pub fn position(windows: &[Window], now: Timestamp) -> Position {
             }
         }
     }
+    // A window's start ends any other window's instance still running (one
+    // a spring-forward gap stretched past it), which does not come back.
+    let starts: Vec<(usize, Timestamp)> = instances.iter().map(|&(i, s, _)| (i, s)).collect();
+    for inst in &mut instances {
+        let cut = starts
+            .iter()
+            .filter(|&&(j, s)| j != inst.0 && inst.1 < s && s < inst.2)
+            .map(|&(_, s)| s)
+            .min();
+        if let Some(cut) = cut {
+            inst.2 = cut;
+        }
+    }
     let active_at = |t: Timestamp| {
         instances
             .iter()
@@ -655,6 +668,18 @@ mod tests {
             (Some(1), Some("2026-03-29T02:00:00Z".into()))
         );
         assert_eq!(at(&w, "2026-03-29T02:00:00Z").0, None);
+        // A window inside a stretched one ends it for good: 01:00-02:50
+        // would run to 03:50 CEST, around 03:00-03:10.
+        let w = [
+            window("sun", "01:00-02:50", "Europe/Berlin"),
+            window("sun", "03:00-03:10", "Europe/Berlin"),
+        ];
+        assert_eq!(
+            at(&w, "2026-03-29T01:05:00Z"),
+            (Some(1), Some("2026-03-29T01:10:00Z".into()))
+        );
+        assert_eq!(at(&w, "2026-03-29T01:10:00Z").0, None);
+        assert_eq!(at(&w, "2026-03-29T01:30:00Z").0, None);
     }
 
     /// Berlin springs forward on 2026-03-29 (a Sunday): 02:00 CET becomes

@@ -29,9 +29,10 @@ pub(super) const COPY_WAKE_BYTES: u64 = 256 << 10;
 pub(super) const COPY_POLL: Duration = Duration::from_millis(1);
 
 /// Tap mode: the longest a worker naps once its RX ring is empty (see
-/// [`RxPace`]): a burst from quiet must bring more than a ring in this
-/// time (4 Mpps into the default 2,048 entries) to overflow it during a
-/// nap, more than a worker reads per queue anyway.
+/// [`RxPace`]; the sleep's timer slack, 50 us by default, comes on top):
+/// a burst from quiet must bring more than a ring in this time (4 Mpps
+/// into the default 2,048 entries) to overflow it during a nap, more than
+/// a worker reads per queue anyway.
 pub(super) const NAP_MAX: Duration = Duration::from_micros(500);
 /// Tap mode: a nap shorter than this is not taken: the worker waits for the
 /// kernel's wake-up instead.
@@ -51,7 +52,7 @@ pub(super) const NAP_MIN: Duration = Duration::from_micros(50);
 /// few frames for a worthwhile nap) is waited for in `poll()` as before, so
 /// an idle source costs nothing and a lone frame is not held back. Time
 /// stamps are the kernel's (XDP metadata), so a nap moves no copy in time;
-/// it only delays it, by at most [`NAP_MAX`].
+/// it only delays it, by [`NAP_MAX`] and the timer's slack at most.
 pub(super) struct RxPace {
     /// A quarter of the RX ring: what a nap lets the kernel put there.
     quarter: u32,

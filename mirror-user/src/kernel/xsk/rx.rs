@@ -156,18 +156,22 @@ impl RxQueue {
     }
 
     /// Gives every spare frame the fill ring has room for to the kernel.
+    ///
+    /// Wakes the driver when it asks for it (zero-copy drivers set the flag
+    /// when they found the fill ring empty), frames given or not: a worker
+    /// about to nap rather than `poll()` (which would wake it) must not
+    /// leave a NIC without buffers for the nap.
     fn refill(&mut self) {
-        if self.spare.is_empty() {
-            return;
+        if !self.spare.is_empty() {
+            let n = {
+                let mut w = self.b.device.fill(self.spare.len() as u32);
+                let n = w.insert(self.spare.iter().rev().copied()) as usize;
+                w.commit();
+                n
+            };
+            let keep = self.spare.len() - n;
+            self.spare.truncate(keep);
         }
-        let n = {
-            let mut w = self.b.device.fill(self.spare.len() as u32);
-            let n = w.insert(self.spare.iter().rev().copied()) as usize;
-            w.commit();
-            n
-        };
-        let keep = self.spare.len() - n;
-        self.spare.truncate(keep);
         if self.b.device.needs_wakeup() {
             self.b.device.wake();
         }
