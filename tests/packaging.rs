@@ -585,3 +585,59 @@ fn every_readme_config_block_is_whole_and_valid_or_marked_a_fragment() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(blocks >= 4 && whole >= 2, "{blocks} blocks, {whole} whole");
 }
+
+/// GitHub's anchor for a heading: lower case, punctuation but `-` and `_`
+/// dropped, spaces made `-`.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every `](#anchor)` link of the README and benches/HISTORY.md leads to
+/// a heading of the file it points into.
+#[test]
+fn every_markdown_anchor_link_leads_to_a_heading() {
+    let anchors = |rel: &str| -> std::collections::BTreeSet<String> {
+        let mut in_code = false;
+        read(rel)
+            .lines()
+            .filter(|l| {
+                if l.starts_with("```") {
+                    in_code = !in_code;
+                }
+                !in_code && l.starts_with('#')
+            })
+            .map(|l| slug(l.trim_start_matches('#')))
+            .collect()
+    };
+    let mut broken = Vec::new();
+    for (rel, dir) in [("README.md", ""), ("benches/HISTORY.md", "benches/")] {
+        let text = read(rel);
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("](") {
+            rest = &rest[at + 2..];
+            let Some(end) = rest.find(')') else { break };
+            let link = &rest[..end];
+            let (file, anchor) = match link.split_once('#') {
+                Some((f, a)) if !f.contains("://") => (f, a),
+                _ => continue,
+            };
+            let target = if file.is_empty() {
+                rel.to_string()
+            } else {
+                let joined = format!("{dir}{file}");
+                // `../README.md` from benches/.
+                joined.replace("benches/../", "")
+            };
+            if !anchors(&target).contains(anchor) {
+                broken.push(format!("{rel}: ]({link})"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "links to no heading: {broken:#?}");
+}

@@ -18,8 +18,9 @@ CONFIGURATION
     mirror.toml has [daemon], [[source]], [[filter]] with [[filter.rule]],
     [[target]] and [[session]] tables; see README.md for every key.
     Copy mode's ingress_hook = \"auto\" (default) hooks ingress at tcx when a
-    session of the source clones in the kernel (all its targets interfaces),
-    else at XDP; \"xdp\" keeps XDP and sends such sessions through userspace.
+    session of the source clones in the kernel (all its targets interfaces or
+    VXLAN / GRE / ERSPAN tunnels, no group), else at XDP; \"xdp\" keeps XDP and
+    sends such sessions through userspace.
 
 METRICS
     [daemon] metrics = \"127.0.0.1:9464\" serves every counter of `mirror stats
@@ -72,10 +73,12 @@ EXAMPLES
 /// on untouched, also when the daemon is killed. The copies go to the
 /// session's targets: a local interface (an IDS sensor's NIC), VXLAN / GRE /
 /// ERSPAN tunnels to remote collectors, rotating pcapng files, or
-/// flow-symmetric groups of these. A tap session whose targets are all
-/// interfaces that take XDP frames is served in the kernel (a DEVMAP
-/// broadcast, no userspace copy); so is a copy session whose targets are all
-/// interfaces or VXLAN (IPv4) / GRE / ERSPAN tunnels (tcx clones each frame
+/// flow-symmetric groups of these. A tap session whose targets are
+/// interfaces that take XDP frames, tunnels, or one group of them, with no
+/// pcapng target, is served in the kernel (a DEVMAP broadcast whose
+/// per-target programs encapsulate, no userspace copy); so is a copy session
+/// whose targets are all interfaces or VXLAN / GRE / ERSPAN tunnels, no
+/// group (tcx clones each frame
 /// to them, bpf_clone_redirect, tunnels through a relay TAP device
 /// `mirror-r<ifindex>` that encapsulates them, and passes it on;
 /// ingress_hook = "auto", the default, then hooks ingress at tcx, since XDP

@@ -126,6 +126,10 @@ pub struct DirectionStats {
     pub ring_full: u64,
     /// Copies cut at the per-record maximum (GSO super-frames on egress).
     pub copy_cut: u64,
+    /// Matched, but reading the frame into its record failed (should never
+    /// happen; the frame passed).
+    #[serde(default)]
+    pub copy_error: u64,
     /// Frames sent down the kernel path (cloned at tcx to their session's
     /// targets, no ring record).
     #[serde(default)]
@@ -682,6 +686,7 @@ fn direction_stats(
                     copied: c(C::MIRROR_CNT_COPIED),
                     ring_full: c(C::MIRROR_CNT_DROP_RING_FULL),
                     copy_cut: c(C::MIRROR_CNT_COPY_CUT),
+                    copy_error: c(C::MIRROR_CNT_COPY_ERROR),
                     cloned,
                 },
             )
@@ -1131,6 +1136,7 @@ mod tests {
                     copied: c(d, C::MIRROR_CNT_COPIED),
                     ring_full: c(d, C::MIRROR_CNT_DROP_RING_FULL),
                     copy_cut: c(d, C::MIRROR_CNT_COPY_CUT),
+                    copy_error: c(d, C::MIRROR_CNT_COPY_ERROR),
                     cloned,
                 },
                 "{name}"

@@ -333,6 +333,12 @@ fn sources(out: &mut Section, stats: &Stats) {
                     d.copy_cut,
                 ),
                 (
+                    "mirror_source_direction_copy_error",
+                    "Copy mode: matched frames of this direction whose copy could not be \
+                     read into its record (never expected; the frame still passed).",
+                    d.copy_error,
+                ),
+                (
                     "mirror_source_direction_cloned",
                     "Copy mode: frames of this direction sent down the kernel path \
                      (cloned at tcx, no ring record).",
@@ -695,6 +701,7 @@ mod tests {
             copied: n + 4,
             ring_full: n + 5,
             copy_cut: n + 6,
+            copy_error: n + 12,
             cloned: n + 7,
         };
         s.sources.insert(
