@@ -320,6 +320,48 @@ fn the_packet_cutoff_keeps_the_first_n_frames_and_whichever_limit_comes_first_wi
     );
 }
 
+/// The frame that crosses the byte cutoff keeps what is left when that is
+/// at least an Ethernet header (14 bytes: exactly 14 is kept), and is not
+/// mirrored when less is left (13).
+#[test]
+#[ignore = "needs root: BPF and network namespaces"]
+fn a_crossing_frame_keeps_an_ethernet_header_or_more_else_nothing() {
+    require_root!();
+    let prog = program(114, 0, Duration::from_secs(60));
+    let kept = |f: &[u8]| {
+        let (_, out) = test_run_raw(prog.xdp_tap_fd(), f).expect("test run");
+        if out == f {
+            0
+        } else {
+            out.len() - META_LEN
+        }
+    };
+    // 100 bytes, then 14 of the next 60 are left: cut to 14.
+    assert_eq!(
+        [
+            kept(&tcp(7200, 80, true, 100)),
+            kept(&tcp(7200, 80, true, 60))
+        ],
+        [100, 14]
+    );
+    // 101 bytes, then 13 are left: not mirrored, counted cutoff.
+    assert_eq!(
+        [
+            kept(&tcp(7201, 80, true, 101)),
+            kept(&tcp(7201, 80, true, 60))
+        ],
+        [101, 0]
+    );
+    assert_eq!(
+        prog.session_cutoff(0).expect("counts"),
+        CutoffCounts {
+            cutoff: 1,
+            cut: 1,
+            whole: 0
+        }
+    );
+}
+
 /// The limits change under a flow (a schedule window's edge): both totals
 /// were counted whichever limit was on, so the flow goes on from its whole
 /// count, not from 0.
