@@ -517,11 +517,8 @@ impl Files {
     /// target that does not rotate is.
     fn cut_newest(&mut self) {
         if let Some((path, len)) = self.old.back_mut() {
-            cut_half_a_block(path);
-            if let Ok(m) = std::fs::metadata(&*path) {
-                if m.is_file() {
-                    *len = m.len();
-                }
+            if let Some(cut) = cut_half_a_block(path) {
+                *len = cut;
             }
         }
     }
@@ -738,18 +735,23 @@ pub fn rotated_number(path: &Path, name: &Path) -> Option<u64> {
 /// Cuts the capture file at `path` back to its last whole block when it
 /// ends in half of one (a daemon killed in a write; logged). A file that is
 /// not a regular file, is empty, or is not a capture as this writer writes
-/// them is left alone.
-fn cut_half_a_block(path: &Path) {
+/// them is left alone. Returns the file's length after the check (cut or
+/// not), `None` when it was left alone.
+fn cut_half_a_block(path: &Path) -> Option<u64> {
     if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0) {
-        return;
+        return None;
     }
     let cut = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .and_then(|mut f| go_on_after_whole_blocks(&mut f, path));
-    if let Err(e) = cut {
-        tracing::debug!(file = %path.display(), error = %e, "not checked for half a block");
+    match cut {
+        Ok(len) => Some(len),
+        Err(e) => {
+            tracing::debug!(file = %path.display(), error = %e, "not checked for half a block");
+            None
+        }
     }
 }
 
