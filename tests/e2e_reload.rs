@@ -304,6 +304,26 @@ targets = ["cap"]
 "#;
 
 /// Deletes the tap source's port feed0 (with its peer) and creates it
+/// Changes the daemon's config file (the first `from` becomes `to`), has
+/// it reload, and checks that the reply says `reply`.
+fn reload_with(
+    daemon: &mirror_user::lab::DaemonProcess,
+    dir: &TempDir,
+    from: &str,
+    to: &str,
+    reply: &str,
+) {
+    let config = dir.path().join("mirror.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let changed = text.replacen(from, to, 1);
+    assert_ne!(changed, text);
+    std::fs::write(&config, changed).expect("new config");
+    let out = common::ctl(BIN, &["reload"], &daemon.control);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}\n{}", daemon.log_text());
+    assert!(stdout.contains(reply), "{stdout}");
+}
+
 /// again, waiting until the daemon has said it gone and attached again.
 fn recreate_feed(lab: &Lab, daemon: &mut mirror_user::lab::DaemonProcess) {
     lab.src.ip(&["link", "del", "feed0"]).expect("delete feed0");
@@ -432,21 +452,12 @@ fn a_restarted_sources_kernel_path_counts_carry_on_in_the_kept_target() {
 
     // A reload that changes the source restarts it, its session and the
     // target its kernel path sends to; their counts carry on.
-    let config = dir.path().join("mirror.toml");
-    let text = std::fs::read_to_string(&config).expect("config");
-    let changed = text.replacen(
+    reload_with(
+        &daemon,
+        &dir,
         "interface = \"feed0\"",
         "interface = \"feed0\"\nring_size = 1024",
-        1,
-    );
-    assert_ne!(changed, text);
-    std::fs::write(&config, changed).expect("new config");
-    let out = common::ctl(BIN, &["reload"], &daemon.control);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}\n{}", daemon.log_text());
-    assert!(
-        stdout.contains("restarted source feed, target ids0"),
-        "{stdout}"
+        "restarted source feed, target ids0",
     );
     send(200);
     let s = wait_for(&mut client, "300 copies", |s| {
@@ -485,21 +496,12 @@ fn a_kept_target_keeps_what_a_restarted_sources_kernel_path_sent_it() {
     });
     assert_eq!(s.sessions["a"].path, "kernel");
 
-    let config = dir.path().join("mirror.toml");
-    let text = std::fs::read_to_string(&config).expect("config");
-    let changed = text.replacen(
+    reload_with(
+        &daemon,
+        &dir,
         "path = \"kernel\"",
         "path = \"kernel\"\nflow_cutoff_bytes = 1000000",
-        1,
-    );
-    assert_ne!(changed, text);
-    std::fs::write(&config, changed).expect("new config");
-    let out = common::ctl(BIN, &["reload"], &daemon.control);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}\n{}", daemon.log_text());
-    assert!(
-        stdout.contains("restarted source live; everything else kept running"),
-        "{stdout}"
+        "restarted source live; everything else kept running",
     );
     let t = &client.stats().expect("stats").targets["ids0"];
     assert_eq!(
