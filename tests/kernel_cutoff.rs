@@ -105,6 +105,22 @@ impl Model {
     }
 }
 
+/// The bytes the tap program mirrors `f` with (0: not mirrored, it comes
+/// back as it went in, without metadata).
+fn kept(prog: &SourceProgram, f: &[u8]) -> usize {
+    let (_, out) = test_run_raw(prog.xdp_tap_fd(), f).expect("test run");
+    if out == f {
+        0
+    } else {
+        out.len() - META_LEN
+    }
+}
+
+/// Whether the tap program mirrors `f`.
+fn mirrored(prog: &SourceProgram, f: &[u8]) -> bool {
+    kept(prog, f) > 0
+}
+
 fn counters(p: &SourceProgram) -> [[u64; COUNTERS]; 2] {
     p.counters_by_direction().expect("counters")
 }
@@ -289,25 +305,21 @@ fn copy_mode_counts_both_directions_together_and_cuts_the_record() {
 fn the_packet_cutoff_keeps_the_first_n_frames_and_whichever_limit_comes_first_wins() {
     require_root!();
     let prog = program(0, 3, Duration::from_secs(60));
-    let kept = |prog: &SourceProgram, f: &[u8]| {
-        let (_, out) = test_run_raw(prog.xdp_tap_fd(), f).expect("test run");
-        out != f
-    };
     let got: Vec<bool> = (0..6)
-        .map(|i| kept(&prog, &tcp(7000, 22, i % 2 == 0, 1500)))
+        .map(|i| mirrored(&prog, &tcp(7000, 22, i % 2 == 0, 1500)))
         .collect();
     assert_eq!(got, [true, true, true, false, false, false]);
     // Another flow has its own three.
-    assert!(kept(&prog, &tcp(7001, 22, true, 60)));
+    assert!(mirrored(&prog, &tcp(7001, 22, true, 60)));
     let prog = program(200, 3, Duration::from_secs(60));
     let got: Vec<bool> = [60, 60, 60, 60]
         .iter()
-        .map(|&n| kept(&prog, &tcp(7000, 22, true, n)))
+        .map(|&n| mirrored(&prog, &tcp(7000, 22, true, n)))
         .collect();
     assert_eq!(got, [true, true, true, false], "three frames: 180 bytes");
     let got: Vec<bool> = [150, 150, 60]
         .iter()
-        .map(|&n| kept(&prog, &tcp(7002, 22, true, n)))
+        .map(|&n| mirrored(&prog, &tcp(7002, 22, true, n)))
         .collect();
     assert_eq!(got, [true, true, false], "200 bytes: the second frame cut");
     assert_eq!(
@@ -328,27 +340,19 @@ fn the_packet_cutoff_keeps_the_first_n_frames_and_whichever_limit_comes_first_wi
 fn a_crossing_frame_keeps_an_ethernet_header_or_more_else_nothing() {
     require_root!();
     let prog = program(114, 0, Duration::from_secs(60));
-    let kept = |f: &[u8]| {
-        let (_, out) = test_run_raw(prog.xdp_tap_fd(), f).expect("test run");
-        if out == f {
-            0
-        } else {
-            out.len() - META_LEN
-        }
-    };
     // 100 bytes, then 14 of the next 60 are left: cut to 14.
     assert_eq!(
         [
-            kept(&tcp(7200, 80, true, 100)),
-            kept(&tcp(7200, 80, true, 60))
+            kept(&prog, &tcp(7200, 80, true, 100)),
+            kept(&prog, &tcp(7200, 80, true, 60))
         ],
         [100, 14]
     );
     // 101 bytes, then 13 are left: not mirrored, counted cutoff.
     assert_eq!(
         [
-            kept(&tcp(7201, 80, true, 101)),
-            kept(&tcp(7201, 80, true, 60))
+            kept(&prog, &tcp(7201, 80, true, 101)),
+            kept(&prog, &tcp(7201, 80, true, 60))
         ],
         [101, 0]
     );
@@ -370,15 +374,6 @@ fn a_crossing_frame_keeps_an_ethernet_header_or_more_else_nothing() {
 fn a_flow_keeps_both_totals_when_its_limits_change() {
     require_root!();
     let mut prog = program(0, 3, Duration::from_secs(60));
-    // The bytes a frame is mirrored with (0: not mirrored, as it came).
-    let kept = |prog: &SourceProgram, f: &[u8]| {
-        let (_, out) = test_run_raw(prog.xdp_tap_fd(), f).expect("test run");
-        if out == f {
-            0
-        } else {
-            out.len() - META_LEN
-        }
-    };
     let f = tcp(7100, 443, true, 400);
     // Two frames under the packet limit: 800 bytes.
     assert_eq!([kept(&prog, &f), kept(&prog, &f)], [400, 400]);
@@ -400,17 +395,27 @@ fn a_flow_keeps_both_totals_when_its_limits_change() {
 fn an_idle_flow_starts_over() {
     require_root!();
     let prog = program(0, 2, Duration::from_millis(200));
-    let kept = |f: &[u8]| {
-        let (_, out) = test_run_raw(prog.xdp_tap_fd(), f).expect("test run");
-        out != f
-    };
     let f = tcp(9000, 53, true, 80);
-    assert_eq!([kept(&f), kept(&f), kept(&f)], [true, true, false]);
+    assert_eq!(
+        [
+            mirrored(&prog, &f),
+            mirrored(&prog, &f),
+            mirrored(&prog, &f)
+        ],
+        [true, true, false]
+    );
     // Idle past the timeout (the kernel's clock decides; 3x the timeout).
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!([kept(&f), kept(&f), kept(&f)], [true, true, false]);
+    assert_eq!(
+        [
+            mirrored(&prog, &f),
+            mirrored(&prog, &f),
+            mirrored(&prog, &f)
+        ],
+        [true, true, false]
+    );
     // Seen again at once: still cut off.
-    assert!(!kept(&tcp(9000, 53, false, 80)));
+    assert!(!mirrored(&prog, &tcp(9000, 53, false, 80)));
 }
 
 /// A small deterministic generator for the traffic mix.
@@ -635,10 +640,6 @@ fn each_session_counts_its_own_flows() {
 fn the_protocol_and_the_vlan_id_tell_flows_apart() {
     require_root!();
     let prog = program(0, 2, Duration::from_secs(60));
-    let kept = |f: &[u8]| {
-        let (_, out) = test_run_raw(prog.xdp_tap_fd(), f).expect("test run");
-        out != f
-    };
     let tcp_frame = tcp(6000, 80, true, 100);
     let udp_frame = eth(0x0800, &ipv4(17, V4A, V4B, 0, 0, &l4(6000, 80, 66)));
     let tagged = vlan_tags(&[(0x8100, 7)], 0x0800, &tcp_frame[14..]);
@@ -650,7 +651,7 @@ fn the_protocol_and_the_vlan_id_tell_flows_apart() {
         ("TCP in VLAN 8", &other_vlan),
     ] {
         assert_eq!(
-            [kept(f), kept(f), kept(f)],
+            [mirrored(&prog, f), mirrored(&prog, f), mirrored(&prog, f)],
             [true, true, false],
             "{what}: a flow of its own, its first two frames mirrored"
         );
@@ -665,19 +666,22 @@ fn a_flow_seen_within_the_idle_timeout_stays_cut_off_however_long_it_lasts() {
     require_root!();
     let idle = Duration::from_millis(500);
     let prog = program(0, 2, idle);
-    let kept = |f: &[u8]| {
-        let (_, out) = test_run_raw(prog.xdp_tap_fd(), f).expect("test run");
-        out != f
-    };
     let f = tcp(9100, 53, true, 80);
-    assert_eq!([kept(&f), kept(&f), kept(&f)], [true, true, false]);
+    assert_eq!(
+        [
+            mirrored(&prog, &f),
+            mirrored(&prog, &f),
+            mirrored(&prog, &f)
+        ],
+        [true, true, false]
+    );
     // Five times the timeout in all, a frame every tenth of it.
     let start = std::time::Instant::now();
     let mut n = 0;
     while start.elapsed() < 5 * idle {
         std::thread::sleep(idle / 10);
         assert!(
-            !kept(&f),
+            !mirrored(&prog, &f),
             "frame {n}, {:?} in: still cut off",
             start.elapsed()
         );
