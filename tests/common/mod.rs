@@ -176,6 +176,22 @@ pub fn assert_source_reconciles(name: &str, s: &mirror_user::dataplane::stats::S
         s.flow_untracked, 0,
         "{name}: every cutoff frame had a flow entry: {s:?}"
     );
+    // Copy mode: each direction's matched frames, by what the kernel did.
+    for (dir, d) in &s.directions {
+        assert_eq!(d.received, d.matched + d.filtered, "{name} {dir}: {d:?}");
+        assert_eq!(
+            d.matched,
+            d.sampled_out
+                + d.scheduled_out
+                + d.cutoff
+                + d.copied
+                + d.ring_full
+                + d.copy_error
+                + d.cloned,
+            "{name} {dir}: matched = sampled_out + scheduled_out + cutoff + copied + ring_full \
+             + copy_error + cloned: {d:?}"
+        );
+    }
 }
 
 /// Every copy offered to a target is sent or dropped with a reason, and the
