@@ -276,6 +276,14 @@ pub enum Feed {
     /// in the page it DMA'd into: XDP runs on it in place, the stack gets
     /// an skb built around it. No backpressure: a full RX ring drops.
     Xdp,
+    /// The kernel's XDP traffic generator passing its page-pool frames to
+    /// the stack of a port beside gen0 (genp0), which builds an skb around
+    /// each page as a NIC's driver does and forwards it out of gen0 (tcx):
+    /// feed0 receives skbs whose head is a page with XDP's headroom, which
+    /// XDP at feed0 runs on in place (no copy). gen0's queue (a 4,096-frame
+    /// `pfifo`) holds what feed0's ring cannot take yet, as a NIC's RX ring
+    /// does; it drops when full, and those drops are the run's loss.
+    Page,
 }
 
 /// Sends `size`-byte lab UDP frames into feed0 for `secs` from `feed`, at
@@ -289,12 +297,18 @@ pub fn generate_from(
 ) -> Result<u64> {
     match feed {
         Feed::Skb => generate(lab, size, secs, rate),
-        Feed::Xdp => generate_live(lab, size, secs, rate),
+        Feed::Xdp => generate_live(lab, size, secs, rate, None),
+        Feed::Page => generate_live(lab, size, secs, rate, Some(PAGE_FEED_IF)),
     }
 }
 
+/// [`Feed::Page`]'s port in the generator's namespace: its stack receives
+/// the generator's frames and forwards them out of gen0.
+pub const PAGE_FEED_IF: &str = "genp0";
+
 /// [`Feed::Xdp`]: `BPF_PROG_TEST_RUN` of the bench peers' `xdp_gen` with
-/// `BPF_F_TEST_XDP_LIVE_FRAMES`, its DEVMAP slot on gen0. Each repetition
+/// `BPF_F_TEST_XDP_LIVE_FRAMES`, its DEVMAP slot on gen0; [`Feed::Page`]:
+/// `xdp_gen_pass` on `pass_to`'s RX queue 0 instead. Each repetition
 /// runs the program on a frame of the kernel's own page pool, which sends it
 /// (batches of 64) or, paced, drops it when it is not yet due; the program
 /// counts what it sent. The 256 flows take turns, one call each. A call
@@ -303,7 +317,13 @@ pub fn generate_from(
 /// The thread is `SCHED_IDLE`: the consumers that share its core get all
 /// the CPU they ask for, as a NIC's traffic costs the host nothing before
 /// it arrives; it sends with what is left.
-fn generate_live(lab: &Lab, size: usize, secs: f64, rate: Option<f64>) -> Result<u64> {
+fn generate_live(
+    lab: &Lab,
+    size: usize,
+    secs: f64,
+    rate: Option<f64>,
+    pass_to: Option<&'static str>,
+) -> Result<u64> {
     use libbpf_rs::skel::{OpenSkel, SkelBuilder};
     use libbpf_rs::MapCore;
     check_interrupted()?;
@@ -339,6 +359,19 @@ fn generate_live(lab: &Lab, size: usize, secs: f64, rate: Option<f64>) -> Result
         let frames: Vec<Vec<u8>> = (0..256)
             .map(|i| traffic::frame(traffic::SHAPES[1], i, size))
             .collect();
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex: the ingress port, and the frame's
+        // end (set per call; the kernel checks it against the frame).
+        let mut ctx = [0u8; 24];
+        let prog = match pass_to {
+            Some(dev) => {
+                let ifindex = mirror_user::kernel::query::ifindex(dev)
+                    .with_context(|| format!("{dev} in ns gen"))?;
+                ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+                &skel.progs.xdp_gen_pass
+            }
+            None => &skel.progs.xdp_gen,
+        };
         // Repetitions per call: the first is a guess, the next are sized
         // from the last call's time per repetition.
         const CALL: Duration = Duration::from_millis(100);
@@ -346,16 +379,18 @@ fn generate_live(lab: &Lab, size: usize, secs: f64, rate: Option<f64>) -> Result
         let end = Instant::now() + Duration::from_secs_f64(secs);
         loop {
             let t0 = Instant::now();
+            let frame = &frames[call % frames.len()];
+            let mut ctx = ctx;
+            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
             let input = libbpf_rs::ProgramInput {
-                data_in: Some(&frames[call % frames.len()]),
+                context_in: pass_to.map(|_| &mut ctx[..]),
+                data_in: Some(frame),
                 flags: libbpf_sys::BPF_F_TEST_XDP_LIVE_FRAMES,
                 repeat: reps,
                 ..Default::default()
             };
             call += 1;
-            skel.progs
-                .xdp_gen
-                .test_run(input)
+            prog.test_run(input)
                 .context("BPF_PROG_TEST_RUN with live frames")?;
             let now = Instant::now();
             let per_rep = (now - t0).as_secs_f64() / f64::from(reps);

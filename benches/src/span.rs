@@ -141,9 +141,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     trial_secs: f64,
     /// Where feed0's frames come from: `skb` (AF_XDP TX on gen0; veth
-    /// copies each into a page before XDP at feed0 may run) or `xdp` (the
+    /// copies each into a page before XDP at feed0 may run), `xdp` (the
     /// kernel's XDP traffic generator: page-pool frames, as a NIC's RX ring
-    /// holds them; no backpressure).
+    /// holds them; no backpressure) or `page` (the same generator's frames
+    /// as skbs built around their pages, as a NIC's driver builds them,
+    /// through gen0's 4,096-frame queue).
     #[arg(long, value_enum, default_value_t = crate::Feed::Skb)]
     feed: crate::Feed,
 }
@@ -779,6 +781,57 @@ fn routed_lab(lab: &Lab) -> Result<()> {
 
 /// Attaches program `fd` to `dev` in `ns` (native XDP) through a link;
 /// dropping the returned fd detaches it.
+/// [`crate::Feed::Page`]'s port beside gen0: genp0 (its peer genp1 idle),
+/// where `xdp_pass` makes the kernel register the RX queue the generator
+/// runs on and `tc_forward` sends every skb its stack receives out of gen0,
+/// whose queue becomes a 4,096-frame `pfifo` (a veth has none: a frame
+/// feed0's ring cannot take would be dropped, not held). Detached when the
+/// returned peer and links drop; the ports go with the lab.
+fn page_feed(lab: &Lab) -> Result<(Peer, [OwnedFd; 2])> {
+    lab::veth(&lab.gen, crate::PAGE_FEED_IF, &lab.gen, "genp1", 1)?;
+    lab.gen.exec(&[
+        "tc",
+        "qdisc",
+        "replace",
+        "dev",
+        Lab::GEN_IF,
+        "root",
+        "pfifo",
+        "limit",
+        "4096",
+    ])?;
+    let p = Peer::load()?;
+    let forward = p.skel.maps.forward.as_fd().as_raw_fd();
+    lab.gen.run(move || {
+        let gen0 = mirror_user::kernel::ifindex(Lab::GEN_IF)?;
+        // Safety: a valid map fd, 4-byte key and value.
+        let rc = unsafe {
+            libbpf_sys::bpf_map_update_elem(
+                forward,
+                (&0u32 as *const u32).cast(),
+                (&gen0 as *const u32).cast(),
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("setting tc_forward's port");
+        }
+        Ok(())
+    })?;
+    let xdp = attach(
+        &lab.gen,
+        crate::PAGE_FEED_IF,
+        p.skel.progs.xdp_pass.as_fd().as_raw_fd(),
+    )?;
+    let fd = p.skel.progs.tc_forward.as_fd().as_raw_fd();
+    let tcx = lab.gen.run(move || {
+        let ifindex = mirror_user::kernel::ifindex(crate::PAGE_FEED_IF)?;
+        mirror_user::kernel::link_create(fd, ifindex, libbpf_sys::BPF_TCX_INGRESS, 0)
+            .context("attaching tc_forward to genp0")
+    })?;
+    Ok((p, [xdp, tcx]))
+}
+
 fn attach(ns: &Netns, dev: &str, fd: RawFd) -> Result<OwnedFd> {
     let dev = dev.to_string();
     ns.run(move || {
@@ -1780,6 +1833,10 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     let lab = Lab::new(1)?;
     lab::veth(&lab.src, "tgt1", &lab.sink, "sink1", 1)?;
     lab.tune_feed_port()?;
+    let _page_feed = match a.feed {
+        crate::Feed::Page => Some(page_feed(&lab)?),
+        _ => None,
+    };
     let wanted: Vec<Case> = Case::ALL
         .into_iter()
         .filter(|c| a.cases.is_empty() || a.cases.iter().any(|id| id == c.id()))
@@ -2100,6 +2157,8 @@ fn table(rows: &[Row], a: &Args) -> String {
         match a.feed {
             crate::Feed::Skb => "AF_XDP TX on veth",
             crate::Feed::Xdp => "the kernel's XDP traffic generator into veth, `--feed xdp`",
+            crate::Feed::Page =>
+                "the kernel's XDP traffic generator's pages as skbs into veth, `--feed page`",
         },
         a.runs.reps,
         a.runs.secs,
@@ -2282,5 +2341,33 @@ mod tests {
             })
         );
         assert_eq!(parse_tcpdump_counts("tcpdump: listening on feed0"), None);
+    }
+
+    /// `--feed page` delivers to feed0 every frame the generator counts as
+    /// sent, exactly, and paced it sends no more than its pace allows
+    /// (plus one catch-up burst of 64).
+    #[test]
+    #[ignore = "needs root: BPF and network namespaces"]
+    fn the_page_feed_delivers_to_feed0_every_frame_it_counts_sent() {
+        let lab = Lab::new(1).expect("lab");
+        let _feed = page_feed(&lab).expect("the page feed's port");
+        let meter = Peer::load().expect("meter");
+        let _link =
+            attach(&lab.src, Lab::FEED_IF, meter.fd(Case::XdpDrop)).expect("meter on feed0");
+        let (rate, secs) = (20_000.0, 0.5);
+        let sent =
+            crate::generate_from(crate::Feed::Page, &lab, 60, secs, Some(rate)).expect("generator");
+        // What is in flight (gen0's queue, feed0's ring) arrives within
+        // 200 ms at this rate; a bounded wait for it.
+        let t0 = std::time::Instant::now();
+        while meter.frames().expect("count") < sent && t0.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(sent > 1_000, "sent {sent}");
+        assert!(
+            sent as f64 <= rate * secs + 64.0,
+            "sent {sent} paced to {rate}/s for {secs} s"
+        );
+        assert_eq!(meter.frames().expect("count"), sent);
     }
 }

@@ -20,6 +20,16 @@
  *                   (gen0), paced by `pace` when its interval is set (a frame
  *                   not yet due is dropped, not sent), and counts what it
  *                   sent.
+ *   xdp_gen_pass    the generator of `--feed page`, paced and counted as
+ *                   xdp_gen: passes each frame due to the stack of the
+ *                   run's ingress device (genp0), which builds an skb around
+ *                   the page-pool page the frame is in, as a NIC's driver
+ *                   does.
+ *   tc_forward      (tcx ingress on genp0) sends every skb out of the port
+ *                   in `forward` (gen0) as it is: the page-pool skb crosses
+ *                   the veth to feed0 through gen0's queue (backpressure).
+ *   xdp_pass        passes every frame: on genp0 only so that the kernel
+ *                   registers its RX queue, which a live test run needs.
  *
  * Neither classifies: they are the floor of per-frame work.
  */
@@ -67,6 +77,14 @@ struct {
 	__type(value, struct gen_pace);
 } pace SEC(".maps");
 
+/* tc_forward's port: an ifindex in the program's namespace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} forward SEC(".maps");
+
 /* Frames a late schedule may send back to back to catch up: a veth RX ring
  * holds 256. */
 #define GEN_BURST 64
@@ -108,23 +126,55 @@ int tc_count(struct __sk_buff *skb)
 	return TC_ACT_UNSPEC;
 }
 
-SEC("xdp")
-int xdp_gen(struct xdp_md *ctx)
+/* Whether the generator sends this frame now (and counts it): always when
+ * unpaced, else when it is due. */
+static __always_inline int gen_due(void)
 {
 	__u32 zero = 0;
 	struct gen_pace *p = bpf_map_lookup_elem(&pace, &zero);
 
 	if (!p)
-		return XDP_ABORTED;
+		return 0;
 	if (p->interval_ns) {
 		__u64 now = bpf_ktime_get_ns();
 		__u64 floor = now - GEN_BURST * p->interval_ns;
 
 		if (now < p->next_ns)
-			return XDP_DROP;
+			return 0;
 		p->next_ns = (p->next_ns > floor ? p->next_ns : floor) +
 			     p->interval_ns;
 	}
 	p->sent++;
+	return 1;
+}
+
+SEC("xdp")
+int xdp_gen(struct xdp_md *ctx)
+{
+	if (!gen_due())
+		return XDP_DROP;
 	return bpf_redirect_map(&port, 0, XDP_DROP);
+}
+
+SEC("xdp")
+int xdp_gen_pass(struct xdp_md *ctx)
+{
+	return gen_due() ? XDP_PASS : XDP_DROP;
+}
+
+SEC("xdp")
+int xdp_pass(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}
+
+SEC("tcx/ingress")
+int tc_forward(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	__u32 *ifindex = bpf_map_lookup_elem(&forward, &zero);
+
+	if (!ifindex || !*ifindex)
+		return TC_ACT_SHOT;
+	return bpf_redirect(*ifindex, 0);
 }
