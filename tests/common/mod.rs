@@ -607,3 +607,27 @@ pub fn flap_during_a_stream(
     assert!(flaps >= fewest, "the stream outlasted only {flaps} flaps");
     sent
 }
+
+/// The time slice (`se.slice` in its sched file, ns) of each thread of
+/// process `pid` whose name starts with `prefix`.
+pub fn thread_slices(pid: u32, prefix: &str) -> Vec<u64> {
+    let mut slices = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return slices;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let sched = std::fs::read_to_string(dir.join("sched")).unwrap_or_default();
+        let slice = sched
+            .lines()
+            .find(|l| l.starts_with("se.slice"))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        slices.extend(slice);
+    }
+    slices
+}

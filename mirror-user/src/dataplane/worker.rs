@@ -38,6 +38,64 @@ pub(super) const NAP_MAX: Duration = Duration::from_micros(500);
 /// kernel's wake-up instead.
 pub(super) const NAP_MIN: Duration = Duration::from_micros(50);
 
+/// The time slice a reader thread asks the scheduler for: the least
+/// Linux's EEVDF takes (`sched_attr.sched_runtime`, 6.12 and later).
+pub(super) const READER_SLICE: Duration = Duration::from_micros(100);
+
+/// Asks the scheduler for a [`READER_SLICE`] time slice for the calling
+/// thread, its policy and nice value unchanged. A thread that reads a ring
+/// the kernel fills must run soon after it wakes: with the default slice
+/// (1.4 ms on 2 cores) a woken worker waited up to 5 ms behind another
+/// thread of its core (`perf sched`), its target's writer say, while the
+/// kernel dropped what its ring could not hold (`source ring_full`). EEVDF
+/// gives a task with a shorter slice an earlier deadline, so it preempts
+/// sooner; its share of the CPU is unchanged. Returns whether the kernel
+/// took it (an older kernel ignores the slice; a real-time policy, which
+/// has no slice, is left alone).
+pub(super) fn ask_short_slice() -> bool {
+    // Safety: sched_getscheduler takes a pid (0: the calling thread).
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    if policy != libc::SCHED_OTHER && policy != libc::SCHED_BATCH {
+        return false;
+    }
+    let Some(nice) = own_nice() else {
+        return false;
+    };
+    // Safety: an all-zero sched_attr is valid; the fields are set below.
+    let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
+    attr.size = std::mem::size_of::<libc::sched_attr>() as u32;
+    attr.sched_policy = policy as u32;
+    attr.sched_nice = nice;
+    attr.sched_runtime = READER_SLICE.as_nanos() as u64;
+    // Safety: sched_setattr(pid 0: the calling thread, a valid attr of
+    // `attr.size` bytes, flags 0) reads attr only.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setattr,
+            0,
+            &attr as *const libc::sched_attr,
+            0,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "asking for a short time slice");
+        return false;
+    }
+    true
+}
+
+/// The calling thread's nice value.
+pub(super) fn own_nice() -> Option<i32> {
+    // getpriority returns -1 both for nice -1 and for an error: errno tells.
+    // Safety: writes the calling thread's errno.
+    unsafe { *libc::__errno_location() = 0 };
+    // Safety: getpriority reads its integer arguments only (PRIO_PROCESS
+    // with 0: the calling thread on Linux).
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    (nice != -1 || errno == Some(0)).then_some(nice)
+}
+
 /// How a tap-mode worker waits once its RX ring is empty.
 ///
 /// Waiting in `poll()` wakes the worker at the kernel's next flush of the
@@ -165,6 +223,7 @@ pub(super) fn worker(mut q: RxQueue, src: &Source, stop: &AtomicBool) {
     // ring is still handed on: at most this many more batches.
     let mut drain = DRAIN_BATCHES;
     let mut pace = RxPace::new(q.ring_size(), Instant::now());
+    ask_short_slice();
     loop {
         if stop.load(Ordering::Relaxed) {
             if drain == 0 {
@@ -269,6 +328,7 @@ pub(super) fn record_frame<'a>(
 /// [`COPY_WAKE_BYTES`]; otherwise it reads every [`COPY_POLL`] (batches of
 /// records per wake-up instead of one wake-up per record).
 pub(super) fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
+    ask_short_slice();
     let plans = &src.plans;
     let touched = RefCell::new(Touched::new(plans.len()));
     let tai_offset = tai_offset_ns();
@@ -328,6 +388,35 @@ pub(super) fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The slice a thread has (`se.slice` in /proc/thread-self/sched, ns).
+    fn own_slice() -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/thread-self/sched").ok()?;
+        text.lines()
+            .find(|l| l.starts_with("se.slice"))?
+            .split(':')
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// A reader thread gets the short slice, and keeps its nice value
+    /// (lowered to 5 first, as `Nice=5` in a unit would) and its policy.
+    #[test]
+    fn a_reader_asks_for_a_short_slice_and_keeps_its_nice_value() {
+        std::thread::spawn(|| {
+            // Safety: setpriority with integer arguments, this thread only.
+            assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 5) }, 0);
+            assert!(ask_short_slice(), "this kernel (6.12 or later) takes it");
+            assert_eq!(own_slice(), Some(READER_SLICE.as_nanos() as u64));
+            assert_eq!(own_nice(), Some(5));
+            // Safety: sched_getscheduler takes a pid (0: this thread).
+            assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+        })
+        .join()
+        .expect("the thread's checks");
+    }
 
     const S: u64 = 1_000_000_000;
     const NOW: u64 = 1_735_689_600 * S;
