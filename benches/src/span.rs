@@ -824,12 +824,18 @@ fn page_feed(lab: &Lab) -> Result<(Peer, [OwnedFd; 2])> {
         p.skel.progs.xdp_pass.as_fd().as_raw_fd(),
     )?;
     let fd = p.skel.progs.tc_forward.as_fd().as_raw_fd();
-    let tcx = lab.gen.run(move || {
-        let ifindex = mirror_user::kernel::ifindex(crate::PAGE_FEED_IF)?;
-        mirror_user::kernel::link_create(fd, ifindex, libbpf_sys::BPF_TCX_INGRESS, 0)
-            .context("attaching tc_forward to genp0")
-    })?;
+    let tcx = attach_tcx_ingress(&lab.gen, crate::PAGE_FEED_IF, fd)?;
     Ok((p, [xdp, tcx]))
+}
+
+/// Attaches the tcx program `fd` to `dev`'s ingress in `ns`.
+fn attach_tcx_ingress(ns: &Netns, dev: &str, fd: RawFd) -> Result<OwnedFd> {
+    let dev = dev.to_string();
+    ns.run(move || {
+        let ifindex = mirror_user::kernel::ifindex(&dev)?;
+        mirror_user::kernel::link_create(fd, ifindex, libbpf_sys::BPF_TCX_INGRESS, 0)
+            .with_context(|| format!("attaching a tcx program to {dev}'s ingress"))
+    })
 }
 
 fn attach(ns: &Netns, dev: &str, fd: RawFd) -> Result<OwnedFd> {
@@ -1303,11 +1309,7 @@ fn start<'a>(
     if case.monitored() {
         let p = Peer::load()?;
         let fd = p.skel.progs.tc_count.as_fd().as_raw_fd();
-        let link = lab.src.run(move || {
-            let ifindex = mirror_user::kernel::ifindex(Lab::FEED_IF)?;
-            mirror_user::kernel::link_create(fd, ifindex, libbpf_sys::BPF_TCX_INGRESS, 0)
-                .context("attaching the tcx counter to feed0")
-        })?;
+        let link = attach_tcx_ingress(&lab.src, Lab::FEED_IF, fd)?;
         run.monitor = Some((p, link));
     }
     if case.captures() {
