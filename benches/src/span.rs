@@ -779,8 +779,6 @@ fn routed_lab(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-/// Attaches program `fd` to `dev` in `ns` (native XDP) through a link;
-/// dropping the returned fd detaches it.
 /// [`crate::Feed::Page`]'s port beside gen0: genp0 (its peer genp1 idle),
 /// where `xdp_pass` makes the kernel register the RX queue the generator
 /// runs on and `tc_forward` sends every skb its stack receives out of gen0,
@@ -828,7 +826,8 @@ fn page_feed(lab: &Lab) -> Result<(Peer, [OwnedFd; 2])> {
     Ok((p, [xdp, tcx]))
 }
 
-/// Attaches the tcx program `fd` to `dev`'s ingress in `ns`.
+/// Attaches the tcx program `fd` to `dev`'s ingress in `ns` through a
+/// link; dropping the returned fd detaches it.
 fn attach_tcx_ingress(ns: &Netns, dev: &str, fd: RawFd) -> Result<OwnedFd> {
     let dev = dev.to_string();
     ns.run(move || {
@@ -838,6 +837,8 @@ fn attach_tcx_ingress(ns: &Netns, dev: &str, fd: RawFd) -> Result<OwnedFd> {
     })
 }
 
+/// Attaches program `fd` to `dev` in `ns` (native XDP) through a link;
+/// dropping the returned fd detaches it.
 fn attach(ns: &Netns, dev: &str, fd: RawFd) -> Result<OwnedFd> {
     let dev = dev.to_string();
     ns.run(move || {

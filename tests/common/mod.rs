@@ -631,3 +631,28 @@ pub fn thread_slices(pid: u32, prefix: &str) -> Vec<u64> {
     }
     slices
 }
+
+/// Whether the running kernel is at least `major.minor`.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (major, minor)
+}
+
+/// [`thread_slices`] once `n` such threads have `slice`, or as they are
+/// after 5 s: a thread reported started may not have asked yet.
+pub fn wait_thread_slices(pid: u32, prefix: &str, n: usize, slice: u64) -> Vec<u64> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now = thread_slices(pid, prefix);
+        if (now.len() == n && now.iter().all(|&s| s == slice))
+            || std::time::Instant::now() >= deadline
+        {
+            return now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

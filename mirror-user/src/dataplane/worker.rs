@@ -49,9 +49,9 @@ pub(super) const READER_SLICE: Duration = Duration::from_micros(100);
 /// thread of its core (`perf sched`), its target's writer say, while the
 /// kernel dropped what its ring could not hold (`source ring_full`). EEVDF
 /// gives a task with a shorter slice an earlier deadline, so it preempts
-/// sooner; its share of the CPU is unchanged. Returns whether the kernel
-/// took it (an older kernel ignores the slice; a real-time policy, which
-/// has no slice, is left alone).
+/// sooner; its share of the CPU is unchanged. Returns whether the call was
+/// made and succeeded: a kernel before 6.12 takes it and ignores the slice;
+/// a real-time or `SCHED_IDLE` thread is left alone.
 pub(super) fn ask_short_slice() -> bool {
     // Safety: sched_getscheduler takes a pid (0: the calling thread).
     let policy = unsafe { libc::sched_getscheduler(0) };
@@ -401,18 +401,36 @@ mod tests {
             .ok()
     }
 
-    /// A reader thread gets the short slice, and keeps its nice value
-    /// (lowered to 5 first, as `Nice=5` in a unit would) and its policy.
+    /// Whether the running kernel takes a custom slice (6.12 and later).
+    fn custom_slices() -> bool {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut v = release
+            .trim()
+            .split(['.', '-'])
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 12)
+    }
+
+    /// A reader thread gets the short slice (where the kernel has custom
+    /// slices), and keeps its nice value (raised to 5 first, as `Nice=5` in
+    /// a unit would) and its policy.
     #[test]
     fn a_reader_asks_for_a_short_slice_and_keeps_its_nice_value() {
         std::thread::spawn(|| {
-            // Safety: setpriority with integer arguments, this thread only.
-            assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 5) }, 0);
-            assert!(ask_short_slice(), "this kernel (6.12 or later) takes it");
-            assert_eq!(own_slice(), Some(READER_SLICE.as_nanos() as u64));
-            assert_eq!(own_nice(), Some(5));
+            let nice = own_nice().expect("getpriority").max(5);
+            // Safety: setpriority with integer arguments, this thread only
+            // (raising a nice value needs no privilege).
+            assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) }, 0);
             // Safety: sched_getscheduler takes a pid (0: this thread).
-            assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+            let policy = unsafe { libc::sched_getscheduler(0) };
+            let asked = ask_short_slice();
+            assert_eq!(own_nice(), Some(nice));
+            // Safety: as above.
+            assert_eq!(unsafe { libc::sched_getscheduler(0) }, policy);
+            if custom_slices() && (policy == libc::SCHED_OTHER || policy == libc::SCHED_BATCH) {
+                assert!(asked);
+                assert_eq!(own_slice(), Some(READER_SLICE.as_nanos() as u64));
+            }
         })
         .join()
         .expect("the thread's checks");
