@@ -556,6 +556,15 @@ struct Row {
     /// generator's own maximum (the case then carries all it can offer).
     lossless_pps: Option<f64>,
     lossless_at_max: bool,
+    /// Of the frames the search's lossy paced runs lost, the share lost at
+    /// feed0's RX (see `lost_before_feed0_pps`).
+    lossless_lost_before_feed0: Option<f64>,
+    /// Frames/s dropped at feed0's RX in the median full-rate run, before
+    /// any program or socket there saw them: gen0's TX drops (feed0's ring
+    /// full) and its queue's drops (`--feed page`), counted by the kernel.
+    /// A NIC's `rx_missed`: the port's NAPI, which runs the case's XDP or
+    /// tc program and the stack, was behind (its work, or a late wake-up).
+    lost_before_feed0_pps: f64,
     /// Copy mode: its monitored rate and lossless rate over the baseline's
     /// (`pass`, same size), i.e. what copy mode leaves of the traffic; the
     /// routed cases: over `routed`'s.
@@ -1557,6 +1566,8 @@ struct Sample {
     /// Drops/s by reason (mirror's targets, and its source in the routed
     /// cases; tcpdump's kernel drops; the routed tc cases' kernel counters).
     drops: std::collections::BTreeMap<String, f64>,
+    /// Frames/s lost before feed0 (see `Row::lost_before_feed0_pps`).
+    before_feed0: f64,
 }
 
 impl Sample {
@@ -1601,6 +1612,7 @@ fn measure(
     let napi = crate::napi_threads(Lab::FEED_IF)?;
     let napi_ns = || napi.iter().map(|&t| crate::tree_cpu_ns(t)).sum::<u64>();
     let consumer = running.consumer_pid();
+    let g0 = lost_before_feed0(lab)?;
     let (d0, n0, f0, cpu0, c0, (r0, t0), m0, s0, k0) = (
         running.delivered(sinks)?,
         running.monitored()?,
@@ -1623,6 +1635,7 @@ fn measure(
         t0.elapsed().as_secs_f64(),
     );
     let tool_drops = running.end().with_context(|| case.name())?;
+    let g1 = lost_before_feed0(lab)?;
     let (d1, n1, f1, m1, s1, k1) = (
         running.delivered(sinks)?,
         running.monitored()?,
@@ -1679,6 +1692,31 @@ fn measure(
         copy_bytes,
         per_sink: [per_sec(s1[0] - s0[0]), per_sec(s1[1] - s0[1])],
         drops,
+        before_feed0: per_sec(g1.saturating_sub(g0)),
+    })
+}
+
+/// Frames dropped so far at feed0's RX: gen0's TX drops (veth drops a
+/// frame its peer's ring cannot take) and the drops of gen0's queue (`tc
+/// -s qdisc`), read in the generator's namespace.
+fn lost_before_feed0(lab: &Lab) -> Result<u64> {
+    lab.gen.run(|| {
+        // /proc/thread-self/net: this thread's namespace (gen).
+        let dev = std::fs::read_to_string("/proc/thread-self/net/dev")?;
+        let tx_dropped = dev
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(&format!("{}:", Lab::GEN_IF)))
+            .and_then(|rest| rest.split_whitespace().nth(11)?.parse::<u64>().ok())
+            .with_context(|| format!("{}'s TX drops in /proc/net/dev", Lab::GEN_IF))?;
+        // A child forked by this thread is in its namespace.
+        let out = std::process::Command::new("tc")
+            .args(["-s", "-j", "qdisc", "show", "dev", Lab::GEN_IF])
+            .output()
+            .context("tc -s qdisc")?;
+        let qdiscs: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).context("tc -s -j qdisc's output")?;
+        let queued_drops: u64 = qdiscs.iter().filter_map(|q| q["drops"].as_u64()).sum();
+        Ok(tx_dropped + queued_drops)
     })
 }
 
@@ -1694,12 +1732,14 @@ fn lossless_rate(
     full: &Sample,
     a: &Args,
     progress: &indicatif::ProgressBar,
-) -> Result<(f64, bool)> {
+) -> Result<(f64, bool, Option<f64>)> {
     let case = running.case;
     if full.loss(case) <= LOSSLESS {
         progress.inc(u64::from(a.search));
-        return Ok((full.offered * (1.0 - full.loss(case)), true));
+        return Ok((full.offered * (1.0 - full.loss(case)), true, None));
     }
+    // Frames/s the lossy paced runs lost, and of them before feed0.
+    let (mut lost, mut before) = (0.0_f64, 0.0_f64);
     let carried = |s: &Sample| s.offered * (1.0 - s.loss(case));
     let (mut lo, mut hi) = (0.0_f64, full.offered);
     let mut best = 0.0_f64;
@@ -1711,11 +1751,14 @@ fn lossless_rate(
             best = best.max(carried(&s));
         } else {
             hi = rate;
+            lost += s.offered * s.loss(case);
+            before += s.before_feed0;
         }
         progress.inc(1);
         rate = (lo + hi) / 2.0;
     }
-    Ok((best, false))
+    let share = (lost > 0.0).then(|| (before / lost).min(1.0));
+    Ok((best, false, share))
 }
 
 /// (run time ns, runs) summed over the BPF programs on feed0 (XDP and tcx
@@ -1955,6 +1998,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 drops,
                 monitored,
                 fed,
+                before_feed0,
                 ..
             } = median_run;
             let busy: f64 = cpu.iter().sum::<f64>() / 100.0;
@@ -2011,6 +2055,8 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 monitored_loss_pct: monitored.map(loss),
                 lossless_pps: lossless.map(|l| l.0),
                 lossless_at_max: lossless.is_some_and(|l| l.1),
+                lossless_lost_before_feed0: lossless.and_then(|l| l.2),
+                lost_before_feed0_pps: before_feed0,
                 ns_per_frame: match (&per_core, med > 0.0) {
                     (Some(p), _) => p.iter().sum(),
                     (None, true) => busy * 1e9 / (med * case.targets().max(1) as f64),
@@ -2187,7 +2233,12 @@ fn table(rows: &[Row], a: &Args) -> String {
             let vs = r
                 .lossless_vs_pass
                 .map_or(String::new(), |v| format!(" ({v:.2}x)"));
-            format!("{at}{l:.0} pps{vs}")
+            // Where the search's lossy runs lost their frames: at feed0's
+            // RX (its NAPI behind) or past it (a consumer's counters).
+            let lab = r.lossless_lost_before_feed0.map_or(String::new(), |f| {
+                format!("; above it {:.0}% of the loss at feed0's RX", 100.0 * f)
+            });
+            format!("{at}{l:.0} pps{vs}{lab}")
         });
         let monitored = r.monitored_pps.map_or(String::new(), |m| {
             let vs = r
@@ -2254,6 +2305,10 @@ fn table(rows: &[Row], a: &Args) -> String {
             }
             None => drops,
         };
+        let mut drops = drops;
+        if r.lost_before_feed0_pps >= 0.5 {
+            drops.push(format!("feed0 RX full {:.0}", r.lost_before_feed0_pps));
+        }
         // A group's frames each reach one member: the sum, and how it split.
         let split = r.delivered_split_pps.map_or(String::new(), |[a, b]| {
             let all = (a + b).max(1.0);
@@ -2372,5 +2427,7 @@ mod tests {
             "sent {sent} paced to {rate}/s for {secs} s"
         );
         assert_eq!(meter.frames().expect("count"), sent);
+        // Nothing was lost at feed0's RX at this pace, and the counters read.
+        assert_eq!(lost_before_feed0(&lab).expect("gen0's drop counters"), 0);
     }
 }
