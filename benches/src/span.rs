@@ -656,37 +656,41 @@ impl Peer {
     fn set_ports(&self, ns: &Netns, devices: &[&str]) -> Result<()> {
         let port = self.skel.maps.port.as_fd().as_raw_fd();
         let ports = self.skel.maps.ports.as_fd().as_raw_fd();
-        let devices: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
-        ns.run(move || {
-            let set = |map: RawFd, key: u32, dev: &str| -> Result<()> {
-                let ifindex = mirror_user::kernel::ifindex(dev)?;
-                // Safety: a valid map fd, 4-byte key and value.
-                let rc = unsafe {
-                    libbpf_sys::bpf_map_update_elem(
-                        map,
-                        (&key as *const u32).cast(),
-                        (&ifindex as *const u32).cast(),
-                        0,
-                    )
-                };
-                if rc != 0 {
-                    bail!(
-                        "DEVMAP update for {dev}: {}",
-                        std::io::Error::last_os_error()
-                    );
-                }
-                Ok(())
-            };
-            // `port` (redirect) takes the first device, `ports` (broadcast) all.
-            if let Some(first) = devices.first() {
-                set(port, 0, first)?;
-            }
-            for (i, d) in devices.iter().enumerate() {
-                set(ports, i as u32, d)?;
-            }
-            Ok(())
-        })
+        // `port` (redirect) takes the first device, `ports` (broadcast) all.
+        if let Some(first) = devices.first() {
+            put_ifindex(ns, port, 0, first)?;
+        }
+        for (i, d) in devices.iter().enumerate() {
+            put_ifindex(ns, ports, i as u32, d)?;
+        }
+        Ok(())
     }
+}
+
+/// Puts `dev`'s ifindex (resolved in `ns`) at `key` of the map `map`, from
+/// a thread in `ns`: a DEVMAP takes ifindexes of the updating thread's
+/// namespace.
+fn put_ifindex(ns: &Netns, map: RawFd, key: u32, dev: &str) -> Result<()> {
+    let dev = dev.to_string();
+    ns.run(move || {
+        let ifindex = mirror_user::kernel::ifindex(&dev)?;
+        // Safety: a valid map fd, 4-byte key and value.
+        let rc = unsafe {
+            libbpf_sys::bpf_map_update_elem(
+                map,
+                (&key as *const u32).cast(),
+                (&ifindex as *const u32).cast(),
+                0,
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "putting {dev}'s ifindex in a map: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    })
 }
 
 /// Makes tgt0 -> sink0 an IP link to the remote cases' collector:
@@ -809,22 +813,7 @@ fn page_feed(lab: &Lab) -> Result<(Peer, [OwnedFd; 2])> {
     ])?;
     let p = Peer::load()?;
     let forward = p.skel.maps.forward.as_fd().as_raw_fd();
-    lab.gen.run(move || {
-        let gen0 = mirror_user::kernel::ifindex(Lab::GEN_IF)?;
-        // Safety: a valid map fd, 4-byte key and value.
-        let rc = unsafe {
-            libbpf_sys::bpf_map_update_elem(
-                forward,
-                (&0u32 as *const u32).cast(),
-                (&gen0 as *const u32).cast(),
-                0,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("setting tc_forward's port");
-        }
-        Ok(())
-    })?;
+    put_ifindex(&lab.gen, forward, 0, Lab::GEN_IF).context("setting tc_forward's port")?;
     let xdp = attach(
         &lab.gen,
         crate::PAGE_FEED_IF,
