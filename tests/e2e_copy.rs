@@ -292,7 +292,7 @@ fn copy_mode_mirrors_both_directions_of_tcp_and_udp_and_leaves_them_intact() {
     );
     let mut client = Client::connect(&daemon.control).expect("control socket");
     // The ring buffer's reader asked for a short time slice (Linux 6.12).
-    if common::kernel_at_least(6, 12) {
+    if mirror_user::lab::process::kernel_at_least(6, 12) {
         let pid = daemon.pid().expect("the daemon runs");
         assert_eq!(
             common::wait_thread_slices(pid, "copy-live", 1, 100_000),

@@ -105,7 +105,7 @@ fn accepted_frames_reach_the_sink_byte_identical_with_exact_counts() {
     );
     // Each RX queue's worker (two) asked for a short time slice
     // (dataplane::worker; custom slices are Linux 6.12's).
-    if common::kernel_at_least(6, 12) {
+    if mirror_user::lab::process::kernel_at_least(6, 12) {
         let pid = s.daemon.pid().expect("the daemon runs");
         assert_eq!(
             common::wait_thread_slices(pid, "rx-feed-", 2, 100_000),

@@ -608,38 +608,21 @@ pub fn flap_during_a_stream(
     sent
 }
 
-/// The time slice (`se.slice` in its sched file, ns) of each thread of
-/// process `pid` whose name starts with `prefix`.
+/// The time slice (ns) of each thread of process `pid` whose name starts
+/// with `prefix`.
 pub fn thread_slices(pid: u32, prefix: &str) -> Vec<u64> {
-    let mut slices = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return slices;
+        return Vec::new();
     };
-    for task in tasks.flatten() {
-        let dir = task.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !comm.trim_end().starts_with(prefix) {
-            continue;
-        }
-        let sched = std::fs::read_to_string(dir.join("sched")).unwrap_or_default();
-        let slice = sched
-            .lines()
-            .find(|l| l.starts_with("se.slice"))
-            .and_then(|l| l.split(':').nth(1))
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        slices.extend(slice);
-    }
-    slices
-}
-
-/// Whether the running kernel is at least `major.minor`.
-pub fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut v = release
-        .trim()
-        .split(['.', '-'])
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (major, minor)
+    tasks
+        .flatten()
+        .map(|t| t.path())
+        .filter(|dir| {
+            std::fs::read_to_string(dir.join("comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(prefix))
+        })
+        .filter_map(|dir| mirror_user::lab::process::slice_ns(&dir))
+        .collect()
 }
 
 /// [`thread_slices`] once `n` such threads have `slice`, or as they are

@@ -388,28 +388,7 @@ pub(super) fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The slice a thread has (`se.slice` in /proc/thread-self/sched, ns).
-    fn own_slice() -> Option<u64> {
-        let text = std::fs::read_to_string("/proc/thread-self/sched").ok()?;
-        text.lines()
-            .find(|l| l.starts_with("se.slice"))?
-            .split(':')
-            .nth(1)?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// Whether the running kernel takes a custom slice (6.12 and later).
-    fn custom_slices() -> bool {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let mut v = release
-            .trim()
-            .split(['.', '-'])
-            .map(|p| p.parse::<u32>().unwrap_or(0));
-        (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 12)
-    }
+    use crate::lab::process::{kernel_at_least, slice_ns};
 
     /// A reader thread gets the short slice (where the kernel has custom
     /// slices), and keeps its nice value (raised to 5 first, as `Nice=5` in
@@ -427,9 +406,12 @@ mod tests {
             assert_eq!(own_nice(), Some(nice));
             // Safety: as above.
             assert_eq!(unsafe { libc::sched_getscheduler(0) }, policy);
-            if custom_slices() && (policy == libc::SCHED_OTHER || policy == libc::SCHED_BATCH) {
+            if kernel_at_least(6, 12)
+                && (policy == libc::SCHED_OTHER || policy == libc::SCHED_BATCH)
+            {
                 assert!(asked);
-                assert_eq!(own_slice(), Some(READER_SLICE.as_nanos() as u64));
+                let own = slice_ns(std::path::Path::new("/proc/thread-self"));
+                assert_eq!(own, Some(READER_SLICE.as_nanos() as u64));
             }
         })
         .join()

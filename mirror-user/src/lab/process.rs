@@ -275,6 +275,31 @@ pub fn held_fds(pid: u32) -> (usize, usize, usize, usize) {
     (all, maps, progs, links)
 }
 
+/// The time slice (ns) the scheduler gives task `task` (`/proc/PID/task/TID`
+/// or `/proc/thread-self`): `se.slice` in its `sched` file; None when it
+/// cannot be read.
+pub fn slice_ns(task: &Path) -> Option<u64> {
+    std::fs::read_to_string(task.join("sched"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("se.slice"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether the running kernel's release is at least `major.minor`.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (major, minor)
+}
+
 /// A number field of `/proc/PID/status` (`VmRSS` in KiB, `Threads`), 0 when
 /// it cannot be read.
 pub fn status_field(pid: u32, field: &str) -> u64 {
