@@ -121,6 +121,11 @@ fn mirrored(prog: &SourceProgram, f: &[u8]) -> bool {
     kept(prog, f) > 0
 }
 
+/// Whether the tap program mirrors `f`, each of `n` times in a row.
+fn mirrored_each(prog: &SourceProgram, f: &[u8], n: usize) -> Vec<bool> {
+    (0..n).map(|_| mirrored(prog, f)).collect()
+}
+
 fn counters(p: &SourceProgram) -> [[u64; COUNTERS]; 2] {
     p.counters_by_direction().expect("counters")
 }
@@ -396,24 +401,10 @@ fn an_idle_flow_starts_over() {
     require_root!();
     let prog = program(0, 2, Duration::from_millis(200));
     let f = tcp(9000, 53, true, 80);
-    assert_eq!(
-        [
-            mirrored(&prog, &f),
-            mirrored(&prog, &f),
-            mirrored(&prog, &f)
-        ],
-        [true, true, false]
-    );
+    assert_eq!(mirrored_each(&prog, &f, 3), [true, true, false]);
     // Idle past the timeout (the kernel's clock decides; 3x the timeout).
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(
-        [
-            mirrored(&prog, &f),
-            mirrored(&prog, &f),
-            mirrored(&prog, &f)
-        ],
-        [true, true, false]
-    );
+    assert_eq!(mirrored_each(&prog, &f, 3), [true, true, false]);
     // Seen again at once: still cut off.
     assert!(!mirrored(&prog, &tcp(9000, 53, false, 80)));
 }
@@ -667,14 +658,7 @@ fn a_flow_seen_within_the_idle_timeout_stays_cut_off_however_long_it_lasts() {
     let idle = Duration::from_millis(500);
     let prog = program(0, 2, idle);
     let f = tcp(9100, 53, true, 80);
-    assert_eq!(
-        [
-            mirrored(&prog, &f),
-            mirrored(&prog, &f),
-            mirrored(&prog, &f)
-        ],
-        [true, true, false]
-    );
+    assert_eq!(mirrored_each(&prog, &f, 3), [true, true, false]);
     // Five times the timeout in all, a frame every tenth of it.
     let start = std::time::Instant::now();
     let mut n = 0;
