@@ -2367,6 +2367,16 @@ fn table(rows: &[Row], a: &Args) -> String {
 mod tests {
     use super::*;
 
+    /// Held by each test that runs traffic through a lab: they pin the
+    /// generator and feed0's NAPI thread to the same two CPUs, and one's
+    /// slow consumer would starve the other's generator.
+    static LAB_CPUS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn lab_cpus() -> std::sync::MutexGuard<'static, ()> {
+        // A test that failed holding it leaves it poisoned; the CPUs are free.
+        LAB_CPUS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[test]
     fn tcpdump_counts_are_read_from_its_sigusr1_line() {
         let line = "tcpdump: 1234 packets captured, 1240 packets received by filter, \
@@ -2396,6 +2406,7 @@ mod tests {
     #[test]
     #[ignore = "needs root: BPF and network namespaces"]
     fn the_page_feed_delivers_to_feed0_every_frame_it_counts_sent() {
+        let _cpus = lab_cpus();
         let lab = Lab::new(1).expect("lab");
         let _feed = page_feed(&lab).expect("the page feed's port");
         let meter = Peer::load().expect("meter");
@@ -2418,5 +2429,68 @@ mod tests {
         assert_eq!(meter.frames().expect("count"), sent);
         // Nothing was lost at feed0's RX at this pace, and the counters read.
         assert_eq!(lost_before_feed0(&lab).expect("gen0's drop counters"), 0);
+    }
+
+    /// With a consumer at feed0 slower than the feed (`xdp_slow_drop`,
+    /// ~60 µs a frame: feed0's NAPI takes ~15 kpps), what feed0's RX cannot take is counted by
+    /// [`lost_before_feed0`] to the frame, on every feed: each frame the
+    /// generator counts as sent either reached feed0's XDP or is there.
+    #[test]
+    #[ignore = "needs root: BPF and network namespaces"]
+    fn every_frame_sent_reaches_feed0_or_is_counted_lost_before_it_on_every_feed() {
+        let _cpus = lab_cpus();
+        for feed in [crate::Feed::Skb, crate::Feed::Xdp, crate::Feed::Page] {
+            let lab = Lab::new(1).expect("lab");
+            lab.tune_feed_port().expect("threaded NAPI on feed0");
+            let _page = (feed == crate::Feed::Page).then(|| {
+                let page = page_feed(&lab).expect("page feed");
+                // A 64-frame queue instead of 4,096, so that it overflows
+                // within the run: its drops are the page feed's loss.
+                let limit = [
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    Lab::GEN_IF,
+                    "root",
+                    "pfifo",
+                ];
+                lab.gen
+                    .exec(&[&limit[..], &["limit", "64"]].concat())
+                    .expect("pfifo 64");
+                page
+            });
+            let slow = Peer::load().expect("the bench peers");
+            let fd = slow.skel.progs.xdp_slow_drop.as_fd().as_raw_fd();
+            let _link = attach(&lab.src, Lab::FEED_IF, fd).expect("xdp_slow_drop on feed0");
+            // Its NAPI thread (re-created by the attach) on a core of its
+            // own, as in the bench: the generator keeps sending meanwhile.
+            let pinned = crate::pin_napi_threads(Lab::FEED_IF, crate::NAPI_CPU).expect("pin");
+            assert!(pinned > 0, "{feed:?}: no NAPI thread for feed0");
+            let sent =
+                crate::generate_from(feed, &lab, 60, 0.5, Some(50_000.0)).expect("generator");
+            // What is in flight (feed0's 256-frame ring, gen0's queue on the
+            // page feed) drains at ~15 kpps: a bounded wait for it.
+            let settled = || {
+                let (arrived, lost) = (slow.frames().expect("count"), lost_before_feed0(&lab));
+                (arrived, lost.expect("gen0's drop counters"))
+            };
+            let t0 = std::time::Instant::now();
+            let (mut arrived, mut lost) = settled();
+            while arrived + lost < sent && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(20));
+                (arrived, lost) = settled();
+            }
+            assert!(sent > 2_000, "{feed:?}: sent {sent}");
+            assert!(
+                arrived > 0 && lost > 0,
+                "{feed:?}: arrived {arrived}, lost {lost}"
+            );
+            assert_eq!(
+                arrived + lost,
+                sent,
+                "{feed:?}: arrived {arrived} + lost {lost}"
+            );
+        }
     }
 }

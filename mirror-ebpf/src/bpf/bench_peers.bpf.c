@@ -30,6 +30,10 @@
  *                   the veth to feed0 through gen0's queue (backpressure).
  *   xdp_pass        passes every frame: on genp0 only so that the kernel
  *                   registers its RX queue, which a live test run needs.
+ *   xdp_slow_drop   counts a frame, spends ~60 µs on it, drops it: a
+ *                   consumer slower than any feed, so that the bench's
+ *                   tests see feed0's ring overflow and check that what it
+ *                   lost there is counted (gen0's drops) to the frame.
  *
  * Neither classifies: they are the floor of per-frame work.
  */
@@ -166,6 +170,24 @@ SEC("xdp")
 int xdp_pass(struct xdp_md *ctx)
 {
 	return XDP_PASS;
+}
+
+/* xdp_slow_drop's turns per frame: ~7 ns each here, ~60 µs a frame, so
+ * feed0's NAPI takes ~15 kpps. (Much longer, and its polls hold off the RCU
+ * grace period each generator call ends with: the live generators stall.) */
+#define SLOW_TURNS (1 << 13)
+
+static long slow_turn(__u64 i, void *ctx)
+{
+	return 0;
+}
+
+SEC("xdp")
+int xdp_slow_drop(struct xdp_md *ctx)
+{
+	count();
+	bpf_loop(SLOW_TURNS, slow_turn, NULL, 0);
+	return XDP_DROP;
 }
 
 SEC("tcx/ingress")
