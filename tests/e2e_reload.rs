@@ -258,6 +258,24 @@ fn a_reload_whose_new_target_cannot_start_changes_nothing() {
     });
     assert!(s.targets.contains_key("cap") && s.sessions.contains_key("b"));
     assert_eq!(s.sources["feed"].rule_sets_installed, 1);
+    // The daemon's log says it too, on one line (it spread the list of
+    // problems over several).
+    let log = daemon.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("mirror reload: reload rejected")
+            && l.contains("interface tgt1 does not exist in this network namespace")),
+        "{log}"
+    );
+    // The file as it runs again: a reload says nothing changed (it said
+    // "filters only") and restarts nothing.
+    std::fs::write(&config, &text).expect("the first config");
+    let out = common::ctl(BIN, &["reload"], &daemon.control);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("reloaded: nothing changed: the file is what was running"),
+        "{stdout}"
+    );
 }
 
 const TWO_SOURCES: &str = r#"

@@ -332,6 +332,14 @@ packet_length = 100
     ];
     run_steps(&mut run, &steps, "af_xdp");
     let log = run.daemon.log_text();
+    // Each, the start-up's first, names the settings it puts in force (a
+    // trial found the start-up's without them).
+    for l in log.lines().filter(|l| l.contains(" active until ")) {
+        assert!(
+            l.contains(" enabled=true sample=") && l.contains(" flow_cutoff_packets="),
+            "{l}"
+        );
+    }
     let switches: Vec<&str> = log
         .lines()
         .filter_map(|l| {

@@ -126,25 +126,15 @@ pub fn main(a: Args) -> Result<ExitCode> {
                     notify::reloading();
                     let (e, path) = (engine.clone(), a.config.clone());
                     let result = tokio::task::spawn_blocking(move || {
-                        mirror_user::control::reload(&e, &path)
+                        mirror_user::control::reload(&e, &path, "SIGHUP")
                     })
                     .await;
-                    // Whatever the outcome, the daemon mirrors on: ready again,
-                    // with the outcome in `systemctl status`.
+                    // Whatever the outcome (logged by `reload`), the daemon
+                    // mirrors on: ready again, with the outcome in
+                    // `systemctl status`.
                     match result {
-                        Ok(Ok(applied)) => {
-                            tracing::info!(
-                                config = %a.config.display(),
-                                rules = ?applied.rules,
-                                changes = %applied.summary(),
-                                "SIGHUP: reloaded"
-                            );
-                            notify::ready(&running);
-                        }
+                        Ok(Ok(_)) => notify::ready(&running),
                         Ok(Err(e)) => {
-                            tracing::error!(
-                                "SIGHUP: reload rejected, the running config stays in force: {e:#}"
-                            );
                             notify::ready(&format!(
                                 "mirroring; last reload rejected, the running config stays: {e:#}"
                             ));

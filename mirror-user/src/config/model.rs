@@ -154,7 +154,7 @@ pub struct Rule {
 }
 
 /// A named, ordered list of rules (sorted by number).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
     pub name: String,
     pub rules: Vec<Rule>,
@@ -519,9 +519,10 @@ impl Config {
     }
 
     /// What `mirror check` and the start-up log warn of: the sentences of
-    /// [`Config::silent_directions`] and of schedule windows that override
+    /// [`Config::silent_directions`], of schedule windows that override
     /// nothing (inside one the session's own values apply, as outside every
-    /// window: most likely a key left out).
+    /// window: most likely a key left out), and of windows of a disabled
+    /// session that do not enable it (they mirror nothing either).
     pub fn warnings(&self) -> Vec<String> {
         let mut out = self.silent_directions();
         for s in &self.sessions {
@@ -531,6 +532,17 @@ impl Config {
                         "session `{}`: schedule window {} ({}) sets none of enabled, sample, \
                          rate_limit_pps, packet_length, flow_cutoff_bytes, flow_cutoff_packets: \
                          inside it the session's own values apply, as outside every window",
+                        s.name,
+                        i + 1,
+                        crate::config::schedule::describe(w)
+                    ));
+                } else if !s.enabled && w.overrides.enabled.is_none() {
+                    // Its other keys never apply: a window of a disabled
+                    // session that does not enable it mirrors nothing.
+                    out.push(format!(
+                        "session `{}`: schedule window {} ({}) does not set `enabled`, so it keeps \
+                         the session's `enabled = false` and mirrors nothing, whatever else it \
+                         sets; add `enabled = true` to the window to mirror inside it",
                         s.name,
                         i + 1,
                         crate::config::schedule::describe(w)

@@ -186,6 +186,28 @@ impl RawSize {
             RawSize::Text(t) => super::values::parse_size(t) == Ok(0),
         }
     }
+
+    /// The byte count: a number as it is, a text as [`super::values::parse_size`]
+    /// reads it.
+    pub fn bytes(&self) -> Result<u64, String> {
+        match self {
+            RawSize::Number(n) => {
+                u64::try_from(*n).map_err(|_| "a size cannot be negative".to_string())
+            }
+            RawSize::Text(t) => super::values::parse_size(t),
+        }
+    }
+}
+
+/// As the file wrote it: `1073741824`, or `"1GiB"` (quoted), for messages
+/// that quote the key's value.
+impl std::fmt::Display for RawSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RawSize::Number(n) => write!(f, "{n}"),
+            RawSize::Text(t) => write!(f, "\"{t}\""),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for RawSize {
@@ -276,11 +298,11 @@ pub(crate) struct RawTarget {
     /// ERSPAN type III time stamp units: "100us" (default) or "100ns".
     pub granularity: Option<Spanned<super::Granularity>>,
     pub path: Option<Spanned<String>>,
-    pub rotate_size: Option<Spanned<String>>,
+    pub rotate_size: Option<Spanned<RawSize>>,
     pub rotate_interval: Option<Spanned<String>>,
     pub keep: Option<Spanned<i64>>,
-    pub max_total_size: Option<Spanned<String>>,
-    pub min_free: Option<Spanned<String>>,
+    pub max_total_size: Option<Spanned<RawSize>>,
+    pub min_free: Option<Spanned<RawSize>>,
     /// Frames the target's queue holds before it drops (`queue_full`). Default 4096.
     pub queue_size: Option<Spanned<i64>>,
     pub zero_copy: Option<Spanned<ZeroCopy>>,

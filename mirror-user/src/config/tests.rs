@@ -1927,6 +1927,96 @@ fn a_schedule_window_that_overrides_nothing_is_named() {
 }
 
 #[test]
+fn pcapng_sizes_take_a_number_of_bytes_as_flow_cutoff_bytes_does() {
+    let pcap = |keys: &str| {
+        GOOD.replace(
+            "[[session]]",
+            &format!("[[target]]\nname = \"cap\"\nkind = \"pcapng\"\npath = \"/tmp/x.pcapng\"\n{keys}\n\n[[session]]"),
+        )
+        .replace("targets = [\"ids0\"]", "targets = [\"ids0\", \"cap\"]")
+    };
+    let c = parse(
+        &pcap("rotate_size = 1073741824\nmax_total_size = 4294967296\nmin_free = 1048576"),
+        "t.toml",
+    )
+    .expect("valid");
+    let TargetSpec::Pcapng(p) = &c.targets[1].spec else {
+        panic!("pcapng")
+    };
+    assert_eq!(
+        (p.rotate_size, p.max_total_size, p.min_free),
+        (Some(1 << 30), Some(4 << 30), Some(MinFree::Bytes(1 << 20)))
+    );
+    // Messages quote the value as it was written.
+    for (keys, want) in [
+        (
+            "rotate_size = 4095",
+            "rotate_size = 4095 is below the minimum of 4096 bytes",
+        ),
+        (
+            "rotate_size = -1",
+            "rotate_size = -1: a size cannot be negative",
+        ),
+        (
+            "rotate_size = 1048576\nmax_total_size = \"1MiB\"",
+            "rotate_size = 1048576 is more than half of max_total_size = \"1MiB\"",
+        ),
+        // A floor of a few bytes: a percentage without its `%`, most likely.
+        (
+            "min_free = \"10\"",
+            "min_free = \"10\" is 10 bytes, less than one block of a file system; for a share \
+             of the disk write \"10%\", for a size e.g. \"10GiB\" (0 turns it off)",
+        ),
+        (
+            "min_free = 10",
+            "min_free = 10 is 10 bytes, less than one block",
+        ),
+    ] {
+        let e = errors(&pcap(keys));
+        assert!(e.iter().any(|l| l.contains(want)), "want `{want}` in {e:?}");
+    }
+    for keys in [
+        "min_free = 0",
+        "min_free = \"0\"",
+        "min_free = 4096",
+        "min_free = \"10%\"",
+    ] {
+        assert!(parse(&pcap(keys), "t.toml").is_ok(), "{keys}");
+    }
+}
+
+#[test]
+fn a_window_of_a_disabled_session_that_does_not_enable_it_is_named() {
+    let text = |keys: &str| {
+        scheduled(&format!(
+            "\n[[session.schedule]]\ndays = \"mon-fri\"\nhours = \"08:00-18:00\"\n\
+             timezone = \"UTC\"\n{keys}\n"
+        ))
+        .replace("priority = 1", "priority = 1\nenabled = false")
+    };
+    let w = parse(&text("sample = 1"), "t.toml")
+        .expect("valid")
+        .warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains(
+            "schedule window 1 (mon-fri 08:00-18:00 UTC) does not set `enabled`, so it keeps \
+             the session's `enabled = false` and mirrors nothing"
+        ),
+        "{w:?}"
+    );
+    // Enabling it, or disabling it on purpose, is what it says.
+    for keys in ["enabled = true\nsample = 1", "enabled = false"] {
+        let w = parse(&text(keys), "t.toml").expect("valid").warnings();
+        assert!(w.is_empty(), "{keys}: {w:?}");
+    }
+    // A window that sets nothing gets the one warning it had.
+    let w = parse(&text(""), "t.toml").expect("valid").warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("sets none of enabled"), "{w:?}");
+}
+
+#[test]
 fn a_rule_prints_as_toml_keys_with_protocol_names_and_reads_back() {
     let rule = |keys: &str| parse_rule(keys, "rule").expect("valid");
     let full = rule(

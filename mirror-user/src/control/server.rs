@@ -139,11 +139,39 @@ async fn write_reply(
 
 /// Re-reads the config file and applies it (`reload`, SIGHUP): see
 /// [`Engine::reload`].
-pub fn reload(engine: &Engine, config_path: &Path) -> Result<Applied> {
-    let mut new = config::load(config_path)?;
-    // As at start: the running engine has only the targets sessions use.
-    new.prune_unused_targets();
-    engine.reload(new)
+pub fn reload(engine: &Engine, config_path: &Path, via: &str) -> Result<Applied> {
+    let result = config::load(config_path)
+        .map_err(anyhow::Error::from)
+        .and_then(|mut new| {
+            // As at start: the running engine has only the targets sessions use.
+            new.prune_unused_targets();
+            engine.reload(new)
+        });
+    // Logged here, one line each, whoever asked (`via`).
+    match &result {
+        Ok(applied) => tracing::info!(
+            config = %config_path.display(),
+            rules = ?applied.rules,
+            changes = %applied.summary(),
+            "{via}: reloaded"
+        ),
+        Err(e) => tracing::error!(
+            config = %config_path.display(),
+            "{via}: reload rejected, the running config stays in force: {}",
+            one_line(&format!("{e:#}"))
+        ),
+    }
+    result
+}
+
+/// A message of several lines (a file's errors, one per line) as one log
+/// line: its lines, trimmed, joined by spaces.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn handle(req: Request, engine: &Engine, config_path: &Path) -> Reply {
@@ -224,21 +252,12 @@ fn handle(req: Request, engine: &Engine, config_path: &Path) -> Reply {
             },
             Err(e) => Reply::error(format!("{e:#}")),
         },
-        Request::Reload => {
-            let result = reload(engine, config_path);
-            match result {
-                Ok(applied) => {
-                    tracing::info!(config = %config_path.display(), changes = %applied.summary(), "reloaded");
-                    Reply {
-                        changes: Some(applied.summary()),
-                        ..Reply::updated(Ok(applied.rules))
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "reload rejected");
-                    Reply::error(format!("{e:#}; the running config stays in force"))
-                }
-            }
-        }
+        Request::Reload => match reload(engine, config_path, "mirror reload") {
+            Ok(applied) => Reply {
+                changes: Some(applied.summary()),
+                ..Reply::updated(Ok(applied.rules))
+            },
+            Err(e) => Reply::error(format!("{e:#}; the running config stays in force")),
+        },
     }
 }

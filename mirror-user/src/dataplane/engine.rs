@@ -161,6 +161,9 @@ pub struct Applied {
     pub started: Vec<String>,
     pub stopped: Vec<String>,
     pub restarted: Vec<String>,
+    /// Whether the file's filters differ from the rules that ran before
+    /// (live rule changes included, which a reload replaces).
+    pub filters_changed: bool,
 }
 
 impl Applied {
@@ -176,7 +179,9 @@ impl Applied {
                 parts.push(format!("{what} {}", list.join(", ")));
             }
         }
-        if parts.is_empty() {
+        if parts.is_empty() && !self.filters_changed {
+            "nothing changed: the file is what was running".into()
+        } else if parts.is_empty() {
             "filters only; everything else kept running".into()
         } else {
             format!("{}; everything else kept running", parts.join("; "))
@@ -260,6 +265,7 @@ impl Engine {
                  a restart of mirror; the running config stays"
             );
         }
+        let filters_changed = live.filters != new.filters;
         let keep = reload::keep(&running, &new);
         // Filters only: everything kept, in the same places, and no session
         // setting changed (`check_reloadable` compares what the rule sets
@@ -280,6 +286,7 @@ impl Engine {
             })?;
             return Ok(Applied {
                 rules,
+                filters_changed,
                 ..Default::default()
             });
         }
@@ -310,7 +317,11 @@ impl Engine {
             .iter()
             .map(|s| (s.name.clone(), s.rules.load(Ordering::Relaxed) as usize))
             .collect();
-        Ok(Applied { rules, ..applied })
+        Ok(Applied {
+            rules,
+            filters_changed,
+            ..applied
+        })
     }
 
     /// Looks at every source's interface: one that is gone is said once (its
@@ -1083,28 +1094,13 @@ impl Plane {
             let sess = &self.config.sessions[s];
             // The policy in force now (a window's, or the session's own),
             // in slot 0 of the kernel and of the plan, before anything attaches.
-            let window = if sess.schedule.is_empty() {
-                None
-            } else {
-                let pos = crate::config::schedule::position(&sess.schedule, now);
+            let pos = (!sess.schedule.is_empty())
+                .then(|| crate::config::schedule::position(&sess.schedule, now));
+            let policy = sess.policy(pos.and_then(|p| p.active));
+            if let Some(pos) = pos {
+                super::schedule::log_in_force(sess, &pos, &policy);
                 positions.push((s, pos));
-                tracing::info!(
-                    session = %sess.name,
-                    "session {}: {} active until {}",
-                    sess.name,
-                    match pos.active {
-                        Some(i) => format!(
-                            "window {} ({})",
-                            i + 1,
-                            crate::config::schedule::describe(&sess.schedule[i])
-                        ),
-                        None => "no window (the session's own settings)".into(),
-                    },
-                    pos.next_edge.map_or_else(|| "further notice".into(), |t| t.to_string())
-                );
-                pos.active
-            };
-            let policy = sess.policy(window);
+            }
             plans[k].set_slot(0, &policy);
             program
                 .set_policy(k as u32, &policy, true)

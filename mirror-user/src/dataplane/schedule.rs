@@ -18,7 +18,7 @@ use jiff::Timestamp;
 use super::clock;
 use super::source::Source;
 use crate::config::schedule::{describe, position, Position};
-use crate::config::Session;
+use crate::config::{Policy, Session};
 
 /// Longest sleep between evaluations on the real clock.
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -240,10 +240,18 @@ fn switch(e: &Entry, sess: &Session, pos: &Position) -> anyhow::Result<()> {
     plan.set_slot(idle, &policy);
     let slot = program.set_policy(e.kidx, &policy, false)?;
     plan.set_current(slot);
+    log_in_force(sess, pos, &policy);
+    Ok(())
+}
+
+/// Logs the window of `sess` at `pos`, until when, and the settings it
+/// puts in force (`policy`): at start-up and at each switch alike.
+pub(super) fn log_in_force(sess: &Session, pos: &Position, policy: &Policy) {
     let until = pos
         .next_edge
         .map_or_else(|| "further notice".to_string(), |t| t.to_string());
     tracing::info!(
+        session = %sess.name,
         enabled = policy.enabled,
         sample = policy.sample,
         rate_limit_pps = policy.rate_limit_pps,
@@ -257,7 +265,6 @@ fn switch(e: &Entry, sess: &Session, pos: &Position) -> anyhow::Result<()> {
             None => "no window (the session's own settings)".into(),
         }
     );
-    Ok(())
 }
 
 #[cfg(test)]

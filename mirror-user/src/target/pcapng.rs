@@ -74,6 +74,13 @@ pub enum PcapngError {
     },
     #[error("{}: the directory does not exist; create it first", .0.display())]
     NoDirectory(PathBuf),
+    #[error(
+        "{}: is a directory; `path` names the capture file, as in {}/capture.pcapng \
+         (rotated files are numbered beside it)",
+        .0.display(),
+        .0.display()
+    )]
+    PathIsDirectory(PathBuf),
     #[error("the target's queue: {0}")]
     Queue(#[from] crate::kernel::xsk::XskError),
 }
@@ -163,9 +170,14 @@ pub(crate) fn queue_slots(queue_size: u32) -> usize {
     queue_size as usize + held_slots(queue_size as usize)
 }
 
-/// Whether a pcapng target at `path` can start: its directory exists and
-/// takes a new file (`mirror check` asks this without starting anything).
+/// Whether a pcapng target at `path` can start: `path` is not a directory
+/// (the files would be written beside it, named after it), and its
+/// directory exists and takes a new file (`mirror check` asks this without
+/// starting anything).
 pub fn check_directory(path: &Path) -> Result<(), PcapngError> {
+    if path.is_dir() {
+        return Err(PcapngError::PathIsDirectory(path.to_path_buf()));
+    }
     let dir = parent(path);
     if !dir.is_dir() {
         return Err(PcapngError::NoDirectory(dir));
@@ -2110,6 +2122,26 @@ mod tests {
             can_create_in(&dir).is_err(),
             "a directory that is not there"
         );
+    }
+
+    /// A `path` naming a directory is refused (the files would go beside
+    /// it, `cap-000001`), with the file name it wants; one in it is fine.
+    #[test]
+    fn a_path_that_is_a_directory_is_refused_with_what_to_write() {
+        let dir = std::env::temp_dir().join(format!("mirror-isdir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let err = check_directory(&dir).expect_err("a directory");
+        assert!(matches!(&err, PcapngError::PathIsDirectory(p) if p == &dir));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{0}: is a directory; `path` names the capture file, as in \
+                 {0}/capture.pcapng (rotated files are numbered beside it)",
+                dir.display()
+            )
+        );
+        assert!(check_directory(&dir.join("capture.pcapng")).is_ok());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     /// Files in the other byte order (a capture appended to by another

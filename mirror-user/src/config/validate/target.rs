@@ -9,11 +9,11 @@ use serde_spanned::Spanned;
 
 use super::Validator;
 use crate::config::model::{
-    ErspanVersion, Granularity, Group, PcapngSpec, Target, TargetSpec, Tunnel, DEFAULT_QUEUE_SIZE,
-    DEFAULT_TUNNEL_MTU, DEFAULT_VXLAN_PORT, MAX_INTERFACE_QUEUE,
+    ErspanVersion, Granularity, Group, MinFree, PcapngSpec, Target, TargetSpec, Tunnel,
+    DEFAULT_QUEUE_SIZE, DEFAULT_TUNNEL_MTU, DEFAULT_VXLAN_PORT, MAX_INTERFACE_QUEUE,
 };
-use crate::config::raw::{RawTarget, RawTargetGroup, TargetKind, ZeroCopy};
-use crate::config::values::{parse_min_free, parse_size, valid_ifname};
+use crate::config::raw::{RawSize, RawTarget, RawTargetGroup, TargetKind, ZeroCopy};
+use crate::config::values::{parse_min_free, valid_ifname};
 use crate::target::pcapng::{parent, rotated_number};
 
 /// A target key: its name, where it is written (if it is), and the kinds it applies to.
@@ -313,25 +313,25 @@ impl Validator<'_> {
             Some(path) => Some(PathBuf::from(path.get_ref())),
         };
         let size = |v: &mut Self,
-                    x: &Option<Spanned<String>>,
+                    x: &Option<Spanned<RawSize>>,
                     key: &str,
                     min: u64|
          -> Result<Option<u64>, ()> {
             let Some(x) = x else { return Ok(None) };
-            match parse_size(x.get_ref()) {
+            match x.get_ref().bytes() {
                 Ok(n) if n >= min => Ok(Some(n)),
                 Ok(_) => {
                     v.error(
                         x.span(),
                         format!(
-                            "{key} = \"{}\" is below the minimum of {min} bytes",
+                            "{key} = {} is below the minimum of {min} bytes",
                             x.get_ref()
                         ),
                     );
                     Err(())
                 }
                 Err(e) => {
-                    v.error(x.span(), format!("{key} = \"{}\": {e}", x.get_ref()));
+                    v.error(x.span(), format!("{key} = {}: {e}", x.get_ref()));
                     Err(())
                 }
             }
@@ -359,13 +359,33 @@ impl Validator<'_> {
         };
         let min_free = match &t.min_free {
             None => Ok(None),
-            Some(x) => match parse_min_free(x.get_ref()) {
-                Ok(m) => Ok(Some(m)),
-                Err(e) => {
-                    self.error(x.span(), format!("min_free = \"{}\": {e}", x.get_ref()));
-                    Err(())
+            Some(x) => {
+                let parsed = match x.get_ref() {
+                    RawSize::Number(_) => x.get_ref().bytes().map(MinFree::Bytes),
+                    RawSize::Text(t) => parse_min_free(t),
+                };
+                match parsed {
+                    // A floor smaller than one block of any file system:
+                    // most likely a percentage without its `%`.
+                    Ok(MinFree::Bytes(n)) if (1..4096).contains(&n) => {
+                        self.error(
+                            x.span(),
+                            format!(
+                                "min_free = {} is {n} bytes, less than one block of a file \
+                                 system; for a share of the disk write \"{n}%\", for a size \
+                                 e.g. \"{n}GiB\" (0 turns it off)",
+                                x.get_ref()
+                            ),
+                        );
+                        Err(())
+                    }
+                    Ok(m) => Ok(Some(m)),
+                    Err(e) => {
+                        self.error(x.span(), format!("min_free = {}: {e}", x.get_ref()));
+                        Err(())
+                    }
                 }
-            },
+            }
         };
         // The budget against the file size, whatever else is wrong (a bad
         // `keep` does not hide it).
@@ -381,7 +401,7 @@ impl Validator<'_> {
                 self.error(
                     budget.span(),
                     format!(
-                        "max_total_size = \"{}\" holds less than two files of the smallest \
+                        "max_total_size = {} holds less than two files of the smallest \
                          rotate_size (4096 bytes): make it at least 8192 bytes",
                         budget.get_ref(),
                     ),
@@ -391,7 +411,7 @@ impl Validator<'_> {
                 self.error(
                     x.span(),
                     format!(
-                        "rotate_size = \"{}\" is more than half of max_total_size = \"{}\": \
+                        "rotate_size = {} is more than half of max_total_size = {}: \
                          the budget would hold less than two files, and each rotation would \
                          delete the record kept so far; make rotate_size at most half of the \
                          budget ({} bytes; a quarter or less keeps at least three quarters of \
