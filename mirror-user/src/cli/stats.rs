@@ -163,12 +163,16 @@ pub fn render(s: &Stats) -> String {
             )
         };
         // What the sessions' policies left out of `matched`, when any:
-        // matched = mirrored + these + dropped.
-        let left_out = nonzero(&[
+        // matched = mirrored + these + dropped. Labelled, so that they do
+        // not read as drop reasons (a trial read them so).
+        let left_out = match nonzero(&[
             ("sampled_out", v.sampled_out),
             ("scheduled_out", v.scheduled_out),
             ("cutoff", v.cutoff),
-        ]);
+        ]) {
+            l if l.is_empty() => l,
+            l => format!("  left out by policy: {}", l.trim_start()),
+        };
         out.push_str(&format!(
             "{:<16} {:>12} {:>12} {:>12} {:>12}  {}{left_out}   ({} {how}, {} rules, {} rule set(s) installed)\n",
             name,
@@ -327,7 +331,7 @@ mod tests {
             .split_whitespace()
             .collect();
         assert_eq!(
-            row[..8],
+            row[..12],
             [
                 "feed",
                 "2100",
@@ -335,6 +339,10 @@ mod tests {
                 "100",
                 "1021",
                 "0",
+                "left",
+                "out",
+                "by",
+                "policy:",
                 "sampled_out=900",
                 "cutoff=79"
             ]
