@@ -262,8 +262,9 @@ fn a_reload_whose_new_target_cannot_start_changes_nothing() {
     // problems over several).
     let log = daemon.log_text();
     assert!(
-        log.lines().any(|l| l.contains("mirror reload: reload rejected")
-            && l.contains("interface tgt1 does not exist in this network namespace")),
+        log.lines()
+            .any(|l| l.contains("mirror reload: reload rejected")
+                && l.contains("interface tgt1 does not exist in this network namespace")),
         "{log}"
     );
     // The file as it runs again: a reload says nothing changed (it said

@@ -208,12 +208,15 @@ pub fn parse_hours(text: &str) -> Result<(u16, u16), String> {
     let time = |s: &str, end: bool| -> Result<u16, String> {
         let bad = || {
             format!(
-                "hours = \"{text}\": `{s}` is not a time: write HH:MM, 00:00 to 23:59 \
-                 (24:00 as an end)"
+                "hours = \"{text}\": `{s}` is not a time: write HH:MM (or H:MM), 00:00 to \
+                 23:59 (24:00 as an end)"
             )
         };
         let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
-        if h.len() != 2 || m.len() != 2 {
+        let digits = |t: &str, n: std::ops::RangeInclusive<usize>| {
+            n.contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit())
+        };
+        if !digits(h, 1..=2) || !digits(m, 2..=2) {
             return Err(bad());
         }
         let h: u16 = h.parse().map_err(|_| bad())?;
@@ -407,13 +410,18 @@ mod tests {
     }
 
     #[test]
-    fn hours_accept_hh_mm_ranges_crossing_midnight_and_24_00_as_an_end() {
+    fn hours_accept_h_mm_and_hh_mm_ranges_crossing_midnight_and_24_00_as_an_end() {
         assert_eq!(parse_hours("08:00-18:00"), Ok((480, 1080)));
         assert_eq!(parse_hours("18:00-08:00"), Ok((1080, 480)));
         assert_eq!(parse_hours("00:00-24:00"), Ok((0, 1440)));
         assert_eq!(parse_hours("22:30-00:00"), Ok((1350, 0)));
+        // One digit for the hour, as people write it.
+        assert_eq!(parse_hours("8:00-18:00"), Ok((480, 1080)));
+        assert_eq!(parse_hours("18:00-8:30"), Ok((1080, 510)));
         for bad in [
-            "8:00-18:00",
+            "8:0-18:00",
+            "+8:00-18:00",
+            "008:00-18:00",
             "08:00",
             "08:00-18:60",
             "24:00-08:00",
