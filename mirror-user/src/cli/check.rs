@@ -147,8 +147,14 @@ pub fn host(config: &Config) -> Findings {
                 let writable = mirror_user::privileges::as_run_opens_files(|| {
                     mirror_user::target::pcapng::check_directory(&spec.path)
                 });
-                if let Err(e) = writable {
-                    f.errors.push(format!("target `{}`: {e}", t.name));
+                match writable {
+                    Err(e) => f.errors.push(format!("target `{}`: {e}", t.name)),
+                    Ok(()) => {
+                        let held = mirror_user::target::pcapng::min_free_held_at_start(spec);
+                        if let Some(why) = held {
+                            f.warnings.push(format!("target `{}`: {why}", t.name));
+                        }
+                    }
                 }
             }
             _ => {}
@@ -209,6 +215,50 @@ targets = ["p"]
             "{}",
             f.warnings[1]
         );
+    }
+
+    /// A target's `min_free` its file system is already under is named
+    /// (a trial's `"50%"` on a disk 27% free wrote nothing, unwarned); a
+    /// `path` that is a directory is an error.
+    #[test]
+    fn a_min_free_the_disk_is_under_is_warned_of_and_a_directory_path_refused() {
+        let dir = std::env::temp_dir();
+        let text = CONFIG.replace("@DIR@", &dir.to_string_lossy()).replace(
+            "path = \"/nonexistent-mirror-dir/y.pcapng\"",
+            "path = \"/nonexistent-mirror-dir/y.pcapng\"\nmin_free = \"99.9%\"",
+        );
+        let held = text.replace(
+            "x.pcapng\"",
+            "x.pcapng\"\nmin_free = \"9223372036854775807\"",
+        );
+        let f = host(&mirror_user::config::parse(&held, "t.toml").expect("valid"));
+        assert_eq!(f.errors, Vec::<String>::new());
+        assert!(
+            f.warnings.iter().any(|w| w
+                == &format!(
+                    "target `p`: {} has less free space than min_free (9223372036854775807 \
+                     bytes) already: nothing will be written (every copy counted disk_full) \
+                     until space is freed",
+                    dir.display()
+                )),
+            "{:?}",
+            f.warnings
+        );
+        // The unused target is not opened, so not asked either.
+        assert!(!f.warnings.iter().any(|w| w.starts_with("target `spare`: ")));
+        let f = host(&mirror_user::config::parse(&text, "t.toml").expect("valid"));
+        assert!(
+            !f.warnings.iter().any(|w| w.contains("min_free")),
+            "{:?}",
+            f.warnings
+        );
+        let as_dir = text.replace(
+            &format!("{}/x.pcapng", dir.display()),
+            &dir.to_string_lossy(),
+        );
+        let f = host(&mirror_user::config::parse(&as_dir, "t.toml").expect("valid"));
+        assert_eq!(f.errors.len(), 1, "{:?}", f.errors);
+        assert!(f.errors[0].contains("is a directory"), "{:?}", f.errors);
     }
 
     /// A tap source sees ingress only: its filter's egress rules are

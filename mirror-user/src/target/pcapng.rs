@@ -1567,6 +1567,25 @@ impl Hold {
     }
 }
 
+/// For `mirror check`: when the file system of a target's `path` already
+/// has less free than its `min_free`, a sentence saying so (the target
+/// would write nothing, counting every copy `disk_full`, until space is
+/// freed); `None` when it has room or cannot be asked.
+pub fn min_free_held_at_start(spec: &PcapngSpec) -> Option<String> {
+    let min = spec.min_free?;
+    below_min_free(&spec.path, min, 0).then(|| {
+        format!(
+            "{} has less free space than min_free ({}) already: nothing will be written \
+             (every copy counted disk_full) until space is freed",
+            parent(&spec.path).display(),
+            match min {
+                MinFree::Bytes(b) => format!("{b} bytes"),
+                MinFree::Permille(p) => format!("{}.{}%", p / 10, p % 10),
+            }
+        )
+    })
+}
+
 /// Whether writing `extra` bytes would leave less than `min` free.
 fn below_min_free(path: &Path, min: MinFree, extra: u64) -> bool {
     let Ok(c) = std::ffi::CString::new(parent(path).as_os_str().as_bytes()) else {
@@ -2122,6 +2141,31 @@ mod tests {
             can_create_in(&dir).is_err(),
             "a directory that is not there"
         );
+    }
+
+    /// `mirror check`'s note of a `min_free` the file system is already
+    /// under: given for a floor no disk has, not for none or 0 bytes.
+    #[test]
+    fn check_names_a_min_free_the_disk_is_already_under() {
+        let dir = std::env::temp_dir().join(format!("mirror-minfree-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut s = spec(&dir.join("c.pcapng"));
+        s.min_free = Some(MinFree::Bytes(u64::MAX / 2));
+        let said = min_free_held_at_start(&s).expect("no disk has that much");
+        assert_eq!(
+            said,
+            format!(
+                "{} has less free space than min_free ({} bytes) already: nothing will be \
+                 written (every copy counted disk_full) until space is freed",
+                dir.display(),
+                u64::MAX / 2
+            )
+        );
+        s.min_free = Some(MinFree::Bytes(0));
+        assert_eq!(min_free_held_at_start(&s), None);
+        s.min_free = None;
+        assert_eq!(min_free_held_at_start(&s), None);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     /// A `path` naming a directory is refused (the files would go beside
