@@ -197,12 +197,12 @@ pub fn start_daemon(ns: &Netns, exe: &Path, dir: &TempDir, text: &str) -> Result
 
 /// Sends `size`-byte lab UDP frames out of gen0 through AF_XDP for `secs`,
 /// as fast as the kernel takes them or, with `rate`, paced to that many
-/// frames/s (batches of up to 64 on a schedule, sleeping in between);
-/// returns how many the kernel completed.
-pub fn generate(lab: &Lab, size: usize, secs: f64, rate: Option<f64>) -> Result<u64> {
+/// frames/s (batches of up to 64 on a schedule, sleeping in between), from
+/// a thread on `cpu`; returns how many the kernel completed.
+pub fn generate(lab: &Lab, size: usize, secs: f64, rate: Option<f64>, cpu: usize) -> Result<u64> {
     check_interrupted()?;
     lab.gen.run(move || {
-        pin_current_thread(GEN_CPU)?;
+        pin_current_thread(cpu)?;
         // Paced sleeps of tens of microseconds: no 50 µs default slack.
         // Safety: prctl with an integer argument; affects this thread only.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
@@ -295,10 +295,44 @@ pub fn generate_from(
     secs: f64,
     rate: Option<f64>,
 ) -> Result<u64> {
+    generate_on(feed, GenCore::Consumer, lab, size, secs, rate)
+}
+
+/// [`generate_from`] with the generator's thread on the core `core` names.
+pub fn generate_on(
+    feed: Feed,
+    core: GenCore,
+    lab: &Lab,
+    size: usize,
+    secs: f64,
+    rate: Option<f64>,
+) -> Result<u64> {
+    let cpu = core.cpu();
     match feed {
-        Feed::Skb => generate(lab, size, secs, rate),
-        Feed::Xdp => generate_live(lab, size, secs, rate, None),
-        Feed::Page => generate_live(lab, size, secs, rate, Some(PAGE_FEED_IF)),
+        Feed::Skb => generate(lab, size, secs, rate, cpu),
+        Feed::Xdp => generate_live(lab, size, secs, rate, None, cpu),
+        Feed::Page => generate_live(lab, size, secs, rate, Some(PAGE_FEED_IF), cpu),
+    }
+}
+
+/// Which core the generator's thread runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GenCore {
+    /// [`GEN_CPU`], which the userspace consumers (the daemon, tcpdump)
+    /// share with it: the generator sends with the CPU they leave.
+    Consumer,
+    /// [`NAPI_CPU`], feed0's RX core: the consumers get a core of their
+    /// own, as a capture host's NIC leaves them; what the generator
+    /// offers then depends on feed0's NAPI work, not on the consumer's.
+    Rx,
+}
+
+impl GenCore {
+    pub fn cpu(self) -> usize {
+        match self {
+            GenCore::Consumer => GEN_CPU,
+            GenCore::Rx => NAPI_CPU,
+        }
     }
 }
 
@@ -323,12 +357,13 @@ fn generate_live(
     secs: f64,
     rate: Option<f64>,
     pass_to: Option<&'static str>,
+    cpu: usize,
 ) -> Result<u64> {
     use libbpf_rs::skel::{OpenSkel, SkelBuilder};
     use libbpf_rs::MapCore;
     check_interrupted()?;
     lab.gen.run(move || {
-        pin_current_thread(GEN_CPU)?;
+        pin_current_thread(cpu)?;
         let param = libc::sched_param { sched_priority: 0 };
         // Safety: sets this thread's own policy from a valid sched_param.
         if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {

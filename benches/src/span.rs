@@ -148,6 +148,15 @@ pub struct Args {
     /// through gen0's 4,096-frame queue).
     #[arg(long, value_enum, default_value_t = crate::Feed::Skb)]
     feed: crate::Feed,
+    /// The generator's core: `consumer` (the one the daemon and the tools
+    /// run on, which they share with it) or `rx` (feed0's RX core, where
+    /// its NAPI thread runs: the consumer then has a core of its own, as on
+    /// a capture host, and what the generator offers no longer depends on
+    /// the consumer). With `rx` use `--feed page` or `--feed xdp`: their
+    /// generator runs `SCHED_IDLE`, yielding to the NAPI thread; the
+    /// default feed's AF_XDP generator would take half of that core.
+    #[arg(long, value_enum, default_value_t = crate::GenCore::Consumer)]
+    gen_core: crate::GenCore,
 }
 
 /// Loss a run may have and still count as lossless (0.1%).
@@ -1082,9 +1091,9 @@ fn empty(dir: &Path) -> Result<()> {
 }
 
 /// The CPU every userspace consumer runs on (mirror's daemon through
-/// `[daemon] cpus`, the tools through `taskset`): the generator's, never the
-/// feed port's RX core, as one keeps them off a NIC's IRQ cores; they share
-/// it with the generator alike.
+/// `[daemon] cpus`, the tools through `taskset`): never the feed port's RX
+/// core, as one keeps them off a NIC's IRQ cores; they share it with the
+/// generator alike, unless `--gen-core rx` puts the generator there.
 const USER_CPU: usize = crate::GEN_CPU;
 
 /// How long an external tool of the lab may run at most.
@@ -1585,6 +1594,7 @@ struct Rig<'a> {
     /// The routed cases: the counter on out0's sink (sink2).
     forward: Option<&'a Peer>,
     feed: crate::Feed,
+    gen_core: crate::GenCore,
 }
 
 /// One run of `secs`: the generator at full speed or paced to `rate`.
@@ -1613,7 +1623,7 @@ fn measure(
         [sinks[0].frames()?, sinks[1].frames()?],
         tc_kernel_counts(lab, case)?,
     );
-    let offered = crate::generate_from(rig.feed, lab, size, secs, rate)?;
+    let offered = crate::generate_on(rig.feed, rig.gen_core, lab, size, secs, rate)?;
     std::thread::sleep(Duration::from_millis(200));
     // The CPU of the run, for every case alike: before tcpdump's counts are
     // asked for after a wait of its own.
@@ -1865,6 +1875,12 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             bail!("unknown case `{id}`: the cases are {}", all.join(", "));
         }
     }
+    if (a.feed, a.gen_core) == (crate::Feed::Skb, crate::GenCore::Rx) {
+        bail!(
+            "--gen-core rx needs --feed page or --feed xdp: the default feed's AF_XDP \
+             generator runs at normal priority and would take half of feed0's RX core"
+        );
+    }
     let lab = Lab::new(1)?;
     lab::veth(&lab.src, "tgt1", &lab.sink, "sink1", 1)?;
     lab.tune_feed_port()?;
@@ -1906,6 +1922,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         sinks: &sinks,
         forward: forward.as_ref().map(|(p, _)| p),
         feed: a.feed,
+        gen_core: a.gen_core,
     };
     // Full-rate runs, one with BPF statistics, the search's paced runs.
     let per_size = a.runs.reps as u64 + 1 + u64::from(a.search);
@@ -2187,7 +2204,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
 fn table(rows: &[Row], a: &Args) -> String {
     let mut s = format!(
         "mirror against the software SPANs and capture tools, same lab and generator \
-         ({}, 2 cores), median of {} runs of {:.1} s at full rate; lossless: the \
+         ({}, 2 cores{}), median of {} runs of {:.1} s at full rate; lossless: the \
          highest paced rate with at most 0.1% loss ({} runs of {:.1} s, bisection; ≥: the generator's \
          own maximum) (`cargo xtask bench span`)\n\n\
          | frame | case | offered | delivered per target (min-max) | loss | lossless | vs reference | vs tc mirred | monitored traffic passed on (vs no mirror) | CPU % per core | CPU ns/frame | of which: feed0's NAPI / consumer process | BPF ns/frame at feed0 | mirror RSS | mirror received; drops/s |\n\
@@ -2197,6 +2214,13 @@ fn table(rows: &[Row], a: &Args) -> String {
             crate::Feed::Xdp => "the kernel's XDP traffic generator into veth, `--feed xdp`",
             crate::Feed::Page =>
                 "the kernel's XDP traffic generator's pages as skbs into veth, `--feed page`",
+        },
+        match a.gen_core {
+            crate::GenCore::Consumer => "",
+            crate::GenCore::Rx => {
+                "; the generator on feed0's RX core, the consumer on a core of its own, \
+                 `--gen-core rx`"
+            }
         },
         a.runs.reps,
         a.runs.secs,
