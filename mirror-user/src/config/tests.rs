@@ -1971,6 +1971,12 @@ fn pcapng_sizes_take_a_number_of_bytes_as_flow_cutoff_bytes_does() {
             "min_free = 10",
             "min_free = 10 is 10 bytes, less than one block",
         ),
+        // No percentage of 100 or more to suggest.
+        (
+            "min_free = \"1KiB\"",
+            "min_free = \"1KiB\" is 1024 bytes, less than one block of a file system; write a \
+             size such as \"1GiB\", or a share of the disk such as \"5%\" (0 turns it off)",
+        ),
     ] {
         let e = errors(&pcap(keys));
         assert!(e.iter().any(|l| l.contains(want)), "want `{want}` in {e:?}");

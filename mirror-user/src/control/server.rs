@@ -261,3 +261,18 @@ fn handle(req: Request, engine: &Engine, config_path: &Path) -> Reply {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file's errors, one per line, make one log line.
+    #[test]
+    fn a_message_of_several_lines_becomes_one() {
+        assert_eq!(
+            one_line("the new config cannot start here, nothing was changed:\n  target `a`: x\n  target `b`: y\n"),
+            "the new config cannot start here, nothing was changed: target `a`: x target `b`: y"
+        );
+        assert_eq!(one_line("one"), "one");
+    }
+}

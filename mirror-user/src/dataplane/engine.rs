@@ -166,6 +166,21 @@ pub struct Applied {
     pub filters_changed: bool,
 }
 
+/// Whether `new` mirrors by other rules than `old`: a filter's rules, or
+/// the filter a session uses (by name).
+fn rules_differ(old: &Config, new: &Config) -> bool {
+    let uses = |c: &Config| {
+        let mut v: Vec<(String, String)> = c
+            .sessions
+            .iter()
+            .map(|s| (s.name.clone(), c.filters[s.filter].name.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    old.filters != new.filters || uses(old) != uses(new)
+}
+
 impl Applied {
     /// One line: `started target vx2, session...; stopped ...; kept the rest`.
     pub fn summary(&self) -> String {
@@ -265,7 +280,6 @@ impl Engine {
                  a restart of mirror; the running config stays"
             );
         }
-        let filters_changed = live.filters != new.filters;
         let keep = reload::keep(&running, &new);
         // Filters only: everything kept, in the same places, and no session
         // setting changed (`check_reloadable` compares what the rule sets
@@ -280,16 +294,22 @@ impl Engine {
             || crate::filter::rules::check_reloadable(&running, &new).is_err();
         if !structural {
             drop(live);
+            // Against the rules in force when the change is applied (a live
+            // rule change may come in between).
+            let changed = Arc::new(AtomicBool::new(false));
+            let seen = Arc::clone(&changed);
             let rules = self.update(move |l| {
+                seen.store(rules_differ(l, &new), Ordering::Relaxed);
                 *l = new;
                 Ok(())
             })?;
             return Ok(Applied {
                 rules,
-                filters_changed,
+                filters_changed: changed.load(Ordering::Relaxed),
                 ..Default::default()
             });
         }
+        let filters_changed = rules_differ(&live, &new);
         // The file's filters, compiled for every source first: a rule error
         // refuses the file before anything stops. (A filter-only reload is
         // compiled by `update`.)
@@ -1722,4 +1742,71 @@ fn open_rx_queues(
         rx.push(queue);
     }
     Ok((rx, sockets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_FILTERS: &str = r#"
+[[source]]
+name = "feed"
+interface = "eth1"
+
+[[filter]]
+name = "f"
+[[filter.rule]]
+number = 100
+action = "accept"
+direction = "ingress"
+
+[[filter]]
+name = "g"
+[[filter.rule]]
+number = 100
+action = "accept"
+direction = "ingress"
+
+[[target]]
+name = "ids0"
+kind = "interface"
+interface = "eth2"
+
+[[session]]
+name = "a"
+source = "feed"
+filter = "f"
+targets = ["ids0"]
+"#;
+
+    fn parse(text: &str) -> Config {
+        crate::config::parse(text, "t.toml").expect("valid")
+    }
+
+    /// A reload changes the rules when a filter's rules change, and when a
+    /// session moves to another filter with the same rules (a review found
+    /// that said "nothing changed").
+    #[test]
+    fn rules_differ_by_a_filters_rules_or_the_filter_a_session_uses() {
+        let old = parse(TWO_FILTERS);
+        assert!(!rules_differ(&old, &parse(TWO_FILTERS)));
+        let moved = TWO_FILTERS.replace("filter = \"f\"\ntargets", "filter = \"g\"\ntargets");
+        assert!(rules_differ(&old, &parse(&moved)));
+        let reject = TWO_FILTERS.replacen("action = \"accept\"", "action = \"reject\"", 1);
+        assert!(rules_differ(&old, &parse(&reject)));
+    }
+
+    #[test]
+    fn a_reloads_summary_says_what_it_did() {
+        let mut a = Applied::default();
+        assert_eq!(a.summary(), "nothing changed: the file is what was running");
+        a.filters_changed = true;
+        assert_eq!(a.summary(), "filters only; everything else kept running");
+        a.started = vec!["target ids1".into()];
+        a.restarted = vec!["source feed2".into()];
+        assert_eq!(
+            a.summary(),
+            "started target ids1; restarted source feed2; everything else kept running"
+        );
+    }
 }

@@ -368,12 +368,18 @@ impl Validator<'_> {
                     // A floor smaller than one block of any file system:
                     // most likely a percentage without its `%`.
                     Ok(MinFree::Bytes(n)) if (1..4096).contains(&n) => {
+                        // What it most likely meant, when that is a valid value.
+                        let meant = if n < 100 {
+                            format!("for a share of the disk write \"{n}%\", for a size e.g. \"{n}GiB\"")
+                        } else {
+                            "write a size such as \"1GiB\", or a share of the disk such as \"5%\""
+                                .to_string()
+                        };
                         self.error(
                             x.span(),
                             format!(
                                 "min_free = {} is {n} bytes, less than one block of a file \
-                                 system; for a share of the disk write \"{n}%\", for a size \
-                                 e.g. \"{n}GiB\" (0 turns it off)",
+                                 system; {meant} (0 turns it off)",
                                 x.get_ref()
                             ),
                         );
