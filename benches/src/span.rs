@@ -84,7 +84,9 @@
 //! Each case runs `--reps` times at the generator's full rate, then its
 //! lossless rate is searched with the generator paced (`--search`). Every
 //! userspace consumer (the daemon, xsk-fwd, daemonlogger, tcpdump) runs on
-//! the generator's CPU, never on the feed port's RX core.
+//! the generator's CPU (with `--gen-core rx` the generator moves to the RX
+//! core and the consumer has its CPU alone), never on the feed port's RX
+//! core.
 //!
 //! ```text
 //!  ns gen                 ns src                        ns sink
@@ -157,6 +159,10 @@ pub struct Args {
     /// default feed's AF_XDP generator would take half of that core.
     #[arg(long, value_enum, default_value_t = crate::GenCore::Consumer)]
     gen_core: crate::GenCore,
+    /// `queue_size` of the pcapng target (`pcapng`, `pcapng-copy`): copies
+    /// its queue holds, 4 KiB each; default: the daemon's (4,096).
+    #[arg(long)]
+    pcapng_queue_size: Option<u32>,
 }
 
 /// Loss a run may have and still count as lossless (0.1%).
@@ -210,6 +216,7 @@ kind = "pcapng"
 path = "@CAPTURE@/mirror.pcapng"
 rotate_size = "256MiB"
 keep = 4
+@CAP_QUEUE@
 @EXTRA@
 [[session]]
 name = "all"
@@ -1281,6 +1288,7 @@ fn start<'a>(
     exe: &Path,
     dir: &TempDir,
     capture: &'a Path,
+    cap_queue: Option<u32>,
 ) -> Result<Running<'a>> {
     let mut run = Running {
         case,
@@ -1475,7 +1483,11 @@ fn start<'a>(
                 .replace("@PATH@", path)
                 .replace("@FILTER@", filter)
                 .replace("@CAPTURE@", &capture.to_string_lossy())
-                .replace("@CPUS@", &USER_CPU.to_string());
+                .replace("@CPUS@", &USER_CPU.to_string())
+                .replace(
+                    "@CAP_QUEUE@",
+                    &cap_queue.map_or(String::new(), |n| format!("queue_size = {n}")),
+                );
             // More targets and session options: the remote cases' target
             // (remote 10.77.0.2) and their VNI / ERSPAN session id, the
             // group of t0 and t1, the cut and the rate limit; nothing for
@@ -1595,6 +1607,8 @@ struct Rig<'a> {
     forward: Option<&'a Peer>,
     feed: crate::Feed,
     gen_core: crate::GenCore,
+    /// The pcapng target's `queue_size`, when not the daemon's default.
+    cap_queue: Option<u32>,
 }
 
 /// One run of `secs`: the generator at full speed or paced to `rate`.
@@ -1819,8 +1833,16 @@ fn start_pinned<'a>(
     exe: &Path,
     capture: &'a Path,
 ) -> Result<Running<'a>> {
-    let running =
-        start(case, rig.lab, rig.forward, exe, rig.dir, capture).with_context(|| case.name())?;
+    let running = start(
+        case,
+        rig.lab,
+        rig.forward,
+        exe,
+        rig.dir,
+        capture,
+        rig.cap_queue,
+    )
+    .with_context(|| case.name())?;
     std::thread::sleep(Duration::from_millis(100));
     if crate::pin_napi_threads(Lab::FEED_IF, crate::NAPI_CPU)? == 0 {
         bail!(
@@ -1868,18 +1890,18 @@ fn finish(lab: &Lab, mut running: Running<'_>, progress: &indicatif::ProgressBar
 }
 
 pub fn run(a: &Args, out: &Path) -> Result<()> {
+    if (a.feed, a.gen_core) == (crate::Feed::Skb, crate::GenCore::Rx) {
+        bail!(
+            "--gen-core rx needs --feed page or --feed xdp: the default feed's AF_XDP \
+             generator runs at normal priority and would take half of feed0's RX core"
+        );
+    }
     let exe = crate::mirror_exe()?;
     for id in &a.cases {
         if !Case::ALL.iter().any(|c| c.id() == id) {
             let all: Vec<&str> = Case::ALL.iter().map(|c| c.id()).collect();
             bail!("unknown case `{id}`: the cases are {}", all.join(", "));
         }
-    }
-    if (a.feed, a.gen_core) == (crate::Feed::Skb, crate::GenCore::Rx) {
-        bail!(
-            "--gen-core rx needs --feed page or --feed xdp: the default feed's AF_XDP \
-             generator runs at normal priority and would take half of feed0's RX core"
-        );
     }
     let lab = Lab::new(1)?;
     lab::veth(&lab.src, "tgt1", &lab.sink, "sink1", 1)?;
@@ -1923,6 +1945,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         forward: forward.as_ref().map(|(p, _)| p),
         feed: a.feed,
         gen_core: a.gen_core,
+        cap_queue: a.pcapng_queue_size,
     };
     // Full-rate runs, one with BPF statistics, the search's paced runs.
     let per_size = a.runs.reps as u64 + 1 + u64::from(a.search);
@@ -2204,7 +2227,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
 fn table(rows: &[Row], a: &Args) -> String {
     let mut s = format!(
         "mirror against the software SPANs and capture tools, same lab and generator \
-         ({}, 2 cores{}), median of {} runs of {:.1} s at full rate; lossless: the \
+         ({}, 2 cores{}{}), median of {} runs of {:.1} s at full rate; lossless: the \
          highest paced rate with at most 0.1% loss ({} runs of {:.1} s, bisection; ≥: the generator's \
          own maximum) (`cargo xtask bench span`)\n\n\
          | frame | case | offered | delivered per target (min-max) | loss | lossless | vs reference | vs tc mirred | monitored traffic passed on (vs no mirror) | CPU % per core | CPU ns/frame | of which: feed0's NAPI / consumer process | BPF ns/frame at feed0 | mirror RSS | mirror received; drops/s |\n\
@@ -2222,6 +2245,8 @@ fn table(rows: &[Row], a: &Args) -> String {
                  `--gen-core rx`"
             }
         },
+        a.pcapng_queue_size
+            .map_or(String::new(), |n| format!("; the pcapng target's queue_size = {n}")),
         a.runs.reps,
         a.runs.secs,
         a.search,
@@ -2399,6 +2424,32 @@ mod tests {
     fn lab_cpus() -> std::sync::MutexGuard<'static, ()> {
         // A test that failed holding it leaves it poisoned; the CPUs are free.
         LAB_CPUS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `--gen-core rx` moves the generator to the RX core, and is refused
+    /// with the default feed (before anything is built or started).
+    #[test]
+    fn the_generator_core_is_the_rx_core_with_gen_core_rx_and_needs_a_live_feed() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: Args,
+        }
+        use clap::Parser;
+        assert_eq!(crate::GenCore::Consumer.cpu(), crate::GEN_CPU);
+        assert_eq!(crate::GenCore::Rx.cpu(), crate::NAPI_CPU);
+        assert_ne!(
+            crate::GenCore::Rx.cpu(),
+            USER_CPU,
+            "the consumer keeps its core"
+        );
+        let cli = Cli::try_parse_from(["span", "--gen-core", "rx"]).expect("arguments");
+        let e = run(&cli.a, Path::new("/nonexistent")).expect_err("refused");
+        assert!(
+            e.to_string()
+                .starts_with("--gen-core rx needs --feed page or --feed xdp"),
+            "{e}"
+        );
     }
 
     #[test]
