@@ -303,7 +303,8 @@ pub(crate) struct RawTarget {
     pub keep: Option<Spanned<i64>>,
     pub max_total_size: Option<Spanned<RawSize>>,
     pub min_free: Option<Spanned<RawSize>>,
-    /// Frames the target's queue holds before it drops (`queue_full`). Default 4096.
+    /// Frames the target's queue holds before it drops (`queue_full`). Default
+    /// 4096; 16384 for a pcapng target.
     pub queue_size: Option<Spanned<i64>>,
     pub zero_copy: Option<Spanned<ZeroCopy>>,
 }

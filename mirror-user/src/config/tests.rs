@@ -771,6 +771,16 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(s.ring_buffer, 16 << 20, "16 MiB");
     assert!(s.ingress() && !s.egress(), "a tap source mirrors ingress");
     assert_eq!(c.targets[0].queue_size, 4096);
+    let pcapng = GOOD.replace(
+        "[[session]]",
+        "[[target]]\nname = \"cap\"\nkind = \"pcapng\"\npath = \"/tmp/x.pcapng\"\n\n[[session]]",
+    );
+    let c = parse(&pcapng, "t.toml").expect("valid");
+    assert_eq!(
+        (c.targets[0].queue_size, c.targets[1].queue_size),
+        (4096, 16384),
+        "a pcapng target's queue is four times as deep"
+    );
     let copy = GOOD.replace(
         "interface = \"eth1\"",
         "interface = \"eth1\"\nmode = \"copy\"\ndirection = \"egress\"",

@@ -10,7 +10,8 @@ use serde_spanned::Spanned;
 use super::Validator;
 use crate::config::model::{
     ErspanVersion, Granularity, Group, MinFree, PcapngSpec, Target, TargetSpec, Tunnel,
-    DEFAULT_QUEUE_SIZE, DEFAULT_TUNNEL_MTU, DEFAULT_VXLAN_PORT, MAX_INTERFACE_QUEUE,
+    DEFAULT_PCAPNG_QUEUE_SIZE, DEFAULT_QUEUE_SIZE, DEFAULT_TUNNEL_MTU, DEFAULT_VXLAN_PORT,
+    MAX_INTERFACE_QUEUE,
 };
 use crate::config::raw::{RawSize, RawTarget, RawTargetGroup, TargetKind, ZeroCopy};
 use crate::config::values::{parse_min_free, valid_ifname};
@@ -130,6 +131,7 @@ impl Validator<'_> {
     /// `queue_size`, bounded by what one target kind can hold.
     fn queue_size(&mut self, t: &RawTarget, kind: TargetKind) -> Option<u32> {
         Some(match (&t.queue_size, kind) {
+            (None, TargetKind::Pcapng) => DEFAULT_PCAPNG_QUEUE_SIZE,
             (None, _) => DEFAULT_QUEUE_SIZE,
             // Each queued copy of an interface target is one 4 KiB UMEM frame,
             // which the kernel pins: 1 GiB at most.
