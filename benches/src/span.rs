@@ -816,17 +816,7 @@ fn routed_lab(lab: &Lab) -> Result<()> {
 /// returned peer and links drop; the ports go with the lab.
 fn page_feed(lab: &Lab) -> Result<(Peer, [OwnedFd; 2])> {
     lab::veth(&lab.gen, crate::PAGE_FEED_IF, &lab.gen, "genp1", 1)?;
-    lab.gen.exec(&[
-        "tc",
-        "qdisc",
-        "replace",
-        "dev",
-        Lab::GEN_IF,
-        "root",
-        "pfifo",
-        "limit",
-        "4096",
-    ])?;
+    gen_queue(lab, 4096)?;
     let p = Peer::load()?;
     let forward = p.skel.maps.forward.as_fd().as_raw_fd();
     put_ifindex(&lab.gen, forward, 0, Lab::GEN_IF).context("setting tc_forward's port")?;
@@ -838,6 +828,22 @@ fn page_feed(lab: &Lab) -> Result<(Peer, [OwnedFd; 2])> {
     let fd = p.skel.progs.tc_forward.as_fd().as_raw_fd();
     let tcx = attach_tcx_ingress(&lab.gen, crate::PAGE_FEED_IF, fd)?;
     Ok((p, [xdp, tcx]))
+}
+
+/// Makes gen0's queue a `pfifo` of `limit` frames.
+fn gen_queue(lab: &Lab, limit: u32) -> Result<()> {
+    let limit = limit.to_string();
+    lab.gen.exec(&[
+        "tc",
+        "qdisc",
+        "replace",
+        "dev",
+        Lab::GEN_IF,
+        "root",
+        "pfifo",
+        "limit",
+        &limit,
+    ])
 }
 
 /// Attaches the tcx program `fd` to `dev`'s ingress in `ns` through a
@@ -2521,18 +2527,7 @@ mod tests {
                 let page = page_feed(&lab).expect("page feed");
                 // A 64-frame queue instead of 4,096, so that it overflows
                 // within the run: its drops are the page feed's loss.
-                let limit = [
-                    "tc",
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    Lab::GEN_IF,
-                    "root",
-                    "pfifo",
-                ];
-                lab.gen
-                    .exec(&[&limit[..], &["limit", "64"]].concat())
-                    .expect("pfifo 64");
+                gen_queue(&lab, 64).expect("pfifo 64");
                 page
             });
             let slow = Peer::load().expect("the bench peers");
