@@ -144,6 +144,20 @@ fn nonzero(counts: &[(&str, u64)]) -> String {
         .collect()
 }
 
+/// What the sessions' policies left out of `matched`, when any (matched =
+/// mirrored + these + dropped), labelled so that they do not read as drop
+/// reasons (a trial read them so): `  left out by policy: sampled_out=…`.
+fn left_out(sampled_out: u64, scheduled_out: u64, cutoff: u64) -> String {
+    match nonzero(&[
+        ("sampled_out", sampled_out),
+        ("scheduled_out", scheduled_out),
+        ("cutoff", cutoff),
+    ]) {
+        l if l.is_empty() => l,
+        l => format!("  left out by policy: {}", l.trim_start()),
+    }
+}
+
 /// The human-readable table.
 pub fn render(s: &Stats) -> String {
     let mut out = String::new();
@@ -162,19 +176,9 @@ pub fn render(s: &Stats) -> String {
                 if v.zero_copy { ", zero-copy" } else { "" }
             )
         };
-        // What the sessions' policies left out of `matched`, when any:
-        // matched = mirrored + these + dropped. Labelled, so that they do
-        // not read as drop reasons (a trial read them so).
-        let left_out = match nonzero(&[
-            ("sampled_out", v.sampled_out),
-            ("scheduled_out", v.scheduled_out),
-            ("cutoff", v.cutoff),
-        ]) {
-            l if l.is_empty() => l,
-            l => format!("  left out by policy: {}", l.trim_start()),
-        };
+        let by_policy = left_out(v.sampled_out, v.scheduled_out, v.cutoff);
         out.push_str(&format!(
-            "{:<16} {:>12} {:>12} {:>12} {:>12}  {}{left_out}   ({} {how}, {} rules, {} rule set(s) installed)\n",
+            "{:<16} {:>12} {:>12} {:>12} {:>12}  {}{by_policy}   ({} {how}, {} rules, {} rule set(s) installed)\n",
             name,
             v.received,
             v.matched,
@@ -187,7 +191,7 @@ pub fn render(s: &Stats) -> String {
         ));
         for (dir, d) in &v.directions {
             out.push_str(&format!(
-                "  {:<14} {:>12} {:>12} {:>12} {:>12}  ring_full={}{}{}\n",
+                "  {:<14} {:>12} {:>12} {:>12} {:>12}  ring_full={}{}{}{}\n",
                 dir,
                 d.received,
                 d.matched,
@@ -203,7 +207,8 @@ pub fn render(s: &Stats) -> String {
                     format!("  cloned={}", d.cloned)
                 } else {
                     String::new()
-                }
+                },
+                left_out(d.sampled_out, d.scheduled_out, d.cutoff)
             ));
         }
     }
@@ -314,7 +319,7 @@ mod tests {
     /// The source row shows what the policies left out of `matched`, so
     /// its equation can be read off the table too.
     #[test]
-    fn the_source_row_shows_what_the_policies_left_out() {
+    fn the_source_and_direction_rows_show_what_the_policies_left_out() {
         let mut s = Stats::default();
         let src = s.sources.entry("feed".into()).or_default();
         src.interface = "eth1".into();
@@ -323,7 +328,19 @@ mod tests {
         src.queues = 1;
         (src.received, src.matched, src.filtered) = (2100, 2000, 100);
         (src.mirrored, src.sampled_out, src.cutoff) = (1021, 900, 79);
+        let d = src.directions.entry("ingress".into()).or_default();
+        (d.received, d.matched, d.filtered, d.copied) = (2100, 2000, 100, 1021);
+        (d.sampled_out, d.scheduled_out, d.cutoff) = (900, 0, 79);
         let text = render(&s);
+        // Each direction's row too (a trial found only the source's).
+        let dir = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("ingress"))
+            .expect("an ingress row");
+        assert!(
+            dir.ends_with("ring_full=0  left out by policy: sampled_out=900  cutoff=79"),
+            "{dir}"
+        );
         let row: Vec<&str> = text
             .lines()
             .find(|l| l.starts_with("feed"))
