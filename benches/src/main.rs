@@ -287,19 +287,9 @@ pub enum Feed {
 }
 
 /// Sends `size`-byte lab UDP frames into feed0 for `secs` from `feed`, at
-/// full speed or paced to `rate` frames/s; returns how many were sent.
+/// full speed or paced to `rate` frames/s, from a thread on the core `core`
+/// names; returns how many were sent.
 pub fn generate_from(
-    feed: Feed,
-    lab: &Lab,
-    size: usize,
-    secs: f64,
-    rate: Option<f64>,
-) -> Result<u64> {
-    generate_on(feed, GenCore::Consumer, lab, size, secs, rate)
-}
-
-/// [`generate_from`] with the generator's thread on the core `core` names.
-pub fn generate_on(
     feed: Feed,
     core: GenCore,
     lab: &Lab,

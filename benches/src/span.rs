@@ -160,7 +160,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = crate::GenCore::Consumer)]
     gen_core: crate::GenCore,
     /// `queue_size` of the pcapng target (`pcapng`, `pcapng-copy`): copies
-    /// its queue holds, 4 KiB each; default: the daemon's (4,096).
+    /// its queue holds, 4 KiB each; default: the daemon's (16,384 for a
+    /// pcapng target).
     #[arg(long)]
     pcapng_queue_size: Option<u32>,
 }
@@ -1287,15 +1288,8 @@ const TCPDUMP_BUFFER_TIMEOUT: Duration = Duration::from_millis(1200);
 /// tunes it for a busy port.
 const TCPDUMP_BUFFER_KIB: &str = "16384";
 
-fn start<'a>(
-    case: Case,
-    lab: &'a Lab,
-    forward: Option<&'a Peer>,
-    exe: &Path,
-    dir: &TempDir,
-    capture: &'a Path,
-    cap_queue: Option<u32>,
-) -> Result<Running<'a>> {
+fn start<'a>(case: Case, rig: &Rig<'a>, exe: &Path, capture: &'a Path) -> Result<Running<'a>> {
+    let (lab, forward, dir, cap_queue) = (rig.lab, rig.forward, rig.dir, rig.cap_queue);
     let mut run = Running {
         case,
         peer: None,
@@ -1643,7 +1637,7 @@ fn measure(
         [sinks[0].frames()?, sinks[1].frames()?],
         tc_kernel_counts(lab, case)?,
     );
-    let offered = crate::generate_on(rig.feed, rig.gen_core, lab, size, secs, rate)?;
+    let offered = crate::generate_from(rig.feed, rig.gen_core, lab, size, secs, rate)?;
     std::thread::sleep(Duration::from_millis(200));
     // The CPU of the run, for every case alike: before tcpdump's counts are
     // asked for after a wait of its own.
@@ -1839,16 +1833,7 @@ fn start_pinned<'a>(
     exe: &Path,
     capture: &'a Path,
 ) -> Result<Running<'a>> {
-    let running = start(
-        case,
-        rig.lab,
-        rig.forward,
-        exe,
-        rig.dir,
-        capture,
-        rig.cap_queue,
-    )
-    .with_context(|| case.name())?;
+    let running = start(case, rig, exe, capture).with_context(|| case.name())?;
     std::thread::sleep(Duration::from_millis(100));
     if crate::pin_napi_threads(Lab::FEED_IF, crate::NAPI_CPU)? == 0 {
         bail!(
@@ -2494,8 +2479,15 @@ mod tests {
         let _link =
             attach(&lab.src, Lab::FEED_IF, meter.fd(Case::XdpDrop)).expect("meter on feed0");
         let (rate, secs) = (20_000.0, 0.5);
-        let sent =
-            crate::generate_from(crate::Feed::Page, &lab, 60, secs, Some(rate)).expect("generator");
+        let sent = crate::generate_from(
+            crate::Feed::Page,
+            crate::GenCore::Consumer,
+            &lab,
+            60,
+            secs,
+            Some(rate),
+        )
+        .expect("generator");
         // What is in flight (gen0's queue, feed0's ring) arrives within
         // 200 ms at this rate; a bounded wait for it.
         let t0 = std::time::Instant::now();
@@ -2537,8 +2529,15 @@ mod tests {
             // own, as in the bench: the generator keeps sending meanwhile.
             let pinned = crate::pin_napi_threads(Lab::FEED_IF, crate::NAPI_CPU).expect("pin");
             assert!(pinned > 0, "{feed:?}: no NAPI thread for feed0");
-            let sent =
-                crate::generate_from(feed, &lab, 60, 0.5, Some(50_000.0)).expect("generator");
+            let sent = crate::generate_from(
+                feed,
+                crate::GenCore::Consumer,
+                &lab,
+                60,
+                0.5,
+                Some(50_000.0),
+            )
+            .expect("generator");
             // What is in flight (feed0's 256-frame ring, gen0's queue on the
             // page feed) drains at ~15 kpps: a bounded wait for it.
             let settled = || {
