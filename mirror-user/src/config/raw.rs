@@ -181,10 +181,7 @@ impl RawSize {
     /// Whether the value is 0 (off, for a key where 0 is off); one that is
     /// not a size is not.
     pub fn is_zero(&self) -> bool {
-        match self {
-            RawSize::Number(n) => *n == 0,
-            RawSize::Text(t) => super::values::parse_size(t) == Ok(0),
-        }
+        self.bytes() == Ok(0)
     }
 
     /// The byte count: a number as it is, a text as [`super::values::parse_size`]
