@@ -21,3 +21,32 @@ mod server;
 pub use client::Client;
 pub use protocol::{Reply, Request};
 pub use server::{bind, reload, serve, SocketFile};
+
+/// A message of several lines (a file's errors, one per line) as one line,
+/// for a log line or systemd's `STATUS=` (a newline ends it): its lines,
+/// trimmed, joined by spaces.
+fn one_line(text: &str) -> String {
+    text.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_message_of_several_lines_becomes_one() {
+        assert_eq!(
+            one_line("the new config cannot start here, nothing was changed:\n  target `a`: x\n  target `b`: y\n"),
+            "the new config cannot start here, nothing was changed: target `a`: x target `b`: y"
+        );
+        assert_eq!(
+            one_line("reload rejected:\nmirror.toml:3:1: bad\r\n"),
+            "reload rejected: mirror.toml:3:1: bad"
+        );
+        assert_eq!(one_line("one"), "one");
+    }
+}

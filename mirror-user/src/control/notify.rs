@@ -14,6 +14,8 @@
 
 use sd_notify::NotifyState;
 
+use super::one_line;
+
 /// Mirroring has begun. `status` is shown by `systemctl status`.
 pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(&one_line(status))]);
@@ -34,29 +36,11 @@ pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
-/// A `STATUS=` value is one line of the datagram: newlines end it.
-fn one_line(text: &str) -> String {
-    text.replace(['\n', '\r'], " ")
-}
-
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!(
             socket = ?std::env::var_os("NOTIFY_SOCKET"),
             "cannot notify the service manager: {e}"
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::one_line;
-
-    #[test]
-    fn a_status_is_one_line() {
-        assert_eq!(
-            one_line("reload rejected:\nmirror.toml:3:1: bad\r\n"),
-            "reload rejected: mirror.toml:3:1: bad  "
         );
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
+use super::one_line;
 use super::protocol::{Reply, Request, MAX_REQUEST};
 use crate::config;
 use crate::dataplane::engine::Applied;
@@ -164,16 +165,6 @@ pub fn reload(engine: &Engine, config_path: &Path, via: &str) -> Result<Applied>
     result
 }
 
-/// A message of several lines (a file's errors, one per line) as one log
-/// line: its lines, trimmed, joined by spaces.
-fn one_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn handle(req: Request, engine: &Engine, config_path: &Path) -> Reply {
     match req {
         Request::Stats => match engine.stats() {
@@ -259,20 +250,5 @@ fn handle(req: Request, engine: &Engine, config_path: &Path) -> Reply {
             },
             Err(e) => Reply::error(format!("{e:#}; the running config stays in force")),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A file's errors, one per line, make one log line.
-    #[test]
-    fn a_message_of_several_lines_becomes_one() {
-        assert_eq!(
-            one_line("the new config cannot start here, nothing was changed:\n  target `a`: x\n  target `b`: y\n"),
-            "the new config cannot start here, nothing was changed: target `a`: x target `b`: y"
-        );
-        assert_eq!(one_line("one"), "one");
     }
 }
