@@ -164,6 +164,11 @@ pub struct Args {
     /// pcapng target).
     #[arg(long)]
     pcapng_queue_size: Option<u32>,
+    /// A whole run (no `--cases`) without its second table, the capture
+    /// cases (drop, tcpdump, pcapng, pcapng-copy) on a capture host's
+    /// layout (`--feed page --gen-core rx`), written as `span-capture`.
+    #[arg(long)]
+    no_capture_host: bool,
 }
 
 /// Loss a run may have and still count as lossless (0.1%).
@@ -538,6 +543,9 @@ impl Case {
 #[derive(Debug, Clone, Serialize)]
 struct Row {
     frame: usize,
+    /// The table's lab, as `--feed` and `--gen-core` name it.
+    feed: String,
+    gen_core: String,
     /// Short name (`--cases`), for the chart.
     id: &'static str,
     /// The case's name; for the remote mirror cases with the path mirror
@@ -1880,13 +1888,69 @@ fn finish(lab: &Lab, mut running: Running<'_>, progress: &indicatif::ProgressBar
     }
 }
 
-pub fn run(a: &Args, out: &Path) -> Result<()> {
-    if (a.feed, a.gen_core) == (crate::Feed::Skb, crate::GenCore::Rx) {
-        bail!(
-            "--gen-core rx needs --feed page or --feed xdp: the default feed's AF_XDP \
-             generator runs at normal priority and would take half of feed0's RX core"
-        );
+/// One table's lab: where feed0's frames come from and which core the
+/// generator runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
+    feed: crate::Feed,
+    gen_core: crate::GenCore,
+}
+
+impl Layout {
+    /// A capture host's: frames as a NIC's driver builds them (`--feed
+    /// page`), the generator on feed0's RX core, the consumer (the daemon,
+    /// tcpdump) on a core of its own (`--gen-core rx`).
+    const CAPTURE_HOST: Layout = Layout {
+        feed: crate::Feed::Page,
+        gen_core: crate::GenCore::Rx,
+    };
+
+    fn check(self) -> Result<()> {
+        if (self.feed, self.gen_core) == (crate::Feed::Skb, crate::GenCore::Rx) {
+            bail!(
+                "--gen-core rx needs --feed page or --feed xdp: the default feed's AF_XDP \
+                 generator runs at normal priority and would take half of feed0's RX core"
+            );
+        }
+        Ok(())
     }
+}
+
+/// The capture-host table a whole run adds ([`Layout::CAPTURE_HOST`]):
+/// the ceiling and the capture tools.
+const CAPTURE_CASES: [Case; 4] = [
+    Case::XdpDrop,
+    Case::Tcpdump,
+    Case::MirrorPcapng,
+    Case::MirrorPcapngCopy,
+];
+
+/// The cases of each table a run makes, with its lab and name (`span`,
+/// `span-capture`): the cases asked for on the layout asked for; a whole
+/// run (no `--cases`) also the capture cases on a capture host's layout,
+/// unless that is the layout asked for or `--no-capture-host`.
+fn tables(a: &Args) -> Vec<(&'static str, Layout, Vec<Case>)> {
+    let main = Layout {
+        feed: a.feed,
+        gen_core: a.gen_core,
+    };
+    let wanted: Vec<Case> = Case::ALL
+        .into_iter()
+        .filter(|c| a.cases.is_empty() || a.cases.iter().any(|id| id == c.id()))
+        .collect();
+    let mut tables = vec![("span", main, wanted)];
+    if a.cases.is_empty() && main != Layout::CAPTURE_HOST && !a.no_capture_host {
+        tables.push(("span-capture", Layout::CAPTURE_HOST, CAPTURE_CASES.to_vec()));
+    }
+    tables
+}
+
+pub fn run(a: &Args, out: &Path) -> Result<()> {
+    Layout {
+        feed: a.feed,
+        gen_core: a.gen_core,
+    }
+    .check()?;
     let exe = crate::mirror_exe()?;
     for id in &a.cases {
         if !Case::ALL.iter().any(|c| c.id() == id) {
@@ -1894,17 +1958,23 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             bail!("unknown case `{id}`: the cases are {}", all.join(", "));
         }
     }
+    for (name, layout, cases) in tables(a) {
+        let rows = measure_layout(a, layout, cases, &exe)?;
+        save(a, out, name, layout, &rows)?;
+    }
+    Ok(())
+}
+
+/// Measures `wanted` on a lab of its own laid out as `layout`; the rows
+/// with their ratios against the reference cases among them.
+fn measure_layout(a: &Args, layout: Layout, wanted: Vec<Case>, exe: &Path) -> Result<Vec<Row>> {
     let lab = Lab::new(1)?;
     lab::veth(&lab.src, "tgt1", &lab.sink, "sink1", 1)?;
     lab.tune_feed_port()?;
-    let _page_feed = match a.feed {
+    let _page_feed = match layout.feed {
         crate::Feed::Page => Some(page_feed(&lab)?),
         _ => None,
     };
-    let wanted: Vec<Case> = Case::ALL
-        .into_iter()
-        .filter(|c| a.cases.is_empty() || a.cases.iter().any(|id| id == c.id()))
-        .collect();
     // Addresses, neighbour and MTU only when a remote case runs: the other
     // cases keep the lab they always had.
     if wanted.iter().any(|c| c.remote()) {
@@ -1934,8 +2004,8 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
         dir: &dir,
         sinks: &sinks,
         forward: forward.as_ref().map(|(p, _)| p),
-        feed: a.feed,
-        gen_core: a.gen_core,
+        feed: layout.feed,
+        gen_core: layout.gen_core,
         cap_queue: a.pcapng_queue_size,
     };
     // Full-rate runs, one with BPF statistics, the search's paced runs.
@@ -1970,7 +2040,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     for round in 0..a.runs.reps {
         for (c, &case) in cases.iter().enumerate() {
             progress.set_message(format!("round {}: {}", round + 1, case.name()));
-            let mut running = start_pinned(case, &rig, &exe, tmpfs.path())?;
+            let mut running = start_pinned(case, &rig, exe, tmpfs.path())?;
             for (z, &size) in a.sizes.iter().enumerate() {
                 samples[c][z].push(measure(&mut running, &rig, size, a.runs.secs, None)?);
                 progress.inc(1);
@@ -1981,7 +2051,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     // Then per case: the BPF statistics run and the lossless-rate search.
     for (c, &case) in cases.iter().enumerate() {
         progress.set_message(format!("{}: lossless rate", case.name()));
-        let mut running = start_pinned(case, &rig, &exe, tmpfs.path())?;
+        let mut running = start_pinned(case, &rig, exe, tmpfs.path())?;
         for (z, &size) in a.sizes.iter().enumerate() {
             let runs = &samples[c][z];
             let delivered_runs: Vec<f64> = runs.iter().map(|r| r.delivered).collect();
@@ -2060,6 +2130,8 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
                 |ns: u64| (frames > 0.0 && window_s > 0.0).then(|| ns as f64 / window_s / frames);
             let row = Row {
                 frame: size,
+                feed: format!("{:?}", layout.feed).to_lowercase(),
+                gen_core: format!("{:?}", layout.gen_core).to_lowercase(),
                 id: case.id(),
                 case: label,
                 session_path: running.path.clone(),
@@ -2173,9 +2245,16 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             r.monitored_vs_tc = over(r.monitored_pps, tc.and_then(|p| p.monitored_pps));
         }
     }
+    Ok(rows)
+}
+
+/// Writes one table's results ([`crate::save`]): its rows, its table, a
+/// chart; into the README (between `<!-- bench:NAME -->` markers) only
+/// from a whole run into benches/results.
+fn save(a: &Args, out: &Path, name: &str, layout: Layout, rows: &[Row]) -> Result<()> {
     // One group per case (by id, in run order), one bar per frame size.
     let mut ids: Vec<&str> = Vec::new();
-    for r in &rows {
+    for r in rows {
         if !ids.contains(&r.id) {
             ids.push(r.id);
         }
@@ -2198,9 +2277,9 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     let groups: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
     crate::save(
         out,
-        "span",
-        &rows,
-        &table(&rows, a),
+        name,
+        rows,
+        &table(rows, a, layout),
         // Only a whole run stands for the lab in the README.
         crate::publishes(out) && a.cases.is_empty(),
         |png| {
@@ -2215,7 +2294,7 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
     )
 }
 
-fn table(rows: &[Row], a: &Args) -> String {
+fn table(rows: &[Row], a: &Args, layout: Layout) -> String {
     let mut s = format!(
         "mirror against the software SPANs and capture tools, same lab and generator \
          ({}, 2 cores{}{}), median of {} runs of {:.1} s at full rate; lossless: the \
@@ -2223,13 +2302,13 @@ fn table(rows: &[Row], a: &Args) -> String {
          own maximum) (`cargo xtask bench span`)\n\n\
          | frame | case | offered | delivered per target (min-max) | loss | lossless | vs reference | vs tc mirred | monitored traffic passed on (vs no mirror) | CPU % per core | CPU ns/frame | of which: feed0's NAPI / consumer process | BPF ns/frame at feed0 | mirror RSS | mirror received; drops/s |\n\
          |---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|\n",
-        match a.feed {
+        match layout.feed {
             crate::Feed::Skb => "AF_XDP TX on veth",
             crate::Feed::Xdp => "the kernel's XDP traffic generator into veth, `--feed xdp`",
             crate::Feed::Page =>
                 "the kernel's XDP traffic generator's pages as skbs into veth, `--feed page`",
         },
-        match a.gen_core {
+        match layout.gen_core {
             crate::GenCore::Consumer => "",
             crate::GenCore::Rx => {
                 "; the generator on feed0's RX core, the consumer on a core of its own, \
@@ -2441,6 +2520,56 @@ mod tests {
                 .starts_with("--gen-core rx needs --feed page or --feed xdp"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_whole_run_adds_the_capture_cases_on_a_capture_hosts_layout() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: Args,
+        }
+        use clap::Parser;
+        let tables = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("span").chain(args.iter().copied()))
+                .expect("arguments");
+            tables(&cli.a)
+                .into_iter()
+                .map(|(name, layout, cases)| {
+                    let ids: Vec<&str> = cases.iter().map(|c| c.id()).collect();
+                    (name, layout, ids.join(","))
+                })
+                .collect::<Vec<_>>()
+        };
+        let default = Layout {
+            feed: crate::Feed::Skb,
+            gen_core: crate::GenCore::Consumer,
+        };
+        let all: Vec<&str> = Case::ALL.iter().map(|c| c.id()).collect();
+        assert_eq!(
+            tables(&[]),
+            [
+                ("span", default, all.join(",")),
+                (
+                    "span-capture",
+                    Layout::CAPTURE_HOST,
+                    "drop,tcpdump,pcapng,pcapng-copy".to_string()
+                ),
+            ]
+        );
+        // A case list, the capture host's layout itself, or asked not to:
+        // one table.
+        assert_eq!(
+            tables(&["--cases", "pcapng,tcpdump"]),
+            [("span", default, "tcpdump,pcapng".to_string())]
+        );
+        assert_eq!(
+            tables(&["--feed", "page", "--gen-core", "rx"]),
+            [("span", Layout::CAPTURE_HOST, all.join(","))]
+        );
+        assert_eq!(tables(&["--no-capture-host"]).len(), 1);
+        // Another layout's whole run still gets the capture host's table.
+        assert_eq!(tables(&["--feed", "xdp"]).len(), 2);
     }
 
     #[test]
