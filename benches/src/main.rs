@@ -12,12 +12,15 @@
 //!   kernel path with `packet_length`, `rate_limit_pps` and a target group
 //!   against the plain kernel path; copy mode (to an interface and a VXLAN
 //!   target) against tc mirred while the monitored namespace routes the
-//!   traffic it mirrors.
+//!   traffic it mirrors; and a second table, `span-capture`: the capture
+//!   cases again where the consumer has a core of its own, as on a capture
+//!   host.
 //!
-//! Every case writes `benches/results/<timestamp>-<case>.json`, a Markdown
-//! table (`<case>-latest.md`, also printed, and put into README.md between
-//! `<!-- bench:<case> -->` markers where it has them) and a PNG chart
-//! (`<case>-latest.png`).
+//! Every table (one per case; `span` makes two) is written as
+//! `benches/results/<timestamp>-<table>.json`, a Markdown table
+//! (`<table>-latest.md`, also printed, and put into README.md between
+//! `<!-- bench:<table> -->` markers where it has them) and a PNG chart
+//! (`<table>-latest.png`).
 
 mod chart;
 mod copy;
@@ -64,7 +67,9 @@ enum Case {
     /// group; remote mirroring: tc mirred to a Linux VXLAN device
     /// against mirror's vxlan, gre and erspan targets; copy mode against tc
     /// mirred (to an interface, to VXLAN) while the monitored namespace
-    /// routes the traffic.
+    /// routes the traffic. A whole run adds a second table, `span-capture`:
+    /// the ceiling, tcpdump -w and the pcapng target on a capture host's
+    /// layout (the consumer on a core of its own).
     Span(span::Args),
     /// The daemon for a long while under everything at once: two sources
     /// (tap to the kernel path with a flapping target, copy mode to

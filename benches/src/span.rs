@@ -1,5 +1,6 @@
 //! `span`: `mirror` against the software SPANs on one lab, one generator,
-//! one run. Every case mirrors every frame of the feed port to the target
+//! one run (the `span` table; a whole run adds `span-capture`, below).
+//! Every case mirrors every frame of the feed port to the target
 //! port(s) and consumes the feed (a SPAN/TAP port's frames have nowhere
 //! else to go), except copy mode's (9., 10. and the routed 22. to 26.),
 //! whose monitored traffic goes on:
@@ -88,6 +89,14 @@
 //! core and the consumer has its CPU alone), never on the feed port's RX
 //! core.
 //!
+//! A whole run (no `--cases`) then makes a second table, `span-capture`:
+//! the capture cases (drop, tcpdump, pcapng, pcapng-copy) on a lab of
+//! their own laid out as a capture host is (`--feed page --gen-core rx`:
+//! frames built as a NIC's driver builds them, the generator on feed0's
+//! RX core, the consumer on a core of its own), so that the README shows
+//! the capture target against `tcpdump -w` where each is offered the same.
+//! `--tables` picks the tables.
+//!
 //! ```text
 //!  ns gen                 ns src                        ns sink
 //!  gen0 ──veth── feed0 [case under test] tgt0 ──veth── sink0 [XDP count + drop]
@@ -132,7 +141,9 @@ pub struct Args {
     /// routed-tc, routed-tcvx, routed-copy, routed-copyvx); default all.
     /// Ratios need their reference case in the run (the remote cases:
     /// tcvxlan and mirror; cut, ratelimit, group: mirror; the routed ones:
-    /// routed and routed-tc, routed-copyvx also routed-tcvx).
+    /// routed and routed-tc, routed-copyvx also routed-tcvx). These are
+    /// the `span` table's; a whole run (none named) also makes
+    /// `span-capture` (`--tables`).
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
     /// Paced runs that search each case's lossless rate (the highest offered
@@ -147,7 +158,8 @@ pub struct Args {
     /// kernel's XDP traffic generator: page-pool frames, as a NIC's RX ring
     /// holds them; no backpressure) or `page` (the same generator's frames
     /// as skbs built around their pages, as a NIC's driver builds them,
-    /// through gen0's 4,096-frame queue).
+    /// through gen0's 4,096-frame queue). The `span` table's; `span-capture`
+    /// always has `page`.
     #[arg(long, value_enum, default_value_t = crate::Feed::Skb)]
     feed: crate::Feed,
     /// The generator's core: `consumer` (the one the daemon and the tools
@@ -156,7 +168,8 @@ pub struct Args {
     /// a capture host, and what the generator offers no longer depends on
     /// the consumer). With `rx` use `--feed page` or `--feed xdp`: their
     /// generator runs `SCHED_IDLE`, yielding to the NAPI thread; the
-    /// default feed's AF_XDP generator would take half of that core.
+    /// default feed's AF_XDP generator would take half of that core. The
+    /// `span` table's; `span-capture` always has `rx`.
     #[arg(long, value_enum, default_value_t = crate::GenCore::Consumer)]
     gen_core: crate::GenCore,
     /// `queue_size` of the pcapng target (`pcapng`, `pcapng-copy`): copies
@@ -164,12 +177,37 @@ pub struct Args {
     /// pcapng target).
     #[arg(long)]
     pcapng_queue_size: Option<u32>,
-    /// A whole run (no `--cases`) without its second table, the capture
-    /// cases (drop, tcpdump, pcapng, pcapng-copy) on a capture host's
-    /// layout (`--feed page --gen-core rx`), written as `span-capture`.
-    #[arg(long)]
-    no_capture_host: bool,
+    /// The tables to make: `span` (the cases asked for, on the layout
+    /// `--feed` and `--gen-core` ask for) and `span-capture` (drop,
+    /// tcpdump, pcapng and pcapng-copy on a capture host's layout, `--feed
+    /// page --gen-core rx`, whatever those two say). Default: both on a
+    /// whole run; `span` alone with `--cases`, or when `--feed page
+    /// --gen-core rx` make `span` that layout already.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    tables: Vec<Table>,
 }
+
+/// A table a run makes, and the name its results are written under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Table {
+    /// The cases asked for on the layout asked for.
+    Span,
+    /// The capture cases ([`CAPTURE_CASES`]) on [`Layout::CAPTURE_HOST`].
+    SpanCapture,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Span => "span",
+            Table::SpanCapture => "span-capture",
+        }
+    }
+}
+
+/// How long xsk-fwd's start is retried while a queue it binds is still
+/// held by the case before (the daemon retries its own binds as long).
+const XSK_BUSY_RETRY: Duration = Duration::from_secs(3);
 
 /// Loss a run may have and still count as lossless (0.1%).
 const LOSSLESS: f64 = 0.001;
@@ -1401,18 +1439,29 @@ fn start<'a>(case: Case, rig: &Rig<'a>, exe: &Path, capture: &'a Path) -> Result
         }
         Case::XskFwd => {
             let fwd = crate::sibling_exe("xsk-fwd")?;
-            let p = tool(
-                lab,
-                dir,
-                "xsk-fwd",
-                &[
-                    &fwd.to_string_lossy(),
-                    Lab::FEED_IF,
-                    Lab::TARGET_IF,
-                    &TOOL_LIMIT.as_secs().to_string(),
-                ],
-                "xsk-fwd: forwarding",
-            )?;
+            let args = [
+                fwd.to_string_lossy().into_owned(),
+                Lab::FEED_IF.to_string(),
+                Lab::TARGET_IF.to_string(),
+                TOOL_LIMIT.as_secs().to_string(),
+            ];
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            // The case before (the daemon's AF_XDP sockets on the same
+            // ports) may still hold a queue: the kernel releases a closed
+            // socket's queue asynchronously, and xsk-fwd does not wait for
+            // it as the daemon does. Retried as long as the daemon would.
+            let deadline = std::time::Instant::now() + XSK_BUSY_RETRY;
+            let p = loop {
+                match tool(lab, dir, "xsk-fwd", &args, "xsk-fwd: forwarding") {
+                    Err(e)
+                        if format!("{e:#}").contains("Device or resource busy")
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    other => break other?,
+                }
+            };
             run.process = Some(p);
         }
         Case::Daemonlogger => {
@@ -1916,6 +1965,12 @@ impl Layout {
     }
 }
 
+/// `v` as its command-line option names it (`page`, `rx`).
+fn value_name(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map_or_else(String::new, |p| p.get_name().to_string())
+}
+
 /// The capture-host table a whole run adds ([`Layout::CAPTURE_HOST`]):
 /// the ceiling and the capture tools.
 const CAPTURE_CASES: [Case; 4] = [
@@ -1925,24 +1980,38 @@ const CAPTURE_CASES: [Case; 4] = [
     Case::MirrorPcapngCopy,
 ];
 
-/// The cases of each table a run makes, with its lab and name (`span`,
-/// `span-capture`): the cases asked for on the layout asked for; a whole
-/// run (no `--cases`) also the capture cases on a capture host's layout,
-/// unless that is the layout asked for or `--no-capture-host`.
-fn tables(a: &Args) -> Vec<(&'static str, Layout, Vec<Case>)> {
+/// The tables a run makes (`--tables`), each with its lab and cases.
+fn tables(a: &Args) -> Result<Vec<(Table, Layout, Vec<Case>)>> {
     let main = Layout {
         feed: a.feed,
         gen_core: a.gen_core,
     };
-    let wanted: Vec<Case> = Case::ALL
-        .into_iter()
-        .filter(|c| a.cases.is_empty() || a.cases.iter().any(|id| id == c.id()))
-        .collect();
-    let mut tables = vec![("span", main, wanted)];
-    if a.cases.is_empty() && main != Layout::CAPTURE_HOST && !a.no_capture_host {
-        tables.push(("span-capture", Layout::CAPTURE_HOST, CAPTURE_CASES.to_vec()));
+    let asked = if !a.tables.is_empty() {
+        a.tables.clone()
+    } else if a.cases.is_empty() && main != Layout::CAPTURE_HOST {
+        vec![Table::Span, Table::SpanCapture]
+    } else {
+        vec![Table::Span]
+    };
+    if !a.cases.is_empty() && asked.contains(&Table::SpanCapture) {
+        bail!(
+            "--cases picks the cases of the `span` table; `span-capture` has its own ({})",
+            CAPTURE_CASES.map(Case::id).join(", ")
+        );
     }
-    tables
+    Ok(asked
+        .into_iter()
+        .map(|t| match t {
+            Table::Span => {
+                let wanted = Case::ALL
+                    .into_iter()
+                    .filter(|c| a.cases.is_empty() || a.cases.iter().any(|id| id == c.id()))
+                    .collect();
+                (t, main, wanted)
+            }
+            Table::SpanCapture => (t, Layout::CAPTURE_HOST, CAPTURE_CASES.to_vec()),
+        })
+        .collect())
 }
 
 pub fn run(a: &Args, out: &Path) -> Result<()> {
@@ -1958,16 +2027,22 @@ pub fn run(a: &Args, out: &Path) -> Result<()> {
             bail!("unknown case `{id}`: the cases are {}", all.join(", "));
         }
     }
-    for (name, layout, cases) in tables(a) {
-        let rows = measure_layout(a, layout, cases, &exe)?;
-        save(a, out, name, layout, &rows)?;
+    for (t, layout, cases) in tables(a)? {
+        let rows = measure_layout(a, t, layout, cases, &exe)?;
+        save(a, out, t, layout, &rows)?;
     }
     Ok(())
 }
 
 /// Measures `wanted` on a lab of its own laid out as `layout`; the rows
 /// with their ratios against the reference cases among them.
-fn measure_layout(a: &Args, layout: Layout, wanted: Vec<Case>, exe: &Path) -> Result<Vec<Row>> {
+fn measure_layout(
+    a: &Args,
+    t: Table,
+    layout: Layout,
+    wanted: Vec<Case>,
+    exe: &Path,
+) -> Result<Vec<Row>> {
     let lab = Lab::new(1)?;
     lab::veth(&lab.src, "tgt1", &lab.sink, "sink1", 1)?;
     lab.tune_feed_port()?;
@@ -2012,7 +2087,7 @@ fn measure_layout(a: &Args, layout: Layout, wanted: Vec<Case>, exe: &Path) -> Re
     let per_size = a.runs.reps as u64 + 1 + u64::from(a.search);
     let progress = crate::progress(
         wanted.len() as u64 * a.sizes.len() as u64 * per_size,
-        "span",
+        t.name(),
     );
     // Cases whose tool is missing are skipped, with the reason.
     let mut cases = Vec::new();
@@ -2026,7 +2101,10 @@ fn measure_layout(a: &Args, layout: Layout, wanted: Vec<Case>, exe: &Path) -> Re
         };
         match missing {
             Some(why) => {
-                crate::say(&progress, format!("span: skipping `{}`: {why}", case.id()));
+                crate::say(
+                    &progress,
+                    format!("{}: skipping `{}`: {why}", t.name(), case.id()),
+                );
                 progress.inc(a.sizes.len() as u64 * per_size);
             }
             None => cases.push(case),
@@ -2130,8 +2208,8 @@ fn measure_layout(a: &Args, layout: Layout, wanted: Vec<Case>, exe: &Path) -> Re
                 |ns: u64| (frames > 0.0 && window_s > 0.0).then(|| ns as f64 / window_s / frames);
             let row = Row {
                 frame: size,
-                feed: format!("{:?}", layout.feed).to_lowercase(),
-                gen_core: format!("{:?}", layout.gen_core).to_lowercase(),
+                feed: value_name(layout.feed),
+                gen_core: value_name(layout.gen_core),
                 id: case.id(),
                 case: label,
                 session_path: running.path.clone(),
@@ -2178,7 +2256,8 @@ fn measure_layout(a: &Args, layout: Layout, wanted: Vec<Case>, exe: &Path) -> Re
             crate::say(
                 &progress,
                 format!(
-                    "span {size:>5}B {:<36}: offered {:>8.0}/s, delivered {:>8.0}/s per target ({:.0}-{:.0}; runs {}){}{}{}",
+                    "{} {size:>5}B {:<36}: offered {:>8.0}/s, delivered {:>8.0}/s per target ({:.0}-{:.0}; runs {}){}{}{}",
+                    t.name(),
                     row.case,
                     row.offered_pps,
                     med,
@@ -2251,7 +2330,7 @@ fn measure_layout(a: &Args, layout: Layout, wanted: Vec<Case>, exe: &Path) -> Re
 /// Writes one table's results ([`crate::save`]): its rows, its table, a
 /// chart; into the README (between `<!-- bench:NAME -->` markers) only
 /// from a whole run into benches/results.
-fn save(a: &Args, out: &Path, name: &str, layout: Layout, rows: &[Row]) -> Result<()> {
+fn save(a: &Args, out: &Path, t: Table, layout: Layout, rows: &[Row]) -> Result<()> {
     // One group per case (by id, in run order), one bar per frame size.
     let mut ids: Vec<&str> = Vec::new();
     for r in rows {
@@ -2277,15 +2356,18 @@ fn save(a: &Args, out: &Path, name: &str, layout: Layout, rows: &[Row]) -> Resul
     let groups: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
     crate::save(
         out,
-        name,
+        t.name(),
         rows,
-        &table(rows, a, layout),
+        &table(rows, a, t, layout),
         // Only a whole run stands for the lab in the README.
         crate::publishes(out) && a.cases.is_empty(),
         |png| {
             crate::chart::grouped_bars(
                 png,
-                "mirror vs software SPAN and capture tools: kpps delivered per target (or written), full rate",
+                match t {
+                    Table::Span => "mirror vs software SPAN and capture tools: kpps delivered per target (or written), full rate",
+                    Table::SpanCapture => "capture to a file on a capture host's layout: kpps written (drop: received), full rate",
+                },
                 "kpps delivered",
                 &groups,
                 &series,
@@ -2294,14 +2376,21 @@ fn save(a: &Args, out: &Path, name: &str, layout: Layout, rows: &[Row]) -> Resul
     )
 }
 
-fn table(rows: &[Row], a: &Args, layout: Layout) -> String {
+fn table(rows: &[Row], a: &Args, t: Table, layout: Layout) -> String {
     let mut s = format!(
-        "mirror against the software SPANs and capture tools, same lab and generator \
+        "{}, same lab and generator \
          ({}, 2 cores{}{}), median of {} runs of {:.1} s at full rate; lossless: the \
          highest paced rate with at most 0.1% loss ({} runs of {:.1} s, bisection; ≥: the generator's \
          own maximum) (`cargo xtask bench span`)\n\n\
          | frame | case | offered | delivered per target (min-max) | loss | lossless | vs reference | vs tc mirred | monitored traffic passed on (vs no mirror) | CPU % per core | CPU ns/frame | of which: feed0's NAPI / consumer process | BPF ns/frame at feed0 | mirror RSS | mirror received; drops/s |\n\
          |---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|\n",
+        match t {
+            Table::Span => "mirror against the software SPANs and capture tools",
+            Table::SpanCapture => {
+                "The capture cases on a capture host's layout, the second table of a whole run \
+                 (`--tables span-capture` makes it alone)"
+            }
+        },
         match layout.feed {
             crate::Feed::Skb => "AF_XDP TX on veth",
             crate::Feed::Xdp => "the kernel's XDP traffic generator into veth, `--feed xdp`",
@@ -2533,43 +2622,66 @@ mod tests {
         let tables = |args: &[&str]| {
             let cli = Cli::try_parse_from(std::iter::once("span").chain(args.iter().copied()))
                 .expect("arguments");
-            tables(&cli.a)
-                .into_iter()
-                .map(|(name, layout, cases)| {
-                    let ids: Vec<&str> = cases.iter().map(|c| c.id()).collect();
-                    (name, layout, ids.join(","))
-                })
-                .collect::<Vec<_>>()
+            tables(&cli.a).map(|tables| {
+                tables
+                    .into_iter()
+                    .map(|(t, layout, cases)| {
+                        let ids: Vec<&str> = cases.iter().map(|c| c.id()).collect();
+                        (t.name(), layout, ids.join(","))
+                    })
+                    .collect::<Vec<_>>()
+            })
         };
         let default = Layout {
             feed: crate::Feed::Skb,
             gen_core: crate::GenCore::Consumer,
         };
-        let all: Vec<&str> = Case::ALL.iter().map(|c| c.id()).collect();
-        assert_eq!(
-            tables(&[]),
-            [
-                ("span", default, all.join(",")),
-                (
-                    "span-capture",
-                    Layout::CAPTURE_HOST,
-                    "drop,tcpdump,pcapng,pcapng-copy".to_string()
-                ),
-            ]
+        let all = Case::ALL.map(Case::id).join(",");
+        let capture = (
+            "span-capture",
+            Layout::CAPTURE_HOST,
+            "drop,tcpdump,pcapng,pcapng-copy".to_string(),
         );
-        // A case list, the capture host's layout itself, or asked not to:
-        // one table.
         assert_eq!(
-            tables(&["--cases", "pcapng,tcpdump"]),
+            tables(&[]).expect("tables"),
+            [("span", default, all.clone()), capture.clone()]
+        );
+        // Another layout's whole run still gets the capture host's table.
+        let xdp = Layout {
+            feed: crate::Feed::Xdp,
+            gen_core: crate::GenCore::Consumer,
+        };
+        assert_eq!(
+            tables(&["--feed", "xdp"]).expect("tables"),
+            [("span", xdp, all.clone()), capture.clone()]
+        );
+        // A case list, or the capture host's layout itself: one table.
+        assert_eq!(
+            tables(&["--cases", "pcapng,tcpdump"]).expect("tables"),
             [("span", default, "tcpdump,pcapng".to_string())]
         );
         assert_eq!(
-            tables(&["--feed", "page", "--gen-core", "rx"]),
-            [("span", Layout::CAPTURE_HOST, all.join(","))]
+            tables(&["--feed", "page", "--gen-core", "rx"]).expect("tables"),
+            [("span", Layout::CAPTURE_HOST, all.clone())]
         );
-        assert_eq!(tables(&["--no-capture-host"]).len(), 1);
-        // Another layout's whole run still gets the capture host's table.
-        assert_eq!(tables(&["--feed", "xdp"]).len(), 2);
+        // Asked for by name.
+        assert_eq!(
+            tables(&["--tables", "span-capture"]).expect("tables"),
+            [capture]
+        );
+        assert_eq!(
+            tables(&["--tables", "span"]).expect("tables"),
+            [("span", default, all)]
+        );
+        let e =
+            tables(&["--cases", "pcapng", "--tables", "span,span-capture"]).expect_err("refused");
+        assert!(
+            e.to_string()
+                .starts_with("--cases picks the cases of the `span` table"),
+            "{e}"
+        );
+        assert_eq!(value_name(crate::Feed::Page), "page");
+        assert_eq!(value_name(crate::GenCore::Rx), "rx");
     }
 
     #[test]

@@ -168,9 +168,10 @@ enum Cmd {
     /// tcpdump -w vs a pcapng target, tc mirred to a VXLAN device vs the
     /// vxlan/gre/erspan targets, the kernel path with a cut, a rate limit
     /// and a target group vs without, copy mode vs tc mirred while the
-    /// monitored namespace routes the traffic). Installs tcpdump, daemonlogger and
-    /// libxdp-dev. Results go to benches/results/ as JSON, a Markdown table
-    /// and a PNG chart. Needs root.
+    /// monitored namespace routes the traffic; and a second table,
+    /// span-capture: the capture cases on a capture host's layout). Installs
+    /// tcpdump, daemonlogger and libxdp-dev. Results go to benches/results/
+    /// as JSON, a Markdown table and a PNG chart per table. Needs root.
     Bench {
         /// Cases to run; all implemented ones when omitted.
         names: Vec<String>,
