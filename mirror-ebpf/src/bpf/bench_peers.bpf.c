@@ -67,11 +67,15 @@ struct {
 } ports SEC(".maps");
 
 /* xdp_gen's schedule: one frame every interval_ns (0: as fast as it runs),
- * the next due at next_ns; sent counts the frames redirected. */
+ * the next due at next_ns; sent counts the frames redirected; a late
+ * schedule sends up to burst frames back to back to catch up (what the
+ * queue in front of the feed port takes at once: a veth RX ring holds 256,
+ * the page feed's queue 4,096). */
 struct gen_pace {
 	__u64 interval_ns;
 	__u64 next_ns;
 	__u64 sent;
+	__u64 burst;
 };
 
 struct {
@@ -89,9 +93,6 @@ struct {
 	__type(value, __u32);
 } forward SEC(".maps");
 
-/* Frames a late schedule may send back to back to catch up: a veth RX ring
- * holds 256. */
-#define GEN_BURST 64
 
 static __always_inline void count(void)
 {
@@ -141,7 +142,7 @@ static __always_inline int gen_due(void)
 		return 0;
 	if (p->interval_ns) {
 		__u64 now = bpf_ktime_get_ns();
-		__u64 floor = now - GEN_BURST * p->interval_ns;
+		__u64 floor = now - p->burst * p->interval_ns;
 
 		if (now < p->next_ns)
 			return 0;
