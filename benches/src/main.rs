@@ -351,7 +351,8 @@ pub const PAGE_BURST: u64 = 1024;
 /// (batches of 64) or, paced, drops it when it is not yet due; the program
 /// counts what it sent. The 256 flows take turns, one call each. A call
 /// ends with the kernel waiting ~20 ms (an RCU grace period as its page
-/// pool goes), so calls are long (~100 ms) and sized to end with the run.
+/// pool goes), so calls are long (~100 ms, 500 ms paced) and sized to end
+/// with the run.
 /// The thread is `SCHED_IDLE`: the consumers that share its core get all
 /// the CPU they ask for, as a NIC's traffic costs the host nothing before
 /// it arrives; it sends with what is left.
@@ -420,8 +421,14 @@ fn generate_live(
             None => &skel.progs.xdp_gen,
         };
         // Repetitions per call: the first is a guess, the next are sized
-        // from the last call's time per repetition.
-        const CALL: Duration = Duration::from_millis(100);
+        // from the last call's time per repetition. Paced calls are longer:
+        // the grace period that ends each call sends nothing, and a paced
+        // schedule catches up only a burst after it (100 ms calls offered
+        // ~80% of the pace); the flows then take turns more slowly.
+        let call_len = match rate {
+            Some(_) => Duration::from_millis(500),
+            None => Duration::from_millis(100),
+        };
         let (mut reps, mut call) = (1u32 << 16, 0usize);
         let end = Instant::now() + Duration::from_secs_f64(secs);
         loop {
@@ -441,7 +448,7 @@ fn generate_live(
                 .context("BPF_PROG_TEST_RUN with live frames")?;
             let now = Instant::now();
             let per_rep = (now - t0).as_secs_f64() / f64::from(reps);
-            let left = end.saturating_duration_since(now).min(CALL);
+            let left = end.saturating_duration_since(now).min(call_len);
             // A call costs its repetitions and a grace period.
             let fit = (left.as_secs_f64() - 0.02) / per_rep;
             if fit < 1.0 {
