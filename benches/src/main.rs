@@ -398,7 +398,7 @@ fn generate_live(
         pace[..8].copy_from_slice(&interval.to_ne_bytes());
         // The schedule starts now (bpf_ktime_get_ns is CLOCK_MONOTONIC),
         // not with a catch-up burst.
-        pace[8..16].copy_from_slice(&monotonic_ns().to_ne_bytes());
+        pace[8..16].copy_from_slice(&mirror_user::dataplane::clock::monotonic_ns().to_ne_bytes());
         pace[24..].copy_from_slice(&burst.to_ne_bytes());
         skel.maps
             .pace
@@ -465,17 +465,6 @@ fn generate_live(
         let sent: [u8; 8] = out[16..24].try_into().context("gen_pace.sent")?;
         Ok(u64::from_ne_bytes(sent))
     })
-}
-
-/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // Safety: writes the current time into `ts`, a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The CPU the generator runs on; the feed port's NAPI thread gets the other

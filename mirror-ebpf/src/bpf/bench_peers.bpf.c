@@ -93,7 +93,6 @@ struct {
 	__type(value, __u32);
 } forward SEC(".maps");
 
-
 static __always_inline void count(void)
 {
 	__u32 zero = 0;

@@ -79,6 +79,12 @@ pub fn realtime_ns() -> u64 {
     clock_ns(libc::CLOCK_REALTIME)
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's
+/// `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
 /// CLOCK_TAI minus CLOCK_REALTIME (the leap seconds, 0 when NTP never set
 /// them), to turn the kernel's `bpf_ktime_get_tai_ns()` into Unix time.
 pub(crate) fn tai_offset_ns() -> u64 {
