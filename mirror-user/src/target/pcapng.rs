@@ -127,6 +127,7 @@ pub fn start(
             Oversize::Truncate,
         )?,
     });
+    queue.wake_at(wake_at(queue_size));
     let host = rx_frames.map(|_| MemoryHost::new(queue.memory(), slots as u32, name));
     let q = queue.clone();
     let handle = crate::privileges::spawn(
@@ -163,6 +164,19 @@ pub struct Started {
 fn held_slots(queue_size: usize) -> usize {
     (queue_size / 4).max(1)
 }
+
+/// Copies waiting at which the workers wake the writer
+/// ([`TargetQueue::wake_at`]): an eighth of `queue_size`; fewer wait for
+/// the writer's own 10 ms timer ([`WRITER_NAP`]). At 1 Mpps the default
+/// 16,384 is woken every 2 ms, where one wake-up per worker batch was
+/// thousands a second; a queue filling faster than the writer drains it
+/// wakes it at every batch, as before.
+fn wake_at(queue_size: u32) -> usize {
+    (queue_size as usize / 8).max(1)
+}
+
+/// The longest the writer sleeps with nothing to write.
+const WRITER_NAP: Duration = Duration::from_millis(10);
 
 /// Slots of a pcapng queue of `queue_size`: its `queue_size` and the held
 /// ones ([`held_slots`]).
@@ -1150,21 +1164,17 @@ fn write_all_vectored(out: &mut impl Write, mut bufs: &mut [io::IoSlice<'_>]) ->
 
 /// Copies taken from the queue between two looks at the clock and the stop flag.
 const BATCH: usize = 1024;
+/// How many copies ahead of the one being written the writer takes from
+/// the queue, their data prefetched.
+const LOOKAHEAD: usize = 16;
 
 fn run(files: Files, q: &TargetQueue, stop: &AtomicBool, clock: &dyn Fn() -> Instant) {
     q.register_sender();
     let mut w = Writer::new(files, q, clock());
     let mut stopping = false;
     loop {
-        let mut took = 0;
         let now = clock();
-        while let Some(p) = q.pop_ready() {
-            took += 1;
-            w.take(p, now);
-            if took >= BATCH {
-                break;
-            }
-        }
+        let took = w.take_ready(now);
         w.tick(clock());
         if stopping && q.queued() == 0 {
             w.finish(clock());
@@ -1175,7 +1185,7 @@ fn run(files: Files, q: &TargetQueue, stop: &AtomicBool, clock: &dyn Fn() -> Ins
             continue;
         }
         if took == 0 {
-            std::thread::park_timeout(Duration::from_millis(10));
+            std::thread::park_timeout(WRITER_NAP);
         }
     }
 }
@@ -1192,6 +1202,9 @@ struct Writer<'q> {
     max_held: usize,
     /// After the next file could not be opened: not tried again before.
     retry_open: Option<Instant>,
+    /// Copies taken from the queue ahead of the one being written, their
+    /// data prefetched ([`Writer::take_ready`]); empty between batches.
+    ahead: VecDeque<Packet>,
 }
 
 impl<'q> Writer<'q> {
@@ -1210,6 +1223,7 @@ impl<'q> Writer<'q> {
             // The queue has `queue_size + held_slots(queue_size)` slots.
             max_held: (q.capacity() / 5).max(1),
             retry_open: None,
+            ahead: VecDeque::with_capacity(LOOKAHEAD),
         };
         w.write_header(now);
         w
@@ -1222,6 +1236,47 @@ impl<'q> Writer<'q> {
         if self.files.current.is_some() {
             self.flush(now);
         }
+    }
+
+    /// Takes what waits in the queue, [`BATCH`] copies at most (and the
+    /// lookahead's), at `now`; returns how many.
+    ///
+    /// Each small copy's data is asked for [`LOOKAHEAD`] copies before it
+    /// is read, so that its cache miss (the kernel wrote it from another
+    /// core) is over by then instead of stalling the copy into the buffer
+    /// (a large copy's data is written from its slot by the kernel, not
+    /// read here). The copies held ahead count as queued, as the buffer's do.
+    fn take_ready(&mut self, now: Instant) -> usize {
+        let mut took = 0;
+        loop {
+            while self.ahead.len() < LOOKAHEAD {
+                let Some(p) = self.q.pop_ready() else { break };
+                if p.data().len() < IN_PLACE_MIN {
+                    p.prefetch();
+                }
+                self.ahead.push_back(p);
+            }
+            let Some(p) = self.ahead.pop_front() else {
+                return took;
+            };
+            took += 1;
+            self.take(p, now);
+            if took >= BATCH {
+                // The rest of the lookahead, none more from the queue.
+                while let Some(p) = self.ahead.pop_front() {
+                    took += 1;
+                    self.take(p, now);
+                }
+                return took;
+            }
+        }
+    }
+
+    /// The copies the writer holds (its buffer's and the lookahead's), as
+    /// `queued` in stats: still on their way, also while a write blocks.
+    fn publish_in_flight(&self) {
+        let held = self.blocks.packets + self.ahead.len() as u64;
+        self.q.in_flight.store(held, Ordering::Relaxed);
     }
 
     /// One copy from the queue, at `now`.
@@ -1271,7 +1326,7 @@ impl<'q> Writer<'q> {
             q.recycle(p);
         }
         // Counted as queued until written, also while a write blocks.
-        q.in_flight.store(self.blocks.packets, Ordering::Relaxed);
+        self.publish_in_flight();
         if self.blocks.len() >= FLUSH_BYTES || self.blocks.held() >= self.max_held {
             self.flush(now);
             self.last_flush = now;
@@ -1303,9 +1358,7 @@ impl<'q> Writer<'q> {
             tracing::info!("writing again: every write has gone through for a second");
         }
         // Copies in the buffer are still on their way: `queued` in stats.
-        self.q
-            .in_flight
-            .store(self.blocks.packets, Ordering::Relaxed);
+        self.publish_in_flight();
         self.publish_deleted();
     }
 
@@ -1386,6 +1439,7 @@ impl<'q> Writer<'q> {
 
     fn flush(&mut self, now: Instant) {
         flush(&mut self.files, &mut self.blocks, self.q, now);
+        self.publish_in_flight();
     }
 }
 
@@ -1480,7 +1534,6 @@ fn flush(files: &mut Files, blocks: &mut Blocks, q: &TargetQueue, now: Instant) 
                 );
             }
             blocks.clear(q);
-            q.in_flight.store(0, Ordering::Relaxed);
         }
         Err(e) => {
             // Cut the file back to its last whole block, so readers never see

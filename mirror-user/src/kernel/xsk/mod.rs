@@ -7,6 +7,7 @@
 mod rx;
 mod tx;
 
+pub(crate) use rx::prefetch;
 pub use rx::{Loan, RxQueue};
 pub use tx::{Spare, TxQueue};
 

@@ -195,8 +195,10 @@ impl RxQueue {
     ///
     /// The kernel wrote each frame from another core a moment ago, so the
     /// first read of each misses the cache. The batch's descriptors are read
-    /// off the ring first and every frame's metadata line is prefetched, so
-    /// that those misses overlap instead of stalling one after another.
+    /// off the ring first, and each frame's metadata line is prefetched
+    /// [`PREFETCH_AHEAD`] frames before it is handed on, so that its miss
+    /// is over by then (prefetching the whole batch at once left the first
+    /// frames stalling, and asked for more lines than the core tracks).
     pub fn receive(&mut self, max: u32, mut f: impl FnMut(&mut [u8], &[u8], &mut Loan<'_>)) -> u32 {
         let area = &self.b.area;
         let (base, area_len) = (area.base(), area.len());
@@ -204,18 +206,22 @@ impl RxQueue {
         {
             let mut r = self.rx.receive(max);
             while let Some(d) = r.read() {
-                prefetch(
-                    base.wrapping_add(
-                        (d.addr as usize).saturating_sub(mirror_ebpf::limits::META_LEN),
-                    ),
-                );
                 self.batch.push(d);
             }
             // The frames stay ours until they are put on the fill ring;
             // the ring's slots can go back now.
             r.release();
         }
-        for &XdpDesc { addr, len, .. } in &self.batch {
+        let meta_line = |d: &XdpDesc| {
+            prefetch(
+                base.wrapping_add((d.addr as usize).saturating_sub(mirror_ebpf::limits::META_LEN)),
+            )
+        };
+        self.batch.iter().take(PREFETCH_AHEAD).for_each(meta_line);
+        for (i, &XdpDesc { addr, len, .. }) in self.batch.iter().enumerate() {
+            if let Some(d) = self.batch.get(i + PREFETCH_AHEAD) {
+                meta_line(d);
+            }
             let start = addr as usize;
             let end = start + len as usize;
             let chunk = start - start % FRAME_SIZE as usize;
@@ -239,10 +245,14 @@ impl RxQueue {
     }
 }
 
+/// How many frames ahead of the one handed on [`RxQueue::receive`]
+/// prefetches a frame's metadata.
+const PREFETCH_AHEAD: usize = 8;
+
 /// Asks the CPU to bring the cache line at `p` in ahead of its use (a hint:
 /// it never faults, whatever `p` is).
 #[inline(always)]
-fn prefetch(p: *const u8) {
+pub(crate) fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // Safety: a prefetch is a hint and never faults.
     unsafe {
