@@ -1164,8 +1164,8 @@ fn write_all_vectored(out: &mut impl Write, mut bufs: &mut [io::IoSlice<'_>]) ->
 
 /// Copies taken from the queue between two looks at the clock and the stop flag.
 const BATCH: usize = 1024;
-/// How many copies ahead of the one being written the writer takes from
-/// the queue, their data prefetched.
+/// The most copies the writer takes from the queue at a time, the one it
+/// writes and those ahead of it, whose data it prefetches.
 const LOOKAHEAD: usize = 16;
 
 fn run(files: Files, q: &TargetQueue, stop: &AtomicBool, clock: &dyn Fn() -> Instant) {
@@ -1197,9 +1197,14 @@ struct Writer<'q> {
     q: &'q TargetQueue,
     last_flush: Instant,
     /// The most copies the buffer holds in their slots before it is
-    /// written: the queue's slots beyond its `queue_size` ([`held_slots`]),
-    /// so that `queue_size` copies still fit in it during the write.
+    /// written: the queue's slots beyond its `queue_size` ([`held_slots`])
+    /// less the lookahead's, so that `queue_size` copies still fit in it
+    /// during the write.
     max_held: usize,
+    /// The most copies [`Writer::take_ready`] holds taken from the queue,
+    /// the one being written included: 1 + at most `LOOKAHEAD - 1` ahead
+    /// of it, a quarter of the held slots at most (none for a tiny queue).
+    ahead_max: usize,
     /// After the next file could not be opened: not tried again before.
     retry_open: Option<Instant>,
     /// Copies taken from the queue ahead of the one being written, their
@@ -1215,15 +1220,18 @@ impl<'q> Writer<'q> {
             tracing::error!(error = %e, "opening the capture file failed");
         }
         let blocks = Blocks::new(&files.head);
+        // The queue has `queue_size + held_slots(queue_size)` slots.
+        let held = (q.capacity() / 5).max(1);
+        let ahead_max = 1 + (held / 4).min(LOOKAHEAD - 1);
         let mut w = Writer {
             files,
             blocks,
             q,
             last_flush: now,
-            // The queue has `queue_size + held_slots(queue_size)` slots.
-            max_held: (q.capacity() / 5).max(1),
+            max_held: held - (ahead_max - 1),
+            ahead_max,
             retry_open: None,
-            ahead: VecDeque::with_capacity(LOOKAHEAD),
+            ahead: VecDeque::with_capacity(ahead_max),
         };
         w.write_header(now);
         w
@@ -1241,15 +1249,15 @@ impl<'q> Writer<'q> {
     /// Takes what waits in the queue, [`BATCH`] copies at most (and the
     /// lookahead's), at `now`; returns how many.
     ///
-    /// Each small copy's data is asked for [`LOOKAHEAD`] copies before it
-    /// is read, so that its cache miss (the kernel wrote it from another
+    /// Each small copy's data is asked for up to [`LOOKAHEAD`] - 1 copies
+    /// before it is read, so that its cache miss (the kernel wrote it from another
     /// core) is over by then instead of stalling the copy into the buffer
     /// (a large copy's data is written from its slot by the kernel, not
     /// read here). The copies held ahead count as queued, as the buffer's do.
     fn take_ready(&mut self, now: Instant) -> usize {
         let mut took = 0;
         loop {
-            while self.ahead.len() < LOOKAHEAD {
+            while self.ahead.len() < self.ahead_max {
                 let Some(p) = self.q.pop_ready() else { break };
                 if p.data().len() < IN_PLACE_MIN {
                     p.prefetch();
@@ -3986,6 +3994,53 @@ mod tests {
         assert_eq!(q.queued(), 2048, "every slot is back");
     }
 
+    /// Copies taken through the lookahead are written in the queue's
+    /// order, small and large mixed, each once; while the writer holds
+    /// them they count as in flight, and none is left once written.
+    #[test]
+    fn the_lookahead_writes_every_copy_once_in_order_and_counts_them_in_flight() {
+        let dir = Dir::new("ahead");
+        let path = dir.0.join("c.pcapng");
+        let q = TargetQueue::new("t", "pcapng", 64 + 16, SNAPLEN, Oversize::Truncate)
+            .expect("queue memory");
+        let t0 = Instant::now();
+        let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
+        for seq in 0..60u8 {
+            let len = if seq % 3 == 0 {
+                1500
+            } else {
+                60 + usize::from(seq)
+            };
+            let data: Vec<u8> = std::iter::once(seq)
+                .chain(std::iter::repeat_n(7, len - 1))
+                .collect();
+            q.offer(&Frame {
+                data: &data,
+                orig_len: len as u32,
+                hash: 0,
+                tstamp_ns: 1,
+                vni: 0,
+                source: 0,
+                egress: false,
+            });
+        }
+        assert_eq!(w.take_ready(t0), 60);
+        assert_eq!(q.queued(), 0);
+        assert!(w.ahead.is_empty());
+        // Whatever the buffer still holds is in flight; the rest was written.
+        let (sent_now, _) = sent(&q);
+        assert_eq!(sent_now + q.in_flight.load(Ordering::Relaxed), 60);
+        w.tick(t0 + FLUSH_EVERY);
+        assert_eq!(seqs(&path), (0..60).collect::<Vec<u8>>());
+        assert_eq!(q.in_flight.load(Ordering::Relaxed), 0);
+        let bytes: u64 = (0..60u64)
+            .map(|s| if s % 3 == 0 { 1500 } else { 60 + s })
+            .sum();
+        assert_eq!(sent(&q), (60, bytes));
+        // Nothing waits: nothing taken.
+        assert_eq!(w.take_ready(t0 + FLUSH_EVERY), 0);
+    }
+
     /// Copies held in their slots are written once they fill the slots the
     /// queue has beyond its `queue_size` (a quarter of it), before
     /// `FLUSH_BYTES`: `queue_size` copies still fit while it writes.
@@ -4014,11 +4069,14 @@ mod tests {
                 &q,
                 Instant::now(),
             );
+            // The buffer's held slots and the lookahead's beyond the copy
+            // being written: the slots beyond `queue_size`.
             assert_eq!(
-                (held_slots(size), w.max_held),
+                (held_slots(size), w.max_held + w.ahead_max - 1),
                 (held, held),
                 "queue_size {size}"
             );
+            assert_eq!(w.ahead_max, 1 + (held / 4).min(15), "queue_size {size}");
         }
         let dir = Dir::new("held");
         let path = dir.0.join("c.pcapng");
@@ -4026,18 +4084,21 @@ mod tests {
             .expect("queue memory");
         let t0 = Instant::now();
         let mut w = Writer::new(Files::new(spec(&path), one_source()), &q, t0);
-        for seq in 1..=15u8 {
+        // 16 slots beyond 64: 12 held in the buffer, 4 ahead of the copy
+        // being written.
+        assert_eq!((w.max_held, w.ahead_max), (12, 5));
+        for seq in 1..=11u8 {
             feed(&mut w, &q, 1500, seq, t0);
         }
         // Small copies are copied out: they hold no slot.
         feed(&mut w, &q, 60, 100, t0);
-        assert_eq!((size(&path), w.blocks.held()), (head_len(), 15));
-        feed(&mut w, &q, 1500, 16, t0);
-        assert_eq!(size(&path), head_len() + 16 * EPB1500 + EPB60);
-        assert_eq!(sent(&q), (17, 16 * 1500 + 60));
+        assert_eq!((size(&path), w.blocks.held()), (head_len(), 11));
+        feed(&mut w, &q, 1500, 12, t0);
+        assert_eq!(size(&path), head_len() + 12 * EPB1500 + EPB60);
+        assert_eq!(sent(&q), (13, 12 * 1500 + 60));
         assert_eq!(w.blocks.held(), 0);
-        let mut want: Vec<u8> = (1..=15).collect();
-        want.extend([100, 16]);
+        let mut want: Vec<u8> = (1..=11).collect();
+        want.extend([100, 12]);
         assert_eq!(seqs(&path), want);
         // Every slot is free again: the queue takes 80 copies.
         for i in 0..80 {
