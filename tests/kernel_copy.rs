@@ -843,34 +843,43 @@ impl Wakeups {
     }
 }
 
-/// The reader is woken once when the records waiting cross the threshold,
-/// not again for each record after it (each wake-up is a self-IPI on the
-/// producing CPU), and once more at the next crossing after it read.
+/// The reader is woken when the records waiting cross a multiple of the
+/// threshold, not again for each record after it (each wake-up is a
+/// self-IPI on the producing CPU), and again after it read: a threshold of
+/// exactly three records wakes it at records 3, 6 and 9; one byte more at
+/// 4, 7 and 10; three and a half records at 4 and 7.
 #[test]
 #[ignore = "needs root: BPF and network namespaces"]
-fn the_ring_wakes_its_reader_once_when_the_waiting_bytes_cross_the_threshold() {
+fn the_ring_wakes_its_reader_when_the_waiting_bytes_cross_each_multiple_of_the_threshold() {
     require_root!();
     let mut fx = Copy::new(1 << 20);
     // A 1,400-byte-payload frame is a record of the 1,536-byte class: the
     // record, its 8-byte header, rounded to 8.
     let record = (std::mem::size_of::<mirror_ebpf::mirror::types::mirror_copy>() + 1536 + 8)
         .next_multiple_of(8) as u64;
-    fx.prog
-        .set_wake_bytes(3 * record + record / 2)
-        .expect("the threshold");
     let wakeups = Wakeups::new(&fx.ring);
     let frame = tcp(80, 7, 1400);
-    let [xdp, _, _] = fx.prog.copy_fds();
-    for round in 0..2 {
-        let mut woke = Vec::new();
-        for _ in 0..10 {
-            let (verdict, _) = test_run_raw(xdp, &frame).expect("test run");
-            assert_eq!(verdict, XDP_PASS);
-            woke.push(wakeups.woke());
+    for (threshold, at) in [
+        (3 * record, [3, 6, 9].as_slice()),
+        (3 * record + 1, &[4, 7, 10]),
+        (3 * record + record / 2, &[4, 7]),
+    ] {
+        fx.prog.set_wake_bytes(threshold).expect("the threshold");
+        let [xdp, _, _] = fx.prog.copy_fds();
+        for round in 0..2 {
+            let mut woke = Vec::new();
+            for n in 1..=10 {
+                let (verdict, _) = test_run_raw(xdp, &frame).expect("test run");
+                assert_eq!(verdict, XDP_PASS);
+                if wakeups.woke() {
+                    woke.push(n);
+                }
+            }
+            assert_eq!(
+                woke, at,
+                "threshold {threshold} ({record}-byte records), round {round}"
+            );
+            assert_eq!(copy_ring::drain(&fx.ring).expect("ring").len(), 10);
         }
-        let mut want = vec![false; 10];
-        want[3] = true;
-        assert_eq!(woke, want, "round {round}: woken by the fourth record only");
-        assert_eq!(copy_ring::drain(&fx.ring).expect("ring").len(), 10);
     }
 }

@@ -689,7 +689,7 @@ impl Plane {
             }
             if let Some(mut th) = self.target_threads.remove(&t.name) {
                 th.stop.store(true, Ordering::Relaxed);
-                t.notify();
+                t.wake();
                 th.stop();
             }
             let mut snap = t.snapshot();
@@ -811,7 +811,7 @@ impl Plane {
                     if let Some(mut t) = self.target_threads.remove(&name) {
                         t.stop.store(true, Ordering::Relaxed);
                         if let Some(q) = self.targets.iter().find(|q| q.name == name) {
-                            q.notify();
+                            q.wake();
                         }
                         t.stop();
                     }
@@ -1057,7 +1057,7 @@ impl Plane {
             t.stop.store(true, Ordering::Relaxed);
         }
         for t in &self.targets {
-            t.notify();
+            t.wake();
         }
         for (_, mut t) in self.target_threads.drain() {
             t.stop();

@@ -206,7 +206,7 @@ pub struct TargetQueue {
     oversize: Oversize,
     sender: OnceLock<Thread>,
     /// Copies waiting at which [`TargetQueue::notify`] wakes the sender
-    /// (see [`TargetQueue::wake_at`]).
+    /// (see [`TargetQueue::wake_at`]; 0: always, even with none).
     wake_at: AtomicUsize,
     /// Extra drop reasons read from the kernel at snapshot time (send_error).
     kernel_send_errors: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
@@ -299,7 +299,7 @@ impl TargetQueue {
             slot_len: max_len,
             oversize,
             sender: OnceLock::new(),
-            wake_at: AtomicUsize::new(1),
+            wake_at: AtomicUsize::new(0),
             kernel_send_errors: OnceLock::new(),
         }
     }
@@ -406,8 +406,8 @@ impl TargetQueue {
         self.counters.drop(why, 1);
     }
 
-    /// Wakes the sender thread after a batch of offers, once at least
-    /// [`TargetQueue::wake_at`] copies wait.
+    /// Wakes the sender thread after a batch of offers: always, or once at
+    /// least [`TargetQueue::wake_at`] copies wait when that was set.
     pub(crate) fn notify(&self) {
         if let Some(t) = self.sender.get() {
             if self.ready.len() >= self.wake_at.load(Ordering::Relaxed) {
@@ -416,12 +416,20 @@ impl TargetQueue {
         }
     }
 
-    /// Wakes the sender only once `n` copies wait (1, the default: any).
-    /// For a sender that gathers copies anyway and wakes on a timer of its
-    /// own too (the pcapng writer: its 10 ms), so that it runs once per
-    /// many batches instead of once per batch: on the worker's core each
-    /// wake-up is two context switches, which at 60 B cost more than the
-    /// copies' own writing.
+    /// Wakes the sender thread whatever waits: to stop it, or to have it
+    /// look at something other than the queue.
+    pub(crate) fn wake(&self) {
+        if let Some(t) = self.sender.get() {
+            t.unpark();
+        }
+    }
+
+    /// [`TargetQueue::notify`] wakes the sender only once `n` copies wait
+    /// (at least 1; unset, it always does). For a sender that gathers
+    /// copies anyway and wakes on a timer of its own too (the pcapng
+    /// writer: its 10 ms), so that it runs once per many batches instead of
+    /// once per batch: on the worker's core each wake-up is two context
+    /// switches, which at 60 B cost more than the copies' own writing.
     pub(crate) fn wake_at(&self, n: usize) {
         self.wake_at.store(n.max(1), Ordering::Relaxed);
     }
@@ -623,15 +631,20 @@ mod tests {
         q.offer(&frame(&[3; 60]));
         q.notify();
         assert!(parked() < Duration::from_millis(250), "4 waiting: woken");
-        // The default wakes it at every offer.
-        q.wake_at(0);
+        // wake() wakes it whatever waits (a stop).
         while q.pop_ready().is_some() {}
-        q.offer(&frame(&[4; 60]));
         q.notify();
         assert!(
-            parked() < Duration::from_millis(250),
-            "1 waiting, wake_at 1"
+            parked() >= Duration::from_millis(250),
+            "none waiting: not woken"
         );
+        q.wake();
+        assert!(parked() < Duration::from_millis(250), "wake(): woken");
+        // Unset, notify() wakes it every time, none waiting too.
+        let other = TargetQueue::new("u", "tunnel", 8, 64, Oversize::Truncate).expect("memory");
+        other.register_sender();
+        other.notify();
+        assert!(parked() < Duration::from_millis(250), "unset: woken");
     }
 
     #[test]

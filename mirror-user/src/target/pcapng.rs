@@ -158,9 +158,11 @@ pub struct Started {
 }
 
 /// Slots a pcapng queue has beyond its `queue_size`: the most copies the
-/// writer keeps in their slots until a write ([`IN_PLACE_MIN`]), a quarter of
-/// `queue_size`, so that `queue_size` copies still fit in the queue while it
-/// writes, as when every copy was copied out of its slot at once.
+/// writer holds, a quarter of `queue_size`: those it keeps in their slots
+/// until a write ([`IN_PLACE_MIN`]) and those it took ahead of the one it
+/// writes ([`LOOKAHEAD`]), so that `queue_size` copies still fit in the
+/// queue while it writes, as when every copy was copied out of its slot at
+/// once.
 fn held_slots(queue_size: usize) -> usize {
     (queue_size / 4).max(1)
 }
@@ -1264,6 +1266,9 @@ impl<'q> Writer<'q> {
                 }
                 self.ahead.push_back(p);
             }
+            // Out of the queue: in flight from now, also through a write
+            // the first of them may start.
+            self.publish_in_flight();
             let Some(p) = self.ahead.pop_front() else {
                 return took;
             };
@@ -4024,6 +4029,13 @@ mod tests {
                 egress: false,
             });
         }
+        // Copies taken ahead count as in flight with the buffer's.
+        for _ in 0..3 {
+            w.ahead.push_back(q.pop_ready().expect("queued"));
+        }
+        w.publish_in_flight();
+        assert_eq!(q.in_flight.load(Ordering::Relaxed), 3);
+        assert_eq!(q.queued() + 3, 60);
         assert_eq!(w.take_ready(t0), 60);
         assert_eq!(q.queued(), 0);
         assert!(w.ahead.is_empty());

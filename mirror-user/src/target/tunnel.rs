@@ -704,7 +704,7 @@ mod tests {
         fn stop(&mut self) -> Duration {
             let t = Instant::now();
             self.stop.store(true, Ordering::Relaxed);
-            self.q.notify();
+            self.q.wake();
             let h = self.handle.take().expect("running");
             while !h.is_finished() {
                 assert!(
@@ -1219,7 +1219,7 @@ mod tests {
                 );
             }
             stop.store(true, Ordering::Relaxed);
-            q.notify();
+            q.wake();
             h.join().expect("sender");
             assert_eq!(sent(&q), 3);
             assert_eq!(drops(&q), vec![]);
@@ -1243,7 +1243,7 @@ mod tests {
         assert_eq!(&pkt[20..20 + gl], &g[..gl]);
         assert_eq!(&pkt[20 + gl..], &[5; 100][..]);
         stop.store(true, Ordering::Relaxed);
-        q.notify();
+        q.wake();
         h.join().expect("sender");
     }
 
@@ -1354,7 +1354,7 @@ mod tests {
         }
         wait("5 sent", || sent(&q) == 5);
         stop.store(true, Ordering::Relaxed);
-        q.notify();
+        q.wake();
         h.join().expect("sender");
         assert_eq!(
             drops(&q),
