@@ -1693,6 +1693,19 @@ mod tests {
     use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
     use pcap_file::pcapng::{Block, PcapNgReader};
 
+    /// Offers a copy of `data` (stamped 1 ns after the epoch).
+    fn offer(q: &TargetQueue, data: &[u8]) {
+        q.offer(&Frame {
+            data,
+            orig_len: data.len() as u32,
+            hash: 0,
+            tstamp_ns: 1,
+            vni: 0,
+            source: 0,
+            egress: false,
+        });
+    }
+
     /// One copy of `len` bytes (each `fill`) made ready and taken back, as
     /// the writer thread takes it from its queue.
     fn packet(q: &TargetQueue, len: usize, fill: u8, frame: impl FnOnce(&mut Frame<'_>)) -> Packet {
@@ -1816,15 +1829,7 @@ mod tests {
         ours.clear(&q);
         assert_eq!(q.capacity(), 4);
         for _ in 0..4 {
-            q.offer(&Frame {
-                data: &[0; 60],
-                orig_len: 60,
-                hash: 0,
-                tstamp_ns: 0,
-                vni: 0,
-                source: 0,
-                egress: false,
-            });
+            offer(&q, &[0; 60]);
         }
         assert_eq!(q.queued(), 4, "every held slot is back");
         let mut reader = PcapNgReader::new(&written[..]).expect("header");
@@ -3736,15 +3741,7 @@ mod tests {
         // An empty queue does not end the loop.
         std::thread::sleep(Duration::from_millis(20));
         assert!(!writer.is_finished());
-        q.offer(&Frame {
-            data: &[1u8; 60],
-            orig_len: 60,
-            hash: 0,
-            tstamp_ns: 1,
-            vni: 0,
-            source: 0,
-            egress: false,
-        });
+        offer(&q, &[1u8; 60]);
         q.notify();
         wait("the copy is taken", &|| q.queued() == 0);
         std::thread::sleep(Duration::from_millis(30));
@@ -3755,15 +3752,7 @@ mod tests {
         });
         // 3,000 copies (three batches), then the stop: all written.
         for i in 0..3000u32 {
-            q.offer(&Frame {
-                data: &[(i % 251) as u8; 60],
-                orig_len: 60,
-                hash: 0,
-                tstamp_ns: 1,
-                vni: 0,
-                source: 0,
-                egress: false,
-            });
+            offer(&q, &[(i % 251) as u8; 60]);
         }
         stop.store(true, Ordering::Relaxed);
         writer.thread().unpark();
@@ -3985,16 +3974,8 @@ mod tests {
 
         blocks.clear(&q);
         assert_eq!((blocks.held(), blocks.len()), (0, 0));
-        for i in 0..2048u32 {
-            q.offer(&Frame {
-                data: &[0; 60],
-                orig_len: 60,
-                hash: 0,
-                tstamp_ns: u64::from(i),
-                vni: 0,
-                source: 0,
-                egress: false,
-            });
+        for _ in 0..2048 {
+            offer(&q, &[0; 60]);
         }
         assert_eq!(q.queued(), 2048, "every slot is back");
     }
@@ -4019,15 +4000,7 @@ mod tests {
             let data: Vec<u8> = std::iter::once(seq)
                 .chain(std::iter::repeat_n(7, len - 1))
                 .collect();
-            q.offer(&Frame {
-                data: &data,
-                orig_len: len as u32,
-                hash: 0,
-                tstamp_ns: 1,
-                vni: 0,
-                source: 0,
-                egress: false,
-            });
+            offer(&q, &data);
         }
         // Copies taken ahead count as in flight with the buffer's.
         for _ in 0..3 {
@@ -4114,15 +4087,7 @@ mod tests {
         assert_eq!(seqs(&path), want);
         // Every slot is free again: the queue takes 80 copies.
         for i in 0..80 {
-            q.offer(&Frame {
-                data: &[i; 60],
-                orig_len: 60,
-                hash: 0,
-                tstamp_ns: 1,
-                vni: 0,
-                source: 0,
-                egress: false,
-            });
+            offer(&q, &[i; 60]);
         }
         assert_eq!(q.counters.dropped(TargetDrop::QueueFull), 0);
     }
