@@ -235,9 +235,10 @@ struct {
  * the program is attached (the limits are in the policy). */
 struct mirror_cutoff session_cutoff[MIRROR_MAX_SESSIONS];
 /*
- * Copy mode: wake the reader once the bytes waiting in the ring reach this
- * many (it also polls every millisecond); 0 = the ring's default (wake
- * whenever the reader had caught up). Batches wake-ups under load.
+ * Copy mode: wake the reader each time the bytes waiting in the ring reach
+ * another multiple of this (it also polls every millisecond; see
+ * wake_flags); 0 = the ring's default (wake whenever the reader had caught
+ * up). Batches wake-ups under load.
  */
 __u64 copy_wake_bytes;
 /* The source's ifindex and its network namespace (the inode number of

@@ -23,8 +23,9 @@ pub(super) const RX_BATCH: u32 = 64;
 pub(super) const IDLE_POLL_MS: i32 = 100;
 /// Copy mode: records handled between two wake-ups of the targets.
 pub(super) const COPY_BATCH: u32 = 64;
-/// Copy mode: the reader is woken once this much of the ring is filled
-/// (at most a quarter of it), and otherwise reads every [`COPY_POLL`]. A
+/// Copy mode: the reader is woken each time another multiple of this much
+/// of the ring is filled (at most a quarter of it), and otherwise reads
+/// every [`COPY_POLL`]. A
 /// wake-up is a self-IPI on the producing CPU (the kernel's irq_work),
 /// costly in a VM: the millisecond poll does the reading; this only
 /// guards the ring against a burst. At 256 KiB, 1,500-byte copies at 500
@@ -329,8 +330,8 @@ pub(super) fn record_frame<'a>(
 
 /// Copy mode: reads the source's ring buffer and feeds every record to its
 /// session, waking the targets every [`COPY_BATCH`] records and whenever the
-/// ring is empty. The kernel wakes it only when the ring fills past
-/// [`COPY_WAKE_BYTES`]; otherwise it reads every [`COPY_POLL`] (batches of
+/// ring is empty. The kernel wakes it only when the ring fills past each
+/// multiple of [`COPY_WAKE_BYTES`]; otherwise it reads every [`COPY_POLL`] (batches of
 /// records per wake-up instead of one wake-up per record).
 pub(super) fn copy_reader(ring: &MapHandle, src: &Source, stop: &AtomicBool) {
     ask_short_slice();

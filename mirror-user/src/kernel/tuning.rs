@@ -9,9 +9,9 @@ use crate::config::Policy;
 use mirror_ebpf::mirror::types::mirror_policy;
 
 impl SourceProgram {
-    /// Copy mode: the kernel wakes the ring's reader once, when the bytes
-    /// waiting reach `bytes` (0: whenever the reader had caught up); the
-    /// reader must then also poll on a timer.
+    /// Copy mode: the kernel wakes the ring's reader each time the bytes
+    /// waiting reach another multiple of `bytes` (0: whenever the reader
+    /// had caught up); the reader must then also poll on a timer.
     pub fn set_wake_bytes(&mut self, bytes: u64) -> Result<(), LoaderError> {
         match self.skel.maps.bss_data.as_deref_mut() {
             Some(bss) => {
